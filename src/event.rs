@@ -1,0 +1,127 @@
+//! The closed vocabulary that travels between threads: what adapters report
+//! ([`Inbound`]), what the core asks adapters to do ([`Outbound`]), what the ACP side reports
+//! ([`AgentEvent`]) and what the core asks of it ([`AgentRequest`]). No wire types here:
+//! adapters and the ACP client translate their JSON into these.
+
+use std::path::PathBuf;
+
+/// A message from a person, as an adapter reports it (platform JSON already decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InboundMessage {
+    /// The channel's name in the config.
+    pub channel: String,
+    /// Stable platform user id.
+    pub sender_id: String,
+    /// Display name, for logs and pairing lists.
+    pub sender_name: String,
+    /// Where the message was posted; differs between a DM and a group.
+    pub chat_id: String,
+    /// Thread or forum topic, when the platform has one and the message is in it.
+    pub thread_id: Option<String>,
+    /// The platform's id of this message (dedup, replies).
+    pub message_id: Option<String>,
+    pub is_group: bool,
+    /// The bot was mentioned (already decided by the adapter, which knows the wire format).
+    pub is_mentioned: bool,
+    /// The message replies to one of the bot's messages.
+    pub is_reply_to_bot: bool,
+    /// Text with the bot's mention stripped.
+    pub text: String,
+    /// Text of the message this one replies to, if any.
+    pub quoted_text: Option<String>,
+    /// Files the adapter saved for the agent to read.
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file that came with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub kind: AttachmentKind,
+    pub path: PathBuf,
+    pub file_name: String,
+    pub mime_type: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachmentKind {
+    Image,
+    File,
+    Audio,
+    Video,
+}
+
+/// Everything an adapter thread reports to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Message(InboundMessage),
+    /// The adapter's connection state changed (for health and logs).
+    Health { channel: String, connected: bool, error: Option<String> },
+}
+
+/// Where a reply goes: a chat, and a thread inside it when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChatRef {
+    pub channel: String,
+    pub chat_id: String,
+    pub thread_id: Option<String>,
+}
+
+/// What the core asks an adapter to do. Adapters own retries, pacing and platform limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Send a complete answer (Markdown as the agent wrote it); the adapter formats and splits.
+    Text { chat: ChatRef, text: String },
+    /// Show "typing…" (platforms expire it after a few seconds; the core repeats it).
+    Typing { chat: ChatRef },
+}
+
+impl Outbound {
+    pub fn channel(&self) -> &str {
+        match self {
+            Outbound::Text { chat, .. } | Outbound::Typing { chat } => &chat.channel,
+        }
+    }
+}
+
+/// Identifies a conversation the core keeps: see `core::routing`.
+pub type SessionKey = String;
+
+/// What the core asks of an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRequest {
+    /// `session/new`; answered by [`AgentEvent::SessionCreated`] or [`AgentEvent::SessionFailed`]
+    /// carrying the same key.
+    NewSession { key: SessionKey, cwd: PathBuf },
+    /// `session/prompt`; answered by [`AgentEvent::TurnEnded`] for that session.
+    Prompt { session_id: String, text: String },
+    /// `session/cancel` (a notification; the running prompt then ends with `cancelled`).
+    Cancel { session_id: String },
+}
+
+/// Why a turn ended, as the agent said (`stopReason`), or that it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnOutcome {
+    EndTurn,
+    MaxTokens,
+    MaxTurnRequests,
+    Refusal,
+    Cancelled,
+    /// A stop reason this build does not know.
+    Other(String),
+    /// The prompt request came back as a JSON-RPC error (message for the log).
+    Failed(String),
+}
+
+/// Everything the ACP side reports to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// `initialize` answered: the agent is ready for sessions.
+    Ready { load_session: bool },
+    SessionCreated { key: SessionKey, session_id: String },
+    SessionFailed { key: SessionKey, error: String },
+    /// A piece of the answer (`agent_message_chunk` text).
+    TextChunk { session_id: String, text: String },
+    TurnEnded { session_id: String, outcome: TurnOutcome },
+    /// The agent process is gone (exit status, last lines of stderr for the log).
+    Exited { reason: String },
+}

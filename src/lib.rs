@@ -1,0 +1,14 @@
+//! tether: drive an ACP coding agent from chat apps.
+//!
+//! Platform threads turn chat traffic into [`event::Inbound`]; one core thread runs the pure
+//! [`core::Core`] over those events, the agent's events and the clock; the ACP threads speak
+//! JSON-RPC to the agent process. See `ARCHITECTURE.md` for the map.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cli;
+pub mod config;
+pub mod demo_agent;
+pub mod error;
+pub mod event;
