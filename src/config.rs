@@ -274,7 +274,7 @@ impl std::fmt::Display for ConfigError {
 }
 
 /// Where relative paths and `~` resolve, and how `$VAR` is looked up.
-#[derive(Debug, Clone)]
+#[derive(Clone, Copy)]
 pub struct ParseContext<'a> {
     /// The file the text came from (for messages).
     pub path: &'a Path,
