@@ -55,7 +55,11 @@ pub enum AttachmentKind {
 pub enum Inbound {
     Message(InboundMessage),
     /// The adapter's connection state changed (for health and logs).
-    Health { channel: String, connected: bool, error: Option<String> },
+    Health {
+        channel: String,
+        connected: bool,
+        error: Option<String>,
+    },
 }
 
 /// Where a reply goes: a chat, and a thread inside it when there is one.
@@ -71,6 +75,10 @@ pub struct ChatRef {
 pub enum Outbound {
     /// Send a complete answer (Markdown as the agent wrote it); the adapter formats and splits.
     Text { chat: ChatRef, text: String },
+    /// The answer so far, while the turn runs, for adapters that show it live (web chat,
+    /// or a platform message edited in place). Each draft replaces the previous one; the
+    /// turn's final [`Outbound::Text`] replaces the draft.
+    Draft { chat: ChatRef, text: String },
     /// Show "typing…" (platforms expire it after a few seconds; the core repeats it).
     Typing { chat: ChatRef },
 }
@@ -78,7 +86,9 @@ pub enum Outbound {
 impl Outbound {
     pub fn channel(&self) -> &str {
         match self {
-            Outbound::Text { chat, .. } | Outbound::Typing { chat } => &chat.channel,
+            Outbound::Text { chat, .. }
+            | Outbound::Draft { chat, .. }
+            | Outbound::Typing { chat } => &chat.channel,
         }
     }
 }
@@ -116,12 +126,28 @@ pub enum TurnOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
     /// `initialize` answered: the agent is ready for sessions.
-    Ready { load_session: bool },
-    SessionCreated { key: SessionKey, session_id: String },
-    SessionFailed { key: SessionKey, error: String },
+    Ready {
+        load_session: bool,
+    },
+    SessionCreated {
+        key: SessionKey,
+        session_id: String,
+    },
+    SessionFailed {
+        key: SessionKey,
+        error: String,
+    },
     /// A piece of the answer (`agent_message_chunk` text).
-    TextChunk { session_id: String, text: String },
-    TurnEnded { session_id: String, outcome: TurnOutcome },
+    TextChunk {
+        session_id: String,
+        text: String,
+    },
+    TurnEnded {
+        session_id: String,
+        outcome: TurnOutcome,
+    },
     /// The agent process is gone (exit status, last lines of stderr for the log).
-    Exited { reason: String },
+    Exited {
+        reason: String,
+    },
 }
