@@ -1,0 +1,431 @@
+//! Telegram Bot API JSON: replies, updates and the requests we send. Pure; the only place
+//! Telegram's shapes exist. Turns updates into [`InboundMessage`]s, deciding whether the
+//! bot was addressed (entity offsets are UTF-16 code units).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::event::{ChatRef, InboundMessage};
+
+/// The bot's own identity, from `getMe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotIdentity {
+    pub id: i64,
+    pub username: String,
+}
+
+/// Why a Bot API call did not succeed, classified by what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// 409: another process polls this bot (or a webhook is set). Retry slowly.
+    Conflict(String),
+    /// 429: wait `retry_after` seconds, then retry the same request.
+    RateLimited(Duration),
+    /// 401/404 on the bot path: the token is wrong. Retrying will not help soon.
+    Unauthorized(String),
+    /// 5xx, timeouts, refused connections, malformed replies: retry with backoff.
+    Transient(String),
+    /// Other 4xx: the request itself is wrong (chat not found, bad markup). Do not retry.
+    Rejected(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Conflict(d) => write!(f, "conflict (409): {d}"),
+            Failure::RateLimited(d) => write!(f, "rate limited (429): retry after {} s", d.as_secs()),
+            Failure::Unauthorized(d) => write!(f, "unauthorized: {d}; check the channel's token"),
+            Failure::Transient(d) => write!(f, "{d}"),
+            Failure::Rejected(d) => write!(f, "rejected: {d}"),
+        }
+    }
+}
+
+/// Decode an HTTP reply from the Bot API into its `result`, or a classified failure.
+pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
+    let Ok(reply) = serde_json::from_str::<Value>(body) else {
+        let what = if status >= 500 || status == 200 { Failure::Transient } else { Failure::Rejected };
+        return Err(what(format!("HTTP {status} with a body that is not JSON: {}", body_preview(body))));
+    };
+    if reply.get("ok").and_then(Value::as_bool) == Some(true) && status == 200 {
+        return Ok(reply.get("result").cloned().unwrap_or(Value::Null));
+    }
+    let code = reply.get("error_code").and_then(Value::as_u64).map_or(status, |c| c as u16);
+    let description = reply.get("description").and_then(Value::as_str).unwrap_or("no description").to_string();
+    Err(match code {
+        409 => Failure::Conflict(description),
+        429 => {
+            let secs = reply.pointer("/parameters/retry_after").and_then(Value::as_u64).unwrap_or(5);
+            Failure::RateLimited(Duration::from_secs(secs.clamp(1, 3600)))
+        }
+        401 | 404 => Failure::Unauthorized(format!("HTTP {code}: {description}")),
+        c if c >= 500 => Failure::Transient(format!("HTTP {c}: {description}")),
+        200 => Failure::Transient(format!("reply without ok: {}", body_preview(body))),
+        c => Failure::Rejected(format!("HTTP {c}: {description}")),
+    })
+}
+
+pub fn parse_identity(result: &Value) -> Option<BotIdentity> {
+    Some(BotIdentity {
+        id: result.get("id")?.as_i64()?,
+        username: result.get("username")?.as_str()?.to_string(),
+    })
+}
+
+/// The updates of one `getUpdates` reply: the highest `update_id` seen (to confirm them
+/// all with the next offset, even the ones we skip) and the messages worth handling.
+pub fn parse_updates(result: &Value, channel: &str, bot: &BotIdentity) -> (Option<i64>, Vec<InboundMessage>) {
+    let mut last_id = None;
+    let mut messages = Vec::new();
+    for update in result.as_array().map(Vec::as_slice).unwrap_or_default() {
+        if let Some(id) = update.get("update_id").and_then(Value::as_i64) {
+            last_id = Some(last_id.map_or(id, |last: i64| last.max(id)));
+        }
+        if let Some(message) = update.get("message").and_then(|m| parse_message(m, channel, bot)) {
+            messages.push(message);
+        }
+    }
+    (last_id, messages)
+}
+
+fn parse_message(msg: &Value, channel: &str, bot: &BotIdentity) -> Option<InboundMessage> {
+    let chat = msg.get("chat")?;
+    let chat_id = id_string(chat.get("id")?)?;
+    let from = msg.get("from")?;
+    if from.get("is_bot").and_then(Value::as_bool) == Some(true) {
+        return None;
+    }
+    let sender_id = id_string(from.get("id")?)?;
+    let (text, entities) = match msg.get("text").and_then(Value::as_str) {
+        Some(text) => (text, msg.get("entities")),
+        None => (msg.get("caption").and_then(Value::as_str)?, msg.get("caption_entities")),
+    };
+    let entities = entities.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let is_group = chat.get("type").and_then(Value::as_str) != Some("private");
+    let is_topic = msg.get("is_topic_message").and_then(Value::as_bool) == Some(true);
+    let thread_id = if is_topic { msg.get("message_thread_id").and_then(id_string) } else { None };
+    let reply = msg.get("reply_to_message");
+    // In a forum topic every message "replies" to the topic's creation message.
+    let reply = reply.filter(|r| {
+        r.get("forum_topic_created").is_none()
+            && !(is_topic && r.get("message_id").is_some() && r.get("message_id") == msg.get("message_thread_id"))
+    });
+    let is_reply_to_bot = reply.and_then(|r| r.pointer("/from/id")).and_then(Value::as_i64) == Some(bot.id);
+    let quoted_text = reply
+        .and_then(|r| r.get("text").or_else(|| r.get("caption")))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let is_mentioned = !is_group || mentions_bot(text, entities, bot);
+    Some(InboundMessage {
+        channel: channel.to_string(),
+        sender_id,
+        sender_name: display_name(from),
+        chat_id,
+        thread_id,
+        message_id: msg.get("message_id").and_then(id_string),
+        is_group,
+        is_mentioned,
+        is_reply_to_bot,
+        text: strip_mention(text, &bot.username),
+        quoted_text,
+        attachments: Vec::new(),
+    })
+}
+
+fn mentions_bot(text: &str, entities: &[Value], bot: &BotIdentity) -> bool {
+    let handle = format!("@{}", bot.username);
+    entities.iter().any(|e| {
+        let slice = || {
+            let offset = e.get("offset").and_then(Value::as_u64)? as usize;
+            let length = e.get("length").and_then(Value::as_u64)? as usize;
+            utf16_slice(text, offset, length)
+        };
+        match e.get("type").and_then(Value::as_str) {
+            Some("mention") => slice().is_some_and(|s| s.eq_ignore_ascii_case(&handle)),
+            Some("bot_command") => slice()
+                .and_then(|s| s.split_once('@').map(|(_, at)| at.to_string()))
+                .is_some_and(|at| at.eq_ignore_ascii_case(&bot.username)),
+            Some("text_mention") => e.pointer("/user/id").and_then(Value::as_i64) == Some(bot.id),
+            _ => false,
+        }
+    })
+}
+
+/// The part of `text` at UTF-16 `offset..offset+length`, if it falls on char boundaries.
+fn utf16_slice(text: &str, offset: usize, length: usize) -> Option<String> {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    let end = offset.checked_add(length)?;
+    String::from_utf16(units.get(offset..end)?).ok()
+}
+
+/// Remove every `@botname` (any case), as Qwen does, and tidy the spaces left behind.
+/// `/cmd@botname` keeps the command: the suffix goes, the command stays.
+fn strip_mention(text: &str, username: &str) -> String {
+    let handle = format!("@{}", username.to_lowercase());
+    let lower = text.to_lowercase();
+    if handle.len() < 2 || lower.len() != text.len() {
+        // Lowercasing changed byte lengths (rare scripts): fall back to an exact match.
+        return text.replace(&format!("@{username}"), "").trim().to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    while let Some(found) = lower[rest..].find(&handle) {
+        let at = rest + found;
+        let end = at + handle.len();
+        let next = text[end..].chars().next();
+        if next.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            out.push_str(&text[rest..end]);
+        } else {
+            out.push_str(&text[rest..at]);
+        }
+        rest = end;
+    }
+    out.push_str(&text[rest..]);
+    out.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ").trim().to_string()
+}
+
+fn display_name(from: &Value) -> String {
+    let first = from.get("first_name").and_then(Value::as_str).unwrap_or("");
+    let last = from.get("last_name").and_then(Value::as_str).unwrap_or("");
+    let name = format!("{first} {last}").trim().to_string();
+    match (name.is_empty(), from.get("username").and_then(Value::as_str)) {
+        (true, Some(user)) => user.to_string(),
+        (true, None) => id_string(from.get("id").unwrap_or(&Value::Null)).unwrap_or_default(),
+        (false, _) => name,
+    }
+}
+
+fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A chat id as Telegram wants it: a number when it is one.
+fn chat_id_value(chat_id: &str) -> Value {
+    chat_id.parse::<i64>().map_or_else(|_| json!(chat_id), |n| json!(n))
+}
+
+/// The `getUpdates` request body.
+pub fn get_updates(offset: i64, timeout: Duration) -> Value {
+    json!({
+        "offset": offset,
+        "timeout": timeout.as_secs(),
+        "allowed_updates": ["message", "edited_message", "callback_query", "my_chat_member"],
+    })
+}
+
+/// The `sendMessage` request body for one chunk of plain text.
+pub fn send_message(chat: &ChatRef, text: &str) -> Value {
+    let mut body = json!({
+        "chat_id": chat_id_value(&chat.chat_id),
+        "text": text,
+        "link_preview_options": {"is_disabled": true},
+    });
+    if let Some(thread) = chat.thread_id.as_deref().and_then(|t| t.parse::<i64>().ok()) {
+        body["message_thread_id"] = json!(thread);
+    }
+    body
+}
+
+/// The `sendChatAction` request body for "typing".
+pub fn send_typing(chat: &ChatRef) -> Value {
+    let mut body = send_message(chat, "");
+    if let Some(map) = body.as_object_mut() {
+        map.remove("text");
+        map.remove("link_preview_options");
+        map.insert("action".into(), json!("typing"));
+    }
+    body
+}
+
+/// Split text into pieces of at most `limit` UTF-16 units, at line boundaries where it can.
+pub fn split_text(text: &str, limit: usize) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current = String::new();
+    let mut current_len = 0;
+    for line in text.split_inclusive('\n') {
+        let line_len = line.encode_utf16().count();
+        if current_len + line_len > limit && !current.is_empty() {
+            chunks.push(std::mem::take(&mut current));
+            current_len = 0;
+        }
+        if line_len > limit {
+            // One line longer than the limit: cut it at char boundaries.
+            for c in line.chars() {
+                if current_len + c.len_utf16() > limit {
+                    chunks.push(std::mem::take(&mut current));
+                    current_len = 0;
+                }
+                current.push(c);
+                current_len += c.len_utf16();
+            }
+        } else {
+            current.push_str(line);
+            current_len += line_len;
+        }
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks.into_iter().map(|c| c.trim_end().to_string()).filter(|c| !c.trim().is_empty()).collect()
+}
+
+fn body_preview(body: &str) -> String {
+    body.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bot() -> BotIdentity {
+        BotIdentity { id: 42, username: "tether_bot".into() }
+    }
+
+    #[test]
+    fn replies_are_classified() {
+        let cases: Vec<(u16, &str, Result<Value, Failure>)> = vec![
+            (200, r#"{"ok":true,"result":[1]}"#, Ok(json!([1]))),
+            (409, r#"{"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request"}"#,
+                Err(Failure::Conflict("Conflict: terminated by other getUpdates request".into()))),
+            (429, r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 7","parameters":{"retry_after":7}}"#,
+                Err(Failure::RateLimited(Duration::from_secs(7)))),
+            (401, r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#,
+                Err(Failure::Unauthorized("HTTP 401: Unauthorized".into()))),
+            (502, "<html>Bad Gateway</html>", Err(Failure::Transient("HTTP 502 with a body that is not JSON: <html>Bad Gateway</html>".into()))),
+            (200, "{not json", Err(Failure::Transient("HTTP 200 with a body that is not JSON: {not json".into()))),
+            (400, r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
+                Err(Failure::Rejected("HTTP 400: Bad Request: chat not found".into()))),
+            (500, r#"{"ok":false,"error_code":500,"description":"Internal"}"#, Err(Failure::Transient("HTTP 500: Internal".into()))),
+        ];
+        for (status, body, expected) in cases {
+            assert_eq!(parse_reply(status, body), expected, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn private_text_message_becomes_inbound() {
+        let result = json!([
+            {"update_id": 10, "message": {"message_id": 5, "date": 1, "chat": {"id": 111, "type": "private"},
+             "from": {"id": 111, "is_bot": false, "first_name": "Ada", "last_name": "L"}, "text": "hello"}},
+            {"update_id": 11, "edited_message": {"message_id": 5}},
+        ]);
+        let (last, msgs) = parse_updates(&result, "phone", &bot());
+        assert_eq!(last, Some(11));
+        assert_eq!(msgs.len(), 1);
+        let m = &msgs[0];
+        assert_eq!((m.sender_id.as_str(), m.chat_id.as_str(), m.text.as_str()), ("111", "111", "hello"));
+        assert_eq!(m.sender_name, "Ada L");
+        assert_eq!(m.message_id.as_deref(), Some("5"));
+        assert!(!m.is_group && m.is_mentioned);
+    }
+
+    #[test]
+    fn group_mentions_use_utf16_offsets() {
+        // "🎉 @tether_bot hi": the emoji is 2 UTF-16 units, so the mention starts at 3.
+        let text = "🎉 @tether_bot hi";
+        let msg = |entities: Value| {
+            json!([{"update_id": 1, "message": {"message_id": 1, "chat": {"id": -100, "type": "supergroup"},
+                "from": {"id": 7, "first_name": "B"}, "text": text, "entities": entities}}])
+        };
+        let cases = vec![
+            (json!([{"type": "mention", "offset": 3, "length": 11}]), true),
+            (json!([{"type": "mention", "offset": 2, "length": 11}]), false),
+            (json!([]), false),
+            (json!([{"type": "text_mention", "offset": 0, "length": 2, "user": {"id": 42}}]), true),
+        ];
+        for (entities, mentioned) in cases {
+            let (_, msgs) = parse_updates(&msg(entities.clone()), "g", &bot());
+            assert_eq!(msgs[0].is_mentioned, mentioned, "{entities}");
+            assert!(msgs[0].is_group);
+            assert_eq!(msgs[0].text, "🎉 hi");
+        }
+    }
+
+    #[test]
+    fn bot_commands_address_us_only_with_our_name() {
+        let cases = vec![("/help@tether_bot", true, "/help"), ("/help@other_bot", false, "/help@other_bot"), ("/help", false, "/help")];
+        for (text, mentioned, stripped) in cases {
+            let len = text.encode_utf16().count();
+            let result = json!([{"update_id": 1, "message": {"message_id": 1, "chat": {"id": -5, "type": "group"},
+                "from": {"id": 7, "first_name": "B"}, "text": text,
+                "entities": [{"type": "bot_command", "offset": 0, "length": len}]}}]);
+            let (_, msgs) = parse_updates(&result, "g", &bot());
+            assert_eq!(msgs[0].is_mentioned, mentioned, "{text}");
+            assert_eq!(msgs[0].text, stripped, "{text}");
+        }
+    }
+
+    #[test]
+    fn replies_to_the_bot_but_not_forum_topic_roots() {
+        let reply_to_bot = json!({"message_id": 3, "from": {"id": 42, "is_bot": true}, "text": "earlier answer"});
+        let topic_root = json!({"message_id": 9, "from": {"id": 42, "is_bot": true}, "forum_topic_created": {"name": "t"}});
+        let make = |reply: &Value, topic: bool| {
+            json!([{"update_id": 1, "message": {"message_id": 20, "chat": {"id": -100, "type": "supergroup", "is_forum": topic},
+                "from": {"id": 7, "first_name": "B"}, "text": "ok", "message_thread_id": 9, "is_topic_message": topic,
+                "reply_to_message": reply}}])
+        };
+        let (_, msgs) = parse_updates(&make(&reply_to_bot, false), "g", &bot());
+        assert!(msgs[0].is_reply_to_bot);
+        assert_eq!(msgs[0].quoted_text.as_deref(), Some("earlier answer"));
+        assert_eq!(msgs[0].thread_id, None, "a reply chain is not a topic");
+        let (_, msgs) = parse_updates(&make(&topic_root, true), "g", &bot());
+        assert!(!msgs[0].is_reply_to_bot);
+        assert_eq!(msgs[0].quoted_text, None);
+        assert_eq!(msgs[0].thread_id.as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn messages_from_bots_and_without_text_are_skipped() {
+        let result = json!([
+            {"update_id": 1, "message": {"message_id": 1, "chat": {"id": 1, "type": "private"}, "from": {"id": 9, "is_bot": true}, "text": "x"}},
+            {"update_id": 2, "message": {"message_id": 2, "chat": {"id": 1, "type": "private"}, "from": {"id": 1}, "sticker": {}}},
+            {"update_id": 3, "message": {"message_id": 3, "chat": {"id": 1, "type": "private"}, "from": {"id": 1}, "photo": [], "caption": "look"}},
+        ]);
+        let (last, msgs) = parse_updates(&result, "c", &bot());
+        assert_eq!(last, Some(3));
+        assert_eq!(msgs.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["look"]);
+    }
+
+    #[test]
+    fn send_bodies() {
+        let chat = ChatRef { channel: "c".into(), chat_id: "-100123".into(), thread_id: Some("9".into()) };
+        let body = send_message(&chat, "hi");
+        assert_eq!(body["chat_id"], json!(-100123));
+        assert_eq!(body["message_thread_id"], json!(9));
+        let typing = send_typing(&chat);
+        assert_eq!(typing["action"], "typing");
+        assert!(typing.get("text").is_none());
+    }
+
+    #[test]
+    fn split_text_respects_the_limit_and_lines() {
+        assert_eq!(split_text("a\nb\nc", 3), vec!["a", "b\nc"]);
+        assert_eq!(split_text("abcdef", 4), vec!["abcd", "ef"]);
+        assert_eq!(split_text("", 10), Vec::<String>::new());
+        // Emoji are two UTF-16 units: never split inside one.
+        let chunks = split_text(&"😀".repeat(5), 4);
+        assert_eq!(chunks, vec!["😀😀", "😀😀", "😀"]);
+        let long = "word ".repeat(2000);
+        for chunk in split_text(&long, 4096) {
+            assert!(chunk.encode_utf16().count() <= 4096);
+        }
+    }
+
+    #[test]
+    fn strip_mention_cases() {
+        let cases = vec![
+            ("@tether_bot hello", "hello"),
+            ("hello @TETHER_BOT", "hello"),
+            ("@tether_botany stays", "@tether_botany stays"),
+            ("/new@tether_bot now", "/new now"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(strip_mention(input, "tether_bot"), expected, "{input}");
+        }
+    }
+}
