@@ -6,8 +6,11 @@
 //! start, and an error names the file, the channel, the key, the bad value and what is allowed.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde_json::{Map, Value};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,12 +166,14 @@ impl Secret {
         &self.value
     }
 
-    /// For `tether check`: the first 4 characters and a length, never the whole value.
+    /// For `tether check`: up to the first 4 characters and a length, never the whole value
+    /// (a short value shows at most a third of itself).
     pub fn masked(&self) -> String {
-        let head: String = self.value.chars().take(4).collect();
+        let count = self.value.chars().count();
+        let head: String = self.value.chars().take((count / 3).min(4)).collect();
         match &self.from_env {
-            Some(name) => format!("${name} ({head}…, {} chars)", self.value.chars().count()),
-            None => format!("{head}… ({} chars)", self.value.chars().count()),
+            Some(name) => format!("${name} ({head}…, {count} chars)"),
+            None => format!("{head}… ({count} chars)"),
         }
     }
 }
@@ -292,12 +297,1877 @@ pub struct ParseContext<'a> {
 }
 
 /// Parse and validate a config file's text.
+///
+/// Qwen compatibility: unknown top-level keys are ignored; `null` for any optional key means
+/// "use the default", and so does `""` for string keys (Qwen applied `value || default`).
+/// Anything else of the wrong type, and any unknown enum value, is an error.
 pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
-    let _ = text;
-    Err(ConfigError {
-        path: cx.path.to_path_buf(),
+    let top = Place {
+        path: cx.path,
         channel: None,
-        key: None,
-        message: "config parsing is being written".into(),
+        prefix: "",
+    };
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
+    let Value::Object(root) = value else {
+        return Err(top.error_here(format!(
+            "the file must hold one JSON object ({{ \"channels\": ... }}), found {}",
+            describe(&value)
+        )));
+    };
+
+    let env = get_string_map(&root, "env", top)?;
+    let agents = parse_agents(&root, top)?;
+    let vars = Vars {
+        file: &env,
+        process: cx.env,
+    };
+    let empty = Object::new();
+    let mut channels = BTreeMap::new();
+    for (name, value) in get_object(&root, "channels", top)?.unwrap_or(&empty) {
+        let at = Place {
+            path: cx.path,
+            channel: Some(name),
+            prefix: "",
+        };
+        check_channel_name(name, at)?;
+        let Value::Object(obj) = value else {
+            return Err(at.error_here(format!("expected an object, found {}", describe(value))));
+        };
+        channels.insert(
+            name.clone(),
+            parse_channel(name, obj, at, cx, &vars, &agents)?,
+        );
+    }
+    Ok(Config {
+        path: cx.path.to_path_buf(),
+        agents,
+        channels,
+        env,
     })
+}
+
+type Object = Map<String, Value>;
+
+/// Keys of a channel object this build reads; every other key is kept in `extra`.
+const CHANNEL_KEYS: &[&str] = &[
+    "type",
+    "token",
+    "clientId",
+    "clientSecret",
+    "model",
+    "senderPolicy",
+    "allowedUsers",
+    "sessionScope",
+    "cwd",
+    "instructions",
+    "approvalMode",
+    "groupPolicy",
+    "groups",
+    "dispatchMode",
+    "blockStreaming",
+    "blockStreamingChunk",
+    "blockStreamingCoalesce",
+    "permissions",
+    "permissionTimeoutMs",
+    "showToolCalls",
+    "agent",
+    "apiBase",
+    "baseUrl",
+    "turnTimeoutMs",
+    "listen",
+];
+
+const CHANNEL_KINDS: [(&str, ChannelKind); 6] = [
+    ("telegram", ChannelKind::Telegram),
+    ("weixin", ChannelKind::Weixin),
+    ("dingtalk", ChannelKind::Dingtalk),
+    ("discord", ChannelKind::Discord),
+    ("webchat", ChannelKind::Webchat),
+    ("webhook", ChannelKind::Webhook),
+];
+const SENDER_POLICIES: &[(&str, SenderPolicy)] = &[
+    ("allowlist", SenderPolicy::Allowlist),
+    ("pairing", SenderPolicy::Pairing),
+    ("open", SenderPolicy::Open),
+];
+const SESSION_SCOPES: &[(&str, SessionScope)] = &[
+    ("user", SessionScope::User),
+    ("thread", SessionScope::Thread),
+    ("single", SessionScope::Single),
+];
+const GROUP_POLICIES: &[(&str, GroupPolicy)] = &[
+    ("disabled", GroupPolicy::Disabled),
+    ("allowlist", GroupPolicy::Allowlist),
+    ("open", GroupPolicy::Open),
+];
+const DISPATCH_MODES: &[(&str, DispatchMode)] = &[
+    ("steer", DispatchMode::Steer),
+    ("collect", DispatchMode::Collect),
+    ("followup", DispatchMode::Followup),
+];
+const PERMISSION_POLICIES: &[(&str, PermissionPolicy)] = &[
+    ("relay", PermissionPolicy::Relay),
+    ("allow", PermissionPolicy::Allow),
+    ("deny", PermissionPolicy::Deny),
+];
+const TOOL_CALL_DISPLAYS: &[(&str, ToolCallDisplay)] = &[
+    ("off", ToolCallDisplay::Off),
+    ("brief", ToolCallDisplay::Brief),
+];
+/// `blockStreaming`: only the literal `"on"` enables it, as in Qwen.
+const ON_OFF: &[(&str, bool)] = &[("on", true), ("off", false)];
+
+const DEFAULT_AGENT_COMMAND: &str = "qwen";
+const DEFAULT_AGENT_ARGS: &[&str] = &["--acp"];
+const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 30_000;
+const DEFAULT_BLOCK_MIN_CHARS: u64 = 400;
+const DEFAULT_BLOCK_MAX_CHARS: u64 = 1000;
+const DEFAULT_BLOCK_IDLE_MS: i128 = 1500;
+const DEFAULT_PERMISSION_TIMEOUT_MS: u64 = 300_000;
+const DEFAULT_TURN_TIMEOUT_MS: u64 = 1_800_000;
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// The platform's HTTP base when neither `apiBase` nor `baseUrl` is given.
+fn default_api_base(kind: ChannelKind) -> &'static str {
+    match kind {
+        ChannelKind::Telegram => "https://api.telegram.org",
+        ChannelKind::Weixin => "https://ilinkai.weixin.qq.com",
+        ChannelKind::Dingtalk => "https://api.dingtalk.com",
+        ChannelKind::Discord => "https://discord.com/api/v10",
+        ChannelKind::Webchat | ChannelKind::Webhook => "",
+    }
+}
+
+/// The top-level `agent` (under [`DEFAULT_AGENT`]) plus the named `agents`.
+fn parse_agents(
+    root: &Object,
+    top: Place<'_>,
+) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
+    let empty = Object::new();
+    let mut agents = BTreeMap::new();
+    let default = get_object(root, "agent", top)?.unwrap_or(&empty);
+    let at = Place {
+        prefix: "agent",
+        ..top
+    };
+    agents.insert(DEFAULT_AGENT.to_string(), parse_agent(default, at, false)?);
+    for (name, value) in get_object(root, "agents", top)?.unwrap_or(&empty) {
+        let key = format!("agents.{name}");
+        if name == DEFAULT_AGENT {
+            return Err(top.error(
+                &key,
+                "the name \"default\" is reserved for the top-level \"agent\": \
+                 rename this agent, or move it to \"agent\"",
+            ));
+        }
+        let Value::Object(obj) = value else {
+            return Err(type_error(top, &key, "an object", value));
+        };
+        let at = Place {
+            prefix: &key,
+            ..top
+        };
+        agents.insert(name.clone(), parse_agent(obj, at, true)?);
+    }
+    Ok(agents)
+}
+
+/// One agent object. `args` defaults to `--acp` only together with the default command:
+/// another program's flags are unknown.
+fn parse_agent(
+    obj: &Object,
+    at: Place<'_>,
+    command_required: bool,
+) -> Result<AgentConfig, ConfigError> {
+    let (command, default_args) = match get_string(obj, "command", at)? {
+        Some(command) => (command, Vec::new()),
+        None if command_required => {
+            return Err(at.error(
+                "command",
+                "required: the program to start, e.g. \"gemini\" (with \"args\" such as \
+                 [\"--experimental-acp\"])",
+            ));
+        }
+        None => (
+            DEFAULT_AGENT_COMMAND.to_string(),
+            DEFAULT_AGENT_ARGS.iter().map(|a| a.to_string()).collect(),
+        ),
+    };
+    Ok(AgentConfig {
+        command,
+        args: get_string_array(obj, "args", at)?.unwrap_or(default_args),
+        env: get_string_map(obj, "env", at)?,
+        startup_timeout: millis(
+            get_positive(obj, "startupTimeoutMs", at)?,
+            DEFAULT_STARTUP_TIMEOUT_MS,
+        ),
+    })
+}
+
+/// Channel names end up in file names and routing keys.
+fn check_channel_name(name: &str, at: Place<'_>) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(at.error_here(
+            "a channel name must be non-empty and use only ASCII letters, digits, - and _ \
+             (it is used in file names): rename it, e.g. \"my-telegram\"",
+        ))
+    }
+}
+
+fn parse_channel(
+    name: &str,
+    obj: &Object,
+    at: Place<'_>,
+    cx: &ParseContext<'_>,
+    vars: &Vars<'_>,
+    agents: &BTreeMap<String, AgentConfig>,
+) -> Result<ChannelConfig, ConfigError> {
+    let kind = get_enum(obj, "type", at, &CHANNEL_KINDS)?.ok_or_else(|| {
+        at.error(
+            "type",
+            format!(
+                "missing: every channel needs a \"type\", one of: {}",
+                names(&CHANNEL_KINDS)
+            ),
+        )
+    })?;
+
+    let token = get_secret(obj, "token", at, vars)?;
+    let client_id = get_secret(obj, "clientId", at, vars)?;
+    let client_secret = get_secret(obj, "clientSecret", at, vars)?;
+    match kind {
+        ChannelKind::Telegram => require(
+            &token,
+            "token",
+            kind,
+            "your bot token",
+            "TELEGRAM_BOT_TOKEN",
+            at,
+        )?,
+        ChannelKind::Discord => require(
+            &token,
+            "token",
+            kind,
+            "your bot token",
+            "DISCORD_BOT_TOKEN",
+            at,
+        )?,
+        ChannelKind::Dingtalk => {
+            require(
+                &client_id,
+                "clientId",
+                kind,
+                "your app's AppKey",
+                "DINGTALK_CLIENT_ID",
+                at,
+            )?;
+            require(
+                &client_secret,
+                "clientSecret",
+                kind,
+                "your app's AppSecret",
+                "DINGTALK_CLIENT_SECRET",
+                at,
+            )?;
+        }
+        ChannelKind::Weixin | ChannelKind::Webchat | ChannelKind::Webhook => {}
+    }
+
+    let listen = get_string(obj, "listen", at)?.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let address: SocketAddr = listen.parse().map_err(|_| {
+        at.error(
+            "listen",
+            format!("\"{listen}\" is not an IP address and port such as {DEFAULT_LISTEN} (host names are not accepted)"),
+        )
+    })?;
+    if kind == ChannelKind::Webchat && !address.ip().is_loopback() && token.is_none() {
+        return Err(at.error(
+            "token",
+            format!(
+                "required because \"listen\" ({listen}) is not a loopback address: anyone who \
+                 can reach it could drive the agent. Set a token (or \"$VAR\"), or listen on {DEFAULT_LISTEN}"
+            ),
+        ));
+    }
+
+    let agent = get_string(obj, "agent", at)?.unwrap_or_else(|| DEFAULT_AGENT.to_string());
+    if !agents.contains_key(&agent) {
+        let known: Vec<&str> = agents.keys().map(String::as_str).collect();
+        return Err(at.error(
+            "agent",
+            format!(
+                "unknown agent \"{agent}\"; known agents: {} (define it under \"agents\")",
+                known.join(", ")
+            ),
+        ));
+    }
+
+    let empty = Object::new();
+    let chunk_key = at.key("blockStreamingChunk");
+    let chunk_at = Place {
+        prefix: &chunk_key,
+        ..at
+    };
+    let chunk = get_object(obj, "blockStreamingChunk", at)?.unwrap_or(&empty);
+    let block_min_chars =
+        get_positive(chunk, "minChars", chunk_at)?.unwrap_or(DEFAULT_BLOCK_MIN_CHARS);
+    let block_max_chars =
+        get_positive(chunk, "maxChars", chunk_at)?.unwrap_or(DEFAULT_BLOCK_MAX_CHARS);
+    if block_min_chars > block_max_chars {
+        return Err(at.error(
+            "blockStreamingChunk",
+            format!("minChars ({block_min_chars}) is larger than maxChars ({block_max_chars})"),
+        ));
+    }
+    let coalesce_key = at.key("blockStreamingCoalesce");
+    let coalesce_at = Place {
+        prefix: &coalesce_key,
+        ..at
+    };
+    let coalesce = get_object(obj, "blockStreamingCoalesce", at)?.unwrap_or(&empty);
+    // Qwen: `idleMs <= 0` disables the idle flush.
+    let idle_ms = get_integer(coalesce, "idleMs", coalesce_at)?.unwrap_or(DEFAULT_BLOCK_IDLE_MS);
+    let block_idle = Duration::from_millis(u64::try_from(idle_ms).unwrap_or(0));
+
+    Ok(ChannelConfig {
+        name: name.to_string(),
+        kind,
+        token,
+        client_id,
+        client_secret,
+        model: get_string(obj, "model", at)?,
+        sender_policy: get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?
+            .unwrap_or(SenderPolicy::Allowlist),
+        allowed_users: get_user_ids(obj, "allowedUsers", at)?,
+        session_scope: get_enum(obj, "sessionScope", at, SESSION_SCOPES)?
+            .unwrap_or(SessionScope::User),
+        cwd: resolve_cwd(get_string(obj, "cwd", at)?, cx, at)?,
+        instructions: get_string(obj, "instructions", at)?,
+        approval_mode: get_string(obj, "approvalMode", at)?,
+        group_policy: get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?
+            .unwrap_or(GroupPolicy::Disabled),
+        groups: get_groups(obj, at)?,
+        dispatch_mode: get_enum(obj, "dispatchMode", at, DISPATCH_MODES)?
+            .unwrap_or(DispatchMode::Steer),
+        block_streaming: get_enum(obj, "blockStreaming", at, ON_OFF)?.unwrap_or(false),
+        block_min_chars: to_usize(block_min_chars),
+        block_max_chars: to_usize(block_max_chars),
+        block_idle,
+        permissions: get_enum(obj, "permissions", at, PERMISSION_POLICIES)?
+            .unwrap_or(PermissionPolicy::Relay),
+        permission_timeout: millis(
+            get_positive(obj, "permissionTimeoutMs", at)?,
+            DEFAULT_PERMISSION_TIMEOUT_MS,
+        ),
+        show_tool_calls: get_enum(obj, "showToolCalls", at, TOOL_CALL_DISPLAYS)?
+            .unwrap_or(ToolCallDisplay::Off),
+        agent,
+        api_base: get_api_base(obj, kind, at)?,
+        turn_timeout: millis(
+            get_positive(obj, "turnTimeoutMs", at)?,
+            DEFAULT_TURN_TIMEOUT_MS,
+        ),
+        listen,
+        extra: obj
+            .iter()
+            .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+    })
+}
+
+/// A required secret must be present (an empty string counts as missing).
+fn require(
+    secret: &Option<Secret>,
+    key: &str,
+    kind: ChannelKind,
+    what: &str,
+    variable: &str,
+    at: Place<'_>,
+) -> Result<(), ConfigError> {
+    match secret {
+        Some(_) => Ok(()),
+        None => Err(at.error(
+            key,
+            format!(
+                "required for type {}: put {what} here, or \"${variable}\" to read it from the environment",
+                kind.as_str()
+            ),
+        )),
+    }
+}
+
+/// `cwd`: `~` and `~/x` use the home directory; relative paths are taken from where tether
+/// runs; `.` components are dropped.
+fn resolve_cwd(
+    raw: Option<String>,
+    cx: &ParseContext<'_>,
+    at: Place<'_>,
+) -> Result<PathBuf, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(cx.cwd.to_path_buf());
+    };
+    let path = match raw.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            let home = cx.home.ok_or_else(|| {
+                at.error(
+                    "cwd",
+                    format!("\"{raw}\" starts with ~ but HOME is not set: write an absolute path"),
+                )
+            })?;
+            home.join(rest.trim_start_matches('/'))
+        }
+        _ => PathBuf::from(&raw),
+    };
+    let absolute = if path.is_absolute() {
+        path
+    } else {
+        cx.cwd.join(path)
+    };
+    Ok(absolute.components().collect())
+}
+
+/// `apiBase`, or its alias `baseUrl` (Qwen's WeChat key): an http(s) URL without trailing `/`.
+fn get_api_base(obj: &Object, kind: ChannelKind, at: Place<'_>) -> Result<String, ConfigError> {
+    let api_base = get_string(obj, "apiBase", at)?;
+    let base_url = get_string(obj, "baseUrl", at)?;
+    let (key, raw) = match (api_base, base_url) {
+        (Some(a), Some(b)) if a.trim_end_matches('/') != b.trim_end_matches('/') => {
+            return Err(at.error(
+                "apiBase",
+                format!("\"baseUrl\" is also set, to a different URL (\"{b}\"): keep only one of the two"),
+            ));
+        }
+        (Some(a), _) => ("apiBase", a),
+        (None, Some(b)) => ("baseUrl", b),
+        (None, None) => return Ok(default_api_base(kind).to_string()),
+    };
+    let trimmed = raw.trim_end_matches('/');
+    let host = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"));
+    match host {
+        Some(host) if !host.is_empty() => Ok(trimmed.to_string()),
+        _ => Err(at.error(
+            key,
+            format!(
+                "\"{raw}\" is not a URL starting with http:// or https://, e.g. \"{}\"",
+                default_api_base(ChannelKind::Telegram)
+            ),
+        )),
+    }
+}
+
+/// `groups`: chat id (or `"*"`) → entry. Keys we do not use inside an entry (Qwen's
+/// `groupHistoryLimit`) are ignored.
+fn get_groups(obj: &Object, at: Place<'_>) -> Result<BTreeMap<String, GroupConfig>, ConfigError> {
+    let mut groups = BTreeMap::new();
+    let Some(entries) = get_object(obj, "groups", at)? else {
+        return Ok(groups);
+    };
+    for (id, entry) in entries {
+        let key = at.key(&format!("groups.{id}"));
+        let group = match entry {
+            Value::Null => GroupConfig::default(),
+            Value::Object(entry) => {
+                let entry_at = Place { prefix: &key, ..at };
+                GroupConfig {
+                    require_mention: get_bool(entry, "requireMention", entry_at)?,
+                    dispatch_mode: get_enum(entry, "dispatchMode", entry_at, DISPATCH_MODES)?,
+                }
+            }
+            other => return Err(type_error(at, &format!("groups.{id}"), "an object", other)),
+        };
+        groups.insert(id.clone(), group);
+    }
+    Ok(groups)
+}
+
+/// Where `$VAR` is looked up: the file's `env` section first, then the process environment.
+struct Vars<'a> {
+    file: &'a BTreeMap<String, String>,
+    process: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Vars<'_> {
+    /// The variable's value; unset and empty are the same (spec §1.4).
+    fn get(&self, name: &str) -> Option<String> {
+        self.file
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or_else(|| (self.process)(name).filter(|v| !v.is_empty()))
+    }
+}
+
+/// A credential: `"$NAME"` reads the variable NAME (the whole remainder, no `${}` and no
+/// partial interpolation); anything else is the value itself.
+fn get_secret(
+    obj: &Object,
+    key: &str,
+    at: Place<'_>,
+    vars: &Vars<'_>,
+) -> Result<Option<Secret>, ConfigError> {
+    let Some(raw) = get_string(obj, key, at)? else {
+        return Ok(None);
+    };
+    let Some(name) = raw.strip_prefix('$') else {
+        return Ok(Some(Secret::new(raw, None)));
+    };
+    if name.is_empty() {
+        return Err(at.error(
+            key,
+            "\"$\" alone names no variable: write \"$NAME\" to read NAME from the environment, or the value itself",
+        ));
+    }
+    match vars.get(name) {
+        Some(value) => Ok(Some(Secret::new(value, Some(name.to_string())))),
+        None => Err(at.error(
+            key,
+            format!(
+                "environment variable {name} is not set (referenced as ${name}): set it, or put it in the \"env\" section of {}",
+                at.path.display()
+            ),
+        )),
+    }
+}
+
+/// Where a value sits in the file, for error messages: the channel (if any) and a dotted key
+/// prefix for nested objects.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    path: &'a Path,
+    channel: Option<&'a str>,
+    prefix: &'a str,
+}
+
+impl Place<'_> {
+    /// The full dotted name of `key` inside this place.
+    fn key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    /// An error about `key` inside this place.
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            channel: self.channel.map(str::to_string),
+            key: Some(self.key(key)),
+            message: message.into(),
+        }
+    }
+
+    /// An error about this place itself (the whole file, channel or nested object).
+    fn error_here(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            channel: self.channel.map(str::to_string),
+            key: (!self.prefix.is_empty()).then(|| self.prefix.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// A JSON value as a person would name it: `number 3`, `string "x"`, `an array`.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {}", Value::String(s.clone())),
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(_) => "an object".to_string(),
+    }
+}
+
+fn type_error(at: Place<'_>, key: &str, expected: &str, found: &Value) -> ConfigError {
+    at.error(
+        key,
+        format!("expected {expected}, found {}", describe(found)),
+    )
+}
+
+/// The allowed names of an enum key, for messages.
+fn names<T>(choices: &[(&str, T)]) -> String {
+    choices
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A string; absent, `null` and `""` are all "not set".
+fn get_string(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<String>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(type_error(at, key, "a string", other)),
+    }
+}
+
+/// One of `choices` by name; absent, `null` and `""` are "not set".
+fn get_enum<T: Copy>(
+    obj: &Object,
+    key: &str,
+    at: Place<'_>,
+    choices: &[(&str, T)],
+) -> Result<Option<T>, ConfigError> {
+    let Some(text) = get_string(obj, key, at)? else {
+        return Ok(None);
+    };
+    match choices.iter().find(|(name, _)| *name == text) {
+        Some(&(_, value)) => Ok(Some(value)),
+        None => Err(at.error(key, format!("\"{text}\" is not one of: {}", names(choices)))),
+    }
+}
+
+fn get_bool(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<bool>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(type_error(at, key, "true or false", other)),
+    }
+}
+
+/// A whole number of any sign (`1500.0` and `"1500"` are errors).
+fn get_integer(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<i128>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))),
+        Some(other) => Err(type_error(at, key, "an integer", other)),
+    }
+}
+
+/// A whole number above zero.
+fn get_positive(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<u64>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(type_error(at, key, "a positive integer", value)),
+        },
+    }
+}
+
+fn get_object<'o>(
+    obj: &'o Object,
+    key: &str,
+    at: Place<'_>,
+) -> Result<Option<&'o Object>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(inner)) => Ok(Some(inner)),
+        Some(other) => Err(type_error(at, key, "an object", other)),
+    }
+}
+
+/// An array of strings (empty strings kept: they may be meaningful program arguments).
+fn get_string_array(
+    obj: &Object,
+    key: &str,
+    at: Place<'_>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let items = match obj.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(type_error(at, key, "an array of strings", other)),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(type_error(at, &format!("{key}[{i}]"), "a string", other)),
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// `allowedUsers`: strings, or integers turned into their decimal text (people paste
+/// Telegram ids as numbers).
+fn get_user_ids(obj: &Object, key: &str, at: Place<'_>) -> Result<Vec<String>, ConfigError> {
+    let items = match obj.get(key) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(type_error(at, key, "an array of user ids", other)),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            other => Err(type_error(
+                at,
+                &format!("{key}[{i}]"),
+                "a user id (string or integer)",
+                other,
+            )),
+        })
+        .collect()
+}
+
+/// An object of strings (`env` sections).
+fn get_string_map(
+    obj: &Object,
+    key: &str,
+    at: Place<'_>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let empty = Object::new();
+    get_object(obj, key, at)?
+        .unwrap_or(&empty)
+        .iter()
+        .map(|(name, value)| match value {
+            Value::String(s) => Ok((name.clone(), s.clone())),
+            other => Err(type_error(at, &format!("{key}.{name}"), "a string", other)),
+        })
+        .collect()
+}
+
+fn millis(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(value.unwrap_or(default))
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/tether/config.json";
+
+    /// Parse with a fixed file, cwd `/srv/start`, home `/home/ann` and the given process
+    /// environment.
+    fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let cx = ParseContext {
+            path: Path::new(FILE),
+            cwd: Path::new("/srv/start"),
+            home: Some(Path::new("/home/ann")),
+            env: &lookup,
+        };
+        parse(text, &cx)
+    }
+
+    /// A file with one telegram channel "phone" (token set) plus the given extra keys.
+    fn telegram(extra: &str) -> String {
+        let sep = if extra.is_empty() { "" } else { ", " };
+        format!(
+            r#"{{"channels": {{"phone": {{"type": "telegram", "token": "123:abc"{sep}{extra}}}}}}}"#
+        )
+    }
+
+    fn channel(config: &Config, name: &str) -> ChannelConfig {
+        match config.channels.get(name) {
+            Some(c) => c.clone(),
+            None => panic!("no channel {name} in {config:?}"),
+        }
+    }
+
+    fn phone(extra: &str) -> ChannelConfig {
+        match parse_with(&telegram(extra), &[]) {
+            Ok(config) => channel(&config, "phone"),
+            Err(e) => panic!("{extra}: {e}"),
+        }
+    }
+
+    fn error_text(text: &str, env: &[(&str, &str)]) -> String {
+        match parse_with(text, env) {
+            Ok(config) => panic!("expected an error for {text}, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const DESIGN_EXAMPLE: &str = r#"{
+      "agent": { "command": "qwen", "args": ["--acp"], "env": {}, "startupTimeoutMs": 30000 },
+      "agents": { "gemini": { "command": "gemini", "args": ["--experimental-acp"] } },
+      "channels": {
+        "phone": {
+          "type": "telegram", "token": "$TELEGRAM_BOT_TOKEN",
+          "senderPolicy": "pairing", "allowedUsers": ["123456789"],
+          "sessionScope": "user", "cwd": "/srv/project", "model": "qwen3.5-plus",
+          "instructions": "Be brief.", "groupPolicy": "allowlist",
+          "groups": { "*": { "requireMention": true }, "-100123": { "dispatchMode": "collect" } },
+          "dispatchMode": "steer", "blockStreaming": "on",
+          "permissions": "relay", "agent": "gemini", "apiBase": "https://api.telegram.org"
+        }
+      }
+    }"#;
+
+    #[test]
+    fn design_example_parses_fully() {
+        let config = match parse_with(DESIGN_EXAMPLE, &[("TELEGRAM_BOT_TOKEN", "42:secret")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.path, PathBuf::from(FILE));
+        assert_eq!(config.agents.len(), 2);
+        assert_eq!(
+            config.agents["default"],
+            AgentConfig {
+                command: "qwen".into(),
+                args: vec!["--acp".into()],
+                env: BTreeMap::new(),
+                startup_timeout: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(config.agents["gemini"].command, "gemini");
+        assert_eq!(
+            config.agents["gemini"].args,
+            vec!["--experimental-acp".to_string()]
+        );
+        let phone = channel(&config, "phone");
+        let expected = ChannelConfig {
+            name: "phone".into(),
+            kind: ChannelKind::Telegram,
+            token: Some(Secret::new(
+                "42:secret".into(),
+                Some("TELEGRAM_BOT_TOKEN".into()),
+            )),
+            client_id: None,
+            client_secret: None,
+            model: Some("qwen3.5-plus".into()),
+            sender_policy: SenderPolicy::Pairing,
+            allowed_users: vec!["123456789".into()],
+            session_scope: SessionScope::User,
+            cwd: PathBuf::from("/srv/project"),
+            instructions: Some("Be brief.".into()),
+            approval_mode: None,
+            group_policy: GroupPolicy::Allowlist,
+            groups: BTreeMap::from([
+                (
+                    "*".to_string(),
+                    GroupConfig {
+                        require_mention: Some(true),
+                        dispatch_mode: None,
+                    },
+                ),
+                (
+                    "-100123".to_string(),
+                    GroupConfig {
+                        require_mention: None,
+                        dispatch_mode: Some(DispatchMode::Collect),
+                    },
+                ),
+            ]),
+            dispatch_mode: DispatchMode::Steer,
+            block_streaming: true,
+            block_min_chars: 400,
+            block_max_chars: 1000,
+            block_idle: Duration::from_millis(1500),
+            permissions: PermissionPolicy::Relay,
+            permission_timeout: Duration::from_secs(300),
+            show_tool_calls: ToolCallDisplay::Off,
+            agent: "gemini".into(),
+            api_base: "https://api.telegram.org".into(),
+            turn_timeout: Duration::from_secs(1800),
+            listen: "127.0.0.1:8787".into(),
+            extra: BTreeMap::new(),
+        };
+        assert_eq!(phone, expected);
+    }
+
+    #[test]
+    fn qwen_settings_json_is_accepted_unchanged() {
+        let text = r#"{
+          "theme": "GitHub",
+          "mcpServers": { "fs": { "command": "npx", "args": ["fs-server"] } },
+          "model": { "name": "qwen3-coder-plus" },
+          "env": { "TELEGRAM_BOT_TOKEN": "from-file", "OTHER": "x" },
+          "channels": {
+            "my-telegram": {
+              "type": "telegram", "token": "$TELEGRAM_BOT_TOKEN",
+              "groupPolicy": "open",
+              "groups": { "*": { "requireMention": false, "groupHistoryLimit": 20 } },
+              "dmPolicy": "open",
+              "pollInterval": 60000
+            }
+          }
+        }"#;
+        // The file's env section wins over the process environment.
+        let config = match parse_with(text, &[("TELEGRAM_BOT_TOKEN", "from-process")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            config.env,
+            BTreeMap::from([
+                ("TELEGRAM_BOT_TOKEN".to_string(), "from-file".to_string()),
+                ("OTHER".to_string(), "x".to_string()),
+            ])
+        );
+        let c = channel(&config, "my-telegram");
+        assert_eq!(c.token.as_ref().map(Secret::expose), Some("from-file"));
+        assert_eq!(
+            c.token.as_ref().and_then(|s| s.from_env.as_deref()),
+            Some("TELEGRAM_BOT_TOKEN")
+        );
+        assert_eq!(c.group_policy, GroupPolicy::Open);
+        assert_eq!(
+            c.groups["*"],
+            GroupConfig {
+                require_mention: Some(false),
+                dispatch_mode: None
+            }
+        );
+        assert_eq!(
+            c.extra,
+            BTreeMap::from([
+                ("dmPolicy".to_string(), serde_json::json!("open")),
+                ("pollInterval".to_string(), serde_json::json!(60000)),
+            ])
+        );
+        assert_eq!(c.agent, DEFAULT_AGENT);
+    }
+
+    #[test]
+    fn every_default() {
+        let config = match parse_with(&telegram(""), &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(config.env.is_empty());
+        assert_eq!(
+            config.agents,
+            BTreeMap::from([(
+                "default".to_string(),
+                AgentConfig {
+                    command: "qwen".into(),
+                    args: vec!["--acp".into()],
+                    env: BTreeMap::new(),
+                    startup_timeout: Duration::from_millis(30_000),
+                }
+            )])
+        );
+        let c = channel(&config, "phone");
+        let expected = ChannelConfig {
+            name: "phone".into(),
+            kind: ChannelKind::Telegram,
+            token: Some(Secret::new("123:abc".into(), None)),
+            client_id: None,
+            client_secret: None,
+            model: None,
+            sender_policy: SenderPolicy::Allowlist,
+            allowed_users: vec![],
+            session_scope: SessionScope::User,
+            cwd: PathBuf::from("/srv/start"),
+            instructions: None,
+            approval_mode: None,
+            group_policy: GroupPolicy::Disabled,
+            groups: BTreeMap::new(),
+            dispatch_mode: DispatchMode::Steer,
+            block_streaming: false,
+            block_min_chars: 400,
+            block_max_chars: 1000,
+            block_idle: Duration::from_millis(1500),
+            permissions: PermissionPolicy::Relay,
+            permission_timeout: Duration::from_millis(300_000),
+            show_tool_calls: ToolCallDisplay::Off,
+            agent: "default".into(),
+            api_base: "https://api.telegram.org".into(),
+            turn_timeout: Duration::from_millis(1_800_000),
+            listen: "127.0.0.1:8787".into(),
+            extra: BTreeMap::new(),
+        };
+        assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn empty_file_object_has_no_channels_and_the_default_agent() {
+        let config = match parse_with("{}", &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(config.channels.is_empty());
+        assert_eq!(config.agents.keys().collect::<Vec<_>>(), vec!["default"]);
+        let config = match parse_with(r#"{"channels": null, "agent": null, "env": null}"#, &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(config.channels.is_empty());
+        assert_eq!(config.agents["default"].command, "qwen");
+    }
+
+    #[test]
+    fn null_and_empty_string_mean_default() {
+        // Qwen applied `value || default`; each of these must parse to the defaults.
+        let cases = [
+            r#""senderPolicy": null, "sessionScope": null, "groupPolicy": null, "dispatchMode": null"#,
+            r#""senderPolicy": "", "sessionScope": "", "groupPolicy": "", "dispatchMode": """#,
+            r#""permissions": "", "showToolCalls": null, "blockStreaming": "", "agent": """#,
+            r#""allowedUsers": null, "groups": null, "cwd": null, "model": null, "instructions": null"#,
+            r#""cwd": "", "model": "", "apiBase": "", "baseUrl": null, "listen": """#,
+            r#""blockStreamingChunk": null, "blockStreamingCoalesce": null, "approvalMode": null"#,
+            r#""blockStreamingChunk": {"minChars": null, "maxChars": null}, "blockStreamingCoalesce": {"idleMs": null}"#,
+            r#""permissionTimeoutMs": null, "turnTimeoutMs": null, "clientId": null, "clientSecret": """#,
+        ];
+        let defaults = phone("");
+        for extra in cases {
+            assert_eq!(phone(extra), defaults, "{extra}");
+        }
+    }
+
+    #[test]
+    fn enum_values_are_read() {
+        type Check = fn(&ChannelConfig) -> bool;
+        let cases: [(&str, Check); 12] = [
+            (r#""senderPolicy": "open""#, |c| {
+                c.sender_policy == SenderPolicy::Open
+            }),
+            (r#""senderPolicy": "pairing""#, |c| {
+                c.sender_policy == SenderPolicy::Pairing
+            }),
+            (r#""sessionScope": "thread""#, |c| {
+                c.session_scope == SessionScope::Thread
+            }),
+            (r#""sessionScope": "single""#, |c| {
+                c.session_scope == SessionScope::Single
+            }),
+            (r#""groupPolicy": "open""#, |c| {
+                c.group_policy == GroupPolicy::Open
+            }),
+            (r#""dispatchMode": "collect""#, |c| {
+                c.dispatch_mode == DispatchMode::Collect
+            }),
+            (r#""dispatchMode": "followup""#, |c| {
+                c.dispatch_mode == DispatchMode::Followup
+            }),
+            (r#""blockStreaming": "off""#, |c| !c.block_streaming),
+            (r#""permissions": "allow""#, |c| {
+                c.permissions == PermissionPolicy::Allow
+            }),
+            (r#""permissions": "deny""#, |c| {
+                c.permissions == PermissionPolicy::Deny
+            }),
+            (r#""showToolCalls": "brief""#, |c| {
+                c.show_tool_calls == ToolCallDisplay::Brief
+            }),
+            (r#""approvalMode": "yolo""#, |c| {
+                c.approval_mode.as_deref() == Some("yolo")
+            }),
+        ];
+        for (extra, check) in cases {
+            assert!(check(&phone(extra)), "{extra}");
+        }
+    }
+
+    #[test]
+    fn errors_display_file_channel_key_and_fix() {
+        let p = FILE;
+        let cases: Vec<(String, String)> = vec![
+            // Enum values.
+            (
+                telegram(r#""senderPolicy": "allowList""#),
+                format!(
+                    r#"{p}: channel "phone", key "senderPolicy": "allowList" is not one of: allowlist, pairing, open"#
+                ),
+            ),
+            (
+                telegram(r#""sessionScope": "chat_thread""#),
+                format!(
+                    r#"{p}: channel "phone", key "sessionScope": "chat_thread" is not one of: user, thread, single"#
+                ),
+            ),
+            (
+                telegram(r#""groupPolicy": "pairing""#),
+                format!(
+                    r#"{p}: channel "phone", key "groupPolicy": "pairing" is not one of: disabled, allowlist, open"#
+                ),
+            ),
+            (
+                telegram(r#""dispatchMode": "queue""#),
+                format!(
+                    r#"{p}: channel "phone", key "dispatchMode": "queue" is not one of: steer, collect, followup"#
+                ),
+            ),
+            (
+                telegram(r#""blockStreaming": "yes""#),
+                format!(
+                    r#"{p}: channel "phone", key "blockStreaming": "yes" is not one of: on, off"#
+                ),
+            ),
+            (
+                telegram(r#""permissions": "ask""#),
+                format!(
+                    r#"{p}: channel "phone", key "permissions": "ask" is not one of: relay, allow, deny"#
+                ),
+            ),
+            (
+                telegram(r#""showToolCalls": "full""#),
+                format!(
+                    r#"{p}: channel "phone", key "showToolCalls": "full" is not one of: off, brief"#
+                ),
+            ),
+            (
+                telegram(r#""groups": {"-100123": {"dispatchMode": "later"}}"#),
+                format!(
+                    r#"{p}: channel "phone", key "groups.-100123.dispatchMode": "later" is not one of: steer, collect, followup"#
+                ),
+            ),
+            // Wrong types.
+            (
+                telegram(r#""senderPolicy": 3"#),
+                format!(
+                    r#"{p}: channel "phone", key "senderPolicy": expected a string, found number 3"#
+                ),
+            ),
+            (
+                telegram(r#""blockStreaming": true"#),
+                format!(
+                    r#"{p}: channel "phone", key "blockStreaming": expected a string, found boolean true"#
+                ),
+            ),
+            (
+                telegram(r#""token": 12345"#),
+                format!(
+                    r#"{p}: channel "phone", key "token": expected a string, found number 12345"#
+                ),
+            ),
+            (
+                telegram(r#""cwd": ["/a"]"#),
+                format!(r#"{p}: channel "phone", key "cwd": expected a string, found an array"#),
+            ),
+            (
+                telegram(r#""allowedUsers": "123""#),
+                format!(
+                    r#"{p}: channel "phone", key "allowedUsers": expected an array of user ids, found string "123""#
+                ),
+            ),
+            (
+                telegram(r#""allowedUsers": ["1", 2.5]"#),
+                format!(
+                    r#"{p}: channel "phone", key "allowedUsers[1]": expected a user id (string or integer), found number 2.5"#
+                ),
+            ),
+            (
+                telegram(r#""groups": ["-100"]"#),
+                format!(
+                    r#"{p}: channel "phone", key "groups": expected an object, found an array"#
+                ),
+            ),
+            (
+                telegram(r#""groups": {"-100": true}"#),
+                format!(
+                    r#"{p}: channel "phone", key "groups.-100": expected an object, found boolean true"#
+                ),
+            ),
+            (
+                telegram(r#""groups": {"*": {"requireMention": "no"}}"#),
+                format!(
+                    r#"{p}: channel "phone", key "groups.*.requireMention": expected true or false, found string "no""#
+                ),
+            ),
+            (
+                telegram(r#""permissionTimeoutMs": 0"#),
+                format!(
+                    r#"{p}: channel "phone", key "permissionTimeoutMs": expected a positive integer, found number 0"#
+                ),
+            ),
+            (
+                telegram(r#""turnTimeoutMs": -5"#),
+                format!(
+                    r#"{p}: channel "phone", key "turnTimeoutMs": expected a positive integer, found number -5"#
+                ),
+            ),
+            (
+                telegram(r#""turnTimeoutMs": "60000""#),
+                format!(
+                    r#"{p}: channel "phone", key "turnTimeoutMs": expected a positive integer, found string "60000""#
+                ),
+            ),
+            (
+                telegram(r#""blockStreamingChunk": {"minChars": 1.5}"#),
+                format!(
+                    r#"{p}: channel "phone", key "blockStreamingChunk.minChars": expected a positive integer, found number 1.5"#
+                ),
+            ),
+            (
+                telegram(r#""blockStreamingChunk": {"minChars": 500, "maxChars": 100}"#),
+                format!(
+                    r#"{p}: channel "phone", key "blockStreamingChunk": minChars (500) is larger than maxChars (100)"#
+                ),
+            ),
+            (
+                telegram(r#""blockStreamingChunk": {"minChars": 1001}"#),
+                format!(
+                    r#"{p}: channel "phone", key "blockStreamingChunk": minChars (1001) is larger than maxChars (1000)"#
+                ),
+            ),
+            (
+                telegram(r#""blockStreamingCoalesce": {"idleMs": "soon"}"#),
+                format!(
+                    r#"{p}: channel "phone", key "blockStreamingCoalesce.idleMs": expected an integer, found string "soon""#
+                ),
+            ),
+            (
+                telegram(r#""blockStreamingCoalesce": 1500"#),
+                format!(
+                    r#"{p}: channel "phone", key "blockStreamingCoalesce": expected an object, found number 1500"#
+                ),
+            ),
+            // Type and required secrets.
+            (
+                r#"{"channels": {"phone": {"token": "x"}}}"#.into(),
+                format!(
+                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, weixin, dingtalk, discord, webchat, webhook"#
+                ),
+            ),
+            (
+                r#"{"channels": {"phone": {"type": "slack"}}}"#.into(),
+                format!(
+                    r#"{p}: channel "phone", key "type": "slack" is not one of: telegram, weixin, dingtalk, discord, webchat, webhook"#
+                ),
+            ),
+            (
+                r#"{"channels": {"phone": {"type": "telegram"}}}"#.into(),
+                format!(
+                    r#"{p}: channel "phone", key "token": required for type telegram: put your bot token here, or "$TELEGRAM_BOT_TOKEN" to read it from the environment"#
+                ),
+            ),
+            (
+                r#"{"channels": {"phone": {"type": "telegram", "token": ""}}}"#.into(),
+                format!(
+                    r#"{p}: channel "phone", key "token": required for type telegram: put your bot token here, or "$TELEGRAM_BOT_TOKEN" to read it from the environment"#
+                ),
+            ),
+            (
+                r#"{"channels": {"d": {"type": "discord", "token": null}}}"#.into(),
+                format!(
+                    r#"{p}: channel "d", key "token": required for type discord: put your bot token here, or "$DISCORD_BOT_TOKEN" to read it from the environment"#
+                ),
+            ),
+            (
+                r#"{"channels": {"ding": {"type": "dingtalk", "clientSecret": "s"}}}"#.into(),
+                format!(
+                    r#"{p}: channel "ding", key "clientId": required for type dingtalk: put your app's AppKey here, or "$DINGTALK_CLIENT_ID" to read it from the environment"#
+                ),
+            ),
+            (
+                r#"{"channels": {"ding": {"type": "dingtalk", "clientId": "i"}}}"#.into(),
+                format!(
+                    r#"{p}: channel "ding", key "clientSecret": required for type dingtalk: put your app's AppSecret here, or "$DINGTALK_CLIENT_SECRET" to read it from the environment"#
+                ),
+            ),
+            // Agents.
+            (
+                telegram(r#""agent": "claude""#),
+                format!(
+                    r#"{p}: channel "phone", key "agent": unknown agent "claude"; known agents: default (define it under "agents")"#
+                ),
+            ),
+            (
+                r#"{"agents": {"default": {"command": "x"}}}"#.into(),
+                format!(
+                    r#"{p}: key "agents.default": the name "default" is reserved for the top-level "agent": rename this agent, or move it to "agent""#
+                ),
+            ),
+            (
+                r#"{"agents": {"gemini": {"args": ["--experimental-acp"]}}}"#.into(),
+                format!(
+                    r#"{p}: key "agents.gemini.command": required: the program to start, e.g. "gemini" (with "args" such as ["--experimental-acp"])"#
+                ),
+            ),
+            (
+                r#"{"agents": {"gemini": "gemini"}}"#.into(),
+                format!(r#"{p}: key "agents.gemini": expected an object, found string "gemini""#),
+            ),
+            (
+                r#"{"agent": {"args": "--acp"}}"#.into(),
+                format!(
+                    r#"{p}: key "agent.args": expected an array of strings, found string "--acp""#
+                ),
+            ),
+            (
+                r#"{"agent": {"args": ["--acp", 1]}}"#.into(),
+                format!(r#"{p}: key "agent.args[1]": expected a string, found number 1"#),
+            ),
+            (
+                r#"{"agent": {"env": {"DEBUG": 1}}}"#.into(),
+                format!(r#"{p}: key "agent.env.DEBUG": expected a string, found number 1"#),
+            ),
+            (
+                r#"{"agent": {"startupTimeoutMs": 0}}"#.into(),
+                format!(
+                    r#"{p}: key "agent.startupTimeoutMs": expected a positive integer, found number 0"#
+                ),
+            ),
+            (
+                r#"{"agent": "qwen"}"#.into(),
+                format!(r#"{p}: key "agent": expected an object, found string "qwen""#),
+            ),
+            // Top level.
+            (
+                r#"{"env": {"A": true}}"#.into(),
+                format!(r#"{p}: key "env.A": expected a string, found boolean true"#),
+            ),
+            (
+                r#"{"channels": []}"#.into(),
+                format!(r#"{p}: key "channels": expected an object, found an array"#),
+            ),
+            (
+                r#"{"channels": {"phone": "telegram"}}"#.into(),
+                format!(r#"{p}: channel "phone": expected an object, found string "telegram""#),
+            ),
+            (
+                "[1, 2]".into(),
+                format!(
+                    r#"{p}: the file must hold one JSON object ({{ "channels": ... }}), found an array"#
+                ),
+            ),
+            (
+                "{\n  \"channels\": {\n    \"a\": 1,\n  }\n}".into(),
+                format!("{p}: not valid JSON: trailing comma at line 4 column 3"),
+            ),
+            (
+                "".into(),
+                format!("{p}: not valid JSON: EOF while parsing a value at line 1 column 0"),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(error_text(&text, &[]), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn error_fields_are_structured() {
+        let err = match parse_with(
+            &telegram(r#""groups": {"-100123": {"dispatchMode": 7}}"#),
+            &[],
+        ) {
+            Ok(c) => panic!("{c:?}"),
+            Err(e) => e,
+        };
+        assert_eq!(err.path, PathBuf::from(FILE));
+        assert_eq!(err.channel.as_deref(), Some("phone"));
+        assert_eq!(err.key.as_deref(), Some("groups.-100123.dispatchMode"));
+        assert_eq!(err.message, "expected a string, found number 7");
+    }
+
+    #[test]
+    fn env_var_expansion() {
+        // (token as written, process environment, file env section, expected value and
+        // variable, or the expected error message)
+        type Expected = Result<(&'static str, Option<&'static str>), &'static str>;
+        type Env = &'static [(&'static str, &'static str)];
+        let cases: [(&str, Env, &str, Expected); 9] = [
+            (
+                "$TOKEN",
+                &[("TOKEN", "proc")],
+                "{}",
+                Ok(("proc", Some("TOKEN"))),
+            ),
+            (
+                "$TOKEN",
+                &[("TOKEN", "proc")],
+                r#"{"TOKEN": "file"}"#,
+                Ok(("file", Some("TOKEN"))),
+            ),
+            // An empty entry in the file falls back to the process environment.
+            (
+                "$TOKEN",
+                &[("TOKEN", "proc")],
+                r#"{"TOKEN": ""}"#,
+                Ok(("proc", Some("TOKEN"))),
+            ),
+            ("abc$X", &[("X", "never")], "{}", Ok(("abc$X", None))),
+            (
+                "$X/extra",
+                &[("X/extra", "whole-name"), ("X", "prefix")],
+                "{}",
+                Ok(("whole-name", Some("X/extra"))),
+            ),
+            (
+                "${X}",
+                &[("X", "v")],
+                "{}",
+                Err(
+                    "environment variable {X} is not set (referenced as ${X}): set it, or put it in the \"env\" section of /etc/tether/config.json",
+                ),
+            ),
+            (
+                "$TOKEN",
+                &[],
+                "{}",
+                Err(
+                    "environment variable TOKEN is not set (referenced as $TOKEN): set it, or put it in the \"env\" section of /etc/tether/config.json",
+                ),
+            ),
+            (
+                "$TOKEN",
+                &[("TOKEN", "")],
+                r#"{"TOKEN": ""}"#,
+                Err(
+                    "environment variable TOKEN is not set (referenced as $TOKEN): set it, or put it in the \"env\" section of /etc/tether/config.json",
+                ),
+            ),
+            (
+                "$",
+                &[],
+                "{}",
+                Err(
+                    "\"$\" alone names no variable: write \"$NAME\" to read NAME from the environment, or the value itself",
+                ),
+            ),
+        ];
+        for (written, process, file_env, expected) in cases {
+            let text = format!(
+                r#"{{"env": {file_env}, "channels": {{"phone": {{"type": "telegram", "token": {}}}}}}}"#,
+                Value::String(written.into())
+            );
+            let got = parse_with(&text, process);
+            match (got, expected) {
+                (Ok(config), Ok((value, from_env))) => {
+                    let token = channel(&config, "phone").token;
+                    assert_eq!(token.as_ref().map(Secret::expose), Some(value), "{written}");
+                    assert_eq!(
+                        token.and_then(|t| t.from_env).as_deref(),
+                        from_env,
+                        "{written}"
+                    );
+                }
+                (Err(e), Err(message)) => {
+                    assert_eq!(e.key.as_deref(), Some("token"), "{written}");
+                    assert_eq!(e.message, message, "{written}");
+                }
+                (got, expected) => panic!("{written}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn env_var_expansion_applies_only_to_credentials() {
+        let text = r#"{"channels": {"ding": {"type": "dingtalk", "clientId": "$ID", "clientSecret": "$SECRET",
+            "cwd": "/srv/$HOME", "instructions": "$NOT", "model": "$MODEL", "allowedUsers": ["$U"]}}}"#;
+        let config = match parse_with(text, &[("ID", "id-1"), ("SECRET", "s-2"), ("MODEL", "m")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let ding = channel(&config, "ding");
+        assert_eq!(
+            ding.client_id,
+            Some(Secret::new("id-1".into(), Some("ID".into())))
+        );
+        assert_eq!(
+            ding.client_secret,
+            Some(Secret::new("s-2".into(), Some("SECRET".into())))
+        );
+        assert_eq!(ding.cwd, PathBuf::from("/srv/$HOME"));
+        assert_eq!(ding.instructions.as_deref(), Some("$NOT"));
+        assert_eq!(ding.model.as_deref(), Some("$MODEL"));
+        assert_eq!(ding.allowed_users, vec!["$U".to_string()]);
+        assert_eq!(
+            ding.secrets().map(Secret::expose).collect::<Vec<_>>(),
+            vec!["id-1", "s-2"]
+        );
+    }
+
+    #[test]
+    fn cwd_resolution() {
+        let cases = [
+            (r#""cwd": "~""#, "/home/ann"),
+            (r#""cwd": "~/""#, "/home/ann"),
+            (r#""cwd": "~/code/app""#, "/home/ann/code/app"),
+            (r#""cwd": "project""#, "/srv/start/project"),
+            (r#""cwd": "./project/""#, "/srv/start/project"),
+            (r#""cwd": "../other""#, "/srv/start/../other"),
+            (r#""cwd": "~bob/x""#, "/srv/start/~bob/x"),
+            (r#""cwd": "/abs/./path""#, "/abs/path"),
+            (r#""cwd": null"#, "/srv/start"),
+        ];
+        for (extra, expected) in cases {
+            assert_eq!(phone(extra).cwd, PathBuf::from(expected), "{extra}");
+        }
+    }
+
+    #[test]
+    fn cwd_tilde_without_home_is_an_error() {
+        let lookup = |_: &str| None;
+        let cx = ParseContext {
+            path: Path::new(FILE),
+            cwd: Path::new("/srv"),
+            home: None,
+            env: &lookup,
+        };
+        let err = match parse(&telegram(r#""cwd": "~/x""#), &cx) {
+            Ok(c) => panic!("{c:?}"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                r#"{FILE}: channel "phone", key "cwd": "~/x" starts with ~ but HOME is not set: write an absolute path"#
+            )
+        );
+    }
+
+    #[test]
+    fn groups_merge_specific_over_wildcard_key_by_key() {
+        let c = phone(
+            r#""dispatchMode": "followup", "groups": {
+                "*": {"requireMention": false, "dispatchMode": "collect"},
+                "-1": {"requireMention": true},
+                "-2": {"dispatchMode": "steer"},
+                "-3": {"groupHistoryLimit": 5},
+                "-4": null
+            }"#,
+        );
+        let cases = [
+            ("-1", true, DispatchMode::Collect),
+            ("-2", false, DispatchMode::Steer),
+            ("-3", false, DispatchMode::Collect),
+            ("-4", false, DispatchMode::Collect),
+            ("-999", false, DispatchMode::Collect),
+        ];
+        for (chat, require_mention, dispatch_mode) in cases {
+            assert_eq!(
+                c.group(chat),
+                GroupSettings {
+                    require_mention,
+                    dispatch_mode
+                },
+                "{chat}"
+            );
+        }
+        // No "*": the built-in defaults (mention required; the channel's dispatch mode).
+        let c = phone(r#""dispatchMode": "followup", "groups": {"-1": {"requireMention": false}}"#);
+        let cases = [
+            ("-1", false, DispatchMode::Followup),
+            ("-2", true, DispatchMode::Followup),
+        ];
+        for (chat, require_mention, dispatch_mode) in cases {
+            assert_eq!(
+                c.group(chat),
+                GroupSettings {
+                    require_mention,
+                    dispatch_mode
+                },
+                "{chat}"
+            );
+        }
+    }
+
+    #[test]
+    fn named_agents_and_agent_defaults() {
+        let text = r#"{
+          "agent": {"command": "/opt/qwen", "env": {"A": "1"}, "startupTimeoutMs": 5000},
+          "agents": {"gemini": {"command": "gemini", "args": ["--experimental-acp"]}, "bare": {"command": "x"}},
+          "channels": {"a": {"type": "webchat", "agent": "gemini"}, "b": {"type": "webchat"}}
+        }"#;
+        let config = match parse_with(text, &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let default = &config.agents["default"];
+        assert_eq!(default.command, "/opt/qwen");
+        // A command other than the default gets no default args.
+        assert!(default.args.is_empty());
+        assert_eq!(
+            default.env,
+            BTreeMap::from([("A".to_string(), "1".to_string())])
+        );
+        assert_eq!(default.startup_timeout, Duration::from_secs(5));
+        assert!(config.agents["bare"].args.is_empty());
+        assert_eq!(
+            config.agents["bare"].startup_timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(channel(&config, "a").agent, "gemini");
+        assert_eq!(channel(&config, "b").agent, "default");
+        let err = error_text(
+            r#"{"agents": {"gemini": {"command": "gemini"}}, "channels": {"a": {"type": "webchat", "agent": "claude"}}}"#,
+            &[],
+        );
+        assert!(err.ends_with(r#"unknown agent "claude"; known agents: default, gemini (define it under "agents")"#), "{err}");
+        // Default args with the default command, and explicit args win.
+        let config = match parse_with(r#"{"agent": {"args": ["--acp", "--debug"]}}"#, &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.agents["default"].command, "qwen");
+        assert_eq!(
+            config.agents["default"].args,
+            vec!["--acp".to_string(), "--debug".to_string()]
+        );
+    }
+
+    #[test]
+    fn api_base_defaults_aliases_and_trailing_slash() {
+        let cases = [
+            (
+                r#""type": "telegram", "token": "t""#,
+                Ok("https://api.telegram.org"),
+            ),
+            (r#""type": "weixin""#, Ok("https://ilinkai.weixin.qq.com")),
+            (
+                r#""type": "dingtalk", "clientId": "i", "clientSecret": "s""#,
+                Ok("https://api.dingtalk.com"),
+            ),
+            (
+                r#""type": "discord", "token": "t""#,
+                Ok("https://discord.com/api/v10"),
+            ),
+            (r#""type": "webchat""#, Ok("")),
+            (r#""type": "webhook""#, Ok("")),
+            (
+                r#""type": "weixin", "baseUrl": "https://proxy.example/wx/""#,
+                Ok("https://proxy.example/wx"),
+            ),
+            (
+                r#""type": "weixin", "apiBase": "http://127.0.0.1:9000//""#,
+                Ok("http://127.0.0.1:9000"),
+            ),
+            (
+                r#""type": "weixin", "apiBase": "http://a/", "baseUrl": "http://a""#,
+                Ok("http://a"),
+            ),
+            (
+                r#""type": "weixin", "apiBase": "http://a", "baseUrl": "http://b""#,
+                Err(
+                    r#"channel "c", key "apiBase": "baseUrl" is also set, to a different URL ("http://b"): keep only one of the two"#,
+                ),
+            ),
+            (
+                r#""type": "weixin", "baseUrl": "ilinkai.weixin.qq.com""#,
+                Err(
+                    r#"channel "c", key "baseUrl": "ilinkai.weixin.qq.com" is not a URL starting with http:// or https://, e.g. "https://api.telegram.org""#,
+                ),
+            ),
+            (
+                r#""type": "weixin", "apiBase": "https:///""#,
+                Err(
+                    r#"channel "c", key "apiBase": "https:///" is not a URL starting with http:// or https://, e.g. "https://api.telegram.org""#,
+                ),
+            ),
+        ];
+        for (keys, expected) in cases {
+            let text = format!(r#"{{"channels": {{"c": {{{keys}}}}}}}"#);
+            match (parse_with(&text, &[]), expected) {
+                (Ok(config), Ok(base)) => {
+                    assert_eq!(channel(&config, "c").api_base, base, "{keys}")
+                }
+                (Err(e), Err(message)) => {
+                    assert_eq!(e.to_string(), format!("{FILE}: {message}"), "{keys}")
+                }
+                (got, expected) => panic!("{keys}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn allowed_users_accept_numbers_as_decimal_strings() {
+        let c =
+            phone(r#""allowedUsers": ["alice", 123456789, -1001234567890, 18446744073709551615]"#);
+        assert_eq!(
+            c.allowed_users,
+            vec![
+                "alice",
+                "123456789",
+                "-1001234567890",
+                "18446744073709551615"
+            ]
+        );
+    }
+
+    #[test]
+    fn block_streaming_settings() {
+        let cases = [
+            (r#""blockStreamingChunk": {"minChars": 10}"#, 10, 1000, 1500),
+            (
+                r#""blockStreamingChunk": {"maxChars": 4000}"#,
+                400,
+                4000,
+                1500,
+            ),
+            (
+                r#""blockStreamingChunk": {"minChars": 50, "maxChars": 50}"#,
+                50,
+                50,
+                1500,
+            ),
+            (
+                r#""blockStreamingCoalesce": {"idleMs": 250}"#,
+                400,
+                1000,
+                250,
+            ),
+            (r#""blockStreamingCoalesce": {"idleMs": 0}"#, 400, 1000, 0),
+            (r#""blockStreamingCoalesce": {"idleMs": -1}"#, 400, 1000, 0),
+            (r#""blockStreamingCoalesce": {}"#, 400, 1000, 1500),
+        ];
+        for (extra, min, max, idle_ms) in cases {
+            let c = phone(extra);
+            assert_eq!(
+                (c.block_min_chars, c.block_max_chars, c.block_idle),
+                (min, max, Duration::from_millis(idle_ms)),
+                "{extra}"
+            );
+        }
+        assert!(phone(r#""blockStreaming": "on""#).block_streaming);
+    }
+
+    #[test]
+    fn listen_address_and_webchat_token() {
+        let cases = [
+            (r#""type": "webchat""#, Ok("127.0.0.1:8787")),
+            (
+                r#""type": "webchat", "listen": "127.0.0.1:0""#,
+                Ok("127.0.0.1:0"),
+            ),
+            (
+                r#""type": "webchat", "listen": "[::1]:9000""#,
+                Ok("[::1]:9000"),
+            ),
+            (
+                r#""type": "webchat", "listen": "0.0.0.0:8787", "token": "t""#,
+                Ok("0.0.0.0:8787"),
+            ),
+            (
+                r#""type": "webhook", "listen": "0.0.0.0:8787""#,
+                Ok("0.0.0.0:8787"),
+            ),
+            (
+                r#""type": "webchat", "listen": "0.0.0.0:8787""#,
+                Err(
+                    r#"channel "c", key "token": required because "listen" (0.0.0.0:8787) is not a loopback address: anyone who can reach it could drive the agent. Set a token (or "$VAR"), or listen on 127.0.0.1:8787"#,
+                ),
+            ),
+            (
+                r#""type": "webchat", "listen": "localhost:8787""#,
+                Err(
+                    r#"channel "c", key "listen": "localhost:8787" is not an IP address and port such as 127.0.0.1:8787 (host names are not accepted)"#,
+                ),
+            ),
+            (
+                r#""type": "webchat", "listen": 8787"#,
+                Err(r#"channel "c", key "listen": expected a string, found number 8787"#),
+            ),
+        ];
+        for (keys, expected) in cases {
+            let text = format!(r#"{{"channels": {{"c": {{{keys}}}}}}}"#);
+            match (parse_with(&text, &[]), expected) {
+                (Ok(config), Ok(listen)) => {
+                    assert_eq!(channel(&config, "c").listen, listen, "{keys}")
+                }
+                (Err(e), Err(message)) => {
+                    assert_eq!(e.to_string(), format!("{FILE}: {message}"), "{keys}")
+                }
+                (got, expected) => panic!("{keys}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn channel_names() {
+        let message = "a channel name must be non-empty and use only ASCII letters, digits, - and _ (it is used in file names): rename it, e.g. \"my-telegram\"";
+        let cases = [
+            ("my-telegram", true),
+            ("Chat_2", true),
+            ("", false),
+            ("my telegram", false),
+            ("../etc", false),
+            ("a/b", false),
+            ("a.b", false),
+            ("téléphone", false),
+        ];
+        for (name, valid) in cases {
+            let text = format!(
+                r#"{{"channels": {{{}: {{"type": "webchat"}}}}}}"#,
+                Value::String(name.into())
+            );
+            match parse_with(&text, &[]) {
+                Ok(config) => {
+                    assert!(valid, "{name:?} was accepted");
+                    assert_eq!(channel(&config, name).name, name);
+                }
+                Err(e) => {
+                    assert!(!valid, "{name:?}: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!("{FILE}: channel \"{name}\": {message}")
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_channel_keys_are_kept_in_extra() {
+        let c = phone(
+            r#""useConnectionManager": false, "interactiveCards": {"enabled": true}, "model": "m""#,
+        );
+        assert_eq!(
+            c.extra,
+            BTreeMap::from([
+                (
+                    "interactiveCards".to_string(),
+                    serde_json::json!({"enabled": true})
+                ),
+                ("useConnectionManager".to_string(), serde_json::json!(false)),
+            ])
+        );
+        // Known keys, including the alias, never land in extra.
+        let c = phone(r#""baseUrl": "https://x", "listen": "127.0.0.1:1""#);
+        assert!(c.extra.is_empty(), "{:?}", c.extra);
+    }
+
+    #[test]
+    fn channel_kind_table_matches_all() {
+        let from_table: Vec<ChannelKind> = CHANNEL_KINDS.iter().map(|&(_, kind)| kind).collect();
+        assert_eq!(from_table, ChannelKind::ALL.to_vec());
+        for (name, kind) in CHANNEL_KINDS {
+            assert_eq!(name, kind.as_str());
+        }
+    }
+
+    #[test]
+    fn secrets_never_print_whole() {
+        let secret_value = "123456:ABCdefGHIjklMNOpqr";
+        let cases = [
+            (Secret::new(secret_value.into(), None), "1234… (25 chars)"),
+            (
+                Secret::new(secret_value.into(), Some("TELEGRAM_BOT_TOKEN".into())),
+                "$TELEGRAM_BOT_TOKEN (1234…, 25 chars)",
+            ),
+            (Secret::new("abcdefgh".into(), None), "ab… (8 chars)"),
+            (Secret::new("abcd".into(), None), "a… (4 chars)"),
+            (Secret::new("ab".into(), None), "… (2 chars)"),
+            (Secret::new("é".into(), Some("E".into())), "$E (…, 1 chars)"),
+        ];
+        for (secret, masked) in cases {
+            assert_eq!(secret.masked(), masked);
+            assert!(!secret.masked().contains(secret.expose()), "{masked}");
+            assert_eq!(format!("{secret:?}"), "Secret(***)");
+        }
+        // Neither Debug of a whole config nor an error shows the value.
+        let config = match parse_with(&telegram(""), &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(!format!("{config:?}").contains("123:abc"));
+        let text = format!(
+            r#"{{"channels": {{"p": {{"type": "telegram", "token": "{secret_value}", "dispatchMode": "x"}}}}}}"#
+        );
+        assert!(!error_text(&text, &[]).contains(secret_value));
+    }
 }
