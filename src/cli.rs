@@ -1,6 +1,271 @@
-//! The command line: being written.
+//! The command line: words in, one [`Command`] out, then run it. Options may stand before or
+//! after the subcommand (`tether --home H start` and `tether start --home H` are the same).
+//!
+//! Parsing is imperative with lexopt, as in its examples; the help text is written by hand.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config, ParseContext};
+use crate::error::Error;
+
+pub const USAGE: &str = "\
+tether: drive an ACP coding agent from your chat apps
+
+Usage:
+  tether start [NAME...]     run every channel in the config, or only the named ones
+  tether check               validate the config and print what would run (secrets masked)
+  tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
+  tether version             print the version
+  tether help                print this help
+
+Options (before or after the command):
+  --config PATH   the config file (default: $TETHER_HOME/config.json)
+  --home DIR      where state lives (default: $TETHER_HOME, else ~/.tether)
+  -v, --verbose   log debug detail (RUST_LOG overrides, e.g. RUST_LOG=tether=trace)
+";
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Start { channels: Vec<String> },
+    Check,
+    DemoAgent { args: Vec<String> },
+    Version,
+    Help,
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlobalOptions {
+    pub config: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+    pub verbose: bool,
+}
+
+/// Parse the words after the program name.
+pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut opts = GlobalOptions::default();
+    let mut command: Option<String> = None;
+    let mut words: Vec<String> = Vec::new();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config") => opts.config = Some(parser.value()?.into()),
+            Long("home") => opts.home = Some(parser.value()?.into()),
+            Short('v') | Long("verbose") => opts.verbose = true,
+            Short('h') | Long("help") if command.is_none() => return Ok((Command::Help, opts)),
+            Short('V') | Long("version") if command.is_none() => return Ok((Command::Version, opts)),
+            Value(word) if command.is_none() => {
+                let word = word.string()?;
+                if word == "demo-agent" {
+                    // Everything after goes to the demo agent untouched (it has its own --help).
+                    let rest = parser.raw_args()?.map(|a| a.to_string_lossy().into_owned()).collect();
+                    return Ok((Command::DemoAgent { args: rest }, opts));
+                }
+                command = Some(word);
+            }
+            Value(word) => words.push(word.string()?),
+            _ => return Err(Error::Usage(format!("{}\n\n{USAGE}", arg.unexpected()))),
+        }
+    }
+    let command = match command.as_deref() {
+        Some("start") => Command::Start { channels: words },
+        Some("check") if words.is_empty() => Command::Check,
+        Some("version") if words.is_empty() => Command::Version,
+        Some("help") => Command::Help,
+        None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
+        Some(word @ ("check" | "version")) => {
+            return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
+        }
+        Some(other) => return Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
+    };
+    Ok((command, opts))
+}
 
 /// Run tether with the process arguments; returns the exit status.
 pub fn main() -> i32 {
-    0
+    let (command, opts) = match parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            return e.exit_code();
+        }
+    };
+    match run(command, &opts) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!(target: "tether", "{e}");
+            eprintln!("tether: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(command: Command, opts: &GlobalOptions) -> Result<i32, Error> {
+    match command {
+        Command::Help => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        Command::Version => {
+            println!("tether {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        Command::DemoAgent { args } => Ok(crate::demo_agent::run(&args)),
+        Command::Check => {
+            let config = load_config(opts)?;
+            print!("{}", describe(&config, &home_dir(opts)?));
+            Ok(0)
+        }
+        Command::Start { channels } => {
+            crate::logging::init(opts.verbose);
+            let config = load_config(opts)?;
+            log::info!(target: "tether", "tether {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
+            crate::daemon::run(config, &channels)?;
+            Ok(0)
+        }
+    }
+}
+
+/// `--home`, else `$TETHER_HOME`, else `~/.tether`.
+pub fn home_dir(opts: &GlobalOptions) -> Result<PathBuf, Error> {
+    if let Some(home) = &opts.home {
+        return Ok(home.clone());
+    }
+    if let Some(home) = std::env::var_os("TETHER_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(user_home) => Ok(Path::new(&user_home).join(".tether")),
+        None => Err(Error::Other("cannot find a home for state: set TETHER_HOME or pass --home DIR".into())),
+    }
+}
+
+/// Read and validate the config file that `opts` points at.
+pub fn load_config(opts: &GlobalOptions) -> Result<Config, Error> {
+    let path = match &opts.config {
+        Some(path) => path.clone(),
+        None => home_dir(opts)?.join("config.json"),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Other(format!(
+                "no config file at {}: create one (see README, \"Configuration\"), pass --config PATH, \
+                 or try `tether demo` which needs none",
+                path.display()
+            ))
+        } else {
+            Error::File { path: path.clone(), action: "read", source: e }
+        }
+    })?;
+    let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
+    let user_home = std::env::var_os("HOME").map(PathBuf::from);
+    let env = |name: &str| std::env::var(name).ok();
+    let cx = ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env };
+    Ok(config::parse(&text, &cx)?)
+}
+
+/// The `tether check` report: what would run, with secrets masked.
+pub fn describe(config: &Config, home: &Path) -> String {
+    let mut out = format!("config: {}\nhome:   {}\n", config.path.display(), home.display());
+    out.push_str("agents:\n");
+    for (name, agent) in &config.agents {
+        let used = config.channels.values().any(|c| c.agent == *name);
+        let env: Vec<&str> = agent.env.keys().map(String::as_str).collect();
+        out.push_str(&format!(
+            "  {name}: {} {}{}{}\n",
+            agent.command,
+            agent.args.join(" "),
+            if env.is_empty() { String::new() } else { format!(" (env: {})", env.join(", ")) },
+            if used { "" } else { " (unused)" }
+        ));
+    }
+    if config.channels.is_empty() {
+        out.push_str("channels: none (add entries under \"channels\")\n");
+    } else {
+        out.push_str("channels:\n");
+    }
+    for channel in config.channels.values() {
+        out.push_str(&format!("  {} ({})\n", channel.name, channel.kind.as_str()));
+        for (label, secret) in
+            [("token", &channel.token), ("clientId", &channel.client_id), ("clientSecret", &channel.client_secret)]
+        {
+            if let Some(secret) = secret {
+                out.push_str(&format!("    {label}: {}\n", secret.masked()));
+            }
+        }
+        out.push_str(&format!(
+            "    agent: {}\n    cwd: {}\n    senderPolicy: {:?}, allowedUsers: {}\n    sessionScope: {:?}, dispatchMode: {:?}, groupPolicy: {:?}\n",
+            channel.agent,
+            channel.cwd.display(),
+            channel.sender_policy,
+            if channel.allowed_users.is_empty() { "none".to_string() } else { channel.allowed_users.join(", ") },
+            channel.session_scope,
+            channel.dispatch_mode,
+            channel.group_policy,
+        ));
+        if !channel.api_base.is_empty() {
+            out.push_str(&format!("    apiBase: {}\n", channel.api_base));
+        }
+        if let Some(model) = &channel.model {
+            out.push_str(&format!("    model: {model}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Result<(Command, GlobalOptions), String> {
+        parse_args(words.iter().map(OsString::from).collect()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn options_before_or_after_the_command() {
+        let home = GlobalOptions { home: Some("H".into()), ..Default::default() };
+        let start = Command::Start { channels: vec![] };
+        assert_eq!(parse(&["--home", "H", "start"]), Ok((start.clone(), home.clone())));
+        assert_eq!(parse(&["start", "--home", "H"]), Ok((start, home)));
+        assert_eq!(
+            parse(&["start", "a", "-v", "b", "--config=c.json"]),
+            Ok((
+                Command::Start { channels: vec!["a".into(), "b".into()] },
+                GlobalOptions { config: Some("c.json".into()), verbose: true, ..Default::default() }
+            ))
+        );
+    }
+
+    #[test]
+    fn table_of_commands() {
+        let cases: Vec<(&[&str], Result<Command, &str>)> = vec![
+            (&["check"], Ok(Command::Check)),
+            (&["version"], Ok(Command::Version)),
+            (&["--version"], Ok(Command::Version)),
+            (&["help"], Ok(Command::Help)),
+            (&["--help"], Ok(Command::Help)),
+            (&["demo-agent", "--help"], Ok(Command::DemoAgent { args: vec!["--help".into()] })),
+            (&["demo-agent", "--state", "/x"], Ok(Command::DemoAgent { args: vec!["--state".into(), "/x".into()] })),
+            (&[], Err("no command given")),
+            (&["frobnicate"], Err("unknown command `frobnicate`")),
+            (&["check", "extra"], Err("`check` takes no arguments")),
+            (&["start", "--bogus"], Err("invalid option '--bogus'")),
+        ];
+        for (words, expected) in cases {
+            match (parse(words), expected) {
+                (Ok((got, _)), Ok(want)) => assert_eq!(got, want, "{words:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{words:?}: {got}"),
+                (got, want) => panic!("{words:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        let err = parse_args(vec![OsString::from("nope")]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
 }

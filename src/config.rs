@@ -245,17 +245,12 @@ impl ChannelConfig {
             .and_then(|g| g.dispatch_mode)
             .or_else(|| wildcard.and_then(|g| g.dispatch_mode))
             .unwrap_or(self.dispatch_mode);
-        GroupSettings {
-            require_mention,
-            dispatch_mode,
-        }
+        GroupSettings { require_mention, dispatch_mode }
     }
 
     /// Every secret of this channel, for scrubbing the agent's environment.
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        [&self.token, &self.client_id, &self.client_secret]
-            .into_iter()
-            .flatten()
+        [&self.token, &self.client_id, &self.client_secret].into_iter().flatten()
     }
 }
 
@@ -302,13 +297,8 @@ pub struct ParseContext<'a> {
 /// "use the default", and so does `""` for string keys (Qwen applied `value || default`).
 /// Anything else of the wrong type, and any unknown enum value, is an error.
 pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
-    let top = Place {
-        path: cx.path,
-        channel: None,
-        prefix: "",
-    };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
+    let top = Place { path: cx.path, channel: None, prefix: "" };
+    let value: Value = serde_json::from_str(text).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
     let Value::Object(root) = value else {
         return Err(top.error_here(format!(
             "the file must hold one JSON object ({{ \"channels\": ... }}), found {}",
@@ -318,33 +308,18 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
 
     let env = get_string_map(&root, "env", top)?;
     let agents = parse_agents(&root, top)?;
-    let vars = Vars {
-        file: &env,
-        process: cx.env,
-    };
+    let vars = Vars { file: &env, process: cx.env };
     let empty = Object::new();
     let mut channels = BTreeMap::new();
     for (name, value) in get_object(&root, "channels", top)?.unwrap_or(&empty) {
-        let at = Place {
-            path: cx.path,
-            channel: Some(name),
-            prefix: "",
-        };
+        let at = Place { path: cx.path, channel: Some(name), prefix: "" };
         check_channel_name(name, at)?;
         let Value::Object(obj) = value else {
             return Err(at.error_here(format!("expected an object, found {}", describe(value))));
         };
-        channels.insert(
-            name.clone(),
-            parse_channel(name, obj, at, cx, &vars, &agents)?,
-        );
+        channels.insert(name.clone(), parse_channel(name, obj, at, cx, &vars, &agents)?);
     }
-    Ok(Config {
-        path: cx.path.to_path_buf(),
-        agents,
-        channels,
-        env,
-    })
+    Ok(Config { path: cx.path.to_path_buf(), agents, channels, env })
 }
 
 type Object = Map<String, Value>;
@@ -386,35 +361,18 @@ const CHANNEL_KINDS: [(&str, ChannelKind); 6] = [
     ("webchat", ChannelKind::Webchat),
     ("webhook", ChannelKind::Webhook),
 ];
-const SENDER_POLICIES: &[(&str, SenderPolicy)] = &[
-    ("allowlist", SenderPolicy::Allowlist),
-    ("pairing", SenderPolicy::Pairing),
-    ("open", SenderPolicy::Open),
-];
-const SESSION_SCOPES: &[(&str, SessionScope)] = &[
-    ("user", SessionScope::User),
-    ("thread", SessionScope::Thread),
-    ("single", SessionScope::Single),
-];
-const GROUP_POLICIES: &[(&str, GroupPolicy)] = &[
-    ("disabled", GroupPolicy::Disabled),
-    ("allowlist", GroupPolicy::Allowlist),
-    ("open", GroupPolicy::Open),
-];
-const DISPATCH_MODES: &[(&str, DispatchMode)] = &[
-    ("steer", DispatchMode::Steer),
-    ("collect", DispatchMode::Collect),
-    ("followup", DispatchMode::Followup),
-];
-const PERMISSION_POLICIES: &[(&str, PermissionPolicy)] = &[
-    ("relay", PermissionPolicy::Relay),
-    ("allow", PermissionPolicy::Allow),
-    ("deny", PermissionPolicy::Deny),
-];
-const TOOL_CALL_DISPLAYS: &[(&str, ToolCallDisplay)] = &[
-    ("off", ToolCallDisplay::Off),
-    ("brief", ToolCallDisplay::Brief),
-];
+const SENDER_POLICIES: &[(&str, SenderPolicy)] =
+    &[("allowlist", SenderPolicy::Allowlist), ("pairing", SenderPolicy::Pairing), ("open", SenderPolicy::Open)];
+const SESSION_SCOPES: &[(&str, SessionScope)] =
+    &[("user", SessionScope::User), ("thread", SessionScope::Thread), ("single", SessionScope::Single)];
+const GROUP_POLICIES: &[(&str, GroupPolicy)] =
+    &[("disabled", GroupPolicy::Disabled), ("allowlist", GroupPolicy::Allowlist), ("open", GroupPolicy::Open)];
+const DISPATCH_MODES: &[(&str, DispatchMode)] =
+    &[("steer", DispatchMode::Steer), ("collect", DispatchMode::Collect), ("followup", DispatchMode::Followup)];
+const PERMISSION_POLICIES: &[(&str, PermissionPolicy)] =
+    &[("relay", PermissionPolicy::Relay), ("allow", PermissionPolicy::Allow), ("deny", PermissionPolicy::Deny)];
+const TOOL_CALL_DISPLAYS: &[(&str, ToolCallDisplay)] =
+    &[("off", ToolCallDisplay::Off), ("brief", ToolCallDisplay::Brief)];
 /// `blockStreaming`: only the literal `"on"` enables it, as in Qwen.
 const ON_OFF: &[(&str, bool)] = &[("on", true), ("off", false)];
 
@@ -440,17 +398,11 @@ fn default_api_base(kind: ChannelKind) -> &'static str {
 }
 
 /// The top-level `agent` (under [`DEFAULT_AGENT`]) plus the named `agents`.
-fn parse_agents(
-    root: &Object,
-    top: Place<'_>,
-) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
+fn parse_agents(root: &Object, top: Place<'_>) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
     let empty = Object::new();
     let mut agents = BTreeMap::new();
     let default = get_object(root, "agent", top)?.unwrap_or(&empty);
-    let at = Place {
-        prefix: "agent",
-        ..top
-    };
+    let at = Place { prefix: "agent", ..top };
     agents.insert(DEFAULT_AGENT.to_string(), parse_agent(default, at, false)?);
     for (name, value) in get_object(root, "agents", top)?.unwrap_or(&empty) {
         let key = format!("agents.{name}");
@@ -464,10 +416,7 @@ fn parse_agents(
         let Value::Object(obj) = value else {
             return Err(type_error(top, &key, "an object", value));
         };
-        let at = Place {
-            prefix: &key,
-            ..top
-        };
+        let at = Place { prefix: &key, ..top };
         agents.insert(name.clone(), parse_agent(obj, at, true)?);
     }
     Ok(agents)
@@ -475,11 +424,7 @@ fn parse_agents(
 
 /// One agent object. `args` defaults to `--acp` only together with the default command:
 /// another program's flags are unknown.
-fn parse_agent(
-    obj: &Object,
-    at: Place<'_>,
-    command_required: bool,
-) -> Result<AgentConfig, ConfigError> {
+fn parse_agent(obj: &Object, at: Place<'_>, command_required: bool) -> Result<AgentConfig, ConfigError> {
     let (command, default_args) = match get_string(obj, "command", at)? {
         Some(command) => (command, Vec::new()),
         None if command_required => {
@@ -489,28 +434,19 @@ fn parse_agent(
                  [\"--experimental-acp\"])",
             ));
         }
-        None => (
-            DEFAULT_AGENT_COMMAND.to_string(),
-            DEFAULT_AGENT_ARGS.iter().map(|a| a.to_string()).collect(),
-        ),
+        None => (DEFAULT_AGENT_COMMAND.to_string(), DEFAULT_AGENT_ARGS.iter().map(|a| a.to_string()).collect()),
     };
     Ok(AgentConfig {
         command,
         args: get_string_array(obj, "args", at)?.unwrap_or(default_args),
         env: get_string_map(obj, "env", at)?,
-        startup_timeout: millis(
-            get_positive(obj, "startupTimeoutMs", at)?,
-            DEFAULT_STARTUP_TIMEOUT_MS,
-        ),
+        startup_timeout: millis(get_positive(obj, "startupTimeoutMs", at)?, DEFAULT_STARTUP_TIMEOUT_MS),
     })
 }
 
 /// Channel names end up in file names and routing keys.
 fn check_channel_name(name: &str, at: Place<'_>) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if valid {
         Ok(())
     } else {
@@ -530,52 +466,18 @@ fn parse_channel(
     agents: &BTreeMap<String, AgentConfig>,
 ) -> Result<ChannelConfig, ConfigError> {
     let kind = get_enum(obj, "type", at, &CHANNEL_KINDS)?.ok_or_else(|| {
-        at.error(
-            "type",
-            format!(
-                "missing: every channel needs a \"type\", one of: {}",
-                names(&CHANNEL_KINDS)
-            ),
-        )
+        at.error("type", format!("missing: every channel needs a \"type\", one of: {}", names(&CHANNEL_KINDS)))
     })?;
 
     let token = get_secret(obj, "token", at, vars)?;
     let client_id = get_secret(obj, "clientId", at, vars)?;
     let client_secret = get_secret(obj, "clientSecret", at, vars)?;
     match kind {
-        ChannelKind::Telegram => require(
-            &token,
-            "token",
-            kind,
-            "your bot token",
-            "TELEGRAM_BOT_TOKEN",
-            at,
-        )?,
-        ChannelKind::Discord => require(
-            &token,
-            "token",
-            kind,
-            "your bot token",
-            "DISCORD_BOT_TOKEN",
-            at,
-        )?,
+        ChannelKind::Telegram => require(&token, "token", kind, "your bot token", "TELEGRAM_BOT_TOKEN", at)?,
+        ChannelKind::Discord => require(&token, "token", kind, "your bot token", "DISCORD_BOT_TOKEN", at)?,
         ChannelKind::Dingtalk => {
-            require(
-                &client_id,
-                "clientId",
-                kind,
-                "your app's AppKey",
-                "DINGTALK_CLIENT_ID",
-                at,
-            )?;
-            require(
-                &client_secret,
-                "clientSecret",
-                kind,
-                "your app's AppSecret",
-                "DINGTALK_CLIENT_SECRET",
-                at,
-            )?;
+            require(&client_id, "clientId", kind, "your app's AppKey", "DINGTALK_CLIENT_ID", at)?;
+            require(&client_secret, "clientSecret", kind, "your app's AppSecret", "DINGTALK_CLIENT_SECRET", at)?;
         }
         ChannelKind::Weixin | ChannelKind::Webchat | ChannelKind::Webhook => {}
     }
@@ -584,7 +486,9 @@ fn parse_channel(
     let address: SocketAddr = listen.parse().map_err(|_| {
         at.error(
             "listen",
-            format!("\"{listen}\" is not an IP address and port such as {DEFAULT_LISTEN} (host names are not accepted)"),
+            format!(
+                "\"{listen}\" is not an IP address and port such as {DEFAULT_LISTEN} (host names are not accepted)"
+            ),
         )
     })?;
     if kind == ChannelKind::Webchat && !address.ip().is_loopback() && token.is_none() {
@@ -602,24 +506,16 @@ fn parse_channel(
         let known: Vec<&str> = agents.keys().map(String::as_str).collect();
         return Err(at.error(
             "agent",
-            format!(
-                "unknown agent \"{agent}\"; known agents: {} (define it under \"agents\")",
-                known.join(", ")
-            ),
+            format!("unknown agent \"{agent}\"; known agents: {} (define it under \"agents\")", known.join(", ")),
         ));
     }
 
     let empty = Object::new();
     let chunk_key = at.key("blockStreamingChunk");
-    let chunk_at = Place {
-        prefix: &chunk_key,
-        ..at
-    };
+    let chunk_at = Place { prefix: &chunk_key, ..at };
     let chunk = get_object(obj, "blockStreamingChunk", at)?.unwrap_or(&empty);
-    let block_min_chars =
-        get_positive(chunk, "minChars", chunk_at)?.unwrap_or(DEFAULT_BLOCK_MIN_CHARS);
-    let block_max_chars =
-        get_positive(chunk, "maxChars", chunk_at)?.unwrap_or(DEFAULT_BLOCK_MAX_CHARS);
+    let block_min_chars = get_positive(chunk, "minChars", chunk_at)?.unwrap_or(DEFAULT_BLOCK_MIN_CHARS);
+    let block_max_chars = get_positive(chunk, "maxChars", chunk_at)?.unwrap_or(DEFAULT_BLOCK_MAX_CHARS);
     if block_min_chars > block_max_chars {
         return Err(at.error(
             "blockStreamingChunk",
@@ -627,10 +523,7 @@ fn parse_channel(
         ));
     }
     let coalesce_key = at.key("blockStreamingCoalesce");
-    let coalesce_at = Place {
-        prefix: &coalesce_key,
-        ..at
-    };
+    let coalesce_at = Place { prefix: &coalesce_key, ..at };
     let coalesce = get_object(obj, "blockStreamingCoalesce", at)?.unwrap_or(&empty);
     // Qwen: `idleMs <= 0` disables the idle flush.
     let idle_ms = get_integer(coalesce, "idleMs", coalesce_at)?.unwrap_or(DEFAULT_BLOCK_IDLE_MS);
@@ -643,37 +536,25 @@ fn parse_channel(
         client_id,
         client_secret,
         model: get_string(obj, "model", at)?,
-        sender_policy: get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?
-            .unwrap_or(SenderPolicy::Allowlist),
+        sender_policy: get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?.unwrap_or(SenderPolicy::Allowlist),
         allowed_users: get_user_ids(obj, "allowedUsers", at)?,
-        session_scope: get_enum(obj, "sessionScope", at, SESSION_SCOPES)?
-            .unwrap_or(SessionScope::User),
+        session_scope: get_enum(obj, "sessionScope", at, SESSION_SCOPES)?.unwrap_or(SessionScope::User),
         cwd: resolve_cwd(get_string(obj, "cwd", at)?, cx, at)?,
         instructions: get_string(obj, "instructions", at)?,
         approval_mode: get_string(obj, "approvalMode", at)?,
-        group_policy: get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?
-            .unwrap_or(GroupPolicy::Disabled),
+        group_policy: get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?.unwrap_or(GroupPolicy::Disabled),
         groups: get_groups(obj, at)?,
-        dispatch_mode: get_enum(obj, "dispatchMode", at, DISPATCH_MODES)?
-            .unwrap_or(DispatchMode::Steer),
+        dispatch_mode: get_enum(obj, "dispatchMode", at, DISPATCH_MODES)?.unwrap_or(DispatchMode::Steer),
         block_streaming: get_enum(obj, "blockStreaming", at, ON_OFF)?.unwrap_or(false),
         block_min_chars: to_usize(block_min_chars),
         block_max_chars: to_usize(block_max_chars),
         block_idle,
-        permissions: get_enum(obj, "permissions", at, PERMISSION_POLICIES)?
-            .unwrap_or(PermissionPolicy::Relay),
-        permission_timeout: millis(
-            get_positive(obj, "permissionTimeoutMs", at)?,
-            DEFAULT_PERMISSION_TIMEOUT_MS,
-        ),
-        show_tool_calls: get_enum(obj, "showToolCalls", at, TOOL_CALL_DISPLAYS)?
-            .unwrap_or(ToolCallDisplay::Off),
+        permissions: get_enum(obj, "permissions", at, PERMISSION_POLICIES)?.unwrap_or(PermissionPolicy::Relay),
+        permission_timeout: millis(get_positive(obj, "permissionTimeoutMs", at)?, DEFAULT_PERMISSION_TIMEOUT_MS),
+        show_tool_calls: get_enum(obj, "showToolCalls", at, TOOL_CALL_DISPLAYS)?.unwrap_or(ToolCallDisplay::Off),
         agent,
         api_base: get_api_base(obj, kind, at)?,
-        turn_timeout: millis(
-            get_positive(obj, "turnTimeoutMs", at)?,
-            DEFAULT_TURN_TIMEOUT_MS,
-        ),
+        turn_timeout: millis(get_positive(obj, "turnTimeoutMs", at)?, DEFAULT_TURN_TIMEOUT_MS),
         listen,
         extra: obj
             .iter()
@@ -706,31 +587,20 @@ fn require(
 
 /// `cwd`: `~` and `~/x` use the home directory; relative paths are taken from where tether
 /// runs; `.` components are dropped.
-fn resolve_cwd(
-    raw: Option<String>,
-    cx: &ParseContext<'_>,
-    at: Place<'_>,
-) -> Result<PathBuf, ConfigError> {
+fn resolve_cwd(raw: Option<String>, cx: &ParseContext<'_>, at: Place<'_>) -> Result<PathBuf, ConfigError> {
     let Some(raw) = raw else {
         return Ok(cx.cwd.to_path_buf());
     };
     let path = match raw.strip_prefix('~') {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => {
             let home = cx.home.ok_or_else(|| {
-                at.error(
-                    "cwd",
-                    format!("\"{raw}\" starts with ~ but HOME is not set: write an absolute path"),
-                )
+                at.error("cwd", format!("\"{raw}\" starts with ~ but HOME is not set: write an absolute path"))
             })?;
             home.join(rest.trim_start_matches('/'))
         }
         _ => PathBuf::from(&raw),
     };
-    let absolute = if path.is_absolute() {
-        path
-    } else {
-        cx.cwd.join(path)
-    };
+    let absolute = if path.is_absolute() { path } else { cx.cwd.join(path) };
     Ok(absolute.components().collect())
 }
 
@@ -750,9 +620,7 @@ fn get_api_base(obj: &Object, kind: ChannelKind, at: Place<'_>) -> Result<String
         (None, None) => return Ok(default_api_base(kind).to_string()),
     };
     let trimmed = raw.trim_end_matches('/');
-    let host = trimmed
-        .strip_prefix("https://")
-        .or_else(|| trimmed.strip_prefix("http://"));
+    let host = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://"));
     match host {
         Some(host) if !host.is_empty() => Ok(trimmed.to_string()),
         _ => Err(at.error(
@@ -809,12 +677,7 @@ impl Vars<'_> {
 
 /// A credential: `"$NAME"` reads the variable NAME (the whole remainder, no `${}` and no
 /// partial interpolation); anything else is the value itself.
-fn get_secret(
-    obj: &Object,
-    key: &str,
-    at: Place<'_>,
-    vars: &Vars<'_>,
-) -> Result<Option<Secret>, ConfigError> {
+fn get_secret(obj: &Object, key: &str, at: Place<'_>, vars: &Vars<'_>) -> Result<Option<Secret>, ConfigError> {
     let Some(raw) = get_string(obj, key, at)? else {
         return Ok(None);
     };
@@ -851,11 +714,7 @@ struct Place<'a> {
 impl Place<'_> {
     /// The full dotted name of `key` inside this place.
     fn key(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.prefix)
-        }
+        if self.prefix.is_empty() { key.to_string() } else { format!("{}.{key}", self.prefix) }
     }
 
     /// An error about `key` inside this place.
@@ -892,19 +751,12 @@ fn describe(value: &Value) -> String {
 }
 
 fn type_error(at: Place<'_>, key: &str, expected: &str, found: &Value) -> ConfigError {
-    at.error(
-        key,
-        format!("expected {expected}, found {}", describe(found)),
-    )
+    at.error(key, format!("expected {expected}, found {}", describe(found)))
 }
 
 /// The allowed names of an enum key, for messages.
 fn names<T>(choices: &[(&str, T)]) -> String {
-    choices
-        .iter()
-        .map(|(name, _)| *name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    choices.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
 }
 
 /// A string; absent, `null` and `""` are all "not set".
@@ -918,12 +770,7 @@ fn get_string(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<String>, 
 }
 
 /// One of `choices` by name; absent, `null` and `""` are "not set".
-fn get_enum<T: Copy>(
-    obj: &Object,
-    key: &str,
-    at: Place<'_>,
-    choices: &[(&str, T)],
-) -> Result<Option<T>, ConfigError> {
+fn get_enum<T: Copy>(obj: &Object, key: &str, at: Place<'_>, choices: &[(&str, T)]) -> Result<Option<T>, ConfigError> {
     let Some(text) = get_string(obj, key, at)? else {
         return Ok(None);
     };
@@ -945,10 +792,9 @@ fn get_bool(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<bool>, Conf
 fn get_integer(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<i128>, ConfigError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+            Ok(n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)))
+        }
         Some(other) => Err(type_error(at, key, "an integer", other)),
     }
 }
@@ -964,11 +810,7 @@ fn get_positive(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<u64>, C
     }
 }
 
-fn get_object<'o>(
-    obj: &'o Object,
-    key: &str,
-    at: Place<'_>,
-) -> Result<Option<&'o Object>, ConfigError> {
+fn get_object<'o>(obj: &'o Object, key: &str, at: Place<'_>) -> Result<Option<&'o Object>, ConfigError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(inner)) => Ok(Some(inner)),
@@ -977,11 +819,7 @@ fn get_object<'o>(
 }
 
 /// An array of strings (empty strings kept: they may be meaningful program arguments).
-fn get_string_array(
-    obj: &Object,
-    key: &str,
-    at: Place<'_>,
-) -> Result<Option<Vec<String>>, ConfigError> {
+fn get_string_array(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<Vec<String>>, ConfigError> {
     let items = match obj.get(key) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(items)) => items,
@@ -1012,22 +850,13 @@ fn get_user_ids(obj: &Object, key: &str, at: Place<'_>) -> Result<Vec<String>, C
         .map(|(i, item)| match item {
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-            other => Err(type_error(
-                at,
-                &format!("{key}[{i}]"),
-                "a user id (string or integer)",
-                other,
-            )),
+            other => Err(type_error(at, &format!("{key}[{i}]"), "a user id (string or integer)", other)),
         })
         .collect()
 }
 
 /// An object of strings (`env` sections).
-fn get_string_map(
-    obj: &Object,
-    key: &str,
-    at: Place<'_>,
-) -> Result<BTreeMap<String, String>, ConfigError> {
+fn get_string_map(obj: &Object, key: &str, at: Place<'_>) -> Result<BTreeMap<String, String>, ConfigError> {
     let empty = Object::new();
     get_object(obj, key, at)?
         .unwrap_or(&empty)
@@ -1056,10 +885,7 @@ mod tests {
     /// Parse with a fixed file, cwd `/srv/start`, home `/home/ann` and the given process
     /// environment.
     fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let cx = ParseContext {
             path: Path::new(FILE),
@@ -1073,9 +899,7 @@ mod tests {
     /// A file with one telegram channel "phone" (token set) plus the given extra keys.
     fn telegram(extra: &str) -> String {
         let sep = if extra.is_empty() { "" } else { ", " };
-        format!(
-            r#"{{"channels": {{"phone": {{"type": "telegram", "token": "123:abc"{sep}{extra}}}}}}}"#
-        )
+        format!(r#"{{"channels": {{"phone": {{"type": "telegram", "token": "123:abc"{sep}{extra}}}}}}}"#)
     }
 
     fn channel(config: &Config, name: &str) -> ChannelConfig {
@@ -1133,18 +957,12 @@ mod tests {
             }
         );
         assert_eq!(config.agents["gemini"].command, "gemini");
-        assert_eq!(
-            config.agents["gemini"].args,
-            vec!["--experimental-acp".to_string()]
-        );
+        assert_eq!(config.agents["gemini"].args, vec!["--experimental-acp".to_string()]);
         let phone = channel(&config, "phone");
         let expected = ChannelConfig {
             name: "phone".into(),
             kind: ChannelKind::Telegram,
-            token: Some(Secret::new(
-                "42:secret".into(),
-                Some("TELEGRAM_BOT_TOKEN".into()),
-            )),
+            token: Some(Secret::new("42:secret".into(), Some("TELEGRAM_BOT_TOKEN".into()))),
             client_id: None,
             client_secret: None,
             model: Some("qwen3.5-plus".into()),
@@ -1156,19 +974,10 @@ mod tests {
             approval_mode: None,
             group_policy: GroupPolicy::Allowlist,
             groups: BTreeMap::from([
-                (
-                    "*".to_string(),
-                    GroupConfig {
-                        require_mention: Some(true),
-                        dispatch_mode: None,
-                    },
-                ),
+                ("*".to_string(), GroupConfig { require_mention: Some(true), dispatch_mode: None }),
                 (
                     "-100123".to_string(),
-                    GroupConfig {
-                        require_mention: None,
-                        dispatch_mode: Some(DispatchMode::Collect),
-                    },
+                    GroupConfig { require_mention: None, dispatch_mode: Some(DispatchMode::Collect) },
                 ),
             ]),
             dispatch_mode: DispatchMode::Steer,
@@ -1219,18 +1028,9 @@ mod tests {
         );
         let c = channel(&config, "my-telegram");
         assert_eq!(c.token.as_ref().map(Secret::expose), Some("from-file"));
-        assert_eq!(
-            c.token.as_ref().and_then(|s| s.from_env.as_deref()),
-            Some("TELEGRAM_BOT_TOKEN")
-        );
+        assert_eq!(c.token.as_ref().and_then(|s| s.from_env.as_deref()), Some("TELEGRAM_BOT_TOKEN"));
         assert_eq!(c.group_policy, GroupPolicy::Open);
-        assert_eq!(
-            c.groups["*"],
-            GroupConfig {
-                require_mention: Some(false),
-                dispatch_mode: None
-            }
-        );
+        assert_eq!(c.groups["*"], GroupConfig { require_mention: Some(false), dispatch_mode: None });
         assert_eq!(
             c.extra,
             BTreeMap::from([
@@ -1332,40 +1132,18 @@ mod tests {
     fn enum_values_are_read() {
         type Check = fn(&ChannelConfig) -> bool;
         let cases: [(&str, Check); 12] = [
-            (r#""senderPolicy": "open""#, |c| {
-                c.sender_policy == SenderPolicy::Open
-            }),
-            (r#""senderPolicy": "pairing""#, |c| {
-                c.sender_policy == SenderPolicy::Pairing
-            }),
-            (r#""sessionScope": "thread""#, |c| {
-                c.session_scope == SessionScope::Thread
-            }),
-            (r#""sessionScope": "single""#, |c| {
-                c.session_scope == SessionScope::Single
-            }),
-            (r#""groupPolicy": "open""#, |c| {
-                c.group_policy == GroupPolicy::Open
-            }),
-            (r#""dispatchMode": "collect""#, |c| {
-                c.dispatch_mode == DispatchMode::Collect
-            }),
-            (r#""dispatchMode": "followup""#, |c| {
-                c.dispatch_mode == DispatchMode::Followup
-            }),
+            (r#""senderPolicy": "open""#, |c| c.sender_policy == SenderPolicy::Open),
+            (r#""senderPolicy": "pairing""#, |c| c.sender_policy == SenderPolicy::Pairing),
+            (r#""sessionScope": "thread""#, |c| c.session_scope == SessionScope::Thread),
+            (r#""sessionScope": "single""#, |c| c.session_scope == SessionScope::Single),
+            (r#""groupPolicy": "open""#, |c| c.group_policy == GroupPolicy::Open),
+            (r#""dispatchMode": "collect""#, |c| c.dispatch_mode == DispatchMode::Collect),
+            (r#""dispatchMode": "followup""#, |c| c.dispatch_mode == DispatchMode::Followup),
             (r#""blockStreaming": "off""#, |c| !c.block_streaming),
-            (r#""permissions": "allow""#, |c| {
-                c.permissions == PermissionPolicy::Allow
-            }),
-            (r#""permissions": "deny""#, |c| {
-                c.permissions == PermissionPolicy::Deny
-            }),
-            (r#""showToolCalls": "brief""#, |c| {
-                c.show_tool_calls == ToolCallDisplay::Brief
-            }),
-            (r#""approvalMode": "yolo""#, |c| {
-                c.approval_mode.as_deref() == Some("yolo")
-            }),
+            (r#""permissions": "allow""#, |c| c.permissions == PermissionPolicy::Allow),
+            (r#""permissions": "deny""#, |c| c.permissions == PermissionPolicy::Deny),
+            (r#""showToolCalls": "brief""#, |c| c.show_tool_calls == ToolCallDisplay::Brief),
+            (r#""approvalMode": "yolo""#, |c| c.approval_mode.as_deref() == Some("yolo")),
         ];
         for (extra, check) in cases {
             assert!(check(&phone(extra)), "{extra}");
@@ -1397,27 +1175,19 @@ mod tests {
             ),
             (
                 telegram(r#""dispatchMode": "queue""#),
-                format!(
-                    r#"{p}: channel "phone", key "dispatchMode": "queue" is not one of: steer, collect, followup"#
-                ),
+                format!(r#"{p}: channel "phone", key "dispatchMode": "queue" is not one of: steer, collect, followup"#),
             ),
             (
                 telegram(r#""blockStreaming": "yes""#),
-                format!(
-                    r#"{p}: channel "phone", key "blockStreaming": "yes" is not one of: on, off"#
-                ),
+                format!(r#"{p}: channel "phone", key "blockStreaming": "yes" is not one of: on, off"#),
             ),
             (
                 telegram(r#""permissions": "ask""#),
-                format!(
-                    r#"{p}: channel "phone", key "permissions": "ask" is not one of: relay, allow, deny"#
-                ),
+                format!(r#"{p}: channel "phone", key "permissions": "ask" is not one of: relay, allow, deny"#),
             ),
             (
                 telegram(r#""showToolCalls": "full""#),
-                format!(
-                    r#"{p}: channel "phone", key "showToolCalls": "full" is not one of: off, brief"#
-                ),
+                format!(r#"{p}: channel "phone", key "showToolCalls": "full" is not one of: off, brief"#),
             ),
             (
                 telegram(r#""groups": {"-100123": {"dispatchMode": "later"}}"#),
@@ -1428,21 +1198,15 @@ mod tests {
             // Wrong types.
             (
                 telegram(r#""senderPolicy": 3"#),
-                format!(
-                    r#"{p}: channel "phone", key "senderPolicy": expected a string, found number 3"#
-                ),
+                format!(r#"{p}: channel "phone", key "senderPolicy": expected a string, found number 3"#),
             ),
             (
                 telegram(r#""blockStreaming": true"#),
-                format!(
-                    r#"{p}: channel "phone", key "blockStreaming": expected a string, found boolean true"#
-                ),
+                format!(r#"{p}: channel "phone", key "blockStreaming": expected a string, found boolean true"#),
             ),
             (
                 telegram(r#""token": 12345"#),
-                format!(
-                    r#"{p}: channel "phone", key "token": expected a string, found number 12345"#
-                ),
+                format!(r#"{p}: channel "phone", key "token": expected a string, found number 12345"#),
             ),
             (
                 telegram(r#""cwd": ["/a"]"#),
@@ -1462,15 +1226,11 @@ mod tests {
             ),
             (
                 telegram(r#""groups": ["-100"]"#),
-                format!(
-                    r#"{p}: channel "phone", key "groups": expected an object, found an array"#
-                ),
+                format!(r#"{p}: channel "phone", key "groups": expected an object, found an array"#),
             ),
             (
                 telegram(r#""groups": {"-100": true}"#),
-                format!(
-                    r#"{p}: channel "phone", key "groups.-100": expected an object, found boolean true"#
-                ),
+                format!(r#"{p}: channel "phone", key "groups.-100": expected an object, found boolean true"#),
             ),
             (
                 telegram(r#""groups": {"*": {"requireMention": "no"}}"#),
@@ -1486,9 +1246,7 @@ mod tests {
             ),
             (
                 telegram(r#""turnTimeoutMs": -5"#),
-                format!(
-                    r#"{p}: channel "phone", key "turnTimeoutMs": expected a positive integer, found number -5"#
-                ),
+                format!(r#"{p}: channel "phone", key "turnTimeoutMs": expected a positive integer, found number -5"#),
             ),
             (
                 telegram(r#""turnTimeoutMs": "60000""#),
@@ -1522,9 +1280,7 @@ mod tests {
             ),
             (
                 telegram(r#""blockStreamingCoalesce": 1500"#),
-                format!(
-                    r#"{p}: channel "phone", key "blockStreamingCoalesce": expected an object, found number 1500"#
-                ),
+                format!(r#"{p}: channel "phone", key "blockStreamingCoalesce": expected an object, found number 1500"#),
             ),
             // Type and required secrets.
             (
@@ -1594,9 +1350,7 @@ mod tests {
             ),
             (
                 r#"{"agent": {"args": "--acp"}}"#.into(),
-                format!(
-                    r#"{p}: key "agent.args": expected an array of strings, found string "--acp""#
-                ),
+                format!(r#"{p}: key "agent.args": expected an array of strings, found string "--acp""#),
             ),
             (
                 r#"{"agent": {"args": ["--acp", 1]}}"#.into(),
@@ -1608,41 +1362,25 @@ mod tests {
             ),
             (
                 r#"{"agent": {"startupTimeoutMs": 0}}"#.into(),
-                format!(
-                    r#"{p}: key "agent.startupTimeoutMs": expected a positive integer, found number 0"#
-                ),
+                format!(r#"{p}: key "agent.startupTimeoutMs": expected a positive integer, found number 0"#),
             ),
-            (
-                r#"{"agent": "qwen"}"#.into(),
-                format!(r#"{p}: key "agent": expected an object, found string "qwen""#),
-            ),
+            (r#"{"agent": "qwen"}"#.into(), format!(r#"{p}: key "agent": expected an object, found string "qwen""#)),
             // Top level.
-            (
-                r#"{"env": {"A": true}}"#.into(),
-                format!(r#"{p}: key "env.A": expected a string, found boolean true"#),
-            ),
-            (
-                r#"{"channels": []}"#.into(),
-                format!(r#"{p}: key "channels": expected an object, found an array"#),
-            ),
+            (r#"{"env": {"A": true}}"#.into(), format!(r#"{p}: key "env.A": expected a string, found boolean true"#)),
+            (r#"{"channels": []}"#.into(), format!(r#"{p}: key "channels": expected an object, found an array"#)),
             (
                 r#"{"channels": {"phone": "telegram"}}"#.into(),
                 format!(r#"{p}: channel "phone": expected an object, found string "telegram""#),
             ),
             (
                 "[1, 2]".into(),
-                format!(
-                    r#"{p}: the file must hold one JSON object ({{ "channels": ... }}), found an array"#
-                ),
+                format!(r#"{p}: the file must hold one JSON object ({{ "channels": ... }}), found an array"#),
             ),
             (
                 "{\n  \"channels\": {\n    \"a\": 1,\n  }\n}".into(),
                 format!("{p}: not valid JSON: trailing comma at line 4 column 3"),
             ),
-            (
-                "".into(),
-                format!("{p}: not valid JSON: EOF while parsing a value at line 1 column 0"),
-            ),
+            ("".into(), format!("{p}: not valid JSON: EOF while parsing a value at line 1 column 0")),
         ];
         for (text, expected) in cases {
             assert_eq!(error_text(&text, &[]), expected, "{text}");
@@ -1651,10 +1389,7 @@ mod tests {
 
     #[test]
     fn error_fields_are_structured() {
-        let err = match parse_with(
-            &telegram(r#""groups": {"-100123": {"dispatchMode": 7}}"#),
-            &[],
-        ) {
+        let err = match parse_with(&telegram(r#""groups": {"-100123": {"dispatchMode": 7}}"#), &[]) {
             Ok(c) => panic!("{c:?}"),
             Err(e) => e,
         };
@@ -1671,32 +1406,12 @@ mod tests {
         type Expected = Result<(&'static str, Option<&'static str>), &'static str>;
         type Env = &'static [(&'static str, &'static str)];
         let cases: [(&str, Env, &str, Expected); 9] = [
-            (
-                "$TOKEN",
-                &[("TOKEN", "proc")],
-                "{}",
-                Ok(("proc", Some("TOKEN"))),
-            ),
-            (
-                "$TOKEN",
-                &[("TOKEN", "proc")],
-                r#"{"TOKEN": "file"}"#,
-                Ok(("file", Some("TOKEN"))),
-            ),
+            ("$TOKEN", &[("TOKEN", "proc")], "{}", Ok(("proc", Some("TOKEN")))),
+            ("$TOKEN", &[("TOKEN", "proc")], r#"{"TOKEN": "file"}"#, Ok(("file", Some("TOKEN")))),
             // An empty entry in the file falls back to the process environment.
-            (
-                "$TOKEN",
-                &[("TOKEN", "proc")],
-                r#"{"TOKEN": ""}"#,
-                Ok(("proc", Some("TOKEN"))),
-            ),
+            ("$TOKEN", &[("TOKEN", "proc")], r#"{"TOKEN": ""}"#, Ok(("proc", Some("TOKEN")))),
             ("abc$X", &[("X", "never")], "{}", Ok(("abc$X", None))),
-            (
-                "$X/extra",
-                &[("X/extra", "whole-name"), ("X", "prefix")],
-                "{}",
-                Ok(("whole-name", Some("X/extra"))),
-            ),
+            ("$X/extra", &[("X/extra", "whole-name"), ("X", "prefix")], "{}", Ok(("whole-name", Some("X/extra")))),
             (
                 "${X}",
                 &[("X", "v")],
@@ -1740,11 +1455,7 @@ mod tests {
                 (Ok(config), Ok((value, from_env))) => {
                     let token = channel(&config, "phone").token;
                     assert_eq!(token.as_ref().map(Secret::expose), Some(value), "{written}");
-                    assert_eq!(
-                        token.and_then(|t| t.from_env).as_deref(),
-                        from_env,
-                        "{written}"
-                    );
+                    assert_eq!(token.and_then(|t| t.from_env).as_deref(), from_env, "{written}");
                 }
                 (Err(e), Err(message)) => {
                     assert_eq!(e.key.as_deref(), Some("token"), "{written}");
@@ -1764,22 +1475,13 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         let ding = channel(&config, "ding");
-        assert_eq!(
-            ding.client_id,
-            Some(Secret::new("id-1".into(), Some("ID".into())))
-        );
-        assert_eq!(
-            ding.client_secret,
-            Some(Secret::new("s-2".into(), Some("SECRET".into())))
-        );
+        assert_eq!(ding.client_id, Some(Secret::new("id-1".into(), Some("ID".into()))));
+        assert_eq!(ding.client_secret, Some(Secret::new("s-2".into(), Some("SECRET".into()))));
         assert_eq!(ding.cwd, PathBuf::from("/srv/$HOME"));
         assert_eq!(ding.instructions.as_deref(), Some("$NOT"));
         assert_eq!(ding.model.as_deref(), Some("$MODEL"));
         assert_eq!(ding.allowed_users, vec!["$U".to_string()]);
-        assert_eq!(
-            ding.secrets().map(Secret::expose).collect::<Vec<_>>(),
-            vec!["id-1", "s-2"]
-        );
+        assert_eq!(ding.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["id-1", "s-2"]);
     }
 
     #[test]
@@ -1803,12 +1505,7 @@ mod tests {
     #[test]
     fn cwd_tilde_without_home_is_an_error() {
         let lookup = |_: &str| None;
-        let cx = ParseContext {
-            path: Path::new(FILE),
-            cwd: Path::new("/srv"),
-            home: None,
-            env: &lookup,
-        };
+        let cx = ParseContext { path: Path::new(FILE), cwd: Path::new("/srv"), home: None, env: &lookup };
         let err = match parse(&telegram(r#""cwd": "~/x""#), &cx) {
             Ok(c) => panic!("{c:?}"),
             Err(e) => e,
@@ -1840,30 +1537,13 @@ mod tests {
             ("-999", false, DispatchMode::Collect),
         ];
         for (chat, require_mention, dispatch_mode) in cases {
-            assert_eq!(
-                c.group(chat),
-                GroupSettings {
-                    require_mention,
-                    dispatch_mode
-                },
-                "{chat}"
-            );
+            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode }, "{chat}");
         }
         // No "*": the built-in defaults (mention required; the channel's dispatch mode).
         let c = phone(r#""dispatchMode": "followup", "groups": {"-1": {"requireMention": false}}"#);
-        let cases = [
-            ("-1", false, DispatchMode::Followup),
-            ("-2", true, DispatchMode::Followup),
-        ];
+        let cases = [("-1", false, DispatchMode::Followup), ("-2", true, DispatchMode::Followup)];
         for (chat, require_mention, dispatch_mode) in cases {
-            assert_eq!(
-                c.group(chat),
-                GroupSettings {
-                    require_mention,
-                    dispatch_mode
-                },
-                "{chat}"
-            );
+            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode }, "{chat}");
         }
     }
 
@@ -1882,65 +1562,41 @@ mod tests {
         assert_eq!(default.command, "/opt/qwen");
         // A command other than the default gets no default args.
         assert!(default.args.is_empty());
-        assert_eq!(
-            default.env,
-            BTreeMap::from([("A".to_string(), "1".to_string())])
-        );
+        assert_eq!(default.env, BTreeMap::from([("A".to_string(), "1".to_string())]));
         assert_eq!(default.startup_timeout, Duration::from_secs(5));
         assert!(config.agents["bare"].args.is_empty());
-        assert_eq!(
-            config.agents["bare"].startup_timeout,
-            Duration::from_secs(30)
-        );
+        assert_eq!(config.agents["bare"].startup_timeout, Duration::from_secs(30));
         assert_eq!(channel(&config, "a").agent, "gemini");
         assert_eq!(channel(&config, "b").agent, "default");
         let err = error_text(
             r#"{"agents": {"gemini": {"command": "gemini"}}, "channels": {"a": {"type": "webchat", "agent": "claude"}}}"#,
             &[],
         );
-        assert!(err.ends_with(r#"unknown agent "claude"; known agents: default, gemini (define it under "agents")"#), "{err}");
+        assert!(
+            err.ends_with(r#"unknown agent "claude"; known agents: default, gemini (define it under "agents")"#),
+            "{err}"
+        );
         // Default args with the default command, and explicit args win.
         let config = match parse_with(r#"{"agent": {"args": ["--acp", "--debug"]}}"#, &[]) {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
         assert_eq!(config.agents["default"].command, "qwen");
-        assert_eq!(
-            config.agents["default"].args,
-            vec!["--acp".to_string(), "--debug".to_string()]
-        );
+        assert_eq!(config.agents["default"].args, vec!["--acp".to_string(), "--debug".to_string()]);
     }
 
     #[test]
     fn api_base_defaults_aliases_and_trailing_slash() {
         let cases = [
-            (
-                r#""type": "telegram", "token": "t""#,
-                Ok("https://api.telegram.org"),
-            ),
+            (r#""type": "telegram", "token": "t""#, Ok("https://api.telegram.org")),
             (r#""type": "weixin""#, Ok("https://ilinkai.weixin.qq.com")),
-            (
-                r#""type": "dingtalk", "clientId": "i", "clientSecret": "s""#,
-                Ok("https://api.dingtalk.com"),
-            ),
-            (
-                r#""type": "discord", "token": "t""#,
-                Ok("https://discord.com/api/v10"),
-            ),
+            (r#""type": "dingtalk", "clientId": "i", "clientSecret": "s""#, Ok("https://api.dingtalk.com")),
+            (r#""type": "discord", "token": "t""#, Ok("https://discord.com/api/v10")),
             (r#""type": "webchat""#, Ok("")),
             (r#""type": "webhook""#, Ok("")),
-            (
-                r#""type": "weixin", "baseUrl": "https://proxy.example/wx/""#,
-                Ok("https://proxy.example/wx"),
-            ),
-            (
-                r#""type": "weixin", "apiBase": "http://127.0.0.1:9000//""#,
-                Ok("http://127.0.0.1:9000"),
-            ),
-            (
-                r#""type": "weixin", "apiBase": "http://a/", "baseUrl": "http://a""#,
-                Ok("http://a"),
-            ),
+            (r#""type": "weixin", "baseUrl": "https://proxy.example/wx/""#, Ok("https://proxy.example/wx")),
+            (r#""type": "weixin", "apiBase": "http://127.0.0.1:9000//""#, Ok("http://127.0.0.1:9000")),
+            (r#""type": "weixin", "apiBase": "http://a/", "baseUrl": "http://a""#, Ok("http://a")),
             (
                 r#""type": "weixin", "apiBase": "http://a", "baseUrl": "http://b""#,
                 Err(
@@ -1976,41 +1632,17 @@ mod tests {
 
     #[test]
     fn allowed_users_accept_numbers_as_decimal_strings() {
-        let c =
-            phone(r#""allowedUsers": ["alice", 123456789, -1001234567890, 18446744073709551615]"#);
-        assert_eq!(
-            c.allowed_users,
-            vec![
-                "alice",
-                "123456789",
-                "-1001234567890",
-                "18446744073709551615"
-            ]
-        );
+        let c = phone(r#""allowedUsers": ["alice", 123456789, -1001234567890, 18446744073709551615]"#);
+        assert_eq!(c.allowed_users, vec!["alice", "123456789", "-1001234567890", "18446744073709551615"]);
     }
 
     #[test]
     fn block_streaming_settings() {
         let cases = [
             (r#""blockStreamingChunk": {"minChars": 10}"#, 10, 1000, 1500),
-            (
-                r#""blockStreamingChunk": {"maxChars": 4000}"#,
-                400,
-                4000,
-                1500,
-            ),
-            (
-                r#""blockStreamingChunk": {"minChars": 50, "maxChars": 50}"#,
-                50,
-                50,
-                1500,
-            ),
-            (
-                r#""blockStreamingCoalesce": {"idleMs": 250}"#,
-                400,
-                1000,
-                250,
-            ),
+            (r#""blockStreamingChunk": {"maxChars": 4000}"#, 400, 4000, 1500),
+            (r#""blockStreamingChunk": {"minChars": 50, "maxChars": 50}"#, 50, 50, 1500),
+            (r#""blockStreamingCoalesce": {"idleMs": 250}"#, 400, 1000, 250),
             (r#""blockStreamingCoalesce": {"idleMs": 0}"#, 400, 1000, 0),
             (r#""blockStreamingCoalesce": {"idleMs": -1}"#, 400, 1000, 0),
             (r#""blockStreamingCoalesce": {}"#, 400, 1000, 1500),
@@ -2030,22 +1662,10 @@ mod tests {
     fn listen_address_and_webchat_token() {
         let cases = [
             (r#""type": "webchat""#, Ok("127.0.0.1:8787")),
-            (
-                r#""type": "webchat", "listen": "127.0.0.1:0""#,
-                Ok("127.0.0.1:0"),
-            ),
-            (
-                r#""type": "webchat", "listen": "[::1]:9000""#,
-                Ok("[::1]:9000"),
-            ),
-            (
-                r#""type": "webchat", "listen": "0.0.0.0:8787", "token": "t""#,
-                Ok("0.0.0.0:8787"),
-            ),
-            (
-                r#""type": "webhook", "listen": "0.0.0.0:8787""#,
-                Ok("0.0.0.0:8787"),
-            ),
+            (r#""type": "webchat", "listen": "127.0.0.1:0""#, Ok("127.0.0.1:0")),
+            (r#""type": "webchat", "listen": "[::1]:9000""#, Ok("[::1]:9000")),
+            (r#""type": "webchat", "listen": "0.0.0.0:8787", "token": "t""#, Ok("0.0.0.0:8787")),
+            (r#""type": "webhook", "listen": "0.0.0.0:8787""#, Ok("0.0.0.0:8787")),
             (
                 r#""type": "webchat", "listen": "0.0.0.0:8787""#,
                 Err(
@@ -2091,10 +1711,7 @@ mod tests {
             ("téléphone", false),
         ];
         for (name, valid) in cases {
-            let text = format!(
-                r#"{{"channels": {{{}: {{"type": "webchat"}}}}}}"#,
-                Value::String(name.into())
-            );
+            let text = format!(r#"{{"channels": {{{}: {{"type": "webchat"}}}}}}"#, Value::String(name.into()));
             match parse_with(&text, &[]) {
                 Ok(config) => {
                     assert!(valid, "{name:?} was accepted");
@@ -2102,10 +1719,7 @@ mod tests {
                 }
                 Err(e) => {
                     assert!(!valid, "{name:?}: {e}");
-                    assert_eq!(
-                        e.to_string(),
-                        format!("{FILE}: channel \"{name}\": {message}")
-                    );
+                    assert_eq!(e.to_string(), format!("{FILE}: channel \"{name}\": {message}"));
                 }
             }
         }
@@ -2113,16 +1727,11 @@ mod tests {
 
     #[test]
     fn unknown_channel_keys_are_kept_in_extra() {
-        let c = phone(
-            r#""useConnectionManager": false, "interactiveCards": {"enabled": true}, "model": "m""#,
-        );
+        let c = phone(r#""useConnectionManager": false, "interactiveCards": {"enabled": true}, "model": "m""#);
         assert_eq!(
             c.extra,
             BTreeMap::from([
-                (
-                    "interactiveCards".to_string(),
-                    serde_json::json!({"enabled": true})
-                ),
+                ("interactiveCards".to_string(), serde_json::json!({"enabled": true})),
                 ("useConnectionManager".to_string(), serde_json::json!(false)),
             ])
         );

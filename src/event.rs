@@ -86,9 +86,7 @@ pub enum Outbound {
 impl Outbound {
     pub fn channel(&self) -> &str {
         match self {
-            Outbound::Text { chat, .. }
-            | Outbound::Draft { chat, .. }
-            | Outbound::Typing { chat } => &chat.channel,
+            Outbound::Text { chat, .. } | Outbound::Draft { chat, .. } | Outbound::Typing { chat } => &chat.channel,
         }
     }
 }

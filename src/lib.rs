@@ -7,14 +7,15 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod cli;
-pub mod config;
-pub mod demo_agent;
-pub mod error;
-pub mod event;
 pub mod acp;
 pub mod adapters;
 pub mod backoff;
+pub mod cli;
+pub mod config;
 pub mod core;
-pub mod net;
 pub mod daemon;
+pub mod demo_agent;
+pub mod error;
+pub mod event;
+pub mod logging;
+pub mod net;

@@ -126,10 +126,8 @@ impl Connection {
         match (pending, result) {
             (Pending::Initialize, Ok(result)) => {
                 self.ready = true;
-                let load_session = result
-                    .pointer("/agentCapabilities/loadSession")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                let load_session =
+                    result.pointer("/agentCapabilities/loadSession").and_then(Value::as_bool).unwrap_or(false);
                 step.events.push(AgentEvent::Ready { load_session });
                 for req in std::mem::take(&mut self.queued) {
                     step.writes.extend(self.request(req).writes);
@@ -247,7 +245,9 @@ mod tests {
     fn ready() -> Connection {
         let mut c = Connection::default();
         c.start();
-        c.receive(r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1,"agentCapabilities":{"loadSession":true}}}"#);
+        c.receive(
+            r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1,"agentCapabilities":{"loadSession":true}}}"#,
+        );
         c
     }
 
@@ -296,7 +296,11 @@ mod tests {
                 0,
             ),
             // Unknown update kinds and unknown notifications are ignored.
-            (r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"future_kind"}}}"#, vec![], 0),
+            (
+                r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"future_kind"}}}"#,
+                vec![],
+                0,
+            ),
             (r#"{"jsonrpc":"2.0","method":"qwen/notify/session/mode-update","params":{"v":1}}"#, vec![], 0),
             // Not JSON, or neither request nor response: ignored.
             ("garbage", vec![], 0),
@@ -343,7 +347,10 @@ mod tests {
         assert_eq!(sent["params"]["prompt"][0]["text"], "hello");
         let id = sent["id"].as_u64().unwrap();
         let step = c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"stopReason":"cancelled"}}}}"#));
-        assert_eq!(step.events, vec![AgentEvent::TurnEnded { session_id: "abc".into(), outcome: TurnOutcome::Cancelled }]);
+        assert_eq!(
+            step.events,
+            vec![AgentEvent::TurnEnded { session_id: "abc".into(), outcome: TurnOutcome::Cancelled }]
+        );
 
         let step = c.request(AgentRequest::Prompt { session_id: "abc".into(), text: "again".into() });
         let id = lines(&step)[0]["id"].as_u64().unwrap();

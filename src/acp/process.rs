@@ -50,11 +50,7 @@ pub type AgentEvents = Sender<(String, AgentEvent)>;
 /// that dies or never answers `initialize` is reported as [`AgentEvent::Exited`].
 pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error> {
     let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(&spec.args).current_dir(&spec.cwd).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (name, value) in std::env::vars_os() {
         let secret_value = value.to_str().is_some_and(|v| spec.scrub_values.iter().any(|s| s == v));
         if secret_value {
@@ -102,7 +98,15 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let name = spec.name.clone();
     let startup_timeout = spec.startup_timeout;
     named(&format!("acp-{}", spec.name), move || {
-        run_io(IoThread { name, child, requests: requests_rx, from_agent: from_agent_rx, writes: write_tx, events, startup_timeout })
+        run_io(IoThread {
+            name,
+            child,
+            requests: requests_rx,
+            from_agent: from_agent_rx,
+            writes: write_tx,
+            events,
+            startup_timeout,
+        })
     })?;
     Ok(AgentHandle { requests: requests_tx, pid })
 }

@@ -18,7 +18,10 @@ pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Inbound(Inbound),
-    Agent { agent: String, event: AgentEvent },
+    Agent {
+        agent: String,
+        event: AgentEvent,
+    },
     /// The clock reached [`Core::next_deadline`].
     Tick,
 }
@@ -150,7 +153,9 @@ impl Core {
                     if session.turn.is_some() || !session.queue.is_empty() {
                         actions.push(say(
                             &session.chat,
-                            format!("The agent stopped ({reason}). Your message was not answered; please send it again."),
+                            format!(
+                                "The agent stopped ({reason}). Your message was not answered; please send it again."
+                            ),
                         ));
                     }
                 }

@@ -130,11 +130,9 @@ fn strangers_never_reach_the_agent() {
     let t0 = Instant::now();
     let mut open = channel("tg");
     open.sender_policy = SenderPolicy::Open;
-    for (channels, sender, reaches) in [
-        (vec![channel("tg")], "999", false),
-        (vec![channel("tg")], "111", true),
-        (vec![open.clone()], "999", true),
-    ] {
+    for (channels, sender, reaches) in
+        [(vec![channel("tg")], "999", false), (vec![channel("tg")], "111", true), (vec![open.clone()], "999", true)]
+    {
         let mut core = core_with(channels);
         let got = core.handle(dm(sender, "hi"), t0);
         assert_eq!(!got.is_empty(), reaches, "sender {sender}");
@@ -221,7 +219,10 @@ fn agent_exit_tells_waiting_users_and_forgets_sessions() {
     let got = core.handle(agent(AgentEvent::Exited { reason: "exited with status 3".into() }), t0);
     assert_eq!(
         got,
-        vec![text("111", "The agent stopped (exited with status 3). Your message was not answered; please send it again.")]
+        vec![text(
+            "111",
+            "The agent stopped (exited with status 3). Your message was not answered; please send it again."
+        )]
     );
     // Late events of the dead session are ignored; the next message opens a new session.
     assert_eq!(core.handle(agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "x".into() }), t0), vec![]);

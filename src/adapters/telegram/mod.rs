@@ -128,7 +128,8 @@ fn poll_loop(api: &Api, inbound: &Sender<Inbound>, stop: &Receiver<()>) {
             Ok(result) => {
                 if backoff.attempts() > 0 {
                     log::info!(target: target, "polling again after {} failed attempts", backoff.attempts());
-                    let _ = inbound.send(Inbound::Health { channel: api.channel.clone(), connected: true, error: None });
+                    let _ =
+                        inbound.send(Inbound::Health { channel: api.channel.clone(), connected: true, error: None });
                 }
                 backoff.reset();
                 offset = deliver(&result, offset, api, &bot, inbound);

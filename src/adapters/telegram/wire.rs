@@ -67,10 +67,7 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
 }
 
 pub fn parse_identity(result: &Value) -> Option<BotIdentity> {
-    Some(BotIdentity {
-        id: result.get("id")?.as_i64()?,
-        username: result.get("username")?.as_str()?.to_string(),
-    })
+    Some(BotIdentity { id: result.get("id")?.as_i64()?, username: result.get("username")?.as_str()?.to_string() })
 }
 
 /// The updates of one `getUpdates` reply: the highest `update_id` seen (to confirm them
@@ -112,10 +109,8 @@ fn parse_message(msg: &Value, channel: &str, bot: &BotIdentity) -> Option<Inboun
             && !(is_topic && r.get("message_id").is_some() && r.get("message_id") == msg.get("message_thread_id"))
     });
     let is_reply_to_bot = reply.and_then(|r| r.pointer("/from/id")).and_then(Value::as_i64) == Some(bot.id);
-    let quoted_text = reply
-        .and_then(|r| r.get("text").or_else(|| r.get("caption")))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let quoted_text =
+        reply.and_then(|r| r.get("text").or_else(|| r.get("caption"))).and_then(Value::as_str).map(str::to_string);
     let is_mentioned = !is_group || mentions_bot(text, entities, bot);
     Some(InboundMessage {
         channel: channel.to_string(),
@@ -290,17 +285,37 @@ mod tests {
     fn replies_are_classified() {
         let cases: Vec<(u16, &str, Result<Value, Failure>)> = vec![
             (200, r#"{"ok":true,"result":[1]}"#, Ok(json!([1]))),
-            (409, r#"{"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request"}"#,
-                Err(Failure::Conflict("Conflict: terminated by other getUpdates request".into()))),
-            (429, r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 7","parameters":{"retry_after":7}}"#,
-                Err(Failure::RateLimited(Duration::from_secs(7)))),
-            (401, r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#,
-                Err(Failure::Unauthorized("HTTP 401: Unauthorized".into()))),
-            (502, "<html>Bad Gateway</html>", Err(Failure::Transient("HTTP 502 with a body that is not JSON: <html>Bad Gateway</html>".into()))),
+            (
+                409,
+                r#"{"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request"}"#,
+                Err(Failure::Conflict("Conflict: terminated by other getUpdates request".into())),
+            ),
+            (
+                429,
+                r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 7","parameters":{"retry_after":7}}"#,
+                Err(Failure::RateLimited(Duration::from_secs(7))),
+            ),
+            (
+                401,
+                r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#,
+                Err(Failure::Unauthorized("HTTP 401: Unauthorized".into())),
+            ),
+            (
+                502,
+                "<html>Bad Gateway</html>",
+                Err(Failure::Transient("HTTP 502 with a body that is not JSON: <html>Bad Gateway</html>".into())),
+            ),
             (200, "{not json", Err(Failure::Transient("HTTP 200 with a body that is not JSON: {not json".into()))),
-            (400, r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
-                Err(Failure::Rejected("HTTP 400: Bad Request: chat not found".into()))),
-            (500, r#"{"ok":false,"error_code":500,"description":"Internal"}"#, Err(Failure::Transient("HTTP 500: Internal".into()))),
+            (
+                400,
+                r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
+                Err(Failure::Rejected("HTTP 400: Bad Request: chat not found".into())),
+            ),
+            (
+                500,
+                r#"{"ok":false,"error_code":500,"description":"Internal"}"#,
+                Err(Failure::Transient("HTTP 500: Internal".into())),
+            ),
         ];
         for (status, body, expected) in cases {
             assert_eq!(parse_reply(status, body), expected, "{status} {body}");
@@ -348,7 +363,11 @@ mod tests {
 
     #[test]
     fn bot_commands_address_us_only_with_our_name() {
-        let cases = vec![("/help@tether_bot", true, "/help"), ("/help@other_bot", false, "/help@other_bot"), ("/help", false, "/help")];
+        let cases = vec![
+            ("/help@tether_bot", true, "/help"),
+            ("/help@other_bot", false, "/help@other_bot"),
+            ("/help", false, "/help"),
+        ];
         for (text, mentioned, stripped) in cases {
             let len = text.encode_utf16().count();
             let result = json!([{"update_id": 1, "message": {"message_id": 1, "chat": {"id": -5, "type": "group"},
@@ -363,7 +382,8 @@ mod tests {
     #[test]
     fn replies_to_the_bot_but_not_forum_topic_roots() {
         let reply_to_bot = json!({"message_id": 3, "from": {"id": 42, "is_bot": true}, "text": "earlier answer"});
-        let topic_root = json!({"message_id": 9, "from": {"id": 42, "is_bot": true}, "forum_topic_created": {"name": "t"}});
+        let topic_root =
+            json!({"message_id": 9, "from": {"id": 42, "is_bot": true}, "forum_topic_created": {"name": "t"}});
         let make = |reply: &Value, topic: bool| {
             json!([{"update_id": 1, "message": {"message_id": 20, "chat": {"id": -100, "type": "supergroup", "is_forum": topic},
                 "from": {"id": 7, "first_name": "B"}, "text": "ok", "message_thread_id": 9, "is_topic_message": topic,
