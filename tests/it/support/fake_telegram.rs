@@ -1,0 +1,221 @@
+//! A loopback Telegram Bot API: long-polled `getUpdates` with offsets and the 409 of a
+//! second poller, `sendMessage` and friends recorded for assertions, and faults injected
+//! per method on demand.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use serde_json::{Value, json};
+
+use crate::support::http::{Reply, Request, Server};
+
+pub const TOKEN: &str = "123456:TEST-token";
+pub const BOT_ID: i64 = 4242;
+pub const BOT_USERNAME: &str = "tether_test_bot";
+
+/// A fault to answer the next call of a method with.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    Status(u16, Value),
+    Malformed,
+    Drop,
+}
+
+impl Fault {
+    pub fn conflict() -> Fault {
+        Fault::Status(
+            409,
+            json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}),
+        )
+    }
+    pub fn too_many(retry_after: u64) -> Fault {
+        Fault::Status(
+            429,
+            json!({"ok": false, "error_code": 429, "description": format!("Too Many Requests: retry after {retry_after}"), "parameters": {"retry_after": retry_after}}),
+        )
+    }
+    pub fn bad_gateway() -> Fault {
+        Fault::Status(502, json!({"ok": false, "error_code": 502, "description": "Bad Gateway"}))
+    }
+}
+
+/// A call the fake received (every method but getUpdates).
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    updates: VecDeque<Value>,
+    next_update_id: i64,
+    next_message_id: i64,
+    faults: Vec<(String, Fault)>,
+    /// Bumped by each getUpdates; a held poll that sees a newer one answers 409.
+    poll_generation: u64,
+    polls: u64,
+}
+
+pub struct FakeTelegram {
+    server: Server,
+    state: Arc<(Mutex<State>, Condvar)>,
+    calls: Receiver<Call>,
+}
+
+impl FakeTelegram {
+    pub fn start() -> FakeTelegram {
+        let state = Arc::new((
+            Mutex::new(State { next_update_id: 1000, next_message_id: 1, ..Default::default() }),
+            Condvar::new(),
+        ));
+        let (calls_tx, calls) = unbounded();
+        let handler_state = state.clone();
+        let server = Server::start(move |req| handle(&handler_state, &calls_tx, req));
+        FakeTelegram { server, state, calls }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Queue a private text message from user `from` (chat id = user id).
+    pub fn send_dm(&self, from: i64, text: &str) {
+        self.push(json!({
+            "message_id": 0, "date": 1_700_000_000,
+            "chat": {"id": from, "type": "private", "first_name": "User"},
+            "from": {"id": from, "is_bot": false, "first_name": "User", "username": format!("user{from}")},
+            "text": text,
+        }));
+    }
+
+    /// Queue any message object (its update id and message id are filled in).
+    pub fn push(&self, mut message: Value) {
+        let (lock, cvar) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        let id = state.next_update_id;
+        state.next_update_id += 1;
+        message["message_id"] = json!(id);
+        state.updates.push_back(json!({"update_id": id, "message": message}));
+        cvar.notify_all();
+    }
+
+    /// Answer the next call of `method` with `fault`.
+    pub fn fail_next(&self, method: &str, fault: Fault) {
+        self.state.0.lock().unwrap().faults.push((method.to_string(), fault));
+    }
+
+    /// How many getUpdates calls arrived so far.
+    pub fn polls(&self) -> u64 {
+        self.state.0.lock().unwrap().polls
+    }
+
+    /// The next recorded call of `method`, waiting at most `within`.
+    pub fn next_call(&self, method: &str, within: Duration) -> Option<Call> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.calls.recv_timeout(left) {
+                Ok(call) if call.method == method => return Some(call),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The text of the next message sent to `chat`, waiting at most `within`.
+    pub fn next_text_to(&self, chat: i64, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let call = self.next_call("sendMessage", left)?;
+            if call.body["chat_id"] == json!(chat) {
+                return call.body["text"].as_str().map(str::to_string);
+            }
+        }
+    }
+}
+
+fn handle(state: &Arc<(Mutex<State>, Condvar)>, calls: &Sender<Call>, req: Request) -> Reply {
+    let Some(rest) = req.path.strip_prefix("/bot") else { return not_found() };
+    let Some((token, method)) = rest.split_once('/') else { return not_found() };
+    if token != TOKEN {
+        return Reply::Json(401, json!({"ok": false, "error_code": 401, "description": "Unauthorized"}).to_string());
+    }
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let fault = {
+        let mut st = state.0.lock().unwrap();
+        let pos = st.faults.iter().position(|(m, _)| m.eq_ignore_ascii_case(method));
+        pos.map(|i| st.faults.remove(i).1)
+    };
+    match fault {
+        Some(Fault::Status(code, body)) => return Reply::Json(code, body.to_string()),
+        Some(Fault::Malformed) => return Reply::Json(200, "{\"ok\": tru".to_string()),
+        Some(Fault::Drop) => return Reply::Drop,
+        None => {}
+    }
+    match method {
+        "getMe" => ok(json!({"id": BOT_ID, "is_bot": true, "first_name": "Test", "username": BOT_USERNAME})),
+        "getUpdates" => get_updates(state, &body),
+        "sendMessage" | "editMessageText" => {
+            let id = {
+                let mut st = state.0.lock().unwrap();
+                st.next_message_id += 1;
+                st.next_message_id
+            };
+            let _ = calls.send(Call { method: method.to_string(), body: body.clone() });
+            ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": body["chat_id"]}, "text": body["text"]}))
+        }
+        _ => {
+            let _ = calls.send(Call { method: method.to_string(), body });
+            ok(json!(true))
+        }
+    }
+}
+
+fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {
+    let offset = body["offset"].as_i64().unwrap_or(0);
+    let hold = Duration::from_secs(body["timeout"].as_u64().unwrap_or(0).min(30));
+    let (lock, cvar) = &**state;
+    let mut st = lock.lock().unwrap();
+    st.polls += 1;
+    st.poll_generation += 1;
+    let generation = st.poll_generation;
+    cvar.notify_all();
+    // Confirm everything below the offset.
+    st.updates.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
+    let deadline = Instant::now() + hold;
+    loop {
+        if st.poll_generation != generation {
+            return Reply::Json(409, Fault::conflict_body());
+        }
+        if !st.updates.is_empty() {
+            let batch: Vec<Value> = st.updates.iter().take(100).cloned().collect();
+            return ok(Value::Array(batch));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return ok(json!([]));
+        }
+        st = cvar.wait_timeout(st, left).unwrap().0;
+    }
+}
+
+impl Fault {
+    fn conflict_body() -> String {
+        match Fault::conflict() {
+            Fault::Status(_, body) => body.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+fn ok(result: Value) -> Reply {
+    Reply::Json(200, json!({"ok": true, "result": result}).to_string())
+}
+
+fn not_found() -> Reply {
+    Reply::Json(404, json!({"ok": false, "error_code": 404, "description": "Not Found"}).to_string())
+}

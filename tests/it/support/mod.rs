@@ -1,0 +1,146 @@
+//! Shared test helpers: temporary homes, the tether binary as a real process, bounded waits.
+
+pub mod fake_telegram;
+pub mod http;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub fn tether_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tether")
+}
+
+/// A fresh directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("tether-it-{}-{label}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write_config(&self, config: &Value) -> PathBuf {
+        let path = self.0.join("config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The demo agent, with everything tether writes to it copied to `capture`.
+pub fn captured_demo_agent(capture: &Path) -> Value {
+    json!({
+        "command": "sh",
+        "args": ["-c", format!("tee -a '{}' | exec '{}' demo-agent", capture.display(), tether_bin())],
+        "startupTimeoutMs": 10000,
+    })
+}
+
+pub fn demo_agent() -> Value {
+    json!({"command": tether_bin(), "args": ["demo-agent"], "startupTimeoutMs": 10000})
+}
+
+/// A running `tether start`, killed when dropped.
+pub struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    pub fn start(home: &TempDir, args: &[&str]) -> Service {
+        let log = home.path().join("tether.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(tether_bin())
+            .arg("start")
+            .args(args)
+            .arg("--home")
+            .arg(home.path())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        Service { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`, at most `within`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        wait_until(within, || self.log().contains(needle))
+    }
+
+    /// The exit status, if the process ended within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `tether ARGS` to completion, at most 30 s.
+pub fn run_tether(args: &[&str], home: &Path) -> Output {
+    let mut child = Command::new(tether_bin())
+        .args(args)
+        .env("TETHER_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("tether {args:?} did not finish within 30 s");
+}
+
+/// Poll `cond` every 20 ms until it holds or `within` passes.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,108 @@
+//! Telegram end to end: fake Bot API ⇄ tether ⇄ demo agent.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::fake_telegram::{FakeTelegram, Fault, TOKEN};
+use crate::support::{Service, TempDir, captured_demo_agent, demo_agent};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(fake: &FakeTelegram, agent: Value, extra: Value) -> Value {
+    let mut channel = json!({
+        "type": "telegram",
+        "token": TOKEN,
+        "apiBase": fake.url(),
+        "senderPolicy": "allowlist",
+        "allowedUsers": ["111"],
+    });
+    if let (Some(c), Some(e)) = (channel.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    json!({"agent": agent, "channels": {"phone": channel}})
+}
+
+#[test]
+fn allowed_dm_comes_back_as_the_echo() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("echo");
+    home.write_config(&config(&fake, demo_agent(), json!({})));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "hello agent");
+    let reply = fake.next_text_to(111, WAIT);
+    assert_eq!(reply.as_deref(), Some("echo: hello agent"), "log:\n{}", service.log());
+    // Typing was shown while the turn ran.
+    assert!(fake.next_call("sendChatAction", Duration::from_secs(1)).is_some() || service.log().contains("typing"));
+}
+
+#[test]
+fn stranger_never_reaches_the_agent() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("stranger");
+    let capture = home.path().join("agent-stdin.jsonl");
+    home.write_config(&config(&fake, captured_demo_agent(&capture), json!({})));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(999, "stranger secret words");
+    fake.send_dm(111, "friend words");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: friend words"), "log:\n{}", service.log());
+    // The stranger got no answer and nothing of theirs was written to the agent.
+    assert_eq!(fake.next_text_to(999, Duration::from_millis(500)), None);
+    let sent_to_agent = std::fs::read_to_string(&capture).unwrap();
+    assert!(sent_to_agent.contains("friend words"));
+    assert!(!sent_to_agent.contains("stranger secret words"), "agent saw: {sent_to_agent}");
+    assert!(service.log().contains("sender not in allowedUsers"));
+}
+
+#[test]
+fn platform_faults_are_survived_and_the_next_message_is_answered() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("faults");
+    home.write_config(&config(&fake, demo_agent(), json!({})));
+    fake.fail_next("getMe", Fault::bad_gateway());
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("connected as @", WAIT), "log:\n{}", service.log());
+    for fault in [Fault::conflict(), Fault::too_many(1), Fault::bad_gateway(), Fault::Malformed, Fault::Drop] {
+        fake.fail_next("getUpdates", fault);
+    }
+    fake.fail_next("sendMessage", Fault::bad_gateway());
+    fake.fail_next("sendMessage", Fault::too_many(1));
+    fake.send_dm(111, "still there?");
+    assert_eq!(
+        fake.next_text_to(111, Duration::from_secs(40)).as_deref(),
+        Some("echo: still there?"),
+        "log:\n{}",
+        service.log()
+    );
+    let log = service.log();
+    for expected in
+        ["conflict (409)", "rate limited (429)", "HTTP 502", "not JSON", "sendMessage to chat 111 failed (attempt 1/"]
+    {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+    // Backoff, not a hot loop: a handful of polls, not hundreds.
+    assert!(fake.polls() < 30, "{} polls", fake.polls());
+}
+
+#[test]
+fn agent_that_dies_at_start_gives_a_clear_error() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("deadagent");
+    let agent = json!({"command": "sh", "args": ["-c", "echo 'model weights missing' >&2; exit 3"]});
+    home.write_config(&config(&fake, agent, json!({})));
+    let mut service = Service::start(&home, &[]);
+    assert_eq!(service.wait_exit(WAIT), Some(1), "log:\n{}", service.log());
+    let log = service.log();
+    assert!(log.contains("failed to start: it exited with status 3"), "{log}");
+    assert!(log.contains("model weights missing"), "{log}");
+}
+
+#[test]
+fn agent_command_not_found_says_so() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("noagent");
+    home.write_config(&config(&fake, json!({"command": "/nonexistent/qwen", "args": ["--acp"]}), json!({})));
+    let mut service = Service::start(&home, &[]);
+    assert_eq!(service.wait_exit(WAIT), Some(1));
+    assert!(service.log().contains("cannot start agent \"default\" (`/nonexistent/qwen --acp`)"), "{}", service.log());
+}
