@@ -66,8 +66,8 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
                         log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", delay.as_millis());
                         restarts.insert(agent.clone(), Instant::now() + delay);
                     }
-                    if let AgentEvent::Ready { .. } = &event {
-                        if let Some(a) = agents.get_mut(&agent) { a.backoff.reset(); }
+                    if let (AgentEvent::Ready { .. }, Some(a)) = (&event, agents.get_mut(&agent)) {
+                        a.backoff.reset();
                     }
                     Event::Agent { agent, event }
                 }
@@ -79,12 +79,11 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
         let due: Vec<String> = restarts.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
         for name in due {
             restarts.remove(&name);
-            if let Some(agent) = agents.get_mut(&name) {
-                if let Err(e) = agent.restart(agent_tx.clone()) {
-                    let delay = agent.backoff.next_delay();
-                    log::error!(target: "acp", "{e}; trying again in {} ms", delay.as_millis());
-                    restarts.insert(name, now + delay);
-                }
+            let Some(agent) = agents.get_mut(&name) else { continue };
+            if let Err(e) = agent.restart(agent_tx.clone()) {
+                let delay = agent.backoff.next_delay();
+                log::error!(target: "acp", "{e}; trying again in {} ms", delay.as_millis());
+                restarts.insert(name, now + delay);
             }
         }
         for action in core.handle(event, now) {

@@ -24,7 +24,7 @@ pub fn check(channel: &ChannelConfig, m: &InboundMessage) -> Verdict {
             return Verdict::Drop("bot not mentioned (requireMention)");
         }
     }
-    let listed = channel.allowed_users.iter().any(|u| *u == m.sender_id);
+    let listed = channel.allowed_users.contains(&m.sender_id);
     match channel.sender_policy {
         SenderPolicy::Open => Verdict::Pass,
         _ if listed => Verdict::Pass,

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-pub fn tether_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tether")
+/// The binary under test: cargo's for integration tests, `$TETHER_BIN` for the benchmark.
+pub fn tether_bin() -> String {
+    match option_env!("CARGO_BIN_EXE_tether") {
+        Some(bin) => bin.to_string(),
+        None => std::env::var("TETHER_BIN").unwrap_or_else(|_| "target/release/tether".to_string()),
+    }
 }
 
 /// A fresh directory, removed when dropped.
@@ -65,6 +69,10 @@ pub struct Service {
 
 impl Service {
     pub fn start(home: &TempDir, args: &[&str]) -> Service {
+        Service::spawn(home, args, "debug")
+    }
+
+    fn spawn(home: &TempDir, args: &[&str], level: &str) -> Service {
         let log = home.path().join("tether.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(tether_bin())
@@ -72,13 +80,24 @@ impl Service {
             .args(args)
             .arg("--home")
             .arg(home.path())
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .unwrap();
         Service { child, log }
+    }
+
+    #[allow(dead_code)] // Used by the benchmark, which shares these helpers.
+    /// Like [`Service::start`] with all channels, logging at info only (for the benchmark).
+    pub fn start_quiet(home: &TempDir) -> Service {
+        Service::spawn(home, &[], "info")
+    }
+
+    #[allow(dead_code)] // Used by the benchmark.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {
@@ -128,6 +147,7 @@ pub fn run_tether(args: &[&str], home: &Path) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("tether {args:?} did not finish within 30 s");
 }
 
