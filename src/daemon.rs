@@ -204,9 +204,14 @@ pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
         }
     }
     let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
+    // `tether` means this very binary, so `tether demo-agent` works without tether on PATH.
+    let command = match agent.command.as_str() {
+        "tether" => std::env::current_exe().map_or_else(|_| agent.command.clone(), |p| p.display().to_string()),
+        _ => agent.command.clone(),
+    };
     Ok(AgentSpec {
         name: name.to_string(),
-        command: agent.command.clone(),
+        command,
         args: agent.args.clone(),
         env,
         scrub_names,
