@@ -5,15 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, at, bounded, never, select, unbounded};
+use crossbeam_channel::{Sender, at, bounded, never, select, unbounded};
 
-use crate::acp::process::{self, AgentHandle, AgentSpec};
+use crate::acp::supervisor::{Agent, agent_spec};
 use crate::adapters;
-use crate::backoff::Backoff;
 use crate::config::{ChannelKind, Config};
 use crate::core::{Action, Core, Event};
 use crate::error::Error;
-use crate::event::{AgentEvent, AgentRequest, Inbound, Outbound};
+use crate::event::{AgentEvent, Inbound, Outbound};
 
 /// Run the named channels (all when `only` is empty) until the process is stopped.
 pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
@@ -103,67 +102,6 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
     }
 }
 
-/// One agent process, restartable: requests wait in `requests` while it is down.
-struct Agent {
-    spec: AgentSpec,
-    requests_tx: Sender<AgentRequest>,
-    handle: Option<AgentHandle>,
-    backoff: Backoff,
-}
-
-impl Agent {
-    fn start(spec: AgentSpec, events: Sender<(String, AgentEvent)>) -> Result<Agent, Error> {
-        let (requests_tx, _) = unbounded();
-        let mut agent = Agent {
-            spec,
-            requests_tx,
-            handle: None,
-            backoff: Backoff::new(Duration::from_secs(3), Duration::from_secs(60)),
-        };
-        agent.restart(events)?;
-        Ok(agent)
-    }
-
-    fn restart(&mut self, events: Sender<(String, AgentEvent)>) -> Result<(), Error> {
-        let handle = process::spawn(self.spec.clone(), events)?;
-        self.requests_tx = handle.requests.clone();
-        self.handle = Some(handle);
-        Ok(())
-    }
-
-    fn send(&self, request: AgentRequest) {
-        let _ = self.requests_tx.send(request);
-    }
-
-    /// Wait for this agent's `initialize` answer, or fail with why it did not come.
-    fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<(), Error> {
-        let limit = self.spec.startup_timeout + Duration::from_secs(5);
-        let deadline = Instant::now() + limit;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match events.recv_timeout(remaining) {
-                Ok((name, AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(()),
-                Ok((name, AgentEvent::Exited { reason })) if name == self.spec.name => {
-                    return Err(Error::Agent(format!(
-                        "agent \"{}\" (`{} {}`) failed to start: it {reason}",
-                        name,
-                        self.spec.command,
-                        self.spec.args.join(" ")
-                    )));
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(Error::Agent(format!(
-                        "agent \"{}\" did not start within {} ms",
-                        self.spec.name,
-                        limit.as_millis()
-                    )));
-                }
-            }
-        }
-    }
-}
-
 fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error> {
     for name in only {
         if !config.channels.contains_key(name) {
@@ -184,39 +122,4 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
         )));
     }
     Ok(config)
-}
-
-/// How to start agent `name`: its command, plus the environment with every platform secret
-/// of every channel removed.
-pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
-    let Some(agent) = config.agents.get(name) else {
-        return Err(Error::Other(format!("{}: no agent named \"{name}\"", config.path.display())));
-    };
-    let mut env = config.env.clone();
-    env.extend(agent.env.clone());
-    let secrets = config.channels.values().flat_map(|c| c.secrets());
-    let (mut scrub_names, mut scrub_values) = (Vec::new(), Vec::new());
-    for secret in secrets {
-        scrub_values.push(secret.expose().to_string());
-        if let Some(var) = &secret.from_env {
-            scrub_names.push(var.clone());
-            env.remove(var);
-        }
-    }
-    let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
-    // `tether` means this very binary, so `tether demo-agent` works without tether on PATH.
-    let command = match agent.command.as_str() {
-        "tether" => std::env::current_exe().map_or_else(|_| agent.command.clone(), |p| p.display().to_string()),
-        _ => agent.command.clone(),
-    };
-    Ok(AgentSpec {
-        name: name.to_string(),
-        command,
-        args: agent.args.clone(),
-        env,
-        scrub_names,
-        scrub_values,
-        cwd,
-        startup_timeout: agent.startup_timeout,
-    })
 }

@@ -5,3 +5,4 @@
 
 pub mod connection;
 pub mod process;
+pub mod supervisor;

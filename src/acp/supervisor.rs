@@ -1,0 +1,108 @@
+//! Keeping agent processes alive: one [`Agent`] per configured agent that the running
+//! channels use, restarted with backoff when it dies. Requests wait while it is down.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+
+use crate::acp::process::{self, AgentHandle, AgentSpec};
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{AgentEvent, AgentRequest};
+
+/// One agent process, restartable: requests wait in `requests` while it is down.
+pub struct Agent {
+    spec: AgentSpec,
+    requests_tx: Sender<AgentRequest>,
+    handle: Option<AgentHandle>,
+    pub backoff: Backoff,
+}
+
+impl Agent {
+    pub fn start(spec: AgentSpec, events: Sender<(String, AgentEvent)>) -> Result<Agent, Error> {
+        let (requests_tx, _) = unbounded();
+        let mut agent = Agent {
+            spec,
+            requests_tx,
+            handle: None,
+            backoff: Backoff::new(Duration::from_secs(3), Duration::from_secs(60)),
+        };
+        agent.restart(events)?;
+        Ok(agent)
+    }
+
+    pub fn restart(&mut self, events: Sender<(String, AgentEvent)>) -> Result<(), Error> {
+        let handle = process::spawn(self.spec.clone(), events)?;
+        self.requests_tx = handle.requests.clone();
+        self.handle = Some(handle);
+        Ok(())
+    }
+
+    pub fn send(&self, request: AgentRequest) {
+        let _ = self.requests_tx.send(request);
+    }
+
+    /// Wait for this agent's `initialize` answer, or fail with why it did not come.
+    pub fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<(), Error> {
+        let limit = self.spec.startup_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + limit;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(remaining) {
+                Ok((name, AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(()),
+                Ok((name, AgentEvent::Exited { reason })) if name == self.spec.name => {
+                    return Err(Error::Agent(format!(
+                        "agent \"{}\" (`{} {}`) failed to start: it {reason}",
+                        name,
+                        self.spec.command,
+                        self.spec.args.join(" ")
+                    )));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(Error::Agent(format!(
+                        "agent \"{}\" did not start within {} ms",
+                        self.spec.name,
+                        limit.as_millis()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// How to start agent `name`: its command, plus the environment with every platform secret
+/// of every channel removed.
+pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
+    let Some(agent) = config.agents.get(name) else {
+        return Err(Error::Other(format!("{}: no agent named \"{name}\"", config.path.display())));
+    };
+    let mut env = config.env.clone();
+    env.extend(agent.env.clone());
+    let secrets = config.channels.values().flat_map(|c| c.secrets());
+    let (mut scrub_names, mut scrub_values) = (Vec::new(), Vec::new());
+    for secret in secrets {
+        scrub_values.push(secret.expose().to_string());
+        if let Some(var) = &secret.from_env {
+            scrub_names.push(var.clone());
+            env.remove(var);
+        }
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
+    // `tether` means this very binary, so `tether demo-agent` works without tether on PATH.
+    let command = match agent.command.as_str() {
+        "tether" => std::env::current_exe().map_or_else(|_| agent.command.clone(), |p| p.display().to_string()),
+        _ => agent.command.clone(),
+    };
+    Ok(AgentSpec {
+        name: name.to_string(),
+        command,
+        args: agent.args.clone(),
+        env,
+        scrub_names,
+        scrub_values,
+        cwd,
+        startup_timeout: agent.startup_timeout,
+    })
+}
