@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Log at info (debug with `verbose`); `RUST_LOG` overrides either.
 pub fn init(verbose: bool) {
-    let default = if verbose { "debug" } else { "info" };
+    // Our own debug lines, not the HTTP and TLS libraries' (they would drown ours).
+    let default = if verbose { "debug,ureq=info,ureq_proto=info,rustls=info" } else { "info" };
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(default);
     if let Ok(filters) = std::env::var("RUST_LOG") {

@@ -63,6 +63,8 @@ pub struct FakeTelegram {
     server: Server,
     state: Arc<(Mutex<State>, Condvar)>,
     calls: Receiver<Call>,
+    /// Every call, in order, for assertions after the fact.
+    history: Arc<Mutex<Vec<Call>>>,
 }
 
 impl FakeTelegram {
@@ -72,9 +74,11 @@ impl FakeTelegram {
             Condvar::new(),
         ));
         let (calls_tx, calls) = unbounded();
+        let history = Arc::new(Mutex::new(Vec::new()));
         let handler_state = state.clone();
-        let server = Server::start(move |req| handle(&handler_state, &calls_tx, req));
-        FakeTelegram { server, state, calls }
+        let handler_history = history.clone();
+        let server = Server::start(move |req| handle(&handler_state, &calls_tx, &handler_history, req));
+        FakeTelegram { server, state, calls, history }
     }
 
     pub fn url(&self) -> String {
@@ -105,6 +109,16 @@ impl FakeTelegram {
     /// Answer the next call of `method` with `fault`.
     pub fn fail_next(&self, method: &str, fault: Fault) {
         self.state.0.lock().unwrap().faults.push((method.to_string(), fault));
+    }
+
+    /// Every call of `method` so far (faulted ones included).
+    pub fn calls_of(&self, method: &str) -> Vec<Call> {
+        self.history.lock().unwrap().iter().filter(|c| c.method == method).cloned().collect()
+    }
+
+    /// Faults set with [`FakeTelegram::fail_next`] not yet used.
+    pub fn pending_faults(&self) -> usize {
+        self.state.0.lock().unwrap().faults.len()
     }
 
     /// How many getUpdates calls arrived so far.
@@ -138,13 +152,21 @@ impl FakeTelegram {
     }
 }
 
-fn handle(state: &Arc<(Mutex<State>, Condvar)>, calls: &Sender<Call>, req: Request) -> Reply {
+fn handle(
+    state: &Arc<(Mutex<State>, Condvar)>,
+    calls: &Sender<Call>,
+    history: &Mutex<Vec<Call>>,
+    req: Request,
+) -> Reply {
     let Some(rest) = req.path.strip_prefix("/bot") else { return not_found() };
     let Some((token, method)) = rest.split_once('/') else { return not_found() };
     if token != TOKEN {
         return Reply::Json(401, json!({"ok": false, "error_code": 401, "description": "Unauthorized"}).to_string());
     }
     let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    if method != "getUpdates" {
+        history.lock().unwrap().push(Call { method: method.to_string(), body: body.clone() });
+    }
     let fault = {
         let mut st = state.0.lock().unwrap();
         let pos = st.faults.iter().position(|(m, _)| m.eq_ignore_ascii_case(method));

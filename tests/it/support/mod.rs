@@ -80,7 +80,7 @@ impl Service {
             .args(args)
             .arg("--home")
             .arg(home.path())
-            .env("RUST_LOG", level)
+            .env("RUST_LOG", format!("{level},ureq=info,rustls=info"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
