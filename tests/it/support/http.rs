@@ -60,6 +60,7 @@ impl Drop for Server {
 
 fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     loop {
