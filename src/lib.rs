@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod adapters;
 pub mod cli;
 pub mod config;
 pub mod demo_agent;
 pub mod error;
 pub mod event;
+pub mod net;

@@ -1,0 +1,4 @@
+//! Platform adapters: each owns its sockets and threads, turns platform traffic into
+//! [`crate::event::Inbound`] and performs [`crate::event::Outbound`] actions.
+
+pub mod webchat;

@@ -1,0 +1,3 @@
+//! Network plumbing shared by adapters.
+
+pub mod httpd;
