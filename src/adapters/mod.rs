@@ -2,3 +2,4 @@
 //! [`crate::event::Inbound`] and performs [`crate::event::Outbound`] actions.
 
 pub mod telegram;
+pub mod webchat;

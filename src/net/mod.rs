@@ -1,3 +1,4 @@
-//! Network plumbing shared by adapters.
+//! Network plumbing shared by adapters: the HTTP client and a small HTTP/1.1 server.
 
 pub mod http;
+pub mod httpd;

@@ -1,0 +1,1617 @@
+//! The local web chat channel (`type: "webchat"`): one self-contained page and a WebSocket per
+//! browser tab on [`crate::net::httpd`]; what browsers send becomes [`Inbound`], and
+//! [`Outbound`] goes to every open tab of the browser it is addressed to.
+//!
+//! Identity: each browser gets a random id in the `tether_sid` cookie (HttpOnly,
+//! SameSite=Strict), set with the page. It is the sender id and the chat id.
+//!
+//! Access: on a loopback `listen` without `token`, only requests whose `Host` is a loopback
+//! name are served (a web page elsewhere cannot reach the agent through DNS rebinding). With a
+//! `token`, every request needs it — the page, `/ws` and `/healthz` alike: `?token=` sets the
+//! `tether_token` cookie and redirects to the bare path; the cookie or `Authorization: Bearer`
+//! works after that. A non-loopback `listen` without `token` is refused at start.
+//!
+//! Wire protocol: JSON text frames on `/ws`.
+//!
+//! ```text
+//! client → server
+//!   {"type":"message","text":"…","file"?:{"name":"…","mime":"…","data":"<base64>"}}
+//! server → client
+//!   {"type":"history","messages":[Entry…],"draft":"…"|null}  first frame on every connect
+//!   {"type":"message", …Entry}   a finished message: the person's own (echoed to all their
+//!                                 tabs) or the agent's answer
+//!   {"type":"draft","text":"…"}  the answer so far; replaces the previous draft
+//!   {"type":"typing"}            the agent is working; the page hides it after ~5 s
+//!   {"type":"error","text":"…"}  this server could not take a message (file too big, …)
+//! Entry = {"id":"<boot>-<n>","from":"you"|"agent","text":"…","file"?:"name","ts":<unix ms>}
+//! ```
+//!
+//! Threads: the HTTP server's accept thread, one thread per connection (a WebSocket keeps its
+//! connection thread: it polls its socket with a short read timeout and drains its own queue),
+//! and one dispatcher that moves [`Outbound`] from the outbox into those queues.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use serde::{Deserialize, Serialize};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::config::ChannelConfig;
+use crate::error::Error;
+use crate::event::{Attachment, AttachmentKind, Inbound, InboundMessage, Outbound};
+use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server};
+
+/// The page: HTML, CSS and JS in one file, no build step, nothing fetched from elsewhere.
+const PAGE: &str = include_str!("webchat.html");
+
+const SID_COOKIE: &str = "tether_sid";
+const TOKEN_COOKIE: &str = "tether_token";
+/// Messages kept per browser for replay on reconnect.
+const HISTORY_LIMIT: usize = 100;
+/// Browsers remembered at once; the least recently active one without an open tab goes first.
+const MAX_BROWSERS: usize = 256;
+/// Largest attachment, decoded.
+const MAX_UPLOAD: usize = 5 * 1024 * 1024;
+/// Largest WebSocket message: a base64 attachment plus its JSON.
+const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
+/// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
+/// reconnects and gets the history).
+const SOCKET_QUEUE: usize = 256;
+/// How often a WebSocket thread looks at its queue while the socket is quiet.
+const SOCKET_POLL: Duration = Duration::from_millis(50);
+const PING_EVERY: Duration = Duration::from_secs(25);
+/// A socket that has completed no frame (not even a pong) this long is gone. Generous, as a
+/// 5 MB upload on a slow phone link is one long frame.
+const SOCKET_IDLE_LIMIT: Duration = Duration::from_secs(90);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a message waits for room in the inbound channel before the browser is told.
+const INBOUND_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+const DISPATCH_POLL: Duration = Duration::from_millis(200);
+
+/// Content-Security-Policy of the page: inline script and style only, sockets to ourselves.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+/// A running web chat. Stop it with [`WebchatHandle::stop`]; dropping it stops it too.
+#[must_use = "dropping the handle stops the web chat"]
+pub struct WebchatHandle {
+    /// The address really bound (port 0 in `listen` becomes a real port here).
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Option<Server>,
+    dispatcher: Option<JoinHandle<()>>,
+}
+
+impl WebchatHandle {
+    /// Where a person opens the chat (`0.0.0.0` shown as `127.0.0.1`), without the token.
+    pub fn url(&self) -> String {
+        let ip = if self.local_addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            match self.local_addr {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            }
+        };
+        format!("http://{ip}:{}/", self.local_addr.port())
+    }
+
+    /// Stop serving: no new connections, open WebSockets close within a poll interval, the
+    /// dispatcher ends. Returns once the accept and dispatcher threads are gone.
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = dispatcher.join();
+        }
+    }
+}
+
+impl Drop for WebchatHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Start the web chat for `channel`: bind `listen`, serve the page and `/ws`, send what people
+/// write into `inbound`, and deliver `outbox` actions addressed to this channel. `outbox`
+/// must be this channel's own: actions for other channels are logged and dropped. Once
+/// listening, one `Inbound::Health { connected: true }` is sent (without blocking).
+pub fn spawn(
+    channel: &ChannelConfig,
+    inbound: Sender<Inbound>,
+    outbox: Receiver<Outbound>,
+) -> Result<WebchatHandle, Error> {
+    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"))
+}
+
+/// [`spawn`] with the directory attachments are saved under (tests use their own).
+fn spawn_with_uploads(
+    channel: &ChannelConfig,
+    inbound: Sender<Inbound>,
+    outbox: Receiver<Outbound>,
+    upload_root: PathBuf,
+) -> Result<WebchatHandle, Error> {
+    let name = &channel.name;
+    let listen = &channel.listen;
+    let token = channel.token.as_ref().map(|t| t.expose().to_string()).filter(|t| !t.is_empty());
+    let addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| {
+            Error::Other(format!(
+                "channel \"{name}\": `listen` is \"{listen}\", which is not an address \
+                 ({e}); write it as host:port, e.g. \"127.0.0.1:8787\""
+            ))
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Other(format!(
+            "channel \"{name}\": `listen` \"{listen}\" resolves to no address; \
+             write it as host:port, e.g. \"127.0.0.1:8787\""
+        )));
+    }
+    if token.is_none() && addrs.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(Error::Other(format!(
+            "channel \"{name}\": `listen` is \"{listen}\", which other machines can reach, \
+             and no `token` is set; set `token` (anyone with it can drive your agent) or \
+             listen on 127.0.0.1"
+        )));
+    }
+    let listener = TcpListener::bind(&addrs[..]).map_err(|e| bind_error(name, listen, &e))?;
+    let local_addr = listener.local_addr().map_err(|e| bind_error(name, listen, &e))?;
+
+    let boot = random_hex(4).map_err(|e| Error::Other(format!("channel \"{name}\": cannot get random bytes: {e}")))?;
+    let shared = Arc::new(Shared {
+        channel: name.clone(),
+        token,
+        hub: Mutex::new(Hub::new(boot)),
+        inbound,
+        stop: AtomicBool::new(false),
+        upload_root,
+    });
+    let handler: Handler = {
+        let shared = shared.clone();
+        Arc::new(move |request| handle_request(&shared, request))
+    };
+    let server = Server::start(listener, &format!("webchat-{name}"), Limits::default(), handler)
+        .map_err(|e| Error::Other(format!("channel \"{name}\": cannot start the web server: {e}")))?;
+    let dispatcher = {
+        let shared = shared.clone();
+        thread::Builder::new()
+            .name(format!("webchat-{name}-out"))
+            .stack_size(256 * 1024)
+            .spawn(move || dispatch_loop(&shared, &outbox))
+            .map_err(|e| Error::Other(format!("channel \"{name}\": cannot start a thread: {e}")))?
+    };
+    let _ = shared.inbound.try_send(Inbound::Health { channel: name.clone(), connected: true, error: None });
+    log::info!("web chat \"{name}\" listening on http://{local_addr}/");
+    Ok(WebchatHandle { local_addr, shared, server: Some(server), dispatcher: Some(dispatcher) })
+}
+
+fn bind_error(name: &str, listen: &str, e: &io::Error) -> Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "the address is already in use (is another tether running?); stop the other \
+             program or choose another address with `listen`"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges); choose another port with `listen`"
+        }
+        io::ErrorKind::AddrNotAvailable => "this machine has no such address; choose another with `listen`",
+        _ => "choose another address with `listen`",
+    };
+    Error::Other(format!("channel \"{name}\": cannot listen on {listen}: {e}; {hint}"))
+}
+
+/// State shared by the HTTP handler, the socket threads and the dispatcher.
+struct Shared {
+    channel: String,
+    token: Option<String>,
+    hub: Mutex<Hub>,
+    inbound: Sender<Inbound>,
+    stop: AtomicBool,
+    upload_root: PathBuf,
+}
+
+impl Shared {
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        // A thread that panicked while holding the lock left consistent-enough data: the
+        // worst case is one message missing from a history.
+        self.hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire types (this module only)
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Speaker {
+    You,
+    Agent,
+}
+
+/// One finished message, as the page shows it and the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Entry {
+    id: String,
+    from: Speaker,
+    text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ServerFrame<'a> {
+    History { messages: Vec<&'a Entry>, draft: Option<&'a str> },
+    Message(&'a Entry),
+    Draft { text: &'a str },
+    Typing,
+    Error { text: &'a str },
+}
+
+impl ServerFrame<'_> {
+    fn to_json(&self) -> String {
+        // Plain structs of strings and numbers: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientFrame {
+    Message {
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        file: Option<ClientFile>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct ClientFile {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    mime: String,
+    data: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hub: which browser has which sockets, and what each browser has seen. No I/O.
+
+struct Browser {
+    sockets: Vec<(u64, Sender<String>)>,
+    history: VecDeque<Entry>,
+    /// The answer being written, replayed to a tab that connects mid-turn.
+    draft: Option<String>,
+    last_active: u64,
+}
+
+struct Hub {
+    /// Random per start, so message ids never repeat across restarts.
+    boot: String,
+    next_id: u64,
+    next_socket: u64,
+    tick: u64,
+    browsers: HashMap<String, Browser>,
+}
+
+impl Hub {
+    fn new(boot: String) -> Hub {
+        Hub { boot, next_id: 0, next_socket: 0, tick: 0, browsers: HashMap::new() }
+    }
+
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{}-{}", self.boot, self.next_id)
+    }
+
+    /// The browser's state, created (evicting the stalest idle one if full) when new.
+    fn browser(&mut self, sid: &str) -> &mut Browser {
+        self.tick += 1;
+        if !self.browsers.contains_key(sid) && self.browsers.len() >= MAX_BROWSERS {
+            let stalest = self
+                .browsers
+                .iter()
+                .min_by_key(|(_, b)| (!b.sockets.is_empty(), b.last_active))
+                .map(|(sid, _)| sid.clone());
+            if let Some(stalest) = stalest {
+                self.browsers.remove(&stalest);
+            }
+        }
+        let tick = self.tick;
+        let browser = self.browsers.entry(sid.to_string()).or_insert_with(|| Browser {
+            sockets: Vec::new(),
+            history: VecDeque::new(),
+            draft: None,
+            last_active: tick,
+        });
+        browser.last_active = tick;
+        browser
+    }
+
+    /// A new socket for `sid`: its queue already holds the history frame, so nothing
+    /// delivered afterwards can overtake it.
+    fn connect(&mut self, sid: &str) -> (u64, Receiver<String>) {
+        self.next_socket += 1;
+        let socket = self.next_socket;
+        let (tx, rx) = crossbeam_channel::bounded(SOCKET_QUEUE);
+        let browser = self.browser(sid);
+        let history =
+            ServerFrame::History { messages: browser.history.iter().collect(), draft: browser.draft.as_deref() }
+                .to_json();
+        let _ = tx.try_send(history);
+        browser.sockets.push((socket, tx));
+        (socket, rx)
+    }
+
+    fn disconnect(&mut self, sid: &str, socket: u64) {
+        if let Some(browser) = self.browsers.get_mut(sid) {
+            browser.sockets.retain(|(id, _)| *id != socket);
+        }
+    }
+
+    /// Record what the person wrote and show it in all their tabs; returns its id.
+    fn record_from_person(&mut self, sid: &str, text: &str, file: Option<String>, ts: u64) -> String {
+        let id = self.new_id();
+        let entry = Entry { id: id.clone(), from: Speaker::You, text: text.to_string(), file, ts };
+        let browser = self.browser(sid);
+        broadcast(browser, &ServerFrame::Message(&entry).to_json());
+        push_history(browser, entry);
+        id
+    }
+
+    /// Route one action (already known to be for this channel) to its browser.
+    fn deliver(&mut self, action: &Outbound, ts: u64) {
+        let chat = match action {
+            Outbound::Text { chat, .. } | Outbound::Draft { chat, .. } | Outbound::Typing { chat } => chat,
+        };
+        if !is_valid_sid(&chat.chat_id) {
+            log::warn!("web chat \"{}\": no browser can have chat id {:?}; dropped", chat.channel, chat.chat_id);
+            return;
+        }
+        match action {
+            Outbound::Text { text, .. } => {
+                let entry = Entry { id: self.new_id(), from: Speaker::Agent, text: text.clone(), file: None, ts };
+                let browser = self.browser(&chat.chat_id);
+                browser.draft = None;
+                broadcast(browser, &ServerFrame::Message(&entry).to_json());
+                push_history(browser, entry);
+            }
+            Outbound::Draft { text, .. } => {
+                let browser = self.browser(&chat.chat_id);
+                broadcast(browser, &ServerFrame::Draft { text }.to_json());
+                browser.draft = Some(text.clone());
+            }
+            Outbound::Typing { .. } => {
+                // Not worth creating state for a browser we have never seen.
+                if let Some(browser) = self.browsers.get_mut(&chat.chat_id) {
+                    broadcast(browser, &ServerFrame::Typing.to_json());
+                }
+            }
+        }
+    }
+}
+
+fn push_history(browser: &mut Browser, entry: Entry) {
+    browser.history.push_back(entry);
+    while browser.history.len() > HISTORY_LIMIT {
+        browser.history.pop_front();
+    }
+}
+
+/// Queue a frame for every socket of the browser; a socket whose queue is full or gone is
+/// dropped from the list (its thread then closes it).
+fn broadcast(browser: &mut Browser, json: &str) {
+    browser.sockets.retain(|(_, tx)| tx.try_send(json.to_string()).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP: access rules and routes
+
+/// What the access rules decided about one request.
+#[derive(Debug, PartialEq)]
+enum Access {
+    Allowed,
+    /// Answer with this instead (a 303 that stores the token, a 401 or a 403).
+    Answer(Response),
+}
+
+/// Token and `Host` rules (see the module docs). `token` is the configured one.
+fn check_access(request: &Request, token: Option<&str>) -> Access {
+    let Some(token) = token else {
+        return match request.header("host") {
+            Some(host) if !is_loopback_host(host) => Access::Answer(Response::text(
+                403,
+                "This web chat only answers to localhost. Open it as http://127.0.0.1:<port>/, \
+                 or set `token` in its channel config to reach it by another name.\n",
+            )),
+            _ => Access::Allowed,
+        };
+    };
+    let cookie_value = hex(token.as_bytes());
+    if let Some(offered) = request.query_param("token") {
+        if !constant_time_eq(offered.as_bytes(), token.as_bytes()) {
+            return Access::Answer(unauthorized());
+        }
+        // Never redirect to `//host`: that would leave this server.
+        let location = if request.path.starts_with("//") { "/" } else { request.path.as_str() };
+        return Access::Answer(Response::redirect(location).header(
+            "Set-Cookie",
+            &format!("{TOKEN_COOKIE}={cookie_value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Strict"),
+        ));
+    }
+    let by_cookie =
+        request.cookie(TOKEN_COOKIE).is_some_and(|c| constant_time_eq(c.as_bytes(), cookie_value.as_bytes()));
+    let by_header = request
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+    if by_cookie || by_header { Access::Allowed } else { Access::Answer(unauthorized()) }
+}
+
+fn unauthorized() -> Response {
+    Response::text(
+        401,
+        "This web chat needs its token. Open the address tether printed, which ends in \
+         ?token=…, or add ?token=<the channel's `token`> to this address.\n",
+    )
+}
+
+fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
+    if let Access::Answer(response) = check_access(&request, shared.token.as_deref()) {
+        return Reply::Respond(response);
+    }
+    let readable = matches!(request.method.as_str(), "GET" | "HEAD");
+    let response = match request.path.as_str() {
+        "/ws" => return open_socket(shared, &request),
+        "/" | "/index.html" if readable => page(&request),
+        // Health needs the token like everything else: simplest, and nothing here is public.
+        "/healthz" if readable => Response::text(200, "ok\n"),
+        "/" | "/index.html" | "/healthz" => Response::text(405, "use GET\n").header("Allow", "GET, HEAD"),
+        // Seam for the admin page (status, pairing approvals): route "/admin" here to a
+        // handler that gets what it needs from the daemon, behind the same access rules.
+        _ => Response::text(404, "not found\n"),
+    };
+    Reply::Respond(response)
+}
+
+/// The chat page, setting the browser's id cookie when it has none.
+fn page(request: &Request) -> Response {
+    let response = Response::html(200, PAGE)
+        .header("Content-Security-Policy", PAGE_CSP)
+        .header("Cache-Control", "no-store")
+        .header("Referrer-Policy", "no-referrer")
+        .header("X-Frame-Options", "DENY");
+    if request.cookie(SID_COOKIE).is_some_and(is_valid_sid) {
+        return response;
+    }
+    match random_hex(16) {
+        Ok(sid) => response
+            .header("Set-Cookie", &format!("{SID_COOKIE}={sid}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Strict")),
+        Err(e) => Response::text(500, format!("cannot make a browser id: {e}\n")),
+    }
+}
+
+fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
+    if !is_same_origin(request) {
+        return Reply::Respond(Response::text(403, "cross-origin WebSocket refused\n"));
+    }
+    let Some(sid) = request.cookie(SID_COOKIE).filter(|s| is_valid_sid(s)).map(str::to_string) else {
+        return Reply::Respond(Response::text(403, "no browser id: open the chat page first (it sets a cookie)\n"));
+    };
+    match httpd::websocket_upgrade(request) {
+        Err(response) => Reply::Respond(response),
+        Ok(response) => {
+            let shared = shared.clone();
+            Reply::Upgrade(response, Box::new(move |stream, rest| run_socket(&shared, &sid, stream, rest)))
+        }
+    }
+}
+
+/// A browser always sends `Origin` on WebSocket handshakes; it must name this server.
+/// Non-browser clients send none.
+fn is_same_origin(request: &Request) -> bool {
+    let Some(origin) = request.header("origin") else {
+        return true;
+    };
+    let Some(host) = request.header("host") else {
+        return false;
+    };
+    let origin_host = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    origin_host.is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(host))
+}
+
+/// `localhost`, `*.localhost` or a loopback IP, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, _)) => ip,
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    let lower = name.to_ascii_lowercase();
+    lower == "localhost"
+        || lower.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compare secrets without an early exit (the length still shows, as it must).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Browser ids are 32 lowercase hex digits; anything else is ignored (it also names a
+/// directory, so it must never carry a path).
+fn is_valid_sid(sid: &str) -> bool {
+    sid.len() == 32 && sid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_hex(len: usize) -> Result<String, getrandom::Error> {
+    let mut buf = vec![0u8; len];
+    getrandom::fill(&mut buf)?;
+    Ok(hex(&buf))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads: dispatcher and sockets
+
+fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        match outbox.recv_timeout(DISPATCH_POLL) {
+            Ok(action) if action.channel() == shared.channel => {
+                shared.hub().deliver(&action, now_ms());
+            }
+            Ok(action) => {
+                log::debug!("web chat \"{}\": ignoring an action for channel \"{}\"", shared.channel, action.channel())
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                log::debug!("web chat \"{}\": outbox closed", shared.channel);
+                return;
+            }
+        }
+    }
+}
+
+/// Unregisters a socket from the hub however its thread ends.
+struct Registration<'a> {
+    shared: &'a Shared,
+    sid: &'a str,
+    socket: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shared.hub().disconnect(self.sid, self.socket);
+    }
+}
+
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
+}
+
+/// Serve one WebSocket until it closes, goes quiet, falls behind, or the chat stops.
+fn run_socket(shared: &Shared, sid: &str, stream: TcpStream, rest: Vec<u8>) {
+    if stream.set_read_timeout(Some(SOCKET_POLL)).is_err() || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(socket_config()));
+    let (socket, queue) = shared.hub().connect(sid);
+    let _registration = Registration { shared, sid, socket };
+    let mut last_heard = Instant::now();
+    let mut last_ping = Instant::now();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            return;
+        }
+        loop {
+            match queue.try_recv() {
+                Ok(json) => {
+                    if ws.write(Message::text(json)).is_err() {
+                        return;
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    // The hub dropped us (queue overflow): the page reconnects and replays.
+                    let _ = ws.close(None);
+                    let _ = ws.flush();
+                    return;
+                }
+            }
+        }
+        if ws.flush().is_err() {
+            return;
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                last_heard = Instant::now();
+                if let Some(error) = take_client_frame(shared, sid, text.as_str()) {
+                    let frame = ServerFrame::Error { text: &error }.to_json();
+                    if ws.send(Message::text(frame)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                last_heard = Instant::now();
+                let frame = ServerFrame::Error { text: "send JSON text frames" }.to_json();
+                if ws.send(Message::text(frame)).is_err() {
+                    return;
+                }
+            }
+            // Pings are answered by tungstenite on the next write or flush; a close is
+            // answered the same way, and the next read reports ConnectionClosed.
+            Ok(_) => last_heard = Instant::now(),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                if last_heard.elapsed() > SOCKET_IDLE_LIMIT {
+                    log::debug!("web chat: socket of {} silent too long; closing", short(sid));
+                    return;
+                }
+                if last_ping.elapsed() >= PING_EVERY {
+                    last_ping = Instant::now();
+                    if ws.send(Message::Ping(Default::default())).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                log::debug!("web chat: socket of {} ended: {e}", short(sid));
+                return;
+            }
+        }
+    }
+}
+
+fn short(sid: &str) -> &str {
+    sid.get(..6).unwrap_or(sid)
+}
+
+/// Act on one client frame; returns an error text for the sender when it was not taken.
+fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
+    let frame: ClientFrame = match serde_json::from_str(json) {
+        Ok(frame) => frame,
+        Err(e) => return Some(format!("not a message this server understands: {e}")),
+    };
+    let ClientFrame::Message { text, file } = frame;
+    if text.trim().is_empty() && file.is_none() {
+        return None;
+    }
+    let mut attachments = Vec::new();
+    if let Some(file) = &file {
+        match save_upload(&shared.upload_root, sid, file) {
+            Ok(attachment) => attachments.push(attachment),
+            Err(e) => return Some(e),
+        }
+    }
+    let file_name = attachments.first().map(|a| a.file_name.clone());
+    let id = shared.hub().record_from_person(sid, &text, file_name, now_ms());
+    let message = InboundMessage {
+        channel: shared.channel.clone(),
+        sender_id: sid.to_string(),
+        sender_name: format!("web-{}", short(sid)),
+        chat_id: sid.to_string(),
+        thread_id: None,
+        message_id: Some(id),
+        is_group: false,
+        is_mentioned: true,
+        is_reply_to_bot: false,
+        text,
+        quoted_text: None,
+        attachments,
+    };
+    match shared.inbound.send_timeout(Inbound::Message(message), INBOUND_SEND_TIMEOUT) {
+        Ok(()) => None,
+        Err(_) => Some("tether is not taking messages right now; try again shortly".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attachments
+
+/// Decode and save an attachment under `root/<sid>/<sanitized name>` (a new name if taken).
+fn save_upload(root: &Path, sid: &str, file: &ClientFile) -> Result<Attachment, String> {
+    let data = file.data.strip_prefix("data:").and_then(|d| d.split_once(',').map(|(_, b)| b)).unwrap_or(&file.data);
+    if data.len() / 4 * 3 > MAX_UPLOAD + 3 {
+        return Err("file too large: the limit is 5 MB".into());
+    }
+    let bytes = decode_base64(data).ok_or("the file's data is not valid base64")?;
+    if bytes.len() > MAX_UPLOAD {
+        return Err("file too large: the limit is 5 MB".into());
+    }
+    let name = sanitize_file_name(&file.name);
+    let mime_type = sanitize_mime(&file.mime);
+    let dir = root.join(sid);
+    create_private_dir(&dir).map_err(|e| {
+        log::warn!("web chat: cannot create {}: {e}", dir.display());
+        "the server could not store the file".to_string()
+    })?;
+    let path = write_new_file(&dir, &name, &bytes).map_err(|e| {
+        log::warn!("web chat: cannot save into {}: {e}", dir.display());
+        "the server could not store the file".to_string()
+    })?;
+    let kind = if mime_type.starts_with("image/") { AttachmentKind::Image } else { AttachmentKind::File };
+    Ok(Attachment {
+        kind,
+        file_name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(name),
+        path,
+        mime_type,
+    })
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Write to `dir/name`, or `dir/<n>-name` when that exists; never overwrite.
+fn write_new_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    use std::io::Write;
+    for n in 0..1000u32 {
+        let candidate = if n == 0 { dir.join(name) } else { dir.join(format!("{n}-{name}")) };
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&candidate) {
+            Ok(mut f) => {
+                f.write_all(bytes)?;
+                return Ok(candidate);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("too many files named {name}")))
+}
+
+/// A safe file name: the last path component, ASCII letters, digits, `.`, `-`, `_` only, no
+/// leading dot, at most 100 characters (keeping a short extension), never empty.
+fn sanitize_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let cleaned: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    let cleaned = if cleaned.len() > 100 {
+        match cleaned.rsplit_once('.') {
+            Some((stem, ext)) if ext.len() <= 10 => {
+                format!("{}.{ext}", &stem[..100 - ext.len() - 1])
+            }
+            _ => cleaned[..100].to_string(),
+        }
+    } else {
+        cleaned.to_string()
+    };
+    if cleaned.is_empty() { "file".to_string() } else { cleaned }
+}
+
+/// `type/subtype` in lowercase, or `application/octet-stream` when it is not one.
+fn sanitize_mime(mime: &str) -> String {
+    let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let token = |s: &str| {
+        !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    match essence.split_once('/') {
+        Some((kind, sub)) if token(kind) && token(sub) => essence,
+        _ => "application/octet-stream".to_string(),
+    }
+}
+
+/// Standard or URL-safe base64, padding optional, whitespace ignored; `None` when malformed.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    let mut padding = false;
+    for b in text.bytes() {
+        let value = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => {
+                padding = true;
+                continue;
+            }
+            b if b.is_ascii_whitespace() => continue,
+            _ => return None,
+        };
+        if padding {
+            return None;
+        }
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // One lone character in the last group carries no whole byte.
+    if bits >= 6 {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        ChannelKind, DispatchMode, GroupPolicy, PermissionPolicy, Secret, SenderPolicy, SessionScope, ToolCallDisplay,
+    };
+    use crate::event::ChatRef;
+    use crate::net::httpd::parse_head;
+    use crate::net::httpd::tests::{raw_request, read_to_close, status_of};
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::http::HeaderValue;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A webchat channel config with every other key at its default.
+    fn channel_config(listen: &str, token: Option<&str>) -> ChannelConfig {
+        ChannelConfig {
+            name: "web".into(),
+            kind: ChannelKind::Webchat,
+            token: token.map(|t| Secret::new(t.into(), None)),
+            client_id: None,
+            client_secret: None,
+            model: None,
+            sender_policy: SenderPolicy::Open,
+            allowed_users: Vec::new(),
+            session_scope: SessionScope::User,
+            cwd: PathBuf::from("/tmp"),
+            instructions: None,
+            approval_mode: None,
+            group_policy: GroupPolicy::Disabled,
+            groups: BTreeMap::new(),
+            dispatch_mode: DispatchMode::Steer,
+            block_streaming: false,
+            block_min_chars: 400,
+            block_max_chars: 1000,
+            block_idle: Duration::from_millis(1500),
+            permissions: PermissionPolicy::Relay,
+            permission_timeout: Duration::from_secs(300),
+            show_tool_calls: ToolCallDisplay::Off,
+            agent: "default".into(),
+            api_base: String::new(),
+            turn_timeout: Duration::from_secs(1800),
+            listen: listen.into(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    struct Chat {
+        handle: WebchatHandle,
+        inbound: Receiver<Inbound>,
+        outbox: Sender<Outbound>,
+        uploads: PathBuf,
+    }
+
+    impl Chat {
+        fn start(token: Option<&str>) -> Chat {
+            let uploads = std::env::temp_dir().join(format!("tether-webchat-test-{}", random_hex(8).unwrap()));
+            let (inbound_tx, inbound) = crossbeam_channel::unbounded();
+            let (outbox, outbox_rx) = crossbeam_channel::unbounded();
+            let handle =
+                spawn_with_uploads(&channel_config("127.0.0.1:0", token), inbound_tx, outbox_rx, uploads.clone())
+                    .unwrap();
+            Chat { handle, inbound, outbox, uploads }
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.handle.local_addr
+        }
+
+        /// GET `path` with optional extra header lines; the whole response.
+        fn get(&self, path: &str, extra: &str) -> String {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{extra}\r\n", self.addr());
+            raw_request(self.addr(), request.as_bytes())
+        }
+
+        /// Load the page and return the new browser id.
+        fn new_browser(&self) -> String {
+            let page = self.get("/", "");
+            assert_eq!(status_of(&page), 200, "{page}");
+            set_cookie(&page, SID_COOKIE).unwrap()
+        }
+
+        fn socket(&self, cookie: &str) -> WebSocket<TcpStream> {
+            self.try_socket(cookie, None).unwrap()
+        }
+
+        fn try_socket(&self, cookie: &str, origin: Option<&str>) -> Result<WebSocket<TcpStream>, tungstenite::Error> {
+            let stream = TcpStream::connect_timeout(&self.addr(), WAIT).unwrap();
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            stream.set_write_timeout(Some(WAIT)).unwrap();
+            let mut request = format!("ws://{}/ws", self.addr()).into_client_request().unwrap();
+            request.headers_mut().insert("Cookie", HeaderValue::from_str(cookie).unwrap());
+            if let Some(origin) = origin {
+                request.headers_mut().insert("Origin", HeaderValue::from_str(origin).unwrap());
+            }
+            tungstenite::client(request, stream).map(|(ws, _)| ws).map_err(|e| match e {
+                tungstenite::HandshakeError::Failure(e) => e,
+                tungstenite::HandshakeError::Interrupted(_) => {
+                    panic!("handshake interrupted")
+                }
+            })
+        }
+
+        fn next_message(&self) -> InboundMessage {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.inbound.recv_timeout(left) {
+                    Ok(Inbound::Message(m)) => return m,
+                    Ok(Inbound::Health { .. }) => continue,
+                    Err(e) => panic!("no inbound message: {e}"),
+                }
+            }
+        }
+
+        fn assert_no_message(&self) {
+            while let Ok(event) = self.inbound.recv_timeout(Duration::from_millis(200)) {
+                assert!(matches!(event, Inbound::Health { .. }), "unexpected {event:?}");
+            }
+        }
+
+        fn send(&self, action: Outbound) {
+            self.outbox.send(action).unwrap();
+        }
+    }
+
+    impl Drop for Chat {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.uploads);
+        }
+    }
+
+    fn chat_ref(sid: &str) -> ChatRef {
+        ChatRef { channel: "web".into(), chat_id: sid.into(), thread_id: None }
+    }
+
+    /// The value of `Set-Cookie: name=value; ...` in a raw response.
+    fn set_cookie(response: &str, name: &str) -> Option<String> {
+        response
+            .lines()
+            .filter_map(|l| l.strip_prefix("Set-Cookie: "))
+            .filter_map(|c| c.split(';').next()?.split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    /// The next text frame as JSON (pings skipped), within 5 s.
+    fn next_frame(ws: &mut WebSocket<TcpStream>) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match ws.read().unwrap() {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+                _ => continue,
+            }
+        }
+        panic!("no frame within {WAIT:?}");
+    }
+
+    fn send_json(ws: &mut WebSocket<TcpStream>, value: serde_json::Value) {
+        ws.send(Message::text(value.to_string())).unwrap();
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    // ---- pure ----------------------------------------------------------------------------
+
+    #[test]
+    fn sanitize_file_name_table() {
+        let long = format!("{}.png", "a".repeat(200));
+        let cases = [
+            ("photo.png", "photo.png".to_string()),
+            ("../../etc/passwd", "passwd".to_string()),
+            ("C:\\Users\\me\\report final.pdf", "report_final.pdf".to_string()),
+            (".bashrc", "bashrc".to_string()),
+            ("..", "file".to_string()),
+            ("", "file".to_string()),
+            ("résumé.txt", "r_sum_.txt".to_string()),
+            ("a;b|c$.sh", "a_b_c_.sh".to_string()),
+            (long.as_str(), format!("{}.png", "a".repeat(96))),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(sanitize_file_name(input), expected, "{input}");
+        }
+        assert_eq!(sanitize_file_name(&"b".repeat(300)).len(), 100);
+    }
+
+    #[test]
+    fn sanitize_mime_table() {
+        let cases = [
+            ("image/png", "image/png"),
+            ("Image/PNG", "image/png"),
+            ("text/plain; charset=utf-8", "text/plain"),
+            ("", "application/octet-stream"),
+            ("png", "application/octet-stream"),
+            ("image/", "application/octet-stream"),
+            ("text/html\r\nX: y", "application/octet-stream"),
+            ("application/vnd.ms-excel", "application/vnd.ms-excel"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(sanitize_mime(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn decode_base64_table() {
+        let cases: &[(&str, Option<&[u8]>)] = &[
+            ("", Some(b"")),
+            ("aGk=", Some(b"hi")),
+            ("aGk", Some(b"hi")),
+            ("aGVsbG8=", Some(b"hello")),
+            ("aGVs\nbG8=", Some(b"hello")),
+            ("aGVsbG8h", Some(b"hello!")),
+            ("-_8=", Some(&[0xfb, 0xff])),
+            ("+/8=", Some(&[0xfb, 0xff])),
+            ("a", None),
+            ("aGk=aGk=", None),
+            ("aG*k", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(decode_base64(input).as_deref(), *expected, "{input:?}");
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(decode_base64(&base64(&all)).unwrap(), all);
+    }
+
+    #[test]
+    fn small_predicates_table() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        let hosts = [
+            ("localhost", true),
+            ("localhost:8787", true),
+            ("LOCALHOST:1", true),
+            ("chat.localhost:80", true),
+            ("127.0.0.1:8787", true),
+            ("127.1.2.3", true),
+            ("[::1]:8787", true),
+            ("[::1]", true),
+            ("evil.example:8787", false),
+            ("localhost.evil.example", false),
+            ("192.168.1.2:8787", false),
+            ("[::1", false),
+        ];
+        for (host, expected) in hosts {
+            assert_eq!(is_loopback_host(host), expected, "{host}");
+        }
+        let sids = [
+            ("0123456789abcdef0123456789abcdef", true),
+            ("0123456789ABCDEF0123456789abcdef", false),
+            ("0123456789abcdef", false),
+            ("../../../../../../../../../../aa", false),
+        ];
+        for (sid, expected) in sids {
+            assert_eq!(is_valid_sid(sid), expected, "{sid}");
+        }
+    }
+
+    fn request(head: &str) -> Request {
+        parse_head(format!("{head}\r\n\r\n").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn same_origin_table() {
+        let cases = [
+            ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:1", true),
+            ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:1\r\nOrigin: http://127.0.0.1:1", true),
+            ("GET /ws HTTP/1.1\r\nHost: box:1\r\nOrigin: https://BOX:1", true),
+            ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:1\r\nOrigin: http://evil.example", false),
+            ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:1\r\nOrigin: null", false),
+            ("GET /ws HTTP/1.1\r\nOrigin: http://127.0.0.1:1", false),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(is_same_origin(&request(head)), expected, "{head}");
+        }
+    }
+
+    #[test]
+    fn check_access_table() {
+        let status = |head: &str, token: Option<&str>| match check_access(&request(head), token) {
+            Access::Allowed => 0,
+            Access::Answer(r) => r.status,
+        };
+        let cookie = format!("Cookie: {TOKEN_COOKIE}={}", hex(b"s3cret"));
+        let cases = [
+            ("GET / HTTP/1.1\r\nHost: 127.0.0.1:8787".to_string(), None, 0),
+            ("GET / HTTP/1.1".to_string(), None, 0),
+            ("GET / HTTP/1.1\r\nHost: evil.example:8787".to_string(), None, 403),
+            ("GET / HTTP/1.1\r\nHost: evil.example".to_string(), Some("s3cret"), 401),
+            ("GET /?token=s3cret HTTP/1.1".to_string(), Some("s3cret"), 303),
+            ("GET /?token=wrong HTTP/1.1".to_string(), Some("s3cret"), 401),
+            ("GET /?token= HTTP/1.1".to_string(), Some("s3cret"), 401),
+            (format!("GET / HTTP/1.1\r\n{cookie}"), Some("s3cret"), 0),
+            (format!("GET /ws HTTP/1.1\r\n{cookie}x"), Some("s3cret"), 401),
+            ("GET / HTTP/1.1\r\nAuthorization: Bearer s3cret".to_string(), Some("s3cret"), 0),
+            ("GET / HTTP/1.1\r\nAuthorization: Bearer s3cre".to_string(), Some("s3cret"), 401),
+            ("GET / HTTP/1.1\r\nCookie: tether_token=s3cret".to_string(), Some("s3cret"), 401),
+            // Same length as the token: only the comparison itself can tell.
+            ("GET /?token=s3creT HTTP/1.1".to_string(), Some("s3cret"), 401),
+            ("GET / HTTP/1.1\r\nAuthorization: Bearer s3creT".to_string(), Some("s3cret"), 401),
+            (format!("GET / HTTP/1.1\r\nCookie: {TOKEN_COOKIE}={}", hex(b"s3creT")), Some("s3cret"), 401),
+        ];
+        for (head, token, expected) in cases {
+            assert_eq!(status(&head, token), expected, "{head} with {token:?}");
+        }
+        // The redirect drops the query, stays on this server, and stores the token (hex).
+        let Access::Answer(r) = check_access(&request("GET //evil.example?token=s3cret HTTP/1.1"), Some("s3cret"))
+        else {
+            panic!("expected a redirect");
+        };
+        assert!(r.headers.contains(&("Location".into(), "/".into())), "{r:?}");
+        let cookie = r.headers.iter().find(|(n, _)| n == "Set-Cookie").unwrap();
+        assert!(cookie.1.starts_with(&format!("{TOKEN_COOKIE}={};", hex(b"s3cret"))), "{cookie:?}");
+        assert!(cookie.1.contains("HttpOnly") && cookie.1.contains("SameSite=Strict"));
+    }
+
+    /// Drain a socket queue into decoded frames.
+    fn frames(queue: &Receiver<String>) -> Vec<serde_json::Value> {
+        queue.try_iter().map(|j| serde_json::from_str(&j).unwrap()).collect()
+    }
+
+    #[test]
+    fn hub_routes_and_keeps_history() {
+        let a = "a".repeat(32);
+        let b = "b".repeat(32);
+        let mut hub = Hub::new("boot".into());
+        let (_, a1) = hub.connect(&a);
+        let (_, a2) = hub.connect(&a);
+        let (_, b1) = hub.connect(&b);
+        let empty = serde_json::json!({"type": "history", "messages": [], "draft": null});
+        assert_eq!(frames(&a1), vec![empty.clone()]);
+        assert_eq!(frames(&b1), vec![empty]);
+        let _ = frames(&a2);
+
+        let id = hub.record_from_person(&a, "hi", Some("x.png".into()), 1);
+        assert_eq!(id, "boot-1");
+        hub.deliver(&Outbound::Typing { chat: chat_ref(&a) }, 2);
+        hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: "He".into() }, 3);
+        hub.deliver(&Outbound::Text { chat: chat_ref(&a), text: "Hello".into() }, 4);
+        // The final text replaced the draft: a tab opened now sees none.
+        let (_, between) = hub.connect(&a);
+        let seen = frames(&between);
+        assert_eq!(seen[0]["draft"], serde_json::Value::Null, "{seen:?}");
+        drop(between);
+        hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: "Ne".into() }, 5);
+        hub.deliver(&Outbound::Text { chat: chat_ref("not-a-browser"), text: "x".into() }, 6);
+        let expected = vec![
+            serde_json::json!({"type": "message", "id": "boot-1", "from": "you", "text": "hi", "file": "x.png", "ts": 1}),
+            serde_json::json!({"type": "typing"}),
+            serde_json::json!({"type": "draft", "text": "He"}),
+            serde_json::json!({"type": "message", "id": "boot-2", "from": "agent", "text": "Hello", "ts": 4}),
+            serde_json::json!({"type": "draft", "text": "Ne"}),
+        ];
+        assert_eq!(frames(&a1), expected);
+        assert_eq!(frames(&a2), expected);
+        assert_eq!(frames(&b1), Vec::<serde_json::Value>::new());
+
+        // A new tab gets the finished messages and the draft in progress.
+        let (_, a3) = hub.connect(&a);
+        let history = frames(&a3);
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0]["type"], "history");
+        assert_eq!(history[0]["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(history[0]["messages"][1]["text"], "Hello");
+        assert_eq!(history[0]["draft"], "Ne");
+
+        // A dropped receiver is forgotten; typing for an unknown browser creates nothing.
+        drop(a2);
+        hub.deliver(&Outbound::Typing { chat: chat_ref(&a) }, 7);
+        assert_eq!(hub.browsers[&a].sockets.len(), 2);
+        hub.deliver(&Outbound::Typing { chat: chat_ref(&"c".repeat(32)) }, 8);
+        assert_eq!(hub.browsers.len(), 2);
+    }
+
+    #[test]
+    fn hub_bounds_history_queues_and_browsers() {
+        let a = "a".repeat(32);
+        let mut hub = Hub::new("boot".into());
+        for i in 0..(HISTORY_LIMIT + 20) {
+            hub.record_from_person(&a, &format!("m{i}"), None, i as u64);
+        }
+        let history = &hub.browsers[&a].history;
+        assert_eq!(history.len(), HISTORY_LIMIT);
+        assert_eq!(history.front().unwrap().text, "m20");
+
+        // A socket that does not drain its queue is dropped once the queue is full.
+        let (_, slow) = hub.connect(&a);
+        for i in 0..SOCKET_QUEUE {
+            hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: format!("{i}") }, 0);
+        }
+        assert!(hub.browsers[&a].sockets.is_empty());
+        drop(slow);
+
+        // Browsers are bounded; the stalest one without a tab goes first.
+        let (_, _keep) = hub.connect(&a);
+        for i in 0..MAX_BROWSERS + 5 {
+            hub.record_from_person(&format!("{i:032x}"), "x", None, 0);
+        }
+        assert_eq!(hub.browsers.len(), MAX_BROWSERS);
+        assert!(hub.browsers.contains_key(&a), "a browser with an open tab is kept");
+        assert!(!hub.browsers.contains_key(&format!("{:032x}", 0)));
+    }
+
+    // ---- over sockets --------------------------------------------------------------------
+
+    #[test]
+    fn page_is_served_with_a_browser_cookie() {
+        let chat = Chat::start(None);
+        let page = chat.get("/", "");
+        assert_eq!(status_of(&page), 200, "{page}");
+        assert!(page.contains("<title>tether</title>"), "{page}");
+        assert!(page.contains("Content-Security-Policy: default-src 'none'"));
+        assert!(!page.contains("<script src"), "the page loads nothing from elsewhere");
+        let cookie_line = page.lines().find(|l| l.starts_with("Set-Cookie: tether_sid=")).unwrap();
+        assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"));
+        let sid = set_cookie(&page, SID_COOKIE).unwrap();
+        assert!(is_valid_sid(&sid), "{sid}");
+        // A browser that has an id keeps it.
+        let again = chat.get("/", &format!("Cookie: {SID_COOKIE}={sid}\r\n"));
+        assert_eq!(status_of(&again), 200);
+        assert_eq!(set_cookie(&again, SID_COOKIE), None);
+        // Two browsers get different ids.
+        assert_ne!(chat.new_browser(), sid);
+
+        let health = chat.get("/healthz", "");
+        assert_eq!(status_of(&health), 200);
+        assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+        assert_eq!(status_of(&chat.get("/nope", "")), 404);
+        assert_eq!(status_of(&chat.get("/admin", "")), 404);
+        let post = raw_request(chat.addr(), b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(status_of(&post), 405, "{post}");
+    }
+
+    #[test]
+    fn message_reaches_inbound_with_its_sender_and_is_echoed() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={sid}"));
+        let history = next_frame(&mut ws);
+        assert_eq!(history["type"], "history");
+        assert_eq!(history["messages"], serde_json::json!([]));
+
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "hello agent"}));
+        let m = chat.next_message();
+        assert_eq!(m.channel, "web");
+        assert_eq!(m.sender_id, sid);
+        assert_eq!(m.chat_id, sid);
+        assert_eq!(m.sender_name, format!("web-{}", &sid[..6]));
+        assert_eq!(m.text, "hello agent");
+        assert!(m.is_mentioned && !m.is_group && m.thread_id.is_none());
+        assert!(m.attachments.is_empty());
+        let echo = next_frame(&mut ws);
+        assert_eq!(echo["type"], "message");
+        assert_eq!(echo["from"], "you");
+        assert_eq!(echo["text"], "hello agent");
+        assert_eq!(Some(echo["id"].as_str().unwrap().to_string()), m.message_id);
+
+        // Blank messages are ignored; garbage gets an error frame and nothing reaches the core.
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "  "}));
+        ws.send(Message::text("{not json")).unwrap();
+        let error = next_frame(&mut ws);
+        assert_eq!(error["type"], "error");
+        chat.assert_no_message();
+    }
+
+    #[test]
+    fn draft_typing_and_text_arrive_in_order_in_every_tab() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let other = chat.new_browser();
+        let cookie = format!("{SID_COOKIE}={sid}");
+        let mut tab1 = chat.socket(&cookie);
+        let mut tab2 = chat.socket(&cookie);
+        let mut stranger = chat.socket(&format!("{SID_COOKIE}={other}"));
+        for ws in [&mut tab1, &mut tab2, &mut stranger] {
+            assert_eq!(next_frame(ws)["type"], "history");
+        }
+        chat.send(Outbound::Typing { chat: chat_ref(&sid) });
+        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "Hel".into() });
+        chat.send(Outbound::Text {
+            chat: ChatRef { channel: "other-channel".into(), ..chat_ref(&sid) },
+            text: "not for this channel".into(),
+        });
+        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "Hello".into() });
+        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "Hello, **world**".into() });
+        chat.send(Outbound::Text { chat: chat_ref(&other), text: "for the other one".into() });
+        for ws in [&mut tab1, &mut tab2] {
+            assert_eq!(next_frame(ws), serde_json::json!({"type": "typing"}));
+            assert_eq!(next_frame(ws), serde_json::json!({"type": "draft", "text": "Hel"}));
+            assert_eq!(next_frame(ws), serde_json::json!({"type": "draft", "text": "Hello"}));
+            let text = next_frame(ws);
+            assert_eq!(text["type"], "message");
+            assert_eq!(text["from"], "agent");
+            assert_eq!(text["text"], "Hello, **world**");
+        }
+        let theirs = next_frame(&mut stranger);
+        assert_eq!(theirs["text"], "for the other one");
+    }
+
+    #[test]
+    fn reconnect_replays_history_and_the_draft() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let cookie = format!("{SID_COOKIE}={sid}");
+        let mut ws = chat.socket(&cookie);
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "question"}));
+        assert_eq!(chat.next_message().text, "question");
+        assert_eq!(next_frame(&mut ws)["from"], "you");
+        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "answer".into() });
+        assert_eq!(next_frame(&mut ws)["text"], "answer");
+        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "more…".into() });
+        assert_eq!(next_frame(&mut ws)["type"], "draft");
+        ws.close(None).unwrap();
+        drop(ws);
+
+        let mut again = chat.socket(&cookie);
+        let history = next_frame(&mut again);
+        assert_eq!(history["type"], "history");
+        let messages = history["messages"].as_array().unwrap();
+        let said: Vec<(&str, &str)> =
+            messages.iter().map(|m| (m["from"].as_str().unwrap(), m["text"].as_str().unwrap())).collect();
+        assert_eq!(said, vec![("you", "question"), ("agent", "answer")]);
+        assert_eq!(history["draft"], "more…");
+    }
+
+    #[test]
+    fn attachments_are_saved_under_the_browser_with_a_safe_name() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={sid}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        let png = b"\x89PNG\r\n\x1a\nnot really";
+        send_json(
+            &mut ws,
+            serde_json::json!({"type": "message", "text": "look",
+                "file": {"name": "../../evil/shot.png", "mime": "image/png", "data": base64(png)}}),
+        );
+        let m = chat.next_message();
+        assert_eq!(m.text, "look");
+        assert_eq!(m.attachments.len(), 1);
+        let a = &m.attachments[0];
+        assert_eq!(a.kind, AttachmentKind::Image);
+        assert_eq!(a.file_name, "shot.png");
+        assert_eq!(a.mime_type, "image/png");
+        assert_eq!(a.path, chat.uploads.join(&sid).join("shot.png"));
+        assert_eq!(std::fs::read(&a.path).unwrap(), png);
+        let echo = next_frame(&mut ws);
+        assert_eq!(echo["file"], "shot.png");
+
+        // Same name again: a new file, the first one untouched; not an image: kind File.
+        send_json(
+            &mut ws,
+            serde_json::json!({"type": "message", "text": "",
+                "file": {"name": "shot.png", "mime": "application/pdf", "data": base64(b"%PDF")}}),
+        );
+        let m = chat.next_message();
+        let a = &m.attachments[0];
+        assert_eq!(a.kind, AttachmentKind::File);
+        assert_eq!(a.file_name, "1-shot.png");
+        assert_eq!(std::fs::read(&a.path).unwrap(), b"%PDF");
+        assert_eq!(std::fs::read(chat.uploads.join(&sid).join("shot.png")).unwrap(), png);
+        assert_eq!(next_frame(&mut ws)["type"], "message");
+
+        // Too big, or not base64: an error frame, nothing saved, nothing to the core.
+        let big = base64(&vec![7u8; MAX_UPLOAD + 1]);
+        send_json(
+            &mut ws,
+            serde_json::json!({"type": "message", "text": "big",
+                "file": {"name": "big.bin", "mime": "", "data": big}}),
+        );
+        let error = next_frame(&mut ws);
+        assert_eq!(error["type"], "error");
+        assert!(error["text"].as_str().unwrap().contains("5 MB"), "{error}");
+        send_json(
+            &mut ws,
+            serde_json::json!({"type": "message", "text": "bad",
+                "file": {"name": "x", "mime": "", "data": "***"}}),
+        );
+        assert_eq!(next_frame(&mut ws)["type"], "error");
+        chat.assert_no_message();
+        assert!(!chat.uploads.join(&sid).join("big.bin").exists());
+    }
+
+    #[test]
+    fn socket_needs_a_browser_id_and_the_same_origin() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let cookie = format!("{SID_COOKIE}={sid}");
+        let status = |r: Result<WebSocket<TcpStream>, tungstenite::Error>| match r {
+            Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => 101,
+        };
+        assert_eq!(status(chat.try_socket("other=1", None)), 403);
+        assert_eq!(status(chat.try_socket(&format!("{SID_COOKIE}=../../x"), None)), 403);
+        assert_eq!(status(chat.try_socket(&cookie, Some("http://evil.example"))), 403);
+        let same = format!("http://{}", chat.addr());
+        assert_eq!(status(chat.try_socket(&cookie, Some(&same))), 101);
+        // A page on another name (DNS rebinding) cannot even load the chat.
+        let foreign = raw_request(chat.addr(), b"GET / HTTP/1.1\r\nHost: evil.example:8787\r\n\r\n");
+        assert_eq!(status_of(&foreign), 403, "{foreign}");
+    }
+
+    #[test]
+    fn token_is_required_everywhere_and_stored_in_a_cookie() {
+        let chat = Chat::start(Some("s3cret token"));
+        for path in ["/", "/healthz", "/ws", "/?token=wrong"] {
+            let r = chat.get(path, "");
+            assert_eq!(status_of(&r), 401, "{path}: {r}");
+            assert!(r.contains("token"), "{r}");
+        }
+        let redirect = chat.get("/?token=s3cret%20token", "");
+        assert_eq!(status_of(&redirect), 303, "{redirect}");
+        assert!(redirect.contains("\r\nLocation: /\r\n"), "{redirect}");
+        let token_cookie = set_cookie(&redirect, TOKEN_COOKIE).unwrap();
+        let with_token = format!("Cookie: {TOKEN_COOKIE}={token_cookie}\r\n");
+        let page = chat.get("/", &with_token);
+        assert_eq!(status_of(&page), 200, "{page}");
+        let sid = set_cookie(&page, SID_COOKIE).unwrap();
+        assert_eq!(status_of(&chat.get("/healthz", &with_token)), 200);
+        assert_eq!(status_of(&chat.get("/healthz", "Authorization: Bearer s3cret token\r\n")), 200);
+
+        // The socket needs the token cookie too.
+        match chat.try_socket(&format!("{SID_COOKIE}={sid}"), None) {
+            Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+            other => panic!("expected 401, got {:?}", other.map(|_| ())),
+        }
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={sid}; {TOKEN_COOKIE}={token_cookie}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "authorized"}));
+        assert_eq!(chat.next_message().text, "authorized");
+    }
+
+    #[test]
+    fn listen_rules_and_bind_errors() {
+        let (inbound, _inbound_rx) = crossbeam_channel::unbounded();
+        let (_outbox, outbox_rx) = crossbeam_channel::unbounded::<Outbound>();
+        let open = spawn(&channel_config("0.0.0.0:0", None), inbound.clone(), outbox_rx.clone());
+        let message = open.err().unwrap().to_string();
+        assert!(message.contains("`token`") && message.contains("0.0.0.0:0"), "{message}");
+        let empty_token = spawn(&channel_config("0.0.0.0:0", Some("")), inbound.clone(), outbox_rx.clone());
+        assert!(empty_token.is_err());
+        let with_token = spawn(&channel_config("0.0.0.0:0", Some("t")), inbound.clone(), outbox_rx.clone()).unwrap();
+        assert!(with_token.url().starts_with("http://127.0.0.1:"), "{}", with_token.url());
+        with_token.stop();
+
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap().to_string();
+        let busy = spawn(&channel_config(&listen, None), inbound.clone(), outbox_rx.clone());
+        let message = busy.err().unwrap().to_string();
+        assert!(message.contains(&listen) && message.contains("`listen`"), "{message}");
+        let nonsense = spawn(&channel_config("not an address", None), inbound, outbox_rx);
+        let message = nonsense.err().unwrap().to_string();
+        assert!(message.contains("\"web\"") && message.contains("127.0.0.1:8787"), "{message}");
+    }
+
+    #[test]
+    fn bad_clients_do_not_block_others() {
+        let chat = Chat::start(None);
+        let addr = chat.addr();
+        // Half-open: connected, silent.
+        let _silent = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+        let mut partial = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+        partial.write_all(b"GET / HTTP/1.1\r\nHost: 127.0").unwrap();
+        let started = Instant::now();
+        assert_eq!(status_of(&chat.get("/", "")), 200);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Malformed request line.
+        assert_eq!(status_of(&raw_request(addr, b"GARBAGE\r\n\r\n")), 400);
+        // Oversized head.
+        let mut big = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n").into_bytes();
+        big.extend_from_slice(format!("Cookie: {}\r\n\r\n", "x".repeat(20 * 1024)).as_bytes());
+        let answer = raw_request(addr, &big);
+        assert!(matches!(status_of(&answer), 431 | 400), "{answer}");
+        assert_eq!(status_of(&chat.get("/healthz", "")), 200);
+    }
+
+    #[test]
+    fn fifty_concurrent_clients_each_get_the_page() {
+        let chat = Chat::start(None);
+        let addr = chat.addr();
+        let clients: Vec<_> = (0..50)
+            .map(|_| {
+                thread::spawn(move || raw_request(addr, format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()))
+            })
+            .collect();
+        for client in clients {
+            let page = client.join().unwrap();
+            assert_eq!(status_of(&page), 200, "{page}");
+            assert!(page.contains("</html>"), "whole page");
+        }
+    }
+
+    #[test]
+    fn stop_closes_sockets_and_the_port() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={sid}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        let addr = chat.addr();
+        let mut chat = chat;
+        chat.handle.shutdown();
+        // The socket sees a close frame or EOF, well before its 5 s read timeout.
+        let started = Instant::now();
+        loop {
+            match ws.read() {
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+        let mut leftover = ws.into_inner();
+        let _ = read_to_close(&mut leftover);
+    }
+}
