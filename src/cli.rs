@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::{self, Config, ParseContext};
 use crate::error::Error;
@@ -14,6 +15,10 @@ tether: drive an ACP coding agent from your chat apps
 
 Usage:
   tether start [NAME...]     run every channel in the config, or only the named ones
+      --detach               run in the background; return once it is up (or failed)
+      --log-file FILE        log to FILE (appended; reopened on SIGHUP) instead of stderr
+  tether stop                stop the running service (SIGTERM, then SIGKILL after 5 s)
+  tether status [--json]     is it running, and how is each channel doing
   tether check               validate the config and print what would run (secrets masked)
   tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
   tether version             print the version
@@ -23,12 +28,16 @@ Options (before or after the command):
   --config PATH   the config file (default: $TETHER_HOME/config.json)
   --home DIR      where state lives (default: $TETHER_HOME, else ~/.tether)
   -v, --verbose   log debug detail (RUST_LOG overrides, e.g. RUST_LOG=tether=trace)
+
+Signals to a running service: SIGTERM/SIGINT stop it, SIGHUP reloads the config.
 ";
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Start { channels: Vec<String> },
+    Start { channels: Vec<String>, detach: bool, log_file: Option<PathBuf> },
+    Stop,
+    Status { json: bool },
     Check,
     DemoAgent { args: Vec<String> },
     Version,
@@ -50,9 +59,13 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
     let mut opts = GlobalOptions::default();
     let mut command: Option<String> = None;
     let mut words: Vec<String> = Vec::new();
+    let (mut detach, mut log_file, mut json) = (false, None::<PathBuf>, false);
     while let Some(arg) = parser.next()? {
         match arg {
             Long("config") => opts.config = Some(parser.value()?.into()),
+            Long("detach") => detach = true,
+            Long("log-file") => log_file = Some(parser.value()?.into()),
+            Long("json") => json = true,
             Long("home") => opts.home = Some(parser.value()?.into()),
             Short('v') | Long("verbose") => opts.verbose = true,
             Short('h') | Long("help") if command.is_none() => return Ok((Command::Help, opts)),
@@ -70,13 +83,27 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             _ => return Err(Error::Usage(format!("{}\n\n{USAGE}", arg.unexpected()))),
         }
     }
+    let misplaced = match command.as_deref() {
+        Some("start") if json => Some("--json"),
+        Some("status") if detach || log_file.is_some() => Some(if detach { "--detach" } else { "--log-file" }),
+        Some("start" | "status") => None,
+        _ if detach => Some("--detach"),
+        _ if log_file.is_some() => Some("--log-file"),
+        _ if json => Some("--json"),
+        _ => None,
+    };
+    if let (Some(option), Some(word)) = (misplaced, command.as_deref()) {
+        return Err(Error::Usage(format!("`{word}` does not take {option}\n\n{USAGE}")));
+    }
     let command = match command.as_deref() {
-        Some("start") => Command::Start { channels: words },
+        Some("start") => Command::Start { channels: words, detach, log_file },
+        Some("stop") if words.is_empty() => Command::Stop,
+        Some("status") if words.is_empty() => Command::Status { json },
         Some("check") if words.is_empty() => Command::Check,
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
         None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
-        Some(word @ ("check" | "version")) => {
+        Some(word @ ("check" | "version" | "stop" | "status")) => {
             return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
         }
         Some(other) => return Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
@@ -86,14 +113,15 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
 
 /// Run tether with the process arguments; returns the exit status.
 pub fn main() -> i32 {
-    let (command, opts) = match parse_args(std::env::args_os().skip(1).collect()) {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let (command, opts) = match parse_args(args.clone()) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("tether: {e}");
             return e.exit_code();
         }
     };
-    match run(command, &opts) {
+    match run(command, &opts, &args) {
         Ok(code) => code,
         Err(e) => {
             log::error!(target: "tether", "{e}");
@@ -103,7 +131,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn run(command: Command, opts: &GlobalOptions) -> Result<i32, Error> {
+fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32, Error> {
     match command {
         Command::Help => {
             print!("{USAGE}");
@@ -119,11 +147,36 @@ fn run(command: Command, opts: &GlobalOptions) -> Result<i32, Error> {
             print!("{}", describe(&config, &home_dir(opts)?));
             Ok(0)
         }
-        Command::Start { channels } => {
-            crate::logging::init(opts.verbose);
+        Command::Stop => Ok(crate::service::stop(&home_dir(opts)?)),
+        Command::Status { json } => Ok(crate::service::status(&home_dir(opts)?, json)),
+        Command::Start { channels, detach: true, log_file } => {
+            // Check the config here, so that its errors are shown, not buried in the log.
+            let config = load_config(opts)?;
+            let home = home_dir(opts)?;
+            crate::service::create_private_dir(&home).map_err(|source| Error::File {
+                path: home.clone(),
+                action: "create",
+                source,
+            })?;
+            let log_file = log_file.unwrap_or_else(|| home.join("tether.log"));
+            let slowest = config.agents.values().map(|a| a.startup_timeout).max().unwrap_or_default();
+            let wait = (slowest + Duration::from_secs(15)).max(Duration::from_secs(30));
+            let _ = channels;
+            crate::service::detach(args, &home, &log_file, wait)
+        }
+        Command::Start { channels, detach: false, log_file } => {
+            let log_file = log_file.map(|path| crate::service::LogFile::open(&path)).transpose()?;
+            crate::logging::init_to(opts.verbose, log_file.as_ref().map(|f| Box::new(f.writer()) as Box<_>));
             let config = load_config(opts)?;
             log::info!(target: "tether", "tether {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
-            crate::daemon::run(config, &channels)?;
+            let reload_opts = opts.clone();
+            let options = crate::daemon::Options {
+                home: home_dir(opts)?,
+                only: channels,
+                reload: Box::new(move || load_config(&reload_opts)),
+                log_file,
+            };
+            crate::daemon::run(config, options)?;
             Ok(0)
         }
     }
@@ -227,13 +280,13 @@ mod tests {
     #[test]
     fn options_before_or_after_the_command() {
         let home = GlobalOptions { home: Some("H".into()), ..Default::default() };
-        let start = Command::Start { channels: vec![] };
+        let start = Command::Start { channels: vec![], detach: false, log_file: None };
         assert_eq!(parse(&["--home", "H", "start"]), Ok((start.clone(), home.clone())));
         assert_eq!(parse(&["start", "--home", "H"]), Ok((start, home)));
         assert_eq!(
             parse(&["start", "a", "-v", "b", "--config=c.json"]),
             Ok((
-                Command::Start { channels: vec!["a".into(), "b".into()] },
+                Command::Start { channels: vec!["a".into(), "b".into()], detach: false, log_file: None },
                 GlobalOptions { config: Some("c.json".into()), verbose: true, ..Default::default() }
             ))
         );
@@ -243,6 +296,22 @@ mod tests {
     fn table_of_commands() {
         let cases: Vec<(&[&str], Result<Command, &str>)> = vec![
             (&["check"], Ok(Command::Check)),
+            (&["stop"], Ok(Command::Stop)),
+            (&["status"], Ok(Command::Status { json: false })),
+            (&["status", "--json"], Ok(Command::Status { json: true })),
+            (&["--json", "status"], Ok(Command::Status { json: true })),
+            (
+                &["start", "--detach", "--log-file", "/var/log/t.log", "phone"],
+                Ok(Command::Start {
+                    channels: vec!["phone".into()],
+                    detach: true,
+                    log_file: Some("/var/log/t.log".into()),
+                }),
+            ),
+            (&["start", "--json"], Err("`start` does not take --json")),
+            (&["status", "--detach"], Err("`status` does not take --detach")),
+            (&["stop", "--log-file", "x"], Err("`stop` does not take --log-file")),
+            (&["stop", "now"], Err("`stop` takes no arguments")),
             (&["version"], Ok(Command::Version)),
             (&["--version"], Ok(Command::Version)),
             (&["help"], Ok(Command::Help)),

@@ -225,6 +225,9 @@ pub struct ChannelConfig {
     pub api_base: String,
     /// `turnTimeoutMs`, default 30 minutes.
     pub turn_timeout: Duration,
+    /// `maxBacklogAge`: a message older than this when tether gets to it (sent while tether
+    /// was down) gets a notice instead of a turn. Default 24 hours.
+    pub max_backlog_age: Duration,
     /// `listen` (webchat), default `127.0.0.1:8787`.
     pub listen: String,
     /// Keys this build does not know, kept for adapters (as Qwen does for plugins).
@@ -350,6 +353,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "apiBase",
     "baseUrl",
     "turnTimeoutMs",
+    "maxBacklogAge",
     "listen",
 ];
 
@@ -384,6 +388,7 @@ const DEFAULT_BLOCK_MAX_CHARS: u64 = 1000;
 const DEFAULT_BLOCK_IDLE_MS: i128 = 1500;
 const DEFAULT_PERMISSION_TIMEOUT_MS: u64 = 300_000;
 const DEFAULT_TURN_TIMEOUT_MS: u64 = 1_800_000;
+const DEFAULT_MAX_BACKLOG_AGE_SECS: u64 = 86_400;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
 /// The platform's HTTP base when neither `apiBase` nor `baseUrl` is given.
@@ -555,6 +560,8 @@ fn parse_channel(
         agent,
         api_base: get_api_base(obj, kind, at)?,
         turn_timeout: millis(get_positive(obj, "turnTimeoutMs", at)?, DEFAULT_TURN_TIMEOUT_MS),
+        max_backlog_age: get_duration(obj, "maxBacklogAge", at)?
+            .unwrap_or(Duration::from_secs(DEFAULT_MAX_BACKLOG_AGE_SECS)),
         listen,
         extra: obj
             .iter()
@@ -868,6 +875,37 @@ fn get_string_map(obj: &Object, key: &str, at: Place<'_>) -> Result<BTreeMap<Str
         .collect()
 }
 
+/// A duration: a number of seconds, or a string of a number and a unit (`"90s"`, `"30m"`,
+/// `"24h"`, `"7d"`). Zero is refused: it would turn every message into a notice.
+fn get_duration(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<Duration>, ConfigError> {
+    const EXPECTED: &str = "a duration such as \"24h\", \"30m\", \"90s\", \"7d\" or a positive number of seconds";
+    let secs = match obj.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => parse_duration_secs(s.trim()),
+        Some(_) => None,
+    };
+    match (secs, obj.get(key)) {
+        (Some(secs), _) if secs > 0 => Ok(Some(Duration::from_secs(secs))),
+        (_, Some(value)) => Err(type_error(at, key, EXPECTED, value)),
+        (_, None) => Ok(None),
+    }
+}
+
+fn parse_duration_secs(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(scale)
+}
+
 fn millis(value: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(value.unwrap_or(default))
 }
@@ -991,6 +1029,7 @@ mod tests {
             agent: "gemini".into(),
             api_base: "https://api.telegram.org".into(),
             turn_timeout: Duration::from_secs(1800),
+            max_backlog_age: Duration::from_secs(86_400),
             listen: "127.0.0.1:8787".into(),
             extra: BTreeMap::new(),
         };
@@ -1087,6 +1126,7 @@ mod tests {
             agent: "default".into(),
             api_base: "https://api.telegram.org".into(),
             turn_timeout: Duration::from_millis(1_800_000),
+            max_backlog_age: Duration::from_secs(86_400),
             listen: "127.0.0.1:8787".into(),
             extra: BTreeMap::new(),
         };
@@ -1628,6 +1668,45 @@ mod tests {
                 (got, expected) => panic!("{keys}: got {got:?}, expected {expected:?}"),
             }
         }
+    }
+
+    #[test]
+    fn max_backlog_age_takes_seconds_or_a_unit() {
+        let day = Duration::from_secs(86_400);
+        let cases = [
+            (r#""maxBacklogAge": 3600"#, Ok(Duration::from_secs(3600))),
+            (r#""maxBacklogAge": "90s""#, Ok(Duration::from_secs(90))),
+            (r#""maxBacklogAge": "30m""#, Ok(Duration::from_secs(1800))),
+            (r#""maxBacklogAge": "48h""#, Ok(Duration::from_secs(2 * 86_400))),
+            (r#""maxBacklogAge": " 7d ""#, Ok(Duration::from_secs(7 * 86_400))),
+            (r#""maxBacklogAge": null"#, Ok(day)),
+            (r#""maxBacklogAge": """#, Ok(day)),
+            (r#""maxBacklogAge": 0"#, Err("found number 0")),
+            (r#""maxBacklogAge": "0h""#, Err(r#"found string "0h""#)),
+            (r#""maxBacklogAge": -5"#, Err("found number -5")),
+            (r#""maxBacklogAge": 1.5"#, Err("found number 1.5")),
+            (r#""maxBacklogAge": "24 hours""#, Err(r#"found string "24 hours""#)),
+            (r#""maxBacklogAge": "h""#, Err(r#"found string "h""#)),
+            (r#""maxBacklogAge": "99999999999999999999d""#, Err("99999999999999999999d")),
+            (r#""maxBacklogAge": true"#, Err("found boolean true")),
+        ];
+        for (extra, expected) in cases {
+            match (parse_with(&telegram(extra), &[]), expected) {
+                (Ok(config), Ok(age)) => assert_eq!(channel(&config, "phone").max_backlog_age, age, "{extra}"),
+                (Err(e), Err(found)) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.starts_with(&format!(
+                            r#"{FILE}: channel "phone", key "maxBacklogAge": expected a duration such as "24h""#
+                        )),
+                        "{extra}: {e}"
+                    );
+                    assert!(e.contains(found), "{extra}: {e}");
+                }
+                (got, expected) => panic!("{extra}: got {got:?}, expected {expected:?}"),
+            }
+        }
+        assert_eq!(phone("").max_backlog_age, day);
     }
 
     #[test]

@@ -1,105 +1,599 @@
-//! `tether start`: wires the threads together and runs the core loop. Starts the agents
-//! (waiting until each answers `initialize`), then the channels, then feeds the core every
+//! `tether start`: wires the threads together and runs the core loop. Claims the home (lock
+//! and pid file), starts the agents (waiting until each answers `initialize`), then the
+//! channels, replays the journaled messages not yet answered, and then feeds the core every
 //! inbound message, agent event and deadline, and carries out the actions it returns.
+//!
+//! Around the core it keeps the service promises: each journaled message is answered, or
+//! marked as needing nothing, exactly once; `status.json` says how every channel is doing (and
+//! one warning is logged when one goes deaf); SIGTERM/SIGINT stop cleanly; SIGHUP reloads the
+//! config, restarting only the channels that changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, at, bounded, never, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, at, bounded, never, select, unbounded};
 
 use crate::acp::supervisor::{Agent, agent_spec};
 use crate::adapters;
-use crate::config::{ChannelKind, Config};
-use crate::core::{Action, Core, Event};
+use crate::config::{ChannelConfig, ChannelKind, Config};
+use crate::core::{Action, Core, Event, routing};
 use crate::error::Error;
-use crate::event::{AgentEvent, Inbound, Outbound};
+use crate::event::{AgentEvent, AgentRequest, Inbound, InboundMessage, MessageRef, Outbound};
+use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus};
+use crate::journal::{self, Journal};
+use crate::service::{self, LogFile, ServiceClaim};
 
-/// Run the named channels (all when `only` is empty) until the process is stopped.
-pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
-    let config = select_channels(config, only)?;
+/// How often health is looked at and `status.json` refreshed when something changed.
+const STATUS_TICK: Duration = Duration::from_secs(1);
+/// `status.json` is rewritten at least this often, so a stuck service shows.
+const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
+/// At shutdown: how long queued replies may take to go out, and the agents to exit.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+const AGENT_GRACE: Duration = Duration::from_secs(2);
+/// For tests only: the watchdog's bound in milliseconds instead of two minutes.
+pub const UNHEALTHY_AFTER_ENV: &str = "TETHER_UNHEALTHY_AFTER_MS";
+
+/// How `tether start` was asked to run.
+pub struct Options {
+    /// Where state lives.
+    pub home: PathBuf,
+    /// Run only these channels (all when empty).
+    pub only: Vec<String>,
+    /// Reads the config file again, for SIGHUP.
+    pub reload: Box<dyn Fn() -> Result<Config, Error>>,
+    /// The `--log-file`, reopened on SIGHUP.
+    pub log_file: Option<Arc<LogFile>>,
+}
+
+/// What the signal thread reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Stop(&'static str),
+    Reload,
+}
+
+/// Run the channels until SIGTERM or SIGINT.
+pub fn run(config: Config, options: Options) -> Result<(), Error> {
+    let config = select_channels(config, &options.only)?;
+    let names: Vec<String> = config.channels.keys().cloned().collect();
+    let claim = ServiceClaim::take(&options.home, &names)?;
+    let signals = watch_signals()?;
+    let unhealthy_after = std::env::var(UNHEALTHY_AFTER_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(health::DEFAULT_UNHEALTHY_AFTER, Duration::from_millis);
+    log::info!(target: "tether", "starting {} channel(s): {}", names.len(), names.join(", "));
+
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(1024);
-    let mut agents = BTreeMap::new();
-    for name in config.channels.values().map(|c| c.agent.clone()).collect::<std::collections::BTreeSet<_>>() {
-        let spec = agent_spec(&config, &name)?;
-        let agent = Agent::start(spec, agent_tx.clone())?;
-        agents.insert(name, agent);
+    let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
+    let mut daemon = Daemon {
+        home: options.home.clone(),
+        core: Core::new(&config),
+        config,
+        options,
+        claim: Some(claim),
+        agents: BTreeMap::new(),
+        agent_tx,
+        agent_rx,
+        restarts: BTreeMap::new(),
+        held: BTreeMap::new(),
+        dropped_agents: BTreeMap::new(),
+        inbound_tx,
+        channels: BTreeMap::new(),
+        journals: BTreeMap::new(),
+        outstanding: BTreeSet::new(),
+        unhealthy_after,
+        started_at_ms: health::wall_ms(),
+        state: "starting",
+        published: None,
+        next_tick: Instant::now(),
+    };
+    daemon.publish(true);
+
+    let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect();
+    for name in agent_names {
+        let spec = agent_spec(&daemon.config, &name)?;
+        let agent = Agent::start(spec, daemon.agent_tx.clone())?;
+        daemon.agents.insert(name, agent);
     }
-    for agent in agents.values() {
-        agent.wait_ready(&agent_rx)?;
+    for agent in daemon.agents.values() {
+        agent.wait_ready(&daemon.agent_rx)?;
+    }
+    let channels: Vec<ChannelConfig> = daemon.config.channels.values().cloned().collect();
+    for channel in &channels {
+        daemon.start_channel(channel)?;
+    }
+    daemon.replay();
+    daemon.state = "running";
+    daemon.publish(true);
+    log::info!(target: "tether", "running {} channel(s); stop with `tether stop` or Ctrl+C", channels.len());
+    daemon.run(&inbound_rx, &signals)
+}
+
+/// One running channel.
+struct Channel {
+    config: ChannelConfig,
+    outbox: Sender<Outbound>,
+    /// Dropped to stop the channel's loop.
+    stop: Sender<()>,
+    probe: Probe,
+    /// Disconnects when the channel's sender has delivered what was queued and ended.
+    sender_done: Option<Receiver<()>>,
+}
+
+struct Daemon {
+    home: PathBuf,
+    config: Config,
+    options: Options,
+    core: Core,
+    claim: Option<ServiceClaim>,
+    agents: BTreeMap<String, Agent>,
+    agent_tx: Sender<(String, AgentEvent)>,
+    agent_rx: Receiver<(String, AgentEvent)>,
+    /// Agents that died, and when to start them again.
+    restarts: BTreeMap<String, Instant>,
+    /// Requests for agents that are down, sent once they are back.
+    held: BTreeMap<String, Vec<AgentRequest>>,
+    /// Agents stopped on purpose (reload) whose `Exited` is still to come: not a crash.
+    dropped_agents: BTreeMap<String, usize>,
+    inbound_tx: Sender<Inbound>,
+    channels: BTreeMap<String, Channel>,
+    /// One per journaled channel, kept across restarts of the channel (one writer per file).
+    journals: BTreeMap<String, Arc<Journal>>,
+    /// Journaled messages given to the core and not yet named by an answer.
+    outstanding: BTreeSet<(String, MessageRef)>,
+    unhealthy_after: Duration,
+    started_at_ms: u64,
+    /// `starting`, `running`, `stopping`, `stopped`.
+    state: &'static str,
+    /// The last status written, and when.
+    published: Option<(ServiceStatus, Instant)>,
+    next_tick: Instant,
+}
+
+impl Daemon {
+    fn run(mut self, inbound_rx: &Receiver<Inbound>, signals: &Receiver<Signal>) -> Result<(), Error> {
+        loop {
+            let next = [self.core.next_deadline(), self.restarts.values().min().copied(), Some(self.next_tick)]
+                .into_iter()
+                .flatten()
+                .min();
+            let deadline = next.map_or_else(never, at);
+            select! {
+                recv(inbound_rx) -> msg => if let Ok(inbound) = msg { self.on_inbound(inbound) },
+                recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event) },
+                recv(signals) -> signal => match signal {
+                    Ok(Signal::Stop(name)) => return self.shutdown(name),
+                    Ok(Signal::Reload) => self.reload(),
+                    Err(_) => {}
+                },
+                recv(deadline) -> _ => {
+                    let actions = self.core.handle(Event::Tick, Instant::now());
+                    self.dispatch(actions);
+                }
+            }
+            self.restart_due_agents();
+            if Instant::now() >= self.next_tick {
+                self.next_tick = Instant::now() + STATUS_TICK;
+                self.watch_health();
+                self.sweep();
+                self.publish(false);
+            }
+        }
     }
 
-    let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
-    let mut outboxes: BTreeMap<String, Sender<Outbound>> = BTreeMap::new();
-    let (_stop_tx, stop_rx) = bounded::<()>(0);
-    for channel in config.channels.values() {
+    fn on_inbound(&mut self, inbound: Inbound) {
+        let now = Instant::now();
+        match inbound {
+            Inbound::Message(message) => {
+                if let Some(channel) = self.channels.get(&message.channel) {
+                    channel.probe.received();
+                }
+                let journal = self.journals.get(&message.channel).cloned();
+                if let (Some(journal), Some(reference)) = (journal, message.reference()) {
+                    let max_age = self.config.channels.get(&message.channel).map(|c| c.max_backlog_age);
+                    if let (Some(sent_at), Some(max_age)) = (journal.sent_at(&reference), max_age) {
+                        let now_ms = health::wall_ms();
+                        if journal::is_stale(sent_at, now_ms, max_age) {
+                            return self.backlog_notice(&journal, message, reference, now_ms - sent_at, max_age);
+                        }
+                    }
+                    self.outstanding.insert((message.channel.clone(), reference));
+                }
+                let actions = self.core.handle(Event::Inbound(Inbound::Message(message)), now);
+                self.dispatch(actions);
+                self.sweep();
+            }
+            Inbound::Health { channel, connected, error } => {
+                if let Some(c) = self.channels.get(&channel) {
+                    match (connected, &error) {
+                        (true, _) => c.probe.ok(),
+                        (false, Some(e)) => {
+                            c.probe.failed(e);
+                        }
+                        (false, None) => {
+                            c.probe.failed("disconnected");
+                        }
+                    }
+                }
+                let actions = self.core.handle(Event::Inbound(Inbound::Health { channel, connected, error }), now);
+                self.dispatch(actions);
+            }
+        }
+    }
+
+    /// A message too old for a turn: one notice (to people the gates let through) instead.
+    fn backlog_notice(
+        &mut self,
+        journal: &Journal,
+        message: InboundMessage,
+        reference: MessageRef,
+        age_ms: u64,
+        max_age: Duration,
+    ) {
+        let target = message.channel.clone();
+        if !self.core.admits(&message) {
+            let _ = journal.settle(&[reference]);
+            return;
+        }
+        log::info!(target: target.as_str(), "message {} in chat {} is {} old (maxBacklogAge {}): sending a notice instead of a turn",
+            reference.message_id, reference.chat_id, health::format_duration(age_ms / 1000), health::format_duration(max_age.as_secs()));
+        let text = journal::stale_notice(&message.text, age_ms, max_age);
+        let notice = Outbound::Text { chat: routing::reply_to(&message), text, answers: vec![reference] };
+        self.dispatch(vec![Action::Send(notice)]);
+    }
+
+    fn on_agent(&mut self, agent: String, event: AgentEvent) {
+        if let AgentEvent::Exited { reason } = &event {
+            if let Some(count) = self.dropped_agents.get_mut(&agent).filter(|c| **c > 0) {
+                *count -= 1;
+                log::debug!(target: "acp", "agent \"{agent}\" stopped for the new config: {reason}");
+                return;
+            }
+            let delay = self.agents.get_mut(&agent).map_or(Duration::from_secs(3), |a| a.backoff.next_delay());
+            log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", delay.as_millis());
+            self.restarts.insert(agent.clone(), Instant::now() + delay);
+        }
+        if let (AgentEvent::Ready { .. }, Some(a)) = (&event, self.agents.get_mut(&agent)) {
+            a.backoff.reset();
+        }
+        let actions = self.core.handle(Event::Agent { agent, event }, Instant::now());
+        self.dispatch(actions);
+        self.sweep();
+    }
+
+    fn restart_due_agents(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self.restarts.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
+        for name in due {
+            self.restarts.remove(&name);
+            let Some(agent) = self.agents.get_mut(&name) else { continue };
+            match agent.restart(self.agent_tx.clone()) {
+                Ok(()) => {
+                    for request in self.held.remove(&name).unwrap_or_default() {
+                        agent.send(request);
+                    }
+                }
+                Err(e) => {
+                    let delay = agent.backoff.next_delay();
+                    log::error!(target: "acp", "{e}; trying again in {} ms", delay.as_millis());
+                    self.restarts.insert(name, now + delay);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send(out) => {
+                    if let Outbound::Text { chat, answers, .. } = &out {
+                        for reference in answers {
+                            // The sender marks it answered once delivered.
+                            self.outstanding.remove(&(chat.channel.clone(), reference.clone()));
+                        }
+                    }
+                    match self.channels.get(out.channel()) {
+                        Some(channel) => {
+                            if !self.journals.contains_key(out.channel()) && matches!(out, Outbound::Text { .. }) {
+                                channel.probe.sent(); // Channels without a journal do not report deliveries.
+                            }
+                            let _ = channel.outbox.send(out);
+                        }
+                        None => log::warn!(target: "core", "no channel {} for an outbound message", out.channel()),
+                    }
+                }
+                Action::Agent { agent, request } => {
+                    if self.restarts.contains_key(&agent) {
+                        self.held.entry(agent).or_default().push(request);
+                    } else {
+                        match self.agents.get(&agent) {
+                            Some(a) => a.send(request),
+                            None => log::error!(target: "core", "no agent {agent}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Journaled messages the core no longer holds and no answer named need nothing more
+    /// (the gates dropped them, a command answered them): mark them so.
+    fn sweep(&mut self) {
+        let settled: Vec<(String, MessageRef)> =
+            self.outstanding.iter().filter(|(channel, r)| !self.core.holds(channel, r)).cloned().collect();
+        for (channel, reference) in settled {
+            self.outstanding.remove(&(channel.clone(), reference.clone()));
+            if let Some(journal) = self.journals.get(&channel)
+                && let Err(e) = journal.settle(&[reference])
+            {
+                log::error!(target: channel.as_str(), "cannot write {}: {e}", journal.path().display());
+            }
+        }
+    }
+
+    /// Process the journaled messages not yet answered, before any new one.
+    fn replay(&mut self) {
+        let journals: Vec<(String, Arc<Journal>)> = self.journals.iter().map(|(n, j)| (n.clone(), j.clone())).collect();
+        for (name, journal) in journals {
+            let pending = journal.pending();
+            if pending.is_empty() {
+                continue;
+            }
+            log::info!(target: name.as_str(), "processing {} journaled message(s) not answered before the restart", pending.len());
+            for entry in pending {
+                self.on_inbound(Inbound::Message(entry.message));
+            }
+        }
+    }
+
+    fn start_channel(&mut self, channel: &ChannelConfig) -> Result<(), Error> {
         let (out_tx, out_rx) = unbounded();
-        match channel.kind {
-            ChannelKind::Telegram => adapters::telegram::spawn(channel, inbound_tx.clone(), out_rx, stop_rx.clone())?,
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let (probe, sender_done) = match channel.kind {
+            ChannelKind::Telegram => {
+                let journal = match self.journals.get(&channel.name) {
+                    Some(journal) => journal.clone(),
+                    None => {
+                        let journal = Arc::new(Journal::open(&self.home, &channel.name)?);
+                        self.journals.insert(channel.name.clone(), journal.clone());
+                        journal
+                    }
+                };
+                let probe = Probe::new(channel.kind.as_str(), true);
+                let io = adapters::telegram::Io {
+                    inbound: self.inbound_tx.clone(),
+                    outbox: out_rx,
+                    stop: stop_rx,
+                    journal,
+                    probe: probe.clone(),
+                    home: self.home.clone(),
+                };
+                let running = adapters::telegram::spawn(channel, io)?;
+                (probe, Some(running.sender_done))
+            }
             other => {
                 return Err(Error::Other(format!(
                     "{}: channel \"{}\": type {} is not available in this build yet",
-                    config.path.display(),
+                    self.config.path.display(),
                     channel.name,
                     other.as_str()
                 )));
             }
-        }
+        };
         log::info!(target: channel.name.as_str(), "channel started ({})", channel.kind.as_str());
-        outboxes.insert(channel.name.clone(), out_tx);
+        let running = Channel { config: channel.clone(), outbox: out_tx, stop: stop_tx, probe, sender_done };
+        self.channels.insert(channel.name.clone(), running);
+        Ok(())
     }
 
-    let mut core = Core::new(&config);
-    let mut restarts: BTreeMap<String, Instant> = BTreeMap::new();
-    loop {
-        let next = [core.next_deadline(), restarts.values().min().copied()].into_iter().flatten().min();
-        let deadline = next.map_or_else(never, at);
-        let event = select! {
-            recv(inbound_rx) -> msg => match msg {
-                Ok(inbound) => Event::Inbound(inbound),
-                Err(_) => return Err(Error::Other("every channel stopped".into())),
-            },
-            recv(agent_rx) -> msg => match msg {
-                Ok((agent, event)) => {
-                    if let AgentEvent::Exited { reason } = &event {
-                        let delay = agents.get_mut(&agent).map_or(Duration::from_secs(3), |a| a.backoff.next_delay());
-                        log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", delay.as_millis());
-                        restarts.insert(agent.clone(), Instant::now() + delay);
-                    }
-                    if let (AgentEvent::Ready { .. }, Some(a)) = (&event, agents.get_mut(&agent)) {
-                        a.backoff.reset();
-                    }
-                    Event::Agent { agent, event }
-                }
-                Err(_) => continue,
-            },
-            recv(deadline) -> _ => Event::Tick,
+    /// Stop a channel's threads (its poller ends after the poll in flight; its sender after
+    /// delivering what is queued).
+    fn stop_channel(&mut self, name: &str) {
+        if let Some(channel) = self.channels.remove(name) {
+            drop(channel.stop);
+            drop(channel.outbox);
+        }
+    }
+
+    /// SIGHUP: read the config again; start added channels, stop removed ones, restart changed
+    /// ones; sessions of untouched channels keep going. A bad config changes nothing.
+    fn reload(&mut self) {
+        if let Some(log_file) = &self.options.log_file
+            && let Err(e) = log_file.reopen()
+        {
+            log::error!(target: "tether", "cannot reopen {}: {e}", log_file.path().display());
+        }
+        let new = match (self.options.reload)().and_then(|c| select_channels(c, &self.options.only)) {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!(target: "tether", "reload failed, keeping the running config: {e}");
+                return;
+            }
         };
-        let now = Instant::now();
-        let due: Vec<String> = restarts.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
-        for name in due {
-            restarts.remove(&name);
-            let Some(agent) = agents.get_mut(&name) else { continue };
-            if let Err(e) = agent.restart(agent_tx.clone()) {
-                let delay = agent.backoff.next_delay();
-                log::error!(target: "acp", "{e}; trying again in {} ms", delay.as_millis());
-                restarts.insert(name, now + delay);
+        // Agents: stop the unused and the changed (their sessions end), start the missing.
+        let needed: BTreeSet<String> = new.channels.values().map(|c| c.agent.clone()).collect();
+        let running: Vec<String> = self.agents.keys().cloned().collect();
+        for name in running {
+            let changed = self.config.agents.get(&name) != new.agents.get(&name) || self.config.env != new.env;
+            if needed.contains(&name) && !changed {
+                continue;
+            }
+            log::info!(target: "acp", "agent \"{name}\" {}; stopping it", if changed { "changed" } else { "is no longer used" });
+            self.agents.remove(&name);
+            self.restarts.remove(&name);
+            self.held.remove(&name);
+            *self.dropped_agents.entry(name.clone()).or_default() += 1;
+            let event = AgentEvent::Exited { reason: "was restarted for the new config".into() };
+            let actions = self.core.handle(Event::Agent { agent: name, event }, Instant::now());
+            self.dispatch(actions);
+        }
+        for name in &needed {
+            if self.agents.contains_key(name) {
+                continue;
+            }
+            match agent_spec(&new, name).and_then(|spec| Agent::start(spec, self.agent_tx.clone())) {
+                Ok(agent) => {
+                    self.agents.insert(name.clone(), agent);
+                }
+                Err(e) => log::error!(target: "acp", "{e}"),
             }
         }
-        for action in core.handle(event, now) {
-            match action {
-                Action::Send(out) => match outboxes.get(out.channel()) {
-                    Some(tx) => {
-                        let _ = tx.send(out);
-                    }
-                    None => log::warn!(target: "core", "no channel {} for an outbound message", out.channel()),
-                },
-                Action::Agent { agent, request } => match agents.get(&agent) {
-                    Some(a) => a.send(request),
-                    None => log::error!(target: "core", "no agent {agent}"),
-                },
+        // Channels.
+        let old: BTreeMap<String, ChannelConfig> =
+            self.channels.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect();
+        let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        for name in old.keys().filter(|n| !new.channels.contains_key(*n)) {
+            removed.push(name.clone());
+            self.stop_channel(name);
+        }
+        self.core.set_channels(&new);
+        for (name, channel) in &new.channels {
+            match old.get(name) {
+                Some(before) if before == channel => continue,
+                Some(_) => {
+                    changed.push(name.clone());
+                    self.stop_channel(name);
+                }
+                None => added.push(name.clone()),
+            }
+            if let Err(e) = self.start_channel(channel) {
+                log::error!(target: name.as_str(), "cannot start: {e}");
+            }
+        }
+        self.config = new;
+        if let Some(claim) = &mut self.claim {
+            let names: Vec<String> = self.config.channels.keys().cloned().collect();
+            claim.update_channels(&names);
+        }
+        self.sweep();
+        self.publish(true);
+        log::info!(target: "tether", "config reloaded: added [{}], removed [{}], restarted [{}]",
+            added.join(", "), removed.join(", "), changed.join(", "));
+    }
+
+    /// Log once when a channel goes deaf, and once when it recovers.
+    fn watch_health(&self) {
+        for (name, channel) in &self.channels {
+            match channel.probe.with(|h, now| h.evaluate(now, self.unhealthy_after)) {
+                Some(Change::BecameUnhealthy { why }) => {
+                    log::warn!(target: name.as_str(), "channel is unhealthy: {why}")
+                }
+                Some(Change::BecameHealthy { after_ms }) => log::info!(target: name.as_str(),
+                    "channel is healthy again after {}", health::format_duration(after_ms / 1000)),
+                None => {}
             }
         }
     }
+
+    fn snapshot(&self) -> ServiceStatus {
+        let now_ms = health::wall_ms();
+        let channels = self
+            .channels
+            .iter()
+            .map(|(name, channel)| {
+                let pairing = std::fs::read_to_string(self.home.join(format!("{name}-pairing.json")))
+                    .map_or(0, |text| health::count_live_pairing(&text, now_ms));
+                let extra = ChannelExtra {
+                    sessions: self.core.session_count(name),
+                    pending_pairing: pairing,
+                    journal_pending: self.journals.get(name).map_or(0, |j| j.pending_count()),
+                };
+                (name.clone(), channel.probe.with(|h, now| h.snapshot(now, self.unhealthy_after, extra)))
+            })
+            .collect();
+        ServiceStatus {
+            pid: std::process::id(),
+            state: self.state.to_string(),
+            started_at: self.started_at_ms,
+            updated_at: now_ms,
+            channels,
+        }
+    }
+
+    /// Write `status.json` when something changed, at the heartbeat, or when `force`d.
+    fn publish(&mut self, force: bool) {
+        let status = self.snapshot();
+        let due = match &self.published {
+            None => true,
+            Some((last, at)) => force || !last.same_as(&status) || at.elapsed() >= STATUS_HEARTBEAT,
+        };
+        if !due {
+            return;
+        }
+        if let Err(e) = service::write_status(&self.home, &status) {
+            log::warn!(target: "tether", "cannot write {}: {e}", self.home.join(service::STATUS_FILE).display());
+        }
+        self.published = Some((status, Instant::now()));
+    }
+
+    /// Stop pollers, let queued replies go out (briefly), close the agents' stdin, wait,
+    /// kill what is left, remove the pid file. Unanswered messages stay in the journal.
+    fn shutdown(mut self, signal: &str) -> Result<(), Error> {
+        log::info!(target: "tether", "{signal}: shutting down");
+        self.state = "stopping";
+        self.publish(true);
+        let deadline = Instant::now() + DRAIN_GRACE;
+        let senders: Vec<Receiver<()>> =
+            std::mem::take(&mut self.channels).into_values().filter_map(|c| c.sender_done).collect();
+        for done in senders {
+            let _ = done.recv_deadline(deadline);
+        }
+        let mut left: BTreeMap<String, Option<u32>> = self.agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect();
+        self.agents.clear(); // Closes each agent's stdin: it should exit.
+        let deadline = Instant::now() + AGENT_GRACE;
+        while !left.is_empty() {
+            match self.agent_rx.recv_deadline(deadline) {
+                Ok((name, AgentEvent::Exited { .. })) => {
+                    left.remove(&name);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for (name, pid) in left {
+            if let Some(pid) = pid {
+                log::warn!(target: "acp", "agent \"{name}\" (PID {pid}) did not exit on EOF; killing it");
+                service::send_signal(pid, "KILL");
+            }
+        }
+        let pending: usize = self.journals.values().map(|j| j.pending_count()).sum();
+        if pending > 0 {
+            log::info!(target: "tether", "{pending} message(s) not answered yet stay in the journal for the next start");
+        }
+        self.state = "stopped";
+        self.publish(true);
+        drop(self.claim.take());
+        log::info!(target: "tether", "stopped");
+        Ok(())
+    }
+}
+
+/// SIGTERM and SIGINT stop, SIGHUP reloads; a thread turns them into [`Signal`]s.
+fn watch_signals() -> Result<Receiver<Signal>, Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+    let (tx, rx) = unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            for number in signals.forever() {
+                let signal = match number {
+                    SIGHUP => Signal::Reload,
+                    SIGINT => Signal::Stop("SIGINT"),
+                    _ => Signal::Stop("SIGTERM"),
+                };
+                if tx.send(signal).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Other(format!("cannot start the signal thread: {e}")))?;
+    Ok(rx)
 }
 
 fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error> {

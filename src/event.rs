@@ -33,6 +33,23 @@ pub struct InboundMessage {
     pub attachments: Vec<Attachment>,
 }
 
+impl InboundMessage {
+    /// This message's identity for the journal and for the `answers` of [`Outbound::Text`]; `None`
+    /// when the platform gave it no id.
+    pub fn reference(&self) -> Option<MessageRef> {
+        let message_id = self.message_id.clone()?;
+        Some(MessageRef { chat_id: self.chat_id.clone(), message_id })
+    }
+}
+
+/// One inbound message of a channel: the chat it was posted in and the platform's id for it
+/// (Telegram numbers messages per chat, so the id alone is not unique).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageRef {
+    pub chat_id: String,
+    pub message_id: String,
+}
+
 /// A file that came with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -74,7 +91,9 @@ pub struct ChatRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     /// Send a complete answer (Markdown as the agent wrote it); the adapter formats and splits.
-    Text { chat: ChatRef, text: String },
+    /// `answers` are the inbound messages this text completes: once every piece is delivered,
+    /// the adapter marks them answered in its journal (empty for texts that answer nothing).
+    Text { chat: ChatRef, text: String, answers: Vec<MessageRef> },
     /// The answer so far, while the turn runs, for adapters that show it live (web chat,
     /// or a platform message edited in place). Each draft replaces the previous one; the
     /// turn's final [`Outbound::Text`] replaces the draft.

@@ -17,5 +17,8 @@ pub mod daemon;
 pub mod demo_agent;
 pub mod error;
 pub mod event;
+pub mod health;
+pub mod journal;
 pub mod logging;
 pub mod net;
+pub mod service;

@@ -6,6 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Log at info (debug with `verbose`); `RUST_LOG` overrides either.
 pub fn init(verbose: bool) {
+    init_to(verbose, None);
+}
+
+/// Like [`init`], writing to `target` (a log file) instead of stderr.
+pub fn init_to(verbose: bool, target: Option<Box<dyn Write + Send>>) {
     // Our own debug lines, not the HTTP and TLS libraries' (they would drown ours).
     let default = if verbose { "debug,ureq=info,ureq_proto=info,rustls=info" } else { "info" };
     let mut builder = env_logger::Builder::new();
@@ -16,6 +21,9 @@ pub fn init(verbose: bool) {
     builder.format(|buf, record| {
         writeln!(buf, "{} {:<5} {}: {}", utc_now(), record.level(), record.target(), record.args())
     });
+    if let Some(target) = target {
+        builder.target(env_logger::Target::Pipe(target));
+    }
     let _ = builder.try_init();
 }
 

@@ -39,6 +39,11 @@ impl Agent {
         Ok(())
     }
 
+    /// The agent process's id (for killing it at shutdown when it ignores EOF on stdin).
+    pub fn pid(&self) -> Option<u32> {
+        self.handle.as_ref().map(|h| h.pid)
+    }
+
     pub fn send(&self, request: AgentRequest) {
         let _ = self.requests_tx.send(request);
     }

@@ -924,6 +924,7 @@ mod tests {
             agent: "default".into(),
             api_base: String::new(),
             turn_timeout: Duration::from_secs(1800),
+            max_backlog_age: Duration::from_secs(86_400),
             listen: listen.into(),
             extra: BTreeMap::new(),
         }
@@ -1236,14 +1237,14 @@ mod tests {
         assert_eq!(id, "boot-1");
         hub.deliver(&Outbound::Typing { chat: chat_ref(&a) }, 2);
         hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: "He".into() }, 3);
-        hub.deliver(&Outbound::Text { chat: chat_ref(&a), text: "Hello".into() }, 4);
+        hub.deliver(&Outbound::Text { chat: chat_ref(&a), text: "Hello".into(), answers: vec![] }, 4);
         // The final text replaced the draft: a tab opened now sees none.
         let (_, between) = hub.connect(&a);
         let seen = frames(&between);
         assert_eq!(seen[0]["draft"], serde_json::Value::Null, "{seen:?}");
         drop(between);
         hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: "Ne".into() }, 5);
-        hub.deliver(&Outbound::Text { chat: chat_ref("not-a-browser"), text: "x".into() }, 6);
+        hub.deliver(&Outbound::Text { chat: chat_ref("not-a-browser"), text: "x".into(), answers: vec![] }, 6);
         let expected = vec![
             serde_json::json!({"type": "message", "id": "boot-1", "from": "you", "text": "hi", "file": "x.png", "ts": 1}),
             serde_json::json!({"type": "typing"}),
@@ -1380,10 +1381,11 @@ mod tests {
         chat.send(Outbound::Text {
             chat: ChatRef { channel: "other-channel".into(), ..chat_ref(&sid) },
             text: "not for this channel".into(),
+            answers: vec![],
         });
         chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "Hello".into() });
-        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "Hello, **world**".into() });
-        chat.send(Outbound::Text { chat: chat_ref(&other), text: "for the other one".into() });
+        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "Hello, **world**".into(), answers: vec![] });
+        chat.send(Outbound::Text { chat: chat_ref(&other), text: "for the other one".into(), answers: vec![] });
         for ws in [&mut tab1, &mut tab2] {
             assert_eq!(next_frame(ws), serde_json::json!({"type": "typing"}));
             assert_eq!(next_frame(ws), serde_json::json!({"type": "draft", "text": "Hel"}));
@@ -1407,7 +1409,7 @@ mod tests {
         send_json(&mut ws, serde_json::json!({"type": "message", "text": "question"}));
         assert_eq!(chat.next_message().text, "question");
         assert_eq!(next_frame(&mut ws)["from"], "you");
-        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "answer".into() });
+        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "answer".into(), answers: vec![] });
         assert_eq!(next_frame(&mut ws)["text"], "answer");
         chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "more…".into() });
         assert_eq!(next_frame(&mut ws)["type"], "draft");

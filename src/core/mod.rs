@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{ChannelConfig, Config};
-use crate::event::{AgentEvent, AgentRequest, ChatRef, Inbound, InboundMessage, Outbound, SessionKey, TurnOutcome};
+use crate::event::{
+    AgentEvent, AgentRequest, ChatRef, Inbound, InboundMessage, MessageRef, Outbound, SessionKey, TurnOutcome,
+};
 
 /// Telegram drops "typing…" after 5 s; refresh a little before.
 pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
@@ -43,8 +45,9 @@ struct Session {
     id: Option<String>,
     /// The turn in flight, if any (at most one per session: agents reject a second prompt).
     turn: Option<Turn>,
-    /// Prompts waiting for the session to be free, oldest first.
-    queue: VecDeque<String>,
+    /// Prompts waiting for the session to be free, oldest first, with the message each came
+    /// from (so the answer can say which messages it completes).
+    queue: VecDeque<(String, Option<MessageRef>)>,
     /// The channel's `instructions` were sent with this session's first prompt.
     instructed: bool,
 }
@@ -53,6 +56,8 @@ struct Session {
 struct Turn {
     answer: String,
     typing_due: Instant,
+    /// The inbound messages this turn answers.
+    answers: Vec<MessageRef>,
 }
 
 /// The conversation state of the whole service.
@@ -110,7 +115,8 @@ impl Core {
                 instructed: false,
             }
         });
-        session.queue.push_back(message.text);
+        let reference = message.reference();
+        session.queue.push_back((message.text, reference));
         start_next_turn(channel, session, now, actions);
     }
 
@@ -128,7 +134,8 @@ impl Core {
             AgentEvent::SessionFailed { key, error } => {
                 let Some(session) = self.sessions.remove(&key) else { return };
                 log::error!(target: session.chat.channel.as_str(), "agent could not open a session: {error}");
-                actions.push(say(&session.chat, format!("The agent could not start a conversation: {error}")));
+                let text = format!("The agent could not start a conversation: {error}");
+                actions.push(answer(&session.chat, text, session.waiting()));
             }
             AgentEvent::TextChunk { session_id, text } => {
                 if let Some(turn) = self.session_mut(&agent, &session_id).and_then(|s| s.turn.as_mut()) {
@@ -139,7 +146,7 @@ impl Core {
                 let Some(key) = self.by_session_id.get(&(agent, session_id)).cloned() else { return };
                 let Some(session) = self.sessions.get_mut(&key) else { return };
                 let Some(turn) = session.turn.take() else { return };
-                actions.push(say(&session.chat, final_answer(turn.answer, &outcome)));
+                actions.push(answer(&session.chat, final_answer(turn.answer, &outcome), turn.answers));
                 if let Some(channel) = self.channels.get(&session.chat.channel) {
                     start_next_turn(channel, session, now, actions);
                 }
@@ -151,12 +158,10 @@ impl Core {
                 for key in keys {
                     let Some(session) = self.sessions.remove(&key) else { continue };
                     if session.turn.is_some() || !session.queue.is_empty() {
-                        actions.push(say(
-                            &session.chat,
-                            format!(
-                                "The agent stopped ({reason}). Your message was not answered; please send it again."
-                            ),
-                        ));
+                        let text = format!(
+                            "The agent stopped ({reason}). Your message was not answered; please send it again."
+                        );
+                        actions.push(answer(&session.chat, text, session.waiting()));
                     }
                 }
                 self.by_session_id.retain(|(a, _), _| *a != agent);
@@ -182,13 +187,17 @@ impl Core {
 /// Start the oldest queued prompt if the session exists on the agent side and is idle.
 fn start_next_turn(channel: &ChannelConfig, session: &mut Session, now: Instant, actions: &mut Vec<Action>) {
     let (Some(session_id), None) = (&session.id, &session.turn) else { return };
-    let Some(text) = session.queue.pop_front() else { return };
+    let Some((text, reference)) = session.queue.pop_front() else { return };
     let text = match (&channel.instructions, session.instructed) {
         (Some(instructions), false) if !instructions.is_empty() => format!("{instructions}\n\n{text}"),
         _ => text,
     };
     session.instructed = true;
-    session.turn = Some(Turn { answer: String::new(), typing_due: now + TYPING_REFRESH });
+    session.turn = Some(Turn {
+        answer: String::new(),
+        typing_due: now + TYPING_REFRESH,
+        answers: reference.into_iter().collect(),
+    });
     actions.push(Action::Send(Outbound::Typing { chat: session.chat.clone() }));
     actions.push(Action::Agent {
         agent: session.agent.clone(),
@@ -209,8 +218,51 @@ fn final_answer(answer: String, outcome: &TurnOutcome) -> String {
     }
 }
 
-fn say(chat: &ChatRef, text: String) -> Action {
-    Action::Send(Outbound::Text { chat: chat.clone(), text })
+/// A text that completes the inbound messages `answers` (see [`Outbound::Text`]).
+fn answer(chat: &ChatRef, text: String, answers: Vec<MessageRef>) -> Action {
+    Action::Send(Outbound::Text { chat: chat.clone(), text, answers })
+}
+
+// What the service layer (daemon.rs: journal, status, reload) asks of the core.
+impl Core {
+    /// Whether `message` of `channel` is still waiting in a session (queued or in its turn).
+    /// A journaled message the core no longer holds, and that no text answered, needs nothing
+    /// more (the gates dropped it, or it was answered by a text that names no message).
+    pub fn holds(&self, channel: &str, message: &MessageRef) -> bool {
+        self.sessions.values().filter(|s| s.chat.channel == channel).any(|s| {
+            s.turn.as_ref().is_some_and(|t| t.answers.contains(message))
+                || s.queue.iter().any(|(_, r)| r.as_ref() == Some(message))
+        })
+    }
+
+    /// Whether the gates let `message` through (no side effects): a backlog notice goes only
+    /// to people who may talk to the agent.
+    pub fn admits(&self, message: &InboundMessage) -> bool {
+        self.channels.get(&message.channel).is_some_and(|c| gate::check(c, message) == gate::Verdict::Pass)
+    }
+
+    /// Conversations the core keeps for `channel`.
+    pub fn session_count(&self, channel: &str) -> usize {
+        self.sessions.values().filter(|s| s.chat.channel == channel).count()
+    }
+
+    /// Take a reloaded config: sessions of channels that are gone, or now use another agent,
+    /// are forgotten; every other session keeps going.
+    pub fn set_channels(&mut self, config: &Config) {
+        let keep = |s: &Session| config.channels.get(&s.chat.channel).is_some_and(|c| c.agent == s.agent);
+        self.sessions.retain(|_, s| keep(s));
+        let sessions = &self.sessions;
+        self.by_session_id.retain(|_, key| sessions.contains_key(key));
+        self.channels = config.channels.clone();
+    }
+}
+
+impl Session {
+    /// Every message waiting in this session, the turn's first.
+    fn waiting(&self) -> Vec<MessageRef> {
+        let in_turn = self.turn.iter().flat_map(|t| t.answers.iter().cloned());
+        in_turn.chain(self.queue.iter().filter_map(|(_, r)| r.clone())).collect()
+    }
 }
 
 #[cfg(test)]

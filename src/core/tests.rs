@@ -35,6 +35,7 @@ pub(crate) fn channel(name: &str) -> ChannelConfig {
         agent: DEFAULT_AGENT.into(),
         api_base: "http://127.0.0.1:1".into(),
         turn_timeout: Duration::from_secs(1800),
+        max_backlog_age: Duration::from_secs(86_400),
         listen: "127.0.0.1:8787".into(),
         extra: BTreeMap::new(),
     }
@@ -89,7 +90,7 @@ fn typing(id: &str) -> Action {
 }
 
 fn text(id: &str, t: &str) -> Action {
-    Action::Send(Outbound::Text { chat: chat(id), text: t.into() })
+    Action::Send(Outbound::Text { chat: chat(id), text: t.into(), answers: vec![] })
 }
 
 /// Run a script of (event, expected actions) against one core, all at time `t0`.
@@ -239,4 +240,90 @@ fn session_failure_is_reported_to_the_chat() {
         t0,
     );
     assert_eq!(got, vec![text("111", "The agent could not start a conversation: Authentication required (-32000)")]);
+}
+
+// Service support: which messages an answer completes, what the core still holds, reloads.
+
+fn dm_with_id(sender: &str, text: &str, id: &str) -> Event {
+    match dm(sender, text) {
+        Event::Inbound(Inbound::Message(m)) => {
+            Event::Inbound(Inbound::Message(InboundMessage { message_id: Some(id.into()), ..m }))
+        }
+        other => other,
+    }
+}
+
+fn reference(chat: &str, id: &str) -> MessageRef {
+    MessageRef { chat_id: chat.into(), message_id: id.into() }
+}
+
+#[test]
+fn answers_name_the_messages_they_complete_and_holds_follows_them() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    let (one, two) = (reference("111", "1"), reference("111", "2"));
+    core.handle(dm_with_id("111", "one", "1"), t0);
+    core.handle(dm_with_id("111", "two", "2"), t0);
+    assert!(core.holds("tg", &one) && core.holds("tg", &two));
+    assert!(!core.holds("other", &one));
+    core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
+    core.handle(agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "A".into() }), t0);
+    let got = core.handle(agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }), t0);
+    assert_eq!(
+        got[0],
+        Action::Send(Outbound::Text { chat: chat("111"), text: "A".into(), answers: vec![one.clone()] })
+    );
+    assert!(!core.holds("tg", &one) && core.holds("tg", &two));
+    // The agent dies mid-turn: the notice answers the message in the turn.
+    let got = core.handle(agent(AgentEvent::Exited { reason: "was killed".into() }), t0);
+    assert!(
+        matches!(&got[..], [Action::Send(Outbound::Text { answers, .. })] if *answers == vec![two.clone()]),
+        "{got:?}"
+    );
+    assert!(!core.holds("tg", &two));
+    assert_eq!(core.session_count("tg"), 0);
+}
+
+#[test]
+fn dropped_messages_are_not_held_and_admits_runs_the_gates() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    let stranger = dm_with_id("999", "hi", "5");
+    assert!(core.handle(stranger.clone(), t0).is_empty());
+    assert!(!core.holds("tg", &reference("999", "5")));
+    let message = |e: Event| match e {
+        Event::Inbound(Inbound::Message(m)) => m,
+        _ => unreachable!(),
+    };
+    assert!(!core.admits(&message(stranger)));
+    assert!(core.admits(&message(dm_with_id("111", "hi", "6"))));
+}
+
+#[test]
+fn reload_keeps_sessions_of_untouched_channels() {
+    let t0 = Instant::now();
+    let mut other = channel("web");
+    other.allowed_users = vec!["222".into()];
+    let mut core = core_with(vec![channel("tg"), other.clone()]);
+    core.handle(dm("111", "hi"), t0);
+    let web = Event::Inbound(Inbound::Message(InboundMessage {
+        channel: "web".into(),
+        sender_id: "222".into(),
+        chat_id: "222".into(),
+        is_mentioned: true,
+        text: "hey".into(),
+        ..Default::default()
+    }));
+    core.handle(web, t0);
+    assert_eq!((core.session_count("tg"), core.session_count("web")), (1, 1));
+    let mut tg = channel("tg");
+    tg.instructions = Some("changed, same agent".into());
+    let config = Config {
+        path: PathBuf::from("/t/config.json"),
+        agents: BTreeMap::new(),
+        channels: BTreeMap::from([("tg".to_string(), tg)]),
+        env: BTreeMap::new(),
+    };
+    core.set_channels(&config);
+    assert_eq!((core.session_count("tg"), core.session_count("web")), (1, 0));
 }

@@ -1,19 +1,29 @@
 //! The Telegram channel: a long-poll thread (`getUpdates`) that reports messages, and a
 //! sender thread that delivers replies and typing indicators. The two never wait for each
 //! other: a failing send does not stop polling.
+//!
+//! No lost messages: each batch of updates is appended to the channel's journal (fsynced)
+//! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`. The
+//! sender marks a message answered in the journal once every piece of its answer is delivered.
+//! The poller reports to the channel's health [`Probe`]; a rejected token (401) parks it.
 
 pub mod wire;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use serde_json::Value;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use serde_json::{Value, json};
 
 use crate::backoff::Backoff;
 use crate::config::ChannelConfig;
 use crate::error::Error;
-use crate::event::{ChatRef, Inbound, Outbound};
+use crate::event::{ChatRef, Inbound, MessageRef, Outbound};
+use crate::health::{Probe, wall_ms};
+use crate::journal::{Journal, JournalEntry};
 use crate::net::http::HttpClient;
 use wire::{BotIdentity, Failure};
 
@@ -25,6 +35,8 @@ const POLL_MARGIN: Duration = Duration::from_secs(10);
 pub const MESSAGE_LIMIT: usize = 4096;
 /// Attempts for one reply chunk before it is logged as lost.
 const SEND_ATTEMPTS: u32 = 6;
+/// How often a parked channel looks whether it was asked to stop.
+const PARKED_CHECK: Duration = Duration::from_secs(60);
 
 /// The Bot API endpoint of one bot.
 #[derive(Debug, Clone)]
@@ -45,25 +57,50 @@ impl Api {
     }
 }
 
+/// What one running Telegram channel shares with the daemon.
+#[derive(Debug)]
+pub struct Io {
+    pub inbound: Sender<Inbound>,
+    pub outbox: Receiver<Outbound>,
+    /// Closes (all senders dropped) when the channel must shut down.
+    pub stop: Receiver<()>,
+    pub journal: Arc<Journal>,
+    pub probe: Probe,
+    /// Where `<channel>-offset.json` lives.
+    pub home: PathBuf,
+}
+
+/// The running channel: `sender_done` disconnects when the sender thread has ended (after the
+/// outbox closed and what was queued in it was delivered or given up).
+#[derive(Debug)]
+pub struct Running {
+    pub sender_done: Receiver<()>,
+}
+
 /// Start the poller and the sender of one Telegram channel.
-/// `stop` closes (all senders dropped) when the channel must shut down.
-pub fn spawn(
-    channel: &ChannelConfig,
-    inbound: Sender<Inbound>,
-    outbox: Receiver<Outbound>,
-    stop: Receiver<()>,
-) -> Result<(), Error> {
+pub fn spawn(channel: &ChannelConfig, io: Io) -> Result<Running, Error> {
     let token = channel.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
     let api = Api {
         http: HttpClient::default(),
         base: format!("{}/bot{token}", channel.api_base),
         channel: channel.name.clone(),
     };
-    let poll_api = api.clone();
-    let poll_stop = stop.clone();
-    spawn_named(format!("tg-poll-{}", channel.name), move || poll_loop(&poll_api, &inbound, &poll_stop))?;
-    spawn_named(format!("tg-send-{}", channel.name), move || send_loop(&api, &outbox))?;
-    Ok(())
+    let poller = Poller {
+        api: api.clone(),
+        inbound: io.inbound,
+        stop: io.stop,
+        journal: io.journal.clone(),
+        probe: io.probe.clone(),
+        offset_path: io.home.join(format!("{}-offset.json", channel.name)),
+    };
+    spawn_named(format!("tg-poll-{}", channel.name), move || poller.run())?;
+    let (done_tx, sender_done) = crossbeam_channel::bounded::<()>(0);
+    let (outbox, journal, probe) = (io.outbox, io.journal, io.probe);
+    spawn_named(format!("tg-send-{}", channel.name), move || {
+        send_loop(&api, &outbox, &journal, &probe);
+        drop(done_tx);
+    })?;
+    Ok(Running { sender_done })
 }
 
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
@@ -77,102 +114,245 @@ fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Er
 
 /// Wait `delay` unless asked to stop; true when the loop should end.
 fn pause(stop: &Receiver<()>, delay: Duration) -> bool {
-    !matches!(stop.recv_timeout(delay), Err(crossbeam_channel::RecvTimeoutError::Timeout))
+    !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Timeout))
 }
 
-/// The delay a failure asks for: Telegram's own `retry_after`, a slow retry for problems
-/// that need a person, backoff for the rest.
+fn stopped(stop: &Receiver<()>) -> bool {
+    !matches!(stop.try_recv(), Err(TryRecvError::Empty))
+}
+
+/// The delay a failure asks for: Telegram's own `retry_after`, backoff for the rest.
 fn failure_delay(failure: &Failure, backoff: &mut Backoff) -> Duration {
     match failure {
         Failure::RateLimited(d) => *d,
-        Failure::Unauthorized(_) => Duration::from_secs(300).max(backoff.next_delay()),
         _ => backoff.next_delay(),
     }
 }
 
-fn poll_loop(api: &Api, inbound: &Sender<Inbound>, stop: &Receiver<()>) {
-    let target = api.channel.as_str();
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let bot = loop {
-        match api.call("getMe", &Value::Object(Default::default()), Duration::from_secs(30)) {
-            Ok(result) => match wire::parse_identity(&result) {
-                Some(bot) => break bot,
-                None => log::error!(target: target, "getMe answered without id and username: {result}"),
-            },
-            Err(failure) => {
-                log::error!(target: target, "getMe failed: {failure}");
-                let _ = inbound.send(Inbound::Health {
-                    channel: api.channel.clone(),
-                    connected: false,
-                    error: Some(failure.to_string()),
-                });
-                if pause(stop, failure_delay(&failure, &mut backoff)) {
-                    return;
+/// A failure as a person should read it in the log and in `tether status`.
+fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Conflict(d) => format!(
+            "conflict (409): another program is polling this bot token, or a webhook is set ({d}). \
+             Stop the other bot process using this token; tether deletes webhooks at start"
+        ),
+        other => other.to_string(),
+    }
+}
+
+struct Poller {
+    api: Api,
+    inbound: Sender<Inbound>,
+    stop: Receiver<()>,
+    journal: Arc<Journal>,
+    probe: Probe,
+    offset_path: PathBuf,
+}
+
+impl Poller {
+    fn target(&self) -> &str {
+        self.api.channel.as_str()
+    }
+
+    fn run(self) {
+        let Some(bot) = self.connect() else { return };
+        let mut offset = load_offset(&self.offset_path, bot.id);
+        if offset > 0 {
+            log::info!(target: self.target(), "resuming after update {}", offset - 1);
+        }
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            if stopped(&self.stop) {
+                return;
+            }
+            match self.api.call("getUpdates", &wire::get_updates(offset, POLL_HOLD), POLL_HOLD + POLL_MARGIN) {
+                Ok(result) => {
+                    if backoff.attempts() > 0 {
+                        log::info!(target: self.target(), "polling again after {} failed attempts", backoff.attempts());
+                    }
+                    self.probe.ok();
+                    match self.take(&result, offset, &bot) {
+                        Ok(next) => {
+                            backoff.reset();
+                            offset = next;
+                        }
+                        Err(e) => {
+                            // Telegram keeps the updates until the offset moves: nothing is lost.
+                            let error = format!("cannot write the journal {}: {e}", self.journal.path().display());
+                            if self.probe.failed(&error) {
+                                log::error!(target: self.target(), "{error}; not taking messages until it can");
+                            }
+                            if pause(&self.stop, backoff.next_delay()) {
+                                return;
+                            }
+                        }
+                    }
                 }
-                continue;
+                Err(Failure::Unauthorized(d)) => return self.park(&d),
+                Err(failure) => {
+                    self.report(&format!("getUpdates failed: {}", describe(&failure)));
+                    if pause(&self.stop, failure_delay(&failure, &mut backoff)) {
+                        return;
+                    }
+                }
             }
         }
-        if pause(stop, backoff.next_delay()) {
-            return;
+    }
+
+    /// `getMe` until it answers, then delete any webhook (once); `None` when stopped or parked.
+    fn connect(&self) -> Option<BotIdentity> {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let bot = loop {
+            match self.api.call("getMe", &json!({}), Duration::from_secs(30)) {
+                Ok(result) => match wire::parse_identity(&result) {
+                    Some(bot) => break bot,
+                    None => self.report(&format!("getMe answered without id and username: {result}")),
+                },
+                Err(Failure::Unauthorized(d)) => {
+                    self.park(&d);
+                    return None;
+                }
+                Err(failure) => self.report(&format!("getMe failed: {}", describe(&failure))),
+            }
+            if pause(&self.stop, backoff.next_delay()) {
+                return None;
+            }
+        };
+        log::info!(target: self.target(), "connected as @{} ({})", bot.username, bot.id);
+        self.probe.ok();
+        // A webhook makes getUpdates fail with 409; keep the updates it holds.
+        match self.api.call("deleteWebhook", &json!({"drop_pending_updates": false}), Duration::from_secs(30)) {
+            Ok(_) => log::debug!(target: self.target(), "deleteWebhook: no webhook is set now"),
+            Err(failure) => log::warn!(target: self.target(), "deleteWebhook failed: {}", describe(&failure)),
         }
+        Some(bot)
+    }
+
+    /// Log a failure: a warning for the first of a streak (or a new error), detail after.
+    fn report(&self, error: &str) {
+        if self.probe.failed(error) {
+            log::warn!(target: self.target(), "{error}");
+        } else {
+            log::debug!(target: self.target(), "{error}");
+        }
+    }
+
+    /// A rejected token will not fix itself: say so once and wait to be stopped.
+    fn park(&self, detail: &str) {
+        let reason = format!(
+            "Telegram rejected the bot token ({detail}); fix \"token\" of channel \"{}\" in the config, \
+             then reload (kill -HUP) or restart. Not retrying",
+            self.api.channel
+        );
+        log::error!(target: self.target(), "{reason}");
+        self.probe.park(&reason);
+        while !pause(&self.stop, PARKED_CHECK) {}
+    }
+
+    /// Journal one batch, move and save the offset, then pass the new messages on; returns
+    /// the next offset. On a journal error nothing moves.
+    fn take(&self, result: &Value, offset: i64, bot: &BotIdentity) -> std::io::Result<i64> {
+        let (last_id, messages) = wire::parse_updates(result, &self.api.channel, bot);
+        let dates = message_dates(result);
+        let now = wall_ms();
+        let entries = messages
+            .into_iter()
+            .map(|message| {
+                let sent_at_ms = message.reference().and_then(|r| dates.get(&r).copied()).unwrap_or(now);
+                JournalEntry { message, sent_at_ms }
+            })
+            .collect();
+        let fresh = self.journal.record(entries)?;
+        let next = last_id.map_or(offset, |id| id + 1);
+        if next != offset
+            && let Err(e) = save_offset(&self.offset_path, bot.id, next)
+        {
+            // Not fatal: the journal knows these messages if Telegram sends them again.
+            log::warn!(target: self.target(), "cannot save {}: {e}", self.offset_path.display());
+        }
+        for message in fresh {
+            log::debug!(target: self.target(), "message {:?} from {} in {}", message.message_id, message.sender_id, message.chat_id);
+            if self.inbound.send(Inbound::Message(message)).is_err() {
+                break; // The daemon is gone; the journal replays these at the next start.
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// When each message of a `getUpdates` result was sent (unix ms), by chat and message id.
+fn message_dates(result: &Value) -> HashMap<MessageRef, u64> {
+    let mut dates = HashMap::new();
+    for update in result.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(message) = update.get("message") else { continue };
+        let chat = message.pointer("/chat/id").map(id_text);
+        let id = message.get("message_id").map(id_text);
+        let date = message.get("date").and_then(Value::as_u64);
+        if let (Some(chat_id), Some(message_id), Some(date)) = (chat, id, date) {
+            dates.insert(MessageRef { chat_id, message_id }, date.saturating_mul(1000));
+        }
+    }
+    dates
+}
+
+fn id_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The saved offset for this bot (an offset of another bot would skip this one's updates).
+fn load_offset(path: &Path, bot_id: i64) -> i64 {
+    let Ok(text) = std::fs::read_to_string(path) else { return 0 };
+    let Ok(saved) = serde_json::from_str::<Value>(&text) else {
+        log::warn!(target: "telegram", "{} is not valid JSON; starting from Telegram's oldest kept update", path.display());
+        return 0;
     };
-    log::info!(target: target, "connected as @{} ({})", bot.username, bot.id);
-    backoff.reset();
-    let _ = inbound.send(Inbound::Health { channel: api.channel.clone(), connected: true, error: None });
-    let mut offset: i64 = 0;
-    loop {
-        if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
-            return;
-        }
-        match api.call("getUpdates", &wire::get_updates(offset, POLL_HOLD), POLL_HOLD + POLL_MARGIN) {
-            Ok(result) => {
-                if backoff.attempts() > 0 {
-                    log::info!(target: target, "polling again after {} failed attempts", backoff.attempts());
-                    let _ =
-                        inbound.send(Inbound::Health { channel: api.channel.clone(), connected: true, error: None });
-                }
-                backoff.reset();
-                offset = deliver(&result, offset, api, &bot, inbound);
-            }
-            Err(failure) => {
-                log::warn!(target: target, "getUpdates failed: {failure}");
-                let _ = inbound.send(Inbound::Health {
-                    channel: api.channel.clone(),
-                    connected: false,
-                    error: Some(failure.to_string()),
-                });
-                if pause(stop, failure_delay(&failure, &mut backoff)) {
-                    return;
-                }
-            }
-        }
+    match (saved.get("botId").and_then(Value::as_i64), saved.get("offset").and_then(Value::as_i64)) {
+        (Some(id), Some(offset)) if id == bot_id && offset >= 0 => offset,
+        _ => 0,
     }
 }
 
-/// Hand one batch of updates to the core; return the next offset.
-fn deliver(result: &Value, offset: i64, api: &Api, bot: &BotIdentity, inbound: &Sender<Inbound>) -> i64 {
-    let (last_id, messages) = wire::parse_updates(result, &api.channel, bot);
-    for message in messages {
-        log::debug!(target: api.channel.as_str(), "message {:?} from {} in {}", message.message_id, message.sender_id, message.chat_id);
-        if inbound.send(Inbound::Message(message)).is_err() {
-            return offset;
-        }
-    }
-    last_id.map_or(offset, |id| id + 1)
+fn save_offset(path: &Path, bot_id: i64, offset: i64) -> std::io::Result<()> {
+    let text = json!({"botId": bot_id, "offset": offset}).to_string();
+    crate::service::write_file_atomic(path, text.as_bytes())
 }
 
-fn send_loop(api: &Api, outbox: &Receiver<Outbound>) {
+/// How the delivery of one text ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Delivery {
+    Sent,
+    /// Telegram refused it for good (chat gone, bot blocked): retrying cannot help.
+    Refused,
+    /// Retries ran out (network, 5xx) or the token was rejected.
+    GaveUp,
+}
+
+fn send_loop(api: &Api, outbox: &Receiver<Outbound>, journal: &Journal, probe: &Probe) {
+    let target = api.channel.as_str();
     for out in outbox {
         match out {
-            Outbound::Text { chat, text } => {
+            Outbound::Text { chat, text, answers } => {
+                let mut outcome = Delivery::Sent;
                 for chunk in wire::split_text(&text, MESSAGE_LIMIT) {
-                    send_with_retry(api, "sendMessage", &wire::send_message(&chat, &chunk), &chat);
+                    let sent = send_with_retry(api, "sendMessage", &wire::send_message(&chat, &chunk), &chat, probe);
+                    outcome = outcome.max(sent);
+                }
+                if outcome == Delivery::Sent {
+                    probe.sent();
+                }
+                if outcome == Delivery::GaveUp && !answers.is_empty() {
+                    log::warn!(target: target, "the answer to {} message(s) in chat {} stays in the journal; it is answered again at the next start", answers.len(), chat.chat_id);
+                } else if let Err(e) = journal.settle(&answers) {
+                    log::error!(target: target, "cannot mark answers in {}: {e}", journal.path().display());
                 }
             }
             Outbound::Typing { chat } => {
                 // Best effort: a lost typing indicator is not worth a retry.
                 if let Err(failure) = api.call("sendChatAction", &wire::send_typing(&chat), Duration::from_secs(10)) {
-                    log::debug!(target: api.channel.as_str(), "typing indicator for {} failed: {failure}", chat.chat_id);
+                    log::debug!(target: target, "typing indicator for {} failed: {failure}", chat.chat_id);
                 }
             }
             Outbound::Draft { .. } => {}
@@ -180,23 +360,74 @@ fn send_loop(api: &Api, outbox: &Receiver<Outbound>) {
     }
 }
 
-fn send_with_retry(api: &Api, method: &str, body: &Value, chat: &ChatRef) {
+fn send_with_retry(api: &Api, method: &str, body: &Value, chat: &ChatRef, probe: &Probe) -> Delivery {
     let target = api.channel.as_str();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     for attempt in 1..=SEND_ATTEMPTS {
         match api.call(method, body, Duration::from_secs(30)) {
-            Ok(_) => return,
-            Err(failure @ (Failure::Rejected(_) | Failure::Unauthorized(_))) => {
+            Ok(_) => return Delivery::Sent,
+            Err(failure @ Failure::Rejected(_)) => {
                 log::error!(target: target, "{method} to chat {} failed, not retrying: {failure}", chat.chat_id);
-                return;
+                probe.note_error(&format!("{method} failed: {failure}"));
+                return Delivery::Refused;
+            }
+            Err(failure @ Failure::Unauthorized(_)) => {
+                log::error!(target: target, "{method} to chat {} failed, not retrying: {failure}", chat.chat_id);
+                probe.note_error(&format!("{method} failed: {failure}"));
+                return Delivery::GaveUp;
             }
             Err(failure) => {
                 log::warn!(target: target, "{method} to chat {} failed (attempt {attempt}/{SEND_ATTEMPTS}): {failure}", chat.chat_id);
+                probe.note_error(&format!("{method} failed: {failure}"));
                 if attempt < SEND_ATTEMPTS {
                     thread::sleep(failure_delay(&failure, &mut backoff));
                 }
             }
         }
     }
-    log::error!(target: target, "{method} to chat {} gave up after {SEND_ATTEMPTS} attempts; the reply is lost", chat.chat_id);
+    log::error!(target: target, "{method} to chat {} gave up after {SEND_ATTEMPTS} attempts", chat.chat_id);
+    Delivery::GaveUp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_found_per_chat_and_message() {
+        let result = json!([
+            {"update_id": 1, "message": {"message_id": 7, "date": 1_700_000_000, "chat": {"id": -100}}},
+            {"update_id": 2, "message": {"message_id": 7, "date": 1_700_000_100, "chat": {"id": 5}}},
+            {"update_id": 3, "edited_message": {"message_id": 8, "date": 1, "chat": {"id": 5}}},
+            {"update_id": 4, "message": {"message_id": 9, "chat": {"id": 5}}},
+        ]);
+        let dates = message_dates(&result);
+        let r = |chat: &str, id: &str| MessageRef { chat_id: chat.into(), message_id: id.into() };
+        assert_eq!(dates.len(), 2);
+        assert_eq!(dates[&r("-100", "7")], 1_700_000_000_000);
+        assert_eq!(dates[&r("5", "7")], 1_700_000_100_000);
+    }
+
+    #[test]
+    fn offsets_are_kept_per_bot() {
+        let dir = std::env::temp_dir().join(format!("tether-offset-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("phone-offset.json");
+        assert_eq!(load_offset(&path, 42), 0);
+        save_offset(&path, 42, 1001).unwrap();
+        assert_eq!(load_offset(&path, 42), 1001);
+        // Another bot (the token changed): its updates are numbered apart; start over.
+        assert_eq!(load_offset(&path, 43), 0);
+        std::fs::write(&path, "{not json").unwrap();
+        assert_eq!(load_offset(&path, 42), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_conflict_says_who_holds_the_token() {
+        let text = describe(&Failure::Conflict("Conflict: terminated by other getUpdates request".into()));
+        assert!(text.contains("another program is polling this bot token, or a webhook is set"), "{text}");
+        assert_eq!(describe(&Failure::Transient("HTTP 502: Bad Gateway".into())), "HTTP 502: Bad Gateway");
+    }
 }

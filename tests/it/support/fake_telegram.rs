@@ -85,10 +85,15 @@ impl FakeTelegram {
         self.server.url()
     }
 
-    /// Queue a private text message from user `from` (chat id = user id).
+    /// Queue a private text message from user `from` (chat id = user id), sent now.
     pub fn send_dm(&self, from: i64, text: &str) {
+        self.send_dm_dated(from, text, unix_now());
+    }
+
+    /// Queue a private text message sent at `date` (unix seconds).
+    pub fn send_dm_dated(&self, from: i64, text: &str, date: u64) {
         self.push(json!({
-            "message_id": 0, "date": 1_700_000_000,
+            "message_id": 0, "date": date,
             "chat": {"id": from, "type": "private", "first_name": "User"},
             "from": {"id": from, "is_bot": false, "first_name": "User", "username": format!("user{from}")},
             "text": text,
@@ -150,6 +155,11 @@ impl FakeTelegram {
             }
         }
     }
+}
+
+/// Seconds since 1970, as Telegram dates messages.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn handle(

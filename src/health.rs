@@ -1,0 +1,491 @@
+//! Health of the running service: each channel's state (connected, last success, last error,
+//! messages in and out), the deaf-bot watchdog rule, and `status.json` (its shape and the text
+//! `tether status` prints from it). The model is pure: callers pass the time as [`Now`].
+//! [`Probe`] is the shared handle adapter threads report through; it only reads the clock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A channel whose loop has not succeeded for this long is unhealthy.
+pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(120);
+/// A polling loop reports at least every poll (30 s hold + 10 s margin); one silent for this
+/// long is stuck, even when it has not reported a failure.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(90);
+/// Pairing requests live this long (reference spec 3.1).
+const PAIRING_TTL_MS: u64 = 3_600_000;
+
+/// A moment on two clocks: monotonic for durations (the wall clock of a board without a
+/// real-time clock jumps at boot), wall for what people read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since this process started (monotonic).
+    pub mono_ms: u64,
+    /// Unix time in milliseconds.
+    pub wall_ms: u64,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let start = *START.get_or_init(Instant::now);
+        Now { mono_ms: start.elapsed().as_millis() as u64, wall_ms: wall_ms() }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What changed when the watchdog looked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    BecameUnhealthy { why: String },
+    BecameHealthy { after_ms: u64 },
+}
+
+/// One channel's health, as its threads reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelHealth {
+    pub kind: String,
+    /// The channel's loop reports progress by itself (a poller does; a local web server just
+    /// waits for browsers), so silence means it is stuck.
+    pub heartbeats: bool,
+    pub connected: bool,
+    /// Stopped for good until the config changes (a rejected token), and why.
+    pub parked: Option<String>,
+    pub last_ok_wall: Option<u64>,
+    /// The first failure since the last success (or since start, before any success).
+    failing_since: Option<u64>,
+    last_activity: u64,
+    pub last_error: Option<String>,
+    pub last_error_wall: Option<u64>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Unhealthy when last evaluated, and since when (monotonic), for one warning per episode.
+    unhealthy_since: Option<u64>,
+}
+
+impl ChannelHealth {
+    pub fn new(kind: &str, heartbeats: bool, now: Now) -> ChannelHealth {
+        ChannelHealth {
+            kind: kind.to_string(),
+            heartbeats,
+            connected: false,
+            parked: None,
+            last_ok_wall: None,
+            failing_since: heartbeats.then_some(now.mono_ms),
+            last_activity: now.mono_ms,
+            last_error: None,
+            last_error_wall: None,
+            messages_in: 0,
+            messages_out: 0,
+            unhealthy_since: None,
+        }
+    }
+
+    /// The loop succeeded (a poll came back, the server is listening).
+    pub fn ok(&mut self, now: Now) {
+        self.connected = true;
+        self.last_ok_wall = Some(now.wall_ms);
+        self.failing_since = None;
+        self.last_activity = now.mono_ms;
+    }
+
+    /// The loop failed; returns true for the first failure after a success (worth a warning;
+    /// the rest of the streak is detail).
+    pub fn failed(&mut self, now: Now, error: &str) -> bool {
+        let first = self.connected || self.last_error.as_deref() != Some(error);
+        self.connected = false;
+        self.failing_since.get_or_insert(now.mono_ms);
+        self.last_activity = now.mono_ms;
+        self.note_error(now, error);
+        first
+    }
+
+    /// A send failed: worth showing, but the channel still hears.
+    pub fn note_error(&mut self, now: Now, error: &str) {
+        self.last_error = Some(error.to_string());
+        self.last_error_wall = Some(now.wall_ms);
+    }
+
+    pub fn park(&mut self, now: Now, reason: &str) {
+        self.connected = false;
+        self.parked = Some(reason.to_string());
+        self.note_error(now, reason);
+    }
+
+    /// The watchdog rule: parked, failing for longer than `bound`, or silent for longer than
+    /// `max(bound, SILENCE_LIMIT)` is unhealthy. Returns why, or `None` when healthy.
+    pub fn problem(&self, now: Now, bound: Duration) -> Option<String> {
+        if let Some(reason) = &self.parked {
+            return Some(format!("parked: {reason}"));
+        }
+        if !self.heartbeats {
+            return (!self.connected).then(|| self.last_error.clone().unwrap_or_else(|| "not connected".into()));
+        }
+        let bound_ms = bound.as_millis() as u64;
+        if let Some(since) = self.failing_since {
+            let for_ms = now.mono_ms.saturating_sub(since);
+            if for_ms >= bound_ms {
+                let what = if self.last_ok_wall.is_some() { "no successful poll" } else { "not connected" };
+                let error = self.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+                return Some(format!("{what} for {}{error}", format_duration(for_ms / 1000)));
+            }
+        }
+        let silence_ms = bound_ms.max(SILENCE_LIMIT.as_millis() as u64);
+        let quiet = now.mono_ms.saturating_sub(self.last_activity);
+        (quiet >= silence_ms).then(|| format!("its loop has reported nothing for {}", format_duration(quiet / 1000)))
+    }
+
+    /// Look again; returns a change worth one log line.
+    pub fn evaluate(&mut self, now: Now, bound: Duration) -> Option<Change> {
+        match (self.problem(now, bound), self.unhealthy_since) {
+            (Some(why), None) => {
+                self.unhealthy_since = Some(now.mono_ms);
+                Some(Change::BecameUnhealthy { why })
+            }
+            (None, Some(since)) => {
+                self.unhealthy_since = None;
+                Some(Change::BecameHealthy { after_ms: now.mono_ms.saturating_sub(since) })
+            }
+            _ => None,
+        }
+    }
+
+    /// One word for people: `ok`, `connecting`, `retrying`, `unhealthy`, `parked`.
+    pub fn state(&self, now: Now, bound: Duration) -> &'static str {
+        match (self.parked.is_some(), self.problem(now, bound).is_some(), self.connected, self.last_ok_wall) {
+            (true, ..) => "parked",
+            (_, true, ..) => "unhealthy",
+            (_, _, true, _) => "ok",
+            (_, _, false, None) => "connecting",
+            (_, _, false, Some(_)) => "retrying",
+        }
+    }
+
+    pub fn snapshot(&self, now: Now, bound: Duration, extra: ChannelExtra) -> ChannelStatus {
+        ChannelStatus {
+            kind: self.kind.clone(),
+            state: self.state(now, bound).to_string(),
+            healthy: self.problem(now, bound).is_none(),
+            connected: self.connected,
+            problem: self.problem(now, bound),
+            last_ok_at: self.last_ok_wall,
+            last_error: self.last_error.clone(),
+            last_error_at: self.last_error_wall,
+            messages_in: self.messages_in,
+            messages_out: self.messages_out,
+            sessions: extra.sessions,
+            pending_pairing: extra.pending_pairing,
+            journal_pending: extra.journal_pending,
+        }
+    }
+}
+
+/// What the status needs from outside a channel's health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelExtra {
+    pub sessions: usize,
+    pub pending_pairing: usize,
+    pub journal_pending: usize,
+}
+
+/// The shared handle through which a channel's threads report.
+#[derive(Debug, Clone)]
+pub struct Probe(Arc<Mutex<ChannelHealth>>);
+
+impl Probe {
+    pub fn new(kind: &str, heartbeats: bool) -> Probe {
+        Probe(Arc::new(Mutex::new(ChannelHealth::new(kind, heartbeats, Now::read()))))
+    }
+
+    /// Run `f` on the health under the lock, with the current time.
+    pub fn with<T>(&self, f: impl FnOnce(&mut ChannelHealth, Now) -> T) -> T {
+        let mut health = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut health, Now::read())
+    }
+
+    pub fn ok(&self) {
+        self.with(|h, now| h.ok(now));
+    }
+
+    /// See [`ChannelHealth::failed`].
+    pub fn failed(&self, error: &str) -> bool {
+        self.with(|h, now| h.failed(now, error))
+    }
+
+    pub fn note_error(&self, error: &str) {
+        self.with(|h, now| h.note_error(now, error));
+    }
+
+    pub fn park(&self, reason: &str) {
+        self.with(|h, now| h.park(now, reason));
+    }
+
+    pub fn received(&self) {
+        self.with(|h, _| h.messages_in += 1);
+    }
+
+    pub fn sent(&self) {
+        self.with(|h, _| h.messages_out += 1);
+    }
+}
+
+/// `status.json`: what the running service publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    pub pid: u32,
+    /// `starting`, `running`, `stopping`, `stopped`.
+    pub state: String,
+    /// Unix ms.
+    pub started_at: u64,
+    /// Unix ms; the service rewrites the file on every change and at least every 30 s.
+    pub updated_at: u64,
+    pub channels: BTreeMap<String, ChannelStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub state: String,
+    pub healthy: bool,
+    pub connected: bool,
+    /// Why it is unhealthy.
+    pub problem: Option<String>,
+    /// Unix ms of the last successful poll or frame.
+    pub last_ok_at: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub sessions: usize,
+    pub pending_pairing: usize,
+    /// Journaled messages not yet answered.
+    pub journal_pending: usize,
+}
+
+impl ServiceStatus {
+    /// The same status apart from the time it was written (to publish on change only).
+    pub fn same_as(&self, other: &ServiceStatus) -> bool {
+        ServiceStatus { updated_at: 0, ..self.clone() } == ServiceStatus { updated_at: 0, ..other.clone() }
+    }
+}
+
+/// Live pairing requests in a `<channel>-pairing.json` (a JSON array of requests with
+/// `createdAt` in unix ms); 0 when the file is absent or not readable.
+pub fn count_live_pairing(text: &str, now_wall_ms: u64) -> usize {
+    let Ok(Value::Array(requests)) = serde_json::from_str::<Value>(text) else { return 0 };
+    requests
+        .iter()
+        .filter_map(|r| r.get("createdAt").and_then(Value::as_u64))
+        .filter(|created| now_wall_ms.saturating_sub(*created) < PAIRING_TTL_MS)
+        .count()
+}
+
+/// Uptime as the reference prints it: `2d 3h 4m`, `3h 4m`, `4m 5s`, `5s`.
+pub fn format_uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
+}
+
+/// A short duration for messages: `45s`, `2m 5s`, `3h 4m`.
+pub fn format_duration(secs: u64) -> String {
+    format_uptime(secs)
+}
+
+fn ago(then_ms: Option<u64>, now_ms: u64) -> String {
+    match then_ms {
+        Some(t) => format!("{} ago", format_duration(now_ms.saturating_sub(t) / 1000)),
+        None => "never".to_string(),
+    }
+}
+
+/// What `tether status` prints for a running service.
+pub fn render(pid: u32, status: Option<&ServiceStatus>, now_wall_ms: u64) -> String {
+    let mut out = format!("Channel service: running (PID {pid})\n");
+    let Some(status) = status else {
+        out.push_str("Status:          not published yet (status.json missing: is it still starting?)\n");
+        return out;
+    };
+    let uptime = format_uptime(now_wall_ms.saturating_sub(status.started_at) / 1000);
+    out.push_str(&format!("Uptime:          {uptime}\n"));
+    let age = now_wall_ms.saturating_sub(status.updated_at) / 1000;
+    let stale = if age > 90 { " (stale: the service may be stuck)" } else { "" };
+    out.push_str(&format!("State:           {} (updated {} ago{stale})\n\n", status.state, format_duration(age)));
+    let width = status.channels.keys().map(|n| n.len() + 2).max().unwrap_or(0).max(15);
+    out.push_str(&format!(
+        "{:<width$}{:<11}{:<14}{:>6}{:>6}{:>10}{:>9}{:>9}\n",
+        "Channel", "State", "Last OK", "In", "Out", "Sessions", "Pairing", "Pending"
+    ));
+    out.push_str(&format!("{}\n", "-".repeat(width + 11 + 14 + 6 + 6 + 10 + 9 + 9)));
+    for (name, c) in &status.channels {
+        out.push_str(&format!(
+            "{name:<width$}{:<11}{:<14}{:>6}{:>6}{:>10}{:>9}{:>9}\n",
+            c.state,
+            ago(c.last_ok_at, now_wall_ms),
+            c.messages_in,
+            c.messages_out,
+            c.sessions,
+            c.pending_pairing,
+            c.journal_pending
+        ));
+        if let Some(problem) = &c.problem {
+            out.push_str(&format!("  {name}: {problem}\n"));
+        } else if let Some(error) = &c.last_error {
+            out.push_str(&format!("  {name}: last error {}: {error}\n", ago(c.last_error_at, now_wall_ms)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUND: Duration = Duration::from_secs(120);
+
+    fn at(secs: u64) -> Now {
+        Now { mono_ms: secs * 1000, wall_ms: 1_700_000_000_000 + secs * 1000 }
+    }
+
+    /// Events: "ok", "fail", "park", "quiet" (no report); each at its second.
+    fn drive(heartbeats: bool, events: &[(u64, &str)], look_at: u64) -> (Option<String>, &'static str) {
+        let mut h = ChannelHealth::new("telegram", heartbeats, at(0));
+        for (secs, event) in events {
+            match *event {
+                "ok" => h.ok(at(*secs)),
+                "fail" => {
+                    h.failed(at(*secs), "HTTP 502: Bad Gateway");
+                }
+                "park" => h.park(at(*secs), "token rejected"),
+                _ => {}
+            }
+        }
+        (h.problem(at(look_at), BOUND), h.state(at(look_at), BOUND))
+    }
+
+    #[test]
+    fn watchdog_rule() {
+        type Case = (bool, Vec<(u64, &'static str)>, u64, Option<&'static str>, &'static str);
+        let cases: Vec<Case> = vec![
+            (true, vec![], 10, None, "connecting"),
+            (true, vec![], 120, Some("not connected for 2m 0s"), "unhealthy"),
+            (true, vec![(1, "ok")], 60, None, "ok"),
+            (true, vec![(1, "ok"), (30, "ok"), (60, "ok")], 150, None, "ok"),
+            (true, vec![(1, "ok"), (10, "fail")], 100, None, "retrying"),
+            (
+                true,
+                vec![(1, "ok"), (10, "fail"), (70, "fail"), (125, "fail")],
+                130,
+                Some("no successful poll for 2m 0s; last error: HTTP 502: Bad Gateway"),
+                "unhealthy",
+            ),
+            (true, vec![(1, "ok"), (10, "fail"), (100, "ok")], 200, None, "ok"),
+            // Silence: no report at all for max(bound, 90 s) (a stuck loop) is unhealthy too.
+            (true, vec![(1, "ok")], 100, None, "ok"),
+            (true, vec![(1, "ok")], 121, Some("its loop has reported nothing for 2m 0s"), "unhealthy"),
+            (true, vec![(1, "ok"), (2, "park")], 3, Some("parked: token rejected"), "parked"),
+            // A channel without heartbeats is healthy while connected, whatever the silence.
+            (false, vec![(1, "ok")], 10_000, None, "ok"),
+            (false, vec![], 5, Some("not connected"), "unhealthy"),
+        ];
+        for (heartbeats, events, look_at, problem, state) in cases {
+            let got = drive(heartbeats, &events, look_at);
+            assert_eq!((got.0.as_deref(), got.1), (problem, state), "{events:?} at {look_at}");
+        }
+    }
+
+    #[test]
+    fn one_warning_per_episode() {
+        let mut h = ChannelHealth::new("telegram", true, at(0));
+        h.ok(at(1));
+        let mut changes = Vec::new();
+        for secs in 2..400 {
+            if (10..300).contains(&secs) {
+                h.failed(at(secs), "HTTP 502");
+            }
+            if secs == 300 {
+                h.ok(at(secs));
+            }
+            changes.extend(h.evaluate(at(secs), BOUND));
+        }
+        assert_eq!(
+            changes,
+            vec![
+                Change::BecameUnhealthy { why: "no successful poll for 2m 0s; last error: HTTP 502".into() },
+                Change::BecameHealthy { after_ms: 170_000 },
+            ]
+        );
+    }
+
+    #[test]
+    fn first_failure_of_a_streak_is_flagged() {
+        let mut h = ChannelHealth::new("telegram", true, at(0));
+        h.ok(at(1));
+        let flags: Vec<bool> =
+            ["a", "a", "a", "b", "b"].iter().enumerate().map(|(i, e)| h.failed(at(2 + i as u64), e)).collect();
+        assert_eq!(flags, vec![true, false, false, true, false]);
+        h.ok(at(10));
+        assert!(h.failed(at(11), "b"));
+    }
+
+    #[test]
+    fn uptime_formats() {
+        for (secs, text) in
+            [(0, "0s"), (59, "59s"), (60, "1m 0s"), (3599, "59m 59s"), (3600, "1h 0m"), (90_061, "1d 1h 1m")]
+        {
+            assert_eq!(format_uptime(secs), text);
+        }
+    }
+
+    #[test]
+    fn live_pairing_requests_are_counted() {
+        let now = 10_000_000;
+        let text = format!(
+            r#"[{{"senderId": "1", "code": "A", "createdAt": {}}}, {{"senderId": "2", "code": "B", "createdAt": {}}}, {{"senderId": "3"}}]"#,
+            now - 1000,
+            now - PAIRING_TTL_MS
+        );
+        assert_eq!(count_live_pairing(&text, now), 1);
+        assert_eq!(count_live_pairing("not json", now), 0);
+        assert_eq!(count_live_pairing("{}", now), 0);
+    }
+
+    #[test]
+    fn status_json_round_trips_and_renders() {
+        let mut h = ChannelHealth::new("telegram", true, at(0));
+        h.ok(at(5));
+        h.messages_in = 3;
+        h.messages_out = 2;
+        let extra = ChannelExtra { sessions: 1, pending_pairing: 0, journal_pending: 1 };
+        let status = ServiceStatus {
+            pid: 42,
+            state: "running".into(),
+            started_at: at(0).wall_ms,
+            updated_at: at(10).wall_ms,
+            channels: BTreeMap::from([("phone".to_string(), h.snapshot(at(10), BOUND, extra))]),
+        };
+        let text = serde_json::to_string(&status).unwrap();
+        assert!(text.contains(r#""type":"telegram""#) && text.contains(r#""lastOkAt":1700000005000"#), "{text}");
+        assert_eq!(serde_json::from_str::<ServiceStatus>(&text).unwrap(), status);
+        let shown = render(42, Some(&status), at(75).wall_ms);
+        assert!(shown.starts_with("Channel service: running (PID 42)\nUptime:          1m 15s\n"), "{shown}");
+        assert!(shown.contains("phone          ok         1m 10s ago"), "{shown}");
+        let later = ServiceStatus { updated_at: 1, ..status.clone() };
+        assert!(later.same_as(&status));
+        assert!(render(42, Some(&status), at(200).wall_ms).contains("stale"));
+    }
+}

@@ -1,0 +1,599 @@
+//! The inbound journal: every message a channel takes from its platform is appended (and
+//! fsynced) to `<home>/journal/<channel>.jsonl` before the platform's offset or ack moves past
+//! it, and stays there until its answer is delivered. After a crash, `kill -9` or a power cut,
+//! the messages still pending are processed once at start; a message the journal already
+//! knows (the platform sending it again) is not processed twice.
+//!
+//! The file is append-only JSON lines: `{"m": <message>, "t": <sent at, unix ms>}` for a
+//! message, `{"done": {"chat": …, "id": …}}` when it was answered. It is rewritten with only
+//! the pending messages when answered lines pile up, so it stays small. A torn last line (power
+//! cut mid-write) is skipped on load. [`Ledger`] is the pure content; [`Journal`] adds the file.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::event::{Attachment, AttachmentKind, InboundMessage, MessageRef};
+
+/// Answered messages remembered after compaction, for deduplication.
+const RECENT_DONE: usize = 1024;
+/// Compact when the file holds this many lines more than the pending messages need.
+const COMPACT_SLACK: usize = 256;
+
+/// One journaled message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub message: InboundMessage,
+    /// When the person sent it (the platform's date), else when it was journaled; unix ms.
+    pub sent_at_ms: u64,
+}
+
+/// The journal's content: pending messages in arrival order, and which were answered.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    pending: BTreeMap<u64, JournalEntry>,
+    index: HashMap<MessageRef, u64>,
+    done: HashSet<MessageRef>,
+    done_order: VecDeque<MessageRef>,
+    next_seq: u64,
+    /// Lines the file holds (valid or not).
+    lines: usize,
+}
+
+impl Ledger {
+    /// Rebuild from the file's text; also returns how many lines could not be read.
+    pub fn load(text: &str) -> (Ledger, usize) {
+        let mut ledger = Ledger::default();
+        let mut skipped = 0;
+        let mut count = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            count += 1;
+            let Ok(value) = serde_json::from_str::<Value>(line) else {
+                skipped += 1;
+                continue;
+            };
+            if let Some(done) = value.get("done") {
+                match reference_from_json(done) {
+                    Some(r) => {
+                        ledger.settle(&r);
+                    }
+                    None => skipped += 1,
+                }
+            } else if let Some(entry) = entry_from_json(&value) {
+                ledger.add(entry);
+            } else {
+                skipped += 1;
+            }
+        }
+        ledger.lines = count;
+        (ledger, skipped)
+    }
+
+    /// Whether the message is pending or was answered (recently).
+    pub fn knows(&self, r: &MessageRef) -> bool {
+        self.index.contains_key(r) || self.done.contains(r)
+    }
+
+    /// Add a message; returns the line to append (the ledger counts it as written), or `None`
+    /// when it is already known (or has no id, so it cannot be journaled).
+    pub fn add(&mut self, entry: JournalEntry) -> Option<String> {
+        let r = entry.message.reference()?;
+        if self.knows(&r) {
+            return None;
+        }
+        let line = json!({"m": message_to_json(&entry.message), "t": entry.sent_at_ms}).to_string();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.index.insert(r, seq);
+        self.pending.insert(seq, entry);
+        self.lines += 1;
+        Some(line)
+    }
+
+    /// Undo [`Ledger::add`] whose line could not be written.
+    fn forget(&mut self, r: &MessageRef) {
+        if let Some(seq) = self.index.remove(r) {
+            self.pending.remove(&seq);
+            self.lines = self.lines.saturating_sub(1);
+        }
+    }
+
+    /// Mark a message answered; returns the line to append, or `None` when it was not pending.
+    pub fn settle(&mut self, r: &MessageRef) -> Option<String> {
+        let seq = self.index.remove(r)?;
+        self.pending.remove(&seq);
+        self.done.insert(r.clone());
+        self.done_order.push_back(r.clone());
+        self.lines += 1;
+        Some(json!({"done": {"chat": r.chat_id, "id": r.message_id}}).to_string())
+    }
+
+    /// Pending messages, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &JournalEntry> {
+        self.pending.values()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn get(&self, r: &MessageRef) -> Option<&JournalEntry> {
+        self.index.get(r).and_then(|seq| self.pending.get(seq))
+    }
+
+    pub fn needs_compaction(&self) -> bool {
+        self.lines > self.pending.len() + COMPACT_SLACK
+    }
+
+    /// The text of a compacted file (pending messages only); the ledger now counts its lines.
+    /// Answered messages are still remembered in memory (the most recent ones) for dedup.
+    pub fn compacted(&mut self) -> String {
+        let mut text = String::new();
+        for entry in self.pending.values() {
+            text.push_str(&json!({"m": message_to_json(&entry.message), "t": entry.sent_at_ms}).to_string());
+            text.push('\n');
+        }
+        self.lines = self.pending.len();
+        while self.done_order.len() > RECENT_DONE {
+            if let Some(old) = self.done_order.pop_front() {
+                self.done.remove(&old);
+            }
+        }
+        text
+    }
+}
+
+/// One channel's journal file, shared by its poll thread (appends), its sender thread (marks
+/// answers delivered) and the daemon (replay, status).
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    channel: String,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ledger: Ledger,
+    file: File,
+    /// Bytes in the file: a failed append is cut back to this, so no torn line stays behind.
+    len: u64,
+}
+
+impl Journal {
+    /// Open (creating `<home>/journal/`) and load the journal of `channel`, compacting it.
+    pub fn open(home: &Path, channel: &str) -> Result<Journal, Error> {
+        let dir = home.join("journal");
+        crate::service::create_private_dir(&dir).map_err(|source| Error::File {
+            path: dir.clone(),
+            action: "create",
+            source,
+        })?;
+        let path = dir.join(format!("{channel}.jsonl"));
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(Error::File { path, action: "read", source }),
+        };
+        let (mut ledger, skipped) = Ledger::load(&text);
+        if skipped > 0 {
+            log::warn!(target: channel, "journal {}: skipped {skipped} unreadable line(s) (a write cut short?)", path.display());
+        }
+        if ledger.pending_count() > 0 {
+            log::info!(target: channel, "journal: {} message(s) not yet answered", ledger.pending_count());
+        }
+        let compacted = ledger.compacted();
+        crate::service::write_file_atomic(&path, compacted.as_bytes()).map_err(|source| Error::File {
+            path: path.clone(),
+            action: "write",
+            source,
+        })?;
+        let file = open_append(&path).map_err(|source| Error::File { path: path.clone(), action: "open", source })?;
+        let len = compacted.len() as u64;
+        Ok(Journal { path, channel: channel.to_string(), inner: Mutex::new(Inner { ledger, file, len }) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Journal a batch (one write, one fsync); returns the messages that were new, in order.
+    /// On error nothing of the batch is kept: the caller must not move its offset.
+    pub fn record(&self, entries: Vec<JournalEntry>) -> io::Result<Vec<InboundMessage>> {
+        let mut inner = self.lock();
+        let mut text = String::new();
+        let mut fresh = Vec::new();
+        let mut added = Vec::new();
+        for entry in entries {
+            let message = entry.message.clone();
+            match inner.ledger.add(entry) {
+                Some(line) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                    added.extend(message.reference());
+                    fresh.push(message);
+                }
+                None => {
+                    if message.reference().is_none() {
+                        fresh.push(message); // No id: cannot be journaled, pass it on.
+                    } else {
+                        log::debug!(target: self.channel.as_str(), "message {:?} in {} is already journaled; skipped", message.message_id, message.chat_id);
+                    }
+                }
+            }
+        }
+        if text.is_empty() {
+            return Ok(fresh);
+        }
+        if let Err(e) = append(&mut inner, text.as_bytes()) {
+            for r in &added {
+                // Forget them again, so that the platform's retry is taken as new.
+                inner.ledger.forget(r);
+            }
+            return Err(e);
+        }
+        Ok(fresh)
+    }
+
+    /// Mark messages answered (fsynced), and compact the file when it has grown.
+    pub fn settle(&self, refs: &[MessageRef]) -> io::Result<()> {
+        let mut inner = self.lock();
+        let mut text = String::new();
+        for r in refs {
+            if let Some(line) = inner.ledger.settle(r) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if text.is_empty() {
+            return Ok(());
+        }
+        append(&mut inner, text.as_bytes())?;
+        if inner.ledger.needs_compaction() {
+            let compacted = inner.ledger.compacted();
+            crate::service::write_file_atomic(&self.path, compacted.as_bytes())?;
+            inner.file = open_append(&self.path)?;
+            inner.len = compacted.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Pending messages, oldest first.
+    pub fn pending(&self) -> Vec<JournalEntry> {
+        self.lock().ledger.pending().cloned().collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.lock().ledger.pending_count()
+    }
+
+    /// When a pending message was sent (unix ms).
+    pub fn sent_at(&self, r: &MessageRef) -> Option<u64> {
+        self.lock().ledger.get(r).map(|e| e.sent_at_ms)
+    }
+}
+
+/// Whether a message sent at `sent_at_ms` is too old for a turn at `now_ms` (unix ms). A clock
+/// that went backwards makes nothing stale.
+pub fn is_stale(sent_at_ms: u64, now_ms: u64, max_age: Duration) -> bool {
+    now_ms.saturating_sub(sent_at_ms) > max_age.as_millis() as u64
+}
+
+/// The one notice a message too old for a turn gets instead of an answer.
+pub fn stale_notice(text: &str, age_ms: u64, max_age: Duration) -> String {
+    const SHOWN: usize = 60;
+    let mut quoted: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(SHOWN).collect();
+    if text.chars().count() > SHOWN {
+        quoted.push('…');
+    }
+    format!(
+        "Your message \"{quoted}\" reached me {} after you sent it (tether was not running), which is more than \
+         {} (maxBacklogAge), so it was not passed to the agent. Send it again if it still matters.",
+        crate::health::format_duration(age_ms / 1000),
+        crate::health::format_duration(max_age.as_secs())
+    )
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
+}
+
+/// Append and fsync; on failure cut the file back so no partial line remains.
+fn append(inner: &mut Inner, bytes: &[u8]) -> io::Result<()> {
+    let result = inner.file.write_all(bytes).and_then(|()| inner.file.sync_data());
+    match result {
+        Ok(()) => {
+            inner.len += bytes.len() as u64;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = inner.file.set_len(inner.len);
+            Err(e)
+        }
+    }
+}
+
+fn message_to_json(m: &InboundMessage) -> Value {
+    json!({
+        "channel": m.channel,
+        "senderId": m.sender_id,
+        "senderName": m.sender_name,
+        "chatId": m.chat_id,
+        "threadId": m.thread_id,
+        "messageId": m.message_id,
+        "isGroup": m.is_group,
+        "isMentioned": m.is_mentioned,
+        "isReplyToBot": m.is_reply_to_bot,
+        "text": m.text,
+        "quotedText": m.quoted_text,
+        "attachments": m.attachments.iter().map(|a| json!({
+            "kind": kind_name(a.kind),
+            "path": a.path.to_string_lossy(),
+            "fileName": a.file_name,
+            "mimeType": a.mime_type,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn kind_name(kind: AttachmentKind) -> &'static str {
+    match kind {
+        AttachmentKind::Image => "image",
+        AttachmentKind::File => "file",
+        AttachmentKind::Audio => "audio",
+        AttachmentKind::Video => "video",
+    }
+}
+
+fn entry_from_json(value: &Value) -> Option<JournalEntry> {
+    let m = value.get("m")?;
+    let text = |key: &str| m.get(key).and_then(Value::as_str).map(str::to_string);
+    let flag = |key: &str| m.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let attachments = m
+        .get("attachments")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|a| {
+                    let kind = match a.get("kind")?.as_str()? {
+                        "image" => AttachmentKind::Image,
+                        "audio" => AttachmentKind::Audio,
+                        "video" => AttachmentKind::Video,
+                        _ => AttachmentKind::File,
+                    };
+                    Some(Attachment {
+                        kind,
+                        path: PathBuf::from(a.get("path")?.as_str()?),
+                        file_name: a.get("fileName")?.as_str()?.to_string(),
+                        mime_type: a.get("mimeType")?.as_str()?.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let message = InboundMessage {
+        channel: text("channel")?,
+        sender_id: text("senderId")?,
+        sender_name: text("senderName").unwrap_or_default(),
+        chat_id: text("chatId")?,
+        thread_id: text("threadId"),
+        message_id: Some(text("messageId")?),
+        is_group: flag("isGroup"),
+        is_mentioned: flag("isMentioned"),
+        is_reply_to_bot: flag("isReplyToBot"),
+        text: text("text").unwrap_or_default(),
+        quoted_text: text("quotedText"),
+        attachments,
+    };
+    Some(JournalEntry { message, sent_at_ms: value.get("t").and_then(Value::as_u64).unwrap_or(0) })
+}
+
+fn reference_from_json(value: &Value) -> Option<MessageRef> {
+    Some(MessageRef {
+        chat_id: value.get("chat")?.as_str()?.to_string(),
+        message_id: value.get("id")?.as_str()?.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(chat: &str, id: &str, text: &str) -> JournalEntry {
+        JournalEntry {
+            message: InboundMessage {
+                channel: "phone".into(),
+                sender_id: "111".into(),
+                sender_name: "Ada L".into(),
+                chat_id: chat.into(),
+                message_id: Some(id.into()),
+                is_mentioned: true,
+                text: text.into(),
+                ..Default::default()
+            },
+            sent_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn r(chat: &str, id: &str) -> MessageRef {
+        MessageRef { chat_id: chat.into(), message_id: id.into() }
+    }
+
+    fn pending_texts(ledger: &Ledger) -> Vec<String> {
+        ledger.pending().map(|e| e.message.text.clone()).collect()
+    }
+
+    /// Apply (op, chat, id) steps; return the file text they produce.
+    fn run(ledger: &mut Ledger, steps: &[(&str, &str, &str)]) -> String {
+        let mut text = String::new();
+        for (op, chat, id) in steps {
+            let line = match *op {
+                "add" => ledger.add(msg(chat, id, &format!("{chat}/{id}"))),
+                "done" => ledger.settle(&r(chat, id)),
+                _ => unreachable!(),
+            };
+            if let Some(line) = line {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn replay_keeps_unanswered_messages_in_arrival_order() {
+        type Steps = Vec<(&'static str, &'static str, &'static str)>;
+        let cases: Vec<(Steps, Vec<&str>)> = vec![
+            (vec![], vec![]),
+            (vec![("add", "1", "10")], vec!["1/10"]),
+            (vec![("add", "1", "10"), ("done", "1", "10")], vec![]),
+            (vec![("add", "2", "5"), ("add", "1", "9"), ("add", "2", "6")], vec!["2/5", "1/9", "2/6"]),
+            (vec![("add", "2", "5"), ("add", "1", "9"), ("done", "2", "5")], vec!["1/9"]),
+            // The same id in another chat is another message.
+            (vec![("add", "1", "7"), ("add", "2", "7"), ("done", "1", "7")], vec!["2/7"]),
+            // Settling an unknown message writes nothing and changes nothing.
+            (vec![("done", "9", "9"), ("add", "1", "1")], vec!["1/1"]),
+        ];
+        for (steps, expected) in cases {
+            let mut ledger = Ledger::default();
+            let text = run(&mut ledger, &steps);
+            assert_eq!(pending_texts(&ledger), expected, "{steps:?}");
+            let (replayed, skipped) = Ledger::load(&text);
+            assert_eq!(skipped, 0);
+            assert_eq!(pending_texts(&replayed), expected, "replayed {steps:?}");
+        }
+    }
+
+    #[test]
+    fn a_known_message_is_not_journaled_twice() {
+        let mut ledger = Ledger::default();
+        assert!(ledger.add(msg("1", "10", "a")).is_some());
+        // The platform sends it again (offset not yet moved): pending → skipped.
+        assert!(ledger.add(msg("1", "10", "a again")).is_none());
+        assert!(ledger.settle(&r("1", "10")).is_some());
+        // Answered → still skipped, even after compaction.
+        assert!(ledger.add(msg("1", "10", "a again")).is_none());
+        ledger.compacted();
+        assert!(ledger.add(msg("1", "10", "a again")).is_none());
+        assert!(ledger.settle(&r("1", "10")).is_none(), "answered twice");
+        // A message without an id cannot be journaled.
+        let mut no_id = msg("1", "11", "x");
+        no_id.message.message_id = None;
+        assert!(ledger.add(no_id).is_none());
+        assert_eq!(ledger.pending_count(), 0);
+    }
+
+    #[test]
+    fn replay_dedups_answers_across_restarts() {
+        let mut ledger = Ledger::default();
+        let text = run(&mut ledger, &[("add", "1", "10"), ("done", "1", "10"), ("add", "1", "11")]);
+        let (mut replayed, _) = Ledger::load(&text);
+        assert!(replayed.add(msg("1", "10", "again")).is_none());
+        assert!(replayed.add(msg("1", "11", "again")).is_none());
+        assert!(replayed.add(msg("1", "12", "new")).is_some());
+    }
+
+    #[test]
+    fn torn_and_foreign_lines_are_skipped() {
+        let mut ledger = Ledger::default();
+        let mut text = run(&mut ledger, &[("add", "1", "10"), ("add", "1", "11")]);
+        text.push_str("{\"done\": {\"chat\": \"1\"}}\n{\"x\": 1}\nnot json\n{\"m\": {\"chatId\": \"1\", \"mess");
+        let (replayed, skipped) = Ledger::load(&text);
+        assert_eq!(skipped, 4);
+        assert_eq!(pending_texts(&replayed), vec!["1/10", "1/11"]);
+    }
+
+    #[test]
+    fn compaction_keeps_only_pending_and_is_due_when_answers_pile_up() {
+        let mut ledger = Ledger::default();
+        let ids: Vec<String> = (0..COMPACT_SLACK).map(|i| i.to_string()).collect();
+        let mut steps = vec![("add", "1", "first")];
+        for id in &ids {
+            steps.push(("add", "1", id.as_str()));
+            steps.push(("done", "1", id.as_str()));
+        }
+        let half = steps.len() / 2;
+        run(&mut ledger, &steps[..half]);
+        assert!(!ledger.needs_compaction());
+        run(&mut ledger, &steps[half..]);
+        assert!(ledger.needs_compaction());
+        ledger.settle(&r("1", "first"));
+        run(&mut ledger, &[("add", "1", "last")]);
+        let text = ledger.compacted();
+        assert!(!ledger.needs_compaction());
+        assert_eq!(text.lines().count(), 1);
+        let (replayed, _) = Ledger::load(&text);
+        assert_eq!(pending_texts(&replayed), vec!["1/last"]);
+    }
+
+    #[test]
+    fn a_message_round_trips_through_its_line() {
+        let mut entry = msg("-100", "55", "hello\nworld \u{1F600}");
+        entry.message.thread_id = Some("9".into());
+        entry.message.is_group = true;
+        entry.message.is_reply_to_bot = true;
+        entry.message.quoted_text = Some("earlier".into());
+        entry.message.attachments = vec![Attachment {
+            kind: AttachmentKind::Image,
+            path: PathBuf::from("/h/media/a.jpg"),
+            file_name: "a.jpg".into(),
+            mime_type: "image/jpeg".into(),
+        }];
+        let mut ledger = Ledger::default();
+        let line = ledger.add(entry.clone()).unwrap();
+        assert!(!line.contains('\n'));
+        let (replayed, _) = Ledger::load(&line);
+        assert_eq!(replayed.pending().cloned().collect::<Vec<_>>(), vec![entry]);
+    }
+
+    #[test]
+    fn staleness_and_its_notice() {
+        let day = Duration::from_secs(86_400);
+        let cases = [(0, 0, false), (0, 86_400_000, false), (0, 86_400_001, true), (5_000, 1_000, false)];
+        for (sent, now, stale) in cases {
+            assert_eq!(is_stale(sent, now, day), stale, "{sent} {now}");
+        }
+        let notice = stale_notice("please   deploy\nthe site", 2 * 86_400_000 + 3_600_000, day);
+        assert_eq!(
+            notice,
+            "Your message \"please deploy the site\" reached me 2d 1h 0m after you sent it (tether was not running), \
+             which is more than 1d 0h 0m (maxBacklogAge), so it was not passed to the agent. Send it again if it still matters."
+        );
+        assert!(stale_notice(&"x".repeat(100), 0, day).contains(&format!("\"{}…\"", "x".repeat(60))));
+    }
+
+    #[test]
+    fn journal_file_survives_reopen_and_stays_small() {
+        let dir = std::env::temp_dir().join(format!("tether-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let journal = Journal::open(&dir, "phone").unwrap();
+        let fresh = journal.record(vec![msg("1", "1", "a"), msg("1", "2", "b"), msg("1", "1", "a")]).unwrap();
+        assert_eq!(fresh.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        journal.settle(&[r("1", "1")]).unwrap();
+        drop(journal);
+        // As after kill -9: reopen, "b" is pending, "a" is known.
+        let journal = Journal::open(&dir, "phone").unwrap();
+        assert_eq!(journal.pending().iter().map(|e| e.message.text.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert!(journal.record(vec![msg("1", "2", "b")]).unwrap().is_empty());
+        for i in 10..(10 + 3 * COMPACT_SLACK) {
+            let id = i.to_string();
+            journal.record(vec![msg("1", &id, "x")]).unwrap();
+            journal.settle(&[r("1", &id)]).unwrap();
+        }
+        let lines = std::fs::read_to_string(journal.path()).unwrap().lines().count();
+        assert!(lines <= COMPACT_SLACK + 2, "{lines} lines");
+        assert_eq!(journal.pending_count(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
