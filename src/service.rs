@@ -174,14 +174,21 @@ impl ServiceClaim {
         let lock = match lock.try_lock() {
             Ok(()) => Some(lock),
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(match inspect(home) {
-                    PidFileState::Running(record) => already_running(&record),
-                    _ => Error::Other(format!(
-                        "another tether holds {} (its pid file is missing or being written); \
-                         use \"tether stop\", or wait a moment and try again",
-                        lock_path.display()
-                    )),
-                });
+                // The holder writes its pid file right after locking: give it a moment.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                loop {
+                    if let PidFileState::Running(record) = inspect(home) {
+                        return Err(already_running(&record));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Other(format!(
+                            "another tether holds {} but has not written {PID_FILE}; \
+                             use \"tether stop\", or wait a moment and try again",
+                            lock_path.display()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 log::warn!(target: "tether", "cannot lock {} ({e}); relying on the pid file alone", lock_path.display());
@@ -646,7 +653,7 @@ mod tests {
         assert_eq!(inspect(&home), PidFileState::Foreign(claim.record.clone()), "we read our own record as foreign");
         // A second claim in this process: the lock (per open file) says no.
         let err = ServiceClaim::take(&home, &[]).unwrap_err().to_string();
-        assert!(err.contains("another tether holds") || err.contains("already running"), "{err}");
+        assert!(err.contains("another tether holds") && err.contains("has not written"), "{err}");
         drop(claim);
         assert!(!home.join(PID_FILE).exists());
         let _ = std::fs::remove_dir_all(&home);

@@ -54,6 +54,10 @@ struct State {
     next_update_id: i64,
     next_message_id: i64,
     faults: Vec<(String, Fault)>,
+    /// Faults answered to every call of a method until cleared.
+    sticky: Vec<(String, Fault)>,
+    /// Bumped to make held polls return at once (empty).
+    wake: u64,
     /// Bumped by each getUpdates; a held poll that sees a newer one answers 409.
     poll_generation: u64,
     polls: u64,
@@ -114,6 +118,28 @@ impl FakeTelegram {
     /// Answer the next call of `method` with `fault`.
     pub fn fail_next(&self, method: &str, fault: Fault) {
         self.state.0.lock().unwrap().faults.push((method.to_string(), fault));
+    }
+
+    /// Answer every call of `method` with `fault` from now on (`None`: stop).
+    pub fn fail_all(&self, method: &str, fault: Option<Fault>) {
+        let mut st = self.state.0.lock().unwrap();
+        st.sticky.retain(|(m, _)| m != method);
+        if let Some(fault) = fault {
+            st.sticky.push((method.to_string(), fault));
+        }
+    }
+
+    /// End the poll being held now (it answers with no updates), so a fault set with
+    /// [`FakeTelegram::fail_all`] or [`FakeTelegram::fail_next`] is met by the next one.
+    pub fn interrupt_polls(&self) {
+        let (lock, cvar) = &*self.state;
+        lock.lock().unwrap().wake += 1;
+        cvar.notify_all();
+    }
+
+    /// Updates queued and not yet confirmed by a later offset.
+    pub fn unconfirmed(&self) -> usize {
+        self.state.0.lock().unwrap().updates.len()
     }
 
     /// Every call of `method` so far (faulted ones included).
@@ -180,7 +206,8 @@ fn handle(
     let fault = {
         let mut st = state.0.lock().unwrap();
         let pos = st.faults.iter().position(|(m, _)| m.eq_ignore_ascii_case(method));
-        pos.map(|i| st.faults.remove(i).1)
+        let sticky = st.sticky.iter().find(|(m, _)| m.eq_ignore_ascii_case(method)).map(|(_, f)| f.clone());
+        pos.map(|i| st.faults.remove(i).1).or(sticky)
     };
     match fault {
         Some(Fault::Status(code, body)) => return Reply::Json(code, body.to_string()),
@@ -215,6 +242,7 @@ fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {
     st.polls += 1;
     st.poll_generation += 1;
     let generation = st.poll_generation;
+    let wake = st.wake;
     cvar.notify_all();
     // Confirm everything below the offset.
     st.updates.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
@@ -222,6 +250,9 @@ fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {
     loop {
         if st.poll_generation != generation {
             return Reply::Json(409, Fault::conflict_body());
+        }
+        if st.wake != wake {
+            return ok(json!([]));
         }
         if !st.updates.is_empty() {
             let batch: Vec<Value> = st.updates.iter().take(100).cloned().collect();

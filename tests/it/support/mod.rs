@@ -69,18 +69,26 @@ pub struct Service {
 
 impl Service {
     pub fn start(home: &TempDir, args: &[&str]) -> Service {
-        Service::spawn(home, args, "debug")
+        Service::spawn(home, args, "debug", &[])
     }
 
-    fn spawn(home: &TempDir, args: &[&str], level: &str) -> Service {
-        let log = home.path().join("tether.log");
-        let log_file = std::fs::File::create(&log).unwrap();
+    /// Like [`Service::start`] with extra environment variables.
+    #[allow(dead_code)]
+    pub fn start_with_env(home: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Service {
+        Service::spawn(home, args, "debug", env)
+    }
+
+    fn spawn(home: &TempDir, args: &[&str], level: &str, env: &[(&str, &str)]) -> Service {
+        // Appended to, so the story of a restart in the same home stays in one file.
+        let log = home.path().join("tether-test.log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(tether_bin())
             .arg("start")
             .args(args)
             .arg("--home")
             .arg(home.path())
             .env("RUST_LOG", format!("{level},ureq=info,rustls=info"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -89,10 +97,24 @@ impl Service {
         Service { child, log }
     }
 
+    /// Send a signal (`TERM`, `HUP`, `KILL`, ...) with `kill`.
+    #[allow(dead_code)]
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// `kill -9`, and wait until the process is gone.
+    #[allow(dead_code)]
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     #[allow(dead_code)] // Used by the benchmark, which shares these helpers.
     /// Like [`Service::start`] with all channels, logging at info only (for the benchmark).
     pub fn start_quiet(home: &TempDir) -> Service {
-        Service::spawn(home, &[], "info")
+        Service::spawn(home, &[], "info", &[])
     }
 
     #[allow(dead_code)] // Used by the benchmark.
@@ -127,6 +149,12 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `status.json` of the service in `home`, if it was written and is readable.
+#[allow(dead_code)]
+pub fn read_status(home: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(home.join("status.json")).ok()?).ok()
 }
 
 /// Run `tether ARGS` to completion, at most 30 s.
