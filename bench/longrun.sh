@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Long-run check: LONGRUN_MESSAGES messages (default 10000) through tether against the fake
+# Bot API and the demo agent, with random faults (getUpdates 502/409/dropped, sendMessage
+# 502/429/dropped, agent crashes, clean restarts); prints the counts and fails unless every
+# message was answered exactly once. See bench/longrun.rs for the other LONGRUN_* knobs.
+# Usage: bench/longrun.sh            (release build)
+#        PROFILE=debug bench/longrun.sh   (no release build; slower, fine for a check)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${PROFILE:-release}"
+if [ "$profile" = release ]; then
+    cargo build --release --quiet
+    cargo build --release --quiet --example longrun
+    dir=target/release
+else
+    cargo build --quiet
+    cargo build --quiet --example longrun
+    dir=target/debug
+fi
+TETHER_BIN="$PWD/$dir/tether" "$dir/examples/longrun"
