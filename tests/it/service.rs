@@ -280,6 +280,12 @@ fn a_rejected_token_parks_the_channel_instead_of_retrying() {
     assert_eq!(errors, 1, "{log}");
     assert_eq!(log.matches("channel is unhealthy: parked").count(), 1, "{log}");
     assert!(service.log().contains("fix \"token\" of channel \"phone\""), "{}", service.log());
+    // A parked channel does not hold up a stop (SIGINT, as Ctrl+C).
+    let mut service = service;
+    service.signal("INT");
+    assert_eq!(service.wait_exit(Duration::from_secs(5)), Some(0), "{}", service.log());
+    assert!(service.log().contains("SIGINT: shutting down"));
+    assert!(!home.path().join("service.pid").exists());
 }
 
 #[test]
@@ -323,12 +329,31 @@ fn sighup_adds_a_channel_without_dropping_another_session() {
     let pid: Value = serde_json::from_str(&std::fs::read_to_string(home.path().join("service.pid")).unwrap()).unwrap();
     assert_eq!(pid["channels"], json!(["a", "b"]));
 
+    // b changes: b restarts (a new poller), a keeps its poller and session.
+    let mut b = channel(&fake_b);
+    b["allowedUsers"] = json!(["111", "222"]);
+    home.write_config(&json!({"agent": agent, "channels": {"a": channel(&fake_a), "b": b}}));
+    service.signal("HUP");
+    assert!(service.wait_for_log("config reloaded: added [], removed [], restarted [b]", WAIT), "{}", service.log());
+    fake_b.send_dm(222, "newly allowed");
+    assert_eq!(fake_b.next_text_to(222, WAIT).as_deref(), Some("echo: newly allowed"), "{}", service.log());
+    assert_eq!(fake_b.calls_of("getMe").len(), 2);
+    // b goes away: it stops polling; a carries on.
+    home.write_config(&json!({"agent": agent, "channels": {"a": channel(&fake_a)}}));
+    service.signal("HUP");
+    assert!(service.wait_for_log("config reloaded: added [], removed [b], restarted []", WAIT), "{}", service.log());
+    fake_a.send_dm(111, "three");
+    assert_eq!(fake_a.next_text_to(111, WAIT).as_deref(), Some("echo: three"));
+    let sent = std::fs::read_to_string(&capture).unwrap();
+    assert_eq!(sent.matches("\"session/new\"").count(), 3, "a kept its session throughout: {sent}");
+    assert_eq!(fake_a.calls_of("getMe").len(), 1);
+
     // A broken config changes nothing.
     std::fs::write(home.path().join("config.json"), "{ not json").unwrap();
     service.signal("HUP");
     assert!(service.wait_for_log("reload failed, keeping the running config", WAIT), "{}", service.log());
-    fake_b.send_dm(111, "still b");
-    assert_eq!(fake_b.next_text_to(111, WAIT).as_deref(), Some("echo: still b"));
+    fake_a.send_dm(111, "still a");
+    assert_eq!(fake_a.next_text_to(111, WAIT).as_deref(), Some("echo: still a"));
 }
 
 /// Stops a detached service when the test ends, however it ends.
