@@ -149,7 +149,8 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         }
         Command::Stop => Ok(crate::service::stop(&home_dir(opts)?)),
         Command::Status { json } => Ok(crate::service::status(&home_dir(opts)?, json)),
-        Command::Start { channels, detach: true, log_file } => {
+        // The channels named are in `args`, which the background process gets.
+        Command::Start { channels: _, detach: true, log_file } => {
             // Check the config here, so that its errors are shown, not buried in the log.
             let config = load_config(opts)?;
             let home = home_dir(opts)?;
@@ -161,7 +162,6 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             let log_file = log_file.unwrap_or_else(|| home.join("tether.log"));
             let slowest = config.agents.values().map(|a| a.startup_timeout).max().unwrap_or_default();
             let wait = (slowest + Duration::from_secs(15)).max(Duration::from_secs(30));
-            let _ = channels;
             crate::service::detach(args, &home, &log_file, wait)
         }
         Command::Start { channels, detach: false, log_file } => {

@@ -380,7 +380,7 @@ pub fn status(home: &Path, json: bool) -> i32 {
     let published = read_status(home).filter(|s| s.pid == record.pid);
     let now = health::wall_ms();
     if json {
-        let mut value = serde_json::json!({"running": true, "pid": record.pid, "startedAt": record.started_at});
+        let mut value = serde_json::json!({"running": true, "pid": record.pid});
         if let Some(status) = &published {
             let healthy = status.channels.values().all(|c| c.healthy);
             if let (Some(map), Ok(serde_json::Value::Object(fields))) =
