@@ -31,10 +31,18 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
     let mut outboxes: BTreeMap<String, Sender<Outbound>> = BTreeMap::new();
     let (_stop_tx, stop_rx) = bounded::<()>(0);
+    // Web chat servers stop when their handle is dropped: keep them for the life of the loop.
+    let mut web_servers = Vec::new();
     for channel in config.channels.values() {
         let (out_tx, out_rx) = unbounded();
         match channel.kind {
             ChannelKind::Telegram => adapters::telegram::spawn(channel, inbound_tx.clone(), out_rx, stop_rx.clone())?,
+            ChannelKind::Webchat => {
+                let server = adapters::webchat::spawn(channel, inbound_tx.clone(), out_rx)?;
+                log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
+                println!("{}: web chat on {}", channel.name, server.url());
+                web_servers.push(server);
+            }
             other => {
                 return Err(Error::Other(format!(
                     "{}: channel \"{}\": type {} is not available in this build yet",

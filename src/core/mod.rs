@@ -8,7 +8,7 @@ pub mod routing;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, Config};
+use crate::config::{ChannelConfig, ChannelKind, Config};
 use crate::event::{AgentEvent, AgentRequest, ChatRef, Inbound, InboundMessage, Outbound, SessionKey, TurnOutcome};
 
 /// Telegram drops "typing…" after 5 s; refresh a little before.
@@ -131,8 +131,14 @@ impl Core {
                 actions.push(say(&session.chat, format!("The agent could not start a conversation: {error}")));
             }
             AgentEvent::TextChunk { session_id, text } => {
-                if let Some(turn) = self.session_mut(&agent, &session_id).and_then(|s| s.turn.as_mut()) {
-                    turn.answer.push_str(&text);
+                let Some(key) = self.by_session_id.get(&(agent, session_id)) else { return };
+                let Some(session) = self.sessions.get_mut(key) else { return };
+                let Some(turn) = session.turn.as_mut() else { return };
+                turn.answer.push_str(&text);
+                // Channels that can show an answer as it grows get every draft.
+                if self.channels.get(&session.chat.channel).is_some_and(|c| c.kind == ChannelKind::Webchat) {
+                    actions
+                        .push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
                 }
             }
             AgentEvent::TurnEnded { session_id, outcome } => {
@@ -171,11 +177,6 @@ impl Core {
                 actions.push(Action::Send(Outbound::Typing { chat: session.chat.clone() }));
             }
         }
-    }
-
-    fn session_mut(&mut self, agent: &str, session_id: &str) -> Option<&mut Session> {
-        let key = self.by_session_id.get(&(agent.to_string(), session_id.to_string()))?;
-        self.sessions.get_mut(key)
     }
 }
 

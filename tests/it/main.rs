@@ -5,3 +5,4 @@ mod cli;
 mod support;
 mod telegram;
 mod tidy;
+mod webchat;
