@@ -8,8 +8,11 @@ pub mod routing;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, ChannelKind, Config};
-use crate::event::{AgentEvent, AgentRequest, ChatRef, Inbound, InboundMessage, Outbound, SessionKey, TurnOutcome};
+use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy};
+use crate::event::{
+    AgentEvent, AgentRequest, ChatRef, Inbound, InboundMessage, Outbound, PermissionKind, PermissionOutcome,
+    SessionKey, TurnOutcome,
+};
 
 /// Telegram drops "typing…" after 5 s; refresh a little before.
 pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
@@ -99,7 +102,11 @@ impl Core {
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
             actions.push(Action::Agent {
                 agent: agent.clone(),
-                request: AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone() },
+                request: AgentRequest::NewSession {
+                    key: key.clone(),
+                    cwd: channel.cwd.clone(),
+                    model: channel.model.clone(),
+                },
             });
             Session {
                 agent,
@@ -150,6 +157,36 @@ impl Core {
                     start_next_turn(channel, session, now, actions);
                 }
             }
+            AgentEvent::PermissionRequested { session_id, request, call, options } => {
+                let Some(key) = self.by_session_id.get(&(agent.clone(), session_id)) else {
+                    actions.push(Action::Agent {
+                        agent,
+                        request: AgentRequest::AnswerPermission { request, outcome: PermissionOutcome::Cancelled },
+                    });
+                    return;
+                };
+                let Some(session) = self.sessions.get(key) else { return };
+                let policy = self.channels.get(&session.chat.channel).map_or(PermissionPolicy::Deny, |c| c.permissions);
+                let pick = |kinds: &[PermissionKind]| {
+                    kinds.iter().find_map(|k| options.iter().find(|o| o.kind == *k)).map(|o| o.id.clone())
+                };
+                let (outcome, verdict) = match policy {
+                    PermissionPolicy::Allow => match pick(&[PermissionKind::AllowOnce]) {
+                        Some(id) => (PermissionOutcome::Selected(id), "allowed (permissions: allow)"),
+                        None => (PermissionOutcome::Cancelled, "refused: the agent offered no allow-once option"),
+                    },
+                    _ => match pick(&[PermissionKind::RejectOnce, PermissionKind::RejectAlways]) {
+                        Some(id) => (PermissionOutcome::Selected(id), "refused"),
+                        None => (PermissionOutcome::Cancelled, "refused"),
+                    },
+                };
+                log::info!(target: session.chat.channel.as_str(), "tool permission for {:?} {}", call.title, verdict);
+                actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
+            }
+            AgentEvent::ToolCall { .. }
+            | AgentEvent::Plan { .. }
+            | AgentEvent::Thought { .. }
+            | AgentEvent::ModeChanged { .. } => {}
             AgentEvent::Exited { reason } => {
                 // The agent's sessions died with it: tell whoever was waiting, forget them.
                 let keys: Vec<SessionKey> =

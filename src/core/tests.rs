@@ -73,7 +73,7 @@ fn chat(id: &str) -> ChatRef {
 fn new_session(key: &str) -> Action {
     Action::Agent {
         agent: DEFAULT_AGENT.into(),
-        request: AgentRequest::NewSession { key: key.into(), cwd: PathBuf::from("/work") },
+        request: AgentRequest::NewSession { key: key.into(), cwd: PathBuf::from("/work"), model: None },
     }
 }
 
