@@ -12,3 +12,5 @@ pub mod config;
 pub mod demo_agent;
 pub mod error;
 pub mod event;
+pub mod render;
+pub mod streamer;
