@@ -168,10 +168,8 @@ fn chunk_text(text: &str, limit: usize, units: Units, fence_aware: bool) -> Vec<
         }
         let budget = limit.saturating_sub(prefix_units);
         // The furthest end that fits, ignoring any closing fence line.
-        let hard = (start + 1..=n)
-            .rev()
-            .find(|&e| t.units(start, e) <= budget)
-            .unwrap_or(start + 1);
+        let fitting = t.cum[start..].partition_point(|&c| c - t.cum[start] <= budget);
+        let hard = (start + fitting.saturating_sub(1)).clamp(start + 1, n);
         let cut = choose_cut(&t, start, hard, budget, limit, prefix_units, units);
         let mut chunk = prefix.clone();
         match cut.at {

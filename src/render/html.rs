@@ -77,6 +77,9 @@ pub(crate) fn tokenize(html: &str) -> Vec<Token<'_>> {
 
 fn tag_at(rest: &str) -> Option<Token<'_>> {
     let end = rest.find('>')?;
+    if end > 4096 || rest[1..end].contains(['<', '\n']) {
+        return None;
+    }
     let raw = &rest[..=end];
     let inner = &raw[1..raw.len() - 1];
     let (closing, body) = match inner.strip_prefix('/') {
@@ -292,29 +295,32 @@ fn choose_cut(
         }
     }
     vis_before.push(vis);
-    let candidate = |k: usize| -> Option<(Break, Cut)> {
+    let mut best: [Option<Cut>; 4] = [None; 4];
+    let mut best_any: [Option<Cut>; 4] = [None; 4];
+    let min_vis = visible_limit / 4;
+    // Walking backwards, the newline run being crossed: where the text after it starts, and
+    // how many newlines it has so far. Tags inside a run belong to the separator.
+    let mut run: Option<(usize, usize)> = None;
+    // The visible character after the one at k (the next one walking forwards).
+    let top = hard.min(tokens.len() - 1);
+    let mut after = next_char(tokens, top, tokens.len());
+    for k in (start + 1..=top).rev() {
         let Token::Char { ch, .. } = tokens[k] else {
-            return None;
+            continue;
         };
         let in_pre = in_pre_at[k - start];
-        match ch {
+        let found = match ch {
             '\n' => {
-                // Swallow the whole run of newlines (and tags among them) into the separator.
-                let mut next = k + 1;
-                let mut newlines = 1;
-                while let Some((j, c)) = next_char(tokens, next - 1, tokens.len()) {
-                    if c != '\n' {
-                        break;
-                    }
-                    newlines += 1;
-                    next = j + 1;
-                }
-                let kind = if newlines >= 2 && !in_pre {
+                let (next, count) = match run {
+                    Some((next, count)) if !in_pre => (next, count + 1),
+                    _ => (k + 1, 1),
+                };
+                run = Some((next, count));
+                let kind = if count >= 2 {
                     Break::Paragraph
                 } else {
                     Break::Line
                 };
-                let next = if in_pre { k + 1 } else { next };
                 Some((kind, Cut { end: k, next }))
             }
             ' ' if !in_pre => Some((
@@ -324,7 +330,7 @@ fn choose_cut(
                     next: k + 1,
                 },
             )),
-            '.' | '!' | '?' => match next_char(tokens, k, tokens.len()) {
+            '.' | '!' | '?' => match after {
                 Some((j, ' ')) => Some((
                     Break::Sentence,
                     Cut {
@@ -342,23 +348,21 @@ fn choose_cut(
                 },
             )),
             _ => None,
+        };
+        if ch != '\n' {
+            run = None;
         }
-    };
-    let mut best: [Option<Cut>; 4] = [None; 4];
-    let mut best_any: [Option<Cut>; 4] = [None; 4];
-    let min_vis = visible_limit / 4;
-    for k in (start + 1..=hard.min(tokens.len() - 1)).rev() {
-        if let Some((kind, cut)) = candidate(k) {
-            if cut.end <= start || cut.end > hard {
-                continue;
-            }
-            let slot = kind as usize;
-            if best_any[slot].is_none() {
-                best_any[slot] = Some(cut);
-            }
-            if best[slot].is_none() && vis_before[cut.end - start] >= min_vis {
-                best[slot] = Some(cut);
-            }
+        after = Some((k, ch));
+        let Some((kind, cut)) = found else { continue };
+        if cut.end <= start || cut.end > hard {
+            continue;
+        }
+        let slot = kind as usize;
+        if best_any[slot].is_none() {
+            best_any[slot] = Some(cut);
+        }
+        if best[slot].is_none() && vis_before[cut.end - start] >= min_vis {
+            best[slot] = Some(cut);
         }
     }
     // Structural breaks (blank line, line end) even if early, before mid-line ones.

@@ -1018,7 +1018,17 @@ pub(crate) fn is_safe_url(url: &str) -> bool {
 /// Terminal display width: wide East Asian characters and emoji take two cells, combining
 /// marks and joiners none. An approximation, good enough to line up table columns.
 pub(crate) fn display_width(text: &str) -> usize {
-    text.chars().map(char_width).sum()
+    let mut width = 0;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        // U+FE0F asks for emoji presentation, which is two cells wide.
+        width += if chars.peek() == Some(&'\u{FE0F}') {
+            2
+        } else {
+            char_width(c)
+        };
+    }
+    width
 }
 
 fn char_width(c: char) -> usize {
@@ -1030,7 +1040,12 @@ fn char_width(c: char) -> usize {
     } else if matches!(cp,
         0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF
         | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFF60
-        | 0xFFE0..=0xFFE6 | 0x1F300..=0x1F64F | 0x1F900..=0x1F9FF | 0x20000..=0x3FFFD)
+        | 0xFFE0..=0xFFE6 | 0x1F000..=0x1FAFF | 0x20000..=0x3FFFD
+        | 0x231A..=0x231B | 0x23E9..=0x23EC | 0x23F0 | 0x23F3 | 0x25FD..=0x25FE | 0x2614..=0x2615
+        | 0x2648..=0x2653 | 0x267F | 0x2693 | 0x26A1 | 0x26AA..=0x26AB | 0x26BD..=0x26BE
+        | 0x26C4..=0x26C5 | 0x26CE | 0x26D4 | 0x26EA | 0x26F2..=0x26F3 | 0x26F5 | 0x26FA | 0x26FD
+        | 0x2705 | 0x270A..=0x270B | 0x2728 | 0x274C | 0x274E | 0x2753..=0x2755 | 0x2757
+        | 0x2795..=0x2797 | 0x27B0 | 0x27BF | 0x2B1B..=0x2B1C | 0x2B50 | 0x2B55)
     {
         2
     } else {
@@ -1255,5 +1270,9 @@ mod tests {
         assert_eq!(display_width("😀"), 2);
         assert_eq!(display_width("é"), 1);
         assert_eq!(display_width("e\u{301}"), 1);
+        assert_eq!(display_width("✅"), 2);
+        assert_eq!(display_width("⚠\u{FE0F}"), 2);
+        assert_eq!(display_width("⚠"), 1);
+        assert_eq!(display_width("👍🏽"), 2);
     }
 }

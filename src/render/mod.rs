@@ -380,6 +380,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn telegram_chunk_boundary_is_exact() {
+        let fits = "a".repeat(TELEGRAM_TARGET);
+        assert_eq!(telegram_chunks(&fits), vec![fits.clone()]);
+        let over = format!("{fits}b");
+        let chunks = telegram_chunks(&over);
+        assert_eq!(chunks, vec![fits.clone(), "b".to_string()]);
+        // Entities count once: 4000 `<` are 4000 visible units in 16000 bytes of HTML.
+        let lt = "<".repeat(TELEGRAM_TARGET);
+        let chunks = telegram_chunks(&lt);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(strip_tags(&chunks[0]), lt);
+        // Emoji are two UTF-16 units each.
+        let emoji = "😀".repeat(TELEGRAM_TARGET / 2 + 1);
+        let chunks = telegram_chunks(&emoji);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(visible_units(&chunks[0]), TELEGRAM_TARGET);
+    }
+
+    #[test]
+    fn large_answers_are_fast() {
+        let mut rng = Rng::new(99);
+        let md = generate(&mut rng, 3000);
+        assert!(md.len() > 300_000, "{}", md.len());
+        let started = std::time::Instant::now();
+        let chunks = telegram_chunks(&md);
+        let md_chunks = chunk_markdown(&md, 2000, Units::Utf16);
+        let plain = plain_chunks(&md, 2000, Units::Utf16);
+        let elapsed = started.elapsed();
+        assert!(chunks.len() > 50 && md_chunks.len() > 50 && plain.len() > 50);
+        // Generous for an unoptimised build on a busy machine; quadratic code takes minutes.
+        assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+    }
+
+    #[test]
     fn telegram_chunks_split_long_code_block_inside_pre() {
         let code: String = (0..600)
             .map(|i| format!("let v{i} = {i} < {};\n", i + 1))
@@ -426,8 +460,13 @@ pub(crate) mod tests {
         let md = "&&&&&&&&&& <<<<<<<<<< >>>>>>>>>> ".repeat(300);
         for limit in [1, 2, 3, 7, 50, 333] {
             for chunk in split_html(&telegram_html(&md), limit, 100_000) {
+                // A cut inside an entity would leave a bare `&` (unbalanced) or its letters.
                 assert!(balanced(&chunk), "{chunk:?}");
-                assert!(chunk.starts_with('&') || !chunk.starts_with(['a', 'l', 'g', ';']));
+                assert!(
+                    strip_tags(&chunk).chars().all(|c| "&<> ".contains(c)),
+                    "{chunk:?}"
+                );
+                assert!(visible_units(&chunk) <= limit.max(2));
             }
         }
     }
