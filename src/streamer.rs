@@ -122,9 +122,7 @@ impl BlockStreamer {
         }
         let rest = self.buf.split_off(cut);
         let head = std::mem::replace(&mut self.buf, rest);
-        if !head.is_empty() {
-            self.starts_line = head.ends_with('\n');
-        }
+        self.after_cut(&head);
         emit(&mut out, &head);
         out
     }
@@ -152,6 +150,15 @@ impl BlockStreamer {
     /// Text received but not yet emitted.
     pub fn buffered(&self) -> &str {
         &self.buf
+    }
+
+    /// Updates `starts_line` after `head` was cut off the buffer: what remains starts a line
+    /// (as far as fences care) if `head` ends with a newline plus optional indentation.
+    fn after_cut(&mut self, head: &str) {
+        self.starts_line = match head.rfind('\n') {
+            Some(p) => head[p + 1..].trim().is_empty(),
+            None => self.starts_line && head.trim().is_empty(),
+        };
     }
 
     /// The buffer's fences, minus any whose marker lines would not leave room for content.
@@ -256,7 +263,7 @@ impl BlockStreamer {
                 self.starts_line = true;
             }
             CutAt::Outside | CutAt::Invalid => {
-                self.starts_line = head.ends_with('\n');
+                self.after_cut(&head);
                 emit(out, &head);
             }
         }
@@ -271,7 +278,7 @@ fn emit(out: &mut Vec<String>, block: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn streamer(min: usize, max: usize, idle_ms: u64) -> BlockStreamer {
@@ -464,6 +471,18 @@ mod tests {
     }
 
     #[test]
+    fn idle_flush_of_an_indentation_keeps_the_next_fence_a_fence() {
+        let t0 = Instant::now();
+        let mut s = streamer(5, 1000, 100);
+        assert!(s.push("- step one\n   ", t0).is_empty());
+        assert_eq!(s.poll(ms(t0, 100)), vec!["- step one"]);
+        assert!(s.push("```sh\nmake\n\ntest\n", ms(t0, 150)).is_empty());
+        // The fence is recognised although its indentation went out with the last block.
+        assert!(s.poll(ms(t0, 250)).is_empty());
+        assert_eq!(s.finish(), vec!["```sh\nmake\n\ntest"]);
+    }
+
+    #[test]
     fn fence_split_by_deltas_mid_marker() {
         let t0 = Instant::now();
         let mut s = streamer(5, 1000, 0);
@@ -485,9 +504,13 @@ mod tests {
 
     #[test]
     fn generated_streams_never_leave_a_fence_open_and_lose_nothing() {
+        check_streams(21, 150);
+    }
+
+    pub(crate) fn check_streams(seed: u64, cases: usize) {
         use crate::render::tests::{Rng, generate};
-        let mut rng = Rng::new(21);
-        for case in 0..150 {
+        let mut rng = Rng::new(seed);
+        for case in 0..cases {
             let text = {
                 let blocks = 1 + rng.below(12);
                 generate(&mut rng, blocks)

@@ -129,7 +129,13 @@ pub(crate) mod tests {
         }
     }
 
-    const WORDS: [&str; 24] = [
+    const WORDS: [&str; 30] = [
+        "👨\u{200D}👩\u{200D}👧",
+        "e\u{301}te\u{301}",
+        "tab\there",
+        "<script>alert(1)</script>",
+        "&amp;",
+        "_under_",
         "the",
         "agent",
         "said",
@@ -206,6 +212,12 @@ pub(crate) mod tests {
                 5 => out.push_str(&format!("> {}\n> {}\n", sentence(rng, 8), sentence(rng, 8))),
                 6 => out.push_str(&"x".repeat(rng.below(300))),
                 7 if rng.below(4) == 0 => out.push_str("~~~\nunclosed fence\n"),
+                7 => out.push_str(&format!(
+                    "- step {}\n   ```sh\n   {}\n   ```\n> > nested {}\r\n",
+                    rng.pick(&WORDS),
+                    sentence(rng, 6),
+                    sentence(rng, 6)
+                )),
                 _ => out.push_str(&sentence(rng, 60)),
             }
             out.push_str(if rng.below(3) == 0 { "\n" } else { "\n\n" });
@@ -251,9 +263,13 @@ pub(crate) mod tests {
 
     #[test]
     fn chunk_markdown_properties() {
-        let mut rng = Rng::new(7);
+        check_chunk_markdown(7, 220);
+    }
+
+    fn check_chunk_markdown(seed: u64, cases: usize) {
+        let mut rng = Rng::new(seed);
         let mut checked = 0;
-        for case in 0..220 {
+        for case in 0..cases {
             let md = {
                 let blocks = 1 + rng.below(14);
                 generate(&mut rng, blocks)
@@ -285,13 +301,17 @@ pub(crate) mod tests {
                 checked += chunks.len();
             }
         }
-        assert!(checked > 1000, "generator too tame: {checked} chunks");
+        assert!(checked > cases * 5, "generator too tame: {checked} chunks");
     }
 
     #[test]
     fn plain_chunks_properties() {
-        let mut rng = Rng::new(11);
-        for case in 0..150 {
+        check_plain_chunks(11, 150);
+    }
+
+    fn check_plain_chunks(seed: u64, cases: usize) {
+        let mut rng = Rng::new(seed);
+        for case in 0..cases {
             let md = {
                 let blocks = 1 + rng.below(10);
                 generate(&mut rng, blocks)
@@ -316,8 +336,12 @@ pub(crate) mod tests {
 
     #[test]
     fn telegram_html_is_well_formed_on_generated_input() {
-        let mut rng = Rng::new(3);
-        for case in 0..300 {
+        check_telegram_html(3, 300);
+    }
+
+    fn check_telegram_html(seed: u64, cases: usize) {
+        let mut rng = Rng::new(seed);
+        for case in 0..cases {
             let md = {
                 let blocks = 1 + rng.below(10);
                 generate(&mut rng, blocks)
@@ -329,8 +353,25 @@ pub(crate) mod tests {
 
     #[test]
     fn split_html_properties() {
-        let mut rng = Rng::new(5);
-        for case in 0..200 {
+        check_split_html(5, 200);
+    }
+
+    /// The property checks over many more seeds: `cargo test soak -- --ignored`.
+    #[test]
+    #[ignore]
+    fn soak() {
+        for seed in 100..140 {
+            check_chunk_markdown(seed, 200);
+            check_plain_chunks(seed, 200);
+            check_telegram_html(seed, 200);
+            check_split_html(seed, 200);
+            crate::streamer::tests::check_streams(seed, 200);
+        }
+    }
+
+    fn check_split_html(seed: u64, cases: usize) {
+        let mut rng = Rng::new(seed);
+        for case in 0..cases {
             let md = {
                 let blocks = 1 + rng.below(12);
                 generate(&mut rng, blocks)
