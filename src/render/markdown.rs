@@ -162,19 +162,20 @@ pub(crate) enum CutAt {
 }
 
 pub(crate) fn classify_cut(end: usize, next: usize, regions: &[FenceRegion]) -> CutAt {
-    for (i, region) in regions.iter().enumerate() {
-        if end <= region.open_start {
-            return CutAt::Outside;
-        }
-        if end >= region.after_close {
-            continue;
-        }
-        if end <= region.content_start || end >= region.content_end || next >= region.content_end {
-            return CutAt::Invalid;
-        }
-        return CutAt::InFence(i);
+    // Regions are sorted and disjoint: only the last one opening before `end` can hold it.
+    let i = match regions.partition_point(|r| r.open_start < end) {
+        0 => return CutAt::Outside,
+        n => n - 1,
+    };
+    let region = &regions[i];
+    if end >= region.after_close {
+        CutAt::Outside
+    } else if end <= region.content_start || end >= region.content_end || next >= region.content_end
+    {
+        CutAt::Invalid
+    } else {
+        CutAt::InFence(i)
     }
-    CutAt::Outside
 }
 
 // ---------------------------------------------------------------------------------------------

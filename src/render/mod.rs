@@ -422,6 +422,13 @@ pub(crate) mod tests {
 
     #[test]
     fn telegram_chunk_boundary_is_exact() {
+        assert!(telegram_chunks("").is_empty());
+        assert!(telegram_chunks("  \n\n ").is_empty());
+        assert!(plain_chunks("", 10, Units::Chars).is_empty());
+        assert_eq!(
+            chunk_markdown("```\n```", 100, Units::Chars),
+            vec!["```\n```"]
+        );
         let fits = "a".repeat(TELEGRAM_TARGET);
         assert_eq!(telegram_chunks(&fits), vec![fits.clone()]);
         let over = format!("{fits}b");
