@@ -240,17 +240,12 @@ impl ChannelConfig {
             .and_then(|g| g.dispatch_mode)
             .or_else(|| wildcard.and_then(|g| g.dispatch_mode))
             .unwrap_or(self.dispatch_mode);
-        GroupSettings {
-            require_mention,
-            dispatch_mode,
-        }
+        GroupSettings { require_mention, dispatch_mode }
     }
 
     /// Every secret of this channel, for scrubbing the agent's environment.
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        [&self.token, &self.client_id, &self.client_secret]
-            .into_iter()
-            .flatten()
+        [&self.token, &self.client_id, &self.client_secret].into_iter().flatten()
     }
 }
 

@@ -14,11 +14,7 @@ pub enum Error {
     /// Invalid configuration (exit status 2).
     Config(ConfigError),
     /// A file could not be read or written.
-    File {
-        path: PathBuf,
-        action: &'static str,
-        source: std::io::Error,
-    },
+    File { path: PathBuf, action: &'static str, source: std::io::Error },
     /// The agent could not be started or died before it was ready.
     Agent(String),
     /// Anything else worth one line to the user (exit status 1).
@@ -42,11 +38,7 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::Config(e) => write!(f, "{e}"),
-            Error::File {
-                path,
-                action,
-                source,
-            } => {
+            Error::File { path, action, source } => {
                 write!(f, "cannot {action} {}: {source}", path.display())
             }
             Error::Agent(msg) => write!(f, "{msg}"),

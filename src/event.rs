@@ -55,11 +55,7 @@ pub enum AttachmentKind {
 pub enum Inbound {
     Message(InboundMessage),
     /// The adapter's connection state changed (for health and logs).
-    Health {
-        channel: String,
-        connected: bool,
-        error: Option<String>,
-    },
+    Health { channel: String, connected: bool, error: Option<String> },
 }
 
 /// Where a reply goes: a chat, and a thread inside it when there is one.
@@ -120,28 +116,12 @@ pub enum TurnOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
     /// `initialize` answered: the agent is ready for sessions.
-    Ready {
-        load_session: bool,
-    },
-    SessionCreated {
-        key: SessionKey,
-        session_id: String,
-    },
-    SessionFailed {
-        key: SessionKey,
-        error: String,
-    },
+    Ready { load_session: bool },
+    SessionCreated { key: SessionKey, session_id: String },
+    SessionFailed { key: SessionKey, error: String },
     /// A piece of the answer (`agent_message_chunk` text).
-    TextChunk {
-        session_id: String,
-        text: String,
-    },
-    TurnEnded {
-        session_id: String,
-        outcome: TurnOutcome,
-    },
+    TextChunk { session_id: String, text: String },
+    TurnEnded { session_id: String, outcome: TurnOutcome },
     /// The agent process is gone (exit status, last lines of stderr for the log).
-    Exited {
-        reason: String,
-    },
+    Exited { reason: String },
 }

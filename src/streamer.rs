@@ -22,11 +22,7 @@ pub struct BlockStreamConfig {
 
 impl Default for BlockStreamConfig {
     fn default() -> Self {
-        BlockStreamConfig {
-            min_chars: 400,
-            max_chars: 1000,
-            idle: Duration::from_millis(1500),
-        }
+        BlockStreamConfig { min_chars: 400, max_chars: 1000, idle: Duration::from_millis(1500) }
     }
 }
 
@@ -58,12 +54,7 @@ fn u16_boundary(text: &str, units: usize) -> usize {
 
 impl BlockStreamer {
     pub fn new(config: BlockStreamConfig) -> BlockStreamer {
-        BlockStreamer {
-            config,
-            buf: String::new(),
-            starts_line: true,
-            deadline: None,
-        }
+        BlockStreamer { config, buf: String::new(), starts_line: true, deadline: None }
     }
 
     /// Appends a delta; returns the blocks now ready to send, in order.
@@ -88,8 +79,7 @@ impl BlockStreamer {
             self.starts_line = true;
         }
         // 3. The idle timer restarts with every delta.
-        self.deadline =
-            (!self.buf.is_empty() && !self.config.idle.is_zero()).then(|| now + self.config.idle);
+        self.deadline = (!self.buf.is_empty() && !self.config.idle.is_zero()).then(|| now + self.config.idle);
         out
     }
 
@@ -108,13 +98,9 @@ impl BlockStreamer {
         // An unfinished last line that may be (or grow into) a fence marker waits, and so
         // does an open fence with everything after its opener.
         let last_line = self.buf.rfind('\n').map_or(0, |p| p + 1);
-        let partial_marker = (last_line > 0 || self.starts_line)
-            && self.buf[last_line..].trim_start().starts_with(['`', '~']);
-        let mut cut = if partial_marker {
-            last_line
-        } else {
-            self.buf.len()
-        };
+        let partial_marker =
+            (last_line > 0 || self.starts_line) && self.buf[last_line..].trim_start().starts_with(['`', '~']);
+        let mut cut = if partial_marker { last_line } else { self.buf.len() };
         if let Some(open) = self.regions_of(&self.buf[..cut]).last()
             && open.after_close == usize::MAX
         {
@@ -282,11 +268,7 @@ pub(crate) mod tests {
     use super::*;
 
     fn streamer(min: usize, max: usize, idle_ms: u64) -> BlockStreamer {
-        BlockStreamer::new(BlockStreamConfig {
-            min_chars: min,
-            max_chars: max,
-            idle: Duration::from_millis(idle_ms),
-        })
+        BlockStreamer::new(BlockStreamConfig { min_chars: min, max_chars: max, idle: Duration::from_millis(idle_ms) })
     }
 
     fn ms(t0: Instant, n: u64) -> Instant {
@@ -296,10 +278,7 @@ pub(crate) mod tests {
     #[test]
     fn defaults_are_the_spec_values() {
         let c = BlockStreamConfig::default();
-        assert_eq!(
-            (c.min_chars, c.max_chars, c.idle),
-            (400, 1000, Duration::from_millis(1500))
-        );
+        assert_eq!((c.min_chars, c.max_chars, c.idle), (400, 1000, Duration::from_millis(1500)));
     }
 
     #[test]
@@ -362,11 +341,7 @@ pub(crate) mod tests {
         let mut s = streamer(10, 1000, 1500);
         assert!(s.push("0123456789 and more", t0).is_empty());
         assert!(s.push(" text", ms(t0, 1000)).is_empty());
-        assert_eq!(
-            s.next_deadline(),
-            Some(ms(t0, 2500)),
-            "reset by the second delta"
-        );
+        assert_eq!(s.next_deadline(), Some(ms(t0, 2500)), "reset by the second delta");
         assert!(s.poll(ms(t0, 2499)).is_empty());
         assert_eq!(s.poll(ms(t0, 2500)), vec!["0123456789 and more text"]);
         assert_eq!(s.next_deadline(), None);
@@ -394,10 +369,7 @@ pub(crate) mod tests {
         assert_eq!(s.push(text, t0), vec!["intro text here"]);
         assert_eq!(s.buffered(), "```py\nline one\n\nline two\n\nline three\n");
         assert!(s.push("more\n\n", t0).is_empty(), "still inside the fence");
-        assert_eq!(
-            s.push("```\n\nafter", t0),
-            vec!["```py\nline one\n\nline two\n\nline three\nmore\n\n```"]
-        );
+        assert_eq!(s.push("```\n\nafter", t0), vec!["```py\nline one\n\nline two\n\nline three\nmore\n\n```"]);
         assert_eq!(s.finish(), vec!["after"]);
     }
 
@@ -410,10 +382,7 @@ pub(crate) mod tests {
         blocks.extend(s.push("```\ndone", t0));
         blocks.extend(s.finish());
         for block in &blocks[..blocks.len() - 1] {
-            assert!(
-                block.starts_with("```rust\n") && block.ends_with("\n```"),
-                "{block:?}"
-            );
+            assert!(block.starts_with("```rust\n") && block.ends_with("\n```"), "{block:?}");
             assert!(u16_len(block) <= 40, "{block:?}");
         }
         let body: String = blocks
@@ -487,19 +456,12 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let mut s = streamer(5, 1000, 0);
         let mut blocks = Vec::new();
-        for delta in [
-            "Intro para.\n\n``",
-            "`js\nlet a;\n\nlet b;\n`",
-            "``\n\nTail para.\n\n",
-        ] {
+        for delta in ["Intro para.\n\n``", "`js\nlet a;\n\nlet b;\n`", "``\n\nTail para.\n\n"] {
             blocks.extend(s.push(delta, t0));
         }
         blocks.extend(s.finish());
         // The blank lines inside the fence never cut; the one after "Tail para." does.
-        assert_eq!(
-            blocks,
-            vec!["Intro para.", "```js\nlet a;\n\nlet b;\n```\n\nTail para."]
-        );
+        assert_eq!(blocks, vec!["Intro para.", "```js\nlet a;\n\nlet b;\n```\n\nTail para."]);
     }
 
     #[test]
@@ -531,20 +493,13 @@ pub(crate) mod tests {
                 blocks.extend(s.push(&delta, ms(t0, clock)));
             }
             blocks.extend(s.finish());
-            let unclosed_source = fence_regions(&text, true)
-                .iter()
-                .any(|r| r.after_close == usize::MAX);
+            let unclosed_source = fence_regions(&text, true).iter().any(|r| r.after_close == usize::MAX);
             for (k, block) in blocks.iter().enumerate() {
                 assert!(u16_len(block) <= max, "case {case}: {block:?}");
                 let last = k == blocks.len() - 1;
                 if !(last && unclosed_source) {
-                    let open = fence_regions(block, true)
-                        .iter()
-                        .any(|r| r.after_close == usize::MAX);
-                    assert!(
-                        !open,
-                        "case {case}: open fence in {block:?}\n{text}\n{blocks:#?}"
-                    );
+                    let open = fence_regions(block, true).iter().any(|r| r.after_close == usize::MAX);
+                    assert!(!open, "case {case}: open fence in {block:?}\n{text}\n{blocks:#?}");
                 }
             }
             let strip = |s: &str| -> String {

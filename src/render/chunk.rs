@@ -50,11 +50,7 @@ pub const TELEGRAM_RAW_LIMIT: usize = 16 * 1024;
 /// [`TELEGRAM_RAW_LIMIT`] bytes of markup. If Telegram refuses one, send
 /// [`strip_tags`](super::strip_tags) of it without `parse_mode`.
 pub fn telegram_chunks(markdown: &str) -> Vec<String> {
-    split_html(
-        &telegram_html(markdown),
-        TELEGRAM_TARGET,
-        TELEGRAM_RAW_LIMIT,
-    )
+    split_html(&telegram_html(markdown), TELEGRAM_TARGET, TELEGRAM_RAW_LIMIT)
 }
 
 /// Plain-text messages: [`plain_text`], then chunked to `limit` `units`.
@@ -129,20 +125,10 @@ fn chunk_text(text: &str, limit: usize, units: Units, fence_aware: bool) -> Vec<
         total += units.of_char(*c);
         cum.push(total);
     }
-    let mut regions = if fence_aware {
-        fence_regions(text, true)
-    } else {
-        Vec::new()
-    };
+    let mut regions = if fence_aware { fence_regions(text, true) } else { Vec::new() };
     // A fence whose own marker lines eat most of the limit cannot be reopened usefully.
     regions.retain(|r| units.len(&r.reopen) + units.len(&r.close) + 2 <= limit / 2);
-    let t = Text {
-        text,
-        chars,
-        bytes,
-        cum,
-        regions,
-    };
+    let t = Text { text, chars, bytes, cum, regions };
     let n = t.chars.len();
 
     let mut chunks = Vec::new();
@@ -150,11 +136,7 @@ fn chunk_text(text: &str, limit: usize, units: Units, fence_aware: bool) -> Vec<
     let mut prefix = String::new();
     while start < n {
         let prefix_units = units.len(&prefix);
-        let tail = t
-            .regions
-            .last()
-            .filter(|r| r.after_close == usize::MAX)
-            .map(|r| r.close.as_str());
+        let tail = t.regions.last().filter(|r| r.after_close == usize::MAX).map(|r| r.close.as_str());
         let tail_units = tail.map_or(0, |close| 1 + units.len(close));
         if prefix_units + t.units(start, n) + tail_units <= limit {
             let mut chunk = prefix.clone();
@@ -186,11 +168,7 @@ fn chunk_text(text: &str, limit: usize, units: Units, fence_aware: bool) -> Vec<
             }
         }
         push_chunk(&mut chunks, chunk);
-        start = if prefix.is_empty() {
-            skip_newlines(&t.chars, cut.next)
-        } else {
-            cut.next
-        };
+        start = if prefix.is_empty() { skip_newlines(&t.chars, cut.next) } else { cut.next };
     }
     chunks
 }
@@ -243,11 +221,7 @@ fn choose_cut(
             return;
         }
         // A blank line inside code is only a line break.
-        let kind = if kind == Break::Paragraph && matches!(at, CutAt::InFence(_)) {
-            Break::Line
-        } else {
-            kind
-        };
+        let kind = if kind == Break::Paragraph && matches!(at, CutAt::InFence(_)) { Break::Line } else { kind };
         let cut = Cut { end, next, at };
         let slot = kind as usize;
         if any[slot].is_none() {
@@ -275,11 +249,7 @@ fn choose_cut(
             match newlines.as_slice() {
                 [] => {
                     let ends_sentence = a > start && matches!(chars[a - 1], '.' | '!' | '?');
-                    let kind = if ends_sentence {
-                        Break::Sentence
-                    } else {
-                        Break::Word
-                    };
+                    let kind = if ends_sentence { Break::Sentence } else { Break::Word };
                     consider(kind, a, b);
                     if a > start && matches!(chars[a - 1], '。' | '！' | '？') {
                         consider(Break::Sentence, a, b);
@@ -307,9 +277,7 @@ fn choose_cut(
         q -= 1;
     }
     // Structural breaks (blank line, line end) even if early, before mid-line ones.
-    let order = [
-        far[0], far[1], any[0], any[1], far[2], far[3], any[2], any[3],
-    ];
+    let order = [far[0], far[1], any[0], any[1], far[2], far[3], any[2], any[3]];
     if let Some(cut) = order.iter().flatten().next() {
         return *cut;
     }
@@ -325,11 +293,7 @@ fn choose_cut(
         }
     }
     // Nothing valid (a tiny limit against a fence): cut raw, dropping fence repair.
-    Cut {
-        end: hard,
-        next: hard,
-        at: CutAt::Outside,
-    }
+    Cut { end: hard, next: hard, at: CutAt::Outside }
 }
 
 #[cfg(test)]
@@ -338,13 +302,9 @@ mod tests {
 
     #[test]
     fn units_count() {
-        for (text, utf16, chars, bytes) in [
-            ("abc", 3, 3, 3),
-            ("é", 1, 1, 2),
-            ("😀", 2, 1, 4),
-            ("中", 1, 1, 3),
-            ("", 0, 0, 0),
-        ] {
+        for (text, utf16, chars, bytes) in
+            [("abc", 3, 3, 3), ("é", 1, 1, 2), ("😀", 2, 1, 4), ("中", 1, 1, 3), ("", 0, 0, 0)]
+        {
             assert_eq!(Units::Utf16.len(text), utf16);
             assert_eq!(Units::Chars.len(text), chars);
             assert_eq!(Units::Bytes.len(text), bytes);
@@ -357,103 +317,50 @@ mod tests {
             ("short", 100, Units::Chars, &["short"]),
             ("", 100, Units::Chars, &[]),
             ("\n\n  \n", 100, Units::Chars, &[]),
-            (
-                "para one\n\npara two",
-                12,
-                Units::Chars,
-                &["para one", "para two"],
-            ),
-            (
-                "line one\nline two",
-                12,
-                Units::Chars,
-                &["line one", "line two"],
-            ),
+            ("para one\n\npara two", 12, Units::Chars, &["para one", "para two"]),
+            ("line one\nline two", 12, Units::Chars, &["line one", "line two"]),
             ("One. Two three.", 10, Units::Chars, &["One.", "Two three."]),
-            (
-                "一句。二句。三句",
-                4,
-                Units::Chars,
-                &["一句。", "二句。", "三句"],
-            ),
-            (
-                "alpha beta gamma",
-                11,
-                Units::Chars,
-                &["alpha beta", "gamma"],
-            ),
+            ("一句。二句。三句", 4, Units::Chars, &["一句。", "二句。", "三句"]),
+            ("alpha beta gamma", 11, Units::Chars, &["alpha beta", "gamma"]),
             ("abcdefghij", 4, Units::Chars, &["abcd", "efgh", "ij"]),
             ("😀😀😀", 4, Units::Utf16, &["😀😀", "😀"]),
             ("😀😀😀", 5, Units::Bytes, &["😀", "😀", "😀"]),
             ("ééé", 4, Units::Bytes, &["éé", "é"]),
             ("👍🏽👍🏽", 6, Units::Utf16, &["👍🏽", "👍🏽"]),
-            (
-                "- a\n  - nested b",
-                12,
-                Units::Chars,
-                &["- a", "  - nested b"],
-            ),
+            ("- a\n  - nested b", 12, Units::Chars, &["- a", "  - nested b"]),
             (
                 "intro\n\n```rust\nlet a = 1;\nlet b = 2;\n```\nend",
                 24,
                 Units::Chars,
-                &[
-                    "intro",
-                    "```rust\nlet a = 1;\n```",
-                    "```rust\nlet b = 2;\n```",
-                    "end",
-                ],
+                &["intro", "```rust\nlet a = 1;\n```", "```rust\nlet b = 2;\n```", "end"],
             ),
             (
                 "````md\n```\ninner one\n```\ninner two\n````",
                 30,
                 Units::Chars,
-                &[
-                    "````md\n```\ninner one\n```\n````",
-                    "````md\ninner two\n````",
-                ],
+                &["````md\n```\ninner one\n```\n````", "````md\ninner two\n````"],
             ),
             // Too small to reopen a fence usefully: plain cuts, no repair.
-            (
-                "```\nabcdef\n```",
-                6,
-                Units::Chars,
-                &["```", "abcdef", "```"],
-            ),
+            ("```\nabcdef\n```", 6, Units::Chars, &["```", "abcdef", "```"]),
             // An unclosed fence is closed in the last chunk too.
-            (
-                "```\nabc\ndef\nghi",
-                16,
-                Units::Chars,
-                &["```\nabc\ndef\n```", "```\nghi\n```"],
-            ),
+            ("```\nabc\ndef\nghi", 16, Units::Chars, &["```\nabc\ndef\n```", "```\nghi\n```"]),
             ("text\r\n\r\nmore", 6, Units::Chars, &["text", "more"]),
         ];
         for (md, limit, units, want) in cases {
-            assert_eq!(
-                chunk_markdown(md, *limit, *units),
-                *want,
-                "{md:?} at {limit} {units:?}"
-            );
+            assert_eq!(chunk_markdown(md, *limit, *units), *want, "{md:?} at {limit} {units:?}");
         }
     }
 
     #[test]
     fn plain_chunks_do_not_treat_backticks_as_fences() {
         let md = "````\n```\ncode\n```\n````";
-        assert_eq!(
-            plain_chunks(md, 5, Units::Chars),
-            vec!["```", "code", "```"]
-        );
+        assert_eq!(plain_chunks(md, 5, Units::Chars), vec!["```", "code", "```"]);
     }
 
     #[test]
     fn prefers_a_late_break_over_an_early_paragraph() {
         // The only blank line is near the start: a line break later on makes fuller chunks.
         let md = format!("hi\n\n{}\n{}", "x".repeat(30), "y".repeat(30));
-        assert_eq!(
-            chunk_markdown(&md, 40, Units::Chars),
-            vec![format!("hi\n\n{}", "x".repeat(30)), "y".repeat(30)]
-        );
+        assert_eq!(chunk_markdown(&md, 40, Units::Chars), vec![format!("hi\n\n{}", "x".repeat(30)), "y".repeat(30)]);
     }
 }

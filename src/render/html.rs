@@ -57,19 +57,13 @@ pub(crate) fn tokenize(html: &str) -> Vec<Token<'_>> {
         if rest.starts_with('&')
             && let Some((ch, len)) = entity_at(rest)
         {
-            tokens.push(Token::Char {
-                ch,
-                raw: &rest[..len],
-            });
+            tokens.push(Token::Char { ch, raw: &rest[..len] });
             i += len;
             continue;
         }
         let ch = rest.chars().next().unwrap_or('\0');
         let len = ch.len_utf8();
-        tokens.push(Token::Char {
-            ch,
-            raw: &rest[..len],
-        });
+        tokens.push(Token::Char { ch, raw: &rest[..len] });
         i += len;
     }
     tokens
@@ -86,19 +80,12 @@ fn tag_at(rest: &str) -> Option<Token<'_>> {
         Some(body) => (true, body),
         None => (false, inner),
     };
-    let name: String = body
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let name: String =
+        body.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>().to_ascii_lowercase();
     if name.is_empty() || !body.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
         return None;
     }
-    Some(if closing {
-        Token::Close { name, raw }
-    } else {
-        Token::Open { name, raw }
-    })
+    Some(if closing { Token::Close { name, raw } } else { Token::Open { name, raw } })
 }
 
 /// Decodes the entity at the start of `rest`: the character and the entity's length.
@@ -168,10 +155,7 @@ pub fn split_html(html: &str, visible_limit: usize, raw_limit: usize) -> Vec<Str
     while start < tokens.len() {
         let hard = hard_end(&tokens, start, &stack, visible_limit, raw_limit);
         let cut = if hard >= tokens.len() {
-            Cut {
-                end: tokens.len(),
-                next: tokens.len(),
-            }
+            Cut { end: tokens.len(), next: tokens.len() }
         } else {
             choose_cut(&tokens, start, hard, &stack, visible_limit)
         };
@@ -209,9 +193,8 @@ fn apply(tokens: &[Token], k: usize, open: &mut Vec<usize>) {
     match &tokens[k] {
         Token::Open { .. } => open.push(k),
         Token::Close { name, .. } => {
-            if let Some(pos) = open
-                .iter()
-                .rposition(|&o| matches!(&tokens[o], Token::Open { name: n, .. } if n == name))
+            if let Some(pos) =
+                open.iter().rposition(|&o| matches!(&tokens[o], Token::Open { name: n, .. } if n == name))
             {
                 open.truncate(pos);
             }
@@ -241,12 +224,7 @@ fn hard_end(tokens: &[Token], start: usize, stack: &[usize], visible: usize, raw
         let mut next_open = open.clone();
         apply(tokens, k, &mut next_open);
         let next_raw = raw_len + token.raw().len();
-        let next_vis = vis
-            + if let Token::Char { ch, .. } = token {
-                units(*ch)
-            } else {
-                0
-            };
+        let next_vis = vis + if let Token::Char { ch, .. } = token { units(*ch) } else { 0 };
         let over = next_vis > visible || next_raw + close_len(tokens, &next_open) > raw;
         // Always take at least one visible character, so the split makes progress.
         if over && !no_char_yet {
@@ -271,23 +249,14 @@ fn next_char(tokens: &[Token], k: usize, limit: usize) -> Option<(usize, char)> 
     })
 }
 
-fn choose_cut(
-    tokens: &[Token],
-    start: usize,
-    hard: usize,
-    stack: &[usize],
-    visible_limit: usize,
-) -> Cut {
+fn choose_cut(tokens: &[Token], start: usize, hard: usize, stack: &[usize], visible_limit: usize) -> Cut {
     // Per token from `start`: inside a `<pre>`? and visible units before it.
     let mut in_pre_at = Vec::with_capacity(hard + 1 - start);
     let mut vis_before = Vec::with_capacity(hard + 1 - start);
     let mut open = stack.to_vec();
     let mut vis = 0;
     for k in start..=hard.min(tokens.len() - 1) {
-        in_pre_at.push(
-            open.iter()
-                .any(|&o| matches!(&tokens[o], Token::Open { name, .. } if name == "pre")),
-        );
+        in_pre_at.push(open.iter().any(|&o| matches!(&tokens[o], Token::Open { name, .. } if name == "pre")));
         vis_before.push(vis);
         apply(tokens, k, &mut open);
         if let Token::Char { ch, .. } = tokens[k] {
@@ -316,37 +285,15 @@ fn choose_cut(
                     _ => (k + 1, 1),
                 };
                 run = Some((next, count));
-                let kind = if count >= 2 {
-                    Break::Paragraph
-                } else {
-                    Break::Line
-                };
+                let kind = if count >= 2 { Break::Paragraph } else { Break::Line };
                 Some((kind, Cut { end: k, next }))
             }
-            ' ' if !in_pre => Some((
-                Break::Word,
-                Cut {
-                    end: k,
-                    next: k + 1,
-                },
-            )),
+            ' ' if !in_pre => Some((Break::Word, Cut { end: k, next: k + 1 })),
             '.' | '!' | '?' => match after {
-                Some((j, ' ')) => Some((
-                    Break::Sentence,
-                    Cut {
-                        end: k + 1,
-                        next: j + 1,
-                    },
-                )),
+                Some((j, ' ')) => Some((Break::Sentence, Cut { end: k + 1, next: j + 1 })),
                 _ => None,
             },
-            '。' | '！' | '？' => Some((
-                Break::Sentence,
-                Cut {
-                    end: k + 1,
-                    next: k + 1,
-                },
-            )),
+            '。' | '！' | '？' => Some((Break::Sentence, Cut { end: k + 1, next: k + 1 })),
             _ => None,
         };
         if ch != '\n' {
@@ -366,16 +313,7 @@ fn choose_cut(
         }
     }
     // Structural breaks (blank line, line end) even if early, before mid-line ones.
-    let order = [
-        best[0],
-        best[1],
-        best_any[0],
-        best_any[1],
-        best[2],
-        best[3],
-        best_any[2],
-        best_any[3],
-    ];
+    let order = [best[0], best[1], best_any[0], best_any[1], best[2], best[3], best_any[2], best_any[3]];
     if let Some(cut) = order.iter().flatten().next() {
         return *cut;
     }
@@ -393,10 +331,7 @@ fn choose_cut(
     while end > start + 1 && matches!(tokens[end - 1], Token::Open { .. }) {
         end -= 1;
     }
-    if !tokens[start..end]
-        .iter()
-        .any(|t| matches!(t, Token::Char { .. }))
-    {
+    if !tokens[start..end].iter().any(|t| matches!(t, Token::Char { .. })) {
         end = hard;
     }
     Cut { end, next: end }
@@ -434,14 +369,8 @@ mod tests {
         let cases = [
             ("<b>bold</b> &amp; <i>it</i>", "bold & it"),
             ("a &lt; b &gt; c", "a < b > c"),
-            (
-                "<a href=\"https://x?a=1&amp;b=&quot;2&quot;\">link</a>",
-                "link",
-            ),
-            (
-                "<pre><code class=\"language-rust\">fn x() -&gt; u8 {}</code></pre>",
-                "fn x() -> u8 {}",
-            ),
+            ("<a href=\"https://x?a=1&amp;b=&quot;2&quot;\">link</a>", "link"),
+            ("<pre><code class=\"language-rust\">fn x() -&gt; u8 {}</code></pre>", "fn x() -> u8 {}"),
             ("&#128512; &#x1F600;", "😀 😀"),
             ("stray & and &bogus; and < 3", "stray & and &bogus; and < 3"),
             ("", ""),
@@ -466,11 +395,7 @@ mod tests {
         let cases: &[(&str, usize, &[&str])] = &[
             ("short", 10, &["short"]),
             ("one two three", 8, &["one two", "three"]),
-            (
-                "<b>one two three</b>",
-                8,
-                &["<b>one two</b>", "<b>three</b>"],
-            ),
+            ("<b>one two three</b>", 8, &["<b>one two</b>", "<b>three</b>"]),
             ("para one\n\npara two", 12, &["para one", "para two"]),
             ("First. Second one.", 12, &["First.", "Second one."]),
             ("a &amp; b &amp; c", 5, &["a &amp; b", "&amp; c"]),
@@ -483,23 +408,12 @@ mod tests {
                     "<pre><code class=\"language-rust\">l3</code></pre>",
                 ],
             ),
-            (
-                "<a href=\"https://x\">aa bb</a>",
-                3,
-                &[
-                    "<a href=\"https://x\">aa</a>",
-                    "<a href=\"https://x\">bb</a>",
-                ],
-            ),
+            ("<a href=\"https://x\">aa bb</a>", 3, &["<a href=\"https://x\">aa</a>", "<a href=\"https://x\">bb</a>"]),
             ("x\n\n<b>y</b>", 1, &["x", "<b>y</b>"]),
             ("😀😀😀", 4, &["😀😀", "😀"]),
         ];
         for (html, limit, want) in cases {
-            assert_eq!(
-                split_html(html, *limit, 10_000),
-                *want,
-                "{html:?} at {limit}"
-            );
+            assert_eq!(split_html(html, *limit, 10_000), *want, "{html:?} at {limit}");
         }
     }
 

@@ -14,11 +14,7 @@ const MAX_URL_CHARS: usize = 2048;
 
 /// `\r\n` and lone `\r` become `\n`: every reader below splits on `\n` only.
 pub(crate) fn normalize_newlines(text: &str) -> String {
-    if text.contains('\r') {
-        text.replace("\r\n", "\n").replace('\r', "\n")
-    } else {
-        text.to_string()
-    }
+    if text.contains('\r') { text.replace("\r\n", "\n").replace('\r', "\n") } else { text.to_string() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -52,12 +48,7 @@ impl FenceOpen {
         if ch == '`' && info.contains('`') {
             return None;
         }
-        Some(FenceOpen {
-            indent: indent.to_string(),
-            ch,
-            len,
-            info: info.to_string(),
-        })
+        Some(FenceOpen { indent: indent.to_string(), ch, len, info: info.to_string() })
     }
 
     /// Whether `line` closes this fence: the same character, at least as many, nothing after.
@@ -78,10 +69,7 @@ impl FenceOpen {
     /// HTML attribute, so anything else is dropped).
     pub fn language(&self) -> Option<&str> {
         let word = self.info.split_whitespace().next()?;
-        let ok = word.len() <= 32
-            && word
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_+#.-".contains(c));
+        let ok = word.len() <= 32 && word.chars().all(|c| c.is_ascii_alphanumeric() || "_+#.-".contains(c));
         ok.then_some(word)
     }
 }
@@ -170,8 +158,7 @@ pub(crate) fn classify_cut(end: usize, next: usize, regions: &[FenceRegion]) -> 
     let region = &regions[i];
     if end >= region.after_close {
         CutAt::Outside
-    } else if end <= region.content_start || end >= region.content_end || next >= region.content_end
-    {
+    } else if end <= region.content_start || end >= region.content_end || next >= region.content_end {
         CutAt::Invalid
     } else {
         CutAt::InFence(i)
@@ -248,10 +235,7 @@ fn parse_blocks_at(text: &str, depth: usize) -> Vec<Spaced> {
             continue;
         }
         let push = |block: Block, blocks: &mut Vec<Spaced>| {
-            blocks.push(Spaced {
-                block,
-                blank_before,
-            });
+            blocks.push(Spaced { block, blank_before });
         };
         if let Some(fence) = FenceOpen::parse(line) {
             let mut body = Vec::new();
@@ -262,13 +246,7 @@ fn parse_blocks_at(text: &str, depth: usize) -> Vec<Spaced> {
             }
             i += 1; // the closer (or past the end)
             let lang = fence.language().map(str::to_string);
-            push(
-                Block::Code {
-                    lang,
-                    text: body.join("\n"),
-                },
-                &mut blocks,
-            );
+            push(Block::Code { lang, text: body.join("\n") }, &mut blocks);
             list_indents.clear();
         } else if let Some(text) = heading(line) {
             push(Block::Heading(text.to_string()), &mut blocks);
@@ -311,12 +289,7 @@ fn parse_blocks_at(text: &str, depth: usize) -> Vec<Spaced> {
                 text.push_str(lines[i].trim());
                 i += 1;
             }
-            let block = Block::ListItem {
-                level,
-                marker: item.marker,
-                task: item.task,
-                text,
-            };
+            let block = Block::ListItem { level, marker: item.marker, task: item.task, text };
             push(block, &mut blocks);
         } else {
             let mut text = line.trim().to_string();
@@ -336,11 +309,7 @@ fn parse_blocks_at(text: &str, depth: usize) -> Vec<Spaced> {
 
 /// Removes up to `n` leading spaces (the fence's own indentation) from a content line.
 fn strip_indent(line: &str, n: usize) -> &str {
-    let spaces = line
-        .bytes()
-        .take(n)
-        .take_while(|b| *b == b' ' || *b == b'\t')
-        .count();
+    let spaces = line.bytes().take(n).take_while(|b| *b == b' ' || *b == b'\t').count();
     &line[spaces..]
 }
 
@@ -406,10 +375,7 @@ struct ListLine<'a> {
 
 fn list_item(line: &str) -> Option<ListLine<'_>> {
     let body = line.trim_start_matches([' ', '\t']);
-    let indent: usize = line[..line.len() - body.len()]
-        .chars()
-        .map(|c| if c == '\t' { 4 } else { 1 })
-        .sum();
+    let indent: usize = line[..line.len() - body.len()].chars().map(|c| if c == '\t' { 4 } else { 1 }).sum();
     let (marker, rest) = if let Some(rest) = body.strip_prefix(['-', '*', '+']) {
         (Marker::Bullet, rest)
     } else {
@@ -433,12 +399,7 @@ fn list_item(line: &str) -> Option<ListLine<'_>> {
             text = after.trim_start();
         }
     }
-    Some(ListLine {
-        indent,
-        marker,
-        task,
-        text,
-    })
+    Some(ListLine { indent, marker, task, text })
 }
 
 /// A table whose header is line `i` and delimiter row line `i + 1`.
@@ -468,11 +429,7 @@ fn table_at(lines: &[&str], i: usize) -> Option<Table> {
         rows.push(cells);
         j += 1;
     }
-    Some(Table {
-        header,
-        aligns,
-        rows,
-    })
+    Some(Table { header, aligns, rows })
 }
 
 fn delimiter_row(line: &str) -> Option<Vec<Align>> {
@@ -554,43 +511,23 @@ pub(crate) enum Inline {
 pub(crate) fn parse_inlines(text: &str) -> Vec<Inline> {
     let chars: Vec<char> = text.chars().collect();
     let atoms = find_atoms(&chars);
-    let parser = InlineParser {
-        chars: &chars,
-        atoms,
-    };
+    let parser = InlineParser { chars: &chars, atoms };
     parser.parse(0, chars.len(), 0)
 }
 
 /// Constructs found before emphasis is matched; emphasis never pairs across them.
 #[derive(Debug, Clone)]
 enum Atom {
-    Code {
-        content: (usize, usize),
-        end: usize,
-    },
-    Link {
-        text: (usize, usize),
-        url: String,
-        end: usize,
-    },
-    Image {
-        alt: (usize, usize),
-        url: String,
-        end: usize,
-    },
-    Auto {
-        url: String,
-        end: usize,
-    },
+    Code { content: (usize, usize), end: usize },
+    Link { text: (usize, usize), url: String, end: usize },
+    Image { alt: (usize, usize), url: String, end: usize },
+    Auto { url: String, end: usize },
 }
 
 impl Atom {
     fn end(&self) -> usize {
         match self {
-            Atom::Code { end, .. }
-            | Atom::Link { end, .. }
-            | Atom::Image { end, .. }
-            | Atom::Auto { end, .. } => *end,
+            Atom::Code { end, .. } | Atom::Link { end, .. } | Atom::Image { end, .. } | Atom::Auto { end, .. } => *end,
         }
     }
 }
@@ -628,13 +565,7 @@ fn find_atoms(chars: &[char]) -> HashMap<usize, Atom> {
                 });
                 match closer {
                     Some(close) => {
-                        atoms.insert(
-                            i,
-                            Atom::Code {
-                                content: (i + len, close),
-                                end: close + len,
-                            },
-                        );
+                        atoms.insert(i, Atom::Code { content: (i + len, close), end: close + len });
                         opaque_end.insert(i, close + len);
                         i = close + len;
                     }
@@ -682,23 +613,9 @@ fn find_atoms(chars: &[char]) -> HashMap<usize, Atom> {
         };
         let image = open > 0 && chars[open - 1] == '!' && !(open > 1 && chars[open - 2] == '\\');
         if image {
-            atoms.insert(
-                open - 1,
-                Atom::Image {
-                    alt: (open + 1, close),
-                    url,
-                    end,
-                },
-            );
+            atoms.insert(open - 1, Atom::Image { alt: (open + 1, close), url, end });
         } else {
-            atoms.insert(
-                open,
-                Atom::Link {
-                    text: (open + 1, close),
-                    url,
-                    end,
-                },
-            );
+            atoms.insert(open, Atom::Link { text: (open + 1, close), url, end });
         }
     }
     atoms
@@ -708,10 +625,7 @@ fn find_atoms(chars: &[char]) -> HashMap<usize, Atom> {
 fn link_destination(chars: &[char], start: usize) -> Option<(String, usize)> {
     let mut i = start;
     let skip_spaces = |mut i: usize| {
-        while chars
-            .get(i)
-            .is_some_and(|c| *c == ' ' || *c == '\t' || *c == '\n')
-        {
+        while chars.get(i).is_some_and(|c| *c == ' ' || *c == '\t' || *c == '\n') {
             i += 1;
         }
         i
@@ -794,22 +708,11 @@ impl InlineParser<'_> {
     /// (CommonMark's flanking rules; `_` never works inside a word, so `snake_case` stays).
     fn flanking(&self, i: usize, run: usize, start: usize, end: usize) -> (bool, bool) {
         let c = self.chars[i];
-        let before = if i > start {
-            self.at(i - 1, start, end)
-        } else {
-            None
-        };
+        let before = if i > start { self.at(i - 1, start, end) } else { None };
         let after = self.at(i + run, start, end);
         let left = !ws(after) && (!punct(after) || ws(before) || punct(before));
         let right = !ws(before) && (!punct(before) || ws(after) || punct(after));
-        if c == '_' {
-            (
-                left && (!right || punct(before)),
-                right && (!left || punct(after)),
-            )
-        } else {
-            (left, right)
-        }
+        if c == '_' { (left && (!right || punct(before)), right && (!left || punct(after))) } else { (left, right) }
     }
 
     fn run_len(&self, i: usize, end: usize) -> usize {
@@ -871,13 +774,7 @@ impl InlineParser<'_> {
         self.build(start, end, &pairs, depth)
     }
 
-    fn build(
-        &self,
-        start: usize,
-        end: usize,
-        pairs: &HashMap<usize, (usize, usize)>,
-        depth: usize,
-    ) -> Vec<Inline> {
+    fn build(&self, start: usize, end: usize, pairs: &HashMap<usize, (usize, usize)>, depth: usize) -> Vec<Inline> {
         let mut out: Vec<Inline> = Vec::new();
         let mut text = String::new();
         let mut i = start;
@@ -924,9 +821,7 @@ impl InlineParser<'_> {
 
     fn atom_inline(&self, atom: &Atom, depth: usize) -> Inline {
         match atom {
-            Atom::Code {
-                content: (s, e), ..
-            } => {
+            Atom::Code { content: (s, e), .. } => {
                 let raw: String = self.chars[*s..*e].iter().collect();
                 let raw = raw.replace('\n', " ");
                 // One leading and trailing space is stripped when both are present.
@@ -937,22 +832,13 @@ impl InlineParser<'_> {
                 };
                 Inline::Code(code)
             }
-            Atom::Link {
-                text: (s, e), url, ..
-            } => Inline::Link {
-                children: self.parse(*s, *e, depth + 1),
-                url: url.clone(),
-            },
-            Atom::Image {
-                alt: (s, e), url, ..
-            } => Inline::Image {
-                alt: plain_of(&self.parse(*s, *e, depth + 1)),
-                url: url.clone(),
-            },
-            Atom::Auto { url, .. } => Inline::Link {
-                children: vec![Inline::Text(url.clone())],
-                url: url.clone(),
-            },
+            Atom::Link { text: (s, e), url, .. } => {
+                Inline::Link { children: self.parse(*s, *e, depth + 1), url: url.clone() }
+            }
+            Atom::Image { alt: (s, e), url, .. } => {
+                Inline::Image { alt: plain_of(&self.parse(*s, *e, depth + 1)), url: url.clone() }
+            }
+            Atom::Auto { url, .. } => Inline::Link { children: vec![Inline::Text(url.clone())], url: url.clone() },
         }
     }
 }
@@ -965,9 +851,7 @@ fn autolink_at(chars: &[char], i: usize) -> Option<(String, usize)> {
         let c = chars[j];
         if c == '>' {
             let lower = url.to_ascii_lowercase();
-            let ok = ["http://", "https://", "mailto:", "tg://"]
-                .iter()
-                .any(|p| lower.starts_with(p));
+            let ok = ["http://", "https://", "mailto:", "tg://"].iter().any(|p| lower.starts_with(p));
             return ok.then_some((url, j + 1));
         }
         if c.is_whitespace() || c == '<' {
@@ -1023,19 +907,14 @@ pub(crate) fn display_width(text: &str) -> usize {
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         // U+FE0F asks for emoji presentation, which is two cells wide.
-        width += if chars.peek() == Some(&'\u{FE0F}') {
-            2
-        } else {
-            char_width(c)
-        };
+        width += if chars.peek() == Some(&'\u{FE0F}') { 2 } else { char_width(c) };
     }
     width
 }
 
 fn char_width(c: char) -> usize {
     let cp = c as u32;
-    if matches!(cp, 0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F | 0x20E3 | 0x1F3FB..=0x1F3FF)
-        || c.is_control()
+    if matches!(cp, 0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F | 0x20E3 | 0x1F3FB..=0x1F3FF) || c.is_control()
     {
         0
     } else if matches!(cp,
@@ -1069,10 +948,7 @@ mod tests {
             ("plain", vec![t("plain")]),
             ("**b**", vec![Strong(vec![t("b")])]),
             ("__b__", vec![Strong(vec![t("b")])]),
-            (
-                "*i* and _i_",
-                vec![Emph(vec![t("i")]), t(" and "), Emph(vec![t("i")])],
-            ),
+            ("*i* and _i_", vec![Emph(vec![t("i")]), t(" and "), Emph(vec![t("i")])]),
             ("***bi***", vec![Strong(vec![Emph(vec![t("bi")])])]),
             ("~~s~~", vec![Strike(vec![t("s")])]),
             ("~s~", vec![t("~s~")]),
@@ -1080,49 +956,19 @@ mod tests {
             ("a * b * c", vec![t("a * b * c")]),
             ("**never closed", vec![t("**never closed")]),
             ("*", vec![t("*")]),
-            (
-                "**a *b* c**",
-                vec![Strong(vec![t("a "), Emph(vec![t("b")]), t(" c")])],
-            ),
+            ("**a *b* c**", vec![Strong(vec![t("a "), Emph(vec![t("b")]), t(" c")])]),
             ("`*x*`", vec![Code("*x*".into())]),
             ("``a ` b``", vec![Code("a ` b".into())]),
             ("` a `", vec![Code("a".into())]),
             ("`unclosed", vec![t("`unclosed")]),
             ("\\*not\\*", vec![t("*not*")]),
-            (
-                "*a `*` b*",
-                vec![Emph(vec![t("a "), Code("*".into()), t(" b")])],
-            ),
-            (
-                "[t](https://x.y/a_(b))",
-                vec![Link {
-                    children: vec![t("t")],
-                    url: "https://x.y/a_(b)".into(),
-                }],
-            ),
-            (
-                "[t](<https://x y> \"title\")",
-                vec![Link {
-                    children: vec![t("t")],
-                    url: "https://x y".into(),
-                }],
-            ),
-            (
-                "![alt *x*](http://i.png)",
-                vec![Image {
-                    alt: "alt x".into(),
-                    url: "http://i.png".into(),
-                }],
-            ),
+            ("*a `*` b*", vec![Emph(vec![t("a "), Code("*".into()), t(" b")])]),
+            ("[t](https://x.y/a_(b))", vec![Link { children: vec![t("t")], url: "https://x.y/a_(b)".into() }]),
+            ("[t](<https://x y> \"title\")", vec![Link { children: vec![t("t")], url: "https://x y".into() }]),
+            ("![alt *x*](http://i.png)", vec![Image { alt: "alt x".into(), url: "http://i.png".into() }]),
             ("[just brackets]", vec![t("[just brackets]")]),
             ("[a](", vec![t("[a](")]),
-            (
-                "<https://a.b>",
-                vec![Link {
-                    children: vec![t("https://a.b")],
-                    url: "https://a.b".into(),
-                }],
-            ),
+            ("<https://a.b>", vec![Link { children: vec![t("https://a.b")], url: "https://a.b".into() }]),
             ("<script>", vec![t("<script>")]),
             ("2*3*4", vec![t("2"), Emph(vec![t("3")]), t("4")]),
             ("**bold**text", vec![Strong(vec![t("bold")]), t("text")]),
@@ -1151,10 +997,7 @@ mod tests {
     #[test]
     fn fence_open_and_close() {
         let f = FenceOpen::parse("```rust").unwrap();
-        assert_eq!(
-            (f.ch, f.len, f.info.as_str(), f.language()),
-            ('`', 3, "rust", Some("rust"))
-        );
+        assert_eq!((f.ch, f.len, f.info.as_str(), f.language()), ('`', 3, "rust", Some("rust")));
         assert!(f.is_closed_by("```"));
         assert!(f.is_closed_by("  ````  "));
         assert!(!f.is_closed_by("```python"));
@@ -1175,10 +1018,7 @@ mod tests {
         assert_eq!(regions.len(), 1);
         let r = &regions[0];
         assert_eq!(&text[r.open_start..r.content_start], "```rust\n");
-        assert_eq!(
-            &text[r.content_start..r.content_end],
-            "fn a() {}\nfn b() {}\n"
-        );
+        assert_eq!(&text[r.content_start..r.content_end], "fn a() {}\nfn b() {}\n");
         assert_eq!(&text[r.content_end..r.after_close], "```");
         let nl_after_a = text.find("{}\n").unwrap() + 2;
         let cases = [
@@ -1215,12 +1055,7 @@ mod tests {
                     Block::Paragraph(t) => format!("P({t})"),
                     Block::Heading(t) => format!("H({t})"),
                     Block::Code { lang, text } => format!("C({lang:?},{text})"),
-                    Block::ListItem {
-                        level,
-                        marker,
-                        task,
-                        text,
-                    } => {
+                    Block::ListItem { level, marker, task, text } => {
                         format!("L{level}({marker:?},{task:?},{text})")
                     }
                     Block::Quote(inner) => format!("Q({})", inner.len()),

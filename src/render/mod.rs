@@ -9,8 +9,7 @@ mod plain;
 mod telegram;
 
 pub use chunk::{
-    TELEGRAM_LIMIT, TELEGRAM_RAW_LIMIT, TELEGRAM_TARGET, Units, chunk_markdown, plain_chunks,
-    telegram_chunks,
+    TELEGRAM_LIMIT, TELEGRAM_RAW_LIMIT, TELEGRAM_TARGET, Units, chunk_markdown, plain_chunks, telegram_chunks,
 };
 pub use html::{split_html, strip_tags};
 pub use plain::plain_text;
@@ -54,9 +53,7 @@ pub(crate) mod tests {
                             && tag.starts_with("a href=\"")
                             && tag.ends_with('"')
                             && !tag["a href=\"".len()..tag.len() - 1].contains('"'))
-                            || (name == "code"
-                                && tag.starts_with("code class=\"language-")
-                                && tag.ends_with('"'));
+                            || (name == "code" && tag.starts_with("code class=\"language-") && tag.ends_with('"'));
                         if !ok_attr {
                             return false;
                         }
@@ -65,9 +62,7 @@ pub(crate) mod tests {
                 }
                 rest = &rest[end + 1..];
             } else if c == '&' {
-                let ok = ["&lt;", "&gt;", "&amp;", "&quot;"]
-                    .iter()
-                    .any(|e| rest.starts_with(e));
+                let ok = ["&lt;", "&gt;", "&amp;", "&quot;"].iter().any(|e| rest.starts_with(e));
                 if !ok {
                     return false;
                 }
@@ -83,22 +78,10 @@ pub(crate) mod tests {
 
     #[test]
     fn balance_checker_rejects_broken_html() {
-        for bad in [
-            "<b>x",
-            "<b><i>x</b></i>",
-            "</b>",
-            "<br>",
-            "a & b",
-            "a > b",
-            "<a href=\"x\"y\">t</a>",
-        ] {
+        for bad in ["<b>x", "<b><i>x</b></i>", "</b>", "<br>", "a & b", "a > b", "<a href=\"x\"y\">t</a>"] {
             assert!(!balanced(bad), "{bad:?}");
         }
-        for good in [
-            "",
-            "<b>x</b>",
-            "<a href=\"https://x?a=&quot;\">t</a> &amp; &lt;",
-        ] {
+        for good in ["", "<b>x</b>", "<a href=\"https://x?a=&quot;\">t</a> &amp; &lt;"] {
             assert!(balanced(good), "{good:?}");
         }
     }
@@ -190,11 +173,7 @@ pub(crate) mod tests {
                         if rng.below(2) == 0 {
                             out.push_str(&format!("{}. {}\n", i + 1, sentence(rng, 10)));
                         } else {
-                            out.push_str(&format!(
-                                "{}- {}\n",
-                                "  ".repeat(rng.below(2)),
-                                sentence(rng, 10)
-                            ));
+                            out.push_str(&format!("{}- {}\n", "  ".repeat(rng.below(2)), sentence(rng, 10)));
                         }
                     }
                 }
@@ -202,11 +181,7 @@ pub(crate) mod tests {
                 4 => {
                     out.push_str("| col | other |\n|---|:-:|\n");
                     for _ in 0..rng.below(4) {
-                        out.push_str(&format!(
-                            "| {} | {} |\n",
-                            rng.pick(&WORDS),
-                            rng.pick(&WORDS)
-                        ));
+                        out.push_str(&format!("| {} | {} |\n", rng.pick(&WORDS), rng.pick(&WORDS)));
                     }
                 }
                 5 => out.push_str(&format!("> {}\n> {}\n", sentence(rng, 8), sentence(rng, 8))),
@@ -227,10 +202,7 @@ pub(crate) mod tests {
 
     fn sentence(rng: &mut Rng, max_words: usize) -> String {
         let n = 1 + rng.below(max_words);
-        (0..n)
-            .map(|_| rng.pick(&WORDS))
-            .collect::<Vec<_>>()
-            .join(" ")
+        (0..n).map(|_| rng.pick(&WORDS)).collect::<Vec<_>>().join(" ")
     }
 
     fn non_ws(text: &str) -> String {
@@ -256,9 +228,7 @@ pub(crate) mod tests {
 
     /// Every fence opened in the chunk is closed in it.
     fn fences_balanced(chunk: &str) -> bool {
-        fence_regions(chunk, true)
-            .iter()
-            .all(|r| r.after_close != usize::MAX)
+        fence_regions(chunk, true).iter().all(|r| r.after_close != usize::MAX)
     }
 
     #[test]
@@ -283,15 +253,9 @@ pub(crate) mod tests {
             ] {
                 let chunks = chunk_markdown(md, limit, units);
                 for chunk in &chunks {
-                    assert!(
-                        units.len(chunk) <= limit,
-                        "case {case}: {units:?} {limit}: {chunk:?}"
-                    );
+                    assert!(units.len(chunk) <= limit, "case {case}: {units:?} {limit}: {chunk:?}");
                     assert!(!chunk.trim().is_empty(), "case {case}: empty chunk");
-                    assert!(
-                        fences_balanced(chunk),
-                        "case {case} limit {limit}: unbalanced {chunk:?}"
-                    );
+                    assert!(fences_balanced(chunk), "case {case} limit {limit}: unbalanced {chunk:?}");
                 }
                 assert_eq!(
                     content_without_fence_lines(&chunks.join("\n")),
@@ -317,10 +281,7 @@ pub(crate) mod tests {
                 generate(&mut rng, blocks)
             };
             let plain = plain_text(&md);
-            for (limit, units) in [
-                (15 + rng.below(50), Units::Chars),
-                (30 + rng.below(100), Units::Bytes),
-            ] {
+            for (limit, units) in [(15 + rng.below(50), Units::Chars), (30 + rng.below(100), Units::Bytes)] {
                 let chunks = plain_chunks(&md, limit, units);
                 for chunk in &chunks {
                     assert!(units.len(chunk) <= limit, "case {case}: {chunk:?}");
@@ -383,19 +344,11 @@ pub(crate) mod tests {
             for chunk in &chunks {
                 assert!(balanced(chunk), "case {case} limit {limit}: {chunk:?}");
                 assert!(visible_units(chunk) <= limit, "case {case}: {chunk:?}");
-                assert!(
-                    chunk.len() <= raw_limit,
-                    "case {case}: raw {} > {raw_limit}: {chunk:?}",
-                    chunk.len()
-                );
+                assert!(chunk.len() <= raw_limit, "case {case}: raw {} > {raw_limit}: {chunk:?}", chunk.len());
                 assert!(!strip_tags(chunk).trim().is_empty());
             }
             let joined: String = chunks.iter().map(|c| strip_tags(c)).collect();
-            assert_eq!(
-                non_ws(&joined),
-                non_ws(&strip_tags(&html)),
-                "case {case}: text lost"
-            );
+            assert_eq!(non_ws(&joined), non_ws(&strip_tags(&html)), "case {case}: text lost");
         }
     }
 
@@ -425,10 +378,7 @@ pub(crate) mod tests {
         assert!(telegram_chunks("").is_empty());
         assert!(telegram_chunks("  \n\n ").is_empty());
         assert!(plain_chunks("", 10, Units::Chars).is_empty());
-        assert_eq!(
-            chunk_markdown("```\n```", 100, Units::Chars),
-            vec!["```\n```"]
-        );
+        assert_eq!(chunk_markdown("```\n```", 100, Units::Chars), vec!["```\n```"]);
         let fits = "a".repeat(TELEGRAM_TARGET);
         assert_eq!(telegram_chunks(&fits), vec![fits.clone()]);
         let over = format!("{fits}b");
@@ -463,32 +413,19 @@ pub(crate) mod tests {
 
     #[test]
     fn telegram_chunks_split_long_code_block_inside_pre() {
-        let code: String = (0..600)
-            .map(|i| format!("let v{i} = {i} < {};\n", i + 1))
-            .collect();
+        let code: String = (0..600).map(|i| format!("let v{i} = {i} < {};\n", i + 1)).collect();
         let md = format!("Here:\n\n```rust\n{code}```\n\nDone & dusted.");
         let chunks = telegram_chunks(&md);
         assert!(chunks.len() >= 3, "{}", chunks.len());
         for chunk in &chunks[1..chunks.len() - 1] {
-            assert!(
-                chunk.starts_with("<pre><code class=\"language-rust\">"),
-                "{chunk:.60}"
-            );
+            assert!(chunk.starts_with("<pre><code class=\"language-rust\">"), "{chunk:.60}");
             assert!(chunk.ends_with("</code></pre>"));
         }
         // Cuts fall at line ends inside the code.
         for chunk in &chunks[..chunks.len() - 1] {
-            assert!(
-                strip_tags(chunk).trim_end().ends_with(';'),
-                "{:?}",
-                &chunk[chunk.len() - 40..]
-            );
+            assert!(strip_tags(chunk).trim_end().ends_with(';'), "{:?}", &chunk[chunk.len() - 40..]);
         }
-        assert!(
-            chunks
-                .last()
-                .is_some_and(|c| c.ends_with("Done &amp; dusted."))
-        );
+        assert!(chunks.last().is_some_and(|c| c.ends_with("Done &amp; dusted.")));
     }
 
     #[test]
@@ -510,10 +447,7 @@ pub(crate) mod tests {
             for chunk in split_html(&telegram_html(&md), limit, 100_000) {
                 // A cut inside an entity would leave a bare `&` (unbalanced) or its letters.
                 assert!(balanced(&chunk), "{chunk:?}");
-                assert!(
-                    strip_tags(&chunk).chars().all(|c| "&<> ".contains(c)),
-                    "{chunk:?}"
-                );
+                assert!(strip_tags(&chunk).chars().all(|c| "&<> ".contains(c)), "{chunk:?}");
                 assert!(visible_units(&chunk) <= limit.max(2));
             }
         }

@@ -37,12 +37,7 @@ fn render_block(block: &Block) -> String {
                 text.clone()
             }
         }
-        Block::ListItem {
-            level,
-            marker,
-            task,
-            text,
-        } => {
+        Block::ListItem { level, marker, task, text } => {
             let indent = "  ".repeat((*level).min(8));
             let mut bullet = match marker {
                 Marker::Bullet => "•".to_string(),
@@ -61,13 +56,7 @@ fn render_block(block: &Block) -> String {
             let mut body = String::new();
             render_blocks(inner, &mut body);
             body.lines()
-                .map(|line| {
-                    if line.is_empty() {
-                        ">".to_string()
-                    } else {
-                        format!("> {line}")
-                    }
-                })
+                .map(|line| if line.is_empty() { ">".to_string() } else { format!("> {line}") })
                 .collect::<Vec<_>>()
                 .join("\n")
         }
@@ -79,16 +68,9 @@ fn render_block(block: &Block) -> String {
 /// Proportional fonts defeat column alignment, so rows are cells joined by ` | `.
 fn table_lines(table: &Table) -> String {
     let row = |cells: &[String]| {
-        cells
-            .iter()
-            .map(|c| inline_plain(&parse_inlines(c)).replace('\n', " "))
-            .collect::<Vec<_>>()
-            .join(" | ")
+        cells.iter().map(|c| inline_plain(&parse_inlines(c)).replace('\n', " ")).collect::<Vec<_>>().join(" | ")
     };
-    std::iter::once(row(&table.header))
-        .chain(table.rows.iter().map(|r| row(r)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    std::iter::once(row(&table.header)).chain(table.rows.iter().map(|r| row(r))).collect::<Vec<_>>().join("\n")
 }
 
 fn inline_plain(nodes: &[Inline]) -> String {
@@ -144,22 +126,13 @@ mod tests {
     fn golden() {
         let cases: &[(&str, &str)] = &[
             ("", ""),
-            (
-                "# Title\n\nSome **bold** and *it* and ~~s~~.",
-                "Title\n\nSome bold and it and s.",
-            ),
+            ("# Title\n\nSome **bold** and *it* and ~~s~~.", "Title\n\nSome bold and it and s."),
             ("```rust\nfn main() {}\n```", "fn main() {}"),
             ("````md\n```inner```\n```\n````", "```inner```\n```"),
-            (
-                "[docs](https://d.rs) and <https://a.b>",
-                "docs (https://d.rs) and https://a.b",
-            ),
+            ("[docs](https://d.rs) and <https://a.b>", "docs (https://d.rs) and https://a.b"),
             ("[https://x.y](https://x.y)", "https://x.y"),
             ("![a cat](https://c/cat.png) ![](x.png)", "[a cat] [image]"),
-            (
-                "* one\n+ two\n- three\n  - sub",
-                "• one\n• two\n• three\n  • sub",
-            ),
+            ("* one\n+ two\n- three\n  - sub", "• one\n• two\n• three\n  • sub"),
             ("1) first\n2. second", "1. first\n2. second"),
             ("- [ ] todo\n- [x] done", "• [ ] todo\n• [x] done"),
             ("a\n\n\n\n\nb", "a\n\nb"),
@@ -167,14 +140,8 @@ mod tests {
             ("> quoted *text*\n>\n> more", "> quoted text\n>\n> more"),
             ("---", "──────────"),
             ("| a | b |\n|---|---|\n| **1** | 2 |", "a | b\n1 | 2"),
-            (
-                "use `snake_case` and snake_case",
-                "use snake_case and snake_case",
-            ),
-            (
-                "<script>alert(1)</script> a < b && c > d",
-                "<script>alert(1)</script> a < b && c > d",
-            ),
+            ("use `snake_case` and snake_case", "use snake_case and snake_case"),
+            ("<script>alert(1)</script> a < b && c > d", "<script>alert(1)</script> a < b && c > d"),
             ("unbalanced **bold and *it", "unbalanced **bold and *it"),
             ("emoji 😀 and עברית **bold**", "emoji 😀 and עברית bold"),
             ("\\*escaped\\*", "*escaped*"),

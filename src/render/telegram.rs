@@ -4,8 +4,7 @@
 
 use super::html::{escape_attr, escape_text};
 use super::markdown::{
-    Align, Block, Inline, Marker, Spaced, Table, display_width, is_safe_url, parse_blocks,
-    parse_inlines, plain_of,
+    Align, Block, Inline, Marker, Spaced, Table, display_width, is_safe_url, parse_blocks, parse_inlines, plain_of,
 };
 
 /// What a horizontal rule becomes.
@@ -42,14 +41,7 @@ fn render_block(block: &Block, out: &mut String) {
             let nodes = parse_inlines(text);
             if !nodes.is_empty() {
                 out.push_str("<b>");
-                inline_html(
-                    &nodes,
-                    Ctx {
-                        bold: true,
-                        ..Ctx::default()
-                    },
-                    out,
-                );
+                inline_html(&nodes, Ctx { bold: true, ..Ctx::default() }, out);
                 out.push_str("</b>");
             }
         }
@@ -72,12 +64,7 @@ fn render_block(block: &Block, out: &mut String) {
                 }
             }
         }
-        Block::ListItem {
-            level,
-            marker,
-            task,
-            text,
-        } => {
+        Block::ListItem { level, marker, task, text } => {
             let indent = "  ".repeat((*level).min(8));
             let bullet = match (marker, task) {
                 (Marker::Bullet, Some(true)) => "☑".to_string(),
@@ -188,35 +175,13 @@ fn inline_html(nodes: &[Inline], ctx: Ctx, out: &mut String) {
                 wrap("b", ctx.bold, children, Ctx { bold: true, ..ctx }, out);
             }
             Inline::Emph(children) => {
-                wrap(
-                    "i",
-                    ctx.italic,
-                    children,
-                    Ctx {
-                        italic: true,
-                        ..ctx
-                    },
-                    out,
-                );
+                wrap("i", ctx.italic, children, Ctx { italic: true, ..ctx }, out);
             }
             Inline::Strike(children) => {
-                wrap(
-                    "s",
-                    ctx.strike,
-                    children,
-                    Ctx {
-                        strike: true,
-                        ..ctx
-                    },
-                    out,
-                );
+                wrap("s", ctx.strike, children, Ctx { strike: true, ..ctx }, out);
             }
             Inline::Link { children, url } => {
-                let shown: &[Inline] = if plain_of(children).trim().is_empty() {
-                    &[]
-                } else {
-                    children
-                };
+                let shown: &[Inline] = if plain_of(children).trim().is_empty() { &[] } else { children };
                 if ctx.link || !is_safe_url(url) {
                     if shown.is_empty() {
                         escape_text(url, out);
@@ -236,11 +201,7 @@ fn inline_html(nodes: &[Inline], ctx: Ctx, out: &mut String) {
                 out.push_str("</a>");
             }
             Inline::Image { alt, url } => {
-                let label = if alt.trim().is_empty() {
-                    "image"
-                } else {
-                    alt.as_str()
-                };
+                let label = if alt.trim().is_empty() { "image" } else { alt.as_str() };
                 if ctx.link || !is_safe_url(url) {
                     escape_text(label, out);
                 } else {
@@ -259,11 +220,7 @@ fn inline_html(nodes: &[Inline], ctx: Ctx, out: &mut String) {
 pub(crate) fn table_grid(table: &Table) -> String {
     let text = |cell: &String| plain_of(&parse_inlines(cell)).replace('\n', " ");
     let header: Vec<String> = table.header.iter().map(text).collect();
-    let rows: Vec<Vec<String>> = table
-        .rows
-        .iter()
-        .map(|r| r.iter().map(text).collect())
-        .collect();
+    let rows: Vec<Vec<String>> = table.rows.iter().map(|r| r.iter().map(text).collect()).collect();
     let columns = header.len();
     let mut widths = vec![0usize; columns];
     for row in std::iter::once(&header).chain(rows.iter()) {
@@ -291,13 +248,7 @@ pub(crate) fn table_grid(table: &Table) -> String {
         s.trim_end().to_string()
     };
     let mut out = vec![line(&header)];
-    out.push(
-        widths
-            .iter()
-            .map(|w| "─".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("─┼─"),
-    );
+    out.push(widths.iter().map(|w| "─".repeat(*w)).collect::<Vec<_>>().join("─┼─"));
     out.extend(rows.iter().map(|r| line(r)));
     out.join("\n")
 }
@@ -317,111 +268,54 @@ mod tests {
             ("~~gone~~", "<s>gone</s>"),
             ("use snake_case_names here", "use snake_case_names here"),
             ("a * b = c", "a * b = c"),
-            (
-                "lone * star and **never closed",
-                "lone * star and **never closed",
-            ),
+            ("lone * star and **never closed", "lone * star and **never closed"),
             ("**bold *nested* bold**", "<b>bold <i>nested</i> bold</b>"),
             ("**outer **inner** x**", "<b>outer inner x</b>"),
             ("*a *b* c*", "<i>a b c</i>"),
             ("*a **b* c**", "<i>a **b</i> c**"),
-            (
-                "<script>alert(1)</script>",
-                "&lt;script&gt;alert(1)&lt;/script&gt;",
-            ),
+            ("<script>alert(1)</script>", "&lt;script&gt;alert(1)&lt;/script&gt;"),
             ("a < b && c > d", "a &lt; b &amp;&amp; c &gt; d"),
-            (
-                "`a < b` and `x`",
-                "<code>a &lt; b</code> and <code>x</code>",
-            ),
+            ("`a < b` and `x`", "<code>a &lt; b</code> and <code>x</code>"),
             ("``code with ` tick``", "<code>code with ` tick</code>"),
             ("# Title", "<b>Title</b>"),
             ("## **Bold** title ##", "<b>Bold title</b>"),
             ("#hashtag", "#hashtag"),
-            (
-                "[site](https://example.com)",
-                "<a href=\"https://example.com\">site</a>",
-            ),
-            (
-                "[q](https://x.com/?a=\"b\"&c=<d>)",
-                "<a href=\"https://x.com/?a=&quot;b&quot;&amp;c=&lt;d&gt;\">q</a>",
-            ),
+            ("[site](https://example.com)", "<a href=\"https://example.com\">site</a>"),
+            ("[q](https://x.com/?a=\"b\"&c=<d>)", "<a href=\"https://x.com/?a=&quot;b&quot;&amp;c=&lt;d&gt;\">q</a>"),
             ("[bad](javascript:alert(1))", "bad"),
             ("[file](src/main.rs)", "file"),
-            (
-                "[**b** `c`](http://x)",
-                "<a href=\"http://x\"><b>b</b> c</a>",
-            ),
-            (
-                "[](https://e.com)",
-                "<a href=\"https://e.com\">https://e.com</a>",
-            ),
-            (
-                "<https://auto.link>",
-                "<a href=\"https://auto.link\">https://auto.link</a>",
-            ),
-            (
-                "![logo](https://x/l.png)",
-                "<a href=\"https://x/l.png\">logo</a>",
-            ),
-            (
-                "[![b](https://i)](https://t)",
-                "<a href=\"https://t\">b</a>",
-            ),
-            (
-                "tg [me](tg://user?id=1)",
-                "tg <a href=\"tg://user?id=1\">me</a>",
-            ),
-            (
-                "- one\n- two\n  - sub\n* three",
-                "• one\n• two\n  ◦ sub\n• three",
-            ),
+            ("[**b** `c`](http://x)", "<a href=\"http://x\"><b>b</b> c</a>"),
+            ("[](https://e.com)", "<a href=\"https://e.com\">https://e.com</a>"),
+            ("<https://auto.link>", "<a href=\"https://auto.link\">https://auto.link</a>"),
+            ("![logo](https://x/l.png)", "<a href=\"https://x/l.png\">logo</a>"),
+            ("[![b](https://i)](https://t)", "<a href=\"https://t\">b</a>"),
+            ("tg [me](tg://user?id=1)", "tg <a href=\"tg://user?id=1\">me</a>"),
+            ("- one\n- two\n  - sub\n* three", "• one\n• two\n  ◦ sub\n• three"),
             ("1. first\n2. second", "1. first\n2. second"),
             ("- [ ] todo\n- [x] done", "☐ todo\n☑ done"),
             ("- item\n  wrapped *line*", "• item\n  wrapped <i>line</i>"),
-            (
-                "> quoted **text**\n> more",
-                "<blockquote>quoted <b>text</b>\nmore</blockquote>",
-            ),
-            (
-                "> outer\n> > inner",
-                "<blockquote>outer\ninner</blockquote>",
-            ),
+            ("> quoted **text**\n> more", "<blockquote>quoted <b>text</b>\nmore</blockquote>"),
+            ("> outer\n> > inner", "<blockquote>outer\ninner</blockquote>"),
             (
                 "> before\n> ```\n> code\n> ```\n> after",
                 "<blockquote>before</blockquote>\n<pre>code</pre>\n<blockquote>after</blockquote>",
             ),
             ("a\n\n---\n\nb", "a\n\n──────────\n\nb"),
-            (
-                "para one\nline two\n\n\n\npara two",
-                "para one\nline two\n\npara two",
-            ),
+            ("para one\nline two\n\n\n\npara two", "para one\nline two\n\npara two"),
             (
                 "```rust\nfn main() { println!(\"<hi> & bye\"); }\n```",
                 "<pre><code class=\"language-rust\">fn main() { println!(\"&lt;hi&gt; &amp; bye\"); }</code></pre>",
             ),
             ("```\nno lang\n```", "<pre>no lang</pre>"),
-            (
-                "~~~python\nx = 1\n~~~",
-                "<pre><code class=\"language-python\">x = 1</code></pre>",
-            ),
+            ("~~~python\nx = 1\n~~~", "<pre><code class=\"language-python\">x = 1</code></pre>"),
             (
                 "````markdown\n```rust\ninner\n```\n````",
                 "<pre><code class=\"language-markdown\">```rust\ninner\n```</code></pre>",
             ),
-            (
-                "```\nunclosed *fence*\nstill code",
-                "<pre>unclosed *fence*\nstill code</pre>",
-            ),
+            ("```\nunclosed *fence*\nstill code", "<pre>unclosed *fence*\nstill code</pre>"),
             ("```\"><script>\nx\n```", "<pre>x</pre>"),
-            (
-                "text\n```sh\nls\n```\nafter",
-                "text\n<pre><code class=\"language-sh\">ls</code></pre>\nafter",
-            ),
-            (
-                "- step\n   ```sh\n   make\n   ```",
-                "• step\n<pre><code class=\"language-sh\">make</code></pre>",
-            ),
+            ("text\n```sh\nls\n```\nafter", "text\n<pre><code class=\"language-sh\">ls</code></pre>\nafter"),
+            ("- step\n   ```sh\n   make\n   ```", "• step\n<pre><code class=\"language-sh\">make</code></pre>"),
             (
                 "| Name | Qty |\n|------|----:|\n| apple | 3 |\n| kiwi & fig | 12 |",
                 "<pre>Name       │ Qty\n───────────┼────\napple      │   3\nkiwi &amp; fig │  12</pre>",
@@ -433,10 +327,7 @@ mod tests {
             ("2 * 3 * 4", "2 * 3 * 4"),
             ("**", "**"),
             ("*a\n\nb*", "*a\n\nb*"),
-            (
-                "line with trailing spaces  \nnext",
-                "line with trailing spaces\nnext",
-            ),
+            ("line with trailing spaces  \nnext", "line with trailing spaces\nnext"),
         ];
         for (md, want) in cases {
             assert_eq!(telegram_html(md), *want, "markdown {md:?}");
