@@ -19,3 +19,5 @@ pub mod error;
 pub mod event;
 pub mod logging;
 pub mod net;
+pub mod render;
+pub mod streamer;
