@@ -3,11 +3,11 @@
 //! inbound message, agent event and deadline, and carries out the actions it returns.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, at, bounded, never, select, unbounded};
 
-use crate::acp::supervisor::{Agent, agent_spec};
+use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters;
 use crate::config::{ChannelKind, Config};
 use crate::core::{Action, Core, Event};
@@ -68,13 +68,23 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
             },
             recv(agent_rx) -> msg => match msg {
                 Ok((agent, event)) => {
-                    if let AgentEvent::Exited { reason } = &event {
-                        let delay = agents.get_mut(&agent).map_or(Duration::from_secs(3), |a| a.backoff.next_delay());
-                        log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", delay.as_millis());
-                        restarts.insert(agent.clone(), Instant::now() + delay);
+                    if let (AgentEvent::Exited { reason }, Some(a)) = (&event, agents.get_mut(&agent)) {
+                        let now = Instant::now();
+                        match a.crashed(now) {
+                            Restart::At(at) => {
+                                log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", (at - now).as_millis());
+                                restarts.insert(agent.clone(), at);
+                            }
+                            Restart::GiveUp { crashes } => {
+                                return Err(Error::Agent(format!(
+                                    "agent \"{agent}\" crashed {crashes} times within {} s (last: it {reason}); stopping so the init system can restart tether",
+                                    CrashWindow::SPAN.as_secs()
+                                )));
+                            }
+                        }
                     }
                     if let (AgentEvent::Ready { .. }, Some(a)) = (&event, agents.get_mut(&agent)) {
-                        a.backoff.reset();
+                        a.ready();
                     }
                     Event::Agent { agent, event }
                 }
@@ -88,9 +98,13 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
             restarts.remove(&name);
             let Some(agent) = agents.get_mut(&name) else { continue };
             if let Err(e) = agent.restart(agent_tx.clone()) {
-                let delay = agent.backoff.next_delay();
-                log::error!(target: "acp", "{e}; trying again in {} ms", delay.as_millis());
-                restarts.insert(name, now + delay);
+                match agent.crashed(now) {
+                    Restart::At(at) => {
+                        log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
+                        restarts.insert(name, at);
+                    }
+                    Restart::GiveUp { .. } => return Err(e),
+                }
             }
         }
         for action in core.handle(event, now) {
@@ -122,6 +136,16 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
     }
     if !only.is_empty() {
         config.channels.retain(|name, _| only.contains(name));
+    }
+    for channel in config.channels.values() {
+        if !channel.cwd.is_dir() {
+            return Err(Error::Other(format!(
+                "{}: channel \"{}\", key \"cwd\": {} is not an existing directory: create it or fix the path",
+                config.path.display(),
+                channel.name,
+                channel.cwd.display()
+            )));
+        }
     }
     if config.channels.is_empty() {
         return Err(Error::Other(format!(

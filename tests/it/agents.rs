@@ -73,3 +73,47 @@ fn huge_lines_and_unknown_updates_are_handled() {
     let first = fake.next_text_to(111, WAIT).unwrap_or_default();
     assert!(first.len() > 1000, "log:\n{}", service.log());
 }
+
+#[test]
+fn an_agent_that_never_answers_initialize_fails_start_within_the_timeout() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("silent");
+    let agent = json!({"command": "sh", "args": ["-c", "exec sleep 60"], "startupTimeoutMs": 500});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let mut service = Service::start(&home, &[]);
+    assert_eq!(service.wait_exit(WAIT), Some(1), "log:\n{}", service.log());
+    assert!(service.log().contains("did not answer initialize within 500 ms"), "{}", service.log());
+}
+
+#[test]
+fn a_missing_cwd_is_refused_at_start() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("nocwd");
+    let channel = telegram(&fake, json!({"cwd": "/nonexistent/project"}));
+    home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": channel}}));
+    let mut service = Service::start(&home, &[]);
+    assert_eq!(service.wait_exit(WAIT), Some(1));
+    assert!(
+        service.log().contains("key \"cwd\": /nonexistent/project is not an existing directory"),
+        "{}",
+        service.log()
+    );
+}
+
+#[test]
+fn an_agent_that_keeps_crashing_stops_the_service_with_status_1() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("crashloop");
+    home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": telegram(&fake, json!({}))}}));
+    let mut service = Service::start(&home, &[]);
+    let mut exited = None;
+    for n in 0..6 {
+        fake.send_dm(111, &format!("crash number {n}"));
+        exited = service.wait_exit(Duration::from_secs(8));
+        if exited.is_some() {
+            break;
+        }
+    }
+    assert_eq!(exited, Some(1), "log:\n{}", service.log());
+    assert!(service.log().contains("crashed 4 times within 300 s"), "{}", service.log());
+}
