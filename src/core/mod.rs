@@ -3,6 +3,7 @@
 //! thread feeds it events and carries out the actions it returns.
 
 pub mod gate;
+pub mod permissions;
 pub mod routing;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
