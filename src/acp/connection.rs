@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::event::{AgentEvent, AgentRequest, SessionKey, TurnOutcome};
+use crate::event::{AgentCommand, AgentEvent, AgentRequest, SessionKey, TurnOutcome};
 
 /// The protocol version we speak.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -198,8 +198,23 @@ fn agent_notification(method: &str, msg: &Value) -> Vec<AgentEvent> {
                 _ => Vec::new(),
             }
         }
+        Some("available_commands_update") => {
+            let commands = update.get("availableCommands").and_then(Value::as_array).map(Vec::as_slice);
+            let commands = commands.unwrap_or_default().iter().filter_map(agent_command).collect();
+            vec![AgentEvent::CommandsAvailable { session_id: session_id.to_string(), commands }]
+        }
         _ => Vec::new(),
     }
+}
+
+/// One entry of `availableCommands`; entries without a usable name are skipped.
+fn agent_command(entry: &Value) -> Option<AgentCommand> {
+    let name = entry.get("name").and_then(Value::as_str)?.trim().trim_start_matches('/');
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        return None;
+    }
+    let description = entry.get("description").and_then(Value::as_str).unwrap_or("").trim();
+    Some(AgentCommand { name: name.to_string(), description: description.to_string() })
 }
 
 fn notification(method: &str, params: Value) -> String {
@@ -302,6 +317,23 @@ mod tests {
                 0,
             ),
             (r#"{"jsonrpc":"2.0","method":"qwen/notify/session/mode-update","params":{"v":1}}"#, vec![], 0),
+            // The agent's slash commands: a whole list each time; nameless entries skipped.
+            (
+                r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"available_commands_update","availableCommands":[{"name":"summary","description":"Summarise","input":null},{"name":"/joke"},{"description":"no name"},{"name":"two words"}]}}}"#,
+                vec![AgentEvent::CommandsAvailable {
+                    session_id: "s".into(),
+                    commands: vec![
+                        AgentCommand { name: "summary".into(), description: "Summarise".into() },
+                        AgentCommand { name: "joke".into(), description: String::new() },
+                    ],
+                }],
+                0,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"available_commands_update","availableCommands":[]}}}"#,
+                vec![AgentEvent::CommandsAvailable { session_id: "s".into(), commands: vec![] }],
+                0,
+            ),
             // Not JSON, or neither request nor response: ignored.
             ("garbage", vec![], 0),
             ("{}", vec![], 0),
