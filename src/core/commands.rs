@@ -32,17 +32,32 @@ const TABLE: &[(&str, Command, &str)] = &[
 /// `/name`, `/name@anybot` and leading spaces are accepted; names match in any case and are
 /// made of `A-Z a-z 0-9 _ -`. Anything else, `/summary` included, is not ours.
 pub fn parse(text: &str) -> Option<(Command, &str)> {
+    let (name, _, args) = split(text)?;
+    let (_, command, _) = TABLE.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(name))?;
+    Some((*command, args))
+}
+
+/// Whether the message is a `/command@somebot`. Adapters strip our own bot's name, so a name
+/// left there is another bot's: in a group, the command is not for us (nor for our agent).
+pub fn addressed_elsewhere(text: &str) -> bool {
+    split(text).is_some_and(|(_, bot, _)| bot.is_some_and(|b| !b.is_empty()))
+}
+
+/// `/name@bot args` → (name, bot, args), if the text starts with a command.
+fn split(text: &str) -> Option<(&str, Option<&str>, &str)> {
     let rest = text.trim_start().strip_prefix('/')?;
     let name_end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
     let (name, mut rest) = rest.split_at(name_end);
+    let mut bot = None;
     if let Some(after_at) = rest.strip_prefix('@') {
-        rest = &after_at[after_at.find(char::is_whitespace).unwrap_or(after_at.len())..];
+        let bot_end = after_at.find(char::is_whitespace).unwrap_or(after_at.len());
+        bot = Some(&after_at[..bot_end]);
+        rest = &after_at[bot_end..];
     }
-    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+    if name.is_empty() || (!rest.is_empty() && !rest.starts_with(char::is_whitespace)) {
         return None;
     }
-    let (_, command, _) = TABLE.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(name))?;
-    Some((*command, rest.trim()))
+    Some((name, bot, rest.trim()))
 }
 
 /// Whether `name` (without `/`) is handled locally, so the agent's command of that name is
@@ -202,6 +217,17 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(parse(text), expected, "{text:?}");
+        }
+        let elsewhere = [
+            ("/help@other_bot", true),
+            ("/summary@other_bot now", true),
+            ("/help", false),
+            ("/help@", false),
+            ("hi @other_bot", false),
+            ("/help me@other_bot", false),
+        ];
+        for (text, expected) in elsewhere {
+            assert_eq!(addressed_elsewhere(text), expected, "{text:?}");
         }
     }
 

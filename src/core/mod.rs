@@ -161,6 +161,10 @@ impl Core {
             log::info!(target: channel.name.as_str(), "dropped message from {} in {}: {reason}", message.sender_id, message.chat_id);
             return;
         }
+        if message.is_group && commands::addressed_elsewhere(&message.text) {
+            log::debug!(target: channel.name.as_str(), "ignored a command for another bot in {}", message.chat_id);
+            return;
+        }
         let key = routing::session_key(channel.session_scope, &message);
         let reply = routing::reply_to(&message);
         if let Some((command, args)) = commands::parse(&message.text) {

@@ -608,6 +608,20 @@ fn help_lists_the_agents_commands_and_other_commands_go_to_the_agent_verbatim() 
 }
 
 #[test]
+fn commands_for_another_bot_in_a_group_are_not_ours() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Steer);
+    ch.groups.insert("*".into(), GroupConfig { require_mention: Some(false), dispatch_mode: None });
+    let mut core = core_with(vec![ch]);
+    for text in ["/help@other_bot", "/summary@other_bot please"] {
+        assert_eq!(core.handle(inbound(group_msg("7", "-100", None, text)), t0), vec![], "{text}");
+    }
+    // In a DM, or without a bot name, they are.
+    assert_eq!(core.handle(inbound(group_msg("7", "-100", None, "/summary")), t0), vec![new_session("tg:7:-100")]);
+    assert!(matches!(core.handle(dm("7", "/help@other_bot"), t0).as_slice(), [Action::Send(Outbound::Text { .. })]));
+}
+
+#[test]
 fn status_and_who_describe_the_asker_session() {
     let t0 = Instant::now();
     let mut ch = open_channel(DispatchMode::Followup);
