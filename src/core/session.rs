@@ -13,7 +13,9 @@
 //! - `steer`: cancels the running turn (`session/cancel`) and waits at most [`CANCEL_WAIT`]
 //!   for it to end; its text is dropped. Then every message still waiting, up to the newest
 //!   steering one, runs as one turn (so several messages sent during one wait are merged, the
-//!   latest last, none lost), after [`prompt::STEER_NOTE`].
+//!   latest last, none lost), after [`prompt::STEER_NOTE`]. A turn still running after the
+//!   wait is wedged: the core abandons the session and opens a fresh one for what waits.
+//! - `/cancel` uses the same bounded wait; `/clear` does not wait (the session is forgotten).
 //! - At most [`MAX_WAITING`] messages wait per session; the next one is refused, and the
 //!   sender is told.
 
