@@ -189,6 +189,12 @@ pub enum AgentEvent {
         session_id: String,
         outcome: TurnOutcome,
     },
+    /// The slash commands the agent offers (`available_commands_update`): the whole list,
+    /// replacing any earlier one.
+    CommandsAvailable {
+        session_id: String,
+        commands: Vec<AgentCommand>,
+    },
     /// The agent process is gone (exit status, last lines of stderr for the log).
     Exited {
         reason: String,
@@ -221,4 +227,11 @@ pub enum AgentEvent {
         call: ToolCall,
         options: Vec<PermissionOption>,
     },
+}
+
+/// One of the agent's own slash commands, as it advertised it (name without the `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCommand {
+    pub name: String,
+    pub description: String,
 }

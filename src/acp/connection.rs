@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use crate::event::{
-    AgentEvent, AgentRequest, PermissionKind, PermissionOption, PermissionOutcome, SessionKey, ToolCall, TurnOutcome,
+    AgentCommand, AgentEvent, AgentRequest, PermissionKind, PermissionOption, PermissionOutcome, SessionKey, ToolCall,
+    TurnOutcome,
 };
 
 /// The protocol version we speak.
@@ -361,12 +362,27 @@ fn session_update(session_id: &str, update: &Value) -> Option<AgentEvent> {
                 .collect();
             Some(AgentEvent::Plan { session_id, entries })
         }
+        "available_commands_update" => {
+            let commands = update.get("availableCommands").and_then(Value::as_array).map(Vec::as_slice);
+            let commands = commands.unwrap_or_default().iter().filter_map(agent_command).collect();
+            Some(AgentEvent::CommandsAvailable { session_id, commands })
+        }
         "current_mode_update" => {
             let mode = update.get("currentModeId").or_else(|| update.get("modeId")).and_then(Value::as_str)?;
             Some(AgentEvent::ModeChanged { session_id, mode: mode.to_string() })
         }
         _ => None,
     }
+}
+
+/// One entry of `availableCommands`; entries without a usable name are skipped.
+fn agent_command(entry: &Value) -> Option<AgentCommand> {
+    let name = entry.get("name").and_then(Value::as_str)?.trim().trim_start_matches('/');
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        return None;
+    }
+    let description = entry.get("description").and_then(Value::as_str).unwrap_or("").trim();
+    Some(AgentCommand { name: name.to_string(), description: description.to_string() })
 }
 
 /// A `tool_call`, `tool_call_update` or a permission request's `toolCall`.
@@ -555,6 +571,23 @@ mod tests {
                 0,
             ),
             (r#"{"jsonrpc":"2.0","method":"qwen/notify/session/mode-update","params":{"v":1}}"#, vec![], 0),
+            // The agent's slash commands: a whole list each time; nameless entries skipped.
+            (
+                r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"available_commands_update","availableCommands":[{"name":"summary","description":"Summarise","input":null},{"name":"/joke"},{"description":"no name"},{"name":"two words"}]}}}"#,
+                vec![AgentEvent::CommandsAvailable {
+                    session_id: "s".into(),
+                    commands: vec![
+                        AgentCommand { name: "summary".into(), description: "Summarise".into() },
+                        AgentCommand { name: "joke".into(), description: String::new() },
+                    ],
+                }],
+                0,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"available_commands_update","availableCommands":[]}}}"#,
+                vec![AgentEvent::CommandsAvailable { session_id: "s".into(), commands: vec![] }],
+                0,
+            ),
             // Not JSON, or neither request nor response: ignored.
             ("garbage", vec![], 0),
             ("{}", vec![], 0),

@@ -3,6 +3,7 @@
 
 mod agents;
 mod cli;
+mod conversations;
 mod support;
 mod telegram;
 mod tidy;
