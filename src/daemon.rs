@@ -24,8 +24,9 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
         let agent = Agent::start(spec, agent_tx.clone())?;
         agents.insert(name, agent);
     }
-    for agent in agents.values() {
-        agent.wait_ready(&agent_rx)?;
+    let mut ready = Vec::new();
+    for (name, agent) in &agents {
+        ready.push(Event::Agent { agent: name.clone(), event: agent.wait_ready(&agent_rx)? });
     }
 
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
@@ -57,6 +58,10 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
     }
 
     let mut core = Core::new(&config);
+    for event in ready {
+        // Nothing to act on yet: this tells the core what each agent can do.
+        let _ = core.handle(event, Instant::now());
+    }
     let mut restarts: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let next = [core.next_deadline(), restarts.values().min().copied()].into_iter().flatten().min();

@@ -64,14 +64,15 @@ impl Agent {
         let _ = self.requests_tx.send(request);
     }
 
-    /// Wait for this agent's `initialize` answer, or fail with why it did not come.
-    pub fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<(), Error> {
+    /// Wait for this agent's `initialize` answer (returned, for the core), or fail with why
+    /// it did not come.
+    pub fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<AgentEvent, Error> {
         let limit = self.spec.startup_timeout + Duration::from_secs(5);
         let deadline = Instant::now() + limit;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match events.recv_timeout(remaining) {
-                Ok((name, AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(()),
+                Ok((name, ready @ AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(ready),
                 Ok((name, AgentEvent::Exited { reason })) if name == self.spec.name => {
                     return Err(Error::Agent(format!(
                         "agent \"{}\" (`{} {}`) failed to start: it {reason}",

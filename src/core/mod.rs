@@ -15,7 +15,7 @@ pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy};
 use crate::event::{
@@ -23,7 +23,7 @@ use crate::event::{
     PermissionOutcome, SessionKey, TurnOutcome,
 };
 use commands::{Command, SessionView};
-use session::{CancelCause, Cancelling, Session, Waiting, Waits};
+use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
 
 pub use session::{CANCEL_WAIT, MAX_WAITING, TYPING_REFRESH};
 
@@ -71,6 +71,10 @@ pub mod texts {
         so your new message goes to a fresh conversation.";
     pub const STUCK_NEXT: &str = "The agent is stuck: it did not stop the cancelled request within 10 s. \
         Your next message starts a fresh conversation.";
+    pub const CRASH_RETRY: &str =
+        "The agent stopped while working on this. It is being restarted; your request will be sent again.";
+    pub const CRASH_GAVE_UP: &str =
+        "The agent stopped again while working on this request, so it was not answered. Please try again.";
 }
 
 /// The conversation state of the whole service.
@@ -82,6 +86,18 @@ pub struct Core {
     by_session_id: HashMap<(String, String), SessionKey>,
     /// The latest `available_commands_update` of each agent, for `/help`.
     agent_commands: HashMap<String, Vec<AgentCommand>>,
+    /// Agents known to be down (crashed, not yet ready again), with whether each can
+    /// `session/load`. An agent not in `down` is up.
+    down: HashMap<String, ()>,
+    load_session: HashMap<String, bool>,
+}
+
+/// The turn settings of a channel (defaults when the channel is gone).
+fn turn_settings(channel: Option<&ChannelConfig>) -> TurnSettings<'_> {
+    TurnSettings {
+        instructions: channel.and_then(|c| c.instructions.as_deref()),
+        turn_timeout: channel.map_or(Duration::from_secs(1800), |c| c.turn_timeout),
+    }
 }
 
 impl Core {
@@ -91,6 +107,8 @@ impl Core {
             sessions: HashMap::new(),
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
+            down: HashMap::new(),
+            load_session: HashMap::new(),
         }
     }
 
@@ -185,15 +203,19 @@ impl Core {
             true => channel.group(&message.chat_id).dispatch_mode,
             false => channel.dispatch_mode,
         };
+        let agent_up = !self.down.contains_key(&channel.agent);
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            actions.push(Action::Agent {
-                agent: channel.agent.clone(),
-                request: AgentRequest::NewSession {
-                    key: key.clone(),
-                    cwd: channel.cwd.clone(),
-                    model: channel.model.clone(),
-                },
-            });
+            // While the agent is down the session waits; it is opened once the agent is back.
+            if agent_up {
+                actions.push(Action::Agent {
+                    agent: channel.agent.clone(),
+                    request: AgentRequest::NewSession {
+                        key: key.clone(),
+                        cwd: channel.cwd.clone(),
+                        model: channel.model.clone(),
+                    },
+                });
+            }
             Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone())
         });
         session.chat = reply.clone();
@@ -208,7 +230,7 @@ impl Core {
             actions.push(say(&reply, texts::TOO_MANY.to_string()));
             return;
         }
-        session.start_next_turn(channel.instructions.as_deref(), now, actions);
+        session.start_next_turn(turn_settings(Some(channel)), now, actions);
     }
 
     /// Run a local command for the sender of `message`; returns the reply.
@@ -296,21 +318,34 @@ impl Core {
 
     fn on_agent(&mut self, agent: String, event: AgentEvent, now: Instant, actions: &mut Vec<Action>) {
         match event {
-            AgentEvent::Ready { .. } => {}
+            AgentEvent::Ready { load_session } => self.on_agent_ready(&agent, load_session, actions),
             AgentEvent::SessionCreated { key, session_id } => {
                 let Some(session) = self.sessions.get_mut(&key).filter(|s| s.id.is_none() && s.agent == agent) else {
                     // Cleared while session/new was in flight: the agent keeps an unused session.
                     log::info!(target: "core", "agent {agent} opened session {session_id} for {key}, no longer wanted");
                     return;
                 };
-                log::info!(target: session.chat.channel.as_str(), "{key}: session {session_id} opened");
+                let how = if session.loading { "restored" } else { "opened" };
+                log::info!(target: session.chat.channel.as_str(), "{key}: session {session_id} {how}");
                 self.by_session_id.insert((agent, session_id.clone()), key);
                 session.id = Some(session_id);
-                let instructions = self.channels.get(&session.chat.channel).and_then(|c| c.instructions.as_deref());
-                session.start_next_turn(instructions, now, actions);
+                session.loading = false;
+                session.lost_id = None;
+                let settings = turn_settings(self.channels.get(&session.chat.channel));
+                session.start_next_turn(settings, now, actions);
             }
             AgentEvent::SessionFailed { key, error } => {
                 if !self.sessions.get(&key).is_some_and(|s| s.id.is_none() && s.agent == agent) {
+                    return;
+                }
+                if let Some(session) = self.sessions.get_mut(&key).filter(|s| s.loading) {
+                    // The agent could not load it: carry on in a fresh session.
+                    log::warn!(target: session.chat.channel.as_str(), "{key}: could not restore the session ({error}); opening a new one");
+                    session.loading = false;
+                    session.instructed = false;
+                    let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
+                    let request = AgentRequest::NewSession { key: key.clone(), cwd: session.cwd.clone(), model };
+                    actions.push(Action::Agent { agent, request });
                     return;
                 }
                 let Some(session) = self.sessions.remove(&key) else { return };
@@ -343,8 +378,8 @@ impl Core {
                         log::info!(target: turn.chat.channel.as_str(), "{key}: cancelled turn of {session_id} ended ({outcome:?}, {:?})", c.cause)
                     }
                 }
-                let instructions = self.channels.get(&session.chat.channel).and_then(|c| c.instructions.as_deref());
-                session.start_next_turn(instructions, now, actions);
+                let settings = turn_settings(self.channels.get(&session.chat.channel));
+                session.start_next_turn(settings, now, actions);
             }
             AgentEvent::PermissionRequested { session_id, request, call, options } => {
                 let Some(key) = self.by_session_id.get(&(agent.clone(), session_id)) else {
@@ -376,19 +411,69 @@ impl Core {
             | AgentEvent::Plan { .. }
             | AgentEvent::Thought { .. }
             | AgentEvent::ModeChanged { .. } => {}
-            AgentEvent::Exited { reason } => {
-                // The agent's sessions died with it: tell whoever was waiting, forget them.
-                let keys: Vec<SessionKey> =
-                    self.sessions.iter().filter(|(_, s)| s.agent == agent).map(|(k, _)| k.clone()).collect();
-                for key in keys {
-                    let Some(session) = self.sessions.remove(&key) else { continue };
-                    session.tell_all(
-                        &format!("The agent stopped ({reason}). Your message was not answered; please send it again."),
-                        actions,
-                    );
-                }
-                self.by_session_id.retain(|(a, _), _| *a != agent);
+            AgentEvent::Exited { reason } => self.on_agent_exit(&agent, &reason, actions),
+        }
+    }
+
+    /// The agent died. Its sessions stay: each is loaded again (or opened anew) once the agent
+    /// is back, and a turn the crash interrupted is sent once more; a turn interrupted twice
+    /// is given up. Messages that arrive meanwhile wait.
+    fn on_agent_exit(&mut self, agent: &str, reason: &str, actions: &mut Vec<Action>) {
+        self.down.insert(agent.to_string(), ());
+        self.by_session_id.retain(|(a, _), _| a != agent);
+        let mut keys: Vec<&SessionKey> =
+            self.sessions.iter().filter(|(_, s)| s.agent == agent).map(|(k, _)| k).collect();
+        keys.sort();
+        let (mut interrupted, mut lost) = (0, 0);
+        for key in keys.into_iter().cloned().collect::<Vec<_>>() {
+            let Some(session) = self.sessions.get_mut(&key) else { continue };
+            if let Some(id) = session.id.take() {
+                session.lost_id = Some(id);
             }
+            session.loading = false;
+            let Some(turn) = session.turn.take() else { continue };
+            if turn.cancel.is_some() {
+                continue; // It was being cancelled anyway; what waits runs after the restart.
+            }
+            if turn.retried {
+                lost += 1;
+                actions.push(say(&turn.chat, texts::CRASH_GAVE_UP.to_string()));
+            } else {
+                interrupted += 1;
+                actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
+                session.retry = Some(Retry { chat: turn.chat, message_ids: turn.message_ids, text: turn.text });
+            }
+        }
+        log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
+    }
+
+    /// The agent is (back) up: open or restore every session that waits for it.
+    fn on_agent_ready(&mut self, agent: &str, load_session: bool, actions: &mut Vec<Action>) {
+        let was_down = self.down.remove(agent).is_some();
+        self.load_session.insert(agent.to_string(), load_session);
+        let mut keys: Vec<SessionKey> =
+            self.sessions.iter().filter(|(_, s)| s.agent == agent && s.id.is_none()).map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        let (mut loads, mut news) = (0, 0);
+        for key in keys {
+            let Some(session) = self.sessions.get_mut(&key) else { continue };
+            let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
+            let request = match session.lost_id.take() {
+                Some(session_id) if load_session => {
+                    loads += 1;
+                    session.loading = true;
+                    AgentRequest::LoadSession { key, session_id, cwd: session.cwd.clone(), model }
+                }
+                _ => {
+                    news += 1;
+                    session.instructed = false;
+                    AgentRequest::NewSession { key, cwd: session.cwd.clone(), model }
+                }
+            };
+            actions.push(Action::Agent { agent: agent.to_string(), request });
+        }
+        if was_down {
+            log::info!(target: "core", "agent {agent} is back: restoring {loads} session(s), opening {news} new");
         }
     }
 
@@ -401,7 +486,18 @@ impl Core {
                     wedged.push(key.clone());
                     continue;
                 }
-                Some(c) if c.cause == CancelCause::User => continue,
+                Some(c) if c.cause != CancelCause::Steer => continue,
+                None if turn.timeout_at <= now => {
+                    let limit = self.channels.get(&turn.chat.channel).map_or(Duration::ZERO, |c| c.turn_timeout);
+                    log::warn!(target: turn.chat.channel.as_str(), "{key}: turn ran past turnTimeoutMs ({} ms); cancelling", limit.as_millis());
+                    actions.push(say(&turn.chat, timeout_text(limit)));
+                    turn.cancel = Some(Cancelling { cause: CancelCause::Timeout, deadline: now + CANCEL_WAIT });
+                    if let Some(id) = &session.id {
+                        let request = AgentRequest::Cancel { session_id: id.clone() };
+                        actions.push(Action::Agent { agent: session.agent.clone(), request });
+                    }
+                    continue;
+                }
                 _ => {}
             }
             if turn.typing_due <= now {
@@ -440,6 +536,17 @@ impl Core {
         let request = AgentRequest::NewSession { key: key.to_string(), cwd: session.cwd.clone(), model };
         actions.push(Action::Agent { agent: session.agent.clone(), request });
     }
+}
+
+/// The notice for a turn that ran out of time.
+fn timeout_text(limit: Duration) -> String {
+    let secs = limit.as_secs();
+    let span = match secs {
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s if s >= 2 => format!("{s} seconds"),
+        _ => format!("{} ms", limit.as_millis()),
+    };
+    format!("The agent did not finish within {span}, so the request was cancelled.")
 }
 
 /// What the user sees at the end of a turn: the answer, or a short reason there is none.

@@ -65,6 +65,9 @@ pub enum CancelCause {
     Steer,
     /// `/cancel`: the user has been told; nothing follows.
     User,
+    /// The turn ran past the channel's `turnTimeoutMs`: the user has been told; what waits
+    /// runs after it.
+    Timeout,
 }
 
 #[derive(Debug)]
@@ -79,22 +82,37 @@ pub struct Cancelling {
 pub struct Turn {
     pub chat: ChatRef,
     pub message_ids: Vec<String>,
+    /// The prompt as sent, to send again if the agent crashes during the turn.
+    pub text: String,
+    /// This is already the second try (after a crash): a second crash gives up.
+    pub retried: bool,
     /// The answer so far.
     pub answer: String,
     pub typing_due: Instant,
+    /// When the channel's `turnTimeoutMs` runs out.
+    pub timeout_at: Instant,
     /// Set once `session/cancel` is sent; the answer is then dropped.
     pub cancel: Option<Cancelling>,
 }
 
 impl Turn {
-    /// When this turn next needs the clock: a typing refresh, or the end of a cancel wait.
+    /// When this turn next needs the clock: a typing refresh, its timeout, or the end of a
+    /// cancel wait.
     pub fn deadline(&self) -> Instant {
         match &self.cancel {
-            None => self.typing_due,
+            None => self.typing_due.min(self.timeout_at),
             Some(c) if c.cause == CancelCause::Steer => self.typing_due.min(c.deadline),
             Some(c) => c.deadline,
         }
     }
+}
+
+/// A turn the agent lost by crashing, to run again once the session is back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub chat: ChatRef,
+    pub message_ids: Vec<String>,
+    pub text: String,
 }
 
 /// One conversation.
@@ -112,6 +130,21 @@ pub struct Session {
     pub instructed: bool,
     /// A turn was cancelled to steer: the next steering turn carries the note.
     pub steered: bool,
+    /// The agent crashed: the id the session had, to `session/load` once the agent is back.
+    pub lost_id: Option<String>,
+    /// `session/load` (not `session/new`) is in flight for this session.
+    pub loading: bool,
+    /// The turn the crash interrupted; it runs first once the session is back.
+    pub retry: Option<Retry>,
+}
+
+/// What a channel decides about the turns of its sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnSettings<'a> {
+    /// Sent with a session's first prompt.
+    pub instructions: Option<&'a str>,
+    /// A turn running longer is cancelled (`turnTimeoutMs`).
+    pub turn_timeout: Duration,
 }
 
 /// The session cannot take another waiting message.
@@ -120,7 +153,19 @@ pub struct Full;
 
 impl Session {
     pub fn new(agent: String, chat: ChatRef, cwd: PathBuf) -> Session {
-        Session { agent, chat, cwd, id: None, turn: None, waiting: VecDeque::new(), instructed: false, steered: false }
+        Session {
+            agent,
+            chat,
+            cwd,
+            id: None,
+            turn: None,
+            waiting: VecDeque::new(),
+            instructed: false,
+            steered: false,
+            lost_id: None,
+            loading: false,
+            retry: None,
+        }
     }
 
     /// Take a message in (`how` is overwritten from `mode`); a steer sends `session/cancel`.
@@ -154,9 +199,16 @@ impl Session {
         Ok(())
     }
 
-    /// Start the next turn if the agent has the session and nothing is in flight.
-    pub fn start_next_turn(&mut self, instructions: Option<&str>, now: Instant, actions: &mut Vec<Action>) {
+    /// Start the next turn if the agent has the session and nothing is in flight: a turn a
+    /// crash interrupted first, then what waits.
+    pub fn start_next_turn(&mut self, settings: TurnSettings<'_>, now: Instant, actions: &mut Vec<Action>) {
         let (Some(session_id), None) = (self.id.clone(), &self.turn) else { return };
+        if let Some(retry) = self.retry.take() {
+            self.instructed = true;
+            self.begin(session_id, retry.chat, retry.message_ids, retry.text, true, settings, now, actions);
+            return;
+        }
+        let instructions = settings.instructions;
         let batch = self.next_batch();
         let Some(last) = batch.last() else { return };
         let chat = last.chat.clone();
@@ -169,10 +221,34 @@ impl Session {
         self.instructed = true;
         let text = prompt::compose(note, instructions, &body);
         let message_ids = batch.into_iter().flat_map(|w| w.message_ids).collect();
+        self.begin(session_id, chat, message_ids, text, false, settings, now, actions);
+    }
+
+    #[allow(clippy::too_many_arguments)] // The parts of one turn, each from a different place.
+    fn begin(
+        &mut self,
+        session_id: String,
+        chat: ChatRef,
+        message_ids: Vec<String>,
+        text: String,
+        retried: bool,
+        settings: TurnSettings<'_>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
         actions.push(Action::Send(Outbound::Typing { chat: chat.clone() }));
-        actions.push(Action::Agent { agent: self.agent.clone(), request: AgentRequest::Prompt { session_id, text } });
-        self.turn =
-            Some(Turn { chat, message_ids, answer: String::new(), typing_due: now + TYPING_REFRESH, cancel: None });
+        let request = AgentRequest::Prompt { session_id, text: text.clone() };
+        actions.push(Action::Agent { agent: self.agent.clone(), request });
+        self.turn = Some(Turn {
+            chat,
+            message_ids,
+            text,
+            retried,
+            answer: String::new(),
+            typing_due: now + TYPING_REFRESH,
+            timeout_at: now + settings.turn_timeout,
+            cancel: None,
+        });
     }
 
     /// The waiting messages the next turn takes: through the newest steering one if any;

@@ -748,23 +748,160 @@ fn empty_messages_are_ignored() {
     assert_eq!(core.handle(dm("111", "  "), t0), vec![]);
 }
 
+fn ready(load_session: bool) -> Event {
+    agent(AgentEvent::Ready { load_session })
+}
+
+fn exited() -> Event {
+    agent(AgentEvent::Exited { reason: "exited with status 3".into() })
+}
+
+fn load(key: &str, session: &str) -> Action {
+    Action::Agent {
+        agent: DEFAULT_AGENT.into(),
+        request: AgentRequest::LoadSession {
+            key: key.into(),
+            session_id: session.into(),
+            cwd: PathBuf::from("/work"),
+            model: None,
+        },
+    }
+}
+
 #[test]
-fn agent_exit_tells_waiting_users_and_forgets_sessions() {
+fn a_crash_mid_turn_restores_the_session_and_retries_the_turn_once() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    let mut core = core_with(vec![ch]);
+    core.handle(ready(true), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "hi"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "Be brief.\n\nhi")]),
+            (chunk("s1", "half an ans"), vec![]),
+            (exited(), vec![text("111", texts::CRASH_RETRY)]),
+            // Late events of the dead process are ignored; a message meanwhile waits (no request
+            // goes to a dead agent).
+            (chunk("s1", "wer"), vec![]),
+            (dm("111", "meanwhile"), vec![]),
+            // Back: the session is loaded with the id it had, not instructed twice, and the
+            // interrupted prompt is sent again as it was, then what waited.
+            (ready(true), vec![load("tg:111:111", "s1")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "Be brief.\n\nhi")]),
+            (chunk("s1", "full answer"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text("111", "full answer"), typing("111"), prompt("s1", "meanwhile")],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_turn_that_crashes_the_agent_twice_is_given_up() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
-    core.handle(dm("111", "hi"), t0);
-    core.handle(created("tg:111:111", "s1"), t0);
-    let got = core.handle(agent(AgentEvent::Exited { reason: "exited with status 3".into() }), t0);
-    assert_eq!(
-        got,
-        vec![text(
-            "111",
-            "The agent stopped (exited with status 3). Your message was not answered; please send it again."
-        )]
+    core.handle(ready(true), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "crash"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "crash")]),
+            (exited(), vec![text("111", texts::CRASH_RETRY)]),
+            (ready(true), vec![load("tg:111:111", "s1")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "crash")]),
+            (exited(), vec![text("111", texts::CRASH_GAVE_UP)]),
+            (ready(true), vec![load("tg:111:111", "s1")]),
+            (created("tg:111:111", "s1"), vec![]),
+            (dm("111", "next"), vec![typing("111"), prompt("s1", "next")]),
+        ],
     );
-    // Late events of the dead session are ignored; the next message opens a new session.
-    assert_eq!(core.handle(chunk("s1", "x"), t0), vec![]);
-    assert_eq!(core.handle(dm("111", "again"), t0), vec![new_session("tg:111:111")]);
+}
+
+#[test]
+fn without_load_session_or_when_load_fails_a_fresh_session_is_opened_and_instructed() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    for (load_session, script_after_ready) in [
+        (false, vec![(ready(false), vec![new_session("tg:111:111")])]),
+        (
+            true,
+            vec![
+                (ready(true), vec![load("tg:111:111", "s1")]),
+                (
+                    agent(AgentEvent::SessionFailed { key: "tg:111:111".into(), error: "Session not found".into() }),
+                    vec![new_session("tg:111:111")],
+                ),
+            ],
+        ),
+    ] {
+        let mut core = core_with(vec![ch.clone()]);
+        core.handle(ready(load_session), t0);
+        core.handle(dm("111", "one"), t0);
+        core.handle(created("tg:111:111", "s1"), t0);
+        core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+        core.handle(exited(), t0);
+        check(&mut core, t0, script_after_ready);
+        check(
+            &mut core,
+            t0,
+            vec![
+                (created("tg:111:111", "s2"), vec![]),
+                (dm("111", "two"), vec![typing("111"), prompt("s2", "Be brief.\n\ntwo")]),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_session_asked_for_while_the_agent_is_down_opens_when_it_is_back() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    core.handle(ready(true), t0);
+    core.handle(exited(), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "hello?"), vec![]),
+            (ready(true), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "hello?")]),
+        ],
+    );
+}
+
+#[test]
+fn a_turn_past_its_timeout_is_cancelled_and_the_user_told() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.turn_timeout = Duration::from_secs(60);
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("111", "long job"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let at = |s| t0 + Duration::from_secs(s);
+    check_at(
+        &mut core,
+        vec![
+            (at(59), Event::Tick, vec![typing("111")]),
+            (
+                at(60),
+                Event::Tick,
+                vec![
+                    text("111", "The agent did not finish within 60 seconds, so the request was cancelled."),
+                    cancel("s1"),
+                ],
+            ),
+            // Its late text is dropped; the cancelled end is not a second answer.
+            (at(61), chunk("s1", "late"), vec![]),
+            (at(61), ended("s1", TurnOutcome::Cancelled), vec![]),
+            (at(62), dm("111", "next"), vec![typing("111"), prompt("s1", "next")]),
+        ],
+    );
 }
 
 #[test]

@@ -433,6 +433,24 @@ fn a_restarted_agent_loads_sessions_from_the_state_directory() {
 }
 
 #[test]
+fn crashonce_crashes_the_first_time_and_answers_the_retry() {
+    let dir = temp_dir("machine-crashonce");
+    let settings = Settings { state_dir: Some(dir.clone()), ..Settings::default() };
+    let mut first = Harness::with(settings.clone());
+    let session = first.new_session();
+    let crash = json!({"jsonrpc": "2.0", "id": 1, "method": "session/prompt",
+        "params": {"sessionId": session, "prompt": [{"type": "text", "text": "crashonce now"}]}});
+    assert_eq!(first.raw(&crash.to_string()).last(), Some(&Output::Exit(3)));
+    drop(first);
+    let mut second = Harness::with(settings);
+    second.request("session/load", json!({"sessionId": session, "cwd": "/ws", "mcpServers": []}));
+    let (id, lines) = second.prompt(&session, "crashonce now");
+    assert_eq!(text(&lines), "echo: crashonce now");
+    assert_eq!(stop_reason(&lines, id), "end_turn");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn permission_granted_flow() {
     let mut h = Harness::new();
     let session = h.new_session();

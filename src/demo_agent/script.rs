@@ -51,6 +51,9 @@ pub struct Words {
     pub ext: bool,
     pub huge: bool,
     pub crash: bool,
+    /// Crash unless this very prompt is already in the session's history (so the retry after
+    /// a restart answers).
+    pub crash_once: bool,
     pub hang: bool,
 }
 
@@ -87,6 +90,7 @@ pub fn parse_words(text: &str) -> Words {
             "ext" => words.ext = true,
             "huge" => words.huge = true,
             "crash" => words.crash = true,
+            "crashonce" => words.crash_once = true,
             "hang" => words.hang = true,
             other => {
                 if let Some(ms) = other.strip_prefix("slow=").and_then(|v| v.parse::<u64>().ok()) {
@@ -198,7 +202,8 @@ pub fn plan_turn(words: &Words, ctx: &TurnContext) -> Vec<Step> {
         steps.push(Step::Break);
         steps.extend(paced(split_even(&text, ECHO_CHUNKS), ctx.chunk_delay));
     }
-    if words.crash {
+    let seen_before = ctx.history.iter().any(|e| e.role == Role::User && e.text == ctx.prompt_text);
+    if words.crash || (words.crash_once && !seen_before) {
         steps.push(Step::Break);
         steps.push(Step::Text("about to crash".to_string()));
         steps.push(Step::Crash);

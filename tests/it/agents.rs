@@ -117,3 +117,49 @@ fn an_agent_that_keeps_crashing_stops_the_service_with_status_1() {
     assert_eq!(exited, Some(1), "log:\n{}", service.log());
     assert!(service.log().contains("crashed 4 times within 300 s"), "{}", service.log());
 }
+
+/// The demo agent keeping its sessions in `dir`, so a restarted one can `session/load` them.
+fn stateful_demo_agent(dir: &std::path::Path) -> serde_json::Value {
+    json!({"command": crate::support::tether_bin(), "args": ["demo-agent", "--state", dir], "startupTimeoutMs": 10000})
+}
+
+#[test]
+fn a_crash_mid_turn_is_retried_in_the_restored_conversation() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("restore");
+    let state = home.path().join("agent-state");
+    home.write_config(
+        &json!({"agent": stateful_demo_agent(&state), "channels": {"phone": telegram(&fake, json!({}))}}),
+    );
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "first words");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: first words"), "log:\n{}", service.log());
+    fake.send_dm(111, "crashonce please");
+    let notice = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(notice.contains("being restarted"), "{notice}\nlog:\n{}", service.log());
+    // Sent while the agent restarts: waits, and is answered after the retried turn.
+    fake.send_dm(111, "while it restarts");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: crashonce please"), "log:\n{}", service.log());
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: while it restarts"));
+    // Same conversation: the agent remembers what came before the crash.
+    fake.send_dm(111, "/summary");
+    let summary = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(summary.contains("first words") && summary.contains("crashonce please"), "{summary}");
+    let log = service.log();
+    assert!(log.contains("restoring 1 session(s)") && log.contains("session demo-1 restored"), "{log}");
+}
+
+#[test]
+fn a_turn_past_turn_timeout_is_cancelled_and_the_user_told() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("timeout");
+    home.write_config(
+        &json!({"agent": demo_agent(), "channels": {"phone": telegram(&fake, json!({"turnTimeoutMs": 1000}))}}),
+    );
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "hang");
+    let notice = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert_eq!(notice, "The agent did not finish within 1000 ms, so the request was cancelled.");
+    fake.send_dm(111, "and now?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: and now?"), "log:\n{}", service.log());
+}
