@@ -163,3 +163,51 @@ fn a_turn_past_turn_timeout_is_cancelled_and_the_user_told() {
     fake.send_dm(111, "and now?");
     assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: and now?"), "log:\n{}", service.log());
 }
+
+#[test]
+fn an_agent_that_is_not_logged_in_says_how_to_log_in() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("auth");
+    let agent = json!({"command": crate::support::tether_bin(), "args": ["demo-agent", "--auth-required"]});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "hello");
+    let reply = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(reply.contains("Authentication required") && reply.contains("not logged in"), "{reply}");
+    assert!(service.log().contains("login methods: demo-login"), "{}", service.log());
+}
+
+#[test]
+fn garbage_and_half_lines_on_the_agents_stdout_are_ignored() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("garbage");
+    let script = format!(
+        "echo 'Loading model... 42%'; printf '{{\"jsonrpc\":\"2.0\",\"method\"\\n'; echo '[1,2'; exec '{}' demo-agent",
+        crate::support::tether_bin()
+    );
+    let agent = json!({"command": "sh", "args": ["-c", script]});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "still fine?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: still fine?"), "log:\n{}", service.log());
+    assert!(service.log().contains("ignoring a line that is not JSON"), "{}", service.log());
+}
+
+#[test]
+fn platform_secrets_never_reach_the_agents_environment() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("scrub");
+    let env_dump = home.path().join("agent-env.txt");
+    let script = format!("env > '{}'; exec '{}' demo-agent", env_dump.display(), crate::support::tether_bin());
+    let agent = json!({"command": "sh", "args": ["-c", script], "env": {"AGENT_SETTING": "kept"}});
+    // The token comes from the environment under one name, and is also present under another.
+    let channel = telegram(&fake, json!({"token": "$TETHER_IT_BOT_TOKEN"}));
+    home.write_config(&json!({"agent": agent, "channels": {"phone": channel}}));
+    let service = Service::start_with_env(&home, &[], &[("TETHER_IT_BOT_TOKEN", TOKEN), ("SOME_COPY", TOKEN)]);
+    fake.send_dm(111, "hi");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: hi"), "log:\n{}", service.log());
+    let env = std::fs::read_to_string(&env_dump).unwrap();
+    assert!(env.contains("AGENT_SETTING=kept"), "{env}");
+    assert!(!env.contains("TETHER_IT_BOT_TOKEN") && !env.contains("SOME_COPY"), "{env}");
+    assert!(!env.contains(TOKEN), "the token leaked into the agent's environment");
+}

@@ -73,9 +73,19 @@ impl Service {
     }
 
     fn spawn(home: &TempDir, args: &[&str], level: &str) -> Service {
+        Service::spawn_with_env(home, args, level, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables.
+    pub fn start_with_env(home: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Service {
+        Service::spawn_with_env(home, args, "debug", env)
+    }
+
+    fn spawn_with_env(home: &TempDir, args: &[&str], level: &str, env: &[(&str, &str)]) -> Service {
         let log = home.path().join("tether.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(tether_bin())
+            .envs(env.iter().copied())
             .arg("start")
             .args(args)
             .arg("--home")
