@@ -54,6 +54,9 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
             }
         }
         log::info!(target: channel.name.as_str(), "channel started ({})", channel.kind.as_str());
+        if channel.permissions == crate::config::PermissionPolicy::Allow {
+            log::warn!(target: channel.name.as_str(), "permissions is \"allow\": the agent may run any tool (shell commands, file edits) without asking anyone");
+        }
         outboxes.insert(channel.name.clone(), out_tx);
     }
 

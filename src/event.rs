@@ -33,6 +33,21 @@ pub struct InboundMessage {
     pub attachments: Vec<Attachment>,
 }
 
+/// A button press, with who pressed it where (the gates apply to it as to a message).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ButtonPress {
+    pub channel: String,
+    pub sender_id: String,
+    pub sender_name: String,
+    pub chat_id: String,
+    pub thread_id: Option<String>,
+    pub is_group: bool,
+    /// The data of the button pressed.
+    pub data: String,
+    /// The platform's id of the press, for [`Outbound::ButtonAck`].
+    pub callback_id: String,
+}
+
 /// A file that came with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -54,6 +69,8 @@ pub enum AttachmentKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Message(InboundMessage),
+    /// Someone pressed a button of an [`Outbound::Ask`] message.
+    Button(ButtonPress),
     /// The adapter's connection state changed (for health and logs).
     Health {
         channel: String,
@@ -81,12 +98,26 @@ pub enum Outbound {
     Draft { chat: ChatRef, text: String },
     /// Show "typing…" (platforms expire it after a few seconds; the core repeats it).
     Typing { chat: ChatRef },
+    /// A question with choices: buttons where the platform has them, as (label, data) pairs;
+    /// the text also says how to answer by typing. `key` names the message for a later
+    /// [`Outbound::Edit`].
+    Ask { chat: ChatRef, key: String, text: String, buttons: Vec<(String, String)> },
+    /// Replace the text of the message sent for `key` and remove its buttons; a platform that
+    /// cannot edit sends the text as a new message.
+    Edit { chat: ChatRef, key: String, text: String },
+    /// Acknowledge a button press (Telegram shows a spinner until it is answered).
+    ButtonAck { channel: String, callback_id: String, text: String },
 }
 
 impl Outbound {
     pub fn channel(&self) -> &str {
         match self {
-            Outbound::Text { chat, .. } | Outbound::Draft { chat, .. } | Outbound::Typing { chat } => &chat.channel,
+            Outbound::Text { chat, .. }
+            | Outbound::Draft { chat, .. }
+            | Outbound::Typing { chat }
+            | Outbound::Ask { chat, .. }
+            | Outbound::Edit { chat, .. } => &chat.channel,
+            Outbound::ButtonAck { channel, .. } => channel,
         }
     }
 }

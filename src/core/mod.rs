@@ -17,12 +17,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy};
+use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SessionScope};
 use crate::event::{
-    AgentCommand, AgentEvent, AgentRequest, ChatRef, Inbound, InboundMessage, Outbound, PermissionKind,
+    AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, Outbound, PermissionKind,
     PermissionOutcome, SessionKey, TurnOutcome,
 };
 use commands::{Command, SessionView};
+use permissions::{Asker, PermissionRelay, Resolution};
 use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
 
 pub use session::{CANCEL_WAIT, MAX_WAITING, TYPING_REFRESH};
@@ -90,6 +91,8 @@ pub struct Core {
     /// `session/load`. An agent not in `down` is up.
     down: HashMap<String, ()>,
     load_session: HashMap<String, bool>,
+    /// Tool permission requests waiting for a person.
+    permissions: PermissionRelay,
 }
 
 /// The turn settings of a channel (defaults when the channel is gone).
@@ -109,23 +112,46 @@ impl Core {
             agent_commands: HashMap::new(),
             down: HashMap::new(),
             load_session: HashMap::new(),
+            permissions: PermissionRelay::default(),
         }
     }
 
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.sessions.values().filter_map(Session::deadline).min()
+        let sessions = self.sessions.values().filter_map(Session::deadline);
+        sessions.chain(self.permissions.next_deadline()).min()
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         match event {
             Event::Inbound(Inbound::Message(message)) => self.on_message(message, now, &mut actions),
+            Event::Inbound(Inbound::Button(press)) => self.on_button(press, &mut actions),
             Event::Inbound(Inbound::Health { .. }) => {}
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
         }
+        self.settle_cancelled_permissions(&mut actions);
         actions
+    }
+
+    /// A session being cancelled (steer, `/cancel`, `/clear`, timeout) drops its permission
+    /// requests: the ACP connection answers them `cancelled`; here their messages are updated.
+    fn settle_cancelled_permissions(&mut self, actions: &mut Vec<Action>) {
+        let cancelled: Vec<(String, String)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Agent { agent, request: AgentRequest::Cancel { session_id } } => {
+                    Some((agent.clone(), session_id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (agent, session_id) in cancelled {
+            for pending in self.permissions.cancel_session_id(&agent, &session_id) {
+                actions.push(settled(&pending, "cancelled"));
+            }
+        }
     }
 
     /// Every session the agent has opened, by key: what `sessions.json` keeps.
@@ -187,6 +213,13 @@ impl Core {
         }
         let key = routing::session_key(channel.session_scope, &message);
         let reply = routing::reply_to(&message);
+        if let Some(answer) = permissions::parse_text_answer(&message.text) {
+            // `/approve` always answers; "yes 3" only when something is pending here.
+            if message.text.trim_start().starts_with('/') || self.permissions.pending_in(&reply).next().is_some() {
+                self.answer_permission(&reply, &message.sender_id, &answer, actions);
+                return;
+            }
+        }
         if let Some((command, args)) = commands::parse(&message.text) {
             log::info!(target: channel.name.as_str(), "command {command:?} from {} in {} ({key})", message.sender_id, message.chat_id);
             let text = self.run_command(command, args, &key, &message, now, actions);
@@ -219,6 +252,11 @@ impl Core {
             Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone())
         });
         session.chat = reply.clone();
+        session.shared = match channel.session_scope {
+            SessionScope::Single => true,
+            SessionScope::Thread => message.is_group,
+            SessionScope::User => false,
+        };
         let waiting = Waiting {
             chat: reply.clone(),
             message_ids: message.message_id.into_iter().collect(),
@@ -372,6 +410,9 @@ impl Core {
                 let Some(key) = self.by_session_id.get(&(agent, session_id.clone())).cloned() else { return };
                 let Some(session) = self.sessions.get_mut(&key) else { return };
                 let Some(turn) = session.turn.take() else { return };
+                for pending in self.permissions.cancel_session(&key) {
+                    actions.push(settled(&pending, "the request ended before an answer"));
+                }
                 match turn.cancel {
                     None => actions.push(say(&turn.chat, final_answer(turn.answer, &outcome))),
                     Some(c) => {
@@ -382,30 +423,7 @@ impl Core {
                 session.start_next_turn(settings, now, actions);
             }
             AgentEvent::PermissionRequested { session_id, request, call, options } => {
-                let Some(key) = self.by_session_id.get(&(agent.clone(), session_id)) else {
-                    actions.push(Action::Agent {
-                        agent,
-                        request: AgentRequest::AnswerPermission { request, outcome: PermissionOutcome::Cancelled },
-                    });
-                    return;
-                };
-                let Some(session) = self.sessions.get(key) else { return };
-                let policy = self.channels.get(&session.chat.channel).map_or(PermissionPolicy::Deny, |c| c.permissions);
-                let pick = |kinds: &[PermissionKind]| {
-                    kinds.iter().find_map(|k| options.iter().find(|o| o.kind == *k)).map(|o| o.id.clone())
-                };
-                let (outcome, verdict) = match policy {
-                    PermissionPolicy::Allow => match pick(&[PermissionKind::AllowOnce]) {
-                        Some(id) => (PermissionOutcome::Selected(id), "allowed (permissions: allow)"),
-                        None => (PermissionOutcome::Cancelled, "refused: the agent offered no allow-once option"),
-                    },
-                    _ => match pick(&[PermissionKind::RejectOnce, PermissionKind::RejectAlways]) {
-                        Some(id) => (PermissionOutcome::Selected(id), "refused"),
-                        None => (PermissionOutcome::Cancelled, "refused"),
-                    },
-                };
-                log::info!(target: session.chat.channel.as_str(), "tool permission for {:?} {}", call.title, verdict);
-                actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
+                self.on_permission_request(agent, session_id, request, call, options, now, actions);
             }
             AgentEvent::ToolCall { .. }
             | AgentEvent::Plan { .. }
@@ -420,6 +438,9 @@ impl Core {
     /// is given up. Messages that arrive meanwhile wait.
     fn on_agent_exit(&mut self, agent: &str, reason: &str, actions: &mut Vec<Action>) {
         self.down.insert(agent.to_string(), ());
+        for pending in self.permissions.cancel_agent(agent) {
+            actions.push(settled(&pending, "cancelled: the agent stopped"));
+        }
         self.by_session_id.retain(|(a, _), _| a != agent);
         let mut keys: Vec<&SessionKey> =
             self.sessions.iter().filter(|(_, s)| s.agent == agent).map(|(k, _)| k).collect();
@@ -478,6 +499,16 @@ impl Core {
     }
 
     fn on_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for pending in self.permissions.expire(now) {
+            log::info!(target: pending.chat.channel.as_str(), "permission request {} timed out; refused", pending.id);
+            let request = AgentRequest::AnswerPermission { request: pending.request, outcome: pending.refusal() };
+            actions.push(Action::Agent { agent: pending.agent.clone(), request });
+            actions.push(settled(&pending, "timed out, refused"));
+            actions.push(say(
+                &pending.chat,
+                format!("Permission request {} timed out, so the agent was told no.", pending.id),
+            ));
+        }
         let mut wedged = Vec::new();
         for (key, session) in self.sessions.iter_mut() {
             let Some(turn) = session.turn.as_mut() else { continue };
@@ -508,6 +539,131 @@ impl Core {
         wedged.sort();
         for key in wedged {
             self.abandon_wedged(&key, actions);
+        }
+    }
+
+    /// The agent asks to run a tool: decide by the channel's `permissions`, or ask the chat
+    /// whose turn it is.
+    #[allow(clippy::too_many_arguments)] // One event's fields, passed through.
+    fn on_permission_request(
+        &mut self,
+        agent: String,
+        session_id: String,
+        request: u64,
+        call: crate::event::ToolCall,
+        options: Vec<crate::event::PermissionOption>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let refuse = |agent: String, actions: &mut Vec<Action>| {
+            let request = AgentRequest::AnswerPermission { request, outcome: PermissionOutcome::Cancelled };
+            actions.push(Action::Agent { agent, request });
+        };
+        let Some(key) = self.by_session_id.get(&(agent.clone(), session_id.clone())).cloned() else {
+            return refuse(agent, actions); // Not a session of ours (any more).
+        };
+        let Some(session) = self.sessions.get(&key) else { return refuse(agent, actions) };
+        let chat = session.turn.as_ref().map_or_else(|| session.chat.clone(), |t| t.chat.clone());
+        let Some(channel) = self.channels.get(&chat.channel) else { return refuse(agent, actions) };
+        let target = channel.name.as_str();
+        let pick = |kinds: &[PermissionKind]| {
+            kinds.iter().find_map(|k| options.iter().find(|o| o.kind == *k)).map(|o| o.id.clone())
+        };
+        match channel.permissions {
+            PermissionPolicy::Allow => {
+                let outcome = pick(&[PermissionKind::AllowOnce])
+                    .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
+                log::info!(target: target, "{key}: tool {:?} allowed by policy (permissions: allow): {outcome:?}", call.title);
+                actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
+            }
+            PermissionPolicy::Deny => {
+                let outcome = pick(&[PermissionKind::RejectOnce, PermissionKind::RejectAlways])
+                    .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
+                log::info!(target: target, "{key}: tool {:?} refused by policy (permissions: deny)", call.title);
+                actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
+            }
+            PermissionPolicy::Relay => {
+                // In a shared conversation, only the listed users may decide for everyone.
+                let answerers = if session.shared { channel.allowed_users.clone() } else { Vec::new() };
+                let asker = Asker {
+                    agent,
+                    session: key.clone(),
+                    session_id,
+                    chat: chat.clone(),
+                    answerers,
+                    timeout: channel.permission_timeout,
+                };
+                let pending = self.permissions.ask(asker, request, call, options, now);
+                log::info!(target: target, "{key}: asking the chat about tool {:?} (request {})", pending.call.title, pending.id);
+                actions.push(Action::Send(Outbound::Ask {
+                    chat,
+                    key: pending.message_key(),
+                    text: pending.ask_text(),
+                    buttons: pending.buttons(),
+                }));
+            }
+        }
+    }
+
+    /// Someone pressed a button: the gates apply as to a message, then it answers.
+    fn on_button(&mut self, press: ButtonPress, actions: &mut Vec<Action>) {
+        let Some(channel) = self.channels.get(&press.channel) else { return };
+        let as_message = InboundMessage {
+            channel: press.channel.clone(),
+            sender_id: press.sender_id.clone(),
+            sender_name: press.sender_name.clone(),
+            chat_id: press.chat_id.clone(),
+            thread_id: press.thread_id.clone(),
+            is_group: press.is_group,
+            // Pressing our own message's button addresses us.
+            is_mentioned: true,
+            is_reply_to_bot: true,
+            ..Default::default()
+        };
+        let ack = |text: &str| {
+            Action::Send(Outbound::ButtonAck {
+                channel: press.channel.clone(),
+                callback_id: press.callback_id.clone(),
+                text: text.to_string(),
+            })
+        };
+        if let gate::Verdict::Drop(reason) = gate::check(channel, &as_message) {
+            log::info!(target: channel.name.as_str(), "ignored a button press from {}: {reason}", press.sender_id);
+            actions.push(ack("Not allowed."));
+            return;
+        }
+        let Some(answer) = permissions::parse_button_answer(&press.data) else {
+            actions.push(ack(""));
+            return;
+        };
+        let chat = routing::reply_to(&as_message);
+        let before = actions.len();
+        let text = self.answer_permission(&chat, &press.sender_id, &answer, actions);
+        actions.insert(before, ack(&text));
+    }
+
+    /// Apply a person's answer; returns the short text that confirms or refuses it.
+    fn answer_permission(
+        &mut self,
+        chat: &ChatRef,
+        sender: &str,
+        answer: &permissions::Answer,
+        actions: &mut Vec<Action>,
+    ) -> String {
+        match self.permissions.answer(chat, sender, answer) {
+            Resolution::Settled { pending, outcome, reply } => {
+                log::info!(target: chat.channel.as_str(), "permission request {} answered by {sender}: {outcome:?}", pending.id);
+                let request = AgentRequest::AnswerPermission { request: pending.request, outcome };
+                actions.push(Action::Agent { agent: pending.agent.clone(), request });
+                let outcome_text = reply.trim_end_matches('.').trim_start_matches("Permission ").to_string();
+                actions.push(settled(&pending, &outcome_text));
+                actions.push(say(chat, reply.clone()));
+                reply
+            }
+            Resolution::Refused(why) => {
+                actions.push(say(chat, why.clone()));
+                why
+            }
         }
     }
 
@@ -560,6 +716,15 @@ fn final_answer(answer: String, outcome: &TurnOutcome) -> String {
         _ if answer.is_empty() => "(The agent finished without a text answer.)".to_string(),
         _ => answer,
     }
+}
+
+/// Update the message that asked for a permission to show how it ended.
+fn settled(pending: &permissions::Pending, outcome: &str) -> Action {
+    Action::Send(Outbound::Edit {
+        chat: pending.chat.clone(),
+        key: pending.message_key(),
+        text: pending.settled_text(outcome),
+    })
 }
 
 fn say(chat: &ChatRef, text: String) -> Action {

@@ -36,6 +36,8 @@ pub struct Pending {
     /// The ACP connection's handle for the answer.
     pub request: u64,
     pub session: SessionKey,
+    /// The agent's id of that session.
+    pub session_id: String,
     pub chat: ChatRef,
     /// Only these senders may answer (empty: anyone who passes the channel's gates).
     pub answerers: Vec<String>,
@@ -179,6 +181,7 @@ pub struct PermissionRelay {
 pub struct Asker {
     pub agent: String,
     pub session: SessionKey,
+    pub session_id: String,
     pub chat: ChatRef,
     pub answerers: Vec<String>,
     pub timeout: Duration,
@@ -200,6 +203,7 @@ impl PermissionRelay {
             agent: asker.agent,
             request,
             session: asker.session,
+            session_id: asker.session_id,
             chat: asker.chat,
             answerers: asker.answerers,
             call,
@@ -256,6 +260,11 @@ impl PermissionRelay {
         self.take(|p| p.session == session)
     }
 
+    /// Requests of the agent's session `session_id` (cancelled, or cleared).
+    pub fn cancel_session_id(&mut self, agent: &str, session_id: &str) -> Vec<Pending> {
+        self.take(|p| p.agent == agent && p.session_id == session_id)
+    }
+
     /// Requests of an agent that died (it will not read answers any more).
     pub fn cancel_agent(&mut self, agent: &str) -> Vec<Pending> {
         self.take(|p| p.agent == agent)
@@ -303,6 +312,7 @@ mod tests {
         Asker {
             agent: "default".into(),
             session: format!("tg:{chat_id}"),
+            session_id: format!("s-{chat_id}"),
             chat: chat(chat_id),
             answerers: answerers.iter().map(|a| a.to_string()).collect(),
             timeout: Duration::from_secs(300),
@@ -427,6 +437,7 @@ mod tests {
         let expired = relay.expire(t0 + Duration::from_secs(300));
         assert_eq!(expired.iter().map(|p| p.request).collect::<Vec<_>>(), vec![1]);
         assert_eq!(expired[0].refusal(), PermissionOutcome::Selected("cancel".into()));
+        assert_eq!(relay.cancel_session_id("default", "s-1").len(), 0, "already expired");
         assert_eq!(relay.cancel_session("tg:2").len(), 1);
         assert_eq!(relay.next_deadline(), None);
         relay.ask(asker("3", &[]), 3, call("c"), qwen_options(), t0);

@@ -136,6 +136,9 @@ pub struct Session {
     pub loading: bool,
     /// The turn the crash interrupted; it runs first once the session is back.
     pub retry: Option<Retry>,
+    /// Several people share it (scope `single`, or `thread` in a group): only `allowedUsers`
+    /// may answer its permission requests, when that list is not empty.
+    pub shared: bool,
 }
 
 /// What a channel decides about the turns of its sessions.
@@ -165,6 +168,7 @@ impl Session {
             lost_id: None,
             loading: false,
             retry: None,
+            shared: false,
         }
     }
 

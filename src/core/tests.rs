@@ -915,3 +915,133 @@ fn session_failure_is_reported_to_the_chat() {
     );
     assert_eq!(got, vec![text("111", "The agent could not start a conversation: Authentication required (-32000)")]);
 }
+
+fn permission_request(session: &str, request: u64) -> Event {
+    agent(AgentEvent::PermissionRequested {
+        session_id: session.into(),
+        request,
+        call: ToolCall {
+            id: "c1".into(),
+            title: "touch demo.txt".into(),
+            kind: "execute".into(),
+            status: "pending".into(),
+            preview: "touch demo.txt".into(),
+        },
+        options: vec![
+            PermissionOption { id: "proceed_always".into(), name: "Always".into(), kind: PermissionKind::AllowAlways },
+            PermissionOption { id: "proceed_once".into(), name: "Allow".into(), kind: PermissionKind::AllowOnce },
+            PermissionOption { id: "cancel".into(), name: "Reject".into(), kind: PermissionKind::RejectOnce },
+        ],
+    })
+}
+
+fn answer(request: u64, option: Option<&str>) -> Action {
+    let outcome = option.map_or(PermissionOutcome::Cancelled, |o| PermissionOutcome::Selected(o.into()));
+    Action::Agent { agent: DEFAULT_AGENT.into(), request: AgentRequest::AnswerPermission { request, outcome } }
+}
+
+fn edit(id: &str, perm: &str, t: &str) -> Action {
+    Action::Send(Outbound::Edit { chat: chat(id), key: format!("perm:{perm}"), text: t.into() })
+}
+
+/// A core with a turn running in session s1 for user 111.
+fn turn_running(ch: ChannelConfig, t0: Instant) -> Core {
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("111", "please touch"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core
+}
+
+#[test]
+fn permission_requests_are_relayed_and_answered_by_text() {
+    let t0 = Instant::now();
+    let mut core = turn_running(channel("tg"), t0);
+    let asked = core.handle(permission_request("s1", 7), t0);
+    let Action::Send(Outbound::Ask { chat: asked_chat, key, text: ask, buttons }) = &asked[0] else {
+        panic!("{asked:?}")
+    };
+    assert_eq!((asked_chat, key.as_str()), (&chat("111"), "perm:1"));
+    assert!(ask.contains("touch demo.txt") && ask.contains("/approve 1"), "{ask}");
+    assert_eq!(buttons.len(), 3);
+    check(
+        &mut core,
+        t0,
+        vec![
+            // A stranger's answer never gets past the gates.
+            (dm("999", "/approve"), vec![]),
+            (
+                dm("111", "/approve"),
+                vec![
+                    answer(7, Some("proceed_once")),
+                    edit("111", "1", "🔐 touch demo.txt — approved"),
+                    text("111", "Permission approved."),
+                ],
+            ),
+            (dm("111", "/deny 1"), vec![text("111", "Permission request 1 is no longer pending.")]),
+        ],
+    );
+    // "no 2" answers request 2; "yes" alone is a message for the agent (it waits its turn).
+    core.handle(permission_request("s1", 8), t0);
+    check(
+        &mut core,
+        t0,
+        vec![(
+            dm("111", "yes"),
+            vec![cancel("s1")].into_iter().chain([edit("111", "2", "🔐 touch demo.txt — cancelled")]).collect(),
+        )],
+    );
+}
+
+#[test]
+fn permission_timeout_refuses_and_tells_the_chat() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.permission_timeout = Duration::from_secs(300);
+    ch.dispatch_mode = DispatchMode::Followup;
+    let mut core = turn_running(ch, t0);
+    core.handle(permission_request("s1", 3), t0);
+    assert_eq!(core.next_deadline(), Some(t0 + crate::core::TYPING_REFRESH));
+    let got = core.handle(Event::Tick, t0 + Duration::from_secs(300));
+    assert_eq!(got[0], answer(3, Some("cancel")));
+    assert_eq!(got[1], edit("111", "1", "🔐 touch demo.txt — timed out, refused"));
+    assert_eq!(got[2], text("111", "Permission request 1 timed out, so the agent was told no."));
+}
+
+#[test]
+fn permission_policies_allow_and_deny_answer_without_asking() {
+    let t0 = Instant::now();
+    for (policy, expected) in [(PermissionPolicy::Allow, "proceed_once"), (PermissionPolicy::Deny, "cancel")] {
+        let mut ch = channel("tg");
+        ch.permissions = policy;
+        let mut core = turn_running(ch, t0);
+        assert_eq!(core.handle(permission_request("s1", 1), t0), vec![answer(1, Some(expected))]);
+    }
+}
+
+#[test]
+fn shared_sessions_take_permission_answers_only_from_allowed_users() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Followup);
+    ch.session_scope = SessionScope::Single;
+    ch.allowed_users = vec!["111".into()];
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("222", "hello"), t0);
+    core.handle(created("tg:__single__", "s1"), t0);
+    core.handle(permission_request("s1", 5), t0);
+    // The request shows in 222's chat, where the turn came from; 222 may not decide.
+    let refused = core.handle(dm("222", "/approve"), t0);
+    assert!(
+        matches!(&refused[..], [Action::Send(Outbound::Text { text, .. })] if text.contains("allowedUsers")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn requests_of_a_dead_agent_or_unknown_session_are_closed() {
+    let t0 = Instant::now();
+    let mut core = turn_running(channel("tg"), t0);
+    assert_eq!(core.handle(permission_request("nope", 4), t0), vec![answer(4, None)]);
+    core.handle(permission_request("s1", 5), t0);
+    let got = core.handle(exited(), t0);
+    assert_eq!(got[0], edit("111", "1", "🔐 touch demo.txt — cancelled: the agent stopped"));
+}

@@ -4,6 +4,7 @@
 mod agents;
 mod cli;
 mod conversations;
+mod permissions;
 mod support;
 mod telegram;
 mod tidy;

@@ -164,7 +164,8 @@ fn deliver(result: &Value, offset: i64, api: &Api, bot: &BotIdentity, inbound: &
 fn send_loop(api: &Api, outbox: &Receiver<Outbound>) {
     for out in outbox {
         match out {
-            Outbound::Text { chat, text } => {
+            // Until buttons and edits are wired, questions and their outcomes go as plain text.
+            Outbound::Text { chat, text } | Outbound::Ask { chat, text, .. } | Outbound::Edit { chat, text, .. } => {
                 for chunk in wire::split_text(&text, MESSAGE_LIMIT) {
                     send_with_retry(api, "sendMessage", &wire::send_message(&chat, &chunk), &chat);
                 }
@@ -175,7 +176,7 @@ fn send_loop(api: &Api, outbox: &Receiver<Outbound>) {
                     log::debug!(target: api.channel.as_str(), "typing indicator for {} failed: {failure}", chat.chat_id);
                 }
             }
-            Outbound::Draft { .. } => {}
+            Outbound::Draft { .. } | Outbound::ButtonAck { .. } => {}
         }
     }
 }
