@@ -3,6 +3,7 @@
 //! thread feeds it events and carries out the actions it returns.
 
 pub mod gate;
+pub mod pairing;
 pub mod routing;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,6 +25,13 @@ pub enum Event {
     },
     /// The clock reached [`Core::next_deadline`].
     Tick,
+    /// A channel's pairing files as they are now (read at start, and whenever another
+    /// process such as `tether pairing approve` changed them).
+    AccessFiles {
+        channel: String,
+        pending: Vec<pairing::PairingRequest>,
+        approved: Vec<String>,
+    },
 }
 
 /// Everything the core asks the edges to do.
@@ -31,6 +39,8 @@ pub enum Event {
 pub enum Action {
     Send(Outbound),
     Agent { agent: String, request: AgentRequest },
+    // Add the request to `<channel>-pairing.json`, merged under the file's lock.
+    SavePairingRequest { channel: String, request: pairing::PairingRequest },
 }
 
 /// One conversation with the agent.
@@ -62,11 +72,34 @@ pub struct Core {
     sessions: HashMap<SessionKey, Session>,
     /// (agent, session id) → key, to route the agent's events.
     by_session_id: HashMap<(String, String), SessionKey>,
+    /// Who may talk: pairing books, the wall clock, code randomness.
+    access: pairing::Access,
 }
 
 impl Core {
     pub fn new(config: &Config) -> Core {
-        Core { channels: config.channels.clone(), sessions: HashMap::new(), by_session_id: HashMap::new() }
+        Core {
+            channels: config.channels.clone(),
+            sessions: HashMap::new(),
+            by_session_id: HashMap::new(),
+            access: pairing::Access::default(),
+        }
+    }
+
+    /// The wall-clock time in epoch ms, for pairing times (which are persisted). The daemon
+    /// sets it before each event; tests set what they need.
+    pub fn set_wall_clock(&mut self, epoch_ms: u64) {
+        self.access.set_wall_clock(epoch_ms);
+    }
+
+    /// Replace the randomness pairing codes are made from (tests).
+    pub fn set_entropy(&mut self, entropy: pairing::Entropy) {
+        self.access.set_entropy(entropy);
+    }
+
+    /// The access policy of a channel in one line, for `/status`.
+    pub fn access_summary(&self, channel: &str) -> Option<String> {
+        self.channels.get(channel).map(|c| self.access.summary(c))
     }
 
     /// The next moment [`Event::Tick`] is due, if any.
@@ -81,6 +114,9 @@ impl Core {
             Event::Inbound(Inbound::Health { .. }) => {}
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
+            Event::AccessFiles { channel, pending, approved } => {
+                self.access.reload(&channel, pending, approved, &mut actions)
+            }
         }
         actions
     }
@@ -90,8 +126,8 @@ impl Core {
             log::warn!(target: "core", "message for unknown channel {}", message.channel);
             return;
         };
-        if let gate::Verdict::Drop(reason) = gate::check(channel, &message) {
-            log::info!(target: channel.name.as_str(), "dropped message from {} in {}: {reason}", message.sender_id, message.chat_id);
+        // The gates run before anything else looks at the message (commands included).
+        if !self.access.admit(channel, &message, actions) {
             return;
         }
         let key = routing::session_key(channel.session_scope, &message);
