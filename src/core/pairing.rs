@@ -348,8 +348,10 @@ impl Access {
                 match book.ask(&m.sender_id, &m.sender_name, &m.chat_id, self.wall_ms, random) {
                     Ask::Created(request) => {
                         log::info!(target: target, "pairing request from {} ({}); see `tether pairing list {target}`", request.sender_name, request.sender_id);
-                        out.push(reply(m, with_greeting(code_text(target, &request.code))));
+                        // Saved before it is sent: a code the operator cannot see would be useless.
+                        let text = with_greeting(code_text(target, &request.code));
                         out.push(Action::SavePairingRequest { channel: channel.name.clone(), request });
+                        out.push(reply(m, text));
                     }
                     Ask::Pending { code, remind: true } => {
                         log::info!(target: target, "reminded {} of their pending pairing code", m.sender_id);
@@ -384,6 +386,15 @@ impl Access {
     ) {
         let book = self.books.entry(channel.to_string()).or_default();
         let before: Vec<String> = book.approved().to_vec();
+        let gone: Vec<PairingRequest> = book
+            .pending()
+            .iter()
+            .filter(|old| !pending.iter().any(|r| r.code == old.code) && !approved.contains(&old.sender_id))
+            .cloned()
+            .collect();
+        for request in gone {
+            log::info!(target: channel, "pairing request of {} ({}) was denied or expired", request.sender_name, request.sender_id);
+        }
         for request in book.replace(pending, approved) {
             log::info!(target: channel, "{} ({}) was approved", request.sender_name, request.sender_id);
             match request.chat_id {
@@ -708,13 +719,13 @@ mod core_tests {
         assert_eq!(
             got,
             vec![
+                Action::SavePairingRequest { channel: "tg".into(), request: request.clone() },
                 text_to(
                     "7",
                     &format!(
                         "Your pairing code is: {code}\n\nAsk the bot operator to approve you with:\n  tether pairing approve tg {code}"
                     )
                 ),
-                Action::SavePairingRequest { channel: "tg".into(), request: request.clone() },
             ]
         );
         // More messages: no second reply, nothing to the agent.
@@ -741,7 +752,7 @@ mod core_tests {
         let got = core.handle(dm("7", "two"), t);
         assert!(!reaches_routing(&got));
         assert!(
-            matches!(&got[0], Action::Send(Outbound::Text { text, .. }) if text.starts_with("Your pairing code is: "))
+            matches!(&got[1], Action::Send(Outbound::Text { text, .. }) if text.starts_with("Your pairing code is: "))
         );
     }
 
@@ -760,12 +771,12 @@ mod core_tests {
         // A stranger under pairing: the welcome and the code, once.
         let mut core = core(SenderPolicy::Pairing);
         let got = core.handle(dm("5", "/start"), t);
-        assert_eq!(got[0], text_to("5", &format!("{WELCOME_STRANGER}\n\n{}", code_text("tg", "BBBBBBBB"))));
+        assert_eq!(got[1], text_to("5", &format!("{WELCOME_STRANGER}\n\n{}", code_text("tg", "BBBBBBBB"))));
         assert_eq!(core.handle(dm("5", "/start"), t), vec![]);
         // An hour later the old code has expired: a new one.
         core.set_wall_clock(T0 + HOUR);
         let got = core.handle(dm("5", "/start extra"), t);
-        assert_eq!(got[0], text_to("5", &format!("{WELCOME_STRANGER}\n\n{}", code_text("tg", "CCCCCCCC"))));
+        assert_eq!(got[1], text_to("5", &format!("{WELCOME_STRANGER}\n\n{}", code_text("tg", "CCCCCCCC"))));
     }
 
     #[test]

@@ -95,8 +95,29 @@ impl FakeTelegram {
         }));
     }
 
+    /// Queue a message from user `from` in group `chat` (a supergroup), with the entities
+    /// Telegram would have computed (`[]` for none). Returns its message id.
+    pub fn send_group(&self, chat: i64, from: i64, text: &str, entities: Value) -> i64 {
+        self.push(json!({
+            "message_id": 0, "date": 1_700_000_000,
+            "chat": {"id": chat, "type": "supergroup", "title": "Team"},
+            "from": {"id": from, "is_bot": false, "first_name": "Member", "username": format!("user{from}")},
+            "text": text,
+            "entities": entities,
+        }))
+    }
+
+    /// Every text sent to `chat` so far, in order.
+    pub fn texts_to(&self, chat: i64) -> Vec<String> {
+        self.calls_of("sendMessage")
+            .into_iter()
+            .filter(|c| c.body["chat_id"] == json!(chat))
+            .filter_map(|c| c.body["text"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Queue any message object (its update id and message id are filled in).
-    pub fn push(&self, mut message: Value) {
+    pub fn push(&self, mut message: Value) -> i64 {
         let (lock, cvar) = &*self.state;
         let mut state = lock.lock().unwrap();
         let id = state.next_update_id;
@@ -104,6 +125,7 @@ impl FakeTelegram {
         message["message_id"] = json!(id);
         state.updates.push_back(json!({"update_id": id, "message": message}));
         cvar.notify_all();
+        id
     }
 
     /// Answer the next call of `method` with `fault`.
