@@ -161,8 +161,12 @@ impl Watcher {
             log::error!(target: channel, "no pairing files for this channel; the request is not saved");
             return;
         };
-        if let Err(e) = watched.files.update(now_ms, |book| book.insert(request)) {
-            log::error!(target: channel, "cannot save a pairing request: {e}; the sender's code will not work");
+        match watched.files.update(now_ms, |book| book.insert(request)) {
+            Ok(false) => {}
+            Ok(true) => log::warn!(target: channel, "the pairing file held an older request of this sender; replaced"),
+            Err(e) => {
+                log::error!(target: channel, "cannot save a pairing request: {e}; the sender's code will not work")
+            }
         }
     }
 }
@@ -209,7 +213,8 @@ mod tests {
         let home = temp_home("update");
         let files = AccessFiles::new(&home, "phone");
         assert!(files.read().unwrap().pending().is_empty());
-        assert!(files.update(T0, |b| b.insert(request("7", "ABCDEFGH", T0))).unwrap());
+        assert!(!files.update(T0, |b| b.insert(request("7", "ZZZZZZZZ", T0))).unwrap());
+        assert!(files.update(T0, |b| b.insert(request("7", "ABCDEFGH", T0))).unwrap(), "replaces the older one");
         assert_eq!(mode(&home), 0o700);
         assert_eq!(mode(&files.pairing), 0o600);
         assert!(!files.allowlist.exists(), "nothing approved yet: no allowlist file");

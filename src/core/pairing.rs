@@ -202,13 +202,14 @@ impl PairingBook {
     }
 
     /// Add a request made elsewhere (the daemon merging the core's new request into the
-    /// file); false when the sender already has one here.
+    /// file). It replaces any older request of the same sender: the new code is the one
+    /// they were sent. True when an older one was replaced.
     pub fn insert(&mut self, request: PairingRequest) -> bool {
-        if self.pending.iter().any(|r| r.sender_id == request.sender_id) {
-            return false;
-        }
+        let before = self.pending.len();
+        self.pending.retain(|r| r.sender_id != request.sender_id);
+        let replaced = self.pending.len() != before;
         self.pending.push(request);
-        true
+        replaced
     }
 
     /// Take the state the files now hold (another process may have approved, denied or
@@ -255,10 +256,10 @@ pub const WELCOME_STRANGER: &str = "Hi! This bot answers only people its operato
 pub const PAIRED_TEXT: &str = "You're paired: you can talk to the agent here now. Send any message to start.";
 
 /// Randomness for codes; replaceable so tests are deterministic.
-pub struct Entropy(Box<dyn FnMut() -> Option<[u8; CODE_LENGTH]>>);
+pub struct Entropy(Box<dyn FnMut() -> Option<[u8; CODE_LENGTH]> + Send>);
 
 impl Entropy {
-    pub fn new(source: impl FnMut() -> Option<[u8; CODE_LENGTH]> + 'static) -> Entropy {
+    pub fn new(source: impl FnMut() -> Option<[u8; CODE_LENGTH]> + Send + 'static) -> Entropy {
         Entropy(Box::new(source))
     }
 
@@ -393,10 +394,10 @@ impl Access {
             .cloned()
             .collect();
         for request in gone {
-            log::info!(target: channel, "pairing request of {} ({}) was denied or expired", request.sender_name, request.sender_id);
+            log::info!(target: channel, "pairing request of {} ({}) was denied or expired", clean_name(&request.sender_name), clean_name(&request.sender_id));
         }
         for request in book.replace(pending, approved) {
-            log::info!(target: channel, "{} ({}) was approved", request.sender_name, request.sender_id);
+            log::info!(target: channel, "{} ({}) was approved", clean_name(&request.sender_name), clean_name(&request.sender_id));
             match request.chat_id {
                 Some(chat_id) => out.push(Action::Send(Outbound::Text {
                     chat: ChatRef { channel: channel.to_string(), chat_id, thread_id: None },
