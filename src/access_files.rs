@@ -60,7 +60,8 @@ impl AccessFiles {
 
     fn read_unlocked(&self) -> Result<PairingBook, Error> {
         let pending: Vec<PairingRequest> = store::read_json(&self.pairing)?.unwrap_or_default();
-        let approved: Vec<String> = store::read_json(&self.allowlist)?.unwrap_or_default();
+        let approved: Vec<serde_json::Value> = store::read_json(&self.allowlist)?.unwrap_or_default();
+        let approved = approved.into_iter().map(|id| user_id(id, &self.allowlist)).collect::<Result<_, _>>()?;
         Ok(PairingBook::new(pending, approved))
     }
 
@@ -171,6 +172,18 @@ impl Watcher {
     }
 }
 
+/// An id in the allowlist: a string, or a number written by hand (as `allowedUsers` allows).
+fn user_id(id: serde_json::Value, path: &Path) -> Result<String, Error> {
+    match id {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(Error::Other(format!(
+            "{}: {other} is not a user id: the file must be a JSON array of id strings, like [\"123456789\"]",
+            path.display()
+        ))),
+    }
+}
+
 fn event(channel: &str, book: PairingBook) -> Event {
     Event::AccessFiles {
         channel: channel.to_string(),
@@ -273,9 +286,23 @@ mod tests {
             got,
             vec![Event::AccessFiles { channel: "phone".into(), pending: vec![], approved: vec!["7".into()] }]
         );
+        // Ids written by hand as numbers are read as strings.
+        std::fs::write(&files.allowlist, "[7, \"8\"]").unwrap();
+        let got = watcher.poll(t + 4 * POLL_INTERVAL);
+        assert_eq!(
+            got,
+            vec![Event::AccessFiles {
+                channel: "phone".into(),
+                pending: vec![],
+                approved: vec!["7".into(), "8".into()]
+            }]
+        );
+        std::fs::write(&files.allowlist, "[{\"id\": 7}]").unwrap();
+        let err = watcher.load_all().unwrap_err().to_string();
+        assert!(err.contains("phone-allowlist.json: {\"id\":7} is not a user id"), "{err}");
         // A broken file is reported, not fatal, and the event waits for a good one.
         std::fs::write(&files.allowlist, "[\"7\",").unwrap();
-        assert_eq!(watcher.poll(t + 4 * POLL_INTERVAL), vec![]);
+        assert_eq!(watcher.poll(t + 5 * POLL_INTERVAL), vec![]);
         let err = watcher.load_all().unwrap_err().to_string();
         assert!(err.contains("phone-allowlist.json"), "{err}");
         std::fs::remove_dir_all(home).unwrap();
