@@ -13,6 +13,7 @@ pub const USAGE: &str = "\
 tether: drive an ACP coding agent from your chat apps
 
 Usage:
+  tether demo [--listen ADDR]  a local web chat with the agent, no setup (default 127.0.0.1:8787)
   tether start [NAME...]     run every channel in the config, or only the named ones
   tether check               validate the config and print what would run (secrets masked)
   tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
@@ -30,6 +31,7 @@ Options (before or after the command):
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    Demo { listen: String },
     Start { channels: Vec<String> },
     Check,
     Pairing(crate::pairing_cli::PairingCommand),
@@ -42,6 +44,8 @@ pub enum Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GlobalOptions {
     pub config: Option<PathBuf>,
+    /// `--listen ADDR` (demo only).
+    pub listen: Option<String>,
     pub home: Option<PathBuf>,
     pub verbose: bool,
 }
@@ -57,6 +61,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         match arg {
             Long("config") => opts.config = Some(parser.value()?.into()),
             Long("home") => opts.home = Some(parser.value()?.into()),
+            Long("listen") if command.as_deref() == Some("demo") => opts.listen = Some(parser.value()?.string()?),
             Short('v') | Long("verbose") => opts.verbose = true,
             Short('h') | Long("help") if command.is_none() => return Ok((Command::Help, opts)),
             Short('V') | Long("version") if command.is_none() => return Ok((Command::Version, opts)),
@@ -75,12 +80,15 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
     }
     let command = match command.as_deref() {
         Some("start") => Command::Start { channels: words },
+        Some("demo") if words.is_empty() => {
+            Command::Demo { listen: opts.listen.clone().unwrap_or_else(|| DEMO_LISTEN.to_string()) }
+        }
         Some("check") if words.is_empty() => Command::Check,
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
         Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
         None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
-        Some(word @ ("check" | "version")) => {
+        Some(word @ ("check" | "version" | "demo")) => {
             return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
         }
         Some(other) => return Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
@@ -131,6 +139,14 @@ fn run(command: Command, opts: &GlobalOptions) -> Result<i32, Error> {
             eprint!("{}", report.stderr);
             Ok(report.status)
         }
+        Command::Demo { listen } => {
+            crate::logging::init(opts.verbose);
+            let (config, agent) = demo_config(opts, &listen)?;
+            println!("tether demo: talking to {agent}");
+            // The demo's one channel is open: no pairing files, so any home will do.
+            crate::daemon::run(config, &[], &home_dir(opts).unwrap_or_default())?;
+            Ok(0)
+        }
         Command::Start { channels } => {
             crate::logging::init(opts.verbose);
             let config = load_config(opts)?;
@@ -139,6 +155,62 @@ fn run(command: Command, opts: &GlobalOptions) -> Result<i32, Error> {
             Ok(0)
         }
     }
+}
+
+/// Where `tether demo` serves the web chat unless `--listen` says otherwise.
+pub const DEMO_LISTEN: &str = "127.0.0.1:8787";
+
+/// The demo's config: one web chat channel open to this machine's browsers, talking to the
+/// configured agent when there is one and its command is found, else to the built-in demo
+/// agent. Also says which agent it chose, and why.
+pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String), Error> {
+    let config_path = match &opts.config {
+        Some(path) => Some(path.clone()),
+        None => home_dir(opts).ok().map(|home| home.join("config.json")).filter(|p| p.exists()),
+    };
+    let user = match config_path {
+        Some(_) => Some(load_config(opts)?),
+        None => None,
+    };
+    let exe = std::env::current_exe().map_err(|e| Error::Other(format!("cannot find the tether binary: {e}")))?;
+    let demo_agent = serde_json::json!({"command": exe, "args": ["demo-agent", "--chunk-delay", "40"]});
+    let text = serde_json::json!({
+        "agent": demo_agent,
+        "channels": {"web": {"type": "webchat", "listen": listen, "senderPolicy": "open"}},
+    })
+    .to_string();
+    let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
+    let user_home = std::env::var_os("HOME").map(PathBuf::from);
+    let env = |name: &str| std::env::var(name).ok();
+    let path = PathBuf::from("(tether demo)");
+    let cx = ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env };
+    let mut config =
+        config::parse(&text, &cx).map_err(|e| Error::Usage(format!("--listen {listen}: {}", e.message)))?;
+    let mut description = "the built-in demo agent (no agent configured)".to_string();
+    if let Some(user) = user {
+        let Some(agent) = user.agents.get(config::DEFAULT_AGENT) else { return Ok((config, description)) };
+        let shown = format!("{} {}", agent.command, agent.args.join(" "));
+        if command_exists(&agent.command) {
+            description = format!("the configured agent `{}` (from {})", shown.trim(), user.path.display());
+            config.agents.insert(config::DEFAULT_AGENT.to_string(), agent.clone());
+            config.env = user.env.clone();
+        } else {
+            description = format!("the built-in demo agent (the configured `{}` was not found)", shown.trim());
+        }
+    }
+    Ok((config, description))
+}
+
+/// Whether `command` names a program that can be run: a path that exists, or a name found
+/// in one of `$PATH`'s directories.
+fn command_exists(command: &str) -> bool {
+    if command == "tether" {
+        return true;
+    }
+    if command.contains('/') {
+        return Path::new(command).is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
 }
 
 /// `--home`, else `$TETHER_HOME`, else `~/.tether`.
@@ -255,6 +327,9 @@ mod tests {
     fn table_of_commands() {
         let cases: Vec<(&[&str], Result<Command, &str>)> = vec![
             (&["check"], Ok(Command::Check)),
+            (&["demo"], Ok(Command::Demo { listen: DEMO_LISTEN.into() })),
+            (&["demo", "--listen", "127.0.0.1:0"], Ok(Command::Demo { listen: "127.0.0.1:0".into() })),
+            (&["--listen", "x", "start"], Err("invalid option '--listen'")),
             (&["version"], Ok(Command::Version)),
             (&["--version"], Ok(Command::Version)),
             (&["help"], Ok(Command::Help)),

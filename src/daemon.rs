@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, at, bounded, never, select, tick, unbounded};
 
 use crate::access_files::{self, epoch_ms};
-use crate::acp::supervisor::{Agent, agent_spec};
+use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters;
 use crate::config::{ChannelKind, Config, SenderPolicy};
 use crate::core::{Action, Core, Event};
@@ -34,10 +34,18 @@ pub fn run(config: Config, only: &[String], home: &Path) -> Result<(), Error> {
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
     let mut outboxes: BTreeMap<String, Sender<Outbound>> = BTreeMap::new();
     let (_stop_tx, stop_rx) = bounded::<()>(0);
+    // Web chat servers stop when their handle is dropped: keep them for the life of the loop.
+    let mut web_servers = Vec::new();
     for channel in config.channels.values() {
         let (out_tx, out_rx) = unbounded();
         match channel.kind {
             ChannelKind::Telegram => adapters::telegram::spawn(channel, inbound_tx.clone(), out_rx, stop_rx.clone())?,
+            ChannelKind::Webchat => {
+                let server = adapters::webchat::spawn(channel, inbound_tx.clone(), out_rx)?;
+                log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
+                println!("{}: web chat on {}", channel.name, server.url());
+                web_servers.push(server);
+            }
             other => {
                 return Err(Error::Other(format!(
                     "{}: channel \"{}\": type {} is not available in this build yet",
@@ -71,13 +79,23 @@ pub fn run(config: Config, only: &[String], home: &Path) -> Result<(), Error> {
             },
             recv(agent_rx) -> msg => match msg {
                 Ok((agent, event)) => {
-                    if let AgentEvent::Exited { reason } = &event {
-                        let delay = agents.get_mut(&agent).map_or(Duration::from_secs(3), |a| a.backoff.next_delay());
-                        log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", delay.as_millis());
-                        restarts.insert(agent.clone(), Instant::now() + delay);
+                    if let (AgentEvent::Exited { reason }, Some(a)) = (&event, agents.get_mut(&agent)) {
+                        let now = Instant::now();
+                        match a.crashed(now) {
+                            Restart::At(at) => {
+                                log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", (at - now).as_millis());
+                                restarts.insert(agent.clone(), at);
+                            }
+                            Restart::GiveUp { crashes } => {
+                                return Err(Error::Agent(format!(
+                                    "agent \"{agent}\" crashed {crashes} times within {} s (last: it {reason}); stopping so the init system can restart tether",
+                                    CrashWindow::SPAN.as_secs()
+                                )));
+                            }
+                        }
                     }
                     if let (AgentEvent::Ready { .. }, Some(a)) = (&event, agents.get_mut(&agent)) {
-                        a.backoff.reset();
+                        a.ready();
                     }
                     Event::Agent { agent, event }
                 }
@@ -92,9 +110,13 @@ pub fn run(config: Config, only: &[String], home: &Path) -> Result<(), Error> {
             restarts.remove(&name);
             let Some(agent) = agents.get_mut(&name) else { continue };
             if let Err(e) = agent.restart(agent_tx.clone()) {
-                let delay = agent.backoff.next_delay();
-                log::error!(target: "acp", "{e}; trying again in {} ms", delay.as_millis());
-                restarts.insert(name, now + delay);
+                match agent.crashed(now) {
+                    Restart::At(at) => {
+                        log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
+                        restarts.insert(name, at);
+                    }
+                    Restart::GiveUp { .. } => return Err(e),
+                }
             }
         }
         core.set_wall_clock(epoch_ms());
@@ -130,6 +152,16 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
     }
     if !only.is_empty() {
         config.channels.retain(|name, _| only.contains(name));
+    }
+    for channel in config.channels.values() {
+        if !channel.cwd.is_dir() {
+            return Err(Error::Other(format!(
+                "{}: channel \"{}\", key \"cwd\": {} is not an existing directory: create it or fix the path",
+                config.path.display(),
+                channel.name,
+                channel.cwd.display()
+            )));
+        }
     }
     if config.channels.is_empty() {
         return Err(Error::Other(format!(

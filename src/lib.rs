@@ -21,4 +21,6 @@ pub mod event;
 pub mod logging;
 pub mod net;
 pub mod pairing_cli;
+pub mod render;
 pub mod store;
+pub mod streamer;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::*;
-use crate::core::{Action, Core, Event};
+use crate::core::prompt::STEER_NOTE;
+use crate::core::{Action, CANCEL_WAIT, Core, Event, MAX_WAITING, SessionRecord, texts};
 use crate::event::*;
 
 pub(crate) fn channel(name: &str) -> ChannelConfig {
@@ -50,8 +51,21 @@ fn core_with(channels: Vec<ChannelConfig>) -> Core {
     Core::new(&config)
 }
 
+/// A channel "tg" with the given dispatch mode, open to everyone and to every group.
+fn open_channel(mode: DispatchMode) -> ChannelConfig {
+    let mut ch = channel("tg");
+    ch.dispatch_mode = mode;
+    ch.sender_policy = SenderPolicy::Open;
+    ch.group_policy = GroupPolicy::Open;
+    ch
+}
+
 fn dm(sender: &str, text: &str) -> Event {
-    Event::Inbound(Inbound::Message(InboundMessage {
+    inbound(dm_msg(sender, text))
+}
+
+fn dm_msg(sender: &str, text: &str) -> InboundMessage {
+    InboundMessage {
         channel: "tg".into(),
         sender_id: sender.into(),
         sender_name: "Ada".into(),
@@ -59,21 +73,56 @@ fn dm(sender: &str, text: &str) -> Event {
         is_mentioned: true,
         text: text.into(),
         ..Default::default()
-    }))
+    }
+}
+
+/// A message in group `chat` (mentioning the bot), in forum topic `thread` if given.
+fn group_msg(sender: &str, chat: &str, thread: Option<&str>, text: &str) -> InboundMessage {
+    InboundMessage {
+        chat_id: chat.into(),
+        thread_id: thread.map(str::to_string),
+        is_group: true,
+        ..dm_msg(sender, text)
+    }
+}
+
+fn with_id(mut m: InboundMessage, id: &str) -> InboundMessage {
+    m.message_id = Some(id.into());
+    m
+}
+
+fn inbound(m: InboundMessage) -> Event {
+    Event::Inbound(Inbound::Message(m))
 }
 
 fn agent(event: AgentEvent) -> Event {
     Event::Agent { agent: DEFAULT_AGENT.into(), event }
 }
 
+fn created(key: &str, session: &str) -> Event {
+    agent(AgentEvent::SessionCreated { key: key.into(), session_id: session.into() })
+}
+
+fn chunk(session: &str, text: &str) -> Event {
+    agent(AgentEvent::TextChunk { session_id: session.into(), text: text.into() })
+}
+
+fn ended(session: &str, outcome: TurnOutcome) -> Event {
+    agent(AgentEvent::TurnEnded { session_id: session.into(), outcome })
+}
+
 fn chat(id: &str) -> ChatRef {
     ChatRef { channel: "tg".into(), chat_id: id.into(), thread_id: None }
+}
+
+fn topic(id: &str, thread: &str) -> ChatRef {
+    ChatRef { channel: "tg".into(), chat_id: id.into(), thread_id: Some(thread.into()) }
 }
 
 fn new_session(key: &str) -> Action {
     Action::Agent {
         agent: DEFAULT_AGENT.into(),
-        request: AgentRequest::NewSession { key: key.into(), cwd: PathBuf::from("/work") },
+        request: AgentRequest::NewSession { key: key.into(), cwd: PathBuf::from("/work"), model: None },
     }
 }
 
@@ -84,20 +133,48 @@ fn prompt(session: &str, text: &str) -> Action {
     }
 }
 
+fn cancel(session: &str) -> Action {
+    Action::Agent { agent: DEFAULT_AGENT.into(), request: AgentRequest::Cancel { session_id: session.into() } }
+}
+
 fn typing(id: &str) -> Action {
-    Action::Send(Outbound::Typing { chat: chat(id) })
+    typing_in(chat(id))
+}
+
+fn typing_in(chat: ChatRef) -> Action {
+    Action::Send(Outbound::Typing { chat })
 }
 
 fn text(id: &str, t: &str) -> Action {
-    Action::Send(Outbound::Text { chat: chat(id), text: t.into() })
+    text_in(chat(id), t)
+}
+
+fn text_in(chat: ChatRef, t: &str) -> Action {
+    Action::Send(Outbound::Text { chat, text: t.into() })
 }
 
 /// Run a script of (event, expected actions) against one core, all at time `t0`.
 fn check(core: &mut Core, t0: Instant, script: Vec<(Event, Vec<Action>)>) {
-    for (i, (event, expected)) in script.into_iter().enumerate() {
-        let got = core.handle(event.clone(), t0);
+    check_at(core, script.into_iter().map(|(e, a)| (t0, e, a)).collect());
+}
+
+/// Run a script of (time, event, expected actions) against one core.
+fn check_at(core: &mut Core, script: Vec<(Instant, Event, Vec<Action>)>) {
+    for (i, (now, event, expected)) in script.into_iter().enumerate() {
+        let got = core.handle(event.clone(), now);
         assert_eq!(got, expected, "step {i}: {event:?}");
     }
+}
+
+/// A core whose DM session with 111 (`tg:111:111`, id `s1`) is running the turn "one".
+fn busy_core(ch: ChannelConfig, t0: Instant) -> Core {
+    let ch_instructions = ch.instructions.clone();
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("111", "one"), t0);
+    let got = core.handle(created("tg:111:111", "s1"), t0);
+    let instructions = ch_instructions.map(|i| format!("{i}\n\n")).unwrap_or_default();
+    assert_eq!(got.last(), Some(&prompt("s1", &format!("{instructions}one"))));
+    core
 }
 
 #[test]
@@ -109,16 +186,10 @@ fn allowed_dm_round_trip() {
         t0,
         vec![
             (dm("111", "hello"), vec![new_session("tg:111:111")]),
-            (
-                agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }),
-                vec![typing("111"), prompt("s1", "hello")],
-            ),
-            (agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "echo: ".into() }), vec![]),
-            (agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "hello".into() }), vec![]),
-            (
-                agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }),
-                vec![text("111", "echo: hello")],
-            ),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "hello")]),
+            (chunk("s1", "echo: "), vec![]),
+            (chunk("s1", "hello"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "echo: hello")]),
             // The session is reused.
             (dm("111", "again"), vec![typing("111"), prompt("s1", "again")]),
         ],
@@ -130,12 +201,16 @@ fn strangers_never_reach_the_agent() {
     let t0 = Instant::now();
     let mut open = channel("tg");
     open.sender_policy = SenderPolicy::Open;
-    for (channels, sender, reaches) in
-        [(vec![channel("tg")], "999", false), (vec![channel("tg")], "111", true), (vec![open.clone()], "999", true)]
-    {
+    for (channels, sender, text, reaches) in [
+        (vec![channel("tg")], "999", "hi", false),
+        // Commands run after the gates: a stranger gets no /help either.
+        (vec![channel("tg")], "999", "/help", false),
+        (vec![channel("tg")], "111", "hi", true),
+        (vec![open.clone()], "999", "hi", true),
+    ] {
         let mut core = core_with(channels);
-        let got = core.handle(dm(sender, "hi"), t0);
-        assert_eq!(!got.is_empty(), reaches, "sender {sender}");
+        let got = core.handle(dm(sender, text), t0);
+        assert_eq!(!got.is_empty(), reaches, "sender {sender}: {text}");
     }
 }
 
@@ -143,20 +218,345 @@ fn strangers_never_reach_the_agent() {
 fn groups_are_ignored_by_default() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
-    let msg = InboundMessage {
-        channel: "tg".into(),
-        sender_id: "111".into(),
-        chat_id: "-100".into(),
-        is_group: true,
-        is_mentioned: true,
-        text: "hi".into(),
-        ..Default::default()
-    };
-    assert_eq!(core.handle(Event::Inbound(Inbound::Message(msg)), t0), vec![]);
+    assert_eq!(core.handle(inbound(group_msg("111", "-100", None, "hi")), t0), vec![]);
 }
 
 #[test]
-fn one_prompt_in_flight_per_session_and_messages_wait_their_turn() {
+fn session_scopes_pick_the_conversation_and_replies_go_where_each_message_came_from() {
+    let t0 = Instant::now();
+    let scoped = |scope| {
+        let mut ch = open_channel(DispatchMode::Followup);
+        ch.session_scope = scope;
+        core_with(vec![ch])
+    };
+    // user: one session per person per chat; a group member's session is theirs alone.
+    let mut core = scoped(SessionScope::User);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(group_msg("7", "-100", None, "a")), vec![new_session("tg:7:-100")]),
+            (inbound(group_msg("8", "-100", None, "b")), vec![new_session("tg:8:-100")]),
+            (dm("7", "c"), vec![new_session("tg:7:7")]),
+        ],
+    );
+    // thread: a forum topic is one conversation for everyone in it; replies go into the topic.
+    let mut core = scoped(SessionScope::Thread);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(group_msg("7", "-100", Some("42"), "a")), vec![new_session("tg:42")]),
+            (inbound(group_msg("8", "-100", Some("42"), "b")), vec![]),
+            (inbound(group_msg("8", "-100", None, "general")), vec![new_session("tg:-100")]),
+            (created("tg:42", "s1"), vec![typing_in(topic("-100", "42")), prompt("s1", "a")]),
+            (chunk("s1", "A"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text_in(topic("-100", "42"), "A"), typing_in(topic("-100", "42")), prompt("s1", "b")],
+            ),
+        ],
+    );
+    // single: the whole channel shares one session; each answer goes to its own chat.
+    let mut core = scoped(SessionScope::Single);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("7", "from seven"), vec![new_session("tg:__single__")]),
+            (inbound(group_msg("8", "-100", None, "from the group")), vec![]),
+            (created("tg:__single__", "s1"), vec![typing("7"), prompt("s1", "from seven")]),
+            (
+                ended("s1", TurnOutcome::Refusal),
+                vec![text("7", "The agent declined to answer."), typing("-100"), prompt("s1", "from the group")],
+            ),
+            (chunk("s1", "hi group"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("-100", "hi group")]),
+        ],
+    );
+}
+
+#[test]
+fn concurrent_first_messages_create_one_session_in_every_mode() {
+    let t0 = Instant::now();
+    for mode in [DispatchMode::Steer, DispatchMode::Followup] {
+        let mut core = core_with(vec![open_channel(mode)]);
+        check(
+            &mut core,
+            t0,
+            vec![
+                (dm("111", "one"), vec![new_session("tg:111:111")]),
+                // Before the session exists nothing runs, so nothing is steered: it waits.
+                (dm("111", "two"), vec![]),
+                (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "one")]),
+                (
+                    ended("s1", TurnOutcome::EndTurn),
+                    vec![
+                        text("111", "(The agent finished without a text answer.)"),
+                        typing("111"),
+                        prompt("s1", "two"),
+                    ],
+                ),
+                (ended("s1", TurnOutcome::Failed("boom".into())), vec![text("111", "Sorry, the agent failed: boom")]),
+            ],
+        );
+    }
+    let mut core = core_with(vec![open_channel(DispatchMode::Collect)]);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "one"), vec![new_session("tg:111:111")]),
+            (dm("111", "two"), vec![]),
+            (dm("111", "three"), vec![]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "one")]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![
+                    text("111", "(The agent finished without a text answer.)"),
+                    typing("111"),
+                    prompt("s1", "two\n\nthree"),
+                ],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn steer_cancels_drops_the_old_text_then_runs_the_new_message_with_the_note() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    let note_two = format!("{STEER_NOTE}\n\ntwo");
+    check(
+        &mut core,
+        t0,
+        vec![
+            (chunk("s1", "partial answer"), vec![]),
+            (dm("111", "two"), vec![cancel("s1")]),
+            // Text still streaming from the cancelled turn is dropped.
+            (chunk("s1", " more"), vec![]),
+            // Only when the cancelled turn has ended does the new prompt go (one at a time).
+            (ended("s1", TurnOutcome::Cancelled), vec![typing("111"), prompt("s1", &note_two)]),
+            (chunk("s1", "fresh"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "fresh")]),
+        ],
+    );
+    // A turn that finished on its own before the cancel took effect is dropped all the same.
+    let mut core = busy_core(channel("tg"), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "two"), vec![cancel("s1")]),
+            (ended("s1", TurnOutcome::EndTurn), vec![typing("111"), prompt("s1", &note_two)]),
+        ],
+    );
+}
+
+#[test]
+fn messages_during_one_steer_wait_are_merged_latest_last() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(with_id(dm_msg("111", "two"), "m2")), vec![cancel("s1")]),
+            // No second session/cancel: one is on its way.
+            (inbound(with_id(dm_msg("111", "three"), "m3")), vec![]),
+        ],
+    );
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m2", "m3"]);
+    check(
+        &mut core,
+        t0,
+        vec![(
+            ended("s1", TurnOutcome::Cancelled),
+            vec![typing("111"), prompt("s1", &format!("{STEER_NOTE}\n\ntwo\n\nthree"))],
+        )],
+    );
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m2", "m3"], "the merged turn answers both");
+}
+
+#[test]
+fn steer_with_a_wedged_agent_gives_up_after_the_bound_and_opens_a_fresh_session() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    let mut core = busy_core(ch, t0);
+    let t1 = t0 + Duration::from_secs(1);
+    let bound = t1 + CANCEL_WAIT;
+    check_at(
+        &mut core,
+        vec![
+            (t1, dm("111", "two"), vec![cancel("s1")]),
+            // "typing…" goes on while the steer waits.
+            (t0 + Duration::from_secs(4), Event::Tick, vec![typing("111")]),
+            (t0 + Duration::from_secs(8), Event::Tick, vec![typing("111")]),
+        ],
+    );
+    assert_eq!(core.next_deadline(), Some(bound), "the wait's bound is a deadline");
+    check_at(
+        &mut core,
+        vec![
+            (bound - Duration::from_millis(1), Event::Tick, vec![]),
+            // No second prompt to the wedged session: a fresh one, said so.
+            (bound, Event::Tick, vec![text("111", texts::STUCK_FRESH), new_session("tg:111:111")]),
+            // The wedged session's late events are ignored.
+            (bound, ended("s1", TurnOutcome::Cancelled), vec![]),
+            (bound, chunk("s1", "zombie"), vec![]),
+            // The fresh session gets the instructions again, and no steer note: it never saw
+            // the cancelled request.
+            (bound, created("tg:111:111", "s2"), vec![typing("111"), prompt("s2", "Be brief.\n\ntwo")]),
+            (bound, chunk("s2", "ok"), vec![]),
+            (bound, ended("s2", TurnOutcome::EndTurn), vec![text("111", "ok")]),
+        ],
+    );
+    assert_eq!(core.next_deadline(), None);
+}
+
+#[test]
+fn cancel_command_stops_the_turn_and_says_so() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![open_channel(DispatchMode::Followup)]);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "/cancel"), vec![text("111", texts::NOTHING_TO_CANCEL)]),
+            (dm("111", "one"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "one")]),
+            (dm("111", "queued"), vec![]),
+            (dm("111", "/CANCEL"), vec![cancel("s1"), text("111", texts::CANCELLED)]),
+            // Its text and its end are not shown, and the queued message was dropped with it.
+            (chunk("s1", "late"), vec![]),
+            (ended("s1", TurnOutcome::Cancelled), vec![]),
+            (dm("111", "/cancel"), vec![text("111", texts::NOTHING_TO_CANCEL)]),
+            // The session is kept.
+            (dm("111", "next"), vec![typing("111"), prompt("s1", "next")]),
+        ],
+    );
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(4)));
+}
+
+#[test]
+fn cancel_with_a_wedged_agent_forgets_the_session_after_the_bound() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    check_at(
+        &mut core,
+        vec![
+            (t0, dm("111", "/cancel"), vec![cancel("s1"), text("111", texts::CANCELLED)]),
+            // No "typing…" after /cancel.
+            (t0 + Duration::from_secs(5), Event::Tick, vec![]),
+            (t0 + CANCEL_WAIT, Event::Tick, vec![text("111", texts::STUCK_NEXT)]),
+            (t0 + CANCEL_WAIT, dm("111", "next"), vec![new_session("tg:111:111")]),
+        ],
+    );
+}
+
+#[test]
+fn collect_merges_waiting_texts_and_keeps_their_attachments() {
+    let t0 = Instant::now();
+    // The channel steers; this group collects (per-group override).
+    let mut ch = open_channel(DispatchMode::Steer);
+    ch.session_scope = SessionScope::Thread;
+    ch.groups.insert("-100".into(), GroupConfig { require_mention: None, dispatch_mode: Some(DispatchMode::Collect) });
+    let mut core = core_with(vec![ch]);
+    let file = Attachment {
+        kind: AttachmentKind::File,
+        path: PathBuf::from("/m/1/notes.txt"),
+        file_name: "notes.txt".into(),
+        mime_type: "text/plain".into(),
+    };
+    let two = InboundMessage { attachments: vec![file], ..group_msg("7", "-100", None, "two") };
+    let three =
+        InboundMessage { quoted_text: Some("an \"old\"\nline".into()), ..group_msg("8", "-100", None, "three") };
+    let merged = "two\n\nUser sent a file \"notes.txt\". It has been saved to: /m/1/notes.txt\n\n\
+                  [Replying to: \"an old line\"]\n\nthree";
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(group_msg("7", "-100", None, "one")), vec![new_session("tg:-100")]),
+            (created("tg:-100", "s1"), vec![typing("-100"), prompt("s1", "one")]),
+            // Collected quietly: no cancel, no typing.
+            (inbound(two), vec![]),
+            (inbound(three), vec![]),
+            (chunk("s1", "first answer"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text("-100", "first answer"), typing("-100"), prompt("s1", merged)],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn followup_keeps_order() {
+    let t0 = Instant::now();
+    let mut core = busy_core(open_channel(DispatchMode::Followup), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "two"), vec![]),
+            (dm("111", "three"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text("111", "(The agent finished without a text answer.)"), typing("111"), prompt("s1", "two")],
+            ),
+            (chunk("s1", "2"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "2"), typing("111"), prompt("s1", "three")]),
+            (chunk("s1", "3"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "3")]),
+        ],
+    );
+}
+
+#[test]
+fn waiting_messages_are_bounded_and_overflow_is_told() {
+    let t0 = Instant::now();
+    for mode in [DispatchMode::Followup, DispatchMode::Collect, DispatchMode::Steer] {
+        let mut core = busy_core(open_channel(mode), t0);
+        for i in 0..MAX_WAITING {
+            let got = core.handle(dm("111", &format!("w{i}")), t0);
+            assert!(
+                got.iter().all(|a| matches!(a, Action::Agent { request: AgentRequest::Cancel { .. }, .. })),
+                "{mode:?} {i}: {got:?}"
+            );
+        }
+        assert_eq!(core.handle(dm("111", "one too many"), t0), vec![text("111", texts::TOO_MANY)], "{mode:?}");
+        // Commands still work when the queue is full.
+        assert_eq!(core.handle(dm("111", "/cancel"), t0).last(), Some(&text("111", texts::CANCELLED)));
+        assert_eq!(core.handle(dm("111", "room again"), t0), vec![], "{mode:?}: waits behind the cancelled turn");
+    }
+}
+
+#[test]
+fn clear_during_a_turn_cancels_it_drops_the_queue_and_forgets_the_session() {
+    let t0 = Instant::now();
+    for alias in ["/clear", "/reset", "/new", "/NEW@tether_bot"] {
+        let mut core = busy_core(open_channel(DispatchMode::Followup), t0);
+        check(
+            &mut core,
+            t0,
+            vec![
+                (dm("111", "queued"), vec![]),
+                (dm("111", alias), vec![cancel("s1"), text("111", texts::CLEARED)]),
+                (chunk("s1", "late"), vec![]),
+                (ended("s1", TurnOutcome::Cancelled), vec![]),
+                (dm("111", "/clear"), vec![text("111", texts::NOTHING_TO_CLEAR)]),
+                (dm("111", "fresh"), vec![new_session("tg:111:111")]),
+                (created("tg:111:111", "s2"), vec![typing("111"), prompt("s2", "fresh")]),
+            ],
+        );
+        assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(4)), "{alias}");
+    }
+}
+
+#[test]
+fn clear_while_the_session_is_opening() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
     check(
@@ -164,22 +564,87 @@ fn one_prompt_in_flight_per_session_and_messages_wait_their_turn() {
         t0,
         vec![
             (dm("111", "one"), vec![new_session("tg:111:111")]),
-            // A second message before the session exists shares it (no second session/new).
-            (dm("111", "two"), vec![]),
+            (dm("111", "/clear"), vec![text("111", texts::CLEARED)]),
+            // The late answer opens nothing: the message was dropped with the session.
+            (created("tg:111:111", "s1"), vec![]),
+            (dm("111", "two"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s2"), vec![typing("111"), prompt("s2", "two")]),
+            // Events of the unwanted session are ignored.
+            (ended("s1", TurnOutcome::EndTurn), vec![]),
+        ],
+    );
+}
+
+#[test]
+fn help_lists_the_agents_commands_and_other_commands_go_to_the_agent_verbatim() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    let help = core.handle(dm("111", "/help"), t0);
+    let [Action::Send(Outbound::Text { text: before, .. })] = help.as_slice() else { panic!("{help:?}") };
+    assert!(!before.contains("Agent commands"), "{before}");
+    let commands = vec![
+        AgentCommand { name: "help".into(), description: "the agent's help".into() },
+        AgentCommand { name: "summary".into(), description: "Summarise".into() },
+    ];
+    core.handle(agent(AgentEvent::CommandsAvailable { session_id: "s1".into(), commands }), t0);
+    let help = core.handle(dm("111", "/Help@tether_bot"), t0);
+    let [Action::Send(Outbound::Text { text: after, .. })] = help.as_slice() else { panic!("{help:?}") };
+    assert!(after.starts_with("Commands:\n/help — Show this help\n"), "{after}");
+    assert!(after.contains("\n\nAgent commands (forwarded to the agent):\n/summary — Summarise\n\n"), "{after}");
+    assert!(!after.contains("the agent's help"), "shadowed by ours: {after}");
+    assert!(after.ends_with("Send any text to chat with the agent."));
+    // /help did not disturb the turn; an agent command steers like any message.
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "/summary please"), vec![cancel("s1")]),
             (
-                agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }),
-                vec![typing("111"), prompt("s1", "one")],
-            ),
-            (dm("111", "three"), vec![]),
-            (
-                agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }),
-                vec![text("111", "(The agent finished without a text answer.)"), typing("111"), prompt("s1", "two")],
-            ),
-            (
-                agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::Failed("boom".into()) }),
-                vec![text("111", "Sorry, the agent failed: boom"), typing("111"), prompt("s1", "three")],
+                ended("s1", TurnOutcome::Cancelled),
+                vec![typing("111"), prompt("s1", &format!("{STEER_NOTE}\n\n/summary please"))],
             ),
         ],
+    );
+}
+
+#[test]
+fn commands_for_another_bot_in_a_group_are_not_ours() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Steer);
+    ch.groups.insert("*".into(), GroupConfig { require_mention: Some(false), dispatch_mode: None });
+    let mut core = core_with(vec![ch]);
+    for text in ["/help@other_bot", "/summary@other_bot please"] {
+        assert_eq!(core.handle(inbound(group_msg("7", "-100", None, text)), t0), vec![], "{text}");
+    }
+    // In a DM, or without a bot name, they are.
+    assert_eq!(core.handle(inbound(group_msg("7", "-100", None, "/summary")), t0), vec![new_session("tg:7:-100")]);
+    assert!(matches!(core.handle(dm("7", "/help@other_bot"), t0).as_slice(), [Action::Send(Outbound::Text { .. })]));
+}
+
+#[test]
+fn status_and_who_describe_the_asker_session() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Followup);
+    ch.model = Some("qwen3.5-plus".into());
+    let mut core = core_with(vec![ch]);
+    let reply = |core: &mut Core, text: &str| match core.handle(dm("111", text), t0).as_slice() {
+        [Action::Send(Outbound::Text { text, .. })] => text.clone(),
+        other => panic!("{other:?}"),
+    };
+    let status = reply(&mut core, "/status");
+    assert_eq!(
+        status,
+        "Session: none\nScope: user (one conversation per person per chat)\nAccess: open\nChannel: tg (telegram)\n\
+         Agent: default\nModel: qwen3.5-plus\nWorking directory: /work"
+    );
+    core.handle(dm("111", "one"), t0);
+    assert!(reply(&mut core, "/status").starts_with("Session: starting, 1 message(s) waiting\n"));
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(dm("111", "two"), t0);
+    assert!(reply(&mut core, "/status").starts_with("Session: active, a request is running, 1 message(s) waiting\n"));
+    assert_eq!(
+        reply(&mut core, "/who"),
+        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: Ada (111)"
     );
 }
 
@@ -188,12 +653,12 @@ fn typing_is_refreshed_while_a_turn_runs() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
     core.handle(dm("111", "hi"), t0);
-    core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
     assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(4)));
     assert_eq!(core.handle(Event::Tick, t0 + Duration::from_secs(3)), vec![]);
     assert_eq!(core.handle(Event::Tick, t0 + Duration::from_secs(4)), vec![typing("111")]);
     assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(8)));
-    core.handle(agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }), t0);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
     assert_eq!(core.next_deadline(), None);
 }
 
@@ -204,10 +669,83 @@ fn instructions_go_with_the_first_prompt_only() {
     ch.instructions = Some("Be brief.".into());
     let mut core = core_with(vec![ch]);
     core.handle(dm("111", "one"), t0);
-    let got = core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
+    let got = core.handle(created("tg:111:111", "s1"), t0);
     assert_eq!(got[1], prompt("s1", "Be brief.\n\none"));
-    core.handle(agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }), t0);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
     assert_eq!(core.handle(dm("111", "two"), t0)[1], prompt("s1", "two"));
+    // After /clear the next session is instructed again.
+    core.handle(dm("111", "/clear"), t0);
+    core.handle(dm("111", "three"), t0);
+    assert_eq!(core.handle(created("tg:111:111", "s2"), t0)[1], prompt("s2", "Be brief.\n\nthree"));
+}
+
+#[test]
+fn snapshot_and_restore_keep_the_instructed_flag() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    let mut core = core_with(vec![ch.clone()]);
+    core.handle(inbound(with_id(dm_msg("111", "one"), "m1")), t0);
+    assert!(core.sessions_snapshot().is_empty(), "a session the agent has not opened is not saved");
+    core.handle(created("tg:111:111", "s1"), t0);
+    let snapshot = core.sessions_snapshot();
+    let record = SessionRecord {
+        session_id: "s1".into(),
+        agent: DEFAULT_AGENT.into(),
+        chat: chat("111"),
+        cwd: PathBuf::from("/work"),
+        instructed: true,
+    };
+    assert_eq!(snapshot, BTreeMap::from([("tg:111:111".to_string(), record.clone())]));
+
+    // A restarted service takes it back and does not instruct it twice.
+    let mut restarted = core_with(vec![ch.clone()]);
+    assert_eq!(restarted.restore(snapshot.clone()), 1);
+    assert_eq!(restarted.sessions_snapshot(), snapshot);
+    assert_eq!(restarted.handle(dm("111", "two"), t0), vec![typing("111"), prompt("s1", "two")]);
+    // Its events are routed again.
+    check(
+        &mut restarted,
+        t0,
+        vec![(chunk("s1", "ok"), vec![]), (ended("s1", TurnOutcome::EndTurn), vec![text("111", "ok")])],
+    );
+
+    // Saved before its first prompt: instructed then.
+    let mut fresh = core_with(vec![ch.clone()]);
+    let uninstructed = SessionRecord { instructed: false, ..record.clone() };
+    fresh.restore([("tg:111:111".to_string(), uninstructed)]);
+    assert_eq!(fresh.handle(dm("111", "two"), t0)[1], prompt("s1", "Be brief.\n\ntwo"));
+
+    // Records of a channel that is gone, or that now uses another agent, are skipped.
+    let mut other = ch.clone();
+    other.agent = "gemini".into();
+    let mut changed = core_with(vec![other]);
+    let gone = SessionRecord { chat: ChatRef { channel: "old".into(), ..chat("1") }, ..record.clone() };
+    assert_eq!(changed.restore([("tg:111:111".to_string(), record), ("old:1:1".to_string(), gone)]), 0);
+    assert!(changed.sessions_snapshot().is_empty());
+}
+
+#[test]
+fn message_ids_follow_their_turns() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![open_channel(DispatchMode::Collect)]);
+    core.handle(inbound(with_id(dm_msg("111", "one"), "m1")), t0);
+    core.handle(inbound(with_id(dm_msg("111", "two"), "m2")), t0);
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m1", "m2"]);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(inbound(with_id(dm_msg("111", "three"), "m3")), t0);
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m1", "m2", "m3"]);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m2", "m3"], "m2 and m3 now run as one turn");
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert!(core.unanswered_message_ids("tg:111:111").is_empty());
+}
+
+#[test]
+fn empty_messages_are_ignored() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    assert_eq!(core.handle(dm("111", "  "), t0), vec![]);
 }
 
 #[test]
@@ -215,7 +753,7 @@ fn agent_exit_tells_waiting_users_and_forgets_sessions() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
     core.handle(dm("111", "hi"), t0);
-    core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
     let got = core.handle(agent(AgentEvent::Exited { reason: "exited with status 3".into() }), t0);
     assert_eq!(
         got,
@@ -225,7 +763,7 @@ fn agent_exit_tells_waiting_users_and_forgets_sessions() {
         )]
     );
     // Late events of the dead session are ignored; the next message opens a new session.
-    assert_eq!(core.handle(agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "x".into() }), t0), vec![]);
+    assert_eq!(core.handle(chunk("s1", "x"), t0), vec![]);
     assert_eq!(core.handle(dm("111", "again"), t0), vec![new_session("tg:111:111")]);
 }
 

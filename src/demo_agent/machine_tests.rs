@@ -157,14 +157,31 @@ fn session_new_answers_an_id_then_announces_commands() {
     let mut h = Harness::new();
     let (id, lines) = h.request("session/new", json!({"cwd": "/ws", "mcpServers": []}));
     assert_eq!(lines.len(), 2);
-    assert_eq!(*result(&lines[..1], id), json!({"sessionId": "demo-1"}));
+    assert_eq!(result(&lines[..1], id)["sessionId"], "demo-1");
+    assert_eq!(result(&lines[..1], id)["configOptions"][0]["category"], "model");
     assert_eq!(lines[1]["params"]["sessionId"], "demo-1");
     let update = &lines[1]["params"]["update"];
     assert_eq!(update["sessionUpdate"], "available_commands_update");
     let names: Vec<&str> =
         update["availableCommands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["help", "summary", "joke"]);
+    assert_eq!(names, ["help", "summary", "joke", "model"]);
     assert_eq!(h.new_session(), "demo-2");
+}
+
+#[test]
+fn model_config_option_is_set_per_session() {
+    let mut h = Harness::new();
+    let (first, second) = (h.new_session(), h.new_session());
+    let params = json!({"sessionId": first, "configId": "model", "value": "demo|demo-fast"});
+    let (id, lines) = h.request("session/set_config_option", params);
+    assert_eq!(result(&lines, id)["configOptions"][0]["currentValue"], "demo|demo-fast");
+    let (_, lines) = h.prompt(&first, "/model");
+    assert_eq!(text(&lines), "model: demo-fast");
+    let (_, lines) = h.prompt(&second, "/model");
+    assert_eq!(text(&lines), "model: demo-standard");
+    let bad = json!({"sessionId": second, "configId": "model", "value": "gpt-99"});
+    let (id, lines) = h.request("session/set_config_option", bad);
+    assert_eq!(error(&lines, id)["code"], -32602);
 }
 
 #[test]

@@ -256,9 +256,9 @@ fn strangers_never_reach_the_agent_under_allowlist_or_pairing() {
             }),
         );
         // Group first: a code must not be posted there even when it is the first contact.
-        s.fake.send_group(-100900, 900, "group stranger words", json!([]));
+        s.fake.send_group_with_entities(-100900, 900, "group stranger words", json!([]));
         let mention = format!("@{BOT_USERNAME} mentioned stranger words");
-        s.fake.send_group(
+        s.fake.send_group_with_entities(
             -100900,
             900,
             &mention,
@@ -274,7 +274,7 @@ fn strangers_never_reach_the_agent_under_allowlist_or_pairing() {
             _ => assert_eq!(to_stranger.len(), 1, "{to_stranger:?}"),
         }
         // A group message from the friend does get through, so the group path works.
-        s.fake.send_group(-100900, FRIEND, "friend in group", json!([]));
+        s.fake.send_group_with_entities(-100900, FRIEND, "friend in group", json!([]));
         assert_eq!(s.fake.next_text_to(-100900, WAIT).as_deref(), Some("echo: friend in group"));
     }
 }
@@ -288,8 +288,8 @@ fn codes_are_never_posted_in_a_group() {
         }),
     );
     let mention = json!([{"type": "mention", "offset": 0, "length": BOT_USERNAME.len() + 1}]);
-    s.fake.send_group(-100777, 777, &format!("@{BOT_USERNAME} pair me please"), mention.clone());
-    s.fake.send_group(-100777, 777, &format!("@{BOT_USERNAME} /start"), mention);
+    s.fake.send_group_with_entities(-100777, 777, &format!("@{BOT_USERNAME} pair me please"), mention.clone());
+    s.fake.send_group_with_entities(-100777, 777, &format!("@{BOT_USERNAME} /start"), mention);
     s.sync();
     assert_eq!(s.fake.texts_to(-100777), Vec::<String>::new());
     assert!(s.service.log().contains("unpaired sender in a group (codes go to DMs only)"), "{}", s.service.log());
@@ -339,7 +339,7 @@ fn forged_mentions_do_not_pass_in_a_group_that_requires_a_mention() {
         (format!("xx @{name} forged-seven"), json!([{"type": "mention", "offset": 0, "length": len(name) + 1}])),
     ];
     for (text, entities) in &forged {
-        s.fake.send_group(group, FRIEND, text, entities.clone());
+        s.fake.send_group_with_entities(group, FRIEND, text, entities.clone());
     }
     // A message in a forum topic "replying" to the topic's root (which the bot created).
     s.fake.push(json!({
@@ -350,17 +350,28 @@ fn forged_mentions_do_not_pass_in_a_group_that_requires_a_mention() {
     }));
     // The real forms: a mention, a command addressed to us, a reply to one of our messages.
     let real = format!("@{name} real-mention");
-    s.fake.send_group(group, FRIEND, &real, json!([{"type": "mention", "offset": 0, "length": len(name) + 1}]));
+    s.fake.send_group_with_entities(
+        group,
+        FRIEND,
+        &real,
+        json!([{"type": "mention", "offset": 0, "length": len(name) + 1}]),
+    );
     assert_eq!(s.fake.next_text_to(group, WAIT).as_deref(), Some("echo: real-mention"), "log:\n{}", s.service.log());
     let command = format!("/echo@{name} real-command");
-    s.fake.send_group(group, FRIEND, &command, json!([{"type": "bot_command", "offset": 0, "length": len(name) + 6}]));
+    s.fake.send_group_with_entities(
+        group,
+        FRIEND,
+        &command,
+        json!([{"type": "bot_command", "offset": 0, "length": len(name) + 6}]),
+    );
     assert_eq!(s.fake.next_text_to(group, WAIT).as_deref(), Some("echo: /echo real-command"));
     s.fake.push(json!({
         "message_id": 0, "chat": {"id": group, "type": "supergroup"},
         "from": {"id": FRIEND, "is_bot": false, "first_name": "F"}, "text": "real-reply",
         "reply_to_message": {"message_id": 3, "from": {"id": BOT_ID, "is_bot": true}, "text": "echo: real-mention"}
     }));
-    assert_eq!(s.fake.next_text_to(group, WAIT).as_deref(), Some("echo: real-reply"));
+    let answer = s.fake.next_text_to(group, WAIT).unwrap_or_default();
+    assert!(answer.starts_with("echo: ") && answer.ends_with("real-reply"), "{answer:?}");
     s.assert_agent_never_saw(&["forged-"]);
     assert_eq!(s.fake.texts_to(group).len(), 3, "{:?}", s.fake.texts_to(group));
     // The bot's handle was stripped from what the agent got.

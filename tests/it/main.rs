@@ -2,7 +2,10 @@
 //! with the built-in demo agent as its ACP agent.
 
 mod access;
+mod agents;
 mod cli;
+mod conversations;
 mod support;
 mod telegram;
 mod tidy;
+mod webchat;

@@ -95,29 +95,88 @@ impl FakeTelegram {
         }));
     }
 
-    /// Queue a message from user `from` in group `chat` (a supergroup), with the entities
-    /// Telegram would have computed (`[]` for none). Returns its message id.
-    pub fn send_group(&self, chat: i64, from: i64, text: &str, entities: Value) -> i64 {
+    /// Queue a message from user `from` in supergroup `chat` with exactly the entities given
+    /// (`[]` for none), for tests of what counts as a mention.
+    pub fn send_group_with_entities(&self, chat: i64, from: i64, text: &str, entities: Value) {
         self.push(json!({
             "message_id": 0, "date": 1_700_000_000,
             "chat": {"id": chat, "type": "supergroup", "title": "Team"},
             "from": {"id": from, "is_bot": false, "first_name": "Member", "username": format!("user{from}")},
             "text": text,
             "entities": entities,
-        }))
+        }));
     }
 
-    /// Every text sent to `chat` so far, in order.
+    /// Queue a message from user `from` in supergroup `chat`, inside forum topic `topic` if
+    /// given. A `@botname` in the text gets its mention entity, as Telegram would send it.
+    pub fn send_group(&self, chat: i64, from: i64, text: &str, topic: Option<i64>) {
+        let mut message = json!({
+            "message_id": 0, "date": 1_700_000_000,
+            "chat": {"id": chat, "type": "supergroup", "title": "Team", "is_forum": topic.is_some()},
+            "from": {"id": from, "is_bot": false, "first_name": "User", "username": format!("user{from}")},
+            "text": text,
+        });
+        let handle = format!("@{BOT_USERNAME}");
+        if let Some(at) = text.find(&handle) {
+            let offset = text[..at].encode_utf16().count();
+            message["entities"] = json!([{"type": "mention", "offset": offset, "length": handle.len()}]);
+        }
+        if let Some(topic) = topic {
+            message["message_thread_id"] = json!(topic);
+            message["is_topic_message"] = json!(true);
+        }
+        self.push(message);
+    }
+
+    /// Queue a private message from `from` that replies to an earlier message of the bot
+    /// whose text was `quoted`.
+    pub fn send_reply_to_bot(&self, from: i64, text: &str, quoted: &str) {
+        self.push(json!({
+            "message_id": 0, "date": 1_700_000_000,
+            "chat": {"id": from, "type": "private", "first_name": "User"},
+            "from": {"id": from, "is_bot": false, "first_name": "User"},
+            "text": text,
+            "reply_to_message": {"message_id": 1, "date": 1_700_000_000, "chat": {"id": from, "type": "private"},
+                "from": {"id": BOT_ID, "is_bot": true, "first_name": "Test", "username": BOT_USERNAME}, "text": quoted},
+        }));
+    }
+
+    /// Every `sendMessage` body sent to `chat` so far, in order.
+    pub fn messages_to(&self, chat: i64) -> Vec<Value> {
+        self.calls_of("sendMessage").into_iter().map(|c| c.body).filter(|b| b["chat_id"] == json!(chat)).collect()
+    }
+
+    /// The texts sent to `chat` so far, in order.
     pub fn texts_to(&self, chat: i64) -> Vec<String> {
-        self.calls_of("sendMessage")
-            .into_iter()
-            .filter(|c| c.body["chat_id"] == json!(chat))
-            .filter_map(|c| c.body["text"].as_str().map(str::to_string))
-            .collect()
+        self.messages_to(chat).iter().filter_map(|b| b["text"].as_str().map(str::to_string)).collect()
+    }
+
+    /// Wait until at least `n` texts went to `chat` (at most `within`); all of them so far.
+    pub fn wait_texts_to(&self, chat: i64, n: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        while self.texts_to(chat).len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.texts_to(chat)
+    }
+
+    /// Wait until "typing…" was shown in `chat` at least `n` times (at most `within`).
+    pub fn wait_typing_in(&self, chat: i64, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let shown = self.calls_of("sendChatAction").iter().filter(|c| c.body["chat_id"] == json!(chat)).count();
+            if shown >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Queue any message object (its update id and message id are filled in).
-    pub fn push(&self, mut message: Value) -> i64 {
+    pub fn push(&self, mut message: Value) {
         let (lock, cvar) = &*self.state;
         let mut state = lock.lock().unwrap();
         let id = state.next_update_id;
@@ -125,7 +184,6 @@ impl FakeTelegram {
         message["message_id"] = json!(id);
         state.updates.push_back(json!({"update_id": id, "message": message}));
         cvar.notify_all();
-        id
     }
 
     /// Answer the next call of `method` with `fault`.
