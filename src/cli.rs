@@ -16,6 +16,8 @@ Usage:
   tether demo [--listen ADDR]  a local web chat with the agent, no setup (default 127.0.0.1:8787)
   tether start [NAME...]     run every channel in the config, or only the named ones
   tether check               validate the config and print what would run (secrets masked)
+  tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
+                             manage who may use a channel (`tether pairing` for details)
   tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
   tether version             print the version
   tether help                print this help
@@ -32,6 +34,7 @@ pub enum Command {
     Demo { listen: String },
     Start { channels: Vec<String> },
     Check,
+    Pairing(crate::pairing_cli::PairingCommand),
     DemoAgent { args: Vec<String> },
     Version,
     Help,
@@ -83,6 +86,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         Some("check") if words.is_empty() => Command::Check,
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
+        Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
         None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
         Some(word @ ("check" | "version" | "demo")) => {
             return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
@@ -127,18 +131,27 @@ fn run(command: Command, opts: &GlobalOptions) -> Result<i32, Error> {
             print!("{}", describe(&config, &home_dir(opts)?));
             Ok(0)
         }
+        Command::Pairing(command) => {
+            let config = load_config(opts);
+            let home = home_dir(opts)?;
+            let report = crate::pairing_cli::run(&command, &home, config, crate::access_files::epoch_ms())?;
+            print!("{}", report.stdout);
+            eprint!("{}", report.stderr);
+            Ok(report.status)
+        }
         Command::Demo { listen } => {
             crate::logging::init(opts.verbose);
             let (config, agent) = demo_config(opts, &listen)?;
             println!("tether demo: talking to {agent}");
-            crate::daemon::run(config, &[])?;
+            // The demo's one channel is open: no pairing files, so any home will do.
+            crate::daemon::run(config, &[], &home_dir(opts).unwrap_or_default())?;
             Ok(0)
         }
         Command::Start { channels } => {
             crate::logging::init(opts.verbose);
             let config = load_config(opts)?;
             log::info!(target: "tether", "tether {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
-            crate::daemon::run(config, &channels)?;
+            crate::daemon::run(config, &channels, &home_dir(opts)?)?;
             Ok(0)
         }
     }
@@ -326,6 +339,14 @@ mod tests {
             (&[], Err("no command given")),
             (&["frobnicate"], Err("unknown command `frobnicate`")),
             (&["check", "extra"], Err("`check` takes no arguments")),
+            (
+                &["pairing", "approve", "phone", "abcd2345", "--home", "H"],
+                Ok(Command::Pairing(crate::pairing_cli::PairingCommand::Approve {
+                    channel: "phone".into(),
+                    code: "abcd2345".into(),
+                })),
+            ),
+            (&["pairing", "approve", "phone"], Err("takes CHANNEL CODE")),
             (&["start", "--bogus"], Err("invalid option '--bogus'")),
         ];
         for (words, expected) in cases {

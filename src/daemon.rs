@@ -3,19 +3,22 @@
 //! inbound message, agent event and deadline, and carries out the actions it returns.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
-use crossbeam_channel::{Sender, at, bounded, never, select, unbounded};
+use crossbeam_channel::{Sender, at, bounded, never, select, tick, unbounded};
 
+use crate::access_files::{self, epoch_ms};
 use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters;
-use crate::config::{ChannelKind, Config};
+use crate::config::{ChannelKind, Config, SenderPolicy};
 use crate::core::{Action, Core, Event};
 use crate::error::Error;
 use crate::event::{AgentEvent, Inbound, Outbound};
 
 /// Run the named channels (all when `only` is empty) until the process is stopped.
-pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
+/// State files (pairing) live in `home`.
+pub fn run(config: Config, only: &[String], home: &Path) -> Result<(), Error> {
     let config = select_channels(config, only)?;
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(1024);
     let mut agents = BTreeMap::new();
@@ -65,6 +68,14 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
         // Nothing to act on yet: this tells the core what each agent can do.
         let _ = core.handle(event, Instant::now());
     }
+    // Pairing state: read at start, then re-read when `tether pairing` changes it.
+    let pairing_channels = config.channels.values().filter(|c| c.sender_policy == SenderPolicy::Pairing);
+    let mut access = access_files::Watcher::new(home, pairing_channels.map(|c| c.name.as_str()));
+    core.set_wall_clock(epoch_ms());
+    for event in access.load_all()? {
+        core.handle(event, Instant::now());
+    }
+    let access_tick = if access.is_empty() { never() } else { tick(access_files::POLL_INTERVAL) };
     let mut restarts: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let next = [core.next_deadline(), restarts.values().min().copied()].into_iter().flatten().min();
@@ -99,6 +110,7 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
                 Err(_) => continue,
             },
             recv(deadline) -> _ => Event::Tick,
+            recv(access_tick) -> _ => Event::Tick,
         };
         let now = Instant::now();
         let due: Vec<String> = restarts.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
@@ -115,7 +127,10 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
                 }
             }
         }
-        for action in core.handle(event, now) {
+        core.set_wall_clock(epoch_ms());
+        let mut events = vec![event];
+        events.extend(access.poll(now));
+        for action in events.into_iter().flat_map(|event| core.handle(event, now)) {
             match action {
                 Action::Send(out) => match outboxes.get(out.channel()) {
                     Some(tx) => {
@@ -127,6 +142,7 @@ pub fn run(config: Config, only: &[String]) -> Result<(), Error> {
                     Some(a) => a.send(request),
                     None => log::error!(target: "core", "no agent {agent}"),
                 },
+                Action::SavePairingRequest { channel, request } => access.save_request(&channel, request, epoch_ms()),
             }
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod gate;
+pub mod pairing;
 pub mod permissions;
 pub mod prompt;
 pub mod routing;
@@ -38,6 +39,13 @@ pub enum Event {
     },
     /// The clock reached [`Core::next_deadline`].
     Tick,
+    /// A channel's pairing files as they are now (read at start, and whenever another
+    /// process such as `tether pairing approve` changed them).
+    AccessFiles {
+        channel: String,
+        pending: Vec<pairing::PairingRequest>,
+        approved: Vec<String>,
+    },
 }
 
 /// Everything the core asks the edges to do.
@@ -45,6 +53,8 @@ pub enum Event {
 pub enum Action {
     Send(Outbound),
     Agent { agent: String, request: AgentRequest },
+    // Add the request to `<channel>-pairing.json`, merged under the file's lock.
+    SavePairingRequest { channel: String, request: pairing::PairingRequest },
 }
 
 /// What `sessions.json` keeps of one session, so a restarted service can `session/load` it
@@ -93,6 +103,8 @@ pub struct Core {
     load_session: HashMap<String, bool>,
     /// Tool permission requests waiting for a person.
     permissions: PermissionRelay,
+    /// Who may talk: pairing books, the wall clock, code randomness.
+    access: pairing::Access,
 }
 
 /// The turn settings of a channel (defaults when the channel is gone).
@@ -113,7 +125,24 @@ impl Core {
             down: HashMap::new(),
             load_session: HashMap::new(),
             permissions: PermissionRelay::default(),
+            access: pairing::Access::default(),
         }
+    }
+
+    /// The wall-clock time in epoch ms, for pairing times (which are persisted). The daemon
+    /// sets it before each event; tests set what they need.
+    pub fn set_wall_clock(&mut self, epoch_ms: u64) {
+        self.access.set_wall_clock(epoch_ms);
+    }
+
+    /// Replace the randomness pairing codes are made from (tests).
+    pub fn set_entropy(&mut self, entropy: pairing::Entropy) {
+        self.access.set_entropy(entropy);
+    }
+
+    /// The access policy of a channel in one line, for `/status`.
+    pub fn access_summary(&self, channel: &str) -> Option<String> {
+        self.channels.get(channel).map(|c| self.access.summary(c))
     }
 
     /// The next moment [`Event::Tick`] is due, if any.
@@ -130,6 +159,9 @@ impl Core {
             Event::Inbound(Inbound::Health { .. }) => {}
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
+            Event::AccessFiles { channel, pending, approved } => {
+                self.access.reload(&channel, pending, approved, &mut actions)
+            }
         }
         self.settle_cancelled_permissions(&mut actions);
         actions
@@ -203,8 +235,8 @@ impl Core {
             log::warn!(target: "core", "message for unknown channel {}", message.channel);
             return;
         };
-        if let gate::Verdict::Drop(reason) = gate::check(channel, &message) {
-            log::info!(target: channel.name.as_str(), "dropped message from {} in {}: {reason}", message.sender_id, message.chat_id);
+        // The gates run before anything else looks at the message (commands included).
+        if !self.access.admit(channel, &message, actions) {
             return;
         }
         if message.is_group && commands::addressed_elsewhere(&message.text) {
@@ -627,8 +659,9 @@ impl Core {
                 text: text.to_string(),
             })
         };
-        if let gate::Verdict::Drop(reason) = gate::check(channel, &as_message) {
-            log::info!(target: channel.name.as_str(), "ignored a button press from {}: {reason}", press.sender_id);
+        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&press.sender_id));
+        if gate::check(channel, &as_message, paired) != gate::Verdict::Pass {
+            log::info!(target: channel.name.as_str(), "ignored a button press from {}: not allowed by the gates", press.sender_id);
             actions.push(ack("Not allowed."));
             return;
         }

@@ -1,6 +1,7 @@
 //! The one integration-test binary: tether runs as a real process against loopback fakes,
 //! with the built-in demo agent as its ACP agent.
 
+mod access;
 mod agents;
 mod cli;
 mod conversations;

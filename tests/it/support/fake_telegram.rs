@@ -95,6 +95,18 @@ impl FakeTelegram {
         }));
     }
 
+    /// Queue a message from user `from` in supergroup `chat` with exactly the entities given
+    /// (`[]` for none), for tests of what counts as a mention.
+    pub fn send_group_with_entities(&self, chat: i64, from: i64, text: &str, entities: Value) {
+        self.push(json!({
+            "message_id": 0, "date": 1_700_000_000,
+            "chat": {"id": chat, "type": "supergroup", "title": "Team"},
+            "from": {"id": from, "is_bot": false, "first_name": "Member", "username": format!("user{from}")},
+            "text": text,
+            "entities": entities,
+        }));
+    }
+
     /// Queue a message from user `from` in supergroup `chat`, inside forum topic `topic` if
     /// given. A `@botname` in the text gets its mention entity, as Telegram would send it.
     pub fn send_group(&self, chat: i64, from: i64, text: &str, topic: Option<i64>) {
