@@ -2,6 +2,7 @@
 //! with the built-in demo agent as its ACP agent.
 
 mod cli;
+mod replies;
 mod support;
 mod telegram;
 mod tidy;

@@ -177,10 +177,11 @@ struct ChatQueue {
     parts: VecDeque<Part>,
     /// A retried front part waits until then.
     not_before: Option<Instant>,
-    /// A part of this chat is with a worker: the next waits for its result (order).
+    /// A part of this chat is with a worker.
     sending: bool,
     /// When "typing…" was last asked for and not yet sent.
     typing_since: Option<Instant>,
+    /// A typing indicator of this chat is with a worker.
     typing_sending: bool,
     backoff: Backoff,
 }
@@ -195,6 +196,12 @@ impl ChatQueue {
             typing_sending: false,
             backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
         }
+    }
+
+    /// One call per chat at a time, so calls reach Telegram in the order they were decided
+    /// (a typing indicator before the answer it announces).
+    fn busy(&self) -> bool {
+        self.sending || self.typing_sending
     }
 
     fn is_idle(&self) -> bool {
@@ -269,8 +276,8 @@ impl Schedule {
         if self.pacer.bot_ready_at(now) > now {
             return None;
         }
-        // Typing first: cheap, useful only now, and never held back by a long reply.
-        let typing = self.chats.iter_mut().find(|(_, q)| q.typing_since.is_some() && !q.typing_sending);
+        // Typing first: cheap, useful only now, and not held back by the chat's gap or queue.
+        let typing = self.chats.iter_mut().find(|(_, q)| q.typing_since.is_some() && !q.busy());
         if let Some((chat, queue)) = typing {
             queue.typing_since = None;
             queue.typing_sending = true;
@@ -289,7 +296,7 @@ impl Schedule {
     /// The first chat after the one served last whose front part may go now.
     fn next_ready_chat(&self, now: Instant) -> Option<ChatRef> {
         let ready = |(chat, q): &(&ChatRef, &ChatQueue)| {
-            !q.sending
+            !q.busy()
                 && !q.parts.is_empty()
                 && q.not_before.is_none_or(|t| t <= now)
                 && self.pacer.ready_at(chat, now) <= now
@@ -308,8 +315,8 @@ impl Schedule {
         self.chats
             .iter()
             .filter_map(|(chat, q)| {
-                let typing = (q.typing_since.is_some() && !q.typing_sending).then_some(bot);
-                let part = (!q.sending && !q.parts.is_empty())
+                let typing = (q.typing_since.is_some() && !q.busy()).then_some(bot);
+                let part = (!q.busy() && !q.parts.is_empty())
                     .then(|| q.not_before.unwrap_or(now).max(self.pacer.ready_at(chat, now)));
                 typing.into_iter().chain(part).min()
             })
@@ -709,31 +716,37 @@ mod tests {
     fn typing_is_not_held_back_and_goes_stale() {
         let t0 = Instant::now();
         let mut s = Schedule::new(Pacer::telegram());
+        s.push(typing("1"), t0);
         s.push(text("1", &three_parts()), t0);
+        // A reply cancels the typing asked for before it.
         let part = s.next_job(t0).unwrap();
-        // A new turn in the same chat while a long reply is still going out: typing goes now.
+        assert_eq!(describe(&part).1, "first xxxxxx");
+        // A new turn in the same chat while the long reply is still going out: typing waits
+        // only for the call in flight (one call per chat keeps their order), not for the gap
+        // or the rest of the reply.
         s.push(typing("1"), t0 + ms(10));
-        let job = s.next_job(t0 + ms(10)).unwrap();
+        assert_eq!(s.next_job(t0 + ms(10)), None);
+        s.finish(part, Ok(()), t0 + ms(20));
+        let job = s.next_job(t0 + ms(20)).unwrap();
         assert_eq!(job, Job::Typing(chat("1")));
-        // Asked again while the first is in flight: one at a time, the latest wins.
-        s.push(typing("1"), t0 + ms(20));
-        assert_eq!(s.next_job(t0 + ms(20)), None);
-        assert_eq!(s.finish(job, Ok(()), t0 + ms(30)), Verdict::TypingShown);
-        assert_eq!(s.next_job(t0 + ms(30)), Some(Job::Typing(chat("1"))));
-        s.finish(Job::Typing(chat("1")), Err(transient()), t0 + ms(40));
-        // Stale: asked for 5 s ago, never sent.
+        // While it is in flight, nothing else goes to that chat; the latest request wins.
+        s.push(typing("1"), t0 + ms(30));
+        assert_eq!(s.next_job(t0 + TELEGRAM_CHAT_GAP), None);
+        assert_eq!(s.finish(job, Ok(()), t0 + TELEGRAM_CHAT_GAP), Verdict::TypingShown);
+        assert_eq!(s.next_job(t0 + TELEGRAM_CHAT_GAP), Some(Job::Typing(chat("1"))));
+        let verdict = s.finish(Job::Typing(chat("1")), Err(transient()), t0 + TELEGRAM_CHAT_GAP);
+        assert!(matches!(verdict, Verdict::TypingFailed { .. }), "not retried: {verdict:?}");
+        // Typing asked for more than TYPING_FRESH ago is dropped, not sent late.
         s.push(typing("2"), t0 + ms(50));
-        s.finish(part, Ok(()), t0 + ms(50));
-        let mut sent = Vec::new();
         let late = t0 + ms(50) + TYPING_FRESH + ms(1);
+        let mut sent = Vec::new();
         while let Some(job) = s.next_job(late) {
             sent.push(describe(&job));
         }
         assert_eq!(sent, vec![("1".to_string(), "second xxxxx".to_string())]);
-        // A reply cancels the typing asked for before it.
+        // Another chat's typing is not held back by chat 1's call in flight.
         s.push(typing("3"), late);
-        s.push(text("3", "answer"), late);
-        assert_eq!(describe(&s.next_job(late).unwrap()), ("3".into(), "answer".into()));
+        assert_eq!(s.next_job(late), Some(Job::Typing(chat("3"))));
     }
 
     #[test]
