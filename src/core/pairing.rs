@@ -244,7 +244,7 @@ impl PairingBook {
 /// The reply that carries a code.
 pub fn code_text(channel: &str, code: &str) -> String {
     format!(
-        "Your pairing code is: {code}\n\nAsk the bot operator to approve you with:\n  tether pairing approve {channel} {code}"
+        "Your pairing code is: {code}\n\nAsk the bot operator to approve you with:\ntether pairing approve {channel} {code}"
     )
 }
 
@@ -724,7 +724,7 @@ mod core_tests {
                 text_to(
                     "7",
                     &format!(
-                        "Your pairing code is: {code}\n\nAsk the bot operator to approve you with:\n  tether pairing approve tg {code}"
+                        "Your pairing code is: {code}\n\nAsk the bot operator to approve you with:\ntether pairing approve tg {code}"
                     )
                 ),
             ]

@@ -128,7 +128,7 @@ fn pairing_round_trip_with_the_cli_against_the_running_service() {
         reply,
         format!(
             "Hi! This bot answers only people its operator has approved.\n\nYour pairing code is: {code}\n\n\
-             Ask the bot operator to approve you with:\n  tether pairing approve phone {code}"
+             Ask the bot operator to approve you with:\ntether pairing approve phone {code}"
         )
     );
     assert!(code.chars().all(|c| "ABCDEFGHJKLMNPQRSTUVWXYZ23456789".contains(c)), "{code}");

@@ -6,6 +6,7 @@ mod agents;
 mod cli;
 mod conversations;
 mod permissions;
+mod replies;
 mod support;
 mod telegram;
 mod tidy;

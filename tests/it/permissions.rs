@@ -73,3 +73,50 @@ fn permissions_allow_approves_without_asking() {
         service.log()
     );
 }
+
+#[test]
+fn a_button_press_answers_and_the_question_is_edited() {
+    let (fake, _home, service) = start(json!({}));
+    fake.send_dm(111, "permission please");
+    let ask = fake.next_call("sendMessage", WAIT).expect("the question");
+    let keyboard = &ask.body["reply_markup"]["inline_keyboard"][0];
+    let data: Vec<&str> = keyboard.as_array().unwrap().iter().map(|b| b["callback_data"].as_str().unwrap()).collect();
+    assert_eq!(data, vec!["perm:1:once", "perm:1:always", "perm:1:deny"], "{}", ask.body);
+    let callback = fake.press_button(111, 0, "perm:1:always");
+    let ack = fake.next_call("answerCallbackQuery", WAIT).expect("the press is answered");
+    assert_eq!(ack.body["callback_query_id"], callback.as_str());
+    let edit = fake.next_call("editMessageText", WAIT).expect("the question is edited");
+    assert!(edit.body["text"].as_str().unwrap_or_default().contains("approved always"), "{}", edit.body);
+    assert!(edit.body.get("reply_markup").is_none(), "the buttons are removed");
+    let mut last = String::new();
+    while let Some(t) = fake.next_text_to(111, Duration::from_secs(10)) {
+        last = t;
+        if last.starts_with("permission granted") {
+            break;
+        }
+    }
+    assert_eq!(last, "permission granted: proceed_always", "log:\n{}", service.log());
+    // A second press of the same button: no longer pending.
+    fake.press_button(111, 0, "perm:1:deny");
+    let ack = fake.next_call("answerCallbackQuery", WAIT).expect("answered again");
+    assert!(ack.body["text"].as_str().unwrap_or_default().contains("no longer pending"), "{}", ack.body);
+}
+
+#[test]
+fn a_strangers_button_press_is_refused() {
+    let (fake, _home, service) = start(json!({}));
+    fake.send_dm(111, "permission please");
+    fake.next_call("sendMessage", WAIT).expect("the question");
+    fake.press_button(999, 0, "perm:1:once");
+    let ack = fake.next_call("answerCallbackQuery", WAIT).expect("the press is answered");
+    assert_eq!(ack.body["text"], "Not allowed.", "log:\n{}", service.log());
+    fake.send_dm(111, "/deny");
+    let mut last = String::new();
+    while let Some(t) = fake.next_text_to(111, Duration::from_secs(10)) {
+        last = t;
+        if last.starts_with("permission") {
+            break;
+        }
+    }
+    assert_eq!(last, "permission denied");
+}

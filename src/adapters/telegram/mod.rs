@@ -2,6 +2,7 @@
 //! sender thread that delivers replies and typing indicators. The two never wait for each
 //! other: a failing send does not stop polling.
 
+mod send;
 pub mod wire;
 
 use std::thread;
@@ -13,7 +14,7 @@ use serde_json::Value;
 use crate::backoff::Backoff;
 use crate::config::ChannelConfig;
 use crate::error::Error;
-use crate::event::{ChatRef, Inbound, Outbound};
+use crate::event::{Inbound, Outbound};
 use crate::net::http::HttpClient;
 use wire::{BotIdentity, Failure};
 
@@ -21,10 +22,6 @@ use wire::{BotIdentity, Failure};
 const POLL_HOLD: Duration = Duration::from_secs(30);
 /// Our side waits this much longer than the hold before calling the poll dead.
 const POLL_MARGIN: Duration = Duration::from_secs(10);
-/// Telegram's limit for one message, in UTF-16 units.
-pub const MESSAGE_LIMIT: usize = 4096;
-/// Attempts for one reply chunk before it is logged as lost.
-const SEND_ATTEMPTS: u32 = 6;
 
 /// The Bot API endpoint of one bot.
 #[derive(Debug, Clone)]
@@ -62,7 +59,7 @@ pub fn spawn(
     let poll_api = api.clone();
     let poll_stop = stop.clone();
     spawn_named(format!("tg-poll-{}", channel.name), move || poll_loop(&poll_api, &inbound, &poll_stop))?;
-    spawn_named(format!("tg-send-{}", channel.name), move || send_loop(&api, &outbox))?;
+    send::spawn(&api, outbox)?;
     Ok(())
 }
 
@@ -158,46 +155,11 @@ fn deliver(result: &Value, offset: i64, api: &Api, bot: &BotIdentity, inbound: &
             return offset;
         }
     }
+    for press in wire::parse_button_presses(result, &api.channel) {
+        log::debug!(target: api.channel.as_str(), "button {:?} pressed by {} in {}", press.data, press.sender_id, press.chat_id);
+        if inbound.send(Inbound::Button(press)).is_err() {
+            return offset;
+        }
+    }
     last_id.map_or(offset, |id| id + 1)
-}
-
-fn send_loop(api: &Api, outbox: &Receiver<Outbound>) {
-    for out in outbox {
-        match out {
-            // Until buttons and edits are wired, questions and their outcomes go as plain text.
-            Outbound::Text { chat, text } | Outbound::Ask { chat, text, .. } | Outbound::Edit { chat, text, .. } => {
-                for chunk in wire::split_text(&text, MESSAGE_LIMIT) {
-                    send_with_retry(api, "sendMessage", &wire::send_message(&chat, &chunk), &chat);
-                }
-            }
-            Outbound::Typing { chat } => {
-                // Best effort: a lost typing indicator is not worth a retry.
-                if let Err(failure) = api.call("sendChatAction", &wire::send_typing(&chat), Duration::from_secs(10)) {
-                    log::debug!(target: api.channel.as_str(), "typing indicator for {} failed: {failure}", chat.chat_id);
-                }
-            }
-            Outbound::Draft { .. } | Outbound::ButtonAck { .. } => {}
-        }
-    }
-}
-
-fn send_with_retry(api: &Api, method: &str, body: &Value, chat: &ChatRef) {
-    let target = api.channel.as_str();
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    for attempt in 1..=SEND_ATTEMPTS {
-        match api.call(method, body, Duration::from_secs(30)) {
-            Ok(_) => return,
-            Err(failure @ (Failure::Rejected(_) | Failure::Unauthorized(_))) => {
-                log::error!(target: target, "{method} to chat {} failed, not retrying: {failure}", chat.chat_id);
-                return;
-            }
-            Err(failure) => {
-                log::warn!(target: target, "{method} to chat {} failed (attempt {attempt}/{SEND_ATTEMPTS}): {failure}", chat.chat_id);
-                if attempt < SEND_ATTEMPTS {
-                    thread::sleep(failure_delay(&failure, &mut backoff));
-                }
-            }
-        }
-    }
-    log::error!(target: target, "{method} to chat {} gave up after {SEND_ATTEMPTS} attempts; the reply is lost", chat.chat_id);
 }
