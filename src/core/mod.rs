@@ -18,11 +18,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SessionScope};
+use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SessionScope, ToolCallDisplay};
 use crate::event::{
     AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, Outbound, PermissionKind,
     PermissionOutcome, SessionKey, TurnOutcome,
 };
+use crate::streamer::BlockStreamConfig;
 use commands::{Command, SessionView};
 use permissions::{Asker, PermissionRelay, Resolution};
 use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
@@ -112,6 +113,10 @@ fn turn_settings(channel: Option<&ChannelConfig>) -> TurnSettings<'_> {
     TurnSettings {
         instructions: channel.and_then(|c| c.instructions.as_deref()),
         turn_timeout: channel.map_or(Duration::from_secs(1800), |c| c.turn_timeout),
+        // The web chat shows the answer live instead.
+        block_stream: channel.filter(|c| c.block_streaming && c.kind != ChannelKind::Webchat).map(|c| {
+            BlockStreamConfig { min_chars: c.block_min_chars, max_chars: c.block_max_chars, idle: c.block_idle }
+        }),
     }
 }
 
@@ -428,6 +433,12 @@ impl Core {
                 // A cancelled turn's text is dropped: a newer message or /cancel replaced it.
                 let Some(turn) = session.turn.as_mut().filter(|t| t.cancel.is_none()) else { return };
                 turn.answer.push_str(&text);
+                if let Some(stream) = turn.stream.as_mut() {
+                    for block in stream.push(&text, now) {
+                        turn.streamed = true;
+                        actions.push(say(&turn.chat, block));
+                    }
+                }
                 // Channels that can show an answer as it grows get every draft.
                 if self.channels.get(&session.chat.channel).is_some_and(|c| c.kind == ChannelKind::Webchat) {
                     actions
@@ -446,6 +457,24 @@ impl Core {
                     actions.push(settled(&pending, "the request ended before an answer"));
                 }
                 match turn.cancel {
+                    None if turn.stream.is_some() => {
+                        let mut turn = turn;
+                        let rest = turn.stream.as_mut().map(|s| s.finish()).unwrap_or_default();
+                        for block in rest {
+                            turn.streamed = true;
+                            actions.push(say(&turn.chat, block));
+                        }
+                        // What was streamed is the answer; say something only if nothing was.
+                        let note = final_answer(String::new(), &outcome);
+                        if !turn.streamed || matches!(outcome, TurnOutcome::Failed(_) | TurnOutcome::MaxTokens) {
+                            let text = if turn.streamed {
+                                note.trim().to_string()
+                            } else {
+                                final_answer(turn.answer, &outcome)
+                            };
+                            actions.push(say(&turn.chat, text));
+                        }
+                    }
                     None => actions.push(say(&turn.chat, final_answer(turn.answer, &outcome))),
                     Some(c) => {
                         log::info!(target: turn.chat.channel.as_str(), "{key}: cancelled turn of {session_id} ended ({outcome:?}, {:?})", c.cause)
@@ -457,10 +486,8 @@ impl Core {
             AgentEvent::PermissionRequested { session_id, request, call, options } => {
                 self.on_permission_request(agent, session_id, request, call, options, now, actions);
             }
-            AgentEvent::ToolCall { .. }
-            | AgentEvent::Plan { .. }
-            | AgentEvent::Thought { .. }
-            | AgentEvent::ModeChanged { .. } => {}
+            AgentEvent::ToolCall { session_id, call } => self.on_tool_call(&agent, &session_id, call, actions),
+            AgentEvent::Plan { .. } | AgentEvent::Thought { .. } | AgentEvent::ModeChanged { .. } => {}
             AgentEvent::Exited { reason } => self.on_agent_exit(&agent, &reason, actions),
         }
     }
@@ -563,6 +590,12 @@ impl Core {
                 }
                 _ => {}
             }
+            if let Some(stream) = turn.stream.as_mut() {
+                for block in stream.poll(now) {
+                    turn.streamed = true;
+                    actions.push(say(&turn.chat, block));
+                }
+            }
             if turn.typing_due <= now {
                 turn.typing_due = now + TYPING_REFRESH;
                 actions.push(Action::Send(Outbound::Typing { chat: turn.chat.clone() }));
@@ -635,6 +668,44 @@ impl Core {
                 }));
             }
         }
+    }
+
+    /// `showToolCalls: "brief"`: one status line per tool call, edited as it progresses.
+    fn on_tool_call(&mut self, agent: &str, session_id: &str, call: crate::event::ToolCall, actions: &mut Vec<Action>) {
+        let Some(key) = self.by_session_id.get(&(agent.to_string(), session_id.to_string())) else { return };
+        let Some(session) = self.sessions.get_mut(key) else { return };
+        let Some(turn) = session.turn.as_mut().filter(|t| t.cancel.is_none()) else { return };
+        let brief = self.channels.get(&turn.chat.channel).is_some_and(|c| c.show_tool_calls == ToolCallDisplay::Brief);
+        if !brief || call.id.is_empty() {
+            return;
+        }
+        let line_key = format!("tool:{session_id}:{}", call.id);
+        let known = turn.tools.iter().position(|(id, _)| *id == call.id);
+        let title = match known {
+            Some(i) => turn.tools[i].1.clone(),
+            None => {
+                let title = if call.title.is_empty() { call.kind.clone() } else { call.title.clone() };
+                turn.tools.push((call.id.clone(), title.clone()));
+                let text = format!("⚙️ Running: {title} …");
+                actions.push(Action::Send(Outbound::Ask {
+                    chat: turn.chat.clone(),
+                    key: line_key.clone(),
+                    text,
+                    buttons: Vec::new(),
+                }));
+                title
+            }
+        };
+        let outcome = match call.status.as_str() {
+            "completed" => "done",
+            "failed" => "failed",
+            _ => return,
+        };
+        actions.push(Action::Send(Outbound::Edit {
+            chat: turn.chat.clone(),
+            key: line_key,
+            text: format!("⚙️ {title} — {outcome}"),
+        }));
     }
 
     /// Someone pressed a button: the gates apply as to a message, then it answers.

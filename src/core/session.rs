@@ -27,6 +27,7 @@ use super::prompt;
 use super::{Action, say};
 use crate::config::DispatchMode;
 use crate::event::{AgentRequest, ChatRef, Outbound};
+use crate::streamer::{BlockStreamConfig, BlockStreamer};
 
 /// Telegram drops "typing…" after 5 s; refresh a little before.
 pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
@@ -93,14 +94,21 @@ pub struct Turn {
     pub timeout_at: Instant,
     /// Set once `session/cancel` is sent; the answer is then dropped.
     pub cancel: Option<Cancelling>,
+    /// With `blockStreaming: "on"`: the answer goes out in blocks as it grows.
+    pub stream: Option<BlockStreamer>,
+    /// Some block of this turn was sent already.
+    pub streamed: bool,
+    /// Tool calls shown as status lines (`showToolCalls: "brief"`): (tool call id, title).
+    pub tools: Vec<(String, String)>,
 }
 
 impl Turn {
     /// When this turn next needs the clock: a typing refresh, its timeout, or the end of a
     /// cancel wait.
     pub fn deadline(&self) -> Instant {
+        let stream = self.stream.as_ref().and_then(BlockStreamer::next_deadline);
         match &self.cancel {
-            None => self.typing_due.min(self.timeout_at),
+            None => self.typing_due.min(self.timeout_at).min(stream.unwrap_or(self.timeout_at)),
             Some(c) if c.cause == CancelCause::Steer => self.typing_due.min(c.deadline),
             Some(c) => c.deadline,
         }
@@ -148,6 +156,8 @@ pub struct TurnSettings<'a> {
     pub instructions: Option<&'a str>,
     /// A turn running longer is cancelled (`turnTimeoutMs`).
     pub turn_timeout: Duration,
+    /// Send the answer in blocks as it grows (`blockStreaming: "on"`).
+    pub block_stream: Option<BlockStreamConfig>,
 }
 
 /// The session cannot take another waiting message.
@@ -252,6 +262,9 @@ impl Session {
             typing_due: now + TYPING_REFRESH,
             timeout_at: now + settings.turn_timeout,
             cancel: None,
+            stream: settings.block_stream.map(BlockStreamer::new),
+            streamed: false,
+            tools: Vec::new(),
         });
     }
 

@@ -1045,3 +1045,83 @@ fn requests_of_a_dead_agent_or_unknown_session_are_closed() {
     let got = core.handle(exited(), t0);
     assert_eq!(got[0], edit("111", "1", "🔐 touch demo.txt — cancelled: the agent stopped"));
 }
+
+#[test]
+fn block_streaming_sends_paragraphs_as_they_come_and_the_rest_at_the_end() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.block_streaming = true;
+    ch.block_min_chars = 10;
+    ch.block_max_chars = 100;
+    ch.block_idle = Duration::from_millis(1500);
+    let mut core = turn_running(ch, t0);
+    let first = "First paragraph here.\n\n";
+    check(
+        &mut core,
+        t0,
+        vec![
+            (chunk("s1", "First para"), vec![]),
+            (chunk("s1", "graph here.\n\nSecond"), vec![text("111", first.trim())]),
+            (chunk("s1", " one."), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "Second one.")]),
+        ],
+    );
+    // Idle flush: a long enough buffer goes out after idleMs without new text.
+    core.handle(dm("111", "again"), t0);
+    core.handle(chunk("s1", "A sentence without a break"), t0);
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_millis(1500)));
+    assert_eq!(
+        core.handle(Event::Tick, t0 + Duration::from_millis(1500)),
+        vec![text("111", "A sentence without a break")]
+    );
+    // Nothing streamed: the end still says something.
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    core.handle(dm("111", "quiet"), t0);
+    assert_eq!(
+        core.handle(ended("s1", TurnOutcome::EndTurn), t0),
+        vec![text("111", "(The agent finished without a text answer.)")]
+    );
+}
+
+#[test]
+fn brief_tool_calls_show_one_line_each_edited_when_done() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.show_tool_calls = ToolCallDisplay::Brief;
+    let mut core = turn_running(ch, t0);
+    let tool = |status: &str, title: &str| {
+        agent(AgentEvent::ToolCall {
+            session_id: "s1".into(),
+            call: ToolCall {
+                id: "c1".into(),
+                title: title.into(),
+                kind: "execute".into(),
+                status: status.into(),
+                preview: String::new(),
+            },
+        })
+    };
+    let ask = Action::Send(Outbound::Ask {
+        chat: chat("111"),
+        key: "tool:s1:c1".into(),
+        text: "⚙️ Running: cargo test …".into(),
+        buttons: vec![],
+    });
+    let done = Action::Send(Outbound::Edit {
+        chat: chat("111"),
+        key: "tool:s1:c1".into(),
+        text: "⚙️ cargo test — done".into(),
+    });
+    check(
+        &mut core,
+        t0,
+        vec![
+            (tool("pending", "cargo test"), vec![ask]),
+            (tool("in_progress", ""), vec![]),
+            (tool("completed", ""), vec![done]),
+        ],
+    );
+    // Off by default: nothing shown.
+    let mut quiet = turn_running(channel("tg"), t0);
+    assert_eq!(quiet.handle(tool("pending", "cargo test"), t0), vec![]);
+}

@@ -194,3 +194,30 @@ fn a_blocked_chat_drops_the_rest_of_that_reply_only() {
     let calls: Vec<Value> = fake.calls_of("sendMessage").into_iter().map(|c| c.body["text"].clone()).collect();
     assert_eq!(calls.len(), 2, "one refused part, then the next reply: {calls:#?}");
 }
+
+#[test]
+fn block_streaming_sends_blocks_that_never_split_a_code_fence() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("blocks");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {"phone": {
+            "type": "telegram", "token": TOKEN, "apiBase": fake.url(), "allowedUsers": ["111"],
+            "blockStreaming": "on", "blockStreamingChunk": {"minChars": 400, "maxChars": 1000},
+        }}
+    }));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "long");
+    let sent = fake
+        .wait_delivered(Duration::from_secs(60), |sent| {
+            sent.iter().any(|s| s.visible.contains("That is the end of the long answer"))
+        })
+        .unwrap_or_else(|| panic!("the answer did not arrive; log:\n{}", service.log()));
+    let blocks: Vec<&Sent> = sent.iter().filter(|s| s.chat_id == json!(111)).collect();
+    assert!(blocks.len() >= 8, "{} blocks", blocks.len());
+    for block in &blocks {
+        // Blocks of at most maxChars, each with whole code blocks (a split one is reopened).
+        assert!(block.visible.encode_utf16().count() <= 1000 + 40, "{}", block.visible.len());
+        pre_regions(&block.text);
+    }
+}
