@@ -1,15 +1,22 @@
-//! Long-run check: many messages through tether against the loopback fake Bot API and the
-//! demo agent, with faults injected at random (getUpdates 502/409/dropped connection,
-//! sendMessage 502/429/dropped connection, agent crashes, clean restarts of tether), then the
-//! counts: every message must be answered exactly once. Run through `bench/longrun.sh`.
+//! Long-run check: many messages through tether against loopback fake Bot APIs and the demo
+//! agent, with faults injected at random (getUpdates 502/409/dropped connection, sendMessage
+//! 502/429/dropped connection, agent crashes, clean restarts of tether), then the counts:
+//! every message must get exactly one answer. Run through `bench/longrun.sh`.
 //!
-//! Each simulated user has one message in flight at a time, so every reply to a chat can be
-//! attributed: an echo names its message; an agent crash's notice answers the one in flight.
+//! tether paces itself as Telegram asks (about one message a second per chat, 30 a second per
+//! bot), so the load is spread over several bots (channels), each with many users; each user
+//! has one message in flight at a time, so every reply to a chat can be attributed: an echo
+//! names its message; a crash notice concerns the one in flight. An agent crash interrupts the
+//! turns in flight: their senders are told and the turns run again; a message that crashes the
+//! agent twice is answered with a notice that it was given up. An agent crashing more than 3
+//! times in 5 minutes makes tether exit with status 1; like an init system, this check then
+//! starts it again, and the journal brings back what was not answered.
 //!
-//! Environment: LONGRUN_MESSAGES (default 10000), LONGRUN_USERS (8), LONGRUN_FAULTS (100),
-//! LONGRUN_RESTARTS (3, SIGTERM then start), LONGRUN_KILLS (0, `kill -9` then start: an
-//! answer in flight at that moment may be sent twice, as Telegram has no idempotent send),
-//! LONGRUN_SEED.
+//! Environment: LONGRUN_MESSAGES (default 10000), LONGRUN_BOTS (4), LONGRUN_USERS per bot
+//! (24), LONGRUN_FAULTS (100), LONGRUN_RESTARTS (3, SIGTERM then start), LONGRUN_KILLS (0,
+//! `kill -9` then start: an answer in flight at that moment may be sent twice, as Telegram
+//! has no idempotent send), LONGRUN_SEED, LONGRUN_KEEP (keep the state directory and log), LONGRUN_DEBUG (log
+//! at debug level).
 
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)]
@@ -22,9 +29,10 @@ use serde_json::json;
 
 use support::fake_telegram::{FakeTelegram, Fault, TOKEN};
 use support::{Service, TempDir, demo_agent, tether_bin};
+use tether::core::texts::{CRASH_GAVE_UP, CRASH_RETRY};
 
 /// How long one message may wait for its answer before it is counted missing.
-const ANSWER_LIMIT: Duration = Duration::from_secs(120);
+const ANSWER_LIMIT: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum FaultKind {
@@ -59,9 +67,10 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// One user's message in flight, and since when.
-#[derive(Default)]
+/// One simulated person: the bot they write to, their chat, the message in flight.
 struct User {
+    bot: usize,
+    chat: i64,
     in_flight: Option<(u64, Instant)>,
 }
 
@@ -69,22 +78,39 @@ struct User {
 struct Counts {
     sent: u64,
     echoed: u64,
+    given_up: u64,
     crash_notices: u64,
-    missing: u64,
     duplicates: u64,
     unexpected: Vec<String>,
+    /// tether exited by itself (an agent crashing too often) and was started again.
+    exits: u64,
+}
+
+/// Start tether and wait until it reports running.
+fn start(home: &TempDir) -> Service {
+    let service = match std::env::var_os("LONGRUN_DEBUG") {
+        Some(_) => Service::start(home, &[]),
+        None => Service::start_quiet(home),
+    };
+    let up = support::wait_until(Duration::from_secs(60), || {
+        support::read_status(home.path()).is_some_and(|s| s["pid"] == service.pid() && s["state"] == "running")
+    });
+    assert!(up, "no start:\n{}", service.log());
+    service
 }
 
 fn main() {
     let messages = env("LONGRUN_MESSAGES", 10_000);
-    let users = env("LONGRUN_USERS", 8).max(1);
+    let bots = env("LONGRUN_BOTS", 4).max(1) as usize;
+    let per_bot = env("LONGRUN_USERS", 24).max(1) as usize;
     let faults = env("LONGRUN_FAULTS", 100);
     let restarts = env("LONGRUN_RESTARTS", 3);
     let kills = env("LONGRUN_KILLS", 0);
     let seed = env("LONGRUN_SEED", getrandom::u64().unwrap_or(1)).max(1);
     println!("binary: {}", tether_bin());
     println!(
-        "messages {messages}, users {users}, random faults {faults}, restarts {restarts}, kill -9 {kills}, seed {seed}"
+        "messages {messages}, bots {bots} x users {per_bot}, random faults {faults}, restarts {restarts}, \
+         kill -9 {kills}, seed {seed}"
     );
 
     // The fault plan: which message number triggers which fault.
@@ -99,7 +125,7 @@ fn main() {
         FaultKind::AgentCrash,
     ];
     let mut plan: BTreeMap<u64, FaultKind> = BTreeMap::new();
-    let mut place = |kind, rng: &mut Rng| {
+    let place = |kind, rng: &mut Rng, plan: &mut BTreeMap<u64, FaultKind>| {
         for _ in 0..100 {
             let at = 1 + rng.below(messages.saturating_sub(1).max(1));
             if let std::collections::btree_map::Entry::Vacant(slot) = plan.entry(at) {
@@ -110,43 +136,58 @@ fn main() {
     };
     for _ in 0..faults {
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
-        place(kind, &mut rng);
+        place(kind, &mut rng, &mut plan);
     }
     for _ in 0..restarts {
-        place(FaultKind::Restart, &mut rng);
+        place(FaultKind::Restart, &mut rng, &mut plan);
     }
     for _ in 0..kills {
-        place(FaultKind::Kill9, &mut rng);
+        place(FaultKind::Kill9, &mut rng, &mut plan);
     }
 
-    let fake = FakeTelegram::start();
+    let fakes: Vec<FakeTelegram> = (0..bots).map(|_| FakeTelegram::start()).collect();
     let home = TempDir::new("longrun");
-    let allowed: Vec<String> = (0..users).map(|u| (1001 + u).to_string()).collect();
-    home.write_config(&json!({
-        "agent": demo_agent(),
-        "channels": {"bench": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "allowedUsers": allowed}}
-    }));
-    let mut service = Service::start_quiet(&home);
-    assert!(service.wait_for_log("connected as @", Duration::from_secs(30)), "no start:\n{}", service.log());
+    let channels: serde_json::Map<String, serde_json::Value> = fakes
+        .iter()
+        .enumerate()
+        .map(|(i, fake)| {
+            let channel = json!({"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "senderPolicy": "open"});
+            (format!("bot{i}"), channel)
+        })
+        .collect();
+    home.write_config(&json!({"agent": demo_agent(), "channels": channels}));
+    let mut service = start(&home);
 
     let started = Instant::now();
     let mut injected: BTreeMap<FaultKind, u64> = BTreeMap::new();
-    let mut state: Vec<User> = (0..users).map(|_| User::default()).collect();
+    let mut users: Vec<User> =
+        (0..bots * per_bot).map(|u| User { bot: u % bots, chat: 100_000 + u as i64, in_flight: None }).collect();
     let mut counts = Counts::default();
     let mut answered: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut texts_of: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut next_number: u64 = 0;
     let mut last_progress = Instant::now();
     let mut reported: u64 = 0;
     loop {
+        if let Some(code) = service.exited() {
+            counts.exits += 1;
+            println!(
+                "  tether exited with status {code} after {:.0} s; starting it again",
+                started.elapsed().as_secs_f64()
+            );
+            service = start(&home);
+        }
         // Send: every idle user takes the next message number.
-        for (u, user) in state.iter_mut().enumerate() {
+        for user in users.iter_mut() {
             if user.in_flight.is_some() || next_number >= messages {
                 continue;
             }
             let n = next_number;
             next_number += 1;
-            let mut text = format!("m{n} from user {u}");
-            if let Some(kind) = plan.get(&n).copied() {
+            let fake = &fakes[user.bot];
+            let mut text = format!("m{n} from {}", user.chat);
+            let kind = plan.get(&n).copied();
+            if let Some(kind) = kind {
                 *injected.entry(kind).or_default() += 1;
                 match kind {
                     FaultKind::Poll502 => fake.fail_next("getUpdates", Fault::bad_gateway()),
@@ -162,104 +203,129 @@ fn main() {
                     fake.interrupt_polls();
                 }
             }
-            fake.send_dm(1001 + u as i64, &text);
+            fake.send_dm(user.chat, &text);
             user.in_flight = Some((n, Instant::now()));
             counts.sent += 1;
             // Restarts happen with this message already queued on the fake.
-            if let Some(kind @ (FaultKind::Restart | FaultKind::Kill9)) = plan.get(&n).copied() {
-                if kind == FaultKind::Restart {
+            match kind {
+                Some(FaultKind::Restart) => {
                     service.signal("TERM");
-                    assert_eq!(
-                        service.wait_exit(Duration::from_secs(10)),
-                        Some(0),
-                        "no clean stop:\n{}",
-                        service.log()
-                    );
-                } else {
-                    service.kill_hard();
+                    let code = service.wait_exit(Duration::from_secs(10));
+                    assert!(matches!(code, Some(0 | 1)), "no stop within 10 s:\n{}", service.log());
+                    service = start(&home);
                 }
-                service = Service::start_quiet(&home);
+                Some(FaultKind::Kill9) => {
+                    service.kill_hard();
+                    service = start(&home);
+                }
+                _ => {}
             }
         }
-        // Receive one reply (or time out briefly) and attribute it.
-        if let Some(call) = fake.next_call("sendMessage", Duration::from_millis(200)) {
-            last_progress = Instant::now();
-            let chat = call.body["chat_id"].as_i64().unwrap_or(0);
-            let text = call.body["text"].as_str().unwrap_or("").to_string();
-            let u = (chat - 1001) as usize;
-            let Some(user) = state.get_mut(u) else {
-                counts.unexpected.push(format!("chat {chat}: {text}"));
-                continue;
-            };
-            let number = if let Some(rest) = text.strip_prefix("echo: m") {
-                rest.split_whitespace().next().and_then(|n| n.parse::<u64>().ok())
-            } else if text.starts_with("The agent stopped") {
-                user.in_flight.map(|(n, _)| n)
-            } else {
-                counts.unexpected.push(format!("chat {chat}: {text}"));
-                None
-            };
-            let Some(number) = number else { continue };
-            let times = answered.entry(number).or_default();
-            *times += 1;
-            if *times > 1 {
-                counts.duplicates += 1;
-                continue;
-            }
-            if text.starts_with("echo:") {
-                counts.echoed += 1;
-            } else {
-                counts.crash_notices += 1;
-            }
-            if user.in_flight.is_some_and(|(n, _)| n == number) {
-                user.in_flight = None;
+        // Receive what replies came, and attribute them.
+        let mut got_any = false;
+        for (bot, fake) in fakes.iter().enumerate() {
+            while let Some(call) = fake.next_call("sendMessage", Duration::from_millis(if got_any { 0 } else { 5 })) {
+                got_any = true;
+                last_progress = Instant::now();
+                let chat = call.body["chat_id"].as_i64().unwrap_or(0);
+                let text = call.body["text"].as_str().unwrap_or("").to_string();
+                let Some(user) = users.iter_mut().find(|u| u.chat == chat && u.bot == bot) else {
+                    counts.unexpected.push(format!("bot{bot} chat {chat}: {text}"));
+                    continue;
+                };
+                if text == CRASH_RETRY {
+                    counts.crash_notices += 1;
+                    continue;
+                }
+                let number = if let Some(rest) = text.strip_prefix("echo: m") {
+                    rest.split_whitespace().next().and_then(|n| n.parse::<u64>().ok())
+                } else if text == CRASH_GAVE_UP {
+                    user.in_flight.map(|(n, _)| n)
+                } else {
+                    counts.unexpected.push(format!("bot{bot} chat {chat}: {text}"));
+                    None
+                };
+                let Some(number) = number else { continue };
+                texts_of.entry(number).or_default().push(format!("bot{bot} chat {chat}: {text}"));
+                let times = answered.entry(number).or_default();
+                *times += 1;
+                if *times > 1 {
+                    counts.duplicates += 1;
+                    continue;
+                }
+                if text == CRASH_GAVE_UP {
+                    counts.given_up += 1;
+                } else {
+                    counts.echoed += 1;
+                }
+                if user.in_flight.is_some_and(|(n, _)| n == number) {
+                    user.in_flight = None;
+                }
             }
         }
-        // Give up on messages that waited too long (counted missing, not retried).
-        for user in state.iter_mut() {
+        // Give up on messages that waited too long (counted missing, not sent again).
+        for user in users.iter_mut() {
             if let Some((n, since)) = user.in_flight
                 && since.elapsed() > ANSWER_LIMIT
             {
-                eprintln!("message m{n} got no answer within {} s", ANSWER_LIMIT.as_secs());
+                eprintln!("m{n} got no answer within {} s", ANSWER_LIMIT.as_secs());
                 user.in_flight = None;
             }
         }
-        let done = next_number >= messages && state.iter().all(|u| u.in_flight.is_none());
+        let done = next_number >= messages && users.iter().all(|u| u.in_flight.is_none());
         if done || last_progress.elapsed() > ANSWER_LIMIT {
             break;
         }
-        let answered_now = counts.echoed + counts.crash_notices;
+        let answered_now = counts.echoed + counts.given_up;
         if answered_now >= reported + 1000 {
             reported = answered_now / 1000 * 1000;
             println!("  {reported} answered after {:.0} s", started.elapsed().as_secs_f64());
         }
     }
     // Late duplicates would show up now.
-    while let Some(call) = fake.next_call("sendMessage", Duration::from_secs(3)) {
-        let text = call.body["text"].as_str().unwrap_or("");
-        match text.strip_prefix("echo: m").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok())
-        {
-            Some(n) if answered.contains_key(&n) => counts.duplicates += 1,
-            _ => counts.unexpected.push(text.to_string()),
+    std::thread::sleep(Duration::from_secs(3));
+    for fake in &fakes {
+        while let Some(call) = fake.next_call("sendMessage", Duration::from_millis(10)) {
+            let text = call.body["text"].as_str().unwrap_or("");
+            match text.strip_prefix("echo: m").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()) {
+                Some(n) if answered.contains_key(&n) => counts.duplicates += 1,
+                _ => counts.unexpected.push(text.to_string()),
+            }
         }
     }
-    counts.missing = (0..counts.sent).filter(|n| !answered.contains_key(n)).count() as u64;
+    let missing = (0..counts.sent).filter(|n| !answered.contains_key(n)).count();
     let elapsed = started.elapsed();
     println!("elapsed: {:.1} s ({:.1} messages/s)", elapsed.as_secs_f64(), counts.sent as f64 / elapsed.as_secs_f64());
     println!("faults injected: {injected:?}");
-    println!("sent:                     {}", counts.sent);
-    println!("answered (agent's echo):  {}", counts.echoed);
-    println!("answered (crash notice):  {}", counts.crash_notices);
-    println!("answered exactly once:    {}", answered.values().filter(|t| **t == 1).count());
-    println!("missing:                  {}", counts.missing);
-    println!("duplicates:               {}", counts.duplicates);
-    println!("unexpected texts:         {}", counts.unexpected.len());
+    println!("tether exits (agent crashing too often), restarted: {}", counts.exits);
+    println!("sent:                          {}", counts.sent);
+    println!("answered by the agent:         {}", counts.echoed);
+    println!("answered \"given up\" (crashed twice): {}", counts.given_up);
+    println!("crash notices (turn retried):  {}", counts.crash_notices);
+    println!("answered exactly once:         {}", answered.values().filter(|t| **t == 1).count());
+    println!("missing:                       {missing}");
+    println!("duplicates:                    {}", counts.duplicates);
+    println!("unexpected texts:              {}", counts.unexpected.len());
     for text in counts.unexpected.iter().take(10) {
         println!("  {text}");
     }
-    let journal = std::fs::read_to_string(home.path().join("journal/bench.jsonl")).unwrap_or_default();
-    println!("journal lines left:       {}", journal.lines().count());
-    let ok = counts.missing == 0 && counts.duplicates == 0 && counts.unexpected.is_empty();
+    let pending: usize = (0..bots)
+        .map(|i| std::fs::read_to_string(home.path().join(format!("journal/bot{i}.jsonl"))).unwrap_or_default())
+        .map(|text| text.lines().count())
+        .sum();
+    println!("journal lines left:            {pending}");
+    let twice: Vec<String> = answered.iter().filter(|(_, t)| **t > 1).map(|(n, _)| format!("m{n}")).collect();
+    if !twice.is_empty() {
+        println!("answered more than once: {}", twice.join(" "));
+        for (n, texts) in texts_of.iter().filter(|(_, t)| t.len() > 1).take(3) {
+            println!("  m{n}: {texts:?}");
+        }
+    }
+    if std::env::var_os("LONGRUN_KEEP").is_some() {
+        println!("state and log kept in {}", home.path().display());
+        std::mem::forget(home);
+    }
+    let ok = missing == 0 && counts.duplicates == 0 && counts.unexpected.is_empty();
     println!("{}", if ok { "OK: every message answered exactly once" } else { "FAILED" });
     if !ok {
         std::process::exit(1);

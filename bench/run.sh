@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # Build the release binary and measure it: size, idle memory, message round trip.
+# Also measures the static musl build (what we ship for boards) when the x86_64 musl target
+# and musl-gcc are available (`rustup target add x86_64-unknown-linux-musl`,
+# `apt-get install musl-tools`).
 # Usage: bench/run.sh   (BENCH_MESSAGES=N to change the number of messages, default 300)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 cargo build --release --quiet --example bench
+echo "== glibc, dynamically linked (cargo build --release)"
 TETHER_BIN="$PWD/target/release/tether" target/release/examples/bench
+
+musl=x86_64-unknown-linux-musl
+if rustup target list --installed 2>/dev/null | grep -qx "$musl" && command -v musl-gcc >/dev/null; then
+    cargo build --release --quiet --target "$musl"
+    echo
+    echo "== musl, static (cargo build --release --target $musl)"
+    TETHER_BIN="$PWD/target/$musl/release/tether" target/release/examples/bench
+else
+    echo
+    echo "(skipped the static musl build: needs rustup target $musl and musl-gcc)"
+fi

@@ -14,12 +14,15 @@ pub const USAGE: &str = "\
 tether: drive an ACP coding agent from your chat apps
 
 Usage:
+  tether demo [--listen ADDR]  a local web chat with the agent, no setup (default 127.0.0.1:8787)
   tether start [NAME...]     run every channel in the config, or only the named ones
       --detach               run in the background; return once it is up (or failed)
       --log-file FILE        log to FILE (appended; reopened on SIGHUP) instead of stderr
   tether stop                stop the running service (SIGTERM, then SIGKILL after 5 s)
   tether status [--json]     is it running, and how is each channel doing
   tether check               validate the config and print what would run (secrets masked)
+  tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
+                             manage who may use a channel (`tether pairing` for details)
   tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
   tether version             print the version
   tether help                print this help
@@ -35,10 +38,12 @@ Signals to a running service: SIGTERM/SIGINT stop it, SIGHUP reloads the config.
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    Demo { listen: String },
     Start { channels: Vec<String>, detach: bool, log_file: Option<PathBuf> },
     Stop,
     Status { json: bool },
     Check,
+    Pairing(crate::pairing_cli::PairingCommand),
     DemoAgent { args: Vec<String> },
     Version,
     Help,
@@ -48,6 +53,8 @@ pub enum Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GlobalOptions {
     pub config: Option<PathBuf>,
+    /// `--listen ADDR` (demo only).
+    pub listen: Option<String>,
     pub home: Option<PathBuf>,
     pub verbose: bool,
 }
@@ -67,6 +74,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             Long("log-file") => log_file = Some(parser.value()?.into()),
             Long("json") => json = true,
             Long("home") => opts.home = Some(parser.value()?.into()),
+            Long("listen") if command.as_deref() == Some("demo") => opts.listen = Some(parser.value()?.string()?),
             Short('v') | Long("verbose") => opts.verbose = true,
             Short('h') | Long("help") if command.is_none() => return Ok((Command::Help, opts)),
             Short('V') | Long("version") if command.is_none() => return Ok((Command::Version, opts)),
@@ -99,11 +107,15 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         Some("start") => Command::Start { channels: words, detach, log_file },
         Some("stop") if words.is_empty() => Command::Stop,
         Some("status") if words.is_empty() => Command::Status { json },
+        Some("demo") if words.is_empty() => {
+            Command::Demo { listen: opts.listen.clone().unwrap_or_else(|| DEMO_LISTEN.to_string()) }
+        }
         Some("check") if words.is_empty() => Command::Check,
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
+        Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
         None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
-        Some(word @ ("check" | "version" | "stop" | "status")) => {
+        Some(word @ ("check" | "version" | "demo" | "stop" | "status")) => {
             return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
         }
         Some(other) => return Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
@@ -147,6 +159,30 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             print!("{}", describe(&config, &home_dir(opts)?));
             Ok(0)
         }
+        Command::Pairing(command) => {
+            let config = load_config(opts);
+            let home = home_dir(opts)?;
+            let report = crate::pairing_cli::run(&command, &home, config, crate::access_files::epoch_ms())?;
+            print!("{}", report.stdout);
+            eprint!("{}", report.stderr);
+            Ok(report.status)
+        }
+        Command::Demo { listen } => {
+            crate::logging::init(opts.verbose);
+            let (config, agent) = demo_config(opts, &listen)?;
+            println!("tether demo: talking to {agent}");
+            // The demo's one channel is open: no pairing files, so any home will do. It is not
+            // the service: no pid file, no status.json, no config to reload.
+            let options = crate::daemon::Options {
+                home: home_dir(opts).unwrap_or_default(),
+                only: Vec::new(),
+                reload: None,
+                log_file: None,
+                as_service: false,
+            };
+            crate::daemon::run(config, options)?;
+            Ok(0)
+        }
         Command::Stop => Ok(crate::service::stop(&home_dir(opts)?)),
         Command::Status { json } => Ok(crate::service::status(&home_dir(opts)?, json)),
         // The channels named are in `args`, which the background process gets.
@@ -173,13 +209,70 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             let options = crate::daemon::Options {
                 home: home_dir(opts)?,
                 only: channels,
-                reload: Box::new(move || load_config(&reload_opts)),
+                reload: Some(Box::new(move || load_config(&reload_opts))),
                 log_file,
+                as_service: true,
             };
             crate::daemon::run(config, options)?;
             Ok(0)
         }
     }
+}
+
+/// Where `tether demo` serves the web chat unless `--listen` says otherwise.
+pub const DEMO_LISTEN: &str = "127.0.0.1:8787";
+
+/// The demo's config: one web chat channel open to this machine's browsers, talking to the
+/// configured agent when there is one and its command is found, else to the built-in demo
+/// agent. Also says which agent it chose, and why.
+pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String), Error> {
+    let config_path = match &opts.config {
+        Some(path) => Some(path.clone()),
+        None => home_dir(opts).ok().map(|home| home.join("config.json")).filter(|p| p.exists()),
+    };
+    let user = match config_path {
+        Some(_) => Some(load_config(opts)?),
+        None => None,
+    };
+    let exe = std::env::current_exe().map_err(|e| Error::Other(format!("cannot find the tether binary: {e}")))?;
+    let demo_agent = serde_json::json!({"command": exe, "args": ["demo-agent", "--chunk-delay", "40"]});
+    let text = serde_json::json!({
+        "agent": demo_agent,
+        "channels": {"web": {"type": "webchat", "listen": listen, "senderPolicy": "open"}},
+    })
+    .to_string();
+    let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
+    let user_home = std::env::var_os("HOME").map(PathBuf::from);
+    let env = |name: &str| std::env::var(name).ok();
+    let path = PathBuf::from("(tether demo)");
+    let cx = ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env };
+    let mut config =
+        config::parse(&text, &cx).map_err(|e| Error::Usage(format!("--listen {listen}: {}", e.message)))?;
+    let mut description = "the built-in demo agent (no agent configured)".to_string();
+    if let Some(user) = user {
+        let Some(agent) = user.agents.get(config::DEFAULT_AGENT) else { return Ok((config, description)) };
+        let shown = format!("{} {}", agent.command, agent.args.join(" "));
+        if command_exists(&agent.command) {
+            description = format!("the configured agent `{}` (from {})", shown.trim(), user.path.display());
+            config.agents.insert(config::DEFAULT_AGENT.to_string(), agent.clone());
+            config.env = user.env.clone();
+        } else {
+            description = format!("the built-in demo agent (the configured `{}` was not found)", shown.trim());
+        }
+    }
+    Ok((config, description))
+}
+
+/// Whether `command` names a program that can be run: a path that exists, or a name found
+/// in one of `$PATH`'s directories.
+fn command_exists(command: &str) -> bool {
+    if command == "tether" {
+        return true;
+    }
+    if command.contains('/') {
+        return Path::new(command).is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
 }
 
 /// `--home`, else `$TETHER_HOME`, else `~/.tether`.
@@ -312,6 +405,9 @@ mod tests {
             (&["status", "--detach"], Err("`status` does not take --detach")),
             (&["stop", "--log-file", "x"], Err("`stop` does not take --log-file")),
             (&["stop", "now"], Err("`stop` takes no arguments")),
+            (&["demo"], Ok(Command::Demo { listen: DEMO_LISTEN.into() })),
+            (&["demo", "--listen", "127.0.0.1:0"], Ok(Command::Demo { listen: "127.0.0.1:0".into() })),
+            (&["--listen", "x", "start"], Err("invalid option '--listen'")),
             (&["version"], Ok(Command::Version)),
             (&["--version"], Ok(Command::Version)),
             (&["help"], Ok(Command::Help)),
@@ -321,6 +417,14 @@ mod tests {
             (&[], Err("no command given")),
             (&["frobnicate"], Err("unknown command `frobnicate`")),
             (&["check", "extra"], Err("`check` takes no arguments")),
+            (
+                &["pairing", "approve", "phone", "abcd2345", "--home", "H"],
+                Ok(Command::Pairing(crate::pairing_cli::PairingCommand::Approve {
+                    channel: "phone".into(),
+                    code: "abcd2345".into(),
+                })),
+            ),
+            (&["pairing", "approve", "phone"], Err("takes CHANNEL CODE")),
             (&["start", "--bogus"], Err("invalid option '--bogus'")),
         ];
         for (words, expected) in cases {

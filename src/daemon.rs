@@ -13,14 +13,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, at, bounded, never, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, at, bounded, never, select, tick, unbounded};
 
-use crate::acp::supervisor::{Agent, agent_spec};
+use crate::access_files::{self, epoch_ms};
+use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters;
-use crate::config::{ChannelConfig, ChannelKind, Config};
+use crate::adapters::webchat::WebchatHandle;
+use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SenderPolicy};
 use crate::core::{Action, Core, Event, routing};
 use crate::error::Error;
-use crate::event::{AgentEvent, AgentRequest, Inbound, InboundMessage, MessageRef, Outbound};
+use crate::event::{AgentEvent, Inbound, InboundMessage, MessageRef, Outbound};
 use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus};
 use crate::journal::{self, Journal};
 use crate::service::{self, LogFile, ServiceClaim};
@@ -29,22 +31,26 @@ use crate::service::{self, LogFile, ServiceClaim};
 const STATUS_TICK: Duration = Duration::from_secs(1);
 /// `status.json` is rewritten at least this often, so a stuck service shows.
 const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
-/// At shutdown: how long queued replies may take to go out, and the agents to exit.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
-const AGENT_GRACE: Duration = Duration::from_secs(2);
+/// At shutdown: how long queued replies may take to go out (senders stop starting calls
+/// after 1.5 s and then finish the ones in flight), and the agents to exit.
+const DRAIN_GRACE: Duration = Duration::from_millis(2500);
+const AGENT_GRACE: Duration = Duration::from_millis(1500);
 /// For tests only: the watchdog's bound in milliseconds instead of two minutes.
 pub const UNHEALTHY_AFTER_ENV: &str = "TETHER_UNHEALTHY_AFTER_MS";
 
-/// How `tether start` was asked to run.
+/// How `tether start` (or `tether demo`) was asked to run.
 pub struct Options {
     /// Where state lives.
     pub home: PathBuf,
     /// Run only these channels (all when empty).
     pub only: Vec<String>,
-    /// Reads the config file again, for SIGHUP.
-    pub reload: Box<dyn Fn() -> Result<Config, Error>>,
+    /// Reads the config file again, for SIGHUP (`None`: SIGHUP only reopens the log).
+    pub reload: Option<Box<dyn Fn() -> Result<Config, Error>>>,
     /// The `--log-file`, reopened on SIGHUP.
     pub log_file: Option<Arc<LogFile>>,
+    /// Run as the service of `home`: take its lock and pid file, publish `status.json`.
+    /// False for `tether demo`, which may run next to the service.
+    pub as_service: bool,
 }
 
 /// What the signal thread reports.
@@ -54,11 +60,11 @@ enum Signal {
     Reload,
 }
 
-/// Run the channels until SIGTERM or SIGINT.
+/// Run the channels until SIGTERM or SIGINT (or an agent that keeps crashing).
 pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let config = select_channels(config, &options.only)?;
     let names: Vec<String> = config.channels.keys().cloned().collect();
-    let claim = ServiceClaim::take(&options.home, &names)?;
+    let claim = if options.as_service { Some(ServiceClaim::take(&options.home, &names)?) } else { None };
     let signals = watch_signals()?;
     let unhealthy_after = std::env::var(UNHEALTHY_AFTER_ENV)
         .ok()
@@ -68,17 +74,18 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
 
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(1024);
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
+    let access = access_watcher(&options.home, &config);
     let mut daemon = Daemon {
         home: options.home.clone(),
         core: Core::new(&config),
         config,
         options,
-        claim: Some(claim),
+        claim,
+        access,
         agents: BTreeMap::new(),
         agent_tx,
         agent_rx,
         restarts: BTreeMap::new(),
-        held: BTreeMap::new(),
         dropped_agents: BTreeMap::new(),
         inbound_tx,
         channels: BTreeMap::new(),
@@ -98,12 +105,22 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
         daemon.agents.insert(name, agent);
     }
-    for agent in daemon.agents.values() {
-        agent.wait_ready(&daemon.agent_rx)?;
+    let mut ready = Vec::new();
+    for (name, agent) in &daemon.agents {
+        ready.push(Event::Agent { agent: name.clone(), event: agent.wait_ready(&daemon.agent_rx)? });
     }
     let channels: Vec<ChannelConfig> = daemon.config.channels.values().cloned().collect();
     for channel in &channels {
         daemon.start_channel(channel)?;
+    }
+    for event in ready {
+        // Nothing to act on yet: this tells the core what each agent can do.
+        let _ = daemon.core.handle(event, Instant::now());
+    }
+    // Pairing state: read at start, then re-read when `tether pairing` changes it.
+    daemon.core.set_wall_clock(epoch_ms());
+    for event in daemon.access.load_all()? {
+        daemon.core.handle(event, Instant::now());
     }
     daemon.replay();
     daemon.state = "running";
@@ -121,6 +138,8 @@ struct Channel {
     probe: Probe,
     /// Disconnects when the channel's sender has delivered what was queued and ended.
     sender_done: Option<Receiver<()>>,
+    /// A web chat serves until this is dropped.
+    web: Option<WebchatHandle>,
 }
 
 struct Daemon {
@@ -129,13 +148,13 @@ struct Daemon {
     options: Options,
     core: Core,
     claim: Option<ServiceClaim>,
+    /// The pairing files of the channels with `senderPolicy: pairing`.
+    access: access_files::Watcher,
     agents: BTreeMap<String, Agent>,
     agent_tx: Sender<(String, AgentEvent)>,
     agent_rx: Receiver<(String, AgentEvent)>,
-    /// Agents that died, and when to start them again.
+    /// Agents that died, and when to start them again (the core holds their work meanwhile).
     restarts: BTreeMap<String, Instant>,
-    /// Requests for agents that are down, sent once they are back.
-    held: BTreeMap<String, Vec<AgentRequest>>,
     /// Agents stopped on purpose (reload) whose `Exited` is still to come: not a crash.
     dropped_agents: BTreeMap<String, usize>,
     inbound_tx: Sender<Inbound>,
@@ -155,26 +174,29 @@ struct Daemon {
 
 impl Daemon {
     fn run(mut self, inbound_rx: &Receiver<Inbound>, signals: &Receiver<Signal>) -> Result<(), Error> {
+        let access_tick = if self.access.is_empty() { never() } else { tick(access_files::POLL_INTERVAL) };
         loop {
             let next = [self.core.next_deadline(), self.restarts.values().min().copied(), Some(self.next_tick)]
                 .into_iter()
                 .flatten()
                 .min();
             let deadline = next.map_or_else(never, at);
+            self.core.set_wall_clock(epoch_ms());
             select! {
                 recv(inbound_rx) -> msg => if let Ok(inbound) = msg { self.on_inbound(inbound) },
-                recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event) },
+                recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event)? },
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop(name)) => return self.shutdown(name),
                     Ok(Signal::Reload) => self.reload(),
                     Err(_) => {}
                 },
-                recv(deadline) -> _ => {
-                    let actions = self.core.handle(Event::Tick, Instant::now());
-                    self.dispatch(actions);
-                }
+                recv(deadline) -> _ => self.handle(Event::Tick),
+                recv(access_tick) -> _ => {}
             }
-            self.restart_due_agents();
+            for event in self.access.poll(Instant::now()) {
+                self.handle(event);
+            }
+            self.restart_due_agents()?;
             if Instant::now() >= self.next_tick {
                 self.next_tick = Instant::now() + STATUS_TICK;
                 self.watch_health();
@@ -185,7 +207,6 @@ impl Daemon {
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
-        let now = Instant::now();
         match inbound {
             Inbound::Message(message) => {
                 if let Some(channel) = self.channels.get(&message.channel) {
@@ -202,10 +223,10 @@ impl Daemon {
                     }
                     self.outstanding.insert((message.channel.clone(), reference));
                 }
-                let actions = self.core.handle(Event::Inbound(Inbound::Message(message)), now);
-                self.dispatch(actions);
+                self.handle(Event::Inbound(Inbound::Message(message)));
                 self.sweep();
             }
+            Inbound::Button(press) => self.handle(Event::Inbound(Inbound::Button(press))),
             Inbound::Health { channel, connected, error } => {
                 if let Some(c) = self.channels.get(&channel) {
                     match (connected, &error) {
@@ -218,10 +239,15 @@ impl Daemon {
                         }
                     }
                 }
-                let actions = self.core.handle(Event::Inbound(Inbound::Health { channel, connected, error }), now);
-                self.dispatch(actions);
+                self.handle(Event::Inbound(Inbound::Health { channel, connected, error }));
             }
         }
+    }
+
+    /// Feed the core one event and carry out what it asks.
+    fn handle(&mut self, event: Event) {
+        let actions = self.core.handle(event, Instant::now());
+        self.dispatch(actions);
     }
 
     /// A message too old for a turn: one notice (to people the gates let through) instead.
@@ -245,44 +271,64 @@ impl Daemon {
         self.dispatch(vec![Action::Send(notice)]);
     }
 
-    fn on_agent(&mut self, agent: String, event: AgentEvent) {
+    /// An agent event; an agent that crashed too often ends the service (status 1), so that
+    /// the init system restarts it.
+    fn on_agent(&mut self, agent: String, event: AgentEvent) -> Result<(), Error> {
         if let AgentEvent::Exited { reason } = &event {
             if let Some(count) = self.dropped_agents.get_mut(&agent).filter(|c| **c > 0) {
                 *count -= 1;
                 log::debug!(target: "acp", "agent \"{agent}\" stopped for the new config: {reason}");
-                return;
+                return Ok(());
             }
-            let delay = self.agents.get_mut(&agent).map_or(Duration::from_secs(3), |a| a.backoff.next_delay());
-            log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", delay.as_millis());
-            self.restarts.insert(agent.clone(), Instant::now() + delay);
+            if let Some(a) = self.agents.get_mut(&agent) {
+                let now = Instant::now();
+                match a.crashed(now) {
+                    Restart::At(at) => {
+                        log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", (at - now).as_millis());
+                        self.restarts.insert(agent.clone(), at);
+                    }
+                    Restart::GiveUp { crashes } => {
+                        let error = Error::Agent(format!(
+                            "agent \"{agent}\" crashed {crashes} times within {} s (last: it {reason}); stopping so the init system can restart tether",
+                            CrashWindow::SPAN.as_secs()
+                        ));
+                        return self.give_up(error);
+                    }
+                }
+            }
         }
         if let (AgentEvent::Ready { .. }, Some(a)) = (&event, self.agents.get_mut(&agent)) {
-            a.backoff.reset();
+            a.ready();
         }
-        let actions = self.core.handle(Event::Agent { agent, event }, Instant::now());
-        self.dispatch(actions);
+        self.handle(Event::Agent { agent, event });
         self.sweep();
+        Ok(())
     }
 
-    fn restart_due_agents(&mut self) {
+    fn restart_due_agents(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         let due: Vec<String> = self.restarts.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
         for name in due {
             self.restarts.remove(&name);
             let Some(agent) = self.agents.get_mut(&name) else { continue };
-            match agent.restart(self.agent_tx.clone()) {
-                Ok(()) => {
-                    for request in self.held.remove(&name).unwrap_or_default() {
-                        agent.send(request);
+            if let Err(e) = agent.restart(self.agent_tx.clone()) {
+                match agent.crashed(now) {
+                    Restart::At(at) => {
+                        log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
+                        self.restarts.insert(name, at);
                     }
-                }
-                Err(e) => {
-                    let delay = agent.backoff.next_delay();
-                    log::error!(target: "acp", "{e}; trying again in {} ms", delay.as_millis());
-                    self.restarts.insert(name, now + delay);
+                    Restart::GiveUp { .. } => return self.give_up(e),
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Stop as for SIGTERM (messages stay journaled), then fail with `error`.
+    fn give_up(&mut self, error: Error) -> Result<(), Error> {
+        log::error!(target: "tether", "{error}");
+        self.stop_everything("giving up");
+        Err(error)
     }
 
     fn dispatch(&mut self, actions: Vec<Action>) {
@@ -305,15 +351,12 @@ impl Daemon {
                         None => log::warn!(target: "core", "no channel {} for an outbound message", out.channel()),
                     }
                 }
-                Action::Agent { agent, request } => {
-                    if self.restarts.contains_key(&agent) {
-                        self.held.entry(agent).or_default().push(request);
-                    } else {
-                        match self.agents.get(&agent) {
-                            Some(a) => a.send(request),
-                            None => log::error!(target: "core", "no agent {agent}"),
-                        }
-                    }
+                Action::Agent { agent, request } => match self.agents.get(&agent) {
+                    Some(a) => a.send(request),
+                    None => log::error!(target: "core", "no agent {agent}"),
+                },
+                Action::SavePairingRequest { channel, request } => {
+                    self.access.save_request(&channel, request, epoch_ms())
                 }
             }
         }
@@ -352,6 +395,7 @@ impl Daemon {
     fn start_channel(&mut self, channel: &ChannelConfig) -> Result<(), Error> {
         let (out_tx, out_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded::<()>(0);
+        let mut web = None;
         let (probe, sender_done) = match channel.kind {
             ChannelKind::Telegram => {
                 let journal = match self.journals.get(&channel.name) {
@@ -374,6 +418,15 @@ impl Daemon {
                 let running = adapters::telegram::spawn(channel, io)?;
                 (probe, Some(running.sender_done))
             }
+            ChannelKind::Webchat => {
+                // Not journaled: a browser's message is in the page's history, and the page
+                // says when tether did not take it.
+                let server = adapters::webchat::spawn(channel, self.inbound_tx.clone(), out_rx)?;
+                log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
+                println!("{}: web chat on {}", channel.name, server.url());
+                web = Some(server);
+                (Probe::new(channel.kind.as_str(), false), None)
+            }
             other => {
                 return Err(Error::Other(format!(
                     "{}: channel \"{}\": type {} is not available in this build yet",
@@ -384,7 +437,10 @@ impl Daemon {
             }
         };
         log::info!(target: channel.name.as_str(), "channel started ({})", channel.kind.as_str());
-        let running = Channel { config: channel.clone(), outbox: out_tx, stop: stop_tx, probe, sender_done };
+        if channel.permissions == PermissionPolicy::Allow {
+            log::warn!(target: channel.name.as_str(), "permissions is \"allow\": the agent may run any tool (shell commands, file edits) without asking anyone");
+        }
+        let running = Channel { config: channel.clone(), outbox: out_tx, stop: stop_tx, probe, sender_done, web };
         self.channels.insert(channel.name.clone(), running);
         Ok(())
     }
@@ -395,6 +451,9 @@ impl Daemon {
         if let Some(channel) = self.channels.remove(name) {
             drop(channel.stop);
             drop(channel.outbox);
+            if let Some(web) = channel.web {
+                web.stop();
+            }
         }
     }
 
@@ -406,7 +465,11 @@ impl Daemon {
         {
             log::error!(target: "tether", "cannot reopen {}: {e}", log_file.path().display());
         }
-        let new = match (self.options.reload)().and_then(|c| select_channels(c, &self.options.only)) {
+        let Some(load) = &self.options.reload else {
+            log::info!(target: "tether", "SIGHUP: nothing to reload here");
+            return;
+        };
+        let new = match load().and_then(|c| select_channels(c, &self.options.only)) {
             Ok(config) => config,
             Err(e) => {
                 log::error!(target: "tether", "reload failed, keeping the running config: {e}");
@@ -424,11 +487,9 @@ impl Daemon {
             log::info!(target: "acp", "agent \"{name}\" {}; stopping it", if changed { "changed" } else { "is no longer used" });
             self.agents.remove(&name);
             self.restarts.remove(&name);
-            self.held.remove(&name);
             *self.dropped_agents.entry(name.clone()).or_default() += 1;
             let event = AgentEvent::Exited { reason: "was restarted for the new config".into() };
-            let actions = self.core.handle(Event::Agent { agent: name, event }, Instant::now());
-            self.dispatch(actions);
+            self.handle(Event::Agent { agent: name, event });
         }
         for name in &needed {
             if self.agents.contains_key(name) {
@@ -464,6 +525,16 @@ impl Daemon {
             }
         }
         self.config = new;
+        // Pairing files: the channels that use pairing now, read afresh.
+        self.access = access_watcher(&self.home, &self.config);
+        match self.access.load_all() {
+            Ok(events) => {
+                for event in events {
+                    self.handle(event);
+                }
+            }
+            Err(e) => log::error!(target: "tether", "after the reload: {e}"),
+        }
         if let Some(claim) = &mut self.claim {
             let names: Vec<String> = self.config.channels.keys().cloned().collect();
             claim.update_channels(&names);
@@ -515,6 +586,9 @@ impl Daemon {
 
     /// Write `status.json` when something changed, at the heartbeat, or when `force`d.
     fn publish(&mut self, force: bool) {
+        if !self.options.as_service {
+            return;
+        }
         let status = self.snapshot();
         let due = match &self.published {
             None => true,
@@ -533,11 +607,23 @@ impl Daemon {
     /// kill what is left, remove the pid file. Unanswered messages stay in the journal.
     fn shutdown(mut self, signal: &str) -> Result<(), Error> {
         log::info!(target: "tether", "{signal}: shutting down");
+        self.stop_everything(signal);
+        log::info!(target: "tether", "stopped");
+        Ok(())
+    }
+
+    fn stop_everything(&mut self, why: &str) {
+        log::debug!(target: "tether", "stopping ({why})");
         self.state = "stopping";
         self.publish(true);
         let deadline = Instant::now() + DRAIN_GRACE;
-        let senders: Vec<Receiver<()>> =
-            std::mem::take(&mut self.channels).into_values().filter_map(|c| c.sender_done).collect();
+        let mut senders = Vec::new();
+        for channel in std::mem::take(&mut self.channels).into_values() {
+            senders.extend(channel.sender_done);
+            if let Some(web) = channel.web {
+                web.stop();
+            }
+        }
         for done in senders {
             let _ = done.recv_deadline(deadline);
         }
@@ -566,8 +652,6 @@ impl Daemon {
         self.state = "stopped";
         self.publish(true);
         drop(self.claim.take());
-        log::info!(target: "tether", "stopped");
-        Ok(())
     }
 }
 
@@ -596,6 +680,12 @@ fn watch_signals() -> Result<Receiver<Signal>, Error> {
     Ok(rx)
 }
 
+/// The pairing files of the channels that use `senderPolicy: pairing`.
+fn access_watcher(home: &std::path::Path, config: &Config) -> access_files::Watcher {
+    let pairing = config.channels.values().filter(|c| c.sender_policy == SenderPolicy::Pairing);
+    access_files::Watcher::new(home, pairing.map(|c| c.name.as_str()))
+}
+
 fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error> {
     for name in only {
         if !config.channels.contains_key(name) {
@@ -608,6 +698,16 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
     }
     if !only.is_empty() {
         config.channels.retain(|name, _| only.contains(name));
+    }
+    for channel in config.channels.values() {
+        if !channel.cwd.is_dir() {
+            return Err(Error::Other(format!(
+                "{}: channel \"{}\", key \"cwd\": {} is not an existing directory: create it or fix the path",
+                config.path.display(),
+                channel.name,
+                channel.cwd.display()
+            )));
+        }
     }
     if config.channels.is_empty() {
         return Err(Error::Other(format!(

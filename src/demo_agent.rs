@@ -51,10 +51,14 @@ Words in the prompt (any case, whole words, combinable) change that:
                 it answered (\"ext answered -32601\")
   huge          one agent_message_chunk of 2,000,000 characters
   crash         stream \"about to crash\", then exit with status 3 without answering
+  crashonce     like crash, unless this same prompt is already in the session's history:
+                with --state, the retry after a restart answers with the echo
   hang          stream one chunk, then never answer (session/cancel still ends the turn)
 A prompt sent while another runs on the same session ends the first with error -32603 (as
 qwen does). session/cancel ends a turn at once with stop reason cancelled. Prompts starting
-with /help, /summary or /joke get canned answers.
+with /help, /summary or /joke get canned answers; /model says which model answers. Sessions
+offer a `model` config option (demo-standard, demo-fast, demo-careful) that
+session/set_config_option changes.
 
 Options:
   --state DIR          keep each session's history in DIR/<sessionId>.json, so a restarted

@@ -50,6 +50,21 @@ pub struct MessageRef {
     pub message_id: String,
 }
 
+/// A button press, with who pressed it where (the gates apply to it as to a message).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ButtonPress {
+    pub channel: String,
+    pub sender_id: String,
+    pub sender_name: String,
+    pub chat_id: String,
+    pub thread_id: Option<String>,
+    pub is_group: bool,
+    /// The data of the button pressed.
+    pub data: String,
+    /// The platform's id of the press, for [`Outbound::ButtonAck`].
+    pub callback_id: String,
+}
+
 /// A file that came with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -71,6 +86,8 @@ pub enum AttachmentKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Message(InboundMessage),
+    /// Someone pressed a button of an [`Outbound::Ask`] message.
+    Button(ButtonPress),
     /// The adapter's connection state changed (for health and logs).
     Health {
         channel: String,
@@ -100,12 +117,26 @@ pub enum Outbound {
     Draft { chat: ChatRef, text: String },
     /// Show "typing…" (platforms expire it after a few seconds; the core repeats it).
     Typing { chat: ChatRef },
+    /// A question with choices: buttons where the platform has them, as (label, data) pairs;
+    /// the text also says how to answer by typing. `key` names the message for a later
+    /// [`Outbound::Edit`].
+    Ask { chat: ChatRef, key: String, text: String, buttons: Vec<(String, String)> },
+    /// Replace the text of the message sent for `key` and remove its buttons; a platform that
+    /// cannot edit sends the text as a new message.
+    Edit { chat: ChatRef, key: String, text: String },
+    /// Acknowledge a button press (Telegram shows a spinner until it is answered).
+    ButtonAck { channel: String, callback_id: String, text: String },
 }
 
 impl Outbound {
     pub fn channel(&self) -> &str {
         match self {
-            Outbound::Text { chat, .. } | Outbound::Draft { chat, .. } | Outbound::Typing { chat } => &chat.channel,
+            Outbound::Text { chat, .. }
+            | Outbound::Draft { chat, .. }
+            | Outbound::Typing { chat }
+            | Outbound::Ask { chat, .. }
+            | Outbound::Edit { chat, .. } => &chat.channel,
+            Outbound::ButtonAck { channel, .. } => channel,
         }
     }
 }
@@ -116,13 +147,58 @@ pub type SessionKey = String;
 /// What the core asks of an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentRequest {
-    /// `session/new`; answered by [`AgentEvent::SessionCreated`] or [`AgentEvent::SessionFailed`]
-    /// carrying the same key.
-    NewSession { key: SessionKey, cwd: PathBuf },
+    /// `session/new`, then the channel's `model` if it has one; answered by
+    /// [`AgentEvent::SessionCreated`] or [`AgentEvent::SessionFailed`] carrying the same key.
+    NewSession { key: SessionKey, cwd: PathBuf, model: Option<String> },
+    /// `session/load` of a session the agent had before it restarted; answered like
+    /// `NewSession`, with the id we asked for. The history it replays is not reported.
+    LoadSession { key: SessionKey, session_id: String, cwd: PathBuf, model: Option<String> },
     /// `session/prompt`; answered by [`AgentEvent::TurnEnded`] for that session.
     Prompt { session_id: String, text: String },
     /// `session/cancel` (a notification; the running prompt then ends with `cancelled`).
+    /// Permission requests of that session still pending are answered `cancelled`.
     Cancel { session_id: String },
+    /// Answer a [`AgentEvent::PermissionRequested`].
+    AnswerPermission { request: u64, outcome: PermissionOutcome },
+}
+
+/// The answer to a permission request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermissionOutcome {
+    /// One of the options the agent offered, by its `optionId`.
+    Selected(String),
+    Cancelled,
+}
+
+/// What an offered permission option means (`kind`); options are chosen by kind, never by
+/// their label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermissionKind {
+    AllowOnce,
+    AllowAlways,
+    RejectOnce,
+    RejectAlways,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionOption {
+    pub id: String,
+    pub name: String,
+    pub kind: PermissionKind,
+}
+
+/// A tool call as far as the agent has described it (`tool_call`, `tool_call_update`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ToolCall {
+    pub id: String,
+    /// Human-readable title ("touch demo.txt", "Writing to hello.txt"); may be empty in updates.
+    pub title: String,
+    /// `read`, `edit`, `execute`, … (`other` when absent).
+    pub kind: String,
+    /// `pending`, `in_progress`, `completed`, `failed`; empty when an update does not change it.
+    pub status: String,
+    /// A short, sanitized preview: the command, the file path, a diff summary.
+    pub preview: String,
 }
 
 /// Why a turn ended, as the agent said (`stopReason`), or that it failed.
@@ -163,8 +239,49 @@ pub enum AgentEvent {
         session_id: String,
         outcome: TurnOutcome,
     },
+    /// The slash commands the agent offers (`available_commands_update`): the whole list,
+    /// replacing any earlier one.
+    CommandsAvailable {
+        session_id: String,
+        commands: Vec<AgentCommand>,
+    },
     /// The agent process is gone (exit status, last lines of stderr for the log).
     Exited {
         reason: String,
     },
+    /// A tool call started or changed.
+    ToolCall {
+        session_id: String,
+        call: ToolCall,
+    },
+    /// The agent's plan (always the full list): (entry, status).
+    Plan {
+        session_id: String,
+        entries: Vec<(String, String)>,
+    },
+    /// A piece of the agent's reasoning (`agent_thought_chunk`).
+    Thought {
+        session_id: String,
+        text: String,
+    },
+    /// The session's mode changed (`current_mode_update`).
+    ModeChanged {
+        session_id: String,
+        mode: String,
+    },
+    /// The agent asks whether it may run a tool (`session/request_permission`). `request` is
+    /// our handle for the answer.
+    PermissionRequested {
+        session_id: String,
+        request: u64,
+        call: ToolCall,
+        options: Vec<PermissionOption>,
+    },
+}
+
+/// One of the agent's own slash commands, as it advertised it (name without the `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCommand {
+    pub name: String,
+    pub description: String,
 }

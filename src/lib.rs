@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_files;
 pub mod acp;
 pub mod adapters;
 pub mod backoff;
@@ -21,4 +22,8 @@ pub mod health;
 pub mod journal;
 pub mod logging;
 pub mod net;
+pub mod pairing_cli;
+pub mod render;
 pub mod service;
+pub mod store;
+pub mod streamer;

@@ -5,11 +5,14 @@
 //! Wire shapes live only here. Unknown methods, update kinds and fields are tolerated: agents
 //! add to the protocol faster than we do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
-use crate::event::{AgentEvent, AgentRequest, SessionKey, TurnOutcome};
+use crate::event::{
+    AgentCommand, AgentEvent, AgentRequest, PermissionKind, PermissionOption, PermissionOutcome, SessionKey, ToolCall,
+    TurnOutcome,
+};
 
 /// The protocol version we speak.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -28,8 +31,33 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 enum Pending {
     Initialize,
-    NewSession { key: SessionKey },
-    Prompt { session_id: String },
+    NewSession {
+        key: SessionKey,
+        model: Option<String>,
+    },
+    LoadSession {
+        key: SessionKey,
+        session_id: String,
+        model: Option<String>,
+    },
+    /// `session/set_config_option` or `session/set_model` after a session was opened; the
+    /// session is reported once the model is set (or failed to be).
+    SetModel {
+        key: SessionKey,
+        session_id: String,
+        model: String,
+    },
+    Prompt {
+        session_id: String,
+    },
+}
+
+/// A permission request of the agent's that the core has not answered yet.
+#[derive(Debug, Clone, PartialEq)]
+struct PendingPermission {
+    /// The agent's JSON-RPC id, echoed in our answer.
+    rpc_id: Value,
+    session_id: String,
 }
 
 /// One agent connection's protocol state.
@@ -40,6 +68,10 @@ pub struct Connection {
     ready: bool,
     /// Requests the core sent before `initialize` was answered; sent once it is.
     queued: Vec<AgentRequest>,
+    /// Sessions being loaded: the history they replay is not news to anyone.
+    loading: HashSet<String>,
+    permissions: HashMap<u64, PendingPermission>,
+    next_permission: u64,
 }
 
 impl Connection {
@@ -48,7 +80,7 @@ impl Connection {
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
             "clientCapabilities": {},
-            "clientInfo": {"name": "tether", "version": env!("CARGO_PKG_VERSION")},
+            "clientInfo": {"name": "tether", "title": "tether", "version": env!("CARGO_PKG_VERSION")},
         });
         Step { events: Vec::new(), writes: vec![self.call(Pending::Initialize, "initialize", params)] }
     }
@@ -63,21 +95,38 @@ impl Connection {
             self.queued.push(req);
             return Step::default();
         }
-        let line = match req {
-            AgentRequest::NewSession { key, cwd } => {
+        let mut writes = Vec::new();
+        match req {
+            AgentRequest::NewSession { key, cwd, model } => {
                 let params = json!({"cwd": cwd, "mcpServers": []});
-                self.call(Pending::NewSession { key }, "session/new", params)
+                writes.push(self.call(Pending::NewSession { key, model }, "session/new", params));
+            }
+            AgentRequest::LoadSession { key, session_id, cwd, model } => {
+                let params = json!({"sessionId": session_id, "cwd": cwd, "mcpServers": []});
+                self.loading.insert(session_id.clone());
+                writes.push(self.call(Pending::LoadSession { key, session_id, model }, "session/load", params));
             }
             AgentRequest::Prompt { session_id, text } => {
                 let params = json!({
                     "sessionId": session_id,
                     "prompt": [{"type": "text", "text": text}],
                 });
-                self.call(Pending::Prompt { session_id }, "session/prompt", params)
+                writes.push(self.call(Pending::Prompt { session_id }, "session/prompt", params));
             }
-            AgentRequest::Cancel { session_id } => notification("session/cancel", json!({"sessionId": session_id})),
-        };
-        Step { events: Vec::new(), writes: vec![line] }
+            AgentRequest::Cancel { session_id } => {
+                // The protocol wants every pending permission of the session answered too.
+                let ids: Vec<u64> =
+                    self.permissions.iter().filter(|(_, p)| p.session_id == session_id).map(|(id, _)| *id).collect();
+                for id in ids {
+                    writes.extend(self.answer_permission(id, &PermissionOutcome::Cancelled));
+                }
+                writes.push(notification("session/cancel", json!({"sessionId": session_id})));
+            }
+            AgentRequest::AnswerPermission { request, outcome } => {
+                writes.extend(self.answer_permission(request, &outcome));
+            }
+        }
+        Step { events: Vec::new(), writes }
     }
 
     /// Decode one line from the agent's stdout.
@@ -97,7 +146,7 @@ impl Connection {
         let id = msg.get("id").filter(|id| !id.is_null());
         match (method, id) {
             (Some(method), Some(id)) => self.agent_request(method, id.clone(), &msg),
-            (Some(method), None) => Step { events: agent_notification(method, &msg), writes: Vec::new() },
+            (Some(method), None) => Step { events: self.agent_notification(method, &msg), writes: Vec::new() },
             (None, Some(id)) => self.response(id, &msg),
             (None, None) => {
                 log::warn!(target: "acp", "ignoring a message with neither method nor id: {}", preview(line));
@@ -111,6 +160,18 @@ impl Connection {
         self.next_id += 1;
         self.pending.insert(id, pending);
         json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+    }
+
+    fn answer_permission(&mut self, request: u64, outcome: &PermissionOutcome) -> Option<String> {
+        let Some(pending) = self.permissions.remove(&request) else {
+            log::debug!(target: "acp", "permission request {request} is no longer pending");
+            return None;
+        };
+        let outcome = match outcome {
+            PermissionOutcome::Selected(option) => json!({"outcome": "selected", "optionId": option}),
+            PermissionOutcome::Cancelled => json!({"outcome": "cancelled"}),
+        };
+        Some(json!({"jsonrpc": "2.0", "id": pending.rpc_id, "result": {"outcome": outcome}}).to_string())
     }
 
     fn response(&mut self, id: &Value, msg: &Value) -> Step {
@@ -136,17 +197,30 @@ impl Connection {
             (Pending::Initialize, Err(error)) => {
                 step.events.push(AgentEvent::Exited { reason: format!("initialize failed: {error}") });
             }
-            (Pending::NewSession { key }, Ok(result)) => match result.get("sessionId").and_then(Value::as_str) {
-                Some(session_id) => {
-                    step.events.push(AgentEvent::SessionCreated { key, session_id: session_id.to_string() })
-                }
+            (Pending::NewSession { key, model }, Ok(result)) => match result.get("sessionId").and_then(Value::as_str) {
+                Some(session_id) => self.opened(key, session_id.to_string(), model, &result, &mut step),
                 None => step.events.push(AgentEvent::SessionFailed {
                     key,
                     error: "session/new answered without a sessionId".to_string(),
                 }),
             },
-            (Pending::NewSession { key }, Err(error)) => {
-                step.events.push(AgentEvent::SessionFailed { key, error });
+            (Pending::LoadSession { key, session_id, model }, Ok(result)) => {
+                // The load response has no sessionId: the session is the one we asked for.
+                self.loading.remove(&session_id);
+                self.opened(key, session_id, model, &result, &mut step);
+            }
+            (Pending::NewSession { key, .. }, Err(error)) => {
+                step.events.push(AgentEvent::SessionFailed { key, error: with_login_hint(error, msg) });
+            }
+            (Pending::LoadSession { key, session_id, .. }, Err(error)) => {
+                self.loading.remove(&session_id);
+                step.events.push(AgentEvent::SessionFailed { key, error: with_login_hint(error, msg) });
+            }
+            (Pending::SetModel { key, session_id, model }, result) => {
+                if let Err(error) = result {
+                    log::warn!(target: "acp", "could not set model {model} for session {session_id}: {error}; the agent's default model answers");
+                }
+                step.events.push(AgentEvent::SessionCreated { key, session_id });
             }
             (Pending::Prompt { session_id }, Ok(result)) => {
                 let reason = result.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
@@ -159,46 +233,241 @@ impl Connection {
         step
     }
 
-    fn agent_request(&mut self, method: &str, id: Value, msg: &Value) -> Step {
-        let reply = match method {
-            // Until permissions are relayed to chat, refuse: never approve silently.
-            "session/request_permission" => {
-                log::warn!(target: "acp", "agent asked for a tool permission; refusing (no relay configured)");
-                json!({"jsonrpc": "2.0", "id": id, "result": {"outcome": {"outcome": "cancelled"}}})
-            }
-            _ => {
-                log::debug!(target: "acp", "agent called unknown method {method}: answering -32601");
-                let _ = msg;
-                json!({"jsonrpc": "2.0", "id": id, "error": {
-                    "code": METHOD_NOT_FOUND,
-                    "message": format!("Method not found: {method}"),
-                }})
-            }
+    /// A session exists on the agent: set its model first when the channel has one.
+    fn opened(&mut self, key: SessionKey, session_id: String, model: Option<String>, result: &Value, step: &mut Step) {
+        let Some(model) = model else {
+            step.events.push(AgentEvent::SessionCreated { key, session_id });
+            return;
         };
+        let pending = Pending::SetModel { key: key.clone(), session_id: session_id.clone(), model: model.clone() };
+        match model_setter(result, &model) {
+            Some(ModelSetter::ConfigOption { config_id, value }) => {
+                let params = json!({"sessionId": session_id, "configId": config_id, "value": value});
+                step.writes.push(self.call(pending, "session/set_config_option", params));
+            }
+            Some(ModelSetter::SetModel { model_id }) => {
+                let params = json!({"sessionId": session_id, "modelId": model_id});
+                step.writes.push(self.call(pending, "session/set_model", params));
+            }
+            None => {
+                log::warn!(target: "acp", "the agent offers no way to choose a model (no model config option, no session/set_model): model {model} is not applied");
+                step.events.push(AgentEvent::SessionCreated { key, session_id });
+            }
+        }
+    }
+
+    fn agent_request(&mut self, method: &str, id: Value, msg: &Value) -> Step {
+        let params = msg.get("params").unwrap_or(&Value::Null);
+        if method == "session/request_permission" {
+            let session_id = params.get("sessionId").and_then(Value::as_str).unwrap_or_default().to_string();
+            let call = tool_call(params.get("toolCall").unwrap_or(&Value::Null));
+            let options: Vec<PermissionOption> = params
+                .get("options")
+                .and_then(Value::as_array)
+                .map(|opts| opts.iter().filter_map(permission_option).collect())
+                .unwrap_or_default();
+            let request = self.next_permission;
+            self.next_permission += 1;
+            self.permissions.insert(request, PendingPermission { rpc_id: id, session_id: session_id.clone() });
+            return Step {
+                events: vec![AgentEvent::PermissionRequested { session_id, request, call, options }],
+                writes: Vec::new(),
+            };
+        }
+        log::debug!(target: "acp", "agent called unknown method {method}: answering -32601");
+        let reply = json!({"jsonrpc": "2.0", "id": id, "error": {
+            "code": METHOD_NOT_FOUND,
+            "message": format!("Method not found: {method}"),
+        }});
         Step { events: Vec::new(), writes: vec![reply.to_string()] }
+    }
+
+    fn agent_notification(&mut self, method: &str, msg: &Value) -> Vec<AgentEvent> {
+        if method != "session/update" {
+            return Vec::new();
+        }
+        let params = msg.get("params").unwrap_or(&Value::Null);
+        let Some(session_id) = params.get("sessionId").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        if self.loading.contains(session_id) {
+            return Vec::new(); // History replayed by session/load.
+        }
+        session_update(session_id, params.get("update").unwrap_or(&Value::Null)).into_iter().collect()
     }
 }
 
-fn agent_notification(method: &str, msg: &Value) -> Vec<AgentEvent> {
-    if method != "session/update" {
-        return Vec::new();
+/// How an agent lets a client choose a session's model.
+#[derive(Debug, Clone, PartialEq)]
+enum ModelSetter {
+    /// The stable way: a config option of category `model`.
+    ConfigOption { config_id: String, value: String },
+    /// The older unstable `session/set_model` (qwen still has it).
+    SetModel { model_id: String },
+}
+
+/// Find how to set `model` from a session/new or session/load result. A model is matched by
+/// the option's value or its display name, so `qwen3.5-plus` finds `$runtime|…|qwen3.5-plus`.
+fn model_setter(result: &Value, model: &str) -> Option<ModelSetter> {
+    let options = result.get("configOptions").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let option = options.iter().find(|o| o.get("category").and_then(Value::as_str) == Some("model"));
+    if let Some(option) = option {
+        let config_id = option.get("id").and_then(Value::as_str)?.to_string();
+        let choices = option.get("options").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let value = choices
+            .iter()
+            .find(|c| {
+                c.get("value").and_then(Value::as_str) == Some(model)
+                    || c.get("name").and_then(Value::as_str) == Some(model)
+            })
+            .and_then(|c| c.get("value").and_then(Value::as_str))
+            .unwrap_or(model);
+        return Some(ModelSetter::ConfigOption { config_id, value: value.to_string() });
     }
-    let params = msg.get("params").unwrap_or(&Value::Null);
-    let Some(session_id) = params.get("sessionId").and_then(Value::as_str) else {
-        return Vec::new();
-    };
-    let update = params.get("update").unwrap_or(&Value::Null);
-    match update.get("sessionUpdate").and_then(Value::as_str) {
-        Some("agent_message_chunk") => {
-            let content = update.get("content").unwrap_or(&Value::Null);
-            match (content.get("type").and_then(Value::as_str), content.get("text").and_then(Value::as_str)) {
-                (Some("text"), Some(text)) if !text.is_empty() => {
-                    vec![AgentEvent::TextChunk { session_id: session_id.to_string(), text: text.to_string() }]
-                }
-                _ => Vec::new(),
-            }
+    let models = result.pointer("/models/availableModels").and_then(Value::as_array)?;
+    let model_id = models
+        .iter()
+        .find(|m| {
+            m.get("modelId").and_then(Value::as_str) == Some(model)
+                || m.get("name").and_then(Value::as_str) == Some(model)
+        })
+        .and_then(|m| m.get("modelId").and_then(Value::as_str))
+        .unwrap_or(model);
+    Some(ModelSetter::SetModel { model_id: model_id.to_string() })
+}
+
+/// One `session/update` as a core event; `None` for kinds the core has no use for (and kinds
+/// this build does not know).
+fn session_update(session_id: &str, update: &Value) -> Option<AgentEvent> {
+    let session_id = session_id.to_string();
+    let text_of = |update: &Value| {
+        let content = update.get("content")?;
+        match (content.get("type").and_then(Value::as_str), content.get("text").and_then(Value::as_str)) {
+            (Some("text"), Some(text)) if !text.is_empty() => Some(text.to_string()),
+            _ => None,
         }
-        _ => Vec::new(),
+    };
+    match update.get("sessionUpdate").and_then(Value::as_str)? {
+        "agent_message_chunk" => Some(AgentEvent::TextChunk { session_id, text: text_of(update)? }),
+        "agent_thought_chunk" => Some(AgentEvent::Thought { session_id, text: text_of(update)? }),
+        "tool_call" | "tool_call_update" => Some(AgentEvent::ToolCall { session_id, call: tool_call(update) }),
+        "plan" => {
+            let entries = update.get("entries").and_then(Value::as_array)?;
+            let entries = entries
+                .iter()
+                .map(|e| {
+                    let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                    (text("content"), text("status"))
+                })
+                .collect();
+            Some(AgentEvent::Plan { session_id, entries })
+        }
+        "available_commands_update" => {
+            let commands = update.get("availableCommands").and_then(Value::as_array).map(Vec::as_slice);
+            let commands = commands.unwrap_or_default().iter().filter_map(agent_command).collect();
+            Some(AgentEvent::CommandsAvailable { session_id, commands })
+        }
+        "current_mode_update" => {
+            let mode = update.get("currentModeId").or_else(|| update.get("modeId")).and_then(Value::as_str)?;
+            Some(AgentEvent::ModeChanged { session_id, mode: mode.to_string() })
+        }
+        _ => None,
+    }
+}
+
+/// One entry of `availableCommands`; entries without a usable name are skipped.
+fn agent_command(entry: &Value) -> Option<AgentCommand> {
+    let name = entry.get("name").and_then(Value::as_str)?.trim().trim_start_matches('/');
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        return None;
+    }
+    let description = entry.get("description").and_then(Value::as_str).unwrap_or("").trim();
+    Some(AgentCommand { name: name.to_string(), description: description.to_string() })
+}
+
+/// A `tool_call`, `tool_call_update` or a permission request's `toolCall`.
+fn tool_call(v: &Value) -> ToolCall {
+    let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let raw = v.get("rawInput").unwrap_or(&Value::Null);
+    let from_raw = ["command", "file_path", "path", "url", "query", "pattern"]
+        .iter()
+        .find_map(|k| raw.get(*k).and_then(Value::as_str).filter(|s| !s.is_empty()));
+    let from_diff = v.get("content").and_then(Value::as_array).and_then(|items| {
+        items.iter().find_map(|i| {
+            (i.get("type").and_then(Value::as_str) == Some("diff")).then(|| {
+                let path = i.get("path").and_then(Value::as_str).unwrap_or("a file");
+                let new_lines = i.get("newText").and_then(Value::as_str).map_or(0, |t| t.lines().count());
+                let old_lines = i.get("oldText").and_then(Value::as_str).map_or(0, |t| t.lines().count());
+                format!("{path} (+{new_lines} −{old_lines} lines)")
+            })
+        })
+    });
+    let preview = from_diff.or_else(|| from_raw.map(str::to_string)).unwrap_or_default();
+    ToolCall {
+        id: text("toolCallId"),
+        title: sanitize(&text("title"), 200),
+        kind: v.get("kind").and_then(Value::as_str).unwrap_or("other").to_string(),
+        status: text("status"),
+        preview: sanitize(&preview, 300),
+    }
+}
+
+fn permission_option(v: &Value) -> Option<PermissionOption> {
+    let kind = match v.get("kind").and_then(Value::as_str)? {
+        "allow_once" => PermissionKind::AllowOnce,
+        "allow_always" => PermissionKind::AllowAlways,
+        "reject_once" => PermissionKind::RejectOnce,
+        "reject_always" => PermissionKind::RejectAlways,
+        _ => return None,
+    };
+    Some(PermissionOption {
+        id: v.get("optionId").and_then(Value::as_str)?.to_string(),
+        name: sanitize(v.get("name").and_then(Value::as_str).unwrap_or_default(), 80),
+        kind,
+    })
+}
+
+/// Text from the agent made safe to show in a chat line: control and invisible formatting
+/// characters become spaces, runs of space fold, and it is cut at `max` characters.
+pub fn sanitize(text: &str, max: usize) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            let invisible =
+                matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
+            if c.is_control() || invisible { ' ' } else { c }
+        })
+        .collect();
+    let folded = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    if folded.chars().count() <= max {
+        return folded;
+    }
+    let mut cut: String = folded.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// An auth failure names the agent's login methods, so the log says what to do.
+fn with_login_hint(error: String, msg: &Value) -> String {
+    let methods = msg.pointer("/error/data/authMethods").and_then(Value::as_array);
+    match methods {
+        Some(methods) if !methods.is_empty() => {
+            let names: Vec<String> = methods
+                .iter()
+                .map(|m| {
+                    let id = m.get("id").and_then(Value::as_str).unwrap_or("?");
+                    match m.get("name").and_then(Value::as_str) {
+                        Some(name) => format!("{id} ({name})"),
+                        None => id.to_string(),
+                    }
+                })
+                .collect();
+            format!(
+                "{error}; the agent is not logged in: log it in on this machine first (its login methods: {})",
+                names.join(", ")
+            )
+        }
+        _ => error,
     }
 }
 
@@ -264,7 +533,7 @@ mod tests {
         assert_eq!(init["params"]["protocolVersion"], 1);
         assert_eq!(init["params"]["clientInfo"]["name"], "tether");
 
-        let held = c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w") });
+        let held = c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w"), model: None });
         assert!(held.writes.is_empty(), "nothing is sent before initialize is answered");
 
         let step = c.receive(r#"{"jsonrpc":"2.0","id":0,"result":{"agentCapabilities":{"loadSession":true}}}"#);
@@ -302,6 +571,23 @@ mod tests {
                 0,
             ),
             (r#"{"jsonrpc":"2.0","method":"qwen/notify/session/mode-update","params":{"v":1}}"#, vec![], 0),
+            // The agent's slash commands: a whole list each time; nameless entries skipped.
+            (
+                r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"available_commands_update","availableCommands":[{"name":"summary","description":"Summarise","input":null},{"name":"/joke"},{"description":"no name"},{"name":"two words"}]}}}"#,
+                vec![AgentEvent::CommandsAvailable {
+                    session_id: "s".into(),
+                    commands: vec![
+                        AgentCommand { name: "summary".into(), description: "Summarise".into() },
+                        AgentCommand { name: "joke".into(), description: String::new() },
+                    ],
+                }],
+                0,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"available_commands_update","availableCommands":[]}}}"#,
+                vec![AgentEvent::CommandsAvailable { session_id: "s".into(), commands: vec![] }],
+                0,
+            ),
             // Not JSON, or neither request nor response: ignored.
             ("garbage", vec![], 0),
             ("{}", vec![], 0),
@@ -328,16 +614,191 @@ mod tests {
     }
 
     #[test]
-    fn permission_requests_are_refused_not_approved() {
+    fn permission_requests_become_events_and_answers_echo_the_agents_id() {
         let mut c = ready();
-        let step = c.receive(r#"{"jsonrpc":"2.0","id":0,"method":"session/request_permission","params":{"sessionId":"s","options":[{"optionId":"proceed_once","kind":"allow_once","name":"Allow"}],"toolCall":{"toolCallId":"t"}}}"#);
-        assert_eq!(lines(&step)[0]["result"]["outcome"]["outcome"], "cancelled");
+        let step = c.receive(r#"{"jsonrpc":"2.0","id":"p-7","method":"session/request_permission","params":{"sessionId":"s",
+            "options":[{"optionId":"proceed_always","name":"Always","kind":"allow_always"},{"optionId":"proceed_once","name":"Allow","kind":"allow_once"},{"optionId":"cancel","name":"Reject","kind":"reject_once"},{"optionId":"x","name":"?","kind":"future"}],
+            "toolCall":{"toolCallId":"t1","title":"touch\u0007 a.txt","kind":"execute","status":"pending","rawInput":{"command":"touch a.txt"}}}}"#);
+        assert!(step.writes.is_empty(), "the core decides, not the connection");
+        let AgentEvent::PermissionRequested { session_id, request, call, options } = &step.events[0] else {
+            panic!("{:?}", step.events)
+        };
+        assert_eq!(session_id, "s");
+        assert_eq!(
+            (call.title.as_str(), call.kind.as_str(), call.preview.as_str()),
+            ("touch a.txt", "execute", "touch a.txt")
+        );
+        let kinds: Vec<PermissionKind> = options.iter().map(|o| o.kind).collect();
+        assert_eq!(kinds, vec![PermissionKind::AllowAlways, PermissionKind::AllowOnce, PermissionKind::RejectOnce]);
+        let answer = c.request(AgentRequest::AnswerPermission {
+            request: *request,
+            outcome: PermissionOutcome::Selected("proceed_once".into()),
+        });
+        let reply = &lines(&answer)[0];
+        assert_eq!(reply["id"], "p-7");
+        assert_eq!(reply["result"]["outcome"], json!({"outcome": "selected", "optionId": "proceed_once"}));
+        // A second answer to the same request writes nothing.
+        let again =
+            c.request(AgentRequest::AnswerPermission { request: *request, outcome: PermissionOutcome::Cancelled });
+        assert!(again.writes.is_empty());
+    }
+
+    #[test]
+    fn cancel_answers_the_sessions_pending_permissions_first() {
+        let mut c = ready();
+        c.receive(r#"{"jsonrpc":"2.0","id":3,"method":"session/request_permission","params":{"sessionId":"s","options":[],"toolCall":{"toolCallId":"t"}}}"#);
+        c.receive(r#"{"jsonrpc":"2.0","id":4,"method":"session/request_permission","params":{"sessionId":"other","options":[],"toolCall":{"toolCallId":"u"}}}"#);
+        let sent = lines(&c.request(AgentRequest::Cancel { session_id: "s".into() }));
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0]["id"], 3);
+        assert_eq!(sent[0]["result"]["outcome"]["outcome"], "cancelled");
+        assert_eq!(sent[1]["method"], "session/cancel");
+    }
+
+    #[test]
+    fn update_kinds_become_events() {
+        let update = |u: &str| {
+            let mut c = ready();
+            c.receive(&format!(
+                r#"{{"jsonrpc":"2.0","method":"session/update","params":{{"sessionId":"s","update":{u}}}}}"#
+            ))
+            .events
+        };
+        let call = |id: &str, title: &str, kind: &str, status: &str, preview: &str| ToolCall {
+            id: id.into(),
+            title: title.into(),
+            kind: kind.into(),
+            status: status.into(),
+            preview: preview.into(),
+        };
+        let cases: Vec<(&str, Vec<AgentEvent>)> = vec![
+            (
+                r#"{"sessionUpdate":"agent_thought_chunk","content":{"type":"text","text":"hmm"}}"#,
+                vec![AgentEvent::Thought { session_id: "s".into(), text: "hmm".into() }],
+            ),
+            (
+                r#"{"sessionUpdate":"tool_call","toolCallId":"c1","title":"WriteFile","kind":"edit","status":"pending","content":[{"type":"diff","path":"/w/a.txt","oldText":null,"newText":"x\ny\n"}]}"#,
+                vec![AgentEvent::ToolCall {
+                    session_id: "s".into(),
+                    call: call("c1", "WriteFile", "edit", "pending", "/w/a.txt (+2 −0 lines)"),
+                }],
+            ),
+            (
+                r#"{"sessionUpdate":"tool_call_update","toolCallId":"c1","status":"completed"}"#,
+                vec![AgentEvent::ToolCall { session_id: "s".into(), call: call("c1", "", "other", "completed", "") }],
+            ),
+            (
+                r#"{"sessionUpdate":"plan","entries":[{"content":"read","priority":"high","status":"completed"},{"content":"write","priority":"low","status":"pending"}]}"#,
+                vec![AgentEvent::Plan {
+                    session_id: "s".into(),
+                    entries: vec![("read".into(), "completed".into()), ("write".into(), "pending".into())],
+                }],
+            ),
+            (
+                r#"{"sessionUpdate":"current_mode_update","currentModeId":"auto-edit"}"#,
+                vec![AgentEvent::ModeChanged { session_id: "s".into(), mode: "auto-edit".into() }],
+            ),
+            (r#"{"sessionUpdate":"usage_update","used":5,"size":10}"#, vec![]),
+            (r#"{"sessionUpdate":"user_message_chunk","content":{"type":"text","text":"old"}}"#, vec![]),
+        ];
+        for (u, expected) in cases {
+            assert_eq!(update(u), expected, "{u}");
+        }
+    }
+
+    #[test]
+    fn load_uses_the_id_we_asked_for_and_hides_the_replay() {
+        let mut c = ready();
+        let step = c.request(AgentRequest::LoadSession {
+            key: "k".into(),
+            session_id: "old-1".into(),
+            cwd: PathBuf::from("/w"),
+            model: None,
+        });
+        let sent = &lines(&step)[0];
+        assert_eq!(sent["method"], "session/load");
+        assert_eq!(sent["params"]["sessionId"], "old-1");
+        let id = sent["id"].as_u64().unwrap();
+        let replay = c.receive(r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"old-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"old answer"}}}}"#);
+        assert!(replay.events.is_empty(), "replayed history is not news");
+        // qwen answers with modes and config options, the spec with null: no sessionId either way.
+        let done = c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#));
+        assert_eq!(done.events, vec![AgentEvent::SessionCreated { key: "k".into(), session_id: "old-1".into() }]);
+        let live = c.receive(r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"old-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"new"}}}}"#);
+        assert_eq!(live.events.len(), 1);
+    }
+
+    #[test]
+    fn model_is_set_before_the_session_is_reported() {
+        // (session/new result, expected method, expected params subset)
+        let cases = vec![
+            (
+                json!({"sessionId": "s", "configOptions": [{"id": "model", "category": "model", "type": "select", "currentValue": "a",
+                    "options": [{"value": "$runtime|openai|qwen3.5-plus", "name": "qwen3.5-plus"}]}]}),
+                "session/set_config_option",
+                json!({"sessionId": "s", "configId": "model", "value": "$runtime|openai|qwen3.5-plus"}),
+            ),
+            (
+                json!({"sessionId": "s", "models": {"currentModelId": "a", "availableModels": [{"modelId": "m-qwen3.5-plus", "name": "qwen3.5-plus"}]}}),
+                "session/set_model",
+                json!({"sessionId": "s", "modelId": "m-qwen3.5-plus"}),
+            ),
+        ];
+        for (result, method, params) in cases {
+            let mut c = ready();
+            let step = c.request(AgentRequest::NewSession {
+                key: "k".into(),
+                cwd: PathBuf::from("/w"),
+                model: Some("qwen3.5-plus".into()),
+            });
+            let id = lines(&step)[0]["id"].as_u64().unwrap();
+            let step = c.receive(&json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string());
+            assert!(step.events.is_empty(), "not reported before the model is set");
+            let set = &lines(&step)[0];
+            assert_eq!(set["method"], method);
+            assert_eq!(set["params"], params);
+            let id = set["id"].as_u64().unwrap();
+            let done = c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#));
+            assert_eq!(done.events, vec![AgentEvent::SessionCreated { key: "k".into(), session_id: "s".into() }]);
+        }
+        // No way to set a model: the session is reported at once (and a warning logged).
+        let mut c = ready();
+        let step =
+            c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w"), model: Some("m".into()) });
+        let id = lines(&step)[0]["id"].as_u64().unwrap();
+        let step = c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"sessionId":"s"}}}}"#));
+        assert_eq!(step.events, vec![AgentEvent::SessionCreated { key: "k".into(), session_id: "s".into() }]);
+    }
+
+    #[test]
+    fn auth_failures_list_the_login_methods() {
+        let mut c = ready();
+        let step = c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w"), model: None });
+        let id = lines(&step)[0]["id"].as_u64().unwrap();
+        let step = c.receive(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32000,"message":"Authentication required","data":{{"authMethods":[{{"id":"openai","name":"Use OpenAI API key"}}]}}}}}}"#
+        ));
+        let AgentEvent::SessionFailed { error, .. } = &step.events[0] else { panic!() };
+        assert!(error.contains("not logged in") && error.contains("openai (Use OpenAI API key)"), "{error}");
+    }
+
+    #[test]
+    fn sanitize_table() {
+        let cases = [
+            ("plain", 10, "plain"),
+            ("a\nb\tc", 10, "a b c"),
+            ("bidi\u{202E}evil", 20, "bidi evil"),
+            ("0123456789abc", 5, "0123…"),
+        ];
+        for (input, max, expected) in cases {
+            assert_eq!(sanitize(input, max), expected, "{input:?}");
+        }
     }
 
     #[test]
     fn session_and_prompt_responses() {
         let mut c = ready();
-        let step = c.request(AgentRequest::NewSession { key: "tg:1:1".into(), cwd: PathBuf::from("/w") });
+        let step = c.request(AgentRequest::NewSession { key: "tg:1:1".into(), cwd: PathBuf::from("/w"), model: None });
         let id = lines(&step)[0]["id"].as_u64().unwrap();
         let step = c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"sessionId":"abc"}}}}"#));
         assert_eq!(step.events, vec![AgentEvent::SessionCreated { key: "tg:1:1".into(), session_id: "abc".into() }]);
@@ -369,7 +830,7 @@ mod tests {
     #[test]
     fn session_new_errors_carry_the_agent_message() {
         let mut c = ready();
-        let step = c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w") });
+        let step = c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w"), model: None });
         let id = lines(&step)[0]["id"].as_u64().unwrap();
         let step = c.receive(&format!(
             r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32000,"message":"Authentication required: Use Qwen Code CLI to authenticate first."}}}}"#

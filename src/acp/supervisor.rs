@@ -14,9 +14,11 @@ use crate::event::{AgentEvent, AgentRequest};
 /// One agent process, restartable: requests wait in `requests` while it is down.
 pub struct Agent {
     spec: AgentSpec,
+    /// When it crashed lately, to give up on an agent that keeps dying.
+    crashes: CrashWindow,
     requests_tx: Sender<AgentRequest>,
     handle: Option<AgentHandle>,
-    pub backoff: Backoff,
+    backoff: Backoff,
 }
 
 impl Agent {
@@ -26,6 +28,7 @@ impl Agent {
             spec,
             requests_tx,
             handle: None,
+            crashes: CrashWindow::default(),
             backoff: Backoff::new(Duration::from_secs(3), Duration::from_secs(60)),
         };
         agent.restart(events)?;
@@ -44,18 +47,37 @@ impl Agent {
         self.handle.as_ref().map(|h| h.pid)
     }
 
+    /// The agent died: when to start it again, or that it died too often to go on.
+    pub fn crashed(&mut self, now: Instant) -> Restart {
+        let count = self.crashes.record(now);
+        if count > CrashWindow::MAX_CRASHES {
+            return Restart::GiveUp { crashes: count };
+        }
+        Restart::At(now + self.backoff.next_delay())
+    }
+
+    /// The agent answered `initialize`: the next crash starts the backoff from the bottom.
+    pub fn ready(&mut self) {
+        self.backoff.reset();
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
     pub fn send(&self, request: AgentRequest) {
         let _ = self.requests_tx.send(request);
     }
 
-    /// Wait for this agent's `initialize` answer, or fail with why it did not come.
-    pub fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<(), Error> {
+    /// Wait for this agent's `initialize` answer (returned, for the core), or fail with why
+    /// it did not come.
+    pub fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<AgentEvent, Error> {
         let limit = self.spec.startup_timeout + Duration::from_secs(5);
         let deadline = Instant::now() + limit;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match events.recv_timeout(remaining) {
-                Ok((name, AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(()),
+                Ok((name, ready @ AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(ready),
                 Ok((name, AgentEvent::Exited { reason })) if name == self.spec.name => {
                     return Err(Error::Agent(format!(
                         "agent \"{}\" (`{} {}`) failed to start: it {reason}",
@@ -74,6 +96,35 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// What to do after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    At(Instant),
+    /// More than [`CrashWindow::MAX_CRASHES`] crashes within [`CrashWindow::SPAN`]: stop the
+    /// service with status 1 and let the init system restart it.
+    GiveUp {
+        crashes: usize,
+    },
+}
+
+/// Crash times within the last [`CrashWindow::SPAN`].
+#[derive(Debug, Default, Clone)]
+pub struct CrashWindow {
+    times: Vec<Instant>,
+}
+
+impl CrashWindow {
+    pub const SPAN: Duration = Duration::from_secs(300);
+    pub const MAX_CRASHES: usize = 3;
+
+    /// Record a crash at `now`; return how many fall within the window, this one included.
+    pub fn record(&mut self, now: Instant) -> usize {
+        self.times.retain(|t| now.saturating_duration_since(*t) < Self::SPAN);
+        self.times.push(now);
+        self.times.len()
     }
 }
 
@@ -110,4 +161,20 @@ pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
         cwd,
         startup_timeout: agent.startup_timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fourth_crash_within_five_minutes_gives_up() {
+        let t0 = Instant::now();
+        let mut window = CrashWindow::default();
+        // (seconds after t0, crashes counted in the window)
+        let cases = [(0, 1), (60, 2), (120, 3), (310, 3), (320, 4), (700, 1)];
+        for (secs, expected) in cases {
+            assert_eq!(window.record(t0 + Duration::from_secs(secs)), expected, "at {secs} s");
+        }
+    }
 }

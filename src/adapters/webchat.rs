@@ -382,14 +382,20 @@ impl Hub {
     /// Route one action (already known to be for this channel) to its browser.
     fn deliver(&mut self, action: &Outbound, ts: u64) {
         let chat = match action {
-            Outbound::Text { chat, .. } | Outbound::Draft { chat, .. } | Outbound::Typing { chat } => chat,
+            Outbound::Text { chat, .. }
+            | Outbound::Draft { chat, .. }
+            | Outbound::Typing { chat }
+            | Outbound::Ask { chat, .. }
+            | Outbound::Edit { chat, .. } => chat,
+            Outbound::ButtonAck { .. } => return,
         };
         if !is_valid_sid(&chat.chat_id) {
             log::warn!("web chat \"{}\": no browser can have chat id {:?}; dropped", chat.channel, chat.chat_id);
             return;
         }
         match action {
-            Outbound::Text { text, .. } => {
+            // Questions and their outcomes show as messages; the page answers by typing.
+            Outbound::Text { text, .. } | Outbound::Ask { text, .. } | Outbound::Edit { text, .. } => {
                 let entry = Entry { id: self.new_id(), from: Speaker::Agent, text: text.clone(), file: None, ts };
                 let browser = self.browser(&chat.chat_id);
                 browser.draft = None;
@@ -407,6 +413,7 @@ impl Hub {
                     broadcast(browser, &ServerFrame::Typing.to_json());
                 }
             }
+            Outbound::ButtonAck { .. } => {}
         }
     }
 }
@@ -992,7 +999,7 @@ mod tests {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.inbound.recv_timeout(left) {
                     Ok(Inbound::Message(m)) => return m,
-                    Ok(Inbound::Health { .. }) => continue,
+                    Ok(Inbound::Health { .. } | Inbound::Button(_)) => continue,
                     Err(e) => panic!("no inbound message: {e}"),
                 }
             }

@@ -1,20 +1,34 @@
 //! The core: every decision about conversations, made as a pure function of
 //! (state, event, now) → actions. It owns all conversation state and does no I/O; the daemon
 //! thread feeds it events and carries out the actions it returns.
+//!
+//! A message's way through: the gates (`gate.rs`), then local slash commands
+//! (`commands.rs`), then its session (`routing.rs` for the key, `session.rs` for dispatch), with
+//! its text assembled by `prompt.rs`.
 
+pub mod commands;
 pub mod gate;
+pub mod pairing;
+pub mod permissions;
+pub mod prompt;
 pub mod routing;
+pub mod session;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, Config};
+use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SessionScope, ToolCallDisplay};
 use crate::event::{
-    AgentEvent, AgentRequest, ChatRef, Inbound, InboundMessage, MessageRef, Outbound, SessionKey, TurnOutcome,
+    AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, MessageRef, Outbound,
+    PermissionKind, PermissionOutcome, SessionKey, TurnOutcome,
 };
+use crate::streamer::BlockStreamConfig;
+use commands::{Command, SessionView};
+use permissions::{Asker, PermissionRelay, Resolution};
+use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
 
-/// Telegram drops "typing…" after 5 s; refresh a little before.
-pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
+pub use session::{CANCEL_WAIT, MAX_WAITING, TYPING_REFRESH};
 
 /// Everything the core reacts to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +40,13 @@ pub enum Event {
     },
     /// The clock reached [`Core::next_deadline`].
     Tick,
+    /// A channel's pairing files as they are now (read at start, and whenever another
+    /// process such as `tether pairing approve` changed them).
+    AccessFiles {
+        channel: String,
+        pending: Vec<pairing::PairingRequest>,
+        approved: Vec<String>,
+    },
 }
 
 /// Everything the core asks the edges to do.
@@ -33,31 +54,39 @@ pub enum Event {
 pub enum Action {
     Send(Outbound),
     Agent { agent: String, request: AgentRequest },
+    // Add the request to `<channel>-pairing.json`, merged under the file's lock.
+    SavePairingRequest { channel: String, request: pairing::PairingRequest },
 }
 
-/// One conversation with the agent.
-#[derive(Debug)]
-struct Session {
-    agent: String,
-    /// Where answers go.
-    chat: ChatRef,
-    /// The agent's id; `None` while `session/new` is in flight.
-    id: Option<String>,
-    /// The turn in flight, if any (at most one per session: agents reject a second prompt).
-    turn: Option<Turn>,
-    /// Prompts waiting for the session to be free, oldest first, with the message each came
-    /// from (so the answer can say which messages it completes).
-    queue: VecDeque<(String, Option<MessageRef>)>,
-    /// The channel's `instructions` were sent with this session's first prompt.
-    instructed: bool,
+/// What `sessions.json` keeps of one session, so a restarted service can `session/load` it
+/// and answer in the same chat without instructing it twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub agent: String,
+    /// Where the latest message came from.
+    pub chat: ChatRef,
+    pub cwd: PathBuf,
+    /// The channel's instructions were already sent in this session.
+    pub instructed: bool,
 }
 
-#[derive(Debug)]
-struct Turn {
-    answer: String,
-    typing_due: Instant,
-    /// The inbound messages this turn answers.
-    answers: Vec<MessageRef>,
+/// Replies of the local commands and notices (kept together so tests and docs agree).
+pub mod texts {
+    pub const CLEARED: &str = "Session cleared. The next message starts a fresh conversation.";
+    pub const NOTHING_TO_CLEAR: &str = "No active session to clear.";
+    pub const CANCELLED: &str = "Cancelled current request.";
+    pub const NOTHING_TO_CANCEL: &str = "No request is currently running.";
+    pub const TOO_MANY: &str =
+        "Too many queued messages; this one was not sent to the agent. Wait for the answers, or send /cancel.";
+    pub const STUCK_FRESH: &str = "The agent is stuck: it did not stop the previous request within 10 s, \
+        so your new message goes to a fresh conversation.";
+    pub const STUCK_NEXT: &str = "The agent is stuck: it did not stop the cancelled request within 10 s. \
+        Your next message starts a fresh conversation.";
+    pub const CRASH_RETRY: &str =
+        "The agent stopped while working on this. It is being restarted; your request will be sent again.";
+    pub const CRASH_GAVE_UP: &str =
+        "The agent stopped again while working on this request, so it was not answered. Please try again.";
 }
 
 /// The conversation state of the whole service.
@@ -67,27 +96,144 @@ pub struct Core {
     sessions: HashMap<SessionKey, Session>,
     /// (agent, session id) → key, to route the agent's events.
     by_session_id: HashMap<(String, String), SessionKey>,
+    /// The latest `available_commands_update` of each agent, for `/help`.
+    agent_commands: HashMap<String, Vec<AgentCommand>>,
+    /// Agents known to be down (crashed, not yet ready again), with whether each can
+    /// `session/load`. An agent not in `down` is up.
+    down: HashMap<String, ()>,
+    load_session: HashMap<String, bool>,
+    /// Tool permission requests waiting for a person.
+    permissions: PermissionRelay,
+    /// Who may talk: pairing books, the wall clock, code randomness.
+    access: pairing::Access,
+}
+
+/// The turn settings of a channel (defaults when the channel is gone).
+fn turn_settings(channel: Option<&ChannelConfig>) -> TurnSettings<'_> {
+    TurnSettings {
+        instructions: channel.and_then(|c| c.instructions.as_deref()),
+        turn_timeout: channel.map_or(Duration::from_secs(1800), |c| c.turn_timeout),
+        // The web chat shows the answer live instead.
+        block_stream: channel.filter(|c| c.block_streaming && c.kind != ChannelKind::Webchat).map(|c| {
+            BlockStreamConfig { min_chars: c.block_min_chars, max_chars: c.block_max_chars, idle: c.block_idle }
+        }),
+    }
 }
 
 impl Core {
     pub fn new(config: &Config) -> Core {
-        Core { channels: config.channels.clone(), sessions: HashMap::new(), by_session_id: HashMap::new() }
+        Core {
+            channels: config.channels.clone(),
+            sessions: HashMap::new(),
+            by_session_id: HashMap::new(),
+            agent_commands: HashMap::new(),
+            down: HashMap::new(),
+            load_session: HashMap::new(),
+            permissions: PermissionRelay::default(),
+            access: pairing::Access::default(),
+        }
+    }
+
+    /// The wall-clock time in epoch ms, for pairing times (which are persisted). The daemon
+    /// sets it before each event; tests set what they need.
+    pub fn set_wall_clock(&mut self, epoch_ms: u64) {
+        self.access.set_wall_clock(epoch_ms);
+    }
+
+    /// Replace the randomness pairing codes are made from (tests).
+    pub fn set_entropy(&mut self, entropy: pairing::Entropy) {
+        self.access.set_entropy(entropy);
+    }
+
+    /// The access policy of a channel in one line, for `/status`.
+    pub fn access_summary(&self, channel: &str) -> Option<String> {
+        self.channels.get(channel).map(|c| self.access.summary(c))
     }
 
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.sessions.values().filter_map(|s| s.turn.as_ref().map(|t| t.typing_due)).min()
+        let sessions = self.sessions.values().filter_map(Session::deadline);
+        sessions.chain(self.permissions.next_deadline()).min()
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         match event {
             Event::Inbound(Inbound::Message(message)) => self.on_message(message, now, &mut actions),
+            Event::Inbound(Inbound::Button(press)) => self.on_button(press, &mut actions),
             Event::Inbound(Inbound::Health { .. }) => {}
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
+            Event::AccessFiles { channel, pending, approved } => {
+                self.access.reload(&channel, pending, approved, &mut actions)
+            }
         }
+        self.settle_cancelled_permissions(&mut actions);
         actions
+    }
+
+    /// A session being cancelled (steer, `/cancel`, `/clear`, timeout) drops its permission
+    /// requests: the ACP connection answers them `cancelled`; here their messages are updated.
+    fn settle_cancelled_permissions(&mut self, actions: &mut Vec<Action>) {
+        let cancelled: Vec<(String, String)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Agent { agent, request: AgentRequest::Cancel { session_id } } => {
+                    Some((agent.clone(), session_id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (agent, session_id) in cancelled {
+            for pending in self.permissions.cancel_session_id(&agent, &session_id) {
+                actions.push(settled(&pending, "cancelled"));
+            }
+        }
+    }
+
+    /// Every session the agent has opened, by key: what `sessions.json` keeps.
+    pub fn sessions_snapshot(&self) -> BTreeMap<SessionKey, SessionRecord> {
+        let records = self.sessions.iter().filter_map(|(key, s)| {
+            let record = SessionRecord {
+                session_id: s.id.clone()?,
+                agent: s.agent.clone(),
+                chat: s.chat.clone(),
+                cwd: s.cwd.clone(),
+                instructed: s.instructed,
+            };
+            Some((key.clone(), record))
+        });
+        records.collect()
+    }
+
+    /// Take back sessions saved by [`Core::sessions_snapshot`] (after the agent loaded them),
+    /// idle. Records of channels no longer configured, or whose channel now uses another
+    /// agent, are skipped and logged; so are keys already in use. Returns how many were taken.
+    pub fn restore(&mut self, records: impl IntoIterator<Item = (SessionKey, SessionRecord)>) -> usize {
+        let mut restored = 0;
+        for (key, record) in records {
+            let agent_now = self.channels.get(&record.chat.channel).map(|c| c.agent.as_str());
+            if agent_now != Some(record.agent.as_str()) || self.sessions.contains_key(&key) {
+                log::info!(target: "core", "not restoring session {} ({key}): channel, agent or key changed", record.session_id);
+                continue;
+            }
+            let mut session = Session::new(record.agent.clone(), record.chat, record.cwd);
+            session.id = Some(record.session_id.clone());
+            session.instructed = record.instructed;
+            self.by_session_id.insert((record.agent, record.session_id), key.clone());
+            self.sessions.insert(key, session);
+            restored += 1;
+        }
+        restored
+    }
+
+    /// The platform ids of the messages a session still owes an answer to: the turn in
+    /// flight first, then the waiting ones, oldest first.
+    pub fn unanswered_message_ids(&self, key: &str) -> Vec<String> {
+        let Some(s) = self.sessions.get(key) else { return Vec::new() };
+        let in_flight = s.turn.iter().flat_map(|t| t.message_ids.iter());
+        let waiting = s.waiting.iter().flat_map(|w| w.message_ids.iter());
+        in_flight.chain(waiting).map(|r| r.message_id.clone()).collect()
     }
 
     fn on_message(&mut self, message: InboundMessage, now: Instant, actions: &mut Vec<Action>) {
@@ -95,114 +241,586 @@ impl Core {
             log::warn!(target: "core", "message for unknown channel {}", message.channel);
             return;
         };
-        if let gate::Verdict::Drop(reason) = gate::check(channel, &message) {
-            log::info!(target: channel.name.as_str(), "dropped message from {} in {}: {reason}", message.sender_id, message.chat_id);
+        // The gates run before anything else looks at the message (commands included).
+        if !self.access.admit(channel, &message, actions) {
+            return;
+        }
+        if message.is_group && commands::addressed_elsewhere(&message.text) {
+            log::debug!(target: channel.name.as_str(), "ignored a command for another bot in {}", message.chat_id);
             return;
         }
         let key = routing::session_key(channel.session_scope, &message);
-        let agent = channel.agent.clone();
-        let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            actions.push(Action::Agent {
-                agent: agent.clone(),
-                request: AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone() },
-            });
-            Session {
-                agent,
-                chat: routing::reply_to(&message),
-                id: None,
-                turn: None,
-                queue: VecDeque::new(),
-                instructed: false,
+        let reply = routing::reply_to(&message);
+        if let Some(answer) = permissions::parse_text_answer(&message.text) {
+            // `/approve` always answers; "yes 3" only when something is pending here.
+            if message.text.trim_start().starts_with('/') || self.permissions.pending_in(&reply).next().is_some() {
+                self.answer_permission(&reply, &message.sender_id, &answer, actions);
+                return;
             }
+        }
+        if let Some((command, args)) = commands::parse(&message.text) {
+            log::info!(target: channel.name.as_str(), "command {command:?} from {} in {} ({key})", message.sender_id, message.chat_id);
+            let text = self.run_command(command, args, &key, &message, now, actions);
+            actions.push(say(&reply, text));
+            return;
+        }
+        let Some(channel) = self.channels.get(&message.channel) else { return };
+        let body = prompt::message_body(&message);
+        if body.is_empty() {
+            log::info!(target: channel.name.as_str(), "ignored an empty message from {}", message.sender_id);
+            return;
+        }
+        let mode = match message.is_group {
+            true => channel.group(&message.chat_id).dispatch_mode,
+            false => channel.dispatch_mode,
+        };
+        let agent_up = !self.down.contains_key(&channel.agent);
+        let session = self.sessions.entry(key.clone()).or_insert_with(|| {
+            // While the agent is down the session waits; it is opened once the agent is back.
+            if agent_up {
+                actions.push(Action::Agent {
+                    agent: channel.agent.clone(),
+                    request: AgentRequest::NewSession {
+                        key: key.clone(),
+                        cwd: channel.cwd.clone(),
+                        model: channel.model.clone(),
+                    },
+                });
+            }
+            Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone())
         });
-        let reference = message.reference();
-        session.queue.push_back((message.text, reference));
-        start_next_turn(channel, session, now, actions);
+        session.chat = reply.clone();
+        session.shared = match channel.session_scope {
+            SessionScope::Single => true,
+            SessionScope::Thread => message.is_group,
+            SessionScope::User => false,
+        };
+        let waiting = Waiting {
+            chat: reply.clone(),
+            message_ids: message.reference().into_iter().collect(),
+            body,
+            how: Waits::Alone,
+        };
+        if session.accept(waiting, mode, now, actions).is_err() {
+            log::warn!(target: channel.name.as_str(), "{key}: {MAX_WAITING} messages already wait; refused one");
+            actions.push(say(&reply, texts::TOO_MANY.to_string()));
+            return;
+        }
+        session.start_next_turn(turn_settings(Some(channel)), now, actions);
+    }
+
+    /// Run a local command for the sender of `message`; returns the reply.
+    fn run_command(
+        &mut self,
+        command: Command,
+        _args: &str,
+        key: &str,
+        message: &InboundMessage,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> String {
+        let Some(channel) = self.channels.get(&message.channel) else { return String::new() };
+        let view = self.sessions.get(key).map_or_else(SessionView::default, |s| SessionView {
+            exists: true,
+            starting: s.id.is_none(),
+            running: s.turn.is_some(),
+            waiting: s.waiting.len(),
+        });
+        match command {
+            Command::Help => {
+                commands::help_text(self.agent_commands.get(&channel.agent).map(Vec::as_slice).unwrap_or_default())
+            }
+            Command::Status => commands::status_text(&commands::StatusInfo {
+                session: view,
+                scope: channel.session_scope,
+                access: channel.sender_policy,
+                channel: &channel.name,
+                channel_type: channel.kind.as_str(),
+                agent: &channel.agent,
+                model: channel.model.as_deref(),
+                cwd: &channel.cwd,
+            }),
+            Command::Who => commands::who_text(&commands::WhoInfo {
+                channel: &channel.name,
+                cwd: &channel.cwd,
+                session: view,
+                scope: channel.session_scope,
+                in_group: message.is_group,
+                in_thread: message.thread_id.is_some(),
+                sender_name: &message.sender_name,
+                sender_id: &message.sender_id,
+            }),
+            Command::Clear => {
+                let Some(session) = self.sessions.remove(key) else { return texts::NOTHING_TO_CLEAR.to_string() };
+                if let Some(id) = &session.id {
+                    self.by_session_id.remove(&(session.agent.clone(), id.clone()));
+                    if session.turn.is_some() {
+                        let request = AgentRequest::Cancel { session_id: id.clone() };
+                        actions.push(Action::Agent { agent: session.agent.clone(), request });
+                    }
+                }
+                log::info!(target: channel.name.as_str(), "{key}: session {:?} cleared; {} waiting message(s) dropped", session.id, session.waiting.len());
+                texts::CLEARED.to_string()
+            }
+            Command::Cancel => {
+                let Some(session) = self.sessions.get_mut(key) else { return texts::NOTHING_TO_CANCEL.to_string() };
+                let dropped = session.waiting.len();
+                session.waiting.clear();
+                session.steered = false;
+                let running = match (&mut session.turn, &session.id) {
+                    (Some(turn), Some(id)) => {
+                        match &mut turn.cancel {
+                            None => {
+                                turn.cancel =
+                                    Some(Cancelling { cause: CancelCause::User, deadline: now + CANCEL_WAIT });
+                                let request = AgentRequest::Cancel { session_id: id.clone() };
+                                actions.push(Action::Agent { agent: session.agent.clone(), request });
+                            }
+                            Some(cancelling) => cancelling.cause = CancelCause::User,
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if running || dropped > 0 {
+                    log::info!(target: channel.name.as_str(), "{key}: cancelled (turn running: {running}, {dropped} waiting dropped)");
+                    texts::CANCELLED.to_string()
+                } else {
+                    texts::NOTHING_TO_CANCEL.to_string()
+                }
+            }
+        }
     }
 
     fn on_agent(&mut self, agent: String, event: AgentEvent, now: Instant, actions: &mut Vec<Action>) {
         match event {
-            AgentEvent::Ready { .. } => {}
+            AgentEvent::Ready { load_session } => self.on_agent_ready(&agent, load_session, actions),
             AgentEvent::SessionCreated { key, session_id } => {
-                let Some(session) = self.sessions.get_mut(&key) else { return };
+                // An agent that numbers its sessions anew after a restart can "load" an old id
+                // that now names another conversation: taking it would send one person's
+                // answers to another. Treat it as a failed open (a load then opens a new one).
+                let taken = self.by_session_id.get(&(agent.clone(), session_id.clone())).is_some_and(|k| *k != key);
+                if taken {
+                    let error = format!("the agent gave session id {session_id}, which another conversation has");
+                    return self.on_agent(agent, AgentEvent::SessionFailed { key, error }, now, actions);
+                }
+                let Some(session) = self.sessions.get_mut(&key).filter(|s| s.id.is_none() && s.agent == agent) else {
+                    // Cleared while session/new was in flight: the agent keeps an unused session.
+                    log::info!(target: "core", "agent {agent} opened session {session_id} for {key}, no longer wanted");
+                    return;
+                };
+                let how = if session.loading { "restored" } else { "opened" };
+                log::info!(target: session.chat.channel.as_str(), "{key}: session {session_id} {how}");
                 self.by_session_id.insert((agent, session_id.clone()), key);
                 session.id = Some(session_id);
-                if let Some(channel) = self.channels.get(&session.chat.channel) {
-                    start_next_turn(channel, session, now, actions);
-                }
+                session.loading = false;
+                session.lost_id = None;
+                let settings = turn_settings(self.channels.get(&session.chat.channel));
+                session.start_next_turn(settings, now, actions);
             }
             AgentEvent::SessionFailed { key, error } => {
+                if !self.sessions.get(&key).is_some_and(|s| s.id.is_none() && s.agent == agent) {
+                    return;
+                }
+                if let Some(session) = self.sessions.get_mut(&key).filter(|s| s.loading) {
+                    // The agent could not load it: carry on in a fresh session.
+                    log::warn!(target: session.chat.channel.as_str(), "{key}: could not restore the session ({error}); opening a new one");
+                    session.loading = false;
+                    session.instructed = false;
+                    let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
+                    let request = AgentRequest::NewSession { key: key.clone(), cwd: session.cwd.clone(), model };
+                    actions.push(Action::Agent { agent, request });
+                    return;
+                }
                 let Some(session) = self.sessions.remove(&key) else { return };
-                log::error!(target: session.chat.channel.as_str(), "agent could not open a session: {error}");
-                let text = format!("The agent could not start a conversation: {error}");
-                actions.push(answer(&session.chat, text, session.waiting()));
+                log::error!(target: session.chat.channel.as_str(), "{key}: agent could not open a session: {error}");
+                session.tell_all(&format!("The agent could not start a conversation: {error}"), actions);
             }
             AgentEvent::TextChunk { session_id, text } => {
-                if let Some(turn) = self.session_mut(&agent, &session_id).and_then(|s| s.turn.as_mut()) {
-                    turn.answer.push_str(&text);
-                }
-            }
-            AgentEvent::TurnEnded { session_id, outcome } => {
-                let Some(key) = self.by_session_id.get(&(agent, session_id)).cloned() else { return };
-                let Some(session) = self.sessions.get_mut(&key) else { return };
-                let Some(turn) = session.turn.take() else { return };
-                actions.push(answer(&session.chat, final_answer(turn.answer, &outcome), turn.answers));
-                if let Some(channel) = self.channels.get(&session.chat.channel) {
-                    start_next_turn(channel, session, now, actions);
-                }
-            }
-            AgentEvent::Exited { reason } => {
-                // The agent's sessions died with it: tell whoever was waiting, forget them.
-                let keys: Vec<SessionKey> =
-                    self.sessions.iter().filter(|(_, s)| s.agent == agent).map(|(k, _)| k.clone()).collect();
-                for key in keys {
-                    let Some(session) = self.sessions.remove(&key) else { continue };
-                    if session.turn.is_some() || !session.queue.is_empty() {
-                        let text = format!(
-                            "The agent stopped ({reason}). Your message was not answered; please send it again."
-                        );
-                        actions.push(answer(&session.chat, text, session.waiting()));
+                let Some(key) = self.by_session_id.get(&(agent, session_id)) else { return };
+                let Some(session) = self.sessions.get_mut(key) else { return };
+                // A cancelled turn's text is dropped: a newer message or /cancel replaced it.
+                let Some(turn) = session.turn.as_mut().filter(|t| t.cancel.is_none()) else { return };
+                turn.answer.push_str(&text);
+                if let Some(stream) = turn.stream.as_mut() {
+                    for block in stream.push(&text, now) {
+                        turn.streamed = true;
+                        actions.push(say(&turn.chat, block));
                     }
                 }
-                self.by_session_id.retain(|(a, _), _| *a != agent);
+                // Channels that can show an answer as it grows get every draft.
+                if self.channels.get(&session.chat.channel).is_some_and(|c| c.kind == ChannelKind::Webchat) {
+                    actions
+                        .push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
+                }
             }
+            AgentEvent::CommandsAvailable { session_id, commands } => {
+                log::debug!(target: "core", "agent {agent} offers {} command(s) (session {session_id})", commands.len());
+                self.agent_commands.insert(agent, commands);
+            }
+            AgentEvent::TurnEnded { session_id, outcome } => {
+                let Some(key) = self.by_session_id.get(&(agent, session_id.clone())).cloned() else { return };
+                let Some(session) = self.sessions.get_mut(&key) else { return };
+                let Some(turn) = session.turn.take() else { return };
+                for pending in self.permissions.cancel_session(&key) {
+                    actions.push(settled(&pending, "the request ended before an answer"));
+                }
+                let (before, chat, answered) = (actions.len(), turn.chat.clone(), turn.message_ids.clone());
+                let finished = turn.cancel.is_none();
+                match turn.cancel {
+                    None if turn.stream.is_some() => {
+                        let mut turn = turn;
+                        let rest = turn.stream.as_mut().map(|s| s.finish()).unwrap_or_default();
+                        for block in rest {
+                            turn.streamed = true;
+                            actions.push(say(&turn.chat, block));
+                        }
+                        // What was streamed is the answer; say something only if nothing was.
+                        let note = final_answer(String::new(), &outcome);
+                        if !turn.streamed || matches!(outcome, TurnOutcome::Failed(_) | TurnOutcome::MaxTokens) {
+                            let text = if turn.streamed {
+                                note.trim().to_string()
+                            } else {
+                                final_answer(turn.answer, &outcome)
+                            };
+                            actions.push(say(&turn.chat, text));
+                        }
+                    }
+                    None => actions.push(say(&turn.chat, final_answer(turn.answer, &outcome))),
+                    Some(c) => {
+                        log::info!(target: turn.chat.channel.as_str(), "{key}: cancelled turn of {session_id} ended ({outcome:?}, {:?})", c.cause)
+                    }
+                }
+                if finished {
+                    attach_answers(&mut actions[before..], &chat, answered);
+                }
+                let settings = turn_settings(self.channels.get(&session.chat.channel));
+                session.start_next_turn(settings, now, actions);
+            }
+            AgentEvent::PermissionRequested { session_id, request, call, options } => {
+                self.on_permission_request(agent, session_id, request, call, options, now, actions);
+            }
+            AgentEvent::ToolCall { session_id, call } => self.on_tool_call(&agent, &session_id, call, actions),
+            AgentEvent::Plan { .. } | AgentEvent::Thought { .. } | AgentEvent::ModeChanged { .. } => {}
+            AgentEvent::Exited { reason } => self.on_agent_exit(&agent, &reason, actions),
+        }
+    }
+
+    /// The agent died. Its sessions stay: each is loaded again (or opened anew) once the agent
+    /// is back, and a turn the crash interrupted is sent once more; a turn interrupted twice
+    /// is given up. Messages that arrive meanwhile wait.
+    fn on_agent_exit(&mut self, agent: &str, reason: &str, actions: &mut Vec<Action>) {
+        self.down.insert(agent.to_string(), ());
+        for pending in self.permissions.cancel_agent(agent) {
+            actions.push(settled(&pending, "cancelled: the agent stopped"));
+        }
+        self.by_session_id.retain(|(a, _), _| a != agent);
+        let mut keys: Vec<&SessionKey> =
+            self.sessions.iter().filter(|(_, s)| s.agent == agent).map(|(k, _)| k).collect();
+        keys.sort();
+        let (mut interrupted, mut lost) = (0, 0);
+        for key in keys.into_iter().cloned().collect::<Vec<_>>() {
+            let Some(session) = self.sessions.get_mut(&key) else { continue };
+            if let Some(id) = session.id.take() {
+                session.lost_id = Some(id);
+            }
+            session.loading = false;
+            let Some(turn) = session.turn.take() else { continue };
+            if turn.cancel.is_some() {
+                continue; // It was being cancelled anyway; what waits runs after the restart.
+            }
+            if turn.retried {
+                lost += 1;
+                actions.push(answer(&turn.chat, texts::CRASH_GAVE_UP.to_string(), turn.message_ids));
+            } else {
+                interrupted += 1;
+                actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
+                session.retry = Some(Retry { chat: turn.chat, message_ids: turn.message_ids, text: turn.text });
+            }
+        }
+        log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
+    }
+
+    /// The agent is (back) up: open or restore every session that waits for it.
+    fn on_agent_ready(&mut self, agent: &str, load_session: bool, actions: &mut Vec<Action>) {
+        let was_down = self.down.remove(agent).is_some();
+        self.load_session.insert(agent.to_string(), load_session);
+        let mut keys: Vec<SessionKey> =
+            self.sessions.iter().filter(|(_, s)| s.agent == agent && s.id.is_none()).map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        let (mut loads, mut news) = (0, 0);
+        for key in keys {
+            let Some(session) = self.sessions.get_mut(&key) else { continue };
+            let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
+            let request = match session.lost_id.take() {
+                Some(session_id) if load_session => {
+                    loads += 1;
+                    session.loading = true;
+                    AgentRequest::LoadSession { key, session_id, cwd: session.cwd.clone(), model }
+                }
+                _ => {
+                    news += 1;
+                    session.instructed = false;
+                    AgentRequest::NewSession { key, cwd: session.cwd.clone(), model }
+                }
+            };
+            actions.push(Action::Agent { agent: agent.to_string(), request });
+        }
+        if was_down {
+            log::info!(target: "core", "agent {agent} is back: restoring {loads} session(s), opening {news} new");
         }
     }
 
     fn on_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        for session in self.sessions.values_mut() {
-            if let Some(turn) = session.turn.as_mut().filter(|t| t.typing_due <= now) {
+        for pending in self.permissions.expire(now) {
+            log::info!(target: pending.chat.channel.as_str(), "permission request {} timed out; refused", pending.id);
+            let request = AgentRequest::AnswerPermission { request: pending.request, outcome: pending.refusal() };
+            actions.push(Action::Agent { agent: pending.agent.clone(), request });
+            actions.push(settled(&pending, "timed out, refused"));
+            actions.push(say(
+                &pending.chat,
+                format!("Permission request {} timed out, so the agent was told no.", pending.id),
+            ));
+        }
+        let mut wedged = Vec::new();
+        for (key, session) in self.sessions.iter_mut() {
+            let Some(turn) = session.turn.as_mut() else { continue };
+            match &turn.cancel {
+                Some(c) if c.deadline <= now => {
+                    wedged.push(key.clone());
+                    continue;
+                }
+                Some(c) if c.cause != CancelCause::Steer => continue,
+                None if turn.timeout_at <= now => {
+                    let limit = self.channels.get(&turn.chat.channel).map_or(Duration::ZERO, |c| c.turn_timeout);
+                    log::warn!(target: turn.chat.channel.as_str(), "{key}: turn ran past turnTimeoutMs ({} ms); cancelling", limit.as_millis());
+                    actions.push(say(&turn.chat, timeout_text(limit)));
+                    turn.cancel = Some(Cancelling { cause: CancelCause::Timeout, deadline: now + CANCEL_WAIT });
+                    if let Some(id) = &session.id {
+                        let request = AgentRequest::Cancel { session_id: id.clone() };
+                        actions.push(Action::Agent { agent: session.agent.clone(), request });
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(stream) = turn.stream.as_mut() {
+                for block in stream.poll(now) {
+                    turn.streamed = true;
+                    actions.push(say(&turn.chat, block));
+                }
+            }
+            if turn.typing_due <= now {
                 turn.typing_due = now + TYPING_REFRESH;
-                actions.push(Action::Send(Outbound::Typing { chat: session.chat.clone() }));
+                actions.push(Action::Send(Outbound::Typing { chat: turn.chat.clone() }));
+            }
+        }
+        wedged.sort();
+        for key in wedged {
+            self.abandon_wedged(&key, actions);
+        }
+    }
+
+    /// The agent asks to run a tool: decide by the channel's `permissions`, or ask the chat
+    /// whose turn it is.
+    #[allow(clippy::too_many_arguments)] // One event's fields, passed through.
+    fn on_permission_request(
+        &mut self,
+        agent: String,
+        session_id: String,
+        request: u64,
+        call: crate::event::ToolCall,
+        options: Vec<crate::event::PermissionOption>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let refuse = |agent: String, actions: &mut Vec<Action>| {
+            let request = AgentRequest::AnswerPermission { request, outcome: PermissionOutcome::Cancelled };
+            actions.push(Action::Agent { agent, request });
+        };
+        let Some(key) = self.by_session_id.get(&(agent.clone(), session_id.clone())).cloned() else {
+            return refuse(agent, actions); // Not a session of ours (any more).
+        };
+        let Some(session) = self.sessions.get(&key) else { return refuse(agent, actions) };
+        let chat = session.turn.as_ref().map_or_else(|| session.chat.clone(), |t| t.chat.clone());
+        let Some(channel) = self.channels.get(&chat.channel) else { return refuse(agent, actions) };
+        let target = channel.name.as_str();
+        let pick = |kinds: &[PermissionKind]| {
+            kinds.iter().find_map(|k| options.iter().find(|o| o.kind == *k)).map(|o| o.id.clone())
+        };
+        match channel.permissions {
+            PermissionPolicy::Allow => {
+                let outcome = pick(&[PermissionKind::AllowOnce])
+                    .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
+                log::info!(target: target, "{key}: tool {:?} allowed by policy (permissions: allow): {outcome:?}", call.title);
+                actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
+            }
+            PermissionPolicy::Deny => {
+                let outcome = pick(&[PermissionKind::RejectOnce, PermissionKind::RejectAlways])
+                    .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
+                log::info!(target: target, "{key}: tool {:?} refused by policy (permissions: deny)", call.title);
+                actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
+            }
+            PermissionPolicy::Relay => {
+                // In a shared conversation, only the listed users may decide for everyone.
+                let answerers = if session.shared { channel.allowed_users.clone() } else { Vec::new() };
+                let asker = Asker {
+                    agent,
+                    session: key.clone(),
+                    session_id,
+                    chat: chat.clone(),
+                    answerers,
+                    timeout: channel.permission_timeout,
+                };
+                let pending = self.permissions.ask(asker, request, call, options, now);
+                log::info!(target: target, "{key}: asking the chat about tool {:?} (request {})", pending.call.title, pending.id);
+                actions.push(Action::Send(Outbound::Ask {
+                    chat,
+                    key: pending.message_key(),
+                    text: pending.ask_text(),
+                    buttons: pending.buttons(),
+                }));
             }
         }
     }
 
-    fn session_mut(&mut self, agent: &str, session_id: &str) -> Option<&mut Session> {
-        let key = self.by_session_id.get(&(agent.to_string(), session_id.to_string()))?;
-        self.sessions.get_mut(key)
+    /// `showToolCalls: "brief"`: one status line per tool call, edited as it progresses.
+    fn on_tool_call(&mut self, agent: &str, session_id: &str, call: crate::event::ToolCall, actions: &mut Vec<Action>) {
+        let Some(key) = self.by_session_id.get(&(agent.to_string(), session_id.to_string())) else { return };
+        let Some(session) = self.sessions.get_mut(key) else { return };
+        let Some(turn) = session.turn.as_mut().filter(|t| t.cancel.is_none()) else { return };
+        let brief = self.channels.get(&turn.chat.channel).is_some_and(|c| c.show_tool_calls == ToolCallDisplay::Brief);
+        if !brief || call.id.is_empty() {
+            return;
+        }
+        let line_key = format!("tool:{session_id}:{}", call.id);
+        let known = turn.tools.iter().position(|(id, _)| *id == call.id);
+        let title = match known {
+            Some(i) => turn.tools[i].1.clone(),
+            None => {
+                let title = if call.title.is_empty() { call.kind.clone() } else { call.title.clone() };
+                turn.tools.push((call.id.clone(), title.clone()));
+                let text = format!("⚙️ Running: {title} …");
+                actions.push(Action::Send(Outbound::Ask {
+                    chat: turn.chat.clone(),
+                    key: line_key.clone(),
+                    text,
+                    buttons: Vec::new(),
+                }));
+                title
+            }
+        };
+        let outcome = match call.status.as_str() {
+            "completed" => "done",
+            "failed" => "failed",
+            _ => return,
+        };
+        actions.push(Action::Send(Outbound::Edit {
+            chat: turn.chat.clone(),
+            key: line_key,
+            text: format!("⚙️ {title} — {outcome}"),
+        }));
+    }
+
+    /// Someone pressed a button: the gates apply as to a message, then it answers.
+    fn on_button(&mut self, press: ButtonPress, actions: &mut Vec<Action>) {
+        let Some(channel) = self.channels.get(&press.channel) else { return };
+        let as_message = InboundMessage {
+            channel: press.channel.clone(),
+            sender_id: press.sender_id.clone(),
+            sender_name: press.sender_name.clone(),
+            chat_id: press.chat_id.clone(),
+            thread_id: press.thread_id.clone(),
+            is_group: press.is_group,
+            // Pressing our own message's button addresses us.
+            is_mentioned: true,
+            is_reply_to_bot: true,
+            ..Default::default()
+        };
+        let ack = |text: &str| {
+            Action::Send(Outbound::ButtonAck {
+                channel: press.channel.clone(),
+                callback_id: press.callback_id.clone(),
+                text: text.to_string(),
+            })
+        };
+        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&press.sender_id));
+        if gate::check(channel, &as_message, paired) != gate::Verdict::Pass {
+            log::info!(target: channel.name.as_str(), "ignored a button press from {}: not allowed by the gates", press.sender_id);
+            actions.push(ack("Not allowed."));
+            return;
+        }
+        let Some(answer) = permissions::parse_button_answer(&press.data) else {
+            actions.push(ack(""));
+            return;
+        };
+        let chat = routing::reply_to(&as_message);
+        let before = actions.len();
+        let text = self.answer_permission(&chat, &press.sender_id, &answer, actions);
+        actions.insert(before, ack(&text));
+    }
+
+    /// Apply a person's answer; returns the short text that confirms or refuses it.
+    fn answer_permission(
+        &mut self,
+        chat: &ChatRef,
+        sender: &str,
+        answer: &permissions::Answer,
+        actions: &mut Vec<Action>,
+    ) -> String {
+        match self.permissions.answer(chat, sender, answer) {
+            Resolution::Settled { pending, outcome, reply } => {
+                log::info!(target: chat.channel.as_str(), "permission request {} answered by {sender}: {outcome:?}", pending.id);
+                let request = AgentRequest::AnswerPermission { request: pending.request, outcome };
+                actions.push(Action::Agent { agent: pending.agent.clone(), request });
+                let outcome_text = reply.trim_end_matches('.').trim_start_matches("Permission ").to_string();
+                actions.push(settled(&pending, &outcome_text));
+                actions.push(say(chat, reply.clone()));
+                reply
+            }
+            Resolution::Refused(why) => {
+                actions.push(say(chat, why.clone()));
+                why
+            }
+        }
+    }
+
+    /// A cancelled turn did not end within [`CANCEL_WAIT`]. Another prompt on that session
+    /// would be rejected, so give the session up: waiting messages go to a fresh one.
+    fn abandon_wedged(&mut self, key: &str, actions: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(key) else { return };
+        let chats = session.chats();
+        let Some(turn) = session.turn.take() else { return };
+        let old = session.id.take().unwrap_or_default();
+        self.by_session_id.remove(&(session.agent.clone(), old.clone()));
+        let channel = self.channels.get(&turn.chat.channel);
+        log::warn!(target: turn.chat.channel.as_str(), "{key}: session {old} did not end its cancelled turn within {} s; abandoning it", CANCEL_WAIT.as_secs());
+        let text = if session.waiting.is_empty() { texts::STUCK_NEXT } else { texts::STUCK_FRESH };
+        actions.extend(chats.iter().map(|chat| say(chat, text.to_string())));
+        if session.waiting.is_empty() {
+            self.sessions.remove(key);
+            return;
+        }
+        session.instructed = false;
+        session.steered = false;
+        if let Some(channel) = channel {
+            session.cwd = channel.cwd.clone();
+        }
+        let model = channel.and_then(|c| c.model.clone());
+        let request = AgentRequest::NewSession { key: key.to_string(), cwd: session.cwd.clone(), model };
+        actions.push(Action::Agent { agent: session.agent.clone(), request });
     }
 }
 
-/// Start the oldest queued prompt if the session exists on the agent side and is idle.
-fn start_next_turn(channel: &ChannelConfig, session: &mut Session, now: Instant, actions: &mut Vec<Action>) {
-    let (Some(session_id), None) = (&session.id, &session.turn) else { return };
-    let Some((text, reference)) = session.queue.pop_front() else { return };
-    let text = match (&channel.instructions, session.instructed) {
-        (Some(instructions), false) if !instructions.is_empty() => format!("{instructions}\n\n{text}"),
-        _ => text,
+/// The notice for a turn that ran out of time.
+fn timeout_text(limit: Duration) -> String {
+    let secs = limit.as_secs();
+    let span = match secs {
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s if s >= 2 => format!("{s} seconds"),
+        _ => format!("{} ms", limit.as_millis()),
     };
-    session.instructed = true;
-    session.turn = Some(Turn {
-        answer: String::new(),
-        typing_due: now + TYPING_REFRESH,
-        answers: reference.into_iter().collect(),
-    });
-    actions.push(Action::Send(Outbound::Typing { chat: session.chat.clone() }));
-    actions.push(Action::Agent {
-        agent: session.agent.clone(),
-        request: AgentRequest::Prompt { session_id: session_id.clone(), text },
-    });
+    format!("The agent did not finish within {span}, so the request was cancelled.")
 }
 
 /// What the user sees at the end of a turn: the answer, or a short reason there is none.
@@ -218,27 +836,59 @@ fn final_answer(answer: String, outcome: &TurnOutcome) -> String {
     }
 }
 
+/// Update the message that asked for a permission to show how it ended.
+fn settled(pending: &permissions::Pending, outcome: &str) -> Action {
+    Action::Send(Outbound::Edit {
+        chat: pending.chat.clone(),
+        key: pending.message_key(),
+        text: pending.settled_text(outcome),
+    })
+}
+
+fn say(chat: &ChatRef, text: String) -> Action {
+    answer(chat, text, Vec::new())
+}
+
 /// A text that completes the inbound messages `answers` (see [`Outbound::Text`]).
 fn answer(chat: &ChatRef, text: String, answers: Vec<MessageRef>) -> Action {
     Action::Send(Outbound::Text { chat: chat.clone(), text, answers })
 }
 
+/// The last text to `chat` among `actions` is the one that completes `answered` (a streamed
+/// answer's earlier blocks do not). With no such text (everything was streamed already), the
+/// service layer finds the messages no longer held and settles them.
+fn attach_answers(actions: &mut [Action], chat: &ChatRef, answered: Vec<MessageRef>) {
+    let last = actions.iter_mut().rev().find_map(|a| match a {
+        Action::Send(Outbound::Text { chat: to, answers, .. }) if to == chat => Some(answers),
+        _ => None,
+    });
+    if let Some(answers) = last {
+        *answers = answered;
+    }
+}
+
 // What the service layer (daemon.rs: journal, status, reload) asks of the core.
 impl Core {
-    /// Whether `message` of `channel` is still waiting in a session (queued or in its turn).
-    /// A journaled message the core no longer holds, and that no text answered, needs nothing
-    /// more (the gates dropped it, or it was answered by a text that names no message).
+    /// Whether `message` of `channel` still waits for an answer here: in a turn, waiting for
+    /// one, or to be retried after an agent crash. A journaled message the core no longer
+    /// holds, and that no text answered, needs nothing more (the gates dropped it, a command
+    /// answered it, a newer message steered it away, `/clear`).
     pub fn holds(&self, channel: &str, message: &MessageRef) -> bool {
-        self.sessions.values().filter(|s| s.chat.channel == channel).any(|s| {
-            s.turn.as_ref().is_some_and(|t| t.answers.contains(message))
-                || s.queue.iter().any(|(_, r)| r.as_ref() == Some(message))
+        self.sessions.values().any(|s| {
+            let in_turn = s.turn.iter().filter(|t| t.chat.channel == channel).any(|t| t.message_ids.contains(message));
+            let waiting =
+                s.waiting.iter().filter(|w| w.chat.channel == channel).any(|w| w.message_ids.contains(message));
+            let retry = s.retry.iter().filter(|r| r.chat.channel == channel).any(|r| r.message_ids.contains(message));
+            in_turn || waiting || retry
         })
     }
 
-    /// Whether the gates let `message` through (no side effects): a backlog notice goes only
-    /// to people who may talk to the agent.
+    /// Whether the gates let `message` through, without side effects (no pairing code is
+    /// sent): a backlog notice goes only to people who may talk to the agent.
     pub fn admits(&self, message: &InboundMessage) -> bool {
-        self.channels.get(&message.channel).is_some_and(|c| gate::check(c, message) == gate::Verdict::Pass)
+        let Some(channel) = self.channels.get(&message.channel) else { return false };
+        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&message.sender_id));
+        gate::check(channel, message, paired) == gate::Verdict::Pass
     }
 
     /// Conversations the core keeps for `channel`.
@@ -254,14 +904,6 @@ impl Core {
         let sessions = &self.sessions;
         self.by_session_id.retain(|_, key| sessions.contains_key(key));
         self.channels = config.channels.clone();
-    }
-}
-
-impl Session {
-    /// Every message waiting in this session, the turn's first.
-    fn waiting(&self) -> Vec<MessageRef> {
-        let in_turn = self.turn.iter().flat_map(|t| t.answers.iter().cloned());
-        in_turn.chain(self.queue.iter().filter_map(|(_, r)| r.clone())).collect()
     }
 }
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::*;
-use crate::core::{Action, Core, Event};
+use crate::core::prompt::STEER_NOTE;
+use crate::core::{Action, CANCEL_WAIT, Core, Event, MAX_WAITING, SessionRecord, texts};
 use crate::event::*;
 
 pub(crate) fn channel(name: &str) -> ChannelConfig {
@@ -51,8 +52,21 @@ fn core_with(channels: Vec<ChannelConfig>) -> Core {
     Core::new(&config)
 }
 
+/// A channel "tg" with the given dispatch mode, open to everyone and to every group.
+fn open_channel(mode: DispatchMode) -> ChannelConfig {
+    let mut ch = channel("tg");
+    ch.dispatch_mode = mode;
+    ch.sender_policy = SenderPolicy::Open;
+    ch.group_policy = GroupPolicy::Open;
+    ch
+}
+
 fn dm(sender: &str, text: &str) -> Event {
-    Event::Inbound(Inbound::Message(InboundMessage {
+    inbound(dm_msg(sender, text))
+}
+
+fn dm_msg(sender: &str, text: &str) -> InboundMessage {
+    InboundMessage {
         channel: "tg".into(),
         sender_id: sender.into(),
         sender_name: "Ada".into(),
@@ -60,21 +74,56 @@ fn dm(sender: &str, text: &str) -> Event {
         is_mentioned: true,
         text: text.into(),
         ..Default::default()
-    }))
+    }
+}
+
+/// A message in group `chat` (mentioning the bot), in forum topic `thread` if given.
+fn group_msg(sender: &str, chat: &str, thread: Option<&str>, text: &str) -> InboundMessage {
+    InboundMessage {
+        chat_id: chat.into(),
+        thread_id: thread.map(str::to_string),
+        is_group: true,
+        ..dm_msg(sender, text)
+    }
+}
+
+fn with_id(mut m: InboundMessage, id: &str) -> InboundMessage {
+    m.message_id = Some(id.into());
+    m
+}
+
+fn inbound(m: InboundMessage) -> Event {
+    Event::Inbound(Inbound::Message(m))
 }
 
 fn agent(event: AgentEvent) -> Event {
     Event::Agent { agent: DEFAULT_AGENT.into(), event }
 }
 
+fn created(key: &str, session: &str) -> Event {
+    agent(AgentEvent::SessionCreated { key: key.into(), session_id: session.into() })
+}
+
+fn chunk(session: &str, text: &str) -> Event {
+    agent(AgentEvent::TextChunk { session_id: session.into(), text: text.into() })
+}
+
+fn ended(session: &str, outcome: TurnOutcome) -> Event {
+    agent(AgentEvent::TurnEnded { session_id: session.into(), outcome })
+}
+
 fn chat(id: &str) -> ChatRef {
     ChatRef { channel: "tg".into(), chat_id: id.into(), thread_id: None }
+}
+
+fn topic(id: &str, thread: &str) -> ChatRef {
+    ChatRef { channel: "tg".into(), chat_id: id.into(), thread_id: Some(thread.into()) }
 }
 
 fn new_session(key: &str) -> Action {
     Action::Agent {
         agent: DEFAULT_AGENT.into(),
-        request: AgentRequest::NewSession { key: key.into(), cwd: PathBuf::from("/work") },
+        request: AgentRequest::NewSession { key: key.into(), cwd: PathBuf::from("/work"), model: None },
     }
 }
 
@@ -85,20 +134,48 @@ fn prompt(session: &str, text: &str) -> Action {
     }
 }
 
+fn cancel(session: &str) -> Action {
+    Action::Agent { agent: DEFAULT_AGENT.into(), request: AgentRequest::Cancel { session_id: session.into() } }
+}
+
 fn typing(id: &str) -> Action {
-    Action::Send(Outbound::Typing { chat: chat(id) })
+    typing_in(chat(id))
+}
+
+fn typing_in(chat: ChatRef) -> Action {
+    Action::Send(Outbound::Typing { chat })
 }
 
 fn text(id: &str, t: &str) -> Action {
-    Action::Send(Outbound::Text { chat: chat(id), text: t.into(), answers: vec![] })
+    text_in(chat(id), t)
+}
+
+fn text_in(chat: ChatRef, t: &str) -> Action {
+    Action::Send(Outbound::Text { chat, text: t.into(), answers: vec![] })
 }
 
 /// Run a script of (event, expected actions) against one core, all at time `t0`.
 fn check(core: &mut Core, t0: Instant, script: Vec<(Event, Vec<Action>)>) {
-    for (i, (event, expected)) in script.into_iter().enumerate() {
-        let got = core.handle(event.clone(), t0);
+    check_at(core, script.into_iter().map(|(e, a)| (t0, e, a)).collect());
+}
+
+/// Run a script of (time, event, expected actions) against one core.
+fn check_at(core: &mut Core, script: Vec<(Instant, Event, Vec<Action>)>) {
+    for (i, (now, event, expected)) in script.into_iter().enumerate() {
+        let got = core.handle(event.clone(), now);
         assert_eq!(got, expected, "step {i}: {event:?}");
     }
+}
+
+/// A core whose DM session with 111 (`tg:111:111`, id `s1`) is running the turn "one".
+fn busy_core(ch: ChannelConfig, t0: Instant) -> Core {
+    let ch_instructions = ch.instructions.clone();
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("111", "one"), t0);
+    let got = core.handle(created("tg:111:111", "s1"), t0);
+    let instructions = ch_instructions.map(|i| format!("{i}\n\n")).unwrap_or_default();
+    assert_eq!(got.last(), Some(&prompt("s1", &format!("{instructions}one"))));
+    core
 }
 
 #[test]
@@ -110,16 +187,10 @@ fn allowed_dm_round_trip() {
         t0,
         vec![
             (dm("111", "hello"), vec![new_session("tg:111:111")]),
-            (
-                agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }),
-                vec![typing("111"), prompt("s1", "hello")],
-            ),
-            (agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "echo: ".into() }), vec![]),
-            (agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "hello".into() }), vec![]),
-            (
-                agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }),
-                vec![text("111", "echo: hello")],
-            ),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "hello")]),
+            (chunk("s1", "echo: "), vec![]),
+            (chunk("s1", "hello"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "echo: hello")]),
             // The session is reused.
             (dm("111", "again"), vec![typing("111"), prompt("s1", "again")]),
         ],
@@ -131,12 +202,16 @@ fn strangers_never_reach_the_agent() {
     let t0 = Instant::now();
     let mut open = channel("tg");
     open.sender_policy = SenderPolicy::Open;
-    for (channels, sender, reaches) in
-        [(vec![channel("tg")], "999", false), (vec![channel("tg")], "111", true), (vec![open.clone()], "999", true)]
-    {
+    for (channels, sender, text, reaches) in [
+        (vec![channel("tg")], "999", "hi", false),
+        // Commands run after the gates: a stranger gets no /help either.
+        (vec![channel("tg")], "999", "/help", false),
+        (vec![channel("tg")], "111", "hi", true),
+        (vec![open.clone()], "999", "hi", true),
+    ] {
         let mut core = core_with(channels);
-        let got = core.handle(dm(sender, "hi"), t0);
-        assert_eq!(!got.is_empty(), reaches, "sender {sender}");
+        let got = core.handle(dm(sender, text), t0);
+        assert_eq!(!got.is_empty(), reaches, "sender {sender}: {text}");
     }
 }
 
@@ -144,20 +219,345 @@ fn strangers_never_reach_the_agent() {
 fn groups_are_ignored_by_default() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
-    let msg = InboundMessage {
-        channel: "tg".into(),
-        sender_id: "111".into(),
-        chat_id: "-100".into(),
-        is_group: true,
-        is_mentioned: true,
-        text: "hi".into(),
-        ..Default::default()
-    };
-    assert_eq!(core.handle(Event::Inbound(Inbound::Message(msg)), t0), vec![]);
+    assert_eq!(core.handle(inbound(group_msg("111", "-100", None, "hi")), t0), vec![]);
 }
 
 #[test]
-fn one_prompt_in_flight_per_session_and_messages_wait_their_turn() {
+fn session_scopes_pick_the_conversation_and_replies_go_where_each_message_came_from() {
+    let t0 = Instant::now();
+    let scoped = |scope| {
+        let mut ch = open_channel(DispatchMode::Followup);
+        ch.session_scope = scope;
+        core_with(vec![ch])
+    };
+    // user: one session per person per chat; a group member's session is theirs alone.
+    let mut core = scoped(SessionScope::User);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(group_msg("7", "-100", None, "a")), vec![new_session("tg:7:-100")]),
+            (inbound(group_msg("8", "-100", None, "b")), vec![new_session("tg:8:-100")]),
+            (dm("7", "c"), vec![new_session("tg:7:7")]),
+        ],
+    );
+    // thread: a forum topic is one conversation for everyone in it; replies go into the topic.
+    let mut core = scoped(SessionScope::Thread);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(group_msg("7", "-100", Some("42"), "a")), vec![new_session("tg:42")]),
+            (inbound(group_msg("8", "-100", Some("42"), "b")), vec![]),
+            (inbound(group_msg("8", "-100", None, "general")), vec![new_session("tg:-100")]),
+            (created("tg:42", "s1"), vec![typing_in(topic("-100", "42")), prompt("s1", "a")]),
+            (chunk("s1", "A"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text_in(topic("-100", "42"), "A"), typing_in(topic("-100", "42")), prompt("s1", "b")],
+            ),
+        ],
+    );
+    // single: the whole channel shares one session; each answer goes to its own chat.
+    let mut core = scoped(SessionScope::Single);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("7", "from seven"), vec![new_session("tg:__single__")]),
+            (inbound(group_msg("8", "-100", None, "from the group")), vec![]),
+            (created("tg:__single__", "s1"), vec![typing("7"), prompt("s1", "from seven")]),
+            (
+                ended("s1", TurnOutcome::Refusal),
+                vec![text("7", "The agent declined to answer."), typing("-100"), prompt("s1", "from the group")],
+            ),
+            (chunk("s1", "hi group"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("-100", "hi group")]),
+        ],
+    );
+}
+
+#[test]
+fn concurrent_first_messages_create_one_session_in_every_mode() {
+    let t0 = Instant::now();
+    for mode in [DispatchMode::Steer, DispatchMode::Followup] {
+        let mut core = core_with(vec![open_channel(mode)]);
+        check(
+            &mut core,
+            t0,
+            vec![
+                (dm("111", "one"), vec![new_session("tg:111:111")]),
+                // Before the session exists nothing runs, so nothing is steered: it waits.
+                (dm("111", "two"), vec![]),
+                (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "one")]),
+                (
+                    ended("s1", TurnOutcome::EndTurn),
+                    vec![
+                        text("111", "(The agent finished without a text answer.)"),
+                        typing("111"),
+                        prompt("s1", "two"),
+                    ],
+                ),
+                (ended("s1", TurnOutcome::Failed("boom".into())), vec![text("111", "Sorry, the agent failed: boom")]),
+            ],
+        );
+    }
+    let mut core = core_with(vec![open_channel(DispatchMode::Collect)]);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "one"), vec![new_session("tg:111:111")]),
+            (dm("111", "two"), vec![]),
+            (dm("111", "three"), vec![]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "one")]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![
+                    text("111", "(The agent finished without a text answer.)"),
+                    typing("111"),
+                    prompt("s1", "two\n\nthree"),
+                ],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn steer_cancels_drops_the_old_text_then_runs_the_new_message_with_the_note() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    let note_two = format!("{STEER_NOTE}\n\ntwo");
+    check(
+        &mut core,
+        t0,
+        vec![
+            (chunk("s1", "partial answer"), vec![]),
+            (dm("111", "two"), vec![cancel("s1")]),
+            // Text still streaming from the cancelled turn is dropped.
+            (chunk("s1", " more"), vec![]),
+            // Only when the cancelled turn has ended does the new prompt go (one at a time).
+            (ended("s1", TurnOutcome::Cancelled), vec![typing("111"), prompt("s1", &note_two)]),
+            (chunk("s1", "fresh"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "fresh")]),
+        ],
+    );
+    // A turn that finished on its own before the cancel took effect is dropped all the same.
+    let mut core = busy_core(channel("tg"), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "two"), vec![cancel("s1")]),
+            (ended("s1", TurnOutcome::EndTurn), vec![typing("111"), prompt("s1", &note_two)]),
+        ],
+    );
+}
+
+#[test]
+fn messages_during_one_steer_wait_are_merged_latest_last() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(with_id(dm_msg("111", "two"), "m2")), vec![cancel("s1")]),
+            // No second session/cancel: one is on its way.
+            (inbound(with_id(dm_msg("111", "three"), "m3")), vec![]),
+        ],
+    );
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m2", "m3"]);
+    check(
+        &mut core,
+        t0,
+        vec![(
+            ended("s1", TurnOutcome::Cancelled),
+            vec![typing("111"), prompt("s1", &format!("{STEER_NOTE}\n\ntwo\n\nthree"))],
+        )],
+    );
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m2", "m3"], "the merged turn answers both");
+}
+
+#[test]
+fn steer_with_a_wedged_agent_gives_up_after_the_bound_and_opens_a_fresh_session() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    let mut core = busy_core(ch, t0);
+    let t1 = t0 + Duration::from_secs(1);
+    let bound = t1 + CANCEL_WAIT;
+    check_at(
+        &mut core,
+        vec![
+            (t1, dm("111", "two"), vec![cancel("s1")]),
+            // "typing…" goes on while the steer waits.
+            (t0 + Duration::from_secs(4), Event::Tick, vec![typing("111")]),
+            (t0 + Duration::from_secs(8), Event::Tick, vec![typing("111")]),
+        ],
+    );
+    assert_eq!(core.next_deadline(), Some(bound), "the wait's bound is a deadline");
+    check_at(
+        &mut core,
+        vec![
+            (bound - Duration::from_millis(1), Event::Tick, vec![]),
+            // No second prompt to the wedged session: a fresh one, said so.
+            (bound, Event::Tick, vec![text("111", texts::STUCK_FRESH), new_session("tg:111:111")]),
+            // The wedged session's late events are ignored.
+            (bound, ended("s1", TurnOutcome::Cancelled), vec![]),
+            (bound, chunk("s1", "zombie"), vec![]),
+            // The fresh session gets the instructions again, and no steer note: it never saw
+            // the cancelled request.
+            (bound, created("tg:111:111", "s2"), vec![typing("111"), prompt("s2", "Be brief.\n\ntwo")]),
+            (bound, chunk("s2", "ok"), vec![]),
+            (bound, ended("s2", TurnOutcome::EndTurn), vec![text("111", "ok")]),
+        ],
+    );
+    assert_eq!(core.next_deadline(), None);
+}
+
+#[test]
+fn cancel_command_stops_the_turn_and_says_so() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![open_channel(DispatchMode::Followup)]);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "/cancel"), vec![text("111", texts::NOTHING_TO_CANCEL)]),
+            (dm("111", "one"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "one")]),
+            (dm("111", "queued"), vec![]),
+            (dm("111", "/CANCEL"), vec![cancel("s1"), text("111", texts::CANCELLED)]),
+            // Its text and its end are not shown, and the queued message was dropped with it.
+            (chunk("s1", "late"), vec![]),
+            (ended("s1", TurnOutcome::Cancelled), vec![]),
+            (dm("111", "/cancel"), vec![text("111", texts::NOTHING_TO_CANCEL)]),
+            // The session is kept.
+            (dm("111", "next"), vec![typing("111"), prompt("s1", "next")]),
+        ],
+    );
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(4)));
+}
+
+#[test]
+fn cancel_with_a_wedged_agent_forgets_the_session_after_the_bound() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    check_at(
+        &mut core,
+        vec![
+            (t0, dm("111", "/cancel"), vec![cancel("s1"), text("111", texts::CANCELLED)]),
+            // No "typing…" after /cancel.
+            (t0 + Duration::from_secs(5), Event::Tick, vec![]),
+            (t0 + CANCEL_WAIT, Event::Tick, vec![text("111", texts::STUCK_NEXT)]),
+            (t0 + CANCEL_WAIT, dm("111", "next"), vec![new_session("tg:111:111")]),
+        ],
+    );
+}
+
+#[test]
+fn collect_merges_waiting_texts_and_keeps_their_attachments() {
+    let t0 = Instant::now();
+    // The channel steers; this group collects (per-group override).
+    let mut ch = open_channel(DispatchMode::Steer);
+    ch.session_scope = SessionScope::Thread;
+    ch.groups.insert("-100".into(), GroupConfig { require_mention: None, dispatch_mode: Some(DispatchMode::Collect) });
+    let mut core = core_with(vec![ch]);
+    let file = Attachment {
+        kind: AttachmentKind::File,
+        path: PathBuf::from("/m/1/notes.txt"),
+        file_name: "notes.txt".into(),
+        mime_type: "text/plain".into(),
+    };
+    let two = InboundMessage { attachments: vec![file], ..group_msg("7", "-100", None, "two") };
+    let three =
+        InboundMessage { quoted_text: Some("an \"old\"\nline".into()), ..group_msg("8", "-100", None, "three") };
+    let merged = "two\n\nUser sent a file \"notes.txt\". It has been saved to: /m/1/notes.txt\n\n\
+                  [Replying to: \"an old line\"]\n\nthree";
+    check(
+        &mut core,
+        t0,
+        vec![
+            (inbound(group_msg("7", "-100", None, "one")), vec![new_session("tg:-100")]),
+            (created("tg:-100", "s1"), vec![typing("-100"), prompt("s1", "one")]),
+            // Collected quietly: no cancel, no typing.
+            (inbound(two), vec![]),
+            (inbound(three), vec![]),
+            (chunk("s1", "first answer"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text("-100", "first answer"), typing("-100"), prompt("s1", merged)],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn followup_keeps_order() {
+    let t0 = Instant::now();
+    let mut core = busy_core(open_channel(DispatchMode::Followup), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "two"), vec![]),
+            (dm("111", "three"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text("111", "(The agent finished without a text answer.)"), typing("111"), prompt("s1", "two")],
+            ),
+            (chunk("s1", "2"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "2"), typing("111"), prompt("s1", "three")]),
+            (chunk("s1", "3"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "3")]),
+        ],
+    );
+}
+
+#[test]
+fn waiting_messages_are_bounded_and_overflow_is_told() {
+    let t0 = Instant::now();
+    for mode in [DispatchMode::Followup, DispatchMode::Collect, DispatchMode::Steer] {
+        let mut core = busy_core(open_channel(mode), t0);
+        for i in 0..MAX_WAITING {
+            let got = core.handle(dm("111", &format!("w{i}")), t0);
+            assert!(
+                got.iter().all(|a| matches!(a, Action::Agent { request: AgentRequest::Cancel { .. }, .. })),
+                "{mode:?} {i}: {got:?}"
+            );
+        }
+        assert_eq!(core.handle(dm("111", "one too many"), t0), vec![text("111", texts::TOO_MANY)], "{mode:?}");
+        // Commands still work when the queue is full.
+        assert_eq!(core.handle(dm("111", "/cancel"), t0).last(), Some(&text("111", texts::CANCELLED)));
+        assert_eq!(core.handle(dm("111", "room again"), t0), vec![], "{mode:?}: waits behind the cancelled turn");
+    }
+}
+
+#[test]
+fn clear_during_a_turn_cancels_it_drops_the_queue_and_forgets_the_session() {
+    let t0 = Instant::now();
+    for alias in ["/clear", "/reset", "/new", "/NEW@tether_bot"] {
+        let mut core = busy_core(open_channel(DispatchMode::Followup), t0);
+        check(
+            &mut core,
+            t0,
+            vec![
+                (dm("111", "queued"), vec![]),
+                (dm("111", alias), vec![cancel("s1"), text("111", texts::CLEARED)]),
+                (chunk("s1", "late"), vec![]),
+                (ended("s1", TurnOutcome::Cancelled), vec![]),
+                (dm("111", "/clear"), vec![text("111", texts::NOTHING_TO_CLEAR)]),
+                (dm("111", "fresh"), vec![new_session("tg:111:111")]),
+                (created("tg:111:111", "s2"), vec![typing("111"), prompt("s2", "fresh")]),
+            ],
+        );
+        assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(4)), "{alias}");
+    }
+}
+
+#[test]
+fn clear_while_the_session_is_opening() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
     check(
@@ -165,22 +565,87 @@ fn one_prompt_in_flight_per_session_and_messages_wait_their_turn() {
         t0,
         vec![
             (dm("111", "one"), vec![new_session("tg:111:111")]),
-            // A second message before the session exists shares it (no second session/new).
-            (dm("111", "two"), vec![]),
+            (dm("111", "/clear"), vec![text("111", texts::CLEARED)]),
+            // The late answer opens nothing: the message was dropped with the session.
+            (created("tg:111:111", "s1"), vec![]),
+            (dm("111", "two"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s2"), vec![typing("111"), prompt("s2", "two")]),
+            // Events of the unwanted session are ignored.
+            (ended("s1", TurnOutcome::EndTurn), vec![]),
+        ],
+    );
+}
+
+#[test]
+fn help_lists_the_agents_commands_and_other_commands_go_to_the_agent_verbatim() {
+    let t0 = Instant::now();
+    let mut core = busy_core(channel("tg"), t0);
+    let help = core.handle(dm("111", "/help"), t0);
+    let [Action::Send(Outbound::Text { text: before, .. })] = help.as_slice() else { panic!("{help:?}") };
+    assert!(!before.contains("Agent commands"), "{before}");
+    let commands = vec![
+        AgentCommand { name: "help".into(), description: "the agent's help".into() },
+        AgentCommand { name: "summary".into(), description: "Summarise".into() },
+    ];
+    core.handle(agent(AgentEvent::CommandsAvailable { session_id: "s1".into(), commands }), t0);
+    let help = core.handle(dm("111", "/Help@tether_bot"), t0);
+    let [Action::Send(Outbound::Text { text: after, .. })] = help.as_slice() else { panic!("{help:?}") };
+    assert!(after.starts_with("Commands:\n/help — Show this help\n"), "{after}");
+    assert!(after.contains("\n\nAgent commands (forwarded to the agent):\n/summary — Summarise\n\n"), "{after}");
+    assert!(!after.contains("the agent's help"), "shadowed by ours: {after}");
+    assert!(after.ends_with("Send any text to chat with the agent."));
+    // /help did not disturb the turn; an agent command steers like any message.
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "/summary please"), vec![cancel("s1")]),
             (
-                agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }),
-                vec![typing("111"), prompt("s1", "one")],
-            ),
-            (dm("111", "three"), vec![]),
-            (
-                agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }),
-                vec![text("111", "(The agent finished without a text answer.)"), typing("111"), prompt("s1", "two")],
-            ),
-            (
-                agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::Failed("boom".into()) }),
-                vec![text("111", "Sorry, the agent failed: boom"), typing("111"), prompt("s1", "three")],
+                ended("s1", TurnOutcome::Cancelled),
+                vec![typing("111"), prompt("s1", &format!("{STEER_NOTE}\n\n/summary please"))],
             ),
         ],
+    );
+}
+
+#[test]
+fn commands_for_another_bot_in_a_group_are_not_ours() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Steer);
+    ch.groups.insert("*".into(), GroupConfig { require_mention: Some(false), dispatch_mode: None });
+    let mut core = core_with(vec![ch]);
+    for text in ["/help@other_bot", "/summary@other_bot please"] {
+        assert_eq!(core.handle(inbound(group_msg("7", "-100", None, text)), t0), vec![], "{text}");
+    }
+    // In a DM, or without a bot name, they are.
+    assert_eq!(core.handle(inbound(group_msg("7", "-100", None, "/summary")), t0), vec![new_session("tg:7:-100")]);
+    assert!(matches!(core.handle(dm("7", "/help@other_bot"), t0).as_slice(), [Action::Send(Outbound::Text { .. })]));
+}
+
+#[test]
+fn status_and_who_describe_the_asker_session() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Followup);
+    ch.model = Some("qwen3.5-plus".into());
+    let mut core = core_with(vec![ch]);
+    let reply = |core: &mut Core, text: &str| match core.handle(dm("111", text), t0).as_slice() {
+        [Action::Send(Outbound::Text { text, .. })] => text.clone(),
+        other => panic!("{other:?}"),
+    };
+    let status = reply(&mut core, "/status");
+    assert_eq!(
+        status,
+        "Session: none\nScope: user (one conversation per person per chat)\nAccess: open\nChannel: tg (telegram)\n\
+         Agent: default\nModel: qwen3.5-plus\nWorking directory: /work"
+    );
+    core.handle(dm("111", "one"), t0);
+    assert!(reply(&mut core, "/status").starts_with("Session: starting, 1 message(s) waiting\n"));
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(dm("111", "two"), t0);
+    assert!(reply(&mut core, "/status").starts_with("Session: active, a request is running, 1 message(s) waiting\n"));
+    assert_eq!(
+        reply(&mut core, "/who"),
+        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: Ada (111)"
     );
 }
 
@@ -189,12 +654,12 @@ fn typing_is_refreshed_while_a_turn_runs() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
     core.handle(dm("111", "hi"), t0);
-    core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
     assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(4)));
     assert_eq!(core.handle(Event::Tick, t0 + Duration::from_secs(3)), vec![]);
     assert_eq!(core.handle(Event::Tick, t0 + Duration::from_secs(4)), vec![typing("111")]);
     assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(8)));
-    core.handle(agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }), t0);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
     assert_eq!(core.next_deadline(), None);
 }
 
@@ -205,29 +670,239 @@ fn instructions_go_with_the_first_prompt_only() {
     ch.instructions = Some("Be brief.".into());
     let mut core = core_with(vec![ch]);
     core.handle(dm("111", "one"), t0);
-    let got = core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
+    let got = core.handle(created("tg:111:111", "s1"), t0);
     assert_eq!(got[1], prompt("s1", "Be brief.\n\none"));
-    core.handle(agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }), t0);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
     assert_eq!(core.handle(dm("111", "two"), t0)[1], prompt("s1", "two"));
+    // After /clear the next session is instructed again.
+    core.handle(dm("111", "/clear"), t0);
+    core.handle(dm("111", "three"), t0);
+    assert_eq!(core.handle(created("tg:111:111", "s2"), t0)[1], prompt("s2", "Be brief.\n\nthree"));
 }
 
 #[test]
-fn agent_exit_tells_waiting_users_and_forgets_sessions() {
+fn snapshot_and_restore_keep_the_instructed_flag() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    let mut core = core_with(vec![ch.clone()]);
+    core.handle(inbound(with_id(dm_msg("111", "one"), "m1")), t0);
+    assert!(core.sessions_snapshot().is_empty(), "a session the agent has not opened is not saved");
+    core.handle(created("tg:111:111", "s1"), t0);
+    let snapshot = core.sessions_snapshot();
+    let record = SessionRecord {
+        session_id: "s1".into(),
+        agent: DEFAULT_AGENT.into(),
+        chat: chat("111"),
+        cwd: PathBuf::from("/work"),
+        instructed: true,
+    };
+    assert_eq!(snapshot, BTreeMap::from([("tg:111:111".to_string(), record.clone())]));
+
+    // A restarted service takes it back and does not instruct it twice.
+    let mut restarted = core_with(vec![ch.clone()]);
+    assert_eq!(restarted.restore(snapshot.clone()), 1);
+    assert_eq!(restarted.sessions_snapshot(), snapshot);
+    assert_eq!(restarted.handle(dm("111", "two"), t0), vec![typing("111"), prompt("s1", "two")]);
+    // Its events are routed again.
+    check(
+        &mut restarted,
+        t0,
+        vec![(chunk("s1", "ok"), vec![]), (ended("s1", TurnOutcome::EndTurn), vec![text("111", "ok")])],
+    );
+
+    // Saved before its first prompt: instructed then.
+    let mut fresh = core_with(vec![ch.clone()]);
+    let uninstructed = SessionRecord { instructed: false, ..record.clone() };
+    fresh.restore([("tg:111:111".to_string(), uninstructed)]);
+    assert_eq!(fresh.handle(dm("111", "two"), t0)[1], prompt("s1", "Be brief.\n\ntwo"));
+
+    // Records of a channel that is gone, or that now uses another agent, are skipped.
+    let mut other = ch.clone();
+    other.agent = "gemini".into();
+    let mut changed = core_with(vec![other]);
+    let gone = SessionRecord { chat: ChatRef { channel: "old".into(), ..chat("1") }, ..record.clone() };
+    assert_eq!(changed.restore([("tg:111:111".to_string(), record), ("old:1:1".to_string(), gone)]), 0);
+    assert!(changed.sessions_snapshot().is_empty());
+}
+
+#[test]
+fn message_ids_follow_their_turns() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![open_channel(DispatchMode::Collect)]);
+    core.handle(inbound(with_id(dm_msg("111", "one"), "m1")), t0);
+    core.handle(inbound(with_id(dm_msg("111", "two"), "m2")), t0);
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m1", "m2"]);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(inbound(with_id(dm_msg("111", "three"), "m3")), t0);
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m1", "m2", "m3"]);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert_eq!(core.unanswered_message_ids("tg:111:111"), vec!["m2", "m3"], "m2 and m3 now run as one turn");
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert!(core.unanswered_message_ids("tg:111:111").is_empty());
+}
+
+#[test]
+fn empty_messages_are_ignored() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
-    core.handle(dm("111", "hi"), t0);
-    core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
-    let got = core.handle(agent(AgentEvent::Exited { reason: "exited with status 3".into() }), t0);
-    assert_eq!(
-        got,
-        vec![text(
-            "111",
-            "The agent stopped (exited with status 3). Your message was not answered; please send it again."
-        )]
+    assert_eq!(core.handle(dm("111", "  "), t0), vec![]);
+}
+
+fn ready(load_session: bool) -> Event {
+    agent(AgentEvent::Ready { load_session })
+}
+
+fn exited() -> Event {
+    agent(AgentEvent::Exited { reason: "exited with status 3".into() })
+}
+
+fn load(key: &str, session: &str) -> Action {
+    Action::Agent {
+        agent: DEFAULT_AGENT.into(),
+        request: AgentRequest::LoadSession {
+            key: key.into(),
+            session_id: session.into(),
+            cwd: PathBuf::from("/work"),
+            model: None,
+        },
+    }
+}
+
+#[test]
+fn a_crash_mid_turn_restores_the_session_and_retries_the_turn_once() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    let mut core = core_with(vec![ch]);
+    core.handle(ready(true), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "hi"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "Be brief.\n\nhi")]),
+            (chunk("s1", "half an ans"), vec![]),
+            (exited(), vec![text("111", texts::CRASH_RETRY)]),
+            // Late events of the dead process are ignored; a message meanwhile waits (no request
+            // goes to a dead agent).
+            (chunk("s1", "wer"), vec![]),
+            (dm("111", "meanwhile"), vec![]),
+            // Back: the session is loaded with the id it had, not instructed twice, and the
+            // interrupted prompt is sent again as it was, then what waited.
+            (ready(true), vec![load("tg:111:111", "s1")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "Be brief.\n\nhi")]),
+            (chunk("s1", "full answer"), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![text("111", "full answer"), typing("111"), prompt("s1", "meanwhile")],
+            ),
+        ],
     );
-    // Late events of the dead session are ignored; the next message opens a new session.
-    assert_eq!(core.handle(agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "x".into() }), t0), vec![]);
-    assert_eq!(core.handle(dm("111", "again"), t0), vec![new_session("tg:111:111")]);
+}
+
+#[test]
+fn a_turn_that_crashes_the_agent_twice_is_given_up() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    core.handle(ready(true), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "crash"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "crash")]),
+            (exited(), vec![text("111", texts::CRASH_RETRY)]),
+            (ready(true), vec![load("tg:111:111", "s1")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "crash")]),
+            (exited(), vec![text("111", texts::CRASH_GAVE_UP)]),
+            (ready(true), vec![load("tg:111:111", "s1")]),
+            (created("tg:111:111", "s1"), vec![]),
+            (dm("111", "next"), vec![typing("111"), prompt("s1", "next")]),
+        ],
+    );
+}
+
+#[test]
+fn without_load_session_or_when_load_fails_a_fresh_session_is_opened_and_instructed() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    for (load_session, script_after_ready) in [
+        (false, vec![(ready(false), vec![new_session("tg:111:111")])]),
+        (
+            true,
+            vec![
+                (ready(true), vec![load("tg:111:111", "s1")]),
+                (
+                    agent(AgentEvent::SessionFailed { key: "tg:111:111".into(), error: "Session not found".into() }),
+                    vec![new_session("tg:111:111")],
+                ),
+            ],
+        ),
+    ] {
+        let mut core = core_with(vec![ch.clone()]);
+        core.handle(ready(load_session), t0);
+        core.handle(dm("111", "one"), t0);
+        core.handle(created("tg:111:111", "s1"), t0);
+        core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+        core.handle(exited(), t0);
+        check(&mut core, t0, script_after_ready);
+        check(
+            &mut core,
+            t0,
+            vec![
+                (created("tg:111:111", "s2"), vec![]),
+                (dm("111", "two"), vec![typing("111"), prompt("s2", "Be brief.\n\ntwo")]),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_session_asked_for_while_the_agent_is_down_opens_when_it_is_back() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    core.handle(ready(true), t0);
+    core.handle(exited(), t0);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "hello?"), vec![]),
+            (ready(true), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "hello?")]),
+        ],
+    );
+}
+
+#[test]
+fn a_turn_past_its_timeout_is_cancelled_and_the_user_told() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.turn_timeout = Duration::from_secs(60);
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("111", "long job"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let at = |s| t0 + Duration::from_secs(s);
+    check_at(
+        &mut core,
+        vec![
+            (at(59), Event::Tick, vec![typing("111")]),
+            (
+                at(60),
+                Event::Tick,
+                vec![
+                    text("111", "The agent did not finish within 60 seconds, so the request was cancelled."),
+                    cancel("s1"),
+                ],
+            ),
+            // Its late text is dropped; the cancelled end is not a second answer.
+            (at(61), chunk("s1", "late"), vec![]),
+            (at(61), ended("s1", TurnOutcome::Cancelled), vec![]),
+            (at(62), dm("111", "next"), vec![typing("111"), prompt("s1", "next")]),
+        ],
+    );
 }
 
 #[test]
@@ -242,79 +917,312 @@ fn session_failure_is_reported_to_the_chat() {
     assert_eq!(got, vec![text("111", "The agent could not start a conversation: Authentication required (-32000)")]);
 }
 
-// Service support: which messages an answer completes, what the core still holds, reloads.
+fn permission_request(session: &str, request: u64) -> Event {
+    agent(AgentEvent::PermissionRequested {
+        session_id: session.into(),
+        request,
+        call: ToolCall {
+            id: "c1".into(),
+            title: "touch demo.txt".into(),
+            kind: "execute".into(),
+            status: "pending".into(),
+            preview: "touch demo.txt".into(),
+        },
+        options: vec![
+            PermissionOption { id: "proceed_always".into(), name: "Always".into(), kind: PermissionKind::AllowAlways },
+            PermissionOption { id: "proceed_once".into(), name: "Allow".into(), kind: PermissionKind::AllowOnce },
+            PermissionOption { id: "cancel".into(), name: "Reject".into(), kind: PermissionKind::RejectOnce },
+        ],
+    })
+}
 
-fn dm_with_id(sender: &str, text: &str, id: &str) -> Event {
-    match dm(sender, text) {
-        Event::Inbound(Inbound::Message(m)) => {
-            Event::Inbound(Inbound::Message(InboundMessage { message_id: Some(id.into()), ..m }))
-        }
-        other => other,
+fn answer(request: u64, option: Option<&str>) -> Action {
+    let outcome = option.map_or(PermissionOutcome::Cancelled, |o| PermissionOutcome::Selected(o.into()));
+    Action::Agent { agent: DEFAULT_AGENT.into(), request: AgentRequest::AnswerPermission { request, outcome } }
+}
+
+fn edit(id: &str, perm: &str, t: &str) -> Action {
+    Action::Send(Outbound::Edit { chat: chat(id), key: format!("perm:{perm}"), text: t.into() })
+}
+
+/// A core with a turn running in session s1 for user 111.
+fn turn_running(ch: ChannelConfig, t0: Instant) -> Core {
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("111", "please touch"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core
+}
+
+#[test]
+fn permission_requests_are_relayed_and_answered_by_text() {
+    let t0 = Instant::now();
+    let mut core = turn_running(channel("tg"), t0);
+    let asked = core.handle(permission_request("s1", 7), t0);
+    let Action::Send(Outbound::Ask { chat: asked_chat, key, text: ask, buttons }) = &asked[0] else {
+        panic!("{asked:?}")
+    };
+    assert_eq!((asked_chat, key.as_str()), (&chat("111"), "perm:1"));
+    assert!(ask.contains("touch demo.txt") && ask.contains("/approve 1"), "{ask}");
+    assert_eq!(buttons.len(), 3);
+    check(
+        &mut core,
+        t0,
+        vec![
+            // A stranger's answer never gets past the gates.
+            (dm("999", "/approve"), vec![]),
+            (
+                dm("111", "/approve"),
+                vec![
+                    answer(7, Some("proceed_once")),
+                    edit("111", "1", "🔐 touch demo.txt — approved"),
+                    text("111", "Permission approved."),
+                ],
+            ),
+            (dm("111", "/deny 1"), vec![text("111", "Permission request 1 is no longer pending.")]),
+        ],
+    );
+    // "no 2" answers request 2; "yes" alone is a message for the agent (it waits its turn).
+    core.handle(permission_request("s1", 8), t0);
+    check(
+        &mut core,
+        t0,
+        vec![(
+            dm("111", "yes"),
+            vec![cancel("s1")].into_iter().chain([edit("111", "2", "🔐 touch demo.txt — cancelled")]).collect(),
+        )],
+    );
+}
+
+#[test]
+fn permission_timeout_refuses_and_tells_the_chat() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.permission_timeout = Duration::from_secs(300);
+    ch.dispatch_mode = DispatchMode::Followup;
+    let mut core = turn_running(ch, t0);
+    core.handle(permission_request("s1", 3), t0);
+    assert_eq!(core.next_deadline(), Some(t0 + crate::core::TYPING_REFRESH));
+    let got = core.handle(Event::Tick, t0 + Duration::from_secs(300));
+    assert_eq!(got[0], answer(3, Some("cancel")));
+    assert_eq!(got[1], edit("111", "1", "🔐 touch demo.txt — timed out, refused"));
+    assert_eq!(got[2], text("111", "Permission request 1 timed out, so the agent was told no."));
+}
+
+#[test]
+fn permission_policies_allow_and_deny_answer_without_asking() {
+    let t0 = Instant::now();
+    for (policy, expected) in [(PermissionPolicy::Allow, "proceed_once"), (PermissionPolicy::Deny, "cancel")] {
+        let mut ch = channel("tg");
+        ch.permissions = policy;
+        let mut core = turn_running(ch, t0);
+        assert_eq!(core.handle(permission_request("s1", 1), t0), vec![answer(1, Some(expected))]);
     }
 }
+
+#[test]
+fn shared_sessions_take_permission_answers_only_from_allowed_users() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Followup);
+    ch.session_scope = SessionScope::Single;
+    ch.allowed_users = vec!["111".into()];
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("222", "hello"), t0);
+    core.handle(created("tg:__single__", "s1"), t0);
+    core.handle(permission_request("s1", 5), t0);
+    // The request shows in 222's chat, where the turn came from; 222 may not decide.
+    let refused = core.handle(dm("222", "/approve"), t0);
+    assert!(
+        matches!(&refused[..], [Action::Send(Outbound::Text { text, .. })] if text.contains("allowedUsers")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn requests_of_a_dead_agent_or_unknown_session_are_closed() {
+    let t0 = Instant::now();
+    let mut core = turn_running(channel("tg"), t0);
+    assert_eq!(core.handle(permission_request("nope", 4), t0), vec![answer(4, None)]);
+    core.handle(permission_request("s1", 5), t0);
+    let got = core.handle(exited(), t0);
+    assert_eq!(got[0], edit("111", "1", "🔐 touch demo.txt — cancelled: the agent stopped"));
+}
+
+#[test]
+fn block_streaming_sends_paragraphs_as_they_come_and_the_rest_at_the_end() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.block_streaming = true;
+    ch.block_min_chars = 10;
+    ch.block_max_chars = 100;
+    ch.block_idle = Duration::from_millis(1500);
+    let mut core = turn_running(ch, t0);
+    let first = "First paragraph here.\n\n";
+    check(
+        &mut core,
+        t0,
+        vec![
+            (chunk("s1", "First para"), vec![]),
+            (chunk("s1", "graph here.\n\nSecond"), vec![text("111", first.trim())]),
+            (chunk("s1", " one."), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "Second one.")]),
+        ],
+    );
+    // Idle flush: a long enough buffer goes out after idleMs without new text.
+    core.handle(dm("111", "again"), t0);
+    core.handle(chunk("s1", "A sentence without a break"), t0);
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_millis(1500)));
+    assert_eq!(
+        core.handle(Event::Tick, t0 + Duration::from_millis(1500)),
+        vec![text("111", "A sentence without a break")]
+    );
+    // Nothing streamed: the end still says something.
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    core.handle(dm("111", "quiet"), t0);
+    assert_eq!(
+        core.handle(ended("s1", TurnOutcome::EndTurn), t0),
+        vec![text("111", "(The agent finished without a text answer.)")]
+    );
+}
+
+#[test]
+fn brief_tool_calls_show_one_line_each_edited_when_done() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.show_tool_calls = ToolCallDisplay::Brief;
+    let mut core = turn_running(ch, t0);
+    let tool = |status: &str, title: &str| {
+        agent(AgentEvent::ToolCall {
+            session_id: "s1".into(),
+            call: ToolCall {
+                id: "c1".into(),
+                title: title.into(),
+                kind: "execute".into(),
+                status: status.into(),
+                preview: String::new(),
+            },
+        })
+    };
+    let ask = Action::Send(Outbound::Ask {
+        chat: chat("111"),
+        key: "tool:s1:c1".into(),
+        text: "⚙️ Running: cargo test …".into(),
+        buttons: vec![],
+    });
+    let done = Action::Send(Outbound::Edit {
+        chat: chat("111"),
+        key: "tool:s1:c1".into(),
+        text: "⚙️ cargo test — done".into(),
+    });
+    check(
+        &mut core,
+        t0,
+        vec![
+            (tool("pending", "cargo test"), vec![ask]),
+            (tool("in_progress", ""), vec![]),
+            (tool("completed", ""), vec![done]),
+        ],
+    );
+    // Off by default: nothing shown.
+    let mut quiet = turn_running(channel("tg"), t0);
+    assert_eq!(quiet.handle(tool("pending", "cargo test"), t0), vec![]);
+}
+
+// Service support (journal, status, reload): which messages an answer completes, what the
+// core still holds, gates without side effects, reloads.
 
 fn reference(chat: &str, id: &str) -> MessageRef {
     MessageRef { chat_id: chat.into(), message_id: id.into() }
 }
 
-#[test]
-fn answers_name_the_messages_they_complete_and_holds_follows_them() {
-    let t0 = Instant::now();
-    let mut core = core_with(vec![channel("tg")]);
-    let (one, two) = (reference("111", "1"), reference("111", "2"));
-    core.handle(dm_with_id("111", "one", "1"), t0);
-    core.handle(dm_with_id("111", "two", "2"), t0);
-    assert!(core.holds("tg", &one) && core.holds("tg", &two));
-    assert!(!core.holds("other", &one));
-    core.handle(agent(AgentEvent::SessionCreated { key: "tg:111:111".into(), session_id: "s1".into() }), t0);
-    core.handle(agent(AgentEvent::TextChunk { session_id: "s1".into(), text: "A".into() }), t0);
-    let got = core.handle(agent(AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }), t0);
-    assert_eq!(
-        got[0],
-        Action::Send(Outbound::Text { chat: chat("111"), text: "A".into(), answers: vec![one.clone()] })
-    );
-    assert!(!core.holds("tg", &one) && core.holds("tg", &two));
-    // The agent dies mid-turn: the notice answers the message in the turn.
-    let got = core.handle(agent(AgentEvent::Exited { reason: "was killed".into() }), t0);
-    assert!(
-        matches!(&got[..], [Action::Send(Outbound::Text { answers, .. })] if *answers == vec![two.clone()]),
-        "{got:?}"
-    );
-    assert!(!core.holds("tg", &two));
-    assert_eq!(core.session_count("tg"), 0);
+fn answers_of(action: &Action) -> Vec<MessageRef> {
+    match action {
+        Action::Send(Outbound::Text { answers, .. }) => answers.clone(),
+        _ => Vec::new(),
+    }
 }
 
 #[test]
-fn dropped_messages_are_not_held_and_admits_runs_the_gates() {
+fn an_answer_names_the_messages_it_completes_and_holds_follows_them() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![open_channel(DispatchMode::Followup)]);
+    let (m1, m2) = (reference("111", "m1"), reference("111", "m2"));
+    core.handle(inbound(with_id(dm_msg("111", "one"), "m1")), t0);
+    core.handle(inbound(with_id(dm_msg("111", "two"), "m2")), t0);
+    assert!(core.holds("tg", &m1) && core.holds("tg", &m2));
+    assert!(!core.holds("other", &m1), "another channel's message with the same ids");
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(chunk("s1", "A"), t0);
+    let got = core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert_eq!(got[0], Action::Send(Outbound::Text { chat: chat("111"), text: "A".into(), answers: vec![m1.clone()] }));
+    assert!(!core.holds("tg", &m1) && core.holds("tg", &m2));
+    assert_eq!(core.session_count("tg"), 1);
+}
+
+#[test]
+fn a_streamed_answer_names_them_on_its_last_block() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.block_streaming = true;
+    ch.block_min_chars = 10;
+    ch.block_max_chars = 100;
+    let mut core = core_with(vec![ch]);
+    core.handle(inbound(with_id(dm_msg("111", "go"), "m1")), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let early = core.handle(chunk("s1", "First paragraph here.\n\nSecond"), t0);
+    assert_eq!(early.len(), 1);
+    assert!(answers_of(&early[0]).is_empty(), "{early:?}");
+    let last = core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert_eq!(answers_of(&last[0]), vec![reference("111", "m1")], "{last:?}");
+}
+
+#[test]
+fn a_turn_lost_to_two_crashes_is_answered_by_the_notice() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
-    let stranger = dm_with_id("999", "hi", "5");
-    assert!(core.handle(stranger.clone(), t0).is_empty());
+    core.handle(ready(true), t0);
+    let m1 = reference("111", "m1");
+    core.handle(inbound(with_id(dm_msg("111", "hi"), "m1")), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let first = core.handle(exited(), t0);
+    assert!(answers_of(&first[0]).is_empty(), "it will be retried: {first:?}");
+    assert!(core.holds("tg", &m1), "held for the retry");
+    core.handle(ready(true), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let second = core.handle(exited(), t0);
+    assert_eq!(
+        second[0],
+        Action::Send(Outbound::Text {
+            chat: chat("111"),
+            text: texts::CRASH_GAVE_UP.into(),
+            answers: vec![m1.clone()],
+        })
+    );
+    assert!(!core.holds("tg", &m1));
+}
+
+#[test]
+fn dropped_messages_are_not_held_and_admits_has_no_side_effects() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    let stranger = with_id(dm_msg("999", "hi"), "5");
+    assert!(!core.admits(&stranger));
+    assert!(core.admits(&with_id(dm_msg("111", "hi"), "6")));
+    assert!(core.handle(inbound(stranger), t0).is_empty());
     assert!(!core.holds("tg", &reference("999", "5")));
-    let message = |e: Event| match e {
-        Event::Inbound(Inbound::Message(m)) => m,
-        _ => unreachable!(),
-    };
-    assert!(!core.admits(&message(stranger)));
-    assert!(core.admits(&message(dm_with_id("111", "hi", "6"))));
+    // A command answers at once: nothing is held.
+    core.handle(inbound(with_id(dm_msg("111", "/status"), "7")), t0);
+    assert!(!core.holds("tg", &reference("111", "7")));
 }
 
 #[test]
 fn reload_keeps_sessions_of_untouched_channels() {
     let t0 = Instant::now();
-    let mut other = channel("web");
-    other.allowed_users = vec!["222".into()];
-    let mut core = core_with(vec![channel("tg"), other.clone()]);
+    let mut web = channel("web");
+    web.allowed_users = vec!["222".into()];
+    let mut core = core_with(vec![channel("tg"), web]);
     core.handle(dm("111", "hi"), t0);
-    let web = Event::Inbound(Inbound::Message(InboundMessage {
-        channel: "web".into(),
-        sender_id: "222".into(),
-        chat_id: "222".into(),
-        is_mentioned: true,
-        text: "hey".into(),
-        ..Default::default()
-    }));
-    core.handle(web, t0);
+    let web_msg = InboundMessage { channel: "web".into(), ..dm_msg("222", "hey") };
+    core.handle(inbound(web_msg), t0);
     assert_eq!((core.session_count("tg"), core.session_count("web")), (1, 1));
     let mut tg = channel("tg");
     tg.instructions = Some("changed, same agent".into());
@@ -326,4 +1234,25 @@ fn reload_keeps_sessions_of_untouched_channels() {
     };
     core.set_channels(&config);
     assert_eq!((core.session_count("tg"), core.session_count("web")), (1, 0));
+}
+
+#[test]
+fn a_session_id_another_conversation_has_is_not_taken() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg"), channel("tg2")]);
+    core.handle(ready(true), t0);
+    core.handle(dm("111", "a"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    core.handle(exited(), t0);
+    // Back up: tg:111:111 is to be loaded as s1; meanwhile another conversation is opened
+    // and the restarted agent, counting from 1 again, calls it s1 too.
+    let other = InboundMessage { channel: "tg2".into(), ..dm_msg("111", "b") };
+    let got = core.handle(ready(true), t0);
+    assert_eq!(got, vec![load("tg:111:111", "s1")]);
+    core.handle(inbound(other), t0);
+    core.handle(created("tg2:111:111", "s1"), t0);
+    // The load "succeeds" with the id the other one now has: refused, a new session instead.
+    let got = core.handle(created("tg:111:111", "s1"), t0);
+    assert_eq!(got, vec![new_session("tg:111:111")]);
 }

@@ -280,6 +280,7 @@ impl DemoAgent {
                 self.cancel(params, out);
                 out.result(id, Value::Null);
             }
+            "session/set_config_option" => self.set_config_option(id, params, out),
             _ => {
                 out.log(format!("unknown method {method}: answering -32601"));
                 out.error(id, METHOD_NOT_FOUND, &format!("Method not found: {method}"), None);
@@ -353,15 +354,43 @@ impl DemoAgent {
         };
         self.next_session_number = number + 1;
         let session_id = session_id_for(number);
-        let record = SessionRecord { session_id: session_id.clone(), cwd, history: Vec::new() };
+        let record = SessionRecord {
+            session_id: session_id.clone(),
+            cwd,
+            history: Vec::new(),
+            model: super::store::default_model(),
+        };
         persist(self.store.as_ref(), &record, out);
         out.log(format!("session {session_id} created in {}", record.cwd));
         self.sessions.insert(session_id.clone(), Session { record, turn: None });
-        out.result(id, json!({"sessionId": session_id}));
+        let options = script::config_options(&record_model(&self.sessions, &session_id));
+        out.result(id, json!({"sessionId": session_id, "configOptions": options}));
         out.update(
             &session_id,
             json!({"sessionUpdate": "available_commands_update", "availableCommands": script::available_commands()}),
         );
+    }
+
+    /// `session/set_config_option` for the one option there is, `model`.
+    fn set_config_option(&mut self, id: Value, params: &Value, out: &mut Out) {
+        let session_id = params.get("sessionId").and_then(Value::as_str).unwrap_or_default();
+        let config_id = params.get("configId").and_then(Value::as_str).unwrap_or_default();
+        let value = params.get("value").and_then(Value::as_str).unwrap_or_default();
+        let model = value.strip_prefix("demo|").unwrap_or(value);
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            out.error(id, INVALID_PARAMS, &format!("Session not found: {session_id}"), None);
+            return;
+        };
+        if config_id != "model" || !script::MODELS.contains(&model) {
+            let details = format!("unknown option {config_id}={value}; models: {}", script::MODELS.join(", "));
+            out.log(format!("session/set_config_option: {details}"));
+            out.error(id, INVALID_PARAMS, "Invalid params", Some(json!({"details": details})));
+            return;
+        }
+        session.record.model = model.to_string();
+        persist(self.store.as_ref(), &session.record, out);
+        out.log(format!("session {session_id}: model {model}"));
+        out.result(id, json!({"configOptions": script::config_options(model)}));
     }
 
     fn load_session(&mut self, id: Value, params: &Value, out: &mut Out) {
@@ -453,6 +482,7 @@ impl DemoAgent {
                 prompt_text: &text,
                 cwd: &session.record.cwd,
                 history: &session.record.history,
+                model: &session.record.model,
                 chunk_delay: self.settings.chunk_delay,
                 turn_number,
             };
@@ -625,3 +655,8 @@ impl DemoAgent {
 #[cfg(test)]
 #[path = "machine_tests.rs"]
 mod tests;
+
+/// The model of a session the agent knows (the default for an unknown one).
+fn record_model(sessions: &BTreeMap<String, Session>, session_id: &str) -> String {
+    sessions.get(session_id).map_or_else(super::store::default_model, |s| s.record.model.clone())
+}

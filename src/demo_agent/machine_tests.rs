@@ -157,14 +157,31 @@ fn session_new_answers_an_id_then_announces_commands() {
     let mut h = Harness::new();
     let (id, lines) = h.request("session/new", json!({"cwd": "/ws", "mcpServers": []}));
     assert_eq!(lines.len(), 2);
-    assert_eq!(*result(&lines[..1], id), json!({"sessionId": "demo-1"}));
+    assert_eq!(result(&lines[..1], id)["sessionId"], "demo-1");
+    assert_eq!(result(&lines[..1], id)["configOptions"][0]["category"], "model");
     assert_eq!(lines[1]["params"]["sessionId"], "demo-1");
     let update = &lines[1]["params"]["update"];
     assert_eq!(update["sessionUpdate"], "available_commands_update");
     let names: Vec<&str> =
         update["availableCommands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["help", "summary", "joke"]);
+    assert_eq!(names, ["help", "summary", "joke", "model"]);
     assert_eq!(h.new_session(), "demo-2");
+}
+
+#[test]
+fn model_config_option_is_set_per_session() {
+    let mut h = Harness::new();
+    let (first, second) = (h.new_session(), h.new_session());
+    let params = json!({"sessionId": first, "configId": "model", "value": "demo|demo-fast"});
+    let (id, lines) = h.request("session/set_config_option", params);
+    assert_eq!(result(&lines, id)["configOptions"][0]["currentValue"], "demo|demo-fast");
+    let (_, lines) = h.prompt(&first, "/model");
+    assert_eq!(text(&lines), "model: demo-fast");
+    let (_, lines) = h.prompt(&second, "/model");
+    assert_eq!(text(&lines), "model: demo-standard");
+    let bad = json!({"sessionId": second, "configId": "model", "value": "gpt-99"});
+    let (id, lines) = h.request("session/set_config_option", bad);
+    assert_eq!(error(&lines, id)["code"], -32602);
 }
 
 #[test]
@@ -412,6 +429,24 @@ fn a_restarted_agent_loads_sessions_from_the_state_directory() {
     assert_eq!(stop_reason(&lines, id), "end_turn");
     let (id, lines) = second.request("session/load", json!({"sessionId": "../etc", "cwd": "/ws"}));
     assert_eq!(error(&lines, id)["code"], -32602);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn crashonce_crashes_the_first_time_and_answers_the_retry() {
+    let dir = temp_dir("machine-crashonce");
+    let settings = Settings { state_dir: Some(dir.clone()), ..Settings::default() };
+    let mut first = Harness::with(settings.clone());
+    let session = first.new_session();
+    let crash = json!({"jsonrpc": "2.0", "id": 1, "method": "session/prompt",
+        "params": {"sessionId": session, "prompt": [{"type": "text", "text": "crashonce now"}]}});
+    assert_eq!(first.raw(&crash.to_string()).last(), Some(&Output::Exit(3)));
+    drop(first);
+    let mut second = Harness::with(settings);
+    second.request("session/load", json!({"sessionId": session, "cwd": "/ws", "mcpServers": []}));
+    let (id, lines) = second.prompt(&session, "crashonce now");
+    assert_eq!(text(&lines), "echo: crashonce now");
+    assert_eq!(stop_reason(&lines, id), "end_turn");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -9,6 +9,21 @@ use serde_json::{Value, json};
 use super::store::{Entry, Role};
 use super::texts::{CHAT_HELP, JOKE, huge_answer, long_answer};
 
+/// The models the demo agent offers (a `model` config option); the first is the default.
+pub const MODELS: [&str; 3] = ["demo-standard", "demo-fast", "demo-careful"];
+
+/// The session's config options, as session/new, session/load and set_config_option return
+/// them: one select option of category `model`, its values prefixed like qwen's runtime ids.
+pub fn config_options(current_model: &str) -> Value {
+    let options: Vec<Value> =
+        MODELS.iter().map(|m| json!({"value": format!("demo|{m}"), "name": m, "description": ""})).collect();
+    json!([{
+        "id": "model", "name": "Model", "description": "The model that answers",
+        "category": "model", "type": "select",
+        "currentValue": format!("demo|{current_model}"), "options": options,
+    }])
+}
+
 /// Interval between `tick N` chunks for a bare `slow`.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(300);
 /// Upper bound for `slow=N`, so a typo cannot stall a turn for hours.
@@ -36,6 +51,9 @@ pub struct Words {
     pub ext: bool,
     pub huge: bool,
     pub crash: bool,
+    /// Crash unless this very prompt is already in the session's history (so the retry after
+    /// a restart answers).
+    pub crash_once: bool,
     pub hang: bool,
 }
 
@@ -72,6 +90,7 @@ pub fn parse_words(text: &str) -> Words {
             "ext" => words.ext = true,
             "huge" => words.huge = true,
             "crash" => words.crash = true,
+            "crashonce" => words.crash_once = true,
             "hang" => words.hang = true,
             other => {
                 if let Some(ms) = other.strip_prefix("slow=").and_then(|v| v.parse::<u64>().ok()) {
@@ -134,6 +153,8 @@ pub struct TurnContext<'a> {
     pub cwd: &'a str,
     /// The session's history before this prompt.
     pub history: &'a [Entry],
+    /// The session's model.
+    pub model: &'a str,
     /// Pause between the chunks of ordinary answers (`--chunk-delay`).
     pub chunk_delay: Duration,
     /// A number unique to this turn, for tool call ids.
@@ -176,11 +197,13 @@ pub fn plan_turn(words: &Words, ctx: &TurnContext) -> Vec<Step> {
         let ticks = (0..TICKS).map(|i| format!("tick {i} ")).collect();
         steps.extend(paced(ticks, tick));
     } else if !words.replaces_echo() {
-        let text = command_answer(ctx.prompt_text, ctx.history).unwrap_or_else(|| format!("echo: {}", ctx.prompt_text));
+        let text = command_answer(ctx.prompt_text, ctx.history, ctx.model)
+            .unwrap_or_else(|| format!("echo: {}", ctx.prompt_text));
         steps.push(Step::Break);
         steps.extend(paced(split_even(&text, ECHO_CHUNKS), ctx.chunk_delay));
     }
-    if words.crash {
+    let seen_before = ctx.history.iter().any(|e| e.role == Role::User && e.text == ctx.prompt_text);
+    if words.crash || (words.crash_once && !seen_before) {
         steps.push(Step::Break);
         steps.push(Step::Text("about to crash".to_string()));
         steps.push(Step::Crash);
@@ -333,13 +356,15 @@ pub fn available_commands() -> Value {
         {"name": "help", "description": "List the words that script the demo agent", "input": null},
         {"name": "summary", "description": "Summarise this session's earlier prompts", "input": null},
         {"name": "joke", "description": "Tell a short programming joke", "input": null},
+        {"name": "model", "description": "Say which model answers this session", "input": null},
     ])
 }
 
 /// The answer to a slash command at the start of the prompt, if it is one of ours.
-pub fn command_answer(prompt_text: &str, history: &[Entry]) -> Option<String> {
+pub fn command_answer(prompt_text: &str, history: &[Entry], model: &str) -> Option<String> {
     let command = prompt_text.split_whitespace().next()?;
     match command.to_lowercase().as_str() {
+        "/model" => Some(format!("model: {model}")),
         "/help" => Some(CHAT_HELP.to_string()),
         "/joke" => Some(JOKE.to_string()),
         "/summary" => {
@@ -377,7 +402,14 @@ mod tests {
     use super::*;
 
     fn ctx<'a>(prompt_text: &'a str, history: &'a [Entry]) -> TurnContext<'a> {
-        TurnContext { prompt_text, cwd: "/ws", history, chunk_delay: Duration::ZERO, turn_number: 7 }
+        TurnContext {
+            prompt_text,
+            cwd: "/ws",
+            history,
+            model: "demo-standard",
+            chunk_delay: Duration::ZERO,
+            turn_number: 7,
+        }
     }
 
     fn texts(steps: &[Step]) -> String {
@@ -545,14 +577,15 @@ mod tests {
             Entry { role: Role::User, text: "first question".into() },
             Entry { role: Role::Agent, text: "echo: first question".into() },
         ];
-        assert_eq!(command_answer("/help", &[]).as_deref(), Some(CHAT_HELP));
-        assert_eq!(command_answer("  /JOKE please", &[]).as_deref(), Some(JOKE));
+        assert_eq!(command_answer("/help", &[], "demo-fast").as_deref(), Some(CHAT_HELP));
+        assert_eq!(command_answer("/model", &[], "demo-fast").as_deref(), Some("model: demo-fast"));
+        assert_eq!(command_answer("  /JOKE please", &[], "demo-fast").as_deref(), Some(JOKE));
         assert_eq!(
-            command_answer("/summary", &history).as_deref(),
+            command_answer("/summary", &history, "demo-fast").as_deref(),
             Some("summary: 1 earlier prompt(s):\n- first question")
         );
-        assert_eq!(command_answer("hello /joke", &[]), None);
-        assert_eq!(command_answer("/unknown", &[]), None);
+        assert_eq!(command_answer("hello /joke", &[], "demo-fast"), None);
+        assert_eq!(command_answer("/unknown", &[], "demo-fast"), None);
         let steps = plan_turn(&Words::default(), &ctx("/joke", &[]));
         assert_eq!(texts(&steps), JOKE);
     }

@@ -30,6 +30,14 @@ pub struct SessionRecord {
     pub session_id: String,
     pub cwd: String,
     pub history: Vec<Entry>,
+    /// The model chosen with `session/set_config_option` (files from older versions lack it).
+    #[serde(default = "default_model")]
+    pub model: String,
+}
+
+/// The model a new session starts with.
+pub fn default_model() -> String {
+    super::script::MODELS[0].to_string()
 }
 
 /// How many numbers [`Store::claim`] tries before giving up (a directory that full is a bug).
@@ -166,6 +174,7 @@ pub(crate) mod tests {
                 Entry { role: Role::User, text: "hi".into() },
                 Entry { role: Role::Agent, text: "echo: hi".into() },
             ],
+            model: "demo-fast".to_string(),
         }
     }
 

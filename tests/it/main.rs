@@ -1,8 +1,14 @@
 //! The one integration-test binary: tether runs as a real process against loopback fakes,
 //! with the built-in demo agent as its ACP agent.
 
+mod access;
+mod agents;
 mod cli;
+mod conversations;
+mod permissions;
+mod replies;
 mod service;
 mod support;
 mod telegram;
 mod tidy;
+mod webchat;

@@ -1,12 +1,13 @@
 //! The Telegram channel: a long-poll thread (`getUpdates`) that reports messages, and a
-//! sender thread that delivers replies and typing indicators. The two never wait for each
-//! other: a failing send does not stop polling.
+//! sender (`send.rs`) that delivers replies and typing indicators. The two never wait for
+//! each other: a failing send does not stop polling.
 //!
 //! No lost messages: each batch of updates is appended to the channel's journal (fsynced)
 //! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`. The
-//! sender marks a message answered in the journal once every piece of its answer is delivered.
+//! sender marks a message answered in the journal once every part of its answer is delivered.
 //! The poller reports to the channel's health [`Probe`]; a rejected token (401) parks it.
 
+mod send;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use serde_json::{Value, json};
 use crate::backoff::Backoff;
 use crate::config::ChannelConfig;
 use crate::error::Error;
-use crate::event::{ChatRef, Inbound, MessageRef, Outbound};
+use crate::event::{Inbound, MessageRef, Outbound};
 use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
 use crate::net::http::HttpClient;
@@ -31,10 +32,6 @@ use wire::{BotIdentity, Failure};
 const POLL_HOLD: Duration = Duration::from_secs(30);
 /// Our side waits this much longer than the hold before calling the poll dead.
 const POLL_MARGIN: Duration = Duration::from_secs(10);
-/// Telegram's limit for one message, in UTF-16 units.
-pub const MESSAGE_LIMIT: usize = 4096;
-/// Attempts for one reply chunk before it is logged as lost.
-const SEND_ATTEMPTS: u32 = 6;
 /// How often a parked channel looks whether it was asked to stop.
 const PARKED_CHECK: Duration = Duration::from_secs(60);
 
@@ -95,11 +92,7 @@ pub fn spawn(channel: &ChannelConfig, io: Io) -> Result<Running, Error> {
     };
     spawn_named(format!("tg-poll-{}", channel.name), move || poller.run())?;
     let (done_tx, sender_done) = crossbeam_channel::bounded::<()>(0);
-    let (outbox, journal, probe) = (io.outbox, io.journal, io.probe);
-    spawn_named(format!("tg-send-{}", channel.name), move || {
-        send_loop(&api, &outbox, &journal, &probe);
-        drop(done_tx);
-    })?;
+    send::spawn(&api, io.outbox, send::Settle { journal: io.journal, probe: io.probe, done: done_tx })?;
     Ok(Running { sender_done })
 }
 
@@ -121,7 +114,8 @@ fn stopped(stop: &Receiver<()>) -> bool {
     !matches!(stop.try_recv(), Err(TryRecvError::Empty))
 }
 
-/// The delay a failure asks for: Telegram's own `retry_after`, backoff for the rest.
+/// The delay a failure asks for: Telegram's own `retry_after`, backoff for the rest (a
+/// rejected token does not come here: it parks the channel).
 fn failure_delay(failure: &Failure, backoff: &mut Backoff) -> Duration {
     match failure {
         Failure::RateLimited(d) => *d,
@@ -273,7 +267,15 @@ impl Poller {
         for message in fresh {
             log::debug!(target: self.target(), "message {:?} from {} in {}", message.message_id, message.sender_id, message.chat_id);
             if self.inbound.send(Inbound::Message(message)).is_err() {
-                break; // The daemon is gone; the journal replays these at the next start.
+                return Ok(next); // The daemon is gone; the journal replays these at the next start.
+            }
+        }
+        // Button presses are answers to a question of a running turn: not journaled (after a
+        // restart the question is gone).
+        for press in wire::parse_button_presses(result, &self.api.channel) {
+            log::debug!(target: self.target(), "button {:?} pressed by {} in {}", press.data, press.sender_id, press.chat_id);
+            if self.inbound.send(Inbound::Button(press)).is_err() {
+                break;
             }
         }
         Ok(next)
@@ -318,75 +320,6 @@ fn load_offset(path: &Path, bot_id: i64) -> i64 {
 fn save_offset(path: &Path, bot_id: i64, offset: i64) -> std::io::Result<()> {
     let text = json!({"botId": bot_id, "offset": offset}).to_string();
     crate::service::write_file_atomic(path, text.as_bytes())
-}
-
-/// How the delivery of one text ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Delivery {
-    Sent,
-    /// Telegram refused it for good (chat gone, bot blocked): retrying cannot help.
-    Refused,
-    /// Retries ran out (network, 5xx) or the token was rejected.
-    GaveUp,
-}
-
-fn send_loop(api: &Api, outbox: &Receiver<Outbound>, journal: &Journal, probe: &Probe) {
-    let target = api.channel.as_str();
-    for out in outbox {
-        match out {
-            Outbound::Text { chat, text, answers } => {
-                let mut outcome = Delivery::Sent;
-                for chunk in wire::split_text(&text, MESSAGE_LIMIT) {
-                    let sent = send_with_retry(api, "sendMessage", &wire::send_message(&chat, &chunk), &chat, probe);
-                    outcome = outcome.max(sent);
-                }
-                if outcome == Delivery::Sent {
-                    probe.sent();
-                }
-                if outcome == Delivery::GaveUp && !answers.is_empty() {
-                    log::warn!(target: target, "the answer to {} message(s) in chat {} stays in the journal; it is answered again at the next start", answers.len(), chat.chat_id);
-                } else if let Err(e) = journal.settle(&answers) {
-                    log::error!(target: target, "cannot mark answers in {}: {e}", journal.path().display());
-                }
-            }
-            Outbound::Typing { chat } => {
-                // Best effort: a lost typing indicator is not worth a retry.
-                if let Err(failure) = api.call("sendChatAction", &wire::send_typing(&chat), Duration::from_secs(10)) {
-                    log::debug!(target: target, "typing indicator for {} failed: {failure}", chat.chat_id);
-                }
-            }
-            Outbound::Draft { .. } => {}
-        }
-    }
-}
-
-fn send_with_retry(api: &Api, method: &str, body: &Value, chat: &ChatRef, probe: &Probe) -> Delivery {
-    let target = api.channel.as_str();
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    for attempt in 1..=SEND_ATTEMPTS {
-        match api.call(method, body, Duration::from_secs(30)) {
-            Ok(_) => return Delivery::Sent,
-            Err(failure @ Failure::Rejected(_)) => {
-                log::error!(target: target, "{method} to chat {} failed, not retrying: {failure}", chat.chat_id);
-                probe.note_error(&format!("{method} failed: {failure}"));
-                return Delivery::Refused;
-            }
-            Err(failure @ Failure::Unauthorized(_)) => {
-                log::error!(target: target, "{method} to chat {} failed, not retrying: {failure}", chat.chat_id);
-                probe.note_error(&format!("{method} failed: {failure}"));
-                return Delivery::GaveUp;
-            }
-            Err(failure) => {
-                log::warn!(target: target, "{method} to chat {} failed (attempt {attempt}/{SEND_ATTEMPTS}): {failure}", chat.chat_id);
-                probe.note_error(&format!("{method} failed: {failure}"));
-                if attempt < SEND_ATTEMPTS {
-                    thread::sleep(failure_delay(&failure, &mut backoff));
-                }
-            }
-        }
-    }
-    log::error!(target: target, "{method} to chat {} gave up after {SEND_ATTEMPTS} attempts", chat.chat_id);
-    Delivery::GaveUp
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::event::{ChatRef, InboundMessage};
+use crate::event::{ButtonPress, ChatRef, InboundMessage};
 
 /// The bot's own identity, from `getMe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,11 @@ pub enum Failure {
     Unauthorized(String),
     /// 5xx, timeouts, refused connections, malformed replies: retry with backoff.
     Transient(String),
-    /// Other 4xx: the request itself is wrong (chat not found, bad markup). Do not retry.
+    /// 400 `can't parse entities`: Telegram refused the message's HTML. Resend as plain text.
+    BadMarkup(String),
+    /// 403: the bot was blocked by the user or removed from the chat. Stop sending there.
+    Blocked(String),
+    /// Other 4xx: the request itself is wrong (chat not found, text too long). Do not retry.
     Rejected(String),
 }
 
@@ -37,6 +41,8 @@ impl std::fmt::Display for Failure {
             Failure::RateLimited(d) => write!(f, "rate limited (429): retry after {} s", d.as_secs()),
             Failure::Unauthorized(d) => write!(f, "unauthorized: {d}; check the channel's token"),
             Failure::Transient(d) => write!(f, "{d}"),
+            Failure::BadMarkup(d) => write!(f, "HTML refused: {d}"),
+            Failure::Blocked(d) => write!(f, "forbidden: {d}"),
             Failure::Rejected(d) => write!(f, "rejected: {d}"),
         }
     }
@@ -60,6 +66,8 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
             Failure::RateLimited(Duration::from_secs(secs.clamp(1, 3600)))
         }
         401 | 404 => Failure::Unauthorized(format!("HTTP {code}: {description}")),
+        403 => Failure::Blocked(format!("HTTP 403: {description}")),
+        400 if description.contains("can't parse entities") => Failure::BadMarkup(format!("HTTP 400: {description}")),
         c if c >= 500 => Failure::Transient(format!("HTTP {c}: {description}")),
         200 => Failure::Transient(format!("reply without ok: {}", body_preview(body))),
         c => Failure::Rejected(format!("HTTP {c}: {description}")),
@@ -213,7 +221,8 @@ pub fn get_updates(offset: i64, timeout: Duration) -> Value {
     })
 }
 
-/// The `sendMessage` request body for one chunk of plain text.
+/// The `sendMessage` request body for one chunk of plain text (no `parse_mode`: Telegram
+/// shows it exactly as written).
 pub fn send_message(chat: &ChatRef, text: &str) -> Value {
     let mut body = json!({
         "chat_id": chat_id_value(&chat.chat_id),
@@ -226,6 +235,70 @@ pub fn send_message(chat: &ChatRef, text: &str) -> Value {
     body
 }
 
+/// The `sendMessage` request body for one chunk of Telegram HTML (see `render::telegram_chunks`).
+pub fn send_html(chat: &ChatRef, html: &str) -> Value {
+    let mut body = send_message(chat, html);
+    body["parse_mode"] = json!("HTML");
+    body
+}
+
+/// Buttons under a message: one row of `(label, callback data)`.
+pub fn with_buttons(mut body: Value, buttons: &[(String, String)]) -> Value {
+    if !buttons.is_empty() {
+        let row: Vec<Value> = buttons.iter().map(|(text, data)| json!({"text": text, "callback_data": data})).collect();
+        body["reply_markup"] = json!({"inline_keyboard": [row]});
+    }
+    body
+}
+
+/// The `editMessageText` request body: new HTML text, and no `reply_markup`, which removes
+/// the message's buttons.
+pub fn edit_html(chat: &ChatRef, message_id: i64, html: &str) -> Value {
+    json!({
+        "chat_id": chat_id_value(&chat.chat_id),
+        "message_id": message_id,
+        "text": html,
+        "parse_mode": "HTML",
+        "link_preview_options": {"is_disabled": true},
+    })
+}
+
+/// The `answerCallbackQuery` request body (stops the spinner on the pressed button).
+pub fn answer_callback(callback_id: &str, text: &str) -> Value {
+    let text: String = text.chars().take(200).collect();
+    json!({"callback_query_id": callback_id, "text": text})
+}
+
+/// The button presses (`callback_query`) of one `getUpdates` reply.
+pub fn parse_button_presses(result: &Value, channel: &str) -> Vec<ButtonPress> {
+    let updates = result.as_array().map(Vec::as_slice).unwrap_or_default();
+    updates
+        .iter()
+        .filter_map(|u| {
+            let q = u.get("callback_query")?;
+            let from = q.get("from")?;
+            let message = q.get("message");
+            let chat = message.and_then(|m| m.get("chat"));
+            let is_topic = message.and_then(|m| m.get("is_topic_message")).and_then(Value::as_bool) == Some(true);
+            Some(ButtonPress {
+                channel: channel.to_string(),
+                sender_id: id_string(from.get("id")?)?,
+                sender_name: display_name(from),
+                // An inaccessible message has no chat: the press then belongs to the sender's DM.
+                chat_id: chat.and_then(|c| c.get("id")).and_then(id_string).or_else(|| id_string(from.get("id")?))?,
+                thread_id: if is_topic {
+                    message.and_then(|m| m.get("message_thread_id")).and_then(id_string)
+                } else {
+                    None
+                },
+                is_group: chat.and_then(|c| c.get("type")).and_then(Value::as_str).is_some_and(|t| t != "private"),
+                data: q.get("data").and_then(Value::as_str).unwrap_or_default().to_string(),
+                callback_id: q.get("id").and_then(Value::as_str)?.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// The `sendChatAction` request body for "typing".
 pub fn send_typing(chat: &ChatRef) -> Value {
     let mut body = send_message(chat, "");
@@ -235,38 +308,6 @@ pub fn send_typing(chat: &ChatRef) -> Value {
         map.insert("action".into(), json!("typing"));
     }
     body
-}
-
-/// Split text into pieces of at most `limit` UTF-16 units, at line boundaries where it can.
-pub fn split_text(text: &str, limit: usize) -> Vec<String> {
-    let mut chunks = Vec::new();
-    let mut current = String::new();
-    let mut current_len = 0;
-    for line in text.split_inclusive('\n') {
-        let line_len = line.encode_utf16().count();
-        if current_len + line_len > limit && !current.is_empty() {
-            chunks.push(std::mem::take(&mut current));
-            current_len = 0;
-        }
-        if line_len > limit {
-            // One line longer than the limit: cut it at char boundaries.
-            for c in line.chars() {
-                if current_len + c.len_utf16() > limit {
-                    chunks.push(std::mem::take(&mut current));
-                    current_len = 0;
-                }
-                current.push(c);
-                current_len += c.len_utf16();
-            }
-        } else {
-            current.push_str(line);
-            current_len += line_len;
-        }
-    }
-    if !current.is_empty() {
-        chunks.push(current);
-    }
-    chunks.into_iter().map(|c| c.trim_end().to_string()).filter(|c| !c.trim().is_empty()).collect()
 }
 
 fn body_preview(body: &str) -> String {
@@ -310,6 +351,23 @@ mod tests {
                 400,
                 r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
                 Err(Failure::Rejected("HTTP 400: Bad Request: chat not found".into())),
+            ),
+            (
+                400,
+                r#"{"ok":false,"error_code":400,"description":"Bad Request: can't parse entities: Unsupported start tag \"br\" at byte offset 3"}"#,
+                Err(Failure::BadMarkup(
+                    "HTTP 400: Bad Request: can't parse entities: Unsupported start tag \"br\" at byte offset 3".into(),
+                )),
+            ),
+            (
+                403,
+                r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#,
+                Err(Failure::Blocked("HTTP 403: Forbidden: bot was blocked by the user".into())),
+            ),
+            (
+                400,
+                r#"{"ok":false,"error_code":400,"description":"Bad Request: message is too long"}"#,
+                Err(Failure::Rejected("HTTP 400: Bad Request: message is too long".into())),
             ),
             (
                 500,
@@ -412,27 +470,77 @@ mod tests {
     }
 
     #[test]
-    fn send_bodies() {
-        let chat = ChatRef { channel: "c".into(), chat_id: "-100123".into(), thread_id: Some("9".into()) };
-        let body = send_message(&chat, "hi");
-        assert_eq!(body["chat_id"], json!(-100123));
-        assert_eq!(body["message_thread_id"], json!(9));
-        let typing = send_typing(&chat);
-        assert_eq!(typing["action"], "typing");
-        assert!(typing.get("text").is_none());
+    fn button_presses_are_parsed() {
+        let result = json!([
+            {"update_id": 5, "callback_query": {"id": "cb1", "from": {"id": 111, "first_name": "Ada"},
+                "message": {"message_id": 9, "chat": {"id": 111, "type": "private"}}, "data": "perm:1:once"}},
+            {"update_id": 6, "callback_query": {"id": "cb2", "from": {"id": 7, "first_name": "B"},
+                "message": {"message_id": 9, "date": 0, "chat": {"id": -100, "type": "supergroup"}, "is_topic_message": true, "message_thread_id": 4},
+                "data": "perm:2:deny"}},
+            {"update_id": 7, "message": {"message_id": 1}},
+        ]);
+        let presses = parse_button_presses(&result, "tg");
+        assert_eq!(presses.len(), 2);
+        assert_eq!(
+            presses[0],
+            ButtonPress {
+                channel: "tg".into(),
+                sender_id: "111".into(),
+                sender_name: "Ada".into(),
+                chat_id: "111".into(),
+                thread_id: None,
+                is_group: false,
+                data: "perm:1:once".into(),
+                callback_id: "cb1".into(),
+            }
+        );
+        assert_eq!(
+            (presses[1].chat_id.as_str(), presses[1].thread_id.as_deref(), presses[1].is_group),
+            ("-100", Some("4"), true)
+        );
+        // The highest update id still confirms presses too.
+        assert_eq!(parse_updates(&result, "tg", &bot()).0, Some(7));
     }
 
     #[test]
-    fn split_text_respects_the_limit_and_lines() {
-        assert_eq!(split_text("a\nb\nc", 3), vec!["a", "b\nc"]);
-        assert_eq!(split_text("abcdef", 4), vec!["abcd", "ef"]);
-        assert_eq!(split_text("", 10), Vec::<String>::new());
-        // Emoji are two UTF-16 units: never split inside one.
-        let chunks = split_text(&"😀".repeat(5), 4);
-        assert_eq!(chunks, vec!["😀😀", "😀😀", "😀"]);
-        let long = "word ".repeat(2000);
-        for chunk in split_text(&long, 4096) {
-            assert!(chunk.encode_utf16().count() <= 4096);
+    fn keyboard_edit_and_callback_bodies() {
+        let chat = ChatRef { channel: "c".into(), chat_id: "111".into(), thread_id: None };
+        let body = with_buttons(send_html(&chat, "ask"), &[("✅ Allow".into(), "perm:1:once".into())]);
+        assert_eq!(
+            body["reply_markup"],
+            json!({"inline_keyboard": [[{"text": "✅ Allow", "callback_data": "perm:1:once"}]]})
+        );
+        let edit = edit_html(&chat, 42, "done");
+        assert_eq!((edit["message_id"].clone(), edit.get("reply_markup")), (json!(42), None));
+        assert_eq!(answer_callback("cb", "ok")["callback_query_id"], "cb");
+    }
+
+    #[test]
+    fn send_bodies() {
+        let topic = ChatRef { channel: "c".into(), chat_id: "-100123".into(), thread_id: Some("9".into()) };
+        let dm = ChatRef { channel: "c".into(), chat_id: "111".into(), thread_id: None };
+        let by_name = ChatRef { channel: "c".into(), chat_id: "@news".into(), thread_id: Some("x".into()) };
+        let no_preview = json!({"is_disabled": true});
+        let cases = vec![
+            (
+                send_message(&topic, "a < b"),
+                json!({"chat_id": -100123, "message_thread_id": 9, "text": "a < b", "link_preview_options": no_preview}),
+            ),
+            (
+                send_html(&dm, "<b>hi</b> &amp;"),
+                json!({"chat_id": 111, "text": "<b>hi</b> &amp;", "parse_mode": "HTML", "link_preview_options": no_preview}),
+            ),
+            (
+                send_html(&topic, "x"),
+                json!({"chat_id": -100123, "message_thread_id": 9, "text": "x", "parse_mode": "HTML", "link_preview_options": no_preview}),
+            ),
+            // A thread id that is not a number is not sent (Telegram would refuse it).
+            (send_message(&by_name, "x"), json!({"chat_id": "@news", "text": "x", "link_preview_options": no_preview})),
+            (send_typing(&topic), json!({"chat_id": -100123, "message_thread_id": 9, "action": "typing"})),
+            (send_typing(&dm), json!({"chat_id": 111, "action": "typing"})),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(body, expected);
         }
     }
 

@@ -1,8 +1,12 @@
 //! A loopback Telegram Bot API: long-polled `getUpdates` with offsets and the 409 of a
 //! second poller, `sendMessage` and friends recorded for assertions, and faults injected
-//! per method on demand.
+//! per method (and chat) on demand. Honest about what Telegram refuses: `sendMessage` and
+//! `editMessageText` check the text as Telegram parses it (`parse_mode: "HTML"`: only its
+//! tags, balanced, only its entities; at most 4096 UTF-16 units of visible text; not empty)
+//! and answer `400 Bad Request: ...` like Telegram; an edit that changes nothing is
+//! `message is not modified`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,20 @@ impl Fault {
     pub fn bad_gateway() -> Fault {
         Fault::Status(502, json!({"ok": false, "error_code": 502, "description": "Bad Gateway"}))
     }
+    /// What Telegram answers HTML it cannot parse.
+    pub fn bad_entities() -> Fault {
+        bad_request("can't parse entities: Unsupported start tag \"x\" at byte offset 0")
+    }
+    pub fn blocked() -> Fault {
+        Fault::Status(
+            403,
+            json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
+        )
+    }
+}
+
+fn bad_request(what: &str) -> Fault {
+    Fault::Status(400, json!({"ok": false, "error_code": 400, "description": format!("Bad Request: {what}")}))
 }
 
 /// A call the fake received (every method but getUpdates).
@@ -46,6 +64,27 @@ impl Fault {
 pub struct Call {
     pub method: String,
     pub body: Value,
+    pub at: Instant,
+}
+
+/// A message the fake accepted (`sendMessage`), in the order accepted.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub chat_id: Value,
+    pub message_id: i64,
+    /// The text as sent (HTML when `parse_mode` is "HTML").
+    pub text: String,
+    pub parse_mode: Option<String>,
+    /// What the user sees: tags removed, entities decoded.
+    pub visible: String,
+    pub at: Instant,
+}
+
+/// A fault for the next call of a method, optionally only for one chat.
+struct PlannedFault {
+    method: String,
+    chat: Option<Value>,
+    fault: Fault,
 }
 
 #[derive(Default)]
@@ -53,11 +92,15 @@ struct State {
     updates: VecDeque<Value>,
     next_update_id: i64,
     next_message_id: i64,
-    faults: Vec<(String, Fault)>,
+    faults: Vec<PlannedFault>,
     /// Faults answered to every call of a method until cleared.
     sticky: Vec<(String, Fault)>,
     /// Bumped to make held polls return at once (empty).
     wake: u64,
+    /// Accepted messages, in order.
+    sent: Vec<Sent>,
+    /// The current text and parse mode of each message, by (chat id, message id), for edits.
+    messages: HashMap<(String, i64), (String, Option<String>)>,
     /// Bumped by each getUpdates; a held poll that sees a newer one answers 409.
     poll_generation: u64,
     polls: u64,
@@ -104,6 +147,86 @@ impl FakeTelegram {
         }));
     }
 
+    /// Queue a message from user `from` in supergroup `chat` with exactly the entities given
+    /// (`[]` for none), for tests of what counts as a mention.
+    pub fn send_group_with_entities(&self, chat: i64, from: i64, text: &str, entities: Value) {
+        self.push(json!({
+            "message_id": 0, "date": unix_now(),
+            "chat": {"id": chat, "type": "supergroup", "title": "Team"},
+            "from": {"id": from, "is_bot": false, "first_name": "Member", "username": format!("user{from}")},
+            "text": text,
+            "entities": entities,
+        }));
+    }
+
+    /// Queue a message from user `from` in supergroup `chat`, inside forum topic `topic` if
+    /// given. A `@botname` in the text gets its mention entity, as Telegram would send it.
+    pub fn send_group(&self, chat: i64, from: i64, text: &str, topic: Option<i64>) {
+        let mut message = json!({
+            "message_id": 0, "date": unix_now(),
+            "chat": {"id": chat, "type": "supergroup", "title": "Team", "is_forum": topic.is_some()},
+            "from": {"id": from, "is_bot": false, "first_name": "User", "username": format!("user{from}")},
+            "text": text,
+        });
+        let handle = format!("@{BOT_USERNAME}");
+        if let Some(at) = text.find(&handle) {
+            let offset = text[..at].encode_utf16().count();
+            message["entities"] = json!([{"type": "mention", "offset": offset, "length": handle.len()}]);
+        }
+        if let Some(topic) = topic {
+            message["message_thread_id"] = json!(topic);
+            message["is_topic_message"] = json!(true);
+        }
+        self.push(message);
+    }
+
+    /// Queue a private message from `from` that replies to an earlier message of the bot
+    /// whose text was `quoted`.
+    pub fn send_reply_to_bot(&self, from: i64, text: &str, quoted: &str) {
+        self.push(json!({
+            "message_id": 0, "date": unix_now(),
+            "chat": {"id": from, "type": "private", "first_name": "User"},
+            "from": {"id": from, "is_bot": false, "first_name": "User"},
+            "text": text,
+            "reply_to_message": {"message_id": 1, "date": 1_700_000_000, "chat": {"id": from, "type": "private"},
+                "from": {"id": BOT_ID, "is_bot": true, "first_name": "Test", "username": BOT_USERNAME}, "text": quoted},
+        }));
+    }
+
+    /// Every `sendMessage` body sent to `chat` so far, in order.
+    pub fn messages_to(&self, chat: i64) -> Vec<Value> {
+        self.calls_of("sendMessage").into_iter().map(|c| c.body).filter(|b| b["chat_id"] == json!(chat)).collect()
+    }
+
+    /// The texts sent to `chat` so far, in order.
+    pub fn texts_to(&self, chat: i64) -> Vec<String> {
+        self.messages_to(chat).iter().filter_map(|b| b["text"].as_str().map(str::to_string)).collect()
+    }
+
+    /// Wait until at least `n` texts went to `chat` (at most `within`); all of them so far.
+    pub fn wait_texts_to(&self, chat: i64, n: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        while self.texts_to(chat).len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.texts_to(chat)
+    }
+
+    /// Wait until "typing…" was shown in `chat` at least `n` times (at most `within`).
+    pub fn wait_typing_in(&self, chat: i64, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let shown = self.calls_of("sendChatAction").iter().filter(|c| c.body["chat_id"] == json!(chat)).count();
+            if shown >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Queue any message object (its update id and message id are filled in).
     pub fn push(&self, mut message: Value) {
         let (lock, cvar) = &*self.state;
@@ -115,9 +238,56 @@ impl FakeTelegram {
         cvar.notify_all();
     }
 
+    /// Queue a press of an inline button with `data` by user `from` under message
+    /// `message_id` of their DM. Returns the callback id.
+    pub fn press_button(&self, from: i64, message_id: i64, data: &str) -> String {
+        let (lock, cvar) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        let id = state.next_update_id;
+        state.next_update_id += 1;
+        let callback_id = format!("cb{id}");
+        state.updates.push_back(json!({"update_id": id, "callback_query": {
+            "id": callback_id, "from": {"id": from, "is_bot": false, "first_name": "User"},
+            "message": {"message_id": message_id, "date": 1_700_000_000, "chat": {"id": from, "type": "private"}},
+            "chat_instance": "1", "data": data,
+        }}));
+        cvar.notify_all();
+        callback_id
+    }
+
     /// Answer the next call of `method` with `fault`.
     pub fn fail_next(&self, method: &str, fault: Fault) {
-        self.state.0.lock().unwrap().faults.push((method.to_string(), fault));
+        self.state.0.lock().unwrap().faults.push(PlannedFault { method: method.to_string(), chat: None, fault });
+    }
+
+    /// Answer the next call of `method` addressed to `chat` with `fault`.
+    pub fn fail_next_in_chat(&self, method: &str, chat: i64, fault: Fault) {
+        let planned = PlannedFault { method: method.to_string(), chat: Some(json!(chat)), fault };
+        self.state.0.lock().unwrap().faults.push(planned);
+    }
+
+    /// Every message accepted so far, in order.
+    pub fn delivered(&self) -> Vec<Sent> {
+        self.state.0.lock().unwrap().sent.clone()
+    }
+
+    /// The messages accepted for `chat`, in order.
+    pub fn delivered_to(&self, chat: i64) -> Vec<Sent> {
+        self.delivered().into_iter().filter(|s| s.chat_id == json!(chat)).collect()
+    }
+
+    /// Wait at most `within` until the accepted messages satisfy `done`; return them.
+    pub fn wait_delivered(&self, within: Duration, mut done: impl FnMut(&[Sent]) -> bool) -> Option<Vec<Sent>> {
+        let mut result = None;
+        crate::support::wait_until(within, || {
+            let sent = self.delivered();
+            let ok = done(&sent);
+            if ok {
+                result = Some(sent);
+            }
+            ok
+        });
+        result
     }
 
     /// Answer every call of `method` with `fault` from now on (`None`: stop).
@@ -201,13 +371,15 @@ fn handle(
     }
     let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
     if method != "getUpdates" {
-        history.lock().unwrap().push(Call { method: method.to_string(), body: body.clone() });
+        history.lock().unwrap().push(Call { method: method.to_string(), body: body.clone(), at: Instant::now() });
     }
     let fault = {
         let mut st = state.0.lock().unwrap();
-        let pos = st.faults.iter().position(|(m, _)| m.eq_ignore_ascii_case(method));
+        let pos = st.faults.iter().position(|f| {
+            f.method.eq_ignore_ascii_case(method) && f.chat.as_ref().is_none_or(|c| *c == body["chat_id"])
+        });
         let sticky = st.sticky.iter().find(|(m, _)| m.eq_ignore_ascii_case(method)).map(|(_, f)| f.clone());
-        pos.map(|i| st.faults.remove(i).1).or(sticky)
+        pos.map(|i| st.faults.remove(i).fault).or(sticky)
     };
     match fault {
         Some(Fault::Status(code, body)) => return Reply::Json(code, body.to_string()),
@@ -219,16 +391,49 @@ fn handle(
         "getMe" => ok(json!({"id": BOT_ID, "is_bot": true, "first_name": "Test", "username": BOT_USERNAME})),
         "getUpdates" => get_updates(state, &body),
         "sendMessage" | "editMessageText" => {
+            let visible = match checked_text(&body) {
+                Ok(visible) => visible,
+                Err(Fault::Status(code, body)) => return Reply::Json(code, body.to_string()),
+                Err(_) => return not_found(),
+            };
+            let text = body["text"].as_str().unwrap_or_default().to_string();
+            let parse_mode = body["parse_mode"].as_str().map(str::to_string);
+            let chat_key = body["chat_id"].to_string();
             let id = {
                 let mut st = state.0.lock().unwrap();
-                st.next_message_id += 1;
-                st.next_message_id
+                let id = if method == "editMessageText" {
+                    let id = body["message_id"].as_i64().unwrap_or(0);
+                    match st.messages.get(&(chat_key.clone(), id)) {
+                        None => return status(bad_request("message to edit not found")),
+                        Some(current) if *current == (text.clone(), parse_mode.clone()) => {
+                            return status(bad_request(
+                                "message is not modified: specified new message content and reply markup are \
+                                 exactly the same as a current content and reply markup of the message",
+                            ));
+                        }
+                        Some(_) => id,
+                    }
+                } else {
+                    st.next_message_id += 1;
+                    let id = st.next_message_id;
+                    st.sent.push(Sent {
+                        chat_id: body["chat_id"].clone(),
+                        message_id: id,
+                        text: text.clone(),
+                        parse_mode: parse_mode.clone(),
+                        visible: visible.clone(),
+                        at: Instant::now(),
+                    });
+                    id
+                };
+                st.messages.insert((chat_key, id), (text, parse_mode));
+                id
             };
-            let _ = calls.send(Call { method: method.to_string(), body: body.clone() });
-            ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": body["chat_id"]}, "text": body["text"]}))
+            let _ = calls.send(Call { method: method.to_string(), body: body.clone(), at: Instant::now() });
+            ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": body["chat_id"]}, "text": visible}))
         }
         _ => {
-            let _ = calls.send(Call { method: method.to_string(), body });
+            let _ = calls.send(Call { method: method.to_string(), body, at: Instant::now() });
             ok(json!(true))
         }
     }
@@ -275,10 +480,305 @@ impl Fault {
     }
 }
 
+fn status(fault: Fault) -> Reply {
+    match fault {
+        Fault::Status(code, body) => Reply::Json(code, body.to_string()),
+        _ => not_found(),
+    }
+}
+
+/// Telegram's limit on a message's text, counted after entity parsing, in UTF-16 units.
+pub const TEXT_LIMIT: usize = 4096;
+
+/// The visible text of a `sendMessage`/`editMessageText` body, or the 400 Telegram answers.
+fn checked_text(body: &Value) -> Result<String, Fault> {
+    let Some(text) = body["text"].as_str() else { return Err(bad_request("message text is empty")) };
+    let visible = match body["parse_mode"].as_str() {
+        None => text.to_string(),
+        Some(mode) if mode.eq_ignore_ascii_case("html") => {
+            parse_html(text).map_err(|e| bad_request(&format!("can't parse entities: {e}")))?
+        }
+        // We never send Markdown; a fake that accepted it unchecked would hide a regression.
+        Some(_) => return Err(bad_request("unsupported parse_mode")),
+    };
+    if visible.trim().is_empty() {
+        return Err(bad_request("message text is empty"));
+    }
+    if visible.encode_utf16().count() > TEXT_LIMIT {
+        return Err(bad_request("message is too long"));
+    }
+    Ok(visible)
+}
+
+/// Tags Telegram's HTML parse mode accepts.
+const TAGS: [&str; 16] = [
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "a",
+    "code",
+    "pre",
+    "blockquote",
+    "span",
+    "tg-spoiler",
+    "tg-emoji",
+];
+
+/// Parse Telegram HTML the way the Bot API does: only [`TAGS`], closed in order, no tags
+/// inside `code`, only `code` inside `pre`, no nested `blockquote`; `&lt; &gt; &amp; &quot;`
+/// and numeric entities only; a `<` that starts no tag is an error. Returns the visible text.
+pub fn parse_html(text: &str) -> Result<String, String> {
+    let mut visible = String::new();
+    let mut open: Vec<String> = Vec::new();
+    let mut i = 0;
+    while let Some(c) = text[i..].chars().next() {
+        match c {
+            '<' => {
+                let Some(len) = tag_len(&text[i..]) else {
+                    return Err(format!("Unclosed start tag at byte offset {i}"));
+                };
+                let tag = &text[i + 1..i + len];
+                if let Some(name) = tag.strip_prefix('/') {
+                    let name = name.trim().to_ascii_lowercase();
+                    if open.pop().as_deref() != Some(name.as_str()) {
+                        return Err(format!("Unexpected end tag at byte offset {i}"));
+                    }
+                } else {
+                    let name = start_tag(tag).map_err(|e| format!("{e} at byte offset {i}"))?;
+                    let inside = open.last().map(String::as_str);
+                    if inside == Some("code") || (inside == Some("pre") && name != "code") {
+                        return Err(format!(
+                            "Unsupported tag \"{name}\" inside \"{}\" at byte offset {i}",
+                            inside.unwrap_or("")
+                        ));
+                    }
+                    if name == "blockquote" && open.iter().any(|t| t == "blockquote") {
+                        return Err(format!("Blockquote can't be nested at byte offset {i}"));
+                    }
+                    open.push(name);
+                }
+                i += len + 1;
+            }
+            '&' => {
+                let (ch, len) =
+                    entity(&text[i..]).ok_or_else(|| format!("Unsupported HTML entity at byte offset {i}"))?;
+                visible.push(ch);
+                i += len;
+            }
+            _ => {
+                visible.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    match open.last() {
+        Some(tag) => Err(format!("Can't find end tag corresponding to start tag \"{tag}\"")),
+        None => Ok(visible),
+    }
+}
+
+/// The length of the tag at the start of `text` up to its `>`, skipping quoted attribute values.
+fn tag_len(text: &str) -> Option<usize> {
+    let mut quote = None;
+    for (at, c) in text.char_indices() {
+        match (quote, c) {
+            (None, '>') => return Some(at),
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The lowercase name of a start tag (the text between `<` and `>`), its attributes checked.
+fn start_tag(tag: &str) -> Result<String, String> {
+    let name_len = tag.find(|c: char| c.is_ascii_whitespace()).unwrap_or(tag.len());
+    let name = tag[..name_len].to_ascii_lowercase();
+    if !TAGS.contains(&name.as_str()) {
+        return Err(format!("Unsupported start tag \"{name}\""));
+    }
+    let mut attributes = HashMap::new();
+    let mut rest = tag[name_len..].trim_start();
+    while !rest.is_empty() {
+        let key_len = rest.find(|c: char| c == '=' || c.is_ascii_whitespace()).unwrap_or(rest.len());
+        let key = rest[..key_len].to_ascii_lowercase();
+        rest = rest[key_len..].trim_start();
+        let Some(after_eq) = rest.strip_prefix('=') else {
+            attributes.insert(key, String::new());
+            continue;
+        };
+        let after_eq = after_eq.trim_start();
+        let (value, after) = match after_eq.chars().next() {
+            Some(q @ ('"' | '\'')) => {
+                let end = after_eq[1..].find(q).ok_or("Unclosed attribute value")?;
+                (&after_eq[1..1 + end], &after_eq[end + 2..])
+            }
+            _ => {
+                let end = after_eq.find(|c: char| c.is_ascii_whitespace()).unwrap_or(after_eq.len());
+                (&after_eq[..end], &after_eq[end..])
+            }
+        };
+        if value.contains('<') {
+            return Err("Unexpected '<' in an attribute value".to_string());
+        }
+        attributes.insert(key, value.to_string());
+        rest = after.trim_start();
+    }
+    if name == "span" && attributes.get("class").map(String::as_str) != Some("tg-spoiler") {
+        return Err("Unsupported start tag \"span\"".to_string());
+    }
+    Ok(name)
+}
+
+/// The character an entity at the start of `text` stands for, and the entity's length.
+fn entity(text: &str) -> Option<(char, usize)> {
+    let end = text.get(..text.len().min(12))?.find(';')?;
+    let ch = match &text[1..end] {
+        "lt" => '<',
+        "gt" => '>',
+        "amp" => '&',
+        "quot" => '"',
+        body => {
+            let number = body.strip_prefix('#')?;
+            let code = match number.strip_prefix(['x', 'X']) {
+                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                None => number.parse().ok()?,
+            };
+            char::from_u32(code)?
+        }
+    };
+    Some((ch, end + 1))
+}
+
 fn ok(result: Value) -> Reply {
     Reply::Json(200, json!({"ok": true, "result": result}).to_string())
 }
 
 fn not_found() -> Reply {
     Reply::Json(404, json!({"ok": false, "error_code": 404, "description": "Not Found"}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fake must refuse what Telegram refuses, or the reply tests prove nothing.
+
+    use super::*;
+    use tether::net::http::HttpClient;
+
+    #[test]
+    fn html_is_parsed_like_telegram() {
+        let accepted = [
+            ("<b>bold</b> &amp; <i>it</i>", "bold & it"),
+            ("<pre><code class=\"language-rust\">a &lt; b</code></pre>", "a < b"),
+            ("<a href=\"https://e.com/?a=1&amp;b=&quot;x&quot;\">link</a>", "link"),
+            ("<B>upper</B> <span class=\"tg-spoiler\">s</span> <tg-spoiler>t</tg-spoiler>", "upper s t"),
+            ("<blockquote expandable>q</blockquote>", "q"),
+            ("<a href='https://e.com/?q=a>b'>quoted &gt;</a>", "quoted >"),
+            ("&#128512; &#x1F600; a > b", "😀 😀 a > b"),
+            ("<b><i><u><s>deep</s></u></i></b>", "deep"),
+        ];
+        for (html, visible) in accepted {
+            assert_eq!(parse_html(html).as_deref(), Ok(visible), "{html}");
+        }
+        let refused = [
+            ("a<br>b", "Unsupported start tag \"br\" at byte offset 1"),
+            ("a < b", "Unclosed start tag at byte offset 2"),
+            ("x < y > z", "Unsupported start tag \"\" at byte offset 2"),
+            ("<script>x</script>", "Unsupported start tag \"script\" at byte offset 0"),
+            ("<b>open", "Can't find end tag corresponding to start tag \"b\""),
+            ("<b><i>x</b></i>", "Unexpected end tag at byte offset 7"),
+            ("x</b>", "Unexpected end tag at byte offset 1"),
+            ("a & b", "Unsupported HTML entity at byte offset 2"),
+            ("&nbsp;", "Unsupported HTML entity at byte offset 0"),
+            ("<b", "Unclosed start tag at byte offset 0"),
+            ("<code><b>x</b></code>", "Unsupported tag \"b\" inside \"code\" at byte offset 6"),
+            ("<pre><i>x</i></pre>", "Unsupported tag \"i\" inside \"pre\" at byte offset 5"),
+            ("<blockquote><blockquote>x</blockquote></blockquote>", "Blockquote can't be nested at byte offset 12"),
+            ("<span>x</span>", "Unsupported start tag \"span\" at byte offset 0"),
+            ("<a href=\"x>y</a>", "Unclosed start tag at byte offset 0"),
+            ("<a href=\"x\"y\">t</a>", "Unclosed start tag at byte offset 0"),
+        ];
+        for (html, error) in refused {
+            assert_eq!(parse_html(html), Err(error.to_string()), "{html}");
+        }
+    }
+
+    fn call(fake: &FakeTelegram, method: &str, body: Value) -> (u16, Value) {
+        let url = format!("{}/bot{TOKEN}/{method}", fake.url());
+        let (status, text) = HttpClient::default().post_json(&url, &body, Duration::from_secs(5)).unwrap();
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn send_and_edit_are_validated() {
+        let fake = FakeTelegram::start();
+        let html = |text: &str| json!({"chat_id": 1, "text": text, "parse_mode": "HTML"});
+        let fits = "&lt;".repeat(TEXT_LIMIT);
+        let emoji_over = "😀".repeat(TEXT_LIMIT / 2) + "x";
+        let cases = vec![
+            (html("<b>hi</b>"), 200, ""),
+            // 4096 visible characters in 16 KiB of markup fit.
+            (html(&fits), 200, ""),
+            (html(&format!("{fits}x")), 400, "Bad Request: message is too long"),
+            (json!({"chat_id": 1, "text": emoji_over}), 400, "Bad Request: message is too long"),
+            (json!({"chat_id": 1, "text": "a<br>b"}), 200, ""),
+            (html("a<br>b"), 400, "Bad Request: can't parse entities: Unsupported start tag \"br\" at byte offset 1"),
+            (html("<b> </b>"), 400, "Bad Request: message text is empty"),
+            (json!({"chat_id": 1, "text": ""}), 400, "Bad Request: message text is empty"),
+            (
+                json!({"chat_id": 1, "text": "*x*", "parse_mode": "MarkdownV2"}),
+                400,
+                "Bad Request: unsupported parse_mode",
+            ),
+        ];
+        for (body, status, description) in cases {
+            let (got, reply) = call(&fake, "sendMessage", body.clone());
+            assert_eq!(got, status, "{body}: {reply}");
+            if status == 400 {
+                assert_eq!(reply["description"], description, "{body}");
+                assert_eq!(reply["error_code"], 400);
+            }
+        }
+        let sent = fake.delivered();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0].visible, "hi");
+        assert_eq!(sent[1].visible, "<".repeat(TEXT_LIMIT));
+        assert_eq!(sent[2].parse_mode, None);
+
+        let id = sent[0].message_id;
+        let edit = |text: &str, id: i64| json!({"chat_id": 1, "message_id": id, "text": text, "parse_mode": "HTML"});
+        let (status, reply) = call(&fake, "editMessageText", edit("<b>hi</b>", id));
+        assert_eq!(status, 400);
+        assert!(reply["description"].as_str().unwrap().starts_with("Bad Request: message is not modified"), "{reply}");
+        assert_eq!(call(&fake, "editMessageText", edit("<i>hi</i>", id)).0, 200);
+        assert_eq!(call(&fake, "editMessageText", edit("<i>hi</i>", id)).0, 400);
+        let (status, reply) = call(&fake, "editMessageText", edit("<b>x", id));
+        assert_eq!(
+            (status, reply["description"].as_str().unwrap()),
+            (400, "Bad Request: can't parse entities: Can't find end tag corresponding to start tag \"b\"")
+        );
+        let (status, reply) = call(&fake, "editMessageText", edit("x", 999));
+        assert_eq!((status, reply["description"].as_str().unwrap()), (400, "Bad Request: message to edit not found"));
+        // Edits are not new messages.
+        assert_eq!(fake.delivered().len(), 3);
+    }
+
+    #[test]
+    fn faults_can_target_one_chat() {
+        let fake = FakeTelegram::start();
+        fake.fail_next_in_chat("sendMessage", 2, Fault::blocked());
+        assert_eq!(call(&fake, "sendMessage", json!({"chat_id": 1, "text": "a"})).0, 200);
+        let (status, reply) = call(&fake, "sendMessage", json!({"chat_id": 2, "text": "b"}));
+        assert_eq!((status, reply["description"].as_str().unwrap()), (403, "Forbidden: bot was blocked by the user"));
+        assert_eq!(call(&fake, "sendMessage", json!({"chat_id": 2, "text": "c"})).0, 200);
+        assert_eq!(fake.delivered_to(2).iter().map(|s| s.visible.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(fake.calls_of("sendMessage").len(), 3);
+    }
 }

@@ -104,6 +104,12 @@ impl Service {
         assert!(status.success(), "kill -s {name} failed");
     }
 
+    /// The exit status if the process has ended, without waiting.
+    #[allow(dead_code)]
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().map(|status| status.code().unwrap_or(-1))
+    }
+
     /// `kill -9`, and wait until the process is gone.
     #[allow(dead_code)]
     pub fn kill_hard(&mut self) {

@@ -1,0 +1,307 @@
+//! One conversation with the agent and its dispatch: the turn in flight, the messages
+//! waiting, and what a new message does when the session is busy (`steer`, `collect`,
+//! `followup`). Pure; the core (`core/mod.rs`) owns the map of sessions and the agent events.
+//!
+//! Rules, in one place:
+//! - At most one turn per session is in flight (agents reject a second `session/prompt`).
+//! - A message that arrives while the session is free runs at once, alone. While the agent is
+//!   still opening the session, later messages wait as their mode says, except that nothing
+//!   runs yet to be steered: a steering message then waits for its own turn.
+//! - `followup`: waits for its own turn, in order.
+//! - `collect`: waits; the collected messages next to each other run as one turn, texts joined
+//!   by blank lines, each keeping its quote and attachment lines.
+//! - `steer`: cancels the running turn (`session/cancel`) and waits at most [`CANCEL_WAIT`]
+//!   for it to end; its text is dropped. Then every message still waiting, up to the newest
+//!   steering one, runs as one turn (so several messages sent during one wait are merged, the
+//!   latest last, none lost), after [`prompt::STEER_NOTE`]. A turn still running after the
+//!   wait is wedged: the core abandons the session and opens a fresh one for what waits.
+//! - `/cancel` uses the same bounded wait; `/clear` does not wait (the session is forgotten).
+//! - At most [`MAX_WAITING`] messages wait per session; the next one is refused, and the
+//!   sender is told.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::prompt;
+use super::{Action, say};
+use crate::config::DispatchMode;
+use crate::event::{AgentRequest, ChatRef, MessageRef, Outbound};
+use crate::streamer::{BlockStreamConfig, BlockStreamer};
+
+/// Telegram drops "typing…" after 5 s; refresh a little before.
+pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
+/// How long a cancelled turn may take to end before the session is given up as wedged.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// Messages that may wait for one session's next turn.
+pub const MAX_WAITING: usize = 50;
+
+/// A message waiting for a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Where its answer goes.
+    pub chat: ChatRef,
+    /// The message(s) it carries (for the journal).
+    pub message_ids: Vec<MessageRef>,
+    /// The text for the agent: quote, text, attachment lines (`prompt::message_body`).
+    pub body: String,
+    pub how: Waits,
+}
+
+/// How a waiting message joins a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waits {
+    /// Its own turn, in order.
+    Alone,
+    /// One turn with the collected messages next to it.
+    Collected,
+    /// Replaces a cancelled turn, taking every message before it along.
+    Steer,
+}
+
+/// Why a turn was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelCause {
+    /// A new message steers: its turn follows, so "typing…" goes on.
+    Steer,
+    /// `/cancel`: the user has been told; nothing follows.
+    User,
+    /// The turn ran past the channel's `turnTimeoutMs`: the user has been told; what waits
+    /// runs after it.
+    Timeout,
+}
+
+#[derive(Debug)]
+pub struct Cancelling {
+    pub cause: CancelCause,
+    /// After this, the turn is taken as wedged.
+    pub deadline: Instant,
+}
+
+/// The turn in flight.
+#[derive(Debug)]
+pub struct Turn {
+    pub chat: ChatRef,
+    pub message_ids: Vec<MessageRef>,
+    /// The prompt as sent, to send again if the agent crashes during the turn.
+    pub text: String,
+    /// This is already the second try (after a crash): a second crash gives up.
+    pub retried: bool,
+    /// The answer so far.
+    pub answer: String,
+    pub typing_due: Instant,
+    /// When the channel's `turnTimeoutMs` runs out.
+    pub timeout_at: Instant,
+    /// Set once `session/cancel` is sent; the answer is then dropped.
+    pub cancel: Option<Cancelling>,
+    /// With `blockStreaming: "on"`: the answer goes out in blocks as it grows.
+    pub stream: Option<BlockStreamer>,
+    /// Some block of this turn was sent already.
+    pub streamed: bool,
+    /// Tool calls shown as status lines (`showToolCalls: "brief"`): (tool call id, title).
+    pub tools: Vec<(String, String)>,
+}
+
+impl Turn {
+    /// When this turn next needs the clock: a typing refresh, its timeout, or the end of a
+    /// cancel wait.
+    pub fn deadline(&self) -> Instant {
+        let stream = self.stream.as_ref().and_then(BlockStreamer::next_deadline);
+        match &self.cancel {
+            None => self.typing_due.min(self.timeout_at).min(stream.unwrap_or(self.timeout_at)),
+            Some(c) if c.cause == CancelCause::Steer => self.typing_due.min(c.deadline),
+            Some(c) => c.deadline,
+        }
+    }
+}
+
+/// A turn the agent lost by crashing, to run again once the session is back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub chat: ChatRef,
+    pub message_ids: Vec<MessageRef>,
+    pub text: String,
+}
+
+/// One conversation.
+#[derive(Debug)]
+pub struct Session {
+    pub agent: String,
+    /// The chat of the latest message (for `sessions.json`).
+    pub chat: ChatRef,
+    pub cwd: PathBuf,
+    /// The agent's id; `None` while `session/new` is in flight.
+    pub id: Option<String>,
+    pub turn: Option<Turn>,
+    pub waiting: VecDeque<Waiting>,
+    /// The channel's `instructions` went with this session's first prompt.
+    pub instructed: bool,
+    /// A turn was cancelled to steer: the next steering turn carries the note.
+    pub steered: bool,
+    /// The agent crashed: the id the session had, to `session/load` once the agent is back.
+    pub lost_id: Option<String>,
+    /// `session/load` (not `session/new`) is in flight for this session.
+    pub loading: bool,
+    /// The turn the crash interrupted; it runs first once the session is back.
+    pub retry: Option<Retry>,
+    /// Several people share it (scope `single`, or `thread` in a group): only `allowedUsers`
+    /// may answer its permission requests, when that list is not empty.
+    pub shared: bool,
+}
+
+/// What a channel decides about the turns of its sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnSettings<'a> {
+    /// Sent with a session's first prompt.
+    pub instructions: Option<&'a str>,
+    /// A turn running longer is cancelled (`turnTimeoutMs`).
+    pub turn_timeout: Duration,
+    /// Send the answer in blocks as it grows (`blockStreaming: "on"`).
+    pub block_stream: Option<BlockStreamConfig>,
+}
+
+/// The session cannot take another waiting message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+impl Session {
+    pub fn new(agent: String, chat: ChatRef, cwd: PathBuf) -> Session {
+        Session {
+            agent,
+            chat,
+            cwd,
+            id: None,
+            turn: None,
+            waiting: VecDeque::new(),
+            instructed: false,
+            steered: false,
+            lost_id: None,
+            loading: false,
+            retry: None,
+            shared: false,
+        }
+    }
+
+    /// Take a message in (`how` is overwritten from `mode`); a steer sends `session/cancel`.
+    pub fn accept(
+        &mut self,
+        mut message: Waiting,
+        mode: DispatchMode,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Full> {
+        if self.waiting.len() >= MAX_WAITING {
+            return Err(Full);
+        }
+        message.how = match (mode, &mut self.turn) {
+            (DispatchMode::Followup, _) | (DispatchMode::Steer, None) => Waits::Alone,
+            (DispatchMode::Collect, turn) if turn.is_none() && self.waiting.is_empty() => Waits::Alone,
+            (DispatchMode::Collect, _) => Waits::Collected,
+            (DispatchMode::Steer, Some(turn)) => {
+                if turn.cancel.is_none() {
+                    turn.cancel = Some(Cancelling { cause: CancelCause::Steer, deadline: now + CANCEL_WAIT });
+                    if let Some(id) = &self.id {
+                        let request = AgentRequest::Cancel { session_id: id.clone() };
+                        actions.push(Action::Agent { agent: self.agent.clone(), request });
+                    }
+                }
+                self.steered = true;
+                Waits::Steer
+            }
+        };
+        self.waiting.push_back(message);
+        Ok(())
+    }
+
+    /// Start the next turn if the agent has the session and nothing is in flight: a turn a
+    /// crash interrupted first, then what waits.
+    pub fn start_next_turn(&mut self, settings: TurnSettings<'_>, now: Instant, actions: &mut Vec<Action>) {
+        let (Some(session_id), None) = (self.id.clone(), &self.turn) else { return };
+        if let Some(retry) = self.retry.take() {
+            self.instructed = true;
+            self.begin(session_id, retry.chat, retry.message_ids, retry.text, true, settings, now, actions);
+            return;
+        }
+        let instructions = settings.instructions;
+        let batch = self.next_batch();
+        let Some(last) = batch.last() else { return };
+        let chat = last.chat.clone();
+        let note = self.steered && batch.iter().any(|w| w.how == Waits::Steer);
+        if note {
+            self.steered = false;
+        }
+        let body = batch.iter().map(|w| w.body.as_str()).collect::<Vec<_>>().join("\n\n");
+        let instructions = if self.instructed { None } else { instructions };
+        self.instructed = true;
+        let text = prompt::compose(note, instructions, &body);
+        let message_ids = batch.into_iter().flat_map(|w| w.message_ids).collect();
+        self.begin(session_id, chat, message_ids, text, false, settings, now, actions);
+    }
+
+    #[allow(clippy::too_many_arguments)] // The parts of one turn, each from a different place.
+    fn begin(
+        &mut self,
+        session_id: String,
+        chat: ChatRef,
+        message_ids: Vec<MessageRef>,
+        text: String,
+        retried: bool,
+        settings: TurnSettings<'_>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        actions.push(Action::Send(Outbound::Typing { chat: chat.clone() }));
+        let request = AgentRequest::Prompt { session_id, text: text.clone() };
+        actions.push(Action::Agent { agent: self.agent.clone(), request });
+        self.turn = Some(Turn {
+            chat,
+            message_ids,
+            text,
+            retried,
+            answer: String::new(),
+            typing_due: now + TYPING_REFRESH,
+            timeout_at: now + settings.turn_timeout,
+            cancel: None,
+            stream: settings.block_stream.map(BlockStreamer::new),
+            streamed: false,
+            tools: Vec::new(),
+        });
+    }
+
+    /// The waiting messages the next turn takes: through the newest steering one if any;
+    /// else the collected run at the front; else the oldest alone.
+    fn next_batch(&mut self) -> Vec<Waiting> {
+        let take = match self.waiting.iter().rposition(|w| w.how == Waits::Steer) {
+            Some(last_steer) => last_steer + 1,
+            None => match self.waiting.front().map(|w| w.how) {
+                Some(Waits::Collected) => self.waiting.iter().take_while(|w| w.how == Waits::Collected).count(),
+                Some(_) => 1,
+                None => 0,
+            },
+        };
+        self.waiting.drain(..take).collect()
+    }
+
+    /// Every chat with a turn in flight or a message waiting here, each once.
+    pub fn chats(&self) -> Vec<ChatRef> {
+        let mut chats: Vec<ChatRef> = Vec::new();
+        for chat in self.turn.iter().map(|t| &t.chat).chain(self.waiting.iter().map(|w| &w.chat)) {
+            if !chats.contains(chat) {
+                chats.push(chat.clone());
+            }
+        }
+        chats
+    }
+
+    /// Tell every chat concerned.
+    pub fn tell_all(&self, text: &str, actions: &mut Vec<Action>) {
+        for chat in self.chats() {
+            actions.push(say(&chat, text.to_string()));
+        }
+    }
+
+    /// The next moment this session needs a [`super::Event::Tick`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.turn.as_ref().map(Turn::deadline)
+    }
+}

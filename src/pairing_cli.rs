@@ -1,0 +1,376 @@
+//! `tether pairing`: the operator's side of DM pairing. Lists, approves and denies pending
+//! requests and revokes approved users by editing the channel's pairing files directly
+//! (see `access_files`); a running service notices within a second, and tells an approved
+//! sender they are paired. Output and exit codes follow Qwen Code's `qwen channel pairing`.
+
+use std::path::Path;
+
+use crate::access_files::AccessFiles;
+use crate::config::{ChannelConfig, Config, SenderPolicy};
+use crate::core::pairing::{PairingRequest, clean_name, normalize_code};
+use crate::error::Error;
+
+pub const USAGE: &str = "\
+Usage:
+  tether pairing list CHANNEL             pending pairing requests
+  tether pairing approve CHANNEL CODE     let the sender of CODE use the channel (any case)
+  tether pairing deny CHANNEL CODE        refuse a pending request
+  tether pairing revoke CHANNEL USER_ID   take a paired user's access away
+  tether pairing allowed CHANNEL          who may use the channel
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingCommand {
+    List { channel: String },
+    Approve { channel: String, code: String },
+    Deny { channel: String, code: String },
+    Revoke { channel: String, user: String },
+    Allowed { channel: String },
+}
+
+impl PairingCommand {
+    pub fn channel(&self) -> &str {
+        match self {
+            PairingCommand::List { channel }
+            | PairingCommand::Approve { channel, .. }
+            | PairingCommand::Deny { channel, .. }
+            | PairingCommand::Revoke { channel, .. }
+            | PairingCommand::Allowed { channel } => channel,
+        }
+    }
+}
+
+/// Parse the words after `pairing`.
+pub fn parse(words: &[String]) -> Result<PairingCommand, Error> {
+    let usage = |problem: String| Error::Usage(format!("{problem}\n\n{USAGE}"));
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let command = match words.as_slice() {
+        ["list", channel] => PairingCommand::List { channel: channel.to_string() },
+        ["allowed", channel] => PairingCommand::Allowed { channel: channel.to_string() },
+        ["approve", channel, code] => PairingCommand::Approve { channel: channel.to_string(), code: code.to_string() },
+        ["deny", channel, code] => PairingCommand::Deny { channel: channel.to_string(), code: code.to_string() },
+        ["revoke", channel, user] => PairingCommand::Revoke { channel: channel.to_string(), user: user.to_string() },
+        [] => return Err(usage("`tether pairing` needs a subcommand".into())),
+        [sub @ ("list" | "allowed"), ..] => return Err(usage(format!("`tether pairing {sub}` takes one CHANNEL"))),
+        [sub @ ("approve" | "deny"), ..] => return Err(usage(format!("`tether pairing {sub}` takes CHANNEL CODE"))),
+        ["revoke", ..] => return Err(usage("`tether pairing revoke` takes CHANNEL USER_ID".into())),
+        [other, ..] => return Err(usage(format!("unknown pairing subcommand `{other}`"))),
+    };
+    let channel = command.channel();
+    if channel.is_empty() || !channel.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(usage(format!(
+            "\"{channel}\" is not a channel name: use a name from \"channels\" in the config \
+             (letters, digits, - and _)"
+        )));
+    }
+    Ok(command)
+}
+
+/// What a command prints, and its exit status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Report {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: i32,
+}
+
+/// Run a pairing command against the files in `home`. `config` is the config as loaded:
+/// when it loads, the channel must be in it; when it does not (a `$TOKEN` unset in the
+/// operator's shell, say), the command still works on the files, with a note.
+pub fn run(command: &PairingCommand, home: &Path, config: Result<Config, Error>, now_ms: u64) -> Result<Report, Error> {
+    let name = command.channel();
+    let mut notes = String::new();
+    let channel = match config {
+        Ok(config) => match config.channels.get(name) {
+            Some(channel) => Some(channel.clone()),
+            None => {
+                let names: Vec<&str> = config.channels.keys().map(String::as_str).collect();
+                return Err(Error::Other(format!(
+                    "channel \"{name}\" not found in {}: pick one of: {}",
+                    config.path.display(),
+                    if names.is_empty() { "(no channels configured)".to_string() } else { names.join(", ") }
+                )));
+            }
+        },
+        Err(e) => {
+            notes.push_str(&format!("note: the config was not read ({e}); channel \"{name}\" was not checked\n"));
+            None
+        }
+    };
+    let mut report = execute(command, &AccessFiles::new(home, name), channel.as_ref(), now_ms)?;
+    report.stderr = notes + &report.stderr;
+    Ok(report)
+}
+
+/// The command itself, given the channel's config when it is known.
+pub fn execute(
+    command: &PairingCommand,
+    files: &AccessFiles,
+    channel: Option<&ChannelConfig>,
+    now_ms: u64,
+) -> Result<Report, Error> {
+    let name = command.channel();
+    let mut report = Report::default();
+    let policy_note = |report: &mut Report| {
+        if let Some(c) = channel.filter(|c| c.sender_policy != SenderPolicy::Pairing) {
+            report.stderr.push_str(&format!(
+                "note: channel \"{name}\" has senderPolicy \"{}\": approved users count only under \"pairing\"\n",
+                crate::core::gate::sender_policy_name(c.sender_policy)
+            ));
+        }
+    };
+    match command {
+        PairingCommand::List { .. } => {
+            let book = files.read()?;
+            let live: Vec<&PairingRequest> = book.live(now_ms).collect();
+            if live.is_empty() {
+                report.stdout.push_str("No pending pairing requests.\n");
+            } else {
+                report.stdout.push_str(&format!("Pending pairing requests for \"{name}\":\n"));
+                for r in live {
+                    let minutes = now_ms.saturating_sub(r.created_at) / 60_000;
+                    report.stdout.push_str(&format!(
+                        "  Code: {}  Sender: {} ({})  {minutes}m ago\n",
+                        r.code,
+                        clean_name(&r.sender_name),
+                        clean_name(&r.sender_id)
+                    ));
+                }
+            }
+        }
+        PairingCommand::Approve { code, .. } => match files.update(now_ms, |book| book.approve(code, now_ms))? {
+            Some(r) => {
+                report.stdout.push_str(&format!(
+                    "Approved: {} ({}) can now use channel \"{name}\".\n",
+                    clean_name(&r.sender_name),
+                    clean_name(&r.sender_id)
+                ));
+                policy_note(&mut report);
+            }
+            None => missed(&mut report, name, code),
+        },
+        PairingCommand::Deny { code, .. } => match files.update(now_ms, |book| book.deny(code, now_ms))? {
+            Some(r) => report.stdout.push_str(&format!(
+                "Denied: {} ({}); code {} no longer works.\n",
+                clean_name(&r.sender_name),
+                clean_name(&r.sender_id),
+                r.code
+            )),
+            None => missed(&mut report, name, code),
+        },
+        PairingCommand::Revoke { user, .. } => {
+            let in_config = channel.is_some_and(|c| c.allowed_users.contains(user));
+            let config_note = || match channel {
+                Some(c) if in_config => format!(
+                    "\"{user}\" is also in allowedUsers of channel \"{name}\" in the config, which still lets them in: remove them there\n",
+                    name = c.name
+                ),
+                _ => String::new(),
+            };
+            if files.update(now_ms, |book| book.revoke(user))? {
+                report.stdout.push_str(&format!("Revoked: {user} can no longer use channel \"{name}\".\n"));
+                report.stderr.push_str(&config_note());
+            } else {
+                report.stderr.push_str(&format!("User \"{user}\" is not a paired user of channel \"{name}\".\n"));
+                report.stderr.push_str(&config_note());
+                report.status = 1;
+            }
+        }
+        PairingCommand::Allowed { .. } => {
+            let book = files.read()?;
+            let configured = channel.map(|c| c.allowed_users.as_slice()).unwrap_or_default();
+            let paired: Vec<&String> = book.approved().iter().filter(|id| !configured.contains(id)).collect();
+            if configured.is_empty() && paired.is_empty() {
+                report.stdout.push_str(&format!("No approved users for \"{name}\".\n"));
+            } else {
+                report.stdout.push_str(&format!("Approved users for \"{name}\":\n"));
+                for id in configured {
+                    report.stdout.push_str(&format!("  {}  (allowedUsers in the config)\n", clean_name(id)));
+                }
+                for id in paired {
+                    report.stdout.push_str(&format!("  {}  (paired)\n", clean_name(id)));
+                }
+            }
+            if channel.is_some_and(|c| c.sender_policy == SenderPolicy::Open) {
+                report.stdout.push_str("senderPolicy is \"open\": anyone may use this channel.\n");
+            }
+            policy_note(&mut report);
+        }
+    }
+    Ok(report)
+}
+
+fn missed(report: &mut Report, channel: &str, code: &str) {
+    report.stderr.push_str(&format!(
+        "No pending request found for code \"{}\". It may have expired.\nSee the live codes with: tether pairing list {channel}\n",
+        normalize_code(code)
+    ));
+    report.status = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::pairing::PairingRequest;
+    use crate::store;
+
+    fn config(channel: serde_json::Value) -> Config {
+        let text = serde_json::json!({"channels": {"phone": channel}}).to_string();
+        let env = |_: &str| None;
+        let cx = crate::config::ParseContext {
+            path: Path::new("/etc/tether.json"),
+            cwd: Path::new("/srv"),
+            home: None,
+            env: &env,
+        };
+        crate::config::parse(&text, &cx).unwrap()
+    }
+
+    fn phone(policy: &str) -> ChannelConfig {
+        let c = config(
+            serde_json::json!({"type": "telegram", "token": "1:x", "senderPolicy": policy, "allowedUsers": ["111"]}),
+        );
+        c.channels["phone"].clone()
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parsing() {
+        let ok: Vec<(&[&str], PairingCommand)> = vec![
+            (&["list", "phone"], PairingCommand::List { channel: "phone".into() }),
+            (&["allowed", "my-tg_2"], PairingCommand::Allowed { channel: "my-tg_2".into() }),
+            (
+                &["approve", "phone", "abcd2345"],
+                PairingCommand::Approve { channel: "phone".into(), code: "abcd2345".into() },
+            ),
+            (&["deny", "phone", "X"], PairingCommand::Deny { channel: "phone".into(), code: "X".into() }),
+            (&["revoke", "phone", "42"], PairingCommand::Revoke { channel: "phone".into(), user: "42".into() }),
+        ];
+        for (w, expected) in ok {
+            assert_eq!(parse(&words(w)).unwrap(), expected, "{w:?}");
+        }
+        let bad: Vec<(&[&str], &str)> = vec![
+            (&[], "needs a subcommand"),
+            (&["list"], "takes one CHANNEL"),
+            (&["approve", "phone"], "takes CHANNEL CODE"),
+            (&["revoke", "phone"], "takes CHANNEL USER_ID"),
+            (&["frob", "phone"], "unknown pairing subcommand `frob`"),
+            (&["list", "../etc"], "is not a channel name"),
+            (&["list", ""], "is not a channel name"),
+        ];
+        for (w, expected) in bad {
+            let err = parse(&words(w)).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(text.contains(expected) && text.contains("Usage:"), "{w:?}: {text}");
+        }
+    }
+
+    fn home(label: &str) -> std::path::PathBuf {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::env::temp_dir().join(format!("tether-pcli-{label}-{hex}"))
+    }
+
+    fn request(sender: &str, name: &str, code: &str, created_at: u64) -> PairingRequest {
+        PairingRequest {
+            sender_id: sender.into(),
+            sender_name: name.into(),
+            code: code.into(),
+            created_at,
+            chat_id: Some(sender.into()),
+        }
+    }
+
+    fn run_on(files: &AccessFiles, channel: Option<&ChannelConfig>, w: &[&str], now: u64) -> Report {
+        let command = parse(&words(w)).unwrap();
+        execute(&command, files, channel, now).unwrap()
+    }
+
+    #[test]
+    fn list_approve_deny_revoke_allowed_outputs() {
+        let dir = home("outputs");
+        let files = AccessFiles::new(&dir, "phone");
+        let channel = phone("pairing");
+        let c = Some(&channel);
+        let out = |stdout: &str| Report { stdout: stdout.into(), ..Default::default() };
+        let err = |stderr: &str, status| Report { stderr: stderr.into(), status, ..Default::default() };
+        assert_eq!(run_on(&files, c, &["list", "phone"], T0), out("No pending pairing requests.\n"));
+        store::ensure_private_dir(&dir).unwrap();
+        store::write_json_atomic(
+            &files.pairing,
+            &[
+                request("7", "Ada\u{1b}[31m", "ABCDEFGH", T0 - 5 * 60_000),
+                request("8", "Bob", "JKLMNPQR", T0),
+                request("9", "Old", "STUVWXYZ", T0 - 61 * 60_000),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            run_on(&files, c, &["list", "phone"], T0),
+            out(
+                "Pending pairing requests for \"phone\":\n  Code: ABCDEFGH  Sender: Ada [31m (7)  5m ago\n  Code: JKLMNPQR  Sender: Bob (8)  0m ago\n"
+            )
+        );
+        let miss = "No pending request found for code \"STUVWXYZ\". It may have expired.\nSee the live codes with: tether pairing list phone\n";
+        assert_eq!(run_on(&files, c, &["approve", "phone", "stuvwxyz"], T0), err(miss, 1));
+        assert_eq!(
+            run_on(&files, c, &["approve", "phone", "abcdefgh"], T0),
+            out("Approved: Ada [31m (7) can now use channel \"phone\".\n")
+        );
+        assert_eq!(
+            run_on(&files, c, &["deny", "phone", "JKLMNPQR"], T0),
+            out("Denied: Bob (8); code JKLMNPQR no longer works.\n")
+        );
+        assert_eq!(run_on(&files, c, &["list", "phone"], T0), out("No pending pairing requests.\n"));
+        assert_eq!(
+            run_on(&files, c, &["allowed", "phone"], T0),
+            out("Approved users for \"phone\":\n  111  (allowedUsers in the config)\n  7  (paired)\n")
+        );
+        assert_eq!(
+            run_on(&files, c, &["revoke", "phone", "7"], T0),
+            out("Revoked: 7 can no longer use channel \"phone\".\n")
+        );
+        assert_eq!(
+            run_on(&files, c, &["revoke", "phone", "7"], T0),
+            err("User \"7\" is not a paired user of channel \"phone\".\n", 1)
+        );
+        let r = run_on(&files, c, &["revoke", "phone", "111"], T0);
+        assert_eq!(r.status, 1);
+        assert!(r.stderr.contains("also in allowedUsers"), "{}", r.stderr);
+        // Without a config: files only.
+        assert_eq!(run_on(&files, None, &["allowed", "phone"], T0), out("No approved users for \"phone\".\n"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn approving_under_another_policy_says_it_has_no_effect() {
+        let dir = home("policy");
+        let files = AccessFiles::new(&dir, "phone");
+        files.update(T0, |b| b.insert(request("7", "Ada", "ABCDEFGH", T0))).unwrap();
+        let channel = phone("allowlist");
+        let r = run_on(&files, Some(&channel), &["approve", "phone", "ABCDEFGH"], T0);
+        assert_eq!(r.status, 0);
+        assert!(r.stderr.contains("senderPolicy \"allowlist\""), "{}", r.stderr);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_channel_is_an_error_and_an_unreadable_config_a_note() {
+        let dir = home("config");
+        let config = config(serde_json::json!({"type": "telegram", "token": "1:x"}));
+        let cmd = PairingCommand::List { channel: "phnoe".into() };
+        let err = run(&cmd, &dir, Ok(config), T0).unwrap_err().to_string();
+        assert!(err.contains("channel \"phnoe\" not found in /etc/tether.json: pick one of: phone"), "{err}");
+        let r = run(&cmd, &dir, Err(Error::Other("TELEGRAM_BOT_TOKEN is not set".into())), T0).unwrap();
+        assert_eq!(r.stdout, "No pending pairing requests.\n");
+        assert!(r.stderr.contains("TELEGRAM_BOT_TOKEN is not set") && r.stderr.contains("not checked"), "{}", r.stderr);
+        assert!(!dir.exists(), "listing creates nothing");
+    }
+}

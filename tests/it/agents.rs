@@ -1,0 +1,213 @@
+//! The agent side end to end: models per channel, lenient protocol, supervision.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::fake_telegram::{FakeTelegram, TOKEN};
+use crate::support::{Service, TempDir, demo_agent};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn telegram(fake: &FakeTelegram, extra: serde_json::Value) -> serde_json::Value {
+    let mut channel = json!({"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "allowedUsers": ["111"]});
+    if let (Some(c), Some(e)) = (channel.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    channel
+}
+
+#[test]
+fn two_channels_on_one_agent_each_get_their_model() {
+    let (fast, careful) = (FakeTelegram::start(), FakeTelegram::start());
+    let home = TempDir::new("models");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {
+            "fast": telegram(&fast, json!({"model": "demo-fast"})),
+            "careful": telegram(&careful, json!({"model": "demo-careful"})),
+        }
+    }));
+    let service = Service::start(&home, &[]);
+    fast.send_dm(111, "/model");
+    careful.send_dm(111, "/model");
+    assert_eq!(fast.next_text_to(111, WAIT).as_deref(), Some("model: demo-fast"), "log:\n{}", service.log());
+    assert_eq!(careful.next_text_to(111, WAIT).as_deref(), Some("model: demo-careful"), "log:\n{}", service.log());
+    // One agent process served both.
+    assert_eq!(service.log().matches("started agent \"default\"").count(), 1);
+}
+
+#[test]
+fn an_unknown_model_is_logged_and_the_default_answers() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("badmodel");
+    home.write_config(
+        &json!({"agent": demo_agent(), "channels": {"phone": telegram(&fake, json!({"model": "gpt-99"}))}}),
+    );
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "/model");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("model: demo-standard"), "log:\n{}", service.log());
+    assert!(service.log().contains("could not set model gpt-99"), "{}", service.log());
+}
+
+#[test]
+fn huge_lines_and_unknown_updates_are_handled() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("huge");
+    home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "tools please");
+    let reply = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(reply.contains("echo: tools please"), "{reply}\nlog:\n{}", service.log());
+    fake.send_dm(111, "ext");
+    let mut texts = Vec::new();
+    while let Some(t) = fake.next_text_to(111, Duration::from_secs(5)) {
+        texts.push(t);
+        if texts.last().is_some_and(|t| t.contains("ext answered")) {
+            break;
+        }
+    }
+    assert!(texts.iter().any(|t| t.contains("ext answered -32601")), "{:?}", texts.last());
+    fake.send_dm(111, "huge");
+    // A 2 MB line from the agent arrives; Telegram gets it split into many messages.
+    let first = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(first.len() > 1000, "log:\n{}", service.log());
+}
+
+#[test]
+fn an_agent_that_never_answers_initialize_fails_start_within_the_timeout() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("silent");
+    let agent = json!({"command": "sh", "args": ["-c", "exec sleep 60"], "startupTimeoutMs": 500});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let mut service = Service::start(&home, &[]);
+    assert_eq!(service.wait_exit(WAIT), Some(1), "log:\n{}", service.log());
+    assert!(service.log().contains("did not answer initialize within 500 ms"), "{}", service.log());
+}
+
+#[test]
+fn a_missing_cwd_is_refused_at_start() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("nocwd");
+    let channel = telegram(&fake, json!({"cwd": "/nonexistent/project"}));
+    home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": channel}}));
+    let mut service = Service::start(&home, &[]);
+    assert_eq!(service.wait_exit(WAIT), Some(1));
+    assert!(
+        service.log().contains("key \"cwd\": /nonexistent/project is not an existing directory"),
+        "{}",
+        service.log()
+    );
+}
+
+#[test]
+fn an_agent_that_keeps_crashing_stops_the_service_with_status_1() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("crashloop");
+    home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": telegram(&fake, json!({}))}}));
+    let mut service = Service::start(&home, &[]);
+    let mut exited = None;
+    for n in 0..6 {
+        fake.send_dm(111, &format!("crash number {n}"));
+        exited = service.wait_exit(Duration::from_secs(8));
+        if exited.is_some() {
+            break;
+        }
+    }
+    assert_eq!(exited, Some(1), "log:\n{}", service.log());
+    assert!(service.log().contains("crashed 4 times within 300 s"), "{}", service.log());
+}
+
+/// The demo agent keeping its sessions in `dir`, so a restarted one can `session/load` them.
+fn stateful_demo_agent(dir: &std::path::Path) -> serde_json::Value {
+    json!({"command": crate::support::tether_bin(), "args": ["demo-agent", "--state", dir], "startupTimeoutMs": 10000})
+}
+
+#[test]
+fn a_crash_mid_turn_is_retried_in_the_restored_conversation() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("restore");
+    let state = home.path().join("agent-state");
+    home.write_config(
+        &json!({"agent": stateful_demo_agent(&state), "channels": {"phone": telegram(&fake, json!({}))}}),
+    );
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "first words");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: first words"), "log:\n{}", service.log());
+    fake.send_dm(111, "crashonce please");
+    let notice = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(notice.contains("being restarted"), "{notice}\nlog:\n{}", service.log());
+    // Sent while the agent restarts: waits, and is answered after the retried turn.
+    fake.send_dm(111, "while it restarts");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: crashonce please"), "log:\n{}", service.log());
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: while it restarts"));
+    // Same conversation: the agent remembers what came before the crash.
+    fake.send_dm(111, "/summary");
+    let summary = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(summary.contains("first words") && summary.contains("crashonce please"), "{summary}");
+    let log = service.log();
+    assert!(log.contains("restoring 1 session(s)") && log.contains("session demo-1 restored"), "{log}");
+}
+
+#[test]
+fn a_turn_past_turn_timeout_is_cancelled_and_the_user_told() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("timeout");
+    home.write_config(
+        &json!({"agent": demo_agent(), "channels": {"phone": telegram(&fake, json!({"turnTimeoutMs": 1000}))}}),
+    );
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "hang");
+    let notice = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert_eq!(notice, "The agent did not finish within 1000 ms, so the request was cancelled.");
+    fake.send_dm(111, "and now?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: and now?"), "log:\n{}", service.log());
+}
+
+#[test]
+fn an_agent_that_is_not_logged_in_says_how_to_log_in() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("auth");
+    let agent = json!({"command": crate::support::tether_bin(), "args": ["demo-agent", "--auth-required"]});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "hello");
+    let reply = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(reply.contains("Authentication required") && reply.contains("not logged in"), "{reply}");
+    assert!(service.log().contains("login methods: demo-login"), "{}", service.log());
+}
+
+#[test]
+fn garbage_and_half_lines_on_the_agents_stdout_are_ignored() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("garbage");
+    let script = format!(
+        "echo 'Loading model... 42%'; printf '{{\"jsonrpc\":\"2.0\",\"method\"\\n'; echo '[1,2'; exec '{}' demo-agent",
+        crate::support::tether_bin()
+    );
+    let agent = json!({"command": "sh", "args": ["-c", script]});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "still fine?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: still fine?"), "log:\n{}", service.log());
+    assert!(service.log().contains("ignoring a line that is not JSON"), "{}", service.log());
+}
+
+#[test]
+fn platform_secrets_never_reach_the_agents_environment() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("scrub");
+    let env_dump = home.path().join("agent-env.txt");
+    let script = format!("env > '{}'; exec '{}' demo-agent", env_dump.display(), crate::support::tether_bin());
+    let agent = json!({"command": "sh", "args": ["-c", script], "env": {"AGENT_SETTING": "kept"}});
+    // The token comes from the environment under one name, and is also present under another.
+    let channel = telegram(&fake, json!({"token": "$TETHER_IT_BOT_TOKEN"}));
+    home.write_config(&json!({"agent": agent, "channels": {"phone": channel}}));
+    let service = Service::start_with_env(&home, &[], &[("TETHER_IT_BOT_TOKEN", TOKEN), ("SOME_COPY", TOKEN)]);
+    fake.send_dm(111, "hi");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: hi"), "log:\n{}", service.log());
+    let env = std::fs::read_to_string(&env_dump).unwrap();
+    assert!(env.contains("AGENT_SETTING=kept"), "{env}");
+    assert!(!env.contains("TETHER_IT_BOT_TOKEN") && !env.contains("SOME_COPY"), "{env}");
+    assert!(!env.contains(TOKEN), "the token leaked into the agent's environment");
+}

@@ -1,0 +1,148 @@
+//! `tether demo` end to end: the web chat over raw HTTP and WebSocket, the built-in agent
+//! behind it, tether as a real process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+use crate::support::{TempDir, run_tether, tether_bin};
+
+/// `tether demo` on a free port; killed when dropped.
+struct Demo {
+    child: Child,
+    addr: String,
+    first_line: String,
+}
+
+impl Demo {
+    fn start(home: &TempDir) -> Demo {
+        let mut child = Command::new(tether_bin())
+            .args(["demo", "--listen", "127.0.0.1:0", "--home"])
+            .arg(home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first_line = rx.recv_timeout(Duration::from_secs(20)).expect("tether demo printed nothing");
+        let url_line = rx.recv_timeout(Duration::from_secs(20)).expect("tether demo printed no URL");
+        let addr = url_line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no URL in {url_line:?}"))
+            .to_string();
+        Demo { child, addr, first_line }
+    }
+
+    /// GET a path; returns (status line, headers, body).
+    fn get(&self, path: &str) -> (String, String, String) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr).unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        (status.to_string(), headers.to_string(), body.to_string())
+    }
+
+    fn socket(&self, sid_cookie: &str) -> tungstenite::WebSocket<TcpStream> {
+        let stream = TcpStream::connect(&self.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let request = tungstenite::http::Request::builder()
+            .uri(format!("ws://{}/ws", self.addr))
+            .header("Host", &self.addr)
+            .header("Origin", format!("http://{}", self.addr))
+            .header("Cookie", sid_cookie)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", tungstenite::handshake::client::generate_key())
+            .body(())
+            .unwrap();
+        tungstenite::client(request, stream).unwrap().0
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn next_frame(ws: &mut tungstenite::WebSocket<TcpStream>, deadline: Instant) -> Option<Value> {
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Text(text)) => return serde_json::from_str(text.as_str()).ok(),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn demo_serves_the_page_and_answers_with_the_built_in_agent() {
+    let home = TempDir::new("demo");
+    let demo = Demo::start(&home);
+    assert!(demo.first_line.contains("built-in demo agent"), "{}", demo.first_line);
+
+    let (status, headers, body) = demo.get("/");
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("<html") || body.contains("<!doctype") || body.contains("<!DOCTYPE"));
+    let cookie = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: ").or_else(|| l.strip_prefix("set-cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .expect("the page sets a browser id cookie")
+        .to_string();
+
+    let mut ws = demo.socket(&cookie);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let history = next_frame(&mut ws, deadline).expect("history frame");
+    assert_eq!(history["type"], "history");
+    ws.send(Message::text(json!({"type": "message", "text": "hello from the browser"}).to_string())).unwrap();
+
+    let mut drafts = 0;
+    let answer = loop {
+        let frame = next_frame(&mut ws, deadline).expect("the answer did not arrive");
+        match frame["type"].as_str() {
+            Some("draft") => drafts += 1,
+            Some("message") if frame["from"] == "agent" => break frame["text"].as_str().unwrap_or("").to_string(),
+            _ => {}
+        }
+    };
+    assert_eq!(answer, "echo: hello from the browser");
+    assert!(drafts >= 2, "the answer streamed as drafts ({drafts})");
+
+    // A reload gets the conversation back.
+    let mut again = demo.socket(&cookie);
+    let history = next_frame(&mut again, Instant::now() + Duration::from_secs(10)).expect("history");
+    let texts: Vec<&str> = history["messages"].as_array().unwrap().iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(texts.contains(&"hello from the browser") && texts.contains(&"echo: hello from the browser"), "{texts:?}");
+}
+
+#[test]
+fn demo_refuses_a_public_address_without_a_token() {
+    let home = TempDir::new("demo-public");
+    let out = run_tether(&["demo", "--listen", "0.0.0.0:0"], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token"), "{err}");
+}
