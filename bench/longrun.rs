@@ -327,6 +327,7 @@ fn main() {
     }
     let ok = missing == 0 && counts.duplicates == 0 && counts.unexpected.is_empty();
     println!("{}", if ok { "OK: every message answered exactly once" } else { "FAILED" });
+    drop(service); // Stops tether: `exit` below would skip that.
     if !ok {
         std::process::exit(1);
     }

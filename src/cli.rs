@@ -190,11 +190,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             // Check the config here, so that its errors are shown, not buried in the log.
             let config = load_config(opts)?;
             let home = home_dir(opts)?;
-            crate::service::create_private_dir(&home).map_err(|source| Error::File {
-                path: home.clone(),
-                action: "create",
-                source,
-            })?;
+            crate::store::ensure_private_dir(&home)?;
             let log_file = log_file.unwrap_or_else(|| home.join("tether.log"));
             let slowest = config.agents.values().map(|a| a.startup_timeout).max().unwrap_or_default();
             let wait = (slowest + Duration::from_secs(15)).max(Duration::from_secs(30));

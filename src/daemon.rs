@@ -377,16 +377,17 @@ impl Daemon {
         }
     }
 
-    /// Process the journaled messages not yet answered, before any new one.
+    /// Process the messages an earlier run journaled and did not answer (once; the poller
+    /// skips them if Telegram sends them again).
     fn replay(&mut self) {
         let journals: Vec<(String, Arc<Journal>)> = self.journals.iter().map(|(n, j)| (n.clone(), j.clone())).collect();
         for (name, journal) in journals {
-            let pending = journal.pending();
-            if pending.is_empty() {
+            let recovered = journal.take_recovered();
+            if recovered.is_empty() {
                 continue;
             }
-            log::info!(target: name.as_str(), "processing {} journaled message(s) not answered before the restart", pending.len());
-            for entry in pending {
+            log::info!(target: name.as_str(), "processing {} journaled message(s) not answered before the restart", recovered.len());
+            for entry in recovered {
                 self.on_inbound(Inbound::Message(entry.message));
             }
         }
@@ -535,6 +536,8 @@ impl Daemon {
             }
             Err(e) => log::error!(target: "tether", "after the reload: {e}"),
         }
+        // A channel added back may have messages journaled by an earlier run.
+        self.replay();
         if let Some(claim) = &mut self.claim {
             let names: Vec<String> = self.config.channels.keys().cloned().collect();
             claim.update_channels(&names);
@@ -598,7 +601,7 @@ impl Daemon {
             return;
         }
         if let Err(e) = service::write_status(&self.home, &status) {
-            log::warn!(target: "tether", "cannot write {}: {e}", self.home.join(service::STATUS_FILE).display());
+            log::warn!(target: "tether", "{e}");
         }
         self.published = Some((status, Instant::now()));
     }

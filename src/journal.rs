@@ -156,6 +156,9 @@ pub struct Journal {
     path: PathBuf,
     channel: String,
     inner: Mutex<Inner>,
+    /// What was pending when the file was opened: left by an earlier run, to be processed
+    /// once (see [`Journal::take_recovered`]).
+    recovered: Mutex<Vec<JournalEntry>>,
 }
 
 #[derive(Debug)]
@@ -170,11 +173,7 @@ impl Journal {
     /// Open (creating `<home>/journal/`) and load the journal of `channel`, compacting it.
     pub fn open(home: &Path, channel: &str) -> Result<Journal, Error> {
         let dir = home.join("journal");
-        crate::service::create_private_dir(&dir).map_err(|source| Error::File {
-            path: dir.clone(),
-            action: "create",
-            source,
-        })?;
+        crate::store::ensure_private_dir(&dir)?;
         let path = dir.join(format!("{channel}.jsonl"));
         let text = match std::fs::read(&path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -189,14 +188,11 @@ impl Journal {
             log::info!(target: channel, "journal: {} message(s) not yet answered", ledger.pending_count());
         }
         let compacted = ledger.compacted();
-        crate::service::write_file_atomic(&path, compacted.as_bytes()).map_err(|source| Error::File {
-            path: path.clone(),
-            action: "write",
-            source,
-        })?;
+        crate::store::write_atomic(&path, compacted.as_bytes())?;
         let file = open_append(&path).map_err(|source| Error::File { path: path.clone(), action: "open", source })?;
         let len = compacted.len() as u64;
-        Ok(Journal { path, channel: channel.to_string(), inner: Mutex::new(Inner { ledger, file, len }) })
+        let recovered = Mutex::new(ledger.pending().cloned().collect());
+        Ok(Journal { path, channel: channel.to_string(), inner: Mutex::new(Inner { ledger, file, len }), recovered })
     }
 
     pub fn path(&self) -> &Path {
@@ -261,7 +257,8 @@ impl Journal {
         append(&mut inner, text.as_bytes())?;
         if inner.ledger.needs_compaction() {
             let compacted = inner.ledger.compacted();
-            crate::service::write_file_atomic(&self.path, compacted.as_bytes())?;
+            crate::store::write_atomic(&self.path, compacted.as_bytes())
+                .map_err(|e| io::Error::other(e.to_string()))?;
             inner.file = open_append(&self.path)?;
             inner.len = compacted.len() as u64;
         }
@@ -271,6 +268,13 @@ impl Journal {
     /// Pending messages, oldest first.
     pub fn pending(&self) -> Vec<JournalEntry> {
         self.lock().ledger.pending().cloned().collect()
+    }
+
+    /// The messages an earlier run left unanswered, oldest first, once: later calls return
+    /// nothing. Not [`Journal::pending`], which also has what this run's poller took since
+    /// (and has already passed on).
+    pub fn take_recovered(&self) -> Vec<JournalEntry> {
+        std::mem::take(&mut *self.recovered.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub fn pending_count(&self) -> usize {
@@ -586,6 +590,12 @@ mod tests {
         let journal = Journal::open(&dir, "phone").unwrap();
         assert_eq!(journal.pending().iter().map(|e| e.message.text.as_str()).collect::<Vec<_>>(), vec!["b"]);
         assert!(journal.record(vec![msg("1", "2", "b")]).unwrap().is_empty());
+        // What this run's poller takes is pending too, but it is not recovered: it was passed on.
+        assert_eq!(journal.record(vec![msg("1", "3", "c")]).unwrap().len(), 1);
+        let recovered = journal.take_recovered();
+        assert_eq!(recovered.iter().map(|e| e.message.text.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert!(journal.take_recovered().is_empty(), "recovered once");
+        journal.settle(&[r("1", "3")]).unwrap();
         for i in 10..(10 + 3 * COMPACT_SLACK) {
             let id = i.to_string();
             journal.record(vec![msg("1", &id, "x")]).unwrap();

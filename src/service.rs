@@ -160,11 +160,7 @@ pub struct ServiceClaim {
 impl ServiceClaim {
     /// Take `home` for this process, or say who has it.
     pub fn take(home: &Path, channels: &[String]) -> Result<ServiceClaim, Error> {
-        create_private_dir(home).map_err(|source| Error::File {
-            path: home.to_path_buf(),
-            action: "create",
-            source,
-        })?;
+        crate::store::ensure_private_dir(home)?;
         let lock_path = home.join(LOCK_FILE);
         let lock = open_private(&lock_path, false).map_err(|source| Error::File {
             path: lock_path.clone(),
@@ -234,10 +230,7 @@ impl ServiceClaim {
     /// Rewrite the pid file with the channels now running (after a reload).
     pub fn update_channels(&mut self, channels: &[String]) {
         self.record.channels = channels.to_vec();
-        let written = serde_json::to_string_pretty(&self.record)
-            .map_err(io::Error::other)
-            .and_then(|text| write_file_atomic(&self.pid_path, text.as_bytes()));
-        if let Err(e) = written {
+        if let Err(e) = crate::store::write_json_atomic(&self.pid_path, &self.record) {
             log::warn!(target: "tether", "cannot update {}: {e}", self.pid_path.display());
         }
     }
@@ -404,9 +397,8 @@ pub fn read_status(home: &Path) -> Option<ServiceStatus> {
     serde_json::from_str(&text).ok()
 }
 
-pub fn write_status(home: &Path, status: &ServiceStatus) -> io::Result<()> {
-    let text = serde_json::to_string_pretty(status).map_err(io::Error::other)?;
-    write_file_atomic(&home.join(STATUS_FILE), text.as_bytes())
+pub fn write_status(home: &Path, status: &ServiceStatus) -> Result<(), Error> {
+    crate::store::write_json_atomic(&home.join(STATUS_FILE), status)
 }
 
 /// `tether start --detach`: start this program again without `--detach`, in its own process
@@ -525,12 +517,6 @@ impl Write for LogWriter {
     }
 }
 
-/// Create a directory (and its parents) readable by the owner only.
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
 fn open_private(path: &Path, append: bool) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut options = std::fs::OpenOptions::new();
@@ -552,22 +538,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// Replace `path` with `bytes` atomically: a temp file in the same directory, fsync, rename,
-/// fsync of the directory. Mode 0600. (The state files' shared helper until `store` has one.)
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-    if let Err(e) = write_synced(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Some(dir) =
-        path.parent().and_then(|d| File::open(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok())
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -660,18 +630,14 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("tether-atomic-{}", std::process::id()));
+    fn exclusive_create_keeps_the_first_file() {
+        let dir = std::env::temp_dir().join(format!("tether-exclusive-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        create_private_dir(&dir).unwrap();
-        let path = dir.join("x.json");
-        write_file_atomic(&path, b"one").unwrap();
-        write_file_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::create_dir_all(&dir).unwrap();
         assert!(create_exclusive(&dir.join("p"), b"a").unwrap());
         assert!(!create_exclusive(&dir.join("p"), b"b").unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("p")).unwrap(), "a");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temp file left");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

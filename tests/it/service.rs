@@ -406,3 +406,23 @@ fn detach_reports_a_failed_start() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the service failed to start") && stderr.contains("no model"), "{stderr}");
 }
+
+#[test]
+fn a_journaled_message_telegram_sends_again_is_answered_once() {
+    // As after a death between the journal write and the offset save: the message is in the
+    // journal, and Telegram (which saw no later offset) sends it again.
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("refetch");
+    home.write_config(&config(&fake));
+    let entry = json!({"m": {"channel": "phone", "senderId": "111", "senderName": "User", "chatId": "111",
+        "messageId": "1000", "isMentioned": true, "text": "as journaled"}, "t": unix_now() * 1000});
+    std::fs::create_dir_all(home.path().join("journal")).unwrap();
+    std::fs::write(home.path().join("journal/phone.jsonl"), format!("{entry}\n")).unwrap();
+    fake.send_dm(111, "as Telegram sends it again"); // update 1000, message 1000
+    let service = Service::start(&home, &[]);
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: as journaled"), "{}", service.log());
+    assert!(wait_until(WAIT, || fake.unconfirmed() == 0), "Telegram's copy was taken (and skipped)");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(texts_to(&fake, 111).len(), 1, "{:?}", texts_to(&fake, 111));
+    assert!(service.log().contains("is already journaled; skipped"), "{}", service.log());
+}

@@ -262,7 +262,7 @@ impl Poller {
             && let Err(e) = save_offset(&self.offset_path, bot.id, next)
         {
             // Not fatal: the journal knows these messages if Telegram sends them again.
-            log::warn!(target: self.target(), "cannot save {}: {e}", self.offset_path.display());
+            log::warn!(target: self.target(), "{e}");
         }
         for message in fresh {
             log::debug!(target: self.target(), "message {:?} from {} in {}", message.message_id, message.sender_id, message.chat_id);
@@ -317,9 +317,8 @@ fn load_offset(path: &Path, bot_id: i64) -> i64 {
     }
 }
 
-fn save_offset(path: &Path, bot_id: i64, offset: i64) -> std::io::Result<()> {
-    let text = json!({"botId": bot_id, "offset": offset}).to_string();
-    crate::service::write_file_atomic(path, text.as_bytes())
+fn save_offset(path: &Path, bot_id: i64, offset: i64) -> Result<(), Error> {
+    crate::store::write_json_atomic(path, &json!({"botId": bot_id, "offset": offset}))
 }
 
 #[cfg(test)]
