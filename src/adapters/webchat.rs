@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use crate::adapters::admin::{self, AdminSource};
 use crate::config::ChannelConfig;
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, Inbound, InboundMessage, Outbound};
@@ -137,7 +138,17 @@ pub fn spawn(
     inbound: Sender<Inbound>,
     outbox: Receiver<Outbound>,
 ) -> Result<WebchatHandle, Error> {
-    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"))
+    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"), None)
+}
+
+/// [`spawn`], also serving the admin page (`/admin`) from `admin`.
+pub fn spawn_with_admin(
+    channel: &ChannelConfig,
+    inbound: Sender<Inbound>,
+    outbox: Receiver<Outbound>,
+    admin: Arc<dyn AdminSource>,
+) -> Result<WebchatHandle, Error> {
+    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"), Some(admin))
 }
 
 /// [`spawn`] with the directory attachments are saved under (tests use their own).
@@ -146,6 +157,7 @@ fn spawn_with_uploads(
     inbound: Sender<Inbound>,
     outbox: Receiver<Outbound>,
     upload_root: PathBuf,
+    admin: Option<Arc<dyn AdminSource>>,
 ) -> Result<WebchatHandle, Error> {
     let name = &channel.name;
     let listen = &channel.listen;
@@ -183,6 +195,7 @@ fn spawn_with_uploads(
         inbound,
         stop: AtomicBool::new(false),
         upload_root,
+        admin,
     });
     let handler: Handler = {
         let shared = shared.clone();
@@ -226,6 +239,8 @@ struct Shared {
     inbound: Sender<Inbound>,
     stop: AtomicBool,
     upload_root: PathBuf,
+    /// Serves `/admin` when the daemon gave one.
+    admin: Option<Arc<dyn AdminSource>>,
 }
 
 impl Shared {
@@ -487,6 +502,9 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
     if let Access::Answer(response) = check_access(&request, shared.token.as_deref()) {
         return Reply::Respond(response);
     }
+    if let Some(response) = shared.admin.as_deref().and_then(|admin| admin::handle(admin, &request)) {
+        return Reply::Respond(response);
+    }
     let readable = matches!(request.method.as_str(), "GET" | "HEAD");
     let response = match request.path.as_str() {
         "/ws" => return open_socket(shared, &request),
@@ -494,8 +512,6 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
         // Health needs the token like everything else: simplest, and nothing here is public.
         "/healthz" if readable => Response::text(200, "ok\n"),
         "/" | "/index.html" | "/healthz" => Response::text(405, "use GET\n").header("Allow", "GET, HEAD"),
-        // Seam for the admin page (status, pairing approvals): route "/admin" here to a
-        // handler that gets what it needs from the daemon, behind the same access rules.
         _ => Response::text(404, "not found\n"),
     };
     Reply::Respond(response)
@@ -949,7 +965,7 @@ mod tests {
             let (inbound_tx, inbound) = crossbeam_channel::unbounded();
             let (outbox, outbox_rx) = crossbeam_channel::unbounded();
             let handle =
-                spawn_with_uploads(&channel_config("127.0.0.1:0", token), inbound_tx, outbox_rx, uploads.clone())
+                spawn_with_uploads(&channel_config("127.0.0.1:0", token), inbound_tx, outbox_rx, uploads.clone(), None)
                     .unwrap();
             Chat { handle, inbound, outbox, uploads }
         }
