@@ -16,14 +16,17 @@
 //! ```text
 //! client → server
 //!   {"type":"message","text":"…","file"?:{"name":"…","mime":"…","data":"<base64>"}}
+//!   {"type":"button","data":"…"}    a choice under a question was pressed
 //! server → client
 //!   {"type":"history","messages":[Entry…],"draft":"…"|null}  first frame on every connect
 //!   {"type":"message", …Entry}   a finished message: the person's own (echoed to all their
 //!                                 tabs) or the agent's answer
 //!   {"type":"draft","text":"…"}  the answer so far; replaces the previous draft
+//!   {"type":"edit","id":"…","text":"…"}  a message's new text; its buttons are gone
 //!   {"type":"typing"}            the agent is working; the page hides it after ~5 s
 //!   {"type":"error","text":"…"}  this server could not take a message (file too big, …)
-//! Entry = {"id":"<boot>-<n>","from":"you"|"agent","text":"…","file"?:"name","ts":<unix ms>}
+//! Entry = {"id":"<boot>-<n>","from":"you"|"agent","text":"…","file"?:"name","ts":<unix ms>,
+//!          "buttons"?:[{"label":"…","data":"…"}]}
 //! ```
 //!
 //! Threads: the HTTP server's accept thread, one thread per connection (a WebSocket keeps its
@@ -47,7 +50,7 @@ use tungstenite::{Message, WebSocket};
 use crate::adapters::admin::{self, AdminSource};
 use crate::config::ChannelConfig;
 use crate::error::Error;
-use crate::event::{Attachment, AttachmentKind, Inbound, InboundMessage, Outbound};
+use crate::event::{Attachment, AttachmentKind, ButtonPress, Inbound, InboundMessage, Outbound};
 use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server};
 
 /// The page: HTML, CSS and JS in one file, no build step, nothing fetched from elsewhere.
@@ -270,16 +273,40 @@ struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<String>,
     ts: u64,
+    /// Choices under a question (a permission request); gone once it is answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    buttons: Vec<Button>,
+    /// The core's name for this message, for a later edit.
+    #[serde(skip)]
+    key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Button {
+    label: String,
+    data: String,
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum ServerFrame<'a> {
-    History { messages: Vec<&'a Entry>, draft: Option<&'a str> },
+    History {
+        messages: Vec<&'a Entry>,
+        draft: Option<&'a str>,
+    },
     Message(&'a Entry),
-    Draft { text: &'a str },
+    Draft {
+        text: &'a str,
+    },
+    /// A message's new text (its buttons removed).
+    Edit {
+        id: &'a str,
+        text: &'a str,
+    },
     Typing,
-    Error { text: &'a str },
+    Error {
+        text: &'a str,
+    },
 }
 
 impl ServerFrame<'_> {
@@ -298,6 +325,8 @@ enum ClientFrame {
         #[serde(default)]
         file: Option<ClientFile>,
     },
+    /// A button of a question was pressed.
+    Button { data: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,7 +416,15 @@ impl Hub {
     /// Record what the person wrote and show it in all their tabs; returns its id.
     fn record_from_person(&mut self, sid: &str, text: &str, file: Option<String>, ts: u64) -> String {
         let id = self.new_id();
-        let entry = Entry { id: id.clone(), from: Speaker::You, text: text.to_string(), file, ts };
+        let entry = Entry {
+            id: id.clone(),
+            from: Speaker::You,
+            text: text.to_string(),
+            file,
+            ts,
+            buttons: Vec::new(),
+            key: None,
+        };
         let browser = self.browser(sid);
         broadcast(browser, &ServerFrame::Message(&entry).to_json());
         push_history(browser, entry);
@@ -409,9 +446,45 @@ impl Hub {
             return;
         }
         match action {
-            // Questions and their outcomes show as messages; the page answers by typing.
-            Outbound::Text { text, .. } | Outbound::Ask { text, .. } | Outbound::Edit { text, .. } => {
-                let entry = Entry { id: self.new_id(), from: Speaker::Agent, text: text.clone(), file: None, ts };
+            Outbound::Ask { text, key, buttons, .. } => {
+                let buttons = buttons.iter().map(|(label, data)| Button { label: label.clone(), data: data.clone() });
+                let entry = Entry {
+                    id: self.new_id(),
+                    from: Speaker::Agent,
+                    text: text.clone(),
+                    file: None,
+                    ts,
+                    buttons: buttons.collect(),
+                    key: Some(key.clone()),
+                };
+                let browser = self.browser(&chat.chat_id);
+                broadcast(browser, &ServerFrame::Message(&entry).to_json());
+                push_history(browser, entry);
+            }
+            Outbound::Edit { text, key, .. }
+                if self
+                    .browsers
+                    .get(&chat.chat_id)
+                    .is_some_and(|b| b.history.iter().any(|e| e.key.as_ref() == Some(key))) =>
+            {
+                let browser = self.browser(&chat.chat_id);
+                let Some(entry) = browser.history.iter_mut().find(|e| e.key.as_ref() == Some(key)) else { return };
+                entry.text = text.clone();
+                entry.buttons.clear();
+                let frame = ServerFrame::Edit { id: &entry.id, text }.to_json();
+                broadcast(browser, &frame);
+            }
+            // An edit of a message this browser no longer has shows as a new message.
+            Outbound::Text { text, .. } | Outbound::Edit { text, .. } => {
+                let entry = Entry {
+                    id: self.new_id(),
+                    from: Speaker::Agent,
+                    text: text.clone(),
+                    file: None,
+                    ts,
+                    buttons: Vec::new(),
+                    key: None,
+                };
                 let browser = self.browser(&chat.chat_id);
                 browser.draft = None;
                 broadcast(browser, &ServerFrame::Message(&entry).to_json());
@@ -739,7 +812,23 @@ fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
         Ok(frame) => frame,
         Err(e) => return Some(format!("not a message this server understands: {e}")),
     };
-    let ClientFrame::Message { text, file } = frame;
+    let (text, file) = match frame {
+        ClientFrame::Message { text, file } => (text, file),
+        ClientFrame::Button { data } => {
+            let press = ButtonPress {
+                channel: shared.channel.clone(),
+                sender_id: sid.to_string(),
+                sender_name: format!("web-{}", short(sid)),
+                chat_id: sid.to_string(),
+                data: data.chars().take(64).collect(),
+                ..Default::default()
+            };
+            return match shared.inbound.send_timeout(Inbound::Button(press), INBOUND_SEND_TIMEOUT) {
+                Ok(()) => None,
+                Err(_) => Some("tether is not taking answers right now; try again shortly".into()),
+            };
+        }
+    };
     if text.trim().is_empty() && file.is_none() {
         return None;
     }
