@@ -1,6 +1,7 @@
 //! Platform adapters: each owns its sockets and threads, turns platform traffic into
 //! [`crate::event::Inbound`] and performs [`crate::event::Outbound`] actions.
 
+pub mod admin;
 pub mod pacing;
 pub mod telegram;
 pub mod webchat;

@@ -16,14 +16,17 @@
 //! ```text
 //! client → server
 //!   {"type":"message","text":"…","file"?:{"name":"…","mime":"…","data":"<base64>"}}
+//!   {"type":"button","data":"…"}    a choice under a question was pressed
 //! server → client
 //!   {"type":"history","messages":[Entry…],"draft":"…"|null}  first frame on every connect
 //!   {"type":"message", …Entry}   a finished message: the person's own (echoed to all their
 //!                                 tabs) or the agent's answer
 //!   {"type":"draft","text":"…"}  the answer so far; replaces the previous draft
+//!   {"type":"edit","id":"…","text":"…"}  a message's new text; its buttons are gone
 //!   {"type":"typing"}            the agent is working; the page hides it after ~5 s
 //!   {"type":"error","text":"…"}  this server could not take a message (file too big, …)
-//! Entry = {"id":"<boot>-<n>","from":"you"|"agent","text":"…","file"?:"name","ts":<unix ms>}
+//! Entry = {"id":"<boot>-<n>","from":"you"|"agent","text":"…","file"?:"name","ts":<unix ms>,
+//!          "buttons"?:[{"label":"…","data":"…"}]}
 //! ```
 //!
 //! Threads: the HTTP server's accept thread, one thread per connection (a WebSocket keeps its
@@ -44,9 +47,10 @@ use serde::{Deserialize, Serialize};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use crate::adapters::admin::{self, AdminSource};
 use crate::config::ChannelConfig;
 use crate::error::Error;
-use crate::event::{Attachment, AttachmentKind, Inbound, InboundMessage, Outbound};
+use crate::event::{Attachment, AttachmentKind, ButtonPress, Inbound, InboundMessage, Outbound};
 use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server};
 
 /// The page: HTML, CSS and JS in one file, no build step, nothing fetched from elsewhere.
@@ -137,7 +141,17 @@ pub fn spawn(
     inbound: Sender<Inbound>,
     outbox: Receiver<Outbound>,
 ) -> Result<WebchatHandle, Error> {
-    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"))
+    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"), None)
+}
+
+/// [`spawn`], also serving the admin page (`/admin`) from `admin`.
+pub fn spawn_with_admin(
+    channel: &ChannelConfig,
+    inbound: Sender<Inbound>,
+    outbox: Receiver<Outbound>,
+    admin: Arc<dyn AdminSource>,
+) -> Result<WebchatHandle, Error> {
+    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"), Some(admin))
 }
 
 /// [`spawn`] with the directory attachments are saved under (tests use their own).
@@ -146,6 +160,7 @@ fn spawn_with_uploads(
     inbound: Sender<Inbound>,
     outbox: Receiver<Outbound>,
     upload_root: PathBuf,
+    admin: Option<Arc<dyn AdminSource>>,
 ) -> Result<WebchatHandle, Error> {
     let name = &channel.name;
     let listen = &channel.listen;
@@ -183,6 +198,7 @@ fn spawn_with_uploads(
         inbound,
         stop: AtomicBool::new(false),
         upload_root,
+        admin,
     });
     let handler: Handler = {
         let shared = shared.clone();
@@ -226,6 +242,8 @@ struct Shared {
     inbound: Sender<Inbound>,
     stop: AtomicBool,
     upload_root: PathBuf,
+    /// Serves `/admin` when the daemon gave one.
+    admin: Option<Arc<dyn AdminSource>>,
 }
 
 impl Shared {
@@ -255,16 +273,40 @@ struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<String>,
     ts: u64,
+    /// Choices under a question (a permission request); gone once it is answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    buttons: Vec<Button>,
+    /// The core's name for this message, for a later edit.
+    #[serde(skip)]
+    key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Button {
+    label: String,
+    data: String,
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum ServerFrame<'a> {
-    History { messages: Vec<&'a Entry>, draft: Option<&'a str> },
+    History {
+        messages: Vec<&'a Entry>,
+        draft: Option<&'a str>,
+    },
     Message(&'a Entry),
-    Draft { text: &'a str },
+    Draft {
+        text: &'a str,
+    },
+    /// A message's new text (its buttons removed).
+    Edit {
+        id: &'a str,
+        text: &'a str,
+    },
     Typing,
-    Error { text: &'a str },
+    Error {
+        text: &'a str,
+    },
 }
 
 impl ServerFrame<'_> {
@@ -283,6 +325,8 @@ enum ClientFrame {
         #[serde(default)]
         file: Option<ClientFile>,
     },
+    /// A button of a question was pressed.
+    Button { data: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -372,7 +416,15 @@ impl Hub {
     /// Record what the person wrote and show it in all their tabs; returns its id.
     fn record_from_person(&mut self, sid: &str, text: &str, file: Option<String>, ts: u64) -> String {
         let id = self.new_id();
-        let entry = Entry { id: id.clone(), from: Speaker::You, text: text.to_string(), file, ts };
+        let entry = Entry {
+            id: id.clone(),
+            from: Speaker::You,
+            text: text.to_string(),
+            file,
+            ts,
+            buttons: Vec::new(),
+            key: None,
+        };
         let browser = self.browser(sid);
         broadcast(browser, &ServerFrame::Message(&entry).to_json());
         push_history(browser, entry);
@@ -394,9 +446,45 @@ impl Hub {
             return;
         }
         match action {
-            // Questions and their outcomes show as messages; the page answers by typing.
-            Outbound::Text { text, .. } | Outbound::Ask { text, .. } | Outbound::Edit { text, .. } => {
-                let entry = Entry { id: self.new_id(), from: Speaker::Agent, text: text.clone(), file: None, ts };
+            Outbound::Ask { text, key, buttons, .. } => {
+                let buttons = buttons.iter().map(|(label, data)| Button { label: label.clone(), data: data.clone() });
+                let entry = Entry {
+                    id: self.new_id(),
+                    from: Speaker::Agent,
+                    text: text.clone(),
+                    file: None,
+                    ts,
+                    buttons: buttons.collect(),
+                    key: Some(key.clone()),
+                };
+                let browser = self.browser(&chat.chat_id);
+                broadcast(browser, &ServerFrame::Message(&entry).to_json());
+                push_history(browser, entry);
+            }
+            Outbound::Edit { text, key, .. }
+                if self
+                    .browsers
+                    .get(&chat.chat_id)
+                    .is_some_and(|b| b.history.iter().any(|e| e.key.as_ref() == Some(key))) =>
+            {
+                let browser = self.browser(&chat.chat_id);
+                let Some(entry) = browser.history.iter_mut().find(|e| e.key.as_ref() == Some(key)) else { return };
+                entry.text = text.clone();
+                entry.buttons.clear();
+                let frame = ServerFrame::Edit { id: &entry.id, text }.to_json();
+                broadcast(browser, &frame);
+            }
+            // An edit of a message this browser no longer has shows as a new message.
+            Outbound::Text { text, .. } | Outbound::Edit { text, .. } => {
+                let entry = Entry {
+                    id: self.new_id(),
+                    from: Speaker::Agent,
+                    text: text.clone(),
+                    file: None,
+                    ts,
+                    buttons: Vec::new(),
+                    key: None,
+                };
                 let browser = self.browser(&chat.chat_id);
                 browser.draft = None;
                 broadcast(browser, &ServerFrame::Message(&entry).to_json());
@@ -487,6 +575,9 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
     if let Access::Answer(response) = check_access(&request, shared.token.as_deref()) {
         return Reply::Respond(response);
     }
+    if let Some(response) = shared.admin.as_deref().and_then(|admin| admin::handle(admin, &request)) {
+        return Reply::Respond(response);
+    }
     let readable = matches!(request.method.as_str(), "GET" | "HEAD");
     let response = match request.path.as_str() {
         "/ws" => return open_socket(shared, &request),
@@ -494,8 +585,6 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
         // Health needs the token like everything else: simplest, and nothing here is public.
         "/healthz" if readable => Response::text(200, "ok\n"),
         "/" | "/index.html" | "/healthz" => Response::text(405, "use GET\n").header("Allow", "GET, HEAD"),
-        // Seam for the admin page (status, pairing approvals): route "/admin" here to a
-        // handler that gets what it needs from the daemon, behind the same access rules.
         _ => Response::text(404, "not found\n"),
     };
     Reply::Respond(response)
@@ -723,7 +812,23 @@ fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
         Ok(frame) => frame,
         Err(e) => return Some(format!("not a message this server understands: {e}")),
     };
-    let ClientFrame::Message { text, file } = frame;
+    let (text, file) = match frame {
+        ClientFrame::Message { text, file } => (text, file),
+        ClientFrame::Button { data } => {
+            let press = ButtonPress {
+                channel: shared.channel.clone(),
+                sender_id: sid.to_string(),
+                sender_name: format!("web-{}", short(sid)),
+                chat_id: sid.to_string(),
+                data: data.chars().take(64).collect(),
+                ..Default::default()
+            };
+            return match shared.inbound.send_timeout(Inbound::Button(press), INBOUND_SEND_TIMEOUT) {
+                Ok(()) => None,
+                Err(_) => Some("tether is not taking answers right now; try again shortly".into()),
+            };
+        }
+    };
     if text.trim().is_empty() && file.is_none() {
         return None;
     }
@@ -950,7 +1055,7 @@ mod tests {
             let (inbound_tx, inbound) = crossbeam_channel::unbounded();
             let (outbox, outbox_rx) = crossbeam_channel::unbounded();
             let handle =
-                spawn_with_uploads(&channel_config("127.0.0.1:0", token), inbound_tx, outbox_rx, uploads.clone())
+                spawn_with_uploads(&channel_config("127.0.0.1:0", token), inbound_tx, outbox_rx, uploads.clone(), None)
                     .unwrap();
             Chat { handle, inbound, outbox, uploads }
         }

@@ -146,3 +146,41 @@ fn demo_refuses_a_public_address_without_a_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("token"), "{err}");
 }
+
+#[test]
+fn permission_questions_have_buttons_in_the_web_chat() {
+    let home = TempDir::new("demo-perm");
+    let demo = Demo::start(&home);
+    let (_, headers, _) = demo.get("/");
+    let cookie = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: ").or_else(|| l.strip_prefix("set-cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let mut ws = demo.socket(&cookie);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    next_frame(&mut ws, deadline).expect("history");
+    ws.send(Message::text(json!({"type": "message", "text": "permission please"}).to_string())).unwrap();
+    let question = loop {
+        let frame = next_frame(&mut ws, deadline).expect("the question did not arrive");
+        if frame["type"] == "message" && frame["buttons"].is_array() {
+            break frame;
+        }
+    };
+    assert!(question["text"].as_str().unwrap_or_default().contains("Permission needed"), "{question}");
+    let data = question["buttons"][0]["data"].as_str().unwrap().to_string();
+    assert_eq!(data, "perm:1:once");
+    ws.send(Message::text(json!({"type": "button", "data": data}).to_string())).unwrap();
+    let (mut edited, mut granted) = (false, false);
+    while !(edited && granted) {
+        let frame = next_frame(&mut ws, deadline).expect("no edit or answer");
+        match frame["type"].as_str() {
+            Some("edit") => {
+                edited = frame["id"] == question["id"] && frame["text"].as_str().unwrap_or("").contains("approved")
+            }
+            Some("message") => granted |= frame["text"] == "permission granted: proceed_once",
+            _ => {}
+        }
+    }
+}
