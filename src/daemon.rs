@@ -19,6 +19,7 @@ use crate::access_files::{self, epoch_ms};
 use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters;
 use crate::adapters::webchat::WebchatHandle;
+use crate::admin_source::DaemonAdmin;
 use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SenderPolicy};
 use crate::core::{Action, Core, Event, routing};
 use crate::error::Error;
@@ -75,7 +76,9 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(1024);
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
     let access = access_watcher(&options.home, &config);
+    let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
     let mut daemon = Daemon {
+        admin,
         home: options.home.clone(),
         core: Core::new(&config),
         config,
@@ -125,6 +128,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     daemon.replay();
     daemon.state = "running";
     daemon.publish(true);
+    daemon.publish_admin();
     log::info!(target: "tether", "running {} channel(s); stop with `tether stop` or Ctrl+C", channels.len());
     daemon.run(&inbound_rx, &signals)
 }
@@ -143,6 +147,8 @@ struct Channel {
 }
 
 struct Daemon {
+    /// What the web chat's admin page shows and does.
+    admin: DaemonAdmin,
     home: PathBuf,
     config: Config,
     options: Options,
@@ -202,6 +208,7 @@ impl Daemon {
                 self.watch_health();
                 self.sweep();
                 self.publish(false);
+                self.publish_admin();
             }
         }
     }
@@ -227,6 +234,10 @@ impl Daemon {
                 self.sweep();
             }
             Inbound::Button(press) => self.handle(Event::Inbound(Inbound::Button(press))),
+            Inbound::OperatorClear { key } => {
+                self.handle(Event::Inbound(Inbound::OperatorClear { key }));
+                self.publish_admin();
+            }
             Inbound::Health { channel, connected, error } => {
                 if let Some(c) = self.channels.get(&channel) {
                     match (connected, &error) {
@@ -422,7 +433,8 @@ impl Daemon {
             ChannelKind::Webchat => {
                 // Not journaled: a browser's message is in the page's history, and the page
                 // says when tether did not take it.
-                let server = adapters::webchat::spawn(channel, self.inbound_tx.clone(), out_rx)?;
+                let admin = Arc::new(self.admin.clone());
+                let server = adapters::webchat::spawn_with_admin(channel, self.inbound_tx.clone(), out_rx, admin)?;
                 log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
                 println!("{}: web chat on {}", channel.name, server.url());
                 web = Some(server);
@@ -585,6 +597,28 @@ impl Daemon {
             updated_at: now_ms,
             channels,
         }
+    }
+
+    /// Refresh what the admin page shows: health and live sessions.
+    fn publish_admin(&self) {
+        let status = self.snapshot();
+        let channels: Vec<serde_json::Value> = status
+            .channels
+            .iter()
+            .map(|(name, c)| {
+                serde_json::json!({
+                    "name": name, "type": c.kind, "healthy": c.healthy, "connected": c.connected,
+                    "lastOkMs": c.last_ok_at, "lastError": c.last_error.as_deref().or(c.problem.as_deref()),
+                    "messagesIn": c.messages_in, "messagesOut": c.messages_out,
+                })
+            })
+            .collect();
+        let state = serde_json::json!({
+            "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid},
+            "channels": channels,
+            "sessions": self.core.sessions_overview(),
+        });
+        self.admin.publish(state, &self.config.channels);
     }
 
     /// Write `status.json` when something changed, at the heartbeat, or when `force`d.

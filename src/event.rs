@@ -88,6 +88,10 @@ pub enum Inbound {
     Message(InboundMessage),
     /// Someone pressed a button of an [`Outbound::Ask`] message.
     Button(ButtonPress),
+    /// The operator cleared a conversation from the admin page.
+    OperatorClear {
+        key: SessionKey,
+    },
     /// The adapter's connection state changed (for health and logs).
     Health {
         channel: String,

@@ -10,6 +10,7 @@
 pub mod access_files;
 pub mod acp;
 pub mod adapters;
+pub mod admin_source;
 pub mod backoff;
 pub mod cli;
 pub mod config;

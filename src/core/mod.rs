@@ -161,6 +161,15 @@ impl Core {
         match event {
             Event::Inbound(Inbound::Message(message)) => self.on_message(message, now, &mut actions),
             Event::Inbound(Inbound::Button(press)) => self.on_button(press, &mut actions),
+            Event::Inbound(Inbound::OperatorClear { key }) => {
+                if let Some(session) = self.clear_session(&key, &mut actions) {
+                    let text = "The operator cleared this conversation: the next message starts a fresh one.";
+                    session.tell_all(text, &mut actions);
+                    if session.turn.is_none() && session.waiting.is_empty() {
+                        actions.push(say(&session.chat, text.to_string()));
+                    }
+                }
+            }
             Event::Inbound(Inbound::Health { .. }) => {}
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
@@ -350,18 +359,10 @@ impl Core {
                 sender_name: &message.sender_name,
                 sender_id: &message.sender_id,
             }),
-            Command::Clear => {
-                let Some(session) = self.sessions.remove(key) else { return texts::NOTHING_TO_CLEAR.to_string() };
-                if let Some(id) = &session.id {
-                    self.by_session_id.remove(&(session.agent.clone(), id.clone()));
-                    if session.turn.is_some() {
-                        let request = AgentRequest::Cancel { session_id: id.clone() };
-                        actions.push(Action::Agent { agent: session.agent.clone(), request });
-                    }
-                }
-                log::info!(target: channel.name.as_str(), "{key}: session {:?} cleared; {} waiting message(s) dropped", session.id, session.waiting.len());
-                texts::CLEARED.to_string()
-            }
+            Command::Clear => match self.clear_session(key, actions) {
+                Some(_) => texts::CLEARED.to_string(),
+                None => texts::NOTHING_TO_CLEAR.to_string(),
+            },
             Command::Cancel => {
                 let Some(session) = self.sessions.get_mut(key) else { return texts::NOTHING_TO_CANCEL.to_string() };
                 let dropped = session.waiting.len();
@@ -682,6 +683,41 @@ impl Core {
                 }));
             }
         }
+    }
+
+    /// Forget a session (cancelling its turn): the next message starts a fresh one. Returns
+    /// the session that was cleared.
+    fn clear_session(&mut self, key: &str, actions: &mut Vec<Action>) -> Option<Session> {
+        let session = self.sessions.remove(key)?;
+        if let Some(id) = &session.id {
+            self.by_session_id.remove(&(session.agent.clone(), id.clone()));
+            if session.turn.is_some() {
+                let request = AgentRequest::Cancel { session_id: id.clone() };
+                actions.push(Action::Agent { agent: session.agent.clone(), request });
+            }
+        }
+        log::info!(target: session.chat.channel.as_str(), "{key}: session {:?} cleared; {} waiting message(s) dropped", session.id, session.waiting.len());
+        Some(session)
+    }
+
+    /// The live sessions, for the admin page: key, channel, the agent's id (none while it
+    /// opens), and whether a turn runs.
+    pub fn sessions_overview(&self) -> Vec<serde_json::Value> {
+        let mut keys: Vec<&SessionKey> = self.sessions.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .filter_map(|key| {
+                let s = self.sessions.get(key)?;
+                let state = match (&s.id, &s.turn) {
+                    (None, _) => "opening",
+                    (Some(_), Some(_)) => "working",
+                    (Some(_), None) => "idle",
+                };
+                Some(serde_json::json!({
+                    "key": key, "channel": s.chat.channel, "sessionId": s.id, "state": state, "waiting": s.waiting.len(),
+                }))
+            })
+            .collect()
     }
 
     /// `showToolCalls: "brief"`: one status line per tool call, edited as it progresses.

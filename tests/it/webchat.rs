@@ -184,3 +184,81 @@ fn permission_questions_have_buttons_in_the_web_chat() {
         }
     }
 }
+
+/// A raw HTTP request to `addr`; returns (status code, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_admin_page_approves_pairing_and_clears_sessions() {
+    use crate::support::fake_telegram::{FakeTelegram, TOKEN};
+    use crate::support::{Service, demo_agent, wait_until};
+
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("admin");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {
+            "phone": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "senderPolicy": "pairing"},
+            "web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open"},
+        }
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+
+    let (status, page) = http(&addr, "GET", "/admin", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("tether admin"));
+
+    fake.send_dm(555, "let me in");
+    let reply = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
+    let code = reply.split("Your pairing code is: ").nth(1).map(|r| r[..8].to_string()).expect("a code");
+    let state = || serde_json::from_str::<Value>(&http(&addr, "GET", "/admin/api/state", "").1).unwrap();
+    assert_eq!(state()["pairing"][0]["pending"][0]["code"], code.as_str(), "{}", state());
+
+    let approve = json!({"action": "approve", "channel": "phone", "code": code}).to_string();
+    let (status, body) = http(&addr, "POST", "/admin/api/action", &approve);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Approved"), "{body}");
+    let paired = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
+    assert!(paired.contains("paired"), "{paired}");
+    assert_eq!(state()["pairing"][0]["approved"], json!(["555"]));
+    let (status, _) = http(&addr, "POST", "/admin/api/action", &approve);
+    assert_eq!(status, 409, "the code is used up");
+
+    // A conversation shows as a session, and clearing it tells the chat.
+    fake.send_dm(555, "hello");
+    assert_eq!(fake.next_text_to(555, Duration::from_secs(20)).as_deref(), Some("echo: hello"));
+    assert!(
+        wait_until(Duration::from_secs(10), || state()["sessions"].as_array().is_some_and(|s| s.len() == 1)),
+        "{}",
+        state()
+    );
+    let key = state()["sessions"][0]["key"].as_str().unwrap().to_string();
+    let clear = json!({"action": "clear_session", "key": key}).to_string();
+    assert_eq!(http(&addr, "POST", "/admin/api/action", &clear).0, 200);
+    let notice = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
+    assert!(notice.contains("operator cleared"), "{notice}");
+    assert!(
+        wait_until(Duration::from_secs(10), || state()["sessions"].as_array().is_some_and(|s| s.is_empty())),
+        "{}",
+        state()
+    );
+    let channels = state()["channels"].clone();
+    assert!(channels.as_array().unwrap().iter().any(|c| c["name"] == "phone" && c["connected"] == true), "{channels}");
+}

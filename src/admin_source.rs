@@ -1,0 +1,100 @@
+//! What the admin page shows and does, for a running service: the daemon publishes channel
+//! health and sessions into a shared snapshot; pairing is read from (and changed in) the
+//! same files `tether pairing` uses; clearing a conversation goes to the core as an event.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use serde_json::{Value, json};
+
+use crate::access_files::{AccessFiles, epoch_ms};
+use crate::adapters::admin::{AdminAction, AdminSource};
+use crate::config::{ChannelConfig, SenderPolicy};
+use crate::event::Inbound;
+use crate::pairing_cli::{self, PairingCommand};
+
+/// The part of the page's state the daemon refreshes: `service`, `channels`, `sessions`.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub state: Value,
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+/// The daemon's [`AdminSource`].
+#[derive(Debug, Clone)]
+pub struct DaemonAdmin {
+    home: PathBuf,
+    published: Arc<Mutex<Published>>,
+    inbound: Sender<Inbound>,
+}
+
+impl DaemonAdmin {
+    pub fn new(home: PathBuf, inbound: Sender<Inbound>) -> DaemonAdmin {
+        DaemonAdmin { home, published: Arc::default(), inbound }
+    }
+
+    /// Replace what the page shows of health and sessions (the daemon calls this on its tick).
+    pub fn publish(&self, state: Value, channels: &BTreeMap<String, ChannelConfig>) {
+        let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+        published.state = state;
+        published.channels = channels.clone();
+    }
+
+    fn channel(&self, name: &str) -> Result<ChannelConfig, String> {
+        let published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+        published.channels.get(name).cloned().ok_or_else(|| format!("no channel \"{name}\" is running"))
+    }
+
+    fn pairing(&self, command: PairingCommand) -> Result<String, String> {
+        let channel = self.channel(command.channel())?;
+        let files = AccessFiles::new(&self.home, &channel.name);
+        let report = pairing_cli::execute(&command, &files, Some(&channel), epoch_ms()).map_err(|e| e.to_string())?;
+        let text = format!("{}{}", report.stdout, report.stderr).trim().to_string();
+        if report.status == 0 { Ok(text) } else { Err(text) }
+    }
+}
+
+impl AdminSource for DaemonAdmin {
+    fn state(&self) -> Value {
+        let (mut state, channels) = {
+            let published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+            (published.state.clone(), published.channels.clone())
+        };
+        let now = epoch_ms();
+        let pairing: Vec<Value> = channels
+            .values()
+            .filter(|c| c.sender_policy == SenderPolicy::Pairing)
+            .map(|c| match AccessFiles::new(&self.home, &c.name).read() {
+                Ok(book) => json!({
+                    "channel": c.name,
+                    "pending": book.live(now).map(|r| json!({
+                        "code": r.code, "senderId": r.sender_id, "senderName": r.sender_name, "createdAt": r.created_at,
+                    })).collect::<Vec<_>>(),
+                    "approved": book.approved(),
+                }),
+                Err(e) => json!({"channel": c.name, "error": e.to_string(), "pending": [], "approved": []}),
+            })
+            .collect();
+        if let Some(map) = state.as_object_mut() {
+            map.insert("pairing".into(), Value::Array(pairing));
+        }
+        state
+    }
+
+    fn act(&self, action: AdminAction) -> Result<String, String> {
+        match action {
+            AdminAction::Approve { channel, code } => self.pairing(PairingCommand::Approve { channel, code }),
+            AdminAction::Deny { channel, code } => self.pairing(PairingCommand::Deny { channel, code }),
+            AdminAction::Revoke { channel, user } => self.pairing(PairingCommand::Revoke { channel, user }),
+            AdminAction::ClearSession { key } => {
+                match self.inbound.send_timeout(Inbound::OperatorClear { key: key.clone() }, Duration::from_secs(5)) {
+                    Ok(()) => Ok(format!("Conversation {key} cleared.")),
+                    Err(_) => Err("the service is busy; try again".into()),
+                }
+            }
+        }
+    }
+}
