@@ -1104,7 +1104,7 @@ mod tests {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.inbound.recv_timeout(left) {
                     Ok(Inbound::Message(m)) => return m,
-                    Ok(Inbound::Health { .. } | Inbound::Button(_)) => continue,
+                    Ok(Inbound::Health { .. } | Inbound::Button(_) | Inbound::OperatorClear { .. }) => continue,
                     Err(e) => panic!("no inbound message: {e}"),
                 }
             }
