@@ -27,6 +27,71 @@ use crate::event::{AgentEvent, Inbound, InboundMessage, MessageRef, Outbound};
 use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus};
 use crate::journal::{self, Journal};
 use crate::service::{self, LogFile, ServiceClaim};
+use crate::store;
+
+/// The conversations the service keeps across restarts, in the home directory.
+const SESSIONS_FILE: &str = "sessions.json";
+
+/// The shape of `sessions.json`: Qwen Code's (`sessionId`, `target`, `cwd`) plus the agent and
+/// whether the channel's instructions were sent.
+mod sessions_file {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::core::SessionRecord;
+    use crate::event::ChatRef;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Entry {
+        session_id: String,
+        agent: String,
+        target: Target,
+        cwd: PathBuf,
+        #[serde(default)]
+        instructed: bool,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Target {
+        channel_name: String,
+        chat_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_id: Option<String>,
+    }
+
+    impl Entry {
+        pub fn from_record(r: &SessionRecord) -> Entry {
+            Entry {
+                session_id: r.session_id.clone(),
+                agent: r.agent.clone(),
+                target: Target {
+                    channel_name: r.chat.channel.clone(),
+                    chat_id: r.chat.chat_id.clone(),
+                    thread_id: r.chat.thread_id.clone(),
+                },
+                cwd: r.cwd.clone(),
+                instructed: r.instructed,
+            }
+        }
+
+        pub fn into_record(self) -> SessionRecord {
+            SessionRecord {
+                session_id: self.session_id,
+                agent: self.agent,
+                chat: ChatRef {
+                    channel: self.target.channel_name,
+                    chat_id: self.target.chat_id,
+                    thread_id: self.target.thread_id,
+                },
+                cwd: self.cwd,
+                instructed: self.instructed,
+            }
+        }
+    }
+}
 
 /// How often health is looked at and `status.json` refreshed when something changed.
 const STATUS_TICK: Duration = Duration::from_secs(1);
@@ -79,6 +144,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
     let mut daemon = Daemon {
         admin,
+        saved_sessions: None,
         home: options.home.clone(),
         core: Core::new(&config),
         config,
@@ -120,6 +186,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         // Nothing to act on yet: this tells the core what each agent can do.
         let _ = daemon.core.handle(event, Instant::now());
     }
+    daemon.adopt_sessions();
     // Pairing state: read at start, then re-read when `tether pairing` changes it.
     daemon.core.set_wall_clock(epoch_ms());
     for event in daemon.access.load_all()? {
@@ -149,6 +216,8 @@ struct Channel {
 struct Daemon {
     /// What the web chat's admin page shows and does.
     admin: DaemonAdmin,
+    /// The sessions last written to `sessions.json`.
+    saved_sessions: Option<BTreeMap<String, crate::core::SessionRecord>>,
     home: PathBuf,
     config: Config,
     options: Options,
@@ -259,6 +328,44 @@ impl Daemon {
     fn handle(&mut self, event: Event) {
         let actions = self.core.handle(event, Instant::now());
         self.dispatch(actions);
+        self.save_sessions();
+    }
+
+    /// Conversations of the last run (`sessions.json`) go on: the core loads each session
+    /// when its conversation's next message comes.
+    fn adopt_sessions(&mut self) {
+        if !self.options.as_service {
+            return;
+        }
+        let path = self.home.join(SESSIONS_FILE);
+        let records = match store::read_json::<BTreeMap<String, sessions_file::Entry>>(&path) {
+            Ok(Some(map)) => map,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!(target: "tether", "{e}; conversations start afresh");
+                return;
+            }
+        };
+        let adopted = self.core.adopt(records.into_iter().map(|(key, entry)| (key, entry.into_record())));
+        log::info!(target: "tether", "{adopted} conversation(s) from the last run will be restored when they continue");
+        self.saved_sessions = Some(self.core.sessions_snapshot());
+    }
+
+    /// Write `sessions.json` when the sessions changed, so a restart keeps conversations.
+    fn save_sessions(&mut self) {
+        if !self.options.as_service {
+            return;
+        }
+        let snapshot = self.core.sessions_snapshot();
+        if self.saved_sessions.as_ref() == Some(&snapshot) {
+            return;
+        }
+        let file: BTreeMap<&String, sessions_file::Entry> =
+            snapshot.iter().map(|(key, record)| (key, sessions_file::Entry::from_record(record))).collect();
+        match store::write_json_atomic(&self.home.join(SESSIONS_FILE), &file) {
+            Ok(()) => self.saved_sessions = Some(snapshot),
+            Err(e) => log::warn!(target: "tether", "{e}"),
+        }
     }
 
     /// A message too old for a turn: one notice (to people the gates let through) instead.

@@ -106,6 +106,9 @@ pub struct Core {
     permissions: PermissionRelay,
     /// Who may talk: pairing books, the wall clock, code randomness.
     access: pairing::Access,
+    /// Sessions of an earlier run (`sessions.json`), revived with `session/load` when their
+    /// conversation's next message comes.
+    dormant: HashMap<SessionKey, SessionRecord>,
 }
 
 /// The turn settings of a channel (defaults when the channel is gone).
@@ -131,6 +134,7 @@ impl Core {
             load_session: HashMap::new(),
             permissions: PermissionRelay::default(),
             access: pairing::Access::default(),
+            dormant: HashMap::new(),
         }
     }
 
@@ -200,6 +204,20 @@ impl Core {
         }
     }
 
+    /// Take in the sessions an earlier run kept (`sessions.json`). Nothing is sent now: a
+    /// conversation's next message loads its session (`session/load`) instead of opening a
+    /// new one. Records of channels no longer configured or now on another agent are skipped.
+    pub fn adopt(&mut self, records: impl IntoIterator<Item = (SessionKey, SessionRecord)>) -> usize {
+        let before = self.dormant.len();
+        for (key, record) in records {
+            let agent_now = self.channels.get(&record.chat.channel).map(|c| c.agent.as_str());
+            if agent_now == Some(record.agent.as_str()) && !self.sessions.contains_key(&key) {
+                self.dormant.insert(key, record);
+            }
+        }
+        self.dormant.len() - before
+    }
+
     /// Every session the agent has opened, by key: what `sessions.json` keeps.
     pub fn sessions_snapshot(&self) -> BTreeMap<SessionKey, SessionRecord> {
         let records = self.sessions.iter().filter_map(|(key, s)| {
@@ -212,7 +230,8 @@ impl Core {
             };
             Some((key.clone(), record))
         });
-        records.collect()
+        let dormant = self.dormant.iter().map(|(k, r)| (k.clone(), r.clone()));
+        records.chain(dormant).collect()
     }
 
     /// Take back sessions saved by [`Core::sessions_snapshot`] (after the agent loaded them),
@@ -284,19 +303,37 @@ impl Core {
             false => channel.dispatch_mode,
         };
         let agent_up = !self.down.contains_key(&channel.agent);
+        let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
+        let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
+            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone());
+            let earlier = dormant.remove(&key).filter(|_| can_load);
+            let model = channel.model.clone();
+            let request = match earlier {
+                // The conversation goes on where the last run left it.
+                Some(record) => {
+                    session.instructed = record.instructed;
+                    session.loading = true;
+                    session.lost_id = Some(record.session_id.clone());
+                    AgentRequest::LoadSession {
+                        key: key.clone(),
+                        session_id: record.session_id,
+                        cwd: record.cwd,
+                        model,
+                    }
+                }
+                None => AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model },
+            };
             // While the agent is down the session waits; it is opened once the agent is back.
             if agent_up {
-                actions.push(Action::Agent {
-                    agent: channel.agent.clone(),
-                    request: AgentRequest::NewSession {
-                        key: key.clone(),
-                        cwd: channel.cwd.clone(),
-                        model: channel.model.clone(),
-                    },
-                });
+                if let AgentRequest::LoadSession { .. } = request {
+                    session.lost_id = None;
+                }
+                actions.push(Action::Agent { agent: channel.agent.clone(), request });
+            } else {
+                session.loading = false;
             }
-            Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone())
+            session
         });
         session.chat = reply.clone();
         session.shared = match channel.session_scope {
@@ -688,6 +725,7 @@ impl Core {
     /// Forget a session (cancelling its turn): the next message starts a fresh one. Returns
     /// the session that was cleared.
     fn clear_session(&mut self, key: &str, actions: &mut Vec<Action>) -> Option<Session> {
+        self.dormant.remove(key);
         let session = self.sessions.remove(key)?;
         if let Some(id) = &session.id {
             self.by_session_id.remove(&(session.agent.clone(), id.clone()));

@@ -1256,3 +1256,30 @@ fn a_session_id_another_conversation_has_is_not_taken() {
     let got = core.handle(created("tg:111:111", "s1"), t0);
     assert_eq!(got, vec![new_session("tg:111:111")]);
 }
+
+#[test]
+fn sessions_of_an_earlier_run_are_loaded_when_their_conversation_continues() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.instructions = Some("Be brief.".into());
+    let mut core = core_with(vec![ch]);
+    core.handle(ready(true), t0);
+    let record = SessionRecord {
+        session_id: "old-7".into(),
+        agent: DEFAULT_AGENT.into(),
+        chat: chat("111"),
+        cwd: PathBuf::from("/work"),
+        instructed: true,
+    };
+    let elsewhere = SessionRecord { chat: ChatRef { channel: "gone".into(), ..chat("1") }, ..record.clone() };
+    assert_eq!(core.adopt([("tg:111:111".to_string(), record), ("gone:1:1".to_string(), elsewhere)]), 1);
+    assert_eq!(core.sessions_snapshot().len(), 1, "kept until used");
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "where were we?"), vec![load("tg:111:111", "old-7")]),
+            (created("tg:111:111", "old-7"), vec![typing("111"), prompt("old-7", "where were we?")]),
+        ],
+    );
+}

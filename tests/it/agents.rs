@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::fake_telegram::{FakeTelegram, TOKEN};
-use crate::support::{Service, TempDir, demo_agent};
+use crate::support::{Service, TempDir, demo_agent, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -210,4 +210,38 @@ fn platform_secrets_never_reach_the_agents_environment() {
     assert!(env.contains("AGENT_SETTING=kept"), "{env}");
     assert!(!env.contains("TETHER_IT_BOT_TOKEN") && !env.contains("SOME_COPY"), "{env}");
     assert!(!env.contains(TOKEN), "the token leaked into the agent's environment");
+}
+
+#[test]
+fn conversations_survive_a_restart_of_tether() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("sessions");
+    let state = home.path().join("agent-state");
+    let channel = telegram(&fake, json!({"instructions": "Be brief."}));
+    home.write_config(&json!({"agent": stateful_demo_agent(&state), "channels": {"phone": channel}}));
+    let mut service = Service::start(&home, &[]);
+    fake.send_dm(111, "remember the number 42");
+    assert_eq!(
+        fake.next_text_to(111, WAIT).as_deref(),
+        Some("echo: Be brief.\n\nremember the number 42"),
+        "log:\n{}",
+        service.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || home.path().join("sessions.json").exists()));
+    service.signal("TERM");
+    assert_eq!(service.wait_exit(WAIT), Some(0), "log:\n{}", service.log());
+
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "/summary");
+    let summary = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(summary.contains("remember the number 42"), "{summary}\nlog:\n{}", service.log());
+    // Not instructed twice: the restored session already had the instructions.
+    fake.send_dm(111, "again");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: again"));
+    // /clear forgets it for good.
+    fake.send_dm(111, "/clear");
+    fake.next_text_to(111, WAIT);
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(home.path().join("sessions.json")).is_ok_and(|t| t.trim() == "{}")
+    }));
 }
