@@ -257,6 +257,43 @@ impl ChannelConfig {
     }
 }
 
+#[cfg(test)]
+impl ChannelConfig {
+    /// A channel with every key at its default (as `parse` would give), for tests to adjust.
+    pub fn for_tests(name: &str, kind: ChannelKind) -> ChannelConfig {
+        ChannelConfig {
+            name: name.into(),
+            kind,
+            token: None,
+            client_id: None,
+            client_secret: None,
+            model: None,
+            sender_policy: SenderPolicy::Allowlist,
+            allowed_users: Vec::new(),
+            session_scope: SessionScope::User,
+            cwd: PathBuf::from("/tmp"),
+            instructions: None,
+            approval_mode: None,
+            group_policy: GroupPolicy::Disabled,
+            groups: BTreeMap::new(),
+            dispatch_mode: DispatchMode::Steer,
+            block_streaming: false,
+            block_min_chars: 400,
+            block_max_chars: 1000,
+            block_idle: Duration::from_millis(1500),
+            permissions: PermissionPolicy::Relay,
+            permission_timeout: Duration::from_secs(300),
+            show_tool_calls: ToolCallDisplay::Off,
+            agent: DEFAULT_AGENT.into(),
+            api_base: String::new(),
+            turn_timeout: Duration::from_secs(1800),
+            max_backlog_age: Duration::from_secs(86_400),
+            listen: "127.0.0.1:8787".into(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
 /// What went wrong in a config file, with everything a person needs to fix it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {

@@ -995,13 +995,10 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{
-        ChannelKind, DispatchMode, GroupPolicy, PermissionPolicy, Secret, SenderPolicy, SessionScope, ToolCallDisplay,
-    };
+    use crate::config::{ChannelKind, Secret, SenderPolicy};
     use crate::event::ChatRef;
     use crate::net::httpd::parse_head;
     use crate::net::httpd::tests::{raw_request, read_to_close, status_of};
-    use std::collections::BTreeMap;
     use std::io::Write;
     use tungstenite::client::IntoClientRequest;
     use tungstenite::http::HeaderValue;
@@ -1011,34 +1008,10 @@ mod tests {
     /// A webchat channel config with every other key at its default.
     fn channel_config(listen: &str, token: Option<&str>) -> ChannelConfig {
         ChannelConfig {
-            name: "web".into(),
-            kind: ChannelKind::Webchat,
             token: token.map(|t| Secret::new(t.into(), None)),
-            client_id: None,
-            client_secret: None,
-            model: None,
             sender_policy: SenderPolicy::Open,
-            allowed_users: Vec::new(),
-            session_scope: SessionScope::User,
-            cwd: PathBuf::from("/tmp"),
-            instructions: None,
-            approval_mode: None,
-            group_policy: GroupPolicy::Disabled,
-            groups: BTreeMap::new(),
-            dispatch_mode: DispatchMode::Steer,
-            block_streaming: false,
-            block_min_chars: 400,
-            block_max_chars: 1000,
-            block_idle: Duration::from_millis(1500),
-            permissions: PermissionPolicy::Relay,
-            permission_timeout: Duration::from_secs(300),
-            show_tool_calls: ToolCallDisplay::Off,
-            agent: "default".into(),
-            api_base: String::new(),
-            turn_timeout: Duration::from_secs(1800),
-            max_backlog_age: Duration::from_secs(86_400),
             listen: listen.into(),
-            extra: BTreeMap::new(),
+            ..ChannelConfig::for_tests("web", ChannelKind::Webchat)
         }
     }
 

@@ -11,34 +11,11 @@ use crate::event::*;
 
 pub(crate) fn channel(name: &str) -> ChannelConfig {
     ChannelConfig {
-        name: name.into(),
-        kind: ChannelKind::Telegram,
         token: Some(Secret::new("123:abc".into(), None)),
-        client_id: None,
-        client_secret: None,
-        model: None,
-        sender_policy: SenderPolicy::Allowlist,
         allowed_users: vec!["111".into()],
-        session_scope: SessionScope::User,
         cwd: PathBuf::from("/work"),
-        instructions: None,
-        approval_mode: None,
-        group_policy: GroupPolicy::Disabled,
-        groups: BTreeMap::new(),
-        dispatch_mode: DispatchMode::Steer,
-        block_streaming: false,
-        block_min_chars: 400,
-        block_max_chars: 1000,
-        block_idle: Duration::from_millis(1500),
-        permissions: PermissionPolicy::Relay,
-        permission_timeout: Duration::from_secs(300),
-        show_tool_calls: ToolCallDisplay::Off,
-        agent: DEFAULT_AGENT.into(),
         api_base: "http://127.0.0.1:1".into(),
-        turn_timeout: Duration::from_secs(1800),
-        max_backlog_age: Duration::from_secs(86_400),
-        listen: "127.0.0.1:8787".into(),
-        extra: BTreeMap::new(),
+        ..ChannelConfig::for_tests(name, ChannelKind::Telegram)
     }
 }
 
