@@ -401,8 +401,9 @@ impl Daemon {
             if let Some(a) = self.agents.get_mut(&agent) {
                 let now = Instant::now();
                 match a.crashed(now) {
-                    Restart::At(at) => {
-                        log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms", (at - now).as_millis());
+                    Restart::At { at, crashes } => {
+                        log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms (crash {crashes} of {} allowed within {} s)",
+                            (at - now).as_millis(), CrashWindow::MAX_CRASHES, CrashWindow::SPAN.as_secs());
                         self.restarts.insert(agent.clone(), at);
                     }
                     Restart::GiveUp { crashes } => {
@@ -431,7 +432,7 @@ impl Daemon {
             let Some(agent) = self.agents.get_mut(&name) else { continue };
             if let Err(e) = agent.restart(self.agent_tx.clone()) {
                 match agent.crashed(now) {
-                    Restart::At(at) => {
+                    Restart::At { at, .. } => {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
                         self.restarts.insert(name, at);
                     }

@@ -53,7 +53,7 @@ impl Agent {
         if count > CrashWindow::MAX_CRASHES {
             return Restart::GiveUp { crashes: count };
         }
-        Restart::At(now + self.backoff.next_delay())
+        Restart::At { at: now + self.backoff.next_delay(), crashes: count }
     }
 
     /// The agent answered `initialize`: the next crash starts the backoff from the bottom.
@@ -102,12 +102,11 @@ impl Agent {
 /// What to do after a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restart {
-    At(Instant),
+    /// Start it again then; `crashes` counts this one among those within the window.
+    At { at: Instant, crashes: usize },
     /// More than [`CrashWindow::MAX_CRASHES`] crashes within [`CrashWindow::SPAN`]: stop the
     /// service with status 1 and let the init system restart it.
-    GiveUp {
-        crashes: usize,
-    },
+    GiveUp { crashes: usize },
 }
 
 /// Crash times within the last [`CrashWindow::SPAN`].
