@@ -61,10 +61,6 @@ impl Agent {
         self.backoff.reset();
     }
 
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
     pub fn send(&self, request: AgentRequest) {
         let _ = self.requests_tx.send(request);
     }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::config::{SenderPolicy, SessionScope};
+use crate::config::SessionScope;
 use crate::event::AgentCommand;
 
 /// A command tether answers itself.
@@ -120,7 +120,8 @@ impl SessionView {
 pub struct StatusInfo<'a> {
     pub session: SessionView,
     pub scope: SessionScope,
-    pub access: SenderPolicy,
+    /// The access rules in one line (see `pairing::Access::summary`).
+    pub access: &'a str,
     pub channel: &'a str,
     pub channel_type: &'a str,
     pub agent: &'a str,
@@ -135,15 +136,10 @@ pub fn status_text(s: &StatusInfo) -> String {
         SessionScope::Thread => "thread (one conversation per thread or chat)",
         SessionScope::Single => "single (one conversation for the whole channel)",
     };
-    let access = match s.access {
-        SenderPolicy::Allowlist => "allowlist",
-        SenderPolicy::Pairing => "pairing",
-        SenderPolicy::Open => "open",
-    };
     [
         format!("Session: {}", s.session.describe()),
         format!("Scope: {scope}"),
-        format!("Access: {access}"),
+        format!("Access: {}", s.access),
         format!("Channel: {} ({})", s.channel, s.channel_type),
         format!("Agent: {}", s.agent),
         format!("Model: {}", s.model.unwrap_or("the agent's default")),
@@ -262,7 +258,7 @@ mod tests {
         let status = status_text(&StatusInfo {
             session: running,
             scope: SessionScope::Thread,
-            access: SenderPolicy::Pairing,
+            access: "pairing (2 paired, 1 pending); groups: disabled",
             channel: "phone",
             channel_type: "telegram",
             agent: "default",
@@ -273,7 +269,7 @@ mod tests {
             status,
             "Session: active, a request is running, 2 message(s) waiting\n\
              Scope: thread (one conversation per thread or chat)\n\
-             Access: pairing\n\
+             Access: pairing (2 paired, 1 pending); groups: disabled\n\
              Channel: phone (telegram)\n\
              Agent: default\n\
              Model: the agent's default\n\

@@ -234,29 +234,9 @@ impl Core {
         records.chain(dormant).collect()
     }
 
-    /// Take back sessions saved by [`Core::sessions_snapshot`] (after the agent loaded them),
-    /// idle. Records of channels no longer configured, or whose channel now uses another
-    /// agent, are skipped and logged; so are keys already in use. Returns how many were taken.
-    pub fn restore(&mut self, records: impl IntoIterator<Item = (SessionKey, SessionRecord)>) -> usize {
-        let mut restored = 0;
-        for (key, record) in records {
-            let agent_now = self.channels.get(&record.chat.channel).map(|c| c.agent.as_str());
-            if agent_now != Some(record.agent.as_str()) || self.sessions.contains_key(&key) {
-                log::info!(target: "core", "not restoring session {} ({key}): channel, agent or key changed", record.session_id);
-                continue;
-            }
-            let mut session = Session::new(record.agent.clone(), record.chat, record.cwd);
-            session.id = Some(record.session_id.clone());
-            session.instructed = record.instructed;
-            self.by_session_id.insert((record.agent, record.session_id), key.clone());
-            self.sessions.insert(key, session);
-            restored += 1;
-        }
-        restored
-    }
-
     /// The platform ids of the messages a session still owes an answer to: the turn in
-    /// flight first, then the waiting ones, oldest first.
+    /// flight first, then the waiting ones, oldest first (tests follow them through turns).
+    #[cfg(test)]
     pub fn unanswered_message_ids(&self, key: &str) -> Vec<String> {
         let Some(s) = self.sessions.get(key) else { return Vec::new() };
         let in_flight = s.turn.iter().flat_map(|t| t.message_ids.iter());
@@ -379,7 +359,7 @@ impl Core {
             Command::Status => commands::status_text(&commands::StatusInfo {
                 session: view,
                 scope: channel.session_scope,
-                access: channel.sender_policy,
+                access: &self.access.summary(channel),
                 channel: &channel.name,
                 channel_type: channel.kind.as_str(),
                 agent: &channel.agent,

@@ -612,7 +612,7 @@ fn status_and_who_describe_the_asker_session() {
     let status = reply(&mut core, "/status");
     assert_eq!(
         status,
-        "Session: none\nScope: user (one conversation per person per chat)\nAccess: open\nChannel: tg (telegram)\n\
+        "Session: none\nScope: user (one conversation per person per chat)\nAccess: open; groups: open\nChannel: tg (telegram)\n\
          Agent: default\nModel: qwen3.5-plus\nWorking directory: /work"
     );
     core.handle(dm("111", "one"), t0);
@@ -658,7 +658,7 @@ fn instructions_go_with_the_first_prompt_only() {
 }
 
 #[test]
-fn snapshot_and_restore_keep_the_instructed_flag() {
+fn snapshot_and_adopt_keep_the_instructed_flag() {
     let t0 = Instant::now();
     let mut ch = channel("tg");
     ch.instructions = Some("Be brief.".into());
@@ -676,30 +676,38 @@ fn snapshot_and_restore_keep_the_instructed_flag() {
     };
     assert_eq!(snapshot, BTreeMap::from([("tg:111:111".to_string(), record.clone())]));
 
-    // A restarted service takes it back and does not instruct it twice.
+    // A restarted service loads it when the conversation continues, and does not instruct it
+    // twice.
     let mut restarted = core_with(vec![ch.clone()]);
-    assert_eq!(restarted.restore(snapshot.clone()), 1);
+    restarted.handle(ready(true), t0);
+    assert_eq!(restarted.adopt(snapshot.clone()), 1);
     assert_eq!(restarted.sessions_snapshot(), snapshot);
-    assert_eq!(restarted.handle(dm("111", "two"), t0), vec![typing("111"), prompt("s1", "two")]);
+    assert_eq!(restarted.handle(dm("111", "two"), t0), vec![load("tg:111:111", "s1")]);
     // Its events are routed again.
     check(
         &mut restarted,
         t0,
-        vec![(chunk("s1", "ok"), vec![]), (ended("s1", TurnOutcome::EndTurn), vec![text("111", "ok")])],
+        vec![
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "two")]),
+            (chunk("s1", "ok"), vec![]),
+            (ended("s1", TurnOutcome::EndTurn), vec![text("111", "ok")]),
+        ],
     );
 
     // Saved before its first prompt: instructed then.
     let mut fresh = core_with(vec![ch.clone()]);
+    fresh.handle(ready(true), t0);
     let uninstructed = SessionRecord { instructed: false, ..record.clone() };
-    fresh.restore([("tg:111:111".to_string(), uninstructed)]);
-    assert_eq!(fresh.handle(dm("111", "two"), t0)[1], prompt("s1", "Be brief.\n\ntwo"));
+    fresh.adopt([("tg:111:111".to_string(), uninstructed)]);
+    fresh.handle(dm("111", "two"), t0);
+    assert_eq!(fresh.handle(created("tg:111:111", "s1"), t0)[1], prompt("s1", "Be brief.\n\ntwo"));
 
     // Records of a channel that is gone, or that now uses another agent, are skipped.
     let mut other = ch.clone();
     other.agent = "gemini".into();
     let mut changed = core_with(vec![other]);
     let gone = SessionRecord { chat: ChatRef { channel: "old".into(), ..chat("1") }, ..record.clone() };
-    assert_eq!(changed.restore([("tg:111:111".to_string(), record), ("old:1:1".to_string(), gone)]), 0);
+    assert_eq!(changed.adopt([("tg:111:111".to_string(), record), ("old:1:1".to_string(), gone)]), 0);
     assert!(changed.sessions_snapshot().is_empty());
 }
 

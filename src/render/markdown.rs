@@ -217,6 +217,23 @@ pub(crate) struct Spaced {
     pub blank_before: bool,
 }
 
+/// Render `blocks` one by one with `render` and join the non-empty results, a blank line
+/// where the source had one, else a newline. Shared by every renderer.
+pub(crate) fn join_blocks(blocks: &[Spaced], out: &mut String, mut render: impl FnMut(&Block) -> String) {
+    let mut first = true;
+    for spaced in blocks {
+        let piece = render(&spaced.block);
+        if piece.is_empty() {
+            continue;
+        }
+        if !first {
+            out.push_str(if spaced.blank_before { "\n\n" } else { "\n" });
+        }
+        out.push_str(&piece);
+        first = false;
+    }
+}
+
 pub(crate) fn parse_blocks(text: &str) -> Vec<Spaced> {
     parse_blocks_at(&normalize_newlines(text), 0)
 }

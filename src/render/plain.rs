@@ -2,7 +2,7 @@
 //! unwrapped, emphasis markers removed, headings unmarked, links as `text (url)`, images as
 //! `[alt]`, list markers normalised, runs of blank lines collapsed (reference spec §6.3).
 
-use super::markdown::{Block, Inline, Marker, Spaced, Table, parse_blocks, parse_inlines};
+use super::markdown::{Block, Inline, Marker, Spaced, Table, join_blocks, parse_blocks, parse_inlines};
 use super::telegram::RULE;
 
 /// Converts agent Markdown to readable plain text.
@@ -13,18 +13,7 @@ pub fn plain_text(markdown: &str) -> String {
 }
 
 fn render_blocks(blocks: &[Spaced], out: &mut String) {
-    let mut first = true;
-    for spaced in blocks {
-        let piece = render_block(&spaced.block);
-        if piece.is_empty() {
-            continue;
-        }
-        if !first {
-            out.push_str(if spaced.blank_before { "\n\n" } else { "\n" });
-        }
-        out.push_str(&piece);
-        first = false;
-    }
+    join_blocks(blocks, out, render_block);
 }
 
 fn render_block(block: &Block) -> String {

@@ -4,7 +4,8 @@
 
 use super::html::{escape_attr, escape_text};
 use super::markdown::{
-    Align, Block, Inline, Marker, Spaced, Table, display_width, is_safe_url, parse_blocks, parse_inlines, plain_of,
+    Align, Block, Inline, Marker, Spaced, Table, display_width, is_safe_url, join_blocks, parse_blocks, parse_inlines,
+    plain_of,
 };
 
 /// What a horizontal rule becomes.
@@ -19,19 +20,11 @@ pub fn telegram_html(markdown: &str) -> String {
 }
 
 fn render_blocks(blocks: &[Spaced], out: &mut String) {
-    let mut first = true;
-    for spaced in blocks {
+    join_blocks(blocks, out, |block| {
         let mut piece = String::new();
-        render_block(&spaced.block, &mut piece);
-        if piece.is_empty() {
-            continue;
-        }
-        if !first {
-            out.push_str(if spaced.blank_before { "\n\n" } else { "\n" });
-        }
-        out.push_str(&piece);
-        first = false;
-    }
+        render_block(block, &mut piece);
+        piece
+    });
 }
 
 fn render_block(block: &Block, out: &mut String) {
