@@ -546,7 +546,11 @@ impl Daemon {
                 log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
                 println!("{}: web chat on {}", channel.name, server.url());
                 web = Some(server);
-                (Probe::new(channel.kind.as_str(), false), None)
+                // Listening is this channel's "connected": say so now, not a tick later, so
+                // start shows no false "unhealthy" warning.
+                let probe = Probe::new(channel.kind.as_str(), false);
+                probe.ok();
+                (probe, None)
             }
             other => {
                 return Err(Error::Other(format!(

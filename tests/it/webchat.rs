@@ -221,6 +221,9 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     let log = service.log();
     let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
 
+    // Listening is the web chat's health: never reported unhealthy at start.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!service.log().contains("web: channel is unhealthy"), "{}", service.log());
     let (status, page) = http(&addr, "GET", "/admin", "");
     assert_eq!(status, 200);
     assert!(page.contains("tether admin"));
