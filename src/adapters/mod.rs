@@ -5,3 +5,4 @@ pub mod admin;
 pub mod pacing;
 pub mod telegram;
 pub mod webchat;
+pub mod weixin;
