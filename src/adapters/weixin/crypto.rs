@@ -67,7 +67,7 @@ pub fn encrypt(key: &Key, plain: &[u8]) -> Vec<u8> {
 
 /// Decrypt AES-128-ECB and remove (and check) the PKCS#7 padding.
 pub fn decrypt(key: &Key, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    if data.is_empty() || data.len() % BLOCK != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(BLOCK) {
         return Err(CryptoError::Length(data.len()));
     }
     let cipher = Aes128::new(GenericArray::from_slice(key));
@@ -149,7 +149,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Hex (either case) to bytes; `None` for odd length or a non-hex character.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().map(|c| (c as char).to_digit(16).map(|d| d as u8)).collect::<Option<_>>()?;
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     Some(digits.chunks_exact(2).map(|pair| pair[0] << 4 | pair[1]).collect())

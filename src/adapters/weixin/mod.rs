@@ -3,3 +3,5 @@
 //! encrypted with AES-128-ECB.
 
 pub mod crypto;
+pub mod media;
+pub mod wire;
