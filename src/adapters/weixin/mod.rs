@@ -2,6 +2,10 @@
 //! `getupdates` with the server's cursor, per-user context tokens, media through the CDN
 //! encrypted with AES-128-ECB.
 
+pub mod account;
+pub mod api;
 pub mod crypto;
+pub mod login;
 pub mod media;
+pub mod qr;
 pub mod wire;
