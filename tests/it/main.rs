@@ -12,3 +12,4 @@ mod support;
 mod telegram;
 mod tidy;
 mod webchat;
+mod weixin;

@@ -12,11 +12,25 @@ use std::time::Duration;
 pub struct Request {
     pub path: String,
     pub body: Vec<u8>,
+    pub method: String,
+    /// Header names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The first header called `name` (lower-case).
+    #[allow(dead_code)]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// What the handler wants done with a request.
 pub enum Reply {
     Json(u16, String),
+    /// Any status, extra headers and a binary body.
+    #[allow(dead_code)]
+    Bytes(u16, Vec<(String, String)>, Vec<u8>),
     /// Close the connection without answering.
     Drop,
 }
@@ -70,9 +84,10 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
         }
         let mut parts = line.split_whitespace();
         let (Some(method), Some(path)) = (parts.next(), parts.next()) else { return };
-        let _ = method;
+        let method = method.to_string();
         let path = path.to_string();
         let mut length = 0;
+        let mut headers = Vec::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -82,23 +97,30 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
         }
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let (status, content_type, text) = match handler(Request { path, body }) {
-            Reply::Json(status, text) => (status, "application/json", text),
+        let (status, extra, body) = match handler(Request { path, body, method, headers }) {
+            Reply::Json(status, text) => {
+                (status, vec![("Content-Type".to_string(), "application/json".to_string())], text.into_bytes())
+            }
+            Reply::Bytes(status, headers, body) => (status, headers, body),
             Reply::Drop => return,
         };
-        let head =
-            format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", text.len());
-        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(text.as_bytes())).is_err() {
+        let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&body)).is_err() {
             return;
         }
     }
