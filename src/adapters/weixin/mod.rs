@@ -5,7 +5,9 @@
 pub mod account;
 pub mod api;
 pub mod crypto;
+pub mod link;
 pub mod login;
 pub mod media;
+pub mod poll;
 pub mod qr;
 pub mod wire;
