@@ -1,6 +1,7 @@
-//! The Telegram channel: a long-poll thread (`getUpdates`) that reports messages, and a
-//! sender (`send.rs`) that delivers replies and typing indicators. The two never wait for
-//! each other: a failing send does not stop polling.
+//! The Telegram channel: a long-poll thread (`getUpdates`) that reports messages, and the
+//! shared outbox (`adapters::outbox`) with Telegram's courier (`send.rs`) that delivers
+//! replies and typing indicators. The two never wait for each other: a failing send does
+//! not stop polling.
 //!
 //! No lost messages: each batch of updates is appended to the channel's journal (fsynced)
 //! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`. The
@@ -19,6 +20,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::{Value, json};
 
+use crate::adapters::outbox;
 use crate::backoff::Backoff;
 use crate::config::ChannelConfig;
 use crate::error::Error;
@@ -91,8 +93,9 @@ pub fn spawn(channel: &ChannelConfig, io: Io) -> Result<Running, Error> {
         offset_path: io.home.join(format!("{}-offset.json", channel.name)),
     };
     spawn_named(format!("tg-poll-{}", channel.name), move || poller.run())?;
-    let (done_tx, sender_done) = crossbeam_channel::bounded::<()>(0);
-    send::spawn(&api, io.outbox, send::Settle { journal: io.journal, probe: io.probe, done: done_tx })?;
+    let courier = Arc::new(send::TelegramCourier { api });
+    let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(io.journal), probe: io.probe };
+    let sender_done = outbox::spawn(courier, io.outbox, settle, &|name, f| spawn_named(name, f))?;
     Ok(Running { sender_done })
 }
 
