@@ -150,6 +150,10 @@ fn rate_limit_is_waited_out_and_order_is_kept() {
     let (_home, service) = start("ratelimit", &fake);
     fake.fail_next("sendMessage", Fault::too_many(2));
     fake.send_dm(111, "first");
+    // The second message only once the first answer was refused: sent together, both could
+    // arrive in one poll and be answered as one turn (steering).
+    let limited = crate::support::wait_until(WAIT, || !fake.calls_of("sendMessage").is_empty());
+    assert!(limited, "{}", service.log());
     fake.send_dm(111, "second");
     let sent = fake.wait_delivered(WAIT, |sent| sent.len() == 2).unwrap_or_else(|| panic!("{}", service.log()));
     assert_eq!(visible(&sent), ["echo: first", "echo: second"]);
