@@ -8,6 +8,7 @@
 //! [`Outbound`] actions.
 
 pub mod admin;
+pub mod outbox;
 pub mod pacing;
 pub mod telegram;
 pub mod webchat;
