@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::adapters;
 use crate::config::{self, Config, ParseContext};
 use crate::error::Error;
 
@@ -172,7 +173,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         Command::Pairing(command) => {
             let config = load_config(opts);
             let home = home_dir(opts)?;
-            let report = crate::pairing_cli::run(&command, &home, config, crate::access_files::epoch_ms())?;
+            let report = crate::pairing_cli::run(&command, &home, config, crate::health::wall_ms())?;
             print!("{}", report.stdout);
             eprint!("{}", report.stderr);
             Ok(report.status)
@@ -189,6 +190,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
                 reload: None,
                 log_file: None,
                 as_service: false,
+                stop: None,
             };
             crate::daemon::run(config, options)?;
             Ok(0)
@@ -226,6 +228,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
                 reload: Some(Box::new(move || load_config(&reload_opts))),
                 log_file,
                 as_service: true,
+                stop: None,
             };
             crate::daemon::run(config, options)?;
             Ok(0)
@@ -246,13 +249,14 @@ fn weixin_login(opts: &GlobalOptions, name: &str) -> Result<i32, Error> {
             if names.is_empty() { "none".to_string() } else { names.join(", ") }
         )));
     };
-    if channel.kind != config::ChannelKind::Weixin {
+    if channel.platform.name != crate::adapters::weixin::PLATFORM.name {
         return Err(Error::Usage(format!(
             "{}: channel \"{name}\" is of type \"{}\", not \"weixin\"",
             config.path.display(),
-            channel.kind.as_str()
+            channel.platform.name
         )));
     }
+    let login_base = channel.setting("baseUrl").unwrap_or(crate::adapters::weixin::wire::DEFAULT_API_BASE);
     let mut stdout = std::io::stdout();
     let mut read_line = || {
         let mut line = String::new();
@@ -264,7 +268,7 @@ fn weixin_login(opts: &GlobalOptions, name: &str) -> Result<i32, Error> {
     let account = crate::adapters::weixin::login::run(crate::adapters::weixin::login::Login {
         channel: name,
         home: &home,
-        login_base: &channel.api_base,
+        login_base,
         colour: std::io::stdout().is_terminal(),
         out: &mut stdout,
         read_line: &mut read_line,
@@ -320,7 +324,8 @@ pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String
     let user_home = std::env::var_os("HOME").map(PathBuf::from);
     let env = |name: &str| std::env::var(name).ok();
     let path = PathBuf::from("(tether demo)");
-    let cx = ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env };
+    let cx =
+        ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env, platforms: adapters::PLATFORMS };
     let mut config =
         config::parse(&text, &cx).map_err(|e| Error::Usage(format!("--listen {listen}: {}", e.message)))?;
     let mut description = "the built-in demo agent (no agent configured)".to_string();
@@ -384,7 +389,8 @@ pub fn load_config(opts: &GlobalOptions) -> Result<Config, Error> {
     let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
     let user_home = std::env::var_os("HOME").map(PathBuf::from);
     let env = |name: &str| std::env::var(name).ok();
-    let cx = ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env };
+    let cx =
+        ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env, platforms: adapters::PLATFORMS };
     Ok(config::parse(&text, &cx)?)
 }
 
@@ -409,13 +415,9 @@ pub fn describe(config: &Config, home: &Path) -> String {
         out.push_str("channels:\n");
     }
     for channel in config.channels.values() {
-        out.push_str(&format!("  {} ({})\n", channel.name, channel.kind.as_str()));
-        for (label, secret) in
-            [("token", &channel.token), ("clientId", &channel.client_id), ("clientSecret", &channel.client_secret)]
-        {
-            if let Some(secret) = secret {
-                out.push_str(&format!("    {label}: {}\n", secret.masked()));
-            }
+        out.push_str(&format!("  {} ({})\n", channel.name, channel.platform.name));
+        for (label, secret) in &channel.settings.secrets {
+            out.push_str(&format!("    {label}: {}\n", secret.masked()));
         }
         out.push_str(&format!(
             "    agent: {}\n    cwd: {}\n    senderPolicy: {:?}, allowedUsers: {}\n    sessionScope: {:?}, dispatchMode: {:?}, groupPolicy: {:?}\n",
@@ -427,13 +429,14 @@ pub fn describe(config: &Config, home: &Path) -> String {
             channel.dispatch_mode,
             channel.group_policy,
         ));
-        if !channel.api_base.is_empty() {
-            out.push_str(&format!("    apiBase: {}\n", channel.api_base));
+        for (key, value) in &channel.settings.values {
+            let shown = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            out.push_str(&format!("    {key}: {shown}\n"));
         }
         if let Some(model) = &channel.model {
             out.push_str(&format!("    model: {model}\n"));
         }
-        if channel.kind == config::ChannelKind::Weixin {
+        if channel.platform.name == crate::adapters::weixin::PLATFORM.name {
             let now = crate::health::wall_ms();
             out.push_str(&format!(
                 "    WeChat login: {}\n",

@@ -193,7 +193,7 @@ impl Poller {
         let mut entries = Vec::new();
         let mut tokens_changed = false;
         for raw in &updates.messages {
-            let Some(message) = contain(|| wire::parse_message(raw)) else {
+            let Some(message) = crate::adapters::contain(|| wire::parse_message(raw)) else {
                 log::warn!(target: self.target(), "skipped a message that could not be decoded: {}", preview(raw));
                 continue;
             };
@@ -212,7 +212,7 @@ impl Poller {
             };
             let inbound = wire::to_inbound(self.target(), &message, attachments, &failed);
             self.probe.received();
-            entries.push(JournalEntry { message: inbound, sent_at_ms: message.create_time_ms.unwrap_or(now) });
+            entries.push(JournalEntry { sent_at_ms: inbound.sent_at_ms.unwrap_or(now), message: inbound });
         }
         let fresh = self
             .journal
@@ -248,11 +248,6 @@ impl Poller {
     }
 }
 
-/// Run a decoder; a panic inside it is contained and reported as `None`.
-fn contain<T>(decode: impl FnOnce() -> T) -> Option<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).ok()
-}
-
 fn preview(value: &serde_json::Value) -> String {
     value.to_string().chars().take(200).collect()
 }
@@ -265,15 +260,5 @@ mod tests {
     fn retry_delays() {
         let delays: Vec<u64> = (1..=5).map(|n| retry_delay(n).as_secs()).collect();
         assert_eq!(delays, vec![2, 2, 30, 30, 30]);
-    }
-
-    #[test]
-    fn a_panicking_decoder_is_contained() {
-        assert_eq!(contain(|| 5), Some(5));
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let caught = contain(|| -> u8 { panic!("bad update") });
-        std::panic::set_hook(hook);
-        assert_eq!(caught, None);
     }
 }

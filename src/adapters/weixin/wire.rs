@@ -483,6 +483,7 @@ pub fn to_inbound(channel: &str, message: &Message, attachments: Vec<Attachment>
         text,
         quoted_text: message.quoted.clone(),
         attachments,
+        sent_at_ms: message.create_time_ms,
     }
 }
 
