@@ -255,9 +255,10 @@ impl Link {
             None => cipher,
         };
         let mime = media::sniff_mime(&plain, item.kind);
+        let name = media::safe_file_name(&item.file_name);
         let file_name = match (item.kind, mime.split('/').nth(1)) {
-            (crate::event::AttachmentKind::Image, Some(ext)) => format!("{}.{ext}", item.file_name),
-            _ => item.file_name.clone(),
+            (crate::event::AttachmentKind::Image, Some(ext)) => format!("{name}.{ext}"),
+            _ => name,
         };
         let path =
             media::save(&self.media_dir(), &message.message_id, n, &file_name, &plain).map_err(|e| e.to_string())?;
