@@ -160,12 +160,22 @@ fn a_dm_is_answered_with_its_context_token_while_typing_shows() {
         assert_eq!(header("ilink-app-clientversion").as_deref(), Some("131331"));
         assert_eq!(header("authorization"), Some(format!("Bearer {TOKEN}")));
     }
+    // An empty 200 answer to a send is success (seen from the real server); a message that
+    // cannot be decoded is skipped, and the next one is still answered.
+    fake.fail_next("sendmessage", Fault::Empty);
+    fake.push_raw(json!({"message_type": 1, "from_user_id": ["not", "a", "string"], "item_list": 7}));
+    fake.push_text(OWNER, "after the odd one");
+    assert!(wait_until(WAIT, || fake.pending_faults() == 0), "log:\n{}", service.log());
+    fake.push_text(OWNER, "and one more");
+    let texts = fake.wait_texts_to(OWNER, 2, WAIT);
+    assert_eq!(texts.last().map(String::as_str), Some("echo: and one more"), "log:\n{}", service.log());
+    let before_long = texts.len();
     // Markdown is stripped: the demo agent's `long` answer has headings and code.
     fake.push_text(OWNER, "long");
-    let texts = fake.wait_texts_to(OWNER, 2, WAIT);
-    assert!(texts.len() >= 2, "log:\n{}", service.log());
+    let texts = fake.wait_texts_to(OWNER, before_long + 1, WAIT);
+    assert!(texts.len() > before_long, "log:\n{}", service.log());
     assert!(
-        texts[1..].iter().all(|t| !t.contains("```") && !t.contains("**") && t.chars().count() <= 4000),
+        texts[before_long..].iter().all(|t| !t.contains("```") && !t.contains("**") && t.chars().count() <= 4000),
         "{texts:?}"
     );
     // A stranger is not answered, and the token is never logged.
@@ -359,6 +369,7 @@ fn an_expired_login_parks_the_channel_once_until_a_new_login() {
     let sends = fake.calls_of("sendmessage").len();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(fake.calls_of("sendmessage").len(), sends, "a send after -14 was retried");
+    fake.fail_next("getupdates", Fault::Drop);
     fake.fail_next("sendmessage", Fault::busy());
     fake.fail_next("sendmessage", Fault::bad_gateway());
     fake.push_text(OWNER, "flaky server");
@@ -387,4 +398,16 @@ fn not_logged_in_says_how_and_a_login_is_picked_up() {
     fake.push_text(OWNER, "are you there");
     write_account(&home, &fake, 1_700_000_000_000);
     assert_eq!(fake.wait_texts_to(OWNER, 1, WAIT), vec!["echo: are you there"], "log:\n{}", service.log());
+}
+
+#[test]
+fn the_fake_refuses_requests_without_the_ilink_headers() {
+    // What caught Qwen Code (#2908): a valid token without iLink-App-* headers is "expired".
+    let fake = FakeIlink::start();
+    let http = tether::net::http::HttpClient::default();
+    let body = json!({"get_updates_buf": "", "base_info": {"channel_version": "2.1.3"}});
+    let url = format!("{}{API_PREFIX}/ilink/bot/getupdates", fake.url());
+    let (status, reply) = http.post_json(&url, &body, Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&reply).unwrap()["errcode"], -14);
 }

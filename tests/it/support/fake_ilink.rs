@@ -17,9 +17,6 @@
 //! The cipher here uses the `aes` crate directly, not tether's code, so a bug there cannot
 //! hide behind the same bug here.
 
-// Parts of the fake serve the channel tests that come with the adapter thread.
-#![allow(dead_code)]
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -62,7 +59,6 @@ pub struct Call {
     pub prefix: String,
     pub body: Value,
     pub headers: Vec<(String, String)>,
-    pub at: Instant,
 }
 
 /// A message the fake accepted.
@@ -204,11 +200,6 @@ impl FakeIlink {
     /// How many QR codes were handed out.
     pub fn qr_codes(&self) -> u32 {
         self.with(|st| st.qr_codes)
-    }
-
-    /// Make `getupdates` hold this long when there is nothing new.
-    pub fn set_hold(&self, hold: Duration) {
-        self.with(|st| st.hold = hold);
     }
 
     /// From now on every API call answers -14 (`true`), or is served again (`false`).
@@ -398,7 +389,6 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, history: &Mutex<Vec<Call>>, base
         prefix: prefix.clone(),
         body: if endpoint.starts_with("cdn/") { Value::Null } else { body.clone() },
         headers: req.headers.clone(),
-        at: Instant::now(),
     });
     let fault = {
         let mut st = state.0.lock().unwrap();
