@@ -111,7 +111,7 @@ pub struct Options {
     /// Run only these channels (all when empty).
     pub only: Vec<String>,
     /// Reads the config file again, for SIGHUP (`None`: SIGHUP only reopens the log).
-    pub reload: Option<Box<dyn Fn() -> Result<Config, Error>>>,
+    pub reload: Option<Box<dyn Fn() -> Result<Config, Error> + Send>>,
     /// The `--log-file`, reopened on SIGHUP.
     pub log_file: Option<Arc<LogFile>>,
     /// Run as the service of `home`: take its lock and pid file, publish `status.json`.
