@@ -21,9 +21,12 @@ use crate::support::{TempDir, demo_agent, read_status, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The fake platform's wire: what people "post" (id, text), and what tether "sent".
+/// A post on the fake platform: (message id, text).
+type Post = (String, String);
+
+/// The fake platform's wire: what people post, and what tether "sent".
 struct Wire {
-    posts: (Sender<(String, String)>, Receiver<(String, String)>),
+    posts: (Sender<Post>, Receiver<Post>),
     sent: Mutex<Vec<(Instant, String)>>,
 }
 
