@@ -177,6 +177,11 @@ impl Core {
         self.channels.get(channel).map(|c| self.access.summary(c))
     }
 
+    /// An agent is starting: what comes for it waits until it answers `initialize`.
+    pub fn agent_starting(&mut self, agent: &str) {
+        self.down.insert(agent.to_string(), ());
+    }
+
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(Session::deadline);
@@ -343,31 +348,32 @@ impl Core {
         let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
             let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone());
-            let earlier = dormant.remove(&key).filter(|_| can_load);
+            let earlier = dormant.remove(&key);
             let model = channel.model.clone();
-            let request = match earlier {
+            match earlier {
                 // The conversation goes on where the last run left it.
-                Some(record) => {
+                Some(record) if agent_up && can_load => {
                     session.instructed = record.instructed;
                     session.loading = true;
-                    session.lost_id = Some(record.session_id.clone());
-                    AgentRequest::LoadSession {
+                    let request = AgentRequest::LoadSession {
                         key: key.clone(),
                         session_id: record.session_id,
                         cwd: record.cwd,
                         model,
-                    }
+                    };
+                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
-                None => AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model },
-            };
-            // While the agent is down the session waits; it is opened once the agent is back.
-            if agent_up {
-                if let AgentRequest::LoadSession { .. } = request {
-                    session.lost_id = None;
+                _ if agent_up => {
+                    let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
+                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
-                actions.push(Action::Agent { agent: channel.agent.clone(), request });
-            } else {
-                session.loading = false;
+                // The agent is down or still starting: the session waits, and is loaded (if
+                // the agent can) or opened once the agent is ready.
+                Some(record) => {
+                    session.instructed = record.instructed;
+                    session.lost_id = Some(record.session_id);
+                }
+                None => {}
             }
             session
         });
