@@ -319,9 +319,25 @@ impl Daemon {
 
     /// Feed the core one event and carry out what it asks.
     fn handle(&mut self, event: Event) {
+        // The pieces of a running answer change no session record: the hot path skips the
+        // snapshot `sessions.json` is compared against.
+        let records_may_change = !matches!(
+            event,
+            Event::Agent {
+                event: AgentEvent::TextChunk { .. }
+                    | AgentEvent::Thought { .. }
+                    | AgentEvent::Plan { .. }
+                    | AgentEvent::ToolCall { .. }
+                    | AgentEvent::ModeChanged { .. }
+                    | AgentEvent::CommandsAvailable { .. },
+                ..
+            }
+        );
         let actions = self.core.handle(event, Instant::now());
         self.dispatch(actions);
-        self.save_sessions();
+        if records_may_change {
+            self.save_sessions();
+        }
     }
 
     /// Conversations of the last run (`sessions.json`) go on: the core loads each session

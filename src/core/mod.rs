@@ -185,7 +185,41 @@ impl Core {
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(Session::deadline);
-        sessions.chain(self.permissions.next_deadline()).min()
+        let evictions = self.sessions.values().filter_map(|s| self.eviction_due(s));
+        sessions.chain(evictions).chain(self.permissions.next_deadline()).min()
+    }
+
+    /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
+    /// its agent can load it again later (else its context would be lost).
+    fn eviction_due(&self, session: &Session) -> Option<Instant> {
+        let can_load = self.load_session.get(&session.agent).copied().unwrap_or(false);
+        let after = self.channels.get(&session.chat.channel)?.evict_idle_after;
+        (can_load && session.is_idle()).then(|| session.last_active + after)
+    }
+
+    /// Move the sessions idle past their channel's `evictIdleAfter` to the dormant records
+    /// (`sessions.json` keeps them; the next message loads them with `session/load`).
+    fn evict_idle(&mut self, now: Instant) {
+        let due: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| self.eviction_due(s).is_some_and(|at| at <= now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some(session) = self.sessions.remove(&key) else { continue };
+            let Some(session_id) = session.id else { continue };
+            self.by_session_id.remove(&(session.agent.clone(), session_id.clone()));
+            log::debug!(target: session.chat.channel.as_str(), "{key}: idle; session {session_id} leaves memory until its next message");
+            let record = SessionRecord {
+                session_id,
+                agent: session.agent,
+                chat: session.chat,
+                cwd: session.cwd,
+                instructed: session.instructed,
+            };
+            self.dormant.insert(key, record);
+        }
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
@@ -347,7 +381,7 @@ impl Core {
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
         let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone());
+            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone(), now);
             let earlier = dormant.remove(&key);
             let model = channel.model.clone();
             match earlier {
@@ -542,6 +576,7 @@ impl Core {
                 let Some(key) = self.by_session_id.get(&(agent, session_id.clone())).cloned() else { return };
                 let Some(session) = self.sessions.get_mut(&key) else { return };
                 let Some(turn) = session.turn.take() else { return };
+                session.last_active = now;
                 for pending in self.permissions.cancel_session(&key) {
                     actions.push(settled(&pending, "the request ended before an answer"));
                 }
@@ -652,6 +687,7 @@ impl Core {
     }
 
     fn on_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.evict_idle(now);
         for pending in self.permissions.expire(now) {
             log::info!(target: pending.chat.channel.as_str(), "permission request {} timed out; refused", pending.id);
             let request = AgentRequest::AnswerPermission { request: pending.request, outcome: pending.refusal() };
