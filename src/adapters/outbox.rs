@@ -46,7 +46,7 @@ const REMEMBERED_KEYS: usize = 512;
 
 /// One platform message's worth of a reply, as the courier rendered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Piece {
+pub struct Piece {
     pub text: String,
     /// In the platform's markup (Telegram HTML, Markdown), as opposed to plain text.
     pub formatted: bool,
@@ -54,7 +54,7 @@ pub(crate) struct Piece {
 
 /// One platform call, for [`Courier::perform`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Call {
+pub enum Call {
     /// Show "typing…" in the chat.
     Typing(ChatRef),
     /// Send a new message, with buttons (label, callback data) under it when there are any.
@@ -107,7 +107,7 @@ impl std::fmt::Display for Failure {
 
 /// What a platform implements to use the outbox. `render`, `plain` and `pacing` are pure;
 /// `perform` makes one call (with its own timeout) from a worker thread.
-pub(crate) trait Courier: Send + Sync + 'static {
+pub trait Courier: Send + Sync + 'static {
     /// A reply's Markdown formatted and split to the platform's message limit; empty when
     /// there is nothing to send.
     fn render(&self, markdown: &str) -> Vec<Piece>;
@@ -706,7 +706,7 @@ fn settle(
 }
 
 /// What the dispatcher settles replies against, and where it reports.
-pub(crate) struct Settle {
+pub struct Settle {
     /// The channel's name: the log target and the threads' names.
     pub channel: String,
     /// The channel's journal, when its platform journals inbound messages.
@@ -740,7 +740,7 @@ impl Settle {
 /// Start the dispatcher and its workers for one channel, through the channel's supervisor.
 /// They end when `outbox` closes and the queued replies are delivered or given up (or
 /// [`DRAIN_AFTER_CLOSE`] has passed); the returned receiver disconnects then.
-pub(crate) fn spawn(
+pub fn spawn(
     courier: Arc<dyn Courier>,
     outbox: Receiver<Outbound>,
     settle: Settle,

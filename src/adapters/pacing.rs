@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// A platform's limits, as its courier declares them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PacingRules {
+pub struct PacingRules {
     /// Messages one chat may get at once after a quiet spell (the bucket's size; at least 1).
     pub chat_burst: u32,
     /// The bucket gains one message per this; zero means no per-chat limit.

@@ -7,6 +7,7 @@ mod cli;
 mod conversations;
 mod permissions;
 mod replies;
+mod seam;
 mod service;
 mod support;
 mod telegram;
