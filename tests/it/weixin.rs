@@ -294,6 +294,11 @@ fn media_in_each_key_encoding_reaches_the_agent_decrypted() {
         texts.len() == 2 && texts[1].contains("(User sent a file \"broken.pdf\" but download failed)"),
         "{texts:?}"
     );
+    // Larger than the limit: not even asked for. (Not named "huge": a demo-agent word.)
+    fake.push(OWNER, json!([{"type": 4, "file_item": {"media": {"encrypt_query_param": "x"}, "file_name": "disk.iso", "len": "999999999"}}]));
+    let texts = fake.wait_texts_to(OWNER, 3, WAIT);
+    assert!(texts.len() == 3 && texts[2].contains("(User sent a file \"disk.iso\" but download failed)"), "{texts:?}");
+    assert!(service.log().contains("larger than the 20 MB limit"), "log:\n{}", service.log());
     assert_eq!(
         fake.calls_of("cdn/download").len(),
         downloads,
@@ -369,6 +374,10 @@ fn an_expired_login_parks_the_channel_once_until_a_new_login() {
     let sends = fake.calls_of("sendmessage").len();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(fake.calls_of("sendmessage").len(), sends, "a send after -14 was retried");
+    // A send WeChat refuses for want of a fresh context token is dropped with the reason.
+    fake.fail_next("sendmessage", Fault::Status(200, json!({"ret": -2})));
+    fake.push_text(OWNER, "out of window");
+    assert!(service.wait_for_log("the user must write again", WAIT), "log:\n{}", service.log());
     fake.fail_next("getupdates", Fault::Drop);
     fake.fail_next("sendmessage", Fault::busy());
     fake.fail_next("sendmessage", Fault::bad_gateway());
