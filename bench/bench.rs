@@ -1,6 +1,7 @@
 //! Benchmark: the release binary against the loopback fake Bot API and the demo agent.
-//! Prints binary size, idle memory of the tether process, and the time from a message queued
-//! on the fake to its reply arriving. Run through `bench/run.sh`.
+//! Prints binary size, idle memory of the tether process, the time from a message queued on
+//! the fake to its reply arriving, and pacing as one chat sees it (a long answer's parts, a
+//! chat writing again as soon as each reply arrives). Run through `bench/run.sh`.
 
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)]
