@@ -12,7 +12,7 @@ pub mod outbox;
 pub mod pacing;
 pub mod telegram;
 pub mod webchat;
-pub mod weixin;
+pub(crate) mod weixin;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;

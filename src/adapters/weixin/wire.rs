@@ -582,11 +582,10 @@ pub fn download_url(cdn_base: &str, media: &CdnMedia) -> Option<String> {
     Some(format!("{}?encrypted_query_param={}", join(cdn_base, "download"), percent_encode(param)))
 }
 
-/// `media_type` of `getuploadurl`.
+/// `media_type` of `getuploadurl` (2 video and 4 voice exist; videos go as files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UploadKind {
     Image = 1,
-    Video = 2,
     File = 3,
 }
 
