@@ -373,8 +373,12 @@ pub fn parse_message(value: &Value) -> Option<Message> {
             });
         }
     }
+    message.media.truncate(MAX_MEDIA_ITEMS);
     Some(message)
 }
+
+/// Media items taken from one message; more are ignored (each may be 20 MB to fetch).
+pub const MAX_MEDIA_ITEMS: usize = 10;
 
 fn add_item(message: &mut Message, item: &Value) {
     let n = message.media.len() + 1;
@@ -805,6 +809,17 @@ mod tests {
         assert!(!inbound.is_group);
         assert_eq!(inbound.message_id.as_deref(), Some("7301234567890123456"));
         assert_eq!(inbound.text, "hello\nspoken words\nmore\n(User sent a file \"a.pdf\" but download failed)");
+    }
+
+    #[test]
+    fn media_items_per_message_are_capped() {
+        let items: Vec<Value> = (0..50)
+            .map(|_| json!({"type": 2, "image_item": {"media": {"encrypt_query_param": "p"}}}))
+            .chain([json!({"type": 1, "text_item": {"text": "after them"}})])
+            .collect();
+        let m = parse_message(&user_message(Value::Array(items))).unwrap();
+        assert_eq!(m.media.len(), MAX_MEDIA_ITEMS);
+        assert_eq!(m.texts, vec!["after them"]);
     }
 
     #[test]
