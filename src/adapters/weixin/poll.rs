@@ -65,7 +65,8 @@ impl Poller {
         if removed > 0 {
             log::info!(target: self.target(), "removed {removed} media files older than 7 days");
         }
-        let mut cursor: Option<(String, String)> = None; // (bot id, cursor)
+        // The login the cursor belongs to (bot id and login time: a new login starts afresh).
+        let mut cursor: Option<((String, u64), String)> = None;
         let mut failures = 0u32;
         let mut hold = wire::DEFAULT_HOLD;
         let mut parked: Option<String> = None;
@@ -92,12 +93,13 @@ impl Poller {
                 }
             };
             let bot = session.account.bot_id.clone();
-            if cursor.as_ref().is_none_or(|(b, _)| *b != bot) {
+            let login = (bot.clone(), session.account.saved_at);
+            if cursor.as_ref().is_none_or(|(l, _)| *l != login) {
                 let saved = account::load_cursor(&self.link.home, self.target(), &bot);
                 if !saved.is_empty() {
                     log::info!(target: self.target(), "resuming from the saved cursor");
                 }
-                cursor = Some((bot.clone(), saved));
+                cursor = Some((login.clone(), saved));
             }
             let position = cursor.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
             let result =
@@ -109,7 +111,7 @@ impl Poller {
                     let updates = wire::parse_updates(&reply);
                     hold = updates.hold.unwrap_or(wire::DEFAULT_HOLD);
                     match self.take(&session.api, &bot, updates) {
-                        Ok(Some(next)) => cursor = Some((bot, next)),
+                        Ok(Some(next)) => cursor = Some((login, next)),
                         Ok(None) => {}
                         Err(error) => {
                             // The cursor did not move: the server sends these messages again.
