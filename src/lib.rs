@@ -6,6 +6,10 @@
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// Byte-offset slicing of a str panics off a char boundary, and our text is a stranger's: each
+// slice is a checked `get`, or carries a local allow with the reason it is on a boundary.
+#![deny(clippy::string_slice)]
+#![cfg_attr(test, allow(clippy::string_slice))]
 
 pub mod access_files;
 pub mod acp;

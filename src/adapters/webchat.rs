@@ -932,9 +932,9 @@ fn sanitize_file_name(name: &str) -> String {
     let cleaned = if cleaned.len() > 100 {
         match cleaned.rsplit_once('.') {
             Some((stem, ext)) if ext.len() <= 10 => {
-                format!("{}.{ext}", &stem[..100 - ext.len() - 1])
+                format!("{}.{ext}", stem.chars().take(100 - ext.len() - 1).collect::<String>())
             }
-            _ => cleaned[..100].to_string(),
+            _ => cleaned.chars().take(100).collect(),
         }
     } else {
         cleaned.to_string()

@@ -101,6 +101,7 @@ impl Text<'_> {
     }
 
     fn slice(&self, from: usize, to: usize) -> &str {
+        #[allow(clippy::string_slice)] // `bytes` holds the char boundaries of `text` (char_indices).
         &self.text[self.bytes[from]..self.bytes[to]]
     }
 
