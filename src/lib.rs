@@ -23,6 +23,8 @@ pub mod daemon;
 pub mod demo_agent;
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod journal;
 pub mod logging;

@@ -8,10 +8,19 @@
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     /// True while this thread runs a contained decoder.
     static CONTAINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Panics contained since the process started (fuzz targets check that it stays put).
+static CONTAINED_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many decoder panics [`contain`] has caught so far.
+pub fn contained_panics() -> u64 {
+    CONTAINED_PANICS.load(Ordering::SeqCst)
 }
 
 /// Run `decode`; `None` if it panicked. The panic is logged (location only, no payload).
@@ -22,6 +31,9 @@ pub fn contain<T>(decode: impl FnOnce() -> T) -> Option<T> {
     // outlives the panic (the result is dropped).
     let result = panic::catch_unwind(AssertUnwindSafe(decode));
     CONTAINED.with(|c| c.set(was));
+    if result.is_err() {
+        CONTAINED_PANICS.fetch_add(1, Ordering::SeqCst);
+    }
     result.ok()
 }
 
@@ -48,6 +60,7 @@ mod tests {
     #[test]
     fn a_panic_is_contained_and_the_next_call_works() {
         assert_eq!(contain(|| 7), Some(7));
+        let before = contained_panics();
         let text = "Ⱥ@bot éẞ";
         let poisoned: Option<usize> = contain(|| {
             let at = text.len() - 1;
@@ -56,6 +69,7 @@ mod tests {
             bad.len()
         });
         assert_eq!(poisoned, None);
+        assert!(contained_panics() > before);
         assert_eq!(contain(|| "after".to_string()).as_deref(), Some("after"));
         assert!(!CONTAINED.with(Cell::get));
     }

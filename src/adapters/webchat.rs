@@ -65,7 +65,7 @@ const MAX_BROWSERS: usize = 256;
 /// Largest attachment, decoded.
 const MAX_UPLOAD: usize = 5 * 1024 * 1024;
 /// Largest WebSocket message: a base64 attachment plus its JSON.
-const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
 /// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
 /// reconnects and gets the history).
 const SOCKET_QUEUE: usize = 256;
@@ -318,7 +318,7 @@ impl ServerFrame<'_> {
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-enum ClientFrame {
+pub(crate) enum ClientFrame {
     Message {
         #[serde(default)]
         text: String,
@@ -330,12 +330,12 @@ enum ClientFrame {
 }
 
 #[derive(Debug, Deserialize)]
-struct ClientFile {
+pub(crate) struct ClientFile {
     #[serde(default)]
-    name: String,
+    pub name: String,
     #[serde(default)]
-    mime: String,
-    data: String,
+    pub mime: String,
+    pub data: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,14 +524,14 @@ fn broadcast(browser: &mut Browser, json: &str) {
 
 /// What the access rules decided about one request.
 #[derive(Debug, PartialEq)]
-enum Access {
+pub(crate) enum Access {
     Allowed,
     /// Answer with this instead (a 303 that stores the token, a 401 or a 403).
     Answer(Response),
 }
 
 /// Token and `Host` rules (see the module docs). `token` is the configured one.
-fn check_access(request: &Request, token: Option<&str>) -> Access {
+pub(crate) fn check_access(request: &Request, token: Option<&str>) -> Access {
     let Some(token) = token else {
         return match request.header("host") {
             Some(host) if !is_loopback_host(host) => Access::Answer(Response::text(
@@ -625,7 +625,7 @@ fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
 
 /// A browser always sends `Origin` on WebSocket handshakes; it must name this server.
 /// Non-browser clients send none.
-fn is_same_origin(request: &Request) -> bool {
+pub(crate) fn is_same_origin(request: &Request) -> bool {
     let Some(origin) = request.header("origin") else {
         return true;
     };
@@ -717,7 +717,7 @@ impl Drop for Registration<'_> {
     }
 }
 
-fn socket_config() -> WebSocketConfig {
+pub(crate) fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024)
@@ -924,7 +924,7 @@ fn write_new_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
 
 /// A safe file name: the last path component, ASCII letters, digits, `.`, `-`, `_` only, no
 /// leading dot, at most 100 characters (keeping a short extension), never empty.
-fn sanitize_file_name(name: &str) -> String {
+pub(crate) fn sanitize_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String =
         base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
@@ -943,7 +943,7 @@ fn sanitize_file_name(name: &str) -> String {
 }
 
 /// `type/subtype` in lowercase, or `application/octet-stream` when it is not one.
-fn sanitize_mime(mime: &str) -> String {
+pub(crate) fn sanitize_mime(mime: &str) -> String {
     let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let token = |s: &str| {
         !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
@@ -955,7 +955,7 @@ fn sanitize_mime(mime: &str) -> String {
 }
 
 /// Standard or URL-safe base64, padding optional, whitespace ignored; `None` when malformed.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let mut acc: u32 = 0;
     let mut bits = 0u32;
