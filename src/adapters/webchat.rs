@@ -547,8 +547,10 @@ pub(crate) fn check_access(request: &Request, token: Option<&str>) -> Access {
         if !constant_time_eq(offered.as_bytes(), token.as_bytes()) {
             return Access::Answer(unauthorized());
         }
-        // Never redirect to `//host`: that would leave this server.
-        let location = if request.path.starts_with("//") { "/" } else { request.path.as_str() };
+        // Never redirect to `//host`, nor `/\host` (browsers read `\` as `/`): that would
+        // leave this server.
+        let leaves = request.path.starts_with("//") || request.path.starts_with("/\\");
+        let location = if leaves { "/" } else { request.path.as_str() };
         return Access::Answer(Response::redirect(location).header(
             "Set-Cookie",
             &format!("{TOKEN_COOKIE}={cookie_value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Strict"),
@@ -1298,6 +1300,12 @@ mod tests {
         let cookie = r.headers.iter().find(|(n, _)| n == "Set-Cookie").unwrap();
         assert!(cookie.1.starts_with(&format!("{TOKEN_COOKIE}={};", hex(b"s3cret"))), "{cookie:?}");
         assert!(cookie.1.contains("HttpOnly") && cookie.1.contains("SameSite=Strict"));
+        // Browsers read `/\host` as `//host` (found by the http_head fuzz target).
+        for (target, location) in [("/\\evil.example", "/"), ("/chat", "/chat"), ("/a\\b", "/a\\b")] {
+            let head = format!("GET {target}?token=s3cret HTTP/1.1");
+            let Access::Answer(r) = check_access(&request(&head), Some("s3cret")) else { panic!("{head}") };
+            assert!(r.headers.contains(&("Location".into(), location.into())), "{head}: {r:?}");
+        }
     }
 
     /// Drain a socket queue into decoded frames.

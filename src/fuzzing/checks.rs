@@ -100,6 +100,20 @@ pub fn fences_closed(chunk: &str) -> bool {
     fence_regions(chunk, true).iter().all(|r| r.after_close != usize::MAX)
 }
 
+/// Whether every fence of `source` can be reopened within `limit`: the chunkers give up fence
+/// repair (and cut such a fence like plain text) when its marker lines would take more than
+/// half the limit (`reopen + close + 2 > limit / 2`), e.g. an opener line with a huge info
+/// string. Only sources without such a fence promise closed fences in every chunk.
+pub fn fences_repairable(source: &str, limit: usize, len: impl Fn(&str) -> usize) -> bool {
+    fence_regions(source, true).iter().all(|r| len(&r.reopen) + len(&r.close) + 2 <= limit / 2)
+}
+
+/// Whether `inner`'s characters all appear in `outer`, in order (nothing of `inner` lost).
+pub fn is_subsequence(inner: &str, outer: &str) -> bool {
+    let mut outer = outer.chars();
+    inner.chars().all(|c| outer.any(|o| o == c))
+}
+
 /// A reference for `strip_mention`, on chars rather than bytes: `text` without each
 /// `@username` (ASCII case-insensitive) that no username character (`A-Za-z0-9_`) follows.
 pub fn without_mentions(text: &str, username: &str) -> String {
