@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::render::{CutAt, classify_cut, fence_regions};
+use crate::render::{CutAt, classify_cut, fence_regions, invents_fence};
 
 /// `minChars`, `maxChars` and `idleMs` of §6.2. Lengths are UTF-16 code units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ impl BlockStreamer {
                     break;
                 }
                 let at = classify_cut(p + 1, p + 1, &regions);
-                if fits(p + 1, at) {
+                if fits(p + 1, at) && !invents_fence(buf, p + 1) {
                     chosen = Some((p + 1, at));
                     break;
                 }
@@ -226,7 +226,7 @@ impl BlockStreamer {
             let mut cut = window;
             while cut > 0 {
                 let at = classify_cut(cut, cut, &regions);
-                if fits(cut, at) {
+                if fits(cut, at) && !invents_fence(buf, cut) {
                     chosen = Some((cut, at));
                     break;
                 }
@@ -275,6 +275,21 @@ pub(crate) mod tests {
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_forced_cut_never_starts_a_block_with_a_fence() {
+        // Found by the streamer fuzz target (the force-split half of it).
+        let text = format!("{} ```x yy {}~~~~z", "a".repeat(45), "b ".repeat(20));
+        for max in 40..70 {
+            let mut s = streamer(10, max, 0);
+            let mut blocks = s.push(&text, Instant::now());
+            blocks.extend(s.finish());
+            for block in blocks {
+                let first = block.lines().next().unwrap_or_default();
+                assert!(crate::render::FenceOpen::parse(first).is_none(), "{max}: {block:?}");
+            }
+        }
     }
 
     #[test]

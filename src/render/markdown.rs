@@ -74,6 +74,21 @@ impl FenceOpen {
     }
 }
 
+/// Whether cutting `text` at byte `at`, in the middle of a line, would start the next message
+/// with what reads as a fence line (a cut just before a mid-line "```x"): each message is
+/// rendered from a line start, so the cut would invent a code block. Chunkers skip such cuts.
+pub(crate) fn invents_fence(text: &str, at: usize) -> bool {
+    let Some(rest) = text.get(at..) else { return false };
+    if at == 0 || text.as_bytes().get(at - 1) == Some(&b'\n') {
+        return false;
+    }
+    let body = rest.trim_start_matches([' ', '\t']);
+    if !(body.starts_with("```") || body.starts_with("~~~")) {
+        return false;
+    }
+    FenceOpen::parse(rest.split('\n').next().unwrap_or_default()).is_some()
+}
+
 /// Where one fenced block sits in a text, as byte offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FenceRegion {
