@@ -259,8 +259,10 @@ impl BlockStreamer {
 }
 
 fn emit(out: &mut Vec<String>, block: &str) {
-    let block = block.trim();
-    if !block.is_empty() {
+    // Only blank lines and indentation go at the start: trimming other whitespace (a vertical
+    // tab, say) could turn "\u{b}```x" into a fence opener the text never had.
+    let block = block.trim_end().trim_start_matches(['\n', '\r', ' ', '\t']);
+    if !block.trim().is_empty() {
         out.push(block.to_string());
     }
 }
@@ -290,6 +292,16 @@ pub(crate) mod tests {
                 assert!(crate::render::FenceOpen::parse(first).is_none(), "{max}: {block:?}");
             }
         }
+    }
+
+    #[test]
+    fn blocks_keep_leading_whitespace_that_is_not_indentation() {
+        // Found by the streamer fuzz target: trimming the vertical tab made a fence opener.
+        let t0 = Instant::now();
+        let mut s = streamer(5, 1000, 0);
+        let mut blocks = s.push("first paragraph\n\n\u{b}```rust\ncode", t0);
+        blocks.extend(s.finish());
+        assert_eq!(blocks, vec!["first paragraph", "\u{b}```rust\ncode"]);
     }
 
     #[test]
