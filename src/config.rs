@@ -896,7 +896,7 @@ fn get_duration(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<Duratio
 
 fn parse_duration_secs(text: &str) -> Option<u64> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = text.split_at_checked(split)?;
     let scale = match unit.trim() {
         "s" => 1,
         "m" => 60,

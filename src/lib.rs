@@ -6,6 +6,10 @@
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// Byte-offset slicing of a str panics off a char boundary, and our text is a stranger's: each
+// slice is a checked `get`, or carries a local allow with the reason it is on a boundary.
+#![deny(clippy::string_slice)]
+#![cfg_attr(test, allow(clippy::string_slice))]
 
 pub(crate) mod access_files;
 pub(crate) mod acp;
@@ -19,6 +23,8 @@ pub mod daemon;
 pub(crate) mod demo_agent;
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod health;
 pub mod journal;
 pub(crate) mod logging;
