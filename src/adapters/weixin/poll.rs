@@ -196,7 +196,9 @@ impl Poller {
         let mut tokens_changed = false;
         for raw in &updates.messages {
             let Some(message) = crate::adapters::contain(|| wire::parse_message(raw)) else {
-                log::warn!(target: self.target(), "skipped a message that could not be decoded: {}", preview(raw));
+                // Its id only: the text is a stranger's.
+                let id = raw.get("message_id").or_else(|| raw.get("seq")).map(|v| v.to_string()).unwrap_or_default();
+                log::warn!(target: self.target(), "skipped message {id}: it could not be decoded");
                 continue;
             };
             let Some(message) = message else { continue };
@@ -248,10 +250,6 @@ impl Poller {
             .unwrap_or(false);
         matches!(gate::check(&self.config, message, paired), Verdict::Pass)
     }
-}
-
-fn preview(value: &serde_json::Value) -> String {
-    value.to_string().chars().take(200).collect()
 }
 
 #[cfg(test)]
