@@ -545,6 +545,10 @@ impl Daemon {
                 let server = adapters::webchat::spawn_with_admin(channel, self.inbound_tx.clone(), out_rx, admin)?;
                 log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
                 println!("{}: web chat on {}", channel.name, server.url());
+                if let Some(token) = crate::adapters::admin::AdminSource::admin_token(&self.admin) {
+                    let url = crate::admin_token::admin_url(&server.url(), &token);
+                    println!("{}: admin page (keep this address private) on {url}", channel.name);
+                }
                 web = Some(server);
                 // Listening is this channel's "connected": say so now, not a tick later, so
                 // start shows no false "unhealthy" warning.

@@ -11,6 +11,7 @@ pub mod access_files;
 pub mod acp;
 pub mod adapters;
 pub mod admin_source;
+pub mod admin_token;
 pub mod backoff;
 pub mod cli;
 pub mod config;

@@ -2,8 +2,11 @@
 //! browser tab on [`crate::net::httpd`]; what browsers send becomes [`Inbound`], and
 //! [`Outbound`] goes to every open tab of the browser it is addressed to.
 //!
-//! Identity: each browser gets a random id in the `tether_sid` cookie (HttpOnly,
-//! SameSite=Strict), set with the page. It is the sender id and the chat id.
+//! Identity: each browser gets a random secret in the `tether_sid` cookie (HttpOnly,
+//! SameSite=Strict), set with the page. Its public id, the sender id and the chat id, is
+//! derived from that secret ([`browser_id`]), so the ids that show up in pairing lists, logs
+//! and the admin page cannot be turned back into a cookie: naming an id gets a browser
+//! neither that id's history nor its identity.
 //!
 //! Access: on a loopback `listen` without `token`, only requests whose `Host` is a loopback
 //! name are served (a web page elsewhere cannot reach the agent through DNS rebinding). With a
@@ -572,10 +575,10 @@ fn unauthorized() -> Response {
 }
 
 fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
-    if let Access::Answer(response) = check_access(&request, shared.token.as_deref()) {
-        return Reply::Respond(response);
+    if admin::is_admin_path(&request.path) {
+        return Reply::Respond(admin_request(shared, &request));
     }
-    if let Some(response) = shared.admin.as_deref().and_then(|admin| admin::handle(admin, &request)) {
+    if let Access::Answer(response) = check_access(&request, shared.token.as_deref()) {
         return Reply::Respond(response);
     }
     let readable = matches!(request.method.as_str(), "GET" | "HEAD");
@@ -588,6 +591,21 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
         _ => Response::text(404, "not found\n"),
     };
     Reply::Respond(response)
+}
+
+/// `/admin…`: its own credential (the admin token, checked by [`admin::handle`]); the chat's
+/// token neither grants nor is needed for it. Without a chat token, the `Host` rule still
+/// applies, so a rebinding page cannot even ask.
+fn admin_request(shared: &Shared, request: &Request) -> Response {
+    if shared.token.is_none()
+        && let Access::Answer(response) = check_access(request, None)
+    {
+        return response;
+    }
+    match shared.admin.as_deref().and_then(|admin| admin::handle(admin, request)) {
+        Some(response) => response,
+        None => Response::text(404, "not found\n"),
+    }
 }
 
 /// The chat page, setting the browser's id cookie when it has none.
@@ -611,7 +629,7 @@ fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
     if !is_same_origin(request) {
         return Reply::Respond(Response::text(403, "cross-origin WebSocket refused\n"));
     }
-    let Some(sid) = request.cookie(SID_COOKIE).filter(|s| is_valid_sid(s)).map(str::to_string) else {
+    let Some(sid) = request.cookie(SID_COOKIE).filter(|s| is_valid_sid(s)).map(browser_id) else {
         return Reply::Respond(Response::text(403, "no browser id: open the chat page first (it sets a cookie)\n"));
     };
     match httpd::websocket_upgrade(request) {
@@ -663,7 +681,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Browser ids are 32 lowercase hex digits; anything else is ignored (it also names a
+/// The public id of the browser whose cookie holds `secret`: 32 hex digits of
+/// SHA-1("tether-webchat-browser:" + secret). One-way, so an id (which many can see) never
+/// gives the secret (which only the browser holds).
+fn browser_id(secret: &str) -> String {
+    use sha1::Digest;
+    let digest = sha1::Sha1::new().chain_update(b"tether-webchat-browser:").chain_update(secret.as_bytes()).finalize();
+    hex(&digest[..16])
+}
+
+/// Browser secrets and ids are 32 lowercase hex digits; anything else is ignored (it also names a
 /// directory, so it must never carry a path).
 fn is_valid_sid(sid: &str) -> bool {
     sid.len() == 32 && sid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -1429,9 +1456,9 @@ mod tests {
         send_json(&mut ws, serde_json::json!({"type": "message", "text": "hello agent"}));
         let m = chat.next_message();
         assert_eq!(m.channel, "web");
-        assert_eq!(m.sender_id, sid);
-        assert_eq!(m.chat_id, sid);
-        assert_eq!(m.sender_name, format!("web-{}", &sid[..6]));
+        assert_eq!(m.sender_id, browser_id(&sid));
+        assert_eq!(m.chat_id, browser_id(&sid));
+        assert_eq!(m.sender_name, format!("web-{}", &browser_id(&sid)[..6]));
         assert_eq!(m.text, "hello agent");
         assert!(m.is_mentioned && !m.is_group && m.thread_id.is_none());
         assert!(m.attachments.is_empty());
@@ -1450,6 +1477,26 @@ mod tests {
     }
 
     #[test]
+    fn naming_another_browsers_id_gets_neither_its_history_nor_its_identity() {
+        let chat = Chat::start(None);
+        let secret = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={secret}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "private words"}));
+        let victim = chat.next_message().sender_id;
+        assert_ne!(victim, secret, "the public id is not the cookie");
+
+        // Someone who learned the id (pairing list, log, admin page) presents it as a cookie.
+        let mut thief = chat.socket(&format!("{SID_COOKIE}={victim}"));
+        let history = next_frame(&mut thief);
+        assert_eq!(history["messages"], serde_json::json!([]), "no history of the victim's");
+        send_json(&mut thief, serde_json::json!({"type": "message", "text": "approve me"}));
+        let theirs = chat.next_message();
+        assert_ne!(theirs.sender_id, victim, "not the victim's identity");
+        assert_ne!(theirs.chat_id, victim);
+    }
+
+    #[test]
     fn draft_typing_and_text_arrive_in_order_in_every_tab() {
         let chat = Chat::start(None);
         let sid = chat.new_browser();
@@ -1461,16 +1508,24 @@ mod tests {
         for ws in [&mut tab1, &mut tab2, &mut stranger] {
             assert_eq!(next_frame(ws)["type"], "history");
         }
-        chat.send(Outbound::Typing { chat: chat_ref(&sid) });
-        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "Hel".into() });
+        chat.send(Outbound::Typing { chat: chat_ref(&browser_id(&sid)) });
+        chat.send(Outbound::Draft { chat: chat_ref(&browser_id(&sid)), text: "Hel".into() });
         chat.send(Outbound::Text {
-            chat: ChatRef { channel: "other-channel".into(), ..chat_ref(&sid) },
+            chat: ChatRef { channel: "other-channel".into(), ..chat_ref(&browser_id(&sid)) },
             text: "not for this channel".into(),
             answers: vec![],
         });
-        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "Hello".into() });
-        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "Hello, **world**".into(), answers: vec![] });
-        chat.send(Outbound::Text { chat: chat_ref(&other), text: "for the other one".into(), answers: vec![] });
+        chat.send(Outbound::Draft { chat: chat_ref(&browser_id(&sid)), text: "Hello".into() });
+        chat.send(Outbound::Text {
+            chat: chat_ref(&browser_id(&sid)),
+            text: "Hello, **world**".into(),
+            answers: vec![],
+        });
+        chat.send(Outbound::Text {
+            chat: chat_ref(&browser_id(&other)),
+            text: "for the other one".into(),
+            answers: vec![],
+        });
         for ws in [&mut tab1, &mut tab2] {
             assert_eq!(next_frame(ws), serde_json::json!({"type": "typing"}));
             assert_eq!(next_frame(ws), serde_json::json!({"type": "draft", "text": "Hel"}));
@@ -1494,9 +1549,9 @@ mod tests {
         send_json(&mut ws, serde_json::json!({"type": "message", "text": "question"}));
         assert_eq!(chat.next_message().text, "question");
         assert_eq!(next_frame(&mut ws)["from"], "you");
-        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "answer".into(), answers: vec![] });
+        chat.send(Outbound::Text { chat: chat_ref(&browser_id(&sid)), text: "answer".into(), answers: vec![] });
         assert_eq!(next_frame(&mut ws)["text"], "answer");
-        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "more…".into() });
+        chat.send(Outbound::Draft { chat: chat_ref(&browser_id(&sid)), text: "more…".into() });
         assert_eq!(next_frame(&mut ws)["type"], "draft");
         ws.close(None).unwrap();
         drop(ws);
@@ -1530,7 +1585,7 @@ mod tests {
         assert_eq!(a.kind, AttachmentKind::Image);
         assert_eq!(a.file_name, "shot.png");
         assert_eq!(a.mime_type, "image/png");
-        assert_eq!(a.path, chat.uploads.join(&sid).join("shot.png"));
+        assert_eq!(a.path, chat.uploads.join(browser_id(&sid)).join("shot.png"));
         assert_eq!(std::fs::read(&a.path).unwrap(), png);
         let echo = next_frame(&mut ws);
         assert_eq!(echo["file"], "shot.png");
@@ -1546,7 +1601,7 @@ mod tests {
         assert_eq!(a.kind, AttachmentKind::File);
         assert_eq!(a.file_name, "1-shot.png");
         assert_eq!(std::fs::read(&a.path).unwrap(), b"%PDF");
-        assert_eq!(std::fs::read(chat.uploads.join(&sid).join("shot.png")).unwrap(), png);
+        assert_eq!(std::fs::read(chat.uploads.join(browser_id(&sid)).join("shot.png")).unwrap(), png);
         assert_eq!(next_frame(&mut ws)["type"], "message");
 
         // Too big, or not base64: an error frame, nothing saved, nothing to the core.
@@ -1566,7 +1621,7 @@ mod tests {
         );
         assert_eq!(next_frame(&mut ws)["type"], "error");
         chat.assert_no_message();
-        assert!(!chat.uploads.join(&sid).join("big.bin").exists());
+        assert!(!chat.uploads.join(browser_id(&sid)).join("big.bin").exists());
     }
 
     #[test]

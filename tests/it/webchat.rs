@@ -46,6 +46,8 @@ impl Demo {
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_else(|| panic!("no URL in {url_line:?}"))
             .to_string();
+        let admin_line = rx.recv_timeout(Duration::from_secs(20)).expect("tether demo printed no admin URL");
+        assert!(admin_line.contains(&format!("http://{addr}/admin?admin_token=")), "{admin_line}");
         Demo { child, addr, first_line }
     }
 
@@ -187,11 +189,22 @@ fn permission_questions_have_buttons_in_the_web_chat() {
 
 /// A raw HTTP request to `addr`; returns (status code, body).
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, body, "")
+}
+
+/// [`http`] as the operator: with the admin token of `home`.
+fn admin_http(home: &TempDir, addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let token = std::fs::read_to_string(home.path().join("admin-token")).expect("an admin token in the home");
+    http_with(addr, method, path, body, &format!("Authorization: Bearer {}\r\n", token.trim()))
+}
+
+/// [`http`] with extra header lines (each ending in CRLF).
+fn http_with(addr: &str, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -224,24 +237,25 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     // Listening is the web chat's health: never reported unhealthy at start.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!service.log().contains("web: channel is unhealthy"), "{}", service.log());
-    let (status, page) = http(&addr, "GET", "/admin", "");
+    let (status, page) = admin_http(&home, &addr, "GET", "/admin", "");
     assert_eq!(status, 200);
     assert!(page.contains("tether admin"));
 
     fake.send_dm(555, "let me in");
     let reply = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
     let code = reply.split("Your pairing code is: ").nth(1).map(|r| r[..8].to_string()).expect("a code");
-    let state = || serde_json::from_str::<Value>(&http(&addr, "GET", "/admin/api/state", "").1).unwrap();
-    assert_eq!(state()["pairing"][0]["pending"][0]["code"], code.as_str(), "{}", state());
+    let state = || serde_json::from_str::<Value>(&admin_http(&home, &addr, "GET", "/admin/api/state", "").1).unwrap();
+    assert_eq!(state()["pairing"][0]["pending"][0]["senderId"], "555", "{}", state());
+    assert!(!state().to_string().contains(&code), "the page never shows codes: {}", state());
 
     let approve = json!({"action": "approve", "channel": "phone", "code": code}).to_string();
-    let (status, body) = http(&addr, "POST", "/admin/api/action", &approve);
+    let (status, body) = admin_http(&home, &addr, "POST", "/admin/api/action", &approve);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Approved"), "{body}");
     let paired = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
     assert!(paired.contains("paired"), "{paired}");
     assert_eq!(state()["pairing"][0]["approved"], json!(["555"]));
-    let (status, _) = http(&addr, "POST", "/admin/api/action", &approve);
+    let (status, _) = admin_http(&home, &addr, "POST", "/admin/api/action", &approve);
     assert_eq!(status, 409, "the code is used up");
 
     // A conversation shows as a session, and clearing it tells the chat.
@@ -254,7 +268,7 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     );
     let key = state()["sessions"][0]["key"].as_str().unwrap().to_string();
     let clear = json!({"action": "clear_session", "key": key}).to_string();
-    assert_eq!(http(&addr, "POST", "/admin/api/action", &clear).0, 200);
+    assert_eq!(admin_http(&home, &addr, "POST", "/admin/api/action", &clear).0, 200);
     let notice = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
     assert!(notice.contains("operator cleared"), "{notice}");
     assert!(
@@ -264,4 +278,67 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     );
     let channels = state()["channels"].clone();
     assert!(channels.as_array().unwrap().iter().any(|c| c["name"] == "phone" && c["connected"] == true), "{channels}");
+}
+
+/// The admin page is not the chat: a chat client (loopback, or holding the chat's token) can
+/// neither read nor act; only the admin token of the home can.
+#[test]
+fn admin_actions_need_the_admin_token_not_the_chat_token_or_loopback() {
+    use crate::support::fake_telegram::{FakeTelegram, TOKEN};
+    use crate::support::{Service, demo_agent};
+
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("admin-token");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {
+            "phone": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "senderPolicy": "pairing"},
+            "web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open", "token": "chat-secret-1234"},
+        }
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    let token = std::fs::read_to_string(home.path().join("admin-token")).unwrap().trim().to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.path().join("admin-token")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    fake.send_dm(777, "let me in");
+    let reply = fake.next_text_to(777, Duration::from_secs(20)).unwrap_or_default();
+    let code = reply.split("Your pairing code is: ").nth(1).map(|r| r[..8].to_string()).expect("a code");
+    let approve = json!({"action": "approve", "channel": "phone", "code": code}).to_string();
+    let chat_bearer = "Authorization: Bearer chat-secret-1234\r\n";
+    let chat_cookie = format!(
+        "Cookie: tether_token={}\r\n",
+        "chat-secret-1234".bytes().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    for headers in ["", chat_bearer, chat_cookie.as_str()] {
+        for (method, path, body) in
+            [("GET", "/admin", ""), ("GET", "/admin/api/state", ""), ("POST", "/admin/api/action", approve.as_str())]
+        {
+            let (status, text) = http_with(&addr, method, path, body, headers);
+            assert_eq!(status, 401, "{method} {path} with {headers:?}: {text}");
+            assert!(!text.contains(&code), "{text}");
+        }
+    }
+    // Nobody was approved by those.
+    let allowed = std::fs::read_to_string(home.path().join("phone-allowlist.json")).unwrap_or_default();
+    assert!(!allowed.contains("777"), "{allowed}");
+
+    // The URL with the admin token sets its cookie and sends to the fixed admin path.
+    let (status, _) = http(&addr, "GET", &format!("/admin?admin_token={token}"), "");
+    assert_eq!(status, 303);
+    let (status, body) = admin_http(&home, &addr, "POST", "/admin/api/action", &approve);
+    assert_eq!(status, 200, "{body}");
+    assert!(fake.next_text_to(777, Duration::from_secs(20)).unwrap_or_default().contains("paired"));
+
+    // `tether admin-url` prints the same address with the token.
+    let out = crate::support::run_tether(&["admin-url"], home.path());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(&format!("/admin?admin_token={token}")), "{printed}");
 }
