@@ -46,6 +46,8 @@ pub struct Waiting {
     /// The text for the agent: quote, text, attachment lines (`prompt::message_body`).
     pub body: String,
     pub how: Waits,
+    /// Who wrote it: the person whose message starts the work decides its permissions.
+    pub sender: String,
 }
 
 /// How a waiting message joins a turn.
@@ -100,6 +102,10 @@ pub struct Turn {
     pub streamed: bool,
     /// Tool calls shown as status lines (`showToolCalls: "brief"`): (tool call id, title).
     pub tools: Vec<(String, String)>,
+    /// The senders of the messages this turn answers (who may answer its permission requests).
+    pub senders: Vec<String>,
+    /// Permission requests this turn has asked the chat (a flood is refused past a cap).
+    pub permission_asks: usize,
 }
 
 impl Turn {
@@ -115,12 +121,20 @@ impl Turn {
     }
 }
 
+/// Where a turn's answer goes, what it answers and who wrote that.
+struct Started {
+    chat: ChatRef,
+    message_ids: Vec<MessageRef>,
+    senders: Vec<String>,
+}
+
 /// A turn the agent lost by crashing, to run again once the session is back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {
     pub chat: ChatRef,
     pub message_ids: Vec<MessageRef>,
     pub text: String,
+    pub senders: Vec<String>,
 }
 
 /// One conversation.
@@ -219,7 +233,8 @@ impl Session {
         let (Some(session_id), None) = (self.id.clone(), &self.turn) else { return };
         if let Some(retry) = self.retry.take() {
             self.instructed = true;
-            self.begin(session_id, retry.chat, retry.message_ids, retry.text, true, settings, now, actions);
+            let started = Started { chat: retry.chat, message_ids: retry.message_ids, senders: retry.senders };
+            self.begin(session_id, started, retry.text, true, settings, now, actions);
             return;
         }
         let instructions = settings.instructions;
@@ -234,22 +249,28 @@ impl Session {
         let instructions = if self.instructed { None } else { instructions };
         self.instructed = true;
         let text = prompt::compose(note, instructions, &body);
+        let mut senders: Vec<String> = Vec::new();
+        for sender in batch.iter().map(|w| &w.sender) {
+            if !senders.contains(sender) {
+                senders.push(sender.clone());
+            }
+        }
         let message_ids = batch.into_iter().flat_map(|w| w.message_ids).collect();
-        self.begin(session_id, chat, message_ids, text, false, settings, now, actions);
+        self.begin(session_id, Started { chat, message_ids, senders }, text, false, settings, now, actions);
     }
 
     #[allow(clippy::too_many_arguments)] // The parts of one turn, each from a different place.
     fn begin(
         &mut self,
         session_id: String,
-        chat: ChatRef,
-        message_ids: Vec<MessageRef>,
+        started: Started,
         text: String,
         retried: bool,
         settings: TurnSettings<'_>,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        let Started { chat, message_ids, senders } = started;
         actions.push(Action::Send(Outbound::Typing { chat: chat.clone() }));
         let request = AgentRequest::Prompt { session_id, text: text.clone() };
         actions.push(Action::Agent { agent: self.agent.clone(), request });
@@ -265,6 +286,8 @@ impl Session {
             stream: settings.block_stream.map(BlockStreamer::new),
             streamed: false,
             tools: Vec::new(),
+            senders,
+            permission_asks: 0,
         });
     }
 
