@@ -288,6 +288,10 @@ impl Daemon {
                 if let Some(channel) = self.channels.get(&message.channel) {
                     channel.probe.received();
                 }
+                // A sender approved since the last poll is approved for this very message.
+                for event in self.access.refresh(&message.channel) {
+                    self.handle(event);
+                }
                 let journal = self.journals.get(&message.channel).cloned();
                 if let (Some(journal), Some(reference)) = (journal, message.reference()) {
                     let max_age = self.config.channels.get(&message.channel).map(|c| c.max_backlog_age);

@@ -425,3 +425,28 @@ fn start_welcomes_the_allowed_and_says_nothing_to_strangers_under_allowlist() {
     assert_eq!(s.fake.texts_to(901), Vec::<String>::new());
     s.assert_agent_never_saw(&["/start"]);
 }
+
+/// A message sent right after `tether pairing approve` returns is answered, not dropped as a
+/// pending stranger's (the service re-reads the pairing files before it decides).
+#[test]
+fn a_message_right_after_approve_is_answered() {
+    let s = Setup::start("pair-first-try", pairing_channel());
+    for (n, user) in [556, 557, 558].into_iter().enumerate() {
+        s.fake.send_dm(user, "hello?");
+        let code = code_in(&s.fake.next_text_to(user, WAIT).unwrap_or_default());
+        let approve = s.pairing(&["approve", "phone", &code]);
+        assert_eq!(approve.status.code(), Some(0), "{}", stderr(&approve));
+        let text = format!("right away {n}");
+        s.fake.send_dm(user, &text);
+        let expected = format!("echo: {text}");
+        let mut texts = Vec::new();
+        while let Some(t) = s.fake.next_text_to(user, Duration::from_secs(10)) {
+            let done = t == expected;
+            texts.push(t);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(texts.last(), Some(&expected), "user {user}: {texts:?}\nlog:\n{}", s.service.log());
+    }
+}
