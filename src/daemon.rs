@@ -546,7 +546,8 @@ impl Daemon {
                 // Not journaled: a browser's message is in the page's history, and the page
                 // says when tether did not take it.
                 let admin = Arc::new(self.admin.clone());
-                let server = adapters::webchat::spawn_with_admin(channel, self.inbound_tx.clone(), out_rx, admin)?;
+                let server =
+                    adapters::webchat::spawn_in_home(channel, self.inbound_tx.clone(), out_rx, admin, &self.home)?;
                 log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
                 println!("{}: web chat on {}", channel.name, server.url());
                 if let Some(token) = crate::adapters::admin::AdminSource::admin_token(&self.admin) {

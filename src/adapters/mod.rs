@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod pacing;
 pub mod telegram;
+pub mod uploads;
 pub mod webchat;

@@ -342,3 +342,43 @@ fn admin_actions_need_the_admin_token_not_the_chat_token_or_loopback() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains(&format!("/admin?admin_token={token}")), "{printed}");
 }
+
+/// 200 slow unauthenticated connections from one address (IPv4 loopback) while the token
+/// holder comes from another (IPv6 loopback, the listener is dual-stack): the token holder is
+/// still served, and the refusals cost one log line, not hundreds.
+#[test]
+fn slow_strangers_do_not_lock_out_the_token_holder() {
+    use crate::support::{Service, demo_agent};
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return; // No IPv6 loopback on this machine: two client addresses cannot be made.
+    }
+    let home = TempDir::new("slow-strangers");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {"web": {"type": "webchat", "listen": "[::]:0", "senderPolicy": "open", "token": "holder-secret-99"}}
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let port: u16 = log
+        .split("web chat on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|hostport| hostport.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {log}"));
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+            slow.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let holder = format!("[::1]:{port}");
+    let (status, body) = http_with(&holder, "GET", "/healthz", "", "Authorization: Bearer holder-secret-99\r\n");
+    assert_eq!(status, 200, "the token holder was locked out: {body}");
+    drop(slow);
+    let refused: Vec<String> = service.log().lines().filter(|l| l.contains("refused")).map(String::from).collect();
+    assert!(refused.len() <= 1, "{} refusal lines: {refused:?}", refused.len());
+}
