@@ -467,8 +467,10 @@ impl Core {
                         actions.push(say(&turn.chat, block));
                     }
                 }
-                // Channels that can show an answer as it grows get every draft.
-                if self.channels.get(&session.chat.channel).is_some_and(|c| c.kind == ChannelKind::Webchat) {
+                // Channels that can show an answer as it grows get drafts, coalesced in time.
+                if self.channels.get(&session.chat.channel).is_some_and(|c| c.kind == ChannelKind::Webchat)
+                    && turn.draft_now(now)
+                {
                     actions
                         .push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
                 }
@@ -633,6 +635,9 @@ impl Core {
             if turn.typing_due <= now {
                 turn.typing_due = now + TYPING_REFRESH;
                 actions.push(Action::Send(Outbound::Typing { chat: turn.chat.clone() }));
+            }
+            if turn.draft_due_now(now) {
+                actions.push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
             }
         }
         wedged.sort();

@@ -33,6 +33,8 @@ use crate::streamer::{BlockStreamConfig, BlockStreamer};
 pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
 /// How long a cancelled turn may take to end before the session is given up as wedged.
 pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// Drafts of a growing answer go out at most this often.
+pub const DRAFT_EVERY: Duration = Duration::from_millis(100);
 /// Messages that may wait for one session's next turn.
 pub const MAX_WAITING: usize = 50;
 
@@ -106,6 +108,10 @@ pub struct Turn {
     pub senders: Vec<String>,
     /// Permission requests this turn has asked the chat (a flood is refused past a cap).
     pub permission_asks: usize,
+    /// When the last draft (the answer so far, for live-draft channels) went out.
+    pub draft_sent: Option<Instant>,
+    /// A newer draft waits until then (chunks in between are coalesced into it).
+    pub draft_due: Option<Instant>,
 }
 
 impl Turn {
@@ -113,11 +119,42 @@ impl Turn {
     /// cancel wait.
     pub fn deadline(&self) -> Instant {
         let stream = self.stream.as_ref().and_then(BlockStreamer::next_deadline);
-        match &self.cancel {
+        let deadline = match &self.cancel {
             None => self.typing_due.min(self.timeout_at).min(stream.unwrap_or(self.timeout_at)),
             Some(c) if c.cause == CancelCause::Steer => self.typing_due.min(c.deadline),
             Some(c) => c.deadline,
+        };
+        match self.draft_due {
+            Some(due) if self.cancel.is_none() => deadline.min(due),
+            _ => deadline,
         }
+    }
+
+    /// A chunk arrived: `true` to send the draft now. Else it is due at most [`DRAFT_EVERY`]
+    /// after the last one, so a fast-streaming agent does not have the whole answer copied
+    /// for every chunk (quadratic in the answer's length).
+    pub fn draft_now(&mut self, now: Instant) -> bool {
+        match self.draft_sent {
+            Some(sent) if now < sent + DRAFT_EVERY => {
+                self.draft_due = Some(sent + DRAFT_EVERY);
+                false
+            }
+            _ => {
+                self.draft_sent = Some(now);
+                self.draft_due = None;
+                true
+            }
+        }
+    }
+
+    /// The clock ticked: `true` when a coalesced draft is due now.
+    pub fn draft_due_now(&mut self, now: Instant) -> bool {
+        if self.draft_due.is_some_and(|due| due <= now) {
+            self.draft_sent = Some(now);
+            self.draft_due = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -288,6 +325,8 @@ impl Session {
             tools: Vec::new(),
             senders,
             permission_asks: 0,
+            draft_sent: None,
+            draft_due: None,
         });
     }
 

@@ -131,7 +131,8 @@ fn demo_serves_the_page_and_answers_with_the_built_in_agent() {
         }
     };
     assert_eq!(answer, "echo: hello from the browser");
-    assert!(drafts >= 2, "the answer streamed as drafts ({drafts})");
+    // Drafts are coalesced (one per 100 ms at most): a short answer may show as one.
+    assert!(drafts >= 1, "the answer streamed as drafts ({drafts})");
 
     // A reload gets the conversation back.
     let mut again = demo.socket(&cookie);
