@@ -37,7 +37,10 @@ impl DaemonAdmin {
     /// The admin of the service in `home`; makes the admin token there on first start.
     pub fn new(home: PathBuf, inbound: Sender<Inbound>) -> DaemonAdmin {
         let token = match crate::admin_token::load_or_create(&home) {
-            Ok(token) => Some(token),
+            Ok(token) => {
+                crate::redact::register(&token);
+                Some(token)
+            }
             Err(e) => {
                 log::warn!(target: "tether", "{e}; the admin page stays off");
                 None

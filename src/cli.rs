@@ -194,6 +194,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         Command::Demo { listen } => {
             crate::logging::init(opts.verbose);
             let (config, agent) = demo_config(opts, &listen)?;
+            crate::redact::register_config(&config);
             println!("tether demo: talking to {agent}");
             // The demo's one channel is open: no pairing files, so any home will do. It is not
             // the service: no pid file, no status.json, no config to reload.
@@ -224,12 +225,13 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             let log_file = log_file.map(|path| crate::service::LogFile::open(&path)).transpose()?;
             crate::logging::init_to(opts.verbose, log_file.as_ref().map(|f| Box::new(f.writer()) as Box<_>));
             let config = load_config(opts)?;
+            crate::redact::register_config(&config);
             log::info!(target: "tether", "tether {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
             let reload_opts = opts.clone();
             let options = crate::daemon::Options {
                 home: home_dir(opts)?,
                 only: channels,
-                reload: Some(Box::new(move || load_config(&reload_opts))),
+                reload: Some(Box::new(move || load_config(&reload_opts).inspect(crate::redact::register_config))),
                 log_file,
                 as_service: true,
             };

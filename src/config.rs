@@ -166,14 +166,14 @@ impl Secret {
         &self.value
     }
 
-    /// For `tether check`: up to the first 4 characters and a length, never the whole value
-    /// (a short value shows at most a third of itself).
+    /// For `tether check`: where it comes from and its length, none of its characters (a
+    /// Telegram token's first characters are the bot's public id, but other secrets' are not,
+    /// and a shared terminal or pasted output should show nothing of any).
     pub fn masked(&self) -> String {
         let count = self.value.chars().count();
-        let head: String = self.value.chars().take((count / 3).min(4)).collect();
         match &self.from_env {
-            Some(name) => format!("${name} ({head}…, {count} chars)"),
-            None => format!("{head}… ({count} chars)"),
+            Some(name) => format!("${name} (set, {count} chars)"),
+            None => format!("*** ({count} chars)"),
         }
     }
 }
@@ -1869,19 +1869,19 @@ mod tests {
     fn secrets_never_print_whole() {
         let secret_value = "123456:ABCdefGHIjklMNOpqr";
         let cases = [
-            (Secret::new(secret_value.into(), None), "1234… (25 chars)"),
+            (Secret::new(secret_value.into(), None), "*** (25 chars)"),
             (
                 Secret::new(secret_value.into(), Some("TELEGRAM_BOT_TOKEN".into())),
-                "$TELEGRAM_BOT_TOKEN (1234…, 25 chars)",
+                "$TELEGRAM_BOT_TOKEN (set, 25 chars)",
             ),
-            (Secret::new("abcdefgh".into(), None), "ab… (8 chars)"),
-            (Secret::new("abcd".into(), None), "a… (4 chars)"),
-            (Secret::new("ab".into(), None), "… (2 chars)"),
-            (Secret::new("é".into(), Some("E".into())), "$E (…, 1 chars)"),
+            (Secret::new("abcdefgh".into(), None), "*** (8 chars)"),
+            (Secret::new("é".into(), Some("E".into())), "$E (set, 1 chars)"),
         ];
         for (secret, masked) in cases {
             assert_eq!(secret.masked(), masked);
             assert!(!secret.masked().contains(secret.expose()), "{masked}");
+            let head: String = secret.expose().chars().take(2).collect();
+            assert!(!secret.masked().contains(&head), "no first characters: {masked}");
             assert_eq!(format!("{secret:?}"), "Secret(***)");
         }
         // Neither Debug of a whole config nor an error shows the value.

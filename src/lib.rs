@@ -25,6 +25,7 @@ pub mod journal;
 pub mod logging;
 pub mod net;
 pub mod pairing_cli;
+pub mod redact;
 pub mod render;
 pub mod service;
 pub mod store;

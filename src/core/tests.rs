@@ -1299,6 +1299,6 @@ fn drafts_are_coalesced_not_copied_per_chunk() {
     let end = t0 + Duration::from_secs(1);
     count(core.handle(Event::Tick, end + crate::core::session::DRAFT_EVERY));
     eprintln!("40,000 chunks in 1 s: {drafts} drafts, {draft_bytes} bytes copied into them");
-    assert!(drafts <= 10, "{drafts} drafts");
+    assert!(drafts <= 12, "{drafts} drafts");
     assert!(draft_bytes < 400_000, "{draft_bytes} bytes copied");
 }

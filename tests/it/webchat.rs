@@ -383,3 +383,49 @@ fn slow_strangers_do_not_lock_out_the_token_holder() {
     let refused: Vec<String> = service.log().lines().filter(|l| l.contains("refused")).map(String::from).collect();
     assert!(refused.len() <= 1, "{} refusal lines: {refused:?}", refused.len());
 }
+
+/// A 502 whose body echoes the bot token: the token reaches neither the log, nor
+/// status.json, nor `tether status`, nor the admin page's state.
+#[test]
+fn an_upstream_error_echoing_the_token_is_redacted_everywhere() {
+    use crate::support::fake_telegram::{FakeTelegram, Fault, TOKEN};
+    use crate::support::{Service, demo_agent, read_status, wait_until};
+
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("redact");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {
+            "phone": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "allowedUsers": ["111"]},
+            "web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open"},
+        }
+    }));
+    let echo = json!({"ok": false, "error_code": 502, "description": format!("Bad Gateway: no upstream for /bot{TOKEN}/getUpdates")});
+    fake.fail_all("getUpdates", Some(Fault::Status(502, echo)));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || read_status(home.path())
+            .is_some_and(|s| s.to_string().contains("no upstream for"))),
+        "the error never reached status.json: {:?}\nlog:\n{}",
+        read_status(home.path()),
+        service.log()
+    );
+    let secret_half = TOKEN.split_once(':').unwrap().1;
+    let status_json = read_status(home.path()).unwrap().to_string();
+    let status_text =
+        String::from_utf8_lossy(&crate::support::run_tether(&["status"], home.path()).stdout).into_owned();
+    let admin_state = admin_http(&home, &addr, "GET", "/admin/api/state", "").1;
+    assert!(admin_state.contains("no upstream for"), "{admin_state}");
+    for (place, text) in [
+        ("log", service.log()),
+        ("status.json", status_json),
+        ("tether status", status_text),
+        ("admin state", admin_state),
+    ] {
+        assert!(!text.contains(TOKEN) && !text.contains(secret_half), "the token is in the {place}:\n{text}");
+    }
+    fake.fail_all("getUpdates", None);
+}
