@@ -38,6 +38,11 @@ pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
     /// `startupTimeoutMs`, default 30 s: spawn to `initialize` answered.
     pub startup_timeout: Duration,
+    /// `user`: run the agent as this user (name or uid; tether must run as root). `None`:
+    /// as tether's own user.
+    pub user: Option<String>,
+    /// `group`: with `user`, the group to run as (default: the user's own).
+    pub group: Option<String>,
 }
 
 /// The platform a channel talks to (`type`).
@@ -483,6 +488,13 @@ fn parse_agent(obj: &Object, at: Place<'_>, command_required: bool) -> Result<Ag
         args: get_string_array(obj, "args", at)?.unwrap_or(default_args),
         env: get_string_map(obj, "env", at)?,
         startup_timeout: millis(get_positive(obj, "startupTimeoutMs", at)?, DEFAULT_STARTUP_TIMEOUT_MS),
+        user: get_string(obj, "user", at)?,
+        group: match (get_string(obj, "group", at)?, obj.contains_key("user")) {
+            (Some(_), false) => {
+                return Err(at.error("group", "needs \"user\" too: the agent runs as that user, in this group"));
+            }
+            (group, _) => group,
+        },
     })
 }
 
@@ -1029,6 +1041,8 @@ mod tests {
                 args: vec!["--acp".into()],
                 env: BTreeMap::new(),
                 startup_timeout: Duration::from_secs(30),
+                user: None,
+                group: None,
             }
         );
         assert_eq!(config.agents["gemini"].command, "gemini");
@@ -1133,6 +1147,8 @@ mod tests {
                     args: vec!["--acp".into()],
                     env: BTreeMap::new(),
                     startup_timeout: Duration::from_millis(30_000),
+                    user: None,
+                    group: None,
                 }
             )])
         );
@@ -1424,6 +1440,10 @@ mod tests {
             (
                 r#"{"agents": {"gemini": "gemini"}}"#.into(),
                 format!(r#"{p}: key "agents.gemini": expected an object, found string "gemini""#),
+            ),
+            (
+                r#"{"agent": {"group": "agents"}}"#.into(),
+                format!(r#"{p}: key "agent.group": needs "user" too: the agent runs as that user, in this group"#),
             ),
             (
                 r#"{"agent": {"args": "--acp"}}"#.into(),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
 use crate::acp::connection::Connection;
+use crate::acp::identity::RunAs;
 use crate::error::Error;
 use crate::event::{AgentEvent, AgentRequest};
 
@@ -31,6 +32,8 @@ pub struct AgentSpec {
     pub scrub_values: Vec<String>,
     pub cwd: PathBuf,
     pub startup_timeout: Duration,
+    /// Run as this user and group (`agent.user`); `None`: as tether's own user.
+    pub run_as: Option<RunAs>,
 }
 
 /// The core's side of a running agent.
@@ -73,8 +76,20 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     for name in &spec.scrub_names {
         cmd.env_remove(name);
     }
+    #[cfg(unix)]
+    if let Some(run_as) = &spec.run_as {
+        use std::os::unix::process::CommandExt;
+        // std also drops the supplementary groups (setgroups) when tether runs as root.
+        cmd.uid(run_as.uid).gid(run_as.gid);
+    }
     let mut child = cmd.spawn().map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+        let hint = if let (Some(run_as), std::io::ErrorKind::PermissionDenied) = (&spec.run_as, e.kind()) {
+            &*format!(
+                "running it as user \"{}\" (agent.user) needs tether to run as root, and the user to be \
+                 allowed to run the command and enter the current directory",
+                run_as.user
+            )
+        } else if e.kind() == std::io::ErrorKind::NotFound {
             "is it installed and on PATH? Set agent.command in the config, or run `tether demo` to try the built-in demo agent"
         } else {
             "check agent.command and agent.args in the config"

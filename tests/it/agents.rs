@@ -288,3 +288,35 @@ fn a_flood_of_stderr_is_rate_limited_and_stripped() {
     assert!(spoofed <= 200, "{spoofed} stderr lines logged");
     assert!(!log.contains('\u{1b}') && !log.contains("\r"), "raw control characters in the log");
 }
+
+/// tether started as root with `agent.user` runs the agent as that user, without root's
+/// groups: it cannot read tether's config or `/proc/<tether pid>/environ`, and still answers.
+/// (Skipped when the tests do not run as root.)
+#[test]
+fn agent_user_runs_the_agent_unprivileged() {
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+    let has_nobody = std::fs::read_to_string("/etc/passwd").is_ok_and(|p| p.lines().any(|l| l.starts_with("nobody:")));
+    if !is_root || !has_nobody {
+        return;
+    }
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("agent-user");
+    let config = home.path().join("config.json");
+    let script = format!(
+        "echo \"agent uid $(id -u) groups $(id -G)\" >&2; \
+         cat '{}' >/dev/null 2>&1 && echo 'agent READ the config' >&2; \
+         cat /proc/$PPID/environ >/dev/null 2>&1 && echo 'agent READ the environ' >&2; \
+         exec '{}' demo-agent",
+        config.display(),
+        crate::support::tether_bin()
+    );
+    let agent = json!({"command": "sh", "args": ["-c", script], "user": "nobody"});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "who are you?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: who are you?"), "log:\n{}", service.log());
+    let log = service.log();
+    assert!(log.contains("agent uid 65534 groups 65534"), "{log}");
+    assert!(!log.contains("default: agent READ"), "{log}");
+}
