@@ -658,8 +658,12 @@ fn check_access(request: &Request, token: Option<&str>) -> Access {
         if !constant_time_eq(offered.as_bytes(), token.as_bytes()) {
             return Access::Answer(unauthorized());
         }
-        // Never redirect to `//host`: that would leave this server.
-        let location = if request.path.starts_with("//") { "/" } else { request.path.as_str() };
+        // A fixed path, never one taken from the request: `//host` or `/\host` would leave
+        // this server (browsers read a backslash as a slash).
+        let location = match request.path.as_str() {
+            "/healthz" => "/healthz",
+            _ => "/",
+        };
         return Access::Answer(Response::redirect(location).header(
             "Set-Cookie",
             &format!("{TOKEN_COOKIE}={cookie_value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Strict"),
@@ -762,12 +766,15 @@ fn is_same_origin(request: &Request) -> bool {
     origin_host.is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(host))
 }
 
-/// `localhost`, `*.localhost` or a loopback IP, with or without a port.
+/// `localhost`, `*.localhost` or a loopback IP, with or without a port; an IPv6 address
+/// only in brackets, followed by nothing or `:port` (`[::1]evil.example` is not loopback).
 fn is_loopback_host(host: &str) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((ip, _)) => ip,
-            None => return false,
+            Some((ip, "")) => ip,
+            Some((ip, after)) if after.strip_prefix(':').is_some_and(is_port) => ip,
+            _ => return false,
         }
     } else {
         match host.rsplit_once(':') {
@@ -778,7 +785,7 @@ fn is_loopback_host(host: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower == "localhost"
         || lower.ends_with(".localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Compare secrets without an early exit (the length still shows, as it must).
@@ -1353,6 +1360,11 @@ mod tests {
             ("localhost.evil.example", false),
             ("192.168.1.2:8787", false),
             ("[::1", false),
+            ("[::1]evil.example", false),
+            ("[::1].evil.example:80", false),
+            ("[::1]:", false),
+            ("[::1]:80x", false),
+            ("[::ffff:127.0.0.1]:80", true),
         ];
         for (host, expected) in hosts {
             assert_eq!(is_loopback_host(host), expected, "{host}");
@@ -1415,12 +1427,18 @@ mod tests {
         for (head, token, expected) in cases {
             assert_eq!(status(&head, token), expected, "{head} with {token:?}");
         }
-        // The redirect drops the query, stays on this server, and stores the token (hex).
-        let Access::Answer(r) = check_access(&request("GET //evil.example?token=s3cret HTTP/1.1"), Some("s3cret"))
-        else {
+        // The redirect drops the query, goes to a fixed path on this server, and stores the
+        // token (hex).
+        for path in ["//evil.example", "/\\evil.example", "/\\/evil.example/x", "/anything"] {
+            let head = format!("GET {path}?token=s3cret HTTP/1.1");
+            let Access::Answer(r) = check_access(&request(&head), Some("s3cret")) else {
+                panic!("expected a redirect");
+            };
+            assert!(r.headers.contains(&("Location".into(), "/".into())), "{path}: {r:?}");
+        }
+        let Access::Answer(r) = check_access(&request("GET /?token=s3cret HTTP/1.1"), Some("s3cret")) else {
             panic!("expected a redirect");
         };
-        assert!(r.headers.contains(&("Location".into(), "/".into())), "{r:?}");
         let cookie = r.headers.iter().find(|(n, _)| n == "Set-Cookie").unwrap();
         assert!(cookie.1.starts_with(&format!("{TOKEN_COOKIE}={};", hex(b"s3cret"))), "{cookie:?}");
         assert!(cookie.1.contains("HttpOnly") && cookie.1.contains("SameSite=Strict"));

@@ -622,7 +622,7 @@ fn status_and_who_describe_the_asker_session() {
     assert!(reply(&mut core, "/status").starts_with("Session: active, a request is running, 1 message(s) waiting\n"));
     assert_eq!(
         reply(&mut core, "/who"),
-        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: Ada (111)"
+        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: 111 (name \"Ada\")"
     );
 }
 

@@ -266,6 +266,11 @@ pub fn parse_head(head: &[u8]) -> Result<Request, (u16, &'static str)> {
     if request.header("transfer-encoding").is_some() {
         return Err((501, "chunked request bodies are not supported; send Content-Length"));
     }
+    // RFC 9112 §3.2: more than one Host is a 400; a check reading the first while something
+    // else reads the second must not be possible.
+    if request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("host")).count() > 1 {
+        return Err((400, "more than one Host header"));
+    }
     content_length(&request)?;
     Ok(request)
 }
@@ -805,6 +810,7 @@ pub(crate) mod tests {
             ("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", Err(400)),
             ("GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", Err(400)),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", Err(501)),
+            ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: evil.example\r\n\r\n", Err(400)),
             ("\u{1}\u{2}garbage\r\n\r\n", Err(400)),
         ];
         for (head, expected) in cases {
