@@ -38,7 +38,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -228,6 +228,7 @@ fn spawn_with_uploads(
         policy: channel.sender_policy,
         allowed_users: channel.allowed_users.clone(),
         access: home.map(|home| AccessFiles::new(home, name)),
+        new_browsers: Mutex::new(NewBrowsers::default()),
     });
     let handler: Handler = {
         let shared = shared.clone();
@@ -278,6 +279,8 @@ struct Shared {
     allowed_users: Vec<String>,
     /// The channel's pairing files (who was approved), for `senderPolicy: "pairing"`.
     access: Option<AccessFiles>,
+    /// New browser ids per client address (under `pairing`).
+    new_browsers: Mutex<NewBrowsers>,
 }
 
 impl Shared {
@@ -696,7 +699,7 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
     let readable = matches!(request.method.as_str(), "GET" | "HEAD");
     let response = match request.path.as_str() {
         "/ws" => return open_socket(shared, &request),
-        "/" | "/index.html" if readable => page(&request),
+        "/" | "/index.html" if readable => page(shared, &request),
         // Health needs the token like everything else: simplest, and nothing here is public.
         "/healthz" if readable => Response::text(200, "ok\n"),
         "/" | "/index.html" | "/healthz" => Response::text(405, "use GET\n").header("Allow", "GET, HEAD"),
@@ -720,8 +723,43 @@ fn admin_request(shared: &Shared, request: &Request) -> Response {
     }
 }
 
+/// Under `senderPolicy: "pairing"`, one client address gets one new browser id per this
+/// long: a pairing request lives an hour, so one address holds at most one of the channel's
+/// pending slots, and one client cannot fill them all by minting ids.
+const NEW_BROWSER_EVERY: Duration = Duration::from_secs(60 * 60);
+/// Addresses remembered for that; beyond it the oldest are forgotten.
+const NEW_BROWSER_ADDRESSES: usize = 4096;
+
+/// When each client address last got a new browser id. Pure.
+#[derive(Debug, Default)]
+struct NewBrowsers {
+    last: HashMap<IpAddr, Instant>,
+}
+
+impl NewBrowsers {
+    /// `Ok` when `ip` may get a new id now (and records it); else how long until it may.
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if let Some(at) = self.last.get(&ip) {
+            let since = now.saturating_duration_since(*at);
+            if since < NEW_BROWSER_EVERY {
+                return Err(NEW_BROWSER_EVERY - since);
+            }
+        }
+        if self.last.len() >= NEW_BROWSER_ADDRESSES {
+            self.last.retain(|_, at| now.saturating_duration_since(*at) < NEW_BROWSER_EVERY);
+            if self.last.len() >= NEW_BROWSER_ADDRESSES
+                && let Some(oldest) = self.last.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip)
+            {
+                self.last.remove(&oldest);
+            }
+        }
+        self.last.insert(ip, now);
+        Ok(())
+    }
+}
+
 /// The chat page, setting the browser's id cookie when it has none.
-fn page(request: &Request) -> Response {
+fn page(shared: &Shared, request: &Request) -> Response {
     let response = Response::html(200, PAGE)
         .header("Content-Security-Policy", PAGE_CSP)
         .header("Cache-Control", "no-store")
@@ -729,6 +767,22 @@ fn page(request: &Request) -> Response {
         .header("X-Frame-Options", "DENY");
     if request.cookie(SID_COOKIE).is_some_and(is_valid_sid) {
         return response;
+    }
+    if shared.policy == SenderPolicy::Pairing
+        && let Some(ip) = request.peer.map(|p| p.ip().to_canonical())
+    {
+        let allowed = shared.new_browsers.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, Instant::now());
+        if let Err(wait) = allowed {
+            return Response::text(
+                429,
+                format!(
+                    "This address got a new browser id less than an hour ago. On this chat each \
+                     address gets one per hour (it needs pairing): use the browser you paired, or \
+                     try again in {} minutes.\n",
+                    wait.as_secs() / 60 + 1
+                ),
+            );
+        }
     }
     match random_hex(16) {
         Ok(sid) => response
@@ -1667,6 +1721,31 @@ mod tests {
         let error = next_frame(&mut ws);
         assert_eq!(error["type"], "error", "{error}");
         assert_eq!(std::fs::read_dir(&planted).unwrap().count(), 0, "nothing written into the planted directory");
+    }
+
+    #[test]
+    fn under_pairing_one_address_gets_one_new_browser_id_per_hour() {
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut limit = NewBrowsers::default();
+        assert_eq!(limit.allow(a, t0), Ok(()));
+        assert_eq!(limit.allow(a, t0 + Duration::from_secs(60)), Err(NEW_BROWSER_EVERY - Duration::from_secs(60)));
+        assert_eq!(limit.allow(b, t0), Ok(()));
+        assert_eq!(limit.allow(a, t0 + NEW_BROWSER_EVERY), Ok(()));
+
+        // Through the server: a second page load without a cookie from the same address gets
+        // no new id, so one client holds at most one of the channel's 3 pairing slots.
+        let chat = Chat::start_with(ChannelConfig {
+            sender_policy: SenderPolicy::Pairing,
+            ..channel_config("127.0.0.1:0", None)
+        });
+        assert_eq!(status_of(&chat.get("/", "")), 200);
+        let again = chat.get("/", "");
+        assert_eq!(status_of(&again), 429, "{again}");
+        assert_eq!(set_cookie(&again, SID_COOKIE), None);
+        // A browser that has its id keeps getting the page.
+        let cookie = format!("Cookie: {SID_COOKIE}={}\r\n", "a".repeat(32));
+        assert_eq!(status_of(&chat.get("/", &cookie)), 200);
     }
 
     #[test]
