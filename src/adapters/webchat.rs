@@ -11,8 +11,14 @@
 //! Access: on a loopback `listen` without `token`, only requests whose `Host` is a loopback
 //! name are served (a web page elsewhere cannot reach the agent through DNS rebinding). With a
 //! `token`, every request needs it — the page, `/ws` and `/healthz` alike: `?token=` sets the
-//! `tether_token` cookie and redirects to the bare path; the cookie or `Authorization: Bearer`
-//! works after that. A non-loopback `listen` without `token` is refused at start.
+//! `tether_token` cookie and redirects to `/`; the cookie or `Authorization: Bearer` works
+//! after that. A non-loopback `listen` without `token` is refused at start. `/admin` has its
+//! own credential (the admin token, [`admin`]); the chat's token neither grants nor is needed
+//! for it.
+//!
+//! Storage: what a sender the channel's policy does not pass sends is never stored (no
+//! history, no upload); history is bounded per browser and in total, in bytes; uploads live
+//! under TETHER_HOME ([`uploads`]).
 //!
 //! Wire protocol: JSON text frames on `/ws`.
 //!
@@ -663,11 +669,7 @@ fn check_access(request: &Request, token: Option<&str>) -> Access {
         }
         // A fixed path, never one taken from the request: `//host` or `/\host` would leave
         // this server (browsers read a backslash as a slash).
-        let location = match request.path.as_str() {
-            "/healthz" => "/healthz",
-            _ => "/",
-        };
-        return Access::Answer(Response::redirect(location).header(
+        return Access::Answer(Response::redirect("/").header(
             "Set-Cookie",
             &format!("{TOKEN_COOKIE}={cookie_value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Strict"),
         ));
