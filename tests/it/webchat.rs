@@ -64,21 +64,26 @@ impl Demo {
     }
 
     fn socket(&self, sid_cookie: &str) -> tungstenite::WebSocket<TcpStream> {
-        let stream = TcpStream::connect(&self.addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let request = tungstenite::http::Request::builder()
-            .uri(format!("ws://{}/ws", self.addr))
-            .header("Host", &self.addr)
-            .header("Origin", format!("http://{}", self.addr))
-            .header("Cookie", sid_cookie)
-            .header("Connection", "Upgrade")
-            .header("Upgrade", "websocket")
-            .header("Sec-WebSocket-Version", "13")
-            .header("Sec-WebSocket-Key", tungstenite::handshake::client::generate_key())
-            .body(())
-            .unwrap();
-        tungstenite::client(request, stream).unwrap().0
+        ws_connect(&self.addr, sid_cookie)
     }
+}
+
+/// A WebSocket to the web chat at `addr`, as the browser holding `sid_cookie`.
+fn ws_connect(addr: &str, sid_cookie: &str) -> tungstenite::WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = tungstenite::http::Request::builder()
+        .uri(format!("ws://{addr}/ws"))
+        .header("Host", addr)
+        .header("Origin", format!("http://{addr}"))
+        .header("Cookie", sid_cookie)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", tungstenite::handshake::client::generate_key())
+        .body(())
+        .unwrap();
+    tungstenite::client(request, stream).unwrap().0
 }
 
 impl Drop for Demo {
@@ -428,4 +433,63 @@ fn an_upstream_error_echoing_the_token_is_redacted_everywhere() {
         assert!(!text.contains(TOKEN) && !text.contains(secret_half), "the token is in the {place}:\n{text}");
     }
     fake.fail_all("getUpdates", None);
+}
+
+/// The resident-memory high-water mark of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A fast-streaming agent: 40,000 one-character chunks as fast as it can write them. The page
+/// gets a few coalesced drafts and the whole answer; tether's peak memory stays small.
+#[test]
+fn forty_thousand_chunks_make_few_drafts_and_little_memory() {
+    use crate::support::{Service, demo_agent};
+    let home = TempDir::new("flood");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {"web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open"}}
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    let cookie = page
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a browser cookie")
+        .to_string();
+    let mut ws = ws_connect(&addr, &cookie);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    next_frame(&mut ws, deadline).expect("history");
+    let idle_kib = peak_rss_kib(service.pid());
+    let started = Instant::now();
+    ws.send(Message::text(json!({"type": "message", "text": "flood"}).to_string())).unwrap();
+    let mut drafts = 0;
+    let answer = loop {
+        let frame = next_frame(&mut ws, deadline).expect("the answer did not arrive");
+        match frame["type"].as_str() {
+            Some("draft") => drafts += 1,
+            Some("message") if frame["from"] == "agent" => break frame["text"].as_str().unwrap_or("").to_string(),
+            _ => {}
+        }
+    };
+    let took = started.elapsed();
+    let peak_kib = peak_rss_kib(service.pid());
+    eprintln!(
+        "flood: 40,000 chunks in {took:?}: {drafts} drafts; tether peak RSS {peak_kib} KiB (before the turn {idle_kib} KiB)"
+    );
+    assert_eq!(answer.chars().filter(|c| *c == 'x').count(), 39_500, "the whole answer arrived");
+    assert!(drafts as f64 <= took.as_secs_f64() * 10.0 + 5.0, "{drafts} drafts in {took:?}");
+    assert!(peak_kib < 100 * 1024, "peak RSS {peak_kib} KiB");
 }
