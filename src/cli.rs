@@ -22,6 +22,7 @@ Usage:
   tether stop                stop the running service (SIGTERM, then SIGKILL after 5 s)
   tether status [--json]     is it running, and how is each channel doing
   tether check               validate the config and print what would run (secrets masked)
+  tether admin-url           print the admin page's address with its admin token (keep it private)
   tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
                              manage who may use a channel (`tether pairing` for details)
   tether weixin-login CHANNEL  log a WeChat channel in: scan the QR code shown with WeChat
@@ -45,6 +46,7 @@ pub enum Command {
     Stop,
     Status { json: bool },
     Check,
+    AdminUrl,
     Pairing(crate::pairing_cli::PairingCommand),
     DemoAgent { args: Vec<String> },
     WeixinLogin { channel: String },
@@ -114,6 +116,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             Command::Demo { listen: opts.listen.clone().unwrap_or_else(|| DEMO_LISTEN.to_string()) }
         }
         Some("check") if words.is_empty() => Command::Check,
+        Some("admin-url") if words.is_empty() => Command::AdminUrl,
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
         Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
@@ -126,7 +129,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             }
         },
         None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
-        Some(word @ ("check" | "version" | "demo" | "stop" | "status")) => {
+        Some(word @ ("check" | "version" | "demo" | "stop" | "status" | "admin-url")) => {
             return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
         }
         Some(other) => return Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
@@ -170,6 +173,27 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             print!("{}", describe(&config, &home_dir(opts)?));
             Ok(0)
         }
+        Command::AdminUrl => {
+            let home = home_dir(opts)?;
+            let token = crate::admin_token::load_or_create(&home)?;
+            // Without a config file, the admin page is the demo's.
+            let bases = match load_config(opts) {
+                Ok(config) => webchat_bases(&config),
+                Err(_) if opts.config.is_none() => vec![format!("http://{DEMO_LISTEN}/")],
+                Err(e) => return Err(e),
+            };
+            if bases.is_empty() {
+                return Err(Error::Other(
+                    "no web chat channel in the config: the admin page is served by one; add a channel \
+                     with \"type\": \"webchat\""
+                        .into(),
+                ));
+            }
+            for base in bases {
+                println!("{}", crate::admin_token::admin_url(&base, &token));
+            }
+            Ok(0)
+        }
         Command::Pairing(command) => {
             let config = load_config(opts);
             let home = home_dir(opts)?;
@@ -181,6 +205,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         Command::Demo { listen } => {
             crate::logging::init(opts.verbose);
             let (config, agent) = demo_config(opts, &listen)?;
+            crate::redact::register_config(&config);
             println!("tether demo: talking to {agent}");
             // The demo's one channel is open: no pairing files, so any home will do. It is not
             // the service: no pid file, no status.json, no config to reload.
@@ -220,12 +245,13 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             let log_file = log_file.map(|path| crate::service::LogFile::open(&path)).transpose()?;
             crate::logging::init_to(opts.verbose, log_file.as_ref().map(|f| Box::new(f.writer()) as Box<_>));
             let config = load_config(opts)?;
+            crate::redact::register_config(&config);
             log::info!(target: "tether", "tether {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
             let reload_opts = opts.clone();
             let options = crate::daemon::Options {
                 home: home_dir(opts)?,
                 only: channels,
-                reload: Some(Box::new(move || load_config(&reload_opts))),
+                reload: Some(Box::new(move || load_config(&reload_opts).inspect(crate::redact::register_config))),
                 log_file,
                 as_service: true,
                 stop: None,
@@ -296,6 +322,20 @@ fn weixin_accounts(home: &Path) -> String {
         out.push_str(&format!("  {channel}: {}\n", crate::adapters::weixin::account::describe(home, &channel, now)));
     }
     out
+}
+
+/// The base URL of each web chat channel, from its `listen` (an unspecified address shown as
+/// 127.0.0.1, as the service prints it).
+fn webchat_bases(config: &Config) -> Vec<String> {
+    config
+        .channels
+        .values()
+        .filter_map(|c| c.setting("listen"))
+        .map(|listen| {
+            let listen = listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
+            format!("http://{listen}/")
+        })
+        .collect()
 }
 
 /// Where `tether demo` serves the web chat unless `--listen` says otherwise.
@@ -474,6 +514,7 @@ mod tests {
     fn table_of_commands() {
         let cases: Vec<(&[&str], Result<Command, &str>)> = vec![
             (&["check"], Ok(Command::Check)),
+            (&["admin-url"], Ok(Command::AdminUrl)),
             (&["stop"], Ok(Command::Stop)),
             (&["status"], Ok(Command::Status { json: false })),
             (&["status", "--json"], Ok(Command::Status { json: true })),

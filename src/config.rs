@@ -40,6 +40,11 @@ pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
     /// `startupTimeoutMs`, default 30 s: spawn to `initialize` answered.
     pub startup_timeout: Duration,
+    /// `user`: run the agent as this user (name or uid; tether must run as root). `None`:
+    /// as tether's own user.
+    pub user: Option<String>,
+    /// `group`: with `user`, the group to run as (default: the user's own).
+    pub group: Option<String>,
 }
 
 /// `senderPolicy`: who may talk to the agent.
@@ -135,14 +140,14 @@ impl Secret {
         &self.value
     }
 
-    /// For `tether check`: up to the first 4 characters and a length, never the whole value
-    /// (a short value shows at most a third of itself).
+    /// For `tether check`: where it comes from and its length, none of its characters (a
+    /// Telegram token's first characters are the bot's public id, but other secrets' are not,
+    /// and a shared terminal or pasted output should show nothing of any).
     pub fn masked(&self) -> String {
         let count = self.value.chars().count();
-        let head: String = self.value.chars().take((count / 3).min(4)).collect();
         match &self.from_env {
-            Some(name) => format!("${name} ({head}…, {count} chars)"),
-            None => format!("{head}… ({count} chars)"),
+            Some(name) => format!("${name} (set, {count} chars)"),
+            None => format!("*** ({count} chars)"),
         }
     }
 }
@@ -526,6 +531,13 @@ fn parse_agent(obj: &Object, at: Place<'_>, command_required: bool) -> Result<Ag
         args: get_string_array(obj, "args", at)?.unwrap_or(default_args),
         env: get_string_map(obj, "env", at)?,
         startup_timeout: millis(get_positive(obj, "startupTimeoutMs", at)?, DEFAULT_STARTUP_TIMEOUT_MS),
+        user: get_string(obj, "user", at)?,
+        group: match (get_string(obj, "group", at)?, obj.contains_key("user")) {
+            (Some(_), false) => {
+                return Err(at.error("group", "needs \"user\" too: the agent runs as that user, in this group"));
+            }
+            (group, _) => group,
+        },
     })
 }
 
@@ -1002,6 +1014,8 @@ mod tests {
                 args: vec!["--acp".into()],
                 env: BTreeMap::new(),
                 startup_timeout: Duration::from_secs(30),
+                user: None,
+                group: None,
             }
         );
         assert_eq!(config.agents["gemini"].command, "gemini");
@@ -1103,6 +1117,8 @@ mod tests {
                     args: vec!["--acp".into()],
                     env: BTreeMap::new(),
                     startup_timeout: Duration::from_millis(30_000),
+                    user: None,
+                    group: None,
                 }
             )])
         );
@@ -1376,6 +1392,10 @@ mod tests {
             (
                 r#"{"agents": {"gemini": "gemini"}}"#.into(),
                 format!(r#"{p}: key "agents.gemini": expected an object, found string "gemini""#),
+            ),
+            (
+                r#"{"agent": {"group": "agents"}}"#.into(),
+                format!(r#"{p}: key "agent.group": needs "user" too: the agent runs as that user, in this group"#),
             ),
             (
                 r#"{"agent": {"args": "--acp"}}"#.into(),
@@ -1837,19 +1857,19 @@ mod tests {
     fn secrets_never_print_whole() {
         let secret_value = "123456:ABCdefGHIjklMNOpqr";
         let cases = [
-            (Secret::new(secret_value.into(), None), "1234… (25 chars)"),
+            (Secret::new(secret_value.into(), None), "*** (25 chars)"),
             (
                 Secret::new(secret_value.into(), Some("TELEGRAM_BOT_TOKEN".into())),
-                "$TELEGRAM_BOT_TOKEN (1234…, 25 chars)",
+                "$TELEGRAM_BOT_TOKEN (set, 25 chars)",
             ),
-            (Secret::new("abcdefgh".into(), None), "ab… (8 chars)"),
-            (Secret::new("abcd".into(), None), "a… (4 chars)"),
-            (Secret::new("ab".into(), None), "… (2 chars)"),
-            (Secret::new("é".into(), Some("E".into())), "$E (…, 1 chars)"),
+            (Secret::new("abcdefgh".into(), None), "*** (8 chars)"),
+            (Secret::new("é".into(), Some("E".into())), "$E (set, 1 chars)"),
         ];
         for (secret, masked) in cases {
             assert_eq!(secret.masked(), masked);
             assert!(!secret.masked().contains(secret.expose()), "{masked}");
+            let head: String = secret.expose().chars().take(2).collect();
+            assert!(!secret.masked().contains(&head), "no first characters: {masked}");
             assert_eq!(format!("{secret:?}"), "Secret(***)");
         }
         // Neither Debug of a whole config nor an error shows the value.

@@ -305,10 +305,14 @@ impl Daemon {
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
-        if let Inbound::Message(message) = &inbound
-            && let Some(probe) = self.probes.get(&message.channel)
-        {
-            probe.received();
+        if let Inbound::Message(message) = &inbound {
+            if let Some(probe) = self.probes.get(&message.channel) {
+                probe.received();
+            }
+            // A sender approved since the last poll is approved for this very message.
+            for event in self.access.refresh(&message.channel) {
+                self.handle(event);
+            }
         }
         let operator = matches!(inbound, Inbound::OperatorClear { .. });
         self.handle(Event::Inbound(inbound));

@@ -19,7 +19,10 @@ pub fn init_to(verbose: bool, target: Option<Box<dyn Write + Send>>) {
         builder.parse_filters(&filters);
     }
     builder.format(|buf, record| {
-        writeln!(buf, "{} {:<5} {}: {}", utc_now(), record.level(), record.target(), record.args())
+        // Upstream errors may echo a configured secret: never let one into the log.
+        let message = record.args().to_string();
+        let message = crate::redact::clean(&message);
+        writeln!(buf, "{} {:<5} {}: {}", utc_now(), record.level(), record.target(), message)
     });
     if let Some(target) = target {
         builder.target(env_logger::Target::Pipe(target));

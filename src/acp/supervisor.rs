@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, unbounded};
 
+use crate::acp::identity;
 use crate::acp::process::{self, AgentHandle, AgentSpec};
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -137,6 +138,21 @@ pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
         "tether" => std::env::current_exe().map_or_else(|_| agent.command.clone(), |p| p.display().to_string()),
         _ => agent.command.clone(),
     };
+    let run_as = match &agent.user {
+        None => None,
+        Some(user) => {
+            let read = |path: &str| {
+                std::fs::read_to_string(path).map_err(|e| Error::Other(format!("cannot read {path}: {e}")))
+            };
+            let run_as = identity::resolve(user, agent.group.as_deref(), &read("/etc/passwd")?, &read("/etc/group")?)
+                .map_err(|e| Error::Other(format!("{}: {e}", config.path.display())))?;
+            // The agent's own home, not tether's (root's) one.
+            env.insert("HOME".into(), run_as.home.clone());
+            env.insert("USER".into(), run_as.user.clone());
+            env.insert("LOGNAME".into(), run_as.user.clone());
+            Some(run_as)
+        }
+    };
     Ok(AgentSpec {
         name: name.to_string(),
         command,
@@ -146,6 +162,7 @@ pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
         scrub_values,
         cwd,
         startup_timeout: agent.startup_timeout,
+        run_as,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod pacing;
 
 pub use contain::{contain, contained_panics};
 pub mod telegram;
+pub mod uploads;
 pub mod webchat;
 pub(crate) mod weixin;
 

@@ -176,7 +176,7 @@ pub fn who_text(w: &WhoInfo) -> String {
         format!("Channel: {}", w.channel),
         format!("Workspace: {workspace}"),
         format!("Session: {session} ({shared})"),
-        format!("You: {} ({})", w.sender_name, w.sender_id),
+        format!("You: {} (name \"{}\")", w.sender_id, w.sender_name),
     ]
     .join("\n")
 }
@@ -299,7 +299,7 @@ mod tests {
         };
         assert_eq!(
             who(SessionScope::User, false, false, true),
-            "Channel: phone\nWorkspace: project\nSession: active (private to you)\nYou: Ada (111)"
+            "Channel: phone\nWorkspace: project\nSession: active (private to you)\nYou: 111 (name \"Ada\")"
         );
         let sharing = [
             (SessionScope::Single, false, false, "none (shared channel-wide)"),

@@ -25,7 +25,7 @@ use crate::event::{
 };
 use crate::streamer::BlockStreamConfig;
 use commands::{Command, SessionView};
-use permissions::{Asker, PermissionRelay, Resolution};
+use permissions::{Answerers, Asker, MAX_ASKS_PER_TURN, MAX_PENDING, PermissionRelay, Resolution};
 use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
 
 pub use session::{CANCEL_WAIT, MAX_WAITING};
@@ -422,6 +422,7 @@ impl Core {
             message_ids: message.reference().into_iter().collect(),
             body,
             how: Waits::Alone,
+            sender: message.sender_id.clone(),
         };
         if session.accept(waiting, mode, now, actions).is_err() {
             log::warn!(target: channel.name.as_str(), "{key}: {MAX_WAITING} messages already wait; refused one");
@@ -562,8 +563,10 @@ impl Core {
                         actions.push(say(&turn.chat, block));
                     }
                 }
-                // Channels that can show an answer as it grows get every draft.
-                if self.channels.get(&session.chat.channel).is_some_and(|c| c.capabilities().live_drafts) {
+                // Channels that can show an answer as it grows get drafts, coalesced in time.
+                if self.channels.get(&session.chat.channel).is_some_and(|c| c.capabilities().live_drafts)
+                    && turn.draft_now(now)
+                {
                     actions
                         .push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
                 }
@@ -650,7 +653,8 @@ impl Core {
             } else {
                 interrupted += 1;
                 actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
-                session.retry = Some(Retry { chat: turn.chat, message_ids: turn.message_ids, text: turn.text });
+                let (chat, message_ids, text, senders) = (turn.chat, turn.message_ids, turn.text, turn.senders);
+                session.retry = Some(Retry { chat, message_ids, text, senders });
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
@@ -730,6 +734,9 @@ impl Core {
                 *due = now + *every;
                 actions.push(Action::Send(Outbound::Typing { chat: turn.chat.clone() }));
             }
+            if turn.draft_due_now(now) {
+                actions.push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
+            }
         }
         wedged.sort();
         for key in wedged {
@@ -778,17 +785,37 @@ impl Core {
                 actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
             }
             PermissionPolicy::Relay => {
-                // In a shared conversation, only the listed users may decide for everyone.
-                let answerers = if session.shared { channel.allowed_users.clone() } else { Vec::new() };
+                // The person whose message started the turn decides (in a shared conversation
+                // with `allowedUsers`, those users), and a turn asks a bounded number of times.
+                let senders = session.turn.as_ref().map(|t| t.senders.clone()).unwrap_or_default();
+                let answerers = Answerers::for_turn(session.shared, &channel.allowed_users, &senders);
+                let asks = self.sessions.get_mut(&key).and_then(|s| s.turn.as_mut()).map_or(0, |turn| {
+                    turn.permission_asks += 1;
+                    turn.permission_asks
+                });
+                if asks > MAX_ASKS_PER_TURN {
+                    log::warn!(target: target, "{key}: tool {:?} refused: the turn already asked {MAX_ASKS_PER_TURN} times", call.title);
+                    if asks == MAX_ASKS_PER_TURN + 1 {
+                        let text = format!(
+                            "The agent asked for permission more than {MAX_ASKS_PER_TURN} times in this turn; \
+                             its further requests in this turn are refused."
+                        );
+                        actions.push(say(&chat, text));
+                    }
+                    return refuse(agent, actions);
+                }
                 let asker = Asker {
-                    agent,
+                    agent: agent.clone(),
                     session: key.clone(),
                     session_id,
                     chat: chat.clone(),
                     answerers,
                     timeout: channel.permission_timeout,
                 };
-                let pending = self.permissions.ask(asker, request, call, options, now);
+                let Some(pending) = self.permissions.ask(asker, request, call, options, now) else {
+                    log::warn!(target: target, "{key}: {MAX_PENDING} permission requests pending; refused one");
+                    return refuse(agent, actions);
+                };
                 log::info!(target: target, "{key}: asking the chat about tool {:?} (request {})", pending.call.title, pending.id);
                 actions.push(Action::Send(Outbound::Ask {
                     chat,

@@ -347,7 +347,7 @@ impl Access {
                 let random = &mut *self.entropy.0;
                 match book.ask(&m.sender_id, &m.sender_name, &m.chat_id, self.wall_ms, random) {
                     Ask::Created(request) => {
-                        log::info!(target: target, "pairing request from {} ({}); see `tether pairing list {target}`", request.sender_name, request.sender_id);
+                        log::info!(target: target, "pairing request from {} (name {:?}); see `tether pairing list {target}`", request.sender_id, request.sender_name);
                         // Saved before it is sent: a code the operator cannot see would be useless.
                         let text = with_greeting(code_text(target, &request.code));
                         out.push(Action::SavePairingRequest { channel: channel.name.clone(), request });
@@ -393,10 +393,10 @@ impl Access {
             .cloned()
             .collect();
         for request in gone {
-            log::info!(target: channel, "pairing request of {} ({}) was denied or expired", clean_name(&request.sender_name), clean_name(&request.sender_id));
+            log::info!(target: channel, "pairing request of {} (name {:?}) was denied or expired", clean_name(&request.sender_id), clean_name(&request.sender_name));
         }
         for request in book.replace(pending, approved) {
-            log::info!(target: channel, "{} ({}) was approved", clean_name(&request.sender_name), clean_name(&request.sender_id));
+            log::info!(target: channel, "{} (name {:?}) was approved", clean_name(&request.sender_id), clean_name(&request.sender_name));
             match request.chat_id {
                 Some(chat_id) => out.push(Action::Send(Outbound::Text {
                     chat: ChatRef { channel: channel.to_string(), chat_id, thread_id: None },

@@ -620,7 +620,7 @@ fn status_and_who_describe_the_asker_session() {
     assert!(reply(&mut core, "/status").starts_with("Session: active, a request is running, 1 message(s) waiting\n"));
     assert_eq!(
         reply(&mut core, "/who"),
-        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: Ada (111)"
+        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: 111 (name \"Ada\")"
     );
 }
 
@@ -1346,4 +1346,37 @@ fn sessions_of_an_agent_that_cannot_load_stay_in_memory() {
     assert_eq!(core.next_deadline(), None);
     core.handle(Event::Tick, t0 + Duration::from_secs(86_400));
     assert_eq!(core.session_count("tg"), 1);
+}
+
+/// 40,000 one-character chunks in one second to a live-draft channel: drafts are coalesced
+/// in time (one per `DRAFT_EVERY`), so the answer is not copied once per chunk.
+#[test]
+fn drafts_are_coalesced_not_copied_per_chunk() {
+    let t0 = Instant::now();
+    let mut web = ChannelConfig { platform: &crate::adapters::webchat::PLATFORM, ..channel("tg") };
+    web.sender_policy = SenderPolicy::Open;
+    let mut core = core_with(vec![web]);
+    core.handle(dm("111", "go"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let (mut drafts, mut draft_bytes) = (0usize, 0usize);
+    let mut count = |actions: Vec<Action>| {
+        for action in actions {
+            if let Action::Send(Outbound::Draft { text, .. }) = action {
+                drafts += 1;
+                draft_bytes += text.len();
+            }
+        }
+    };
+    for n in 0..40_000u32 {
+        let now = t0 + Duration::from_micros(25 * u64::from(n));
+        count(core.handle(chunk("s1", "x"), now));
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            count(core.handle(Event::Tick, now));
+        }
+    }
+    let end = t0 + Duration::from_secs(1);
+    count(core.handle(Event::Tick, end + crate::core::session::DRAFT_EVERY));
+    eprintln!("40,000 chunks in 1 s: {drafts} drafts, {draft_bytes} bytes copied into them");
+    assert!(drafts <= 12, "{drafts} drafts");
+    assert!(draft_bytes < 400_000, "{draft_bytes} bytes copied");
 }

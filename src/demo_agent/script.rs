@@ -30,6 +30,8 @@ pub const DEFAULT_TICK: Duration = Duration::from_millis(300);
 const MAX_TICK_MS: u64 = 60_000;
 /// Number of `tick N` chunks a `slow` turn streams.
 pub const TICKS: usize = 10;
+/// Number of one-character chunks a `flood` turn streams, with no pause.
+pub const FLOOD_CHUNKS: usize = 40_000;
 /// Length of the single chunk a `huge` turn streams.
 pub const HUGE_CHARS: usize = 2_000_000;
 /// Chunk size (characters) of the `long` answer: small enough to cut through code blocks.
@@ -50,6 +52,8 @@ pub struct Words {
     pub tools: bool,
     pub ext: bool,
     pub huge: bool,
+    /// 40,000 one-character chunks as fast as possible (a fast-streaming agent).
+    pub flood: bool,
     pub crash: bool,
     /// Crash unless this very prompt is already in the session's history (so the retry after
     /// a restart answers).
@@ -67,6 +71,7 @@ impl Words {
             || self.permission
             || self.ext
             || self.huge
+            || self.flood
             || self.crash
             || self.hang
     }
@@ -89,6 +94,7 @@ pub fn parse_words(text: &str) -> Words {
             "tools" => words.tools = true,
             "ext" => words.ext = true,
             "huge" => words.huge = true,
+            "flood" => words.flood = true,
             "crash" => words.crash = true,
             "crashonce" => words.crash_once = true,
             "hang" => words.hang = true,
@@ -188,6 +194,9 @@ pub fn plan_turn(words: &Words, ctx: &TurnContext) -> Vec<Step> {
     if words.huge {
         steps.push(Step::Break);
         steps.push(Step::Text(huge_answer()));
+    } else if words.flood {
+        steps.push(Step::Break);
+        steps.extend((0..FLOOD_CHUNKS).map(|i| Step::Text(if i % 80 == 79 { "\n" } else { "x" }.to_string())));
     } else if words.long {
         let pace = words.slow.unwrap_or(ctx.chunk_delay);
         steps.push(Step::Break);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::acp::connection::Connection;
-use crate::acp::process::read_lines;
+use crate::acp::process::{Overlong, read_lines};
 use crate::adapters::contained_panics;
 use crate::adapters::telegram::wire::{self, BotIdentity};
 use crate::adapters::webchat;
@@ -103,7 +103,7 @@ pub fn telegram_update(data: &[u8]) {
 pub fn acp_lines(data: &[u8]) {
     const MAX: usize = 4096;
     let mut lines = Vec::new();
-    read_lines(data, MAX, |line| {
+    read_lines(data, MAX, Overlong::Cut, |line| {
         lines.push(line);
         lines.len() < 500
     });

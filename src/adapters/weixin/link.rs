@@ -107,6 +107,8 @@ impl Link {
                     return Err(e);
                 }
             };
+            // The token never shows in a log line or status text, even if a server echoes it.
+            crate::redact::register(&account.token);
             let same_bot = loaded.session.as_ref().is_some_and(|s| s.account.bot_id == account.bot_id);
             let base =
                 if account.base_url.is_empty() { self.settings.login_base.clone() } else { account.base_url.clone() };
