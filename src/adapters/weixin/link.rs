@@ -262,8 +262,8 @@ impl Link {
             (crate::event::AttachmentKind::Image, Some(ext)) => format!("{name}.{ext}"),
             _ => name,
         };
-        let path =
-            media::save(&self.media_dir(), &message.message_id, n, &file_name, &plain).map_err(|e| e.to_string())?;
+        let path = media::save(&self.home, self.channel(), &message.message_id, n, &file_name, &plain)
+            .map_err(|e| e.to_string())?;
         Ok(Attachment { kind: item.kind, path, file_name, mime_type: mime.to_string() })
     }
 }

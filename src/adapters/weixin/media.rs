@@ -69,25 +69,30 @@ pub fn media_dir(home: &Path, channel: &str) -> PathBuf {
     home.join("media").join(safe_file_name(channel))
 }
 
-/// Save a received file as `<media dir>/<message id>-<n>-<name>` (0600, in 0700 directories).
-pub fn save(dir: &Path, message_id: &str, n: usize, name: &str, bytes: &[u8]) -> Result<PathBuf, Error> {
-    crate::store::ensure_private_dir(dir)?;
-    let path = dir.join(format!("{}-{n}-{}", safe_file_name(message_id), safe_file_name(name)));
-    crate::store::write_atomic(&path, bytes)?;
-    Ok(path)
+/// How long received files are kept for the agent.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Save a received file as `<home>/media/<channel>/<message id>-<n>-<name>` through the shared
+/// upload rules (0600, never overwriting or following a link, in 0700 directories that nobody
+/// else prepared).
+pub fn save(
+    home: &Path,
+    channel: &str,
+    message_id: &str,
+    n: usize,
+    name: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, Error> {
+    let root = home.join("media");
+    let file = format!("{}-{n}-{}", safe_file_name(message_id), safe_file_name(name));
+    crate::adapters::uploads::private_dir(&root, &safe_file_name(channel))
+        .and_then(|dir| crate::adapters::uploads::write_new_file(&dir, &file, bytes))
+        .map_err(|source| Error::File { path: media_dir(home, channel).join(file), action: "save", source })
 }
 
-/// Remove saved files older than `max_age` (best effort: media is a cache for the agent).
-pub fn clean_old(dir: &Path, max_age: std::time::Duration) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-        if old.is_some_and(|age| age > max_age) && std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+/// Remove received files older than [`RETENTION`] (every channel's); how many went.
+pub fn clean_old(home: &Path) -> usize {
+    crate::adapters::uploads::sweep(&home.join("media"), RETENTION, std::time::SystemTime::now())
 }
 
 /// An answer split into its text (markers removed) and the files its `[IMAGE: /abs/path]`
@@ -266,8 +271,15 @@ mod tests {
             assert!(allowed_outgoing(&bad, &roots).is_err(), "{}", bad.display());
         }
         assert!(allowed_outgoing(&cwd, &roots).unwrap_err().contains("not a regular file"));
-        let saved = save(&media_dir(&base, "wx"), "123", 1, "../x.pdf", b"data").unwrap();
-        assert_eq!(saved, base.join("media/wx/123-1-x.pdf"));
+        // `media` above was made 0755 by this test: someone else's directory is never used.
+        let err = save(&base, "wx", "123", 1, "x.pdf", b"data").unwrap_err().to_string();
+        assert!(err.contains("open to other users"), "{err}");
+        let home = base.join("home");
+        let saved = save(&home, "wx", "123", 1, "../x.pdf", b"data").unwrap();
+        assert_eq!(saved, home.join("media/wx/123-1-x.pdf"));
+        // Never overwritten: a second file of the same name gets its own.
+        let again = save(&home, "wx", "123", 1, "x.pdf", b"other").unwrap();
+        assert_eq!(again, home.join("media/wx/1-123-1-x.pdf"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&base);

@@ -61,7 +61,7 @@ impl Poller {
     }
 
     pub fn run(self) {
-        let removed = super::media::clean_old(&self.link.media_dir(), Duration::from_secs(7 * 24 * 3600));
+        let removed = super::media::clean_old(&self.link.home);
         if removed > 0 {
             log::info!(target: self.target(), "removed {removed} media files older than 7 days");
         }
