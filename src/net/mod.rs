@@ -1,4 +1,6 @@
-//! Network plumbing shared by adapters: the HTTP client and a small HTTP/1.1 server.
+//! Network plumbing shared by adapters: the HTTP client, a small HTTP/1.1 server and the
+//! WebSocket client.
 
 pub mod http;
 pub mod httpd;
+pub mod ws;
