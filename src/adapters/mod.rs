@@ -2,6 +2,7 @@
 //! [`crate::event::Inbound`] and performs [`crate::event::Outbound`] actions.
 
 pub mod admin;
+pub mod discord;
 pub mod pacing;
 pub mod telegram;
 pub mod webchat;

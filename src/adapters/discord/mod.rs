@@ -1,0 +1,4 @@
+//! The Discord channel: a gateway thread (WebSocket: Hello, heartbeats, Identify or Resume,
+//! dispatches) that reports messages and button clicks, and REST calls for everything sent.
+
+pub mod wire;
