@@ -1,4 +1,5 @@
 //! The Discord channel: a gateway thread (WebSocket: Hello, heartbeats, Identify or Resume,
 //! dispatches) that reports messages and button clicks, and REST calls for everything sent.
 
+pub mod gateway;
 pub mod wire;
