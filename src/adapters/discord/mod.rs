@@ -2,4 +2,5 @@
 //! dispatches) that reports messages and button clicks, and REST calls for everything sent.
 
 pub mod gateway;
+pub mod rest;
 pub mod wire;
