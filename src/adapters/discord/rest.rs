@@ -212,6 +212,18 @@ impl Rest {
         Ok(list)
     }
 
+    /// The bytes of an attachment (a signed CDN URL: no authorization), at most `limit`.
+    pub fn download(&self, url: &str, limit: u64) -> Result<Vec<u8>, String> {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err("attachment URL is not http(s)".to_string());
+        }
+        match self.http.get_bytes(url, limit, Duration::from_secs(120)) {
+            Ok((200, bytes)) => Ok(bytes),
+            Ok((status, _)) => Err(format!("HTTP {status}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// `GET /channels/{id}`: for a thread, its `parent_id`.
     pub fn parent_of(&self, channel_id: &str) -> Result<Option<String>, RestFailure> {
         let channel = self.call(Method::Get, &format!("/channels/{}", id(channel_id)?), None)?;

@@ -231,7 +231,7 @@ impl FakeDiscord {
     }
 
     /// A message from another bot, or from ourselves (`author` = [`BOT_ID`]).
-    pub fn from_bot(&self, channel: &str, author: &str, text: &str) -> String {
+    pub fn bot_message(&self, channel: &str, author: &str, text: &str) -> String {
         let id = self.snowflake();
         self.dispatch_message(json!({
             "id": id, "channel_id": channel, "channel_type": 1, "type": 0, "content": text,
@@ -476,6 +476,7 @@ fn next_snowflake(shared: &Shared) -> String {
 fn serve_gateway(tcp: TcpStream, shared: &Shared) {
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut path = String::new();
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature.
     let callback = |req: &tungstenite::handshake::server::Request, resp| {
         path = req.uri().to_string();
         Ok(resp)

@@ -1,0 +1,347 @@
+//! From gateway dispatches to our events: the bot's id from READY, MESSAGE_CREATE and button
+//! clicks decoded, a thread's parent channel looked up (so `groups` keyed by channel ids
+//! apply to its threads), attachments downloaded, and nothing lost across a lost session:
+//! after one, the next READY fetches the messages posted meanwhile in every channel the bot
+//! was talking in (`after` the last one seen) and hands on the ones not seen before.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::link::LinkEvent;
+use super::rest::Rest;
+use super::wire::{self, Incoming, OwnMessages, RestFailure};
+use crate::event::{Attachment, AttachmentKind, ButtonPress};
+
+/// Channels remembered for gap recovery, and thread parents cached.
+const MAX_CHANNELS: usize = 256;
+/// Message ids remembered to hand each message on once.
+const MAX_SEEN: usize = 4096;
+/// Pages of 100 fetched per channel after a gap.
+const MAX_PAGES: usize = 5;
+/// Largest attachment downloaded (Discord's default upload limit is 10 MiB).
+const MAX_ATTACHMENT: u64 = 25 * 1024 * 1024;
+
+/// What the dispatcher hands on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Message(Incoming),
+    Button(ButtonPress),
+}
+
+/// Ids of messages the bot sent, shared by the sender (writes) and the decoder (reads), so a
+/// reply to one of them is recognised even when Discord does not include the replied message.
+#[derive(Debug, Default)]
+pub struct SentIds(Mutex<BoundedSet>);
+
+impl SentIds {
+    pub fn remember(&self, id: &str) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_string());
+    }
+}
+
+impl OwnMessages for SentIds {
+    fn sent_by_bot(&self, message_id: &str) -> bool {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(message_id)
+    }
+}
+
+/// A set that forgets its oldest entries past [`MAX_SEEN`].
+#[derive(Debug, Default)]
+pub struct BoundedSet {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl BoundedSet {
+    /// False when it was already there.
+    pub fn insert(&mut self, id: String) -> bool {
+        if self.set.contains(&id) {
+            return false;
+        }
+        if self.order.len() >= MAX_SEEN
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(id.clone());
+        self.order.push_back(id);
+        true
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+}
+
+pub struct Dispatcher {
+    channel: String,
+    rest: Arc<Rest>,
+    sent: Arc<SentIds>,
+    media_dir: PathBuf,
+    bot_id: Option<String>,
+    /// Discord channel (thread) id → the newest message id seen there.
+    talked: HashMap<String, String>,
+    talked_order: VecDeque<String>,
+    seen: BoundedSet,
+    parents: HashMap<String, String>,
+    recover: bool,
+}
+
+impl Dispatcher {
+    pub fn new(channel: &str, rest: Arc<Rest>, sent: Arc<SentIds>, media_dir: PathBuf) -> Dispatcher {
+        Dispatcher {
+            channel: channel.to_string(),
+            rest,
+            sent,
+            media_dir,
+            bot_id: None,
+            talked: HashMap::new(),
+            talked_order: VecDeque::new(),
+            seen: BoundedSet::default(),
+            parents: HashMap::new(),
+            recover: false,
+        }
+    }
+
+    pub fn bot_id(&self) -> Option<&str> {
+        self.bot_id.as_deref()
+    }
+
+    /// Handle one event of the gateway link.
+    pub fn on_event(&mut self, event: &LinkEvent, deliver: &mut dyn FnMut(Delivery)) {
+        match event {
+            LinkEvent::SessionLost => self.recover = true,
+            LinkEvent::Dispatch { name, data } => self.on_dispatch(name, data, deliver),
+            LinkEvent::Health { .. } | LinkEvent::Parked(_) => {}
+        }
+    }
+
+    fn on_dispatch(&mut self, name: &str, data: &Value, deliver: &mut dyn FnMut(Delivery)) {
+        match name {
+            "READY" => {
+                if let Some(ready) = wire::parse_ready(data) {
+                    log::info!(target: self.channel.as_str(), "connected to Discord as {} ({})", ready.username, ready.user_id);
+                    self.bot_id = Some(ready.user_id);
+                }
+                if std::mem::take(&mut self.recover) {
+                    self.recover_gap(deliver);
+                }
+            }
+            "MESSAGE_CREATE" => {
+                let Some(bot_id) = self.bot_id.clone() else { return };
+                if let Some(incoming) = crate_contain(|| wire::parse_message(data, &self.channel, &bot_id, &*self.sent))
+                {
+                    self.hand_on(incoming, deliver);
+                }
+            }
+            "INTERACTION_CREATE" => {
+                if let Some(press) = crate_contain(|| wire::parse_button(data, &self.channel)) {
+                    deliver(Delivery::Button(press));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Dedup, remember for gap recovery, resolve the thread parent, fetch files, deliver.
+    fn hand_on(&mut self, mut incoming: Incoming, deliver: &mut dyn FnMut(Delivery)) {
+        let Some(id) = incoming.message.message_id.clone() else { return };
+        if !self.seen.insert(id.clone()) {
+            return;
+        }
+        let discord_channel = incoming.message.chat_id.clone();
+        self.note_talked(&discord_channel, &id);
+        if incoming.in_thread
+            && let Some(parent) = self.parent_of(&discord_channel)
+        {
+            incoming.message.chat_id = parent;
+        }
+        for remote in std::mem::take(&mut incoming.attachments) {
+            match self.download(&remote, &id) {
+                Ok(path) => incoming.message.attachments.push(Attachment {
+                    kind: kind_of(&remote.content_type),
+                    path,
+                    file_name: remote.file_name.clone(),
+                    mime_type: remote.content_type.clone(),
+                }),
+                Err(e) => {
+                    log::warn!(target: self.channel.as_str(), "attachment {:?} of message {id} not saved: {e}", remote.file_name)
+                }
+            }
+        }
+        if incoming.message.text.is_empty() && incoming.message.attachments.is_empty() {
+            return;
+        }
+        deliver(Delivery::Message(incoming));
+    }
+
+    fn note_talked(&mut self, discord_channel: &str, id: &str) {
+        match self.talked.get_mut(discord_channel) {
+            Some(last) => {
+                if wire::snowflake_newer(id, last) {
+                    *last = id.to_string();
+                }
+            }
+            None => {
+                if self.talked_order.len() >= MAX_CHANNELS
+                    && let Some(old) = self.talked_order.pop_front()
+                {
+                    self.talked.remove(&old);
+                }
+                self.talked.insert(discord_channel.to_string(), id.to_string());
+                self.talked_order.push_back(discord_channel.to_string());
+            }
+        }
+    }
+
+    fn parent_of(&mut self, thread: &str) -> Option<String> {
+        if let Some(parent) = self.parents.get(thread) {
+            return Some(parent.clone());
+        }
+        match self.rest.parent_of(thread) {
+            Ok(Some(parent)) => {
+                if self.parents.len() >= MAX_CHANNELS {
+                    self.parents.clear();
+                }
+                self.parents.insert(thread.to_string(), parent.clone());
+                Some(parent)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!(target: self.channel.as_str(), "cannot look up the parent channel of thread {thread}: {e}; using the thread's own settings");
+                None
+            }
+        }
+    }
+
+    /// After a lost session: every channel we were talking in, from its last seen message on.
+    fn recover_gap(&mut self, deliver: &mut dyn FnMut(Delivery)) {
+        let Some(bot_id) = self.bot_id.clone() else { return };
+        let channels: Vec<(String, String)> = self.talked.iter().map(|(c, m)| (c.clone(), m.clone())).collect();
+        let mut found = 0;
+        for (discord_channel, mut after) in channels {
+            for _ in 0..MAX_PAGES {
+                let page = match self.fetch_after(&discord_channel, &after) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        log::warn!(target: self.channel.as_str(), "cannot fetch the messages missed in {discord_channel}: {e}");
+                        break;
+                    }
+                };
+                let full = page.len() >= 100;
+                for message in &page {
+                    if let Some(id) = message.get("id").and_then(Value::as_str)
+                        && wire::snowflake_newer(id, &after)
+                    {
+                        after = id.to_string();
+                    }
+                    // Fetched messages lack `channel_type`/`guild_id` sometimes; keep what
+                    // the channel was (a DM stays a DM) by decoding as given.
+                    if let Some(incoming) =
+                        crate_contain(|| wire::parse_message(message, &self.channel, &bot_id, &*self.sent))
+                    {
+                        found += 1;
+                        self.hand_on(incoming, deliver);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        log::info!(target: self.channel.as_str(), "session was lost: fetched {found} message(s) posted meanwhile");
+    }
+
+    fn fetch_after(&self, discord_channel: &str, after: &str) -> Result<Vec<Value>, RestFailure> {
+        for _ in 0..3 {
+            match self.rest.messages_after(discord_channel, after) {
+                Err(RestFailure::RateLimited(d)) => std::thread::sleep(d.min(Duration::from_secs(10))),
+                other => return other,
+            }
+        }
+        self.rest.messages_after(discord_channel, after)
+    }
+
+    fn download(&self, remote: &wire::RemoteAttachment, message_id: &str) -> Result<PathBuf, String> {
+        if remote.size > MAX_ATTACHMENT {
+            return Err(format!("{} bytes is over the {} MiB limit", remote.size, MAX_ATTACHMENT / 1024 / 1024));
+        }
+        let bytes = self.rest.download(&remote.url, MAX_ATTACHMENT)?;
+        std::fs::create_dir_all(&self.media_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.media_dir.display()))?;
+        let path = self.media_dir.join(format!("{message_id}-{}", safe_file_name(&remote.file_name)));
+        write_file(&path, &bytes)?;
+        Ok(path)
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A file name that stays inside the media folder: no separators, no leading dots, bounded.
+fn safe_file_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| if c.is_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .take(100)
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    if cleaned.is_empty() { "file".to_string() } else { cleaned.to_string() }
+}
+
+fn kind_of(content_type: &str) -> AttachmentKind {
+    match content_type.split('/').next().unwrap_or_default() {
+        "image" => AttachmentKind::Image,
+        "audio" => AttachmentKind::Audio,
+        "video" => AttachmentKind::Video,
+        _ => AttachmentKind::File,
+    }
+}
+
+/// Decode inside `catch_unwind`: a payload that makes the decoder panic is skipped, never
+/// the end of the gateway thread.
+fn crate_contain<T>(decode: impl FnOnce() -> Option<T>) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(result) => result,
+        Err(_) => {
+            log::error!("a Discord event could not be decoded (decoder panicked); skipped");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_stay_in_the_folder() {
+        for (name, safe) in [
+            ("shot.png", "shot.png"),
+            ("../../etc/passwd", "_.._etc_passwd"),
+            ("..", "file"),
+            ("a b/c", "a_b_c"),
+            ("", "file"),
+        ] {
+            assert_eq!(safe_file_name(name), safe, "{name}");
+        }
+    }
+
+    #[test]
+    fn bounded_sets_forget_the_oldest() {
+        let mut set = BoundedSet::default();
+        assert!(set.insert("a".into()));
+        assert!(!set.insert("a".into()));
+        for n in 0..MAX_SEEN {
+            set.insert(n.to_string());
+        }
+        assert!(!set.contains("a"));
+        assert!(set.contains(&(MAX_SEEN - 1).to_string()));
+        assert_eq!(set.order.len(), MAX_SEEN);
+    }
+}
