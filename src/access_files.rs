@@ -6,7 +6,7 @@
 //! notices the operator's changes by polling the files' fingerprints.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::core::Event;
 use crate::core::pairing::{PairingBook, PairingRequest};
@@ -17,11 +17,6 @@ use crate::store::{self, Fingerprint};
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long to wait for the other process to finish its change.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// The current wall-clock time in epoch milliseconds.
-pub fn epoch_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The paths of one channel's pairing files.
 #[derive(Debug, Clone, PartialEq, Eq)]

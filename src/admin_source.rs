@@ -10,10 +10,11 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
 
-use crate::access_files::{AccessFiles, epoch_ms};
+use crate::access_files::AccessFiles;
 use crate::adapters::admin::{AdminAction, AdminSource};
 use crate::config::{ChannelConfig, SenderPolicy};
 use crate::event::Inbound;
+use crate::health::wall_ms;
 use crate::pairing_cli::{self, PairingCommand};
 
 /// The part of the page's state the daemon refreshes: `service`, `channels`, `sessions`.
@@ -51,7 +52,7 @@ impl DaemonAdmin {
     fn pairing(&self, command: PairingCommand) -> Result<String, String> {
         let channel = self.channel(command.channel())?;
         let files = AccessFiles::new(&self.home, &channel.name);
-        let report = pairing_cli::execute(&command, &files, Some(&channel), epoch_ms()).map_err(|e| e.to_string())?;
+        let report = pairing_cli::execute(&command, &files, Some(&channel), wall_ms()).map_err(|e| e.to_string())?;
         let text = format!("{}{}", report.stdout, report.stderr).trim().to_string();
         if report.status == 0 { Ok(text) } else { Err(text) }
     }
@@ -63,7 +64,7 @@ impl AdminSource for DaemonAdmin {
             let published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
             (published.state.clone(), published.channels.clone())
         };
-        let now = epoch_ms();
+        let now = wall_ms();
         let pairing: Vec<Value> = channels
             .values()
             .filter(|c| c.sender_policy == SenderPolicy::Pairing)

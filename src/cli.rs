@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::adapters;
 use crate::config::{self, Config, ParseContext};
 use crate::error::Error;
 
@@ -162,7 +163,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         Command::Pairing(command) => {
             let config = load_config(opts);
             let home = home_dir(opts)?;
-            let report = crate::pairing_cli::run(&command, &home, config, crate::access_files::epoch_ms())?;
+            let report = crate::pairing_cli::run(&command, &home, config, crate::health::wall_ms())?;
             print!("{}", report.stdout);
             eprint!("{}", report.stderr);
             Ok(report.status)
@@ -241,7 +242,8 @@ pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String
     let user_home = std::env::var_os("HOME").map(PathBuf::from);
     let env = |name: &str| std::env::var(name).ok();
     let path = PathBuf::from("(tether demo)");
-    let cx = ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env };
+    let cx =
+        ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env, platforms: adapters::PLATFORMS };
     let mut config =
         config::parse(&text, &cx).map_err(|e| Error::Usage(format!("--listen {listen}: {}", e.message)))?;
     let mut description = "the built-in demo agent (no agent configured)".to_string();
@@ -305,7 +307,8 @@ pub fn load_config(opts: &GlobalOptions) -> Result<Config, Error> {
     let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
     let user_home = std::env::var_os("HOME").map(PathBuf::from);
     let env = |name: &str| std::env::var(name).ok();
-    let cx = ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env };
+    let cx =
+        ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env, platforms: adapters::PLATFORMS };
     Ok(config::parse(&text, &cx)?)
 }
 
@@ -330,13 +333,9 @@ pub fn describe(config: &Config, home: &Path) -> String {
         out.push_str("channels:\n");
     }
     for channel in config.channels.values() {
-        out.push_str(&format!("  {} ({})\n", channel.name, channel.kind.as_str()));
-        for (label, secret) in
-            [("token", &channel.token), ("clientId", &channel.client_id), ("clientSecret", &channel.client_secret)]
-        {
-            if let Some(secret) = secret {
-                out.push_str(&format!("    {label}: {}\n", secret.masked()));
-            }
+        out.push_str(&format!("  {} ({})\n", channel.name, channel.platform.name));
+        for (label, secret) in &channel.settings.secrets {
+            out.push_str(&format!("    {label}: {}\n", secret.masked()));
         }
         out.push_str(&format!(
             "    agent: {}\n    cwd: {}\n    senderPolicy: {:?}, allowedUsers: {}\n    sessionScope: {:?}, dispatchMode: {:?}, groupPolicy: {:?}\n",
@@ -348,8 +347,9 @@ pub fn describe(config: &Config, home: &Path) -> String {
             channel.dispatch_mode,
             channel.group_policy,
         ));
-        if !channel.api_base.is_empty() {
-            out.push_str(&format!("    apiBase: {}\n", channel.api_base));
+        for (key, value) in &channel.settings.values {
+            let shown = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            out.push_str(&format!("    {key}: {shown}\n"));
         }
         if let Some(model) = &channel.model {
             out.push_str(&format!("    model: {model}\n"));

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::adapters::{Capabilities, Platform};
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -38,39 +40,6 @@ pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
     /// `startupTimeoutMs`, default 30 s: spawn to `initialize` answered.
     pub startup_timeout: Duration,
-}
-
-/// The platform a channel talks to (`type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ChannelKind {
-    Telegram,
-    Weixin,
-    Dingtalk,
-    Discord,
-    Webchat,
-    Webhook,
-}
-
-impl ChannelKind {
-    pub const ALL: [ChannelKind; 6] = [
-        ChannelKind::Telegram,
-        ChannelKind::Weixin,
-        ChannelKind::Dingtalk,
-        ChannelKind::Discord,
-        ChannelKind::Webchat,
-        ChannelKind::Webhook,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelKind::Telegram => "telegram",
-            ChannelKind::Weixin => "weixin",
-            ChannelKind::Dingtalk => "dingtalk",
-            ChannelKind::Discord => "discord",
-            ChannelKind::Webchat => "webchat",
-            ChannelKind::Webhook => "webhook",
-        }
-    }
 }
 
 /// `senderPolicy`: who may talk to the agent.
@@ -188,13 +157,11 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelConfig {
     pub name: String,
-    pub kind: ChannelKind,
-    /// `token` (Telegram, Discord, webchat); `$VAR` expanded.
-    pub token: Option<Secret>,
-    /// `clientId` (DingTalk); `$VAR` expanded.
-    pub client_id: Option<Secret>,
-    /// `clientSecret` (DingTalk); `$VAR` expanded.
-    pub client_secret: Option<Secret>,
+    /// The platform (`type`), as registered in [`crate::adapters::PLATFORMS`]. The core reads
+    /// only its [`Capabilities`], never its name.
+    pub platform: &'static Platform,
+    /// The platform's own keys, as its adapter read and checked them.
+    pub settings: PlatformSettings,
     pub model: Option<String>,
     pub sender_policy: SenderPolicy,
     pub allowed_users: Vec<String>,
@@ -220,16 +187,11 @@ pub struct ChannelConfig {
     pub show_tool_calls: ToolCallDisplay,
     /// `agent`: a key of [`Config::agents`]; default [`DEFAULT_AGENT`].
     pub agent: String,
-    /// `apiBase` or `baseUrl`: the platform's HTTP base, without a trailing slash.
-    /// Default per platform (Telegram `https://api.telegram.org`).
-    pub api_base: String,
     /// `turnTimeoutMs`, default 30 minutes.
     pub turn_timeout: Duration,
     /// `maxBacklogAge`: a message older than this when tether gets to it (sent while tether
     /// was down) gets a notice instead of a turn. Default 24 hours.
     pub max_backlog_age: Duration,
-    /// `listen` (webchat), default `127.0.0.1:8787`.
-    pub listen: String,
     /// Keys this build does not know, kept for adapters (as Qwen does for plugins).
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -251,22 +213,123 @@ impl ChannelConfig {
         GroupSettings { require_mention, dispatch_mode }
     }
 
+    /// What the channel's platform can do.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.platform.capabilities
+    }
+
     /// Every secret of this channel, for scrubbing the agent's environment.
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        [&self.token, &self.client_id, &self.client_secret].into_iter().flatten()
+        self.settings.secrets.values()
+    }
+
+    /// The platform's secret `key` (`token`, `clientSecret`, …), if set.
+    pub fn secret(&self, key: &str) -> Option<&Secret> {
+        self.settings.secrets.get(key)
+    }
+
+    /// The platform's text setting `key` (`apiBase`, `listen`, …), if set.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.values.get(key).and_then(Value::as_str)
+    }
+}
+
+/// A platform's own keys after its adapter read them: secrets (`$VAR` expanded) and values
+/// normalised by the adapter (URLs without a trailing `/`, addresses checked).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlatformSettings {
+    pub secrets: BTreeMap<&'static str, Secret>,
+    pub values: BTreeMap<&'static str, Value>,
+}
+
+/// A platform's view of its channel's object in the file, for [`crate::adapters::Platform::parse`]:
+/// typed getters whose errors name the file, channel, key and value.
+pub struct PlatformKeys<'a> {
+    obj: &'a Object,
+    at: Place<'a>,
+    vars: &'a Vars<'a>,
+    platform: &'static str,
+}
+
+impl PlatformKeys<'_> {
+    /// A credential (`"$NAME"` reads the environment).
+    pub fn secret(&self, key: &str) -> Result<Option<Secret>, ConfigError> {
+        get_secret(self.obj, key, self.at, self.vars)
+    }
+
+    /// A credential the platform cannot work without; the error says how to set it.
+    pub fn required_secret(&self, key: &str, what: &str, variable: &str) -> Result<Secret, ConfigError> {
+        self.secret(key)?.ok_or_else(|| {
+            self.error(
+                key,
+                format!(
+                    "required for type {}: put {what} here, or \"${variable}\" to read it from the environment",
+                    self.platform
+                ),
+            )
+        })
+    }
+
+    /// A string; absent, `null` and `""` are "not set".
+    pub fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        get_string(self.obj, key, self.at)
+    }
+
+    /// An http(s) URL without its trailing `/`, under `key` or its `alias` (not both with
+    /// different values); `default` when neither is set.
+    pub fn url(&self, key: &str, alias: Option<&str>, default: &str) -> Result<String, ConfigError> {
+        let first = self.string(key)?;
+        let second = match alias {
+            Some(alias) => self.string(alias)?,
+            None => None,
+        };
+        let (used, raw) = match (first, second) {
+            (Some(a), Some(b)) if a.trim_end_matches('/') != b.trim_end_matches('/') => {
+                let alias = alias.unwrap_or_default();
+                return Err(self.error(
+                    key,
+                    format!("\"{alias}\" is also set, to a different URL (\"{b}\"): keep only one of the two"),
+                ));
+            }
+            (Some(a), _) => (key, a),
+            (None, Some(b)) => (alias.unwrap_or(key), b),
+            (None, None) => return Ok(default.to_string()),
+        };
+        let trimmed = raw.trim_end_matches('/');
+        let host = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://"));
+        match host {
+            Some(host) if !host.is_empty() => Ok(trimmed.to_string()),
+            _ => Err(self
+                .error(used, format!("\"{raw}\" is not a URL starting with http:// or https://, e.g. \"{default}\""))),
+        }
+    }
+
+    /// An IP address and port such as `127.0.0.1:8787` (host names are not accepted).
+    pub fn socket_address(&self, key: &str, default: &str) -> Result<(String, SocketAddr), ConfigError> {
+        let text = self.string(key)?.unwrap_or_else(|| default.to_string());
+        let address = text.parse().map_err(|_| {
+            self.error(
+                key,
+                format!("\"{text}\" is not an IP address and port such as {default} (host names are not accepted)"),
+            )
+        })?;
+        Ok((text, address))
+    }
+
+    /// An error about `key` of this channel.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.at.error(key, message)
     }
 }
 
 #[cfg(test)]
 impl ChannelConfig {
     /// A channel with every key at its default (as `parse` would give), for tests to adjust.
-    pub fn for_tests(name: &str, kind: ChannelKind) -> ChannelConfig {
+    pub fn for_tests(name: &str, platform: &'static Platform) -> ChannelConfig {
         ChannelConfig {
             name: name.into(),
-            kind,
-            token: None,
-            client_id: None,
-            client_secret: None,
+            platform,
+            settings: PlatformSettings::default(),
             model: None,
             sender_policy: SenderPolicy::Allowlist,
             allowed_users: Vec::new(),
@@ -285,10 +348,8 @@ impl ChannelConfig {
             permission_timeout: Duration::from_secs(300),
             show_tool_calls: ToolCallDisplay::Off,
             agent: DEFAULT_AGENT.into(),
-            api_base: String::new(),
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
-            listen: "127.0.0.1:8787".into(),
             extra: BTreeMap::new(),
         }
     }
@@ -329,6 +390,8 @@ pub struct ParseContext<'a> {
     pub home: Option<&'a Path>,
     /// The process environment, as a lookup. The file's own `env` section is consulted first.
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The platforms a channel's `type` may name (normally [`crate::adapters::PLATFORMS`]).
+    pub platforms: &'a [&'static Platform],
 }
 
 /// Parse and validate a config file's text.
@@ -364,12 +427,10 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
 
 type Object = Map<String, Value>;
 
-/// Keys of a channel object this build reads; every other key is kept in `extra`.
+/// Keys every channel has, whatever its platform; the platform reads its own (`Platform::keys`),
+/// and every other key is kept in `extra`.
 const CHANNEL_KEYS: &[&str] = &[
     "type",
-    "token",
-    "clientId",
-    "clientSecret",
     "model",
     "senderPolicy",
     "allowedUsers",
@@ -387,21 +448,10 @@ const CHANNEL_KEYS: &[&str] = &[
     "permissionTimeoutMs",
     "showToolCalls",
     "agent",
-    "apiBase",
-    "baseUrl",
     "turnTimeoutMs",
     "maxBacklogAge",
-    "listen",
 ];
 
-const CHANNEL_KINDS: [(&str, ChannelKind); 6] = [
-    ("telegram", ChannelKind::Telegram),
-    ("weixin", ChannelKind::Weixin),
-    ("dingtalk", ChannelKind::Dingtalk),
-    ("discord", ChannelKind::Discord),
-    ("webchat", ChannelKind::Webchat),
-    ("webhook", ChannelKind::Webhook),
-];
 const SENDER_POLICIES: &[(&str, SenderPolicy)] =
     &[("allowlist", SenderPolicy::Allowlist), ("pairing", SenderPolicy::Pairing), ("open", SenderPolicy::Open)];
 const SESSION_SCOPES: &[(&str, SessionScope)] =
@@ -426,18 +476,6 @@ const DEFAULT_BLOCK_IDLE_MS: i128 = 1500;
 const DEFAULT_PERMISSION_TIMEOUT_MS: u64 = 300_000;
 const DEFAULT_TURN_TIMEOUT_MS: u64 = 1_800_000;
 const DEFAULT_MAX_BACKLOG_AGE_SECS: u64 = 86_400;
-const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
-
-/// The platform's HTTP base when neither `apiBase` nor `baseUrl` is given.
-fn default_api_base(kind: ChannelKind) -> &'static str {
-    match kind {
-        ChannelKind::Telegram => "https://api.telegram.org",
-        ChannelKind::Weixin => "https://ilinkai.weixin.qq.com",
-        ChannelKind::Dingtalk => "https://api.dingtalk.com",
-        ChannelKind::Discord => "https://discord.com/api/v10",
-        ChannelKind::Webchat | ChannelKind::Webhook => "",
-    }
-}
 
 /// The top-level `agent` (under [`DEFAULT_AGENT`]) plus the named `agents`.
 fn parse_agents(root: &Object, top: Place<'_>) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
@@ -507,41 +545,15 @@ fn parse_channel(
     vars: &Vars<'_>,
     agents: &BTreeMap<String, AgentConfig>,
 ) -> Result<ChannelConfig, ConfigError> {
-    let kind = get_enum(obj, "type", at, &CHANNEL_KINDS)?.ok_or_else(|| {
-        at.error("type", format!("missing: every channel needs a \"type\", one of: {}", names(&CHANNEL_KINDS)))
+    let type_name = get_string(obj, "type", at)?;
+    let available = || cx.platforms.iter().map(|p| p.name).collect::<Vec<_>>().join(", ");
+    let Some(type_name) = type_name else {
+        return Err(at.error("type", format!("missing: every channel needs a \"type\", one of: {}", available())));
+    };
+    let platform = crate::adapters::find(cx.platforms, &type_name).ok_or_else(|| {
+        at.error("type", format!("\"{type_name}\" is not a platform this build has; it has: {}", available()))
     })?;
-
-    let token = get_secret(obj, "token", at, vars)?;
-    let client_id = get_secret(obj, "clientId", at, vars)?;
-    let client_secret = get_secret(obj, "clientSecret", at, vars)?;
-    match kind {
-        ChannelKind::Telegram => require(&token, "token", kind, "your bot token", "TELEGRAM_BOT_TOKEN", at)?,
-        ChannelKind::Discord => require(&token, "token", kind, "your bot token", "DISCORD_BOT_TOKEN", at)?,
-        ChannelKind::Dingtalk => {
-            require(&client_id, "clientId", kind, "your app's AppKey", "DINGTALK_CLIENT_ID", at)?;
-            require(&client_secret, "clientSecret", kind, "your app's AppSecret", "DINGTALK_CLIENT_SECRET", at)?;
-        }
-        ChannelKind::Weixin | ChannelKind::Webchat | ChannelKind::Webhook => {}
-    }
-
-    let listen = get_string(obj, "listen", at)?.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let address: SocketAddr = listen.parse().map_err(|_| {
-        at.error(
-            "listen",
-            format!(
-                "\"{listen}\" is not an IP address and port such as {DEFAULT_LISTEN} (host names are not accepted)"
-            ),
-        )
-    })?;
-    if kind == ChannelKind::Webchat && !address.ip().is_loopback() && token.is_none() {
-        return Err(at.error(
-            "token",
-            format!(
-                "required because \"listen\" ({listen}) is not a loopback address: anyone who \
-                 can reach it could drive the agent. Set a token (or \"$VAR\"), or listen on {DEFAULT_LISTEN}"
-            ),
-        ));
-    }
+    let settings = (platform.parse)(&PlatformKeys { obj, at, vars, platform: platform.name })?;
 
     let agent = get_string(obj, "agent", at)?.unwrap_or_else(|| DEFAULT_AGENT.to_string());
     if !agents.contains_key(&agent) {
@@ -573,10 +585,8 @@ fn parse_channel(
 
     Ok(ChannelConfig {
         name: name.to_string(),
-        kind,
-        token,
-        client_id,
-        client_secret,
+        platform,
+        settings,
         model: get_string(obj, "model", at)?,
         sender_policy: get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?.unwrap_or(SenderPolicy::Allowlist),
         allowed_users: get_user_ids(obj, "allowedUsers", at)?,
@@ -595,38 +605,15 @@ fn parse_channel(
         permission_timeout: millis(get_positive(obj, "permissionTimeoutMs", at)?, DEFAULT_PERMISSION_TIMEOUT_MS),
         show_tool_calls: get_enum(obj, "showToolCalls", at, TOOL_CALL_DISPLAYS)?.unwrap_or(ToolCallDisplay::Off),
         agent,
-        api_base: get_api_base(obj, kind, at)?,
         turn_timeout: millis(get_positive(obj, "turnTimeoutMs", at)?, DEFAULT_TURN_TIMEOUT_MS),
         max_backlog_age: get_duration(obj, "maxBacklogAge", at)?
             .unwrap_or(Duration::from_secs(DEFAULT_MAX_BACKLOG_AGE_SECS)),
-        listen,
         extra: obj
             .iter()
-            .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()))
+            .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
     })
-}
-
-/// A required secret must be present (an empty string counts as missing).
-fn require(
-    secret: &Option<Secret>,
-    key: &str,
-    kind: ChannelKind,
-    what: &str,
-    variable: &str,
-    at: Place<'_>,
-) -> Result<(), ConfigError> {
-    match secret {
-        Some(_) => Ok(()),
-        None => Err(at.error(
-            key,
-            format!(
-                "required for type {}: put {what} here, or \"${variable}\" to read it from the environment",
-                kind.as_str()
-            ),
-        )),
-    }
 }
 
 /// `cwd`: `~` and `~/x` use the home directory; relative paths are taken from where tether
@@ -646,35 +633,6 @@ fn resolve_cwd(raw: Option<String>, cx: &ParseContext<'_>, at: Place<'_>) -> Res
     };
     let absolute = if path.is_absolute() { path } else { cx.cwd.join(path) };
     Ok(absolute.components().collect())
-}
-
-/// `apiBase`, or its alias `baseUrl` (Qwen's WeChat key): an http(s) URL without trailing `/`.
-fn get_api_base(obj: &Object, kind: ChannelKind, at: Place<'_>) -> Result<String, ConfigError> {
-    let api_base = get_string(obj, "apiBase", at)?;
-    let base_url = get_string(obj, "baseUrl", at)?;
-    let (key, raw) = match (api_base, base_url) {
-        (Some(a), Some(b)) if a.trim_end_matches('/') != b.trim_end_matches('/') => {
-            return Err(at.error(
-                "apiBase",
-                format!("\"baseUrl\" is also set, to a different URL (\"{b}\"): keep only one of the two"),
-            ));
-        }
-        (Some(a), _) => ("apiBase", a),
-        (None, Some(b)) => ("baseUrl", b),
-        (None, None) => return Ok(default_api_base(kind).to_string()),
-    };
-    let trimmed = raw.trim_end_matches('/');
-    let host = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://"));
-    match host {
-        Some(host) if !host.is_empty() => Ok(trimmed.to_string()),
-        _ => Err(at.error(
-            key,
-            format!(
-                "\"{raw}\" is not a URL starting with http:// or https://, e.g. \"{}\"",
-                default_api_base(ChannelKind::Telegram)
-            ),
-        )),
-    }
 }
 
 /// `groups`: chat id (or `"*"`) → entry. Keys we do not use inside an entry (Qwen's
@@ -967,8 +925,17 @@ mod tests {
             cwd: Path::new("/srv/start"),
             home: Some(Path::new("/home/ann")),
             env: &lookup,
+            platforms: crate::adapters::PLATFORMS,
         };
         parse(text, &cx)
+    }
+
+    /// What the Telegram adapter reads from a channel with `token` and the default `apiBase`.
+    fn telegram_settings(token: &str, from_env: Option<&str>) -> PlatformSettings {
+        PlatformSettings {
+            secrets: [("token", Secret::new(token.into(), from_env.map(str::to_string)))].into(),
+            values: [("apiBase", Value::String("https://api.telegram.org".into()))].into(),
+        }
     }
 
     /// A file with one telegram channel "phone" (token set) plus the given extra keys.
@@ -1036,10 +1003,8 @@ mod tests {
         let phone = channel(&config, "phone");
         let expected = ChannelConfig {
             name: "phone".into(),
-            kind: ChannelKind::Telegram,
-            token: Some(Secret::new("42:secret".into(), Some("TELEGRAM_BOT_TOKEN".into()))),
-            client_id: None,
-            client_secret: None,
+            platform: &crate::adapters::telegram::PLATFORM,
+            settings: telegram_settings("42:secret", Some("TELEGRAM_BOT_TOKEN")),
             model: Some("qwen3.5-plus".into()),
             sender_policy: SenderPolicy::Pairing,
             allowed_users: vec!["123456789".into()],
@@ -1064,10 +1029,8 @@ mod tests {
             permission_timeout: Duration::from_secs(300),
             show_tool_calls: ToolCallDisplay::Off,
             agent: "gemini".into(),
-            api_base: "https://api.telegram.org".into(),
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
-            listen: "127.0.0.1:8787".into(),
             extra: BTreeMap::new(),
         };
         assert_eq!(phone, expected);
@@ -1103,8 +1066,8 @@ mod tests {
             ])
         );
         let c = channel(&config, "my-telegram");
-        assert_eq!(c.token.as_ref().map(Secret::expose), Some("from-file"));
-        assert_eq!(c.token.as_ref().and_then(|s| s.from_env.as_deref()), Some("TELEGRAM_BOT_TOKEN"));
+        assert_eq!(c.secret("token").map(Secret::expose), Some("from-file"));
+        assert_eq!(c.secret("token").and_then(|s| s.from_env.as_deref()), Some("TELEGRAM_BOT_TOKEN"));
         assert_eq!(c.group_policy, GroupPolicy::Open);
         assert_eq!(c.groups["*"], GroupConfig { require_mention: Some(false), dispatch_mode: None });
         assert_eq!(
@@ -1139,10 +1102,8 @@ mod tests {
         let c = channel(&config, "phone");
         let expected = ChannelConfig {
             name: "phone".into(),
-            kind: ChannelKind::Telegram,
-            token: Some(Secret::new("123:abc".into(), None)),
-            client_id: None,
-            client_secret: None,
+            platform: &crate::adapters::telegram::PLATFORM,
+            settings: telegram_settings("123:abc", None),
             model: None,
             sender_policy: SenderPolicy::Allowlist,
             allowed_users: vec![],
@@ -1161,10 +1122,8 @@ mod tests {
             permission_timeout: Duration::from_millis(300_000),
             show_tool_calls: ToolCallDisplay::Off,
             agent: "default".into(),
-            api_base: "https://api.telegram.org".into(),
             turn_timeout: Duration::from_millis(1_800_000),
             max_backlog_age: Duration::from_secs(86_400),
-            listen: "127.0.0.1:8787".into(),
             extra: BTreeMap::new(),
         };
         assert_eq!(c, expected);
@@ -1194,10 +1153,10 @@ mod tests {
             r#""senderPolicy": "", "sessionScope": "", "groupPolicy": "", "dispatchMode": """#,
             r#""permissions": "", "showToolCalls": null, "blockStreaming": "", "agent": """#,
             r#""allowedUsers": null, "groups": null, "cwd": null, "model": null, "instructions": null"#,
-            r#""cwd": "", "model": "", "apiBase": "", "baseUrl": null, "listen": """#,
+            r#""cwd": "", "model": "", "apiBase": "", "baseUrl": null"#,
             r#""blockStreamingChunk": null, "blockStreamingCoalesce": null, "approvalMode": null"#,
             r#""blockStreamingChunk": {"minChars": null, "maxChars": null}, "blockStreamingCoalesce": {"idleMs": null}"#,
-            r#""permissionTimeoutMs": null, "turnTimeoutMs": null, "clientId": null, "clientSecret": """#,
+            r#""permissionTimeoutMs": null, "turnTimeoutMs": null"#,
         ];
         let defaults = phone("");
         for extra in cases {
@@ -1363,13 +1322,13 @@ mod tests {
             (
                 r#"{"channels": {"phone": {"token": "x"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, weixin, dingtalk, discord, webchat, webhook"#
+                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat"#
                 ),
             ),
             (
                 r#"{"channels": {"phone": {"type": "slack"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": "slack" is not one of: telegram, weixin, dingtalk, discord, webchat, webhook"#
+                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat"#
                 ),
             ),
             (
@@ -1382,24 +1341,6 @@ mod tests {
                 r#"{"channels": {"phone": {"type": "telegram", "token": ""}}}"#.into(),
                 format!(
                     r#"{p}: channel "phone", key "token": required for type telegram: put your bot token here, or "$TELEGRAM_BOT_TOKEN" to read it from the environment"#
-                ),
-            ),
-            (
-                r#"{"channels": {"d": {"type": "discord", "token": null}}}"#.into(),
-                format!(
-                    r#"{p}: channel "d", key "token": required for type discord: put your bot token here, or "$DISCORD_BOT_TOKEN" to read it from the environment"#
-                ),
-            ),
-            (
-                r#"{"channels": {"ding": {"type": "dingtalk", "clientSecret": "s"}}}"#.into(),
-                format!(
-                    r#"{p}: channel "ding", key "clientId": required for type dingtalk: put your app's AppKey here, or "$DINGTALK_CLIENT_ID" to read it from the environment"#
-                ),
-            ),
-            (
-                r#"{"channels": {"ding": {"type": "dingtalk", "clientId": "i"}}}"#.into(),
-                format!(
-                    r#"{p}: channel "ding", key "clientSecret": required for type dingtalk: put your app's AppSecret here, or "$DINGTALK_CLIENT_SECRET" to read it from the environment"#
                 ),
             ),
             // Agents.
@@ -1530,9 +1471,10 @@ mod tests {
             let got = parse_with(&text, process);
             match (got, expected) {
                 (Ok(config), Ok((value, from_env))) => {
-                    let token = channel(&config, "phone").token;
-                    assert_eq!(token.as_ref().map(Secret::expose), Some(value), "{written}");
-                    assert_eq!(token.and_then(|t| t.from_env).as_deref(), from_env, "{written}");
+                    let phone = channel(&config, "phone");
+                    let token = phone.secret("token");
+                    assert_eq!(token.map(Secret::expose), Some(value), "{written}");
+                    assert_eq!(token.and_then(|t| t.from_env.as_deref()), from_env, "{written}");
                 }
                 (Err(e), Err(message)) => {
                     assert_eq!(e.key.as_deref(), Some("token"), "{written}");
@@ -1545,20 +1487,29 @@ mod tests {
 
     #[test]
     fn env_var_expansion_applies_only_to_credentials() {
-        let text = r#"{"channels": {"ding": {"type": "dingtalk", "clientId": "$ID", "clientSecret": "$SECRET",
-            "cwd": "/srv/$HOME", "instructions": "$NOT", "model": "$MODEL", "allowedUsers": ["$U"]}}}"#;
-        let config = match parse_with(text, &[("ID", "id-1"), ("SECRET", "s-2"), ("MODEL", "m")]) {
+        let text = r#"{"channels": {"tg": {"type": "telegram", "token": "$ID", "apiBase": "$URL",
+            "cwd": "/srv/$HOME", "instructions": "$NOT", "model": "$MODEL", "allowedUsers": ["$U"]},
+            "web": {"type": "webchat", "token": "$SECRET"}}}"#;
+        let env = [("ID", "id-1"), ("SECRET", "s-2"), ("MODEL", "m"), ("URL", "https://x")];
+        let error = match parse_with(text, &env) {
+            Ok(c) => panic!("{c:?}"),
+            Err(e) => e,
+        };
+        // Only credentials are expanded: "$URL" stays itself, which is not a URL.
+        assert_eq!(error.key.as_deref(), Some("apiBase"));
+        let config = match parse_with(&text.replace("\"$URL\"", "null"), &env) {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
-        let ding = channel(&config, "ding");
-        assert_eq!(ding.client_id, Some(Secret::new("id-1".into(), Some("ID".into()))));
-        assert_eq!(ding.client_secret, Some(Secret::new("s-2".into(), Some("SECRET".into()))));
-        assert_eq!(ding.cwd, PathBuf::from("/srv/$HOME"));
-        assert_eq!(ding.instructions.as_deref(), Some("$NOT"));
-        assert_eq!(ding.model.as_deref(), Some("$MODEL"));
-        assert_eq!(ding.allowed_users, vec!["$U".to_string()]);
-        assert_eq!(ding.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["id-1", "s-2"]);
+        let tg = channel(&config, "tg");
+        assert_eq!(tg.secret("token"), Some(&Secret::new("id-1".into(), Some("ID".into()))));
+        assert_eq!(tg.cwd, PathBuf::from("/srv/$HOME"));
+        assert_eq!(tg.instructions.as_deref(), Some("$NOT"));
+        assert_eq!(tg.model.as_deref(), Some("$MODEL"));
+        assert_eq!(tg.allowed_users, vec!["$U".to_string()]);
+        assert_eq!(tg.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["id-1"]);
+        let web = channel(&config, "web");
+        assert_eq!(web.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["s-2"]);
     }
 
     #[test]
@@ -1582,7 +1533,13 @@ mod tests {
     #[test]
     fn cwd_tilde_without_home_is_an_error() {
         let lookup = |_: &str| None;
-        let cx = ParseContext { path: Path::new(FILE), cwd: Path::new("/srv"), home: None, env: &lookup };
+        let cx = ParseContext {
+            path: Path::new(FILE),
+            cwd: Path::new("/srv"),
+            home: None,
+            env: &lookup,
+            platforms: crate::adapters::PLATFORMS,
+        };
         let err = match parse(&telegram(r#""cwd": "~/x""#), &cx) {
             Ok(c) => panic!("{c:?}"),
             Err(e) => e,
@@ -1664,40 +1621,37 @@ mod tests {
 
     #[test]
     fn api_base_defaults_aliases_and_trailing_slash() {
+        let tg = r#""type": "telegram", "token": "t""#;
         let cases = [
-            (r#""type": "telegram", "token": "t""#, Ok("https://api.telegram.org")),
-            (r#""type": "weixin""#, Ok("https://ilinkai.weixin.qq.com")),
-            (r#""type": "dingtalk", "clientId": "i", "clientSecret": "s""#, Ok("https://api.dingtalk.com")),
-            (r#""type": "discord", "token": "t""#, Ok("https://discord.com/api/v10")),
-            (r#""type": "webchat""#, Ok("")),
-            (r#""type": "webhook""#, Ok("")),
-            (r#""type": "weixin", "baseUrl": "https://proxy.example/wx/""#, Ok("https://proxy.example/wx")),
-            (r#""type": "weixin", "apiBase": "http://127.0.0.1:9000//""#, Ok("http://127.0.0.1:9000")),
-            (r#""type": "weixin", "apiBase": "http://a/", "baseUrl": "http://a""#, Ok("http://a")),
+            (String::new(), Ok("https://api.telegram.org")),
+            (r#", "baseUrl": "https://proxy.example/tg/""#.into(), Ok("https://proxy.example/tg")),
+            (r#", "apiBase": "http://127.0.0.1:9000//""#.into(), Ok("http://127.0.0.1:9000")),
+            (r#", "apiBase": "http://a/", "baseUrl": "http://a""#.into(), Ok("http://a")),
             (
-                r#""type": "weixin", "apiBase": "http://a", "baseUrl": "http://b""#,
+                r#", "apiBase": "http://a", "baseUrl": "http://b""#.into(),
                 Err(
                     r#"channel "c", key "apiBase": "baseUrl" is also set, to a different URL ("http://b"): keep only one of the two"#,
                 ),
             ),
             (
-                r#""type": "weixin", "baseUrl": "ilinkai.weixin.qq.com""#,
+                r#", "baseUrl": "api.telegram.org""#.into(),
                 Err(
-                    r#"channel "c", key "baseUrl": "ilinkai.weixin.qq.com" is not a URL starting with http:// or https://, e.g. "https://api.telegram.org""#,
+                    r#"channel "c", key "baseUrl": "api.telegram.org" is not a URL starting with http:// or https://, e.g. "https://api.telegram.org""#,
                 ),
             ),
             (
-                r#""type": "weixin", "apiBase": "https:///""#,
+                r#", "apiBase": "https:///""#.into(),
                 Err(
                     r#"channel "c", key "apiBase": "https:///" is not a URL starting with http:// or https://, e.g. "https://api.telegram.org""#,
                 ),
             ),
         ];
         for (keys, expected) in cases {
+            let keys = format!("{tg}{keys}");
             let text = format!(r#"{{"channels": {{"c": {{{keys}}}}}}}"#);
             match (parse_with(&text, &[]), expected) {
                 (Ok(config), Ok(base)) => {
-                    assert_eq!(channel(&config, "c").api_base, base, "{keys}")
+                    assert_eq!(channel(&config, "c").setting("apiBase"), Some(base), "{keys}")
                 }
                 (Err(e), Err(message)) => {
                     assert_eq!(e.to_string(), format!("{FILE}: {message}"), "{keys}")
@@ -1781,7 +1735,6 @@ mod tests {
             (r#""type": "webchat", "listen": "127.0.0.1:0""#, Ok("127.0.0.1:0")),
             (r#""type": "webchat", "listen": "[::1]:9000""#, Ok("[::1]:9000")),
             (r#""type": "webchat", "listen": "0.0.0.0:8787", "token": "t""#, Ok("0.0.0.0:8787")),
-            (r#""type": "webhook", "listen": "0.0.0.0:8787""#, Ok("0.0.0.0:8787")),
             (
                 r#""type": "webchat", "listen": "0.0.0.0:8787""#,
                 Err(
@@ -1803,7 +1756,7 @@ mod tests {
             let text = format!(r#"{{"channels": {{"c": {{{keys}}}}}}}"#);
             match (parse_with(&text, &[]), expected) {
                 (Ok(config), Ok(listen)) => {
-                    assert_eq!(channel(&config, "c").listen, listen, "{keys}")
+                    assert_eq!(channel(&config, "c").setting("listen"), Some(listen), "{keys}")
                 }
                 (Err(e), Err(message)) => {
                     assert_eq!(e.to_string(), format!("{FILE}: {message}"), "{keys}")
@@ -1851,18 +1804,22 @@ mod tests {
                 ("useConnectionManager".to_string(), serde_json::json!(false)),
             ])
         );
-        // Known keys, including the alias, never land in extra.
+        // The platform's keys, including the alias, never land in extra; another platform's do.
         let c = phone(r#""baseUrl": "https://x", "listen": "127.0.0.1:1""#);
-        assert!(c.extra.is_empty(), "{:?}", c.extra);
+        assert_eq!(c.extra, BTreeMap::from([("listen".to_string(), serde_json::json!("127.0.0.1:1"))]));
     }
 
     #[test]
-    fn channel_kind_table_matches_all() {
-        let from_table: Vec<ChannelKind> = CHANNEL_KINDS.iter().map(|&(_, kind)| kind).collect();
-        assert_eq!(from_table, ChannelKind::ALL.to_vec());
-        for (name, kind) in CHANNEL_KINDS {
-            assert_eq!(name, kind.as_str());
-        }
+    fn a_type_this_build_lacks_names_the_ones_it_has() {
+        let error = error_text(r#"{"channels": {"c": {"type": "carrier-pigeon"}}}"#, &[]);
+        let names: Vec<&str> = crate::adapters::PLATFORMS.iter().map(|p| p.name).collect();
+        assert_eq!(
+            error,
+            format!(
+                r#"{FILE}: channel "c", key "type": "carrier-pigeon" is not a platform this build has; it has: {}"#,
+                names.join(", ")
+            )
+        );
     }
 
     #[test]

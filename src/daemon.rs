@@ -15,17 +15,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, at, bounded, never, select, tick, unbounded};
 
-use crate::access_files::{self, epoch_ms};
+use crate::access_files;
 use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
-use crate::adapters;
-use crate::adapters::webchat::WebchatHandle;
+use crate::adapters::{ChannelIo, RunningChannel, Supervisor, ThreadEnd};
 use crate::admin_source::DaemonAdmin;
-use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SenderPolicy};
-use crate::core::{Action, Core, Event, routing};
+use crate::backoff::Backoff;
+use crate::config::{ChannelConfig, Config, PermissionPolicy, SenderPolicy};
+use crate::core::{Action, Core, Event};
 use crate::error::Error;
-use crate::event::{AgentEvent, Inbound, InboundMessage, MessageRef, Outbound};
-use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus};
-use crate::journal::{self, Journal};
+use crate::event::{AgentEvent, Inbound, Outbound};
+use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus, wall_ms};
+use crate::journal::Journal;
 use crate::service::{self, LogFile, ServiceClaim};
 use crate::store;
 
@@ -159,7 +159,8 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         inbound_tx,
         channels: BTreeMap::new(),
         journals: BTreeMap::new(),
-        outstanding: BTreeSet::new(),
+        probes: BTreeMap::new(),
+        channel_restarts: BTreeMap::new(),
         unhealthy_after,
         started_at_ms: health::wall_ms(),
         state: "starting",
@@ -188,7 +189,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     }
     daemon.adopt_sessions();
     // Pairing state: read at start, then re-read when `tether pairing` changes it.
-    daemon.core.set_wall_clock(epoch_ms());
+    daemon.core.set_wall_clock(wall_ms());
     for event in daemon.access.load_all()? {
         daemon.core.handle(event, Instant::now());
     }
@@ -204,14 +205,32 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
 struct Channel {
     config: ChannelConfig,
     outbox: Sender<Outbound>,
-    /// Dropped to stop the channel's loop.
+    /// Dropped to stop the channel's threads.
     stop: Sender<()>,
     probe: Probe,
-    /// Disconnects when the channel's sender has delivered what was queued and ended.
-    sender_done: Option<Receiver<()>>,
-    /// A web chat serves until this is dropped.
-    web: Option<WebchatHandle>,
+    running: RunningChannel,
+    /// Each of the channel's threads reports its end here (panics included).
+    ended: Receiver<ThreadEnd>,
 }
+
+impl Channel {
+    /// Close its stop and outbox channels (its threads end; its sender delivers what was
+    /// queued first) and drop its guard (a server stops listening).
+    fn stop_threads(self) {
+        drop(self.stop);
+        drop(self.outbox);
+        drop(self.running);
+    }
+}
+
+/// A channel whose thread ended on its own, waiting to be started again.
+struct ChannelRestart {
+    at: Instant,
+    backoff: Backoff,
+}
+
+/// How long a channel restarted after a thread ended must run before its backoff resets.
+const CHANNEL_STABLE: Duration = Duration::from_secs(60);
 
 struct Daemon {
     /// What the web chat's admin page shows and does.
@@ -236,8 +255,10 @@ struct Daemon {
     channels: BTreeMap<String, Channel>,
     /// One per journaled channel, kept across restarts of the channel (one writer per file).
     journals: BTreeMap<String, Arc<Journal>>,
-    /// Journaled messages given to the core and not yet named by an answer.
-    outstanding: BTreeSet<(String, MessageRef)>,
+    /// One per channel, kept across restarts of the channel, so health shows the restarts.
+    probes: BTreeMap<String, Probe>,
+    /// Channels whose thread ended on their own, and when to start them again.
+    channel_restarts: BTreeMap<String, ChannelRestart>,
     unhealthy_after: Duration,
     started_at_ms: u64,
     /// `starting`, `running`, `stopping`, `stopped`.
@@ -256,7 +277,7 @@ impl Daemon {
                 .flatten()
                 .min();
             let deadline = next.map_or_else(never, at);
-            self.core.set_wall_clock(epoch_ms());
+            self.core.set_wall_clock(wall_ms());
             select! {
                 recv(inbound_rx) -> msg => if let Ok(inbound) = msg { self.on_inbound(inbound) },
                 recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event)? },
@@ -274,8 +295,9 @@ impl Daemon {
             self.restart_due_agents()?;
             if Instant::now() >= self.next_tick {
                 self.next_tick = Instant::now() + STATUS_TICK;
+                self.watch_channel_threads();
+                self.restart_due_channels();
                 self.watch_health();
-                self.sweep();
                 self.publish(false);
                 self.publish_admin();
             }
@@ -283,44 +305,15 @@ impl Daemon {
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
-        match inbound {
-            Inbound::Message(message) => {
-                if let Some(channel) = self.channels.get(&message.channel) {
-                    channel.probe.received();
-                }
-                let journal = self.journals.get(&message.channel).cloned();
-                if let (Some(journal), Some(reference)) = (journal, message.reference()) {
-                    let max_age = self.config.channels.get(&message.channel).map(|c| c.max_backlog_age);
-                    if let (Some(sent_at), Some(max_age)) = (journal.sent_at(&reference), max_age) {
-                        let now_ms = health::wall_ms();
-                        if journal::is_stale(sent_at, now_ms, max_age) {
-                            return self.backlog_notice(&journal, message, reference, now_ms - sent_at, max_age);
-                        }
-                    }
-                    self.outstanding.insert((message.channel.clone(), reference));
-                }
-                self.handle(Event::Inbound(Inbound::Message(message)));
-                self.sweep();
-            }
-            Inbound::Button(press) => self.handle(Event::Inbound(Inbound::Button(press))),
-            Inbound::OperatorClear { key } => {
-                self.handle(Event::Inbound(Inbound::OperatorClear { key }));
-                self.publish_admin();
-            }
-            Inbound::Health { channel, connected, error } => {
-                if let Some(c) = self.channels.get(&channel) {
-                    match (connected, &error) {
-                        (true, _) => c.probe.ok(),
-                        (false, Some(e)) => {
-                            c.probe.failed(e);
-                        }
-                        (false, None) => {
-                            c.probe.failed("disconnected");
-                        }
-                    }
-                }
-                self.handle(Event::Inbound(Inbound::Health { channel, connected, error }));
-            }
+        if let Inbound::Message(message) = &inbound
+            && let Some(probe) = self.probes.get(&message.channel)
+        {
+            probe.received();
+        }
+        let operator = matches!(inbound, Inbound::OperatorClear { .. });
+        self.handle(Event::Inbound(inbound));
+        if operator {
+            self.publish_admin();
         }
     }
 
@@ -368,27 +361,6 @@ impl Daemon {
         }
     }
 
-    /// A message too old for a turn: one notice (to people the gates let through) instead.
-    fn backlog_notice(
-        &mut self,
-        journal: &Journal,
-        message: InboundMessage,
-        reference: MessageRef,
-        age_ms: u64,
-        max_age: Duration,
-    ) {
-        let target = message.channel.clone();
-        if !self.core.admits(&message) {
-            let _ = journal.settle(&[reference]);
-            return;
-        }
-        log::info!(target: target.as_str(), "message {} in chat {} is {} old (maxBacklogAge {}): sending a notice instead of a turn",
-            reference.message_id, reference.chat_id, health::format_duration(age_ms / 1000), health::format_duration(max_age.as_secs()));
-        let text = journal::stale_notice(&message.text, age_ms, max_age);
-        let notice = Outbound::Text { chat: routing::reply_to(&message), text, answers: vec![reference] };
-        self.dispatch(vec![Action::Send(notice)]);
-    }
-
     /// An agent event; an agent that crashed too often ends the service (status 1), so that
     /// the init system restarts it.
     fn on_agent(&mut self, agent: String, event: AgentEvent) -> Result<(), Error> {
@@ -420,7 +392,6 @@ impl Daemon {
             a.ready();
         }
         self.handle(Event::Agent { agent, event });
-        self.sweep();
         Ok(())
     }
 
@@ -453,21 +424,20 @@ impl Daemon {
     fn dispatch(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Send(out) => {
-                    if let Outbound::Text { chat, answers, .. } = &out {
-                        for reference in answers {
-                            // The sender marks it answered once delivered.
-                            self.outstanding.remove(&(chat.channel.clone(), reference.clone()));
+                Action::Send(out) => match self.channels.get(out.channel()) {
+                    Some(channel) => {
+                        if !channel.config.capabilities().journaled && matches!(out, Outbound::Text { .. }) {
+                            channel.probe.sent(); // Channels without a journal do not report deliveries.
                         }
+                        let _ = channel.outbox.send(out);
                     }
-                    match self.channels.get(out.channel()) {
-                        Some(channel) => {
-                            if !self.journals.contains_key(out.channel()) && matches!(out, Outbound::Text { .. }) {
-                                channel.probe.sent(); // Channels without a journal do not report deliveries.
-                            }
-                            let _ = channel.outbox.send(out);
-                        }
-                        None => log::warn!(target: "core", "no channel {} for an outbound message", out.channel()),
+                    None => log::warn!(target: "core", "no channel {} for an outbound message", out.channel()),
+                },
+                Action::Settle { channel, messages } => {
+                    if let Some(journal) = self.journals.get(&channel)
+                        && let Err(e) = journal.settle(&messages)
+                    {
+                        log::error!(target: channel.as_str(), "cannot write {}: {e}", journal.path().display());
                     }
                 }
                 Action::Agent { agent, request } => match self.agents.get(&agent) {
@@ -475,23 +445,8 @@ impl Daemon {
                     None => log::error!(target: "core", "no agent {agent}"),
                 },
                 Action::SavePairingRequest { channel, request } => {
-                    self.access.save_request(&channel, request, epoch_ms())
+                    self.access.save_request(&channel, request, wall_ms())
                 }
-            }
-        }
-    }
-
-    /// Journaled messages the core no longer holds and no answer named need nothing more
-    /// (the gates dropped them, a command answered them): mark them so.
-    fn sweep(&mut self) {
-        let settled: Vec<(String, MessageRef)> =
-            self.outstanding.iter().filter(|(channel, r)| !self.core.holds(channel, r)).cloned().collect();
-        for (channel, reference) in settled {
-            self.outstanding.remove(&(channel.clone(), reference.clone()));
-            if let Some(journal) = self.journals.get(&channel)
-                && let Err(e) = journal.settle(&[reference])
-            {
-                log::error!(target: channel.as_str(), "cannot write {}: {e}", journal.path().display());
             }
         }
     }
@@ -507,78 +462,113 @@ impl Daemon {
             }
             log::info!(target: name.as_str(), "processing {} journaled message(s) not answered before the restart", recovered.len());
             for entry in recovered {
-                self.on_inbound(Inbound::Message(entry.message));
+                let message = crate::event::InboundMessage { sent_at_ms: Some(entry.sent_at_ms), ..entry.message };
+                self.on_inbound(Inbound::Message(message));
             }
         }
     }
 
+    /// Start a channel through the adapter seam: the daemon knows no platform.
     fn start_channel(&mut self, channel: &ChannelConfig) -> Result<(), Error> {
-        let (out_tx, out_rx) = unbounded();
-        let (stop_tx, stop_rx) = bounded::<()>(0);
-        let mut web = None;
-        let (probe, sender_done) = match channel.kind {
-            ChannelKind::Telegram => {
-                let journal = match self.journals.get(&channel.name) {
-                    Some(journal) => journal.clone(),
-                    None => {
-                        let journal = Arc::new(Journal::open(&self.home, &channel.name)?);
-                        self.journals.insert(channel.name.clone(), journal.clone());
-                        journal
-                    }
-                };
-                let probe = Probe::new(channel.kind.as_str(), true);
-                let io = adapters::telegram::Io {
-                    inbound: self.inbound_tx.clone(),
-                    outbox: out_rx,
-                    stop: stop_rx,
-                    journal,
-                    probe: probe.clone(),
-                    home: self.home.clone(),
-                };
-                let running = adapters::telegram::spawn(channel, io)?;
-                (probe, Some(running.sender_done))
-            }
-            ChannelKind::Webchat => {
-                // Not journaled: a browser's message is in the page's history, and the page
-                // says when tether did not take it.
-                let admin = Arc::new(self.admin.clone());
-                let server = adapters::webchat::spawn_with_admin(channel, self.inbound_tx.clone(), out_rx, admin)?;
-                log::info!(target: channel.name.as_str(), "web chat on {}", server.url());
-                println!("{}: web chat on {}", channel.name, server.url());
-                web = Some(server);
-                // Listening is this channel's "connected": say so now, not a tick later, so
-                // start shows no false "unhealthy" warning.
-                let probe = Probe::new(channel.kind.as_str(), false);
-                probe.ok();
-                (probe, None)
-            }
-            other => {
-                return Err(Error::Other(format!(
-                    "{}: channel \"{}\": type {} is not available in this build yet",
-                    self.config.path.display(),
-                    channel.name,
-                    other.as_str()
-                )));
+        let platform = channel.platform;
+        let journal = match (platform.capabilities.journaled, self.journals.get(&channel.name)) {
+            (false, _) => None,
+            (true, Some(journal)) => Some(journal.clone()),
+            (true, None) => {
+                let journal = Arc::new(Journal::open(&self.home, &channel.name)?);
+                self.journals.insert(channel.name.clone(), journal.clone());
+                Some(journal)
             }
         };
-        log::info!(target: channel.name.as_str(), "channel started ({})", channel.kind.as_str());
+        let probe = self
+            .probes
+            .entry(channel.name.clone())
+            .or_insert_with(|| Probe::new(platform.name, platform.heartbeats))
+            .clone();
+        let (out_tx, out_rx) = unbounded();
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let (supervisor, ended) = Supervisor::new();
+        let io = ChannelIo {
+            inbound: self.inbound_tx.clone(),
+            outbox: out_rx,
+            stop: stop_rx,
+            probe: probe.clone(),
+            journal,
+            home: self.home.clone(),
+            admin: Arc::new(self.admin.clone()),
+            supervisor,
+        };
+        let running = (platform.spawn)(channel, io)?;
+        if let Some(reached_at) = &running.reached_at {
+            log::info!(target: channel.name.as_str(), "{reached_at}");
+            println!("{}: {reached_at}", channel.name);
+        }
+        log::info!(target: channel.name.as_str(), "channel started ({})", platform.name);
         if channel.permissions == PermissionPolicy::Allow {
             log::warn!(target: channel.name.as_str(), "permissions is \"allow\": the agent may run any tool (shell commands, file edits) without asking anyone");
         }
-        let running = Channel { config: channel.clone(), outbox: out_tx, stop: stop_tx, probe, sender_done, web };
-        self.channels.insert(channel.name.clone(), running);
+        let started = Channel { config: channel.clone(), outbox: out_tx, stop: stop_tx, probe, running, ended };
+        self.channels.insert(channel.name.clone(), started);
         Ok(())
+    }
+
+    /// A channel whose thread ended (a panic, or a loop that gave up) is stopped and started
+    /// again with backoff; the journal keeps what it had not answered.
+    fn watch_channel_threads(&mut self) {
+        let mut failed = Vec::new();
+        for (name, channel) in &self.channels {
+            if let Ok(end) = channel.ended.try_recv() {
+                failed.push((name.clone(), end));
+            }
+        }
+        for (name, end) in failed {
+            let Some(channel) = self.channels.remove(&name) else { continue };
+            let now = Instant::now();
+            let restart = self.channel_restarts.entry(name.clone()).or_insert_with(|| ChannelRestart {
+                at: now,
+                backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            });
+            let delay = restart.backoff.next_delay();
+            restart.at = now + delay;
+            let how = if end.panicked { "panicked" } else { "ended" };
+            let why = format!("thread {} {how}; restarting the channel in {} ms", end.thread, delay.as_millis());
+            log::error!(target: name.as_str(), "{why}");
+            channel.probe.restarted(&why);
+            self.config.channels.insert(name.clone(), channel.config.clone());
+            channel.stop_threads();
+        }
+    }
+
+    fn restart_due_channels(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .channel_restarts
+            .iter()
+            .filter(|(name, r)| r.at <= now && !self.channels.contains_key(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            let Some(config) = self.config.channels.get(&name).cloned() else {
+                self.channel_restarts.remove(&name);
+                continue;
+            };
+            if let Err(e) = self.start_channel(&config) {
+                log::error!(target: name.as_str(), "cannot restart: {e}");
+                if let Some(r) = self.channel_restarts.get_mut(&name) {
+                    r.at = now + r.backoff.next_delay();
+                }
+            }
+        }
+        // A channel that ran long enough since its restart starts its backoff afresh.
+        self.channel_restarts.retain(|name, r| !(self.channels.contains_key(name) && now >= r.at + CHANNEL_STABLE));
     }
 
     /// Stop a channel's threads (its poller ends after the poll in flight; its sender after
     /// delivering what is queued).
     fn stop_channel(&mut self, name: &str) {
+        self.channel_restarts.remove(name);
         if let Some(channel) = self.channels.remove(name) {
-            drop(channel.stop);
-            drop(channel.outbox);
-            if let Some(web) = channel.web {
-                web.stop();
-            }
+            channel.stop_threads();
         }
     }
 
@@ -666,7 +656,6 @@ impl Daemon {
             let names: Vec<String> = self.config.channels.keys().cloned().collect();
             claim.update_channels(&names);
         }
-        self.sweep();
         self.publish(true);
         log::info!(target: "tether", "config reloaded: added [{}], removed [{}], restarted [{}]",
             added.join(", "), removed.join(", "), changed.join(", "));
@@ -767,11 +756,8 @@ impl Daemon {
         self.publish(true);
         let deadline = Instant::now() + DRAIN_GRACE;
         let mut senders = Vec::new();
-        for channel in std::mem::take(&mut self.channels).into_values() {
-            senders.extend(channel.sender_done);
-            if let Some(web) = channel.web {
-                web.stop();
-            }
+        for mut channel in std::mem::take(&mut self.channels).into_values() {
+            senders.extend(channel.running.drained.take());
         }
         for done in senders {
             let _ = done.recv_deadline(deadline);

@@ -31,6 +31,9 @@ pub struct InboundMessage {
     pub quoted_text: Option<String>,
     /// Files the adapter saved for the agent to read.
     pub attachments: Vec<Attachment>,
+    /// When the person sent it, by the platform's clock (unix ms), when the platform says: a
+    /// message older than the channel's `maxBacklogAge` gets a notice instead of a turn.
+    pub sent_at_ms: Option<u64>,
 }
 
 impl InboundMessage {
@@ -91,12 +94,6 @@ pub enum Inbound {
     /// The operator cleared a conversation from the admin page.
     OperatorClear {
         key: SessionKey,
-    },
-    /// The adapter's connection state changed (for health and logs).
-    Health {
-        channel: String,
-        connected: bool,
-        error: Option<String>,
     },
 }
 

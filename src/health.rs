@@ -66,6 +66,8 @@ pub struct ChannelHealth {
     pub last_error_wall: Option<u64>,
     pub messages_in: u64,
     pub messages_out: u64,
+    /// Times the channel was started again after one of its threads ended on its own.
+    pub restarts: u64,
     /// Unhealthy when last evaluated, and since when (monotonic), for one warning per episode.
     unhealthy_since: Option<u64>,
 }
@@ -84,6 +86,7 @@ impl ChannelHealth {
             last_error_wall: None,
             messages_in: 0,
             messages_out: 0,
+            restarts: 0,
             unhealthy_since: None,
         }
     }
@@ -180,6 +183,7 @@ impl ChannelHealth {
             last_error_at: self.last_error_wall,
             messages_in: self.messages_in,
             messages_out: self.messages_out,
+            restarts: self.restarts,
             sessions: extra.sessions,
             pending_pairing: extra.pending_pairing,
             journal_pending: extra.journal_pending,
@@ -227,6 +231,14 @@ impl Probe {
         self.with(|h, now| h.park(now, reason));
     }
 
+    /// One of the channel's threads ended on its own and the channel is being restarted.
+    pub fn restarted(&self, why: &str) {
+        self.with(|h, now| {
+            h.restarts += 1;
+            h.failed(now, why);
+        });
+    }
+
     pub fn received(&self) {
         self.with(|h, _| h.messages_in += 1);
     }
@@ -266,6 +278,9 @@ pub struct ChannelStatus {
     pub last_error_at: Option<u64>,
     pub messages_in: u64,
     pub messages_out: u64,
+    /// Restarts after one of the channel's threads ended on its own (a panic).
+    #[serde(default)]
+    pub restarts: u64,
     pub sessions: usize,
     pub pending_pairing: usize,
     /// Journaled messages not yet answered.
@@ -342,6 +357,9 @@ pub fn render(pid: u32, status: Option<&ServiceStatus>, now_wall_ms: u64) -> Str
             c.pending_pairing,
             c.journal_pending
         ));
+        if c.restarts > 0 {
+            out.push_str(&format!("  {name}: restarted {} time(s) after a thread of it ended\n", c.restarts));
+        }
         if let Some(problem) = &c.problem {
             out.push_str(&format!("  {name}: {problem}\n"));
         } else if let Some(error) = &c.last_error {

@@ -399,6 +399,7 @@ fn entry_from_json(value: &Value) -> Option<JournalEntry> {
         text: text("text").unwrap_or_default(),
         quoted_text: text("quotedText"),
         attachments,
+        sent_at_ms: None,
     };
     Some(JournalEntry { message, sent_at_ms: value.get("t").and_then(Value::as_u64).unwrap_or(0) })
 }

@@ -222,6 +222,7 @@ mod tests {
             cwd: Path::new("/srv"),
             home: None,
             env: &env,
+            platforms: crate::adapters::PLATFORMS,
         };
         crate::config::parse(&text, &cx).unwrap()
     }

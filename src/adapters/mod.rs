@@ -1,8 +1,212 @@
-//! Platform adapters: each owns its sockets and threads, turns platform traffic into
-//! [`crate::event::Inbound`] and performs [`crate::event::Outbound`] actions.
+//! The adapter seam: the one way the daemon starts a platform's channel, and what the core may
+//! know about a platform (its [`Capabilities`], never its name).
+//!
+//! A platform is a folder `src/adapters/<name>/` that defines a [`Platform`] and one line in
+//! [`PLATFORMS`]. It parses its own config keys, starts its threads through the
+//! [`Supervisor`] it is given (so the daemon learns when any of them ends, panics included,
+//! and restarts the channel), turns platform traffic into [`Inbound`] events, and delivers
+//! [`Outbound`] actions.
 
 pub mod admin;
 pub mod discord;
 pub mod pacing;
 pub mod telegram;
 pub mod webchat;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
+use crate::error::Error;
+use crate::event::{Inbound, Outbound};
+use crate::health::Probe;
+use crate::journal::Journal;
+use admin::AdminSource;
+
+/// Every platform this build has. Adding a platform adds one line here.
+pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM];
+
+/// A chat platform, as the rest of tether sees it.
+pub struct Platform {
+    /// The config's `type` value, e.g. `"telegram"`.
+    pub name: &'static str,
+    /// The platform's own config keys; the common keys are parsed by `config.rs`.
+    pub keys: &'static [&'static str],
+    /// Read and check the platform's keys (errors name the file, channel, key and value).
+    pub parse: fn(&PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError>,
+    pub capabilities: Capabilities,
+    /// The channel's loop reports progress by itself (a long poll, a socket), so silence
+    /// means it is stuck; a local server that waits for browsers does not.
+    pub heartbeats: bool,
+    /// Start the channel's threads.
+    pub spawn: fn(&ChannelConfig, ChannelIo) -> Result<RunningChannel, Error>,
+}
+
+/// Platforms are one per name.
+impl PartialEq for Platform {
+    fn eq(&self, other: &Platform) -> bool {
+        self.name == other.name
+    }
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Platform({})", self.name)
+    }
+}
+
+/// The platform registered as `name` among `platforms`.
+pub fn find(platforms: &[&'static Platform], name: &str) -> Option<&'static Platform> {
+    platforms.iter().copied().find(|p| p.name == name)
+}
+
+/// How a platform shows text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Markup {
+    /// Telegram's HTML subset.
+    TelegramHtml,
+    /// Markdown as the agent writes it (Discord, DingTalk, the web chat render it).
+    Markdown,
+    /// No formatting at all.
+    Plain,
+}
+
+/// What a platform can do: the core reads these, never a platform's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Shows the answer live while the turn runs ([`Outbound::Draft`]); block streaming is
+    /// then pointless.
+    pub live_drafts: bool,
+    /// [`Outbound::Edit`] changes a sent message in place.
+    pub edits: bool,
+    /// [`Outbound::Ask`] shows buttons.
+    pub buttons: bool,
+    /// The longest message the platform takes, in its own units.
+    pub max_message_len: usize,
+    pub markup: Markup,
+    /// Repeat "typing…" this often while a turn runs; `None`: the platform has no indicator.
+    pub typing_refresh: Option<Duration>,
+    /// Inbound messages go through the journal before the platform's cursor moves.
+    pub journaled: bool,
+    /// Commands may be addressed to one bot as `/cmd@botname` (Telegram groups), and `/start`
+    /// is the platform's first-contact command.
+    pub addressed_commands: bool,
+}
+
+/// Everything a channel's threads share with the daemon.
+pub struct ChannelIo {
+    /// To the core thread.
+    pub inbound: Sender<Inbound>,
+    /// From the core; closes when the channel must stop (deliver what is queued, then end).
+    pub outbox: Receiver<Outbound>,
+    /// Disconnects when the channel must stop.
+    pub stop: Receiver<()>,
+    pub probe: Probe,
+    /// This channel's journal, when its platform is journaled.
+    pub journal: Option<Arc<Journal>>,
+    /// TETHER_HOME: cursors, tokens, media.
+    pub home: PathBuf,
+    /// The operator's view, for a platform that serves the admin page (the web chat).
+    pub admin: Arc<dyn AdminSource>,
+    pub supervisor: Supervisor,
+}
+
+/// What the daemon keeps of a started channel.
+#[derive(Default)]
+pub struct RunningChannel {
+    /// How people reach it, as a phrase printed at start ("web chat on http://…").
+    pub reached_at: Option<String>,
+    /// Disconnects once delivery has drained what was queued (the platform's sender thread).
+    pub drained: Option<Receiver<()>>,
+    /// Dropped to stop what the stop channel cannot reach (a listening server).
+    pub guard: Option<Box<dyn Send>>,
+}
+
+/// How one of a channel's threads ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadEnd {
+    pub thread: String,
+    pub panicked: bool,
+}
+
+/// Starts a channel's threads so that each reports its end (a panic included) to the daemon.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    ended: Sender<ThreadEnd>,
+}
+
+impl Supervisor {
+    /// A supervisor and the receiver its threads report their ends to.
+    pub fn new() -> (Supervisor, Receiver<ThreadEnd>) {
+        let (ended, rx) = crossbeam_channel::unbounded();
+        (Supervisor { ended }, rx)
+    }
+
+    /// Start a named thread (256 KiB of stack) that reports when it ends.
+    pub fn spawn(&self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        let report = EndReport { ended: self.ended.clone(), thread: name.clone() };
+        thread::Builder::new()
+            .name(name.clone())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _report = report;
+                f();
+            })
+            .map(drop)
+            .map_err(|e| Error::Other(format!("cannot start thread {name}: {e}")))
+    }
+}
+
+/// Reports a thread's end when dropped: at its normal return, or while a panic unwinds it.
+struct EndReport {
+    ended: Sender<ThreadEnd>,
+    thread: String,
+}
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        let end = ThreadEnd { thread: std::mem::take(&mut self.thread), panicked: thread::panicking() };
+        let _ = self.ended.send(end);
+    }
+}
+
+/// Run `decode` on one piece of hostile input, turning a panic into `None`: one bad update
+/// must be skipped, never kill the thread that polls for the next one.
+pub fn contain<T>(decode: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(decode)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_reports_its_end_and_its_panic() {
+        let (supervisor, ended) = Supervisor::new();
+        supervisor.spawn("quiet".into(), || {}).unwrap();
+        let end = ended.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(end, ThreadEnd { thread: "quiet".into(), panicked: false });
+        supervisor.spawn("loud".into(), || panic!("boom")).unwrap();
+        let end = ended.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(end, ThreadEnd { thread: "loud".into(), panicked: true });
+    }
+
+    #[test]
+    fn contain_turns_a_panic_into_none() {
+        assert_eq!(contain(|| 3), Some(3));
+        let slice = "Ⱥé";
+        assert_eq!(contain(|| slice.get(0..1).map(str::len).unwrap_or_else(|| panic!("not a boundary"))), None);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, a) in PLATFORMS.iter().enumerate() {
+            assert!(PLATFORMS.iter().skip(i + 1).all(|b| b.name != a.name), "{} twice", a.name);
+        }
+    }
+}

@@ -39,8 +39,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
@@ -48,9 +47,11 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::adapters::admin::{self, AdminSource};
-use crate::config::ChannelConfig;
+use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, Supervisor};
+use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, ButtonPress, Inbound, InboundMessage, Outbound};
+use crate::health::wall_ms;
 use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server};
 
 /// The page: HTML, CSS and JS in one file, no build step, nothing fetched from elsewhere.
@@ -92,7 +93,6 @@ pub struct WebchatHandle {
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
     server: Option<Server>,
-    dispatcher: Option<JoinHandle<()>>,
 }
 
 impl WebchatHandle {
@@ -110,7 +110,7 @@ impl WebchatHandle {
     }
 
     /// Stop serving: no new connections, open WebSockets close within a poll interval, the
-    /// dispatcher ends. Returns once the accept and dispatcher threads are gone.
+    /// dispatcher ends (within its poll interval). Returns once the accept thread is gone.
     pub fn stop(self) {
         drop(self);
     }
@@ -119,9 +119,6 @@ impl WebchatHandle {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(server) = self.server.take() {
             server.stop();
-        }
-        if let Some(dispatcher) = self.dispatcher.take() {
-            let _ = dispatcher.join();
         }
     }
 }
@@ -132,26 +129,56 @@ impl Drop for WebchatHandle {
     }
 }
 
-/// Start the web chat for `channel`: bind `listen`, serve the page and `/ws`, send what people
-/// write into `inbound`, and deliver `outbox` actions addressed to this channel. `outbox`
-/// must be this channel's own: actions for other channels are logged and dropped. Once
-/// listening, one `Inbound::Health { connected: true }` is sent (without blocking).
-pub fn spawn(
-    channel: &ChannelConfig,
-    inbound: Sender<Inbound>,
-    outbox: Receiver<Outbound>,
-) -> Result<WebchatHandle, Error> {
-    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"), None)
+/// The address the web chat listens on when `listen` is not set.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// The web chat, as the seam sees it.
+pub const PLATFORM: Platform = Platform {
+    name: "webchat",
+    keys: &["listen", "token"],
+    parse: parse_settings,
+    capabilities: Capabilities {
+        live_drafts: true,
+        edits: true,
+        buttons: true,
+        max_message_len: MAX_WS_MESSAGE,
+        markup: Markup::Markdown,
+        typing_refresh: Some(Duration::from_secs(4)),
+        // A browser's message is in the page's history, and the page says when tether did
+        // not take it.
+        journaled: false,
+        addressed_commands: false,
+    },
+    heartbeats: false,
+    spawn: spawn_channel,
+};
+
+fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
+    let (listen, address) = keys.socket_address("listen", DEFAULT_LISTEN)?;
+    let token = keys.secret("token")?;
+    if !address.ip().is_loopback() && token.is_none() {
+        return Err(keys.error(
+            "token",
+            format!(
+                "required because \"listen\" ({listen}) is not a loopback address: anyone who \
+                 can reach it could drive the agent. Set a token (or \"$VAR\"), or listen on {DEFAULT_LISTEN}"
+            ),
+        ));
+    }
+    Ok(PlatformSettings {
+        secrets: token.into_iter().map(|t| ("token", t)).collect(),
+        values: [("listen", serde_json::Value::String(listen))].into(),
+    })
 }
 
-/// [`spawn`], also serving the admin page (`/admin`) from `admin`.
-pub fn spawn_with_admin(
-    channel: &ChannelConfig,
-    inbound: Sender<Inbound>,
-    outbox: Receiver<Outbound>,
-    admin: Arc<dyn AdminSource>,
-) -> Result<WebchatHandle, Error> {
-    spawn_with_uploads(channel, inbound, outbox, std::env::temp_dir().join("tether-webchat"), Some(admin))
+/// Start the web chat of `channel` (serving the admin page too) through the seam.
+fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error> {
+    let uploads = std::env::temp_dir().join("tether-webchat");
+    let server = spawn_with_uploads(channel, io.inbound, io.outbox, uploads, Some(io.admin), &io.supervisor)?;
+    // Listening is this channel's "connected".
+    io.probe.ok();
+    let reached_at = Some(format!("web chat on {}", server.url()));
+    Ok(RunningChannel { reached_at, drained: None, guard: Some(Box::new(server)) })
 }
 
 /// [`spawn`] with the directory attachments are saved under (tests use their own).
@@ -161,10 +188,11 @@ fn spawn_with_uploads(
     outbox: Receiver<Outbound>,
     upload_root: PathBuf,
     admin: Option<Arc<dyn AdminSource>>,
+    supervisor: &Supervisor,
 ) -> Result<WebchatHandle, Error> {
     let name = &channel.name;
-    let listen = &channel.listen;
-    let token = channel.token.as_ref().map(|t| t.expose().to_string()).filter(|t| !t.is_empty());
+    let listen = channel.setting("listen").unwrap_or(DEFAULT_LISTEN);
+    let token = channel.secret("token").map(|t| t.expose().to_string()).filter(|t| !t.is_empty());
     let addrs: Vec<SocketAddr> = listen
         .to_socket_addrs()
         .map_err(|e| {
@@ -206,17 +234,12 @@ fn spawn_with_uploads(
     };
     let server = Server::start(listener, &format!("webchat-{name}"), Limits::default(), handler)
         .map_err(|e| Error::Other(format!("channel \"{name}\": cannot start the web server: {e}")))?;
-    let dispatcher = {
+    {
         let shared = shared.clone();
-        thread::Builder::new()
-            .name(format!("webchat-{name}-out"))
-            .stack_size(256 * 1024)
-            .spawn(move || dispatch_loop(&shared, &outbox))
-            .map_err(|e| Error::Other(format!("channel \"{name}\": cannot start a thread: {e}")))?
-    };
-    let _ = shared.inbound.try_send(Inbound::Health { channel: name.clone(), connected: true, error: None });
+        supervisor.spawn(format!("webchat-{name}-out"), move || dispatch_loop(&shared, &outbox))?;
+    }
     log::info!("web chat \"{name}\" listening on http://{local_addr}/");
-    Ok(WebchatHandle { local_addr, shared, server: Some(server), dispatcher: Some(dispatcher) })
+    Ok(WebchatHandle { local_addr, shared, server: Some(server) })
 }
 
 fn bind_error(name: &str, listen: &str, e: &io::Error) -> Error {
@@ -679,10 +702,6 @@ fn random_hex(len: usize) -> Result<String, getrandom::Error> {
     Ok(hex(&buf))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Threads: dispatcher and sockets
 
@@ -690,7 +709,7 @@ fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
     while !shared.stop.load(Ordering::SeqCst) {
         match outbox.recv_timeout(DISPATCH_POLL) {
             Ok(action) if action.channel() == shared.channel => {
-                shared.hub().deliver(&action, now_ms());
+                shared.hub().deliver(&action, wall_ms());
             }
             Ok(action) => {
                 log::debug!("web chat \"{}\": ignoring an action for channel \"{}\"", shared.channel, action.channel())
@@ -840,7 +859,7 @@ fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
         }
     }
     let file_name = attachments.first().map(|a| a.file_name.clone());
-    let id = shared.hub().record_from_person(sid, &text, file_name, now_ms());
+    let id = shared.hub().record_from_person(sid, &text, file_name, wall_ms());
     let message = InboundMessage {
         channel: shared.channel.clone(),
         sender_id: sid.to_string(),
@@ -854,6 +873,7 @@ fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
         text,
         quoted_text: None,
         attachments,
+        sent_at_ms: None,
     };
     match shared.inbound.send_timeout(Inbound::Message(message), INBOUND_SEND_TIMEOUT) {
         Ok(()) => None,
@@ -995,7 +1015,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ChannelKind, Secret, SenderPolicy};
+    use crate::config::{Secret, SenderPolicy};
     use crate::event::ChatRef;
     use crate::net::httpd::parse_head;
     use crate::net::httpd::tests::{raw_request, read_to_close, status_of};
@@ -1007,12 +1027,21 @@ mod tests {
 
     /// A webchat channel config with every other key at its default.
     fn channel_config(listen: &str, token: Option<&str>) -> ChannelConfig {
-        ChannelConfig {
-            token: token.map(|t| Secret::new(t.into(), None)),
-            sender_policy: SenderPolicy::Open,
-            listen: listen.into(),
-            ..ChannelConfig::for_tests("web", ChannelKind::Webchat)
-        }
+        let settings = PlatformSettings {
+            secrets: token.map(|t| ("token", Secret::new(t.into(), None))).into_iter().collect(),
+            values: [("listen", serde_json::Value::String(listen.into()))].into(),
+        };
+        ChannelConfig { settings, sender_policy: SenderPolicy::Open, ..ChannelConfig::for_tests("web", &PLATFORM) }
+    }
+
+    /// Start a web chat without an admin page, its threads unsupervised.
+    fn spawn(
+        channel: &ChannelConfig,
+        inbound: Sender<Inbound>,
+        outbox: Receiver<Outbound>,
+    ) -> Result<WebchatHandle, Error> {
+        let uploads = std::env::temp_dir().join("tether-webchat");
+        spawn_with_uploads(channel, inbound, outbox, uploads, None, &Supervisor::new().0)
     }
 
     struct Chat {
@@ -1027,9 +1056,15 @@ mod tests {
             let uploads = std::env::temp_dir().join(format!("tether-webchat-test-{}", random_hex(8).unwrap()));
             let (inbound_tx, inbound) = crossbeam_channel::unbounded();
             let (outbox, outbox_rx) = crossbeam_channel::unbounded();
-            let handle =
-                spawn_with_uploads(&channel_config("127.0.0.1:0", token), inbound_tx, outbox_rx, uploads.clone(), None)
-                    .unwrap();
+            let handle = spawn_with_uploads(
+                &channel_config("127.0.0.1:0", token),
+                inbound_tx,
+                outbox_rx,
+                uploads.clone(),
+                None,
+                &Supervisor::new().0,
+            )
+            .unwrap();
             Chat { handle, inbound, outbox, uploads }
         }
 
@@ -1077,15 +1112,15 @@ mod tests {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.inbound.recv_timeout(left) {
                     Ok(Inbound::Message(m)) => return m,
-                    Ok(Inbound::Health { .. } | Inbound::Button(_) | Inbound::OperatorClear { .. }) => continue,
+                    Ok(Inbound::Button(_) | Inbound::OperatorClear { .. }) => continue,
                     Err(e) => panic!("no inbound message: {e}"),
                 }
             }
         }
 
         fn assert_no_message(&self) {
-            while let Ok(event) = self.inbound.recv_timeout(Duration::from_millis(200)) {
-                assert!(matches!(event, Inbound::Health { .. }), "unexpected {event:?}");
+            if let Ok(event) = self.inbound.recv_timeout(Duration::from_millis(200)) {
+                panic!("unexpected {event:?}");
             }
         }
 
@@ -1669,7 +1704,9 @@ mod tests {
         let addr = chat.addr();
         let clients: Vec<_> = (0..50)
             .map(|_| {
-                thread::spawn(move || raw_request(addr, format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()))
+                std::thread::spawn(move || {
+                    raw_request(addr, format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+                })
             })
             .collect();
         for client in clients {

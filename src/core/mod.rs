@@ -14,11 +14,11 @@ pub mod prompt;
 pub mod routing;
 pub mod session;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, ChannelKind, Config, PermissionPolicy, SessionScope, ToolCallDisplay};
+use crate::config::{ChannelConfig, Config, PermissionPolicy, SessionScope, ToolCallDisplay};
 use crate::event::{
     AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, MessageRef, Outbound,
     PermissionKind, PermissionOutcome, SessionKey, TurnOutcome,
@@ -28,7 +28,7 @@ use commands::{Command, SessionView};
 use permissions::{Asker, PermissionRelay, Resolution};
 use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
 
-pub use session::{CANCEL_WAIT, MAX_WAITING, TYPING_REFRESH};
+pub use session::{CANCEL_WAIT, MAX_WAITING};
 
 /// Everything the core reacts to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,9 +53,23 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Send(Outbound),
-    Agent { agent: String, request: AgentRequest },
-    // Add the request to `<channel>-pairing.json`, merged under the file's lock.
-    SavePairingRequest { channel: String, request: pairing::PairingRequest },
+    Agent {
+        agent: String,
+        request: AgentRequest,
+    },
+    /// Add the request to `<channel>-pairing.json`, merged under the file's lock.
+    SavePairingRequest {
+        channel: String,
+        request: pairing::PairingRequest,
+    },
+    /// These messages of a journaled channel need nothing more: the gates dropped them, a
+    /// newer message steered them away, `/clear` or a reload discarded them, or everything
+    /// they asked for was already sent. (A message answered by a text is settled by the
+    /// channel once that text is delivered: see [`Outbound::Text`].)
+    Settle {
+        channel: String,
+        messages: Vec<MessageRef>,
+    },
 }
 
 /// What `sessions.json` keeps of one session, so a restarted service can `session/load` it
@@ -109,6 +123,11 @@ pub struct Core {
     /// Sessions of an earlier run (`sessions.json`), revived with `session/load` when their
     /// conversation's next message comes.
     dormant: HashMap<SessionKey, SessionRecord>,
+    /// Messages of journaled channels taken in and not yet answered or settled: each ends
+    /// in an [`Outbound::Text`] that answers it or an [`Action::Settle`].
+    unsettled: BTreeSet<(String, MessageRef)>,
+    /// Unix ms, for the age of messages (backlog) and pairing times.
+    wall_ms: u64,
 }
 
 /// The turn settings of a channel (defaults when the channel is gone).
@@ -116,10 +135,11 @@ fn turn_settings(channel: Option<&ChannelConfig>) -> TurnSettings<'_> {
     TurnSettings {
         instructions: channel.and_then(|c| c.instructions.as_deref()),
         turn_timeout: channel.map_or(Duration::from_secs(1800), |c| c.turn_timeout),
-        // The web chat shows the answer live instead.
-        block_stream: channel.filter(|c| c.block_streaming && c.kind != ChannelKind::Webchat).map(|c| {
+        // A platform that shows the answer live has no use for blocks.
+        block_stream: channel.filter(|c| c.block_streaming && !c.capabilities().live_drafts).map(|c| {
             BlockStreamConfig { min_chars: c.block_min_chars, max_chars: c.block_max_chars, idle: c.block_idle }
         }),
+        typing_refresh: channel.and_then(|c| c.capabilities().typing_refresh),
     }
 }
 
@@ -135,12 +155,15 @@ impl Core {
             permissions: PermissionRelay::default(),
             access: pairing::Access::default(),
             dormant: HashMap::new(),
+            unsettled: BTreeSet::new(),
+            wall_ms: 0,
         }
     }
 
     /// The wall-clock time in epoch ms, for pairing times (which are persisted). The daemon
     /// sets it before each event; tests set what they need.
     pub fn set_wall_clock(&mut self, epoch_ms: u64) {
+        self.wall_ms = epoch_ms;
         self.access.set_wall_clock(epoch_ms);
     }
 
@@ -174,7 +197,6 @@ impl Core {
                     }
                 }
             }
-            Event::Inbound(Inbound::Health { .. }) => {}
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
             Event::AccessFiles { channel, pending, approved } => {
@@ -182,7 +204,34 @@ impl Core {
             }
         }
         self.settle_cancelled_permissions(&mut actions);
+        self.settle_released(&mut actions);
         actions
+    }
+
+    /// Every message this event released without a text that answers it (gates, steering,
+    /// `/clear`, a reload, an answer that was all streamed already) is settled now; the
+    /// ones a text answers are the channel's to settle once it is delivered.
+    fn settle_released(&mut self, actions: &mut Vec<Action>) {
+        if self.unsettled.is_empty() {
+            return;
+        }
+        for action in actions.iter() {
+            if let Action::Send(Outbound::Text { chat, answers, .. }) = action {
+                for answer in answers {
+                    self.unsettled.remove(&(chat.channel.clone(), answer.clone()));
+                }
+            }
+        }
+        let released: Vec<(String, MessageRef)> =
+            self.unsettled.iter().filter(|(channel, r)| !self.holds(channel, r)).cloned().collect();
+        let mut by_channel: BTreeMap<String, Vec<MessageRef>> = BTreeMap::new();
+        for (channel, reference) in released {
+            self.unsettled.remove(&(channel.clone(), reference.clone()));
+            by_channel.entry(channel).or_default().push(reference);
+        }
+        for (channel, messages) in by_channel {
+            actions.push(Action::Settle { channel, messages });
+        }
     }
 
     /// A session being cancelled (steer, `/cancel`, `/clear`, timeout) drops its permission
@@ -249,11 +298,18 @@ impl Core {
             log::warn!(target: "core", "message for unknown channel {}", message.channel);
             return;
         };
+        if let Some(reference) = message.reference().filter(|_| channel.capabilities().journaled) {
+            self.unsettled.insert((channel.name.clone(), reference));
+        }
+        if let Some(age_ms) = self.backlog_age(channel, &message) {
+            return self.backlog_notice(message, age_ms, actions);
+        }
         // The gates run before anything else looks at the message (commands included).
         if !self.access.admit(channel, &message, actions) {
             return;
         }
-        if message.is_group && commands::addressed_elsewhere(&message.text) {
+        if message.is_group && channel.capabilities().addressed_commands && commands::addressed_elsewhere(&message.text)
+        {
             log::debug!(target: channel.name.as_str(), "ignored a command for another bot in {}", message.chat_id);
             return;
         }
@@ -269,7 +325,7 @@ impl Core {
         if let Some((command, args)) = commands::parse(&message.text) {
             log::info!(target: channel.name.as_str(), "command {command:?} from {} in {} ({key})", message.sender_id, message.chat_id);
             let text = self.run_command(command, args, &key, &message, now, actions);
-            actions.push(say(&reply, text));
+            actions.push(answer(&reply, text, message.reference().into_iter().collect()));
             return;
         }
         let Some(channel) = self.channels.get(&message.channel) else { return };
@@ -361,7 +417,7 @@ impl Core {
                 scope: channel.session_scope,
                 access: &self.access.summary(channel),
                 channel: &channel.name,
-                channel_type: channel.kind.as_str(),
+                channel_type: channel.platform.name,
                 agent: &channel.agent,
                 model: channel.model.as_deref(),
                 cwd: &channel.cwd,
@@ -467,7 +523,7 @@ impl Core {
                     }
                 }
                 // Channels that can show an answer as it grows get every draft.
-                if self.channels.get(&session.chat.channel).is_some_and(|c| c.kind == ChannelKind::Webchat) {
+                if self.channels.get(&session.chat.channel).is_some_and(|c| c.capabilities().live_drafts) {
                     actions
                         .push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
                 }
@@ -628,8 +684,8 @@ impl Core {
                     actions.push(say(&turn.chat, block));
                 }
             }
-            if turn.typing_due <= now {
-                turn.typing_due = now + TYPING_REFRESH;
+            if let Some((due, every)) = turn.typing.as_mut().filter(|(due, _)| *due <= now) {
+                *due = now + *every;
                 actions.push(Action::Send(Outbound::Typing { chat: turn.chat.clone() }));
             }
         }
@@ -924,10 +980,8 @@ fn attach_answers(actions: &mut [Action], chat: &ChatRef, answered: Vec<MessageR
 // What the service layer (daemon.rs: journal, status, reload) asks of the core.
 impl Core {
     /// Whether `message` of `channel` still waits for an answer here: in a turn, waiting for
-    /// one, or to be retried after an agent crash. A journaled message the core no longer
-    /// holds, and that no text answered, needs nothing more (the gates dropped it, a command
-    /// answered it, a newer message steered it away, `/clear`).
-    pub fn holds(&self, channel: &str, message: &MessageRef) -> bool {
+    /// one, or to be retried after an agent crash.
+    fn holds(&self, channel: &str, message: &MessageRef) -> bool {
         self.sessions.values().any(|s| {
             let in_turn = s.turn.iter().filter(|t| t.chat.channel == channel).any(|t| t.message_ids.contains(message));
             let waiting =
@@ -937,12 +991,27 @@ impl Core {
         })
     }
 
-    /// Whether the gates let `message` through, without side effects (no pairing code is
-    /// sent): a backlog notice goes only to people who may talk to the agent.
-    pub fn admits(&self, message: &InboundMessage) -> bool {
-        let Some(channel) = self.channels.get(&message.channel) else { return false };
+    /// How old `message` is when it is older than its channel's `maxBacklogAge` (it was sent
+    /// while tether was down, and a turn for it now would surprise): `None` when fresh or when
+    /// the platform gave no time. A clock that went backwards makes nothing stale.
+    fn backlog_age(&self, channel: &ChannelConfig, message: &InboundMessage) -> Option<u64> {
+        let age_ms = self.wall_ms.saturating_sub(message.sent_at_ms?);
+        (age_ms > u64::try_from(channel.max_backlog_age.as_millis()).unwrap_or(u64::MAX)).then_some(age_ms)
+    }
+
+    /// A message too old for a turn: one notice instead, only to people the gates let
+    /// through (checked without side effects: no pairing code goes out for it).
+    fn backlog_notice(&mut self, message: InboundMessage, age_ms: u64, actions: &mut Vec<Action>) {
+        let Some(channel) = self.channels.get(&message.channel) else { return };
         let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&message.sender_id));
-        gate::check(channel, message, paired) == gate::Verdict::Pass
+        if gate::check(channel, &message, paired) != gate::Verdict::Pass {
+            return; // Settled with the rest of what this event released.
+        }
+        let max_age = channel.max_backlog_age;
+        log::info!(target: channel.name.as_str(), "message {:?} in chat {} is {} old (maxBacklogAge {}): sending a notice instead of a turn",
+            message.message_id, message.chat_id, crate::health::format_duration(age_ms / 1000), crate::health::format_duration(max_age.as_secs()));
+        let text = crate::journal::stale_notice(&message.text, age_ms, max_age);
+        actions.push(answer(&routing::reply_to(&message), text, message.reference().into_iter().collect()));
     }
 
     /// Conversations the core keeps for `channel`.

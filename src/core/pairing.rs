@@ -336,13 +336,16 @@ impl Access {
                 log::info!(target: target, "dropped message from {} in {}: {reason}", m.sender_id, m.chat_id);
                 false
             }
-            Verdict::Pass if !m.is_group && gate::is_start_command(&m.text) => {
+            Verdict::Pass
+                if !m.is_group && channel.capabilities().addressed_commands && gate::is_start_command(&m.text) =>
+            {
                 out.push(reply(m, WELCOME_TEXT.to_string()));
                 false
             }
             Verdict::Pass => true,
             Verdict::Pair => {
-                let greeting = if gate::is_start_command(&m.text) { WELCOME_STRANGER } else { "" };
+                let start = channel.capabilities().addressed_commands && gate::is_start_command(&m.text);
+                let greeting = if start { WELCOME_STRANGER } else { "" };
                 let with_greeting =
                     |text: String| if greeting.is_empty() { text } else { format!("{greeting}\n\n{text}") };
                 let random = &mut *self.entropy.0;

@@ -29,8 +29,6 @@ use crate::config::DispatchMode;
 use crate::event::{AgentRequest, ChatRef, MessageRef, Outbound};
 use crate::streamer::{BlockStreamConfig, BlockStreamer};
 
-/// Telegram drops "typing…" after 5 s; refresh a little before.
-pub const TYPING_REFRESH: Duration = Duration::from_secs(4);
 /// How long a cancelled turn may take to end before the session is given up as wedged.
 pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Messages that may wait for one session's next turn.
@@ -89,7 +87,8 @@ pub struct Turn {
     pub retried: bool,
     /// The answer so far.
     pub answer: String,
-    pub typing_due: Instant,
+    /// When "typing…" is next due, and how often the platform needs it (none: no indicator).
+    pub typing: Option<(Instant, Duration)>,
     /// When the channel's `turnTimeoutMs` runs out.
     pub timeout_at: Instant,
     /// Set once `session/cancel` is sent; the answer is then dropped.
@@ -103,13 +102,18 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// The next typing refresh; far away when the platform has none.
+    fn typing_due(&self) -> Instant {
+        self.typing.map_or(self.timeout_at, |(due, _)| due)
+    }
+
     /// When this turn next needs the clock: a typing refresh, its timeout, or the end of a
     /// cancel wait.
     pub fn deadline(&self) -> Instant {
         let stream = self.stream.as_ref().and_then(BlockStreamer::next_deadline);
         match &self.cancel {
-            None => self.typing_due.min(self.timeout_at).min(stream.unwrap_or(self.timeout_at)),
-            Some(c) if c.cause == CancelCause::Steer => self.typing_due.min(c.deadline),
+            None => self.typing_due().min(self.timeout_at).min(stream.unwrap_or(self.timeout_at)),
+            Some(c) if c.cause == CancelCause::Steer => self.typing_due().min(c.deadline),
             Some(c) => c.deadline,
         }
     }
@@ -158,6 +162,8 @@ pub struct TurnSettings<'a> {
     pub turn_timeout: Duration,
     /// Send the answer in blocks as it grows (`blockStreaming: "on"`).
     pub block_stream: Option<BlockStreamConfig>,
+    /// How often the platform needs "typing…" repeated; `None`: it has no indicator.
+    pub typing_refresh: Option<Duration>,
 }
 
 /// The session cannot take another waiting message.
@@ -250,7 +256,9 @@ impl Session {
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        actions.push(Action::Send(Outbound::Typing { chat: chat.clone() }));
+        if settings.typing_refresh.is_some() {
+            actions.push(Action::Send(Outbound::Typing { chat: chat.clone() }));
+        }
         let request = AgentRequest::Prompt { session_id, text: text.clone() };
         actions.push(Action::Agent { agent: self.agent.clone(), request });
         self.turn = Some(Turn {
@@ -259,7 +267,7 @@ impl Session {
             text,
             retried,
             answer: String::new(),
-            typing_due: now + TYPING_REFRESH,
+            typing: settings.typing_refresh.map(|every| (now + every, every)),
             timeout_at: now + settings.turn_timeout,
             cancel: None,
             stream: settings.block_stream.map(BlockStreamer::new),

@@ -11,11 +11,9 @@ use crate::event::*;
 
 pub(crate) fn channel(name: &str) -> ChannelConfig {
     ChannelConfig {
-        token: Some(Secret::new("123:abc".into(), None)),
         allowed_users: vec!["111".into()],
         cwd: PathBuf::from("/work"),
-        api_base: "http://127.0.0.1:1".into(),
-        ..ChannelConfig::for_tests(name, ChannelKind::Telegram)
+        ..ChannelConfig::for_tests(name, &crate::adapters::telegram::PLATFORM)
     }
 }
 
@@ -986,7 +984,7 @@ fn permission_timeout_refuses_and_tells_the_chat() {
     ch.dispatch_mode = DispatchMode::Followup;
     let mut core = turn_running(ch, t0);
     core.handle(permission_request("s1", 3), t0);
-    assert_eq!(core.next_deadline(), Some(t0 + crate::core::TYPING_REFRESH));
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(4)), "the typing refresh");
     let got = core.handle(Event::Tick, t0 + Duration::from_secs(300));
     assert_eq!(got[0], answer(3, Some("cancel")));
     assert_eq!(got[1], edit("111", "1", "🔐 touch demo.txt — timed out, refused"));
@@ -1186,17 +1184,52 @@ fn a_turn_lost_to_two_crashes_is_answered_by_the_notice() {
 }
 
 #[test]
-fn dropped_messages_are_not_held_and_admits_has_no_side_effects() {
+fn every_message_is_answered_or_settled() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
+    let settle = |chat: &str, id: &str| Action::Settle { channel: "tg".into(), messages: vec![reference(chat, id)] };
+    // Dropped by the gates: settled at once, nothing sent.
     let stranger = with_id(dm_msg("999", "hi"), "5");
-    assert!(!core.admits(&stranger));
-    assert!(core.admits(&with_id(dm_msg("111", "hi"), "6")));
-    assert!(core.handle(inbound(stranger), t0).is_empty());
-    assert!(!core.holds("tg", &reference("999", "5")));
-    // A command answers at once: nothing is held.
-    core.handle(inbound(with_id(dm_msg("111", "/status"), "7")), t0);
-    assert!(!core.holds("tg", &reference("111", "7")));
+    assert_eq!(core.handle(inbound(stranger), t0), vec![settle("999", "5")]);
+    // A command: its reply answers it (the channel settles once the reply is delivered).
+    let got = core.handle(inbound(with_id(dm_msg("111", "/status"), "7")), t0);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(answers_of(&got[0]), vec![reference("111", "7")]);
+    // Steered away: the first message is settled when the steering turn takes over.
+    core.handle(ready(true), t0);
+    core.handle(inbound(with_id(dm_msg("111", "one"), "8")), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(inbound(with_id(dm_msg("111", "two"), "9")), t0);
+    let got = core.handle(ended("s1", TurnOutcome::Cancelled), t0);
+    assert!(got.contains(&settle("111", "8")), "8 was superseded: {got:?}");
+    let got = core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    let answered: Vec<Vec<MessageRef>> = got.iter().map(answers_of).filter(|a| !a.is_empty()).collect();
+    assert_eq!(answered, vec![vec![reference("111", "9")]], "{got:?}");
+    // /clear drops what waits: settled.
+    core.handle(inbound(with_id(dm_msg("111", "three"), "10")), t0);
+    let got = core.handle(inbound(with_id(dm_msg("111", "/clear"), "11")), t0);
+    assert!(got.contains(&settle("111", "10")), "{got:?}");
+}
+
+#[test]
+fn a_message_older_than_max_backlog_age_gets_a_notice_not_a_turn() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    core.handle(ready(true), t0);
+    let day_ms = 86_400_000;
+    core.set_wall_clock(10 * day_ms);
+    let old = InboundMessage { sent_at_ms: Some(8 * day_ms), ..with_id(dm_msg("111", "deploy it"), "1") };
+    let got = core.handle(inbound(old), t0);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(answers_of(&got[0]), vec![reference("111", "1")]);
+    assert!(matches!(&got[0], Action::Send(Outbound::Text { text, .. }) if text.contains("deploy it")), "{got:?}");
+    // A stranger's old message gets nothing, and is settled.
+    let stranger = InboundMessage { sent_at_ms: Some(8 * day_ms), ..with_id(dm_msg("999", "hi"), "2") };
+    let got = core.handle(inbound(stranger), t0);
+    assert_eq!(got, vec![Action::Settle { channel: "tg".into(), messages: vec![reference("999", "2")] }]);
+    // Fresh (or undated) messages run.
+    let fresh = InboundMessage { sent_at_ms: Some(10 * day_ms - 1000), ..with_id(dm_msg("111", "hi"), "3") };
+    assert!(matches!(core.handle(inbound(fresh), t0)[0], Action::Agent { .. }));
 }
 
 #[test]

@@ -10,19 +10,18 @@
 mod send;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::{Value, json};
 
+use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel};
 use crate::backoff::Backoff;
-use crate::config::ChannelConfig;
+use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
-use crate::event::{Inbound, MessageRef, Outbound};
+use crate::event::Inbound;
 use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
 use crate::net::http::HttpClient;
@@ -54,55 +53,55 @@ impl Api {
     }
 }
 
-/// What one running Telegram channel shares with the daemon.
-#[derive(Debug)]
-pub struct Io {
-    pub inbound: Sender<Inbound>,
-    pub outbox: Receiver<Outbound>,
-    /// Closes (all senders dropped) when the channel must shut down.
-    pub stop: Receiver<()>,
-    pub journal: Arc<Journal>,
-    pub probe: Probe,
-    /// Where `<channel>-offset.json` lives.
-    pub home: PathBuf,
-}
+/// The Bot API host when `apiBase` (or `baseUrl`) is not set.
+const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 
-/// The running channel: `sender_done` disconnects when the sender thread has ended (after the
-/// outbox closed and what was queued in it was delivered or given up).
-#[derive(Debug)]
-pub struct Running {
-    pub sender_done: Receiver<()>,
+/// Telegram, as the seam sees it.
+pub const PLATFORM: Platform = Platform {
+    name: "telegram",
+    keys: &["token", "apiBase", "baseUrl"],
+    parse: parse_settings,
+    capabilities: Capabilities {
+        live_drafts: false,
+        edits: true,
+        buttons: true,
+        max_message_len: 4096,
+        markup: Markup::TelegramHtml,
+        // Telegram shows "typing…" for about 5 s.
+        typing_refresh: Some(Duration::from_secs(4)),
+        journaled: true,
+        addressed_commands: true,
+    },
+    heartbeats: true,
+    spawn,
+};
+
+fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
+    let token = keys.required_secret("token", "your bot token", "TELEGRAM_BOT_TOKEN")?;
+    let api_base = keys.url("apiBase", Some("baseUrl"), DEFAULT_API_BASE)?;
+    Ok(PlatformSettings { secrets: [("token", token)].into(), values: [("apiBase", Value::String(api_base))].into() })
 }
 
 /// Start the poller and the sender of one Telegram channel.
-pub fn spawn(channel: &ChannelConfig, io: Io) -> Result<Running, Error> {
-    let token = channel.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
-    let api = Api {
-        http: HttpClient::default(),
-        base: format!("{}/bot{token}", channel.api_base),
-        channel: channel.name.clone(),
-    };
+fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error> {
+    let token = channel.secret("token").map(|t| t.expose().to_string()).unwrap_or_default();
+    let api_base = channel.setting("apiBase").unwrap_or(DEFAULT_API_BASE);
+    let journal = io.journal.ok_or_else(|| Error::Other(format!("channel \"{}\": no journal", channel.name)))?;
+    let api =
+        Api { http: HttpClient::default(), base: format!("{api_base}/bot{token}"), channel: channel.name.clone() };
     let poller = Poller {
         api: api.clone(),
         inbound: io.inbound,
         stop: io.stop,
-        journal: io.journal.clone(),
+        journal: journal.clone(),
         probe: io.probe.clone(),
         offset_path: io.home.join(format!("{}-offset.json", channel.name)),
     };
-    spawn_named(format!("tg-poll-{}", channel.name), move || poller.run())?;
-    let (done_tx, sender_done) = crossbeam_channel::bounded::<()>(0);
-    send::spawn(&api, io.outbox, send::Settle { journal: io.journal, probe: io.probe, done: done_tx })?;
-    Ok(Running { sender_done })
-}
-
-fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
-    thread::Builder::new()
-        .name(name.clone())
-        .stack_size(256 * 1024)
-        .spawn(f)
-        .map(|_| ())
-        .map_err(|e| Error::Other(format!("cannot start thread {name}: {e}")))
+    io.supervisor.spawn(format!("tg-poll-{}", channel.name), move || poller.run())?;
+    let (done_tx, drained) = crossbeam_channel::bounded::<()>(0);
+    let settle = send::Settle { journal, probe: io.probe, done: done_tx };
+    send::spawn(&api, io.outbox, settle, &io.supervisor)?;
+    Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
 }
 
 /// Wait `delay` unless asked to stop; true when the loop should end.
@@ -247,14 +246,10 @@ impl Poller {
     /// the next offset. On a journal error nothing moves.
     fn take(&self, result: &Value, offset: i64, bot: &BotIdentity) -> std::io::Result<i64> {
         let (last_id, messages) = wire::parse_updates(result, &self.api.channel, bot);
-        let dates = message_dates(result);
         let now = wall_ms();
         let entries = messages
             .into_iter()
-            .map(|message| {
-                let sent_at_ms = message.reference().and_then(|r| dates.get(&r).copied()).unwrap_or(now);
-                JournalEntry { message, sent_at_ms }
-            })
+            .map(|message| JournalEntry { sent_at_ms: message.sent_at_ms.unwrap_or(now), message })
             .collect();
         let fresh = self.journal.record(entries)?;
         let next = last_id.map_or(offset, |id| id + 1);
@@ -282,28 +277,6 @@ impl Poller {
     }
 }
 
-/// When each message of a `getUpdates` result was sent (unix ms), by chat and message id.
-fn message_dates(result: &Value) -> HashMap<MessageRef, u64> {
-    let mut dates = HashMap::new();
-    for update in result.as_array().map(Vec::as_slice).unwrap_or_default() {
-        let Some(message) = update.get("message") else { continue };
-        let chat = message.pointer("/chat/id").map(id_text);
-        let id = message.get("message_id").map(id_text);
-        let date = message.get("date").and_then(Value::as_u64);
-        if let (Some(chat_id), Some(message_id), Some(date)) = (chat, id, date) {
-            dates.insert(MessageRef { chat_id, message_id }, date.saturating_mul(1000));
-        }
-    }
-    dates
-}
-
-fn id_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// The saved offset for this bot (an offset of another bot would skip this one's updates).
 fn load_offset(path: &Path, bot_id: i64) -> i64 {
     let Ok(text) = std::fs::read_to_string(path) else { return 0 };
@@ -324,21 +297,6 @@ fn save_offset(path: &Path, bot_id: i64, offset: i64) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_found_per_chat_and_message() {
-        let result = json!([
-            {"update_id": 1, "message": {"message_id": 7, "date": 1_700_000_000, "chat": {"id": -100}}},
-            {"update_id": 2, "message": {"message_id": 7, "date": 1_700_000_100, "chat": {"id": 5}}},
-            {"update_id": 3, "edited_message": {"message_id": 8, "date": 1, "chat": {"id": 5}}},
-            {"update_id": 4, "message": {"message_id": 9, "chat": {"id": 5}}},
-        ]);
-        let dates = message_dates(&result);
-        let r = |chat: &str, id: &str| MessageRef { chat_id: chat.into(), message_id: id.into() };
-        assert_eq!(dates.len(), 2);
-        assert_eq!(dates[&r("-100", "7")], 1_700_000_000_000);
-        assert_eq!(dates[&r("5", "7")], 1_700_000_100_000);
-    }
 
     #[test]
     fn offsets_are_kept_per_bot() {

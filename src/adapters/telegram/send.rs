@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, never, select, unbounded};
 
 use super::Api;
 use super::wire::{self, Failure};
+use crate::adapters::Supervisor;
 use crate::adapters::pacing::Pacer;
 use crate::backoff::Backoff;
 use crate::error::Error;
@@ -592,15 +593,20 @@ impl Settle {
 
 /// Start the dispatcher and its workers for one bot; they end when `outbox` closes and the
 /// queued replies are delivered or given up.
-pub(super) fn spawn(api: &Api, outbox: Receiver<Outbound>, settle: Settle) -> Result<(), Error> {
+pub(super) fn spawn(
+    api: &Api,
+    outbox: Receiver<Outbound>,
+    settle: Settle,
+    supervisor: &Supervisor,
+) -> Result<(), Error> {
     let (jobs_tx, jobs_rx) = unbounded::<Job>();
     let (done_tx, done_rx) = unbounded::<(Job, Result<Option<i64>, Failure>)>();
     for i in 0..WORKERS {
         let (api, jobs, done) = (api.clone(), jobs_rx.clone(), done_tx.clone());
-        super::spawn_named(format!("tg-send-{}-{i}", api.channel), move || work(&api, &jobs, &done))?;
+        supervisor.spawn(format!("tg-send-{}-{i}", api.channel), move || work(&api, &jobs, &done))?;
     }
     let channel = api.channel.clone();
-    super::spawn_named(format!("tg-send-{channel}"), move || dispatch(&channel, &outbox, &jobs_tx, &done_rx, &settle))
+    supervisor.spawn(format!("tg-send-{channel}"), move || dispatch(&channel, &outbox, &jobs_tx, &done_rx, &settle))
 }
 
 /// A worker: one call at a time, its result back to the dispatcher.
