@@ -116,7 +116,7 @@ impl Dispatcher {
         match event {
             LinkEvent::SessionLost => self.recover = true,
             LinkEvent::Dispatch { name, data } => self.on_dispatch(name, data, deliver),
-            LinkEvent::Health { .. } | LinkEvent::Parked(_) => {}
+            LinkEvent::Health { .. } | LinkEvent::Alive | LinkEvent::Parked(_) => {}
         }
     }
 
@@ -133,13 +133,14 @@ impl Dispatcher {
             }
             "MESSAGE_CREATE" => {
                 let Some(bot_id) = self.bot_id.clone() else { return };
-                if let Some(incoming) = crate_contain(|| wire::parse_message(data, &self.channel, &bot_id, &*self.sent))
+                if let Some(incoming) =
+                    decode_contained(|| wire::parse_message(data, &self.channel, &bot_id, &*self.sent))
                 {
                     self.hand_on(incoming, deliver);
                 }
             }
             "INTERACTION_CREATE" => {
-                if let Some(press) = crate_contain(|| wire::parse_button(data, &self.channel)) {
+                if let Some(press) = decode_contained(|| wire::parse_button(data, &self.channel)) {
                     deliver(Delivery::Button(press));
                 }
             }
@@ -242,7 +243,7 @@ impl Dispatcher {
                     // Fetched messages lack `channel_type`/`guild_id` sometimes; keep what
                     // the channel was (a DM stays a DM) by decoding as given.
                     if let Some(incoming) =
-                        crate_contain(|| wire::parse_message(message, &self.channel, &bot_id, &*self.sent))
+                        decode_contained(|| wire::parse_message(message, &self.channel, &bot_id, &*self.sent))
                     {
                         found += 1;
                         self.hand_on(incoming, deliver);
@@ -305,14 +306,11 @@ fn kind_of(content_type: &str) -> AttachmentKind {
 
 /// Decode inside `catch_unwind`: a payload that makes the decoder panic is skipped, never
 /// the end of the gateway thread.
-fn crate_contain<T>(decode: impl FnOnce() -> Option<T>) -> Option<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
-        Ok(result) => result,
-        Err(_) => {
-            log::error!("a Discord event could not be decoded (decoder panicked); skipped");
-            None
-        }
-    }
+fn decode_contained<T>(decode: impl FnOnce() -> Option<T>) -> Option<T> {
+    crate::adapters::contain(decode).unwrap_or_else(|| {
+        log::error!("a Discord event could not be decoded (the decoder panicked); skipped");
+        None
+    })
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub enum LinkEvent {
     SessionLost,
     /// The connection is up (READY or RESUMED) or down (with why).
     Health { connected: bool, error: Option<String> },
+    /// The gateway acknowledged a heartbeat: the loop and the connection are alive.
+    Alive,
     /// Stopped for good: the reason says what the person must do.
     Parked(String),
 }
@@ -128,7 +130,12 @@ pub fn run(rest: &Rest, token: &str, channel: &str, stop: &Receiver<()>, on: &mu
         let deadline = gateway.next_wake().map_or(now + STOP_CHECK, |wake| wake.min(now + STOP_CHECK));
         let input = match client.read(deadline) {
             WsEvent::Text(text) => match wire::decode_frame(&text) {
-                Ok(event) => Some(Input::Frame(event)),
+                Ok(event) => {
+                    if event == wire::GatewayEvent::HeartbeatAck {
+                        on(LinkEvent::Alive);
+                    }
+                    Some(Input::Frame(event))
+                }
                 Err(e) => {
                     log::warn!(target: channel, "{e}; skipped");
                     None

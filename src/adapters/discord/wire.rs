@@ -126,9 +126,8 @@ pub struct RemoteAttachment {
 /// A MESSAGE_CREATE worth handling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {
+    /// `sent_at_ms` is when it was posted, from the snowflake.
     pub message: InboundMessage,
-    /// When it was posted (unix ms, from the snowflake).
-    pub sent_at_ms: Option<u64>,
     /// Set when posted in a thread: the thread is `chat_id` until the adapter knows the
     /// parent channel (`GET /channels/{id}` → `parent_id`).
     pub in_thread: bool,
@@ -199,8 +198,9 @@ pub fn parse_message(d: &Value, channel: &str, bot_id: &str, own: &dyn OwnMessag
         text,
         quoted_text: referenced.and_then(|r| r.get("content")).and_then(Value::as_str).map(str::to_string),
         attachments: Vec::new(),
+        sent_at_ms: snowflake_ms(&message_id),
     };
-    Some(Incoming { message, sent_at_ms: snowflake_ms(&message_id), in_thread, attachments })
+    Some(Incoming { message, in_thread, attachments })
 }
 
 fn parse_attachment(a: &Value) -> Option<RemoteAttachment> {
@@ -340,14 +340,14 @@ pub fn edit_message(content: &str) -> Value {
     json!({"content": content, "components": [], "allowed_mentions": {"parse": []}})
 }
 
-/// `POST /interactions/{id}/{token}/callback`: type 7 rewrites the clicked message (and drops
-/// its buttons) when `content` is given, else type 6 only acknowledges the click.
-pub fn interaction_callback(content: Option<&str>) -> Value {
-    match content {
-        Some(text) if !text.is_empty() => {
-            json!({"type": 7, "data": {"content": truncate(text, MESSAGE_LIMIT), "components": [], "allowed_mentions": {"parse": []}}})
-        }
-        _ => json!({"type": 6}),
+/// `POST /interactions/{id}/{token}/callback`: with a `text`, a reply only the presser sees
+/// (type 4, ephemeral); without, a bare acknowledgement (type 6). Either stops Discord's
+/// "interaction failed"; the asking message itself is updated by an edit.
+pub fn interaction_callback(text: &str) -> Value {
+    if text.is_empty() {
+        json!({"type": 6})
+    } else {
+        json!({"type": 4, "data": {"content": truncate(text, MESSAGE_LIMIT), "flags": 64, "allowed_mentions": {"parse": []}}})
     }
 }
 
@@ -554,7 +554,7 @@ mod tests {
         assert_eq!(m.message.message_id.as_deref(), Some("1012345678900020080"));
         assert_eq!(m.message.thread_id, None);
         // 1012345678900020080 >> 22 = 241362018322, + Discord's epoch.
-        assert_eq!(m.sent_at_ms, Some(241_362_018_322 + DISCORD_EPOCH_MS));
+        assert_eq!(m.message.sent_at_ms, Some(241_362_018_322 + DISCORD_EPOCH_MS));
     }
 
     #[test]
@@ -699,10 +699,10 @@ mod tests {
         assert_eq!(rows[2]["components"].as_array().unwrap().len(), 2);
         assert_eq!(edit_message("done")["components"], json!([]));
         assert_eq!(
-            interaction_callback(Some("✅ Allowed")),
-            json!({"type": 7, "data": {"content": "✅ Allowed", "components": [], "allowed_mentions": {"parse": []}}})
+            interaction_callback("Not allowed."),
+            json!({"type": 4, "data": {"content": "Not allowed.", "flags": 64, "allowed_mentions": {"parse": []}}})
         );
-        assert_eq!(interaction_callback(None), json!({"type": 6}));
+        assert_eq!(interaction_callback(""), json!({"type": 6}));
     }
 
     #[test]
