@@ -44,7 +44,6 @@ pub struct Call {
     pub method: String,
     pub path: String,
     pub body: Value,
-    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -348,7 +347,7 @@ fn handle_rest(shared: &Shared, req: Request) -> Reply {
     };
     let path = path.to_string();
     let mut rest = shared.rest.lock().unwrap();
-    rest.calls.push(Call { method: req.method.clone(), path: path.clone(), body: body.clone(), at: Instant::now() });
+    rest.calls.push(Call { method: req.method.clone(), path: path.clone(), body: body.clone() });
     if req.header("authorization") != Some(&format!("Bot {TOKEN}")) {
         return json_reply(401, json!({"message": "401: Unauthorized", "code": 0}));
     }

@@ -1,6 +1,5 @@
 //! Shared test helpers: temporary homes, the tether binary as a real process, bounded waits.
 
-#[allow(dead_code)] // Until the Discord end-to-end tests use all of it.
 pub mod fake_discord;
 pub mod fake_telegram;
 pub mod http;
