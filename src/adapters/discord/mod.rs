@@ -28,6 +28,9 @@ use crate::journal::JournalEntry;
 use inbound::{Delivery, Dispatcher, SentIds};
 use link::LinkEvent;
 
+/// Gateway events waiting for the inbound thread (a burst of replayed events fits).
+const EVENT_QUEUE: usize = 1024;
+
 /// The REST base when `apiBase` is not set.
 const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
 
@@ -67,42 +70,15 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let media = io.home.join("media").join(&name);
 
     let ChannelIo { inbound, outbox, stop, probe, journal, supervisor, .. } = io;
+    // The gateway thread only reads the socket and heartbeats; decoding, REST lookups,
+    // downloads and gap recovery run on their own thread, so a slow one never delays a
+    // heartbeat (Discord drops a connection that misses one).
+    let (events_tx, events) = crossbeam_channel::bounded::<LinkEvent>(EVENT_QUEUE);
     let gateway_probe = probe.clone();
-    let gateway_journal = journal.clone();
     let gateway_rest = rest.clone();
-    let gateway_sent = sent.clone();
     let gateway_name = name.clone();
     supervisor.spawn(format!("dc-gateway-{name}"), move || {
         let channel = gateway_name.as_str();
-        let mut dispatcher = Dispatcher::new(channel, gateway_rest.clone(), gateway_sent, media);
-        let mut deliver = |delivery: Delivery| match delivery {
-            Delivery::Message(incoming) => {
-                let message = incoming.message;
-                let fresh = match &gateway_journal {
-                    Some(journal) => {
-                        let sent_at_ms = message.sent_at_ms.unwrap_or_else(wall_ms);
-                        match journal.record(vec![JournalEntry { message: message.clone(), sent_at_ms }]) {
-                            Ok(fresh) => fresh,
-                            Err(e) => {
-                                // Discord will not send it again: better unjournaled than lost.
-                                log::error!(target: channel, "cannot write the journal {}: {e}", journal.path().display());
-                                vec![message]
-                            }
-                        }
-                    }
-                    None => vec![message],
-                };
-                for message in fresh {
-                    log::debug!(target: channel, "message {:?} from {} in {}", message.message_id, message.sender_id, message.chat_id);
-                    gateway_probe.received();
-                    let _ = inbound.send(Inbound::Message(message));
-                }
-            }
-            Delivery::Button(press) => {
-                log::debug!(target: channel, "button {:?} pressed by {} in {}", press.data, press.sender_id, press.chat_id);
-                let _ = inbound.send(Inbound::Button(press));
-            }
-        };
         link::run(&gateway_rest, &token, channel, &stop, &mut |event| {
             match &event {
                 LinkEvent::Health { connected: true, .. } | LinkEvent::Alive => gateway_probe.ok(),
@@ -118,8 +94,52 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
                 }
                 LinkEvent::Dispatch { .. } | LinkEvent::SessionLost => {}
             }
-            dispatcher.on_event(&event, &mut deliver);
+            if matches!(event, LinkEvent::Dispatch { .. } | LinkEvent::SessionLost) {
+                let _ = events_tx.send(event);
+            }
         });
+    })?;
+
+    let inbound_probe = probe.clone();
+    let inbound_journal = journal.clone();
+    let inbound_rest = rest.clone();
+    let inbound_sent = sent.clone();
+    let inbound_name = name.clone();
+    supervisor.spawn(format!("dc-inbound-{name}"), move || {
+        let channel = inbound_name.as_str();
+        let mut dispatcher = Dispatcher::new(channel, inbound_rest, inbound_sent, media);
+        let mut deliver = |delivery: Delivery| match delivery {
+            Delivery::Message(incoming) => {
+                let message = incoming.message;
+                let fresh = match &inbound_journal {
+                    Some(journal) => {
+                        let sent_at_ms = message.sent_at_ms.unwrap_or_else(wall_ms);
+                        match journal.record(vec![JournalEntry { message: message.clone(), sent_at_ms }]) {
+                            Ok(fresh) => fresh,
+                            Err(e) => {
+                                // Discord will not send it again: better unjournaled than lost.
+                                log::error!(target: channel, "cannot write the journal {}: {e}", journal.path().display());
+                                vec![message]
+                            }
+                        }
+                    }
+                    None => vec![message],
+                };
+                for message in fresh {
+                    log::debug!(target: channel, "message {:?} from {} in {}", message.message_id, message.sender_id, message.chat_id);
+                    inbound_probe.received();
+                    let _ = inbound.send(Inbound::Message(message));
+                }
+            }
+            Delivery::Button(press) => {
+                log::debug!(target: channel, "button {:?} pressed by {} in {}", press.data, press.sender_id, press.chat_id);
+                let _ = inbound.send(Inbound::Button(press));
+            }
+        };
+        // Ends when the gateway thread ends (it drops the sender).
+        for event in events.iter() {
+            dispatcher.on_event(&event, &mut deliver);
+        }
     })?;
 
     let (done_tx, drained) = crossbeam_channel::bounded::<()>(0);
