@@ -44,8 +44,8 @@ fn main() {
         rss as f64 / 1024.0
     );
 
-    // Telegram allows about one message a second per chat and 30 a second per bot, and tether
-    // paces itself to match. So each message comes from another chat, 100 ms apart: the figure
+    // Telegram allows about one message a second per chat on average (tether: a burst of 4,
+    // then one a second) and 30 a second per bot, and tether paces itself to match. So each message comes from another chat, 100 ms apart: the figure
     // is the time through tether and the agent, not the pacing.
     let mut times = Vec::with_capacity(messages);
     for n in 0..messages {

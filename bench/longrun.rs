@@ -3,8 +3,8 @@
 //! 502/429/dropped connection, agent crashes, clean restarts of tether), then the counts:
 //! every message must get exactly one answer. Run through `bench/longrun.sh`.
 //!
-//! tether paces itself as Telegram asks (about one message a second per chat, 30 a second per
-//! bot), so the load is spread over several bots (channels), each with many users; each user
+//! tether paces itself as Telegram asks (a burst of 4 messages per chat, then about one a
+//! second, 30 a second per bot), so the load is spread over several bots (channels), each with many users; each user
 //! has one message in flight at a time, so every reply to a chat can be attributed: an echo
 //! names its message; a crash notice concerns the one in flight. An agent crash interrupts the
 //! turns in flight: their senders are told and the turns run again; a message that crashes the

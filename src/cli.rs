@@ -180,6 +180,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
                 reload: None,
                 log_file: None,
                 as_service: false,
+                stop: None,
             };
             crate::daemon::run(config, options)?;
             Ok(0)
@@ -209,6 +210,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
                 reload: Some(Box::new(move || load_config(&reload_opts))),
                 log_file,
                 as_service: true,
+                stop: None,
             };
             crate::daemon::run(config, options)?;
             Ok(0)

@@ -111,12 +111,15 @@ pub struct Options {
     /// Run only these channels (all when empty).
     pub only: Vec<String>,
     /// Reads the config file again, for SIGHUP (`None`: SIGHUP only reopens the log).
-    pub reload: Option<Box<dyn Fn() -> Result<Config, Error>>>,
+    pub reload: Option<Box<dyn Fn() -> Result<Config, Error> + Send>>,
     /// The `--log-file`, reopened on SIGHUP.
     pub log_file: Option<Arc<LogFile>>,
     /// Run as the service of `home`: take its lock and pid file, publish `status.json`.
     /// False for `tether demo`, which may run next to the service.
     pub as_service: bool,
+    /// Run inside a larger program (the tests): stop when this receives or disconnects,
+    /// and leave the process's signals alone. `None`: SIGTERM/SIGINT stop, SIGHUP reloads.
+    pub stop: Option<Receiver<()>>,
 }
 
 /// What the signal thread reports.
@@ -131,7 +134,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let config = select_channels(config, &options.only)?;
     let names: Vec<String> = config.channels.keys().cloned().collect();
     let claim = if options.as_service { Some(ServiceClaim::take(&options.home, &names)?) } else { None };
-    let signals = watch_signals()?;
+    let signals = if options.stop.is_some() { never() } else { watch_signals()? };
     let unhealthy_after = std::env::var(UNHEALTHY_AFTER_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -271,6 +274,7 @@ struct Daemon {
 impl Daemon {
     fn run(mut self, inbound_rx: &Receiver<Inbound>, signals: &Receiver<Signal>) -> Result<(), Error> {
         let access_tick = if self.access.is_empty() { never() } else { tick(access_files::POLL_INTERVAL) };
+        let stop = self.options.stop.clone().unwrap_or_else(never);
         loop {
             let next = [self.core.next_deadline(), self.restarts.values().min().copied(), Some(self.next_tick)]
                 .into_iter()
@@ -286,6 +290,7 @@ impl Daemon {
                     Ok(Signal::Reload) => self.reload(),
                     Err(_) => {}
                 },
+                recv(stop) -> _ => return self.shutdown("stop requested"),
                 recv(deadline) -> _ => self.handle(Event::Tick),
                 recv(access_tick) -> _ => {}
             }

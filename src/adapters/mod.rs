@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod discord;
+pub mod outbox;
 pub mod pacing;
 pub mod telegram;
 pub mod webchat;

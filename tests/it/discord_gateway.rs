@@ -280,8 +280,8 @@ fn rest_honours_buckets_and_429s() {
     }
     // A global 429 holds every route.
     fake.throttle_next("/channels/3003/typing", 1.0, true);
-    assert!(matches!(rest.typing("3003"), Err(RestFailure::RateLimited(_))));
-    assert!(matches!(rest.create_message("3004", &body), Err(RestFailure::RateLimited(_))));
+    assert!(matches!(rest.typing("3003"), Err(RestFailure::GlobalRateLimited(_))));
+    assert!(matches!(rest.create_message("3004", &body), Err(RestFailure::GlobalRateLimited(_))));
     // Too long is refused as Discord does.
     let long = json!({"content": "x".repeat(2001)});
     thread::sleep(Duration::from_millis(1100));

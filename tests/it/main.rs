@@ -9,6 +9,7 @@ mod discord;
 mod discord_gateway;
 mod permissions;
 mod replies;
+mod seam;
 mod service;
 mod support;
 mod telegram;

@@ -80,7 +80,7 @@ fn platform_faults_are_survived_and_the_next_message_is_answered() {
     );
     let log = service.log();
     for expected in
-        ["conflict (409)", "rate limited (429)", "HTTP 502", "not JSON", "sendMessage to chat 111 failed (attempt 1/"]
+        ["conflict (409)", "rate limited (429)", "HTTP 502", "not JSON", "send to chat 111 failed (attempt 1/"]
     {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }

@@ -260,7 +260,9 @@ impl Dispatcher {
     fn fetch_after(&self, discord_channel: &str, after: &str) -> Result<Vec<Value>, RestFailure> {
         for _ in 0..3 {
             match self.rest.messages_after(discord_channel, after) {
-                Err(RestFailure::RateLimited(d)) => std::thread::sleep(d.min(Duration::from_secs(10))),
+                Err(RestFailure::RateLimited(d) | RestFailure::GlobalRateLimited(d)) => {
+                    std::thread::sleep(d.min(Duration::from_secs(10)))
+                }
                 other => return other,
             }
         }

@@ -177,7 +177,7 @@ fn gateway_url(rest: &Rest, channel: &str, stop: &Receiver<()>, on: &mut dyn FnM
                 while !pause(stop, Duration::from_secs(60)) {}
                 return None;
             }
-            Err(RestFailure::RateLimited(d)) => d,
+            Err(RestFailure::RateLimited(d) | RestFailure::GlobalRateLimited(d)) => d,
             Err(e) => {
                 on(LinkEvent::Health { connected: false, error: Some(format!("GET /gateway/bot failed: {e}")) });
                 backoff.next_delay()

@@ -1,6 +1,6 @@
 //! The Discord channel: a gateway thread (WebSocket: Hello, heartbeats, Identify or Resume,
-//! dispatches) that reports messages and button clicks, and a sender thread that performs the
-//! core's replies over REST.
+//! dispatches), an inbound thread that turns dispatches into messages and button clicks, and
+//! Discord's courier for the shared outbox, which delivers the core's replies over REST.
 //!
 //! No lost messages: a dropped connection resumes with the last sequence and Discord replays
 //! what was missed; when the session cannot be resumed, the messages posted meanwhile in the
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel};
+use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::Inbound;
@@ -142,12 +142,9 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         }
     })?;
 
-    let (done_tx, drained) = crossbeam_channel::bounded::<()>(0);
-    let sender = send::Sender::new(&name, rest, sent, journal, probe);
-    supervisor.spawn(format!("dc-send-{name}"), move || {
-        sender.run(&outbox);
-        drop(done_tx);
-    })?;
+    let courier = Arc::new(send::DiscordCourier { rest, sent });
+    let settle = outbox::Settle { channel: name, journal, probe };
+    let drained = outbox::spawn(courier, outbox, settle, &supervisor)?;
     Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
 }
 

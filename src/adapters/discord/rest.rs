@@ -73,12 +73,19 @@ impl RateLimits {
 
     /// How long to wait before `route` may be called; zero when it may go now.
     pub fn wait_before(&self, route: &str, now: Instant) -> Duration {
-        let global = self.global_until.map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
-        let bucket = match self.buckets.get(&self.state_key(route)) {
+        self.global_wait(now).max(self.route_wait(route, now))
+    }
+
+    /// How long every route must wait (a global 429).
+    pub fn global_wait(&self, now: Instant) -> Duration {
+        self.global_until.map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
+    fn route_wait(&self, route: &str, now: Instant) -> Duration {
+        match self.buckets.get(&self.state_key(route)) {
             Some(b) if b.remaining == 0 => b.reset_at.saturating_duration_since(now),
             _ => Duration::ZERO,
-        };
-        global.max(bucket)
+        }
     }
 
     /// Learn from one answer to `route`.
@@ -141,7 +148,14 @@ impl Rest {
     /// update the buckets. `path` starts with `/`.
     pub fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, RestFailure> {
         let route = route_key(method, path);
-        let wait = self.limits().wait_before(&route, Instant::now());
+        let (global, wait) = {
+            let limits = self.limits();
+            let now = Instant::now();
+            (limits.global_wait(now), limits.wait_before(&route, now))
+        };
+        if !global.is_zero() && global >= wait {
+            return Err(RestFailure::GlobalRateLimited(global));
+        }
         if !wait.is_zero() {
             return Err(RestFailure::RateLimited(wait));
         }
@@ -155,7 +169,7 @@ impl Rest {
         let limits = wire::parse_rate_limit_headers(|name| reply.header(name));
         let result = wire::parse_reply(reply.status, &reply.body, &limits);
         let retry_after = match &result {
-            Err(RestFailure::RateLimited(d)) => Some(*d),
+            Err(RestFailure::RateLimited(d) | RestFailure::GlobalRateLimited(d)) => Some(*d),
             _ => None,
         };
         self.limits().record(&route, reply.status, &limits, retry_after, Instant::now());
@@ -298,6 +312,7 @@ mod tests {
         assert_eq!(limits.wait_before(&typing, t0), Duration::ZERO);
         let global = RateLimitHeaders { global: true, retry_after: Some(Duration::from_secs(2)), ..Default::default() };
         limits.record(&typing, 429, &global, None, t0);
+        assert_eq!(limits.global_wait(t0), Duration::from_secs(2));
         assert_eq!(limits.wait_before(&typing, t0), Duration::from_secs(2));
         assert_eq!(limits.wait_before(&route_key(Method::Get, "/gateway/bot"), t0), Duration::from_secs(2));
         assert_eq!(limits.wait_before(&typing, t0 + Duration::from_secs(3)), Duration::ZERO);

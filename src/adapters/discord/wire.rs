@@ -395,6 +395,8 @@ fn seconds_value(text: &str) -> Option<Duration> {
 pub enum RestFailure {
     /// 429: wait this long, then retry the same request.
     RateLimited(Duration),
+    /// 429 for every route of the bot (`global`): everything waits this long.
+    GlobalRateLimited(Duration),
     /// 401: the token is wrong; stop (Discord bans IPs that keep sending bad tokens).
     Unauthorized(String),
     /// 5xx, timeouts, refused connections, malformed replies: retry with backoff.
@@ -409,6 +411,9 @@ impl std::fmt::Display for RestFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RestFailure::RateLimited(d) => write!(f, "rate limited (429): retry after {} ms", d.as_millis()),
+            RestFailure::GlobalRateLimited(d) => {
+                write!(f, "rate limited (429) for the whole bot: retry after {} ms", d.as_millis())
+            }
             RestFailure::Unauthorized(d) => write!(f, "unauthorized: {d}"),
             RestFailure::Transient(d) | RestFailure::Blocked(d) | RestFailure::Rejected(d) => f.write_str(d),
         }
@@ -436,7 +441,12 @@ pub fn parse_reply(status: u16, body: &str, headers: &RateLimitHeaders) -> Resul
         429 => {
             let from_body =
                 reply.get("retry_after").and_then(Value::as_f64).and_then(|s| seconds_value(&s.to_string()));
-            RestFailure::RateLimited(from_body.or(headers.retry_after).unwrap_or(Duration::from_secs(1)))
+            let wait = from_body.or(headers.retry_after).unwrap_or(Duration::from_secs(1));
+            if headers.global || reply.get("global").and_then(Value::as_bool) == Some(true) {
+                RestFailure::GlobalRateLimited(wait)
+            } else {
+                RestFailure::RateLimited(wait)
+            }
         }
         401 => RestFailure::Unauthorized(detail),
         403 => RestFailure::Blocked(detail),

@@ -1,6 +1,7 @@
-//! The Telegram channel: a long-poll thread (`getUpdates`) that reports messages, and a
-//! sender (`send.rs`) that delivers replies and typing indicators. The two never wait for
-//! each other: a failing send does not stop polling.
+//! The Telegram channel: a long-poll thread (`getUpdates`) that reports messages, and the
+//! shared outbox (`adapters::outbox`) with Telegram's courier (`send.rs`) that delivers
+//! replies and typing indicators. The two never wait for each other: a failing send does
+//! not stop polling.
 //!
 //! No lost messages: each batch of updates is appended to the channel's journal (fsynced)
 //! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`. The
@@ -17,7 +18,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::{Value, json};
 
-use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel};
+use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
@@ -98,9 +99,9 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         offset_path: io.home.join(format!("{}-offset.json", channel.name)),
     };
     io.supervisor.spawn(format!("tg-poll-{}", channel.name), move || poller.run())?;
-    let (done_tx, drained) = crossbeam_channel::bounded::<()>(0);
-    let settle = send::Settle { journal, probe: io.probe, done: done_tx };
-    send::spawn(&api, io.outbox, settle, &io.supervisor)?;
+    let courier = Arc::new(send::TelegramCourier { api });
+    let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
+    let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
     Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
 }
 

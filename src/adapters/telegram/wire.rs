@@ -15,38 +15,8 @@ pub struct BotIdentity {
     pub username: String,
 }
 
-/// Why a Bot API call did not succeed, classified by what the caller does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// 409: another process polls this bot (or a webhook is set). Retry slowly.
-    Conflict(String),
-    /// 429: wait `retry_after` seconds, then retry the same request.
-    RateLimited(Duration),
-    /// 401/404 on the bot path: the token is wrong. Retrying will not help soon.
-    Unauthorized(String),
-    /// 5xx, timeouts, refused connections, malformed replies: retry with backoff.
-    Transient(String),
-    /// 400 `can't parse entities`: Telegram refused the message's HTML. Resend as plain text.
-    BadMarkup(String),
-    /// 403: the bot was blocked by the user or removed from the chat. Stop sending there.
-    Blocked(String),
-    /// Other 4xx: the request itself is wrong (chat not found, text too long). Do not retry.
-    Rejected(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Conflict(d) => write!(f, "conflict (409): {d}"),
-            Failure::RateLimited(d) => write!(f, "rate limited (429): retry after {} s", d.as_secs()),
-            Failure::Unauthorized(d) => write!(f, "unauthorized: {d}; check the channel's token"),
-            Failure::Transient(d) => write!(f, "{d}"),
-            Failure::BadMarkup(d) => write!(f, "HTML refused: {d}"),
-            Failure::Blocked(d) => write!(f, "forbidden: {d}"),
-            Failure::Rejected(d) => write!(f, "rejected: {d}"),
-        }
-    }
-}
+/// Bot API answers are classified into the outbox's [`Failure`] (see [`parse_reply`]).
+pub use crate::adapters::outbox::Failure;
 
 /// Decode an HTTP reply from the Bot API into its `result`, or a classified failure.
 pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
@@ -208,7 +178,7 @@ fn id_string(v: &Value) -> Option<String> {
     }
 }
 
-/// A chat id as Telegram wants it: a number when it is one.
+/// A chat (or message) id as Telegram wants it: a number when it is one.
 fn chat_id_value(chat_id: &str) -> Value {
     chat_id.parse::<i64>().map_or_else(|_| json!(chat_id), |n| json!(n))
 }
@@ -254,10 +224,10 @@ pub fn with_buttons(mut body: Value, buttons: &[(String, String)]) -> Value {
 
 /// The `editMessageText` request body: new HTML text, and no `reply_markup`, which removes
 /// the message's buttons.
-pub fn edit_html(chat: &ChatRef, message_id: i64, html: &str) -> Value {
+pub fn edit_html(chat: &ChatRef, message_id: &str, html: &str) -> Value {
     json!({
         "chat_id": chat_id_value(&chat.chat_id),
-        "message_id": message_id,
+        "message_id": chat_id_value(message_id),
         "text": html,
         "parse_mode": "HTML",
         "link_preview_options": {"is_disabled": true},
@@ -511,7 +481,7 @@ mod tests {
             body["reply_markup"],
             json!({"inline_keyboard": [[{"text": "✅ Allow", "callback_data": "perm:1:once"}]]})
         );
-        let edit = edit_html(&chat, 42, "done");
+        let edit = edit_html(&chat, "42", "done");
         assert_eq!((edit["message_id"].clone(), edit.get("reply_markup")), (json!(42), None));
         assert_eq!(answer_callback("cb", "ok")["callback_query_id"], "cb");
     }

@@ -1,0 +1,1461 @@
+//! Shared delivery for every platform: replies rendered to platform pieces by a [`Courier`],
+//! queued per chat, paced by [`Pacer`] with the platform's own [`PacingRules`], and delivered
+//! by a few worker threads, so that one chat's retries or slow calls never hold up another
+//! chat. [`Schedule`] is the pure part (what may go next, what a failure means for the piece,
+//! when a whole reply is done with); [`spawn`] runs the dispatcher and worker threads, and
+//! settles the messages a delivered reply answers in the journal.
+//!
+//! The outbox defines the [`Courier`] trait and knows no platform; each platform implements
+//! it in its own folder (render, plain fallback, one call, pacing) and writes no queue or
+//! retry loop of its own.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, never, select, unbounded};
+
+use crate::adapters::Supervisor;
+use crate::adapters::pacing::{Pacer, PacingRules};
+use crate::backoff::Backoff;
+use crate::error::Error;
+use crate::event::{ChatRef, MessageRef, Outbound};
+use crate::health::Probe;
+use crate::journal::Journal;
+
+/// Attempts for one piece that fails with 5xx or a network error before it is logged as lost.
+pub(crate) const SEND_ATTEMPTS: u32 = 6;
+/// 429 answers one piece may wait out before further ones count as failed attempts.
+pub(crate) const RATE_LIMIT_WAITS: u32 = 10;
+/// A typing indicator asked for longer ago than this is pointless (platforms show one for
+/// about 5 s and the core asks again every few seconds): it is dropped instead of sent late.
+pub(crate) const TYPING_FRESH: Duration = Duration::from_secs(4);
+/// Calls in flight at once: a chat has at most one, so this many chats progress in parallel.
+const WORKERS: usize = 3;
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long the dispatcher sleeps with nothing due (messages and results wake it sooner).
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// Once the outbox closes (the service stops, the channel is removed), queued replies may
+/// still start for this long; then only the calls in flight are awaited. What was not sent
+/// stays in the journal, and is answered at the next start: better than a process exit in the
+/// middle of a call, after which nobody knows whether the reply arrived.
+pub(crate) const DRAIN_AFTER_CLOSE: Duration = Duration::from_millis(1500);
+/// Message ids remembered for edits; the oldest are forgotten past this.
+const REMEMBERED_KEYS: usize = 512;
+
+/// One platform message's worth of a reply, as the courier rendered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub text: String,
+    /// In the platform's markup (Telegram HTML, Markdown), as opposed to plain text.
+    pub formatted: bool,
+}
+
+/// One platform call, for [`Courier::perform`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// Show "typing…" in the chat.
+    Typing(ChatRef),
+    /// Send a new message, with buttons (label, callback data) under it when there are any.
+    Send { chat: ChatRef, piece: Piece, buttons: Vec<(String, String)> },
+    /// Replace the text of a message sent earlier (and remove its buttons).
+    Edit { chat: ChatRef, message_id: String, piece: Piece },
+    /// Answer a button press.
+    Ack { callback_id: String, text: String },
+}
+
+/// Why a platform call did not succeed, classified by what the caller does next. Each
+/// platform maps its own answers (HTTP status, error codes) into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Another process holds the bot's connection (Telegram: 409). Retry slowly.
+    Conflict(String),
+    /// Too many calls to this chat: wait this long, then retry the same call.
+    RateLimited(Duration),
+    /// Too many calls from the whole bot (the platform said the limit is global): every
+    /// chat waits this long.
+    BotRateLimited(Duration),
+    /// The credentials are wrong. Retrying will not help soon.
+    Unauthorized(String),
+    /// 5xx, timeouts, refused connections, malformed replies: retry with backoff.
+    Transient(String),
+    /// The platform refused the message's markup: resend it as plain text.
+    BadMarkup(String),
+    /// The bot was blocked by the user or removed from the chat: stop sending there.
+    Blocked(String),
+    /// The request itself is wrong (chat not found, text too long). Do not retry.
+    Rejected(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Conflict(d) => write!(f, "conflict (409): {d}"),
+            Failure::RateLimited(d) => write!(f, "rate limited (429): retry after {} s", d.as_secs()),
+            Failure::BotRateLimited(d) => {
+                write!(f, "rate limited (429) for the whole bot: retry after {} s", d.as_secs())
+            }
+            Failure::Unauthorized(d) => write!(f, "unauthorized: {d}; check the channel's token"),
+            Failure::Transient(d) => write!(f, "{d}"),
+            Failure::BadMarkup(d) => write!(f, "markup refused: {d}"),
+            Failure::Blocked(d) => write!(f, "forbidden: {d}"),
+            Failure::Rejected(d) => write!(f, "rejected: {d}"),
+        }
+    }
+}
+
+/// What a platform implements to use the outbox. `render`, `plain` and `pacing` are pure;
+/// `perform` makes one call (with its own timeout) from a worker thread.
+pub trait Courier: Send + Sync + 'static {
+    /// A reply's Markdown formatted and split to the platform's message limit; empty when
+    /// there is nothing to send.
+    fn render(&self, markdown: &str) -> Vec<Piece>;
+    /// The piece as plain text, after the platform refused its markup; `None` when it is
+    /// plain already (then the piece is dropped).
+    fn plain(&self, piece: &Piece) -> Option<Piece>;
+    /// Make one call; `Some(id)` of the message a `Send` or `Edit` created.
+    fn perform(&self, call: &Call) -> Result<Option<String>, Failure>;
+    /// The platform's limits.
+    fn pacing(&self) -> PacingRules;
+}
+
+/// One message of a reply, as it waits in its chat's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Part {
+    piece: Piece,
+    /// Buttons under this part: (label, callback data).
+    buttons: Vec<(String, String)>,
+    track: Track,
+}
+
+/// Where a part belongs and how it has fared so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Track {
+    /// The reply this part belongs to (a block drops the rest of it); 0 for calls that are
+    /// not parts (typing, button answers).
+    reply: u64,
+    /// 1-based position in the reply, and the reply's number of parts.
+    index: usize,
+    of: usize,
+    /// Failed attempts (5xx, network) so far.
+    attempts: u32,
+    /// Rate limits waited out so far.
+    waits: u32,
+    /// Remember the sent message's id under this key, for a later edit.
+    key: Option<String>,
+    /// This part replaces the text of the message sent under this key (a new message if
+    /// that one is unknown).
+    edit: Option<String>,
+}
+
+impl Part {
+    fn new(piece: Piece, reply: u64, index: usize, of: usize) -> Part {
+        Part { piece, buttons: Vec::new(), track: Track { reply, index, of, ..Track::default() } }
+    }
+}
+
+/// A call handed to a worker, and what the schedule needs back with its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Job {
+    pub call: Call,
+    track: Track,
+}
+
+/// What became of a call, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    TypingShown,
+    TypingFailed {
+        chat: String,
+        failure: Failure,
+    },
+    Acked,
+    AckFailed {
+        failure: Failure,
+    },
+    Delivered {
+        chat: String,
+        index: usize,
+        of: usize,
+        formatted: bool,
+    },
+    /// The platform refused the markup; the part goes again as plain text.
+    PlainFallback {
+        chat: String,
+        index: usize,
+        of: usize,
+        failure: Failure,
+    },
+    /// Refused for a reason a retry will not fix; the next part follows.
+    Dropped {
+        chat: String,
+        index: usize,
+        of: usize,
+        failure: Failure,
+    },
+    /// The bot may not write to the chat; the rest of the reply (`dropped` parts) is dropped.
+    Blocked {
+        chat: String,
+        index: usize,
+        of: usize,
+        dropped: usize,
+        failure: Failure,
+    },
+    /// Rate limited: the part goes again after `wait` (the whole bot waits when `whole_bot`).
+    RateLimited {
+        chat: String,
+        index: usize,
+        of: usize,
+        wait: Duration,
+        whole_bot: bool,
+    },
+    Retrying {
+        chat: String,
+        index: usize,
+        of: usize,
+        attempt: u32,
+        delay: Duration,
+        failure: Failure,
+    },
+    /// Every attempt failed; the part is lost.
+    Lost {
+        chat: String,
+        index: usize,
+        of: usize,
+        failure: Failure,
+    },
+}
+
+impl Verdict {
+    /// How loud, and the log line.
+    pub fn log_line(&self) -> (log::Level, String) {
+        use log::Level;
+        match self {
+            Verdict::TypingShown => (Level::Trace, "typing indicator shown".to_string()),
+            Verdict::TypingFailed { chat, failure } => {
+                (Level::Debug, format!("typing indicator for chat {chat} failed (not retried): {failure}"))
+            }
+            Verdict::Acked => (Level::Trace, "button press answered".to_string()),
+            Verdict::AckFailed { failure } => {
+                (Level::Debug, format!("answering a button press failed (not retried): {failure}"))
+            }
+            Verdict::Delivered { chat, index, of, formatted } => {
+                let how = if *formatted { "formatted" } else { "plain text" };
+                (Level::Debug, format!("sent part {index}/{of} of a reply to chat {chat} as {how}"))
+            }
+            Verdict::PlainFallback { chat, index, of, failure } => {
+                (Level::Warn, format!("send to chat {chat}: {failure}; resending part {index}/{of} as plain text"))
+            }
+            Verdict::Dropped { chat, index, of, failure } => (
+                Level::Error,
+                format!("send to chat {chat} failed, not retrying: {failure}; part {index}/{of} of the reply is lost"),
+            ),
+            Verdict::Blocked { chat, index, of, dropped, failure } => (
+                Level::Error,
+                format!(
+                    "send to chat {chat} failed: {failure}; the bot may not write there, so part {index}/{of} \
+                     and the {dropped} after it are dropped"
+                ),
+            ),
+            Verdict::RateLimited { chat, index, of, wait, whole_bot } => {
+                let scope = if *whole_bot { " for the whole bot" } else { "" };
+                (
+                    Level::Warn,
+                    format!(
+                        "send to chat {chat} rate limited (429){scope}: part {index}/{of} goes again in {} s",
+                        wait.as_secs()
+                    ),
+                )
+            }
+            Verdict::Retrying { chat, index, of, attempt, delay, failure } => (
+                Level::Warn,
+                format!(
+                    "send to chat {chat} failed (attempt {attempt}/{SEND_ATTEMPTS}): {failure}; part {index}/{of} \
+                     goes again in {} ms",
+                    delay.as_millis()
+                ),
+            ),
+            Verdict::Lost { chat, index, of, failure } => (
+                Level::Error,
+                format!(
+                    "send to chat {chat} gave up after {SEND_ATTEMPTS} attempts: {failure}; part {index}/{of} \
+                     of the reply is lost"
+                ),
+            ),
+        }
+    }
+}
+
+/// The outbound state of one chat.
+#[derive(Debug)]
+struct ChatQueue {
+    parts: VecDeque<Part>,
+    /// A retried front part waits until then.
+    not_before: Option<Instant>,
+    /// A part of this chat is with a worker.
+    sending: bool,
+    /// When "typing…" was last asked for and not yet sent.
+    typing_since: Option<Instant>,
+    /// A typing indicator of this chat is with a worker.
+    typing_sending: bool,
+    backoff: Backoff,
+}
+
+impl ChatQueue {
+    fn new() -> ChatQueue {
+        ChatQueue {
+            parts: VecDeque::new(),
+            not_before: None,
+            sending: false,
+            typing_since: None,
+            typing_sending: false,
+            backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
+        }
+    }
+
+    /// One call per chat at a time, so calls reach the platform in the order they were
+    /// decided (a typing indicator before the answer it announces).
+    fn busy(&self) -> bool {
+        self.sending || self.typing_sending
+    }
+
+    fn is_idle(&self) -> bool {
+        self.parts.is_empty() && !self.sending && self.typing_since.is_none() && !self.typing_sending
+    }
+
+    /// The part at the front is done with (sent or given up): the next starts afresh.
+    fn next_part(&mut self) {
+        self.not_before = None;
+        self.backoff.reset();
+    }
+}
+
+/// How a reply ended, once every part of it is done with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Delivery {
+    /// Every part reached the chat.
+    Sent,
+    /// Nothing to send (the text rendered to nothing), or the platform refused it for good
+    /// (bad request, the bot may not write there): trying again cannot help.
+    Refused,
+    /// A part was lost after every retry: the reply did not arrive.
+    Lost,
+}
+
+/// A reply done with: the inbound messages it answers, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settled {
+    pub answers: Vec<MessageRef>,
+    pub delivery: Delivery,
+}
+
+/// A reply (an [`Outbound::Text`]) with parts still to go.
+#[derive(Debug)]
+struct Tracked {
+    answers: Vec<MessageRef>,
+    parts_left: usize,
+    worst: Delivery,
+}
+
+/// Per-chat queues and the pacer: decides which call goes next. Pure (the courier is asked
+/// only to render); time comes in as `now`.
+pub(crate) struct Schedule {
+    courier: Arc<dyn Courier>,
+    /// Replies with parts still to go, by reply number.
+    tracked: BTreeMap<u64, Tracked>,
+    /// Replies done with, for [`Schedule::take_settled`].
+    settled: Vec<Settled>,
+    chats: BTreeMap<ChatRef, ChatQueue>,
+    pacer: Pacer<ChatRef>,
+    replies: u64,
+    /// Message ids of keyed parts, for edits, oldest first.
+    sent: VecDeque<(String, String)>,
+    /// Button presses to answer (callback id, text); they skip the chat queues.
+    acks: VecDeque<(String, String)>,
+    /// The chat served last, so the next part goes to the chat after it (round robin).
+    last_served: Option<ChatRef>,
+}
+
+impl Schedule {
+    pub fn new(courier: Arc<dyn Courier>) -> Schedule {
+        let pacer = Pacer::new(courier.pacing());
+        Schedule {
+            courier,
+            tracked: BTreeMap::new(),
+            settled: Vec::new(),
+            chats: BTreeMap::new(),
+            pacer,
+            replies: 0,
+            sent: VecDeque::new(),
+            acks: VecDeque::new(),
+            last_served: None,
+        }
+    }
+
+    /// Queue what the core asked for; returns how many message parts were queued.
+    pub fn push(&mut self, out: Outbound, now: Instant) -> usize {
+        match out {
+            Outbound::Text { chat, text, answers } => {
+                let pieces = self.courier.render(&text);
+                if pieces.is_empty() {
+                    self.settled.push(Settled { answers, delivery: Delivery::Refused });
+                    return 0;
+                }
+                self.replies += 1;
+                let reply = self.replies;
+                let of = pieces.len();
+                self.tracked.insert(reply, Tracked { answers, parts_left: of, worst: Delivery::Sent });
+                let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
+                // The answer is here: "typing…" asked for before it is moot.
+                queue.typing_since = None;
+                for (i, piece) in pieces.into_iter().enumerate() {
+                    queue.parts.push_back(Part::new(piece, reply, i + 1, of));
+                }
+                of
+            }
+            Outbound::Ask { chat, key, text, buttons } => {
+                let pieces = self.courier.render(&text);
+                self.replies += 1;
+                let (reply, of) = (self.replies, pieces.len());
+                let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
+                for (i, piece) in pieces.into_iter().enumerate() {
+                    let mut part = Part::new(piece, reply, i + 1, of);
+                    if i + 1 == of {
+                        // The buttons and the key go with the last part, the one people see last.
+                        part.buttons = buttons.clone();
+                        part.track.key = Some(key.clone());
+                    }
+                    queue.parts.push_back(part);
+                }
+                of
+            }
+            Outbound::Edit { chat, key, text } => {
+                let pieces = self.courier.render(&text);
+                self.replies += 1;
+                let (reply, of) = (self.replies, pieces.len());
+                let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
+                for (i, piece) in pieces.into_iter().enumerate() {
+                    let mut part = Part::new(piece, reply, i + 1, of);
+                    // The first part replaces the message; the rest (a long edit) follow it.
+                    if i == 0 {
+                        part.track.edit = Some(key.clone());
+                    }
+                    queue.parts.push_back(part);
+                }
+                of
+            }
+            Outbound::ButtonAck { callback_id, text, .. } => {
+                self.acks.push_back((callback_id, text));
+                0
+            }
+            Outbound::Typing { chat } => {
+                self.chats.entry(chat).or_insert_with(ChatQueue::new).typing_since = Some(now);
+                0
+            }
+            // Drafts are for platforms that show them live; the final Text carries the answer.
+            Outbound::Draft { .. } => 0,
+        }
+    }
+
+    /// Count a part of `reply` done with, by its verdict; a reply whose last part is done
+    /// with goes to [`Schedule::take_settled`].
+    fn track(&mut self, reply: u64, verdict: &Verdict) {
+        let Some(tracked) = self.tracked.get_mut(&reply) else { return };
+        let (done, delivery) = match verdict {
+            Verdict::Delivered { .. } => (1, Delivery::Sent),
+            Verdict::Dropped { .. } => (1, Delivery::Refused),
+            Verdict::Blocked { dropped, .. } => (1 + dropped, Delivery::Refused),
+            Verdict::Lost { .. } => (1, Delivery::Lost),
+            _ => (0, Delivery::Sent), // It goes again.
+        };
+        tracked.parts_left = tracked.parts_left.saturating_sub(done);
+        tracked.worst = tracked.worst.max(delivery);
+        if tracked.parts_left == 0
+            && let Some(tracked) = self.tracked.remove(&reply)
+        {
+            self.settled.push(Settled { answers: tracked.answers, delivery: tracked.worst });
+        }
+    }
+
+    /// Replies done with since the last call.
+    pub fn take_settled(&mut self) -> Vec<Settled> {
+        std::mem::take(&mut self.settled)
+    }
+
+    /// Nothing queued and nothing in flight.
+    pub fn is_empty(&self) -> bool {
+        self.chats.is_empty() && self.acks.is_empty()
+    }
+
+    /// The next call that may go at `now`, if any; its chat counts as busy until
+    /// [`Schedule::finish`] gets the result.
+    pub fn next_job(&mut self, now: Instant) -> Option<Job> {
+        self.pacer.forget_idle(now);
+        for queue in self.chats.values_mut() {
+            if queue.typing_since.is_some_and(|since| now.saturating_duration_since(since) > TYPING_FRESH) {
+                queue.typing_since = None;
+            }
+        }
+        self.chats.retain(|_, q| !q.is_idle());
+        if self.pacer.bot_ready_at(now) > now {
+            return None;
+        }
+        // A pressed button spins until answered: answers go before anything else.
+        if let Some((callback_id, text)) = self.acks.pop_front() {
+            self.pacer.record_bot(now);
+            return Some(Job { call: Call::Ack { callback_id, text }, track: Track::default() });
+        }
+        // Typing first: cheap, useful only now, and not held back by the chat's bucket or queue.
+        let pacer = &self.pacer;
+        let typing = self
+            .chats
+            .iter_mut()
+            .find(|(chat, q)| q.typing_since.is_some() && !q.busy() && pacer.action_ready_at(chat, now) <= now);
+        if let Some((chat, queue)) = typing {
+            queue.typing_since = None;
+            queue.typing_sending = true;
+            let chat = chat.clone();
+            self.pacer.record_bot(now);
+            return Some(Job { call: Call::Typing(chat), track: Track::default() });
+        }
+        let chat = self.next_ready_chat(now)?;
+        let queue = self.chats.get_mut(&chat)?;
+        let part = queue.parts.pop_front()?;
+        queue.sending = true;
+        self.pacer.record(chat.clone(), now);
+        self.last_served = Some(chat.clone());
+        let Part { piece, buttons, track } = part;
+        let edit_id =
+            track.edit.as_ref().and_then(|key| self.sent.iter().find(|(k, _)| k == key).map(|(_, id)| id.clone()));
+        let call = match edit_id {
+            Some(message_id) => Call::Edit { chat, message_id, piece },
+            None => Call::Send { chat, piece, buttons },
+        };
+        Some(Job { call, track })
+    }
+
+    /// The first chat after the one served last whose front part may go now.
+    fn next_ready_chat(&self, now: Instant) -> Option<ChatRef> {
+        let ready = |(chat, q): &(&ChatRef, &ChatQueue)| {
+            !q.busy()
+                && !q.parts.is_empty()
+                && q.not_before.is_none_or(|t| t <= now)
+                && self.pacer.ready_at(chat, now) <= now
+        };
+        let after = self
+            .last_served
+            .as_ref()
+            .map(|last| self.chats.range::<ChatRef, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)));
+        after.into_iter().flatten().chain(self.chats.iter()).find(ready).map(|(chat, _)| chat.clone())
+    }
+
+    /// When a call that cannot go now may go (a retry's delay, a chat's bucket or hold, the
+    /// bot's budget); `None` when nothing waits but the results of calls in flight.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let bot = self.pacer.bot_ready_at(now);
+        let acks = (!self.acks.is_empty()).then_some(bot);
+        let chats = self
+            .chats
+            .iter()
+            .filter_map(|(chat, q)| {
+                let typing = (q.typing_since.is_some() && !q.busy()).then(|| self.pacer.action_ready_at(chat, now));
+                let part = (!q.busy() && !q.parts.is_empty())
+                    .then(|| q.not_before.unwrap_or(now).max(self.pacer.ready_at(chat, now)));
+                typing.into_iter().chain(part).min()
+            })
+            .min();
+        acks.into_iter().chain(chats).min()
+    }
+
+    /// Take the result of a call handed out by [`Schedule::next_job`]: requeue the part for a
+    /// retry, a plain-text resend or not at all, and say what happened.
+    pub fn finish(&mut self, job: Job, result: Result<Option<String>, Failure>, now: Instant) -> Verdict {
+        // A rate limit slows the chat (or the bot) exactly as long as asked, whatever the call.
+        let chat = match &job.call {
+            Call::Typing(chat) | Call::Send { chat, .. } | Call::Edit { chat, .. } => Some(chat),
+            Call::Ack { .. } => None,
+        };
+        match (&result, chat) {
+            (Err(Failure::RateLimited(wait)), Some(chat)) => self.pacer.hold_chat(chat.clone(), later(now, *wait)),
+            (Err(Failure::BotRateLimited(wait)), _) => self.pacer.hold_bot(later(now, *wait)),
+            _ => {}
+        }
+        let Job { call, track } = job;
+        match call {
+            Call::Ack { .. } => match result {
+                Ok(_) => Verdict::Acked,
+                Err(failure) => Verdict::AckFailed { failure },
+            },
+            Call::Typing(chat) => {
+                if let Some(queue) = self.chats.get_mut(&chat) {
+                    queue.typing_sending = false;
+                }
+                self.chats.retain(|_, q| !q.is_idle());
+                match result {
+                    Ok(_) => Verdict::TypingShown,
+                    Err(failure) => Verdict::TypingFailed { chat: chat.chat_id, failure },
+                }
+            }
+            Call::Send { chat, piece, buttons } => self.finish_part(chat, Part { piece, buttons, track }, result, now),
+            // An edit that must go again is retried as the same edit (its key still resolves).
+            Call::Edit { chat, piece, .. } => {
+                self.finish_part(chat, Part { piece, buttons: Vec::new(), track }, result, now)
+            }
+        }
+    }
+
+    fn finish_part(
+        &mut self,
+        chat: ChatRef,
+        part: Part,
+        result: Result<Option<String>, Failure>,
+        now: Instant,
+    ) -> Verdict {
+        let chat_id = chat.chat_id.clone();
+        if let (Some(key), Ok(Some(message_id))) = (&part.track.key, &result) {
+            self.sent.push_back((key.clone(), message_id.clone()));
+            if self.sent.len() > REMEMBERED_KEYS {
+                self.sent.pop_front();
+            }
+        }
+        let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
+        queue.sending = false;
+        let reply = part.track.reply;
+        let verdict = settle(queue, part, result.map(drop), now, chat_id, self.courier.as_ref());
+        self.chats.retain(|_, q| !q.is_idle());
+        self.track(reply, &verdict);
+        verdict
+    }
+
+    /// The parts queued for `chat`, front first (for tests).
+    #[cfg(test)]
+    fn queued(&self, chat: &ChatRef) -> Vec<&Piece> {
+        self.chats.get(chat).map(|q| q.parts.iter().map(|p| &p.piece).collect()).unwrap_or_default()
+    }
+}
+
+/// `now + wait`, or far enough when that cannot be represented.
+fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait).or_else(|| now.checked_add(Duration::from_secs(3600))).unwrap_or(now)
+}
+
+/// What a part's result means for its chat's queue.
+fn settle(
+    queue: &mut ChatQueue,
+    mut part: Part,
+    result: Result<(), Failure>,
+    now: Instant,
+    chat: String,
+    courier: &dyn Courier,
+) -> Verdict {
+    let (index, of) = (part.track.index, part.track.of);
+    let failure = match result {
+        Ok(()) => {
+            queue.next_part();
+            return Verdict::Delivered { chat, index, of, formatted: part.piece.formatted };
+        }
+        Err(failure) => failure,
+    };
+    match failure {
+        Failure::BadMarkup(_) => match courier.plain(&part.piece) {
+            Some(plain) => {
+                part.piece = plain;
+                queue.parts.push_front(part);
+                Verdict::PlainFallback { chat, index, of, failure }
+            }
+            // Plain text refused as well: dropped, not resent forever.
+            None => {
+                queue.next_part();
+                Verdict::Dropped { chat, index, of, failure }
+            }
+        },
+        Failure::Blocked(_) => {
+            let before = queue.parts.len();
+            queue.parts.retain(|p| p.track.reply != part.track.reply);
+            queue.next_part();
+            Verdict::Blocked { chat, index, of, dropped: before - queue.parts.len(), failure }
+        }
+        // The pacer holds the chat (or the bot) for `wait`: the part goes first after it.
+        Failure::RateLimited(wait) | Failure::BotRateLimited(wait) if part.track.waits < RATE_LIMIT_WAITS => {
+            part.track.waits += 1;
+            queue.parts.push_front(part);
+            let whole_bot = matches!(failure, Failure::BotRateLimited(_));
+            Verdict::RateLimited { chat, index, of, wait, whole_bot }
+        }
+        Failure::RateLimited(_) | Failure::BotRateLimited(_) | Failure::Transient(_) | Failure::Conflict(_) => {
+            part.track.attempts += 1;
+            if part.track.attempts >= SEND_ATTEMPTS {
+                queue.next_part();
+                return Verdict::Lost { chat, index, of, failure };
+            }
+            let mut delay = queue.backoff.next_delay();
+            if let Failure::RateLimited(wait) | Failure::BotRateLimited(wait) = failure {
+                delay = delay.max(wait);
+            }
+            queue.not_before = Some(later(now, delay));
+            let attempt = part.track.attempts;
+            queue.parts.push_front(part);
+            Verdict::Retrying { chat, index, of, attempt, delay, failure }
+        }
+        Failure::Rejected(_) | Failure::Unauthorized(_) => {
+            queue.next_part();
+            Verdict::Dropped { chat, index, of, failure }
+        }
+    }
+}
+
+/// What the dispatcher settles replies against, and where it reports.
+pub struct Settle {
+    /// The channel's name: the log target and the threads' names.
+    pub channel: String,
+    /// The channel's journal, when its platform journals inbound messages.
+    pub journal: Option<Arc<Journal>>,
+    pub probe: Probe,
+}
+
+impl Settle {
+    /// Mark what a reply answered in the journal, unless it was lost (then the messages stay
+    /// for the next start); count delivered replies.
+    fn apply(&self, settled: Vec<Settled>) {
+        let channel = self.channel.as_str();
+        for Settled { answers, delivery } in settled {
+            if delivery == Delivery::Sent {
+                self.probe.sent();
+            }
+            let Some(journal) = &self.journal else { continue };
+            if delivery == Delivery::Lost {
+                if !answers.is_empty() {
+                    log::warn!(target: channel, "a reply answering {} message(s) was lost; they stay in the journal and are answered again at the next start", answers.len());
+                }
+                continue;
+            }
+            if let Err(e) = journal.settle(&answers) {
+                log::error!(target: channel, "cannot mark answers in {}: {e}", journal.path().display());
+            }
+        }
+    }
+}
+
+/// Start the dispatcher and its workers for one channel, through the channel's supervisor.
+/// They end when `outbox` closes and the queued replies are delivered or given up (or
+/// [`DRAIN_AFTER_CLOSE`] has passed); the returned receiver disconnects then.
+pub fn spawn(
+    courier: Arc<dyn Courier>,
+    outbox: Receiver<Outbound>,
+    settle: Settle,
+    supervisor: &Supervisor,
+) -> Result<Receiver<()>, Error> {
+    let (jobs_tx, jobs_rx) = unbounded::<Job>();
+    let (done_tx, done_rx) = unbounded::<(Job, Result<Option<String>, Failure>)>();
+    for i in 0..WORKERS {
+        let (courier, jobs, done) = (courier.clone(), jobs_rx.clone(), done_tx.clone());
+        supervisor.spawn(format!("send-{}-{i}", settle.channel), move || work(courier.as_ref(), &jobs, &done))?;
+    }
+    let (drained_tx, drained) = crossbeam_channel::bounded::<()>(0);
+    let name = format!("send-{}", settle.channel);
+    supervisor.spawn(name, move || {
+        // Dropped when the dispatcher ends, panics included: that is the signal.
+        let _drained = drained_tx;
+        dispatch(Schedule::new(courier), &outbox, &jobs_tx, &done_rx, &settle);
+    })?;
+    Ok(drained)
+}
+
+/// A worker: one call at a time, its result back to the dispatcher.
+fn work(courier: &dyn Courier, jobs: &Receiver<Job>, done: &Sender<(Job, Result<Option<String>, Failure>)>) {
+    for job in jobs {
+        let result = courier.perform(&job.call);
+        if done.send((job, result)).is_err() {
+            return;
+        }
+    }
+}
+
+enum Wakeup {
+    Queued(Outbound),
+    OutboxClosed,
+    Done(Job, Result<Option<String>, Failure>),
+    WorkersGone,
+    Tick,
+}
+
+/// The dispatcher: hands ready calls to idle workers, queues new replies, settles results.
+fn dispatch(
+    mut schedule: Schedule,
+    outbox: &Receiver<Outbound>,
+    jobs: &Sender<Job>,
+    done: &Receiver<(Job, Result<Option<String>, Failure>)>,
+    settle: &Settle,
+) {
+    let channel = settle.channel.as_str();
+    let mut idle = WORKERS;
+    let closed = never();
+    let mut open = true;
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let draining = drain_until.is_none_or(|until| now < until);
+        while idle > 0 && draining {
+            let Some(job) = schedule.next_job(now) else { break };
+            if jobs.send(job).is_err() {
+                return;
+            }
+            idle -= 1;
+        }
+        if !open && idle == WORKERS && (schedule.is_empty() || !draining) {
+            if !schedule.is_empty() {
+                log::info!(target: channel, "stopping with replies not sent; their messages are answered at the next start");
+            }
+            return;
+        }
+        // With every worker busy only a result can free one: wait for it, not for the clock.
+        let wait = match schedule.next_wake(now) {
+            Some(at) if idle > 0 => at.saturating_duration_since(now).clamp(Duration::from_millis(1), IDLE_WAIT),
+            _ => IDLE_WAIT,
+        };
+        let wait = drain_until
+            .map_or(wait, |until| wait.min(until.saturating_duration_since(now)).max(Duration::from_millis(1)));
+        let inbox = if open { outbox } else { &closed };
+        let wakeup = select! {
+            recv(inbox) -> msg => msg.map_or(Wakeup::OutboxClosed, Wakeup::Queued),
+            recv(done) -> msg => msg.map_or(Wakeup::WorkersGone, |(job, result)| Wakeup::Done(job, result)),
+            default(wait) => Wakeup::Tick,
+        };
+        match wakeup {
+            Wakeup::Queued(out) => {
+                let chat = match &out {
+                    Outbound::Text { chat, .. } => Some(chat.chat_id.clone()),
+                    _ => None,
+                };
+                let parts = schedule.push(out, Instant::now());
+                if let Some(chat) = chat {
+                    if parts == 0 {
+                        log::warn!(target: channel, "an empty reply to chat {chat} was not sent");
+                    } else {
+                        log::debug!(target: channel, "reply to chat {chat} queued as {parts} message(s)");
+                    }
+                }
+            }
+            Wakeup::OutboxClosed => {
+                open = false;
+                drain_until = Some(Instant::now() + DRAIN_AFTER_CLOSE);
+            }
+            Wakeup::WorkersGone => {
+                log::error!(target: channel, "every sender thread is gone; replies are no longer sent");
+                return;
+            }
+            Wakeup::Done(job, result) => {
+                idle += 1;
+                let (level, line) = schedule.finish(job, result, Instant::now()).log_line();
+                log::log!(target: channel, level, "{line}");
+                if level <= log::Level::Warn {
+                    settle.probe.note_error(&line);
+                }
+            }
+            Wakeup::Tick => {}
+        }
+        settle.apply(schedule.take_settled());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Telegram's numbers: a burst of 4, one a second after it, 30 a second for the bot.
+    const BURST_OF_4: PacingRules = PacingRules {
+        chat_burst: 4,
+        chat_refill: Duration::from_secs(1),
+        bot_limit: 30,
+        bot_window: Duration::from_secs(1),
+    };
+
+    /// A platform in a dozen lines: a part per paragraph, `**` as its markup, and every call
+    /// recorded with the moment it was made.
+    struct FakeCourier {
+        rules: PacingRules,
+        calls: Mutex<Vec<(Instant, Call)>>,
+    }
+
+    impl Courier for FakeCourier {
+        fn render(&self, markdown: &str) -> Vec<Piece> {
+            let paragraphs = markdown.split("\n\n").map(str::trim).filter(|p| !p.is_empty());
+            paragraphs.map(|p| Piece { text: p.to_string(), formatted: true }).collect()
+        }
+        fn plain(&self, piece: &Piece) -> Option<Piece> {
+            piece.formatted.then(|| Piece { text: piece.text.replace("**", ""), formatted: false })
+        }
+        fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((Instant::now(), call.clone()));
+            Ok(Some(calls.len().to_string()))
+        }
+        fn pacing(&self) -> PacingRules {
+            self.rules
+        }
+    }
+
+    fn courier(rules: PacingRules) -> Arc<FakeCourier> {
+        Arc::new(FakeCourier { rules, calls: Mutex::new(Vec::new()) })
+    }
+
+    fn schedule(rules: PacingRules) -> Schedule {
+        Schedule::new(courier(rules))
+    }
+
+    fn chat(id: &str) -> ChatRef {
+        ChatRef { channel: "fake".into(), chat_id: id.into(), thread_id: None }
+    }
+
+    fn text(to: &str, markdown: &str) -> Outbound {
+        Outbound::Text { chat: chat(to), text: markdown.into(), answers: vec![] }
+    }
+
+    fn typing(to: &str) -> Outbound {
+        Outbound::Typing { chat: chat(to) }
+    }
+
+    /// Markdown that renders to exactly three parts.
+    const THREE_PARTS: &str = "**first**\n\n**second**\n\n**third**";
+
+    fn transient() -> Failure {
+        Failure::Transient("HTTP 502: Bad Gateway".into())
+    }
+
+    fn bad_markup() -> Failure {
+        Failure::BadMarkup("HTTP 400: Bad Request: can't parse entities: Unsupported start tag".into())
+    }
+
+    /// The chat and visible text of a job.
+    fn describe(job: &Job) -> (String, String) {
+        match &job.call {
+            Call::Typing(c) => (c.chat_id.clone(), "typing".into()),
+            Call::Send { chat, piece, .. } => (chat.chat_id.clone(), piece.text.replace("**", "")),
+            Call::Edit { chat, message_id, piece } => {
+                (chat.chat_id.clone(), format!("edit {message_id}: {}", piece.text.replace("**", "")))
+            }
+            Call::Ack { callback_id, text } => (callback_id.clone(), format!("ack: {text}")),
+        }
+    }
+
+    /// Every job that may go at `now`, each answered at once with `Ok(None)`, in order.
+    fn send_all(s: &mut Schedule, now: Instant) -> Vec<String> {
+        let mut sent = Vec::new();
+        while let Some(job) = s.next_job(now) {
+            sent.push(describe(&job).1);
+            s.finish(job, Ok(None), now);
+        }
+        sent
+    }
+
+    #[test]
+    fn questions_carry_buttons_and_their_edit_replaces_the_sent_message() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        let buttons = vec![("✅ Allow".to_string(), "perm:1:once".to_string())];
+        let ask = Outbound::Ask { chat: chat("1"), key: "perm:1".into(), text: "Permission\n\nneeded".into(), buttons };
+        assert_eq!(s.push(ask, t0), 2);
+        // The buttons go with the last part, the one people see last.
+        let job = s.next_job(t0).unwrap();
+        let Call::Send { buttons, .. } = &job.call else { panic!("{job:?}") };
+        assert!(buttons.is_empty());
+        s.finish(job, Ok(Some("76".into())), t0);
+        let job = s.next_job(t0).unwrap();
+        let Call::Send { buttons, .. } = &job.call else { panic!("{job:?}") };
+        assert_eq!(buttons.len(), 1);
+        s.finish(job, Ok(Some("77".into())), t0);
+        // A button press is answered before anything else.
+        s.push(Outbound::ButtonAck { channel: "fake".into(), callback_id: "cb".into(), text: "ok".into() }, t0);
+        s.push(Outbound::Edit { chat: chat("1"), key: "perm:1".into(), text: "approved".into() }, t0);
+        let ack = s.next_job(t0).unwrap();
+        assert_eq!(describe(&ack), ("cb".to_string(), "ack: ok".to_string()));
+        assert_eq!(s.finish(ack, Ok(None), t0), Verdict::Acked);
+        let edit = s.next_job(t0).unwrap();
+        assert_eq!(describe(&edit), ("1".to_string(), "edit 77: approved".to_string()));
+        // A retried edit is still the same edit.
+        let verdict = s.finish(edit, Err(transient()), t0);
+        assert!(matches!(verdict, Verdict::Retrying { .. }), "{verdict:?}");
+        let edit = s.next_job(t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(describe(&edit), ("1".to_string(), "edit 77: approved".to_string()));
+        let verdict = s.finish(edit, Ok(None), t0);
+        assert!(matches!(verdict, Verdict::Delivered { .. }), "{verdict:?}");
+        // An edit of a message never sent goes as a new message.
+        let later = t0 + Duration::from_secs(10);
+        s.push(Outbound::Edit { chat: chat("1"), key: "perm:9".into(), text: "late".into() }, later);
+        let job = s.next_job(later).unwrap();
+        assert!(matches!(job.call, Call::Send { .. }), "{job:?}");
+    }
+
+    #[test]
+    fn remembered_message_ids_are_bounded() {
+        let mut now = Instant::now();
+        let mut s = schedule(PacingRules::UNLIMITED);
+        for n in 0..REMEMBERED_KEYS + 10 {
+            s.push(Outbound::Ask { chat: chat("1"), key: format!("k{n}"), text: "q".into(), buttons: vec![] }, now);
+            let job = s.next_job(now).unwrap();
+            s.finish(job, Ok(Some(format!("id{n}"))), now);
+            now += ms(1);
+        }
+        assert_eq!(s.sent.len(), REMEMBERED_KEYS);
+        s.push(Outbound::Edit { chat: chat("1"), key: "k0".into(), text: "forgotten".into() }, now);
+        s.push(Outbound::Edit { chat: chat("1"), key: "k520".into(), text: "known".into() }, now);
+        assert_eq!(send_all(&mut s, now), ["forgotten", "edit id520: known"]);
+    }
+
+    /// Send every part of whatever is queued at `t`, answering each with `result`.
+    fn drain(s: &mut Schedule, t: &mut Instant, result: impl Fn() -> Result<Option<String>, Failure>) {
+        for _ in 0..100 {
+            *t += Duration::from_secs(40);
+            match s.next_job(*t) {
+                Some(job) => {
+                    s.finish(job, result(), *t);
+                }
+                None if s.is_empty() => break,
+                None => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_is_settled_once_every_part_is_done_with() {
+        let refs = |ids: &[&str]| {
+            ids.iter().map(|id| MessageRef { chat_id: "1".into(), message_id: id.to_string() }).collect::<Vec<_>>()
+        };
+        let reply = |to: &str, markdown: &str, ids: &[&str]| Outbound::Text {
+            chat: chat(to),
+            text: markdown.into(),
+            answers: refs(ids),
+        };
+        let mut t = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        // Three parts: settled only after the third, as delivered.
+        assert_eq!(s.push(reply("1", THREE_PARTS, &["a", "b"]), t), 3);
+        let job = s.next_job(t).unwrap();
+        s.finish(job, Ok(None), t);
+        assert!(s.take_settled().is_empty(), "one part of three is not the reply");
+        drain(&mut s, &mut t, || Ok(None));
+        assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["a", "b"]), delivery: Delivery::Sent }]);
+        // Lost after every retry: the messages stay unanswered.
+        s.push(reply("1", "short", &["c"]), t);
+        drain(&mut s, &mut t, || Err(transient()));
+        assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["c"]), delivery: Delivery::Lost }]);
+        // Blocked on the first of three parts: the rest is dropped, the reply is done with.
+        s.push(reply("1", THREE_PARTS, &["d"]), t);
+        drain(&mut s, &mut t, || Err(Failure::Blocked("HTTP 403: Forbidden: bot was blocked by the user".into())));
+        assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["d"]), delivery: Delivery::Refused }]);
+        // Refused markup goes again as plain text: still one reply, delivered.
+        s.push(reply("1", "**bold**", &["e"]), t);
+        let job = s.next_job(t + Duration::from_secs(40)).unwrap();
+        s.finish(job, Err(bad_markup()), t);
+        assert!(s.take_settled().is_empty());
+        drain(&mut s, &mut t, || Ok(None));
+        assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["e"]), delivery: Delivery::Sent }]);
+        // Nothing to send: settled at once.
+        assert_eq!(s.push(reply("1", "   ", &["f"]), t), 0);
+        assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["f"]), delivery: Delivery::Refused }]);
+    }
+
+    #[test]
+    fn the_parts_of_one_long_answer_go_out_at_once() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        assert_eq!(s.push(text("1", THREE_PARTS), t0), 3);
+        let job = s.next_job(t0).unwrap();
+        assert_eq!(describe(&job).1, "first");
+        // The chat waits for the result before its next part (the parts stay in order)...
+        assert_eq!(s.next_job(t0), None);
+        assert_eq!(s.next_wake(t0), None);
+        let verdict = s.finish(job, Ok(None), t0 + ms(40));
+        assert_eq!(verdict, Verdict::Delivered { chat: "1".into(), index: 1, of: 3, formatted: true });
+        // ... and no longer: no gap between the parts.
+        assert_eq!(s.next_wake(t0 + ms(40)), Some(t0 + ms(40)));
+        let job = s.next_job(t0 + ms(40)).unwrap();
+        assert_eq!(describe(&job).1, "second");
+        s.finish(job, Ok(None), t0 + ms(80));
+        let job = s.next_job(t0 + ms(80)).unwrap();
+        assert_eq!(describe(&job).1, "third");
+        s.finish(job, Ok(None), t0 + ms(120));
+        assert!(s.is_empty());
+        assert_eq!(s.next_wake(t0 + ms(120)), None);
+    }
+
+    #[test]
+    fn a_burst_beyond_the_bucket_waits_for_the_refill() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        for n in 1..=6 {
+            s.push(text("1", &format!("answer {n}")), t0);
+        }
+        s.push(text("2", "other chat"), t0);
+        let mut sent = send_all(&mut s, t0);
+        sent.sort();
+        assert_eq!(sent, ["answer 1", "answer 2", "answer 3", "answer 4", "other chat"]);
+        // The bucket of chat 1 is empty: one more per second.
+        assert_eq!(s.next_wake(t0), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(send_all(&mut s, t0 + ms(999)), Vec::<String>::new());
+        assert_eq!(send_all(&mut s, t0 + ms(1000)), ["answer 5"]);
+        assert_eq!(send_all(&mut s, t0 + ms(1500)), Vec::<String>::new());
+        assert_eq!(send_all(&mut s, t0 + ms(2000)), ["answer 6"]);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_fast_answer_right_after_typing_goes_out_at_once() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        // Typing, repeated as a long turn would, takes nothing from the chat's bucket.
+        for n in 0..6 {
+            let at = t0 + ms(n * 4);
+            s.push(typing("1"), at);
+            assert_eq!(send_all(&mut s, at), ["typing"]);
+        }
+        s.push(text("1", THREE_PARTS), t0 + ms(30));
+        s.push(text("1", "and one more"), t0 + ms(30));
+        assert_eq!(send_all(&mut s, t0 + ms(30)), ["first", "second", "third", "and one more"]);
+    }
+
+    #[test]
+    fn a_failing_chat_does_not_hold_up_another() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        s.push(text("1", "to one"), t0);
+        s.push(text("2", "to two"), t0);
+        let one = s.next_job(t0).unwrap();
+        let two = s.next_job(t0).unwrap();
+        assert_eq!((describe(&one).0, describe(&two).0), ("1".into(), "2".into()));
+        let Verdict::Retrying { attempt: 1, delay, .. } = s.finish(one, Err(transient()), t0 + ms(10)) else {
+            panic!()
+        };
+        assert!(delay <= RETRY_BASE && delay >= RETRY_BASE * 3 / 4, "{delay:?}");
+        s.push(text("2", "two again"), t0 + ms(20));
+        s.finish(two, Ok(None), t0 + ms(20));
+        // Chat 2's next reply goes at once; chat 1 waits for its retry.
+        assert_eq!(send_all(&mut s, t0 + ms(20)), ["two again"]);
+        assert_eq!(s.next_wake(t0 + ms(20)), Some(t0 + ms(10) + delay));
+        assert_eq!(send_all(&mut s, t0 + ms(10) + delay), ["to one"]);
+    }
+
+    #[test]
+    fn failures_decide_what_happens_to_the_part() {
+        // (failure on part 1 of 3, expected verdict kind, what is queued after, is the front formatted)
+        let cases: Vec<(Failure, &str, Vec<&str>, bool)> = vec![
+            (bad_markup(), "PlainFallback", vec!["first", "**second**", "**third**"], false),
+            (transient(), "Retrying", vec!["**first**", "**second**", "**third**"], true),
+            (Failure::Conflict("x".into()), "Retrying", vec!["**first**", "**second**", "**third**"], true),
+            (Failure::RateLimited(ms(3000)), "RateLimited", vec!["**first**", "**second**", "**third**"], true),
+            (Failure::BotRateLimited(ms(3000)), "RateLimited", vec!["**first**", "**second**", "**third**"], true),
+            (
+                Failure::Rejected("HTTP 400: message is too long".into()),
+                "Dropped",
+                vec!["**second**", "**third**"],
+                true,
+            ),
+            (Failure::Unauthorized("HTTP 401".into()), "Dropped", vec!["**second**", "**third**"], true),
+            (
+                Failure::Blocked("HTTP 403: Forbidden: bot was blocked by the user".into()),
+                "Blocked",
+                vec!["later"],
+                true,
+            ),
+        ];
+        for (failure, kind, queued, front_formatted) in cases {
+            let t0 = Instant::now();
+            let mut s = schedule(BURST_OF_4);
+            s.push(text("1", THREE_PARTS), t0);
+            s.push(text("1", "later"), t0);
+            let job = s.next_job(t0).unwrap();
+            let verdict = s.finish(job, Err(failure.clone()), t0);
+            assert!(format!("{verdict:?}").starts_with(kind), "{failure:?}: {verdict:?}");
+            let pieces = s.queued(&chat("1"));
+            let texts: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
+            let mut expected = queued.clone();
+            if kind != "Blocked" {
+                expected.push("later");
+            }
+            assert_eq!(texts, expected, "{failure:?}");
+            assert_eq!(pieces[0].formatted, front_formatted, "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn plain_fallback_goes_once() {
+        let t0 = Instant::now();
+        let mut s = schedule(PacingRules::UNLIMITED);
+        s.push(text("1", "**a** b"), t0);
+        let job = s.next_job(t0).unwrap();
+        s.finish(job, Err(bad_markup()), t0);
+        let job = s.next_job(t0).unwrap();
+        let Call::Send { piece, .. } = &job.call else { panic!() };
+        assert_eq!(piece, &Piece { text: "a b".into(), formatted: false });
+        // Plain text refused as well: dropped, not resent forever.
+        let verdict = s.finish(job, Err(bad_markup()), t0);
+        assert!(matches!(verdict, Verdict::Dropped { index: 1, of: 1, .. }), "{verdict:?}");
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn transient_failures_are_retried_then_the_part_is_lost() {
+        let t0 = Instant::now();
+        let mut s = schedule(PacingRules::UNLIMITED);
+        s.push(text("1", THREE_PARTS), t0);
+        let mut now = t0;
+        let mut last_delay = Duration::ZERO;
+        for attempt in 1..SEND_ATTEMPTS {
+            let job = s.next_job(now).unwrap();
+            assert_eq!(describe(&job).1, "first");
+            let Verdict::Retrying { attempt: a, delay, .. } = s.finish(job, Err(transient()), now) else { panic!() };
+            assert_eq!(a, attempt);
+            assert!(delay > last_delay * 5 / 4, "backoff grows: {delay:?} after {last_delay:?}");
+            last_delay = delay;
+            assert_eq!(s.next_job(now + delay - ms(1)), None, "not before the delay");
+            assert_eq!(s.next_wake(now), Some(now + delay));
+            now += delay;
+        }
+        let job = s.next_job(now).unwrap();
+        let verdict = s.finish(job, Err(transient()), now);
+        assert!(matches!(verdict, Verdict::Lost { index: 1, of: 3, .. }), "{verdict:?}");
+        // The next part goes at once, with a fresh count.
+        let job = s.next_job(now).unwrap();
+        assert_eq!(describe(&job).1, "second");
+        let Verdict::Retrying { attempt: 1, delay, .. } = s.finish(job, Err(transient()), now) else { panic!() };
+        assert!(delay <= RETRY_BASE);
+    }
+
+    #[test]
+    fn rate_limits_are_waited_out_without_counting_up_to_a_cap() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        s.push(text("1", "hi"), t0);
+        let mut now = t0;
+        for _ in 0..RATE_LIMIT_WAITS {
+            let job = s.next_job(now).unwrap();
+            let verdict = s.finish(job, Err(Failure::RateLimited(Duration::from_secs(7))), now);
+            assert!(matches!(verdict, Verdict::RateLimited { wait, .. } if wait == Duration::from_secs(7)));
+            assert_eq!(s.next_job(now + ms(6999)), None);
+            assert_eq!(s.next_wake(now), Some(now + Duration::from_secs(7)));
+            now += Duration::from_secs(7);
+        }
+        // Past the cap, a 429 counts as a failed attempt, and still waits `retry_after`.
+        let job = s.next_job(now).unwrap();
+        let verdict = s.finish(job, Err(Failure::RateLimited(Duration::from_secs(7))), now);
+        assert!(
+            matches!(verdict, Verdict::Retrying { attempt: 1, delay, .. } if delay == Duration::from_secs(7)),
+            "{verdict:?}"
+        );
+        let job = s.next_job(now + Duration::from_secs(7)).unwrap();
+        let verdict = s.finish(job, Ok(None), now);
+        assert_eq!(verdict, Verdict::Delivered { chat: "1".into(), index: 1, of: 1, formatted: true });
+    }
+
+    #[test]
+    fn retry_after_slows_that_chat_exactly_as_asked_and_no_other() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        s.push(text("1", THREE_PARTS), t0);
+        s.push(text("2", "to two"), t0);
+        let one = s.next_job(t0).unwrap();
+        assert_eq!(describe(&one).1, "first");
+        s.finish(one, Err(Failure::RateLimited(Duration::from_secs(3))), t0 + ms(10));
+        // Chat 2 is not held; chat 1 is, typing included, for exactly 3 s.
+        s.push(typing("1"), t0 + ms(20));
+        assert_eq!(send_all(&mut s, t0 + ms(20)), ["to two"]);
+        assert_eq!(s.next_wake(t0 + ms(20)), Some(t0 + ms(3010)));
+        assert_eq!(send_all(&mut s, t0 + ms(3009)), Vec::<String>::new());
+        // Then the rest of the answer goes at once (typing asked for 3 s ago still counts).
+        assert_eq!(send_all(&mut s, t0 + ms(3010)), ["typing", "first", "second", "third"]);
+    }
+
+    #[test]
+    fn a_limit_for_the_whole_bot_holds_every_chat() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        s.push(text("1", "to one"), t0);
+        let one = s.next_job(t0).unwrap();
+        s.push(text("2", "to two"), t0);
+        s.push(Outbound::ButtonAck { channel: "fake".into(), callback_id: "cb".into(), text: "ok".into() }, t0);
+        let verdict = s.finish(one, Err(Failure::BotRateLimited(Duration::from_secs(2))), t0 + ms(10));
+        assert!(matches!(verdict, Verdict::RateLimited { whole_bot: true, .. }), "{verdict:?}");
+        assert_eq!(send_all(&mut s, t0 + ms(2009)), Vec::<String>::new());
+        assert_eq!(s.next_wake(t0 + ms(20)), Some(t0 + ms(2010)));
+        let mut sent = send_all(&mut s, t0 + ms(2010));
+        sent.sort();
+        assert_eq!(sent, ["ack: ok", "to one", "to two"]);
+    }
+
+    #[test]
+    fn typing_is_not_held_back_and_goes_stale() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        s.push(typing("1"), t0);
+        s.push(text("1", THREE_PARTS), t0);
+        // A reply cancels the typing asked for before it.
+        let part = s.next_job(t0).unwrap();
+        assert_eq!(describe(&part).1, "first");
+        // A new turn in the same chat while the long reply is still going out: typing waits
+        // only for the call in flight (one call per chat keeps their order), not for the rest
+        // of the reply.
+        s.push(typing("1"), t0 + ms(10));
+        assert_eq!(s.next_job(t0 + ms(10)), None);
+        s.finish(part, Ok(None), t0 + ms(20));
+        let job = s.next_job(t0 + ms(20)).unwrap();
+        assert_eq!(job.call, Call::Typing(chat("1")));
+        // While it is in flight, nothing else goes to that chat; the latest request wins.
+        s.push(typing("1"), t0 + ms(30));
+        assert_eq!(s.next_job(t0 + ms(30)), None);
+        assert_eq!(s.finish(job, Ok(None), t0 + ms(40)), Verdict::TypingShown);
+        let job = s.next_job(t0 + ms(40)).unwrap();
+        assert_eq!(job.call, Call::Typing(chat("1")));
+        let verdict = s.finish(job, Err(transient()), t0 + ms(50));
+        assert!(matches!(verdict, Verdict::TypingFailed { .. }), "not retried: {verdict:?}");
+        // Typing asked for more than TYPING_FRESH ago is dropped, not sent late.
+        s.push(typing("2"), t0 + ms(50));
+        let late = t0 + ms(50) + TYPING_FRESH + ms(1);
+        let mut sent = Vec::new();
+        while let Some(job) = s.next_job(late) {
+            sent.push(describe(&job));
+            s.finish(job, Ok(None), late);
+        }
+        assert_eq!(sent, vec![("1".to_string(), "second".to_string()), ("1".to_string(), "third".to_string())]);
+        // Another chat's typing is not held back by chat 1's call in flight.
+        s.push(text("1", "more"), late);
+        let busy = s.next_job(late).unwrap();
+        s.push(typing("3"), late);
+        assert_eq!(s.next_job(late).map(|j| j.call), Some(Call::Typing(chat("3"))));
+        s.finish(busy, Ok(None), late);
+    }
+
+    #[test]
+    fn drafts_and_empty_replies_queue_nothing() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        assert_eq!(s.push(Outbound::Draft { chat: chat("1"), text: "so far".into() }, t0), 0);
+        assert_eq!(s.push(text("1", "  \n "), t0), 0);
+        assert!(s.is_empty());
+        assert_eq!(s.next_job(t0), None);
+    }
+
+    #[test]
+    fn chats_take_turns() {
+        let t0 = Instant::now();
+        // No per-chat limit, three calls per second for the bot.
+        let rules = PacingRules { chat_burst: 1, chat_refill: Duration::ZERO, bot_limit: 3, bot_window: ms(1000) };
+        let mut s = schedule(rules);
+        for to in ["a", "b", "c", "d"] {
+            s.push(text(to, &format!("{to} one")), t0);
+            s.push(text(to, &format!("{to} two")), t0);
+        }
+        let mut order = Vec::new();
+        let mut now = t0;
+        while !s.is_empty() {
+            let mut batch = Vec::new();
+            while let Some(job) = s.next_job(now) {
+                batch.push(job);
+            }
+            assert!(batch.len() <= 3, "bot budget: {batch:?}");
+            for job in batch {
+                order.push(describe(&job).1);
+                s.finish(job, Ok(None), now);
+            }
+            now = s.next_wake(now).unwrap_or(now);
+        }
+        assert_eq!(order, ["a one", "b one", "c one", "d one", "a two", "b two", "c two", "d two"]);
+        assert!(now >= t0 + ms(2000), "eight sends at three a second take over two seconds");
+    }
+
+    #[test]
+    fn log_lines() {
+        let f = transient;
+        let cases = vec![
+            (
+                Verdict::Retrying { chat: "111".into(), index: 1, of: 2, attempt: 1, delay: ms(480), failure: f() },
+                log::Level::Warn,
+                "send to chat 111 failed (attempt 1/6): HTTP 502: Bad Gateway; part 1/2 goes again in 480 ms",
+            ),
+            (
+                Verdict::Lost { chat: "111".into(), index: 2, of: 2, failure: f() },
+                log::Level::Error,
+                "send to chat 111 gave up after 6 attempts: HTTP 502: Bad Gateway; part 2/2 of the reply is lost",
+            ),
+            (
+                Verdict::PlainFallback { chat: "5".into(), index: 1, of: 1, failure: bad_markup() },
+                log::Level::Warn,
+                "send to chat 5: markup refused: HTTP 400: Bad Request: can't parse entities: Unsupported start \
+                 tag; resending part 1/1 as plain text",
+            ),
+            (
+                Verdict::Blocked {
+                    chat: "5".into(),
+                    index: 1,
+                    of: 3,
+                    dropped: 2,
+                    failure: Failure::Blocked("HTTP 403: Forbidden: bot was blocked by the user".into()),
+                },
+                log::Level::Error,
+                "send to chat 5 failed: forbidden: HTTP 403: Forbidden: bot was blocked by the user; the bot \
+                 may not write there, so part 1/3 and the 2 after it are dropped",
+            ),
+            (
+                Verdict::RateLimited {
+                    chat: "5".into(),
+                    index: 2,
+                    of: 3,
+                    wait: Duration::from_secs(4),
+                    whole_bot: false,
+                },
+                log::Level::Warn,
+                "send to chat 5 rate limited (429): part 2/3 goes again in 4 s",
+            ),
+            (
+                Verdict::RateLimited {
+                    chat: "5".into(),
+                    index: 2,
+                    of: 3,
+                    wait: Duration::from_secs(4),
+                    whole_bot: true,
+                },
+                log::Level::Warn,
+                "send to chat 5 rate limited (429) for the whole bot: part 2/3 goes again in 4 s",
+            ),
+        ];
+        for (verdict, level, line) in cases {
+            assert_eq!(verdict.log_line(), (level, line.to_string()));
+        }
+    }
+
+    /// The threads end to end with the fake platform: a three-part answer goes out in order
+    /// with no gaps, the probe counts it, and the outbox drains and ends when closed.
+    #[test]
+    fn a_fake_platform_gets_its_replies_through_the_threads() {
+        let fake = courier(BURST_OF_4);
+        let probe = Probe::new("fake", false);
+        let settle = Settle { channel: "fake".into(), journal: None, probe: probe.clone() };
+        let (out_tx, out_rx) = unbounded();
+        let (supervisor, _ended) = Supervisor::new();
+        let drained = spawn(fake.clone(), out_rx, settle, &supervisor).unwrap();
+        let answers = vec![MessageRef { chat_id: "1".into(), message_id: "9".into() }];
+        out_tx.send(typing("1")).unwrap();
+        out_tx.send(Outbound::Text { chat: chat("1"), text: THREE_PARTS.into(), answers }).unwrap();
+        drop(out_tx);
+        let ended = drained.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        let calls = fake.calls.lock().unwrap().clone();
+        let texts: Vec<String> = calls
+            .iter()
+            .filter_map(|(_, call)| match call {
+                Call::Send { piece, .. } => Some(piece.text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, ["**first**", "**second**", "**third**"]);
+        let span = calls.last().unwrap().0 - calls[0].0;
+        assert!(span < ms(500), "the parts went out {span:?} apart from first to last");
+        assert_eq!(probe.with(|h, _| h.messages_out), 1, "one reply delivered");
+    }
+}
