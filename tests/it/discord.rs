@@ -70,6 +70,15 @@ fn guild_channels_need_a_mention_or_a_reply_and_threads_get_their_replies() {
     // In a thread: the answer goes into the thread.
     fake.guild("4001", "111", "inside the thread", true);
     assert!(fake.wait_post("4001", WAIT, |c| c == "echo: inside the thread").is_some(), "log:\n{}", service.log());
+    // A thread message whose payload does not give the channel's type: looked up over REST.
+    fake.add_thread("4002", "2001");
+    fake.dispatch(
+        "MESSAGE_CREATE",
+        json!({"id": fake.snowflake(), "channel_id": "4002", "guild_id": "81384788765712384", "type": 0,
+               "content": format!("<@{BOT_ID}> unsaid type"), "author": {"id": "111", "username": "user111"},
+               "mentions": [{"id": BOT_ID, "username": "tether_test", "bot": true}], "attachments": []}),
+    );
+    assert!(fake.wait_post("4002", WAIT, |c| c == "echo: unsaid type").is_some(), "log:\n{}", service.log());
     // Another channel is not allowed.
     fake.guild("2002", "111", "elsewhere", true);
     std::thread::sleep(Duration::from_millis(500));

@@ -87,7 +87,8 @@ pub struct Dispatcher {
     talked: HashMap<String, String>,
     talked_order: VecDeque<String>,
     seen: BoundedSet,
-    parents: HashMap<String, String>,
+    /// Channel id → (type, parent), for threads.
+    channels: HashMap<String, (u64, Option<String>)>,
     recover: bool,
 }
 
@@ -102,7 +103,7 @@ impl Dispatcher {
             talked: HashMap::new(),
             talked_order: VecDeque::new(),
             seen: BoundedSet::default(),
-            parents: HashMap::new(),
+            channels: HashMap::new(),
             recover: false,
         }
     }
@@ -156,10 +157,16 @@ impl Dispatcher {
         }
         let discord_channel = incoming.message.chat_id.clone();
         self.note_talked(&discord_channel, &id);
-        if incoming.in_thread
-            && let Some(parent) = self.parent_of(&discord_channel)
-        {
-            incoming.message.chat_id = parent;
+        let in_thread = match incoming.in_thread {
+            Some(known) => known,
+            None => self.channel_info(&discord_channel).is_some_and(|(kind, _)| matches!(kind, 10..=12)),
+        };
+        if in_thread {
+            incoming.message.thread_id = Some(discord_channel.clone());
+            // `groups` name channels: a thread follows its parent's entry.
+            if let Some((_, Some(parent))) = self.channel_info(&discord_channel) {
+                incoming.message.chat_id = parent;
+            }
         }
         for remote in std::mem::take(&mut incoming.attachments) {
             match self.download(&remote, &id) {
@@ -199,21 +206,21 @@ impl Dispatcher {
         }
     }
 
-    fn parent_of(&mut self, thread: &str) -> Option<String> {
-        if let Some(parent) = self.parents.get(thread) {
-            return Some(parent.clone());
+    /// A channel's type and parent, cached; `None` when Discord could not be asked.
+    fn channel_info(&mut self, channel_id: &str) -> Option<(u64, Option<String>)> {
+        if let Some(info) = self.channels.get(channel_id) {
+            return Some(info.clone());
         }
-        match self.rest.parent_of(thread) {
-            Ok(Some(parent)) => {
-                if self.parents.len() >= MAX_CHANNELS {
-                    self.parents.clear();
+        match self.rest.channel_info(channel_id) {
+            Ok(info) => {
+                if self.channels.len() >= MAX_CHANNELS {
+                    self.channels.clear();
                 }
-                self.parents.insert(thread.to_string(), parent.clone());
-                Some(parent)
+                self.channels.insert(channel_id.to_string(), info.clone());
+                Some(info)
             }
-            Ok(None) => None,
             Err(e) => {
-                log::warn!(target: self.channel.as_str(), "cannot look up the parent channel of thread {thread}: {e}; using the thread's own settings");
+                log::warn!(target: self.channel.as_str(), "cannot look up channel {channel_id}: {e}; if it is a thread, its own id is used for `groups`");
                 None
             }
         }

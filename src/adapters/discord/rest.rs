@@ -238,10 +238,11 @@ impl Rest {
         }
     }
 
-    /// `GET /channels/{id}`: for a thread, its `parent_id`.
-    pub fn parent_of(&self, channel_id: &str) -> Result<Option<String>, RestFailure> {
+    /// `GET /channels/{id}`: the channel's `type` and, for a thread, its `parent_id`.
+    pub fn channel_info(&self, channel_id: &str) -> Result<(u64, Option<String>), RestFailure> {
         let channel = self.call(Method::Get, &format!("/channels/{}", id(channel_id)?), None)?;
-        Ok(channel.get("parent_id").and_then(Value::as_str).map(str::to_string))
+        let kind = channel.get("type").and_then(Value::as_u64).unwrap_or(0);
+        Ok((kind, channel.get("parent_id").and_then(Value::as_str).map(str::to_string)))
     }
 }
 

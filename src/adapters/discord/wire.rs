@@ -128,9 +128,10 @@ pub struct RemoteAttachment {
 pub struct Incoming {
     /// `sent_at_ms` is when it was posted, from the snowflake.
     pub message: InboundMessage,
-    /// Set when posted in a thread: the thread is `chat_id` until the adapter knows the
-    /// parent channel (`GET /channels/{id}` → `parent_id`).
-    pub in_thread: bool,
+    /// Whether it was posted in a thread (then `thread_id` is set and the thread is `chat_id`
+    /// until the adapter knows the parent channel); `None` for a server message whose payload
+    /// did not say (no `channel_type`): the adapter asks `GET /channels/{id}`.
+    pub in_thread: Option<bool>,
     pub attachments: Vec<RemoteAttachment>,
 }
 
@@ -166,7 +167,11 @@ pub fn parse_message(d: &Value, channel: &str, bot_id: &str, own: &dyn OwnMessag
     let channel_type = d.get("channel_type").and_then(Value::as_u64);
     // DMs have no guild; group DMs (3) count as groups.
     let is_group = d.get("guild_id").is_some_and(|g| !g.is_null()) || channel_type == Some(3);
-    let in_thread = matches!(channel_type, Some(10..=12));
+    let in_thread = match channel_type {
+        Some(kind) => Some(matches!(kind, 10..=12)),
+        None if is_group => None,
+        None => Some(false),
+    };
     let content = d.get("content").and_then(Value::as_str).unwrap_or_default();
     let mentioned = d
         .get("mentions")
@@ -190,7 +195,7 @@ pub fn parse_message(d: &Value, channel: &str, bot_id: &str, own: &dyn OwnMessag
         sender_id,
         sender_name: display_name(author, d.get("member")),
         chat_id: chat_id.clone(),
-        thread_id: in_thread.then(|| chat_id.clone()),
+        thread_id: (in_thread == Some(true)).then(|| chat_id.clone()),
         message_id: Some(message_id.clone()),
         is_group,
         is_mentioned: !is_group || mentioned || is_reply_to_bot,
@@ -557,6 +562,7 @@ mod tests {
     #[test]
     fn a_dm_is_addressed_and_named() {
         let m = parse(&dm("hello there")).unwrap();
+        assert_eq!(m.in_thread, Some(false));
         assert_eq!(m.message.chat_id, "555");
         assert!(!m.message.is_group && m.message.is_mentioned && !m.message.is_reply_to_bot);
         assert_eq!(m.message.text, "hello there");
@@ -589,6 +595,10 @@ mod tests {
             assert_eq!(m.message.text, text, "{content}");
             assert_eq!(m.message.sender_name, "ally");
         }
+        // A server message that does not say its channel's type: the adapter must look.
+        let mut unsaid = guild("hi", json!([]));
+        unsaid.as_object_mut().unwrap().remove("channel_type");
+        assert_eq!(parse(&unsaid).unwrap().in_thread, None);
         // Only a mention and nothing else: nothing to handle.
         assert_eq!(parse(&guild("<@987654321>", bot)), None);
     }
@@ -645,7 +655,7 @@ mod tests {
             {"id": "2", "size": 1}
         ]);
         let m = parse(&d).unwrap();
-        assert!(m.in_thread);
+        assert_eq!(m.in_thread, Some(true));
         assert_eq!(m.message.thread_id.as_deref(), Some("444"));
         assert_eq!(m.message.chat_id, "444");
         assert_eq!(m.message.text, "");
