@@ -149,6 +149,7 @@ fn rate_limits_and_reconnects_are_survived() {
     fake.guild("2001", "111", "talking here", true);
     assert!(fake.wait_post("2001", WAIT, |c| c == "echo: talking here").is_some(), "log:\n{}", service.log());
     fake.expire_sessions();
+    fake.guild_missed("2001", "111", "not addressed during the gap", false);
     fake.guild_missed("2001", "111", "posted during the gap", true);
     fake.command(Command::Drop);
     assert!(fake.wait_post("2001", WAIT, |c| c == "echo: posted during the gap").is_some(), "log:\n{}", service.log());
@@ -156,6 +157,8 @@ fn rate_limits_and_reconnects_are_survived() {
     std::thread::sleep(Duration::from_millis(500));
     let answers = fake.posted("2001").iter().filter(|b| content(b) == "echo: posted during the gap").count();
     assert_eq!(answers, 1);
+    // Fetched server messages keep the server's rules: no mention, no answer.
+    assert!(!fake.posted("2001").iter().any(|b| content(b).contains("not addressed")), "{:?}", fake.posted("2001"));
 }
 
 #[test]

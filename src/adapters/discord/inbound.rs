@@ -85,6 +85,8 @@ pub struct Dispatcher {
     bot_id: Option<String>,
     /// Discord channel (thread) id → the newest message id seen there.
     talked: HashMap<String, String>,
+    /// Discord channel id → its server and channel type, as live messages gave them.
+    context: HashMap<String, (Option<String>, Option<u64>)>,
     talked_order: VecDeque<String>,
     seen: BoundedSet,
     /// Channel id → (type, parent), for threads.
@@ -101,6 +103,7 @@ impl Dispatcher {
             media_dir,
             bot_id: None,
             talked: HashMap::new(),
+            context: HashMap::new(),
             talked_order: VecDeque::new(),
             seen: BoundedSet::default(),
             channels: HashMap::new(),
@@ -157,6 +160,9 @@ impl Dispatcher {
         }
         let discord_channel = incoming.message.chat_id.clone();
         self.note_talked(&discord_channel, &id);
+        if incoming.guild_id.is_some() || incoming.channel_type.is_some() {
+            self.context.insert(discord_channel.clone(), (incoming.guild_id.clone(), incoming.channel_type));
+        }
         let in_thread = match incoming.in_thread {
             Some(known) => known,
             None => self.channel_info(&discord_channel).is_some_and(|(kind, _)| matches!(kind, 10..=12)),
@@ -199,6 +205,7 @@ impl Dispatcher {
                     && let Some(old) = self.talked_order.pop_front()
                 {
                     self.talked.remove(&old);
+                    self.context.remove(&old);
                 }
                 self.talked.insert(discord_channel.to_string(), id.to_string());
                 self.talked_order.push_back(discord_channel.to_string());
@@ -241,14 +248,24 @@ impl Dispatcher {
                     }
                 };
                 let full = page.len() >= 100;
-                for message in &page {
+                let (guild_id, channel_type) = self.context.get(&discord_channel).cloned().unwrap_or_default();
+                for mut message in page {
                     if let Some(id) = message.get("id").and_then(Value::as_str)
                         && wire::snowflake_newer(id, &after)
                     {
                         after = id.to_string();
                     }
-                    // Fetched messages lack `channel_type`/`guild_id` sometimes; keep what
-                    // the channel was (a DM stays a DM) by decoding as given.
+                    // REST messages carry neither `guild_id` nor `channel_type`: without them
+                    // a server message would pass for a DM (and skip the mention rule).
+                    if let Some(map) = message.as_object_mut() {
+                        if let Some(guild) = &guild_id {
+                            map.entry("guild_id").or_insert_with(|| Value::String(guild.clone()));
+                        }
+                        if let Some(kind) = channel_type {
+                            map.entry("channel_type").or_insert_with(|| Value::from(kind));
+                        }
+                    }
+                    let message = &message;
                     if let Some(incoming) =
                         decode_contained(|| wire::parse_message(message, &self.channel, &bot_id, &*self.sent))
                     {

@@ -132,6 +132,10 @@ pub struct Incoming {
     /// until the adapter knows the parent channel); `None` for a server message whose payload
     /// did not say (no `channel_type`): the adapter asks `GET /channels/{id}`.
     pub in_thread: Option<bool>,
+    /// The server and channel type as the payload gave them: messages fetched over REST lack
+    /// both, and get them back from a live message of the same channel.
+    pub guild_id: Option<String>,
+    pub channel_type: Option<u64>,
     pub attachments: Vec<RemoteAttachment>,
 }
 
@@ -205,7 +209,8 @@ pub fn parse_message(d: &Value, channel: &str, bot_id: &str, own: &dyn OwnMessag
         attachments: Vec::new(),
         sent_at_ms: snowflake_ms(&message_id),
     };
-    Some(Incoming { message, in_thread, attachments })
+    let guild_id = d.get("guild_id").and_then(Value::as_str).map(str::to_string);
+    Some(Incoming { message, in_thread, guild_id, channel_type, attachments })
 }
 
 fn parse_attachment(a: &Value) -> Option<RemoteAttachment> {

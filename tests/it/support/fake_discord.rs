@@ -449,7 +449,15 @@ fn handle_rest(shared: &Shared, req: Request) -> Reply {
                     h.iter().filter(|m| m["id"].as_str().unwrap().parse::<u64>().unwrap() > after).cloned().collect()
                 })
                 .unwrap_or_default();
-            list.reverse(); // newest first, as Discord answers
+            // As REST gives them: no `guild_id`, `channel_type` or `member`; newest first.
+            for m in &mut list {
+                if let Some(map) = m.as_object_mut() {
+                    map.remove("guild_id");
+                    map.remove("channel_type");
+                    map.remove("member");
+                }
+            }
+            list.reverse();
             list.truncate(limit);
             json_reply(200, json!(list))
         }
