@@ -173,3 +173,32 @@ fn disallowed_intents_park_the_channel_with_what_to_do() {
         wait_until(WAIT, || read_status(home.path()).is_some_and(|s| s.to_string().contains("Message Content Intent")));
     assert!(parked, "status: {:?}", read_status(home.path()));
 }
+
+#[test]
+fn attachments_are_saved_for_the_agent_and_hostile_payloads_are_skipped() {
+    let fake = FakeDiscord::start();
+    let (home, service) = start(&fake, "dc-files", json!({}));
+    let dm = FakeDiscord::dm_channel("111");
+    assert!(wait_until(WAIT, || !fake.identifies().is_empty()));
+    // Payloads no decoder expects: the gateway thread skips them and keeps going.
+    for d in [
+        json!({"id": 5, "content": ["x"], "author": "nobody"}),
+        json!({"id": "1", "channel_id": {"x": 1}, "author": {"id": 111}, "content": "x"}),
+        json!(null),
+        json!({"id": "1", "channel_id": "1", "type": 0, "author": {"id": "111"}, "content": "Ⱥ<@!", "mentions": "all"}),
+    ] {
+        fake.dispatch("MESSAGE_CREATE", d);
+    }
+    fake.dispatch("INTERACTION_CREATE", json!({"type": 3, "data": null}));
+    fake.dm_with_file("111", "look at this", "../notes.txt", "file body 42");
+    let reply = fake.wait_post(&dm, WAIT, |c| c.starts_with("echo:"));
+    let reply = reply.unwrap_or_else(|| panic!("no reply\nlog:\n{}", service.log()));
+    let text = content(&reply).to_string();
+    assert!(text.contains("look at this") && text.contains("saved to"), "{text}");
+    // Saved inside the channel's media folder, under a safe name, with the bytes.
+    let media = home.path().join("media").join("dc");
+    let saved: Vec<_> = std::fs::read_dir(&media).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(saved[0].file_name().unwrap().to_string_lossy().ends_with("notes.txt"));
+    assert_eq!(std::fs::read_to_string(&saved[0]).unwrap(), "file body 42");
+}

@@ -85,6 +85,8 @@ struct Rest {
     violations: u32,
     /// Interactions injected and not yet answered: id → token.
     interactions: HashMap<String, String>,
+    /// Attachment bytes served at `/cdn/{name}` (no authorization, as Discord's CDN).
+    files: HashMap<String, String>,
 }
 
 /// How many messages a channel may take per window before a 429.
@@ -181,6 +183,19 @@ impl FakeDiscord {
             "id": id, "channel_id": channel, "channel_type": 1, "type": 0, "content": text,
             "author": {"id": user, "username": format!("user{user}"), "global_name": format!("User {user}")},
             "mentions": [], "attachments": [],
+        }));
+        id
+    }
+
+    /// A DM from `user` with a file `name` holding `content`, served by the fake's CDN.
+    pub fn dm_with_file(&self, user: &str, text: &str, name: &str, content: &str) -> String {
+        self.rest().files.insert(name.to_string(), content.to_string());
+        let id = self.snowflake();
+        self.dispatch_message(json!({
+            "id": id, "channel_id": dm_channel(user), "channel_type": 1, "type": 0, "content": text,
+            "author": {"id": user, "username": format!("user{user}")}, "mentions": [],
+            "attachments": [{"id": self.snowflake(), "filename": name, "content_type": "text/plain", "size": content.len(),
+                             "url": format!("{}/cdn/{name}?ex=1&is=2&hm=3", self.server.url()), "proxy_url": "x"}],
         }));
         id
     }
@@ -342,6 +357,13 @@ fn json_reply(status: u16, body: Value) -> Reply {
 
 fn handle_rest(shared: &Shared, req: Request) -> Reply {
     let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    if let Some(name) = req.path.strip_prefix("/cdn/") {
+        let name = name.split('?').next().unwrap_or_default();
+        return match shared.rest.lock().unwrap().files.get(name) {
+            Some(content) => Reply::Full(200, Vec::new(), content.clone()),
+            None => json_reply(404, json!({"message": "not found"})),
+        };
+    }
     let Some(path) = req.path.strip_prefix("/api/v10") else {
         return json_reply(404, json!({"message": "404: Not Found", "code": 0}));
     };
