@@ -202,3 +202,20 @@ fn attachments_are_saved_for_the_agent_and_hostile_payloads_are_skipped() {
     assert!(saved[0].file_name().unwrap().to_string_lossy().ends_with("notes.txt"));
     assert_eq!(std::fs::read_to_string(&saved[0]).unwrap(), "file body 42");
 }
+
+#[test]
+fn messages_posted_while_tether_was_stopped_are_fetched_at_the_next_start() {
+    let fake = FakeDiscord::start();
+    let (home, mut service) = start(&fake, "dc-restart", json!({"groupPolicy": "open"}));
+    assert!(wait_until(WAIT, || !fake.identifies().is_empty()));
+    fake.guild("2001", "111", "before the stop", true);
+    assert!(fake.wait_post("2001", WAIT, |c| c == "echo: before the stop").is_some(), "log:\n{}", service.log());
+    service.kill_hard();
+    fake.guild_missed("2001", "111", "while stopped", true);
+    let service = Service::start_with_env(&home, &[], &[("DISCORD_TEST_TOKEN", TOKEN)]);
+    assert!(fake.wait_post("2001", WAIT, |c| c == "echo: while stopped").is_some(), "log:\n{}", service.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let posted = fake.posted("2001");
+    assert_eq!(posted.iter().filter(|b| content(b) == "echo: before the stop").count(), 1, "{posted:?}");
+    assert_eq!(posted.iter().filter(|b| content(b) == "echo: while stopped").count(), 1, "{posted:?}");
+}

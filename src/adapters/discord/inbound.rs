@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::link::LinkEvent;
 use super::rest::Rest;
 use super::wire::{self, Incoming, OwnMessages, RestFailure};
 use crate::event::{Attachment, AttachmentKind, ButtonPress};
+use crate::store;
 
 /// Channels remembered for gap recovery, and thread parents cached.
 const MAX_CHANNELS: usize = 256;
@@ -92,6 +93,9 @@ pub struct Dispatcher {
     /// Channel id → (type, parent), for threads.
     channels: HashMap<String, (u64, Option<String>)>,
     recover: bool,
+    /// Where `talked` is kept across restarts, and the bot it was saved for.
+    state_path: Option<PathBuf>,
+    saved_bot: Option<String>,
 }
 
 impl Dispatcher {
@@ -108,6 +112,51 @@ impl Dispatcher {
             seen: BoundedSet::default(),
             channels: HashMap::new(),
             recover: false,
+            state_path: None,
+            saved_bot: None,
+        }
+    }
+
+    /// Keep the channels being talked in at `path`, so that the first READY after a restart
+    /// fetches what was posted there while tether was stopped.
+    pub fn with_state(mut self, path: PathBuf) -> Dispatcher {
+        match store::read_json::<Value>(&path) {
+            Ok(Some(saved)) => {
+                self.saved_bot = saved.get("botId").and_then(Value::as_str).map(str::to_string);
+                for entry in saved.get("channels").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+                    let (Some(id), Some(last)) =
+                        (entry.get("id").and_then(Value::as_str), entry.get("last").and_then(Value::as_str))
+                    else {
+                        continue;
+                    };
+                    self.note_talked(id, last);
+                    let guild = entry.get("guild").and_then(Value::as_str).map(str::to_string);
+                    self.context.insert(id.to_string(), (guild, entry.get("type").and_then(Value::as_u64)));
+                }
+                self.recover = !self.talked.is_empty();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!(target: self.channel.as_str(), "{e}; messages posted while tether was stopped are not fetched")
+            }
+        }
+        self.state_path = Some(path);
+        self
+    }
+
+    fn save(&self) {
+        let (Some(path), Some(bot)) = (&self.state_path, &self.bot_id) else { return };
+        let channels: Vec<Value> = self
+            .talked_order
+            .iter()
+            .filter_map(|id| {
+                let last = self.talked.get(id)?;
+                let (guild, kind) = self.context.get(id).cloned().unwrap_or_default();
+                Some(json!({"id": id, "last": last, "guild": guild, "type": kind}))
+            })
+            .collect();
+        if let Err(e) = store::write_json_atomic(path, &json!({"botId": bot, "channels": channels})) {
+            log::warn!(target: self.channel.as_str(), "{e}");
         }
     }
 
@@ -129,6 +178,12 @@ impl Dispatcher {
             "READY" => {
                 if let Some(ready) = wire::parse_ready(data) {
                     log::info!(target: self.channel.as_str(), "connected to Discord as {} ({})", ready.username, ready.user_id);
+                    if self.saved_bot.take().is_some_and(|saved| saved != ready.user_id) {
+                        // Saved for another bot (the token changed): its channels are not ours.
+                        self.talked.clear();
+                        self.talked_order.clear();
+                        self.context.clear();
+                    }
                     self.bot_id = Some(ready.user_id);
                 }
                 if std::mem::take(&mut self.recover) {
@@ -163,6 +218,7 @@ impl Dispatcher {
         if incoming.guild_id.is_some() || incoming.channel_type.is_some() {
             self.context.insert(discord_channel.clone(), (incoming.guild_id.clone(), incoming.channel_type));
         }
+        self.save();
         let in_thread = match incoming.in_thread {
             Some(known) => known,
             None => self.channel_info(&discord_channel).is_some_and(|(kind, _)| matches!(kind, 10..=12)),
@@ -278,7 +334,7 @@ impl Dispatcher {
                 }
             }
         }
-        log::info!(target: self.channel.as_str(), "session was lost: fetched {found} message(s) posted meanwhile");
+        log::info!(target: self.channel.as_str(), "fetched {found} message(s) posted while the gateway was not delivering");
     }
 
     fn fetch_after(&self, discord_channel: &str, after: &str) -> Result<Vec<Value>, RestFailure> {

@@ -4,8 +4,10 @@
 //!
 //! No lost messages: a dropped connection resumes with the last sequence and Discord replays
 //! what was missed; when the session cannot be resumed, the messages posted meanwhile in the
-//! channels the bot was talking in are fetched over REST. Every message goes through the
-//! channel's journal (deduplicated, replayed after a restart until answered).
+//! channels the bot was talking in are fetched over REST; so are the ones posted while tether
+//! was stopped (those channels and their last message are kept in
+//! `<home>/<channel>-discord.json`). Every message goes through the channel's journal
+//! (deduplicated, replayed after a restart until answered).
 
 pub mod gateway;
 pub mod inbound;
@@ -68,6 +70,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let rest = Arc::new(rest::Rest::new(api_base, &token));
     let sent = Arc::new(SentIds::default());
     let media = io.home.join("media").join(&name);
+    let state_path = io.home.join(format!("{name}-discord.json"));
 
     let ChannelIo { inbound, outbox, stop, probe, journal, supervisor, .. } = io;
     // The gateway thread only reads the socket and heartbeats; decoding, REST lookups,
@@ -107,7 +110,8 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let inbound_name = name.clone();
     supervisor.spawn(format!("dc-inbound-{name}"), move || {
         let channel = inbound_name.as_str();
-        let mut dispatcher = Dispatcher::new(channel, inbound_rest, inbound_sent, media);
+        let mut dispatcher =
+            Dispatcher::new(channel, inbound_rest, inbound_sent, media).with_state(state_path);
         let mut deliver = |delivery: Delivery| match delivery {
             Delivery::Message(incoming) => {
                 let message = incoming.message;
