@@ -7,24 +7,24 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod access_files;
-pub mod acp;
+pub(crate) mod access_files;
+pub(crate) mod acp;
 pub mod adapters;
-pub mod admin_source;
-pub mod backoff;
+pub(crate) mod admin_source;
+pub(crate) mod backoff;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
-pub mod demo_agent;
+pub(crate) mod demo_agent;
 pub mod error;
 pub mod event;
-pub mod health;
+pub(crate) mod health;
 pub mod journal;
-pub mod logging;
+pub(crate) mod logging;
 pub mod net;
-pub mod pairing_cli;
+pub(crate) mod pairing_cli;
 pub mod render;
-pub mod service;
-pub mod store;
-pub mod streamer;
+pub(crate) mod service;
+pub(crate) mod store;
+pub(crate) mod streamer;

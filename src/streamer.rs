@@ -134,6 +134,7 @@ impl BlockStreamer {
     }
 
     /// Text received but not yet emitted.
+    #[cfg(test)]
     pub fn buffered(&self) -> &str {
         &self.buf
     }

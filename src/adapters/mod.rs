@@ -7,7 +7,7 @@
 //! and restarts the channel), turns platform traffic into [`Inbound`] events, and delivers
 //! [`Outbound`] actions.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod discord;
 pub mod outbox;
 pub mod pacing;

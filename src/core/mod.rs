@@ -6,13 +6,13 @@
 //! (`commands.rs`), then its session (`routing.rs` for the key, `session.rs` for dispatch), with
 //! its text assembled by `prompt.rs`.
 
-pub mod commands;
-pub mod gate;
-pub mod pairing;
-pub mod permissions;
-pub mod prompt;
-pub mod routing;
-pub mod session;
+pub(crate) mod commands;
+pub(crate) mod gate;
+pub(crate) mod pairing;
+pub(crate) mod permissions;
+pub(crate) mod prompt;
+pub(crate) mod routing;
+pub(crate) mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

@@ -137,11 +137,13 @@ impl Gateway {
         }
     }
 
+    #[cfg(test)]
     pub fn is_parked(&self) -> bool {
         self.phase == Phase::Parked
     }
 
     /// The last sequence number seen.
+    #[cfg(test)]
     pub fn seq(&self) -> Option<u64> {
         self.seq
     }

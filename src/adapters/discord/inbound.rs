@@ -160,10 +160,6 @@ impl Dispatcher {
         }
     }
 
-    pub fn bot_id(&self) -> Option<&str> {
-        self.bot_id.as_deref()
-    }
-
     /// Handle one event of the gateway link.
     pub fn on_event(&mut self, event: &LinkEvent, deliver: &mut dyn FnMut(Delivery)) {
         match event {

@@ -9,7 +9,7 @@
 //! `<home>/<channel>-discord.json`). Every message goes through the channel's journal
 //! (deduplicated, replayed after a restart until answered).
 
-pub mod gateway;
+pub(crate) mod gateway;
 pub mod inbound;
 pub mod link;
 pub mod rest;
