@@ -9,13 +9,14 @@
 
 pub(crate) mod admin;
 mod contain;
+pub mod discord;
 pub mod outbox;
 pub mod pacing;
+pub mod telegram;
+pub(crate) mod uploads;
+pub mod webchat;
 
 pub use contain::{contain, contained_panics};
-pub mod telegram;
-pub mod uploads;
-pub mod webchat;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM];
+pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {
