@@ -9,14 +9,15 @@
 
 pub(crate) mod admin;
 mod contain;
+pub mod discord;
 pub mod outbox;
 pub mod pacing;
-
-pub use contain::{contain, contained_panics};
 pub mod telegram;
-pub mod uploads;
+pub(crate) mod uploads;
 pub mod webchat;
 pub(crate) mod weixin;
+
+pub use contain::{contain, contained_panics};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &weixin::PLATFORM];
+pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &weixin::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {

@@ -319,7 +319,7 @@ pub fn http_head(data: &[u8]) {
     if let Ok(response) = httpd::websocket_upgrade(&request) {
         assert_eq!((response.status, request.method.as_str()), (101, "GET"));
     }
-    let _ = webchat::is_same_origin(&request);
+    let _ = request.is_same_origin();
     for token in [None, Some("fuzz-token")] {
         if let webchat::Access::Answer(response) = webchat::check_access(&request, token) {
             for (name, value) in response.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("location")) {

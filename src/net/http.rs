@@ -58,16 +58,93 @@ impl HttpClient {
     }
 }
 
-/// A whole HTTP reply: status, headers (names lower-case) and body.
+/// An HTTP method [`HttpClient::request`] can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+/// A whole HTTP reply: status, headers (names lowercased) and body text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    }
+}
+
+impl HttpClient {
+    /// Any method with extra headers and an optional JSON body (POST/PATCH without one send
+    /// an empty body); waits at most `timeout` for the whole exchange. Body capped at 16 MiB.
+    pub fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<HttpReply, TransportError> {
+        let fail = |e: ureq::Error| TransportError(describe(&e));
+        let response = match method {
+            Method::Get | Method::Delete => {
+                let mut req = if method == Method::Get { self.agent.get(url) } else { self.agent.delete(url) };
+                for (name, value) in headers {
+                    req = req.header(*name, *value);
+                }
+                req.config().timeout_global(Some(timeout)).build().call().map_err(fail)?
+            }
+            Method::Post | Method::Patch => {
+                let mut req = if method == Method::Post { self.agent.post(url) } else { self.agent.patch(url) };
+                for (name, value) in headers {
+                    req = req.header(*name, *value);
+                }
+                let req = req.config().timeout_global(Some(timeout)).build();
+                match body {
+                    Some(json) => req.send_json(json),
+                    None => req.send_empty(),
+                }
+                .map_err(fail)?
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = response.into_body().with_config().limit(16 * 1024 * 1024).read_to_string().map_err(fail)?;
+        Ok(HttpReply { status, headers, body })
+    }
+
+    /// GET raw bytes (files), refusing more than `limit` bytes.
+    pub fn get_bytes(&self, url: &str, limit: u64, timeout: Duration) -> Result<(u16, Vec<u8>), TransportError> {
+        let fail = |e: ureq::Error| TransportError(describe(&e));
+        let response = self.agent.get(url).config().timeout_global(Some(timeout)).build().call().map_err(fail)?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
+        Ok((status, bytes))
+    }
+}
+
+/// A whole HTTP reply with a binary body: status, headers (names lowercased) and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
-impl Reply {
-    /// The first header called `name` (any case).
+impl RawReply {
+    /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
@@ -77,16 +154,10 @@ impl Reply {
     }
 }
 
-/// The method of an [`HttpClient::exchange`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
-}
-
 impl HttpClient {
-    /// One request with our own headers and a raw body (POST only); waits at most `timeout`
-    /// for the whole exchange and reads at most `limit` bytes of the reply (more is an error).
+    /// One request with our own headers and a raw body (sent by POST and PATCH only); waits
+    /// at most `timeout` for the whole exchange and reads at most `limit` bytes of the reply
+    /// (more is an error). For binary uploads and downloads (WeChat's CDN).
     pub fn exchange(
         &self,
         method: Method,
@@ -95,33 +166,32 @@ impl HttpClient {
         body: &[u8],
         timeout: Duration,
         limit: u64,
-    ) -> Result<Reply, TransportError> {
+    ) -> Result<RawReply, TransportError> {
+        let fail = |e: ureq::Error| TransportError(describe(&e));
         let response = match method {
-            Method::Get => {
-                let mut request = self.agent.get(url);
+            Method::Get | Method::Delete => {
+                let mut req = if method == Method::Get { self.agent.get(url) } else { self.agent.delete(url) };
                 for (name, value) in headers {
-                    request = request.header(*name, value.as_str());
+                    req = req.header(*name, value.as_str());
                 }
-                request.config().timeout_global(Some(timeout)).build().call()
+                req.config().timeout_global(Some(timeout)).build().call().map_err(fail)?
             }
-            Method::Post => {
-                let mut request = self.agent.post(url);
+            Method::Post | Method::Patch => {
+                let mut req = if method == Method::Post { self.agent.post(url) } else { self.agent.patch(url) };
                 for (name, value) in headers {
-                    request = request.header(*name, value.as_str());
+                    req = req.header(*name, value.as_str());
                 }
-                request.config().timeout_global(Some(timeout)).build().send(body)
+                req.config().timeout_global(Some(timeout)).build().send(body).map_err(fail)?
             }
-        }
-        .map_err(|e| TransportError(describe(&e)))?;
+        };
         let status = response.status().as_u16();
         let headers = response
             .headers()
             .iter()
-            .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .filter_map(|(n, v)| Some((n.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
             .collect();
-        let body =
-            response.into_body().with_config().limit(limit).read_to_vec().map_err(|e| TransportError(describe(&e)))?;
-        Ok(Reply { status, headers, body })
+        let body = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
+        Ok(RawReply { status, headers, body })
     }
 }
 

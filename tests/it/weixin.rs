@@ -253,7 +253,8 @@ fn media_in_each_key_encoding_reaches_the_agent_decrypted() {
     assert_eq!(texts.len(), 1, "log:\n{}", service.log());
     let reply = &texts[0];
     assert!(reply.starts_with("echo: look at these\nand what I said"), "{reply}");
-    let media_dir = home.path().join("media/wx");
+    // One directory per sender, as the shared upload rules make them (0700; files 0600).
+    let media_dir = home.path().join("media/wx").join(OWNER);
     let mut saved: Vec<(String, Vec<u8>)> = std::fs::read_dir(&media_dir)
         .unwrap()
         .map(|e| {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::net::http::{HttpClient, Method, Reply};
+use crate::net::http::{HttpClient, Method, RawReply};
 
 use super::wire::{self, Failure};
 
@@ -102,7 +102,7 @@ impl Api {
 }
 
 /// The CDN's reason: header `x-error-message`, else the start of the body.
-fn cdn_error(reply: &Reply) -> String {
+fn cdn_error(reply: &RawReply) -> String {
     match reply.header("x-error-message") {
         Some(m) => m.to_string(),
         None => reply.text().chars().take(200).collect(),

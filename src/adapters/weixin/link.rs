@@ -262,8 +262,9 @@ impl Link {
             (crate::event::AttachmentKind::Image, Some(ext)) => format!("{name}.{ext}"),
             _ => name,
         };
-        let path = media::save(&self.home, self.channel(), &message.message_id, n, &file_name, &plain)
-            .map_err(|e| e.to_string())?;
+        let received =
+            media::Received { sender: &message.from_user_id, message_id: &message.message_id, n, name: &file_name };
+        let path = media::save(&self.home, self.channel(), received, &plain).map_err(|e| e.to_string())?;
         Ok(Attachment { kind: item.kind, path, file_name, mime_type: mime.to_string() })
     }
 }

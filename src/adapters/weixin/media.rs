@@ -72,27 +72,45 @@ pub fn media_dir(home: &Path, channel: &str) -> PathBuf {
 /// How long received files are kept for the agent.
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// Save a received file as `<home>/media/<channel>/<message id>-<n>-<name>` through the shared
-/// upload rules (0600, never overwriting or following a link, in 0700 directories that nobody
-/// else prepared).
-pub fn save(
-    home: &Path,
-    channel: &str,
-    message_id: &str,
-    n: usize,
-    name: &str,
-    bytes: &[u8],
-) -> Result<PathBuf, Error> {
-    let root = home.join("media");
-    let file = format!("{}-{n}-{}", safe_file_name(message_id), safe_file_name(name));
-    crate::adapters::uploads::private_dir(&root, &safe_file_name(channel))
-        .and_then(|dir| crate::adapters::uploads::write_new_file(&dir, &file, bytes))
-        .map_err(|source| Error::File { path: media_dir(home, channel).join(file), action: "save", source })
+/// Where a received file goes: the directory of who sent it and what it is named.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub sender: &'a str,
+    pub message_id: &'a str,
+    /// Its place among the message's files, from 1.
+    pub n: usize,
+    pub name: &'a str,
 }
 
-/// Remove received files older than [`RETENTION`] (every channel's); how many went.
-pub fn clean_old(home: &Path) -> usize {
-    crate::adapters::uploads::sweep(&home.join("media"), RETENTION, std::time::SystemTime::now())
+/// Save a received file as `<home>/media/<channel>/<sender>/<message id>-<n>-<name>` through
+/// the shared upload rules (0600, never overwriting or following a link, in 0700 directories
+/// that nobody else prepared).
+pub fn save(home: &Path, channel: &str, file: Received<'_>, bytes: &[u8]) -> Result<PathBuf, Error> {
+    let root = media_dir(home, channel);
+    let sender = sender_dir(file.sender);
+    let name = format!("{}-{}-{}", safe_file_name(file.message_id), file.n, safe_file_name(file.name));
+    crate::adapters::uploads::private_dir(&root, &sender)
+        .and_then(|dir| crate::adapters::uploads::write_new_file(&dir, &name, bytes))
+        .map_err(|source| Error::File { path: root.join(sender).join(name), action: "save", source })
+}
+
+/// A sender id as a directory name: characters outside `A-Z a-z 0-9 @ . _ -` become `_`
+/// (no separators, no leading dot), at most 100.
+fn sender_dir(sender: &str) -> String {
+    let name: String = sender
+        .chars()
+        .take(100)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    match name.trim_start_matches('.') {
+        "" => "unknown".to_string(),
+        rest => rest.to_string(),
+    }
+}
+
+/// Remove this channel's received files older than [`RETENTION`]; how many went.
+pub fn clean_old(home: &Path, channel: &str) -> usize {
+    crate::adapters::uploads::sweep(&media_dir(home, channel), RETENTION, std::time::SystemTime::now())
 }
 
 /// An answer split into its text (markers removed) and the files its `[IMAGE: /abs/path]`
@@ -271,15 +289,18 @@ mod tests {
             assert!(allowed_outgoing(&bad, &roots).is_err(), "{}", bad.display());
         }
         assert!(allowed_outgoing(&cwd, &roots).unwrap_err().contains("not a regular file"));
-        // `media` above was made 0755 by this test: someone else's directory is never used.
-        let err = save(&base, "wx", "123", 1, "x.pdf", b"data").unwrap_err().to_string();
+        let file = |name| Received { sender: "u/1@im.wechat", message_id: "123", n: 1, name };
+        // `media/wx` is 0755 (made by this test): someone else's directory is never used.
+        std::fs::create_dir_all(base.join("media/wx")).unwrap();
+        let err = save(&base, "wx", file("x.pdf"), b"data").unwrap_err().to_string();
         assert!(err.contains("open to other users"), "{err}");
         let home = base.join("home");
-        let saved = save(&home, "wx", "123", 1, "../x.pdf", b"data").unwrap();
-        assert_eq!(saved, home.join("media/wx/123-1-x.pdf"));
+        assert_eq!((sender_dir(".."), sender_dir("a/../b é")), ("unknown".to_string(), "a_.._b__".to_string()));
+        let saved = save(&home, "wx", file("../x.pdf"), b"data").unwrap();
+        assert_eq!(saved, home.join("media/wx/u_1@im.wechat/123-1-x.pdf"));
         // Never overwritten: a second file of the same name gets its own.
-        let again = save(&home, "wx", "123", 1, "x.pdf", b"other").unwrap();
-        assert_eq!(again, home.join("media/wx/1-123-1-x.pdf"));
+        let again = save(&home, "wx", file("x.pdf"), b"other").unwrap();
+        assert_eq!(again, home.join("media/wx/u_1@im.wechat/1-123-1-x.pdf"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&base);

@@ -61,7 +61,7 @@ impl Poller {
     }
 
     pub fn run(self) {
-        let removed = super::media::clean_old(&self.link.home);
+        let removed = super::media::clean_old(&self.link.home, self.target());
         if removed > 0 {
             log::info!(target: self.target(), "removed {removed} media files older than 7 days");
         }

@@ -10,26 +10,28 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub path: String,
-    pub body: Vec<u8>,
     pub method: String,
-    /// Header names lower-cased, in the order received.
+    pub path: String,
+    /// Header names lowercased.
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Request {
-    /// The first header called `name` (lower-case).
-    #[allow(dead_code)]
+    #[allow(dead_code)] // Used by the Discord fake.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// What the handler wants done with a request.
 pub enum Reply {
     Json(u16, String),
-    /// Any status, extra headers and a binary body.
-    #[allow(dead_code)]
+    /// A status, extra headers and a JSON body (empty for none, e.g. 204).
+    #[allow(dead_code)] // Used by the Discord fake.
+    Full(u16, Vec<(String, String)>, String),
+    /// A status, its headers (no JSON content type added) and a binary body (the iLink CDN).
+    #[allow(dead_code)] // Used by the iLink fake.
     Bytes(u16, Vec<(String, String)>, Vec<u8>),
     /// Close the connection without answering.
     Drop,
@@ -108,18 +110,15 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let (status, extra, body) = match handler(Request { path, body, method, headers }) {
-            Reply::Json(status, text) => {
-                (status, vec![("Content-Type".to_string(), "application/json".to_string())], text.into_bytes())
-            }
-            Reply::Bytes(status, headers, body) => (status, headers, body),
+        let json = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let (status, extra, body) = match handler(Request { method, path, headers, body }) {
+            Reply::Json(status, text) => (status, json, text.into_bytes()),
+            Reply::Full(status, extra, text) => (status, [json, extra].concat(), text.into_bytes()),
+            Reply::Bytes(status, extra, body) => (status, extra, body),
             Reply::Drop => return,
         };
-        let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
-        for (name, value) in extra {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
+        let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+        let head = format!("HTTP/1.1 {status} X\r\n{extra}Content-Length: {}\r\n\r\n", body.len());
         if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&body)).is_err() {
             return;
         }
