@@ -8,6 +8,7 @@
 //! [`Outbound`] actions.
 
 pub mod admin;
+pub mod dingtalk;
 pub mod outbox;
 pub mod pacing;
 pub mod telegram;
@@ -29,7 +30,7 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM];
+pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &dingtalk::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {
