@@ -88,14 +88,9 @@ impl HttpClient {
             .call()
             .map_err(|e| TransportError(describe(&e)))?;
         let status = response.status().as_u16();
-        let content_type =
-            response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = response
-            .into_body()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| TransportError(describe(&e)))?;
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body =
+            response.into_body().with_config().limit(limit).read_to_vec().map_err(|e| TransportError(describe(&e)))?;
         Ok(Fetched { status, content_type, body })
     }
 }

@@ -5,6 +5,7 @@ mod access;
 mod agents;
 mod cli;
 mod conversations;
+mod dingtalk;
 mod permissions;
 mod replies;
 mod seam;

@@ -70,9 +70,9 @@ impl App {
                 *cached = Some(token);
                 Ok(value)
             }
-            Err(ApiError::Unauthorized(d)) => Err(Failure::Unauthorized(format!(
-                "DingTalk refused clientId/clientSecret for an access token ({d})"
-            ))),
+            Err(ApiError::Unauthorized(d)) => {
+                Err(Failure::Unauthorized(format!("DingTalk refused clientId/clientSecret for an access token ({d})")))
+            }
             Err(ApiError::Transient(d)) => Err(Failure::Transient(format!("gettoken: {d}"))),
         }
     }

@@ -73,7 +73,8 @@ pub const PLATFORM: Platform = Platform {
 
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let id = keys.required_secret("clientId", "your app's Client ID (AppKey)", "DINGTALK_CLIENT_ID")?;
-    let secret = keys.required_secret("clientSecret", "your app's Client Secret (AppSecret)", "DINGTALK_CLIENT_SECRET")?;
+    let secret =
+        keys.required_secret("clientSecret", "your app's Client Secret (AppSecret)", "DINGTALK_CLIENT_SECRET")?;
     let api_base = keys.url("apiBase", None, DEFAULT_API_BASE)?;
     let oapi_base = keys.url("oapiBase", None, DEFAULT_OAPI_BASE)?;
     Ok(PlatformSettings {
@@ -121,10 +122,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
 }
 
 fn silence_limit() -> Duration {
-    std::env::var(SILENCE_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(SILENCE_LIMIT, Duration::from_millis)
+    std::env::var(SILENCE_ENV).ok().and_then(|v| v.parse().ok()).map_or(SILENCE_LIMIT, Duration::from_millis)
 }
 
 /// Wait `delay` unless asked to stop; true when the loop should end.
@@ -315,7 +313,8 @@ impl Stream {
         }
         let robot_code = robot.route.robot_code.clone();
         self.routes.update(robot.route);
-        let entry = JournalEntry { sent_at_ms: robot.message.sent_at_ms.unwrap_or_else(wall_ms), message: robot.message };
+        let entry =
+            JournalEntry { sent_at_ms: robot.message.sent_at_ms.unwrap_or_else(wall_ms), message: robot.message };
         let fresh = match self.journal.record(vec![entry]) {
             Ok(fresh) => fresh,
             Err(e) => {
@@ -382,7 +381,8 @@ impl Stream {
 /// A file name for the app's lock: the client id's safe characters and a hash of it.
 fn lock_name(client_id: &str) -> String {
     let safe: String = client_id.chars().filter(char::is_ascii_alphanumeric).take(32).collect();
-    let hash = client_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        client_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("{safe}-{:08x}", hash as u32)
 }
 
@@ -406,7 +406,9 @@ impl Inbox {
                         message.attachments.push(attachment);
                         saved += 1;
                     }
-                    Err(e) => log::warn!(target: self.name.as_str(), "a file of message {:?} could not be fetched: {e}", message.message_id),
+                    Err(e) => {
+                        log::warn!(target: self.name.as_str(), "a file of message {:?} could not be fetched: {e}", message.message_id)
+                    }
                 }
             }
             if saved == media.len() && saved > 0 && is_placeholder(&message.text) {
@@ -419,7 +421,12 @@ impl Inbox {
         }
     }
 
-    fn fetch(&self, media: &MediaRef, robot_code: Option<&str>, message: &InboundMessage) -> Result<Attachment, String> {
+    fn fetch(
+        &self,
+        media: &MediaRef,
+        robot_code: Option<&str>,
+        message: &InboundMessage,
+    ) -> Result<Attachment, String> {
         let fetched = self.app.download(&media.download_code, robot_code)?;
         let mime = fetched
             .content_type

@@ -23,8 +23,12 @@ pub const MESSAGE_LIMIT: usize = 3800;
 
 /// DingTalk limits a robot to about 20 messages a minute per conversation: the parts of one
 /// answer go at once, then one every 3 s.
-const PACING: PacingRules =
-    PacingRules { chat_burst: 5, chat_refill: Duration::from_secs(3), bot_limit: 20, bot_window: Duration::from_secs(1) };
+const PACING: PacingRules = PacingRules {
+    chat_burst: 5,
+    chat_refill: Duration::from_secs(3),
+    bot_limit: 20,
+    bot_window: Duration::from_secs(1),
+};
 
 /// Delivers the outbox's calls for one app.
 pub(super) struct DingTalkCourier {

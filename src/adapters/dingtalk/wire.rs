@@ -309,9 +309,9 @@ fn quoted(v: &Value) -> (Option<String>, Option<String>) {
         let text = match &content {
             Value::String(s) => Some(s.clone()),
             c => text_of(c, "text").or_else(|| {
-                c.get("richText").and_then(Value::as_array).map(|parts| {
-                    parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<String>()
-                })
+                c.get("richText")
+                    .and_then(Value::as_array)
+                    .map(|parts| parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<String>())
             }),
         };
         let text = text.or_else(|| text_of(&content, "fileName").map(|n| format!("(file: {n})")));
@@ -546,7 +546,8 @@ impl Dedup {
         self.seen.remove(id);
     }
 
-    pub fn len(&self) -> usize {
+    /// How many ids are remembered now.
+    pub fn remembered(&self) -> usize {
         self.seen.len()
     }
 }
@@ -724,8 +725,11 @@ mod tests {
             assert_eq!(m.media[0].kind, kind);
             assert_eq!(m.media[0].download_code, "c");
         }
-        let m = parse_robot_message(&dm(json!({"msgtype": "file", "content": {"downloadCode": "c", "fileName": "a.txt"}})), "d")
-            .unwrap();
+        let m = parse_robot_message(
+            &dm(json!({"msgtype": "file", "content": {"downloadCode": "c", "fileName": "a.txt"}})),
+            "d",
+        )
+        .unwrap();
         assert_eq!(m.media[0].file_name.as_deref(), Some("a.txt"));
         let m = parse_robot_message(&dm(json!({"msgtype": "sticker"})), "d").unwrap();
         assert!(m.message.text.contains("sticker"), "{}", m.message.text);
@@ -786,7 +790,10 @@ mod tests {
     #[test]
     fn webhook_answers() {
         assert_eq!(parse_webhook_reply(200, r#"{"errcode":0,"errmsg":"ok"}"#), Ok(()));
-        assert_eq!(parse_webhook_reply(200, r#"{"errcode":300001,"errmsg":"session 不存在"}"#), Err(WebhookError::Expired));
+        assert_eq!(
+            parse_webhook_reply(200, r#"{"errcode":300001,"errmsg":"session 不存在"}"#),
+            Err(WebhookError::Expired)
+        );
         assert!(matches!(
             parse_webhook_reply(200, r#"{"errcode":130101,"errmsg":"send too fast"}"#),
             Err(WebhookError::Failed(Failure::RateLimited(_)))
@@ -809,7 +816,10 @@ mod tests {
         assert_eq!(t.renew_at_ms, 1000 + 7_200_000 - TOKEN_MARGIN_MS);
         let t = parse_token(200, r#"{"accessToken":"s3cr3t","expireIn":60}"#, 0).unwrap();
         assert_eq!((t.value.as_str(), t.renew_at_ms), ("s3cr3t", 30_000));
-        assert!(matches!(parse_token(200, r#"{"errcode":40089,"errmsg":"invalid appkey"}"#, 0), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(
+            parse_token(200, r#"{"errcode":40089,"errmsg":"invalid appkey"}"#, 0),
+            Err(ApiError::Unauthorized(_))
+        ));
         assert!(matches!(parse_token(500, "", 0), Err(ApiError::Transient(_))));
         assert!(!format!("{t:?}").contains("s3cr3t"));
         assert_eq!(token_url("https://oapi", "k&1", "s=2"), "https://oapi/gettoken?appkey=k%261&appsecret=s%3D2");
@@ -845,7 +855,10 @@ mod tests {
             assert_eq!(kind, want, "{status} {text}");
         }
         assert_eq!(download_url(&json!({"downloadUrl": "https://x/y"})).as_deref(), Some("https://x/y"));
-        assert_eq!(download_url(&json!({"data": {"downloadUrl": "http://127.0.0.1/f"}})).as_deref(), Some("http://127.0.0.1/f"));
+        assert_eq!(
+            download_url(&json!({"data": {"downloadUrl": "http://127.0.0.1/f"}})).as_deref(),
+            Some("http://127.0.0.1/f")
+        );
         assert_eq!(download_url(&json!({"downloadUrl": "file:///etc/passwd"})), None);
         assert_eq!(download_request("c", "r"), json!({"downloadCode": "c", "robotCode": "r"}));
     }
@@ -860,7 +873,7 @@ mod tests {
         for id in ["b", "c", "d", "e"] {
             assert!(d.first_time(id, DEDUP_WINDOW_MS + 2));
         }
-        assert!(d.len() <= 3, "{}", d.len());
+        assert!(d.remembered() <= 3, "{}", d.remembered());
         assert!(d.first_time("b", DEDUP_WINDOW_MS + 3), "the oldest went first");
         d.forget("e");
         assert!(d.first_time("e", DEDUP_WINDOW_MS + 4));

@@ -12,11 +12,24 @@ use std::time::Duration;
 pub struct Request {
     pub path: String,
     pub body: Vec<u8>,
+    /// Header names in lower case, with their values.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The value of header `name` (lower case), if sent.
+    #[allow(dead_code)]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// What the handler wants done with a request.
 pub enum Reply {
     Json(u16, String),
+    /// Any body with its content type.
+    #[allow(dead_code)]
+    Bytes(u16, String, Vec<u8>),
     /// Close the connection without answering.
     Drop,
 }
@@ -73,6 +86,7 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
         let _ = method;
         let path = path.to_string();
         let mut length = 0;
+        let mut headers = Vec::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -82,23 +96,25 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
         }
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let (status, content_type, text) = match handler(Request { path, body }) {
-            Reply::Json(status, text) => (status, "application/json", text),
+        let (status, content_type, text) = match handler(Request { path, body, headers }) {
+            Reply::Json(status, text) => (status, "application/json".to_string(), text.into_bytes()),
+            Reply::Bytes(status, content_type, bytes) => (status, content_type, bytes),
             Reply::Drop => return,
         };
         let head =
             format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", text.len());
-        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(text.as_bytes())).is_err() {
+        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&text)).is_err() {
             return;
         }
     }
