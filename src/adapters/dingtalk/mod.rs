@@ -245,7 +245,9 @@ impl Stream {
             let text = match socket.read(Instant::now() + READ_SLICE) {
                 WsEvent::Text(text) => text,
                 WsEvent::Binary(_) | WsEvent::Ping | WsEvent::Pong => {
+                    // Alive, for the watchdog and for the channel's health.
                     last_heard = Instant::now();
+                    self.probe.ok();
                     continue;
                 }
                 WsEvent::Timeout => continue,
