@@ -242,3 +242,42 @@ fn dingtalk_config_errors_name_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("clientSecret") && err.contains("DINGTALK_CLIENT_SECRET"), "{err}");
 }
+
+#[test]
+fn dingtalk_message_unanswered_at_a_crash_is_answered_after_restart() {
+    let fake = FakeDingTalk::start();
+    let home = TempDir::new("dt-restart");
+    let mut service = start(&fake, &home, &[]);
+    let (frame, msg_id) = fake.dm("alice", "slow=500 survive");
+    assert!(fake.wait_ack(&frame, WAIT).is_some());
+    let journal = home.path().join("journal/ding.jsonl");
+    assert!(wait_until(WAIT, || std::fs::read_to_string(&journal).unwrap_or_default().contains(&msg_id)));
+    service.kill_hard();
+    assert!(fake.texts_to("cid-alice").is_empty(), "answered before the crash: {:?}", fake.sent());
+    // The next start replays it from the journal and knows where to answer (the chats file).
+    let service = Service::start_with_env(&home, &[], &[("DT_SECRET", CLIENT_SECRET)]);
+    let reply = wait_for(&fake, &service, "cid-alice", |s| s.text.contains("tick 9"));
+    assert_eq!(reply.via, "webhook");
+}
+
+#[test]
+fn dingtalk_two_channels_of_one_app_are_warned_about() {
+    let fake = FakeDingTalk::start();
+    let home = TempDir::new("dt-twice");
+    let mut config = config(&fake, json!({}));
+    let twin = config["channels"]["ding"].clone();
+    config["channels"]["ding2"] = twin;
+    home.write_config(&config);
+    let service = Service::start_with_env(&home, &[], &[("DT_SECRET", CLIENT_SECRET)]);
+    assert!(service.wait_for_log("another connection uses the same DingTalk app", WAIT), "{}", service.log());
+    let warned = wait_until(WAIT, || {
+        read_status(home.path()).is_some_and(|s| {
+            ["ding", "ding2"].iter().any(|c| {
+                s.pointer(&format!("/channels/{c}/lastError"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| e.contains("DingTalk splits the messages"))
+            })
+        })
+    });
+    assert!(warned, "{:?}", read_status(home.path()));
+}
