@@ -56,6 +56,17 @@ fn dingtalk_dm_and_group_mention_are_answered_and_every_frame_is_acked() {
     assert!(journal.contains(&msg_id), "{journal}");
     let reply = wait_for(&fake, &service, "cid-alice", |s| s.text == "echo: hello agent");
     assert_eq!((reply.via, reply.title.as_str()), ("webhook", "echo: hello agent"));
+    // 👀 on the message while the agent works, taken back once the answer is there.
+    let (_, msg_id) = fake.dm("alice", "slow=100 watch");
+    wait_for(&fake, &service, "cid-alice", |s| s.text.contains("tick 9"));
+    let shown = |action: &str| fake.reactions().into_iter().find(|(a, m, _)| a == action && *m == msg_id);
+    assert!(wait_until(WAIT, || shown("recall").is_some()), "{:?}\n{}", fake.reactions(), service.log());
+    let sent_before = |action: &str| shown(action).unwrap().2;
+    assert!(
+        sent_before("reply") < sent_before("recall"),
+        "shown before the answer, taken back after: {:?}",
+        fake.reactions()
+    );
 
     // A group message that @-mentions the robot (the platform left the @name in).
     let frame = fake.group("group-1", "alice", "@Tether status please", true);
@@ -85,7 +96,7 @@ fn dingtalk_dm_and_group_mention_are_answered_and_every_frame_is_acked() {
     wait_for(&fake, &service, "cid-alice", |s| s.text == "echo: still there");
 
     assert!(fake.texts_to("cid-mallory").is_empty());
-    assert_eq!(fake.token_calls(), 0, "no token needed while webhooks work");
+    assert_eq!(fake.token_calls(), 1, "one token, cached, for the reactions");
     let log = service.log();
     assert!(log.contains("DingTalk shares an app's messages among all its connections"), "{log}");
 }

@@ -84,12 +84,17 @@ impl App {
     /// One new-style OpenAPI call (`POST {apiBase}{path}`) with the token header; a token the
     /// server calls invalid is renewed and the call made once more.
     pub fn call(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.call_within(path, body, CALL_TIMEOUT)
+    }
+
+    /// [`App::call`] waiting at most `timeout` per attempt.
+    pub fn call_within(&self, path: &str, body: &Value, timeout: Duration) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.api_base);
         let mut renewed = false;
         loop {
             let token = self.token()?;
             let headers = [("x-acs-dingtalk-access-token", token.as_str())];
-            let answer = match self.http.post_json_with(&url, &headers, body, CALL_TIMEOUT) {
+            let answer = match self.http.post_json_with(&url, &headers, body, timeout) {
                 Ok((status, text)) => wire::parse_openapi_reply(status, &text),
                 Err(e) => Err(Failure::Transient(e.to_string())),
             };

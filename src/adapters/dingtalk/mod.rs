@@ -62,8 +62,9 @@ pub const PLATFORM: Platform = Platform {
         buttons: false,
         max_message_len: send::MESSAGE_LIMIT,
         markup: Markup::Markdown,
-        // No typing API (a 👀 reaction would stand in; not done).
-        typing_refresh: None,
+        // No typing API: a 👀 reaction on the person's message stands in. It stays until taken
+        // back, so asking again now and then only puts it back after an early recall.
+        typing_refresh: Some(Duration::from_secs(20)),
         journaled: true,
         addressed_commands: false,
     },
@@ -115,7 +116,8 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         media_dir: io.home.join("media"),
     };
     io.supervisor.spawn(format!("dt-inbox-{}", channel.name), move || inbox.run())?;
-    let courier = Arc::new(send::DingTalkCourier { app, routes, channel: channel.name.clone() });
+    let courier =
+        Arc::new(send::DingTalkCourier { app, routes, channel: channel.name.clone(), reactions: Default::default() });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
     let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
     Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })

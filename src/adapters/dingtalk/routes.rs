@@ -69,6 +69,7 @@ impl RouteBook {
                         "webhookExpiresMs": r.webhook_expires_ms,
                         "staffId": r.staff_id,
                         "robotCode": r.robot_code,
+                        "lastMessageId": r.last_message_id,
                     })
                 })
                 .collect(),
@@ -88,6 +89,7 @@ impl RouteBook {
                 conversation_id,
                 staff_id: text(v, "staffId"),
                 robot_code: text(v, "robotCode"),
+                last_message_id: text(v, "lastMessageId"),
             });
         }
         book
@@ -151,6 +153,7 @@ mod tests {
             conversation_id: id.into(),
             staff_id: Some("s".into()),
             robot_code: None,
+            last_message_id: Some("m".into()),
         }
     }
 

@@ -2,9 +2,12 @@
 //! in parts of about 3800 UTF-16 units (code fences closed and reopened by the shared
 //! chunker), sent to the conversation's session webhook while it is valid, and through the
 //! robot OpenAPI once it expired (errcode 300001 or its expiry time) or when there is none,
-//! so an answer that took longer than the webhook lived still arrives.
+//! so an answer that took longer than the webhook lived still arrives. DingTalk has no
+//! typing indicator: a 👀 reaction on the person's message stands in while the agent works,
+//! taken back when the answer's first part is delivered.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::api::App;
@@ -17,6 +20,10 @@ use crate::health::wall_ms;
 use crate::render::{self, Units};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A reaction is a nicety: it may not hold up the answer long.
+const REACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Chats with a reaction shown; more means answers went missing: forget them all.
+const REACTIONS_MAX: usize = 256;
 /// One message: Qwen Code's 3800 UTF-16 units, well under the 20,000 DingTalk takes and the
 /// 15,000 bytes of a group send's `msgParam`.
 pub const MESSAGE_LIMIT: usize = 3800;
@@ -35,6 +42,15 @@ pub(super) struct DingTalkCourier {
     pub app: Arc<App>,
     pub routes: Arc<Routes>,
     pub channel: String,
+    pub reactions: Mutex<Reactions>,
+}
+
+/// The 👀 reactions shown, by chat: the message each is on.
+#[derive(Debug, Default)]
+pub(super) struct Reactions {
+    shown: HashMap<String, String>,
+    /// DingTalk refused a reaction (the app may lack the permission): no more tries.
+    off: bool,
 }
 
 impl Courier for DingTalkCourier {
@@ -58,10 +74,15 @@ impl Courier for DingTalkCourier {
 
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         match call {
-            // No typing indicator, no buttons to answer.
-            Call::Typing(_) | Call::Ack { .. } => Ok(None),
-            // No edits either: the new text goes as a new message.
-            Call::Send { chat, piece, .. } | Call::Edit { chat, piece, .. } => self.deliver(chat, piece).map(|()| None),
+            Call::Typing(chat) => self.react(chat).map(|()| None),
+            // No buttons to answer.
+            Call::Ack { .. } => Ok(None),
+            // No edits: the new text goes as a new message.
+            Call::Send { chat, piece, .. } | Call::Edit { chat, piece, .. } => {
+                self.deliver(chat, piece)?;
+                self.recall(chat);
+                Ok(None)
+            }
         }
     }
 
@@ -97,6 +118,51 @@ impl DingTalkCourier {
         self.robot_send(&route, &title, text)
     }
 
+    fn reactions(&self) -> std::sync::MutexGuard<'_, Reactions> {
+        self.reactions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Show 👀 on the newest message of the chat, once per message.
+    fn react(&self, chat: &ChatRef) -> Result<(), Failure> {
+        let Some(route) = self.routes.get(&chat.chat_id) else { return Ok(()) };
+        let Some(message_id) = route.last_message_id.clone() else { return Ok(()) };
+        {
+            let reactions = self.reactions();
+            if reactions.off || reactions.shown.get(&chat.chat_id) == Some(&message_id) {
+                return Ok(());
+            }
+        }
+        let robot = route.robot_code.as_deref().unwrap_or(&self.app.client_id);
+        let body = wire::working_reaction(robot, &route.conversation_id, &message_id);
+        match self.app.call_within("/v1.0/robot/emotion/reply", &body, REACTION_TIMEOUT) {
+            Ok(_) => {
+                let mut reactions = self.reactions();
+                if reactions.shown.len() >= REACTIONS_MAX {
+                    reactions.shown.clear();
+                }
+                reactions.shown.insert(chat.chat_id.clone(), message_id);
+                Ok(())
+            }
+            Err(failure @ (Failure::Rejected(_) | Failure::Blocked(_))) => {
+                log::info!(target: self.channel.as_str(), "DingTalk refused the 👀 reaction that shows tether is working ({failure}); not trying again");
+                self.reactions().off = true;
+                Ok(())
+            }
+            Err(failure) => Err(failure),
+        }
+    }
+
+    /// Take back the chat's 👀 (best effort: the answer is what matters).
+    fn recall(&self, chat: &ChatRef) {
+        let Some(message_id) = self.reactions().shown.remove(&chat.chat_id) else { return };
+        let Some(route) = self.routes.get(&chat.chat_id) else { return };
+        let robot = route.robot_code.as_deref().unwrap_or(&self.app.client_id);
+        let body = wire::working_reaction(robot, &route.conversation_id, &message_id);
+        if let Err(failure) = self.app.call_within("/v1.0/robot/emotion/recall", &body, REACTION_TIMEOUT) {
+            log::debug!(target: self.channel.as_str(), "taking back the 👀 on message {message_id} failed: {failure}");
+        }
+    }
+
     /// Through the robot OpenAPI: a group send, or a one-to-one send to the person.
     fn robot_send(&self, route: &Route, title: &str, text: &str) -> Result<(), Failure> {
         let robot = route.robot_code.as_deref().unwrap_or(&self.app.client_id);
@@ -123,7 +189,12 @@ mod tests {
     fn courier() -> DingTalkCourier {
         let app = App::new("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into(), "k".into(), "s".into());
         let routes = Routes::load(std::env::temp_dir().join("tether-no-such-dir/none.json"));
-        DingTalkCourier { app: Arc::new(app), routes: Arc::new(routes), channel: "d".into() }
+        DingTalkCourier {
+            app: Arc::new(app),
+            routes: Arc::new(routes),
+            channel: "d".into(),
+            reactions: Mutex::default(),
+        }
     }
 
     #[test]

@@ -176,6 +176,8 @@ pub struct Route {
     pub staff_id: Option<String>,
     /// The robot's code (= the AppKey for an internal app).
     pub robot_code: Option<String>,
+    /// The newest message heard in the conversation (the 👀 reaction goes on it).
+    pub last_message_id: Option<String>,
 }
 
 impl Route {
@@ -287,6 +289,7 @@ pub fn parse_robot_message(data: &str, channel: &str) -> Result<RobotMessage, St
         conversation_id,
         staff_id,
         robot_code: text_of(&v, "robotCode"),
+        last_message_id: message.message_id.clone(),
     };
     Ok(RobotMessage { message, route, media })
 }
@@ -462,6 +465,19 @@ pub fn parse_openapi_reply(status: u16, text: &str) -> Result<Value, Failure> {
         return Err(Failure::RateLimited(Duration::from_secs(2)));
     }
     Err(http_failure(status, text))
+}
+
+/// The reaction that stands in for "typing…": `POST {apiBase}/v1.0/robot/emotion/reply` to
+/// show it on the person's message, `…/emotion/recall` to take it back.
+pub fn working_reaction(robot_code: &str, conversation_id: &str, message_id: &str) -> Value {
+    json!({
+        "robotCode": robot_code,
+        "openMsgId": message_id,
+        "openConversationId": conversation_id,
+        "emotionType": 2,
+        "emotionName": "👀",
+        "textEmotion": {"emotionId": "2659900", "emotionName": "👀", "text": "👀", "backgroundId": "im_bg_1"},
+    })
 }
 
 /// `POST {apiBase}/v1.0/robot/messageFiles/download`.
@@ -662,6 +678,7 @@ mod tests {
         assert_eq!(m.message.sent_at_ms, Some(1_774_098_949_275));
         assert_eq!(m.route.staff_id.as_deref(), Some("0326"));
         assert_eq!(m.route.robot_code.as_deref(), Some("dingrobot"));
+        assert_eq!(m.route.last_message_id.as_deref(), Some("msg1"));
         assert_eq!(m.route.live_webhook(1_774_098_949_275), m.route.webhook.as_deref());
         // Within five minutes of its expiry the webhook is no longer used.
         assert_eq!(m.route.live_webhook(1_774_104_349_531 - 60_000), None);
@@ -861,6 +878,9 @@ mod tests {
         );
         assert_eq!(download_url(&json!({"downloadUrl": "file:///etc/passwd"})), None);
         assert_eq!(download_request("c", "r"), json!({"downloadCode": "c", "robotCode": "r"}));
+        let r = working_reaction("rc", "cid", "msg1");
+        assert_eq!((r["openMsgId"].as_str(), r["openConversationId"].as_str()), (Some("msg1"), Some("cid")));
+        assert_eq!(r["textEmotion"]["text"], "👀");
     }
 
     #[test]

@@ -62,6 +62,9 @@ struct State {
     upstream: Vec<Value>,
     files: HashMap<String, (String, Vec<u8>)>,
     download_calls: u64,
+    /// Reactions: ("reply" or "recall", message id), in order, with the number of messages
+    /// sent before each.
+    reactions: Vec<(String, String, usize)>,
 }
 
 pub struct FakeDingTalk {
@@ -299,6 +302,11 @@ impl FakeDingTalk {
         self.state.lock().unwrap().stale_token_uses
     }
 
+    /// ("reply" or "recall", message id, messages sent before it), in order.
+    pub fn reactions(&self) -> Vec<(String, String, usize)> {
+        self.state.lock().unwrap().reactions.clone()
+    }
+
     pub fn download_calls(&self) -> u64 {
         self.state.lock().unwrap().download_calls
     }
@@ -382,7 +390,9 @@ fn handle(
         }
         "/v1.0/robot/groupMessages/send"
         | "/v1.0/robot/oToMessages/batchSend"
-        | "/v1.0/robot/messageFiles/download" => {
+        | "/v1.0/robot/messageFiles/download"
+        | "/v1.0/robot/emotion/reply"
+        | "/v1.0/robot/emotion/recall" => {
             let token = req.header("x-acs-dingtalk-access-token").unwrap_or_default().to_string();
             match s.tokens.get(&token) {
                 Some(until) if *until > Instant::now() => {}
@@ -396,6 +406,15 @@ fn handle(
             }
             if body["robotCode"] != ROBOT_CODE {
                 return Reply::Json(400, r#"{"code":"invalidParameter","message":"robotCode"}"#.into());
+            }
+            if let Some(action) = route.strip_prefix("/v1.0/robot/emotion/") {
+                if body["textEmotion"]["text"] != "👀" || body["openConversationId"].as_str().is_none() {
+                    return Reply::Json(400, r#"{"code":"invalidParameter","message":"emotion"}"#.into());
+                }
+                let message = body["openMsgId"].as_str().unwrap_or_default().to_string();
+                let sent = s.sent.len();
+                s.reactions.push((action.to_string(), message, sent));
+                return json_reply(json!({"result": true}));
             }
             if route.ends_with("download") {
                 s.download_calls += 1;
