@@ -1322,13 +1322,13 @@ mod tests {
             (
                 r#"{"channels": {"phone": {"token": "x"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat"#
+                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat, dingtalk"#
                 ),
             ),
             (
                 r#"{"channels": {"phone": {"type": "slack"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat"#
+                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat, dingtalk"#
                 ),
             ),
             (
