@@ -192,6 +192,9 @@ pub struct ChannelConfig {
     /// `maxBacklogAge`: a message older than this when tether gets to it (sent while tether
     /// was down) gets a notice instead of a turn. Default 24 hours.
     pub max_backlog_age: Duration,
+    /// `evictIdleAfter`: a conversation idle this long leaves memory (it stays in
+    /// `sessions.json` and is loaded again with its next message). Default 30 minutes.
+    pub evict_idle_after: Duration,
     /// Keys this build does not know, kept for adapters (as Qwen does for plugins).
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -350,6 +353,7 @@ impl ChannelConfig {
             agent: DEFAULT_AGENT.into(),
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
+            evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
         }
     }
@@ -450,6 +454,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "agent",
     "turnTimeoutMs",
     "maxBacklogAge",
+    "evictIdleAfter",
 ];
 
 const SENDER_POLICIES: &[(&str, SenderPolicy)] =
@@ -608,6 +613,7 @@ fn parse_channel(
         turn_timeout: millis(get_positive(obj, "turnTimeoutMs", at)?, DEFAULT_TURN_TIMEOUT_MS),
         max_backlog_age: get_duration(obj, "maxBacklogAge", at)?
             .unwrap_or(Duration::from_secs(DEFAULT_MAX_BACKLOG_AGE_SECS)),
+        evict_idle_after: get_duration(obj, "evictIdleAfter", at)?.unwrap_or(Duration::from_secs(1800)),
         extra: obj
             .iter()
             .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
@@ -890,7 +896,7 @@ fn get_duration(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<Duratio
 
 fn parse_duration_secs(text: &str) -> Option<u64> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = text.split_at_checked(split)?;
     let scale = match unit.trim() {
         "s" => 1,
         "m" => 60,
@@ -1031,6 +1037,7 @@ mod tests {
             agent: "gemini".into(),
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
+            evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
         };
         assert_eq!(phone, expected);
@@ -1124,6 +1131,7 @@ mod tests {
             agent: "default".into(),
             turn_timeout: Duration::from_millis(1_800_000),
             max_backlog_age: Duration::from_secs(86_400),
+            evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
         };
         assert_eq!(c, expected);

@@ -86,12 +86,12 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
 
     let tx = from_agent_tx.clone();
     named(&format!("acp-out-{}", spec.name), move || {
-        read_lines(stdout, |line| tx.send(FromAgent::Line(line)).is_ok());
+        read_lines(stdout, MAX_LINE, |line| tx.send(FromAgent::Line(line)).is_ok());
         let _ = tx.send(FromAgent::Closed);
     })?;
     let tx = from_agent_tx;
     named(&format!("acp-err-{}", spec.name), move || {
-        read_lines(stderr, |line| tx.send(FromAgent::Stderr(line)).is_ok());
+        read_lines(stderr, MAX_LINE, |line| tx.send(FromAgent::Stderr(line)).is_ok());
         let _ = tx.send(FromAgent::Closed);
     })?;
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
@@ -228,20 +228,52 @@ fn write_lines(mut stdin: std::process::ChildStdin, lines: Receiver<String>) {
     // Dropping stdin here closes it: the agent sees EOF and exits.
 }
 
-/// Read newline-terminated lines of any length; stop at EOF, on a read error, or when the
-/// consumer says so.
-fn read_lines(pipe: impl std::io::Read, mut each: impl FnMut(String) -> bool) {
+/// Longest line taken from an agent (a `session/load` replay can be large). A longer line is
+/// skipped, with a warning, instead of growing a buffer without bound.
+pub(crate) const MAX_LINE: usize = 32 * 1024 * 1024;
+
+/// Read newline-terminated lines of at most `max` bytes (longer ones are skipped and logged);
+/// stop at EOF, on a read error, or when the consumer says so. Invalid UTF-8 becomes U+FFFD.
+pub(crate) fn read_lines(pipe: impl std::io::Read, max: usize, mut each: impl FnMut(String) -> bool) {
     let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
+    let mut line = Vec::new();
+    let mut skipping = false;
+    let deliver = |line: &[u8]| String::from_utf8_lossy(line).trim_end_matches(['\r', '\n']).to_string();
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
-                if !each(line) {
-                    return;
+        let chunk = match reader.fill_buf() {
+            Ok([]) => {
+                // EOF: the last line may lack its newline.
+                if !line.is_empty() && !skipping {
+                    each(deliver(&line));
                 }
+                return;
+            }
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let (part, ends_line) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(at) => (chunk.get(..=at).unwrap_or(chunk), true),
+            None => (chunk, false),
+        };
+        let used = part.len();
+        if !skipping {
+            if line.len() + used - usize::from(ends_line) > max {
+                log::warn!(target: "acp", "skipping a line of the agent longer than {max} bytes");
+                skipping = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(part);
+            }
+        }
+        reader.consume(used);
+        if ends_line {
+            if !std::mem::take(&mut skipping) && !each(deliver(&line)) {
+                return;
+            }
+            line.clear();
+            if line.capacity() > 1024 * 1024 {
+                line = Vec::new(); // One long line does not pin its buffer for the agent's life.
             }
         }
     }
@@ -258,4 +290,51 @@ fn named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
 
 fn command_line(spec: &AgentSpec) -> String {
     std::iter::once(spec.command.as_str()).chain(spec.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_bounded_and_lossy() {
+        let cases: Vec<(&[u8], usize, Vec<&str>)> = vec![
+            (b"a\nb\r\n\nlast", 10, vec!["a", "b", "", "last"]),
+            (b"", 10, vec![]),
+            (b"\n", 10, vec![""]),
+            // Exactly the limit fits; one byte more is skipped, and the next line still comes.
+            (b"0123456789\n01234567890\nok\n", 10, vec!["0123456789", "ok"]),
+            (b"01234567890", 10, vec![]),
+            (b"\xff\xfeok\n", 10, vec!["\u{fffd}\u{fffd}ok"]),
+        ];
+        for (input, max, expected) in cases {
+            let mut got = Vec::new();
+            read_lines(input, max, |line| {
+                got.push(line);
+                true
+            });
+            assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(input));
+        }
+        // A line longer than BufReader's buffer, in pieces.
+        let long = format!("{}\nnext\n", "x".repeat(20_000));
+        let mut got = Vec::new();
+        read_lines(long.as_bytes(), 30_000, |line| {
+            got.push(line.len());
+            true
+        });
+        assert_eq!(got, vec![20_000, 4]);
+        let mut got = Vec::new();
+        read_lines(long.as_bytes(), 10_000, |line| {
+            got.push(line);
+            true
+        });
+        assert_eq!(got, vec!["next"]);
+        // The consumer can stop.
+        let mut n = 0;
+        read_lines(&b"a\nb\nc\n"[..], 10, |_| {
+            n += 1;
+            false
+        });
+        assert_eq!(n, 1);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use crossbeam_channel::{Sender, unbounded};
 
 use crate::acp::process::{self, AgentHandle, AgentSpec};
 use crate::backoff::Backoff;
@@ -19,6 +19,8 @@ pub struct Agent {
     requests_tx: Sender<AgentRequest>,
     handle: Option<AgentHandle>,
     backoff: Backoff,
+    /// It answered `initialize` at least once since tether started.
+    was_ready: bool,
 }
 
 impl Agent {
@@ -30,6 +32,7 @@ impl Agent {
             handle: None,
             crashes: CrashWindow::default(),
             backoff: Backoff::new(Duration::from_secs(3), Duration::from_secs(60)),
+            was_ready: false,
         };
         agent.restart(events)?;
         Ok(agent)
@@ -59,39 +62,27 @@ impl Agent {
     /// The agent answered `initialize`: the next crash starts the backoff from the bottom.
     pub fn ready(&mut self) {
         self.backoff.reset();
+        self.was_ready = true;
+    }
+
+    /// Whether it ever answered `initialize`: an agent that fails before that is misconfigured
+    /// (wrong command, not logged in to anything), not crashing, and restarting it cannot help.
+    pub fn was_ready(&self) -> bool {
+        self.was_ready
+    }
+
+    /// Why it could not start, for the one error that ends the service.
+    pub fn start_failure(&self, reason: &str) -> Error {
+        Error::Agent(format!(
+            "agent \"{}\" (`{} {}`) failed to start: it {reason}",
+            self.spec.name,
+            self.spec.command,
+            self.spec.args.join(" ")
+        ))
     }
 
     pub fn send(&self, request: AgentRequest) {
         let _ = self.requests_tx.send(request);
-    }
-
-    /// Wait for this agent's `initialize` answer (returned, for the core), or fail with why
-    /// it did not come.
-    pub fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<AgentEvent, Error> {
-        let limit = self.spec.startup_timeout + Duration::from_secs(5);
-        let deadline = Instant::now() + limit;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match events.recv_timeout(remaining) {
-                Ok((name, ready @ AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(ready),
-                Ok((name, AgentEvent::Exited { reason })) if name == self.spec.name => {
-                    return Err(Error::Agent(format!(
-                        "agent \"{}\" (`{} {}`) failed to start: it {reason}",
-                        name,
-                        self.spec.command,
-                        self.spec.args.join(" ")
-                    )));
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(Error::Agent(format!(
-                        "agent \"{}\" did not start within {} ms",
-                        self.spec.name,
-                        limit.as_millis()
-                    )));
-                }
-            }
-        }
     }
 }
 

@@ -66,7 +66,7 @@ const MAX_BROWSERS: usize = 256;
 /// Largest attachment, decoded.
 const MAX_UPLOAD: usize = 5 * 1024 * 1024;
 /// Largest WebSocket message: a base64 attachment plus its JSON.
-const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
 /// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
 /// reconnects and gets the history).
 const SOCKET_QUEUE: usize = 256;
@@ -341,7 +341,7 @@ impl ServerFrame<'_> {
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-enum ClientFrame {
+pub(crate) enum ClientFrame {
     Message {
         #[serde(default)]
         text: String,
@@ -353,12 +353,12 @@ enum ClientFrame {
 }
 
 #[derive(Debug, Deserialize)]
-struct ClientFile {
+pub(crate) struct ClientFile {
     #[serde(default)]
-    name: String,
+    pub name: String,
     #[serde(default)]
-    mime: String,
-    data: String,
+    pub mime: String,
+    pub data: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,14 +547,14 @@ fn broadcast(browser: &mut Browser, json: &str) {
 
 /// What the access rules decided about one request.
 #[derive(Debug, PartialEq)]
-enum Access {
+pub(crate) enum Access {
     Allowed,
     /// Answer with this instead (a 303 that stores the token, a 401 or a 403).
     Answer(Response),
 }
 
 /// Token and `Host` rules (see the module docs). `token` is the configured one.
-fn check_access(request: &Request, token: Option<&str>) -> Access {
+pub(crate) fn check_access(request: &Request, token: Option<&str>) -> Access {
     let Some(token) = token else {
         return match request.header("host") {
             Some(host) if !is_loopback_host(host) => Access::Answer(Response::text(
@@ -570,8 +570,10 @@ fn check_access(request: &Request, token: Option<&str>) -> Access {
         if !constant_time_eq(offered.as_bytes(), token.as_bytes()) {
             return Access::Answer(unauthorized());
         }
-        // Never redirect to `//host`: that would leave this server.
-        let location = if request.path.starts_with("//") { "/" } else { request.path.as_str() };
+        // Never redirect to `//host`, nor `/\host` (browsers read `\` as `/`): that would
+        // leave this server.
+        let leaves = request.path.starts_with("//") || request.path.starts_with("/\\");
+        let location = if leaves { "/" } else { request.path.as_str() };
         return Access::Answer(Response::redirect(location).header(
             "Set-Cookie",
             &format!("{TOKEN_COOKIE}={cookie_value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Strict"),
@@ -648,7 +650,7 @@ fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
 
 /// A browser always sends `Origin` on WebSocket handshakes; it must name this server.
 /// Non-browser clients send none.
-fn is_same_origin(request: &Request) -> bool {
+pub(crate) fn is_same_origin(request: &Request) -> bool {
     let Some(origin) = request.header("origin") else {
         return true;
     };
@@ -736,7 +738,7 @@ impl Drop for Registration<'_> {
     }
 }
 
-fn socket_config() -> WebSocketConfig {
+pub(crate) fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024)
@@ -944,7 +946,7 @@ fn write_new_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
 
 /// A safe file name: the last path component, ASCII letters, digits, `.`, `-`, `_` only, no
 /// leading dot, at most 100 characters (keeping a short extension), never empty.
-fn sanitize_file_name(name: &str) -> String {
+pub(crate) fn sanitize_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String =
         base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
@@ -952,9 +954,9 @@ fn sanitize_file_name(name: &str) -> String {
     let cleaned = if cleaned.len() > 100 {
         match cleaned.rsplit_once('.') {
             Some((stem, ext)) if ext.len() <= 10 => {
-                format!("{}.{ext}", &stem[..100 - ext.len() - 1])
+                format!("{}.{ext}", stem.chars().take(100 - ext.len() - 1).collect::<String>())
             }
-            _ => cleaned[..100].to_string(),
+            _ => cleaned.chars().take(100).collect(),
         }
     } else {
         cleaned.to_string()
@@ -963,7 +965,7 @@ fn sanitize_file_name(name: &str) -> String {
 }
 
 /// `type/subtype` in lowercase, or `application/octet-stream` when it is not one.
-fn sanitize_mime(mime: &str) -> String {
+pub(crate) fn sanitize_mime(mime: &str) -> String {
     let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let token = |s: &str| {
         !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
@@ -975,7 +977,7 @@ fn sanitize_mime(mime: &str) -> String {
 }
 
 /// Standard or URL-safe base64, padding optional, whitespace ignored; `None` when malformed.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let mut acc: u32 = 0;
     let mut bits = 0u32;
@@ -1333,6 +1335,12 @@ mod tests {
         let cookie = r.headers.iter().find(|(n, _)| n == "Set-Cookie").unwrap();
         assert!(cookie.1.starts_with(&format!("{TOKEN_COOKIE}={};", hex(b"s3cret"))), "{cookie:?}");
         assert!(cookie.1.contains("HttpOnly") && cookie.1.contains("SameSite=Strict"));
+        // Browsers read `/\host` as `//host` (found by the http_head fuzz target).
+        for (target, location) in [("/\\evil.example", "/"), ("/chat", "/chat"), ("/a\\b", "/a\\b")] {
+            let head = format!("GET {target}?token=s3cret HTTP/1.1");
+            let Access::Answer(r) = check_access(&request(&head), Some("s3cret")) else { panic!("{head}") };
+            assert!(r.headers.contains(&("Location".into(), location.into())), "{head}: {r:?}");
+        }
     }
 
     /// Drain a socket queue into decoded frames.

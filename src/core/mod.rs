@@ -6,13 +6,13 @@
 //! (`commands.rs`), then its session (`routing.rs` for the key, `session.rs` for dispatch), with
 //! its text assembled by `prompt.rs`.
 
-pub mod commands;
-pub mod gate;
-pub mod pairing;
-pub mod permissions;
-pub mod prompt;
-pub mod routing;
-pub mod session;
+pub(crate) mod commands;
+pub(crate) mod gate;
+pub(crate) mod pairing;
+pub(crate) mod permissions;
+pub(crate) mod prompt;
+pub(crate) mod routing;
+pub(crate) mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -177,10 +177,49 @@ impl Core {
         self.channels.get(channel).map(|c| self.access.summary(c))
     }
 
+    /// An agent is starting: what comes for it waits until it answers `initialize`.
+    pub fn agent_starting(&mut self, agent: &str) {
+        self.down.insert(agent.to_string(), ());
+    }
+
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(Session::deadline);
-        sessions.chain(self.permissions.next_deadline()).min()
+        let evictions = self.sessions.values().filter_map(|s| self.eviction_due(s));
+        sessions.chain(evictions).chain(self.permissions.next_deadline()).min()
+    }
+
+    /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
+    /// its agent can load it again later (else its context would be lost).
+    fn eviction_due(&self, session: &Session) -> Option<Instant> {
+        let can_load = self.load_session.get(&session.agent).copied().unwrap_or(false);
+        let after = self.channels.get(&session.chat.channel)?.evict_idle_after;
+        (can_load && session.is_idle()).then(|| session.last_active + after)
+    }
+
+    /// Move the sessions idle past their channel's `evictIdleAfter` to the dormant records
+    /// (`sessions.json` keeps them; the next message loads them with `session/load`).
+    fn evict_idle(&mut self, now: Instant) {
+        let due: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| self.eviction_due(s).is_some_and(|at| at <= now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some(session) = self.sessions.remove(&key) else { continue };
+            let Some(session_id) = session.id else { continue };
+            self.by_session_id.remove(&(session.agent.clone(), session_id.clone()));
+            log::debug!(target: session.chat.channel.as_str(), "{key}: idle; session {session_id} leaves memory until its next message");
+            let record = SessionRecord {
+                session_id,
+                agent: session.agent,
+                chat: session.chat,
+                cwd: session.cwd,
+                instructed: session.instructed,
+            };
+            self.dormant.insert(key, record);
+        }
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
@@ -342,32 +381,33 @@ impl Core {
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
         let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone());
-            let earlier = dormant.remove(&key).filter(|_| can_load);
+            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone(), now);
+            let earlier = dormant.remove(&key);
             let model = channel.model.clone();
-            let request = match earlier {
+            match earlier {
                 // The conversation goes on where the last run left it.
-                Some(record) => {
+                Some(record) if agent_up && can_load => {
                     session.instructed = record.instructed;
                     session.loading = true;
-                    session.lost_id = Some(record.session_id.clone());
-                    AgentRequest::LoadSession {
+                    let request = AgentRequest::LoadSession {
                         key: key.clone(),
                         session_id: record.session_id,
                         cwd: record.cwd,
                         model,
-                    }
+                    };
+                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
-                None => AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model },
-            };
-            // While the agent is down the session waits; it is opened once the agent is back.
-            if agent_up {
-                if let AgentRequest::LoadSession { .. } = request {
-                    session.lost_id = None;
+                _ if agent_up => {
+                    let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
+                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
-                actions.push(Action::Agent { agent: channel.agent.clone(), request });
-            } else {
-                session.loading = false;
+                // The agent is down or still starting: the session waits, and is loaded (if
+                // the agent can) or opened once the agent is ready.
+                Some(record) => {
+                    session.instructed = record.instructed;
+                    session.lost_id = Some(record.session_id);
+                }
+                None => {}
             }
             session
         });
@@ -536,6 +576,7 @@ impl Core {
                 let Some(key) = self.by_session_id.get(&(agent, session_id.clone())).cloned() else { return };
                 let Some(session) = self.sessions.get_mut(&key) else { return };
                 let Some(turn) = session.turn.take() else { return };
+                session.last_active = now;
                 for pending in self.permissions.cancel_session(&key) {
                     actions.push(settled(&pending, "the request ended before an answer"));
                 }
@@ -646,6 +687,7 @@ impl Core {
     }
 
     fn on_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.evict_idle(now);
         for pending in self.permissions.expire(now) {
             log::info!(target: pending.chat.channel.as_str(), "permission request {} timed out; refused", pending.id);
             let request = AgentRequest::AnswerPermission { request: pending.request, outcome: pending.refusal() };

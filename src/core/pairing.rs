@@ -304,10 +304,6 @@ impl Access {
         self.wall_ms = epoch_ms;
     }
 
-    pub fn wall_clock(&self) -> u64 {
-        self.wall_ms
-    }
-
     pub fn book(&self, channel: &str) -> Option<&PairingBook> {
         self.books.get(channel)
     }

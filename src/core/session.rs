@@ -151,6 +151,8 @@ pub struct Session {
     /// Several people share it (scope `single`, or `thread` in a group): only `allowedUsers`
     /// may answer its permission requests, when that list is not empty.
     pub shared: bool,
+    /// When a message last came or a turn last ended (for evicting idle sessions).
+    pub last_active: Instant,
 }
 
 /// What a channel decides about the turns of its sessions.
@@ -171,7 +173,7 @@ pub struct TurnSettings<'a> {
 pub struct Full;
 
 impl Session {
-    pub fn new(agent: String, chat: ChatRef, cwd: PathBuf) -> Session {
+    pub fn new(agent: String, chat: ChatRef, cwd: PathBuf, now: Instant) -> Session {
         Session {
             agent,
             chat,
@@ -185,7 +187,14 @@ impl Session {
             loading: false,
             retry: None,
             shared: false,
+            last_active: now,
         }
+    }
+
+    /// Open at the agent with nothing in flight, waiting or owed: it may leave memory (it
+    /// stays in `sessions.json` and is loaded again when its conversation goes on).
+    pub fn is_idle(&self) -> bool {
+        self.id.is_some() && self.turn.is_none() && self.waiting.is_empty() && self.retry.is_none() && !self.loading
     }
 
     /// Take a message in (`how` is overwritten from `mode`); a steer sends `session/cancel`.
@@ -199,6 +208,7 @@ impl Session {
         if self.waiting.len() >= MAX_WAITING {
             return Err(Full);
         }
+        self.last_active = now;
         message.how = match (mode, &mut self.turn) {
             (DispatchMode::Followup, _) | (DispatchMode::Steer, None) => Waits::Alone,
             (DispatchMode::Collect, turn) if turn.is_none() && self.waiting.is_empty() => Waits::Alone,

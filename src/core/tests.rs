@@ -1301,3 +1301,49 @@ fn sessions_of_an_earlier_run_are_loaded_when_their_conversation_continues() {
         ],
     );
 }
+
+#[test]
+fn an_idle_session_leaves_memory_and_is_loaded_again_with_its_next_message() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.evict_idle_after = Duration::from_secs(600);
+    let mut core = core_with(vec![ch]);
+    core.handle(ready(true), t0);
+    core.handle(dm("111", "hi"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let t1 = t0 + Duration::from_secs(5);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t1);
+    assert_eq!(core.next_deadline(), Some(t1 + Duration::from_secs(600)));
+    core.handle(Event::Tick, t1 + Duration::from_secs(599));
+    assert_eq!(core.session_count("tg"), 1, "not yet");
+    core.handle(Event::Tick, t1 + Duration::from_secs(600));
+    assert_eq!(core.session_count("tg"), 0, "evicted");
+    assert!(core.sessions_snapshot().contains_key("tg:111:111"), "still kept for sessions.json");
+    // The next message loads it back, instructions not sent twice.
+    let got = core.handle(dm("111", "again"), t1 + Duration::from_secs(700));
+    assert_eq!(
+        got[0],
+        Action::Agent {
+            agent: DEFAULT_AGENT.into(),
+            request: AgentRequest::LoadSession {
+                key: "tg:111:111".into(),
+                session_id: "s1".into(),
+                cwd: PathBuf::from("/work"),
+                model: None
+            },
+        }
+    );
+}
+
+#[test]
+fn sessions_of_an_agent_that_cannot_load_stay_in_memory() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    core.handle(ready(false), t0);
+    core.handle(dm("111", "hi"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert_eq!(core.next_deadline(), None);
+    core.handle(Event::Tick, t0 + Duration::from_secs(86_400));
+    assert_eq!(core.session_count("tg"), 1);
+}

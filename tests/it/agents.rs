@@ -245,3 +245,19 @@ fn conversations_survive_a_restart_of_tether() {
         std::fs::read_to_string(home.path().join("sessions.json")).is_ok_and(|t| t.trim() == "{}")
     }));
 }
+
+#[test]
+fn channels_poll_while_a_slow_agent_starts_and_what_arrives_meanwhile_is_answered() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("slowstart");
+    let bin = crate::support::tether_bin();
+    let agent = json!({"command": "sh", "args": ["-c", format!("sleep 3; exec '{bin}' demo-agent")], "startupTimeoutMs": 20000});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    // Polling long before the agent answers `initialize` (it sleeps 3 s first).
+    assert!(wait_until(Duration::from_millis(2500), || fake.polls() > 0), "{}", service.log());
+    fake.send_dm(111, "early bird");
+    assert!(wait_until(Duration::from_millis(2000), || fake.unconfirmed() == 0), "taken (journaled) at once");
+    let reply = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert_eq!(reply, "echo: early bird", "{}", service.log());
+}
