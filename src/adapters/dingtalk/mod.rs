@@ -466,11 +466,12 @@ fn unique(_message: &InboundMessage) -> String {
 
 /// A file name from a message, safe to put in a path: its last component, without control
 /// characters or leading dots, at most 80 characters.
-fn safe_file_name(name: &str) -> String {
+pub(crate) fn safe_file_name(name: &str) -> String {
     let last = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let clean: String =
         last.chars().filter(|c| !c.is_control() && *c != '/' && *c != '\\').take(80).collect::<String>();
-    clean.trim_start_matches('.').trim().to_string()
+    // Dots and spaces in any order: " .x" must not become ".x" once trimmed.
+    clean.trim_start_matches(|c: char| c == '.' || c.is_whitespace()).trim_end().to_string()
 }
 
 fn kind_word(kind: AttachmentKind) -> &'static str {
@@ -518,6 +519,8 @@ mod tests {
             (".hidden", "hidden"),
             ("a\u{0}b\nc.txt", "abc.txt"),
             ("..", ""),
+            (" .+2", "+2"),
+            (". . .x ", "x"),
         ];
         for (name, want) in cases {
             assert_eq!(safe_file_name(name), want, "{name:?}");

@@ -563,7 +563,6 @@ impl Dedup {
     }
 
     /// How many ids are remembered now.
-    #[cfg(test)]
     pub fn remembered(&self) -> usize {
         self.seen.len()
     }
