@@ -292,3 +292,17 @@ fn dingtalk_two_channels_of_one_app_are_warned_about() {
     });
     assert!(warned, "{:?}", read_status(home.path()));
 }
+
+#[test]
+fn dingtalk_a_refused_ticket_is_replaced_by_a_fresh_one() {
+    let fake = FakeDingTalk::start();
+    fake.expire_next_tickets(2);
+    let home = TempDir::new("dt-ticket");
+    let service = start(&fake, &home, &[]);
+    // Two upgrades refused (401): each time a new connections/open, never the same ticket.
+    assert_eq!(fake.refused_tickets(), 2, "{}", service.log());
+    assert_eq!(fake.opens(), 3);
+    assert!(service.log().contains("WebSocket upgrade refused with HTTP 401"), "{}", service.log());
+    fake.dm("alice", "connected at last");
+    wait_for(&fake, &service, "cid-alice", |s| s.text == "echo: connected at last");
+}

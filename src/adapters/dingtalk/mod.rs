@@ -405,7 +405,7 @@ impl Inbox {
         for Pending { mut message, media, robot_code } in self.pending.iter() {
             let mut saved = 0;
             for reference in &media {
-                match self.fetch(reference, robot_code.as_deref(), &message) {
+                match self.fetch(reference, robot_code.as_deref()) {
                     Ok(attachment) => {
                         message.attachments.push(attachment);
                         saved += 1;
@@ -425,12 +425,7 @@ impl Inbox {
         }
     }
 
-    fn fetch(
-        &self,
-        media: &MediaRef,
-        robot_code: Option<&str>,
-        message: &InboundMessage,
-    ) -> Result<Attachment, String> {
+    fn fetch(&self, media: &MediaRef, robot_code: Option<&str>) -> Result<Attachment, String> {
         let fetched = self.app.download(&media.download_code, robot_code)?;
         let mime = fetched
             .content_type
@@ -446,7 +441,7 @@ impl Inbox {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("{}{}", kind_word(media.kind), extension(&mime)));
         crate::store::ensure_private_dir(&self.media_dir).map_err(|e| e.to_string())?;
-        let path = self.media_dir.join(format!("{}-{}-{file_name}", self.name, unique(message)));
+        let path = self.media_dir.join(format!("{}-{}-{file_name}", self.name, unique()));
         crate::store::write_atomic(&path, &fetched.body).map_err(|e| e.to_string())?;
         log::debug!(target: self.name.as_str(), "saved {} bytes to {}", fetched.body.len(), path.display());
         Ok(Attachment { kind: media.kind, path, file_name, mime_type: mime })
@@ -459,7 +454,7 @@ fn is_placeholder(text: &str) -> bool {
 }
 
 /// A prefix no two saved files share: the time and a counter.
-fn unique(_message: &InboundMessage) -> String {
+fn unique() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", wall_ms(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }

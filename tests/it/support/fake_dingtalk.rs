@@ -51,6 +51,10 @@ struct State {
     tickets: HashMap<String, Instant>,
     /// Tickets presented twice or unknown.
     refused_tickets: u64,
+    /// Tickets to burn as if they had expired before use (the upgrade gets 401).
+    expire_next_tickets: u64,
+    /// `connections/open` calls that got a ticket.
+    opens: u64,
     /// Sessions: id → (conversation id, expired).
     sessions: HashMap<String, (String, bool)>,
     /// Valid tokens with their expiry.
@@ -145,6 +149,16 @@ impl FakeDingTalk {
 
     pub fn refused_tickets(&self) -> u64 {
         self.state.lock().unwrap().refused_tickets
+    }
+
+    /// The next `n` tickets are refused at the upgrade, as if they had expired.
+    pub fn expire_next_tickets(&self, n: u64) {
+        self.state.lock().unwrap().expire_next_tickets = n;
+    }
+
+    /// `connections/open` calls that were given a ticket.
+    pub fn opens(&self) -> u64 {
+        self.state.lock().unwrap().opens
     }
 
     fn command(&self, command: Command) {
@@ -353,6 +367,7 @@ fn handle(
             static TICKETS: AtomicU64 = AtomicU64::new(1);
             let ticket = format!("ticket-{}-{}", TICKETS.fetch_add(1, Ordering::SeqCst), unix_ms());
             s.tickets.insert(ticket.clone(), Instant::now());
+            s.opens += 1;
             json_reply(json!({"endpoint": format!("ws://{ws_addr}/connect"), "ticket": ticket}))
         }
         "/gettoken" => {
@@ -455,8 +470,10 @@ fn gateway(stream: TcpStream, state: &Mutex<State>, current: &Mutex<Option<Sende
     let check = |req: &WsRequest, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
         let ticket = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ticket=")));
         let mut s = state.lock().unwrap();
+        let burn = s.expire_next_tickets > 0;
+        s.expire_next_tickets = s.expire_next_tickets.saturating_sub(1);
         match ticket.and_then(|t| s.tickets.remove(t)) {
-            Some(issued) if issued.elapsed() < TICKET_LIFE => Ok(resp),
+            Some(issued) if issued.elapsed() < TICKET_LIFE && !burn => Ok(resp),
             _ => {
                 s.refused_tickets += 1;
                 let mut refusal = ErrorResponse::new(Some("bad ticket".into()));
