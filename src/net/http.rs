@@ -39,14 +39,22 @@ impl HttpClient {
     /// POST a JSON body; wait at most `timeout` for the whole exchange. Returns the status
     /// and the body text (capped at 16 MiB).
     pub fn post_json(&self, url: &str, body: &Value, timeout: Duration) -> Result<(u16, String), TransportError> {
-        let response = self
-            .agent
-            .post(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .send_json(body)
-            .map_err(|e| TransportError(describe(&e)))?;
+        self.post_json_with(url, &[], body, timeout)
+    }
+
+    /// [`HttpClient::post_json`] with extra request headers (an API's token header, `Accept`).
+    pub fn post_json_with(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, String), TransportError> {
+        let mut request = self.agent.post(url).config().timeout_global(Some(timeout)).build();
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send_json(body).map_err(|e| TransportError(describe(&e)))?;
         let status = response.status().as_u16();
         let text = response
             .into_body()
@@ -192,6 +200,35 @@ impl HttpClient {
             .collect();
         let body = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
         Ok(RawReply { status, headers, body })
+    }
+}
+
+/// What a GET brought back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub status: u16,
+    /// The `Content-Type` header, when there was one.
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpClient {
+    /// GET `url`; wait at most `timeout` for the whole exchange; a body over `limit` bytes is
+    /// an error (a download must not fill the disk or the memory).
+    pub fn get(&self, url: &str, timeout: Duration, limit: u64) -> Result<Fetched, TransportError> {
+        let response = self
+            .agent
+            .get(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .call()
+            .map_err(|e| TransportError(describe(&e)))?;
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body =
+            response.into_body().with_config().limit(limit).read_to_vec().map_err(|e| TransportError(describe(&e)))?;
+        Ok(Fetched { status, content_type, body })
     }
 }
 
