@@ -132,15 +132,6 @@ impl HttpClient {
         let body = response.into_body().with_config().limit(16 * 1024 * 1024).read_to_string().map_err(fail)?;
         Ok(HttpReply { status, headers, body })
     }
-
-    /// GET raw bytes (files), refusing more than `limit` bytes.
-    pub fn get_bytes(&self, url: &str, limit: u64, timeout: Duration) -> Result<(u16, Vec<u8>), TransportError> {
-        let fail = |e: ureq::Error| TransportError(describe(&e));
-        let response = self.agent.get(url).config().timeout_global(Some(timeout)).build().call().map_err(fail)?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
-        Ok((status, bytes))
-    }
 }
 
 /// A whole HTTP reply with a binary body: status, headers (names lowercased) and bytes.
@@ -165,7 +156,8 @@ impl RawReply {
 impl HttpClient {
     /// One request with our own headers and a raw body (sent by POST and PATCH only); waits
     /// at most `timeout` for the whole exchange and reads at most `limit` bytes of the reply
-    /// (more is an error). For binary uploads and downloads (WeChat's CDN).
+    /// (more is an error: a download must not fill the memory or the disk). For binary uploads
+    /// and downloads (CDNs, attachments).
     pub fn exchange(
         &self,
         method: Method,
@@ -200,35 +192,6 @@ impl HttpClient {
             .collect();
         let body = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
         Ok(RawReply { status, headers, body })
-    }
-}
-
-/// What a GET brought back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
-    pub status: u16,
-    /// The `Content-Type` header, when there was one.
-    pub content_type: Option<String>,
-    pub body: Vec<u8>,
-}
-
-impl HttpClient {
-    /// GET `url`; wait at most `timeout` for the whole exchange; a body over `limit` bytes is
-    /// an error (a download must not fill the disk or the memory).
-    pub fn get(&self, url: &str, timeout: Duration, limit: u64) -> Result<Fetched, TransportError> {
-        let response = self
-            .agent
-            .get(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .call()
-            .map_err(|e| TransportError(describe(&e)))?;
-        let status = response.status().as_u16();
-        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body =
-            response.into_body().with_config().limit(limit).read_to_vec().map_err(|e| TransportError(describe(&e)))?;
-        Ok(Fetched { status, content_type, body })
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::wire::{self, ApiError, Ticket, Token};
 use crate::adapters::outbox::Failure;
 use crate::health::wall_ms;
-use crate::net::http::{Fetched, HttpClient};
+use crate::net::http::{HttpClient, Method, RawReply};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A download of one file: its size is bounded too ([`MAX_DOWNLOAD_BYTES`]).
@@ -61,8 +61,10 @@ impl App {
             return Ok(token.value.clone());
         }
         let url = wire::token_url(&self.oapi_base, &self.client_id, &self.client_secret);
-        let fetched =
-            self.http.get(&url, CALL_TIMEOUT, 64 * 1024).map_err(|e| Failure::Transient(format!("gettoken: {e}")))?;
+        let fetched = self
+            .http
+            .exchange(Method::Get, &url, &[], &[], CALL_TIMEOUT, 64 * 1024)
+            .map_err(|e| Failure::Transient(format!("gettoken: {e}")))?;
         let text = String::from_utf8_lossy(&fetched.body);
         match wire::parse_token(fetched.status, &text, now) {
             Ok(token) => {
@@ -109,13 +111,16 @@ impl App {
     }
 
     /// A message's file: exchange its download code for a temporary URL, then fetch it.
-    pub fn download(&self, download_code: &str, robot_code: Option<&str>) -> Result<Fetched, String> {
+    pub fn download(&self, download_code: &str, robot_code: Option<&str>) -> Result<RawReply, String> {
         let robot = robot_code.unwrap_or(&self.client_id);
         let answer = self
             .call("/v1.0/robot/messageFiles/download", &wire::download_request(download_code, robot))
             .map_err(|f| format!("messageFiles/download: {f}"))?;
         let url = wire::download_url(&answer).ok_or_else(|| "no downloadUrl in the answer".to_string())?;
-        let fetched = self.http.get(&url, DOWNLOAD_TIMEOUT, MAX_DOWNLOAD_BYTES).map_err(|e| e.to_string())?;
+        let fetched = self
+            .http
+            .exchange(Method::Get, &url, &[], &[], DOWNLOAD_TIMEOUT, MAX_DOWNLOAD_BYTES)
+            .map_err(|e| e.to_string())?;
         if fetched.status != 200 {
             return Err(format!("the download URL answered HTTP {}", fetched.status));
         }

@@ -428,8 +428,7 @@ impl Inbox {
     fn fetch(&self, media: &MediaRef, robot_code: Option<&str>) -> Result<Attachment, String> {
         let fetched = self.app.download(&media.download_code, robot_code)?;
         let mime = fetched
-            .content_type
-            .as_deref()
+            .header("content-type")
             .and_then(|c| c.split(';').next())
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty())
