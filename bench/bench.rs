@@ -7,7 +7,8 @@
 //!
 //! Knobs (environment): BENCH_SEQUENTIAL (messages in one Telegram chat, default 20),
 //! BENCH_USERS (concurrent Telegram users, 50), BENCH_ROUNDS (messages per such user, 4),
-//! BENCH_WEB_MESSAGES (web chat messages for the memory run, 10000), BENCH_IDLE_SECS (10).
+//! BENCH_WEB_MESSAGES (web chat messages for the memory run, 10000), BENCH_IDLE_SECS (10),
+//! BENCH_HUGE (0: skip the 2 MB answer; for profiling).
 
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)]
@@ -56,7 +57,7 @@ fn main() {
         }
     }));
     let exec = Instant::now();
-    let service = Service::start_quiet(&home);
+    let mut service = Service::start_quiet(&home);
     let pid = service.pid();
     assert!(
         support::wait_until(Duration::from_secs(20), || fake.first_poll_at().is_some()),
@@ -66,7 +67,8 @@ fn main() {
     let first_poll = fake.first_poll_at().map(|at| at.duration_since(exec)).unwrap_or_default();
     println!("exec → first getUpdates: {:.1} ms", ms(first_poll));
     assert!(
-        service.wait_for_log("connected as @", Duration::from_secs(20)) && service.wait_for_log("listening on http://", Duration::from_secs(20)),
+        service.wait_for_log("connected as @", Duration::from_secs(20))
+            && service.wait_for_log("listening on http://", Duration::from_secs(20)),
         "service did not connect:\n{}",
         service.log()
     );
@@ -103,7 +105,10 @@ fn main() {
     }
     let cpu = process_cpu(pid) - cpu;
     print_latency(&format!("Telegram, one chat, {sequential} sequential messages"), &mut times);
-    println!("  CPU per 1,000 messages: {:.0} ms (includes the idle time between replies)", cpu * 1e6 / sequential as f64);
+    println!(
+        "  CPU per 1,000 messages: {:.0} ms (includes the idle time between replies)",
+        cpu * 1e6 / sequential as f64
+    );
 
     // Many Telegram users at once, each writing again as soon as its answer arrives.
     let (times, elapsed, cpu) = telegram_concurrent(&fake, pid, users, rounds);
@@ -122,15 +127,24 @@ fn main() {
     print_memory(&format!("memory after {web_messages} messages (2 s later)"), pid);
 
     // One 2 MB answer.
+    if knob("BENCH_HUGE", 1) != 0 {
+        huge_answer(&mut warm, pid);
+    }
+    drop(warm);
+    // A graceful stop (SIGTERM), so that a profiler around tether writes its data.
+    service.signal("TERM");
+    service.wait_exit(Duration::from_secs(60));
+    println!("bench took {:.0} s", bench_start.elapsed().as_secs_f64());
+}
+
+/// One 2 MB answer through the web chat, and the memory after it.
+fn huge_answer(warm: &mut WebClient, pid: u32) {
     let start = Instant::now();
     let answer = warm.round_trip("huge");
     println!("2 MB answer: {} characters through the web chat in {:.0} ms", answer.len(), ms(start.elapsed()));
     print_memory("memory right after the 2 MB answer", pid);
     std::thread::sleep(Duration::from_secs(3));
     print_memory("memory 3 s after the 2 MB answer", pid);
-    drop(warm);
-    drop(service);
-    println!("bench took {:.0} s", bench_start.elapsed().as_secs_f64());
 }
 
 /// Telegram, `users` chats, each sending its next message when its answer arrives. Returns
@@ -202,7 +216,8 @@ fn web_run(port: u16, pid: u32, total: usize) {
     }
     let elapsed = start.elapsed();
     let cpu = process_cpu(pid) - cpu;
-    let mut times: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().expect("a web chat client failed")).collect();
+    let mut times: Vec<Duration> =
+        workers.into_iter().flat_map(|w| w.join().expect("a web chat client failed")).collect();
     let count = times.len();
     print_latency(&format!("web chat, {WEB_SOCKETS} browsers at once, {count} messages"), &mut times);
     println!(
@@ -252,6 +267,10 @@ fn web_port(log: &str) -> u16 {
 }
 
 fn print_latency(what: &str, times: &mut [Duration]) {
+    if times.is_empty() {
+        println!("{what}: none");
+        return;
+    }
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
     println!(
@@ -264,7 +283,42 @@ fn print_latency(what: &str, times: &mut [Duration]) {
 
 fn print_memory(what: &str, pid: u32) {
     let (rss, hwm) = memory(pid);
-    println!("{what}: VmRSS {rss} kB ({:.2} MiB), VmHWM {hwm} kB ({:.2} MiB)", rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    println!(
+        "{what}: VmRSS {rss} kB ({:.2} MiB), VmHWM {hwm} kB ({:.2} MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    if knob("BENCH_SMAPS", 0) != 0 {
+        println!("  by mapping: {}", rss_by_mapping(pid));
+    }
+}
+
+/// Resident kB per kind of mapping (the binary, each library, heap, anonymous), largest
+/// first: where the memory is, for BENCH_SMAPS=1.
+fn rss_by_mapping(pid: u32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by_name: HashMap<String, u64> = HashMap::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            *by_name.entry(name.clone()).or_default() +=
+                rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+        } else if line.split_whitespace().next().is_some_and(|range| range.contains('-') && !range.ends_with(':')) {
+            let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
+            name = path.rsplit('/').next().unwrap_or(path).to_string();
+            if name == "[anon]" && knob("BENCH_SMAPS", 0) > 1 {
+                // Anonymous mappings by size: thread stacks, malloc arenas, big buffers.
+                let range = line.split_whitespace().next().unwrap_or("0-0");
+                let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+                let size =
+                    u64::from_str_radix(b, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(a, 16).unwrap_or(0));
+                name = format!("[anon {} kB]", size / 1024);
+            }
+        }
+    }
+    let mut list: Vec<_> = by_name.into_iter().filter(|(_, kb)| *kb > 0).collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1));
+    list.iter().map(|(name, kb)| format!("{name} {kb} kB")).collect::<Vec<_>>().join(", ")
 }
 
 fn ms(d: Duration) -> f64 {
@@ -290,7 +344,8 @@ fn memory(pid: u32) -> (u64, u64) {
 fn process_cpu(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     (ticks(11) + ticks(12)) as f64 / 100.0

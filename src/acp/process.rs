@@ -228,6 +228,9 @@ fn write_lines(mut stdin: std::process::ChildStdin, lines: Receiver<String>) {
     // Dropping stdin here closes it: the agent sees EOF and exits.
 }
 
+/// Capacity of the line buffer kept between lines; a longer line's buffer is freed after it.
+const LINE_BUFFER_KEPT: usize = 64 * 1024;
+
 /// Read newline-terminated lines of any length; stop at EOF, on a read error, or when the
 /// consumer says so.
 fn read_lines(pipe: impl std::io::Read, mut each: impl FnMut(String) -> bool) {
@@ -241,6 +244,11 @@ fn read_lines(pipe: impl std::io::Read, mut each: impl FnMut(String) -> bool) {
                 let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
                 if !each(line) {
                     return;
+                }
+                // One long line (a 2 MB answer in one chunk) must not keep its size
+                // allocated for as long as the agent runs.
+                if buf.capacity() > LINE_BUFFER_KEPT {
+                    buf = Vec::new();
                 }
             }
         }

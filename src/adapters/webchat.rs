@@ -60,6 +60,14 @@ const SID_COOKIE: &str = "tether_sid";
 const TOKEN_COOKIE: &str = "tether_token";
 /// Messages kept per browser for replay on reconnect.
 const HISTORY_LIMIT: usize = 100;
+/// Text kept per browser for replay, in bytes: older messages go first. Without it a few
+/// long answers would stay in memory for as long as the browser is remembered.
+const HISTORY_BYTES: usize = 128 * 1024;
+/// A longer message is kept cut to this many bytes in the history (it was shown whole).
+const HISTORY_ENTRY_BYTES: usize = 32 * 1024;
+/// Frames at least this long are written straight to the socket rather than through
+/// tungstenite's write buffer, which would keep their size allocated while the socket lives.
+const DIRECT_FRAME: usize = 64 * 1024;
 /// Browsers remembered at once; the least recently active one without an open tab goes first.
 const MAX_BROWSERS: usize = 256;
 /// Largest attachment, decoded.
@@ -506,11 +514,32 @@ impl Hub {
     }
 }
 
-fn push_history(browser: &mut Browser, entry: Entry) {
-    browser.history.push_back(entry);
-    while browser.history.len() > HISTORY_LIMIT {
-        browser.history.pop_front();
+fn push_history(browser: &mut Browser, mut entry: Entry) {
+    if entry.text.len() > HISTORY_ENTRY_BYTES {
+        entry.text = history_cut(&entry.text);
     }
+    browser.history.push_back(entry);
+    let mut bytes: usize = browser.history.iter().map(|e| e.text.len()).sum();
+    while browser.history.len() > HISTORY_LIMIT || (bytes > HISTORY_BYTES && browser.history.len() > 1) {
+        if let Some(old) = browser.history.pop_front() {
+            bytes -= old.text.len();
+        }
+    }
+}
+
+/// A long message as the history keeps it: its start, cut at a character boundary, and a
+/// note saying how long it was.
+fn history_cut(text: &str) -> String {
+    let mut end = HISTORY_ENTRY_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut kept = text[..end].to_string();
+    kept.push_str(&format!(
+        "\n\n… (cut here in the replayed history: the whole message had {} characters)",
+        text.chars().count()
+    ));
+    kept
 }
 
 /// Queue a frame for every socket of the browser; a socket whose queue is full or gone is
@@ -725,6 +754,31 @@ fn socket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_WS_MESSAGE))
 }
 
+/// Write one text frame past tungstenite's write buffer (see [`DIRECT_FRAME`]): flush what it
+/// holds first, so frames stay in order, then the frame header (a server's frames are not
+/// masked) and the payload.
+fn write_direct(ws: &mut WebSocket<TcpStream>, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    ws.flush().map_err(io::Error::other)?;
+    let len = text.len();
+    let mut header = vec![0x81u8]; // FIN, text
+    match len {
+        0..=125 => header.push(len as u8),
+        126..=0xFFFF => {
+            header.push(126);
+            header.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            header.push(127);
+            header.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    let stream = ws.get_mut();
+    stream.write_all(&header)?;
+    stream.write_all(text.as_bytes())?;
+    stream.flush()
+}
+
 /// Serve one WebSocket until it closes, goes quiet, falls behind, or the chat stops.
 fn run_socket(shared: &Shared, sid: &str, stream: TcpStream, rest: Vec<u8>) {
     if stream.set_read_timeout(Some(SOCKET_POLL)).is_err() || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
@@ -743,6 +797,11 @@ fn run_socket(shared: &Shared, sid: &str, stream: TcpStream, rest: Vec<u8>) {
         }
         loop {
             match queue.try_recv() {
+                Ok(json) if json.len() >= DIRECT_FRAME => {
+                    if write_direct(&mut ws, &json).is_err() {
+                        return;
+                    }
+                }
                 Ok(json) => {
                     if ws.write(Message::text(json)).is_err() {
                         return;
@@ -1359,6 +1418,29 @@ mod tests {
     }
 
     #[test]
+    fn history_is_bounded_in_bytes_and_keeps_long_answers_cut() {
+        let a = "a".repeat(32);
+        let mut hub = Hub::new("boot".into());
+        // A 2 MB answer (multi-byte characters, so the cut must find a boundary) is shown
+        // whole but kept cut, with a note.
+        let long = "é".repeat(1_000_000);
+        hub.deliver(&Outbound::Text { chat: chat_ref(&a), text: long.clone(), answers: Vec::new() }, 0);
+        let kept = &hub.browsers[&a].history.back().unwrap().text;
+        assert!(kept.len() < HISTORY_ENTRY_BYTES + 200, "kept {} bytes", kept.len());
+        assert!(kept.starts_with(&"é".repeat(100)));
+        assert!(kept.ends_with("the whole message had 1000000 characters)"), "{}", &kept[kept.len() - 100..]);
+        // Many medium messages: the oldest go once the bytes pass the budget.
+        for i in 0..20 {
+            hub.record_from_person(&a, &format!("{i:02}{}", "x".repeat(20 * 1024)), None, i);
+        }
+        let history = &hub.browsers[&a].history;
+        let bytes: usize = history.iter().map(|e| e.text.len()).sum();
+        assert!(bytes <= HISTORY_BYTES, "{bytes} bytes kept");
+        assert!(history.back().unwrap().text.starts_with("19"));
+        assert!(history.len() < 20);
+    }
+
+    #[test]
     fn hub_bounds_history_queues_and_browsers() {
         let a = "a".repeat(32);
         let mut hub = Hub::new("boot".into());
@@ -1447,6 +1529,24 @@ mod tests {
         let error = next_frame(&mut ws);
         assert_eq!(error["type"], "error");
         chat.assert_no_message();
+    }
+
+    #[test]
+    fn long_frames_written_past_the_buffer_arrive_whole_and_in_order() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={sid}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        let long = "ü".repeat(300_000); // 600 kB: a frame with a 64-bit length
+        let medium = "m".repeat(70_000); // a 16-bit length, still direct
+        chat.send(Outbound::Typing { chat: chat_ref(&sid) });
+        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: medium.clone() });
+        chat.send(Outbound::Text { chat: chat_ref(&sid), text: long.clone(), answers: vec![] });
+        chat.send(Outbound::Typing { chat: chat_ref(&sid) });
+        assert_eq!(next_frame(&mut ws)["type"], "typing");
+        assert_eq!(next_frame(&mut ws)["text"], medium.as_str());
+        assert_eq!(next_frame(&mut ws)["text"], long.as_str());
+        assert_eq!(next_frame(&mut ws)["type"], "typing");
     }
 
     #[test]
