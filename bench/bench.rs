@@ -317,7 +317,7 @@ fn rss_by_mapping(pid: u32) -> String {
         }
     }
     let mut list: Vec<_> = by_name.into_iter().filter(|(_, kb)| *kb > 0).collect();
-    list.sort_by(|a, b| b.1.cmp(&a.1));
+    list.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     list.iter().map(|(name, kb)| format!("{name} {kb} kB")).collect::<Vec<_>>().join(", ")
 }
 
