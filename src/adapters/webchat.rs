@@ -30,8 +30,9 @@
 //! ```
 //!
 //! Threads: the HTTP server's accept thread, one thread per connection (a WebSocket keeps its
-//! connection thread: it polls its socket with a short read timeout and drains its own queue),
-//! and one dispatcher that moves [`Outbound`] from the outbox into those queues.
+//! connection thread, which waits on its own queue and on the bytes its reader thread takes
+//! from the socket, whichever comes first: no polling), and one dispatcher that moves
+//! [`Outbound`] from the outbox into those queues.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
