@@ -141,8 +141,10 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         .map_or(health::DEFAULT_UNHEALTHY_AFTER, Duration::from_millis);
     log::info!(target: "tether", "starting {} channel(s): {}", names.len(), names.join(", "));
 
-    let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(1024);
-    let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
+    // Bounded, so a flood waits at its source; small, because a bounded channel allocates every
+    // slot up front (1024 slots of these cost 0.43 MiB of idle memory).
+    let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(256);
+    let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let access = access_watcher(&options.home, &config);
     let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
     let mut daemon = Daemon {
