@@ -16,6 +16,8 @@ pub(crate) mod acp;
 pub mod adapters;
 pub(crate) mod admin_source;
 pub(crate) mod admin_token;
+pub mod audit;
+pub(crate) mod audit_writer;
 pub(crate) mod backoff;
 pub mod cli;
 pub mod config;

@@ -36,7 +36,7 @@ pub fn utc_now() -> String {
     format_utc(since.as_secs(), since.subsec_millis())
 }
 
-fn format_utc(secs: u64, millis: u32) -> String {
+pub(crate) fn format_utc(secs: u64, millis: u32) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
