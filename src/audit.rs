@@ -94,7 +94,12 @@ pub enum AuditEvent {
         text: String,
     },
     /// An unknown sender was given a pairing code.
-    PairingRequested { channel: String, sender: String, sender_name: String, chat: String },
+    PairingRequested {
+        channel: String,
+        sender: String,
+        sender_name: String,
+        chat: String,
+    },
     PairingDecided {
         channel: String,
         decision: PairingDecision,
@@ -122,13 +127,36 @@ pub enum AuditEvent {
         by: String,
         option: String,
     },
-    PermissionTimedOut { channel: String, chat: String, session: String, request: String, tool: String },
+    PermissionTimedOut {
+        channel: String,
+        chat: String,
+        session: String,
+        request: String,
+        tool: String,
+    },
     /// Every part of a reply was delivered.
-    AnswerDelivered { channel: String, chat: String, bytes: usize, parts: usize, duration_ms: u64 },
-    AgentStarted { agent: String },
-    AgentCrashed { agent: String, reason: String },
-    AgentRestarted { agent: String },
-    ConfigReloaded { added: Vec<String>, removed: Vec<String>, restarted: Vec<String> },
+    AnswerDelivered {
+        channel: String,
+        chat: String,
+        bytes: usize,
+        parts: usize,
+        duration_ms: u64,
+    },
+    AgentStarted {
+        agent: String,
+    },
+    AgentCrashed {
+        agent: String,
+        reason: String,
+    },
+    AgentRestarted {
+        agent: String,
+    },
+    ConfigReloaded {
+        added: Vec<String>,
+        removed: Vec<String>,
+        restarted: Vec<String>,
+    },
 }
 
 impl AuditEvent {
@@ -248,8 +276,7 @@ pub fn format_line(event: &AuditEvent, at_ms: u64, content: Content, clean: &dyn
             put("restarted", restarted.clone().into());
         }
     }
-    let members: Vec<String> =
-        fields.into_iter().map(|(key, value)| format!("{}:{value}", Value::from(key))).collect();
+    let members: Vec<String> = fields.into_iter().map(|(key, value)| format!("{}:{value}", Value::from(key))).collect();
     clean(&format!("{{{}}}", members.join(",")))
 }
 
@@ -359,7 +386,14 @@ pub fn table_row(line: &Value) -> String {
     }
     let channel = field("channel");
     let channel = if channel.is_empty() { "-".to_string() } else { channel };
-    format!("{:<24}  {:<20}  {:<12}  {:<14}  {}", field("time"), field("event"), channel, printable(&who), rest.join(" "))
+    format!(
+        "{:<24}  {:<20}  {:<12}  {:<14}  {}",
+        field("time"),
+        field("event"),
+        channel,
+        printable(&who),
+        rest.join(" ")
+    )
 }
 
 /// The table's header.
@@ -435,18 +469,43 @@ mod tests {
     #[test]
     fn every_event_has_its_name_and_fields() {
         let cases = [
-            (accepted(), r#"{"time":"1970-01-01T00:00:01.500Z","event":"message.accepted","channel":"tg","chat":"42","sender":"111","senderName":"Ann","message":"7","session":"tg:42:111","text":"hello"}"#),
-            (refused(), r#"{"time":"1970-01-01T00:00:01.500Z","event":"message.refused","channel":"tg","chat":"9","sender":"999","senderName":"Eve","message":null,"gate":"sender not in allowedUsers","text":"secret plan"}"#),
             (
-                AuditEvent::PairingDecided { channel: "tg".into(), decision: PairingDecision::Approved, sender: "5".into(), by: Actor::AdminPage { client: "127.0.0.1".into() } },
+                accepted(),
+                r#"{"time":"1970-01-01T00:00:01.500Z","event":"message.accepted","channel":"tg","chat":"42","sender":"111","senderName":"Ann","message":"7","session":"tg:42:111","text":"hello"}"#,
+            ),
+            (
+                refused(),
+                r#"{"time":"1970-01-01T00:00:01.500Z","event":"message.refused","channel":"tg","chat":"9","sender":"999","senderName":"Eve","message":null,"gate":"sender not in allowedUsers","text":"secret plan"}"#,
+            ),
+            (
+                AuditEvent::PairingDecided {
+                    channel: "tg".into(),
+                    decision: PairingDecision::Approved,
+                    sender: "5".into(),
+                    by: Actor::AdminPage { client: "127.0.0.1".into() },
+                },
                 r#"{"time":"1970-01-01T00:00:01.500Z","event":"pairing.approved","channel":"tg","sender":"5","by":"admin page (127.0.0.1)"}"#,
             ),
             (
-                AuditEvent::PermissionAnswered { channel: "tg".into(), chat: "42".into(), session: "k".into(), request: "1".into(), tool: "touch x".into(), by: "111".into(), option: "allow_once".into() },
+                AuditEvent::PermissionAnswered {
+                    channel: "tg".into(),
+                    chat: "42".into(),
+                    session: "k".into(),
+                    request: "1".into(),
+                    tool: "touch x".into(),
+                    by: "111".into(),
+                    option: "allow_once".into(),
+                },
                 r#"{"time":"1970-01-01T00:00:01.500Z","event":"permission.answered","channel":"tg","chat":"42","session":"k","request":"1","tool":"touch x","by":"111","option":"allow_once"}"#,
             ),
             (
-                AuditEvent::AnswerDelivered { channel: "tg".into(), chat: "42".into(), bytes: 12, parts: 1, duration_ms: 30 },
+                AuditEvent::AnswerDelivered {
+                    channel: "tg".into(),
+                    chat: "42".into(),
+                    bytes: 12,
+                    parts: 1,
+                    duration_ms: 30,
+                },
                 r#"{"time":"1970-01-01T00:00:01.500Z","event":"answer.delivered","channel":"tg","chat":"42","bytes":12,"parts":1,"durationMs":30}"#,
             ),
             (
@@ -483,9 +542,11 @@ mod tests {
     #[test]
     fn rotated_names_oldest_first() {
         let path = Path::new("/var/log/tether-audit.jsonl");
-        let names: Vec<String> =
-            files_oldest_first(path, 3).iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(names, ["/var/log/tether-audit.jsonl.2", "/var/log/tether-audit.jsonl.1", "/var/log/tether-audit.jsonl"]);
+        let names: Vec<String> = files_oldest_first(path, 3).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            names,
+            ["/var/log/tether-audit.jsonl.2", "/var/log/tether-audit.jsonl.1", "/var/log/tether-audit.jsonl"]
+        );
     }
 
     #[test]

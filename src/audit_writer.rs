@@ -109,10 +109,6 @@ impl AuditWriter {
         self.sink.clone()
     }
 
-    pub fn config(&self) -> &AuditConfig {
-        &self.sink.config
-    }
-
     /// Let the thread write what is queued and end (bounded wait). Every other sink must be
     /// gone (see [`install`]).
     pub fn stop(self) {
