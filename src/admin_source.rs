@@ -65,7 +65,13 @@ impl DaemonAdmin {
     fn pairing(&self, command: PairingCommand) -> Result<String, String> {
         let channel = self.channel(command.channel())?;
         let files = AccessFiles::new(&self.home, &channel.name);
+        let decision = pairing_cli::decision(&command, &files, wall_ms());
         let report = pairing_cli::execute(&command, &files, Some(&channel), wall_ms()).map_err(|e| e.to_string())?;
+        if let (Some(decision), 0) = (decision, report.status) {
+            // Only the holder of the admin token gets here.
+            let by = crate::audit::Actor::AdminPage { client: "admin token".to_string() };
+            crate::audit_writer::record(decision.by(by));
+        }
         let text = format!("{}{}", report.stdout, report.stderr).trim().to_string();
         if report.status == 0 { Ok(text) } else { Err(text) }
     }

@@ -137,6 +137,17 @@ pub fn status() -> Option<AuditStatus> {
     INSTALLED.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(AuditSink::status)
 }
 
+/// Append one event to the log from another process (`tether pairing …`): one write of a
+/// whole line (O_APPEND keeps it whole beside the service's lines), fsynced; no rotation.
+pub fn append_once(config: &AuditConfig, event: &AuditEvent) -> std::io::Result<()> {
+    let clean = |line: &str| crate::redact::clean(line).into_owned();
+    let mut line = audit::format_line(event, crate::health::wall_ms(), config.content, &clean);
+    line.push('\n');
+    let mut file = open(&config.path)?;
+    file.write_all(line.as_bytes())?;
+    file.sync_data()
+}
+
 /// The open live file and its size.
 struct Live {
     file: File,
