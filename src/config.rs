@@ -1951,4 +1951,55 @@ mod tests {
         );
         assert!(!error_text(&text, &[]).contains(secret_value));
     }
+
+    #[test]
+    fn audit_enabled_and_allowed_channel_types() {
+        use crate::audit::{AuditConfig, Content};
+        let config = parse_with(
+            r#"{"audit": {"path": "logs/audit.jsonl", "content": "hash", "maxFiles": 3},
+                "allowedChannelTypes": ["telegram", "webchat"],
+                "channels": {"phone": {"type": "telegram", "token": "123:abc", "enabled": false},
+                             "web": {"type": "webchat"}}}"#,
+            &[],
+        )
+        .unwrap();
+        let expected = AuditConfig {
+            path: PathBuf::from("/srv/start/logs/audit.jsonl"),
+            content: Content::Hash,
+            max_bytes: crate::audit::DEFAULT_MAX_BYTES,
+            max_files: 3,
+        };
+        assert_eq!(config.audit, Some(expected));
+        assert_eq!(config.disabled.iter().collect::<Vec<_>>(), ["phone"]);
+        assert_eq!(config.channels.len(), 2, "a disabled channel stays configured");
+        let off = parse_with(&telegram(""), &[]).unwrap();
+        assert_eq!((off.audit, off.disabled.len(), off.allowed_channel_types), (None, 0, None));
+
+        let p = FILE;
+        let cases = [
+            (
+                r#"{"allowedChannelTypes": ["webchat"], "channels": {"phone": {"type": "telegram", "token": "1:a"}}}"#,
+                format!(
+                    r#"{p}: channel "phone", key "type": "telegram" is not in "allowedChannelTypes" [webchat]: add it there, or remove this channel"#
+                ),
+            ),
+            (
+                r#"{"allowedChannelTypes": ["slack"]}"#,
+                format!(r#"{p}: key "allowedChannelTypes": "slack" is not a platform this build has; it has: "#),
+            ),
+            (
+                r#"{"audit": {"content": "full"}}"#,
+                format!(r#"{p}: key "audit.path": required: the audit log's file, e.g. "/var/log/tether/audit.jsonl""#),
+            ),
+            (r#"{"audit": {"path": "/a", "content": "some"}}"#, format!(r#"{p}: key "audit.content": "#)),
+            (
+                r#"{"channels": {"web": {"type": "webchat", "enabled": "no"}}}"#,
+                format!(r#"{p}: channel "web", key "enabled": expected true or false"#),
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_text(text, &[]);
+            assert!(error.starts_with(&expected), "{error}\nexpected: {expected}");
+        }
+    }
 }

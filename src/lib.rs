@@ -17,6 +17,7 @@ pub mod adapters;
 pub(crate) mod admin_source;
 pub(crate) mod admin_token;
 pub mod audit;
+pub(crate) mod audit_cli;
 pub(crate) mod audit_writer;
 pub(crate) mod backoff;
 pub mod cli;
