@@ -266,3 +266,44 @@ fn a_disabled_channel_is_not_started_until_a_sighup_enables_it() {
     assert!(!out.status.success(), "{error}");
     assert!(error.contains("\"telegram\" is not in \"allowedChannelTypes\" [webchat]"), "{error}");
 }
+
+#[test]
+fn pairing_requested_then_approved_and_revoked_by_the_cli() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("audit-pairing");
+    let path = home.path().join("audit.jsonl");
+    let mut phone = channel(&fake);
+    phone["senderPolicy"] = json!("pairing");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "audit": {"path": path, "content": "hash"},
+        "channels": {"phone": phone},
+    }));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(555, "let me in");
+    let reply = fake.next_text_to(555, WAIT).unwrap_or_default();
+    let code: String = reply.split("Your pairing code is: ").nth(1).unwrap_or_default().chars().take(8).collect();
+    assert_eq!(code.len(), 8, "{reply}\nlog:\n{}", service.log());
+    for args in [["pairing", "approve", "phone", code.as_str()], ["pairing", "revoke", "phone", "555"]] {
+        let out = run_tether(&args, home.path());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let done = || events(&lines(&path)).contains(&"pairing.revoked".to_string());
+    assert!(wait_until(WAIT, done), "{:?}", lines(&path));
+    let pairing: Vec<(String, String, String)> = lines(&path)
+        .iter()
+        .filter(|l| l["event"].as_str().is_some_and(|e| e.starts_with("pairing.")))
+        .map(|l| {
+            let field = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (field("event"), field("sender"), field("by"))
+        })
+        .collect();
+    let expected =
+        [("pairing.requested", "555", ""), ("pairing.approved", "555", "cli"), ("pairing.revoked", "555", "cli")];
+    let expected: Vec<(String, String, String)> =
+        expected.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(pairing, expected);
+    let refused = lines(&path).into_iter().find(|l| l["event"] == "message.refused").unwrap();
+    assert_eq!(refused["gate"], "unpaired sender (senderPolicy pairing)");
+    assert!(refused.get("text").is_none() && refused.get("textSha256").is_none(), "{refused}");
+}
