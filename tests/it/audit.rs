@@ -307,3 +307,26 @@ fn pairing_requested_then_approved_and_revoked_by_the_cli() {
     assert_eq!(refused["gate"], "unpaired sender (senderPolicy pairing)");
     assert!(refused.get("text").is_none() && refused.get("textSha256").is_none(), "{refused}");
 }
+
+#[test]
+fn an_agent_crash_and_its_restart_are_recorded() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("audit-crash");
+    let path = home.path().join("audit.jsonl");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "audit": {"path": path, "content": "none"},
+        "channels": {"phone": channel(&fake)},
+    }));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "crash now");
+    let restarted = || {
+        let events = events(&lines(&path));
+        let at = |name: &str| events.iter().position(|e| e == name);
+        matches!((at("agent.crashed"), at("agent.restarted")), (Some(c), Some(r)) if c < r)
+    };
+    assert!(wait_until(WAIT, restarted), "{:?}\nlog:\n{}", events(&lines(&path)), service.log());
+    let crashed = lines(&path).into_iter().find(|l| l["event"] == "agent.crashed").unwrap();
+    assert_eq!(crashed["agent"], "default");
+    assert!(!crashed["reason"].as_str().unwrap_or_default().is_empty(), "{crashed}");
+}
