@@ -165,48 +165,68 @@ fn write_loop(config: &AuditConfig, events: &Receiver<(u64, AuditEvent)>, counte
                 Err(_) => break,
             }
         }
-        let mut bytes = Vec::new();
-        for (at_ms, event) in &batch {
-            bytes.extend_from_slice(audit::format_line(event, *at_ms, config.content, &clean).as_bytes());
-            bytes.push(b'\n');
-        }
-        match write_batch(config, &mut live, &bytes) {
-            Ok(()) => {
-                counters.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
+        let lines: Vec<String> = batch
+            .iter()
+            .map(|(at_ms, event)| audit::format_line(event, *at_ms, config.content, &clean) + "\n")
+            .collect();
+        let written = match write_batch(config, &mut live, &lines) {
+            Ok(()) => lines.len(),
+            Err((written, e)) => {
                 // Opened again for the next batch (the disk may have room by then).
                 live = None;
-                counters.fail(batch.len(), format!("cannot write the audit log {}: {e}", config.path.display()));
+                let lost = lines.len() - written;
+                counters.fail(lost, format!("cannot write the audit log {}: {e}", config.path.display()));
+                written
             }
-        }
+        };
+        counters.written.fetch_add(written as u64, Ordering::Relaxed);
     }
     if let Some(live) = live {
         let _ = live.file.sync_data();
     }
 }
 
-/// Append one batch and fsync it, rotating first when it would pass `maxBytes`.
-fn write_batch(config: &AuditConfig, live: &mut Option<Live>, bytes: &[u8]) -> std::io::Result<()> {
-    if live.as_ref().is_some_and(|l| l.size > 0 && l.size + bytes.len() as u64 > config.max_bytes) {
-        *live = None;
-        rotate(&config.path, config.max_files)?;
+/// Append a batch of lines and fsync them; the live file is rotated before a line would take
+/// it past `maxBytes` (a file holds at least one line, however long). On an error, how many
+/// lines were written before it.
+fn write_batch(config: &AuditConfig, live: &mut Option<Live>, lines: &[String]) -> Result<(), (usize, std::io::Error)> {
+    let (mut buffer, mut buffered, mut written) = (Vec::new(), 0, 0);
+    for line in lines {
+        let file = live_file(config, live).map_err(|e| (written, e))?;
+        let before = file.size + buffer.len() as u64;
+        if before > 0 && before + line.len() as u64 > config.max_bytes {
+            flush(file, &mut buffer).map_err(|e| (written, e))?;
+            written += std::mem::take(&mut buffered);
+            *live = None;
+            rotate(&config.path, config.max_files).map_err(|e| (written, e))?;
+        }
+        buffer.extend_from_slice(line.as_bytes());
+        buffered += 1;
     }
+    let file = live_file(config, live).map_err(|e| (written, e))?;
+    flush(file, &mut buffer).map_err(|e| (written, e))?;
+    Ok(())
+}
+
+/// The live file, opened (or created) when it is not.
+fn live_file<'a>(config: &AuditConfig, live: &'a mut Option<Live>) -> std::io::Result<&'a mut Live> {
     if live.is_none() {
         let file = open(&config.path)?;
         let size = file.metadata()?.len();
         *live = Some(Live { file, size });
-        if size > 0 && size + bytes.len() as u64 > config.max_bytes {
-            *live = None;
-            rotate(&config.path, config.max_files)?;
-            let file = open(&config.path)?;
-            *live = Some(Live { file, size: 0 });
-        }
     }
-    let Some(l) = live.as_mut() else { return Ok(()) };
-    l.file.write_all(bytes)?;
-    l.file.sync_data()?;
-    l.size += bytes.len() as u64;
+    live.as_mut().ok_or_else(|| std::io::Error::other("the audit file is not open"))
+}
+
+/// Write what is buffered and fsync it.
+fn flush(live: &mut Live, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    if buffer.is_empty() {
+        return Ok(());
+    }
+    live.file.write_all(buffer)?;
+    live.file.sync_data()?;
+    live.size += buffer.len() as u64;
+    buffer.clear();
     Ok(())
 }
 
@@ -270,8 +290,14 @@ mod tests {
         let sink = writer.sink();
         for n in 0..60 {
             sink.record(event(n));
-            // Small batches, so rotation happens between them.
-            std::thread::sleep(Duration::from_millis(2));
+            // Some one at a time, some in one batch: rotation happens inside batches too.
+            if n < 30 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sink.status().written < 60 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         let status = sink.status();
         drop(sink);
@@ -280,11 +306,15 @@ mod tests {
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         assert_eq!(names, ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]);
+        for name in &names {
+            let size = std::fs::metadata(dir.join(name)).unwrap().len();
+            assert!(size <= 400, "{name}: {size} bytes");
+        }
         let live = dir.join("audit.jsonl");
         assert_eq!(std::fs::metadata(&live).unwrap().permissions().mode() & 0o777, 0o600);
         let last = std::fs::read_to_string(&live).unwrap();
         assert!(last.trim_end().ends_with(r#""agent":"agent-0059"}"#), "{last}");
-        assert_eq!(status.dropped, 0);
+        assert_eq!((status.written, status.dropped), (60, 0));
     }
 
     #[test]
