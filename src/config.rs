@@ -492,7 +492,10 @@ fn parse_audit(
     let Some(raw) = get_string(obj, "path", at)? else {
         return Err(at.error("path", "required: the audit log's file, e.g. \"/var/log/tether/audit.jsonl\""));
     };
-    let path = resolve_cwd(Some(raw), cx, at)?;
+    // `~` and relative paths as for `cwd` (the only error: `~` without HOME).
+    let path = resolve_cwd(Some(raw.clone()), cx, at).map_err(|_| {
+        at.error("path", format!("\"{raw}\" starts with ~ but HOME is not set: write an absolute path"))
+    })?;
     let Some(content) = get_enum(obj, "content", at, CONTENTS)? else {
         return Err(at.error("content", format!("required: what to keep of texts, one of: {}", names(CONTENTS))));
     };

@@ -433,18 +433,15 @@ impl Daemon {
         for name in due {
             self.restarts.remove(&name);
             let Some(agent) = self.agents.get_mut(&name) else { continue };
-            let restarted = agent.restart(self.agent_tx.clone());
-            if restarted.is_ok() {
-                audit_writer::record(AuditEvent::AgentRestarted { agent: name.clone() });
-            }
-            if let Err(e) = restarted {
-                match agent.crashed(now) {
+            match agent.restart(self.agent_tx.clone()) {
+                Ok(()) => audit_writer::record(AuditEvent::AgentRestarted { agent: name }),
+                Err(e) => match agent.crashed(now) {
                     Restart::At { at, .. } => {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
                         self.restarts.insert(name, at);
                     }
                     Restart::GiveUp { .. } => return self.give_up(e),
-                }
+                },
             }
         }
         Ok(())
