@@ -394,6 +394,8 @@ pub fn table_row(line: &Value) -> String {
         printable(&who),
         rest.join(" ")
     )
+    .trim_end()
+    .to_string()
 }
 
 /// The table's header.
