@@ -282,7 +282,7 @@ pub fn format_line(event: &AuditEvent, at_ms: u64, content: Content, clean: &dyn
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for unix ms.
 pub fn format_time(at_ms: u64) -> String {
-    crate::logging::format_utc(at_ms / 1000, (at_ms % 1000) as u32)
+    crate::logging::utc_at(at_ms)
 }
 
 /// The unix ms of a [`format_time`] string.
