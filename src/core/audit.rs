@@ -278,6 +278,30 @@ mod tests {
     }
 
     #[test]
+    fn a_strangers_button_press_is_refused_with_its_gate() {
+        let mut core = core(SenderPolicy::Allowlist, true);
+        let press = ButtonPress {
+            channel: "tg".into(),
+            sender_id: "999".into(),
+            sender_name: "Eve".into(),
+            chat_id: "999".into(),
+            data: "perm:1:once".into(),
+            callback_id: "cb".into(),
+            ..Default::default()
+        };
+        let expected = AuditEvent::MessageRefused {
+            channel: "tg".into(),
+            chat: "999".into(),
+            sender: "999".into(),
+            sender_name: "Eve".into(),
+            message: None,
+            gate: "sender not in allowedUsers".into(),
+            text: String::new(),
+        };
+        assert_eq!(records(core.handle(Event::Inbound(Inbound::Button(press)), Instant::now())), vec![expected]);
+    }
+
+    #[test]
     fn a_stranger_under_pairing_is_refused_and_asks_for_pairing_once() {
         let t0 = Instant::now();
         let mut core = core(SenderPolicy::Pairing, true);

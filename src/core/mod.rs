@@ -943,8 +943,10 @@ impl Core {
             })
         };
         let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&press.sender_id));
-        if gate::check(channel, &as_message, paired) != gate::Verdict::Pass {
+        let verdict = gate::check(channel, &as_message, paired);
+        if verdict != gate::Verdict::Pass {
             log::info!(target: channel.name.as_str(), "ignored a button press from {}: not allowed by the gates", press.sender_id);
+            actions.extend(audit::refused(&as_message, &verdict, &[]));
             actions.push(ack("Not allowed."));
             return;
         }
