@@ -761,7 +761,7 @@ impl Daemon {
             })
             .collect();
         let state = serde_json::json!({
-            "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid},
+            "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid, "audit": status.audit},
             "channels": channels,
             "sessions": self.core.sessions_overview(),
         });
