@@ -330,3 +330,49 @@ fn an_agent_crash_and_its_restart_are_recorded() {
     assert_eq!(crashed["agent"], "default");
     assert!(!crashed["reason"].as_str().unwrap_or_default().is_empty(), "{crashed}");
 }
+
+/// An admin page request with the home's admin token; returns the status code.
+fn admin_post(home: &TempDir, addr: &str, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(home.path().join("admin-token")).expect("an admin token in the home");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_pairing_approved_on_the_admin_page_names_the_client() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("audit-admin");
+    let path = home.path().join("audit.jsonl");
+    let mut phone = channel(&fake);
+    phone["senderPolicy"] = json!("pairing");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "audit": {"path": path, "content": "none"},
+        "channels": {"phone": phone, "web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open"}},
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", WAIT), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    fake.send_dm(555, "let me in");
+    let reply = fake.next_text_to(555, WAIT).unwrap_or_default();
+    let code: String = reply.split("Your pairing code is: ").nth(1).unwrap_or_default().chars().take(8).collect();
+    let approve = json!({"action": "approve", "channel": "phone", "code": code}).to_string();
+    assert_eq!(admin_post(&home, &addr, "/admin/api/action", &approve), 200);
+    let approved = || lines(&path).into_iter().find(|l| l["event"] == "pairing.approved");
+    assert!(wait_until(WAIT, || approved().is_some()), "{:?}", lines(&path));
+    let line = approved().unwrap();
+    assert_eq!((line["sender"].as_str(), line["by"].as_str()), (Some("555"), Some("admin page (127.0.0.1)")), "{line}");
+}
