@@ -611,6 +611,16 @@ impl Hub {
                 browser.draft = None;
                 broadcast(browser, &ServerFrame::Message(&entry).to_json());
                 push_history(browser, entry);
+                if matches!(action, Outbound::Text { .. }) {
+                    // Handed to the browsers (and their history) at once: one part, no wait.
+                    crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
+                        channel: chat.channel.clone(),
+                        chat: chat.chat_id.clone(),
+                        bytes: text.len(),
+                        parts: 1,
+                        duration_ms: 0,
+                    });
+                }
             }
             Outbound::Draft { text, .. } => {
                 let browser = self.browser(&chat.chat_id);
