@@ -53,15 +53,27 @@ pub enum SenderPolicy {
     Open,
 }
 
+/// `dmPolicy`: whether direct (one-to-one) chats are listened to at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmPolicy {
+    /// Direct messages go on to the sender policy (default).
+    Open,
+    /// Every direct message is dropped before any other gate: a group-only bot.
+    Disabled,
+}
+
 /// `sessionScope`: which messages share one agent session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionScope {
     /// `channel:sender:chat` (default).
     User,
-    /// `channel:thread-or-chat`.
+    /// `channel:thread-or-chat` (Qwen's legacy scope: thread ids of different chats may meet).
     Thread,
     /// One session for the whole channel.
     Single,
+    /// `channel:chat:thread`, or `channel:chat` outside threads: one session per chat
+    /// thread (forum topic), shared by its participants.
+    ChatThread,
 }
 
 /// `groupPolicy`: which group chats are listened to.
@@ -73,6 +85,9 @@ pub enum GroupPolicy {
     Allowlist,
     /// Any group.
     Open,
+    /// A group asks the operator once (a code on the operator's side, never in the group);
+    /// approved groups are kept in `<channel>-groups.json`.
+    Pairing,
 }
 
 /// `dispatchMode`: what a message does when its session is busy.
@@ -109,6 +124,8 @@ pub enum ToolCallDisplay {
 pub struct GroupConfig {
     pub require_mention: Option<bool>,
     pub dispatch_mode: Option<DispatchMode>,
+    /// `groupHistoryLimit` of this group (0: off), overriding the channel's.
+    pub history_limit: Option<usize>,
 }
 
 /// The settings that apply to one group after merging its entry over `"*"` key by key.
@@ -116,6 +133,9 @@ pub struct GroupConfig {
 pub struct GroupSettings {
     pub require_mention: bool,
     pub dispatch_mode: DispatchMode,
+    /// How many unmentioned messages of authorised senders are kept as context for the
+    /// next mention (0: none).
+    pub history_limit: usize,
 }
 
 /// A secret value (token, client secret): kept out of `Debug` output and logs.
@@ -164,6 +184,7 @@ pub struct ChannelConfig {
     pub settings: PlatformSettings,
     pub model: Option<String>,
     pub sender_policy: SenderPolicy,
+    pub dm_policy: DmPolicy,
     pub allowed_users: Vec<String>,
     pub session_scope: SessionScope,
     /// Absolute; default the directory tether was started in; `~` expanded.
@@ -173,6 +194,8 @@ pub struct ChannelConfig {
     pub approval_mode: Option<String>,
     pub group_policy: GroupPolicy,
     pub groups: BTreeMap<String, GroupConfig>,
+    /// `groupHistoryLimit` (0: off; at most [`MAX_GROUP_HISTORY`]).
+    pub group_history_limit: usize,
     pub dispatch_mode: DispatchMode,
     pub block_streaming: bool,
     /// `blockStreamingChunk.minChars`, default 400.
@@ -194,6 +217,9 @@ pub struct ChannelConfig {
     pub max_backlog_age: Duration,
     /// Keys this build does not know, kept for adapters (as Qwen does for plugins).
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// What the operator should know about this channel's keys (unknown keys, keys of Qwen
+    /// features tether lacks): printed by `tether check`, logged at start.
+    pub warnings: Vec<String>,
 }
 
 impl ChannelConfig {
@@ -210,7 +236,17 @@ impl ChannelConfig {
             .and_then(|g| g.dispatch_mode)
             .or_else(|| wildcard.and_then(|g| g.dispatch_mode))
             .unwrap_or(self.dispatch_mode);
-        GroupSettings { require_mention, dispatch_mode }
+        let history_limit = specific
+            .and_then(|g| g.history_limit)
+            .or_else(|| wildcard.and_then(|g| g.history_limit))
+            .unwrap_or(self.group_history_limit);
+        GroupSettings { require_mention, dispatch_mode, history_limit }
+    }
+
+    /// The channel keeps pairing files: users pair (`senderPolicy: pairing`) or groups do
+    /// (`groupPolicy: pairing`).
+    pub fn uses_pairing(&self) -> bool {
+        self.sender_policy == SenderPolicy::Pairing || self.group_policy == GroupPolicy::Pairing
     }
 
     /// What the channel's platform can do.
@@ -332,6 +368,7 @@ impl ChannelConfig {
             settings: PlatformSettings::default(),
             model: None,
             sender_policy: SenderPolicy::Allowlist,
+            dm_policy: DmPolicy::Open,
             allowed_users: Vec::new(),
             session_scope: SessionScope::User,
             cwd: PathBuf::from("/tmp"),
@@ -339,6 +376,7 @@ impl ChannelConfig {
             approval_mode: None,
             group_policy: GroupPolicy::Disabled,
             groups: BTreeMap::new(),
+            group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             block_streaming: false,
             block_min_chars: 400,
@@ -351,6 +389,7 @@ impl ChannelConfig {
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
             extra: BTreeMap::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -400,6 +439,14 @@ pub struct ParseContext<'a> {
 /// "use the default", and so does `""` for string keys (Qwen applied `value || default`).
 /// Anything else of the wrong type, and any unknown enum value, is an error.
 pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
+    parse_selected(text, cx, None)
+}
+
+/// [`parse`], for a command that uses only the `selected` channels (`tether start NAME`, the
+/// demo, `tether pairing`): a `$VAR` of another channel that is not set is not an error
+/// there (its secret stays empty), so one channel's missing token does not stop another.
+/// Every other check still applies to every channel.
+pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[String]>) -> Result<Config, ConfigError> {
     let top = Place { path: cx.path, channel: None, prefix: "" };
     let value: Value = serde_json::from_str(text).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
     let Value::Object(root) = value else {
@@ -411,11 +458,12 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
 
     let env = get_string_map(&root, "env", top)?;
     let agents = parse_agents(&root, top)?;
-    let vars = Vars { file: &env, process: cx.env };
     let empty = Object::new();
     let mut channels = BTreeMap::new();
     for (name, value) in get_object(&root, "channels", top)?.unwrap_or(&empty) {
         let at = Place { path: cx.path, channel: Some(name), prefix: "" };
+        let lenient = selected.is_some_and(|names| !names.contains(name));
+        let vars = Vars { file: &env, process: cx.env, lenient };
         check_channel_name(name, at)?;
         let Value::Object(obj) = value else {
             return Err(at.error_here(format!("expected an object, found {}", describe(value))));
@@ -433,6 +481,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "type",
     "model",
     "senderPolicy",
+    "dmPolicy",
     "allowedUsers",
     "sessionScope",
     "cwd",
@@ -440,6 +489,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "approvalMode",
     "groupPolicy",
     "groups",
+    "groupHistoryLimit",
     "dispatchMode",
     "blockStreaming",
     "blockStreamingChunk",
@@ -454,10 +504,19 @@ const CHANNEL_KEYS: &[&str] = &[
 
 const SENDER_POLICIES: &[(&str, SenderPolicy)] =
     &[("allowlist", SenderPolicy::Allowlist), ("pairing", SenderPolicy::Pairing), ("open", SenderPolicy::Open)];
-const SESSION_SCOPES: &[(&str, SessionScope)] =
-    &[("user", SessionScope::User), ("thread", SessionScope::Thread), ("single", SessionScope::Single)];
-const GROUP_POLICIES: &[(&str, GroupPolicy)] =
-    &[("disabled", GroupPolicy::Disabled), ("allowlist", GroupPolicy::Allowlist), ("open", GroupPolicy::Open)];
+const DM_POLICIES: &[(&str, DmPolicy)] = &[("open", DmPolicy::Open), ("disabled", DmPolicy::Disabled)];
+const SESSION_SCOPES: &[(&str, SessionScope)] = &[
+    ("user", SessionScope::User),
+    ("thread", SessionScope::Thread),
+    ("single", SessionScope::Single),
+    ("chat_thread", SessionScope::ChatThread),
+];
+const GROUP_POLICIES: &[(&str, GroupPolicy)] = &[
+    ("disabled", GroupPolicy::Disabled),
+    ("allowlist", GroupPolicy::Allowlist),
+    ("open", GroupPolicy::Open),
+    ("pairing", GroupPolicy::Pairing),
+];
 const DISPATCH_MODES: &[(&str, DispatchMode)] =
     &[("steer", DispatchMode::Steer), ("collect", DispatchMode::Collect), ("followup", DispatchMode::Followup)];
 const PERMISSION_POLICIES: &[(&str, PermissionPolicy)] =
@@ -476,6 +535,44 @@ const DEFAULT_BLOCK_IDLE_MS: i128 = 1500;
 const DEFAULT_PERMISSION_TIMEOUT_MS: u64 = 300_000;
 const DEFAULT_TURN_TIMEOUT_MS: u64 = 1_800_000;
 const DEFAULT_MAX_BACKLOG_AGE_SECS: u64 = 86_400;
+/// The most unmentioned group messages kept per group (`groupHistoryLimit` above it is cut
+/// to it, with a warning): the context must stay a prompt, not a transcript.
+pub const MAX_GROUP_HISTORY: usize = 200;
+
+/// The keys of one `groups` entry.
+const GROUP_KEYS: &[&str] = &["requireMention", "dispatchMode", "groupHistoryLimit"];
+
+/// Keys of Qwen Code's channel schema (0.24) that belong to one platform: in a channel of
+/// another type they are a mistake worth a word.
+const QWEN_PLATFORM_KEYS: &[(&str, &[&str])] = &[
+    ("token", &["telegram", "webchat"]),
+    ("clientId", &["dingtalk", "feishu"]),
+    ("clientSecret", &["dingtalk", "feishu"]),
+    ("botId", &["wecom"]),
+    ("secret", &["wecom"]),
+    ("baseUrl", &["weixin", "telegram"]),
+];
+
+/// Keys of Qwen Code features tether does not have, with the platforms they apply to
+/// (empty: every platform) and what tether does instead. A platform that implements one
+/// lists it in its own `keys`, and then it is not warned about.
+const QWEN_FEATURES_LACKING: &[(&str, &[&str], &str)] = &[
+    (
+        "outputMode",
+        &[],
+        "tether has no output modes: it sends the final answer, plus a line per tool call with \"showToolCalls\": \"brief\"",
+    ),
+    ("multiSession", &[], "tether keeps one conversation per chat as \"sessionScope\" says; /clear starts a fresh one"),
+    ("identity", &[], "tether sends no identity block: say who the bot is in \"instructions\""),
+    ("memoryScope", &[], "tether has no channel memory: put lasting facts in \"instructions\""),
+    ("webhooks", &[], "tether has no webhook-triggered tasks; the key is ignored"),
+    ("maxTurns", &[], "tether does not rotate sessions: /clear (or the admin page) starts a fresh conversation"),
+    ("maxAgeHours", &[], "tether does not rotate sessions: /clear (or the admin page) starts a fresh conversation"),
+    ("pollInterval", &[], "tether's pollers hold long polls and need no interval; the key is ignored"),
+    ("useConnectionManager", &["dingtalk"], "tether reconnects the stream by itself; the key is ignored"),
+    ("atSender", &["dingtalk"], "tether answers in the conversation without @-mentioning the sender"),
+    ("interactiveCards", &["dingtalk"], "tether sends Markdown messages, not interactive cards"),
+];
 
 /// The top-level `agent` (under [`DEFAULT_AGENT`]) plus the named `agents`.
 fn parse_agents(root: &Object, top: Place<'_>) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
@@ -583,19 +680,34 @@ fn parse_channel(
     let idle_ms = get_integer(coalesce, "idleMs", coalesce_at)?.unwrap_or(DEFAULT_BLOCK_IDLE_MS);
     let block_idle = Duration::from_millis(u64::try_from(idle_ms).unwrap_or(0));
 
+    let mut warnings = key_warnings(obj, platform, cx.platforms);
+    let allowed_users = get_user_ids(obj, "allowedUsers", at)?;
+    check_placeholders(&allowed_users, at)?;
+    let approval_mode = get_string(obj, "approvalMode", at)?;
+    if let Some(mode) = &approval_mode {
+        warnings.push(format!(
+            "`approvalMode` (\"{mode}\"): tether does not pass it to the agent; it asks in the chat before a tool \
+             runs. Use \"permissions\": \"relay\" (default), \"allow\" (like yolo) or \"deny\""
+        ));
+    }
+    let group_history_limit = get_history_limit(obj, at, &mut warnings)?.unwrap_or(0);
+    let groups = get_groups(obj, at, &mut warnings)?;
+
     Ok(ChannelConfig {
         name: name.to_string(),
         platform,
         settings,
         model: get_string(obj, "model", at)?,
         sender_policy: get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?.unwrap_or(SenderPolicy::Allowlist),
-        allowed_users: get_user_ids(obj, "allowedUsers", at)?,
+        dm_policy: get_enum(obj, "dmPolicy", at, DM_POLICIES)?.unwrap_or(DmPolicy::Open),
+        allowed_users,
         session_scope: get_enum(obj, "sessionScope", at, SESSION_SCOPES)?.unwrap_or(SessionScope::User),
         cwd: resolve_cwd(get_string(obj, "cwd", at)?, cx, at)?,
         instructions: get_string(obj, "instructions", at)?,
-        approval_mode: get_string(obj, "approvalMode", at)?,
+        approval_mode,
         group_policy: get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?.unwrap_or(GroupPolicy::Disabled),
-        groups: get_groups(obj, at)?,
+        groups,
+        group_history_limit,
         dispatch_mode: get_enum(obj, "dispatchMode", at, DISPATCH_MODES)?.unwrap_or(DispatchMode::Steer),
         block_streaming: get_enum(obj, "blockStreaming", at, ON_OFF)?.unwrap_or(false),
         block_min_chars: to_usize(block_min_chars),
@@ -613,7 +725,111 @@ fn parse_channel(
             .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
+        warnings,
     })
+}
+
+/// Warnings for the keys of a channel that neither `config.rs` nor its platform reads: a
+/// Qwen feature tether lacks (what it does instead), another platform's key, or an unknown
+/// key (with the closest known one).
+fn key_warnings(obj: &Object, platform: &Platform, platforms: &[&'static Platform]) -> Vec<String> {
+    let type_name = platform.name;
+    let applies = |types: &[&str]| types.is_empty() || types.contains(&type_name);
+    let mut known: Vec<&str> = CHANNEL_KEYS.iter().chain(platform.keys).copied().collect();
+    known.extend(QWEN_FEATURES_LACKING.iter().filter(|(_, types, _)| applies(types)).map(|(key, _, _)| *key));
+    let mut warnings = Vec::new();
+    for key in obj.keys().map(String::as_str) {
+        if CHANNEL_KEYS.contains(&key) || platform.keys.contains(&key) {
+            continue;
+        }
+        if let Some((_, _, instead)) = QWEN_FEATURES_LACKING.iter().find(|(k, types, _)| *k == key && applies(types)) {
+            warnings.push(format!("`{key}`: a Qwen Code setting tether does not have; {instead}"));
+            continue;
+        }
+        let mut owners: Vec<&str> =
+            platforms.iter().filter(|p| p.name != type_name && p.keys.contains(&key)).map(|p| p.name).collect();
+        for (_, types) in QWEN_PLATFORM_KEYS.iter().filter(|(k, _)| *k == key) {
+            for t in types.iter().filter(|t| **t != type_name) {
+                if !owners.contains(t) {
+                    owners.push(t);
+                }
+            }
+        }
+        if !owners.is_empty() {
+            warnings.push(format!(
+                "`{key}`: a key of {} channels, not of type {type_name}; ignored here",
+                owners.join(" and ")
+            ));
+            continue;
+        }
+        warnings.push(match closest(key, &known) {
+            Some(near) => format!("`{key}`: unknown key; did you mean `{near}`?"),
+            None => format!("`{key}`: unknown key; ignored"),
+        });
+    }
+    warnings
+}
+
+/// The known key nearest to `key` by edit distance (case ignored), when near enough to be a
+/// typo: at most a third of its length, and at least 1, 2 for longer keys.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let lower = key.to_lowercase();
+    let best = known.iter().map(|k| (edit_distance(&lower, &k.to_lowercase()), *k)).min_by_key(|(d, _)| *d)?;
+    let allowed = (key.chars().count() / 3).max(1);
+    (best.0 <= allowed).then_some(best.1)
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// `allowedUsers` copied from an example unchanged (`YOUR_TELEGRAM_USER_ID`, `<your id>`)
+/// would let nobody in, silently.
+fn check_placeholders(users: &[String], at: Place<'_>) -> Result<(), ConfigError> {
+    for (i, user) in users.iter().enumerate() {
+        let upper = user.to_uppercase();
+        let placeholder =
+            upper.contains("YOUR") || upper.contains("USER_ID") || (user.starts_with('<') && user.ends_with('>'));
+        if placeholder {
+            return Err(at.error(
+                &format!("allowedUsers[{i}]"),
+                format!(
+                    "\"{user}\" is a placeholder from an example: replace it with a real user id. To find yours, \
+                     send the bot a message while tether runs: the log says \"dropped message from <id>\" \
+                     (or use \"senderPolicy\": \"pairing\" and `tether pairing list`)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `groupHistoryLimit` of a channel or group entry: a whole number, 0 is off, more than
+/// [`MAX_GROUP_HISTORY`] is cut to it.
+fn get_history_limit(obj: &Object, at: Place<'_>, warnings: &mut Vec<String>) -> Result<Option<usize>, ConfigError> {
+    const KEY: &str = "groupHistoryLimit";
+    let Some(limit) = get_integer(obj, KEY, at)? else { return Ok(None) };
+    let Ok(limit) = u64::try_from(limit) else {
+        return Err(at.error(KEY, format!("{limit} is negative: write 0 (off) or how many messages to keep")));
+    };
+    let limit = to_usize(limit);
+    if limit > MAX_GROUP_HISTORY {
+        warnings.push(format!("`{}`: {limit} is more than tether keeps; using {MAX_GROUP_HISTORY}", at.key(KEY)));
+        return Ok(Some(MAX_GROUP_HISTORY));
+    }
+    Ok(Some(limit))
 }
 
 /// `cwd`: `~` and `~/x` use the home directory; relative paths are taken from where tether
@@ -635,9 +851,12 @@ fn resolve_cwd(raw: Option<String>, cx: &ParseContext<'_>, at: Place<'_>) -> Res
     Ok(absolute.components().collect())
 }
 
-/// `groups`: chat id (or `"*"`) → entry. Keys we do not use inside an entry (Qwen's
-/// `groupHistoryLimit`) are ignored.
-fn get_groups(obj: &Object, at: Place<'_>) -> Result<BTreeMap<String, GroupConfig>, ConfigError> {
+/// `groups`: chat id (or `"*"`) → entry. Unknown keys inside an entry are warned about.
+fn get_groups(
+    obj: &Object,
+    at: Place<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<String, GroupConfig>, ConfigError> {
     let mut groups = BTreeMap::new();
     let Some(entries) = get_object(obj, "groups", at)? else {
         return Ok(groups);
@@ -648,9 +867,16 @@ fn get_groups(obj: &Object, at: Place<'_>) -> Result<BTreeMap<String, GroupConfi
             Value::Null => GroupConfig::default(),
             Value::Object(entry) => {
                 let entry_at = Place { prefix: &key, ..at };
+                for unknown in entry.keys().filter(|k| !GROUP_KEYS.contains(&k.as_str())) {
+                    warnings.push(match closest(unknown, GROUP_KEYS) {
+                        Some(near) => format!("`{key}.{unknown}`: unknown key; did you mean `{near}`?"),
+                        None => format!("`{key}.{unknown}`: unknown key; ignored"),
+                    });
+                }
                 GroupConfig {
                     require_mention: get_bool(entry, "requireMention", entry_at)?,
                     dispatch_mode: get_enum(entry, "dispatchMode", entry_at, DISPATCH_MODES)?,
+                    history_limit: get_history_limit(entry, entry_at, warnings)?,
                 }
             }
             other => return Err(type_error(at, &format!("groups.{id}"), "an object", other)),
@@ -664,6 +890,8 @@ fn get_groups(obj: &Object, at: Place<'_>) -> Result<BTreeMap<String, GroupConfi
 struct Vars<'a> {
     file: &'a BTreeMap<String, String>,
     process: &'a dyn Fn(&str) -> Option<String>,
+    /// The channel is not used by this command: an unset variable reads as empty.
+    lenient: bool,
 }
 
 impl Vars<'_> {
@@ -694,6 +922,7 @@ fn get_secret(obj: &Object, key: &str, at: Place<'_>, vars: &Vars<'_>) -> Result
     }
     match vars.get(name) {
         Some(value) => Ok(Some(Secret::new(value, Some(name.to_string())))),
+        None if vars.lenient => Ok(Some(Secret::new(String::new(), Some(name.to_string())))),
         None => Err(at.error(
             key,
             format!(
@@ -1007,6 +1236,7 @@ mod tests {
             settings: telegram_settings("42:secret", Some("TELEGRAM_BOT_TOKEN")),
             model: Some("qwen3.5-plus".into()),
             sender_policy: SenderPolicy::Pairing,
+            dm_policy: DmPolicy::Open,
             allowed_users: vec!["123456789".into()],
             session_scope: SessionScope::User,
             cwd: PathBuf::from("/srv/project"),
@@ -1014,12 +1244,20 @@ mod tests {
             approval_mode: None,
             group_policy: GroupPolicy::Allowlist,
             groups: BTreeMap::from([
-                ("*".to_string(), GroupConfig { require_mention: Some(true), dispatch_mode: None }),
+                (
+                    "*".to_string(),
+                    GroupConfig { require_mention: Some(true), dispatch_mode: None, history_limit: None },
+                ),
                 (
                     "-100123".to_string(),
-                    GroupConfig { require_mention: None, dispatch_mode: Some(DispatchMode::Collect) },
+                    GroupConfig {
+                        require_mention: None,
+                        dispatch_mode: Some(DispatchMode::Collect),
+                        history_limit: None,
+                    },
                 ),
             ]),
+            group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             block_streaming: true,
             block_min_chars: 400,
@@ -1032,6 +1270,7 @@ mod tests {
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
             extra: BTreeMap::new(),
+            warnings: Vec::new(),
         };
         assert_eq!(phone, expected);
     }
@@ -1069,13 +1308,17 @@ mod tests {
         assert_eq!(c.secret("token").map(Secret::expose), Some("from-file"));
         assert_eq!(c.secret("token").and_then(|s| s.from_env.as_deref()), Some("TELEGRAM_BOT_TOKEN"));
         assert_eq!(c.group_policy, GroupPolicy::Open);
-        assert_eq!(c.groups["*"], GroupConfig { require_mention: Some(false), dispatch_mode: None });
         assert_eq!(
-            c.extra,
-            BTreeMap::from([
-                ("dmPolicy".to_string(), serde_json::json!("open")),
-                ("pollInterval".to_string(), serde_json::json!(60000)),
-            ])
+            c.groups["*"],
+            GroupConfig { require_mention: Some(false), dispatch_mode: None, history_limit: Some(20) }
+        );
+        assert_eq!(c.dm_policy, DmPolicy::Open);
+        assert_eq!(c.extra, BTreeMap::from([("pollInterval".to_string(), serde_json::json!(60000))]));
+        assert_eq!(
+            c.warnings,
+            [
+                "`pollInterval`: a Qwen Code setting tether does not have; tether's pollers hold long polls and need no interval; the key is ignored"
+            ]
         );
         assert_eq!(c.agent, DEFAULT_AGENT);
     }
@@ -1106,6 +1349,7 @@ mod tests {
             settings: telegram_settings("123:abc", None),
             model: None,
             sender_policy: SenderPolicy::Allowlist,
+            dm_policy: DmPolicy::Open,
             allowed_users: vec![],
             session_scope: SessionScope::User,
             cwd: PathBuf::from("/srv/start"),
@@ -1113,6 +1357,7 @@ mod tests {
             approval_mode: None,
             group_policy: GroupPolicy::Disabled,
             groups: BTreeMap::new(),
+            group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             block_streaming: false,
             block_min_chars: 400,
@@ -1125,6 +1370,7 @@ mod tests {
             turn_timeout: Duration::from_millis(1_800_000),
             max_backlog_age: Duration::from_secs(86_400),
             extra: BTreeMap::new(),
+            warnings: Vec::new(),
         };
         assert_eq!(c, expected);
     }
@@ -1198,15 +1444,15 @@ mod tests {
                 ),
             ),
             (
-                telegram(r#""sessionScope": "chat_thread""#),
+                telegram(r#""sessionScope": "chat-thread""#),
                 format!(
-                    r#"{p}: channel "phone", key "sessionScope": "chat_thread" is not one of: user, thread, single"#
+                    r#"{p}: channel "phone", key "sessionScope": "chat-thread" is not one of: user, thread, single, chat_thread"#
                 ),
             ),
             (
-                telegram(r#""groupPolicy": "pairing""#),
+                telegram(r#""groupPolicy": "paired""#),
                 format!(
-                    r#"{p}: channel "phone", key "groupPolicy": "pairing" is not one of: disabled, allowlist, open"#
+                    r#"{p}: channel "phone", key "groupPolicy": "paired" is not one of: disabled, allowlist, open, pairing"#
                 ),
             ),
             (
@@ -1555,29 +1801,31 @@ mod tests {
     #[test]
     fn groups_merge_specific_over_wildcard_key_by_key() {
         let c = phone(
-            r#""dispatchMode": "followup", "groups": {
+            r#""dispatchMode": "followup", "groupHistoryLimit": 50, "groups": {
                 "*": {"requireMention": false, "dispatchMode": "collect"},
                 "-1": {"requireMention": true},
                 "-2": {"dispatchMode": "steer"},
                 "-3": {"groupHistoryLimit": 5},
-                "-4": null
+                "-4": null,
+                "-5": {"groupHistoryLimit": 0}
             }"#,
         );
         let cases = [
-            ("-1", true, DispatchMode::Collect),
-            ("-2", false, DispatchMode::Steer),
-            ("-3", false, DispatchMode::Collect),
-            ("-4", false, DispatchMode::Collect),
-            ("-999", false, DispatchMode::Collect),
+            ("-1", true, DispatchMode::Collect, 50),
+            ("-2", false, DispatchMode::Steer, 50),
+            ("-3", false, DispatchMode::Collect, 5),
+            ("-4", false, DispatchMode::Collect, 50),
+            ("-5", false, DispatchMode::Collect, 0),
+            ("-999", false, DispatchMode::Collect, 50),
         ];
-        for (chat, require_mention, dispatch_mode) in cases {
-            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode }, "{chat}");
+        for (chat, require_mention, dispatch_mode, history_limit) in cases {
+            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode, history_limit }, "{chat}");
         }
         // No "*": the built-in defaults (mention required; the channel's dispatch mode).
         let c = phone(r#""dispatchMode": "followup", "groups": {"-1": {"requireMention": false}}"#);
         let cases = [("-1", false, DispatchMode::Followup), ("-2", true, DispatchMode::Followup)];
         for (chat, require_mention, dispatch_mode) in cases {
-            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode }, "{chat}");
+            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode, history_limit: 0 }, "{chat}");
         }
     }
 

@@ -20,7 +20,7 @@ use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters::{ChannelIo, RunningChannel, Supervisor, ThreadEnd};
 use crate::admin_source::DaemonAdmin;
 use crate::backoff::Backoff;
-use crate::config::{ChannelConfig, Config, PermissionPolicy, SenderPolicy};
+use crate::config::{ChannelConfig, Config, PermissionPolicy};
 use crate::core::{Action, Core, Event};
 use crate::error::Error;
 use crate::event::{AgentEvent, Inbound, Outbound};
@@ -195,6 +195,11 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     daemon.core.set_wall_clock(wall_ms());
     for event in daemon.access.load_all()? {
         daemon.core.handle(event, Instant::now());
+    }
+    for channel in &channels {
+        if let Some(event) = crate::group_history_file::load(&daemon.home, &channel.name) {
+            daemon.core.handle(event, Instant::now());
+        }
     }
     daemon.replay();
     daemon.state = "running";
@@ -451,6 +456,11 @@ impl Daemon {
                 },
                 Action::SavePairingRequest { channel, request } => {
                     self.access.save_request(&channel, request, wall_ms())
+                }
+                Action::SaveGroupHistory { channel, entries } => {
+                    if let Err(e) = crate::group_history_file::save(&self.home, &channel, &entries) {
+                        log::error!(target: channel.as_str(), "{e}; group history is kept in memory only");
+                    }
                 }
             }
         }
@@ -820,9 +830,9 @@ fn watch_signals() -> Result<Receiver<Signal>, Error> {
     Ok(rx)
 }
 
-/// The pairing files of the channels that use `senderPolicy: pairing`.
+/// The pairing files of the channels that pair users or groups.
 fn access_watcher(home: &std::path::Path, config: &Config) -> access_files::Watcher {
-    let pairing = config.channels.values().filter(|c| c.sender_policy == SenderPolicy::Pairing);
+    let pairing = config.channels.values().filter(|c| c.uses_pairing());
     access_files::Watcher::new(home, pairing.map(|c| c.name.as_str()))
 }
 

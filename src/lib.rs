@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod demo_agent;
 pub mod error;
 pub mod event;
+pub mod group_history_file;
 pub mod health;
 pub mod journal;
 pub mod logging;

@@ -286,6 +286,7 @@ mod tests {
             code: code.into(),
             created_at,
             chat_id: Some(sender.into()),
+            subject: None,
         }
     }
 

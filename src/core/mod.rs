@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod gate;
+pub mod history;
 pub mod pairing;
 pub mod permissions;
 pub mod prompt;
@@ -46,6 +47,13 @@ pub enum Event {
         channel: String,
         pending: Vec<pairing::PairingRequest>,
         approved: Vec<String>,
+        /// Group chat ids approved under `groupPolicy: pairing` (`<channel>-groups.json`).
+        approved_groups: Vec<String>,
+    },
+    /// A channel's group history as persisted (read at start).
+    GroupHistory {
+        channel: String,
+        entries: Vec<history::HistoryEntry>,
     },
 }
 
@@ -69,6 +77,12 @@ pub enum Action {
     Settle {
         channel: String,
         messages: Vec<MessageRef>,
+    },
+    /// The channel's group history changed: write all of it to
+    /// `<channel>-group-history.jsonl`.
+    SaveGroupHistory {
+        channel: String,
+        entries: Vec<history::HistoryEntry>,
     },
 }
 
@@ -126,6 +140,8 @@ pub struct Core {
     /// Messages of journaled channels taken in and not yet answered or settled: each ends
     /// in an [`Outbound::Text`] that answers it or an [`Action::Settle`].
     unsettled: BTreeSet<(String, MessageRef)>,
+    /// Unaddressed group messages kept as context for the next mention, per channel.
+    history: BTreeMap<String, history::GroupHistory>,
     /// Unix ms, for the age of messages (backlog) and pairing times.
     wall_ms: u64,
 }
@@ -156,6 +172,7 @@ impl Core {
             access: pairing::Access::default(),
             dormant: HashMap::new(),
             unsettled: BTreeSet::new(),
+            history: BTreeMap::new(),
             wall_ms: 0,
         }
     }
@@ -199,8 +216,14 @@ impl Core {
             }
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
-            Event::AccessFiles { channel, pending, approved } => {
-                self.access.reload(&channel, pending, approved, &mut actions)
+            Event::GroupHistory { channel, entries } => {
+                let Some(config) = self.channels.get(&channel) else { return actions };
+                let kept = history::GroupHistory::from_entries(entries, |chat| config.group(chat).history_limit);
+                self.history.insert(channel, kept);
+            }
+            Event::AccessFiles { channel, pending, approved, approved_groups } => {
+                let files = pairing::AccessFilesState { pending, approved, approved_groups };
+                self.access.reload(&channel, files, &mut actions)
             }
         }
         self.settle_cancelled_permissions(&mut actions);
@@ -305,8 +328,10 @@ impl Core {
             return self.backlog_notice(message, age_ms, actions);
         }
         // The gates run before anything else looks at the message (commands included).
-        if !self.access.admit(channel, &message, actions) {
-            return;
+        match self.access.admit(channel, &message, actions) {
+            pairing::Admit::Go => {}
+            pairing::Admit::Overheard => return self.overhear(message, actions),
+            pairing::Admit::No => return,
         }
         if message.is_group && channel.capabilities().addressed_commands && commands::addressed_elsewhere(&message.text)
         {
@@ -329,10 +354,20 @@ impl Core {
             return;
         }
         let Some(channel) = self.channels.get(&message.channel) else { return };
-        let body = prompt::message_body(&message);
+        let mut body = prompt::message_body(&message);
         if body.is_empty() {
             log::info!(target: channel.name.as_str(), "ignored an empty message from {}", message.sender_id);
             return;
+        }
+        let limit = if message.is_group { channel.group(&message.chat_id).history_limit } else { 0 };
+        if let Some(history) = self.history.get_mut(&channel.name).filter(|_| limit > 0) {
+            let earlier = history.take(&message.chat_id, message.thread_id.as_deref(), limit);
+            if !earlier.is_empty() {
+                log::info!(target: channel.name.as_str(), "{} earlier group messages go with this one as context", earlier.len());
+                body = format!("{}\n\n{body}", history::context_block(&earlier));
+                let entries = history.entries();
+                actions.push(Action::SaveGroupHistory { channel: channel.name.clone(), entries });
+            }
         }
         let mode = match message.is_group {
             true => channel.group(&message.chat_id).dispatch_mode,
@@ -374,7 +409,7 @@ impl Core {
         session.chat = reply.clone();
         session.shared = match channel.session_scope {
             SessionScope::Single => true,
-            SessionScope::Thread => message.is_group,
+            SessionScope::Thread | SessionScope::ChatThread => message.is_group,
             SessionScope::User => false,
         };
         let waiting = Waiting {
@@ -389,6 +424,30 @@ impl Core {
             return;
         }
         session.start_next_turn(turn_settings(Some(channel)), now, actions);
+    }
+
+    /// A group message from someone allowed that does not address the bot: kept as context
+    /// for the next mention when the group has a `groupHistoryLimit`, else nothing.
+    fn overhear(&mut self, message: InboundMessage, actions: &mut Vec<Action>) {
+        let Some(channel) = self.channels.get(&message.channel) else { return };
+        let limit = channel.group(&message.chat_id).history_limit;
+        if limit == 0 {
+            log::debug!(target: channel.name.as_str(), "dropped message from {} in {}: bot not mentioned (requireMention)", message.sender_id, message.chat_id);
+            return;
+        }
+        let text = prompt::message_body(&message);
+        let entry = history::HistoryEntry {
+            chat_id: message.chat_id.clone(),
+            thread_id: message.thread_id.clone(),
+            sender_id: message.sender_id.clone(),
+            sender_name: message.sender_name.clone(),
+            text,
+            at: message.sent_at_ms.unwrap_or(self.wall_ms),
+        };
+        let history = self.history.entry(channel.name.clone()).or_default();
+        history.record(entry, limit);
+        log::debug!(target: channel.name.as_str(), "kept a message from {} in {} as group history", message.sender_id, message.chat_id);
+        actions.push(Action::SaveGroupHistory { channel: channel.name.clone(), entries: history.entries() });
     }
 
     /// Run a local command for the sender of `message`; returns the reply.
@@ -854,8 +913,8 @@ impl Core {
                 text: text.to_string(),
             })
         };
-        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&press.sender_id));
-        if gate::check(channel, &as_message, paired) != gate::Verdict::Pass {
+        let approvals = self.access.approvals(&channel.name, &press.sender_id, &press.chat_id);
+        if gate::check(channel, &as_message, approvals) != gate::Verdict::Pass {
             log::info!(target: channel.name.as_str(), "ignored a button press from {}: not allowed by the gates", press.sender_id);
             actions.push(ack("Not allowed."));
             return;
@@ -1003,8 +1062,8 @@ impl Core {
     /// through (checked without side effects: no pairing code goes out for it).
     fn backlog_notice(&mut self, message: InboundMessage, age_ms: u64, actions: &mut Vec<Action>) {
         let Some(channel) = self.channels.get(&message.channel) else { return };
-        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&message.sender_id));
-        if gate::check(channel, &message, paired) != gate::Verdict::Pass {
+        let approvals = self.access.approvals(&channel.name, &message.sender_id, &message.chat_id);
+        if gate::check(channel, &message, approvals) != gate::Verdict::Pass {
             return; // Settled with the rest of what this event released.
         }
         let max_age = channel.max_backlog_age;

@@ -437,7 +437,10 @@ fn collect_merges_waiting_texts_and_keeps_their_attachments() {
     // The channel steers; this group collects (per-group override).
     let mut ch = open_channel(DispatchMode::Steer);
     ch.session_scope = SessionScope::Thread;
-    ch.groups.insert("-100".into(), GroupConfig { require_mention: None, dispatch_mode: Some(DispatchMode::Collect) });
+    ch.groups.insert(
+        "-100".into(),
+        GroupConfig { require_mention: None, dispatch_mode: Some(DispatchMode::Collect), history_limit: None },
+    );
     let mut core = core_with(vec![ch]);
     let file = Attachment {
         kind: AttachmentKind::File,
@@ -587,7 +590,8 @@ fn help_lists_the_agents_commands_and_other_commands_go_to_the_agent_verbatim() 
 fn commands_for_another_bot_in_a_group_are_not_ours() {
     let t0 = Instant::now();
     let mut ch = open_channel(DispatchMode::Steer);
-    ch.groups.insert("*".into(), GroupConfig { require_mention: Some(false), dispatch_mode: None });
+    ch.groups
+        .insert("*".into(), GroupConfig { require_mention: Some(false), dispatch_mode: None, history_limit: None });
     let mut core = core_with(vec![ch]);
     for text in ["/help@other_bot", "/summary@other_bot please"] {
         assert_eq!(core.handle(inbound(group_msg("7", "-100", None, text)), t0), vec![], "{text}");
