@@ -138,7 +138,10 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             log::error!(target: "tether", "{e}");
-            eprintln!("tether: {e}");
+            // In the foreground the log is stderr: the error is already there once.
+            if !crate::logging::on_stderr() {
+                eprintln!("tether: {e}");
+            }
             e.exit_code()
         }
     }
@@ -156,12 +159,14 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         }
         Command::DemoAgent { args } => Ok(crate::demo_agent::run(&args)),
         Command::Check => {
-            let config = load_config(opts)?;
+            let config = load_config(opts, None)?;
             print!("{}", describe(&config, &home_dir(opts)?));
+            // Everything `start` would refuse before it talks to a platform.
+            preflight(&config, &[])?;
             Ok(0)
         }
         Command::Pairing(command) => {
-            let config = load_config(opts);
+            let config = load_config(opts, Some(&[command.channel().to_string()]));
             let home = home_dir(opts)?;
             let report = crate::pairing_cli::run(&command, &home, config, crate::health::wall_ms())?;
             print!("{}", report.stdout);
@@ -188,9 +193,10 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         Command::Stop => Ok(crate::service::stop(&home_dir(opts)?)),
         Command::Status { json } => Ok(crate::service::status(&home_dir(opts)?, json)),
         // The channels named are in `args`, which the background process gets.
-        Command::Start { channels: _, detach: true, log_file } => {
+        Command::Start { channels, detach: true, log_file } => {
             // Check the config here, so that its errors are shown, not buried in the log.
-            let config = load_config(opts)?;
+            let config = load_config(opts, selection(&channels))?;
+            preflight(&config, &channels)?;
             let home = home_dir(opts)?;
             crate::store::ensure_private_dir(&home)?;
             let log_file = log_file.unwrap_or_else(|| home.join("tether.log"));
@@ -201,13 +207,20 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
         Command::Start { channels, detach: false, log_file } => {
             let log_file = log_file.map(|path| crate::service::LogFile::open(&path)).transpose()?;
             crate::logging::init_to(opts.verbose, log_file.as_ref().map(|f| Box::new(f.writer()) as Box<_>));
-            let config = load_config(opts)?;
+            let config = load_config(opts, selection(&channels))?;
             log::info!(target: "tether", "tether {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
+            log_warnings(&config, &channels);
+            preflight(&config, &channels)?;
             let reload_opts = opts.clone();
+            let reload_channels = channels.clone();
             let options = crate::daemon::Options {
                 home: home_dir(opts)?,
                 only: channels,
-                reload: Some(Box::new(move || load_config(&reload_opts))),
+                reload: Some(Box::new(move || {
+                    let config = load_config(&reload_opts, selection(&reload_channels))?;
+                    log_warnings(&config, &reload_channels);
+                    Ok(config)
+                })),
                 log_file,
                 as_service: true,
                 stop: None,
@@ -230,7 +243,8 @@ pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String
         None => home_dir(opts).ok().map(|home| home.join("config.json")).filter(|p| p.exists()),
     };
     let user = match config_path {
-        Some(_) => Some(load_config(opts)?),
+        // Only its agent is used: no channel of it needs its variables.
+        Some(_) => Some(load_config(opts, Some(&[]))?),
         None => None,
     };
     let exe = std::env::current_exe().map_err(|e| Error::Other(format!("cannot find the tether binary: {e}")))?;
@@ -289,8 +303,85 @@ pub fn home_dir(opts: &GlobalOptions) -> Result<PathBuf, Error> {
     }
 }
 
-/// Read and validate the config file that `opts` points at.
-pub fn load_config(opts: &GlobalOptions) -> Result<Config, Error> {
+/// The channels a `start` uses: the named ones, or (none named) all.
+fn selection(channels: &[String]) -> Option<&[String]> {
+    (!channels.is_empty()).then_some(channels)
+}
+
+/// Log each warning about the keys of the channels that will run.
+fn log_warnings(config: &Config, only: &[String]) {
+    for channel in config.channels.values().filter(|c| only.is_empty() || only.contains(&c.name)) {
+        for warning in &channel.warnings {
+            log::warn!(target: channel.name.as_str(), "{}: {warning}", config.path.display());
+        }
+    }
+}
+
+/// What `start` refuses before it talks to any platform, so that `check` refuses it too:
+/// no channels or an unknown channel name (config errors, exit 2), a channel's `cwd` that is
+/// not a directory or an agent command that is not found (the machine, exit 1). Every
+/// problem is listed, not just the first.
+pub fn preflight(config: &Config, only: &[String]) -> Result<(), Error> {
+    let path = config.path.display();
+    let mut config_problems = Vec::new();
+    let mut machine_problems = Vec::new();
+    for name in only.iter().filter(|n| !config.channels.contains_key(*n)) {
+        let known: Vec<&str> = config.channels.keys().map(String::as_str).collect();
+        config_problems.push(format!(
+            "channel \"{name}\" not found in {path}: add it under \"channels\", or pick one of: {}",
+            known.join(", ")
+        ));
+    }
+    let used: Vec<&config::ChannelConfig> =
+        config.channels.values().filter(|c| only.is_empty() || only.contains(&c.name)).collect();
+    if config.channels.is_empty() {
+        config_problems.push(format!(
+            "no channels configured in {path}: add entries under \"channels\" (see README), or run `tether demo`"
+        ));
+    }
+    for channel in &used {
+        if !channel.cwd.is_dir() {
+            machine_problems.push(format!(
+                "{path}: channel \"{}\", key \"cwd\": {} is not an existing directory: create it or fix the path",
+                channel.name,
+                channel.cwd.display()
+            ));
+        }
+    }
+    let mut agents: Vec<&str> = used.iter().map(|c| c.agent.as_str()).collect();
+    agents.sort_unstable();
+    agents.dedup();
+    for name in agents {
+        let Some(agent) = config.agents.get(name) else { continue };
+        if !command_exists(&agent.command) {
+            let key = if name == config::DEFAULT_AGENT {
+                "agent.command".to_string()
+            } else {
+                format!("agents.{name}.command")
+            };
+            let missing = if agent.command.contains('/') {
+                "is not a file".to_string()
+            } else {
+                format!("is not found on PATH ({})", std::env::var("PATH").unwrap_or_default())
+            };
+            machine_problems.push(format!(
+                "{path}: {key}: `{}` {missing}: install the agent, or set its full path; \
+                 `tether demo` runs the built-in demo agent",
+                agent.command,
+            ));
+        }
+    }
+    let all: Vec<String> = config_problems.iter().chain(&machine_problems).cloned().collect();
+    match (config_problems.is_empty(), all.is_empty()) {
+        (_, true) => Ok(()),
+        (false, _) => Err(Error::Usage(all.join("\n"))),
+        (true, false) => Err(Error::Other(all.join("\n"))),
+    }
+}
+
+/// Read and validate the config file that `opts` points at. `selected`: the channels the
+/// command uses (`None`: all); only theirs `$VAR`s must be set.
+pub fn load_config(opts: &GlobalOptions, selected: Option<&[String]>) -> Result<Config, Error> {
     let path = match &opts.config {
         Some(path) => path.clone(),
         None => home_dir(opts)?.join("config.json"),
@@ -311,7 +402,7 @@ pub fn load_config(opts: &GlobalOptions) -> Result<Config, Error> {
     let env = |name: &str| std::env::var(name).ok();
     let cx =
         ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env, platforms: adapters::PLATFORMS };
-    Ok(config::parse(&text, &cx)?)
+    Ok(config::parse_selected(&text, &cx, selected)?)
 }
 
 /// The `tether check` report: what would run, with secrets masked.
@@ -340,15 +431,20 @@ pub fn describe(config: &Config, home: &Path) -> String {
             out.push_str(&format!("    {label}: {}\n", secret.masked()));
         }
         out.push_str(&format!(
-            "    agent: {}\n    cwd: {}\n    senderPolicy: {:?}, allowedUsers: {}\n    sessionScope: {:?}, dispatchMode: {:?}, groupPolicy: {:?}\n",
+            "    agent: {}\n    cwd: {}\n    senderPolicy: {}, dmPolicy: {}, allowedUsers: {}\n    sessionScope: {}, dispatchMode: {}, groupPolicy: {}, permissions: {}\n",
             channel.agent,
             channel.cwd.display(),
-            channel.sender_policy,
+            channel.sender_policy.name(),
+            channel.dm_policy.name(),
             if channel.allowed_users.is_empty() { "none".to_string() } else { channel.allowed_users.join(", ") },
-            channel.session_scope,
-            channel.dispatch_mode,
-            channel.group_policy,
+            channel.session_scope.name(),
+            channel.dispatch_mode.name(),
+            channel.group_policy.name(),
+            channel.permissions.name(),
         ));
+        if channel.group_history_limit > 0 || channel.groups.values().any(|g| g.history_limit.unwrap_or(0) > 0) {
+            out.push_str(&format!("    groupHistoryLimit: {}\n", channel.group_history_limit));
+        }
         for (key, value) in &channel.settings.values {
             let shown = value.as_str().map_or_else(|| value.to_string(), str::to_string);
             out.push_str(&format!("    {key}: {shown}\n"));
@@ -356,6 +452,15 @@ pub fn describe(config: &Config, home: &Path) -> String {
         if let Some(model) = &channel.model {
             out.push_str(&format!("    model: {model}\n"));
         }
+        for warning in &channel.warnings {
+            out.push_str(&format!("    warning: {warning}\n"));
+        }
+    }
+    let warnings: usize = config.channels.values().map(|c| c.warnings.len()).sum();
+    if warnings > 0 {
+        out.push_str(&format!(
+            "{warnings} warning(s): tether runs, but the keys named above do not do what they say\n"
+        ));
     }
     out
 }

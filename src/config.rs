@@ -311,6 +311,12 @@ impl PlatformKeys<'_> {
         get_string(self.obj, key, self.at)
     }
 
+    /// A list of user ids as `allowedUsers` holds them (numbers read as decimal text), for a
+    /// platform that knows what its ids look like.
+    pub fn user_ids(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        get_user_ids(self.obj, key, self.at)
+    }
+
     /// An http(s) URL without its trailing `/`, under `key` or its `alias` (not both with
     /// different values); `default` when neither is set.
     pub fn url(&self, key: &str, alias: Option<&str>, default: &str) -> Result<String, ConfigError> {
@@ -538,6 +544,47 @@ const DEFAULT_MAX_BACKLOG_AGE_SECS: u64 = 86_400;
 /// The most unmentioned group messages kept per group (`groupHistoryLimit` above it is cut
 /// to it, with a warning): the context must stay a prompt, not a transcript.
 pub const MAX_GROUP_HISTORY: usize = 200;
+
+/// The name of `value` as the config writes it (`"chat_thread"`, not `ChatThread`).
+fn spelling<T: PartialEq + Copy>(choices: &[(&'static str, T)], value: T) -> &'static str {
+    choices.iter().find(|(_, v)| *v == value).map_or("?", |(name, _)| name)
+}
+
+impl SenderPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(SENDER_POLICIES, self)
+    }
+}
+
+impl DmPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(DM_POLICIES, self)
+    }
+}
+
+impl SessionScope {
+    pub fn name(self) -> &'static str {
+        spelling(SESSION_SCOPES, self)
+    }
+}
+
+impl GroupPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(GROUP_POLICIES, self)
+    }
+}
+
+impl DispatchMode {
+    pub fn name(self) -> &'static str {
+        spelling(DISPATCH_MODES, self)
+    }
+}
+
+impl PermissionPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(PERMISSION_POLICIES, self)
+    }
+}
 
 /// The keys of one `groups` entry.
 const GROUP_KEYS: &[&str] = &["requireMention", "dispatchMode", "groupHistoryLimit"];
@@ -1734,8 +1781,8 @@ mod tests {
     #[test]
     fn env_var_expansion_applies_only_to_credentials() {
         let text = r#"{"channels": {"tg": {"type": "telegram", "token": "$ID", "apiBase": "$URL",
-            "cwd": "/srv/$HOME", "instructions": "$NOT", "model": "$MODEL", "allowedUsers": ["$U"]},
-            "web": {"type": "webchat", "token": "$SECRET"}}}"#;
+            "cwd": "/srv/$HOME", "instructions": "$NOT", "model": "$MODEL"},
+            "web": {"type": "webchat", "token": "$SECRET", "allowedUsers": ["$U"]}}}"#;
         let env = [("ID", "id-1"), ("SECRET", "s-2"), ("MODEL", "m"), ("URL", "https://x")];
         let error = match parse_with(text, &env) {
             Ok(c) => panic!("{c:?}"),
@@ -1752,9 +1799,9 @@ mod tests {
         assert_eq!(tg.cwd, PathBuf::from("/srv/$HOME"));
         assert_eq!(tg.instructions.as_deref(), Some("$NOT"));
         assert_eq!(tg.model.as_deref(), Some("$MODEL"));
-        assert_eq!(tg.allowed_users, vec!["$U".to_string()]);
         assert_eq!(tg.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["id-1"]);
         let web = channel(&config, "web");
+        assert_eq!(web.allowed_users, vec!["$U".to_string()]);
         assert_eq!(web.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["s-2"]);
     }
 
@@ -1950,8 +1997,8 @@ mod tests {
 
     #[test]
     fn allowed_users_accept_numbers_as_decimal_strings() {
-        let c = phone(r#""allowedUsers": ["alice", 123456789, -1001234567890, 18446744073709551615]"#);
-        assert_eq!(c.allowed_users, vec!["alice", "123456789", "-1001234567890", "18446744073709551615"]);
+        let c = phone(r#""allowedUsers": ["42", 123456789, -1001234567890, 18446744073709551615]"#);
+        assert_eq!(c.allowed_users, vec!["42", "123456789", "-1001234567890", "18446744073709551615"]);
     }
 
     #[test]
@@ -2099,5 +2146,224 @@ mod tests {
             r#"{{"channels": {{"p": {{"type": "telegram", "token": "{secret_value}", "dispatchMode": "x"}}}}}}"#
         );
         assert!(!error_text(&text, &[]).contains(secret_value));
+    }
+
+    /// Test platforms standing for ones this branch does not have (WeChat, DingTalk), with
+    /// the keys Qwen Code documents for them.
+    fn stand_in(name: &'static str, keys: &'static [&'static str]) -> &'static Platform {
+        Box::leak(Box::new(Platform {
+            name,
+            keys,
+            parse: |_| Ok(PlatformSettings::default()),
+            ..crate::adapters::webchat::PLATFORM
+        }))
+    }
+
+    fn parse_on(text: &str, platforms: &[&'static Platform], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let cx = ParseContext {
+            path: Path::new(FILE),
+            cwd: Path::new("/srv/start"),
+            home: Some(Path::new("/home/ann")),
+            env: &lookup,
+            platforms,
+        };
+        parse(text, &cx)
+    }
+
+    /// A settings.json written as Qwen Code 0.24's channel docs show it: every key of the
+    /// options table, and a Telegram, a WeChat and a DingTalk channel.
+    const QWEN_024_SETTINGS: &str = r#"{
+      "env": {"DINGTALK_CLIENT_ID": "ding-id", "DINGTALK_CLIENT_SECRET": "ding-secret"},
+      "channels": {
+        "my-telegram": {
+          "type": "telegram",
+          "token": "$MY_BOT_TOKEN",
+          "model": "qwen3.5-plus",
+          "senderPolicy": "allowlist",
+          "allowedUsers": ["123456789"],
+          "sessionScope": "user",
+          "cwd": "/path/to/working/directory",
+          "instructions": "Optional system instructions for the agent.",
+          "groupPolicy": "disabled",
+          "dmPolicy": "open",
+          "groupHistoryLimit": 0,
+          "groups": {"*": {"requireMention": true}, "-100123456": {"requireMention": false, "dispatchMode": "collect"}},
+          "dispatchMode": "steer",
+          "blockStreaming": "on",
+          "blockStreamingChunk": {"minChars": 400, "maxChars": 1000},
+          "blockStreamingCoalesce": {"idleMs": 1500}
+        },
+        "my-weixin": {"type": "weixin", "sessionScope": "chat_thread", "dmPolicy": "open"},
+        "my-dingtalk": {
+          "type": "dingtalk",
+          "clientId": "$DINGTALK_CLIENT_ID",
+          "clientSecret": "$DINGTALK_CLIENT_SECRET",
+          "groupPolicy": "open",
+          "groupHistoryLimit": 50,
+          "dmPolicy": "disabled",
+          "groups": {"*": {"requireMention": true}, "sensitive-group-id": {"requireMention": true, "groupHistoryLimit": 0}}
+        }
+      }
+    }"#;
+
+    #[test]
+    fn qwen_024_documented_settings_parse_with_every_key_honoured() {
+        let platforms: Vec<&'static Platform> = vec![
+            &crate::adapters::telegram::PLATFORM,
+            stand_in("weixin", &["baseUrl"]),
+            stand_in("dingtalk", &["clientId", "clientSecret"]),
+        ];
+        let config = match parse_on(QWEN_024_SETTINGS, &platforms, &[("MY_BOT_TOKEN", "1:abc")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let tg = channel(&config, "my-telegram");
+        assert_eq!(tg.secret("token").map(Secret::expose), Some("1:abc"));
+        assert_eq!(tg.model.as_deref(), Some("qwen3.5-plus"));
+        assert_eq!(
+            (tg.sender_policy, tg.dm_policy, tg.group_policy),
+            (SenderPolicy::Allowlist, DmPolicy::Open, GroupPolicy::Disabled)
+        );
+        assert_eq!(tg.allowed_users, ["123456789"]);
+        assert_eq!(tg.session_scope, SessionScope::User);
+        assert_eq!(tg.cwd, PathBuf::from("/path/to/working/directory"));
+        assert_eq!(tg.instructions.as_deref(), Some("Optional system instructions for the agent."));
+        assert_eq!(tg.group_history_limit, 0);
+        assert_eq!(
+            tg.group("-100123456"),
+            GroupSettings { require_mention: false, dispatch_mode: DispatchMode::Collect, history_limit: 0 }
+        );
+        assert!(tg.block_streaming);
+        assert_eq!((tg.block_min_chars, tg.block_max_chars, tg.block_idle), (400, 1000, Duration::from_millis(1500)));
+        let wx = channel(&config, "my-weixin");
+        assert_eq!(wx.session_scope, SessionScope::ChatThread);
+        let ding = channel(&config, "my-dingtalk");
+        assert_eq!(ding.dm_policy, DmPolicy::Disabled);
+        assert_eq!(ding.group("any").history_limit, 50);
+        assert_eq!(ding.group("sensitive-group-id").history_limit, 0);
+        // Nothing unknown, nothing to warn about, nothing left over.
+        for c in config.channels.values() {
+            assert_eq!((c.warnings.as_slice(), c.extra.len()), (&[] as &[String], 0), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn unknown_and_unsupported_keys_are_warned_about_never_silently_dropped() {
+        let c = phone(
+            r#""sendrPolicy": "open", "dmpolicy": "disabled", "outputMode": "final_only", "multiSession": true,
+               "clientId": "x", "listen": "127.0.0.1:1", "zzzzzzzz": 1, "approvalMode": "yolo",
+               "groupHistoryLimit": 5000, "groups": {"-1": {"requireMentoin": false}}"#,
+        );
+        let expected = [
+            "`sendrPolicy`: unknown key; did you mean `senderPolicy`?",
+            "`dmpolicy`: unknown key; did you mean `dmPolicy`?",
+            "`outputMode`: a Qwen Code setting tether does not have; tether has no output modes: it sends the final answer, plus a line per tool call with \"showToolCalls\": \"brief\"",
+            "`multiSession`: a Qwen Code setting tether does not have; tether keeps one conversation per chat as \"sessionScope\" says; /clear starts a fresh one",
+            "`clientId`: a key of dingtalk and feishu channels, not of type telegram; ignored here",
+            "`listen`: a key of webchat channels, not of type telegram; ignored here",
+            "`zzzzzzzz`: unknown key; ignored",
+            "`approvalMode` (\"yolo\"): tether does not pass it to the agent; it asks in the chat before a tool runs. Use \"permissions\": \"relay\" (default), \"allow\" (like yolo) or \"deny\"",
+            "`groupHistoryLimit`: 5000 is more than tether keeps; using 200",
+            "`groups.-1.requireMentoin`: unknown key; did you mean `requireMention`?",
+        ];
+        for line in expected {
+            assert!(c.warnings.iter().any(|w| w == line), "missing {line:?} in {:#?}", c.warnings);
+        }
+        assert_eq!(c.warnings.len(), expected.len(), "{:#?}", c.warnings);
+        // A typo is a warning, not a silent default: the channel still has the default.
+        assert_eq!(c.sender_policy, SenderPolicy::Allowlist);
+        assert_eq!(c.group_history_limit, MAX_GROUP_HISTORY);
+    }
+
+    #[test]
+    fn closest_key_by_edit_distance() {
+        let known = ["senderPolicy", "sessionScope", "dmPolicy", "groups", "cwd"];
+        let cases = [
+            ("sendrPolicy", Some("senderPolicy")),
+            ("SenderPolicy", Some("senderPolicy")),
+            ("sessionscope", Some("sessionScope")),
+            ("group", Some("groups")),
+            ("cwdd", Some("cwd")),
+            ("xyz", None),
+            ("completelyDifferent", None),
+            ("", None),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(closest(key, &known), expected, "{key}");
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("é", "e"), 1);
+    }
+
+    #[test]
+    fn placeholders_and_non_numeric_telegram_ids_are_errors_that_say_how_to_find_an_id() {
+        let cases = [
+            (
+                r#""allowedUsers": ["YOUR_TELEGRAM_USER_ID"]"#,
+                "allowedUsers[0]",
+                "\"YOUR_TELEGRAM_USER_ID\" is not a Telegram user id",
+            ),
+            (r#""allowedUsers": ["123", "@alice"]"#, "allowedUsers[1]", "\"@alice\" is not a Telegram user id"),
+            (r#""allowedUsers": ["-"]"#, "allowedUsers[0]", "\"-\" is not a Telegram user id"),
+        ];
+        for (keys, key, start) in cases {
+            let e = error_text(&telegram(keys), &[]);
+            assert!(e.starts_with(&format!("{FILE}: channel \"phone\", key \"{key}\": {start}")), "{e}");
+            assert!(e.contains("dropped message from <id>") && e.contains("@userinfobot"), "{e}");
+        }
+        // Any platform: an example's placeholder.
+        for id in ["YOUR_USER_ID", "<your id>", "your-id-here"] {
+            let text = format!(r#"{{"channels": {{"c": {{"type": "webchat", "allowedUsers": ["{id}"]}}}}}}"#);
+            let e = error_text(&text, &[]);
+            assert!(e.contains(&format!("key \"allowedUsers[0]\": \"{id}\" is a placeholder from an example")), "{e}");
+            assert!(e.contains("dropped message from <id>"), "{e}");
+        }
+    }
+
+    #[test]
+    fn history_limits_and_dm_policy_values() {
+        assert_eq!(phone(r#""groupHistoryLimit": 20"#).group_history_limit, 20);
+        assert_eq!(phone(r#""groupHistoryLimit": null"#).group_history_limit, 0);
+        let e = error_text(&telegram(r#""groupHistoryLimit": -1"#), &[]);
+        assert!(
+            e.ends_with("key \"groupHistoryLimit\": -1 is negative: write 0 (off) or how many messages to keep"),
+            "{e}"
+        );
+        let e = error_text(&telegram(r#""groups": {"-1": {"groupHistoryLimit": "5"}}"#), &[]);
+        assert!(e.ends_with("key \"groups.-1.groupHistoryLimit\": expected an integer, found string \"5\""), "{e}");
+        assert_eq!(phone(r#""dmPolicy": "disabled""#).dm_policy, DmPolicy::Disabled);
+        let e = error_text(&telegram(r#""dmPolicy": "off""#), &[]);
+        assert!(e.ends_with("key \"dmPolicy\": \"off\" is not one of: open, disabled"), "{e}");
+    }
+
+    #[test]
+    fn only_the_selected_channels_need_their_variables() {
+        let text = r#"{"channels": {
+            "a": {"type": "telegram", "token": "$A_TOKEN"},
+            "b": {"type": "telegram", "token": "$B_TOKEN"}
+        }}"#;
+        let lookup = |name: &str| (name == "A_TOKEN").then(|| "1:a".to_string());
+        let cx = ParseContext {
+            path: Path::new(FILE),
+            cwd: Path::new("/srv"),
+            home: None,
+            env: &lookup,
+            platforms: crate::adapters::PLATFORMS,
+        };
+        let all = parse(text, &cx).unwrap_err().to_string();
+        assert!(all.contains("channel \"b\", key \"token\": environment variable B_TOKEN is not set"), "{all}");
+        let selected = ["a".to_string()];
+        let config = match parse_selected(text, &cx, Some(&selected)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(channel(&config, "a").secret("token").map(Secret::expose), Some("1:a"));
+        assert_eq!(channel(&config, "b").secret("token").map(Secret::expose), Some(""));
+        // Selecting none (the demo) needs none; other mistakes still count.
+        assert!(parse_selected(text, &cx, Some(&[])).is_ok());
+        let bad = text.replace("\"$B_TOKEN\"}", "\"$B_TOKEN\", \"dispatchMode\": \"x\"}");
+        assert!(parse_selected(&bad, &cx, Some(&[])).is_err());
     }
 }

@@ -257,7 +257,8 @@ mod tests {
         let not_allowed = Verdict::Drop("sender not in allowedUsers");
         let (pass, pair_group, overheard) = (Verdict::Pass, Verdict::PairGroup, Verdict::Overheard);
         #[rustfmt::skip]
-        let cases: Vec<(D, G, S, &str, Where, Address, bool, &Verdict)> = vec![
+        type Case<'a> = (D, G, S, &'a str, Where, Address, bool, &'a Verdict);
+        let cases: Vec<Case> = vec![
             // dmPolicy disabled drops every DM before any other gate: no pass, no code.
             (D::Disabled, G::Open, S::Allowlist, ALLOWED, dm, Plain, false, &dms_off),
             (D::Disabled, G::Open, S::Pairing, STRANGER, dm, Plain, false, &dms_off),
@@ -283,7 +284,16 @@ mod tests {
             (D::Open, G::Pairing, S::Open, STRANGER, group, Mention, true, &pass),
             (D::Open, G::Pairing, S::Allowlist, ALLOWED, group, Plain, true, &overheard),
             // Approval of a group means nothing in a DM or under another group policy.
-            (D::Open, G::Disabled, S::Allowlist, ALLOWED, group, Mention, true, &Verdict::Drop("groupPolicy is disabled")),
+            (
+                D::Open,
+                G::Disabled,
+                S::Allowlist,
+                ALLOWED,
+                group,
+                Mention,
+                true,
+                &Verdict::Drop("groupPolicy is disabled"),
+            ),
             (D::Open, G::Pairing, S::Allowlist, STRANGER, dm, Plain, true, &not_allowed),
         ];
         for (dm_policy, group_policy, sender, who, place, address, group_approved, expected) in cases {

@@ -108,5 +108,6 @@ fn agent_command_not_found_says_so() {
     home.write_config(&config(&fake, json!({"command": "/nonexistent/qwen", "args": ["--acp"]}), json!({})));
     let mut service = Service::start(&home, &[]);
     assert_eq!(service.wait_exit(WAIT), Some(1));
-    assert!(service.log().contains("cannot start agent \"default\" (`/nonexistent/qwen --acp`)"), "{}", service.log());
+    // Refused before any platform is contacted, as `tether check` refuses it.
+    assert!(service.log().contains("agent.command: `/nonexistent/qwen` is not a file"), "{}", service.log());
 }
