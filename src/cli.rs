@@ -63,6 +63,12 @@ pub struct GlobalOptions {
 /// Parse the words after the program name.
 pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error> {
     use lexopt::prelude::*;
+    // Group chat ids are negative numbers (`tether pairing revoke phone -100123`): words,
+    // never options. They pass the option parser masked and are restored below.
+    let args = args.into_iter().map(|a| match a.to_str() {
+        Some(text) if is_negative_number(text) => OsString::from(format!("{NEGATIVE}{}", &text[1..])),
+        _ => a,
+    });
     let mut parser = lexopt::Parser::from_args(args);
     let mut opts = GlobalOptions::default();
     let mut command: Option<String> = None;
@@ -80,7 +86,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             Short('h') | Long("help") if command.is_none() => return Ok((Command::Help, opts)),
             Short('V') | Long("version") if command.is_none() => return Ok((Command::Version, opts)),
             Value(word) if command.is_none() => {
-                let word = word.string()?;
+                let word = unmask(word.string()?);
                 if word == "demo-agent" {
                     // Everything after goes to the demo agent untouched (it has its own --help).
                     let rest = parser.raw_args()?.map(|a| a.to_string_lossy().into_owned()).collect();
@@ -88,7 +94,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
                 }
                 command = Some(word);
             }
-            Value(word) => words.push(word.string()?),
+            Value(word) => words.push(unmask(word.string()?)),
             _ => return Err(Error::Usage(format!("{}\n\n{USAGE}", arg.unexpected()))),
         }
     }
@@ -122,6 +128,20 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         Some(other) => return Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
     };
     Ok((command, opts))
+}
+
+/// Stands for the `-` of a negative number while the options are parsed.
+const NEGATIVE: char = '\u{1}';
+
+fn is_negative_number(text: &str) -> bool {
+    text.strip_prefix('-').is_some_and(|digits| !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()))
+}
+
+fn unmask(word: String) -> String {
+    match word.strip_prefix(NEGATIVE) {
+        Some(digits) => format!("-{digits}"),
+        None => word,
+    }
 }
 
 /// Run tether with the process arguments; returns the exit status.
@@ -528,6 +548,14 @@ mod tests {
                 })),
             ),
             (&["pairing", "approve", "phone"], Err("takes CHANNEL CODE")),
+            (
+                &["pairing", "revoke", "phone", "-100123", "-v"],
+                Ok(Command::Pairing(crate::pairing_cli::PairingCommand::Revoke {
+                    channel: "phone".into(),
+                    user: "-100123".into(),
+                })),
+            ),
+            (&["start", "-1x"], Err("invalid option")),
             (&["start", "--bogus"], Err("invalid option '--bogus'")),
         ];
         for (words, expected) in cases {

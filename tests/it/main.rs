@@ -6,6 +6,7 @@ mod agents;
 mod cli;
 mod conversations;
 mod permissions;
+mod qwen_keys;
 mod replies;
 mod seam;
 mod service;
