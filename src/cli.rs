@@ -15,7 +15,10 @@ pub const USAGE: &str = "\
 tether: drive an ACP coding agent from your chat apps
 
 Usage:
-  tether demo [--listen ADDR]  a local web chat with the agent, no setup (default 127.0.0.1:8787)
+  tether demo [--listen ADDR] [--token SECRET]
+                             a local web chat with the agent, no setup (default 127.0.0.1:8787);
+                             an ADDR other machines can reach needs a token (--token, or
+                             $TETHER_WEB_TOKEN), given once as ?token=SECRET in the address
   tether start [NAME...]     run every channel in the config, or only the named ones
       --detach               run in the background; return once it is up (or failed)
       --log-file FILE        log to FILE (appended; reopened on SIGHUP) instead of stderr
@@ -39,7 +42,7 @@ Signals to a running service: SIGTERM/SIGINT stop it, SIGHUP reloads the config.
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Demo { listen: String },
+    Demo { listen: String, token: Option<String> },
     Start { channels: Vec<String>, detach: bool, log_file: Option<PathBuf> },
     Stop,
     Status { json: bool },
@@ -56,6 +59,8 @@ pub struct GlobalOptions {
     pub config: Option<PathBuf>,
     /// `--listen ADDR` (demo only).
     pub listen: Option<String>,
+    /// `--token SECRET` (demo only).
+    pub token: Option<String>,
     pub home: Option<PathBuf>,
     pub verbose: bool,
 }
@@ -82,6 +87,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             Long("json") => json = true,
             Long("home") => opts.home = Some(parser.value()?.into()),
             Long("listen") if command.as_deref() == Some("demo") => opts.listen = Some(parser.value()?.string()?),
+            Long("token") if command.as_deref() == Some("demo") => opts.token = Some(parser.value()?.string()?),
             Short('v') | Long("verbose") => opts.verbose = true,
             Short('h') | Long("help") if command.is_none() => return Ok((Command::Help, opts)),
             Short('V') | Long("version") if command.is_none() => return Ok((Command::Version, opts)),
@@ -114,9 +120,10 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         Some("start") => Command::Start { channels: words, detach, log_file },
         Some("stop") if words.is_empty() => Command::Stop,
         Some("status") if words.is_empty() => Command::Status { json },
-        Some("demo") if words.is_empty() => {
-            Command::Demo { listen: opts.listen.clone().unwrap_or_else(|| DEMO_LISTEN.to_string()) }
-        }
+        Some("demo") if words.is_empty() => Command::Demo {
+            listen: opts.listen.clone().unwrap_or_else(|| DEMO_LISTEN.to_string()),
+            token: opts.token.clone(),
+        },
         Some("check") if words.is_empty() => Command::Check,
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
@@ -193,9 +200,10 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             eprint!("{}", report.stderr);
             Ok(report.status)
         }
-        Command::Demo { listen } => {
+        Command::Demo { listen, token } => {
             crate::logging::init(opts.verbose);
-            let (config, agent) = demo_config(opts, &listen)?;
+            let state = demo_agent_state();
+            let (config, agent) = demo_config(opts, &listen, token.as_deref(), state.as_deref())?;
             println!("tether demo: talking to {agent}");
             // The demo's one channel is open: no pairing files, so any home will do. It is not
             // the service: no pid file, no status.json, no config to reload.
@@ -207,7 +215,11 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
                 as_service: false,
                 stop: None,
             };
-            crate::daemon::run(config, options)?;
+            let result = crate::daemon::run(config, options);
+            if let Some(state) = state {
+                let _ = std::fs::remove_dir_all(state);
+            }
+            result?;
             Ok(0)
         }
         Command::Stop => Ok(crate::service::stop(&home_dir(opts)?)),
@@ -257,7 +269,12 @@ pub const DEMO_LISTEN: &str = "127.0.0.1:8787";
 /// The demo's config: one web chat channel open to this machine's browsers, talking to the
 /// configured agent when there is one and its command is found, else to the built-in demo
 /// agent. Also says which agent it chose, and why.
-pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String), Error> {
+pub fn demo_config(
+    opts: &GlobalOptions,
+    listen: &str,
+    token: Option<&str>,
+    state: Option<&Path>,
+) -> Result<(Config, String), Error> {
     let config_path = match &opts.config {
         Some(path) => Some(path.clone()),
         None => home_dir(opts).ok().map(|home| home.join("config.json")).filter(|p| p.exists()),
@@ -268,20 +285,35 @@ pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String
         None => None,
     };
     let exe = std::env::current_exe().map_err(|e| Error::Other(format!("cannot find the tether binary: {e}")))?;
-    let demo_agent = serde_json::json!({"command": exe, "args": ["demo-agent", "--chunk-delay", "40"]});
-    let text = serde_json::json!({
-        "agent": demo_agent,
-        "channels": {"web": {"type": "webchat", "listen": listen, "senderPolicy": "open"}},
-    })
-    .to_string();
+    let mut args = vec!["demo-agent".to_string(), "--chunk-delay".into(), "40".into()];
+    // Sessions the demo agent can load again after a `crash`, so the retry is answered.
+    if let Some(state) = state {
+        args.extend(["--state".to_string(), state.display().to_string()]);
+    }
+    let demo_agent = serde_json::json!({"command": exe, "args": args});
+    let mut web = serde_json::json!({"type": "webchat", "listen": listen, "senderPolicy": "open"});
+    match token {
+        Some(token) => web["token"] = token.into(),
+        None if std::env::var_os("TETHER_WEB_TOKEN").is_some_and(|t| !t.is_empty()) => {
+            web["token"] = "$TETHER_WEB_TOKEN".into()
+        }
+        None => {}
+    }
+    let text = serde_json::json!({"agent": demo_agent, "channels": {"web": web}}).to_string();
     let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cannot read the current directory: {e}")))?;
     let user_home = std::env::var_os("HOME").map(PathBuf::from);
     let env = |name: &str| std::env::var(name).ok();
     let path = PathBuf::from("(tether demo)");
     let cx =
         ParseContext { path: &path, cwd: &cwd, home: user_home.as_deref(), env: &env, platforms: adapters::PLATFORMS };
-    let mut config =
-        config::parse(&text, &cx).map_err(|e| Error::Usage(format!("--listen {listen}: {}", e.message)))?;
+    let mut config = config::parse(&text, &cx).map_err(|e| match e.key.as_deref() {
+        Some("token") => Error::Usage(format!(
+            "--listen {listen} can be reached from other machines, so the web chat needs a token: \
+             pass --token SECRET (or set TETHER_WEB_TOKEN=SECRET), then open the address tether prints, \
+             which ends in ?token=SECRET. Or listen on {DEMO_LISTEN}"
+        )),
+        _ => Error::Usage(format!("--listen {listen}: {}", e.message)),
+    })?;
     let mut description = "the built-in demo agent (no agent configured)".to_string();
     if let Some(user) = user {
         let Some(agent) = user.agents.get(config::DEFAULT_AGENT) else { return Ok((config, description)) };
@@ -295,6 +327,14 @@ pub fn demo_config(opts: &GlobalOptions, listen: &str) -> Result<(Config, String
         }
     }
     Ok((config, description))
+}
+
+/// A fresh directory for the demo agent's sessions (removed when the demo ends); `None`
+/// when it cannot be made (the demo then runs without: a `crash` retry crashes again).
+fn demo_agent_state() -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tether-demo-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::store::ensure_private_dir(&dir).ok().map(|()| dir)
 }
 
 /// Whether `command` names a program that can be run: a path that exists, or a name found
@@ -528,8 +568,13 @@ mod tests {
             (&["status", "--detach"], Err("`status` does not take --detach")),
             (&["stop", "--log-file", "x"], Err("`stop` does not take --log-file")),
             (&["stop", "now"], Err("`stop` takes no arguments")),
-            (&["demo"], Ok(Command::Demo { listen: DEMO_LISTEN.into() })),
-            (&["demo", "--listen", "127.0.0.1:0"], Ok(Command::Demo { listen: "127.0.0.1:0".into() })),
+            (&["demo"], Ok(Command::Demo { listen: DEMO_LISTEN.into(), token: None })),
+            (&["demo", "--listen", "127.0.0.1:0"], Ok(Command::Demo { listen: "127.0.0.1:0".into(), token: None })),
+            (
+                &["demo", "--listen", "0.0.0.0:9000", "--token", "s3"],
+                Ok(Command::Demo { listen: "0.0.0.0:9000".into(), token: Some("s3".into()) }),
+            ),
+            (&["start", "--token", "x"], Err("invalid option '--token'")),
             (&["--listen", "x", "start"], Err("invalid option '--listen'")),
             (&["version"], Ok(Command::Version)),
             (&["--version"], Ok(Command::Version)),

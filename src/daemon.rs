@@ -205,7 +205,9 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     daemon.state = "running";
     daemon.publish(true);
     daemon.publish_admin();
-    log::info!(target: "tether", "running {} channel(s); stop with `tether stop` or Ctrl+C", channels.len());
+    // The demo is no service: `tether stop` would not find it.
+    let how_to_stop = if daemon.options.as_service { "`tether stop` or Ctrl+C" } else { "Ctrl+C" };
+    log::info!(target: "tether", "running {} channel(s); stop with {how_to_stop}", channels.len());
     daemon.run(&inbound_rx, &signals)
 }
 

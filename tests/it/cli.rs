@@ -135,3 +135,52 @@ fn missing_config_file_points_to_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no config file at") && err.contains("tether demo"), "{err}");
 }
+
+#[test]
+fn demo_on_a_reachable_address_says_how_to_pass_a_token() {
+    let home = TempDir::new("demotoken");
+    let out = run_tether(&["demo", "--listen", "0.0.0.0:0"], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a token: pass --token SECRET (or set TETHER_WEB_TOKEN=SECRET)"), "{err}");
+    assert_eq!(err.matches("needs a token").count(), 1, "printed once: {err}");
+}
+
+/// The demo uses the config's agent at most: a channel's unset `$VAR` does not stop it, and
+/// its log does not point to `tether stop` (the demo is no service).
+#[test]
+fn demo_ignores_the_channels_it_does_not_use() {
+    use std::io::{BufRead, BufReader};
+    let home = TempDir::new("demochannels");
+    home.write_config(&json!({
+        "agent": {"command": tether_bin(), "args": ["demo-agent"]},
+        "channels": {"phone": {"type": "telegram", "token": "$TETHER_IT_UNSET_DEMO_TOKEN"}}
+    }));
+    let mut child = std::process::Command::new(tether_bin())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("TETHER_HOME", home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let running = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) if line.contains("running 1 channel(s)") => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the demo did not start: {seen:#?}"),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(running.ends_with("stop with Ctrl+C"), "{running}");
+    assert!(!seen.iter().any(|l| l.contains("TETHER_IT_UNSET_DEMO_TOKEN")), "{seen:#?}");
+}
