@@ -291,7 +291,9 @@ pub fn demo_config(
         args.extend(["--state".to_string(), state.display().to_string()]);
     }
     let demo_agent = serde_json::json!({"command": exe, "args": args});
-    let mut web = serde_json::json!({"type": "webchat", "listen": listen, "senderPolicy": "open"});
+    // Tool calls and plans shown as they stream: what the demo agent's `tools` word is for.
+    let mut web =
+        serde_json::json!({"type": "webchat", "listen": listen, "senderPolicy": "open", "showToolCalls": "brief"});
     match token {
         Some(token) => web["token"] = token.into(),
         None if std::env::var_os("TETHER_WEB_TOKEN").is_some_and(|t| !t.is_empty()) => {

@@ -634,7 +634,8 @@ impl Core {
                 self.on_permission_request(agent, session_id, request, call, options, now, actions);
             }
             AgentEvent::ToolCall { session_id, call } => self.on_tool_call(&agent, &session_id, call, actions),
-            AgentEvent::Plan { .. } | AgentEvent::Thought { .. } | AgentEvent::ModeChanged { .. } => {}
+            AgentEvent::Plan { session_id, entries } => self.on_plan(&agent, &session_id, &entries, actions),
+            AgentEvent::Thought { .. } | AgentEvent::ModeChanged { .. } => {}
             AgentEvent::Exited { reason } => self.on_agent_exit(&agent, &reason, actions),
         }
     }
@@ -889,6 +890,36 @@ impl Core {
             key: line_key,
             text: format!("⚙️ {title} — {outcome}"),
         }));
+    }
+
+    /// The agent's plan, shown as one progress message edited in place (with
+    /// `showToolCalls: brief`, like tool calls).
+    fn on_plan(&mut self, agent: &str, session_id: &str, entries: &[(String, String)], actions: &mut Vec<Action>) {
+        let Some(key) = self.by_session_id.get(&(agent.to_string(), session_id.to_string())) else { return };
+        let Some(session) = self.sessions.get_mut(key) else { return };
+        let Some(turn) = session.turn.as_mut().filter(|t| t.cancel.is_none()) else { return };
+        let brief = self.channels.get(&turn.chat.channel).is_some_and(|c| c.show_tool_calls == ToolCallDisplay::Brief);
+        if !brief || entries.is_empty() {
+            return;
+        }
+        let mut text = "📋 Plan:".to_string();
+        for (entry, status) in entries.iter().take(20) {
+            let mark = match status.as_str() {
+                "completed" => "✅",
+                "in_progress" => "▶️",
+                _ => "▫️",
+            };
+            let entry: String = entry.chars().take(200).collect();
+            text.push_str(&format!("\n{mark} {entry}"));
+        }
+        let chat = turn.chat.clone();
+        let key = format!("plan:{session_id}");
+        if turn.plan_shown {
+            actions.push(Action::Send(Outbound::Edit { chat, key, text }));
+        } else {
+            turn.plan_shown = true;
+            actions.push(Action::Send(Outbound::Ask { chat, key, text, buttons: Vec::new() }));
+        }
     }
 
     /// Someone pressed a button: the gates apply as to a message, then it answers.

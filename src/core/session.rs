@@ -99,6 +99,8 @@ pub struct Turn {
     pub streamed: bool,
     /// Tool calls shown as status lines (`showToolCalls: "brief"`): (tool call id, title).
     pub tools: Vec<(String, String)>,
+    /// The plan's progress message was sent (later plans edit it).
+    pub plan_shown: bool,
 }
 
 impl Turn {
@@ -273,6 +275,7 @@ impl Session {
             stream: settings.block_stream.map(BlockStreamer::new),
             streamed: false,
             tools: Vec::new(),
+            plan_shown: false,
         });
     }
 

@@ -1435,3 +1435,43 @@ fn a_group_asks_once_under_group_pairing_and_is_told_when_approved() {
         "sender policy still applies"
     );
 }
+
+#[test]
+fn plans_show_as_one_message_edited_in_place_with_brief_tool_calls() {
+    let t0 = Instant::now();
+    let plan = |entries: &[(&str, &str)]| {
+        agent(AgentEvent::Plan {
+            session_id: "s1".into(),
+            entries: entries.iter().map(|(e, s)| (e.to_string(), s.to_string())).collect(),
+        })
+    };
+    let shown = |text: &str, first: bool| {
+        let (chat, key, text) = (chat("111"), "plan:s1".to_string(), text.to_string());
+        Action::Send(if first {
+            Outbound::Ask { chat, key, text, buttons: Vec::new() }
+        } else {
+            Outbound::Edit { chat, key, text }
+        })
+    };
+    let mut ch = open_channel(DispatchMode::Steer);
+    ch.show_tool_calls = ToolCallDisplay::Brief;
+    let mut core = core_with(vec![ch]);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("111", "tools"), vec![new_session("tg:111:111")]),
+            (created("tg:111:111", "s1"), vec![typing("111"), prompt("s1", "tools")]),
+            (plan(&[("read", "in_progress"), ("write", "pending")]), vec![shown("📋 Plan:\n▶️ read\n▫️ write", true)]),
+            (
+                plan(&[("read", "completed"), ("write", "in_progress")]),
+                vec![shown("📋 Plan:\n✅ read\n▶️ write", false)],
+            ),
+        ],
+    );
+    // Without brief tool calls, no plan either.
+    let mut core = core_with(vec![open_channel(DispatchMode::Steer)]);
+    core.handle(dm("111", "tools"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    assert_eq!(core.handle(plan(&[("read", "pending")]), t0), vec![]);
+}

@@ -359,6 +359,7 @@ pub fn ext_steps(error_code: Option<i64>) -> Vec<Step> {
 pub fn available_commands() -> Value {
     json!([
         {"name": "help", "description": "List the words that script the demo agent", "input": null},
+        {"name": "words", "description": "Words that script me, anywhere in a message: slow, long, empty, error, refuse, maxtokens, permission, tools, ext, huge, hang; crash alone", "input": null},
         {"name": "summary", "description": "Summarise this session's earlier prompts", "input": null},
         {"name": "joke", "description": "Tell a short programming joke", "input": null},
         {"name": "model", "description": "Say which model answers this session", "input": null},
@@ -370,7 +371,7 @@ pub fn command_answer(prompt_text: &str, history: &[Entry], model: &str) -> Opti
     let command = prompt_text.split_whitespace().next()?;
     match command.to_lowercase().as_str() {
         "/model" => Some(format!("model: {model}")),
-        "/help" => Some(CHAT_HELP.to_string()),
+        "/help" | "/words" => Some(CHAT_HELP.to_string()),
         "/joke" => Some(JOKE.to_string()),
         "/summary" => {
             let prompts: Vec<&str> = history.iter().filter(|e| e.role == Role::User).map(|e| e.text.as_str()).collect();
