@@ -395,7 +395,7 @@ impl Daemon {
                             "agent \"{agent}\" crashed {crashes} times within {} s (last: it {reason}); stopping so the init system can restart tether",
                             CrashWindow::SPAN.as_secs()
                         ));
-                        return self.give_up(error);
+                        return self.give_up(&agent, error);
                     }
                 }
             }
@@ -419,7 +419,7 @@ impl Daemon {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
                         self.restarts.insert(name, at);
                     }
-                    Restart::GiveUp { .. } => return self.give_up(e),
+                    Restart::GiveUp { .. } => return self.give_up(&name, e),
                 }
             }
         }
@@ -427,8 +427,11 @@ impl Daemon {
     }
 
     /// Stop as for SIGTERM (messages stay journaled), then fail with `error`.
-    fn give_up(&mut self, error: Error) -> Result<(), Error> {
+    fn give_up(&mut self, agent: &str, error: Error) -> Result<(), Error> {
         log::error!(target: "tether", "{error}");
+        // Whoever was told "it is being restarted" learns it will not be (drained below).
+        let actions = self.core.agent_given_up(agent);
+        self.dispatch(actions);
         self.stop_everything("giving up");
         Err(error)
     }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, Config, PermissionPolicy, SessionScope, ToolCallDisplay};
+use crate::config::{ChannelConfig, Config, DispatchMode, PermissionPolicy, SessionScope, ToolCallDisplay};
 use crate::event::{
     AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, MessageRef, Outbound,
     PermissionKind, PermissionOutcome, SessionKey, TurnOutcome,
@@ -111,6 +111,10 @@ pub mod texts {
         so your new message goes to a fresh conversation.";
     pub const STUCK_NEXT: &str = "The agent is stuck: it did not stop the cancelled request within 10 s. \
         Your next message starts a fresh conversation.";
+    /// Where a cancelled turn's streamed answer stood, when a newer message steered it away.
+    pub const STEERED: &str = "⏹ Cancelled: your newer message replaces this request.";
+    pub const AGENT_GAVE_UP: &str = "The agent crashed too often, so tether has stopped: this request was not \
+        answered. The operator's log says why.";
     pub const CRASH_RETRY: &str =
         "The agent stopped while working on this. It is being restarted; your request will be sent again.";
     pub const CRASH_GAVE_UP: &str =
@@ -418,10 +422,20 @@ impl Core {
             body,
             how: Waits::Alone,
         };
+        // A steer cancels a turn whose answer the page already shows as it streams: say so
+        // where that partial answer stands (it replaces it), not silently.
+        let steered_chat = session
+            .turn
+            .as_ref()
+            .filter(|t| mode == DispatchMode::Steer && t.cancel.is_none() && channel.capabilities().live_drafts)
+            .map(|t| t.chat.clone());
         if session.accept(waiting, mode, now, actions).is_err() {
             log::warn!(target: channel.name.as_str(), "{key}: {MAX_WAITING} messages already wait; refused one");
             actions.push(say(&reply, texts::TOO_MANY.to_string()));
             return;
+        }
+        if let Some(chat) = steered_chat {
+            actions.push(say(&chat, texts::STEERED.to_string()));
         }
         session.start_next_turn(turn_settings(Some(channel)), now, actions);
     }
@@ -673,6 +687,29 @@ impl Core {
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
+    }
+
+    /// The agent crashed too often and tether stops: every conversation on it with a request
+    /// in flight, to retry or waiting is told, instead of waiting for a restart that will not
+    /// come. (Journaled messages stay unanswered in the journal for the next start.)
+    pub fn agent_given_up(&mut self, agent: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut keys: Vec<&SessionKey> =
+            self.sessions.iter().filter(|(_, s)| s.agent == agent).map(|(k, _)| k).collect();
+        keys.sort();
+        for key in keys {
+            let Some(session) = self.sessions.get(key) else { continue };
+            let mut chats = session.chats();
+            if let Some(retry) = &session.retry
+                && !chats.contains(&retry.chat)
+            {
+                chats.push(retry.chat.clone());
+            }
+            for chat in chats {
+                actions.push(say(&chat, texts::AGENT_GAVE_UP.to_string()));
+            }
+        }
+        actions
     }
 
     /// The agent is (back) up: open or restore every session that waits for it.

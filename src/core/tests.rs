@@ -1475,3 +1475,23 @@ fn plans_show_as_one_message_edited_in_place_with_brief_tool_calls() {
     core.handle(created("tg:111:111", "s1"), t0);
     assert_eq!(core.handle(plan(&[("read", "pending")]), t0), vec![]);
 }
+
+#[test]
+fn a_steer_says_so_where_a_live_answer_was_streaming_and_nowhere_else() {
+    let t0 = Instant::now();
+    for (platform, told) in [(&crate::adapters::webchat::PLATFORM, true), (&crate::adapters::telegram::PLATFORM, false)]
+    {
+        let mut ch = open_channel(DispatchMode::Steer);
+        ch.platform = platform;
+        let mut core = core_with(vec![ch]);
+        core.handle(dm("111", "first"), t0);
+        core.handle(created("tg:111:111", "s1"), t0);
+        let actions = core.handle(dm("111", "second"), t0);
+        let said = actions.contains(&text("111", texts::STEERED));
+        assert_eq!(said, told, "{}: {actions:?}", platform.name);
+        assert!(actions.contains(&cancel("s1")), "{actions:?}");
+        // A second message while the cancel is pending is not announced again.
+        let actions = core.handle(dm("111", "third"), t0);
+        assert!(!actions.contains(&text("111", texts::STEERED)), "{actions:?}");
+    }
+}

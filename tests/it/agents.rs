@@ -117,6 +117,12 @@ fn an_agent_that_keeps_crashing_stops_the_service_with_status_1() {
     }
     assert_eq!(exited, Some(1), "log:\n{}", service.log());
     assert!(service.log().contains("crashed 4 times within 300 s"), "{}", service.log());
+    // The sender told "being restarted" is told it will not be, before tether stops.
+    let texts = fake.texts_to(111);
+    assert!(
+        texts.last().is_some_and(|t| t.starts_with("The agent crashed too often, so tether has stopped")),
+        "{texts:?}"
+    );
 }
 
 /// The demo agent keeping its sessions in `dir`, so a restarted one can `session/load` them.
