@@ -505,10 +505,19 @@ impl Core {
                 sender_name: &message.sender_name,
                 sender_id: &message.sender_id,
             }),
-            Command::Clear => match self.clear_session(key, actions) {
-                Some(_) => texts::CLEARED.to_string(),
-                None => texts::NOTHING_TO_CLEAR.to_string(),
-            },
+            Command::Clear => {
+                // A fresh start in a group also forgets what was overheard there (as Qwen Code).
+                if let Some(history) = self.history.get_mut(&message.channel).filter(|_| message.is_group)
+                    && !history.take(&message.chat_id, message.thread_id.as_deref(), usize::MAX).is_empty()
+                {
+                    let entries = history.entries();
+                    actions.push(Action::SaveGroupHistory { channel: message.channel.clone(), entries });
+                }
+                match self.clear_session(key, actions) {
+                    Some(_) => texts::CLEARED.to_string(),
+                    None => texts::NOTHING_TO_CLEAR.to_string(),
+                }
+            }
             Command::Cancel => {
                 let Some(session) = self.sessions.get_mut(key) else { return texts::NOTHING_TO_CANCEL.to_string() };
                 let dropped = session.waiting.len();

@@ -1390,6 +1390,10 @@ fn group_history_goes_with_the_next_mention_capped_and_once() {
     assert_eq!(actions, vec![typing("-100"), prompt("s1", expected)]);
     let actions = core.handle(inbound(group_msg("111", "-100", None, "again")), t0);
     assert_eq!(history_texts(&actions), None, "nothing left to give");
+    // /clear in the group forgets what was overheard there.
+    core.handle(overheard("111", "-100", "to forget"), t0);
+    let actions = core.handle(inbound(group_msg("111", "-100", None, "/clear")), t0);
+    assert_eq!(history_texts(&actions), Some(vec![]), "{actions:?}");
 }
 
 #[test]
