@@ -1,6 +1,7 @@
 //! Benchmark: the release binary against the loopback fake Bot API and the demo agent.
-//! Prints binary size, idle memory of the tether process, and the time from a message queued
-//! on the fake to its reply arriving. Run through `bench/run.sh`.
+//! Prints binary size, idle memory of the tether process, the time from a message queued on
+//! the fake to its reply arriving, and pacing as one chat sees it (a long answer's parts, a
+//! chat writing again as soon as each reply arrives). Run through `bench/run.sh`.
 
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)]
@@ -68,6 +69,40 @@ fn main() {
     );
     let (rss, hwm) = memory(service.pid());
     println!("after the run: VmRSS {rss} kB, VmHWM {hwm} kB");
+
+    // Pacing, as one chat sees it: the parts of a long answer, then a person (or a script)
+    // writing again as soon as each reply arrives.
+    let chat = 9_000;
+    let end = "other words that script the demo agent.";
+    fake.send_dm(chat, "long");
+    let sent = fake
+        .wait_delivered(Duration::from_secs(30), |sent| {
+            sent.iter().any(|s| s.chat_id == json!(chat) && s.visible.contains(end))
+        })
+        .expect("the long answer did not arrive within 30 s");
+    let parts: Vec<Instant> = sent.iter().filter(|s| s.chat_id == json!(chat)).map(|s| s.at).collect();
+    if let (Some(first), Some(last)) = (parts.first(), parts.last()) {
+        println!("a long answer in {} parts, first to last part: {:.1} ms", parts.len(), ms(*last - *first));
+    }
+    // Another chat, so its bucket is full: the first 4 replies go at once, then one a second.
+    let chat = 9_001;
+    let mut times = Vec::new();
+    for n in 0..20 {
+        let text = format!("again {n}");
+        let start = Instant::now();
+        fake.send_dm(chat, &text);
+        let echo = format!("echo: {text}");
+        fake.wait_delivered(Duration::from_secs(10), |sent| sent.iter().any(|s| s.visible == echo))
+            .expect("a reply did not arrive within 10 s");
+        times.push(start.elapsed());
+    }
+    let first_four = times[..4].iter().map(|d| ms(*d)).fold(0.0, f64::max);
+    times.sort();
+    println!(
+        "one chat writing as soon as each reply arrives, 20 messages: median {:.1} ms, slowest of the first 4 {:.1} ms",
+        ms(times[times.len() / 2]),
+        first_four
+    );
 }
 
 fn ms(d: Duration) -> f64 {

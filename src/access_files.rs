@@ -159,6 +159,27 @@ impl Watcher {
         events
     }
 
+    /// `channel`'s files now, if they changed since they were last read, whenever the last
+    /// poll was: called before a message of that channel goes to the core, so a sender
+    /// approved a moment ago is not taken for a stranger still waiting.
+    pub fn refresh(&mut self, channel: &str) -> Vec<Event> {
+        let Some(watched) = self.channels.iter_mut().find(|w| w.name == channel) else { return Vec::new() };
+        let fingerprints = watched.files.fingerprints();
+        if watched.seen == Some(fingerprints) {
+            return Vec::new();
+        }
+        match watched.files.read() {
+            Ok(book) => {
+                watched.seen = Some(fingerprints);
+                vec![event(&watched.name, book)]
+            }
+            Err(e) => {
+                log::error!(target: watched.name.as_str(), "{e}; keeping the previous pairing state");
+                Vec::new()
+            }
+        }
+    }
+
     /// Add a request the core made to the channel's file. The next [`Watcher::poll`] reads
     /// the file back, with whatever the operator changed meanwhile.
     pub fn save_request(&mut self, channel: &str, request: PairingRequest, now_ms: u64) {

@@ -30,11 +30,24 @@ pub struct DaemonAdmin {
     home: PathBuf,
     published: Arc<Mutex<Published>>,
     inbound: Sender<Inbound>,
+    /// The admin page's credential (`admin-token` in the home); `None` turns the page off.
+    token: Option<String>,
 }
 
 impl DaemonAdmin {
+    /// The admin of the service in `home`; makes the admin token there on first start.
     pub fn new(home: PathBuf, inbound: Sender<Inbound>) -> DaemonAdmin {
-        DaemonAdmin { home, published: Arc::default(), inbound }
+        let token = match crate::admin_token::load_or_create(&home) {
+            Ok(token) => {
+                crate::redact::register(&token);
+                Some(token)
+            }
+            Err(e) => {
+                log::warn!(target: "tether", "{e}; the admin page stays off");
+                None
+            }
+        };
+        DaemonAdmin { home, published: Arc::default(), inbound, token }
     }
 
     /// Replace what the page shows of health and sessions (the daemon calls this on its tick).
@@ -71,8 +84,10 @@ impl AdminSource for DaemonAdmin {
             .map(|c| match AccessFiles::new(&self.home, &c.name).read() {
                 Ok(book) => json!({
                     "channel": c.name,
+                    // No codes: the person who asked tells the operator theirs, so a page
+                    // that leaks cannot approve anyone.
                     "pending": book.live(now).map(|r| json!({
-                        "code": r.code, "senderId": r.sender_id, "senderName": r.sender_name, "createdAt": r.created_at,
+                        "senderId": r.sender_id, "senderName": r.sender_name, "createdAt": r.created_at,
                         "group": r.group(),
                     })).collect::<Vec<_>>(),
                     "approved": book.approved(),
@@ -85,6 +100,10 @@ impl AdminSource for DaemonAdmin {
             map.insert("pairing".into(), Value::Array(pairing));
         }
         state
+    }
+
+    fn admin_token(&self) -> Option<String> {
+        self.token.clone()
     }
 
     fn act(&self, action: AdminAction) -> Result<String, String> {

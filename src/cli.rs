@@ -25,6 +25,7 @@ Usage:
   tether stop                stop the running service (SIGTERM, then SIGKILL after 5 s)
   tether status [--json]     is it running, and how is each channel doing
   tether check               validate the config and print what would run (secrets masked)
+  tether admin-url           print the admin page's address with its admin token (keep it private)
   tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
                              manage who may use a channel (`tether pairing` for details)
   tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
@@ -47,6 +48,7 @@ pub enum Command {
     Stop,
     Status { json: bool },
     Check,
+    AdminUrl,
     Pairing(crate::pairing_cli::PairingCommand),
     DemoAgent { args: Vec<String> },
     Version,
@@ -70,9 +72,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
     use lexopt::prelude::*;
     // Group chat ids are negative numbers (`tether pairing revoke phone -100123`): words,
     // never options. They pass the option parser masked and are restored below.
-    let args = args.into_iter().map(|a| match a.to_str() {
-        Some(text) if is_negative_number(text) => OsString::from(format!("{NEGATIVE}{}", &text[1..])),
-        _ => a,
+    let args = args.into_iter().map(|a| match a.to_str().and_then(negative_number_digits) {
+        Some(digits) => OsString::from(format!("{NEGATIVE}{digits}")),
+        None => a,
     });
     let mut parser = lexopt::Parser::from_args(args);
     let mut opts = GlobalOptions::default();
@@ -125,11 +127,12 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             token: opts.token.clone(),
         },
         Some("check") if words.is_empty() => Command::Check,
+        Some("admin-url") if words.is_empty() => Command::AdminUrl,
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
         Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
         None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
-        Some(word @ ("check" | "version" | "demo" | "stop" | "status")) => {
+        Some(word @ ("check" | "version" | "demo" | "stop" | "status" | "admin-url")) => {
             return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
         }
         Some(other) => return Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
@@ -140,8 +143,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
 /// Stands for the `-` of a negative number while the options are parsed.
 const NEGATIVE: char = '\u{1}';
 
-fn is_negative_number(text: &str) -> bool {
-    text.strip_prefix('-').is_some_and(|digits| !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()))
+/// The digits of a negative number such as `-100123`.
+fn negative_number_digits(text: &str) -> Option<&str> {
+    text.strip_prefix('-').filter(|digits| !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()))
 }
 
 fn unmask(word: String) -> String {
@@ -192,6 +196,28 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             preflight(&config, &[])?;
             Ok(0)
         }
+        Command::AdminUrl => {
+            let home = home_dir(opts)?;
+            let token = crate::admin_token::load_or_create(&home)?;
+            // Without a config file, the admin page is the demo's. Only addresses are read: no
+            // channel's variables are needed.
+            let bases = match load_config(opts, Some(&[])) {
+                Ok(config) => webchat_bases(&config),
+                Err(_) if opts.config.is_none() => vec![format!("http://{DEMO_LISTEN}/")],
+                Err(e) => return Err(e),
+            };
+            if bases.is_empty() {
+                return Err(Error::Other(
+                    "no web chat channel in the config: the admin page is served by one; add a channel \
+                     with \"type\": \"webchat\""
+                        .into(),
+                ));
+            }
+            for base in bases {
+                println!("{}", crate::admin_token::admin_url(&base, &token));
+            }
+            Ok(0)
+        }
         Command::Pairing(command) => {
             let config = load_config(opts, Some(&[command.channel().to_string()]));
             let home = home_dir(opts)?;
@@ -204,6 +230,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             crate::logging::init(opts.verbose);
             let state = demo_agent_state();
             let (config, agent) = demo_config(opts, &listen, token.as_deref(), state.as_deref())?;
+            crate::redact::register_config(&config);
             println!("tether demo: talking to {agent}");
             // The demo's one channel is open: no pairing files, so any home will do. It is not
             // the service: no pid file, no status.json, no config to reload.
@@ -240,6 +267,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             let log_file = log_file.map(|path| crate::service::LogFile::open(&path)).transpose()?;
             crate::logging::init_to(opts.verbose, log_file.as_ref().map(|f| Box::new(f.writer()) as Box<_>));
             let config = load_config(opts, selection(&channels))?;
+            crate::redact::register_config(&config);
             log::info!(target: "tether", "tether {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
             log_warnings(&config, &channels);
             preflight(&config, &channels)?;
@@ -250,6 +278,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
                 only: channels,
                 reload: Some(Box::new(move || {
                     let config = load_config(&reload_opts, selection(&reload_channels))?;
+                    crate::redact::register_config(&config);
                     log_warnings(&config, &reload_channels);
                     Ok(config)
                 })),
@@ -261,6 +290,20 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             Ok(0)
         }
     }
+}
+
+/// The base URL of each web chat channel, from its `listen` (an unspecified address shown as
+/// 127.0.0.1, as the service prints it).
+fn webchat_bases(config: &Config) -> Vec<String> {
+    config
+        .channels
+        .values()
+        .filter_map(|c| c.setting("listen"))
+        .map(|listen| {
+            let listen = listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
+            format!("http://{listen}/")
+        })
+        .collect()
 }
 
 /// Where `tether demo` serves the web chat unless `--listen` says otherwise.
@@ -554,6 +597,7 @@ mod tests {
     fn table_of_commands() {
         let cases: Vec<(&[&str], Result<Command, &str>)> = vec![
             (&["check"], Ok(Command::Check)),
+            (&["admin-url"], Ok(Command::AdminUrl)),
             (&["stop"], Ok(Command::Stop)),
             (&["status"], Ok(Command::Status { json: false })),
             (&["status", "--json"], Ok(Command::Status { json: true })),

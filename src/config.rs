@@ -40,6 +40,11 @@ pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
     /// `startupTimeoutMs`, default 30 s: spawn to `initialize` answered.
     pub startup_timeout: Duration,
+    /// `user`: run the agent as this user (name or uid; tether must run as root). `None`:
+    /// as tether's own user.
+    pub user: Option<String>,
+    /// `group`: with `user`, the group to run as (default: the user's own).
+    pub group: Option<String>,
 }
 
 /// `senderPolicy`: who may talk to the agent.
@@ -155,14 +160,14 @@ impl Secret {
         &self.value
     }
 
-    /// For `tether check`: up to the first 4 characters and a length, never the whole value
-    /// (a short value shows at most a third of itself).
+    /// For `tether check`: where it comes from and its length, none of its characters (a
+    /// Telegram token's first characters are the bot's public id, but other secrets' are not,
+    /// and a shared terminal or pasted output should show nothing of any).
     pub fn masked(&self) -> String {
         let count = self.value.chars().count();
-        let head: String = self.value.chars().take((count / 3).min(4)).collect();
         match &self.from_env {
-            Some(name) => format!("${name} ({head}…, {count} chars)"),
-            None => format!("{head}… ({count} chars)"),
+            Some(name) => format!("${name} (set, {count} chars)"),
+            None => format!("*** ({count} chars)"),
         }
     }
 }
@@ -215,6 +220,9 @@ pub struct ChannelConfig {
     /// `maxBacklogAge`: a message older than this when tether gets to it (sent while tether
     /// was down) gets a notice instead of a turn. Default 24 hours.
     pub max_backlog_age: Duration,
+    /// `evictIdleAfter`: a conversation idle this long leaves memory (it stays in
+    /// `sessions.json` and is loaded again with its next message). Default 30 minutes.
+    pub evict_idle_after: Duration,
     /// Keys this build does not know, kept for adapters (as Qwen does for plugins).
     pub extra: BTreeMap<String, serde_json::Value>,
     /// What the operator should know about this channel's keys (unknown keys, keys of Qwen
@@ -394,6 +402,7 @@ impl ChannelConfig {
             agent: DEFAULT_AGENT.into(),
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
+            evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
             warnings: Vec::new(),
         }
@@ -506,6 +515,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "agent",
     "turnTimeoutMs",
     "maxBacklogAge",
+    "evictIdleAfter",
 ];
 
 const SENDER_POLICIES: &[(&str, SenderPolicy)] =
@@ -665,6 +675,13 @@ fn parse_agent(obj: &Object, at: Place<'_>, command_required: bool) -> Result<Ag
         args: get_string_array(obj, "args", at)?.unwrap_or(default_args),
         env: get_string_map(obj, "env", at)?,
         startup_timeout: millis(get_positive(obj, "startupTimeoutMs", at)?, DEFAULT_STARTUP_TIMEOUT_MS),
+        user: get_string(obj, "user", at)?,
+        group: match (get_string(obj, "group", at)?, obj.contains_key("user")) {
+            (Some(_), false) => {
+                return Err(at.error("group", "needs \"user\" too: the agent runs as that user, in this group"));
+            }
+            (group, _) => group,
+        },
     })
 }
 
@@ -767,6 +784,7 @@ fn parse_channel(
         turn_timeout: millis(get_positive(obj, "turnTimeoutMs", at)?, DEFAULT_TURN_TIMEOUT_MS),
         max_backlog_age: get_duration(obj, "maxBacklogAge", at)?
             .unwrap_or(Duration::from_secs(DEFAULT_MAX_BACKLOG_AGE_SECS)),
+        evict_idle_after: get_duration(obj, "evictIdleAfter", at)?.unwrap_or(Duration::from_secs(1800)),
         extra: obj
             .iter()
             .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
@@ -1166,7 +1184,7 @@ fn get_duration(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<Duratio
 
 fn parse_duration_secs(text: &str) -> Option<u64> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = text.split_at_checked(split)?;
     let scale = match unit.trim() {
         "s" => 1,
         "m" => 60,
@@ -1272,6 +1290,8 @@ mod tests {
                 args: vec!["--acp".into()],
                 env: BTreeMap::new(),
                 startup_timeout: Duration::from_secs(30),
+                user: None,
+                group: None,
             }
         );
         assert_eq!(config.agents["gemini"].command, "gemini");
@@ -1316,6 +1336,7 @@ mod tests {
             agent: "gemini".into(),
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
+            evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
             warnings: Vec::new(),
         };
@@ -1386,6 +1407,8 @@ mod tests {
                     args: vec!["--acp".into()],
                     env: BTreeMap::new(),
                     startup_timeout: Duration::from_millis(30_000),
+                    user: None,
+                    group: None,
                 }
             )])
         );
@@ -1416,6 +1439,7 @@ mod tests {
             agent: "default".into(),
             turn_timeout: Duration::from_millis(1_800_000),
             max_backlog_age: Duration::from_secs(86_400),
+            evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
             warnings: Vec::new(),
         };
@@ -1615,13 +1639,13 @@ mod tests {
             (
                 r#"{"channels": {"phone": {"token": "x"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat"#
+                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat, discord"#
                 ),
             ),
             (
                 r#"{"channels": {"phone": {"type": "slack"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat"#
+                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat, discord"#
                 ),
             ),
             (
@@ -1658,6 +1682,10 @@ mod tests {
             (
                 r#"{"agents": {"gemini": "gemini"}}"#.into(),
                 format!(r#"{p}: key "agents.gemini": expected an object, found string "gemini""#),
+            ),
+            (
+                r#"{"agent": {"group": "agents"}}"#.into(),
+                format!(r#"{p}: key "agent.group": needs "user" too: the agent runs as that user, in this group"#),
             ),
             (
                 r#"{"agent": {"args": "--acp"}}"#.into(),
@@ -2121,19 +2149,19 @@ mod tests {
     fn secrets_never_print_whole() {
         let secret_value = "123456:ABCdefGHIjklMNOpqr";
         let cases = [
-            (Secret::new(secret_value.into(), None), "1234… (25 chars)"),
+            (Secret::new(secret_value.into(), None), "*** (25 chars)"),
             (
                 Secret::new(secret_value.into(), Some("TELEGRAM_BOT_TOKEN".into())),
-                "$TELEGRAM_BOT_TOKEN (1234…, 25 chars)",
+                "$TELEGRAM_BOT_TOKEN (set, 25 chars)",
             ),
-            (Secret::new("abcdefgh".into(), None), "ab… (8 chars)"),
-            (Secret::new("abcd".into(), None), "a… (4 chars)"),
-            (Secret::new("ab".into(), None), "… (2 chars)"),
-            (Secret::new("é".into(), Some("E".into())), "$E (…, 1 chars)"),
+            (Secret::new("abcdefgh".into(), None), "*** (8 chars)"),
+            (Secret::new("é".into(), Some("E".into())), "$E (set, 1 chars)"),
         ];
         for (secret, masked) in cases {
             assert_eq!(secret.masked(), masked);
             assert!(!secret.masked().contains(secret.expose()), "{masked}");
+            let head: String = secret.expose().chars().take(2).collect();
+            assert!(!secret.masked().contains(&head), "no first characters: {masked}");
             assert_eq!(format!("{secret:?}"), "Secret(***)");
         }
         // Neither Debug of a whole config nor an error shows the value.

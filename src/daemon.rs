@@ -172,23 +172,18 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     };
     daemon.publish(true);
 
+    // Channels start polling while the agents start: what arrives meanwhile is journaled, and
+    // waits in the core until its agent answers `initialize`.
     let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect();
     for name in agent_names {
         let spec = agent_spec(&daemon.config, &name)?;
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
+        daemon.core.agent_starting(&name);
         daemon.agents.insert(name, agent);
-    }
-    let mut ready = Vec::new();
-    for (name, agent) in &daemon.agents {
-        ready.push(Event::Agent { agent: name.clone(), event: agent.wait_ready(&daemon.agent_rx)? });
     }
     let channels: Vec<ChannelConfig> = daemon.config.channels.values().cloned().collect();
     for channel in &channels {
         daemon.start_channel(channel)?;
-    }
-    for event in ready {
-        // Nothing to act on yet: this tells the core what each agent can do.
-        let _ = daemon.core.handle(event, Instant::now());
     }
     daemon.adopt_sessions();
     // Pairing state: read at start, then re-read when `tether pairing` changes it.
@@ -317,10 +312,14 @@ impl Daemon {
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
-        if let Inbound::Message(message) = &inbound
-            && let Some(probe) = self.probes.get(&message.channel)
-        {
-            probe.received();
+        if let Inbound::Message(message) = &inbound {
+            if let Some(probe) = self.probes.get(&message.channel) {
+                probe.received();
+            }
+            // A sender approved since the last poll is approved for this very message.
+            for event in self.access.refresh(&message.channel) {
+                self.handle(event);
+            }
         }
         let operator = matches!(inbound, Inbound::OperatorClear { .. });
         self.handle(Event::Inbound(inbound));
@@ -331,9 +330,25 @@ impl Daemon {
 
     /// Feed the core one event and carry out what it asks.
     fn handle(&mut self, event: Event) {
+        // The pieces of a running answer change no session record: the hot path skips the
+        // snapshot `sessions.json` is compared against.
+        let records_may_change = !matches!(
+            event,
+            Event::Agent {
+                event: AgentEvent::TextChunk { .. }
+                    | AgentEvent::Thought { .. }
+                    | AgentEvent::Plan { .. }
+                    | AgentEvent::ToolCall { .. }
+                    | AgentEvent::ModeChanged { .. }
+                    | AgentEvent::CommandsAvailable { .. },
+                ..
+            }
+        );
         let actions = self.core.handle(event, Instant::now());
         self.dispatch(actions);
-        self.save_sessions();
+        if records_may_change {
+            self.save_sessions();
+        }
     }
 
     /// Conversations of the last run (`sessions.json`) go on: the core loads each session
@@ -381,6 +396,10 @@ impl Daemon {
                 *count -= 1;
                 log::debug!(target: "acp", "agent \"{agent}\" stopped for the new config: {reason}");
                 return Ok(());
+            }
+            if let Some(a) = self.agents.get(&agent).filter(|a| !a.was_ready()) {
+                let error = a.start_failure(reason);
+                return self.give_up(&agent, error);
             }
             if let Some(a) = self.agents.get_mut(&agent) {
                 let now = Instant::now();
@@ -632,6 +651,7 @@ impl Daemon {
             }
             match agent_spec(&new, name).and_then(|spec| Agent::start(spec, self.agent_tx.clone())) {
                 Ok(agent) => {
+                    self.core.agent_starting(name);
                     self.agents.insert(name.clone(), agent);
                 }
                 Err(e) => log::error!(target: "acp", "{e}"),

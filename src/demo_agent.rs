@@ -50,6 +50,7 @@ Words in the prompt (any case, whole words, combinable) change that:
   ext           send the client the request craft/drainMidTurnQueue and report the error code
                 it answered (\"ext answered -32601\")
   huge          one agent_message_chunk of 2,000,000 characters
+  flood         40,000 one-character agent_message_chunks, as fast as they can be written
   crash         stream \"about to crash\", then exit with status 3 without answering
   crashonce     like crash, unless this same prompt is already in the session's history:
                 with --state, the retry after a restart answers with the echo

@@ -218,17 +218,21 @@ impl Probe {
         self.with(|h, now| h.ok(now));
     }
 
-    /// See [`ChannelHealth::failed`].
+    /// See [`ChannelHealth::failed`]. Every text kept here is published (status.json, the
+    /// admin page), so configured secrets an upstream error echoed are redacted first.
     pub fn failed(&self, error: &str) -> bool {
-        self.with(|h, now| h.failed(now, error))
+        let error = crate::redact::clean(error);
+        self.with(|h, now| h.failed(now, &error))
     }
 
     pub fn note_error(&self, error: &str) {
-        self.with(|h, now| h.note_error(now, error));
+        let error = crate::redact::clean(error);
+        self.with(|h, now| h.note_error(now, &error));
     }
 
     pub fn park(&self, reason: &str) {
-        self.with(|h, now| h.park(now, reason));
+        let reason = crate::redact::clean(reason);
+        self.with(|h, now| h.park(now, &reason));
     }
 
     /// One of the channel's threads ended on its own and the channel is being restarted.

@@ -28,7 +28,10 @@ pub fn init_to(verbose: bool, target: Option<Box<dyn Write + Send>>) {
         builder.parse_filters(&filters);
     }
     builder.format(|buf, record| {
-        writeln!(buf, "{} {:<5} {}: {}", utc_now(), record.level(), record.target(), record.args())
+        // Upstream errors may echo a configured secret: never let one into the log.
+        let message = record.args().to_string();
+        let message = crate::redact::clean(&message);
+        writeln!(buf, "{} {:<5} {}: {}", utc_now(), record.level(), record.target(), message)
     });
     let to_stderr = target.is_none();
     if let Some(target) = target {

@@ -138,16 +138,13 @@ pub fn execute(
                 report.stdout.push_str(&format!("Pending pairing requests for \"{name}\":\n"));
                 for r in live {
                     let minutes = now_ms.saturating_sub(r.created_at) / 60_000;
-                    let who = match r.group() {
-                        Some(group) => format!(
-                            "Group: {} (asked by {} ({}))",
-                            clean_name(group),
-                            clean_name(&r.sender_name),
-                            clean_name(&r.sender_id)
-                        ),
-                        None => format!("Sender: {} ({})", clean_name(&r.sender_name), clean_name(&r.sender_id)),
+                    let asker = match r.group() {
+                        Some(group) => {
+                            format!("Group: {} (asked by {})", clean_name(group), who(&r.sender_id, &r.sender_name))
+                        }
+                        None => format!("Sender: {}", who(&r.sender_id, &r.sender_name)),
                     };
-                    report.stdout.push_str(&format!("  Code: {}  {who}  {minutes}m ago\n", r.code));
+                    report.stdout.push_str(&format!("  Code: {}  {asker}  {minutes}m ago\n", r.code));
                 }
             }
         }
@@ -161,9 +158,8 @@ pub fn execute(
             }
             Some(r) => {
                 report.stdout.push_str(&format!(
-                    "Approved: {} ({}) can now use channel \"{name}\".\n",
-                    clean_name(&r.sender_name),
-                    clean_name(&r.sender_id)
+                    "Approved: {} can now use channel \"{name}\".\n",
+                    who(&r.sender_id, &r.sender_name)
                 ));
                 policy_note(&mut report);
             }
@@ -171,11 +167,11 @@ pub fn execute(
         },
         PairingCommand::Deny { code, .. } => match files.update(now_ms, |book| book.deny(code, now_ms))? {
             Some(r) => {
-                let who = match r.group() {
+                let asker = match r.group() {
                     Some(group) => format!("group {}", clean_name(group)),
-                    None => format!("{} ({})", clean_name(&r.sender_name), clean_name(&r.sender_id)),
+                    None => who(&r.sender_id, &r.sender_name),
                 };
-                report.stdout.push_str(&format!("Denied: {who}; code {} no longer works.\n", r.code));
+                report.stdout.push_str(&format!("Denied: {asker}; code {} no longer works.\n", r.code));
             }
             None => missed(&mut report, name, code),
         },
@@ -239,6 +235,13 @@ fn missed(report: &mut Report, channel: &str, code: &str) {
     report.status = 1;
 }
 
+/// A sender as shown to the operator: the real id first, then the display name in quotes.
+/// A name is chosen by the sender, so one made to look like another user's id ("111") must
+/// not be read as the id.
+pub fn who(id: &str, name: &str) -> String {
+    format!("{} (name \"{}\")", clean_name(id), clean_name(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +272,18 @@ mod tests {
 
     fn words(w: &[&str]) -> Vec<String> {
         w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_name_imitating_an_id_is_shown_after_the_real_id() {
+        let cases = [
+            ("555", "111", "555 (name \"111\")"),
+            ("555", "Ada (111)", "555 (name \"Ada (111)\")"),
+            ("555", "111\u{1b}[2K", "555 (name \"111 [2K\")"),
+        ];
+        for (id, name, expected) in cases {
+            assert_eq!(who(id, name), expected, "{name:?}");
+        }
     }
 
     #[test]
@@ -348,18 +363,18 @@ mod tests {
         assert_eq!(
             run_on(&files, c, &["list", "phone"], T0),
             out(
-                "Pending pairing requests for \"phone\":\n  Code: ABCDEFGH  Sender: Ada [31m (7)  5m ago\n  Code: JKLMNPQR  Sender: Bob (8)  0m ago\n"
+                "Pending pairing requests for \"phone\":\n  Code: ABCDEFGH  Sender: 7 (name \"Ada [31m\")  5m ago\n  Code: JKLMNPQR  Sender: 8 (name \"Bob\")  0m ago\n"
             )
         );
         let miss = "No pending request found for code \"STUVWXYZ\". It may have expired.\nSee the live codes with: tether pairing list phone\n";
         assert_eq!(run_on(&files, c, &["approve", "phone", "stuvwxyz"], T0), err(miss, 1));
         assert_eq!(
             run_on(&files, c, &["approve", "phone", "abcdefgh"], T0),
-            out("Approved: Ada [31m (7) can now use channel \"phone\".\n")
+            out("Approved: 7 (name \"Ada [31m\") can now use channel \"phone\".\n")
         );
         assert_eq!(
             run_on(&files, c, &["deny", "phone", "JKLMNPQR"], T0),
-            out("Denied: Bob (8); code JKLMNPQR no longer works.\n")
+            out("Denied: 8 (name \"Bob\"); code JKLMNPQR no longer works.\n")
         );
         assert_eq!(run_on(&files, c, &["list", "phone"], T0), out("No pending pairing requests.\n"));
         assert_eq!(
@@ -410,7 +425,7 @@ mod tests {
         let list = run_on(&files, None, &["list", "phone"], T0 + 120_000);
         assert_eq!(
             list.stdout,
-            "Pending pairing requests for \"phone\":\n  Code: GRPCODE2  Group: -100 (asked by Ada (7))  2m ago\n  Code: USERCOD3  Sender: Ada (7)  2m ago\n"
+            "Pending pairing requests for \"phone\":\n  Code: GRPCODE2  Group: -100 (asked by 7 (name \"Ada\"))  2m ago\n  Code: USERCOD3  Sender: 7 (name \"Ada\")  2m ago\n"
         );
         let mut channel = phone("allowlist");
         channel.group_policy = GroupPolicy::Pairing;

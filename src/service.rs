@@ -122,8 +122,8 @@ pub fn proc_info(pid: u32) -> ProcInfo {
 /// (state, starttime) from a `/proc/PID/stat` line. The name (field 2) is in parentheses and
 /// may hold spaces and parentheses, so fields are counted from the last `)`.
 fn parse_stat(stat: &str) -> (Option<&str>, Option<u64>) {
-    let Some(close) = stat.rfind(')') else { return (None, None) };
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let Some((_, after_name)) = stat.rsplit_once(')') else { return (None, None) };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
     // fields[0] is field 3 (state); field 22 (starttime) is fields[19].
     (fields.first().copied(), fields.get(19).and_then(|f| f.parse().ok()))
 }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::render::{CutAt, classify_cut, fence_regions};
+use crate::render::{CutAt, classify_cut, fence_regions, invents_fence};
 
 /// `minChars`, `maxChars` and `idleMs` of §6.2. Lengths are UTF-16 code units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl BlockStreamer {
         // 2. Paragraph emit at the last blank line outside code, if far enough in.
         if u16_len(&self.buf) >= self.config.min_chars
             && let Some(cut) = self.last_blank_line()
-            && u16_len(&self.buf[..cut - 2]) >= self.config.min_chars
+            && self.buf.get(..cut - 2).is_some_and(|head| u16_len(head) >= self.config.min_chars)
         {
             let rest = self.buf.split_off(cut);
             let head = std::mem::replace(&mut self.buf, rest);
@@ -98,10 +98,10 @@ impl BlockStreamer {
         // An unfinished last line that may be (or grow into) a fence marker waits, and so
         // does an open fence with everything after its opener.
         let last_line = self.buf.rfind('\n').map_or(0, |p| p + 1);
-        let partial_marker =
-            (last_line > 0 || self.starts_line) && self.buf[last_line..].trim_start().starts_with(['`', '~']);
+        let partial_marker = (last_line > 0 || self.starts_line)
+            && self.buf.get(last_line..).is_some_and(|l| l.trim_start().starts_with(['`', '~']));
         let mut cut = if partial_marker { last_line } else { self.buf.len() };
-        if let Some(open) = self.regions_of(&self.buf[..cut]).last()
+        if let Some(open) = self.regions_of(self.buf.get(..cut).unwrap_or_default()).last()
             && open.after_close == usize::MAX
         {
             cut = open.open_start;
@@ -133,7 +133,7 @@ impl BlockStreamer {
         self.deadline = None;
     }
 
-    /// Text received but not yet emitted.
+    /// Text received but not yet emitted (tests and the fuzz targets check it).
     pub fn buffered(&self) -> &str {
         &self.buf
     }
@@ -142,7 +142,7 @@ impl BlockStreamer {
     /// (as far as fences care) if `head` ends with a newline plus optional indentation.
     fn after_cut(&mut self, head: &str) {
         self.starts_line = match head.rfind('\n') {
-            Some(p) => head[p + 1..].trim().is_empty(),
+            Some(p) => head.get(p + 1..).is_some_and(|line| line.trim().is_empty()),
             None => self.starts_line && head.trim().is_empty(),
         };
     }
@@ -164,7 +164,7 @@ impl BlockStreamer {
     fn last_blank_line(&self) -> Option<usize> {
         let regions = self.regions();
         let mut search = self.buf.len();
-        while let Some(p) = self.buf[..search].rfind("\n\n") {
+        while let Some(p) = self.buf.get(..search).and_then(|s| s.rfind("\n\n")) {
             if p == 0 {
                 return None;
             }
@@ -185,13 +185,15 @@ impl BlockStreamer {
         let buf = &self.buf;
         let fits = |cut: usize, at: CutAt| match at {
             CutAt::Outside => true,
-            CutAt::InFence(i) => u16_len(&buf[..cut]) + 1 + u16_len(&regions[i].close) <= max,
+            CutAt::InFence(i) => {
+                buf.get(..cut).is_some_and(|head| u16_len(head) + 1 + u16_len(&regions[i].close) <= max)
+            }
             CutAt::Invalid => false,
         };
         let mut chosen: Option<(usize, CutAt)> = None;
         // Blank lines outside code.
         let mut search = window;
-        while let Some(p) = buf[..search].rfind("\n\n") {
+        while let Some(p) = buf.get(..search).and_then(|s| s.rfind("\n\n")) {
             if p == 0 {
                 break;
             }
@@ -207,12 +209,12 @@ impl BlockStreamer {
                 break;
             }
             let mut search = window;
-            while let Some(p) = buf[..search].rfind(sep) {
+            while let Some(p) = buf.get(..search).and_then(|s| s.rfind(sep)) {
                 if p == 0 {
                     break;
                 }
                 let at = classify_cut(p + 1, p + 1, &regions);
-                if fits(p + 1, at) {
+                if fits(p + 1, at) && !invents_fence(buf, p + 1) {
                     chosen = Some((p + 1, at));
                     break;
                 }
@@ -224,11 +226,11 @@ impl BlockStreamer {
             let mut cut = window;
             while cut > 0 {
                 let at = classify_cut(cut, cut, &regions);
-                if fits(cut, at) {
+                if fits(cut, at) && !invents_fence(buf, cut) {
                     chosen = Some((cut, at));
                     break;
                 }
-                cut = buf[..cut].char_indices().next_back().map_or(0, |(b, _)| b);
+                cut = buf.get(..cut).and_then(|s| s.char_indices().next_back()).map_or(0, |(b, _)| b);
             }
         }
         let (cut, at) = chosen.unwrap_or_else(|| {
@@ -257,8 +259,10 @@ impl BlockStreamer {
 }
 
 fn emit(out: &mut Vec<String>, block: &str) {
-    let block = block.trim();
-    if !block.is_empty() {
+    // Only blank lines and indentation go at the start: trimming other whitespace (a vertical
+    // tab, say) could turn "\u{b}```x" into a fence opener the text never had.
+    let block = block.trim_end().trim_start_matches(['\n', '\r', ' ', '\t']);
+    if !block.trim().is_empty() {
         out.push(block.to_string());
     }
 }
@@ -273,6 +277,31 @@ pub(crate) mod tests {
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_forced_cut_never_starts_a_block_with_a_fence() {
+        // Found by the streamer fuzz target (the force-split half of it).
+        let text = format!("{} ```x yy {}~~~~z", "a".repeat(45), "b ".repeat(20));
+        for max in 40..70 {
+            let mut s = streamer(10, max, 0);
+            let mut blocks = s.push(&text, Instant::now());
+            blocks.extend(s.finish());
+            for block in blocks {
+                let first = block.lines().next().unwrap_or_default();
+                assert!(crate::render::FenceOpen::parse(first).is_none(), "{max}: {block:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_keep_leading_whitespace_that_is_not_indentation() {
+        // Found by the streamer fuzz target: trimming the vertical tab made a fence opener.
+        let t0 = Instant::now();
+        let mut s = streamer(5, 1000, 0);
+        let mut blocks = s.push("first paragraph\n\n\u{b}```rust\ncode", t0);
+        blocks.extend(s.finish());
+        assert_eq!(blocks, vec!["first paragraph", "\u{b}```rust\ncode"]);
     }
 
     #[test]

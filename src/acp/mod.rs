@@ -4,5 +4,6 @@
 //! process and the threads that move its lines.
 
 pub mod connection;
+pub mod identity;
 pub mod process;
 pub mod supervisor;

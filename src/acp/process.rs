@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
 use crate::acp::connection::Connection;
+use crate::acp::identity::RunAs;
 use crate::error::Error;
 use crate::event::{AgentEvent, AgentRequest};
 
@@ -31,6 +32,8 @@ pub struct AgentSpec {
     pub scrub_values: Vec<String>,
     pub cwd: PathBuf,
     pub startup_timeout: Duration,
+    /// Run as this user and group (`agent.user`); `None`: as tether's own user.
+    pub run_as: Option<RunAs>,
 }
 
 /// The core's side of a running agent.
@@ -42,6 +45,14 @@ pub struct AgentHandle {
 
 /// Lines of stderr kept for the message when the agent dies.
 const STDERR_TAIL: usize = 8;
+/// The longest line the agent may send on stdout. A longer one (or endless output without a
+/// newline) means the agent is broken: it is killed, and restarted like after a crash.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+/// The longest stderr line kept; the rest of a longer one is skipped.
+const MAX_STDERR_LINE: usize = 2000;
+/// Lines waiting to be written to the agent's stdin. An agent that leaves this many unread
+/// is not reading its input: it is treated as broken.
+const STDIN_QUEUE: usize = 4096;
 
 /// Events flow to the core tagged with the agent's name.
 pub type AgentEvents = Sender<(String, AgentEvent)>;
@@ -65,8 +76,20 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     for name in &spec.scrub_names {
         cmd.env_remove(name);
     }
+    #[cfg(unix)]
+    if let Some(run_as) = &spec.run_as {
+        use std::os::unix::process::CommandExt;
+        // std also drops the supplementary groups (setgroups) when tether runs as root.
+        cmd.uid(run_as.uid).gid(run_as.gid);
+    }
     let mut child = cmd.spawn().map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+        let hint = if let (Some(run_as), std::io::ErrorKind::PermissionDenied) = (&spec.run_as, e.kind()) {
+            &*format!(
+                "running it as user \"{}\" (agent.user) needs tether to run as root, and the user to be \
+                 allowed to run the command and enter the current directory",
+                run_as.user
+            )
+        } else if e.kind() == std::io::ErrorKind::NotFound {
             "is it installed and on PATH? Set agent.command in the config, or run `tether demo` to try the built-in demo agent"
         } else {
             "check agent.command and agent.args in the config"
@@ -81,17 +104,20 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     log::info!(target: "acp", "started agent \"{}\" (`{}`, pid {pid})", spec.name, command_line(&spec));
 
     let (from_agent_tx, from_agent_rx) = bounded::<FromAgent>(256);
-    let (write_tx, write_rx) = unbounded::<String>();
+    let (write_tx, write_rx) = bounded::<String>(STDIN_QUEUE);
     let (requests_tx, requests_rx) = unbounded::<AgentRequest>();
 
     let tx = from_agent_tx.clone();
     named(&format!("acp-out-{}", spec.name), move || {
-        read_lines(stdout, |line| tx.send(FromAgent::Line(line)).is_ok());
+        let end = read_lines(stdout, MAX_LINE, Overlong::Stop, |line| tx.send(FromAgent::Line(line)).is_ok());
+        if end == LinesEnd::TooLong {
+            let _ = tx.send(FromAgent::Broken(format!("sent a line longer than {} MiB", MAX_LINE >> 20)));
+        }
         let _ = tx.send(FromAgent::Closed);
     })?;
     let tx = from_agent_tx;
     named(&format!("acp-err-{}", spec.name), move || {
-        read_lines(stderr, |line| tx.send(FromAgent::Stderr(line)).is_ok());
+        read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| tx.send(FromAgent::Stderr(line)).is_ok());
         let _ = tx.send(FromAgent::Closed);
     })?;
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
@@ -114,6 +140,8 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
 enum FromAgent {
     Line(String),
     Stderr(String),
+    /// The agent broke the protocol's bounds (why); it is killed.
+    Broken(String),
     /// stdout or stderr closed; when both are, the process is exiting.
     Closed,
 }
@@ -135,12 +163,25 @@ fn run_io(mut io: IoThread) {
     let startup_deadline = after(io.startup_timeout);
     let mut requests = io.requests.clone();
     let mut open_pipes = 2;
-    send_lines(&io.writes, conn.start().writes);
+    let mut stderr_budget = StderrBudget::default();
+    let mut broken: Option<String> = None;
+    if !send_lines(&io.writes, conn.start().writes) {
+        broken = Some("does not read its input".into());
+    }
     let reason = loop {
+        if let Some(why) = broken.take() {
+            let _ = io.child.kill();
+            let _ = io.child.wait();
+            break format!("{why}; treated as broken and stopped");
+        }
         let startup = if conn.is_ready() { never() } else { startup_deadline.clone() };
         select! {
             recv(requests) -> req => match req {
-                Ok(req) => send_lines(&io.writes, conn.request(req).writes),
+                Ok(req) => {
+                    if !send_lines(&io.writes, conn.request(req).writes) {
+                        broken = Some(format!("left {STDIN_QUEUE} lines of input unread"));
+                    }
+                }
                 // The core is gone: close stdin so the agent exits, then reap it below.
                 Err(_) => {
                     requests = never();
@@ -151,7 +192,9 @@ fn run_io(mut io: IoThread) {
             recv(io.from_agent) -> msg => match msg {
                 Ok(FromAgent::Line(line)) => {
                     let step = conn.receive(&line);
-                    send_lines(&io.writes, step.writes);
+                    if !send_lines(&io.writes, step.writes) {
+                        broken = Some(format!("left {STDIN_QUEUE} lines of input unread"));
+                    }
                     for event in step.events {
                         if let AgentEvent::Ready { .. } = event {
                             log::info!(target: "acp", "agent \"{}\" ready after {} ms", io.name, started.elapsed().as_millis());
@@ -160,12 +203,20 @@ fn run_io(mut io: IoThread) {
                     }
                 }
                 Ok(FromAgent::Stderr(line)) => {
-                    log::info!(target: "acp", "{}: {}", io.name, line);
+                    let line = clean_stderr_line(&line);
+                    match stderr_budget.take(Instant::now()) {
+                        StderrVerdict::Log { suppressed: 0 } => log::info!(target: "acp", "{}: {}", io.name, line),
+                        StderrVerdict::Log { suppressed } => log::info!(
+                            target: "acp", "{}: ({suppressed} stderr lines not logged) {}", io.name, line
+                        ),
+                        StderrVerdict::Quiet => {}
+                    }
                     if stderr_tail.len() == STDERR_TAIL {
                         stderr_tail.pop_front();
                     }
                     stderr_tail.push_back(line);
                 }
+                Ok(FromAgent::Broken(why)) => broken = Some(why),
                 Ok(FromAgent::Closed) => {
                     open_pipes -= 1;
                     if open_pipes == 0 {
@@ -213,9 +264,65 @@ fn reap(child: &mut Child) -> String {
     }
 }
 
-fn send_lines(writes: &Sender<String>, lines: Vec<String>) {
+/// Queue lines for the agent's stdin; `false` when its queue is full (it is not reading).
+/// A closed queue (the writer ended) is not this function's concern: the exit follows.
+fn send_lines(writes: &Sender<String>, lines: Vec<String>) -> bool {
     for line in lines {
-        let _ = writes.send(line);
+        if let Err(crossbeam_channel::TrySendError::Full(_)) = writes.try_send(line) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A stderr line made safe for the log: control characters (terminal escapes, carriage
+/// returns, NULs) become `\u{..}` text, so the agent cannot rewrite what a terminal shows.
+fn clean_stderr_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Stderr lines logged per [`STDERR_WINDOW`]; past it they are counted, and the count is
+/// logged with the next line that gets through. Pure.
+const STDERR_LINES_PER_WINDOW: u32 = 50;
+const STDERR_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct StderrBudget {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum StderrVerdict {
+    /// Log the line; `suppressed` lines were dropped since the last one logged.
+    Log {
+        suppressed: u64,
+    },
+    Quiet,
+}
+
+impl StderrBudget {
+    fn take(&mut self, now: Instant) -> StderrVerdict {
+        let fresh = self.window_start.is_none_or(|start| now.saturating_duration_since(start) >= STDERR_WINDOW);
+        if fresh {
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= STDERR_LINES_PER_WINDOW {
+            self.suppressed += 1;
+            return StderrVerdict::Quiet;
+        }
+        self.logged += 1;
+        StderrVerdict::Log { suppressed: std::mem::take(&mut self.suppressed) }
     }
 }
 
@@ -230,23 +337,84 @@ fn write_lines(mut stdin: std::process::ChildStdin, lines: Receiver<String>) {
     // Dropping stdin here closes it: the agent sees EOF and exits.
 }
 
-/// Read newline-terminated lines of any length; stop at EOF, on a read error, or when the
-/// consumer says so.
-fn read_lines(pipe: impl std::io::Read, mut each: impl FnMut(String) -> bool) {
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
+/// What to do with a line longer than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overlong {
+    /// Stop reading: the stream is broken.
+    Stop,
+    /// Pass on its first `max` bytes and skip the rest up to the newline.
+    Cut,
+}
+
+/// How [`read_lines`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinesEnd {
+    /// End of file, a read error, or the consumer said stop.
+    Done,
+    /// A line passed `max` bytes without a newline (with [`Overlong::Stop`]).
+    TooLong,
+}
+
+/// Read newline-terminated lines of at most `max` bytes, never holding more than that; stop
+/// at EOF, on a read error, when the consumer says so, or at an overlong line as `overlong`
+/// says.
+pub(crate) fn read_lines(
+    pipe: impl std::io::Read,
+    max: usize,
+    overlong: Overlong,
+    mut each: impl FnMut(String) -> bool,
+) -> LinesEnd {
+    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut skipping = false;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+        let available = match reader.fill_buf() {
+            Ok([]) | Err(_) => {
+                if !buf.is_empty() && !skipping {
+                    each(finish_line(&buf));
+                }
+                return LinesEnd::Done;
+            }
+            Ok(bytes) => bytes,
+        };
+        let newline = available.iter().position(|b| *b == b'\n');
+        let ended = newline.is_some();
+        let take = newline.map_or(available.len(), |at| at + 1);
+        let content = &available[..newline.unwrap_or(available.len())];
+        if !skipping {
+            let room = max.saturating_sub(buf.len());
+            let fits = content.len() <= room;
+            buf.extend_from_slice(&content[..content.len().min(room)]);
+            if !fits {
+                reader.consume(take);
+                if overlong == Overlong::Stop {
+                    return LinesEnd::TooLong;
+                }
+                if !each(finish_line(&buf)) {
+                    return LinesEnd::Done;
+                }
+                buf.clear();
+                skipping = !ended;
+                continue;
+            }
+        }
+        reader.consume(take);
+        if ended {
+            if skipping {
+                skipping = false;
+            } else {
+                let line = finish_line(&buf);
+                buf = Vec::new();
                 if !each(line) {
-                    return;
+                    return LinesEnd::Done;
                 }
             }
         }
     }
+}
+
+fn finish_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim_end_matches(['\r', '\n']).to_string()
 }
 
 fn named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
@@ -260,4 +428,62 @@ fn named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
 
 fn command_line(spec: &AgentSpec) -> String {
     std::iter::once(spec.command.as_str()).chain(spec.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize, overlong: Overlong) -> (Vec<String>, LinesEnd) {
+        let mut got = Vec::new();
+        let end = read_lines(input, max, overlong, |l| {
+            got.push(l);
+            true
+        });
+        (got, end)
+    }
+
+    #[test]
+    fn read_lines_table() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(lines(b"a\nbb\r\nccc", 3, Overlong::Stop), (s(&["a", "bb", "ccc"]), LinesEnd::Done));
+        assert_eq!(lines(b"abc\nabcd\nx\n", 3, Overlong::Stop), (s(&["abc"]), LinesEnd::TooLong));
+        assert_eq!(lines(b"abc\nabcdef\nx\n", 3, Overlong::Cut), (s(&["abc", "abc", "x"]), LinesEnd::Done));
+        assert_eq!(lines(b"", 3, Overlong::Cut), (s(&[]), LinesEnd::Done));
+    }
+
+    /// A 200 MB stdout line without a newline: reading stops after 16 MiB (memory stays
+    /// bounded) and the stream is reported broken.
+    #[test]
+    fn an_endless_line_is_cut_off_at_the_limit() {
+        struct Endless(usize);
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0);
+                buf[..n].fill(b'x');
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let mut source = Endless(200 * 1024 * 1024);
+        let mut got = 0;
+        let end = read_lines(&mut source, MAX_LINE, Overlong::Stop, |_| {
+            got += 1;
+            true
+        });
+        assert_eq!((end, got), (LinesEnd::TooLong, 0));
+        let read = 200 * 1024 * 1024 - source.0;
+        assert!(read <= MAX_LINE + 64 * 1024, "read {read} bytes before giving up");
+    }
+
+    #[test]
+    fn stderr_is_cleaned_and_rate_limited() {
+        assert_eq!(clean_stderr_line("ok\tfine"), "ok\tfine");
+        assert_eq!(clean_stderr_line("\u{1b}[2J\rfake\u{0}"), "\\u{1b}[2J\\u{d}fake\\u{0}");
+        let t0 = Instant::now();
+        let mut budget = StderrBudget::default();
+        let logged = (0..10_000).filter(|_| budget.take(t0) != StderrVerdict::Quiet).count();
+        assert_eq!(logged, STDERR_LINES_PER_WINDOW as usize);
+        assert_eq!(budget.take(t0 + STDERR_WINDOW), StderrVerdict::Log { suppressed: 10_000 - 50 });
+    }
 }

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use crossbeam_channel::{Sender, unbounded};
 
+use crate::acp::identity;
 use crate::acp::process::{self, AgentHandle, AgentSpec};
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -19,6 +20,8 @@ pub struct Agent {
     requests_tx: Sender<AgentRequest>,
     handle: Option<AgentHandle>,
     backoff: Backoff,
+    /// It answered `initialize` at least once since tether started.
+    was_ready: bool,
 }
 
 impl Agent {
@@ -30,6 +33,7 @@ impl Agent {
             handle: None,
             crashes: CrashWindow::default(),
             backoff: Backoff::new(Duration::from_secs(3), Duration::from_secs(60)),
+            was_ready: false,
         };
         agent.restart(events)?;
         Ok(agent)
@@ -59,39 +63,27 @@ impl Agent {
     /// The agent answered `initialize`: the next crash starts the backoff from the bottom.
     pub fn ready(&mut self) {
         self.backoff.reset();
+        self.was_ready = true;
+    }
+
+    /// Whether it ever answered `initialize`: an agent that fails before that is misconfigured
+    /// (wrong command, not logged in to anything), not crashing, and restarting it cannot help.
+    pub fn was_ready(&self) -> bool {
+        self.was_ready
+    }
+
+    /// Why it could not start, for the one error that ends the service.
+    pub fn start_failure(&self, reason: &str) -> Error {
+        Error::Agent(format!(
+            "agent \"{}\" (`{} {}`) failed to start: it {reason}",
+            self.spec.name,
+            self.spec.command,
+            self.spec.args.join(" ")
+        ))
     }
 
     pub fn send(&self, request: AgentRequest) {
         let _ = self.requests_tx.send(request);
-    }
-
-    /// Wait for this agent's `initialize` answer (returned, for the core), or fail with why
-    /// it did not come.
-    pub fn wait_ready(&self, events: &Receiver<(String, AgentEvent)>) -> Result<AgentEvent, Error> {
-        let limit = self.spec.startup_timeout + Duration::from_secs(5);
-        let deadline = Instant::now() + limit;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match events.recv_timeout(remaining) {
-                Ok((name, ready @ AgentEvent::Ready { .. })) if name == self.spec.name => return Ok(ready),
-                Ok((name, AgentEvent::Exited { reason })) if name == self.spec.name => {
-                    return Err(Error::Agent(format!(
-                        "agent \"{}\" (`{} {}`) failed to start: it {reason}",
-                        name,
-                        self.spec.command,
-                        self.spec.args.join(" ")
-                    )));
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(Error::Agent(format!(
-                        "agent \"{}\" did not start within {} ms",
-                        self.spec.name,
-                        limit.as_millis()
-                    )));
-                }
-            }
-        }
     }
 }
 
@@ -146,6 +138,21 @@ pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
         "tether" => std::env::current_exe().map_or_else(|_| agent.command.clone(), |p| p.display().to_string()),
         _ => agent.command.clone(),
     };
+    let run_as = match &agent.user {
+        None => None,
+        Some(user) => {
+            let read = |path: &str| {
+                std::fs::read_to_string(path).map_err(|e| Error::Other(format!("cannot read {path}: {e}")))
+            };
+            let run_as = identity::resolve(user, agent.group.as_deref(), &read("/etc/passwd")?, &read("/etc/group")?)
+                .map_err(|e| Error::Other(format!("{}: {e}", config.path.display())))?;
+            // The agent's own home, not tether's (root's) one.
+            env.insert("HOME".into(), run_as.home.clone());
+            env.insert("USER".into(), run_as.user.clone());
+            env.insert("LOGNAME".into(), run_as.user.clone());
+            Some(run_as)
+        }
+    };
     Ok(AgentSpec {
         name: name.to_string(),
         command,
@@ -155,6 +162,7 @@ pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
         scrub_values,
         cwd,
         startup_timeout: agent.startup_timeout,
+        run_as,
     })
 }
 

@@ -7,13 +7,17 @@
 //! and restarts the channel), turns platform traffic into [`Inbound`] events, and delivers
 //! [`Outbound`] actions.
 
-pub mod admin;
+pub(crate) mod admin;
+mod contain;
+pub mod discord;
 pub mod outbox;
 pub mod pacing;
 pub mod telegram;
+pub(crate) mod uploads;
 pub mod webchat;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+pub use contain::{contain, contained_panics};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
@@ -29,7 +33,7 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM];
+pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {
@@ -175,12 +179,6 @@ impl Drop for EndReport {
     }
 }
 
-/// Run `decode` on one piece of hostile input, turning a panic into `None`: one bad update
-/// must be skipped, never kill the thread that polls for the next one.
-pub fn contain<T>(decode: impl FnOnce() -> T) -> Option<T> {
-    catch_unwind(AssertUnwindSafe(decode)).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,13 +192,6 @@ mod tests {
         supervisor.spawn("loud".into(), || panic!("boom")).unwrap();
         let end = ended.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(end, ThreadEnd { thread: "loud".into(), panicked: true });
-    }
-
-    #[test]
-    fn contain_turns_a_panic_into_none() {
-        assert_eq!(contain(|| 3), Some(3));
-        let slice = "Ⱥé";
-        assert_eq!(contain(|| slice.get(0..1).map(str::len).unwrap_or_else(|| panic!("not a boundary"))), None);
     }
 
     #[test]

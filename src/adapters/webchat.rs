@@ -2,14 +2,23 @@
 //! browser tab on [`crate::net::httpd`]; what browsers send becomes [`Inbound`], and
 //! [`Outbound`] goes to every open tab of the browser it is addressed to.
 //!
-//! Identity: each browser gets a random id in the `tether_sid` cookie (HttpOnly,
-//! SameSite=Strict), set with the page. It is the sender id and the chat id.
+//! Identity: each browser gets a random secret in the `tether_sid` cookie (HttpOnly,
+//! SameSite=Strict), set with the page. Its public id, the sender id and the chat id, is
+//! derived from that secret ([`browser_id`]), so the ids that show up in pairing lists, logs
+//! and the admin page cannot be turned back into a cookie: naming an id gets a browser
+//! neither that id's history nor its identity.
 //!
 //! Access: on a loopback `listen` without `token`, only requests whose `Host` is a loopback
 //! name are served (a web page elsewhere cannot reach the agent through DNS rebinding). With a
 //! `token`, every request needs it — the page, `/ws` and `/healthz` alike: `?token=` sets the
-//! `tether_token` cookie and redirects to the bare path; the cookie or `Authorization: Bearer`
-//! works after that. A non-loopback `listen` without `token` is refused at start.
+//! `tether_token` cookie and redirects to `/`; the cookie or `Authorization: Bearer` works
+//! after that. A non-loopback `listen` without `token` is refused at start. `/admin` has its
+//! own credential (the admin token, [`admin`]); the chat's token neither grants nor is needed
+//! for it.
+//!
+//! Storage: what a sender the channel's policy does not pass sends is never stored (no
+//! history, no upload); history is bounded per browser and in total, in bytes; uploads live
+//! under TETHER_HOME ([`uploads`]).
 //!
 //! Wire protocol: JSON text frames on `/ws`.
 //!
@@ -35,24 +44,25 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use crate::access_files::AccessFiles;
 use crate::adapters::admin::{self, AdminSource};
-use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, Supervisor};
-use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
+use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, Supervisor, uploads};
+use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings, SenderPolicy};
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, ButtonPress, Inbound, InboundMessage, Outbound};
 use crate::health::wall_ms;
-use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server};
+use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server, constant_time_eq};
 
 /// The page: HTML, CSS and JS in one file, no build step, nothing fetched from elsewhere.
 const PAGE: &str = include_str!("webchat.html");
@@ -61,12 +71,21 @@ const SID_COOKIE: &str = "tether_sid";
 const TOKEN_COOKIE: &str = "tether_token";
 /// Messages kept per browser for replay on reconnect.
 const HISTORY_LIMIT: usize = 100;
+/// Bytes of history kept per browser; the oldest messages go first, and one longer message
+/// is kept cut to this size.
+const HISTORY_BYTES: usize = 1024 * 1024;
+/// Bytes of history kept across all browsers; beyond it the least recently active browsers
+/// are forgotten (those without an open tab first).
+const TOTAL_HISTORY_BYTES: usize = 32 * 1024 * 1024;
+/// What of a stranger's message goes to the core: enough for the gates, which never pass it
+/// to the agent, and not the megabytes a stranger may send.
+const STRANGER_TEXT_LIMIT: usize = 4096;
 /// Browsers remembered at once; the least recently active one without an open tab goes first.
 const MAX_BROWSERS: usize = 256;
 /// Largest attachment, decoded.
 const MAX_UPLOAD: usize = 5 * 1024 * 1024;
 /// Largest WebSocket message: a base64 attachment plus its JSON.
-const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
 /// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
 /// reconnects and gets the history).
 const SOCKET_QUEUE: usize = 256;
@@ -172,13 +191,22 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
 }
 
 /// Start the web chat of `channel` (serving the admin page too) through the seam.
+/// Attachments go under `home/uploads/<channel>/` (0700, files 0600, removed after
+/// [`UPLOAD_RETENTION`]), and the channel's pairing files are read to know who is approved
+/// before anything is stored.
 fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error> {
-    let uploads = std::env::temp_dir().join("tether-webchat");
-    let server = spawn_with_uploads(channel, io.inbound, io.outbox, uploads, Some(io.admin), &io.supervisor)?;
+    let uploads = io.home.join("uploads").join(&channel.name);
+    let admin = io.admin.clone();
+    let server =
+        spawn_with_uploads(channel, io.inbound, io.outbox, uploads, Some(io.admin), Some(&io.home), &io.supervisor)?;
     // Listening is this channel's "connected".
     io.probe.ok();
-    let reached_at = Some(format!("web chat on {}", server.url()));
-    Ok(RunningChannel { reached_at, drained: None, guard: Some(Box::new(server)) })
+    let mut reached_at = format!("web chat on {}", server.url());
+    if let Some(token) = admin.admin_token() {
+        let url = crate::admin_token::admin_url(&server.url(), &token);
+        reached_at.push_str(&format!("\n{}: admin page (keep this address private) on {url}", channel.name));
+    }
+    Ok(RunningChannel { reached_at: Some(reached_at), drained: None, guard: Some(Box::new(server)) })
 }
 
 /// [`spawn`] with the directory attachments are saved under (tests use their own).
@@ -188,6 +216,7 @@ fn spawn_with_uploads(
     outbox: Receiver<Outbound>,
     upload_root: PathBuf,
     admin: Option<Arc<dyn AdminSource>>,
+    home: Option<&Path>,
     supervisor: &Supervisor,
 ) -> Result<WebchatHandle, Error> {
     let name = &channel.name;
@@ -227,6 +256,10 @@ fn spawn_with_uploads(
         stop: AtomicBool::new(false),
         upload_root,
         admin,
+        policy: channel.sender_policy,
+        allowed_users: channel.allowed_users.clone(),
+        access: home.map(|home| AccessFiles::new(home, name)),
+        new_browsers: Mutex::new(NewBrowsers::default()),
     });
     let handler: Handler = {
         let shared = shared.clone();
@@ -267,9 +300,37 @@ struct Shared {
     upload_root: PathBuf,
     /// Serves `/admin` when the daemon gave one.
     admin: Option<Arc<dyn AdminSource>>,
+    /// The channel's sender policy, applied here too before anything is stored.
+    policy: SenderPolicy,
+    allowed_users: Vec<String>,
+    /// The channel's pairing files (who was approved), for `senderPolicy: "pairing"`.
+    access: Option<AccessFiles>,
+    /// New browser ids per client address (under `pairing`).
+    new_browsers: Mutex<NewBrowsers>,
 }
 
 impl Shared {
+    /// Whether what `sid` sends may be stored (history, uploads): it passes the sender
+    /// policy. A stranger's message still goes to the core (which may answer with a pairing
+    /// code), but nothing of it is kept here.
+    fn may_store(&self, sid: &str) -> bool {
+        let listed = self.allowed_users.iter().any(|u| u == sid);
+        match self.policy {
+            SenderPolicy::Open => true,
+            SenderPolicy::Allowlist => listed,
+            SenderPolicy::Pairing => {
+                listed
+                    || self.access.as_ref().is_some_and(|files| match files.read() {
+                        Ok(book) => book.approved().iter().any(|u| u == sid),
+                        Err(e) => {
+                            log::warn!(target: self.channel.as_str(), "{e}; taking the sender as not approved");
+                            false
+                        }
+                    })
+            }
+        }
+    }
+
     fn hub(&self) -> MutexGuard<'_, Hub> {
         // A thread that panicked while holding the lock left consistent-enough data: the
         // worst case is one message missing from a history.
@@ -341,7 +402,7 @@ impl ServerFrame<'_> {
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-enum ClientFrame {
+pub(crate) enum ClientFrame {
     Message {
         #[serde(default)]
         text: String,
@@ -353,12 +414,12 @@ enum ClientFrame {
 }
 
 #[derive(Debug, Deserialize)]
-struct ClientFile {
+pub(crate) struct ClientFile {
     #[serde(default)]
-    name: String,
+    pub name: String,
     #[serde(default)]
-    mime: String,
-    data: String,
+    pub mime: String,
+    pub data: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,6 +428,8 @@ struct ClientFile {
 struct Browser {
     sockets: Vec<(u64, Sender<String>)>,
     history: VecDeque<Entry>,
+    /// [`entry_bytes`] of `history`.
+    history_bytes: usize,
     /// The answer being written, replayed to a tab that connects mid-turn.
     draft: Option<String>,
     last_active: u64,
@@ -391,9 +454,33 @@ impl Hub {
         format!("{}-{}", self.boot, self.next_id)
     }
 
+    /// Bytes of history kept across browsers.
+    fn total_history_bytes(&self) -> usize {
+        self.browsers.values().map(|b| b.history_bytes).sum()
+    }
+
+    /// Forget the least recently active browsers (those without an open tab first), never
+    /// `keep`, until the history of all fits in [`TOTAL_HISTORY_BYTES`].
+    fn enforce_total_bytes(&mut self, keep: &str) {
+        let mut total = self.total_history_bytes();
+        while total > TOTAL_HISTORY_BYTES {
+            let stalest = self
+                .browsers
+                .iter()
+                .filter(|(sid, _)| sid.as_str() != keep)
+                .min_by_key(|(_, b)| (!b.sockets.is_empty(), b.last_active))
+                .map(|(sid, _)| sid.clone());
+            let Some(stalest) = stalest else { return };
+            if let Some(gone) = self.browsers.remove(&stalest) {
+                total = total.saturating_sub(gone.history_bytes);
+            }
+        }
+    }
+
     /// The browser's state, created (evicting the stalest idle one if full) when new.
     fn browser(&mut self, sid: &str) -> &mut Browser {
         self.tick += 1;
+        self.enforce_total_bytes(sid);
         if !self.browsers.contains_key(sid) && self.browsers.len() >= MAX_BROWSERS {
             let stalest = self
                 .browsers
@@ -408,6 +495,7 @@ impl Hub {
         let browser = self.browsers.entry(sid.to_string()).or_insert_with(|| Browser {
             sockets: Vec::new(),
             history: VecDeque::new(),
+            history_bytes: 0,
             draft: None,
             last_active: tick,
         });
@@ -529,11 +617,40 @@ impl Hub {
     }
 }
 
-fn push_history(browser: &mut Browser, entry: Entry) {
-    browser.history.push_back(entry);
-    while browser.history.len() > HISTORY_LIMIT {
-        browser.history.pop_front();
+/// Keep `entry` in the browser's history, within [`HISTORY_LIMIT`] messages and
+/// [`HISTORY_BYTES`] bytes (one longer message is kept cut).
+fn push_history(browser: &mut Browser, mut entry: Entry) {
+    if entry_bytes(&entry) > HISTORY_BYTES {
+        truncate_at_char(&mut entry.text, HISTORY_BYTES / 2);
+        entry.text.push_str("\n… (cut: too long to keep)");
     }
+    browser.history_bytes += entry_bytes(&entry);
+    browser.history.push_back(entry);
+    while browser.history.len() > HISTORY_LIMIT || browser.history_bytes > HISTORY_BYTES {
+        let Some(old) = browser.history.pop_front() else { break };
+        browser.history_bytes = browser.history_bytes.saturating_sub(entry_bytes(&old));
+    }
+}
+
+/// What an entry costs to keep, roughly: its texts.
+fn entry_bytes(entry: &Entry) -> usize {
+    entry.text.len()
+        + entry.id.len()
+        + entry.file.as_ref().map_or(0, String::len)
+        + entry.buttons.iter().map(|b| b.label.len() + b.data.len()).sum::<usize>()
+        + entry.key.as_ref().map_or(0, String::len)
+}
+
+/// Cut `text` to at most `max` bytes, on a character boundary.
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
 }
 
 /// Queue a frame for every socket of the browser; a socket whose queue is full or gone is
@@ -547,14 +664,14 @@ fn broadcast(browser: &mut Browser, json: &str) {
 
 /// What the access rules decided about one request.
 #[derive(Debug, PartialEq)]
-enum Access {
+pub(crate) enum Access {
     Allowed,
     /// Answer with this instead (a 303 that stores the token, a 401 or a 403).
     Answer(Response),
 }
 
 /// Token and `Host` rules (see the module docs). `token` is the configured one.
-fn check_access(request: &Request, token: Option<&str>) -> Access {
+pub(crate) fn check_access(request: &Request, token: Option<&str>) -> Access {
     let Some(token) = token else {
         return match request.header("host") {
             Some(host) if !is_loopback_host(host) => Access::Answer(Response::text(
@@ -570,9 +687,9 @@ fn check_access(request: &Request, token: Option<&str>) -> Access {
         if !constant_time_eq(offered.as_bytes(), token.as_bytes()) {
             return Access::Answer(unauthorized());
         }
-        // Never redirect to `//host`: that would leave this server.
-        let location = if request.path.starts_with("//") { "/" } else { request.path.as_str() };
-        return Access::Answer(Response::redirect(location).header(
+        // A fixed path, never one taken from the request: `//host` or `/\host` would leave
+        // this server (browsers read a backslash as a slash).
+        return Access::Answer(Response::redirect("/").header(
             "Set-Cookie",
             &format!("{TOKEN_COOKIE}={cookie_value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Strict"),
         ));
@@ -595,16 +712,16 @@ fn unauthorized() -> Response {
 }
 
 fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
-    if let Access::Answer(response) = check_access(&request, shared.token.as_deref()) {
-        return Reply::Respond(response);
+    if admin::is_admin_path(&request.path) {
+        return Reply::Respond(admin_request(shared, &request));
     }
-    if let Some(response) = shared.admin.as_deref().and_then(|admin| admin::handle(admin, &request)) {
+    if let Access::Answer(response) = check_access(&request, shared.token.as_deref()) {
         return Reply::Respond(response);
     }
     let readable = matches!(request.method.as_str(), "GET" | "HEAD");
     let response = match request.path.as_str() {
         "/ws" => return open_socket(shared, &request),
-        "/" | "/index.html" if readable => page(&request),
+        "/" | "/index.html" if readable => page(shared, &request),
         // Health needs the token like everything else: simplest, and nothing here is public.
         "/healthz" if readable => Response::text(200, "ok\n"),
         "/" | "/index.html" | "/healthz" => Response::text(405, "use GET\n").header("Allow", "GET, HEAD"),
@@ -613,8 +730,58 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
     Reply::Respond(response)
 }
 
+/// `/admin…`: its own credential (the admin token, checked by [`admin::handle`]); the chat's
+/// token neither grants nor is needed for it. Without a chat token, the `Host` rule still
+/// applies, so a rebinding page cannot even ask.
+fn admin_request(shared: &Shared, request: &Request) -> Response {
+    if shared.token.is_none()
+        && let Access::Answer(response) = check_access(request, None)
+    {
+        return response;
+    }
+    match shared.admin.as_deref().and_then(|admin| admin::handle(admin, request)) {
+        Some(response) => response,
+        None => Response::text(404, "not found\n"),
+    }
+}
+
+/// Under `senderPolicy: "pairing"`, one client address gets one new browser id per this
+/// long: a pairing request lives an hour, so one address holds at most one of the channel's
+/// pending slots, and one client cannot fill them all by minting ids.
+const NEW_BROWSER_EVERY: Duration = Duration::from_secs(60 * 60);
+/// Addresses remembered for that; beyond it the oldest are forgotten.
+const NEW_BROWSER_ADDRESSES: usize = 4096;
+
+/// When each client address last got a new browser id. Pure.
+#[derive(Debug, Default)]
+struct NewBrowsers {
+    last: HashMap<IpAddr, Instant>,
+}
+
+impl NewBrowsers {
+    /// `Ok` when `ip` may get a new id now (and records it); else how long until it may.
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if let Some(at) = self.last.get(&ip) {
+            let since = now.saturating_duration_since(*at);
+            if since < NEW_BROWSER_EVERY {
+                return Err(NEW_BROWSER_EVERY - since);
+            }
+        }
+        if self.last.len() >= NEW_BROWSER_ADDRESSES {
+            self.last.retain(|_, at| now.saturating_duration_since(*at) < NEW_BROWSER_EVERY);
+            if self.last.len() >= NEW_BROWSER_ADDRESSES
+                && let Some(oldest) = self.last.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip)
+            {
+                self.last.remove(&oldest);
+            }
+        }
+        self.last.insert(ip, now);
+        Ok(())
+    }
+}
+
 /// The chat page, setting the browser's id cookie when it has none.
-fn page(request: &Request) -> Response {
+fn page(shared: &Shared, request: &Request) -> Response {
     let response = Response::html(200, PAGE)
         .header("Content-Security-Policy", PAGE_CSP)
         .header("Cache-Control", "no-store")
@@ -622,6 +789,22 @@ fn page(request: &Request) -> Response {
         .header("X-Frame-Options", "DENY");
     if request.cookie(SID_COOKIE).is_some_and(is_valid_sid) {
         return response;
+    }
+    if shared.policy == SenderPolicy::Pairing
+        && let Some(ip) = request.peer.map(|p| p.ip().to_canonical())
+    {
+        let allowed = shared.new_browsers.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, Instant::now());
+        if let Err(wait) = allowed {
+            return Response::text(
+                429,
+                format!(
+                    "This address got a new browser id less than an hour ago. On this chat each \
+                     address gets one per hour (it needs pairing): use the browser you paired, or \
+                     try again in {} minutes.\n",
+                    wait.as_secs() / 60 + 1
+                ),
+            );
+        }
     }
     match random_hex(16) {
         Ok(sid) => response
@@ -631,10 +814,10 @@ fn page(request: &Request) -> Response {
 }
 
 fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
-    if !is_same_origin(request) {
+    if !request.is_same_origin() {
         return Reply::Respond(Response::text(403, "cross-origin WebSocket refused\n"));
     }
-    let Some(sid) = request.cookie(SID_COOKIE).filter(|s| is_valid_sid(s)).map(str::to_string) else {
+    let Some(sid) = request.cookie(SID_COOKIE).filter(|s| is_valid_sid(s)).map(browser_id) else {
         return Reply::Respond(Response::text(403, "no browser id: open the chat page first (it sets a cookie)\n"));
     };
     match httpd::websocket_upgrade(request) {
@@ -646,25 +829,15 @@ fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
     }
 }
 
-/// A browser always sends `Origin` on WebSocket handshakes; it must name this server.
-/// Non-browser clients send none.
-fn is_same_origin(request: &Request) -> bool {
-    let Some(origin) = request.header("origin") else {
-        return true;
-    };
-    let Some(host) = request.header("host") else {
-        return false;
-    };
-    let origin_host = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-    origin_host.is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(host))
-}
-
-/// `localhost`, `*.localhost` or a loopback IP, with or without a port.
+/// `localhost`, `*.localhost` or a loopback IP, with or without a port; an IPv6 address
+/// only in brackets, followed by nothing or `:port` (`[::1]evil.example` is not loopback).
 fn is_loopback_host(host: &str) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((ip, _)) => ip,
-            None => return false,
+            Some((ip, "")) => ip,
+            Some((ip, after)) if after.strip_prefix(':').is_some_and(is_port) => ip,
+            _ => return false,
         }
     } else {
         match host.rsplit_once(':') {
@@ -675,18 +848,19 @@ fn is_loopback_host(host: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower == "localhost"
         || lower.ends_with(".localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
-/// Compare secrets without an early exit (the length still shows, as it must).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The public id of the browser whose cookie holds `secret`: 32 hex digits of
+/// SHA-1("tether-webchat-browser:" + secret). One-way, so an id (which many can see) never
+/// gives the secret (which only the browser holds).
+fn browser_id(secret: &str) -> String {
+    use sha1::Digest;
+    let digest = sha1::Sha1::new().chain_update(b"tether-webchat-browser:").chain_update(secret.as_bytes()).finalize();
+    hex(&digest[..16])
 }
 
-/// Browser ids are 32 lowercase hex digits; anything else is ignored (it also names a
+/// Browser secrets and ids are 32 lowercase hex digits; anything else is ignored (it also names a
 /// directory, so it must never carry a path).
 fn is_valid_sid(sid: &str) -> bool {
     sid.len() == 32 && sid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -705,8 +879,19 @@ fn random_hex(len: usize) -> Result<String, getrandom::Error> {
 // ---------------------------------------------------------------------------------------------
 // Threads: dispatcher and sockets
 
+/// How often old uploads are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
+
 fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
+    let mut next_sweep = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now() + SWEEP_EVERY;
+            let removed = uploads::sweep(&shared.upload_root, uploads::RETENTION, SystemTime::now());
+            if removed > 0 {
+                log::info!(target: shared.channel.as_str(), "removed {removed} upload(s) older than a day");
+            }
+        }
         match outbox.recv_timeout(DISPATCH_POLL) {
             Ok(action) if action.channel() == shared.channel => {
                 shared.hub().deliver(&action, wall_ms());
@@ -736,7 +921,7 @@ impl Drop for Registration<'_> {
     }
 }
 
-fn socket_config() -> WebSocketConfig {
+pub(crate) fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024)
@@ -851,15 +1036,22 @@ fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
     if text.trim().is_empty() && file.is_none() {
         return None;
     }
+    let mut text = text;
     let mut attachments = Vec::new();
-    if let Some(file) = &file {
-        match save_upload(&shared.upload_root, sid, file) {
-            Ok(attachment) => attachments.push(attachment),
-            Err(e) => return Some(e),
+    let id = if shared.may_store(sid) {
+        if let Some(file) = &file {
+            match save_upload(&shared.upload_root, sid, file) {
+                Ok(attachment) => attachments.push(attachment),
+                Err(e) => return Some(e),
+            }
         }
-    }
-    let file_name = attachments.first().map(|a| a.file_name.clone());
-    let id = shared.hub().record_from_person(sid, &text, file_name, wall_ms());
+        let file_name = attachments.first().map(|a| a.file_name.clone());
+        shared.hub().record_from_person(sid, &text, file_name, wall_ms())
+    } else {
+        // A stranger: no file written, nothing kept or echoed; the core hears a short text.
+        truncate_at_char(&mut text, STRANGER_TEXT_LIMIT);
+        shared.hub().new_id()
+    };
     let message = InboundMessage {
         channel: shared.channel.clone(),
         sender_id: sid.to_string(),
@@ -896,12 +1088,11 @@ fn save_upload(root: &Path, sid: &str, file: &ClientFile) -> Result<Attachment, 
     }
     let name = sanitize_file_name(&file.name);
     let mime_type = sanitize_mime(&file.mime);
-    let dir = root.join(sid);
-    create_private_dir(&dir).map_err(|e| {
-        log::warn!("web chat: cannot create {}: {e}", dir.display());
+    let dir = uploads::private_dir(root, sid).map_err(|e| {
+        log::warn!("web chat: cannot use {}: {e}", root.join(sid).display());
         "the server could not store the file".to_string()
     })?;
-    let path = write_new_file(&dir, &name, &bytes).map_err(|e| {
+    let path = uploads::write_new_file(&dir, &name, &bytes).map_err(|e| {
         log::warn!("web chat: cannot save into {}: {e}", dir.display());
         "the server could not store the file".to_string()
     })?;
@@ -914,37 +1105,9 @@ fn save_upload(root: &Path, sid: &str, file: &ClientFile) -> Result<Attachment, 
     })
 }
 
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
-}
-
-/// Write to `dir/name`, or `dir/<n>-name` when that exists; never overwrite.
-fn write_new_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
-    use std::io::Write;
-    for n in 0..1000u32 {
-        let candidate = if n == 0 { dir.join(name) } else { dir.join(format!("{n}-{name}")) };
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&candidate) {
-            Ok(mut f) => {
-                f.write_all(bytes)?;
-                return Ok(candidate);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("too many files named {name}")))
-}
-
 /// A safe file name: the last path component, ASCII letters, digits, `.`, `-`, `_` only, no
 /// leading dot, at most 100 characters (keeping a short extension), never empty.
-fn sanitize_file_name(name: &str) -> String {
+pub(crate) fn sanitize_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String =
         base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
@@ -952,9 +1115,9 @@ fn sanitize_file_name(name: &str) -> String {
     let cleaned = if cleaned.len() > 100 {
         match cleaned.rsplit_once('.') {
             Some((stem, ext)) if ext.len() <= 10 => {
-                format!("{}.{ext}", &stem[..100 - ext.len() - 1])
+                format!("{}.{ext}", stem.chars().take(100 - ext.len() - 1).collect::<String>())
             }
-            _ => cleaned[..100].to_string(),
+            _ => cleaned.chars().take(100).collect(),
         }
     } else {
         cleaned.to_string()
@@ -963,7 +1126,7 @@ fn sanitize_file_name(name: &str) -> String {
 }
 
 /// `type/subtype` in lowercase, or `application/octet-stream` when it is not one.
-fn sanitize_mime(mime: &str) -> String {
+pub(crate) fn sanitize_mime(mime: &str) -> String {
     let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let token = |s: &str| {
         !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
@@ -975,7 +1138,7 @@ fn sanitize_mime(mime: &str) -> String {
 }
 
 /// Standard or URL-safe base64, padding optional, whitespace ignored; `None` when malformed.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let mut acc: u32 = 0;
     let mut bits = 0u32;
@@ -1040,8 +1203,8 @@ mod tests {
         inbound: Sender<Inbound>,
         outbox: Receiver<Outbound>,
     ) -> Result<WebchatHandle, Error> {
-        let uploads = std::env::temp_dir().join("tether-webchat");
-        spawn_with_uploads(channel, inbound, outbox, uploads, None, &Supervisor::new().0)
+        let uploads = std::env::temp_dir().join(format!("tether-webchat-{}", random_hex(8).unwrap()));
+        spawn_with_uploads(channel, inbound, outbox, uploads, None, None, &Supervisor::new().0)
     }
 
     struct Chat {
@@ -1053,18 +1216,16 @@ mod tests {
 
     impl Chat {
         fn start(token: Option<&str>) -> Chat {
+            Chat::start_with(channel_config("127.0.0.1:0", token))
+        }
+
+        fn start_with(config: ChannelConfig) -> Chat {
             let uploads = std::env::temp_dir().join(format!("tether-webchat-test-{}", random_hex(8).unwrap()));
             let (inbound_tx, inbound) = crossbeam_channel::unbounded();
             let (outbox, outbox_rx) = crossbeam_channel::unbounded();
-            let handle = spawn_with_uploads(
-                &channel_config("127.0.0.1:0", token),
-                inbound_tx,
-                outbox_rx,
-                uploads.clone(),
-                None,
-                &Supervisor::new().0,
-            )
-            .unwrap();
+            let handle =
+                spawn_with_uploads(&config, inbound_tx, outbox_rx, uploads.clone(), None, None, &Supervisor::new().0)
+                    .unwrap();
             Chat { handle, inbound, outbox, uploads }
         }
 
@@ -1262,6 +1423,11 @@ mod tests {
             ("localhost.evil.example", false),
             ("192.168.1.2:8787", false),
             ("[::1", false),
+            ("[::1]evil.example", false),
+            ("[::1].evil.example:80", false),
+            ("[::1]:", false),
+            ("[::1]:80x", false),
+            ("[::ffff:127.0.0.1]:80", true),
         ];
         for (host, expected) in hosts {
             assert_eq!(is_loopback_host(host), expected, "{host}");
@@ -1292,7 +1458,7 @@ mod tests {
             ("GET /ws HTTP/1.1\r\nOrigin: http://127.0.0.1:1", false),
         ];
         for (head, expected) in cases {
-            assert_eq!(is_same_origin(&request(head)), expected, "{head}");
+            assert_eq!(request(head).is_same_origin(), expected, "{head}");
         }
     }
 
@@ -1324,12 +1490,18 @@ mod tests {
         for (head, token, expected) in cases {
             assert_eq!(status(&head, token), expected, "{head} with {token:?}");
         }
-        // The redirect drops the query, stays on this server, and stores the token (hex).
-        let Access::Answer(r) = check_access(&request("GET //evil.example?token=s3cret HTTP/1.1"), Some("s3cret"))
-        else {
+        // The redirect drops the query, goes to a fixed path on this server, and stores the
+        // token (hex).
+        for path in ["//evil.example", "/\\evil.example", "/\\/evil.example/x", "/anything"] {
+            let head = format!("GET {path}?token=s3cret HTTP/1.1");
+            let Access::Answer(r) = check_access(&request(&head), Some("s3cret")) else {
+                panic!("expected a redirect");
+            };
+            assert!(r.headers.contains(&("Location".into(), "/".into())), "{path}: {r:?}");
+        }
+        let Access::Answer(r) = check_access(&request("GET /?token=s3cret HTTP/1.1"), Some("s3cret")) else {
             panic!("expected a redirect");
         };
-        assert!(r.headers.contains(&("Location".into(), "/".into())), "{r:?}");
         let cookie = r.headers.iter().find(|(n, _)| n == "Set-Cookie").unwrap();
         assert!(cookie.1.starts_with(&format!("{TOKEN_COOKIE}={};", hex(b"s3cret"))), "{cookie:?}");
         assert!(cookie.1.contains("HttpOnly") && cookie.1.contains("SameSite=Strict"));
@@ -1464,9 +1636,9 @@ mod tests {
         send_json(&mut ws, serde_json::json!({"type": "message", "text": "hello agent"}));
         let m = chat.next_message();
         assert_eq!(m.channel, "web");
-        assert_eq!(m.sender_id, sid);
-        assert_eq!(m.chat_id, sid);
-        assert_eq!(m.sender_name, format!("web-{}", &sid[..6]));
+        assert_eq!(m.sender_id, browser_id(&sid));
+        assert_eq!(m.chat_id, browser_id(&sid));
+        assert_eq!(m.sender_name, format!("web-{}", &browser_id(&sid)[..6]));
         assert_eq!(m.text, "hello agent");
         assert!(m.is_mentioned && !m.is_group && m.thread_id.is_none());
         assert!(m.attachments.is_empty());
@@ -1485,6 +1657,123 @@ mod tests {
     }
 
     #[test]
+    fn naming_another_browsers_id_gets_neither_its_history_nor_its_identity() {
+        let chat = Chat::start(None);
+        let secret = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={secret}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "private words"}));
+        let victim = chat.next_message().sender_id;
+        assert_ne!(victim, secret, "the public id is not the cookie");
+
+        // Someone who learned the id (pairing list, log, admin page) presents it as a cookie.
+        let mut thief = chat.socket(&format!("{SID_COOKIE}={victim}"));
+        let history = next_frame(&mut thief);
+        assert_eq!(history["messages"], serde_json::json!([]), "no history of the victim's");
+        send_json(&mut thief, serde_json::json!({"type": "message", "text": "approve me"}));
+        let theirs = chat.next_message();
+        assert_ne!(theirs.sender_id, victim, "not the victim's identity");
+        assert_ne!(theirs.chat_id, victim);
+    }
+
+    /// Under `allowlist`, a stranger's 7 MB message and 4 MB upload reach the core only as a
+    /// short text (the gates decide there): no file is written, nothing is kept or echoed.
+    #[test]
+    fn a_strangers_messages_and_uploads_are_neither_stored_nor_kept() {
+        let chat = Chat::start_with(ChannelConfig {
+            sender_policy: SenderPolicy::Allowlist,
+            ..channel_config("127.0.0.1:0", None)
+        });
+        let secret = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={secret}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        let big = "x".repeat(7 * 1024 * 1024 - 100);
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": big}));
+        let m = chat.next_message();
+        assert!(m.text.len() <= STRANGER_TEXT_LIMIT, "{} bytes went to the core", m.text.len());
+        let upload = base64(&vec![7u8; 4 * 1024 * 1024]);
+        send_json(
+            &mut ws,
+            serde_json::json!({"type": "message", "text": "file", "file": {"name": "a.bin", "mime": "application/octet-stream", "data": upload}}),
+        );
+        let m = chat.next_message();
+        assert!(m.attachments.is_empty());
+        assert!(!chat.uploads.exists(), "a stranger's upload was written under {}", chat.uploads.display());
+        let kept = chat.handle.shared.hub().total_history_bytes();
+        assert_eq!(kept, 0, "bytes of a stranger's messages kept in history");
+        let mut again = chat.socket(&format!("{SID_COOKIE}={secret}"));
+        assert_eq!(next_frame(&mut again)["messages"], serde_json::json!([]));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn uploads_are_private_and_a_pre_created_open_directory_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        let chat = Chat::start(None);
+        let file = serde_json::json!({"name": "a.txt", "mime": "text/plain", "data": base64(b"secret notes")});
+        let mine = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={mine}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "mine", "file": file}));
+        let saved = chat.next_message().attachments[0].path.clone();
+        assert_eq!((mode(&chat.uploads), mode(saved.parent().unwrap()), mode(&saved)), (0o700, 0o700, 0o600));
+
+        // Another user prepared the next browser's directory, open to everyone.
+        let victim = chat.new_browser();
+        let planted = chat.uploads.join(browser_id(&victim));
+        std::fs::create_dir(&planted).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={victim}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        send_json(&mut ws, serde_json::json!({"type": "message", "text": "theirs", "file": file}));
+        let error = next_frame(&mut ws);
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(std::fs::read_dir(&planted).unwrap().count(), 0, "nothing written into the planted directory");
+    }
+
+    #[test]
+    fn under_pairing_one_address_gets_one_new_browser_id_per_hour() {
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut limit = NewBrowsers::default();
+        assert_eq!(limit.allow(a, t0), Ok(()));
+        assert_eq!(limit.allow(a, t0 + Duration::from_secs(60)), Err(NEW_BROWSER_EVERY - Duration::from_secs(60)));
+        assert_eq!(limit.allow(b, t0), Ok(()));
+        assert_eq!(limit.allow(a, t0 + NEW_BROWSER_EVERY), Ok(()));
+
+        // Through the server: a second page load without a cookie from the same address gets
+        // no new id, so one client holds at most one of the channel's 3 pairing slots.
+        let chat = Chat::start_with(ChannelConfig {
+            sender_policy: SenderPolicy::Pairing,
+            ..channel_config("127.0.0.1:0", None)
+        });
+        assert_eq!(status_of(&chat.get("/", "")), 200);
+        let again = chat.get("/", "");
+        assert_eq!(status_of(&again), 429, "{again}");
+        assert_eq!(set_cookie(&again, SID_COOKIE), None);
+        // A browser that has its id keeps getting the page.
+        let cookie = format!("Cookie: {SID_COOKIE}={}\r\n", "a".repeat(32));
+        assert_eq!(status_of(&chat.get("/", &cookie)), 200);
+    }
+
+    #[test]
+    fn history_is_capped_in_bytes_per_browser_and_in_total() {
+        let mut hub = Hub::new("b".into());
+        let big = "y".repeat(300 * 1024);
+        for n in 0..200u32 {
+            let sid = format!("{:032x}", n % 100);
+            hub.deliver(&Outbound::Text { chat: chat_ref(&sid), text: big.clone(), answers: vec![] }, 0);
+            assert!(hub.browsers[&sid].history_bytes <= HISTORY_BYTES);
+            assert!(hub.total_history_bytes() <= TOTAL_HISTORY_BYTES + HISTORY_BYTES);
+        }
+        let sid = format!("{:032x}", 999);
+        hub.deliver(&Outbound::Text { chat: chat_ref(&sid), text: "z".repeat(5 * 1024 * 1024), answers: vec![] }, 0);
+        assert!(hub.browsers[&sid].history_bytes <= HISTORY_BYTES, "one long message is kept cut");
+        assert!(hub.browsers[&sid].history[0].text.ends_with("(cut: too long to keep)"));
+    }
+
+    #[test]
     fn draft_typing_and_text_arrive_in_order_in_every_tab() {
         let chat = Chat::start(None);
         let sid = chat.new_browser();
@@ -1496,16 +1785,24 @@ mod tests {
         for ws in [&mut tab1, &mut tab2, &mut stranger] {
             assert_eq!(next_frame(ws)["type"], "history");
         }
-        chat.send(Outbound::Typing { chat: chat_ref(&sid) });
-        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "Hel".into() });
+        chat.send(Outbound::Typing { chat: chat_ref(&browser_id(&sid)) });
+        chat.send(Outbound::Draft { chat: chat_ref(&browser_id(&sid)), text: "Hel".into() });
         chat.send(Outbound::Text {
-            chat: ChatRef { channel: "other-channel".into(), ..chat_ref(&sid) },
+            chat: ChatRef { channel: "other-channel".into(), ..chat_ref(&browser_id(&sid)) },
             text: "not for this channel".into(),
             answers: vec![],
         });
-        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "Hello".into() });
-        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "Hello, **world**".into(), answers: vec![] });
-        chat.send(Outbound::Text { chat: chat_ref(&other), text: "for the other one".into(), answers: vec![] });
+        chat.send(Outbound::Draft { chat: chat_ref(&browser_id(&sid)), text: "Hello".into() });
+        chat.send(Outbound::Text {
+            chat: chat_ref(&browser_id(&sid)),
+            text: "Hello, **world**".into(),
+            answers: vec![],
+        });
+        chat.send(Outbound::Text {
+            chat: chat_ref(&browser_id(&other)),
+            text: "for the other one".into(),
+            answers: vec![],
+        });
         for ws in [&mut tab1, &mut tab2] {
             assert_eq!(next_frame(ws), serde_json::json!({"type": "typing"}));
             assert_eq!(next_frame(ws), serde_json::json!({"type": "draft", "text": "Hel"}));
@@ -1529,9 +1826,9 @@ mod tests {
         send_json(&mut ws, serde_json::json!({"type": "message", "text": "question"}));
         assert_eq!(chat.next_message().text, "question");
         assert_eq!(next_frame(&mut ws)["from"], "you");
-        chat.send(Outbound::Text { chat: chat_ref(&sid), text: "answer".into(), answers: vec![] });
+        chat.send(Outbound::Text { chat: chat_ref(&browser_id(&sid)), text: "answer".into(), answers: vec![] });
         assert_eq!(next_frame(&mut ws)["text"], "answer");
-        chat.send(Outbound::Draft { chat: chat_ref(&sid), text: "more…".into() });
+        chat.send(Outbound::Draft { chat: chat_ref(&browser_id(&sid)), text: "more…".into() });
         assert_eq!(next_frame(&mut ws)["type"], "draft");
         ws.close(None).unwrap();
         drop(ws);
@@ -1565,7 +1862,7 @@ mod tests {
         assert_eq!(a.kind, AttachmentKind::Image);
         assert_eq!(a.file_name, "shot.png");
         assert_eq!(a.mime_type, "image/png");
-        assert_eq!(a.path, chat.uploads.join(&sid).join("shot.png"));
+        assert_eq!(a.path, chat.uploads.join(browser_id(&sid)).join("shot.png"));
         assert_eq!(std::fs::read(&a.path).unwrap(), png);
         let echo = next_frame(&mut ws);
         assert_eq!(echo["file"], "shot.png");
@@ -1581,7 +1878,7 @@ mod tests {
         assert_eq!(a.kind, AttachmentKind::File);
         assert_eq!(a.file_name, "1-shot.png");
         assert_eq!(std::fs::read(&a.path).unwrap(), b"%PDF");
-        assert_eq!(std::fs::read(chat.uploads.join(&sid).join("shot.png")).unwrap(), png);
+        assert_eq!(std::fs::read(chat.uploads.join(browser_id(&sid)).join("shot.png")).unwrap(), png);
         assert_eq!(next_frame(&mut ws)["type"], "message");
 
         // Too big, or not base64: an error frame, nothing saved, nothing to the core.
@@ -1601,7 +1898,7 @@ mod tests {
         );
         assert_eq!(next_frame(&mut ws)["type"], "error");
         chat.assert_no_message();
-        assert!(!chat.uploads.join(&sid).join("big.bin").exists());
+        assert!(!chat.uploads.join(browser_id(&sid)).join("big.bin").exists());
     }
 
     #[test]
@@ -1699,10 +1996,11 @@ mod tests {
     }
 
     #[test]
-    fn fifty_concurrent_clients_each_get_the_page() {
+    fn thirty_concurrent_clients_from_one_address_each_get_the_page() {
         let chat = Chat::start(None);
         let addr = chat.addr();
-        let clients: Vec<_> = (0..50)
+        // One address may hold `max_per_address` (32) connections at once.
+        let clients: Vec<_> = (0..30)
             .map(|_| {
                 std::thread::spawn(move || {
                     raw_request(addr, format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())

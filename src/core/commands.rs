@@ -47,12 +47,13 @@ pub fn addressed_elsewhere(text: &str) -> bool {
 fn split(text: &str) -> Option<(&str, Option<&str>, &str)> {
     let rest = text.trim_start().strip_prefix('/')?;
     let name_end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
-    let (name, mut rest) = rest.split_at(name_end);
+    let (name, mut rest) = rest.split_at_checked(name_end)?;
     let mut bot = None;
     if let Some(after_at) = rest.strip_prefix('@') {
         let bot_end = after_at.find(char::is_whitespace).unwrap_or(after_at.len());
-        bot = Some(&after_at[..bot_end]);
-        rest = &after_at[bot_end..];
+        let (name, after) = after_at.split_at_checked(bot_end)?;
+        bot = Some(name);
+        rest = after;
     }
     if name.is_empty() || (!rest.is_empty() && !rest.starts_with(char::is_whitespace)) {
         return None;
@@ -176,7 +177,7 @@ pub fn who_text(w: &WhoInfo) -> String {
         format!("Channel: {}", w.channel),
         format!("Workspace: {workspace}"),
         format!("Session: {session} ({shared})"),
-        format!("You: {} ({})", w.sender_name, w.sender_id),
+        format!("You: {} (name \"{}\")", w.sender_id, w.sender_name),
     ]
     .join("\n")
 }
@@ -299,7 +300,7 @@ mod tests {
         };
         assert_eq!(
             who(SessionScope::User, false, false, true),
-            "Channel: phone\nWorkspace: project\nSession: active (private to you)\nYou: Ada (111)"
+            "Channel: phone\nWorkspace: project\nSession: active (private to you)\nYou: 111 (name \"Ada\")"
         );
         let sharing = [
             (SessionScope::Single, false, false, "none (shared channel-wide)"),

@@ -101,14 +101,6 @@ pub fn group_policy_name(policy: GroupPolicy) -> &'static str {
     }
 }
 
-/// The name of a DM policy as written in the config.
-pub fn dm_policy_name(policy: DmPolicy) -> &'static str {
-    match policy {
-        DmPolicy::Open => "open",
-        DmPolicy::Disabled => "disabled",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,7 @@ impl GroupHistory {
         self.chats.values().flatten().cloned().collect()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.chats.is_empty()
     }

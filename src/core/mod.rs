@@ -6,14 +6,14 @@
 //! (`commands.rs`), then its session (`routing.rs` for the key, `session.rs` for dispatch), with
 //! its text assembled by `prompt.rs`.
 
-pub mod commands;
-pub mod gate;
-pub mod history;
-pub mod pairing;
-pub mod permissions;
-pub mod prompt;
-pub mod routing;
-pub mod session;
+pub(crate) mod commands;
+pub(crate) mod gate;
+pub(crate) mod history;
+pub(crate) mod pairing;
+pub(crate) mod permissions;
+pub(crate) mod prompt;
+pub(crate) mod routing;
+pub(crate) mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use crate::event::{
 };
 use crate::streamer::BlockStreamConfig;
 use commands::{Command, SessionView};
-use permissions::{Asker, PermissionRelay, Resolution};
+use permissions::{Answerers, Asker, MAX_ASKS_PER_TURN, MAX_PENDING, PermissionRelay, Resolution};
 use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
 
 pub use session::{CANCEL_WAIT, MAX_WAITING};
@@ -198,10 +198,49 @@ impl Core {
         self.channels.get(channel).map(|c| self.access.summary(c))
     }
 
+    /// An agent is starting: what comes for it waits until it answers `initialize`.
+    pub fn agent_starting(&mut self, agent: &str) {
+        self.down.insert(agent.to_string(), ());
+    }
+
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(Session::deadline);
-        sessions.chain(self.permissions.next_deadline()).min()
+        let evictions = self.sessions.values().filter_map(|s| self.eviction_due(s));
+        sessions.chain(evictions).chain(self.permissions.next_deadline()).min()
+    }
+
+    /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
+    /// its agent can load it again later (else its context would be lost).
+    fn eviction_due(&self, session: &Session) -> Option<Instant> {
+        let can_load = self.load_session.get(&session.agent).copied().unwrap_or(false);
+        let after = self.channels.get(&session.chat.channel)?.evict_idle_after;
+        (can_load && session.is_idle()).then(|| session.last_active + after)
+    }
+
+    /// Move the sessions idle past their channel's `evictIdleAfter` to the dormant records
+    /// (`sessions.json` keeps them; the next message loads them with `session/load`).
+    fn evict_idle(&mut self, now: Instant) {
+        let due: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| self.eviction_due(s).is_some_and(|at| at <= now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some(session) = self.sessions.remove(&key) else { continue };
+            let Some(session_id) = session.id else { continue };
+            self.by_session_id.remove(&(session.agent.clone(), session_id.clone()));
+            log::debug!(target: session.chat.channel.as_str(), "{key}: idle; session {session_id} leaves memory until its next message");
+            let record = SessionRecord {
+                session_id,
+                agent: session.agent,
+                chat: session.chat,
+                cwd: session.cwd,
+                instructed: session.instructed,
+            };
+            self.dormant.insert(key, record);
+        }
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
@@ -381,32 +420,33 @@ impl Core {
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
         let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone());
-            let earlier = dormant.remove(&key).filter(|_| can_load);
+            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone(), now);
+            let earlier = dormant.remove(&key);
             let model = channel.model.clone();
-            let request = match earlier {
+            match earlier {
                 // The conversation goes on where the last run left it.
-                Some(record) => {
+                Some(record) if agent_up && can_load => {
                     session.instructed = record.instructed;
                     session.loading = true;
-                    session.lost_id = Some(record.session_id.clone());
-                    AgentRequest::LoadSession {
+                    let request = AgentRequest::LoadSession {
                         key: key.clone(),
                         session_id: record.session_id,
                         cwd: record.cwd,
                         model,
-                    }
+                    };
+                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
-                None => AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model },
-            };
-            // While the agent is down the session waits; it is opened once the agent is back.
-            if agent_up {
-                if let AgentRequest::LoadSession { .. } = request {
-                    session.lost_id = None;
+                _ if agent_up => {
+                    let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
+                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
-                actions.push(Action::Agent { agent: channel.agent.clone(), request });
-            } else {
-                session.loading = false;
+                // The agent is down or still starting: the session waits, and is loaded (if
+                // the agent can) or opened once the agent is ready.
+                Some(record) => {
+                    session.instructed = record.instructed;
+                    session.lost_id = Some(record.session_id);
+                }
+                None => {}
             }
             session
         });
@@ -421,6 +461,7 @@ impl Core {
             message_ids: message.reference().into_iter().collect(),
             body,
             how: Waits::Alone,
+            sender: message.sender_id.clone(),
         };
         // A steer cancels a turn whose answer the page already shows as it streams: say so
         // where that partial answer stands (it replaces it), not silently.
@@ -604,8 +645,10 @@ impl Core {
                         actions.push(say(&turn.chat, block));
                     }
                 }
-                // Channels that can show an answer as it grows get every draft.
-                if self.channels.get(&session.chat.channel).is_some_and(|c| c.capabilities().live_drafts) {
+                // Channels that can show an answer as it grows get drafts, coalesced in time.
+                if self.channels.get(&session.chat.channel).is_some_and(|c| c.capabilities().live_drafts)
+                    && turn.draft_now(now)
+                {
                     actions
                         .push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
                 }
@@ -618,6 +661,7 @@ impl Core {
                 let Some(key) = self.by_session_id.get(&(agent, session_id.clone())).cloned() else { return };
                 let Some(session) = self.sessions.get_mut(&key) else { return };
                 let Some(turn) = session.turn.take() else { return };
+                session.last_active = now;
                 for pending in self.permissions.cancel_session(&key) {
                     actions.push(settled(&pending, "the request ended before an answer"));
                 }
@@ -692,7 +736,8 @@ impl Core {
             } else {
                 interrupted += 1;
                 actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
-                session.retry = Some(Retry { chat: turn.chat, message_ids: turn.message_ids, text: turn.text });
+                let (chat, message_ids, text, senders) = (turn.chat, turn.message_ids, turn.text, turn.senders);
+                session.retry = Some(Retry { chat, message_ids, text, senders });
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
@@ -752,6 +797,7 @@ impl Core {
     }
 
     fn on_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.evict_idle(now);
         for pending in self.permissions.expire(now) {
             log::info!(target: pending.chat.channel.as_str(), "permission request {} timed out; refused", pending.id);
             let request = AgentRequest::AnswerPermission { request: pending.request, outcome: pending.refusal() };
@@ -793,6 +839,9 @@ impl Core {
             if let Some((due, every)) = turn.typing.as_mut().filter(|(due, _)| *due <= now) {
                 *due = now + *every;
                 actions.push(Action::Send(Outbound::Typing { chat: turn.chat.clone() }));
+            }
+            if turn.draft_due_now(now) {
+                actions.push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
             }
         }
         wedged.sort();
@@ -842,17 +891,37 @@ impl Core {
                 actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
             }
             PermissionPolicy::Relay => {
-                // In a shared conversation, only the listed users may decide for everyone.
-                let answerers = if session.shared { channel.allowed_users.clone() } else { Vec::new() };
+                // The person whose message started the turn decides (in a shared conversation
+                // with `allowedUsers`, those users), and a turn asks a bounded number of times.
+                let senders = session.turn.as_ref().map(|t| t.senders.clone()).unwrap_or_default();
+                let answerers = Answerers::for_turn(session.shared, &channel.allowed_users, &senders);
+                let asks = self.sessions.get_mut(&key).and_then(|s| s.turn.as_mut()).map_or(0, |turn| {
+                    turn.permission_asks += 1;
+                    turn.permission_asks
+                });
+                if asks > MAX_ASKS_PER_TURN {
+                    log::warn!(target: target, "{key}: tool {:?} refused: the turn already asked {MAX_ASKS_PER_TURN} times", call.title);
+                    if asks == MAX_ASKS_PER_TURN + 1 {
+                        let text = format!(
+                            "The agent asked for permission more than {MAX_ASKS_PER_TURN} times in this turn; \
+                             its further requests in this turn are refused."
+                        );
+                        actions.push(say(&chat, text));
+                    }
+                    return refuse(agent, actions);
+                }
                 let asker = Asker {
-                    agent,
+                    agent: agent.clone(),
                     session: key.clone(),
                     session_id,
                     chat: chat.clone(),
                     answerers,
                     timeout: channel.permission_timeout,
                 };
-                let pending = self.permissions.ask(asker, request, call, options, now);
+                let Some(pending) = self.permissions.ask(asker, request, call, options, now) else {
+                    log::warn!(target: target, "{key}: {MAX_PENDING} permission requests pending; refused one");
+                    return refuse(agent, actions);
+                };
                 log::info!(target: target, "{key}: asking the chat about tool {:?} (request {})", pending.call.title, pending.id);
                 actions.push(Action::Send(Outbound::Ask {
                     chat,

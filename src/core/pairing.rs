@@ -427,10 +427,7 @@ impl Access {
         self.wall_ms = epoch_ms;
     }
 
-    pub fn wall_clock(&self) -> u64 {
-        self.wall_ms
-    }
-
+    #[cfg(test)]
     pub fn book(&self, channel: &str) -> Option<&PairingBook> {
         self.books.get(channel)
     }
@@ -482,8 +479,8 @@ impl Access {
                 match book.ask_group(&m.chat_id, &m.sender_id, &m.sender_name, self.wall_ms, random) {
                     Ask::Created(request) => {
                         // The operator's eyes only: a code in the group would let anyone there use it.
-                        log::warn!(target: target, "group {} asks to use this channel (asked by {} ({})): approve with `tether pairing approve {target} {}` or on the admin page",
-                            m.chat_id, request.sender_name, clean_name(&m.sender_id), request.code);
+                        log::warn!(target: target, "group {} asks to use this channel (asked by {} (name {:?})): approve with `tether pairing approve {target} {}` or on the admin page",
+                            clean_name(&m.chat_id), clean_name(&m.sender_id), request.sender_name, request.code);
                         out.push(Action::SavePairingRequest { channel: channel.name.clone(), request });
                     }
                     Ask::Pending { .. } | Ask::Quiet => {
@@ -506,7 +503,7 @@ impl Access {
                 let random = &mut *self.entropy.0;
                 match book.ask(&m.sender_id, &m.sender_name, &m.chat_id, self.wall_ms, random) {
                     Ask::Created(request) => {
-                        log::info!(target: target, "pairing request from {} ({}); see `tether pairing list {target}`", request.sender_name, request.sender_id);
+                        log::info!(target: target, "pairing request from {} (name {:?}); see `tether pairing list {target}`", request.sender_id, request.sender_name);
                         // Saved before it is sent: a code the operator cannot see would be useless.
                         let text = with_greeting(code_text(target, &request.code));
                         out.push(Action::SavePairingRequest { channel: channel.name.clone(), request });
@@ -554,7 +551,7 @@ impl Access {
             .cloned()
             .collect();
         for request in gone {
-            log::info!(target: channel, "pairing request of {} ({}) was denied or expired", clean_name(&request.sender_name), clean_name(&request.sender_id));
+            log::info!(target: channel, "pairing request of {} (name {:?}) was denied or expired", clean_name(&request.sender_id), clean_name(&request.sender_name));
         }
         for request in book.replace(pending, approved) {
             let text = match request.group() {
@@ -563,7 +560,7 @@ impl Access {
                     GROUP_PAIRED_TEXT
                 }
                 None => {
-                    log::info!(target: channel, "{} ({}) was approved", clean_name(&request.sender_name), clean_name(&request.sender_id));
+                    log::info!(target: channel, "{} (name {:?}) was approved", clean_name(&request.sender_id), clean_name(&request.sender_name));
                     PAIRED_TEXT
                 }
             };

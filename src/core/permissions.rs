@@ -9,6 +9,51 @@ use std::time::{Duration, Instant};
 
 use crate::event::{ChatRef, PermissionKind, PermissionOption, PermissionOutcome, SessionKey, ToolCall};
 
+/// Requests one turn may ask the chat; past this the agent is refused without asking, so a
+/// runaway agent cannot bury the chat in questions.
+pub const MAX_ASKS_PER_TURN: usize = 20;
+/// Requests pending at once, across chats; well under the 999 ids, so an id is always free.
+pub const MAX_PENDING: usize = 500;
+
+/// Who may answer a permission request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answerers {
+    /// Anyone who passes the channel's gates (a request outside any turn).
+    Anyone,
+    /// A shared session (`single`, or `thread` in a group) with `allowedUsers`: those users.
+    AllowedUsers(Vec<String>),
+    /// The senders of the messages the turn answers: the person whose message started the
+    /// work decides, not whoever else is in the group.
+    Senders(Vec<String>),
+}
+
+impl Answerers {
+    /// The rule for a turn: `allowedUsers` in a shared session when there are any, else the
+    /// turn's senders (anyone, when there is no turn to speak of).
+    pub fn for_turn(shared: bool, allowed_users: &[String], senders: &[String]) -> Answerers {
+        if shared && !allowed_users.is_empty() {
+            Answerers::AllowedUsers(allowed_users.to_vec())
+        } else if senders.is_empty() {
+            Answerers::Anyone
+        } else {
+            Answerers::Senders(senders.to_vec())
+        }
+    }
+
+    /// `None` when `sender` may answer, else why not.
+    fn refuse(&self, sender: &str) -> Option<&'static str> {
+        match self {
+            Answerers::Anyone => None,
+            Answerers::AllowedUsers(ids) if ids.iter().any(|a| a == sender) => None,
+            Answerers::Senders(ids) if ids.iter().any(|a| a == sender) => None,
+            Answerers::AllowedUsers(_) => {
+                Some("Only the people in allowedUsers can answer permission requests in a shared session.")
+            }
+            Answerers::Senders(_) => Some("Only the person whose message started this work can answer this request."),
+        }
+    }
+}
+
 /// What a person decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -39,8 +84,8 @@ pub struct Pending {
     /// The agent's id of that session.
     pub session_id: String,
     pub chat: ChatRef,
-    /// Only these senders may answer (empty: anyone who passes the channel's gates).
-    pub answerers: Vec<String>,
+    /// Who may answer.
+    pub answerers: Answerers,
     pub call: ToolCall,
     pub options: Vec<PermissionOption>,
     pub deadline: Instant,
@@ -183,12 +228,13 @@ pub struct Asker {
     pub session: SessionKey,
     pub session_id: String,
     pub chat: ChatRef,
-    pub answerers: Vec<String>,
+    pub answerers: Answerers,
     pub timeout: Duration,
 }
 
 impl PermissionRelay {
-    /// Record a new request; returns it (for the message to send).
+    /// Record a new request; returns it (for the message to send), or `None` when
+    /// [`MAX_PENDING`] requests already wait (the caller refuses it).
     pub fn ask(
         &mut self,
         asker: Asker,
@@ -196,8 +242,19 @@ impl PermissionRelay {
         call: ToolCall,
         options: Vec<PermissionOption>,
         now: Instant,
-    ) -> Pending {
-        self.next_id = self.next_id % 999 + 1;
+    ) -> Option<Pending> {
+        if self.pending.len() >= MAX_PENDING {
+            return None;
+        }
+        // Ids run 1..=999 and wrap, skipping any still pending: an answer never reaches a
+        // newer request that took an older one's id.
+        loop {
+            self.next_id = self.next_id % 999 + 1;
+            let id = self.next_id.to_string();
+            if !self.pending.iter().any(|p| p.id == id) {
+                break;
+            }
+        }
         let pending = Pending {
             id: self.next_id.to_string(),
             agent: asker.agent,
@@ -211,7 +268,7 @@ impl PermissionRelay {
             deadline: now + asker.timeout,
         };
         self.pending.push(pending.clone());
-        pending
+        Some(pending)
     }
 
     /// Apply an answer from `sender` in `chat`.
@@ -234,10 +291,8 @@ impl PermissionRelay {
             },
         };
         let pending = &self.pending[index];
-        if !pending.answerers.is_empty() && !pending.answerers.iter().any(|a| a == sender) {
-            return Resolution::Refused(
-                "Only the people in allowedUsers can answer permission requests in a shared session.".into(),
-            );
+        if let Some(why) = pending.answerers.refuse(sender) {
+            return Resolution::Refused(why.into());
         }
         let Some(outcome) = pending.outcome(answer.decision) else {
             return Resolution::Refused(format!(
@@ -314,7 +369,11 @@ mod tests {
             session: format!("tg:{chat_id}"),
             session_id: format!("s-{chat_id}"),
             chat: chat(chat_id),
-            answerers: answerers.iter().map(|a| a.to_string()).collect(),
+            answerers: if answerers.is_empty() {
+                Answerers::Anyone
+            } else {
+                Answerers::AllowedUsers(answerers.iter().map(|a| a.to_string()).collect())
+            },
             timeout: Duration::from_secs(300),
         }
     }
@@ -357,21 +416,24 @@ mod tests {
     fn options_are_chosen_by_kind_and_always_only_when_offered() {
         let t0 = Instant::now();
         let mut relay = PermissionRelay::default();
-        let p = relay.ask(asker("1", &[]), 7, call("touch a"), qwen_options(), t0);
+        let p = relay.ask(asker("1", &[]), 7, call("touch a"), qwen_options(), t0).unwrap();
         assert_eq!(p.outcome(Decision::AllowOnce), Some(PermissionOutcome::Selected("proceed_once".into())));
         assert_eq!(p.outcome(Decision::AllowAlways), Some(PermissionOutcome::Selected("proceed_always".into())));
         assert_eq!(p.outcome(Decision::Deny), Some(PermissionOutcome::Selected("cancel".into())));
-        let sdk = relay.ask(
-            asker("1", &[]),
-            8,
-            call("edit"),
-            options(&[("allow", PermissionKind::AllowOnce), ("reject", PermissionKind::RejectOnce)]),
-            t0,
-        );
+        let sdk = relay
+            .ask(
+                asker("1", &[]),
+                8,
+                call("edit"),
+                options(&[("allow", PermissionKind::AllowOnce), ("reject", PermissionKind::RejectOnce)]),
+                t0,
+            )
+            .unwrap();
         assert_eq!(sdk.outcome(Decision::AllowAlways), None);
         assert!(!sdk.ask_text().contains("approve-always"));
         assert_eq!(sdk.buttons().len(), 2);
-        let no_reject = relay.ask(asker("1", &[]), 9, call("x"), options(&[("ok", PermissionKind::AllowOnce)]), t0);
+        let no_reject =
+            relay.ask(asker("1", &[]), 9, call("x"), options(&[("ok", PermissionKind::AllowOnce)]), t0).unwrap();
         assert_eq!(no_reject.refusal(), PermissionOutcome::Cancelled);
     }
 
@@ -379,7 +441,7 @@ mod tests {
     fn answers_resolve_the_right_request() {
         let t0 = Instant::now();
         let mut relay = PermissionRelay::default();
-        let first = relay.ask(asker("1", &[]), 1, call("touch a"), qwen_options(), t0);
+        let first = relay.ask(asker("1", &[]), 1, call("touch a"), qwen_options(), t0).unwrap();
         let answer = |d, id: Option<&str>| Answer { decision: d, id: id.map(str::to_string) };
         // Nothing pending elsewhere.
         assert!(
@@ -398,8 +460,8 @@ mod tests {
         let again = relay.answer(&chat("1"), "u", &answer(Decision::Deny, Some(&first.id)));
         assert_eq!(again, Resolution::Refused(format!("Permission request {} is no longer pending.", first.id)));
         // Two pending: the id is needed.
-        let a = relay.ask(asker("1", &[]), 2, call("a"), qwen_options(), t0);
-        let b = relay.ask(asker("1", &[]), 3, call("b"), qwen_options(), t0);
+        let a = relay.ask(asker("1", &[]), 2, call("a"), qwen_options(), t0).unwrap();
+        let b = relay.ask(asker("1", &[]), 3, call("b"), qwen_options(), t0).unwrap();
         assert!(
             matches!(relay.answer(&chat("1"), "u", &answer(Decision::Deny, None)), Resolution::Refused(m) if m.contains("Several"))
         );
@@ -416,7 +478,7 @@ mod tests {
     fn shared_sessions_take_answers_only_from_answerers() {
         let t0 = Instant::now();
         let mut relay = PermissionRelay::default();
-        relay.ask(asker("-100", &["111"]), 1, call("rm"), qwen_options(), t0);
+        relay.ask(asker("-100", &["111"]), 1, call("rm"), qwen_options(), t0).unwrap();
         let answer = Answer { decision: Decision::AllowOnce, id: None };
         assert!(
             matches!(relay.answer(&chat("-100"), "999", &answer), Resolution::Refused(m) if m.contains("allowedUsers"))
@@ -425,13 +487,64 @@ mod tests {
     }
 
     #[test]
+    fn only_the_turns_senders_answer_in_a_group() {
+        let t0 = Instant::now();
+        let mut relay = PermissionRelay::default();
+        let mut group = asker("-100", &[]);
+        group.answerers = Answerers::for_turn(false, &[], &["42".to_string()]);
+        relay.ask(group, 1, call("rm -rf build"), qwen_options(), t0).unwrap();
+        let answer = Answer { decision: Decision::AllowOnce, id: None };
+        match relay.answer(&chat("-100"), "666", &answer) {
+            Resolution::Refused(m) => assert!(m.contains("whose message started"), "{m}"),
+            other => panic!("another group member approved: {other:?}"),
+        }
+        assert!(matches!(relay.answer(&chat("-100"), "42", &answer), Resolution::Settled { .. }));
+
+        let cases: [(bool, &[&str], &[&str], Answerers); 4] = [
+            (true, &["1"], &["2"], Answerers::AllowedUsers(vec!["1".into()])),
+            (true, &[], &["2"], Answerers::Senders(vec!["2".into()])),
+            (false, &["1"], &["2", "3"], Answerers::Senders(vec!["2".into(), "3".into()])),
+            (false, &[], &[], Answerers::Anyone),
+        ];
+        for (shared, allowed, senders, expected) in cases {
+            let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            assert_eq!(Answerers::for_turn(shared, &owned(allowed), &owned(senders)), expected);
+        }
+    }
+
+    #[test]
+    fn ids_do_not_wrap_onto_pending_requests_and_floods_are_capped() {
+        let t0 = Instant::now();
+        let mut relay = PermissionRelay::default();
+        let first = relay.ask(asker("1", &[]), 0, call("old"), qwen_options(), t0).unwrap();
+        assert_eq!(first.id, "1");
+        // 998 more come and go; the next id would wrap onto the one still pending.
+        for n in 1..999u64 {
+            let p = relay.ask(asker("2", &[]), n, call("x"), qwen_options(), t0).unwrap();
+            relay.cancel_session(&p.session);
+        }
+        let next = relay.ask(asker("1", &[]), 999, call("new"), qwen_options(), t0).unwrap();
+        assert_ne!(next.id, "1", "a newer request must not take a pending one's id");
+        let answer = Answer { decision: Decision::AllowOnce, id: Some("1".into()) };
+        match relay.answer(&chat("1"), "7", &answer) {
+            Resolution::Settled { pending, .. } => assert_eq!(pending.call.title, "old"),
+            other => panic!("{other:?}"),
+        }
+        let mut relay = PermissionRelay::default();
+        let asked = (0..MAX_PENDING as u64 + 10)
+            .filter_map(|n| relay.ask(asker("3", &[]), n, call("f"), qwen_options(), t0))
+            .count();
+        assert_eq!(asked, MAX_PENDING);
+    }
+
+    #[test]
     fn timeouts_and_cancellation() {
         let t0 = Instant::now();
         let mut relay = PermissionRelay::default();
-        relay.ask(asker("1", &[]), 1, call("a"), qwen_options(), t0);
+        relay.ask(asker("1", &[]), 1, call("a"), qwen_options(), t0).unwrap();
         let mut later = asker("2", &[]);
         later.timeout = Duration::from_secs(600);
-        relay.ask(later, 2, call("b"), qwen_options(), t0);
+        relay.ask(later, 2, call("b"), qwen_options(), t0).unwrap();
         assert_eq!(relay.next_deadline(), Some(t0 + Duration::from_secs(300)));
         assert!(relay.expire(t0 + Duration::from_secs(299)).is_empty());
         let expired = relay.expire(t0 + Duration::from_secs(300));
@@ -440,7 +553,7 @@ mod tests {
         assert_eq!(relay.cancel_session_id("default", "s-1").len(), 0, "already expired");
         assert_eq!(relay.cancel_session("tg:2").len(), 1);
         assert_eq!(relay.next_deadline(), None);
-        relay.ask(asker("3", &[]), 3, call("c"), qwen_options(), t0);
+        relay.ask(asker("3", &[]), 3, call("c"), qwen_options(), t0).unwrap();
         assert_eq!(relay.cancel_agent("default").len(), 1);
     }
 
@@ -449,7 +562,7 @@ mod tests {
         let mut relay = PermissionRelay::default();
         let mut c = call("touch demo.txt");
         c.preview = "touch demo.txt && echo hi".into();
-        let p = relay.ask(asker("1", &[]), 1, c, qwen_options(), Instant::now());
+        let p = relay.ask(asker("1", &[]), 1, c, qwen_options(), Instant::now()).unwrap();
         assert_eq!(
             p.ask_text(),
             "🔐 Permission needed (1)\nThe agent wants to run: touch demo.txt [execute]\ntouch demo.txt && echo hi\n\n\

@@ -31,6 +31,8 @@ use crate::streamer::{BlockStreamConfig, BlockStreamer};
 
 /// How long a cancelled turn may take to end before the session is given up as wedged.
 pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// Drafts of a growing answer go out at most this often.
+pub const DRAFT_EVERY: Duration = Duration::from_millis(100);
 /// Messages that may wait for one session's next turn.
 pub const MAX_WAITING: usize = 50;
 
@@ -44,6 +46,8 @@ pub struct Waiting {
     /// The text for the agent: quote, text, attachment lines (`prompt::message_body`).
     pub body: String,
     pub how: Waits,
+    /// Who wrote it: the person whose message starts the work decides its permissions.
+    pub sender: String,
 }
 
 /// How a waiting message joins a turn.
@@ -101,6 +105,14 @@ pub struct Turn {
     pub tools: Vec<(String, String)>,
     /// The plan's progress message was sent (later plans edit it).
     pub plan_shown: bool,
+    /// The senders of the messages this turn answers (who may answer its permission requests).
+    pub senders: Vec<String>,
+    /// Permission requests this turn has asked the chat (a flood is refused past a cap).
+    pub permission_asks: usize,
+    /// When the last draft (the answer so far, for live-draft channels) went out.
+    pub draft_sent: Option<Instant>,
+    /// A newer draft waits until then (chunks in between are coalesced into it).
+    pub draft_due: Option<Instant>,
 }
 
 impl Turn {
@@ -113,12 +125,50 @@ impl Turn {
     /// cancel wait.
     pub fn deadline(&self) -> Instant {
         let stream = self.stream.as_ref().and_then(BlockStreamer::next_deadline);
-        match &self.cancel {
+        let deadline = match &self.cancel {
             None => self.typing_due().min(self.timeout_at).min(stream.unwrap_or(self.timeout_at)),
             Some(c) if c.cause == CancelCause::Steer => self.typing_due().min(c.deadline),
             Some(c) => c.deadline,
+        };
+        match self.draft_due {
+            Some(due) if self.cancel.is_none() => deadline.min(due),
+            _ => deadline,
         }
     }
+
+    /// A chunk arrived: `true` to send the draft now. Else it is due at most [`DRAFT_EVERY`]
+    /// after the last one, so a fast-streaming agent does not have the whole answer copied
+    /// for every chunk (quadratic in the answer's length).
+    pub fn draft_now(&mut self, now: Instant) -> bool {
+        match self.draft_sent {
+            Some(sent) if now < sent + DRAFT_EVERY => {
+                self.draft_due = Some(sent + DRAFT_EVERY);
+                false
+            }
+            _ => {
+                self.draft_sent = Some(now);
+                self.draft_due = None;
+                true
+            }
+        }
+    }
+
+    /// The clock ticked: `true` when a coalesced draft is due now.
+    pub fn draft_due_now(&mut self, now: Instant) -> bool {
+        if self.draft_due.is_some_and(|due| due <= now) {
+            self.draft_sent = Some(now);
+            self.draft_due = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// Where a turn's answer goes, what it answers and who wrote that.
+struct Started {
+    chat: ChatRef,
+    message_ids: Vec<MessageRef>,
+    senders: Vec<String>,
 }
 
 /// A turn the agent lost by crashing, to run again once the session is back.
@@ -127,6 +177,7 @@ pub struct Retry {
     pub chat: ChatRef,
     pub message_ids: Vec<MessageRef>,
     pub text: String,
+    pub senders: Vec<String>,
 }
 
 /// One conversation.
@@ -153,6 +204,8 @@ pub struct Session {
     /// Several people share it (scope `single`, or `thread` in a group): only `allowedUsers`
     /// may answer its permission requests, when that list is not empty.
     pub shared: bool,
+    /// When a message last came or a turn last ended (for evicting idle sessions).
+    pub last_active: Instant,
 }
 
 /// What a channel decides about the turns of its sessions.
@@ -173,7 +226,7 @@ pub struct TurnSettings<'a> {
 pub struct Full;
 
 impl Session {
-    pub fn new(agent: String, chat: ChatRef, cwd: PathBuf) -> Session {
+    pub fn new(agent: String, chat: ChatRef, cwd: PathBuf, now: Instant) -> Session {
         Session {
             agent,
             chat,
@@ -187,7 +240,14 @@ impl Session {
             loading: false,
             retry: None,
             shared: false,
+            last_active: now,
         }
+    }
+
+    /// Open at the agent with nothing in flight, waiting or owed: it may leave memory (it
+    /// stays in `sessions.json` and is loaded again when its conversation goes on).
+    pub fn is_idle(&self) -> bool {
+        self.id.is_some() && self.turn.is_none() && self.waiting.is_empty() && self.retry.is_none() && !self.loading
     }
 
     /// Take a message in (`how` is overwritten from `mode`); a steer sends `session/cancel`.
@@ -201,6 +261,7 @@ impl Session {
         if self.waiting.len() >= MAX_WAITING {
             return Err(Full);
         }
+        self.last_active = now;
         message.how = match (mode, &mut self.turn) {
             (DispatchMode::Followup, _) | (DispatchMode::Steer, None) => Waits::Alone,
             (DispatchMode::Collect, turn) if turn.is_none() && self.waiting.is_empty() => Waits::Alone,
@@ -227,7 +288,8 @@ impl Session {
         let (Some(session_id), None) = (self.id.clone(), &self.turn) else { return };
         if let Some(retry) = self.retry.take() {
             self.instructed = true;
-            self.begin(session_id, retry.chat, retry.message_ids, retry.text, true, settings, now, actions);
+            let started = Started { chat: retry.chat, message_ids: retry.message_ids, senders: retry.senders };
+            self.begin(session_id, started, retry.text, true, settings, now, actions);
             return;
         }
         let instructions = settings.instructions;
@@ -242,22 +304,28 @@ impl Session {
         let instructions = if self.instructed { None } else { instructions };
         self.instructed = true;
         let text = prompt::compose(note, instructions, &body);
+        let mut senders: Vec<String> = Vec::new();
+        for sender in batch.iter().map(|w| &w.sender) {
+            if !senders.contains(sender) {
+                senders.push(sender.clone());
+            }
+        }
         let message_ids = batch.into_iter().flat_map(|w| w.message_ids).collect();
-        self.begin(session_id, chat, message_ids, text, false, settings, now, actions);
+        self.begin(session_id, Started { chat, message_ids, senders }, text, false, settings, now, actions);
     }
 
     #[allow(clippy::too_many_arguments)] // The parts of one turn, each from a different place.
     fn begin(
         &mut self,
         session_id: String,
-        chat: ChatRef,
-        message_ids: Vec<MessageRef>,
+        started: Started,
         text: String,
         retried: bool,
         settings: TurnSettings<'_>,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        let Started { chat, message_ids, senders } = started;
         if settings.typing_refresh.is_some() {
             actions.push(Action::Send(Outbound::Typing { chat: chat.clone() }));
         }
@@ -276,6 +344,10 @@ impl Session {
             streamed: false,
             tools: Vec::new(),
             plan_shown: false,
+            senders,
+            permission_asks: 0,
+            draft_sent: None,
+            draft_due: None,
         });
     }
 

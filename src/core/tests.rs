@@ -624,7 +624,7 @@ fn status_and_who_describe_the_asker_session() {
     assert!(reply(&mut core, "/status").starts_with("Session: active, a request is running, 1 message(s) waiting\n"));
     assert_eq!(
         reply(&mut core, "/who"),
-        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: Ada (111)"
+        "Channel: tg\nWorkspace: work\nSession: active (private to you)\nYou: 111 (name \"Ada\")"
     );
 }
 
@@ -1498,4 +1498,83 @@ fn a_steer_says_so_where_a_live_answer_was_streaming_and_nowhere_else() {
         let actions = core.handle(dm("111", "third"), t0);
         assert!(!actions.contains(&text("111", texts::STEERED)), "{actions:?}");
     }
+}
+
+#[test]
+fn an_idle_session_leaves_memory_and_is_loaded_again_with_its_next_message() {
+    let t0 = Instant::now();
+    let mut ch = channel("tg");
+    ch.evict_idle_after = Duration::from_secs(600);
+    let mut core = core_with(vec![ch]);
+    core.handle(ready(true), t0);
+    core.handle(dm("111", "hi"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let t1 = t0 + Duration::from_secs(5);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t1);
+    assert_eq!(core.next_deadline(), Some(t1 + Duration::from_secs(600)));
+    core.handle(Event::Tick, t1 + Duration::from_secs(599));
+    assert_eq!(core.session_count("tg"), 1, "not yet");
+    core.handle(Event::Tick, t1 + Duration::from_secs(600));
+    assert_eq!(core.session_count("tg"), 0, "evicted");
+    assert!(core.sessions_snapshot().contains_key("tg:111:111"), "still kept for sessions.json");
+    // The next message loads it back, instructions not sent twice.
+    let got = core.handle(dm("111", "again"), t1 + Duration::from_secs(700));
+    assert_eq!(
+        got[0],
+        Action::Agent {
+            agent: DEFAULT_AGENT.into(),
+            request: AgentRequest::LoadSession {
+                key: "tg:111:111".into(),
+                session_id: "s1".into(),
+                cwd: PathBuf::from("/work"),
+                model: None
+            },
+        }
+    );
+}
+
+#[test]
+fn sessions_of_an_agent_that_cannot_load_stay_in_memory() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    core.handle(ready(false), t0);
+    core.handle(dm("111", "hi"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    core.handle(ended("s1", TurnOutcome::EndTurn), t0);
+    assert_eq!(core.next_deadline(), None);
+    core.handle(Event::Tick, t0 + Duration::from_secs(86_400));
+    assert_eq!(core.session_count("tg"), 1);
+}
+
+/// 40,000 one-character chunks in one second to a live-draft channel: drafts are coalesced
+/// in time (one per `DRAFT_EVERY`), so the answer is not copied once per chunk.
+#[test]
+fn drafts_are_coalesced_not_copied_per_chunk() {
+    let t0 = Instant::now();
+    let mut web = ChannelConfig { platform: &crate::adapters::webchat::PLATFORM, ..channel("tg") };
+    web.sender_policy = SenderPolicy::Open;
+    let mut core = core_with(vec![web]);
+    core.handle(dm("111", "go"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let (mut drafts, mut draft_bytes) = (0usize, 0usize);
+    let mut count = |actions: Vec<Action>| {
+        for action in actions {
+            if let Action::Send(Outbound::Draft { text, .. }) = action {
+                drafts += 1;
+                draft_bytes += text.len();
+            }
+        }
+    };
+    for n in 0..40_000u32 {
+        let now = t0 + Duration::from_micros(25 * u64::from(n));
+        count(core.handle(chunk("s1", "x"), now));
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            count(core.handle(Event::Tick, now));
+        }
+    }
+    let end = t0 + Duration::from_secs(1);
+    count(core.handle(Event::Tick, end + crate::core::session::DRAFT_EVERY));
+    eprintln!("40,000 chunks in 1 s: {drafts} drafts, {draft_bytes} bytes copied into them");
+    assert!(drafts <= 12, "{drafts} drafts");
+    assert!(draft_bytes < 400_000, "{draft_bytes} bytes copied");
 }

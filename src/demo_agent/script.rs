@@ -30,6 +30,8 @@ pub const DEFAULT_TICK: Duration = Duration::from_millis(300);
 const MAX_TICK_MS: u64 = 60_000;
 /// Number of `tick N` chunks a `slow` turn streams.
 pub const TICKS: usize = 10;
+/// Number of one-character chunks a `flood` turn streams, with no pause.
+pub const FLOOD_CHUNKS: usize = 40_000;
 /// Length of the single chunk a `huge` turn streams.
 pub const HUGE_CHARS: usize = 2_000_000;
 /// Chunk size (characters) of the `long` answer: small enough to cut through code blocks.
@@ -50,6 +52,8 @@ pub struct Words {
     pub tools: bool,
     pub ext: bool,
     pub huge: bool,
+    /// 40,000 one-character chunks as fast as possible (a fast-streaming agent).
+    pub flood: bool,
     /// The prompt is exactly the word `crash` (a sentence that contains it is no crash: it
     /// ends the agent, so it must not happen by accident).
     pub crash: bool,
@@ -69,6 +73,7 @@ impl Words {
             || self.permission
             || self.ext
             || self.huge
+            || self.flood
             || self.crash
             || self.hang
     }
@@ -91,6 +96,7 @@ pub fn parse_words(text: &str) -> Words {
             "tools" => words.tools = true,
             "ext" => words.ext = true,
             "huge" => words.huge = true,
+            "flood" => words.flood = true,
             "crash" => words.crash = text.trim().eq_ignore_ascii_case("crash"),
             "crashonce" => words.crash_once = true,
             "hang" => words.hang = true,
@@ -194,6 +200,9 @@ pub fn plan_turn(words: &Words, ctx: &TurnContext) -> Vec<Step> {
     if words.huge {
         steps.push(Step::Break);
         steps.push(Step::Text(huge_answer()));
+    } else if words.flood {
+        steps.push(Step::Break);
+        steps.extend((0..FLOOD_CHUNKS).map(|i| Step::Text(if i % 80 == 79 { "\n" } else { "x" }.to_string())));
     } else if words.long {
         let pace = words.slow.unwrap_or(ctx.chunk_delay);
         steps.push(Step::Break);

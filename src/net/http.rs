@@ -58,6 +58,83 @@ impl HttpClient {
     }
 }
 
+/// An HTTP method [`HttpClient::request`] can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+/// A whole HTTP reply: status, headers (names lowercased) and body text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    }
+}
+
+impl HttpClient {
+    /// Any method with extra headers and an optional JSON body (POST/PATCH without one send
+    /// an empty body); waits at most `timeout` for the whole exchange. Body capped at 16 MiB.
+    pub fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<HttpReply, TransportError> {
+        let fail = |e: ureq::Error| TransportError(describe(&e));
+        let response = match method {
+            Method::Get | Method::Delete => {
+                let mut req = if method == Method::Get { self.agent.get(url) } else { self.agent.delete(url) };
+                for (name, value) in headers {
+                    req = req.header(*name, *value);
+                }
+                req.config().timeout_global(Some(timeout)).build().call().map_err(fail)?
+            }
+            Method::Post | Method::Patch => {
+                let mut req = if method == Method::Post { self.agent.post(url) } else { self.agent.patch(url) };
+                for (name, value) in headers {
+                    req = req.header(*name, *value);
+                }
+                let req = req.config().timeout_global(Some(timeout)).build();
+                match body {
+                    Some(json) => req.send_json(json),
+                    None => req.send_empty(),
+                }
+                .map_err(fail)?
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = response.into_body().with_config().limit(16 * 1024 * 1024).read_to_string().map_err(fail)?;
+        Ok(HttpReply { status, headers, body })
+    }
+
+    /// GET raw bytes (files), refusing more than `limit` bytes.
+    pub fn get_bytes(&self, url: &str, limit: u64, timeout: Duration) -> Result<(u16, Vec<u8>), TransportError> {
+        let fail = |e: ureq::Error| TransportError(describe(&e));
+        let response = self.agent.get(url).config().timeout_global(Some(timeout)).build().call().map_err(fail)?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
+        Ok((status, bytes))
+    }
+}
+
 /// A ureq error as one line, without the URL (it contains the bot token).
 fn describe(e: &ureq::Error) -> String {
     match e {

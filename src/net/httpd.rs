@@ -6,10 +6,11 @@
 //! Parsing and response formatting are pure functions ([`parse_head`], [`Response::to_bytes`],
 //! [`websocket_upgrade`], ...) tested with tables; [`Server`] owns the sockets and threads.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,9 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Connections served at once, upgraded WebSockets included; beyond it, 503 and close.
     pub max_connections: usize,
+    /// Connections one client address may hold at once, so slow clients from one place
+    /// cannot take every slot; beyond it, 503 and close.
+    pub max_per_address: usize,
 }
 
 impl Default for Limits {
@@ -36,7 +40,8 @@ impl Default for Limits {
             max_body: 64 * 1024,
             head_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
-            max_connections: 64,
+            max_connections: 128,
+            max_per_address: 32,
         }
     }
 }
@@ -61,6 +66,11 @@ pub struct Request {
     pub peer: Option<SocketAddr>,
 }
 
+/// Compare secrets without an early exit (the length still shows, as it must).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl Request {
     /// The first header with this name (case-insensitive), trimmed.
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -81,6 +91,20 @@ impl Request {
     /// The first query parameter `name`, percent-decoded (`+` is a space).
     pub fn query_param(&self, name: &str) -> Option<String> {
         query_param(&self.query, name)
+    }
+
+    /// Whether a browser sent this from a page of this very server: no `Origin` (not a
+    /// cross-site browser request), or an `Origin` naming the `Host` it was sent to. Pages
+    /// elsewhere cannot open our WebSocket or post admin actions.
+    pub fn is_same_origin(&self) -> bool {
+        let Some(origin) = self.header("origin") else {
+            return true;
+        };
+        let Some(host) = self.header("host") else {
+            return false;
+        };
+        let origin_host = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        origin_host.is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(host))
     }
 
     /// Whether the header's comma-separated value list contains `token` (case-insensitive),
@@ -261,6 +285,11 @@ pub fn parse_head(head: &[u8]) -> Result<Request, (u16, &'static str)> {
     if request.header("transfer-encoding").is_some() {
         return Err((501, "chunked request bodies are not supported; send Content-Length"));
     }
+    // RFC 9112 §3.2: more than one Host is a 400; a check reading the first while something
+    // else reads the second must not be possible.
+    if request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("host")).count() > 1 {
+        return Err((400, "more than one Host header"));
+    }
     content_length(&request)?;
     Ok(request)
 }
@@ -429,12 +458,83 @@ fn wake_addr(local: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, local.port())
 }
 
-/// Frees a connection slot when the connection's thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
+/// Who holds how many connections: the total and per client address. Pure.
+#[derive(Debug, Default)]
+struct Admission {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Total,
+    PerAddress,
+}
+
+impl Admission {
+    fn admit(&mut self, ip: IpAddr, limits: &Limits) -> Result<(), Refusal> {
+        let held = self.per_address.get(&ip).copied().unwrap_or(0);
+        if held >= limits.max_per_address {
+            return Err(Refusal::PerAddress);
+        }
+        if self.total >= limits.max_connections {
+            return Err(Refusal::Total);
+        }
+        self.total += 1;
+        *self.per_address.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, ip: IpAddr) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(held) = self.per_address.get_mut(&ip) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Refused connections are logged at most once per address per [`REFUSAL_LOG_EVERY`]: a
+/// flood must not become a flood of log lines. Pure; bounded in addresses remembered.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: HashMap<IpAddr, Instant>,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+const REFUSAL_LOG_ADDRESSES: usize = 4096;
+
+impl RefusalLog {
+    fn should_log(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.last.get(&ip).is_some_and(|at| now.saturating_duration_since(*at) < REFUSAL_LOG_EVERY) {
+            return false;
+        }
+        if self.last.len() >= REFUSAL_LOG_ADDRESSES {
+            self.last.retain(|_, at| now.saturating_duration_since(*at) < REFUSAL_LOG_EVERY);
+            if self.last.len() >= REFUSAL_LOG_ADDRESSES {
+                return false; // Too many distinct refused addresses this minute: stay quiet.
+            }
+        }
+        self.last.insert(ip, now);
+        true
+    }
+}
+
+/// Frees a connection's place (the count and its address's) when its thread ends, however
+/// it ends.
+struct Slot {
+    active: Arc<AtomicUsize>,
+    admission: Arc<Mutex<Admission>>,
+    ip: IpAddr,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.admission.lock().unwrap_or_else(PoisonError::into_inner).release(self.ip);
+        self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -447,6 +547,8 @@ fn accept_loop(
     active: &Arc<AtomicUsize>,
 ) {
     let mut backoff = Duration::from_millis(10);
+    let admission = Arc::new(Mutex::new(Admission::default()));
+    let mut refusals = RefusalLog::default();
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -465,13 +567,26 @@ fn accept_loop(
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
-            active.fetch_sub(1, Ordering::SeqCst);
-            log::warn!("http: {peer} refused, {} connections open", limits.max_connections);
+        let ip = peer.ip().to_canonical();
+        let admitted = admission.lock().unwrap_or_else(PoisonError::into_inner).admit(ip, &limits);
+        if let Err(refusal) = admitted {
+            if refusals.should_log(ip, Instant::now()) {
+                match refusal {
+                    Refusal::Total => log::warn!(
+                        "http: {ip} refused: {} connections open (logged once a minute per address)",
+                        limits.max_connections
+                    ),
+                    Refusal::PerAddress => log::warn!(
+                        "http: {ip} refused: it holds {} connections already (logged once a minute per address)",
+                        limits.max_per_address
+                    ),
+                }
+            }
             reject_busy(stream);
             continue;
         }
-        let slot = Slot(active.clone());
+        active.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot { active: active.clone(), admission: admission.clone(), ip };
         let handler = handler.clone();
         let spawned =
             thread::Builder::new().name(conn_name.to_string()).stack_size(CONNECTION_STACK).spawn(move || {
@@ -714,6 +829,7 @@ pub(crate) mod tests {
             ("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", Err(400)),
             ("GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", Err(400)),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", Err(501)),
+            ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: evil.example\r\n\r\n", Err(400)),
             ("\u{1}\u{2}garbage\r\n\r\n", Err(400)),
         ];
         for (head, expected) in cases {
@@ -803,6 +919,72 @@ pub(crate) mod tests {
             let err = websocket_upgrade(&parse_head(head.as_bytes()).unwrap()).unwrap_err();
             assert_eq!(err.status, status, "{head}");
         }
+    }
+
+    #[test]
+    fn admission_caps_each_address_and_the_total() {
+        let limits = Limits { max_connections: 64, max_per_address: 16, ..Limits::default() };
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut admission = Admission::default();
+        let from_a = (0..64).filter(|_| admission.admit(a, &limits).is_ok()).count();
+        assert_eq!(from_a, 16, "one address holds at most 16");
+        assert_eq!(admission.admit(a, &limits), Err(Refusal::PerAddress));
+        assert_eq!(admission.admit(b, &limits), Ok(()), "another address still gets in");
+        admission.release(a);
+        assert_eq!(admission.admit(a, &limits), Ok(()), "a freed place is reused");
+        let mut full = Admission::default();
+        for n in 0..64u8 {
+            full.admit(IpAddr::V4(Ipv4Addr::new(10, 1, 0, n)), &limits).unwrap();
+        }
+        assert_eq!(full.admit(b, &limits), Err(Refusal::Total));
+        for n in 0..64u8 {
+            full.release(IpAddr::V4(Ipv4Addr::new(10, 1, 0, n)));
+        }
+        assert!(full.per_address.is_empty() && full.total == 0, "{full:?}");
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_minute_per_address() {
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut log = RefusalLog::default();
+        let logged = (0..1000).filter(|_| log.should_log(a, t0)).count();
+        assert_eq!(logged, 1);
+        assert!(log.should_log(b, t0));
+        assert!(!log.should_log(a, t0 + Duration::from_secs(59)));
+        assert!(log.should_log(a, t0 + Duration::from_secs(60)));
+        let mut many = RefusalLog::default();
+        let distinct = (0..10_000u32).filter(|n| many.should_log(IpAddr::V4(Ipv4Addr::from(*n)), t0)).count();
+        assert_eq!(distinct, REFUSAL_LOG_ADDRESSES, "bounded memory and lines");
+    }
+
+    /// 200 slow clients from one address (IPv4 loopback) take 32 places; a client from
+    /// another address (IPv6 loopback, on a dual-stack listener) is still served.
+    #[test]
+    fn slow_clients_from_one_address_do_not_lock_out_another() {
+        let Ok(listener) = TcpListener::bind("[::]:0") else { return }; // No IPv6 here.
+        let handler: Handler = Arc::new(|_req: Request| Reply::Respond(Response::text(200, "hello\n")));
+        let server = Server::start(listener, "httpd-test", Limits::default(), handler).unwrap();
+        let port = server.local_addr().port();
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let mut slow = Vec::new();
+        for _ in 0..200 {
+            if let Ok(mut s) = TcpStream::connect_timeout(&v4, Duration::from_secs(2)) {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+                slow.push(s);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while server.active_connections() < 32 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(server.active_connections(), 32, "one address holds at most 32 places");
+        let Ok(_) = TcpStream::connect_timeout(&v6, Duration::from_secs(2)) else { return }; // No ::1.
+        let answer = raw_request(v6, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        drop(slow);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (a fence cut in two is closed at the end of one chunk and reopened in the next).
 
 use super::html::{is_joiner, split_html};
-use super::markdown::{CutAt, FenceRegion, classify_cut, fence_regions, normalize_newlines};
+use super::markdown::{CutAt, FenceRegion, classify_cut, fence_regions, invents_fence, normalize_newlines};
 use super::plain::plain_text;
 use super::telegram::telegram_html;
 
@@ -101,6 +101,7 @@ impl Text<'_> {
     }
 
     fn slice(&self, from: usize, to: usize) -> &str {
+        #[allow(clippy::string_slice)] // `bytes` holds the char boundaries of `text` (char_indices).
         &self.text[self.bytes[from]..self.bytes[to]]
     }
 
@@ -217,7 +218,7 @@ fn choose_cut(
             return;
         }
         let at = t.classify(end, next);
-        if at == CutAt::Invalid || !fits(end, at) {
+        if at == CutAt::Invalid || !fits(end, at) || invents_fence(t.text, t.bytes[next]) {
             return;
         }
         // A blank line inside code is only a line break.
@@ -288,7 +289,7 @@ fn choose_cut(
             continue;
         }
         let at = t.classify(end, end);
-        if at != CutAt::Invalid && fits(end, at) {
+        if at != CutAt::Invalid && fits(end, at) && !invents_fence(t.text, t.bytes[end]) {
             return Cut { end, next: end, at };
         }
     }
@@ -299,6 +300,19 @@ fn choose_cut(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mid_line_cut_never_starts_a_chunk_with_a_fence() {
+        // Found by the markdown fuzz target: a cut just before a mid-line "```x" made the next
+        // message open a code block the text never had.
+        let text = format!("{} ```x yy {}~~~~z", "a".repeat(45), "b ".repeat(20));
+        for limit in 40..70 {
+            for chunk in chunk_markdown(&text, limit, Units::Chars) {
+                let first = chunk.lines().next().unwrap_or_default();
+                assert!(crate::render::FenceOpen::parse(first).is_none(), "{limit}: {chunk:?}");
+            }
+        }
+    }
 
     #[test]
     fn units_count() {

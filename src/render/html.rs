@@ -44,38 +44,31 @@ impl<'a> Token<'a> {
 /// that does not start a known entity are literal characters.
 pub(crate) fn tokenize(html: &str) -> Vec<Token<'_>> {
     let mut tokens = Vec::new();
-    let mut i = 0;
-    while i < html.len() {
-        let rest = &html[i..];
-        if rest.starts_with('<')
-            && let Some(token) = tag_at(rest)
-        {
-            i += token.raw().len();
-            tokens.push(token);
-            continue;
-        }
-        if rest.starts_with('&')
-            && let Some((ch, len)) = entity_at(rest)
-        {
-            tokens.push(Token::Char { ch, raw: &rest[..len] });
-            i += len;
-            continue;
-        }
-        let ch = rest.chars().next().unwrap_or('\0');
-        let len = ch.len_utf8();
-        tokens.push(Token::Char { ch, raw: &rest[..len] });
-        i += len;
+    let mut rest = html;
+    while let Some(ch) = rest.chars().next() {
+        let special = match ch {
+            '<' => tag_at(rest),
+            '&' => entity_at(rest).and_then(|(ch, len)| Some(Token::Char { ch, raw: rest.get(..len)? })),
+            _ => None,
+        };
+        let token = match special {
+            Some(token) => token,
+            None => Token::Char { ch, raw: rest.split_at_checked(ch.len_utf8()).map_or(rest, |(raw, _)| raw) },
+        };
+        // Every token's `raw` is a prefix of `rest`, so this never fails; stop rather than loop.
+        let Some(after) = rest.get(token.raw().len()..).filter(|_| !token.raw().is_empty()) else { break };
+        tokens.push(token);
+        rest = after;
     }
     tokens
 }
 
 fn tag_at(rest: &str) -> Option<Token<'_>> {
-    let end = rest.find('>')?;
-    if end > 4096 || rest[1..end].contains(['<', '\n']) {
+    let (inner, _) = rest.strip_prefix('<')?.split_once('>')?;
+    if inner.len() >= 4096 || inner.contains(['<', '\n']) {
         return None;
     }
-    let raw = &rest[..=end];
-    let inner = &raw[1..raw.len() - 1];
+    let raw = rest.get(..inner.len() + 2)?;
     let (closing, body) = match inner.strip_prefix('/') {
         Some(body) => (true, body),
         None => (false, inner),
@@ -91,7 +84,7 @@ fn tag_at(rest: &str) -> Option<Token<'_>> {
 /// Decodes the entity at the start of `rest`: the character and the entity's length.
 fn entity_at(rest: &str) -> Option<(char, usize)> {
     let end = rest.bytes().take(12).position(|b| b == b';')?;
-    let body = &rest[1..end];
+    let body = rest.get(1..end)?;
     let ch = match body {
         "lt" => '<',
         "gt" => '>',

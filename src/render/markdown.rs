@@ -36,13 +36,13 @@ impl FenceOpen {
     /// agents indent fences inside list items.
     pub fn parse(line: &str) -> Option<FenceOpen> {
         let body = line.trim_start_matches([' ', '\t']);
-        let indent = &line[..line.len() - body.len()];
+        let indent = line.strip_suffix(body).unwrap_or_default();
         let ch = body.chars().next().filter(|c| *c == '`' || *c == '~')?;
         let len = body.chars().take_while(|c| *c == ch).count();
         if len < 3 {
             return None;
         }
-        let info = body[len..].trim();
+        let info = body.trim_start_matches(ch).trim();
         // A backtick fence's info string cannot hold backticks (CommonMark), which keeps
         // one-line code spans like ```` ```x``` ```` out.
         if ch == '`' && info.contains('`') {
@@ -55,7 +55,7 @@ impl FenceOpen {
     pub fn is_closed_by(&self, line: &str) -> bool {
         let body = line.trim_start_matches([' ', '\t']);
         let run = body.chars().take_while(|c| *c == self.ch).count();
-        run >= self.len && body[run * self.ch.len_utf8()..].trim().is_empty()
+        run >= self.len && body.trim_start_matches(self.ch).trim().is_empty()
     }
 
     /// The line that closes this fence.
@@ -72,6 +72,21 @@ impl FenceOpen {
         let ok = word.len() <= 32 && word.chars().all(|c| c.is_ascii_alphanumeric() || "_+#.-".contains(c));
         ok.then_some(word)
     }
+}
+
+/// Whether cutting `text` at byte `at`, in the middle of a line, would start the next message
+/// with what reads as a fence line (a cut just before a mid-line "```x"): each message is
+/// rendered from a line start, so the cut would invent a code block. Chunkers skip such cuts.
+pub(crate) fn invents_fence(text: &str, at: usize) -> bool {
+    let Some(rest) = text.get(at..) else { return false };
+    if at == 0 || text.as_bytes().get(at - 1) == Some(&b'\n') {
+        return false;
+    }
+    let body = rest.trim_start_matches([' ', '\t']);
+    if !(body.starts_with("```") || body.starts_with("~~~")) {
+        return false;
+    }
+    FenceOpen::parse(rest.split('\n').next().unwrap_or_default()).is_some()
 }
 
 /// Where one fenced block sits in a text, as byte offsets.
@@ -327,7 +342,7 @@ fn parse_blocks_at(text: &str, depth: usize) -> Vec<Spaced> {
 /// Removes up to `n` leading spaces (the fence's own indentation) from a content line.
 fn strip_indent(line: &str, n: usize) -> &str {
     let spaces = line.bytes().take(n).take_while(|b| *b == b' ' || *b == b'\t').count();
-    &line[spaces..]
+    line.get(spaces..).unwrap_or(line)
 }
 
 /// Whether line `i` starts a block that interrupts a paragraph or list item.
@@ -354,7 +369,7 @@ fn heading(line: &str) -> Option<&str> {
     if !(1..=6).contains(&hashes) {
         return None;
     }
-    let rest = &body[hashes..];
+    let rest = body.trim_start_matches('#');
     if !rest.is_empty() && !rest.starts_with([' ', '\t']) {
         return None;
     }
@@ -392,7 +407,8 @@ struct ListLine<'a> {
 
 fn list_item(line: &str) -> Option<ListLine<'_>> {
     let body = line.trim_start_matches([' ', '\t']);
-    let indent: usize = line[..line.len() - body.len()].chars().map(|c| if c == '\t' { 4 } else { 1 }).sum();
+    let indent: usize =
+        line.strip_suffix(body).unwrap_or_default().chars().map(|c| if c == '\t' { 4 } else { 1 }).sum();
     let (marker, rest) = if let Some(rest) = body.strip_prefix(['-', '*', '+']) {
         (Marker::Bullet, rest)
     } else {
@@ -400,8 +416,8 @@ fn list_item(line: &str) -> Option<ListLine<'_>> {
         if !(1..=9).contains(&digits) {
             return None;
         }
-        let rest = body[digits..].strip_prefix(['.', ')'])?;
-        (Marker::Ordered(body[..digits].to_string()), rest)
+        let (number, rest) = body.split_at_checked(digits)?;
+        (Marker::Ordered(number.to_string()), rest.strip_prefix(['.', ')'])?)
     };
     if !rest.starts_with([' ', '\t']) {
         return None;
@@ -476,8 +492,8 @@ fn delimiter_row(line: &str) -> Option<Vec<Align>> {
 fn split_cells(line: &str) -> Vec<String> {
     let mut body = line.trim();
     body = body.strip_prefix('|').unwrap_or(body);
-    if body.ends_with('|') && !body.ends_with("\\|") {
-        body = &body[..body.len() - 1];
+    if !body.ends_with("\\|") {
+        body = body.strip_suffix('|').unwrap_or(body);
     }
     let mut cells = Vec::new();
     let mut cell = String::new();
@@ -842,11 +858,8 @@ impl InlineParser<'_> {
                 let raw: String = self.chars[*s..*e].iter().collect();
                 let raw = raw.replace('\n', " ");
                 // One leading and trailing space is stripped when both are present.
-                let code = if raw.len() > 2 && raw.starts_with(' ') && raw.ends_with(' ') {
-                    raw[1..raw.len() - 1].to_string()
-                } else {
-                    raw
-                };
+                let inner = raw.strip_prefix(' ').and_then(|r| r.strip_suffix(' ')).filter(|_| raw.len() > 2);
+                let code = inner.map_or_else(|| raw.clone(), str::to_string);
                 Inline::Code(code)
             }
             Atom::Link { text: (s, e), url, .. } => {

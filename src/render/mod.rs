@@ -15,9 +15,8 @@ pub use html::{split_html, strip_tags};
 pub use plain::plain_text;
 pub use telegram::telegram_html;
 
-#[cfg(test)]
 pub(crate) use markdown::FenceOpen;
-pub(crate) use markdown::{CutAt, FenceRegion, classify_cut, fence_regions};
+pub(crate) use markdown::{CutAt, FenceRegion, classify_cut, fence_regions, invents_fence, normalize_newlines};
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -25,66 +24,9 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// Telegram's tags; anything else in our output is a bug.
-    const ALLOWED: [&str; 8] = ["b", "i", "s", "u", "code", "pre", "a", "blockquote"];
-
-    /// Whether `html` is well-formed Telegram HTML: only allowed tags, every tag closed in
-    /// order, every `&` starts `&lt;` `&gt;` `&amp;` or `&quot;`, no stray `<` or `>`.
-    pub fn balanced(html: &str) -> bool {
-        let mut stack: Vec<String> = Vec::new();
-        let mut rest = html;
-        while let Some(c) = rest.chars().next() {
-            if c == '<' {
-                let Some(end) = rest.find('>') else {
-                    return false;
-                };
-                let tag = &rest[1..end];
-                if let Some(name) = tag.strip_prefix('/') {
-                    if stack.pop().as_deref() != Some(name) {
-                        return false;
-                    }
-                } else {
-                    let name = tag.split(' ').next().unwrap_or("");
-                    if !ALLOWED.contains(&name) {
-                        return false;
-                    }
-                    if tag.contains(' ') {
-                        let ok_attr = (name == "a"
-                            && tag.starts_with("a href=\"")
-                            && tag.ends_with('"')
-                            && !tag["a href=\"".len()..tag.len() - 1].contains('"'))
-                            || (name == "code" && tag.starts_with("code class=\"language-") && tag.ends_with('"'));
-                        if !ok_attr {
-                            return false;
-                        }
-                    }
-                    stack.push(name.to_string());
-                }
-                rest = &rest[end + 1..];
-            } else if c == '&' {
-                let ok = ["&lt;", "&gt;", "&amp;", "&quot;"].iter().any(|e| rest.starts_with(e));
-                if !ok {
-                    return false;
-                }
-                rest = &rest[1..];
-            } else if c == '>' {
-                return false;
-            } else {
-                rest = &rest[c.len_utf8()..];
-            }
-        }
-        stack.is_empty()
-    }
-
-    #[test]
-    fn balance_checker_rejects_broken_html() {
-        for bad in ["<b>x", "<b><i>x</b></i>", "</b>", "<br>", "a & b", "a > b", "<a href=\"x\"y\">t</a>"] {
-            assert!(!balanced(bad), "{bad:?}");
-        }
-        for good in ["", "<b>x</b>", "<a href=\"https://x?a=&quot;\">t</a> &amp; &lt;"] {
-            assert!(balanced(good), "{good:?}");
-        }
-    }
+    // The strict Telegram HTML check and the text-preservation helpers are shared with the
+    // fuzz targets.
+    pub use crate::fuzzing::checks::{balanced, content_without_fence_lines, fences_closed as fences_balanced, non_ws};
 
     /// A small deterministic generator (xorshift), so property tests need no crates.
     pub struct Rng(u64);
@@ -203,32 +145,6 @@ pub(crate) mod tests {
     fn sentence(rng: &mut Rng, max_words: usize) -> String {
         let n = 1 + rng.below(max_words);
         (0..n).map(|_| rng.pick(&WORDS)).collect::<Vec<_>>().join(" ")
-    }
-
-    fn non_ws(text: &str) -> String {
-        text.chars().filter(|c| !c.is_whitespace()).collect()
-    }
-
-    /// Non-whitespace text with fence marker lines removed (the chunker adds some).
-    fn content_without_fence_lines(text: &str) -> String {
-        let mut fence: Option<markdown::FenceOpen> = None;
-        let mut kept = String::new();
-        for line in text.split('\n') {
-            match &fence {
-                Some(open) if open.is_closed_by(line) => fence = None,
-                Some(_) => kept.push_str(line),
-                None => match markdown::FenceOpen::parse(line) {
-                    Some(open) => fence = Some(open),
-                    None => kept.push_str(line),
-                },
-            }
-        }
-        non_ws(&kept)
-    }
-
-    /// Every fence opened in the chunk is closed in it.
-    fn fences_balanced(chunk: &str) -> bool {
-        fence_regions(chunk, true).iter().all(|r| r.after_close != usize::MAX)
     }
 
     #[test]

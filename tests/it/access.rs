@@ -149,12 +149,12 @@ fn pairing_round_trip_with_the_cli_against_the_running_service() {
     assert_eq!(list.status.code(), Some(0), "{}", stderr(&list));
     assert_eq!(
         stdout(&list),
-        format!("Pending pairing requests for \"phone\":\n  Code: {code}  Sender: User (555)  0m ago\n")
+        format!("Pending pairing requests for \"phone\":\n  Code: {code}  Sender: 555 (name \"User\")  0m ago\n")
     );
     // Approve with the code in lower case.
     let approve = s.pairing(&["approve", "phone", &code.to_lowercase()]);
     assert_eq!(approve.status.code(), Some(0), "{}", stderr(&approve));
-    assert_eq!(stdout(&approve), "Approved: User (555) can now use channel \"phone\".\n");
+    assert_eq!(stdout(&approve), "Approved: 555 (name \"User\") can now use channel \"phone\".\n");
     s.assert_private();
     // The running service notices and tells them, without a restart.
     assert_eq!(s.fake.next_text_to(555, WAIT).as_deref(), Some(PAIRED_TEXT), "log:\n{}", s.service.log());
@@ -193,15 +193,15 @@ fn at_most_three_pending_and_the_fourth_stranger_gets_nothing() {
     assert!(s.service.log().contains("dropped message from 604: 3 pairing requests pending already"));
     let list = stdout(&s.pairing(&["list", "phone"]));
     assert_eq!(list.matches("  Code: ").count(), 3, "{list}");
-    assert!(!list.contains("(604)"), "{list}");
+    assert!(!list.contains("604"), "{list}");
     let saved: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(s.pairing_file()).unwrap()).unwrap();
     assert_eq!(saved.len(), 3);
     // Denying one frees a slot for the next stranger.
     let code = saved[0]["code"].as_str().unwrap().to_string();
     let deny = s.pairing(&["deny", "phone", &code]);
     assert_eq!(deny.status.code(), Some(0), "{}", stderr(&deny));
-    assert_eq!(stdout(&deny), format!("Denied: User (601); code {code} no longer works.\n"));
-    assert!(s.service.wait_for_log("(601) was denied or expired", WAIT), "log:\n{}", s.service.log());
+    assert_eq!(stdout(&deny), format!("Denied: 601 (name \"User\"); code {code} no longer works.\n"));
+    assert!(s.service.wait_for_log("601 (name \"User\") was denied or expired", WAIT), "log:\n{}", s.service.log());
     s.fake.send_dm(605, "my turn");
     assert!(s.fake.next_text_to(605, WAIT).is_some_and(|t| t.contains("Your pairing code is: ")));
     s.assert_agent_never_saw(&["me too", "my turn", "\"hi\""]);
@@ -424,4 +424,29 @@ fn start_welcomes_the_allowed_and_says_nothing_to_strangers_under_allowlist() {
     s.sync();
     assert_eq!(s.fake.texts_to(901), Vec::<String>::new());
     s.assert_agent_never_saw(&["/start"]);
+}
+
+/// A message sent right after `tether pairing approve` returns is answered, not dropped as a
+/// pending stranger's (the service re-reads the pairing files before it decides).
+#[test]
+fn a_message_right_after_approve_is_answered() {
+    let s = Setup::start("pair-first-try", pairing_channel());
+    for (n, user) in [556, 557, 558].into_iter().enumerate() {
+        s.fake.send_dm(user, "hello?");
+        let code = code_in(&s.fake.next_text_to(user, WAIT).unwrap_or_default());
+        let approve = s.pairing(&["approve", "phone", &code]);
+        assert_eq!(approve.status.code(), Some(0), "{}", stderr(&approve));
+        let text = format!("right away {n}");
+        s.fake.send_dm(user, &text);
+        let expected = format!("echo: {text}");
+        let mut texts = Vec::new();
+        while let Some(t) = s.fake.next_text_to(user, Duration::from_secs(10)) {
+            let done = t == expected;
+            texts.push(t);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(texts.last(), Some(&expected), "user {user}: {texts:?}\nlog:\n{}", s.service.log());
+    }
 }

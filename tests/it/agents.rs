@@ -277,3 +277,94 @@ fn two_crash_messages_crash_twice_and_both_are_answered() {
     let log = service.log();
     assert!(log.contains("crash 2 of 3 allowed") && !log.contains("crash 3 of 3"), "{log}");
 }
+
+#[test]
+fn channels_poll_while_a_slow_agent_starts_and_what_arrives_meanwhile_is_answered() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("slowstart");
+    let bin = crate::support::tether_bin();
+    let agent = json!({"command": "sh", "args": ["-c", format!("sleep 3; exec '{bin}' demo-agent")], "startupTimeoutMs": 20000});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    // Polling long before the agent answers `initialize` (it sleeps 3 s first).
+    assert!(wait_until(Duration::from_millis(2500), || fake.polls() > 0), "{}", service.log());
+    fake.send_dm(111, "early bird");
+    assert!(wait_until(Duration::from_millis(2000), || fake.unconfirmed() == 0), "taken (journaled) at once");
+    let reply = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert_eq!(reply, "echo: early bird", "{}", service.log());
+}
+
+/// An agent that writes 200 MB without a newline is stopped at 16 MiB as broken (before,
+/// tether kept reading the whole line into memory).
+#[test]
+fn a_200_mb_line_without_newline_marks_the_agent_broken() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("endless-line");
+    let script = "head -c 209715200 /dev/zero | tr '\\0' x; exec sleep 60";
+    let agent = json!({"command": "sh", "args": ["-c", script], "startupTimeoutMs": 30000});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let mut service = Service::start(&home, &[]);
+    let started = std::time::Instant::now();
+    assert_eq!(service.wait_exit(WAIT), Some(1), "log:\n{}", service.log());
+    assert!(service.log().contains("sent a line longer than 16 MiB; treated as broken"), "{}", service.log());
+    assert!(started.elapsed() < Duration::from_secs(15), "not by the startup timeout");
+}
+
+/// 100,000 stderr lines full of terminal escapes: the log gets a bounded number of lines,
+/// none with a raw control character, and the agent still answers.
+#[test]
+fn a_flood_of_stderr_is_rate_limited_and_stripped() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("stderr-flood");
+    let script = format!(
+        "i=0; while [ $i -lt 100000 ]; do printf '\\033[2J\\rspoofed line %s\\n' $i >&2; i=$((i+1)); done; exec '{}' demo-agent",
+        crate::support::tether_bin()
+    );
+    let agent = json!({"command": "sh", "args": ["-c", script], "startupTimeoutMs": 60000});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "still there?");
+    assert_eq!(
+        fake.next_text_to(111, Duration::from_secs(60)).as_deref(),
+        Some("echo: still there?"),
+        "log:\n{}",
+        service.log()
+    );
+    let log = service.log();
+    let spoofed = log.lines().filter(|l| l.contains("spoofed line")).count();
+    eprintln!("stderr flood: {spoofed} log lines, {} log bytes", log.len());
+    assert!(spoofed <= 200, "{spoofed} stderr lines logged");
+    assert!(!log.contains('\u{1b}') && !log.contains("\r"), "raw control characters in the log");
+}
+
+/// tether started as root with `agent.user` runs the agent as that user, without root's
+/// groups: it cannot read tether's config or `/proc/<tether pid>/environ`, and still answers.
+/// (Skipped when the tests do not run as root.)
+#[test]
+fn agent_user_runs_the_agent_unprivileged() {
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+    let has_nobody = std::fs::read_to_string("/etc/passwd").is_ok_and(|p| p.lines().any(|l| l.starts_with("nobody:")));
+    if !is_root || !has_nobody {
+        return;
+    }
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("agent-user");
+    let config = home.path().join("config.json");
+    let script = format!(
+        "echo \"agent uid $(id -u) groups $(id -G)\" >&2; \
+         cat '{}' >/dev/null 2>&1 && echo 'agent READ the config' >&2; \
+         cat /proc/$PPID/environ >/dev/null 2>&1 && echo 'agent READ the environ' >&2; \
+         exec '{}' demo-agent",
+        config.display(),
+        crate::support::tether_bin()
+    );
+    let agent = json!({"command": "sh", "args": ["-c", script], "user": "nobody"});
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "who are you?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: who are you?"), "log:\n{}", service.log());
+    let log = service.log();
+    assert!(log.contains("agent uid 65534 groups 65534"), "{log}");
+    assert!(!log.contains("default: agent READ"), "{log}");
+}

@@ -5,6 +5,8 @@ mod access;
 mod agents;
 mod cli;
 mod conversations;
+mod discord;
+mod discord_gateway;
 mod permissions;
 mod qwen_keys;
 mod replies;

@@ -125,3 +125,28 @@ fn a_strangers_button_press_is_refused() {
     }
     assert_eq!(last, "permission denied");
 }
+
+/// In a group, only the person whose message started the work may approve its tools; another
+/// member (even one in `allowedUsers`) is told no, and the agent waits for the right person.
+#[test]
+fn in_a_group_only_the_sender_of_the_causing_message_approves() {
+    let (fake, _home, service) = start(json!({
+        "allowedUsers": ["111", "222"], "groupPolicy": "open", "groups": {"*": {"requireMention": false}}
+    }));
+    const GROUP: i64 = -100_424_242;
+    fake.send_group(GROUP, 111, "permission please", None);
+    let ask = fake.next_text_to(GROUP, WAIT).unwrap_or_default();
+    assert!(ask.contains("Permission needed"), "{ask}\nlog:\n{}", service.log());
+    fake.send_group(GROUP, 222, "/approve", None);
+    let refusal = fake.next_text_to(GROUP, WAIT).unwrap_or_default();
+    assert!(refusal.contains("whose message started"), "another member approved: {refusal}\nlog:\n{}", service.log());
+    fake.send_group(GROUP, 111, "/approve", None);
+    let mut last = String::new();
+    while let Some(t) = fake.next_text_to(GROUP, Duration::from_secs(10)) {
+        last = t;
+        if last.starts_with("permission") {
+            break;
+        }
+    }
+    assert_eq!(last, "permission granted: proceed_once", "log:\n{}", service.log());
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::fake_telegram::{FakeTelegram, Fault, TOKEN};
+use crate::support::fake_telegram::{BOT_USERNAME, FakeTelegram, Fault, TOKEN};
 use crate::support::{Service, TempDir, captured_demo_agent, demo_agent, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -53,6 +53,58 @@ fn stranger_never_reaches_the_agent() {
     assert!(sent_to_agent.contains("friend words"));
     assert!(!sent_to_agent.contains("stranger secret words"), "agent saw: {sent_to_agent}");
     assert!(service.log().contains("sender not in allowedUsers"));
+}
+
+/// Letters whose lowercase has another byte length (`Ⱥ` 2 → 3 bytes, `ẞ` 3 → 2) around a
+/// mention of the bot: this used to panic the poll thread, which then never moved its
+/// offset, so the bot stayed deaf, also after every restart.
+fn poisoned_text() -> String {
+    format!("Ⱥ@{BOT_USERNAME} éẞ Ⱥ@{BOT_USERNAME}éẞ")
+}
+
+fn send_poison(fake: &FakeTelegram) {
+    let poison = poisoned_text();
+    fake.send_dm(999, &poison);
+    fake.send_group(-100_777, 999, &poison, None);
+    fake.send_group_photo(-100_777, 999, &poison);
+}
+
+#[test]
+fn a_strangers_poisoned_mention_does_not_deafen_the_bot_also_after_a_restart() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("poison");
+    home.write_config(&config(&fake, demo_agent(), json!({})));
+    let mut service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("connected as @", WAIT), "log:\n{}", service.log());
+    send_poison(&fake);
+    fake.send_dm(111, "still listening?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: still listening?"), "log:\n{}", service.log());
+    // The poisoned updates were confirmed: Telegram will not send them again.
+    assert!(
+        wait_until(WAIT, || fake.unconfirmed() == 0),
+        "{} unconfirmed; log:\n{}",
+        fake.unconfirmed(),
+        service.log()
+    );
+
+    // A restart, with more poison waiting for it before it even connects.
+    service.signal("TERM");
+    assert_eq!(service.wait_exit(WAIT), Some(0), "log:\n{}", service.log());
+    send_poison(&fake);
+    let service = Service::start(&home, &[]);
+    fake.send_dm(111, "after the restart?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: after the restart?"), "log:\n{}", service.log());
+    assert!(
+        wait_until(WAIT, || fake.unconfirmed() == 0),
+        "{} unconfirmed; log:\n{}",
+        fake.unconfirmed(),
+        service.log()
+    );
+    let log = service.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("éẞ"), "a stranger's text reached the log:\n{log}");
+    // Nothing was answered to the stranger, in the DM or in the group.
+    assert!(fake.texts_to(999).is_empty() && fake.texts_to(-100_777).is_empty(), "{:?}", fake.delivered());
 }
 
 #[test]

@@ -46,6 +46,8 @@ impl Demo {
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_else(|| panic!("no URL in {url_line:?}"))
             .to_string();
+        let admin_line = rx.recv_timeout(Duration::from_secs(20)).expect("tether demo printed no admin URL");
+        assert!(admin_line.contains(&format!("http://{addr}/admin?admin_token=")), "{admin_line}");
         Demo { child, addr, first_line }
     }
 
@@ -62,21 +64,26 @@ impl Demo {
     }
 
     fn socket(&self, sid_cookie: &str) -> tungstenite::WebSocket<TcpStream> {
-        let stream = TcpStream::connect(&self.addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let request = tungstenite::http::Request::builder()
-            .uri(format!("ws://{}/ws", self.addr))
-            .header("Host", &self.addr)
-            .header("Origin", format!("http://{}", self.addr))
-            .header("Cookie", sid_cookie)
-            .header("Connection", "Upgrade")
-            .header("Upgrade", "websocket")
-            .header("Sec-WebSocket-Version", "13")
-            .header("Sec-WebSocket-Key", tungstenite::handshake::client::generate_key())
-            .body(())
-            .unwrap();
-        tungstenite::client(request, stream).unwrap().0
+        ws_connect(&self.addr, sid_cookie)
     }
+}
+
+/// A WebSocket to the web chat at `addr`, as the browser holding `sid_cookie`.
+fn ws_connect(addr: &str, sid_cookie: &str) -> tungstenite::WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = tungstenite::http::Request::builder()
+        .uri(format!("ws://{addr}/ws"))
+        .header("Host", addr)
+        .header("Origin", format!("http://{addr}"))
+        .header("Cookie", sid_cookie)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", tungstenite::handshake::client::generate_key())
+        .body(())
+        .unwrap();
+    tungstenite::client(request, stream).unwrap().0
 }
 
 impl Drop for Demo {
@@ -129,7 +136,8 @@ fn demo_serves_the_page_and_answers_with_the_built_in_agent() {
         }
     };
     assert_eq!(answer, "echo: hello from the browser");
-    assert!(drafts >= 2, "the answer streamed as drafts ({drafts})");
+    // Drafts are coalesced (one per 100 ms at most): a short answer may show as one.
+    assert!(drafts >= 1, "the answer streamed as drafts ({drafts})");
 
     // A reload gets the conversation back.
     let mut again = demo.socket(&cookie);
@@ -188,11 +196,22 @@ fn permission_questions_have_buttons_in_the_web_chat() {
 
 /// A raw HTTP request to `addr`; returns (status code, body).
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, body, "")
+}
+
+/// [`http`] as the operator: with the admin token of `home`.
+fn admin_http(home: &TempDir, addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let token = std::fs::read_to_string(home.path().join("admin-token")).expect("an admin token in the home");
+    http_with(addr, method, path, body, &format!("Authorization: Bearer {}\r\n", token.trim()))
+}
+
+/// [`http`] with extra header lines (each ending in CRLF).
+fn http_with(addr: &str, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -225,24 +244,25 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     // Listening is the web chat's health: never reported unhealthy at start.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!service.log().contains("web: channel is unhealthy"), "{}", service.log());
-    let (status, page) = http(&addr, "GET", "/admin", "");
+    let (status, page) = admin_http(&home, &addr, "GET", "/admin", "");
     assert_eq!(status, 200);
     assert!(page.contains("tether admin"));
 
     fake.send_dm(555, "let me in");
     let reply = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
     let code = reply.split("Your pairing code is: ").nth(1).map(|r| r[..8].to_string()).expect("a code");
-    let state = || serde_json::from_str::<Value>(&http(&addr, "GET", "/admin/api/state", "").1).unwrap();
-    assert_eq!(state()["pairing"][0]["pending"][0]["code"], code.as_str(), "{}", state());
+    let state = || serde_json::from_str::<Value>(&admin_http(&home, &addr, "GET", "/admin/api/state", "").1).unwrap();
+    assert_eq!(state()["pairing"][0]["pending"][0]["senderId"], "555", "{}", state());
+    assert!(!state().to_string().contains(&code), "the page never shows codes: {}", state());
 
     let approve = json!({"action": "approve", "channel": "phone", "code": code}).to_string();
-    let (status, body) = http(&addr, "POST", "/admin/api/action", &approve);
+    let (status, body) = admin_http(&home, &addr, "POST", "/admin/api/action", &approve);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Approved"), "{body}");
     let paired = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
     assert!(paired.contains("paired"), "{paired}");
     assert_eq!(state()["pairing"][0]["approved"], json!(["555"]));
-    let (status, _) = http(&addr, "POST", "/admin/api/action", &approve);
+    let (status, _) = admin_http(&home, &addr, "POST", "/admin/api/action", &approve);
     assert_eq!(status, 409, "the code is used up");
 
     // A conversation shows as a session, and clearing it tells the chat.
@@ -255,7 +275,7 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     );
     let key = state()["sessions"][0]["key"].as_str().unwrap().to_string();
     let clear = json!({"action": "clear_session", "key": key}).to_string();
-    assert_eq!(http(&addr, "POST", "/admin/api/action", &clear).0, 200);
+    assert_eq!(admin_http(&home, &addr, "POST", "/admin/api/action", &clear).0, 200);
     let notice = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
     assert!(notice.contains("operator cleared"), "{notice}");
     assert!(
@@ -265,4 +285,212 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     );
     let channels = state()["channels"].clone();
     assert!(channels.as_array().unwrap().iter().any(|c| c["name"] == "phone" && c["connected"] == true), "{channels}");
+}
+
+/// The admin page is not the chat: a chat client (loopback, or holding the chat's token) can
+/// neither read nor act; only the admin token of the home can.
+#[test]
+fn admin_actions_need_the_admin_token_not_the_chat_token_or_loopback() {
+    use crate::support::fake_telegram::{FakeTelegram, TOKEN};
+    use crate::support::{Service, demo_agent};
+
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("admin-token");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {
+            "phone": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "senderPolicy": "pairing"},
+            "web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open", "token": "chat-secret-1234"},
+        }
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    let token = std::fs::read_to_string(home.path().join("admin-token")).unwrap().trim().to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.path().join("admin-token")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    fake.send_dm(777, "let me in");
+    let reply = fake.next_text_to(777, Duration::from_secs(20)).unwrap_or_default();
+    let code = reply.split("Your pairing code is: ").nth(1).map(|r| r[..8].to_string()).expect("a code");
+    let approve = json!({"action": "approve", "channel": "phone", "code": code}).to_string();
+    let chat_bearer = "Authorization: Bearer chat-secret-1234\r\n";
+    let chat_cookie = format!(
+        "Cookie: tether_token={}\r\n",
+        "chat-secret-1234".bytes().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    for headers in ["", chat_bearer, chat_cookie.as_str()] {
+        for (method, path, body) in
+            [("GET", "/admin", ""), ("GET", "/admin/api/state", ""), ("POST", "/admin/api/action", approve.as_str())]
+        {
+            let (status, text) = http_with(&addr, method, path, body, headers);
+            assert_eq!(status, 401, "{method} {path} with {headers:?}: {text}");
+            assert!(!text.contains(&code), "{text}");
+        }
+    }
+    // Nobody was approved by those.
+    let allowed = std::fs::read_to_string(home.path().join("phone-allowlist.json")).unwrap_or_default();
+    assert!(!allowed.contains("777"), "{allowed}");
+
+    // The URL with the admin token sets its cookie and sends to the fixed admin path.
+    let (status, _) = http(&addr, "GET", &format!("/admin?admin_token={token}"), "");
+    assert_eq!(status, 303);
+    let (status, body) = admin_http(&home, &addr, "POST", "/admin/api/action", &approve);
+    assert_eq!(status, 200, "{body}");
+    assert!(fake.next_text_to(777, Duration::from_secs(20)).unwrap_or_default().contains("paired"));
+
+    // `tether admin-url` prints the same address with the token.
+    let out = crate::support::run_tether(&["admin-url"], home.path());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(&format!("/admin?admin_token={token}")), "{printed}");
+}
+
+/// 200 slow unauthenticated connections from one address (IPv4 loopback) while the token
+/// holder comes from another (IPv6 loopback, the listener is dual-stack): the token holder is
+/// still served, and the refusals cost one log line, not hundreds.
+#[test]
+fn slow_strangers_do_not_lock_out_the_token_holder() {
+    use crate::support::{Service, demo_agent};
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return; // No IPv6 loopback on this machine: two client addresses cannot be made.
+    }
+    let home = TempDir::new("slow-strangers");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {"web": {"type": "webchat", "listen": "[::]:0", "senderPolicy": "open", "token": "holder-secret-99"}}
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let port: u16 = log
+        .split("web chat on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|hostport| hostport.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {log}"));
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+            slow.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let holder = format!("[::1]:{port}");
+    let (status, body) = http_with(&holder, "GET", "/healthz", "", "Authorization: Bearer holder-secret-99\r\n");
+    assert_eq!(status, 200, "the token holder was locked out: {body}");
+    drop(slow);
+    let refused: Vec<String> = service.log().lines().filter(|l| l.contains("refused")).map(String::from).collect();
+    assert!(refused.len() <= 1, "{} refusal lines: {refused:?}", refused.len());
+}
+
+/// A 502 whose body echoes the bot token: the token reaches neither the log, nor
+/// status.json, nor `tether status`, nor the admin page's state.
+#[test]
+fn an_upstream_error_echoing_the_token_is_redacted_everywhere() {
+    use crate::support::fake_telegram::{FakeTelegram, Fault, TOKEN};
+    use crate::support::{Service, demo_agent, read_status, wait_until};
+
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("redact");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {
+            "phone": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "allowedUsers": ["111"]},
+            "web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open"},
+        }
+    }));
+    let echo = json!({"ok": false, "error_code": 502, "description": format!("Bad Gateway: no upstream for /bot{TOKEN}/getUpdates")});
+    fake.fail_all("getUpdates", Some(Fault::Status(502, echo)));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || read_status(home.path())
+            .is_some_and(|s| s.to_string().contains("no upstream for"))),
+        "the error never reached status.json: {:?}\nlog:\n{}",
+        read_status(home.path()),
+        service.log()
+    );
+    let secret_half = TOKEN.split_once(':').unwrap().1;
+    let status_json = read_status(home.path()).unwrap().to_string();
+    let status_text =
+        String::from_utf8_lossy(&crate::support::run_tether(&["status"], home.path()).stdout).into_owned();
+    let admin_state = admin_http(&home, &addr, "GET", "/admin/api/state", "").1;
+    assert!(admin_state.contains("no upstream for"), "{admin_state}");
+    for (place, text) in [
+        ("log", service.log()),
+        ("status.json", status_json),
+        ("tether status", status_text),
+        ("admin state", admin_state),
+    ] {
+        assert!(!text.contains(TOKEN) && !text.contains(secret_half), "the token is in the {place}:\n{text}");
+    }
+    fake.fail_all("getUpdates", None);
+}
+
+/// The resident-memory high-water mark of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A fast-streaming agent: 40,000 one-character chunks as fast as it can write them. The page
+/// gets a few coalesced drafts and the whole answer; tether's peak memory stays small.
+#[test]
+fn forty_thousand_chunks_make_few_drafts_and_little_memory() {
+    use crate::support::{Service, demo_agent};
+    let home = TempDir::new("flood");
+    home.write_config(&json!({
+        "agent": demo_agent(),
+        "channels": {"web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open"}}
+    }));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("web chat on http://", Duration::from_secs(20)), "{}", service.log());
+    let log = service.log();
+    let addr = log.split("web chat on http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    let cookie = page
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a browser cookie")
+        .to_string();
+    let mut ws = ws_connect(&addr, &cookie);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    next_frame(&mut ws, deadline).expect("history");
+    let idle_kib = peak_rss_kib(service.pid());
+    let started = Instant::now();
+    ws.send(Message::text(json!({"type": "message", "text": "flood"}).to_string())).unwrap();
+    let mut drafts = 0;
+    let answer = loop {
+        let frame = next_frame(&mut ws, deadline).expect("the answer did not arrive");
+        match frame["type"].as_str() {
+            Some("draft") => drafts += 1,
+            Some("message") if frame["from"] == "agent" => break frame["text"].as_str().unwrap_or("").to_string(),
+            _ => {}
+        }
+    };
+    let took = started.elapsed();
+    let peak_kib = peak_rss_kib(service.pid());
+    eprintln!(
+        "flood: 40,000 chunks in {took:?}: {drafts} drafts; tether peak RSS {peak_kib} KiB (before the turn {idle_kib} KiB)"
+    );
+    assert_eq!(answer.chars().filter(|c| *c == 'x').count(), 39_500, "the whole answer arrived");
+    assert!(drafts as f64 <= took.as_secs_f64() * 10.0 + 5.0, "{drafts} drafts in {took:?}");
+    assert!(peak_kib < 100 * 1024, "peak RSS {peak_kib} KiB");
 }

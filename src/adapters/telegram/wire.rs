@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::adapters::contain;
 use crate::event::{ButtonPress, ChatRef, InboundMessage};
 
 /// The bot's own identity, from `getMe`.
@@ -50,18 +51,44 @@ pub fn parse_identity(result: &Value) -> Option<BotIdentity> {
 
 /// The updates of one `getUpdates` reply: the highest `update_id` seen (to confirm them
 /// all with the next offset, even the ones we skip) and the messages worth handling.
+///
+/// Each update is decoded on its own inside [`contain`]: one that panics is logged (its id,
+/// never its text) and skipped, and its id still moves the offset, so it is not fetched again.
 pub fn parse_updates(result: &Value, channel: &str, bot: &BotIdentity) -> (Option<i64>, Vec<InboundMessage>) {
     let mut last_id = None;
     let mut messages = Vec::new();
     for update in result.as_array().map(Vec::as_slice).unwrap_or_default() {
-        if let Some(id) = update.get("update_id").and_then(Value::as_i64) {
+        let id = update.get("update_id").and_then(Value::as_i64);
+        if let Some(id) = id {
             last_id = Some(last_id.map_or(id, |last: i64| last.max(id)));
+        } else {
+            log::warn!(target: channel, "skipped an update without an update_id");
         }
-        if let Some(message) = update.get("message").and_then(|m| parse_message(m, channel, bot)) {
-            messages.push(message);
+        let Some(message) = update.get("message") else { continue };
+        match contain(|| decode_message(id, message, channel, bot)) {
+            Some(Some(message)) => messages.push(message),
+            Some(None) => {} // Not for us: from a bot, no text, not a chat message.
+            None => {
+                log::warn!(target: channel, "skipped update {}: decoding it failed (see the error above)", id_text(id))
+            }
         }
     }
     (last_id, messages)
+}
+
+fn id_text(id: Option<i64>) -> String {
+    id.map_or_else(|| "without id".to_string(), |id| id.to_string())
+}
+
+/// [`parse_message`], with a panic injected for one update id in unit tests.
+fn decode_message(id: Option<i64>, message: &Value, channel: &str, bot: &BotIdentity) -> Option<InboundMessage> {
+    #[cfg(test)]
+    if id.is_some() && id == tests::PANIC_ON_UPDATE.with(std::cell::Cell::get) {
+        panic!("injected panic decoding update {id:?}");
+    }
+    #[cfg(not(test))]
+    let _ = id;
+    parse_message(message, channel, bot)
 }
 
 fn parse_message(msg: &Value, channel: &str, bot: &BotIdentity) -> Option<InboundMessage> {
@@ -133,30 +160,40 @@ fn utf16_slice(text: &str, offset: usize, length: usize) -> Option<String> {
     String::from_utf16(units.get(offset..end)?).ok()
 }
 
-/// Remove every `@botname` (any case), as Qwen does, and tidy the spaces left behind.
-/// `/cmd@botname` keeps the command: the suffix goes, the command stays.
-fn strip_mention(text: &str, username: &str) -> String {
-    let handle = format!("@{}", username.to_lowercase());
-    let lower = text.to_lowercase();
-    if handle.len() < 2 || lower.len() != text.len() {
-        // Lowercasing changed byte lengths (rare scripts): fall back to an exact match.
-        return text.replace(&format!("@{username}"), "").trim().to_string();
+/// Remove every `@botname` (any case), as Qwen does, and the spaces it leaves behind.
+/// `/cmd@botname` keeps the command: the suffix goes, the command stays. Usernames are ASCII,
+/// so the match is ASCII case-insensitive on the text itself: no lowercased copy, whose byte
+/// offsets differ from the original's (`Ⱥ` is 2 bytes, its lowercase 3).
+pub fn strip_mention(text: &str, username: &str) -> String {
+    let handle = format!("@{username}");
+    if username.is_empty() {
+        return text.trim().to_string();
     }
     let mut out = String::with_capacity(text.len());
-    let mut rest = 0;
-    while let Some(found) = lower[rest..].find(&handle) {
-        let at = rest + found;
-        let end = at + handle.len();
-        let next = text[end..].chars().next();
-        if next.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            out.push_str(&text[rest..end]);
-        } else {
-            out.push_str(&text[rest..at]);
+    let mut kept_from = 0; // Start of the text not yet copied to `out`; always a char boundary.
+    for (at, c) in text.char_indices() {
+        if c != '@' || at < kept_from {
+            continue;
         }
-        rest = end;
+        let end = at.saturating_add(handle.len());
+        // `get` is None when `end` is not a char boundary: then it is not our handle either.
+        if !text.get(at..end).is_some_and(|found| found.eq_ignore_ascii_case(&handle)) {
+            continue;
+        }
+        let after = text.get(end..).unwrap_or_default();
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // `@botname_2` is someone else (usernames are ASCII letters, digits, `_`).
+        }
+        out.push_str(text.get(kept_from..at).unwrap_or_default());
+        kept_from = end;
+        // "hi @bot there" keeps one space; "/new@bot now" keeps its space.
+        if out.is_empty() || out.ends_with(' ') {
+            kept_from = end + (after.len() - after.trim_start_matches(' ').len());
+        }
     }
-    out.push_str(&text[rest..]);
-    out.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ").trim().to_string()
+    out.push_str(text.get(kept_from..).unwrap_or_default());
+    let out = out.trim();
+    out.to_string()
 }
 
 fn display_name(from: &Value) -> String {
@@ -240,34 +277,41 @@ pub fn answer_callback(callback_id: &str, text: &str) -> Value {
     json!({"callback_query_id": callback_id, "text": text})
 }
 
-/// The button presses (`callback_query`) of one `getUpdates` reply.
+/// The button presses (`callback_query`) of one `getUpdates` reply, each decoded inside
+/// [`contain`] like the messages of [`parse_updates`].
 pub fn parse_button_presses(result: &Value, channel: &str) -> Vec<ButtonPress> {
     let updates = result.as_array().map(Vec::as_slice).unwrap_or_default();
-    updates
-        .iter()
-        .filter_map(|u| {
-            let q = u.get("callback_query")?;
-            let from = q.get("from")?;
-            let message = q.get("message");
-            let chat = message.and_then(|m| m.get("chat"));
-            let is_topic = message.and_then(|m| m.get("is_topic_message")).and_then(Value::as_bool) == Some(true);
-            Some(ButtonPress {
-                channel: channel.to_string(),
-                sender_id: id_string(from.get("id")?)?,
-                sender_name: display_name(from),
-                // An inaccessible message has no chat: the press then belongs to the sender's DM.
-                chat_id: chat.and_then(|c| c.get("id")).and_then(id_string).or_else(|| id_string(from.get("id")?))?,
-                thread_id: if is_topic {
-                    message.and_then(|m| m.get("message_thread_id")).and_then(id_string)
-                } else {
-                    None
-                },
-                is_group: chat.and_then(|c| c.get("type")).and_then(Value::as_str).is_some_and(|t| t != "private"),
-                data: q.get("data").and_then(Value::as_str).unwrap_or_default().to_string(),
-                callback_id: q.get("id").and_then(Value::as_str)?.to_string(),
-            })
-        })
-        .collect()
+    let mut presses = Vec::new();
+    for update in updates {
+        let Some(query) = update.get("callback_query") else { continue };
+        match contain(|| parse_button_press(query, channel)) {
+            Some(Some(press)) => presses.push(press),
+            Some(None) => {}
+            None => {
+                let id = update.get("update_id").and_then(Value::as_i64);
+                log::warn!(target: channel, "skipped update {}: decoding its button press failed", id_text(id));
+            }
+        }
+    }
+    presses
+}
+
+fn parse_button_press(q: &Value, channel: &str) -> Option<ButtonPress> {
+    let from = q.get("from")?;
+    let message = q.get("message");
+    let chat = message.and_then(|m| m.get("chat"));
+    let is_topic = message.and_then(|m| m.get("is_topic_message")).and_then(Value::as_bool) == Some(true);
+    Some(ButtonPress {
+        channel: channel.to_string(),
+        sender_id: id_string(from.get("id")?)?,
+        sender_name: display_name(from),
+        // An inaccessible message has no chat: the press then belongs to the sender's DM.
+        chat_id: chat.and_then(|c| c.get("id")).and_then(id_string).or_else(|| id_string(from.get("id")?))?,
+        thread_id: if is_topic { message.and_then(|m| m.get("message_thread_id")).and_then(id_string) } else { None },
+        is_group: chat.and_then(|c| c.get("type")).and_then(Value::as_str).is_some_and(|t| t != "private"),
+        data: q.get("data").and_then(Value::as_str).unwrap_or_default().to_string(),
+        callback_id: q.get("id").and_then(Value::as_str)?.to_string(),
+    })
 }
 
 /// The `sendChatAction` request body for "typing".
@@ -520,11 +564,89 @@ mod tests {
         let cases = vec![
             ("@tether_bot hello", "hello"),
             ("hello @TETHER_BOT", "hello"),
+            ("@Tether_Bot", ""),
             ("@tether_botany stays", "@tether_botany stays"),
             ("/new@tether_bot now", "/new now"),
+            ("hi @tether_bot there", "hi there"),
+            // Case-folding letters change byte length when lowercased: this used to panic.
+            ("Ⱥ@tether_bot éẞ", "Ⱥ éẞ"),
+            ("Ⱥ@TETHER_BOT", "Ⱥ"),
+            ("ẞẞ @tether_bot ȺȺ", "ẞẞ ȺȺ"),
+            ("@tether_botẞ", "ẞ"),
+            ("Ⱥ@tether_botéẞ", "Ⱥéẞ"),
+            ("Ⱥ@tether_bot éẞ Ⱥ@tether_botéẞ", "Ⱥ éẞ Ⱥéẞ"),
+            ("@tether_bot_2 @tether_bot2", "@tether_bot_2 @tether_bot2"),
+            ("@tether_bot,ẞ", ",ẞ"),
+            ("日本@tether_bot語", "日本語"),
+            ("🎉@tether_bot🎉", "🎉🎉"),
+            ("@tether_bo", "@tether_bo"),
+            ("@", "@"),
+            ("ẞ@", "ẞ@"),
+            ("@@tether_bot", "@"),
+            ("a  b", "a  b"),
+            ("  code\n    indented", "code\n    indented"),
+            ("@tether_bot @tether_bot twice", "twice"),
+            // A non-ASCII look-alike of a letter is not it (K is the Kelvin sign).
+            ("@\u{212A}tether_bot", "@\u{212A}tether_bot"),
+            ("", ""),
         ];
         for (input, expected) in cases {
             assert_eq!(strip_mention(input, "tether_bot"), expected, "{input}");
         }
+        // The examples, with getMe's name in either case.
+        let named = [
+            ("yourbot", "Ⱥ@yourbot éẞ", "Ⱥ éẞ"),
+            ("YourBot", "Ⱥ@yourbot éẞ", "Ⱥ éẞ"),
+            ("yourbot", "@YourBot", ""),
+            ("YourBot", "hey @YOURBOT, ẞ", "hey , ẞ"),
+            ("YourBot", "", ""),
+        ];
+        for (username, input, expected) in named {
+            assert_eq!(strip_mention(input, username), expected, "{username} {input}");
+        }
+    }
+
+    #[test]
+    fn poisoned_mentions_are_decoded_in_dms_groups_and_captions() {
+        let text = "Ⱥ@tether_bot éẞ";
+        let at = "Ⱥ".encode_utf16().count();
+        let mention = json!([{"type": "mention", "offset": at, "length": 11}]);
+        let result = json!([
+            {"update_id": 1, "message": {"message_id": 1, "chat": {"id": 9, "type": "private"},
+                "from": {"id": 9, "first_name": "S"}, "text": text}},
+            {"update_id": 2, "message": {"message_id": 2, "chat": {"id": -5, "type": "supergroup"},
+                "from": {"id": 9, "first_name": "S"}, "text": text, "entities": mention}},
+            {"update_id": 3, "message": {"message_id": 3, "chat": {"id": -5, "type": "group"},
+                "from": {"id": 9, "first_name": "S"}, "photo": [], "caption": text, "caption_entities": mention}},
+            {"update_id": 4, "message": {"message_id": 4, "chat": {"id": -5, "type": "group"},
+                "from": {"id": 9, "first_name": "S"}, "text": "Ⱥ@TETHER_BOT"}},
+        ]);
+        let (last, msgs) = parse_updates(&result, "c", &bot());
+        assert_eq!(last, Some(4));
+        let got: Vec<(&str, bool)> = msgs.iter().map(|m| (m.text.as_str(), m.is_mentioned)).collect();
+        assert_eq!(got, vec![("Ⱥ éẞ", true), ("Ⱥ éẞ", true), ("Ⱥ éẞ", true), ("Ⱥ", false)]);
+    }
+
+    thread_local! {
+        /// The update id whose decoding panics (unit tests only).
+        pub(super) static PANIC_ON_UPDATE: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+    }
+
+    #[test]
+    fn an_update_whose_decoding_panics_is_skipped_and_still_confirmed() {
+        let dm = |id: i64, text: &str| {
+            json!({"update_id": id, "message": {"message_id": id, "chat": {"id": 111, "type": "private"},
+                "from": {"id": 111, "first_name": "A"}, "text": text}})
+        };
+        let result = json!([dm(20, "before"), dm(21, "poison"), dm(22, "after")]);
+        PANIC_ON_UPDATE.with(|p| p.set(Some(22)));
+        let (last, msgs) = parse_updates(&result, "c", &bot());
+        assert_eq!(last, Some(22), "the offset moves past the bad update");
+        assert_eq!(msgs.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["before", "poison"]);
+        PANIC_ON_UPDATE.with(|p| p.set(Some(21)));
+        let (last, msgs) = parse_updates(&result, "c", &bot());
+        PANIC_ON_UPDATE.with(|p| p.set(None));
+        assert_eq!(last, Some(22));
+        assert_eq!(msgs.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["before", "after"]);
     }
 }

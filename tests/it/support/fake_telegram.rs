@@ -168,14 +168,28 @@ impl FakeTelegram {
             "from": {"id": from, "is_bot": false, "first_name": "User", "username": format!("user{from}")},
             "text": text,
         });
-        let handle = format!("@{BOT_USERNAME}");
-        if let Some(at) = text.find(&handle) {
-            let offset = text[..at].encode_utf16().count();
-            message["entities"] = json!([{"type": "mention", "offset": offset, "length": handle.len()}]);
+        if let Some(entities) = mention_entities(text) {
+            message["entities"] = entities;
         }
         if let Some(topic) = topic {
             message["message_thread_id"] = json!(topic);
             message["is_topic_message"] = json!(true);
+        }
+        self.push(message);
+    }
+
+    /// Queue a photo with `caption` from user `from` in supergroup `chat`. A `@botname` in
+    /// the caption gets its `caption_entities` mention, as Telegram would send it.
+    pub fn send_group_photo(&self, chat: i64, from: i64, caption: &str) {
+        let mut message = json!({
+            "message_id": 0, "date": unix_now(),
+            "chat": {"id": chat, "type": "supergroup", "title": "Team"},
+            "from": {"id": from, "is_bot": false, "first_name": "User", "username": format!("user{from}")},
+            "photo": [{"file_id": "p1", "file_unique_id": "u1", "width": 90, "height": 90}],
+            "caption": caption,
+        });
+        if let Some(entities) = mention_entities(caption) {
+            message["caption_entities"] = entities;
         }
         self.push(message);
     }
@@ -351,6 +365,14 @@ impl FakeTelegram {
             }
         }
     }
+}
+
+/// The mention entity of the first `@botname` in `text` (offsets in UTF-16 units).
+fn mention_entities(text: &str) -> Option<Value> {
+    let handle = format!("@{BOT_USERNAME}");
+    let at = text.find(&handle)?;
+    let offset = text.get(..at)?.encode_utf16().count();
+    Some(json!([{"type": "mention", "offset": offset, "length": handle.len()}]))
 }
 
 /// Seconds since 1970, as Telegram dates messages.

@@ -10,13 +10,26 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Request {
+    pub method: String,
     pub path: String,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl Request {
+    #[allow(dead_code)] // Used by the Discord fake.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
 }
 
 /// What the handler wants done with a request.
 pub enum Reply {
     Json(u16, String),
+    /// A status, extra headers and a JSON body (empty for none, e.g. 204).
+    #[allow(dead_code)] // Used by the Discord fake.
+    Full(u16, Vec<(String, String)>, String),
     /// Close the connection without answering.
     Drop,
 }
@@ -70,9 +83,10 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
         }
         let mut parts = line.split_whitespace();
         let (Some(method), Some(path)) = (parts.next(), parts.next()) else { return };
-        let _ = method;
+        let method = method.to_string();
         let path = path.to_string();
         let mut length = 0;
+        let mut headers = Vec::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -82,22 +96,27 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
         }
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let (status, content_type, text) = match handler(Request { path, body }) {
-            Reply::Json(status, text) => (status, "application/json", text),
+        let (status, extra, text) = match handler(Request { method, path, headers, body }) {
+            Reply::Json(status, text) => (status, Vec::new(), text),
+            Reply::Full(status, extra, text) => (status, extra, text),
             Reply::Drop => return,
         };
-        let head =
-            format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", text.len());
+        let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
+            text.len()
+        );
         if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(text.as_bytes())).is_err() {
             return;
         }
