@@ -1638,14 +1638,17 @@ mod tests {
             // Type and required secrets.
             (
                 r#"{"channels": {"phone": {"token": "x"}}}"#.into(),
+                // Every registered platform is listed (one line per platform in adapters::PLATFORMS).
                 format!(
-                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat, discord"#
+                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: {}"#,
+                    crate::adapters::PLATFORMS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
                 ),
             ),
             (
                 r#"{"channels": {"phone": {"type": "slack"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat, discord"#
+                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: {}"#,
+                    crate::adapters::PLATFORMS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
                 ),
             ),
             (
@@ -2223,7 +2226,7 @@ mod tests {
           "blockStreamingChunk": {"minChars": 400, "maxChars": 1000},
           "blockStreamingCoalesce": {"idleMs": 1500}
         },
-        "my-weixin": {"type": "weixin", "sessionScope": "chat_thread", "dmPolicy": "open"},
+        "my-weixin": {"type": "weixin", "baseUrl": "https://ilinkai.weixin.qq.com", "sessionScope": "chat_thread", "dmPolicy": "open"},
         "my-dingtalk": {
           "type": "dingtalk",
           "clientId": "$DINGTALK_CLIENT_ID",
@@ -2238,9 +2241,10 @@ mod tests {
 
     #[test]
     fn qwen_024_documented_settings_parse_with_every_key_honoured() {
+        // WeChat is this build's own platform; DingTalk is a stand-in until it is merged.
         let platforms: Vec<&'static Platform> = vec![
             &crate::adapters::telegram::PLATFORM,
-            stand_in("weixin", &["baseUrl"]),
+            &crate::adapters::weixin::PLATFORM,
             stand_in("dingtalk", &["clientId", "clientSecret"]),
         ];
         let config = match parse_on(QWEN_024_SETTINGS, &platforms, &[("MY_BOT_TOKEN", "1:abc")]) {
@@ -2267,6 +2271,7 @@ mod tests {
         assert_eq!((tg.block_min_chars, tg.block_max_chars, tg.block_idle), (400, 1000, Duration::from_millis(1500)));
         let wx = channel(&config, "my-weixin");
         assert_eq!(wx.session_scope, SessionScope::ChatThread);
+        assert_eq!(wx.setting("baseUrl"), Some("https://ilinkai.weixin.qq.com"));
         let ding = channel(&config, "my-dingtalk");
         assert_eq!(ding.dm_policy, DmPolicy::Disabled);
         assert_eq!(ding.group("any").history_limit, 50);

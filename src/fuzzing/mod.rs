@@ -39,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("streamer", streamer),
     ("http_head", http_head),
     ("ws_frames", ws_frames),
+    ("weixin_update", weixin_update),
 ];
 
 /// The bot of the Telegram target.
@@ -388,6 +389,63 @@ fn client_frame(json: &str) {
         assert!(bytes.len() <= file.data.len() / 4 * 3 + 3);
         assert_eq!(webchat::decode_base64(&checks::encode_base64(&bytes)).as_deref(), Some(bytes.as_slice()));
     }
+}
+
+/// WeChat (iLink): the bytes as an API reply and, when JSON, as a `getupdates` reply and a QR
+/// status; as the text, file name, keys and ids of a user message; as an answer with
+/// `[IMAGE:]` markers; as CDN ciphertext. No decoder panics (not even one `adapters::contain`
+/// would catch); a message is a DM whose chat is its sender; at most
+/// [`MAX_MEDIA_ITEMS`](crate::adapters::weixin::wire::MAX_MEDIA_ITEMS) files per message; saved
+/// file names are one safe path component; marker paths are absolute; reply pieces fit the
+/// limit; AES-128-ECB decrypts what it encrypted and refuses garbage without panicking.
+pub fn weixin_update(data: &[u8]) {
+    use crate::adapters::weixin::{crypto, media, wire};
+    let panics = contained_panics();
+    let text = String::from_utf8_lossy(data);
+    let status = data.first().map_or(200, |b| if b % 2 == 0 { 200 } else { 400 + u16::from(*b) });
+    if wire::parse_reply(status, &text).is_ok() {
+        assert_eq!(status, 200, "only a 200 is a success");
+    }
+    let check_message = |raw: &Value| {
+        let Some(message) = crate::adapters::contain(|| wire::parse_message(raw)) else { return };
+        let Some(message) = message else { return };
+        assert!(message.media.len() <= wire::MAX_MEDIA_ITEMS);
+        assert!(!message.message_id.is_empty() && !message.from_user_id.is_empty());
+        for item in &message.media {
+            let _ = item.media.key();
+            let _ = wire::download_url("https://cdn.example/c2c", &item.media);
+        }
+        let inbound = wire::to_inbound("fuzz", &message, Vec::new(), &[text.to_string()]);
+        assert!(!inbound.is_group && inbound.chat_id == inbound.sender_id && inbound.sender_id == message.from_user_id);
+    };
+    if let Ok(reply) = serde_json::from_slice::<Value>(data) {
+        let updates = wire::parse_updates(&reply);
+        updates.messages.iter().for_each(check_message);
+        let _ = wire::parse_qr_status(&reply);
+        let _ = wire::parse_qr_code(&reply);
+    }
+    let message = json!({"message_type": 1, "from_user_id": text, "message_id": text, "context_token": text,
+    "item_list": [
+        {"type": 1, "text_item": {"text": text}, "ref_msg": {"title": text}},
+        {"type": 2, "image_item": {"aeskey": text, "media": {"aes_key": text, "encrypt_query_param": text}}},
+        {"type": 3, "voice_item": {"text": text}},
+        {"type": 4, "file_item": {"file_name": text, "len": text, "media": {"aes_key": text, "full_url": text}}},
+    ]});
+    check_message(&message);
+    let name = media::safe_file_name(&text);
+    assert!(!name.is_empty() && name.chars().count() <= 100, "{name:?}");
+    assert!(!name.contains(['/', '\\']) && !name.starts_with('.') && !name.chars().any(char::is_control), "{name:?}");
+    let (kept, paths) = media::take_image_markers(&text);
+    assert!(kept.len() <= text.len());
+    assert!(paths.iter().all(|p| p.is_absolute()), "{paths:?}");
+    for piece in wire::reply_texts(&text) {
+        assert!(!piece.trim().is_empty() && piece.chars().count() <= wire::TEXT_LIMIT);
+    }
+    let _ = media::sniff_mime(data, crate::event::AttachmentKind::Image);
+    let key = [0x2b; 16];
+    let _ = crypto::decrypt(&key, data);
+    assert_eq!(crypto::decrypt(&key, &crypto::encrypt(&key, data)).as_deref(), Ok(data));
+    assert_eq!(contained_panics(), panics, "a decoder panicked (contained in production; a bug all the same)");
 }
 
 #[cfg(test)]
