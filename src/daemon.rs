@@ -447,7 +447,8 @@ impl Daemon {
 
     /// Stop as for SIGTERM (messages stay journaled), then fail with `error`.
     fn give_up(&mut self, agent: &str, error: Error) -> Result<(), Error> {
-        log::error!(target: "tether", "{error}");
+        // The error itself is logged once, by the caller that ends the process.
+        log::warn!(target: "acp", "giving up on agent \"{agent}\"; stopping");
         // Whoever was told "it is being restarted" learns it will not be (drained below).
         let actions = self.core.agent_given_up(agent);
         self.dispatch(actions);

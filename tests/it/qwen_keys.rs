@@ -107,6 +107,12 @@ fn a_dm_to_a_dm_disabled_bot_never_reaches_the_agent_while_a_group_mention_does(
     assert_eq!(s.fake.texts_to(FRIEND), Vec::<String>::new());
     assert_eq!(s.fake.texts_to(STRANGER), Vec::<String>::new());
     assert!(s.service.log().contains("direct messages are disabled (dmPolicy)"), "{}", s.service.log());
+    // A clean stop: the agent's exit is no warning.
+    let mut s = s;
+    s.service.signal("TERM");
+    assert_eq!(s.service.wait_exit(WAIT), Some(0), "{}", s.service.log());
+    let log = s.service.log();
+    assert!(!log.lines().any(|l| l.contains("WARN") && l.contains("acp")), "{log}");
 }
 
 #[test]
@@ -120,7 +126,14 @@ fn a_group_asks_once_and_is_approved_with_tether_pairing_approve() {
     let log = s.service.log();
     let at = log.find("tether pairing approve phone ").expect("the code is in the operator's log") + 29;
     let code = log[at..at + 8].to_string();
-    // The operator sees it in `tether pairing list`; the group is never told the code.
+    // The operator sees it in `tether pairing list` (once the service has saved it: the log
+    // line comes first); the group is never told the code.
+    let file = s.home.path().join("phone-pairing.json");
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&file).unwrap_or_default().contains(&code) {
+        assert!(Instant::now() < deadline, "{} never held {code}", file.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let list = s.pairing(&["list", "phone"]);
     let listed = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(listed.contains(&format!("Code: {code}  Group: -100 (asked by")), "{listed}");

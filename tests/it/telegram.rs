@@ -151,6 +151,10 @@ fn agent_that_dies_at_start_gives_a_clear_error() {
     let log = service.log();
     assert!(log.contains("failed to start: it exited with status 3"), "{log}");
     assert!(log.contains("model weights missing"), "{log}");
+    // The agent's stderr line is logged once (not again as a "last stderr" tail), and so is
+    // the error.
+    assert_eq!(log.matches("model weights missing\n").count(), 1, "{log}");
+    assert_eq!(log.matches("failed to start: it exited with status 3").count(), 1, "{log}");
 }
 
 #[test]
