@@ -756,20 +756,29 @@ fn parse_channel(
     }
     let group_history_limit = get_history_limit(obj, at, &mut warnings)?.unwrap_or(0);
     let groups = get_groups(obj, at, &mut warnings)?;
+    let sender_policy = get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?.unwrap_or(SenderPolicy::Allowlist);
+    let group_policy = get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?.unwrap_or(GroupPolicy::Disabled);
+    if group_policy == GroupPolicy::Pairing && sender_policy == SenderPolicy::Allowlist && allowed_users.is_empty() {
+        warnings.push(
+            "`groupPolicy` is \"pairing\", but only someone allowed may make a group ask, and with \
+             senderPolicy \"allowlist\" and no allowedUsers nobody is: add your id to allowedUsers"
+                .to_string(),
+        );
+    }
 
     Ok(ChannelConfig {
         name: name.to_string(),
         platform,
         settings,
         model: get_string(obj, "model", at)?,
-        sender_policy: get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?.unwrap_or(SenderPolicy::Allowlist),
+        sender_policy,
         dm_policy: get_enum(obj, "dmPolicy", at, DM_POLICIES)?.unwrap_or(DmPolicy::Open),
         allowed_users,
         session_scope: get_enum(obj, "sessionScope", at, SESSION_SCOPES)?.unwrap_or(SessionScope::User),
         cwd: resolve_cwd(get_string(obj, "cwd", at)?, cx, at)?,
         instructions: get_string(obj, "instructions", at)?,
         approval_mode,
-        group_policy: get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?.unwrap_or(GroupPolicy::Disabled),
+        group_policy,
         groups,
         group_history_limit,
         dispatch_mode: get_enum(obj, "dispatchMode", at, DISPATCH_MODES)?.unwrap_or(DispatchMode::Steer),
@@ -2353,6 +2362,15 @@ mod tests {
             assert!(e.contains(&format!("key \"allowedUsers[0]\": \"{id}\" is a placeholder from an example")), "{e}");
             assert!(e.contains("dropped message from <id>"), "{e}");
         }
+    }
+
+    #[test]
+    fn group_pairing_that_nobody_can_start_is_warned_about() {
+        let warned = |keys: &str| phone(keys).warnings.iter().any(|w| w.starts_with("`groupPolicy` is \"pairing\""));
+        assert!(warned(r#""groupPolicy": "pairing""#));
+        assert!(!warned(r#""groupPolicy": "pairing", "allowedUsers": ["42"]"#));
+        assert!(!warned(r#""groupPolicy": "pairing", "senderPolicy": "pairing""#));
+        assert!(!warned(r#""groupPolicy": "open""#));
     }
 
     #[test]
