@@ -2188,17 +2188,6 @@ mod tests {
         assert!(!error_text(&text, &[]).contains(secret_value));
     }
 
-    /// Test platforms standing for ones this branch does not have (WeChat, DingTalk), with
-    /// the keys Qwen Code documents for them.
-    fn stand_in(name: &'static str, keys: &'static [&'static str]) -> &'static Platform {
-        Box::leak(Box::new(Platform {
-            name,
-            keys,
-            parse: |_| Ok(PlatformSettings::default()),
-            ..crate::adapters::webchat::PLATFORM
-        }))
-    }
-
     fn parse_on(text: &str, platforms: &[&'static Platform], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
@@ -2250,13 +2239,8 @@ mod tests {
 
     #[test]
     fn qwen_024_documented_settings_parse_with_every_key_honoured() {
-        // WeChat is this build's own platform; DingTalk is a stand-in until it is merged.
-        let platforms: Vec<&'static Platform> = vec![
-            &crate::adapters::telegram::PLATFORM,
-            &crate::adapters::weixin::PLATFORM,
-            stand_in("dingtalk", &["clientId", "clientSecret"]),
-        ];
-        let config = match parse_on(QWEN_024_SETTINGS, &platforms, &[("MY_BOT_TOKEN", "1:abc")]) {
+        let platforms = crate::adapters::PLATFORMS;
+        let config = match parse_on(QWEN_024_SETTINGS, platforms, &[("MY_BOT_TOKEN", "1:abc")]) {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
@@ -2282,6 +2266,7 @@ mod tests {
         assert_eq!(wx.session_scope, SessionScope::ChatThread);
         assert_eq!(wx.setting("baseUrl"), Some("https://ilinkai.weixin.qq.com"));
         let ding = channel(&config, "my-dingtalk");
+        assert_eq!(ding.secret("clientSecret").map(Secret::expose), Some("ding-secret"));
         assert_eq!(ding.dm_policy, DmPolicy::Disabled);
         assert_eq!(ding.group("any").history_limit, 50);
         assert_eq!(ding.group("sensitive-group-id").history_limit, 0);
@@ -2317,6 +2302,19 @@ mod tests {
         // A typo is a warning, not a silent default: the channel still has the default.
         assert_eq!(c.sender_policy, SenderPolicy::Allowlist);
         assert_eq!(c.group_history_limit, MAX_GROUP_HISTORY);
+    }
+
+    #[test]
+    fn dingtalk_keys_of_qwen_features_tether_lacks_are_warned_about() {
+        let text = r#"{"channels": {"ding": {"type": "dingtalk", "clientId": "i", "clientSecret": "s",
+            "useConnectionManager": true, "atSender": true, "interactiveCards": {"enabled": true}, "outputMode": "final_only"}}}"#;
+        let config = match parse_with(text, &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let warned: Vec<String> =
+            channel(&config, "ding").warnings.iter().filter_map(|w| w.split('`').nth(1).map(str::to_string)).collect();
+        assert_eq!(warned, ["atSender", "interactiveCards", "outputMode", "useConnectionManager"]);
     }
 
     #[test]

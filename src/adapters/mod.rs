@@ -9,6 +9,7 @@
 
 pub(crate) mod admin;
 mod contain;
+pub(crate) mod dingtalk;
 pub mod discord;
 pub mod outbox;
 pub mod pacing;
@@ -34,7 +35,8 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &weixin::PLATFORM];
+pub const PLATFORMS: &[&Platform] =
+    &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &weixin::PLATFORM, &dingtalk::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::acp::connection::Connection;
 use crate::acp::process::{Overlong, read_lines};
 use crate::adapters::contained_panics;
+use crate::adapters::dingtalk::{self, wire as dingtalk_wire};
 use crate::adapters::telegram::wire::{self, BotIdentity};
 use crate::adapters::webchat;
 use crate::config::{self, ParseContext};
@@ -40,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_head", http_head),
     ("ws_frames", ws_frames),
     ("weixin_update", weixin_update),
+    ("dingtalk_frame", dingtalk_frame),
 ];
 
 /// The bot of the Telegram target.
@@ -446,6 +448,59 @@ pub fn weixin_update(data: &[u8]) {
     let _ = crypto::decrypt(&key, data);
     assert_eq!(crypto::decrypt(&key, &crypto::encrypt(&key, data)).as_deref(), Ok(data));
     assert_eq!(contained_panics(), panics, "a decoder panicked (contained in production; a bug all the same)");
+}
+
+/// DingTalk: the bytes as a Stream frame, as a robot message's `data`, as the text of a group
+/// message that mentions the robot, and as a file name and a reply. No decoder panics; a ping
+/// is echoed with its own data and message id; mention stripping only removes a prefix;
+/// titles are short and clean; what is saved takes a safe name; message ids are remembered
+/// within their bound.
+pub fn dingtalk_frame(data: &[u8]) {
+    let panics = contained_panics();
+    let text = String::from_utf8_lossy(data);
+    if let Ok(frame) = dingtalk_wire::parse_frame(&text) {
+        match frame {
+            dingtalk_wire::Frame::Ping { message_id, data } => {
+                let ack: Value = serde_json::from_str(&dingtalk_wire::ack(&message_id, &data))
+                    .unwrap_or_else(|e| panic!("an ack is not JSON: {e}"));
+                assert_eq!(ack["headers"]["messageId"].as_str(), Some(message_id.as_str()));
+                assert_eq!(ack["data"].as_str(), Some(data.as_str()), "a ping is echoed as it came");
+            }
+            dingtalk_wire::Frame::Callback { data, .. } => {
+                let _ = dingtalk_wire::parse_robot_message(&data, "fuzz");
+            }
+            _ => {}
+        }
+    }
+    if let Ok(robot) = dingtalk_wire::parse_robot_message(&text, "fuzz") {
+        assert!(robot.message.message_id.is_some(), "a robot message has an id");
+        assert_eq!(robot.message.chat_id, robot.route.conversation_id);
+        assert!(robot.message.is_group || robot.message.is_mentioned, "a DM is always addressed to us");
+    }
+    let group = json!({
+        "conversationId": "cidG", "conversationType": "2", "msgId": "m", "senderStaffId": "s",
+        "isInAtList": true, "msgtype": "text", "text": {"content": text},
+        "quoteMessage": {"senderId": "x", "text": {"content": text}},
+    });
+    let robot = dingtalk_wire::parse_robot_message(&group.to_string(), "fuzz")
+        .unwrap_or_else(|e| panic!("a well-formed message does not decode: {e}"));
+    let got = &robot.message.text;
+    assert_eq!(got, got.trim(), "the text is trimmed");
+    assert!(text.contains(got.as_str()), "mention stripping removes a prefix only: {text:?} -> {got:?}");
+    let title = dingtalk_wire::title_of(&text);
+    assert!(!title.is_empty() && title.chars().count() <= 20 && !title.chars().any(char::is_control), "{title:?}");
+    let piece = dingtalk_wire::titled(&title, &text);
+    assert_eq!(dingtalk_wire::untitled(&piece), (title, text.as_ref()));
+    let name = dingtalk::safe_file_name(&text);
+    assert!(name.chars().count() <= 80 && !name.starts_with('.') && name != "..", "{name:?}");
+    assert!(!name.contains('/') && !name.chars().any(char::is_control), "{name:?}");
+    let mut dedup = dingtalk_wire::Dedup::new(8);
+    for (n, id) in text.split(' ').enumerate() {
+        let first = dedup.first_time(id, n as u64);
+        assert!(!first || !dedup.first_time(id, n as u64), "an id is taken once");
+    }
+    assert!(dedup.remembered() <= 8);
+    assert_eq!(contained_panics(), panics);
 }
 
 #[cfg(test)]

@@ -39,14 +39,22 @@ impl HttpClient {
     /// POST a JSON body; wait at most `timeout` for the whole exchange. Returns the status
     /// and the body text (capped at 16 MiB).
     pub fn post_json(&self, url: &str, body: &Value, timeout: Duration) -> Result<(u16, String), TransportError> {
-        let response = self
-            .agent
-            .post(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .send_json(body)
-            .map_err(|e| TransportError(describe(&e)))?;
+        self.post_json_with(url, &[], body, timeout)
+    }
+
+    /// [`HttpClient::post_json`] with extra request headers (an API's token header, `Accept`).
+    pub fn post_json_with(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, String), TransportError> {
+        let mut request = self.agent.post(url).config().timeout_global(Some(timeout)).build();
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send_json(body).map_err(|e| TransportError(describe(&e)))?;
         let status = response.status().as_u16();
         let text = response
             .into_body()
@@ -124,15 +132,6 @@ impl HttpClient {
         let body = response.into_body().with_config().limit(16 * 1024 * 1024).read_to_string().map_err(fail)?;
         Ok(HttpReply { status, headers, body })
     }
-
-    /// GET raw bytes (files), refusing more than `limit` bytes.
-    pub fn get_bytes(&self, url: &str, limit: u64, timeout: Duration) -> Result<(u16, Vec<u8>), TransportError> {
-        let fail = |e: ureq::Error| TransportError(describe(&e));
-        let response = self.agent.get(url).config().timeout_global(Some(timeout)).build().call().map_err(fail)?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
-        Ok((status, bytes))
-    }
 }
 
 /// A whole HTTP reply with a binary body: status, headers (names lowercased) and bytes.
@@ -157,7 +156,8 @@ impl RawReply {
 impl HttpClient {
     /// One request with our own headers and a raw body (sent by POST and PATCH only); waits
     /// at most `timeout` for the whole exchange and reads at most `limit` bytes of the reply
-    /// (more is an error). For binary uploads and downloads (WeChat's CDN).
+    /// (more is an error: a download must not fill the memory or the disk). For binary uploads
+    /// and downloads (CDNs, attachments).
     pub fn exchange(
         &self,
         method: Method,

@@ -5,6 +5,7 @@ mod access;
 mod agents;
 mod cli;
 mod conversations;
+mod dingtalk;
 mod discord;
 mod discord_gateway;
 mod permissions;

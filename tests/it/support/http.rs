@@ -18,7 +18,8 @@ pub struct Request {
 }
 
 impl Request {
-    #[allow(dead_code)] // Used by the Discord fake.
+    /// The value of header `name` (any case), if sent.
+    #[allow(dead_code)] // Not every fake reads headers.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }

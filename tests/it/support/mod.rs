@@ -1,5 +1,6 @@
 //! Shared test helpers: temporary homes, the tether binary as a real process, bounded waits.
 
+pub mod fake_dingtalk;
 pub mod fake_discord;
 pub mod fake_ilink;
 pub mod fake_telegram;
