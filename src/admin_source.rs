@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::access_files::AccessFiles;
 use crate::adapters::admin::{AdminAction, AdminSource};
-use crate::config::{ChannelConfig, SenderPolicy};
+use crate::config::ChannelConfig;
 use crate::event::Inbound;
 use crate::health::wall_ms;
 use crate::pairing_cli::{self, PairingCommand};
@@ -86,7 +86,7 @@ impl AdminSource for DaemonAdmin {
         let now = wall_ms();
         let pairing: Vec<Value> = channels
             .values()
-            .filter(|c| c.sender_policy == SenderPolicy::Pairing)
+            .filter(|c| c.uses_pairing())
             .map(|c| match AccessFiles::new(&self.home, &c.name).read() {
                 Ok(book) => json!({
                     "channel": c.name,
@@ -94,8 +94,10 @@ impl AdminSource for DaemonAdmin {
                     // that leaks cannot approve anyone.
                     "pending": book.live(now).map(|r| json!({
                         "senderId": r.sender_id, "senderName": r.sender_name, "createdAt": r.created_at,
+                        "group": r.group(),
                     })).collect::<Vec<_>>(),
                     "approved": book.approved(),
+                    "approvedGroups": book.approved_groups(),
                 }),
                 Err(e) => json!({"channel": c.name, "error": e.to_string(), "pending": [], "approved": []}),
             })

@@ -22,7 +22,7 @@ use crate::admin_source::DaemonAdmin;
 use crate::audit::AuditEvent;
 use crate::audit_writer::{self, AuditWriter};
 use crate::backoff::Backoff;
-use crate::config::{ChannelConfig, Config, PermissionPolicy, SenderPolicy};
+use crate::config::{ChannelConfig, Config, PermissionPolicy};
 use crate::core::{Action, Core, Event};
 use crate::error::Error;
 use crate::event::{AgentEvent, Inbound, Outbound};
@@ -198,11 +198,18 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     for event in daemon.access.load_all()? {
         daemon.core.handle(event, Instant::now());
     }
+    for channel in &channels {
+        if let Some(event) = crate::group_history_file::load(&daemon.home, &channel.name) {
+            daemon.core.handle(event, Instant::now());
+        }
+    }
     daemon.replay();
     daemon.state = "running";
     daemon.publish(true);
     daemon.publish_admin();
-    log::info!(target: "tether", "running {} channel(s); stop with `tether stop` or Ctrl+C", channels.len());
+    // The demo is no service: `tether stop` would not find it.
+    let how_to_stop = if daemon.options.as_service { "`tether stop` or Ctrl+C" } else { "Ctrl+C" };
+    log::info!(target: "tether", "running {} channel(s); stop with {how_to_stop}", channels.len());
     daemon.run(&inbound_rx, &signals)
 }
 
@@ -401,7 +408,7 @@ impl Daemon {
             }
             if let Some(a) = self.agents.get(&agent).filter(|a| !a.was_ready()) {
                 let error = a.start_failure(reason);
-                return self.give_up(error);
+                return self.give_up(&agent, error);
             }
             audit_writer::record(AuditEvent::AgentCrashed { agent: agent.clone(), reason: reason.clone() });
             if let Some(a) = self.agents.get_mut(&agent) {
@@ -417,7 +424,7 @@ impl Daemon {
                             "agent \"{agent}\" crashed {crashes} times within {} s (last: it {reason}); stopping so the init system can restart tether",
                             CrashWindow::SPAN.as_secs()
                         ));
-                        return self.give_up(error);
+                        return self.give_up(&agent, error);
                     }
                 }
             }
@@ -442,7 +449,7 @@ impl Daemon {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
                         self.restarts.insert(name, at);
                     }
-                    Restart::GiveUp { .. } => return self.give_up(e),
+                    Restart::GiveUp { .. } => return self.give_up(&name, e),
                 },
             }
         }
@@ -450,8 +457,12 @@ impl Daemon {
     }
 
     /// Stop as for SIGTERM (messages stay journaled), then fail with `error`.
-    fn give_up(&mut self, error: Error) -> Result<(), Error> {
-        log::error!(target: "tether", "{error}");
+    fn give_up(&mut self, agent: &str, error: Error) -> Result<(), Error> {
+        // The error itself is logged once, by the caller that ends the process.
+        log::warn!(target: "acp", "giving up on agent \"{agent}\"; stopping");
+        // Whoever was told "it is being restarted" learns it will not be (drained below).
+        let actions = self.core.agent_given_up(agent);
+        self.dispatch(actions);
         self.stop_everything("giving up");
         Err(error)
     }
@@ -483,6 +494,11 @@ impl Daemon {
                     self.access.save_request(&channel, request, wall_ms())
                 }
                 Action::Audit(event) => audit_writer::record(event),
+                Action::SaveGroupHistory { channel, entries } => {
+                    if let Err(e) = crate::group_history_file::save(&self.home, &channel, &entries) {
+                        log::error!(target: channel.as_str(), "{e}; group history is kept in memory only");
+                    }
+                }
             }
         }
     }
@@ -883,9 +899,9 @@ fn watch_signals() -> Result<Receiver<Signal>, Error> {
     Ok(rx)
 }
 
-/// The pairing files of the channels that use `senderPolicy: pairing`.
+/// The pairing files of the channels that pair users or groups.
 fn access_watcher(home: &std::path::Path, config: &Config) -> access_files::Watcher {
-    let pairing = config.channels.values().filter(|c| c.sender_policy == SenderPolicy::Pairing);
+    let pairing = config.channels.values().filter(|c| c.uses_pairing());
     access_files::Watcher::new(home, pairing.map(|c| c.name.as_str()))
 }
 

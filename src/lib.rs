@@ -29,6 +29,7 @@ pub mod error;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod group_history_file;
 pub(crate) mod health;
 pub mod journal;
 pub(crate) mod logging;

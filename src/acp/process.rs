@@ -233,11 +233,13 @@ fn run_io(mut io: IoThread) {
         }
     };
     let mut reason = reason;
-    if !stderr_tail.is_empty() {
+    // Each stderr line was logged as it came; repeat the last ones only when that log is off.
+    if !stderr_tail.is_empty() && !log::log_enabled!(target: "acp", log::Level::Info) {
         reason.push_str("; last stderr: ");
         reason.push_str(&Vec::from(stderr_tail).join(" | "));
     }
-    log::warn!(target: "acp", "agent \"{}\" {reason}", io.name);
+    // Not a warning here: the daemon knows whether this exit is a crash or a clean stop.
+    log::debug!(target: "acp", "agent \"{}\" {reason}", io.name);
     let _ = io.events.send((io.name, AgentEvent::Exited { reason }));
 }
 

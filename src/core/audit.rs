@@ -27,8 +27,10 @@ pub(super) fn refused(m: &InboundMessage, verdict: &Verdict, replies: &[Action])
     let gate = match verdict {
         Verdict::Drop(reason) => reason.to_string(),
         Verdict::Pair => "unpaired sender (senderPolicy pairing)".to_string(),
-        // `/start` from someone allowed: answered with a welcome, nothing refused.
-        Verdict::Pass => return Vec::new(),
+        Verdict::PairGroup => "group not approved (groupPolicy pairing)".to_string(),
+        // `/start` from someone allowed (answered with a welcome), or a group message kept as
+        // context: nothing refused.
+        Verdict::Pass | Verdict::Overheard => return Vec::new(),
     };
     let mut out = vec![Action::Audit(AuditEvent::MessageRefused {
         channel: m.channel.clone(),

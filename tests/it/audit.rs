@@ -319,7 +319,7 @@ fn an_agent_crash_and_its_restart_are_recorded() {
         "channels": {"phone": channel(&fake)},
     }));
     let service = Service::start(&home, &[]);
-    fake.send_dm(111, "crash now");
+    fake.send_dm(111, "crash");
     let restarted = || {
         let events = events(&lines(&path));
         let at = |name: &str| events.iter().position(|e| e == name);

@@ -10,6 +10,7 @@ mod dingtalk;
 mod discord;
 mod discord_gateway;
 mod permissions;
+mod qwen_keys;
 mod replies;
 mod seam;
 mod service;
