@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub(crate) mod health;
 pub mod journal;
 pub(crate) mod logging;
+pub mod media;
 pub mod net;
 pub(crate) mod pairing_cli;
 pub(crate) mod redact;

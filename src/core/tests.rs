@@ -105,7 +105,7 @@ fn new_session(key: &str) -> Action {
 fn prompt(session: &str, text: &str) -> Action {
     Action::Agent {
         agent: DEFAULT_AGENT.into(),
-        request: AgentRequest::Prompt { session_id: session.into(), text: text.into() },
+        request: AgentRequest::Prompt { session_id: session.into(), text: text.into(), images: Vec::new() },
     }
 }
 
