@@ -10,18 +10,21 @@
 //! retry loop of its own.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, never, select, unbounded};
 
 use crate::adapters::Supervisor;
+use crate::adapters::uploads::OutboundFiles;
 use crate::adapters::pacing::{Pacer, PacingRules};
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::event::{ChatRef, MessageRef, Outbound};
 use crate::health::Probe;
 use crate::journal::Journal;
+use crate::media::{self, FileKind};
 
 /// Attempts for one piece that fails with 5xx or a network error before it is logged as lost.
 pub(crate) const SEND_ATTEMPTS: u32 = 6;
@@ -63,6 +66,10 @@ pub enum Call {
     Edit { chat: ChatRef, message_id: String, piece: Piece },
     /// Answer a button press.
     Ack { callback_id: String, text: String },
+    /// Upload a file the agent asked to send (`[IMAGE: …]`, `[FILE: …]`): `path` passed the
+    /// courier's [`Courier::files`] check when queued; the courier reads it with
+    /// [`OutboundFiles::read`], which checks it again.
+    SendFile { chat: ChatRef, path: PathBuf, kind: FileKind, caption: Option<String> },
 }
 
 /// Why a platform call did not succeed, classified by what the caller does next. Each
@@ -118,6 +125,11 @@ pub trait Courier: Send + Sync + 'static {
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure>;
     /// The platform's limits.
     fn pacing(&self) -> PacingRules;
+    /// Which files the agent may send with `[IMAGE: …]` / `[FILE: …]` markers; `None` (the
+    /// default) when the platform does not upload files: the markers then stay in the text.
+    fn files(&self) -> Option<&OutboundFiles> {
+        None
+    }
 }
 
 /// One message of a reply, as it waits in its chat's queue.
@@ -126,6 +138,8 @@ struct Part {
     piece: Piece,
     /// Buttons under this part: (label, callback data).
     buttons: Vec<(String, String)>,
+    /// A file to upload instead of a text (`piece` is then its caption, possibly empty).
+    file: Option<(PathBuf, FileKind)>,
     track: Track,
 }
 
@@ -151,7 +165,7 @@ struct Track {
 
 impl Part {
     fn new(piece: Piece, reply: u64, index: usize, of: usize) -> Part {
-        Part { piece, buttons: Vec::new(), track: Track { reply, index, of, ..Track::default() } }
+        Part { piece, buttons: Vec::new(), file: None, track: Track { reply, index, of, ..Track::default() } }
     }
 }
 
@@ -394,23 +408,36 @@ impl Schedule {
     }
 
     /// Queue what the core asked for; returns how many message parts were queued.
+    #[cfg(test)]
     pub fn push(&mut self, out: Outbound, now: Instant) -> usize {
+        self.push_with_files(out, Vec::new(), now)
+    }
+
+    /// [`Schedule::push`], with files (already checked) to upload after an `Outbound::Text`'s
+    /// text, as parts of the same reply.
+    pub fn push_with_files(&mut self, out: Outbound, files: Vec<(PathBuf, FileKind)>, now: Instant) -> usize {
         match out {
             Outbound::Text { chat, text, answers } => {
                 let pieces = self.courier.render(&text);
-                if pieces.is_empty() {
+                if pieces.is_empty() && files.is_empty() {
                     self.settled.push(Settled { answers, delivery: Delivery::Refused });
                     return 0;
                 }
                 self.replies += 1;
                 let reply = self.replies;
-                let of = pieces.len();
+                let texts = pieces.len();
+                let of = texts + files.len();
                 self.tracked.insert(reply, Tracked { answers, parts_left: of, worst: Delivery::Sent });
                 let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
                 // The answer is here: "typing…" asked for before it is moot.
                 queue.typing_since = None;
                 for (i, piece) in pieces.into_iter().enumerate() {
                     queue.parts.push_back(Part::new(piece, reply, i + 1, of));
+                }
+                for (i, file) in files.into_iter().enumerate() {
+                    let mut part = Part::new(Piece { text: String::new(), formatted: false }, reply, texts + i + 1, of);
+                    part.file = Some(file);
+                    queue.parts.push_back(part);
                 }
                 of
             }
@@ -525,12 +552,16 @@ impl Schedule {
         queue.sending = true;
         self.pacer.record(chat.clone(), now);
         self.last_served = Some(chat.clone());
-        let Part { piece, buttons, track } = part;
+        let Part { piece, buttons, file, track } = part;
         let edit_id =
             track.edit.as_ref().and_then(|key| self.sent.iter().find(|(k, _)| k == key).map(|(_, id)| id.clone()));
-        let call = match edit_id {
-            Some(message_id) => Call::Edit { chat, message_id, piece },
-            None => Call::Send { chat, piece, buttons },
+        let call = match (file, edit_id) {
+            (Some((path, kind)), _) => {
+                let caption = (!piece.text.is_empty()).then_some(piece.text);
+                Call::SendFile { chat, path, kind, caption }
+            }
+            (None, Some(message_id)) => Call::Edit { chat, message_id, piece },
+            (None, None) => Call::Send { chat, piece, buttons },
         };
         Some(Job { call, track })
     }
@@ -573,7 +604,9 @@ impl Schedule {
     pub fn finish(&mut self, job: Job, result: Result<Option<String>, Failure>, now: Instant) -> Verdict {
         // A rate limit slows the chat (or the bot) exactly as long as asked, whatever the call.
         let chat = match &job.call {
-            Call::Typing(chat) | Call::Send { chat, .. } | Call::Edit { chat, .. } => Some(chat),
+            Call::Typing(chat) | Call::Send { chat, .. } | Call::Edit { chat, .. } | Call::SendFile { chat, .. } => {
+                Some(chat)
+            }
             Call::Ack { .. } => None,
         };
         match (&result, chat) {
@@ -597,10 +630,16 @@ impl Schedule {
                     Err(failure) => Verdict::TypingFailed { chat: chat.chat_id, failure },
                 }
             }
-            Call::Send { chat, piece, buttons } => self.finish_part(chat, Part { piece, buttons, track }, result, now),
+            Call::Send { chat, piece, buttons } => {
+                self.finish_part(chat, Part { piece, buttons, file: None, track }, result, now)
+            }
             // An edit that must go again is retried as the same edit (its key still resolves).
             Call::Edit { chat, piece, .. } => {
-                self.finish_part(chat, Part { piece, buttons: Vec::new(), track }, result, now)
+                self.finish_part(chat, Part { piece, buttons: Vec::new(), file: None, track }, result, now)
+            }
+            Call::SendFile { chat, path, kind, caption } => {
+                let piece = Piece { text: caption.unwrap_or_default(), formatted: false };
+                self.finish_part(chat, Part { piece, buttons: Vec::new(), file: Some((path, kind)), track }, result, now)
             }
         }
     }
@@ -757,9 +796,32 @@ pub fn spawn(
     supervisor.spawn(name, move || {
         // Dropped when the dispatcher ends, panics included: that is the signal.
         let _drained = drained_tx;
-        dispatch(Schedule::new(courier), &outbox, &jobs_tx, &done_rx, &settle);
+        let files = courier.files().cloned();
+        dispatch(Schedule::new(courier), files.as_ref(), &outbox, &jobs_tx, &done_rx, &settle);
     })?;
     Ok(drained)
+}
+
+/// The `[IMAGE: …]` / `[FILE: …]` markers of a reply: each file that passes the check
+/// becomes an upload after the text; a refused one is named at the end of the text, with
+/// the reason ("not sent: /etc/passwd is outside the allowed directories").
+fn take_files(out: Outbound, files: &OutboundFiles, channel: &str) -> (Outbound, Vec<(PathBuf, FileKind)>) {
+    let Outbound::Text { chat, text, answers } = out else { return (out, Vec::new()) };
+    let (mut text, markers) = media::take_markers(&text);
+    let mut attached = Vec::new();
+    for marker in markers {
+        match files.check(&marker.path) {
+            Ok((path, _)) => attached.push((path, marker.kind)),
+            Err(why) => {
+                log::warn!(target: channel, "a file the agent asked to send to chat {} was refused: {why}", chat.chat_id);
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(&format!("(not sent: {why})"));
+            }
+        }
+    }
+    (Outbound::Text { chat, text, answers }, attached)
 }
 
 /// A worker: one call at a time, its result back to the dispatcher.
@@ -783,6 +845,7 @@ enum Wakeup {
 /// The dispatcher: hands ready calls to idle workers, queues new replies, settles results.
 fn dispatch(
     mut schedule: Schedule,
+    files: Option<&OutboundFiles>,
     outbox: &Receiver<Outbound>,
     jobs: &Sender<Job>,
     done: &Receiver<(Job, Result<Option<String>, Failure>)>,
@@ -828,7 +891,11 @@ fn dispatch(
                     Outbound::Text { chat, .. } => Some(chat.chat_id.clone()),
                     _ => None,
                 };
-                let parts = schedule.push(out, Instant::now());
+                let (out, attached) = match files {
+                    Some(files) => take_files(out, files, channel),
+                    None => (out, Vec::new()),
+                };
+                let parts = schedule.push_with_files(out, attached, Instant::now());
                 if let Some(chat) = chat {
                     if parts == 0 {
                         log::warn!(target: channel, "an empty reply to chat {chat} was not sent");

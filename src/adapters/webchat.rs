@@ -55,7 +55,6 @@ use serde::{Deserialize, Serialize};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::access_files::AccessFiles;
 use crate::adapters::admin::{self, AdminSource};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, Supervisor, uploads};
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings, SenderPolicy};
@@ -256,9 +255,7 @@ fn spawn_with_uploads(
         stop: AtomicBool::new(false),
         upload_root,
         admin,
-        policy: channel.sender_policy,
-        allowed_users: channel.allowed_users.clone(),
-        access: home.map(|home| AccessFiles::new(home, name)),
+        keeper: uploads::Keeper::new(channel, home),
         new_browsers: Mutex::new(NewBrowsers::default()),
     });
     let handler: Handler = {
@@ -301,10 +298,7 @@ struct Shared {
     /// Serves `/admin` when the daemon gave one.
     admin: Option<Arc<dyn AdminSource>>,
     /// The channel's sender policy, applied here too before anything is stored.
-    policy: SenderPolicy,
-    allowed_users: Vec<String>,
-    /// The channel's pairing files (who was approved), for `senderPolicy: "pairing"`.
-    access: Option<AccessFiles>,
+    keeper: uploads::Keeper,
     /// New browser ids per client address (under `pairing`).
     new_browsers: Mutex<NewBrowsers>,
 }
@@ -314,21 +308,7 @@ impl Shared {
     /// policy. A stranger's message still goes to the core (which may answer with a pairing
     /// code), but nothing of it is kept here.
     fn may_store(&self, sid: &str) -> bool {
-        let listed = self.allowed_users.iter().any(|u| u == sid);
-        match self.policy {
-            SenderPolicy::Open => true,
-            SenderPolicy::Allowlist => listed,
-            SenderPolicy::Pairing => {
-                listed
-                    || self.access.as_ref().is_some_and(|files| match files.read() {
-                        Ok(book) => book.approved().iter().any(|u| u == sid),
-                        Err(e) => {
-                            log::warn!(target: self.channel.as_str(), "{e}; taking the sender as not approved");
-                            false
-                        }
-                    })
-            }
-        }
+        self.keeper.may_store(sid)
     }
 
     fn hub(&self) -> MutexGuard<'_, Hub> {
@@ -790,7 +770,7 @@ fn page(shared: &Shared, request: &Request) -> Response {
     if request.cookie(SID_COOKIE).is_some_and(is_valid_sid) {
         return response;
     }
-    if shared.policy == SenderPolicy::Pairing
+    if shared.keeper.policy == SenderPolicy::Pairing
         && let Some(ip) = request.peer.map(|p| p.ip().to_canonical())
     {
         let allowed = shared.new_browsers.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, Instant::now());

@@ -58,6 +58,32 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// POST a body of `content_type` (a multipart upload); wait at most `timeout` for the
+    /// whole exchange. Returns the status and the body text (capped at 16 MiB).
+    pub fn post_bytes(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(u16, String), TransportError> {
+        let fail = |e: ureq::Error| TransportError(describe(&e));
+        let response = self
+            .agent
+            .post(url)
+            .header("Content-Type", content_type)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .send(body)
+            .map_err(fail)?;
+        let status = response.status().as_u16();
+        let text = response.into_body().with_config().limit(16 * 1024 * 1024).read_to_string().map_err(fail)?;
+        Ok((status, text))
+    }
+}
+
 /// An HTTP method [`HttpClient::request`] can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
