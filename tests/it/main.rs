@@ -7,6 +7,7 @@ mod cli;
 mod conversations;
 mod discord;
 mod discord_gateway;
+mod media;
 mod permissions;
 mod replies;
 mod seam;

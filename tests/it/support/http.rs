@@ -32,6 +32,9 @@ pub enum Reply {
     Full(u16, Vec<(String, String)>, String),
     /// Close the connection without answering.
     Drop,
+    /// A status and raw bytes (a file download).
+    #[allow(dead_code)] // Used by the Telegram fake.
+    Bytes(u16, Vec<u8>),
 }
 
 pub struct Server {
@@ -107,17 +110,18 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let (status, extra, text) = match handler(Request { method, path, headers, body }) {
-            Reply::Json(status, text) => (status, Vec::new(), text),
-            Reply::Full(status, extra, text) => (status, extra, text),
+        let (status, extra, text, kind) = match handler(Request { method, path, headers, body }) {
+            Reply::Json(status, text) => (status, Vec::new(), text.into_bytes(), "application/json"),
+            Reply::Full(status, extra, text) => (status, extra, text.into_bytes(), "application/json"),
+            Reply::Bytes(status, bytes) => (status, Vec::new(), bytes, "application/octet-stream"),
             Reply::Drop => return,
         };
         let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
         let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\n\r\n",
             text.len()
         );
-        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(text.as_bytes())).is_err() {
+        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&text)).is_err() {
             return;
         }
     }
