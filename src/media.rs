@@ -36,20 +36,23 @@ impl Default for MediaLimits {
 
 impl MediaLimits {
     /// Read `maxMediaBytes` (a positive integer) and `mediaRetention` (seconds, or "30m",
-    /// "24h", "7d") for a platform's `parse`; returns the values to keep in its settings.
-    pub fn parse(keys: &PlatformKeys<'_>) -> Result<[(&'static str, Value); 2], ConfigError> {
-        let max = keys.positive_integer(KEY_MAX_BYTES)?.unwrap_or(DEFAULT_MAX_BYTES);
-        let retention = keys.duration(KEY_RETENTION)?.unwrap_or(DEFAULT_RETENTION);
-        Ok([(KEY_MAX_BYTES, Value::from(max)), (KEY_RETENTION, Value::from(retention.as_secs()))])
+    /// "24h", "7d") for a platform's `parse`; returns the values set, to keep in its settings.
+    pub fn parse(keys: &PlatformKeys<'_>) -> Result<Vec<(&'static str, Value)>, ConfigError> {
+        let mut values = Vec::new();
+        if let Some(max) = keys.positive_integer(KEY_MAX_BYTES)? {
+            values.push((KEY_MAX_BYTES, Value::from(max)));
+        }
+        if let Some(retention) = keys.duration(KEY_RETENTION)? {
+            values.push((KEY_RETENTION, Value::from(retention.as_secs())));
+        }
+        Ok(values)
     }
 
     /// The limits a platform's `parse` kept (see [`MediaLimits::parse`]); defaults otherwise.
     pub fn from_settings(values: &std::collections::BTreeMap<&'static str, Value>) -> MediaLimits {
         let max_bytes = values.get(KEY_MAX_BYTES).and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BYTES);
-        let retention = values
-            .get(KEY_RETENTION)
-            .and_then(Value::as_u64)
-            .map_or(DEFAULT_RETENTION, Duration::from_secs);
+        let retention =
+            values.get(KEY_RETENTION).and_then(Value::as_u64).map_or(DEFAULT_RETENTION, Duration::from_secs);
         MediaLimits { max_bytes, retention }
     }
 }
@@ -196,7 +199,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk.first().copied().unwrap_or(0), chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
@@ -215,7 +222,9 @@ pub fn base64(bytes: &[u8]) -> String {
 pub fn safe_file_name(name: &str, fallback: &str) -> String {
     let cleaned: String = name
         .chars()
-        .filter(|c| !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'))
+        .filter(
+            |c| !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'),
+        )
         .map(|c| if c.is_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
         .take(NAME_MAX_CHARS)
         .collect();
@@ -228,7 +237,11 @@ pub fn size_text(bytes: u64) -> String {
     const MB: u64 = 1024 * 1024;
     if bytes >= MB {
         let tenths = bytes.saturating_mul(10) / MB;
-        if tenths % 10 == 0 { format!("{} MB", tenths / 10) } else { format!("{}.{} MB", tenths / 10, tenths % 10) }
+        if tenths.is_multiple_of(10) {
+            format!("{} MB", tenths / 10)
+        } else {
+            format!("{}.{} MB", tenths / 10, tenths % 10)
+        }
     } else if bytes >= 1024 {
         format!("{} KB", bytes / 1024)
     } else {
@@ -258,7 +271,11 @@ mod tests {
             ("two\n[FILE: /x]\n[IMAGE:/y.gif]\nend", "two\nend", vec![file("/x"), image("/y.gif")]),
             // In code: an explanation, not a request.
             ("Write `[IMAGE: /p.png]` to send", "Write `[IMAGE: /p.png]` to send", vec![]),
-            ("```\n[FILE: /etc/passwd]\n```\n[FILE: /w/r.txt]", "```\n[FILE: /etc/passwd]\n```", vec![file("/w/r.txt")]),
+            (
+                "```\n[FILE: /etc/passwd]\n```\n[FILE: /w/r.txt]",
+                "```\n[FILE: /etc/passwd]\n```",
+                vec![file("/w/r.txt")],
+            ),
             ("``a ` [FILE: /in]`` [FILE: /out]", "``a ` [FILE: /in]``", vec![file("/out")]),
             // Unclosed backtick: plain text, the marker counts.
             ("a ` [FILE: /f]", "a `", vec![file("/f")]),
@@ -292,9 +309,14 @@ mod tests {
 
     #[test]
     fn base64_table() {
-        for (bytes, text) in
-            [(&b""[..], ""), (b"f", "Zg=="), (b"fo", "Zm8="), (b"foo", "Zm9v"), (b"foob", "Zm9vYg=="), (b"\xff\xfe", "//4=")]
-        {
+        for (bytes, text) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"\xff\xfe", "//4="),
+        ] {
             assert_eq!(base64(bytes), text);
         }
         let all: Vec<u8> = (0..=255).collect();

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, never, select, unbounded};
 
 use crate::adapters::Supervisor;
-use crate::adapters::uploads::OutboundFiles;
 use crate::adapters::pacing::{Pacer, PacingRules};
+use crate::adapters::uploads::OutboundFiles;
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::event::{ChatRef, MessageRef, Outbound};
@@ -639,7 +639,12 @@ impl Schedule {
             }
             Call::SendFile { chat, path, kind, caption } => {
                 let piece = Piece { text: caption.unwrap_or_default(), formatted: false };
-                self.finish_part(chat, Part { piece, buttons: Vec::new(), file: Some((path, kind)), track }, result, now)
+                self.finish_part(
+                    chat,
+                    Part { piece, buttons: Vec::new(), file: Some((path, kind)), track },
+                    result,
+                    now,
+                )
             }
         }
     }
@@ -1009,7 +1014,35 @@ mod tests {
                 (chat.chat_id.clone(), format!("edit {message_id}: {}", piece.text.replace("**", "")))
             }
             Call::Ack { callback_id, text } => (callback_id.clone(), format!("ack: {text}")),
+            Call::SendFile { chat, path, kind, .. } => (chat.chat_id.clone(), format!("{kind:?} {}", path.display())),
         }
+    }
+
+    /// Files go after the reply's text, as parts of it: the reply settles once they are
+    /// done with, and a file that fails for good does not hold the rest.
+    #[test]
+    fn files_follow_the_text_as_parts_of_the_reply() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        let answers = vec![MessageRef { chat_id: "1".into(), message_id: "9".into() }];
+        let reply = Outbound::Text { chat: chat("1"), text: "**here**".into(), answers: answers.clone() };
+        let files = vec![(PathBuf::from("/w/a.png"), FileKind::Image), (PathBuf::from("/w/b.txt"), FileKind::Document)];
+        assert_eq!(s.push_with_files(reply, files, t0), 3);
+        let first = s.next_job(t0).unwrap();
+        assert_eq!(describe(&first).1, "here");
+        s.finish(first, Ok(Some("1".into())), t0);
+        let second = s.next_job(t0).unwrap();
+        assert_eq!(describe(&second).1, "Image /w/a.png");
+        let verdict = s.finish(second, Err(Failure::Rejected("too big".into())), t0);
+        assert!(matches!(verdict, Verdict::Dropped { index: 2, of: 3, .. }), "{verdict:?}");
+        assert!(s.take_settled().is_empty(), "settled before the last part");
+        let third = s.next_job(t0).unwrap();
+        assert_eq!(describe(&third).1, "Document /w/b.txt");
+        s.finish(third, Ok(Some("3".into())), t0);
+        assert_eq!(s.take_settled(), vec![Settled { answers, delivery: Delivery::Refused }]);
+        // Only files, no text: still a reply.
+        let bare = Outbound::Text { chat: chat("1"), text: String::new(), answers: vec![] };
+        assert_eq!(s.push_with_files(bare, vec![(PathBuf::from("/w/c.gif"), FileKind::Image)], t0), 1);
     }
 
     /// Every job that may go at `now`, each answered at once with `Ok(None)`, in order.

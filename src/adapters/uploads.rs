@@ -181,7 +181,11 @@ impl OutboundFiles {
         io::Read::read_to_end(&mut io::Read::take(file, self.max_bytes + 1), &mut bytes)
             .map_err(|e| format!("cannot read {}: {e}", real.display()))?;
         if bytes.len() as u64 > self.max_bytes {
-            return Err(format!("{} grew over the limit of {}", real.display(), crate::media::size_text(self.max_bytes)));
+            return Err(format!(
+                "{} grew over the limit of {}",
+                real.display(),
+                crate::media::size_text(self.max_bytes)
+            ));
         }
         Ok(bytes)
     }

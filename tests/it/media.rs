@@ -94,15 +94,25 @@ fn without_image_support_the_prompt_names_each_file() {
             json!({"document": {"file_id": "doc", "file_name": "report.pdf", "mime_type": "application/pdf", "file_size": 15}, "caption": "read this"}),
             "User sent a file \"report.pdf\"",
         ),
-        (json!({"voice": {"file_id": "voice", "duration": 2, "mime_type": "audio/ogg"}}), "User sent a audio \"voice.ogg\""),
-        (json!({"audio": {"file_id": "song", "file_name": "song.mp3", "duration": 3}}), "User sent a audio \"song.mp3\""),
-        (json!({"video": {"file_id": "clip", "width": 1, "height": 1, "duration": 1}}), "User sent a video \"video.mp4\""),
+        (
+            json!({"voice": {"file_id": "voice", "duration": 2, "mime_type": "audio/ogg"}}),
+            "User sent a audio \"voice.ogg\"",
+        ),
+        (
+            json!({"audio": {"file_id": "song", "file_name": "song.mp3", "duration": 3}}),
+            "User sent a audio \"song.mp3\"",
+        ),
+        (
+            json!({"video": {"file_id": "clip", "width": 1, "height": 1, "duration": 1}}),
+            "User sent a video \"video.mp4\"",
+        ),
         // A hostile name: saved under a safe one, inside the media directory.
         (json!({"document": {"file_id": "evil", "file_name": "../../../tmp/evil\n.sh"}}), "User sent a file"),
     ];
     for (media, line) in cases {
         fake.send_dm_media(111, media.clone());
-        let reply = fake.next_text_to(111, WAIT).unwrap_or_else(|| panic!("no reply to {media}; log:\n{}", service.log()));
+        let reply =
+            fake.next_text_to(111, WAIT).unwrap_or_else(|| panic!("no reply to {media}; log:\n{}", service.log()));
         assert!(reply.contains(line), "{reply}");
         assert!(!reply.contains("[image "), "{reply}");
         let path = reply.split("saved to: ").nth(1).unwrap_or_else(|| panic!("{reply}")).trim();
@@ -129,7 +139,10 @@ fn a_file_over_the_limit_is_refused_with_a_reply() {
     // Announced as too big: not even looked up.
     fake.send_dm_media(111, json!({"document": {"file_id": "huge", "file_name": "big.zip", "file_size": 5000}}));
     let reply = fake.next_text_to(111, WAIT).unwrap_or_else(|| panic!("no reply; log:\n{}", service.log()));
-    assert_eq!(reply, "Your file \"big.zip\" was not received: 4 KB is over this channel's limit of 1000 bytes (maxMediaBytes).");
+    assert_eq!(
+        reply,
+        "Your file \"big.zip\" was not received: 4 KB is over this channel's limit of 1000 bytes (maxMediaBytes)."
+    );
     assert!(fake.calls_of("getFile").is_empty());
     // Size not announced: refused once getFile says it, with the caption still answered.
     fake.send_dm_media(111, json!({"document": {"file_id": "huge", "file_name": "b.zip"}, "caption": "and this"}));

@@ -107,11 +107,13 @@ impl Fetch {
         if result.get("file_size").and_then(serde_json::Value::as_u64).is_some_and(|size| size > max) {
             return Err(Refused::TooBig(result.get("file_size").and_then(serde_json::Value::as_u64)));
         }
-        let path = wire::file_path(&result).ok_or_else(|| Refused::Failed("getFile gave no usable file_path".into()))?;
+        let path =
+            wire::file_path(&result).ok_or_else(|| Refused::Failed("getFile gave no usable file_path".into()))?;
         let left = budget.saturating_duration_since(Instant::now());
-        let bytes = self.api.download(&path, max + 1, DOWNLOAD_TIMEOUT.min(left).max(Duration::from_secs(1))).map_err(
-            |e| if e.contains("limit") || e.contains("too large") { Refused::TooBig(None) } else { Refused::Failed(e) },
-        )?;
+        let bytes =
+            self.api.download(&path, max + 1, DOWNLOAD_TIMEOUT.min(left).max(Duration::from_secs(1))).map_err(|e| {
+                if e.contains("limit") || e.contains("too large") { Refused::TooBig(None) } else { Refused::Failed(e) }
+            })?;
         if bytes.len() as u64 > max {
             return Err(Refused::TooBig(Some(bytes.len() as u64)));
         }
@@ -137,8 +139,11 @@ impl Fetch {
         if message.is_group && !message.is_mentioned && !message.is_reply_to_bot {
             return false;
         }
-        let chat =
-            ChatRef { channel: message.channel.clone(), chat_id: message.chat_id.clone(), thread_id: message.thread_id.clone() };
+        let chat = ChatRef {
+            channel: message.channel.clone(),
+            chat_id: message.chat_id.clone(),
+            thread_id: message.thread_id.clone(),
+        };
         let mut body = wire::send_message(&chat, text);
         if let Some(id) = message.message_id.as_deref().and_then(|id| id.parse::<i64>().ok()) {
             body["reply_parameters"] = json!({"message_id": id, "allow_sending_without_reply": true});

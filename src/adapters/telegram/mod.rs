@@ -21,13 +21,13 @@ use serde_json::{Value, json};
 
 use crate::adapters::uploads::{self, OutboundFiles};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
-use crate::media::{self, MediaLimits};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::Inbound;
 use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
+use crate::media::{self, MediaLimits};
 use crate::net::http::HttpClient;
 use wire::{BotIdentity, Failure};
 
@@ -104,7 +104,7 @@ pub const PLATFORM: Platform = Platform {
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let token = keys.required_secret("token", "your bot token", "TELEGRAM_BOT_TOKEN")?;
     let api_base = keys.url("apiBase", Some("baseUrl"), DEFAULT_API_BASE)?;
-    let mut values: std::collections::BTreeMap<&'static str, Value> = MediaLimits::parse(keys)?.into();
+    let mut values: std::collections::BTreeMap<&'static str, Value> = MediaLimits::parse(keys)?.into_iter().collect();
     values.insert("apiBase", Value::String(api_base));
     Ok(PlatformSettings { secrets: [("token", token)].into(), values })
 }

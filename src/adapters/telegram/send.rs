@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use super::{Api, wire};
 use crate::adapters::outbox::{Call, Courier, Failure, Piece};
+use crate::adapters::pacing::PacingRules;
 use crate::adapters::uploads::OutboundFiles;
 use crate::event::ChatRef;
 use crate::media::{self, FileKind};
-use crate::adapters::pacing::PacingRules;
 use crate::render;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

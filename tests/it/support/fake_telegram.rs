@@ -475,7 +475,9 @@ fn handle(
             let size = state.0.lock().unwrap().files.get(&id).map(Vec::len);
             let _ = calls.send(Call { method: method.to_string(), body: body.clone(), at: Instant::now() });
             match size {
-                Some(size) => ok(json!({"file_id": id, "file_unique_id": id, "file_size": size, "file_path": format!("files/{id}")})),
+                Some(size) => ok(
+                    json!({"file_id": id, "file_unique_id": id, "file_size": size, "file_path": format!("files/{id}")}),
+                ),
                 None => status(bad_request("invalid file_id")),
             }
         }
@@ -489,7 +491,8 @@ fn handle(
                 st.next_message_id += 1;
                 st.next_message_id
             };
-            let chat: Value = upload.fields.get("chat_id").and_then(|c| c.parse::<i64>().ok()).map_or(Value::Null, |c| json!(c));
+            let chat: Value =
+                upload.fields.get("chat_id").and_then(|c| c.parse::<i64>().ok()).map_or(Value::Null, |c| json!(c));
             let _ = calls.send(Call { method: method.to_string(), body: json!({"chat_id": chat}), at: Instant::now() });
             ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}}))
         }
@@ -549,7 +552,8 @@ fn parse_multipart(method: &str, req: &Request) -> Option<Upload> {
     let boundary = content_type.strip_prefix("multipart/form-data; boundary=")?;
     let delimiter = format!("--{boundary}");
     let body = &req.body;
-    let find = |from: usize, needle: &[u8]| body[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
+    let find =
+        |from: usize, needle: &[u8]| body[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
     let mut fields = HashMap::new();
     let mut file = None;
     let mut at = find(0, delimiter.as_bytes())? + delimiter.len();

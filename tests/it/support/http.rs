@@ -117,10 +117,8 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
             Reply::Drop => return,
         };
         let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\n\r\n",
-            text.len()
-        );
+        let head =
+            format!("HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\n\r\n", text.len());
         if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&text)).is_err() {
             return;
         }
