@@ -557,6 +557,113 @@ mod tests {
     }
 
     #[test]
+    fn media_of_a_message() {
+        let file = |kind, name: &str, mime: &str, size| RemoteFile {
+            file_id: name.split('.').next().unwrap().into(),
+            kind,
+            file_name: name.into(),
+            mime_type: mime.into(),
+            size,
+        };
+        let cases: Vec<(Value, Vec<RemoteFile>)> = vec![
+            (json!({"text": "hi"}), vec![]),
+            // The largest photo size, by bytes, then by pixels.
+            (
+                json!({"photo": [{"file_id": "s", "width": 90, "height": 90, "file_size": 10},
+                                 {"file_id": "l", "width": 800, "height": 600, "file_size": 900},
+                                 {"file_id": "m", "width": 320, "height": 240, "file_size": 100}]}),
+                vec![file(AttachmentKind::Image, "l.jpg", "image/jpeg", Some(900)).tap_name("photo.jpg")],
+            ),
+            (
+                json!({"photo": [{"file_id": "a", "width": 90, "height": 90}, {"file_id": "b", "width": 900, "height": 90}]}),
+                vec![file(AttachmentKind::Image, "b", "image/jpeg", None).tap_name("photo.jpg")],
+            ),
+            (
+                json!({"document": {"file_id": "d", "file_name": "d.pdf", "mime_type": "application/pdf", "file_size": 5},
+                       "animation": {"file_id": "d"}}),
+                vec![file(AttachmentKind::File, "d.pdf", "application/pdf", Some(5))],
+            ),
+            (
+                json!({"voice": {"file_id": "v", "duration": 1}}),
+                vec![file(AttachmentKind::Audio, "v", "audio/ogg", None).tap_name("voice.ogg")],
+            ),
+            (
+                json!({"audio": {"file_id": "a", "file_name": "a.flac", "mime_type": "audio/flac"}}),
+                vec![file(AttachmentKind::Audio, "a.flac", "audio/flac", None)],
+            ),
+            (
+                json!({"video": {"file_id": "c", "file_size": 7}}),
+                vec![file(AttachmentKind::Video, "c", "video/mp4", Some(7)).tap_name("video.mp4")],
+            ),
+            (json!({"video_note": {"file_id": ""}}), vec![]),
+            (json!({"sticker": {"file_id": "x"}}), vec![]),
+        ];
+        for (msg, files) in cases {
+            assert_eq!(parse_media(&msg), files, "{msg}");
+        }
+    }
+
+    impl RemoteFile {
+        fn tap_name(mut self, name: &str) -> RemoteFile {
+            self.file_name = name.into();
+            self
+        }
+    }
+
+    #[test]
+    fn a_file_without_caption_is_a_message_with_empty_text() {
+        let result = json!([
+            {"update_id": 1, "message": {"message_id": 1, "chat": {"id": 5, "type": "private"}, "from": {"id": 5},
+             "voice": {"file_id": "v"}}},
+            {"update_id": 2, "message": {"message_id": 2, "chat": {"id": 5, "type": "private"}, "from": {"id": 5},
+             "sticker": {"file_id": "s"}}},
+        ]);
+        let (last, msgs) = parse_updates_with_media(&result, "phone", &bot());
+        assert_eq!(last, Some(2));
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].0.text, "");
+        assert_eq!(msgs[0].1[0].file_id, "v");
+    }
+
+    #[test]
+    fn file_paths_must_be_plain() {
+        let cases = [
+            (json!({"file_path": "photos/file_1.jpg"}), Some("photos/file_1.jpg")),
+            (json!({"file_path": "../bot/x"}), None),
+            (json!({"file_path": "/etc/passwd"}), None),
+            (json!({"file_path": "a//b"}), None),
+            (json!({"file_path": "a/b?x=1"}), None),
+            (json!({"file_path": "http://evil/x"}), None),
+            (json!({"file_path": ""}), None),
+            (json!({}), None),
+        ];
+        for (result, path) in cases {
+            assert_eq!(file_path(&result).as_deref(), path, "{result}");
+        }
+    }
+
+    #[test]
+    fn uploads_are_multipart_form_data() {
+        let chat = ChatRef { channel: "tg".into(), chat_id: "-100".into(), thread_id: Some("7".into()) };
+        let fields = upload_fields(&chat, Some("a caption"));
+        assert_eq!(
+            fields,
+            vec![("chat_id", "-100".into()), ("message_thread_id", "7".into()), ("caption", "a caption".into())]
+        );
+        let body = multipart("B", &fields[..1], ("photo", "p\"\n.png", "image/png", b"\x89PNG"));
+        let expected = b"--B\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n-100\r\n\
+            --B\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.png\"\r\n\
+            Content-Type: image/png\r\n\r\n\x89PNG\r\n--B--\r\n";
+        assert_eq!(String::from_utf8_lossy(&body), String::from_utf8_lossy(expected));
+        // A boundary never occurs in what it separates.
+        let seed = 1u64;
+        let taken = format!("tether-{seed:016x}");
+        let boundary = pick_boundary(seed, &[taken.as_bytes()]);
+        assert_ne!(boundary, taken);
+        assert_eq!(upload_method(FileKind::Document), ("sendDocument", "document"));
+    }
+
+    #[test]
     fn group_mentions_use_utf16_offsets() {
         // "🎉 @tether_bot hi": the emoji is 2 UTF-16 units, so the mention starts at 3.
         let text = "🎉 @tether_bot hi";
