@@ -219,3 +219,50 @@ fn received_files_are_deleted_after_the_retention() {
     assert!(wait_until(WAIT, || !dir.join("old.jpg").exists()), "log:\n{}", service.log());
     assert!(dir.join("new.jpg").exists());
 }
+
+/// A web chat upload that is an image reaches an agent that takes images as an image block.
+#[test]
+fn web_chat_image_uploads_become_image_blocks() {
+    use std::io::{Read, Write};
+    let home = TempDir::new("media-web");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    home.write_config(&json!({
+        "agent": agent(true),
+        "channels": {"web": {"type": "webchat", "listen": addr, "senderPolicy": "open", "cwd": home.path()}},
+    }));
+    let service = Service::start(&home, &[]);
+    let mut cookie = None;
+    assert!(
+        wait_until(WAIT, || {
+            let Ok(mut stream) = std::net::TcpStream::connect(&addr) else { return false };
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(stream, "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            cookie = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Set-Cookie: ").or_else(|| l.strip_prefix("set-cookie: ")))
+                .and_then(|c| c.split(';').next())
+                .map(str::to_string);
+            cookie.is_some()
+        }),
+        "log:\n{}",
+        service.log()
+    );
+    let mut ws = crate::webchat::ws_connect(&addr, &cookie.unwrap());
+    let deadline = std::time::Instant::now() + WAIT;
+    let data = tether::media::base64(&png(777));
+    let message =
+        json!({"type": "message", "text": "see", "file": {"name": "s.png", "mime": "image/png", "data": data}});
+    ws.send(tungstenite::Message::text(message.to_string())).unwrap();
+    let answer = loop {
+        let frame = crate::webchat::next_frame(&mut ws, deadline)
+            .unwrap_or_else(|| panic!("no answer; log:\n{}", service.log()));
+        if frame["type"] == "message" && frame["from"] == "agent" {
+            break frame["text"].as_str().unwrap_or_default().to_string();
+        }
+    };
+    assert!(answer.starts_with("echo: see"), "{answer}");
+    assert!(answer.ends_with("[image image/png 777 bytes]"), "{answer}");
+}
