@@ -222,7 +222,7 @@ fn received_files_are_deleted_after_the_retention() {
 
 /// A web chat upload that is an image reaches an agent that takes images as an image block.
 #[test]
-fn web_chat_image_uploads_become_image_blocks() {
+fn web_chat_image_uploads_become_image_blocks_and_sent_pictures_show_inline() {
     use std::io::{Read, Write};
     let home = TempDir::new("media-web");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -250,7 +250,8 @@ fn web_chat_image_uploads_become_image_blocks() {
         "log:\n{}",
         service.log()
     );
-    let mut ws = crate::webchat::ws_connect(&addr, &cookie.unwrap());
+    let cookie = cookie.unwrap();
+    let mut ws = crate::webchat::ws_connect(&addr, &cookie);
     let deadline = std::time::Instant::now() + WAIT;
     let data = tether::media::base64(&png(777));
     let message =
@@ -265,4 +266,35 @@ fn web_chat_image_uploads_become_image_blocks() {
     };
     assert!(answer.starts_with("echo: see"), "{answer}");
     assert!(answer.ends_with("[image image/png 777 bytes]"), "{answer}");
+
+    // Markers out: a picture shown inline, served only to this browser; a refused path named.
+    std::fs::write(home.path().join("plot.png"), png(321)).unwrap();
+    let text = format!("look [IMAGE: {}/plot.png] [FILE: /etc/passwd]", home.path().display());
+    ws.send(tungstenite::Message::text(json!({"type": "message", "text": text}).to_string())).unwrap();
+    let answer = loop {
+        let frame = crate::webchat::next_frame(&mut ws, deadline)
+            .unwrap_or_else(|| panic!("no answer; log:\n{}", service.log()));
+        if frame["type"] == "message" && frame["from"] == "agent" {
+            break frame["text"].as_str().unwrap_or_default().to_string();
+        }
+    };
+    assert!(answer.contains("(not sent: /etc/passwd is outside the allowed directories)"), "{answer}");
+    assert!(!answer.contains("[IMAGE:"), "{answer}");
+    let url =
+        answer.split("![plot.png](").nth(1).and_then(|r| r.split(')').next()).unwrap_or_else(|| panic!("{answer}"));
+    let get = |cookie: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(stream, "GET {url} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        bytes
+    };
+    let reply = get(&cookie);
+    let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&reply[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("image/png"), "{head}");
+    assert_eq!(&reply[head_end + 4..], &png(321)[..]);
+    let other = String::from_utf8_lossy(&get("tether_sid=00")).to_string();
+    assert!(other.starts_with("HTTP/1.1 404"), "another browser got it: {other}");
 }
