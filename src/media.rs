@@ -109,6 +109,10 @@ pub fn take_markers(text: &str) -> (String, Vec<Marker>) {
             iter.next();
         }
     }
+    if markers.is_empty() {
+        // Nothing taken: the text stays exactly as written (indentation, line-end spaces).
+        return (text.to_string(), markers);
+    }
     out.push_str(text.get(rest_from..).unwrap_or_default());
     if line_had_marker && out.get(line_start_in_out..).is_some_and(|l| l.trim().is_empty()) {
         out.truncate(line_start_in_out);
@@ -265,6 +269,7 @@ mod tests {
     fn markers_are_taken_outside_code() {
         let cases: Vec<(&str, &str, Vec<Marker>)> = vec![
             ("no markers", "no markers", vec![]),
+            ("    indented code  \nline  \n", "    indented code  \nline  \n", vec![]),
             ("Here it is:\n[IMAGE: /w/plot.png]\nDone.", "Here it is:\nDone.", vec![image("/w/plot.png")]),
             ("see [FILE: /w/a b.txt] now", "see  now", vec![file("/w/a b.txt")]),
             ("[IMAGE: /a.png][IMAGE: /b.png]", "", vec![image("/a.png"), image("/b.png")]),

@@ -7,6 +7,10 @@
 //! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`. The
 //! sender marks a message answered in the journal once every part of its answer is delivered.
 //! The poller reports to the channel's health [`Probe`]; a rejected token (401) parks it.
+//!
+//! Files (photos, documents, voice, audio, video) are fetched by the poll thread between
+//! decoding and journaling, within a time budget per batch (`inbound.rs`), so a journaled
+//! message carries its files' paths; a sweeper thread deletes them after `mediaRetention`.
 
 mod inbound;
 mod send;
