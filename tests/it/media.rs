@@ -298,3 +298,23 @@ fn web_chat_image_uploads_become_image_blocks_and_sent_pictures_show_inline() {
     let other = String::from_utf8_lossy(&get("tether_sid=00")).to_string();
     assert!(other.starts_with("HTTP/1.1 404"), "another browser got it: {other}");
 }
+
+/// A file that cannot be fetched does not lose its message; a stranger's files are never
+/// downloaded.
+#[test]
+fn a_failed_download_is_named_and_strangers_files_are_not_fetched() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("media-fail");
+    home.write_config(&config(&fake, agent(false), home.path(), json!({})));
+    let service = Service::start(&home, &[]);
+    fake.add_file("theirs", &png(100));
+    fake.send_dm_media(999, json!({"photo": photo("theirs-small", "theirs"), "caption": "from a stranger"}));
+    // Telegram no longer has this one.
+    fake.send_dm_media(111, json!({"document": {"file_id": "gone", "file_name": "old.txt"}, "caption": "read it"}));
+    let reply = fake.next_text_to(111, WAIT).unwrap_or_else(|| panic!("no reply; log:\n{}", service.log()));
+    assert!(reply.starts_with("echo: read it"), "{reply}");
+    assert!(reply.contains("[The user's file \"old.txt\" could not be downloaded: getFile failed"), "{reply}");
+    let asked: Vec<Value> = fake.calls_of("getFile").into_iter().map(|c| c.body["file_id"].clone()).collect();
+    assert_eq!(asked, vec![json!("gone")], "a stranger's file was looked up");
+    assert!(!home.path().join("media/phone/999").exists());
+}
