@@ -374,6 +374,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn parse_channel(extra: &str) -> Result<MediaLimits, String> {
+        let text = format!(r#"{{"channels": {{"phone": {{"type": "telegram", "token": "1:a"{extra}}}}}}}"#);
+        let cx = crate::config::ParseContext {
+            path: Path::new("/c.json"),
+            cwd: Path::new("/w"),
+            home: None,
+            env: &|_| None,
+            platforms: crate::adapters::PLATFORMS,
+        };
+        let config = crate::config::parse(&text, &cx).map_err(|e| e.to_string())?;
+        let channel = config.channels.get("phone").ok_or("no channel")?;
+        Ok(MediaLimits::from_settings(&channel.settings.values))
+    }
+
+    #[test]
+    fn media_keys_have_defaults_and_precise_errors() {
+        assert_eq!(parse_channel(""), Ok(MediaLimits::default()));
+        assert_eq!(
+            parse_channel(r#", "maxMediaBytes": 1000, "mediaRetention": "2h""#),
+            Ok(MediaLimits { max_bytes: 1000, retention: Duration::from_secs(7200) })
+        );
+        let err = parse_channel(r#", "maxMediaBytes": "big""#).unwrap_err();
+        assert!(err.contains("maxMediaBytes") && err.contains("phone"), "{err}");
+        let err = parse_channel(r#", "mediaRetention": "soon""#).unwrap_err();
+        assert!(err.contains("mediaRetention") && err.contains("24h"), "{err}");
+    }
+
     #[test]
     fn a_conflict_says_who_holds_the_token() {
         let text = describe(&Failure::Conflict("Conflict: terminated by other getUpdates request".into()));
