@@ -318,3 +318,24 @@ fn a_failed_download_is_named_and_strangers_files_are_not_fetched() {
     assert_eq!(asked, vec![json!("gone")], "a stranger's file was looked up");
     assert!(!home.path().join("media/phone/999").exists());
 }
+
+/// A download that hangs gives up after its timeout (5 s + 1 s per 256 KiB of
+/// `maxMediaBytes`): the message goes on with a note and the bot keeps listening.
+#[test]
+fn a_hanging_download_does_not_wedge_the_poller() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("media-stall");
+    home.write_config(&config(&fake, agent(false), home.path(), json!({"maxMediaBytes": 1000})));
+    let service = Service::start(&home, &[]);
+    fake.add_file("slow", &png(100));
+    fake.stall_file("slow", Duration::from_secs(40));
+    let started = std::time::Instant::now();
+    fake.send_dm_media(111, json!({"document": {"file_id": "slow", "file_name": "late.png"}, "caption": "late one"}));
+    fake.send_dm(111, "still there?");
+    let first = fake.next_text_to(111, WAIT).unwrap_or_else(|| panic!("no reply; log:\n{}", service.log()));
+    assert!(first.starts_with("echo: late one") && first.contains("could not be downloaded"), "{first}");
+    let second = fake.next_text_to(111, WAIT).unwrap();
+    assert_eq!(second, "echo: still there?");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(15), "the poller was held {waited:?}");
+}

@@ -24,8 +24,10 @@ use crate::media::{self, MediaLimits};
 pub(super) const BATCH_BUDGET: Duration = Duration::from_secs(90);
 /// `getFile` is a small call.
 const GET_FILE_TIMEOUT: Duration = Duration::from_secs(20);
-/// One download at most this long (and never past the batch budget).
+/// One download at most this long (and never past the batch budget)...
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// ...and with a small `maxMediaBytes`, this long plus a second per 256 KiB allowed.
+const DOWNLOAD_BASE: Duration = Duration::from_secs(5);
 /// A notice to the sender (a file too big) is best effort and short.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -110,8 +112,10 @@ impl Fetch {
         let path =
             wire::file_path(&result).ok_or_else(|| Refused::Failed("getFile gave no usable file_path".into()))?;
         let left = budget.saturating_duration_since(Instant::now());
-        let bytes =
-            self.api.download(&path, max + 1, DOWNLOAD_TIMEOUT.min(left).max(Duration::from_secs(1))).map_err(|e| {
+        let bytes = self
+            .api
+            .download(&path, max + 1, download_timeout(max).min(left).max(Duration::from_secs(1)))
+            .map_err(|e| {
                 if e.contains("limit") || e.contains("too large") { Refused::TooBig(None) } else { Refused::Failed(e) }
             })?;
         if bytes.len() as u64 > max {
@@ -156,6 +160,11 @@ impl Fetch {
             }
         }
     }
+}
+
+/// How long one download of at most `max_bytes` may take: a slow link gets about 256 KiB/s.
+fn download_timeout(max_bytes: u64) -> Duration {
+    (DOWNLOAD_BASE + Duration::from_secs(max_bytes / (256 * 1024))).min(DOWNLOAD_TIMEOUT)
 }
 
 enum Refused {

@@ -108,6 +108,8 @@ struct State {
     files: HashMap<String, Vec<u8>>,
     /// Files the bot uploaded (`sendPhoto`, `sendDocument`), in order.
     uploads: Vec<Upload>,
+    /// File ids whose download stalls this long before answering.
+    stalled: HashMap<String, Duration>,
 }
 
 /// A file the bot uploaded, as the multipart body carried it.
@@ -226,6 +228,11 @@ impl FakeTelegram {
         });
         message.as_object_mut().unwrap().extend(media.as_object().unwrap().clone());
         self.push(message);
+    }
+
+    /// Make the download of `file_id` hang for `delay` before it answers.
+    pub fn stall_file(&self, file_id: &str, delay: Duration) {
+        self.state.0.lock().unwrap().stalled.insert(file_id.to_string(), delay);
     }
 
     /// The files the bot uploaded so far.
@@ -439,6 +446,10 @@ fn handle(
 ) -> Reply {
     if let Some(path) = req.path.strip_prefix(&format!("/file/bot{TOKEN}/files/")) {
         let _ = calls.send(Call { method: "download".into(), body: json!(path), at: Instant::now() });
+        let stall = state.0.lock().unwrap().stalled.get(path).copied();
+        if let Some(delay) = stall {
+            std::thread::sleep(delay);
+        }
         return match state.0.lock().unwrap().files.get(path) {
             Some(bytes) => Reply::Bytes(200, bytes.clone()),
             None => not_found(),
