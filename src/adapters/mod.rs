@@ -9,12 +9,14 @@
 
 pub(crate) mod admin;
 mod contain;
+pub(crate) mod dingtalk;
 pub mod discord;
 pub mod outbox;
 pub mod pacing;
 pub mod telegram;
 pub(crate) mod uploads;
 pub mod webchat;
+pub(crate) mod weixin;
 
 pub use contain::{contain, contained_panics};
 
@@ -33,7 +35,8 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM];
+pub const PLATFORMS: &[&Platform] =
+    &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &weixin::PLATFORM, &dingtalk::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {

@@ -32,13 +32,15 @@ use crate::event::Inbound;
 use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
 use crate::media::{self, MediaLimits};
-use crate::net::http::HttpClient;
+use crate::net::http::{HttpClient, Method};
 use wire::{BotIdentity, Failure};
 
 /// How long Telegram holds a `getUpdates` call open when there is nothing new.
 const POLL_HOLD: Duration = Duration::from_secs(30);
 /// Our side waits this much longer than the hold before calling the poll dead.
 const POLL_MARGIN: Duration = Duration::from_secs(10);
+/// Largest Bot API answer read (an upload's answer is small).
+const REPLY_LIMIT: u64 = 1024 * 1024;
 /// How often a parked channel looks whether it was asked to stop.
 const PARKED_CHECK: Duration = Duration::from_secs(60);
 
@@ -65,8 +67,9 @@ impl Api {
     /// A multipart upload (`sendPhoto`, `sendDocument`).
     fn upload(&self, method: &str, content_type: &str, body: &[u8], timeout: Duration) -> Result<Value, Failure> {
         let url = format!("{}/{method}", self.base);
-        match self.http.post_bytes(&url, content_type, body, timeout) {
-            Ok((status, text)) => wire::parse_reply(status, &text),
+        let headers = [("Content-Type", content_type.to_string())];
+        match self.http.exchange(Method::Post, &url, &headers, body, timeout, REPLY_LIMIT) {
+            Ok(reply) => wire::parse_reply(reply.status, &reply.text()),
             Err(e) => Err(Failure::Transient(e.to_string())),
         }
     }
@@ -74,9 +77,9 @@ impl Api {
     /// The bytes of a file `getFile` located, refusing more than `limit` bytes.
     fn download(&self, file_path: &str, limit: u64, timeout: Duration) -> Result<Vec<u8>, String> {
         let url = format!("{}/{file_path}", self.file_base);
-        match self.http.get_bytes(&url, limit, timeout) {
-            Ok((200, bytes)) => Ok(bytes),
-            Ok((status, _)) => Err(format!("HTTP {status}")),
+        match self.http.exchange(Method::Get, &url, &[], &[], timeout, limit) {
+            Ok(reply) if reply.status == 200 => Ok(reply.body),
+            Ok(reply) => Err(format!("HTTP {}", reply.status)),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -451,7 +451,9 @@ fn handle(
             std::thread::sleep(delay);
         }
         return match state.0.lock().unwrap().files.get(path) {
-            Some(bytes) => Reply::Bytes(200, bytes.clone()),
+            Some(bytes) => {
+                Reply::Bytes(200, vec![("Content-Type".into(), "application/octet-stream".into())], bytes.clone())
+            }
             None => not_found(),
         };
     }
