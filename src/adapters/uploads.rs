@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::access_files::AccessFiles;
 use crate::config::{ChannelConfig, SenderPolicy};
+use crate::event::InboundMessage;
 
 /// How long an upload is kept: long enough for the turn that reads it, and its follow-ups.
 pub const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -101,6 +102,8 @@ pub struct Keeper {
     pub allowed_users: Vec<String>,
     /// The channel's pairing files (who was approved), for `senderPolicy: "pairing"`.
     pub access: Option<AccessFiles>,
+    /// The whole channel, for the group rules of [`Keeper::may_store_message`].
+    config: ChannelConfig,
 }
 
 impl Keeper {
@@ -110,7 +113,16 @@ impl Keeper {
             policy: channel.sender_policy,
             allowed_users: channel.allowed_users.clone(),
             access: home.map(|home| AccessFiles::new(home, &channel.name)),
+            config: channel.clone(),
         }
+    }
+
+    /// Whether the files of `message` may be fetched and kept: the core's gates would let it
+    /// through (group policy, mention rule, sender policy), so a busy group that does not
+    /// address the bot costs no downloads.
+    pub fn may_store_message(&self, message: &InboundMessage) -> bool {
+        let paired = self.config.sender_policy == SenderPolicy::Pairing && self.may_store(&message.sender_id);
+        matches!(crate::core::gate::check(&self.config, message, paired), crate::core::gate::Verdict::Pass)
     }
 
     /// Whether what `sender` sends may be stored: it passes the sender policy.

@@ -339,3 +339,19 @@ fn a_hanging_download_does_not_wedge_the_poller() {
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(15), "the poller was held {waited:?}");
 }
+
+/// Files of group messages the gates would drop (the bot not mentioned) are not fetched;
+/// a photo that mentions the bot in its caption is.
+#[test]
+fn group_files_are_fetched_only_when_the_bot_is_addressed() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("media-group");
+    home.write_config(&config(&fake, agent(false), home.path(), json!({"groupPolicy": "open"})));
+    let service = Service::start(&home, &[]);
+    fake.add_file("p1", &png(64));
+    fake.send_group_photo(-100_5, 111, "just chatting");
+    fake.send_group_photo(-100_5, 111, &format!("@{} what is it?", crate::support::fake_telegram::BOT_USERNAME));
+    let reply = fake.next_text_to(-100_5, WAIT).unwrap_or_else(|| panic!("no reply; log:\n{}", service.log()));
+    assert!(reply.starts_with("echo: what is it?") && reply.contains("User sent a image"), "{reply}");
+    assert_eq!(fake.calls_of("getFile").len(), 1, "the unaddressed photo was fetched too");
+}

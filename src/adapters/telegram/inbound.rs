@@ -53,8 +53,8 @@ impl Fetch {
         if files.is_empty() {
             return Some(message);
         }
-        if !self.keeper.may_store(&message.sender_id) {
-            // The gates will not let this sender in: nothing of theirs is downloaded.
+        if !self.keeper.may_store_message(&message) {
+            // The gates will not let this message in: nothing of it is downloaded.
             log::debug!(target: self.api.channel.as_str(), "files of {} not fetched: sender not let in", message.sender_id);
             if message.text.trim().is_empty() {
                 message.text = "[a file]".to_string();
