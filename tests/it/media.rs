@@ -349,9 +349,9 @@ fn group_files_are_fetched_only_when_the_bot_is_addressed() {
     home.write_config(&config(&fake, agent(false), home.path(), json!({"groupPolicy": "open"})));
     let service = Service::start(&home, &[]);
     fake.add_file("p1", &png(64));
-    fake.send_group_photo(-100_5, 111, "just chatting");
-    fake.send_group_photo(-100_5, 111, &format!("@{} what is it?", crate::support::fake_telegram::BOT_USERNAME));
-    let reply = fake.next_text_to(-100_5, WAIT).unwrap_or_else(|| panic!("no reply; log:\n{}", service.log()));
+    fake.send_group_photo(-100_555, 111, "just chatting");
+    fake.send_group_photo(-100_555, 111, &format!("@{} what is it?", crate::support::fake_telegram::BOT_USERNAME));
+    let reply = fake.next_text_to(-100_555, WAIT).unwrap_or_else(|| panic!("no reply; log:\n{}", service.log()));
     assert!(reply.starts_with("echo: what is it?") && reply.contains("User sent a image"), "{reply}");
     assert_eq!(fake.calls_of("getFile").len(), 1, "the unaddressed photo was fetched too");
 }
