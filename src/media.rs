@@ -296,6 +296,46 @@ mod tests {
         }
     }
 
+    /// Generated answers: never a panic; a marker comes out only where one was written, with
+    /// its path; without markers the text is untouched, with them it shrinks.
+    #[test]
+    fn markers_hold_on_generated_text() {
+        let pieces = [
+            "[IMAGE: /a.png]",
+            "[FILE: /b c.txt]",
+            "[IMAGE:",
+            "]",
+            "`",
+            "``",
+            "```\n",
+            "~~~\n",
+            "\n",
+            " ",
+            "é",
+            "😀",
+            "x",
+            "[",
+            "[FILE: ",
+            "/p",
+            "\u{202E}",
+        ];
+        let mut rng = crate::render::tests::Rng::new(20);
+        for _ in 0..3000 {
+            let text: String = (0..rng.below(24)).map(|_| rng.pick(&pieces)).collect();
+            let (rest, markers) = take_markers(&text);
+            let written = text.matches("[IMAGE:").count() + text.matches("[FILE:").count();
+            assert!(markers.len() <= written, "{text:?}");
+            for m in &markers {
+                assert!(m.path == "/a.png" || m.path == "/b c.txt" || text.contains(&m.path), "{text:?} {m:?}");
+            }
+            if markers.is_empty() {
+                assert_eq!(rest, text);
+            } else {
+                assert!(rest.len() < text.len(), "{text:?}");
+            }
+        }
+    }
+
     #[test]
     fn images_are_sniffed_by_their_first_bytes() {
         let cases: Vec<(&[u8], Option<&str>)> = vec![
