@@ -7,7 +7,9 @@
 //!
 //! The outbox defines the [`Courier`] trait and knows no platform; each platform implements
 //! it in its own folder (render, plain fallback, one call, pacing) and writes no queue or
-//! retry loop of its own.
+//! retry loop of its own. A courier that uploads files ([`Courier::files`]) gets the
+//! `[IMAGE: …]` / `[FILE: …]` markers of a reply taken out and checked here, and the files
+//! queued after the text as [`Call::SendFile`] parts of the same reply.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
