@@ -373,6 +373,16 @@ impl PlatformKeys<'_> {
         Ok((text, address))
     }
 
+    /// A positive integer (e.g. a size in bytes).
+    pub fn positive_integer(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        get_positive(self.obj, key, self.at)
+    }
+
+    /// A duration: seconds, or "90s", "30m", "24h", "7d".
+    pub fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        get_duration(self.obj, key, self.at)
+    }
+
     /// An error about `key` of this channel.
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.at.error(key, message)

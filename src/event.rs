@@ -154,8 +154,10 @@ pub enum AgentRequest {
     /// `session/load` of a session the agent had before it restarted; answered like
     /// `NewSession`, with the id we asked for. The history it replays is not reported.
     LoadSession { key: SessionKey, session_id: String, cwd: PathBuf, model: Option<String> },
-    /// `session/prompt`; answered by [`AgentEvent::TurnEnded`] for that session.
-    Prompt { session_id: String, text: String },
+    /// `session/prompt`; answered by [`AgentEvent::TurnEnded`] for that session. `images`:
+    /// the image files of the messages, in order; sent as ACP image blocks (after the text)
+    /// when the agent takes images (the text names every file either way).
+    Prompt { session_id: String, text: String, images: Vec<PathBuf> },
     /// `session/cancel` (a notification; the running prompt then ends with `cancelled`).
     /// Permission requests of that session still pending are answered `cancelled`.
     Cancel { session_id: String },

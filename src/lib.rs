@@ -33,6 +33,7 @@ pub(crate) mod group_history_file;
 pub(crate) mod health;
 pub mod journal;
 pub(crate) mod logging;
+pub mod media;
 pub mod net;
 pub(crate) mod pairing_cli;
 pub(crate) mod redact;

@@ -477,6 +477,7 @@ impl Core {
             chat: reply.clone(),
             message_ids: message.reference().into_iter().collect(),
             body,
+            images: prompt::images(&message),
             how: Waits::Alone,
             sender: message.sender_id.clone(),
         };
@@ -754,7 +755,7 @@ impl Core {
                 interrupted += 1;
                 actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
                 let (chat, message_ids, text, senders) = (turn.chat, turn.message_ids, turn.text, turn.senders);
-                session.retry = Some(Retry { chat, message_ids, text, senders });
+                session.retry = Some(Retry { chat, message_ids, text, images: turn.images, senders });
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");

@@ -136,7 +136,7 @@ fn core_request(command: &str) -> AgentRequest {
     let cwd = Path::new("/fuzz").to_path_buf();
     match verb {
         "load" => AgentRequest::LoadSession { key: "k".into(), session_id: first, cwd, model: Some(rest) },
-        "prompt" => AgentRequest::Prompt { session_id: first, text: rest },
+        "prompt" => AgentRequest::Prompt { session_id: first, text: rest, images: Vec::new() },
         "cancel" => AgentRequest::Cancel { session_id: first },
         "allow" | "deny" => AgentRequest::AnswerPermission {
             request: first.parse().unwrap_or(0),

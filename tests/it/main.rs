@@ -9,6 +9,7 @@ mod conversations;
 mod dingtalk;
 mod discord;
 mod discord_gateway;
+mod media;
 mod permissions;
 mod qwen_keys;
 mod replies;
