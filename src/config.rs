@@ -250,6 +250,21 @@ pub struct PlatformSettings {
     pub values: BTreeMap<&'static str, Value>,
 }
 
+/// A name for a secret found inside a platform's nested keys (`env.TOKEN`,
+/// `sources.ci.secret`), as [`PlatformSettings::secrets`] keys it: each distinct name is kept
+/// once for the life of the process (a reload reuses it).
+pub fn secret_label(name: &str) -> &'static str {
+    static LABELS: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut labels = LABELS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(label) = labels.get(name) {
+        return label;
+    }
+    let label: &'static str = Box::leak(name.to_string().into_boxed_str());
+    labels.insert(label);
+    label
+}
+
 /// A platform's view of its channel's object in the file, for [`crate::adapters::Platform::parse`]:
 /// typed getters whose errors name the file, channel, key and value.
 pub struct PlatformKeys<'a> {
@@ -327,6 +342,36 @@ impl PlatformKeys<'_> {
     /// An error about `key` of this channel.
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.at.error(key, message)
+    }
+
+    /// The value of `key` as written (`None` when absent or `null`), for a platform key that
+    /// holds an array or an object the platform reads itself.
+    pub fn raw(&self, key: &str) -> Option<&Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        get_string_array(self.obj, key, self.at)
+    }
+
+    /// The keys of this object, in file order.
+    pub fn names(&self) -> Vec<String> {
+        self.obj.keys().cloned().collect()
+    }
+
+    /// Read the object under `key` with these same getters (its errors name `key.inner`, and
+    /// `$NAME` secrets inside it read the environment); `None` when absent or `null`.
+    pub fn nested<R>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&PlatformKeys<'_>) -> Result<R, ConfigError>,
+    ) -> Result<Option<R>, ConfigError> {
+        let Some(value) = self.raw(key) else { return Ok(None) };
+        let Value::Object(obj) = value else { return Err(type_error(self.at, key, "an object", value)) };
+        let prefix = self.at.key(key);
+        let at = Place { prefix: &prefix, ..self.at };
+        read(&PlatformKeys { obj, at, vars: self.vars, platform: self.platform }).map(Some)
     }
 }
 

@@ -10,6 +10,7 @@
 pub(crate) mod admin;
 mod contain;
 pub mod discord;
+pub mod exec;
 pub mod outbox;
 pub mod pacing;
 pub mod telegram;
@@ -33,7 +34,12 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM];
+pub const PLATFORMS: &[&Platform] = &[
+    &telegram::PLATFORM,
+    &webchat::PLATFORM,
+    &discord::PLATFORM,
+    &exec::PLATFORM,
+];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {

@@ -354,14 +354,16 @@ impl Core {
         }
         let key = routing::session_key(channel.session_scope, &message);
         let reply = routing::reply_to(&message);
-        if let Some(answer) = permissions::parse_text_answer(&message.text) {
+        // A webhook event is no person: never a command, never an answer to a question.
+        let from_person = message.webhook.is_none();
+        if let Some(answer) = permissions::parse_text_answer(&message.text).filter(|_| from_person) {
             // `/approve` always answers; "yes 3" only when something is pending here.
             if message.text.trim_start().starts_with('/') || self.permissions.pending_in(&reply).next().is_some() {
                 self.answer_permission(&reply, &message.sender_id, &answer, actions);
                 return;
             }
         }
-        if let Some((command, args)) = commands::parse(&message.text) {
+        if let Some((command, args)) = commands::parse(&message.text).filter(|_| from_person) {
             log::info!(target: channel.name.as_str(), "command {command:?} from {} in {} ({key})", message.sender_id, message.chat_id);
             let text = self.run_command(command, args, &key, &message, now, actions);
             actions.push(answer(&reply, text, message.reference().into_iter().collect()));
@@ -422,7 +424,9 @@ impl Core {
             message_ids: message.reference().into_iter().collect(),
             body,
             how: Waits::Alone,
-            sender: message.sender_id.clone(),
+            // An event's turn has no sender who alone may answer its permission requests:
+            // anyone the channel's gates admit may.
+            sender: if from_person { message.sender_id.clone() } else { String::new() },
         };
         if session.accept(waiting, mode, now, actions).is_err() {
             log::warn!(target: channel.name.as_str(), "{key}: {MAX_WAITING} messages already wait; refused one");

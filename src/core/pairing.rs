@@ -333,7 +333,10 @@ impl Access {
                 false
             }
             Verdict::Pass
-                if !m.is_group && channel.capabilities().addressed_commands && gate::is_start_command(&m.text) =>
+                if !m.is_group
+                    && m.webhook.is_none()
+                    && channel.capabilities().addressed_commands
+                    && gate::is_start_command(&m.text) =>
             {
                 out.push(reply(m, WELCOME_TEXT.to_string()));
                 false

@@ -303,7 +303,8 @@ impl Session {
         self.instructed = true;
         let text = prompt::compose(note, instructions, &body);
         let mut senders: Vec<String> = Vec::new();
-        for sender in batch.iter().map(|w| &w.sender) {
+        // An event (no sender) leaves the answer to anyone the gates admit.
+        for sender in batch.iter().map(|w| &w.sender).filter(|s| !s.is_empty()) {
             if !senders.contains(sender) {
                 senders.push(sender.clone());
             }
