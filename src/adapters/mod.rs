@@ -34,12 +34,7 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[
-    &telegram::PLATFORM,
-    &webchat::PLATFORM,
-    &discord::PLATFORM,
-    &exec::PLATFORM,
-];
+pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &exec::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {

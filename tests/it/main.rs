@@ -8,6 +8,7 @@ mod conversations;
 mod discord;
 mod discord_gateway;
 mod permissions;
+mod plugins;
 mod replies;
 mod seam;
 mod service;

@@ -73,9 +73,9 @@ pub const PLATFORM: Platform = Platform {
 };
 
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
-    let command = keys.string("command")?.ok_or_else(|| {
-        keys.error("command", "required for type exec: the adapter program to run, e.g. \"python3\"")
-    })?;
+    let command = keys
+        .string("command")?
+        .ok_or_else(|| keys.error("command", "required for type exec: the adapter program to run, e.g. \"python3\""))?;
     let args = keys.strings("args")?.unwrap_or_default();
     let format = match keys.string("format")?.as_deref() {
         None | Some("markdown") => "markdown",
@@ -364,7 +364,10 @@ impl Reader {
                         }
                     }
                     Err(e) => {
-                        let error = format!("cannot write the journal {}: {e}; a message was dropped", self.journal.path().display());
+                        let error = format!(
+                            "cannot write the journal {}: {e}; a message was dropped",
+                            self.journal.path().display()
+                        );
                         if self.probe.failed(&error) {
                             log::error!(target: self.name(), "{error}");
                         }
@@ -389,7 +392,9 @@ impl Reader {
                 Some(waiting) => {
                     let _ = waiting.send(result);
                 }
-                None => log::debug!(target: self.name(), "a \"sent\" for ref {reference:?}, which no call waits for (late?)"),
+                None => {
+                    log::debug!(target: self.name(), "a \"sent\" for ref {reference:?}, which no call waits for (late?)")
+                }
             },
             FromAdapter::Unknown(kind) => {
                 log::debug!(target: self.name(), "ignored a line of type {kind:?} (not in protocol version {})", protocol::VERSION)

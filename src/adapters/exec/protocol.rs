@@ -62,9 +62,18 @@ pub enum FromAdapter {
     /// A message; `message_id` is `None` when the adapter gave none (tether numbers it).
     Message(InboundMessage),
     Callback(ButtonPress),
-    Log { level: log::Level, text: String },
-    Health { ok: bool, error: Option<String> },
-    Sent { reference: String, result: SentResult },
+    Log {
+        level: log::Level,
+        text: String,
+    },
+    Health {
+        ok: bool,
+        error: Option<String>,
+    },
+    Sent {
+        reference: String,
+        result: SentResult,
+    },
     /// A `type` this build does not know (a newer adapter): ignored.
     Unknown(String),
 }
@@ -283,7 +292,8 @@ pub fn send(reference: &str, chat: &ChatRef, text: &str, format: Format) -> Stri
 /// A message with buttons under it: (label, data) pairs.
 pub fn buttons(reference: &str, chat: &ChatRef, text: &str, format: Format, buttons: &[(String, String)]) -> String {
     let buttons: Vec<Value> = buttons.iter().map(|(label, data)| json!({"label": label, "data": data})).collect();
-    let fields = json!({"type": "buttons", "ref": reference, "text": text, "format": format.name(), "buttons": buttons});
+    let fields =
+        json!({"type": "buttons", "ref": reference, "text": text, "format": format.name(), "buttons": buttons});
     line(with(chat_fields(chat), fields))
 }
 
