@@ -16,6 +16,7 @@ pub mod pacing;
 pub mod telegram;
 pub(crate) mod uploads;
 pub mod webchat;
+pub mod webhook;
 
 pub use contain::{contain, contained_panics};
 
@@ -34,7 +35,8 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] = &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &exec::PLATFORM];
+pub const PLATFORMS: &[&Platform] =
+    &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &exec::PLATFORM, &webhook::PLATFORM];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {
