@@ -16,3 +16,4 @@ mod support;
 mod telegram;
 mod tidy;
 mod webchat;
+mod webhooks;
