@@ -209,7 +209,7 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
@@ -293,6 +293,9 @@ mod tests {
 
     const NOW: u64 = 1_767_000_000;
 
+    /// (source, headers, body, expected)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, Result<(), Refusal>);
+
     fn source(name: &str, auth: Auth) -> Source {
         Source {
             name: name.into(),
@@ -330,7 +333,7 @@ mod tests {
         let ts = |v: u64| (TIMESTAMP_HEADER, v.to_string());
         let unauthorized = |why| Err::<(), _>(Refusal::Unauthorized(why));
         #[rustfmt::skip]
-        let cases: Vec<(&str, Vec<(&str, String)>, &str, Result<(), Refusal>)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("nope", vec![sig(good.clone())], body, Err(Refusal::UnknownSource)),
             ("ci", vec![], body, unauthorized("no signature header")),
             ("ci", vec![sig("sha1=abcd".into())], body, unauthorized("malformed signature")),
