@@ -272,6 +272,8 @@ pub struct PlatformKeys<'a> {
     at: Place<'a>,
     vars: &'a Vars<'a>,
     platform: &'static str,
+    /// The file's `channels` object, for keys that name another channel.
+    channels: &'a Object,
 }
 
 impl PlatformKeys<'_> {
@@ -355,6 +357,12 @@ impl PlatformKeys<'_> {
         get_string_array(self.obj, key, self.at)
     }
 
+    /// Whether the file has a channel `name` other than this one (for a key naming the
+    /// channel that gets this channel's answers).
+    pub fn is_other_channel(&self, name: &str) -> bool {
+        self.at.channel != Some(name) && self.channels.contains_key(name)
+    }
+
     /// The keys of this object, in file order.
     pub fn names(&self) -> Vec<String> {
         self.obj.keys().cloned().collect()
@@ -371,7 +379,7 @@ impl PlatformKeys<'_> {
         let Value::Object(obj) = value else { return Err(type_error(self.at, key, "an object", value)) };
         let prefix = self.at.key(key);
         let at = Place { prefix: &prefix, ..self.at };
-        read(&PlatformKeys { obj, at, vars: self.vars, platform: self.platform }).map(Some)
+        read(&PlatformKeys { obj, at, vars: self.vars, platform: self.platform, channels: self.channels }).map(Some)
     }
 }
 
@@ -474,7 +482,8 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
         let Value::Object(obj) = value else {
             return Err(at.error_here(format!("expected an object, found {}", describe(value))));
         };
-        channels.insert(name.clone(), parse_channel(name, obj, at, cx, &vars, &agents)?);
+        let all = get_object(&root, "channels", top)?.unwrap_or(&empty);
+        channels.insert(name.clone(), parse_channel(name, obj, at, cx, &vars, &agents, all)?);
     }
     Ok(Config { path: cx.path.to_path_buf(), agents, channels, env })
 }
@@ -606,6 +615,7 @@ fn parse_channel(
     cx: &ParseContext<'_>,
     vars: &Vars<'_>,
     agents: &BTreeMap<String, AgentConfig>,
+    all_channels: &Object,
 ) -> Result<ChannelConfig, ConfigError> {
     let type_name = get_string(obj, "type", at)?;
     let available = || cx.platforms.iter().map(|p| p.name).collect::<Vec<_>>().join(", ");
@@ -615,7 +625,8 @@ fn parse_channel(
     let platform = crate::adapters::find(cx.platforms, &type_name).ok_or_else(|| {
         at.error("type", format!("\"{type_name}\" is not a platform this build has; it has: {}", available()))
     })?;
-    let settings = (platform.parse)(&PlatformKeys { obj, at, vars, platform: platform.name })?;
+    let keys = PlatformKeys { obj, at, vars, platform: platform.name, channels: all_channels };
+    let settings = (platform.parse)(&keys)?;
 
     let agent = get_string(obj, "agent", at)?.unwrap_or_else(|| DEFAULT_AGENT.to_string());
     if !agents.contains_key(&agent) {

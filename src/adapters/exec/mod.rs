@@ -509,3 +509,51 @@ impl Courier for ExecCourier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::{Config, ParseContext};
+
+    fn parse(exec: Value) -> Result<Config, ConfigError> {
+        let text = json!({"channels": {"local": exec}}).to_string();
+        let env = |name: &str| (name == "BRIDGE_TOKEN").then(|| "token-from-env-1234".to_string());
+        let cx = ParseContext {
+            path: Path::new("/c.json"),
+            cwd: Path::new("/"),
+            home: None,
+            env: &env,
+            platforms: crate::adapters::PLATFORMS,
+        };
+        crate::config::parse(&text, &cx)
+    }
+
+    #[test]
+    fn keys_are_read_and_env_references_are_secrets() {
+        let config = parse(json!({
+            "type": "exec", "command": "python3", "args": ["a.py", ""], "format": "plain",
+            "env": {"PORT": "7010", "TOKEN": "$BRIDGE_TOKEN"}
+        }))
+        .unwrap();
+        let c = &config.channels["local"];
+        assert_eq!((c.setting("command"), c.setting("format")), (Some("python3"), Some("plain")));
+        assert_eq!(c.settings.values["args"], json!(["a.py", ""]));
+        assert_eq!(c.settings.values["env"], json!({"PORT": "7010"}));
+        assert_eq!(c.secret("env.TOKEN").map(Secret::expose), Some("token-from-env-1234"));
+        let cases = [
+            (json!({"type": "exec"}), "key \"command\": required for type exec"),
+            (json!({"type": "exec", "command": "x", "args": "a b"}), "key \"args\": expected an array"),
+            (json!({"type": "exec", "command": "x", "format": "html"}), "\"html\" is not one of"),
+            (json!({"type": "exec", "command": "x", "env": {"A": 1}}), "key \"env.A\": expected a string"),
+            (json!({"type": "exec", "command": "x", "env": {"A": "$MISSING"}}), "MISSING is not set"),
+        ];
+        for (exec, expected) in cases {
+            let error = parse(exec.clone()).expect_err(&exec.to_string()).to_string();
+            assert!(error.contains(expected), "{exec}: {error}");
+        }
+    }
+}

@@ -112,6 +112,12 @@ fn parse_source(s: &PlatformKeys<'_>) -> Result<(crate::config::Secret, Value), 
             let channel = t.string("channel")?.ok_or_else(|| {
                 t.error("channel", "required: the channel whose chat gets the agent's answers, e.g. \"phone\"")
             })?;
+            if !t.is_other_channel(&channel) {
+                return Err(t.error(
+                    "channel",
+                    format!("\"{channel}\" is not another channel of this file: name the channel (e.g. a telegram one) whose chat gets the answers"),
+                ));
+            }
             let chat = id(t, "chat")?
                 .ok_or_else(|| t.error("chat", "required: the chat id the answers go to, e.g. \"111\""))?;
             Ok(json!({"channel": channel, "chat": chat, "thread": id(t, "thread")?}))
@@ -254,4 +260,89 @@ fn report(state: &State, source: &str, peer: Option<SocketAddr>, refusal: &Refus
 
 fn intake_cut(text: &str) -> String {
     text.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::{Config, ParseContext};
+
+    fn parse(hooks: Value) -> Result<Config, ConfigError> {
+        let text = json!({"channels": {"phone": {"type": "telegram", "token": "1:x"}, "hooks": hooks}}).to_string();
+        let env = |name: &str| (name == "CI_SECRET").then(|| "from-the-environment-123".to_string());
+        let cx = ParseContext {
+            path: Path::new("/c.json"),
+            cwd: Path::new("/"),
+            home: None,
+            env: &env,
+            platforms: crate::adapters::PLATFORMS,
+        };
+        crate::config::parse(&text, &cx)
+    }
+
+    fn hooks(source: Value) -> Value {
+        json!({"type": "webhook", "listen": "127.0.0.1:0", "sources": {"ci": source}})
+    }
+
+    #[test]
+    fn sources_are_read_with_their_secrets_and_targets() {
+        let config = parse(hooks(json!({
+            "secret": "$CI_SECRET", "signature": "header", "header": "X-Token",
+            "target": {"channel": "phone", "chat": -100123, "thread": 7}, "session": "ops"
+        })))
+        .unwrap();
+        let channel = &config.channels["hooks"];
+        let sources = sources(channel);
+        assert_eq!(sources.len(), 1);
+        let s = &sources[0];
+        assert_eq!((s.name.as_str(), s.secret.as_str()), ("ci", "from-the-environment-123"));
+        assert_eq!(s.auth, Auth::Header("X-Token".into()));
+        let target = ChatRef { channel: "phone".into(), chat_id: "-100123".into(), thread_id: Some("7".into()) };
+        assert_eq!((&s.target, s.session.as_str(), s.template.as_str()), (&target, "ops", intake::DEFAULT_TEMPLATE));
+        // The secret is a secret: masked by `tether check`, scrubbed from logs.
+        assert_eq!(channel.secrets().map(|s| s.expose()).collect::<Vec<_>>(), vec!["from-the-environment-123"]);
+    }
+
+    #[test]
+    fn bad_sources_name_the_key_and_what_to_do() {
+        let target = json!({"channel": "phone", "chat": "1"});
+        let long = "0123456789abcdef";
+        let cases = [
+            (json!({"type": "webhook"}), "key \"sources\": required for type webhook"),
+            (json!({"type": "webhook", "sources": {}}), "at least one source"),
+            (json!({"type": "webhook", "sources": {"a/b": {}}}), "key \"sources.a/b\": a source name is"),
+            (json!({"type": "webhook", "sources": {"ci": 3}}), "key \"sources.ci\": expected an object"),
+            (hooks(json!({"target": target})), "key \"sources.ci.secret\": required for type webhook"),
+            (hooks(json!({"secret": "short", "target": target})), "shorter than 16 characters"),
+            (hooks(json!({"secret": "$NOPE", "target": target})), "environment variable NOPE is not set"),
+            (hooks(json!({"secret": long, "target": target, "signature": "md5"})), "\"md5\" is not one of"),
+            (hooks(json!({"secret": long})), "key \"sources.ci.target\": required"),
+            (hooks(json!({"secret": long, "target": {"chat": "1"}})), "key \"sources.ci.target.channel\": required"),
+            (
+                hooks(json!({"secret": long, "target": {"channel": "nope", "chat": "1"}})),
+                "\"nope\" is not another channel",
+            ),
+            (
+                hooks(json!({"secret": long, "target": {"channel": "hooks", "chat": "1"}})),
+                "\"hooks\" is not another channel",
+            ),
+            (
+                hooks(json!({"secret": long, "target": {"channel": "phone"}})),
+                "key \"sources.ci.target.chat\": required",
+            ),
+            (
+                json!({"type": "webhook", "listen": "localhost:80", "sources": {}}),
+                "key \"listen\": \"localhost:80\" is not an IP",
+            ),
+        ];
+        for (hooks, expected) in cases {
+            let error = parse(hooks.clone()).expect_err(&hooks.to_string()).to_string();
+            assert!(error.contains(expected), "{hooks}: {error}");
+            assert!(error.contains("channel \"hooks\""), "{error}");
+        }
+    }
 }
