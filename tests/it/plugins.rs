@@ -116,8 +116,14 @@ fn the_example_plugin_answers_gates_strangers_and_shows_buttons() {
     let service = Service::start(&home, &[]);
     let (port, _) = bridge_port(&home, None);
     let mut ann = Client::connect(port, "ann");
+    let sent = Instant::now();
     ann.say("hello plugin");
     assert_eq!(ann.next_message(WAIT).as_deref(), Some("echo: hello plugin"), "log:\n{}", service.log());
+    eprintln!("exec round trip (first message, session opened): {} ms", sent.elapsed().as_millis());
+    let sent = Instant::now();
+    ann.say("again");
+    assert_eq!(ann.next_message(WAIT).as_deref(), Some("echo: again"), "log:\n{}", service.log());
+    eprintln!("exec round trip (session open): {} ms", sent.elapsed().as_millis());
 
     // A stranger is gated by the channel's allowlist like on any platform.
     let mut eve = Client::connect(port, "eve");
@@ -144,10 +150,12 @@ fn a_crashed_plugin_is_restarted_and_answers_again() {
     home.write_config(&bridge_config(&home));
     let service = Service::start(&home, &[]);
     let first = bridge_port(&home, None);
+    let killed = Instant::now();
     let status = std::process::Command::new("kill").args(["-9", &first.1.to_string()]).status().unwrap();
     assert!(status.success());
     assert!(service.wait_for_log("the adapter exited (signal: 9", WAIT), "log:\n{}", service.log());
     let (port, pid) = bridge_port(&home, Some(first));
+    eprintln!("exec adapter killed to new adapter listening: {} ms", killed.elapsed().as_millis());
     assert_ne!(pid, first.1);
     let mut ann = Client::connect(port, "ann");
     ann.say("are you back?");

@@ -97,8 +97,11 @@ fn a_signed_event_is_answered_in_the_target_telegram_chat_and_bad_ones_are_refus
     assert_eq!(fake.next_text_to(111, Duration::from_millis(1500)), None, "log:\n{}", service.log());
 
     // The good one: accepted, then answered in chat 111 of the Telegram channel.
+    let posted = std::time::Instant::now();
     assert_eq!(post(&addr, "/hooks/ci", &headers, body.as_bytes()), 202);
+    eprintln!("webhook POST answered 202 in {} ms", posted.elapsed().as_millis());
     let reply = fake.next_text_to(111, WAIT).unwrap_or_default();
+    eprintln!("webhook POST to the answer in the Telegram chat: {} ms", posted.elapsed().as_millis());
     assert!(
         reply.starts_with("echo: A webhook event arrived from \"ci\" (event: workflow_run)"),
         "{reply}\nlog:\n{}",
