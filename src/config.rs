@@ -1402,13 +1402,13 @@ mod tests {
             (
                 r#"{"channels": {"phone": {"token": "x"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat, discord"#
+                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat, discord, exec, webhook"#
                 ),
             ),
             (
                 r#"{"channels": {"phone": {"type": "slack"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat, discord"#
+                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat, discord, exec, webhook"#
                 ),
             ),
             (
