@@ -25,6 +25,7 @@ Usage:
   tether admin-url           print the admin page's address with its admin token (keep it private)
   tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
                              manage who may use a channel (`tether pairing` for details)
+  tether weixin-login CHANNEL  log a WeChat channel in: scan the QR code shown with WeChat
   tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
   tether version             print the version
   tether help                print this help
@@ -48,6 +49,7 @@ pub enum Command {
     AdminUrl,
     Pairing(crate::pairing_cli::PairingCommand),
     DemoAgent { args: Vec<String> },
+    WeixinLogin { channel: String },
     Version,
     Help,
 }
@@ -118,6 +120,14 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
         Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
+        Some("weixin-login") => match words.as_slice() {
+            [channel] => Command::WeixinLogin { channel: channel.clone() },
+            _ => {
+                return Err(Error::Usage(format!(
+                    "`weixin-login` takes one CHANNEL (a channel of type \"weixin\")\n\n{USAGE}"
+                )));
+            }
+        },
         None => return Err(Error::Usage(format!("no command given\n\n{USAGE}"))),
         Some(word @ ("check" | "version" | "demo" | "stop" | "status" | "admin-url")) => {
             return Err(Error::Usage(format!("`{word}` takes no arguments (got: {})\n\n{USAGE}", words.join(" "))));
@@ -211,7 +221,15 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             Ok(0)
         }
         Command::Stop => Ok(crate::service::stop(&home_dir(opts)?)),
-        Command::Status { json } => Ok(crate::service::status(&home_dir(opts)?, json)),
+        Command::Status { json } => {
+            let home = home_dir(opts)?;
+            let code = crate::service::status(&home, json);
+            if !json {
+                print!("{}", weixin_accounts(&home));
+            }
+            Ok(code)
+        }
+        Command::WeixinLogin { channel } => weixin_login(opts, &channel),
         // The channels named are in `args`, which the background process gets.
         Command::Start { channels: _, detach: true, log_file } => {
             // Check the config here, so that its errors are shown, not buried in the log.
@@ -242,6 +260,68 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             Ok(0)
         }
     }
+}
+
+/// `tether weixin-login CHANNEL`: the channel must be a WeChat channel of the config.
+fn weixin_login(opts: &GlobalOptions, name: &str) -> Result<i32, Error> {
+    use std::io::IsTerminal;
+    let config = load_config(opts)?;
+    let home = home_dir(opts)?;
+    let Some(channel) = config.channels.get(name) else {
+        let names: Vec<&str> = config.channels.keys().map(String::as_str).collect();
+        return Err(Error::Usage(format!(
+            "{}: no channel \"{name}\" (channels: {})",
+            config.path.display(),
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )));
+    };
+    if channel.platform.name != crate::adapters::weixin::PLATFORM.name {
+        return Err(Error::Usage(format!(
+            "{}: channel \"{name}\" is of type \"{}\", not \"weixin\"",
+            config.path.display(),
+            channel.platform.name
+        )));
+    }
+    let login_base = channel.setting("baseUrl").unwrap_or(crate::adapters::weixin::wire::DEFAULT_API_BASE);
+    let mut stdout = std::io::stdout();
+    let mut read_line = || {
+        let mut line = String::new();
+        match std::io::stdin().read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line),
+            _ => None,
+        }
+    };
+    let account = crate::adapters::weixin::login::run(crate::adapters::weixin::login::Login {
+        channel: name,
+        home: &home,
+        login_base,
+        colour: std::io::stdout().is_terminal(),
+        out: &mut stdout,
+        read_line: &mut read_line,
+        now_ms: crate::health::wall_ms,
+    })?;
+    println!(
+        "Logged in: bot {}{}. Saved to {}.",
+        account.bot_id,
+        account.user_id.as_deref().map(|u| format!(" for WeChat user {u}")).unwrap_or_default(),
+        crate::adapters::weixin::account::account_path(&home, name).display()
+    );
+    println!("A running service picks the new login up by itself; else run `tether start`.");
+    Ok(0)
+}
+
+/// The WeChat logins kept in `home`, for `tether status`.
+fn weixin_accounts(home: &Path) -> String {
+    let channels = crate::adapters::weixin::account::logged_in_channels(home);
+    if channels.is_empty() {
+        return String::new();
+    }
+    let now = crate::health::wall_ms();
+    let mut out = "WeChat logins:\n".to_string();
+    for channel in channels {
+        out.push_str(&format!("  {channel}: {}\n", crate::adapters::weixin::account::describe(home, &channel, now)));
+    }
+    out
 }
 
 /// The base URL of each web chat channel, from its `listen` (an unspecified address shown as
@@ -396,6 +476,13 @@ pub fn describe(config: &Config, home: &Path) -> String {
         if let Some(model) = &channel.model {
             out.push_str(&format!("    model: {model}\n"));
         }
+        if channel.platform.name == crate::adapters::weixin::PLATFORM.name {
+            let now = crate::health::wall_ms();
+            out.push_str(&format!(
+                "    WeChat login: {}\n",
+                crate::adapters::weixin::account::describe(home, &channel.name, now)
+            ));
+        }
     }
     out
 }
@@ -464,6 +551,9 @@ mod tests {
                 })),
             ),
             (&["pairing", "approve", "phone"], Err("takes CHANNEL CODE")),
+            (&["weixin-login", "wx"], Ok(Command::WeixinLogin { channel: "wx".into() })),
+            (&["weixin-login"], Err("`weixin-login` takes one CHANNEL")),
+            (&["weixin-login", "a", "b"], Err("`weixin-login` takes one CHANNEL")),
             (&["start", "--bogus"], Err("invalid option '--bogus'")),
         ];
         for (words, expected) in cases {

@@ -1401,14 +1401,17 @@ mod tests {
             // Type and required secrets.
             (
                 r#"{"channels": {"phone": {"token": "x"}}}"#.into(),
+                // Every registered platform is listed (one line per platform in adapters::PLATFORMS).
                 format!(
-                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: telegram, webchat, discord, exec, webhook"#
+                    r#"{p}: channel "phone", key "type": missing: every channel needs a "type", one of: {}"#,
+                    crate::adapters::PLATFORMS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
                 ),
             ),
             (
                 r#"{"channels": {"phone": {"type": "slack"}}}"#.into(),
                 format!(
-                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: telegram, webchat, discord, exec, webhook"#
+                    r#"{p}: channel "phone", key "type": "slack" is not a platform this build has; it has: {}"#,
+                    crate::adapters::PLATFORMS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
                 ),
             ),
             (

@@ -36,6 +36,11 @@ pub fn utc_now() -> String {
     format_utc(since.as_secs(), since.subsec_millis())
 }
 
+/// A unix time in milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn utc_at(unix_ms: u64) -> String {
+    format_utc(unix_ms / 1000, (unix_ms % 1000) as u32)
+}
+
 fn format_utc(secs: u64, millis: u32) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;

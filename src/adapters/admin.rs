@@ -12,7 +12,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::net::httpd::{Request, Response};
+use crate::net::httpd::{Request, Response, constant_time_eq};
 
 /// The admin page: HTML, CSS and JS in one file, nothing fetched from elsewhere.
 const PAGE: &str = include_str!("admin.html");
@@ -83,11 +83,6 @@ fn unauthorized() -> Response {
     )
 }
 
-/// Compare secrets without an early exit (the length still shows, as it must).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Answer a request under `/admin`, admin token first; `None` for paths that are not the
 /// admin's.
 pub fn handle(source: &dyn AdminSource, request: &Request) -> Option<Response> {
@@ -117,12 +112,7 @@ pub fn handle(source: &dyn AdminSource, request: &Request) -> Option<Response> {
 fn act(source: &dyn AdminSource, request: &Request) -> Response {
     // A page elsewhere cannot post here: cross-site requests carry another Origin (or a form
     // content type, which a JSON body rules out).
-    let same_origin = match (request.header("origin"), request.header("host")) {
-        (Some(origin), Some(host)) => origin.split("://").nth(1) == Some(host),
-        (None, _) => true,
-        _ => false,
-    };
-    if !same_origin {
+    if !request.is_same_origin() {
         return json_response(403, &json!({"ok": false, "message": "cross-site request refused"}));
     }
     if !request.header("content-type").is_some_and(|t| t.starts_with("application/json")) {

@@ -62,7 +62,7 @@ use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings, 
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, ButtonPress, Inbound, InboundMessage, Outbound};
 use crate::health::wall_ms;
-use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server};
+use crate::net::httpd::{self, Handler, Limits, Reply, Request, Response, Server, constant_time_eq};
 
 /// The page: HTML, CSS and JS in one file, no build step, nothing fetched from elsewhere.
 const PAGE: &str = include_str!("webchat.html");
@@ -814,7 +814,7 @@ fn page(shared: &Shared, request: &Request) -> Response {
 }
 
 fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
-    if !is_same_origin(request) {
+    if !request.is_same_origin() {
         return Reply::Respond(Response::text(403, "cross-origin WebSocket refused\n"));
     }
     let Some(sid) = request.cookie(SID_COOKIE).filter(|s| is_valid_sid(s)).map(browser_id) else {
@@ -827,19 +827,6 @@ fn open_socket(shared: &Arc<Shared>, request: &Request) -> Reply {
             Reply::Upgrade(response, Box::new(move |stream, rest| run_socket(&shared, &sid, stream, rest)))
         }
     }
-}
-
-/// A browser always sends `Origin` on WebSocket handshakes; it must name this server.
-/// Non-browser clients send none.
-pub(crate) fn is_same_origin(request: &Request) -> bool {
-    let Some(origin) = request.header("origin") else {
-        return true;
-    };
-    let Some(host) = request.header("host") else {
-        return false;
-    };
-    let origin_host = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-    origin_host.is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(host))
 }
 
 /// `localhost`, `*.localhost` or a loopback IP, with or without a port; an IPv6 address
@@ -862,14 +849,6 @@ fn is_loopback_host(host: &str) -> bool {
     lower == "localhost"
         || lower.ends_with(".localhost")
         || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
-}
-
-/// Compare secrets without an early exit (the length still shows, as it must).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The public id of the browser whose cookie holds `secret`: 32 hex digits of
@@ -1480,7 +1459,7 @@ mod tests {
             ("GET /ws HTTP/1.1\r\nOrigin: http://127.0.0.1:1", false),
         ];
         for (head, expected) in cases {
-            assert_eq!(is_same_origin(&request(head)), expected, "{head}");
+            assert_eq!(request(head).is_same_origin(), expected, "{head}");
         }
     }
 

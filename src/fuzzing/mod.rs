@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::acp::connection::Connection;
 use crate::acp::process::{Overlong, read_lines};
 use crate::adapters::contained_panics;
+use crate::adapters::dingtalk::{self, wire as dingtalk_wire};
 use crate::adapters::telegram::wire::{self, BotIdentity};
 use crate::adapters::webchat;
 use crate::config::{self, ParseContext};
@@ -39,6 +40,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("streamer", streamer),
     ("http_head", http_head),
     ("ws_frames", ws_frames),
+    ("weixin_update", weixin_update),
+    ("dingtalk_frame", dingtalk_frame),
 ];
 
 /// The bot of the Telegram target.
@@ -318,7 +321,7 @@ pub fn http_head(data: &[u8]) {
     if let Ok(response) = httpd::websocket_upgrade(&request) {
         assert_eq!((response.status, request.method.as_str()), (101, "GET"));
     }
-    let _ = webchat::is_same_origin(&request);
+    let _ = request.is_same_origin();
     for token in [None, Some("fuzz-token")] {
         if let webchat::Access::Answer(response) = webchat::check_access(&request, token) {
             for (name, value) in response.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("location")) {
@@ -388,6 +391,116 @@ fn client_frame(json: &str) {
         assert!(bytes.len() <= file.data.len() / 4 * 3 + 3);
         assert_eq!(webchat::decode_base64(&checks::encode_base64(&bytes)).as_deref(), Some(bytes.as_slice()));
     }
+}
+
+/// WeChat (iLink): the bytes as an API reply and, when JSON, as a `getupdates` reply and a QR
+/// status; as the text, file name, keys and ids of a user message; as an answer with
+/// `[IMAGE:]` markers; as CDN ciphertext. No decoder panics (not even one `adapters::contain`
+/// would catch); a message is a DM whose chat is its sender; at most
+/// [`MAX_MEDIA_ITEMS`](crate::adapters::weixin::wire::MAX_MEDIA_ITEMS) files per message; saved
+/// file names are one safe path component; marker paths are absolute; reply pieces fit the
+/// limit; AES-128-ECB decrypts what it encrypted and refuses garbage without panicking.
+pub fn weixin_update(data: &[u8]) {
+    use crate::adapters::weixin::{crypto, media, wire};
+    let panics = contained_panics();
+    let text = String::from_utf8_lossy(data);
+    let status = data.first().map_or(200, |b| if b % 2 == 0 { 200 } else { 400 + u16::from(*b) });
+    if wire::parse_reply(status, &text).is_ok() {
+        assert_eq!(status, 200, "only a 200 is a success");
+    }
+    let check_message = |raw: &Value| {
+        let Some(message) = crate::adapters::contain(|| wire::parse_message(raw)) else { return };
+        let Some(message) = message else { return };
+        assert!(message.media.len() <= wire::MAX_MEDIA_ITEMS);
+        assert!(!message.message_id.is_empty() && !message.from_user_id.is_empty());
+        for item in &message.media {
+            let _ = item.media.key();
+            let _ = wire::download_url("https://cdn.example/c2c", &item.media);
+        }
+        let inbound = wire::to_inbound("fuzz", &message, Vec::new(), &[text.to_string()]);
+        assert!(!inbound.is_group && inbound.chat_id == inbound.sender_id && inbound.sender_id == message.from_user_id);
+    };
+    if let Ok(reply) = serde_json::from_slice::<Value>(data) {
+        let updates = wire::parse_updates(&reply);
+        updates.messages.iter().for_each(check_message);
+        let _ = wire::parse_qr_status(&reply);
+        let _ = wire::parse_qr_code(&reply);
+    }
+    let message = json!({"message_type": 1, "from_user_id": text, "message_id": text, "context_token": text,
+    "item_list": [
+        {"type": 1, "text_item": {"text": text}, "ref_msg": {"title": text}},
+        {"type": 2, "image_item": {"aeskey": text, "media": {"aes_key": text, "encrypt_query_param": text}}},
+        {"type": 3, "voice_item": {"text": text}},
+        {"type": 4, "file_item": {"file_name": text, "len": text, "media": {"aes_key": text, "full_url": text}}},
+    ]});
+    check_message(&message);
+    let name = media::safe_file_name(&text);
+    assert!(!name.is_empty() && name.chars().count() <= 100, "{name:?}");
+    assert!(!name.contains(['/', '\\']) && !name.starts_with('.') && !name.chars().any(char::is_control), "{name:?}");
+    let (kept, paths) = media::take_image_markers(&text);
+    assert!(kept.len() <= text.len());
+    assert!(paths.iter().all(|p| p.is_absolute()), "{paths:?}");
+    for piece in wire::reply_texts(&text) {
+        assert!(!piece.trim().is_empty() && piece.chars().count() <= wire::TEXT_LIMIT);
+    }
+    let _ = media::sniff_mime(data, crate::event::AttachmentKind::Image);
+    let key = [0x2b; 16];
+    let _ = crypto::decrypt(&key, data);
+    assert_eq!(crypto::decrypt(&key, &crypto::encrypt(&key, data)).as_deref(), Ok(data));
+    assert_eq!(contained_panics(), panics, "a decoder panicked (contained in production; a bug all the same)");
+}
+
+/// DingTalk: the bytes as a Stream frame, as a robot message's `data`, as the text of a group
+/// message that mentions the robot, and as a file name and a reply. No decoder panics; a ping
+/// is echoed with its own data and message id; mention stripping only removes a prefix;
+/// titles are short and clean; what is saved takes a safe name; message ids are remembered
+/// within their bound.
+pub fn dingtalk_frame(data: &[u8]) {
+    let panics = contained_panics();
+    let text = String::from_utf8_lossy(data);
+    if let Ok(frame) = dingtalk_wire::parse_frame(&text) {
+        match frame {
+            dingtalk_wire::Frame::Ping { message_id, data } => {
+                let ack: Value = serde_json::from_str(&dingtalk_wire::ack(&message_id, &data))
+                    .unwrap_or_else(|e| panic!("an ack is not JSON: {e}"));
+                assert_eq!(ack["headers"]["messageId"].as_str(), Some(message_id.as_str()));
+                assert_eq!(ack["data"].as_str(), Some(data.as_str()), "a ping is echoed as it came");
+            }
+            dingtalk_wire::Frame::Callback { data, .. } => {
+                let _ = dingtalk_wire::parse_robot_message(&data, "fuzz");
+            }
+            _ => {}
+        }
+    }
+    if let Ok(robot) = dingtalk_wire::parse_robot_message(&text, "fuzz") {
+        assert!(robot.message.message_id.is_some(), "a robot message has an id");
+        assert_eq!(robot.message.chat_id, robot.route.conversation_id);
+        assert!(robot.message.is_group || robot.message.is_mentioned, "a DM is always addressed to us");
+    }
+    let group = json!({
+        "conversationId": "cidG", "conversationType": "2", "msgId": "m", "senderStaffId": "s",
+        "isInAtList": true, "msgtype": "text", "text": {"content": text},
+        "quoteMessage": {"senderId": "x", "text": {"content": text}},
+    });
+    let robot = dingtalk_wire::parse_robot_message(&group.to_string(), "fuzz")
+        .unwrap_or_else(|e| panic!("a well-formed message does not decode: {e}"));
+    let got = &robot.message.text;
+    assert_eq!(got, got.trim(), "the text is trimmed");
+    assert!(text.contains(got.as_str()), "mention stripping removes a prefix only: {text:?} -> {got:?}");
+    let title = dingtalk_wire::title_of(&text);
+    assert!(!title.is_empty() && title.chars().count() <= 20 && !title.chars().any(char::is_control), "{title:?}");
+    let piece = dingtalk_wire::titled(&title, &text);
+    assert_eq!(dingtalk_wire::untitled(&piece), (title, text.as_ref()));
+    let name = dingtalk::safe_file_name(&text);
+    assert!(name.chars().count() <= 80 && !name.starts_with('.') && name != "..", "{name:?}");
+    assert!(!name.contains('/') && !name.chars().any(char::is_control), "{name:?}");
+    let mut dedup = dingtalk_wire::Dedup::new(8);
+    for (n, id) in text.split(' ').enumerate() {
+        let first = dedup.first_time(id, n as u64);
+        assert!(!first || !dedup.first_time(id, n as u64), "an id is taken once");
+    }
+    assert!(dedup.remembered() <= 8);
+    assert_eq!(contained_panics(), panics);
 }
 
 #[cfg(test)]

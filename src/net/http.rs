@@ -39,14 +39,22 @@ impl HttpClient {
     /// POST a JSON body; wait at most `timeout` for the whole exchange. Returns the status
     /// and the body text (capped at 16 MiB).
     pub fn post_json(&self, url: &str, body: &Value, timeout: Duration) -> Result<(u16, String), TransportError> {
-        let response = self
-            .agent
-            .post(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .send_json(body)
-            .map_err(|e| TransportError(describe(&e)))?;
+        self.post_json_with(url, &[], body, timeout)
+    }
+
+    /// [`HttpClient::post_json`] with extra request headers (an API's token header, `Accept`).
+    pub fn post_json_with(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, String), TransportError> {
+        let mut request = self.agent.post(url).config().timeout_global(Some(timeout)).build();
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send_json(body).map_err(|e| TransportError(describe(&e)))?;
         let status = response.status().as_u16();
         let text = response
             .into_body()
@@ -124,14 +132,66 @@ impl HttpClient {
         let body = response.into_body().with_config().limit(16 * 1024 * 1024).read_to_string().map_err(fail)?;
         Ok(HttpReply { status, headers, body })
     }
+}
 
-    /// GET raw bytes (files), refusing more than `limit` bytes.
-    pub fn get_bytes(&self, url: &str, limit: u64, timeout: Duration) -> Result<(u16, Vec<u8>), TransportError> {
+/// A whole HTTP reply with a binary body: status, headers (names lowercased) and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl HttpClient {
+    /// One request with our own headers and a raw body (sent by POST and PATCH only); waits
+    /// at most `timeout` for the whole exchange and reads at most `limit` bytes of the reply
+    /// (more is an error: a download must not fill the memory or the disk). For binary uploads
+    /// and downloads (CDNs, attachments).
+    pub fn exchange(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        timeout: Duration,
+        limit: u64,
+    ) -> Result<RawReply, TransportError> {
         let fail = |e: ureq::Error| TransportError(describe(&e));
-        let response = self.agent.get(url).config().timeout_global(Some(timeout)).build().call().map_err(fail)?;
+        let response = match method {
+            Method::Get | Method::Delete => {
+                let mut req = if method == Method::Get { self.agent.get(url) } else { self.agent.delete(url) };
+                for (name, value) in headers {
+                    req = req.header(*name, value.as_str());
+                }
+                req.config().timeout_global(Some(timeout)).build().call().map_err(fail)?
+            }
+            Method::Post | Method::Patch => {
+                let mut req = if method == Method::Post { self.agent.post(url) } else { self.agent.patch(url) };
+                for (name, value) in headers {
+                    req = req.header(*name, value.as_str());
+                }
+                req.config().timeout_global(Some(timeout)).build().send(body).map_err(fail)?
+            }
+        };
         let status = response.status().as_u16();
-        let bytes = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
-        Ok((status, bytes))
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = response.into_body().with_config().limit(limit).read_to_vec().map_err(fail)?;
+        Ok(RawReply { status, headers, body })
     }
 }
 

@@ -66,6 +66,11 @@ pub struct Request {
     pub peer: Option<SocketAddr>,
 }
 
+/// Compare secrets without an early exit (the length still shows, as it must).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl Request {
     /// The first header with this name (case-insensitive), trimmed.
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -86,6 +91,20 @@ impl Request {
     /// The first query parameter `name`, percent-decoded (`+` is a space).
     pub fn query_param(&self, name: &str) -> Option<String> {
         query_param(&self.query, name)
+    }
+
+    /// Whether a browser sent this from a page of this very server: no `Origin` (not a
+    /// cross-site browser request), or an `Origin` naming the `Host` it was sent to. Pages
+    /// elsewhere cannot open our WebSocket or post admin actions.
+    pub fn is_same_origin(&self) -> bool {
+        let Some(origin) = self.header("origin") else {
+            return true;
+        };
+        let Some(host) = self.header("host") else {
+            return false;
+        };
+        let origin_host = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        origin_host.is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(host))
     }
 
     /// Whether the header's comma-separated value list contains `token` (case-insensitive),

@@ -231,9 +231,9 @@ impl Rest {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err("attachment URL is not http(s)".to_string());
         }
-        match self.http.get_bytes(url, limit, Duration::from_secs(120)) {
-            Ok((200, bytes)) => Ok(bytes),
-            Ok((status, _)) => Err(format!("HTTP {status}")),
+        match self.http.exchange(Method::Get, url, &[], &[], Duration::from_secs(120), limit) {
+            Ok(reply) if reply.status == 200 => Ok(reply.body),
+            Ok(reply) => Err(format!("HTTP {}", reply.status)),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -186,6 +186,7 @@ fn hmac_matches(key: &[u8], data: &[u8], signature: &[u8]) -> bool {
 }
 
 /// The signature header a sender computes (tests and docs use it).
+#[cfg(test)]
 pub fn sign(secret: &str, timestamp: Option<u64>, body: &[u8]) -> String {
     let signed = match timestamp {
         Some(ts) => [format!("{ts}.").as_bytes(), body].concat(),
@@ -200,12 +201,10 @@ pub fn sign(secret: &str, timestamp: Option<u64>, body: &[u8]) -> String {
     format!("sha256={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-/// Equal secrets, compared through their digests so the time taken says nothing about
-/// where they differ.
+/// Equal secrets, compared through their digests in constant time, so the time taken says
+/// nothing about where they differ, nor about the secret's length.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let a = Sha256::digest(given);
-    let b = Sha256::digest(expected);
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::net::httpd::constant_time_eq(&Sha256::digest(given), &Sha256::digest(expected))
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {

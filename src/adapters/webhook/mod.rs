@@ -27,8 +27,6 @@ use crate::health::{Probe, wall_ms};
 use crate::net::httpd::{Handler, Limits, Reply, Request, Response, Server};
 use intake::{Auth, Delivery, Intake, Refusal, Source};
 
-pub use intake::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
-
 const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
 /// The largest body accepted; more gets 413.
 pub const MAX_BODY: usize = 256 * 1024;

@@ -18,7 +18,8 @@ pub struct Request {
 }
 
 impl Request {
-    #[allow(dead_code)] // Used by the Discord fake.
+    /// The value of header `name` (any case), if sent.
+    #[allow(dead_code)] // Not every fake reads headers.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
@@ -30,6 +31,9 @@ pub enum Reply {
     /// A status, extra headers and a JSON body (empty for none, e.g. 204).
     #[allow(dead_code)] // Used by the Discord fake.
     Full(u16, Vec<(String, String)>, String),
+    /// A status, its headers (no JSON content type added) and a binary body (the iLink CDN).
+    #[allow(dead_code)] // Used by the iLink fake.
+    Bytes(u16, Vec<(String, String)>, Vec<u8>),
     /// Close the connection without answering.
     Drop,
 }
@@ -107,17 +111,16 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let (status, extra, text) = match handler(Request { method, path, headers, body }) {
-            Reply::Json(status, text) => (status, Vec::new(), text),
-            Reply::Full(status, extra, text) => (status, extra, text),
+        let json = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let (status, extra, body) = match handler(Request { method, path, headers, body }) {
+            Reply::Json(status, text) => (status, json, text.into_bytes()),
+            Reply::Full(status, extra, text) => (status, [json, extra].concat(), text.into_bytes()),
+            Reply::Bytes(status, extra, body) => (status, extra, body),
             Reply::Drop => return,
         };
         let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
-            text.len()
-        );
-        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(text.as_bytes())).is_err() {
+        let head = format!("HTTP/1.1 {status} X\r\n{extra}Content-Length: {}\r\n\r\n", body.len());
+        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&body)).is_err() {
             return;
         }
     }

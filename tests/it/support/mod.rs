@@ -1,6 +1,8 @@
 //! Shared test helpers: temporary homes, the tether binary as a real process, bounded waits.
 
+pub mod fake_dingtalk;
 pub mod fake_discord;
+pub mod fake_ilink;
 pub mod fake_telegram;
 pub mod http;
 
@@ -184,6 +186,36 @@ pub fn run_tether(args: &[&str], home: &Path) -> Output {
     let _ = child.kill();
     let _ = child.wait();
     panic!("tether {args:?} did not finish within 30 s");
+}
+
+/// Run `tether ARGS` to completion with `input` on its stdin, at most `within`.
+#[allow(dead_code)]
+pub fn run_tether_with_input(args: &[&str], home: &Path, input: &str, within: Duration) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(tether_bin())
+        .args(args)
+        .env("TETHER_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Written up front: the pipe buffer holds it until tether reads it.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    panic!(
+        "tether {args:?} did not finish within {within:?}; stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Poll `cond` every 20 ms until it holds or `within` passes.

@@ -1,0 +1,264 @@
+//! The WeChat poll thread: long-polls `getupdates` with the server's cursor, turns each user
+//! message into an inbound message (media fetched first), and moves the cursor only after the
+//! batch is in the fsynced journal and the users' context tokens are saved: no message is
+//! lost or repeated across restarts, and a restarted tether can answer at once.
+//!
+//! An expired login (errcode -14) parks the channel with "run tether weixin-login CHANNEL",
+//! logged once; it then waits for the account file to change (a new login is picked up
+//! without a restart) and otherwise tries again only every few minutes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+
+use crate::access_files::AccessFiles;
+use crate::config::ChannelConfig;
+use crate::core::gate::{self, Verdict};
+use crate::event::Inbound;
+use crate::health::{Probe, wall_ms};
+use crate::journal::{Journal, JournalEntry};
+
+use super::account;
+use super::api::{self, Api};
+use super::link::{Link, NoSession};
+use super::wire::{self, Failure};
+
+/// Our wait beyond the server's hold before calling a poll dead.
+const POLL_MARGIN: Duration = Duration::from_secs(10);
+/// After an expired login, try the old one again this seldom (a new login is noticed at once).
+pub const EXPIRED_RETRY: Duration = Duration::from_secs(300);
+/// How often a waiting channel looks at the account file.
+const ACCOUNT_CHECK: Duration = Duration::from_secs(1);
+
+/// The pause after `consecutive` failed polls (both reference plugins: 2 s, and 30 s after
+/// three in a row).
+pub fn retry_delay(consecutive: u32) -> Duration {
+    if consecutive >= 3 { Duration::from_secs(30) } else { Duration::from_secs(2) }
+}
+
+pub struct Poller {
+    pub link: Arc<Link>,
+    pub config: ChannelConfig,
+    pub inbound: Sender<Inbound>,
+    pub stop: Receiver<()>,
+    pub probe: Probe,
+    pub journal: Arc<Journal>,
+}
+
+/// Wait `delay` unless asked to stop; true when the loop should end.
+fn pause(stop: &Receiver<()>, delay: Duration) -> bool {
+    !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Timeout))
+}
+
+fn stopped(stop: &Receiver<()>) -> bool {
+    !matches!(stop.try_recv(), Err(TryRecvError::Empty))
+}
+
+impl Poller {
+    fn target(&self) -> &str {
+        self.link.channel()
+    }
+
+    pub fn run(self) {
+        let removed = super::media::clean_old(&self.link.home, self.target());
+        if removed > 0 {
+            log::info!(target: self.target(), "removed {removed} media files older than 7 days");
+        }
+        // The login the cursor belongs to (bot id and login time: a new login starts afresh).
+        let mut cursor: Option<((String, u64), String)> = None;
+        let mut failures = 0u32;
+        let mut hold = wire::DEFAULT_HOLD;
+        let mut parked: Option<String> = None;
+        loop {
+            if stopped(&self.stop) {
+                return;
+            }
+            let session = match self.link.session() {
+                Ok(session) => session,
+                Err(why) => {
+                    let reason = match why {
+                        NoSession::NotLoggedIn => format!(
+                            "not logged in to WeChat: run `tether weixin-login {}` (looked for {})",
+                            self.target(),
+                            account::account_path(&self.link.home, self.target()).display()
+                        ),
+                        NoSession::Unreadable(e) => format!("{e}; run `tether weixin-login {}`", self.target()),
+                    };
+                    self.park(&mut parked, reason);
+                    if self.wait_for_login(Duration::from_secs(3600)) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let bot = session.account.bot_id.clone();
+            let login = (bot.clone(), session.account.saved_at);
+            if cursor.as_ref().is_none_or(|(l, _)| *l != login) {
+                let saved = account::load_cursor(&self.link.home, self.target(), &bot);
+                if !saved.is_empty() {
+                    log::info!(target: self.target(), "resuming from the saved cursor");
+                }
+                cursor = Some((login.clone(), saved));
+            }
+            let position = cursor.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+            let result =
+                session.api.post(wire::path::GET_UPDATES, &wire::get_updates_body(&position), hold + POLL_MARGIN);
+            match result {
+                Ok(reply) => {
+                    self.resume(&mut parked, failures);
+                    failures = 0;
+                    let updates = wire::parse_updates(&reply);
+                    hold = updates.hold.unwrap_or(wire::DEFAULT_HOLD);
+                    match self.take(&session.api, &bot, updates) {
+                        Ok(Some(next)) => cursor = Some((login, next)),
+                        Ok(None) => {}
+                        Err(error) => {
+                            // The cursor did not move: the server sends these messages again.
+                            if self.probe.failed(&error) {
+                                log::error!(target: self.target(), "{error}; not taking messages until it can");
+                            }
+                            if pause(&self.stop, retry_delay(3)) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                // Our own timeout at the end of a long poll: nothing new, same cursor.
+                Err(f) if api::is_timeout(&f) => self.resume(&mut parked, failures),
+                Err(Failure::SessionExpired(detail)) => {
+                    let reason = format!(
+                        "the WeChat login expired or was replaced ({detail}): run `tether weixin-login {}`",
+                        self.target()
+                    );
+                    self.park(&mut parked, reason);
+                    if self.wait_for_login(EXPIRED_RETRY) {
+                        return;
+                    }
+                }
+                Err(failure) => {
+                    failures += 1;
+                    let error = format!("getupdates failed: {failure}");
+                    if self.probe.failed(&error) {
+                        log::warn!(target: self.target(), "{error}");
+                    } else {
+                        log::debug!(target: self.target(), "{error}");
+                    }
+                    if pause(&self.stop, retry_delay(failures)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Say once why the channel cannot work, and show it unhealthy.
+    fn park(&self, parked: &mut Option<String>, reason: String) {
+        if parked.as_deref() != Some(reason.as_str()) {
+            log::error!(target: self.target(), "{reason}");
+            self.probe.park(&reason);
+            *parked = Some(reason);
+        }
+    }
+
+    /// A poll came back: healthy again (after a new login, say so).
+    fn resume(&self, parked: &mut Option<String>, failures: u32) {
+        if parked.take().is_some() {
+            log::info!(target: self.target(), "WeChat answers again; polling");
+            self.probe.with(|health, _| health.parked = None);
+        } else if failures > 0 {
+            log::info!(target: self.target(), "polling again after {failures} failed attempts");
+        }
+        self.probe.ok();
+    }
+
+    /// Wait until the account file changes or `at_most` passes; true when asked to stop.
+    fn wait_for_login(&self, at_most: Duration) -> bool {
+        let path = account::account_path(&self.link.home, self.target());
+        let seen = self.link.account_fingerprint();
+        let deadline = Instant::now() + at_most;
+        while Instant::now() < deadline {
+            if pause(&self.stop, ACCOUNT_CHECK) {
+                return true;
+            }
+            if crate::store::fingerprint(&path) != seen {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Journal one batch, save the context tokens, move and save the cursor, then pass the
+    /// new messages on; returns the new cursor. On a journal error nothing moves.
+    fn take(&self, api: &Api, bot: &str, updates: wire::Updates) -> Result<Option<String>, String> {
+        let now = wall_ms();
+        let mut entries = Vec::new();
+        let mut tokens_changed = false;
+        for raw in &updates.messages {
+            let Some(message) = crate::adapters::contain(|| wire::parse_message(raw)) else {
+                // Its id only: the text is a stranger's.
+                let id = raw.get("message_id").or_else(|| raw.get("seq")).map(|v| v.to_string()).unwrap_or_default();
+                log::warn!(target: self.target(), "skipped message {id}: it could not be decoded");
+                continue;
+            };
+            let Some(message) = message else { continue };
+            if let Some(token) = &message.context_token {
+                tokens_changed |= self.link.context_received(&message.from_user_id, token, now);
+            }
+            let skeleton = wire::to_inbound(self.target(), &message, Vec::new(), &[]);
+            let (attachments, failed) = if message.media.is_empty() {
+                (Vec::new(), Vec::new())
+            } else if self.may_fetch_media(&skeleton) {
+                self.link.fetch_media(api, &message)
+            } else {
+                log::debug!(target: self.target(), "media of {} not fetched: the sender is not allowed", message.from_user_id);
+                (Vec::new(), Vec::new())
+            };
+            let inbound = wire::to_inbound(self.target(), &message, attachments, &failed);
+            self.probe.received();
+            entries.push(JournalEntry { sent_at_ms: inbound.sent_at_ms.unwrap_or(now), message: inbound });
+        }
+        let fresh = self
+            .journal
+            .record(entries)
+            .map_err(|e| format!("cannot write the journal {}: {e}", self.journal.path().display()))?;
+        if tokens_changed && let Err(e) = self.link.save_contexts() {
+            // Not fatal: the token is in memory; a restart before the next message loses it.
+            log::warn!(target: self.target(), "{e}");
+        }
+        if let Some(next) = &updates.cursor
+            && let Err(e) = account::save_cursor(&self.link.home, self.target(), bot, next)
+        {
+            // Not fatal: the journal knows these messages if the server sends them again.
+            log::warn!(target: self.target(), "{e}");
+        }
+        for message in fresh {
+            log::debug!(target: self.target(), "message {:?} from {}", message.message_id, message.sender_id);
+            if self.inbound.send(Inbound::Message(message)).is_err() {
+                break; // The daemon is gone; the journal replays these at the next start.
+            }
+        }
+        Ok(updates.cursor)
+    }
+
+    /// Files are fetched only for senders the gates would pass: nothing from a stranger is
+    /// stored (the pairing request itself needs no file).
+    fn may_fetch_media(&self, message: &crate::event::InboundMessage) -> bool {
+        let paired = AccessFiles::new(&self.link.home, self.target())
+            .read()
+            .map(|book| book.is_approved(&message.sender_id))
+            .unwrap_or(false);
+        matches!(gate::check(&self.config, message, paired), Verdict::Pass)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays() {
+        let delays: Vec<u64> = (1..=5).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![2, 2, 30, 30, 30]);
+    }
+}
