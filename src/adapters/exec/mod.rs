@@ -11,7 +11,7 @@
 //! restarts the whole channel with its backoff (1 s doubling to 60 s, reset after a minute of
 //! running): a fresh process gets a fresh `hello`, and unanswered messages stay in the journal.
 
-mod protocol;
+pub(crate) mod protocol;
 
 use std::collections::HashMap;
 use std::io::{BufReader, Write};

@@ -9,7 +9,7 @@
 //! This channel only listens: it has no outbox of its own to serve and no thread to supervise
 //! (the small HTTP server `net::httpd` runs the connections and stops when its guard drops).
 
-mod intake;
+pub(crate) mod intake;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
