@@ -215,4 +215,6 @@ fn garbage_and_huge_lines_from_a_plugin_are_skipped_and_reported_once() {
     assert!(log.contains("skipped a line from the adapter: not JSON"), "log:\n{log}");
     assert!(!log.contains("future"), "the version-9 message was skipped");
     assert!(!log.contains("the adapter exited"), "log:\n{log}");
+    // It declared no typing: none was written to it.
+    assert!(!written().contains(r#""type":"typing""#), "{}", written());
 }
