@@ -162,6 +162,15 @@ fn a_crashed_plugin_is_restarted_and_answers_again() {
     assert_eq!(ann.next_message(WAIT).as_deref(), Some("echo: are you back?"), "log:\n{}", service.log());
     let restarts = read_status(home.path()).and_then(|s| s.pointer("/channels/local/restarts").and_then(Value::as_u64));
     assert_eq!(restarts, Some(1), "{:?}", read_status(home.path()));
+
+    // Stopping tether stops the adapter too (its stdin closes).
+    let mut service = service;
+    service.signal("TERM");
+    assert!(service.wait_exit(WAIT).is_some(), "log:\n{}", service.log());
+    let gone = wait_until(WAIT, || {
+        !std::process::Command::new("kill").args(["-0", &pid.to_string()]).status().unwrap().success()
+    });
+    assert!(gone, "the adapter {pid} outlived tether");
 }
 
 /// An adapter that writes junk before a good message, and records what tether writes to it.
