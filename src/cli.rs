@@ -22,6 +22,8 @@ Usage:
   tether stop                stop the running service (SIGTERM, then SIGKILL after 5 s)
   tether status [--json]     is it running, and how is each channel doing
   tether check               validate the config and print what would run (secrets masked)
+  tether audit [--since DURATION] [--channel NAME] [--user ID] [--json]
+                             print the audit log (oldest first, across rotated files)
   tether admin-url           print the admin page's address with its admin token (keep it private)
   tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
                              manage who may use a channel (`tether pairing` for details)
@@ -46,6 +48,7 @@ pub enum Command {
     Stop,
     Status { json: bool },
     Check,
+    Audit(crate::audit_cli::AuditQuery),
     AdminUrl,
     Pairing(crate::pairing_cli::PairingCommand),
     DemoAgent { args: Vec<String> },
@@ -78,6 +81,10 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
             Long("detach") => detach = true,
             Long("log-file") => log_file = Some(parser.value()?.into()),
             Long("json") => json = true,
+            Long(name @ ("since" | "channel" | "user")) if command.as_deref() == Some("audit") => {
+                words.push(format!("--{name}"));
+                words.push(parser.value()?.string()?);
+            }
             Long("home") => opts.home = Some(parser.value()?.into()),
             Long("listen") if command.as_deref() == Some("demo") => opts.listen = Some(parser.value()?.string()?),
             Short('v') | Long("verbose") => opts.verbose = true,
@@ -99,6 +106,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
     let misplaced = match command.as_deref() {
         Some("start") if json => Some("--json"),
         Some("status") if detach || log_file.is_some() => Some(if detach { "--detach" } else { "--log-file" }),
+        Some("audit") if !detach && log_file.is_none() => None,
         Some("start" | "status") => None,
         _ if detach => Some("--detach"),
         _ if log_file.is_some() => Some("--log-file"),
@@ -120,6 +128,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
         Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
+        Some("audit") => Command::Audit(crate::audit_cli::parse(&words, json)?),
         Some("weixin-login") => match words.as_slice() {
             [channel] => Command::WeixinLogin { channel: channel.clone() },
             _ => {
@@ -172,6 +181,11 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             let config = load_config(opts)?;
             print!("{}", describe(&config, &home_dir(opts)?));
             Ok(0)
+        }
+        Command::Audit(query) => {
+            let config = load_config(opts)?;
+            let stdout = std::io::stdout();
+            crate::audit_cli::run(&config, &query, crate::health::wall_ms(), &mut stdout.lock())
         }
         Command::AdminUrl => {
             let home = home_dir(opts)?;
@@ -483,6 +497,22 @@ pub fn describe(config: &Config, home: &Path) -> String {
                 crate::adapters::weixin::account::describe(home, &channel.name, now)
             ));
         }
+        if config.disabled.contains(&channel.name) {
+            out.push_str("    disabled: \"enabled\": false, so it is not started\n");
+        }
+    }
+    if let Some(types) = &config.allowed_channel_types {
+        out.push_str(&format!("allowedChannelTypes: {}\n", types.join(", ")));
+    }
+    match &config.audit {
+        Some(audit) => out.push_str(&format!(
+            "audit: {} (content {}, rotated at {} bytes, {} files kept)\n",
+            audit.path.display(),
+            audit.content.name(),
+            audit.max_bytes,
+            audit.max_files
+        )),
+        None => out.push_str("audit: off\n"),
     }
     out
 }

@@ -27,6 +27,13 @@ pub struct Config {
     /// The settings file's `env` section. Not written into our own process environment
     /// (that needs `unsafe` in edition 2024); used for `$VAR` lookups and given to the agent.
     pub env: BTreeMap<String, String>,
+    /// Channels with `"enabled": false`: configured and checked, not started (they stay in
+    /// `channels`; the daemon leaves them out).
+    pub disabled: std::collections::BTreeSet<String>,
+    /// `allowedChannelTypes`: the platforms a channel may use (`None`: any this build has).
+    pub allowed_channel_types: Option<Vec<String>>,
+    /// `audit`: the audit log (`None`: off).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// Name under which the top-level `agent` object is stored in [`Config::agents`].
@@ -474,18 +481,84 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
     let env = get_string_map(&root, "env", top)?;
     let agents = parse_agents(&root, top)?;
     let vars = Vars { file: &env, process: cx.env };
+    let allowed_channel_types = parse_allowed_channel_types(&root, top, cx)?;
+    let audit = parse_audit(&root, top, cx)?;
     let empty = Object::new();
     let mut channels = BTreeMap::new();
-    for (name, value) in get_object(&root, "channels", top)?.unwrap_or(&empty) {
+    let mut disabled = std::collections::BTreeSet::new();
+    let all = get_object(&root, "channels", top)?.unwrap_or(&empty);
+    for (name, value) in all {
         let at = Place { path: cx.path, channel: Some(name), prefix: "" };
         check_channel_name(name, at)?;
         let Value::Object(obj) = value else {
             return Err(at.error_here(format!("expected an object, found {}", describe(value))));
         };
-        let all = get_object(&root, "channels", top)?.unwrap_or(&empty);
-        channels.insert(name.clone(), parse_channel(name, obj, at, cx, &vars, &agents, all)?);
+        let channel = parse_channel(name, obj, at, cx, &vars, &agents, all)?;
+        if let Some(allowed) = &allowed_channel_types
+            && !allowed.iter().any(|t| t == channel.platform.name)
+        {
+            return Err(at.error(
+                "type",
+                format!(
+                    "\"{}\" is not in \"allowedChannelTypes\" [{}]: add it there, or remove this channel",
+                    channel.platform.name,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if !get_bool(obj, "enabled", at)?.unwrap_or(true) {
+            disabled.insert(name.clone());
+        }
+        channels.insert(name.clone(), channel);
     }
-    Ok(Config { path: cx.path.to_path_buf(), agents, channels, env })
+    Ok(Config { path: cx.path.to_path_buf(), agents, channels, env, disabled, allowed_channel_types, audit })
+}
+
+/// `allowedChannelTypes`: each one a platform this build has.
+fn parse_allowed_channel_types(
+    root: &Object,
+    top: Place<'_>,
+    cx: &ParseContext<'_>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(types) = get_string_array(root, "allowedChannelTypes", top)? else { return Ok(None) };
+    for name in &types {
+        if crate::adapters::find(cx.platforms, name).is_none() {
+            let available: Vec<&str> = cx.platforms.iter().map(|p| p.name).collect();
+            return Err(top.error(
+                "allowedChannelTypes",
+                format!("\"{name}\" is not a platform this build has; it has: {}", available.join(", ")),
+            ));
+        }
+    }
+    Ok(Some(types))
+}
+
+/// `audit`: `{"path": "...", "content": "full" | "hash" | "none", "maxBytes": n, "maxFiles": n}`.
+fn parse_audit(
+    root: &Object,
+    top: Place<'_>,
+    cx: &ParseContext<'_>,
+) -> Result<Option<crate::audit::AuditConfig>, ConfigError> {
+    use crate::audit::{AuditConfig, Content, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES};
+    const CONTENTS: &[(&str, Content)] = &[("full", Content::Full), ("hash", Content::Hash), ("none", Content::None)];
+    let Some(obj) = get_object(root, "audit", top)? else { return Ok(None) };
+    let at = Place { prefix: "audit", ..top };
+    let Some(raw) = get_string(obj, "path", at)? else {
+        return Err(at.error("path", "required: the audit log's file, e.g. \"/var/log/tether/audit.jsonl\""));
+    };
+    // `~` and relative paths as for `cwd` (the only error: `~` without HOME).
+    let path = resolve_cwd(Some(raw.clone()), cx, at).map_err(|_| {
+        at.error("path", format!("\"{raw}\" starts with ~ but HOME is not set: write an absolute path"))
+    })?;
+    let Some(content) = get_enum(obj, "content", at, CONTENTS)? else {
+        return Err(at.error("content", format!("required: what to keep of texts, one of: {}", names(CONTENTS))));
+    };
+    Ok(Some(AuditConfig {
+        path,
+        content,
+        max_bytes: get_positive(obj, "maxBytes", at)?.unwrap_or(DEFAULT_MAX_BYTES),
+        max_files: get_positive(obj, "maxFiles", at)?.map_or(DEFAULT_MAX_FILES, to_usize),
+    }))
 }
 
 type Object = Map<String, Value>;
@@ -514,6 +587,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "turnTimeoutMs",
     "maxBacklogAge",
     "evictIdleAfter",
+    "enabled",
 ];
 
 const SENDER_POLICIES: &[(&str, SenderPolicy)] =
@@ -962,7 +1036,7 @@ fn get_duration(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<Duratio
     }
 }
 
-fn parse_duration_secs(text: &str) -> Option<u64> {
+pub(crate) fn parse_duration_secs(text: &str) -> Option<u64> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at_checked(split)?;
     let scale = match unit.trim() {
@@ -1938,5 +2012,56 @@ mod tests {
             r#"{{"channels": {{"p": {{"type": "telegram", "token": "{secret_value}", "dispatchMode": "x"}}}}}}"#
         );
         assert!(!error_text(&text, &[]).contains(secret_value));
+    }
+
+    #[test]
+    fn audit_enabled_and_allowed_channel_types() {
+        use crate::audit::{AuditConfig, Content};
+        let config = parse_with(
+            r#"{"audit": {"path": "logs/audit.jsonl", "content": "hash", "maxFiles": 3},
+                "allowedChannelTypes": ["telegram", "webchat"],
+                "channels": {"phone": {"type": "telegram", "token": "123:abc", "enabled": false},
+                             "web": {"type": "webchat"}}}"#,
+            &[],
+        )
+        .unwrap();
+        let expected = AuditConfig {
+            path: PathBuf::from("/srv/start/logs/audit.jsonl"),
+            content: Content::Hash,
+            max_bytes: crate::audit::DEFAULT_MAX_BYTES,
+            max_files: 3,
+        };
+        assert_eq!(config.audit, Some(expected));
+        assert_eq!(config.disabled.iter().collect::<Vec<_>>(), ["phone"]);
+        assert_eq!(config.channels.len(), 2, "a disabled channel stays configured");
+        let off = parse_with(&telegram(""), &[]).unwrap();
+        assert_eq!((off.audit, off.disabled.len(), off.allowed_channel_types), (None, 0, None));
+
+        let p = FILE;
+        let cases = [
+            (
+                r#"{"allowedChannelTypes": ["webchat"], "channels": {"phone": {"type": "telegram", "token": "1:a"}}}"#,
+                format!(
+                    r#"{p}: channel "phone", key "type": "telegram" is not in "allowedChannelTypes" [webchat]: add it there, or remove this channel"#
+                ),
+            ),
+            (
+                r#"{"allowedChannelTypes": ["slack"]}"#,
+                format!(r#"{p}: key "allowedChannelTypes": "slack" is not a platform this build has; it has: "#),
+            ),
+            (
+                r#"{"audit": {"content": "full"}}"#,
+                format!(r#"{p}: key "audit.path": required: the audit log's file, e.g. "/var/log/tether/audit.jsonl""#),
+            ),
+            (r#"{"audit": {"path": "/a", "content": "some"}}"#, format!(r#"{p}: key "audit.content": "#)),
+            (
+                r#"{"channels": {"web": {"type": "webchat", "enabled": "no"}}}"#,
+                format!(r#"{p}: channel "web", key "enabled": expected true or false"#),
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_text(text, &[]);
+            assert!(error.starts_with(&expected), "{error}\nexpected: {expected}");
+        }
     }
 }

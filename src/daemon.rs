@@ -19,6 +19,8 @@ use crate::access_files;
 use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters::{ChannelIo, RunningChannel, Supervisor, ThreadEnd};
 use crate::admin_source::DaemonAdmin;
+use crate::audit::AuditEvent;
+use crate::audit_writer::{self, AuditWriter};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, Config, PermissionPolicy, SenderPolicy};
 use crate::core::{Action, Core, Event};
@@ -141,12 +143,16 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         .map_or(health::DEFAULT_UNHEALTHY_AFTER, Duration::from_millis);
     log::info!(target: "tether", "starting {} channel(s): {}", names.len(), names.join(", "));
 
-    let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(1024);
-    let (inbound_tx, inbound_rx) = bounded::<Inbound>(1024);
+    // Bounded, so a flood waits at its source; small, because a bounded channel allocates every
+    // slot up front (1024 slots of these cost 0.43 MiB of idle memory).
+    let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(256);
+    let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let access = access_watcher(&options.home, &config);
     let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
+    let audit = start_audit(config.audit.as_ref());
     let mut daemon = Daemon {
         admin,
+        audit,
         saved_sessions: None,
         home: options.home.clone(),
         core: Core::new(&config),
@@ -178,6 +184,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     for name in agent_names {
         let spec = agent_spec(&daemon.config, &name)?;
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
+        audit_writer::record(AuditEvent::AgentStarted { agent: name.clone() });
         daemon.core.agent_starting(&name);
         daemon.agents.insert(name, agent);
     }
@@ -233,6 +240,8 @@ const CHANNEL_STABLE: Duration = Duration::from_secs(60);
 struct Daemon {
     /// What the web chat's admin page shows and does.
     admin: DaemonAdmin,
+    /// The audit log's writer, when `audit` is configured (installed for the process).
+    audit: Option<AuditWriter>,
     /// The sessions last written to `sessions.json`.
     saved_sessions: Option<BTreeMap<String, crate::core::SessionRecord>>,
     home: PathBuf,
@@ -394,6 +403,7 @@ impl Daemon {
                 let error = a.start_failure(reason);
                 return self.give_up(error);
             }
+            audit_writer::record(AuditEvent::AgentCrashed { agent: agent.clone(), reason: reason.clone() });
             if let Some(a) = self.agents.get_mut(&agent) {
                 let now = Instant::now();
                 match a.crashed(now) {
@@ -425,14 +435,15 @@ impl Daemon {
         for name in due {
             self.restarts.remove(&name);
             let Some(agent) = self.agents.get_mut(&name) else { continue };
-            if let Err(e) = agent.restart(self.agent_tx.clone()) {
-                match agent.crashed(now) {
+            match agent.restart(self.agent_tx.clone()) {
+                Ok(()) => audit_writer::record(AuditEvent::AgentRestarted { agent: name }),
+                Err(e) => match agent.crashed(now) {
                     Restart::At { at, .. } => {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
                         self.restarts.insert(name, at);
                     }
                     Restart::GiveUp { .. } => return self.give_up(e),
-                }
+                },
             }
         }
         Ok(())
@@ -471,6 +482,7 @@ impl Daemon {
                 Action::SavePairingRequest { channel, request } => {
                     self.access.save_request(&channel, request, wall_ms())
                 }
+                Action::Audit(event) => audit_writer::record(event),
             }
         }
     }
@@ -636,6 +648,7 @@ impl Daemon {
             }
             match agent_spec(&new, name).and_then(|spec| Agent::start(spec, self.agent_tx.clone())) {
                 Ok(agent) => {
+                    audit_writer::record(AuditEvent::AgentStarted { agent: name.clone() });
                     self.core.agent_starting(name);
                     self.agents.insert(name.clone(), agent);
                 }
@@ -664,6 +677,13 @@ impl Daemon {
                 log::error!(target: name.as_str(), "cannot start: {e}");
             }
         }
+        if self.config.audit != new.audit {
+            if let Some(writer) = self.audit.take() {
+                audit_writer::install(None);
+                writer.stop();
+            }
+            self.audit = start_audit(new.audit.as_ref());
+        }
         self.config = new;
         // Pairing files: the channels that use pairing now, read afresh.
         self.access = access_watcher(&self.home, &self.config);
@@ -684,6 +704,7 @@ impl Daemon {
         self.publish(true);
         log::info!(target: "tether", "config reloaded: added [{}], removed [{}], restarted [{}]",
             added.join(", "), removed.join(", "), changed.join(", "));
+        audit_writer::record(AuditEvent::ConfigReloaded { added, removed, restarted: changed });
     }
 
     /// Log once when a channel goes deaf, and once when it recovers.
@@ -722,6 +743,8 @@ impl Daemon {
             started_at: self.started_at_ms,
             updated_at: now_ms,
             channels,
+            disabled: self.config.disabled.iter().cloned().collect(),
+            audit: crate::audit_writer::status(),
         }
     }
 
@@ -740,7 +763,7 @@ impl Daemon {
             })
             .collect();
         let state = serde_json::json!({
-            "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid},
+            "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid, "audit": status.audit},
             "channels": channels,
             "sessions": self.core.sessions_overview(),
         });
@@ -811,7 +834,27 @@ impl Daemon {
         }
         self.state = "stopped";
         self.publish(true);
+        if let Some(writer) = self.audit.take() {
+            audit_writer::install(None);
+            writer.stop();
+        }
         drop(self.claim.take());
+    }
+}
+
+/// Start the audit log's writer and install it for the process (`None`: no audit log).
+fn start_audit(config: Option<&crate::audit::AuditConfig>) -> Option<AuditWriter> {
+    let config = config?;
+    match AuditWriter::start(config) {
+        Ok(writer) => {
+            log::info!(target: "audit", "audit log: {} (content {})", config.path.display(), config.content.name());
+            audit_writer::install(Some(writer.sink()));
+            Some(writer)
+        }
+        Err(e) => {
+            log::error!(target: "audit", "cannot start the audit writer: {e}; running without an audit log");
+            None
+        }
     }
 }
 
@@ -859,6 +902,9 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
     if !only.is_empty() {
         config.channels.retain(|name, _| only.contains(name));
     }
+    // `"enabled": false`: configured, checked, not started.
+    let disabled = config.disabled.clone();
+    config.channels.retain(|name, _| !disabled.contains(name));
     for channel in config.channels.values() {
         if !channel.cwd.is_dir() {
             return Err(Error::Other(format!(
@@ -868,6 +914,13 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
                 channel.cwd.display()
             )));
         }
+    }
+    if config.channels.is_empty() && !disabled.is_empty() {
+        return Err(Error::Other(format!(
+            "every channel in {} is disabled ({}): set \"enabled\": true on one of them",
+            config.path.display(),
+            disabled.iter().cloned().collect::<Vec<_>>().join(", ")
+        )));
     }
     if config.channels.is_empty() {
         return Err(Error::Other(format!(

@@ -80,6 +80,7 @@ pub struct Report {
 pub fn run(command: &PairingCommand, home: &Path, config: Result<Config, Error>, now_ms: u64) -> Result<Report, Error> {
     let name = command.channel();
     let mut notes = String::new();
+    let audit = config.as_ref().ok().and_then(|c| c.audit.clone());
     let channel = match config {
         Ok(config) => match config.channels.get(name) {
             Some(channel) => Some(channel.clone()),
@@ -97,9 +98,56 @@ pub fn run(command: &PairingCommand, home: &Path, config: Result<Config, Error>,
             None
         }
     };
-    let mut report = execute(command, &AccessFiles::new(home, name), channel.as_ref(), now_ms)?;
+    let files = AccessFiles::new(home, name);
+    let decision = audit.as_ref().and_then(|_| decision(command, &files, now_ms));
+    let mut report = execute(command, &files, channel.as_ref(), now_ms)?;
+    if let (Some(audit), Some(event), 0) = (&audit, decision, report.status) {
+        // The service has its own writer; one line appended whole (O_APPEND) sits beside its
+        // lines, and its next rotation carries it along.
+        if let Err(e) = crate::audit_writer::append_once(audit, &event.by(crate::audit::Actor::Cli)) {
+            notes.push_str(&format!("note: cannot write the audit log {}: {e}\n", audit.path.display()));
+        }
+    }
     report.stderr = notes + &report.stderr;
     Ok(report)
+}
+
+/// A pairing decision `command` will make, for the audit log (read before it runs: an
+/// approved or denied code leaves the pending list).
+pub struct Decision {
+    channel: String,
+    decision: crate::audit::PairingDecision,
+    sender: String,
+}
+
+impl Decision {
+    pub fn by(self, by: crate::audit::Actor) -> crate::audit::AuditEvent {
+        crate::audit::AuditEvent::PairingDecided {
+            channel: self.channel,
+            decision: self.decision,
+            sender: self.sender,
+            by,
+        }
+    }
+}
+
+/// The decision `command` is about to make, when it is one.
+pub fn decision(command: &PairingCommand, files: &AccessFiles, now_ms: u64) -> Option<Decision> {
+    use crate::audit::PairingDecision;
+    let channel = command.channel().to_string();
+    let of_code = |code: &str| {
+        let code = normalize_code(code);
+        let book = files.read().ok()?;
+        let sender = book.live(now_ms).find(|r| r.code == code).map(|r| r.sender_id.clone());
+        Some(sender.unwrap_or(code))
+    };
+    let (decision, sender) = match command {
+        PairingCommand::Approve { code, .. } => (PairingDecision::Approved, of_code(code)?),
+        PairingCommand::Deny { code, .. } => (PairingDecision::Denied, of_code(code)?),
+        PairingCommand::Revoke { user, .. } => (PairingDecision::Revoked, user.clone()),
+        PairingCommand::List { .. } | PairingCommand::Allowed { .. } => return None,
+    };
+    Some(Decision { channel, decision, sender })
 }
 
 /// The command itself, given the channel's config when it is known.

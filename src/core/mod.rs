@@ -6,6 +6,7 @@
 //! (`commands.rs`), then its session (`routing.rs` for the key, `session.rs` for dispatch), with
 //! its text assembled by `prompt.rs`.
 
+mod audit;
 pub(crate) mod commands;
 pub(crate) mod gate;
 pub(crate) mod pairing;
@@ -62,6 +63,8 @@ pub enum Action {
         channel: String,
         request: pairing::PairingRequest,
     },
+    /// Record this in the audit log (when one is configured).
+    Audit(crate::audit::AuditEvent),
     /// These messages of a journaled channel need nothing more: the gates dropped them, a
     /// newer message steered them away, `/clear` or a reload discarded them, or everything
     /// they asked for was already sent. (A message answered by a text is settled by the
@@ -128,6 +131,8 @@ pub struct Core {
     unsettled: BTreeSet<(String, MessageRef)>,
     /// Unix ms, for the age of messages (backlog) and pairing times.
     wall_ms: u64,
+    /// An audit log is configured: [`Action::Audit`] records are returned (else dropped here).
+    audit: bool,
 }
 
 /// The turn settings of a channel (defaults when the channel is gone).
@@ -157,6 +162,7 @@ impl Core {
             dormant: HashMap::new(),
             unsettled: BTreeSet::new(),
             wall_ms: 0,
+            audit: config.audit.is_some(),
         }
     }
 
@@ -244,6 +250,9 @@ impl Core {
         }
         self.settle_cancelled_permissions(&mut actions);
         self.settle_released(&mut actions);
+        if !self.audit {
+            actions.retain(|a| !matches!(a, Action::Audit(_)));
+        }
         actions
     }
 
@@ -344,7 +353,12 @@ impl Core {
             return self.backlog_notice(message, age_ms, actions);
         }
         // The gates run before anything else looks at the message (commands included).
+        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&message.sender_id));
+        let verdict = gate::check(channel, &message, paired);
+        let before = actions.len();
         if !self.access.admit(channel, &message, actions) {
+            let records = audit::refused(&message, &verdict, actions.get(before..).unwrap_or_default());
+            actions.extend(records);
             return;
         }
         if message.is_group && channel.capabilities().addressed_commands && commands::addressed_elsewhere(&message.text)
@@ -354,6 +368,7 @@ impl Core {
         }
         let key = routing::session_key(channel.session_scope, &message);
         let reply = routing::reply_to(&message);
+        actions.push(audit::accepted(&message, &key));
         // A webhook event is no person: never a command, never an answer to a question.
         let from_person = message.webhook.is_none();
         if let Some(answer) = permissions::parse_text_answer(&message.text).filter(|_| from_person) {
@@ -698,6 +713,7 @@ impl Core {
         self.evict_idle(now);
         for pending in self.permissions.expire(now) {
             log::info!(target: pending.chat.channel.as_str(), "permission request {} timed out; refused", pending.id);
+            actions.push(audit::timed_out(&pending));
             let request = AgentRequest::AnswerPermission { request: pending.request, outcome: pending.refusal() };
             actions.push(Action::Agent { agent: pending.agent.clone(), request });
             actions.push(settled(&pending, "timed out, refused"));
@@ -780,12 +796,14 @@ impl Core {
                 let outcome = pick(&[PermissionKind::AllowOnce])
                     .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
                 log::info!(target: target, "{key}: tool {:?} allowed by policy (permissions: allow): {outcome:?}", call.title);
+                actions.push(audit::by_policy(&chat, &key, &call, &options, &outcome));
                 actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
             }
             PermissionPolicy::Deny => {
                 let outcome = pick(&[PermissionKind::RejectOnce, PermissionKind::RejectAlways])
                     .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
                 log::info!(target: target, "{key}: tool {:?} refused by policy (permissions: deny)", call.title);
+                actions.push(audit::by_policy(&chat, &key, &call, &options, &outcome));
                 actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
             }
             PermissionPolicy::Relay => {
@@ -821,6 +839,7 @@ impl Core {
                     return refuse(agent, actions);
                 };
                 log::info!(target: target, "{key}: asking the chat about tool {:?} (request {})", pending.call.title, pending.id);
+                actions.push(audit::asked(&pending));
                 actions.push(Action::Send(Outbound::Ask {
                     chat,
                     key: pending.message_key(),
@@ -928,8 +947,10 @@ impl Core {
             })
         };
         let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&press.sender_id));
-        if gate::check(channel, &as_message, paired) != gate::Verdict::Pass {
+        let verdict = gate::check(channel, &as_message, paired);
+        if verdict != gate::Verdict::Pass {
             log::info!(target: channel.name.as_str(), "ignored a button press from {}: not allowed by the gates", press.sender_id);
+            actions.extend(audit::refused(&as_message, &verdict, &[]));
             actions.push(ack("Not allowed."));
             return;
         }
@@ -954,6 +975,7 @@ impl Core {
         match self.permissions.answer(chat, sender, answer) {
             Resolution::Settled { pending, outcome, reply } => {
                 log::info!(target: chat.channel.as_str(), "permission request {} answered by {sender}: {outcome:?}", pending.id);
+                actions.push(audit::answered(&pending, sender, &outcome));
                 let request = AgentRequest::AnswerPermission { request: pending.request, outcome };
                 actions.push(Action::Agent { agent: pending.agent.clone(), request });
                 let outcome_text = reply.trim_end_matches('.').trim_start_matches("Permission ").to_string();
@@ -1100,6 +1122,7 @@ impl Core {
         let sessions = &self.sessions;
         self.by_session_id.retain(|_, key| sessions.contains_key(key));
         self.channels = config.channels.clone();
+        self.audit = config.audit.is_some();
     }
 }
 

@@ -655,6 +655,9 @@ mod core_tests {
             agents: Default::default(),
             channels: [("tg".to_string(), c)].into(),
             env: Default::default(),
+            disabled: Default::default(),
+            allowed_channel_types: None,
+            audit: None,
         };
         let mut core = Core::new(&config);
         let mut n = 0u8;

@@ -23,6 +23,9 @@ fn core_with(channels: Vec<ChannelConfig>) -> Core {
         agents: BTreeMap::new(),
         channels: channels.into_iter().map(|c| (c.name.clone(), c)).collect(),
         env: BTreeMap::new(),
+        disabled: Default::default(),
+        allowed_channel_types: None,
+        audit: None,
     };
     Core::new(&config)
 }
@@ -1249,6 +1252,9 @@ fn reload_keeps_sessions_of_untouched_channels() {
         agents: BTreeMap::new(),
         channels: BTreeMap::from([("tg".to_string(), tg)]),
         env: BTreeMap::new(),
+        disabled: Default::default(),
+        allowed_channel_types: None,
+        audit: None,
     };
     core.set_channels(&config);
     assert_eq!((core.session_count("tg"), core.session_count("web")), (1, 0));

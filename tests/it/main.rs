@@ -3,6 +3,7 @@
 
 mod access;
 mod agents;
+mod audit;
 mod cli;
 mod conversations;
 mod dingtalk;
