@@ -34,6 +34,11 @@ pub struct InboundMessage {
     /// When the person sent it, by the platform's clock (unix ms), when the platform says: a
     /// message older than the channel's `maxBacklogAge` gets a notice instead of a turn.
     pub sent_at_ms: Option<u64>,
+    /// Set only by the webhook adapter, once a request's signature (or shared secret) checked
+    /// out: the name of the webhook source. Such a message is an event, not a person: the
+    /// target channel's sender gates let it through because the source authenticated, and it
+    /// is never read as a command or an answer to a permission request.
+    pub webhook: Option<String>,
 }
 
 impl InboundMessage {

@@ -1318,6 +1318,7 @@ fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
         quoted_text: None,
         attachments,
         sent_at_ms: None,
+        webhook: None,
     };
     match shared.inbound.send_timeout(Inbound::Message(message), INBOUND_SEND_TIMEOUT) {
         Ok(()) => None,

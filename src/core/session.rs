@@ -310,7 +310,8 @@ impl Session {
         let text = prompt::compose(note, instructions, &body);
         let images = batch.iter().flat_map(|w| w.images.iter().cloned()).collect();
         let mut senders: Vec<String> = Vec::new();
-        for sender in batch.iter().map(|w| &w.sender) {
+        // An event (no sender) leaves the answer to anyone the gates admit.
+        for sender in batch.iter().map(|w| &w.sender).filter(|s| !s.is_empty()) {
             if !senders.contains(sender) {
                 senders.push(sender.clone());
             }

@@ -1644,3 +1644,47 @@ fn collected_messages_keep_every_image_in_order() {
         ],
     );
 }
+
+/// An authenticated webhook event (`webhook` set by the webhook adapter) for chat 111 of "tg":
+/// through the gates though its sender is in no list, never a command, and the permission
+/// requests of its turn are answered by the people the channel admits.
+#[test]
+fn a_webhook_event_runs_a_turn_whose_questions_the_chats_people_answer() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    let event = |text: &str| {
+        inbound(InboundMessage {
+            sender_id: "webhook:ci".into(),
+            sender_name: "webhook ci".into(),
+            webhook: Some("ci".into()),
+            ..dm_msg("111", text)
+        })
+    };
+    check(
+        &mut core,
+        t0,
+        vec![
+            (event("/status"), vec![new_session("tg:webhook:ci:111")]),
+            (created("tg:webhook:ci:111", "s9"), vec![typing("111"), prompt("s9", "/status")]),
+            // The same words from someone merely named like a webhook are a stranger's.
+            (inbound(InboundMessage { sender_id: "webhook:ci".into(), ..dm_msg("111", "/status") }), vec![]),
+        ],
+    );
+    let asked = core.handle(permission_request("s9", 5), t0);
+    assert!(matches!(&asked[0], Action::Send(Outbound::Ask { chat: c, .. }) if *c == chat("111")), "{asked:?}");
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("999", "/approve"), vec![]),
+            (
+                dm("111", "/approve"),
+                vec![
+                    answer(5, Some("proceed_once")),
+                    edit("111", "1", "🔐 touch demo.txt — approved"),
+                    text("111", "Permission approved."),
+                ],
+            ),
+        ],
+    );
+}

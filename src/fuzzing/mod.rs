@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ws_frames", ws_frames),
     ("weixin_update", weixin_update),
     ("dingtalk_frame", dingtalk_frame),
+    ("plugin_input", plugin_input),
 ];
 
 /// The bot of the Telegram target.
@@ -500,6 +501,63 @@ pub fn dingtalk_frame(data: &[u8]) {
         assert!(!first || !dedup.first_time(id, n as u64), "an id is taken once");
     }
     assert!(dedup.remembered() <= 8);
+    assert_eq!(contained_panics(), panics);
+}
+
+/// Exec adapters and webhooks: the bytes as what an adapter writes on its stdout (lines
+/// through the bounded reader, each decoded), and as a webhook request's body (signed, then
+/// replayed) and as a prompt template. No decoder panics; lines stay within their bound and
+/// hold no newline; a message belongs to the exec channel, never carries the webhook mark,
+/// and its ids are bounded; a signed body is accepted once and its replay refused; the
+/// payload is cut within its bound; templates fill without panicking.
+pub fn plugin_input(data: &[u8]) {
+    use crate::adapters::exec::protocol::{self, FromAdapter, Line, LineReader};
+    use crate::adapters::webhook::intake::{self, Auth, Delivery, Intake, Refusal, Source};
+    let panics = contained_panics();
+    let mut reader = LineReader::new(std::io::BufReader::with_capacity(16, data), 64);
+    let mut seen = 0usize;
+    while let Ok(Some(line)) = reader.next_line() {
+        seen += 1;
+        assert!(seen <= data.len() + 1, "more lines than bytes");
+        let Line::Text(bytes) = line else { continue };
+        assert!(bytes.len() <= 64 && !bytes.contains(&b'\n'), "{bytes:?}");
+    }
+    if let Ok(FromAdapter::Message(m)) = protocol::decode(data, "fuzz") {
+        assert_eq!(m.channel, "fuzz");
+        assert!(m.webhook.is_none(), "an adapter can never mark a message as a webhook event");
+        for id in
+            [Some(&m.chat_id), Some(&m.sender_id), m.message_id.as_ref(), m.thread_id.as_ref()].into_iter().flatten()
+        {
+            assert!(id.chars().count() <= 256, "{id:?}");
+        }
+        assert!(!m.chat_id.is_empty() && !m.sender_id.is_empty());
+        assert!(m.attachments.iter().all(|a| a.path.is_absolute()));
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = intake::fill(&text, "src", "ev", &text);
+    let payload = intake::payload_text(data);
+    assert!(payload.chars().count() <= intake::MAX_PAYLOAD_CHARS + 80, "the payload is cut");
+    let source = Source {
+        name: "ci".into(),
+        secret: "fuzz-secret-0123456789".into(),
+        auth: Auth::HmacSha256,
+        target: crate::event::ChatRef { channel: "phone".into(), chat_id: "1".into(), thread_id: None },
+        template: text.to_string(),
+        session: "ci".into(),
+    };
+    let mut intake = Intake::new(vec![source]);
+    let signature = intake::sign("fuzz-secret-0123456789", None, data);
+    let header = |name: &str| match name {
+        intake::SIGNATURE_HEADER => Some(signature.clone()),
+        "X-GitHub-Event" => Some(text.to_string()),
+        _ => None,
+    };
+    let delivery = Delivery { source: "ci", header: &header, body: data };
+    let now = Instant::now();
+    let message =
+        intake.judge(&delivery, 1_767_000_000, now).unwrap_or_else(|e| panic!("a signed body is refused: {e:?}"));
+    assert_eq!((message.channel.as_str(), message.webhook.as_deref()), ("phone", Some("ci")));
+    assert_eq!(intake.judge(&delivery, 1_767_000_000, now).map(|_| ()), Err(Refusal::Replayed));
     assert_eq!(contained_panics(), panics);
 }
 

@@ -275,6 +275,7 @@ fn parse_message(msg: &Value, channel: &str, bot: &BotIdentity) -> Option<Inboun
         quoted_text,
         attachments: Vec::new(),
         sent_at_ms: msg.get("date").and_then(Value::as_u64).map(|secs| secs.saturating_mul(1000)),
+        webhook: None,
     })
 }
 
