@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::render::{CutAt, classify_cut, fence_regions, invents_fence};
+use crate::render::{CutAt, classify_cut, fence_regions, head_reads_as_fence, invents_fence};
 
 /// `minChars`, `maxChars` and `idleMs` of §6.2. Lengths are UTF-16 code units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ impl BlockStreamer {
                     break;
                 }
                 let at = classify_cut(p + 1, p + 1, &regions);
-                if fits(p + 1, at) && !invents_fence(buf, p + 1) {
+                if fits(p + 1, at) && !cuts_into_fence_line(buf, p + 1) {
                     chosen = Some((p + 1, at));
                     break;
                 }
@@ -226,7 +226,7 @@ impl BlockStreamer {
             let mut cut = window;
             while cut > 0 {
                 let at = classify_cut(cut, cut, &regions);
-                if fits(cut, at) && !invents_fence(buf, cut) {
+                if fits(cut, at) && !cuts_into_fence_line(buf, cut) {
                     chosen = Some((cut, at));
                     break;
                 }
@@ -256,6 +256,14 @@ impl BlockStreamer {
             }
         }
     }
+}
+
+/// Whether a cut of `buf` at byte `cut`, in the middle of a line, makes either part of that
+/// line read as a fence line (the next block would open a code block the text never had).
+fn cuts_into_fence_line(buf: &str, cut: usize) -> bool {
+    let Some((head, _)) = buf.split_at_checked(cut) else { return true };
+    let line_head = head.rfind('\n').map_or(head, |p| head.get(p + 1..).unwrap_or_default());
+    invents_fence(buf, cut) || (!head.ends_with('\n') && head_reads_as_fence(line_head))
 }
 
 fn emit(out: &mut Vec<String>, block: &str) {

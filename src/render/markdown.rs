@@ -89,6 +89,14 @@ pub(crate) fn invents_fence(text: &str, at: usize) -> bool {
     FenceOpen::parse(rest.split('\n').next().unwrap_or_default()).is_some()
 }
 
+/// Whether `line_head`, the start of a line up to a cut in its middle, reads as a fence line
+/// (the whole line does not, or the cut would not be mid-line in a fence's marker): a chunk
+/// ending there would open or close a code block the text never had.
+pub(crate) fn head_reads_as_fence(line_head: &str) -> bool {
+    let body = line_head.trim_start_matches([' ', '\t']);
+    (body.starts_with("```") || body.starts_with("~~~")) && FenceOpen::parse(line_head).is_some()
+}
+
 /// Where one fenced block sits in a text, as byte offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FenceRegion {

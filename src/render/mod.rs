@@ -16,7 +16,9 @@ pub use plain::plain_text;
 pub use telegram::telegram_html;
 
 pub(crate) use markdown::FenceOpen;
-pub(crate) use markdown::{CutAt, FenceRegion, classify_cut, fence_regions, invents_fence, normalize_newlines};
+pub(crate) use markdown::{
+    CutAt, FenceRegion, classify_cut, fence_regions, head_reads_as_fence, invents_fence, normalize_newlines,
+};
 
 #[cfg(test)]
 pub(crate) mod tests {
