@@ -3,9 +3,7 @@
 //! (a fence cut in two is closed at the end of one chunk and reopened in the next).
 
 use super::html::{is_joiner, split_html};
-use super::markdown::{
-    CutAt, FenceRegion, classify_cut, fence_regions, head_reads_as_fence, invents_fence, normalize_newlines,
-};
+use super::markdown::{CutAt, FenceRegion, classify_cut, fence_regions, normalize_newlines, reads_as_fence_line};
 use super::plain::plain_text;
 use super::telegram::telegram_html;
 
@@ -110,14 +108,21 @@ impl Text<'_> {
     }
 
     /// Whether ending the chunk that starts at `start` at `end`, and starting the next at
-    /// `next`, in the middle of a line, makes either part of that line read as a fence line.
-    fn cuts_into_fence_line(&self, start: usize, end: usize, next: usize) -> bool {
+    /// `next`, cuts a line so that either half reads as a fence line (see
+    /// [`reads_as_fence_line`]).
+    fn cuts_into_fence_line(&self, start: usize, end: usize, next: usize, at: CutAt) -> bool {
         // A cut whose next chunk starts right after a newline ends its line: nothing is cut.
-        let mid_line = next > 0 && next < self.chars.len() && self.chars[next - 1] != '\n' && end > 0;
-        mid_line
-            && (invents_fence(self.text, self.bytes[next])
-                // The chunk's last line, from the line's start or the chunk's, if later.
-                || head_reads_as_fence(self.slice(self.line_start[end - 1].max(start), end)))
+        if !(end > 0 && next > 0 && next < self.chars.len() && self.chars[next - 1] != '\n') {
+            return false;
+        }
+        let inside = match at {
+            CutAt::InFence(i) => self.regions.get(i),
+            _ => None,
+        };
+        let rest = self.text.get(self.bytes[next]..).unwrap_or_default();
+        // The chunk's last line, from the line's start or the chunk's, if later.
+        let head = self.slice(self.line_start[end - 1].max(start), end);
+        reads_as_fence_line(rest, inside) || reads_as_fence_line(head, inside)
     }
 
     fn classify(&self, end: usize, next: usize) -> CutAt {
@@ -241,7 +246,7 @@ fn choose_cut(
             return;
         }
         let at = t.classify(end, next);
-        if at == CutAt::Invalid || !fits(end, at) || t.cuts_into_fence_line(start, end, next) {
+        if at == CutAt::Invalid || !fits(end, at) || t.cuts_into_fence_line(start, end, next, at) {
             return;
         }
         // A blank line inside code is only a line break.
@@ -312,7 +317,7 @@ fn choose_cut(
             continue;
         }
         let at = t.classify(end, end);
-        if at != CutAt::Invalid && fits(end, at) && !t.cuts_into_fence_line(start, end, end) {
+        if at != CutAt::Invalid && fits(end, at) && !t.cuts_into_fence_line(start, end, end, at) {
             return Cut { end, next: end, at };
         }
     }
