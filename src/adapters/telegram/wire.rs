@@ -22,7 +22,9 @@ pub use crate::adapters::outbox::Failure;
 
 /// Decode an HTTP reply from the Bot API into its `result`, or a classified failure.
 pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
-    let Ok(reply) = serde_json::from_str::<Value>(body) else {
+    let parsed = serde_json::from_str::<Value>(body)
+        .or_else(|e| without_lone_surrogates(body).map_or(Err(e), |fixed| serde_json::from_str::<Value>(&fixed)));
+    let Ok(reply) = parsed else {
         let what = if status >= 500 || status == 200 { Failure::Transient } else { Failure::Rejected };
         return Err(what(format!("HTTP {status} with a body that is not JSON: {}", body_preview(body))));
     };
@@ -44,6 +46,53 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
         200 => Failure::Transient(format!("reply without ok: {}", body_preview(body))),
         c => Failure::Rejected(format!("HTTP {c}: {description}")),
     })
+}
+
+/// `body` with each `\uD800`–`\uDFFF` escape that is not half of a pair replaced by `\uFFFD`,
+/// or `None` when it has none. JSON allows lone surrogates; serde_json refuses them, and one
+/// broken emoji in one message would otherwise make the whole batch undecodable, the offset
+/// would never move, and the bot would be deaf.
+fn without_lone_surrogates(body: &str) -> Option<String> {
+    let hex_at = |i: usize| body.get(i..i + 4).and_then(|h| u16::from_str_radix(h, 16).ok());
+    let escape_at = |i: usize| if body.get(i..i + 2) == Some("\\u") { hex_at(i + 2) } else { None };
+    let mut out = String::with_capacity(body.len());
+    let mut copied = 0; // `body[..copied]` is in `out`.
+    let mut changed = false;
+    let mut in_string = false;
+    let mut i = 0;
+    let bytes = body.as_bytes();
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => {
+                let lone = match escape_at(i) {
+                    Some(0xD800..=0xDBFF) => !matches!(escape_at(i + 6), Some(0xDC00..=0xDFFF)),
+                    Some(0xDC00..=0xDFFF) => true,
+                    _ => false,
+                };
+                let paired = matches!(escape_at(i), Some(0xD800..=0xDBFF)) && !lone;
+                if lone {
+                    out.push_str(body.get(copied..i)?);
+                    out.push_str("\\ufffd");
+                    copied = i + 6;
+                    changed = true;
+                }
+                i += if lone {
+                    6
+                } else if paired {
+                    12
+                } else {
+                    2
+                };
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(body.get(copied..)?);
+    changed.then_some(out)
 }
 
 pub fn parse_identity(result: &Value) -> Option<BotIdentity> {
@@ -538,6 +587,28 @@ mod tests {
         for (status, body, expected) in cases {
             assert_eq!(parse_reply(status, body), expected, "{status} {body}");
         }
+    }
+
+    #[test]
+    fn lone_surrogates_do_not_make_a_batch_undecodable() {
+        let body = |text: &str| format!(r#"{{"ok":true,"result":[{{"update_id":1,"text":"{text}"}}]}}"#);
+        let cases = [
+            (r"a\ud83d b", "a\u{fffd} b"),
+            (r"\ud83d\ude00", "😀"),
+            (r"\ude00\ud83d", "\u{fffd}\u{fffd}"),
+            (r"\ud83d\u0041", "\u{fffd}A"),
+            (r"\\ud83d", r"\ud83d"),
+            (r#"\"\ud800"#, "\"\u{fffd}"),
+            (r"\ud83d", "\u{fffd}"),
+            ("Ⱥ\\ud800ẞ", "Ⱥ\u{fffd}ẞ"),
+        ];
+        for (text, expected) in cases {
+            let result = parse_reply(200, &body(text)).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(result[0]["text"], expected, "{text}");
+        }
+        // A key may hold one too.
+        assert!(parse_reply(200, r#"{"ok":true,"result":{"\udc00":1}}"#).is_ok());
+        assert!(matches!(parse_reply(200, r#"{"ok":true,"result":"\ud83d"#), Err(Failure::Transient(_))));
     }
 
     #[test]

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use crate::support::http::{Reply, Request, Server};
 
 pub const TOKEN: &str = "123456:TEST-token";
+/// The key under which an update queued as raw JSON text is kept.
+const RAW: &str = "__raw_json";
 pub const BOT_ID: i64 = 4242;
 pub const BOT_USERNAME: &str = "tether_test_bot";
 
@@ -309,6 +311,22 @@ impl FakeTelegram {
         state.next_update_id += 1;
         message["message_id"] = json!(id);
         state.updates.push_back(json!({"update_id": id, "message": message}));
+        cvar.notify_all();
+    }
+
+    /// Queue a private message from `from` whose JSON text field is `text_json`, written into
+    /// the reply exactly as given (e.g. `"\\ud83d"`, a lone surrogate: valid JSON that no
+    /// Rust string can hold).
+    pub fn push_raw_message(&self, from: i64, text_json: &str) {
+        let (lock, cvar) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        let id = state.next_update_id;
+        state.next_update_id += 1;
+        let raw = format!(
+            r#"{{"update_id":{id},"message":{{"message_id":{id},"date":{},"chat":{{"id":{from},"type":"private"}},"from":{{"id":{from},"is_bot":false,"first_name":"User"}},"text":"{text_json}"}}}}"#,
+            unix_now()
+        );
+        state.updates.push_back(json!({"update_id": id, RAW: raw}));
         cvar.notify_all();
     }
 
@@ -635,8 +653,14 @@ fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {
             return ok(json!([]));
         }
         if !st.updates.is_empty() {
-            let batch: Vec<Value> = st.updates.iter().take(100).cloned().collect();
-            return ok(Value::Array(batch));
+            // Updates queued with `push_raw_message` go out exactly as written.
+            let batch: Vec<String> = st
+                .updates
+                .iter()
+                .take(100)
+                .map(|u| u.get(RAW).and_then(Value::as_str).map_or_else(|| u.to_string(), str::to_string))
+                .collect();
+            return Reply::Json(200, format!(r#"{{"ok":true,"result":[{}]}}"#, batch.join(",")));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
