@@ -324,6 +324,17 @@ pub fn create_message(content: &str, reply_to: Option<&str>, buttons: &[(String,
     body
 }
 
+/// The `payload_json` of a message carrying one file (`files[0]`): the caption, cut to
+/// Discord's limit, and the attachment's name.
+pub fn file_message(caption: Option<&str>, file_name: &str) -> Value {
+    let content: String = caption.unwrap_or_default().chars().take(MESSAGE_LIMIT).collect();
+    json!({
+        "content": content,
+        "allowed_mentions": {"parse": [], "replied_user": false},
+        "attachments": [{"id": 0, "filename": file_name}],
+    })
+}
+
 /// Action rows of up to 5 buttons, at most 5 rows; labels ≤ 80 and ids ≤ 100 characters as
 /// Discord requires. A "deny" button is red, the first button green, others grey.
 pub fn components(buttons: &[(String, String)]) -> Value {
