@@ -807,4 +807,13 @@ mod tests {
         assert_eq!(snowflake_ms("0"), Some(DISCORD_EPOCH_MS));
         assert_eq!(snowflake_ms("x"), None);
     }
+
+    #[test]
+    fn a_file_message_names_its_attachment_and_cuts_the_caption() {
+        let body = file_message(Some(&"x".repeat(2500)), "plot.png");
+        assert_eq!(body["content"].as_str().map(|c| c.chars().count()), Some(2000));
+        assert_eq!(body["attachments"], json!([{"id": 0, "filename": "plot.png"}]));
+        assert_eq!(body["allowed_mentions"]["parse"], json!([]));
+        assert_eq!(file_message(None, "a")["content"], "");
+    }
 }
