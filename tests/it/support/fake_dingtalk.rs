@@ -404,7 +404,7 @@ fn handle(
         }
         "/media/upload" => {
             let token = query(&req.path, "access_token").unwrap_or_default();
-            if !s.tokens.get(&token).is_some_and(|until| *until > Instant::now()) {
+            if s.tokens.get(&token).is_none_or(|until| *until <= Instant::now()) {
                 s.stale_token_uses += 1;
                 return json_reply(json!({"errcode": 42001, "errmsg": "access_token expired"}));
             }
