@@ -306,3 +306,35 @@ fn dingtalk_a_refused_ticket_is_replaced_by_a_fresh_one() {
     fake.dm("alice", "connected at last");
     wait_for(&fake, &service, "cid-alice", |s| s.text == "echo: connected at last");
 }
+
+#[test]
+fn image_markers_are_uploaded_and_sent_as_pictures_from_the_allowed_directories_only() {
+    let fake = FakeDingTalk::start();
+    let home = TempDir::new("dt-media-out");
+    let work = home.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.resize(2048, 7);
+    std::fs::write(work.join("plot.png"), &png).unwrap();
+    std::fs::write(work.join("notes.txt"), b"notes").unwrap();
+    home.write_config(&config(&fake, json!({"cwd": work})));
+    let service = Service::start_with_env(&home, &[], &[("DT_SECRET", CLIENT_SECRET)]);
+    assert!(fake.wait_connections(1, WAIT), "never connected; log:\n{}", service.log());
+    let w = work.display();
+    // The demo agent echoes: its answer carries the markers.
+    fake.dm("alice", &format!("look [IMAGE: {w}/plot.png] [FILE: {w}/notes.txt] [FILE: /etc/passwd]"));
+    let text = wait_for(&fake, &service, "cid-alice", |s| s.text.starts_with("echo:"));
+    assert!(!text.text.contains("[IMAGE:") && !text.text.contains("/plot.png"), "{}", text.text);
+    assert!(text.text.contains("not sent: /etc/passwd is outside the allowed directories"), "{}", text.text);
+    // Files go through the robot API to the person (staff id), naming the uploaded media.
+    let picture = wait_for(&fake, &service, "alice", |s| s.title == "sampleImageMsg");
+    let file = wait_for(&fake, &service, "alice", |s| s.title == "sampleFile");
+    assert_eq!((picture.via, file.via), ("direct", "direct"));
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 2, "{uploads:?}");
+    assert_eq!((uploads[0].kind.as_str(), uploads[0].file_name.as_str()), ("image", "plot.png"));
+    assert_eq!((uploads[0].content_type.as_str(), &uploads[0].bytes), ("image/png", &png));
+    assert_eq!(picture.text, uploads[0].media_id);
+    assert_eq!((uploads[1].kind.as_str(), uploads[1].bytes.as_slice()), ("file", b"notes".as_slice()));
+    assert_eq!(file.text, format!("{} notes.txt", uploads[1].media_id));
+}

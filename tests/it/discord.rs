@@ -219,3 +219,36 @@ fn messages_posted_while_tether_was_stopped_are_fetched_at_the_next_start() {
     assert_eq!(posted.iter().filter(|b| content(b) == "echo: before the stop").count(), 1, "{posted:?}");
     assert_eq!(posted.iter().filter(|b| content(b) == "echo: while stopped").count(), 1, "{posted:?}");
 }
+
+#[test]
+fn image_markers_go_out_as_attachments_from_the_allowed_directories_only() {
+    let fake = FakeDiscord::start();
+    let home = TempDir::new("dc-media-out");
+    let work = home.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.resize(2048, 7);
+    std::fs::write(work.join("plot.png"), &png).unwrap();
+    std::fs::write(work.join("big.bin"), vec![0u8; 5000]).unwrap();
+    let (_home2, service) = start(&fake, "dc-media-out-svc", json!({"cwd": work, "maxMediaBytes": 4096}));
+    let dm = FakeDiscord::dm_channel("111");
+    assert!(wait_until(WAIT, || !fake.identifies().is_empty()), "log:\n{}", service.log());
+    let w = work.display();
+    // The demo agent echoes: its answer carries the markers.
+    fake.dm("111", &format!("look [IMAGE: {w}/plot.png] [FILE: /etc/passwd] [FILE: {w}/big.bin]"));
+    let text = fake.wait_post(&dm, WAIT, |c| c.starts_with("echo:"));
+    let text = text.unwrap_or_else(|| panic!("no reply; posted {:?}\nlog:\n{}", fake.posted(&dm), service.log()));
+    let text = content(&text);
+    assert!(wait_until(WAIT, || !fake.uploads().is_empty()), "no upload\nlog:\n{}", service.log());
+    let uploads = fake.uploads();
+    assert_eq!(uploads[0].channel, dm);
+    assert_eq!((uploads[0].file_name.as_str(), uploads[0].content_type.as_str()), ("plot.png", "image/png"));
+    assert_eq!(uploads[0].bytes, png);
+    assert_eq!(uploads[0].content, "", "the text goes as its own message, not as a caption");
+    // The marker went; the refused paths are named.
+    assert!(!text.contains("[IMAGE:") && !text.contains("/plot.png"), "{text}");
+    assert!(text.contains("not sent: /etc/passwd is outside the allowed directories"), "{text}");
+    assert!(text.contains(&format!("not sent: {w}/big.bin is 4 KB, over the limit of 4 KB")), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fake.uploads().len(), 1, "a refused file was sent");
+}

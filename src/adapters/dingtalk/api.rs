@@ -1,6 +1,6 @@
 //! The HTTP side of one DingTalk app: opening a Stream connection, the access token (cached
 //! until shortly before it expires, renewed once when a call says it is stale), the robot
-//! OpenAPI calls and the two-step file download. Shared by the stream, inbox and courier
+//! OpenAPI calls, the media upload and the two-step file download. Shared by the stream, inbox and courier
 //! threads of a channel.
 
 use std::sync::{Mutex, PoisonError};
@@ -12,10 +12,13 @@ use super::wire::{self, ApiError, Ticket, Token};
 use crate::adapters::outbox::Failure;
 use crate::health::wall_ms;
 use crate::net::http::{HttpClient, Method, RawReply};
+use crate::net::multipart;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A download of one file: its size is bounded too ([`MAX_DOWNLOAD_BYTES`]).
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// An upload of up to the channel's media limit may take a while on a slow link.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest file taken from a message.
 pub const MAX_DOWNLOAD_BYTES: u64 = 25 * 1024 * 1024;
 
@@ -99,6 +102,29 @@ impl App {
             let answer = match self.http.post_json_with(&url, &headers, body, timeout) {
                 Ok((status, text)) => wire::parse_openapi_reply(status, &text),
                 Err(e) => Err(Failure::Transient(e.to_string())),
+            };
+            match answer {
+                Err(Failure::Unauthorized(_)) if !renewed => {
+                    self.forget_token();
+                    renewed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `media/upload` (legacy API, token in the query): one file as a multipart `media` part;
+    /// returns its `media_id`. A token DingTalk calls invalid is renewed once.
+    pub fn upload_media(&self, image: bool, file_name: &str, mime: &str, bytes: &[u8]) -> Result<String, Failure> {
+        let boundary = multipart::pick_boundary(getrandom::u64().unwrap_or(0x7e7e_7e7e), &[bytes]);
+        let body = multipart::multipart(&boundary, &[], ("media", file_name, mime, bytes));
+        let headers = [("Content-Type", format!("multipart/form-data; boundary={boundary}"))];
+        let mut renewed = false;
+        loop {
+            let url = wire::media_upload_url(&self.oapi_base, &self.token()?, image);
+            let answer = match self.http.exchange(Method::Post, &url, &headers, &body, UPLOAD_TIMEOUT, 64 * 1024) {
+                Ok(reply) => wire::parse_media_upload(reply.status, &reply.text()),
+                Err(e) => Err(Failure::Transient(format!("media/upload: {e}"))),
             };
             match answer {
                 Err(Failure::Unauthorized(_)) if !renewed => {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded};
 use serde_json::Value;
 
+use crate::adapters::uploads::OutboundFiles;
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, contain, outbox};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
@@ -54,7 +55,7 @@ const INBOX_DEPTH: usize = 64;
 /// DingTalk, as the seam sees it.
 pub const PLATFORM: Platform = Platform {
     name: "dingtalk",
-    keys: &["clientId", "clientSecret", "apiBase", "oapiBase"],
+    keys: &["clientId", "clientSecret", "apiBase", "oapiBase", crate::media::KEY_MAX_BYTES],
     parse: parse_settings,
     capabilities: Capabilities {
         live_drafts: false,
@@ -78,10 +79,13 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         keys.required_secret("clientSecret", "your app's Client Secret (AppSecret)", "DINGTALK_CLIENT_SECRET")?;
     let api_base = keys.url("apiBase", None, DEFAULT_API_BASE)?;
     let oapi_base = keys.url("oapiBase", None, DEFAULT_OAPI_BASE)?;
-    Ok(PlatformSettings {
-        secrets: [("clientId", id), ("clientSecret", secret)].into(),
-        values: [("apiBase", Value::String(api_base)), ("oapiBase", Value::String(oapi_base))].into(),
-    })
+    let mut values: std::collections::BTreeMap<&'static str, Value> =
+        [("apiBase", Value::String(api_base)), ("oapiBase", Value::String(oapi_base))].into();
+    // The size limit of files sent out (received ones have their own cap).
+    if let Some(max) = keys.positive_integer(crate::media::KEY_MAX_BYTES)? {
+        values.insert(crate::media::KEY_MAX_BYTES, Value::from(max));
+    }
+    Ok(PlatformSettings { secrets: [("clientId", id), ("clientSecret", secret)].into(), values })
 }
 
 /// Start the stream, inbox and delivery threads of one DingTalk channel.
@@ -116,8 +120,15 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         media_dir: io.home.join("media"),
     };
     io.supervisor.spawn(format!("dt-inbox-{}", channel.name), move || inbox.run())?;
-    let courier =
-        Arc::new(send::DingTalkCourier { app, routes, channel: channel.name.clone(), reactions: Default::default() });
+    let max_bytes = crate::media::MediaLimits::from_settings(&channel.settings.values).max_bytes;
+    let files = OutboundFiles { roots: vec![channel.cwd.clone(), io.home.join("media")], max_bytes };
+    let courier = Arc::new(send::DingTalkCourier {
+        app,
+        routes,
+        channel: channel.name.clone(),
+        reactions: Default::default(),
+        files,
+    });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
     let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
     Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })

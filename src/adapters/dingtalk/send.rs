@@ -4,9 +4,11 @@
 //! robot OpenAPI once it expired (errcode 300001 or its expiry time) or when there is none,
 //! so an answer that took longer than the webhook lived still arrives. DingTalk has no
 //! typing indicator: a 👀 reaction on the person's message stands in while the agent works,
-//! taken back when the answer's first part is delivered.
+//! taken back when the answer's first part is delivered. Files from `[IMAGE: …]` / `[FILE: …]`
+//! are uploaded (`media/upload`) and sent as image or file messages by the robot API.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,8 +17,10 @@ use super::routes::Routes;
 use super::wire::{self, Route, WebhookError};
 use crate::adapters::outbox::{Call, Courier, Failure, Piece};
 use crate::adapters::pacing::PacingRules;
+use crate::adapters::uploads::OutboundFiles;
 use crate::event::ChatRef;
 use crate::health::wall_ms;
+use crate::media::{self, FileKind};
 use crate::render::{self, Units};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,6 +31,9 @@ const REACTIONS_MAX: usize = 256;
 /// One message: Qwen Code's 3800 UTF-16 units, well under the 20,000 DingTalk takes and the
 /// 15,000 bytes of a group send's `msgParam`.
 pub const MESSAGE_LIMIT: usize = 3800;
+
+/// DingTalk's limit on an image upload; a bigger picture goes as a file.
+const IMAGE_LIMIT: usize = 1024 * 1024;
 
 /// DingTalk limits a robot to about 20 messages a minute per conversation: the parts of one
 /// answer go at once, then one every 3 s.
@@ -43,6 +50,8 @@ pub(super) struct DingTalkCourier {
     pub routes: Arc<Routes>,
     pub channel: String,
     pub reactions: Mutex<Reactions>,
+    /// What `[IMAGE: …]` / `[FILE: …]` may send: under the channel's cwd or media directory.
+    pub files: OutboundFiles,
 }
 
 /// The 👀 reactions shown, by chat: the message each is on.
@@ -74,8 +83,17 @@ impl Courier for DingTalkCourier {
 
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         match call {
-            // Not queued: this courier has no `files()`, so markers stay in the text.
-            Call::SendFile { .. } => Err(Failure::Rejected("DingTalk file uploads go through Call::Send".into())),
+            Call::SendFile { chat, path, kind, caption } => {
+                // A session webhook takes no files: the robot API sends them. The caption
+                // (if any) goes first, as the text it is.
+                if let Some(caption) = caption.as_deref().filter(|c| !c.trim().is_empty()) {
+                    let piece = Piece { text: wire::titled(&wire::title_of(caption), caption), formatted: true };
+                    self.deliver(chat, &piece)?;
+                }
+                self.send_file(chat, path, *kind)?;
+                self.recall(chat);
+                Ok(None)
+            }
             Call::Typing(chat) => self.react(chat).map(|()| None),
             // No buttons to answer.
             Call::Ack { .. } => Ok(None),
@@ -90,6 +108,10 @@ impl Courier for DingTalkCourier {
 
     fn pacing(&self) -> PacingRules {
         PACING
+    }
+
+    fn files(&self) -> Option<&OutboundFiles> {
+        Some(&self.files)
     }
 }
 
@@ -165,11 +187,36 @@ impl DingTalkCourier {
         }
     }
 
+    /// Upload the file (`media/upload`), then send it as an image or file message through
+    /// the robot OpenAPI. The file is checked again as it is read.
+    fn send_file(&self, chat: &ChatRef, path: &Path, kind: FileKind) -> Result<(), Failure> {
+        let Some(route) = self.routes.get(&chat.chat_id) else {
+            return Err(Failure::Rejected(format!(
+                "no way to send a file to chat {}: DingTalk names the chat with each message, and none came from it",
+                chat.chat_id
+            )));
+        };
+        let bytes = self.files.read(path).map_err(Failure::Rejected)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = media::safe_file_name(&name, "file");
+        // DingTalk takes pictures up to 1 MiB as images; a bigger one goes as a file.
+        let mime = media::sniff_image(&bytes).filter(|_| kind == FileKind::Image && bytes.len() <= IMAGE_LIMIT);
+        let image = mime.is_some();
+        let media_id = self.app.upload_media(image, &name, mime.unwrap_or("application/octet-stream"), &bytes)?;
+        let (key, param) = wire::file_message(image, &media_id, &name);
+        self.robot_message(&route, key, &param)
+    }
+
     /// Through the robot OpenAPI: a group send, or a one-to-one send to the person.
     fn robot_send(&self, route: &Route, title: &str, text: &str) -> Result<(), Failure> {
+        self.robot_message(route, "sampleMarkdown", &wire::markdown_param(title, text))
+    }
+
+    /// One robot message of any kind, to the group or to the person.
+    fn robot_message(&self, route: &Route, key: &str, param: &str) -> Result<(), Failure> {
         let robot = route.robot_code.as_deref().unwrap_or(&self.app.client_id);
         let (path, body) = if route.is_group {
-            ("/v1.0/robot/groupMessages/send", wire::group_send(robot, &route.conversation_id, title, text))
+            ("/v1.0/robot/groupMessages/send", wire::group_message(robot, &route.conversation_id, key, param))
         } else {
             let Some(staff_id) = &route.staff_id else {
                 return Err(Failure::Rejected(format!(
@@ -178,7 +225,7 @@ impl DingTalkCourier {
                     route.conversation_id
                 )));
             };
-            ("/v1.0/robot/oToMessages/batchSend", wire::direct_send(robot, staff_id, title, text))
+            ("/v1.0/robot/oToMessages/batchSend", wire::direct_message(robot, staff_id, key, param))
         };
         self.app.call(path, &body).map(drop)
     }
@@ -196,6 +243,7 @@ mod tests {
             routes: Arc::new(routes),
             channel: "d".into(),
             reactions: Mutex::default(),
+            files: OutboundFiles { roots: vec![], max_bytes: 1 },
         }
     }
 

@@ -428,28 +428,61 @@ pub fn parse_token(status: u16, text: &str, now_ms: u64) -> Result<Token, ApiErr
 }
 
 /// `msgParam` of a markdown robot message (a JSON text inside the JSON).
-fn markdown_param(title: &str, text: &str) -> String {
+pub fn markdown_param(title: &str, text: &str) -> String {
     json!({"title": title, "text": text}).to_string()
 }
 
-/// `POST {apiBase}/v1.0/robot/groupMessages/send`.
-pub fn group_send(robot_code: &str, conversation_id: &str, title: &str, text: &str) -> Value {
+/// `POST {apiBase}/v1.0/robot/groupMessages/send`: a message of any kind (`msgKey` with its
+/// `msgParam` JSON text, e.g. `sampleMarkdown` with [`markdown_param`]).
+pub fn group_message(robot_code: &str, conversation_id: &str, msg_key: &str, msg_param: &str) -> Value {
     json!({
         "robotCode": robot_code,
         "openConversationId": conversation_id,
-        "msgKey": "sampleMarkdown",
-        "msgParam": markdown_param(title, text),
+        "msgKey": msg_key,
+        "msgParam": msg_param,
     })
 }
 
-/// `POST {apiBase}/v1.0/robot/oToMessages/batchSend` to one person.
-pub fn direct_send(robot_code: &str, staff_id: &str, title: &str, text: &str) -> Value {
+/// `POST {apiBase}/v1.0/robot/oToMessages/batchSend` to one person, of any kind.
+pub fn direct_message(robot_code: &str, staff_id: &str, msg_key: &str, msg_param: &str) -> Value {
     json!({
         "robotCode": robot_code,
         "userIds": [staff_id],
-        "msgKey": "sampleMarkdown",
-        "msgParam": markdown_param(title, text),
+        "msgKey": msg_key,
+        "msgParam": msg_param,
     })
+}
+
+/// `POST {oapiBase}/media/upload?access_token=…&type=image|file`, the file in a multipart
+/// `media` part; the answer's `media_id` is what an image or file message names.
+pub fn media_upload_url(oapi_base: &str, token: &str, image: bool) -> String {
+    let kind = if image { "image" } else { "file" };
+    format!("{oapi_base}/media/upload?access_token={}&type={kind}", percent_encode(token))
+}
+
+/// The `media_id` of an upload's answer. `errcode` 40014 / 42001 (a token that is invalid or
+/// expired) asks for a new token; any other refusal names DingTalk's reason.
+pub fn parse_media_upload(status: u16, text: &str) -> Result<String, Failure> {
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let errcode = value.get("errcode").and_then(Value::as_i64).unwrap_or(-1);
+    let media_id = value.get("media_id").and_then(Value::as_str).filter(|id| !id.is_empty());
+    match (status, errcode, media_id) {
+        (200, 0, Some(id)) => Ok(id.to_string()),
+        (_, 40014 | 42001, _) | (401, _, _) => Err(Failure::Unauthorized(format!("media/upload: {}", brief(text)))),
+        (s, _, _) if s >= 500 || s == 0 => Err(Failure::Transient(format!("media/upload HTTP {s}: {}", brief(text)))),
+        (s, _, _) => Err(Failure::Rejected(format!("DingTalk refused the upload (HTTP {s}): {}", brief(text)))),
+    }
+}
+
+/// The robot message that shows an uploaded file: `sampleImageMsg` for a picture,
+/// `sampleFile` (with its name and extension) for anything else.
+pub fn file_message(image: bool, media_id: &str, file_name: &str) -> (&'static str, String) {
+    if image {
+        return ("sampleImageMsg", json!({"photoURL": media_id}).to_string());
+    }
+    let extension = file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let file_type = if extension.is_empty() { "file".to_string() } else { extension };
+    ("sampleFile", json!({"mediaId": media_id, "fileName": file_name, "fileType": file_type}).to_string())
 }
 
 /// The answer of a new-style OpenAPI call (`x-acs-dingtalk-access-token`).
@@ -845,12 +878,12 @@ mod tests {
 
     #[test]
     fn robot_api_sends_and_answers() {
-        let g = group_send("rc", "cid", "T", "text");
+        let g = group_message("rc", "cid", "sampleMarkdown", &markdown_param("T", "text"));
         assert_eq!((g["robotCode"].as_str(), g["openConversationId"].as_str()), (Some("rc"), Some("cid")));
         let param: Value = serde_json::from_str(g["msgParam"].as_str().unwrap()).unwrap();
         assert_eq!(param, json!({"title": "T", "text": "text"}));
         assert_eq!(g["msgKey"], "sampleMarkdown");
-        let d = direct_send("rc", "0326", "T", "text");
+        let d = direct_message("rc", "0326", "sampleMarkdown", &markdown_param("T", "text"));
         assert_eq!(d["userIds"], json!(["0326"]));
         assert!(parse_openapi_reply(200, r#"{"processQueryKey":"k"}"#).is_ok());
         let cases = [
@@ -898,5 +931,24 @@ mod tests {
         assert!(d.first_time("b", DEDUP_WINDOW_MS + 3), "the oldest went first");
         d.forget("e");
         assert!(d.first_time("e", DEDUP_WINDOW_MS + 4));
+    }
+
+    #[test]
+    fn uploads_name_their_kind_and_file_messages_their_media() {
+        assert_eq!(media_upload_url("http://o", "t k", true), "http://o/media/upload?access_token=t%20k&type=image");
+        assert_eq!(parse_media_upload(200, r#"{"errcode":0,"media_id":"@lA1"}"#), Ok("@lA1".to_string()));
+        assert!(matches!(parse_media_upload(200, r#"{"errcode":42001}"#), Err(Failure::Unauthorized(_))));
+        assert!(matches!(
+            parse_media_upload(200, r#"{"errcode":40004,"errmsg":"bad type"}"#),
+            Err(Failure::Rejected(_))
+        ));
+        assert!(matches!(parse_media_upload(502, ""), Err(Failure::Transient(_))));
+        let (key, param) = file_message(true, "@m", "plot.png");
+        assert_eq!((key, param.as_str()), ("sampleImageMsg", r#"{"photoURL":"@m"}"#));
+        let (key, param) = file_message(false, "@m", "Report.PDF");
+        assert_eq!(key, "sampleFile");
+        let param: Value = serde_json::from_str(&param).unwrap();
+        assert_eq!(param, json!({"mediaId": "@m", "fileName": "Report.PDF", "fileType": "pdf"}));
+        assert_eq!(direct_message("rc", "0326", "sampleFile", "{}")["userIds"], json!(["0326"]));
     }
 }

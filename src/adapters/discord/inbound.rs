@@ -24,7 +24,7 @@ const MAX_SEEN: usize = 4096;
 /// Pages of 100 fetched per channel after a gap.
 const MAX_PAGES: usize = 5;
 /// Largest attachment downloaded (Discord's default upload limit is 10 MiB).
-const MAX_ATTACHMENT: u64 = 25 * 1024 * 1024;
+pub(super) const MAX_ATTACHMENT: u64 = 25 * 1024 * 1024;
 
 /// What the dispatcher hands on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,12 +21,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::adapters::uploads::OutboundFiles;
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::Inbound;
 use crate::health::wall_ms;
 use crate::journal::JournalEntry;
+use crate::media::MediaLimits;
 use inbound::{Delivery, Dispatcher, SentIds};
 use link::LinkEvent;
 
@@ -39,7 +41,7 @@ const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
 /// Discord, as the seam sees it.
 pub const PLATFORM: Platform = Platform {
     name: "discord",
-    keys: &["token", "apiBase"],
+    keys: &["token", "apiBase", crate::media::KEY_MAX_BYTES],
     parse: parse_settings,
     capabilities: Capabilities {
         live_drafts: false,
@@ -59,7 +61,12 @@ pub const PLATFORM: Platform = Platform {
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let token = keys.required_secret("token", "your bot token", "DISCORD_BOT_TOKEN")?;
     let api_base = keys.url("apiBase", None, DEFAULT_API_BASE)?;
-    Ok(PlatformSettings { secrets: [("token", token)].into(), values: [("apiBase", Value::String(api_base))].into() })
+    let mut values: std::collections::BTreeMap<&'static str, Value> = [("apiBase", Value::String(api_base))].into();
+    // Only the size limit: Discord keeps no downloads long enough to need `mediaRetention`.
+    if let Some(max) = keys.positive_integer(crate::media::KEY_MAX_BYTES)? {
+        values.insert(crate::media::KEY_MAX_BYTES, Value::from(max));
+    }
+    Ok(PlatformSettings { secrets: [("token", token)].into(), values })
 }
 
 /// Start the gateway thread and the sender of one Discord channel.
@@ -70,6 +77,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let rest = Arc::new(rest::Rest::new(api_base, &token));
     let sent = Arc::new(SentIds::default());
     let media = io.home.join("media").join(&name);
+    let media_root = media.clone();
     let state_path = io.home.join(format!("{name}-discord.json"));
 
     let ChannelIo { inbound, outbox, stop, probe, journal, supervisor, .. } = io;
@@ -146,7 +154,10 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         }
     })?;
 
-    let courier = Arc::new(send::DiscordCourier { rest, sent });
+    // Discord refuses attachments over its own limit: no use sending more than it takes in.
+    let max_bytes = MediaLimits::from_settings(&channel.settings.values).max_bytes.min(inbound::MAX_ATTACHMENT);
+    let files = OutboundFiles { roots: vec![channel.cwd.clone(), media_root], max_bytes };
+    let courier = Arc::new(send::DiscordCourier { rest, sent, files });
     let settle = outbox::Settle { channel: name, journal, probe };
     let drained = outbox::spawn(courier, outbox, settle, &supervisor)?;
     Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })

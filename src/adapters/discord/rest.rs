@@ -14,6 +14,11 @@ use crate::net::http::{HttpClient, Method};
 
 /// How long one REST call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// An upload of up to the channel's media limit may take a while on a slow link.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most of an answer to an upload we read (it is the message's JSON).
+const REPLY_LIMIT: u64 = 1024 * 1024;
+const USER_AGENT: &str = concat!("DiscordBot (https://github.com/tether, ", env!("CARGO_PKG_VERSION"), ")");
 /// Bound on remembered routes and buckets (a bot talks in a bounded number of channels; past
 /// this the expired ones are forgotten, then all).
 const MAX_BUCKETS: usize = 1024;
@@ -147,6 +152,35 @@ impl Rest {
     /// One call: refused at once if its bucket is empty, else sent; the answer's headers
     /// update the buckets. `path` starts with `/`.
     pub fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, RestFailure> {
+        let route = self.admit(method, path)?;
+        let headers = [("Authorization", self.authorization.as_str()), ("User-Agent", USER_AGENT)];
+        let url = format!("{}{path}", self.base);
+        let reply = self
+            .http
+            .request(method, &url, &headers, body, CALL_TIMEOUT)
+            .map_err(|e| RestFailure::Transient(e.to_string()))?;
+        self.settle(&route, reply.status, &reply.body, |name| reply.header(name))
+    }
+
+    /// A `multipart/form-data` POST (a file upload), through the same buckets as [`Rest::call`].
+    pub fn post_multipart(&self, path: &str, content_type: &str, body: &[u8]) -> Result<Value, RestFailure> {
+        let route = self.admit(Method::Post, path)?;
+        let headers = [
+            ("Authorization", self.authorization.clone()),
+            ("User-Agent", USER_AGENT.to_string()),
+            ("Content-Type", content_type.to_string()),
+        ];
+        let url = format!("{}{path}", self.base);
+        let reply = self
+            .http
+            .exchange(Method::Post, &url, &headers, body, UPLOAD_TIMEOUT, REPLY_LIMIT)
+            .map_err(|e| RestFailure::Transient(e.to_string()))?;
+        let text = reply.text();
+        self.settle(&route, reply.status, &text, |name| reply.header(name).map(str::to_string))
+    }
+
+    /// The route key of a call its bucket lets go now, or how long to wait.
+    fn admit(&self, method: Method, path: &str) -> Result<String, RestFailure> {
         let route = route_key(method, path);
         let (global, wait) = {
             let limits = self.limits();
@@ -159,20 +193,24 @@ impl Rest {
         if !wait.is_zero() {
             return Err(RestFailure::RateLimited(wait));
         }
-        let user_agent = concat!("DiscordBot (https://github.com/tether, ", env!("CARGO_PKG_VERSION"), ")");
-        let headers = [("Authorization", self.authorization.as_str()), ("User-Agent", user_agent)];
-        let url = format!("{}{path}", self.base);
-        let reply = self
-            .http
-            .request(method, &url, &headers, body, CALL_TIMEOUT)
-            .map_err(|e| RestFailure::Transient(e.to_string()))?;
-        let limits = wire::parse_rate_limit_headers(|name| reply.header(name));
-        let result = wire::parse_reply(reply.status, &reply.body, &limits);
+        Ok(route)
+    }
+
+    /// Read an answer and learn the buckets from its headers.
+    fn settle(
+        &self,
+        route: &str,
+        status: u16,
+        body: &str,
+        header: impl Fn(&str) -> Option<String>,
+    ) -> Result<Value, RestFailure> {
+        let limits = wire::parse_rate_limit_headers(header);
+        let result = wire::parse_reply(status, body, &limits);
         let retry_after = match &result {
             Err(RestFailure::RateLimited(d) | RestFailure::GlobalRateLimited(d)) => Some(*d),
             _ => None,
         };
-        self.limits().record(&route, reply.status, &limits, retry_after, Instant::now());
+        self.limits().record(route, status, &limits, retry_after, Instant::now());
         result
     }
 
@@ -186,6 +224,17 @@ impl Rest {
         let body = self.call(Method::Get, "/gateway/bot", None)?;
         wire::parse_gateway_bot(&body)
             .ok_or_else(|| RestFailure::Transient(format!("/gateway/bot answered without a ws(s):// url: {body}")))
+    }
+
+    /// Post one message with one file (`payload_json` and `files[0]`); returns its id.
+    pub fn create_message_with_file(
+        &self,
+        channel_id: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<String, RestFailure> {
+        let reply = self.post_multipart(&format!("/channels/{}/messages", id(channel_id)?), content_type, body)?;
+        Ok(reply.get("id").and_then(Value::as_str).unwrap_or_default().to_string())
     }
 
     /// Post one message; returns its id.

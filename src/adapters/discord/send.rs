@@ -1,9 +1,11 @@
 //! Discord's [`Courier`] for the shared outbox: replies cut into messages of at most 2000
 //! characters (Discord renders the agent's Markdown as is), one REST call per outbox call,
 //! and Discord's limits. The REST client's per-route buckets refuse a call that would be
-//! over its limit before sending it, so the outbox waits instead of earning a 429. Queues,
+//! over its limit before sending it, so the outbox waits instead of earning a 429. Files
+//! from `[IMAGE: …]` / `[FILE: …]` go as attachments (multipart). Queues,
 //! retries and journal settling are the outbox's.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,10 @@ use super::rest::Rest;
 use super::wire::{self, RestFailure};
 use crate::adapters::outbox::{Call, Courier, Failure, Piece};
 use crate::adapters::pacing::PacingRules;
+use crate::adapters::uploads::OutboundFiles;
 use crate::event::ChatRef;
+use crate::media;
+use crate::net::multipart;
 use crate::render::{Units, chunk_markdown};
 
 /// Discord's limits: 5 messages per 5 s per channel, 50 requests a second per bot. The
@@ -29,6 +34,8 @@ pub(super) struct DiscordCourier {
     pub rest: Arc<Rest>,
     /// Ids of what we sent, so a reply to one addresses the bot.
     pub sent: Arc<SentIds>,
+    /// What `[IMAGE: …]` / `[FILE: …]` may send: under the channel's cwd or media directory.
+    pub files: OutboundFiles,
 }
 
 impl Courier for DiscordCourier {
@@ -48,8 +55,11 @@ impl Courier for DiscordCourier {
 
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         match call {
-            // Not queued: this courier has no `files()`, so markers stay in the text.
-            Call::SendFile { .. } => Err(Failure::Rejected("Discord file uploads are not implemented yet".into())),
+            Call::SendFile { chat, path, kind: _, caption } => {
+                let id = self.upload(target(chat), path, caption.as_deref())?;
+                self.sent.remember(&id);
+                Ok(Some(id))
+            }
             Call::Typing(chat) => self.rest.typing(target(chat)).map(|()| None).map_err(failure),
             Call::Ack { callback_id, text } => {
                 let Some((id, token)) = wire::split_callback_id(callback_id) else {
@@ -77,6 +87,29 @@ impl Courier for DiscordCourier {
     fn pacing(&self) -> PacingRules {
         PACING
     }
+
+    fn files(&self) -> Option<&OutboundFiles> {
+        Some(&self.files)
+    }
+}
+
+impl DiscordCourier {
+    /// One message with the file attached (`payload_json` and `files[0]`, multipart). The
+    /// file is checked again as it is read. Discord shows an image attachment inline, so
+    /// images and documents go the same way; the type is sniffed for the part's header.
+    fn upload(&self, channel_id: &str, path: &Path, caption: Option<&str>) -> Result<String, Failure> {
+        let bytes = self.files.read(path).map_err(Failure::Rejected)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = media::safe_file_name(&name, "file");
+        let mime = media::sniff_image(&bytes).unwrap_or("application/octet-stream");
+        let fields = [("payload_json", wire::file_message(caption, &name).to_string())];
+        let texts: Vec<&[u8]> =
+            std::iter::once(bytes.as_slice()).chain(fields.iter().map(|(_, v)| v.as_bytes())).collect();
+        let boundary = multipart::pick_boundary(getrandom::u64().unwrap_or(0x7e7e_7e7e), &texts);
+        let body = multipart::multipart(&boundary, &fields, ("files[0]", &name, mime, &bytes));
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.rest.create_message_with_file(channel_id, &content_type, &body).map_err(failure)
+    }
 }
 
 /// The Discord channel a reply goes to: the thread when there is one (a thread is a channel).
@@ -101,7 +134,11 @@ mod tests {
 
     fn courier() -> DiscordCourier {
         // Never called: these tests only render.
-        DiscordCourier { rest: Arc::new(Rest::new("http://127.0.0.1:9", "T")), sent: Arc::new(SentIds::default()) }
+        DiscordCourier {
+            rest: Arc::new(Rest::new("http://127.0.0.1:9", "T")),
+            sent: Arc::new(SentIds::default()),
+            files: OutboundFiles { roots: vec![], max_bytes: 1 },
+        }
     }
 
     #[test]

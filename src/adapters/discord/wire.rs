@@ -324,6 +324,17 @@ pub fn create_message(content: &str, reply_to: Option<&str>, buttons: &[(String,
     body
 }
 
+/// The `payload_json` of a message carrying one file (`files[0]`): the caption, cut to
+/// Discord's limit, and the attachment's name.
+pub fn file_message(caption: Option<&str>, file_name: &str) -> Value {
+    let content: String = caption.unwrap_or_default().chars().take(MESSAGE_LIMIT).collect();
+    json!({
+        "content": content,
+        "allowed_mentions": {"parse": [], "replied_user": false},
+        "attachments": [{"id": 0, "filename": file_name}],
+    })
+}
+
 /// Action rows of up to 5 buttons, at most 5 rows; labels ≤ 80 and ids ≤ 100 characters as
 /// Discord requires. A "deny" button is red, the first button green, others grey.
 pub fn components(buttons: &[(String, String)]) -> Value {
@@ -795,5 +806,14 @@ mod tests {
         assert!(!snowflake_newer("x", "1"));
         assert_eq!(snowflake_ms("0"), Some(DISCORD_EPOCH_MS));
         assert_eq!(snowflake_ms("x"), None);
+    }
+
+    #[test]
+    fn a_file_message_names_its_attachment_and_cuts_the_caption() {
+        let body = file_message(Some(&"x".repeat(2500)), "plot.png");
+        assert_eq!(body["content"].as_str().map(|c| c.chars().count()), Some(2000));
+        assert_eq!(body["attachments"], json!([{"id": 0, "filename": "plot.png"}]));
+        assert_eq!(body["allowed_mentions"]["parse"], json!([]));
+        assert_eq!(file_message(None, "a")["content"], "");
     }
 }

@@ -36,6 +36,17 @@ pub struct Sent {
     pub text: String,
 }
 
+/// A file tether uploaded (`media/upload`), by its `media_id`.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub media_id: String,
+    /// The `type` query: `image` or `file`.
+    pub kind: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
 /// What the gateway does to the current connection.
 enum Command {
     Send(String),
@@ -66,6 +77,8 @@ struct State {
     upstream: Vec<Value>,
     files: HashMap<String, (String, Vec<u8>)>,
     download_calls: u64,
+    /// Files tether uploaded through `media/upload`, in order.
+    uploads: Vec<Upload>,
     /// Reactions: ("reply" or "recall", message id), in order, with the number of messages
     /// sent before each.
     reactions: Vec<(String, String, usize)>,
@@ -275,6 +288,11 @@ impl FakeDingTalk {
         self.state.lock().unwrap().files.insert(code.to_string(), (content_type.to_string(), bytes.to_vec()));
     }
 
+    /// Files uploaded, in order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.state.lock().unwrap().uploads.clone()
+    }
+
     pub fn sent(&self) -> Vec<Sent> {
         self.state.lock().unwrap().sent.clone()
     }
@@ -384,6 +402,24 @@ fn handle(
                 json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": life.as_secs().max(1)}),
             )
         }
+        "/media/upload" => {
+            let token = query(&req.path, "access_token").unwrap_or_default();
+            if s.tokens.get(&token).is_none_or(|until| *until <= Instant::now()) {
+                s.stale_token_uses += 1;
+                return json_reply(json!({"errcode": 42001, "errmsg": "access_token expired"}));
+            }
+            let kind = query(&req.path, "type").unwrap_or_default();
+            let form = super::http::parse_form(&req);
+            let Some((field, file_name, content_type, bytes)) = form.and_then(|f| f.file) else {
+                return json_reply(json!({"errcode": 40004, "errmsg": "no media"}));
+            };
+            if field != "media" || !matches!(kind.as_str(), "image" | "file") {
+                return json_reply(json!({"errcode": 40004, "errmsg": "invalid media type"}));
+            }
+            let media_id = format!("@media-{}", s.uploads.len() + 1);
+            s.uploads.push(Upload { media_id: media_id.clone(), kind, file_name, content_type, bytes });
+            json_reply(json!({"errcode": 0, "errmsg": "ok", "media_id": media_id, "type": "image"}))
+        }
         "/robot/sendBySession" => {
             let Some((conversation, expired)) = query(&req.path, "session").and_then(|id| s.sessions.get(&id).cloned())
             else {
@@ -441,7 +477,26 @@ fn handle(
             }
             let param: Value =
                 serde_json::from_str(body["msgParam"].as_str().unwrap_or_default()).unwrap_or(Value::Null);
-            let (Some(title), Some(text)) = (param["title"].as_str(), param["text"].as_str()) else {
+            // A picture or file names an uploaded media id; it is recorded with the message
+            // kind as its title and the media id (and file name) as its text.
+            let media = match body["msgKey"].as_str() {
+                Some("sampleImageMsg") => param["photoURL"].as_str().map(|id| (id.to_string(), String::new())),
+                Some("sampleFile") => param["mediaId"]
+                    .as_str()
+                    .zip(param["fileName"].as_str())
+                    .filter(|_| param["fileType"].as_str().is_some())
+                    .map(|(id, name)| (id.to_string(), format!(" {name}"))),
+                _ => None,
+            };
+            let media_text = match media {
+                Some((id, name)) if s.uploads.iter().any(|u| u.media_id == id) => Some(format!("{id}{name}")),
+                Some(_) => return Reply::Json(400, r#"{"code":"invalidParameter","message":"mediaId"}"#.into()),
+                None => None,
+            };
+            let (Some(title), Some(text)) = (
+                media_text.as_ref().and(body["msgKey"].as_str()).or(param["title"].as_str()),
+                media_text.as_deref().or(param["text"].as_str()),
+            ) else {
                 return Reply::Json(400, r#"{"code":"invalidParameter","message":"msgParam"}"#.into());
             };
             let (via, to) = if route.contains("group") {

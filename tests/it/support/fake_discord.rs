@@ -87,6 +87,19 @@ struct Rest {
     interactions: HashMap<String, String>,
     /// Attachment bytes served at `/cdn/{name}` (no authorization, as Discord's CDN).
     files: HashMap<String, String>,
+    /// Files the bot attached to its messages, in order.
+    uploads: Vec<Upload>,
+}
+
+/// A file the bot sent: a multipart message with `payload_json` and `files[0]`.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub channel: String,
+    /// The message's text (the caption).
+    pub content: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
 }
 
 /// How many messages a channel may take per window before a 429.
@@ -308,6 +321,11 @@ impl FakeDiscord {
         self.gw().client_closes.clone()
     }
 
+    /// Files the bot sent, in order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.rest().uploads.clone()
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.rest().calls.clone()
     }
@@ -356,7 +374,13 @@ fn json_reply(status: u16, body: Value) -> Reply {
 }
 
 fn handle_rest(shared: &Shared, req: Request) -> Reply {
-    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    // An upload carries the message's JSON in `payload_json` and the file in `files[0]`.
+    let form = super::http::parse_form(&req);
+    let upload = form.as_ref().and_then(|f| f.file.clone());
+    let body: Value = match &form {
+        Some(form) => form.fields.get("payload_json").and_then(|j| serde_json::from_str(j).ok()).unwrap_or(Value::Null),
+        None => serde_json::from_slice(&req.body).unwrap_or(Value::Null),
+    };
     if let Some(name) = req.path.strip_prefix("/cdn/") {
         let name = name.split('?').next().unwrap_or_default();
         return match shared.rest.lock().unwrap().files.get(name) {
@@ -403,7 +427,20 @@ fn handle_rest(shared: &Shared, req: Request) -> Reply {
                     "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]}}}),
                 );
             }
-            if content.is_empty() && body.get("components").is_none() {
+            if let Some((field, file_name, content_type, bytes)) = &upload {
+                let named = body["attachments"][0]["filename"].as_str() == Some(file_name.as_str());
+                if field != "files[0]" || !named {
+                    return json_reply(400, json!({"message": "Invalid Form Body", "code": 50035}));
+                }
+                rest.uploads.push(Upload {
+                    channel: channel.clone(),
+                    content: content.to_string(),
+                    file_name: file_name.clone(),
+                    content_type: content_type.clone(),
+                    bytes: bytes.clone(),
+                });
+            }
+            if content.is_empty() && body.get("components").is_none() && upload.is_none() {
                 return json_reply(400, json!({"message": "Cannot send an empty message", "code": 50006}));
             }
             // The bucket: BUCKET_LIMIT sends per channel per window.

@@ -587,48 +587,17 @@ fn handle(
 /// A `multipart/form-data` body as Telegram reads it: text fields and one file, which must
 /// be in the field the method names (`photo`, `document`).
 fn parse_multipart(method: &str, req: &Request) -> Option<Upload> {
-    let content_type = req.headers.iter().find(|(n, _)| n == "content-type").map(|(_, v)| v.clone())?;
-    let boundary = content_type.strip_prefix("multipart/form-data; boundary=")?;
-    let delimiter = format!("--{boundary}");
-    let body = &req.body;
-    let find =
-        |from: usize, needle: &[u8]| body[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
-    let mut fields = HashMap::new();
-    let mut file = None;
-    let mut at = find(0, delimiter.as_bytes())? + delimiter.len();
-    loop {
-        if body[at..].starts_with(b"--") {
-            break;
-        }
-        at += 2; // \r\n
-        let head_end = find(at, b"\r\n\r\n")?;
-        let head = String::from_utf8(body[at..head_end].to_vec()).ok()?;
-        let next = find(head_end, format!("\r\n{delimiter}").as_bytes())?;
-        let content = body[head_end + 4..next].to_vec();
-        let attr = |name: &str| {
-            let key = format!("{name}=\"");
-            let start = head.find(&key)? + key.len();
-            Some(head[start..].split('"').next()?.to_string())
-        };
-        let name = attr("name")?;
-        match attr("filename") {
-            Some(file_name) => {
-                let content_type = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Content-Type: "))
-                    .unwrap_or("application/octet-stream")
-                    .to_string();
-                file = Some((name, file_name, content_type, content));
-            }
-            None => {
-                fields.insert(name, String::from_utf8(content).ok()?);
-            }
-        }
-        at = next + 2 + delimiter.len();
-    }
-    let (field, file_name, content_type, bytes) = file?;
+    let form = super::http::parse_form(req)?;
+    let (field, file_name, content_type, bytes) = form.file?;
     let wanted = if method == "sendPhoto" { "photo" } else { "document" };
-    (field == wanted).then(|| Upload { method: method.to_string(), fields, field, file_name, content_type, bytes })
+    (field == wanted).then(|| Upload {
+        method: method.to_string(),
+        fields: form.fields,
+        field,
+        file_name,
+        content_type,
+        bytes,
+    })
 }
 
 fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {

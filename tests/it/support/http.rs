@@ -125,3 +125,56 @@ fn serve(stream: TcpStream, handler: &dyn Fn(Request) -> Reply) {
         }
     }
 }
+
+/// A `multipart/form-data` body: its text fields and its (one) file.
+#[allow(dead_code)] // Only the fakes that take uploads read forms.
+pub struct Form {
+    pub fields: std::collections::HashMap<String, String>,
+    /// Field name, file name, content type, bytes.
+    pub file: Option<(String, String, String, Vec<u8>)>,
+}
+
+/// Parse a `multipart/form-data` request body; `None` when it is not one or is malformed.
+#[allow(dead_code)] // Only the fakes that take uploads read forms.
+pub fn parse_form(req: &Request) -> Option<Form> {
+    let content_type = req.headers.iter().find(|(n, _)| n == "content-type").map(|(_, v)| v.clone())?;
+    let boundary = content_type.strip_prefix("multipart/form-data; boundary=")?;
+    let delimiter = format!("--{boundary}");
+    let body = &req.body;
+    let find =
+        |from: usize, needle: &[u8]| body[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
+    let mut fields = std::collections::HashMap::new();
+    let mut file = None;
+    let mut at = find(0, delimiter.as_bytes())? + delimiter.len();
+    loop {
+        if body[at..].starts_with(b"--") {
+            break;
+        }
+        at += 2; // \r\n
+        let head_end = find(at, b"\r\n\r\n")?;
+        let head = String::from_utf8(body[at..head_end].to_vec()).ok()?;
+        let next = find(head_end, format!("\r\n{delimiter}").as_bytes())?;
+        let content = body[head_end + 4..next].to_vec();
+        let attr = |name: &str| {
+            let key = format!("{name}=\"");
+            let start = head.find(&key)? + key.len();
+            Some(head[start..].split('"').next()?.to_string())
+        };
+        let name = attr("name")?;
+        match attr("filename") {
+            Some(file_name) => {
+                let content_type = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Type: "))
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
+                file = Some((name, file_name, content_type, content));
+            }
+            None => {
+                fields.insert(name, String::from_utf8(content).ok()?);
+            }
+        }
+        at = next + 2 + delimiter.len();
+    }
+    Some(Form { fields, file })
+}
