@@ -26,7 +26,7 @@ use crate::event::{
 use crate::streamer::BlockStreamConfig;
 use commands::{Command, SessionView};
 use permissions::{Answerers, Asker, MAX_ASKS_PER_TURN, MAX_PENDING, PermissionRelay, Resolution};
-use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
+use session::{CancelCause, Life, Retry, Session, TurnSettings, Waiting, Waits};
 
 pub use session::{CANCEL_WAIT, MAX_WAITING};
 
@@ -208,7 +208,7 @@ impl Core {
             .collect();
         for key in due {
             let Some(session) = self.sessions.remove(&key) else { continue };
-            let Some(session_id) = session.id else { continue };
+            let Some(session_id) = session.id().map(str::to_string) else { continue };
             self.by_session_id.remove(&(session.agent.clone(), session_id.clone()));
             log::debug!(target: session.chat.channel.as_str(), "{key}: idle; session {session_id} leaves memory until its next message");
             let record = SessionRecord {
@@ -310,7 +310,7 @@ impl Core {
     pub fn sessions_snapshot(&self) -> BTreeMap<SessionKey, SessionRecord> {
         let records = self.sessions.iter().filter_map(|(key, s)| {
             let record = SessionRecord {
-                session_id: s.id.clone()?,
+                session_id: s.id()?.to_string(),
                 agent: s.agent.clone(),
                 chat: s.chat.clone(),
                 cwd: s.cwd.clone(),
@@ -388,7 +388,7 @@ impl Core {
                 // The conversation goes on where the last run left it.
                 Some(record) if agent_up && can_load => {
                     session.instructed = record.instructed;
-                    session.loading = true;
+                    session.restoring(record.session_id.clone());
                     let request = AgentRequest::LoadSession {
                         key: key.clone(),
                         session_id: record.session_id,
@@ -398,6 +398,7 @@ impl Core {
                     actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
                 _ if agent_up => {
+                    session.opening();
                     let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
                     actions.push(Action::Agent { agent: channel.agent.clone(), request });
                 }
@@ -405,7 +406,7 @@ impl Core {
                 // the agent can) or opened once the agent is ready.
                 Some(record) => {
                     session.instructed = record.instructed;
-                    session.lost_id = Some(record.session_id);
+                    session.wait_for_agent(Some(record.session_id));
                 }
                 None => {}
             }
@@ -445,7 +446,7 @@ impl Core {
         let Some(channel) = self.channels.get(&message.channel) else { return String::new() };
         let view = self.sessions.get(key).map_or_else(SessionView::default, |s| SessionView {
             exists: true,
-            starting: s.id.is_none(),
+            starting: s.id().is_none(),
             running: s.turn.is_some(),
             waiting: s.waiting.len(),
         });
@@ -482,21 +483,7 @@ impl Core {
                 let dropped = session.waiting.len();
                 session.waiting.clear();
                 session.steered = false;
-                let running = match (&mut session.turn, &session.id) {
-                    (Some(turn), Some(id)) => {
-                        match &mut turn.cancel {
-                            None => {
-                                turn.cancel =
-                                    Some(Cancelling { cause: CancelCause::User, deadline: now + CANCEL_WAIT });
-                                let request = AgentRequest::Cancel { session_id: id.clone() };
-                                actions.push(Action::Agent { agent: session.agent.clone(), request });
-                            }
-                            Some(cancelling) => cancelling.cause = CancelCause::User,
-                        }
-                        true
-                    }
-                    _ => false,
-                };
+                let running = session.id().is_some() && session.cancel_turn(CancelCause::User, now, actions);
                 if running || dropped > 0 {
                     log::info!(target: channel.name.as_str(), "{key}: cancelled (turn running: {running}, {dropped} waiting dropped)");
                     texts::CANCELLED.to_string()
@@ -519,28 +506,27 @@ impl Core {
                     let error = format!("the agent gave session id {session_id}, which another conversation has");
                     return self.on_agent(agent, AgentEvent::SessionFailed { key, error }, now, actions);
                 }
-                let Some(session) = self.sessions.get_mut(&key).filter(|s| s.id.is_none() && s.agent == agent) else {
+                let Some(session) = self.sessions.get_mut(&key).filter(|s| s.id().is_none() && s.agent == agent) else {
                     // Cleared while session/new was in flight: the agent keeps an unused session.
                     log::info!(target: "core", "agent {agent} opened session {session_id} for {key}, no longer wanted");
                     return;
                 };
-                let how = if session.loading { "restored" } else { "opened" };
+                let how = if session.opened(session_id.clone()) { "restored" } else { "opened" };
                 log::info!(target: session.chat.channel.as_str(), "{key}: session {session_id} {how}");
-                self.by_session_id.insert((agent, session_id.clone()), key);
-                session.id = Some(session_id);
-                session.loading = false;
-                session.lost_id = None;
+                self.by_session_id.insert((agent, session_id), key);
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
                 session.start_next_turn(settings, now, actions);
             }
             AgentEvent::SessionFailed { key, error } => {
-                if !self.sessions.get(&key).is_some_and(|s| s.id.is_none() && s.agent == agent) {
+                if !self.sessions.get(&key).is_some_and(|s| s.id().is_none() && s.agent == agent) {
                     return;
                 }
-                if let Some(session) = self.sessions.get_mut(&key).filter(|s| s.loading) {
+                if let Some(session) =
+                    self.sessions.get_mut(&key).filter(|s| matches!(s.life(), Life::Restoring { .. }))
+                {
                     // The agent could not load it: carry on in a fresh session.
                     log::warn!(target: session.chat.channel.as_str(), "{key}: could not restore the session ({error}); opening a new one");
-                    session.loading = false;
+                    session.opening();
                     session.instructed = false;
                     let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
                     let request = AgentRequest::NewSession { key: key.clone(), cwd: session.cwd.clone(), model };
@@ -639,11 +625,7 @@ impl Core {
         let (mut interrupted, mut lost) = (0, 0);
         for key in keys.into_iter().cloned().collect::<Vec<_>>() {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
-            if let Some(id) = session.id.take() {
-                session.lost_id = Some(id);
-            }
-            session.loading = false;
-            let Some(turn) = session.turn.take() else { continue };
+            let Some(turn) = session.lose() else { continue };
             if turn.cancel.is_some() {
                 continue; // It was being cancelled anyway; what waits runs after the restart.
             }
@@ -654,7 +636,7 @@ impl Core {
                 interrupted += 1;
                 actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
                 let (chat, message_ids, text, senders) = (turn.chat, turn.message_ids, turn.text, turn.senders);
-                session.retry = Some(Retry { chat, message_ids, text, senders });
+                session.retry_later(Retry { chat, message_ids, text, senders });
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
@@ -664,22 +646,27 @@ impl Core {
     fn on_agent_ready(&mut self, agent: &str, load_session: bool, actions: &mut Vec<Action>) {
         let was_down = self.down.remove(agent).is_some();
         self.load_session.insert(agent.to_string(), load_session);
-        let mut keys: Vec<SessionKey> =
-            self.sessions.iter().filter(|(_, s)| s.agent == agent && s.id.is_none()).map(|(k, _)| k.clone()).collect();
+        let mut keys: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.agent == agent && s.id().is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.sort();
         let (mut loads, mut news) = (0, 0);
         for key in keys {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
             let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
-            let request = match session.lost_id.take() {
+            let request = match session.take_lost_id() {
                 Some(session_id) if load_session => {
                     loads += 1;
-                    session.loading = true;
+                    session.restoring(session_id.clone());
                     AgentRequest::LoadSession { key, session_id, cwd: session.cwd.clone(), model }
                 }
                 _ => {
                     news += 1;
                     session.instructed = false;
+                    session.opening();
                     AgentRequest::NewSession { key, cwd: session.cwd.clone(), model }
                 }
             };
@@ -702,7 +689,7 @@ impl Core {
                 format!("Permission request {} timed out, so the agent was told no.", pending.id),
             ));
         }
-        let mut wedged = Vec::new();
+        let (mut wedged, mut timeouts) = (Vec::new(), Vec::new());
         for (key, session) in self.sessions.iter_mut() {
             let Some(turn) = session.turn.as_mut() else { continue };
             match &turn.cancel {
@@ -715,11 +702,7 @@ impl Core {
                     let limit = self.channels.get(&turn.chat.channel).map_or(Duration::ZERO, |c| c.turn_timeout);
                     log::warn!(target: turn.chat.channel.as_str(), "{key}: turn ran past turnTimeoutMs ({} ms); cancelling", limit.as_millis());
                     actions.push(say(&turn.chat, timeout_text(limit)));
-                    turn.cancel = Some(Cancelling { cause: CancelCause::Timeout, deadline: now + CANCEL_WAIT });
-                    if let Some(id) = &session.id {
-                        let request = AgentRequest::Cancel { session_id: id.clone() };
-                        actions.push(Action::Agent { agent: session.agent.clone(), request });
-                    }
+                    timeouts.push(key.clone());
                     continue;
                 }
                 _ => {}
@@ -736,6 +719,12 @@ impl Core {
             }
             if turn.draft_due_now(now) {
                 actions.push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
+            }
+        }
+        timeouts.sort();
+        for key in timeouts {
+            if let Some(session) = self.sessions.get_mut(&key) {
+                session.cancel_turn(CancelCause::Timeout, now, actions);
             }
         }
         wedged.sort();
@@ -832,14 +821,14 @@ impl Core {
     fn clear_session(&mut self, key: &str, actions: &mut Vec<Action>) -> Option<Session> {
         self.dormant.remove(key);
         let session = self.sessions.remove(key)?;
-        if let Some(id) = &session.id {
-            self.by_session_id.remove(&(session.agent.clone(), id.clone()));
+        if let Some(id) = session.id() {
+            self.by_session_id.remove(&(session.agent.clone(), id.to_string()));
             if session.turn.is_some() {
-                let request = AgentRequest::Cancel { session_id: id.clone() };
+                let request = AgentRequest::Cancel { session_id: id.to_string() };
                 actions.push(Action::Agent { agent: session.agent.clone(), request });
             }
         }
-        log::info!(target: session.chat.channel.as_str(), "{key}: session {:?} cleared; {} waiting message(s) dropped", session.id, session.waiting.len());
+        log::info!(target: session.chat.channel.as_str(), "{key}: session {:?} cleared; {} waiting message(s) dropped", session.id(), session.waiting.len());
         Some(session)
     }
 
@@ -851,13 +840,13 @@ impl Core {
         keys.into_iter()
             .filter_map(|key| {
                 let s = self.sessions.get(key)?;
-                let state = match (&s.id, &s.turn) {
-                    (None, _) => "opening",
-                    (Some(_), Some(_)) => "working",
-                    (Some(_), None) => "idle",
+                let state = match (s.life(), &s.turn) {
+                    (Life::Open { .. }, Some(_)) => "working",
+                    (Life::Open { .. }, None) => "idle",
+                    (life, _) => life.word(),
                 };
                 Some(serde_json::json!({
-                    "key": key, "channel": s.chat.channel, "sessionId": s.id, "state": state, "waiting": s.waiting.len(),
+                    "key": key, "channel": s.chat.channel, "sessionId": s.id(), "state": state, "waiting": s.waiting.len(),
                 }))
             })
             .collect()
@@ -969,8 +958,8 @@ impl Core {
     fn abandon_wedged(&mut self, key: &str, actions: &mut Vec<Action>) {
         let Some(session) = self.sessions.get_mut(key) else { return };
         let chats = session.chats();
-        let Some(turn) = session.turn.take() else { return };
-        let old = session.id.take().unwrap_or_default();
+        let (old, Some(turn)) = session.abandon() else { return };
+        let old = old.unwrap_or_default();
         self.by_session_id.remove(&(session.agent.clone(), old.clone()));
         let channel = self.channels.get(&turn.chat.channel);
         log::warn!(target: turn.chat.channel.as_str(), "{key}: session {old} did not end its cancelled turn within {} s; abandoning it", CANCEL_WAIT.as_secs());
@@ -982,6 +971,7 @@ impl Core {
         }
         session.instructed = false;
         session.steered = false;
+        session.opening();
         if let Some(channel) = channel {
             session.cwd = channel.cwd.clone();
         }
@@ -1055,8 +1045,7 @@ impl Core {
             let in_turn = s.turn.iter().filter(|t| t.chat.channel == channel).any(|t| t.message_ids.contains(message));
             let waiting =
                 s.waiting.iter().filter(|w| w.chat.channel == channel).any(|w| w.message_ids.contains(message));
-            let retry = s.retry.iter().filter(|r| r.chat.channel == channel).any(|r| r.message_ids.contains(message));
-            in_turn || waiting || retry
+            in_turn || waiting || s.retry_holds(channel, message)
         })
     }
 
