@@ -103,6 +103,11 @@ const DRAIN_GRACE: Duration = Duration::from_millis(2500);
 const AGENT_GRACE: Duration = Duration::from_millis(1500);
 /// For tests only: the watchdog's bound in milliseconds instead of two minutes.
 pub const UNHEALTHY_AFTER_ENV: &str = "TETHER_UNHEALTHY_AFTER_MS";
+/// For tests only: milliseconds added to the core's wall clock, so a loop's next minute comes
+/// within a test's bounded wait.
+pub const CLOCK_OFFSET_ENV: &str = "TETHER_TEST_CLOCK_OFFSET_MS";
+/// The scheduled loops (`core/loops.rs`).
+pub const LOOPS_FILE: &str = "loops.json";
 
 /// How `tether start` (or `tether demo`) was asked to run.
 pub struct Options {
@@ -148,6 +153,8 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let mut daemon = Daemon {
         admin,
         saved_sessions: None,
+        loops_seen: None,
+        clock_offset_ms: std::env::var(CLOCK_OFFSET_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
         home: options.home.clone(),
         core: Core::new(&config),
         config,
@@ -187,7 +194,8 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     }
     daemon.adopt_sessions();
     // Pairing state: read at start, then re-read when `tether pairing` changes it.
-    daemon.core.set_wall_clock(wall_ms());
+    daemon.core.set_wall_clock(daemon.wall_ms());
+    daemon.adopt_loops();
     for event in daemon.access.load_all()? {
         daemon.core.handle(event, Instant::now());
     }
@@ -235,6 +243,10 @@ struct Daemon {
     admin: DaemonAdmin,
     /// The sessions last written to `sessions.json`.
     saved_sessions: Option<BTreeMap<String, crate::core::SessionRecord>>,
+    /// `loops.json` as last read or written (`tether loops cancel` changes it from outside).
+    loops_seen: Option<store::Fingerprint>,
+    /// Test-only shift of the core's wall clock ([`CLOCK_OFFSET_ENV`]).
+    clock_offset_ms: i64,
     home: PathBuf,
     config: Config,
     options: Options,
@@ -276,7 +288,6 @@ impl Daemon {
                 .flatten()
                 .min();
             let deadline = next.map_or_else(never, at);
-            self.core.set_wall_clock(wall_ms());
             select! {
                 recv(inbound_rx) -> msg => if let Ok(inbound) = msg { self.on_inbound(inbound) },
                 recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event)? },
@@ -300,7 +311,54 @@ impl Daemon {
                 self.watch_health();
                 self.publish(false);
                 self.publish_admin();
+                if self.loops_seen != store::fingerprint(&self.home.join(LOOPS_FILE)) {
+                    self.adopt_loops();
+                }
             }
+        }
+    }
+
+    /// The core's wall clock (Unix ms), shifted in tests ([`CLOCK_OFFSET_ENV`]).
+    fn wall_ms(&self) -> u64 {
+        wall_ms().saturating_add_signed(self.clock_offset_ms)
+    }
+
+    /// Read `loops.json` (at start, and after `tether loops cancel` changed it) into the
+    /// core, in the time zone of `TZ` (else /etc/localtime).
+    fn adopt_loops(&mut self) {
+        if !self.options.as_service {
+            return;
+        }
+        let path = self.home.join(LOOPS_FILE);
+        self.loops_seen = store::fingerprint(&path);
+        let file = match store::read_json::<crate::core::loops::LoopFile>(&path) {
+            Ok(file) => file.unwrap_or_default(),
+            Err(e) => {
+                log::warn!(target: "tether", "{e}; loops are not run until the file is fixed");
+                return;
+            }
+        };
+        let tz = std::env::var("TZ").ok();
+        let zone = crate::local_zone::zone_from(tz.as_deref()).unwrap_or_else(|e| {
+            log::warn!(target: "tether", "{e}; loops use the system's time zone");
+            jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC)
+        });
+        let enabled = file.loops.iter().filter(|l| l.enabled).count();
+        log::info!(target: "tether", "{} loop(s), {enabled} enabled, in time zone {}", file.loops.len(), zone.iana_name().unwrap_or("from TZ"));
+        self.core.set_wall_clock(self.wall_ms());
+        self.core.adopt_loops(crate::core::loops::Book::new(file, zone), Instant::now());
+    }
+
+    /// Write `loops.json` when the loops changed.
+    fn save_loops(&mut self) {
+        let Some(file) = self.core.loops_to_save() else { return };
+        if !self.options.as_service {
+            return;
+        }
+        let path = self.home.join(LOOPS_FILE);
+        match store::write_json_atomic(&path, &file) {
+            Ok(()) => self.loops_seen = store::fingerprint(&path),
+            Err(e) => log::warn!(target: "tether", "{e}"),
         }
     }
 
@@ -337,10 +395,12 @@ impl Daemon {
                 ..
             }
         );
+        self.core.set_wall_clock(self.wall_ms());
         let actions = self.core.handle(event, Instant::now());
         self.dispatch(actions);
         if records_may_change {
             self.save_sessions();
+            self.save_loops();
         }
     }
 
@@ -743,6 +803,7 @@ impl Daemon {
             "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid},
             "channels": channels,
             "sessions": self.core.sessions_overview(),
+            "loops": self.core.loops_overview(),
         });
         self.admin.publish(state, &self.config.channels);
     }

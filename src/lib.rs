@@ -28,6 +28,7 @@ pub mod event;
 pub mod fuzzing;
 pub(crate) mod health;
 pub mod journal;
+pub(crate) mod local_zone;
 pub(crate) mod logging;
 pub mod net;
 pub(crate) mod pairing_cli;

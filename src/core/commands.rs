@@ -1,5 +1,5 @@
 //! Local slash commands: recognising `/help`, `/clear` (`/reset`, `/new`), `/cancel`,
-//! `/status` and `/who` in a message, and the texts they answer with. Pure. What the commands
+//! `/status`, `/who` and `/loop` in a message, and the texts they answer with. Pure. What the commands
 //! do to sessions is the core's (`core/mod.rs`); any other `/command` goes to the agent as is.
 
 use std::path::Path;
@@ -15,6 +15,8 @@ pub enum Command {
     Cancel,
     Status,
     Who,
+    /// `/loop …` (`/loops` lists).
+    Loop,
 }
 
 /// (name, command, line for /help), in the order /help lists them. Names are lower case.
@@ -26,6 +28,8 @@ const TABLE: &[(&str, Command, &str)] = &[
     ("cancel", Command::Cancel, "/cancel — Cancel the current request"),
     ("status", Command::Status, "/status — Show session info"),
     ("who", Command::Who, "/who — Show who shares this session"),
+    ("loop", Command::Loop, "/loop add \"<cron>\" <prompt> · list · inspect <id> · cancel <id> — Scheduled prompts"),
+    ("loops", Command::Loop, ""),
 ];
 
 /// The local command a message invokes, with its arguments (trimmed), if it is one.
@@ -241,6 +245,7 @@ mod tests {
             /cancel — Cancel the current request\n\
             /status — Show session info\n\
             /who — Show who shares this session\n\
+            /loop add \"<cron>\" <prompt> · list · inspect <id> · cancel <id> — Scheduled prompts\n\
             \n\
             Agent commands (forwarded to the agent):\n\
             /summary — Summarise\n\
@@ -250,7 +255,7 @@ mod tests {
         assert_eq!(help_text(&agent), expected);
         let without = help_text(&[]);
         assert!(!without.contains("Agent commands"), "{without}");
-        assert!(without.ends_with("/who — Show who shares this session\n\nSend any text to chat with the agent."));
+        assert!(without.ends_with("— Scheduled prompts\n\nSend any text to chat with the agent."));
     }
 
     #[test]

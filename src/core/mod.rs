@@ -7,7 +7,9 @@
 //! its text assembled by `prompt.rs`.
 
 pub(crate) mod commands;
+pub(crate) mod cron;
 pub(crate) mod gate;
+pub(crate) mod loops;
 pub(crate) mod pairing;
 pub(crate) mod permissions;
 pub(crate) mod prompt;
@@ -128,6 +130,9 @@ pub struct Core {
     unsettled: BTreeSet<(String, MessageRef)>,
     /// Unix ms, for the age of messages (backlog) and pairing times.
     wall_ms: u64,
+    /// Scheduled loops (`loops.rs`), and when the clock must next look at them.
+    loops: loops::Book,
+    loops_wake: Option<Instant>,
 }
 
 /// The turn settings of a channel (defaults when the channel is gone).
@@ -157,6 +162,8 @@ impl Core {
             dormant: HashMap::new(),
             unsettled: BTreeSet::new(),
             wall_ms: 0,
+            loops: loops::Book::default(),
+            loops_wake: None,
         }
     }
 
@@ -186,7 +193,7 @@ impl Core {
     pub fn next_deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(Session::deadline);
         let evictions = self.sessions.values().filter_map(|s| self.eviction_due(s));
-        sessions.chain(evictions).chain(self.permissions.next_deadline()).min()
+        sessions.chain(evictions).chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
     }
 
     /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
@@ -237,13 +244,17 @@ impl Core {
                 }
             }
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
-            Event::Tick => self.on_tick(now, &mut actions),
+            Event::Tick => {
+                self.on_tick(now, &mut actions);
+                self.run_due_loops(now, &mut actions);
+            }
             Event::AccessFiles { channel, pending, approved } => {
                 self.access.reload(&channel, pending, approved, &mut actions)
             }
         }
         self.settle_cancelled_permissions(&mut actions);
         self.settle_released(&mut actions);
+        self.schedule_loops(now);
         actions
     }
 
@@ -381,36 +392,8 @@ impl Core {
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
         let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone(), now);
             let earlier = dormant.remove(&key);
-            let model = channel.model.clone();
-            match earlier {
-                // The conversation goes on where the last run left it.
-                Some(record) if agent_up && can_load => {
-                    session.instructed = record.instructed;
-                    session.restoring(record.session_id.clone());
-                    let request = AgentRequest::LoadSession {
-                        key: key.clone(),
-                        session_id: record.session_id,
-                        cwd: record.cwd,
-                        model,
-                    };
-                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
-                }
-                _ if agent_up => {
-                    session.opening();
-                    let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
-                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
-                }
-                // The agent is down or still starting: the session waits, and is loaded (if
-                // the agent can) or opened once the agent is ready.
-                Some(record) => {
-                    session.instructed = record.instructed;
-                    session.wait_for_agent(Some(record.session_id));
-                }
-                None => {}
-            }
-            session
+            new_session(&key, channel, &reply, earlier, (agent_up, can_load), now, actions)
         });
         session.chat = reply.clone();
         session.shared = match channel.session_scope {
@@ -474,6 +457,7 @@ impl Core {
                 sender_name: &message.sender_name,
                 sender_id: &message.sender_id,
             }),
+            Command::Loop => self.loop_command(_args, message, now, actions),
             Command::Clear => match self.clear_session(key, actions) {
                 Some(_) => texts::CLEARED.to_string(),
                 None => texts::NOTHING_TO_CLEAR.to_string(),
@@ -546,7 +530,7 @@ impl Core {
                 if let Some(stream) = turn.stream.as_mut() {
                     for block in stream.push(&text, now) {
                         turn.streamed = true;
-                        actions.push(say(&turn.chat, block));
+                        actions.push(say(&turn.chat, labelled(&session.label, block)));
                     }
                 }
                 // Channels that can show an answer as it grows get drafts, coalesced in time.
@@ -577,7 +561,7 @@ impl Core {
                         let rest = turn.stream.as_mut().map(|s| s.finish()).unwrap_or_default();
                         for block in rest {
                             turn.streamed = true;
-                            actions.push(say(&turn.chat, block));
+                            actions.push(say(&turn.chat, labelled(&session.label, block)));
                         }
                         // What was streamed is the answer; say something only if nothing was.
                         let note = final_answer(String::new(), &outcome);
@@ -587,10 +571,12 @@ impl Core {
                             } else {
                                 final_answer(turn.answer, &outcome)
                             };
-                            actions.push(say(&turn.chat, text));
+                            actions.push(say(&turn.chat, labelled(&session.label, text)));
                         }
                     }
-                    None => actions.push(say(&turn.chat, final_answer(turn.answer, &outcome))),
+                    None => {
+                        actions.push(say(&turn.chat, labelled(&session.label, final_answer(turn.answer, &outcome))))
+                    }
                     Some(c) => {
                         log::info!(target: turn.chat.channel.as_str(), "{key}: cancelled turn of {session_id} ended ({outcome:?}, {:?})", c.cause)
                     }
@@ -710,7 +696,7 @@ impl Core {
             if let Some(stream) = turn.stream.as_mut() {
                 for block in stream.poll(now) {
                     turn.streamed = true;
-                    actions.push(say(&turn.chat, block));
+                    actions.push(say(&turn.chat, labelled(&session.label, block)));
                 }
             }
             if let Some((due, every)) = turn.typing.as_mut().filter(|(due, _)| *due <= now) {
@@ -981,6 +967,45 @@ impl Core {
     }
 }
 
+/// A session for `key`: the one an earlier run kept (`earlier`) is loaded when the agent is up
+/// and can load, else a new one is opened; with the agent down it waits for the agent.
+fn new_session(
+    key: &str,
+    channel: &ChannelConfig,
+    reply: &ChatRef,
+    earlier: Option<SessionRecord>,
+    (agent_up, can_load): (bool, bool),
+    now: Instant,
+    actions: &mut Vec<Action>,
+) -> Session {
+    let key = key.to_string();
+    let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone(), now);
+    let model = channel.model.clone();
+    match earlier {
+        // The conversation goes on where the last run left it.
+        Some(record) if agent_up && can_load => {
+            session.instructed = record.instructed;
+            session.restoring(record.session_id.clone());
+            let request =
+                AgentRequest::LoadSession { key: key.clone(), session_id: record.session_id, cwd: record.cwd, model };
+            actions.push(Action::Agent { agent: channel.agent.clone(), request });
+        }
+        _ if agent_up => {
+            session.opening();
+            let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
+            actions.push(Action::Agent { agent: channel.agent.clone(), request });
+        }
+        // The agent is down or still starting: the session waits, and is loaded (if
+        // the agent can) or opened once the agent is ready.
+        Some(record) => {
+            session.instructed = record.instructed;
+            session.wait_for_agent(Some(record.session_id));
+        }
+        None => {}
+    }
+    session
+}
+
 /// The notice for a turn that ran out of time.
 fn timeout_text(limit: Duration) -> String {
     let secs = limit.as_secs();
@@ -1012,6 +1037,14 @@ fn settled(pending: &permissions::Pending, outcome: &str) -> Action {
         key: pending.message_key(),
         text: pending.settled_text(outcome),
     })
+}
+
+/// `text` with a session's label (a loop's `[loop 3]`) before it.
+fn labelled(label: &Option<String>, text: String) -> String {
+    match label {
+        Some(label) => format!("{label} {text}"),
+        None => text,
+    }
 }
 
 fn say(chat: &ChatRef, text: String) -> Action {

@@ -201,6 +201,8 @@ pub struct Session {
     pub shared: bool,
     /// When a message last came or a turn last ended (for evicting idle sessions).
     pub last_active: Instant,
+    /// Put before every text its turns send (a loop's `[loop 3]`).
+    pub label: Option<String>,
 }
 
 /// A session's life at the agent.
@@ -261,6 +263,7 @@ impl Session {
             retry: None,
             shared: false,
             last_active: now,
+            label: None,
         }
     }
 

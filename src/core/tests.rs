@@ -1380,3 +1380,5 @@ fn drafts_are_coalesced_not_copied_per_chunk() {
     assert!(drafts <= 12, "{drafts} drafts");
     assert!(draft_bytes < 400_000, "{draft_bytes} bytes copied");
 }
+
+mod loops;
