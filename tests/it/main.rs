@@ -8,6 +8,7 @@ mod conversations;
 mod dingtalk;
 mod discord;
 mod discord_gateway;
+mod loops;
 mod permissions;
 mod replies;
 mod seam;
