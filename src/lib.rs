@@ -30,6 +30,7 @@ pub(crate) mod health;
 pub mod journal;
 pub(crate) mod local_zone;
 pub(crate) mod logging;
+pub(crate) mod loops_cli;
 pub mod net;
 pub(crate) mod pairing_cli;
 pub(crate) mod redact;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::support::fake_telegram::{FakeTelegram, TOKEN};
-use crate::support::{Service, TempDir, demo_agent, wait_until};
+use crate::support::{Service, TempDir, demo_agent, run_tether, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 const USER: i64 = 111;
@@ -34,7 +34,11 @@ fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
     let mut service = Service::start_with_env(&home, &[], &env);
     fake.send_dm(USER, "/loop add \"* * * * *\" ping");
     let texts = fake.wait_texts_to(USER, 1, WAIT);
-    assert!(texts.first().is_some_and(|t| t.starts_with("Loop 1 added: \"* * * * *\". Next runs: ")), "{texts:?}\n{}", service.log());
+    assert!(
+        texts.first().is_some_and(|t| t.starts_with("Loop 1 added: \"* * * * *\". Next runs: ")),
+        "{texts:?}\n{}",
+        service.log()
+    );
     // The run comes at the minute, in its own session, marked.
     let texts = fake.wait_texts_to(USER, 2, WAIT);
     assert_eq!(texts.get(1).map(String::as_str), Some("[loop 1] echo: ping"), "log:\n{}", service.log());
@@ -58,9 +62,31 @@ fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
     let before = fake.texts_to(USER).len();
     fake.send_dm(USER, "/loop list");
     assert!(
-        wait_until(WAIT, || fake.texts_to(USER).iter().skip(before).any(|t| t.starts_with("Loops in this chat:\n1 · \"* * * * *\" · next "))),
+        wait_until(WAIT, || fake
+            .texts_to(USER)
+            .iter()
+            .skip(before)
+            .any(|t| t.starts_with("Loops in this chat:\n1 · \"* * * * *\" · next "))),
         "{:?}\n{}",
         fake.texts_to(USER),
         service.log()
+    );
+    // From the command line: listed, then cancelled; the running service takes the change.
+    let listed = run_tether(&["loops", "list"], home.path());
+    let out = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(out.starts_with("1  phone 111  \"* * * * *\"  next "), "{out}");
+    let cancelled = run_tether(&["loops", "cancel", "1"], home.path());
+    assert_eq!(String::from_utf8_lossy(&cancelled.stdout), "Loop 1 cancelled.\n");
+    let again = run_tether(&["loops", "cancel", "1"], home.path());
+    assert_eq!(again.status.code(), Some(1));
+    // (The first start logged it once already, with no file yet.)
+    let taken = wait_until(WAIT, || service.log().matches("0 loop(s), 0 enabled").count() == 2);
+    assert!(taken, "{}", service.log());
+    let before = fake.texts_to(USER).len();
+    fake.send_dm(USER, "/loop list");
+    assert!(
+        wait_until(WAIT, || fake.texts_to(USER).iter().skip(before).any(|t| t.starts_with("No loops in this chat."))),
+        "{:?}",
+        fake.texts_to(USER)
     );
 }
