@@ -1,108 +1,324 @@
-//! Benchmark: the release binary against the loopback fake Bot API and the demo agent.
-//! Prints binary size, idle memory of the tether process, the time from a message queued on
-//! the fake to its reply arriving, and pacing as one chat sees it (a long answer's parts, a
-//! chat writing again as soon as each reply arrives). Run through `bench/run.sh`.
+//! Benchmark: the release binary against the loopback fake Bot API, its own web chat and the
+//! demo agent (which answers at once: no `--chunk-delay`, so the agent is not what is measured).
+//! Prints, in one run: binary size; exec → first `getUpdates`; memory at start, after 10,000
+//! messages and after a 2 MB answer; CPU of the tether process (not the agent) per 1,000
+//! messages and per idle minute; reply latency for one chat writing sequentially and for 50
+//! users at once; throughput. Run through `bench/run.sh` (about a minute and a half).
+//!
+//! Knobs (environment): BENCH_SEQUENTIAL (messages in one Telegram chat, default 20),
+//! BENCH_USERS (concurrent Telegram users, 50), BENCH_ROUNDS (messages per such user, 4),
+//! BENCH_WEB_MESSAGES (web chat messages for the memory run, 10000), BENCH_IDLE_SECS (10),
+//! BENCH_HUGE (0: skip the 2 MB answer; for profiling).
 
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)]
 mod support;
 
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
 
 use support::fake_telegram::{FakeTelegram, TOKEN};
 use support::{Service, TempDir, demo_agent, tether_bin};
 
+/// Web chat sockets used for the 10,000 messages, each writing sequentially.
+const WEB_SOCKETS: usize = 50;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default)
+}
+
 fn main() {
-    let messages: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
+    let sequential = knob("BENCH_SEQUENTIAL", 20);
+    let users = knob("BENCH_USERS", 50);
+    let rounds = knob("BENCH_ROUNDS", 4);
+    let web_messages = knob("BENCH_WEB_MESSAGES", 10_000);
+    let idle_secs = knob("BENCH_IDLE_SECS", 10) as u64;
+    let bench_start = Instant::now();
+
     let bin = tether_bin();
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
     println!("binary: {bin}");
-    println!("binary size: {size} bytes ({:.2} MB)", size as f64 / 1e6);
+    println!("size: {size} bytes ({:.2} MB)", size as f64 / 1e6);
 
     let fake = FakeTelegram::start();
     let home = TempDir::new("bench");
     home.write_config(&json!({
         "agent": demo_agent(),
-        "channels": {"bench": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "senderPolicy": "open"}}
+        "channels": {
+            "bench": {"type": "telegram", "token": TOKEN, "apiBase": fake.url(), "senderPolicy": "open"},
+            "web": {"type": "webchat", "listen": "127.0.0.1:0", "senderPolicy": "open"}
+        }
     }));
-    let service = Service::start_quiet(&home);
+    let exec = Instant::now();
+    let mut service = Service::start_quiet(&home);
+    let pid = service.pid();
     assert!(
-        service.wait_for_log("connected as @", Duration::from_secs(20)),
+        support::wait_until(Duration::from_secs(20), || fake.first_poll_at().is_some()),
+        "no getUpdates within 20 s:\n{}",
+        service.log()
+    );
+    let first_poll = fake.first_poll_at().map(|at| at.duration_since(exec)).unwrap_or_default();
+    println!("exec → first getUpdates: {:.1} ms", ms(first_poll));
+    assert!(
+        service.wait_for_log("connected as @", Duration::from_secs(20))
+            && service.wait_for_log("listening on http://", Duration::from_secs(20)),
         "service did not connect:\n{}",
         service.log()
     );
+    let port = web_port(&service.log());
 
-    // Warm up one session, then let the process settle before reading its memory.
+    // Warm up: one answer on each channel, then let the process settle.
     fake.send_dm(111, "warm up");
-    fake.next_text_to(111, Duration::from_secs(10)).expect("no reply to the warm-up message");
+    fake.next_text_to(111, Duration::from_secs(10)).expect("no reply to the Telegram warm-up message");
+    let mut warm = WebClient::connect(port, 0);
+    warm.round_trip("warm up");
     std::thread::sleep(Duration::from_secs(2));
-    let (rss, hwm) = memory(service.pid());
+    print_memory("memory at start", pid);
+
+    // Idle CPU: on-CPU time of every thread (ns, from schedstat) over a short idle spell.
+    let before = thread_cpu_ns(pid);
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let idle_ns = thread_cpu_ns(pid).saturating_sub(before);
     println!(
-        "idle memory of tether (pid {}): VmRSS {rss} kB ({:.2} MiB), VmHWM {hwm} kB",
-        service.pid(),
-        rss as f64 / 1024.0
+        "CPU per idle minute: {:.1} ms (measured over {idle_secs} s with one web chat socket open, scaled ×{:.0})",
+        idle_ns as f64 / 1e6 * 60.0 / idle_secs as f64,
+        60.0 / idle_secs as f64
     );
 
-    // Telegram allows about one message a second per chat on average (tether: a burst of 4,
-    // then one a second) and 30 a second per bot, and tether paces itself to match. So each message comes from another chat, 100 ms apart: the figure
-    // is the time through tether and the agent, not the pacing.
-    let mut times = Vec::with_capacity(messages);
-    for n in 0..messages {
-        let chat = 10_000 + n as i64;
-        let text = format!("message {n}");
+    // One Telegram chat writing the next message as soon as the previous answer arrives.
+    let cpu = process_cpu(pid);
+    let mut times = Vec::with_capacity(sequential);
+    for n in 0..sequential {
+        let text = format!("sequential {n}");
         let start = Instant::now();
-        fake.send_dm(chat, &text);
-        let reply = fake.next_text_to(chat, Duration::from_secs(10)).expect("a reply did not arrive within 10 s");
+        fake.send_dm(500, &text);
+        let reply = fake.next_text_to(500, Duration::from_secs(10)).expect("a reply did not arrive within 10 s");
         times.push(start.elapsed());
         assert_eq!(reply, format!("echo: {text}"));
-        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu = process_cpu(pid) - cpu;
+    print_latency(&format!("Telegram, one chat, {sequential} sequential messages"), &mut times);
+    println!(
+        "  CPU per 1,000 messages: {:.0} ms (includes the idle time between replies)",
+        cpu * 1e6 / sequential as f64
+    );
+
+    // Many Telegram users at once, each writing again as soon as its answer arrives.
+    let (times, elapsed, cpu) = telegram_concurrent(&fake, pid, users, rounds);
+    let total = users * rounds;
+    let mut times = times;
+    print_latency(&format!("Telegram, {users} users at once, {rounds} messages each"), &mut times);
+    println!(
+        "  throughput {:.1} messages/s; CPU per 1,000 messages: {:.0} ms",
+        total as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / total as f64
+    );
+
+    // The memory run: many messages through the web chat (no platform pacing there).
+    web_run(port, pid, web_messages);
+    std::thread::sleep(Duration::from_secs(2));
+    print_memory(&format!("memory after {web_messages} messages (2 s later)"), pid);
+
+    // One 2 MB answer.
+    if knob("BENCH_HUGE", 1) != 0 {
+        huge_answer(&mut warm, pid);
+    }
+    drop(warm);
+    // A graceful stop (SIGTERM), so that a profiler around tether writes its data.
+    service.signal("TERM");
+    service.wait_exit(Duration::from_secs(60));
+    println!("bench took {:.0} s", bench_start.elapsed().as_secs_f64());
+}
+
+/// One 2 MB answer through the web chat, and the memory after it.
+fn huge_answer(warm: &mut WebClient, pid: u32) {
+    let start = Instant::now();
+    let answer = warm.round_trip("huge");
+    println!("2 MB answer: {} characters through the web chat in {:.0} ms", answer.len(), ms(start.elapsed()));
+    print_memory("memory right after the 2 MB answer", pid);
+    std::thread::sleep(Duration::from_secs(3));
+    print_memory("memory 3 s after the 2 MB answer", pid);
+}
+
+/// Telegram, `users` chats, each sending its next message when its answer arrives. Returns
+/// the reply times, the wall time and the CPU seconds of tether.
+fn telegram_concurrent(fake: &FakeTelegram, pid: u32, users: usize, rounds: usize) -> (Vec<Duration>, Duration, f64) {
+    let chat = |u: usize| 20_000 + u as i64;
+    let mut sent_at: HashMap<i64, (Instant, usize)> = HashMap::new();
+    let mut times = Vec::with_capacity(users * rounds);
+    let cpu = process_cpu(pid);
+    let start = Instant::now();
+    for u in 0..users {
+        sent_at.insert(chat(u), (Instant::now(), 0));
+        fake.send_dm(chat(u), &format!("user {u} message 0"));
+    }
+    while times.len() < users * rounds {
+        let call = fake.next_call("sendMessage", Duration::from_secs(30)).expect("no reply within 30 s");
+        let Some(id) = call.body["chat_id"].as_i64() else { continue };
+        let Some((at, n)) = sent_at.get(&id).copied() else { continue };
+        let expected = format!("echo: user {} message {n}", id - 20_000);
+        if call.body["text"].as_str() != Some(expected.as_str()) {
+            continue;
+        }
+        times.push(at.elapsed());
+        if n + 1 < rounds {
+            sent_at.insert(id, (Instant::now(), n + 1));
+            fake.send_dm(id, &format!("user {} message {}", id - 20_000, n + 1));
+        } else {
+            sent_at.remove(&id);
+        }
+    }
+    let elapsed = start.elapsed();
+    (times, elapsed, process_cpu(pid) - cpu)
+}
+
+/// `total` messages from [`WEB_SOCKETS`] browsers at once; prints latency, throughput, CPU and
+/// the memory every quarter of the way (to see that it stays flat).
+fn web_run(port: u16, pid: u32, total: usize) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let per_socket = total.div_ceil(WEB_SOCKETS);
+    let cpu = process_cpu(pid);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..WEB_SOCKETS)
+        .map(|s| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut client = WebClient::connect(port, s + 1);
+                let mut times = Vec::with_capacity(per_socket);
+                for n in 0..per_socket {
+                    let start = Instant::now();
+                    let answer = client.round_trip(&format!("browser {s} message {n}"));
+                    times.push(start.elapsed());
+                    assert_eq!(answer, format!("echo: browser {s} message {n}"));
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                times
+            })
+        })
+        .collect();
+    let mut next_quarter = 1;
+    let mut rss_line = String::new();
+    while workers.iter().any(|w| !w.is_finished()) {
+        let finished = done.load(Ordering::SeqCst);
+        if next_quarter <= 4 && finished * 4 >= next_quarter * total {
+            let (rss, _) = memory(pid);
+            rss_line.push_str(&format!(" {finished}: {:.2} MiB;", rss as f64 / 1024.0));
+            next_quarter += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = start.elapsed();
+    let cpu = process_cpu(pid) - cpu;
+    let mut times: Vec<Duration> =
+        workers.into_iter().flat_map(|w| w.join().expect("a web chat client failed")).collect();
+    let count = times.len();
+    print_latency(&format!("web chat, {WEB_SOCKETS} browsers at once, {count} messages"), &mut times);
+    println!(
+        "  throughput {:.0} messages/s; CPU per 1,000 messages: {:.0} ms",
+        count as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / count as f64
+    );
+    println!("  VmRSS during the run (after N messages):{rss_line}");
+}
+
+/// One browser on the web chat: its own id cookie, one WebSocket.
+struct WebClient {
+    ws: WebSocket<TcpStream>,
+}
+
+impl WebClient {
+    fn connect(port: u16, browser: usize) -> WebClient {
+        let mut request = format!("ws://127.0.0.1:{port}/ws").into_client_request().expect("a WebSocket request");
+        let cookie = format!("tether_sid={browser:032x}");
+        request.headers_mut().insert("Cookie", cookie.parse().expect("a cookie header"));
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the web chat");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a read timeout");
+        let (ws, _) = tungstenite::client::client(request, stream).expect("a WebSocket handshake");
+        WebClient { ws }
+    }
+
+    /// Send `text` and wait for the agent's finished answer; returns its text.
+    fn round_trip(&mut self, text: &str) -> String {
+        self.ws.send(Message::text(json!({"type": "message", "text": text}).to_string())).expect("a frame sent");
+        loop {
+            let Message::Text(frame) = self.ws.read().expect("a frame within 30 s") else { continue };
+            let frame: Value = serde_json::from_str(frame.as_str()).expect("JSON from the web chat");
+            if frame["type"] == "message" && frame["from"] == "agent" {
+                return frame["text"].as_str().unwrap_or_default().to_string();
+            }
+        }
+    }
+}
+
+/// The port from "web chat "web" listening on http://127.0.0.1:PORT/".
+fn web_port(log: &str) -> u16 {
+    log.lines()
+        .find_map(|line| line.split("listening on http://127.0.0.1:").nth(1))
+        .and_then(|rest| rest.trim_end_matches('/').split('/').next())
+        .and_then(|port| port.parse().ok())
+        .expect("the web chat's port in the log")
+}
+
+fn print_latency(what: &str, times: &mut [Duration]) {
+    if times.is_empty() {
+        println!("{what}: none");
+        return;
     }
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
     println!(
-        "round trip over {messages} messages: median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{what}: reply p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms(pct(0.5)),
         ms(pct(0.99)),
         ms(times[times.len() - 1])
     );
-    let (rss, hwm) = memory(service.pid());
-    println!("after the run: VmRSS {rss} kB, VmHWM {hwm} kB");
+}
 
-    // Pacing, as one chat sees it: the parts of a long answer, then a person (or a script)
-    // writing again as soon as each reply arrives.
-    let chat = 9_000;
-    let end = "other words that script the demo agent.";
-    fake.send_dm(chat, "long");
-    let sent = fake
-        .wait_delivered(Duration::from_secs(30), |sent| {
-            sent.iter().any(|s| s.chat_id == json!(chat) && s.visible.contains(end))
-        })
-        .expect("the long answer did not arrive within 30 s");
-    let parts: Vec<Instant> = sent.iter().filter(|s| s.chat_id == json!(chat)).map(|s| s.at).collect();
-    if let (Some(first), Some(last)) = (parts.first(), parts.last()) {
-        println!("a long answer in {} parts, first to last part: {:.1} ms", parts.len(), ms(*last - *first));
-    }
-    // Another chat, so its bucket is full: the first 4 replies go at once, then one a second.
-    let chat = 9_001;
-    let mut times = Vec::new();
-    for n in 0..20 {
-        let text = format!("again {n}");
-        let start = Instant::now();
-        fake.send_dm(chat, &text);
-        let echo = format!("echo: {text}");
-        fake.wait_delivered(Duration::from_secs(10), |sent| sent.iter().any(|s| s.visible == echo))
-            .expect("a reply did not arrive within 10 s");
-        times.push(start.elapsed());
-    }
-    let first_four = times[..4].iter().map(|d| ms(*d)).fold(0.0, f64::max);
-    times.sort();
+fn print_memory(what: &str, pid: u32) {
+    let (rss, hwm) = memory(pid);
     println!(
-        "one chat writing as soon as each reply arrives, 20 messages: median {:.1} ms, slowest of the first 4 {:.1} ms",
-        ms(times[times.len() / 2]),
-        first_four
+        "{what}: VmRSS {rss} kB ({:.2} MiB), VmHWM {hwm} kB ({:.2} MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
     );
+    if knob("BENCH_SMAPS", 0) != 0 {
+        println!("  by mapping: {}", rss_by_mapping(pid));
+    }
+}
+
+/// Resident kB per kind of mapping (the binary, each library, heap, anonymous), largest
+/// first: where the memory is, for BENCH_SMAPS=1.
+fn rss_by_mapping(pid: u32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by_name: HashMap<String, u64> = HashMap::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            *by_name.entry(name.clone()).or_default() +=
+                rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+        } else if line.split_whitespace().next().is_some_and(|range| range.contains('-') && !range.ends_with(':')) {
+            let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
+            name = path.rsplit('/').next().unwrap_or(path).to_string();
+            if name == "[anon]" && knob("BENCH_SMAPS", 0) > 1 {
+                // Anonymous mappings by size: thread stacks, malloc arenas, big buffers.
+                let range = line.split_whitespace().next().unwrap_or("0-0");
+                let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+                let size =
+                    u64::from_str_radix(b, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(a, 16).unwrap_or(0));
+                name = format!("[anon {} kB]", size / 1024);
+            }
+        }
+    }
+    let mut list: Vec<_> = by_name.into_iter().filter(|(_, kb)| *kb > 0).collect();
+    list.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    list.iter().map(|(name, kb)| format!("{name} {kb} kB")).collect::<Vec<_>>().join(", ")
 }
 
 fn ms(d: Duration) -> f64 {
@@ -121,4 +337,27 @@ fn memory(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU seconds of the process so far, threads that ended included
+/// (/proc/PID/stat, in clock ticks of 10 ms).
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// On-CPU nanoseconds of the live threads (/proc/PID/task/*/schedstat): finer than
+/// [`process_cpu`], for the idle figure where no thread ends.
+fn thread_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build the release binary and measure it: size, idle memory, message round trip.
+# Build the release binary and measure it (bench/bench.rs: size, exec → first poll, memory,
+# CPU per message and per idle minute, latency, throughput; about a minute per binary).
 # Also measures the static musl build (what we ship for boards) when the x86_64 musl target
 # and musl-gcc are available (`rustup target add x86_64-unknown-linux-musl`,
 # `apt-get install musl-tools`).
-# Usage: bench/run.sh   (BENCH_MESSAGES=N to change the number of messages, default 300)
+# Usage: bench/run.sh   (knobs such as BENCH_WEB_MESSAGES: see the header of bench/bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet

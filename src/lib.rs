@@ -16,6 +16,9 @@ pub(crate) mod acp;
 pub mod adapters;
 pub(crate) mod admin_source;
 pub(crate) mod admin_token;
+pub mod audit;
+pub(crate) mod audit_cli;
+pub(crate) mod audit_writer;
 pub(crate) mod backoff;
 pub mod cli;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod error;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod group_history_file;
 pub(crate) mod health;
 pub mod journal;
 pub(crate) mod local_zone;

@@ -233,11 +233,13 @@ fn run_io(mut io: IoThread) {
         }
     };
     let mut reason = reason;
-    if !stderr_tail.is_empty() {
+    // Each stderr line was logged as it came; repeat the last ones only when that log is off.
+    if !stderr_tail.is_empty() && !log::log_enabled!(target: "acp", log::Level::Info) {
         reason.push_str("; last stderr: ");
         reason.push_str(&Vec::from(stderr_tail).join(" | "));
     }
-    log::warn!(target: "acp", "agent \"{}\" {reason}", io.name);
+    // Not a warning here: the daemon knows whether this exit is a crash or a clean stop.
+    log::debug!(target: "acp", "agent \"{}\" {reason}", io.name);
     let _ = io.events.send((io.name, AgentEvent::Exited { reason }));
 }
 
@@ -335,6 +337,9 @@ fn write_lines(mut stdin: std::process::ChildStdin, lines: Receiver<String>) {
     // Dropping stdin here closes it: the agent sees EOF and exits.
 }
 
+/// Capacity of the line buffer kept between lines; a longer line's buffer is freed after it.
+const LINE_BUFFER_KEPT: usize = 64 * 1024;
+
 /// What to do with a line longer than the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Overlong {
@@ -402,9 +407,14 @@ pub(crate) fn read_lines(
                 skipping = false;
             } else {
                 let line = finish_line(&buf);
-                buf = Vec::new();
+                buf.clear();
                 if !each(line) {
                     return LinesEnd::Done;
+                }
+                // One long line (a 2 MB answer in one chunk) must not keep its size
+                // allocated for as long as the agent runs.
+                if buf.capacity() > LINE_BUFFER_KEPT {
+                    buf = Vec::new();
                 }
             }
         }

@@ -43,6 +43,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(60);
 pub(crate) const DRAIN_AFTER_CLOSE: Duration = Duration::from_millis(1500);
 /// Message ids remembered for edits; the oldest are forgotten past this.
 const REMEMBERED_KEYS: usize = 512;
+/// Delivered replies kept for the audit log between two rounds of the dispatcher at most.
+const MAX_DELIVERED: usize = 1024;
 
 /// One platform message's worth of a reply, as the courier rendered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,6 +358,20 @@ struct Tracked {
     answers: Vec<MessageRef>,
     parts_left: usize,
     worst: Delivery,
+    /// For the audit log's `answer.delivered`: where, how big, how many parts, since when.
+    chat: ChatRef,
+    bytes: usize,
+    parts: usize,
+    queued_at: Instant,
+}
+
+/// A reply whose every part was delivered (for the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delivered {
+    pub chat: ChatRef,
+    pub bytes: usize,
+    pub parts: usize,
+    pub took: Duration,
 }
 
 /// Per-chat queues and the pacer: decides which call goes next. Pure (the courier is asked
@@ -366,6 +382,8 @@ pub(crate) struct Schedule {
     tracked: BTreeMap<u64, Tracked>,
     /// Replies done with, for [`Schedule::take_settled`].
     settled: Vec<Settled>,
+    /// Replies delivered whole, for [`Schedule::take_delivered`] (bounded: taken every round).
+    delivered: Vec<Delivered>,
     chats: BTreeMap<ChatRef, ChatQueue>,
     pacer: Pacer<ChatRef>,
     replies: u64,
@@ -384,6 +402,7 @@ impl Schedule {
             courier,
             tracked: BTreeMap::new(),
             settled: Vec::new(),
+            delivered: Vec::new(),
             chats: BTreeMap::new(),
             pacer,
             replies: 0,
@@ -405,7 +424,16 @@ impl Schedule {
                 self.replies += 1;
                 let reply = self.replies;
                 let of = pieces.len();
-                self.tracked.insert(reply, Tracked { answers, parts_left: of, worst: Delivery::Sent });
+                let tracked = Tracked {
+                    answers,
+                    parts_left: of,
+                    worst: Delivery::Sent,
+                    chat: chat.clone(),
+                    bytes: text.len(),
+                    parts: of,
+                    queued_at: now,
+                };
+                self.tracked.insert(reply, tracked);
                 let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
                 // The answer is here: "typing…" asked for before it is moot.
                 queue.typing_since = None;
@@ -460,7 +488,7 @@ impl Schedule {
 
     /// Count a part of `reply` done with, by its verdict; a reply whose last part is done
     /// with goes to [`Schedule::take_settled`].
-    fn track(&mut self, reply: u64, verdict: &Verdict) {
+    fn track(&mut self, reply: u64, verdict: &Verdict, now: Instant) {
         let Some(tracked) = self.tracked.get_mut(&reply) else { return };
         let (done, delivery) = match verdict {
             Verdict::Delivered { .. } => (1, Delivery::Sent),
@@ -474,8 +502,17 @@ impl Schedule {
         if tracked.parts_left == 0
             && let Some(tracked) = self.tracked.remove(&reply)
         {
+            if tracked.worst == Delivery::Sent && self.delivered.len() < MAX_DELIVERED {
+                let took = now.saturating_duration_since(tracked.queued_at);
+                self.delivered.push(Delivered { chat: tracked.chat, bytes: tracked.bytes, parts: tracked.parts, took });
+            }
             self.settled.push(Settled { answers: tracked.answers, delivery: tracked.worst });
         }
+    }
+
+    /// The replies delivered whole since the last call.
+    pub fn take_delivered(&mut self) -> Vec<Delivered> {
+        std::mem::take(&mut self.delivered)
     }
 
     /// Replies done with since the last call.
@@ -624,7 +661,7 @@ impl Schedule {
         let reply = part.track.reply;
         let verdict = settle(queue, part, result.map(drop), now, chat_id, self.courier.as_ref());
         self.chats.retain(|_, q| !q.is_idle());
-        self.track(reply, &verdict);
+        self.track(reply, &verdict, now);
         verdict
     }
 
@@ -856,6 +893,15 @@ fn dispatch(
             Wakeup::Tick => {}
         }
         settle.apply(schedule.take_settled());
+        for d in schedule.take_delivered() {
+            crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
+                channel: d.chat.channel,
+                chat: d.chat.chat_id,
+                bytes: d.bytes,
+                parts: d.parts,
+                duration_ms: u64::try_from(d.took.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
     }
 }
 
@@ -1040,12 +1086,19 @@ mod tests {
         let job = s.next_job(t).unwrap();
         s.finish(job, Ok(None), t);
         assert!(s.take_settled().is_empty(), "one part of three is not the reply");
+        assert!(s.take_delivered().is_empty());
         drain(&mut s, &mut t, || Ok(None));
         assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["a", "b"]), delivery: Delivery::Sent }]);
+        // The audit log's record: the whole reply, its parts, from queued to the last part.
+        // (`drain` finished the last two parts 40 s and 80 s after t0.)
+        let took = Duration::from_secs(80);
+        let delivered = Delivered { chat: chat("1"), bytes: THREE_PARTS.len(), parts: 3, took };
+        assert_eq!(s.take_delivered(), vec![delivered]);
         // Lost after every retry: the messages stay unanswered.
         s.push(reply("1", "short", &["c"]), t);
         drain(&mut s, &mut t, || Err(transient()));
         assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["c"]), delivery: Delivery::Lost }]);
+        assert!(s.take_delivered().is_empty(), "a lost reply was not delivered");
         // Blocked on the first of three parts: the rest is dropped, the reply is done with.
         s.push(reply("1", THREE_PARTS, &["d"]), t);
         drain(&mut s, &mut t, || Err(Failure::Blocked("HTTP 403: Forbidden: bot was blocked by the user".into())));

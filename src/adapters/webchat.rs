@@ -39,8 +39,9 @@
 //! ```
 //!
 //! Threads: the HTTP server's accept thread, one thread per connection (a WebSocket keeps its
-//! connection thread: it polls its socket with a short read timeout and drains its own queue),
-//! and one dispatcher that moves [`Outbound`] from the outbox into those queues.
+//! connection thread, which waits on its own queue and on the bytes its reader thread takes
+//! from the socket, whichever comes first: no polling), and one dispatcher that moves
+//! [`Outbound`] from the outbox into those queues.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -71,15 +72,20 @@ const SID_COOKIE: &str = "tether_sid";
 const TOKEN_COOKIE: &str = "tether_token";
 /// Messages kept per browser for replay on reconnect.
 const HISTORY_LIMIT: usize = 100;
-/// Bytes of history kept per browser; the oldest messages go first, and one longer message
-/// is kept cut to this size.
-const HISTORY_BYTES: usize = 1024 * 1024;
+/// Bytes of history kept per browser: the oldest messages go first. Without it a few long
+/// answers would stay in memory for as long as the browser is remembered.
+const HISTORY_BYTES: usize = 128 * 1024;
+/// A longer message is kept cut to this many bytes in the history (it was shown whole).
+const HISTORY_ENTRY_BYTES: usize = 32 * 1024;
 /// Bytes of history kept across all browsers; beyond it the least recently active browsers
 /// are forgotten (those without an open tab first).
 const TOTAL_HISTORY_BYTES: usize = 32 * 1024 * 1024;
 /// What of a stranger's message goes to the core: enough for the gates, which never pass it
 /// to the agent, and not the megabytes a stranger may send.
 const STRANGER_TEXT_LIMIT: usize = 4096;
+/// Frames at least this long are written straight to the socket rather than through
+/// tungstenite's write buffer, which would keep their size allocated while the socket lives.
+const DIRECT_FRAME: usize = 64 * 1024;
 /// Browsers remembered at once; the least recently active one without an open tab goes first.
 const MAX_BROWSERS: usize = 256;
 /// Largest attachment, decoded.
@@ -89,8 +95,13 @@ pub(crate) const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
 /// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
 /// reconnects and gets the history).
 const SOCKET_QUEUE: usize = 256;
-/// How often a WebSocket thread looks at its queue while the socket is quiet.
-const SOCKET_POLL: Duration = Duration::from_millis(50);
+/// Longest wait of a WebSocket thread for a frame to send or bytes received, before it looks
+/// at the stop flag and the ping timer (frames and bytes wake it at once).
+const SOCKET_WAIT: Duration = Duration::from_millis(250);
+/// Bytes a socket's reader thread takes from the connection at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Chunks a reader forwards ahead of its socket thread (back-pressure beyond that).
+const READ_AHEAD_CHUNKS: usize = 4;
 const PING_EVERY: Duration = Duration::from_secs(25);
 /// A socket that has completed no frame (not even a pong) this long is gone. Generous, as a
 /// 5 MB upload on a slow phone link is one long frame.
@@ -600,6 +611,16 @@ impl Hub {
                 browser.draft = None;
                 broadcast(browser, &ServerFrame::Message(&entry).to_json());
                 push_history(browser, entry);
+                if matches!(action, Outbound::Text { .. }) {
+                    // Handed to the browsers (and their history) at once: one part, no wait.
+                    crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
+                        channel: chat.channel.clone(),
+                        chat: chat.chat_id.clone(),
+                        bytes: text.len(),
+                        parts: 1,
+                        duration_ms: 0,
+                    });
+                }
             }
             Outbound::Draft { text, .. } => {
                 let browser = self.browser(&chat.chat_id);
@@ -618,15 +639,19 @@ impl Hub {
 }
 
 /// Keep `entry` in the browser's history, within [`HISTORY_LIMIT`] messages and
-/// [`HISTORY_BYTES`] bytes (one longer message is kept cut).
+/// [`HISTORY_BYTES`] bytes (a message longer than [`HISTORY_ENTRY_BYTES`] is kept cut).
 fn push_history(browser: &mut Browser, mut entry: Entry) {
-    if entry_bytes(&entry) > HISTORY_BYTES {
-        truncate_at_char(&mut entry.text, HISTORY_BYTES / 2);
-        entry.text.push_str("\n… (cut: too long to keep)");
+    if entry.text.len() > HISTORY_ENTRY_BYTES {
+        let whole = entry.text.chars().count();
+        truncate_at_char(&mut entry.text, HISTORY_ENTRY_BYTES);
+        entry
+            .text
+            .push_str(&format!("\n\n… (cut here in the replayed history: the whole message had {whole} characters)"));
     }
     browser.history_bytes += entry_bytes(&entry);
     browser.history.push_back(entry);
-    while browser.history.len() > HISTORY_LIMIT || browser.history_bytes > HISTORY_BYTES {
+    while browser.history.len() > HISTORY_LIMIT || (browser.history_bytes > HISTORY_BYTES && browser.history.len() > 1)
+    {
         let Some(old) = browser.history.pop_front() else { break };
         browser.history_bytes = browser.history_bytes.saturating_sub(entry_bytes(&old));
     }
@@ -929,80 +954,241 @@ pub(crate) fn socket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_WS_MESSAGE))
 }
 
-/// Serve one WebSocket until it closes, goes quiet, falls behind, or the chat stops.
-fn run_socket(shared: &Shared, sid: &str, stream: TcpStream, rest: Vec<u8>) {
-    if stream.set_read_timeout(Some(SOCKET_POLL)).is_err() || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
-        return;
-    }
-    let mut ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(socket_config()));
-    let (socket, queue) = shared.hub().connect(sid);
-    let _registration = Registration { shared, sid, socket };
-    let mut last_heard = Instant::now();
-    let mut last_ping = Instant::now();
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            let _ = ws.close(None);
-            let _ = ws.flush();
-            return;
+/// The connection as tungstenite sees it: reads take what the socket's reader thread
+/// forwarded (`WouldBlock` when nothing waits, end of file once the reader saw it), writes
+/// go straight to the connection (blocking, with [`WRITE_TIMEOUT`]).
+struct SocketIo {
+    stream: TcpStream,
+    inbox: Vec<u8>,
+    /// How much of `inbox` tungstenite has taken.
+    taken: usize,
+    eof: bool,
+}
+
+impl io::Read for SocketIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let waiting = self.inbox.get(self.taken..).unwrap_or_default();
+        if waiting.is_empty() {
+            return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
         }
+        let n = waiting.len().min(buf.len());
+        buf[..n].copy_from_slice(&waiting[..n]);
+        self.taken += n;
+        if self.taken == self.inbox.len() {
+            self.inbox.clear();
+            self.taken = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl io::Write for SocketIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// The thread that blocks on the connection's reads and forwards what arrives, so that the
+/// socket thread can wait on one thing (its queue or these bytes, whichever comes first)
+/// instead of polling. Ends at end of file, on an error, or when the socket thread is gone
+/// (which shuts the connection down to wake it).
+fn spawn_reader(stream: TcpStream) -> io::Result<Receiver<Vec<u8>>> {
+    use std::io::Read;
+    let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
+    std::thread::Builder::new().name("webchat-read".into()).stack_size(64 * 1024).spawn(move || {
+        let mut stream = stream;
+        let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            match queue.try_recv() {
-                Ok(json) => {
-                    if ws.write(Message::text(json)).is_err() {
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
                         return;
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    })?;
+    Ok(rx)
+}
+
+/// Write one text frame past tungstenite's write buffer (see [`DIRECT_FRAME`]): flush what it
+/// holds first, so frames stay in order, then the frame header (a server's frames are not
+/// masked) and the payload.
+fn write_direct(ws: &mut WebSocket<SocketIo>, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    ws.flush().map_err(io::Error::other)?;
+    let len = text.len();
+    let mut header = vec![0x81u8]; // FIN, text
+    match len {
+        0..=125 => header.push(len as u8),
+        126..=0xFFFF => {
+            header.push(126);
+            header.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            header.push(127);
+            header.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    let stream = &mut ws.get_mut().stream;
+    stream.write_all(&header)?;
+    stream.write_all(text.as_bytes())?;
+    stream.flush()
+}
+
+/// Why a socket's loop ended.
+enum SocketEnd {
+    /// The chat stops, or the hub dropped the socket: say goodbye properly.
+    Close,
+    /// The connection failed or the browser went away.
+    Gone,
+}
+
+/// Serve one WebSocket until it closes, goes quiet, falls behind, or the chat stops.
+fn run_socket(shared: &Shared, sid: &str, stream: TcpStream, rest: Vec<u8>) {
+    // The reader blocks without a timeout; silence is judged here (SOCKET_IDLE_LIMIT).
+    if stream.set_read_timeout(None).is_err() || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
+    let Ok(bytes) = stream.try_clone().and_then(spawn_reader) else {
+        log::warn!("web chat: cannot start the reader of a socket of {}", short(sid));
+        return;
+    };
+    let io = SocketIo { stream, inbox: Vec::new(), taken: 0, eof: false };
+    let mut ws = WebSocket::from_partially_read(io, rest, Role::Server, Some(socket_config()));
+    let (socket, queue) = shared.hub().connect(sid);
+    let _registration = Registration { shared, sid, socket };
+    if let SocketEnd::Close = socket_loop(shared, sid, &mut ws, &queue, &bytes) {
+        let _ = ws.close(None);
+        let _ = ws.flush();
+    }
+    // Wakes the reader thread, which then ends.
+    let _ = ws.get_ref().stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn socket_loop(
+    shared: &Shared,
+    sid: &str,
+    ws: &mut WebSocket<SocketIo>,
+    queue: &Receiver<String>,
+    bytes: &Receiver<Vec<u8>>,
+) -> SocketEnd {
+    let mut last_heard = Instant::now();
+    let mut last_ping = Instant::now();
+    // Frames in the history frame are already queued: write them before waiting.
+    let mut frames_ready = true;
+    let mut bytes_ready = !ws.get_ref().inbox.is_empty();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return SocketEnd::Close;
+        }
+        if !frames_ready && !bytes_ready {
+            crossbeam_channel::select! {
+                recv(queue) -> frame => match frame {
+                    Ok(json) => {
+                        if write_frame(ws, json).is_err() {
+                            return SocketEnd::Gone;
+                        }
+                        frames_ready = true;
+                    }
                     // The hub dropped us (queue overflow): the page reconnects and replays.
-                    let _ = ws.close(None);
-                    let _ = ws.flush();
-                    return;
+                    Err(_) => return SocketEnd::Close,
+                },
+                recv(bytes) -> chunk => {
+                    match chunk {
+                        Ok(data) => ws.get_mut().inbox.extend_from_slice(&data),
+                        Err(_) => ws.get_mut().eof = true,
+                    }
+                    bytes_ready = true;
+                },
+                default(SOCKET_WAIT) => {}
+            }
+        }
+        if frames_ready {
+            frames_ready = false;
+            loop {
+                match queue.try_recv() {
+                    Ok(json) => {
+                        if write_frame(ws, json).is_err() {
+                            return SocketEnd::Gone;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return SocketEnd::Close,
                 }
+            }
+        }
+        if bytes_ready {
+            bytes_ready = false;
+            loop {
+                match bytes.try_recv() {
+                    Ok(data) => ws.get_mut().inbox.extend_from_slice(&data),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        ws.get_mut().eof = true;
+                        break;
+                    }
+                }
+            }
+            // Every complete frame that arrived; a partial one waits for more bytes.
+            loop {
+                match ws.read() {
+                    Ok(Message::Text(text)) => {
+                        last_heard = Instant::now();
+                        if let Some(error) = take_client_frame(shared, sid, text.as_str()) {
+                            let frame = ServerFrame::Error { text: &error }.to_json();
+                            if ws.write(Message::text(frame)).is_err() {
+                                return SocketEnd::Gone;
+                            }
+                        }
+                    }
+                    Ok(Message::Binary(_)) => {
+                        last_heard = Instant::now();
+                        let frame = ServerFrame::Error { text: "send JSON text frames" }.to_json();
+                        if ws.write(Message::text(frame)).is_err() {
+                            return SocketEnd::Gone;
+                        }
+                    }
+                    // Pings are answered by tungstenite on the next write or flush; a close is
+                    // answered the same way, and the next read reports ConnectionClosed.
+                    Ok(_) => last_heard = Instant::now(),
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::debug!("web chat: socket of {} ended: {e}", short(sid));
+                        return SocketEnd::Gone;
+                    }
+                }
+            }
+        }
+        if last_heard.elapsed() > SOCKET_IDLE_LIMIT {
+            log::debug!("web chat: socket of {} silent too long; closing", short(sid));
+            return SocketEnd::Gone;
+        }
+        if last_ping.elapsed() >= PING_EVERY {
+            last_ping = Instant::now();
+            if ws.write(Message::Ping(Default::default())).is_err() {
+                return SocketEnd::Gone;
             }
         }
         if ws.flush().is_err() {
-            return;
+            return SocketEnd::Gone;
         }
-        match ws.read() {
-            Ok(Message::Text(text)) => {
-                last_heard = Instant::now();
-                if let Some(error) = take_client_frame(shared, sid, text.as_str()) {
-                    let frame = ServerFrame::Error { text: &error }.to_json();
-                    if ws.send(Message::text(frame)).is_err() {
-                        return;
-                    }
-                }
-            }
-            Ok(Message::Binary(_)) => {
-                last_heard = Instant::now();
-                let frame = ServerFrame::Error { text: "send JSON text frames" }.to_json();
-                if ws.send(Message::text(frame)).is_err() {
-                    return;
-                }
-            }
-            // Pings are answered by tungstenite on the next write or flush; a close is
-            // answered the same way, and the next read reports ConnectionClosed.
-            Ok(_) => last_heard = Instant::now(),
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
-            {
-                if last_heard.elapsed() > SOCKET_IDLE_LIMIT {
-                    log::debug!("web chat: socket of {} silent too long; closing", short(sid));
-                    return;
-                }
-                if last_ping.elapsed() >= PING_EVERY {
-                    last_ping = Instant::now();
-                    if ws.send(Message::Ping(Default::default())).is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                log::debug!("web chat: socket of {} ended: {e}", short(sid));
-                return;
-            }
-        }
+    }
+}
+
+/// Queue one frame from the hub on the socket (written at the next flush), or write a long
+/// one at once past the buffer.
+fn write_frame(ws: &mut WebSocket<SocketIo>, json: String) -> Result<(), ()> {
+    if json.len() >= DIRECT_FRAME {
+        write_direct(ws, &json).map_err(|_| ())
+    } else {
+        ws.write(Message::text(json)).map_err(|_| ())
     }
 }
 
@@ -1566,6 +1752,29 @@ mod tests {
     }
 
     #[test]
+    fn history_is_bounded_in_bytes_and_keeps_long_answers_cut() {
+        let a = "a".repeat(32);
+        let mut hub = Hub::new("boot".into());
+        // A 2 MB answer (multi-byte characters, so the cut must find a boundary) is shown
+        // whole but kept cut, with a note.
+        let long = "é".repeat(1_000_000);
+        hub.deliver(&Outbound::Text { chat: chat_ref(&a), text: long.clone(), answers: Vec::new() }, 0);
+        let kept = &hub.browsers[&a].history.back().unwrap().text;
+        assert!(kept.len() < HISTORY_ENTRY_BYTES + 200, "kept {} bytes", kept.len());
+        assert!(kept.starts_with(&"é".repeat(100)));
+        assert!(kept.ends_with("the whole message had 1000000 characters)"), "{}", &kept[kept.len() - 100..]);
+        // Many medium messages: the oldest go once the bytes pass the budget.
+        for i in 0..20 {
+            hub.record_from_person(&a, &format!("{i:02}{}", "x".repeat(20 * 1024)), None, i);
+        }
+        let history = &hub.browsers[&a].history;
+        let bytes: usize = history.iter().map(|e| e.text.len()).sum();
+        assert!(bytes <= HISTORY_BYTES, "{bytes} bytes kept");
+        assert!(history.back().unwrap().text.starts_with("19"));
+        assert!(history.len() < 20);
+    }
+
+    #[test]
     fn hub_bounds_history_queues_and_browsers() {
         let a = "a".repeat(32);
         let mut hub = Hub::new("boot".into());
@@ -1770,7 +1979,26 @@ mod tests {
         let sid = format!("{:032x}", 999);
         hub.deliver(&Outbound::Text { chat: chat_ref(&sid), text: "z".repeat(5 * 1024 * 1024), answers: vec![] }, 0);
         assert!(hub.browsers[&sid].history_bytes <= HISTORY_BYTES, "one long message is kept cut");
-        assert!(hub.browsers[&sid].history[0].text.ends_with("(cut: too long to keep)"));
+        assert!(hub.browsers[&sid].history[0].text.contains("cut here in the replayed history"));
+    }
+
+    #[test]
+    fn long_frames_written_past_the_buffer_arrive_whole_and_in_order() {
+        let chat = Chat::start(None);
+        let sid = chat.new_browser();
+        let mut ws = chat.socket(&format!("{SID_COOKIE}={sid}"));
+        assert_eq!(next_frame(&mut ws)["type"], "history");
+        let long = "ü".repeat(300_000); // 600 kB: a frame with a 64-bit length
+        let medium = "m".repeat(70_000); // a 16-bit length, still direct
+        let to = chat_ref(&browser_id(&sid));
+        chat.send(Outbound::Typing { chat: to.clone() });
+        chat.send(Outbound::Draft { chat: to.clone(), text: medium.clone() });
+        chat.send(Outbound::Text { chat: to.clone(), text: long.clone(), answers: vec![] });
+        chat.send(Outbound::Typing { chat: to });
+        assert_eq!(next_frame(&mut ws)["type"], "typing");
+        assert_eq!(next_frame(&mut ws)["text"], medium.as_str());
+        assert_eq!(next_frame(&mut ws)["text"], long.as_str());
+        assert_eq!(next_frame(&mut ws)["type"], "typing");
     }
 
     #[test]

@@ -511,8 +511,8 @@ impl Core {
             is_reply_to_bot: true,
             ..Default::default()
         };
-        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&due.sender_id));
-        match gate::check(channel, &as_message, paired) {
+        let approvals = self.access.approvals(&channel.name, &due.sender_id, &due.chat_id);
+        match gate::check(channel, &as_message, approvals) {
             gate::Verdict::Pass => Ok(()),
             _ => Err("this chat or its creator is no longer allowed to use the bot".to_string()),
         }

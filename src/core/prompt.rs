@@ -60,6 +60,11 @@ pub fn compose(steer_note: bool, instructions: Option<&str>, body: &str) -> Stri
     parts.join("\n\n")
 }
 
+/// Someone else's text made safe to quote on one line, cut to `max` characters.
+pub fn sanitize_quote_len(text: &str, max: usize) -> String {
+    sanitize_label(text, max)
+}
+
 /// A quoted message made safe to put inside `[Replying to: "…"]`.
 pub fn sanitize_quote(text: &str) -> String {
     sanitize_label(text, QUOTE_MAX_CHARS)

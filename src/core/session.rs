@@ -103,6 +103,8 @@ pub struct Turn {
     pub streamed: bool,
     /// Tool calls shown as status lines (`showToolCalls: "brief"`): (tool call id, title).
     pub tools: Vec<(String, String)>,
+    /// The plan's progress message was sent (later plans edit it).
+    pub plan_shown: bool,
     /// The senders of the messages this turn answers (who may answer its permission requests).
     pub senders: Vec<String>,
     /// Permission requests this turn has asked the chat (a flood is refused past a cap).
@@ -335,6 +337,11 @@ impl Session {
         self.retry = Some(retry);
     }
 
+    /// The turn a crash interrupted, if one waits to run again.
+    pub fn retry(&self) -> Option<&Retry> {
+        self.retry.as_ref()
+    }
+
     /// Whether `message` of `channel` waits in the turn a crash interrupted.
     pub fn retry_holds(&self, channel: &str, message: &MessageRef) -> bool {
         self.retry.iter().filter(|r| r.chat.channel == channel).any(|r| r.message_ids.contains(message))
@@ -460,6 +467,7 @@ impl Session {
             stream: settings.block_stream.map(BlockStreamer::new),
             streamed: false,
             tools: Vec::new(),
+            plan_shown: false,
             senders,
             permission_asks: 0,
             draft_sent: None,

@@ -164,7 +164,7 @@ fn session_new_answers_an_id_then_announces_commands() {
     assert_eq!(update["sessionUpdate"], "available_commands_update");
     let names: Vec<&str> =
         update["availableCommands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["help", "summary", "joke", "model"]);
+    assert_eq!(names, ["help", "words", "summary", "joke", "model"]);
     assert_eq!(h.new_session(), "demo-2");
 }
 

@@ -112,7 +112,7 @@ fn serve_runs_a_crash_script_and_exits_3_without_answering() {
         request(1, "initialize", json!({"protocolVersion": 1})),
         request(2, "session/new", json!({"cwd": "/ws", "mcpServers": []})),
         prompt(3, "demo-1", "hello"),
-        prompt(4, "demo-1", "now crash"),
+        prompt(4, "demo-1", "crash"),
         prompt(5, "demo-1", "never read"),
     ]
     .concat();

@@ -1,9 +1,16 @@
 //! The HTTP client every adapter uses: one ureq agent per channel, with timeouts on every
 //! phase and HTTP error statuses returned as data (platforms put the reason in the body).
+//! Connections are kept and reused by the agent's pool; host names are resolved once a minute,
+//! not per request (see [`CachingResolver`]).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// A blocking JSON-over-HTTP client.
 #[derive(Debug, Clone)]
@@ -31,7 +38,47 @@ impl Default for HttpClient {
             .output_buffer_size(16 * 1024)
             .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
             .build();
-        HttpClient { agent: config.into() }
+        let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), CachingResolver::default());
+        HttpClient { agent }
+    }
+}
+
+/// How long a host name's addresses are used before they are looked up again.
+const RESOLVE_TTL: Duration = Duration::from_secs(60);
+/// Host names remembered at once (a channel talks to one or two).
+const RESOLVE_CACHE: usize = 16;
+
+/// ureq's resolver with a short memory. ureq resolves the host before every request, even
+/// one that goes out on a pooled connection, and with a timeout set (always, here) it starts
+/// a thread for each lookup: a thread and a `getaddrinfo` (a DNS query on a router without a
+/// cache) per message sent. Built on ureq's `unversioned` API, pinned by Cargo.lock.
+#[derive(Debug, Default)]
+struct CachingResolver {
+    inner: DefaultResolver,
+    cache: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!("{}://{}", uri.scheme_str().unwrap_or(""), uri.authority().map_or("", |a| a.as_str()));
+        let now = Instant::now();
+        if let Some((at, addrs)) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
+            && now.saturating_duration_since(*at) < RESOLVE_TTL
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= RESOLVE_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, (now, addrs.clone()));
+        Ok(addrs)
     }
 }
 
@@ -203,5 +250,28 @@ fn describe(e: &ureq::Error) -> String {
         ureq::Error::ConnectionFailed => "connection failed".to_string(),
         ureq::Error::HostNotFound => "host not found".to_string(),
         other => format!("HTTP error: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolver_answers_from_its_memory_within_the_ttl() {
+        let resolver = CachingResolver::default();
+        let config = ureq::config::Config::default();
+        // A miss looks the name up (an IP literal: no DNS) and remembers it.
+        let local: Uri = "http://127.0.0.1:8081/bot/getMe".parse().unwrap();
+        let first = resolver.resolve(&local, &config, NextTimeout::default()).unwrap();
+        assert_eq!(first.first().map(|a| a.to_string()), Some("127.0.0.1:8081".to_string()));
+        assert!(resolver.cache.lock().unwrap().contains_key("http://127.0.0.1:8081"));
+        // A hit does not look up: a name that cannot resolve answers what was remembered.
+        let mut seeded = resolver.empty();
+        seeded.push("10.1.2.3:443".parse().unwrap());
+        resolver.cache.lock().unwrap().insert("https://api.example.invalid".to_string(), (Instant::now(), seeded));
+        let uri: Uri = "https://api.example.invalid/bot123/getUpdates".parse().unwrap();
+        let hit = resolver.resolve(&uri, &config, NextTimeout::default()).unwrap();
+        assert_eq!(hit.first().map(|a| a.to_string()), Some("10.1.2.3:443".to_string()));
     }
 }

@@ -3,6 +3,7 @@
 
 mod access;
 mod agents;
+mod audit;
 mod cli;
 mod conversations;
 mod dingtalk;
@@ -10,6 +11,7 @@ mod discord;
 mod discord_gateway;
 mod loops;
 mod permissions;
+mod qwen_keys;
 mod replies;
 mod seam;
 mod service;

@@ -151,6 +151,10 @@ fn agent_that_dies_at_start_gives_a_clear_error() {
     let log = service.log();
     assert!(log.contains("failed to start: it exited with status 3"), "{log}");
     assert!(log.contains("model weights missing"), "{log}");
+    // The agent's stderr line is logged once (not again as a "last stderr" tail), and so is
+    // the error.
+    assert_eq!(log.matches("model weights missing\n").count(), 1, "{log}");
+    assert_eq!(log.matches("failed to start: it exited with status 3").count(), 1, "{log}");
 }
 
 #[test]
@@ -160,5 +164,6 @@ fn agent_command_not_found_says_so() {
     home.write_config(&config(&fake, json!({"command": "/nonexistent/qwen", "args": ["--acp"]}), json!({})));
     let mut service = Service::start(&home, &[]);
     assert_eq!(service.wait_exit(WAIT), Some(1));
-    assert!(service.log().contains("cannot start agent \"default\" (`/nonexistent/qwen --acp`)"), "{}", service.log());
+    // Refused before any platform is contacted, as `tether check` refuses it.
+    assert!(service.log().contains("agent.command: `/nonexistent/qwen` is not a file"), "{}", service.log());
 }

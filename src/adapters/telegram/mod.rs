@@ -80,6 +80,20 @@ pub const PLATFORM: Platform = Platform {
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let token = keys.required_secret("token", "your bot token", "TELEGRAM_BOT_TOKEN")?;
     let api_base = keys.url("apiBase", Some("baseUrl"), DEFAULT_API_BASE)?;
+    // Telegram ids are numbers; anything else (a @username, a placeholder) matches nobody.
+    for (i, id) in keys.user_ids("allowedUsers")?.iter().enumerate() {
+        let digits = id.strip_prefix('-').unwrap_or(id);
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(keys.error(
+                &format!("allowedUsers[{i}]"),
+                format!(
+                    "\"{id}\" is not a Telegram user id: Telegram ids are numbers such as 123456789 \
+                     (not @usernames). To find yours, send your bot a message while tether runs: the \
+                     log says \"dropped message from <id>\"; or message @userinfobot in Telegram"
+                ),
+            ));
+        }
+    }
     Ok(PlatformSettings { secrets: [("token", token)].into(), values: [("apiBase", Value::String(api_base))].into() })
 }
 

@@ -134,6 +134,9 @@ fn a_loop_whose_chat_is_no_longer_allowed_is_disabled_and_listed_so() {
         agents: BTreeMap::new(),
         channels: [("tg".to_string(), changed)].into_iter().collect(),
         env: BTreeMap::new(),
+        disabled: Default::default(),
+        allowed_channel_types: None,
+        audit: None,
     };
     core.set_channels(&config);
     assert_eq!(tick_at(&mut core, T0 + 60 * MINUTE, now), vec![]);

@@ -104,6 +104,8 @@ struct State {
     /// Bumped by each getUpdates; a held poll that sees a newer one answers 409.
     poll_generation: u64,
     polls: u64,
+    /// When the first getUpdates arrived (the benchmark's exec → first poll).
+    first_poll: Option<Instant>,
 }
 
 pub struct FakeTelegram {
@@ -341,6 +343,12 @@ impl FakeTelegram {
         self.state.0.lock().unwrap().polls
     }
 
+    /// When the first getUpdates arrived, if one did.
+    #[allow(dead_code)] // Used by the benchmark.
+    pub fn first_poll_at(&self) -> Option<Instant> {
+        self.state.0.lock().unwrap().first_poll
+    }
+
     /// The next recorded call of `method`, waiting at most `within`.
     pub fn next_call(&self, method: &str, within: Duration) -> Option<Call> {
         let deadline = Instant::now() + within;
@@ -467,6 +475,7 @@ fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {
     let (lock, cvar) = &**state;
     let mut st = lock.lock().unwrap();
     st.polls += 1;
+    st.first_poll.get_or_insert_with(Instant::now);
     st.poll_generation += 1;
     let generation = st.poll_generation;
     let wake = st.wake;
