@@ -110,6 +110,8 @@ pub const UNHEALTHY_AFTER_ENV: &str = "TETHER_UNHEALTHY_AFTER_MS";
 pub const CLOCK_OFFSET_ENV: &str = "TETHER_TEST_CLOCK_OFFSET_MS";
 /// The scheduled loops (`core/loops.rs`).
 pub const LOOPS_FILE: &str = "loops.json";
+/// The named tasks of `multiSession` channels (`core/tasks.rs`).
+const TASKS_FILE: &str = "tasks.json";
 
 /// How `tether start` (or `tether demo`) was asked to run.
 pub struct Options {
@@ -200,6 +202,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         daemon.start_channel(channel)?;
     }
     daemon.adopt_sessions();
+    daemon.adopt_tasks();
     // Pairing state: read at start, then re-read when `tether pairing` changes it.
     daemon.core.set_wall_clock(daemon.wall_ms());
     daemon.adopt_loops();
@@ -365,6 +368,29 @@ impl Daemon {
         self.core.adopt_loops(crate::core::loops::Book::new(file, zone), Instant::now());
     }
 
+    /// Named tasks of the last run go on (their sessions are in `sessions.json`).
+    fn adopt_tasks(&mut self) {
+        if !self.options.as_service {
+            return;
+        }
+        match store::read_json::<crate::core::tasks::TaskFile>(&self.home.join(TASKS_FILE)) {
+            Ok(Some(file)) => self.core.adopt_tasks(file),
+            Ok(None) => {}
+            Err(e) => log::warn!(target: "tether", "{e}; named tasks start afresh"),
+        }
+    }
+
+    /// Write `tasks.json` when the tasks changed.
+    fn save_tasks(&mut self) {
+        let Some(file) = self.core.tasks_to_save() else { return };
+        if !self.options.as_service {
+            return;
+        }
+        if let Err(e) = store::write_json_atomic(&self.home.join(TASKS_FILE), &file) {
+            log::warn!(target: "tether", "{e}");
+        }
+    }
+
     /// Write `loops.json` when the loops changed.
     fn save_loops(&mut self) {
         let Some(file) = self.core.loops_to_save() else { return };
@@ -417,6 +443,7 @@ impl Daemon {
         if records_may_change {
             self.save_sessions();
             self.save_loops();
+            self.save_tasks();
         }
     }
 

@@ -17,6 +17,10 @@ pub enum Command {
     Who,
     /// `/loop …` (`/loops` lists).
     Loop,
+    /// `/session new|use|current|close|cancel` (named tasks).
+    Session,
+    /// `/sessions [all]`.
+    Sessions,
 }
 
 /// (name, command, line for /help), in the order /help lists them. Names are lower case.
@@ -30,6 +34,8 @@ const TABLE: &[(&str, Command, &str)] = &[
     ("who", Command::Who, "/who — Show who shares this session"),
     ("loop", Command::Loop, "/loop add \"<cron>\" <prompt> · list · inspect <id> · cancel <id> — Scheduled prompts"),
     ("loops", Command::Loop, ""),
+    ("session", Command::Session, "/session new|use|current|close|cancel <name>, /sessions — Named tasks (if on)"),
+    ("sessions", Command::Sessions, ""),
 ];
 
 /// The local command a message invokes, with its arguments (trimmed), if it is one.
@@ -247,6 +253,7 @@ mod tests {
             /status — Show session info\n\
             /who — Show who shares this session\n\
             /loop add \"<cron>\" <prompt> · list · inspect <id> · cancel <id> — Scheduled prompts\n\
+            /session new|use|current|close|cancel <name>, /sessions — Named tasks (if on)\n\
             \n\
             Agent commands (forwarded to the agent):\n\
             /summary — Summarise\n\
@@ -256,7 +263,7 @@ mod tests {
         assert_eq!(help_text(&agent), expected);
         let without = help_text(&[]);
         assert!(!without.contains("Agent commands"), "{without}");
-        assert!(without.ends_with("— Scheduled prompts\n\nSend any text to chat with the agent."));
+        assert!(without.ends_with("— Named tasks (if on)\n\nSend any text to chat with the agent."));
     }
 
     #[test]

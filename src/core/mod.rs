@@ -10,13 +10,14 @@ mod audit;
 pub(crate) mod commands;
 pub(crate) mod cron;
 pub(crate) mod gate;
-pub(crate) mod loops;
 pub(crate) mod history;
+pub(crate) mod loops;
 pub(crate) mod pairing;
 pub(crate) mod permissions;
 pub(crate) mod prompt;
 pub(crate) mod routing;
 pub(crate) mod session;
+pub(crate) mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -156,6 +157,9 @@ pub struct Core {
     /// Scheduled loops (`loops.rs`), and when the clock must next look at them.
     loops: loops::Book,
     loops_wake: Option<Instant>,
+    /// Named tasks (`tasks.rs`), by conversation key; changed since last saved.
+    tasks: BTreeMap<SessionKey, tasks::TaskList>,
+    tasks_dirty: bool,
     /// An audit log is configured: [`Action::Audit`] records are returned (else dropped here).
     audit: bool,
 }
@@ -190,6 +194,8 @@ impl Core {
             wall_ms: 0,
             loops: loops::Book::default(),
             loops_wake: None,
+            tasks: BTreeMap::new(),
+            tasks_dirty: false,
             audit: config.audit.is_some(),
         }
     }
@@ -408,7 +414,9 @@ impl Core {
             log::debug!(target: channel.name.as_str(), "ignored a command for another bot in {}", message.chat_id);
             return;
         }
-        let key = routing::session_key(channel.session_scope, &message);
+        let base_key = routing::session_key(channel.session_scope, &message);
+        // With named tasks, the selected task's conversation (`tasks.rs`).
+        let (key, task_label) = self.task_route(&base_key, &message);
         let reply = routing::reply_to(&message);
         actions.push(audit::accepted(&message, &key));
         if let Some(answer) = permissions::parse_text_answer(&message.text) {
@@ -452,6 +460,7 @@ impl Core {
             new_session(&key, channel, &reply, earlier, (agent_up, can_load), now, actions)
         });
         session.chat = reply.clone();
+        session.label = task_label;
         session.shared = match channel.session_scope {
             SessionScope::Single => true,
             SessionScope::Thread | SessionScope::ChatThread => message.is_group,
@@ -548,6 +557,8 @@ impl Core {
                 sender_id: &message.sender_id,
             }),
             Command::Loop => self.loop_command(_args, message, now, actions),
+            Command::Session => self.task_command(None, _args, message, now, actions),
+            Command::Sessions => self.task_command(Some(_args), "", message, now, actions),
             Command::Clear => {
                 // A fresh start in a group also forgets what was overheard there (as Qwen Code).
                 if let Some(history) = self.history.get_mut(&message.channel).filter(|_| message.is_group)
@@ -865,6 +876,7 @@ impl Core {
         };
         let Some(session) = self.sessions.get(&key) else { return refuse(agent, actions) };
         let chat = session.turn.as_ref().map_or_else(|| session.chat.clone(), |t| t.chat.clone());
+        let label = session.label.clone();
         let Some(channel) = self.channels.get(&chat.channel) else { return refuse(agent, actions) };
         let target = channel.name.as_str();
         let pick = |kinds: &[PermissionKind]| {
@@ -922,7 +934,8 @@ impl Core {
                 actions.push(Action::Send(Outbound::Ask {
                     chat,
                     key: pending.message_key(),
-                    text: pending.ask_text(),
+                    // A task's or loop's request says whose it is (its id is in the text).
+                    text: labelled(&label, pending.ask_text()),
                     buttons: pending.buttons(),
                 }));
             }

@@ -1586,3 +1586,4 @@ fn drafts_are_coalesced_not_copied_per_chunk() {
 }
 
 mod loops;
+mod tasks;
