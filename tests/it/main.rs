@@ -16,6 +16,7 @@ mod replies;
 mod seam;
 mod service;
 mod support;
+mod tasks;
 mod telegram;
 mod tidy;
 mod webchat;
