@@ -32,9 +32,9 @@ const TABLE: &[(&str, Command, &str)] = &[
     ("cancel", Command::Cancel, "/cancel — Cancel the current request"),
     ("status", Command::Status, "/status — Show session info"),
     ("who", Command::Who, "/who — Show who shares this session"),
-    ("loop", Command::Loop, "/loop add \"<cron>\" <prompt> · list · inspect <id> · cancel <id> — Scheduled prompts"),
+    ("loop", Command::Loop, "/loop add \"CRON\" PROMPT · list · inspect ID · cancel ID — Scheduled prompts"),
     ("loops", Command::Loop, ""),
-    ("session", Command::Session, "/session new|use|current|close|cancel <name>, /sessions — Named tasks (if on)"),
+    ("session", Command::Session, "/session new|use|current|close|cancel NAME, /sessions — Named tasks (if on)"),
     ("sessions", Command::Sessions, ""),
 ];
 
@@ -252,8 +252,8 @@ mod tests {
             /cancel — Cancel the current request\n\
             /status — Show session info\n\
             /who — Show who shares this session\n\
-            /loop add \"<cron>\" <prompt> · list · inspect <id> · cancel <id> — Scheduled prompts\n\
-            /session new|use|current|close|cancel <name>, /sessions — Named tasks (if on)\n\
+            /loop add \"CRON\" PROMPT · list · inspect ID · cancel ID — Scheduled prompts\n\
+            /session new|use|current|close|cancel NAME, /sessions — Named tasks (if on)\n\
             \n\
             Agent commands (forwarded to the agent):\n\
             /summary — Summarise\n\

@@ -142,7 +142,7 @@ impl Book {
         let here = self.file.loops.iter().filter(|l| l.enabled && l.belongs_to(by.chat)).count();
         if here >= MAX_PER_TARGET {
             return Err(format!(
-                "This chat has {MAX_PER_TARGET} loops already, the most allowed. Cancel one first (/loop list, /loop cancel <id>)."
+                "This chat has {MAX_PER_TARGET} loops already, the most allowed. Cancel one first (/loop list, /loop cancel ID)."
             ));
         }
         if self.file.loops.len() >= MAX_LOOPS {
@@ -323,10 +323,10 @@ impl Book {
 }
 
 pub const USAGE_ADD: &str =
-    "Add one with /loop add \"<cron>\" <prompt>, e.g. /loop add \"*/15 * * * *\" check the deployment.";
+    "Add one with /loop add \"CRON\" PROMPT, e.g. /loop add \"*/15 * * * *\" check the deployment.";
 
 /// `/loop …` usage.
-pub const USAGE: &str = "Usage: /loop add \"<cron>\" <prompt> · /loop list · /loop inspect <id> · /loop cancel <id>\n\
+pub const USAGE: &str = "Usage: /loop add \"CRON\" PROMPT · /loop list · /loop inspect ID · /loop cancel ID\n\
     The schedule has 5 fields (minute hour day-of-month month day-of-week), e.g. \"0 9 * * mon-fri\".";
 
 /// `"<cron>" <prompt>` (straight or curly quotes; a `@daily`-style shortcut needs none).

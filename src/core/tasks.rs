@@ -79,8 +79,8 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-const USAGE: &str = "Usage: /session new <name> · /session use [<name>] · /session current · /session close <name> · \
-    /session cancel [<name>] · /sessions [all]";
+const USAGE: &str = "Usage: /session new NAME · /session use [NAME] · /session current · /session close NAME · \
+    /session cancel [NAME] · /sessions [all]";
 
 impl Core {
     /// Take the tasks of `tasks.json` (at start).
@@ -157,7 +157,7 @@ impl Core {
         list.selected = Some(name.to_string());
         self.tasks_dirty = true;
         Ok(format!(
-            "Task \"{name}\" created and selected: your next messages go to it. /session use <name> switches, \
+            "Task \"{name}\" created and selected: your next messages go to it. /session use NAME switches, \
              /sessions lists."
         ))
     }
@@ -232,7 +232,7 @@ impl Core {
         let name = match (name, list.and_then(|l| l.selected.clone())) {
             ("", Some(selected)) => selected,
             ("", None) => {
-                return Err("No task selected: name one (/session cancel <name>), or use /cancel.".to_string());
+                return Err("No task selected: name one (/session cancel NAME), or use /cancel.".to_string());
             }
             (name, _) => match list.and_then(|l| l.find(name).map(|i| l.tasks[i].name.clone())) {
                 Some(name) => name,
@@ -254,7 +254,7 @@ impl Core {
     /// `/sessions [all]`.
     fn task_overview(&self, base: &str, all: bool) -> String {
         let Some(list) = self.tasks.get(base).filter(|l| !l.tasks.is_empty()) else {
-            return "No tasks yet: /session new <name> starts one.".to_string();
+            return "No tasks yet: /session new NAME starts one.".to_string();
         };
         let mut lines = vec!["Tasks:".to_string()];
         for task in list.tasks.iter().filter(|t| all || t.open) {
