@@ -295,6 +295,21 @@ pub struct PlatformSettings {
     pub values: BTreeMap<&'static str, Value>,
 }
 
+/// A name for a secret found inside a platform's nested keys (`env.TOKEN`,
+/// `sources.ci.secret`), as [`PlatformSettings::secrets`] keys it: each distinct name is kept
+/// once for the life of the process (a reload reuses it).
+pub fn secret_label(name: &str) -> &'static str {
+    static LABELS: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut labels = LABELS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(label) = labels.get(name) {
+        return label;
+    }
+    let label: &'static str = Box::leak(name.to_string().into_boxed_str());
+    labels.insert(label);
+    label
+}
+
 /// A platform's view of its channel's object in the file, for [`crate::adapters::Platform::parse`]:
 /// typed getters whose errors name the file, channel, key and value.
 pub struct PlatformKeys<'a> {
@@ -302,6 +317,8 @@ pub struct PlatformKeys<'a> {
     at: Place<'a>,
     vars: &'a Vars<'a>,
     platform: &'static str,
+    /// The file's `channels` object, for keys that name another channel.
+    channels: &'a Object,
 }
 
 impl PlatformKeys<'_> {
@@ -375,9 +392,55 @@ impl PlatformKeys<'_> {
         Ok((text, address))
     }
 
+    /// A positive integer (e.g. a size in bytes).
+    pub fn positive_integer(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        get_positive(self.obj, key, self.at)
+    }
+
+    /// A duration: seconds, or "90s", "30m", "24h", "7d".
+    pub fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        get_duration(self.obj, key, self.at)
+    }
+
     /// An error about `key` of this channel.
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.at.error(key, message)
+    }
+
+    /// The value of `key` as written (`None` when absent or `null`), for a platform key that
+    /// holds an array or an object the platform reads itself.
+    pub fn raw(&self, key: &str) -> Option<&Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        get_string_array(self.obj, key, self.at)
+    }
+
+    /// Whether the file has a channel `name` other than this one (for a key naming the
+    /// channel that gets this channel's answers).
+    pub fn is_other_channel(&self, name: &str) -> bool {
+        self.at.channel != Some(name) && self.channels.contains_key(name)
+    }
+
+    /// The keys of this object, in file order.
+    pub fn names(&self) -> Vec<String> {
+        self.obj.keys().cloned().collect()
+    }
+
+    /// Read the object under `key` with these same getters (its errors name `key.inner`, and
+    /// `$NAME` secrets inside it read the environment); `None` when absent or `null`.
+    pub fn nested<R>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&PlatformKeys<'_>) -> Result<R, ConfigError>,
+    ) -> Result<Option<R>, ConfigError> {
+        let Some(value) = self.raw(key) else { return Ok(None) };
+        let Value::Object(obj) = value else { return Err(type_error(self.at, key, "an object", value)) };
+        let prefix = self.at.key(key);
+        let at = Place { prefix: &prefix, ..self.at };
+        read(&PlatformKeys { obj, at, vars: self.vars, platform: self.platform, channels: self.channels }).map(Some)
     }
 }
 
@@ -488,7 +551,8 @@ pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[Stri
     let empty = Object::new();
     let mut channels = BTreeMap::new();
     let mut disabled = std::collections::BTreeSet::new();
-    for (name, value) in get_object(&root, "channels", top)?.unwrap_or(&empty) {
+    let all = get_object(&root, "channels", top)?.unwrap_or(&empty);
+    for (name, value) in all {
         let at = Place { path: cx.path, channel: Some(name), prefix: "" };
         let lenient = selected.is_some_and(|names| !names.contains(name));
         let vars = Vars { file: &env, process: cx.env, lenient };
@@ -496,7 +560,7 @@ pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[Stri
         let Value::Object(obj) = value else {
             return Err(at.error_here(format!("expected an object, found {}", describe(value))));
         };
-        let channel = parse_channel(name, obj, at, cx, &vars, &agents)?;
+        let channel = parse_channel(name, obj, at, cx, &vars, &agents, all)?;
         if let Some(allowed) = &allowed_channel_types
             && !allowed.iter().any(|t| t == channel.platform.name)
         {
@@ -782,6 +846,7 @@ fn parse_channel(
     cx: &ParseContext<'_>,
     vars: &Vars<'_>,
     agents: &BTreeMap<String, AgentConfig>,
+    all_channels: &Object,
 ) -> Result<ChannelConfig, ConfigError> {
     let type_name = get_string(obj, "type", at)?;
     let available = || cx.platforms.iter().map(|p| p.name).collect::<Vec<_>>().join(", ");
@@ -791,7 +856,8 @@ fn parse_channel(
     let platform = crate::adapters::find(cx.platforms, &type_name).ok_or_else(|| {
         at.error("type", format!("\"{type_name}\" is not a platform this build has; it has: {}", available()))
     })?;
-    let settings = (platform.parse)(&PlatformKeys { obj, at, vars, platform: platform.name })?;
+    let keys = PlatformKeys { obj, at, vars, platform: platform.name, channels: all_channels };
+    let settings = (platform.parse)(&keys)?;
 
     let agent = get_string(obj, "agent", at)?.unwrap_or_else(|| DEFAULT_AGENT.to_string());
     if !agents.contains_key(&agent) {
@@ -2418,7 +2484,7 @@ mod tests {
             "`dmpolicy`: unknown key; did you mean `dmPolicy`?",
             "`outputMode`: a Qwen Code setting tether does not have; tether has no output modes: it sends the final answer, plus a line per tool call with \"showToolCalls\": \"brief\"",
             "`clientId`: a key of dingtalk and feishu channels, not of type telegram; ignored here",
-            "`listen`: a key of webchat channels, not of type telegram; ignored here",
+            "`listen`: a key of webchat and webhook channels, not of type telegram; ignored here",
             "`zzzzzzzz`: unknown key; ignored",
             "`approvalMode` (\"yolo\"): tether does not pass it to the agent; it asks in the chat before a tool runs. Use \"permissions\": \"relay\" (default), \"allow\" (like yolo) or \"deny\"",
             "`groupHistoryLimit`: 5000 is more than tether keeps; using 200",

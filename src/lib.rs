@@ -35,6 +35,7 @@ pub mod journal;
 pub(crate) mod local_zone;
 pub(crate) mod logging;
 pub(crate) mod loops_cli;
+pub mod media;
 pub mod net;
 pub(crate) mod pairing_cli;
 pub(crate) mod redact;

@@ -36,6 +36,12 @@ pub struct Approvals {
 
 /// Judge one message against the channel's policies and the pairing files.
 pub fn check(channel: &ChannelConfig, m: &InboundMessage, approvals: Approvals) -> Verdict {
+    // An event of a webhook source that authenticated (only the webhook adapter sets this,
+    // after checking the request's signature or secret): the operator chose this channel and
+    // chat as its target, so no person's policy applies to it.
+    if m.webhook.is_some() {
+        return Verdict::Pass;
+    }
     let sender_ok = channel.allowed_users.contains(&m.sender_id)
         || match channel.sender_policy {
             SenderPolicy::Open => true,
@@ -385,6 +391,32 @@ mod tests {
             (false, SenderPolicy::Pairing, false) => Verdict::Pair,
             (false, SenderPolicy::Pairing, true) => Verdict::Drop("unpaired sender in a group (codes go to DMs only)"),
             (false, _, _) => Verdict::Drop("sender not in allowedUsers"),
+        }
+    }
+
+    /// A webhook event (marked by the webhook adapter after its signature checked out) passes
+    /// whatever the policies; the same words from a sender merely named like a webhook are a
+    /// stranger's (open policies let strangers through anyway).
+    #[test]
+    fn an_authenticated_webhook_event_passes_and_a_lookalike_sender_does_not() {
+        let senders = [SenderPolicy::Allowlist, SenderPolicy::Pairing, SenderPolicy::Open];
+        let group_policies = [GroupPolicy::Disabled, GroupPolicy::Allowlist, GroupPolicy::Open];
+        let places = [Where::Dm, Where::Group(LISTED_GROUP), Where::Group(OTHER_GROUP)];
+        for sender in senders {
+            for group in group_policies {
+                let c = configured(sender, group, Groups::Listed);
+                for place in places {
+                    let lookalike = message("webhook:ci", place, Address::Plain);
+                    let event = InboundMessage { webhook: Some("ci".into()), ..lookalike.clone() };
+                    assert_eq!(
+                        check(&c, &event, Approvals::default()),
+                        Verdict::Pass,
+                        "{sender:?} {group:?} {place:?}"
+                    );
+                    let expected = oracle(sender, group, Groups::Listed, "webhook:ci", place, Address::Plain);
+                    assert_eq!(check(&c, &lookalike, Approvals::default()), expected, "{sender:?} {group:?} {place:?}");
+                }
+            }
         }
     }
 

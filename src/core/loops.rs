@@ -480,6 +480,7 @@ impl Core {
                 chat,
                 message_ids: Vec::new(),
                 body: due.prompt.clone(),
+                images: Vec::new(),
                 how: Waits::Alone,
                 sender: due.sender_id.clone(),
             };

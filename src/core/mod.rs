@@ -419,14 +419,16 @@ impl Core {
         let (key, task_label) = self.task_route(&base_key, &message);
         let reply = routing::reply_to(&message);
         actions.push(audit::accepted(&message, &key));
-        if let Some(answer) = permissions::parse_text_answer(&message.text) {
+        // A webhook event is no person: never a command, never an answer to a question.
+        let from_person = message.webhook.is_none();
+        if let Some(answer) = permissions::parse_text_answer(&message.text).filter(|_| from_person) {
             // `/approve` always answers; "yes 3" only when something is pending here.
             if message.text.trim_start().starts_with('/') || self.permissions.pending_in(&reply).next().is_some() {
                 self.answer_permission(&reply, &message.sender_id, &answer, actions);
                 return;
             }
         }
-        if let Some((command, args)) = commands::parse(&message.text) {
+        if let Some((command, args)) = commands::parse(&message.text).filter(|_| from_person) {
             log::info!(target: channel.name.as_str(), "command {command:?} from {} in {} ({key})", message.sender_id, message.chat_id);
             let text = self.run_command(command, args, &key, &message, now, actions);
             actions.push(answer(&reply, text, message.reference().into_iter().collect()));
@@ -470,8 +472,11 @@ impl Core {
             chat: reply.clone(),
             message_ids: message.reference().into_iter().collect(),
             body,
+            images: prompt::images(&message),
             how: Waits::Alone,
-            sender: message.sender_id.clone(),
+            // An event's turn has no sender who alone may answer its permission requests:
+            // anyone the channel's gates admit may.
+            sender: if from_person { message.sender_id.clone() } else { String::new() },
         };
         // A steer cancels a turn whose answer the page already shows as it streams: say so
         // where that partial answer stands (it replaces it), not silently.
@@ -733,7 +738,7 @@ impl Core {
                 interrupted += 1;
                 actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
                 let (chat, message_ids, text, senders) = (turn.chat, turn.message_ids, turn.text, turn.senders);
-                session.retry_later(Retry { chat, message_ids, text, senders });
+                session.retry_later(Retry { chat, message_ids, text, images: turn.images, senders });
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");

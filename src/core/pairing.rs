@@ -468,7 +468,10 @@ impl Access {
             }
             Verdict::Overheard => Admit::Overheard,
             Verdict::Pass
-                if !m.is_group && channel.capabilities().addressed_commands && gate::is_start_command(&m.text) =>
+                if !m.is_group
+                    && m.webhook.is_none()
+                    && channel.capabilities().addressed_commands
+                    && gate::is_start_command(&m.text) =>
             {
                 out.push(reply(m, WELCOME_TEXT.to_string()));
                 Admit::No

@@ -108,7 +108,7 @@ fn new_session(key: &str) -> Action {
 fn prompt(session: &str, text: &str) -> Action {
     Action::Agent {
         agent: DEFAULT_AGENT.into(),
-        request: AgentRequest::Prompt { session_id: session.into(), text: text.into() },
+        request: AgentRequest::Prompt { session_id: session.into(), text: text.into(), images: Vec::new() },
     }
 }
 
@@ -1583,6 +1583,110 @@ fn drafts_are_coalesced_not_copied_per_chunk() {
     eprintln!("40,000 chunks in 1 s: {drafts} drafts, {draft_bytes} bytes copied into them");
     assert!(drafts <= 12, "{drafts} drafts");
     assert!(draft_bytes < 400_000, "{draft_bytes} bytes copied");
+}
+
+/// Collect mode keeps every attachment: the turn that takes several messages sends every
+/// image of each, in order (other files are named in the text only).
+#[test]
+fn collected_messages_keep_every_image_in_order() {
+    let t0 = Instant::now();
+    let file = |kind, path: &str| Attachment {
+        kind,
+        path: PathBuf::from(path),
+        file_name: path.rsplit('/').next().unwrap_or_default().into(),
+        mime_type: "x/y".into(),
+    };
+    let with =
+        |text: &str, files: Vec<Attachment>| inbound(InboundMessage { attachments: files, ..dm_msg("111", text) });
+    let line = |kind: &str, path: &str| {
+        format!("User sent a {kind} \"{}\". It has been saved to: {path}", path.rsplit('/').next().unwrap_or_default())
+    };
+    let prompt_with = |text: String, images: &[&str]| Action::Agent {
+        agent: DEFAULT_AGENT.into(),
+        request: AgentRequest::Prompt {
+            session_id: "s1".into(),
+            text,
+            images: images.iter().map(PathBuf::from).collect(),
+        },
+    };
+    let mut core = core_with(vec![open_channel(DispatchMode::Collect)]);
+    check(
+        &mut core,
+        t0,
+        vec![
+            (with("one", vec![file(AttachmentKind::Image, "/m/a.png")]), vec![new_session("tg:111:111")]),
+            (
+                created("tg:111:111", "s1"),
+                vec![typing("111"), prompt_with(format!("one\n\n{}", line("image", "/m/a.png")), &["/m/a.png"])],
+            ),
+            (
+                with("two", vec![file(AttachmentKind::Image, "/m/b.png"), file(AttachmentKind::File, "/m/r.pdf")]),
+                vec![],
+            ),
+            (with("", vec![file(AttachmentKind::Image, "/m/c.jpg"), file(AttachmentKind::Image, "/m/d.gif")]), vec![]),
+            (
+                ended("s1", TurnOutcome::EndTurn),
+                vec![
+                    text("111", "(The agent finished without a text answer.)"),
+                    typing("111"),
+                    prompt_with(
+                        format!(
+                            "two\n\n{}\n{}\n\n{}\n{}",
+                            line("image", "/m/b.png"),
+                            line("file", "/m/r.pdf"),
+                            line("image", "/m/c.jpg"),
+                            line("image", "/m/d.gif")
+                        ),
+                        &["/m/b.png", "/m/c.jpg", "/m/d.gif"],
+                    ),
+                ],
+            ),
+        ],
+    );
+}
+
+/// An authenticated webhook event (`webhook` set by the webhook adapter) for chat 111 of "tg":
+/// through the gates though its sender is in no list, never a command, and the permission
+/// requests of its turn are answered by the people the channel admits.
+#[test]
+fn a_webhook_event_runs_a_turn_whose_questions_the_chats_people_answer() {
+    let t0 = Instant::now();
+    let mut core = core_with(vec![channel("tg")]);
+    let event = |text: &str| {
+        inbound(InboundMessage {
+            sender_id: "webhook:ci".into(),
+            sender_name: "webhook ci".into(),
+            webhook: Some("ci".into()),
+            ..dm_msg("111", text)
+        })
+    };
+    check(
+        &mut core,
+        t0,
+        vec![
+            (event("/status"), vec![new_session("tg:webhook:ci:111")]),
+            (created("tg:webhook:ci:111", "s9"), vec![typing("111"), prompt("s9", "/status")]),
+            // The same words from someone merely named like a webhook are a stranger's.
+            (inbound(InboundMessage { sender_id: "webhook:ci".into(), ..dm_msg("111", "/status") }), vec![]),
+        ],
+    );
+    let asked = core.handle(permission_request("s9", 5), t0);
+    assert!(matches!(&asked[0], Action::Send(Outbound::Ask { chat: c, .. }) if *c == chat("111")), "{asked:?}");
+    check(
+        &mut core,
+        t0,
+        vec![
+            (dm("999", "/approve"), vec![]),
+            (
+                dm("111", "/approve"),
+                vec![
+                    answer(5, Some("proceed_once")),
+                    edit("111", "1", "🔐 touch demo.txt — approved"),
+                    text("111", "Permission approved."),
+                ],
+            ),
+        ],
+    );
 }
 
 mod loops;

@@ -226,6 +226,21 @@ fn prompt_joins_text_blocks_and_skips_others() {
 }
 
 #[test]
+fn image_blocks_are_advertised_on_request_and_described_in_the_echo() {
+    let mut h = Harness::with(Settings { images: true, ..Settings::default() });
+    let (id, lines) = h.request("initialize", json!({"protocolVersion": 1}));
+    assert_eq!(result(&lines, id)["agentCapabilities"]["promptCapabilities"]["image"], true);
+    let session = h.new_session();
+    let prompt = json!([
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "mimeType": "image/png", "data": "cG5nIQ=="},
+        {"type": "image", "mimeType": "image/jpeg", "data": "not base64!"},
+    ]);
+    let (_, lines) = h.request("session/prompt", json!({"sessionId": session, "prompt": prompt}));
+    assert_eq!(text(&lines), "echo: what is this? [image image/png 4 bytes] [image image/jpeg undecodable]");
+}
+
+#[test]
 fn chunk_delay_spreads_the_echo_over_time() {
     let settings = Settings { chunk_delay: Duration::from_millis(50), ..Settings::default() };
     let mut h = Harness::with(settings);

@@ -36,6 +36,7 @@ fn command_line() {
                 ..Settings::default()
             }),
         ),
+        (args(&["--images"]), None, run(Settings { images: true, ..Settings::default() })),
         (args(&["--exit-at-start"]), None, Ok(Command::Run { settings: Settings::default(), exit_at_start: true })),
         (args(&["--chunk-delay", "soon"]), None, Err(())),
         (args(&["--state"]), None, Err(())),

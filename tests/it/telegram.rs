@@ -108,6 +108,20 @@ fn a_strangers_poisoned_mention_does_not_deafen_the_bot_also_after_a_restart() {
 }
 
 #[test]
+fn a_lone_surrogate_in_a_strangers_message_does_not_deafen_the_bot() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("surrogate");
+    home.write_config(&config(&fake, demo_agent(), json!({})));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("connected as @", WAIT), "log:\n{}", service.log());
+    // Half an emoji: JSON allows it, serde_json refuses it, and it came in the same batch.
+    fake.push_raw_message(999, r"broken \ud83d emoji");
+    fake.send_dm(111, "still listening?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: still listening?"), "log:\n{}", service.log());
+    assert!(wait_until(WAIT, || fake.unconfirmed() == 0), "log:\n{}", service.log());
+}
+
+#[test]
 fn platform_faults_are_survived_and_the_next_message_is_answered() {
     let fake = FakeTelegram::start();
     let home = TempDir::new("faults");

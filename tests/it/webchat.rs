@@ -69,7 +69,7 @@ impl Demo {
 }
 
 /// A WebSocket to the web chat at `addr`, as the browser holding `sid_cookie`.
-fn ws_connect(addr: &str, sid_cookie: &str) -> tungstenite::WebSocket<TcpStream> {
+pub(crate) fn ws_connect(addr: &str, sid_cookie: &str) -> tungstenite::WebSocket<TcpStream> {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let request = tungstenite::http::Request::builder()
@@ -93,7 +93,7 @@ impl Drop for Demo {
     }
 }
 
-fn next_frame(ws: &mut tungstenite::WebSocket<TcpStream>, deadline: Instant) -> Option<Value> {
+pub(crate) fn next_frame(ws: &mut tungstenite::WebSocket<TcpStream>, deadline: Instant) -> Option<Value> {
     while Instant::now() < deadline {
         match ws.read() {
             Ok(Message::Text(text)) => return serde_json::from_str(text.as_str()).ok(),
