@@ -154,6 +154,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     // slot up front (1024 slots of these cost 0.43 MiB of idle memory).
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(256);
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
+    let (worktree_tx, worktree_rx) = bounded::<Event>(64);
     let access = access_watcher(&options.home, &config);
     let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
     let audit = start_audit(config.audit.as_ref());
@@ -162,6 +163,8 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         audit,
         saved_sessions: None,
         loops_seen: None,
+        worktree_tx,
+        worktree_rx,
         clock_offset_ms: std::env::var(CLOCK_OFFSET_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
         home: options.home.clone(),
         core: Core::new(&config),
@@ -266,6 +269,9 @@ struct Daemon {
     loops_seen: Option<store::Fingerprint>,
     /// Test-only shift of the core's wall clock ([`CLOCK_OFFSET_ENV`]).
     clock_offset_ms: i64,
+    /// Worktrees made for tasks come back here (`worktree.rs`).
+    worktree_tx: Sender<Event>,
+    worktree_rx: Receiver<Event>,
     home: PathBuf,
     config: Config,
     options: Options,
@@ -310,6 +316,7 @@ impl Daemon {
             select! {
                 recv(inbound_rx) -> msg => if let Ok(inbound) = msg { self.on_inbound(inbound) },
                 recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event)? },
+                recv(self.worktree_rx) -> msg => if let Ok(event) = msg { self.handle(event) },
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop(name)) => return self.shutdown(name),
                     Ok(Signal::Reload) => self.reload(),
@@ -581,6 +588,17 @@ impl Daemon {
                     self.access.save_request(&channel, request, wall_ms())
                 }
                 Action::Audit(event) => audit_writer::record(event),
+                Action::CreateWorktree { base, name, chat, repo, path } => {
+                    // git may take a while: on its own thread, answered as an event.
+                    let done = self.worktree_tx.clone();
+                    let spawned = std::thread::Builder::new().name("worktree".into()).spawn(move || {
+                        let result = crate::worktree::create(&repo, &path, &name);
+                        let _ = done.send(Event::WorktreeDone { base, name, chat, result });
+                    });
+                    if let Err(e) = spawned {
+                        log::warn!(target: "tether", "cannot start the worktree thread: {e}");
+                    }
+                }
                 Action::SaveGroupHistory { channel, entries } => {
                     if let Err(e) = crate::group_history_file::save(&self.home, &channel, &entries) {
                         log::error!(target: channel.as_str(), "{e}; group history is kept in memory only");

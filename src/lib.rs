@@ -43,3 +43,4 @@ pub mod render;
 pub(crate) mod service;
 pub(crate) mod store;
 pub(crate) mod streamer;
+pub(crate) mod worktree;

@@ -472,7 +472,7 @@ impl Core {
             let dormant = &mut self.dormant;
             let session = self.sessions.entry(key.clone()).or_insert_with(|| {
                 let earlier = dormant.remove(&key);
-                new_session(&key, channel, &chat, earlier, (agent_up, can_load), now, actions)
+                new_session(&key, channel, channel.cwd.clone(), &chat, earlier, (agent_up, can_load), now, actions)
             });
             session.chat = chat.clone();
             session.label = Some(due.label());

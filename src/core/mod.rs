@@ -45,6 +45,13 @@ pub enum Event {
     },
     /// The clock reached [`Core::next_deadline`].
     Tick,
+    /// The git worktree [`Action::CreateWorktree`] asked for exists, or why not.
+    WorktreeDone {
+        base: SessionKey,
+        name: String,
+        chat: ChatRef,
+        result: Result<PathBuf, String>,
+    },
     /// A channel's pairing files as they are now (read at start, and whenever another
     /// process such as `tether pairing approve` changed them).
     AccessFiles {
@@ -65,6 +72,15 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Send(Outbound),
+    /// Make a git worktree at `path` for task `name` (`/session new NAME --worktree`), under
+    /// the repository at `repo`; answer with [`Event::WorktreeDone`].
+    CreateWorktree {
+        base: SessionKey,
+        name: String,
+        chat: ChatRef,
+        repo: PathBuf,
+        path: PathBuf,
+    },
     Agent {
         agent: String,
         request: AgentRequest,
@@ -277,6 +293,9 @@ impl Core {
                 }
             }
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
+            Event::WorktreeDone { base, name, chat, result } => {
+                self.worktree_done(&base, &name, &chat, result, &mut actions)
+            }
             Event::Tick => {
                 self.on_tick(now, &mut actions);
                 self.run_due_loops(now, &mut actions);
@@ -456,10 +475,11 @@ impl Core {
         };
         let agent_up = !self.down.contains_key(&channel.agent);
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
+        let cwd = self.task_cwd(&base_key, &key).unwrap_or_else(|| channel.cwd.clone());
         let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
             let earlier = dormant.remove(&key);
-            new_session(&key, channel, &reply, earlier, (agent_up, can_load), now, actions)
+            new_session(&key, channel, cwd, &reply, earlier, (agent_up, can_load), now, actions)
         });
         session.chat = reply.clone();
         session.label = task_label;
@@ -1147,9 +1167,11 @@ impl Core {
 
 /// A session for `key`: the one an earlier run kept (`earlier`) is loaded when the agent is up
 /// and can load, else a new one is opened; with the agent down it waits for the agent.
+#[allow(clippy::too_many_arguments)] // The parts of a new session, each from a different place.
 fn new_session(
     key: &str,
     channel: &ChannelConfig,
+    cwd: PathBuf,
     reply: &ChatRef,
     earlier: Option<SessionRecord>,
     (agent_up, can_load): (bool, bool),
@@ -1157,7 +1179,7 @@ fn new_session(
     actions: &mut Vec<Action>,
 ) -> Session {
     let key = key.to_string();
-    let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone(), now);
+    let mut session = Session::new(channel.agent.clone(), reply.clone(), cwd.clone(), now);
     let model = channel.model.clone();
     match earlier {
         // The conversation goes on where the last run left it.
@@ -1170,7 +1192,7 @@ fn new_session(
         }
         _ if agent_up => {
             session.opening();
-            let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
+            let request = AgentRequest::NewSession { key: key.clone(), cwd, model };
             actions.push(Action::Agent { agent: channel.agent.clone(), request });
         }
         // The agent is down or still starting: the session waits, and is loaded (if

@@ -4,13 +4,14 @@
 //! `sessions.json` the tasks' agent sessions like any other.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::session::CancelCause;
 use super::{Action, Core, SessionRecord, routing};
-use crate::event::{AgentRequest, InboundMessage, SessionKey};
+use crate::event::{AgentRequest, ChatRef, InboundMessage, SessionKey};
 
 /// Open tasks per person and chat.
 pub const MAX_OPEN: usize = 8;
@@ -34,6 +35,12 @@ pub struct TaskList {
 pub struct Task {
     pub name: String,
     pub open: bool,
+    /// Its own git worktree (`--worktree`), where its session works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// The worktree is being made: the task is not selectable yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// `tasks.json`: conversation key → tasks.
@@ -123,7 +130,10 @@ impl Core {
         let (verb, name) = args.trim().split_once(char::is_whitespace).unwrap_or((args.trim(), ""));
         let name = name.trim();
         let result = match verb.to_ascii_lowercase().as_str() {
-            "new" => self.task_new(&base, name),
+            "new" => match name.strip_suffix("--worktree").map(str::trim_end) {
+                Some(name) => self.task_new_worktree(&base, name, message, actions),
+                None => self.task_new(&base, name),
+            },
             "use" => self.task_use(&base, name),
             "current" => Ok(match self.tasks.get(&base).and_then(|l| l.selected.clone()) {
                 Some(name) => format!("Current task: \"{name}\"."),
@@ -135,6 +145,64 @@ impl Core {
             other => Err(format!("Unknown /session command \"{other}\".\n{USAGE}")),
         };
         result.unwrap_or_else(|e| e)
+    }
+
+    /// `/session new NAME --worktree`: the task exists once its worktree does.
+    fn task_new_worktree(
+        &mut self,
+        base: &str,
+        name: &str,
+        message: &InboundMessage,
+        actions: &mut Vec<Action>,
+    ) -> Result<String, String> {
+        let Some(repo) = self.channels.get(&message.channel).map(|c| c.cwd.clone()) else { return Ok(String::new()) };
+        let before = self.tasks.get(base).and_then(|l| l.selected.clone());
+        self.task_new(base, name)?;
+        let path = repo.join(".worktrees").join(name);
+        if let Some(task) = self.tasks.get_mut(base).and_then(|l| l.tasks.last_mut()) {
+            task.pending = true;
+            task.cwd = Some(path.clone());
+        }
+        if let Some(list) = self.tasks.get_mut(base) {
+            list.selected = before; // Selected once its worktree is there.
+        }
+        let chat = routing::reply_to(message);
+        actions.push(Action::CreateWorktree { base: base.to_string(), name: name.to_string(), chat, repo, path });
+        Ok(format!("Making a git worktree for task \"{name}\"…"))
+    }
+
+    /// The worktree of a `--worktree` task is there (the task is selected), or not (it is
+    /// dropped, and the chat told why).
+    pub(super) fn worktree_done(
+        &mut self,
+        base: &str,
+        name: &str,
+        chat: &ChatRef,
+        result: Result<PathBuf, String>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(list) = self.tasks.get_mut(base) else { return };
+        let Some(i) = list.find(name).filter(|i| list.tasks[*i].pending) else { return };
+        self.tasks_dirty = true;
+        let text = match result {
+            Ok(path) => {
+                list.tasks[i].pending = false;
+                list.tasks[i].cwd = Some(path.clone());
+                list.selected = Some(list.tasks[i].name.clone());
+                format!("Task \"{name}\" created and selected; it works in the git worktree {}.", path.display())
+            }
+            Err(why) => {
+                list.tasks.remove(i);
+                format!("Task \"{name}\" was not created: {why}")
+            }
+        };
+        actions.push(super::say(chat, text));
+    }
+
+    /// The working directory of the task whose session key is `key`, if it has its own.
+    pub(super) fn task_cwd(&self, base: &str, key: &str) -> Option<PathBuf> {
+        let list = self.tasks.get(base)?;
+        list.tasks.iter().find(|t| task_key(base, &t.name) == key).and_then(|t| t.cwd.clone())
     }
 
     fn task_new(&mut self, base: &str, name: &str) -> Result<String, String> {
@@ -153,7 +221,7 @@ impl Core {
                 list.tasks.remove(i);
             }
         }
-        list.tasks.push(Task { name: name.to_string(), open: true });
+        list.tasks.push(Task { name: name.to_string(), open: true, cwd: None, pending: false });
         list.selected = Some(name.to_string());
         self.tasks_dirty = true;
         Ok(format!(
@@ -174,6 +242,9 @@ impl Core {
                 "There is no task \"{name}\": /sessions all lists them, /session new {name} makes it."
             ));
         };
+        if list.tasks[i].pending {
+            return Err(format!("Task \"{name}\" is still waiting for its git worktree."));
+        }
         let reopened = !list.tasks[i].open;
         if reopened && list.open_count() >= MAX_OPEN {
             return Err(format!("You have {MAX_OPEN} open tasks, the most allowed here: /session close one first."));

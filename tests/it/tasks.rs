@@ -58,3 +58,37 @@ fn two_named_tasks_answer_labelled_and_survive_a_restart() {
     fake.send_dm(USER, "again");
     assert!(wait_text(&fake, before, |t| t == "[notes] echo: again"), "{:?}", fake.texts_to(USER));
 }
+
+#[test]
+fn a_worktree_task_gets_its_own_git_worktree_under_cwd() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("worktree");
+    let repo = home.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["-c", "user.email=t@e.st", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"],
+    ] {
+        let status = std::process::Command::new("git").arg("-C").arg(&repo).args(args).status().unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    let channel = json!({
+        "type": "telegram", "token": TOKEN, "apiBase": fake.url(), "cwd": repo,
+        "senderPolicy": "allowlist", "allowedUsers": [USER.to_string()], "multiSession": true,
+    });
+    home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": channel}}));
+    let service = Service::start(&home, &[]);
+    fake.send_dm(USER, "/session new wt --worktree");
+    let made = format!(
+        "Task \"wt\" created and selected; it works in the git worktree {}.",
+        repo.join(".worktrees/wt").display()
+    );
+    assert!(wait_text(&fake, 0, |t| t == made), "{:?}\n{}", fake.texts_to(USER), service.log());
+    assert!(repo.join(".worktrees/wt/.git").exists(), "no worktree checkout");
+    fake.send_dm(USER, "hi");
+    assert!(wait_text(&fake, 0, |t| t == "[wt] echo: hi"), "{:?}", fake.texts_to(USER));
+    // A second worktree task gets its own checkout and branch.
+    fake.send_dm(USER, "/session close wt");
+    fake.send_dm(USER, "/session new WT2 --worktree");
+    assert!(wait_text(&fake, 0, |t| t.starts_with("Task \"WT2\" created and selected")), "{:?}", fake.texts_to(USER));
+}

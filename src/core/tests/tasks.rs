@@ -149,3 +149,49 @@ fn session_cancel_cancels_a_task_by_name() {
     assert!(actions.contains(&text("111", "Cancelled the request of task \"a\".")), "{actions:?}");
     assert_eq!(command(&mut core, dm("111", "/session cancel"), now), "Task \"b\" has no request running.");
 }
+
+#[test]
+fn a_worktree_task_works_in_its_worktree_once_git_made_it() {
+    let now = Instant::now();
+    let mut core = core_with(vec![multi()]);
+    let actions = core.handle(dm("111", "/session new wt --worktree"), now);
+    let path = PathBuf::from("/work/.worktrees/wt");
+    let make = Action::CreateWorktree {
+        base: BASE.into(),
+        name: "wt".into(),
+        chat: chat("111"),
+        repo: PathBuf::from("/work"),
+        path: path.clone(),
+    };
+    assert_eq!(actions, vec![make, text("111", "Making a git worktree for task \"wt\"…")]);
+    // Not selectable meanwhile; messages still go to the main conversation.
+    let got = command(&mut core, dm("111", "/session use wt"), now);
+    assert_eq!(got, "Task \"wt\" is still waiting for its git worktree.");
+    let done =
+        Event::WorktreeDone { base: BASE.into(), name: "wt".into(), chat: chat("111"), result: Ok(path.clone()) };
+    assert_eq!(
+        core.handle(done, now),
+        vec![text("111", "Task \"wt\" created and selected; it works in the git worktree /work/.worktrees/wt.")]
+    );
+    let open = Action::Agent {
+        agent: DEFAULT_AGENT.into(),
+        request: AgentRequest::NewSession { key: task("wt"), cwd: path, model: None },
+    };
+    assert_eq!(core.handle(dm("111", "hi"), now), vec![open]);
+    // Where git fails, the task is not made and the chat is told why.
+    core.handle(dm("111", "/session new other --worktree"), now);
+    let failed = Event::WorktreeDone {
+        base: BASE.into(),
+        name: "other".into(),
+        chat: chat("111"),
+        result: Err("/work is not a git repository, so a task cannot have a worktree there.".into()),
+    };
+    assert_eq!(
+        core.handle(failed, now),
+        vec![text(
+            "111",
+            "Task \"other\" was not created: /work is not a git repository, so a task cannot have a worktree there."
+        )]
+    );
+    assert_eq!(command(&mut core, dm("111", "/sessions all"), now), "Tasks:\n▶ wt — waiting");
+}
