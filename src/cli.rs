@@ -30,6 +30,8 @@ Usage:
   tether admin-url           print the admin page's address with its admin token (keep it private)
   tether pairing list|approve|deny|revoke|allowed CHANNEL [CODE|USER_ID]
                              manage who may use a channel (`tether pairing` for details)
+  tether loops list|cancel [ID]
+                             the scheduled loops (/loop in a chat) and their last and next runs
   tether weixin-login CHANNEL  log a WeChat channel in: scan the QR code shown with WeChat
   tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
   tether version             print the version
@@ -54,6 +56,7 @@ pub enum Command {
     Audit(crate::audit_cli::AuditQuery),
     AdminUrl,
     Pairing(crate::pairing_cli::PairingCommand),
+    Loops(crate::loops_cli::LoopsCommand),
     DemoAgent { args: Vec<String> },
     WeixinLogin { channel: String },
     Version,
@@ -141,6 +144,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
         Some("version") if words.is_empty() => Command::Version,
         Some("help") => Command::Help,
         Some("pairing") => Command::Pairing(crate::pairing_cli::parse(&words)?),
+        Some("loops") => Command::Loops(crate::loops_cli::parse(&words)?),
         Some("audit") => Command::Audit(crate::audit_cli::parse(&words, json)?),
         Some("weixin-login") => match words.as_slice() {
             [channel] => Command::WeixinLogin { channel: channel.clone() },
@@ -249,6 +253,10 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             print!("{}", report.stdout);
             eprint!("{}", report.stderr);
             Ok(report.status)
+        }
+        Command::Loops(command) => {
+            print!("{}", crate::loops_cli::run(&command, &home_dir(opts)?)?);
+            Ok(0)
         }
         Command::Demo { listen, token } => {
             crate::logging::init(opts.verbose);

@@ -209,6 +209,8 @@ pub struct ChannelConfig {
     /// `groupHistoryLimit` (0: off; at most [`MAX_GROUP_HISTORY`]).
     pub group_history_limit: usize,
     pub dispatch_mode: DispatchMode,
+    /// `multiSession`: people may keep several named tasks (`/session new <name>`).
+    pub multi_session: bool,
     pub block_streaming: bool,
     /// `blockStreamingChunk.minChars`, default 400.
     pub block_min_chars: usize,
@@ -462,6 +464,7 @@ impl ChannelConfig {
             groups: BTreeMap::new(),
             group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
+            multi_session: false,
             block_streaming: false,
             block_min_chars: 400,
             block_max_chars: 1000,
@@ -643,6 +646,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "groups",
     "groupHistoryLimit",
     "dispatchMode",
+    "multiSession",
     "blockStreaming",
     "blockStreamingChunk",
     "blockStreamingCoalesce",
@@ -757,7 +761,6 @@ const QWEN_FEATURES_LACKING: &[(&str, &[&str], &str)] = &[
         &[],
         "tether has no output modes: it sends the final answer, plus a line per tool call with \"showToolCalls\": \"brief\"",
     ),
-    ("multiSession", &[], "tether keeps one conversation per chat as \"sessionScope\" says; /clear starts a fresh one"),
     ("identity", &[], "tether sends no identity block: say who the bot is in \"instructions\""),
     ("memoryScope", &[], "tether has no channel memory: put lasting facts in \"instructions\""),
     ("webhooks", &[], "tether has no webhook-triggered tasks; the key is ignored"),
@@ -922,6 +925,7 @@ fn parse_channel(
         groups,
         group_history_limit,
         dispatch_mode: get_enum(obj, "dispatchMode", at, DISPATCH_MODES)?.unwrap_or(DispatchMode::Steer),
+        multi_session: get_bool(obj, "multiSession", at)?.unwrap_or(false),
         block_streaming: get_enum(obj, "blockStreaming", at, ON_OFF)?.unwrap_or(false),
         block_min_chars: to_usize(block_min_chars),
         block_max_chars: to_usize(block_max_chars),
@@ -1475,6 +1479,7 @@ mod tests {
             ]),
             group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
+            multi_session: false,
             block_streaming: true,
             block_min_chars: 400,
             block_max_chars: 1000,
@@ -1578,6 +1583,7 @@ mod tests {
             groups: BTreeMap::new(),
             group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
+            multi_session: false,
             block_streaming: false,
             block_min_chars: 400,
             block_max_chars: 1000,
@@ -2469,7 +2475,7 @@ mod tests {
     #[test]
     fn unknown_and_unsupported_keys_are_warned_about_never_silently_dropped() {
         let c = phone(
-            r#""sendrPolicy": "open", "dmpolicy": "disabled", "outputMode": "final_only", "multiSession": true,
+            r#""sendrPolicy": "open", "dmpolicy": "disabled", "outputMode": "final_only",
                "clientId": "x", "listen": "127.0.0.1:1", "zzzzzzzz": 1, "approvalMode": "yolo",
                "groupHistoryLimit": 5000, "groups": {"-1": {"requireMentoin": false}}"#,
         );
@@ -2477,7 +2483,6 @@ mod tests {
             "`sendrPolicy`: unknown key; did you mean `senderPolicy`?",
             "`dmpolicy`: unknown key; did you mean `dmPolicy`?",
             "`outputMode`: a Qwen Code setting tether does not have; tether has no output modes: it sends the final answer, plus a line per tool call with \"showToolCalls\": \"brief\"",
-            "`multiSession`: a Qwen Code setting tether does not have; tether keeps one conversation per chat as \"sessionScope\" says; /clear starts a fresh one",
             "`clientId`: a key of dingtalk and feishu channels, not of type telegram; ignored here",
             "`listen`: a key of webchat and webhook channels, not of type telegram; ignored here",
             "`zzzzzzzz`: unknown key; ignored",

@@ -105,6 +105,13 @@ const DRAIN_GRACE: Duration = Duration::from_millis(2500);
 const AGENT_GRACE: Duration = Duration::from_millis(1500);
 /// For tests only: the watchdog's bound in milliseconds instead of two minutes.
 pub const UNHEALTHY_AFTER_ENV: &str = "TETHER_UNHEALTHY_AFTER_MS";
+/// For tests only: milliseconds added to the core's wall clock, so a loop's next minute comes
+/// within a test's bounded wait.
+pub const CLOCK_OFFSET_ENV: &str = "TETHER_TEST_CLOCK_OFFSET_MS";
+/// The scheduled loops (`core/loops.rs`).
+pub const LOOPS_FILE: &str = "loops.json";
+/// The named tasks of `multiSession` channels (`core/tasks.rs`).
+const TASKS_FILE: &str = "tasks.json";
 
 /// How `tether start` (or `tether demo`) was asked to run.
 pub struct Options {
@@ -147,6 +154,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     // slot up front (1024 slots of these cost 0.43 MiB of idle memory).
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(256);
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
+    let (worktree_tx, worktree_rx) = bounded::<Event>(64);
     let access = access_watcher(&options.home, &config);
     let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
     let audit = start_audit(config.audit.as_ref());
@@ -154,6 +162,10 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         admin,
         audit,
         saved_sessions: None,
+        loops_seen: None,
+        worktree_tx,
+        worktree_rx,
+        clock_offset_ms: std::env::var(CLOCK_OFFSET_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
         home: options.home.clone(),
         core: Core::new(&config),
         config,
@@ -193,8 +205,10 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         daemon.start_channel(channel)?;
     }
     daemon.adopt_sessions();
+    daemon.adopt_tasks();
     // Pairing state: read at start, then re-read when `tether pairing` changes it.
-    daemon.core.set_wall_clock(wall_ms());
+    daemon.core.set_wall_clock(daemon.wall_ms());
+    daemon.adopt_loops();
     for event in daemon.access.load_all()? {
         daemon.core.handle(event, Instant::now());
     }
@@ -251,6 +265,13 @@ struct Daemon {
     audit: Option<AuditWriter>,
     /// The sessions last written to `sessions.json`.
     saved_sessions: Option<BTreeMap<String, crate::core::SessionRecord>>,
+    /// `loops.json` as last read or written (`tether loops cancel` changes it from outside).
+    loops_seen: Option<store::Fingerprint>,
+    /// Test-only shift of the core's wall clock ([`CLOCK_OFFSET_ENV`]).
+    clock_offset_ms: i64,
+    /// Worktrees made for tasks come back here (`worktree.rs`).
+    worktree_tx: Sender<Event>,
+    worktree_rx: Receiver<Event>,
     home: PathBuf,
     config: Config,
     options: Options,
@@ -292,10 +313,10 @@ impl Daemon {
                 .flatten()
                 .min();
             let deadline = next.map_or_else(never, at);
-            self.core.set_wall_clock(wall_ms());
             select! {
                 recv(inbound_rx) -> msg => if let Ok(inbound) = msg { self.on_inbound(inbound) },
                 recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event)? },
+                recv(self.worktree_rx) -> msg => if let Ok(event) = msg { self.handle(event) },
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop(name)) => return self.shutdown(name),
                     Ok(Signal::Reload) => self.reload(),
@@ -316,7 +337,77 @@ impl Daemon {
                 self.watch_health();
                 self.publish(false);
                 self.publish_admin();
+                if self.loops_seen != store::fingerprint(&self.home.join(LOOPS_FILE)) {
+                    self.adopt_loops();
+                }
             }
+        }
+    }
+
+    /// The core's wall clock (Unix ms), shifted in tests ([`CLOCK_OFFSET_ENV`]).
+    fn wall_ms(&self) -> u64 {
+        wall_ms().saturating_add_signed(self.clock_offset_ms)
+    }
+
+    /// Read `loops.json` (at start, and after `tether loops cancel` changed it) into the
+    /// core, in the time zone of `TZ` (else /etc/localtime).
+    fn adopt_loops(&mut self) {
+        if !self.options.as_service {
+            return;
+        }
+        let path = self.home.join(LOOPS_FILE);
+        self.loops_seen = store::fingerprint(&path);
+        let file = match store::read_json::<crate::core::loops::LoopFile>(&path) {
+            Ok(file) => file.unwrap_or_default(),
+            Err(e) => {
+                log::warn!(target: "tether", "{e}; loops are not run until the file is fixed");
+                return;
+            }
+        };
+        let tz = std::env::var("TZ").ok();
+        let zone = crate::local_zone::zone_from(tz.as_deref()).unwrap_or_else(|e| {
+            log::warn!(target: "tether", "{e}; loops use the system's time zone");
+            jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC)
+        });
+        let enabled = file.loops.iter().filter(|l| l.enabled).count();
+        log::info!(target: "tether", "{} loop(s), {enabled} enabled, in time zone {}", file.loops.len(), zone.iana_name().unwrap_or("from TZ"));
+        self.core.set_wall_clock(self.wall_ms());
+        self.core.adopt_loops(crate::core::loops::Book::new(file, zone), Instant::now());
+    }
+
+    /// Named tasks of the last run go on (their sessions are in `sessions.json`).
+    fn adopt_tasks(&mut self) {
+        if !self.options.as_service {
+            return;
+        }
+        match store::read_json::<crate::core::tasks::TaskFile>(&self.home.join(TASKS_FILE)) {
+            Ok(Some(file)) => self.core.adopt_tasks(file),
+            Ok(None) => {}
+            Err(e) => log::warn!(target: "tether", "{e}; named tasks start afresh"),
+        }
+    }
+
+    /// Write `tasks.json` when the tasks changed.
+    fn save_tasks(&mut self) {
+        let Some(file) = self.core.tasks_to_save() else { return };
+        if !self.options.as_service {
+            return;
+        }
+        if let Err(e) = store::write_json_atomic(&self.home.join(TASKS_FILE), &file) {
+            log::warn!(target: "tether", "{e}");
+        }
+    }
+
+    /// Write `loops.json` when the loops changed.
+    fn save_loops(&mut self) {
+        let Some(file) = self.core.loops_to_save() else { return };
+        if !self.options.as_service {
+            return;
+        }
+        let path = self.home.join(LOOPS_FILE);
+        match store::write_json_atomic(&path, &file) {
+            Ok(()) => self.loops_seen = store::fingerprint(&path),
+            Err(e) => log::warn!(target: "tether", "{e}"),
         }
     }
 
@@ -353,10 +444,13 @@ impl Daemon {
                 ..
             }
         );
+        self.core.set_wall_clock(self.wall_ms());
         let actions = self.core.handle(event, Instant::now());
         self.dispatch(actions);
         if records_may_change {
             self.save_sessions();
+            self.save_loops();
+            self.save_tasks();
         }
     }
 
@@ -494,6 +588,17 @@ impl Daemon {
                     self.access.save_request(&channel, request, wall_ms())
                 }
                 Action::Audit(event) => audit_writer::record(event),
+                Action::CreateWorktree { base, name, chat, repo, path } => {
+                    // git may take a while: on its own thread, answered as an event.
+                    let done = self.worktree_tx.clone();
+                    let spawned = std::thread::Builder::new().name("worktree".into()).spawn(move || {
+                        let result = crate::worktree::create(&repo, &path, &name);
+                        let _ = done.send(Event::WorktreeDone { base, name, chat, result });
+                    });
+                    if let Err(e) = spawned {
+                        log::warn!(target: "tether", "cannot start the worktree thread: {e}");
+                    }
+                }
                 Action::SaveGroupHistory { channel, entries } => {
                     if let Err(e) = crate::group_history_file::save(&self.home, &channel, &entries) {
                         log::error!(target: channel.as_str(), "{e}; group history is kept in memory only");
@@ -782,6 +887,7 @@ impl Daemon {
             "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid, "audit": status.audit},
             "channels": channels,
             "sessions": self.core.sessions_overview(),
+            "loops": self.core.loops_overview(),
         });
         self.admin.publish(state, &self.config.channels);
     }

@@ -38,7 +38,7 @@ pub enum AdminAction {
 
 /// Where the admin page's data comes from and where its actions go (the daemon).
 pub trait AdminSource: Send + Sync {
-    /// Everything the page shows, as JSON: `service`, `channels`, `pairing`, `sessions`.
+    /// Everything the page shows, as JSON: `service`, `channels`, `pairing`, `sessions`, `loops`.
     fn state(&self) -> Value;
     /// Carry out an action; the text says what happened (or why not).
     fn act(&self, action: AdminAction) -> Result<String, String>;

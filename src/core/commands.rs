@@ -1,5 +1,5 @@
 //! Local slash commands: recognising `/help`, `/clear` (`/reset`, `/new`), `/cancel`,
-//! `/status` and `/who` in a message, and the texts they answer with. Pure. What the commands
+//! `/status`, `/who` and `/loop` in a message, and the texts they answer with. Pure. What the commands
 //! do to sessions is the core's (`core/mod.rs`); any other `/command` goes to the agent as is.
 
 use std::path::Path;
@@ -15,6 +15,12 @@ pub enum Command {
     Cancel,
     Status,
     Who,
+    /// `/loop …` (`/loops` lists).
+    Loop,
+    /// `/session new|use|current|close|cancel` (named tasks).
+    Session,
+    /// `/sessions [all]`.
+    Sessions,
 }
 
 /// (name, command, line for /help), in the order /help lists them. Names are lower case.
@@ -26,6 +32,10 @@ const TABLE: &[(&str, Command, &str)] = &[
     ("cancel", Command::Cancel, "/cancel — Cancel the current request"),
     ("status", Command::Status, "/status — Show session info"),
     ("who", Command::Who, "/who — Show who shares this session"),
+    ("loop", Command::Loop, "/loop add \"CRON\" PROMPT · list · inspect ID · cancel ID — Scheduled prompts"),
+    ("loops", Command::Loop, ""),
+    ("session", Command::Session, "/session new|use|current|close|cancel NAME, /sessions — Named tasks (if on)"),
+    ("sessions", Command::Sessions, ""),
 ];
 
 /// The local command a message invokes, with its arguments (trimmed), if it is one.
@@ -242,6 +252,8 @@ mod tests {
             /cancel — Cancel the current request\n\
             /status — Show session info\n\
             /who — Show who shares this session\n\
+            /loop add \"CRON\" PROMPT · list · inspect ID · cancel ID — Scheduled prompts\n\
+            /session new|use|current|close|cancel NAME, /sessions — Named tasks (if on)\n\
             \n\
             Agent commands (forwarded to the agent):\n\
             /summary — Summarise\n\
@@ -251,7 +263,7 @@ mod tests {
         assert_eq!(help_text(&agent), expected);
         let without = help_text(&[]);
         assert!(!without.contains("Agent commands"), "{without}");
-        assert!(without.ends_with("/who — Show who shares this session\n\nSend any text to chat with the agent."));
+        assert!(without.ends_with("— Named tasks (if on)\n\nSend any text to chat with the agent."));
     }
 
     #[test]

@@ -8,13 +8,16 @@
 
 mod audit;
 pub(crate) mod commands;
+pub(crate) mod cron;
 pub(crate) mod gate;
 pub(crate) mod history;
+pub(crate) mod loops;
 pub(crate) mod pairing;
 pub(crate) mod permissions;
 pub(crate) mod prompt;
 pub(crate) mod routing;
 pub(crate) mod session;
+pub(crate) mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ use crate::event::{
 use crate::streamer::BlockStreamConfig;
 use commands::{Command, SessionView};
 use permissions::{Answerers, Asker, MAX_ASKS_PER_TURN, MAX_PENDING, PermissionRelay, Resolution};
-use session::{CancelCause, Cancelling, Retry, Session, TurnSettings, Waiting, Waits};
+use session::{CancelCause, Life, Retry, Session, TurnSettings, Waiting, Waits};
 
 pub use session::{CANCEL_WAIT, MAX_WAITING};
 
@@ -42,6 +45,13 @@ pub enum Event {
     },
     /// The clock reached [`Core::next_deadline`].
     Tick,
+    /// The git worktree [`Action::CreateWorktree`] asked for exists, or why not.
+    WorktreeDone {
+        base: SessionKey,
+        name: String,
+        chat: ChatRef,
+        result: Result<PathBuf, String>,
+    },
     /// A channel's pairing files as they are now (read at start, and whenever another
     /// process such as `tether pairing approve` changed them).
     AccessFiles {
@@ -62,6 +72,15 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Send(Outbound),
+    /// Make a git worktree at `path` for task `name` (`/session new NAME --worktree`), under
+    /// the repository at `repo`; answer with [`Event::WorktreeDone`].
+    CreateWorktree {
+        base: SessionKey,
+        name: String,
+        chat: ChatRef,
+        repo: PathBuf,
+        path: PathBuf,
+    },
     Agent {
         agent: String,
         request: AgentRequest,
@@ -151,6 +170,12 @@ pub struct Core {
     history: BTreeMap<String, history::GroupHistory>,
     /// Unix ms, for the age of messages (backlog) and pairing times.
     wall_ms: u64,
+    /// Scheduled loops (`loops.rs`), and when the clock must next look at them.
+    loops: loops::Book,
+    loops_wake: Option<Instant>,
+    /// Named tasks (`tasks.rs`), by conversation key; changed since last saved.
+    tasks: BTreeMap<SessionKey, tasks::TaskList>,
+    tasks_dirty: bool,
     /// An audit log is configured: [`Action::Audit`] records are returned (else dropped here).
     audit: bool,
 }
@@ -183,6 +208,10 @@ impl Core {
             unsettled: BTreeSet::new(),
             history: BTreeMap::new(),
             wall_ms: 0,
+            loops: loops::Book::default(),
+            loops_wake: None,
+            tasks: BTreeMap::new(),
+            tasks_dirty: false,
             audit: config.audit.is_some(),
         }
     }
@@ -213,7 +242,7 @@ impl Core {
     pub fn next_deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(Session::deadline);
         let evictions = self.sessions.values().filter_map(|s| self.eviction_due(s));
-        sessions.chain(evictions).chain(self.permissions.next_deadline()).min()
+        sessions.chain(evictions).chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
     }
 
     /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
@@ -235,7 +264,7 @@ impl Core {
             .collect();
         for key in due {
             let Some(session) = self.sessions.remove(&key) else { continue };
-            let Some(session_id) = session.id else { continue };
+            let Some(session_id) = session.id().map(str::to_string) else { continue };
             self.by_session_id.remove(&(session.agent.clone(), session_id.clone()));
             log::debug!(target: session.chat.channel.as_str(), "{key}: idle; session {session_id} leaves memory until its next message");
             let record = SessionRecord {
@@ -264,7 +293,13 @@ impl Core {
                 }
             }
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
-            Event::Tick => self.on_tick(now, &mut actions),
+            Event::WorktreeDone { base, name, chat, result } => {
+                self.worktree_done(&base, &name, &chat, result, &mut actions)
+            }
+            Event::Tick => {
+                self.on_tick(now, &mut actions);
+                self.run_due_loops(now, &mut actions);
+            }
             Event::GroupHistory { channel, entries } => {
                 let Some(config) = self.channels.get(&channel) else { return actions };
                 let kept = history::GroupHistory::from_entries(entries, |chat| config.group(chat).history_limit);
@@ -277,6 +312,7 @@ impl Core {
         }
         self.settle_cancelled_permissions(&mut actions);
         self.settle_released(&mut actions);
+        self.schedule_loops(now);
         if !self.audit {
             actions.retain(|a| !matches!(a, Action::Audit(_)));
         }
@@ -346,7 +382,7 @@ impl Core {
     pub fn sessions_snapshot(&self) -> BTreeMap<SessionKey, SessionRecord> {
         let records = self.sessions.iter().filter_map(|(key, s)| {
             let record = SessionRecord {
-                session_id: s.id.clone()?,
+                session_id: s.id()?.to_string(),
                 agent: s.agent.clone(),
                 chat: s.chat.clone(),
                 cwd: s.cwd.clone(),
@@ -397,7 +433,9 @@ impl Core {
             log::debug!(target: channel.name.as_str(), "ignored a command for another bot in {}", message.chat_id);
             return;
         }
-        let key = routing::session_key(channel.session_scope, &message);
+        let base_key = routing::session_key(channel.session_scope, &message);
+        // With named tasks, the selected task's conversation (`tasks.rs`).
+        let (key, task_label) = self.task_route(&base_key, &message);
         let reply = routing::reply_to(&message);
         actions.push(audit::accepted(&message, &key));
         // A webhook event is no person: never a command, never an answer to a question.
@@ -437,39 +475,14 @@ impl Core {
         };
         let agent_up = !self.down.contains_key(&channel.agent);
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
+        let cwd = self.task_cwd(&base_key, &key).unwrap_or_else(|| channel.cwd.clone());
         let dormant = &mut self.dormant;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            let mut session = Session::new(channel.agent.clone(), reply.clone(), channel.cwd.clone(), now);
             let earlier = dormant.remove(&key);
-            let model = channel.model.clone();
-            match earlier {
-                // The conversation goes on where the last run left it.
-                Some(record) if agent_up && can_load => {
-                    session.instructed = record.instructed;
-                    session.loading = true;
-                    let request = AgentRequest::LoadSession {
-                        key: key.clone(),
-                        session_id: record.session_id,
-                        cwd: record.cwd,
-                        model,
-                    };
-                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
-                }
-                _ if agent_up => {
-                    let request = AgentRequest::NewSession { key: key.clone(), cwd: channel.cwd.clone(), model };
-                    actions.push(Action::Agent { agent: channel.agent.clone(), request });
-                }
-                // The agent is down or still starting: the session waits, and is loaded (if
-                // the agent can) or opened once the agent is ready.
-                Some(record) => {
-                    session.instructed = record.instructed;
-                    session.lost_id = Some(record.session_id);
-                }
-                None => {}
-            }
-            session
+            new_session(&key, channel, cwd, &reply, earlier, (agent_up, can_load), now, actions)
         });
         session.chat = reply.clone();
+        session.label = task_label;
         session.shared = match channel.session_scope {
             SessionScope::Single => true,
             SessionScope::Thread | SessionScope::ChatThread => message.is_group,
@@ -540,7 +553,7 @@ impl Core {
         let Some(channel) = self.channels.get(&message.channel) else { return String::new() };
         let view = self.sessions.get(key).map_or_else(SessionView::default, |s| SessionView {
             exists: true,
-            starting: s.id.is_none(),
+            starting: s.id().is_none(),
             running: s.turn.is_some(),
             waiting: s.waiting.len(),
         });
@@ -568,6 +581,9 @@ impl Core {
                 sender_name: &message.sender_name,
                 sender_id: &message.sender_id,
             }),
+            Command::Loop => self.loop_command(_args, message, now, actions),
+            Command::Session => self.task_command(None, _args, message, now, actions),
+            Command::Sessions => self.task_command(Some(_args), "", message, now, actions),
             Command::Clear => {
                 // A fresh start in a group also forgets what was overheard there (as Qwen Code).
                 if let Some(history) = self.history.get_mut(&message.channel).filter(|_| message.is_group)
@@ -586,21 +602,7 @@ impl Core {
                 let dropped = session.waiting.len();
                 session.waiting.clear();
                 session.steered = false;
-                let running = match (&mut session.turn, &session.id) {
-                    (Some(turn), Some(id)) => {
-                        match &mut turn.cancel {
-                            None => {
-                                turn.cancel =
-                                    Some(Cancelling { cause: CancelCause::User, deadline: now + CANCEL_WAIT });
-                                let request = AgentRequest::Cancel { session_id: id.clone() };
-                                actions.push(Action::Agent { agent: session.agent.clone(), request });
-                            }
-                            Some(cancelling) => cancelling.cause = CancelCause::User,
-                        }
-                        true
-                    }
-                    _ => false,
-                };
+                let running = session.id().is_some() && session.cancel_turn(CancelCause::User, now, actions);
                 if running || dropped > 0 {
                     log::info!(target: channel.name.as_str(), "{key}: cancelled (turn running: {running}, {dropped} waiting dropped)");
                     texts::CANCELLED.to_string()
@@ -623,28 +625,27 @@ impl Core {
                     let error = format!("the agent gave session id {session_id}, which another conversation has");
                     return self.on_agent(agent, AgentEvent::SessionFailed { key, error }, now, actions);
                 }
-                let Some(session) = self.sessions.get_mut(&key).filter(|s| s.id.is_none() && s.agent == agent) else {
+                let Some(session) = self.sessions.get_mut(&key).filter(|s| s.id().is_none() && s.agent == agent) else {
                     // Cleared while session/new was in flight: the agent keeps an unused session.
                     log::info!(target: "core", "agent {agent} opened session {session_id} for {key}, no longer wanted");
                     return;
                 };
-                let how = if session.loading { "restored" } else { "opened" };
+                let how = if session.opened(session_id.clone()) { "restored" } else { "opened" };
                 log::info!(target: session.chat.channel.as_str(), "{key}: session {session_id} {how}");
-                self.by_session_id.insert((agent, session_id.clone()), key);
-                session.id = Some(session_id);
-                session.loading = false;
-                session.lost_id = None;
+                self.by_session_id.insert((agent, session_id), key);
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
                 session.start_next_turn(settings, now, actions);
             }
             AgentEvent::SessionFailed { key, error } => {
-                if !self.sessions.get(&key).is_some_and(|s| s.id.is_none() && s.agent == agent) {
+                if !self.sessions.get(&key).is_some_and(|s| s.id().is_none() && s.agent == agent) {
                     return;
                 }
-                if let Some(session) = self.sessions.get_mut(&key).filter(|s| s.loading) {
+                if let Some(session) =
+                    self.sessions.get_mut(&key).filter(|s| matches!(s.life(), Life::Restoring { .. }))
+                {
                     // The agent could not load it: carry on in a fresh session.
                     log::warn!(target: session.chat.channel.as_str(), "{key}: could not restore the session ({error}); opening a new one");
-                    session.loading = false;
+                    session.opening();
                     session.instructed = false;
                     let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
                     let request = AgentRequest::NewSession { key: key.clone(), cwd: session.cwd.clone(), model };
@@ -664,7 +665,7 @@ impl Core {
                 if let Some(stream) = turn.stream.as_mut() {
                     for block in stream.push(&text, now) {
                         turn.streamed = true;
-                        actions.push(say(&turn.chat, block));
+                        actions.push(say(&turn.chat, labelled(&session.label, block)));
                     }
                 }
                 // Channels that can show an answer as it grows get drafts, coalesced in time.
@@ -695,7 +696,7 @@ impl Core {
                         let rest = turn.stream.as_mut().map(|s| s.finish()).unwrap_or_default();
                         for block in rest {
                             turn.streamed = true;
-                            actions.push(say(&turn.chat, block));
+                            actions.push(say(&turn.chat, labelled(&session.label, block)));
                         }
                         // What was streamed is the answer; say something only if nothing was.
                         let note = final_answer(String::new(), &outcome);
@@ -705,10 +706,12 @@ impl Core {
                             } else {
                                 final_answer(turn.answer, &outcome)
                             };
-                            actions.push(say(&turn.chat, text));
+                            actions.push(say(&turn.chat, labelled(&session.label, text)));
                         }
                     }
-                    None => actions.push(say(&turn.chat, final_answer(turn.answer, &outcome))),
+                    None => {
+                        actions.push(say(&turn.chat, labelled(&session.label, final_answer(turn.answer, &outcome))))
+                    }
                     Some(c) => {
                         log::info!(target: turn.chat.channel.as_str(), "{key}: cancelled turn of {session_id} ended ({outcome:?}, {:?})", c.cause)
                     }
@@ -744,11 +747,7 @@ impl Core {
         let (mut interrupted, mut lost) = (0, 0);
         for key in keys.into_iter().cloned().collect::<Vec<_>>() {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
-            if let Some(id) = session.id.take() {
-                session.lost_id = Some(id);
-            }
-            session.loading = false;
-            let Some(turn) = session.turn.take() else { continue };
+            let Some(turn) = session.lose() else { continue };
             if turn.cancel.is_some() {
                 continue; // It was being cancelled anyway; what waits runs after the restart.
             }
@@ -759,7 +758,7 @@ impl Core {
                 interrupted += 1;
                 actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
                 let (chat, message_ids, text, senders) = (turn.chat, turn.message_ids, turn.text, turn.senders);
-                session.retry = Some(Retry { chat, message_ids, text, images: turn.images, senders });
+                session.retry_later(Retry { chat, message_ids, text, images: turn.images, senders });
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
@@ -776,7 +775,7 @@ impl Core {
         for key in keys {
             let Some(session) = self.sessions.get(key) else { continue };
             let mut chats = session.chats();
-            if let Some(retry) = &session.retry
+            if let Some(retry) = session.retry()
                 && !chats.contains(&retry.chat)
             {
                 chats.push(retry.chat.clone());
@@ -792,22 +791,27 @@ impl Core {
     fn on_agent_ready(&mut self, agent: &str, load_session: bool, actions: &mut Vec<Action>) {
         let was_down = self.down.remove(agent).is_some();
         self.load_session.insert(agent.to_string(), load_session);
-        let mut keys: Vec<SessionKey> =
-            self.sessions.iter().filter(|(_, s)| s.agent == agent && s.id.is_none()).map(|(k, _)| k.clone()).collect();
+        let mut keys: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.agent == agent && s.id().is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.sort();
         let (mut loads, mut news) = (0, 0);
         for key in keys {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
             let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
-            let request = match session.lost_id.take() {
+            let request = match session.take_lost_id() {
                 Some(session_id) if load_session => {
                     loads += 1;
-                    session.loading = true;
+                    session.restoring(session_id.clone());
                     AgentRequest::LoadSession { key, session_id, cwd: session.cwd.clone(), model }
                 }
                 _ => {
                     news += 1;
                     session.instructed = false;
+                    session.opening();
                     AgentRequest::NewSession { key, cwd: session.cwd.clone(), model }
                 }
             };
@@ -831,7 +835,7 @@ impl Core {
                 format!("Permission request {} timed out, so the agent was told no.", pending.id),
             ));
         }
-        let mut wedged = Vec::new();
+        let (mut wedged, mut timeouts) = (Vec::new(), Vec::new());
         for (key, session) in self.sessions.iter_mut() {
             let Some(turn) = session.turn.as_mut() else { continue };
             match &turn.cancel {
@@ -844,11 +848,7 @@ impl Core {
                     let limit = self.channels.get(&turn.chat.channel).map_or(Duration::ZERO, |c| c.turn_timeout);
                     log::warn!(target: turn.chat.channel.as_str(), "{key}: turn ran past turnTimeoutMs ({} ms); cancelling", limit.as_millis());
                     actions.push(say(&turn.chat, timeout_text(limit)));
-                    turn.cancel = Some(Cancelling { cause: CancelCause::Timeout, deadline: now + CANCEL_WAIT });
-                    if let Some(id) = &session.id {
-                        let request = AgentRequest::Cancel { session_id: id.clone() };
-                        actions.push(Action::Agent { agent: session.agent.clone(), request });
-                    }
+                    timeouts.push(key.clone());
                     continue;
                 }
                 _ => {}
@@ -856,7 +856,7 @@ impl Core {
             if let Some(stream) = turn.stream.as_mut() {
                 for block in stream.poll(now) {
                     turn.streamed = true;
-                    actions.push(say(&turn.chat, block));
+                    actions.push(say(&turn.chat, labelled(&session.label, block)));
                 }
             }
             if let Some((due, every)) = turn.typing.as_mut().filter(|(due, _)| *due <= now) {
@@ -865,6 +865,12 @@ impl Core {
             }
             if turn.draft_due_now(now) {
                 actions.push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));
+            }
+        }
+        timeouts.sort();
+        for key in timeouts {
+            if let Some(session) = self.sessions.get_mut(&key) {
+                session.cancel_turn(CancelCause::Timeout, now, actions);
             }
         }
         wedged.sort();
@@ -895,6 +901,7 @@ impl Core {
         };
         let Some(session) = self.sessions.get(&key) else { return refuse(agent, actions) };
         let chat = session.turn.as_ref().map_or_else(|| session.chat.clone(), |t| t.chat.clone());
+        let label = session.label.clone();
         let Some(channel) = self.channels.get(&chat.channel) else { return refuse(agent, actions) };
         let target = channel.name.as_str();
         let pick = |kinds: &[PermissionKind]| {
@@ -952,7 +959,8 @@ impl Core {
                 actions.push(Action::Send(Outbound::Ask {
                     chat,
                     key: pending.message_key(),
-                    text: pending.ask_text(),
+                    // A task's or loop's request says whose it is (its id is in the text).
+                    text: labelled(&label, pending.ask_text()),
                     buttons: pending.buttons(),
                 }));
             }
@@ -964,14 +972,14 @@ impl Core {
     fn clear_session(&mut self, key: &str, actions: &mut Vec<Action>) -> Option<Session> {
         self.dormant.remove(key);
         let session = self.sessions.remove(key)?;
-        if let Some(id) = &session.id {
-            self.by_session_id.remove(&(session.agent.clone(), id.clone()));
+        if let Some(id) = session.id() {
+            self.by_session_id.remove(&(session.agent.clone(), id.to_string()));
             if session.turn.is_some() {
-                let request = AgentRequest::Cancel { session_id: id.clone() };
+                let request = AgentRequest::Cancel { session_id: id.to_string() };
                 actions.push(Action::Agent { agent: session.agent.clone(), request });
             }
         }
-        log::info!(target: session.chat.channel.as_str(), "{key}: session {:?} cleared; {} waiting message(s) dropped", session.id, session.waiting.len());
+        log::info!(target: session.chat.channel.as_str(), "{key}: session {:?} cleared; {} waiting message(s) dropped", session.id(), session.waiting.len());
         Some(session)
     }
 
@@ -983,13 +991,13 @@ impl Core {
         keys.into_iter()
             .filter_map(|key| {
                 let s = self.sessions.get(key)?;
-                let state = match (&s.id, &s.turn) {
-                    (None, _) => "opening",
-                    (Some(_), Some(_)) => "working",
-                    (Some(_), None) => "idle",
+                let state = match (s.life(), &s.turn) {
+                    (Life::Open { .. }, Some(_)) => "working",
+                    (Life::Open { .. }, None) => "idle",
+                    (life, _) => life.word(),
                 };
                 Some(serde_json::json!({
-                    "key": key, "channel": s.chat.channel, "sessionId": s.id, "state": state, "waiting": s.waiting.len(),
+                    "key": key, "channel": s.chat.channel, "sessionId": s.id(), "state": state, "waiting": s.waiting.len(),
                 }))
             })
             .collect()
@@ -1134,8 +1142,8 @@ impl Core {
     fn abandon_wedged(&mut self, key: &str, actions: &mut Vec<Action>) {
         let Some(session) = self.sessions.get_mut(key) else { return };
         let chats = session.chats();
-        let Some(turn) = session.turn.take() else { return };
-        let old = session.id.take().unwrap_or_default();
+        let (old, Some(turn)) = session.abandon() else { return };
+        let old = old.unwrap_or_default();
         self.by_session_id.remove(&(session.agent.clone(), old.clone()));
         let channel = self.channels.get(&turn.chat.channel);
         log::warn!(target: turn.chat.channel.as_str(), "{key}: session {old} did not end its cancelled turn within {} s; abandoning it", CANCEL_WAIT.as_secs());
@@ -1147,6 +1155,7 @@ impl Core {
         }
         session.instructed = false;
         session.steered = false;
+        session.opening();
         if let Some(channel) = channel {
             session.cwd = channel.cwd.clone();
         }
@@ -1154,6 +1163,47 @@ impl Core {
         let request = AgentRequest::NewSession { key: key.to_string(), cwd: session.cwd.clone(), model };
         actions.push(Action::Agent { agent: session.agent.clone(), request });
     }
+}
+
+/// A session for `key`: the one an earlier run kept (`earlier`) is loaded when the agent is up
+/// and can load, else a new one is opened; with the agent down it waits for the agent.
+#[allow(clippy::too_many_arguments)] // The parts of a new session, each from a different place.
+fn new_session(
+    key: &str,
+    channel: &ChannelConfig,
+    cwd: PathBuf,
+    reply: &ChatRef,
+    earlier: Option<SessionRecord>,
+    (agent_up, can_load): (bool, bool),
+    now: Instant,
+    actions: &mut Vec<Action>,
+) -> Session {
+    let key = key.to_string();
+    let mut session = Session::new(channel.agent.clone(), reply.clone(), cwd.clone(), now);
+    let model = channel.model.clone();
+    match earlier {
+        // The conversation goes on where the last run left it.
+        Some(record) if agent_up && can_load => {
+            session.instructed = record.instructed;
+            session.restoring(record.session_id.clone());
+            let request =
+                AgentRequest::LoadSession { key: key.clone(), session_id: record.session_id, cwd: record.cwd, model };
+            actions.push(Action::Agent { agent: channel.agent.clone(), request });
+        }
+        _ if agent_up => {
+            session.opening();
+            let request = AgentRequest::NewSession { key: key.clone(), cwd, model };
+            actions.push(Action::Agent { agent: channel.agent.clone(), request });
+        }
+        // The agent is down or still starting: the session waits, and is loaded (if
+        // the agent can) or opened once the agent is ready.
+        Some(record) => {
+            session.instructed = record.instructed;
+            session.wait_for_agent(Some(record.session_id));
+        }
+        None => {}
+    }
+    session
 }
 
 /// The notice for a turn that ran out of time.
@@ -1189,6 +1239,14 @@ fn settled(pending: &permissions::Pending, outcome: &str) -> Action {
     })
 }
 
+/// `text` with a session's label (a loop's `[loop 3]`) before it.
+fn labelled(label: &Option<String>, text: String) -> String {
+    match label {
+        Some(label) => format!("{label} {text}"),
+        None => text,
+    }
+}
+
 fn say(chat: &ChatRef, text: String) -> Action {
     answer(chat, text, Vec::new())
 }
@@ -1220,8 +1278,7 @@ impl Core {
             let in_turn = s.turn.iter().filter(|t| t.chat.channel == channel).any(|t| t.message_ids.contains(message));
             let waiting =
                 s.waiting.iter().filter(|w| w.chat.channel == channel).any(|w| w.message_ids.contains(message));
-            let retry = s.retry.iter().filter(|r| r.chat.channel == channel).any(|r| r.message_ids.contains(message));
-            in_turn || waiting || retry
+            in_turn || waiting || s.retry_holds(channel, message)
         })
     }
 

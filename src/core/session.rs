@@ -191,25 +191,51 @@ pub struct Session {
     /// The chat of the latest message (for `sessions.json`).
     pub chat: ChatRef,
     pub cwd: PathBuf,
-    /// The agent's id; `None` while `session/new` is in flight.
-    pub id: Option<String>,
+    /// Where the session is in its life at the agent (private: changed only by the methods
+    /// below, so the states cannot disagree).
+    life: Life,
     pub turn: Option<Turn>,
     pub waiting: VecDeque<Waiting>,
     /// The channel's `instructions` went with this session's first prompt.
     pub instructed: bool,
     /// A turn was cancelled to steer: the next steering turn carries the note.
     pub steered: bool,
-    /// The agent crashed: the id the session had, to `session/load` once the agent is back.
-    pub lost_id: Option<String>,
-    /// `session/load` (not `session/new`) is in flight for this session.
-    pub loading: bool,
-    /// The turn the crash interrupted; it runs first once the session is back.
-    pub retry: Option<Retry>,
+    /// The turn a crash interrupted; it runs first once the session is back.
+    retry: Option<Retry>,
     /// Several people share it (scope `single`, or `thread` in a group): only `allowedUsers`
     /// may answer its permission requests, when that list is not empty.
     pub shared: bool,
     /// When a message last came or a turn last ended (for evicting idle sessions).
     pub last_active: Instant,
+    /// Put before every text its turns send (a loop's `[loop 3]`).
+    pub label: Option<String>,
+}
+
+/// A session's life at the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Life {
+    /// Nothing is in flight: the agent is down or not ready yet. Once it is, `session/load`
+    /// of `lost` (the id a crash or an earlier run left, when the agent can load) or
+    /// `session/new`.
+    Lost { id: Option<String> },
+    /// `session/new` is in flight.
+    Opening,
+    /// `session/load` of this id is in flight.
+    Restoring { id: String },
+    /// The agent has it: turns may run.
+    Open { id: String },
+}
+
+impl Life {
+    /// One word for the admin page and logs.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Life::Lost { .. } => "lost",
+            Life::Opening => "opening",
+            Life::Restoring { .. } => "restoring",
+            Life::Open { .. } => "open",
+        }
+    }
 }
 
 /// What a channel decides about the turns of its sessions.
@@ -235,23 +261,127 @@ impl Session {
             agent,
             chat,
             cwd,
-            id: None,
+            life: Life::Lost { id: None },
             turn: None,
             waiting: VecDeque::new(),
             instructed: false,
             steered: false,
-            lost_id: None,
-            loading: false,
             retry: None,
             shared: false,
             last_active: now,
+            label: None,
         }
     }
 
     /// Open at the agent with nothing in flight, waiting or owed: it may leave memory (it
     /// stays in `sessions.json` and is loaded again when its conversation goes on).
     pub fn is_idle(&self) -> bool {
-        self.id.is_some() && self.turn.is_none() && self.waiting.is_empty() && self.retry.is_none() && !self.loading
+        self.id().is_some() && self.turn.is_none() && self.waiting.is_empty() && self.retry.is_none()
+    }
+
+    /// The agent's id of this session while it is open.
+    pub fn id(&self) -> Option<&str> {
+        match &self.life {
+            Life::Open { id } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Where the session is in its life, for logs, `/status` and the admin page.
+    pub fn life(&self) -> &Life {
+        &self.life
+    }
+
+    /// `session/new` was sent for it.
+    pub fn opening(&mut self) {
+        self.life = Life::Opening;
+    }
+
+    /// `session/load` of `id` was sent for it.
+    pub fn restoring(&mut self, id: String) {
+        self.life = Life::Restoring { id };
+    }
+
+    /// The agent is down or not yet ready: open it (loading `lost`, when the agent can) once
+    /// it is.
+    pub fn wait_for_agent(&mut self, lost: Option<String>) {
+        self.life = Life::Lost { id: lost };
+    }
+
+    /// The agent answered `session/new` or `session/load` with this id. Returns whether it
+    /// was a restore.
+    pub fn opened(&mut self, id: String) -> bool {
+        let restored = matches!(self.life, Life::Restoring { .. });
+        self.life = Life::Open { id };
+        restored
+    }
+
+    /// The agent died: the id it had (if any) is kept to load once the agent is back; a turn
+    /// in flight is taken out (the caller decides whether it is retried).
+    pub fn lose(&mut self) -> Option<Turn> {
+        let lost = match std::mem::replace(&mut self.life, Life::Lost { id: None }) {
+            Life::Open { id } | Life::Restoring { id } => Some(id),
+            Life::Lost { id: lost } => lost,
+            Life::Opening => None,
+        };
+        self.life = Life::Lost { id: lost };
+        self.turn.take()
+    }
+
+    /// The id to `session/load` once the agent is back (taken: the caller sends the request).
+    pub fn take_lost_id(&mut self) -> Option<String> {
+        match &mut self.life {
+            Life::Lost { id: lost } => lost.take(),
+            _ => None,
+        }
+    }
+
+    /// The crash interrupted this turn: it runs first once the session is open again.
+    pub fn retry_later(&mut self, retry: Retry) {
+        self.retry = Some(retry);
+    }
+
+    /// The turn a crash interrupted, if one waits to run again.
+    pub fn retry(&self) -> Option<&Retry> {
+        self.retry.as_ref()
+    }
+
+    /// Whether `message` of `channel` waits in the turn a crash interrupted.
+    pub fn retry_holds(&self, channel: &str, message: &MessageRef) -> bool {
+        self.retry.iter().filter(|r| r.chat.channel == channel).any(|r| r.message_ids.contains(message))
+    }
+
+    /// Give up the agent's session (its turn is wedged): the turn is taken out and the
+    /// session waits to be opened anew. Returns the old id and the turn.
+    pub fn abandon(&mut self) -> (Option<String>, Option<Turn>) {
+        if self.turn.is_none() {
+            return (None, None);
+        }
+        let old = match std::mem::replace(&mut self.life, Life::Lost { id: None }) {
+            Life::Open { id } | Life::Restoring { id } => Some(id),
+            _ => None,
+        };
+        (old, self.turn.take())
+    }
+
+    /// Cancel the turn in flight (`session/cancel`) for `cause`, waiting at most
+    /// [`CANCEL_WAIT`] for it to end. The one way a turn is cancelled: a turn already being
+    /// cancelled is not cancelled twice, but `/cancel` takes it over (nothing follows it).
+    /// Returns whether a turn was running.
+    pub fn cancel_turn(&mut self, cause: CancelCause, now: Instant, actions: &mut Vec<Action>) -> bool {
+        let Some(turn) = self.turn.as_mut() else { return false };
+        match &mut turn.cancel {
+            None => {
+                turn.cancel = Some(Cancelling { cause, deadline: now + CANCEL_WAIT });
+                if let Life::Open { id } = &self.life {
+                    let request = AgentRequest::Cancel { session_id: id.clone() };
+                    actions.push(Action::Agent { agent: self.agent.clone(), request });
+                }
+            }
+            Some(cancelling) if cause == CancelCause::User => cancelling.cause = CancelCause::User,
+            Some(_) => {}
+        }
+        true
     }
 
     /// Take a message in (`how` is overwritten from `mode`); a steer sends `session/cancel`.
@@ -270,18 +400,12 @@ impl Session {
             (DispatchMode::Followup, _) | (DispatchMode::Steer, None) => Waits::Alone,
             (DispatchMode::Collect, turn) if turn.is_none() && self.waiting.is_empty() => Waits::Alone,
             (DispatchMode::Collect, _) => Waits::Collected,
-            (DispatchMode::Steer, Some(turn)) => {
-                if turn.cancel.is_none() {
-                    turn.cancel = Some(Cancelling { cause: CancelCause::Steer, deadline: now + CANCEL_WAIT });
-                    if let Some(id) = &self.id {
-                        let request = AgentRequest::Cancel { session_id: id.clone() };
-                        actions.push(Action::Agent { agent: self.agent.clone(), request });
-                    }
-                }
-                self.steered = true;
-                Waits::Steer
-            }
+            (DispatchMode::Steer, Some(_)) => Waits::Steer,
         };
+        if message.how == Waits::Steer {
+            self.cancel_turn(CancelCause::Steer, now, actions);
+            self.steered = true;
+        }
         self.waiting.push_back(message);
         Ok(())
     }
@@ -289,7 +413,7 @@ impl Session {
     /// Start the next turn if the agent has the session and nothing is in flight: a turn a
     /// crash interrupted first, then what waits.
     pub fn start_next_turn(&mut self, settings: TurnSettings<'_>, now: Instant, actions: &mut Vec<Action>) {
-        let (Some(session_id), None) = (self.id.clone(), &self.turn) else { return };
+        let (Some(session_id), None) = (self.id().map(str::to_string), &self.turn) else { return };
         if let Some(retry) = self.retry.take() {
             self.instructed = true;
             let started = Started { chat: retry.chat, message_ids: retry.message_ids, senders: retry.senders };

@@ -1688,3 +1688,6 @@ fn a_webhook_event_runs_a_turn_whose_questions_the_chats_people_answer() {
         ],
     );
 }
+
+mod loops;
+mod tasks;

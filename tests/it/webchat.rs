@@ -285,6 +285,17 @@ fn the_admin_page_approves_pairing_and_clears_sessions() {
     );
     let channels = state()["channels"].clone();
     assert!(channels.as_array().unwrap().iter().any(|c| c["name"] == "phone" && c["connected"] == true), "{channels}");
+    // Loops show with their next run.
+    fake.send_dm(555, "/loop add @daily digest");
+    let added = fake.next_text_to(555, Duration::from_secs(20)).unwrap_or_default();
+    assert!(added.starts_with("Loop 1 added"), "{added}");
+    assert!(
+        wait_until(Duration::from_secs(10), || state()["loops"][0]["cron"] == "@daily"
+            && state()["loops"][0]["nextRun"].is_string()
+            && state()["loops"][0]["lastRun"].is_null()),
+        "{}",
+        state()
+    );
 }
 
 /// The admin page is not the chat: a chat client (loopback, or holding the chat's token) can

@@ -1,0 +1,193 @@
+//! Scheduled loops in the core: `/loop` in a chat, due runs, overlaps, missed runs after a
+//! restart, a chat no longer allowed.
+
+use super::*;
+use crate::core::loops::{Book, LoopFile};
+
+/// 2026-03-01 10:00:00 UTC.
+const T0: u64 = 1_772_359_200_000;
+const MINUTE: u64 = 60_000;
+
+fn loop_chat() -> ChatRef {
+    chat("111")
+}
+
+fn loop_key(id: u32) -> String {
+    format!("loop:tg:{id}")
+}
+
+fn loop_core() -> Core {
+    let mut core = core_with(vec![channel("tg")]);
+    core.adopt_loops(Book::new(LoopFile::default(), jiff::tz::TimeZone::UTC), Instant::now());
+    core.set_wall_clock(T0);
+    core
+}
+
+/// The text of the single reply among `actions`.
+fn reply(actions: &[Action]) -> String {
+    let texts: Vec<&String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Outbound::Text { text, .. }) => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.len(), 1, "{actions:?}");
+    texts[0].clone()
+}
+
+fn command(core: &mut Core, text: &str, now: Instant) -> String {
+    reply(&core.handle(dm("111", text), now))
+}
+
+/// The clock moves to `wall` (Unix ms) and ticks.
+fn tick_at(core: &mut Core, wall: u64, now: Instant) -> Vec<Action> {
+    core.set_wall_clock(wall);
+    core.handle(Event::Tick, now)
+}
+
+#[test]
+fn a_loop_added_in_a_chat_runs_in_its_own_session_and_answers_marked() {
+    let now = Instant::now();
+    let mut core = loop_core();
+    let added = command(&mut core, "/loop add \"*/5 * * * *\" check the deployment", now);
+    assert_eq!(
+        added,
+        "Loop 1 added: \"*/5 * * * *\". Next runs: 2026-03-01 10:05 UTC, 2026-03-01 10:10 UTC, 2026-03-01 10:15 UTC. \
+         Answers come here marked [loop 1]."
+    );
+    assert!(core.loops_to_save().is_some(), "the file is saved after an add");
+    assert!(core.next_deadline().is_some_and(|d| d <= now + Duration::from_secs(60)));
+    // Not due yet.
+    assert_eq!(tick_at(&mut core, T0 + 4 * MINUTE, now), vec![]);
+    // Due: its own session, then its own turn.
+    assert_eq!(tick_at(&mut core, T0 + 5 * MINUTE, now), vec![new_session(&loop_key(1))]);
+    assert_eq!(
+        core.handle(created(&loop_key(1), "L1"), now),
+        vec![typing("111"), prompt("L1", "check the deployment")]
+    );
+    // The user's own conversation is another session.
+    assert_eq!(core.handle(dm("111", "hello"), now), vec![new_session("tg:111:111")]);
+    core.handle(chunk("L1", "all green"), now);
+    let actions = core.handle(ended("L1", TurnOutcome::EndTurn), now);
+    assert_eq!(actions, vec![text("111", "[loop 1] all green")]);
+    let listed = command(&mut core, "/loop list", now);
+    assert_eq!(listed, "Loops in this chat:\n1 · \"*/5 * * * *\" · next 2026-03-01 10:10 UTC · check the deployment");
+    let inspected = command(&mut core, "/loop inspect 1", now);
+    assert!(
+        inspected.contains("Last run: 2026-03-01 10:05 UTC; runs: 1; skipped (previous run still going): 0"),
+        "{inspected}"
+    );
+    assert_eq!(command(&mut core, "/loop cancel 1", now), "Loop 1 cancelled.");
+    assert_eq!(tick_at(&mut core, T0 + 10 * MINUTE, now), vec![]);
+    assert_eq!(
+        command(&mut core, "/loop list", now),
+        format!("No loops in this chat. {}", crate::core::loops::USAGE_ADD)
+    );
+}
+
+#[test]
+fn a_run_due_while_the_previous_one_runs_is_skipped_and_counted() {
+    let now = Instant::now();
+    let mut core = loop_core();
+    command(&mut core, "/loop add \"* * * * *\" watch", now);
+    tick_at(&mut core, T0 + MINUTE, now);
+    core.handle(created(&loop_key(1), "L1"), now);
+    // Still running a minute later, and the next.
+    assert_eq!(tick_at(&mut core, T0 + 2 * MINUTE, now), vec![]);
+    assert_eq!(tick_at(&mut core, T0 + 3 * MINUTE, now), vec![]);
+    let inspected = command(&mut core, "/loop inspect 1", now);
+    assert!(inspected.contains("runs: 1; skipped (previous run still going): 2"), "{inspected}");
+    core.handle(ended("L1", TurnOutcome::EndTurn), now);
+    // Free again: the next one runs in the same session.
+    assert_eq!(tick_at(&mut core, T0 + 4 * MINUTE, now), vec![typing("111"), prompt("L1", "watch")]);
+}
+
+#[test]
+fn runs_missed_while_stopped_run_once_at_start() {
+    let now = Instant::now();
+    let mut core = loop_core();
+    command(&mut core, "/loop add \"*/10 * * * *\" report", now);
+    let file = core.loops_to_save().unwrap();
+    assert_eq!(file.loops[0].next_run_ms, Some(T0 + 10 * MINUTE));
+    // tether was stopped for an hour: six runs missed.
+    let mut restarted = core_with(vec![channel("tg")]);
+    restarted.set_wall_clock(T0 + 65 * MINUTE);
+    restarted.adopt_loops(Book::new(file, jiff::tz::TimeZone::UTC), now);
+    assert_eq!(restarted.next_deadline(), Some(now), "due at once");
+    assert_eq!(restarted.handle(Event::Tick, now), vec![new_session(&loop_key(1))]);
+    assert_eq!(restarted.handle(Event::Tick, now), vec![], "once, not once per missed slot");
+    let saved = restarted.loops_to_save().unwrap();
+    assert_eq!((saved.loops[0].runs, saved.loops[0].next_run_ms), (1, Some(T0 + 70 * MINUTE)));
+}
+
+#[test]
+fn a_loop_whose_chat_is_no_longer_allowed_is_disabled_and_listed_so() {
+    let now = Instant::now();
+    let mut core = loop_core();
+    command(&mut core, "/loop add \"0 * * * *\" hourly", now);
+    // The operator removes the creator from allowedUsers.
+    let mut changed = channel("tg");
+    changed.allowed_users = vec!["222".into()];
+    let config = Config {
+        path: PathBuf::from("/t/config.json"),
+        agents: BTreeMap::new(),
+        channels: [("tg".to_string(), changed)].into_iter().collect(),
+        env: BTreeMap::new(),
+        disabled: Default::default(),
+        allowed_channel_types: None,
+        audit: None,
+    };
+    core.set_channels(&config);
+    assert_eq!(tick_at(&mut core, T0 + 60 * MINUTE, now), vec![]);
+    let file = core.loops_to_save().unwrap();
+    assert!(!file.loops[0].enabled);
+    assert_eq!(
+        core.loops.list(&loop_chat()),
+        "Loops in this chat:\n1 · \"0 * * * *\" · disabled: this chat or its creator is no longer allowed to use the bot · hourly"
+    );
+    assert_eq!(core.next_deadline(), None, "a disabled loop needs no clock");
+}
+
+#[test]
+fn loop_commands_refuse_what_is_wrong() {
+    let now = Instant::now();
+    let mut core = loop_core();
+    let table: &[(&str, &str)] = &[
+        ("/loop add */5 * * * * x", "Put the schedule in double quotes."),
+        ("/loop add \"*/5 * * *\" x", "That schedule is not valid: a schedule has 5 fields"),
+        ("/loop add \"61 * * * *\" x", "That schedule is not valid: minute field \"61\": 61 is outside 0–59."),
+        ("/loop add \"0 0 30 2 *\" x", "The schedule \"0 0 30 2 *\" never comes due"),
+        ("/loop add \"@daily\"", "The loop needs a prompt after the schedule."),
+        ("/loop inspect 9", "There is no loop 9 in this chat; /loop list shows them."),
+        ("/loop cancel x", "\"x\" is not a loop id; /loop list shows them."),
+        ("/loop frobnicate", "Unknown /loop command \"frobnicate\"."),
+    ];
+    for (input, start) in table {
+        let got = command(&mut core, input, now);
+        assert!(got.starts_with(start), "{input}: {got}");
+    }
+    let long = "x".repeat(4001);
+    let got = command(&mut core, &format!("/loop add \"@hourly\" {long}"), now);
+    assert_eq!(got, "The prompt has 4001 characters; a loop's prompt may have at most 4000.");
+    for i in 0..10 {
+        assert!(command(&mut core, &format!("/loop add \"@hourly\" p{i}"), now).starts_with("Loop "));
+    }
+    let got = command(&mut core, "/loop add \"@hourly\" one more", now);
+    assert!(got.starts_with("This chat has 10 loops already"), "{got}");
+    // Another chat has its own ten.
+    let mut other = dm_msg("111", "/loop list");
+    other.chat_id = "555".into();
+    assert!(reply(&core.handle(inbound(other), now)).starts_with("No loops in this chat."));
+}
+
+#[test]
+fn loops_are_refused_in_single_scope() {
+    let now = Instant::now();
+    let mut ch = channel("tg");
+    ch.session_scope = SessionScope::Single;
+    let mut core = core_with(vec![ch]);
+    core.set_wall_clock(T0);
+    let got = reply(&core.handle(dm("111", "/loop add \"@hourly\" x"), now));
+    assert!(got.starts_with("Loops are not available in this channel"), "{got}");
+}
