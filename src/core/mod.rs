@@ -114,8 +114,10 @@ pub struct Core {
     agent_commands: HashMap<String, Vec<AgentCommand>>,
     /// Agents known to be down (crashed, not yet ready again), with whether each can
     /// `session/load`. An agent not in `down` is up.
-    down: HashMap<String, ()>,
-    load_session: HashMap<String, bool>,
+    /// (Ordered maps: a service has one or two agents, and these are looked up for every
+    /// session on every turn of the daemon's loop, where hashing the name cost more.)
+    down: BTreeMap<String, ()>,
+    load_session: BTreeMap<String, bool>,
     /// Tool permission requests waiting for a person.
     permissions: PermissionRelay,
     /// Who may talk: pairing books, the wall clock, code randomness.
@@ -154,8 +156,8 @@ impl Core {
             sessions: HashMap::new(),
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
-            down: HashMap::new(),
-            load_session: HashMap::new(),
+            down: BTreeMap::new(),
+            load_session: BTreeMap::new(),
             permissions: PermissionRelay::default(),
             access: pairing::Access::default(),
             dormant: HashMap::new(),
@@ -197,9 +199,12 @@ impl Core {
     /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
     /// its agent can load it again later (else its context would be lost).
     fn eviction_due(&self, session: &Session) -> Option<Instant> {
+        if !session.is_idle() {
+            return None;
+        }
         let can_load = self.load_session.get(&session.agent).copied().unwrap_or(false);
         let after = self.channels.get(&session.chat.channel)?.evict_idle_after;
-        (can_load && session.is_idle()).then(|| session.last_active + after)
+        can_load.then(|| session.last_active + after)
     }
 
     /// Move the sessions idle past their channel's `evictIdleAfter` to the dormant records
