@@ -14,7 +14,7 @@ pub(crate) mod prompt;
 pub(crate) mod routing;
 pub(crate) mod session;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -276,8 +276,12 @@ impl Core {
             return;
         }
         let held = self.held_messages();
-        let released: Vec<(String, MessageRef)> =
-            self.unsettled.iter().filter(|(channel, r)| !held.contains(&(channel.as_str(), r))).cloned().collect();
+        let released: Vec<(String, MessageRef)> = self
+            .unsettled
+            .iter()
+            .filter(|(channel, r)| held.binary_search(&(channel.as_str(), r)).is_err())
+            .cloned()
+            .collect();
         let mut by_channel: BTreeMap<String, Vec<MessageRef>> = BTreeMap::new();
         for (channel, reference) in released {
             self.unsettled.remove(&(channel.clone(), reference.clone()));
@@ -1090,14 +1094,15 @@ impl Core {
     /// one, or to be retried after an agent crash.
     #[cfg(test)]
     fn holds(&self, channel: &str, message: &MessageRef) -> bool {
-        self.held_messages().contains(&(channel, message))
+        self.held_messages().binary_search(&(channel, message)).is_ok()
     }
 
-    /// Every (channel, message) that still waits for an answer here (see `holds`), gathered
-    /// in one pass: asking each session about each unsettled message made every event cost
-    /// sessions × messages.
-    fn held_messages(&self) -> HashSet<(&str, &MessageRef)> {
-        let mut held = HashSet::new();
+    /// Every (channel, message) that still waits for an answer here (see `holds`), sorted
+    /// for `binary_search`, gathered in one pass: asking each session about each unsettled
+    /// message made every event cost sessions × messages (and a hash set cost more than
+    /// sorting these few references).
+    fn held_messages(&self) -> Vec<(&str, &MessageRef)> {
+        let mut held = Vec::new();
         for s in self.sessions.values() {
             let turn = s.turn.iter().map(|t| (&t.chat, &t.message_ids));
             let waiting = s.waiting.iter().map(|w| (&w.chat, &w.message_ids));
@@ -1106,6 +1111,7 @@ impl Core {
                 held.extend(ids.iter().map(|id| (chat.channel.as_str(), id)));
             }
         }
+        held.sort_unstable();
         held
     }
 
