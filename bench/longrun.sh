@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Long-run check: LONGRUN_MESSAGES messages (default 10000) through tether against the fake
 # Bot API and the demo agent, with random faults (getUpdates 502/409/dropped, sendMessage
-# 502/429/dropped, agent crashes, clean restarts); prints the counts and fails unless every
-# message was answered exactly once. See bench/longrun.rs for the other LONGRUN_* knobs.
+# 502/429/dropped, agent crashes, clean restarts, SIGHUP reloads, malformed updates, hostile
+# text); prints the counts and tether's memory/threads/open files every 1000 answers, and fails
+# unless every message was answered exactly once, nothing grew after warm-up, and the log holds
+# no panic. The soak: LONGRUN_MESSAGES=100000 bench/longrun.sh. See bench/longrun.rs for the
+# other LONGRUN_* knobs.
 # Usage: bench/longrun.sh            (release build)
 #        PROFILE=debug bench/longrun.sh   (no release build; slower, fine for a check)
 set -euo pipefail

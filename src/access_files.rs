@@ -1,6 +1,7 @@
 //! A channel's pairing files in TETHER_HOME, shared by the running service and the
 //! `tether pairing` command: `<channel>-pairing.json` (pending requests) and
-//! `<channel>-allowlist.json` (approved user ids), in Qwen Code's shapes. Every change is a
+//! `<channel>-allowlist.json` (approved user ids) and `<channel>-groups.json` (group chat ids
+//! approved under `groupPolicy: pairing`), in Qwen Code's shapes. Every change is a
 //! read-modify-write under `<channel>-pairing.lock`, so the service adding a request and the
 //! operator approving one at the same moment do not overwrite each other; the service
 //! notices the operator's changes by polling the files' fingerprints.
@@ -24,6 +25,7 @@ pub struct AccessFiles {
     pub home: PathBuf,
     pub pairing: PathBuf,
     pub allowlist: PathBuf,
+    pub groups: PathBuf,
     lock: PathBuf,
 }
 
@@ -35,19 +37,20 @@ impl AccessFiles {
             home: home.to_path_buf(),
             pairing: home.join(format!("{channel}-pairing.json")),
             allowlist: home.join(format!("{channel}-allowlist.json")),
+            groups: home.join(format!("{channel}-groups.json")),
             lock: home.join(format!("{channel}-pairing.lock")),
         }
     }
 
-    fn fingerprints(&self) -> (Option<Fingerprint>, Option<Fingerprint>) {
-        (store::fingerprint(&self.pairing), store::fingerprint(&self.allowlist))
+    fn fingerprints(&self) -> [Option<Fingerprint>; 3] {
+        [store::fingerprint(&self.pairing), store::fingerprint(&self.allowlist), store::fingerprint(&self.groups)]
     }
 
     /// Both files as they are (missing files are empty lists). Takes the lock when either
     /// file exists, so a change half-made by another process is never seen.
     pub fn read(&self) -> Result<PairingBook, Error> {
         let _lock = match self.fingerprints() {
-            (None, None) => None,
+            [None, None, None] => None,
             _ => Some(store::lock(&self.lock, LOCK_WAIT)?),
         };
         self.read_unlocked()
@@ -57,7 +60,9 @@ impl AccessFiles {
         let pending: Vec<PairingRequest> = store::read_json(&self.pairing)?.unwrap_or_default();
         let approved: Vec<serde_json::Value> = store::read_json(&self.allowlist)?.unwrap_or_default();
         let approved = approved.into_iter().map(|id| user_id(id, &self.allowlist)).collect::<Result<_, _>>()?;
-        Ok(PairingBook::new(pending, approved))
+        let groups: Vec<serde_json::Value> = store::read_json(&self.groups)?.unwrap_or_default();
+        let groups = groups.into_iter().map(|id| user_id(id, &self.groups)).collect::<Result<_, _>>()?;
+        Ok(PairingBook::new(pending, approved).with_groups(groups))
     }
 
     /// Lock, read both files, apply `change`, write back each file whose content changed
@@ -67,12 +72,16 @@ impl AccessFiles {
         let _lock = store::lock(&self.lock, LOCK_WAIT)?;
         let mut book = self.read_unlocked()?;
         let (pending, approved) = (book.pending().to_vec(), book.approved().to_vec());
+        let groups = book.approved_groups().to_vec();
         book.drop_expired(now_ms);
         let result = change(&mut book);
         // The allowlist first: a reader without the lock then never sees a request gone
         // before its sender is approved.
         if book.approved() != approved {
             store::write_json_atomic(&self.allowlist, book.approved())?;
+        }
+        if book.approved_groups() != groups {
+            store::write_json_atomic(&self.groups, book.approved_groups())?;
         }
         if book.pending() != pending {
             store::write_json_atomic(&self.pairing, book.pending())?;
@@ -94,7 +103,7 @@ struct Watched {
     name: String,
     files: AccessFiles,
     /// The fingerprints of what was last read; `None` before the first read.
-    seen: Option<(Option<Fingerprint>, Option<Fingerprint>)>,
+    seen: Option<[Option<Fingerprint>; 3]>,
 }
 
 impl Watcher {
@@ -205,6 +214,7 @@ fn event(channel: &str, book: PairingBook) -> Event {
         channel: channel.to_string(),
         pending: book.pending().to_vec(),
         approved: book.approved().to_vec(),
+        approved_groups: book.approved_groups().to_vec(),
     }
 }
 
@@ -230,6 +240,7 @@ mod tests {
             code: code.into(),
             created_at,
             chat_id: Some(sender.into()),
+            subject: None,
         }
     }
 
@@ -279,7 +290,12 @@ mod tests {
         let files = AccessFiles::new(&home, "phone");
         let mut watcher = Watcher::new(&home, ["phone"]);
         let t = Instant::now();
-        let empty = Event::AccessFiles { channel: "phone".into(), pending: Vec::new(), approved: Vec::new() };
+        let empty = Event::AccessFiles {
+            channel: "phone".into(),
+            pending: Vec::new(),
+            approved: Vec::new(),
+            approved_groups: vec![],
+        };
         assert_eq!(watcher.load_all().unwrap(), vec![empty]);
         assert_eq!(watcher.poll(t), vec![]);
         // The service saves a request: the next poll reads it back.
@@ -291,7 +307,8 @@ mod tests {
             vec![Event::AccessFiles {
                 channel: "phone".into(),
                 pending: vec![request("7", "ABCDEFGH", T0)],
-                approved: vec![]
+                approved: vec![],
+                approved_groups: vec![]
             }]
         );
         assert_eq!(watcher.poll(t + 2 * POLL_INTERVAL), vec![]);
@@ -300,7 +317,12 @@ mod tests {
         let got = watcher.poll(t + 3 * POLL_INTERVAL);
         assert_eq!(
             got,
-            vec![Event::AccessFiles { channel: "phone".into(), pending: vec![], approved: vec!["7".into()] }]
+            vec![Event::AccessFiles {
+                channel: "phone".into(),
+                pending: vec![],
+                approved: vec!["7".into()],
+                approved_groups: vec![]
+            }]
         );
         // Ids written by hand as numbers are read as strings.
         std::fs::write(&files.allowlist, "[7, \"8\"]").unwrap();
@@ -310,7 +332,8 @@ mod tests {
             vec![Event::AccessFiles {
                 channel: "phone".into(),
                 pending: vec![],
-                approved: vec!["7".into(), "8".into()]
+                approved: vec!["7".into(), "8".into()],
+                approved_groups: vec![]
             }]
         );
         std::fs::write(&files.allowlist, "[{\"id\": 7}]").unwrap();

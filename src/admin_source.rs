@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::access_files::AccessFiles;
 use crate::adapters::admin::{AdminAction, AdminSource};
-use crate::config::{ChannelConfig, SenderPolicy};
+use crate::config::ChannelConfig;
 use crate::event::Inbound;
 use crate::health::wall_ms;
 use crate::pairing_cli::{self, PairingCommand};
@@ -62,10 +62,16 @@ impl DaemonAdmin {
         published.channels.get(name).cloned().ok_or_else(|| format!("no channel \"{name}\" is running"))
     }
 
-    fn pairing(&self, command: PairingCommand) -> Result<String, String> {
+    fn pairing(&self, command: PairingCommand, client: &str) -> Result<String, String> {
         let channel = self.channel(command.channel())?;
         let files = AccessFiles::new(&self.home, &channel.name);
+        let decision = pairing_cli::decision(&command, &files, wall_ms());
         let report = pairing_cli::execute(&command, &files, Some(&channel), wall_ms()).map_err(|e| e.to_string())?;
+        if let (Some(decision), 0) = (decision, report.status) {
+            // Only the holder of the admin token gets here.
+            let by = crate::audit::Actor::AdminPage { client: client.to_string() };
+            crate::audit_writer::record(decision.by(by));
+        }
         let text = format!("{}{}", report.stdout, report.stderr).trim().to_string();
         if report.status == 0 { Ok(text) } else { Err(text) }
     }
@@ -80,7 +86,7 @@ impl AdminSource for DaemonAdmin {
         let now = wall_ms();
         let pairing: Vec<Value> = channels
             .values()
-            .filter(|c| c.sender_policy == SenderPolicy::Pairing)
+            .filter(|c| c.uses_pairing())
             .map(|c| match AccessFiles::new(&self.home, &c.name).read() {
                 Ok(book) => json!({
                     "channel": c.name,
@@ -88,8 +94,10 @@ impl AdminSource for DaemonAdmin {
                     // that leaks cannot approve anyone.
                     "pending": book.live(now).map(|r| json!({
                         "senderId": r.sender_id, "senderName": r.sender_name, "createdAt": r.created_at,
+                        "group": r.group(),
                     })).collect::<Vec<_>>(),
                     "approved": book.approved(),
+                    "approvedGroups": book.approved_groups(),
                 }),
                 Err(e) => json!({"channel": c.name, "error": e.to_string(), "pending": [], "approved": []}),
             })
@@ -105,10 +113,14 @@ impl AdminSource for DaemonAdmin {
     }
 
     fn act(&self, action: AdminAction) -> Result<String, String> {
+        self.act_from(action, "unknown address")
+    }
+
+    fn act_from(&self, action: AdminAction, client: &str) -> Result<String, String> {
         match action {
-            AdminAction::Approve { channel, code } => self.pairing(PairingCommand::Approve { channel, code }),
-            AdminAction::Deny { channel, code } => self.pairing(PairingCommand::Deny { channel, code }),
-            AdminAction::Revoke { channel, user } => self.pairing(PairingCommand::Revoke { channel, user }),
+            AdminAction::Approve { channel, code } => self.pairing(PairingCommand::Approve { channel, code }, client),
+            AdminAction::Deny { channel, code } => self.pairing(PairingCommand::Deny { channel, code }, client),
+            AdminAction::Revoke { channel, user } => self.pairing(PairingCommand::Revoke { channel, user }, client),
             AdminAction::ClearSession { key } => {
                 match self.inbound.send_timeout(Inbound::OperatorClear { key: key.clone() }, Duration::from_secs(5)) {
                     Ok(()) => Ok(format!("Conversation {key} cleared.")),

@@ -27,6 +27,13 @@ pub struct Config {
     /// The settings file's `env` section. Not written into our own process environment
     /// (that needs `unsafe` in edition 2024); used for `$VAR` lookups and given to the agent.
     pub env: BTreeMap<String, String>,
+    /// Channels with `"enabled": false`: configured and checked, not started (they stay in
+    /// `channels`; the daemon leaves them out).
+    pub disabled: std::collections::BTreeSet<String>,
+    /// `allowedChannelTypes`: the platforms a channel may use (`None`: any this build has).
+    pub allowed_channel_types: Option<Vec<String>>,
+    /// `audit`: the audit log (`None`: off).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// Name under which the top-level `agent` object is stored in [`Config::agents`].
@@ -58,15 +65,27 @@ pub enum SenderPolicy {
     Open,
 }
 
+/// `dmPolicy`: whether direct (one-to-one) chats are listened to at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmPolicy {
+    /// Direct messages go on to the sender policy (default).
+    Open,
+    /// Every direct message is dropped before any other gate: a group-only bot.
+    Disabled,
+}
+
 /// `sessionScope`: which messages share one agent session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionScope {
     /// `channel:sender:chat` (default).
     User,
-    /// `channel:thread-or-chat`.
+    /// `channel:thread-or-chat` (Qwen's legacy scope: thread ids of different chats may meet).
     Thread,
     /// One session for the whole channel.
     Single,
+    /// `channel:chat:thread`, or `channel:chat` outside threads: one session per chat
+    /// thread (forum topic), shared by its participants.
+    ChatThread,
 }
 
 /// `groupPolicy`: which group chats are listened to.
@@ -78,6 +97,9 @@ pub enum GroupPolicy {
     Allowlist,
     /// Any group.
     Open,
+    /// A group asks the operator once (a code on the operator's side, never in the group);
+    /// approved groups are kept in `<channel>-groups.json`.
+    Pairing,
 }
 
 /// `dispatchMode`: what a message does when its session is busy.
@@ -114,6 +136,8 @@ pub enum ToolCallDisplay {
 pub struct GroupConfig {
     pub require_mention: Option<bool>,
     pub dispatch_mode: Option<DispatchMode>,
+    /// `groupHistoryLimit` of this group (0: off), overriding the channel's.
+    pub history_limit: Option<usize>,
 }
 
 /// The settings that apply to one group after merging its entry over `"*"` key by key.
@@ -121,6 +145,9 @@ pub struct GroupConfig {
 pub struct GroupSettings {
     pub require_mention: bool,
     pub dispatch_mode: DispatchMode,
+    /// How many unmentioned messages of authorised senders are kept as context for the
+    /// next mention (0: none).
+    pub history_limit: usize,
 }
 
 /// A secret value (token, client secret): kept out of `Debug` output and logs.
@@ -169,6 +196,7 @@ pub struct ChannelConfig {
     pub settings: PlatformSettings,
     pub model: Option<String>,
     pub sender_policy: SenderPolicy,
+    pub dm_policy: DmPolicy,
     pub allowed_users: Vec<String>,
     pub session_scope: SessionScope,
     /// Absolute; default the directory tether was started in; `~` expanded.
@@ -178,6 +206,8 @@ pub struct ChannelConfig {
     pub approval_mode: Option<String>,
     pub group_policy: GroupPolicy,
     pub groups: BTreeMap<String, GroupConfig>,
+    /// `groupHistoryLimit` (0: off; at most [`MAX_GROUP_HISTORY`]).
+    pub group_history_limit: usize,
     pub dispatch_mode: DispatchMode,
     pub block_streaming: bool,
     /// `blockStreamingChunk.minChars`, default 400.
@@ -202,6 +232,9 @@ pub struct ChannelConfig {
     pub evict_idle_after: Duration,
     /// Keys this build does not know, kept for adapters (as Qwen does for plugins).
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// What the operator should know about this channel's keys (unknown keys, keys of Qwen
+    /// features tether lacks): printed by `tether check`, logged at start.
+    pub warnings: Vec<String>,
 }
 
 impl ChannelConfig {
@@ -218,7 +251,17 @@ impl ChannelConfig {
             .and_then(|g| g.dispatch_mode)
             .or_else(|| wildcard.and_then(|g| g.dispatch_mode))
             .unwrap_or(self.dispatch_mode);
-        GroupSettings { require_mention, dispatch_mode }
+        let history_limit = specific
+            .and_then(|g| g.history_limit)
+            .or_else(|| wildcard.and_then(|g| g.history_limit))
+            .unwrap_or(self.group_history_limit);
+        GroupSettings { require_mention, dispatch_mode, history_limit }
+    }
+
+    /// The channel keeps pairing files: users pair (`senderPolicy: pairing`) or groups do
+    /// (`groupPolicy: pairing`).
+    pub fn uses_pairing(&self) -> bool {
+        self.sender_policy == SenderPolicy::Pairing || self.group_policy == GroupPolicy::Pairing
     }
 
     /// What the channel's platform can do.
@@ -250,6 +293,21 @@ pub struct PlatformSettings {
     pub values: BTreeMap<&'static str, Value>,
 }
 
+/// A name for a secret found inside a platform's nested keys (`env.TOKEN`,
+/// `sources.ci.secret`), as [`PlatformSettings::secrets`] keys it: each distinct name is kept
+/// once for the life of the process (a reload reuses it).
+pub fn secret_label(name: &str) -> &'static str {
+    static LABELS: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut labels = LABELS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(label) = labels.get(name) {
+        return label;
+    }
+    let label: &'static str = Box::leak(name.to_string().into_boxed_str());
+    labels.insert(label);
+    label
+}
+
 /// A platform's view of its channel's object in the file, for [`crate::adapters::Platform::parse`]:
 /// typed getters whose errors name the file, channel, key and value.
 pub struct PlatformKeys<'a> {
@@ -257,6 +315,8 @@ pub struct PlatformKeys<'a> {
     at: Place<'a>,
     vars: &'a Vars<'a>,
     platform: &'static str,
+    /// The file's `channels` object, for keys that name another channel.
+    channels: &'a Object,
 }
 
 impl PlatformKeys<'_> {
@@ -281,6 +341,12 @@ impl PlatformKeys<'_> {
     /// A string; absent, `null` and `""` are "not set".
     pub fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
         get_string(self.obj, key, self.at)
+    }
+
+    /// A list of user ids as `allowedUsers` holds them (numbers read as decimal text), for a
+    /// platform that knows what its ids look like.
+    pub fn user_ids(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        get_user_ids(self.obj, key, self.at)
     }
 
     /// An http(s) URL without its trailing `/`, under `key` or its `alias` (not both with
@@ -324,9 +390,55 @@ impl PlatformKeys<'_> {
         Ok((text, address))
     }
 
+    /// A positive integer (e.g. a size in bytes).
+    pub fn positive_integer(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        get_positive(self.obj, key, self.at)
+    }
+
+    /// A duration: seconds, or "90s", "30m", "24h", "7d".
+    pub fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        get_duration(self.obj, key, self.at)
+    }
+
     /// An error about `key` of this channel.
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.at.error(key, message)
+    }
+
+    /// The value of `key` as written (`None` when absent or `null`), for a platform key that
+    /// holds an array or an object the platform reads itself.
+    pub fn raw(&self, key: &str) -> Option<&Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        get_string_array(self.obj, key, self.at)
+    }
+
+    /// Whether the file has a channel `name` other than this one (for a key naming the
+    /// channel that gets this channel's answers).
+    pub fn is_other_channel(&self, name: &str) -> bool {
+        self.at.channel != Some(name) && self.channels.contains_key(name)
+    }
+
+    /// The keys of this object, in file order.
+    pub fn names(&self) -> Vec<String> {
+        self.obj.keys().cloned().collect()
+    }
+
+    /// Read the object under `key` with these same getters (its errors name `key.inner`, and
+    /// `$NAME` secrets inside it read the environment); `None` when absent or `null`.
+    pub fn nested<R>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&PlatformKeys<'_>) -> Result<R, ConfigError>,
+    ) -> Result<Option<R>, ConfigError> {
+        let Some(value) = self.raw(key) else { return Ok(None) };
+        let Value::Object(obj) = value else { return Err(type_error(self.at, key, "an object", value)) };
+        let prefix = self.at.key(key);
+        let at = Place { prefix: &prefix, ..self.at };
+        read(&PlatformKeys { obj, at, vars: self.vars, platform: self.platform, channels: self.channels }).map(Some)
     }
 }
 
@@ -340,6 +452,7 @@ impl ChannelConfig {
             settings: PlatformSettings::default(),
             model: None,
             sender_policy: SenderPolicy::Allowlist,
+            dm_policy: DmPolicy::Open,
             allowed_users: Vec::new(),
             session_scope: SessionScope::User,
             cwd: PathBuf::from("/tmp"),
@@ -347,6 +460,7 @@ impl ChannelConfig {
             approval_mode: None,
             group_policy: GroupPolicy::Disabled,
             groups: BTreeMap::new(),
+            group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             block_streaming: false,
             block_min_chars: 400,
@@ -360,6 +474,7 @@ impl ChannelConfig {
             max_backlog_age: Duration::from_secs(86_400),
             evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -409,6 +524,14 @@ pub struct ParseContext<'a> {
 /// "use the default", and so does `""` for string keys (Qwen applied `value || default`).
 /// Anything else of the wrong type, and any unknown enum value, is an error.
 pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
+    parse_selected(text, cx, None)
+}
+
+/// [`parse`], for a command that uses only the `selected` channels (`tether start NAME`, the
+/// demo, `tether pairing`): a `$VAR` of another channel that is not set is not an error
+/// there (its secret stays empty), so one channel's missing token does not stop another.
+/// Every other check still applies to every channel.
+pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[String]>) -> Result<Config, ConfigError> {
     let top = Place { path: cx.path, channel: None, prefix: "" };
     let value: Value = serde_json::from_str(text).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
     let Value::Object(root) = value else {
@@ -420,18 +543,86 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
 
     let env = get_string_map(&root, "env", top)?;
     let agents = parse_agents(&root, top)?;
-    let vars = Vars { file: &env, process: cx.env };
+    let allowed_channel_types = parse_allowed_channel_types(&root, top, cx)?;
+    let audit = parse_audit(&root, top, cx)?;
     let empty = Object::new();
     let mut channels = BTreeMap::new();
-    for (name, value) in get_object(&root, "channels", top)?.unwrap_or(&empty) {
+    let mut disabled = std::collections::BTreeSet::new();
+    let all = get_object(&root, "channels", top)?.unwrap_or(&empty);
+    for (name, value) in all {
         let at = Place { path: cx.path, channel: Some(name), prefix: "" };
+        let lenient = selected.is_some_and(|names| !names.contains(name));
+        let vars = Vars { file: &env, process: cx.env, lenient };
         check_channel_name(name, at)?;
         let Value::Object(obj) = value else {
             return Err(at.error_here(format!("expected an object, found {}", describe(value))));
         };
-        channels.insert(name.clone(), parse_channel(name, obj, at, cx, &vars, &agents)?);
+        let channel = parse_channel(name, obj, at, cx, &vars, &agents, all)?;
+        if let Some(allowed) = &allowed_channel_types
+            && !allowed.iter().any(|t| t == channel.platform.name)
+        {
+            return Err(at.error(
+                "type",
+                format!(
+                    "\"{}\" is not in \"allowedChannelTypes\" [{}]: add it there, or remove this channel",
+                    channel.platform.name,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if !get_bool(obj, "enabled", at)?.unwrap_or(true) {
+            disabled.insert(name.clone());
+        }
+        channels.insert(name.clone(), channel);
     }
-    Ok(Config { path: cx.path.to_path_buf(), agents, channels, env })
+    Ok(Config { path: cx.path.to_path_buf(), agents, channels, env, disabled, allowed_channel_types, audit })
+}
+
+/// `allowedChannelTypes`: each one a platform this build has.
+fn parse_allowed_channel_types(
+    root: &Object,
+    top: Place<'_>,
+    cx: &ParseContext<'_>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(types) = get_string_array(root, "allowedChannelTypes", top)? else { return Ok(None) };
+    for name in &types {
+        if crate::adapters::find(cx.platforms, name).is_none() {
+            let available: Vec<&str> = cx.platforms.iter().map(|p| p.name).collect();
+            return Err(top.error(
+                "allowedChannelTypes",
+                format!("\"{name}\" is not a platform this build has; it has: {}", available.join(", ")),
+            ));
+        }
+    }
+    Ok(Some(types))
+}
+
+/// `audit`: `{"path": "...", "content": "full" | "hash" | "none", "maxBytes": n, "maxFiles": n}`.
+fn parse_audit(
+    root: &Object,
+    top: Place<'_>,
+    cx: &ParseContext<'_>,
+) -> Result<Option<crate::audit::AuditConfig>, ConfigError> {
+    use crate::audit::{AuditConfig, Content, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES};
+    const CONTENTS: &[(&str, Content)] = &[("full", Content::Full), ("hash", Content::Hash), ("none", Content::None)];
+    let Some(obj) = get_object(root, "audit", top)? else { return Ok(None) };
+    let at = Place { prefix: "audit", ..top };
+    let Some(raw) = get_string(obj, "path", at)? else {
+        return Err(at.error("path", "required: the audit log's file, e.g. \"/var/log/tether/audit.jsonl\""));
+    };
+    // `~` and relative paths as for `cwd` (the only error: `~` without HOME).
+    let path = resolve_cwd(Some(raw.clone()), cx, at).map_err(|_| {
+        at.error("path", format!("\"{raw}\" starts with ~ but HOME is not set: write an absolute path"))
+    })?;
+    let Some(content) = get_enum(obj, "content", at, CONTENTS)? else {
+        return Err(at.error("content", format!("required: what to keep of texts, one of: {}", names(CONTENTS))));
+    };
+    Ok(Some(AuditConfig {
+        path,
+        content,
+        max_bytes: get_positive(obj, "maxBytes", at)?.unwrap_or(DEFAULT_MAX_BYTES),
+        max_files: get_positive(obj, "maxFiles", at)?.map_or(DEFAULT_MAX_FILES, to_usize),
+    }))
 }
 
 type Object = Map<String, Value>;
@@ -442,6 +633,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "type",
     "model",
     "senderPolicy",
+    "dmPolicy",
     "allowedUsers",
     "sessionScope",
     "cwd",
@@ -449,6 +641,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "approvalMode",
     "groupPolicy",
     "groups",
+    "groupHistoryLimit",
     "dispatchMode",
     "blockStreaming",
     "blockStreamingChunk",
@@ -460,14 +653,24 @@ const CHANNEL_KEYS: &[&str] = &[
     "turnTimeoutMs",
     "maxBacklogAge",
     "evictIdleAfter",
+    "enabled",
 ];
 
 const SENDER_POLICIES: &[(&str, SenderPolicy)] =
     &[("allowlist", SenderPolicy::Allowlist), ("pairing", SenderPolicy::Pairing), ("open", SenderPolicy::Open)];
-const SESSION_SCOPES: &[(&str, SessionScope)] =
-    &[("user", SessionScope::User), ("thread", SessionScope::Thread), ("single", SessionScope::Single)];
-const GROUP_POLICIES: &[(&str, GroupPolicy)] =
-    &[("disabled", GroupPolicy::Disabled), ("allowlist", GroupPolicy::Allowlist), ("open", GroupPolicy::Open)];
+const DM_POLICIES: &[(&str, DmPolicy)] = &[("open", DmPolicy::Open), ("disabled", DmPolicy::Disabled)];
+const SESSION_SCOPES: &[(&str, SessionScope)] = &[
+    ("user", SessionScope::User),
+    ("thread", SessionScope::Thread),
+    ("single", SessionScope::Single),
+    ("chat_thread", SessionScope::ChatThread),
+];
+const GROUP_POLICIES: &[(&str, GroupPolicy)] = &[
+    ("disabled", GroupPolicy::Disabled),
+    ("allowlist", GroupPolicy::Allowlist),
+    ("open", GroupPolicy::Open),
+    ("pairing", GroupPolicy::Pairing),
+];
 const DISPATCH_MODES: &[(&str, DispatchMode)] =
     &[("steer", DispatchMode::Steer), ("collect", DispatchMode::Collect), ("followup", DispatchMode::Followup)];
 const PERMISSION_POLICIES: &[(&str, PermissionPolicy)] =
@@ -486,6 +689,85 @@ const DEFAULT_BLOCK_IDLE_MS: i128 = 1500;
 const DEFAULT_PERMISSION_TIMEOUT_MS: u64 = 300_000;
 const DEFAULT_TURN_TIMEOUT_MS: u64 = 1_800_000;
 const DEFAULT_MAX_BACKLOG_AGE_SECS: u64 = 86_400;
+/// The most unmentioned group messages kept per group (`groupHistoryLimit` above it is cut
+/// to it, with a warning): the context must stay a prompt, not a transcript.
+pub const MAX_GROUP_HISTORY: usize = 200;
+
+/// The name of `value` as the config writes it (`"chat_thread"`, not `ChatThread`).
+fn spelling<T: PartialEq + Copy>(choices: &[(&'static str, T)], value: T) -> &'static str {
+    choices.iter().find(|(_, v)| *v == value).map_or("?", |(name, _)| name)
+}
+
+impl SenderPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(SENDER_POLICIES, self)
+    }
+}
+
+impl DmPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(DM_POLICIES, self)
+    }
+}
+
+impl SessionScope {
+    pub fn name(self) -> &'static str {
+        spelling(SESSION_SCOPES, self)
+    }
+}
+
+impl GroupPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(GROUP_POLICIES, self)
+    }
+}
+
+impl DispatchMode {
+    pub fn name(self) -> &'static str {
+        spelling(DISPATCH_MODES, self)
+    }
+}
+
+impl PermissionPolicy {
+    pub fn name(self) -> &'static str {
+        spelling(PERMISSION_POLICIES, self)
+    }
+}
+
+/// The keys of one `groups` entry.
+const GROUP_KEYS: &[&str] = &["requireMention", "dispatchMode", "groupHistoryLimit"];
+
+/// Keys of Qwen Code's channel schema (0.24) that belong to one platform: in a channel of
+/// another type they are a mistake worth a word.
+const QWEN_PLATFORM_KEYS: &[(&str, &[&str])] = &[
+    ("token", &["telegram", "webchat"]),
+    ("clientId", &["dingtalk", "feishu"]),
+    ("clientSecret", &["dingtalk", "feishu"]),
+    ("botId", &["wecom"]),
+    ("secret", &["wecom"]),
+    ("baseUrl", &["weixin", "telegram"]),
+];
+
+/// Keys of Qwen Code features tether does not have, with the platforms they apply to
+/// (empty: every platform) and what tether does instead. A platform that implements one
+/// lists it in its own `keys`, and then it is not warned about.
+const QWEN_FEATURES_LACKING: &[(&str, &[&str], &str)] = &[
+    (
+        "outputMode",
+        &[],
+        "tether has no output modes: it sends the final answer, plus a line per tool call with \"showToolCalls\": \"brief\"",
+    ),
+    ("multiSession", &[], "tether keeps one conversation per chat as \"sessionScope\" says; /clear starts a fresh one"),
+    ("identity", &[], "tether sends no identity block: say who the bot is in \"instructions\""),
+    ("memoryScope", &[], "tether has no channel memory: put lasting facts in \"instructions\""),
+    ("webhooks", &[], "tether has no webhook-triggered tasks; the key is ignored"),
+    ("maxTurns", &[], "tether does not rotate sessions: /clear (or the admin page) starts a fresh conversation"),
+    ("maxAgeHours", &[], "tether does not rotate sessions: /clear (or the admin page) starts a fresh conversation"),
+    ("pollInterval", &[], "tether's pollers hold long polls and need no interval; the key is ignored"),
+    ("useConnectionManager", &["dingtalk"], "tether reconnects the stream by itself; the key is ignored"),
+    ("atSender", &["dingtalk"], "tether answers in the conversation without @-mentioning the sender"),
+    ("interactiveCards", &["dingtalk"], "tether sends Markdown messages, not interactive cards"),
+];
 
 /// The top-level `agent` (under [`DEFAULT_AGENT`]) plus the named `agents`.
 fn parse_agents(root: &Object, top: Place<'_>) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
@@ -561,6 +843,7 @@ fn parse_channel(
     cx: &ParseContext<'_>,
     vars: &Vars<'_>,
     agents: &BTreeMap<String, AgentConfig>,
+    all_channels: &Object,
 ) -> Result<ChannelConfig, ConfigError> {
     let type_name = get_string(obj, "type", at)?;
     let available = || cx.platforms.iter().map(|p| p.name).collect::<Vec<_>>().join(", ");
@@ -570,7 +853,8 @@ fn parse_channel(
     let platform = crate::adapters::find(cx.platforms, &type_name).ok_or_else(|| {
         at.error("type", format!("\"{type_name}\" is not a platform this build has; it has: {}", available()))
     })?;
-    let settings = (platform.parse)(&PlatformKeys { obj, at, vars, platform: platform.name })?;
+    let keys = PlatformKeys { obj, at, vars, platform: platform.name, channels: all_channels };
+    let settings = (platform.parse)(&keys)?;
 
     let agent = get_string(obj, "agent", at)?.unwrap_or_else(|| DEFAULT_AGENT.to_string());
     if !agents.contains_key(&agent) {
@@ -600,19 +884,43 @@ fn parse_channel(
     let idle_ms = get_integer(coalesce, "idleMs", coalesce_at)?.unwrap_or(DEFAULT_BLOCK_IDLE_MS);
     let block_idle = Duration::from_millis(u64::try_from(idle_ms).unwrap_or(0));
 
+    let mut warnings = key_warnings(obj, platform, cx.platforms);
+    let allowed_users = get_user_ids(obj, "allowedUsers", at)?;
+    check_placeholders(&allowed_users, at)?;
+    let approval_mode = get_string(obj, "approvalMode", at)?;
+    if let Some(mode) = &approval_mode {
+        warnings.push(format!(
+            "`approvalMode` (\"{mode}\"): tether does not pass it to the agent; it asks in the chat before a tool \
+             runs. Use \"permissions\": \"relay\" (default), \"allow\" (like yolo) or \"deny\""
+        ));
+    }
+    let group_history_limit = get_history_limit(obj, at, &mut warnings)?.unwrap_or(0);
+    let groups = get_groups(obj, at, &mut warnings)?;
+    let sender_policy = get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?.unwrap_or(SenderPolicy::Allowlist);
+    let group_policy = get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?.unwrap_or(GroupPolicy::Disabled);
+    if group_policy == GroupPolicy::Pairing && sender_policy == SenderPolicy::Allowlist && allowed_users.is_empty() {
+        warnings.push(
+            "`groupPolicy` is \"pairing\", but only someone allowed may make a group ask, and with \
+             senderPolicy \"allowlist\" and no allowedUsers nobody is: add your id to allowedUsers"
+                .to_string(),
+        );
+    }
+
     Ok(ChannelConfig {
         name: name.to_string(),
         platform,
         settings,
         model: get_string(obj, "model", at)?,
-        sender_policy: get_enum(obj, "senderPolicy", at, SENDER_POLICIES)?.unwrap_or(SenderPolicy::Allowlist),
-        allowed_users: get_user_ids(obj, "allowedUsers", at)?,
+        sender_policy,
+        dm_policy: get_enum(obj, "dmPolicy", at, DM_POLICIES)?.unwrap_or(DmPolicy::Open),
+        allowed_users,
         session_scope: get_enum(obj, "sessionScope", at, SESSION_SCOPES)?.unwrap_or(SessionScope::User),
         cwd: resolve_cwd(get_string(obj, "cwd", at)?, cx, at)?,
         instructions: get_string(obj, "instructions", at)?,
-        approval_mode: get_string(obj, "approvalMode", at)?,
-        group_policy: get_enum(obj, "groupPolicy", at, GROUP_POLICIES)?.unwrap_or(GroupPolicy::Disabled),
-        groups: get_groups(obj, at)?,
+        approval_mode,
+        group_policy,
+        groups,
+        group_history_limit,
         dispatch_mode: get_enum(obj, "dispatchMode", at, DISPATCH_MODES)?.unwrap_or(DispatchMode::Steer),
         block_streaming: get_enum(obj, "blockStreaming", at, ON_OFF)?.unwrap_or(false),
         block_min_chars: to_usize(block_min_chars),
@@ -631,7 +939,111 @@ fn parse_channel(
             .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
+        warnings,
     })
+}
+
+/// Warnings for the keys of a channel that neither `config.rs` nor its platform reads: a
+/// Qwen feature tether lacks (what it does instead), another platform's key, or an unknown
+/// key (with the closest known one).
+fn key_warnings(obj: &Object, platform: &Platform, platforms: &[&'static Platform]) -> Vec<String> {
+    let type_name = platform.name;
+    let applies = |types: &[&str]| types.is_empty() || types.contains(&type_name);
+    let mut known: Vec<&str> = CHANNEL_KEYS.iter().chain(platform.keys).copied().collect();
+    known.extend(QWEN_FEATURES_LACKING.iter().filter(|(_, types, _)| applies(types)).map(|(key, _, _)| *key));
+    let mut warnings = Vec::new();
+    for key in obj.keys().map(String::as_str) {
+        if CHANNEL_KEYS.contains(&key) || platform.keys.contains(&key) {
+            continue;
+        }
+        if let Some((_, _, instead)) = QWEN_FEATURES_LACKING.iter().find(|(k, types, _)| *k == key && applies(types)) {
+            warnings.push(format!("`{key}`: a Qwen Code setting tether does not have; {instead}"));
+            continue;
+        }
+        let mut owners: Vec<&str> =
+            platforms.iter().filter(|p| p.name != type_name && p.keys.contains(&key)).map(|p| p.name).collect();
+        for (_, types) in QWEN_PLATFORM_KEYS.iter().filter(|(k, _)| *k == key) {
+            for t in types.iter().filter(|t| **t != type_name) {
+                if !owners.contains(t) {
+                    owners.push(t);
+                }
+            }
+        }
+        if !owners.is_empty() {
+            warnings.push(format!(
+                "`{key}`: a key of {} channels, not of type {type_name}; ignored here",
+                owners.join(" and ")
+            ));
+            continue;
+        }
+        warnings.push(match closest(key, &known) {
+            Some(near) => format!("`{key}`: unknown key; did you mean `{near}`?"),
+            None => format!("`{key}`: unknown key; ignored"),
+        });
+    }
+    warnings
+}
+
+/// The known key nearest to `key` by edit distance (case ignored), when near enough to be a
+/// typo: at most a third of its length, and at least 1, 2 for longer keys.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let lower = key.to_lowercase();
+    let best = known.iter().map(|k| (edit_distance(&lower, &k.to_lowercase()), *k)).min_by_key(|(d, _)| *d)?;
+    let allowed = (key.chars().count() / 3).max(1);
+    (best.0 <= allowed).then_some(best.1)
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// `allowedUsers` copied from an example unchanged (`YOUR_TELEGRAM_USER_ID`, `<your id>`)
+/// would let nobody in, silently.
+fn check_placeholders(users: &[String], at: Place<'_>) -> Result<(), ConfigError> {
+    for (i, user) in users.iter().enumerate() {
+        let upper = user.to_uppercase();
+        let placeholder =
+            upper.contains("YOUR") || upper.contains("USER_ID") || (user.starts_with('<') && user.ends_with('>'));
+        if placeholder {
+            return Err(at.error(
+                &format!("allowedUsers[{i}]"),
+                format!(
+                    "\"{user}\" is a placeholder from an example: replace it with a real user id. To find yours, \
+                     send the bot a message while tether runs: the log says \"dropped message from <id>\" \
+                     (or use \"senderPolicy\": \"pairing\" and `tether pairing list`)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `groupHistoryLimit` of a channel or group entry: a whole number, 0 is off, more than
+/// [`MAX_GROUP_HISTORY`] is cut to it.
+fn get_history_limit(obj: &Object, at: Place<'_>, warnings: &mut Vec<String>) -> Result<Option<usize>, ConfigError> {
+    const KEY: &str = "groupHistoryLimit";
+    let Some(limit) = get_integer(obj, KEY, at)? else { return Ok(None) };
+    let Ok(limit) = u64::try_from(limit) else {
+        return Err(at.error(KEY, format!("{limit} is negative: write 0 (off) or how many messages to keep")));
+    };
+    let limit = to_usize(limit);
+    if limit > MAX_GROUP_HISTORY {
+        warnings.push(format!("`{}`: {limit} is more than tether keeps; using {MAX_GROUP_HISTORY}", at.key(KEY)));
+        return Ok(Some(MAX_GROUP_HISTORY));
+    }
+    Ok(Some(limit))
 }
 
 /// `cwd`: `~` and `~/x` use the home directory; relative paths are taken from where tether
@@ -653,9 +1065,12 @@ fn resolve_cwd(raw: Option<String>, cx: &ParseContext<'_>, at: Place<'_>) -> Res
     Ok(absolute.components().collect())
 }
 
-/// `groups`: chat id (or `"*"`) → entry. Keys we do not use inside an entry (Qwen's
-/// `groupHistoryLimit`) are ignored.
-fn get_groups(obj: &Object, at: Place<'_>) -> Result<BTreeMap<String, GroupConfig>, ConfigError> {
+/// `groups`: chat id (or `"*"`) → entry. Unknown keys inside an entry are warned about.
+fn get_groups(
+    obj: &Object,
+    at: Place<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<String, GroupConfig>, ConfigError> {
     let mut groups = BTreeMap::new();
     let Some(entries) = get_object(obj, "groups", at)? else {
         return Ok(groups);
@@ -666,9 +1081,16 @@ fn get_groups(obj: &Object, at: Place<'_>) -> Result<BTreeMap<String, GroupConfi
             Value::Null => GroupConfig::default(),
             Value::Object(entry) => {
                 let entry_at = Place { prefix: &key, ..at };
+                for unknown in entry.keys().filter(|k| !GROUP_KEYS.contains(&k.as_str())) {
+                    warnings.push(match closest(unknown, GROUP_KEYS) {
+                        Some(near) => format!("`{key}.{unknown}`: unknown key; did you mean `{near}`?"),
+                        None => format!("`{key}.{unknown}`: unknown key; ignored"),
+                    });
+                }
                 GroupConfig {
                     require_mention: get_bool(entry, "requireMention", entry_at)?,
                     dispatch_mode: get_enum(entry, "dispatchMode", entry_at, DISPATCH_MODES)?,
+                    history_limit: get_history_limit(entry, entry_at, warnings)?,
                 }
             }
             other => return Err(type_error(at, &format!("groups.{id}"), "an object", other)),
@@ -682,6 +1104,8 @@ fn get_groups(obj: &Object, at: Place<'_>) -> Result<BTreeMap<String, GroupConfi
 struct Vars<'a> {
     file: &'a BTreeMap<String, String>,
     process: &'a dyn Fn(&str) -> Option<String>,
+    /// The channel is not used by this command: an unset variable reads as empty.
+    lenient: bool,
 }
 
 impl Vars<'_> {
@@ -712,6 +1136,7 @@ fn get_secret(obj: &Object, key: &str, at: Place<'_>, vars: &Vars<'_>) -> Result
     }
     match vars.get(name) {
         Some(value) => Ok(Some(Secret::new(value, Some(name.to_string())))),
+        None if vars.lenient => Ok(Some(Secret::new(String::new(), Some(name.to_string())))),
         None => Err(at.error(
             key,
             format!(
@@ -906,7 +1331,7 @@ fn get_duration(obj: &Object, key: &str, at: Place<'_>) -> Result<Option<Duratio
     }
 }
 
-fn parse_duration_secs(text: &str) -> Option<u64> {
+pub(crate) fn parse_duration_secs(text: &str) -> Option<u64> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at_checked(split)?;
     let scale = match unit.trim() {
@@ -1027,6 +1452,7 @@ mod tests {
             settings: telegram_settings("42:secret", Some("TELEGRAM_BOT_TOKEN")),
             model: Some("qwen3.5-plus".into()),
             sender_policy: SenderPolicy::Pairing,
+            dm_policy: DmPolicy::Open,
             allowed_users: vec!["123456789".into()],
             session_scope: SessionScope::User,
             cwd: PathBuf::from("/srv/project"),
@@ -1034,12 +1460,20 @@ mod tests {
             approval_mode: None,
             group_policy: GroupPolicy::Allowlist,
             groups: BTreeMap::from([
-                ("*".to_string(), GroupConfig { require_mention: Some(true), dispatch_mode: None }),
+                (
+                    "*".to_string(),
+                    GroupConfig { require_mention: Some(true), dispatch_mode: None, history_limit: None },
+                ),
                 (
                     "-100123".to_string(),
-                    GroupConfig { require_mention: None, dispatch_mode: Some(DispatchMode::Collect) },
+                    GroupConfig {
+                        require_mention: None,
+                        dispatch_mode: Some(DispatchMode::Collect),
+                        history_limit: None,
+                    },
                 ),
             ]),
+            group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             block_streaming: true,
             block_min_chars: 400,
@@ -1053,6 +1487,7 @@ mod tests {
             max_backlog_age: Duration::from_secs(86_400),
             evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
+            warnings: Vec::new(),
         };
         assert_eq!(phone, expected);
     }
@@ -1090,13 +1525,17 @@ mod tests {
         assert_eq!(c.secret("token").map(Secret::expose), Some("from-file"));
         assert_eq!(c.secret("token").and_then(|s| s.from_env.as_deref()), Some("TELEGRAM_BOT_TOKEN"));
         assert_eq!(c.group_policy, GroupPolicy::Open);
-        assert_eq!(c.groups["*"], GroupConfig { require_mention: Some(false), dispatch_mode: None });
         assert_eq!(
-            c.extra,
-            BTreeMap::from([
-                ("dmPolicy".to_string(), serde_json::json!("open")),
-                ("pollInterval".to_string(), serde_json::json!(60000)),
-            ])
+            c.groups["*"],
+            GroupConfig { require_mention: Some(false), dispatch_mode: None, history_limit: Some(20) }
+        );
+        assert_eq!(c.dm_policy, DmPolicy::Open);
+        assert_eq!(c.extra, BTreeMap::from([("pollInterval".to_string(), serde_json::json!(60000))]));
+        assert_eq!(
+            c.warnings,
+            [
+                "`pollInterval`: a Qwen Code setting tether does not have; tether's pollers hold long polls and need no interval; the key is ignored"
+            ]
         );
         assert_eq!(c.agent, DEFAULT_AGENT);
     }
@@ -1129,6 +1568,7 @@ mod tests {
             settings: telegram_settings("123:abc", None),
             model: None,
             sender_policy: SenderPolicy::Allowlist,
+            dm_policy: DmPolicy::Open,
             allowed_users: vec![],
             session_scope: SessionScope::User,
             cwd: PathBuf::from("/srv/start"),
@@ -1136,6 +1576,7 @@ mod tests {
             approval_mode: None,
             group_policy: GroupPolicy::Disabled,
             groups: BTreeMap::new(),
+            group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             block_streaming: false,
             block_min_chars: 400,
@@ -1149,6 +1590,7 @@ mod tests {
             max_backlog_age: Duration::from_secs(86_400),
             evict_idle_after: Duration::from_secs(1800),
             extra: BTreeMap::new(),
+            warnings: Vec::new(),
         };
         assert_eq!(c, expected);
     }
@@ -1222,15 +1664,15 @@ mod tests {
                 ),
             ),
             (
-                telegram(r#""sessionScope": "chat_thread""#),
+                telegram(r#""sessionScope": "chat-thread""#),
                 format!(
-                    r#"{p}: channel "phone", key "sessionScope": "chat_thread" is not one of: user, thread, single"#
+                    r#"{p}: channel "phone", key "sessionScope": "chat-thread" is not one of: user, thread, single, chat_thread"#
                 ),
             ),
             (
-                telegram(r#""groupPolicy": "pairing""#),
+                telegram(r#""groupPolicy": "paired""#),
                 format!(
-                    r#"{p}: channel "phone", key "groupPolicy": "pairing" is not one of: disabled, allowlist, open"#
+                    r#"{p}: channel "phone", key "groupPolicy": "paired" is not one of: disabled, allowlist, open, pairing"#
                 ),
             ),
             (
@@ -1519,8 +1961,8 @@ mod tests {
     #[test]
     fn env_var_expansion_applies_only_to_credentials() {
         let text = r#"{"channels": {"tg": {"type": "telegram", "token": "$ID", "apiBase": "$URL",
-            "cwd": "/srv/$HOME", "instructions": "$NOT", "model": "$MODEL", "allowedUsers": ["$U"]},
-            "web": {"type": "webchat", "token": "$SECRET"}}}"#;
+            "cwd": "/srv/$HOME", "instructions": "$NOT", "model": "$MODEL"},
+            "web": {"type": "webchat", "token": "$SECRET", "allowedUsers": ["$U"]}}}"#;
         let env = [("ID", "id-1"), ("SECRET", "s-2"), ("MODEL", "m"), ("URL", "https://x")];
         let error = match parse_with(text, &env) {
             Ok(c) => panic!("{c:?}"),
@@ -1537,9 +1979,9 @@ mod tests {
         assert_eq!(tg.cwd, PathBuf::from("/srv/$HOME"));
         assert_eq!(tg.instructions.as_deref(), Some("$NOT"));
         assert_eq!(tg.model.as_deref(), Some("$MODEL"));
-        assert_eq!(tg.allowed_users, vec!["$U".to_string()]);
         assert_eq!(tg.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["id-1"]);
         let web = channel(&config, "web");
+        assert_eq!(web.allowed_users, vec!["$U".to_string()]);
         assert_eq!(web.secrets().map(Secret::expose).collect::<Vec<_>>(), vec!["s-2"]);
     }
 
@@ -1586,29 +2028,31 @@ mod tests {
     #[test]
     fn groups_merge_specific_over_wildcard_key_by_key() {
         let c = phone(
-            r#""dispatchMode": "followup", "groups": {
+            r#""dispatchMode": "followup", "groupHistoryLimit": 50, "groups": {
                 "*": {"requireMention": false, "dispatchMode": "collect"},
                 "-1": {"requireMention": true},
                 "-2": {"dispatchMode": "steer"},
                 "-3": {"groupHistoryLimit": 5},
-                "-4": null
+                "-4": null,
+                "-5": {"groupHistoryLimit": 0}
             }"#,
         );
         let cases = [
-            ("-1", true, DispatchMode::Collect),
-            ("-2", false, DispatchMode::Steer),
-            ("-3", false, DispatchMode::Collect),
-            ("-4", false, DispatchMode::Collect),
-            ("-999", false, DispatchMode::Collect),
+            ("-1", true, DispatchMode::Collect, 50),
+            ("-2", false, DispatchMode::Steer, 50),
+            ("-3", false, DispatchMode::Collect, 5),
+            ("-4", false, DispatchMode::Collect, 50),
+            ("-5", false, DispatchMode::Collect, 0),
+            ("-999", false, DispatchMode::Collect, 50),
         ];
-        for (chat, require_mention, dispatch_mode) in cases {
-            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode }, "{chat}");
+        for (chat, require_mention, dispatch_mode, history_limit) in cases {
+            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode, history_limit }, "{chat}");
         }
         // No "*": the built-in defaults (mention required; the channel's dispatch mode).
         let c = phone(r#""dispatchMode": "followup", "groups": {"-1": {"requireMention": false}}"#);
         let cases = [("-1", false, DispatchMode::Followup), ("-2", true, DispatchMode::Followup)];
         for (chat, require_mention, dispatch_mode) in cases {
-            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode }, "{chat}");
+            assert_eq!(c.group(chat), GroupSettings { require_mention, dispatch_mode, history_limit: 0 }, "{chat}");
         }
     }
 
@@ -1733,8 +2177,8 @@ mod tests {
 
     #[test]
     fn allowed_users_accept_numbers_as_decimal_strings() {
-        let c = phone(r#""allowedUsers": ["alice", 123456789, -1001234567890, 18446744073709551615]"#);
-        assert_eq!(c.allowed_users, vec!["alice", "123456789", "-1001234567890", "18446744073709551615"]);
+        let c = phone(r#""allowedUsers": ["42", 123456789, -1001234567890, 18446744073709551615]"#);
+        assert_eq!(c.allowed_users, vec!["42", "123456789", "-1001234567890", "18446744073709551615"]);
     }
 
     #[test]
@@ -1882,5 +2326,283 @@ mod tests {
             r#"{{"channels": {{"p": {{"type": "telegram", "token": "{secret_value}", "dispatchMode": "x"}}}}}}"#
         );
         assert!(!error_text(&text, &[]).contains(secret_value));
+    }
+
+    #[test]
+    fn audit_enabled_and_allowed_channel_types() {
+        use crate::audit::{AuditConfig, Content};
+        let config = parse_with(
+            r#"{"audit": {"path": "logs/audit.jsonl", "content": "hash", "maxFiles": 3},
+                "allowedChannelTypes": ["telegram", "webchat"],
+                "channels": {"phone": {"type": "telegram", "token": "123:abc", "enabled": false},
+                             "web": {"type": "webchat"}}}"#,
+            &[],
+        )
+        .unwrap();
+        let expected = AuditConfig {
+            path: PathBuf::from("/srv/start/logs/audit.jsonl"),
+            content: Content::Hash,
+            max_bytes: crate::audit::DEFAULT_MAX_BYTES,
+            max_files: 3,
+        };
+        assert_eq!(config.audit, Some(expected));
+        assert_eq!(config.disabled.iter().collect::<Vec<_>>(), ["phone"]);
+        assert_eq!(config.channels.len(), 2, "a disabled channel stays configured");
+        let off = parse_with(&telegram(""), &[]).unwrap();
+        assert_eq!((off.audit, off.disabled.len(), off.allowed_channel_types), (None, 0, None));
+
+        let p = FILE;
+        let cases = [
+            (
+                r#"{"allowedChannelTypes": ["webchat"], "channels": {"phone": {"type": "telegram", "token": "1:a"}}}"#,
+                format!(
+                    r#"{p}: channel "phone", key "type": "telegram" is not in "allowedChannelTypes" [webchat]: add it there, or remove this channel"#
+                ),
+            ),
+            (
+                r#"{"allowedChannelTypes": ["slack"]}"#,
+                format!(r#"{p}: key "allowedChannelTypes": "slack" is not a platform this build has; it has: "#),
+            ),
+            (
+                r#"{"audit": {"content": "full"}}"#,
+                format!(r#"{p}: key "audit.path": required: the audit log's file, e.g. "/var/log/tether/audit.jsonl""#),
+            ),
+            (r#"{"audit": {"path": "/a", "content": "some"}}"#, format!(r#"{p}: key "audit.content": "#)),
+            (
+                r#"{"channels": {"web": {"type": "webchat", "enabled": "no"}}}"#,
+                format!(r#"{p}: channel "web", key "enabled": expected true or false"#),
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_text(text, &[]);
+            assert!(error.starts_with(&expected), "{error}\nexpected: {expected}");
+        }
+    }
+    fn parse_on(text: &str, platforms: &[&'static Platform], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let cx = ParseContext {
+            path: Path::new(FILE),
+            cwd: Path::new("/srv/start"),
+            home: Some(Path::new("/home/ann")),
+            env: &lookup,
+            platforms,
+        };
+        parse(text, &cx)
+    }
+
+    /// A settings.json written as Qwen Code 0.24's channel docs show it: every key of the
+    /// options table, and a Telegram, a WeChat and a DingTalk channel.
+    const QWEN_024_SETTINGS: &str = r#"{
+      "env": {"DINGTALK_CLIENT_ID": "ding-id", "DINGTALK_CLIENT_SECRET": "ding-secret"},
+      "channels": {
+        "my-telegram": {
+          "type": "telegram",
+          "token": "$MY_BOT_TOKEN",
+          "model": "qwen3.5-plus",
+          "senderPolicy": "allowlist",
+          "allowedUsers": ["123456789"],
+          "sessionScope": "user",
+          "cwd": "/path/to/working/directory",
+          "instructions": "Optional system instructions for the agent.",
+          "groupPolicy": "disabled",
+          "dmPolicy": "open",
+          "groupHistoryLimit": 0,
+          "groups": {"*": {"requireMention": true}, "-100123456": {"requireMention": false, "dispatchMode": "collect"}},
+          "dispatchMode": "steer",
+          "blockStreaming": "on",
+          "blockStreamingChunk": {"minChars": 400, "maxChars": 1000},
+          "blockStreamingCoalesce": {"idleMs": 1500}
+        },
+        "my-weixin": {"type": "weixin", "baseUrl": "https://ilinkai.weixin.qq.com", "sessionScope": "chat_thread", "dmPolicy": "open"},
+        "my-dingtalk": {
+          "type": "dingtalk",
+          "clientId": "$DINGTALK_CLIENT_ID",
+          "clientSecret": "$DINGTALK_CLIENT_SECRET",
+          "groupPolicy": "open",
+          "groupHistoryLimit": 50,
+          "dmPolicy": "disabled",
+          "groups": {"*": {"requireMention": true}, "sensitive-group-id": {"requireMention": true, "groupHistoryLimit": 0}}
+        }
+      }
+    }"#;
+
+    #[test]
+    fn qwen_024_documented_settings_parse_with_every_key_honoured() {
+        let platforms = crate::adapters::PLATFORMS;
+        let config = match parse_on(QWEN_024_SETTINGS, platforms, &[("MY_BOT_TOKEN", "1:abc")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let tg = channel(&config, "my-telegram");
+        assert_eq!(tg.secret("token").map(Secret::expose), Some("1:abc"));
+        assert_eq!(tg.model.as_deref(), Some("qwen3.5-plus"));
+        assert_eq!(
+            (tg.sender_policy, tg.dm_policy, tg.group_policy),
+            (SenderPolicy::Allowlist, DmPolicy::Open, GroupPolicy::Disabled)
+        );
+        assert_eq!(tg.allowed_users, ["123456789"]);
+        assert_eq!(tg.session_scope, SessionScope::User);
+        assert_eq!(tg.cwd, PathBuf::from("/path/to/working/directory"));
+        assert_eq!(tg.instructions.as_deref(), Some("Optional system instructions for the agent."));
+        assert_eq!(tg.group_history_limit, 0);
+        assert_eq!(
+            tg.group("-100123456"),
+            GroupSettings { require_mention: false, dispatch_mode: DispatchMode::Collect, history_limit: 0 }
+        );
+        assert!(tg.block_streaming);
+        assert_eq!((tg.block_min_chars, tg.block_max_chars, tg.block_idle), (400, 1000, Duration::from_millis(1500)));
+        let wx = channel(&config, "my-weixin");
+        assert_eq!(wx.session_scope, SessionScope::ChatThread);
+        assert_eq!(wx.setting("baseUrl"), Some("https://ilinkai.weixin.qq.com"));
+        let ding = channel(&config, "my-dingtalk");
+        assert_eq!(ding.secret("clientSecret").map(Secret::expose), Some("ding-secret"));
+        assert_eq!(ding.dm_policy, DmPolicy::Disabled);
+        assert_eq!(ding.group("any").history_limit, 50);
+        assert_eq!(ding.group("sensitive-group-id").history_limit, 0);
+        // Nothing unknown, nothing to warn about, nothing left over.
+        for c in config.channels.values() {
+            assert_eq!((c.warnings.as_slice(), c.extra.len()), (&[] as &[String], 0), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn unknown_and_unsupported_keys_are_warned_about_never_silently_dropped() {
+        let c = phone(
+            r#""sendrPolicy": "open", "dmpolicy": "disabled", "outputMode": "final_only", "multiSession": true,
+               "clientId": "x", "listen": "127.0.0.1:1", "zzzzzzzz": 1, "approvalMode": "yolo",
+               "groupHistoryLimit": 5000, "groups": {"-1": {"requireMentoin": false}}"#,
+        );
+        let expected = [
+            "`sendrPolicy`: unknown key; did you mean `senderPolicy`?",
+            "`dmpolicy`: unknown key; did you mean `dmPolicy`?",
+            "`outputMode`: a Qwen Code setting tether does not have; tether has no output modes: it sends the final answer, plus a line per tool call with \"showToolCalls\": \"brief\"",
+            "`multiSession`: a Qwen Code setting tether does not have; tether keeps one conversation per chat as \"sessionScope\" says; /clear starts a fresh one",
+            "`clientId`: a key of dingtalk and feishu channels, not of type telegram; ignored here",
+            "`listen`: a key of webchat and webhook channels, not of type telegram; ignored here",
+            "`zzzzzzzz`: unknown key; ignored",
+            "`approvalMode` (\"yolo\"): tether does not pass it to the agent; it asks in the chat before a tool runs. Use \"permissions\": \"relay\" (default), \"allow\" (like yolo) or \"deny\"",
+            "`groupHistoryLimit`: 5000 is more than tether keeps; using 200",
+            "`groups.-1.requireMentoin`: unknown key; did you mean `requireMention`?",
+        ];
+        for line in expected {
+            assert!(c.warnings.iter().any(|w| w == line), "missing {line:?} in {:#?}", c.warnings);
+        }
+        assert_eq!(c.warnings.len(), expected.len(), "{:#?}", c.warnings);
+        // A typo is a warning, not a silent default: the channel still has the default.
+        assert_eq!(c.sender_policy, SenderPolicy::Allowlist);
+        assert_eq!(c.group_history_limit, MAX_GROUP_HISTORY);
+    }
+
+    #[test]
+    fn dingtalk_keys_of_qwen_features_tether_lacks_are_warned_about() {
+        let text = r#"{"channels": {"ding": {"type": "dingtalk", "clientId": "i", "clientSecret": "s",
+            "useConnectionManager": true, "atSender": true, "interactiveCards": {"enabled": true}, "outputMode": "final_only"}}}"#;
+        let config = match parse_with(text, &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let warned: Vec<String> =
+            channel(&config, "ding").warnings.iter().filter_map(|w| w.split('`').nth(1).map(str::to_string)).collect();
+        assert_eq!(warned, ["atSender", "interactiveCards", "outputMode", "useConnectionManager"]);
+    }
+
+    #[test]
+    fn closest_key_by_edit_distance() {
+        let known = ["senderPolicy", "sessionScope", "dmPolicy", "groups", "cwd"];
+        let cases = [
+            ("sendrPolicy", Some("senderPolicy")),
+            ("SenderPolicy", Some("senderPolicy")),
+            ("sessionscope", Some("sessionScope")),
+            ("group", Some("groups")),
+            ("cwdd", Some("cwd")),
+            ("xyz", None),
+            ("completelyDifferent", None),
+            ("", None),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(closest(key, &known), expected, "{key}");
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("é", "e"), 1);
+    }
+
+    #[test]
+    fn placeholders_and_non_numeric_telegram_ids_are_errors_that_say_how_to_find_an_id() {
+        let cases = [
+            (
+                r#""allowedUsers": ["YOUR_TELEGRAM_USER_ID"]"#,
+                "allowedUsers[0]",
+                "\"YOUR_TELEGRAM_USER_ID\" is not a Telegram user id",
+            ),
+            (r#""allowedUsers": ["123", "@alice"]"#, "allowedUsers[1]", "\"@alice\" is not a Telegram user id"),
+            (r#""allowedUsers": ["-"]"#, "allowedUsers[0]", "\"-\" is not a Telegram user id"),
+        ];
+        for (keys, key, start) in cases {
+            let e = error_text(&telegram(keys), &[]);
+            assert!(e.starts_with(&format!("{FILE}: channel \"phone\", key \"{key}\": {start}")), "{e}");
+            assert!(e.contains("dropped message from <id>") && e.contains("@userinfobot"), "{e}");
+        }
+        // Any platform: an example's placeholder.
+        for id in ["YOUR_USER_ID", "<your id>", "your-id-here"] {
+            let text = format!(r#"{{"channels": {{"c": {{"type": "webchat", "allowedUsers": ["{id}"]}}}}}}"#);
+            let e = error_text(&text, &[]);
+            assert!(e.contains(&format!("key \"allowedUsers[0]\": \"{id}\" is a placeholder from an example")), "{e}");
+            assert!(e.contains("dropped message from <id>"), "{e}");
+        }
+    }
+
+    #[test]
+    fn group_pairing_that_nobody_can_start_is_warned_about() {
+        let warned = |keys: &str| phone(keys).warnings.iter().any(|w| w.starts_with("`groupPolicy` is \"pairing\""));
+        assert!(warned(r#""groupPolicy": "pairing""#));
+        assert!(!warned(r#""groupPolicy": "pairing", "allowedUsers": ["42"]"#));
+        assert!(!warned(r#""groupPolicy": "pairing", "senderPolicy": "pairing""#));
+        assert!(!warned(r#""groupPolicy": "open""#));
+    }
+
+    #[test]
+    fn history_limits_and_dm_policy_values() {
+        assert_eq!(phone(r#""groupHistoryLimit": 20"#).group_history_limit, 20);
+        assert_eq!(phone(r#""groupHistoryLimit": null"#).group_history_limit, 0);
+        let e = error_text(&telegram(r#""groupHistoryLimit": -1"#), &[]);
+        assert!(
+            e.ends_with("key \"groupHistoryLimit\": -1 is negative: write 0 (off) or how many messages to keep"),
+            "{e}"
+        );
+        let e = error_text(&telegram(r#""groups": {"-1": {"groupHistoryLimit": "5"}}"#), &[]);
+        assert!(e.ends_with("key \"groups.-1.groupHistoryLimit\": expected an integer, found string \"5\""), "{e}");
+        assert_eq!(phone(r#""dmPolicy": "disabled""#).dm_policy, DmPolicy::Disabled);
+        let e = error_text(&telegram(r#""dmPolicy": "off""#), &[]);
+        assert!(e.ends_with("key \"dmPolicy\": \"off\" is not one of: open, disabled"), "{e}");
+    }
+
+    #[test]
+    fn only_the_selected_channels_need_their_variables() {
+        let text = r#"{"channels": {
+            "a": {"type": "telegram", "token": "$A_TOKEN"},
+            "b": {"type": "telegram", "token": "$B_TOKEN"}
+        }}"#;
+        let lookup = |name: &str| (name == "A_TOKEN").then(|| "1:a".to_string());
+        let cx = ParseContext {
+            path: Path::new(FILE),
+            cwd: Path::new("/srv"),
+            home: None,
+            env: &lookup,
+            platforms: crate::adapters::PLATFORMS,
+        };
+        let all = parse(text, &cx).unwrap_err().to_string();
+        assert!(all.contains("channel \"b\", key \"token\": environment variable B_TOKEN is not set"), "{all}");
+        let selected = ["a".to_string()];
+        let config = match parse_selected(text, &cx, Some(&selected)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(channel(&config, "a").secret("token").map(Secret::expose), Some("1:a"));
+        assert_eq!(channel(&config, "b").secret("token").map(Secret::expose), Some(""));
+        // Selecting none (the demo) needs none; other mistakes still count.
+        assert!(parse_selected(text, &cx, Some(&[])).is_ok());
+        let bad = text.replace("\"$B_TOKEN\"}", "\"$B_TOKEN\", \"dispatchMode\": \"x\"}");
+        assert!(parse_selected(&bad, &cx, Some(&[])).is_err());
     }
 }

@@ -19,8 +19,10 @@ use crate::access_files;
 use crate::acp::supervisor::{Agent, CrashWindow, Restart, agent_spec};
 use crate::adapters::{ChannelIo, RunningChannel, Supervisor, ThreadEnd};
 use crate::admin_source::DaemonAdmin;
+use crate::audit::AuditEvent;
+use crate::audit_writer::{self, AuditWriter};
 use crate::backoff::Backoff;
-use crate::config::{ChannelConfig, Config, PermissionPolicy, SenderPolicy};
+use crate::config::{ChannelConfig, Config, PermissionPolicy};
 use crate::core::{Action, Core, Event};
 use crate::error::Error;
 use crate::event::{AgentEvent, Inbound, Outbound};
@@ -147,8 +149,10 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let access = access_watcher(&options.home, &config);
     let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
+    let audit = start_audit(config.audit.as_ref());
     let mut daemon = Daemon {
         admin,
+        audit,
         saved_sessions: None,
         saved_version: None,
         home: options.home.clone(),
@@ -181,6 +185,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     for name in agent_names {
         let spec = agent_spec(&daemon.config, &name)?;
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
+        audit_writer::record(AuditEvent::AgentStarted { agent: name.clone() });
         daemon.core.agent_starting(&name);
         daemon.agents.insert(name, agent);
     }
@@ -194,11 +199,18 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     for event in daemon.access.load_all()? {
         daemon.core.handle(event, Instant::now());
     }
+    for channel in &channels {
+        if let Some(event) = crate::group_history_file::load(&daemon.home, &channel.name) {
+            daemon.core.handle(event, Instant::now());
+        }
+    }
     daemon.replay();
     daemon.state = "running";
     daemon.publish(true);
     daemon.publish_admin();
-    log::info!(target: "tether", "running {} channel(s); stop with `tether stop` or Ctrl+C", channels.len());
+    // The demo is no service: `tether stop` would not find it.
+    let how_to_stop = if daemon.options.as_service { "`tether stop` or Ctrl+C" } else { "Ctrl+C" };
+    log::info!(target: "tether", "running {} channel(s); stop with {how_to_stop}", channels.len());
     daemon.run(&inbound_rx, &signals)
 }
 
@@ -236,6 +248,8 @@ const CHANNEL_STABLE: Duration = Duration::from_secs(60);
 struct Daemon {
     /// What the web chat's admin page shows and does.
     admin: DaemonAdmin,
+    /// The audit log's writer, when `audit` is configured (installed for the process).
+    audit: Option<AuditWriter>,
     /// The sessions last written to `sessions.json`.
     saved_sessions: Option<BTreeMap<String, crate::core::SessionRecord>>,
     /// The core's [`crate::core::Core::records_version`] when `saved_sessions` was last known to match:
@@ -412,8 +426,9 @@ impl Daemon {
             }
             if let Some(a) = self.agents.get(&agent).filter(|a| !a.was_ready()) {
                 let error = a.start_failure(reason);
-                return self.give_up(error);
+                return self.give_up(&agent, error);
             }
+            audit_writer::record(AuditEvent::AgentCrashed { agent: agent.clone(), reason: reason.clone() });
             if let Some(a) = self.agents.get_mut(&agent) {
                 let now = Instant::now();
                 match a.crashed(now) {
@@ -427,7 +442,7 @@ impl Daemon {
                             "agent \"{agent}\" crashed {crashes} times within {} s (last: it {reason}); stopping so the init system can restart tether",
                             CrashWindow::SPAN.as_secs()
                         ));
-                        return self.give_up(error);
+                        return self.give_up(&agent, error);
                     }
                 }
             }
@@ -445,22 +460,27 @@ impl Daemon {
         for name in due {
             self.restarts.remove(&name);
             let Some(agent) = self.agents.get_mut(&name) else { continue };
-            if let Err(e) = agent.restart(self.agent_tx.clone()) {
-                match agent.crashed(now) {
+            match agent.restart(self.agent_tx.clone()) {
+                Ok(()) => audit_writer::record(AuditEvent::AgentRestarted { agent: name }),
+                Err(e) => match agent.crashed(now) {
                     Restart::At { at, .. } => {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
                         self.restarts.insert(name, at);
                     }
-                    Restart::GiveUp { .. } => return self.give_up(e),
-                }
+                    Restart::GiveUp { .. } => return self.give_up(&name, e),
+                },
             }
         }
         Ok(())
     }
 
     /// Stop as for SIGTERM (messages stay journaled), then fail with `error`.
-    fn give_up(&mut self, error: Error) -> Result<(), Error> {
-        log::error!(target: "tether", "{error}");
+    fn give_up(&mut self, agent: &str, error: Error) -> Result<(), Error> {
+        // The error itself is logged once, by the caller that ends the process.
+        log::warn!(target: "acp", "giving up on agent \"{agent}\"; stopping");
+        // Whoever was told "it is being restarted" learns it will not be (drained below).
+        let actions = self.core.agent_given_up(agent);
+        self.dispatch(actions);
         self.stop_everything("giving up");
         Err(error)
     }
@@ -490,6 +510,12 @@ impl Daemon {
                 },
                 Action::SavePairingRequest { channel, request } => {
                     self.access.save_request(&channel, request, wall_ms())
+                }
+                Action::Audit(event) => audit_writer::record(event),
+                Action::SaveGroupHistory { channel, entries } => {
+                    if let Err(e) = crate::group_history_file::save(&self.home, &channel, &entries) {
+                        log::error!(target: channel.as_str(), "{e}; group history is kept in memory only");
+                    }
                 }
             }
         }
@@ -656,6 +682,7 @@ impl Daemon {
             }
             match agent_spec(&new, name).and_then(|spec| Agent::start(spec, self.agent_tx.clone())) {
                 Ok(agent) => {
+                    audit_writer::record(AuditEvent::AgentStarted { agent: name.clone() });
                     self.core.agent_starting(name);
                     self.agents.insert(name.clone(), agent);
                 }
@@ -684,6 +711,13 @@ impl Daemon {
                 log::error!(target: name.as_str(), "cannot start: {e}");
             }
         }
+        if self.config.audit != new.audit {
+            if let Some(writer) = self.audit.take() {
+                audit_writer::install(None);
+                writer.stop();
+            }
+            self.audit = start_audit(new.audit.as_ref());
+        }
         self.config = new;
         // Pairing files: the channels that use pairing now, read afresh.
         self.access = access_watcher(&self.home, &self.config);
@@ -704,6 +738,7 @@ impl Daemon {
         self.publish(true);
         log::info!(target: "tether", "config reloaded: added [{}], removed [{}], restarted [{}]",
             added.join(", "), removed.join(", "), changed.join(", "));
+        audit_writer::record(AuditEvent::ConfigReloaded { added, removed, restarted: changed });
     }
 
     /// Log once when a channel goes deaf, and once when it recovers.
@@ -742,6 +777,8 @@ impl Daemon {
             started_at: self.started_at_ms,
             updated_at: now_ms,
             channels,
+            disabled: self.config.disabled.iter().cloned().collect(),
+            audit: crate::audit_writer::status(),
         }
     }
 
@@ -760,7 +797,7 @@ impl Daemon {
             })
             .collect();
         let state = serde_json::json!({
-            "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid},
+            "service": {"state": status.state, "startedAt": status.started_at, "pid": status.pid, "audit": status.audit},
             "channels": channels,
             "sessions": self.core.sessions_overview(),
         });
@@ -831,7 +868,27 @@ impl Daemon {
         }
         self.state = "stopped";
         self.publish(true);
+        if let Some(writer) = self.audit.take() {
+            audit_writer::install(None);
+            writer.stop();
+        }
         drop(self.claim.take());
+    }
+}
+
+/// Start the audit log's writer and install it for the process (`None`: no audit log).
+fn start_audit(config: Option<&crate::audit::AuditConfig>) -> Option<AuditWriter> {
+    let config = config?;
+    match AuditWriter::start(config) {
+        Ok(writer) => {
+            log::info!(target: "audit", "audit log: {} (content {})", config.path.display(), config.content.name());
+            audit_writer::install(Some(writer.sink()));
+            Some(writer)
+        }
+        Err(e) => {
+            log::error!(target: "audit", "cannot start the audit writer: {e}; running without an audit log");
+            None
+        }
     }
 }
 
@@ -860,9 +917,9 @@ fn watch_signals() -> Result<Receiver<Signal>, Error> {
     Ok(rx)
 }
 
-/// The pairing files of the channels that use `senderPolicy: pairing`.
+/// The pairing files of the channels that pair users or groups.
 fn access_watcher(home: &std::path::Path, config: &Config) -> access_files::Watcher {
-    let pairing = config.channels.values().filter(|c| c.sender_policy == SenderPolicy::Pairing);
+    let pairing = config.channels.values().filter(|c| c.uses_pairing());
     access_files::Watcher::new(home, pairing.map(|c| c.name.as_str()))
 }
 
@@ -879,6 +936,9 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
     if !only.is_empty() {
         config.channels.retain(|name, _| only.contains(name));
     }
+    // `"enabled": false`: configured, checked, not started.
+    let disabled = config.disabled.clone();
+    config.channels.retain(|name, _| !disabled.contains(name));
     for channel in config.channels.values() {
         if !channel.cwd.is_dir() {
             return Err(Error::Other(format!(
@@ -888,6 +948,13 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
                 channel.cwd.display()
             )));
         }
+    }
+    if config.channels.is_empty() && !disabled.is_empty() {
+        return Err(Error::Other(format!(
+            "every channel in {} is disabled ({}): set \"enabled\": true on one of them",
+            config.path.display(),
+            disabled.iter().cloned().collect::<Vec<_>>().join(", ")
+        )));
     }
     if config.channels.is_empty() {
         return Err(Error::Other(format!(

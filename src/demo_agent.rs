@@ -70,6 +70,8 @@ Options:
   --fail-init          answer initialize with error -32603
   --auth-required      advertise a login method, and fail session/new and session/load with
                        error -32000 \"Authentication required\" (data.authMethods, like qwen)
+  --images             advertise promptCapabilities.image; the echo then describes each
+                       image block after the text: \"[image image/png 1234 bytes]\"
   -h, --help           print this help and exit
 ";
 
@@ -98,6 +100,7 @@ fn parse_args(args: &[String], state_env: Option<String>) -> Result<Command, Str
             Long("exit-at-start") => exit_at_start = true,
             Long("fail-init") => settings.fail_init = true,
             Long("auth-required") => settings.auth_required = true,
+            Long("images") => settings.images = true,
             _ => return Err(arg.unexpected().to_string()),
         }
     }

@@ -34,6 +34,11 @@ pub struct InboundMessage {
     /// When the person sent it, by the platform's clock (unix ms), when the platform says: a
     /// message older than the channel's `maxBacklogAge` gets a notice instead of a turn.
     pub sent_at_ms: Option<u64>,
+    /// Set only by the webhook adapter, once a request's signature (or shared secret) checked
+    /// out: the name of the webhook source. Such a message is an event, not a person: the
+    /// target channel's sender gates let it through because the source authenticated, and it
+    /// is never read as a command or an answer to a permission request.
+    pub webhook: Option<String>,
 }
 
 impl InboundMessage {
@@ -154,8 +159,10 @@ pub enum AgentRequest {
     /// `session/load` of a session the agent had before it restarted; answered like
     /// `NewSession`, with the id we asked for. The history it replays is not reported.
     LoadSession { key: SessionKey, session_id: String, cwd: PathBuf, model: Option<String> },
-    /// `session/prompt`; answered by [`AgentEvent::TurnEnded`] for that session.
-    Prompt { session_id: String, text: String },
+    /// `session/prompt`; answered by [`AgentEvent::TurnEnded`] for that session. `images`:
+    /// the image files of the messages, in order; sent as ACP image blocks (after the text)
+    /// when the agent takes images (the text names every file either way).
+    Prompt { session_id: String, text: String, images: Vec<PathBuf> },
     /// `session/cancel` (a notification; the running prompt then ends with `cancelled`).
     /// Permission requests of that session still pending are answered `cancelled`.
     Cancel { session_id: String },

@@ -264,6 +264,12 @@ pub struct ServiceStatus {
     /// Unix ms; the service rewrites the file on every change and at least every 30 s.
     pub updated_at: u64,
     pub channels: BTreeMap<String, ChannelStatus>,
+    /// Channels configured with `"enabled": false` (not started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled: Vec<String>,
+    /// The audit log, when one is configured: counts, drops and the last write error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit_writer::AuditStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +374,18 @@ pub fn render(pid: u32, status: Option<&ServiceStatus>, now_wall_ms: u64) -> Str
             out.push_str(&format!("  {name}: {problem}\n"));
         } else if let Some(error) = &c.last_error {
             out.push_str(&format!("  {name}: last error {}: {error}\n", ago(c.last_error_at, now_wall_ms)));
+        }
+    }
+    for name in &status.disabled {
+        out.push_str(&format!("{name:<width$}disabled (\"enabled\": false; not started)\n"));
+    }
+    if let Some(audit) = &status.audit {
+        out.push_str(&format!(
+            "\nAudit log:       {} (content {}): {} written, {} dropped\n",
+            audit.path, audit.content, audit.written, audit.dropped
+        ));
+        if let Some(error) = audit.last_error.as_ref().filter(|_| audit.dropped > 0) {
+            out.push_str(&format!("  audit: {error}\n"));
         }
     }
     out
@@ -499,6 +517,14 @@ mod tests {
             started_at: at(0).wall_ms,
             updated_at: at(10).wall_ms,
             channels: BTreeMap::from([("phone".to_string(), h.snapshot(at(10), BOUND, extra))]),
+            disabled: vec!["spare".into()],
+            audit: Some(crate::audit_writer::AuditStatus {
+                path: "/var/log/audit.jsonl".into(),
+                content: "hash".into(),
+                written: 5,
+                dropped: 2,
+                last_error: Some("disk full".into()),
+            }),
         };
         let text = serde_json::to_string(&status).unwrap();
         assert!(text.contains(r#""type":"telegram""#) && text.contains(r#""lastOkAt":1700000005000"#), "{text}");
@@ -506,6 +532,8 @@ mod tests {
         let shown = render(42, Some(&status), at(75).wall_ms);
         assert!(shown.starts_with("Channel service: running (PID 42)\nUptime:          1m 15s\n"), "{shown}");
         assert!(shown.contains("phone          ok         1m 10s ago"), "{shown}");
+        assert!(shown.contains("spare          disabled"), "{shown}");
+        assert!(shown.contains("5 written, 2 dropped\n  audit: disk full"), "{shown}");
         let later = ServiceStatus { updated_at: 1, ..status.clone() };
         assert!(later.same_as(&status));
         assert!(render(42, Some(&status), at(200).wall_ms).contains("stale"));

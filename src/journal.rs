@@ -400,6 +400,8 @@ fn entry_from_json(value: &Value) -> Option<JournalEntry> {
         quoted_text: text("quotedText"),
         attachments,
         sent_at_ms: None,
+        // Trust is never read back from disk (and webhook events are not journaled).
+        webhook: None,
     };
     Some(JournalEntry { message, sent_at_ms: value.get("t").and_then(Value::as_u64).unwrap_or(0) })
 }

@@ -2,7 +2,16 @@
 //! The target is the channel's name (or `acp`, `core`), so one channel's story can be grepped.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The log goes to stderr: an error logged there needs no second copy on stderr.
+static ON_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// Whether the log was set up to write to stderr (so it is what the user sees).
+pub fn on_stderr() -> bool {
+    ON_STDERR.load(Ordering::Relaxed)
+}
 
 /// Log at info (debug with `verbose`); `RUST_LOG` overrides either.
 pub fn init(verbose: bool) {
@@ -24,10 +33,13 @@ pub fn init_to(verbose: bool, target: Option<Box<dyn Write + Send>>) {
         let message = crate::redact::clean(&message);
         writeln!(buf, "{} {:<5} {}: {}", utc_now(), record.level(), record.target(), message)
     });
+    let to_stderr = target.is_none();
     if let Some(target) = target {
         builder.target(env_logger::Target::Pipe(target));
     }
-    let _ = builder.try_init();
+    if builder.try_init().is_ok() {
+        ON_STDERR.store(to_stderr, Ordering::Relaxed);
+    }
 }
 
 /// The current time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

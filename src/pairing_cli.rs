@@ -1,22 +1,23 @@
-//! `tether pairing`: the operator's side of DM pairing. Lists, approves and denies pending
-//! requests and revokes approved users by editing the channel's pairing files directly
+//! `tether pairing`: the operator's side of pairing (users under `senderPolicy: pairing`,
+//! groups under `groupPolicy: pairing`). Lists, approves and denies pending requests and
+//! revokes approved users and groups by editing the channel's pairing files directly
 //! (see `access_files`); a running service notices within a second, and tells an approved
 //! sender they are paired. Output and exit codes follow Qwen Code's `qwen channel pairing`.
 
 use std::path::Path;
 
 use crate::access_files::AccessFiles;
-use crate::config::{ChannelConfig, Config, SenderPolicy};
+use crate::config::{ChannelConfig, Config, GroupPolicy, SenderPolicy};
 use crate::core::pairing::{PairingRequest, clean_name, normalize_code};
 use crate::error::Error;
 
 pub const USAGE: &str = "\
 Usage:
   tether pairing list CHANNEL             pending pairing requests
-  tether pairing approve CHANNEL CODE     let the sender of CODE use the channel (any case)
+  tether pairing approve CHANNEL CODE     let the sender (or group) of CODE use the channel (any case)
   tether pairing deny CHANNEL CODE        refuse a pending request
-  tether pairing revoke CHANNEL USER_ID   take a paired user's access away
-  tether pairing allowed CHANNEL          who may use the channel
+  tether pairing revoke CHANNEL ID        take a paired user's (or group's chat id) access away
+  tether pairing allowed CHANNEL          who (and which groups) may use the channel
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,7 @@ pub struct Report {
 pub fn run(command: &PairingCommand, home: &Path, config: Result<Config, Error>, now_ms: u64) -> Result<Report, Error> {
     let name = command.channel();
     let mut notes = String::new();
+    let audit = config.as_ref().ok().and_then(|c| c.audit.clone());
     let channel = match config {
         Ok(config) => match config.channels.get(name) {
             Some(channel) => Some(channel.clone()),
@@ -97,9 +99,56 @@ pub fn run(command: &PairingCommand, home: &Path, config: Result<Config, Error>,
             None
         }
     };
-    let mut report = execute(command, &AccessFiles::new(home, name), channel.as_ref(), now_ms)?;
+    let files = AccessFiles::new(home, name);
+    let decision = audit.as_ref().and_then(|_| decision(command, &files, now_ms));
+    let mut report = execute(command, &files, channel.as_ref(), now_ms)?;
+    if let (Some(audit), Some(event), 0) = (&audit, decision, report.status) {
+        // The service has its own writer; one line appended whole (O_APPEND) sits beside its
+        // lines, and its next rotation carries it along.
+        if let Err(e) = crate::audit_writer::append_once(audit, &event.by(crate::audit::Actor::Cli)) {
+            notes.push_str(&format!("note: cannot write the audit log {}: {e}\n", audit.path.display()));
+        }
+    }
     report.stderr = notes + &report.stderr;
     Ok(report)
+}
+
+/// A pairing decision `command` will make, for the audit log (read before it runs: an
+/// approved or denied code leaves the pending list).
+pub struct Decision {
+    channel: String,
+    decision: crate::audit::PairingDecision,
+    sender: String,
+}
+
+impl Decision {
+    pub fn by(self, by: crate::audit::Actor) -> crate::audit::AuditEvent {
+        crate::audit::AuditEvent::PairingDecided {
+            channel: self.channel,
+            decision: self.decision,
+            sender: self.sender,
+            by,
+        }
+    }
+}
+
+/// The decision `command` is about to make, when it is one.
+pub fn decision(command: &PairingCommand, files: &AccessFiles, now_ms: u64) -> Option<Decision> {
+    use crate::audit::PairingDecision;
+    let channel = command.channel().to_string();
+    let of_code = |code: &str| {
+        let code = normalize_code(code);
+        let book = files.read().ok()?;
+        let sender = book.live(now_ms).find(|r| r.code == code).map(|r| r.sender_id.clone());
+        Some(sender.unwrap_or(code))
+    };
+    let (decision, sender) = match command {
+        PairingCommand::Approve { code, .. } => (PairingDecision::Approved, of_code(code)?),
+        PairingCommand::Deny { code, .. } => (PairingDecision::Denied, of_code(code)?),
+        PairingCommand::Revoke { user, .. } => (PairingDecision::Revoked, user.clone()),
+        PairingCommand::List { .. } | PairingCommand::Allowed { .. } => return None,
+    };
+    Some(Decision { channel, decision, sender })
 }
 
 /// The command itself, given the channel's config when it is known.
@@ -119,6 +168,14 @@ pub fn execute(
             ));
         }
     };
+    let group_policy_note = |report: &mut Report| {
+        if let Some(c) = channel.filter(|c| c.group_policy != GroupPolicy::Pairing) {
+            report.stderr.push_str(&format!(
+                "note: channel \"{name}\" has groupPolicy \"{}\": approved groups count only under \"pairing\"\n",
+                crate::core::gate::group_policy_name(c.group_policy)
+            ));
+        }
+    };
     match command {
         PairingCommand::List { .. } => {
             let book = files.read()?;
@@ -129,15 +186,24 @@ pub fn execute(
                 report.stdout.push_str(&format!("Pending pairing requests for \"{name}\":\n"));
                 for r in live {
                     let minutes = now_ms.saturating_sub(r.created_at) / 60_000;
-                    report.stdout.push_str(&format!(
-                        "  Code: {}  Sender: {}  {minutes}m ago\n",
-                        r.code,
-                        who(&r.sender_id, &r.sender_name)
-                    ));
+                    let asker = match r.group() {
+                        Some(group) => {
+                            format!("Group: {} (asked by {})", clean_name(group), who(&r.sender_id, &r.sender_name))
+                        }
+                        None => format!("Sender: {}", who(&r.sender_id, &r.sender_name)),
+                    };
+                    report.stdout.push_str(&format!("  Code: {}  {asker}  {minutes}m ago\n", r.code));
                 }
             }
         }
         PairingCommand::Approve { code, .. } => match files.update(now_ms, |book| book.approve(code, now_ms))? {
+            Some(r) if r.group().is_some() => {
+                report.stdout.push_str(&format!(
+                    "Approved: group {} can now use channel \"{name}\" (each member still needs to pass its senderPolicy).\n",
+                    clean_name(r.group().unwrap_or_default()),
+                ));
+                group_policy_note(&mut report);
+            }
             Some(r) => {
                 report.stdout.push_str(&format!(
                     "Approved: {} can now use channel \"{name}\".\n",
@@ -148,11 +214,13 @@ pub fn execute(
             None => missed(&mut report, name, code),
         },
         PairingCommand::Deny { code, .. } => match files.update(now_ms, |book| book.deny(code, now_ms))? {
-            Some(r) => report.stdout.push_str(&format!(
-                "Denied: {}; code {} no longer works.\n",
-                who(&r.sender_id, &r.sender_name),
-                r.code
-            )),
+            Some(r) => {
+                let asker = match r.group() {
+                    Some(group) => format!("group {}", clean_name(group)),
+                    None => who(&r.sender_id, &r.sender_name),
+                };
+                report.stdout.push_str(&format!("Denied: {asker}; code {} no longer works.\n", r.code));
+            }
             None => missed(&mut report, name, code),
         },
         PairingCommand::Revoke { user, .. } => {
@@ -164,7 +232,11 @@ pub fn execute(
                 ),
                 _ => String::new(),
             };
-            if files.update(now_ms, |book| book.revoke(user))? {
+            let (was_group, revoked) =
+                files.update(now_ms, |book| (book.is_group_approved(user), book.revoke(user)))?;
+            if revoked && was_group {
+                report.stdout.push_str(&format!("Revoked: group {user} can no longer use channel \"{name}\".\n"));
+            } else if revoked {
                 report.stdout.push_str(&format!("Revoked: {user} can no longer use channel \"{name}\".\n"));
                 report.stderr.push_str(&config_note());
             } else {
@@ -186,6 +258,12 @@ pub fn execute(
                 }
                 for id in paired {
                     report.stdout.push_str(&format!("  {}  (paired)\n", clean_name(id)));
+                }
+            }
+            if !book.approved_groups().is_empty() {
+                report.stdout.push_str(&format!("Approved groups for \"{name}\":\n"));
+                for id in book.approved_groups() {
+                    report.stdout.push_str(&format!("  {}  (paired group)\n", clean_name(id)));
                 }
             }
             if channel.is_some_and(|c| c.sender_policy == SenderPolicy::Open) {
@@ -302,6 +380,7 @@ mod tests {
             code: code.into(),
             created_at,
             chat_id: Some(sender.into()),
+            subject: None,
         }
     }
 
@@ -375,6 +454,42 @@ mod tests {
         let r = run_on(&files, Some(&channel), &["approve", "phone", "ABCDEFGH"], T0);
         assert_eq!(r.status, 0);
         assert!(r.stderr.contains("senderPolicy \"allowlist\""), "{}", r.stderr);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn groups_are_listed_approved_allowed_and_revoked() {
+        use crate::core::pairing::{Subject, SubjectKind};
+        let dir = home("groups");
+        let files = AccessFiles::new(&dir, "phone");
+        let group = PairingRequest {
+            chat_id: Some("-100".into()),
+            subject: Some(Subject { kind: SubjectKind::Group, id: "-100".into(), name: "-100".into() }),
+            ..request("7", "Ada", "GRPCODE2", T0)
+        };
+        files.update(T0, |b| b.insert(group)).unwrap();
+        // The same sender's own request is another request.
+        files.update(T0, |b| b.insert(request("7", "Ada", "USERCOD3", T0))).unwrap();
+        let list = run_on(&files, None, &["list", "phone"], T0 + 120_000);
+        assert_eq!(
+            list.stdout,
+            "Pending pairing requests for \"phone\":\n  Code: GRPCODE2  Group: -100 (asked by 7 (name \"Ada\"))  2m ago\n  Code: USERCOD3  Sender: 7 (name \"Ada\")  2m ago\n"
+        );
+        let mut channel = phone("allowlist");
+        channel.group_policy = GroupPolicy::Pairing;
+        let r = run_on(&files, Some(&channel), &["approve", "phone", "grpcode2"], T0);
+        assert_eq!(
+            r.stdout,
+            "Approved: group -100 can now use channel \"phone\" (each member still needs to pass its senderPolicy).\n"
+        );
+        assert_eq!(r.stderr, "");
+        assert_eq!(std::fs::read_to_string(&files.groups).unwrap(), "[\n  \"-100\"\n]\n");
+        assert!(!files.allowlist.exists(), "a group's approval approves no user");
+        let r = run_on(&files, Some(&channel), &["allowed", "phone"], T0);
+        assert!(r.stdout.contains("Approved groups for \"phone\":\n  -100  (paired group)\n"), "{}", r.stdout);
+        let r = run_on(&files, Some(&channel), &["revoke", "phone", "-100"], T0);
+        assert_eq!(r.stdout, "Revoked: group -100 can no longer use channel \"phone\".\n");
+        assert_eq!(std::fs::read_to_string(&files.groups).unwrap(), "[]\n");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

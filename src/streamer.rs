@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::render::{CutAt, classify_cut, fence_regions, invents_fence};
+use crate::render::{CutAt, FenceRegion, classify_cut, fence_regions, reads_as_fence_line};
 
 /// `minChars`, `maxChars` and `idleMs` of §6.2. Lengths are UTF-16 code units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ impl BlockStreamer {
                     break;
                 }
                 let at = classify_cut(p + 1, p + 1, &regions);
-                if fits(p + 1, at) && !invents_fence(buf, p + 1) {
+                if fits(p + 1, at) && !cuts_into_fence_line(buf, p + 1, at, &regions) {
                     chosen = Some((p + 1, at));
                     break;
                 }
@@ -226,7 +226,7 @@ impl BlockStreamer {
             let mut cut = window;
             while cut > 0 {
                 let at = classify_cut(cut, cut, &regions);
-                if fits(cut, at) && !invents_fence(buf, cut) {
+                if fits(cut, at) && !cuts_into_fence_line(buf, cut, at, &regions) {
                     chosen = Some((cut, at));
                     break;
                 }
@@ -256,6 +256,21 @@ impl BlockStreamer {
             }
         }
     }
+}
+
+/// Whether a cut of `buf` at byte `cut` (of kind `at`) cuts a line so that either half reads
+/// as a fence line (see [`reads_as_fence_line`]).
+fn cuts_into_fence_line(buf: &str, cut: usize, at: CutAt, regions: &[FenceRegion]) -> bool {
+    let Some((head, rest)) = buf.split_at_checked(cut) else { return true };
+    if head.is_empty() || head.ends_with('\n') || rest.is_empty() {
+        return false;
+    }
+    let inside = match at {
+        CutAt::InFence(i) => regions.get(i),
+        _ => None,
+    };
+    let line_head = head.rfind('\n').map_or(head, |p| head.get(p + 1..).unwrap_or_default());
+    reads_as_fence_line(rest, inside) || reads_as_fence_line(line_head, inside)
 }
 
 fn emit(out: &mut Vec<String>, block: &str) {
@@ -302,6 +317,21 @@ pub(crate) mod tests {
         let mut blocks = s.push("first paragraph\n\n\u{b}```rust\ncode", t0);
         blocks.extend(s.finish());
         assert_eq!(blocks, vec!["first paragraph", "\u{b}```rust\ncode"]);
+    }
+
+    #[test]
+    fn code_lines_that_look_like_fence_openers_are_cut_inside_their_fence() {
+        // Inside a fence, half a line only matters if it reads as the closer (found by fuzzing).
+        let text = format!("```sh\n{}```\n", "``````echo 1 2 3 4 5 6 7 8 9\n".repeat(5));
+        for max in 30..50 {
+            let mut s = streamer(10, max, 0);
+            let mut blocks = s.push(&text, Instant::now());
+            blocks.extend(s.finish());
+            for block in &blocks {
+                assert!(crate::fuzzing::checks::fences_closed(block), "{max}: {block:?}");
+                assert!(u16_len(block) <= max, "{max}: {block:?}");
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! add to the protocol faster than we do.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -72,7 +73,14 @@ pub struct Connection {
     loading: HashSet<String>,
     permissions: HashMap<u64, PendingPermission>,
     next_permission: u64,
+    /// The agent said it takes image blocks (`promptCapabilities.image`).
+    takes_images: bool,
+    /// Reads an image file for an image block (the I/O thread sets it; tests fake it).
+    pub image_loader: Option<ImageLoader>,
 }
+
+/// Reads one image file: its MIME type (sniffed from its bytes) and its bytes, or why not.
+pub type ImageLoader = fn(&Path) -> Result<(&'static str, Vec<u8>), String>;
 
 impl Connection {
     /// The `initialize` request that opens the conversation.
@@ -106,11 +114,10 @@ impl Connection {
                 self.loading.insert(session_id.clone());
                 writes.push(self.call(Pending::LoadSession { key, session_id, model }, "session/load", params));
             }
-            AgentRequest::Prompt { session_id, text } => {
-                let params = json!({
-                    "sessionId": session_id,
-                    "prompt": [{"type": "text", "text": text}],
-                });
+            AgentRequest::Prompt { session_id, text, images } => {
+                let mut prompt = vec![json!({"type": "text", "text": text})];
+                prompt.extend(self.image_blocks(&images));
+                let params = json!({"sessionId": session_id, "prompt": prompt});
                 writes.push(self.call(Pending::Prompt { session_id }, "session/prompt", params));
             }
             AgentRequest::Cancel { session_id } => {
@@ -127,6 +134,22 @@ impl Connection {
             }
         }
         Step { events: Vec::new(), writes }
+    }
+
+    /// ACP `image` blocks for `images`, in order, when the agent takes them; an image that
+    /// cannot be read is left out (the prompt's text still says where it is).
+    fn image_blocks(&self, images: &[PathBuf]) -> Vec<Value> {
+        let (true, Some(load)) = (self.takes_images, self.image_loader) else { return Vec::new() };
+        let mut blocks = Vec::new();
+        for path in images {
+            match load(path) {
+                Ok((mime, bytes)) => {
+                    blocks.push(json!({"type": "image", "mimeType": mime, "data": crate::media::base64(&bytes)}))
+                }
+                Err(e) => log::warn!(target: "acp", "image {} not sent as an image block: {e}", path.display()),
+            }
+        }
+        blocks
     }
 
     /// Decode one line from the agent's stdout.
@@ -189,6 +212,10 @@ impl Connection {
                 self.ready = true;
                 let load_session =
                     result.pointer("/agentCapabilities/loadSession").and_then(Value::as_bool).unwrap_or(false);
+                self.takes_images = result
+                    .pointer("/agentCapabilities/promptCapabilities/image")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 step.events.push(AgentEvent::Ready { load_session });
                 for req in std::mem::take(&mut self.queued) {
                     step.writes.extend(self.request(req).writes);
@@ -830,6 +857,42 @@ mod tests {
         assert!(call.preview.ends_with("| sh") && call.title.ends_with("| sh"), "{call:?}");
     }
 
+    fn fake_image(path: &Path) -> Result<(&'static str, Vec<u8>), String> {
+        match path.to_str() {
+            Some("/m/a.png") => Ok(("image/png", b"png!".to_vec())),
+            Some("/m/b.jpg") => Ok(("image/jpeg", b"jpeg".to_vec())),
+            _ => Err("not an image".into()),
+        }
+    }
+
+    /// Image blocks follow the text, every image in order, only when the agent takes images.
+    #[test]
+    fn images_become_blocks_only_for_agents_that_take_them() {
+        let images = vec![PathBuf::from("/m/a.png"), PathBuf::from("/m/gone.png"), PathBuf::from("/m/b.jpg")];
+        let prompt = |c: &mut Connection| {
+            let step =
+                c.request(AgentRequest::Prompt { session_id: "s".into(), text: "look".into(), images: images.clone() });
+            lines(&step)[0]["params"]["prompt"].clone()
+        };
+        let mut plain = ready();
+        plain.image_loader = Some(fake_image);
+        assert_eq!(prompt(&mut plain), json!([{"type": "text", "text": "look"}]));
+
+        let mut seeing = Connection { image_loader: Some(fake_image), ..Connection::default() };
+        seeing.start();
+        seeing.receive(
+            r#"{"jsonrpc":"2.0","id":0,"result":{"agentCapabilities":{"promptCapabilities":{"image":true}}}}"#,
+        );
+        assert_eq!(
+            prompt(&mut seeing),
+            json!([
+                {"type": "text", "text": "look"},
+                {"type": "image", "mimeType": "image/png", "data": "cG5nIQ=="},
+                {"type": "image", "mimeType": "image/jpeg", "data": "anBlZw=="},
+            ])
+        );
+    }
+
     #[test]
     fn session_and_prompt_responses() {
         let mut c = ready();
@@ -838,7 +901,7 @@ mod tests {
         let step = c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"sessionId":"abc"}}}}"#));
         assert_eq!(step.events, vec![AgentEvent::SessionCreated { key: "tg:1:1".into(), session_id: "abc".into() }]);
 
-        let step = c.request(AgentRequest::Prompt { session_id: "abc".into(), text: "hello".into() });
+        let step = c.request(AgentRequest::Prompt { session_id: "abc".into(), text: "hello".into(), images: vec![] });
         let sent = &lines(&step)[0];
         assert_eq!(sent["params"]["prompt"][0]["text"], "hello");
         let id = sent["id"].as_u64().unwrap();
@@ -848,7 +911,7 @@ mod tests {
             vec![AgentEvent::TurnEnded { session_id: "abc".into(), outcome: TurnOutcome::Cancelled }]
         );
 
-        let step = c.request(AgentRequest::Prompt { session_id: "abc".into(), text: "again".into() });
+        let step = c.request(AgentRequest::Prompt { session_id: "abc".into(), text: "again".into(), images: vec![] });
         let id = lines(&step)[0]["id"].as_u64().unwrap();
         let step = c.receive(&format!(
             r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32603,"message":"Internal error","data":{{"details":"boom"}}}}}}"#

@@ -158,6 +158,7 @@ struct IoThread {
 
 fn run_io(mut io: IoThread) {
     let mut conn = Connection::default();
+    conn.image_loader = Some(load_image);
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
     let started = Instant::now();
     let startup_deadline = after(io.startup_timeout);
@@ -233,12 +234,31 @@ fn run_io(mut io: IoThread) {
         }
     };
     let mut reason = reason;
-    if !stderr_tail.is_empty() {
+    // Each stderr line was logged as it came; repeat the last ones only when that log is off.
+    if !stderr_tail.is_empty() && !log::log_enabled!(target: "acp", log::Level::Info) {
         reason.push_str("; last stderr: ");
         reason.push_str(&Vec::from(stderr_tail).join(" | "));
     }
-    log::warn!(target: "acp", "agent \"{}\" {reason}", io.name);
+    // Not a warning here: the daemon knows whether this exit is a crash or a clean stop.
+    log::debug!(target: "acp", "agent \"{}\" {reason}", io.name);
     let _ = io.events.send((io.name, AgentEvent::Exited { reason }));
+}
+
+/// Largest image sent to the agent as an image block.
+const MAX_IMAGE_BYTES: u64 = 20 * 1024 * 1024;
+
+/// An image file for an ACP image block: its type sniffed from its bytes (never from its
+/// name or what the sender claimed), at most [`MAX_IMAGE_BYTES`].
+fn load_image(path: &std::path::Path) -> Result<(&'static str, Vec<u8>), String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(format!("larger than {}", crate::media::size_text(MAX_IMAGE_BYTES)));
+    }
+    let mime = crate::media::sniff_image(&bytes).ok_or("not a PNG, JPEG, GIF or WebP image")?;
+    Ok((mime, bytes))
 }
 
 /// Wait a bounded time for an exiting child, then kill it; describe how it ended.

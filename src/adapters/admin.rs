@@ -42,6 +42,11 @@ pub trait AdminSource: Send + Sync {
     fn state(&self) -> Value;
     /// Carry out an action; the text says what happened (or why not).
     fn act(&self, action: AdminAction) -> Result<String, String>;
+    /// [`AdminSource::act`] for the client at `client` (its address), for the audit log.
+    fn act_from(&self, action: AdminAction, client: &str) -> Result<String, String> {
+        let _ = client;
+        self.act(action)
+    }
     /// The admin credential; `None` when there is none (then the admin page is refused).
     fn admin_token(&self) -> Option<String>;
 }
@@ -126,7 +131,8 @@ fn act(source: &dyn AdminSource, request: &Request) -> Response {
         Err(e) => return json_response(400, &json!({"ok": false, "message": format!("not an action: {e}")})),
     };
     log::info!(target: "admin", "admin page: {action:?}");
-    match source.act(action) {
+    let client = request.peer.map_or_else(|| "unknown address".to_string(), |peer| peer.ip().to_string());
+    match source.act_from(action, &client) {
         Ok(message) => json_response(200, &json!({"ok": true, "message": message})),
         Err(message) => json_response(409, &json!({"ok": false, "message": message})),
     }

@@ -11,11 +11,13 @@ pub(crate) mod admin;
 mod contain;
 pub(crate) mod dingtalk;
 pub mod discord;
+pub(crate) mod exec;
 pub mod outbox;
 pub mod pacing;
 pub mod telegram;
 pub(crate) mod uploads;
 pub mod webchat;
+pub(crate) mod webhook;
 pub(crate) mod weixin;
 
 pub use contain::{contain, contained_panics};
@@ -35,8 +37,15 @@ use crate::journal::Journal;
 use admin::AdminSource;
 
 /// Every platform this build has. Adding a platform adds one line here.
-pub const PLATFORMS: &[&Platform] =
-    &[&telegram::PLATFORM, &webchat::PLATFORM, &discord::PLATFORM, &weixin::PLATFORM, &dingtalk::PLATFORM];
+pub const PLATFORMS: &[&Platform] = &[
+    &telegram::PLATFORM,
+    &webchat::PLATFORM,
+    &discord::PLATFORM,
+    &weixin::PLATFORM,
+    &dingtalk::PLATFORM,
+    &exec::PLATFORM,
+    &webhook::PLATFORM,
+];
 
 /// A chat platform, as the rest of tether sees it.
 pub struct Platform {

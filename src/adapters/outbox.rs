@@ -7,9 +7,12 @@
 //!
 //! The outbox defines the [`Courier`] trait and knows no platform; each platform implements
 //! it in its own folder (render, plain fallback, one call, pacing) and writes no queue or
-//! retry loop of its own.
+//! retry loop of its own. A courier that uploads files ([`Courier::files`]) gets the
+//! `[IMAGE: …]` / `[FILE: …]` markers of a reply taken out and checked here, and the files
+//! queued after the text as [`Call::SendFile`] parts of the same reply.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +20,13 @@ use crossbeam_channel::{Receiver, Sender, never, select, unbounded};
 
 use crate::adapters::Supervisor;
 use crate::adapters::pacing::{Pacer, PacingRules};
+use crate::adapters::uploads::OutboundFiles;
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::event::{ChatRef, MessageRef, Outbound};
 use crate::health::Probe;
 use crate::journal::Journal;
+use crate::media::{self, FileKind};
 
 /// Attempts for one piece that fails with 5xx or a network error before it is logged as lost.
 pub(crate) const SEND_ATTEMPTS: u32 = 6;
@@ -43,6 +48,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(60);
 pub(crate) const DRAIN_AFTER_CLOSE: Duration = Duration::from_millis(1500);
 /// Message ids remembered for edits; the oldest are forgotten past this.
 const REMEMBERED_KEYS: usize = 512;
+/// Delivered replies kept for the audit log between two rounds of the dispatcher at most.
+const MAX_DELIVERED: usize = 1024;
 
 /// One platform message's worth of a reply, as the courier rendered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +70,10 @@ pub enum Call {
     Edit { chat: ChatRef, message_id: String, piece: Piece },
     /// Answer a button press.
     Ack { callback_id: String, text: String },
+    /// Upload a file the agent asked to send (`[IMAGE: …]`, `[FILE: …]`): `path` passed the
+    /// courier's [`Courier::files`] check when queued; the courier reads it with
+    /// [`OutboundFiles::read`], which checks it again.
+    SendFile { chat: ChatRef, path: PathBuf, kind: FileKind, caption: Option<String> },
 }
 
 /// Why a platform call did not succeed, classified by what the caller does next. Each
@@ -118,6 +129,11 @@ pub trait Courier: Send + Sync + 'static {
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure>;
     /// The platform's limits.
     fn pacing(&self) -> PacingRules;
+    /// Which files the agent may send with `[IMAGE: …]` / `[FILE: …]` markers; `None` (the
+    /// default) when the platform does not upload files: the markers then stay in the text.
+    fn files(&self) -> Option<&OutboundFiles> {
+        None
+    }
 }
 
 /// One message of a reply, as it waits in its chat's queue.
@@ -126,6 +142,8 @@ struct Part {
     piece: Piece,
     /// Buttons under this part: (label, callback data).
     buttons: Vec<(String, String)>,
+    /// A file to upload instead of a text (`piece` is then its caption, possibly empty).
+    file: Option<(PathBuf, FileKind)>,
     track: Track,
 }
 
@@ -151,7 +169,7 @@ struct Track {
 
 impl Part {
     fn new(piece: Piece, reply: u64, index: usize, of: usize) -> Part {
-        Part { piece, buttons: Vec::new(), track: Track { reply, index, of, ..Track::default() } }
+        Part { piece, buttons: Vec::new(), file: None, track: Track { reply, index, of, ..Track::default() } }
     }
 }
 
@@ -356,6 +374,20 @@ struct Tracked {
     answers: Vec<MessageRef>,
     parts_left: usize,
     worst: Delivery,
+    /// For the audit log's `answer.delivered`: where, how big, how many parts, since when.
+    chat: ChatRef,
+    bytes: usize,
+    parts: usize,
+    queued_at: Instant,
+}
+
+/// A reply whose every part was delivered (for the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delivered {
+    pub chat: ChatRef,
+    pub bytes: usize,
+    pub parts: usize,
+    pub took: Duration,
 }
 
 /// Per-chat queues and the pacer: decides which call goes next. Pure (the courier is asked
@@ -366,6 +398,8 @@ pub(crate) struct Schedule {
     tracked: BTreeMap<u64, Tracked>,
     /// Replies done with, for [`Schedule::take_settled`].
     settled: Vec<Settled>,
+    /// Replies delivered whole, for [`Schedule::take_delivered`] (bounded: taken every round).
+    delivered: Vec<Delivered>,
     chats: BTreeMap<ChatRef, ChatQueue>,
     pacer: Pacer<ChatRef>,
     replies: u64,
@@ -384,6 +418,7 @@ impl Schedule {
             courier,
             tracked: BTreeMap::new(),
             settled: Vec::new(),
+            delivered: Vec::new(),
             chats: BTreeMap::new(),
             pacer,
             replies: 0,
@@ -394,23 +429,45 @@ impl Schedule {
     }
 
     /// Queue what the core asked for; returns how many message parts were queued.
+    #[cfg(test)]
     pub fn push(&mut self, out: Outbound, now: Instant) -> usize {
+        self.push_with_files(out, Vec::new(), now)
+    }
+
+    /// [`Schedule::push`], with files (already checked) to upload after an `Outbound::Text`'s
+    /// text, as parts of the same reply.
+    pub fn push_with_files(&mut self, out: Outbound, files: Vec<(PathBuf, FileKind)>, now: Instant) -> usize {
         match out {
             Outbound::Text { chat, text, answers } => {
                 let pieces = self.courier.render(&text);
-                if pieces.is_empty() {
+                if pieces.is_empty() && files.is_empty() {
                     self.settled.push(Settled { answers, delivery: Delivery::Refused });
                     return 0;
                 }
                 self.replies += 1;
                 let reply = self.replies;
-                let of = pieces.len();
-                self.tracked.insert(reply, Tracked { answers, parts_left: of, worst: Delivery::Sent });
+                let texts = pieces.len();
+                let of = texts + files.len();
+                let tracked = Tracked {
+                    answers,
+                    parts_left: of,
+                    worst: Delivery::Sent,
+                    chat: chat.clone(),
+                    bytes: text.len(),
+                    parts: of,
+                    queued_at: now,
+                };
+                self.tracked.insert(reply, tracked);
                 let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
                 // The answer is here: "typing…" asked for before it is moot.
                 queue.typing_since = None;
                 for (i, piece) in pieces.into_iter().enumerate() {
                     queue.parts.push_back(Part::new(piece, reply, i + 1, of));
+                }
+                for (i, file) in files.into_iter().enumerate() {
+                    let mut part = Part::new(Piece { text: String::new(), formatted: false }, reply, texts + i + 1, of);
+                    part.file = Some(file);
+                    queue.parts.push_back(part);
                 }
                 of
             }
@@ -460,7 +517,7 @@ impl Schedule {
 
     /// Count a part of `reply` done with, by its verdict; a reply whose last part is done
     /// with goes to [`Schedule::take_settled`].
-    fn track(&mut self, reply: u64, verdict: &Verdict) {
+    fn track(&mut self, reply: u64, verdict: &Verdict, now: Instant) {
         let Some(tracked) = self.tracked.get_mut(&reply) else { return };
         let (done, delivery) = match verdict {
             Verdict::Delivered { .. } => (1, Delivery::Sent),
@@ -474,8 +531,17 @@ impl Schedule {
         if tracked.parts_left == 0
             && let Some(tracked) = self.tracked.remove(&reply)
         {
+            if tracked.worst == Delivery::Sent && self.delivered.len() < MAX_DELIVERED {
+                let took = now.saturating_duration_since(tracked.queued_at);
+                self.delivered.push(Delivered { chat: tracked.chat, bytes: tracked.bytes, parts: tracked.parts, took });
+            }
             self.settled.push(Settled { answers: tracked.answers, delivery: tracked.worst });
         }
+    }
+
+    /// The replies delivered whole since the last call.
+    pub fn take_delivered(&mut self) -> Vec<Delivered> {
+        std::mem::take(&mut self.delivered)
     }
 
     /// Replies done with since the last call.
@@ -525,12 +591,16 @@ impl Schedule {
         queue.sending = true;
         self.pacer.record(chat.clone(), now);
         self.last_served = Some(chat.clone());
-        let Part { piece, buttons, track } = part;
+        let Part { piece, buttons, file, track } = part;
         let edit_id =
             track.edit.as_ref().and_then(|key| self.sent.iter().find(|(k, _)| k == key).map(|(_, id)| id.clone()));
-        let call = match edit_id {
-            Some(message_id) => Call::Edit { chat, message_id, piece },
-            None => Call::Send { chat, piece, buttons },
+        let call = match (file, edit_id) {
+            (Some((path, kind)), _) => {
+                let caption = (!piece.text.is_empty()).then_some(piece.text);
+                Call::SendFile { chat, path, kind, caption }
+            }
+            (None, Some(message_id)) => Call::Edit { chat, message_id, piece },
+            (None, None) => Call::Send { chat, piece, buttons },
         };
         Some(Job { call, track })
     }
@@ -573,7 +643,9 @@ impl Schedule {
     pub fn finish(&mut self, job: Job, result: Result<Option<String>, Failure>, now: Instant) -> Verdict {
         // A rate limit slows the chat (or the bot) exactly as long as asked, whatever the call.
         let chat = match &job.call {
-            Call::Typing(chat) | Call::Send { chat, .. } | Call::Edit { chat, .. } => Some(chat),
+            Call::Typing(chat) | Call::Send { chat, .. } | Call::Edit { chat, .. } | Call::SendFile { chat, .. } => {
+                Some(chat)
+            }
             Call::Ack { .. } => None,
         };
         match (&result, chat) {
@@ -597,10 +669,21 @@ impl Schedule {
                     Err(failure) => Verdict::TypingFailed { chat: chat.chat_id, failure },
                 }
             }
-            Call::Send { chat, piece, buttons } => self.finish_part(chat, Part { piece, buttons, track }, result, now),
+            Call::Send { chat, piece, buttons } => {
+                self.finish_part(chat, Part { piece, buttons, file: None, track }, result, now)
+            }
             // An edit that must go again is retried as the same edit (its key still resolves).
             Call::Edit { chat, piece, .. } => {
-                self.finish_part(chat, Part { piece, buttons: Vec::new(), track }, result, now)
+                self.finish_part(chat, Part { piece, buttons: Vec::new(), file: None, track }, result, now)
+            }
+            Call::SendFile { chat, path, kind, caption } => {
+                let piece = Piece { text: caption.unwrap_or_default(), formatted: false };
+                self.finish_part(
+                    chat,
+                    Part { piece, buttons: Vec::new(), file: Some((path, kind)), track },
+                    result,
+                    now,
+                )
             }
         }
     }
@@ -624,7 +707,7 @@ impl Schedule {
         let reply = part.track.reply;
         let verdict = settle(queue, part, result.map(drop), now, chat_id, self.courier.as_ref());
         self.chats.retain(|_, q| !q.is_idle());
-        self.track(reply, &verdict);
+        self.track(reply, &verdict, now);
         verdict
     }
 
@@ -757,9 +840,32 @@ pub fn spawn(
     supervisor.spawn(name, move || {
         // Dropped when the dispatcher ends, panics included: that is the signal.
         let _drained = drained_tx;
-        dispatch(Schedule::new(courier), &outbox, &jobs_tx, &done_rx, &settle);
+        let files = courier.files().cloned();
+        dispatch(Schedule::new(courier), files.as_ref(), &outbox, &jobs_tx, &done_rx, &settle);
     })?;
     Ok(drained)
+}
+
+/// The `[IMAGE: …]` / `[FILE: …]` markers of a reply: each file that passes the check
+/// becomes an upload after the text; a refused one is named at the end of the text, with
+/// the reason ("not sent: /etc/passwd is outside the allowed directories").
+fn take_files(out: Outbound, files: &OutboundFiles, channel: &str) -> (Outbound, Vec<(PathBuf, FileKind)>) {
+    let Outbound::Text { chat, text, answers } = out else { return (out, Vec::new()) };
+    let (mut text, markers) = media::take_markers(&text);
+    let mut attached = Vec::new();
+    for marker in markers {
+        match files.check(&marker.path) {
+            Ok((path, _)) => attached.push((path, marker.kind)),
+            Err(why) => {
+                log::warn!(target: channel, "a file the agent asked to send to chat {} was refused: {why}", chat.chat_id);
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(&format!("(not sent: {why})"));
+            }
+        }
+    }
+    (Outbound::Text { chat, text, answers }, attached)
 }
 
 /// A worker: one call at a time, its result back to the dispatcher.
@@ -783,6 +889,7 @@ enum Wakeup {
 /// The dispatcher: hands ready calls to idle workers, queues new replies, settles results.
 fn dispatch(
     mut schedule: Schedule,
+    files: Option<&OutboundFiles>,
     outbox: &Receiver<Outbound>,
     jobs: &Sender<Job>,
     done: &Receiver<(Job, Result<Option<String>, Failure>)>,
@@ -828,7 +935,11 @@ fn dispatch(
                     Outbound::Text { chat, .. } => Some(chat.chat_id.clone()),
                     _ => None,
                 };
-                let parts = schedule.push(out, Instant::now());
+                let (out, attached) = match files {
+                    Some(files) => take_files(out, files, channel),
+                    None => (out, Vec::new()),
+                };
+                let parts = schedule.push_with_files(out, attached, Instant::now());
                 if let Some(chat) = chat {
                     if parts == 0 {
                         log::warn!(target: channel, "an empty reply to chat {chat} was not sent");
@@ -856,6 +967,15 @@ fn dispatch(
             Wakeup::Tick => {}
         }
         settle.apply(schedule.take_settled());
+        for d in schedule.take_delivered() {
+            crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
+                channel: d.chat.channel,
+                chat: d.chat.chat_id,
+                bytes: d.bytes,
+                parts: d.parts,
+                duration_ms: u64::try_from(d.took.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
     }
 }
 
@@ -942,7 +1062,35 @@ mod tests {
                 (chat.chat_id.clone(), format!("edit {message_id}: {}", piece.text.replace("**", "")))
             }
             Call::Ack { callback_id, text } => (callback_id.clone(), format!("ack: {text}")),
+            Call::SendFile { chat, path, kind, .. } => (chat.chat_id.clone(), format!("{kind:?} {}", path.display())),
         }
+    }
+
+    /// Files go after the reply's text, as parts of it: the reply settles once they are
+    /// done with, and a file that fails for good does not hold the rest.
+    #[test]
+    fn files_follow_the_text_as_parts_of_the_reply() {
+        let t0 = Instant::now();
+        let mut s = schedule(BURST_OF_4);
+        let answers = vec![MessageRef { chat_id: "1".into(), message_id: "9".into() }];
+        let reply = Outbound::Text { chat: chat("1"), text: "**here**".into(), answers: answers.clone() };
+        let files = vec![(PathBuf::from("/w/a.png"), FileKind::Image), (PathBuf::from("/w/b.txt"), FileKind::Document)];
+        assert_eq!(s.push_with_files(reply, files, t0), 3);
+        let first = s.next_job(t0).unwrap();
+        assert_eq!(describe(&first).1, "here");
+        s.finish(first, Ok(Some("1".into())), t0);
+        let second = s.next_job(t0).unwrap();
+        assert_eq!(describe(&second).1, "Image /w/a.png");
+        let verdict = s.finish(second, Err(Failure::Rejected("too big".into())), t0);
+        assert!(matches!(verdict, Verdict::Dropped { index: 2, of: 3, .. }), "{verdict:?}");
+        assert!(s.take_settled().is_empty(), "settled before the last part");
+        let third = s.next_job(t0).unwrap();
+        assert_eq!(describe(&third).1, "Document /w/b.txt");
+        s.finish(third, Ok(Some("3".into())), t0);
+        assert_eq!(s.take_settled(), vec![Settled { answers, delivery: Delivery::Refused }]);
+        // Only files, no text: still a reply.
+        let bare = Outbound::Text { chat: chat("1"), text: String::new(), answers: vec![] };
+        assert_eq!(s.push_with_files(bare, vec![(PathBuf::from("/w/c.gif"), FileKind::Image)], t0), 1);
     }
 
     /// Every job that may go at `now`, each answered at once with `Ok(None)`, in order.
@@ -1040,12 +1188,19 @@ mod tests {
         let job = s.next_job(t).unwrap();
         s.finish(job, Ok(None), t);
         assert!(s.take_settled().is_empty(), "one part of three is not the reply");
+        assert!(s.take_delivered().is_empty());
         drain(&mut s, &mut t, || Ok(None));
         assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["a", "b"]), delivery: Delivery::Sent }]);
+        // The audit log's record: the whole reply, its parts, from queued to the last part.
+        // (`drain` finished the last two parts 40 s and 80 s after t0.)
+        let took = Duration::from_secs(80);
+        let delivered = Delivered { chat: chat("1"), bytes: THREE_PARTS.len(), parts: 3, took };
+        assert_eq!(s.take_delivered(), vec![delivered]);
         // Lost after every retry: the messages stay unanswered.
         s.push(reply("1", "short", &["c"]), t);
         drain(&mut s, &mut t, || Err(transient()));
         assert_eq!(s.take_settled(), vec![Settled { answers: refs(&["c"]), delivery: Delivery::Lost }]);
+        assert!(s.take_delivered().is_empty(), "a lost reply was not delivered");
         // Blocked on the first of three parts: the rest is dropped, the reply is done with.
         s.push(reply("1", THREE_PARTS, &["d"]), t);
         drain(&mut s, &mut t, || Err(Failure::Blocked("HTTP 403: Forbidden: bot was blocked by the user".into())));

@@ -56,7 +56,6 @@ use serde::{Deserialize, Serialize};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::access_files::AccessFiles;
 use crate::adapters::admin::{self, AdminSource};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, Supervisor, uploads};
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings, SenderPolicy};
@@ -110,10 +109,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message waits for room in the inbound channel before the browser is told.
 const INBOUND_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const DISPATCH_POLL: Duration = Duration::from_millis(200);
+/// Files the agent sent that stay reachable at `/media/<id>`.
+const SERVED_FILES: usize = 256;
+/// Largest file the agent may show in the page.
+const MAX_SENT_FILE: u64 = 20 * 1024 * 1024;
 
 /// Content-Security-Policy of the page: inline script and style only, sockets to ourselves.
 const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
-    style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; \
+    style-src 'unsafe-inline'; img-src data: 'self'; connect-src 'self' ws: wss:; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
 /// A running web chat. Stop it with [`WebchatHandle::stop`]; dropping it stops it too.
@@ -265,11 +268,14 @@ fn spawn_with_uploads(
         hub: Mutex::new(Hub::new(boot)),
         inbound,
         stop: AtomicBool::new(false),
-        upload_root,
+        upload_root: upload_root.clone(),
         admin,
-        policy: channel.sender_policy,
-        allowed_users: channel.allowed_users.clone(),
-        access: home.map(|home| AccessFiles::new(home, name)),
+        keeper: uploads::Keeper::new(channel, home),
+        out_files: uploads::OutboundFiles {
+            roots: vec![channel.cwd.clone(), upload_root.clone()],
+            max_bytes: MAX_SENT_FILE,
+        },
+        served: Mutex::new(VecDeque::new()),
         new_browsers: Mutex::new(NewBrowsers::default()),
     });
     let handler: Handler = {
@@ -312,10 +318,12 @@ struct Shared {
     /// Serves `/admin` when the daemon gave one.
     admin: Option<Arc<dyn AdminSource>>,
     /// The channel's sender policy, applied here too before anything is stored.
-    policy: SenderPolicy,
-    allowed_users: Vec<String>,
-    /// The channel's pairing files (who was approved), for `senderPolicy: "pairing"`.
-    access: Option<AccessFiles>,
+    keeper: uploads::Keeper,
+    /// What `[IMAGE: …]` / `[FILE: …]` may show: files under the channel's cwd or its uploads.
+    out_files: uploads::OutboundFiles,
+    /// Files the agent sent, served at `/media/<id>` to the browser they were sent to:
+    /// (id, browser id, real path), the oldest forgotten past [`SERVED_FILES`].
+    served: Mutex<VecDeque<(String, String, PathBuf)>>,
     /// New browser ids per client address (under `pairing`).
     new_browsers: Mutex<NewBrowsers>,
 }
@@ -325,21 +333,7 @@ impl Shared {
     /// policy. A stranger's message still goes to the core (which may answer with a pairing
     /// code), but nothing of it is kept here.
     fn may_store(&self, sid: &str) -> bool {
-        let listed = self.allowed_users.iter().any(|u| u == sid);
-        match self.policy {
-            SenderPolicy::Open => true,
-            SenderPolicy::Allowlist => listed,
-            SenderPolicy::Pairing => {
-                listed
-                    || self.access.as_ref().is_some_and(|files| match files.read() {
-                        Ok(book) => book.approved().iter().any(|u| u == sid),
-                        Err(e) => {
-                            log::warn!(target: self.channel.as_str(), "{e}; taking the sender as not approved");
-                            false
-                        }
-                    })
-            }
-        }
+        self.keeper.may_store(sid)
     }
 
     fn hub(&self) -> MutexGuard<'_, Hub> {
@@ -611,6 +605,16 @@ impl Hub {
                 browser.draft = None;
                 broadcast(browser, &ServerFrame::Message(&entry).to_json());
                 push_history(browser, entry);
+                if matches!(action, Outbound::Text { .. }) {
+                    // Handed to the browsers (and their history) at once: one part, no wait.
+                    crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
+                        channel: chat.channel.clone(),
+                        chat: chat.chat_id.clone(),
+                        bytes: text.len(),
+                        parts: 1,
+                        duration_ms: 0,
+                    });
+                }
             }
             Outbound::Draft { text, .. } => {
                 let browser = self.browser(&chat.chat_id);
@@ -739,6 +743,7 @@ fn handle_request(shared: &Arc<Shared>, request: Request) -> Reply {
         "/" | "/index.html" if readable => page(shared, &request),
         // Health needs the token like everything else: simplest, and nothing here is public.
         "/healthz" if readable => Response::text(200, "ok\n"),
+        path if readable && path.starts_with("/media/") => sent_file(shared, &request),
         "/" | "/index.html" | "/healthz" => Response::text(405, "use GET\n").header("Allow", "GET, HEAD"),
         _ => Response::text(404, "not found\n"),
     };
@@ -805,7 +810,7 @@ fn page(shared: &Shared, request: &Request) -> Response {
     if request.cookie(SID_COOKIE).is_some_and(is_valid_sid) {
         return response;
     }
-    if shared.policy == SenderPolicy::Pairing
+    if shared.keeper.policy == SenderPolicy::Pairing
         && let Some(ip) = request.peer.map(|p| p.ip().to_canonical())
     {
         let allowed = shared.new_browsers.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, Instant::now());
@@ -909,6 +914,7 @@ fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
         }
         match outbox.recv_timeout(DISPATCH_POLL) {
             Ok(action) if action.channel() == shared.channel => {
+                let action = with_files(shared, action);
                 shared.hub().deliver(&action, wall_ms());
             }
             Ok(action) => {
@@ -921,6 +927,76 @@ fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
             }
         }
     }
+}
+
+/// The `[IMAGE: …]` / `[FILE: …]` markers of an answer become an inline picture
+/// (`![name](/media/<id>)`) or a link, for files the channel may send; a refused one is
+/// named ("(not sent: … outside the allowed directories)").
+fn with_files(shared: &Shared, action: Outbound) -> Outbound {
+    let Outbound::Text { chat, text, answers } = action else { return action };
+    let (mut text, markers) = crate::media::take_markers(&text);
+    let mut lines = Vec::new();
+    for marker in markers {
+        let shown = shared.out_files.check(&marker.path).and_then(|(path, _)| {
+            let id = random_hex(16).map_err(|e| format!("no random id for {}: {e}", marker.path))?;
+            let mut served = shared.served.lock().unwrap_or_else(|p| p.into_inner());
+            if served.len() >= SERVED_FILES {
+                served.pop_front();
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            served.push_back((id.clone(), chat.chat_id.clone(), path));
+            let name = crate::media::safe_file_name(&name, "file");
+            Ok(match marker.kind {
+                crate::media::FileKind::Image => format!("![{name}](/media/{id})"),
+                crate::media::FileKind::Document => format!("[📎 {name}](/media/{id})"),
+            })
+        });
+        match shown {
+            Ok(line) => lines.push(line),
+            Err(why) => {
+                log::warn!(target: shared.channel.as_str(), "a file the agent asked to show was refused: {why}");
+                lines.push(format!("(not sent: {why})"));
+            }
+        }
+    }
+    if !lines.is_empty() {
+        if !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        text.push_str(&lines.join("\n\n"));
+    }
+    Outbound::Text { chat, text, answers }
+}
+
+/// `/media/<id>`: a file the agent sent, only to the browser it was sent to; checked again
+/// as it is read. Pictures are shown, other files downloaded.
+fn sent_file(shared: &Shared, request: &Request) -> Response {
+    let id = request.path.trim_start_matches("/media/");
+    let browser = request.cookie(SID_COOKIE).filter(|s| is_valid_sid(s)).map(browser_id);
+    let path = {
+        let served = shared.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.iter().find(|(i, b, _)| i == id && Some(b) == browser.as_ref()).map(|(_, _, p)| p.clone())
+    };
+    let Some(path) = path else { return Response::text(404, "not found\n") };
+    let bytes = match shared.out_files.read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => return Response::text(404, format!("{e}\n")),
+    };
+    let response = Response::new(200)
+        .header("Cache-Control", "private, max-age=3600")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Content-Security-Policy", "default-src 'none'; sandbox");
+    let response = match crate::media::sniff_image(&bytes) {
+        Some(mime) => response.header("Content-Type", mime),
+        None => {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name: String = crate::media::safe_file_name(&name, "file").chars().filter(char::is_ascii).collect();
+            response
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Disposition", &format!("attachment; filename=\"{name}\""))
+        }
+    };
+    response.body(bytes)
 }
 
 /// Unregisters a socket from the hub however its thread ends.
@@ -1242,6 +1318,7 @@ fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
         quoted_text: None,
         attachments,
         sent_at_ms: None,
+        webhook: None,
     };
     match shared.inbound.send_timeout(Inbound::Message(message), INBOUND_SEND_TIMEOUT) {
         Ok(()) => None,

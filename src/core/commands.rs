@@ -136,6 +136,7 @@ pub fn status_text(s: &StatusInfo) -> String {
         SessionScope::User => "user (one conversation per person per chat)",
         SessionScope::Thread => "thread (one conversation per thread or chat)",
         SessionScope::Single => "single (one conversation for the whole channel)",
+        SessionScope::ChatThread => "chat_thread (one conversation per chat thread, or per chat)",
     };
     [
         format!("Session: {}", s.session.describe()),
@@ -166,9 +167,9 @@ pub struct WhoInfo<'a> {
 pub fn who_text(w: &WhoInfo) -> String {
     let shared = match w.scope {
         SessionScope::Single => "shared channel-wide",
-        SessionScope::Thread if w.in_thread => "shared by this topic",
-        SessionScope::Thread if w.in_group => "shared by this group",
-        SessionScope::Thread | SessionScope::User => "private to you",
+        SessionScope::Thread | SessionScope::ChatThread if w.in_thread => "shared by this topic",
+        SessionScope::Thread | SessionScope::ChatThread if w.in_group => "shared by this group",
+        SessionScope::Thread | SessionScope::ChatThread | SessionScope::User => "private to you",
     };
     let workspace = w.cwd.file_name().map_or_else(|| w.cwd.display().to_string(), |n| n.to_string_lossy().into());
     let session = if w.session.exists { "active" } else { "none" };

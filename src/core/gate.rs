@@ -1,8 +1,10 @@
-//! Who may reach the agent: the group policy, mention gating and the sender policy, in
-//! that order. Pure. Anything not explicitly allowed is dropped; an unknown sender under
-//! `senderPolicy: pairing` may ask for a pairing code, in a direct chat only.
+//! Who may reach the agent: the group policy, the DM policy, mention gating and the sender
+//! policy, in that order (Qwen Code 0.24's order). Pure. Anything not explicitly allowed is
+//! dropped; an unknown sender under `senderPolicy: pairing` may ask for a pairing code, in a
+//! direct chat only; an unapproved group under `groupPolicy: pairing` asks the operator (the
+//! code goes to the operator, never into the group).
 
-use crate::config::{ChannelConfig, GroupPolicy, SenderPolicy};
+use crate::config::{ChannelConfig, DmPolicy, GroupPolicy, SenderPolicy};
 use crate::event::InboundMessage;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,13 +14,41 @@ pub enum Verdict {
     /// An unknown sender in a direct chat under `senderPolicy: pairing`: the pairing book
     /// decides whether they get a code. The message itself never goes further.
     Pair,
+    /// An authorised sender mentioned the bot in a group not yet approved under
+    /// `groupPolicy: pairing`: the group asks the operator for approval. The message itself
+    /// never goes further.
+    PairGroup,
+    /// An authorised sender wrote in an admitted group without addressing the bot: not a
+    /// turn, but context the next mention may carry (`groupHistoryLimit`).
+    Overheard,
     /// Dropped silently (the reason is for the log).
     Drop(&'static str),
 }
 
-/// Judge one message. `paired`: the sender is in the channel's approved list (the
-/// `<channel>-allowlist.json` the operator fills with `tether pairing approve`).
-pub fn check(channel: &ChannelConfig, m: &InboundMessage, paired: bool) -> Verdict {
+/// What the pairing files say about a message's sender and chat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Approvals {
+    /// The sender is in `<channel>-allowlist.json` (counts under `senderPolicy: pairing`).
+    pub sender: bool,
+    /// The chat is in `<channel>-groups.json` (counts under `groupPolicy: pairing`).
+    pub group: bool,
+}
+
+/// Judge one message against the channel's policies and the pairing files.
+pub fn check(channel: &ChannelConfig, m: &InboundMessage, approvals: Approvals) -> Verdict {
+    // An event of a webhook source that authenticated (only the webhook adapter sets this,
+    // after checking the request's signature or secret): the operator chose this channel and
+    // chat as its target, so no person's policy applies to it.
+    if m.webhook.is_some() {
+        return Verdict::Pass;
+    }
+    let sender_ok = channel.allowed_users.contains(&m.sender_id)
+        || match channel.sender_policy {
+            SenderPolicy::Open => true,
+            SenderPolicy::Allowlist => false,
+            SenderPolicy::Pairing => approvals.sender,
+        };
+    let addressed = m.is_mentioned || m.is_reply_to_bot;
     if m.is_group {
         match channel.group_policy {
             GroupPolicy::Disabled => return Verdict::Drop("groupPolicy is disabled"),
@@ -26,19 +56,26 @@ pub fn check(channel: &ChannelConfig, m: &InboundMessage, paired: bool) -> Verdi
             GroupPolicy::Allowlist if m.chat_id == "*" || !channel.groups.contains_key(&m.chat_id) => {
                 return Verdict::Drop("group not in groups (groupPolicy allowlist)");
             }
-            GroupPolicy::Allowlist | GroupPolicy::Open => {}
+            // Only someone who may use the bot can make a group ask: strangers adding the
+            // bot to groups must not fill the operator's pending list.
+            GroupPolicy::Pairing if !approvals.group => {
+                return match (addressed, sender_ok) {
+                    (true, true) => Verdict::PairGroup,
+                    (true, false) => Verdict::Drop("unapproved group, sender not allowed to ask (groupPolicy pairing)"),
+                    (false, _) => Verdict::Drop("unapproved group (groupPolicy pairing)"),
+                };
+            }
+            GroupPolicy::Allowlist | GroupPolicy::Open | GroupPolicy::Pairing => {}
         }
-        if channel.group(&m.chat_id).require_mention && !m.is_mentioned && !m.is_reply_to_bot {
-            return Verdict::Drop("bot not mentioned (requireMention)");
-        }
+    } else if channel.dm_policy == DmPolicy::Disabled {
+        return Verdict::Drop("direct messages are disabled (dmPolicy)");
     }
-    if channel.allowed_users.contains(&m.sender_id) {
-        return Verdict::Pass;
+    if m.is_group && channel.group(&m.chat_id).require_mention && !addressed {
+        return if sender_ok { Verdict::Overheard } else { Verdict::Drop("bot not mentioned (requireMention)") };
     }
     match channel.sender_policy {
-        SenderPolicy::Open => Verdict::Pass,
-        SenderPolicy::Allowlist => Verdict::Drop("sender not in allowedUsers"),
-        SenderPolicy::Pairing if paired => Verdict::Pass,
+        _ if sender_ok => Verdict::Pass,
+        SenderPolicy::Allowlist | SenderPolicy::Open => Verdict::Drop("sender not in allowedUsers"),
         // A code posted in a group would let anyone there pair with it.
         SenderPolicy::Pairing if m.is_group => Verdict::Drop("unpaired sender in a group (codes go to DMs only)"),
         SenderPolicy::Pairing => Verdict::Pair,
@@ -66,6 +103,7 @@ pub fn group_policy_name(policy: GroupPolicy) -> &'static str {
         GroupPolicy::Disabled => "disabled",
         GroupPolicy::Allowlist => "allowlist",
         GroupPolicy::Open => "open",
+        GroupPolicy::Pairing => "pairing",
     }
 }
 
@@ -114,7 +152,7 @@ mod tests {
         c.sender_policy = sender;
         c.allowed_users = vec![ALLOWED.into()];
         c.group_policy = group;
-        let entry = |m: Option<bool>| GroupConfig { require_mention: m, dispatch_mode: None };
+        let entry = |m: Option<bool>| GroupConfig { require_mention: m, ..GroupConfig::default() };
         c.groups = match groups {
             Groups::Listed => [(LISTED_GROUP.to_string(), entry(None))].into(),
             Groups::ListedNoMention => [(LISTED_GROUP.to_string(), entry(Some(false)))].into(),
@@ -162,6 +200,7 @@ mod tests {
         let unmentioned = Verdict::Drop("bot not mentioned (requireMention)");
         let not_allowed = Verdict::Drop("sender not in allowedUsers");
         let no_codes = Verdict::Drop("unpaired sender in a group (codes go to DMs only)");
+        let overheard = Verdict::Overheard;
         #[rustfmt::skip]
         let cases: Vec<(S, G, Groups, &str, Where, Address, &Verdict)> = vec![
             // Direct messages: only the sender policy matters.
@@ -181,12 +220,13 @@ mod tests {
             (S::Open, G::Allowlist, Listed, STRANGER, g100, Mention, &pass),
             (S::Open, G::Open, Listed, STRANGER, g200, Mention, &pass),
             // Then the mention (or a reply to the bot).
-            (S::Open, G::Open, Listed, ALLOWED, g200, Plain, &unmentioned),
+            (S::Open, G::Open, Listed, ALLOWED, g200, Plain, &overheard),
+            (S::Allowlist, G::Open, Listed, STRANGER, g200, Plain, &unmentioned),
             (S::Open, G::Open, Listed, ALLOWED, g200, ReplyToBot, &pass),
             (S::Open, G::Allowlist, ListedNoMention, ALLOWED, g100, Plain, &pass),
             // A group's entry is merged over "*" key by key.
             (S::Open, G::Allowlist, WildcardNoMention, ALLOWED, g100, Plain, &pass),
-            (S::Open, G::Allowlist, ListedOverridesWildcard, ALLOWED, g100, Plain, &unmentioned),
+            (S::Open, G::Allowlist, ListedOverridesWildcard, ALLOWED, g100, Plain, &overheard),
             // Under open groups "*" applies to groups without an entry.
             (S::Open, G::Open, WildcardNoMention, ALLOWED, g200, Plain, &pass),
             // Then the sender: no codes in groups.
@@ -196,8 +236,73 @@ mod tests {
         ];
         for (sender, group, groups, who, place, address, expected) in cases {
             let c = configured(sender, group, groups);
-            let got = check(&c, &message(who, place, address), who == PAIRED);
+            let got = check(&c, &message(who, place, address), Approvals { sender: who == PAIRED, group: false });
             assert_eq!(&got, expected, "{sender:?} {group:?} {groups:?} sender={who} {place:?} {address:?}");
+        }
+    }
+
+    /// `dmPolicy` and `groupPolicy: pairing`, which the full table below leaves out.
+    #[test]
+    fn dm_policy_and_group_pairing() {
+        use Address::{Mention, Plain, ReplyToBot};
+        use DmPolicy as D;
+        use GroupPolicy as G;
+        use SenderPolicy as S;
+        let (dm, group) = (Where::Dm, Where::Group(OTHER_GROUP));
+        let dms_off = Verdict::Drop("direct messages are disabled (dmPolicy)");
+        let unapproved = Verdict::Drop("unapproved group (groupPolicy pairing)");
+        let may_not_ask = Verdict::Drop("unapproved group, sender not allowed to ask (groupPolicy pairing)");
+        let not_allowed = Verdict::Drop("sender not in allowedUsers");
+        let (pass, pair_group, overheard) = (Verdict::Pass, Verdict::PairGroup, Verdict::Overheard);
+        #[rustfmt::skip]
+        type Case<'a> = (D, G, S, &'a str, Where, Address, bool, &'a Verdict);
+        let cases: Vec<Case> = vec![
+            // dmPolicy disabled drops every DM before any other gate: no pass, no code.
+            (D::Disabled, G::Open, S::Allowlist, ALLOWED, dm, Plain, false, &dms_off),
+            (D::Disabled, G::Open, S::Pairing, STRANGER, dm, Plain, false, &dms_off),
+            (D::Disabled, G::Open, S::Pairing, PAIRED, dm, Plain, false, &dms_off),
+            (D::Disabled, G::Open, S::Open, STRANGER, dm, Plain, false, &dms_off),
+            // ... and leaves groups alone.
+            (D::Disabled, G::Open, S::Allowlist, ALLOWED, group, Mention, false, &pass),
+            (D::Disabled, G::Open, S::Allowlist, ALLOWED, group, Plain, false, &overheard),
+            (D::Open, G::Open, S::Allowlist, ALLOWED, dm, Plain, false, &pass),
+            // groupPolicy pairing: an unapproved group asks once it is addressed by someone
+            // who may use the bot; nothing else from it goes anywhere.
+            (D::Open, G::Pairing, S::Allowlist, ALLOWED, group, Mention, false, &pair_group),
+            (D::Open, G::Pairing, S::Allowlist, ALLOWED, group, ReplyToBot, false, &pair_group),
+            (D::Open, G::Pairing, S::Pairing, PAIRED, group, Mention, false, &pair_group),
+            (D::Open, G::Pairing, S::Open, STRANGER, group, Mention, false, &pair_group),
+            (D::Open, G::Pairing, S::Allowlist, ALLOWED, group, Plain, false, &unapproved),
+            (D::Open, G::Pairing, S::Allowlist, STRANGER, group, Mention, false, &may_not_ask),
+            (D::Open, G::Pairing, S::Pairing, STRANGER, group, Mention, false, &may_not_ask),
+            // An approved group is admitted; its members still pass the sender policy.
+            (D::Open, G::Pairing, S::Allowlist, ALLOWED, group, Mention, true, &pass),
+            (D::Open, G::Pairing, S::Allowlist, STRANGER, group, Mention, true, &not_allowed),
+            (D::Open, G::Pairing, S::Pairing, PAIRED, group, Mention, true, &pass),
+            (D::Open, G::Pairing, S::Open, STRANGER, group, Mention, true, &pass),
+            (D::Open, G::Pairing, S::Allowlist, ALLOWED, group, Plain, true, &overheard),
+            // Approval of a group means nothing in a DM or under another group policy.
+            (
+                D::Open,
+                G::Disabled,
+                S::Allowlist,
+                ALLOWED,
+                group,
+                Mention,
+                true,
+                &Verdict::Drop("groupPolicy is disabled"),
+            ),
+            (D::Open, G::Pairing, S::Allowlist, STRANGER, dm, Plain, true, &not_allowed),
+        ];
+        for (dm_policy, group_policy, sender, who, place, address, group_approved, expected) in cases {
+            let mut c = configured(sender, group_policy, Groups::Listed);
+            c.dm_policy = dm_policy;
+            let approvals = Approvals { sender: who == PAIRED, group: group_approved };
+            let got = check(&c, &message(who, place, address), approvals);
+            assert_eq!(
+                &got, expected,
+                "{dm_policy:?} {group_policy:?} {sender:?} sender={who} {place:?} {address:?} approved={group_approved}"
+            );
         }
     }
 
@@ -221,7 +326,11 @@ mod tests {
                     for place in places {
                         for address in addresses {
                             for id in who {
-                                let got = check(&c, &message(id, place, address), id == PAIRED);
+                                let got = check(
+                                    &c,
+                                    &message(id, place, address),
+                                    Approvals { sender: id == PAIRED, group: false },
+                                );
                                 let expected = oracle(sender, group, groups, id, place, address);
                                 assert_eq!(
                                     got, expected,
@@ -255,6 +364,7 @@ mod tests {
             GroupPolicy::Disabled => false,
             GroupPolicy::Allowlist => chat_is_listed,
             GroupPolicy::Open => true,
+            GroupPolicy::Pairing => unreachable!("not in this table"),
         };
         // requireMention after merging the chat's own entry over "*" key by key.
         let mention_required = match (groups, chat_is_listed) {
@@ -274,13 +384,39 @@ mod tests {
             });
         }
         if in_group && mention_required && !addressed {
-            return Verdict::Drop("bot not mentioned (requireMention)");
+            return if sender_ok { Verdict::Overheard } else { Verdict::Drop("bot not mentioned (requireMention)") };
         }
         match (sender_ok, sender, in_group) {
             (true, _, _) => Verdict::Pass,
             (false, SenderPolicy::Pairing, false) => Verdict::Pair,
             (false, SenderPolicy::Pairing, true) => Verdict::Drop("unpaired sender in a group (codes go to DMs only)"),
             (false, _, _) => Verdict::Drop("sender not in allowedUsers"),
+        }
+    }
+
+    /// A webhook event (marked by the webhook adapter after its signature checked out) passes
+    /// whatever the policies; the same words from a sender merely named like a webhook are a
+    /// stranger's (open policies let strangers through anyway).
+    #[test]
+    fn an_authenticated_webhook_event_passes_and_a_lookalike_sender_does_not() {
+        let senders = [SenderPolicy::Allowlist, SenderPolicy::Pairing, SenderPolicy::Open];
+        let group_policies = [GroupPolicy::Disabled, GroupPolicy::Allowlist, GroupPolicy::Open];
+        let places = [Where::Dm, Where::Group(LISTED_GROUP), Where::Group(OTHER_GROUP)];
+        for sender in senders {
+            for group in group_policies {
+                let c = configured(sender, group, Groups::Listed);
+                for place in places {
+                    let lookalike = message("webhook:ci", place, Address::Plain);
+                    let event = InboundMessage { webhook: Some("ci".into()), ..lookalike.clone() };
+                    assert_eq!(
+                        check(&c, &event, Approvals::default()),
+                        Verdict::Pass,
+                        "{sender:?} {group:?} {place:?}"
+                    );
+                    let expected = oracle(sender, group, Groups::Listed, "webhook:ci", place, Address::Plain);
+                    assert_eq!(check(&c, &lookalike, Approvals::default()), expected, "{sender:?} {group:?} {place:?}");
+                }
+            }
         }
     }
 

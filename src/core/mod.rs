@@ -6,8 +6,10 @@
 //! (`commands.rs`), then its session (`routing.rs` for the key, `session.rs` for dispatch), with
 //! its text assembled by `prompt.rs`.
 
+mod audit;
 pub(crate) mod commands;
 pub(crate) mod gate;
+pub(crate) mod history;
 pub(crate) mod pairing;
 pub(crate) mod permissions;
 pub(crate) mod prompt;
@@ -18,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{ChannelConfig, Config, PermissionPolicy, SessionScope, ToolCallDisplay};
+use crate::config::{ChannelConfig, Config, DispatchMode, PermissionPolicy, SessionScope, ToolCallDisplay};
 use crate::event::{
     AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, MessageRef, Outbound,
     PermissionKind, PermissionOutcome, SessionKey, TurnOutcome,
@@ -46,6 +48,13 @@ pub enum Event {
         channel: String,
         pending: Vec<pairing::PairingRequest>,
         approved: Vec<String>,
+        /// Group chat ids approved under `groupPolicy: pairing` (`<channel>-groups.json`).
+        approved_groups: Vec<String>,
+    },
+    /// A channel's group history as persisted (read at start).
+    GroupHistory {
+        channel: String,
+        entries: Vec<history::HistoryEntry>,
     },
 }
 
@@ -62,6 +71,8 @@ pub enum Action {
         channel: String,
         request: pairing::PairingRequest,
     },
+    /// Record this in the audit log (when one is configured).
+    Audit(crate::audit::AuditEvent),
     /// These messages of a journaled channel need nothing more: the gates dropped them, a
     /// newer message steered them away, `/clear` or a reload discarded them, or everything
     /// they asked for was already sent. (A message answered by a text is settled by the
@@ -69,6 +80,12 @@ pub enum Action {
     Settle {
         channel: String,
         messages: Vec<MessageRef>,
+    },
+    /// The channel's group history changed: write all of it to
+    /// `<channel>-group-history.jsonl`.
+    SaveGroupHistory {
+        channel: String,
+        entries: Vec<history::HistoryEntry>,
     },
 }
 
@@ -97,6 +114,10 @@ pub mod texts {
         so your new message goes to a fresh conversation.";
     pub const STUCK_NEXT: &str = "The agent is stuck: it did not stop the cancelled request within 10 s. \
         Your next message starts a fresh conversation.";
+    /// Where a cancelled turn's streamed answer stood, when a newer message steered it away.
+    pub const STEERED: &str = "⏹ Cancelled: your newer message replaces this request.";
+    pub const AGENT_GAVE_UP: &str = "The agent crashed too often, so tether has stopped: this request was not \
+        answered. The operator's log says why.";
     pub const CRASH_RETRY: &str =
         "The agent stopped while working on this. It is being restarted; your request will be sent again.";
     pub const CRASH_GAVE_UP: &str =
@@ -128,12 +149,16 @@ pub struct Core {
     /// Messages of journaled channels taken in and not yet answered or settled: each ends
     /// in an [`Outbound::Text`] that answers it or an [`Action::Settle`].
     unsettled: BTreeSet<(String, MessageRef)>,
+    /// Unaddressed group messages kept as context for the next mention, per channel.
+    history: BTreeMap<String, history::GroupHistory>,
     /// Unix ms, for the age of messages (backlog) and pairing times.
     wall_ms: u64,
     /// Bumped whenever what [`Core::sessions_snapshot`] returns may have changed, so the
     /// daemon rebuilds and compares that snapshot only then (it cost a quarter of the CPU of
     /// each message when taken after every event).
     records_version: u64,
+    /// An audit log is configured: [`Action::Audit`] records are returned (else dropped here).
+    audit: bool,
 }
 
 /// The turn settings of a channel (defaults when the channel is gone).
@@ -162,8 +187,10 @@ impl Core {
             access: pairing::Access::default(),
             dormant: HashMap::new(),
             unsettled: BTreeSet::new(),
+            history: BTreeMap::new(),
             wall_ms: 0,
             records_version: 0,
+            audit: config.audit.is_some(),
         }
     }
 
@@ -249,12 +276,21 @@ impl Core {
             }
             Event::Agent { agent, event } => self.on_agent(agent, event, now, &mut actions),
             Event::Tick => self.on_tick(now, &mut actions),
-            Event::AccessFiles { channel, pending, approved } => {
-                self.access.reload(&channel, pending, approved, &mut actions)
+            Event::GroupHistory { channel, entries } => {
+                let Some(config) = self.channels.get(&channel) else { return actions };
+                let kept = history::GroupHistory::from_entries(entries, |chat| config.group(chat).history_limit);
+                self.history.insert(channel, kept);
+            }
+            Event::AccessFiles { channel, pending, approved, approved_groups } => {
+                let files = pairing::AccessFilesState { pending, approved, approved_groups };
+                self.access.reload(&channel, files, &mut actions)
             }
         }
         self.settle_cancelled_permissions(&mut actions);
         self.settle_released(&mut actions);
+        if !self.audit {
+            actions.retain(|a| !matches!(a, Action::Audit(_)));
+        }
         actions
     }
 
@@ -370,8 +406,17 @@ impl Core {
             return self.backlog_notice(message, age_ms, actions);
         }
         // The gates run before anything else looks at the message (commands included).
-        if !self.access.admit(channel, &message, actions) {
-            return;
+        let approvals = self.access.approvals(&channel.name, &message.sender_id, &message.chat_id);
+        let verdict = gate::check(channel, &message, approvals);
+        let before = actions.len();
+        match self.access.admit(channel, &message, actions) {
+            pairing::Admit::Go => {}
+            pairing::Admit::Overheard => return self.overhear(message, actions),
+            pairing::Admit::No => {
+                let records = audit::refused(&message, &verdict, actions.get(before..).unwrap_or_default());
+                actions.extend(records);
+                return;
+            }
         }
         if message.is_group && channel.capabilities().addressed_commands && commands::addressed_elsewhere(&message.text)
         {
@@ -380,24 +425,37 @@ impl Core {
         }
         let key = routing::session_key(channel.session_scope, &message);
         let reply = routing::reply_to(&message);
-        if let Some(answer) = permissions::parse_text_answer(&message.text) {
+        actions.push(audit::accepted(&message, &key));
+        // A webhook event is no person: never a command, never an answer to a question.
+        let from_person = message.webhook.is_none();
+        if let Some(answer) = permissions::parse_text_answer(&message.text).filter(|_| from_person) {
             // `/approve` always answers; "yes 3" only when something is pending here.
             if message.text.trim_start().starts_with('/') || self.permissions.pending_in(&reply).next().is_some() {
                 self.answer_permission(&reply, &message.sender_id, &answer, actions);
                 return;
             }
         }
-        if let Some((command, args)) = commands::parse(&message.text) {
+        if let Some((command, args)) = commands::parse(&message.text).filter(|_| from_person) {
             log::info!(target: channel.name.as_str(), "command {command:?} from {} in {} ({key})", message.sender_id, message.chat_id);
             let text = self.run_command(command, args, &key, &message, now, actions);
             actions.push(answer(&reply, text, message.reference().into_iter().collect()));
             return;
         }
         let Some(channel) = self.channels.get(&message.channel) else { return };
-        let body = prompt::message_body(&message);
+        let mut body = prompt::message_body(&message);
         if body.is_empty() {
             log::info!(target: channel.name.as_str(), "ignored an empty message from {}", message.sender_id);
             return;
+        }
+        let limit = if message.is_group { channel.group(&message.chat_id).history_limit } else { 0 };
+        if let Some(history) = self.history.get_mut(&channel.name).filter(|_| limit > 0) {
+            let earlier = history.take(&message.chat_id, message.thread_id.as_deref(), limit);
+            if !earlier.is_empty() {
+                log::info!(target: channel.name.as_str(), "{} earlier group messages go with this one as context", earlier.len());
+                body = format!("{}\n\n{body}", history::context_block(&earlier));
+                let entries = history.entries();
+                actions.push(Action::SaveGroupHistory { channel: channel.name.clone(), entries });
+            }
         }
         let mode = match message.is_group {
             true => channel.group(&message.chat_id).dispatch_mode,
@@ -445,24 +503,61 @@ impl Core {
         }
         session.shared = match channel.session_scope {
             SessionScope::Single => true,
-            SessionScope::Thread => message.is_group,
+            SessionScope::Thread | SessionScope::ChatThread => message.is_group,
             SessionScope::User => false,
         };
         let waiting = Waiting {
             chat: reply.clone(),
             message_ids: message.reference().into_iter().collect(),
             body,
+            images: prompt::images(&message),
             how: Waits::Alone,
-            sender: message.sender_id.clone(),
+            // An event's turn has no sender who alone may answer its permission requests:
+            // anyone the channel's gates admit may.
+            sender: if from_person { message.sender_id.clone() } else { String::new() },
         };
+        // A steer cancels a turn whose answer the page already shows as it streams: say so
+        // where that partial answer stands (it replaces it), not silently.
+        let steered_chat = session
+            .turn
+            .as_ref()
+            .filter(|t| mode == DispatchMode::Steer && t.cancel.is_none() && channel.capabilities().live_drafts)
+            .map(|t| t.chat.clone());
         if session.accept(waiting, mode, now, actions).is_err() {
             log::warn!(target: channel.name.as_str(), "{key}: {MAX_WAITING} messages already wait; refused one");
             actions.push(say(&reply, texts::TOO_MANY.to_string()));
             return;
         }
+        if let Some(chat) = steered_chat {
+            actions.push(say(&chat, texts::STEERED.to_string()));
+        }
         let instructed = session.instructed;
         session.start_next_turn(turn_settings(Some(channel)), now, actions);
         self.records_version += u64::from(session.instructed != instructed);
+    }
+
+    /// A group message from someone allowed that does not address the bot: kept as context
+    /// for the next mention when the group has a `groupHistoryLimit`, else nothing.
+    fn overhear(&mut self, message: InboundMessage, actions: &mut Vec<Action>) {
+        let Some(channel) = self.channels.get(&message.channel) else { return };
+        let limit = channel.group(&message.chat_id).history_limit;
+        if limit == 0 {
+            log::debug!(target: channel.name.as_str(), "dropped message from {} in {}: bot not mentioned (requireMention)", message.sender_id, message.chat_id);
+            return;
+        }
+        let text = prompt::message_body(&message);
+        let entry = history::HistoryEntry {
+            chat_id: message.chat_id.clone(),
+            thread_id: message.thread_id.clone(),
+            sender_id: message.sender_id.clone(),
+            sender_name: message.sender_name.clone(),
+            text,
+            at: message.sent_at_ms.unwrap_or(self.wall_ms),
+        };
+        let history = self.history.entry(channel.name.clone()).or_default();
+        history.record(entry, limit);
+        log::debug!(target: channel.name.as_str(), "kept a message from {} in {} as group history", message.sender_id, message.chat_id);
+        actions.push(Action::SaveGroupHistory { channel: channel.name.clone(), entries: history.entries() });
     }
 
     /// Run a local command for the sender of `message`; returns the reply.
@@ -506,10 +601,19 @@ impl Core {
                 sender_name: &message.sender_name,
                 sender_id: &message.sender_id,
             }),
-            Command::Clear => match self.clear_session(key, actions) {
-                Some(_) => texts::CLEARED.to_string(),
-                None => texts::NOTHING_TO_CLEAR.to_string(),
-            },
+            Command::Clear => {
+                // A fresh start in a group also forgets what was overheard there (as Qwen Code).
+                if let Some(history) = self.history.get_mut(&message.channel).filter(|_| message.is_group)
+                    && !history.take(&message.chat_id, message.thread_id.as_deref(), usize::MAX).is_empty()
+                {
+                    let entries = history.entries();
+                    actions.push(Action::SaveGroupHistory { channel: message.channel.clone(), entries });
+                }
+                match self.clear_session(key, actions) {
+                    Some(_) => texts::CLEARED.to_string(),
+                    None => texts::NOTHING_TO_CLEAR.to_string(),
+                }
+            }
             Command::Cancel => {
                 let Some(session) = self.sessions.get_mut(key) else { return texts::NOTHING_TO_CANCEL.to_string() };
                 let dropped = session.waiting.len();
@@ -657,7 +761,8 @@ impl Core {
                 self.on_permission_request(agent, session_id, request, call, options, now, actions);
             }
             AgentEvent::ToolCall { session_id, call } => self.on_tool_call(&agent, &session_id, call, actions),
-            AgentEvent::Plan { .. } | AgentEvent::Thought { .. } | AgentEvent::ModeChanged { .. } => {}
+            AgentEvent::Plan { session_id, entries } => self.on_plan(&agent, &session_id, &entries, actions),
+            AgentEvent::Thought { .. } | AgentEvent::ModeChanged { .. } => {}
             AgentEvent::Exited { reason } => self.on_agent_exit(&agent, &reason, actions),
         }
     }
@@ -693,10 +798,33 @@ impl Core {
                 interrupted += 1;
                 actions.push(say(&turn.chat, texts::CRASH_RETRY.to_string()));
                 let (chat, message_ids, text, senders) = (turn.chat, turn.message_ids, turn.text, turn.senders);
-                session.retry = Some(Retry { chat, message_ids, text, senders });
+                session.retry = Some(Retry { chat, message_ids, text, images: turn.images, senders });
             }
         }
         log::warn!(target: "core", "agent {agent} stopped ({reason}): {interrupted} turn(s) to retry, {lost} given up");
+    }
+
+    /// The agent crashed too often and tether stops: every conversation on it with a request
+    /// in flight, to retry or waiting is told, instead of waiting for a restart that will not
+    /// come. (Journaled messages stay unanswered in the journal for the next start.)
+    pub fn agent_given_up(&mut self, agent: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut keys: Vec<&SessionKey> =
+            self.sessions.iter().filter(|(_, s)| s.agent == agent).map(|(k, _)| k).collect();
+        keys.sort();
+        for key in keys {
+            let Some(session) = self.sessions.get(key) else { continue };
+            let mut chats = session.chats();
+            if let Some(retry) = &session.retry
+                && !chats.contains(&retry.chat)
+            {
+                chats.push(retry.chat.clone());
+            }
+            for chat in chats {
+                actions.push(say(&chat, texts::AGENT_GAVE_UP.to_string()));
+            }
+        }
+        actions
     }
 
     /// The agent is (back) up: open or restore every session that waits for it.
@@ -734,6 +862,7 @@ impl Core {
         self.evict_idle(now);
         for pending in self.permissions.expire(now) {
             log::info!(target: pending.chat.channel.as_str(), "permission request {} timed out; refused", pending.id);
+            actions.push(audit::timed_out(&pending));
             let request = AgentRequest::AnswerPermission { request: pending.request, outcome: pending.refusal() };
             actions.push(Action::Agent { agent: pending.agent.clone(), request });
             actions.push(settled(&pending, "timed out, refused"));
@@ -816,12 +945,14 @@ impl Core {
                 let outcome = pick(&[PermissionKind::AllowOnce])
                     .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
                 log::info!(target: target, "{key}: tool {:?} allowed by policy (permissions: allow): {outcome:?}", call.title);
+                actions.push(audit::by_policy(&chat, &key, &call, &options, &outcome));
                 actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
             }
             PermissionPolicy::Deny => {
                 let outcome = pick(&[PermissionKind::RejectOnce, PermissionKind::RejectAlways])
                     .map_or(PermissionOutcome::Cancelled, PermissionOutcome::Selected);
                 log::info!(target: target, "{key}: tool {:?} refused by policy (permissions: deny)", call.title);
+                actions.push(audit::by_policy(&chat, &key, &call, &options, &outcome));
                 actions.push(Action::Agent { agent, request: AgentRequest::AnswerPermission { request, outcome } });
             }
             PermissionPolicy::Relay => {
@@ -857,6 +988,7 @@ impl Core {
                     return refuse(agent, actions);
                 };
                 log::info!(target: target, "{key}: asking the chat about tool {:?} (request {})", pending.call.title, pending.id);
+                actions.push(audit::asked(&pending));
                 actions.push(Action::Send(Outbound::Ask {
                     chat,
                     key: pending.message_key(),
@@ -942,6 +1074,36 @@ impl Core {
         }));
     }
 
+    /// The agent's plan, shown as one progress message edited in place (with
+    /// `showToolCalls: brief`, like tool calls).
+    fn on_plan(&mut self, agent: &str, session_id: &str, entries: &[(String, String)], actions: &mut Vec<Action>) {
+        let Some(key) = self.by_session_id.get(&(agent.to_string(), session_id.to_string())) else { return };
+        let Some(session) = self.sessions.get_mut(key) else { return };
+        let Some(turn) = session.turn.as_mut().filter(|t| t.cancel.is_none()) else { return };
+        let brief = self.channels.get(&turn.chat.channel).is_some_and(|c| c.show_tool_calls == ToolCallDisplay::Brief);
+        if !brief || entries.is_empty() {
+            return;
+        }
+        let mut text = "📋 Plan:".to_string();
+        for (entry, status) in entries.iter().take(20) {
+            let mark = match status.as_str() {
+                "completed" => "✅",
+                "in_progress" => "▶️",
+                _ => "▫️",
+            };
+            let entry: String = entry.chars().take(200).collect();
+            text.push_str(&format!("\n{mark} {entry}"));
+        }
+        let chat = turn.chat.clone();
+        let key = format!("plan:{session_id}");
+        if turn.plan_shown {
+            actions.push(Action::Send(Outbound::Edit { chat, key, text }));
+        } else {
+            turn.plan_shown = true;
+            actions.push(Action::Send(Outbound::Ask { chat, key, text, buttons: Vec::new() }));
+        }
+    }
+
     /// Someone pressed a button: the gates apply as to a message, then it answers.
     fn on_button(&mut self, press: ButtonPress, actions: &mut Vec<Action>) {
         let Some(channel) = self.channels.get(&press.channel) else { return };
@@ -964,9 +1126,11 @@ impl Core {
                 text: text.to_string(),
             })
         };
-        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&press.sender_id));
-        if gate::check(channel, &as_message, paired) != gate::Verdict::Pass {
+        let approvals = self.access.approvals(&channel.name, &press.sender_id, &press.chat_id);
+        let verdict = gate::check(channel, &as_message, approvals);
+        if verdict != gate::Verdict::Pass {
             log::info!(target: channel.name.as_str(), "ignored a button press from {}: not allowed by the gates", press.sender_id);
+            actions.extend(audit::refused(&as_message, &verdict, &[]));
             actions.push(ack("Not allowed."));
             return;
         }
@@ -991,6 +1155,7 @@ impl Core {
         match self.permissions.answer(chat, sender, answer) {
             Resolution::Settled { pending, outcome, reply } => {
                 log::info!(target: chat.channel.as_str(), "permission request {} answered by {sender}: {outcome:?}", pending.id);
+                actions.push(audit::answered(&pending, sender, &outcome));
                 let request = AgentRequest::AnswerPermission { request: pending.request, outcome };
                 actions.push(Action::Agent { agent: pending.agent.clone(), request });
                 let outcome_text = reply.trim_end_matches('.').trim_start_matches("Permission ").to_string();
@@ -1127,8 +1292,8 @@ impl Core {
     /// through (checked without side effects: no pairing code goes out for it).
     fn backlog_notice(&mut self, message: InboundMessage, age_ms: u64, actions: &mut Vec<Action>) {
         let Some(channel) = self.channels.get(&message.channel) else { return };
-        let paired = self.access.book(&channel.name).is_some_and(|b| b.is_approved(&message.sender_id));
-        if gate::check(channel, &message, paired) != gate::Verdict::Pass {
+        let approvals = self.access.approvals(&channel.name, &message.sender_id, &message.chat_id);
+        if gate::check(channel, &message, approvals) != gate::Verdict::Pass {
             return; // Settled with the rest of what this event released.
         }
         let max_age = channel.max_backlog_age;
@@ -1152,6 +1317,7 @@ impl Core {
         let sessions = &self.sessions;
         self.by_session_id.retain(|_, key| sessions.contains_key(key));
         self.channels = config.channels.clone();
+        self.audit = config.audit.is_some();
     }
 }
 

@@ -41,9 +41,43 @@ pub struct PairingRequest {
     pub created_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_id: Option<String>,
+    /// What asks to be approved when it is not the sender: a group under
+    /// `groupPolicy: pairing` (Qwen Code's later `subject` field). `None`: the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Subject>,
+}
+
+/// The group a request is for, in Qwen Code's shape `{"type": "group", "id", "name"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    #[serde(rename = "type")]
+    pub kind: SubjectKind,
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectKind {
+    User,
+    Group,
 }
 
 impl PairingRequest {
+    /// The group this request asks approval for, if it is a group's request.
+    pub fn group(&self) -> Option<&str> {
+        self.subject.as_ref().filter(|s| s.kind == SubjectKind::Group).map(|s| s.id.as_str())
+    }
+
+    /// Who or what is to be approved: one live request each.
+    fn asker(&self) -> (bool, &str) {
+        match self.group() {
+            Some(group) => (true, group),
+            None => (false, self.sender_id.as_str()),
+        }
+    }
+
     /// Live: younger than an hour (and not stamped more than an hour ahead, after a clock step).
     pub fn is_live(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.created_at) < CODE_LIFETIME_MS
@@ -97,6 +131,8 @@ pub enum Ask {
 pub struct PairingBook {
     pending: Vec<PairingRequest>,
     approved: Vec<String>,
+    /// Approved group chat ids (`<channel>-groups.json`).
+    approved_groups: Vec<String>,
     /// When the bot last answered each unknown sender (epoch ms); in memory only.
     last_reply: HashMap<String, u64>,
 }
@@ -107,6 +143,62 @@ impl PairingBook {
         let mut book = PairingBook::default();
         book.replace(pending, approved);
         book
+    }
+
+    /// The same book with these approved groups.
+    pub fn with_groups(mut self, groups: Vec<String>) -> PairingBook {
+        self.set_approved_groups(groups);
+        self
+    }
+
+    pub fn approved_groups(&self) -> &[String] {
+        &self.approved_groups
+    }
+
+    pub fn is_group_approved(&self, chat_id: &str) -> bool {
+        self.approved_groups.iter().any(|g| g == chat_id)
+    }
+
+    /// Take the approved groups the file holds (duplicates dropped).
+    pub fn set_approved_groups(&mut self, groups: Vec<String>) {
+        self.approved_groups.clear();
+        for id in groups {
+            if !self.approved_groups.contains(&id) {
+                self.approved_groups.push(id);
+            }
+        }
+    }
+
+    /// A group under `groupPolicy: pairing` was addressed by someone who may use the bot:
+    /// find or make its request. Nothing is ever said in the group: the code is for the
+    /// operator's eyes (log, `tether pairing list`, admin page).
+    pub fn ask_group(
+        &mut self,
+        chat_id: &str,
+        sender_id: &str,
+        sender_name: &str,
+        now_ms: u64,
+        random: &mut dyn FnMut() -> Option<[u8; CODE_LENGTH]>,
+    ) -> Ask {
+        self.drop_expired(now_ms);
+        if let Some(request) = self.pending.iter().find(|r| r.group() == Some(chat_id)) {
+            return Ask::Pending { code: request.code.clone(), remind: false };
+        }
+        if self.pending.len() >= MAX_PENDING {
+            return Ask::Full;
+        }
+        let code = (0..4).find_map(|_| random().map(code_from_bytes).filter(|c| self.find_live(c, now_ms).is_none()));
+        let Some(code) = code else { return Ask::NoEntropy };
+        let request = PairingRequest {
+            sender_id: sender_id.to_string(),
+            sender_name: clean_name(sender_name),
+            code,
+            created_at: now_ms,
+            chat_id: Some(chat_id.to_string()),
+            subject: Some(Subject { kind: SubjectKind::Group, id: chat_id.to_string(), name: clean_name(chat_id) }),
+        };
+        self.pending.push(request.clone());
+        Ask::Created(request)
     }
 
     /// Every request held, expired ones included until the next write drops them.
@@ -146,7 +238,7 @@ impl PairingBook {
         self.drop_expired(now_ms);
         self.last_reply.retain(|_, at| now_ms.saturating_sub(*at) < REPLY_INTERVAL_MS);
         let answered_recently = self.last_reply.contains_key(sender_id);
-        if let Some(request) = self.pending.iter().find(|r| r.sender_id == sender_id) {
+        if let Some(request) = self.pending.iter().find(|r| r.asker() == (false, sender_id)) {
             let code = request.code.clone();
             if !answered_recently {
                 self.last_reply.insert(sender_id.to_string(), now_ms);
@@ -168,6 +260,7 @@ impl PairingBook {
             code,
             created_at: now_ms,
             chat_id: Some(chat_id.to_string()),
+            subject: None,
         };
         self.pending.push(request.clone());
         self.last_reply.insert(sender_id.to_string(), now_ms);
@@ -183,8 +276,11 @@ impl PairingBook {
     /// sender joins the approved list (once). `None` when no live request has that code.
     pub fn approve(&mut self, code: &str, now_ms: u64) -> Option<PairingRequest> {
         let request = self.pending.remove(self.find_live(code, now_ms)?);
-        if !self.is_approved(&request.sender_id) {
-            self.approved.push(request.sender_id.clone());
+        match request.group() {
+            Some(group) if !self.is_group_approved(group) => self.approved_groups.push(group.to_string()),
+            Some(_) => {}
+            None if !self.is_approved(&request.sender_id) => self.approved.push(request.sender_id.clone()),
+            None => {}
         }
         Some(request)
     }
@@ -194,11 +290,13 @@ impl PairingBook {
         Some(self.pending.remove(self.find_live(code, now_ms)?))
     }
 
-    /// Remove a user from the approved list; false when they were not in it.
-    pub fn revoke(&mut self, sender_id: &str) -> bool {
-        let before = self.approved.len();
-        self.approved.retain(|a| a != sender_id);
-        self.approved.len() != before
+    /// Remove a user (or a group: its chat id) from the approved lists; false when neither
+    /// held it.
+    pub fn revoke(&mut self, id: &str) -> bool {
+        let before = self.approved.len() + self.approved_groups.len();
+        self.approved.retain(|a| a != id);
+        self.approved_groups.retain(|g| g != id);
+        self.approved.len() + self.approved_groups.len() != before
     }
 
     /// Add a request made elsewhere (the daemon merging the core's new request into the
@@ -206,7 +304,7 @@ impl PairingBook {
     /// they were sent. True when an older one was replaced.
     pub fn insert(&mut self, request: PairingRequest) -> bool {
         let before = self.pending.len();
-        self.pending.retain(|r| r.sender_id != request.sender_id);
+        self.pending.retain(|r| r.asker() != request.asker());
         let replaced = self.pending.len() != before;
         self.pending.push(request);
         replaced
@@ -221,8 +319,11 @@ impl PairingBook {
             .pending
             .iter()
             .filter(|old| {
-                !pending.iter().any(|r| r.sender_id == old.sender_id && r.code == old.code)
-                    && approved.contains(&old.sender_id)
+                let approved_now = match old.group() {
+                    Some(group) => self.approved_groups.iter().any(|g| g == group),
+                    None => approved.contains(&old.sender_id),
+                };
+                !pending.iter().any(|r| r.asker() == old.asker() && r.code == old.code) && approved_now
             })
             .cloned()
             .collect();
@@ -254,6 +355,28 @@ pub const WELCOME_TEXT: &str = "Hi! You can talk to the agent here: send any mes
 pub const WELCOME_STRANGER: &str = "Hi! This bot answers only people its operator has approved.";
 /// Sent in the chat of a request when the operator approves it.
 pub const PAIRED_TEXT: &str = "You're paired: you can talk to the agent here now. Send any message to start.";
+/// Sent in a group when the operator approves it.
+pub const GROUP_PAIRED_TEXT: &str =
+    "This group is approved: people allowed to use the bot can mention it (or reply to it) to talk to the agent.";
+
+/// What the gates decided about a message, for the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// On to local commands and routing.
+    Go,
+    /// An authorised sender's group message that does not address the bot: context only.
+    Overheard,
+    /// Dropped (any reply is already in the actions).
+    No,
+}
+
+/// A channel's pairing files as read: pending requests, approved users, approved groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessFilesState {
+    pub pending: Vec<PairingRequest>,
+    pub approved: Vec<String>,
+    pub approved_groups: Vec<String>,
+}
 
 /// Randomness for codes; replaceable so tests are deterministic.
 pub struct Entropy(Box<dyn FnMut() -> Option<[u8; CODE_LENGTH]> + Send>);
@@ -304,6 +427,7 @@ impl Access {
         self.wall_ms = epoch_ms;
     }
 
+    #[cfg(test)]
     pub fn book(&self, channel: &str) -> Option<&PairingBook> {
         self.books.get(channel)
     }
@@ -322,23 +446,58 @@ impl Access {
         format!("{policy}{counts}; groups: {}", gate::group_policy_name(channel.group_policy))
     }
 
-    /// Run the gates on a message. True when it goes on to local commands and routing;
-    /// otherwise it is dropped, possibly with a reply (a pairing code, a welcome) in `out`.
-    pub fn admit(&mut self, channel: &ChannelConfig, m: &InboundMessage, out: &mut Vec<Action>) -> bool {
+    /// What the pairing files say about a message's sender and chat.
+    pub fn approvals(&self, channel: &str, sender_id: &str, chat_id: &str) -> gate::Approvals {
+        self.books.get(channel).map_or_else(gate::Approvals::default, |book| gate::Approvals {
+            sender: book.is_approved(sender_id),
+            group: book.is_group_approved(chat_id),
+        })
+    }
+
+    /// Run the gates on a message: whether it goes on to local commands and routing, is
+    /// kept as group context only, or is dropped (possibly with a reply, a pairing code or a
+    /// welcome, in `out`).
+    pub fn admit(&mut self, channel: &ChannelConfig, m: &InboundMessage, out: &mut Vec<Action>) -> Admit {
         let target = channel.name.as_str();
+        let approvals = self.approvals(&channel.name, &m.sender_id, &m.chat_id);
         let book = self.books.entry(channel.name.clone()).or_default();
-        match gate::check(channel, m, book.is_approved(&m.sender_id)) {
+        match gate::check(channel, m, approvals) {
             Verdict::Drop(reason) => {
                 log::info!(target: target, "dropped message from {} in {}: {reason}", m.sender_id, m.chat_id);
-                false
+                Admit::No
             }
+            Verdict::Overheard => Admit::Overheard,
             Verdict::Pass
-                if !m.is_group && channel.capabilities().addressed_commands && gate::is_start_command(&m.text) =>
+                if !m.is_group
+                    && m.webhook.is_none()
+                    && channel.capabilities().addressed_commands
+                    && gate::is_start_command(&m.text) =>
             {
                 out.push(reply(m, WELCOME_TEXT.to_string()));
-                false
+                Admit::No
             }
-            Verdict::Pass => true,
+            Verdict::Pass => Admit::Go,
+            Verdict::PairGroup => {
+                let random = &mut *self.entropy.0;
+                match book.ask_group(&m.chat_id, &m.sender_id, &m.sender_name, self.wall_ms, random) {
+                    Ask::Created(request) => {
+                        // The operator's eyes only: a code in the group would let anyone there use it.
+                        log::warn!(target: target, "group {} asks to use this channel (asked by {} (name {:?})): approve with `tether pairing approve {target} {}` or on the admin page",
+                            clean_name(&m.chat_id), clean_name(&m.sender_id), request.sender_name, request.code);
+                        out.push(Action::SavePairingRequest { channel: channel.name.clone(), request });
+                    }
+                    Ask::Pending { .. } | Ask::Quiet => {
+                        log::info!(target: target, "dropped message from {} in {}: the group's approval is pending", m.sender_id, m.chat_id);
+                    }
+                    Ask::Full => {
+                        log::warn!(target: target, "dropped message in group {}: {MAX_PENDING} pairing requests pending already", m.chat_id);
+                    }
+                    Ask::NoEntropy => {
+                        log::error!(target: target, "cannot make a pairing code for group {}: the system's random source failed", m.chat_id);
+                    }
+                }
+                Admit::No
+            }
             Verdict::Pair => {
                 let start = channel.capabilities().addressed_commands && gate::is_start_command(&m.text);
                 let greeting = if start { WELCOME_STRANGER } else { "" };
@@ -370,43 +529,54 @@ impl Access {
                         log::error!(target: target, "cannot make a pairing code for {}: the system's random source failed", m.sender_id);
                     }
                 }
-                false
+                Admit::No
             }
         }
     }
 
     /// The channel's files changed (or were read at start): take their content and tell
     /// each sender whose request was approved meanwhile.
-    pub fn reload(
-        &mut self,
-        channel: &str,
-        pending: Vec<PairingRequest>,
-        approved: Vec<String>,
-        out: &mut Vec<Action>,
-    ) {
+    pub fn reload(&mut self, channel: &str, files: AccessFilesState, out: &mut Vec<Action>) {
+        let AccessFilesState { pending, approved, approved_groups } = files;
         let book = self.books.entry(channel.to_string()).or_default();
-        let before: Vec<String> = book.approved().to_vec();
+        let before: Vec<String> = book.approved().iter().chain(book.approved_groups()).cloned().collect();
+        book.set_approved_groups(approved_groups);
         let gone: Vec<PairingRequest> = book
             .pending()
             .iter()
-            .filter(|old| !pending.iter().any(|r| r.code == old.code) && !approved.contains(&old.sender_id))
+            .filter(|old| {
+                let approved_now = match old.group() {
+                    Some(group) => book.is_group_approved(group),
+                    None => approved.contains(&old.sender_id),
+                };
+                !pending.iter().any(|r| r.code == old.code) && !approved_now
+            })
             .cloned()
             .collect();
         for request in gone {
             log::info!(target: channel, "pairing request of {} (name {:?}) was denied or expired", clean_name(&request.sender_id), clean_name(&request.sender_name));
         }
         for request in book.replace(pending, approved) {
-            log::info!(target: channel, "{} (name {:?}) was approved", clean_name(&request.sender_id), clean_name(&request.sender_name));
+            let text = match request.group() {
+                Some(group) => {
+                    log::info!(target: channel, "group {} was approved", clean_name(group));
+                    GROUP_PAIRED_TEXT
+                }
+                None => {
+                    log::info!(target: channel, "{} (name {:?}) was approved", clean_name(&request.sender_id), clean_name(&request.sender_name));
+                    PAIRED_TEXT
+                }
+            };
             match request.chat_id {
                 Some(chat_id) => out.push(Action::Send(Outbound::Text {
                     chat: ChatRef { channel: channel.to_string(), chat_id, thread_id: None },
-                    text: PAIRED_TEXT.to_string(),
+                    text: text.to_string(),
                     answers: Vec::new(),
                 })),
                 None => log::info!(target: channel, "no chat known for {}: they were not told", request.sender_id),
             }
         }
-        for gone in before.iter().filter(|id| !book.is_approved(id)) {
+        for gone in before.iter().filter(|id| !book.is_approved(id) && !book.is_group_approved(id)) {
             log::info!(target: channel, "{gone} is no longer approved");
         }
     }
@@ -485,6 +655,7 @@ mod tests {
             code: "ABCDEFGH".into(),
             created_at: T0,
             chat_id: None,
+            subject: None,
         };
         let mut book = PairingBook::new(vec![old], vec![]);
         let mut random = counting();
@@ -518,6 +689,7 @@ mod tests {
             code: "ABCDEFGH".into(),
             created_at,
             chat_id: None,
+            subject: None,
         };
         let cases = [
             (T0, T0, true),
@@ -614,6 +786,7 @@ mod tests {
             code: "ABCDEFGH".into(),
             created_at: T0,
             chat_id: Some("7".into()),
+            subject: None,
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(
@@ -652,6 +825,9 @@ mod core_tests {
             agents: Default::default(),
             channels: [("tg".to_string(), c)].into(),
             env: Default::default(),
+            disabled: Default::default(),
+            allowed_channel_types: None,
+            audit: None,
         };
         let mut core = Core::new(&config);
         let mut n = 0u8;
@@ -703,7 +879,12 @@ mod core_tests {
     }
 
     fn files(pending: Vec<PairingRequest>, approved: &[&str]) -> Event {
-        Event::AccessFiles { channel: "tg".into(), pending, approved: approved.iter().map(|s| s.to_string()).collect() }
+        Event::AccessFiles {
+            channel: "tg".into(),
+            pending,
+            approved: approved.iter().map(|s| s.to_string()).collect(),
+            approved_groups: Vec::new(),
+        }
     }
 
     #[test]
@@ -718,6 +899,7 @@ mod core_tests {
             code: code.into(),
             created_at: T0,
             chat_id: Some("7".into()),
+            subject: None,
         };
         assert_eq!(
             got,
@@ -809,6 +991,7 @@ mod core_tests {
             code: "BBBBBBBB".into(),
             created_at: T0 - HOUR,
             chat_id: None,
+            subject: None,
         };
         let live: Vec<PairingRequest> = core.access.book("tg").unwrap().pending()[1..].to_vec();
         core.handle(files([vec![old], live].concat(), &[]), t);

@@ -33,6 +33,11 @@ pub fn message_body(m: &InboundMessage) -> String {
     parts.join("\n\n")
 }
 
+/// The image files of a message, in order: ACP image blocks when the agent takes images.
+pub fn images(m: &InboundMessage) -> Vec<std::path::PathBuf> {
+    m.attachments.iter().filter(|a| a.kind == AttachmentKind::Image).map(|a| a.path.clone()).collect()
+}
+
 /// `User sent a <type> "<fileName>". It has been saved to: <path>`
 pub fn attachment_line(a: &Attachment) -> String {
     let kind = match a.kind {
@@ -58,6 +63,11 @@ pub fn compose(steer_note: bool, instructions: Option<&str>, body: &str) -> Stri
     }
     parts.push(body);
     parts.join("\n\n")
+}
+
+/// Someone else's text made safe to quote on one line, cut to `max` characters.
+pub fn sanitize_quote_len(text: &str, max: usize) -> String {
+    sanitize_label(text, max)
 }
 
 /// A quoted message made safe to put inside `[Replying to: "…"]`.

@@ -9,6 +9,11 @@ pub fn session_key(scope: SessionScope, m: &InboundMessage) -> SessionKey {
         SessionScope::User => format!("{}:{}:{}", m.channel, m.sender_id, m.chat_id),
         SessionScope::Thread => format!("{}:{}", m.channel, m.thread_id.as_deref().unwrap_or(&m.chat_id)),
         SessionScope::Single => format!("{}:__single__", m.channel),
+        // Thread ids are unique only inside their chat (Telegram numbers topics per group).
+        SessionScope::ChatThread => match &m.thread_id {
+            Some(thread) => format!("{}:{}:{thread}", m.channel, m.chat_id),
+            None => format!("{}:{}", m.channel, m.chat_id),
+        },
     }
 }
 
@@ -36,6 +41,8 @@ mod tests {
             (SessionScope::Thread, &m, "tg:9"),
             (SessionScope::Thread, &no_thread, "tg:-100"),
             (SessionScope::Single, &m, "tg:__single__"),
+            (SessionScope::ChatThread, &m, "tg:-100:9"),
+            (SessionScope::ChatThread, &no_thread, "tg:-100"),
         ];
         for (scope, message, expected) in cases {
             assert_eq!(session_key(scope, message), expected);

@@ -45,6 +45,8 @@ pub struct Waiting {
     pub message_ids: Vec<MessageRef>,
     /// The text for the agent: quote, text, attachment lines (`prompt::message_body`).
     pub body: String,
+    /// Its image files, in order (`prompt::images`).
+    pub images: Vec<PathBuf>,
     pub how: Waits,
     /// Who wrote it: the person whose message starts the work decides its permissions.
     pub sender: String,
@@ -87,6 +89,7 @@ pub struct Turn {
     pub message_ids: Vec<MessageRef>,
     /// The prompt as sent, to send again if the agent crashes during the turn.
     pub text: String,
+    pub images: Vec<PathBuf>,
     /// This is already the second try (after a crash): a second crash gives up.
     pub retried: bool,
     /// The answer so far.
@@ -103,6 +106,8 @@ pub struct Turn {
     pub streamed: bool,
     /// Tool calls shown as status lines (`showToolCalls: "brief"`): (tool call id, title).
     pub tools: Vec<(String, String)>,
+    /// The plan's progress message was sent (later plans edit it).
+    pub plan_shown: bool,
     /// The senders of the messages this turn answers (who may answer its permission requests).
     pub senders: Vec<String>,
     /// Permission requests this turn has asked the chat (a flood is refused past a cap).
@@ -175,6 +180,7 @@ pub struct Retry {
     pub chat: ChatRef,
     pub message_ids: Vec<MessageRef>,
     pub text: String,
+    pub images: Vec<PathBuf>,
     pub senders: Vec<String>,
 }
 
@@ -287,7 +293,7 @@ impl Session {
         if let Some(retry) = self.retry.take() {
             self.instructed = true;
             let started = Started { chat: retry.chat, message_ids: retry.message_ids, senders: retry.senders };
-            self.begin(session_id, started, retry.text, true, settings, now, actions);
+            self.begin(session_id, started, (retry.text, retry.images), true, settings, now, actions);
             return;
         }
         let instructions = settings.instructions;
@@ -302,14 +308,16 @@ impl Session {
         let instructions = if self.instructed { None } else { instructions };
         self.instructed = true;
         let text = prompt::compose(note, instructions, &body);
+        let images = batch.iter().flat_map(|w| w.images.iter().cloned()).collect();
         let mut senders: Vec<String> = Vec::new();
-        for sender in batch.iter().map(|w| &w.sender) {
+        // An event (no sender) leaves the answer to anyone the gates admit.
+        for sender in batch.iter().map(|w| &w.sender).filter(|s| !s.is_empty()) {
             if !senders.contains(sender) {
                 senders.push(sender.clone());
             }
         }
         let message_ids = batch.into_iter().flat_map(|w| w.message_ids).collect();
-        self.begin(session_id, Started { chat, message_ids, senders }, text, false, settings, now, actions);
+        self.begin(session_id, Started { chat, message_ids, senders }, (text, images), false, settings, now, actions);
     }
 
     #[allow(clippy::too_many_arguments)] // The parts of one turn, each from a different place.
@@ -317,7 +325,7 @@ impl Session {
         &mut self,
         session_id: String,
         started: Started,
-        text: String,
+        (text, images): (String, Vec<PathBuf>),
         retried: bool,
         settings: TurnSettings<'_>,
         now: Instant,
@@ -327,12 +335,13 @@ impl Session {
         if settings.typing_refresh.is_some() {
             actions.push(Action::Send(Outbound::Typing { chat: chat.clone() }));
         }
-        let request = AgentRequest::Prompt { session_id, text: text.clone() };
+        let request = AgentRequest::Prompt { session_id, text: text.clone(), images: images.clone() };
         actions.push(Action::Agent { agent: self.agent.clone(), request });
         self.turn = Some(Turn {
             chat,
             message_ids,
             text,
+            images,
             retried,
             answer: String::new(),
             typing: settings.typing_refresh.map(|every| (now + every, every)),
@@ -341,6 +350,7 @@ impl Session {
             stream: settings.block_stream.map(BlockStreamer::new),
             streamed: false,
             tools: Vec::new(),
+            plan_shown: false,
             senders,
             permission_asks: 0,
             draft_sent: None,

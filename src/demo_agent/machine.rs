@@ -40,6 +40,8 @@ pub struct Settings {
     pub fail_init: bool,
     /// Fail `session/new` and `session/load` with "Authentication required".
     pub auth_required: bool,
+    /// Advertise `promptCapabilities.image` and describe the image blocks received.
+    pub images: bool,
 }
 
 /// The demo agent: all sessions, running turns and requests awaiting the client's answer.
@@ -149,6 +151,20 @@ fn short(text: &str, max: usize) -> String {
     let mut cut: String = one_line.chars().take(max).collect();
     cut.push('…');
     cut
+}
+
+/// `[image <mimeType> <n> bytes]` for an image block (`[image <mimeType> undecodable]` when
+/// its data is not base64).
+fn describe_image(block: &Value) -> Option<String> {
+    if block.get("type").and_then(Value::as_str) != Some("image") {
+        return None;
+    }
+    let mime = block.get("mimeType").and_then(Value::as_str).unwrap_or("?");
+    let data = block.get("data").and_then(Value::as_str).unwrap_or_default();
+    Some(match crate::adapters::webchat::decode_base64(data) {
+        Some(bytes) => format!("[image {mime} {} bytes]", bytes.len()),
+        None => format!("[image {mime} undecodable]"),
+    })
 }
 
 fn text_chunk(kind: &str, text: &str) -> Value {
@@ -310,7 +326,7 @@ impl DemoAgent {
                 "protocolVersion": 1,
                 "agentCapabilities": {
                     "loadSession": true,
-                    "promptCapabilities": {"image": false, "audio": false, "embeddedContext": false},
+                    "promptCapabilities": {"image": self.settings.images, "audio": false, "embeddedContext": false},
                 },
                 "agentInfo": {"name": "tether-demo-agent", "version": env!("CARGO_PKG_VERSION")},
                 "authMethods": auth,
@@ -467,6 +483,10 @@ impl DemoAgent {
             .collect::<Vec<_>>()
             .join("\n");
         let words = script::parse_words(&text);
+        // Image blocks are described after the text ("[image image/png 1234 bytes]"), so
+        // the echo shows what arrived, in order.
+        let images: Vec<String> = blocks.iter().filter_map(describe_image).collect();
+        let text = if images.is_empty() { text } else { format!("{text} {}", images.join(" ")) };
         if self.sessions.get(&session_id).is_some_and(|s| s.turn.is_some()) {
             out.log(format!("session {session_id}: a new prompt supersedes the running one"));
             self.end_turn(&session_id, TurnEnd::Superseded, out);

@@ -164,7 +164,7 @@ fn session_new_answers_an_id_then_announces_commands() {
     assert_eq!(update["sessionUpdate"], "available_commands_update");
     let names: Vec<&str> =
         update["availableCommands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["help", "summary", "joke", "model"]);
+    assert_eq!(names, ["help", "words", "summary", "joke", "model"]);
     assert_eq!(h.new_session(), "demo-2");
 }
 
@@ -223,6 +223,21 @@ fn prompt_joins_text_blocks_and_skips_others() {
     let (id, lines) = h.request("session/prompt", json!({"sessionId": session, "prompt": prompt}));
     assert_eq!(text(&lines), "echo: one\ntwo");
     assert_eq!(stop_reason(&lines, id), "end_turn");
+}
+
+#[test]
+fn image_blocks_are_advertised_on_request_and_described_in_the_echo() {
+    let mut h = Harness::with(Settings { images: true, ..Settings::default() });
+    let (id, lines) = h.request("initialize", json!({"protocolVersion": 1}));
+    assert_eq!(result(&lines, id)["agentCapabilities"]["promptCapabilities"]["image"], true);
+    let session = h.new_session();
+    let prompt = json!([
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "mimeType": "image/png", "data": "cG5nIQ=="},
+        {"type": "image", "mimeType": "image/jpeg", "data": "not base64!"},
+    ]);
+    let (_, lines) = h.request("session/prompt", json!({"sessionId": session, "prompt": prompt}));
+    assert_eq!(text(&lines), "echo: what is this? [image image/png 4 bytes] [image image/jpeg undecodable]");
 }
 
 #[test]

@@ -54,6 +54,8 @@ pub struct Words {
     pub huge: bool,
     /// 40,000 one-character chunks as fast as possible (a fast-streaming agent).
     pub flood: bool,
+    /// The prompt is exactly the word `crash` (a sentence that contains it is no crash: it
+    /// ends the agent, so it must not happen by accident).
     pub crash: bool,
     /// Crash unless this very prompt is already in the session's history (so the retry after
     /// a restart answers).
@@ -95,7 +97,7 @@ pub fn parse_words(text: &str) -> Words {
             "ext" => words.ext = true,
             "huge" => words.huge = true,
             "flood" => words.flood = true,
-            "crash" => words.crash = true,
+            "crash" => words.crash = text.trim().eq_ignore_ascii_case("crash"),
             "crashonce" => words.crash_once = true,
             "hang" => words.hang = true,
             other => {
@@ -172,6 +174,10 @@ pub const TOUCH_TITLE: &str = "touch demo.txt";
 
 /// The steps of a turn (a prompt with `error` never gets here: it is answered at once).
 pub fn plan_turn(words: &Words, ctx: &TurnContext) -> Vec<Step> {
+    let seen_before = ctx.history.iter().any(|e| e.role == Role::User && e.text == ctx.prompt_text);
+    // The client's retry of the turn that crashed: the history ends with this prompt,
+    // unanswered. One `crash` message is one crash, not two.
+    let retry = ctx.history.last().is_some_and(|e| e.role == Role::User && e.text == ctx.prompt_text);
     let mut steps = Vec::new();
     if words.tools {
         steps.extend(tools_updates(ctx));
@@ -205,14 +211,13 @@ pub fn plan_turn(words: &Words, ctx: &TurnContext) -> Vec<Step> {
         steps.push(Step::Break);
         let ticks = (0..TICKS).map(|i| format!("tick {i} ")).collect();
         steps.extend(paced(ticks, tick));
-    } else if !words.replaces_echo() {
+    } else if !words.replaces_echo() || (words.crash && retry) {
         let text = command_answer(ctx.prompt_text, ctx.history, ctx.model)
             .unwrap_or_else(|| format!("echo: {}", ctx.prompt_text));
         steps.push(Step::Break);
         steps.extend(paced(split_even(&text, ECHO_CHUNKS), ctx.chunk_delay));
     }
-    let seen_before = ctx.history.iter().any(|e| e.role == Role::User && e.text == ctx.prompt_text);
-    if words.crash || (words.crash_once && !seen_before) {
+    if (words.crash && !retry) || (words.crash_once && !seen_before) {
         steps.push(Step::Break);
         steps.push(Step::Text("about to crash".to_string()));
         steps.push(Step::Crash);
@@ -363,6 +368,7 @@ pub fn ext_steps(error_code: Option<i64>) -> Vec<Step> {
 pub fn available_commands() -> Value {
     json!([
         {"name": "help", "description": "List the words that script the demo agent", "input": null},
+        {"name": "words", "description": "Words that script me, anywhere in a message: slow, long, empty, error, refuse, maxtokens, permission, tools, ext, huge, hang; crash alone", "input": null},
         {"name": "summary", "description": "Summarise this session's earlier prompts", "input": null},
         {"name": "joke", "description": "Tell a short programming joke", "input": null},
         {"name": "model", "description": "Say which model answers this session", "input": null},
@@ -374,7 +380,7 @@ pub fn command_answer(prompt_text: &str, history: &[Entry], model: &str) -> Opti
     let command = prompt_text.split_whitespace().next()?;
     match command.to_lowercase().as_str() {
         "/model" => Some(format!("model: {model}")),
-        "/help" => Some(CHAT_HELP.to_string()),
+        "/help" | "/words" => Some(CHAT_HELP.to_string()),
         "/joke" => Some(JOKE.to_string()),
         "/summary" => {
             let prompts: Vec<&str> = history.iter().filter(|e| e.role == Role::User).map(|e| e.text.as_str()).collect();
@@ -441,7 +447,9 @@ mod tests {
             ("slow=99999999", Words { slow: slow(60_000), ..Words::default() }),
             ("slow=abc", Words::default()),
             ("slowly longer errors", Words::default()),
-            ("an error, then crash!", Words { error: true, crash: true, ..Words::default() }),
+            ("an error, then crash!", Words { error: true, ..Words::default() }),
+            (" Crash ", Words { crash: true, ..Words::default() }),
+            ("crash the car", Words::default()),
             ("Permission\ntools", Words { permission: true, tools: true, ..Words::default() }),
             ("(ext) huge-hang", Words { ext: true, huge: true, hang: true, ..Words::default() }),
             (
@@ -494,6 +502,26 @@ mod tests {
         assert_eq!(texts(&steps), want);
         let pauses = steps.iter().filter(|s| **s == Step::Pause(Duration::from_millis(25)));
         assert_eq!(pauses.count(), 9);
+    }
+
+    #[test]
+    fn one_crash_message_crashes_once_and_its_retry_is_answered() {
+        let user = |t: &str| Entry { role: Role::User, text: t.into() };
+        let agent = |t: &str| Entry { role: Role::Agent, text: t.into() };
+        let words = parse_words("crash");
+        // First time, and again after an answered `crash` (a new message, not a retry).
+        for history in [vec![], vec![user("crash"), agent("echo: crash")], vec![user("hi"), agent("echo: hi")]] {
+            let steps = plan_turn(&words, &ctx("crash", &history));
+            assert_eq!(steps.last(), Some(&Step::Crash), "{history:?}");
+        }
+        // The retry of the turn that crashed (the history ends with it, unanswered).
+        let history = vec![user("hi"), agent("echo: hi"), user("crash")];
+        let steps = plan_turn(&words, &ctx("crash", &history));
+        assert_eq!(texts(&steps), "echo: crash");
+        assert_eq!(steps.last(), Some(&Step::Finish(StopReason::EndTurn)));
+        // A sentence with the word is an ordinary prompt.
+        let steps = plan_turn(&parse_words("do not crash please"), &ctx("do not crash please", &[]));
+        assert_eq!(texts(&steps), "echo: do not crash please");
     }
 
     #[test]

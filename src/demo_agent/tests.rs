@@ -36,6 +36,7 @@ fn command_line() {
                 ..Settings::default()
             }),
         ),
+        (args(&["--images"]), None, run(Settings { images: true, ..Settings::default() })),
         (args(&["--exit-at-start"]), None, Ok(Command::Run { settings: Settings::default(), exit_at_start: true })),
         (args(&["--chunk-delay", "soon"]), None, Err(())),
         (args(&["--state"]), None, Err(())),
@@ -112,7 +113,7 @@ fn serve_runs_a_crash_script_and_exits_3_without_answering() {
         request(1, "initialize", json!({"protocolVersion": 1})),
         request(2, "session/new", json!({"cwd": "/ws", "mcpServers": []})),
         prompt(3, "demo-1", "hello"),
-        prompt(4, "demo-1", "now crash"),
+        prompt(4, "demo-1", "crash"),
         prompt(5, "demo-1", "never read"),
     ]
     .concat();

@@ -6,7 +6,8 @@ use super::script::HUGE_CHARS;
 /// What `/help` answers in the chat.
 pub const CHAT_HELP: &str = "I am tether's demo agent: I echo what you write. \
 Words in a prompt change what I do: slow (or slow=MS), long, empty, error, refuse, maxtokens, \
-permission, tools, ext, huge, crash, hang. Commands: /help, /summary, /joke.";
+permission, tools, ext, huge, hang; crash (alone: it stops me, and the retry is answered). \
+Commands: /words, /summary, /joke.";
 
 pub const JOKE: &str = "Why do programmers mix up Halloween and Christmas? Because Oct 31 == Dec 25.";
 

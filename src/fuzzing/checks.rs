@@ -104,8 +104,28 @@ pub fn fences_closed(chunk: &str) -> bool {
 /// repair (and cut such a fence like plain text) when its marker lines would take more than
 /// half the limit (`reopen + close + 2 > limit / 2`), e.g. an opener line with a huge info
 /// string. Only sources without such a fence promise closed fences in every chunk.
+///
+/// Likewise a run of backticks or tildes of half the limit or more (no cut can keep both halves
+/// of its line from reading as a fence line), and a line that starts like a fence and is too
+/// long to reopen: the chunkers cut those like plain text too.
 pub fn fences_repairable(source: &str, limit: usize, len: impl Fn(&str) -> usize) -> bool {
-    fence_regions(source, true).iter().all(|r| len(&r.reopen) + len(&r.close) + 2 <= limit / 2)
+    let mut run = (' ', 0usize);
+    let mut longest = 0;
+    for c in source.chars() {
+        run = if c == run.0 { (c, run.1 + 1) } else { (c, 1) };
+        if matches!(c, '`' | '~') {
+            longest = longest.max(run.1);
+        }
+    }
+    // A line that starts like a fence and is too long to reopen: each of its prefixes can read
+    // as such an opener to a chunker that has not seen the rest of the line yet.
+    let long_marker_line = source.lines().any(|line| {
+        let body = line.trim_start_matches([' ', '\t']);
+        (body.starts_with("```") || body.starts_with("~~~")) && len(line.trim_end()) + 3 + 2 > limit / 2
+    });
+    longest < limit / 2
+        && !long_marker_line
+        && fence_regions(source, true).iter().all(|r| len(&r.reopen) + len(&r.close) + 2 <= limit / 2)
 }
 
 /// Whether `inner`'s characters all appear in `outer`, in order (nothing of `inner` lost).

@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ws_frames", ws_frames),
     ("weixin_update", weixin_update),
     ("dingtalk_frame", dingtalk_frame),
+    ("plugin_input", plugin_input),
 ];
 
 /// The bot of the Telegram target.
@@ -95,6 +96,11 @@ pub fn telegram_update(data: &[u8]) {
     }
     assert!(messages[0].is_mentioned && messages[1].is_mentioned && messages[2].is_mentioned);
     assert_eq!(wire::parse_button_presses(&result, "fuzz").len(), 1);
+    // The same batch as Telegram's reply, with half an emoji (a lone surrogate: valid JSON that
+    // serde_json refuses) in the first text: still one batch, nothing skipped.
+    let body = json!({"ok": true, "result": result}).to_string().replacen(r#""text":""#, r#""text":"\ud83d"#, 1);
+    let Ok(reply) = wire::parse_reply(200, &body) else { panic!("a lone surrogate made the batch undecodable") };
+    assert_eq!(wire::parse_updates(&reply, "fuzz", &bot).1.len(), 3);
     assert_eq!(contained_panics(), panics, "a decoder panicked (contained in production; a bug all the same)");
 }
 
@@ -136,7 +142,7 @@ fn core_request(command: &str) -> AgentRequest {
     let cwd = Path::new("/fuzz").to_path_buf();
     match verb {
         "load" => AgentRequest::LoadSession { key: "k".into(), session_id: first, cwd, model: Some(rest) },
-        "prompt" => AgentRequest::Prompt { session_id: first, text: rest },
+        "prompt" => AgentRequest::Prompt { session_id: first, text: rest, images: Vec::new() },
         "cancel" => AgentRequest::Cancel { session_id: first },
         "allow" | "deny" => AgentRequest::AnswerPermission {
             request: first.parse().unwrap_or(0),
@@ -240,8 +246,9 @@ pub fn markdown(data: &[u8]) {
 pub fn streamer(data: &[u8]) {
     let (k0, k1, text) = knobs(data);
     let (min, max) = (20 + k0 % 100, 120 + k1);
-    let mut streamer =
-        BlockStreamer::new(BlockStreamConfig { min_chars: min, max_chars: max, idle: Duration::from_millis(50) });
+    // Half the inputs without idle flushes, so the stricter checks below run on them.
+    let idle = Duration::from_millis(if k1 % 2 == 1 { 50 } else { 0 });
+    let mut streamer = BlockStreamer::new(BlockStreamConfig { min_chars: min, max_chars: max, idle });
     let t0 = Instant::now();
     let chars: Vec<char> = text.chars().collect();
     // Each block, and whether it starts mid-line in the text: after an idle flush (§6.2 sends
@@ -274,20 +281,22 @@ pub fn streamer(data: &[u8]) {
     keep(starts_mid_line(&fed, &streamer), streamer.finish());
     let unclosed_source = !fences_closed(&text);
     let repairable = fences_repairable(&text, max, |s| s.encode_utf16().count());
-    // A block that starts mid-line can open a fence the text never had (the text went on with
-    // "```x" after an idle flush): accepted, rare and cosmetic; then only no-loss is checked.
-    let mut invented_any = false;
+    // After an idle flush that ends mid-line (§6.2 sends the whole buffer), the next block
+    // starts mid-line: the streamer then reads that first fragment as no fence line (it is
+    // none in the text), while the block, shown from a line start, may open a fence there. From
+    // that block on, only sizes and no-loss are checked: the fences are right as the streamer
+    // reads the text, not necessarily as a reader of each block would.
+    let mut in_step = true;
     for (k, (block, mid_line)) in blocks.iter().enumerate() {
         assert!(block.encode_utf16().count() <= max, "block over {max}: {block:?}");
         assert!(!block.trim().is_empty(), "blank block");
-        let invented = *mid_line && block.lines().next().and_then(render::FenceOpen::parse).is_some();
-        invented_any |= invented;
-        if repairable && !invented && !(k + 1 == blocks.len() && unclosed_source) {
+        in_step &= !*mid_line;
+        if repairable && in_step && !(k + 1 == blocks.len() && unclosed_source) {
             assert!(fences_closed(block), "open fence in {block:?}");
         }
     }
     let blocks: Vec<String> = blocks.into_iter().map(|(block, _)| block).collect();
-    let repairable = repairable && !invented_any;
+    let repairable = repairable && in_step;
     if repairable {
         assert_eq!(
             content_without_fence_lines(&blocks.join("\n")),
@@ -500,6 +509,63 @@ pub fn dingtalk_frame(data: &[u8]) {
         assert!(!first || !dedup.first_time(id, n as u64), "an id is taken once");
     }
     assert!(dedup.remembered() <= 8);
+    assert_eq!(contained_panics(), panics);
+}
+
+/// Exec adapters and webhooks: the bytes as what an adapter writes on its stdout (lines
+/// through the bounded reader, each decoded), and as a webhook request's body (signed, then
+/// replayed) and as a prompt template. No decoder panics; lines stay within their bound and
+/// hold no newline; a message belongs to the exec channel, never carries the webhook mark,
+/// and its ids are bounded; a signed body is accepted once and its replay refused; the
+/// payload is cut within its bound; templates fill without panicking.
+pub fn plugin_input(data: &[u8]) {
+    use crate::adapters::exec::protocol::{self, FromAdapter, Line, LineReader};
+    use crate::adapters::webhook::intake::{self, Auth, Delivery, Intake, Refusal, Source};
+    let panics = contained_panics();
+    let mut reader = LineReader::new(std::io::BufReader::with_capacity(16, data), 64);
+    let mut seen = 0usize;
+    while let Ok(Some(line)) = reader.next_line() {
+        seen += 1;
+        assert!(seen <= data.len() + 1, "more lines than bytes");
+        let Line::Text(bytes) = line else { continue };
+        assert!(bytes.len() <= 64 && !bytes.contains(&b'\n'), "{bytes:?}");
+    }
+    if let Ok(FromAdapter::Message(m)) = protocol::decode(data, "fuzz") {
+        assert_eq!(m.channel, "fuzz");
+        assert!(m.webhook.is_none(), "an adapter can never mark a message as a webhook event");
+        for id in
+            [Some(&m.chat_id), Some(&m.sender_id), m.message_id.as_ref(), m.thread_id.as_ref()].into_iter().flatten()
+        {
+            assert!(id.chars().count() <= 256, "{id:?}");
+        }
+        assert!(!m.chat_id.is_empty() && !m.sender_id.is_empty());
+        assert!(m.attachments.iter().all(|a| a.path.is_absolute()));
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = intake::fill(&text, "src", "ev", &text);
+    let payload = intake::payload_text(data);
+    assert!(payload.chars().count() <= intake::MAX_PAYLOAD_CHARS + 80, "the payload is cut");
+    let source = Source {
+        name: "ci".into(),
+        secret: "fuzz-secret-0123456789".into(),
+        auth: Auth::HmacSha256,
+        target: crate::event::ChatRef { channel: "phone".into(), chat_id: "1".into(), thread_id: None },
+        template: text.to_string(),
+        session: "ci".into(),
+    };
+    let mut intake = Intake::new(vec![source]);
+    let signature = intake::sign("fuzz-secret-0123456789", None, data);
+    let header = |name: &str| match name {
+        intake::SIGNATURE_HEADER => Some(signature.clone()),
+        "X-GitHub-Event" => Some(text.to_string()),
+        _ => None,
+    };
+    let delivery = Delivery { source: "ci", header: &header, body: data };
+    let now = Instant::now();
+    let message =
+        intake.judge(&delivery, 1_767_000_000, now).unwrap_or_else(|e| panic!("a signed body is refused: {e:?}"));
+    assert_eq!((message.channel.as_str(), message.webhook.as_deref()), ("phone", Some("ci")));
+    assert_eq!(intake.judge(&delivery, 1_767_000_000, now).map(|_| ()), Err(Refusal::Replayed));
     assert_eq!(contained_panics(), panics);
 }
 

@@ -3,7 +3,7 @@
 //! (a fence cut in two is closed at the end of one chunk and reopened in the next).
 
 use super::html::{is_joiner, split_html};
-use super::markdown::{CutAt, FenceRegion, classify_cut, fence_regions, invents_fence, normalize_newlines};
+use super::markdown::{CutAt, FenceRegion, classify_cut, fence_regions, normalize_newlines, reads_as_fence_line};
 use super::plain::plain_text;
 use super::telegram::telegram_html;
 
@@ -92,6 +92,8 @@ struct Text<'a> {
     bytes: Vec<usize>,
     /// Units before each character, plus the total.
     cum: Vec<usize>,
+    /// The index of the first character of each character's line.
+    line_start: Vec<usize>,
     regions: Vec<FenceRegion>,
 }
 
@@ -103,6 +105,24 @@ impl Text<'_> {
     fn slice(&self, from: usize, to: usize) -> &str {
         #[allow(clippy::string_slice)] // `bytes` holds the char boundaries of `text` (char_indices).
         &self.text[self.bytes[from]..self.bytes[to]]
+    }
+
+    /// Whether ending the chunk that starts at `start` at `end`, and starting the next at
+    /// `next`, cuts a line so that either half reads as a fence line (see
+    /// [`reads_as_fence_line`]).
+    fn cuts_into_fence_line(&self, start: usize, end: usize, next: usize, at: CutAt) -> bool {
+        // A cut whose next chunk starts right after a newline ends its line: nothing is cut.
+        if !(end > 0 && next > 0 && next < self.chars.len() && self.chars[next - 1] != '\n') {
+            return false;
+        }
+        let inside = match at {
+            CutAt::InFence(i) => self.regions.get(i),
+            _ => None,
+        };
+        let rest = self.text.get(self.bytes[next]..).unwrap_or_default();
+        // The chunk's last line, from the line's start or the chunk's, if later.
+        let head = self.slice(self.line_start[end - 1].max(start), end);
+        reads_as_fence_line(rest, inside) || reads_as_fence_line(head, inside)
     }
 
     fn classify(&self, end: usize, next: usize) -> CutAt {
@@ -129,7 +149,15 @@ fn chunk_text(text: &str, limit: usize, units: Units, fence_aware: bool) -> Vec<
     let mut regions = if fence_aware { fence_regions(text, true) } else { Vec::new() };
     // A fence whose own marker lines eat most of the limit cannot be reopened usefully.
     regions.retain(|r| units.len(&r.reopen) + units.len(&r.close) + 2 <= limit / 2);
-    let t = Text { text, chars, bytes, cum, regions };
+    let mut line_start = Vec::with_capacity(chars.len());
+    let mut current = 0;
+    for (i, c) in chars.iter().enumerate() {
+        line_start.push(current);
+        if *c == '\n' {
+            current = i + 1;
+        }
+    }
+    let t = Text { text, chars, bytes, cum, line_start, regions };
     let n = t.chars.len();
 
     let mut chunks = Vec::new();
@@ -218,7 +246,7 @@ fn choose_cut(
             return;
         }
         let at = t.classify(end, next);
-        if at == CutAt::Invalid || !fits(end, at) || invents_fence(t.text, t.bytes[next]) {
+        if at == CutAt::Invalid || !fits(end, at) || t.cuts_into_fence_line(start, end, next, at) {
             return;
         }
         // A blank line inside code is only a line break.
@@ -289,7 +317,7 @@ fn choose_cut(
             continue;
         }
         let at = t.classify(end, end);
-        if at != CutAt::Invalid && fits(end, at) && !invents_fence(t.text, t.bytes[end]) {
+        if at != CutAt::Invalid && fits(end, at) && !t.cuts_into_fence_line(start, end, end, at) {
             return Cut { end, next: end, at };
         }
     }
@@ -310,6 +338,13 @@ mod tests {
             for chunk in chunk_markdown(&text, limit, Units::Chars) {
                 let first = chunk.lines().next().unwrap_or_default();
                 assert!(crate::render::FenceOpen::parse(first).is_none(), "{limit}: {chunk:?}");
+            }
+        }
+        // Nor end a chunk with half a line that reads as a fence ("````a``b" is none; "````a" is).
+        let text = format!("intro\n````abc``def {} ````abc``{}", "w ".repeat(40), "d".repeat(100));
+        for limit in 5..80 {
+            for chunk in chunk_markdown(&text, limit, Units::Chars) {
+                assert!(crate::fuzzing::checks::fences_closed(&chunk), "{limit}: {chunk:?}");
             }
         }
     }

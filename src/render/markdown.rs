@@ -74,19 +74,20 @@ impl FenceOpen {
     }
 }
 
-/// Whether cutting `text` at byte `at`, in the middle of a line, would start the next message
-/// with what reads as a fence line (a cut just before a mid-line "```x"): each message is
-/// rendered from a line start, so the cut would invent a code block. Chunkers skip such cuts.
-pub(crate) fn invents_fence(text: &str, at: usize) -> bool {
-    let Some(rest) = text.get(at..) else { return false };
-    if at == 0 || text.as_bytes().get(at - 1) == Some(&b'\n') {
-        return false;
-    }
-    let body = rest.trim_start_matches([' ', '\t']);
+/// Whether `part`, half of a line cut in its middle (only its first line counts), reads as
+/// a fence line that changes a chunk: outside a fence, an opener (the chunk would open a code
+/// block the text never had); inside fence `inside`, its closer (the block would end early).
+/// Each chunk is rendered from a line start, so chunkers must not cut a line like that.
+pub(crate) fn reads_as_fence_line(part: &str, inside: Option<&FenceRegion>) -> bool {
+    let body = part.trim_start_matches([' ', '\t']);
     if !(body.starts_with("```") || body.starts_with("~~~")) {
         return false;
     }
-    FenceOpen::parse(rest.split('\n').next().unwrap_or_default()).is_some()
+    let line = part.split('\n').next().unwrap_or_default();
+    match inside {
+        None => FenceOpen::parse(line).is_some(),
+        Some(region) => FenceOpen::parse(&region.reopen).is_some_and(|open| open.is_closed_by(line)),
+    }
 }
 
 /// Where one fenced block sits in a text, as byte offsets.

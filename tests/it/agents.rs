@@ -108,7 +108,8 @@ fn an_agent_that_keeps_crashing_stops_the_service_with_status_1() {
     let mut service = Service::start(&home, &[]);
     let mut exited = None;
     for n in 0..6 {
-        fake.send_dm(111, &format!("crash number {n}"));
+        let _ = n;
+        fake.send_dm(111, "crash");
         exited = service.wait_exit(Duration::from_secs(8));
         if exited.is_some() {
             break;
@@ -116,6 +117,12 @@ fn an_agent_that_keeps_crashing_stops_the_service_with_status_1() {
     }
     assert_eq!(exited, Some(1), "log:\n{}", service.log());
     assert!(service.log().contains("crashed 4 times within 300 s"), "{}", service.log());
+    // The sender told "being restarted" is told it will not be, before tether stops.
+    let texts = fake.texts_to(111);
+    assert!(
+        texts.last().is_some_and(|t| t.starts_with("The agent crashed too often, so tether has stopped")),
+        "{texts:?}"
+    );
 }
 
 /// The demo agent keeping its sessions in `dir`, so a restarted one can `session/load` them.
@@ -244,6 +251,31 @@ fn conversations_survive_a_restart_of_tether() {
     assert!(wait_until(Duration::from_secs(10), || {
         std::fs::read_to_string(home.path().join("sessions.json")).is_ok_and(|t| t.trim() == "{}")
     }));
+}
+
+/// The demo agent's `crash` (as `tether demo` runs it, with its sessions kept): one message
+/// is one crash, its retry is answered, and two such messages do not reach the give-up limit.
+#[test]
+fn two_crash_messages_crash_twice_and_both_are_answered() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("twocrashes");
+    let state = home.path().join("agent-state");
+    home.write_config(
+        &json!({"agent": stateful_demo_agent(&state), "channels": {"phone": telegram(&fake, json!({}))}}),
+    );
+    let mut service = Service::start(&home, &[]);
+    for _ in 0..2 {
+        fake.send_dm(111, "crash");
+        let notice = fake.next_text_to(111, WAIT).unwrap_or_default();
+        assert!(notice.contains("being restarted"), "{notice}\nlog:\n{}", service.log());
+        assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: crash"), "log:\n{}", service.log());
+    }
+    // A sentence with the word is no crash.
+    fake.send_dm(111, "please do not crash");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: please do not crash"));
+    assert_eq!(service.exited(), None, "log:\n{}", service.log());
+    let log = service.log();
+    assert!(log.contains("crash 2 of 3 allowed") && !log.contains("crash 3 of 3"), "{log}");
 }
 
 #[test]

@@ -138,6 +138,7 @@ fn help_lists_the_agents_commands_and_agent_commands_go_through() {
     assert!(
         help.contains(
             "Agent commands (forwarded to the agent):\n\
+             /words — Words that script me, anywhere in a message: slow, long, empty, error, refuse, maxtokens, permission, tools, ext, huge, hang; crash alone\n\
              /summary — Summarise this session's earlier prompts\n\
              /joke — Tell a short programming joke\n"
         ),

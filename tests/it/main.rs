@@ -3,12 +3,16 @@
 
 mod access;
 mod agents;
+mod audit;
 mod cli;
 mod conversations;
 mod dingtalk;
 mod discord;
 mod discord_gateway;
+mod media;
 mod permissions;
+mod plugins;
+mod qwen_keys;
 mod replies;
 mod seam;
 mod service;
@@ -16,4 +20,5 @@ mod support;
 mod telegram;
 mod tidy;
 mod webchat;
+mod webhooks;
 mod weixin;

@@ -108,6 +108,20 @@ fn a_strangers_poisoned_mention_does_not_deafen_the_bot_also_after_a_restart() {
 }
 
 #[test]
+fn a_lone_surrogate_in_a_strangers_message_does_not_deafen_the_bot() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("surrogate");
+    home.write_config(&config(&fake, demo_agent(), json!({})));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("connected as @", WAIT), "log:\n{}", service.log());
+    // Half an emoji: JSON allows it, serde_json refuses it, and it came in the same batch.
+    fake.push_raw_message(999, r"broken \ud83d emoji");
+    fake.send_dm(111, "still listening?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: still listening?"), "log:\n{}", service.log());
+    assert!(wait_until(WAIT, || fake.unconfirmed() == 0), "log:\n{}", service.log());
+}
+
+#[test]
 fn platform_faults_are_survived_and_the_next_message_is_answered() {
     let fake = FakeTelegram::start();
     let home = TempDir::new("faults");
@@ -151,6 +165,10 @@ fn agent_that_dies_at_start_gives_a_clear_error() {
     let log = service.log();
     assert!(log.contains("failed to start: it exited with status 3"), "{log}");
     assert!(log.contains("model weights missing"), "{log}");
+    // The agent's stderr line is logged once (not again as a "last stderr" tail), and so is
+    // the error.
+    assert_eq!(log.matches("model weights missing\n").count(), 1, "{log}");
+    assert_eq!(log.matches("failed to start: it exited with status 3").count(), 1, "{log}");
 }
 
 #[test]
@@ -160,5 +178,6 @@ fn agent_command_not_found_says_so() {
     home.write_config(&config(&fake, json!({"command": "/nonexistent/qwen", "args": ["--acp"]}), json!({})));
     let mut service = Service::start(&home, &[]);
     assert_eq!(service.wait_exit(WAIT), Some(1));
-    assert!(service.log().contains("cannot start agent \"default\" (`/nonexistent/qwen --acp`)"), "{}", service.log());
+    // Refused before any platform is contacted, as `tether check` refuses it.
+    assert!(service.log().contains("agent.command: `/nonexistent/qwen` is not a file"), "{}", service.log());
 }

@@ -74,6 +74,8 @@ impl Courier for DingTalkCourier {
 
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         match call {
+            // Not queued: this courier has no `files()`, so markers stay in the text.
+            Call::SendFile { .. } => Err(Failure::Rejected("DingTalk file uploads go through Call::Send".into())),
             Call::Typing(chat) => self.react(chat).map(|()| None),
             // No buttons to answer.
             Call::Ack { .. } => Ok(None),

@@ -281,6 +281,7 @@ pub fn parse_robot_message(data: &str, channel: &str) -> Result<RobotMessage, St
         quoted_text,
         attachments: Vec::new(),
         sent_at_ms: v.get("createAt").and_then(Value::as_u64),
+        webhook: None,
     };
     let route = Route {
         webhook: text_of(&v, "sessionWebhook"),

@@ -48,6 +48,8 @@ impl Courier for DiscordCourier {
 
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         match call {
+            // Not queued: this courier has no `files()`, so markers stay in the text.
+            Call::SendFile { .. } => Err(Failure::Rejected("Discord file uploads are not implemented yet".into())),
             Call::Typing(chat) => self.rest.typing(target(chat)).map(|()| None).map_err(failure),
             Call::Ack { callback_id, text } => {
                 let Some((id, token)) = wire::split_callback_id(callback_id) else {

@@ -208,6 +208,7 @@ pub fn parse_message(d: &Value, channel: &str, bot_id: &str, own: &dyn OwnMessag
         quoted_text: referenced.and_then(|r| r.get("content")).and_then(Value::as_str).map(str::to_string),
         attachments: Vec::new(),
         sent_at_ms: snowflake_ms(&message_id),
+        webhook: None,
     };
     let guild_id = d.get("guild_id").and_then(Value::as_str).map(str::to_string);
     Some(Incoming { message, in_thread, guild_id, channel_type, attachments })

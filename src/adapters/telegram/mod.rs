@@ -7,7 +7,12 @@
 //! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`. The
 //! sender marks a message answered in the journal once every part of its answer is delivered.
 //! The poller reports to the channel's health [`Probe`]; a rejected token (401) parks it.
+//!
+//! Files (photos, documents, voice, audio, video) are fetched by the poll thread between
+//! decoding and journaling, within a time budget per batch (`inbound.rs`), so a journaled
+//! message carries its files' paths; a sweeper thread deletes them after `mediaRetention`.
 
+mod inbound;
 mod send;
 pub mod wire;
 
@@ -18,6 +23,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::{Value, json};
 
+use crate::adapters::uploads::{self, OutboundFiles};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
@@ -25,13 +31,16 @@ use crate::error::Error;
 use crate::event::Inbound;
 use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
-use crate::net::http::HttpClient;
+use crate::media::{self, MediaLimits};
+use crate::net::http::{HttpClient, Method};
 use wire::{BotIdentity, Failure};
 
 /// How long Telegram holds a `getUpdates` call open when there is nothing new.
 const POLL_HOLD: Duration = Duration::from_secs(30);
 /// Our side waits this much longer than the hold before calling the poll dead.
 const POLL_MARGIN: Duration = Duration::from_secs(10);
+/// Largest Bot API answer read (an upload's answer is small).
+const REPLY_LIMIT: u64 = 1024 * 1024;
 /// How often a parked channel looks whether it was asked to stop.
 const PARKED_CHECK: Duration = Duration::from_secs(60);
 
@@ -41,6 +50,8 @@ struct Api {
     http: HttpClient,
     /// `{apiBase}/bot{token}`: never logged.
     base: String,
+    /// `{apiBase}/file/bot{token}`, where `getFile`'s paths are downloaded: never logged.
+    file_base: String,
     channel: String,
 }
 
@@ -52,6 +63,26 @@ impl Api {
             Err(e) => Err(Failure::Transient(e.to_string())),
         }
     }
+
+    /// A multipart upload (`sendPhoto`, `sendDocument`).
+    fn upload(&self, method: &str, content_type: &str, body: &[u8], timeout: Duration) -> Result<Value, Failure> {
+        let url = format!("{}/{method}", self.base);
+        let headers = [("Content-Type", content_type.to_string())];
+        match self.http.exchange(Method::Post, &url, &headers, body, timeout, REPLY_LIMIT) {
+            Ok(reply) => wire::parse_reply(reply.status, &reply.text()),
+            Err(e) => Err(Failure::Transient(e.to_string())),
+        }
+    }
+
+    /// The bytes of a file `getFile` located, refusing more than `limit` bytes.
+    fn download(&self, file_path: &str, limit: u64, timeout: Duration) -> Result<Vec<u8>, String> {
+        let url = format!("{}/{file_path}", self.file_base);
+        match self.http.exchange(Method::Get, &url, &[], &[], timeout, limit) {
+            Ok(reply) if reply.status == 200 => Ok(reply.body),
+            Ok(reply) => Err(format!("HTTP {}", reply.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// The Bot API host when `apiBase` (or `baseUrl`) is not set.
@@ -60,7 +91,7 @@ const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 /// Telegram, as the seam sees it.
 pub const PLATFORM: Platform = Platform {
     name: "telegram",
-    keys: &["token", "apiBase", "baseUrl"],
+    keys: &["token", "apiBase", "baseUrl", media::KEY_MAX_BYTES, media::KEY_RETENTION],
     parse: parse_settings,
     capabilities: Capabilities {
         live_drafts: false,
@@ -80,7 +111,23 @@ pub const PLATFORM: Platform = Platform {
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let token = keys.required_secret("token", "your bot token", "TELEGRAM_BOT_TOKEN")?;
     let api_base = keys.url("apiBase", Some("baseUrl"), DEFAULT_API_BASE)?;
-    Ok(PlatformSettings { secrets: [("token", token)].into(), values: [("apiBase", Value::String(api_base))].into() })
+    // Telegram ids are numbers; anything else (a @username, a placeholder) matches nobody.
+    for (i, id) in keys.user_ids("allowedUsers")?.iter().enumerate() {
+        let digits = id.strip_prefix('-').unwrap_or(id);
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(keys.error(
+                &format!("allowedUsers[{i}]"),
+                format!(
+                    "\"{id}\" is not a Telegram user id: Telegram ids are numbers such as 123456789 \
+                     (not @usernames). To find yours, send your bot a message while tether runs: the \
+                     log says \"dropped message from <id>\"; or message @userinfobot in Telegram"
+                ),
+            ));
+        }
+    }
+    let mut values: std::collections::BTreeMap<&'static str, Value> = MediaLimits::parse(keys)?.into_iter().collect();
+    values.insert("apiBase", Value::String(api_base));
+    Ok(PlatformSettings { secrets: [("token", token)].into(), values })
 }
 
 /// Start the poller and the sender of one Telegram channel.
@@ -88,9 +135,23 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let token = channel.secret("token").map(|t| t.expose().to_string()).unwrap_or_default();
     let api_base = channel.setting("apiBase").unwrap_or(DEFAULT_API_BASE);
     let journal = io.journal.ok_or_else(|| Error::Other(format!("channel \"{}\": no journal", channel.name)))?;
-    let api =
-        Api { http: HttpClient::default(), base: format!("{api_base}/bot{token}"), channel: channel.name.clone() };
+    let api = Api {
+        http: HttpClient::default(),
+        base: format!("{api_base}/bot{token}"),
+        file_base: format!("{api_base}/file/bot{token}"),
+        channel: channel.name.clone(),
+    };
+    let limits = MediaLimits::from_settings(&channel.settings.values);
+    let media_dir = io.home.join("media").join(&channel.name);
+    let fetch = inbound::Fetch {
+        api: api.clone(),
+        dir: media_dir.clone(),
+        limits,
+        keeper: uploads::Keeper::new(channel, Some(&io.home)),
+    };
+    let stop = io.stop.clone();
     let poller = Poller {
+        fetch,
         api: api.clone(),
         inbound: io.inbound,
         stop: io.stop,
@@ -99,7 +160,14 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         offset_path: io.home.join(format!("{}-offset.json", channel.name)),
     };
     io.supervisor.spawn(format!("tg-poll-{}", channel.name), move || poller.run())?;
-    let courier = Arc::new(send::TelegramCourier { api });
+    {
+        let (dir, name) = (media_dir.clone(), channel.name.clone());
+        io.supervisor.spawn(format!("tg-media-{}", channel.name), move || {
+            inbound::sweep_loop(&dir, limits.retention, &stop, &name)
+        })?;
+    }
+    let files = OutboundFiles { roots: vec![channel.cwd.clone(), media_dir], max_bytes: limits.max_bytes };
+    let courier = Arc::new(send::TelegramCourier { api, files });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
     let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
     Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
@@ -136,6 +204,8 @@ fn describe(failure: &Failure) -> String {
 
 struct Poller {
     api: Api,
+    /// Downloads the files of new messages before they are journaled.
+    fetch: inbound::Fetch,
     inbound: Sender<Inbound>,
     stop: Receiver<()>,
     journal: Arc<Journal>,
@@ -246,7 +316,13 @@ impl Poller {
     /// Journal one batch, move and save the offset, then pass the new messages on; returns
     /// the next offset. On a journal error nothing moves.
     fn take(&self, result: &Value, offset: i64, bot: &BotIdentity) -> std::io::Result<i64> {
-        let (last_id, messages) = wire::parse_updates(result, &self.api.channel, bot);
+        let (last_id, messages) = wire::parse_updates_with_media(result, &self.api.channel, bot);
+        // Files are fetched before the journal and the offset move (a crash meanwhile loses
+        // nothing: Telegram sends the update again), within a budget per batch so a slow
+        // download cannot hold the poller for long; a file not fetched is named in the text.
+        let budget = std::time::Instant::now() + inbound::BATCH_BUDGET;
+        let messages: Vec<_> =
+            messages.into_iter().filter_map(|(message, files)| self.fetch.attach(message, files, budget)).collect();
         let now = wall_ms();
         let entries = messages
             .into_iter()
@@ -313,6 +389,33 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         assert_eq!(load_offset(&path, 42), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn parse_channel(extra: &str) -> Result<MediaLimits, String> {
+        let text = format!(r#"{{"channels": {{"phone": {{"type": "telegram", "token": "1:a"{extra}}}}}}}"#);
+        let cx = crate::config::ParseContext {
+            path: Path::new("/c.json"),
+            cwd: Path::new("/w"),
+            home: None,
+            env: &|_| None,
+            platforms: crate::adapters::PLATFORMS,
+        };
+        let config = crate::config::parse(&text, &cx).map_err(|e| e.to_string())?;
+        let channel = config.channels.get("phone").ok_or("no channel")?;
+        Ok(MediaLimits::from_settings(&channel.settings.values))
+    }
+
+    #[test]
+    fn media_keys_have_defaults_and_precise_errors() {
+        assert_eq!(parse_channel(""), Ok(MediaLimits::default()));
+        assert_eq!(
+            parse_channel(r#", "maxMediaBytes": 1000, "mediaRetention": "2h""#),
+            Ok(MediaLimits { max_bytes: 1000, retention: Duration::from_secs(7200) })
+        );
+        let err = parse_channel(r#", "maxMediaBytes": "big""#).unwrap_err();
+        assert!(err.contains("maxMediaBytes") && err.contains("phone"), "{err}");
+        let err = parse_channel(r#", "mediaRetention": "soon""#).unwrap_err();
+        assert!(err.contains("mediaRetention") && err.contains("24h"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (plain text when Telegram refuses the HTML), one Bot API call per outbox call, and
 //! Telegram's limits. Queues, pacing, retries and journal settling are the outbox's.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -9,10 +10,17 @@ use serde_json::Value;
 use super::{Api, wire};
 use crate::adapters::outbox::{Call, Courier, Failure, Piece};
 use crate::adapters::pacing::PacingRules;
+use crate::adapters::uploads::OutboundFiles;
+use crate::event::ChatRef;
+use crate::media::{self, FileKind};
 use crate::render;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const TYPING_TIMEOUT: Duration = Duration::from_secs(10);
+/// An upload of up to `maxMediaBytes` may take a while on a slow link.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Telegram's limit for `sendPhoto`; a bigger picture goes as a document.
+const PHOTO_LIMIT: u64 = 10 * 1024 * 1024;
 
 /// Telegram's limits: about one message a second per chat on average with short bursts
 /// tolerated (so the parts of one long answer go at once), 30 calls a second per bot. A
@@ -27,6 +35,8 @@ pub(super) const PACING: PacingRules = PacingRules {
 /// Delivers the outbox's calls to one bot.
 pub(super) struct TelegramCourier {
     pub api: Api,
+    /// What `[IMAGE: …]` / `[FILE: …]` may send: under the channel's cwd or media directory.
+    pub files: OutboundFiles,
 }
 
 impl Courier for TelegramCourier {
@@ -40,6 +50,9 @@ impl Courier for TelegramCourier {
 
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         match call {
+            Call::SendFile { chat, path, kind, caption } => {
+                self.upload(chat, path, *kind, caption.as_deref()).map(message_id)
+            }
             Call::Typing(chat) => {
                 self.api.call("sendChatAction", &wire::send_typing(chat), TYPING_TIMEOUT).map(|_| None)
             }
@@ -69,6 +82,32 @@ impl Courier for TelegramCourier {
 
     fn pacing(&self) -> PacingRules {
         PACING
+    }
+
+    fn files(&self) -> Option<&OutboundFiles> {
+        Some(&self.files)
+    }
+}
+
+impl TelegramCourier {
+    /// `sendPhoto` (a real image within Telegram's photo limit) or `sendDocument`, as a
+    /// multipart upload. The file is checked again as it is read.
+    fn upload(&self, chat: &ChatRef, path: &Path, kind: FileKind, caption: Option<&str>) -> Result<Value, Failure> {
+        let bytes = self.files.read(path).map_err(Failure::Rejected)?;
+        let photo = kind == FileKind::Image && bytes.len() as u64 <= PHOTO_LIMIT;
+        let mime = media::sniff_image(&bytes).filter(|_| photo);
+        let kind = if mime.is_some() { FileKind::Image } else { FileKind::Document };
+        let (method, field) = wire::upload_method(kind);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = media::safe_file_name(&name, "file");
+        let fields = wire::upload_fields(chat, caption);
+        let texts: Vec<&[u8]> =
+            std::iter::once(bytes.as_slice()).chain(fields.iter().map(|(_, v)| v.as_bytes())).collect();
+        let boundary = wire::pick_boundary(getrandom::u64().unwrap_or(0x7e7e_7e7e), &texts);
+        let body =
+            wire::multipart(&boundary, &fields, (field, &name, mime.unwrap_or("application/octet-stream"), &bytes));
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.api.upload(method, &content_type, &body, UPLOAD_TIMEOUT)
     }
 }
 
@@ -100,7 +139,13 @@ mod tests {
     fn courier() -> TelegramCourier {
         // Never called: these tests only render and schedule.
         TelegramCourier {
-            api: Api { http: HttpClient::default(), base: "http://127.0.0.1:9/botTOKEN".into(), channel: "tg".into() },
+            api: Api {
+                http: HttpClient::default(),
+                base: "http://127.0.0.1:9/botTOKEN".into(),
+                file_base: "http://127.0.0.1:9/file/botTOKEN".into(),
+                channel: "tg".into(),
+            },
+            files: OutboundFiles { roots: Vec::new(), max_bytes: 1 },
         }
     }
 

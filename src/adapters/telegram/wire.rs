@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::adapters::contain;
-use crate::event::{ButtonPress, ChatRef, InboundMessage};
+use crate::event::{AttachmentKind, ButtonPress, ChatRef, InboundMessage};
+use crate::media::FileKind;
 
 /// The bot's own identity, from `getMe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +22,9 @@ pub use crate::adapters::outbox::Failure;
 
 /// Decode an HTTP reply from the Bot API into its `result`, or a classified failure.
 pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
-    let Ok(reply) = serde_json::from_str::<Value>(body) else {
+    let parsed = serde_json::from_str::<Value>(body)
+        .or_else(|e| without_lone_surrogates(body).map_or(Err(e), |fixed| serde_json::from_str::<Value>(&fixed)));
+    let Ok(reply) = parsed else {
         let what = if status >= 500 || status == 200 { Failure::Transient } else { Failure::Rejected };
         return Err(what(format!("HTTP {status} with a body that is not JSON: {}", body_preview(body))));
     };
@@ -45,6 +48,53 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
     })
 }
 
+/// `body` with each `\uD800`–`\uDFFF` escape that is not half of a pair replaced by `\uFFFD`,
+/// or `None` when it has none. JSON allows lone surrogates; serde_json refuses them, and one
+/// broken emoji in one message would otherwise make the whole batch undecodable, the offset
+/// would never move, and the bot would be deaf.
+fn without_lone_surrogates(body: &str) -> Option<String> {
+    let hex_at = |i: usize| body.get(i..i + 4).and_then(|h| u16::from_str_radix(h, 16).ok());
+    let escape_at = |i: usize| if body.get(i..i + 2) == Some("\\u") { hex_at(i + 2) } else { None };
+    let mut out = String::with_capacity(body.len());
+    let mut copied = 0; // `body[..copied]` is in `out`.
+    let mut changed = false;
+    let mut in_string = false;
+    let mut i = 0;
+    let bytes = body.as_bytes();
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => {
+                let lone = match escape_at(i) {
+                    Some(0xD800..=0xDBFF) => !matches!(escape_at(i + 6), Some(0xDC00..=0xDFFF)),
+                    Some(0xDC00..=0xDFFF) => true,
+                    _ => false,
+                };
+                let paired = matches!(escape_at(i), Some(0xD800..=0xDBFF)) && !lone;
+                if lone {
+                    out.push_str(body.get(copied..i)?);
+                    out.push_str("\\ufffd");
+                    copied = i + 6;
+                    changed = true;
+                }
+                i += if lone {
+                    6
+                } else if paired {
+                    12
+                } else {
+                    2
+                };
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(body.get(copied..)?);
+    changed.then_some(out)
+}
+
 pub fn parse_identity(result: &Value) -> Option<BotIdentity> {
     Some(BotIdentity { id: result.get("id")?.as_i64()?, username: result.get("username")?.as_str()?.to_string() })
 }
@@ -55,6 +105,146 @@ pub fn parse_identity(result: &Value) -> Option<BotIdentity> {
 /// Each update is decoded on its own inside [`contain`]: one that panics is logged (its id,
 /// never its text) and skipped, and its id still moves the offset, so it is not fetched again.
 pub fn parse_updates(result: &Value, channel: &str, bot: &BotIdentity) -> (Option<i64>, Vec<InboundMessage>) {
+    let (last_id, messages) = parse_updates_with_media(result, channel, bot);
+    (last_id, messages.into_iter().map(|(message, _)| message).collect())
+}
+
+/// A file that came with a message, still on Telegram's servers (`getFile` finds it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub file_id: String,
+    pub kind: AttachmentKind,
+    /// The sender's name for it, or one made up from its kind ("photo.jpg", "voice.ogg").
+    pub file_name: String,
+    pub mime_type: String,
+    /// As Telegram announced it (absent for some files).
+    pub size: Option<u64>,
+}
+
+/// The files of a message, in the order Telegram lists the kinds: the photo (its largest
+/// size), document, voice, audio, video, video note, animation.
+pub fn parse_media(msg: &Value) -> Vec<RemoteFile> {
+    let mut files = Vec::new();
+    if let Some(sizes) = msg.get("photo").and_then(Value::as_array) {
+        let area = |p: &Value| {
+            let side = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+            (p.get("file_size").and_then(Value::as_u64).unwrap_or(0), side("width").saturating_mul(side("height")))
+        };
+        // The largest by bytes, then by pixels; the last one on a tie (Telegram lists them ascending).
+        if let Some(largest) = sizes.iter().rev().max_by_key(|p| area(p)) {
+            files.extend(remote_file(largest, AttachmentKind::Image, "photo.jpg", "image/jpeg"));
+        }
+    }
+    let kinds = [
+        ("document", AttachmentKind::File, "file", "application/octet-stream"),
+        ("voice", AttachmentKind::Audio, "voice.ogg", "audio/ogg"),
+        ("audio", AttachmentKind::Audio, "audio.mp3", "audio/mpeg"),
+        ("video", AttachmentKind::Video, "video.mp4", "video/mp4"),
+        ("video_note", AttachmentKind::Video, "video_note.mp4", "video/mp4"),
+        ("animation", AttachmentKind::Video, "animation.mp4", "video/mp4"),
+    ];
+    for (key, kind, name, mime) in kinds {
+        // A GIF animation also comes as a `document`: take it once.
+        if key == "animation" && msg.get("document").is_some() {
+            continue;
+        }
+        if let Some(file) = msg.get(key) {
+            files.extend(remote_file(file, kind, name, mime));
+        }
+    }
+    files
+}
+
+fn remote_file(file: &Value, kind: AttachmentKind, name: &str, mime: &str) -> Option<RemoteFile> {
+    let text = |k: &str| file.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    Some(RemoteFile {
+        file_id: text("file_id")?,
+        kind,
+        file_name: text("file_name").unwrap_or_else(|| name.to_string()),
+        mime_type: text("mime_type").unwrap_or_else(|| mime.to_string()),
+        size: file.get("file_size").and_then(Value::as_u64),
+    })
+}
+
+/// The `getFile` request body.
+pub fn get_file(file_id: &str) -> Value {
+    json!({"file_id": file_id})
+}
+
+/// The `file_path` of a `getFile` result, when it is a plain relative path (it becomes part
+/// of the download URL: no `..`, no query, no scheme).
+pub fn file_path(result: &Value) -> Option<String> {
+    let path = result.get("file_path").and_then(Value::as_str)?;
+    let plain = !path.is_empty()
+        && path.len() <= 512
+        && !path.starts_with('/')
+        && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.'));
+    plain.then(|| path.to_string())
+}
+
+/// The upload method and its file field for a file of `kind`.
+pub fn upload_method(kind: FileKind) -> (&'static str, &'static str) {
+    match kind {
+        FileKind::Image => ("sendPhoto", "photo"),
+        FileKind::Document => ("sendDocument", "document"),
+    }
+}
+
+/// The text fields of a `sendPhoto` / `sendDocument` call.
+pub fn upload_fields(chat: &ChatRef, caption: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut fields = vec![("chat_id", chat.chat_id.clone())];
+    if let Some(thread) = chat.thread_id.as_deref().filter(|t| t.parse::<i64>().is_ok()) {
+        fields.push(("message_thread_id", thread.to_string()));
+    }
+    if let Some(caption) = caption.filter(|c| !c.is_empty()) {
+        fields.push(("caption", caption.chars().take(1024).collect()));
+    }
+    fields
+}
+
+/// A `multipart/form-data` body: the text fields, then one file. `boundary` must not occur
+/// in any part (see [`pick_boundary`]). File names lose quotes, backslashes and controls.
+pub fn multipart(boundary: &str, fields: &[(&str, String)], file: (&str, &str, &str, &[u8])) -> Vec<u8> {
+    let (field, file_name, mime, bytes) = file;
+    let mut body = Vec::with_capacity(bytes.len() + 512);
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
+    }
+    let file_name: String = file_name.chars().filter(|c| !c.is_control() && !matches!(c, '"' | '\\')).collect();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file_name}\"\r\n\
+             Content-Type: {mime}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// A boundary made from `seed` that occurs in none of `parts`.
+pub fn pick_boundary(seed: u64, parts: &[&[u8]]) -> String {
+    let mut n = seed;
+    loop {
+        let boundary = format!("tether-{n:016x}");
+        let needle = boundary.as_bytes();
+        if !parts.iter().any(|p| p.windows(needle.len()).any(|w| w == needle)) {
+            return boundary;
+        }
+        n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    }
+}
+
+/// [`parse_updates`], with each message's files still to fetch.
+pub fn parse_updates_with_media(
+    result: &Value,
+    channel: &str,
+    bot: &BotIdentity,
+) -> (Option<i64>, Vec<(InboundMessage, Vec<RemoteFile>)>) {
     let mut last_id = None;
     let mut messages = Vec::new();
     for update in result.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -65,7 +255,7 @@ pub fn parse_updates(result: &Value, channel: &str, bot: &BotIdentity) -> (Optio
             log::warn!(target: channel, "skipped an update without an update_id");
         }
         let Some(message) = update.get("message") else { continue };
-        match contain(|| decode_message(id, message, channel, bot)) {
+        match contain(|| decode_message(id, message, channel, bot).map(|m| (m, parse_media(message)))) {
             Some(Some(message)) => messages.push(message),
             Some(None) => {} // Not for us: from a bot, no text, not a chat message.
             None => {
@@ -99,9 +289,12 @@ fn parse_message(msg: &Value, channel: &str, bot: &BotIdentity) -> Option<Inboun
         return None;
     }
     let sender_id = id_string(from.get("id")?)?;
-    let (text, entities) = match msg.get("text").and_then(Value::as_str) {
-        Some(text) => (text, msg.get("entities")),
-        None => (msg.get("caption").and_then(Value::as_str)?, msg.get("caption_entities")),
+    let (text, entities) = match (msg.get("text").and_then(Value::as_str), msg.get("caption").and_then(Value::as_str)) {
+        (Some(text), _) => (text, msg.get("entities")),
+        (None, Some(caption)) => (caption, msg.get("caption_entities")),
+        // A file without a caption.
+        (None, None) if !parse_media(msg).is_empty() => ("", None),
+        (None, None) => return None,
     };
     let entities = entities.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let is_group = chat.get("type").and_then(Value::as_str) != Some("private");
@@ -131,6 +324,7 @@ fn parse_message(msg: &Value, channel: &str, bot: &BotIdentity) -> Option<Inboun
         quoted_text,
         attachments: Vec::new(),
         sent_at_ms: msg.get("date").and_then(Value::as_u64).map(|secs| secs.saturating_mul(1000)),
+        webhook: None,
     })
 }
 
@@ -396,6 +590,28 @@ mod tests {
     }
 
     #[test]
+    fn lone_surrogates_do_not_make_a_batch_undecodable() {
+        let body = |text: &str| format!(r#"{{"ok":true,"result":[{{"update_id":1,"text":"{text}"}}]}}"#);
+        let cases = [
+            (r"a\ud83d b", "a\u{fffd} b"),
+            (r"\ud83d\ude00", "😀"),
+            (r"\ude00\ud83d", "\u{fffd}\u{fffd}"),
+            (r"\ud83d\u0041", "\u{fffd}A"),
+            (r"\\ud83d", r"\ud83d"),
+            (r#"\"\ud800"#, "\"\u{fffd}"),
+            (r"\ud83d", "\u{fffd}"),
+            ("Ⱥ\\ud800ẞ", "Ⱥ\u{fffd}ẞ"),
+        ];
+        for (text, expected) in cases {
+            let result = parse_reply(200, &body(text)).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(result[0]["text"], expected, "{text}");
+        }
+        // A key may hold one too.
+        assert!(parse_reply(200, r#"{"ok":true,"result":{"\udc00":1}}"#).is_ok());
+        assert!(matches!(parse_reply(200, r#"{"ok":true,"result":"\ud83d"#), Err(Failure::Transient(_))));
+    }
+
+    #[test]
     fn private_text_message_becomes_inbound() {
         let result = json!([
             {"update_id": 10, "message": {"message_id": 5, "date": 1, "chat": {"id": 111, "type": "private"},
@@ -410,6 +626,113 @@ mod tests {
         assert_eq!(m.sender_name, "Ada L");
         assert_eq!(m.message_id.as_deref(), Some("5"));
         assert!(!m.is_group && m.is_mentioned);
+    }
+
+    #[test]
+    fn media_of_a_message() {
+        let file = |kind, name: &str, mime: &str, size| RemoteFile {
+            file_id: name.split('.').next().unwrap().into(),
+            kind,
+            file_name: name.into(),
+            mime_type: mime.into(),
+            size,
+        };
+        let cases: Vec<(Value, Vec<RemoteFile>)> = vec![
+            (json!({"text": "hi"}), vec![]),
+            // The largest photo size, by bytes, then by pixels.
+            (
+                json!({"photo": [{"file_id": "s", "width": 90, "height": 90, "file_size": 10},
+                                 {"file_id": "l", "width": 800, "height": 600, "file_size": 900},
+                                 {"file_id": "m", "width": 320, "height": 240, "file_size": 100}]}),
+                vec![file(AttachmentKind::Image, "l.jpg", "image/jpeg", Some(900)).tap_name("photo.jpg")],
+            ),
+            (
+                json!({"photo": [{"file_id": "a", "width": 90, "height": 90}, {"file_id": "b", "width": 900, "height": 90}]}),
+                vec![file(AttachmentKind::Image, "b", "image/jpeg", None).tap_name("photo.jpg")],
+            ),
+            (
+                json!({"document": {"file_id": "d", "file_name": "d.pdf", "mime_type": "application/pdf", "file_size": 5},
+                       "animation": {"file_id": "d"}}),
+                vec![file(AttachmentKind::File, "d.pdf", "application/pdf", Some(5))],
+            ),
+            (
+                json!({"voice": {"file_id": "v", "duration": 1}}),
+                vec![file(AttachmentKind::Audio, "v", "audio/ogg", None).tap_name("voice.ogg")],
+            ),
+            (
+                json!({"audio": {"file_id": "a", "file_name": "a.flac", "mime_type": "audio/flac"}}),
+                vec![file(AttachmentKind::Audio, "a.flac", "audio/flac", None)],
+            ),
+            (
+                json!({"video": {"file_id": "c", "file_size": 7}}),
+                vec![file(AttachmentKind::Video, "c", "video/mp4", Some(7)).tap_name("video.mp4")],
+            ),
+            (json!({"video_note": {"file_id": ""}}), vec![]),
+            (json!({"sticker": {"file_id": "x"}}), vec![]),
+        ];
+        for (msg, files) in cases {
+            assert_eq!(parse_media(&msg), files, "{msg}");
+        }
+    }
+
+    impl RemoteFile {
+        fn tap_name(mut self, name: &str) -> RemoteFile {
+            self.file_name = name.into();
+            self
+        }
+    }
+
+    #[test]
+    fn a_file_without_caption_is_a_message_with_empty_text() {
+        let result = json!([
+            {"update_id": 1, "message": {"message_id": 1, "chat": {"id": 5, "type": "private"}, "from": {"id": 5},
+             "voice": {"file_id": "v"}}},
+            {"update_id": 2, "message": {"message_id": 2, "chat": {"id": 5, "type": "private"}, "from": {"id": 5},
+             "sticker": {"file_id": "s"}}},
+        ]);
+        let (last, msgs) = parse_updates_with_media(&result, "phone", &bot());
+        assert_eq!(last, Some(2));
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].0.text, "");
+        assert_eq!(msgs[0].1[0].file_id, "v");
+    }
+
+    #[test]
+    fn file_paths_must_be_plain() {
+        let cases = [
+            (json!({"file_path": "photos/file_1.jpg"}), Some("photos/file_1.jpg")),
+            (json!({"file_path": "../bot/x"}), None),
+            (json!({"file_path": "/etc/passwd"}), None),
+            (json!({"file_path": "a//b"}), None),
+            (json!({"file_path": "a/b?x=1"}), None),
+            (json!({"file_path": "http://evil/x"}), None),
+            (json!({"file_path": ""}), None),
+            (json!({}), None),
+        ];
+        for (result, path) in cases {
+            assert_eq!(file_path(&result).as_deref(), path, "{result}");
+        }
+    }
+
+    #[test]
+    fn uploads_are_multipart_form_data() {
+        let chat = ChatRef { channel: "tg".into(), chat_id: "-100".into(), thread_id: Some("7".into()) };
+        let fields = upload_fields(&chat, Some("a caption"));
+        assert_eq!(
+            fields,
+            vec![("chat_id", "-100".into()), ("message_thread_id", "7".into()), ("caption", "a caption".into())]
+        );
+        let body = multipart("B", &fields[..1], ("photo", "p\"\n.png", "image/png", b"\x89PNG"));
+        let expected = b"--B\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n-100\r\n\
+            --B\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.png\"\r\n\
+            Content-Type: image/png\r\n\r\n\x89PNG\r\n--B--\r\n";
+        assert_eq!(String::from_utf8_lossy(&body), String::from_utf8_lossy(expected));
+        // A boundary never occurs in what it separates.
+        let seed = 1u64;
+        let taken = format!("tether-{seed:016x}");
+        let boundary = pick_boundary(seed, &[taken.as_bytes()]);
+        assert_ne!(boundary, taken);
+        assert_eq!(upload_method(FileKind::Document), ("sendDocument", "document"));
     }
 
     #[test]

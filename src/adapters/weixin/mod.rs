@@ -131,6 +131,8 @@ impl Courier for WeixinCourier {
 
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         let result = match call {
+            // Not queued: this courier has no `files()`; its own render takes the markers.
+            Call::SendFile { .. } => return Err(Failure::Rejected("WeChat files go through its render".into())),
             Call::Typing(chat) => self.link.typing(&chat.chat_id),
             Call::Send { chat, piece, .. } if piece.formatted => self.send_file(&chat.chat_id, &piece.text),
             // No edits on WeChat: the new text goes as a new message.

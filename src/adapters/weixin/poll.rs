@@ -244,11 +244,14 @@ impl Poller {
     /// Files are fetched only for senders the gates would pass: nothing from a stranger is
     /// stored (the pairing request itself needs no file).
     fn may_fetch_media(&self, message: &crate::event::InboundMessage) -> bool {
-        let paired = AccessFiles::new(&self.link.home, self.target())
+        let approvals = AccessFiles::new(&self.link.home, self.target())
             .read()
-            .map(|book| book.is_approved(&message.sender_id))
-            .unwrap_or(false);
-        matches!(gate::check(&self.config, message, paired), Verdict::Pass)
+            .map(|book| gate::Approvals {
+                sender: book.is_approved(&message.sender_id),
+                group: book.is_group_approved(&message.chat_id),
+            })
+            .unwrap_or_default();
+        matches!(gate::check(&self.config, message, approvals), Verdict::Pass)
     }
 }
 

@@ -488,6 +488,7 @@ pub fn to_inbound(channel: &str, message: &Message, attachments: Vec<Attachment>
         quoted_text: message.quoted.clone(),
         attachments,
         sent_at_ms: message.create_time_ms,
+        webhook: None,
     }
 }
 

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use crate::support::http::{Reply, Request, Server};
 
 pub const TOKEN: &str = "123456:TEST-token";
+/// The key under which an update queued as raw JSON text is kept.
+const RAW: &str = "__raw_json";
 pub const BOT_ID: i64 = 4242;
 pub const BOT_USERNAME: &str = "tether_test_bot";
 
@@ -104,8 +106,27 @@ struct State {
     /// Bumped by each getUpdates; a held poll that sees a newer one answers 409.
     poll_generation: u64,
     polls: u64,
+    /// Files people "sent", by file id, for getFile and the download path.
+    files: HashMap<String, Vec<u8>>,
+    /// Files the bot uploaded (`sendPhoto`, `sendDocument`), in order.
+    uploads: Vec<Upload>,
+    /// File ids whose download stalls this long before answering.
+    stalled: HashMap<String, Duration>,
     /// When the first getUpdates arrived (the benchmark's exec → first poll).
     first_poll: Option<Instant>,
+}
+
+/// A file the bot uploaded, as the multipart body carried it.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub method: String,
+    /// The text fields (chat_id, caption, …).
+    pub fields: HashMap<String, String>,
+    /// The file field's name ("photo", "document"), file name and content type.
+    pub field: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
 }
 
 pub struct FakeTelegram {
@@ -196,6 +217,45 @@ impl FakeTelegram {
         self.push(message);
     }
 
+    /// Make a file downloadable by `file_id` (getFile, then `/file/bot<token>/files/<id>`).
+    pub fn add_file(&self, file_id: &str, bytes: &[u8]) {
+        self.state.0.lock().unwrap().files.insert(file_id.to_string(), bytes.to_vec());
+    }
+
+    /// Queue a private message from `from` carrying `media` (e.g. `{"photo": [...]}`,
+    /// `{"document": {...}, "caption": "…"}`), sent now.
+    pub fn send_dm_media(&self, from: i64, media: Value) {
+        let mut message = json!({
+            "message_id": 0, "date": unix_now(),
+            "chat": {"id": from, "type": "private", "first_name": "User"},
+            "from": {"id": from, "is_bot": false, "first_name": "User", "username": format!("user{from}")},
+        });
+        message.as_object_mut().unwrap().extend(media.as_object().unwrap().clone());
+        self.push(message);
+    }
+
+    /// Make the download of `file_id` hang for `delay` before it answers.
+    pub fn stall_file(&self, file_id: &str, delay: Duration) {
+        self.state.0.lock().unwrap().stalled.insert(file_id.to_string(), delay);
+    }
+
+    /// The files the bot uploaded so far.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.state.0.lock().unwrap().uploads.clone()
+    }
+
+    /// Wait until at least `n` files were uploaded.
+    pub fn wait_uploads(&self, n: usize, within: Duration) -> Vec<Upload> {
+        let deadline = Instant::now() + within;
+        loop {
+            let uploads = self.uploads();
+            if uploads.len() >= n || Instant::now() > deadline {
+                return uploads;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Queue a private message from `from` that replies to an earlier message of the bot
     /// whose text was `quoted`.
     pub fn send_reply_to_bot(&self, from: i64, text: &str, quoted: &str) {
@@ -251,6 +311,22 @@ impl FakeTelegram {
         state.next_update_id += 1;
         message["message_id"] = json!(id);
         state.updates.push_back(json!({"update_id": id, "message": message}));
+        cvar.notify_all();
+    }
+
+    /// Queue a private message from `from` whose JSON text field is `text_json`, written into
+    /// the reply exactly as given (e.g. `"\\ud83d"`, a lone surrogate: valid JSON that no
+    /// Rust string can hold).
+    pub fn push_raw_message(&self, from: i64, text_json: &str) {
+        let (lock, cvar) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        let id = state.next_update_id;
+        state.next_update_id += 1;
+        let raw = format!(
+            r#"{{"update_id":{id},"message":{{"message_id":{id},"date":{},"chat":{{"id":{from},"type":"private"}},"from":{{"id":{from},"is_bot":false,"first_name":"User"}},"text":"{text_json}"}}}}"#,
+            unix_now()
+        );
+        state.updates.push_back(json!({"update_id": id, RAW: raw}));
         cvar.notify_all();
     }
 
@@ -394,6 +470,19 @@ fn handle(
     history: &Mutex<Vec<Call>>,
     req: Request,
 ) -> Reply {
+    if let Some(path) = req.path.strip_prefix(&format!("/file/bot{TOKEN}/files/")) {
+        let _ = calls.send(Call { method: "download".into(), body: json!(path), at: Instant::now() });
+        let stall = state.0.lock().unwrap().stalled.get(path).copied();
+        if let Some(delay) = stall {
+            std::thread::sleep(delay);
+        }
+        return match state.0.lock().unwrap().files.get(path) {
+            Some(bytes) => {
+                Reply::Bytes(200, vec![("Content-Type".into(), "application/octet-stream".into())], bytes.clone())
+            }
+            None => not_found(),
+        };
+    }
     let Some(rest) = req.path.strip_prefix("/bot") else { return not_found() };
     let Some((token, method)) = rest.split_once('/') else { return not_found() };
     if token != TOKEN {
@@ -420,6 +509,32 @@ fn handle(
     match method {
         "getMe" => ok(json!({"id": BOT_ID, "is_bot": true, "first_name": "Test", "username": BOT_USERNAME})),
         "getUpdates" => get_updates(state, &body),
+        "getFile" => {
+            let id = body["file_id"].as_str().unwrap_or_default().to_string();
+            let size = state.0.lock().unwrap().files.get(&id).map(Vec::len);
+            let _ = calls.send(Call { method: method.to_string(), body: body.clone(), at: Instant::now() });
+            match size {
+                Some(size) => ok(
+                    json!({"file_id": id, "file_unique_id": id, "file_size": size, "file_path": format!("files/{id}")}),
+                ),
+                None => status(bad_request("invalid file_id")),
+            }
+        }
+        "sendPhoto" | "sendDocument" => {
+            let Some(upload) = parse_multipart(method, &req) else {
+                return status(bad_request("there is no photo in the request"));
+            };
+            let id = {
+                let mut st = state.0.lock().unwrap();
+                st.uploads.push(upload.clone());
+                st.next_message_id += 1;
+                st.next_message_id
+            };
+            let chat: Value =
+                upload.fields.get("chat_id").and_then(|c| c.parse::<i64>().ok()).map_or(Value::Null, |c| json!(c));
+            let _ = calls.send(Call { method: method.to_string(), body: json!({"chat_id": chat}), at: Instant::now() });
+            ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}}))
+        }
         "sendMessage" | "editMessageText" => {
             let visible = match checked_text(&body) {
                 Ok(visible) => visible,
@@ -469,6 +584,53 @@ fn handle(
     }
 }
 
+/// A `multipart/form-data` body as Telegram reads it: text fields and one file, which must
+/// be in the field the method names (`photo`, `document`).
+fn parse_multipart(method: &str, req: &Request) -> Option<Upload> {
+    let content_type = req.headers.iter().find(|(n, _)| n == "content-type").map(|(_, v)| v.clone())?;
+    let boundary = content_type.strip_prefix("multipart/form-data; boundary=")?;
+    let delimiter = format!("--{boundary}");
+    let body = &req.body;
+    let find =
+        |from: usize, needle: &[u8]| body[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
+    let mut fields = HashMap::new();
+    let mut file = None;
+    let mut at = find(0, delimiter.as_bytes())? + delimiter.len();
+    loop {
+        if body[at..].starts_with(b"--") {
+            break;
+        }
+        at += 2; // \r\n
+        let head_end = find(at, b"\r\n\r\n")?;
+        let head = String::from_utf8(body[at..head_end].to_vec()).ok()?;
+        let next = find(head_end, format!("\r\n{delimiter}").as_bytes())?;
+        let content = body[head_end + 4..next].to_vec();
+        let attr = |name: &str| {
+            let key = format!("{name}=\"");
+            let start = head.find(&key)? + key.len();
+            Some(head[start..].split('"').next()?.to_string())
+        };
+        let name = attr("name")?;
+        match attr("filename") {
+            Some(file_name) => {
+                let content_type = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Type: "))
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
+                file = Some((name, file_name, content_type, content));
+            }
+            None => {
+                fields.insert(name, String::from_utf8(content).ok()?);
+            }
+        }
+        at = next + 2 + delimiter.len();
+    }
+    let (field, file_name, content_type, bytes) = file?;
+    let wanted = if method == "sendPhoto" { "photo" } else { "document" };
+    (field == wanted).then(|| Upload { method: method.to_string(), fields, field, file_name, content_type, bytes })
+}
+
 fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {
     let offset = body["offset"].as_i64().unwrap_or(0);
     let hold = Duration::from_secs(body["timeout"].as_u64().unwrap_or(0).min(30));
@@ -491,8 +653,14 @@ fn get_updates(state: &Arc<(Mutex<State>, Condvar)>, body: &Value) -> Reply {
             return ok(json!([]));
         }
         if !st.updates.is_empty() {
-            let batch: Vec<Value> = st.updates.iter().take(100).cloned().collect();
-            return ok(Value::Array(batch));
+            // Updates queued with `push_raw_message` go out exactly as written.
+            let batch: Vec<String> = st
+                .updates
+                .iter()
+                .take(100)
+                .map(|u| u.get(RAW).and_then(Value::as_str).map_or_else(|| u.to_string(), str::to_string))
+                .collect();
+            return Reply::Json(200, format!(r#"{{"ok":true,"result":[{}]}}"#, batch.join(",")));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
