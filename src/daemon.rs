@@ -166,6 +166,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         worktree_tx,
         worktree_rx,
         clock_offset_ms: std::env::var(CLOCK_OFFSET_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        saved_version: None,
         home: options.home.clone(),
         core: Core::new(&config),
         config,
@@ -272,6 +273,9 @@ struct Daemon {
     /// Worktrees made for tasks come back here (`worktree.rs`).
     worktree_tx: Sender<Event>,
     worktree_rx: Receiver<Event>,
+    /// The core's [`crate::core::Core::records_version`] when `saved_sessions` was last known to match:
+    /// while it stays the same, no snapshot is taken.
+    saved_version: Option<u64>,
     home: PathBuf,
     config: Config,
     options: Options,
@@ -472,6 +476,7 @@ impl Daemon {
         let adopted = self.core.adopt(records.into_iter().map(|(key, entry)| (key, entry.into_record())));
         log::info!(target: "tether", "{adopted} conversation(s) from the last run will be restored when they continue");
         self.saved_sessions = Some(self.core.sessions_snapshot());
+        self.saved_version = Some(self.core.records_version());
     }
 
     /// Write `sessions.json` when the sessions changed, so a restart keeps conversations.
@@ -479,14 +484,27 @@ impl Daemon {
         if !self.options.as_service {
             return;
         }
+        let version = self.core.records_version();
+        if self.saved_version == Some(version) {
+            // Debug builds (every test) check that the core bumps the version on each change.
+            debug_assert!(
+                self.saved_sessions.as_ref() == Some(&self.core.sessions_snapshot()),
+                "a session record changed without a new Core::records_version"
+            );
+            return;
+        }
         let snapshot = self.core.sessions_snapshot();
         if self.saved_sessions.as_ref() == Some(&snapshot) {
+            self.saved_version = Some(version);
             return;
         }
         let file: BTreeMap<&String, sessions_file::Entry> =
             snapshot.iter().map(|(key, record)| (key, sessions_file::Entry::from_record(record))).collect();
         match store::write_json_atomic(&self.home.join(SESSIONS_FILE), &file) {
-            Ok(()) => self.saved_sessions = Some(snapshot),
+            Ok(()) => {
+                self.saved_sessions = Some(snapshot);
+                self.saved_version = Some(version);
+            }
             Err(e) => log::warn!(target: "tether", "{e}"),
         }
     }

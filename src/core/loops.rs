@@ -476,6 +476,8 @@ impl Core {
             });
             session.chat = chat.clone();
             session.label = Some(due.label());
+            // New, loaded from dormant, or its chat set: `sessions.json` may need writing.
+            self.records_version += 1;
             let waiting = Waiting {
                 chat,
                 message_ids: Vec::new(),

@@ -154,8 +154,10 @@ pub struct Core {
     agent_commands: HashMap<String, Vec<AgentCommand>>,
     /// Agents known to be down (crashed, not yet ready again), with whether each can
     /// `session/load`. An agent not in `down` is up.
-    down: HashMap<String, ()>,
-    load_session: HashMap<String, bool>,
+    /// (Ordered maps: a service has one or two agents, and these are looked up for every
+    /// session on every turn of the daemon's loop, where hashing the name cost more.)
+    down: BTreeMap<String, ()>,
+    load_session: BTreeMap<String, bool>,
     /// Tool permission requests waiting for a person.
     permissions: PermissionRelay,
     /// Who may talk: pairing books, the wall clock, code randomness.
@@ -176,6 +178,10 @@ pub struct Core {
     /// Named tasks (`tasks.rs`), by conversation key; changed since last saved.
     tasks: BTreeMap<SessionKey, tasks::TaskList>,
     tasks_dirty: bool,
+    /// Bumped whenever what [`Core::sessions_snapshot`] returns may have changed, so the
+    /// daemon rebuilds and compares that snapshot only then (it cost a quarter of the CPU of
+    /// each message when taken after every event).
+    records_version: u64,
     /// An audit log is configured: [`Action::Audit`] records are returned (else dropped here).
     audit: bool,
 }
@@ -200,8 +206,8 @@ impl Core {
             sessions: HashMap::new(),
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
-            down: HashMap::new(),
-            load_session: HashMap::new(),
+            down: BTreeMap::new(),
+            load_session: BTreeMap::new(),
             permissions: PermissionRelay::default(),
             access: pairing::Access::default(),
             dormant: HashMap::new(),
@@ -212,6 +218,7 @@ impl Core {
             loops_wake: None,
             tasks: BTreeMap::new(),
             tasks_dirty: false,
+            records_version: 0,
             audit: config.audit.is_some(),
         }
     }
@@ -248,9 +255,12 @@ impl Core {
     /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
     /// its agent can load it again later (else its context would be lost).
     fn eviction_due(&self, session: &Session) -> Option<Instant> {
+        if !session.is_idle() {
+            return None;
+        }
         let can_load = self.load_session.get(&session.agent).copied().unwrap_or(false);
         let after = self.channels.get(&session.chat.channel)?.evict_idle_after;
-        (can_load && session.is_idle()).then(|| session.last_active + after)
+        can_load.then(|| session.last_active + after)
     }
 
     /// Move the sessions idle past their channel's `evictIdleAfter` to the dormant records
@@ -264,6 +274,7 @@ impl Core {
             .collect();
         for key in due {
             let Some(session) = self.sessions.remove(&key) else { continue };
+            self.records_version += 1;
             let Some(session_id) = session.id().map(str::to_string) else { continue };
             self.by_session_id.remove(&(session.agent.clone(), session_id.clone()));
             log::debug!(target: session.chat.channel.as_str(), "{key}: idle; session {session_id} leaves memory until its next message");
@@ -333,8 +344,16 @@ impl Core {
                 }
             }
         }
-        let released: Vec<(String, MessageRef)> =
-            self.unsettled.iter().filter(|(channel, r)| !self.holds(channel, r)).cloned().collect();
+        if self.unsettled.is_empty() {
+            return;
+        }
+        let held = self.held_messages();
+        let released: Vec<(String, MessageRef)> = self
+            .unsettled
+            .iter()
+            .filter(|(channel, r)| held.binary_search(&(channel.as_str(), r)).is_err())
+            .cloned()
+            .collect();
         let mut by_channel: BTreeMap<String, Vec<MessageRef>> = BTreeMap::new();
         for (channel, reference) in released {
             self.unsettled.remove(&(channel.clone(), reference.clone()));
@@ -373,9 +392,16 @@ impl Core {
             let agent_now = self.channels.get(&record.chat.channel).map(|c| c.agent.as_str());
             if agent_now == Some(record.agent.as_str()) && !self.sessions.contains_key(&key) {
                 self.dormant.insert(key, record);
+                self.records_version += 1;
             }
         }
         self.dormant.len() - before
+    }
+
+    /// Changes whenever [`Core::sessions_snapshot`] may have: an unchanged number means an
+    /// unchanged snapshot.
+    pub fn records_version(&self) -> u64 {
+        self.records_version
     }
 
     /// Every session the agent has opened, by key: what `sessions.json` keeps.
@@ -477,11 +503,16 @@ impl Core {
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
         let cwd = self.task_cwd(&base_key, &key).unwrap_or_else(|| channel.cwd.clone());
         let dormant = &mut self.dormant;
+        let records_version = &mut self.records_version;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
+            *records_version += 1;
             let earlier = dormant.remove(&key);
             new_session(&key, channel, cwd, &reply, earlier, (agent_up, can_load), now, actions)
         });
-        session.chat = reply.clone();
+        if session.chat != reply {
+            session.chat = reply.clone();
+            self.records_version += 1;
+        }
         session.label = task_label;
         session.shared = match channel.session_scope {
             SessionScope::Single => true,
@@ -513,7 +544,9 @@ impl Core {
         if let Some(chat) = steered_chat {
             actions.push(say(&chat, texts::STEERED.to_string()));
         }
+        let instructed = session.instructed;
         session.start_next_turn(turn_settings(Some(channel)), now, actions);
+        self.records_version += u64::from(session.instructed != instructed);
     }
 
     /// A group message from someone allowed that does not address the bot: kept as context
@@ -633,6 +666,7 @@ impl Core {
                 let how = if session.opened(session_id.clone()) { "restored" } else { "opened" };
                 log::info!(target: session.chat.channel.as_str(), "{key}: session {session_id} {how}");
                 self.by_session_id.insert((agent, session_id), key);
+                self.records_version += 1;
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
                 session.start_next_turn(settings, now, actions);
             }
@@ -647,12 +681,14 @@ impl Core {
                     log::warn!(target: session.chat.channel.as_str(), "{key}: could not restore the session ({error}); opening a new one");
                     session.opening();
                     session.instructed = false;
+                    self.records_version += 1;
                     let model = self.channels.get(&session.chat.channel).and_then(|c| c.model.clone());
                     let request = AgentRequest::NewSession { key: key.clone(), cwd: session.cwd.clone(), model };
                     actions.push(Action::Agent { agent, request });
                     return;
                 }
                 let Some(session) = self.sessions.remove(&key) else { return };
+                self.records_version += 1;
                 log::error!(target: session.chat.channel.as_str(), "{key}: agent could not open a session: {error}");
                 session.tell_all(&format!("The agent could not start a conversation: {error}"), actions);
             }
@@ -720,7 +756,9 @@ impl Core {
                     attach_answers(&mut actions[before..], &chat, answered);
                 }
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
+                let instructed = session.instructed;
                 session.start_next_turn(settings, now, actions);
+                self.records_version += u64::from(session.instructed != instructed);
             }
             AgentEvent::PermissionRequested { session_id, request, call, options } => {
                 self.on_permission_request(agent, session_id, request, call, options, now, actions);
@@ -747,6 +785,7 @@ impl Core {
         let (mut interrupted, mut lost) = (0, 0);
         for key in keys.into_iter().cloned().collect::<Vec<_>>() {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
+            self.records_version += 1;
             let Some(turn) = session.lose() else { continue };
             if turn.cancel.is_some() {
                 continue; // It was being cancelled anyway; what waits runs after the restart.
@@ -812,6 +851,7 @@ impl Core {
                     news += 1;
                     session.instructed = false;
                     session.opening();
+                    self.records_version += 1;
                     AgentRequest::NewSession { key, cwd: session.cwd.clone(), model }
                 }
             };
@@ -970,6 +1010,7 @@ impl Core {
     /// Forget a session (cancelling its turn): the next message starts a fresh one. Returns
     /// the session that was cleared.
     fn clear_session(&mut self, key: &str, actions: &mut Vec<Action>) -> Option<Session> {
+        self.records_version += 1;
         self.dormant.remove(key);
         let session = self.sessions.remove(key)?;
         if let Some(id) = session.id() {
@@ -1144,6 +1185,7 @@ impl Core {
         let chats = session.chats();
         let (old, Some(turn)) = session.abandon() else { return };
         let old = old.unwrap_or_default();
+        self.records_version += 1;
         self.by_session_id.remove(&(session.agent.clone(), old.clone()));
         let channel = self.channels.get(&turn.chat.channel);
         log::warn!(target: turn.chat.channel.as_str(), "{key}: session {old} did not end its cancelled turn within {} s; abandoning it", CANCEL_WAIT.as_secs());
@@ -1273,13 +1315,27 @@ fn attach_answers(actions: &mut [Action], chat: &ChatRef, answered: Vec<MessageR
 impl Core {
     /// Whether `message` of `channel` still waits for an answer here: in a turn, waiting for
     /// one, or to be retried after an agent crash.
+    #[cfg(test)]
     fn holds(&self, channel: &str, message: &MessageRef) -> bool {
-        self.sessions.values().any(|s| {
-            let in_turn = s.turn.iter().filter(|t| t.chat.channel == channel).any(|t| t.message_ids.contains(message));
-            let waiting =
-                s.waiting.iter().filter(|w| w.chat.channel == channel).any(|w| w.message_ids.contains(message));
-            in_turn || waiting || s.retry_holds(channel, message)
-        })
+        self.held_messages().binary_search(&(channel, message)).is_ok()
+    }
+
+    /// Every (channel, message) that still waits for an answer here (see `holds`), sorted
+    /// for `binary_search`, gathered in one pass: asking each session about each unsettled
+    /// message made every event cost sessions × messages (and a hash set cost more than
+    /// sorting these few references).
+    fn held_messages(&self) -> Vec<(&str, &MessageRef)> {
+        let mut held = Vec::new();
+        for s in self.sessions.values() {
+            let turn = s.turn.iter().map(|t| (&t.chat, &t.message_ids));
+            let waiting = s.waiting.iter().map(|w| (&w.chat, &w.message_ids));
+            let retry = s.retry().into_iter().map(|r| (&r.chat, &r.message_ids));
+            for (chat, ids) in turn.chain(waiting).chain(retry) {
+                held.extend(ids.iter().map(|id| (chat.channel.as_str(), id)));
+            }
+        }
+        held.sort_unstable();
+        held
     }
 
     /// How old `message` is when it is older than its channel's `maxBacklogAge` (it was sent
@@ -1315,6 +1371,7 @@ impl Core {
     pub fn set_channels(&mut self, config: &Config) {
         let keep = |s: &Session| config.channels.get(&s.chat.channel).is_some_and(|c| c.agent == s.agent);
         self.sessions.retain(|_, s| keep(s));
+        self.records_version += 1;
         let sessions = &self.sessions;
         self.by_session_id.retain(|_, key| sessions.contains_key(key));
         self.channels = config.channels.clone();

@@ -346,11 +346,6 @@ impl Session {
         self.retry.as_ref()
     }
 
-    /// Whether `message` of `channel` waits in the turn a crash interrupted.
-    pub fn retry_holds(&self, channel: &str, message: &MessageRef) -> bool {
-        self.retry.iter().filter(|r| r.chat.channel == channel).any(|r| r.message_ids.contains(message))
-    }
-
     /// Give up the agent's session (its turn is wedged): the turn is taken out and the
     /// session waits to be opened anew. Returns the old id and the turn.
     pub fn abandon(&mut self) -> (Option<String>, Option<Turn>) {

@@ -272,6 +272,7 @@ impl Core {
         self.tasks_dirty = true;
         let key = task_key(base, &name);
         // Its conversation is kept (dormant, in sessions.json): `use` loads it again.
+        self.records_version += 1;
         if let Some(session) = self.sessions.remove(&key)
             && let Some(id) = session.id()
         {

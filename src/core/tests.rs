@@ -716,6 +716,56 @@ fn snapshot_and_adopt_keep_the_instructed_flag() {
     assert!(changed.sessions_snapshot().is_empty());
 }
 
+/// `records_version` moves whenever the snapshot `sessions.json` is written from may have
+/// changed, and stays put on the hot path (text chunks, ordinary turns of an open session),
+/// where the daemon skips the snapshot.
+#[test]
+fn records_version_moves_exactly_when_a_session_record_may_change() {
+    let t0 = Instant::now();
+    let mut ch = open_channel(DispatchMode::Followup);
+    ch.session_scope = SessionScope::Single;
+    ch.instructions = Some("Be brief.".into());
+    let mut core = core_with(vec![ch]);
+    core.handle(ready(true), t0);
+    let key = "tg:__single__";
+    let script: Vec<(&str, Event, bool)> = vec![
+        ("a first message creates the session", dm("111", "one"), true),
+        ("the agent opens it: an id, instructed", created(key, "s1"), true),
+        ("a text chunk", chunk("s1", "ok"), false),
+        ("the turn ends with nothing waiting", ended("s1", TurnOutcome::EndTurn), false),
+        ("the same chat writes again", dm("111", "two"), false),
+        ("its chunk", chunk("s1", "ok"), false),
+        ("its turn ends", ended("s1", TurnOutcome::EndTurn), false),
+        ("another chat writes: the record's chat changes", dm("222", "three"), true),
+        ("a message while that turn runs waits", dm("222", "four"), false),
+        ("the turn ends and the waiting one starts", ended("s1", TurnOutcome::EndTurn), false),
+        ("the agent crashes: the id is lost", exited(), true),
+        ("the agent is back: the session loads", ready(true), false),
+        ("the load ends: the id again", created(key, "s1"), true),
+        ("a tick", Event::Tick, false),
+        ("/clear forgets the session", dm("222", "/clear"), true),
+        ("a message after /clear creates a session", dm("222", "five"), true),
+        ("the agent cannot open it", agent(AgentEvent::SessionFailed { key: key.into(), error: "no".into() }), true),
+    ];
+    for (what, event, moves) in script {
+        let (version, snapshot) = (core.records_version(), core.sessions_snapshot());
+        core.handle(event, t0);
+        let moved = core.records_version() != version;
+        assert_eq!(moved, moves, "{what}");
+        assert!(moved || core.sessions_snapshot() == snapshot, "{what}: the snapshot changed, the version did not");
+    }
+    let version = core.records_version();
+    let record = SessionRecord {
+        session_id: "s9".into(),
+        agent: DEFAULT_AGENT.into(),
+        chat: chat("111"),
+        cwd: PathBuf::from("/work"),
+        instructed: true,
+    };
+    assert_eq!(core.adopt([("tg:__other__".to_string(), record)]), 1);
+    assert_ne!(core.records_version(), version, "adopted records are in the snapshot");
+}
+
 #[test]
 fn message_ids_follow_their_turns() {
     let t0 = Instant::now();
