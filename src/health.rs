@@ -225,6 +225,16 @@ impl Probe {
         self.with(|h, now| h.failed(now, &error))
     }
 
+    /// Record a failure of the channel's loop and log it: a warning for the first of a streak
+    /// (or a new error), detail after, so a long outage is one line, not thousands.
+    pub fn report(&self, target: &str, error: &str) {
+        if self.failed(error) {
+            log::warn!(target: target, "{error}");
+        } else {
+            log::debug!(target: target, "{error}");
+        }
+    }
+
     pub fn note_error(&self, error: &str) {
         let error = crate::redact::clean(error);
         self.with(|h, now| h.note_error(now, &error));

@@ -353,11 +353,7 @@ impl Stream {
 
     /// Log a failure: a warning for the first of a streak (or a new error), detail after.
     fn report(&self, error: &str) {
-        if self.probe.failed(error) {
-            log::warn!(target: self.target(), "{error}");
-        } else {
-            log::debug!(target: self.target(), "{error}");
-        }
+        self.probe.report(self.target(), error);
     }
 
     /// Rejected credentials will not fix themselves: say so once and wait to be stopped.

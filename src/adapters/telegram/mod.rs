@@ -294,11 +294,7 @@ impl Poller {
 
     /// Log a failure: a warning for the first of a streak (or a new error), detail after.
     fn report(&self, error: &str) {
-        if self.probe.failed(error) {
-            log::warn!(target: self.target(), "{error}");
-        } else {
-            log::debug!(target: self.target(), "{error}");
-        }
+        self.probe.report(self.target(), error);
     }
 
     /// A rejected token will not fix itself: say so once and wait to be stopped.

@@ -139,11 +139,7 @@ impl Poller {
                 Err(failure) => {
                     failures += 1;
                     let error = format!("getupdates failed: {failure}");
-                    if self.probe.failed(&error) {
-                        log::warn!(target: self.target(), "{error}");
-                    } else {
-                        log::debug!(target: self.target(), "{error}");
-                    }
+                    self.probe.report(self.target(), &error);
                     if pause(&self.stop, retry_delay(failures)) {
                         return;
                     }
