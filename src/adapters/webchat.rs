@@ -215,10 +215,11 @@ fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChanne
         spawn_with_uploads(channel, io.inbound, io.outbox, uploads, Some(io.admin), Some(&io.home), &io.supervisor)?;
     // Listening is this channel's "connected".
     io.probe.ok();
-    let mut reached_at = format!("web chat on {}", server.url());
+    let reached_at = format!("web chat on {}", server.url());
     if let Some(token) = admin.admin_token() {
+        // On the terminal only: the log redacts the token, and the operator needs it once.
         let url = crate::admin_token::admin_url(&server.url(), &token);
-        reached_at.push_str(&format!("\n{}: admin page (keep this address private) on {url}", channel.name));
+        println!("{}: admin page (keep this address private) on {url}", channel.name);
     }
     Ok(RunningChannel { reached_at: Some(reached_at), drained: None, guard: Some(Box::new(server)) })
 }

@@ -829,7 +829,8 @@ impl Core {
     /// The agent is (back) up: open or restore every session that waits for it.
     fn on_agent_ready(&mut self, agent: &str, load_session: bool, actions: &mut Vec<Action>) {
         let was_down = self.down.remove(agent).is_some();
-        self.load_session.insert(agent.to_string(), load_session);
+        // The first `initialize` of this run is a start, not a comeback.
+        let restarted = self.load_session.insert(agent.to_string(), load_session).is_some();
         let mut keys: Vec<SessionKey> = self
             .sessions
             .iter()
@@ -857,7 +858,7 @@ impl Core {
             };
             actions.push(Action::Agent { agent: agent.to_string(), request });
         }
-        if was_down {
+        if was_down && (restarted || loads + news > 0) {
             log::info!(target: "core", "agent {agent} is back: restoring {loads} session(s), opening {news} new");
         }
     }
