@@ -678,6 +678,9 @@ impl Daemon {
             log::info!(target: channel.name.as_str(), "{reached_at}");
             println!("{}: {reached_at}", channel.name);
         }
+        if let Some(note) = &running.private_note {
+            println!("{}: {note}", channel.name);
+        }
         log::info!(target: channel.name.as_str(), "channel started ({})", platform.name);
         if channel.permissions == PermissionPolicy::Allow {
             log::warn!(target: channel.name.as_str(), "permissions is \"allow\": the agent may run any tool (shell commands, file edits) without asking anyone");

@@ -135,8 +135,10 @@ pub struct ChannelIo {
 /// What the daemon keeps of a started channel.
 #[derive(Default)]
 pub struct RunningChannel {
-    /// How people reach it, as a phrase printed at start ("web chat on http://…").
+    /// How people reach it, as a phrase printed and logged at start ("web chat on http://…").
     pub reached_at: Option<String>,
+    /// Printed on the terminal after it, never logged (an address with a credential in it).
+    pub private_note: Option<String>,
     /// Disconnects once delivery has drained what was queued (the platform's sender thread).
     pub drained: Option<Receiver<()>>,
     /// Dropped to stop what the stop channel cannot reach (a listening server).

@@ -215,13 +215,13 @@ fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChanne
         spawn_with_uploads(channel, io.inbound, io.outbox, uploads, Some(io.admin), Some(&io.home), &io.supervisor)?;
     // Listening is this channel's "connected".
     io.probe.ok();
-    let reached_at = format!("web chat on {}", server.url());
-    if let Some(token) = admin.admin_token() {
-        // On the terminal only: the log redacts the token, and the operator needs it once.
+    let reached_at = Some(format!("web chat on {}", server.url()));
+    // On the terminal only: the log would redact the token, and the operator needs it once.
+    let private_note = admin.admin_token().map(|token| {
         let url = crate::admin_token::admin_url(&server.url(), &token);
-        println!("{}: admin page (keep this address private) on {url}", channel.name);
-    }
-    Ok(RunningChannel { reached_at: Some(reached_at), drained: None, guard: Some(Box::new(server)) })
+        format!("admin page (keep this address private) on {url}")
+    });
+    Ok(RunningChannel { reached_at, private_note, drained: None, guard: Some(Box::new(server)) })
 }
 
 /// [`spawn`] with the directory attachments are saved under (tests use their own).

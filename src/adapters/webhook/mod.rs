@@ -204,7 +204,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         .map_err(|e| Error::Other(format!("channel \"{name}\": cannot start the webhook server: {e}")))?;
     io.probe.ok();
     let reached_at = format!("webhooks on http://{}/hooks/<source>", server.local_addr());
-    Ok(RunningChannel { reached_at: Some(reached_at), drained: None, guard: Some(Box::new(server)) })
+    Ok(RunningChannel { reached_at: Some(reached_at), guard: Some(Box::new(server)), ..RunningChannel::default() })
 }
 
 fn handle(state: &State, request: &Request) -> Response {
