@@ -1365,16 +1365,7 @@ mod tests {
     /// Parse with a fixed file, cwd `/srv/start`, home `/home/ann` and the given process
     /// environment.
     fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let cx = ParseContext {
-            path: Path::new(FILE),
-            cwd: Path::new("/srv/start"),
-            home: Some(Path::new("/home/ann")),
-            env: &lookup,
-            platforms: crate::adapters::PLATFORMS,
-        };
-        parse(text, &cx)
+        parse_on(text, crate::adapters::PLATFORMS, env)
     }
 
     /// What the Telegram adapter reads from a channel with `token` and the default `apiBase`.
@@ -2384,6 +2375,8 @@ mod tests {
             assert!(error.starts_with(&expected), "{error}\nexpected: {expected}");
         }
     }
+
+    /// [`parse_with`] with the platforms given (a test's own).
     fn parse_on(text: &str, platforms: &[&'static Platform], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());

@@ -187,7 +187,7 @@ impl PairingBook {
         if self.pending.len() >= MAX_PENDING {
             return Ask::Full;
         }
-        let code = (0..4).find_map(|_| random().map(code_from_bytes).filter(|c| self.find_live(c, now_ms).is_none()));
+        let code = self.new_code(random, now_ms);
         let Some(code) = code else { return Ask::NoEntropy };
         let request = PairingRequest {
             sender_id: sender_id.to_string(),
@@ -251,8 +251,7 @@ impl PairingBook {
         if self.pending.len() >= MAX_PENDING {
             return Ask::Full;
         }
-        // A repeat of a live code is a 1 in 2^40 event; draw again rather than share it.
-        let code = (0..4).find_map(|_| random().map(code_from_bytes).filter(|c| self.find_live(c, now_ms).is_none()));
+        let code = self.new_code(random, now_ms);
         let Some(code) = code else { return Ask::NoEntropy };
         let request = PairingRequest {
             sender_id: sender_id.to_string(),
@@ -265,6 +264,12 @@ impl PairingBook {
         self.pending.push(request.clone());
         self.last_reply.insert(sender_id.to_string(), now_ms);
         Ask::Created(request)
+    }
+
+    /// A fresh code no live request has. A repeat is a 1 in 2^40 event; draw again rather than
+    /// share it. `None` when no randomness could be had.
+    fn new_code(&self, random: &mut dyn FnMut() -> Option<[u8; CODE_LENGTH]>, now_ms: u64) -> Option<String> {
+        (0..4).find_map(|_| random().map(code_from_bytes).filter(|c| self.find_live(c, now_ms).is_none()))
     }
 
     fn find_live(&self, code: &str, now_ms: u64) -> Option<usize> {

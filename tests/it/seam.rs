@@ -143,7 +143,8 @@ fn a_platform_written_against_the_seam_gets_replies_pacing_journaling_and_superv
         as_service: true,
         stop: Some(stop),
     };
-    let daemon = std::thread::spawn(move || tether::daemon::run(config, options));
+    let (ended_tx, ended) = unbounded();
+    std::thread::spawn(move || ended_tx.send(tether::daemon::run(config, options).is_ok()));
 
     // A reply, journaled first and settled once delivered.
     WIRE.posts.0.send(("1".into(), "hello".into())).unwrap();
@@ -176,5 +177,5 @@ fn a_platform_written_against_the_seam_gets_replies_pacing_journaling_and_superv
     assert!(wait_until(WAIT, || sent_texts()[count..].iter().any(|t| t == "echo: again")), "{:?}", sent_texts());
 
     drop(stop_tx);
-    daemon.join().unwrap().unwrap();
+    assert_eq!(ended.recv_timeout(WAIT), Ok(true), "the daemon stops cleanly, in bounded time");
 }
