@@ -20,8 +20,8 @@ pub fn init(verbose: bool) {
 
 /// Like [`init`], writing to `target` (a log file) instead of stderr.
 pub fn init_to(verbose: bool, target: Option<Box<dyn Write + Send>>) {
-    // Our own debug lines, not the HTTP and TLS libraries' (they would drown ours).
-    let default = if verbose { "debug,ureq=info,ureq_proto=info,rustls=info" } else { "info" };
+    // Our own debug lines, not the WebSocket and TLS libraries' (they would drown ours).
+    let default = if verbose { "debug,tungstenite=info,rustls=info" } else { "info" };
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(default);
     if let Ok(filters) = std::env::var("RUST_LOG") {

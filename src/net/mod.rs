@@ -2,6 +2,8 @@
 //! and the WebSocket client.
 
 pub mod http;
+pub(crate) mod http_wire;
 pub mod httpd;
 pub mod multipart;
+pub(crate) mod tls;
 pub mod ws;
