@@ -4,15 +4,15 @@
 //! wire format is [`super::http_wire`] (pure); this module does sockets, the pool and retries.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::conn::{self, Stream, is_timeout};
 use super::http_wire::{self as wire, BodyDecoder, BodyInfo, Target};
-use super::tls;
 
 /// TCP connect, per resolved address (and never past the call's deadline).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,10 +35,6 @@ const MAX_REDIRECTS: usize = 5;
 const INLINE_BODY: usize = 64 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
-/// How far a socket timeout set earlier may overshoot the deadline before it is set again:
-/// the timeout applies per read or write, so it is recalculated, but not on every call.
-const REARM_SLACK: Duration = Duration::from_millis(50);
-
 /// A blocking HTTP/1.1 client (`http://` and `https://`).
 #[derive(Debug, Clone, Default)]
 pub struct HttpClient {
@@ -285,7 +281,7 @@ impl HttpClient {
         deadline: Instant,
         limit: u64,
     ) -> Result<Reply, Failure> {
-        stream.socket().deadline = deadline;
+        stream.set_deadline(deadline);
         send(&mut stream, request, body)?;
         let reply = read_reply(&mut stream, limit)?;
         if reply.reusable {
@@ -296,32 +292,9 @@ impl HttpClient {
 
     /// A new connection: each resolved address in turn, then TLS for `https`.
     fn open(&self, target: &Target, deadline: Instant) -> Result<Stream, Failure> {
-        let peer = target.authority();
-        let mut last = Failure::other(format!("{peer} resolved to no address"));
-        for addr in self.resolve(target)? {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Failure::timeout(format!("timed out connecting to {peer}")));
-            }
-            let bound = left.min(CONNECT_TIMEOUT);
-            match TcpStream::connect_timeout(&addr, bound) {
-                Ok(tcp) => {
-                    // Requests are written whole; waiting to fill a segment only adds latency.
-                    let _ = tcp.set_nodelay(true);
-                    let socket = Socket { tcp, deadline, read_armed: None, write_armed: None };
-                    if !target.tls {
-                        return Ok(Stream::Plain(socket));
-                    }
-                    let session = tls::session(&target.host).map_err(Failure::other)?;
-                    return Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(session, socket))));
-                }
-                Err(e) if is_timeout(&e) => {
-                    last = Failure::timeout(format!("timed out connecting to {peer} ({addr}) within {bound:?}"))
-                }
-                Err(e) => last = Failure::other(format!("cannot connect to {peer} ({addr}): {e}")),
-            }
-        }
-        Err(last)
+        let addrs = self.resolve(target)?;
+        conn::open(&target.host, &target.authority(), target.tls, &addrs, CONNECT_TIMEOUT, deadline)
+            .map_err(|e| Failure { kind: if e.timed_out { Kind::Timeout } else { Kind::Other }, message: e.message })
     }
 
     /// The addresses of the target's host, remembered for [`RESOLVE_TTL`]. The lookup
@@ -441,99 +414,6 @@ impl From<wire::WireError> for Failure {
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-/// A TCP socket whose reads and writes end at `deadline`: each sets the socket's timeout to
-/// what is left (unless the one already set is close enough), and fails once it has passed.
-struct Socket {
-    tcp: TcpStream,
-    deadline: Instant,
-    /// The read and write timeouts last set on the socket.
-    read_armed: Option<Duration>,
-    write_armed: Option<Duration>,
-}
-
-impl Socket {
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() { Err(io::Error::new(ErrorKind::TimedOut, "the deadline passed")) } else { Ok(left) }
-    }
-}
-
-/// Whether a timeout set earlier (`armed`) must be set again to `left`: it would end before
-/// the deadline, or overshoot it by more than [`REARM_SLACK`].
-fn must_rearm(armed: Option<Duration>, left: Duration) -> bool {
-    armed.is_none_or(|armed| armed < left || armed - left > REARM_SLACK)
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        if must_rearm(self.read_armed, left) {
-            self.tcp.set_read_timeout(Some(left))?;
-            self.read_armed = Some(left);
-        }
-        self.tcp.read(buf)
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        if must_rearm(self.write_armed, left) {
-            self.tcp.set_write_timeout(Some(left))?;
-            self.write_armed = Some(left);
-        }
-        self.tcp.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.tcp.flush()
-    }
-}
-
-/// A connection, plain or TLS.
-enum Stream {
-    Plain(Socket),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, Socket>>),
-}
-
-impl Stream {
-    fn socket(&mut self) -> &mut Socket {
-        match self {
-            Stream::Plain(socket) => socket,
-            Stream::Tls(tls) => &mut tls.sock,
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(socket) => socket.read(buf),
-            Stream::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(socket) => socket.write(buf),
-            Stream::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(socket) => socket.flush(),
-            Stream::Tls(tls) => tls.flush(),
-        }
-    }
-}
-
 /// Write the request (head, and the body if it was not in the same buffer).
 fn send(io: &mut impl Write, request: &[u8], body: &[u8]) -> Result<(), Failure> {
     let result = io.write_all(request).and_then(|()| io.write_all(body)).and_then(|()| io.flush());
@@ -609,7 +489,8 @@ fn read_some(io: &mut impl Read, scratch: &mut [u8], received: bool) -> Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::io;
+    use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::thread;
 
@@ -715,16 +596,6 @@ mod tests {
         assert_eq!(read_pieces(&[&head, &body], None, TEXT_LIMIT).unwrap().body.len(), body.len());
         let head = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
         assert!(read_pieces(&[head, &body, "z"], None, TEXT_LIMIT).is_err());
-    }
-
-    #[test]
-    fn socket_timeouts_are_set_again_only_when_they_matter() {
-        let ms = Duration::from_millis;
-        assert!(must_rearm(None, ms(1000)));
-        assert!(!must_rearm(Some(ms(1000)), ms(1000)));
-        assert!(!must_rearm(Some(ms(1000)), ms(960)));
-        assert!(must_rearm(Some(ms(1000)), ms(900)), "would overshoot the deadline by 100 ms");
-        assert!(must_rearm(Some(ms(1000)), ms(1001)), "would end before the deadline");
     }
 
     #[test]

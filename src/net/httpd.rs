@@ -376,7 +376,7 @@ pub fn websocket_upgrade(request: &Request) -> Result<Response, Response> {
         Some(k) if !k.is_empty() => k,
         _ => return Err(Response::text(400, "missing Sec-WebSocket-Key\n")),
     };
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = super::ws_frame::accept_key(key.as_bytes());
     Ok(Response::new(101)
         .header("Upgrade", "websocket")
         .header("Connection", "Upgrade")

@@ -1,19 +1,18 @@
 //! The blocking WebSocket client for platforms that push over a socket (Discord's gateway,
 //! DingTalk Stream): connect with bounded phases over rustls (`wss://`) or plain `ws://`,
 //! read with a deadline so a caller's loop can heartbeat between reads, bounded frames and
-//! messages, close with a code. Built on tungstenite; no async runtime.
+//! messages, close with a code. Frames are [`super::ws_frame`] (pure), the connection is
+//! [`super::conn`] (the HTTP client's); no async runtime.
 
-use std::io::ErrorKind;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
-use tungstenite::client::IntoClientRequest;
-use tungstenite::handshake::HandshakeError;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use base64::Engine as _;
 
+use super::conn::{self, Stream, is_timeout};
+use super::http_wire;
+use super::ws_frame::{self, Assembler, FrameError, Incoming, Opcode};
 use crate::backoff::Backoff;
 
 /// Limits and timeouts of one connection.
@@ -116,11 +115,23 @@ pub enum WsEvent {
     Error(WsError),
 }
 
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer is given back down to this once a large message has passed.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// One open WebSocket connection.
 pub struct WsClient {
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
-    /// A handle on the same socket, to change its read timeout whatever wraps it.
-    socket: TcpStream,
+    stream: Stream,
+    /// Bytes read and not yet taken as frames (at most one frame's header and payload more
+    /// than a read: a frame over the limit is refused from its header).
+    buf: Vec<u8>,
+    assembler: Assembler,
+    config: WsConfig,
+    /// Our close frame went out: nothing more is sent.
+    sent_close: bool,
+    /// The connection is finished (closed by either side, dropped, or broken).
+    finished: bool,
     /// `scheme://host:port`, for messages (the full URL may carry a ticket).
     peer: String,
 }
@@ -133,62 +144,83 @@ impl std::fmt::Debug for WsClient {
 
 /// Connect to a `ws://` or `wss://` URL with every phase bounded by `config`.
 pub fn connect(url: &str, config: &WsConfig) -> Result<WsClient, WsError> {
-    let request = url.into_client_request().map_err(|e| WsError::BadUrl(format!("{e}")))?;
-    let uri = request.uri();
-    let tls = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        other => return Err(WsError::BadUrl(format!("scheme {:?} is not ws or wss", other.unwrap_or("")))),
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| WsError::BadUrl("not an absolute URL".to_string()))?;
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "wss" => true,
+        "ws" => false,
+        other => return Err(WsError::BadUrl(format!("scheme {other:?} is not ws or wss"))),
     };
-    let Some(host) = uri.host() else { return Err(WsError::BadUrl("no host".to_string())) };
-    // An IPv6 literal comes bracketed from the URI; the resolver wants it bare.
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let peer = format!("{}://{host}:{port}", if tls { "wss" } else { "ws" });
+    let target =
+        http_wire::parse_url(&format!("{}://{rest}", if tls { "https" } else { "http" })).map_err(WsError::BadUrl)?;
+    let peer = format!("{scheme}://{}", target.authority());
 
-    let addrs: Vec<_> = (host.as_str(), port)
+    let addrs: Vec<_> = (target.host.as_str(), target.port)
         .to_socket_addrs()
-        .map_err(|e| WsError::Connect(format!("cannot resolve {host}: {e}")))?
+        .map_err(|e| WsError::Connect(format!("cannot resolve {}: {e}", target.host)))?
         .collect();
-    let mut last = WsError::Connect(format!("{host} resolved to no address"));
-    let mut tcp = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, config.connect_timeout) {
-            Ok(stream) => {
-                tcp = Some(stream);
-                break;
-            }
-            Err(e) if is_timeout(e.kind()) => {
-                last =
-                    WsError::Timeout(format!("TCP connect to {peer} ({addr}) took over {:?}", config.connect_timeout))
-            }
-            Err(e) => last = WsError::Connect(format!("{peer} ({addr}): {e}")),
-        }
-    }
-    let Some(tcp) = tcp else { return Err(last) };
-    let io = |e: std::io::Error| WsError::Connect(format!("{peer}: {e}"));
-    tcp.set_nodelay(true).map_err(io)?;
-    tcp.set_read_timeout(Some(config.handshake_timeout)).map_err(io)?;
-    tcp.set_write_timeout(Some(config.write_timeout)).map_err(io)?;
-    let socket = tcp.try_clone().map_err(io)?;
+    let connect_deadline = Instant::now() + config.connect_timeout.saturating_mul(addrs.len().max(1) as u32);
+    let mut stream = conn::open(&target.host, &peer, tls, &addrs, config.connect_timeout, connect_deadline)
+        .map_err(|e| if e.timed_out { WsError::Timeout(e.message) } else { WsError::Connect(e.message) })?;
 
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(config.max_message_bytes.max(64 * 1024))
-        .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_frame_bytes.min(config.max_message_bytes)));
-    let ws = match tungstenite::client_tls_with_config(request, tcp, Some(ws_config), None) {
-        Ok((ws, _response)) => ws,
-        Err(HandshakeError::Interrupted(_)) => {
-            return Err(WsError::Timeout(format!(
+    // The TLS handshake (on the first write) and the upgrade share one bound.
+    stream.set_deadline(Instant::now() + config.handshake_timeout);
+    let mut key = [0u8; 16];
+    getrandom::fill(&mut key).map_err(|e| WsError::Protocol(format!("no random key: {e}")))?;
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tether/{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        target.path,
+        target.authority(),
+        env!("CARGO_PKG_VERSION"),
+    );
+    let handshake_failed = |e: io::Error| {
+        if is_timeout(&e) {
+            WsError::Timeout(format!(
                 "{peer} did not complete the handshake (no answer within {:?})",
                 config.handshake_timeout
-            )));
+            ))
+        } else {
+            classify(e, &peer)
         }
-        Err(HandshakeError::Failure(e)) => return Err(classify(e, &peer)),
     };
-    Ok(WsClient { ws, socket, peer })
+    stream.write_all(request.as_bytes()).and_then(|()| stream.flush()).map_err(handshake_failed)?;
+    let mut buf = Vec::new();
+    let mut scratch = vec![0; READ_CHUNK];
+    let head = loop {
+        match http_wire::parse_head(&buf) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(e) => return Err(WsError::Protocol(format!("{peer}: {e}"))),
+        }
+        match stream.read(&mut scratch) {
+            Ok(0) => return Err(WsError::Dropped(format!("{peer} closed the connection during the handshake"))),
+            Ok(n) => buf.extend_from_slice(scratch.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(handshake_failed(e)),
+        }
+    };
+    if head.status != 101 {
+        return Err(WsError::Rejected { status: head.status });
+    }
+    let header = |name: &str| head.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        return Err(WsError::Protocol(format!("{peer} answered 101 without Upgrade: websocket")));
+    }
+    if header("sec-websocket-accept") != Some(ws_frame::accept_key(key.as_bytes()).as_str()) {
+        return Err(WsError::Protocol(format!("{peer} answered with a wrong Sec-WebSocket-Accept")));
+    }
+    // Frames the server sent right behind its answer.
+    buf.drain(..head.len);
+    Ok(WsClient {
+        stream,
+        buf,
+        assembler: Assembler::new(config.max_message_bytes),
+        config: config.clone(),
+        sent_close: false,
+        finished: false,
+        peer,
+    })
 }
 
 /// Connect, retrying with `backoff` while the failure is retryable. `wait(delay)` sleeps (or
@@ -225,121 +257,150 @@ impl WsClient {
 
     /// Wait for the next message until `deadline`. Pings are answered before returning.
     pub fn read(&mut self, deadline: Instant) -> WsEvent {
-        // A zero timeout means "block forever" to the OS; the shortest real wait stands in.
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        if let Err(e) = self.socket.set_read_timeout(Some(left)) {
-            return WsEvent::Error(WsError::Protocol(format!("{}: {e}", self.peer)));
+        if self.finished {
+            return WsEvent::Close { code: None, reason: String::new() };
         }
-        match self.ws.read() {
-            Ok(Message::Text(text)) => WsEvent::Text(text.as_str().to_string()),
-            Ok(Message::Binary(bytes)) => WsEvent::Binary(bytes.to_vec()),
-            Ok(Message::Ping(_)) => {
-                // tungstenite queued the pong; push it out now rather than at the next read.
-                match self.ws.flush() {
-                    Ok(()) => WsEvent::Ping,
-                    Err(e) => WsEvent::Error(classify(e, &self.peer)),
+        let mut scratch = [0u8; READ_CHUNK];
+        loop {
+            match ws_frame::decode(&self.buf, self.config.max_frame_bytes.min(self.config.max_message_bytes)) {
+                Ok(Some((frame, used))) => {
+                    self.buf.drain(..used);
+                    if self.buf.capacity() > KEEP_BUFFER && self.buf.len() <= READ_CHUNK {
+                        self.buf.shrink_to(READ_CHUNK);
+                    }
+                    match self.assembler.push(frame) {
+                        Ok(None) => continue,
+                        Ok(Some(incoming)) => return self.deliver(incoming),
+                        Err(e) => return self.refuse(e),
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => return self.refuse(e),
             }
-            Ok(Message::Pong(_)) => WsEvent::Pong,
-            Ok(Message::Close(frame)) => {
-                // Sends our close reply; the peer then ends the TCP connection.
-                let _ = self.ws.flush();
-                match frame {
-                    Some(f) => WsEvent::Close { code: Some(u16::from(f.code)), reason: f.reason.as_str().to_string() },
-                    None => WsEvent::Close { code: None, reason: String::new() },
+            // A passed deadline is a quick poll, not an endless block or no look at all.
+            self.stream.set_deadline(deadline.max(Instant::now() + Duration::from_millis(1)));
+            match self.stream.read(&mut scratch) {
+                Ok(0) => {
+                    self.finished = true;
+                    return WsEvent::Error(WsError::Dropped(format!(
+                        "{} closed the socket without a close frame",
+                        self.peer
+                    )));
                 }
-            }
-            // Raw frames are never returned by `read`.
-            Ok(Message::Frame(_)) => WsEvent::Timeout,
-            Err(tungstenite::Error::Io(e)) if is_timeout(e.kind()) => WsEvent::Timeout,
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                WsEvent::Close { code: None, reason: String::new() }
-            }
-            Err(e) => {
-                let error = classify(e, &self.peer);
-                if matches!(error, WsError::TooLarge(_)) {
-                    // Tell the peer why, best effort; the connection is finished either way.
-                    let _ = self.close_frame(1009, "message too big");
+                Ok(n) => self.buf.extend_from_slice(scratch.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return WsEvent::Timeout,
+                Err(e) => {
+                    self.finished = true;
+                    return WsEvent::Error(classify(e, &self.peer));
                 }
-                WsEvent::Error(error)
             }
         }
+    }
+
+    fn deliver(&mut self, incoming: Incoming) -> WsEvent {
+        match incoming {
+            Incoming::Text(text) => WsEvent::Text(text),
+            Incoming::Binary(bytes) => WsEvent::Binary(bytes),
+            Incoming::Ping(payload) => match self.send_frame(Opcode::Pong, &payload) {
+                Ok(()) => WsEvent::Ping,
+                Err(e) => WsEvent::Error(e),
+            },
+            Incoming::Pong => WsEvent::Pong,
+            Incoming::Close { code, reason } => {
+                // Answer with the same code; the peer then ends the TCP connection.
+                if !self.sent_close {
+                    let _ = self.close_frame(code.unwrap_or(1000), "");
+                }
+                self.finished = true;
+                WsEvent::Close { code, reason }
+            }
+        }
+    }
+
+    /// A frame or message we do not take: tell the peer why (best effort), and finish.
+    fn refuse(&mut self, e: FrameError) -> WsEvent {
+        let error = match e {
+            FrameError::TooLarge(what) => {
+                let _ = self.close_frame(1009, "message too big");
+                WsError::TooLarge(format!("{}: {what}", self.peer))
+            }
+            FrameError::Protocol(what) => {
+                let _ = self.close_frame(1002, "protocol error");
+                WsError::Protocol(format!("{}: {what}", self.peer))
+            }
+        };
+        self.finished = true;
+        WsEvent::Error(error)
     }
 
     /// Send one text message.
     pub fn send_text(&mut self, text: &str) -> Result<(), WsError> {
-        self.send(Message::text(text))
+        if text.len() > self.config.max_message_bytes {
+            return Err(WsError::TooLarge(format!("{}: a {}-byte message to send", self.peer, text.len())));
+        }
+        self.send_frame(Opcode::Text, text.as_bytes())
     }
 
     /// Send a ping (its pong comes back as [`WsEvent::Pong`]); payload ≤ 125 bytes.
     pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), WsError> {
-        self.send(Message::Ping(payload.to_vec().into()))
+        let payload = payload.get(..ws_frame::MAX_CONTROL_PAYLOAD).unwrap_or(payload);
+        self.send_frame(Opcode::Ping, payload)
     }
 
-    fn send(&mut self, message: Message) -> Result<(), WsError> {
-        self.ws.send(message).map_err(|e| match e {
-            tungstenite::Error::Io(io) if is_timeout(io.kind()) => {
+    /// One frame, masked, written within the write timeout.
+    fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), WsError> {
+        if self.sent_close || self.finished {
+            return Err(WsError::Closed);
+        }
+        let mask = getrandom::u32().map_err(|e| WsError::Protocol(format!("no random mask: {e}")))?;
+        let frame = ws_frame::encode(opcode, payload, mask.to_ne_bytes());
+        self.stream.set_deadline(Instant::now() + self.config.write_timeout);
+        let written = self.stream.write_all(&frame).and_then(|()| self.stream.flush());
+        written.map_err(|e| {
+            self.finished = true;
+            if is_timeout(&e) {
                 WsError::Timeout(format!("{} did not take our message in time", self.peer))
+            } else {
+                classify(e, &self.peer)
             }
-            other => classify(other, &self.peer),
         })
     }
 
     /// Close with `code` (Discord: 4000-range keeps the session resumable, 1000 ends it), wait
     /// up to `linger` for the peer's close reply, then drop the socket.
     pub fn close(mut self, code: u16, reason: &str, linger: Duration) {
-        if self.close_frame(code, reason).is_err() {
-            return;
-        }
-        let deadline = Instant::now() + linger;
-        while Instant::now() < deadline {
-            match self.read(deadline) {
-                WsEvent::Close { .. } | WsEvent::Error(_) | WsEvent::Timeout => break,
-                _ => {}
+        if self.close_frame(code, reason).is_ok() {
+            let deadline = Instant::now() + linger;
+            while Instant::now() < deadline {
+                match self.read(deadline) {
+                    WsEvent::Close { .. } | WsEvent::Error(_) | WsEvent::Timeout => break,
+                    _ => {}
+                }
             }
         }
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        self.stream.shutdown();
     }
 
-    fn close_frame(&mut self, code: u16, reason: &str) -> Result<(), tungstenite::Error> {
-        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
-        self.ws.close(Some(frame))?;
-        self.ws.flush()
+    fn close_frame(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
+        self.send_frame(Opcode::Close, &ws_frame::close_payload(code, reason))?;
+        self.sent_close = true;
+        Ok(())
     }
 }
 
-fn is_timeout(kind: ErrorKind) -> bool {
-    matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-/// A tungstenite error as one of ours, naming the peer but never the full URL.
-fn classify(e: tungstenite::Error, peer: &str) -> WsError {
-    use tungstenite::Error as E;
-    match e {
-        E::ConnectionClosed | E::AlreadyClosed => WsError::Closed,
-        E::Io(io) if is_timeout(io.kind()) => WsError::Timeout(format!("{peer}: {io}")),
-        E::Io(io)
-            if matches!(
-                io.kind(),
-                ErrorKind::ConnectionReset
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::UnexpectedEof
-                    | ErrorKind::BrokenPipe
-            ) =>
-        {
-            WsError::Dropped(format!("{peer}: {io}"))
-        }
-        E::Io(io) => WsError::Protocol(format!("{peer}: {io}")),
-        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
-            WsError::Dropped(format!("{peer} closed the socket without a close frame"))
-        }
-        E::Protocol(p) => WsError::Protocol(format!("{peer}: {p}")),
-        E::Capacity(c) => WsError::TooLarge(format!("{peer}: {c}")),
-        E::WriteBufferFull(_) => WsError::TooLarge(format!("{peer}: write buffer full")),
-        E::Tls(t) => WsError::Tls(format!("{peer}: {t}")),
-        E::Http(response) => WsError::Rejected { status: response.status().as_u16() },
-        E::Url(u) => WsError::BadUrl(format!("{u}")),
-        other => WsError::Protocol(format!("{peer}: {other}")),
+/// An I/O error as one of ours, naming the peer but never the full URL.
+fn classify(e: io::Error, peer: &str) -> WsError {
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return WsError::Tls(format!("{peer}: {tls}"));
+    }
+    match e.kind() {
+        _ if is_timeout(&e) => WsError::Timeout(format!("{peer}: {e}")),
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::UnexpectedEof
+        | ErrorKind::BrokenPipe => WsError::Dropped(format!("{peer}: {e}")),
+        _ => WsError::Protocol(format!("{peer}: {e}")),
     }
 }
 
@@ -347,8 +408,12 @@ fn classify(e: tungstenite::Error, peer: &str) -> WsError {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::net::TcpStream;
     use std::sync::mpsc;
     use std::thread;
+    use tungstenite::protocol::CloseFrame;
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::{Message, WebSocket};
 
     fn quick() -> WsConfig {
         WsConfig {
