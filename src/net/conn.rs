@@ -16,6 +16,11 @@ pub fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
+/// The TLS failure inside an I/O error from a TLS stream (certificate, protocol), if it is one.
+pub fn tls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
 /// A TCP socket whose reads and writes end at `deadline`: each sets the socket's timeout to
 /// what is left (unless the one already set is close enough), and fails once it has passed.
 pub struct Socket {

@@ -419,6 +419,7 @@ fn send(io: &mut impl Write, request: &[u8], body: &[u8]) -> Result<(), Failure>
     let result = io.write_all(request).and_then(|()| io.write_all(body)).and_then(|()| io.flush());
     result.map_err(|e| match e {
         e if is_timeout(&e) => Failure::timeout("timed out sending the request".to_string()),
+        e if conn::tls_error(&e).is_some() => Failure::other(format!("TLS error: {e}")),
         // Nothing of a reply has come yet: on a kept-alive connection, the server closed it.
         e => Failure { kind: Kind::Stale, message: format!("network error sending the request: {e}") },
     })
@@ -478,6 +479,7 @@ fn read_some(io: &mut impl Read, scratch: &mut [u8], received: bool) -> Result<u
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
             Err(e) if is_timeout(&e) => return Err(Failure::timeout("timed out waiting for the reply".to_string())),
+            Err(e) if conn::tls_error(&e).is_some() => return Err(Failure::other(format!("TLS error: {e}"))),
             Err(e) => {
                 let kind = if received { Kind::Other } else { Kind::Stale };
                 return Err(Failure { kind, message: format!("network error reading the reply: {e}") });
@@ -800,7 +802,7 @@ mod tests {
         });
         let url = url.replace("http://", "https://");
         let error = HttpClient::default().request(Method::Get, &url, &[], None, SHORT).unwrap_err();
-        assert!(!error.0.starts_with("timed out"), "{error}");
+        assert!(error.0.starts_with("TLS error: "), "{error}");
     }
 
     #[test]

@@ -391,7 +391,7 @@ impl WsClient {
 
 /// An I/O error as one of ours, naming the peer but never the full URL.
 fn classify(e: io::Error, peer: &str) -> WsError {
-    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = conn::tls_error(&e) {
         return WsError::Tls(format!("{peer}: {tls}"));
     }
     match e.kind() {
