@@ -454,7 +454,11 @@ fn read_reply(io: &mut impl Read, limit: u64) -> Result<Reply, Failure> {
     }
     let framing = wire::framing(&head)?;
     let mut decoder = BodyDecoder::new(framing, limit)?;
-    let mut body = Vec::new();
+    // A declared length is allocated once (up to a MiB: the rest grows only as it arrives).
+    let mut body = match framing {
+        wire::Framing::Length(n) => Vec::with_capacity(usize::try_from(n.min(1 << 20)).unwrap_or(0)),
+        _ => Vec::new(),
+    };
     let early = buf.get(head.len..).unwrap_or_default();
     let mut leftover = decoder.feed(early, &mut body)? < early.len();
     while !decoder.done() {
