@@ -60,8 +60,15 @@ type Resolved = (Instant, Vec<SocketAddr>);
 /// A kept-alive connection waiting for the next request to its origin.
 struct Idle {
     origin: Target,
-    stream: Stream,
+    conn: Conn,
     since: Instant,
+}
+
+/// A connection and its read buffer, zeroed once when the connection opens rather than for
+/// every exchange on it.
+struct Conn {
+    stream: Stream,
+    scratch: Vec<u8>,
 }
 
 /// Why no HTTP reply came back.
@@ -257,8 +264,8 @@ impl HttpClient {
         } else {
             body
         };
-        if let Some(stream) = self.take_idle(target) {
-            match self.exchange_on(stream, target, &request, rest, deadline, limit) {
+        if let Some(conn) = self.take_idle(target) {
+            match self.exchange_on(conn, target, &request, rest, deadline, limit) {
                 Err(Failure { kind: Kind::Stale, message }) => {
                     log::debug!(
                         "a kept-alive connection to {} was gone ({message}); using a new one",
@@ -268,33 +275,34 @@ impl HttpClient {
                 done => return done,
             }
         }
-        let stream = self.open(target, deadline)?;
-        self.exchange_on(stream, target, &request, rest, deadline, limit)
+        let conn = self.open(target, deadline)?;
+        self.exchange_on(conn, target, &request, rest, deadline, limit)
     }
 
     fn exchange_on(
         &self,
-        mut stream: Stream,
+        mut conn: Conn,
         target: &Target,
         request: &[u8],
         body: &[u8],
         deadline: Instant,
         limit: u64,
     ) -> Result<Reply, Failure> {
-        stream.set_deadline(deadline);
-        send(&mut stream, request, body)?;
-        let reply = read_reply(&mut stream, limit)?;
+        conn.stream.set_deadline(deadline);
+        send(&mut conn.stream, request, body)?;
+        let reply = read_reply(&mut conn.stream, &mut conn.scratch, limit)?;
         if reply.reusable {
-            self.keep_idle(target, stream);
+            self.keep_idle(target, conn);
         }
         Ok(reply)
     }
 
     /// A new connection: each resolved address in turn, then TLS for `https`.
-    fn open(&self, target: &Target, deadline: Instant) -> Result<Stream, Failure> {
+    fn open(&self, target: &Target, deadline: Instant) -> Result<Conn, Failure> {
         let addrs = self.resolve(target)?;
-        conn::open(&target.host, &target.authority(), target.tls, &addrs, CONNECT_TIMEOUT, deadline)
-            .map_err(|e| Failure { kind: if e.timed_out { Kind::Timeout } else { Kind::Other }, message: e.message })
+        let stream = conn::open(&target.host, &target.authority(), target.tls, &addrs, CONNECT_TIMEOUT, deadline)
+            .map_err(|e| Failure { kind: if e.timed_out { Kind::Timeout } else { Kind::Other }, message: e.message })?;
+        Ok(Conn { stream, scratch: vec![0; READ_CHUNK] })
     }
 
     /// The addresses of the target's host, remembered for [`RESOLVE_TTL`]. The lookup
@@ -324,15 +332,15 @@ impl HttpClient {
     }
 
     /// The newest idle connection to the target's origin; old ones are closed on the way.
-    fn take_idle(&self, target: &Target) -> Option<Stream> {
+    fn take_idle(&self, target: &Target) -> Option<Conn> {
         let mut idle = lock(&self.shared.idle);
         let now = Instant::now();
         idle.retain(|i| now.saturating_duration_since(i.since) < IDLE_MAX_AGE);
         let newest = idle.iter().rposition(|i| i.origin.same_origin(target))?;
-        Some(idle.remove(newest).stream)
+        Some(idle.remove(newest).conn)
     }
 
-    fn keep_idle(&self, target: &Target, stream: Stream) {
+    fn keep_idle(&self, target: &Target, conn: Conn) {
         let mut idle = lock(&self.shared.idle);
         let same = idle.iter().filter(|i| i.origin.same_origin(target)).count();
         if same >= IDLE_PER_ORIGIN
@@ -344,7 +352,7 @@ impl HttpClient {
             idle.remove(0);
         }
         let origin = Target { path: String::new(), ..target.clone() };
-        idle.push(Idle { origin, stream, since: Instant::now() });
+        idle.push(Idle { origin, conn, since: Instant::now() });
     }
 }
 
@@ -426,9 +434,8 @@ fn send(io: &mut impl Write, request: &[u8], body: &[u8]) -> Result<(), Failure>
 }
 
 /// Read one reply: skip 1xx heads, then the body by its framing, at most `limit` bytes.
-fn read_reply(io: &mut impl Read, limit: u64) -> Result<Reply, Failure> {
+fn read_reply(io: &mut impl Read, scratch: &mut [u8], limit: u64) -> Result<Reply, Failure> {
     let mut buf = Vec::new();
-    let mut scratch = vec![0; READ_CHUNK];
     let mut received = false;
     let head = loop {
         if let Some(head) = wire::parse_head(&buf)? {
@@ -438,7 +445,7 @@ fn read_reply(io: &mut impl Read, limit: u64) -> Result<Reply, Failure> {
             }
             break head;
         }
-        let n = read_some(io, &mut scratch, received)?;
+        let n = read_some(io, scratch, received)?;
         if n == 0 {
             return Err(if received {
                 Failure::other("the connection closed in the middle of the reply's head".to_string())
@@ -462,7 +469,7 @@ fn read_reply(io: &mut impl Read, limit: u64) -> Result<Reply, Failure> {
     let early = buf.get(head.len..).unwrap_or_default();
     let mut leftover = decoder.feed(early, &mut body)? < early.len();
     while !decoder.done() {
-        let n = read_some(io, &mut scratch, true)?;
+        let n = read_some(io, scratch, true)?;
         if n == 0 {
             decoder.end_of_stream()?;
             break;
@@ -503,31 +510,36 @@ mod tests {
     /// A reader that hands out `pieces` one per read, then `end` (None: end of stream).
     struct Pieces {
         pieces: std::collections::VecDeque<Vec<u8>>,
+        /// How much of the front piece was handed out.
+        taken: usize,
         end: Option<ErrorKind>,
     }
 
     impl Read for Pieces {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.pieces.pop_front() {
-                Some(mut piece) => {
-                    let n = piece.len().min(buf.len());
-                    buf[..n].copy_from_slice(&piece[..n]);
-                    if n < piece.len() {
-                        self.pieces.push_front(piece.split_off(n));
-                    }
-                    Ok(n)
-                }
-                None => match self.end {
+            let Some(piece) = self.pieces.front() else {
+                return match self.end {
                     None => Ok(0),
                     Some(kind) => Err(io::Error::new(kind, "scripted")),
-                },
+                };
+            };
+            let rest = &piece[self.taken..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.taken += n;
+            if self.taken == piece.len() {
+                self.pieces.pop_front();
+                self.taken = 0;
             }
+            Ok(n)
         }
     }
 
     fn read_pieces(pieces: &[&str], end: Option<ErrorKind>, limit: u64) -> Result<Reply, Failure> {
         let pieces = pieces.iter().map(|p| p.as_bytes().to_vec()).collect();
-        read_reply(&mut Pieces { pieces, end }, limit)
+        // Reads of 7 bytes at most: heads and bodies arrive split everywhere.
+        let scratch = if limit > 1024 { READ_CHUNK } else { 7 };
+        read_reply(&mut Pieces { pieces, taken: 0, end }, &mut vec![0; scratch], limit)
     }
 
     /// A reply's status, body and reuse, or the failure's kind.

@@ -84,6 +84,11 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     if !tail.starts_with('/') {
         path.push('/');
     }
+    // The usual path needs no encoding: taken whole.
+    if tail.bytes().all(|b| b > b' ' && b < 0x7f) {
+        path.push_str(tail);
+        return Ok(Target { tls, host: host.to_ascii_lowercase(), port, path });
+    }
     for byte in tail.bytes() {
         match byte {
             0..=0x1f | 0x7f => return Err("the URL has a control character".to_string()),
@@ -213,9 +218,14 @@ impl Head {
 
 /// The response head at the start of `buf`; `None` while it is incomplete.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Uninitialized slots: nothing to clear for each reply.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(WireError::Malformed(format!("the head is over {MAX_HEAD_BYTES} bytes")));

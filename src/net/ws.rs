@@ -126,6 +126,8 @@ pub struct WsClient {
     /// Bytes read and not yet taken as frames (at most one frame's header and payload more
     /// than a read: a frame over the limit is refused from its header).
     buf: Vec<u8>,
+    /// What each socket read lands in first (zeroed once, at connect).
+    scratch: Vec<u8>,
     assembler: Assembler,
     config: WsConfig,
     /// Our close frame went out: nothing more is sent.
@@ -215,6 +217,7 @@ pub fn connect(url: &str, config: &WsConfig) -> Result<WsClient, WsError> {
     Ok(WsClient {
         stream,
         buf,
+        scratch,
         assembler: Assembler::new(config.max_message_bytes),
         config: config.clone(),
         sent_close: false,
@@ -260,7 +263,6 @@ impl WsClient {
         if self.finished {
             return WsEvent::Close { code: None, reason: String::new() };
         }
-        let mut scratch = [0u8; READ_CHUNK];
         loop {
             match ws_frame::decode(&self.buf, self.config.max_frame_bytes.min(self.config.max_message_bytes)) {
                 Ok(Some((frame, used))) => {
@@ -279,7 +281,7 @@ impl WsClient {
             }
             // A passed deadline is a quick poll, not an endless block or no look at all.
             self.stream.set_deadline(deadline.max(Instant::now() + Duration::from_millis(1)));
-            match self.stream.read(&mut scratch) {
+            match self.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     self.finished = true;
                     return WsEvent::Error(WsError::Dropped(format!(
@@ -287,7 +289,7 @@ impl WsClient {
                         self.peer
                     )));
                 }
-                Ok(n) => self.buf.extend_from_slice(scratch.get(..n).unwrap_or_default()),
+                Ok(n) => self.buf.extend_from_slice(self.scratch.get(..n).unwrap_or_default()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => return WsEvent::Timeout,
                 Err(e) => {
