@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 pub struct WsConfig {
     /// TCP connect, per resolved address.
     pub connect_timeout: Duration,
-    /// Each read of the TLS and WebSocket handshakes (a silent server cannot hold us longer).
+    /// The TLS and WebSocket handshakes together (a silent server cannot hold us longer).
     pub handshake_timeout: Duration,
     /// Each socket write: a peer that stops reading cannot block a send forever.
     pub write_timeout: Duration,
