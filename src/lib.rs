@@ -22,6 +22,7 @@ pub(crate) mod audit_writer;
 pub(crate) mod backoff;
 pub mod cli;
 pub mod config;
+pub(crate) mod control;
 pub mod core;
 pub mod daemon;
 pub(crate) mod demo_agent;
