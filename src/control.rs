@@ -144,7 +144,8 @@ pub fn decode_tool(tool: &str, arguments: &Value) -> Result<LoopTool, String> {
         "loop_list" => Ok(LoopTool::List),
         "loop_cancel" => {
             let id = arguments.get("id");
-            let id = id.and_then(Value::as_u64).or_else(|| id.and_then(Value::as_str).and_then(|s| s.trim().parse().ok()));
+            let id =
+                id.and_then(Value::as_u64).or_else(|| id.and_then(Value::as_str).and_then(|s| s.trim().parse().ok()));
             match id.and_then(|id| u32::try_from(id).ok()) {
                 Some(id) => Ok(LoopTool::Cancel { id }),
                 None => Err("loop_cancel needs \"id\": the loop's number, as loop_list shows it".to_string()),

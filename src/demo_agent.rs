@@ -56,6 +56,11 @@ Words in the prompt (any case, whole words, combinable) change that:
   crashonce     like crash, unless this same prompt is already in the session's history:
                 with --state, the retry after a restart answers with the echo
   hang          stream one chunk, then never answer (session/cancel still ends the turn)
+Loops asked in plain words are made through the session's MCP server (tether's `tether mcp`,
+from mcpServers; initialize advertises mcpCapabilities) and answered with the tool's text:
+  every N minutes TASK   loop_create with \"*/N * * * *\" (\"* * * * *\" for 1) and TASK
+  list my loops          loop_list
+  cancel loop N          loop_cancel
 A prompt sent while another runs on the same session ends the first with error -32603 (as
 qwen does). session/cancel ends a turn at once with stop reason cancelled. Prompts starting
 with /help, /summary or /joke get canned answers; /model says which model answers. Sessions
@@ -150,7 +155,10 @@ pub fn run(args: &[String]) -> i32 {
 enum Incoming {
     Line(String),
     /// [`Output::CallTool`] `ticket` ended.
-    Tool { ticket: u64, result: Result<String, String> },
+    Tool {
+        ticket: u64,
+        result: Result<String, String>,
+    },
     Eof,
     Failed(std::io::Error),
 }

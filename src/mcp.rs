@@ -179,7 +179,11 @@ fn serve(
                     eprintln!("tether mcp: cannot read stdin: {e}");
                     return 1;
                 }
-                Some(error(Value::Null, PARSE_ERROR, &format!("Parse error: a line longer than {} MiB", MAX_LINE >> 20)))
+                Some(error(
+                    Value::Null,
+                    PARSE_ERROR,
+                    &format!("Parse error: a line longer than {} MiB", MAX_LINE >> 20),
+                ))
             }
             Ok(_) => answer_line(&String::from_utf8_lossy(&line), call),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -221,9 +225,8 @@ fn skip_line(input: &mut impl BufRead) -> std::io::Result<()> {
 /// One tool call through the service's control socket.
 fn call_service(binding: &Binding, tool: &str, arguments: &Value) -> Result<String, String> {
     let socket = Path::new(&binding.socket);
-    let unreachable = |e: std::io::Error| {
-        format!("tether's service is not reachable at {} ({e}); is it running?", socket.display())
-    };
+    let unreachable =
+        |e: std::io::Error| format!("tether's service is not reachable at {} ({e}); is it running?", socket.display());
     let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
     stream.set_read_timeout(Some(CALL_TIMEOUT)).map_err(unreachable)?;
     stream.set_write_timeout(Some(CALL_TIMEOUT)).map_err(unreachable)?;
@@ -303,7 +306,10 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":6,"method":"resources/list"}"#,
                 Some(error(json!(6), METHOD_NOT_FOUND, "Method not found: resources/list")),
             ),
-            ("[1]", Some(error(Value::Null, INVALID_REQUEST, "Invalid Request: not an object (batches are not supported)"))),
+            (
+                "[1]",
+                Some(error(Value::Null, INVALID_REQUEST, "Invalid Request: not an object (batches are not supported)")),
+            ),
         ];
         for (line, expected) in cases {
             let mut got = answer_line(line, &mut call);

@@ -632,11 +632,11 @@ mod tests {
             (r#"{"loadSession":true,"mcpCapabilities":null}"#, true, json!([])),
         ];
         for (capabilities, offered, expected) in cases {
-            let mut c = Connection::default();
-            c.mcp = offered.then(|| offer.clone());
+            let mut c = Connection { mcp: offered.then(|| offer.clone()), ..Default::default() };
             c.start();
             c.receive(&format!(r#"{{"jsonrpc":"2.0","id":0,"result":{{"agentCapabilities":{capabilities}}}}}"#));
-            let new = c.request(AgentRequest::NewSession { key: "tg:1:1".into(), cwd: PathBuf::from("/w"), model: None });
+            let new =
+                c.request(AgentRequest::NewSession { key: "tg:1:1".into(), cwd: PathBuf::from("/w"), model: None });
             assert_eq!(lines(&new)[0]["params"]["mcpServers"], expected, "{capabilities} {offered}");
             let load = AgentRequest::LoadSession {
                 key: "tg:1:1".into(),

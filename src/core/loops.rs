@@ -516,8 +516,12 @@ impl Core {
                         ask in the chat with /loop add."
                         .to_string());
                 };
-                let by =
-                    Creator { chat: &chat, is_group: writer.is_group, sender_id: &writer.id, sender_name: &writer.name };
+                let by = Creator {
+                    chat: &chat,
+                    is_group: writer.is_group,
+                    sender_id: &writer.id,
+                    sender_name: &writer.name,
+                };
                 let added = self.loops.add_parsed(&cron, &prompt, &by, self.wall_ms)?;
                 log::info!(target: chat.channel.as_str(), "loop added in {} by the agent for {}", chat.chat_id, writer.id);
                 Ok(added)

@@ -690,9 +690,10 @@ impl DemoAgent {
     /// The MCP tool call `ticket` ended: its text (or why it failed) is the turn's answer.
     pub fn tool_result(&mut self, ticket: u64, result: Result<String, String>, now: Instant) -> Vec<Output> {
         let mut out = Out::default();
-        let waiting = self.sessions.iter_mut().find(|(_, s)| {
-            s.turn.as_ref().is_some_and(|t| matches!(t.waiting, Wait::Tool(n) if n == ticket))
-        });
+        let waiting = self
+            .sessions
+            .iter_mut()
+            .find(|(_, s)| s.turn.as_ref().is_some_and(|t| matches!(t.waiting, Wait::Tool(n) if n == ticket)));
         let Some((session_id, session)) = waiting else {
             out.log(format!("MCP tool call {ticket} ended after its turn did: result dropped"));
             return out.items;

@@ -22,7 +22,13 @@ impl Harness {
     }
 
     fn with(settings: Settings) -> Harness {
-        Harness { agent: DemoAgent::new(settings), now: Instant::now(), next_id: 100, logs: Vec::new(), tool_calls: Vec::new() }
+        Harness {
+            agent: DemoAgent::new(settings),
+            now: Instant::now(),
+            next_id: 100,
+            logs: Vec::new(),
+            tool_calls: Vec::new(),
+        }
     }
 
     /// Feed raw text; return every output (Exit included).

@@ -82,7 +82,9 @@ fn exchange(child: &mut std::process::Child, tool: &str, arguments: &Value) -> R
     let text = result
         .get("content")
         .and_then(Value::as_array)
-        .map(|blocks| blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n"))
+        .map(|blocks| {
+            blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
+        })
         .unwrap_or_default();
     match result.get("isError").and_then(Value::as_bool) {
         Some(true) => Err(text),

@@ -731,7 +731,10 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                Step::CallTool { tool: "loop_create".into(), arguments: json!({"cron": "* * * * *", "prompt": "ping"}) },
+                Step::CallTool {
+                    tool: "loop_create".into(),
+                    arguments: json!({"cron": "* * * * *", "prompt": "ping"})
+                },
                 Step::Finish(StopReason::EndTurn),
             ]
         );
