@@ -28,7 +28,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 8;
 /// How long a client may take to send its line, and to take the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a connection waits for the core's answer.
+/// How long a connection waits for the core's answer (`tether mcp` waits a little longer).
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// The longest socket path Linux takes (`sun_path` holds 108 bytes with the final NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -280,9 +280,10 @@ fn read_request(stream: &UnixStream) -> Result<String, String> {
 
 fn ask_core(session: String, tool: LoopTool, requests: &Sender<ControlRequest>) -> Result<String, String> {
     let (reply, answer) = bounded(1);
-    let busy = "tether is busy; try again in a moment".to_string();
-    requests.send_timeout(ControlRequest { session, tool, reply }, ANSWER_WAIT).map_err(|_| busy.clone())?;
-    answer.recv_timeout(ANSWER_WAIT).map_err(|_| busy)?
+    let busy = "tether is busy (or stopping); try again in a moment".to_string();
+    let deadline = std::time::Instant::now() + ANSWER_WAIT;
+    requests.send_deadline(ControlRequest { session, tool, reply }, deadline).map_err(|_| busy.clone())?;
+    answer.recv_deadline(deadline).map_err(|_| busy)?
 }
 
 #[cfg(test)]

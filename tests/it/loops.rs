@@ -55,8 +55,10 @@ fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
+    assert!(home.path().join("control.sock").exists(), "a service serves its control socket");
     service.signal("TERM");
     assert!(service.wait_exit(WAIT).is_some(), "did not stop");
+    assert!(!home.path().join("control.sock").exists(), "the control socket goes with the service");
     let service = Service::start_with_env(&home, &[], &env);
     assert!(service.wait_for_log("1 loop(s), 1 enabled", WAIT), "{}", service.log());
     let before = fake.texts_to(USER).len();
