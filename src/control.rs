@@ -106,19 +106,41 @@ impl McpOffer {
     }
 }
 
+/// Who asks through the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// `tether mcp` for the session with this key (its token checked): the session's chat only.
+    Session(String),
+    /// `tether loops cancel` on the service's machine. The socket is private to tether's user
+    /// (0600), who may edit `loops.json` anyway; going through the service keeps its own
+    /// saves from undoing the change.
+    Operator,
+}
+
 /// A loop tool call for the core, and where its answer goes.
 #[derive(Debug)]
 pub struct ControlRequest {
-    pub session: String,
+    pub caller: Caller,
     pub tool: LoopTool,
     pub reply: Sender<Result<String, String>>,
 }
 
-/// Decode one request line: the session and its tool, or what to answer. A wrong token is
+/// The request line `tether loops cancel ID` sends.
+pub fn operator_cancel_line(id: u32) -> String {
+    json!({"operator": "loop_cancel", "id": id}).to_string() + "\n"
+}
+
+/// Decode one request line: who asks and for what, or what to answer. A wrong token is
 /// refused (and logged, without the token).
-pub fn decode(line: &str, secret: &Secret) -> Result<(String, LoopTool), String> {
+pub fn decode(line: &str, secret: &Secret) -> Result<(Caller, LoopTool), String> {
     let request: Value = serde_json::from_str(line).map_err(|e| format!("the request is not JSON: {e}"))?;
     let text = |name: &str| request.get(name).and_then(Value::as_str);
+    if let Some(verb) = text("operator") {
+        return match verb {
+            "loop_cancel" => Ok((Caller::Operator, decode_tool(verb, &request)?)),
+            other => Err(format!("unknown operator request \"{other}\"; the service takes loop_cancel")),
+        };
+    }
     let (Some(session), Some(token), Some(tool)) = (text("session"), text("token"), text("tool")) else {
         return Err("the request needs \"session\", \"token\" and \"tool\" (strings)".to_string());
     };
@@ -130,7 +152,7 @@ pub fn decode(line: &str, secret: &Secret) -> Result<(String, LoopTool), String>
         ));
     }
     let arguments = request.get("arguments").cloned().unwrap_or(Value::Null);
-    Ok((session.to_string(), decode_tool(tool, &arguments)?))
+    Ok((Caller::Session(session.to_string()), decode_tool(tool, &arguments)?))
 }
 
 /// The tool and its arguments, as `tools/call` names them.
@@ -256,7 +278,7 @@ fn serve_one(stream: UnixStream, secret: &Secret, requests: &Sender<ControlReque
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let result = match read_request(&stream) {
         Ok(line) => match decode(&line, secret) {
-            Ok((session, tool)) => ask_core(session, tool, requests),
+            Ok((caller, tool)) => ask_core(caller, tool, requests),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -278,11 +300,11 @@ fn read_request(stream: &UnixStream) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "the request is not UTF-8".to_string())
 }
 
-fn ask_core(session: String, tool: LoopTool, requests: &Sender<ControlRequest>) -> Result<String, String> {
+fn ask_core(caller: Caller, tool: LoopTool, requests: &Sender<ControlRequest>) -> Result<String, String> {
     let (reply, answer) = bounded(1);
     let busy = "tether is busy (or stopping); try again in a moment".to_string();
     let deadline = std::time::Instant::now() + ANSWER_WAIT;
-    requests.send_deadline(ControlRequest { session, tool, reply }, deadline).map_err(|_| busy.clone())?;
+    requests.send_deadline(ControlRequest { caller, tool, reply }, deadline).map_err(|_| busy.clone())?;
     answer.recv_deadline(deadline).map_err(|_| busy)?
 }
 
@@ -323,8 +345,10 @@ mod tests {
             (line("k", &token, "loop_cancel", json!({"id": "4"})), LoopTool::Cancel { id: 4 }),
         ];
         for (input, tool) in ok {
-            assert_eq!(decode(&input, &s), Ok(("k".to_string(), tool)), "{input}");
+            assert_eq!(decode(&input, &s), Ok((Caller::Session("k".to_string()), tool)), "{input}");
         }
+        // The operator's cancel needs no session: the socket's 0600 is its check.
+        assert_eq!(decode(operator_cancel_line(7).trim(), &s), Ok((Caller::Operator, LoopTool::Cancel { id: 7 })));
         let bad: Vec<(String, &str)> = vec![
             ("{".into(), "the request is not JSON"),
             (json!({"session": "k"}).to_string(), "the request needs"),
@@ -334,6 +358,8 @@ mod tests {
             (line("k", &token, "loop_cancel", json!({"id": -1})), "loop_cancel needs"),
             (line("k", &token, "loop_cancel", json!({"id": 1u64 << 40})), "loop_cancel needs"),
             (line("k", &token, "rm_rf", json!({})), "unknown tool \"rm_rf\""),
+            (json!({"operator": "loop_create", "cron": "* * * * *"}).to_string(), "unknown operator request"),
+            (json!({"operator": "loop_cancel"}).to_string(), "loop_cancel needs"),
         ];
         for (input, start) in bad {
             let error = decode(&input, &s).unwrap_err();
@@ -372,7 +398,7 @@ mod tests {
 
         let core = thread::spawn(move || {
             let request = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-            assert_eq!((request.session.as_str(), &request.tool), ("tg:1:1", &LoopTool::List));
+            assert_eq!((&request.caller, &request.tool), (&Caller::Session("tg:1:1".into()), &LoopTool::List));
             request.reply.send(Ok("No loops in this chat.".into())).unwrap();
         });
         let answered = exchange(&socket.path, &line("tg:1:1", &s.token("tg:1:1"), "loop_list", json!({})));

@@ -474,7 +474,10 @@ impl Daemon {
     /// saved, the answer goes back to the socket's connection.
     fn on_control(&mut self, request: ControlRequest) {
         self.core.set_wall_clock(self.wall_ms());
-        let (result, actions) = self.core.loop_tool(&request.session, request.tool, Instant::now());
+        let (result, actions) = match &request.caller {
+            control::Caller::Session(key) => self.core.loop_tool(key, request.tool, Instant::now()),
+            control::Caller::Operator => self.core.operator_loop_tool(request.tool, Instant::now()),
+        };
         self.dispatch(actions);
         self.save_sessions();
         self.save_loops();

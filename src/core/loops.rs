@@ -493,6 +493,31 @@ impl Core {
         (result, actions)
     }
 
+    /// A loop tool call of the operator (`tether loops cancel` through the control socket):
+    /// any loop, by id. Only cancelling is offered.
+    pub fn operator_loop_tool(&mut self, tool: LoopTool, now: Instant) -> (Result<String, String>, Vec<Action>) {
+        let mut actions = Vec::new();
+        let result = match tool {
+            LoopTool::Cancel { id } => {
+                let channel = self.loops.file().loops.iter().find(|l| l.id == id).map(|l| l.channel.clone());
+                match channel {
+                    Some(channel) if self.loops.remove(id) => {
+                        log::info!(target: channel.as_str(), "loop {id} cancelled from the command line");
+                        // A run still going is cancelled with it.
+                        self.clear_session(&format!("loop:{channel}:{id}"), &mut actions);
+                        Ok(format!("Loop {id} cancelled."))
+                    }
+                    _ => Err(format!("there is no loop {id}; `tether loops list` shows them")),
+                }
+            }
+            LoopTool::Create { .. } | LoopTool::List => {
+                Err("the command line may only cancel loops through the service".to_string())
+            }
+        };
+        self.finish(&mut actions, now);
+        (result, actions)
+    }
+
     fn run_loop_tool(&mut self, key: &str, tool: LoopTool, actions: &mut Vec<Action>) -> Result<String, String> {
         let Some(session) = self.sessions.get(key) else {
             return Err(format!(

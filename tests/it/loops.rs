@@ -59,7 +59,7 @@ fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
     service.signal("TERM");
     assert!(service.wait_exit(WAIT).is_some(), "did not stop");
     assert!(!home.path().join("control.sock").exists(), "the control socket goes with the service");
-    let service = Service::start_with_env(&home, &[], &env);
+    let mut service = Service::start_with_env(&home, &[], &env);
     assert!(service.wait_for_log("1 loop(s), 1 enabled", WAIT), "{}", service.log());
     let before = fake.texts_to(USER).len();
     fake.send_dm(USER, "/loop list");
@@ -73,17 +73,19 @@ fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
         fake.texts_to(USER),
         service.log()
     );
-    // From the command line: listed, then cancelled; the running service takes the change.
+    // From the command line: listed, then cancelled through the running service (which owns
+    // loops.json: its own saves keep the change).
     let listed = run_tether(&["loops", "list"], home.path());
     let out = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(out.starts_with("1  phone 111  \"* * * * *\"  next "), "{out}");
     let cancelled = run_tether(&["loops", "cancel", "1"], home.path());
-    assert_eq!(String::from_utf8_lossy(&cancelled.stdout), "Loop 1 cancelled.\n");
+    assert_eq!(String::from_utf8_lossy(&cancelled.stdout), "Loop 1 cancelled.\n", "{}", service.log());
+    assert!(service.log().contains("loop 1 cancelled from the command line"), "{}", service.log());
     let again = run_tether(&["loops", "cancel", "1"], home.path());
     assert_eq!(again.status.code(), Some(1));
-    // (The first start logged it once already, with no file yet.)
-    let taken = wait_until(WAIT, || service.log().matches("0 loop(s), 0 enabled").count() == 2);
-    assert!(taken, "{}", service.log());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("there is no loop 1"), "{again:?}");
+    let in_file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(in_file["loops"], json!([]), "{in_file}");
     let before = fake.texts_to(USER).len();
     fake.send_dm(USER, "/loop list");
     assert!(
@@ -91,6 +93,15 @@ fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
         "{:?}",
         fake.texts_to(USER)
     );
+
+    // With the service stopped, the command edits the file itself.
+    service.signal("TERM");
+    assert!(service.wait_exit(WAIT).is_some(), "did not stop");
+    std::fs::write(&file, saved.to_string()).unwrap();
+    let cancelled = run_tether(&["loops", "cancel", "1"], home.path());
+    assert_eq!(String::from_utf8_lossy(&cancelled.stdout), "Loop 1 cancelled.\n", "{cancelled:?}");
+    let in_file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(in_file["loops"], json!([]), "{in_file}");
 }
 
 /// One request line on the service's control socket; its answer.

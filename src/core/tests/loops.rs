@@ -304,3 +304,26 @@ fn a_loop_the_agent_creates_in_a_shared_group_session_is_the_running_turns_write
         saved.loops.iter().map(|l| (l.chat_id.as_str(), l.sender_id.as_str(), l.is_group)).collect();
     assert_eq!(owners, vec![("-100", "111", true), ("-100", "222", true)]);
 }
+
+#[test]
+fn the_operator_cancels_any_loop_by_id_and_its_running_turn() {
+    let now = Instant::now();
+    let mut core = core_with_open_dm(now);
+    let create = LoopTool::Create { cron: "*/5 * * * *".into(), prompt: "check".into() };
+    assert!(core.loop_tool("tg:111:111", create, now).0.is_ok());
+    core.loops_to_save();
+    assert_eq!(tick_at(&mut core, T0 + 5 * MINUTE, now), vec![new_session(&loop_key(1))]);
+    core.handle(created(&loop_key(1), "L1"), now);
+    let table: Vec<(LoopTool, Result<&str, &str>, Vec<Action>)> = vec![
+        (LoopTool::List, Err("the command line may only cancel loops through the service"), vec![]),
+        (LoopTool::Cancel { id: 9 }, Err("there is no loop 9; `tether loops list` shows them"), vec![]),
+        (LoopTool::Cancel { id: 1 }, Ok("Loop 1 cancelled."), vec![cancel("L1")]),
+        (LoopTool::Cancel { id: 1 }, Err("there is no loop 1; `tether loops list` shows them"), vec![]),
+    ];
+    for (tool, expected, expected_actions) in table {
+        let (result, actions) = core.operator_loop_tool(tool.clone(), now);
+        assert_eq!(result.as_deref().map_err(String::as_str), expected, "{tool:?}");
+        assert_eq!(actions, expected_actions, "{tool:?}");
+    }
+    assert_eq!(core.loops_to_save().map(|f| f.loops.len()), Some(0), "saved without it");
+}
