@@ -35,6 +35,7 @@ pub mod journal;
 pub(crate) mod local_zone;
 pub(crate) mod logging;
 pub(crate) mod loops_cli;
+pub(crate) mod malloc_tuning;
 pub mod media;
 pub mod net;
 pub(crate) mod pairing_cli;

@@ -63,6 +63,7 @@ pub type AgentEvents = Sender<(String, AgentEvent)>;
 /// that dies or never answers `initialize` is reported as [`AgentEvent::Exited`].
 pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error> {
     let mut cmd = Command::new(&spec.command);
+    crate::malloc_tuning::untuned_child(&mut cmd);
     cmd.args(&spec.args).current_dir(&spec.cwd).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (name, value) in std::env::vars_os() {
         let secret_value = value.to_str().is_some_and(|v| spec.scrub_values.iter().any(|s| s == v));
