@@ -359,21 +359,23 @@ enum Speaker {
     Agent,
 }
 
-/// One finished message, as the page shows it and the history keeps it.
+/// One finished message, as the page shows it and the history keeps it. Boxed strings and
+/// slices, not `String`s and `Vec`s: a full history holds 100 of these per browser, and each
+/// `Box` is 8 bytes smaller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct Entry {
-    id: String,
+    id: Box<str>,
     from: Speaker,
     text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
+    file: Option<Box<str>>,
     ts: u64,
     /// Choices under a question (a permission request); gone once it is answered.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    buttons: Vec<Button>,
+    #[serde(skip_serializing_if = "<[Button]>::is_empty")]
+    buttons: Box<[Button]>,
     /// The core's name for this message, for a later edit.
     #[serde(skip)]
-    key: Option<String>,
+    key: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -586,12 +588,12 @@ impl Hub {
     fn record_from_person(&mut self, sid: &str, text: &str, file: Option<String>, ts: u64) -> String {
         let id = self.new_id();
         let entry = Entry {
-            id: id.clone(),
+            id: id.clone().into(),
             from: Speaker::You,
             text: text.to_string(),
-            file,
+            file: file.map(String::into_boxed_str),
             ts,
-            buttons: Vec::new(),
+            buttons: Box::default(),
             key: None,
         };
         let browser = self.browser(sid);
@@ -620,13 +622,13 @@ impl Hub {
             Outbound::Ask { chat, text, key, buttons } => {
                 let buttons = buttons.into_iter().map(|(label, data)| Button { label, data });
                 let entry = Entry {
-                    id: self.new_id(),
+                    id: self.new_id().into(),
                     from: Speaker::Agent,
                     text,
                     file: None,
                     ts,
                     buttons: buttons.collect(),
-                    key: Some(key),
+                    key: Some(key.into()),
                 };
                 let browser = self.browser(&chat.chat_id);
                 broadcast(browser, ServerFrame::Message(&entry).to_frame());
@@ -636,13 +638,15 @@ impl Hub {
                 if self
                     .browsers
                     .get(&chat.chat_id)
-                    .is_some_and(|b| b.history.iter().any(|e| e.key.as_ref() == Some(&key))) =>
+                    .is_some_and(|b| b.history.iter().any(|e| e.key.as_deref() == Some(key.as_str()))) =>
             {
                 let browser = self.browser(&chat.chat_id);
-                let Some(entry) = browser.history.iter_mut().find(|e| e.key.as_ref() == Some(&key)) else { return };
+                let Some(entry) = browser.history.iter_mut().find(|e| e.key.as_deref() == Some(key.as_str())) else {
+                    return;
+                };
                 let frame = ServerFrame::Edit { id: &entry.id, text: &text }.to_frame();
                 entry.text = cut_for_history(text);
-                entry.buttons.clear();
+                entry.buttons = Box::default();
                 broadcast(browser, frame);
                 browser.history_bytes = browser.history.iter().map(entry_bytes).sum();
             }
@@ -650,12 +654,12 @@ impl Hub {
             Outbound::Text { chat, text, .. } | Outbound::Edit { chat, text, .. } => {
                 let bytes = text.len();
                 let entry = Entry {
-                    id: self.new_id(),
+                    id: self.new_id().into(),
                     from: Speaker::Agent,
                     text,
                     file: None,
                     ts,
-                    buttons: Vec::new(),
+                    buttons: Box::default(),
                     key: None,
                 };
                 let browser = self.browser(&chat.chat_id);
@@ -693,6 +697,16 @@ impl Hub {
 /// [`HISTORY_BYTES`] bytes (a message longer than [`HISTORY_ENTRY_BYTES`] is kept cut).
 fn push_history(browser: &mut Browser, mut entry: Entry) {
     entry.text = cut_for_history(entry.text);
+    if browser.history.len() >= HISTORY_LIMIT
+        && let Some(old) = browser.history.pop_front()
+    {
+        browser.history_bytes = browser.history_bytes.saturating_sub(entry_bytes(&old));
+    }
+    // Past half the limit, grow to the limit exactly: doubling would make room for 128.
+    let history = &mut browser.history;
+    if history.len() == history.capacity() && history.len() >= HISTORY_LIMIT / 2 {
+        history.reserve_exact(HISTORY_LIMIT - history.len());
+    }
     browser.history_bytes += entry_bytes(&entry);
     browser.history.push_back(entry);
     while browser.history.len() > HISTORY_LIMIT || (browser.history_bytes > HISTORY_BYTES && browser.history.len() > 1)
@@ -719,9 +733,9 @@ fn cut_for_history(mut text: String) -> String {
 fn entry_bytes(entry: &Entry) -> usize {
     entry.text.len()
         + entry.id.len()
-        + entry.file.as_ref().map_or(0, String::len)
+        + entry.file.as_deref().map_or(0, str::len)
         + entry.buttons.iter().map(|b| b.label.len() + b.data.len()).sum::<usize>()
-        + entry.key.as_ref().map_or(0, String::len)
+        + entry.key.as_deref().map_or(0, str::len)
 }
 
 /// Cut `text` to at most `max` bytes, on a character boundary.
@@ -1949,6 +1963,7 @@ mod tests {
         let history = &hub.browsers[&a].history;
         assert_eq!(history.len(), HISTORY_LIMIT);
         assert_eq!(history.front().unwrap().text, "m20");
+        assert_eq!(history.capacity(), HISTORY_LIMIT, "room for no more than the limit");
 
         // A socket that does not drain its queue is dropped once the queue is full.
         let (_, slow) = hub.connect(&a);
