@@ -103,7 +103,8 @@ const SOCKET_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// at the stop flag and the ping timer (frames and bytes wake it at once).
 const SOCKET_WAIT: Duration = Duration::from_millis(250);
 /// Bytes a socket's reader thread takes from the connection at a time.
-const READ_CHUNK: usize = 16 * 1024;
+/// Small: every open tab has one, and chat frames are short (an upload takes more reads).
+const READ_CHUNK: usize = 4 * 1024;
 /// Chunks a reader forwards ahead of its socket thread (back-pressure beyond that).
 const READ_AHEAD_CHUNKS: usize = 4;
 const PING_EVERY: Duration = Duration::from_secs(25);
@@ -1092,7 +1093,8 @@ impl Drop for Registration<'_> {
 
 pub(crate) fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        // Its read buffer is filled with zeros to its size, per tab: kept as small as a chunk.
+        .read_buffer_size(READ_CHUNK)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
@@ -1122,7 +1124,7 @@ impl io::Read for SocketIo {
             self.inbox.clear();
             self.taken = 0;
             // An upload passed through: don't keep its size for the rest of the socket's life.
-            if self.inbox.capacity() > READ_CHUNK * READ_AHEAD_CHUNKS {
+            if self.inbox.capacity() > 64 * 1024 {
                 self.inbox = Vec::new();
             }
         }
