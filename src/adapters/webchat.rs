@@ -83,8 +83,9 @@ const TOTAL_HISTORY_BYTES: usize = 32 * 1024 * 1024;
 /// to the agent, and not the megabytes a stranger may send.
 const STRANGER_TEXT_LIMIT: usize = 4096;
 /// Frames at least this long are written straight to the socket rather than through
-/// tungstenite's write buffer, which would keep their size allocated while the socket lives.
-const DIRECT_FRAME: usize = 64 * 1024;
+/// tungstenite's write buffer, which would keep their size allocated while the socket lives
+/// (so a tab keeps at most about its 16 KiB flush size plus this).
+const DIRECT_FRAME: usize = 8 * 1024;
 /// Browsers remembered at once; the least recently active one without an open tab goes first.
 const MAX_BROWSERS: usize = 256;
 /// Largest attachment, decoded.
@@ -2196,12 +2197,15 @@ mod tests {
         assert_eq!(next_frame(&mut ws)["type"], "history");
         let long = "ü".repeat(300_000); // 600 kB: a frame with a 64-bit length
         let medium = "m".repeat(70_000); // a 16-bit length, still direct
+        let short = "s".repeat(DIRECT_FRAME - 100); // through tungstenite's buffer
         let to = chat_ref(&browser_id(&sid));
         chat.send(Outbound::Typing { chat: to.clone() });
+        chat.send(Outbound::Draft { chat: to.clone(), text: short.clone() });
         chat.send(Outbound::Draft { chat: to.clone(), text: medium.clone() });
         chat.send(Outbound::Text { chat: to.clone(), text: long.clone(), answers: vec![] });
         chat.send(Outbound::Typing { chat: to });
         assert_eq!(next_frame(&mut ws)["type"], "typing");
+        assert_eq!(next_frame(&mut ws)["text"], short.as_str());
         assert_eq!(next_frame(&mut ws)["text"], medium.as_str());
         assert_eq!(next_frame(&mut ws)["text"], long.as_str());
         assert_eq!(next_frame(&mut ws)["type"], "typing");
