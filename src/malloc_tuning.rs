@@ -7,10 +7,10 @@
 //! back, the threshold above which a buffer gets its own mapping rises after the first big
 //! buffer is freed (so the next 2 MB answer lands in an arena and stays there), and the stacks
 //! of finished threads (one per web chat socket) are cached with the pages they touched.
-//! Measured with bench/bench.rs on x86_64 (2,000 web chat messages, then one 2 MB answer):
-//! 9.9 MiB after the messages and 21.4 MiB after the answer with the defaults; 8.9 and
-//! 9.0 MiB with these settings, for the same CPU per message. musl's allocator returns
-//! freed memory by itself: static musl builds do not restart.
+//! Measured with bench/run.sh on x86_64 (10,000 web chat messages from 30 browsers, then one
+//! 2 MB answer): 8.8 MiB after the messages and 20.3 MiB after the answer with the defaults;
+//! 8.5 and 8.5 MiB with these settings, for the same CPU per message. musl's allocator
+//! returns freed memory by itself: static musl builds do not restart.
 //!
 //! `#![forbid(unsafe_code)]` rules out `mallopt`, and glibc reads its tunables before `main`,
 //! hence the restart. `TETHER_MALLOC=default` keeps glibc's defaults (no restart: a profiler
