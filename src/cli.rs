@@ -268,6 +268,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             Ok(0)
         }
         Command::Demo { listen, token } => {
+            crate::malloc_tuning::restart_tuned();
             crate::logging::init(opts.verbose);
             let state = demo_agent_state();
             let (config, agent) = demo_config(opts, &listen, token.as_deref(), state.as_deref())?;
@@ -313,6 +314,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             crate::service::detach(args, &home, &log_file, wait)
         }
         Command::Start { channels, detach: false, log_file } => {
+            crate::malloc_tuning::restart_tuned();
             let log_file = log_file.map(|path| crate::service::LogFile::open(&path)).transpose()?;
             crate::logging::init_to(opts.verbose, log_file.as_ref().map(|f| Box::new(f.writer()) as Box<_>));
             let config = load_config(opts, selection(&channels))?;

@@ -37,6 +37,7 @@ pub(crate) mod local_zone;
 pub(crate) mod logging;
 pub(crate) mod loops_cli;
 pub(crate) mod mcp;
+pub(crate) mod malloc_tuning;
 pub mod media;
 pub mod net;
 pub(crate) mod pairing_cli;
