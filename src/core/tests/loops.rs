@@ -18,7 +18,7 @@ fn loop_key(id: u32) -> String {
 
 fn loop_core() -> Core {
     let mut core = core_with(vec![channel("tg")]);
-    core.adopt_loops(Book::new(LoopFile::default(), jiff::tz::TimeZone::UTC), Instant::now());
+    core.adopt_loops(Book::new(LoopFile::default(), crate::time_zone::TimeZone::UTC), Instant::now());
     core.set_wall_clock(T0);
     core
 }
@@ -113,7 +113,7 @@ fn runs_missed_while_stopped_run_once_at_start() {
     // tether was stopped for an hour: six runs missed.
     let mut restarted = core_with(vec![channel("tg")]);
     restarted.set_wall_clock(T0 + 65 * MINUTE);
-    restarted.adopt_loops(Book::new(file, jiff::tz::TimeZone::UTC), now);
+    restarted.adopt_loops(Book::new(file, crate::time_zone::TimeZone::UTC), now);
     assert_eq!(restarted.next_deadline(), Some(now), "due at once");
     assert_eq!(restarted.handle(Event::Tick, now), vec![new_session(&loop_key(1))]);
     assert_eq!(restarted.handle(Event::Tick, now), vec![], "once, not once per missed slot");
