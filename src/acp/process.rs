@@ -34,6 +34,9 @@ pub struct AgentSpec {
     pub startup_timeout: Duration,
     /// Run as this user and group (`agent.user`); `None`: as tether's own user.
     pub run_as: Option<RunAs>,
+    /// tether's MCP server for the agent's sessions (the daemon sets it when it serves its
+    /// control socket).
+    pub mcp: Option<crate::control::McpOffer>,
 }
 
 /// The core's side of a running agent.
@@ -123,9 +126,11 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
     let name = spec.name.clone();
     let startup_timeout = spec.startup_timeout;
+    let mcp = spec.mcp.clone();
     named(&format!("acp-{}", spec.name), move || {
         run_io(IoThread {
             name,
+            mcp,
             child,
             requests: requests_rx,
             from_agent: from_agent_rx,
@@ -154,11 +159,13 @@ struct IoThread {
     writes: Sender<String>,
     events: AgentEvents,
     startup_timeout: Duration,
+    mcp: Option<crate::control::McpOffer>,
 }
 
 fn run_io(mut io: IoThread) {
     let mut conn = Connection::default();
     conn.image_loader = Some(load_image);
+    conn.mcp = io.mcp.take();
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
     let started = Instant::now();
     let startup_deadline = after(io.startup_timeout);
