@@ -409,10 +409,10 @@ impl Daemon {
         let tz = std::env::var("TZ").ok();
         let zone = crate::local_zone::zone_from(tz.as_deref()).unwrap_or_else(|e| {
             log::warn!(target: "tether", "{e}; loops use the system's time zone");
-            jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC)
+            crate::local_zone::system_zone()
         });
         let enabled = file.loops.iter().filter(|l| l.enabled).count();
-        log::info!(target: "tether", "{} loop(s), {enabled} enabled, in time zone {}", file.loops.len(), zone.iana_name().unwrap_or("from TZ"));
+        log::info!(target: "tether", "{} loop(s), {enabled} enabled, in time zone {}", file.loops.len(), zone.name().unwrap_or("from TZ"));
         self.core.set_wall_clock(self.wall_ms());
         self.core.adopt_loops(crate::core::loops::Book::new(file, zone), Instant::now());
     }

@@ -46,4 +46,5 @@ pub mod render;
 pub(crate) mod service;
 pub(crate) mod store;
 pub(crate) mod streamer;
+pub mod time_zone;
 pub(crate) mod worktree;

@@ -3,7 +3,7 @@
 //! (`loops.json` holds it; the daemon reads and writes the file), which are due, and the
 //! `/loop` command's words. The core (`core/mod.rs`) runs the due ones.
 
-use jiff::tz::TimeZone;
+use crate::time_zone::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use super::cron::{self, Cron};
@@ -371,7 +371,7 @@ fn preview(prompt: &str) -> String {
 }
 
 fn zone_name(zone: &TimeZone) -> String {
-    zone.iana_name().map_or_else(|| "the local time zone".to_string(), str::to_string)
+    zone.name().map_or_else(|| "the local time zone".to_string(), str::to_string)
 }
 
 // The core's side: `/loop`, the due runs, the clock.

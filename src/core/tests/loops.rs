@@ -18,7 +18,7 @@ fn loop_key(id: u32) -> String {
 
 fn loop_core() -> Core {
     let mut core = core_with(vec![channel("tg")]);
-    core.adopt_loops(Book::new(LoopFile::default(), jiff::tz::TimeZone::UTC), Instant::now());
+    core.adopt_loops(Book::new(LoopFile::default(), crate::time_zone::TimeZone::UTC), Instant::now());
     core.set_wall_clock(T0);
     core
 }
@@ -113,7 +113,7 @@ fn runs_missed_while_stopped_run_once_at_start() {
     // tether was stopped for an hour: six runs missed.
     let mut restarted = core_with(vec![channel("tg")]);
     restarted.set_wall_clock(T0 + 65 * MINUTE);
-    restarted.adopt_loops(Book::new(file, jiff::tz::TimeZone::UTC), now);
+    restarted.adopt_loops(Book::new(file, crate::time_zone::TimeZone::UTC), now);
     assert_eq!(restarted.next_deadline(), Some(now), "due at once");
     assert_eq!(restarted.handle(Event::Tick, now), vec![new_session(&loop_key(1))]);
     assert_eq!(restarted.handle(Event::Tick, now), vec![], "once, not once per missed slot");
@@ -289,7 +289,7 @@ fn a_loop_the_agent_creates_in_a_shared_group_session_is_the_running_turns_write
     ch.session_scope = SessionScope::Thread;
     let mut core = core_with(vec![ch]);
     core.set_wall_clock(T0);
-    core.adopt_loops(Book::new(LoopFile::default(), jiff::tz::TimeZone::UTC), now);
+    core.adopt_loops(Book::new(LoopFile::default(), crate::time_zone::TimeZone::UTC), now);
     core.handle(inbound(group_msg("111", "-100", None, "watch the build")), now);
     core.handle(created("tg:-100", "G1"), now);
     // 222 writes while 111's turn runs: the agent works for 111 in that turn.
