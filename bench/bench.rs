@@ -5,10 +5,14 @@
 //! messages and per idle minute; reply latency for one chat writing sequentially and for 50
 //! users at once; throughput. Run through `bench/run.sh` (about a minute and a half).
 //!
-//! Knobs (environment): BENCH_SEQUENTIAL (messages in one Telegram chat, default 20),
+//! Knobs (environment): BENCH_PACED (messages in one Telegram chat, each 1.5 s after the
+//! previous answer, as a person writes; default 8), BENCH_SEQUENTIAL (messages in one
+//! Telegram chat at machine speed, default 20),
 //! BENCH_USERS (concurrent Telegram users, 50), BENCH_ROUNDS (messages per such user, 4),
 //! BENCH_WEB_MESSAGES (web chat messages for the memory run, 10000), BENCH_IDLE_SECS (10),
-//! BENCH_HUGE (0: skip the 2 MB answer; for profiling).
+//! BENCH_HUGE (0: skip the 2 MB answer; for profiling). A glibc build restarts itself once
+//! with its allocator tuned (src/malloc_tuning.rs); under a profiler such as valgrind set
+//! TETHER_MALLOC=default, or the restarted process escapes the profiler.
 
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)]
@@ -37,6 +41,7 @@ fn knob(name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    let paced = knob("BENCH_PACED", 8);
     let sequential = knob("BENCH_SEQUENTIAL", 20);
     let users = knob("BENCH_USERS", 50);
     let rounds = knob("BENCH_ROUNDS", 4);
@@ -94,7 +99,21 @@ fn main() {
         60.0 / idle_secs as f64
     );
 
-    // One Telegram chat writing the next message as soon as the previous answer arrives.
+    // One Telegram chat where a person writes the next message a moment after each answer.
+    let mut times = Vec::with_capacity(paced);
+    for n in 0..paced {
+        let text = format!("paced {n}");
+        let start = Instant::now();
+        fake.send_dm(400, &text);
+        let reply = fake.next_text_to(400, Duration::from_secs(10)).expect("a reply did not arrive within 10 s");
+        times.push(start.elapsed());
+        assert_eq!(reply, format!("echo: {text}"));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    print_latency(&format!("Telegram, one chat, {paced} messages each 1.5 s after the answer"), &mut times);
+
+    // One Telegram chat writing the next message as soon as the previous answer arrives:
+    // after a burst of 4, one answer a second (Telegram's pace for one chat).
     let cpu = process_cpu(pid);
     let mut times = Vec::with_capacity(sequential);
     for n in 0..sequential {
@@ -106,7 +125,10 @@ fn main() {
         assert_eq!(reply, format!("echo: {text}"));
     }
     let cpu = process_cpu(pid) - cpu;
-    print_latency(&format!("Telegram, one chat, {sequential} sequential messages"), &mut times);
+    print_latency(
+        &format!("Telegram, one chat, {sequential} messages at machine speed (burst of 4, then 1/s)"),
+        &mut times,
+    );
     println!(
         "  CPU per 1,000 messages: {:.0} ms (includes the idle time between replies)",
         cpu * 1e6 / sequential as f64
@@ -210,7 +232,7 @@ fn web_run(port: u16, pid: u32, total: usize) {
     while workers.iter().any(|w| !w.is_finished()) {
         let finished = done.load(Ordering::SeqCst);
         if next_quarter <= 4 && finished * 4 >= next_quarter * total {
-            let (rss, _) = memory(pid);
+            let (rss, _, _) = memory(pid);
             rss_line.push_str(&format!(" {finished}: {:.2} MiB;", rss as f64 / 1024.0));
             next_quarter += 1;
         }
@@ -284,9 +306,9 @@ fn print_latency(what: &str, times: &mut [Duration]) {
 }
 
 fn print_memory(what: &str, pid: u32) {
-    let (rss, hwm) = memory(pid);
+    let (rss, hwm, threads) = memory(pid);
     println!(
-        "{what}: VmRSS {rss} kB ({:.2} MiB), VmHWM {hwm} kB ({:.2} MiB)",
+        "{what}: VmRSS {rss} kB ({:.2} MiB), VmHWM {hwm} kB ({:.2} MiB), {threads} threads",
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
@@ -328,7 +350,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// (VmRSS, VmHWM) in kB from /proc.
-fn memory(pid: u32) -> (u64, u64) {
+fn memory(pid: u32) -> (u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -338,7 +360,7 @@ fn memory(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (field("VmRSS:"), field("VmHWM:"), field("Threads:"))
 }
 
 /// User + system CPU seconds of the process so far, threads that ended included

@@ -13,12 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, AuditConfig, AuditEvent};
 
-/// Events waiting for the writer at most; more are dropped (and counted).
+/// Events waiting for the writer at most; more are dropped (and counted). Counted on an
+/// unbounded channel: a `bounded` one allocates every slot up front, about 750 KB held for
+/// as long as tether runs for a queue that is almost always empty. Several threads record,
+/// so a burst may pass the bound by one event per thread.
 const QUEUE: usize = 4096;
 /// Events written per fsync at most.
 const BATCH: usize = 512;
@@ -66,10 +69,10 @@ pub struct AuditSink {
 impl AuditSink {
     /// Queue `event`, stamped now; never waits.
     pub fn record(&self, event: AuditEvent) {
-        match self.queue.try_send((crate::health::wall_ms(), event)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.counters.fail(1, "the audit queue is full".to_string()),
-            Err(TrySendError::Disconnected(_)) => self.counters.fail(1, "the audit writer stopped".to_string()),
+        if self.queue.len() >= QUEUE {
+            self.counters.fail(1, "the audit queue is full".to_string());
+        } else if self.queue.send((crate::health::wall_ms(), event)).is_err() {
+            self.counters.fail(1, "the audit writer stopped".to_string());
         }
     }
 
@@ -94,7 +97,7 @@ impl AuditWriter {
     /// Start the writer thread for `config`. Opening the file happens there: a file that
     /// cannot be written is a health problem, not a reason not to start.
     pub fn start(config: &AuditConfig) -> std::io::Result<AuditWriter> {
-        let (queue, events) = bounded(QUEUE);
+        let (queue, events) = unbounded();
         let counters = Arc::new(Counters::default());
         let (done_tx, done) = bounded::<()>(0);
         let (config_, counters_) = (config.clone(), counters.clone());
@@ -280,6 +283,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn the_queue_is_bounded_without_preallocating() {
+        let (queue, waiting) = unbounded();
+        let config = AuditConfig {
+            path: Path::new("/nowhere").to_path_buf(),
+            content: Content::None,
+            max_bytes: u64::MAX,
+            max_files: 1,
+        };
+        let sink = AuditSink { queue, counters: Arc::new(Counters::default()), config };
+        for n in 0..QUEUE + 5 {
+            sink.record(event(n));
+        }
+        assert_eq!(waiting.len(), QUEUE);
+        assert_eq!(sink.status().dropped, 5);
+        drop(waiting);
+        sink.record(event(0));
+        assert_eq!(sink.status().dropped, 6, "a stopped writer counts as a drop");
     }
 
     #[test]

@@ -34,6 +34,8 @@ Usage:
                              the scheduled loops (/loop in a chat) and their last and next runs
   tether weixin-login CHANNEL  log a WeChat channel in: scan the QR code shown with WeChat
   tether demo-agent [ARGS]   run the built-in ACP demo agent on stdin/stdout (see --help)
+  tether mcp                 tether's MCP server (loop_create, loop_list, loop_cancel); the agent
+                             starts it for tether's sessions, you do not
   tether version             print the version
   tether help                print this help
 
@@ -58,6 +60,7 @@ pub enum Command {
     Pairing(crate::pairing_cli::PairingCommand),
     Loops(crate::loops_cli::LoopsCommand),
     DemoAgent { args: Vec<String> },
+    Mcp { args: Vec<String> },
     WeixinLogin { channel: String },
     Version,
     Help,
@@ -111,6 +114,11 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(Command, GlobalOptions), Error
                     // Everything after goes to the demo agent untouched (it has its own --help).
                     let rest = parser.raw_args()?.map(|a| a.to_string_lossy().into_owned()).collect();
                     return Ok((Command::DemoAgent { args: rest }, opts));
+                }
+                if word == "mcp" {
+                    // Started by the agent; its words are its own (`--help`).
+                    let rest = parser.raw_args()?.map(|a| a.to_string_lossy().into_owned()).collect();
+                    return Ok((Command::Mcp { args: rest }, opts));
                 }
                 command = Some(word);
             }
@@ -212,6 +220,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             Ok(0)
         }
         Command::DemoAgent { args } => Ok(crate::demo_agent::run(&args)),
+        Command::Mcp { args } => Ok(crate::mcp::run(&args)),
         Command::Check => {
             let config = load_config(opts, None)?;
             print!("{}", describe(&config, &home_dir(opts)?));
@@ -259,6 +268,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             Ok(0)
         }
         Command::Demo { listen, token } => {
+            crate::malloc_tuning::restart_tuned();
             crate::logging::init(opts.verbose);
             let state = demo_agent_state();
             let (config, agent) = demo_config(opts, &listen, token.as_deref(), state.as_deref())?;
@@ -304,6 +314,7 @@ fn run(command: Command, opts: &GlobalOptions, args: &[OsString]) -> Result<i32,
             crate::service::detach(args, &home, &log_file, wait)
         }
         Command::Start { channels, detach: false, log_file } => {
+            crate::malloc_tuning::restart_tuned();
             let log_file = log_file.map(|path| crate::service::LogFile::open(&path)).transpose()?;
             crate::logging::init_to(opts.verbose, log_file.as_ref().map(|f| Box::new(f.writer()) as Box<_>));
             let config = load_config(opts, selection(&channels))?;
@@ -753,6 +764,8 @@ mod tests {
             (&["--help"], Ok(Command::Help)),
             (&["demo-agent", "--help"], Ok(Command::DemoAgent { args: vec!["--help".into()] })),
             (&["demo-agent", "--state", "/x"], Ok(Command::DemoAgent { args: vec!["--state".into(), "/x".into()] })),
+            (&["mcp"], Ok(Command::Mcp { args: vec![] })),
+            (&["mcp", "--help"], Ok(Command::Mcp { args: vec!["--help".into()] })),
             (&[], Err("no command given")),
             (&["frobnicate"], Err("unknown command `frobnicate`")),
             (&["check", "extra"], Err("`check` takes no arguments")),

@@ -23,6 +23,7 @@ use crate::audit::AuditEvent;
 use crate::audit_writer::{self, AuditWriter};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, Config, PermissionPolicy};
+use crate::control::{self, ControlRequest, ControlSocket, McpOffer};
 use crate::core::{Action, Core, Event};
 use crate::error::Error;
 use crate::event::{AgentEvent, Inbound, Outbound};
@@ -155,6 +156,8 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(256);
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let (worktree_tx, worktree_rx) = bounded::<Event>(64);
+    let (control_tx, control_rx) = bounded::<ControlRequest>(16);
+    let (control, mcp_offer) = start_control(&options, control_tx);
     let access = access_watcher(&options.home, &config);
     let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
     let audit = start_audit(config.audit.as_ref());
@@ -165,6 +168,9 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         loops_seen: None,
         worktree_tx,
         worktree_rx,
+        control_rx,
+        _control: control,
+        mcp_offer,
         clock_offset_ms: std::env::var(CLOCK_OFFSET_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
         saved_version: None,
         home: options.home.clone(),
@@ -195,7 +201,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     // waits in the core until its agent answers `initialize`.
     let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect();
     for name in agent_names {
-        let spec = agent_spec(&daemon.config, &name)?;
+        let spec = daemon.agent_spec(&daemon.config, &name)?;
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
         audit_writer::record(AuditEvent::AgentStarted { agent: name.clone() });
         daemon.core.agent_starting(&name);
@@ -226,6 +232,31 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let how_to_stop = if daemon.options.as_service { "`tether stop` or Ctrl+C" } else { "Ctrl+C" };
     log::info!(target: "tether", "running {} channel(s); stop with {how_to_stop}", channels.len());
     daemon.run(&inbound_rx, &signals)
+}
+
+/// Serve the control socket for `tether mcp` (a service only: the demo may run next to a
+/// service of the same home, whose socket it must not replace). Without it the agent has no
+/// loop tools, and everything else runs.
+fn start_control(options: &Options, requests: Sender<ControlRequest>) -> (Option<ControlSocket>, Option<McpOffer>) {
+    if !options.as_service {
+        return (None, None);
+    }
+    let started = control::Secret::draw().and_then(|secret| {
+        let command = std::env::current_exe().map_err(|e| format!("cannot find tether's own executable: {e}"))?;
+        let socket = control::serve(&options.home, secret.clone(), requests)?;
+        let offer = McpOffer { command, socket: socket.path.clone(), secret };
+        Ok((socket, offer))
+    });
+    match started {
+        Ok((socket, offer)) => {
+            log::info!(target: "control", "control socket {}: agents that take MCP servers get tether's loop tools", socket.path.display());
+            (Some(socket), Some(offer))
+        }
+        Err(e) => {
+            log::warn!(target: "control", "{e}; the agent cannot manage loops (/loop still can)");
+            (None, None)
+        }
+    }
 }
 
 /// One running channel.
@@ -273,6 +304,12 @@ struct Daemon {
     /// Worktrees made for tasks come back here (`worktree.rs`).
     worktree_tx: Sender<Event>,
     worktree_rx: Receiver<Event>,
+    /// The agent's loop tool calls (`tether mcp` through the control socket, `control.rs`).
+    control_rx: Receiver<ControlRequest>,
+    /// The control socket while it serves (its file goes with it).
+    _control: Option<ControlSocket>,
+    /// `tether mcp` for the agents' sessions, when the control socket serves.
+    mcp_offer: Option<McpOffer>,
     /// The core's [`crate::core::Core::records_version`] when `saved_sessions` was last known to match:
     /// while it stays the same, no snapshot is taken.
     saved_version: Option<u64>,
@@ -321,6 +358,7 @@ impl Daemon {
                 recv(inbound_rx) -> msg => if let Ok(inbound) = msg { self.on_inbound(inbound) },
                 recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event)? },
                 recv(self.worktree_rx) -> msg => if let Ok(event) = msg { self.handle(event) },
+                recv(self.control_rx) -> msg => if let Ok(request) = msg { self.on_control(request) },
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop(name)) => return self.shutdown(name),
                     Ok(Signal::Reload) => self.reload(),
@@ -371,10 +409,10 @@ impl Daemon {
         let tz = std::env::var("TZ").ok();
         let zone = crate::local_zone::zone_from(tz.as_deref()).unwrap_or_else(|e| {
             log::warn!(target: "tether", "{e}; loops use the system's time zone");
-            jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC)
+            crate::local_zone::system_zone()
         });
         let enabled = file.loops.iter().filter(|l| l.enabled).count();
-        log::info!(target: "tether", "{} loop(s), {enabled} enabled, in time zone {}", file.loops.len(), zone.iana_name().unwrap_or("from TZ"));
+        log::info!(target: "tether", "{} loop(s), {enabled} enabled, in time zone {}", file.loops.len(), zone.name().unwrap_or("from TZ"));
         self.core.set_wall_clock(self.wall_ms());
         self.core.adopt_loops(crate::core::loops::Book::new(file, zone), Instant::now());
     }
@@ -430,6 +468,33 @@ impl Daemon {
         if operator {
             self.publish_admin();
         }
+    }
+
+    /// A loop tool the agent called through `tether mcp`: the core decides, the loops are
+    /// saved, the answer goes back to the socket's connection.
+    fn on_control(&mut self, request: ControlRequest) {
+        self.core.set_wall_clock(self.wall_ms());
+        let (result, actions) = match &request.caller {
+            control::Caller::Session(key) => self.core.loop_tool(key, request.tool, Instant::now()),
+            control::Caller::Operator => self.core.operator_loop_tool(request.tool, Instant::now()),
+        };
+        self.dispatch(actions);
+        self.save_sessions();
+        self.save_loops();
+        let _ = request.reply.try_send(result);
+    }
+
+    /// What starts agent `name`: its config, and `tether mcp` for its sessions when the
+    /// control socket serves and the agent runs as tether's own user (one started as
+    /// `agent.user` could not open the socket, which is private to tether's user).
+    fn agent_spec(&self, config: &Config, name: &str) -> Result<crate::acp::process::AgentSpec, Error> {
+        let mut spec = agent_spec(config, name)?;
+        if spec.run_as.is_some() && self.mcp_offer.is_some() {
+            log::info!(target: "acp", "agent \"{name}\" runs as another user (agent.user): it is not offered tether's loop tools");
+        } else {
+            spec.mcp = self.mcp_offer.clone();
+        }
+        Ok(spec)
     }
 
     /// Feed the core one event and carry out what it asks.
@@ -788,7 +853,7 @@ impl Daemon {
             if self.agents.contains_key(name) {
                 continue;
             }
-            match agent_spec(&new, name).and_then(|spec| Agent::start(spec, self.agent_tx.clone())) {
+            match self.agent_spec(&new, name).and_then(|spec| Agent::start(spec, self.agent_tx.clone())) {
                 Ok(agent) => {
                     audit_writer::record(AuditEvent::AgentStarted { agent: name.clone() });
                     self.core.agent_starting(name);

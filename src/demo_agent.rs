@@ -4,6 +4,7 @@
 //! [`script`], the session files in [`store`].
 
 mod machine;
+mod mcp_client;
 mod script;
 mod store;
 mod texts;
@@ -55,6 +56,11 @@ Words in the prompt (any case, whole words, combinable) change that:
   crashonce     like crash, unless this same prompt is already in the session's history:
                 with --state, the retry after a restart answers with the echo
   hang          stream one chunk, then never answer (session/cancel still ends the turn)
+Loops asked in plain words are made through the session's MCP server (tether's `tether mcp`,
+from mcpServers; initialize advertises mcpCapabilities) and answered with the tool's text:
+  every N minutes TASK   loop_create with \"*/N * * * *\" (\"* * * * *\" for 1) and TASK
+  list my loops          loop_list
+  cancel loop N          loop_cancel
 A prompt sent while another runs on the same session ends the first with error -32603 (as
 qwen does). session/cancel ends a turn at once with stop reason cancelled. Prompts starting
 with /help, /summary or /joke get canned answers; /model says which model answers. Sessions
@@ -145,9 +151,14 @@ pub fn run(args: &[String]) -> i32 {
     serve(agent, BufReader::new(std::io::stdin()), &mut out, &mut stderr)
 }
 
-/// What the reader thread hands the main loop.
+/// What the reader thread (and a finished MCP tool call) hands the main loop.
 enum Incoming {
     Line(String),
+    /// [`Output::CallTool`] `ticket` ended.
+    Tool {
+        ticket: u64,
+        result: Result<String, String>,
+    },
     Eof,
     Failed(std::io::Error),
 }
@@ -180,6 +191,7 @@ where
     E: Write,
 {
     let (tx, rx): (Sender<Incoming>, Receiver<Incoming>) = crossbeam_channel::bounded(READ_AHEAD);
+    let tools = tx.clone();
     let spawned = std::thread::Builder::new().name("demo-agent-stdin".into()).spawn(move || read_lines(input, tx));
     if let Err(e) = spawned {
         let _ = writeln!(err, "demo-agent: cannot start the stdin reader thread: {e}");
@@ -196,6 +208,7 @@ where
                 outputs.extend(agent.tick(now));
                 outputs
             }
+            Ok(Incoming::Tool { ticket, result }) => agent.tool_result(ticket, result, Instant::now()),
             Ok(Incoming::Eof) | Err(RecvTimeoutError::Disconnected) => {
                 let _ = writeln!(err, "demo-agent: stdin closed, exiting");
                 return 0;
@@ -206,14 +219,14 @@ where
             }
             Err(RecvTimeoutError::Timeout) => agent.tick(Instant::now()),
         };
-        if let Some(status) = emit(outputs, out, err) {
+        if let Some(status) = emit(outputs, out, err, &tools) {
             return status;
         }
     }
 }
 
 /// Write outputs in order; `Some(status)` when the process must exit.
-fn emit(outputs: Vec<Output>, out: &mut impl Write, err: &mut impl Write) -> Option<i32> {
+fn emit(outputs: Vec<Output>, out: &mut impl Write, err: &mut impl Write, tools: &Sender<Incoming>) -> Option<i32> {
     for output in outputs {
         match output {
             Output::Line(line) => {
@@ -227,6 +240,17 @@ fn emit(outputs: Vec<Output>, out: &mut impl Write, err: &mut impl Write) -> Opt
             Output::Log(message) => {
                 // One line per event, whatever the message holds.
                 let _ = writeln!(err, "demo-agent: {}", message.replace(['\n', '\r'], " "));
+            }
+            Output::CallTool { ticket, server, tool, arguments } => {
+                // On its own thread: the agent goes on while the tool runs.
+                let tools = tools.clone();
+                let spawned = std::thread::Builder::new().name("demo-agent-mcp".into()).spawn(move || {
+                    let result = mcp_client::call(&server, &tool, &arguments);
+                    let _ = tools.send(Incoming::Tool { ticket, result });
+                });
+                if let Err(e) = spawned {
+                    let _ = writeln!(err, "demo-agent: cannot start an MCP call's thread: {e}");
+                }
             }
             Output::Exit(status) => {
                 let _ = err.flush();

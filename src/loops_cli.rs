@@ -1,5 +1,6 @@
-//! `tether loops list|cancel`: the scheduled loops in `loops.json`, from the command line. A
-//! running service notices the changed file within a second and takes it over.
+//! `tether loops list|cancel`: the scheduled loops in `loops.json`, from the command line.
+//! `cancel` asks a running service through its control socket (the service owns the file and
+//! would otherwise write its own copy over the change); with no service, it edits the file.
 
 use std::path::Path;
 
@@ -70,6 +71,10 @@ pub fn run(command: &LoopsCommand, home: &Path) -> Result<String, Error> {
             Ok(out)
         }
         LoopsCommand::Cancel { id } => {
+            // A running service owns the file: it is asked, so that its next save keeps the change.
+            if let Some(answer) = ask_service(&home.join(crate::control::SOCKET_FILE), *id) {
+                return answer.map(|text| format!("{text}\n")).map_err(Error::Other);
+            }
             if !book.remove(*id) {
                 return Err(Error::Other(format!(
                     "there is no loop {id} in {}; `tether loops list` shows them",
@@ -80,4 +85,33 @@ pub fn run(command: &LoopsCommand, home: &Path) -> Result<String, Error> {
             Ok(format!("Loop {id} cancelled.\n"))
         }
     }
+}
+
+/// How long the command waits for the service's answer.
+const SERVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Ask the service listening on `socket` to cancel loop `id`: its answer, or `None` when no
+/// service listens there (no socket, or a stale one: the file is edited instead).
+fn ask_service(socket: &Path, id: u32) -> Option<Result<String, String>> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let asked = stream
+        .set_read_timeout(Some(SERVICE_WAIT))
+        .and_then(|()| stream.set_write_timeout(Some(SERVICE_WAIT)))
+        .and_then(|()| stream.write_all(crate::control::operator_cancel_line(id).as_bytes()));
+    let shown = socket.display();
+    if let Err(e) = asked {
+        return Some(Err(format!("the service did not take the request on {shown}: {e}")));
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(std::io::Read::take(stream, 64 * 1024));
+    if let Err(e) = reader.read_line(&mut line) {
+        return Some(Err(format!("the service did not answer on {shown}: {e}")));
+    }
+    let answer: serde_json::Value = match serde_json::from_str(&line) {
+        Ok(answer) => answer,
+        Err(_) => return Some(Err(format!("the service's answer on {shown} is not JSON; is it tether?"))),
+    };
+    let text = answer["text"].as_str().unwrap_or_default().to_string();
+    Some(if answer["ok"] == true { Ok(text) } else { Err(text) })
 }

@@ -75,6 +75,27 @@ pub struct Marker {
 /// inside fenced code blocks or inline code stay as they are (an answer may explain the
 /// syntax); a line left empty by its markers goes away.
 pub fn take_markers(text: &str) -> (String, Vec<Marker>) {
+    if !may_hold_markers(text) {
+        return (text.to_string(), Vec::new());
+    }
+    take_markers_from(text)
+}
+
+/// [`take_markers`] of an owned answer: one without markers (most) is handed back as it
+/// is, not copied (a 2 MB answer would be, twice).
+pub fn take_markers_owned(text: String) -> (String, Vec<Marker>) {
+    if !may_hold_markers(&text) {
+        return (text, Vec::new());
+    }
+    take_markers_from(&text)
+}
+
+/// Whether `text` has the start of a marker anywhere (markers are case-sensitive).
+fn may_hold_markers(text: &str) -> bool {
+    text.contains("[IMAGE:") || text.contains("[FILE:")
+}
+
+fn take_markers_from(text: &str) -> (String, Vec<Marker>) {
     let code = code_ranges(text);
     let mut out = String::with_capacity(text.len());
     let mut markers = Vec::new();
@@ -323,6 +344,7 @@ mod tests {
         for _ in 0..3000 {
             let text: String = (0..rng.below(24)).map(|_| rng.pick(&pieces)).collect();
             let (rest, markers) = take_markers(&text);
+            assert_eq!(take_markers_owned(text.clone()), (rest.clone(), markers.clone()), "{text:?}");
             let written = text.matches("[IMAGE:").count() + text.matches("[FILE:").count();
             assert!(markers.len() <= written, "{text:?}");
             for m in &markers {

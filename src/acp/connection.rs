@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::control::McpOffer;
 use crate::event::{
     AgentCommand, AgentEvent, AgentRequest, PermissionKind, PermissionOption, PermissionOutcome, SessionKey, ToolCall,
     TurnOutcome,
@@ -77,6 +78,12 @@ pub struct Connection {
     takes_images: bool,
     /// Reads an image file for an image block (the I/O thread sets it; tests fake it).
     pub image_loader: Option<ImageLoader>,
+    /// tether's MCP server (`tether mcp`), offered in every session's `mcpServers` when the
+    /// agent advertised `mcpCapabilities` (the I/O thread sets it when the daemon serves its
+    /// control socket).
+    pub mcp: Option<McpOffer>,
+    /// The agent said it takes MCP servers (`agentCapabilities.mcpCapabilities`).
+    takes_mcp: bool,
 }
 
 /// Reads one image file: its MIME type (sniffed from its bytes) and its bytes, or why not.
@@ -106,11 +113,11 @@ impl Connection {
         let mut writes = Vec::new();
         match req {
             AgentRequest::NewSession { key, cwd, model } => {
-                let params = json!({"cwd": cwd, "mcpServers": []});
+                let params = json!({"cwd": cwd, "mcpServers": self.mcp_servers(&key)});
                 writes.push(self.call(Pending::NewSession { key, model }, "session/new", params));
             }
             AgentRequest::LoadSession { key, session_id, cwd, model } => {
-                let params = json!({"sessionId": session_id, "cwd": cwd, "mcpServers": []});
+                let params = json!({"sessionId": session_id, "cwd": cwd, "mcpServers": self.mcp_servers(&key)});
                 self.loading.insert(session_id.clone());
                 writes.push(self.call(Pending::LoadSession { key, session_id, model }, "session/load", params));
             }
@@ -134,6 +141,15 @@ impl Connection {
             }
         }
         Step { events: Vec::new(), writes }
+    }
+
+    /// The `mcpServers` of session `key`: tether's own (stdio, bound to the session by its
+    /// environment) when the agent takes MCP servers and the daemon offers it, else none.
+    fn mcp_servers(&self, key: &str) -> Value {
+        let (true, Some(offer)) = (self.takes_mcp, &self.mcp) else { return json!([]) };
+        let env: Vec<Value> =
+            offer.env(key).into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+        json!([{"name": "tether", "command": offer.command, "args": ["mcp"], "env": env}])
     }
 
     /// ACP `image` blocks for `images`, in order, when the agent takes them; an image that
@@ -216,6 +232,7 @@ impl Connection {
                     .pointer("/agentCapabilities/promptCapabilities/image")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
+                self.takes_mcp = result.pointer("/agentCapabilities/mcpCapabilities").is_some_and(Value::is_object);
                 step.events.push(AgentEvent::Ready { load_session });
                 for req in std::mem::take(&mut self.queued) {
                     step.writes.extend(self.request(req).writes);
@@ -587,6 +604,49 @@ mod tests {
         assert_eq!(sent[0]["method"], "session/new");
         assert_eq!(sent[0]["params"]["cwd"], "/w");
         assert_eq!(sent[0]["params"]["mcpServers"], json!([]));
+    }
+
+    #[test]
+    fn tethers_mcp_server_is_offered_to_agents_that_take_mcp_servers() {
+        let offer = McpOffer {
+            command: PathBuf::from("/usr/bin/tether"),
+            socket: PathBuf::from("/home/t/.tether/control.sock"),
+            secret: crate::control::Secret::fixed([1; 32]),
+        };
+        let token = offer.secret.token("tg:1:1");
+        let tether = json!([{
+            "name": "tether", "command": "/usr/bin/tether", "args": ["mcp"],
+            "env": [
+                {"name": "TETHER_MCP_SOCKET", "value": "/home/t/.tether/control.sock"},
+                {"name": "TETHER_MCP_SESSION", "value": "tg:1:1"},
+                {"name": "TETHER_MCP_TOKEN", "value": token},
+            ],
+        }]);
+        let qwen = r#"{"loadSession":true,"mcpCapabilities":{"sse":true,"http":true}}"#;
+        // (agent capabilities, tether offers it, expected mcpServers)
+        let cases = [
+            (qwen, true, tether.clone()),
+            (r#"{"loadSession":true,"mcpCapabilities":{}}"#, true, tether),
+            (qwen, false, json!([])),
+            (r#"{"loadSession":true}"#, true, json!([])),
+            (r#"{"loadSession":true,"mcpCapabilities":null}"#, true, json!([])),
+        ];
+        for (capabilities, offered, expected) in cases {
+            let mut c = Connection { mcp: offered.then(|| offer.clone()), ..Default::default() };
+            c.start();
+            c.receive(&format!(r#"{{"jsonrpc":"2.0","id":0,"result":{{"agentCapabilities":{capabilities}}}}}"#));
+            let new =
+                c.request(AgentRequest::NewSession { key: "tg:1:1".into(), cwd: PathBuf::from("/w"), model: None });
+            assert_eq!(lines(&new)[0]["params"]["mcpServers"], expected, "{capabilities} {offered}");
+            let load = AgentRequest::LoadSession {
+                key: "tg:1:1".into(),
+                session_id: "s".into(),
+                cwd: PathBuf::from("/w"),
+                model: None,
+            };
+            let load = c.request(load);
+            assert_eq!(lines(&load)[0]["params"]["mcpServers"], expected, "{capabilities} {offered}");
+        }
     }
 
     #[test]

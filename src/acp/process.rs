@@ -34,6 +34,9 @@ pub struct AgentSpec {
     pub startup_timeout: Duration,
     /// Run as this user and group (`agent.user`); `None`: as tether's own user.
     pub run_as: Option<RunAs>,
+    /// tether's MCP server for the agent's sessions (the daemon sets it when it serves its
+    /// control socket).
+    pub mcp: Option<crate::control::McpOffer>,
 }
 
 /// The core's side of a running agent.
@@ -51,7 +54,9 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// The longest stderr line kept; the rest of a longer one is skipped.
 const MAX_STDERR_LINE: usize = 2000;
 /// Lines waiting to be written to the agent's stdin. An agent that leaves this many unread
-/// is not reading its input: it is treated as broken.
+/// is not reading its input: it is treated as broken. Counted by [`send_lines`] on an
+/// unbounded channel: a `bounded` one would allocate every slot up front (128 KiB of memory
+/// held from the start for a queue that is almost always empty).
 const STDIN_QUEUE: usize = 4096;
 
 /// Events flow to the core tagged with the agent's name.
@@ -61,6 +66,7 @@ pub type AgentEvents = Sender<(String, AgentEvent)>;
 /// that dies or never answers `initialize` is reported as [`AgentEvent::Exited`].
 pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error> {
     let mut cmd = Command::new(&spec.command);
+    crate::malloc_tuning::untuned_child(&mut cmd);
     cmd.args(&spec.args).current_dir(&spec.cwd).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (name, value) in std::env::vars_os() {
         let secret_value = value.to_str().is_some_and(|v| spec.scrub_values.iter().any(|s| s == v));
@@ -104,7 +110,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     log::info!(target: "acp", "started agent \"{}\" (`{}`, pid {pid})", spec.name, command_line(&spec));
 
     let (from_agent_tx, from_agent_rx) = bounded::<FromAgent>(256);
-    let (write_tx, write_rx) = bounded::<String>(STDIN_QUEUE);
+    let (write_tx, write_rx) = unbounded::<String>();
     let (requests_tx, requests_rx) = unbounded::<AgentRequest>();
 
     let tx = from_agent_tx.clone();
@@ -123,9 +129,11 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
     let name = spec.name.clone();
     let startup_timeout = spec.startup_timeout;
+    let mcp = spec.mcp.clone();
     named(&format!("acp-{}", spec.name), move || {
         run_io(IoThread {
             name,
+            mcp,
             child,
             requests: requests_rx,
             from_agent: from_agent_rx,
@@ -154,11 +162,13 @@ struct IoThread {
     writes: Sender<String>,
     events: AgentEvents,
     startup_timeout: Duration,
+    mcp: Option<crate::control::McpOffer>,
 }
 
 fn run_io(mut io: IoThread) {
     let mut conn = Connection::default();
     conn.image_loader = Some(load_image);
+    conn.mcp = io.mcp.take();
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
     let started = Instant::now();
     let startup_deadline = after(io.startup_timeout);
@@ -284,11 +294,15 @@ fn reap(child: &mut Child) -> String {
 
 /// Queue lines for the agent's stdin; `false` when its queue is full (it is not reading).
 /// A closed queue (the writer ended) is not this function's concern: the exit follows.
+/// Queue lines for the agent's stdin; false when [`STDIN_QUEUE`] lines already wait (this
+/// loop is the only sender, so the count cannot race past the bound).
 fn send_lines(writes: &Sender<String>, lines: Vec<String>) -> bool {
     for line in lines {
-        if let Err(crossbeam_channel::TrySendError::Full(_)) = writes.try_send(line) {
+        if writes.len() >= STDIN_QUEUE {
             return false;
         }
+        // Err only when the writer thread is gone; the agent's exit is noticed elsewhere.
+        let _ = writes.send(line);
     }
     true
 }
@@ -385,7 +399,8 @@ pub(crate) fn read_lines(
     overlong: Overlong,
     mut each: impl FnMut(String) -> bool,
 ) -> LinesEnd {
-    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+    // Short lines (stderr's) need no 64 KiB buffer; each reader keeps its own for good.
+    let mut reader = BufReader::with_capacity(max.clamp(4 * 1024, 64 * 1024), pipe);
     let mut buf: Vec<u8> = Vec::new();
     let mut skipping = false;
     loop {
@@ -459,6 +474,18 @@ fn command_line(spec: &AgentSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stdin_queue_is_bounded_without_preallocating() {
+        let (writes, waiting) = unbounded::<String>();
+        assert!(send_lines(&writes, vec!["x".to_string(); STDIN_QUEUE - 1]));
+        assert!(send_lines(&writes, vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
+        assert!(!send_lines(&writes, vec!["one too many".to_string()]));
+        assert_eq!(waiting.len(), STDIN_QUEUE);
+        waiting.try_iter().take(10).for_each(drop);
+        assert!(send_lines(&writes, vec!["read again".to_string(); 10]), "room once the agent reads");
+        assert!(!send_lines(&writes, vec!["full".to_string()]));
+    }
 
     fn lines(input: &[u8], max: usize, overlong: Overlong) -> (Vec<String>, LinesEnd) {
         let mut got = Vec::new();

@@ -163,6 +163,7 @@ pub fn agent_spec(config: &Config, name: &str) -> Result<AgentSpec, Error> {
         cwd,
         startup_timeout: agent.startup_timeout,
         run_as,
+        mcp: None,
     })
 }
 

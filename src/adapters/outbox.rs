@@ -851,7 +851,7 @@ pub fn spawn(
 /// the reason ("not sent: /etc/passwd is outside the allowed directories").
 fn take_files(out: Outbound, files: &OutboundFiles, channel: &str) -> (Outbound, Vec<(PathBuf, FileKind)>) {
     let Outbound::Text { chat, text, answers } = out else { return (out, Vec::new()) };
-    let (mut text, markers) = media::take_markers(&text);
+    let (mut text, markers) = media::take_markers_owned(text);
     let mut attached = Vec::new();
     for marker in markers {
         match files.check(&marker.path) {

@@ -47,7 +47,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -83,8 +83,9 @@ const TOTAL_HISTORY_BYTES: usize = 32 * 1024 * 1024;
 /// to the agent, and not the megabytes a stranger may send.
 const STRANGER_TEXT_LIMIT: usize = 4096;
 /// Frames at least this long are written straight to the socket rather than through
-/// tungstenite's write buffer, which would keep their size allocated while the socket lives.
-const DIRECT_FRAME: usize = 64 * 1024;
+/// tungstenite's write buffer, which would keep their size allocated while the socket lives
+/// (so a tab keeps at most about its 16 KiB flush size plus this).
+const DIRECT_FRAME: usize = 8 * 1024;
 /// Browsers remembered at once; the least recently active one without an open tab goes first.
 const MAX_BROWSERS: usize = 256;
 /// Largest attachment, decoded.
@@ -94,11 +95,17 @@ pub(crate) const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
 /// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
 /// reconnects and gets the history).
 const SOCKET_QUEUE: usize = 256;
+/// Bytes of frames waiting for one socket, the same way: one browser that stops reading while
+/// long answers stream would otherwise hold up to [`SOCKET_QUEUE`] of them. A frame always
+/// fits an empty queue, however long. The frames are shared by every tab ([`Arc<String>`]), so
+/// this bounds what a slow tab keeps alive, not a copy per tab.
+const SOCKET_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest wait of a WebSocket thread for a frame to send or bytes received, before it looks
 /// at the stop flag and the ping timer (frames and bytes wake it at once).
 const SOCKET_WAIT: Duration = Duration::from_millis(250);
 /// Bytes a socket's reader thread takes from the connection at a time.
-const READ_CHUNK: usize = 16 * 1024;
+/// Small: every open tab has one, and chat frames are short (an upload takes more reads).
+const READ_CHUNK: usize = 4 * 1024;
 /// Chunks a reader forwards ahead of its socket thread (back-pressure beyond that).
 const READ_AHEAD_CHUNKS: usize = 4;
 const PING_EVERY: Duration = Duration::from_secs(25);
@@ -354,21 +361,23 @@ enum Speaker {
     Agent,
 }
 
-/// One finished message, as the page shows it and the history keeps it.
+/// One finished message, as the page shows it and the history keeps it. Boxed strings and
+/// slices, not `String`s and `Vec`s: a full history holds 100 of these per browser, and each
+/// `Box` is 8 bytes smaller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct Entry {
-    id: String,
+    id: Box<str>,
     from: Speaker,
     text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
+    file: Option<Box<str>>,
     ts: u64,
     /// Choices under a question (a permission request); gone once it is answered.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    buttons: Vec<Button>,
+    #[serde(skip_serializing_if = "<[Button]>::is_empty")]
+    buttons: Box<[Button]>,
     /// The core's name for this message, for a later edit.
     #[serde(skip)]
-    key: Option<String>,
+    key: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -404,6 +413,12 @@ impl ServerFrame<'_> {
         // Plain structs of strings and numbers: serialization cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
+
+    /// The frame as queued for sockets: one copy shared by every tab (an `Arc<String>`, not
+    /// an `Arc<str>`, which would copy a long answer once more).
+    fn to_frame(&self) -> Arc<String> {
+        Arc::new(self.to_json())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,13 +447,52 @@ pub(crate) struct ClientFile {
 // The hub: which browser has which sockets, and what each browser has seen. No I/O.
 
 struct Browser {
-    sockets: Vec<(u64, Sender<String>)>,
+    sockets: Vec<SocketSender>,
     history: VecDeque<Entry>,
     /// [`entry_bytes`] of `history`.
     history_bytes: usize,
-    /// The answer being written, replayed to a tab that connects mid-turn.
+    /// The answer being written, replayed to a tab that connects mid-turn; kept cut like a
+    /// history entry (the tab gets the whole of the next draft), and gone with the answer.
     draft: Option<String>,
     last_active: u64,
+}
+
+/// The hub's end of one socket's queue: the frames, and their bytes not yet taken by the
+/// socket's thread.
+struct SocketSender {
+    id: u64,
+    frames: Sender<Arc<String>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl SocketSender {
+    /// Queue `frame`; false when the socket has fallen behind (by frames or bytes) or is gone.
+    fn offer(&self, frame: &Arc<String>) -> bool {
+        if !queue_admits(self.queued.load(Ordering::SeqCst), frame.len()) {
+            return false;
+        }
+        // Counted before it is sent, so the socket never takes more than was counted.
+        self.queued.fetch_add(frame.len(), Ordering::SeqCst);
+        self.frames.try_send(frame.clone()).is_ok()
+    }
+}
+
+/// Whether a frame of `len` bytes may join a socket queue holding `queued` bytes.
+fn queue_admits(queued: usize, len: usize) -> bool {
+    queued == 0 || queued.saturating_add(len) <= SOCKET_QUEUE_BYTES
+}
+
+/// The socket thread's end of its queue.
+struct SocketQueue {
+    frames: Receiver<Arc<String>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl SocketQueue {
+    /// Mark a received frame as taken (its bytes no longer count against the queue).
+    fn taken(&self, frame: &str) {
+        self.queued.fetch_sub(frame.len(), Ordering::SeqCst);
+    }
 }
 
 struct Hub {
@@ -511,22 +565,24 @@ impl Hub {
 
     /// A new socket for `sid`: its queue already holds the history frame, so nothing
     /// delivered afterwards can overtake it.
-    fn connect(&mut self, sid: &str) -> (u64, Receiver<String>) {
+    fn connect(&mut self, sid: &str) -> (u64, SocketQueue) {
         self.next_socket += 1;
-        let socket = self.next_socket;
+        let id = self.next_socket;
         let (tx, rx) = crossbeam_channel::bounded(SOCKET_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let sender = SocketSender { id, frames: tx, queued: queued.clone() };
         let browser = self.browser(sid);
         let history =
             ServerFrame::History { messages: browser.history.iter().collect(), draft: browser.draft.as_deref() }
-                .to_json();
-        let _ = tx.try_send(history);
-        browser.sockets.push((socket, tx));
-        (socket, rx)
+                .to_frame();
+        sender.offer(&history);
+        browser.sockets.push(sender);
+        (id, SocketQueue { frames: rx, queued })
     }
 
     fn disconnect(&mut self, sid: &str, socket: u64) {
         if let Some(browser) = self.browsers.get_mut(sid) {
-            browser.sockets.retain(|(id, _)| *id != socket);
+            browser.sockets.retain(|sender| sender.id != socket);
         }
     }
 
@@ -534,23 +590,24 @@ impl Hub {
     fn record_from_person(&mut self, sid: &str, text: &str, file: Option<String>, ts: u64) -> String {
         let id = self.new_id();
         let entry = Entry {
-            id: id.clone(),
+            id: id.clone().into(),
             from: Speaker::You,
             text: text.to_string(),
-            file,
+            file: file.map(String::into_boxed_str),
             ts,
-            buttons: Vec::new(),
+            buttons: Box::default(),
             key: None,
         };
         let browser = self.browser(sid);
-        broadcast(browser, &ServerFrame::Message(&entry).to_json());
+        broadcast(browser, ServerFrame::Message(&entry).to_frame());
         push_history(browser, entry);
         id
     }
 
-    /// Route one action (already known to be for this channel) to its browser.
-    fn deliver(&mut self, action: &Outbound, ts: u64) {
-        let chat = match action {
+    /// Route one action (already known to be for this channel) to its browser. Takes it by
+    /// value: a long answer's text moves into the history entry instead of being copied.
+    fn deliver(&mut self, action: Outbound, ts: u64) {
+        let chat = match &action {
             Outbound::Text { chat, .. }
             | Outbound::Draft { chat, .. }
             | Outbound::Typing { chat }
@@ -562,70 +619,75 @@ impl Hub {
             log::warn!("web chat \"{}\": no browser can have chat id {:?}; dropped", chat.channel, chat.chat_id);
             return;
         }
+        let is_answer = matches!(action, Outbound::Text { .. });
         match action {
-            Outbound::Ask { text, key, buttons, .. } => {
-                let buttons = buttons.iter().map(|(label, data)| Button { label: label.clone(), data: data.clone() });
+            Outbound::Ask { chat, text, key, buttons } => {
+                let buttons = buttons.into_iter().map(|(label, data)| Button { label, data });
                 let entry = Entry {
-                    id: self.new_id(),
+                    id: self.new_id().into(),
                     from: Speaker::Agent,
-                    text: text.clone(),
+                    text,
                     file: None,
                     ts,
                     buttons: buttons.collect(),
-                    key: Some(key.clone()),
+                    key: Some(key.into()),
                 };
                 let browser = self.browser(&chat.chat_id);
-                broadcast(browser, &ServerFrame::Message(&entry).to_json());
+                broadcast(browser, ServerFrame::Message(&entry).to_frame());
                 push_history(browser, entry);
             }
-            Outbound::Edit { text, key, .. }
+            Outbound::Edit { chat, text, key }
                 if self
                     .browsers
                     .get(&chat.chat_id)
-                    .is_some_and(|b| b.history.iter().any(|e| e.key.as_ref() == Some(key))) =>
+                    .is_some_and(|b| b.history.iter().any(|e| e.key.as_deref() == Some(key.as_str()))) =>
             {
                 let browser = self.browser(&chat.chat_id);
-                let Some(entry) = browser.history.iter_mut().find(|e| e.key.as_ref() == Some(key)) else { return };
-                entry.text = text.clone();
-                entry.buttons.clear();
-                let frame = ServerFrame::Edit { id: &entry.id, text }.to_json();
-                broadcast(browser, &frame);
+                let Some(entry) = browser.history.iter_mut().find(|e| e.key.as_deref() == Some(key.as_str())) else {
+                    return;
+                };
+                let frame = ServerFrame::Edit { id: &entry.id, text: &text }.to_frame();
+                entry.text = cut_for_history(text);
+                entry.buttons = Box::default();
+                broadcast(browser, frame);
+                browser.history_bytes = browser.history.iter().map(entry_bytes).sum();
             }
             // An edit of a message this browser no longer has shows as a new message.
-            Outbound::Text { text, .. } | Outbound::Edit { text, .. } => {
+            Outbound::Text { chat, text, .. } | Outbound::Edit { chat, text, .. } => {
+                let bytes = text.len();
                 let entry = Entry {
-                    id: self.new_id(),
+                    id: self.new_id().into(),
                     from: Speaker::Agent,
-                    text: text.clone(),
+                    text,
                     file: None,
                     ts,
-                    buttons: Vec::new(),
+                    buttons: Box::default(),
                     key: None,
                 };
                 let browser = self.browser(&chat.chat_id);
                 browser.draft = None;
-                broadcast(browser, &ServerFrame::Message(&entry).to_json());
+                broadcast(browser, ServerFrame::Message(&entry).to_frame());
                 push_history(browser, entry);
-                if matches!(action, Outbound::Text { .. }) {
+                if is_answer {
                     // Handed to the browsers (and their history) at once: one part, no wait.
                     crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
-                        channel: chat.channel.clone(),
-                        chat: chat.chat_id.clone(),
-                        bytes: text.len(),
+                        channel: chat.channel,
+                        chat: chat.chat_id,
+                        bytes,
                         parts: 1,
                         duration_ms: 0,
                     });
                 }
             }
-            Outbound::Draft { text, .. } => {
+            Outbound::Draft { chat, text } => {
                 let browser = self.browser(&chat.chat_id);
-                broadcast(browser, &ServerFrame::Draft { text }.to_json());
-                browser.draft = Some(text.clone());
+                broadcast(browser, ServerFrame::Draft { text: &text }.to_frame());
+                browser.draft = Some(cut_for_history(text));
             }
-            Outbound::Typing { .. } => {
+            Outbound::Typing { chat } => {
                 // Not worth creating state for a browser we have never seen.
                 if let Some(browser) = self.browsers.get_mut(&chat.chat_id) {
-                    broadcast(browser, &ServerFrame::Typing.to_json());
+                    broadcast(browser, ServerFrame::Typing.to_frame());
                 }
             }
             Outbound::ButtonAck { .. } => {}
@@ -636,12 +698,16 @@ impl Hub {
 /// Keep `entry` in the browser's history, within [`HISTORY_LIMIT`] messages and
 /// [`HISTORY_BYTES`] bytes (a message longer than [`HISTORY_ENTRY_BYTES`] is kept cut).
 fn push_history(browser: &mut Browser, mut entry: Entry) {
-    if entry.text.len() > HISTORY_ENTRY_BYTES {
-        let whole = entry.text.chars().count();
-        truncate_at_char(&mut entry.text, HISTORY_ENTRY_BYTES);
-        entry
-            .text
-            .push_str(&format!("\n\n… (cut here in the replayed history: the whole message had {whole} characters)"));
+    entry.text = cut_for_history(entry.text);
+    if browser.history.len() >= HISTORY_LIMIT
+        && let Some(old) = browser.history.pop_front()
+    {
+        browser.history_bytes = browser.history_bytes.saturating_sub(entry_bytes(&old));
+    }
+    // Past half the limit, grow to the limit exactly: doubling would make room for 128.
+    let history = &mut browser.history;
+    if history.len() == history.capacity() && history.len() >= HISTORY_LIMIT / 2 {
+        history.reserve_exact(HISTORY_LIMIT - history.len());
     }
     browser.history_bytes += entry_bytes(&entry);
     browser.history.push_back(entry);
@@ -652,13 +718,26 @@ fn push_history(browser: &mut Browser, mut entry: Entry) {
     }
 }
 
+/// `text` as the history keeps it: whole up to [`HISTORY_ENTRY_BYTES`], else cut there with
+/// a note, in a buffer of its new size (a 2 MB answer must not keep 2 MB allocated).
+fn cut_for_history(mut text: String) -> String {
+    if text.len() <= HISTORY_ENTRY_BYTES {
+        return text;
+    }
+    let whole = text.chars().count();
+    truncate_at_char(&mut text, HISTORY_ENTRY_BYTES);
+    text.push_str(&format!("\n\n… (cut here in the replayed history: the whole message had {whole} characters)"));
+    text.shrink_to_fit();
+    text
+}
+
 /// What an entry costs to keep, roughly: its texts.
 fn entry_bytes(entry: &Entry) -> usize {
     entry.text.len()
         + entry.id.len()
-        + entry.file.as_ref().map_or(0, String::len)
+        + entry.file.as_deref().map_or(0, str::len)
         + entry.buttons.iter().map(|b| b.label.len() + b.data.len()).sum::<usize>()
-        + entry.key.as_ref().map_or(0, String::len)
+        + entry.key.as_deref().map_or(0, str::len)
 }
 
 /// Cut `text` to at most `max` bytes, on a character boundary.
@@ -675,8 +754,8 @@ fn truncate_at_char(text: &mut String, max: usize) {
 
 /// Queue a frame for every socket of the browser; a socket whose queue is full or gone is
 /// dropped from the list (its thread then closes it).
-fn broadcast(browser: &mut Browser, json: &str) {
-    browser.sockets.retain(|(_, tx)| tx.try_send(json.to_string()).is_ok());
+fn broadcast(browser: &mut Browser, frame: Arc<String>) {
+    browser.sockets.retain(|sender| sender.offer(&frame));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -916,7 +995,7 @@ fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
         match outbox.recv_timeout(DISPATCH_POLL) {
             Ok(action) if action.channel() == shared.channel => {
                 let action = with_files(shared, action);
-                shared.hub().deliver(&action, wall_ms());
+                shared.hub().deliver(action, wall_ms());
             }
             Ok(action) => {
                 log::debug!("web chat \"{}\": ignoring an action for channel \"{}\"", shared.channel, action.channel())
@@ -935,7 +1014,7 @@ fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
 /// named ("(not sent: … outside the allowed directories)").
 fn with_files(shared: &Shared, action: Outbound) -> Outbound {
     let Outbound::Text { chat, text, answers } = action else { return action };
-    let (mut text, markers) = crate::media::take_markers(&text);
+    let (mut text, markers) = crate::media::take_markers_owned(text);
     let mut lines = Vec::new();
     for marker in markers {
         let shown = shared.out_files.check(&marker.path).and_then(|(path, _)| {
@@ -1015,7 +1094,8 @@ impl Drop for Registration<'_> {
 
 pub(crate) fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        // Its read buffer is filled with zeros to its size, per tab: kept as small as a chunk.
+        .read_buffer_size(READ_CHUNK)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
@@ -1044,6 +1124,10 @@ impl io::Read for SocketIo {
         if self.taken == self.inbox.len() {
             self.inbox.clear();
             self.taken = 0;
+            // An upload passed through: don't keep its size for the rest of the socket's life.
+            if self.inbox.capacity() > 64 * 1024 {
+                self.inbox = Vec::new();
+            }
         }
         Ok(n)
     }
@@ -1143,7 +1227,7 @@ fn socket_loop(
     shared: &Shared,
     sid: &str,
     ws: &mut WebSocket<SocketIo>,
-    queue: &Receiver<String>,
+    queue: &SocketQueue,
     bytes: &Receiver<Vec<u8>>,
 ) -> SocketEnd {
     let mut last_heard = Instant::now();
@@ -1157,9 +1241,10 @@ fn socket_loop(
         }
         if !frames_ready && !bytes_ready {
             crossbeam_channel::select! {
-                recv(queue) -> frame => match frame {
+                recv(queue.frames) -> frame => match frame {
                     Ok(json) => {
-                        if write_frame(ws, json).is_err() {
+                        queue.taken(&json);
+                        if write_frame(ws, &json).is_err() {
                             return SocketEnd::Gone;
                         }
                         frames_ready = true;
@@ -1180,9 +1265,10 @@ fn socket_loop(
         if frames_ready {
             frames_ready = false;
             loop {
-                match queue.try_recv() {
+                match queue.frames.try_recv() {
                     Ok(json) => {
-                        if write_frame(ws, json).is_err() {
+                        queue.taken(&json);
+                        if write_frame(ws, &json).is_err() {
                             return SocketEnd::Gone;
                         }
                     }
@@ -1251,9 +1337,9 @@ fn socket_loop(
 
 /// Queue one frame from the hub on the socket (written at the next flush), or write a long
 /// one at once past the buffer.
-fn write_frame(ws: &mut WebSocket<SocketIo>, json: String) -> Result<(), ()> {
+fn write_frame(ws: &mut WebSocket<SocketIo>, json: &str) -> Result<(), ()> {
     if json.len() >= DIRECT_FRAME {
-        write_direct(ws, &json).map_err(|_| ())
+        write_direct(ws, json).map_err(|_| ())
     } else {
         ws.write(Message::text(json)).map_err(|_| ())
     }
@@ -1762,8 +1848,15 @@ mod tests {
     }
 
     /// Drain a socket queue into decoded frames.
-    fn frames(queue: &Receiver<String>) -> Vec<serde_json::Value> {
-        queue.try_iter().map(|j| serde_json::from_str(&j).unwrap()).collect()
+    fn frames(queue: &SocketQueue) -> Vec<serde_json::Value> {
+        queue
+            .frames
+            .try_iter()
+            .map(|j| {
+                queue.taken(&j);
+                serde_json::from_str(&j).unwrap()
+            })
+            .collect()
     }
 
     #[test]
@@ -1781,16 +1874,16 @@ mod tests {
 
         let id = hub.record_from_person(&a, "hi", Some("x.png".into()), 1);
         assert_eq!(id, "boot-1");
-        hub.deliver(&Outbound::Typing { chat: chat_ref(&a) }, 2);
-        hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: "He".into() }, 3);
-        hub.deliver(&Outbound::Text { chat: chat_ref(&a), text: "Hello".into(), answers: vec![] }, 4);
+        hub.deliver(Outbound::Typing { chat: chat_ref(&a) }, 2);
+        hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: "He".into() }, 3);
+        hub.deliver(Outbound::Text { chat: chat_ref(&a), text: "Hello".into(), answers: vec![] }, 4);
         // The final text replaced the draft: a tab opened now sees none.
         let (_, between) = hub.connect(&a);
         let seen = frames(&between);
         assert_eq!(seen[0]["draft"], serde_json::Value::Null, "{seen:?}");
         drop(between);
-        hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: "Ne".into() }, 5);
-        hub.deliver(&Outbound::Text { chat: chat_ref("not-a-browser"), text: "x".into(), answers: vec![] }, 6);
+        hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: "Ne".into() }, 5);
+        hub.deliver(Outbound::Text { chat: chat_ref("not-a-browser"), text: "x".into(), answers: vec![] }, 6);
         let expected = vec![
             serde_json::json!({"type": "message", "id": "boot-1", "from": "you", "text": "hi", "file": "x.png", "ts": 1}),
             serde_json::json!({"type": "typing"}),
@@ -1813,9 +1906,9 @@ mod tests {
 
         // A dropped receiver is forgotten; typing for an unknown browser creates nothing.
         drop(a2);
-        hub.deliver(&Outbound::Typing { chat: chat_ref(&a) }, 7);
+        hub.deliver(Outbound::Typing { chat: chat_ref(&a) }, 7);
         assert_eq!(hub.browsers[&a].sockets.len(), 2);
-        hub.deliver(&Outbound::Typing { chat: chat_ref(&"c".repeat(32)) }, 8);
+        hub.deliver(Outbound::Typing { chat: chat_ref(&"c".repeat(32)) }, 8);
         assert_eq!(hub.browsers.len(), 2);
     }
 
@@ -1826,9 +1919,15 @@ mod tests {
         // A 2 MB answer (multi-byte characters, so the cut must find a boundary) is shown
         // whole but kept cut, with a note.
         let long = "é".repeat(1_000_000);
-        hub.deliver(&Outbound::Text { chat: chat_ref(&a), text: long.clone(), answers: Vec::new() }, 0);
+        hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: long.clone() }, 0);
+        let draft = hub.browsers[&a].draft.as_ref().unwrap();
+        assert!(draft.capacity() < HISTORY_ENTRY_BYTES + 200, "the draft kept {} bytes", draft.capacity());
+        hub.deliver(Outbound::Text { chat: chat_ref(&a), text: long.clone(), answers: Vec::new() }, 0);
+        assert_eq!(hub.browsers[&a].draft, None, "the answer replaced the draft");
         let kept = &hub.browsers[&a].history.back().unwrap().text;
         assert!(kept.len() < HISTORY_ENTRY_BYTES + 200, "kept {} bytes", kept.len());
+        // Not only cut but reallocated: the history holds no 2 MB buffer.
+        assert!(kept.capacity() < HISTORY_ENTRY_BYTES + 200, "kept a buffer of {} bytes", kept.capacity());
         assert!(kept.starts_with(&"é".repeat(100)));
         assert!(kept.ends_with("the whole message had 1000000 characters)"), "{}", &kept[kept.len() - 100..]);
         // Many medium messages: the oldest go once the bytes pass the budget.
@@ -1843,6 +1942,21 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_queue_admits_by_bytes() {
+        let table = [
+            (0, 1, true),
+            (0, SOCKET_QUEUE_BYTES * 4, true), // one frame always fits an empty queue
+            (1, SOCKET_QUEUE_BYTES - 1, true),
+            (1, SOCKET_QUEUE_BYTES, false),
+            (SOCKET_QUEUE_BYTES, 1, false),
+            (usize::MAX, 1, false),
+        ];
+        for (queued, len, admitted) in table {
+            assert_eq!(queue_admits(queued, len), admitted, "{queued} queued, a frame of {len}");
+        }
+    }
+
+    #[test]
     fn hub_bounds_history_queues_and_browsers() {
         let a = "a".repeat(32);
         let mut hub = Hub::new("boot".into());
@@ -1852,14 +1966,39 @@ mod tests {
         let history = &hub.browsers[&a].history;
         assert_eq!(history.len(), HISTORY_LIMIT);
         assert_eq!(history.front().unwrap().text, "m20");
+        assert_eq!(history.capacity(), HISTORY_LIMIT, "room for no more than the limit");
 
         // A socket that does not drain its queue is dropped once the queue is full.
         let (_, slow) = hub.connect(&a);
         for i in 0..SOCKET_QUEUE {
-            hub.deliver(&Outbound::Draft { chat: chat_ref(&a), text: format!("{i}") }, 0);
+            hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: format!("{i}") }, 0);
         }
         assert!(hub.browsers[&a].sockets.is_empty());
         drop(slow);
+
+        // By bytes too: a tab that does not read while long answers stream is dropped once
+        // its queue holds SOCKET_QUEUE_BYTES, and a page that reconnects gets the history.
+        let (_, slow) = hub.connect(&a);
+        let (_, reading) = hub.connect(&a);
+        let long = "x".repeat(3 * 1024 * 1024);
+        for _ in 0..2 {
+            hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: long.clone() }, 0);
+            let _ = frames(&reading);
+        }
+        assert_eq!(hub.browsers[&a].sockets.len(), 2, "6 MiB queued: not too many yet");
+        hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: long.clone() }, 0);
+        assert_eq!(hub.browsers[&a].sockets.len(), 1, "9 MiB would be too many; the tab that reads stays");
+        hub.deliver(Outbound::Text { chat: chat_ref(&a), text: long.clone(), answers: vec![] }, 0);
+        assert_eq!(frames(&slow).len(), 3, "the history and two drafts were queued, no more");
+        assert!(slow.frames.try_recv().is_err(), "the queue is closed: the page reconnects");
+        assert_eq!(frames(&reading).len(), 2, "the last draft and the answer");
+        let (_, again) = hub.connect(&a);
+        let history = frames(&again);
+        assert_eq!(history[0]["type"], "history");
+        assert!(
+            history[0]["messages"].as_array().unwrap().last().unwrap()["text"].as_str().unwrap().starts_with("xxx")
+        );
+        drop((slow, reading, again));
 
         // Browsers are bounded; the stalest one without a tab goes first.
         let (_, _keep) = hub.connect(&a);
@@ -2040,12 +2179,12 @@ mod tests {
         let big = "y".repeat(300 * 1024);
         for n in 0..200u32 {
             let sid = format!("{:032x}", n % 100);
-            hub.deliver(&Outbound::Text { chat: chat_ref(&sid), text: big.clone(), answers: vec![] }, 0);
+            hub.deliver(Outbound::Text { chat: chat_ref(&sid), text: big.clone(), answers: vec![] }, 0);
             assert!(hub.browsers[&sid].history_bytes <= HISTORY_BYTES);
             assert!(hub.total_history_bytes() <= TOTAL_HISTORY_BYTES + HISTORY_BYTES);
         }
         let sid = format!("{:032x}", 999);
-        hub.deliver(&Outbound::Text { chat: chat_ref(&sid), text: "z".repeat(5 * 1024 * 1024), answers: vec![] }, 0);
+        hub.deliver(Outbound::Text { chat: chat_ref(&sid), text: "z".repeat(5 * 1024 * 1024), answers: vec![] }, 0);
         assert!(hub.browsers[&sid].history_bytes <= HISTORY_BYTES, "one long message is kept cut");
         assert!(hub.browsers[&sid].history[0].text.contains("cut here in the replayed history"));
     }
@@ -2058,12 +2197,15 @@ mod tests {
         assert_eq!(next_frame(&mut ws)["type"], "history");
         let long = "ü".repeat(300_000); // 600 kB: a frame with a 64-bit length
         let medium = "m".repeat(70_000); // a 16-bit length, still direct
+        let short = "s".repeat(DIRECT_FRAME - 100); // through tungstenite's buffer
         let to = chat_ref(&browser_id(&sid));
         chat.send(Outbound::Typing { chat: to.clone() });
+        chat.send(Outbound::Draft { chat: to.clone(), text: short.clone() });
         chat.send(Outbound::Draft { chat: to.clone(), text: medium.clone() });
         chat.send(Outbound::Text { chat: to.clone(), text: long.clone(), answers: vec![] });
         chat.send(Outbound::Typing { chat: to });
         assert_eq!(next_frame(&mut ws)["type"], "typing");
+        assert_eq!(next_frame(&mut ws)["text"], short.as_str());
         assert_eq!(next_frame(&mut ws)["text"], medium.as_str());
         assert_eq!(next_frame(&mut ws)["text"], long.as_str());
         assert_eq!(next_frame(&mut ws)["type"], "typing");

@@ -1,5 +1,6 @@
 //! Five-field cron expressions (minute hour day-of-month month day-of-week) and their next
-//! run in a time zone. Pure: the zone is a value (`local_zone.rs` finds the machine's).
+//! run in a time zone. Pure: the zone is a value (`time_zone.rs`; `local_zone.rs` finds the
+//! machine's).
 //!
 //! Each field is `*` or a comma list of `a`, `a-b`, with an optional `/step` (`*/15`,
 //! `1-30/2`, `5/10` = `5-59/10`); months and days may be named (`JAN`–`DEC`, `SUN`–`SAT`, any
@@ -10,9 +11,7 @@
 //! Local time: a time that does not exist on a day (the clock springs forward over it) is
 //! skipped that day; a time that happens twice (the clock falls back) runs once, the first time.
 
-use jiff::Timestamp;
-use jiff::civil::{Date, DateTime};
-use jiff::tz::{AmbiguousOffset, TimeZone};
+use crate::time_zone::{Date, TimeZone};
 
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +29,9 @@ pub struct Cron {
 /// Searching further than this finds nothing (`0 0 30 2 *` never runs): 8 years cover every
 /// Feb 29, even across a century year that has none.
 const SEARCH_DAYS: i32 = 366 * 9;
+
+/// Runs and times are shown in four-digit years; a schedule has no run after 9999.
+const LAST_YEAR: i64 = 9999;
 
 struct Field {
     name: &'static str,
@@ -98,7 +100,7 @@ impl Cron {
             return false;
         }
         let by_day = self.days & (1 << date.day()) != 0;
-        let by_weekday = self.weekdays & (1 << date.weekday().to_sunday_zero_offset()) != 0;
+        let by_weekday = self.weekdays & (1 << date.weekday()) != 0;
         match (self.any_day, self.any_weekday) {
             (true, true) => true,
             (true, false) => by_weekday,
@@ -109,21 +111,26 @@ impl Cron {
 
     /// The first run strictly after `after_ms` (Unix ms) in `zone`, in Unix ms.
     pub fn next_after(&self, after_ms: u64, zone: &TimeZone) -> Option<u64> {
-        let after = Timestamp::from_millisecond(i64::try_from(after_ms).ok()?).ok()?;
-        let start = after.to_zoned(zone.clone()).datetime();
-        let mut date = start.date();
+        let after = i64::try_from(after_ms).ok()?;
+        let mut date = zone.local_at(after.div_euclid(1000)).0.date;
         for _ in 0..SEARCH_DAYS {
+            if date.year() > LAST_YEAR {
+                return None;
+            }
             if self.day_matches(date) {
                 for hour in (0..24).filter(|h| self.hours & (1 << h) != 0) {
                     for minute in (0..60).filter(|m| self.minutes & (1u64 << m) != 0) {
-                        let Some(at) = run_at(date, hour, minute, zone) else { continue };
-                        if at > after {
-                            return u64::try_from(at.as_millisecond()).ok();
+                        // Skipped when the clock springs forward over it, the first time when
+                        // it happens twice.
+                        let Some(at) = zone.first_instant(date.at(hour, minute)) else { continue };
+                        let at_ms = at.checked_mul(1000)?;
+                        if at_ms > after {
+                            return u64::try_from(at_ms).ok();
                         }
                     }
                 }
             }
-            date = date.tomorrow().ok()?;
+            date = date.tomorrow();
         }
         None
     }
@@ -139,19 +146,6 @@ impl Cron {
         }
         runs
     }
-}
-
-/// The instant a wall-clock time of `date` happens in `zone`: none in a spring-forward gap,
-/// the first one when it happens twice.
-fn run_at(date: Date, hour: i8, minute: i8, zone: &TimeZone) -> Option<Timestamp> {
-    let civil: DateTime = date.at(hour, minute, 0, 0);
-    let ambiguous = zone.to_ambiguous_timestamp(civil);
-    let offset = match ambiguous.offset() {
-        AmbiguousOffset::Unambiguous { offset } => offset,
-        AmbiguousOffset::Gap { .. } => return None,
-        AmbiguousOffset::Fold { before, .. } => before,
-    };
-    offset.to_timestamp(civil).ok()
 }
 
 fn parse_field(text: &str, field: &Field) -> Result<u64, String> {
@@ -203,27 +197,41 @@ fn value(text: &str, field: &Field) -> Result<u32, String> {
 
 /// `at_ms` as local time for people: `2026-12-02 14:30 CET`.
 pub fn show(at_ms: u64, zone: &TimeZone) -> String {
-    let Ok(at) = Timestamp::from_millisecond(i64::try_from(at_ms).unwrap_or(i64::MAX)) else {
+    let (local, abbreviation) = zone.local_at(i64::try_from(at_ms / 1000).unwrap_or(i64::MAX));
+    let date = local.date;
+    if date.year() > LAST_YEAR {
         return format!("{at_ms} ms");
-    };
-    at.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M %Z").to_string()
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} {abbreviation}",
+        date.year(),
+        date.month(),
+        date.day(),
+        local.hour(),
+        local.minute()
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `2026-03-01T10:00[:30]` in `zone`, in Unix ms.
     fn ms(text: &str, zone: &TimeZone) -> u64 {
-        let civil: DateTime = text.parse().unwrap();
-        u64::try_from(civil.to_zoned(zone.clone()).unwrap().timestamp().as_millisecond()).unwrap()
+        let number = |range: std::ops::Range<usize>| text.get(range).unwrap().parse::<u8>().unwrap();
+        let date = Date::new(text.get(0..4).unwrap().parse().unwrap(), number(5..7), number(8..10)).unwrap();
+        let seconds = if text.len() > 16 { i64::from(number(17..19)) } else { 0 };
+        let at = zone.first_instant(date.at(number(11..13), number(14..16))).unwrap() + seconds;
+        u64::try_from(at * 1000).unwrap()
     }
 
+    /// `at` as `2026-03-01 10:01 Sun UTC`.
     fn local(at: u64, zone: &TimeZone) -> String {
-        Timestamp::from_millisecond(at as i64)
-            .unwrap()
-            .to_zoned(zone.clone())
-            .strftime("%Y-%m-%d %H:%M %a %Z")
-            .to_string()
+        let (time, _) = zone.local_at(i64::try_from(at / 1000).unwrap());
+        let weekday = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"][usize::from(time.date.weekday())];
+        let shown = show(at, zone);
+        let (day, zone_name) = shown.rsplit_once(' ').unwrap();
+        format!("{day} {weekday} {zone_name}")
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (`loops.json` holds it; the daemon reads and writes the file), which are due, and the
 //! `/loop` command's words. The core (`core/mod.rs`) runs the due ones.
 
-use jiff::tz::TimeZone;
+use crate::time_zone::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use super::cron::{self, Cron};
@@ -79,6 +79,14 @@ pub struct LoopFile {
     pub loops: Vec<Loop>,
 }
 
+/// A loop tool the agent called through `tether mcp` (`control.rs` decodes the call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoopTool {
+    Create { cron: String, prompt: String },
+    List,
+    Cancel { id: u32 },
+}
+
 /// Who asks, from where (for `/loop add`).
 #[derive(Debug, Clone)]
 pub struct Creator<'a> {
@@ -128,6 +136,13 @@ impl Book {
     /// `/loop add "<cron>" <prompt>`: the new loop, or what is wrong.
     pub fn add(&mut self, args: &str, by: &Creator<'_>, now_ms: u64) -> Result<String, String> {
         let (expr, prompt) = split_add(args)?;
+        self.add_parsed(&expr, &prompt, by, now_ms)
+    }
+
+    /// A loop of schedule `expr` and `prompt` (from `/loop add`, or the agent's `loop_create`):
+    /// the new loop, or what is wrong.
+    pub fn add_parsed(&mut self, expr: &str, prompt: &str, by: &Creator<'_>, now_ms: u64) -> Result<String, String> {
+        let expr = expr.trim().to_string();
         let cron = Cron::parse(&expr).map_err(|e| format!("That schedule is not valid: {e}."))?;
         let prompt = prompt.trim();
         if prompt.is_empty() {
@@ -356,15 +371,36 @@ fn preview(prompt: &str) -> String {
 }
 
 fn zone_name(zone: &TimeZone) -> String {
-    zone.iana_name().map_or_else(|| "the local time zone".to_string(), str::to_string)
+    zone.name().map_or_else(|| "the local time zone".to_string(), str::to_string)
 }
 
 // The core's side: `/loop`, the due runs, the clock.
 use std::time::{Duration, Instant};
 
+use super::session::{Session, Writer};
 use super::{Action, Core, Waiting, Waits, gate, new_session, turn_settings};
 use crate::config::{DispatchMode, SessionScope};
 use crate::event::InboundMessage;
+
+/// Why loops are refused in a channel of `sessionScope: "single"`.
+const SINGLE_SCOPE: &str =
+    "Loops are not available in this channel: it shares one conversation among everyone (sessionScope \"single\").";
+
+/// Whose loop the agent creates in `session`: the person whose turn is running (the last
+/// of its writers), else who last wrote there.
+fn loop_creator(session: &Session) -> Option<Writer> {
+    let last = session.writer.clone();
+    let running = session.turn.as_ref().and_then(|t| t.senders.iter().rev().find(|s| !s.is_empty()));
+    match (running, last) {
+        (Some(id), Some(last)) if *id == last.id => Some(last),
+        (Some(id), last) => {
+            // Another person's turn: their name is not kept, the chat is the same.
+            let is_group = last.is_some_and(|l| l.is_group);
+            Some(Writer { id: id.clone(), name: String::new(), is_group })
+        }
+        (None, last) => last,
+    }
+}
 
 /// The clock looks at the loops at least this often (a wall clock that jumps is caught up).
 const LOOK_EVERY: Duration = Duration::from_secs(60);
@@ -409,9 +445,7 @@ impl Core {
     ) -> String {
         let Some(channel) = self.channels.get(&message.channel) else { return String::new() };
         if channel.session_scope == SessionScope::Single {
-            return "Loops are not available in this channel: it shares one conversation among everyone \
-                (sessionScope \"single\")."
-                .to_string();
+            return SINGLE_SCOPE.to_string();
         }
         let chat = super::routing::reply_to(message);
         let (verb, rest) = args.trim().split_once(char::is_whitespace).unwrap_or((args.trim(), ""));
@@ -448,6 +482,85 @@ impl Core {
         result.unwrap_or_else(|e| e)
     }
 
+    /// A loop tool the agent called in session `key` (through `tether mcp` and the control
+    /// socket): it acts on the loops of that session's chat, for the person whose turn is
+    /// running there (else who last wrote there), like `/loop` in that chat. The text for
+    /// the agent, or why not; and what to do.
+    pub fn loop_tool(&mut self, key: &str, tool: LoopTool, now: Instant) -> (Result<String, String>, Vec<Action>) {
+        let mut actions = Vec::new();
+        let result = self.run_loop_tool(key, tool, &mut actions);
+        self.finish(&mut actions, now);
+        (result, actions)
+    }
+
+    /// A loop tool call of the operator (`tether loops cancel` through the control socket):
+    /// any loop, by id. Only cancelling is offered.
+    pub fn operator_loop_tool(&mut self, tool: LoopTool, now: Instant) -> (Result<String, String>, Vec<Action>) {
+        let mut actions = Vec::new();
+        let result = match tool {
+            LoopTool::Cancel { id } => {
+                let channel = self.loops.file().loops.iter().find(|l| l.id == id).map(|l| l.channel.clone());
+                match channel {
+                    Some(channel) if self.loops.remove(id) => {
+                        log::info!(target: channel.as_str(), "loop {id} cancelled from the command line");
+                        // A run still going is cancelled with it.
+                        self.clear_session(&format!("loop:{channel}:{id}"), &mut actions);
+                        Ok(format!("Loop {id} cancelled."))
+                    }
+                    _ => Err(format!("there is no loop {id}; `tether loops list` shows them")),
+                }
+            }
+            LoopTool::Create { .. } | LoopTool::List => {
+                Err("the command line may only cancel loops through the service".to_string())
+            }
+        };
+        self.finish(&mut actions, now);
+        (result, actions)
+    }
+
+    fn run_loop_tool(&mut self, key: &str, tool: LoopTool, actions: &mut Vec<Action>) -> Result<String, String> {
+        let Some(session) = self.sessions.get(key) else {
+            return Err(format!(
+                "tether has no conversation \"{key}\" now (it was cleared or has ended); loops can still be \
+                 managed in the chat with /loop."
+            ));
+        };
+        let chat = session.chat.clone();
+        let creator = loop_creator(session);
+        let Some(channel) = self.channels.get(&chat.channel) else {
+            return Err(format!("the channel \"{}\" of this conversation is no longer configured.", chat.channel));
+        };
+        if channel.session_scope == SessionScope::Single {
+            return Err(SINGLE_SCOPE.to_string());
+        }
+        match tool {
+            LoopTool::List => Ok(self.loops.list(&chat)),
+            LoopTool::Create { cron, prompt } => {
+                let Some(writer) = creator else {
+                    return Err("nobody has written in this conversation yet, so the loop would have no owner; \
+                        ask in the chat with /loop add."
+                        .to_string());
+                };
+                let by = Creator {
+                    chat: &chat,
+                    is_group: writer.is_group,
+                    sender_id: &writer.id,
+                    sender_name: &writer.name,
+                };
+                let added = self.loops.add_parsed(&cron, &prompt, &by, self.wall_ms)?;
+                log::info!(target: chat.channel.as_str(), "loop added in {} by the agent for {}", chat.chat_id, writer.id);
+                Ok(added)
+            }
+            LoopTool::Cancel { id } => {
+                let cancelled = self.loops.cancel(&id.to_string(), &chat)?;
+                log::info!(target: chat.channel.as_str(), "loop {id} in {} cancelled by the agent", chat.chat_id);
+                // A run still going is cancelled with it.
+                self.clear_session(&format!("loop:{}:{id}", chat.channel), actions);
+                Ok(cancelled)
+            }
+        }
+    }
+
     /// Start the loops whose time has come, each as its own turn in its own session. One whose
     /// previous run is still going is skipped (and counted); one whose chat is no longer
     /// allowed is disabled.
@@ -476,6 +589,9 @@ impl Core {
             });
             session.chat = chat.clone();
             session.label = Some(due.label());
+            // The agent's loop tools in this run act for the loop's creator.
+            let id = due.sender_id.clone();
+            session.writer = Some(Writer { id, name: due.sender_name.clone(), is_group: due.is_group });
             // New, loaded from dormant, or its chat set: `sessions.json` may need writing.
             self.records_version += 1;
             let waiting = Waiting {

@@ -31,7 +31,7 @@ use crate::event::{
 use crate::streamer::BlockStreamConfig;
 use commands::{Command, SessionView};
 use permissions::{Answerers, Asker, MAX_ASKS_PER_TURN, MAX_PENDING, PermissionRelay, Resolution};
-use session::{CancelCause, Life, Retry, Session, TurnSettings, Waiting, Waits};
+use session::{CancelCause, Life, Retry, Session, TurnSettings, Waiting, Waits, Writer};
 
 pub use session::{CANCEL_WAIT, MAX_WAITING};
 
@@ -321,13 +321,19 @@ impl Core {
                 self.access.reload(&channel, files, &mut actions)
             }
         }
-        self.settle_cancelled_permissions(&mut actions);
-        self.settle_released(&mut actions);
+        self.finish(&mut actions, now);
+        actions
+    }
+
+    /// What every change ends with: settle what it released, look at the loops' clock
+    /// again, drop audit records nobody keeps.
+    fn finish(&mut self, actions: &mut Vec<Action>, now: Instant) {
+        self.settle_cancelled_permissions(actions);
+        self.settle_released(actions);
         self.schedule_loops(now);
         if !self.audit {
             actions.retain(|a| !matches!(a, Action::Audit(_)));
         }
-        actions
     }
 
     /// Every message this event released without a text that answers it (gates, steering,
@@ -514,6 +520,10 @@ impl Core {
             self.records_version += 1;
         }
         session.label = task_label;
+        if from_person {
+            let id = message.sender_id.clone();
+            session.writer = Some(Writer { id, name: message.sender_name.clone(), is_group: message.is_group });
+        }
         session.shared = match channel.session_scope {
             SessionScope::Single => true,
             SessionScope::Thread | SessionScope::ChatThread => message.is_group,

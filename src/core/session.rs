@@ -209,6 +209,17 @@ pub struct Session {
     pub last_active: Instant,
     /// Put before every text its turns send (a loop's `[loop 3]`).
     pub label: Option<String>,
+    /// The person who last wrote in it (a loop's creator, for a loop's run): loops the agent
+    /// creates through `tether mcp` are theirs.
+    pub writer: Option<Writer>,
+}
+
+/// A person writing in a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    pub id: String,
+    pub name: String,
+    pub is_group: bool,
 }
 
 /// A session's life at the agent.
@@ -270,6 +281,7 @@ impl Session {
             shared: false,
             last_active: now,
             label: None,
+            writer: None,
         }
     }
 

@@ -27,7 +27,36 @@ pub enum Output {
     Log(String),
     /// Exit the process now with this status; nothing else follows.
     Exit(i32),
+    /// Call `tool` of this MCP server (start it, initialize, `tools/call`, stop it) and hand
+    /// the result to [`DemoAgent::tool_result`] with `ticket`.
+    CallTool { ticket: u64, server: McpServer, tool: String, arguments: Value },
 }
+
+/// A stdio MCP server the client gave a session (`mcpServers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServer {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// The first stdio server of `mcpServers` (one with a `command`).
+fn stdio_server(params: &Value) -> Option<McpServer> {
+    let servers = params.get("mcpServers")?.as_array()?;
+    let server = servers.iter().find(|s| s.get("command").and_then(Value::as_str).is_some())?;
+    let strings = |v: Option<&Value>| -> Vec<Value> { v.and_then(Value::as_array).cloned().unwrap_or_default() };
+    Some(McpServer {
+        command: server.get("command")?.as_str()?.to_string(),
+        args: strings(server.get("args")).iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+        env: strings(server.get("env"))
+            .iter()
+            .filter_map(|e| Some((e.get("name")?.as_str()?.to_string(), e.get("value")?.as_str()?.to_string())))
+            .collect(),
+    })
+}
+
+/// Said when a turn asks for a loop and the session has no MCP server to make it with.
+pub const NO_MCP: &str = "I cannot schedule anything here: the client gave this session no MCP server.";
 
 /// How the demo agent was started (from the command line).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,11 +86,15 @@ pub struct DemoAgent {
     pending: BTreeMap<u64, Pending>,
     /// Set once a `crash` turn asked the driver to exit: nothing more is produced.
     exited: bool,
+    /// Tickets of [`Output::CallTool`].
+    next_tool_call: u64,
 }
 
 struct Session {
     record: SessionRecord,
     turn: Option<Turn>,
+    /// Its MCP server (from session/new or session/load).
+    mcp: Option<McpServer>,
 }
 
 /// A running `session/prompt`.
@@ -83,6 +116,8 @@ enum Wait {
     Reply(u64),
     /// Forever (a `hang` turn): only `session/cancel` ends it.
     Forever,
+    /// For the result of [`Output::CallTool`] with this ticket.
+    Tool(u64),
 }
 
 struct Pending {
@@ -209,6 +244,7 @@ impl DemoAgent {
             turns_started: 0,
             pending: BTreeMap::new(),
             exited: false,
+            next_tool_call: 1,
         }
     }
 
@@ -327,6 +363,7 @@ impl DemoAgent {
                 "agentCapabilities": {
                     "loadSession": true,
                     "promptCapabilities": {"image": self.settings.images, "audio": false, "embeddedContext": false},
+                    "mcpCapabilities": {},
                 },
                 "agentInfo": {"name": "tether-demo-agent", "version": env!("CARGO_PKG_VERSION")},
                 "authMethods": auth,
@@ -378,7 +415,8 @@ impl DemoAgent {
         };
         persist(self.store.as_ref(), &record, out);
         out.log(format!("session {session_id} created in {}", record.cwd));
-        self.sessions.insert(session_id.clone(), Session { record, turn: None });
+        let mcp = stdio_server(params);
+        self.sessions.insert(session_id.clone(), Session { record, turn: None, mcp });
         let options = script::config_options(&record_model(&self.sessions, &session_id));
         out.result(id, json!({"sessionId": session_id, "configOptions": options}));
         out.update(
@@ -431,7 +469,7 @@ impl DemoAgent {
         {
             match store.load(session_id) {
                 Ok(Some(record)) => {
-                    self.sessions.insert(session_id.to_string(), Session { record, turn: None });
+                    self.sessions.insert(session_id.to_string(), Session { record, turn: None, mcp: None });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -447,6 +485,7 @@ impl DemoAgent {
             return;
         };
         session.record.cwd = cwd;
+        session.mcp = stdio_server(params);
         for entry in &session.record.history {
             let kind = match entry.role {
                 Role::User => "user_message_chunk",
@@ -543,7 +582,9 @@ impl DemoAgent {
     /// Run the session's turn until it waits, pauses or ends.
     fn advance(&mut self, session_id: &str, now: Instant, out: &mut Out) {
         loop {
-            let Some(turn) = self.sessions.get_mut(session_id).and_then(|s| s.turn.as_mut()) else {
+            let Some(session) = self.sessions.get_mut(session_id) else { return };
+            let mcp = &session.mcp;
+            let Some(turn) = session.turn.as_mut() else {
                 return;
             };
             if !matches!(turn.waiting, Wait::Nothing) {
@@ -599,6 +640,19 @@ impl DemoAgent {
                     out.log(format!("session {session_id}: hanging until cancelled, as asked"));
                     turn.waiting = Wait::Forever;
                 }
+                Step::CallTool { tool, arguments } => match mcp {
+                    Some(server) => {
+                        let ticket = self.next_tool_call;
+                        self.next_tool_call += 1;
+                        turn.waiting = Wait::Tool(ticket);
+                        out.log(format!("session {session_id}: calling MCP tool {tool} (call {ticket})"));
+                        out.items.push(Output::CallTool { ticket, server: server.clone(), tool, arguments });
+                    }
+                    None => {
+                        out.update(session_id, text_chunk("agent_message_chunk", NO_MCP));
+                        turn.answer.push_str(NO_MCP);
+                    }
+                },
                 Step::Finish(reason) => self.end_turn(session_id, TurnEnd::Stop(reason), out),
             }
         }
@@ -631,6 +685,30 @@ impl DemoAgent {
                 out.error(turn.request_id, INTERNAL_ERROR, "Internal error", Some(json!({})));
             }
         }
+    }
+
+    /// The MCP tool call `ticket` ended: its text (or why it failed) is the turn's answer.
+    pub fn tool_result(&mut self, ticket: u64, result: Result<String, String>, now: Instant) -> Vec<Output> {
+        let mut out = Out::default();
+        let waiting = self
+            .sessions
+            .iter_mut()
+            .find(|(_, s)| s.turn.as_ref().is_some_and(|t| matches!(t.waiting, Wait::Tool(n) if n == ticket)));
+        let Some((session_id, session)) = waiting else {
+            out.log(format!("MCP tool call {ticket} ended after its turn did: result dropped"));
+            return out.items;
+        };
+        let session_id = session_id.clone();
+        if let Some(turn) = session.turn.as_mut() {
+            let text = match result {
+                Ok(text) => text,
+                Err(e) => format!("The tool call failed: {e}"),
+            };
+            turn.steps.push_front(Step::Text(text));
+            turn.waiting = Wait::Nothing;
+        }
+        self.advance(&session_id, now, &mut out);
+        out.items
     }
 
     /// The client answered one of our requests.

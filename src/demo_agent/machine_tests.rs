@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{DemoAgent, Output, Settings};
+use super::{DemoAgent, McpServer, NO_MCP, Output, Settings};
 use crate::demo_agent::store::tests::temp_dir;
 
 struct Harness {
@@ -12,6 +12,8 @@ struct Harness {
     now: Instant,
     next_id: u64,
     logs: Vec<String>,
+    /// MCP tool calls the agent asked the driver to make.
+    tool_calls: Vec<(u64, McpServer, String, Value)>,
 }
 
 impl Harness {
@@ -20,7 +22,13 @@ impl Harness {
     }
 
     fn with(settings: Settings) -> Harness {
-        Harness { agent: DemoAgent::new(settings), now: Instant::now(), next_id: 100, logs: Vec::new() }
+        Harness {
+            agent: DemoAgent::new(settings),
+            now: Instant::now(),
+            next_id: 100,
+            logs: Vec::new(),
+            tool_calls: Vec::new(),
+        }
     }
 
     /// Feed raw text; return every output (Exit included).
@@ -38,6 +46,9 @@ impl Harness {
                 }
                 Output::Log(message) => self.logs.push(message),
                 Output::Exit(status) => panic!("unexpected exit {status}"),
+                Output::CallTool { ticket, server, tool, arguments } => {
+                    self.tool_calls.push((ticket, server, tool, arguments))
+                }
             }
         }
         lines
@@ -138,7 +149,8 @@ fn initialize_answers_version_capabilities_and_info() {
         json!({
             "protocolVersion": 1,
             "agentCapabilities": {"loadSession": true,
-                "promptCapabilities": {"image": false, "audio": false, "embeddedContext": false}},
+                "promptCapabilities": {"image": false, "audio": false, "embeddedContext": false},
+                "mcpCapabilities": {}},
             "agentInfo": {"name": "tether-demo-agent", "version": env!("CARGO_PKG_VERSION")},
             "authMethods": [],
         })
@@ -670,4 +682,45 @@ fn auth_required_fails_new_and_load_with_32000() {
         assert_eq!(error["message"], "Authentication required", "{method}");
         assert_eq!(error["data"]["authMethods"][0]["id"], "demo-login", "{method}");
     }
+}
+
+#[test]
+fn a_loop_asked_in_plain_words_is_made_with_the_sessions_mcp_server() {
+    let mut h = Harness::new();
+    let tether = json!({"name": "tether", "command": "/bin/tether", "args": ["mcp"],
+        "env": [{"name": "TETHER_MCP_SESSION", "value": "tg:1:1"}]});
+    let (id, lines) = h.request("session/new", json!({"cwd": "/ws", "mcpServers": [tether]}));
+    let session = result(&lines, id)["sessionId"].as_str().unwrap().to_string();
+    let (prompt, lines) = h.prompt(&session, "every 15 minutes check the deployment");
+    assert!(!has_response(&lines, prompt), "the turn waits for the tool");
+    let server = McpServer {
+        command: "/bin/tether".into(),
+        args: vec!["mcp".into()],
+        env: vec![("TETHER_MCP_SESSION".into(), "tg:1:1".into())],
+    };
+    let arguments = json!({"cron": "*/15 * * * *", "prompt": "check the deployment"});
+    assert_eq!(h.tool_calls, vec![(1, server, "loop_create".to_string(), arguments)]);
+    // A result for no waiting turn is dropped.
+    assert!(h.agent.tool_result(99, Ok("x".into()), h.now).iter().all(|o| matches!(o, Output::Log(_))));
+    let outputs = h.agent.tool_result(1, Ok("Loop 1 added".into()), h.now);
+    let lines = h.lines(outputs);
+    assert_eq!(text(&lines), "Loop 1 added");
+    assert_eq!(stop_reason(&lines, prompt), "end_turn");
+    // A failed call is said so.
+    let (prompt, _) = h.prompt(&session, "cancel loop 7");
+    assert_eq!(h.tool_calls[1].2, "loop_cancel");
+    let outputs = h.agent.tool_result(2, Err("There is no loop 7 in this chat".into()), h.now);
+    let lines = h.lines(outputs);
+    assert_eq!(text(&lines), "The tool call failed: There is no loop 7 in this chat");
+    assert_eq!(stop_reason(&lines, prompt), "end_turn");
+}
+
+#[test]
+fn without_an_mcp_server_the_agent_says_it_cannot_schedule() {
+    let mut h = Harness::new();
+    let session = h.new_session();
+    let (prompt, lines) = h.prompt(&session, "every 1 minutes ping");
+    assert_eq!(text(&lines), NO_MCP);
+    assert_eq!(stop_reason(&lines, prompt), "end_turn");
+    assert!(h.tool_calls.is_empty());
 }

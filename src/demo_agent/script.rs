@@ -110,6 +110,38 @@ pub fn parse_words(text: &str) -> Words {
     words
 }
 
+/// A prompt that asks for loops in plain words, as the tool call that does it:
+/// "every N minute(s) TASK" (loop_create: `* * * * *` for one minute, else `*/N * * * *`),
+/// "list my loops" (loop_list), "cancel loop N" (loop_cancel).
+pub fn loop_request(text: &str) -> Option<(&'static str, Value)> {
+    // ASCII lowercase keeps every byte where it was, so positions hold in `text` too.
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("list my loops") {
+        return Some(("loop_list", json!({})));
+    }
+    if let Some(at) = lower.find("cancel loop ") {
+        let rest = lower.get(at + "cancel loop ".len()..).unwrap_or_default();
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(id) = digits.parse::<u32>() {
+            return Some(("loop_cancel", json!({"id": id})));
+        }
+    }
+    let at = lower.find("every ")?;
+    let rest = lower.get(at + "every ".len()..)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let minutes: u32 = digits.parse().ok().filter(|n| (1..=59).contains(n))?;
+    let after_number = rest.get(digits.len()..)?.trim_start();
+    let unit = ["minutes", "minute"].into_iter().find(|u| after_number.starts_with(u))?;
+    // The task: the rest of that line, in the prompt's own case.
+    let task_at = text.len() - after_number.len() + unit.len();
+    let task = text.get(task_at..)?.lines().next().unwrap_or_default().trim();
+    if task.is_empty() {
+        return None;
+    }
+    let cron = if minutes == 1 { "* * * * *".to_string() } else { format!("*/{minutes} * * * *") };
+    Some(("loop_create", json!({"cron": cron, "prompt": task})))
+}
+
 /// How a turn ends when nothing interrupts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -149,6 +181,9 @@ pub enum Step {
     Crash,
     /// Never answer (until `session/cancel`).
     Hang,
+    /// Call this tool of the session's MCP server (the client's `tether mcp`) and answer
+    /// with its text.
+    CallTool { tool: String, arguments: Value },
     /// Answer the prompt with this stop reason.
     Finish(StopReason),
 }
@@ -174,6 +209,9 @@ pub const TOUCH_TITLE: &str = "touch demo.txt";
 
 /// The steps of a turn (a prompt with `error` never gets here: it is answered at once).
 pub fn plan_turn(words: &Words, ctx: &TurnContext) -> Vec<Step> {
+    if let Some((tool, arguments)) = loop_request(ctx.prompt_text) {
+        return vec![Step::CallTool { tool: tool.to_string(), arguments }, Step::Finish(StopReason::EndTurn)];
+    }
     let seen_before = ctx.history.iter().any(|e| e.role == Role::User && e.text == ctx.prompt_text);
     // The client's retry of the turn that crashed: the history ends with this prompt,
     // unanswered. One `crash` message is one crash, not two.
@@ -667,5 +705,38 @@ mod tests {
         let first_tick = steps.iter().position(|s| *s == Step::Text("tick 0 ".into()));
         assert!(ask_permission < ask_ext && ask_ext < first_tick, "{steps:?}");
         assert_eq!(steps.last(), Some(&Step::Finish(StopReason::MaxTokens)));
+    }
+
+    #[test]
+    fn loop_requests_in_plain_words_become_tool_calls() {
+        let create = |cron: &str, prompt: &str| Some(("loop_create", json!({"cron": cron, "prompt": prompt})));
+        let cases = [
+            ("every 1 minutes ping", create("* * * * *", "ping")),
+            ("Every 15 minutes check the Deployment\nthanks", create("*/15 * * * *", "check the Deployment")),
+            ("please, every 5 minute: say hi", create("*/5 * * * *", ": say hi")),
+            ("list my loops", Some(("loop_list", json!({})))),
+            ("Cancel loop 3 now", Some(("loop_cancel", json!({"id": 3})))),
+            ("every 0 minutes ping", None),
+            ("every 60 minutes ping", None),
+            ("every 5 hours ping", None),
+            ("every 5 minutes", None),
+            ("cancel loop x", None),
+            ("everyone, hello", None),
+            ("ünïcödé every 2 minutes ß ok", create("*/2 * * * *", "ß ok")),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(loop_request(text), expected, "{text}");
+        }
+        let steps = plan_turn(&parse_words("every 1 minutes ping"), &ctx("every 1 minutes ping", &[]));
+        assert_eq!(
+            steps,
+            vec![
+                Step::CallTool {
+                    tool: "loop_create".into(),
+                    arguments: json!({"cron": "* * * * *", "prompt": "ping"})
+                },
+                Step::Finish(StopReason::EndTurn),
+            ]
+        );
     }
 }

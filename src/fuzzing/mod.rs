@@ -23,6 +23,7 @@ use crate::event::{AgentRequest, PermissionOutcome};
 use crate::net::httpd;
 use crate::render::{self, TELEGRAM_RAW_LIMIT, TELEGRAM_TARGET, Units};
 use crate::streamer::{BlockStreamConfig, BlockStreamer};
+use crate::time_zone::TimeZone;
 use checks::{
     balanced, content_without_fence_lines, fences_closed, fences_repairable, is_subsequence, non_ws,
     telegram_html_error, without_mentions,
@@ -43,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("weixin_update", weixin_update),
     ("dingtalk_frame", dingtalk_frame),
     ("plugin_input", plugin_input),
+    ("time_zone", time_zone),
 ];
 
 /// The bot of the Telegram target.
@@ -567,6 +569,40 @@ pub fn plugin_input(data: &[u8]) {
     assert_eq!((message.channel.as_str(), message.webhook.as_deref()), ("phone", Some("ci")));
     assert_eq!(intake.judge(&delivery, 1_767_000_000, now).map(|_| ()), Err(Refusal::Replayed));
     assert_eq!(contained_panics(), panics);
+}
+
+/// Time zones: the bytes as a TZif file and as a POSIX TZ string (`TZ` and the disk are
+/// untrusted-ish). Neither parser panics; a zone that parses has, at every instant, an offset
+/// within RFC 8536's bounds and an abbreviation, and the instant of the local time it shows
+/// resolves to that instant or an earlier one (a fold's first time) showing the same time.
+pub fn time_zone(data: &[u8]) {
+    let mut zones = Vec::new();
+    zones.extend(TimeZone::tzif(None, data).ok());
+    if let Ok(text) = std::str::from_utf8(data) {
+        zones.extend(TimeZone::posix(text).ok());
+    }
+    // Fixed instants (the extremes are clamped), and some from the input, within ±2^48 s.
+    let mut instants = vec![i64::MIN, i64::MAX, 0, -1, 1_783_000_000, 1_792_800_000, -2_208_988_800, 253_402_300_799];
+    instants.extend(data.chunks(8).take(32).map(|chunk| {
+        let mut bytes = [0u8; 8];
+        bytes.iter_mut().zip(chunk).for_each(|(b, c)| *b = *c);
+        i64::from_le_bytes(bytes) % (1 << 48)
+    }));
+    for zone in zones {
+        for at in &instants {
+            let (offset, abbreviation) = zone.offset_at(*at);
+            assert!((-89_999..=93_599).contains(&offset), "offset {offset} at {at}");
+            assert!(!abbreviation.is_empty() && abbreviation.len() <= 32, "abbreviation {abbreviation:?} at {at}");
+            let (local, _) = zone.local_at(*at);
+            if at.unsigned_abs() > 1 << 48 {
+                continue;
+            }
+            let first = zone.first_instant(local);
+            assert!(first.is_some_and(|first| first <= *at), "{local:?} shown at {at} resolves to {first:?}");
+            let shown = first.map(|first| zone.local_at(first).0);
+            assert_eq!(shown, Some(local), "{local:?} shown at {at} resolves to {first:?}");
+        }
+    }
 }
 
 #[cfg(test)]

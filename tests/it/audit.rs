@@ -133,7 +133,7 @@ fn rotation_keeps_max_files_and_tether_audit_filters_by_user_and_channel() {
         "audit": {"path": path, "content": "full", "maxBytes": 1000, "maxFiles": 3},
         "channels": {"a": channel(&fake_a), "b": channel(&fake_b)},
     }));
-    let service = Service::start(&home, &[]);
+    let mut service = Service::start(&home, &[]);
     const MESSAGES: usize = 12;
     for n in 0..MESSAGES {
         let (fake, from) = if n % 2 == 0 { (&fake_a, 111) } else { (&fake_b, 222) };
@@ -146,6 +146,9 @@ fn rotation_keeps_max_files_and_tether_audit_filters_by_user_and_channel() {
         raw.contains("message number 11") && raw.contains("answer.delivered")
     };
     assert!(wait_until(WAIT, both_last));
+    // Stopped, so that no line is written (nor a file rotated) between the reads below.
+    service.signal("TERM");
+    assert!(service.wait_exit(WAIT).is_some(), "did not stop:\n{}", service.log());
     let mut names: Vec<String> = std::fs::read_dir(home.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

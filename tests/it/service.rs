@@ -426,3 +426,54 @@ fn a_journaled_message_telegram_sends_again_is_answered_once() {
     assert_eq!(texts_to(&fake, 111).len(), 1, "{:?}", texts_to(&fake, 111));
     assert!(service.log().contains("is already journaled; skipped"), "{}", service.log());
 }
+
+/// The environment of process `pid`, as NAME=value strings.
+fn environment_of(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).filter(|v| !v.is_empty()).collect()
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The parent is the second field after the command name (which may hold spaces).
+            let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+            after_name.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect()
+}
+
+/// On a glibc build `tether start` restarts itself once (same pid) with the allocator tuned;
+/// the agent it starts does not inherit that setting, and `TETHER_MALLOC=default` skips it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_allocator_is_tuned_for_tether_only() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("malloc-tuning");
+    home.write_config(&config(&fake));
+    let tuned = |env: &[String]| env.iter().any(|v| v.starts_with("GLIBC_TUNABLES="));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("connected as @", WAIT), "{}", service.log());
+    let env = environment_of(service.pid());
+    assert!(tuned(&env) && env.iter().any(|v| v == "TETHER_MALLOC=tuned"), "{env:?}");
+    let mut agents = Vec::new();
+    assert!(wait_until(WAIT, || {
+        agents = children_of(service.pid());
+        !agents.is_empty()
+    }));
+    for agent in agents {
+        let env = environment_of(agent);
+        assert!(!env.is_empty(), "the agent's environment is readable");
+        assert!(!tuned(&env) && !env.iter().any(|v| v.starts_with("TETHER_MALLOC=")), "agent {agent}: {env:?}");
+    }
+    drop(service);
+
+    let service = Service::start_with_env(&home, &[], &[("TETHER_MALLOC", "default")]);
+    assert!(service.wait_for_log("connected as @", WAIT), "{}", service.log());
+    assert!(!tuned(&environment_of(service.pid())), "TETHER_MALLOC=default keeps glibc's defaults");
+}

@@ -140,6 +140,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let journal = io.journal.clone().ok_or_else(|| Error::Other(format!("channel \"{name}\": no journal")))?;
     let command_name = channel.setting("command").unwrap_or_default().to_string();
     let mut command = Command::new(&command_name);
+    crate::malloc_tuning::untuned_child(&mut command);
     let args = channel.settings.values.get("args").and_then(Value::as_array);
     command.args(args.into_iter().flatten().filter_map(Value::as_str));
     if let Some(Value::Object(env)) = channel.settings.values.get("env") {

@@ -90,7 +90,7 @@ impl Service {
             .args(args)
             .arg("--home")
             .arg(home.path())
-            .env("RUST_LOG", format!("{level},ureq=info,rustls=info"))
+            .env("RUST_LOG", format!("{level},tungstenite=info,rustls=info"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
