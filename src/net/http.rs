@@ -810,6 +810,78 @@ mod tests {
         assert!(!error.0.contains("/x"), "the URL (it may hold a token) is not in errors: {error}");
     }
 
+    /// A loopback HTTPS server (the unit tests' CA signed its certificate for `localhost` and
+    /// 127.0.0.1): each connection answers its requests with `ok` until the client leaves.
+    fn serve_tls(address: &str, seen: Arc<Seen>) -> u16 {
+        let listener = TcpListener::bind((address, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = crate::net::tls::test_server_config();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                seen.connections.fetch_add(1, Ordering::SeqCst);
+                let (config, seen) = (Arc::clone(&config), Arc::clone(&seen));
+                thread::spawn(move || {
+                    let session = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(session, stream);
+                    loop {
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match tls.read(&mut byte) {
+                                Ok(1) => head.push(byte[0]),
+                                _ => return,
+                            }
+                        }
+                        let head = String::from_utf8(head).unwrap();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ")?.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; length];
+                        if tls.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        seen.requests.lock().unwrap().push(head + &String::from_utf8_lossy(&body));
+                        let reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+                        if tls.write_all(reply).and_then(|()| tls.flush()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn https_does_a_real_handshake_checks_the_name_and_keeps_the_connection() {
+        let seen = Arc::new(Seen::default());
+        let port = serve_tls("127.0.0.1", Arc::clone(&seen));
+        let client = HttpClient::default();
+        for host in ["localhost", "127.0.0.1"] {
+            for n in 0..3 {
+                let url = format!("https://{host}:{port}/bot/x{n}");
+                let reply = client.post_json(&url, &serde_json::json!({"n": n}), SHORT);
+                assert_eq!(reply, Ok((200, "ok".into())), "{url}");
+            }
+        }
+        // One handshake per host name (a pooled connection is reused), every request whole.
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        let requests = seen.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 6);
+        assert!(requests[2].starts_with("POST /bot/x2 HTTP/1.1\r\nHost: localhost:"), "{}", requests[2]);
+        assert!(requests[2].ends_with("\r\n\r\n{\"n\":2}"), "{}", requests[2]);
+        // An address the certificate does not name (Linux answers all of 127/8 on loopback)
+        // is refused before anything is sent.
+        let port = serve_tls("127.0.0.2", Arc::clone(&seen));
+        let other = HttpClient::default()
+            .request(Method::Get, &format!("https://127.0.0.2:{port}/"), &[], None, SHORT)
+            .unwrap_err();
+        assert!(other.0.starts_with("TLS error: "), "{other}");
+        assert_eq!(seen.requests.lock().unwrap().len(), 6);
+    }
+
     #[test]
     fn a_plain_server_behind_https_is_a_tls_error() {
         let (url, _) = serve(|_, mut stream, _| {
