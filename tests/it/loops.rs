@@ -20,17 +20,24 @@ fn offset_to_next_minute() -> String {
     (to_boundary - 8_000).rem_euclid(60_000).to_string()
 }
 
-#[test]
-fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
+/// A fake Bot API, a home whose Telegram channel "phone" lets USER in, and the environment
+/// that puts the service's clock 8 s before a minute, in UTC.
+fn phone_channel(name: &str) -> (FakeTelegram, TempDir, [(&'static str, String); 2]) {
     let fake = FakeTelegram::start();
-    let home = TempDir::new("loops");
+    let home = TempDir::new(name);
     let channel = json!({
         "type": "telegram", "token": TOKEN, "apiBase": fake.url(),
         "senderPolicy": "allowlist", "allowedUsers": [USER.to_string()],
     });
     home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": channel}}));
-    let offset = offset_to_next_minute();
-    let env = [("TETHER_TEST_CLOCK_OFFSET_MS", offset.as_str()), ("TZ", "UTC0")];
+    let env = [("TETHER_TEST_CLOCK_OFFSET_MS", offset_to_next_minute()), ("TZ", "UTC0".to_string())];
+    (fake, home, env)
+}
+
+#[test]
+fn a_loop_added_in_chat_delivers_on_schedule_and_survives_a_restart() {
+    let (fake, home, env) = phone_channel("loops");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut service = Service::start_with_env(&home, &[], &env);
     fake.send_dm(USER, "/loop add \"* * * * *\" ping");
     let texts = fake.wait_texts_to(USER, 1, WAIT);
@@ -120,15 +127,8 @@ fn control_request(home: &std::path::Path, request: &serde_json::Value) -> serde
 #[test]
 fn a_loop_the_agent_creates_through_tether_mcp_delivers_on_schedule() {
     use std::os::unix::fs::PermissionsExt;
-    let fake = FakeTelegram::start();
-    let home = TempDir::new("loops-mcp");
-    let channel = json!({
-        "type": "telegram", "token": TOKEN, "apiBase": fake.url(),
-        "senderPolicy": "allowlist", "allowedUsers": [USER.to_string()],
-    });
-    home.write_config(&json!({"agent": demo_agent(), "channels": {"phone": channel}}));
-    let offset = offset_to_next_minute();
-    let env = [("TETHER_TEST_CLOCK_OFFSET_MS", offset.as_str()), ("TZ", "UTC0")];
+    let (fake, home, env) = phone_channel("loops-mcp");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let service = Service::start_with_env(&home, &[], &env);
     assert!(service.wait_for_log("control socket", WAIT), "{}", service.log());
     let socket = home.path().join("control.sock");
