@@ -1356,6 +1356,26 @@ fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// For tests (here and in the platforms' own): parse `text` as `/etc/tether/config.json`,
+/// with cwd `/srv/start`, home `/home/ann`, the given process environment and `platforms`.
+#[cfg(test)]
+pub(crate) fn parse_for_tests(
+    text: &str,
+    platforms: &[&'static Platform],
+    env: &[(&str, &str)],
+) -> Result<Config, ConfigError> {
+    let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let cx = ParseContext {
+        path: Path::new("/etc/tether/config.json"),
+        cwd: Path::new("/srv/start"),
+        home: Some(Path::new("/home/ann")),
+        env: &lookup,
+        platforms,
+    };
+    parse(text, &cx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1365,7 +1385,7 @@ mod tests {
     /// Parse with a fixed file, cwd `/srv/start`, home `/home/ann` and the given process
     /// environment.
     fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        parse_on(text, crate::adapters::PLATFORMS, env)
+        parse_for_tests(text, crate::adapters::PLATFORMS, env)
     }
 
     /// What the Telegram adapter reads from a channel with `token` and the default `apiBase`.
@@ -2376,20 +2396,6 @@ mod tests {
         }
     }
 
-    /// [`parse_with`] with the platforms given (a test's own).
-    fn parse_on(text: &str, platforms: &[&'static Platform], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let cx = ParseContext {
-            path: Path::new(FILE),
-            cwd: Path::new("/srv/start"),
-            home: Some(Path::new("/home/ann")),
-            env: &lookup,
-            platforms,
-        };
-        parse(text, &cx)
-    }
-
     /// A settings.json written as Qwen Code 0.24's channel docs show it: every key of the
     /// options table, and a Telegram, a WeChat and a DingTalk channel.
     const QWEN_024_SETTINGS: &str = r#"{
@@ -2429,7 +2435,7 @@ mod tests {
     #[test]
     fn qwen_024_documented_settings_parse_with_every_key_honoured() {
         let platforms = crate::adapters::PLATFORMS;
-        let config = match parse_on(QWEN_024_SETTINGS, platforms, &[("MY_BOT_TOKEN", "1:abc")]) {
+        let config = match parse_for_tests(QWEN_024_SETTINGS, platforms, &[("MY_BOT_TOKEN", "1:abc")]) {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };

@@ -184,21 +184,8 @@ impl PairingBook {
         if let Some(request) = self.pending.iter().find(|r| r.group() == Some(chat_id)) {
             return Ask::Pending { code: request.code.clone(), remind: false };
         }
-        if self.pending.len() >= MAX_PENDING {
-            return Ask::Full;
-        }
-        let code = self.new_code(random, now_ms);
-        let Some(code) = code else { return Ask::NoEntropy };
-        let request = PairingRequest {
-            sender_id: sender_id.to_string(),
-            sender_name: clean_name(sender_name),
-            code,
-            created_at: now_ms,
-            chat_id: Some(chat_id.to_string()),
-            subject: Some(Subject { kind: SubjectKind::Group, id: chat_id.to_string(), name: clean_name(chat_id) }),
-        };
-        self.pending.push(request.clone());
-        Ask::Created(request)
+        let subject = Subject { kind: SubjectKind::Group, id: chat_id.to_string(), name: clean_name(chat_id) };
+        self.open_request(sender_id, sender_name, chat_id, Some(subject), now_ms, random)
     }
 
     /// Every request held, expired ones included until the next write drops them.
@@ -248,21 +235,36 @@ impl PairingBook {
         if answered_recently {
             return Ask::Quiet;
         }
+        let asked = self.open_request(sender_id, sender_name, chat_id, None, now_ms, random);
+        if matches!(asked, Ask::Created(_)) {
+            self.last_reply.insert(sender_id.to_string(), now_ms);
+        }
+        asked
+    }
+
+    /// A new request with a fresh code, unless the book is full or no randomness can be had.
+    fn open_request(
+        &mut self,
+        sender_id: &str,
+        sender_name: &str,
+        chat_id: &str,
+        subject: Option<Subject>,
+        now_ms: u64,
+        random: &mut dyn FnMut() -> Option<[u8; CODE_LENGTH]>,
+    ) -> Ask {
         if self.pending.len() >= MAX_PENDING {
             return Ask::Full;
         }
-        let code = self.new_code(random, now_ms);
-        let Some(code) = code else { return Ask::NoEntropy };
+        let Some(code) = self.new_code(random, now_ms) else { return Ask::NoEntropy };
         let request = PairingRequest {
             sender_id: sender_id.to_string(),
             sender_name: clean_name(sender_name),
             code,
             created_at: now_ms,
             chat_id: Some(chat_id.to_string()),
-            subject: None,
+            subject,
         };
         self.pending.push(request.clone());
-        self.last_reply.insert(sender_id.to_string(), now_ms);
         Ask::Created(request)
     }
 

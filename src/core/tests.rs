@@ -1739,5 +1739,18 @@ fn a_webhook_event_runs_a_turn_whose_questions_the_chats_people_answer() {
     );
 }
 
+/// The text of the single reply among `actions` (the loops' and tasks' tests use it).
+fn reply(actions: &[Action]) -> String {
+    let texts: Vec<&String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Outbound::Text { text, .. }) => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.len(), 1, "{actions:?}");
+    texts[0].clone()
+}
+
 mod loops;
 mod tasks;

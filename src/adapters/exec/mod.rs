@@ -515,24 +515,15 @@ impl Courier for ExecCourier {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use serde_json::json;
 
     use super::*;
-    use crate::config::{Config, ParseContext};
+    use crate::config::Config;
 
     fn parse(exec: Value) -> Result<Config, ConfigError> {
         let text = json!({"channels": {"local": exec}}).to_string();
-        let env = |name: &str| (name == "BRIDGE_TOKEN").then(|| "token-from-env-1234".to_string());
-        let cx = ParseContext {
-            path: Path::new("/c.json"),
-            cwd: Path::new("/"),
-            home: None,
-            env: &env,
-            platforms: crate::adapters::PLATFORMS,
-        };
-        crate::config::parse(&text, &cx)
+        crate::config::parse_for_tests(&text, crate::adapters::PLATFORMS, &[("BRIDGE_TOKEN", "token-from-env-1234")])
     }
 
     #[test]

@@ -262,24 +262,15 @@ fn intake_cut(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use serde_json::json;
 
     use super::*;
-    use crate::config::{Config, ParseContext};
+    use crate::config::Config;
 
     fn parse(hooks: Value) -> Result<Config, ConfigError> {
         let text = json!({"channels": {"phone": {"type": "telegram", "token": "1:x"}, "hooks": hooks}}).to_string();
-        let env = |name: &str| (name == "CI_SECRET").then(|| "from-the-environment-123".to_string());
-        let cx = ParseContext {
-            path: Path::new("/c.json"),
-            cwd: Path::new("/"),
-            home: None,
-            env: &env,
-            platforms: crate::adapters::PLATFORMS,
-        };
-        crate::config::parse(&text, &cx)
+        crate::config::parse_for_tests(&text, crate::adapters::PLATFORMS, &[("CI_SECRET", "from-the-environment-123")])
     }
 
     fn hooks(source: Value) -> Value {

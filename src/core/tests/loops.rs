@@ -23,19 +23,6 @@ fn loop_core() -> Core {
     core
 }
 
-/// The text of the single reply among `actions`.
-fn reply(actions: &[Action]) -> String {
-    let texts: Vec<&String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send(Outbound::Text { text, .. }) => Some(text),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(texts.len(), 1, "{actions:?}");
-    texts[0].clone()
-}
-
 fn command(core: &mut Core, text: &str, now: Instant) -> String {
     reply(&core.handle(dm("111", text), now))
 }

@@ -9,16 +9,7 @@ fn multi() -> ChannelConfig {
 }
 
 fn command(core: &mut Core, event: Event, now: Instant) -> String {
-    let actions = core.handle(event, now);
-    let texts: Vec<&String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send(Outbound::Text { text, .. }) => Some(text),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(texts.len(), 1, "{actions:?}");
-    texts[0].clone()
+    reply(&core.handle(event, now))
 }
 
 const BASE: &str = "tg:111:111";
