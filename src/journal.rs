@@ -8,6 +8,14 @@
 //! message, `{"done": {"chat": …, "id": …}}` when it was answered. It is rewritten with only
 //! the pending messages when answered lines pile up, so it stays small. A torn last line (power
 //! cut mid-write) is skipped on load. [`Ledger`] is the pure content; [`Journal`] adds the file.
+//!
+//! Only the lines of new messages are fsynced: that is the no-loss guarantee. An answered mark
+//! is written but not fsynced (one disk flush per message less): a power cut may lose the
+//! last marks, and those messages are then answered again after the restart (at least once,
+//! as for an answer accepted just before a crash), never lost. `kill -9` or a crash of tether
+//! loses nothing written (the kernel has it). Compaction stays atomic and durable
+//! ([`crate::store::write_atomic`]), so the pending messages are never only in a file being
+//! replaced.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -167,6 +175,8 @@ struct Inner {
     file: File,
     /// Bytes in the file: a failed append is cut back to this, so no torn line stays behind.
     len: u64,
+    /// Appends that waited for the disk (tests check which ones do).
+    fsyncs: u64,
 }
 
 impl Journal {
@@ -192,7 +202,7 @@ impl Journal {
         let file = open_append(&path).map_err(|source| Error::File { path: path.clone(), action: "open", source })?;
         let len = compacted.len() as u64;
         let recovered = Mutex::new(ledger.pending().cloned().collect());
-        Ok(Journal { path, channel: channel.to_string(), inner: Mutex::new(Inner { ledger, file, len }), recovered })
+        Ok(Journal { path, channel: channel.to_string(), inner: Mutex::new(Inner { ledger, file, len, fsyncs: 0 }), recovered })
     }
 
     pub fn path(&self) -> &Path {
@@ -231,7 +241,7 @@ impl Journal {
         if text.is_empty() {
             return Ok(fresh);
         }
-        if let Err(e) = append(&mut inner, text.as_bytes()) {
+        if let Err(e) = append(&mut inner, text.as_bytes(), Durability::Fsync) {
             for r in &added {
                 // Forget them again, so that the platform's retry is taken as new.
                 inner.ledger.forget(r);
@@ -241,7 +251,8 @@ impl Journal {
         Ok(fresh)
     }
 
-    /// Mark messages answered (fsynced), and compact the file when it has grown.
+    /// Mark messages answered (written, not fsynced: see the module doc), and compact the
+    /// file when it has grown.
     pub fn settle(&self, refs: &[MessageRef]) -> io::Result<()> {
         let mut inner = self.lock();
         let mut text = String::new();
@@ -254,7 +265,7 @@ impl Journal {
         if text.is_empty() {
             return Ok(());
         }
-        append(&mut inner, text.as_bytes())?;
+        append(&mut inner, text.as_bytes(), Durability::Written)?;
         if inner.ledger.needs_compaction() {
             let compacted = inner.ledger.compacted();
             crate::store::write_atomic(&self.path, compacted.as_bytes())
@@ -313,9 +324,24 @@ fn open_append(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
 }
 
-/// Append and fsync; on failure cut the file back so no partial line remains.
-fn append(inner: &mut Inner, bytes: &[u8]) -> io::Result<()> {
-    let result = inner.file.write_all(bytes).and_then(|()| inner.file.sync_data());
+/// Whether an append waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// New messages: on disk before the platform's offset or ack moves.
+    Fsync,
+    /// Answered marks: losing one to a power cut means answering again, not losing a message.
+    Written,
+}
+
+/// Append (and fsync when asked); on failure cut the file back so no partial line remains.
+fn append(inner: &mut Inner, bytes: &[u8], durability: Durability) -> io::Result<()> {
+    let result = inner.file.write_all(bytes).and_then(|()| match durability {
+        Durability::Fsync => {
+            inner.fsyncs += 1;
+            inner.file.sync_data()
+        }
+        Durability::Written => Ok(()),
+    });
     match result {
         Ok(()) => {
             inner.len += bytes.len() as u64;
@@ -607,6 +633,25 @@ mod tests {
         let lines = std::fs::read_to_string(journal.path()).unwrap().lines().count();
         assert!(lines <= COMPACT_SLACK + 2, "{lines} lines");
         assert_eq!(journal.pending_count(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn new_messages_are_fsynced_answered_marks_only_written() {
+        let dir = std::env::temp_dir().join(format!("tether-journal-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let journal = Journal::open(&dir, "phone").unwrap();
+        let fsyncs = || journal.lock().fsyncs;
+        journal.record(vec![msg("1", "1", "a"), msg("1", "2", "b")]).unwrap();
+        assert_eq!(fsyncs(), 1, "one fsync per batch of new messages");
+        journal.record(vec![msg("1", "1", "a")]).unwrap();
+        assert_eq!(fsyncs(), 1, "nothing new: nothing written");
+        journal.settle(&[r("1", "1"), r("1", "2")]).unwrap();
+        assert_eq!(fsyncs(), 1, "an answered mark is not fsynced");
+        // But it is written: a reopen (as after kill -9) knows both were answered.
+        drop(journal);
+        let journal = Journal::open(&dir, "phone").unwrap();
+        assert_eq!(journal.pending_count(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
