@@ -202,7 +202,12 @@ impl Journal {
         let file = open_append(&path).map_err(|source| Error::File { path: path.clone(), action: "open", source })?;
         let len = compacted.len() as u64;
         let recovered = Mutex::new(ledger.pending().cloned().collect());
-        Ok(Journal { path, channel: channel.to_string(), inner: Mutex::new(Inner { ledger, file, len, fsyncs: 0 }), recovered })
+        Ok(Journal {
+            path,
+            channel: channel.to_string(),
+            inner: Mutex::new(Inner { ledger, file, len, fsyncs: 0 }),
+            recovered,
+        })
     }
 
     pub fn path(&self) -> &Path {
