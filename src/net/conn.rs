@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::tls;
 
-/// How far a socket timeout set earlier may overshoot the deadline before it is set again:
-/// the timeout applies per read or write, so it is recalculated, but not on every call.
+/// How far a socket timeout set earlier may differ from what is left before the deadline
+/// before it is set again: the timeout applies per read or write, so it is recalculated, but
+/// not on every call (nor for every request of a kept-alive connection, whose deadline moves
+/// by the same timeout each time: one `setsockopt` less per request and direction).
 const REARM_SLACK: Duration = Duration::from_millis(50);
 
 /// Whether an I/O error is a socket timeout.
@@ -38,31 +40,45 @@ impl Socket {
     }
 }
 
-/// Whether a timeout set earlier (`armed`) must be set again to `left`: it would end before
-/// the deadline, or overshoot it by more than [`REARM_SLACK`].
+/// Whether a timeout set earlier (`armed`) must be set again to `left`: it would end more
+/// than [`REARM_SLACK`] before the deadline or after it. One that ends a little early is
+/// set again exactly when it fires ([`Socket::read`]), so no call ends before its deadline.
 fn must_rearm(armed: Option<Duration>, left: Duration) -> bool {
-    armed.is_none_or(|armed| armed < left || armed - left > REARM_SLACK)
+    armed.is_none_or(|armed| armed.abs_diff(left) > REARM_SLACK)
 }
 
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        if must_rearm(self.read_armed, left) {
-            self.tcp.set_read_timeout(Some(left))?;
-            self.read_armed = Some(left);
+        loop {
+            let left = self.left()?;
+            if must_rearm(self.read_armed, left) {
+                self.tcp.set_read_timeout(Some(left))?;
+                self.read_armed = Some(left);
+            }
+            match self.tcp.read(buf) {
+                // The timeout set for an earlier deadline fired a little before this one
+                // (nothing was read): set it to what is left and wait on.
+                Err(e) if is_timeout(&e) && self.left().is_ok() => self.read_armed = None,
+                result => return result,
+            }
         }
-        self.tcp.read(buf)
     }
 }
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        if must_rearm(self.write_armed, left) {
-            self.tcp.set_write_timeout(Some(left))?;
-            self.write_armed = Some(left);
+        loop {
+            let left = self.left()?;
+            if must_rearm(self.write_armed, left) {
+                self.tcp.set_write_timeout(Some(left))?;
+                self.write_armed = Some(left);
+            }
+            match self.tcp.write(buf) {
+                // As for reads: nothing was written, the deadline has not passed.
+                Err(e) if is_timeout(&e) && self.left().is_ok() => self.write_armed = None,
+                result => return result,
+            }
         }
-        self.tcp.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -180,6 +196,33 @@ mod tests {
         assert!(!must_rearm(Some(ms(1000)), ms(1000)));
         assert!(!must_rearm(Some(ms(1000)), ms(960)));
         assert!(must_rearm(Some(ms(1000)), ms(900)), "would overshoot the deadline by 100 ms");
-        assert!(must_rearm(Some(ms(1000)), ms(1001)), "would end before the deadline");
+        assert!(!must_rearm(Some(ms(1000)), ms(1001)), "ends 1 ms early: set again only if it fires");
+        assert!(!must_rearm(Some(ms(29_999)), ms(30_000)), "the next request with the same timeout");
+        assert!(must_rearm(Some(ms(1000)), ms(1100)), "would end 100 ms before the deadline");
+        assert!(must_rearm(Some(ms(30_000)), ms(40_000)), "another timeout");
+    }
+
+    #[test]
+    fn a_socket_timeout_set_a_little_short_does_not_end_the_read_early() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let start = Instant::now();
+        let mut socket =
+            Socket { tcp, deadline: start + Duration::from_millis(300), read_armed: None, write_armed: None };
+        // Armed 40 ms short of the deadline: within the slack, so not set again before the read.
+        socket.tcp.set_read_timeout(Some(Duration::from_millis(260))).unwrap();
+        socket.read_armed = Some(Duration::from_millis(300));
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(280));
+            server.write_all(b"x").unwrap();
+            server
+        });
+        let mut buf = [0u8; 1];
+        assert_eq!(socket.read(&mut buf).unwrap(), 1, "read after {:?}", start.elapsed());
+        let _server = writer.join().unwrap();
+        // With nothing to read, it fails once the deadline has passed, not before.
+        let error = socket.read(&mut buf).unwrap_err();
+        assert!(is_timeout(&error) && start.elapsed() >= Duration::from_millis(300), "{error} {:?}", start.elapsed());
     }
 }
