@@ -511,8 +511,10 @@ impl Core {
         let dormant = &mut self.dormant;
         let records_version = &mut self.records_version;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            *records_version += 1;
+            // A new session has no id yet, so it is not in the snapshot; a dormant record
+            // taken back may be (it comes back with the session once loaded).
             let earlier = dormant.remove(&key);
+            *records_version += u64::from(earlier.is_some());
             new_session(&key, channel, cwd, &reply, earlier, (agent_up, can_load), now, actions)
         });
         if session.chat != reply {

@@ -729,7 +729,7 @@ fn records_version_moves_exactly_when_a_session_record_may_change() {
     core.handle(ready(true), t0);
     let key = "tg:__single__";
     let script: Vec<(&str, Event, bool)> = vec![
-        ("a first message creates the session", dm("111", "one"), true),
+        ("a first message creates the session (no id yet: not in the file)", dm("111", "one"), false),
         ("the agent opens it: an id, instructed", created(key, "s1"), true),
         ("a text chunk", chunk("s1", "ok"), false),
         ("the turn ends with nothing waiting", ended("s1", TurnOutcome::EndTurn), false),
@@ -744,7 +744,7 @@ fn records_version_moves_exactly_when_a_session_record_may_change() {
         ("the load ends: the id again", created(key, "s1"), true),
         ("a tick", Event::Tick, false),
         ("/clear forgets the session", dm("222", "/clear"), true),
-        ("a message after /clear creates a session", dm("222", "five"), true),
+        ("a message after /clear creates a session (no id yet)", dm("222", "five"), false),
         ("the agent cannot open it", agent(AgentEvent::SessionFailed { key: key.into(), error: "no".into() }), true),
     ];
     for (what, event, moves) in script {
