@@ -551,6 +551,12 @@ impl Daemon {
     }
 
     /// Write `sessions.json` when the sessions changed, so a restart keeps conversations.
+    /// The file holds only what a restart needs (a session's id, agent, chat, cwd, whether it
+    /// was instructed), so it changes only when a session is opened, loaded, moved to another
+    /// chat, instructed, cleared or dropped, and is then written at once; an ordinary turn
+    /// changes nothing in it and writes nothing (`records_version` stays put: checked below).
+    /// Activity times are not kept: idle eviction (`evictIdleAfter`) counts from the
+    /// last-active time in memory, and after a restart every session starts dormant anyway.
     fn save_sessions(&mut self) {
         if !self.options.as_service {
             return;
