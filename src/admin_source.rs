@@ -1,13 +1,14 @@
 //! What the admin page shows and does, for a running service: the daemon publishes channel
-//! health and sessions into a shared snapshot; pairing is read from (and changed in) the
-//! same files `tether pairing` uses; clearing a conversation goes to the core as an event.
+//! health and sessions into a shared snapshot when the page asks for it (nothing is built
+//! while no page looks); pairing is read from (and changed in) the same files `tether
+//! pairing` uses; clearing a conversation goes to the core as an event.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, bounded};
 use serde_json::{Value, json};
 
 use crate::access_files::AccessFiles;
@@ -17,26 +18,36 @@ use crate::event::Inbound;
 use crate::health::wall_ms;
 use crate::pairing_cli::{self, PairingCommand};
 
+/// How long a state request waits for the daemon's fresh snapshot before it answers with
+/// the last one (a daemon busy for that long is rare; the page asks again in 3 s).
+const FRESH_WAIT: Duration = Duration::from_secs(1);
+
 /// The part of the page's state the daemon refreshes: `service`, `channels`, `sessions`.
 #[derive(Debug, Default)]
 pub struct Published {
     pub state: Value,
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// Counts the daemon's publications: a request waits for the next one.
+    generation: u64,
 }
 
 /// The daemon's [`AdminSource`].
 #[derive(Debug, Clone)]
 pub struct DaemonAdmin {
     home: PathBuf,
-    published: Arc<Mutex<Published>>,
+    published: Arc<(Mutex<Published>, Condvar)>,
+    /// Asks the daemon for a fresh snapshot ([`DaemonAdmin::new`] returns the other end).
+    wanted: Sender<()>,
     inbound: Sender<Inbound>,
     /// The admin page's credential (`admin-token` in the home); `None` turns the page off.
     token: Option<String>,
 }
 
 impl DaemonAdmin {
-    /// The admin of the service in `home`; makes the admin token there on first start.
-    pub fn new(home: PathBuf, inbound: Sender<Inbound>) -> DaemonAdmin {
+    /// The admin of the service in `home`; makes the admin token there on first start. The
+    /// receiver gets a message when the page wants a fresh state: the daemon then calls
+    /// [`DaemonAdmin::publish`] (and never builds the state for nobody on its tick).
+    pub fn new(home: PathBuf, inbound: Sender<Inbound>) -> (DaemonAdmin, Receiver<()>) {
         let token = match crate::admin_token::load_or_create(&home) {
             Ok(token) => {
                 crate::redact::register(&token);
@@ -47,18 +58,43 @@ impl DaemonAdmin {
                 None
             }
         };
-        DaemonAdmin { home, published: Arc::default(), inbound, token }
+        // One slot: requests that come while one is pending are answered by the same snapshot.
+        let (wanted, wanted_rx) = bounded(1);
+        (DaemonAdmin { home, published: Arc::default(), wanted, inbound, token }, wanted_rx)
     }
 
-    /// Replace what the page shows of health and sessions (the daemon calls this on its tick).
-    pub fn publish(&self, state: Value, channels: &BTreeMap<String, ChannelConfig>) {
-        let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+    fn lock(&self) -> MutexGuard<'_, Published> {
+        self.published.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replace what the page shows of health and sessions (the daemon calls this when asked),
+    /// and the channels' configs when they changed (at start and reload: not copied otherwise).
+    pub fn publish(&self, state: Value, channels: Option<&BTreeMap<String, ChannelConfig>>) {
+        let mut published = self.lock();
         published.state = state;
-        published.channels = channels.clone();
+        if let Some(channels) = channels {
+            published.channels = channels.clone();
+        }
+        published.generation += 1;
+        self.published.1.notify_all();
+    }
+
+    /// Ask the daemon for a fresh snapshot and wait for it (at most `within`); then the
+    /// published state and channels.
+    fn fresh(&self, within: Duration) -> (Value, BTreeMap<String, ChannelConfig>) {
+        let published = self.lock();
+        let seen = published.generation;
+        let _ = self.wanted.try_send(());
+        let (published, _) = self
+            .published
+            .1
+            .wait_timeout_while(published, within, |p| p.generation == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        (published.state.clone(), published.channels.clone())
     }
 
     fn channel(&self, name: &str) -> Result<ChannelConfig, String> {
-        let published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+        let published = self.lock();
         published.channels.get(name).cloned().ok_or_else(|| format!("no channel \"{name}\" is running"))
     }
 
@@ -79,10 +115,7 @@ impl DaemonAdmin {
 
 impl AdminSource for DaemonAdmin {
     fn state(&self) -> Value {
-        let (mut state, channels) = {
-            let published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
-            (published.state.clone(), published.channels.clone())
-        };
+        let (mut state, channels) = self.fresh(FRESH_WAIT);
         let now = wall_ms();
         let pairing: Vec<Value> = channels
             .values()
@@ -128,5 +161,39 @@ impl AdminSource for DaemonAdmin {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn the_page_asks_the_daemon_and_gets_a_fresh_state() {
+        let home = std::env::temp_dir().join(format!("tether-admin-source-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        let (inbound, _inbound_rx) = bounded(1);
+        let (admin, wanted) = DaemonAdmin::new(home.clone(), inbound);
+        admin.publish(json!({"n": 0}), Some(&BTreeMap::new()));
+        assert!(wanted.try_recv().is_err(), "nothing is asked while no page looks");
+        let daemon = {
+            let admin = admin.clone();
+            std::thread::spawn(move || {
+                wanted.recv_timeout(Duration::from_secs(5)).unwrap();
+                admin.publish(json!({"n": 1}), None);
+                wanted
+            })
+        };
+        assert_eq!(admin.state()["n"], 1, "the snapshot made for this request");
+        let wanted = daemon.join().unwrap();
+        // A daemon that does not answer: the last snapshot, once the wait is over.
+        let started = Instant::now();
+        assert_eq!(admin.fresh(Duration::from_millis(100)).0["n"], 1);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(wanted.try_recv().is_ok(), "it was asked");
+        let _ = std::fs::remove_dir_all(&home);
     }
 }

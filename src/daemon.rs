@@ -159,10 +159,12 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
     let (control_tx, control_rx) = bounded::<ControlRequest>(16);
     let (control, mcp_offer) = start_control(&options, control_tx);
     let access = access_watcher(&options.home, &config);
-    let admin = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
+    let (admin, admin_wanted) = DaemonAdmin::new(options.home.clone(), inbound_tx.clone());
     let audit = start_audit(config.audit.as_ref());
     let mut daemon = Daemon {
         admin,
+        admin_wanted,
+        admin_channels_changed: true,
         audit,
         saved_sessions: None,
         loops_seen: None,
@@ -293,6 +295,10 @@ const CHANNEL_STABLE: Duration = Duration::from_secs(60);
 struct Daemon {
     /// What the web chat's admin page shows and does.
     admin: DaemonAdmin,
+    /// The admin page asks for a fresh state: built only then, not on every tick.
+    admin_wanted: Receiver<()>,
+    /// The channels' configs changed since the admin page's copy was made.
+    admin_channels_changed: bool,
     /// The audit log's writer, when `audit` is configured (installed for the process).
     audit: Option<AuditWriter>,
     /// The sessions last written to `sessions.json`.
@@ -359,6 +365,7 @@ impl Daemon {
                 recv(self.agent_rx) -> msg => if let Ok((agent, event)) = msg { self.on_agent(agent, event)? },
                 recv(self.worktree_rx) -> msg => if let Ok(event) = msg { self.handle(event) },
                 recv(self.control_rx) -> msg => if let Ok(request) = msg { self.on_control(request) },
+                recv(self.admin_wanted) -> msg => if msg.is_ok() { self.publish_admin() },
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop(name)) => return self.shutdown(name),
                     Ok(Signal::Reload) => self.reload(),
@@ -378,7 +385,6 @@ impl Daemon {
                 self.restart_due_channels();
                 self.watch_health();
                 self.publish(false);
-                self.publish_admin();
                 if self.loops_seen != store::fingerprint(&self.home.join(LOOPS_FILE)) {
                     self.adopt_loops();
                 }
@@ -545,6 +551,12 @@ impl Daemon {
     }
 
     /// Write `sessions.json` when the sessions changed, so a restart keeps conversations.
+    /// The file holds only what a restart needs (a session's id, agent, chat, cwd, whether it
+    /// was instructed), so it changes only when a session is opened, loaded, moved to another
+    /// chat, instructed, cleared or dropped, and is then written at once; an ordinary turn
+    /// changes nothing in it and writes nothing (`records_version` stays put: checked below).
+    /// Activity times are not kept: idle eviction (`evictIdleAfter`) counts from the
+    /// last-active time in memory, and after a restart every session starts dormant anyway.
     fn save_sessions(&mut self) {
         if !self.options.as_service {
             return;
@@ -778,6 +790,7 @@ impl Daemon {
             log::error!(target: name.as_str(), "{why}");
             channel.probe.restarted(&why);
             self.config.channels.insert(name.clone(), channel.config.clone());
+            self.admin_channels_changed = true;
             channel.stop_threads();
         }
     }
@@ -892,6 +905,7 @@ impl Daemon {
             self.audit = start_audit(new.audit.as_ref());
         }
         self.config = new;
+        self.admin_channels_changed = true;
         // Pairing files: the channels that use pairing now, read afresh.
         self.access = access_watcher(&self.home, &self.config);
         match self.access.load_all() {
@@ -909,6 +923,7 @@ impl Daemon {
             claim.update_channels(&names);
         }
         self.publish(true);
+        self.publish_admin();
         log::info!(target: "tether", "config reloaded: added [{}], removed [{}], restarted [{}]",
             added.join(", "), removed.join(", "), changed.join(", "));
         audit_writer::record(AuditEvent::ConfigReloaded { added, removed, restarted: changed });
@@ -955,8 +970,11 @@ impl Daemon {
         }
     }
 
-    /// Refresh what the admin page shows: health and live sessions.
-    fn publish_admin(&self) {
+    /// Refresh what the admin page shows: health and live sessions. Called when the page asks
+    /// (`admin_wanted`), at start, after a reload and an operator's clear; never on the tick,
+    /// so nothing is built while no page looks. The channels' configs are copied only when
+    /// they changed.
+    fn publish_admin(&mut self) {
         let status = self.snapshot();
         let channels: Vec<serde_json::Value> = status
             .channels
@@ -975,7 +993,8 @@ impl Daemon {
             "sessions": self.core.sessions_overview(),
             "loops": self.core.loops_overview(),
         });
-        self.admin.publish(state, &self.config.channels);
+        let channels = std::mem::take(&mut self.admin_channels_changed).then_some(&self.config.channels);
+        self.admin.publish(state, channels);
     }
 
     /// Write `status.json` when something changed, at the heartbeat, or when `force`d.

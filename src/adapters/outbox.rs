@@ -624,18 +624,20 @@ impl Schedule {
     /// bot's budget); `None` when nothing waits but the results of calls in flight.
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
         let bot = self.pacer.bot_ready_at(now);
-        let acks = (!self.acks.is_empty()).then_some(bot);
-        let chats = self
-            .chats
-            .iter()
-            .filter_map(|(chat, q)| {
-                let typing = (q.typing_since.is_some() && !q.busy()).then(|| self.pacer.action_ready_at(chat, now));
-                let part = (!q.busy() && !q.parts.is_empty())
-                    .then(|| q.not_before.unwrap_or(now).max(self.pacer.ready_at(chat, now)));
-                typing.into_iter().chain(part).min()
-            })
-            .min();
-        acks.into_iter().chain(chats).min()
+        let mut wake = (!self.acks.is_empty()).then_some(bot);
+        for (chat, q) in &self.chats {
+            // No call goes before the bot's budget allows: once a chat waits only for that,
+            // no other can be earlier (with 50 chats queued behind the bot's limit, this was
+            // a pacer lookup per chat on every turn of the dispatcher).
+            if wake == Some(bot) {
+                break;
+            }
+            let typing = (q.typing_since.is_some() && !q.busy()).then(|| self.pacer.action_ready_at(chat, now));
+            let part = (!q.busy() && !q.parts.is_empty())
+                .then(|| q.not_before.unwrap_or(now).max(self.pacer.ready_at(chat, now)));
+            wake = wake.into_iter().chain(typing).chain(part).min();
+        }
+        wake
     }
 
     /// Take the result of a call handed out by [`Schedule::next_job`]: requeue the part for a
@@ -1494,6 +1496,55 @@ mod tests {
         assert_eq!(s.push(text("1", "  \n "), t0), 0);
         assert!(s.is_empty());
         assert_eq!(s.next_job(t0), None);
+    }
+
+    /// [`Schedule::next_wake`] as it was before it stopped at the bot's budget: every chat asked.
+    fn next_wake_asking_every_chat(s: &Schedule, now: Instant) -> Option<Instant> {
+        let acks = (!s.acks.is_empty()).then(|| s.pacer.bot_ready_at(now));
+        let chats = s.chats.iter().filter_map(|(chat, q)| {
+            let typing = (q.typing_since.is_some() && !q.busy()).then(|| s.pacer.action_ready_at(chat, now));
+            let part = (!q.busy() && !q.parts.is_empty())
+                .then(|| q.not_before.unwrap_or(now).max(s.pacer.ready_at(chat, now)));
+            typing.into_iter().chain(part).min()
+        });
+        acks.into_iter().chain(chats).min()
+    }
+
+    #[test]
+    fn the_next_wake_is_the_earliest_of_every_chat_also_behind_the_bots_budget() {
+        let t0 = Instant::now();
+        let rules = PacingRules { chat_burst: 2, chat_refill: ms(1000), bot_limit: 5, bot_window: ms(1000) };
+        let mut s = schedule(rules);
+        for (i, to) in ["a", "b", "c", "d", "e", "f", "g"].into_iter().enumerate() {
+            if i % 2 == 0 {
+                s.push(typing(to), t0);
+            }
+            for n in 0..=(i % 3) {
+                s.push(text(to, &format!("{to} {n}")), t0);
+            }
+        }
+        let mut now = t0;
+        let mut steps = 0;
+        while !s.is_empty() && steps < 100 {
+            steps += 1;
+            let mut batch = Vec::new();
+            while let Some(job) = s.next_job(now) {
+                batch.push(job);
+            }
+            // Some finish at once, the rest a little later: chats busy, waiting and held.
+            let later: Vec<Job> = batch.split_off(batch.len() / 2);
+            for job in batch {
+                s.finish(job, Ok(None), now);
+            }
+            assert_eq!(s.next_wake(now), next_wake_asking_every_chat(&s, now), "step {steps}");
+            for job in later {
+                s.finish(job, Ok(None), now + ms(5));
+            }
+            let wake = s.next_wake(now + ms(5));
+            assert_eq!(wake, next_wake_asking_every_chat(&s, now + ms(5)), "step {steps}");
+            now = wake.unwrap_or(now + ms(5)).max(now + ms(5));
+        }
+        assert!(s.is_empty(), "all sent in {steps} steps");
     }
 
     #[test]

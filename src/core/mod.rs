@@ -248,28 +248,28 @@ impl Core {
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(Session::deadline);
-        let evictions = self.sessions.values().filter_map(|s| self.eviction_due(s));
+        let mut policy = EvictionPolicy::new(self);
+        let evictions = self.sessions.values().filter_map(|s| policy.due(s));
         sessions.chain(evictions).chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
     }
 
-    /// When an idle session leaves memory: after its channel's `evictIdleAfter`, and only when
-    /// its agent can load it again later (else its context would be lost).
-    fn eviction_due(&self, session: &Session) -> Option<Instant> {
-        if !session.is_idle() {
-            return None;
-        }
-        let can_load = self.load_session.get(&session.agent).copied().unwrap_or(false);
-        let after = self.channels.get(&session.chat.channel)?.evict_idle_after;
-        can_load.then(|| session.last_active + after)
+    /// How long a session of `channel` served by `agent` may stay idle in memory: the
+    /// channel's `evictIdleAfter`, and only when the agent can load it again later (else its
+    /// context would be lost).
+    fn evict_after(&self, channel: &str, agent: &str) -> Option<Duration> {
+        let can_load = self.load_session.get(agent).copied().unwrap_or(false);
+        let after = self.channels.get(channel)?.evict_idle_after;
+        can_load.then_some(after)
     }
 
     /// Move the sessions idle past their channel's `evictIdleAfter` to the dormant records
     /// (`sessions.json` keeps them; the next message loads them with `session/load`).
     fn evict_idle(&mut self, now: Instant) {
+        let mut policy = EvictionPolicy::new(self);
         let due: Vec<SessionKey> = self
             .sessions
             .iter()
-            .filter(|(_, s)| self.eviction_due(s).is_some_and(|at| at <= now))
+            .filter(|(_, s)| policy.due(s).is_some_and(|at| at <= now))
             .map(|(key, _)| key.clone())
             .collect();
         for key in due {
@@ -511,8 +511,10 @@ impl Core {
         let dormant = &mut self.dormant;
         let records_version = &mut self.records_version;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-            *records_version += 1;
+            // A new session has no id yet, so it is not in the snapshot; a dormant record
+            // taken back may be (it comes back with the session once loaded).
             let earlier = dormant.remove(&key);
+            *records_version += u64::from(earlier.is_some());
             new_session(&key, channel, cwd, &reply, earlier, (agent_up, can_load), now, actions)
         });
         if session.chat != reply {
@@ -1220,6 +1222,37 @@ impl Core {
 
 /// A session for `key`: the one an earlier run kept (`earlier`) is loaded when the agent is up
 /// and can load, else a new one is opened; with the agent down it waits for the agent.
+/// When idle sessions leave memory ([`Core::evict_after`]), asked for every session on every
+/// turn of the daemon's loop: sessions come ordered by key, so neighbours share a channel and
+/// an agent, and the last answer is reused instead of two map lookups per session.
+struct EvictionPolicy<'a> {
+    core: &'a Core,
+    last: Option<(&'a str, &'a str, Option<Duration>)>,
+}
+
+impl<'a> EvictionPolicy<'a> {
+    fn new(core: &'a Core) -> Self {
+        EvictionPolicy { core, last: None }
+    }
+
+    /// When `session` leaves memory, if it is idle and may.
+    fn due(&mut self, session: &'a Session) -> Option<Instant> {
+        if !session.is_idle() {
+            return None;
+        }
+        let (channel, agent) = (session.chat.channel.as_str(), session.agent.as_str());
+        let after = match self.last {
+            Some((c, a, after)) if c == channel && a == agent => after,
+            _ => {
+                let after = self.core.evict_after(channel, agent);
+                self.last = Some((channel, agent, after));
+                after
+            }
+        };
+        after.map(|after| session.last_active + after)
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // The parts of a new session, each from a different place.
 fn new_session(
     key: &str,

@@ -729,7 +729,7 @@ fn records_version_moves_exactly_when_a_session_record_may_change() {
     core.handle(ready(true), t0);
     let key = "tg:__single__";
     let script: Vec<(&str, Event, bool)> = vec![
-        ("a first message creates the session", dm("111", "one"), true),
+        ("a first message creates the session (no id yet: not in the file)", dm("111", "one"), false),
         ("the agent opens it: an id, instructed", created(key, "s1"), true),
         ("a text chunk", chunk("s1", "ok"), false),
         ("the turn ends with nothing waiting", ended("s1", TurnOutcome::EndTurn), false),
@@ -744,7 +744,7 @@ fn records_version_moves_exactly_when_a_session_record_may_change() {
         ("the load ends: the id again", created(key, "s1"), true),
         ("a tick", Event::Tick, false),
         ("/clear forgets the session", dm("222", "/clear"), true),
-        ("a message after /clear creates a session", dm("222", "five"), true),
+        ("a message after /clear creates a session (no id yet)", dm("222", "five"), false),
         ("the agent cannot open it", agent(AgentEvent::SessionFailed { key: key.into(), error: "no".into() }), true),
     ];
     for (what, event, moves) in script {
@@ -1554,6 +1554,31 @@ fn a_steer_says_so_where_a_live_answer_was_streaming_and_nowhere_else() {
         let actions = core.handle(dm("111", "third"), t0);
         assert!(!actions.contains(&text("111", texts::STEERED)), "{actions:?}");
     }
+}
+
+#[test]
+fn each_channel_evicts_after_its_own_idle_time() {
+    let t0 = Instant::now();
+    let open = |name: &str| ChannelConfig { sender_policy: SenderPolicy::Open, ..channel(name) };
+    let (mut a, mut b, mut c) = (open("a"), open("b"), open("tg"));
+    (a.evict_idle_after, b.evict_idle_after, c.evict_idle_after) =
+        (Duration::from_secs(60), Duration::from_secs(6000), Duration::from_secs(600));
+    let mut core = core_with(vec![a, b, c]);
+    core.handle(ready(true), t0);
+    // Sessions ordered by key: a's two, then b's, then tg's; each ends a second after the last.
+    let sessions = [("a", "1"), ("a", "2"), ("b", "3"), ("tg", "4")];
+    for (i, (channel, user)) in sessions.into_iter().enumerate() {
+        core.handle(inbound(InboundMessage { channel: channel.into(), ..dm_msg(user, "hi") }), t0);
+        core.handle(created(&format!("{channel}:{user}:{user}"), &format!("s{i}")), t0);
+        core.handle(ended(&format!("s{i}"), TurnOutcome::EndTurn), t0 + Duration::from_secs(i as u64));
+    }
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(60)), "a's first");
+    core.handle(Event::Tick, t0 + Duration::from_secs(61));
+    assert_eq!((core.session_count("a"), core.session_count("b"), core.session_count("tg")), (0, 1, 1));
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(3 + 600)), "tg's, not b's");
+    core.handle(Event::Tick, t0 + Duration::from_secs(603));
+    assert_eq!((core.session_count("b"), core.session_count("tg")), (1, 0));
+    assert_eq!(core.next_deadline(), Some(t0 + Duration::from_secs(2 + 6000)));
 }
 
 #[test]

@@ -38,31 +38,48 @@ impl Socket {
     }
 }
 
-/// Whether a timeout set earlier (`armed`) must be set again to `left`: it would end before
-/// the deadline, or overshoot it by more than [`REARM_SLACK`].
+/// Whether a timeout set earlier (`armed`) must be set again to `left` before a read or
+/// write: only when it would overshoot the deadline by more than [`REARM_SLACK`]. One that
+/// would end before the deadline is kept, and set again only if it fires first
+/// ([`Socket::read`]): a kept-alive connection serves requests with other timeouts (Telegram's
+/// 10 s chat action, 30 s message, 40 s long poll), and most reads and writes end long before
+/// any of them, so this saves a `setsockopt` per request and direction.
 fn must_rearm(armed: Option<Duration>, left: Duration) -> bool {
-    armed.is_none_or(|armed| armed < left || armed - left > REARM_SLACK)
+    armed.is_none_or(|armed| armed.saturating_sub(left) > REARM_SLACK)
 }
 
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        if must_rearm(self.read_armed, left) {
-            self.tcp.set_read_timeout(Some(left))?;
-            self.read_armed = Some(left);
+        loop {
+            let left = self.left()?;
+            if must_rearm(self.read_armed, left) {
+                self.tcp.set_read_timeout(Some(left))?;
+                self.read_armed = Some(left);
+            }
+            match self.tcp.read(buf) {
+                // The timeout set for an earlier, shorter deadline fired before this one
+                // (nothing was read): set it to what is left and wait on.
+                Err(e) if is_timeout(&e) && self.left().is_ok() => self.read_armed = None,
+                result => return result,
+            }
         }
-        self.tcp.read(buf)
     }
 }
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        if must_rearm(self.write_armed, left) {
-            self.tcp.set_write_timeout(Some(left))?;
-            self.write_armed = Some(left);
+        loop {
+            let left = self.left()?;
+            if must_rearm(self.write_armed, left) {
+                self.tcp.set_write_timeout(Some(left))?;
+                self.write_armed = Some(left);
+            }
+            match self.tcp.write(buf) {
+                // As for reads: nothing was written, the deadline has not passed.
+                Err(e) if is_timeout(&e) && self.left().is_ok() => self.write_armed = None,
+                result => return result,
+            }
         }
-        self.tcp.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -180,6 +197,32 @@ mod tests {
         assert!(!must_rearm(Some(ms(1000)), ms(1000)));
         assert!(!must_rearm(Some(ms(1000)), ms(960)));
         assert!(must_rearm(Some(ms(1000)), ms(900)), "would overshoot the deadline by 100 ms");
-        assert!(must_rearm(Some(ms(1000)), ms(1001)), "would end before the deadline");
+        assert!(!must_rearm(Some(ms(29_999)), ms(30_000)), "the next request with the same timeout");
+        assert!(!must_rearm(Some(ms(10_000)), ms(40_000)), "ends early: set again only if it fires");
+        assert!(must_rearm(Some(ms(40_000)), ms(10_000)), "a shorter timeout");
+    }
+
+    #[test]
+    fn a_socket_timeout_set_a_little_short_does_not_end_the_read_early() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let start = Instant::now();
+        let mut socket =
+            Socket { tcp, deadline: start + Duration::from_millis(300), read_armed: None, write_armed: None };
+        // Armed for a shorter timeout: kept until it fires.
+        socket.tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        socket.read_armed = Some(Duration::from_millis(100));
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(280));
+            server.write_all(b"x").unwrap();
+            server
+        });
+        let mut buf = [0u8; 1];
+        assert_eq!(socket.read(&mut buf).unwrap(), 1, "read after {:?}", start.elapsed());
+        let _server = writer.join().unwrap();
+        // With nothing to read, it fails once the deadline has passed, not before.
+        let error = socket.read(&mut buf).unwrap_err();
+        assert!(is_timeout(&error) && start.elapsed() >= Duration::from_millis(300), "{error} {:?}", start.elapsed());
     }
 }

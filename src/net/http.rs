@@ -23,8 +23,10 @@ const USER_AGENT: &str = concat!("tether/", env!("CARGO_PKG_VERSION"));
 const RESOLVE_TTL: Duration = Duration::from_secs(60);
 /// Host names remembered at once (a channel talks to one or two).
 const RESOLVE_CACHE: usize = 16;
-/// Idle connections kept per origin (a channel's poller and its sender each hold one).
-const IDLE_PER_ORIGIN: usize = 2;
+/// Idle connections kept per origin: a channel's poller and the outbox's three workers may
+/// each hold one at once; keeping fewer made a busy channel open (and, with TLS, handshake)
+/// a new connection every few messages.
+const IDLE_PER_ORIGIN: usize = 4;
 /// Idle connections kept in all.
 const IDLE_TOTAL: usize = 8;
 /// An idle connection older than this is closed rather than reused (servers drop theirs).
@@ -710,6 +712,37 @@ mod tests {
         );
         assert!(requests[0].contains(&format!("\r\nUser-Agent: tether/{}\r\n", env!("CARGO_PKG_VERSION"))));
         assert!(requests[1].starts_with("GET /b HTTP/1.1\r\n") && !requests[1].contains("Content-Length"));
+    }
+
+    #[test]
+    fn the_connections_of_a_poller_and_three_senders_are_all_kept() {
+        let (url, seen) = serve(|_, mut stream, seen| {
+            // Answer once all four are open, so that each request had its own connection.
+            let started = Instant::now();
+            while seen.connections.load(Ordering::SeqCst) < 4 && started.elapsed() < SHORT {
+                thread::sleep(Duration::from_millis(5));
+            }
+            while next_request(&mut stream, seen).is_some() {
+                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            }
+        });
+        let client = HttpClient::default();
+        let at_once = |n: usize| {
+            let calls: Vec<_> = (0..n)
+                .map(|_| {
+                    let (client, url) = (client.clone(), url.clone());
+                    thread::spawn(move || client.request(Method::Get, &url, &[], None, SHORT).unwrap().body)
+                })
+                .collect();
+            calls.into_iter().for_each(|c| assert_eq!(c.join().unwrap(), "ok"));
+        };
+        at_once(4);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+        assert_eq!(lock(&client.shared.idle).len(), 4, "all four are kept");
+        for _ in 0..3 {
+            at_once(2);
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 4, "no new connection");
     }
 
     #[test]

@@ -98,6 +98,39 @@ fn messages_sent_while_down_are_answered_and_old_ones_get_a_notice() {
     assert_eq!(offset["offset"], 1004, "{offset}");
 }
 
+fn saved_offset(home: &Path) -> Option<i64> {
+    let text = std::fs::read_to_string(home.join("phone-offset.json")).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["offset"].as_i64()
+}
+
+#[test]
+fn the_offset_written_lazily_is_current_after_a_clean_stop() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("offset");
+    home.write_config(&config(&fake));
+    let mut service = Service::start(&home, &[]);
+    wait_running(home.path(), &service);
+    fake.send_dm(111, "one");
+    assert!(fake.next_text_to(111, WAIT).is_some(), "log:\n{}", service.log());
+    // The first move of a run is written at once.
+    assert!(wait_until(WAIT, || saved_offset(home.path()).is_some()), "log:\n{}", service.log());
+    let first = saved_offset(home.path()).unwrap();
+    for text in ["two", "three"] {
+        fake.send_dm(111, text);
+        assert!(fake.next_text_to(111, WAIT).is_some(), "log:\n{}", service.log());
+    }
+    let out = run_tether(&["stop"], home.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(service.wait_exit(Duration::from_secs(5)), Some(0), "log:\n{}", service.log());
+    assert_eq!(saved_offset(home.path()), Some(first + 2), "the stop writes the offset it had");
+    // The next start asks Telegram for nothing older, and answers nothing twice.
+    let service = Service::start(&home, &[]);
+    let resuming = format!("resuming after update {}", first + 1);
+    assert!(service.wait_for_log(&resuming, WAIT), "log:\n{}", service.log());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(texts_to(&fake, 111).len(), 3, "log:\n{}", service.log());
+}
+
 #[test]
 fn two_concurrent_starts_leave_one_running() {
     let fake = FakeTelegram::start();

@@ -4,7 +4,9 @@
 //! not stop polling.
 //!
 //! No lost messages: each batch of updates is appended to the channel's journal (fsynced)
-//! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`. The
+//! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`,
+//! written lazily ([`offset_save_due`]: Telegram itself forgets only updates confirmed by a
+//! later `getUpdates`, so a stale file only brings back updates the journal knows). The
 //! sender marks a message answered in the journal once every part of its answer is delivered.
 //! The poller reports to the channel's health [`Probe`]; a rejected token (401) parks it.
 //!
@@ -17,8 +19,8 @@ mod send;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::{Value, json};
@@ -150,6 +152,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         keeper: uploads::Keeper::new(channel, Some(&io.home)),
     };
     let stop = io.stop.clone();
+    let offset = Arc::new(Mutex::new(OffsetKeeper::new(io.home.join(format!("{}-offset.json", channel.name)))));
     let poller = Poller {
         fetch,
         api: api.clone(),
@@ -157,7 +160,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         stop: io.stop,
         journal: journal.clone(),
         probe: io.probe.clone(),
-        offset_path: io.home.join(format!("{}-offset.json", channel.name)),
+        offset: offset.clone(),
     };
     io.supervisor.spawn(format!("tg-poll-{}", channel.name), move || poller.run())?;
     {
@@ -170,7 +173,81 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let courier = Arc::new(send::TelegramCourier { api, files });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
     let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
-    Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
+    let guard: Box<dyn Send> = Box::new(OffsetFlush { keeper: offset, channel: channel.name.clone() });
+    Ok(RunningChannel { drained: Some(drained), guard: Some(guard), ..RunningChannel::default() })
+}
+
+/// How often the moving offset is written at most while polling (and once more at stop).
+const OFFSET_SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether the offset is written now: the first move of a run at once, then at most every
+/// [`OFFSET_SAVE_EVERY`] (the poller writes the last one when it stops). Lazy is safe:
+/// Telegram drops an update only once a `getUpdates` with a higher offset confirmed it, so
+/// after a crash a stale file makes Telegram send again only updates that were not confirmed,
+/// which were journaled before the offset moved and are recognised there. Writing it on every
+/// poll cost three disk flushes per batch.
+fn offset_save_due(last_save: Option<Instant>, now: Instant) -> bool {
+    last_save.is_none_or(|at| now.saturating_duration_since(at) >= OFFSET_SAVE_EVERY)
+}
+
+/// The offset as polled and as last written to the file; shared by the poll thread and the
+/// channel's [`OffsetFlush`].
+struct OffsetKeeper {
+    path: PathBuf,
+    bot_id: i64,
+    current: i64,
+    saved: i64,
+    saved_at: Option<Instant>,
+}
+
+impl OffsetKeeper {
+    /// Before the bot is known (`getMe`) nothing moves and nothing is written.
+    fn new(path: PathBuf) -> OffsetKeeper {
+        OffsetKeeper { path, bot_id: 0, current: 0, saved: 0, saved_at: None }
+    }
+
+    /// The bot and the offset the file had for it.
+    fn start(&mut self, bot_id: i64, offset: i64) {
+        (self.bot_id, self.current, self.saved, self.saved_at) = (bot_id, offset, offset, None);
+    }
+
+    /// Take the next offset; write it when due ([`offset_save_due`]) or when `now_anyway`.
+    fn moved(&mut self, next: i64, now: Instant, target: &str) {
+        self.current = next;
+        if self.current != self.saved && offset_save_due(self.saved_at, now) {
+            self.save(now, target);
+        }
+    }
+
+    /// Write the offset if the file is behind (at stop).
+    fn flush(&mut self, target: &str) {
+        if self.current != self.saved {
+            self.save(Instant::now(), target);
+        }
+    }
+
+    fn save(&mut self, now: Instant, target: &str) {
+        match save_offset(&self.path, self.bot_id, self.current) {
+            Ok(()) => self.saved = self.current,
+            // Not fatal: the journal knows these messages if Telegram sends them again.
+            Err(e) => log::warn!(target: target, "{e}"),
+        }
+        self.saved_at = Some(now);
+    }
+}
+
+/// The channel's guard ([`RunningChannel::guard`]): dropped when the channel stops (a clean
+/// stop or a reload), it writes the offset the poll thread took last, since that thread may
+/// be inside a long poll the stop cannot interrupt.
+struct OffsetFlush {
+    keeper: Arc<Mutex<OffsetKeeper>>,
+    channel: String,
+}
+
+impl Drop for OffsetFlush {
+    fn drop(&mut self) {
+        self.keeper.lock().unwrap_or_else(PoisonError::into_inner).flush(&self.channel);
+    }
 }
 
 /// Wait `delay` unless asked to stop; true when the loop should end.
@@ -210,7 +287,7 @@ struct Poller {
     stop: Receiver<()>,
     journal: Arc<Journal>,
     probe: Probe,
-    offset_path: PathBuf,
+    offset: Arc<Mutex<OffsetKeeper>>,
 }
 
 impl Poller {
@@ -220,25 +297,41 @@ impl Poller {
 
     fn run(self) {
         let Some(bot) = self.connect() else { return };
-        let mut offset = load_offset(&self.offset_path, bot.id);
+        let offset = {
+            let mut keeper = self.keeper();
+            let offset = load_offset(&keeper.path, bot.id);
+            keeper.start(bot.id, offset);
+            offset
+        };
         if offset > 0 {
             log::info!(target: self.target(), "resuming after update {}", offset - 1);
         }
+        self.poll(&bot);
+        self.keeper().flush(self.target());
+    }
+
+    fn keeper(&self) -> MutexGuard<'_, OffsetKeeper> {
+        self.offset.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `getUpdates` until stopped or parked.
+    fn poll(&self, bot: &BotIdentity) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             if stopped(&self.stop) {
                 return;
             }
+            let offset = self.keeper().current;
             match self.api.call("getUpdates", &wire::get_updates(offset, POLL_HOLD), POLL_HOLD + POLL_MARGIN) {
                 Ok(result) => {
                     if backoff.attempts() > 0 {
                         log::info!(target: self.target(), "polling again after {} failed attempts", backoff.attempts());
                     }
                     self.probe.ok();
-                    match self.take(&result, offset, &bot) {
+                    match self.take(&result, offset, bot) {
                         Ok(next) => {
                             backoff.reset();
-                            offset = next;
+                            self.keeper().moved(next, Instant::now(), self.target());
                         }
                         Err(e) => {
                             // Telegram keeps the updates until the offset moves: nothing is lost.
@@ -309,8 +402,8 @@ impl Poller {
         while !pause(&self.stop, PARKED_CHECK) {}
     }
 
-    /// Journal one batch, move and save the offset, then pass the new messages on; returns
-    /// the next offset. On a journal error nothing moves.
+    /// Journal one batch, then pass the new messages on; returns the next offset (the caller
+    /// keeps it). On a journal error nothing moves.
     fn take(&self, result: &Value, offset: i64, bot: &BotIdentity) -> std::io::Result<i64> {
         let (last_id, messages) = wire::parse_updates_with_media(result, &self.api.channel, bot);
         // Files are fetched before the journal and the offset move (a crash meanwhile loses
@@ -326,12 +419,6 @@ impl Poller {
             .collect();
         let fresh = self.journal.record(entries)?;
         let next = last_id.map_or(offset, |id| id + 1);
-        if next != offset
-            && let Err(e) = save_offset(&self.offset_path, bot.id, next)
-        {
-            // Not fatal: the journal knows these messages if Telegram sends them again.
-            log::warn!(target: self.target(), "{e}");
-        }
         for message in fresh {
             log::debug!(target: self.target(), "message {:?} from {} in {}", message.message_id, message.sender_id, message.chat_id);
             if self.inbound.send(Inbound::Message(message)).is_err() {
@@ -370,6 +457,45 @@ fn save_offset(path: &Path, bot_id: i64, offset: i64) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offset_is_written_at_first_then_at_most_every_30_s() {
+        let t0 = Instant::now();
+        let cases = [
+            (None, 0, true),
+            (Some(0), 0, false),
+            (Some(0), 29_999, false),
+            (Some(0), 30_000, true),
+            (Some(0), 90_000, true),
+        ];
+        for (last, now_ms, due) in cases {
+            let last = last.map(|ms| t0 + Duration::from_millis(ms));
+            assert_eq!(offset_save_due(last, t0 + Duration::from_millis(now_ms)), due, "{last:?} {now_ms}");
+        }
+    }
+
+    #[test]
+    fn the_keeper_writes_the_first_move_and_the_last_one_at_stop() {
+        let dir = std::env::temp_dir().join(format!("tether-offset-keeper-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("phone-offset.json");
+        let mut keeper = OffsetKeeper::new(path.clone());
+        keeper.start(42, 0);
+        let t0 = Instant::now();
+        keeper.moved(0, t0, "test");
+        assert!(!path.exists(), "an offset that did not move is not written");
+        keeper.moved(1001, t0, "test");
+        assert_eq!(load_offset(&path, 42), 1001);
+        keeper.moved(1005, t0 + Duration::from_secs(1), "test");
+        assert_eq!(load_offset(&path, 42), 1001, "not yet due");
+        keeper.moved(1007, t0 + OFFSET_SAVE_EVERY, "test");
+        assert_eq!(load_offset(&path, 42), 1007);
+        keeper.moved(1009, t0 + OFFSET_SAVE_EVERY, "test");
+        keeper.flush("test");
+        assert_eq!(load_offset(&path, 42), 1009, "written at stop");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn offsets_are_kept_per_bot() {
