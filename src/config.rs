@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::adapters::{Capabilities, Platform};
+use crate::collect::CollectMap;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -942,7 +943,7 @@ fn parse_channel(
             .iter()
             .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
-            .collect(),
+            .collect_map(),
         warnings,
     })
 }
@@ -1307,14 +1308,14 @@ fn get_user_ids(obj: &Object, key: &str, at: Place<'_>) -> Result<Vec<String>, C
 /// An object of strings (`env` sections).
 fn get_string_map(obj: &Object, key: &str, at: Place<'_>) -> Result<BTreeMap<String, String>, ConfigError> {
     let empty = Object::new();
-    get_object(obj, key, at)?
-        .unwrap_or(&empty)
-        .iter()
-        .map(|(name, value)| match value {
-            Value::String(s) => Ok((name.clone(), s.clone())),
-            other => Err(type_error(at, &format!("{key}.{name}"), "a string", other)),
-        })
-        .collect()
+    let mut map = BTreeMap::new();
+    for (name, value) in get_object(obj, key, at)?.unwrap_or(&empty) {
+        match value {
+            Value::String(s) => map.insert(name.clone(), s.clone()),
+            other => return Err(type_error(at, &format!("{key}.{name}"), "a string", other)),
+        };
+    }
+    Ok(map)
 }
 
 /// A duration: a number of seconds, or a string of a number and a unit (`"90s"`, `"30m"`,

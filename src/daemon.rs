@@ -22,6 +22,7 @@ use crate::admin_source::DaemonAdmin;
 use crate::audit::AuditEvent;
 use crate::audit_writer::{self, AuditWriter};
 use crate::backoff::Backoff;
+use crate::collect::{CollectMap, CollectSet};
 use crate::config::{ChannelConfig, Config, PermissionPolicy};
 use crate::control::{self, ControlRequest, ControlSocket, McpOffer};
 use crate::core::{Action, Core, Event};
@@ -199,7 +200,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
 
     // Channels start polling while the agents start: what arrives meanwhile is journaled, and
     // waits in the core until its agent answers `initialize`.
-    let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect();
+    let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect_set();
     for name in agent_names {
         let spec = daemon.agent_spec(&daemon.config, &name)?;
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
@@ -835,7 +836,7 @@ impl Daemon {
             }
         };
         // Agents: stop the unused and the changed (their sessions end), start the missing.
-        let needed: BTreeSet<String> = new.channels.values().map(|c| c.agent.clone()).collect();
+        let needed: BTreeSet<String> = new.channels.values().map(|c| c.agent.clone()).collect_set();
         let running: Vec<String> = self.agents.keys().cloned().collect();
         for name in running {
             let changed = self.config.agents.get(&name) != new.agents.get(&name) || self.config.env != new.env;
@@ -864,7 +865,7 @@ impl Daemon {
         }
         // Channels.
         let old: BTreeMap<String, ChannelConfig> =
-            self.channels.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect();
+            self.channels.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect_map();
         let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
         for name in old.keys().filter(|n| !new.channels.contains_key(*n)) {
             removed.push(name.clone());
@@ -943,7 +944,7 @@ impl Daemon {
                 };
                 (name.clone(), channel.probe.with(|h, now| h.snapshot(now, self.unhealthy_after, extra)))
             })
-            .collect();
+            .collect_map();
         ServiceStatus {
             pid: std::process::id(),
             state: self.state.to_string(),
@@ -1018,7 +1019,8 @@ impl Daemon {
         for done in senders {
             let _ = done.recv_deadline(deadline);
         }
-        let mut left: BTreeMap<String, Option<u32>> = self.agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect();
+        let mut left: BTreeMap<String, Option<u32>> =
+            self.agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect_map();
         self.agents.clear(); // Closes each agent's stdin: it should exit.
         let deadline = Instant::now() + AGENT_GRACE;
         while !left.is_empty() {

@@ -21,6 +21,7 @@ pub(crate) mod audit_cli;
 pub(crate) mod audit_writer;
 pub(crate) mod backoff;
 pub mod cli;
+pub(crate) mod collect;
 pub mod config;
 pub(crate) mod control;
 pub mod core;

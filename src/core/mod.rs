@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, Config, DispatchMode, PermissionPolicy, SessionScope, ToolCallDisplay};
 use crate::event::{
     AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, MessageRef, Outbound,
@@ -423,7 +424,7 @@ impl Core {
             Some((key.clone(), record))
         });
         let dormant = self.dormant.iter().map(|(k, r)| (k.clone(), r.clone()));
-        records.chain(dormant).collect()
+        records.chain(dormant).collect_map()
     }
 
     /// The platform ids of the messages a session still owes an answer to: the turn in

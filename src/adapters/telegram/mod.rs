@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use crate::adapters::uploads::{self, OutboundFiles};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
 use crate::backoff::Backoff;
+use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::Inbound;
@@ -125,9 +126,10 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
             ));
         }
     }
-    let mut values: std::collections::BTreeMap<&'static str, Value> = MediaLimits::parse(keys)?.into_iter().collect();
+    let mut values: std::collections::BTreeMap<&'static str, Value> =
+        MediaLimits::parse(keys)?.into_iter().collect_map();
     values.insert("apiBase", Value::String(api_base));
-    Ok(PlatformSettings { secrets: [("token", token)].into(), values })
+    Ok(PlatformSettings { secrets: [("token", token)].into_iter().collect_map(), values })
 }
 
 /// Start the poller and the sender of one Telegram channel.
