@@ -155,9 +155,10 @@ pub struct Core {
     agent_commands: HashMap<String, Vec<AgentCommand>>,
     /// Agents known to be down (crashed, not yet ready again), with whether each can
     /// `session/load`. An agent not in `down` is up.
-    /// (Ordered maps: a service has one or two agents, and these are looked up for every
-    /// session on every turn of the daemon's loop, where hashing the name cost more.)
-    down: BTreeMap<String, ()>,
+    /// (A list and an ordered map: a service has one or two agents, and these are looked up
+    /// for every session on every turn of the daemon's loop, where hashing the name cost
+    /// more; a list of names also costs no map code in the binary.)
+    down: Vec<String>,
     load_session: BTreeMap<String, bool>,
     /// Tool permission requests waiting for a person.
     permissions: PermissionRelay,
@@ -207,7 +208,7 @@ impl Core {
             sessions: HashMap::new(),
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
-            down: BTreeMap::new(),
+            down: Vec::new(),
             load_session: BTreeMap::new(),
             permissions: PermissionRelay::default(),
             access: pairing::Access::default(),
@@ -243,7 +244,13 @@ impl Core {
 
     /// An agent is starting: what comes for it waits until it answers `initialize`.
     pub fn agent_starting(&mut self, agent: &str) {
-        self.down.insert(agent.to_string(), ());
+        self.mark_down(agent);
+    }
+
+    fn mark_down(&mut self, agent: &str) {
+        if !self.down.iter().any(|a| a == agent) {
+            self.down.push(agent.to_string());
+        }
     }
 
     /// The next moment [`Event::Tick`] is due, if any.
@@ -506,7 +513,7 @@ impl Core {
             true => channel.group(&message.chat_id).dispatch_mode,
             false => channel.dispatch_mode,
         };
-        let agent_up = !self.down.contains_key(&channel.agent);
+        let agent_up = !self.down.contains(&channel.agent);
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
         let cwd = self.task_cwd(&base_key, &key).unwrap_or_else(|| channel.cwd.clone());
         let dormant = &mut self.dormant;
@@ -785,7 +792,7 @@ impl Core {
     /// is back, and a turn the crash interrupted is sent once more; a turn interrupted twice
     /// is given up. Messages that arrive meanwhile wait.
     fn on_agent_exit(&mut self, agent: &str, reason: &str, actions: &mut Vec<Action>) {
-        self.down.insert(agent.to_string(), ());
+        self.mark_down(agent);
         for pending in self.permissions.cancel_agent(agent) {
             actions.push(settled(&pending, "cancelled: the agent stopped"));
         }
@@ -839,7 +846,8 @@ impl Core {
 
     /// The agent is (back) up: open or restore every session that waits for it.
     fn on_agent_ready(&mut self, agent: &str, load_session: bool, actions: &mut Vec<Action>) {
-        let was_down = self.down.remove(agent).is_some();
+        let was_down = self.down.iter().any(|a| a == agent);
+        self.down.retain(|a| a != agent);
         // The first `initialize` of this run is a start, not a comeback.
         let restarted = self.load_session.insert(agent.to_string(), load_session).is_some();
         let mut keys: Vec<SessionKey> = self
