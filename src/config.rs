@@ -537,7 +537,8 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
 /// Every other check still applies to every channel.
 pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[String]>) -> Result<Config, ConfigError> {
     let top = Place { path: cx.path, channel: None, prefix: "" };
-    let value: Value = serde_json::from_str(text).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(text.as_bytes()).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
     let Value::Object(root) = value else {
         return Err(top.error_here(format!(
             "the file must hold one JSON object ({{ \"channels\": ... }}), found {}",

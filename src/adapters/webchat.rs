@@ -449,7 +449,7 @@ impl ClientFrame {
     /// from a JSON value: serde's derive for a tagged enum costs kilobytes of code. The strings
     /// are moved out of the value, not copied (a file's data can be megabytes).
     pub(crate) fn from_json(json: &str) -> Result<ClientFrame, String> {
-        let mut frame: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut frame: Value = serde_json::from_slice(json.as_bytes()).map_err(|e| e.to_string())?;
         match take_string(&mut frame, "type")?.as_deref() {
             Some("message") => {
                 let text = take_string(&mut frame, "text")?.unwrap_or_default();

@@ -259,7 +259,7 @@ impl DemoAgent {
         if line.is_empty() {
             return out.items;
         }
-        match serde_json::from_str::<Value>(line) {
+        match serde_json::from_slice::<Value>(line.as_bytes()) {
             Err(e) => {
                 out.log(format!("cannot parse a line from the client: {e}"));
                 let data = json!({"details": e.to_string()});

@@ -355,7 +355,7 @@ impl Poller {
 /// The saved offset for this bot (an offset of another bot would skip this one's updates).
 fn load_offset(path: &Path, bot_id: i64) -> i64 {
     let Ok(text) = std::fs::read_to_string(path) else { return 0 };
-    let Ok(saved) = serde_json::from_str::<Value>(&text) else {
+    let Ok(saved) = serde_json::from_slice::<Value>(text.as_bytes()) else {
         log::warn!(target: "telegram", "{} is not valid JSON; starting from Telegram's oldest kept update", path.display());
         return 0;
     };
