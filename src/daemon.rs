@@ -1019,14 +1019,14 @@ impl Daemon {
         for done in senders {
             let _ = done.recv_deadline(deadline);
         }
-        let mut left: BTreeMap<String, Option<u32>> =
-            self.agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect_map();
+        // A list (in name order, as `agents`): a map of its own would cost 3 KB of code.
+        let mut left: Vec<(String, Option<u32>)> = self.agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect();
         self.agents.clear(); // Closes each agent's stdin: it should exit.
         let deadline = Instant::now() + AGENT_GRACE;
         while !left.is_empty() {
             match self.agent_rx.recv_deadline(deadline) {
                 Ok((name, AgentEvent::Exited { .. })) => {
-                    left.remove(&name);
+                    left.retain(|(n, _)| *n != name);
                 }
                 Ok(_) => {}
                 Err(_) => break,
