@@ -183,7 +183,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         agents: BTreeMap::new(),
         agent_tx,
         agent_rx,
-        restarts: BTreeMap::new(),
+        restarts: Vec::new(),
         dropped_agents: BTreeMap::new(),
         inbound_tx,
         channels: BTreeMap::new(),
@@ -324,8 +324,9 @@ struct Daemon {
     agents: BTreeMap<String, Agent>,
     agent_tx: Sender<(String, AgentEvent)>,
     agent_rx: Receiver<(String, AgentEvent)>,
-    /// Agents that died, and when to start them again (the core holds their work meanwhile).
-    restarts: BTreeMap<String, Instant>,
+    /// Agents that died, and when to start them again (the core holds their work meanwhile), in
+    /// name order: see [`schedule_restart`].
+    restarts: Vec<(String, Instant)>,
     /// Agents stopped on purpose (reload) whose `Exited` is still to come: not a crash.
     dropped_agents: BTreeMap<String, usize>,
     inbound_tx: Sender<Inbound>,
@@ -345,12 +346,21 @@ struct Daemon {
     next_tick: Instant,
 }
 
+/// Sets when `agent` restarts, keeping the list in name order (as the map it replaces did: a
+/// map type of its own would cost 6 KB of code for one or two agents).
+fn schedule_restart(restarts: &mut Vec<(String, Instant)>, agent: String, at: Instant) {
+    match restarts.binary_search_by(|(name, _)| name.as_str().cmp(&agent)) {
+        Ok(i) => restarts[i].1 = at,
+        Err(i) => restarts.insert(i, (agent, at)),
+    }
+}
+
 impl Daemon {
     fn run(mut self, inbound_rx: &Receiver<Inbound>, signals: &Receiver<Signal>) -> Result<(), Error> {
         let access_tick = if self.access.is_empty() { never() } else { tick(access_files::POLL_INTERVAL) };
         let stop = self.options.stop.clone().unwrap_or_else(never);
         loop {
-            let next = [self.core.next_deadline(), self.restarts.values().min().copied(), Some(self.next_tick)]
+            let next = [self.core.next_deadline(), self.restarts.iter().map(|(_, at)| *at).min(), Some(self.next_tick)]
                 .into_iter()
                 .flatten()
                 .min();
@@ -595,7 +605,7 @@ impl Daemon {
                     Restart::At { at, crashes } => {
                         log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms (crash {crashes} of {} allowed within {} s)",
                             (at - now).as_millis(), CrashWindow::MAX_CRASHES, CrashWindow::SPAN.as_secs());
-                        self.restarts.insert(agent.clone(), at);
+                        schedule_restart(&mut self.restarts, agent.clone(), at);
                     }
                     Restart::GiveUp { crashes } => {
                         let error = Error::Agent(format!(
@@ -616,16 +626,16 @@ impl Daemon {
 
     fn restart_due_agents(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let due: Vec<String> = self.restarts.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
+        let due: Vec<String> = self.restarts.iter().filter(|(_, t)| *t <= now).map(|(n, _)| n.clone()).collect();
         for name in due {
-            self.restarts.remove(&name);
+            self.restarts.retain(|(n, _)| *n != name);
             let Some(agent) = self.agents.get_mut(&name) else { continue };
             match agent.restart(self.agent_tx.clone()) {
                 Ok(()) => audit_writer::record(AuditEvent::AgentRestarted { agent: name }),
                 Err(e) => match agent.crashed(now) {
                     Restart::At { at, .. } => {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
-                        self.restarts.insert(name, at);
+                        schedule_restart(&mut self.restarts, name, at);
                     }
                     Restart::GiveUp { .. } => return self.give_up(&name, e),
                 },
@@ -845,7 +855,7 @@ impl Daemon {
             }
             log::info!(target: "acp", "agent \"{name}\" {}; stopping it", if changed { "changed" } else { "is no longer used" });
             self.agents.remove(&name);
-            self.restarts.remove(&name);
+            self.restarts.retain(|(n, _)| *n != name);
             *self.dropped_agents.entry(name.clone()).or_default() += 1;
             let event = AgentEvent::Exited { reason: "was restarted for the new config".into() };
             self.handle(Event::Agent { agent: name, event });
