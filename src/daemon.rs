@@ -189,7 +189,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         channels: BTreeMap::new(),
         journals: BTreeMap::new(),
         probes: BTreeMap::new(),
-        channel_restarts: BTreeMap::new(),
+        channel_restarts: Vec::new(),
         unhealthy_after,
         started_at_ms: health::wall_ms(),
         state: "starting",
@@ -336,7 +336,8 @@ struct Daemon {
     /// One per channel, kept across restarts of the channel, so health shows the restarts.
     probes: BTreeMap<String, Probe>,
     /// Channels whose thread ended on their own, and when to start them again.
-    channel_restarts: BTreeMap<String, ChannelRestart>,
+    /// In name order, like [`Daemon::restarts`] (a list: a map type costs kilobytes of code).
+    channel_restarts: Vec<(String, ChannelRestart)>,
     unhealthy_after: Duration,
     started_at_ms: u64,
     /// `starting`, `running`, `stopping`, `stopped`.
@@ -778,10 +779,15 @@ impl Daemon {
         for (name, end) in failed {
             let Some(channel) = self.channels.remove(&name) else { continue };
             let now = Instant::now();
-            let restart = self.channel_restarts.entry(name.clone()).or_insert_with(|| ChannelRestart {
-                at: now,
-                backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
-            });
+            let at = match self.channel_restarts.binary_search_by(|(n, _)| n.cmp(&name)) {
+                Ok(at) => at,
+                Err(at) => {
+                    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+                    self.channel_restarts.insert(at, (name.clone(), ChannelRestart { at: now, backoff }));
+                    at
+                }
+            };
+            let restart = &mut self.channel_restarts[at].1;
             let delay = restart.backoff.next_delay();
             restart.at = now + delay;
             let how = if end.panicked { "panicked" } else { "ended" };
@@ -798,29 +804,29 @@ impl Daemon {
         let due: Vec<String> = self
             .channel_restarts
             .iter()
-            .filter(|(name, r)| r.at <= now && !self.channels.contains_key(*name))
+            .filter(|(name, r)| r.at <= now && !self.channels.contains_key(name))
             .map(|(name, _)| name.clone())
             .collect();
         for name in due {
             let Some(config) = self.config.channels.get(&name).cloned() else {
-                self.channel_restarts.remove(&name);
+                self.channel_restarts.retain(|(n, _)| *n != name);
                 continue;
             };
             if let Err(e) = self.start_channel(&config) {
                 log::error!(target: name.as_str(), "cannot restart: {e}");
-                if let Some(r) = self.channel_restarts.get_mut(&name) {
+                if let Some((_, r)) = self.channel_restarts.iter_mut().find(|(n, _)| *n == name) {
                     r.at = now + r.backoff.next_delay();
                 }
             }
         }
         // A channel that ran long enough since its restart starts its backoff afresh.
-        self.channel_restarts.retain(|name, r| !(self.channels.contains_key(name) && now >= r.at + CHANNEL_STABLE));
+        self.channel_restarts.retain(|(name, r)| !(self.channels.contains_key(name) && now >= r.at + CHANNEL_STABLE));
     }
 
     /// Stop a channel's threads (its poller ends after the poll in flight; its sender after
     /// delivering what is queued).
     fn stop_channel(&mut self, name: &str) {
-        self.channel_restarts.remove(name);
+        self.channel_restarts.retain(|(n, _)| n != name);
         if let Some(channel) = self.channels.remove(name) {
             channel.stop_threads();
         }
