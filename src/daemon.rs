@@ -32,6 +32,7 @@ use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus, wall_ms};
 use crate::journal::Journal;
 use crate::service::{self, LogFile, ServiceClaim};
 use crate::store;
+use crate::vec_map::VecMap;
 
 /// The conversations the service keeps across restarts, in the home directory.
 const SESSIONS_FILE: &str = "sessions.json";
@@ -180,13 +181,13 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         options,
         claim,
         access,
-        agents: BTreeMap::new(),
+        agents: VecMap::new(),
         agent_tx,
         agent_rx,
         restarts: Vec::new(),
         dropped_agents: BTreeMap::new(),
         inbound_tx,
-        channels: BTreeMap::new(),
+        channels: VecMap::new(),
         journals: BTreeMap::new(),
         probes: BTreeMap::new(),
         channel_restarts: Vec::new(),
@@ -321,7 +322,7 @@ struct Daemon {
     claim: Option<ServiceClaim>,
     /// The pairing files of the channels with `senderPolicy: pairing`.
     access: access_files::Watcher,
-    agents: BTreeMap<String, Agent>,
+    agents: VecMap<String, Agent>,
     agent_tx: Sender<(String, AgentEvent)>,
     agent_rx: Receiver<(String, AgentEvent)>,
     /// Agents that died, and when to start them again (the core holds their work meanwhile), in
@@ -330,7 +331,7 @@ struct Daemon {
     /// Agents stopped on purpose (reload) whose `Exited` is still to come: not a crash.
     dropped_agents: BTreeMap<String, usize>,
     inbound_tx: Sender<Inbound>,
-    channels: BTreeMap<String, Channel>,
+    channels: VecMap<String, Channel>,
     /// One per journaled channel, kept across restarts of the channel (one writer per file).
     journals: BTreeMap<String, Arc<Journal>>,
     /// One per channel, kept across restarts of the channel, so health shows the restarts.

@@ -2,7 +2,8 @@
 //! log lines and an exit request out. Its only I/O is the optional state directory's session
 //! files (through [`Store`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use crate::vec_map::VecMap;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -77,7 +78,7 @@ pub struct Settings {
 pub struct DemoAgent {
     settings: Settings,
     store: Option<Store>,
-    sessions: BTreeMap<String, Session>,
+    sessions: VecMap<String, Session>,
     next_session_number: u64,
     /// Ids of our own requests to the client, from 0 like qwen.
     next_request_id: u64,
@@ -239,7 +240,7 @@ impl DemoAgent {
         DemoAgent {
             settings,
             store,
-            sessions: BTreeMap::new(),
+            sessions: VecMap::new(),
             next_session_number: 1,
             next_request_id: 0,
             turns_started: 0,
@@ -757,6 +758,6 @@ impl DemoAgent {
 mod tests;
 
 /// The model of a session the agent knows (the default for an unknown one).
-fn record_model(sessions: &BTreeMap<String, Session>, session_id: &str) -> String {
+fn record_model(sessions: &VecMap<String, Session>, session_id: &str) -> String {
     sessions.get(session_id).map_or_else(super::store::default_model, |s| s.record.model.clone())
 }
