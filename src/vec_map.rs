@@ -63,6 +63,21 @@ impl<K: Ord, V> VecMap<K, V> {
         }
     }
 
+    /// Like `BTreeMap::entry(key).or_default()`.
+    pub(crate) fn get_or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        let at = match self.find(&key) {
+            Ok(at) => at,
+            Err(at) => {
+                self.entries.insert(at, (key, V::default()));
+                at
+            }
+        };
+        &mut self.entries[at].1
+    }
+
     pub(crate) fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -122,6 +137,10 @@ mod tests {
         assert_eq!(list.remove("zz"), tree.remove("zz"));
         *list.get_mut("d").unwrap() += 10;
         *tree.get_mut("d").unwrap() += 10;
+        *list.get_or_default("e".to_string()) += 7;
+        *tree.entry("e".to_string()).or_default() += 7;
+        *list.get_or_default("b".to_string()) += 1;
+        *tree.entry("b".to_string()).or_default() += 1;
         assert_eq!(list.iter().collect::<Vec<_>>(), tree.iter().collect::<Vec<_>>());
         assert_eq!((&list).into_iter().collect::<Vec<_>>(), tree.iter().collect::<Vec<_>>());
         assert_eq!(list.keys().collect::<Vec<_>>(), tree.keys().collect::<Vec<_>>());

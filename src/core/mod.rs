@@ -30,6 +30,7 @@ use crate::event::{
     PermissionKind, PermissionOutcome, SessionKey, TurnOutcome,
 };
 use crate::streamer::BlockStreamConfig;
+use crate::vec_map::VecMap;
 use commands::{Command, SessionView};
 use permissions::{Answerers, Asker, MAX_ASKS_PER_TURN, MAX_PENDING, PermissionRelay, Resolution};
 use session::{CancelCause, Life, Retry, Session, TurnSettings, Waiting, Waits, Writer};
@@ -159,7 +160,7 @@ pub struct Core {
     /// for every session on every turn of the daemon's loop, where hashing the name cost
     /// more; a list of names also costs no map code in the binary.)
     down: Vec<String>,
-    load_session: BTreeMap<String, bool>,
+    load_session: VecMap<String, bool>,
     /// Tool permission requests waiting for a person.
     permissions: PermissionRelay,
     /// Who may talk: pairing books, the wall clock, code randomness.
@@ -171,7 +172,7 @@ pub struct Core {
     /// in an [`Outbound::Text`] that answers it or an [`Action::Settle`].
     unsettled: BTreeSet<(String, MessageRef)>,
     /// Unaddressed group messages kept as context for the next mention, per channel.
-    history: BTreeMap<String, history::GroupHistory>,
+    history: VecMap<String, history::GroupHistory>,
     /// Unix ms, for the age of messages (backlog) and pairing times.
     wall_ms: u64,
     /// Scheduled loops (`loops.rs`), and when the clock must next look at them.
@@ -209,12 +210,12 @@ impl Core {
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
             down: Vec::new(),
-            load_session: BTreeMap::new(),
+            load_session: VecMap::new(),
             permissions: PermissionRelay::default(),
             access: pairing::Access::default(),
             dormant: HashMap::new(),
             unsettled: BTreeSet::new(),
-            history: BTreeMap::new(),
+            history: VecMap::new(),
             wall_ms: 0,
             loops: loops::Book::default(),
             loops_wake: None,
@@ -585,7 +586,7 @@ impl Core {
             text,
             at: message.sent_at_ms.unwrap_or(self.wall_ms),
         };
-        let history = self.history.entry(channel.name.clone()).or_default();
+        let history = self.history.get_or_default(channel.name.clone());
         history.record(entry, limit);
         log::debug!(target: channel.name.as_str(), "kept a message from {} in {} as group history", message.sender_id, message.chat_id);
         actions.push(Action::SaveGroupHistory { channel: channel.name.clone(), entries: history.entries() });
