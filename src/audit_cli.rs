@@ -76,7 +76,7 @@ pub fn run(config: &Config, query: &AuditQuery, now_ms: u64, out: &mut dyn Write
         for line in BufReader::new(file).lines() {
             let Ok(line) = line else { break };
             // A line cut short by a crash is skipped, not fatal.
-            let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+            let Ok(value) = serde_json::from_slice::<Value>(line.as_bytes()) else { continue };
             if !filter.matches(&value) {
                 continue;
             }

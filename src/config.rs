@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::adapters::{Capabilities, Platform};
+use crate::collect::CollectMap;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -536,7 +537,8 @@ pub fn parse(text: &str, cx: &ParseContext<'_>) -> Result<Config, ConfigError> {
 /// Every other check still applies to every channel.
 pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[String]>) -> Result<Config, ConfigError> {
     let top = Place { path: cx.path, channel: None, prefix: "" };
-    let value: Value = serde_json::from_str(text).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(text.as_bytes()).map_err(|e| top.error_here(format!("not valid JSON: {e}")))?;
     let Value::Object(root) = value else {
         return Err(top.error_here(format!(
             "the file must hold one JSON object ({{ \"channels\": ... }}), found {}",
@@ -942,7 +944,7 @@ fn parse_channel(
             .iter()
             .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
-            .collect(),
+            .collect_map(),
         warnings,
     })
 }
@@ -1307,14 +1309,14 @@ fn get_user_ids(obj: &Object, key: &str, at: Place<'_>) -> Result<Vec<String>, C
 /// An object of strings (`env` sections).
 fn get_string_map(obj: &Object, key: &str, at: Place<'_>) -> Result<BTreeMap<String, String>, ConfigError> {
     let empty = Object::new();
-    get_object(obj, key, at)?
-        .unwrap_or(&empty)
-        .iter()
-        .map(|(name, value)| match value {
-            Value::String(s) => Ok((name.clone(), s.clone())),
-            other => Err(type_error(at, &format!("{key}.{name}"), "a string", other)),
-        })
-        .collect()
+    let mut map = BTreeMap::new();
+    for (name, value) in get_object(obj, key, at)?.unwrap_or(&empty) {
+        match value {
+            Value::String(s) => map.insert(name.clone(), s.clone()),
+            other => return Err(type_error(at, &format!("{key}.{name}"), "a string", other)),
+        };
+    }
+    Ok(map)
 }
 
 /// A duration: a number of seconds, or a string of a number and a unit (`"90s"`, `"30m"`,

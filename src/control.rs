@@ -133,7 +133,8 @@ pub fn operator_cancel_line(id: u32) -> String {
 /// Decode one request line: who asks and for what, or what to answer. A wrong token is
 /// refused (and logged, without the token).
 pub fn decode(line: &str, secret: &Secret) -> Result<(Caller, LoopTool), String> {
-    let request: Value = serde_json::from_str(line).map_err(|e| format!("the request is not JSON: {e}"))?;
+    let request: Value =
+        serde_json::from_slice(line.as_bytes()).map_err(|e| format!("the request is not JSON: {e}"))?;
     let text = |name: &str| request.get(name).and_then(Value::as_str);
     if let Some(verb) = text("operator") {
         return match verb {

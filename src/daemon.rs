@@ -22,6 +22,7 @@ use crate::admin_source::DaemonAdmin;
 use crate::audit::AuditEvent;
 use crate::audit_writer::{self, AuditWriter};
 use crate::backoff::Backoff;
+use crate::collect::{CollectMap, CollectSet};
 use crate::config::{ChannelConfig, Config, PermissionPolicy};
 use crate::control::{self, ControlRequest, ControlSocket, McpOffer};
 use crate::core::{Action, Core, Event};
@@ -31,6 +32,7 @@ use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus, wall_ms};
 use crate::journal::Journal;
 use crate::service::{self, LogFile, ServiceClaim};
 use crate::store;
+use crate::vec_map::VecMap;
 
 /// The conversations the service keeps across restarts, in the home directory.
 const SESSIONS_FILE: &str = "sessions.json";
@@ -181,16 +183,16 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         options,
         claim,
         access,
-        agents: BTreeMap::new(),
+        agents: VecMap::new(),
         agent_tx,
         agent_rx,
-        restarts: BTreeMap::new(),
+        restarts: Vec::new(),
         dropped_agents: BTreeMap::new(),
         inbound_tx,
-        channels: BTreeMap::new(),
+        channels: VecMap::new(),
         journals: BTreeMap::new(),
         probes: BTreeMap::new(),
-        channel_restarts: BTreeMap::new(),
+        channel_restarts: Vec::new(),
         unhealthy_after,
         started_at_ms: health::wall_ms(),
         state: "starting",
@@ -201,7 +203,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
 
     // Channels start polling while the agents start: what arrives meanwhile is journaled, and
     // waits in the core until its agent answers `initialize`.
-    let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect();
+    let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect_set();
     for name in agent_names {
         let spec = daemon.agent_spec(&daemon.config, &name)?;
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
@@ -326,21 +328,23 @@ struct Daemon {
     claim: Option<ServiceClaim>,
     /// The pairing files of the channels with `senderPolicy: pairing`.
     access: access_files::Watcher,
-    agents: BTreeMap<String, Agent>,
+    agents: VecMap<String, Agent>,
     agent_tx: Sender<(String, AgentEvent)>,
     agent_rx: Receiver<(String, AgentEvent)>,
-    /// Agents that died, and when to start them again (the core holds their work meanwhile).
-    restarts: BTreeMap<String, Instant>,
+    /// Agents that died, and when to start them again (the core holds their work meanwhile), in
+    /// name order: see [`schedule_restart`].
+    restarts: Vec<(String, Instant)>,
     /// Agents stopped on purpose (reload) whose `Exited` is still to come: not a crash.
     dropped_agents: BTreeMap<String, usize>,
     inbound_tx: Sender<Inbound>,
-    channels: BTreeMap<String, Channel>,
+    channels: VecMap<String, Channel>,
     /// One per journaled channel, kept across restarts of the channel (one writer per file).
     journals: BTreeMap<String, Arc<Journal>>,
     /// One per channel, kept across restarts of the channel, so health shows the restarts.
     probes: BTreeMap<String, Probe>,
     /// Channels whose thread ended on their own, and when to start them again.
-    channel_restarts: BTreeMap<String, ChannelRestart>,
+    /// In name order, like [`Daemon::restarts`] (a list: a map type costs kilobytes of code).
+    channel_restarts: Vec<(String, ChannelRestart)>,
     unhealthy_after: Duration,
     started_at_ms: u64,
     /// `starting`, `running`, `stopping`, `stopped`.
@@ -350,12 +354,21 @@ struct Daemon {
     next_tick: Instant,
 }
 
+/// Sets when `agent` restarts, keeping the list in name order (as the map it replaces did: a
+/// map type of its own would cost 6 KB of code for one or two agents).
+fn schedule_restart(restarts: &mut Vec<(String, Instant)>, agent: String, at: Instant) {
+    match restarts.binary_search_by(|(name, _)| name.as_str().cmp(&agent)) {
+        Ok(i) => restarts[i].1 = at,
+        Err(i) => restarts.insert(i, (agent, at)),
+    }
+}
+
 impl Daemon {
     fn run(mut self, inbound_rx: &Receiver<Inbound>, signals: &Receiver<Signal>) -> Result<(), Error> {
         let access_tick = if self.access.is_empty() { never() } else { tick(access_files::POLL_INTERVAL) };
         let stop = self.options.stop.clone().unwrap_or_else(never);
         loop {
-            let next = [self.core.next_deadline(), self.restarts.values().min().copied(), Some(self.next_tick)]
+            let next = [self.core.next_deadline(), self.restarts.iter().map(|(_, at)| *at).min(), Some(self.next_tick)]
                 .into_iter()
                 .flatten()
                 .min();
@@ -606,7 +619,7 @@ impl Daemon {
                     Restart::At { at, crashes } => {
                         log::error!(target: "acp", "agent \"{agent}\" {reason}; restarting in {} ms (crash {crashes} of {} allowed within {} s)",
                             (at - now).as_millis(), CrashWindow::MAX_CRASHES, CrashWindow::SPAN.as_secs());
-                        self.restarts.insert(agent.clone(), at);
+                        schedule_restart(&mut self.restarts, agent.clone(), at);
                     }
                     Restart::GiveUp { crashes } => {
                         let error = Error::Agent(format!(
@@ -627,16 +640,16 @@ impl Daemon {
 
     fn restart_due_agents(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let due: Vec<String> = self.restarts.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
+        let due: Vec<String> = self.restarts.iter().filter(|(_, t)| *t <= now).map(|(n, _)| n.clone()).collect();
         for name in due {
-            self.restarts.remove(&name);
+            self.restarts.retain(|(n, _)| *n != name);
             let Some(agent) = self.agents.get_mut(&name) else { continue };
             match agent.restart(self.agent_tx.clone()) {
                 Ok(()) => audit_writer::record(AuditEvent::AgentRestarted { agent: name }),
                 Err(e) => match agent.crashed(now) {
                     Restart::At { at, .. } => {
                         log::error!(target: "acp", "{e}; trying again in {} ms", (at - now).as_millis());
-                        self.restarts.insert(name, at);
+                        schedule_restart(&mut self.restarts, name, at);
                     }
                     Restart::GiveUp { .. } => return self.give_up(&name, e),
                 },
@@ -779,10 +792,15 @@ impl Daemon {
         for (name, end) in failed {
             let Some(channel) = self.channels.remove(&name) else { continue };
             let now = Instant::now();
-            let restart = self.channel_restarts.entry(name.clone()).or_insert_with(|| ChannelRestart {
-                at: now,
-                backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
-            });
+            let at = match self.channel_restarts.binary_search_by(|(n, _)| n.cmp(&name)) {
+                Ok(at) => at,
+                Err(at) => {
+                    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+                    self.channel_restarts.insert(at, (name.clone(), ChannelRestart { at: now, backoff }));
+                    at
+                }
+            };
+            let restart = &mut self.channel_restarts[at].1;
             let delay = restart.backoff.next_delay();
             restart.at = now + delay;
             let how = if end.panicked { "panicked" } else { "ended" };
@@ -800,29 +818,29 @@ impl Daemon {
         let due: Vec<String> = self
             .channel_restarts
             .iter()
-            .filter(|(name, r)| r.at <= now && !self.channels.contains_key(*name))
+            .filter(|(name, r)| r.at <= now && !self.channels.contains_key(name))
             .map(|(name, _)| name.clone())
             .collect();
         for name in due {
             let Some(config) = self.config.channels.get(&name).cloned() else {
-                self.channel_restarts.remove(&name);
+                self.channel_restarts.retain(|(n, _)| *n != name);
                 continue;
             };
             if let Err(e) = self.start_channel(&config) {
                 log::error!(target: name.as_str(), "cannot restart: {e}");
-                if let Some(r) = self.channel_restarts.get_mut(&name) {
+                if let Some((_, r)) = self.channel_restarts.iter_mut().find(|(n, _)| *n == name) {
                     r.at = now + r.backoff.next_delay();
                 }
             }
         }
         // A channel that ran long enough since its restart starts its backoff afresh.
-        self.channel_restarts.retain(|name, r| !(self.channels.contains_key(name) && now >= r.at + CHANNEL_STABLE));
+        self.channel_restarts.retain(|(name, r)| !(self.channels.contains_key(name) && now >= r.at + CHANNEL_STABLE));
     }
 
     /// Stop a channel's threads (its poller ends after the poll in flight; its sender after
     /// delivering what is queued).
     fn stop_channel(&mut self, name: &str) {
-        self.channel_restarts.remove(name);
+        self.channel_restarts.retain(|(n, _)| n != name);
         if let Some(channel) = self.channels.remove(name) {
             channel.stop_threads();
         }
@@ -848,7 +866,7 @@ impl Daemon {
             }
         };
         // Agents: stop the unused and the changed (their sessions end), start the missing.
-        let needed: BTreeSet<String> = new.channels.values().map(|c| c.agent.clone()).collect();
+        let needed: BTreeSet<String> = new.channels.values().map(|c| c.agent.clone()).collect_set();
         let running: Vec<String> = self.agents.keys().cloned().collect();
         for name in running {
             let changed = self.config.agents.get(&name) != new.agents.get(&name) || self.config.env != new.env;
@@ -857,7 +875,7 @@ impl Daemon {
             }
             log::info!(target: "acp", "agent \"{name}\" {}; stopping it", if changed { "changed" } else { "is no longer used" });
             self.agents.remove(&name);
-            self.restarts.remove(&name);
+            self.restarts.retain(|(n, _)| *n != name);
             *self.dropped_agents.entry(name.clone()).or_default() += 1;
             let event = AgentEvent::Exited { reason: "was restarted for the new config".into() };
             self.handle(Event::Agent { agent: name, event });
@@ -877,7 +895,7 @@ impl Daemon {
         }
         // Channels.
         let old: BTreeMap<String, ChannelConfig> =
-            self.channels.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect();
+            self.channels.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect_map();
         let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
         for name in old.keys().filter(|n| !new.channels.contains_key(*n)) {
             removed.push(name.clone());
@@ -958,7 +976,7 @@ impl Daemon {
                 };
                 (name.clone(), channel.probe.with(|h, now| h.snapshot(now, self.unhealthy_after, extra)))
             })
-            .collect();
+            .collect_map();
         ServiceStatus {
             pid: std::process::id(),
             state: self.state.to_string(),
@@ -1037,13 +1055,14 @@ impl Daemon {
         for done in senders {
             let _ = done.recv_deadline(deadline);
         }
-        let mut left: BTreeMap<String, Option<u32>> = self.agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect();
+        // A list (in name order, as `agents`): a map of its own would cost 3 KB of code.
+        let mut left: Vec<(String, Option<u32>)> = self.agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect();
         self.agents.clear(); // Closes each agent's stdin: it should exit.
         let deadline = Instant::now() + AGENT_GRACE;
         while !left.is_empty() {
             match self.agent_rx.recv_deadline(deadline) {
                 Ok((name, AgentEvent::Exited { .. })) => {
-                    left.remove(&name);
+                    left.retain(|(n, _)| *n != name);
                 }
                 Ok(_) => {}
                 Err(_) => break,

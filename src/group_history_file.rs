@@ -47,7 +47,7 @@ pub fn load(home: &Path, channel: &str) -> Option<Event> {
     };
     let mut entries = Vec::new();
     for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        match serde_json::from_str::<HistoryEntry>(line) {
+        match serde_json::from_slice::<HistoryEntry>(line.as_bytes()) {
             Ok(entry) => entries.push(entry),
             Err(e) => log::warn!(target: channel, "{} line {}: {e}; skipped", path.display(), number + 1),
         }

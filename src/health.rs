@@ -317,7 +317,7 @@ impl ServiceStatus {
 /// Live pairing requests in a `<channel>-pairing.json` (a JSON array of requests with
 /// `createdAt` in unix ms); 0 when the file is absent or not readable.
 pub fn count_live_pairing(text: &str, now_wall_ms: u64) -> usize {
-    let Ok(Value::Array(requests)) = serde_json::from_str::<Value>(text) else { return 0 };
+    let Ok(Value::Array(requests)) = serde_json::from_slice::<Value>(text.as_bytes()) else { return 0 };
     requests
         .iter()
         .filter_map(|r| r.get("createdAt").and_then(Value::as_u64))

@@ -63,7 +63,7 @@ impl Ledger {
         let mut count = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             count += 1;
-            let Ok(value) = serde_json::from_str::<Value>(line) else {
+            let Ok(value) = serde_json::from_slice::<Value>(line.as_bytes()) else {
                 skipped += 1;
                 continue;
             };

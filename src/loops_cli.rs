@@ -108,7 +108,7 @@ fn ask_service(socket: &Path, id: u32) -> Option<Result<String, String>> {
     if let Err(e) = reader.read_line(&mut line) {
         return Some(Err(format!("the service did not answer on {shown}: {e}")));
     }
-    let answer: serde_json::Value = match serde_json::from_str(&line) {
+    let answer: serde_json::Value = match serde_json::from_slice(line.as_bytes()) {
         Ok(answer) => answer,
         Err(_) => return Some(Err(format!("the service's answer on {shown} is not JSON; is it tether?"))),
     };

@@ -127,7 +127,7 @@ pub fn answer_line(line: &str, call: &mut dyn FnMut(&str, &Value) -> Result<Stri
     if line.is_empty() {
         return None;
     }
-    match serde_json::from_str::<Value>(line) {
+    match serde_json::from_slice::<Value>(line.as_bytes()) {
         Ok(message) => answer(&message, call),
         Err(e) => Some(error(Value::Null, PARSE_ERROR, &format!("Parse error: {e}"))),
     }

@@ -81,7 +81,7 @@ pub fn judge(
     boot_id: Option<&str>,
 ) -> PidFileState {
     let Some(text) = content else { return PidFileState::Absent };
-    let record: PidRecord = match serde_json::from_str(text) {
+    let record: PidRecord = match serde_json::from_slice(text.as_bytes()) {
         Ok(record) => record,
         Err(e) => return PidFileState::Invalid(format!("not a pid record ({e})")),
     };
@@ -239,7 +239,7 @@ impl ServiceClaim {
 impl Drop for ServiceClaim {
     fn drop(&mut self) {
         let ours = read_pid_file(self.pid_path.parent().unwrap_or(Path::new(".")))
-            .and_then(|t| serde_json::from_str::<PidRecord>(&t).ok())
+            .and_then(|t| serde_json::from_slice::<PidRecord>(t.as_bytes()).ok())
             .is_some_and(|r| r.pid == self.record.pid);
         if ours {
             let _ = std::fs::remove_file(&self.pid_path);
@@ -327,7 +327,7 @@ fn wait_gone(record: &PidRecord, within: Duration) -> bool {
 fn remove_if_pid(pid_path: &Path, pid: u32) {
     let same = std::fs::read_to_string(pid_path)
         .ok()
-        .and_then(|t| serde_json::from_str::<PidRecord>(&t).ok())
+        .and_then(|t| serde_json::from_slice::<PidRecord>(t.as_bytes()).ok())
         .is_some_and(|r| r.pid == pid);
     if same {
         let _ = std::fs::remove_file(pid_path);
@@ -394,7 +394,7 @@ pub fn status(home: &Path, json: bool) -> i32 {
 
 pub fn read_status(home: &Path) -> Option<ServiceStatus> {
     let text = std::fs::read_to_string(home.join(STATUS_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    serde_json::from_slice(text.as_bytes()).ok()
 }
 
 pub fn write_status(home: &Path, status: &ServiceStatus) -> Result<(), Error> {

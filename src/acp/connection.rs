@@ -174,7 +174,7 @@ impl Connection {
         if line.is_empty() {
             return Step::default();
         }
-        let msg: Value = match serde_json::from_str(line) {
+        let msg: Value = match serde_json::from_slice(line.as_bytes()) {
             Ok(v) => v,
             Err(e) => {
                 log::warn!(target: "acp", "ignoring a line that is not JSON ({e}): {}", preview(line));

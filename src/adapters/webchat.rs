@@ -52,12 +52,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::adapters::admin::{self, AdminSource};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, Supervisor, uploads};
+use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings, SenderPolicy};
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, ButtonPress, Inbound, InboundMessage, Outbound};
@@ -206,8 +208,8 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         ));
     }
     Ok(PlatformSettings {
-        secrets: token.into_iter().map(|t| ("token", t)).collect(),
-        values: [("listen", serde_json::Value::String(listen))].into(),
+        secrets: token.into_iter().map(|t| ("token", t)).collect_map(),
+        values: [("listen", serde_json::Value::String(listen))].into_iter().collect_map(),
     })
 }
 
@@ -421,26 +423,63 @@ impl ServerFrame<'_> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+/// What a browser sends: `{"type": "message", "text": …, "file": {"name", "mime", "data"}}`
+/// (text, file, name and mime optional) or `{"type": "button", "data": …}`.
+#[derive(Debug)]
 pub(crate) enum ClientFrame {
     Message {
-        #[serde(default)]
         text: String,
-        #[serde(default)]
         file: Option<ClientFile>,
     },
     /// A button of a question was pressed.
-    Button { data: String },
+    Button {
+        data: String,
+    },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(crate) struct ClientFile {
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub mime: String,
     pub data: String,
+}
+
+impl ClientFrame {
+    /// Read a frame (other keys are ignored), with serde's wording for what is wrong. By hand
+    /// from a JSON value: serde's derive for a tagged enum costs kilobytes of code. The strings
+    /// are moved out of the value, not copied (a file's data can be megabytes).
+    pub(crate) fn from_json(json: &str) -> Result<ClientFrame, String> {
+        let mut frame: Value = serde_json::from_slice(json.as_bytes()).map_err(|e| e.to_string())?;
+        match take_string(&mut frame, "type")?.as_deref() {
+            Some("message") => {
+                let text = take_string(&mut frame, "text")?.unwrap_or_default();
+                let file = match frame.get_mut("file").map(Value::take) {
+                    None | Some(Value::Null) => None,
+                    Some(mut file @ Value::Object(_)) => Some(ClientFile {
+                        name: take_string(&mut file, "name")?.unwrap_or_default(),
+                        mime: take_string(&mut file, "mime")?.unwrap_or_default(),
+                        data: take_string(&mut file, "data")?.ok_or("missing field `data`")?,
+                    }),
+                    Some(other) => return Err(format!("invalid type: {other}, expected a file object")),
+                };
+                Ok(ClientFrame::Message { text, file })
+            }
+            Some("button") => {
+                Ok(ClientFrame::Button { data: take_string(&mut frame, "data")?.ok_or("missing field `data`")? })
+            }
+            Some(other) => Err(format!("unknown variant `{other}`, expected `message` or `button`")),
+            None => Err("missing field `type`".into()),
+        }
+    }
+}
+
+/// The string at `key` of an object, moved out; `None` when the key is absent.
+fn take_string(object: &mut Value, key: &str) -> Result<Option<String>, String> {
+    match object.get_mut(key).map(Value::take) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(format!("invalid type: {other}, expected a string for `{key}`")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1351,7 +1390,7 @@ fn short(sid: &str) -> &str {
 
 /// Act on one client frame; returns an error text for the sender when it was not taken.
 fn take_client_frame(shared: &Shared, sid: &str, json: &str) -> Option<String> {
-    let frame: ClientFrame = match serde_json::from_str(json) {
+    let frame = match ClientFrame::from_json(json) {
         Ok(frame) => frame,
         Err(e) => return Some(format!("not a message this server understands: {e}")),
     };
@@ -1684,6 +1723,29 @@ mod tests {
     }
 
     // ---- pure ----------------------------------------------------------------------------
+
+    #[test]
+    fn client_frames_parse_like_the_serde_derive_did() {
+        let message = ClientFrame::from_json(r#"{"type":"message","text":"hi","file":{"data":"QQ==","x":1}}"#);
+        let Ok(ClientFrame::Message { text, file: Some(file) }) = message else { panic!("{message:?}") };
+        assert_eq!((text.as_str(), file.name.as_str(), file.mime.as_str(), file.data.as_str()), ("hi", "", "", "QQ=="));
+        let bare = ClientFrame::from_json(r#"{"type":"message","file":null}"#);
+        assert!(matches!(bare, Ok(ClientFrame::Message { ref text, file: None }) if text.is_empty()), "{bare:?}");
+        let button = ClientFrame::from_json(r#"{"type":"button","data":"yes"}"#);
+        assert!(matches!(button, Ok(ClientFrame::Button { ref data }) if data == "yes"), "{button:?}");
+        for (json, wanted) in [
+            (r#"{"text":"hi"}"#, "missing field `type`"),
+            (r#"{"type":"shout"}"#, "unknown variant `shout`"),
+            (r#"{"type":"button"}"#, "missing field `data`"),
+            (r#"{"type":"message","text":5}"#, "invalid type: 5, expected a string for `text`"),
+            (r#"{"type":"message","file":{"name":"a"}}"#, "missing field `data`"),
+            (r#"{"type":"message","file":"x"}"#, "invalid type: \"x\", expected a file object"),
+            ("[]", "missing field `type`"),
+        ] {
+            let error = ClientFrame::from_json(json).unwrap_err();
+            assert!(error.starts_with(wanted), "{json}: {error}");
+        }
+    }
 
     #[test]
     fn sanitize_file_name_table() {

@@ -579,7 +579,7 @@ impl Core {
                 self.loops.record(due.id, false, now_ms);
                 continue;
             }
-            let agent_up = !self.down.contains_key(&channel.agent);
+            let agent_up = !self.down.contains(&channel.agent);
             let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
             let chat = due.chat();
             let dormant = &mut self.dormant;

@@ -23,12 +23,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, Config, DispatchMode, PermissionPolicy, SessionScope, ToolCallDisplay};
 use crate::event::{
     AgentCommand, AgentEvent, AgentRequest, ButtonPress, ChatRef, Inbound, InboundMessage, MessageRef, Outbound,
     PermissionKind, PermissionOutcome, SessionKey, TurnOutcome,
 };
 use crate::streamer::BlockStreamConfig;
+use crate::vec_map::VecMap;
 use commands::{Command, SessionView};
 use permissions::{Answerers, Asker, MAX_ASKS_PER_TURN, MAX_PENDING, PermissionRelay, Resolution};
 use session::{CancelCause, Life, Retry, Session, TurnSettings, Waiting, Waits, Writer};
@@ -154,10 +156,11 @@ pub struct Core {
     agent_commands: HashMap<String, Vec<AgentCommand>>,
     /// Agents known to be down (crashed, not yet ready again), with whether each can
     /// `session/load`. An agent not in `down` is up.
-    /// (Ordered maps: a service has one or two agents, and these are looked up for every
-    /// session on every turn of the daemon's loop, where hashing the name cost more.)
-    down: BTreeMap<String, ()>,
-    load_session: BTreeMap<String, bool>,
+    /// (A list and an ordered map: a service has one or two agents, and these are looked up
+    /// for every session on every turn of the daemon's loop, where hashing the name cost
+    /// more; a list of names also costs no map code in the binary.)
+    down: Vec<String>,
+    load_session: VecMap<String, bool>,
     /// Tool permission requests waiting for a person.
     permissions: PermissionRelay,
     /// Who may talk: pairing books, the wall clock, code randomness.
@@ -169,7 +172,7 @@ pub struct Core {
     /// in an [`Outbound::Text`] that answers it or an [`Action::Settle`].
     unsettled: BTreeSet<(String, MessageRef)>,
     /// Unaddressed group messages kept as context for the next mention, per channel.
-    history: BTreeMap<String, history::GroupHistory>,
+    history: VecMap<String, history::GroupHistory>,
     /// Unix ms, for the age of messages (backlog) and pairing times.
     wall_ms: u64,
     /// Scheduled loops (`loops.rs`), and when the clock must next look at them.
@@ -206,13 +209,13 @@ impl Core {
             sessions: HashMap::new(),
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
-            down: BTreeMap::new(),
-            load_session: BTreeMap::new(),
+            down: Vec::new(),
+            load_session: VecMap::new(),
             permissions: PermissionRelay::default(),
             access: pairing::Access::default(),
             dormant: HashMap::new(),
             unsettled: BTreeSet::new(),
-            history: BTreeMap::new(),
+            history: VecMap::new(),
             wall_ms: 0,
             loops: loops::Book::default(),
             loops_wake: None,
@@ -242,7 +245,13 @@ impl Core {
 
     /// An agent is starting: what comes for it waits until it answers `initialize`.
     pub fn agent_starting(&mut self, agent: &str) {
-        self.down.insert(agent.to_string(), ());
+        self.mark_down(agent);
+    }
+
+    fn mark_down(&mut self, agent: &str) {
+        if !self.down.iter().any(|a| a == agent) {
+            self.down.push(agent.to_string());
+        }
     }
 
     /// The next moment [`Event::Tick`] is due, if any.
@@ -423,7 +432,7 @@ impl Core {
             Some((key.clone(), record))
         });
         let dormant = self.dormant.iter().map(|(k, r)| (k.clone(), r.clone()));
-        records.chain(dormant).collect()
+        records.chain(dormant).collect_map()
     }
 
     /// The platform ids of the messages a session still owes an answer to: the turn in
@@ -505,7 +514,7 @@ impl Core {
             true => channel.group(&message.chat_id).dispatch_mode,
             false => channel.dispatch_mode,
         };
-        let agent_up = !self.down.contains_key(&channel.agent);
+        let agent_up = !self.down.contains(&channel.agent);
         let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
         let cwd = self.task_cwd(&base_key, &key).unwrap_or_else(|| channel.cwd.clone());
         let dormant = &mut self.dormant;
@@ -579,7 +588,7 @@ impl Core {
             text,
             at: message.sent_at_ms.unwrap_or(self.wall_ms),
         };
-        let history = self.history.entry(channel.name.clone()).or_default();
+        let history = self.history.get_or_default(channel.name.clone());
         history.record(entry, limit);
         log::debug!(target: channel.name.as_str(), "kept a message from {} in {} as group history", message.sender_id, message.chat_id);
         actions.push(Action::SaveGroupHistory { channel: channel.name.clone(), entries: history.entries() });
@@ -786,7 +795,7 @@ impl Core {
     /// is back, and a turn the crash interrupted is sent once more; a turn interrupted twice
     /// is given up. Messages that arrive meanwhile wait.
     fn on_agent_exit(&mut self, agent: &str, reason: &str, actions: &mut Vec<Action>) {
-        self.down.insert(agent.to_string(), ());
+        self.mark_down(agent);
         for pending in self.permissions.cancel_agent(agent) {
             actions.push(settled(&pending, "cancelled: the agent stopped"));
         }
@@ -840,7 +849,8 @@ impl Core {
 
     /// The agent is (back) up: open or restore every session that waits for it.
     fn on_agent_ready(&mut self, agent: &str, load_session: bool, actions: &mut Vec<Action>) {
-        let was_down = self.down.remove(agent).is_some();
+        let was_down = self.down.iter().any(|a| a == agent);
+        self.down.retain(|a| a != agent);
         // The first `initialize` of this run is a start, not a comeback.
         let restarted = self.load_session.insert(agent.to_string(), load_session).is_some();
         let mut keys: Vec<SessionKey> = self

@@ -8,7 +8,7 @@
 //! go to direct chats only. Time is wall-clock epoch milliseconds (`createdAt` is persisted),
 //! given by the caller; randomness comes from an injectable source.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,7 @@ use super::Action;
 use super::gate::{self, Verdict};
 use crate::config::ChannelConfig;
 use crate::event::{ChatRef, InboundMessage, Outbound};
+use crate::vec_map::VecMap;
 
 /// 32 symbols without 0, O, 1 and I, which people misread.
 pub const CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -412,14 +413,14 @@ impl std::fmt::Debug for Entropy {
 /// randomness it needs.
 #[derive(Debug)]
 pub struct Access {
-    books: BTreeMap<String, PairingBook>,
+    books: VecMap<String, PairingBook>,
     entropy: Entropy,
     wall_ms: u64,
 }
 
 impl Default for Access {
     fn default() -> Access {
-        Access { books: BTreeMap::new(), entropy: Entropy::os(), wall_ms: 0 }
+        Access { books: VecMap::new(), entropy: Entropy::os(), wall_ms: 0 }
     }
 }
 
@@ -467,7 +468,7 @@ impl Access {
     pub fn admit(&mut self, channel: &ChannelConfig, m: &InboundMessage, out: &mut Vec<Action>) -> Admit {
         let target = channel.name.as_str();
         let approvals = self.approvals(&channel.name, &m.sender_id, &m.chat_id);
-        let book = self.books.entry(channel.name.clone()).or_default();
+        let book = self.books.get_or_default(channel.name.clone());
         match gate::check(channel, m, approvals) {
             Verdict::Drop(reason) => {
                 log::info!(target: target, "dropped message from {} in {}: {reason}", m.sender_id, m.chat_id);
@@ -545,7 +546,7 @@ impl Access {
     /// each sender whose request was approved meanwhile.
     pub fn reload(&mut self, channel: &str, files: AccessFilesState, out: &mut Vec<Action>) {
         let AccessFilesState { pending, approved, approved_groups } = files;
-        let book = self.books.entry(channel.to_string()).or_default();
+        let book = self.books.get_or_default(channel.to_string());
         let before: Vec<String> = book.approved().iter().chain(book.approved_groups()).cloned().collect();
         book.set_approved_groups(approved_groups);
         let gone: Vec<PairingRequest> = book

@@ -2,7 +2,8 @@
 //! log lines and an exit request out. Its only I/O is the optional state directory's session
 //! files (through [`Store`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use crate::vec_map::VecMap;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -77,13 +78,14 @@ pub struct Settings {
 pub struct DemoAgent {
     settings: Settings,
     store: Option<Store>,
-    sessions: BTreeMap<String, Session>,
+    sessions: VecMap<String, Session>,
     next_session_number: u64,
     /// Ids of our own requests to the client, from 0 like qwen.
     next_request_id: u64,
     turns_started: u64,
-    /// Our requests the client has not answered yet, by id.
-    pending: BTreeMap<u64, Pending>,
+    /// Our requests the client has not answered yet, with their ids (unique: a counter). A few
+    /// at most, so a list: a map type costs kilobytes of code in the binary.
+    pending: Vec<(u64, Pending)>,
     /// Set once a `crash` turn asked the driver to exit: nothing more is produced.
     exited: bool,
     /// Tickets of [`Output::CallTool`].
@@ -238,11 +240,11 @@ impl DemoAgent {
         DemoAgent {
             settings,
             store,
-            sessions: BTreeMap::new(),
+            sessions: VecMap::new(),
             next_session_number: 1,
             next_request_id: 0,
             turns_started: 0,
-            pending: BTreeMap::new(),
+            pending: Vec::new(),
             exited: false,
             next_tool_call: 1,
         }
@@ -258,7 +260,7 @@ impl DemoAgent {
         if line.is_empty() {
             return out.items;
         }
-        match serde_json::from_str::<Value>(line) {
+        match serde_json::from_slice::<Value>(line.as_bytes()) {
             Err(e) => {
                 out.log(format!("cannot parse a line from the client: {e}"));
                 let data = json!({"details": e.to_string()});
@@ -618,7 +620,7 @@ impl DemoAgent {
                     let params = script::permission_params(session_id, &tool_call_id);
                     let kind = PendingKind::Permission { tool_call_id };
                     let pending = Pending { session_id: session_id.to_string(), kind };
-                    self.pending.insert(request_id, pending);
+                    self.pending.push((request_id, pending));
                     out.request(request_id, "session/request_permission", params);
                 }
                 Step::AskExt => {
@@ -626,7 +628,7 @@ impl DemoAgent {
                     self.next_request_id += 1;
                     turn.waiting = Wait::Reply(request_id);
                     let pending = Pending { session_id: session_id.to_string(), kind: PendingKind::Ext };
-                    self.pending.insert(request_id, pending);
+                    self.pending.push((request_id, pending));
                     let params = json!({"sessionId": session_id, "todoStopGuardWatchQueuedPrompt": true});
                     out.request(request_id, script::EXT_METHOD, params);
                 }
@@ -666,7 +668,7 @@ impl DemoAgent {
         let Some(turn) = session.turn.take() else {
             return;
         };
-        self.pending.retain(|_, p| p.session_id != session_id);
+        self.pending.retain(|(_, p)| p.session_id != session_id);
         if let Some(tool_call_id) = &turn.open_tool_call {
             let detail = "the turn ended before the permission was answered";
             out.update(session_id, script::tool_call_status_update(tool_call_id, "failed", detail));
@@ -713,7 +715,8 @@ impl DemoAgent {
 
     /// The client answered one of our requests.
     fn handle_response(&mut self, id: &Value, message: &Map<String, Value>, now: Instant, out: &mut Out) {
-        let Some(pending) = id.as_u64().and_then(|n| self.pending.remove(&n).map(|p| (n, p))) else {
+        let at = id.as_u64().and_then(|n| self.pending.iter().position(|(request_id, _)| *request_id == n));
+        let Some(pending) = at.map(|at| self.pending.remove(at)) else {
             out.log(format!("ignoring an answer to request {id}: not waiting for it (abandoned or never sent)"));
             return;
         };
@@ -755,6 +758,6 @@ impl DemoAgent {
 mod tests;
 
 /// The model of a session the agent knows (the default for an unknown one).
-fn record_model(sessions: &BTreeMap<String, Session>, session_id: &str) -> String {
+fn record_model(sessions: &VecMap<String, Session>, session_id: &str) -> String {
     sessions.get(session_id).map_or_else(super::store::default_model, |s| s.record.model.clone())
 }

@@ -388,7 +388,7 @@ pub fn ws_frames(data: &[u8]) {
 }
 
 fn client_frame(json: &str) {
-    let Ok(frame) = serde_json::from_str::<webchat::ClientFrame>(json) else { return };
+    let Ok(frame) = webchat::ClientFrame::from_json(json) else { return };
     let webchat::ClientFrame::Message { file: Some(file), .. } = frame else { return };
     let name = webchat::sanitize_file_name(&file.name);
     assert!(!name.is_empty() && name.len() <= 100 && !name.starts_with('.'), "{name:?}");

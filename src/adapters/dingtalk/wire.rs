@@ -70,7 +70,7 @@ impl std::fmt::Display for ApiError {
 
 /// The answer to `connections/open`.
 pub fn parse_open(status: u16, text: &str) -> Result<Ticket, ApiError> {
-    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let value: Value = serde_json::from_slice(text.as_bytes()).unwrap_or(Value::Null);
     if status == 401 || status == 403 || value.get("code").and_then(Value::as_str) == Some("authFailed") {
         return Err(ApiError::Unauthorized(format!("HTTP {status}: {}", brief(text))));
     }
@@ -110,7 +110,7 @@ pub enum Frame {
 
 /// Decode a text frame; `Err` says what is wrong with it.
 pub fn parse_frame(text: &str) -> Result<Frame, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(text.as_bytes()).map_err(|e| format!("not JSON: {e}"))?;
     let kind = value.get("type").and_then(Value::as_str).unwrap_or_default();
     let headers = value.get("headers").cloned().unwrap_or(Value::Null);
     let header = |name: &str| headers.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
@@ -125,7 +125,7 @@ pub fn parse_frame(text: &str) -> Result<Frame, String> {
         "SYSTEM" => Ok(match topic.as_str() {
             "ping" => Frame::Ping { message_id, data },
             "disconnect" => {
-                let reason = serde_json::from_str::<Value>(&data)
+                let reason = serde_json::from_slice::<Value>(data.as_bytes())
                     .ok()
                     .and_then(|d| d.get("reason").and_then(Value::as_str).map(str::to_string))
                     .unwrap_or_default();
@@ -214,7 +214,7 @@ fn text_of(v: &Value, key: &str) -> Option<String> {
 
 /// Decode the `data` of a robot message callback for channel `channel`.
 pub fn parse_robot_message(data: &str, channel: &str) -> Result<RobotMessage, String> {
-    let v: Value = serde_json::from_str(data).map_err(|e| format!("data is not JSON: {e}"))?;
+    let v: Value = serde_json::from_slice(data.as_bytes()).map_err(|e| format!("data is not JSON: {e}"))?;
     let conversation_id = text_of(&v, "conversationId").ok_or("no conversationId")?;
     let msg_id = text_of(&v, "msgId").ok_or("no msgId")?;
     // A string by the docs; tolerate a number.
@@ -376,7 +376,7 @@ pub enum WebhookError {
 
 /// The answer of a session webhook: `{"errcode": 0}` is delivered.
 pub fn parse_webhook_reply(status: u16, text: &str) -> Result<(), WebhookError> {
-    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let value: Value = serde_json::from_slice(text.as_bytes()).unwrap_or(Value::Null);
     let errcode = value.get("errcode").and_then(Value::as_i64);
     let errmsg = value.get("errmsg").and_then(Value::as_str).unwrap_or_default();
     match errcode {
@@ -410,7 +410,7 @@ impl std::fmt::Debug for Token {
 /// The answer of `gettoken` (`access_token`/`expires_in`) or of the new `oauth2/accessToken`
 /// (`accessToken`/`expireIn`).
 pub fn parse_token(status: u16, text: &str, now_ms: u64) -> Result<Token, ApiError> {
-    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let value: Value = serde_json::from_slice(text.as_bytes()).unwrap_or(Value::Null);
     let token = value.get("access_token").or_else(|| value.get("accessToken")).and_then(Value::as_str);
     let expires_s = value.get("expires_in").or_else(|| value.get("expireIn")).and_then(Value::as_u64).unwrap_or(7200);
     let errcode = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
@@ -463,7 +463,7 @@ pub fn media_upload_url(oapi_base: &str, token: &str, image: bool) -> String {
 /// The `media_id` of an upload's answer. `errcode` 40014 / 42001 (a token that is invalid or
 /// expired) asks for a new token; any other refusal names DingTalk's reason.
 pub fn parse_media_upload(status: u16, text: &str) -> Result<String, Failure> {
-    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let value: Value = serde_json::from_slice(text.as_bytes()).unwrap_or(Value::Null);
     let errcode = value.get("errcode").and_then(Value::as_i64).unwrap_or(-1);
     let media_id = value.get("media_id").and_then(Value::as_str).filter(|id| !id.is_empty());
     match (status, errcode, media_id) {
@@ -487,7 +487,7 @@ pub fn file_message(image: bool, media_id: &str, file_name: &str) -> (&'static s
 
 /// The answer of a new-style OpenAPI call (`x-acs-dingtalk-access-token`).
 pub fn parse_openapi_reply(status: u16, text: &str) -> Result<Value, Failure> {
-    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let value: Value = serde_json::from_slice(text.as_bytes()).unwrap_or(Value::Null);
     let code = value.get("code").and_then(Value::as_str).unwrap_or_default();
     if (200..300).contains(&status) {
         return Ok(value);

@@ -39,7 +39,8 @@ pub enum GatewayEvent {
 
 /// Decode one text frame of the gateway.
 pub fn decode_frame(text: &str) -> Result<GatewayEvent, String> {
-    let frame: Value = serde_json::from_str(text).map_err(|e| format!("gateway frame is not JSON: {e}"))?;
+    let frame: Value =
+        serde_json::from_slice(text.as_bytes()).map_err(|e| format!("gateway frame is not JSON: {e}"))?;
     let op = frame.get("op").and_then(Value::as_u64).ok_or_else(|| "gateway frame without op".to_string())?;
     let d = frame.get("d").unwrap_or(&Value::Null);
     Ok(match op {
@@ -449,11 +450,11 @@ pub fn parse_reply(status: u16, body: &str, headers: &RateLimitHeaders) -> Resul
         if body.trim().is_empty() {
             return Ok(Value::Null);
         }
-        return serde_json::from_str(body).map_err(|_| {
+        return serde_json::from_slice(body.as_bytes()).map_err(|_| {
             RestFailure::Transient(format!("HTTP {status} with a body that is not JSON: {}", preview(body)))
         });
     }
-    let reply: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let reply: Value = serde_json::from_slice(body.as_bytes()).unwrap_or(Value::Null);
     let message = reply.get("message").and_then(Value::as_str).unwrap_or("no message");
     let detail = match reply.get("code").and_then(Value::as_u64) {
         Some(code) if code != 0 => format!("HTTP {status}: {message} (code {code})"),

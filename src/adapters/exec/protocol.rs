@@ -81,7 +81,7 @@ pub enum FromAdapter {
 /// Decode one line the adapter wrote for channel `channel`; `Err` says what is wrong with it.
 pub fn decode(line: &[u8], channel: &str) -> Result<FromAdapter, String> {
     let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
+    let value: Value = serde_json::from_slice(text.as_bytes()).map_err(|e| format!("not JSON ({e})"))?;
     let Value::Object(obj) = value else { return Err("not a JSON object".into()) };
     match obj.get("v") {
         None => {} // Read as version 1 (docs/plugins.md).

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use crate::adapters::uploads::{self, OutboundFiles};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
 use crate::backoff::Backoff;
+use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::Inbound;
@@ -127,9 +128,10 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
             ));
         }
     }
-    let mut values: std::collections::BTreeMap<&'static str, Value> = MediaLimits::parse(keys)?.into_iter().collect();
+    let mut values: std::collections::BTreeMap<&'static str, Value> =
+        MediaLimits::parse(keys)?.into_iter().collect_map();
     values.insert("apiBase", Value::String(api_base));
-    Ok(PlatformSettings { secrets: [("token", token)].into(), values })
+    Ok(PlatformSettings { secrets: [("token", token)].into_iter().collect_map(), values })
 }
 
 /// Start the poller and the sender of one Telegram channel.
@@ -440,7 +442,7 @@ impl Poller {
 /// The saved offset for this bot (an offset of another bot would skip this one's updates).
 fn load_offset(path: &Path, bot_id: i64) -> i64 {
     let Ok(text) = std::fs::read_to_string(path) else { return 0 };
-    let Ok(saved) = serde_json::from_str::<Value>(&text) else {
+    let Ok(saved) = serde_json::from_slice::<Value>(text.as_bytes()) else {
         log::warn!(target: "telegram", "{} is not valid JSON; starting from Telegram's oldest kept update", path.display());
         return 0;
     };

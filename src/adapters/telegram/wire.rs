@@ -22,8 +22,9 @@ pub use crate::adapters::outbox::Failure;
 
 /// Decode an HTTP reply from the Bot API into its `result`, or a classified failure.
 pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
-    let parsed = serde_json::from_str::<Value>(body)
-        .or_else(|e| without_lone_surrogates(body).map_or(Err(e), |fixed| serde_json::from_str::<Value>(&fixed)));
+    let parsed = serde_json::from_slice::<Value>(body.as_bytes()).or_else(|e| {
+        without_lone_surrogates(body).map_or(Err(e), |fixed| serde_json::from_slice::<Value>(fixed.as_bytes()))
+    });
     let Ok(reply) = parsed else {
         let what = if status >= 500 || status == 200 { Failure::Transient } else { Failure::Rejected };
         return Err(what(format!("HTTP {status} with a body that is not JSON: {}", body_preview(body))));

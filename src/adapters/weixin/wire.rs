@@ -105,7 +105,7 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
     let reply = if trimmed.is_empty() {
         json!({})
     } else {
-        match serde_json::from_str::<Value>(trimmed) {
+        match serde_json::from_slice::<Value>(trimmed.as_bytes()) {
             Ok(value) if value.is_object() => value,
             _ => {
                 let detail = format!("HTTP {status} with a body that is not a JSON object: {}", preview(body));
