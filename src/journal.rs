@@ -30,7 +30,9 @@ use serde_json::{Value, json};
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, InboundMessage, MessageRef};
 
-/// Answered messages remembered after compaction, for deduplication.
+/// Answered messages remembered after compaction, in memory and in the file, for
+/// deduplication: a platform may send again what was answered (Telegram does after a crash,
+/// as its offset file is written lazily, at most every 30 s), and it must not be answered twice.
 const RECENT_DONE: usize = 1024;
 /// Compact when the file holds this many lines more than the pending messages need.
 const COMPACT_SLACK: usize = 256;
@@ -70,7 +72,10 @@ impl Ledger {
             if let Some(done) = value.get("done") {
                 match reference_from_json(done) {
                     Some(r) => {
-                        ledger.settle(&r);
+                        if ledger.settle(&r).is_none() {
+                            // Kept by a compaction: its message line is gone.
+                            ledger.remember_done(r);
+                        }
                     }
                     None => skipped += 1,
                 }
@@ -81,7 +86,22 @@ impl Ledger {
             }
         }
         ledger.lines = count;
+        ledger.forget_old_done();
         (ledger, skipped)
+    }
+
+    fn remember_done(&mut self, r: MessageRef) {
+        if self.done.insert(r.clone()) {
+            self.done_order.push_back(r);
+        }
+    }
+
+    fn forget_old_done(&mut self) {
+        while self.done_order.len() > RECENT_DONE {
+            if let Some(old) = self.done_order.pop_front() {
+                self.done.remove(&old);
+            }
+        }
     }
 
     /// Whether the message is pending or was answered (recently).
@@ -137,23 +157,24 @@ impl Ledger {
     }
 
     pub fn needs_compaction(&self) -> bool {
-        self.lines > self.pending.len() + COMPACT_SLACK
+        self.lines >= self.pending.len() + self.done_order.len().min(RECENT_DONE) + COMPACT_SLACK
     }
 
-    /// The text of a compacted file (pending messages only); the ledger now counts its lines.
-    /// Answered messages are still remembered in memory (the most recent ones) for dedup.
+    /// The text of a compacted file: the pending messages, then the marks of the most recent
+    /// answered ones (so that after a restart they are still known, and not answered again);
+    /// the ledger now counts its lines.
     pub fn compacted(&mut self) -> String {
+        self.forget_old_done();
         let mut text = String::new();
         for entry in self.pending.values() {
             text.push_str(&message_line(entry));
             text.push('\n');
         }
-        self.lines = self.pending.len();
-        while self.done_order.len() > RECENT_DONE {
-            if let Some(old) = self.done_order.pop_front() {
-                self.done.remove(&old);
-            }
+        for r in &self.done_order {
+            text.push_str(&done_line(r));
+            text.push('\n');
         }
+        self.lines = self.pending.len() + self.done_order.len();
         text
     }
 }
@@ -652,9 +673,33 @@ mod tests {
         run(&mut ledger, &[("add", "1", "last")]);
         let text = ledger.compacted();
         assert!(!ledger.needs_compaction());
-        assert_eq!(text.lines().count(), 1);
-        let (replayed, _) = Ledger::load(&text);
+        // The pending message, and the marks of the answered ones (all recent here).
+        assert_eq!(text.lines().count(), 1 + COMPACT_SLACK + 1);
+        let (replayed, skipped) = Ledger::load(&text);
+        assert_eq!(skipped, 0);
         assert_eq!(pending_texts(&replayed), vec!["1/last"]);
+        assert!(replayed.knows(&r("1", "first")) && replayed.knows(&r("1", "0")));
+    }
+
+    #[test]
+    fn compacted_files_keep_only_the_most_recent_answered_marks() {
+        let mut ledger = Ledger::default();
+        let total = RECENT_DONE + 3 * COMPACT_SLACK;
+        let mut longest = 0;
+        for i in 0..total {
+            let id = i.to_string();
+            run(&mut ledger, &[("add", "1", id.as_str()), ("done", "1", id.as_str())]);
+            if ledger.needs_compaction() {
+                let text = ledger.compacted();
+                longest = longest.max(text.lines().count());
+            }
+        }
+        assert_eq!(longest, RECENT_DONE, "the file is bounded by the answered marks it keeps");
+        let text = ledger.compacted();
+        let (replayed, _) = Ledger::load(&text);
+        assert!(replayed.knows(&r("1", &(total - 1).to_string())));
+        assert!(replayed.knows(&r("1", &(total - RECENT_DONE).to_string())));
+        assert!(!replayed.knows(&r("1", &(total - RECENT_DONE - 1).to_string())));
     }
 
     #[test]
@@ -718,7 +763,13 @@ mod tests {
             journal.settle(&[r("1", &id)]).unwrap();
         }
         let lines = std::fs::read_to_string(journal.path()).unwrap().lines().count();
-        assert!(lines <= COMPACT_SLACK + 2, "{lines} lines");
+        assert!(lines <= RECENT_DONE + COMPACT_SLACK + 2, "{lines} lines");
+        assert_eq!(journal.pending_count(), 1);
+        // After compactions and a restart (as after a crash), what was answered is still known:
+        // a platform that sends it again does not get it answered twice.
+        drop(journal);
+        let journal = Journal::open(&dir, "phone").unwrap();
+        assert!(journal.record(vec![msg("1", "10", "x"), msg("1", "11", "x")]).unwrap().is_empty());
         assert_eq!(journal.pending_count(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
