@@ -589,7 +589,7 @@ impl Daemon {
             return;
         }
         let file: BTreeMap<&String, sessions_file::Entry> =
-            snapshot.iter().map(|(key, record)| (key, sessions_file::Entry::from_record(record))).collect();
+            snapshot.iter().map(|(key, record)| (key, sessions_file::Entry::from_record(record))).collect_map();
         match store::write_json_atomic(&self.home.join(SESSIONS_FILE), &file) {
             Ok(()) => {
                 self.saved_sessions = Some(snapshot);
