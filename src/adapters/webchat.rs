@@ -93,7 +93,9 @@ const MAX_UPLOAD: usize = 5 * 1024 * 1024;
 /// Largest WebSocket message: a base64 attachment plus its JSON.
 pub(crate) const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
 /// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
-/// reconnects and gets the history).
+/// reconnects and gets the history). Counted on an unbounded channel ([`queue_admits`]): a
+/// `bounded` one allocates every slot when the socket opens (4 KiB per tab, for a queue that
+/// is almost always empty).
 const SOCKET_QUEUE: usize = 256;
 /// Bytes of frames waiting for one socket, the same way: one browser that stops reading while
 /// long answers stream would otherwise hold up to [`SOCKET_QUEUE`] of them. A frame always
@@ -106,6 +108,9 @@ const SOCKET_WAIT: Duration = Duration::from_millis(250);
 /// Bytes a socket's reader thread takes from the connection at a time.
 /// Small: every open tab has one, and chat frames are short (an upload takes more reads).
 const READ_CHUNK: usize = 4 * 1024;
+/// tungstenite's read buffer per tab: it holds the frame being parsed, and grows to a longer
+/// frame's length by itself.
+const WS_READ_BUFFER: usize = 1024;
 /// Chunks a reader forwards ahead of its socket thread (back-pressure beyond that).
 const READ_AHEAD_CHUNKS: usize = 4;
 const PING_EVERY: Duration = Duration::from_secs(25);
@@ -468,18 +473,19 @@ struct SocketSender {
 impl SocketSender {
     /// Queue `frame`; false when the socket has fallen behind (by frames or bytes) or is gone.
     fn offer(&self, frame: &Arc<String>) -> bool {
-        if !queue_admits(self.queued.load(Ordering::SeqCst), frame.len()) {
+        if !queue_admits(self.frames.len(), self.queued.load(Ordering::SeqCst), frame.len()) {
             return false;
         }
         // Counted before it is sent, so the socket never takes more than was counted.
         self.queued.fetch_add(frame.len(), Ordering::SeqCst);
-        self.frames.try_send(frame.clone()).is_ok()
+        self.frames.send(frame.clone()).is_ok()
     }
 }
 
-/// Whether a frame of `len` bytes may join a socket queue holding `queued` bytes.
-fn queue_admits(queued: usize, len: usize) -> bool {
-    queued == 0 || queued.saturating_add(len) <= SOCKET_QUEUE_BYTES
+/// Whether a frame of `len` bytes may join a socket queue holding `frames` frames of
+/// `queued` bytes in all.
+fn queue_admits(frames: usize, queued: usize, len: usize) -> bool {
+    frames < SOCKET_QUEUE && (queued == 0 || queued.saturating_add(len) <= SOCKET_QUEUE_BYTES)
 }
 
 /// The socket thread's end of its queue.
@@ -568,7 +574,7 @@ impl Hub {
     fn connect(&mut self, sid: &str) -> (u64, SocketQueue) {
         self.next_socket += 1;
         let id = self.next_socket;
-        let (tx, rx) = crossbeam_channel::bounded(SOCKET_QUEUE);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
         let sender = SocketSender { id, frames: tx, queued: queued.clone() };
         let browser = self.browser(sid);
@@ -1094,8 +1100,9 @@ impl Drop for Registration<'_> {
 
 pub(crate) fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        // Its read buffer is filled with zeros to its size, per tab: kept as small as a chunk.
-        .read_buffer_size(READ_CHUNK)
+        // Its read buffer is filled with zeros to its size, per tab: small, as chat frames are
+        // (a longer frame reserves its own length anyway).
+        .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
@@ -1151,7 +1158,9 @@ fn spawn_reader(stream: TcpStream) -> io::Result<Receiver<Vec<u8>>> {
     let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
     std::thread::Builder::new().name("webchat-read".into()).stack_size(64 * 1024).spawn(move || {
         let mut stream = stream;
-        let mut buf = vec![0u8; READ_CHUNK];
+        // On this thread's stack, not the heap: its pages go when the thread ends, instead of
+        // staying in the heap between longer-lived allocations.
+        let mut buf = [0u8; READ_CHUNK];
         loop {
             match stream.read(&mut buf) {
                 Ok(0) => return,
@@ -1942,17 +1951,19 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_queue_admits_by_bytes() {
+    fn a_socket_queue_admits_by_frames_and_bytes() {
         let table = [
-            (0, 1, true),
-            (0, SOCKET_QUEUE_BYTES * 4, true), // one frame always fits an empty queue
-            (1, SOCKET_QUEUE_BYTES - 1, true),
-            (1, SOCKET_QUEUE_BYTES, false),
-            (SOCKET_QUEUE_BYTES, 1, false),
-            (usize::MAX, 1, false),
+            (0, 0, 1, true),
+            (0, 0, SOCKET_QUEUE_BYTES * 4, true), // one frame always fits an empty queue
+            (1, 1, SOCKET_QUEUE_BYTES - 1, true),
+            (1, 1, SOCKET_QUEUE_BYTES, false),
+            (1, SOCKET_QUEUE_BYTES, 1, false),
+            (1, usize::MAX, 1, false),
+            (SOCKET_QUEUE - 1, 100, 1, true),
+            (SOCKET_QUEUE, 100, 1, false),
         ];
-        for (queued, len, admitted) in table {
-            assert_eq!(queue_admits(queued, len), admitted, "{queued} queued, a frame of {len}");
+        for (frames, queued, len, admitted) in table {
+            assert_eq!(queue_admits(frames, queued, len), admitted, "{frames} frames of {queued} bytes, one of {len}");
         }
     }
 
@@ -1970,6 +1981,7 @@ mod tests {
 
         // A socket that does not drain its queue is dropped once the queue is full.
         let (_, slow) = hub.connect(&a);
+        assert_eq!(slow.frames.capacity(), None, "no slots allocated up front: the queue grows as frames come");
         for i in 0..SOCKET_QUEUE {
             hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: format!("{i}") }, 0);
         }
