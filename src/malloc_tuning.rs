@@ -12,9 +12,9 @@
 //! 8.5 and 8.5 MiB with these settings, for the same CPU per message. Each thread also keeps
 //! a cache (tcache) of up to seven freed chunks of every small size, and with a thread per
 //! web chat socket those cached chunks, scattered through the heap, keep its pages: without
-//! the cache, RSS after the 10,000 messages went from 7.4 to 6.7–6.9 MiB (bench/bench.rs, 30
-//! browsers; three or four runs of each, the same CPU per message within the noise). musl's allocator returns freed memory by itself: static musl
-//! builds do not restart.
+//! the cache, RSS after the 10,000 messages is 6.4–6.6 MiB instead of 7.0 (same build, three
+//! runs each way, the same CPU per message within the noise). musl's allocator returns freed
+//! memory by itself: static musl builds do not restart.
 //!
 //! `#![forbid(unsafe_code)]` rules out `mallopt`, and glibc reads its tunables before `main`,
 //! hence the restart. `TETHER_MALLOC=default` keeps glibc's defaults (no restart: a profiler
