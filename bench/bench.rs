@@ -88,6 +88,9 @@ fn main() {
     warm.round_trip("warm up");
     std::thread::sleep(Duration::from_secs(2));
     print_memory("memory at start", pid);
+    if knob("BENCH_SMAPS", 0) != 0 {
+        println!("  threads: {}", thread_names(pid));
+    }
     let (start_rss, _, _) = memory(pid);
 
     // Idle CPU: on-CPU time of every thread (ns, from schedstat) over a short idle spell.
@@ -394,4 +397,27 @@ fn thread_cpu_ns(pid: u32) -> u64 {
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
         .sum()
+}
+
+/// The process's threads by name, and how many of each, for BENCH_SMAPS=1.
+fn thread_names(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return String::new() };
+    let mut names: Vec<String> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    names.sort();
+    let mut counted: Vec<(String, usize)> = Vec::new();
+    for name in names {
+        match counted.last_mut() {
+            Some((last, n)) if *last == name => *n += 1,
+            _ => counted.push((name, 1)),
+        }
+    }
+    counted
+        .iter()
+        .map(|(name, n)| if *n > 1 { format!("{name} ×{n}") } else { name.clone() })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -397,15 +397,20 @@ pub(crate) enum LinesEnd {
 /// Read newline-terminated lines of at most `max` bytes, never holding more than that; stop
 /// at EOF, on a read error, when the consumer says so, or at an overlong line as `overlong`
 /// says.
+/// The pipe buffer of a reader of lines up to `max` bytes. Each reader keeps it for good,
+/// and a long answer touches all of it: 16 KiB reads a 2 MB line in 128 calls (64 KiB kept
+/// 48 KiB more resident after one), and short lines (stderr's) need no more than 4 KiB.
+fn read_buffer_size(max: usize) -> usize {
+    max.clamp(4 * 1024, 16 * 1024)
+}
+
 pub(crate) fn read_lines(
     pipe: impl std::io::Read,
     max: usize,
     overlong: Overlong,
     mut each: impl FnMut(String) -> bool,
 ) -> LinesEnd {
-    // Each reader keeps its buffer for good, and a long answer touches all of it: 16 KiB
-    // reads a 2 MB line in 128 calls, and short lines (stderr's) need no more than 4 KiB.
-    let mut reader = BufReader::with_capacity(max.clamp(4 * 1024, 16 * 1024), pipe);
+    let mut reader = BufReader::with_capacity(read_buffer_size(max), pipe);
     let mut buf: Vec<u8> = Vec::new();
     let mut skipping = false;
     loop {
@@ -479,6 +484,12 @@ fn command_line(spec: &AgentSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_readers_keep_small_buffers() {
+        assert_eq!(read_buffer_size(MAX_LINE), 16 * 1024);
+        assert_eq!(read_buffer_size(MAX_STDERR_LINE), 4 * 1024);
+    }
 
     #[test]
     fn the_queue_from_the_agent_preallocates_little() {
