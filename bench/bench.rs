@@ -88,6 +88,10 @@ fn main() {
     warm.round_trip("warm up");
     std::thread::sleep(Duration::from_secs(2));
     print_memory("memory at start", pid);
+    if knob("BENCH_SMAPS", 0) != 0 {
+        println!("  threads: {}", thread_names(pid));
+    }
+    let (start_rss, _, _) = memory(pid);
 
     // Idle CPU: on-CPU time of every thread (ns, from schedstat) over a short idle spell.
     let before = thread_cpu_ns(pid);
@@ -152,7 +156,7 @@ fn main() {
 
     // One 2 MB answer.
     if knob("BENCH_HUGE", 1) != 0 {
-        huge_answer(&mut warm, pid);
+        huge_answer(&mut warm, pid, start_rss);
     }
     drop(warm);
     // A graceful stop (SIGTERM), so that a profiler around tether writes its data.
@@ -161,14 +165,23 @@ fn main() {
     println!("bench took {:.0} s", bench_start.elapsed().as_secs_f64());
 }
 
-/// One 2 MB answer through the web chat, and the memory after it.
-fn huge_answer(warm: &mut WebClient, pid: u32) {
+/// One 2 MB answer through the web chat, and the memory after it: compared with just before
+/// it and with the start (the goal: back within 1 MiB of the start).
+fn huge_answer(warm: &mut WebClient, pid: u32, start_rss: u64) {
+    let (before, _, _) = memory(pid);
     let start = Instant::now();
     let answer = warm.round_trip("huge");
     println!("2 MB answer: {} characters through the web chat in {:.0} ms", answer.len(), ms(start.elapsed()));
     print_memory("memory right after the 2 MB answer", pid);
     std::thread::sleep(Duration::from_secs(3));
     print_memory("memory 3 s after the 2 MB answer", pid);
+    let (after, _, _) = memory(pid);
+    let mib = |a: u64, b: u64| (a as f64 - b as f64) / 1024.0;
+    println!(
+        "  3 s after the 2 MB answer: {:+.2} MiB over just before it, {:+.2} MiB over the start",
+        mib(after, before),
+        mib(after, start_rss)
+    );
 }
 
 /// Telegram, `users` chats, each sending its next message when its answer arrives. Returns
@@ -384,4 +397,27 @@ fn thread_cpu_ns(pid: u32) -> u64 {
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
         .sum()
+}
+
+/// The process's threads by name, and how many of each, for BENCH_SMAPS=1.
+fn thread_names(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return String::new() };
+    let mut names: Vec<String> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    names.sort();
+    let mut counted: Vec<(String, usize)> = Vec::new();
+    for name in names {
+        match counted.last_mut() {
+            Some((last, n)) if *last == name => *n += 1,
+            _ => counted.push((name, 1)),
+        }
+    }
+    counted
+        .iter()
+        .map(|(name, n)| if *n > 1 { format!("{name} ×{n}") } else { name.clone() })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -98,6 +98,16 @@ mod sessions_file {
     }
 }
 
+/// The core's queues are bounded, so a flood waits at its source (a poller, the agent's
+/// reader), and small, because a bounded channel allocates every slot up front, each the
+/// size of its largest event (1024 slots of the first two cost 0.43 MiB of idle memory, 256
+/// of them 120 KiB): the core takes events as fast as they come, so a few dozen waiting is
+/// already a flood.
+const AGENT_EVENT_QUEUE: usize = 64;
+const INBOUND_QUEUE: usize = 64;
+/// Finished `git worktree add`s: one per `/new` naming a worktree, so rarely more than one.
+const WORKTREE_QUEUE: usize = 8;
+
 /// How often health is looked at and `status.json` refreshed when something changed.
 const STATUS_TICK: Duration = Duration::from_secs(1);
 /// `status.json` is rewritten at least this often, so a stuck service shows.
@@ -153,11 +163,9 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         .map_or(health::DEFAULT_UNHEALTHY_AFTER, Duration::from_millis);
     log::info!(target: "tether", "starting {} channel(s): {}", names.len(), names.join(", "));
 
-    // Bounded, so a flood waits at its source; small, because a bounded channel allocates every
-    // slot up front (1024 slots of these cost 0.43 MiB of idle memory).
-    let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(256);
-    let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
-    let (worktree_tx, worktree_rx) = bounded::<Event>(64);
+    let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(AGENT_EVENT_QUEUE);
+    let (inbound_tx, inbound_rx) = bounded::<Inbound>(INBOUND_QUEUE);
+    let (worktree_tx, worktree_rx) = bounded::<Event>(WORKTREE_QUEUE);
     let (control_tx, control_rx) = bounded::<ControlRequest>(16);
     let (control, mcp_offer) = start_control(&options, control_tx);
     let access = access_watcher(&options.home, &config);
@@ -1175,4 +1183,19 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
         )));
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn the_core_queues_preallocate_little() {
+        // crossbeam's array channel: every slot holds a stamp and the largest event.
+        let slot = |size: usize| size + std::mem::size_of::<usize>();
+        let preallocated = AGENT_EVENT_QUEUE * slot(std::mem::size_of::<(String, AgentEvent)>())
+            + INBOUND_QUEUE * slot(std::mem::size_of::<Inbound>())
+            + WORKTREE_QUEUE * slot(std::mem::size_of::<Event>());
+        assert!(preallocated <= 40 * 1024, "{preallocated} bytes allocated at start for queues that are mostly empty");
+    }
 }

@@ -36,6 +36,10 @@ pub struct BlockStreamer {
     deadline: Option<Instant>,
 }
 
+/// Bytes of buffer behind a forced cut, per `max_chars` (see [`BlockStreamer::push`]):
+/// eight windows of four-byte characters.
+const LOOKAHEAD_PER_CHAR: usize = 32;
+
 fn u16_len(text: &str) -> usize {
     text.encode_utf16().count()
 }
@@ -63,10 +67,26 @@ impl BlockStreamer {
         if delta.is_empty() {
             return out;
         }
-        self.buf.push_str(delta);
-        // 1. Force split while the buffer is at least max_chars.
-        while u16_len(&self.buf) >= self.config.max_chars.max(1) {
-            self.force_split(&mut out);
+        // 1. Force split while the buffer is at least max_chars. Each cut reads the whole
+        // buffer (its length, its fences) and moves what remains, so a long delta goes in
+        // by pieces that keep the buffer within `lookahead` bytes: a 2 MB delta in one piece
+        // took 2,000 passes over megabytes. A cut looks at the first max_chars and the fences
+        // around them; what lies `lookahead` bytes further does not change it.
+        let max = self.config.max_chars.max(1);
+        let lookahead = max.saturating_mul(LOOKAHEAD_PER_CHAR);
+        let mut rest = delta;
+        while !rest.is_empty() {
+            let mut take = rest.len().min(lookahead.saturating_sub(self.buf.len()).max(lookahead / 2));
+            while !rest.is_char_boundary(take) {
+                take += 1;
+            }
+            let (piece, after) = rest.split_at(take);
+            self.buf.push_str(piece);
+            rest = after;
+            // Cut while a full lookahead waits behind the cut, then to below max_chars at the end.
+            while u16_len(&self.buf) >= max && (rest.is_empty() || self.buf.len() >= lookahead) {
+                self.force_split(&mut out);
+            }
         }
         // 2. Paragraph emit at the last blank line outside code, if far enough in.
         if u16_len(&self.buf) >= self.config.min_chars
@@ -292,6 +312,58 @@ pub(crate) mod tests {
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
+    }
+
+    /// Single lines, fences (some long enough to be cut inside), multi-byte characters; no
+    /// blank line, so only forced cuts happen and they must not depend on how the text came.
+    fn long_answer(bytes: usize) -> String {
+        let mut text = String::new();
+        let mut n = 0;
+        while text.len() < bytes {
+            n += 1;
+            text.push_str(&format!("line {n}: some words, ünïcödé and 🙂 emoji\n"));
+            if n % 40 == 0 {
+                text.push_str("```rust\n");
+                for k in 0..(n % 120) {
+                    text.push_str(&format!("let x{k} = {k}; // code\n"));
+                }
+                text.push_str("```\n");
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn one_huge_delta_is_cut_like_small_deltas_and_quickly() {
+        let text = long_answer(300_000);
+        let now = Instant::now();
+        let mut whole = streamer(400, 1000, 0);
+        let mut one = whole.push(&text, now);
+        one.extend(whole.finish());
+        let mut pieces = streamer(400, 1000, 0);
+        let mut many = Vec::new();
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut at = rest.len().min(997);
+            while !rest.is_char_boundary(at) {
+                at += 1;
+            }
+            many.extend(pieces.push(&rest[..at], now));
+            rest = &rest[at..];
+        }
+        many.extend(pieces.finish());
+        assert_eq!(one.len(), many.len());
+        assert!(one == many, "the blocks differ");
+
+        // 2 MB in one delta: linear, not 2,000 passes over the whole buffer (that took 38 s
+        // in a debug build; this takes well under one).
+        let text = long_answer(2_000_000);
+        let mut s = streamer(400, 1000, 0);
+        let started = Instant::now();
+        let blocks = s.push(&text, now);
+        assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+        assert!(blocks.len() > 1500, "{}", blocks.len());
+        assert!(u16_len(s.buffered()) < 1000);
     }
 
     #[test]

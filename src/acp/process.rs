@@ -58,6 +58,10 @@ const MAX_STDERR_LINE: usize = 2000;
 /// unbounded channel: a `bounded` one would allocate every slot up front (128 KiB of memory
 /// held from the start for a queue that is almost always empty).
 const STDIN_QUEUE: usize = 4096;
+/// Lines read from the agent (stdout and stderr) waiting for the connection thread; a full
+/// queue stops the readers, so the agent waits on its pipe. Small: a bounded channel
+/// allocates its slots up front, and the connection thread takes each line at once.
+const FROM_AGENT_QUEUE: usize = 64;
 
 /// Events flow to the core tagged with the agent's name.
 pub type AgentEvents = Sender<(String, AgentEvent)>;
@@ -109,7 +113,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     };
     log::info!(target: "acp", "started agent \"{}\" (`{}`, pid {pid})", spec.name, command_line(&spec));
 
-    let (from_agent_tx, from_agent_rx) = bounded::<FromAgent>(256);
+    let (from_agent_tx, from_agent_rx) = bounded::<FromAgent>(FROM_AGENT_QUEUE);
     let (write_tx, write_rx) = unbounded::<String>();
     let (requests_tx, requests_rx) = unbounded::<AgentRequest>();
 
@@ -393,14 +397,20 @@ pub(crate) enum LinesEnd {
 /// Read newline-terminated lines of at most `max` bytes, never holding more than that; stop
 /// at EOF, on a read error, when the consumer says so, or at an overlong line as `overlong`
 /// says.
+/// The pipe buffer of a reader of lines up to `max` bytes. Each reader keeps it for good,
+/// and a long answer touches all of it: 16 KiB reads a 2 MB line in 128 calls (64 KiB kept
+/// 48 KiB more resident after one), and short lines (stderr's) need no more than 4 KiB.
+fn read_buffer_size(max: usize) -> usize {
+    max.clamp(4 * 1024, 16 * 1024)
+}
+
 pub(crate) fn read_lines(
     pipe: impl std::io::Read,
     max: usize,
     overlong: Overlong,
     mut each: impl FnMut(String) -> bool,
 ) -> LinesEnd {
-    // Short lines (stderr's) need no 64 KiB buffer; each reader keeps its own for good.
-    let mut reader = BufReader::with_capacity(max.clamp(4 * 1024, 64 * 1024), pipe);
+    let mut reader = BufReader::with_capacity(read_buffer_size(max), pipe);
     let mut buf: Vec<u8> = Vec::new();
     let mut skipping = false;
     loop {
@@ -474,6 +484,18 @@ fn command_line(spec: &AgentSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_readers_keep_small_buffers() {
+        assert_eq!(read_buffer_size(MAX_LINE), 16 * 1024);
+        assert_eq!(read_buffer_size(MAX_STDERR_LINE), 4 * 1024);
+    }
+
+    #[test]
+    fn the_queue_from_the_agent_preallocates_little() {
+        let slot = std::mem::size_of::<FromAgent>() + std::mem::size_of::<usize>();
+        assert!(FROM_AGENT_QUEUE * slot <= 4096, "{} bytes allocated per agent at start", FROM_AGENT_QUEUE * slot);
+    }
 
     #[test]
     fn the_stdin_queue_is_bounded_without_preallocating() {

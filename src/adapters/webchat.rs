@@ -95,7 +95,9 @@ const MAX_UPLOAD: usize = 5 * 1024 * 1024;
 /// Largest WebSocket message: a base64 attachment plus its JSON.
 pub(crate) const MAX_WS_MESSAGE: usize = 8 * 1024 * 1024;
 /// Frames waiting for one socket; a socket that falls this far behind is dropped (the page
-/// reconnects and gets the history).
+/// reconnects and gets the history). Counted on an unbounded channel ([`queue_admits`]): a
+/// `bounded` one allocates every slot when the socket opens (4 KiB per tab, for a queue that
+/// is almost always empty).
 const SOCKET_QUEUE: usize = 256;
 /// Bytes of frames waiting for one socket, the same way: one browser that stops reading while
 /// long answers stream would otherwise hold up to [`SOCKET_QUEUE`] of them. A frame always
@@ -108,6 +110,9 @@ const SOCKET_WAIT: Duration = Duration::from_millis(250);
 /// Bytes a socket's reader thread takes from the connection at a time.
 /// Small: every open tab has one, and chat frames are short (an upload takes more reads).
 const READ_CHUNK: usize = 4 * 1024;
+/// tungstenite's read buffer per tab: it holds the frame being parsed, and grows to a longer
+/// frame's length by itself.
+const WS_READ_BUFFER: usize = 1024;
 /// Chunks a reader forwards ahead of its socket thread (back-pressure beyond that).
 const READ_AHEAD_CHUNKS: usize = 4;
 const PING_EVERY: Duration = Duration::from_secs(25);
@@ -363,23 +368,37 @@ enum Speaker {
     Agent,
 }
 
-/// One finished message, as the page shows it and the history keeps it. Boxed strings and
-/// slices, not `String`s and `Vec`s: a full history holds 100 of these per browser, and each
-/// `Box` is 8 bytes smaller.
+/// One finished message, as the page shows it and the history keeps it. Small: a full
+/// history holds 100 of these per browser (56 bytes each, 104 when every field was inline).
+/// Boxed strings, not `String`s (8 bytes smaller, and no spare capacity kept), and what
+/// few messages have in one optional box.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct Entry {
     id: Box<str>,
     from: Speaker,
-    text: String,
+    text: Box<str>,
+    ts: u64,
+    #[serde(flatten)]
+    extra: Option<Box<EntryExtra>>,
+}
+
+/// The rarer parts of an [`Entry`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct EntryExtra {
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<Box<str>>,
-    ts: u64,
     /// Choices under a question (a permission request); gone once it is answered.
     #[serde(skip_serializing_if = "<[Button]>::is_empty")]
     buttons: Box<[Button]>,
     /// The core's name for this message, for a later edit.
     #[serde(skip)]
     key: Option<Box<str>>,
+}
+
+impl Entry {
+    fn key(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|extra| extra.key.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -507,18 +526,19 @@ struct SocketSender {
 impl SocketSender {
     /// Queue `frame`; false when the socket has fallen behind (by frames or bytes) or is gone.
     fn offer(&self, frame: &Arc<String>) -> bool {
-        if !queue_admits(self.queued.load(Ordering::SeqCst), frame.len()) {
+        if !queue_admits(self.frames.len(), self.queued.load(Ordering::SeqCst), frame.len()) {
             return false;
         }
         // Counted before it is sent, so the socket never takes more than was counted.
         self.queued.fetch_add(frame.len(), Ordering::SeqCst);
-        self.frames.try_send(frame.clone()).is_ok()
+        self.frames.send(frame.clone()).is_ok()
     }
 }
 
-/// Whether a frame of `len` bytes may join a socket queue holding `queued` bytes.
-fn queue_admits(queued: usize, len: usize) -> bool {
-    queued == 0 || queued.saturating_add(len) <= SOCKET_QUEUE_BYTES
+/// Whether a frame of `len` bytes may join a socket queue holding `frames` frames of
+/// `queued` bytes in all.
+fn queue_admits(frames: usize, queued: usize, len: usize) -> bool {
+    frames < SOCKET_QUEUE && (queued == 0 || queued.saturating_add(len) <= SOCKET_QUEUE_BYTES)
 }
 
 /// The socket thread's end of its queue.
@@ -607,7 +627,7 @@ impl Hub {
     fn connect(&mut self, sid: &str) -> (u64, SocketQueue) {
         self.next_socket += 1;
         let id = self.next_socket;
-        let (tx, rx) = crossbeam_channel::bounded(SOCKET_QUEUE);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
         let sender = SocketSender { id, frames: tx, queued: queued.clone() };
         let browser = self.browser(sid);
@@ -631,11 +651,11 @@ impl Hub {
         let entry = Entry {
             id: id.clone().into(),
             from: Speaker::You,
-            text: text.to_string(),
-            file: file.map(String::into_boxed_str),
+            text: text.into(),
             ts,
-            buttons: Box::default(),
-            key: None,
+            extra: file.map(|file| {
+                Box::new(EntryExtra { file: Some(file.into_boxed_str()), buttons: Box::default(), key: None })
+            }),
         };
         let browser = self.browser(sid);
         broadcast(browser, ServerFrame::Message(&entry).to_frame());
@@ -665,11 +685,9 @@ impl Hub {
                 let entry = Entry {
                     id: self.new_id().into(),
                     from: Speaker::Agent,
-                    text,
-                    file: None,
+                    text: text.into_boxed_str(),
                     ts,
-                    buttons: buttons.collect(),
-                    key: Some(key.into()),
+                    extra: Some(Box::new(EntryExtra { file: None, buttons: buttons.collect(), key: Some(key.into()) })),
                 };
                 let browser = self.browser(&chat.chat_id);
                 broadcast(browser, ServerFrame::Message(&entry).to_frame());
@@ -679,15 +697,17 @@ impl Hub {
                 if self
                     .browsers
                     .get(&chat.chat_id)
-                    .is_some_and(|b| b.history.iter().any(|e| e.key.as_deref() == Some(key.as_str()))) =>
+                    .is_some_and(|b| b.history.iter().any(|e| e.key() == Some(key.as_str()))) =>
             {
                 let browser = self.browser(&chat.chat_id);
-                let Some(entry) = browser.history.iter_mut().find(|e| e.key.as_deref() == Some(key.as_str())) else {
+                let Some(entry) = browser.history.iter_mut().find(|e| e.key() == Some(key.as_str())) else {
                     return;
                 };
                 let frame = ServerFrame::Edit { id: &entry.id, text: &text }.to_frame();
-                entry.text = cut_for_history(text);
-                entry.buttons = Box::default();
+                entry.text = cut_for_history(text).into_boxed_str();
+                if let Some(extra) = &mut entry.extra {
+                    extra.buttons = Box::default();
+                }
                 broadcast(browser, frame);
                 browser.history_bytes = browser.history.iter().map(entry_bytes).sum();
             }
@@ -697,11 +717,9 @@ impl Hub {
                 let entry = Entry {
                     id: self.new_id().into(),
                     from: Speaker::Agent,
-                    text,
-                    file: None,
+                    text: text.into_boxed_str(),
                     ts,
-                    buttons: Box::default(),
-                    key: None,
+                    extra: None,
                 };
                 let browser = self.browser(&chat.chat_id);
                 browser.draft = None;
@@ -737,7 +755,7 @@ impl Hub {
 /// Keep `entry` in the browser's history, within [`HISTORY_LIMIT`] messages and
 /// [`HISTORY_BYTES`] bytes (a message longer than [`HISTORY_ENTRY_BYTES`] is kept cut).
 fn push_history(browser: &mut Browser, mut entry: Entry) {
-    entry.text = cut_for_history(entry.text);
+    entry.text = cut_for_history(std::mem::take(&mut entry.text).into_string()).into_boxed_str();
     if browser.history.len() >= HISTORY_LIMIT
         && let Some(old) = browser.history.pop_front()
     {
@@ -774,9 +792,11 @@ fn cut_for_history(mut text: String) -> String {
 fn entry_bytes(entry: &Entry) -> usize {
     entry.text.len()
         + entry.id.len()
-        + entry.file.as_deref().map_or(0, str::len)
-        + entry.buttons.iter().map(|b| b.label.len() + b.data.len()).sum::<usize>()
-        + entry.key.as_deref().map_or(0, str::len)
+        + entry.extra.as_deref().map_or(0, |extra| {
+            extra.file.as_deref().map_or(0, str::len)
+                + extra.buttons.iter().map(|b| b.label.len() + b.data.len()).sum::<usize>()
+                + extra.key.as_deref().map_or(0, str::len)
+        })
 }
 
 /// Cut `text` to at most `max` bytes, on a character boundary.
@@ -1133,8 +1153,9 @@ impl Drop for Registration<'_> {
 
 pub(crate) fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        // Its read buffer is filled with zeros to its size, per tab: kept as small as a chunk.
-        .read_buffer_size(READ_CHUNK)
+        // Its read buffer is filled with zeros to its size, per tab: small, as chat frames are
+        // (a longer frame reserves its own length anyway).
+        .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
@@ -1190,7 +1211,9 @@ fn spawn_reader(stream: TcpStream) -> io::Result<Receiver<Vec<u8>>> {
     let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
     std::thread::Builder::new().name("webchat-read".into()).stack_size(64 * 1024).spawn(move || {
         let mut stream = stream;
-        let mut buf = vec![0u8; READ_CHUNK];
+        // On this thread's stack, not the heap: its pages go when the thread ends, instead of
+        // staying in the heap between longer-lived allocations.
+        let mut buf = [0u8; READ_CHUNK];
         loop {
             match stream.read(&mut buf) {
                 Ok(0) => return,
@@ -1988,8 +2011,8 @@ mod tests {
         assert_eq!(hub.browsers[&a].draft, None, "the answer replaced the draft");
         let kept = &hub.browsers[&a].history.back().unwrap().text;
         assert!(kept.len() < HISTORY_ENTRY_BYTES + 200, "kept {} bytes", kept.len());
-        // Not only cut but reallocated: the history holds no 2 MB buffer.
-        assert!(kept.capacity() < HISTORY_ENTRY_BYTES + 200, "kept a buffer of {} bytes", kept.capacity());
+        // Not only cut but reallocated: the history holds no 2 MB buffer (a `Box<str>` has
+        // no spare capacity).
         assert!(kept.starts_with(&"é".repeat(100)));
         assert!(kept.ends_with("the whole message had 1000000 characters)"), "{}", &kept[kept.len() - 100..]);
         // Many medium messages: the oldest go once the bytes pass the budget.
@@ -2004,17 +2027,40 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_queue_admits_by_bytes() {
+    fn a_history_entry_is_small_and_its_frame_unchanged() {
+        assert!(std::mem::size_of::<Entry>() <= 56, "{} bytes, times 100 per browser", std::mem::size_of::<Entry>());
+        let plain = Entry { id: "b-1".into(), from: Speaker::Agent, text: "hi".into(), ts: 7, extra: None };
+        assert_eq!(
+            serde_json::to_value(ServerFrame::Message(&plain)).unwrap(),
+            serde_json::json!({"type": "message", "id": "b-1", "from": "agent", "text": "hi", "ts": 7})
+        );
+        let extra = EntryExtra {
+            file: Some("a.png".into()),
+            buttons: vec![Button { label: "Allow".into(), data: "p:1".into() }].into(),
+            key: Some("k".into()),
+        };
+        let full = Entry { extra: Some(Box::new(extra)), ..plain };
+        assert_eq!(
+            serde_json::to_value(ServerFrame::Message(&full)).unwrap(),
+            serde_json::json!({"type": "message", "id": "b-1", "from": "agent", "text": "hi", "ts": 7,
+                "file": "a.png", "buttons": [{"label": "Allow", "data": "p:1"}]})
+        );
+    }
+
+    #[test]
+    fn a_socket_queue_admits_by_frames_and_bytes() {
         let table = [
-            (0, 1, true),
-            (0, SOCKET_QUEUE_BYTES * 4, true), // one frame always fits an empty queue
-            (1, SOCKET_QUEUE_BYTES - 1, true),
-            (1, SOCKET_QUEUE_BYTES, false),
-            (SOCKET_QUEUE_BYTES, 1, false),
-            (usize::MAX, 1, false),
+            (0, 0, 1, true),
+            (0, 0, SOCKET_QUEUE_BYTES * 4, true), // one frame always fits an empty queue
+            (1, 1, SOCKET_QUEUE_BYTES - 1, true),
+            (1, 1, SOCKET_QUEUE_BYTES, false),
+            (1, SOCKET_QUEUE_BYTES, 1, false),
+            (1, usize::MAX, 1, false),
+            (SOCKET_QUEUE - 1, 100, 1, true),
+            (SOCKET_QUEUE, 100, 1, false),
         ];
-        for (queued, len, admitted) in table {
-            assert_eq!(queue_admits(queued, len), admitted, "{queued} queued, a frame of {len}");
+        for (frames, queued, len, admitted) in table {
+            assert_eq!(queue_admits(frames, queued, len), admitted, "{frames} frames of {queued} bytes, one of {len}");
         }
     }
 
@@ -2027,11 +2073,12 @@ mod tests {
         }
         let history = &hub.browsers[&a].history;
         assert_eq!(history.len(), HISTORY_LIMIT);
-        assert_eq!(history.front().unwrap().text, "m20");
+        assert_eq!(&*history.front().unwrap().text, "m20");
         assert_eq!(history.capacity(), HISTORY_LIMIT, "room for no more than the limit");
 
         // A socket that does not drain its queue is dropped once the queue is full.
         let (_, slow) = hub.connect(&a);
+        assert_eq!(slow.frames.capacity(), None, "no slots allocated up front: the queue grows as frames come");
         for i in 0..SOCKET_QUEUE {
             hub.deliver(Outbound::Draft { chat: chat_ref(&a), text: format!("{i}") }, 0);
         }
