@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::fake_telegram::{FakeTelegram, Fault, TOKEN, unix_now};
-use crate::support::{Service, TempDir, captured_demo_agent, demo_agent, read_status, run_tether, wait_until};
+use crate::support::{
+    Service, TempDir, captured_demo_agent, demo_agent, journal_pending, read_status, run_tether, wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -39,13 +41,6 @@ fn channel_status(home: &Path) -> Value {
     read_status(home).map(|s| s["channels"]["phone"].clone()).unwrap_or(Value::Null)
 }
 
-fn journal_pending(home: &Path) -> usize {
-    let text = std::fs::read_to_string(home.join("journal/phone.jsonl")).unwrap_or_default();
-    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let added = lines.iter().filter(|l| l.get("m").is_some()).count();
-    added - lines.iter().filter(|l| l.get("done").is_some()).count()
-}
-
 #[test]
 fn kill_9_during_a_turn_then_restart_answers_exactly_once() {
     let fake = FakeTelegram::start();
@@ -57,7 +52,7 @@ fn kill_9_during_a_turn_then_restart_answers_exactly_once() {
     assert!(fake.next_call("sendChatAction", WAIT).is_some(), "log:\n{}", service.log());
     service.kill_hard();
     assert!(texts_to(&fake, 111).is_empty(), "answered before the kill: {:?}", texts_to(&fake, 111));
-    assert_eq!(journal_pending(home.path()), 1, "the message is journaled and unanswered");
+    assert_eq!(journal_pending(home.path(), "phone"), 1, "the message is journaled and unanswered");
 
     let service = Service::start(&home, &[]);
     let answer = fake.next_text_to(111, WAIT);
@@ -65,7 +60,7 @@ fn kill_9_during_a_turn_then_restart_answers_exactly_once() {
     // Nothing more comes: not from the journal, not from Telegram sending it again.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(texts_to(&fake, 111).len(), 1, "{:?}", texts_to(&fake, 111));
-    assert!(wait_until(WAIT, || journal_pending(home.path()) == 0), "still pending after the answer");
+    assert!(wait_until(WAIT, || journal_pending(home.path(), "phone") == 0), "still pending after the answer");
     assert!(service.log().contains("processing 1 journaled message(s)"), "{}", service.log());
 }
 
@@ -90,7 +85,7 @@ fn messages_sent_while_down_are_answered_and_old_ones_get_a_notice() {
     // The stranger's old message got nothing, and the agent never saw the old question.
     assert!(texts_to(&fake, 999).is_empty());
     assert!(!texts.iter().any(|t| t == "echo: ancient question"));
-    assert!(wait_until(WAIT, || journal_pending(home.path()) == 0));
+    assert!(wait_until(WAIT, || journal_pending(home.path(), "phone") == 0));
     // Telegram's backlog was confirmed, and the offset saved for the next start.
     assert!(wait_until(WAIT, || fake.unconfirmed() == 0));
     let offset: Value =
@@ -227,7 +222,7 @@ fn stop_within_five_seconds_keeps_the_unanswered_turn_for_the_next_start() {
     assert!(!home.path().join("service.pid").exists());
     assert_eq!(read_status(home.path()).unwrap()["state"], "stopped");
     assert!(service.log().contains("SIGTERM: shutting down"), "{}", service.log());
-    assert_eq!(journal_pending(home.path()), 1);
+    assert_eq!(journal_pending(home.path(), "phone"), 1);
     // Stopping again, and status, say nothing runs.
     let out = run_tether(&["stop"], home.path());
     assert_eq!(out.status.code(), Some(0));

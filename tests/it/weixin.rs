@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use crate::support::fake_ilink::{API_PREFIX, BOT_ID, FakeIlink, Fault, KeyForm, OWNER, REDIRECT_PREFIX, TOKEN};
 use crate::support::{
-    Service, TempDir, captured_demo_agent, demo_agent, read_status, run_tether, run_tether_with_input, wait_until,
+    Service, TempDir, captured_demo_agent, demo_agent, journal_pending, read_status, run_tether, run_tether_with_input,
+    wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -131,13 +132,6 @@ fn logged_in(fake: &FakeIlink, label: &str, agent: Value, extra: Value) -> TempD
     home
 }
 
-fn journal_pending(home: &TempDir) -> usize {
-    let text = std::fs::read_to_string(home.path().join("journal/wx.jsonl")).unwrap_or_default();
-    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let added = lines.iter().filter(|l| l.get("m").is_some()).count();
-    added - lines.iter().filter(|l| l.get("done").is_some()).count()
-}
-
 #[test]
 fn a_dm_is_answered_with_its_context_token_while_typing_shows() {
     let fake = FakeIlink::start();
@@ -199,7 +193,7 @@ fn no_message_is_lost_or_repeated_and_tokens_survive_a_restart() {
     service.signal("TERM");
     drop(service);
     assert_eq!(fake.texts_to(OWNER).len(), 1, "answered before the stop: {:?}", fake.texts_to(OWNER));
-    assert_eq!(journal_pending(&home), 1, "the slow message waits in the journal");
+    assert_eq!(journal_pending(home.path(), "wx"), 1, "the slow message waits in the journal");
     let cursor: Value =
         serde_json::from_str(&std::fs::read_to_string(home.path().join("wx-weixin-cursor.json")).unwrap()).unwrap();
     assert_eq!(cursor["cursor"], "Y3Vy2", "{cursor}");
@@ -221,7 +215,7 @@ fn no_message_is_lost_or_repeated_and_tokens_survive_a_restart() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(fake.texts_to(OWNER).len(), 3, "{texts:?}");
     assert_eq!(texts[2], "echo: after the restart");
-    assert!(wait_until(WAIT, || journal_pending(&home) == 0));
+    assert!(wait_until(WAIT, || journal_pending(home.path(), "wx") == 0));
     assert!(service.log().contains("resuming from the saved cursor"), "{}", service.log());
 }
 

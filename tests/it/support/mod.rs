@@ -162,6 +162,19 @@ impl Drop for Service {
 
 /// `status.json` of the service in `home`, if it was written and is readable.
 #[allow(dead_code)]
+/// Messages of a channel's journal file (`journal/<channel>.jsonl`) not marked answered. The
+/// file keeps answered marks of messages whose own lines a compaction removed, so this is a
+/// set difference, not a count of lines.
+pub fn journal_pending(home: &Path, channel: &str) -> usize {
+    let path = home.join("journal").join(format!("{channel}.jsonl"));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let key = |v: &Value, chat: &str, id: &str| (v[chat].as_str().map(String::from), v[id].as_str().map(String::from));
+    let done: std::collections::HashSet<_> =
+        lines.iter().filter_map(|l| l.get("done")).map(|d| key(d, "chat", "id")).collect();
+    lines.iter().filter_map(|l| l.get("m")).filter(|m| !done.contains(&key(m, "chatId", "messageId"))).count()
+}
+
 pub fn read_status(home: &Path) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(home.join("status.json")).ok()?).ok()
 }
