@@ -31,8 +31,8 @@ use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, InboundMessage, MessageRef};
 
 /// Answered messages remembered after compaction, in memory and in the file, for
-/// deduplication: a platform may send again what was answered (Telegram does after a crash,
-/// as its offset file is written lazily, at most every 30 s), and it must not be answered twice.
+/// deduplication: a platform may send again what was answered (Telegram, the updates a crash
+/// left unconfirmed; its offset file is written lazily), and it must not be answered twice.
 const RECENT_DONE: usize = 1024;
 /// Compact when the file holds this many lines more than the pending messages need.
 const COMPACT_SLACK: usize = 256;
