@@ -139,14 +139,17 @@ fn main() {
     );
 
     // Many Telegram users at once, each writing again as soon as its answer arrives.
+    let switches = context_switches(pid);
     let (times, elapsed, cpu) = telegram_concurrent(&fake, pid, users, rounds);
+    let switches = context_switches(pid).saturating_sub(switches);
     let total = users * rounds;
     let mut times = times;
     print_latency(&format!("Telegram, {users} users at once, {rounds} messages each"), &mut times);
     println!(
-        "  throughput {:.1} messages/s; CPU per 1,000 messages: {:.0} ms",
+        "  throughput {:.1} messages/s; CPU per 1,000 messages: {:.0} ms; {:.1} context switches per message",
         total as f64 / elapsed.as_secs_f64(),
-        cpu * 1e6 / total as f64
+        cpu * 1e6 / total as f64,
+        switches as f64 / total as f64
     );
 
     // The memory run: many messages through the web chat (no platform pacing there).
@@ -386,6 +389,20 @@ fn process_cpu(pid: u32) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Context switches (voluntary and not) of the live threads so far: each is a thread going
+/// to sleep or being put aside, so the count shows how many thread hops a message costs.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let count = |status: &str, key: &str| -> u64 {
+        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|s| count(&s, "voluntary_ctxt_switches:") + count(&s, "nonvoluntary_ctxt_switches:"))
+        .sum()
 }
 
 /// On-CPU nanoseconds of the live threads (/proc/PID/task/*/schedstat): finer than

@@ -1,11 +1,15 @@
 //! The agent child process and the threads that own its pipes: a writer (stdin), a reader
-//! (stdout lines of any length), a stderr drain, and one I/O thread that runs the
-//! [`Connection`] state machine between the core and those pipes.
+//! (stdout lines of any length), a stderr reader that logs what the agent says there, and
+//! one I/O thread that passes the core's requests to the agent and owns the process (startup
+//! deadline, exit). The [`Connection`] state machine is shared by the I/O thread (requests)
+//! and the stdout reader, which decodes each line and hands its events to the core itself:
+//! no thread in between, since a streamed answer is many lines.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,7 +58,7 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// The longest stderr line kept; the rest of a longer one is skipped.
 const MAX_STDERR_LINE: usize = 2000;
 /// Lines waiting to be written to the agent's stdin. An agent that leaves this many unread
-/// is not reading its input: it is treated as broken. Counted by [`send_lines`] on an
+/// is not reading its input: it is treated as broken. Counted by [`Link::send_lines`] on an
 /// unbounded channel: a `bounded` one would allocate every slot up front (128 KiB of memory
 /// held from the start for a queue that is almost always empty).
 const STDIN_QUEUE: usize = 4096;
@@ -117,45 +121,125 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let (write_tx, write_rx) = unbounded::<String>();
     let (requests_tx, requests_rx) = unbounded::<AgentRequest>();
 
+    let mut conn = Connection::default();
+    conn.image_loader = Some(load_image);
+    conn.mcp = spec.mcp.clone();
+    let mut link = Link { conn, writes: Some(write_tx) };
+    let start = link.conn.start().writes;
+    let broken = !link.send_lines(start);
+    let link = Arc::new(Mutex::new(link));
+
     let tx = from_agent_tx.clone();
+    let mut reader = AgentLines {
+        name: spec.name.clone(),
+        link: link.clone(),
+        events: events.clone(),
+        problems: tx.clone(),
+        started: Instant::now(),
+    };
     named(&format!("acp-out-{}", spec.name), move || {
-        let end = read_lines(stdout, MAX_LINE, Overlong::Stop, |line| tx.send(FromAgent::Line(line)).is_ok());
+        let end = read_lines(stdout, MAX_LINE, Overlong::Stop, |line| reader.receive(&line));
         if end == LinesEnd::TooLong {
             let _ = tx.send(FromAgent::Broken(format!("sent a line longer than {} MiB", MAX_LINE >> 20)));
         }
         let _ = tx.send(FromAgent::Closed);
     })?;
     let tx = from_agent_tx;
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    let mut stderr_log =
+        StderrLog { name: spec.name.clone(), budget: StderrBudget::default(), tail: stderr_tail.clone() };
     named(&format!("acp-err-{}", spec.name), move || {
-        read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| tx.send(FromAgent::Stderr(line)).is_ok());
+        read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| stderr_log.line(&line));
         let _ = tx.send(FromAgent::Closed);
     })?;
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
     let name = spec.name.clone();
     let startup_timeout = spec.startup_timeout;
-    let mcp = spec.mcp.clone();
     named(&format!("acp-{}", spec.name), move || {
         run_io(IoThread {
             name,
-            mcp,
             child,
             requests: requests_rx,
             from_agent: from_agent_rx,
-            writes: write_tx,
+            link,
             events,
             startup_timeout,
+            stderr_tail,
+            broken: broken.then(|| "does not read its input".to_string()),
         })
     })?;
     Ok(AgentHandle { requests: requests_tx, pid })
 }
 
+/// What the pipe readers tell the I/O thread (the agent's stdout lines go to the core from
+/// the reader itself, [`AgentLines`]; its stderr lines are logged by their reader,
+/// [`StderrLog`]).
 enum FromAgent {
-    Line(String),
-    Stderr(String),
     /// The agent broke the protocol's bounds (why); it is killed.
     Broken(String),
     /// stdout or stderr closed; when both are, the process is exiting.
     Closed,
+}
+
+/// The connection and the way to the agent's stdin, shared by the I/O thread and the reader.
+struct Link {
+    conn: Connection,
+    /// The only sender to the stdin writer: `None` once the core is gone, which closes stdin.
+    writes: Option<Sender<String>>,
+}
+
+impl Link {
+    /// Queue lines for the agent's stdin; false when [`STDIN_QUEUE`] lines already wait.
+    /// Called with the link locked, so the count cannot race past the bound. A closed queue
+    /// (the writer ended) is not this function's concern: the exit follows.
+    fn send_lines(&self, lines: Vec<String>) -> bool {
+        let Some(writes) = &self.writes else { return true };
+        for line in lines {
+            if writes.len() >= STDIN_QUEUE {
+                return false;
+            }
+            // Err only when the writer thread is gone; the agent's exit is noticed elsewhere.
+            let _ = writes.send(line);
+        }
+        true
+    }
+}
+
+fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
+    link.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The stdout reader's side: decode each line and pass its events straight to the core.
+struct AgentLines {
+    name: String,
+    link: Arc<Mutex<Link>>,
+    events: AgentEvents,
+    /// To the I/O thread, which kills an agent that stopped reading its input.
+    problems: Sender<FromAgent>,
+    started: Instant,
+}
+
+impl AgentLines {
+    /// Always true: the reader keeps draining stdout until it closes, so an agent writing
+    /// into a gone core never blocks on its pipe instead of exiting.
+    fn receive(&mut self, line: &str) -> bool {
+        let (events, read_input) = {
+            let mut link = lock(&self.link);
+            let step = link.conn.receive(line);
+            let read_input = link.send_lines(step.writes);
+            (step.events, read_input)
+        };
+        for event in events {
+            if let AgentEvent::Ready { .. } = event {
+                log::info!(target: "acp", "agent \"{}\" ready after {} ms", self.name, self.started.elapsed().as_millis());
+            }
+            let _ = self.events.send((self.name.clone(), event));
+        }
+        if !read_input {
+            let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
+        }
+        true
+    }
 }
 
 struct IoThread {
@@ -163,74 +247,71 @@ struct IoThread {
     child: Child,
     requests: Receiver<AgentRequest>,
     from_agent: Receiver<FromAgent>,
-    writes: Sender<String>,
+    link: Arc<Mutex<Link>>,
     events: AgentEvents,
     startup_timeout: Duration,
-    mcp: Option<crate::control::McpOffer>,
+    /// The last stderr lines, for the exit reason.
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Set when the agent already failed to read its first lines.
+    broken: Option<String>,
+}
+
+/// The stderr reader's side: each line logged (within a budget) as it comes, the last ones
+/// kept for the exit reason.
+struct StderrLog {
+    name: String,
+    budget: StderrBudget,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl StderrLog {
+    /// Always true: stderr is drained until it closes.
+    fn line(&mut self, line: &str) -> bool {
+        let line = clean_stderr_line(line);
+        match self.budget.take(Instant::now()) {
+            StderrVerdict::Log { suppressed: 0 } => log::info!(target: "acp", "{}: {}", self.name, line),
+            StderrVerdict::Log { suppressed } => {
+                log::info!(target: "acp", "{}: ({suppressed} stderr lines not logged) {}", self.name, line)
+            }
+            StderrVerdict::Quiet => {}
+        }
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+        true
+    }
 }
 
 fn run_io(mut io: IoThread) {
-    let mut conn = Connection::default();
-    conn.image_loader = Some(load_image);
-    conn.mcp = io.mcp.take();
-    let mut stderr_tail: VecDeque<String> = VecDeque::new();
-    let started = Instant::now();
     let startup_deadline = after(io.startup_timeout);
     let mut requests = io.requests.clone();
     let mut open_pipes = 2;
-    let mut stderr_budget = StderrBudget::default();
-    let mut broken: Option<String> = None;
-    if !send_lines(&io.writes, conn.start().writes) {
-        broken = Some("does not read its input".into());
-    }
+    let mut broken: Option<String> = io.broken.take();
     let reason = loop {
         if let Some(why) = broken.take() {
             let _ = io.child.kill();
             let _ = io.child.wait();
             break format!("{why}; treated as broken and stopped");
         }
-        let startup = if conn.is_ready() { never() } else { startup_deadline.clone() };
+        let startup = if lock(&io.link).conn.is_ready() { never() } else { startup_deadline.clone() };
         select! {
             recv(requests) -> req => match req {
                 Ok(req) => {
-                    if !send_lines(&io.writes, conn.request(req).writes) {
+                    let mut link = lock(&io.link);
+                    let writes = link.conn.request(req).writes;
+                    if !link.send_lines(writes) {
                         broken = Some(format!("left {STDIN_QUEUE} lines of input unread"));
                     }
                 }
                 // The core is gone: close stdin so the agent exits, then reap it below.
                 Err(_) => {
                     requests = never();
-                    let (dead_tx, _) = unbounded();
-                    io.writes = dead_tx;
+                    lock(&io.link).writes = None;
                 }
             },
             recv(io.from_agent) -> msg => match msg {
-                Ok(FromAgent::Line(line)) => {
-                    let step = conn.receive(&line);
-                    if !send_lines(&io.writes, step.writes) {
-                        broken = Some(format!("left {STDIN_QUEUE} lines of input unread"));
-                    }
-                    for event in step.events {
-                        if let AgentEvent::Ready { .. } = event {
-                            log::info!(target: "acp", "agent \"{}\" ready after {} ms", io.name, started.elapsed().as_millis());
-                        }
-                        let _ = io.events.send((io.name.clone(), event));
-                    }
-                }
-                Ok(FromAgent::Stderr(line)) => {
-                    let line = clean_stderr_line(&line);
-                    match stderr_budget.take(Instant::now()) {
-                        StderrVerdict::Log { suppressed: 0 } => log::info!(target: "acp", "{}: {}", io.name, line),
-                        StderrVerdict::Log { suppressed } => log::info!(
-                            target: "acp", "{}: ({suppressed} stderr lines not logged) {}", io.name, line
-                        ),
-                        StderrVerdict::Quiet => {}
-                    }
-                    if stderr_tail.len() == STDERR_TAIL {
-                        stderr_tail.pop_front();
-                    }
-                    stderr_tail.push_back(line);
-                }
                 Ok(FromAgent::Broken(why)) => broken = Some(why),
                 Ok(FromAgent::Closed) => {
                     open_pipes -= 1;
@@ -248,6 +329,7 @@ fn run_io(mut io: IoThread) {
         }
     };
     let mut reason = reason;
+    let stderr_tail = std::mem::take(&mut *io.stderr_tail.lock().unwrap_or_else(PoisonError::into_inner));
     // Each stderr line was logged as it came; repeat the last ones only when that log is off.
     if !stderr_tail.is_empty() && !log::log_enabled!(target: "acp", log::Level::Info) {
         reason.push_str("; last stderr: ");
@@ -297,20 +379,6 @@ fn reap(child: &mut Child) -> String {
 }
 
 /// Queue lines for the agent's stdin; `false` when its queue is full (it is not reading).
-/// A closed queue (the writer ended) is not this function's concern: the exit follows.
-/// Queue lines for the agent's stdin; false when [`STDIN_QUEUE`] lines already wait (this
-/// loop is the only sender, so the count cannot race past the bound).
-fn send_lines(writes: &Sender<String>, lines: Vec<String>) -> bool {
-    for line in lines {
-        if writes.len() >= STDIN_QUEUE {
-            return false;
-        }
-        // Err only when the writer thread is gone; the agent's exit is noticed elsewhere.
-        let _ = writes.send(line);
-    }
-    true
-}
-
 /// A stderr line made safe for the log: control characters (terminal escapes, carriage
 /// returns, NULs) become `\u{..}` text, so the agent cannot rewrite what a terminal shows.
 fn clean_stderr_line(line: &str) -> String {
@@ -500,13 +568,20 @@ mod tests {
     #[test]
     fn the_stdin_queue_is_bounded_without_preallocating() {
         let (writes, waiting) = unbounded::<String>();
-        assert!(send_lines(&writes, vec!["x".to_string(); STDIN_QUEUE - 1]));
-        assert!(send_lines(&writes, vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
-        assert!(!send_lines(&writes, vec!["one too many".to_string()]));
+        let mut link = Link { conn: Connection::default(), writes: Some(writes) };
+        assert!(link.send_lines(vec!["x".to_string(); STDIN_QUEUE - 1]));
+        assert!(link.send_lines(vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
+        assert!(!link.send_lines(vec!["one too many".to_string()]));
         assert_eq!(waiting.len(), STDIN_QUEUE);
         waiting.try_iter().take(10).for_each(drop);
-        assert!(send_lines(&writes, vec!["read again".to_string(); 10]), "room once the agent reads");
-        assert!(!send_lines(&writes, vec!["full".to_string()]));
+        assert!(link.send_lines(vec!["read again".to_string(); 10]), "room once the agent reads");
+        assert!(!link.send_lines(vec!["full".to_string()]));
+        // The core gone: the link drops the only sender, so the writer ends and stdin closes,
+        // though the reader still holds the link.
+        link.writes = None;
+        assert!(link.send_lines(vec!["dropped".to_string()]));
+        waiting.try_iter().for_each(drop);
+        assert!(waiting.recv().is_err(), "the stdin queue is closed");
     }
 
     fn lines(input: &[u8], max: usize, overlong: Overlong) -> (Vec<String>, LinesEnd) {
