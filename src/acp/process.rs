@@ -124,7 +124,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let mut conn = Connection::default();
     conn.image_loader = Some(load_image);
     conn.mcp = spec.mcp.clone();
-    let mut link = Link { conn, writes: Some(write_tx) };
+    let mut link = Link { conn, writes: Some(write_tx), exited: false };
     let start = link.conn.start().writes;
     let broken = !link.send_lines(start);
     let link = Arc::new(Mutex::new(link));
@@ -186,6 +186,9 @@ struct Link {
     conn: Connection,
     /// The only sender to the stdin writer: `None` once the core is gone, which closes stdin.
     writes: Option<Sender<String>>,
+    /// Set by the I/O thread before it reports the exit: a line the reader still gets from a
+    /// killed agent must not reach the core after [`AgentEvent::Exited`].
+    exited: bool,
 }
 
 impl Link {
@@ -223,18 +226,20 @@ impl AgentLines {
     /// Always true: the reader keeps draining stdout until it closes, so an agent writing
     /// into a gone core never blocks on its pipe instead of exiting.
     fn receive(&mut self, line: &str) -> bool {
-        let (events, read_input) = {
-            let mut link = lock(&self.link);
-            let step = link.conn.receive(line);
-            let read_input = link.send_lines(step.writes);
-            (step.events, read_input)
-        };
-        for event in events {
+        // The events go out with the link locked, so none can follow the I/O thread's Exited.
+        let mut link = lock(&self.link);
+        if link.exited {
+            return true;
+        }
+        let step = link.conn.receive(line);
+        let read_input = link.send_lines(step.writes);
+        for event in step.events {
             if let AgentEvent::Ready { .. } = event {
                 log::info!(target: "acp", "agent \"{}\" ready after {} ms", self.name, self.started.elapsed().as_millis());
             }
             let _ = self.events.send((self.name.clone(), event));
         }
+        drop(link);
         if !read_input {
             let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
         }
@@ -337,6 +342,7 @@ fn run_io(mut io: IoThread) {
     }
     // Not a warning here: the daemon knows whether this exit is a crash or a clean stop.
     log::debug!(target: "acp", "agent \"{}\" {reason}", io.name);
+    lock(&io.link).exited = true;
     let _ = io.events.send((io.name, AgentEvent::Exited { reason }));
 }
 
@@ -378,7 +384,6 @@ fn reap(child: &mut Child) -> String {
     }
 }
 
-/// Queue lines for the agent's stdin; `false` when its queue is full (it is not reading).
 /// A stderr line made safe for the log: control characters (terminal escapes, carriage
 /// returns, NULs) become `\u{..}` text, so the agent cannot rewrite what a terminal shows.
 fn clean_stderr_line(line: &str) -> String {
@@ -568,7 +573,7 @@ mod tests {
     #[test]
     fn the_stdin_queue_is_bounded_without_preallocating() {
         let (writes, waiting) = unbounded::<String>();
-        let mut link = Link { conn: Connection::default(), writes: Some(writes) };
+        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false };
         assert!(link.send_lines(vec!["x".to_string(); STDIN_QUEUE - 1]));
         assert!(link.send_lines(vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
         assert!(!link.send_lines(vec!["one too many".to_string()]));
@@ -582,6 +587,24 @@ mod tests {
         assert!(link.send_lines(vec!["dropped".to_string()]));
         waiting.try_iter().for_each(drop);
         assert!(waiting.recv().is_err(), "the stdin queue is closed");
+    }
+
+    #[test]
+    fn no_agent_line_reaches_the_core_after_the_exit_was_reported() {
+        let (writes, _waiting) = unbounded::<String>();
+        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false };
+        let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
+        let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
+        let link = Arc::new(Mutex::new(link));
+        let (events, to_core) = unbounded();
+        let (problems, _) = unbounded();
+        let mut reader = AgentLines { name: "a".into(), link: link.clone(), events, problems, started: Instant::now() };
+        lock(&link).exited = true;
+        assert!(reader.receive(&answer.to_string()), "the reader keeps draining");
+        assert!(to_core.try_recv().is_err(), "a killed agent's late answer was passed on");
+        lock(&link).exited = false;
+        reader.receive(&answer.to_string());
+        assert!(matches!(to_core.try_recv(), Ok((_, AgentEvent::Ready { .. }))));
     }
 
     fn lines(input: &[u8], max: usize, overlong: Overlong) -> (Vec<String>, LinesEnd) {
