@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
 use serde_json::Value;
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -104,9 +104,6 @@ const SOCKET_QUEUE: usize = 256;
 /// fits an empty queue, however long. The frames are shared by every tab ([`Arc<String>`]), so
 /// this bounds what a slow tab keeps alive, not a copy per tab.
 const SOCKET_QUEUE_BYTES: usize = 8 * 1024 * 1024;
-/// Longest wait of a WebSocket thread for a frame to send or bytes received, before it looks
-/// at the stop flag and the ping timer (frames and bytes wake it at once).
-const SOCKET_WAIT: Duration = Duration::from_millis(250);
 /// Bytes a socket's reader thread takes from the connection at a time.
 /// Small: every open tab has one, and chat frames are short (an upload takes more reads).
 const READ_CHUNK: usize = 4 * 1024;
@@ -122,7 +119,6 @@ const SOCKET_IDLE_LIMIT: Duration = Duration::from_secs(90);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message waits for room in the inbound channel before the browser is told.
 const INBOUND_SEND_TIMEOUT: Duration = Duration::from_secs(5);
-const DISPATCH_POLL: Duration = Duration::from_millis(200);
 /// Files the agent sent that stay reachable at `/media/<id>`.
 const SERVED_FILES: usize = 256;
 /// Largest file the agent may show in the page.
@@ -140,6 +136,9 @@ pub struct WebchatHandle {
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
     server: Option<Server>,
+    /// Dropped at stop: [`Shared::stopped`] disconnects and wakes every waiting thread, so
+    /// none of them polls a flag on a timer (an idle chat sleeps until its next ping).
+    stop_signal: Option<Sender<()>>,
 }
 
 impl WebchatHandle {
@@ -156,14 +155,15 @@ impl WebchatHandle {
         format!("http://{ip}:{}/", self.local_addr.port())
     }
 
-    /// Stop serving: no new connections, open WebSockets close within a poll interval, the
-    /// dispatcher ends (within its poll interval). Returns once the accept thread is gone.
+    /// Stop serving: no new connections, open WebSockets close and the dispatcher ends at
+    /// once. Returns once the accept thread is gone.
     pub fn stop(self) {
         drop(self);
     }
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.stop_signal = None;
         if let Some(server) = self.server.take() {
             server.stop();
         }
@@ -277,12 +277,14 @@ fn spawn_with_uploads(
     let local_addr = listener.local_addr().map_err(|e| bind_error(name, listen, &e))?;
 
     let boot = random_hex(4).map_err(|e| Error::Other(format!("channel \"{name}\": cannot get random bytes: {e}")))?;
+    let (stop_signal, stopped) = crossbeam_channel::bounded(0);
     let shared = Arc::new(Shared {
         channel: name.clone(),
         token,
         hub: Mutex::new(Hub::new(boot)),
         inbound,
         stop: AtomicBool::new(false),
+        stopped,
         upload_root: upload_root.clone(),
         admin,
         keeper: uploads::Keeper::new(channel, home),
@@ -304,7 +306,7 @@ fn spawn_with_uploads(
         supervisor.spawn(format!("webchat-{name}-out"), move || dispatch_loop(&shared, &outbox))?;
     }
     log::info!("web chat \"{name}\" listening on http://{local_addr}/");
-    Ok(WebchatHandle { local_addr, shared, server: Some(server) })
+    Ok(WebchatHandle { local_addr, shared, server: Some(server), stop_signal: Some(stop_signal) })
 }
 
 fn bind_error(name: &str, listen: &str, e: &io::Error) -> Error {
@@ -329,6 +331,8 @@ struct Shared {
     hub: Mutex<Hub>,
     inbound: Sender<Inbound>,
     stop: AtomicBool,
+    /// Never sent on: disconnects when the chat stops (see `WebchatHandle::stop_signal`).
+    stopped: Receiver<()>,
     upload_root: PathBuf,
     /// Serves `/admin` when the daemon gave one.
     admin: Option<Arc<dyn AdminSource>>,
@@ -1051,19 +1055,22 @@ fn dispatch_loop(shared: &Shared, outbox: &Receiver<Outbound>) {
                 log::info!(target: shared.channel.as_str(), "removed {removed} upload(s) older than a day");
             }
         }
-        match outbox.recv_timeout(DISPATCH_POLL) {
-            Ok(action) if action.channel() == shared.channel => {
-                let action = with_files(shared, action);
-                shared.hub().deliver(action, wall_ms());
-            }
-            Ok(action) => {
-                log::debug!("web chat \"{}\": ignoring an action for channel \"{}\"", shared.channel, action.channel())
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                log::debug!("web chat \"{}\": outbox closed", shared.channel);
-                return;
-            }
+        crossbeam_channel::select! {
+            recv(outbox) -> action => match action {
+                Ok(action) if action.channel() == shared.channel => {
+                    let action = with_files(shared, action);
+                    shared.hub().deliver(action, wall_ms());
+                }
+                Ok(action) => log::debug!(
+                    "web chat \"{}\": ignoring an action for channel \"{}\"", shared.channel, action.channel()
+                ),
+                Err(_) => {
+                    log::debug!("web chat \"{}\": outbox closed", shared.channel);
+                    return;
+                }
+            },
+            recv(shared.stopped) -> _ => return,
+            default(next_sweep.saturating_duration_since(Instant::now())) => {}
         }
     }
 }
@@ -1321,7 +1328,9 @@ fn socket_loop(
                     }
                     bytes_ready = true;
                 },
-                default(SOCKET_WAIT) => {}
+                recv(shared.stopped) -> _ => return SocketEnd::Close,
+                // Nothing to do until the next ping or the silence limit.
+                default(next_check(last_ping, last_heard)) => {}
             }
         }
         if frames_ready {
@@ -1395,6 +1404,12 @@ fn socket_loop(
             return SocketEnd::Gone;
         }
     }
+}
+
+/// How long an idle socket may sleep: until its next ping is due or its silence limit passes.
+fn next_check(last_ping: Instant, last_heard: Instant) -> Duration {
+    let due = (last_ping + PING_EVERY).min(last_heard + SOCKET_IDLE_LIMIT);
+    due.saturating_duration_since(Instant::now())
 }
 
 /// Queue one frame from the hub on the socket (written at the next flush), or write a long
