@@ -398,7 +398,9 @@ pub fn read_status(home: &Path) -> Option<ServiceStatus> {
 }
 
 pub fn write_status(home: &Path, status: &ServiceStatus) -> Result<(), Error> {
-    crate::store::write_json_atomic(&home.join(STATUS_FILE), status)
+    // Not flushed to disk: a power cut leaves a stale or unreadable file, which readers take
+    // as "not published" (and a stale one names a pid that is gone).
+    crate::store::write_json_unsynced(&home.join(STATUS_FILE), status)
 }
 
 /// `tether start --detach`: start this program again without `--detach`, in its own process
@@ -639,5 +641,18 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("p")).unwrap(), "a");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temp file left");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_status_file_a_power_cut_left_empty_or_cut_reads_as_unpublished() {
+        // status.json is not flushed to disk (write_status): this is what a reader may find.
+        let home = std::env::temp_dir().join(format!("tether-status-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        for text in ["", "{\"pid\": 12", "\0\0\0\0"] {
+            std::fs::write(home.join(STATUS_FILE), text).unwrap();
+            assert!(read_status(&home).is_none(), "{text:?}");
+        }
+        let _ = std::fs::remove_dir_all(&home);
     }
 }

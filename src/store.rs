@@ -38,16 +38,39 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
 
 /// Write `value` as pretty JSON (2 spaces, as Qwen Code writes its files) to `path`, atomically.
 pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), Error> {
+    write_atomic(path, &pretty_json(path, value)?)
+}
+
+/// [`write_json_atomic`] without the two disk flushes: a running reader still sees the old
+/// or the new file whole, but after a power cut the file may be old, empty or missing. Only
+/// for files that are rewritten as the service runs and that readers check (`status.json`:
+/// published every second while things change, so its flushes were most of the disk writes
+/// of a quiet bot, on an SD card that wears).
+pub fn write_json_unsynced<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), Error> {
+    replace(path, &pretty_json(path, value)?, Durability::Unsynced)
+}
+
+fn pretty_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<Vec<u8>, Error> {
     let mut bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::Other(format!("cannot encode {} as JSON: {e}", path.display())))?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// Replace `path` with `bytes` so a reader sees the old or the new file, never a part:
 /// write a temporary file next to it (mode 0600), fsync it, rename it over `path`, fsync the
 /// directory. The parent directory must exist.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    replace(path, bytes, Durability::Synced)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Synced,
+    Unsynced,
+}
+
+fn replace(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), Error> {
     let file_error = |source| Error::File { path: path.to_path_buf(), action: "write", source };
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -57,13 +80,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let written = (|| {
         set_mode(&tmp, FILE_MODE)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durability == Durability::Synced {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&tmp, path)
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(file_error(e));
+    }
+    if durability == Durability::Unsynced {
+        return Ok(());
     }
     // Make the rename itself durable; some file systems refuse to sync a directory: harmless.
     if let Ok(d) = File::open(dir) {
@@ -224,6 +252,10 @@ mod tests {
         write_json_atomic(&path, &json!({"k": 1})).unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(read_json::<Value>(&path).unwrap(), Some(json!({"k": 1})));
+        // Unsynced (status.json): the same file, as private, no temporary file left either.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_json_unsynced(&path, &json!({"k": 2})).unwrap();
+        assert_eq!((mode(&path), read_json::<Value>(&path).unwrap()), (0o600, Some(json!({"k": 2}))));
         let names: Vec<String> =
             fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, vec!["x.json".to_string()]);
