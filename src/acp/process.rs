@@ -293,6 +293,7 @@ fn run_io(mut io: IoThread) {
     let startup_deadline = after(io.startup_timeout);
     let mut requests = io.requests.clone();
     let mut open_pipes = 2;
+    let mut startup_over = false;
     let mut broken: Option<String> = io.broken.take();
     let reason = loop {
         if let Some(why) = broken.take() {
@@ -300,7 +301,9 @@ fn run_io(mut io: IoThread) {
             let _ = io.child.wait();
             break format!("{why}; treated as broken and stopped");
         }
-        let startup = if lock(&io.link).conn.is_ready() { never() } else { startup_deadline.clone() };
+        // The reader makes the connection ready without waking this thread: the deadline
+        // stays armed until it fires or a request comes, and is checked against readiness then.
+        let startup = if startup_over || lock(&io.link).conn.is_ready() { never() } else { startup_deadline.clone() };
         select! {
             recv(requests) -> req => match req {
                 Ok(req) => {
@@ -327,6 +330,10 @@ fn run_io(mut io: IoThread) {
                 Err(_) => break reap(&mut io.child),
             },
             recv(startup) -> _ => {
+                startup_over = true;
+                if lock(&io.link).conn.is_ready() {
+                    continue;
+                }
                 let _ = io.child.kill();
                 let _ = io.child.wait();
                 break format!("did not answer initialize within {} ms", io.startup_timeout.as_millis());

@@ -86,6 +86,24 @@ fn an_agent_that_never_answers_initialize_fails_start_within_the_timeout() {
 }
 
 #[test]
+fn a_ready_agent_left_idle_past_the_startup_timeout_is_kept() {
+    // The stdout reader marks the agent ready without waking the thread that holds the
+    // startup deadline: the deadline firing later must see that and let the agent be.
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("idle-ready");
+    let mut agent = demo_agent();
+    agent["startupTimeoutMs"] = json!(500);
+    home.write_config(&json!({"agent": agent, "channels": {"phone": telegram(&fake, json!({}))}}));
+    let service = Service::start(&home, &[]);
+    assert!(service.wait_for_log("ready after", WAIT), "{}", service.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    fake.send_dm(111, "still there?");
+    let reply = fake.next_text_to(111, WAIT).unwrap_or_default();
+    assert!(reply.contains("echo: still there?"), "{reply}\nlog:\n{}", service.log());
+    assert!(!service.log().contains("did not answer initialize"), "{}", service.log());
+}
+
+#[test]
 fn a_missing_cwd_is_refused_at_start() {
     let fake = FakeTelegram::start();
     let home = TempDir::new("nocwd");
