@@ -208,20 +208,27 @@ fn messages_posted_while_tether_was_stopped_are_fetched_at_the_next_start() {
     let fake = FakeDiscord::start();
     let (home, mut service) = start(&fake, "dc-restart", json!({"groupPolicy": "open"}));
     assert!(wait_until(WAIT, || !fake.identifies().is_empty()));
-    fake.guild("2001", "111", "before the stop", true);
+    let first = fake.guild("2001", "111", "before the stop", true);
     assert!(fake.wait_post("2001", WAIT, |c| c == "echo: before the stop").is_some(), "log:\n{}", service.log());
+    // The second one is seen after the state file was written for the first, which is not
+    // written again for 30 s: after the kill it is fetched again, and the journal knows it.
+    let second = fake.guild("2001", "111", "also before the stop", true);
+    assert!(fake.wait_post("2001", WAIT, |c| c == "echo: also before the stop").is_some(), "log:\n{}", service.log());
     // The answered mark follows the post by a moment; a kill between the two answers the
     // message again after the restart (at least once, by design), which is not what this
     // test is about.
     assert!(wait_until(WAIT, || journal_pending(home.path(), "dc") == 0), "log:\n{}", service.log());
     service.kill_hard();
+    let state = std::fs::read_to_string(home.path().join("dc-discord.json")).unwrap_or_default();
+    assert!(state.contains(&first) && !state.contains(&second), "{state}");
     fake.guild_missed("2001", "111", "while stopped", true);
     let service = Service::start_with_env(&home, &[], &[("DISCORD_TEST_TOKEN", TOKEN)]);
     assert!(fake.wait_post("2001", WAIT, |c| c == "echo: while stopped").is_some(), "log:\n{}", service.log());
     std::thread::sleep(Duration::from_millis(500));
     let posted = fake.posted("2001");
-    assert_eq!(posted.iter().filter(|b| content(b) == "echo: before the stop").count(), 1, "{posted:?}");
-    assert_eq!(posted.iter().filter(|b| content(b) == "echo: while stopped").count(), 1, "{posted:?}");
+    for answer in ["echo: before the stop", "echo: also before the stop", "echo: while stopped"] {
+        assert_eq!(posted.iter().filter(|b| content(b) == answer).count(), 1, "{answer}: {posted:?}");
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -19,6 +19,9 @@ use crate::store;
 
 /// Channels remembered for gap recovery, and thread parents cached.
 const MAX_CHANNELS: usize = 256;
+/// How often the state file (the newest message seen per Discord channel) is written at most
+/// while messages come; see [`Dispatcher::save_due`].
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(30);
 /// Message ids remembered to hand each message on once.
 const MAX_SEEN: usize = 4096;
 /// Pages of 100 fetched per channel after a gap.
@@ -96,6 +99,10 @@ pub struct Dispatcher {
     /// Where `talked` is kept across restarts, and the bot it was saved for.
     state_path: Option<PathBuf>,
     saved_bot: Option<String>,
+    /// `talked` changed since the file was written.
+    unsaved: bool,
+    /// When the file was last written in this run.
+    saved_at: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -114,6 +121,8 @@ impl Dispatcher {
             recover: false,
             state_path: None,
             saved_bot: None,
+            unsaved: false,
+            saved_at: None,
         }
     }
 
@@ -142,6 +151,28 @@ impl Dispatcher {
         }
         self.state_path = Some(path);
         self
+    }
+
+    /// When the state file should be written next (`None`: nothing to write). The first
+    /// change of a run at once, then at most every [`STATE_SAVE_EVERY`]. Lazy is safe: after a
+    /// crash a stale file makes the next start fetch again messages that were already taken,
+    /// and the journal recognises those; it is written only after the messages it covers were
+    /// journaled, so none it skips can be missing. Writing it per message cost two disk flushes.
+    pub fn save_due(&self) -> Option<Instant> {
+        if !self.unsaved {
+            return None;
+        }
+        Some(self.saved_at.map_or_else(Instant::now, |at| at + STATE_SAVE_EVERY))
+    }
+
+    /// Write the state file if it is behind and due at `now` (or `force`d, at the end).
+    pub fn save_if_due(&mut self, now: Instant, force: bool) {
+        let due = self.saved_at.is_none_or(|at| now.saturating_duration_since(at) >= STATE_SAVE_EVERY);
+        if self.unsaved && (force || due) {
+            self.save();
+            self.unsaved = false;
+            self.saved_at = Some(now);
+        }
     }
 
     fn save(&self) {
@@ -214,7 +245,6 @@ impl Dispatcher {
         if incoming.guild_id.is_some() || incoming.channel_type.is_some() {
             self.context.insert(discord_channel.clone(), (incoming.guild_id.clone(), incoming.channel_type));
         }
-        self.save();
         let in_thread = match incoming.in_thread {
             Some(known) => known,
             None => self.channel_info(&discord_channel).is_some_and(|(kind, _)| matches!(kind, 10..=12)),
@@ -239,10 +269,12 @@ impl Dispatcher {
                 }
             }
         }
-        if incoming.message.text.is_empty() && incoming.message.attachments.is_empty() {
-            return;
+        if !incoming.message.text.is_empty() || !incoming.message.attachments.is_empty() {
+            deliver(Delivery::Message(incoming));
         }
-        deliver(Delivery::Message(incoming));
+        // Only now, with the message journaled: the file says "seen up to here".
+        self.unsaved = true;
+        self.save_if_due(Instant::now(), false);
     }
 
     fn note_talked(&mut self, discord_channel: &str, id: &str) {

@@ -17,7 +17,7 @@ mod send;
 pub mod wire;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -150,10 +150,21 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
                 let _ = inbound.send(Inbound::Button(press));
             }
         };
-        // Ends when the gateway thread ends (it drops the sender).
-        for event in events.iter() {
-            dispatcher.on_event(&event, &mut deliver);
+        // Ends when the gateway thread ends (it drops the sender); the state file is written
+        // when due, and once more at the end.
+        loop {
+            let event = match dispatcher.save_due() {
+                Some(due) => events.recv_deadline(due).map_err(|e| e.is_disconnected()),
+                None => events.recv().map_err(|_| true),
+            };
+            match event {
+                Ok(event) => dispatcher.on_event(&event, &mut deliver),
+                Err(false) => {}
+                Err(true) => break,
+            }
+            dispatcher.save_if_due(Instant::now(), false);
         }
+        dispatcher.save_if_due(Instant::now(), true);
     })?;
 
     // Discord refuses attachments over its own limit: no use sending more than it takes in.
