@@ -138,19 +138,19 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
         started: Instant::now(),
     };
     named(&format!("acp-out-{}", spec.name), move || {
+        let closed = ClosedOnDrop(tx);
         let end = read_lines(stdout, MAX_LINE, Overlong::Stop, |line| reader.receive(&line));
         if end == LinesEnd::TooLong {
-            let _ = tx.send(FromAgent::Broken(format!("sent a line longer than {} MiB", MAX_LINE >> 20)));
+            let _ = closed.0.send(FromAgent::Broken(format!("sent a line longer than {} MiB", MAX_LINE >> 20)));
         }
-        let _ = tx.send(FromAgent::Closed);
     })?;
     let tx = from_agent_tx;
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let mut stderr_log =
         StderrLog { name: spec.name.clone(), budget: StderrBudget::default(), tail: stderr_tail.clone() };
     named(&format!("acp-err-{}", spec.name), move || {
+        let _closed = ClosedOnDrop(tx);
         read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| stderr_log.line(&line));
-        let _ = tx.send(FromAgent::Closed);
     })?;
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
     let name = spec.name.clone();
@@ -179,6 +179,21 @@ enum FromAgent {
     Broken(String),
     /// stdout or stderr closed; when both are, the process is exiting.
     Closed,
+}
+
+/// Says [`FromAgent::Closed`] when a reader ends, however it ends: a reader that panicked
+/// (the stdout reader decodes the agent's lines) must not leave the I/O thread waiting for
+/// the pipe forever, the agent never reported gone and never restarted.
+struct ClosedOnDrop(Sender<FromAgent>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            // The pipe is no longer read: stop the agent, so that it is restarted.
+            let _ = self.0.send(FromAgent::Broken("its output could not be read (a tether bug)".into()));
+        }
+        let _ = self.0.send(FromAgent::Closed);
+    }
 }
 
 /// The connection and the way to the agent's stdin, shared by the I/O thread and the reader.
@@ -594,6 +609,21 @@ mod tests {
         assert!(link.send_lines(vec!["dropped".to_string()]));
         waiting.try_iter().for_each(drop);
         assert!(waiting.recv().is_err(), "the stdin queue is closed");
+    }
+
+    #[test]
+    fn a_reader_that_ends_in_a_panic_still_reports_and_stops_the_agent() {
+        let (tx, rx) = unbounded();
+        let _ = thread::spawn(move || {
+            let _closed = ClosedOnDrop(tx);
+            panic!("a reader bug");
+        })
+        .join();
+        assert!(matches!(rx.try_recv(), Ok(FromAgent::Broken(_))));
+        assert!(matches!(rx.try_recv(), Ok(FromAgent::Closed)));
+        let (tx, rx) = unbounded();
+        drop(ClosedOnDrop(tx));
+        assert!(matches!(rx.try_recv(), Ok(FromAgent::Closed)), "a normal end is only Closed");
     }
 
     #[test]
