@@ -118,7 +118,7 @@ fn main() {
 
     // One Telegram chat writing the next message as soon as the previous answer arrives:
     // after a burst of 4, one answer a second (Telegram's pace for one chat).
-    let cpu = process_cpu(pid);
+    let cpu = cpu_mark(pid);
     let mut times = Vec::with_capacity(sequential);
     for n in 0..sequential {
         let text = format!("sequential {n}");
@@ -128,7 +128,7 @@ fn main() {
         times.push(start.elapsed());
         assert_eq!(reply, format!("echo: {text}"));
     }
-    let cpu = process_cpu(pid) - cpu;
+    let cpu = cpu_since(pid, &cpu);
     print_latency(
         &format!("Telegram, one chat, {sequential} messages at machine speed (burst of 4, then 1/s)"),
         &mut times,
@@ -193,7 +193,7 @@ fn telegram_concurrent(fake: &FakeTelegram, pid: u32, users: usize, rounds: usiz
     let chat = |u: usize| 20_000 + u as i64;
     let mut sent_at: HashMap<i64, (Instant, usize)> = HashMap::new();
     let mut times = Vec::with_capacity(users * rounds);
-    let cpu = process_cpu(pid);
+    let cpu = cpu_mark(pid);
     let start = Instant::now();
     for u in 0..users {
         sent_at.insert(chat(u), (Instant::now(), 0));
@@ -216,7 +216,7 @@ fn telegram_concurrent(fake: &FakeTelegram, pid: u32, users: usize, rounds: usiz
         }
     }
     let elapsed = start.elapsed();
-    (times, elapsed, process_cpu(pid) - cpu)
+    (times, elapsed, cpu_since(pid, &cpu))
 }
 
 /// `total` messages from [`WEB_SOCKETS`] browsers at once; prints latency, throughput, CPU and
@@ -224,7 +224,7 @@ fn telegram_concurrent(fake: &FakeTelegram, pid: u32, users: usize, rounds: usiz
 fn web_run(port: u16, pid: u32, total: usize) {
     let done = Arc::new(AtomicUsize::new(0));
     let per_socket = total.div_ceil(WEB_SOCKETS);
-    let cpu = process_cpu(pid);
+    let cpu = cpu_mark(pid);
     let start = Instant::now();
     let workers: Vec<_> = (0..WEB_SOCKETS)
         .map(|s| {
@@ -255,7 +255,7 @@ fn web_run(port: u16, pid: u32, total: usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = start.elapsed();
-    let cpu = process_cpu(pid) - cpu;
+    let cpu = cpu_since(pid, &cpu);
     let mut times: Vec<Duration> =
         workers.into_iter().flat_map(|w| w.join().expect("a web chat client failed")).collect();
     let count = times.len();
@@ -391,6 +391,43 @@ fn process_cpu(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
+/// Where the CPU count of tether stood: the process's ticks and each live thread's
+/// nanoseconds.
+struct CpuMark {
+    ticks: f64,
+    threads: HashMap<String, u64>,
+}
+
+fn cpu_mark(pid: u32) -> CpuMark {
+    CpuMark { ticks: process_cpu(pid), threads: threads_cpu_ns(pid) }
+}
+
+/// CPU seconds of tether since `mark`: from the threads' nanoseconds when every thread of
+/// the mark still lives (the 10 ms ticks of /proc/PID/stat are too coarse for a few hundred
+/// messages), else from the ticks, which count ended threads too.
+fn cpu_since(pid: u32, mark: &CpuMark) -> f64 {
+    let now = threads_cpu_ns(pid);
+    if mark.threads.keys().all(|tid| now.contains_key(tid)) {
+        let ns: u64 = now.iter().map(|(tid, ns)| ns.saturating_sub(mark.threads.get(tid).copied().unwrap_or(0))).sum();
+        ns as f64 / 1e9
+    } else {
+        process_cpu(pid) - mark.ticks
+    }
+}
+
+/// On-CPU nanoseconds of each live thread, by thread id (/proc/PID/task/*/schedstat).
+fn threads_cpu_ns(pid: u32) -> HashMap<String, u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return HashMap::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let ns = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let ns = ns.split_whitespace().next()?.parse().ok()?;
+            Some((task.file_name().to_string_lossy().into_owned(), ns))
+        })
+        .collect()
+}
+
 /// Context switches (voluntary and not) of the live threads so far: each is a thread going
 /// to sleep or being put aside, so the count shows how many thread hops a message costs.
 fn context_switches(pid: u32) -> u64 {
@@ -408,12 +445,7 @@ fn context_switches(pid: u32) -> u64 {
 /// On-CPU nanoseconds of the live threads (/proc/PID/task/*/schedstat): finer than
 /// [`process_cpu`], for the idle figure where no thread ends.
 fn thread_cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-        .sum()
+    threads_cpu_ns(pid).values().sum()
 }
 
 /// The process's threads by name, and how many of each, for BENCH_SMAPS=1.
