@@ -25,7 +25,7 @@ pub use contain::{contain, contained_panics};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -132,6 +132,20 @@ pub struct ChannelIo {
     pub supervisor: Supervisor,
 }
 
+/// How often a platform's position file (Telegram's offset, WeChat's cursor, the newest
+/// Discord message seen per channel) is written at most while messages come; once more when
+/// the channel stops.
+pub const LAZY_SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a position file is written now: the first change of a run at once, then at most
+/// every [`LAZY_SAVE_EVERY`]. Lazy is safe because a position moves only past messages already
+/// journaled: after a crash a stale file makes the platform (or tether's catch-up) bring back
+/// messages the journal recognises (it keeps the marks of the last 1,024 answered). Writing it
+/// on every batch cost two or three disk flushes each.
+pub fn lazy_save_due(last_save: Option<Instant>, now: Instant) -> bool {
+    last_save.is_none_or(|at| now.saturating_duration_since(at) >= LAZY_SAVE_EVERY)
+}
+
 /// What the daemon keeps of a started channel.
 #[derive(Default)]
 pub struct RunningChannel {
@@ -212,6 +226,27 @@ mod tests {
     fn names_are_unique() {
         for (i, a) in PLATFORMS.iter().enumerate() {
             assert!(PLATFORMS.iter().skip(i + 1).all(|b| b.name != a.name), "{} twice", a.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod lazy_save_tests {
+    use super::*;
+
+    #[test]
+    fn a_position_is_written_at_first_then_at_most_every_30_s() {
+        let t0 = Instant::now();
+        let cases = [
+            (None, 0, true),
+            (Some(0), 0, false),
+            (Some(0), 29_999, false),
+            (Some(0), 30_000, true),
+            (Some(0), 90_000, true),
+        ];
+        for (last, now_ms, due) in cases {
+            let last = last.map(|ms| t0 + Duration::from_millis(ms));
+            assert_eq!(lazy_save_due(last, t0 + Duration::from_millis(now_ms)), due, "{last:?} {now_ms}");
         }
     }
 }

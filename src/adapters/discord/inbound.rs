@@ -19,9 +19,7 @@ use crate::store;
 
 /// Channels remembered for gap recovery, and thread parents cached.
 const MAX_CHANNELS: usize = 256;
-/// How often the state file (the newest message seen per Discord channel) is written at most
-/// while messages come; see [`Dispatcher::save_due`].
-const STATE_SAVE_EVERY: Duration = Duration::from_secs(30);
+
 /// Message ids remembered to hand each message on once.
 const MAX_SEEN: usize = 4096;
 /// Pages of 100 fetched per channel after a gap.
@@ -153,8 +151,8 @@ impl Dispatcher {
         self
     }
 
-    /// When the state file should be written next (`None`: nothing to write). The first
-    /// change of a run at once, then at most every [`STATE_SAVE_EVERY`]. Lazy is safe: after a
+    /// When the state file should be written next (`None`: nothing to write): the first
+    /// change of a run at once, then as [`crate::adapters::lazy_save_due`] says. Lazy is safe: after a
     /// crash a stale file makes the next start fetch again messages that were already taken,
     /// and the journal recognises those; it is written only after the messages it covers were
     /// journaled, so none it skips can be missing. Writing it per message cost two disk flushes.
@@ -162,13 +160,12 @@ impl Dispatcher {
         if !self.unsaved {
             return None;
         }
-        Some(self.saved_at.map_or_else(Instant::now, |at| at + STATE_SAVE_EVERY))
+        Some(self.saved_at.map_or_else(Instant::now, |at| at + crate::adapters::LAZY_SAVE_EVERY))
     }
 
     /// Write the state file if it is behind and due at `now` (or `force`d, at the end).
     pub fn save_if_due(&mut self, now: Instant, force: bool) {
-        let due = self.saved_at.is_none_or(|at| now.saturating_duration_since(at) >= STATE_SAVE_EVERY);
-        if self.unsaved && (force || due) {
+        if self.unsaved && (force || crate::adapters::lazy_save_due(self.saved_at, now)) {
             self.save();
             self.unsaved = false;
             self.saved_at = Some(now);

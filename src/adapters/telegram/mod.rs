@@ -5,7 +5,7 @@
 //!
 //! No lost messages: each batch of updates is appended to the channel's journal (fsynced)
 //! before the offset moves past it; the offset is kept in `<home>/<channel>-offset.json`,
-//! written lazily ([`offset_save_due`]: Telegram itself forgets only updates confirmed by a
+//! written lazily ([`crate::adapters::lazy_save_due`]: Telegram itself forgets only updates confirmed by a
 //! later `getUpdates`, so a stale file only brings back updates the journal knows). The
 //! sender marks a message answered in the journal once every part of its answer is delivered.
 //! The poller reports to the channel's health [`Probe`]; a rejected token (401) parks it.
@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::{Value, json};
 
 use crate::adapters::uploads::{self, OutboundFiles};
-use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
+use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, lazy_save_due, outbox};
 use crate::backoff::Backoff;
 use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
@@ -179,19 +179,6 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     Ok(RunningChannel { drained: Some(drained), guard: Some(guard), ..RunningChannel::default() })
 }
 
-/// How often the moving offset is written at most while polling (and once more at stop).
-const OFFSET_SAVE_EVERY: Duration = Duration::from_secs(30);
-
-/// Whether the offset is written now: the first move of a run at once, then at most every
-/// [`OFFSET_SAVE_EVERY`] (the poller writes the last one when it stops). Lazy is safe:
-/// Telegram drops an update only once a `getUpdates` with a higher offset confirmed it, so
-/// after a crash a stale file makes Telegram send again only updates that were not confirmed,
-/// which were journaled before the offset moved and are recognised there. Writing it on every
-/// poll cost three disk flushes per batch.
-fn offset_save_due(last_save: Option<Instant>, now: Instant) -> bool {
-    last_save.is_none_or(|at| now.saturating_duration_since(at) >= OFFSET_SAVE_EVERY)
-}
-
 /// The offset as polled and as last written to the file; shared by the poll thread and the
 /// channel's [`OffsetFlush`].
 struct OffsetKeeper {
@@ -213,10 +200,10 @@ impl OffsetKeeper {
         (self.bot_id, self.current, self.saved, self.saved_at) = (bot_id, offset, offset, None);
     }
 
-    /// Take the next offset; write it when due ([`offset_save_due`]) or when `now_anyway`.
+    /// Take the next offset; write it when due ([`lazy_save_due`]).
     fn moved(&mut self, next: i64, now: Instant, target: &str) {
         self.current = next;
-        if self.current != self.saved && offset_save_due(self.saved_at, now) {
+        if self.current != self.saved && lazy_save_due(self.saved_at, now) {
             self.save(now, target);
         }
     }
@@ -461,22 +448,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_offset_is_written_at_first_then_at_most_every_30_s() {
-        let t0 = Instant::now();
-        let cases = [
-            (None, 0, true),
-            (Some(0), 0, false),
-            (Some(0), 29_999, false),
-            (Some(0), 30_000, true),
-            (Some(0), 90_000, true),
-        ];
-        for (last, now_ms, due) in cases {
-            let last = last.map(|ms| t0 + Duration::from_millis(ms));
-            assert_eq!(offset_save_due(last, t0 + Duration::from_millis(now_ms)), due, "{last:?} {now_ms}");
-        }
-    }
-
-    #[test]
     fn the_keeper_writes_the_first_move_and_the_last_one_at_stop() {
         let dir = std::env::temp_dir().join(format!("tether-offset-keeper-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -491,9 +462,9 @@ mod tests {
         assert_eq!(load_offset(&path, 42), 1001);
         keeper.moved(1005, t0 + Duration::from_secs(1), "test");
         assert_eq!(load_offset(&path, 42), 1001, "not yet due");
-        keeper.moved(1007, t0 + OFFSET_SAVE_EVERY, "test");
+        keeper.moved(1007, t0 + crate::adapters::LAZY_SAVE_EVERY, "test");
         assert_eq!(load_offset(&path, 42), 1007);
-        keeper.moved(1009, t0 + OFFSET_SAVE_EVERY, "test");
+        keeper.moved(1009, t0 + crate::adapters::LAZY_SAVE_EVERY, "test");
         keeper.flush("test");
         assert_eq!(load_offset(&path, 42), 1009, "written at stop");
         let _ = std::fs::remove_dir_all(&dir);

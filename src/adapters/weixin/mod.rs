@@ -20,7 +20,7 @@ pub mod qr;
 pub mod wire;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -81,6 +81,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         log::debug!(target: channel.name.as_str(), "no usable login yet: {why:?}");
     }
     let journal = io.journal.ok_or_else(|| Error::Other(format!("channel \"{}\": no journal", channel.name)))?;
+    let cursor = Arc::new(Mutex::new(poll::CursorKeeper::new(io.home.clone(), &channel.name)));
     let poller = poll::Poller {
         link: link.clone(),
         config: channel.clone(),
@@ -88,12 +89,14 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         stop: io.stop,
         probe: io.probe.clone(),
         journal: journal.clone(),
+        cursor: cursor.clone(),
     };
     io.supervisor.spawn(format!("wx-poll-{}", channel.name), move || poller.run())?;
     let courier = Arc::new(WeixinCourier { link });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
     let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
-    Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
+    let guard: Box<dyn Send> = Box::new(poll::CursorFlush(cursor));
+    Ok(RunningChannel { drained: Some(drained), guard: Some(guard), ..RunningChannel::default() })
 }
 
 /// WeChat's limits: no published rate; a few messages in a burst per user, then about one a

@@ -1,13 +1,17 @@
 //! The WeChat poll thread: long-polls `getupdates` with the server's cursor, turns each user
 //! message into an inbound message (media fetched first), and moves the cursor only after the
 //! batch is in the fsynced journal and the users' context tokens are saved: no message is
-//! lost or repeated across restarts, and a restarted tether can answer at once.
+//! lost or answered twice across restarts, and a restarted tether can answer at once. The
+//! cursor file is written lazily ([`crate::adapters::lazy_save_due`], and at stop by the
+//! channel's [`CursorFlush`]): a stale one makes the server send again messages the journal
+//! knows.
 //!
 //! An expired login (errcode -14) parks the channel with "run tether weixin-login CHANNEL",
 //! logged once; it then waits for the account file to change (a new login is picked up
 //! without a restart) and otherwise tries again only every few minutes.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -44,6 +48,83 @@ pub struct Poller {
     pub stop: Receiver<()>,
     pub probe: Probe,
     pub journal: Arc<Journal>,
+    pub cursor: Arc<Mutex<CursorKeeper>>,
+}
+
+/// The cursor as polled and as last written to `<channel>-weixin-cursor.json`; shared by the
+/// poll thread and the channel's [`CursorFlush`].
+pub struct CursorKeeper {
+    home: PathBuf,
+    channel: String,
+    /// The login the cursor belongs to: bot id and login time (a new login starts afresh).
+    login: Option<(String, u64)>,
+    current: String,
+    saved: String,
+    saved_at: Option<Instant>,
+}
+
+impl CursorKeeper {
+    pub fn new(home: PathBuf, channel: &str) -> CursorKeeper {
+        CursorKeeper {
+            home,
+            channel: channel.to_string(),
+            login: None,
+            current: String::new(),
+            saved: String::new(),
+            saved_at: None,
+        }
+    }
+
+    /// The cursor to poll with for `login`: the one held, or for a login not seen yet in this
+    /// run the one saved for its bot (what a cursor of the previous login had not written is
+    /// dropped: it is not this login's).
+    fn position(&mut self, login: &(String, u64)) -> String {
+        if self.login.as_ref() != Some(login) {
+            let saved = account::load_cursor(&self.home, &self.channel, &login.0);
+            if !saved.is_empty() {
+                log::info!(target: self.channel.as_str(), "resuming from the saved cursor");
+            }
+            (self.current, self.saved, self.saved_at) = (saved.clone(), saved, None);
+            self.login = Some(login.clone());
+        }
+        self.current.clone()
+    }
+
+    /// Take the server's next cursor; write it when due.
+    fn moved(&mut self, next: String, now: Instant) {
+        self.current = next;
+        if self.current != self.saved && crate::adapters::lazy_save_due(self.saved_at, now) {
+            self.save(now);
+        }
+    }
+
+    /// Write the cursor if the file is behind (at stop).
+    pub fn flush(&mut self) {
+        if self.current != self.saved {
+            self.save(Instant::now());
+        }
+    }
+
+    fn save(&mut self, now: Instant) {
+        let Some((bot, _)) = &self.login else { return };
+        match account::save_cursor(&self.home, &self.channel, bot, &self.current) {
+            Ok(()) => self.saved = self.current.clone(),
+            // Not fatal: the journal knows these messages if the server sends them again.
+            Err(e) => log::warn!(target: self.channel.as_str(), "{e}"),
+        }
+        self.saved_at = Some(now);
+    }
+}
+
+/// The channel's guard ([`crate::adapters::RunningChannel::guard`]): dropped when the channel
+/// stops, it writes the cursor the poll thread took last, since that thread may be inside a
+/// long poll the stop cannot interrupt.
+pub struct CursorFlush(pub Arc<Mutex<CursorKeeper>>);
+
+impl Drop for CursorFlush {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).flush();
+    }
 }
 
 /// Wait `delay` unless asked to stop; true when the loop should end.
@@ -60,13 +141,15 @@ impl Poller {
         self.link.channel()
     }
 
+    fn cursor(&self) -> MutexGuard<'_, CursorKeeper> {
+        self.cursor.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn run(self) {
         let removed = super::media::clean_old(&self.link.home, self.target());
         if removed > 0 {
             log::info!(target: self.target(), "removed {removed} media files older than 7 days");
         }
-        // The login the cursor belongs to (bot id and login time: a new login starts afresh).
-        let mut cursor: Option<((String, u64), String)> = None;
         let mut failures = 0u32;
         let mut hold = wire::DEFAULT_HOLD;
         let mut parked: Option<String> = None;
@@ -94,14 +177,7 @@ impl Poller {
             };
             let bot = session.account.bot_id.clone();
             let login = (bot.clone(), session.account.saved_at);
-            if cursor.as_ref().is_none_or(|(l, _)| *l != login) {
-                let saved = account::load_cursor(&self.link.home, self.target(), &bot);
-                if !saved.is_empty() {
-                    log::info!(target: self.target(), "resuming from the saved cursor");
-                }
-                cursor = Some((login.clone(), saved));
-            }
-            let position = cursor.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+            let position = self.cursor().position(&login);
             let result =
                 session.api.post(wire::path::GET_UPDATES, &wire::get_updates_body(&position), hold + POLL_MARGIN);
             match result {
@@ -110,8 +186,8 @@ impl Poller {
                     failures = 0;
                     let updates = wire::parse_updates(&reply);
                     hold = updates.hold.unwrap_or(wire::DEFAULT_HOLD);
-                    match self.take(&session.api, &bot, updates) {
-                        Ok(Some(next)) => cursor = Some((login, next)),
+                    match self.take(&session.api, updates) {
+                        Ok(Some(next)) => self.cursor().moved(next, Instant::now()),
                         Ok(None) => {}
                         Err(error) => {
                             // The cursor did not move: the server sends these messages again.
@@ -184,9 +260,9 @@ impl Poller {
         false
     }
 
-    /// Journal one batch, save the context tokens, move and save the cursor, then pass the
-    /// new messages on; returns the new cursor. On a journal error nothing moves.
-    fn take(&self, api: &Api, bot: &str, updates: wire::Updates) -> Result<Option<String>, String> {
+    /// Journal one batch, save the context tokens, then pass the new messages on; returns the
+    /// new cursor, for the caller to move to. On a journal error nothing moves.
+    fn take(&self, api: &Api, updates: wire::Updates) -> Result<Option<String>, String> {
         let now = wall_ms();
         let mut entries = Vec::new();
         let mut tokens_changed = false;
@@ -222,12 +298,6 @@ impl Poller {
             // Not fatal: the token is in memory; a restart before the next message loses it.
             log::warn!(target: self.target(), "{e}");
         }
-        if let Some(next) = &updates.cursor
-            && let Err(e) = account::save_cursor(&self.link.home, self.target(), bot, next)
-        {
-            // Not fatal: the journal knows these messages if the server sends them again.
-            log::warn!(target: self.target(), "{e}");
-        }
         for message in fresh {
             log::debug!(target: self.target(), "message {:?} from {}", message.message_id, message.sender_id);
             if self.inbound.send(Inbound::Message(message)).is_err() {
@@ -259,5 +329,31 @@ mod tests {
     fn retry_delays() {
         let delays: Vec<u64> = (1..=5).map(|n| retry_delay(n).as_secs()).collect();
         assert_eq!(delays, vec![2, 2, 30, 30, 30]);
+    }
+
+    #[test]
+    fn the_cursor_is_written_at_first_then_when_due_and_at_stop() {
+        let home = std::env::temp_dir().join(format!("tether-wx-cursor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        let saved = || account::load_cursor(&home, "wx", "bot1");
+        let mut keeper = CursorKeeper::new(home.clone(), "wx");
+        let t0 = Instant::now();
+        assert_eq!(keeper.position(&("bot1".into(), 1)), "");
+        keeper.moved("c1".into(), t0);
+        assert_eq!(saved(), "c1", "the first move is written at once");
+        keeper.moved("c2".into(), t0 + Duration::from_secs(1));
+        assert_eq!((saved(), keeper.position(&("bot1".into(), 1))), ("c1".to_string(), "c2".to_string()));
+        keeper.moved("c3".into(), t0 + crate::adapters::LAZY_SAVE_EVERY);
+        assert_eq!(saved(), "c3");
+        keeper.moved("c4".into(), t0 + crate::adapters::LAZY_SAVE_EVERY);
+        keeper.flush();
+        assert_eq!(saved(), "c4", "written at stop");
+        // A new login starts from what is saved for its bot; nothing of the old one is pending.
+        keeper.moved("c5".into(), t0 + crate::adapters::LAZY_SAVE_EVERY);
+        assert_eq!(keeper.position(&("bot1".into(), 2)), "c4");
+        keeper.flush();
+        assert_eq!(saved(), "c4", "the old login's unwritten cursor was dropped");
+        let _ = std::fs::remove_dir_all(&home);
     }
 }
