@@ -583,8 +583,9 @@ impl Core {
             let can_load = self.load_session.get(&channel.agent).copied().unwrap_or(false);
             let chat = due.chat();
             let dormant = &mut self.dormant;
+            let live = &self.by_session_id;
             let session = self.sessions.entry(key.clone()).or_insert_with(|| {
-                let earlier = dormant.remove(&key);
+                let earlier = super::unless_taken(dormant.remove(&key), live, &key);
                 new_session(&key, channel, channel.cwd.clone(), &chat, earlier, (agent_up, can_load), now, actions)
             });
             session.chat = chat.clone();

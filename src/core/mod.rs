@@ -519,11 +519,13 @@ impl Core {
         let cwd = self.task_cwd(&base_key, &key).unwrap_or_else(|| channel.cwd.clone());
         let dormant = &mut self.dormant;
         let records_version = &mut self.records_version;
+        let live = &self.by_session_id;
         let session = self.sessions.entry(key.clone()).or_insert_with(|| {
             // A new session has no id yet, so it is not in the snapshot; a dormant record
             // taken back may be (it comes back with the session once loaded).
             let earlier = dormant.remove(&key);
             *records_version += u64::from(earlier.is_some());
+            let earlier = unless_taken(earlier, live, &key);
             new_session(&key, channel, cwd, &reply, earlier, (agent_up, can_load), now, actions)
         });
         if session.chat != reply {
@@ -1260,6 +1262,29 @@ impl<'a> EvictionPolicy<'a> {
             }
         };
         after.map(|after| session.last_active + after)
+    }
+}
+
+/// A saved session record whose id another conversation has open now is stale: an agent that
+/// numbers its sessions anew after a restart gave the id out again. Loading it would hand this
+/// conversation the other's session, and while the load runs the connection takes that
+/// session's live answer for replayed history and drops it; a new session is opened instead.
+fn unless_taken(
+    record: Option<SessionRecord>,
+    live: &HashMap<(String, String), SessionKey>,
+    key: &str,
+) -> Option<SessionRecord> {
+    let record = record?;
+    match live.get(&(record.agent.clone(), record.session_id.clone())) {
+        Some(other) if other != key => {
+            log::warn!(
+                target: record.chat.channel.as_str(),
+                "{key}: its saved session {} is another conversation's now (the agent gives ids out again after a restart); opening a new one",
+                record.session_id
+            );
+            None
+        }
+        _ => Some(record),
     }
 }
 

@@ -767,6 +767,40 @@ fn records_version_moves_exactly_when_a_session_record_may_change() {
 }
 
 #[test]
+fn a_saved_session_whose_id_another_conversation_has_now_is_not_loaded() {
+    // After a restart the agent numbers its sessions anew: it gave "s1" to 222, and 111's
+    // record from the last run names "s1" too. Loading it would give 111 the session of 222,
+    // and hide 222's live answer as replayed history.
+    let t0 = Instant::now();
+    let open = ChannelConfig { allowed_users: vec!["111".into(), "222".into()], ..channel("tg") };
+    let mut core = core_with(vec![open]);
+    core.handle(ready(true), t0);
+    let stale = SessionRecord {
+        session_id: "s1".into(),
+        agent: DEFAULT_AGENT.into(),
+        chat: chat("111"),
+        cwd: PathBuf::from("/work"),
+        instructed: true,
+    };
+    assert_eq!(core.adopt([("tg:111:111".to_string(), stale)]), 1);
+    core.handle(dm("222", "hello"), t0);
+    core.handle(created("tg:222:222", "s1"), t0);
+    assert_eq!(core.handle(dm("111", "two"), t0), vec![new_session("tg:111:111")]);
+    // A record whose id nobody has is loaded as before.
+    let mut other = core_with(vec![channel("tg")]);
+    other.handle(ready(true), t0);
+    let record = SessionRecord {
+        session_id: "s7".into(),
+        agent: DEFAULT_AGENT.into(),
+        chat: chat("111"),
+        cwd: PathBuf::from("/work"),
+        instructed: true,
+    };
+    assert_eq!(other.adopt([("tg:111:111".to_string(), record)]), 1);
+    assert_eq!(other.handle(dm("111", "two"), t0), vec![load("tg:111:111", "s7")]);
+}
+
+#[test]
 fn message_ids_follow_their_turns() {
     let t0 = Instant::now();
     let mut core = core_with(vec![open_channel(DispatchMode::Collect)]);
