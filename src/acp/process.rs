@@ -608,7 +608,8 @@ mod tests {
         link.writes = None;
         assert!(link.send_lines(vec!["dropped".to_string()]));
         waiting.try_iter().for_each(drop);
-        assert!(waiting.recv().is_err(), "the stdin queue is closed");
+        let closed = waiting.recv_timeout(Duration::from_secs(5));
+        assert!(matches!(closed, Err(crossbeam_channel::RecvTimeoutError::Disconnected)), "the stdin queue is closed");
     }
 
     #[test]

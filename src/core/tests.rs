@@ -672,13 +672,7 @@ fn snapshot_and_adopt_keep_the_instructed_flag() {
     assert!(core.sessions_snapshot().is_empty(), "a session the agent has not opened is not saved");
     core.handle(created("tg:111:111", "s1"), t0);
     let snapshot = core.sessions_snapshot();
-    let record = SessionRecord {
-        session_id: "s1".into(),
-        agent: DEFAULT_AGENT.into(),
-        chat: chat("111"),
-        cwd: PathBuf::from("/work"),
-        instructed: true,
-    };
+    let record = saved_record("s1");
     assert_eq!(snapshot, BTreeMap::from([("tg:111:111".to_string(), record.clone())]));
 
     // A restarted service loads it when the conversation continues, and does not instruct it
@@ -755,13 +749,7 @@ fn records_version_moves_exactly_when_a_session_record_may_change() {
         assert!(moved || core.sessions_snapshot() == snapshot, "{what}: the snapshot changed, the version did not");
     }
     let version = core.records_version();
-    let record = SessionRecord {
-        session_id: "s9".into(),
-        agent: DEFAULT_AGENT.into(),
-        chat: chat("111"),
-        cwd: PathBuf::from("/work"),
-        instructed: true,
-    };
+    let record = saved_record("s9");
     assert_eq!(core.adopt([("tg:__other__".to_string(), record)]), 1);
     assert_ne!(core.records_version(), version, "adopted records are in the snapshot");
 }
@@ -775,13 +763,7 @@ fn a_saved_session_whose_id_another_conversation_has_now_is_not_loaded() {
     let open = ChannelConfig { allowed_users: vec!["111".into(), "222".into()], ..channel("tg") };
     let mut core = core_with(vec![open]);
     core.handle(ready(true), t0);
-    let stale = SessionRecord {
-        session_id: "s1".into(),
-        agent: DEFAULT_AGENT.into(),
-        chat: chat("111"),
-        cwd: PathBuf::from("/work"),
-        instructed: true,
-    };
+    let stale = saved_record("s1");
     assert_eq!(core.adopt([("tg:111:111".to_string(), stale)]), 1);
     core.handle(dm("222", "hello"), t0);
     core.handle(created("tg:222:222", "s1"), t0);
@@ -789,13 +771,7 @@ fn a_saved_session_whose_id_another_conversation_has_now_is_not_loaded() {
     // A record whose id nobody has is loaded as before.
     let mut other = core_with(vec![channel("tg")]);
     other.handle(ready(true), t0);
-    let record = SessionRecord {
-        session_id: "s7".into(),
-        agent: DEFAULT_AGENT.into(),
-        chat: chat("111"),
-        cwd: PathBuf::from("/work"),
-        instructed: true,
-    };
+    let record = saved_record("s7");
     assert_eq!(other.adopt([("tg:111:111".to_string(), record)]), 1);
     assert_eq!(other.handle(dm("111", "two"), t0), vec![load("tg:111:111", "s7")]);
 }
@@ -821,6 +797,17 @@ fn empty_messages_are_ignored() {
     let t0 = Instant::now();
     let mut core = core_with(vec![channel("tg")]);
     assert_eq!(core.handle(dm("111", "  "), t0), vec![]);
+}
+
+/// What `sessions.json` keeps of 111's conversation in session `session_id`.
+fn saved_record(session_id: &str) -> SessionRecord {
+    SessionRecord {
+        session_id: session_id.into(),
+        agent: DEFAULT_AGENT.into(),
+        chat: chat("111"),
+        cwd: PathBuf::from("/work"),
+        instructed: true,
+    }
 }
 
 fn ready(load_session: bool) -> Event {
@@ -1376,13 +1363,7 @@ fn sessions_of_an_earlier_run_are_loaded_when_their_conversation_continues() {
     ch.instructions = Some("Be brief.".into());
     let mut core = core_with(vec![ch]);
     core.handle(ready(true), t0);
-    let record = SessionRecord {
-        session_id: "old-7".into(),
-        agent: DEFAULT_AGENT.into(),
-        chat: chat("111"),
-        cwd: PathBuf::from("/work"),
-        instructed: true,
-    };
+    let record = saved_record("old-7");
     let elsewhere = SessionRecord { chat: ChatRef { channel: "gone".into(), ..chat("1") }, ..record.clone() };
     assert_eq!(core.adopt([("tg:111:111".to_string(), record), ("gone:1:1".to_string(), elsewhere)]), 1);
     assert_eq!(core.sessions_snapshot().len(), 1, "kept until used");
