@@ -2,8 +2,8 @@
 //! queued per chat, paced by [`Pacer`] with the platform's own [`PacingRules`], and delivered
 //! by a few worker threads, so that one chat's retries or slow calls never hold up another
 //! chat. [`Schedule`] is the pure part (what may go next, what a failure means for the piece,
-//! when a whole reply is done with); [`spawn`] runs the dispatcher and worker threads, and
-//! settles the messages a delivered reply answers in the journal.
+//! when a whole reply is done with); [`spawn`] runs the worker threads, which share it under
+//! a lock, and settle the messages a delivered reply answers in the journal.
 //!
 //! The outbox defines the [`Courier`] trait and knows no platform; each platform implements
 //! it in its own folder (render, plain fallback, one call, pacing) and writes no queue or
@@ -13,10 +13,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, never, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 
 use crate::adapters::Supervisor;
 use crate::adapters::pacing::{Pacer, PacingRules};
@@ -39,7 +39,7 @@ pub(crate) const TYPING_FRESH: Duration = Duration::from_secs(4);
 const WORKERS: usize = 3;
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// How long the dispatcher sleeps with nothing due (messages and results wake it sooner).
+/// How long an idle worker sleeps with nothing due (replies and kicks wake it sooner).
 const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// Once the outbox closes (the service stops, the channel is removed), queued replies may
 /// still start for this long; then only the calls in flight are awaited. What was not sent
@@ -48,7 +48,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(60);
 pub(crate) const DRAIN_AFTER_CLOSE: Duration = Duration::from_millis(1500);
 /// Message ids remembered for edits; the oldest are forgotten past this.
 const REMEMBERED_KEYS: usize = 512;
-/// Delivered replies kept for the audit log between two rounds of the dispatcher at most.
+/// Delivered replies kept for the audit log between two calls' results at most.
 const MAX_DELIVERED: usize = 1024;
 
 /// One platform message's worth of a reply, as the courier rendered it.
@@ -628,7 +628,7 @@ impl Schedule {
         for (chat, q) in &self.chats {
             // No call goes before the bot's budget allows: once a chat waits only for that,
             // no other can be earlier (with 50 chats queued behind the bot's limit, this was
-            // a pacer lookup per chat on every turn of the dispatcher).
+            // a pacer lookup per chat on every turn of a worker).
             if wake == Some(bot) {
                 break;
             }
@@ -790,7 +790,7 @@ fn settle(
     }
 }
 
-/// What the dispatcher settles replies against, and where it reports.
+/// What the workers settle replies against, and where they report.
 pub struct Settle {
     /// The channel's name: the log target and the threads' names.
     pub channel: String,
@@ -822,7 +822,7 @@ impl Settle {
     }
 }
 
-/// Start the dispatcher and its workers for one channel, through the channel's supervisor.
+/// Start the worker threads of one channel's delivery, through the channel's supervisor.
 /// They end when `outbox` closes and the queued replies are delivered or given up (or
 /// [`DRAIN_AFTER_CLOSE`] has passed); the returned receiver disconnects then.
 pub fn spawn(
@@ -831,21 +831,196 @@ pub fn spawn(
     settle: Settle,
     supervisor: &Supervisor,
 ) -> Result<Receiver<()>, Error> {
-    let (jobs_tx, jobs_rx) = unbounded::<Job>();
-    let (done_tx, done_rx) = unbounded::<(Job, Result<Option<String>, Failure>)>();
+    let files = courier.files().cloned();
+    let (kicks_tx, kicks) = bounded::<()>(WORKERS);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(Desk { schedule: Schedule::new(courier.clone()), open: true, drain_until: None, busy: 0 }),
+        courier,
+        files,
+        settle,
+        kicks_tx,
+        kicks,
+    });
+    let (drained_tx, drained) = bounded::<()>(0);
     for i in 0..WORKERS {
-        let (courier, jobs, done) = (courier.clone(), jobs_rx.clone(), done_tx.clone());
-        supervisor.spawn(format!("send-{}-{i}", settle.channel), move || work(courier.as_ref(), &jobs, &done))?;
+        let (shared, outbox, drained_tx) = (shared.clone(), outbox.clone(), drained_tx.clone());
+        supervisor.spawn(format!("send-{}-{i}", shared.settle.channel), move || {
+            // Dropped when the last worker ends, panics included: that is the signal.
+            let _drained = drained_tx;
+            work(&shared, outbox);
+        })?;
     }
-    let (drained_tx, drained) = crossbeam_channel::bounded::<()>(0);
-    let name = format!("send-{}", settle.channel);
-    supervisor.spawn(name, move || {
-        // Dropped when the dispatcher ends, panics included: that is the signal.
-        let _drained = drained_tx;
-        let files = courier.files().cloned();
-        dispatch(Schedule::new(courier), files.as_ref(), &outbox, &jobs_tx, &done_rx, &settle);
-    })?;
     Ok(drained)
+}
+
+/// What the workers of one channel share.
+struct Shared {
+    state: Mutex<Desk>,
+    courier: Arc<dyn Courier>,
+    files: Option<OutboundFiles>,
+    settle: Settle,
+    /// Wakes an idle worker: a job became ready while it waited, or the workers may end.
+    kicks_tx: Sender<()>,
+    kicks: Receiver<()>,
+}
+
+/// The schedule and the workers' common state, under one lock held only between calls.
+struct Desk {
+    schedule: Schedule,
+    /// False once the outbox closed (the channel stops).
+    open: bool,
+    /// Set when the outbox closed: queued replies may start until then.
+    drain_until: Option<Instant>,
+    /// Workers performing a call now.
+    busy: usize,
+}
+
+impl Shared {
+    fn desk(&self) -> MutexGuard<'_, Desk> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wake up to `n` idle workers (a full queue of kicks already wakes them all).
+    fn kick(&self, n: usize) {
+        for _ in 0..n {
+            if self.kicks_tx.try_send(()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What a worker does next, decided with the desk locked.
+enum Turn {
+    Perform(Job),
+    Wait(Duration),
+    End,
+}
+
+impl Desk {
+    fn turn(&mut self, now: Instant) -> Turn {
+        let draining = self.drain_until.is_none_or(|until| now < until);
+        if draining && let Some(job) = self.schedule.next_job(now) {
+            self.busy += 1;
+            return Turn::Perform(job);
+        }
+        if !self.open && self.busy == 0 && (self.schedule.is_empty() || !draining) {
+            return Turn::End;
+        }
+        let wait = match self.schedule.next_wake(now) {
+            Some(at) => at.saturating_duration_since(now).clamp(Duration::from_millis(1), IDLE_WAIT),
+            None => IDLE_WAIT,
+        };
+        Turn::Wait(
+            self.drain_until
+                .map_or(wait, |until| wait.min(until.saturating_duration_since(now)).max(Duration::from_millis(1))),
+        )
+    }
+}
+
+/// Counts a worker as busy while it performs a call; a call that panics still frees it, so
+/// that the others can end.
+struct Performing<'a>(&'a Shared);
+
+impl Drop for Performing<'_> {
+    fn drop(&mut self) {
+        self.0.desk().busy -= 1;
+    }
+}
+
+/// A worker: takes the next ready call itself, performs it, settles its result, and waits for
+/// a reply, a kick or the clock only when nothing is ready. A reply goes from the core to the
+/// platform with one thread waking up, not three (a dispatcher handing calls to workers took a
+/// hop there and back for each call).
+fn work(shared: &Shared, mut outbox: Receiver<Outbound>) {
+    let channel = shared.settle.channel.as_str();
+    let mut turn = shared.desk().turn(Instant::now());
+    loop {
+        match turn {
+            Turn::Perform(job) => {
+                let result = {
+                    let _performing = Performing(shared);
+                    shared.courier.perform(&job.call)
+                };
+                let (verdict, settled, delivered, next, more) = {
+                    let mut desk = shared.desk();
+                    let now = Instant::now();
+                    let verdict = desk.schedule.finish(job, result, now);
+                    let next = desk.turn(now);
+                    let more = desk.schedule.next_wake(now).is_some_and(|at| at <= now);
+                    (verdict, desk.schedule.take_settled(), desk.schedule.take_delivered(), next, more)
+                };
+                // This worker goes on with the next call itself; wake another only for a
+                // further call that is ready now.
+                if more {
+                    shared.kick(1);
+                }
+                let (level, line) = verdict.log_line();
+                log::log!(target: channel, level, "{line}");
+                if level <= log::Level::Warn {
+                    shared.settle.probe.note_error(&line);
+                }
+                shared.settle.apply(settled);
+                record_delivered(delivered);
+                turn = next;
+                continue;
+            }
+            Turn::End => {
+                // The others may be waiting for the clock: they end as well now.
+                shared.kick(WORKERS);
+                return;
+            }
+            Turn::Wait(wait) => select! {
+                recv(outbox) -> msg => match msg {
+                    Ok(out) => queue(shared, out),
+                    Err(_) => {
+                        outbox = never();
+                        let mut desk = shared.desk();
+                        if desk.open {
+                            desk.open = false;
+                            desk.drain_until = Some(Instant::now() + DRAIN_AFTER_CLOSE);
+                        }
+                    }
+                },
+                recv(shared.kicks) -> _ => {}
+                default(wait) => {}
+            },
+        }
+        turn = shared.desk().turn(Instant::now());
+    }
+}
+
+/// Queue a reply (or a typing indicator) from the core.
+fn queue(shared: &Shared, out: Outbound) {
+    let channel = shared.settle.channel.as_str();
+    let chat = match &out {
+        Outbound::Text { chat, .. } => Some(chat.chat_id.clone()),
+        _ => None,
+    };
+    let (out, attached) = match &shared.files {
+        Some(files) => take_files(out, files, channel),
+        None => (out, Vec::new()),
+    };
+    let parts = shared.desk().schedule.push_with_files(out, attached, Instant::now());
+    if let Some(chat) = chat {
+        if parts == 0 {
+            log::warn!(target: channel, "an empty reply to chat {chat} was not sent");
+        } else {
+            log::debug!(target: channel, "reply to chat {chat} queued as {parts} message(s)");
+        }
+    }
+}
+
+fn record_delivered(delivered: Vec<Delivered>) {
+    for d in delivered {
+        crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
+            channel: d.chat.channel,
+            chat: d.chat.chat_id,
+            bytes: d.bytes,
+            parts: d.parts,
+            duration_ms: u64::try_from(d.took.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
 }
 
 /// The `[IMAGE: …]` / `[FILE: …]` markers of a reply: each file that passes the check
@@ -870,120 +1045,11 @@ fn take_files(out: Outbound, files: &OutboundFiles, channel: &str) -> (Outbound,
     (Outbound::Text { chat, text, answers }, attached)
 }
 
-/// A worker: one call at a time, its result back to the dispatcher.
-fn work(courier: &dyn Courier, jobs: &Receiver<Job>, done: &Sender<(Job, Result<Option<String>, Failure>)>) {
-    for job in jobs {
-        let result = courier.perform(&job.call);
-        if done.send((job, result)).is_err() {
-            return;
-        }
-    }
-}
-
-enum Wakeup {
-    Queued(Outbound),
-    OutboxClosed,
-    Done(Job, Result<Option<String>, Failure>),
-    WorkersGone,
-    Tick,
-}
-
-/// The dispatcher: hands ready calls to idle workers, queues new replies, settles results.
-fn dispatch(
-    mut schedule: Schedule,
-    files: Option<&OutboundFiles>,
-    outbox: &Receiver<Outbound>,
-    jobs: &Sender<Job>,
-    done: &Receiver<(Job, Result<Option<String>, Failure>)>,
-    settle: &Settle,
-) {
-    let channel = settle.channel.as_str();
-    let mut idle = WORKERS;
-    let closed = never();
-    let mut open = true;
-    let mut drain_until: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        let draining = drain_until.is_none_or(|until| now < until);
-        while idle > 0 && draining {
-            let Some(job) = schedule.next_job(now) else { break };
-            if jobs.send(job).is_err() {
-                return;
-            }
-            idle -= 1;
-        }
-        if !open && idle == WORKERS && (schedule.is_empty() || !draining) {
-            if !schedule.is_empty() {
-                log::info!(target: channel, "stopping with replies not sent; their messages are answered at the next start");
-            }
-            return;
-        }
-        // With every worker busy only a result can free one: wait for it, not for the clock.
-        let wait = match schedule.next_wake(now) {
-            Some(at) if idle > 0 => at.saturating_duration_since(now).clamp(Duration::from_millis(1), IDLE_WAIT),
-            _ => IDLE_WAIT,
-        };
-        let wait = drain_until
-            .map_or(wait, |until| wait.min(until.saturating_duration_since(now)).max(Duration::from_millis(1)));
-        let inbox = if open { outbox } else { &closed };
-        let wakeup = select! {
-            recv(inbox) -> msg => msg.map_or(Wakeup::OutboxClosed, Wakeup::Queued),
-            recv(done) -> msg => msg.map_or(Wakeup::WorkersGone, |(job, result)| Wakeup::Done(job, result)),
-            default(wait) => Wakeup::Tick,
-        };
-        match wakeup {
-            Wakeup::Queued(out) => {
-                let chat = match &out {
-                    Outbound::Text { chat, .. } => Some(chat.chat_id.clone()),
-                    _ => None,
-                };
-                let (out, attached) = match files {
-                    Some(files) => take_files(out, files, channel),
-                    None => (out, Vec::new()),
-                };
-                let parts = schedule.push_with_files(out, attached, Instant::now());
-                if let Some(chat) = chat {
-                    if parts == 0 {
-                        log::warn!(target: channel, "an empty reply to chat {chat} was not sent");
-                    } else {
-                        log::debug!(target: channel, "reply to chat {chat} queued as {parts} message(s)");
-                    }
-                }
-            }
-            Wakeup::OutboxClosed => {
-                open = false;
-                drain_until = Some(Instant::now() + DRAIN_AFTER_CLOSE);
-            }
-            Wakeup::WorkersGone => {
-                log::error!(target: channel, "every sender thread is gone; replies are no longer sent");
-                return;
-            }
-            Wakeup::Done(job, result) => {
-                idle += 1;
-                let (level, line) = schedule.finish(job, result, Instant::now()).log_line();
-                log::log!(target: channel, level, "{line}");
-                if level <= log::Level::Warn {
-                    settle.probe.note_error(&line);
-                }
-            }
-            Wakeup::Tick => {}
-        }
-        settle.apply(schedule.take_settled());
-        for d in schedule.take_delivered() {
-            crate::audit_writer::record(crate::audit::AuditEvent::AnswerDelivered {
-                channel: d.chat.channel,
-                chat: d.chat.chat_id,
-                bytes: d.bytes,
-                parts: d.parts,
-                duration_ms: u64::try_from(d.took.as_millis()).unwrap_or(u64::MAX),
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    use crate::adapters::ThreadEnd;
 
     use super::*;
 
@@ -1642,7 +1708,7 @@ mod tests {
         let fake = courier(BURST_OF_4);
         let probe = Probe::new("fake", false);
         let settle = Settle { channel: "fake".into(), journal: None, probe: probe.clone() };
-        let (out_tx, out_rx) = unbounded();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let (supervisor, _ended) = Supervisor::new();
         let drained = spawn(fake.clone(), out_rx, settle, &supervisor).unwrap();
         let answers = vec![MessageRef { chat_id: "1".into(), message_id: "9".into() }];
@@ -1663,5 +1729,95 @@ mod tests {
         let span = calls.last().unwrap().0 - calls[0].0;
         assert!(span < ms(500), "the parts went out {span:?} apart from first to last");
         assert_eq!(probe.with(|h, _| h.messages_out), 1, "one reply delivered");
+    }
+
+    /// A courier for the thread tests: a text ending in ", slow" waits for `release`, a call to
+    /// chat "boom" panics,
+    /// every other call is recorded as made.
+    struct GatedCourier {
+        release: Receiver<()>,
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl Courier for GatedCourier {
+        fn render(&self, markdown: &str) -> Vec<Piece> {
+            vec![Piece { text: markdown.to_string(), formatted: false }]
+        }
+        fn plain(&self, _: &Piece) -> Option<Piece> {
+            None
+        }
+        fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
+            let Call::Send { chat, piece, .. } = call else { return Ok(None) };
+            if piece.text.ends_with(", slow") {
+                let _ = self.release.recv_timeout(Duration::from_secs(10));
+            }
+            if chat.chat_id == "boom" {
+                panic!("a courier bug");
+            }
+            self.sent.lock().unwrap().push(piece.text.clone());
+            Ok(None)
+        }
+        fn pacing(&self) -> PacingRules {
+            BURST_OF_4
+        }
+    }
+
+    fn gated() -> (Arc<GatedCourier>, Sender<()>) {
+        let (release_tx, release) = crossbeam_channel::bounded(1);
+        (Arc::new(GatedCourier { release, sent: Mutex::new(Vec::new()) }), release_tx)
+    }
+
+    fn start(courier: Arc<GatedCourier>) -> (Sender<Outbound>, Receiver<()>, Receiver<ThreadEnd>) {
+        let settle = Settle { channel: "fake".into(), journal: None, probe: Probe::new("fake", false) };
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let (supervisor, ended) = Supervisor::new();
+        let drained = spawn(courier, out_rx, settle, &supervisor).unwrap();
+        (out_tx, drained, ended)
+    }
+
+    /// Waits at most 10 s for `sent` to hold `text`.
+    fn wait_sent(courier: &GatedCourier, text: &str) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if courier.sent.lock().unwrap().iter().any(|t| t == text) {
+                return true;
+            }
+            std::thread::sleep(ms(5));
+        }
+        false
+    }
+
+    #[test]
+    fn a_slow_call_holds_up_its_chat_only() {
+        let (courier, release) = gated();
+        let (out_tx, drained, _ended) = start(courier.clone());
+        out_tx.send(text("slow", "first, slow")).unwrap();
+        out_tx.send(text("slow", "second, after it")).unwrap();
+        out_tx.send(text("fast", "meanwhile")).unwrap();
+        assert!(wait_sent(&courier, "meanwhile"), "another chat's reply waited for the slow call");
+        assert!(!courier.sent.lock().unwrap().iter().any(|t| t == "second, after it"), "went before the slow part");
+        release.send(()).unwrap();
+        assert!(wait_sent(&courier, "second, after it"));
+        drop(out_tx);
+        let ended = drained.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        let sent = courier.sent.lock().unwrap().clone();
+        assert_eq!(sent, ["meanwhile", "first, slow", "second, after it"]);
+    }
+
+    /// A call that panics ends its worker (the supervisor hears of it and restarts the
+    /// channel), but does not keep the others from delivering and then ending.
+    #[test]
+    fn a_call_that_panics_does_not_keep_the_others_from_ending() {
+        let (courier, _release) = gated();
+        let (out_tx, drained, ended) = start(courier.clone());
+        out_tx.send(text("boom", "never sent")).unwrap();
+        let end = ended.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(end.panicked, "{end:?}");
+        out_tx.send(text("calm", "still sent")).unwrap();
+        assert!(wait_sent(&courier, "still sent"));
+        drop(out_tx);
+        let drained = drained.recv_timeout(Duration::from_secs(10));
+        assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
     }
 }
