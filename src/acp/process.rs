@@ -1,9 +1,11 @@
 //! The agent child process and the threads that own its pipes: a writer (stdin), a reader
 //! (stdout lines of any length), a stderr reader that logs what the agent says there, and
-//! one I/O thread that passes the core's requests to the agent and owns the process (startup
-//! deadline, exit). The [`Connection`] state machine is shared by the I/O thread (requests)
-//! and the stdout reader, which decodes each line and hands its events to the core itself:
-//! no thread in between, since a streamed answer is many lines.
+//! one I/O thread that owns the process (startup deadline, exit) and encodes the requests
+//! that read files (prompts with images). The [`Connection`] state machine is shared by the
+//! core's [`AgentHandle`], which encodes every other request on the core's thread, the I/O
+//! thread, and the stdout reader, which decodes each line and hands its events to the core
+//! itself: no thread in between either way, since every message is a prompt and a streamed
+//! answer is many lines.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -44,10 +46,42 @@ pub struct AgentSpec {
 }
 
 /// The core's side of a running agent.
-#[derive(Debug)]
 pub struct AgentHandle {
-    pub requests: Sender<AgentRequest>,
+    /// To the I/O thread: prompts with images (their files are read there), and what follows
+    /// them while they wait. Dropping it closes the agent's stdin.
+    requests: Sender<AgentRequest>,
+    link: Arc<Mutex<Link>>,
+    /// To the I/O thread, which stops an agent that does not read its input.
+    problems: Sender<FromAgent>,
     pub pid: u32,
+}
+
+impl std::fmt::Debug for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHandle").field("pid", &self.pid).finish_non_exhaustive()
+    }
+}
+
+impl AgentHandle {
+    /// Pass a request to the agent. It is encoded and queued for the agent's stdin on the
+    /// calling thread (the core's): a prompt wakes only the stdin writer, not an I/O thread
+    /// and then the writer. A prompt with images goes through the I/O thread, which reads
+    /// their files, and so does every request after it until the I/O thread has taken it, so
+    /// that the agent gets them in order.
+    pub fn send(&self, request: AgentRequest) {
+        let mut link = lock(&self.link);
+        let reads_files = matches!(&request, AgentRequest::Prompt { images, .. } if !images.is_empty());
+        if reads_files || link.queued_for_io > 0 {
+            link.queued_for_io += 1;
+            drop(link);
+            let _ = self.requests.send(request);
+            return;
+        }
+        if !link.request(request) {
+            drop(link);
+            let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
+        }
+    }
 }
 
 /// Lines of stderr kept for the message when the agent dies.
@@ -124,7 +158,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let mut conn = Connection::default();
     conn.image_loader = Some(load_image);
     conn.mcp = spec.mcp.clone();
-    let mut link = Link { conn, writes: Some(write_tx), exited: false };
+    let mut link = Link { conn, writes: Some(write_tx), exited: false, queued_for_io: 0 };
     let start = link.conn.start().writes;
     let broken = !link.send_lines(start);
     let link = Arc::new(Mutex::new(link));
@@ -144,6 +178,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
             let _ = closed.0.send(FromAgent::Broken(format!("sent a line longer than {} MiB", MAX_LINE >> 20)));
         }
     })?;
+    let problems = from_agent_tx.clone();
     let tx = from_agent_tx;
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let mut stderr_log =
@@ -155,20 +190,21 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
     let name = spec.name.clone();
     let startup_timeout = spec.startup_timeout;
+    let io_link = link.clone();
     named(&format!("acp-{}", spec.name), move || {
         run_io(IoThread {
             name,
             child,
             requests: requests_rx,
             from_agent: from_agent_rx,
-            link,
+            link: io_link,
             events,
             startup_timeout,
             stderr_tail,
             broken: broken.then(|| "does not read its input".to_string()),
         })
     })?;
-    Ok(AgentHandle { requests: requests_tx, pid })
+    Ok(AgentHandle { requests: requests_tx, link, problems, pid })
 }
 
 /// What the pipe readers tell the I/O thread (the agent's stdout lines go to the core from
@@ -204,6 +240,8 @@ struct Link {
     /// Set by the I/O thread before it reports the exit: a line the reader still gets from a
     /// killed agent must not reach the core after [`AgentEvent::Exited`].
     exited: bool,
+    /// Requests sent to the I/O thread that it has not taken yet ([`AgentHandle::send`]).
+    queued_for_io: usize,
 }
 
 impl Link {
@@ -220,6 +258,18 @@ impl Link {
             let _ = writes.send(line);
         }
         true
+    }
+
+    /// Encode a request and queue its lines; false as [`Link::send_lines`].
+    fn request(&mut self, request: AgentRequest) -> bool {
+        let writes = self.conn.request(request).writes;
+        self.send_lines(writes)
+    }
+
+    /// [`Link::request`] for one the I/O thread took from [`AgentHandle::send`].
+    fn request_from_io(&mut self, request: AgentRequest) -> bool {
+        self.queued_for_io = self.queued_for_io.saturating_sub(1);
+        self.request(request)
     }
 }
 
@@ -322,9 +372,7 @@ fn run_io(mut io: IoThread) {
         select! {
             recv(requests) -> req => match req {
                 Ok(req) => {
-                    let mut link = lock(&io.link);
-                    let writes = link.conn.request(req).writes;
-                    if !link.send_lines(writes) {
+                    if !lock(&io.link).request_from_io(req) {
                         broken = Some(format!("left {STDIN_QUEUE} lines of input unread"));
                     }
                 }
@@ -595,7 +643,7 @@ mod tests {
     #[test]
     fn the_stdin_queue_is_bounded_without_preallocating() {
         let (writes, waiting) = unbounded::<String>();
-        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false };
+        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false, queued_for_io: 0 };
         assert!(link.send_lines(vec!["x".to_string(); STDIN_QUEUE - 1]));
         assert!(link.send_lines(vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
         assert!(!link.send_lines(vec!["one too many".to_string()]));
@@ -610,6 +658,41 @@ mod tests {
         waiting.try_iter().for_each(drop);
         let closed = waiting.recv_timeout(Duration::from_secs(5));
         assert!(matches!(closed, Err(crossbeam_channel::RecvTimeoutError::Disconnected)), "the stdin queue is closed");
+    }
+
+    #[test]
+    fn requests_after_a_prompt_with_images_wait_behind_it() {
+        let (writes, written) = unbounded::<String>();
+        let (requests, to_io) = unbounded();
+        let (problems, _) = unbounded();
+        let mut conn = Connection::default();
+        let initialize: serde_json::Value = serde_json::from_str(&conn.start().writes[0]).unwrap();
+        conn.receive(
+            &serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}})
+                .to_string(),
+        );
+        assert!(conn.is_ready());
+        let link = Link { conn, writes: Some(writes), exited: false, queued_for_io: 0 };
+        let handle = AgentHandle { requests, link: Arc::new(Mutex::new(link)), problems, pid: 0 };
+        let cancel = || AgentRequest::Cancel { session_id: "s1".into() };
+        let pictures =
+            AgentRequest::Prompt { session_id: "s1".into(), text: "look".into(), images: vec!["a.png".into()] };
+        handle.send(cancel());
+        assert_eq!((written.len(), to_io.len()), (1, 0), "written on the caller's thread");
+        handle.send(pictures);
+        handle.send(cancel());
+        assert_eq!((written.len(), to_io.len()), (1, 2), "the cancel waits behind the prompt with images");
+        // The I/O thread takes both, in order.
+        for request in to_io.try_iter() {
+            assert!(lock(&handle.link).request_from_io(request));
+        }
+        handle.send(cancel());
+        assert_eq!(to_io.len(), 0, "once the I/O thread caught up, requests are written directly again");
+        let methods: Vec<String> = written
+            .try_iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap()["method"].to_string())
+            .collect();
+        assert_eq!(methods, ["\"session/cancel\"", "\"session/prompt\"", "\"session/cancel\"", "\"session/cancel\""]);
     }
 
     #[test]
@@ -630,7 +713,7 @@ mod tests {
     #[test]
     fn no_agent_line_reaches_the_core_after_the_exit_was_reported() {
         let (writes, _waiting) = unbounded::<String>();
-        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false };
+        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false, queued_for_io: 0 };
         let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
         let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
         let link = Arc::new(Mutex::new(link));

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, unbounded};
+use crossbeam_channel::Sender;
 
 use crate::acp::identity;
 use crate::acp::process::{self, AgentHandle, AgentSpec};
@@ -12,12 +12,11 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{AgentEvent, AgentRequest};
 
-/// One agent process, restartable: requests wait in `requests` while it is down.
+/// One agent process, restartable.
 pub struct Agent {
     spec: AgentSpec,
     /// When it crashed lately, to give up on an agent that keeps dying.
     crashes: CrashWindow,
-    requests_tx: Sender<AgentRequest>,
     handle: Option<AgentHandle>,
     backoff: Backoff,
     /// It answered `initialize` at least once since tether started.
@@ -26,10 +25,8 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(spec: AgentSpec, events: Sender<(String, AgentEvent)>) -> Result<Agent, Error> {
-        let (requests_tx, _) = unbounded();
         let mut agent = Agent {
             spec,
-            requests_tx,
             handle: None,
             crashes: CrashWindow::default(),
             backoff: Backoff::new(Duration::from_secs(3), Duration::from_secs(60)),
@@ -41,7 +38,6 @@ impl Agent {
 
     pub fn restart(&mut self, events: Sender<(String, AgentEvent)>) -> Result<(), Error> {
         let handle = process::spawn(self.spec.clone(), events)?;
-        self.requests_tx = handle.requests.clone();
         self.handle = Some(handle);
         Ok(())
     }
@@ -82,8 +78,12 @@ impl Agent {
         ))
     }
 
+    /// Pass a request to the running agent (lost when it is down: the core holds its
+    /// requests back until the agent is ready again).
     pub fn send(&self, request: AgentRequest) {
-        let _ = self.requests_tx.send(request);
+        if let Some(handle) = &self.handle {
+            handle.send(request);
+        }
     }
 }
 
