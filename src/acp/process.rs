@@ -79,7 +79,8 @@ impl AgentHandle {
         }
         if !link.request(request) {
             drop(link);
-            let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
+            // Never blocks the core: a full queue already holds what stops the agent.
+            let _ = self.problems.try_send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
         }
     }
 }
@@ -158,15 +159,17 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let mut conn = Connection::default();
     conn.image_loader = Some(load_image);
     conn.mcp = spec.mcp.clone();
-    let mut link = Link { conn, writes: Some(write_tx), exited: false, queued_for_io: 0 };
+    let mut link = Link { conn, writes: Some(write_tx), queued_for_io: 0 };
     let start = link.conn.start().writes;
     let broken = !link.send_lines(start);
     let link = Arc::new(Mutex::new(link));
+    let exited: ExitGate = Arc::new(Mutex::new(false));
 
     let tx = from_agent_tx.clone();
     let mut reader = AgentLines {
         name: spec.name.clone(),
         link: link.clone(),
+        exited: exited.clone(),
         events: events.clone(),
         problems: tx.clone(),
         started: Instant::now(),
@@ -198,6 +201,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
             requests: requests_rx,
             from_agent: from_agent_rx,
             link: io_link,
+            exited,
             events,
             startup_timeout,
             stderr_tail,
@@ -237,9 +241,6 @@ struct Link {
     conn: Connection,
     /// The only sender to the stdin writer: `None` once the core is gone, which closes stdin.
     writes: Option<Sender<String>>,
-    /// Set by the I/O thread before it reports the exit: a line the reader still gets from a
-    /// killed agent must not reach the core after [`AgentEvent::Exited`].
-    exited: bool,
     /// Requests sent to the I/O thread that it has not taken yet ([`AgentHandle::send`]).
     queued_for_io: usize,
 }
@@ -273,14 +274,22 @@ impl Link {
     }
 }
 
-fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
-    link.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// True once the I/O thread reported the agent's exit. The reader sends the core a line's
+/// events holding it, and the I/O thread sets it before it reports the exit, so no line of a
+/// killed agent reaches the core after [`AgentEvent::Exited`]. A lock of its own, not the
+/// [`Link`]'s: the reader may wait for room in the core's bounded queue while holding it, and
+/// the core locks the link to send a request, so holding the link there could deadlock.
+type ExitGate = Arc<Mutex<bool>>;
 
 /// The stdout reader's side: decode each line and pass its events straight to the core.
 struct AgentLines {
     name: String,
     link: Arc<Mutex<Link>>,
+    exited: ExitGate,
     events: AgentEvents,
     /// To the I/O thread, which kills an agent that stopped reading its input.
     problems: Sender<FromAgent>,
@@ -291,20 +300,25 @@ impl AgentLines {
     /// Always true: the reader keeps draining stdout until it closes, so an agent writing
     /// into a gone core never blocks on its pipe instead of exiting.
     fn receive(&mut self, line: &str) -> bool {
-        // The events go out with the link locked, so none can follow the I/O thread's Exited.
-        let mut link = lock(&self.link);
-        if link.exited {
+        if *lock(&self.exited) {
             return true;
         }
-        let step = link.conn.receive(line);
-        let read_input = link.send_lines(step.writes);
-        for event in step.events {
+        let (events, read_input) = {
+            let mut link = lock(&self.link);
+            let step = link.conn.receive(line);
+            (step.events, link.send_lines(step.writes))
+        };
+        let exited = lock(&self.exited);
+        if *exited {
+            return true;
+        }
+        for event in events {
             if let AgentEvent::Ready { .. } = event {
                 log::info!(target: "acp", "agent \"{}\" ready after {} ms", self.name, self.started.elapsed().as_millis());
             }
             let _ = self.events.send((self.name.clone(), event));
         }
-        drop(link);
+        drop(exited);
         if !read_input {
             let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
         }
@@ -318,6 +332,7 @@ struct IoThread {
     requests: Receiver<AgentRequest>,
     from_agent: Receiver<FromAgent>,
     link: Arc<Mutex<Link>>,
+    exited: ExitGate,
     events: AgentEvents,
     startup_timeout: Duration,
     /// The last stderr lines, for the exit reason.
@@ -412,7 +427,9 @@ fn run_io(mut io: IoThread) {
     }
     // Not a warning here: the daemon knows whether this exit is a crash or a clean stop.
     log::debug!(target: "acp", "agent \"{}\" {reason}", io.name);
-    lock(&io.link).exited = true;
+    let mut exited = lock(&io.exited);
+    *exited = true;
+    drop(exited);
     let _ = io.events.send((io.name, AgentEvent::Exited { reason }));
 }
 
@@ -643,7 +660,7 @@ mod tests {
     #[test]
     fn the_stdin_queue_is_bounded_without_preallocating() {
         let (writes, waiting) = unbounded::<String>();
-        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false, queued_for_io: 0 };
+        let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
         assert!(link.send_lines(vec!["x".to_string(); STDIN_QUEUE - 1]));
         assert!(link.send_lines(vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
         assert!(!link.send_lines(vec!["one too many".to_string()]));
@@ -672,7 +689,7 @@ mod tests {
                 .to_string(),
         );
         assert!(conn.is_ready());
-        let link = Link { conn, writes: Some(writes), exited: false, queued_for_io: 0 };
+        let link = Link { conn, writes: Some(writes), queued_for_io: 0 };
         let handle = AgentHandle { requests, link: Arc::new(Mutex::new(link)), problems, pid: 0 };
         let cancel = || AgentRequest::Cancel { session_id: "s1".into() };
         let pictures =
@@ -713,19 +730,60 @@ mod tests {
     #[test]
     fn no_agent_line_reaches_the_core_after_the_exit_was_reported() {
         let (writes, _waiting) = unbounded::<String>();
-        let mut link = Link { conn: Connection::default(), writes: Some(writes), exited: false, queued_for_io: 0 };
+        let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
         let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
         let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
         let link = Arc::new(Mutex::new(link));
         let (events, to_core) = unbounded();
         let (problems, _) = unbounded();
-        let mut reader = AgentLines { name: "a".into(), link: link.clone(), events, problems, started: Instant::now() };
-        lock(&link).exited = true;
+        let exited: ExitGate = Arc::new(Mutex::new(false));
+        let mut reader =
+            AgentLines { name: "a".into(), link, exited: exited.clone(), events, problems, started: Instant::now() };
+        *lock(&exited) = true;
         assert!(reader.receive(&answer.to_string()), "the reader keeps draining");
         assert!(to_core.try_recv().is_err(), "a killed agent's late answer was passed on");
-        lock(&link).exited = false;
+        *lock(&exited) = false;
         reader.receive(&answer.to_string());
         assert!(matches!(to_core.try_recv(), Ok((_, AgentEvent::Ready { .. }))));
+    }
+
+    /// The bench's 50 users at once found this: the reader waiting for room in the core's
+    /// full queue must not hold what the core needs to send a request.
+    #[test]
+    fn the_core_can_send_while_the_reader_waits_for_room_in_its_queue() {
+        let (writes, _waiting) = unbounded::<String>();
+        let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
+        let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
+        let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
+        let link = Arc::new(Mutex::new(link));
+        let (events, to_core) = bounded(1);
+        events.send(("a".to_string(), AgentEvent::Exited { reason: "fills the queue".into() })).unwrap();
+        let (problems, _) = bounded(1);
+        let mut reader = AgentLines {
+            name: "a".into(),
+            link: link.clone(),
+            exited: Arc::new(Mutex::new(false)),
+            events,
+            problems: problems.clone(),
+            started: Instant::now(),
+        };
+        let reading = thread::spawn(move || reader.receive(&answer.to_string()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !link.try_lock().is_ok_and(|link| link.conn.is_ready()) {
+            assert!(Instant::now() < deadline, "the reader keeps the link locked while its queue is full");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let (requests, _to_io) = unbounded();
+        let handle = AgentHandle { requests, link, problems, pid: 0 };
+        let (done, sent) = bounded(1);
+        thread::spawn(move || {
+            handle.send(AgentRequest::Cancel { session_id: "s1".into() });
+            let _ = done.send(());
+        });
+        assert!(sent.recv_timeout(Duration::from_secs(5)).is_ok(), "the core could not send a request");
+        assert!(matches!(to_core.recv_timeout(Duration::from_secs(5)), Ok((_, AgentEvent::Exited { .. }))));
+        assert!(matches!(to_core.recv_timeout(Duration::from_secs(5)), Ok((_, AgentEvent::Ready { .. }))));
+        assert!(reading.join().unwrap());
     }
 
     fn lines(input: &[u8], max: usize, overlong: Overlong) -> (Vec<String>, LinesEnd) {
