@@ -140,15 +140,19 @@ fn main() {
 
     // Many Telegram users at once, each writing again as soon as its answer arrives.
     let switches = context_switches(pid);
+    let split = process_cpu_split(pid);
     let (times, elapsed, cpu) = telegram_concurrent(&fake, pid, users, rounds);
     let switches = context_switches(pid).saturating_sub(switches);
+    let (user, kernel) = process_cpu_split(pid);
+    let (user, kernel) = (user - split.0, kernel - split.1);
     let total = users * rounds;
     let mut times = times;
     print_latency(&format!("Telegram, {users} users at once, {rounds} messages each"), &mut times);
     println!(
-        "  throughput {:.1} messages/s; CPU per 1,000 messages: {:.0} ms; {:.1} context switches per message",
+        "  throughput {:.1} messages/s; CPU per 1,000 messages: {:.0} ms ({:.0}% in the kernel); {:.1} context switches per message",
         total as f64 / elapsed.as_secs_f64(),
         cpu * 1e6 / total as f64,
+        100.0 * kernel / (user + kernel).max(0.01),
         switches as f64 / total as f64
     );
 
@@ -382,13 +386,20 @@ fn memory(pid: u32) -> (u64, u64, u64) {
 /// User + system CPU seconds of the process so far, threads that ended included
 /// (/proc/PID/stat, in clock ticks of 10 ms).
 fn process_cpu(pid: u32) -> f64 {
+    let (user, kernel) = process_cpu_split(pid);
+    user + kernel
+}
+
+/// CPU seconds of the process (ended threads included) in user space and in the kernel, in
+/// 10 ms ticks.
+fn process_cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> =
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    (ticks(11) as f64 / 100.0, ticks(12) as f64 / 100.0)
 }
 
 /// Where the CPU count of tether stood: the process's ticks and each live thread's

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Instructions tether executes per Telegram message (poll, journal, session, typing, reply,
+# settle), counted by valgrind --tool=callgrind: unlike CPU time, the count repeats from run
+# to run on a noisy machine. Runs the benchmark twice under callgrind, 10 Telegram users at
+# once writing FEW and then MANY messages each (the demo agent, not profiled, answers at
+# once), and divides the difference by the difference in messages, so startup, shutdown and
+# each conversation's session/new cancel out. Prints the figure and the functions that took
+# the most of the larger run.
+# Needs valgrind (apt-get install valgrind). Usage: bench/callgrind.sh [FEW MANY]  (2 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+few="${1:-2}"
+many="${2:-10}"
+users=10
+cargo build --profile profiling --quiet
+cargo build --release --quiet --example bench
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+# The demo agent runs from the same binary; only the daemon is profiled.
+cat > "$out/tether" <<WRAP
+#!/bin/sh
+if [ "\$1" = demo-agent ]; then exec "$PWD/target/profiling/tether" "\$@"; fi
+exec valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.\$\$" "$PWD/target/profiling/tether" "\$@"
+WRAP
+chmod +x "$out/tether"
+
+total_instructions() { # messages per user → total instructions of the daemon for one bench run
+    rm -f "$out"/callgrind.*
+    TETHER_BIN="$out/tether" TETHER_MALLOC=default BENCH_PACED=0 BENCH_SEQUENTIAL=0 BENCH_USERS="$users" \
+        BENCH_ROUNDS="$1" BENCH_WEB_MESSAGES=0 BENCH_HUGE=0 BENCH_IDLE_SECS=1 \
+        target/release/examples/bench > "$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; exit 1; }
+    set -- "$out"/callgrind.*
+    [ -f "$1" ] || { echo "callgrind wrote no profile" >&2; exit 1; }
+    cp "$1" target/callgrind.out
+    sed -n 's/^summary: //p; s/^totals: //p' "$1" | head -n 1
+}
+small=$(total_instructions "$few")
+large=$(total_instructions "$many")
+messages=$(( (many - few) * users ))
+echo "instructions of the daemon: $users users × $few messages: $small; × $many messages: $large"
+echo "instructions per Telegram message: $(( (large - small) / messages ))"
+echo
+echo "where the $many-message run went, by function (self cost; the whole profile: target/callgrind.out):"
+callgrind_annotate target/callgrind.out 2>/dev/null | sed -n '/file:function/,$p' | sed -n '2,31p' \
+    | sed -E 's#/rustc/[0-9a-f]+/##; s#\[[^]]*\]$##' | cut -c1-150
