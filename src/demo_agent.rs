@@ -238,8 +238,12 @@ fn emit(outputs: Vec<Output>, out: &mut impl Write, err: &mut impl Write, tools:
                 }
             }
             Output::Log(message) => {
-                // One line per event, whatever the message holds.
-                let _ = writeln!(err, "demo-agent: {}", message.replace(['\n', '\r'], " "));
+                // One line per event, whatever the message holds, in one write: stderr is
+                // unbuffered, and `writeln!` would write each piece on its own (three reads
+                // and wake-ups of tether's stderr reader for every line, as a real agent
+                // that writes whole lines does not cost).
+                let line = format!("demo-agent: {}\n", message.replace(['\n', '\r'], " "));
+                let _ = err.write_all(line.as_bytes());
             }
             Output::CallTool { ticket, server, tool, arguments } => {
                 // On its own thread: the agent goes on while the tool runs.
