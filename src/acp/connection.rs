@@ -198,7 +198,7 @@ impl Connection {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, pending);
-        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+        line(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
     }
 
     fn answer_permission(&mut self, request: u64, outcome: &PermissionOutcome) -> Option<String> {
@@ -534,7 +534,14 @@ fn with_login_hint(error: String, msg: &Value) -> String {
 }
 
 fn notification(method: &str, params: Value) -> String {
-    json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string()
+    line(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
+}
+
+/// One JSON-RPC line. `serde_json::to_string` writes into one buffer; `Value`'s `Display`
+/// goes through the formatter a piece at a time (twice the instructions for a prompt). It
+/// cannot fail: a `Value`'s keys are strings.
+fn line(message: &Value) -> String {
+    serde_json::to_string(message).unwrap_or_default()
 }
 
 fn stop_reason(reason: &str) -> TurnOutcome {
