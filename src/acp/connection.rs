@@ -174,7 +174,7 @@ impl Connection {
         if line.is_empty() {
             return Step::default();
         }
-        let msg: Value = match serde_json::from_slice(line.as_bytes()) {
+        let mut msg: Value = match serde_json::from_slice(line.as_bytes()) {
             Ok(v) => v,
             Err(e) => {
                 log::warn!(target: "acp", "ignoring a line that is not JSON ({e}): {}", preview(line));
@@ -186,7 +186,10 @@ impl Connection {
         match (method, id) {
             (Some(method), Some(id)) => self.agent_request(method, id.clone(), &msg),
             (Some(method), None) => Step { events: self.agent_notification(method, &msg), writes: Vec::new() },
-            (None, Some(id)) => self.response(id, &msg),
+            (None, Some(id)) => {
+                let id = id.clone();
+                self.response(&id, &mut msg)
+            }
             (None, None) => {
                 log::warn!(target: "acp", "ignoring a message with neither method nor id: {}", preview(line));
                 Step::default()
@@ -213,14 +216,15 @@ impl Connection {
         Some(json!({"jsonrpc": "2.0", "id": pending.rpc_id, "result": {"outcome": outcome}}).to_string())
     }
 
-    fn response(&mut self, id: &Value, msg: &Value) -> Step {
+    fn response(&mut self, id: &Value, msg: &mut Value) -> Step {
         let Some(pending) = id.as_u64().and_then(|id| self.pending.remove(&id)) else {
             log::warn!(target: "acp", "ignoring a response to an unknown request id {id}");
             return Step::default();
         };
         let result = match msg.get("error") {
             Some(error) => Err(describe_error(error)),
-            None => Ok(msg.get("result").cloned().unwrap_or(Value::Null)),
+            // Taken, not cloned: a result may be large (a loaded session's history).
+            None => Ok(msg.get_mut("result").map(Value::take).unwrap_or(Value::Null)),
         };
         let mut step = Step::default();
         match (pending, result) {

@@ -25,12 +25,13 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
     let parsed = serde_json::from_slice::<Value>(body.as_bytes()).or_else(|e| {
         without_lone_surrogates(body).map_or(Err(e), |fixed| serde_json::from_slice::<Value>(fixed.as_bytes()))
     });
-    let Ok(reply) = parsed else {
+    let Ok(mut reply) = parsed else {
         let what = if status >= 500 || status == 200 { Failure::Transient } else { Failure::Rejected };
         return Err(what(format!("HTTP {status} with a body that is not JSON: {}", body_preview(body))));
     };
     if reply.get("ok").and_then(Value::as_bool) == Some(true) && status == 200 {
-        return Ok(reply.get("result").cloned().unwrap_or(Value::Null));
+        // Taken, not cloned: a getUpdates batch may be megabytes.
+        return Ok(reply.get_mut("result").map(Value::take).unwrap_or(Value::Null));
     }
     let code = reply.get("error_code").and_then(Value::as_u64).map_or(status, |c| c as u16);
     let description = reply.get("description").and_then(Value::as_str).unwrap_or("no description").to_string();
