@@ -16,6 +16,8 @@
 //!   latest last, none lost), after [`prompt::STEER_NOTE`]. A turn still running after the
 //!   wait is wedged: the core abandons the session and opens a fresh one for what waits.
 //! - `/cancel` uses the same bounded wait; `/clear` does not wait (the session is forgotten).
+//!   While a turn is being cancelled for `/cancel` or a timeout, a new message waits for its
+//!   own turn (the user was told; there is nothing to steer).
 //! - At most [`MAX_WAITING`] messages wait per session; the next one is refused, and the
 //!   sender is told.
 
@@ -403,8 +405,12 @@ impl Session {
             return Err(Full);
         }
         self.last_active = now;
+        // A turn already being cancelled for a timeout or `/cancel` has nothing left to steer,
+        // and the user has been told: a message then waits for its own turn, without the note.
+        let ending = self.turn.as_ref().and_then(|t| t.cancel.as_ref()).is_some_and(|c| c.cause != CancelCause::Steer);
         message.how = match (mode, &mut self.turn) {
             (DispatchMode::Followup, _) | (DispatchMode::Steer, None) => Waits::Alone,
+            (DispatchMode::Steer, Some(_)) if ending => Waits::Alone,
             (DispatchMode::Collect, turn) if turn.is_none() && self.waiting.is_empty() => Waits::Alone,
             (DispatchMode::Collect, _) => Waits::Collected,
             (DispatchMode::Steer, Some(_)) => Waits::Steer,

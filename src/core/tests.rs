@@ -964,6 +964,29 @@ fn a_turn_past_its_timeout_is_cancelled_and_the_user_told() {
             (at(62), dm("111", "next"), vec![typing("111"), prompt("s1", "next")]),
         ],
     );
+    // A message sent after the notice but before the cancelled turn has ended steers
+    // nothing: no second cancel, and it runs alone, without the steering note, once the
+    // cancelled turn ends.
+    let mut ch = channel("tg");
+    ch.turn_timeout = Duration::from_secs(60);
+    let mut core = core_with(vec![ch]);
+    core.handle(dm("111", "long job"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    check_at(
+        &mut core,
+        vec![
+            (
+                at(60),
+                Event::Tick,
+                vec![
+                    text("111", "The agent did not finish within 60 seconds, so the request was cancelled."),
+                    cancel("s1"),
+                ],
+            ),
+            (at(60), dm("111", "and now?"), vec![]),
+            (at(61), ended("s1", TurnOutcome::Cancelled), vec![typing("111"), prompt("s1", "and now?")]),
+        ],
+    );
 }
 
 #[test]
