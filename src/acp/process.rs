@@ -523,8 +523,11 @@ impl StderrBudget {
 }
 
 fn write_lines(mut stdin: std::process::ChildStdin, lines: Receiver<String>) {
-    for line in lines {
-        let ok = stdin.write_all(line.as_bytes()).and_then(|()| stdin.write_all(b"\n")).and_then(|()| stdin.flush());
+    for mut line in lines {
+        // One write per line: the pipe is unbuffered, and a line and its newline written
+        // apart wake the agent's reader twice.
+        line.push('\n');
+        let ok = stdin.write_all(line.as_bytes());
         if let Err(e) = ok {
             log::debug!(target: "acp", "agent stdin closed: {e}");
             return;
