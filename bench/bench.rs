@@ -18,7 +18,7 @@
 #[allow(dead_code)]
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,10 +139,11 @@ fn main() {
     );
 
     // Many Telegram users at once, each writing again as soon as its answer arrives.
-    let switches = context_switches(pid);
+    let switches_by_thread = context_switches_by_thread(pid);
     let split = process_cpu_split(pid);
     let (times, elapsed, cpu) = telegram_concurrent(&fake, pid, users, rounds);
-    let switches = context_switches(pid).saturating_sub(switches);
+    let after_by_thread = context_switches_by_thread(pid);
+    let switches = after_by_thread.values().sum::<u64>().saturating_sub(switches_by_thread.values().sum());
     let (user, kernel) = process_cpu_split(pid);
     let (user, kernel) = (user - split.0, kernel - split.1);
     let total = users * rounds;
@@ -155,6 +156,15 @@ fn main() {
         100.0 * kernel / (user + kernel).max(0.01),
         switches as f64 / total as f64
     );
+    if knob("BENCH_SMAPS", 0) != 0 {
+        let per_thread: Vec<String> = after_by_thread
+            .iter()
+            .map(|(name, n)| (name, n.saturating_sub(switches_by_thread.get(name).copied().unwrap_or(0))))
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {:.1}", n as f64 / total as f64))
+            .collect();
+        println!("  context switches per message by thread: {}", per_thread.join(", "));
+    }
 
     // The memory run: many messages through the web chat (no platform pacing there).
     web_run(port, pid, web_messages);
@@ -327,9 +337,12 @@ fn print_latency(what: &str, times: &mut [Duration]) {
 
 fn print_memory(what: &str, pid: u32) {
     let (rss, hwm, threads) = memory(pid);
+    let (file, anon) = rss_file_and_anon(pid);
     println!(
-        "{what}: VmRSS {rss} kB ({:.2} MiB), VmHWM {hwm} kB ({:.2} MiB), {threads} threads",
+        "{what}: VmRSS {rss} kB ({:.2} MiB: {:.2} mapped from files, {:.2} its own), VmHWM {hwm} kB ({:.2} MiB), {threads} threads",
         rss as f64 / 1024.0,
+        file as f64 / 1024.0,
+        anon as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
     if knob("BENCH_SMAPS", 0) != 0 {
@@ -369,18 +382,28 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// (VmRSS, VmHWM) in kB from /proc.
+/// (VmRSS, VmHWM) in kB and the thread count, from /proc.
 fn memory(pid: u32) -> (u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"), field("Threads:"))
+    (status_field(&status, "VmRSS:"), status_field(&status, "VmHWM:"), status_field(&status, "Threads:"))
+}
+
+/// The number after `name` in /proc/PID/status, 0 when missing.
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (RssFile, RssAnon) in kB: the resident pages read from files (the binary's code and data,
+/// shared libraries; the page cache holds them and other processes share them) and those
+/// that are the process's own (heap, stacks). VmRSS is their sum plus shared memory.
+fn rss_file_and_anon(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    (status_field(&status, "RssFile:"), status_field(&status, "RssAnon:"))
 }
 
 /// User + system CPU seconds of the process so far, threads that ended included
@@ -439,18 +462,27 @@ fn threads_cpu_ns(pid: u32) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Context switches (voluntary and not) of the live threads so far: each is a thread going
-/// to sleep or being put aside, so the count shows how many thread hops a message costs.
-fn context_switches(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+/// Context switches (voluntary and not) of the live threads so far, summed by thread name:
+/// each is a thread going to sleep or being put aside, so the count shows how many thread
+/// hops a message costs, and where.
+fn context_switches_by_thread(pid: u32) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
     let count = |status: &str, key: &str| -> u64 {
         status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .map(|s| count(&s, "voluntary_ctxt_switches:") + count(&s, "nonvoluntary_ctxt_switches:"))
-        .sum()
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let name = thread_name(&status);
+        *by_name.entry(name).or_insert(0) +=
+            count(&status, "voluntary_ctxt_switches:") + count(&status, "nonvoluntary_ctxt_switches:");
+    }
+    by_name
+}
+
+/// The thread's name from its /proc status (`Name:` line).
+fn thread_name(status: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix("Name:")).map(|n| n.trim().to_string()).unwrap_or_default()
 }
 
 /// On-CPU nanoseconds of the live threads (/proc/PID/task/*/schedstat): finer than
