@@ -174,6 +174,24 @@ impl Connection {
         if line.is_empty() {
             return Step::default();
         }
+        if let Some(chunk) = TextChunkLine::decode(line) {
+            let params = chunk.params;
+            if self.loading.contains(params.session_id.as_ref()) {
+                return Step::default(); // History replayed by session/load.
+            }
+            let (session_id, text) = (params.session_id.into_owned(), params.update.content.text.into_owned());
+            let event = match params.update.session_update.as_ref() {
+                "agent_thought_chunk" => AgentEvent::Thought { session_id, text },
+                _ => AgentEvent::TextChunk { session_id, text },
+            };
+            return Step { events: vec![event], writes: Vec::new() };
+        }
+        self.receive_message(line)
+    }
+
+    /// [`Connection::receive`] for a line that is not a plain text chunk: decoded into a
+    /// `Value`, then taken apart by what it is (a request, a notification, a response).
+    pub(crate) fn receive_message(&mut self, line: &str) -> Step {
         let mut msg: Value = match serde_json::from_slice(line.as_bytes()) {
             Ok(v) => v,
             Err(e) => {
@@ -342,6 +360,62 @@ impl Connection {
             return Vec::new(); // History replayed by session/load.
         }
         session_update(session_id, params.get("update").unwrap_or(&Value::Null)).into_iter().collect()
+    }
+}
+
+/// The line agents send most, by far (dozens for one answer): a `session/update`
+/// notification carrying a piece of the answer, or of a thought, as text. Decoded straight
+/// into its parts, borrowing from the line, without the tree of maps and strings a `Value`
+/// is (a few times fewer instructions); [`TextChunkLine::decode`] says `None` for any other
+/// line, and for anything unusual about this one (an `id`, another content type, an empty
+/// text, a duplicate key), which the general path then decodes with the same result.
+#[derive(serde::Deserialize)]
+struct TextChunkLine<'a> {
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    /// Present (and not null) only on requests: then this is not a notification.
+    #[serde(default)]
+    id: Option<serde::de::IgnoredAny>,
+    #[serde(borrow)]
+    params: TextChunkParams<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TextChunkParams<'a> {
+    #[serde(borrow)]
+    session_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    update: TextChunkUpdate<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TextChunkUpdate<'a> {
+    #[serde(borrow)]
+    session_update: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    content: TextContent<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextContent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> TextChunkLine<'a> {
+    fn decode(line: &'a str) -> Option<TextChunkLine<'a>> {
+        let chunk: TextChunkLine<'a> = serde_json::from_str(line).ok()?;
+        let update = &chunk.params.update;
+        let plain = chunk.method == "session/update"
+            && chunk.id.is_none()
+            && matches!(update.session_update.as_ref(), "agent_message_chunk" | "agent_thought_chunk")
+            && update.content.kind == "text"
+            && !update.content.text.is_empty();
+        plain.then_some(chunk)
     }
 }
 
@@ -595,6 +669,58 @@ mod tests {
 
     fn lines(step: &Step) -> Vec<Value> {
         step.writes.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_text_chunk_decodes_the_same_on_the_fast_path_as_on_the_general_one() {
+        let update = |update: &str| {
+            format!(r#"{{"jsonrpc":"2.0","method":"session/update","params":{{"sessionId":"s1","update":{update}}}}}"#)
+        };
+        let chunk = |text: &str| {
+            update(&format!(r#"{{"sessionUpdate":"agent_message_chunk","content":{{"type":"text","text":{text}}}}}"#))
+        };
+        // (line, taken by the fast path)
+        let table: Vec<(String, bool)> = vec![
+            (chunk(r#""hello""#), true),
+            (update(r#"{"sessionUpdate":"agent_thought_chunk","content":{"type":"text","text":"hmm"}}"#), true),
+            (chunk(r#""quote \" slash \\ line\n \u00e9 \ud83d\ude00 done""#), true),
+            (format!("  {}  ", chunk(r#""padded""#)), true),
+            (
+                r#"{"params":{"update":{"content":{"text":"keys in any order","type":"text","annotations":{"audience":["user"]}},"sessionUpdate":"agent_message_chunk","_meta":{"x":[1,{"y":null}]}},"sessionId":"s1"},"method":"session/update","jsonrpc":"2.0","id":null}"#.to_string(),
+                true,
+            ),
+            // For the general path: what is unusual, or not a text chunk at all.
+            (chunk(r#""""#), false),
+            (chunk("42"), false),
+            (chunk(r#""one","text":"two""#), false),
+            (chunk(r#""\ud800 lone""#), false),
+            (update(r#"{"sessionUpdate":"agent_message_chunk","content":{"type":"image","data":"AAAA","mimeType":"image/png"}}"#), false),
+            (update(r#"{"sessionUpdate":"tool_call","toolCallId":"t1","title":"ls","kind":"execute","status":"pending"}"#), false),
+            (update(r#"{"sessionUpdate":"agent_message_chunk"}"#), false),
+            (r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":5,"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}}}"#.to_string(), false),
+            (r#"{"jsonrpc":"2.0","id":9,"method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}}}"#.to_string(), false),
+            (r#"{"jsonrpc":"2.0","method":"session/other","params":{"sessionId":"s1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}}}"#.to_string(), false),
+            (r#"[1,2]"#.to_string(), false),
+            (r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"loading","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"replayed"}}}}"#.to_string(), true),
+        ];
+        for (line, fast) in &table {
+            assert_eq!(TextChunkLine::decode(line.trim()).is_some(), *fast, "{line}");
+            let (mut both, mut general) = (ready(), ready());
+            for c in [&mut both, &mut general] {
+                let load = AgentRequest::LoadSession {
+                    key: "k".into(),
+                    session_id: "loading".into(),
+                    cwd: PathBuf::from("/w"),
+                    model: None,
+                };
+                c.request(load);
+            }
+            assert_eq!(both.receive(line), general.receive_message(line.trim()), "{line}");
+        }
+        assert_eq!(
+            ready().receive(&chunk(r#""a\"b""#)).events,
+            vec![AgentEvent::TextChunk { session_id: "s1".into(), text: "a\"b".into() }]
+        );
     }
 
     #[test]

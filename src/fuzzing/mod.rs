@@ -119,12 +119,27 @@ pub fn acp_lines(data: &[u8]) {
     });
     let mut connection = Connection::default();
     let mut writes = connection.start().writes;
+    // The same lines through the general path only: the text-chunk fast path must not change
+    // what any line does.
+    let mut general = Connection::default();
+    general.start();
     for line in &lines {
         // Each invalid byte may become a 3-byte U+FFFD.
         assert!(line.len() <= 3 * MAX, "a line over the bound came through: {} bytes", line.len());
         let step = match line.strip_prefix('!') {
-            Some(command) => connection.request(core_request(command)),
-            None => connection.receive(line),
+            Some(command) => {
+                general.request(core_request(command));
+                connection.request(core_request(command))
+            }
+            None => {
+                let step = connection.receive(line);
+                let expected = match line.trim() {
+                    "" => Default::default(),
+                    trimmed => general.receive_message(trimmed),
+                };
+                assert_eq!(step, expected, "the text-chunk fast path and the general path differ on {line:?}");
+                step
+            }
         };
         writes.extend(step.writes);
     }
