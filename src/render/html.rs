@@ -140,6 +140,17 @@ struct Cut {
 /// closed at the end of the piece and reopened (with their attributes) at the start of the
 /// next. Pieces with no visible non-whitespace text are dropped.
 pub fn split_html(html: &str, visible_limit: usize, raw_limit: usize) -> Vec<String> {
+    // Most answers are a few plain lines: no tag, no entity, within both limits (a byte is
+    // at least a UTF-16 unit). They are one piece as they are, as the general way below
+    // finds after tokenizing it three times.
+    if !html.contains(['<', '&']) && html.len() <= visible_limit.max(2).min(raw_limit) {
+        return if html.chars().any(|c| !c.is_whitespace()) { vec![html.to_string()] } else { Vec::new() };
+    }
+    split_tokens(html, visible_limit, raw_limit)
+}
+
+/// [`split_html`] the general way, token by token.
+fn split_tokens(html: &str, visible_limit: usize, raw_limit: usize) -> Vec<String> {
     let tokens = tokenize(html);
     let visible_limit = visible_limit.max(2);
     let mut chunks = Vec::new();
@@ -355,6 +366,38 @@ fn remove_empty_elements(html: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_text_within_the_limits_splits_as_the_general_way_does() {
+        // Many texts near small limits, from an alphabet of one-, two-, three- and four-byte
+        // characters (the emoji is two UTF-16 units), spaces, newlines, `>` and quotes.
+        let alphabet = ['a', ' ', '\n', '.', '>', '"', 'é', '中', '😀', '\t', 'x'];
+        let mut seed = 0x2545_f491_u32;
+        let mut texts = vec![String::new(), " ".into(), "\n\n".into(), "echo: paced 5".into()];
+        for _ in 0..3000 {
+            let mut text = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            for k in 0..(seed % 14) {
+                text.push(alphabet[((seed >> (k % 24)) as usize + k as usize) % alphabet.len()]);
+            }
+            texts.push(text);
+        }
+        let mut fast = 0;
+        for text in &texts {
+            for (visible, raw) in [(2, 100), (5, 100), (8, 8), (12, 10), (4096, 4096), (0, 0), (1, 3)] {
+                let fits = !text.contains(['<', '&']) && text.len() <= visible.max(2).min(raw);
+                fast += usize::from(fits);
+                assert_eq!(
+                    super::split_html(text, visible, raw),
+                    super::split_tokens(text, visible, raw),
+                    "{text:?} at {visible}/{raw}"
+                );
+            }
+        }
+        assert!(fast > 5000, "the fast path was taken {fast} times");
+    }
+
     use super::*;
 
     #[test]
