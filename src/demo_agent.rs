@@ -239,9 +239,9 @@ fn emit(outputs: Vec<Output>, out: &mut impl Write, err: &mut impl Write, tools:
             }
             Output::Log(message) => {
                 // One line per event, whatever the message holds, in one write: stderr is
-                // unbuffered, and `writeln!` would write each piece on its own (three reads
-                // and wake-ups of tether's stderr reader for every line, as a real agent
-                // that writes whole lines does not cost).
+                // unbuffered, and `writeln!` writes each piece on its own, which woke tether's
+                // stderr reader three times per line (a real agent writing whole lines does
+                // not; the bench would have measured the demo agent's habit).
                 let line = format!("demo-agent: {}\n", message.replace(['\n', '\r'], " "));
                 let _ = err.write_all(line.as_bytes());
             }
