@@ -122,10 +122,15 @@ impl Connection {
                 writes.push(self.call(Pending::LoadSession { key, session_id, model }, "session/load", params));
             }
             AgentRequest::Prompt { session_id, text, images } => {
-                let mut prompt = vec![json!({"type": "text", "text": text})];
-                prompt.extend(self.image_blocks(&images));
-                let params = json!({"sessionId": session_id, "prompt": prompt});
-                writes.push(self.call(Pending::Prompt { session_id }, "session/prompt", params));
+                // Encoded from borrowed parts: one goes for every message, and its text may
+                // be long; a `Value` tree would copy it and cost a few times the instructions.
+                let mut prompt = vec![PromptBlock::Text { kind: "text", text: &text }];
+                prompt.extend(self.image_blocks(&images).into_iter().map(PromptBlock::Other));
+                let params = PromptParams { session_id: &session_id, prompt };
+                let call = PromptCall { jsonrpc: "2.0", id: self.next_id, method: "session/prompt", params };
+                let line = serde_json::to_string(&call).unwrap_or_default();
+                self.register(Pending::Prompt { session_id });
+                writes.push(line);
             }
             AgentRequest::Cancel { session_id } => {
                 // The protocol wants every pending permission of the session answered too.
@@ -216,10 +221,16 @@ impl Connection {
     }
 
     fn call(&mut self, pending: Pending, method: &str, params: Value) -> String {
+        let id = self.register(pending);
+        line(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+    }
+
+    /// Take the next request id for a request of ours that now awaits its response.
+    fn register(&mut self, pending: Pending) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, pending);
-        line(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+        id
     }
 
     fn answer_permission(&mut self, request: u64, outcome: &PermissionOutcome) -> Option<String> {
@@ -361,6 +372,34 @@ impl Connection {
         }
         session_update(session_id, params.get("update").unwrap_or(&Value::Null)).into_iter().collect()
     }
+}
+
+/// A `session/prompt` request, serialized as it stands (see [`Connection::request`]).
+#[derive(serde::Serialize)]
+struct PromptCall<'a> {
+    jsonrpc: &'static str,
+    id: u64,
+    method: &'static str,
+    params: PromptParams<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptParams<'a> {
+    session_id: &'a str,
+    prompt: Vec<PromptBlock<'a>>,
+}
+
+/// One content block of a prompt: its text, or an image block built as a `Value`.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum PromptBlock<'a> {
+    Text {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        text: &'a str,
+    },
+    Other(Value),
 }
 
 /// The line agents send most, by far (dozens for one answer): a `session/update`
@@ -1059,6 +1098,29 @@ mod tests {
             Some("/m/a.png") => Ok(("image/png", b"png!".to_vec())),
             Some("/m/b.jpg") => Ok(("image/jpeg", b"jpeg".to_vec())),
             _ => Err("not an image".into()),
+        }
+    }
+
+    /// A prompt is one line whatever its text holds, and decodes to the protocol's shape.
+    #[test]
+    fn a_prompt_is_one_json_rpc_line_whatever_its_text() {
+        let texts = [
+            "hello",
+            "line\nbreak \"quoted\" back\\slash",
+            "tab\tnul\u{0}bell\u{7} del\u{7f}",
+            "é 中 😀 \u{2028}\u{2029}",
+            "",
+        ];
+        let mut c = ready();
+        for text in texts {
+            let step = c.request(AgentRequest::Prompt { session_id: "s\"1".into(), text: text.into(), images: vec![] });
+            assert_eq!(step.writes.len(), 1);
+            assert!(!step.writes[0].contains('\n'), "{}", step.writes[0]);
+            let message = &lines(&step)[0];
+            let id = message["id"].as_u64().unwrap();
+            let expected = json!({"jsonrpc": "2.0", "id": id, "method": "session/prompt",
+                "params": {"sessionId": "s\"1", "prompt": [{"type": "text", "text": text}]}});
+            assert_eq!(message, &expected);
         }
     }
 
