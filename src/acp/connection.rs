@@ -5,6 +5,7 @@
 //! Wire shapes live only here. Unknown methods, update kinds and fields are tolerated: agents
 //! add to the protocol faster than we do.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -411,7 +412,7 @@ enum PromptBlock<'a> {
 #[derive(serde::Deserialize)]
 struct TextChunkLine<'a> {
     #[serde(borrow)]
-    method: std::borrow::Cow<'a, str>,
+    method: Cow<'a, str>,
     /// Present (and not null) only on requests: then this is not a notification.
     #[serde(default)]
     id: Option<serde::de::IgnoredAny>,
@@ -423,7 +424,7 @@ struct TextChunkLine<'a> {
 #[serde(rename_all = "camelCase")]
 struct TextChunkParams<'a> {
     #[serde(borrow)]
-    session_id: std::borrow::Cow<'a, str>,
+    session_id: Cow<'a, str>,
     #[serde(borrow)]
     update: TextChunkUpdate<'a>,
 }
@@ -432,7 +433,7 @@ struct TextChunkParams<'a> {
 #[serde(rename_all = "camelCase")]
 struct TextChunkUpdate<'a> {
     #[serde(borrow)]
-    session_update: std::borrow::Cow<'a, str>,
+    session_update: Cow<'a, str>,
     #[serde(borrow)]
     content: TextContent<'a>,
 }
@@ -440,9 +441,9 @@ struct TextChunkUpdate<'a> {
 #[derive(serde::Deserialize)]
 struct TextContent<'a> {
     #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
+    kind: Cow<'a, str>,
     #[serde(borrow)]
-    text: std::borrow::Cow<'a, str>,
+    text: Cow<'a, str>,
 }
 
 impl<'a> TextChunkLine<'a> {
