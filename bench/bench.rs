@@ -140,6 +140,7 @@ fn main() {
 
     // Many Telegram users at once, each writing again as soon as its answer arrives.
     let switches_by_thread = context_switches_by_thread(pid);
+    let cpu_by_thread = cpu_ns_by_thread_name(pid);
     let split = process_cpu_split(pid);
     let (times, elapsed, cpu) = telegram_concurrent(&fake, pid, users, rounds);
     let after_by_thread = context_switches_by_thread(pid);
@@ -164,6 +165,14 @@ fn main() {
             .map(|(name, n)| format!("{name} {:.1}", n as f64 / total as f64))
             .collect();
         println!("  context switches per message by thread: {}", per_thread.join(", "));
+        let before = cpu_by_thread;
+        let per_thread: Vec<String> = cpu_ns_by_thread_name(pid)
+            .iter()
+            .map(|(name, ns)| (name, ns.saturating_sub(before.get(name).copied().unwrap_or(0))))
+            .filter(|(_, ns)| *ns > 0)
+            .map(|(name, ns)| format!("{name} {:.0}", ns as f64 / 1e3 / total as f64))
+            .collect();
+        println!("  CPU µs per message by thread: {}", per_thread.join(", "));
     }
 
     // The memory run: many messages through the web chat (no platform pacing there).
@@ -460,6 +469,23 @@ fn threads_cpu_ns(pid: u32) -> HashMap<String, u64> {
             Some((task.file_name().to_string_lossy().into_owned(), ns))
         })
         .collect()
+}
+
+/// On-CPU nanoseconds of the live threads so far, summed by thread name, for BENCH_SMAPS=1.
+fn cpu_ns_by_thread_name(pid: u32) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        else {
+            continue;
+        };
+        *by_name.entry(thread_name(&status)).or_insert(0) += ns;
+    }
+    by_name
 }
 
 /// Context switches (voluntary and not) of the live threads so far, summed by thread name:
