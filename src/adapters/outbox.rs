@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
@@ -835,6 +835,7 @@ pub fn spawn(
     let (kicks_tx, kicks) = bounded::<()>(WORKERS);
     let shared = Arc::new(Shared {
         state: Mutex::new(Desk { schedule: Schedule::new(courier.clone()), open: true, drain_until: None, busy: 0 }),
+        intake: Mutex::new(()),
         courier,
         files,
         settle,
@@ -856,6 +857,10 @@ pub fn spawn(
 /// What the workers of one channel share.
 struct Shared {
     state: Mutex<Desk>,
+    /// Held by the one worker that listens for replies from the core, until it has queued
+    /// the reply it took: with every idle worker listening, one that took a reply and was put
+    /// aside before queueing it let the next reply (taken by another) overtake it.
+    intake: Mutex<()>,
     courier: Arc<dyn Courier>,
     files: Option<OutboundFiles>,
     settle: Settle,
@@ -878,6 +883,16 @@ struct Desk {
 impl Shared {
     fn desk(&self) -> MutexGuard<'_, Desk> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The listener's role ([`Shared::intake`]), unless another worker has it. A worker that
+    /// panicked holding it (a bug in queueing) does not leave the outbox deaf.
+    fn listen(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.intake.try_lock() {
+            Ok(listening) => Some(listening),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Wake up to `n` idle workers (a full queue of kicks already wakes them all).
@@ -929,9 +944,10 @@ impl Drop for Performing<'_> {
 }
 
 /// A worker: takes the next ready call itself, performs it, settles its result, and waits for
-/// a reply, a kick or the clock only when nothing is ready. A reply goes from the core to the
-/// platform with one thread waking up, not three (a dispatcher handing calls to workers took a
-/// hop there and back for each call).
+/// a reply, a kick or the clock only when nothing is ready. One idle worker at a time listens
+/// for replies (the order of one chat's replies is kept); leaving to make a call, it kicks
+/// another to listen. A reply goes from the core to the platform with one thread waking up,
+/// plus that hand-over, not a dispatcher's hop there and back for each call.
 fn work(shared: &Shared, mut outbox: Receiver<Outbound>) {
     let channel = shared.settle.channel.as_str();
     let mut turn = shared.desk().turn(Instant::now());
@@ -970,20 +986,36 @@ fn work(shared: &Shared, mut outbox: Receiver<Outbound>) {
                 shared.kick(WORKERS);
                 return;
             }
-            Turn::Wait(wait) => select! {
-                recv(outbox) -> msg => match msg {
-                    Ok(out) => queue(shared, out),
-                    Err(_) => {
-                        outbox = never();
-                        let mut desk = shared.desk();
-                        if desk.open {
-                            desk.open = false;
-                            desk.drain_until = Some(Instant::now() + DRAIN_AFTER_CLOSE);
-                        }
+            Turn::Wait(wait) => match shared.listen() {
+                Some(listening) => {
+                    select! {
+                        recv(outbox) -> msg => match msg {
+                            Ok(out) => queue(shared, out),
+                            Err(_) => {
+                                outbox = never();
+                                let mut desk = shared.desk();
+                                if desk.open {
+                                    desk.open = false;
+                                    desk.drain_until = Some(Instant::now() + DRAIN_AFTER_CLOSE);
+                                }
+                            }
+                        },
+                        recv(shared.kicks) -> _ => {}
+                        default(wait) => {}
                     }
+                    drop(listening);
+                    turn = shared.desk().turn(Instant::now());
+                    if matches!(turn, Turn::Perform(_)) {
+                        // Off to make a call: another worker listens meanwhile.
+                        shared.kick(1);
+                    }
+                    continue;
+                }
+                // Another worker listens: this one waits for a kick or the clock.
+                None => select! {
+                    recv(shared.kicks) -> _ => {}
+                    default(wait) => {}
                 },
-                recv(shared.kicks) -> _ => {}
-                default(wait) => {}
             },
         }
         turn = shared.desk().turn(Instant::now());
@@ -1785,6 +1817,61 @@ mod tests {
             std::thread::sleep(ms(5));
         }
         false
+    }
+
+    /// Records every text it sends, with no pacing: the order test below.
+    struct OrderCourier {
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl Courier for OrderCourier {
+        fn render(&self, markdown: &str) -> Vec<Piece> {
+            vec![Piece { text: markdown.to_string(), formatted: false }]
+        }
+        fn plain(&self, _: &Piece) -> Option<Piece> {
+            None
+        }
+        fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
+            if let Call::Send { piece, .. } = call {
+                self.sent.lock().unwrap().push(piece.text.clone());
+            }
+            Ok(None)
+        }
+        fn pacing(&self) -> PacingRules {
+            PacingRules::UNLIMITED
+        }
+    }
+
+    /// Three workers take replies from the core's queue; one chat's replies still go out in
+    /// the order the core sent them (a worker that took a reply and was put aside before it
+    /// queued it let the next reply, taken by another worker, overtake it).
+    #[test]
+    fn one_chats_replies_keep_the_order_they_were_sent_in() {
+        const REPLIES: usize = 3000;
+        let courier = Arc::new(OrderCourier { sent: Mutex::new(Vec::new()) });
+        let settle = Settle { channel: "fake".into(), journal: None, probe: Probe::new("fake", false) };
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let (supervisor, _ended) = Supervisor::new();
+        let drained = spawn(courier.clone(), out_rx, settle, &supervisor).unwrap();
+        for n in 0..REPLIES {
+            out_tx.send(text("one", &format!("reply {n}"))).unwrap();
+            if n % 3 == 0 {
+                std::thread::yield_now(); // Let the workers wait for the queue now and then.
+            }
+        }
+        drop(out_tx);
+        let ended = drained.recv_timeout(Duration::from_secs(20));
+        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        let sent = courier.sent.lock().unwrap().clone();
+        let expected: Vec<String> = (0..REPLIES).map(|n| format!("reply {n}")).collect();
+        let first_wrong = sent.iter().zip(&expected).position(|(a, b)| a != b);
+        assert_eq!(
+            first_wrong,
+            None,
+            "out of order from there: {:?}",
+            first_wrong.map(|i| &sent[i..(i + 3).min(sent.len())])
+        );
+        assert_eq!(sent.len(), REPLIES);
     }
 
     #[test]
