@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -189,12 +189,17 @@ pub struct Journal {
     /// What was pending when the file was opened: left by an earlier run, to be processed
     /// once (see [`Journal::take_recovered`]).
     recovered: Mutex<Vec<JournalEntry>>,
+    /// How a batch waits for the disk: [`File::sync_data`]; tests slow it down or fail it.
+    sync_data: fn(&File) -> io::Result<()>,
 }
 
 #[derive(Debug)]
 struct Inner {
     ledger: Ledger,
-    file: File,
+    /// Shared so that [`Journal::record`] can wait for the disk without holding the lock: a
+    /// slow card's fsync (tens of ms on an SD card) must not stall the daemon and the sender
+    /// threads, which mark answers in the same journal.
+    file: Arc<File>,
     /// Bytes in the file: a failed append is cut back to this, so no torn line stays behind.
     len: u64,
     /// Appends that waited for the disk (tests check which ones do).
@@ -227,8 +232,9 @@ impl Journal {
         Ok(Journal {
             path,
             channel: channel.to_string(),
-            inner: Mutex::new(Inner { ledger, file, len, fsyncs: 0 }),
+            inner: Mutex::new(Inner { ledger, file: Arc::new(file), len, fsyncs: 0 }),
             recovered,
+            sync_data: File::sync_data,
         })
     }
 
@@ -241,7 +247,9 @@ impl Journal {
     }
 
     /// Journal a batch (one write, one fsync); returns the messages that were new, in order.
-    /// On error nothing of the batch is kept: the caller must not move its offset.
+    /// On error nothing of the batch is kept: the caller must not move its offset. The fsync
+    /// runs without the lock (see [`Inner::file`]); the batch's messages are passed on only
+    /// after it, so no answer can be marked before its message is on disk.
     pub fn record(&self, entries: Vec<JournalEntry>) -> io::Result<Vec<InboundMessage>> {
         let mut inner = self.lock();
         let mut text = String::new();
@@ -268,7 +276,22 @@ impl Journal {
         if text.is_empty() {
             return Ok(fresh);
         }
-        if let Err(e) = append(&mut inner, text.as_bytes(), Durability::Fsync) {
+        let start = inner.len;
+        let written = append(&mut inner, text.as_bytes());
+        let file = Arc::clone(&inner.file);
+        inner.fsyncs += u64::from(written.is_ok());
+        let end = inner.len;
+        drop(inner);
+        let result = written.and_then(|()| (self.sync_data)(&file));
+        if let Err(e) = result {
+            let mut inner = self.lock();
+            // Cut the batch off unless more was appended since (an answered mark: then the
+            // lines stay, and the platform's retry is journaled again; a reload skips the
+            // repeat). The same file: a compaction since has rewritten it from the ledger.
+            if inner.len == end && Arc::ptr_eq(&inner.file, &file) {
+                let _ = inner.file.set_len(start);
+                inner.len = start;
+            }
             for r in &added {
                 // Forget them again, so that the platform's retry is taken as new.
                 inner.ledger.forget(r);
@@ -292,12 +315,12 @@ impl Journal {
         if text.is_empty() {
             return Ok(());
         }
-        append(&mut inner, text.as_bytes(), Durability::Written)?;
+        append(&mut inner, text.as_bytes())?;
         if inner.ledger.needs_compaction() {
             let compacted = inner.ledger.compacted();
             crate::store::write_atomic(&self.path, compacted.as_bytes())
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            inner.file = open_append(&self.path)?;
+            inner.file = Arc::new(open_append(&self.path)?);
             inner.len = compacted.len() as u64;
         }
         Ok(())
@@ -351,25 +374,10 @@ fn open_append(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
 }
 
-/// Whether an append waits for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// New messages: on disk before the platform's offset or ack moves.
-    Fsync,
-    /// Answered marks: losing one to a power cut means answering again, not losing a message.
-    Written,
-}
-
-/// Append (and fsync when asked); on failure cut the file back so no partial line remains.
-fn append(inner: &mut Inner, bytes: &[u8], durability: Durability) -> io::Result<()> {
-    let result = inner.file.write_all(bytes).and_then(|()| match durability {
-        Durability::Fsync => {
-            inner.fsyncs += 1;
-            inner.file.sync_data()
-        }
-        Durability::Written => Ok(()),
-    });
-    match result {
+/// Append (the caller fsyncs when it must); on failure cut the file back so no partial line
+/// remains.
+fn append(inner: &mut Inner, bytes: &[u8]) -> io::Result<()> {
+    match (&*inner.file).write_all(bytes) {
         Ok(()) => {
             inner.len += bytes.len() as u64;
             Ok(())
@@ -814,5 +822,66 @@ mod tests {
         let journal = Journal::open(&dir, "phone").unwrap();
         assert_eq!(journal.pending_count(), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn answers_are_marked_while_a_batch_waits_for_the_disk() {
+        let dir = std::env::temp_dir().join(format!("tether-journal-slow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut journal = Journal::open(&dir, "phone").unwrap();
+        journal.record(vec![msg("1", "1", "a")]).unwrap();
+        // A card slow to flush: the flush ends when the test says so (or after 5 s).
+        use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+        static FLUSH: AtomicU8 = AtomicU8::new(0); // 1: begun, 2: may end, 3: ended
+        journal.sync_data = |file| {
+            FLUSH.store(1, SeqCst);
+            let began = std::time::Instant::now();
+            while FLUSH.load(SeqCst) != 2 && began.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            FLUSH.store(3, SeqCst);
+            file.sync_data()
+        };
+        let journal = std::sync::Arc::new(journal);
+        let recorder = {
+            let journal = journal.clone();
+            std::thread::spawn(move || journal.record(vec![msg("1", "2", "b")]).map(|fresh| fresh.len()))
+        };
+        let began = std::time::Instant::now();
+        while FLUSH.load(SeqCst) != 1 {
+            assert!(began.elapsed() < std::time::Duration::from_secs(5), "the batch was never flushed");
+            std::thread::yield_now();
+        }
+        journal.settle(&[r("1", "1")]).unwrap();
+        assert_eq!(journal.pending_count(), 1);
+        assert_eq!(FLUSH.swap(2, SeqCst), 1, "marking an answer waited for the flush to end");
+        assert_eq!(recorder.join().unwrap().unwrap(), 1);
+        let reopened = Journal::open(&dir, "phone").unwrap();
+        assert_eq!(pending_texts_of(&reopened), ["b"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_fsync_keeps_nothing_of_its_batch() {
+        let dir = std::env::temp_dir().join(format!("tether-journal-eio-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut journal = Journal::open(&dir, "phone").unwrap();
+        journal.record(vec![msg("1", "1", "a")]).unwrap();
+        journal.sync_data = |_| Err(io::Error::other("EIO"));
+        assert!(journal.record(vec![msg("1", "2", "b")]).is_err());
+        assert_eq!(journal.pending_count(), 1, "the failed batch is forgotten");
+        let size = std::fs::metadata(journal.path()).unwrap().len();
+        journal.sync_data = File::sync_data;
+        // The platform sends it again: it is new, journaled once.
+        assert_eq!(journal.record(vec![msg("1", "2", "b")]).unwrap().len(), 1);
+        assert!(std::fs::metadata(journal.path()).unwrap().len() > size);
+        drop(journal);
+        let reopened = Journal::open(&dir, "phone").unwrap();
+        assert_eq!(pending_texts_of(&reopened), ["a", "b"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn pending_texts_of(journal: &Journal) -> Vec<String> {
+        journal.pending().into_iter().map(|e| e.message.text).collect()
     }
 }
