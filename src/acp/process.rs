@@ -627,8 +627,15 @@ pub(crate) fn read_lines(
     }
 }
 
+/// A line as text, without its line ending. Valid UTF-8 (nearly every line) is checked and
+/// copied once; only a line with invalid bytes takes the slower lossy path.
 fn finish_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim_end_matches(['\r', '\n']).to_string()
+    let end = bytes.iter().rposition(|b| !matches!(b, b'\r' | b'\n')).map_or(0, |last| last + 1);
+    let line = bytes.get(..end).unwrap_or_default();
+    match std::str::from_utf8(line) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(line).into_owned(),
+    }
 }
 
 fn named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
@@ -796,6 +803,23 @@ mod tests {
             true
         });
         (got, end)
+    }
+
+    #[test]
+    fn finish_line_table() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", ""),
+            (b"\r\n", ""),
+            (b"{\"a\":1}\n", "{\"a\":1}"),
+            (b"line\r\n\r\n", "line"),
+            (b"in\rside\n", "in\rside"),
+            ("caf\u{e9} \u{1F600}\n".as_bytes(), "caf\u{e9} \u{1F600}"),
+            (b"bad \xff byte\n", "bad \u{FFFD} byte"),
+            (b"cut \xe2\x82\r\n", "cut \u{FFFD}"),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(finish_line(bytes), *expected, "{bytes:?}");
+        }
     }
 
     #[test]
