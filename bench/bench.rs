@@ -10,7 +10,9 @@
 //! Telegram chat at machine speed, default 20),
 //! BENCH_USERS (concurrent Telegram users, 50), BENCH_ROUNDS (messages per such user, 4),
 //! BENCH_WEB_MESSAGES (web chat messages for the memory run, 10000), BENCH_IDLE_SECS (10),
-//! BENCH_HUGE (0: skip the 2 MB answer; for profiling). A glibc build restarts itself once
+//! BENCH_HUGE (0: skip the 2 MB answer; for profiling), BENCH_SMAPS (1: also where the
+//! memory is, the threads, and context switches and CPU µs per message by thread for the
+//! concurrent users; 2: also each anonymous mapping). A glibc build restarts itself once
 //! with its allocator tuned (src/malloc_tuning.rs); under a profiler such as valgrind set
 //! TETHER_MALLOC=default, or the restarted process escapes the profiler.
 
