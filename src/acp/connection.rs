@@ -127,11 +127,10 @@ impl Connection {
                 // be long; a `Value` tree would copy it and cost a few times the instructions.
                 let mut prompt = vec![PromptBlock::Text { kind: "text", text: &text }];
                 prompt.extend(self.image_blocks(&images).into_iter().map(PromptBlock::Other));
+                let id = self.register(Pending::Prompt { session_id: session_id.clone() });
                 let params = PromptParams { session_id: &session_id, prompt };
-                let call = PromptCall { jsonrpc: "2.0", id: self.next_id, method: "session/prompt", params };
-                let line = serde_json::to_string(&call).unwrap_or_default();
-                self.register(Pending::Prompt { session_id });
-                writes.push(line);
+                let call = PromptCall { jsonrpc: "2.0", id, method: "session/prompt", params };
+                writes.push(serde_json::to_string(&call).unwrap_or_default());
             }
             AgentRequest::Cancel { session_id } => {
                 // The protocol wants every pending permission of the session answered too.
