@@ -579,6 +579,13 @@ mod tests {
         MessageRef { chat_id: chat.into(), message_id: id.into() }
     }
 
+    /// An empty directory of this process for a journal test named `name`.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tether-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     fn pending_texts(ledger: &Ledger) -> Vec<String> {
         ledger.pending().map(|e| e.message.text.clone()).collect()
     }
@@ -748,8 +755,7 @@ mod tests {
 
     #[test]
     fn journal_file_survives_reopen_and_stays_small() {
-        let dir = std::env::temp_dir().join(format!("tether-journal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("file");
         let journal = Journal::open(&dir, "phone").unwrap();
         let fresh = journal.record(vec![msg("1", "1", "a"), msg("1", "2", "b"), msg("1", "1", "a")]).unwrap();
         assert_eq!(fresh.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
@@ -807,8 +813,7 @@ mod tests {
 
     #[test]
     fn new_messages_are_fsynced_answered_marks_only_written() {
-        let dir = std::env::temp_dir().join(format!("tether-journal-sync-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("sync");
         let journal = Journal::open(&dir, "phone").unwrap();
         let fsyncs = || journal.lock().fsyncs;
         journal.record(vec![msg("1", "1", "a"), msg("1", "2", "b")]).unwrap();
@@ -826,8 +831,7 @@ mod tests {
 
     #[test]
     fn answers_are_marked_while_a_batch_waits_for_the_disk() {
-        let dir = std::env::temp_dir().join(format!("tether-journal-slow-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("slow");
         let mut journal = Journal::open(&dir, "phone").unwrap();
         journal.record(vec![msg("1", "1", "a")]).unwrap();
         // A card slow to flush: the flush ends when the test says so (or after 5 s).
@@ -857,14 +861,13 @@ mod tests {
         assert_eq!(FLUSH.swap(2, SeqCst), 1, "marking an answer waited for the flush to end");
         assert_eq!(recorder.join().unwrap().unwrap(), 1);
         let reopened = Journal::open(&dir, "phone").unwrap();
-        assert_eq!(pending_texts_of(&reopened), ["b"]);
+        assert_eq!(pending_texts(&reopened.lock().ledger), ["b"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_failed_fsync_keeps_nothing_of_its_batch() {
-        let dir = std::env::temp_dir().join(format!("tether-journal-eio-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("eio");
         let mut journal = Journal::open(&dir, "phone").unwrap();
         journal.record(vec![msg("1", "1", "a")]).unwrap();
         journal.sync_data = |_| Err(io::Error::other("EIO"));
@@ -877,11 +880,7 @@ mod tests {
         assert!(std::fs::metadata(journal.path()).unwrap().len() > size);
         drop(journal);
         let reopened = Journal::open(&dir, "phone").unwrap();
-        assert_eq!(pending_texts_of(&reopened), ["a", "b"]);
+        assert_eq!(pending_texts(&reopened.lock().ledger), ["a", "b"]);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn pending_texts_of(journal: &Journal) -> Vec<String> {
-        journal.pending().into_iter().map(|e| e.message.text).collect()
     }
 }

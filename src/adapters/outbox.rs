@@ -1769,6 +1769,7 @@ mod tests {
     struct GatedCourier {
         release: Receiver<()>,
         sent: Mutex<Vec<String>>,
+        pacing: PacingRules,
     }
 
     impl Courier for GatedCourier {
@@ -1790,13 +1791,17 @@ mod tests {
             Ok(None)
         }
         fn pacing(&self) -> PacingRules {
-            BURST_OF_4
+            self.pacing
         }
     }
 
     fn gated() -> (Arc<GatedCourier>, Sender<()>) {
+        gated_with(BURST_OF_4)
+    }
+
+    fn gated_with(pacing: PacingRules) -> (Arc<GatedCourier>, Sender<()>) {
         let (release_tx, release) = crossbeam_channel::bounded(1);
-        (Arc::new(GatedCourier { release, sent: Mutex::new(Vec::new()) }), release_tx)
+        (Arc::new(GatedCourier { release, sent: Mutex::new(Vec::new()), pacing }), release_tx)
     }
 
     fn start(courier: Arc<GatedCourier>) -> (Sender<Outbound>, Receiver<()>, Receiver<ThreadEnd>) {
@@ -1819,40 +1824,14 @@ mod tests {
         false
     }
 
-    /// Records every text it sends, with no pacing: the order test below.
-    struct OrderCourier {
-        sent: Mutex<Vec<String>>,
-    }
-
-    impl Courier for OrderCourier {
-        fn render(&self, markdown: &str) -> Vec<Piece> {
-            vec![Piece { text: markdown.to_string(), formatted: false }]
-        }
-        fn plain(&self, _: &Piece) -> Option<Piece> {
-            None
-        }
-        fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
-            if let Call::Send { piece, .. } = call {
-                self.sent.lock().unwrap().push(piece.text.clone());
-            }
-            Ok(None)
-        }
-        fn pacing(&self) -> PacingRules {
-            PacingRules::UNLIMITED
-        }
-    }
-
     /// Three workers take replies from the core's queue; one chat's replies still go out in
     /// the order the core sent them (a worker that took a reply and was put aside before it
     /// queued it let the next reply, taken by another worker, overtake it).
     #[test]
     fn one_chats_replies_keep_the_order_they_were_sent_in() {
         const REPLIES: usize = 3000;
-        let courier = Arc::new(OrderCourier { sent: Mutex::new(Vec::new()) });
-        let settle = Settle { channel: "fake".into(), journal: None, probe: Probe::new("fake", false) };
-        let (out_tx, out_rx) = crossbeam_channel::unbounded();
-        let (supervisor, _ended) = Supervisor::new();
-        let drained = spawn(courier.clone(), out_rx, settle, &supervisor).unwrap();
+        let (courier, _release) = gated_with(PacingRules::UNLIMITED);
+        let (out_tx, drained, _ended) = start(courier.clone());
         for n in 0..REPLIES {
             out_tx.send(text("one", &format!("reply {n}"))).unwrap();
             if n % 3 == 0 {

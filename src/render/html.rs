@@ -366,6 +366,8 @@ fn remove_empty_elements(html: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn plain_text_within_the_limits_splits_as_the_general_way_does() {
         // Many texts near small limits, from an alphabet of one-, two-, three- and four-byte
@@ -389,16 +391,14 @@ mod tests {
                 let fits = !text.contains(['<', '&']) && text.len() <= visible.max(2).min(raw);
                 fast += usize::from(fits);
                 assert_eq!(
-                    super::split_html(text, visible, raw),
-                    super::split_tokens(text, visible, raw),
+                    split_html(text, visible, raw),
+                    split_tokens(text, visible, raw),
                     "{text:?} at {visible}/{raw}"
                 );
             }
         }
         assert!(fast > 5000, "the fast path was taken {fast} times");
     }
-
-    use super::*;
 
     #[test]
     fn strip_tags_table() {
