@@ -465,12 +465,13 @@ fn threads_cpu_ns(pid: u32) -> HashMap<String, u64> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return HashMap::new() };
     tasks
         .flatten()
-        .filter_map(|task| {
-            let ns = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            let ns = ns.split_whitespace().next()?.parse().ok()?;
-            Some((task.file_name().to_string_lossy().into_owned(), ns))
-        })
+        .filter_map(|task| Some((task.file_name().to_string_lossy().into_owned(), task_cpu_ns(&task.path())?)))
         .collect()
+}
+
+/// On-CPU nanoseconds of one thread (the first field of its `schedstat`).
+fn task_cpu_ns(task: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(task.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// On-CPU nanoseconds of the live threads so far, summed by thread name, for BENCH_SMAPS=1.
@@ -479,12 +480,7 @@ fn cpu_ns_by_thread_name(pid: u32) -> BTreeMap<String, u64> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
     for task in tasks.flatten() {
         let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
-        let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
-        else {
-            continue;
-        };
+        let Some(ns) = task_cpu_ns(&task.path()) else { continue };
         *by_name.entry(thread_name(&status)).or_insert(0) += ns;
     }
     by_name
@@ -496,14 +492,10 @@ fn cpu_ns_by_thread_name(pid: u32) -> BTreeMap<String, u64> {
 fn context_switches_by_thread(pid: u32) -> BTreeMap<String, u64> {
     let mut by_name = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
-    let count = |status: &str, key: &str| -> u64 {
-        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    };
     for task in tasks.flatten() {
         let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
-        let name = thread_name(&status);
-        *by_name.entry(name).or_insert(0) +=
-            count(&status, "voluntary_ctxt_switches:") + count(&status, "nonvoluntary_ctxt_switches:");
+        *by_name.entry(thread_name(&status)).or_insert(0) +=
+            status_field(&status, "voluntary_ctxt_switches:") + status_field(&status, "nonvoluntary_ctxt_switches:");
     }
     by_name
 }
