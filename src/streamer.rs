@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::render::{CutAt, FenceRegion, classify_cut, fence_regions, reads_as_fence_line};
+use crate::render::{CutAt, FenceRegion, classify_cut, fence_regions, normalize_newlines, reads_as_fence_line};
 
 /// `minChars`, `maxChars` and `idleMs` of §6.2. Lengths are UTF-16 code units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub struct BlockStreamer {
     buf: String,
     /// Whether `buf` starts at the start of a line (a mid-line start is not a fence line).
     starts_line: bool,
+    /// Whether the last delta ended with `\r`: a `\n` starting the next one ends the same line.
+    after_cr: bool,
     deadline: Option<Instant>,
 }
 
@@ -58,7 +60,7 @@ fn u16_boundary(text: &str, units: usize) -> usize {
 
 impl BlockStreamer {
     pub fn new(config: BlockStreamConfig) -> BlockStreamer {
-        BlockStreamer { config, buf: String::new(), starts_line: true, deadline: None }
+        BlockStreamer { config, buf: String::new(), starts_line: true, after_cr: false, deadline: None }
     }
 
     /// Appends a delta; returns the blocks now ready to send, in order.
@@ -67,6 +69,20 @@ impl BlockStreamer {
         if delta.is_empty() {
             return out;
         }
+        // `\r\n` and a lone `\r` end a line for the renderers, so they end one here too: a
+        // block cut after "\r" must not start with a fence opener this buffer read as mid-line.
+        let delta = if self.after_cr { delta.strip_prefix('\n').unwrap_or(delta) } else { delta };
+        self.after_cr = delta.ends_with('\r');
+        if delta.is_empty() {
+            return out;
+        }
+        let normalized;
+        let delta = if delta.contains('\r') {
+            normalized = normalize_newlines(delta);
+            normalized.as_str()
+        } else {
+            delta
+        };
         // 1. Force split while the buffer is at least max_chars. Each cut reads the whole
         // buffer (its length, its fences) and moves what remains, so a long delta goes in
         // by pieces that keep the buffer within `lookahead` bytes: a 2 MB delta in one piece
@@ -150,6 +166,7 @@ impl BlockStreamer {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.starts_line = true;
+        self.after_cr = false;
         self.deadline = None;
     }
 
@@ -296,7 +313,7 @@ fn cuts_into_fence_line(buf: &str, cut: usize, at: CutAt, regions: &[FenceRegion
 fn emit(out: &mut Vec<String>, block: &str) {
     // Only blank lines and indentation go at the start: trimming other whitespace (a vertical
     // tab, say) could turn "\u{b}```x" into a fence opener the text never had.
-    let block = block.trim_end().trim_start_matches(['\n', '\r', ' ', '\t']);
+    let block = block.trim_end().trim_start_matches(['\n', ' ', '\t']);
     if !block.trim().is_empty() {
         out.push(block.to_string());
     }
@@ -364,6 +381,47 @@ pub(crate) mod tests {
         assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
         assert!(blocks.len() > 1500, "{}", blocks.len());
         assert!(u16_len(s.buffered()) < 1000);
+    }
+
+    #[test]
+    fn carriage_returns_end_lines_as_the_renderers_read_them() {
+        let t0 = Instant::now();
+        let cases: &[(&[&str], &str)] = &[
+            (&["one\r\ntwo"], "one\ntwo"),
+            (&["one\r", "\ntwo"], "one\ntwo"),
+            (&["one\r", "", "\ntwo"], "one\ntwo"),
+            (&["one\r", "\n", "two"], "one\ntwo"),
+            (&["one\rtwo"], "one\ntwo"),
+            (&["one\r", "\r", "\ntwo"], "one\n\ntwo"),
+            (&["one\n", "\ntwo"], "one\n\ntwo"),
+            (&["\r\n\r\none"], "one"),
+        ];
+        for (deltas, expected) in cases {
+            let mut s = streamer(1000, 2000, 0);
+            for delta in *deltas {
+                assert!(s.push(delta, t0).is_empty(), "{deltas:?}");
+            }
+            assert_eq!(s.finish(), vec![expected.to_string()], "{deltas:?}");
+        }
+
+        // Found by the streamer fuzz target: "intro\r```rust" was one line here, so the code
+        // was no fence to the cuts, while each block's reader saw one and nothing closed it.
+        let mut text = "intro\r```rust".to_string();
+        for k in 0..20 {
+            text.push_str(&format!("\rlet x{k} = {k};"));
+        }
+        text.push_str("\r```\rafter");
+        for max in [60, 90] {
+            let mut s = streamer(10, max, 0);
+            let mut blocks = s.push(&text, t0);
+            blocks.extend(s.finish());
+            assert!(blocks.len() > 2, "{max}: {blocks:?}");
+            for block in &blocks {
+                // As a renderer reads it.
+                let block = normalize_newlines(block);
+                assert!(crate::fuzzing::checks::fences_closed(&block), "{max}: {block:?}");
+            }
+        }
     }
 
     #[test]

@@ -274,6 +274,8 @@ pub fn streamer(data: &[u8]) {
     let mut fed = String::new();
     let starts_mid_line = |fed: &str, streamer: &BlockStreamer| {
         // A buffer that is not a suffix of the text so far starts with a reopened fence line.
+        // The streamer reads `\r` as a line end, as the renderers do.
+        let fed = &render::normalize_newlines(fed);
         let buffered = streamer.buffered();
         let start = fed.len().saturating_sub(buffered.len());
         fed.ends_with(buffered) && start > 0 && !fed.get(..start).is_some_and(|before| before.ends_with('\n'))
@@ -296,6 +298,7 @@ pub fn streamer(data: &[u8]) {
         fed.push_str(&delta);
     }
     keep(starts_mid_line(&fed, &streamer), streamer.finish());
+    let text = render::normalize_newlines(&text);
     let unclosed_source = !fences_closed(&text);
     let repairable = fences_repairable(&text, max, |s| s.encode_utf16().count());
     // After an idle flush that ends mid-line (§6.2 sends the whole buffer), the next block
