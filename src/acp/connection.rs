@@ -408,6 +408,9 @@ enum PromptBlock<'a> {
 /// is (a few times fewer instructions); [`TextChunkLine::decode`] says `None` for any other
 /// line, and for anything unusual about this one (an `id`, another content type, an empty
 /// text, a duplicate key), which the general path then decodes with the same result.
+/// Fields it does not read are skipped unchecked: a line that holds elsewhere what a `Value`
+/// cannot (a number beyond `f64`, a lone surrogate escape, nesting past 128 levels) still
+/// gives its text here, where the general path would drop the whole line as not JSON.
 #[derive(serde::Deserialize)]
 struct TextChunkLine<'a> {
     #[serde(borrow)]
@@ -760,6 +763,21 @@ mod tests {
             ready().receive(&chunk(r#""a\"b""#)).events,
             vec![AgentEvent::TextChunk { session_id: "s1".into(), text: "a\"b".into() }]
         );
+
+        // What a `Value` cannot hold, in a field the fast path skips unread, makes the line
+        // undecodable for the general path only: the chunk it carries still reaches the chat.
+        let with_meta = |meta: &str| {
+            update(&format!(
+                r#"{{"sessionUpdate":"agent_message_chunk","content":{{"type":"text","text":"kept"}},"_meta":{meta}}}"#
+            ))
+        };
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for line in [with_meta(r#"{"n":1e400}"#), with_meta(r#"{"s":"\ud800 lone"}"#), with_meta(&deep)] {
+            assert!(serde_json::from_str::<Value>(&line).is_err(), "{line}");
+            assert_eq!(ready().receive_message(&line), Step::default(), "{line}");
+            let kept = vec![AgentEvent::TextChunk { session_id: "s1".into(), text: "kept".into() }];
+            assert_eq!(ready().receive(&line).events, kept, "{line}");
+        }
     }
 
     #[test]
