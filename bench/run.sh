@@ -14,10 +14,17 @@ TETHER_BIN="$PWD/target/release/tether" target/release/examples/bench
 
 musl=x86_64-unknown-linux-musl
 if rustup target list --installed 2>/dev/null | grep -qx "$musl" && command -v musl-gcc >/dev/null; then
-    cargo build --release --quiet --target "$musl"
+    # As scripts/build-static ships it: the standard library rebuilt for size when possible.
+    . scripts/small-std.sh
     echo
-    echo "== musl, static (cargo build --release --target $musl)"
-    TETHER_BIN="$PWD/target/$musl/release/tether" target/release/examples/bench
+    if small_std_build "$musl"; then
+        echo "== musl, static, standard library rebuilt for size (as scripts/build-static builds it)"
+        TETHER_BIN="$PWD/$small_std_dir/$musl/release/tether" target/release/examples/bench
+    else
+        cargo build --release --quiet --target "$musl"
+        echo "== musl, static (cargo build --release --target $musl)"
+        TETHER_BIN="$PWD/target/$musl/release/tether" target/release/examples/bench
+    fi
 else
     echo
     echo "(skipped the static musl build: needs rustup target $musl and musl-gcc)"
