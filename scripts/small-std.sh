@@ -4,7 +4,8 @@
 # Why: rustup's standard library comes compiled for speed (opt-level 3). Compiled with tether's
 # release profile (opt-level "z", LTO) and std's `optimize_for_size` feature, the static x86_64
 # musl binary is 289 KB smaller (4,109,400 -> 3,820,312 bytes) and 0.3 MiB less of it is mapped
-# when idle (bench/run.sh, 2026-12-04), at no measured CPU cost. It takes rustup's rust-src
+# when idle (bench/run.sh, 2026-12-04), for 3% more instructions per Telegram message (471,560
+# -> 486,463 under callgrind; CPU time did not tell them apart). It takes rustup's rust-src
 # component and two unstable cargo flags, which RUSTC_BOOTSTRAP=1 allows on stable Rust (fuzzing
 # uses it the same way). Its own target dir keeps it from rebuilding the normal build's std.
 # TETHER_STD=prebuilt skips it; callers fall back to a normal build when it fails.
