@@ -35,6 +35,16 @@ use crate::streamer::{BlockStreamConfig, BlockStreamer};
 pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Drafts of a growing answer go out at most this often.
 pub const DRAFT_EVERY: Duration = Duration::from_millis(100);
+/// ...and a long answer's less often: each draft is the whole answer so far, so at most this
+/// many bytes of drafts a second. Answers up to 25 KiB keep [`DRAFT_EVERY`]; a 2 MB answer
+/// streamed for minutes is sent every 8 s, not copied and sent whole ten times a second.
+pub const DRAFT_BYTES_PER_SECOND: usize = 256 * 1024;
+
+/// How long after the last draft the next may go, for an answer of `answer_len` bytes.
+pub fn draft_spacing(answer_len: usize) -> Duration {
+    let millis = answer_len.saturating_mul(1000) / DRAFT_BYTES_PER_SECOND;
+    DRAFT_EVERY.max(Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX)))
+}
 /// Messages that may wait for one session's next turn.
 pub const MAX_WAITING: usize = 50;
 
@@ -141,13 +151,14 @@ impl Turn {
         }
     }
 
-    /// A chunk arrived: `true` to send the draft now. Else it is due at most [`DRAFT_EVERY`]
-    /// after the last one, so a fast-streaming agent does not have the whole answer copied
-    /// for every chunk (quadratic in the answer's length).
-    pub fn draft_now(&mut self, now: Instant) -> bool {
+    /// A chunk arrived and the answer is now `answer_len` bytes: `true` to send the draft now.
+    /// Else it is due [`draft_spacing`] after the last one, so a fast-streaming agent does not
+    /// have the whole answer copied for every chunk (quadratic in the answer's length).
+    pub fn draft_now(&mut self, now: Instant, answer_len: usize) -> bool {
+        let spacing = draft_spacing(answer_len);
         match self.draft_sent {
-            Some(sent) if now < sent + DRAFT_EVERY => {
-                self.draft_due = Some(sent + DRAFT_EVERY);
+            Some(sent) if now < sent + spacing => {
+                self.draft_due = Some(sent + spacing);
                 false
             }
             _ => {

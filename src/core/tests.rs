@@ -1698,6 +1698,62 @@ fn drafts_are_coalesced_not_copied_per_chunk() {
     assert!(draft_bytes < 400_000, "{draft_bytes} bytes copied");
 }
 
+#[test]
+fn draft_spacing_grows_with_the_answer() {
+    use crate::core::session::draft_spacing;
+    let ms = Duration::from_millis;
+    let table = [
+        (0, ms(100)),
+        (25 * 1024, ms(100)),
+        (52 * 1024, ms(203)),
+        (256 * 1024, ms(1000)),
+        (2_000_000, ms(7629)),
+        (usize::MAX, Duration::from_millis(usize::MAX as u64 / (256 * 1024))),
+    ];
+    for (answer_len, spacing) in table {
+        assert_eq!(draft_spacing(answer_len), spacing, "{answer_len}");
+    }
+}
+
+/// A 2 MB answer streamed for 20 s in 1 KB chunks to a live-draft channel: each draft is
+/// the whole answer so far, so they thin out as it grows (sent every 100 ms they were 200
+/// MB), yet never stall: each comes within its spacing of the one before.
+#[test]
+fn a_long_answers_drafts_thin_out_as_it_grows() {
+    use crate::core::session::draft_spacing;
+    let t0 = Instant::now();
+    let mut web = ChannelConfig { platform: &crate::adapters::webchat::PLATFORM, ..channel("tg") };
+    web.sender_policy = SenderPolicy::Open;
+    let mut core = core_with(vec![web]);
+    core.handle(dm("111", "go"), t0);
+    core.handle(created("tg:111:111", "s1"), t0);
+    let piece = "y".repeat(1000);
+    let mut drafts: Vec<(Instant, usize)> = Vec::new();
+    let mut count = |actions: Vec<Action>, now: Instant| {
+        for action in actions {
+            if let Action::Send(Outbound::Draft { text, .. }) = action {
+                drafts.push((now, text.len()));
+            }
+        }
+    };
+    for n in 0..2000u64 {
+        let now = t0 + Duration::from_millis(10 * n);
+        count(core.handle(chunk("s1", &piece), now), now);
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            count(core.handle(Event::Tick, now), now);
+        }
+    }
+    let bytes: usize = drafts.iter().map(|(_, len)| len).sum();
+    eprintln!("2 MB in 20 s: {} drafts, {bytes} bytes", drafts.len());
+    assert!(bytes < 8_000_000, "{} drafts, {bytes} bytes", drafts.len());
+    for pair in drafts.windows(2) {
+        let ((before, _), (at, len)) = (pair[0], pair[1]);
+        assert!(at - before <= draft_spacing(len) + Duration::from_millis(10), "{drafts:?}");
+    }
+    let last = drafts.last().map_or(t0, |(at, _)| *at);
+    assert!(t0 + Duration::from_millis(19_990) - last <= draft_spacing(2_000_000), "{drafts:?}");
+}
+
 /// Collect mode keeps every attachment: the turn that takes several messages sends every
 /// image of each, in order (other files are named in the text only).
 #[test]
