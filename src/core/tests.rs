@@ -1665,16 +1665,23 @@ fn sessions_of_an_agent_that_cannot_load_stay_in_memory() {
     assert_eq!(core.session_count("tg"), 1);
 }
 
-/// 40,000 one-character chunks in one second to a live-draft channel: drafts are coalesced
-/// in time (one per `DRAFT_EVERY`), so the answer is not copied once per chunk.
-#[test]
-fn drafts_are_coalesced_not_copied_per_chunk() {
-    let t0 = Instant::now();
+/// A core whose one channel shows answers live (the web chat's capabilities), with a turn
+/// running in session "s1" for chat "111".
+fn live_draft_turn(t0: Instant) -> Core {
     let mut web = ChannelConfig { platform: &crate::adapters::webchat::PLATFORM, ..channel("tg") };
     web.sender_policy = SenderPolicy::Open;
     let mut core = core_with(vec![web]);
     core.handle(dm("111", "go"), t0);
     core.handle(created("tg:111:111", "s1"), t0);
+    core
+}
+
+/// 40,000 one-character chunks in one second to a live-draft channel: drafts are coalesced
+/// in time (one per `DRAFT_EVERY`), so the answer is not copied once per chunk.
+#[test]
+fn drafts_are_coalesced_not_copied_per_chunk() {
+    let t0 = Instant::now();
+    let mut core = live_draft_turn(t0);
     let (mut drafts, mut draft_bytes) = (0usize, 0usize);
     let mut count = |actions: Vec<Action>| {
         for action in actions {
@@ -1722,11 +1729,7 @@ fn draft_spacing_grows_with_the_answer() {
 fn a_long_answers_drafts_thin_out_as_it_grows() {
     use crate::core::session::draft_spacing;
     let t0 = Instant::now();
-    let mut web = ChannelConfig { platform: &crate::adapters::webchat::PLATFORM, ..channel("tg") };
-    web.sender_policy = SenderPolicy::Open;
-    let mut core = core_with(vec![web]);
-    core.handle(dm("111", "go"), t0);
-    core.handle(created("tg:111:111", "s1"), t0);
+    let mut core = live_draft_turn(t0);
     let piece = "y".repeat(1000);
     let mut drafts: Vec<(Instant, usize)> = Vec::new();
     let mut count = |actions: Vec<Action>, now: Instant| {
