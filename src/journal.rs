@@ -829,47 +829,56 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A journal in a fresh directory named for the test, holding one message, "a".
+    fn journal_holding_a(name: &str) -> (PathBuf, Journal) {
+        let dir = fresh_dir(name);
+        let journal = Journal::open(&dir, "phone").unwrap();
+        journal.record(vec![msg("1", "1", "a")]).unwrap();
+        (dir, journal)
+    }
+
+    /// The texts still pending when `dir`'s journal is opened again, as after a restart.
+    fn pending_after_reopen(dir: &Path) -> Vec<String> {
+        pending_texts(&Journal::open(dir, "phone").unwrap().lock().ledger)
+    }
+
     #[test]
     fn answers_are_marked_while_a_batch_waits_for_the_disk() {
-        let dir = fresh_dir("slow");
-        let mut journal = Journal::open(&dir, "phone").unwrap();
-        journal.record(vec![msg("1", "1", "a")]).unwrap();
-        // A card slow to flush: the flush ends when the test says so (or after 5 s).
         use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+        use std::time::Instant;
+        let (dir, mut journal) = journal_holding_a("slow");
+        // A card slow to flush: the flush ends when the test says so (or after 5 s).
         static FLUSH: AtomicU8 = AtomicU8::new(0); // 1: begun, 2: may end, 3: ended
         journal.sync_data = |file| {
             FLUSH.store(1, SeqCst);
-            let began = std::time::Instant::now();
-            while FLUSH.load(SeqCst) != 2 && began.elapsed() < std::time::Duration::from_secs(5) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            let began = Instant::now();
+            while FLUSH.load(SeqCst) != 2 && began.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
             }
             FLUSH.store(3, SeqCst);
             file.sync_data()
         };
-        let journal = std::sync::Arc::new(journal);
+        let journal = Arc::new(journal);
         let recorder = {
             let journal = journal.clone();
             std::thread::spawn(move || journal.record(vec![msg("1", "2", "b")]).map(|fresh| fresh.len()))
         };
-        let began = std::time::Instant::now();
+        let began = Instant::now();
         while FLUSH.load(SeqCst) != 1 {
-            assert!(began.elapsed() < std::time::Duration::from_secs(5), "the batch was never flushed");
+            assert!(began.elapsed() < Duration::from_secs(5), "the batch was never flushed");
             std::thread::yield_now();
         }
         journal.settle(&[r("1", "1")]).unwrap();
         assert_eq!(journal.pending_count(), 1);
         assert_eq!(FLUSH.swap(2, SeqCst), 1, "marking an answer waited for the flush to end");
         assert_eq!(recorder.join().unwrap().unwrap(), 1);
-        let reopened = Journal::open(&dir, "phone").unwrap();
-        assert_eq!(pending_texts(&reopened.lock().ledger), ["b"]);
+        assert_eq!(pending_after_reopen(&dir), ["b"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_failed_fsync_keeps_nothing_of_its_batch() {
-        let dir = fresh_dir("eio");
-        let mut journal = Journal::open(&dir, "phone").unwrap();
-        journal.record(vec![msg("1", "1", "a")]).unwrap();
+        let (dir, mut journal) = journal_holding_a("eio");
         journal.sync_data = |_| Err(io::Error::other("EIO"));
         assert!(journal.record(vec![msg("1", "2", "b")]).is_err());
         assert_eq!(journal.pending_count(), 1, "the failed batch is forgotten");
@@ -879,8 +888,7 @@ mod tests {
         assert_eq!(journal.record(vec![msg("1", "2", "b")]).unwrap().len(), 1);
         assert!(std::fs::metadata(journal.path()).unwrap().len() > size);
         drop(journal);
-        let reopened = Journal::open(&dir, "phone").unwrap();
-        assert_eq!(pending_texts(&reopened.lock().ledger), ["a", "b"]);
+        assert_eq!(pending_after_reopen(&dir), ["a", "b"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
