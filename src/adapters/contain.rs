@@ -43,14 +43,20 @@ fn install_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if CONTAINED.with(Cell::get) {
-                let place = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+                let place = info.location().map_or_else(String::new, place_text);
                 let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
-                log::error!(target: "contain", "a decoder panicked in thread {thread} at {place} (message withheld: it may quote untrusted input)");
+                log::error!(target: "contain", "a decoder panicked in thread {thread}{place} (message withheld: it may quote untrusted input)");
             } else {
                 previous(info);
             }
         }));
     });
+}
+
+/// " at file:line", or nothing in a build without panic locations (the static builds of
+/// `scripts/build-static` drop them for size: `-Z location-detail=none` leaves line 0).
+fn place_text(location: &panic::Location<'_>) -> String {
+    if location.line() == 0 { String::new() } else { format!(" at {}:{}", location.file(), location.line()) }
 }
 
 #[cfg(test)]
@@ -72,5 +78,12 @@ mod tests {
         assert!(contained_panics() > before);
         assert_eq!(contain(|| "after".to_string()).as_deref(), Some("after"));
         assert!(!CONTAINED.with(Cell::get));
+    }
+
+    #[test]
+    fn the_place_is_named_when_the_build_has_it() {
+        let here = panic::Location::caller();
+        let expected = if here.line() == 0 { String::new() } else { format!(" at {}:{}", file!(), here.line()) };
+        assert_eq!(place_text(here), expected);
     }
 }
