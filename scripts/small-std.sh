@@ -18,7 +18,15 @@ small_std_dir=target/small-std
 #   Unwinding, and with it `adapters::contain`, is unchanged: the library's 641 tests pass
 #   built this way (`cargo test --release --lib --target x86_64-unknown-linux-musl` with these
 #   flags and `-Z build-std=std,panic_unwind,test`), the injected decoder panics included.
-small_std_rustflags="-Z location-detail=none -C force-unwind-tables=no"
+# And the symbol names scripts/hot-code.txt was made from (v0, which names generic arguments).
+small_std_rustflags="-Z location-detail=none -C force-unwind-tables=no -C symbol-mangling-version=v0"
+
+# The functions a running daemon executes are linked side by side (scripts/hot-code.txt, made
+# by scripts/hot-code.sh; scripts/hot-code.py says why): the idle x86_64 binary then maps
+# 1.6 MiB of code instead of 2.7. That takes a second link by rust-lld (shipped with rustc) with
+# the build's symbols, then stripped; without python3, c++filt or nm, or when that link
+# fails, the binary is linked as before.
+small_std_hot_list=scripts/hot-code.txt
 
 # small_std_build TARGET [VAR=VALUE...]: build into $small_std_dir/TARGET/release/tether.
 # A CARGO_TARGET_<TARGET>_RUSTFLAGS among the VAR=VALUEs is kept, with the flags above added.
@@ -41,10 +49,32 @@ small_std_build() {
             return 1
         }
     fi
+    # cargo SUBCOMMAND [ARG...] for TARGET, the standard library from source, symbols kept
+    # (the second link needs them; it strips).
+    small_std_cargo() {
+        local subcommand=$1
+        shift
+        env RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_STRIP=false "${pass[@]}" "$flags_var=$flags" \
+            cargo "$subcommand" --release --quiet --target "$target" --target-dir "$small_std_dir" \
+            -Z build-std=std,panic_unwind -Z build-std-features=optimize_for_size "$@"
+    }
     echo "  cargo build --release --target $target, the standard library rebuilt for size (scripts/small-std.sh)"
-    if ! env RUSTC_BOOTSTRAP=1 "${pass[@]}" "$flags_var=$flags" cargo build --release --quiet --target "$target" --target-dir "$small_std_dir" \
-        -Z build-std=std,panic_unwind -Z build-std-features=optimize_for_size; then
+    if ! small_std_cargo build; then
         echo "  that build failed: the prebuilt standard library is used"
         return 1
     fi
+    # scripts/hot-code.sh profiles the binary as built so far, with its symbols.
+    [ "${SMALL_STD_SYMBOLS:-0}" = 1 ] && return 0
+    local built=$small_std_dir/$target/release/tether order=$small_std_dir/$target/hot-code-order.txt found
+    if command -v python3 >/dev/null && command -v c++filt >/dev/null && command -v nm >/dev/null \
+        && found=$(python3 scripts/hot-code.py order nm "$built" "$small_std_hot_list" 2>&1 >"$order"); then
+        echo "  linking the code that runs side by side: $found (scripts/hot-code.txt)"
+        small_std_cargo rustc --bin tether -- -C strip=symbols -Z unstable-options -C linker-features=+lld \
+            -C link-self-contained=+linker -C "link-arg=-Wl,--symbol-ordering-file=$PWD/$order" \
+            -C link-arg=-Wl,--no-warn-symbol-ordering && return 0
+        echo "  that link failed: linked as before"
+    else
+        echo "  not ordering the code: ${found:-needs python3, c++filt and nm}"
+    fi
+    small_std_cargo rustc --bin tether -- -C strip=symbols
 }

@@ -52,3 +52,79 @@ fn no_unsafe_and_no_openssl_or_tokio() {
         assert!(!lock.contains(banned), "Cargo.lock must not contain {banned}");
     }
 }
+
+/// scripts/hot-code.txt (the functions the static builds link side by side) is what
+/// scripts/hot-code.py writes: sorted, no build's hashes, and every tether module it names
+/// still exists. A list gone stale only places fewer functions together, so this is the
+/// reminder to run scripts/hot-code.sh after moving modules.
+#[test]
+fn the_hot_code_list_names_modules_that_exist() {
+    let list = std::fs::read_to_string(repo().join("scripts/hot-code.txt")).unwrap();
+    let names: Vec<&str> = list.lines().collect();
+    assert!(names.len() > 500, "scripts/hot-code.txt has {} names", names.len());
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "scripts/hot-code.txt must be sorted and without repeats");
+    let mut checked = 0;
+    for name in &names {
+        assert!(!name.contains(".llvm.") && !has_crate_hash(name), "a build's hash left in {name:?}");
+        for (at, _) in name.match_indices("tether::") {
+            let modules = module_path(&name[at + "tether::".len()..]);
+            // The last may be a function with an item inside (`journal::message_line::Fields`).
+            let found = module_exists(&modules) || module_exists(&modules[..modules.len().saturating_sub(1)]);
+            assert!(
+                found,
+                "scripts/hot-code.txt names tether::{} (in {name:?}): run scripts/hot-code.sh",
+                modules.join("::")
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} tether paths in scripts/hot-code.txt");
+}
+
+/// `[` and eight or more hex digits: a crate disambiguator such as `core[3f2a9c1e77d0b245]`.
+fn has_crate_hash(name: &str) -> bool {
+    name.split('[').skip(1).any(|rest| {
+        let hex = rest.bytes().take_while(u8::is_ascii_hexdigit).count();
+        hex >= 8 && rest.as_bytes().get(hex) == Some(&b']')
+    })
+}
+
+/// The modules at the start of a path such as `adapters::webchat::run_socket` (the last
+/// lowercase segment is an item unless a type follows it).
+fn module_path(path: &str) -> Vec<&str> {
+    let mut segments = Vec::new();
+    let mut rest = path;
+    loop {
+        let len = rest.bytes().take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_').count();
+        if len == 0 || !rest.as_bytes()[0].is_ascii_lowercase() && rest.as_bytes()[0] != b'_' {
+            break;
+        }
+        let (segment, after) = rest.split_at(len);
+        segments.push(segment);
+        match after.strip_prefix("::") {
+            Some(next) if next.starts_with(|c: char| c.is_ascii_uppercase()) => return segments,
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    segments.pop();
+    segments
+}
+
+/// `src/a/b.rs`, `src/a/b/mod.rs` or an inline `mod b {` in its parent's file.
+fn module_exists(modules: &[&str]) -> bool {
+    let mut dir = repo().join("src");
+    let mut file = dir.join("lib.rs");
+    for module in modules {
+        let (as_file, as_dir) = (dir.join(format!("{module}.rs")), dir.join(module).join("mod.rs"));
+        if as_file.is_file() {
+            file = as_file;
+        } else if as_dir.is_file() {
+            file = as_dir;
+        } else if !std::fs::read_to_string(&file).unwrap().contains(&format!("mod {module} {{")) {
+            return false;
+        }
+        dir = dir.join(module);
+    }
+    true
+}

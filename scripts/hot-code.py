@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""The functions a running tether executes, placed together in the static binaries.
+
+Why: the kernel maps a program's code 64 KiB at a time around each page it touches
+(fault-around), and the functions a running daemon uses are spread over the whole binary, so
+almost all of it ends up resident. Linked with these functions side by side, the idle static
+x86_64 binary maps 1.6 MiB of code instead of 2.7 (bench/bench.rs, "mapped from files").
+
+    hot-code.py list BINARY CALLGRIND_OUT...   the functions that ran (callgrind profiles of
+                                               BINARY, which has its symbols), one name per
+                                               line: what scripts/hot-code.txt holds
+    hot-code.py order NM BINARY HOT_LIST       BINARY's symbols for those functions, for the
+                                               linker's --symbol-ordering-file
+
+Names are compared demangled (c++filt) and without the hashes rustc adds (crate
+disambiguators, legacy `::h…` suffixes, `.llvm.` suffixes), so a list made from one build
+finds the same functions in another build, another target or a newer rustc. A function the
+list names but a build lacks is skipped; one the list lacks goes after the listed ones.
+"""
+
+import re
+import subprocess
+import sys
+
+# In this order: a clone's suffix (`.llvm.123`, ` [clone .llvm.123]`), a legacy hash, crate
+# disambiguators (`tether[50144c0d7f857f55]::cli::run`).
+SUFFIXES = [re.compile(r" ?\[clone [^]]*\]$|\.llvm\.\d+$"), re.compile(r"::h[0-9a-f]{16}$"), re.compile(r"\[[0-9a-f]{8,}\]")]
+CODE_TYPES = set("tTwW")
+
+
+def demangled(names):
+    """Each name demangled by c++filt (one line in, one line out)."""
+    if not names:
+        return []
+    out = subprocess.run(["c++filt"], input="\n".join(names) + "\n", capture_output=True, text=True, check=True)
+    lines = out.stdout.split("\n")[: len(names)]
+    if len(lines) != len(names):
+        sys.exit("hot-code.py: c++filt returned fewer lines than it was given")
+    return lines
+
+
+def key(name):
+    """A demangled name without the hashes that change from build to build."""
+    for suffix in SUFFIXES:
+        name = suffix.sub("", name)
+    return name.strip()
+
+
+def code_symbols(nm, binary):
+    """The raw names of BINARY's functions."""
+    out = subprocess.run([nm, "--defined-only", binary], capture_output=True, text=True, check=True)
+    names = []
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in CODE_TYPES:
+            names.append(parts[2])
+    return names
+
+
+def functions_that_ran(profile):
+    """The raw names of the functions with a cost in one callgrind profile."""
+    names, ran, current = {}, set(), None
+    entry = re.compile(r"^(c?fn)=\((\d+)\)(?: (.*))?$")
+    with open(profile, errors="replace") as lines:
+        for line in lines:
+            found = entry.match(line.rstrip("\n"))
+            if found:
+                kind, number, name = found.groups()
+                if name:
+                    names[number] = name
+                if kind == "fn":
+                    current = names.get(number)
+                continue
+            if current and line[:1].isdigit():
+                ran.add(current)
+    return ran
+
+
+def list_hot(binary, profiles):
+    symbols = set(code_symbols("nm", binary))
+    ran = set()
+    for profile in profiles:
+        ran |= functions_that_ran(profile)
+    ran &= symbols
+    keys = sorted({key(name) for name in demangled(sorted(ran))})
+    print("\n".join(keys))
+    print(f"hot-code.py: {len(keys)} functions ran, of {len(symbols)} in {binary}", file=sys.stderr)
+
+
+def order(nm, binary, hot_list):
+    with open(hot_list) as lines:
+        hot = [line.rstrip("\n") for line in lines if line.strip()]
+    raw = code_symbols(nm, binary)
+    by_key = {}
+    for name, readable in zip(raw, demangled(raw)):
+        by_key.setdefault(key(readable), []).append(name)
+    found = 0
+    for name in hot:
+        if name in by_key:
+            found += 1
+            print("\n".join(by_key[name]))
+    print(f"{found} of the {len(hot)} hot functions found", file=sys.stderr)
+    if found == 0:
+        sys.exit(1)
+
+
+def main(args):
+    if len(args) >= 3 and args[0] == "list":
+        list_hot(args[1], args[2:])
+    elif len(args) == 4 and args[0] == "order":
+        order(args[1], args[2], args[3])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Remake scripts/hot-code.txt: the functions a running tether executes, which the static
+# builds link side by side (scripts/small-std.sh; scripts/hot-code.py says why).
+#
+# Builds the static x86_64 musl binary as scripts/build-static does, with its symbols, and runs
+# the benchmark against it under valgrind's callgrind: start, Telegram (paced, sequential and
+# 10 users at once), 2,000 web chat messages from 30 browsers, a 2 MB answer, idle time. The
+# functions that ran at least once make the list. Run it after changes that move a lot of code
+# (a new platform, a new dependency); a stale list only places fewer functions together.
+# Needs valgrind, python3, the x86_64-unknown-linux-musl target and musl-gcc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/small-std.sh
+target=x86_64-unknown-linux-musl
+cargo build --release --quiet --example bench
+# With its symbols, linked as usual (the list does not depend on where functions are).
+SMALL_STD_SYMBOLS=1 small_std_build "$target"
+bin="$PWD/$small_std_dir/$target/release/tether"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+# The demo agent runs from the same binary; only the daemon is profiled.
+cat > "$out/tether" <<WRAP
+#!/bin/sh
+if [ "\$1" = demo-agent ]; then exec "$bin" "\$@"; fi
+exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$out/callgrind.\$\$" "$bin" "\$@"
+WRAP
+chmod +x "$out/tether"
+echo "  the benchmark under callgrind (about a minute)"
+TETHER_BIN="$out/tether" BENCH_PACED=2 BENCH_SEQUENTIAL=2 BENCH_USERS=10 BENCH_ROUNDS=2 \
+    BENCH_WEB_MESSAGES=2000 BENCH_HUGE=1 BENCH_IDLE_SECS=2 \
+    target/release/examples/bench > "$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; exit 1; }
+python3 scripts/hot-code.py list "$bin" "$out"/callgrind.* > scripts/hot-code.txt
+echo "  wrote scripts/hot-code.txt"
