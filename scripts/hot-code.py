@@ -6,9 +6,13 @@ Why: the kernel maps a program's code 64 KiB at a time around each page it touch
 almost all of it ends up resident. Linked with these functions side by side, the idle static
 x86_64 binary maps 1.6 MiB of code instead of 2.7 (bench/bench.rs, "mapped from files").
 
-    hot-code.py list BINARY CALLGRIND_OUT...   the functions that ran (callgrind profiles of
+    hot-code.py list [--tls] BINARY CALLGRIND_OUT...
+                                               the functions that ran (callgrind profiles of
                                                BINARY, which has its symbols), one name per
-                                               line: what scripts/hot-code.txt holds
+                                               line: what scripts/hot-code.txt holds; with
+                                               --tls only the TLS client's (rustls, ring,
+                                               webpki, tether::net), from the unit test that
+                                               makes a real handshake
     hot-code.py order NM BINARY HOT_LIST       BINARY's symbols for those functions, for the
                                                linker's --symbol-ordering-file
 
@@ -26,6 +30,8 @@ import sys
 # disambiguators (`tether[50144c0d7f857f55]::cli::run`).
 SUFFIXES = [re.compile(r" ?\[clone [^]]*\]$|\.llvm\.\d+$"), re.compile(r"::h[0-9a-f]{16}$"), re.compile(r"\[[0-9a-f]{8,}\]")]
 CODE_TYPES = set("tTwW")
+# The TLS client's functions, among those a unit test ran (not its server's, nor the test's).
+TLS = re.compile(r"^ring_core_|\b(rustls|rustls_pki_types|ring|webpki|untrusted)::|\btether::net::")
 
 
 def demangled(names):
@@ -76,13 +82,16 @@ def functions_that_ran(profile):
     return ran
 
 
-def list_hot(binary, profiles):
+def list_hot(binary, profiles, tls_only):
     symbols = set(code_symbols("nm", binary))
     ran = set()
     for profile in profiles:
         ran |= functions_that_ran(profile)
     ran &= symbols
-    keys = sorted({key(name) for name in demangled(sorted(ran))})
+    keys = {key(name) for name in demangled(sorted(ran))}
+    if tls_only:
+        keys = {k for k in keys if TLS.search(k) and "::tests::" not in k and "::server::" not in k}
+    keys = sorted(keys)
     print("\n".join(keys))
     print(f"hot-code.py: {len(keys)} functions ran, of {len(symbols)} in {binary}", file=sys.stderr)
 
@@ -106,7 +115,11 @@ def order(nm, binary, hot_list):
 
 def main(args):
     if len(args) >= 3 and args[0] == "list":
-        list_hot(args[1], args[2:])
+        tls_only = args[1] == "--tls"
+        rest = args[2:] if tls_only else args[1:]
+        if len(rest) < 2:
+            sys.exit(__doc__)
+        list_hot(rest[0], rest[1:], tls_only)
     elif len(args) == 4 and args[0] == "order":
         order(args[1], args[2], args[3])
     else:

@@ -5,8 +5,10 @@
 # Builds the static x86_64 musl binary as scripts/build-static does, with its symbols, and runs
 # the benchmark against it under valgrind's callgrind: start, Telegram (paced, sequential and
 # 10 users at once), 2,000 web chat messages from 30 browsers, a 2 MB answer, idle time. The
-# functions that ran at least once make the list. Run it after changes that move a lot of code
-# (a new platform, a new dependency); a stale list only places fewer functions together.
+# functions that ran at least once make the list, with those of the TLS client (below). Run
+# it after changes that move a lot of code (a new platform, a new dependency); a stale list
+# only places fewer functions together. Timing varies what runs: two runs differ by a few
+# functions.
 # Needs valgrind, python3, the x86_64-unknown-linux-musl target and musl-gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +31,25 @@ echo "  the benchmark under callgrind (about a minute)"
 TETHER_BIN="$out/tether" BENCH_PACED=2 BENCH_SEQUENTIAL=2 BENCH_USERS=10 BENCH_ROUNDS=2 \
     BENCH_WEB_MESSAGES=2000 BENCH_HUGE=1 BENCH_IDLE_SECS=2 \
     target/release/examples/bench > "$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; exit 1; }
-python3 scripts/hot-code.py list "$bin" "$out"/callgrind.* > scripts/hot-code.txt
-echo "  wrote scripts/hot-code.txt"
+python3 scripts/hot-code.py list "$bin" "$out"/callgrind.* > "$out/daemon.txt"
+
+# The benchmark's fakes speak plain HTTP, so the TLS client's functions come from the unit test
+# that makes a real handshake against a loopback server (built the same way, with the test
+# harness). In the static layout model they cut the 64 KiB windows a TLS user maps from 30
+# to 21, for 2 more windows when TLS is not used (scripts/hot-code.py, 2026-12-04).
+echo "  the TLS unit test under callgrind"
+tests=$(env RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_STRIP=false \
+    "CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS=$small_std_rustflags" \
+    cargo test --release --lib --no-run --quiet --target "$target" --target-dir "$small_std_dir" \
+    -Z build-std=std,panic_unwind,test -Z build-std-features=optimize_for_size --message-format=json \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
+        print(m["executable"])')
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$out/tls.callgrind" "$tests" \
+    net::http::tests::https_does_a_real_handshake_checks_the_name_and_keeps_the_connection --exact \
+    > "$out/tls.log" 2>&1 || { cat "$out/tls.log" >&2; exit 1; }
+python3 scripts/hot-code.py list --tls "$tests" "$out/tls.callgrind" > "$out/tls.txt"
+LC_ALL=C sort -u "$out/daemon.txt" "$out/tls.txt" > scripts/hot-code.txt
+echo "  wrote scripts/hot-code.txt: $(wc -l < scripts/hot-code.txt) functions"
