@@ -97,8 +97,11 @@ def list_hot(binary, profiles, tls_only):
 
 
 def order(nm, binary, hot_list):
-    with open(hot_list) as lines:
-        hot = [line.rstrip("\n") for line in lines if line.strip()]
+    try:
+        with open(hot_list) as lines:
+            hot = [line.rstrip("\n") for line in lines if line.strip()]
+    except OSError as e:
+        sys.exit(f"cannot read the list {hot_list}: {e.strerror}")
     raw = code_symbols(nm, binary)
     by_key = {}
     for name, readable in zip(raw, demangled(raw)):
