@@ -13,8 +13,9 @@ x86_64 binary maps 1.6 MiB of code instead of 2.7 (bench/bench.rs, "mapped from 
                                                --tls only the TLS client's (rustls, ring,
                                                webpki, tether::net), from the unit test that
                                                makes a real handshake
-    hot-code.py order NM BINARY HOT_LIST       BINARY's symbols for those functions, for the
-                                               linker's --symbol-ordering-file
+    hot-code.py order NM BINARY HOT_LIST...    BINARY's symbols for those functions, list
+                                               after list, for the linker's
+                                               --symbol-ordering-file
 
 Names are compared demangled (c++filt) and without the hashes rustc adds (crate
 disambiguators, legacy `::h…` suffixes, `.llvm.` suffixes), so a list made from one build
@@ -96,21 +97,24 @@ def list_hot(binary, profiles, tls_only):
     print(f"hot-code.py: {len(keys)} functions ran, of {len(symbols)} in {binary}", file=sys.stderr)
 
 
-def order(nm, binary, hot_list):
-    try:
-        with open(hot_list) as lines:
-            hot = [line.rstrip("\n") for line in lines if line.strip()]
-    except OSError as e:
-        sys.exit(f"cannot read the list {hot_list}: {e.strerror}")
+def order(nm, binary, hot_lists):
+    hot = []
+    for hot_list in hot_lists:
+        try:
+            with open(hot_list) as lines:
+                hot += [line.rstrip("\n") for line in lines if line.strip()]
+        except OSError as e:
+            sys.exit(f"cannot read the list {hot_list}: {e.strerror}")
     raw = code_symbols(nm, binary)
     by_key = {}
     for name, readable in zip(raw, demangled(raw)):
         by_key.setdefault(key(readable), []).append(name)
     found = 0
-    for name in hot:
-        if name in by_key:
+    for name in dict.fromkeys(hot):
+        symbols = by_key.pop(name, None)
+        if symbols:
             found += 1
-            print("\n".join(by_key[name]))
+            print("\n".join(symbols))
     print(f"{found} of the {len(hot)} hot functions found", file=sys.stderr)
     if found == 0:
         sys.exit(1)
@@ -123,8 +127,8 @@ def main(args):
         if len(rest) < 2:
             sys.exit(__doc__)
         list_hot(rest[0], rest[1:], tls_only)
-    elif len(args) == 4 and args[0] == "order":
-        order(args[1], args[2], args[3])
+    elif len(args) >= 4 and args[0] == "order":
+        order(args[1], args[2], args[3:])
     else:
         sys.exit(__doc__)
 

@@ -26,7 +26,8 @@ small_std_rustflags="-Z location-detail=none -C force-unwind-tables=no -C symbol
 # 1.6 MiB of code instead of 2.7. That takes a second link by rust-lld (shipped with rustc) with
 # the build's symbols, then stripped; without python3, c++filt or nm, or when that link
 # fails, the binary is linked as before.
-small_std_hot_list=scripts/hot-code.txt
+# The TLS client's functions come second: a daemon that makes no TLS connection maps none.
+small_std_hot_lists=(scripts/hot-code.txt scripts/hot-code-tls.txt)
 
 # small_std_build TARGET [VAR=VALUE...]: build into $small_std_dir/TARGET/release/tether.
 # A CARGO_TARGET_<TARGET>_RUSTFLAGS among the VAR=VALUEs is kept, with the flags above added.
@@ -67,8 +68,8 @@ small_std_build() {
     [ "${SMALL_STD_SYMBOLS:-0}" = 1 ] && return 0
     local built=$small_std_dir/$target/release/tether order=$small_std_dir/$target/hot-code-order.txt found
     if command -v python3 >/dev/null && command -v c++filt >/dev/null && command -v nm >/dev/null \
-        && found=$(python3 scripts/hot-code.py order nm "$built" "$small_std_hot_list" 2>&1 >"$order"); then
-        echo "  linking the code that runs side by side: $found (scripts/hot-code.txt)"
+        && found=$(python3 scripts/hot-code.py order nm "$built" "${small_std_hot_lists[@]}" 2>&1 >"$order"); then
+        echo "  linking the code that runs side by side: $found (${small_std_hot_lists[*]})"
         small_std_cargo rustc --bin tether -- -C strip=symbols -Z unstable-options -C linker-features=+lld \
             -C link-self-contained=+linker -C "link-arg=-Wl,--symbol-ordering-file=$PWD/$order" \
             -C link-arg=-Wl,--no-warn-symbol-ordering && return 0

@@ -53,18 +53,27 @@ fn no_unsafe_and_no_openssl_or_tokio() {
     }
 }
 
-/// scripts/hot-code.txt (the functions the static builds link side by side) is what
-/// scripts/hot-code.py writes: sorted, no build's hashes, and every tether module it names
-/// still exists. A list gone stale only places fewer functions together, so this is the
-/// reminder to run scripts/hot-code.sh after moving modules.
+/// scripts/hot-code.txt and scripts/hot-code-tls.txt (the functions the static builds link
+/// side by side) are what scripts/hot-code.py writes: sorted, no build's hashes, and every
+/// tether module they name still exists. A list gone stale only places fewer functions
+/// together, so this is the reminder to run scripts/hot-code.sh after moving modules.
 #[test]
-fn the_hot_code_list_names_modules_that_exist() {
-    let list = std::fs::read_to_string(repo().join("scripts/hot-code.txt")).unwrap();
-    let names: Vec<&str> = list.lines().collect();
-    assert!(names.len() > 500, "scripts/hot-code.txt has {} names", names.len());
-    assert!(names.windows(2).all(|w| w[0] < w[1]), "scripts/hot-code.txt must be sorted and without repeats");
+fn the_hot_code_lists_name_modules_that_exist() {
     let mut checked = 0;
-    for name in &names {
+    for (file, at_least) in [("scripts/hot-code.txt", 500), ("scripts/hot-code-tls.txt", 100)] {
+        let list = std::fs::read_to_string(repo().join(file)).unwrap();
+        let names: Vec<&str> = list.lines().collect();
+        assert!(names.len() > at_least, "{file} has {} names", names.len());
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "{file} must be sorted and without repeats");
+        checked += checked_paths(&names);
+    }
+    assert!(checked > 100, "only {checked} tether paths in the hot code lists");
+}
+
+/// Checks the tether paths in `names`; returns how many there were.
+fn checked_paths(names: &[&str]) -> usize {
+    let mut checked = 0;
+    for name in names {
         assert!(!name.contains(".llvm.") && !has_crate_hash(name), "a build's hash left in {name:?}");
         for (at, _) in name.match_indices("tether::") {
             let modules = module_path(&name[at + "tether::".len()..]);
@@ -72,13 +81,13 @@ fn the_hot_code_list_names_modules_that_exist() {
             let found = module_exists(&modules) || module_exists(&modules[..modules.len().saturating_sub(1)]);
             assert!(
                 found,
-                "scripts/hot-code.txt names tether::{} (in {name:?}): run scripts/hot-code.sh",
+                "a hot code list names tether::{} (in {name:?}): run scripts/hot-code.sh",
                 modules.join("::")
             );
             checked += 1;
         }
     }
-    assert!(checked > 100, "only {checked} tether paths in scripts/hot-code.txt");
+    checked
 }
 
 /// `[` and eight or more hex digits: a crate disambiguator such as `core[3f2a9c1e77d0b245]`.
