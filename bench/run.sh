@@ -11,8 +11,9 @@ cargo build --release --quiet
 cargo build --release --quiet --example bench
 # Memory "mapped from files" depends on how the binary came into the page cache: read from
 # disk (as on a board after a reboot) it maps less than right after a `cp`, which leaves it in
-# larger blocks (0.15 MiB more for the static x86_64 binary, 2026-12-04). As root, drop the cache first, so each
-# figure is the one after a reboot (this drops every file's cached pages, hence root only).
+# larger blocks (0.15 MiB more for the static x86_64 binary, 2026-12-04). As root, drop the
+# cache first, so each figure is the one after a reboot (this drops every file's cached pages,
+# hence root only).
 cold_cache() {
     if [ "$(id -u)" -eq 0 ] && sync && echo 3 2>/dev/null > /proc/sys/vm/drop_caches; then
         echo "(page cache dropped: the binary is read from disk, as after a reboot)"

@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # Remake scripts/hot-code.txt and scripts/hot-code-tls.txt: the functions a running tether
-# executes, which the static
-# builds link side by side (scripts/small-std.sh; scripts/hot-code.py says why).
+# executes, which the static builds link side by side (scripts/small-std.sh; scripts/hot-code.py
+# says why).
 #
 # Builds the static x86_64 musl binary as scripts/build-static does, with its symbols, and runs
 # the benchmark against it under valgrind's callgrind: start, Telegram (paced, sequential and
 # 50 users at once), 10,000 web chat messages from 30 browsers (enough to fill every browser's
-# history, so what a long-running daemon does is in), a 2 MB answer, idle time. The
-# functions that ran at least once make the list, with those of the TLS client (below). Run
-# it after changes that move a lot of code (a new platform, a new dependency); a stale list
-# only places fewer functions together. Timing varies what runs: two runs differ by a few
-# functions.
+# history, so what a long-running daemon does is in), a 2 MB answer, idle time. The functions
+# that ran at least once make the first list; the TLS client's make the second (below). Run it
+# after changes that move a lot of code (a new platform, a new dependency); a stale list only
+# places fewer functions together. Timing varies what runs: two runs differ by a few functions.
 # Needs valgrind, python3, the x86_64-unknown-linux-musl target and musl-gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
