@@ -729,7 +729,7 @@ impl Core {
                 }
                 // Channels that can show an answer as it grows get drafts, coalesced in time.
                 if self.channels.get(&session.chat.channel).is_some_and(|c| c.capabilities().live_drafts)
-                    && turn.draft_now(now, turn.answer.len())
+                    && turn.draft_now(now)
                 {
                     actions
                         .push(Action::Send(Outbound::Draft { chat: session.chat.clone(), text: turn.answer.clone() }));

@@ -151,11 +151,11 @@ impl Turn {
         }
     }
 
-    /// A chunk arrived and the answer is now `answer_len` bytes: `true` to send the draft now.
-    /// Else it is due [`draft_spacing`] after the last one, so a fast-streaming agent does not
-    /// have the whole answer copied for every chunk (quadratic in the answer's length).
-    pub fn draft_now(&mut self, now: Instant, answer_len: usize) -> bool {
-        let spacing = draft_spacing(answer_len);
+    /// A chunk arrived: `true` to send the draft now. Else it is due [`draft_spacing`] (for
+    /// the answer's length so far) after the last one, so a fast-streaming agent does not have
+    /// the whole answer copied for every chunk (quadratic in the answer's length).
+    pub fn draft_now(&mut self, now: Instant) -> bool {
+        let spacing = draft_spacing(self.answer.len());
         match self.draft_sent {
             Some(sent) if now < sent + spacing => {
                 self.draft_due = Some(sent + spacing);
