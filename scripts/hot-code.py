@@ -16,6 +16,13 @@ x86_64 binary maps 1.6 MiB of code instead of 2.7 (bench/bench.rs, "mapped from 
     hot-code.py order NM BINARY HOT_LIST...    BINARY's symbols for those functions, list
                                                after list, for the linker's
                                                --symbol-ordering-file
+    hot-code.py patterns [--tls] BINARY CALLGRIND_OUT...
+                                               for the glibc build (`cargo build --release`,
+                                               which links once, with no script of ours):
+                                               the sections of the functions that ran, as
+                                               patterns build.rs puts in a linker script,
+                                               one per line: what scripts/hot-code-glibc.txt
+                                               holds
 
 Names are compared demangled (c++filt) and without the hashes rustc adds (crate
 disambiguators, legacy `::h…` suffixes, `.llvm.` suffixes), so a list made from one build
@@ -32,6 +39,8 @@ import sys
 SUFFIXES = [re.compile(r" ?\[clone [^]]*\]$|\.llvm\.\d+$"), re.compile(r"::h[0-9a-f]{16}$"), re.compile(r"\[[0-9a-f]{8,}\]")]
 CODE_TYPES = set("tTwW")
 # The TLS client's functions, among those a unit test ran (not its server's, nor the test's).
+# Modules of code for one CPU extension, chosen at run time (`sha2::sha256::x86_sha`).
+CPU_MODULE = re.compile(r"::(x86\w*|ni|avx\w*|sse\w*|shani|aarch64\w*|neon|armv8)::")
 TLS = re.compile(r"^ring_core_|\b(rustls|rustls_pki_types|ring|webpki|untrusted)::|\btether::net::")
 
 
@@ -97,6 +106,60 @@ def list_hot(binary, profiles, tls_only):
     print(f"hot-code.py: {len(keys)} functions ran, of {len(symbols)} in {binary}", file=sys.stderr)
 
 
+def pattern(name):
+    """A linker-script pattern for the section of the function NAME, without the hashes."""
+    name = re.sub(r"17h[0-9a-f]{16}E", "17h*", name)  # legacy: the hash closes the name
+    name = re.sub(r"\.llvm\.\d+$|\.\d+$", "*", name)  # renamed by LTO
+    if name.startswith("_R"):  # v0 (rustup's std): crate disambiguators, and back-references
+        name = re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", name)  # into a name they lengthen
+        name = re.sub(r"B[0-9A-Za-z]*_", "B*_", name)
+    return re.sub(r"\*+", "*", name)
+
+
+def code_symbols_at(binary):
+    """BINARY's functions: address -> raw names (aliases share one)."""
+    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True)
+    at = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in CODE_TYPES:
+            at.setdefault(parts[0], []).append(parts[2])
+    return at
+
+
+def cpu_variants(names, ran):
+    """Raw names in the CPU-specific modules (`sha2::sha256::x86_sha`) beside code that ran."""
+    variants = {}  # the path around a CPU-specific module -> the raw names in it
+    for raw, name in zip(names, demangled(names)):
+        found = CPU_MODULE.search(key(name))
+        if found:
+            variants.setdefault(key(name)[: found.start()].lstrip("<"), []).append(raw)
+    placed = set()
+    for name in demangled(sorted(ran)):
+        path = key(name).lstrip("<")
+        for end in [m.start() for m in re.finditer("::", path)]:
+            placed.update(variants.get(path[:end], []))
+    return placed
+
+
+def patterns(binary, profiles, tls_only):
+    at = code_symbols_at(binary)
+    aliases = {name: names for names in at.values() for name in names}
+    ran = set()
+    for profile in profiles:
+        ran |= functions_that_ran(profile)
+    ran = sorted(ran & aliases.keys())
+    if tls_only:
+        ran = [n for n, k in zip(ran, map(key, demangled(ran))) if TLS.search(k) and "::tests::" not in k and "::server::" not in k]
+    # rustc merges identical functions into aliases of one, whose section bears only its
+    # name: the profile may name another alias.
+    names = {alias for name in ran for alias in aliases[name]}
+    names |= cpu_variants(sorted(aliases), ran)
+    found = sorted({pattern(name) for name in names})
+    print("\n".join(found))
+    print(f"hot-code.py: {len(found)} patterns for {len(ran)} functions that ran, of {len(aliases)} in {binary}", file=sys.stderr)
+
+
 def order(nm, binary, hot_lists):
     hot = []
     for hot_list in hot_lists:
@@ -127,6 +190,12 @@ def main(args):
         if len(rest) < 2:
             sys.exit(__doc__)
         list_hot(rest[0], rest[1:], tls_only)
+    elif len(args) >= 3 and args[0] == "patterns":
+        tls_only = args[1] == "--tls"
+        rest = args[2:] if tls_only else args[1:]
+        if len(rest) < 2:
+            sys.exit(__doc__)
+        patterns(rest[0], rest[1:], tls_only)
     elif len(args) >= 4 and args[0] == "order":
         order(args[1], args[2], args[3:])
     else:

@@ -70,6 +70,54 @@ fn the_hot_code_lists_name_modules_that_exist() {
     assert!(checked > 100, "only {checked} tether paths in the hot code lists");
 }
 
+#[test]
+fn the_glibc_hot_code_lists_are_patterns_build_rs_takes() {
+    let mut checked = 0;
+    for (file, at_least) in [("scripts/hot-code-glibc.txt", 500), ("scripts/hot-code-glibc-tls.txt", 100)] {
+        let list = std::fs::read_to_string(repo().join(file)).unwrap();
+        let patterns: Vec<&str> = list.lines().collect();
+        assert!(patterns.len() > at_least, "{file} has {} patterns", patterns.len());
+        assert!(patterns.windows(2).all(|w| w[0] < w[1]), "{file} must be sorted and without repeats");
+        for pattern in &patterns {
+            // build.rs leaves out any other line (src: build.rs, is_pattern).
+            let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_$.*".contains(&b);
+            assert!(pattern.bytes().all(allowed), "{file}: {pattern:?} is not a section name pattern");
+            assert!(!has_legacy_hash(pattern), "{file}: a build's hash left in {pattern:?}");
+        }
+        let readable: Vec<String> = patterns.iter().filter_map(|p| legacy_readable(p)).collect();
+        checked += checked_paths(&readable.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    assert!(checked > 100, "only {checked} tether paths in the glibc hot code lists");
+}
+
+/// `17h` and 16 hex digits: the hash that ends a legacy Rust symbol, which hot-code.py turns
+/// into `17h*`.
+fn has_legacy_hash(pattern: &str) -> bool {
+    pattern.match_indices("17h").any(|(at, _)| {
+        let hex = pattern[at + 3..].bytes().take_while(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)).count();
+        hex == 16 && pattern[at + 3 + hex..].starts_with('E')
+    })
+}
+
+/// A legacy Rust symbol's path, readable (`_ZN6tether7journal5write17h*` is
+/// `tether::journal::write`); None for other names.
+fn legacy_readable(pattern: &str) -> Option<String> {
+    let mut rest = pattern.strip_prefix("_ZN")?;
+    let mut segments = Vec::new();
+    loop {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(len) = rest[..digits].parse::<usize>() else { break };
+        let Some(segment) = rest.get(digits..digits + len) else { break };
+        segments.push(segment);
+        rest = &rest[digits + len..];
+    }
+    let path = segments.join("::");
+    let readable = [("..", "::"), ("$LT$", "<"), ("$GT$", ">"), ("$u20$", " "), ("$C$", ","), ("$RF$", "&")]
+        .iter()
+        .fold(path, |text, (from, to)| text.replace(from, to));
+    Some(readable)
+}
+
 /// Checks the tether paths in `names`; returns how many there were.
 fn checked_paths(names: &[&str]) -> usize {
     let mut checked = 0;
