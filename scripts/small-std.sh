@@ -70,6 +70,12 @@ small_std_build() {
     if command -v python3 >/dev/null && command -v c++filt >/dev/null && command -v nm >/dev/null \
         && found=$(python3 scripts/hot-code.py order nm "$built" "${small_std_hot_lists[@]}" 2>&1 >"$order"); then
         echo "  linking the code that runs side by side: $found (${small_std_hot_lists[*]})"
+        # Named by its content: cargo relinks only when the arguments change, and a new list
+        # (or new symbol names) changes only the file.
+        local named
+        named=$small_std_dir/$target/hot-code-order-$(cksum < "$order" | cut -d' ' -f1).txt
+        mv "$order" "$named"
+        order=$named
         small_std_cargo rustc --bin tether -- -C strip=symbols -Z unstable-options -C linker-features=+lld \
             -C link-self-contained=+linker -C "link-arg=-Wl,--symbol-ordering-file=$PWD/$order" \
             -C link-arg=-Wl,--no-warn-symbol-ordering && return 0
