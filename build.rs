@@ -5,7 +5,7 @@
 //! (and `-tls.txt`, the TLS client's) names their sections, made by
 //! `scripts/hot-code.sh`; this script turns the lists into a linker script that gathers them
 //! into one output section, and passes it to the linker for the `tether` binary. Measured with
-//! bench/run.sh on x86_64: 4.0 MiB idle instead of 5.1 (see README, "Raspberry Pi and
+//! bench/run.sh on x86_64: 3.9-4.1 MiB idle instead of 5.0-5.1 (see README, "Raspberry Pi and
 //! routers"). A list made by another rustc places fewer functions (std's names change), never
 //! breaks the build; a function a list names and the build lacks is simply not there.
 //!
@@ -17,8 +17,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The TLS client's functions first: the section goes after `.text`, so the daemon's end next
-/// to `.init` and `.plt`, which every process runs (with rust-lld; GNU ld puts those first).
+/// The TLS client's functions first: the section goes after `.text`, and rust-lld puts `.plt`
+/// (every call into the C library goes through it) right after it, next to the daemon's
+/// functions. GNU ld puts `.init` and `.plt` before `.text`.
 const LISTS: [&str; 2] = ["scripts/hot-code-glibc-tls.txt", "scripts/hot-code-glibc.txt"];
 /// The C start code's own sections, which run at start and exit (`_start`, `frame_dummy`).
 const START_CODE: &str = "*crt1.o(.text) *crtbegin*.o(.text) *crtend*.o(.text)";

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The functions a running tether executes, placed together in the static binaries.
+"""The functions a running tether executes, placed together in the release binaries.
 
 Why: the kernel maps a program's code 64 KiB at a time around each page it touches
 (fault-around), and the functions a running daemon uses are spread over the whole binary, so
@@ -38,9 +38,9 @@ import sys
 # disambiguators (`tether[50144c0d7f857f55]::cli::run`).
 SUFFIXES = [re.compile(r" ?\[clone [^]]*\]$|\.llvm\.\d+$"), re.compile(r"::h[0-9a-f]{16}$"), re.compile(r"\[[0-9a-f]{8,}\]")]
 CODE_TYPES = set("tTwW")
-# The TLS client's functions, among those a unit test ran (not its server's, nor the test's).
 # Modules of code for one CPU extension, chosen at run time (`sha2::sha256::x86_sha`).
 CPU_MODULE = re.compile(r"::(x86\w*|ni|avx\w*|sse\w*|shani|aarch64\w*|neon|armv8)::")
+# The TLS client's functions, among those a unit test ran (not its server's, nor the test's).
 TLS = re.compile(r"^ring_core_|\b(rustls|rustls_pki_types|ring|webpki|untrusted)::|\btether::net::")
 
 
