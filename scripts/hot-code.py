@@ -184,18 +184,12 @@ def order(nm, binary, hot_lists):
 
 
 def main(args):
-    if len(args) >= 3 and args[0] == "list":
+    if len(args) >= 3 and args[0] in ("list", "patterns"):
         tls_only = args[1] == "--tls"
         rest = args[2:] if tls_only else args[1:]
         if len(rest) < 2:
             sys.exit(__doc__)
-        list_hot(rest[0], rest[1:], tls_only)
-    elif len(args) >= 3 and args[0] == "patterns":
-        tls_only = args[1] == "--tls"
-        rest = args[2:] if tls_only else args[1:]
-        if len(rest) < 2:
-            sys.exit(__doc__)
-        patterns(rest[0], rest[1:], tls_only)
+        (list_hot if args[0] == "list" else patterns)(rest[0], rest[1:], tls_only)
     elif len(args) >= 4 and args[0] == "order":
         order(args[1], args[2], args[3:])
     else:

@@ -61,23 +61,21 @@ fn no_unsafe_and_no_openssl_or_tokio() {
 fn the_hot_code_lists_name_modules_that_exist() {
     let mut checked = 0;
     for (file, at_least) in [("scripts/hot-code.txt", 500), ("scripts/hot-code-tls.txt", 100)] {
-        let list = std::fs::read_to_string(repo().join(file)).unwrap();
-        let names: Vec<&str> = list.lines().collect();
-        assert!(names.len() > at_least, "{file} has {} names", names.len());
-        assert!(names.windows(2).all(|w| w[0] < w[1]), "{file} must be sorted and without repeats");
-        checked += checked_paths(&names);
+        let list = sorted_list(file, at_least);
+        checked += checked_paths(&list.lines().collect::<Vec<_>>());
     }
     assert!(checked > 100, "only {checked} tether paths in the hot code lists");
 }
 
+/// scripts/hot-code-glibc.txt and scripts/hot-code-glibc-tls.txt (section name patterns
+/// build.rs puts in the glibc build's linker script): characters a linker script reads as a
+/// pattern, no build's hash, and every tether module they name still exists.
 #[test]
 fn the_glibc_hot_code_lists_are_patterns_build_rs_takes() {
     let mut checked = 0;
     for (file, at_least) in [("scripts/hot-code-glibc.txt", 500), ("scripts/hot-code-glibc-tls.txt", 100)] {
-        let list = std::fs::read_to_string(repo().join(file)).unwrap();
+        let list = sorted_list(file, at_least);
         let patterns: Vec<&str> = list.lines().collect();
-        assert!(patterns.len() > at_least, "{file} has {} patterns", patterns.len());
-        assert!(patterns.windows(2).all(|w| w[0] < w[1]), "{file} must be sorted and without repeats");
         for pattern in &patterns {
             // build.rs leaves out any other line (src: build.rs, is_pattern).
             let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_$.*".contains(&b);
@@ -88,6 +86,15 @@ fn the_glibc_hot_code_lists_are_patterns_build_rs_takes() {
         checked += checked_paths(&readable.iter().map(String::as_str).collect::<Vec<_>>());
     }
     assert!(checked > 100, "only {checked} tether paths in the glibc hot code lists");
+}
+
+/// A hot code list's text, checked to hold more than `at_least` lines, sorted, no repeats.
+fn sorted_list(file: &str, at_least: usize) -> String {
+    let list = std::fs::read_to_string(repo().join(file)).unwrap();
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(lines.len() > at_least, "{file} has {} lines", lines.len());
+    assert!(lines.windows(2).all(|w| w[0] < w[1]), "{file} must be sorted and without repeats");
+    list
 }
 
 /// `17h` and 16 hex digits: the hash that ends a legacy Rust symbol, which hot-code.py turns
