@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/small-std.sh
-which="${1:-both}"
+part="${1:-both}"
 cargo build --release --quiet --example bench
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
@@ -60,7 +60,7 @@ for line in sys.stdin:
     echo "$tests"
 }
 
-if [ "$which" = both ] || [ "$which" = static ]; then
+if [ "$part" = both ] || [ "$part" = static ]; then
     target=x86_64-unknown-linux-musl
     # With its symbols, linked as usual (the list does not depend on where functions are).
     SMALL_STD_SYMBOLS=1 small_std_build "$target"
@@ -78,7 +78,7 @@ if [ "$which" = both ] || [ "$which" = static ]; then
     echo "  wrote scripts/hot-code.txt ($(wc -l < scripts/hot-code.txt) functions) and scripts/hot-code-tls.txt ($(wc -l < scripts/hot-code-tls.txt))"
 fi
 
-if [ "$which" = both ] || [ "$which" = glibc ]; then
+if [ "$part" = both ] || [ "$part" = glibc ]; then
     # Symbols kept by a flag (RUSTFLAGS), not by the profile: a profile with `strip = false`
     # changes cargo's crate hashes, so names, so which functions LLVM merges and inlines, and
     # the list would miss functions of the stripped build. Not placed (TETHER_PLACE_CODE=0), so

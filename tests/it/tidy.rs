@@ -132,8 +132,18 @@ fn checked_paths(names: &[&str]) -> usize {
         assert!(!name.contains(".llvm.") && !has_crate_hash(name), "a build's hash left in {name:?}");
         for (at, _) in name.match_indices("tether::") {
             let modules = module_path(&name[at + "tether::".len()..]);
-            // The last may be a function with an item inside (`journal::message_line::Fields`).
-            let found = module_exists(&modules) || module_exists(&modules[..modules.len().saturating_sub(1)]);
+            // The last may be a function with an item inside (`journal::message_line::Fields`)
+            // or a derive's anonymous `const _` (`acp::connection::_::<impl Deserialize …>`).
+            let found = module_file(&modules).is_some()
+                || modules.split_last().is_some_and(|(last, parent)| {
+                    module_file(parent).is_some_and(|file| {
+                        if *last == "_" {
+                            return true;
+                        }
+                        let text = std::fs::read_to_string(file).unwrap();
+                        text.contains(&format!("fn {last}(")) || text.contains(&format!("fn {last}<"))
+                    })
+                });
             assert!(
                 found,
                 "a hot code list names tether::{} (in {name:?}): run scripts/hot-code.sh",
@@ -175,8 +185,9 @@ fn module_path(path: &str) -> Vec<&str> {
     segments
 }
 
-/// `src/a/b.rs`, `src/a/b/mod.rs` or an inline `mod b {` in its parent's file.
-fn module_exists(modules: &[&str]) -> bool {
+/// The file that holds a module: `src/a/b.rs`, `src/a/b/mod.rs`, or its parent's file for an
+/// inline `mod b {`; None when there is no such module.
+fn module_file(modules: &[&str]) -> Option<PathBuf> {
     let mut dir = repo().join("src");
     let mut file = dir.join("lib.rs");
     for module in modules {
@@ -186,9 +197,9 @@ fn module_exists(modules: &[&str]) -> bool {
         } else if as_dir.is_file() {
             file = as_dir;
         } else if !std::fs::read_to_string(&file).unwrap().contains(&format!("mod {module} {{")) {
-            return false;
+            return None;
         }
         dir = dir.join(module);
     }
-    true
+    Some(file)
 }
