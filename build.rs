@@ -5,7 +5,7 @@
 //! (and `-tls.txt`, the TLS client's) names their sections, made by
 //! `scripts/hot-code.sh`; this script turns the lists into a linker script that gathers them
 //! into one output section, and passes it to the linker for the `tether` binary. Measured with
-//! bench/run.sh on x86_64: 3.9-4.1 MiB idle instead of 5.0-5.1 (see README, "Raspberry Pi and
+//! bench/run.sh on x86_64: 3.8-4.1 MiB idle instead of 5.0-5.1 (see README, "Raspberry Pi and
 //! routers"). A list made by another rustc places fewer functions (std's names change), never
 //! breaks the build; a function a list names and the build lacks is simply not there.
 //!
