@@ -256,10 +256,11 @@ impl Core {
 
     /// The next moment [`Event::Tick`] is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let sessions = self.sessions.values().filter_map(Session::deadline);
+        // One pass, asked after every event: a session with a turn has its deadline and is
+        // not idle, so only the others are asked about eviction.
         let mut policy = EvictionPolicy::new(self);
-        let evictions = self.sessions.values().filter_map(|s| policy.due(s));
-        sessions.chain(evictions).chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
+        let sessions = self.sessions.values().filter_map(|s| s.deadline().or_else(|| policy.due(s)));
+        sessions.chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
     }
 
     /// How long a session of `channel` served by `agent` may stay idle in memory: the
@@ -362,13 +363,17 @@ impl Core {
         if self.unsettled.is_empty() {
             return;
         }
-        let held = self.held_messages();
-        let released: Vec<(String, MessageRef)> = self
-            .unsettled
-            .iter()
-            .filter(|(channel, r)| held.binary_search(&(channel.as_str(), r)).is_err())
-            .cloned()
-            .collect();
+        // Every unsettled message not released is held by one session, once; so when the
+        // sessions of journaled channels hold as many messages as are unsettled, none was
+        // released, and the sorted list of held messages below is not needed (it cost most of
+        // an event with many conversations). Were a message ever held twice, a release could
+        // hide behind it until it leaves, then be settled: late, never lost (the journal keeps
+        // it pending meanwhile). Every test checks the shortcut against the full list.
+        if self.held_journaled_count() == self.unsettled.len() {
+            debug_assert!(self.released().is_empty(), "held as many as unsettled, yet released: {:?}", self.released());
+            return;
+        }
+        let released = self.released();
         let mut by_channel: BTreeMap<String, Vec<MessageRef>> = BTreeMap::new();
         for (channel, reference) in released {
             self.unsettled.remove(&(channel.clone(), reference.clone()));
@@ -377,6 +382,16 @@ impl Core {
         for (channel, messages) in by_channel {
             actions.push(Action::Settle { channel, messages });
         }
+    }
+
+    /// The unsettled messages no session holds.
+    fn released(&self) -> Vec<(String, MessageRef)> {
+        let held = self.held_messages();
+        self.unsettled
+            .iter()
+            .filter(|(channel, r)| held.binary_search(&(channel.as_str(), r)).is_err())
+            .cloned()
+            .collect()
     }
 
     /// A session being cancelled (steer, `/cancel`, `/clear`, timeout) drops its permission
@@ -1403,6 +1418,22 @@ impl Core {
     /// for `binary_search`, gathered in one pass: asking each session about each unsettled
     /// message made every event cost sessions × messages (and a hash set cost more than
     /// sorting these few references).
+    /// How many messages the sessions of journaled channels hold (only those are unsettled):
+    /// counted without gathering them.
+    fn held_journaled_count(&self) -> usize {
+        let journaled = |channel: &str| self.channels.get(channel).is_some_and(|c| c.capabilities().journaled);
+        self.sessions
+            .values()
+            .filter(|s| s.turn.is_some() || !s.waiting.is_empty() || s.retry().is_some())
+            .filter(|s| journaled(&s.chat.channel))
+            .map(|s| {
+                let turn = s.turn.as_ref().map_or(0, |t| t.message_ids.len());
+                let waiting: usize = s.waiting.iter().map(|w| w.message_ids.len()).sum();
+                turn + waiting + s.retry().map_or(0, |r| r.message_ids.len())
+            })
+            .sum()
+    }
+
     fn held_messages(&self) -> Vec<(&str, &MessageRef)> {
         let mut held = Vec::new();
         for s in self.sessions.values() {
