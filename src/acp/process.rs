@@ -474,6 +474,9 @@ fn reap(child: &mut Child) -> String {
 /// A stderr line made safe for the log: control characters (terminal escapes, carriage
 /// returns, NULs) become `\u{..}` text, so the agent cannot rewrite what a terminal shows.
 fn clean_stderr_line(line: &str) -> String {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return line.to_string(); // The usual line, copied whole rather than a char at a time.
+    }
     let mut out = String::with_capacity(line.len());
     for c in line.chars() {
         if c.is_control() && c != '\t' {

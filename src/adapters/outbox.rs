@@ -558,12 +558,14 @@ impl Schedule {
     /// [`Schedule::finish`] gets the result.
     pub fn next_job(&mut self, now: Instant) -> Option<Job> {
         self.pacer.forget_idle(now);
-        for queue in self.chats.values_mut() {
+        // One walk over the chats, on every turn of every worker: stale typing is forgotten
+        // and the queues left idle are dropped.
+        self.chats.retain(|_, queue| {
             if queue.typing_since.is_some_and(|since| now.saturating_duration_since(since) > TYPING_FRESH) {
                 queue.typing_since = None;
             }
-        }
-        self.chats.retain(|_, q| !q.is_idle());
+            !queue.is_idle()
+        });
         if self.pacer.bot_ready_at(now) > now {
             return None;
         }
