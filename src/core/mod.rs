@@ -1414,26 +1414,25 @@ impl Core {
         self.held_messages().binary_search(&(channel, message)).is_ok()
     }
 
+    /// How many messages the sessions hold for journaled channels (only those are
+    /// unsettled), counted the way [`Core::held_messages`] gathers them, without gathering.
+    fn held_journaled_count(&self) -> usize {
+        let journaled = |chat: &ChatRef| self.channels.get(&chat.channel).is_some_and(|c| c.capabilities().journaled);
+        let mut count = 0;
+        for s in self.sessions.values() {
+            let turn = s.turn.iter().map(|t| (&t.chat, t.message_ids.len()));
+            let waiting = s.waiting.iter().map(|w| (&w.chat, w.message_ids.len()));
+            let retry = s.retry().into_iter().map(|r| (&r.chat, r.message_ids.len()));
+            count +=
+                turn.chain(waiting).chain(retry).filter(|(chat, _)| journaled(chat)).map(|(_, n)| n).sum::<usize>();
+        }
+        count
+    }
+
     /// Every (channel, message) that still waits for an answer here (see `holds`), sorted
     /// for `binary_search`, gathered in one pass: asking each session about each unsettled
     /// message made every event cost sessions × messages (and a hash set cost more than
     /// sorting these few references).
-    /// How many messages the sessions of journaled channels hold (only those are unsettled):
-    /// counted without gathering them.
-    fn held_journaled_count(&self) -> usize {
-        let journaled = |channel: &str| self.channels.get(channel).is_some_and(|c| c.capabilities().journaled);
-        self.sessions
-            .values()
-            .filter(|s| s.turn.is_some() || !s.waiting.is_empty() || s.retry().is_some())
-            .filter(|s| journaled(&s.chat.channel))
-            .map(|s| {
-                let turn = s.turn.as_ref().map_or(0, |t| t.message_ids.len());
-                let waiting: usize = s.waiting.iter().map(|w| w.message_ids.len()).sum();
-                turn + waiting + s.retry().map_or(0, |r| r.message_ids.len())
-            })
-            .sum()
-    }
-
     fn held_messages(&self) -> Vec<(&str, &MessageRef)> {
         let mut held = Vec::new();
         for s in self.sessions.values() {
