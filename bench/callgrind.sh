@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Instructions tether executes per Telegram message (poll, journal, session, typing, reply,
 # settle), counted by valgrind --tool=callgrind: unlike CPU time, the count repeats from run
-# to run on a noisy machine. Runs the benchmark twice under callgrind, 10 Telegram users at
+# to run on a noisy machine. Runs the benchmark twice under callgrind, USERS Telegram users at
 # once writing FEW and then MANY messages each (the demo agent, not profiled, answers at
 # once), and divides the difference by the difference in messages, so startup, shutdown and
 # each conversation's session/new cancel out. Prints the figure and the functions that took
 # the most of the larger run.
-# Needs valgrind (apt-get install valgrind). Usage: bench/callgrind.sh [FEW MANY]  (2 10)
+# Needs valgrind (apt-get install valgrind). Usage: bench/callgrind.sh [FEW MANY [USERS]]
+# (2 10 10; with many conversations, e.g. 2 6 60, what grows with their number shows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 few="${1:-2}"
 many="${2:-10}"
-users=10
+users="${3:-10}"
 cargo build --profile profiling --quiet
 cargo build --release --quiet --example bench
 out="$(mktemp -d)"
