@@ -1420,6 +1420,9 @@ impl Core {
         let journaled = |chat: &ChatRef| self.channels.get(&chat.channel).is_some_and(|c| c.capabilities().journaled);
         let mut count = 0;
         for s in self.sessions.values() {
+            if s.turn.is_none() && s.waiting.is_empty() && s.retry().is_none() {
+                continue; // Most sessions, most of the time: asked cheaply, not walked.
+            }
             let turn = s.turn.iter().map(|t| (&t.chat, t.message_ids.len()));
             let waiting = s.waiting.iter().map(|w| (&w.chat, w.message_ids.len()));
             let retry = s.retry().into_iter().map(|r| (&r.chat, r.message_ids.len()));
