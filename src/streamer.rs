@@ -258,18 +258,24 @@ impl BlockStreamer {
                 search = p;
             }
         }
-        // Then exactly at the limit (or as close below it as a valid cut allows).
-        if chosen.is_none() {
+        // The last cut at or below the limit, character by character, that `ok` takes.
+        let last_cut = |ok: &dyn Fn(usize, CutAt) -> bool| {
             let mut cut = window;
             while cut > 0 {
                 let at = classify_cut(cut, cut, &regions);
-                if fits(cut, at) && !cuts_into_fence_line(buf, cut, at, &regions) {
-                    chosen = Some((cut, at));
-                    break;
+                if ok(cut, at) {
+                    return Some((cut, at));
                 }
                 cut = buf.get(..cut).and_then(|s| s.char_indices().next_back()).map_or(0, |(b, _)| b);
             }
-        }
+            None
+        };
+        // Then exactly at the limit (or as close below it as a valid cut allows).
+        chosen = chosen.or_else(|| last_cut(&|cut, at| fits(cut, at) && !cuts_into_fence_line(buf, cut, at, &regions)));
+        // Inside a fence, a line still arriving may be all spaces and backticks, so that every
+        // cut of it leaves a half that could read as a closer: the block is closed all the same
+        // (never sent with its fence open), cut where the closing line fits.
+        chosen = chosen.or_else(|| last_cut(&|cut, at| matches!(at, CutAt::InFence(_)) && fits(cut, at)));
         let (cut, at) = chosen.unwrap_or_else(|| {
             // A tiny max_chars: take at least one character.
             let first = buf.chars().next().map_or(buf.len(), char::len_utf8);
@@ -583,6 +589,21 @@ pub(crate) mod tests {
         assert_eq!(body, code);
         // The last code block ends exactly at 40 units: closed by its own fence, then "done".
         assert_eq!(blocks.last().map(String::as_str), Some("done"));
+    }
+
+    #[test]
+    fn a_fence_line_of_spaces_and_backticks_still_arriving_is_cut_with_the_fence_closed() {
+        // Found by the fuzzer: every cut of "o   ``…`" leaves a half that could still become
+        // a closing line, and the block went out with its fence open.
+        let t0 = Instant::now();
+        let mut s = streamer(20, 60, 0);
+        let line = format!("o{}{}", " ".repeat(40), "`".repeat(30));
+        let blocks = s.push(&format!("```sh\n{line}"), t0);
+        assert!(!blocks.is_empty());
+        for block in &blocks {
+            assert!(u16_len(block) <= 60, "{block:?}");
+            assert!(block.starts_with("```sh\n") && block.ends_with("\n```"), "{block:?}");
+        }
     }
 
     #[test]
