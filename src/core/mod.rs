@@ -1247,11 +1247,9 @@ impl Core {
     }
 }
 
-/// A session for `key`: the one an earlier run kept (`earlier`) is loaded when the agent is up
-/// and can load, else a new one is opened; with the agent down it waits for the agent.
 /// When idle sessions leave memory ([`Core::evict_after`]), asked for every session on every
-/// turn of the daemon's loop: sessions come ordered by key, so neighbours share a channel and
-/// an agent, and the last answer is reused instead of two map lookups per session.
+/// turn of the daemon's loop: most sessions share a channel and an agent (one of each is the
+/// usual setup), so the last answer is reused instead of two map lookups per session.
 struct EvictionPolicy<'a> {
     core: &'a Core,
     last: Option<(&'a str, &'a str, Option<Duration>)>,
@@ -1303,6 +1301,8 @@ fn unless_taken(
     }
 }
 
+/// A session for `key`: the one an earlier run kept (`earlier`) is loaded when the agent is up
+/// and can load, else a new one is opened; with the agent down it waits for the agent.
 #[allow(clippy::too_many_arguments)] // The parts of a new session, each from a different place.
 fn new_session(
     key: &str,
@@ -1415,21 +1415,11 @@ impl Core {
     }
 
     /// How many messages the sessions hold for journaled channels (only those are
-    /// unsettled), counted the way [`Core::held_messages`] gathers them, without gathering.
+    /// unsettled), counted from what [`Core::held_messages`] gathers, without gathering.
     fn held_journaled_count(&self) -> usize {
         let journaled = |chat: &ChatRef| self.channels.get(&chat.channel).is_some_and(|c| c.capabilities().journaled);
-        let mut count = 0;
-        for s in self.sessions.values() {
-            if s.turn.is_none() && s.waiting.is_empty() && s.retry().is_none() {
-                continue; // Most sessions, most of the time: asked cheaply, not walked.
-            }
-            let turn = s.turn.iter().map(|t| (&t.chat, t.message_ids.len()));
-            let waiting = s.waiting.iter().map(|w| (&w.chat, w.message_ids.len()));
-            let retry = s.retry().into_iter().map(|r| (&r.chat, r.message_ids.len()));
-            count +=
-                turn.chain(waiting).chain(retry).filter(|(chat, _)| journaled(chat)).map(|(_, n)| n).sum::<usize>();
-        }
-        count
+        let held = self.sessions.values().filter(|s| !s.holds_nothing()).flat_map(Session::held);
+        held.filter(|(chat, _)| journaled(chat)).map(|(_, ids)| ids.len()).sum()
     }
 
     /// Every (channel, message) that still waits for an answer here (see `holds`), sorted
@@ -1438,13 +1428,8 @@ impl Core {
     /// sorting these few references).
     fn held_messages(&self) -> Vec<(&str, &MessageRef)> {
         let mut held = Vec::new();
-        for s in self.sessions.values() {
-            let turn = s.turn.iter().map(|t| (&t.chat, &t.message_ids));
-            let waiting = s.waiting.iter().map(|w| (&w.chat, &w.message_ids));
-            let retry = s.retry().into_iter().map(|r| (&r.chat, &r.message_ids));
-            for (chat, ids) in turn.chain(waiting).chain(retry) {
-                held.extend(ids.iter().map(|id| (chat.channel.as_str(), id)));
-            }
+        for (chat, ids) in self.sessions.values().flat_map(Session::held) {
+            held.extend(ids.iter().map(|id| (chat.channel.as_str(), id)));
         }
         held.sort_unstable();
         held
