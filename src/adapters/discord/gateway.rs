@@ -9,7 +9,9 @@
 //! on `resume_gateway_url` with the last sequence after op 7, op 9 `d:true`, a drop or a
 //! resumable close code; Identify anew on the original URL after op 9 `d:false` (1–5 s
 //! later) or a close that ends the session (4007, 4009). Close codes that no retry can fix
-//! (bad token, intents, sharding, version) park the channel with what to do.
+//! (bad token, intents, sharding, version) park the channel with what to do. A socket that
+//! opens but brings no Hello, or no READY/RESUMED, within [`HANDSHAKE_WAIT`] is closed and
+//! tried again like a zombie: a proxy or a broken gateway must not leave the bot deaf.
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +96,8 @@ pub struct Gateway {
     interval: Option<Duration>,
     next_beat: Option<Instant>,
     awaiting_ack: bool,
+    /// When the current socket must have brought READY or RESUMED (set when it opens).
+    handshake_due: Option<Instant>,
     /// Connections in a row that ended before READY/RESUMED, for the reconnect delay.
     failures: u32,
     /// A random number source (tests pin it).
@@ -102,6 +106,9 @@ pub struct Gateway {
 
 /// Longest wait between reconnects.
 const MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long an open socket may take to bring Hello and then READY or RESUMED (Discord sends
+/// Hello at once and READY within seconds).
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
 
 impl Gateway {
     pub fn new(identify_url: String, channel: &str) -> Gateway {
@@ -118,6 +125,7 @@ impl Gateway {
             interval: None,
             next_beat: None,
             awaiting_ack: false,
+            handshake_due: None,
             failures: 0,
             random,
         }
@@ -132,7 +140,9 @@ impl Gateway {
     /// When the next [`Input::Tick`] is needed (the next heartbeat), if any.
     pub fn next_wake(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Handshaking | Phase::Running | Phase::AwaitingHello => self.next_beat,
+            Phase::AwaitingHello => self.handshake_due,
+            Phase::Handshaking => [self.next_beat, self.handshake_due].into_iter().flatten().min(),
+            Phase::Running => self.next_beat,
             Phase::Connecting | Phase::Parked => None,
         }
     }
@@ -157,6 +167,7 @@ impl Gateway {
                 self.phase = Phase::AwaitingHello;
                 self.next_beat = None;
                 self.awaiting_ack = false;
+                self.handshake_due = Some(now + HANDSHAKE_WAIT);
                 Vec::new()
             }
             Input::Frame(frame) => self.frame(frame, now),
@@ -224,6 +235,15 @@ impl Gateway {
     }
 
     fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let handshaking = matches!(self.phase, Phase::AwaitingHello | Phase::Handshaking);
+        if handshaking && self.handshake_due.is_some_and(|due| now >= due) {
+            let waited = if self.phase == Phase::AwaitingHello { "Hello" } else { "READY or RESUMED" };
+            log::warn!(target: self.channel.as_str(), "no {waited} from the Discord gateway within {} s of connecting; reconnecting", HANDSHAKE_WAIT.as_secs());
+            return self.reconnect();
+        }
+        if self.phase == Phase::AwaitingHello {
+            return Vec::new(); // No interval yet: a beat from an earlier socket is not due here.
+        }
         let (Some(due), Some(interval)) = (self.next_beat, self.interval) else { return Vec::new() };
         if now < due {
             return Vec::new();
@@ -414,6 +434,40 @@ mod tests {
         for (at, input, expected) in script {
             assert_eq!(g.step(input.clone(), t0 + ms(at)), expected, "at {at} ms: {input:?}");
         }
+    }
+
+    #[test]
+    fn a_socket_without_hello_or_ready_is_tried_again_not_waited_on_forever() {
+        let t0 = Instant::now();
+        let mut g = Gateway::with_random(URL.into(), "dc", half);
+        g.start();
+        let wait = HANDSHAKE_WAIT.as_millis() as u64;
+        let again = |after| vec![Action::Close { code: 4000 }, Action::Connect { url: URL.into(), after }];
+        // (time after t0, input, expected actions, next wake after it)
+        let script: Vec<(u64, Input, Vec<Action>, Option<u64>)> = vec![
+            // A socket that opens and says nothing.
+            (0, Input::Connected, vec![], Some(wait)),
+            (wait - 1, Input::Tick, vec![], Some(wait)),
+            (wait, Input::Tick, again(Duration::ZERO), None),
+            // The next one says Hello, beats are answered, but READY never comes.
+            (wait + 100, Input::Connected, vec![], Some(2 * wait + 100)),
+            (wait + 100, hello(), vec![Action::Identify], Some(wait + 600)),
+            (wait + 600, Input::Tick, vec![Action::Heartbeat { seq: None }], Some(wait + 1600)),
+            (wait + 700, Input::Frame(GatewayEvent::HeartbeatAck), vec![], Some(wait + 1600)),
+            (2 * wait + 100, Input::Tick, again(ms(1000)), None),
+            // The third is READY in time: from then on only heartbeats set the clock.
+            (2 * wait + 1200, Input::Connected, vec![], Some(3 * wait + 1200)),
+            (2 * wait + 1200, hello(), vec![Action::Identify], Some(2 * wait + 1700)),
+            (2 * wait + 1300, ready(), vec![], Some(2 * wait + 1700)),
+        ];
+        for (at, input, expected, wake) in script {
+            let actions = g.step(input.clone(), t0 + ms(at));
+            let actions: Vec<Action> = actions.into_iter().filter(|a| !matches!(a, Action::Dispatch { .. })).collect();
+            assert_eq!(actions, expected, "at {at} ms: {input:?}");
+            assert_eq!(g.next_wake(), wake.map(|w| t0 + ms(w)), "wake after {at} ms: {input:?}");
+        }
+        // Past the handshake deadline of the socket that did become READY: beats, no reconnect.
+        assert_eq!(g.step(Input::Tick, t0 + ms(3 * wait + 1300)), vec![Action::Heartbeat { seq: Some(1) }]);
     }
 
     #[test]
