@@ -212,6 +212,9 @@ impl Gateway {
                     self.seq = Some(self.seq.map_or(s, |old| old.max(s)));
                 }
                 match name.as_str() {
+                    // Before Hello there is no heartbeat yet: a READY (from a broken gateway)
+                    // is handed on, but the handshake is not over and its deadline stands.
+                    "READY" | "RESUMED" if self.phase == Phase::AwaitingHello => {}
                     "READY" => {
                         if let Some(ready) = wire::parse_ready(&data) {
                             self.session = Some(Session {
@@ -447,12 +450,14 @@ mod tests {
         let script: Vec<(u64, Input, Vec<Action>, Option<u64>)> = vec![
             // A socket that opens and says nothing.
             (0, Input::Connected, vec![], Some(wait)),
+            // A READY before Hello is handed on but ends nothing: there is no heartbeat yet.
+            (10, ready(), vec![], Some(wait)),
             (wait - 1, Input::Tick, vec![], Some(wait)),
             (wait, Input::Tick, again(Duration::ZERO), None),
             // The next one says Hello, beats are answered, but READY never comes.
             (wait + 100, Input::Connected, vec![], Some(2 * wait + 100)),
             (wait + 100, hello(), vec![Action::Identify], Some(wait + 600)),
-            (wait + 600, Input::Tick, vec![Action::Heartbeat { seq: None }], Some(wait + 1600)),
+            (wait + 600, Input::Tick, vec![Action::Heartbeat { seq: Some(1) }], Some(wait + 1600)),
             (wait + 700, Input::Frame(GatewayEvent::HeartbeatAck), vec![], Some(wait + 1600)),
             (2 * wait + 100, Input::Tick, again(ms(1000)), None),
             // The third is READY in time: from then on only heartbeats set the clock.

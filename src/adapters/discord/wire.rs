@@ -226,16 +226,9 @@ fn parse_attachment(a: &Value) -> Option<RemoteAttachment> {
 
 /// The content with the bot's own `<@id>` / `<@!id>` removed and other users' mentions shown
 /// as `@name`; whitespace left behind by a removal is tidied. Only whole tokens are replaced
-/// (no byte offsets into the text), so no input can make this panic.
+/// or cut off the end of what is kept, so no input can make this panic.
 fn readable_text(content: &str, bot_id: &str, mentions: Option<&Value>) -> String {
-    let mut text = content.to_string();
-    let mut removed = false;
-    for token in [format!("<@{bot_id}>"), format!("<@!{bot_id}>")] {
-        if text.contains(&token) {
-            text = text.replace(&token, "");
-            removed = true;
-        }
-    }
+    let (mut text, removed) = without_bot_mentions(content, bot_id);
     for m in mentions.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
         let (Some(id), Some(name)) = (m.get("id").and_then(Value::as_str), m.get("username").and_then(Value::as_str))
         else {
@@ -255,6 +248,30 @@ fn readable_text(content: &str, bot_id: &str, mentions: Option<&Value>) -> Strin
             .join("\n");
     }
     text.trim().to_string()
+}
+
+/// `text` without the bot's `<@id>` and `<@!id>`, including those a removal puts together
+/// (`<@<@id>id>`, which a `replace` per form would leave whole), in one pass: each mention is
+/// cut off the end of what is kept as its `>` arrives. Whether any was removed comes second.
+fn without_bot_mentions(text: &str, bot_id: &str) -> (String, bool) {
+    if !text.contains("<@") {
+        return (text.to_string(), false);
+    }
+    let tokens = [format!("<@{bot_id}>"), format!("<@!{bot_id}>")];
+    let mut kept = String::with_capacity(text.len());
+    let mut removed = false;
+    for c in text.chars() {
+        kept.push(c);
+        if c != '>' {
+            continue;
+        }
+        // A token ends the kept text: its first byte, an ASCII `<`, is a char boundary.
+        if let Some(token) = tokens.iter().find(|t| kept.ends_with(t.as_str())) {
+            kept.truncate(kept.len() - token.len());
+            removed = true;
+        }
+    }
+    (kept, removed)
 }
 
 /// Server nickname, else the global display name, else the username.
@@ -288,8 +305,9 @@ pub fn parse_button(d: &Value, channel: &str) -> Option<ButtonPress> {
         return None;
     }
     let user = d.pointer("/member/user").or_else(|| d.get("user"))?;
-    let id = d.get("id")?.as_str()?;
-    let token = d.get("token")?.as_str()?;
+    // Snowflakes have no `:`; one in the id would split the callback id in the wrong place.
+    let id = d.get("id")?.as_str().filter(|id| !id.is_empty() && !id.contains(':'))?;
+    let token = d.get("token")?.as_str().filter(|token| !token.is_empty())?;
     let chat_id = d.get("channel_id")?.as_str()?.to_string();
     let in_thread = matches!(d.pointer("/channel/type").and_then(Value::as_u64), Some(10..=12));
     Some(ButtonPress {
@@ -605,6 +623,9 @@ mod tests {
             // Case-folding and multi-byte text around the mention cannot break the strip.
             ("Ⱥ<@987654321> éẞ", bot.clone(), true, "Ⱥ éẞ"),
             ("line one\n<@987654321> line two", bot.clone(), true, "line one\nline two"),
+            // A mention that removing another puts together is removed too.
+            ("<@<@987654321>987654321> hi <@!<@!987654321>987654321>", bot.clone(), true, "hi"),
+            ("<@<@987654321>!987654321>x", bot.clone(), true, "x"),
         ];
         for (content, mentions, addressed, text) in cases {
             let m = parse(&guild(content, mentions)).unwrap();
@@ -706,6 +727,12 @@ mod tests {
         let p = parse_button(&in_dm, "dc").unwrap();
         assert_eq!(p.sender_id, "222");
         assert!(!p.is_group);
+        // An id that would split the callback id in the wrong place, or no token: no press.
+        for (key, bad) in [("id", "90:01"), ("id", ""), ("token", "")] {
+            let mut odd = d.clone();
+            odd[key] = json!(bad);
+            assert_eq!(parse_button(&odd, "dc"), None, "{key}: {bad:?}");
+        }
         let mut slash = d;
         slash["type"] = json!(2);
         assert_eq!(parse_button(&slash, "dc"), None);
