@@ -16,6 +16,8 @@ use crate::acp::connection::Connection;
 use crate::acp::process::{Overlong, read_lines};
 use crate::adapters::contained_panics;
 use crate::adapters::dingtalk::{self, wire as dingtalk_wire};
+use crate::adapters::discord::gateway::{self, Gateway, Input as GatewayInput};
+use crate::adapters::discord::wire::{self as discord_wire, GatewayEvent, RestFailure};
 use crate::adapters::telegram::wire::{self, BotIdentity};
 use crate::adapters::webchat;
 use crate::config::{self, ParseContext};
@@ -45,6 +47,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dingtalk_frame", dingtalk_frame),
     ("plugin_input", plugin_input),
     ("time_zone", time_zone),
+    ("discord_event", discord_event),
 ];
 
 /// The bot of the Telegram target.
@@ -542,6 +545,153 @@ pub fn dingtalk_frame(data: &[u8]) {
     }
     assert!(dedup.remembered() <= 8);
     assert_eq!(contained_panics(), panics);
+}
+
+/// Discord: the bytes' lines as what the gateway link feeds the session machine (a frame, or
+/// `open`, `drop`, `close N`, `wait`), and the bytes as a MESSAGE_CREATE or INTERACTION_CREATE
+/// payload, as the content of a server message that mentions the bot, and as REST answers and
+/// their rate-limit headers. See [`discord_gateway_script`] and [`discord_payloads`].
+pub fn discord_event(data: &[u8]) {
+    let panics = contained_panics();
+    let text = String::from_utf8_lossy(data);
+    discord_gateway_script(&text);
+    discord_payloads(&text);
+    assert_eq!(contained_panics(), panics);
+}
+
+/// The gateway machine, fed as the link feeds it (`Connected` only after a `Connect`, frames
+/// and closes only on an open socket). An open socket always has a wake (a beat or the
+/// handshake deadline: never deaf); a reconnect waits at most a minute and goes to the
+/// identify URL or a resume URL a READY gave; beats and resumes claim no sequence not seen and
+/// resume only sessions a READY gave; only a fatal close code parks, and a parked machine
+/// does nothing.
+fn discord_gateway_script(text: &str) {
+    const URL: &str = "wss://gateway.fuzz/?v=10&encoding=json";
+    let mut machine = Gateway::with_random(URL.into(), "fuzz", || 7);
+    let mut now = Instant::now();
+    let (mut connecting, mut open, mut parked) = (false, false, false);
+    let mut max_seq: Option<u64> = None;
+    let (mut sessions, mut urls) = (Vec::new(), vec![URL.to_string()]);
+    let mut actions = machine.start();
+    for line in text.lines().take(1000) {
+        for action in actions.drain(..) {
+            match action {
+                gateway::Action::Connect { url, after } => {
+                    assert!(after <= Duration::from_secs(60), "a reconnect waits {after:?}");
+                    assert!(urls.contains(&url), "connects to {url:?}, which no one gave");
+                    (connecting, open) = (true, false);
+                }
+                gateway::Action::Close { .. } => open = false,
+                gateway::Action::Heartbeat { seq } => assert!(seq <= max_seq, "beat {seq:?} > {max_seq:?}"),
+                gateway::Action::Resume { session_id, seq } => {
+                    assert!(sessions.contains(&session_id), "resumes {session_id:?}, which no READY gave");
+                    assert!(Some(seq) <= max_seq, "resume at {seq} > {max_seq:?}");
+                }
+                gateway::Action::Park { .. } => (parked, open, connecting) = (true, false, false),
+                gateway::Action::Identify | gateway::Action::Dispatch { .. } | gateway::Action::SessionLost => {}
+            }
+        }
+        if open && !parked {
+            assert!(machine.next_wake().is_some(), "an open socket without a wake: deaf");
+        }
+        now += Duration::from_millis(250);
+        let input = match line {
+            "open" if connecting => GatewayInput::Connected,
+            "drop" if open => GatewayInput::Closed { code: None, reason: String::new() },
+            "wait" => {
+                now += Duration::from_secs(20);
+                GatewayInput::Tick
+            }
+            _ => match (line.strip_prefix("close ").and_then(|c| c.parse().ok()), discord_wire::decode_frame(line)) {
+                (Some(code), _) if open => GatewayInput::Closed { code: Some(code), reason: "fuzz".into() },
+                (None, Ok(frame)) if open => GatewayInput::Frame(frame),
+                _ => GatewayInput::Tick,
+            },
+        };
+        match &input {
+            GatewayInput::Connected => (connecting, open) = (false, true),
+            GatewayInput::Closed { .. } => open = false,
+            GatewayInput::Frame(GatewayEvent::Dispatch { seq, name, data }) => {
+                max_seq = max_seq.max(*seq);
+                if let (Some(ready), "READY") = (discord_wire::parse_ready(data), name.as_str()) {
+                    sessions.push(ready.session_id);
+                    urls.push(discord_wire::gateway_url(&ready.resume_gateway_url));
+                }
+            }
+            _ => {}
+        }
+        let fatal = matches!(&input, GatewayInput::Closed { code: Some(c), .. } if gateway::fatal(*c).is_some());
+        actions = machine.step(input, now);
+        if parked {
+            assert!(actions.is_empty(), "a parked machine acts: {actions:?}");
+        }
+        let parks = actions.iter().any(|a| matches!(a, gateway::Action::Park { .. }));
+        assert_eq!(parks, fatal, "parks only on a fatal close code");
+    }
+}
+
+/// The bot's id in the Discord payloads below.
+const DISCORD_BOT: &str = "4242";
+
+/// Discord's payloads and REST answers. No decoder panics; a message is never the bot's own,
+/// a DM is addressed to us, its text is trimmed and not empty without attachments; the bot's
+/// mentions are removed (also those a removal puts together) and nothing else but whitespace;
+/// a button press's callback id splits back into its id and token; rate-limit waits are at
+/// most an hour, and each HTTP status gets its class.
+fn discord_payloads(text: &str) {
+    if let Ok(d) = serde_json::from_str::<Value>(text) {
+        if let Some(m) = discord_wire::parse_message(&d, "fuzz", DISCORD_BOT, &()) {
+            let message = &m.message;
+            assert_eq!(message.channel, "fuzz");
+            assert_ne!(message.sender_id, DISCORD_BOT, "the bot's own message");
+            assert!(message.is_group || message.is_mentioned, "a DM is always addressed to us");
+            assert_eq!(message.text, message.text.trim());
+            assert!(!message.text.is_empty() || !m.attachments.is_empty(), "nothing to handle");
+            assert_eq!(message.thread_id.is_some(), m.in_thread == Some(true));
+        }
+        if let Some(press) = discord_wire::parse_button(&d, "fuzz") {
+            let id = d["id"].as_str().unwrap_or_default();
+            let token = d["token"].as_str().unwrap_or_default();
+            assert_eq!(discord_wire::split_callback_id(&press.callback_id), Some((id, token)));
+        }
+    }
+    let mentioned = json!({
+        "id": "1", "channel_id": "2", "guild_id": "3", "channel_type": 0, "type": 0, "content": text,
+        "author": {"id": "111", "username": "u"}, "mentions": [{"id": DISCORD_BOT}],
+    });
+    let ours = [format!("<@{DISCORD_BOT}>"), format!("<@!{DISCORD_BOT}>")];
+    match discord_wire::parse_message(&mentioned, "fuzz", DISCORD_BOT, &()) {
+        Some(m) => {
+            let got = &m.message.text;
+            assert!(m.message.is_mentioned && got == got.trim(), "{got:?}");
+            assert!(!ours.iter().any(|t| got.contains(t.as_str())), "a mention is left: {text:?} -> {got:?}");
+            assert!(is_subsequence(&non_ws(got), &non_ws(text)), "more than mentions removed: {text:?} -> {got:?}");
+        }
+        None => assert!(text.trim().is_empty() || text.contains("<@"), "a message with text was dropped: {text:?}"),
+    }
+    let headers = discord_wire::parse_rate_limit_headers(|name| {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::to_string))
+    });
+    let hour = Duration::from_secs(3600);
+    assert!(headers.reset_after <= Some(hour) && headers.retry_after <= Some(hour), "{headers:?}");
+    assert!(headers.bucket.as_ref().is_none_or(|b| !b.is_empty() && b.len() <= 128), "{headers:?}");
+    for status in [200, 204, 400, 401, 403, 404, 429, 500, 503] {
+        match discord_wire::parse_reply(status, text, &headers) {
+            Ok(_) => assert!((200..300).contains(&status), "{status} taken as success"),
+            Err(RestFailure::RateLimited(wait) | RestFailure::GlobalRateLimited(wait)) => {
+                assert!(status == 429 && wait <= hour, "{status}: wait {wait:?}");
+            }
+            Err(RestFailure::Unauthorized(_)) => assert_eq!(status, 401),
+            Err(RestFailure::Blocked(_)) => assert_eq!(status, 403),
+            Err(RestFailure::Transient(_)) => assert!(!(300..500).contains(&status) || [400, 404].contains(&status)),
+            Err(RestFailure::Rejected(_)) => {
+                assert!((400..500).contains(&status) && ![401, 403, 429].contains(&status))
+            }
+        }
+    }
+    for word in text.split_whitespace().take(64) {
+        let _ = (discord_wire::snowflake_ms(word), discord_wire::snowflake_newer(word, "1"));
+    }
 }
 
 /// Exec adapters and webhooks: the bytes as what an adapter writes on its stdout (lines

@@ -53,6 +53,27 @@ fn no_unsafe_and_no_openssl_or_tokio() {
     }
 }
 
+/// A fuzz target runs in CI only when cargo-fuzz knows it (`fuzz/Cargo.toml`), its inputs are
+/// replayed by `cargo test` only when `tether::fuzzing::TARGETS` lists it, and a reader learns
+/// its properties from docs/fuzzing.md: each file in `fuzz/fuzz_targets/` is in all three.
+#[test]
+fn every_fuzz_target_is_built_replayed_and_documented() {
+    let mut files: Vec<String> = std::fs::read_dir(repo().join("fuzz/fuzz_targets"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".rs").map(str::to_string))
+        .collect();
+    files.sort();
+    let mut listed: Vec<&str> = tether::fuzzing::TARGETS.iter().map(|(name, _)| *name).collect();
+    listed.sort_unstable();
+    assert_eq!(files, listed, "fuzz/fuzz_targets/ and tether::fuzzing::TARGETS differ");
+    let manifest = std::fs::read_to_string(repo().join("fuzz/Cargo.toml")).unwrap();
+    let docs = std::fs::read_to_string(repo().join("docs/fuzzing.md")).unwrap();
+    for name in files {
+        assert!(manifest.contains(&format!("name = \"{name}\"")), "fuzz/Cargo.toml has no [[bin]] {name}");
+        assert!(docs.contains(&format!("| `{name}` |")), "docs/fuzzing.md has no row for {name}");
+    }
+}
+
 /// scripts/hot-code.txt and scripts/hot-code-tls.txt (the functions the static builds link
 /// side by side) are what scripts/hot-code.py writes: sorted, no build's hashes, and every
 /// tether module they name still exists. A list gone stale only places fewer functions
