@@ -137,7 +137,7 @@ impl Gateway {
         vec![Action::Connect { url: self.identify_url.clone(), after: Duration::ZERO }]
     }
 
-    /// When the next [`Input::Tick`] is needed (the next heartbeat), if any.
+    /// When the next [`Input::Tick`] is needed (the next heartbeat or the handshake deadline).
     pub fn next_wake(&self) -> Option<Instant> {
         match self.phase {
             Phase::AwaitingHello => self.handshake_due,
