@@ -51,6 +51,26 @@ fn a_dm_is_answered_with_typing_shown() {
 }
 
 #[test]
+fn a_gateway_socket_that_never_says_hello_is_given_up_and_the_next_one_answers() {
+    let fake = FakeDiscord::start();
+    fake.silence_connections(1);
+    let home = TempDir::new("dc-silent");
+    let channel = json!({"type": "discord", "token": "$DISCORD_TEST_TOKEN", "apiBase": fake.api_base(),
+                         "senderPolicy": "allowlist", "allowedUsers": ["111"]});
+    home.write_config(&json!({"agent": demo_agent(), "channels": {"dc": channel}}));
+    let env = [("DISCORD_TEST_TOKEN", TOKEN), (tether::adapters::discord::link::HANDSHAKE_ENV, "300")];
+    let service = Service::start_with_env(&home, &[], &env);
+    // The first socket brings nothing: closed resumably (4000), and a second one identifies.
+    assert!(wait_until(WAIT, || !fake.identifies().is_empty()), "log:\n{}", service.log());
+    assert_eq!(fake.connections().len(), 2, "log:\n{}", service.log());
+    assert!(wait_until(WAIT, || fake.client_closes() == [4000]), "closes {:?}", fake.client_closes());
+    assert!(service.log().contains("no Hello from the Discord gateway"), "log:\n{}", service.log());
+    fake.dm("111", "still there?");
+    let dm = FakeDiscord::dm_channel("111");
+    assert!(fake.wait_post(&dm, WAIT, |c| c == "echo: still there?").is_some(), "log:\n{}", service.log());
+}
+
+#[test]
 fn guild_channels_need_a_mention_or_a_reply_and_threads_get_their_replies() {
     let fake = FakeDiscord::start();
     fake.add_thread("4001", "2001");

@@ -98,6 +98,8 @@ pub struct Gateway {
     awaiting_ack: bool,
     /// When the current socket must have brought READY or RESUMED (set when it opens).
     handshake_due: Option<Instant>,
+    /// [`HANDSHAKE_WAIT`], shorter in tests.
+    handshake_wait: Duration,
     /// Connections in a row that ended before READY/RESUMED, for the reconnect delay.
     failures: u32,
     /// A random number source (tests pin it).
@@ -126,9 +128,16 @@ impl Gateway {
             next_beat: None,
             awaiting_ack: false,
             handshake_due: None,
+            handshake_wait: HANDSHAKE_WAIT,
             failures: 0,
             random,
         }
+    }
+
+    /// The same machine with another handshake deadline (tests shorten it).
+    pub fn with_handshake_wait(mut self, wait: Duration) -> Gateway {
+        self.handshake_wait = wait;
+        self
     }
 
     /// The first action: connect to the identify URL now.
@@ -167,7 +176,7 @@ impl Gateway {
                 self.phase = Phase::AwaitingHello;
                 self.next_beat = None;
                 self.awaiting_ack = false;
-                self.handshake_due = Some(now + HANDSHAKE_WAIT);
+                self.handshake_due = Some(now + self.handshake_wait);
                 Vec::new()
             }
             Input::Frame(frame) => self.frame(frame, now),
@@ -241,7 +250,7 @@ impl Gateway {
         let handshaking = matches!(self.phase, Phase::AwaitingHello | Phase::Handshaking);
         if handshaking && self.handshake_due.is_some_and(|due| now >= due) {
             let waited = if self.phase == Phase::AwaitingHello { "Hello" } else { "READY or RESUMED" };
-            log::warn!(target: self.channel.as_str(), "no {waited} from the Discord gateway within {} s of connecting; reconnecting", HANDSHAKE_WAIT.as_secs());
+            log::warn!(target: self.channel.as_str(), "no {waited} from the Discord gateway within {} ms of connecting; reconnecting", self.handshake_wait.as_millis());
             return self.reconnect();
         }
         if self.phase == Phase::AwaitingHello {

@@ -16,6 +16,9 @@ use crate::net::ws::{self, WsClient, WsConfig, WsEvent};
 
 /// How often the loop looks at the stop signal while a socket is quiet.
 const STOP_CHECK: Duration = Duration::from_millis(500);
+/// Tests shorten the gateway's handshake deadline ([`super::gateway::HANDSHAKE_WAIT`]) with
+/// this variable (milliseconds).
+pub const HANDSHAKE_ENV: &str = "TETHER_DISCORD_HANDSHAKE_MS";
 
 /// What the loop reports to the channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +38,9 @@ pub enum LinkEvent {
 /// Run until `stop` disconnects (or a message arrives on it) or the gateway parks.
 pub fn run(rest: &Rest, token: &str, channel: &str, stop: &Receiver<()>, on: &mut dyn FnMut(LinkEvent)) {
     let Some(url) = gateway_url(rest, channel, stop, on) else { return };
-    let mut gateway = Gateway::new(wire::gateway_url(&url), channel);
+    let handshake = std::env::var(HANDSHAKE_ENV).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    let mut gateway = Gateway::new(wire::gateway_url(&url), channel)
+        .with_handshake_wait(handshake.unwrap_or(super::gateway::HANDSHAKE_WAIT));
     let config = WsConfig::default();
     let mut socket: Option<WsClient> = None;
     let mut actions: VecDeque<Action> = gateway.start().into();

@@ -61,6 +61,8 @@ struct Gateway {
     /// Sessions that can no longer be resumed.
     dead_sessions: Vec<String>,
     heartbeat_interval_ms: u64,
+    /// Connections still to accept and then say nothing on (no Hello): a broken proxy.
+    silent_connections: u32,
     withhold_acks: bool,
     refuse_intents: bool,
     identifies: Vec<Value>,
@@ -148,6 +150,11 @@ impl FakeDiscord {
 
     pub fn set_heartbeat_interval(&self, ms: u64) {
         self.gw().heartbeat_interval_ms = ms;
+    }
+
+    /// The next `n` gateway connections are accepted and left silent: no Hello, ever.
+    pub fn silence_connections(&self, n: u32) {
+        self.gw().silent_connections = n;
     }
 
     /// Stop (or resume) answering heartbeats with op 11.
@@ -549,12 +556,31 @@ fn serve_gateway(tcp: TcpStream, shared: &Shared) {
     };
     let Ok(mut ws) = tungstenite::accept_hdr(tcp, callback) else { return };
     ws.get_mut().set_read_timeout(Some(Duration::from_millis(15))).unwrap();
-    let (me, interval) = {
+    let (me, interval, silent) = {
         let mut g = shared.gateway.lock().unwrap();
         g.connections.push(path);
         g.current += 1;
-        (g.current, g.heartbeat_interval_ms)
+        let silent = g.silent_connections > 0;
+        g.silent_connections = g.silent_connections.saturating_sub(1);
+        (g.current, g.heartbeat_interval_ms, silent)
     };
+    if silent {
+        // Read until the client gives up on this socket (its close code is recorded).
+        loop {
+            match ws.read() {
+                Ok(Message::Close(frame)) => {
+                    if let Some(f) = frame {
+                        shared.gateway.lock().unwrap().client_closes.push(u16::from(f.code));
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    }
     if send(&mut ws, json!({"op": 10, "d": {"heartbeat_interval": interval}, "s": null, "t": null})).is_err() {
         return;
     }
