@@ -569,64 +569,88 @@ fn discord_gateway_script(text: &str) {
     const URL: &str = "wss://gateway.fuzz/?v=10&encoding=json";
     let mut machine = Gateway::with_random(URL.into(), "fuzz", || 7);
     let mut now = Instant::now();
-    let (mut connecting, mut open, mut parked) = (false, false, false);
-    let mut max_seq: Option<u64> = None;
-    let (mut sessions, mut urls) = (Vec::new(), vec![URL.to_string()]);
-    let mut actions = machine.start();
+    let mut link = LinkModel { urls: vec![URL.to_string()], ..LinkModel::default() };
+    link.take(&machine.start(), &machine);
     for line in text.lines().take(1000) {
-        for action in actions.drain(..) {
-            match action {
-                gateway::Action::Connect { url, after } => {
-                    assert!(after <= Duration::from_secs(60), "a reconnect waits {after:?}");
-                    assert!(urls.contains(&url), "connects to {url:?}, which no one gave");
-                    (connecting, open) = (true, false);
-                }
-                gateway::Action::Close { .. } => open = false,
-                gateway::Action::Heartbeat { seq } => assert!(seq <= max_seq, "beat {seq:?} > {max_seq:?}"),
-                gateway::Action::Resume { session_id, seq } => {
-                    assert!(sessions.contains(&session_id), "resumes {session_id:?}, which no READY gave");
-                    assert!(Some(seq) <= max_seq, "resume at {seq} > {max_seq:?}");
-                }
-                gateway::Action::Park { .. } => (parked, open, connecting) = (true, false, false),
-                gateway::Action::Identify | gateway::Action::Dispatch { .. } | gateway::Action::SessionLost => {}
-            }
-        }
-        if open && !parked {
-            assert!(machine.next_wake().is_some(), "an open socket without a wake: deaf");
-        }
         now += Duration::from_millis(250);
         let input = match line {
-            "open" if connecting => GatewayInput::Connected,
-            "drop" if open => GatewayInput::Closed { code: None, reason: String::new() },
+            "open" if link.connecting => GatewayInput::Connected,
+            "drop" if link.open => GatewayInput::Closed { code: None, reason: String::new() },
             "wait" => {
                 now += Duration::from_secs(20);
                 GatewayInput::Tick
             }
             _ => match (line.strip_prefix("close ").and_then(|c| c.parse().ok()), discord_wire::decode_frame(line)) {
-                (Some(code), _) if open => GatewayInput::Closed { code: Some(code), reason: "fuzz".into() },
-                (None, Ok(frame)) if open => GatewayInput::Frame(frame),
+                (Some(code), _) if link.open => GatewayInput::Closed { code: Some(code), reason: "fuzz".into() },
+                (None, Ok(frame)) if link.open => GatewayInput::Frame(frame),
                 _ => GatewayInput::Tick,
             },
         };
-        match &input {
-            GatewayInput::Connected => (connecting, open) = (false, true),
-            GatewayInput::Closed { .. } => open = false,
+        link.feed(&input);
+        let fatal = matches!(&input, GatewayInput::Closed { code: Some(c), .. } if gateway::fatal(*c).is_some());
+        let actions = machine.step(input, now);
+        assert!(!link.parked || actions.is_empty(), "a parked machine acts: {actions:?}");
+        let parks = actions.iter().any(|a| matches!(a, gateway::Action::Park { .. }));
+        assert_eq!(parks, fatal, "parks only on a fatal close code");
+        link.take(&actions, &machine);
+    }
+}
+
+/// What `link::run` knows of the gateway's socket, and what the machine has been told, for
+/// [`discord_gateway_script`].
+#[derive(Default)]
+struct LinkModel {
+    /// A `Connect` is being carried out (the next `open` answers it).
+    connecting: bool,
+    open: bool,
+    parked: bool,
+    /// The highest sequence number a dispatch carried.
+    max_seq: Option<u64>,
+    /// Session ids and URLs the gateway gave (the identify URL first).
+    sessions: Vec<String>,
+    urls: Vec<String>,
+}
+
+impl LinkModel {
+    /// An input about to reach the machine.
+    fn feed(&mut self, input: &GatewayInput) {
+        match input {
+            GatewayInput::Connected => (self.connecting, self.open) = (false, true),
+            GatewayInput::Closed { .. } => self.open = false,
             GatewayInput::Frame(GatewayEvent::Dispatch { seq, name, data }) => {
-                max_seq = max_seq.max(*seq);
+                self.max_seq = self.max_seq.max(*seq);
                 if let (Some(ready), "READY") = (discord_wire::parse_ready(data), name.as_str()) {
-                    sessions.push(ready.session_id);
-                    urls.push(discord_wire::gateway_url(&ready.resume_gateway_url));
+                    self.sessions.push(ready.session_id);
+                    self.urls.push(discord_wire::gateway_url(&ready.resume_gateway_url));
                 }
             }
             _ => {}
         }
-        let fatal = matches!(&input, GatewayInput::Closed { code: Some(c), .. } if gateway::fatal(*c).is_some());
-        actions = machine.step(input, now);
-        if parked {
-            assert!(actions.is_empty(), "a parked machine acts: {actions:?}");
+    }
+
+    /// The machine's actions, carried out; then an open socket must have a wake.
+    fn take(&mut self, actions: &[gateway::Action], machine: &Gateway) {
+        let max_seq = self.max_seq;
+        for action in actions {
+            match action {
+                gateway::Action::Connect { url, after } => {
+                    assert!(*after <= Duration::from_secs(60), "a reconnect waits {after:?}");
+                    assert!(self.urls.contains(url), "connects to {url:?}, which no one gave");
+                    (self.connecting, self.open) = (true, false);
+                }
+                gateway::Action::Close { .. } => self.open = false,
+                gateway::Action::Heartbeat { seq } => assert!(*seq <= max_seq, "beat {seq:?} > {max_seq:?}"),
+                gateway::Action::Resume { session_id, seq } => {
+                    assert!(self.sessions.contains(session_id), "resumes {session_id:?}, which no READY gave");
+                    assert!(Some(*seq) <= max_seq, "resume at {seq} > {max_seq:?}");
+                }
+                gateway::Action::Park { .. } => (self.parked, self.open, self.connecting) = (true, false, false),
+                gateway::Action::Identify | gateway::Action::Dispatch { .. } | gateway::Action::SessionLost => {}
+            }
         }
-        let parks = actions.iter().any(|a| matches!(a, gateway::Action::Park { .. }));
-        assert_eq!(parks, fatal, "parks only on a fatal close code");
+        if self.open && !self.parked {
+            assert!(machine.next_wake().is_some(), "an open socket without a wake: deaf");
+        }
     }
 }
 

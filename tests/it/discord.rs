@@ -10,6 +10,11 @@ use crate::support::{Service, TempDir, demo_agent, journal_pending, read_status,
 const WAIT: Duration = Duration::from_secs(20);
 
 fn start(fake: &FakeDiscord, label: &str, extra: Value) -> (TempDir, Service) {
+    start_with_env(fake, label, extra, &[])
+}
+
+/// [`start`] with more environment variables for the service.
+fn start_with_env(fake: &FakeDiscord, label: &str, extra: Value, env: &[(&str, &str)]) -> (TempDir, Service) {
     let home = TempDir::new(label);
     let mut channel = json!({
         "type": "discord",
@@ -22,7 +27,8 @@ fn start(fake: &FakeDiscord, label: &str, extra: Value) -> (TempDir, Service) {
         c.extend(e.clone());
     }
     home.write_config(&json!({"agent": demo_agent(), "channels": {"dc": channel}}));
-    let service = Service::start_with_env(&home, &[], &[("DISCORD_TEST_TOKEN", TOKEN)]);
+    let env: Vec<(&str, &str)> = [("DISCORD_TEST_TOKEN", TOKEN)].into_iter().chain(env.iter().copied()).collect();
+    let service = Service::start_with_env(&home, &[], &env);
     (home, service)
 }
 
@@ -54,12 +60,8 @@ fn a_dm_is_answered_with_typing_shown() {
 fn a_gateway_socket_that_never_says_hello_is_given_up_and_the_next_one_answers() {
     let fake = FakeDiscord::start();
     fake.silence_connections(1);
-    let home = TempDir::new("dc-silent");
-    let channel = json!({"type": "discord", "token": "$DISCORD_TEST_TOKEN", "apiBase": fake.api_base(),
-                         "senderPolicy": "allowlist", "allowedUsers": ["111"]});
-    home.write_config(&json!({"agent": demo_agent(), "channels": {"dc": channel}}));
-    let env = [("DISCORD_TEST_TOKEN", TOKEN), (tether::adapters::discord::link::HANDSHAKE_ENV, "300")];
-    let service = Service::start_with_env(&home, &[], &env);
+    let env = [(tether::adapters::discord::link::HANDSHAKE_ENV, "300")];
+    let (_home, service) = start_with_env(&fake, "dc-silent", json!({}), &env);
     // The first socket brings nothing: closed resumably (4000), and a second one identifies.
     assert!(wait_until(WAIT, || !fake.identifies().is_empty()), "log:\n{}", service.log());
     assert_eq!(fake.connections().len(), 2, "log:\n{}", service.log());

@@ -564,24 +564,10 @@ fn serve_gateway(tcp: TcpStream, shared: &Shared) {
         g.silent_connections = g.silent_connections.saturating_sub(1);
         (g.current, g.heartbeat_interval_ms, silent)
     };
-    if silent {
-        // Read until the client gives up on this socket (its close code is recorded).
-        loop {
-            match ws.read() {
-                Ok(Message::Close(frame)) => {
-                    if let Some(f) = frame {
-                        shared.gateway.lock().unwrap().client_closes.push(u16::from(f.code));
-                    }
-                    return;
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => return,
-            }
-        }
-    }
-    if send(&mut ws, json!({"op": 10, "d": {"heartbeat_interval": interval}, "s": null, "t": null})).is_err() {
+    // A silent connection never says Hello: the client, waiting for it, sends nothing until it
+    // gives up and closes (recorded below like any close).
+    if !silent && send(&mut ws, json!({"op": 10, "d": {"heartbeat_interval": interval}, "s": null, "t": null})).is_err()
+    {
         return;
     }
     // Session number this connection serves and the last seq it delivered, once ready.
