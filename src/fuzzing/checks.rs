@@ -106,8 +106,8 @@ pub fn fences_closed(chunk: &str) -> bool {
 /// string. Only sources without such a fence promise closed fences in every chunk.
 ///
 /// Likewise a run of backticks or tildes of half the limit or more (no cut can keep both halves
-/// of its line from reading as a fence line), and a line that starts like a fence and is too
-/// long to reopen: the chunkers cut those like plain text too.
+/// of its line from reading as a fence line), and a line whose fence marker, with everything
+/// after it, is too long to reopen: the chunkers cut those like plain text too.
 pub fn fences_repairable(source: &str, limit: usize, len: impl Fn(&str) -> usize) -> bool {
     let mut run = (' ', 0usize);
     let mut longest = 0;
@@ -117,15 +117,24 @@ pub fn fences_repairable(source: &str, limit: usize, len: impl Fn(&str) -> usize
             longest = longest.max(run.1);
         }
     }
-    // A line that starts like a fence and is too long to reopen: each of its prefixes can read
-    // as such an opener to a chunker that has not seen the rest of the line yet.
-    let long_marker_line = source.lines().any(|line| {
-        let body = line.trim_start_matches([' ', '\t']);
-        (body.starts_with("```") || body.starts_with("~~~")) && len(line.trim_end()) + 3 + 2 > limit / 2
-    });
+    // A line whose tail, from its first fence marker and the indentation before it, is too
+    // long to reopen: a cut anywhere in that tail can leave a half that reads as a fence line
+    // (the streamer sees a prefix of the line before the rest), and a cut before it leaves a
+    // remainder too long for a block. A line that starts like a fence is the whole-line case.
+    // Trailing whitespace counts: the streamer cuts the line before it knows nothing follows.
+    let long_marker_line = source.lines().any(|line| len(marker_tail(line)) + 3 + 2 > limit / 2);
     longest < limit / 2
         && !long_marker_line
         && fence_regions(source, true).iter().all(|r| len(&r.reopen) + len(&r.close) + 2 <= limit / 2)
+}
+
+/// The end of `line` from its first "```" or "~~~", with the spaces and tabs before it ("" if
+/// it has none).
+fn marker_tail(line: &str) -> &str {
+    let first = [line.find("```"), line.find("~~~")].into_iter().flatten().min();
+    let Some(head) = first.and_then(|at| line.get(..at)) else { return "" };
+    let indented = head.trim_end_matches([' ', '\t']).len();
+    line.get(indented..).unwrap_or_default()
 }
 
 /// Whether `inner`'s characters all appear in `outer`, in order (nothing of `inner` lost).
@@ -211,6 +220,24 @@ mod tests {
     fn reference_mention_stripper() {
         assert_eq!(without_mentions("Ⱥ@Bot éẞ @bot_ @bot", "bot"), "Ⱥ éẞ @bot_ ");
         assert_eq!(without_mentions("@", "bot"), "@");
+    }
+
+    #[test]
+    fn marker_tail_starts_at_the_indentation_of_the_first_fence_marker() {
+        let table = [
+            ("no fence here", ""),
+            ("```sh", "```sh"),
+            ("  ~~~", "  ~~~"),
+            ("echo   ```` x", "   ```` x"),
+            ("a ~~~ b ``` c", " ~~~ b ``` c"),
+            ("é\t```", "\t```"),
+            ("``", ""),
+        ];
+        for (line, tail) in table {
+            assert_eq!(marker_tail(line), tail, "{line:?}");
+        }
+        assert!(!fences_repairable(&format!("```\necho{}{}\n```\n", " ".repeat(100), "`".repeat(47)), 136, str::len));
+        assert!(fences_repairable(&format!("```\necho{}{}\n```\n", " ".repeat(10), "`".repeat(10)), 136, str::len));
     }
 
     #[test]
