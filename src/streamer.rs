@@ -220,6 +220,8 @@ impl BlockStreamer {
         let regions = self.regions();
         let window = u16_boundary(&self.buf, max);
         let buf = &self.buf;
+        // The buffer's last line may still be arriving.
+        let last_line = buf.rfind('\n').map_or(0, |p| p + 1);
         let fits = |cut: usize, at: CutAt| match at {
             CutAt::Outside => true,
             CutAt::InFence(i) => {
@@ -251,7 +253,7 @@ impl BlockStreamer {
                     break;
                 }
                 let at = classify_cut(p + 1, p + 1, &regions);
-                if fits(p + 1, at) && !cuts_into_fence_line(buf, p + 1, at, &regions) {
+                if fits(p + 1, at) && !cuts_into_fence_line(buf, p + 1, at, &regions, last_line) {
                     chosen = Some((p + 1, at));
                     break;
                 }
@@ -271,7 +273,8 @@ impl BlockStreamer {
             None
         };
         // Then exactly at the limit (or as close below it as a valid cut allows).
-        chosen = chosen.or_else(|| last_cut(&|cut, at| fits(cut, at) && !cuts_into_fence_line(buf, cut, at, &regions)));
+        chosen = chosen
+            .or_else(|| last_cut(&|cut, at| fits(cut, at) && !cuts_into_fence_line(buf, cut, at, &regions, last_line)));
         // Inside a fence, a line still arriving may be all spaces and backticks, so that every
         // cut of it leaves a half that could read as a closer: the block is closed all the same
         // (never sent with its fence open), cut where the closing line fits.
@@ -302,8 +305,10 @@ impl BlockStreamer {
 }
 
 /// Whether a cut of `buf` at byte `cut` (of kind `at`) cuts a line so that either half reads
-/// as a fence line (see [`reads_as_fence_line`]).
-fn cuts_into_fence_line(buf: &str, cut: usize, at: CutAt, regions: &[FenceRegion]) -> bool {
+/// as a fence line (see [`reads_as_fence_line`]), or may once the rest of the line arrives:
+/// in the buffer's last line (from byte `last_line`), a half that is so far only indentation
+/// and backticks (or tildes) can still grow into a closer, or an opener.
+fn cuts_into_fence_line(buf: &str, cut: usize, at: CutAt, regions: &[FenceRegion], last_line: usize) -> bool {
     let Some((head, rest)) = buf.split_at_checked(cut) else { return true };
     if head.is_empty() || head.ends_with('\n') || rest.is_empty() {
         return false;
@@ -313,7 +318,9 @@ fn cuts_into_fence_line(buf: &str, cut: usize, at: CutAt, regions: &[FenceRegion
         _ => None,
     };
     let line_head = head.rfind('\n').map_or(head, |p| head.get(p + 1..).unwrap_or_default());
-    reads_as_fence_line(rest, inside) || reads_as_fence_line(line_head, inside)
+    let body = rest.trim_start_matches([' ', '\t']);
+    let may_grow_into_one = cut > last_line && (body.chars().all(|c| c == '`') || body.chars().all(|c| c == '~'));
+    may_grow_into_one || reads_as_fence_line(rest, inside) || reads_as_fence_line(line_head, inside)
 }
 
 fn emit(out: &mut Vec<String>, block: &str) {
@@ -604,6 +611,26 @@ pub(crate) mod tests {
             assert!(u16_len(block) <= 60, "{block:?}");
             assert!(block.starts_with("```sh\n") && block.ends_with("\n```"), "{block:?}");
         }
+    }
+
+    #[test]
+    fn a_cut_does_not_leave_backticks_that_may_still_grow_into_the_closer() {
+        // Found by the streamer fuzz target: the rest of a cut was "    ``", which read as no
+        // fence line, and the line's next delta made it "    ``````": the closer of the
+        // reopened fence, so every later block had its fences upside down.
+        let t0 = Instant::now();
+        let mut s = streamer(20, 60, 0);
+        let code = format!("```sh\n{}\u{1d}{}``", "x".repeat(30), " ".repeat(30));
+        let mut blocks = s.push(&code, t0);
+        blocks.extend(s.push("````\nmore\n```\nafter\n", t0));
+        blocks.extend(s.finish());
+        for block in &blocks {
+            assert!(u16_len(block) <= 60, "{block:?}");
+            assert!(crate::fuzzing::checks::fences_closed(block), "{block:?}");
+        }
+        let joined = blocks.join("\n");
+        assert!(joined.contains(&format!("\u{1d}{}``````\nmore\n```", " ".repeat(30))), "{blocks:?}");
+        assert!(blocks.last().is_some_and(|b| b.ends_with("\n```\nafter")), "{blocks:?}");
     }
 
     #[test]
