@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::render::{CutAt, FenceRegion, classify_cut, fence_regions, normalize_newlines, reads_as_fence_line};
+use crate::render::{CutAt, FenceLines, FenceRegion, classify_cut, fence_regions, normalize_newlines};
 
 /// `minChars`, `maxChars` and `idleMs` of §6.2. Lengths are UTF-16 code units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,12 +220,21 @@ impl BlockStreamer {
         let regions = self.regions();
         let window = u16_boundary(&self.buf, max);
         let buf = &self.buf;
-        // The buffer's last line may still be arriving.
-        let last_line = buf.rfind('\n').map_or(0, |p| p + 1);
+        let fence_lines = std::cell::RefCell::new(FenceLines::new(buf));
+        let growing = growing_tail(buf);
+        // Where a cut inside each fence must stay for its closing line to fit: measured once
+        // per fence, not once per candidate cut (a long line that no cut suits tries them all).
+        let fence_windows = std::cell::RefCell::new(vec![None; regions.len()]);
         let fits = |cut: usize, at: CutAt| match at {
             CutAt::Outside => true,
             CutAt::InFence(i) => {
-                buf.get(..cut).is_some_and(|head| u16_len(head) + 1 + u16_len(&regions[i].close) <= max)
+                let mut windows = fence_windows.borrow_mut();
+                let Some(window) = windows.get_mut(i) else { return false };
+                let limit = *window.get_or_insert_with(|| {
+                    let close = regions.get(i).map_or(0, |r| u16_len(&r.close));
+                    max.checked_sub(1 + close).map(|units| u16_boundary(buf, units))
+                });
+                limit.is_some_and(|limit| cut <= limit)
             }
             CutAt::Invalid => false,
         };
@@ -253,7 +262,7 @@ impl BlockStreamer {
                     break;
                 }
                 let at = classify_cut(p + 1, p + 1, &regions);
-                if fits(p + 1, at) && !cuts_into_fence_line(buf, p + 1, at, &regions, last_line) {
+                if fits(p + 1, at) && !cuts_into_fence_line(&fence_lines, p + 1, at, &regions, growing) {
                     chosen = Some((p + 1, at));
                     break;
                 }
@@ -273,8 +282,9 @@ impl BlockStreamer {
             None
         };
         // Then exactly at the limit (or as close below it as a valid cut allows).
-        chosen = chosen
-            .or_else(|| last_cut(&|cut, at| fits(cut, at) && !cuts_into_fence_line(buf, cut, at, &regions, last_line)));
+        chosen = chosen.or_else(|| {
+            last_cut(&|cut, at| fits(cut, at) && !cuts_into_fence_line(&fence_lines, cut, at, &regions, growing))
+        });
         // Inside a fence, a line still arriving may be all spaces and backticks, so that every
         // cut of it leaves a half that could read as a closer: the block is closed all the same
         // (never sent with its fence open), cut where the closing line fits.
@@ -304,23 +314,45 @@ impl BlockStreamer {
     }
 }
 
-/// Whether a cut of `buf` at byte `cut` (of kind `at`) cuts a line so that either half reads
-/// as a fence line (see [`reads_as_fence_line`]), or may once the rest of the line arrives:
-/// in the buffer's last line (from byte `last_line`), a half that is so far only indentation
-/// and backticks (or tildes) can still grow into a closer, or an opener.
-fn cuts_into_fence_line(buf: &str, cut: usize, at: CutAt, regions: &[FenceRegion], last_line: usize) -> bool {
+/// Whether a cut at byte `cut` (of kind `at`) cuts a line so that either half reads as a
+/// fence line (see [`crate::render::reads_as_fence_line`]), or may once the rest of the line
+/// arrives: a cut at or after `growing` (see [`growing_tail`]) leaves a half that can still
+/// grow into a closer, or an opener.
+fn cuts_into_fence_line(
+    fence_lines: &std::cell::RefCell<FenceLines<'_>>,
+    cut: usize,
+    at: CutAt,
+    regions: &[FenceRegion],
+    growing: usize,
+) -> bool {
+    let mut fence_lines = fence_lines.borrow_mut();
+    let buf = fence_lines.text();
     let Some((head, rest)) = buf.split_at_checked(cut) else { return true };
     if head.is_empty() || head.ends_with('\n') || rest.is_empty() {
         return false;
+    }
+    if cut >= growing {
+        return true;
     }
     let inside = match at {
         CutAt::InFence(i) => regions.get(i),
         _ => None,
     };
-    let line_head = head.rfind('\n').map_or(head, |p| head.get(p + 1..).unwrap_or_default());
-    let body = rest.trim_start_matches([' ', '\t']);
-    let may_grow_into_one = cut > last_line && (body.chars().all(|c| c == '`') || body.chars().all(|c| c == '~'));
-    may_grow_into_one || reads_as_fence_line(rest, inside) || reads_as_fence_line(line_head, inside)
+    let line_start = fence_lines.line_start(cut);
+    fence_lines.rest_from(cut, inside) || fence_lines.part(line_start, cut, inside)
+}
+
+/// Where the buffer's last line (which may still be arriving) ends in only spaces and tabs
+/// followed by one kind of marker character: a cut from there leaves a half that the next
+/// delta may turn into a fence line.
+fn growing_tail(buf: &str) -> usize {
+    let last_line = buf.rfind('\n').map_or(0, |p| p + 1);
+    let line = buf.get(last_line..).unwrap_or_default();
+    let markers = match line.chars().next_back() {
+        Some(c @ ('`' | '~')) => line.trim_end_matches(c),
+        _ => line,
+    };
+    last_line + markers.trim_end_matches([' ', '\t']).len()
 }
 
 fn emit(out: &mut Vec<String>, block: &str) {
@@ -631,6 +663,23 @@ pub(crate) mod tests {
         let joined = blocks.join("\n");
         assert!(joined.contains(&format!("\u{1d}{}``````\nmore\n```", " ".repeat(30))), "{blocks:?}");
         assert!(blocks.last().is_some_and(|b| b.ends_with("\n```\nafter")), "{blocks:?}");
+    }
+
+    #[test]
+    fn a_huge_line_of_spaces_or_backticks_is_cut_quickly() {
+        // Each cut of a line that may still grow into a fence line is refused: finding where
+        // such a tail starts once per cut, not once per candidate cut, keeps this linear.
+        for (open, fill) in [("", ' '), ("```\n", ' '), ("```\n", '`'), ("x ", '~')] {
+            let text = format!("{open}a {}", fill.to_string().repeat(300_000));
+            let mut s = streamer(400, 4096, 0);
+            let started = Instant::now();
+            let blocks = s.push(&text, Instant::now());
+            let elapsed = started.elapsed();
+            // 300 KB of backticks in a fence took minutes; now about 0.1 s (release build).
+            assert!(elapsed < Duration::from_secs(15), "{open:?} {fill:?}: {elapsed:?}");
+            assert!(blocks.iter().all(|block| u16_len(block) <= 4096));
+            assert!(u16_len(s.buffered()) < 4096);
+        }
     }
 
     #[test]

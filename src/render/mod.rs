@@ -16,7 +16,7 @@ pub use plain::plain_text;
 pub use telegram::telegram_html;
 
 pub(crate) use markdown::FenceOpen;
-pub(crate) use markdown::{CutAt, FenceRegion, classify_cut, fence_regions, normalize_newlines, reads_as_fence_line};
+pub(crate) use markdown::{CutAt, FenceLines, FenceRegion, classify_cut, fence_regions, normalize_newlines};
 
 #[cfg(test)]
 pub(crate) mod tests {
