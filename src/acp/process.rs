@@ -99,7 +99,7 @@ const STDIN_QUEUE: usize = 4096;
 /// The lines for the stdin writer. A lock and a condition variable, not a channel: the writer
 /// parks as soon as the queue is empty, where a crossbeam receiver first yields the CPU up to
 /// four times, once per message here (2.5% of the daemon's CPU under `bench`'s 50 users,
-/// `perf` 2026-12-04); std's channel would cost 10 KB of code. Dropping it closes stdin.
+/// `perf` 2026-12-04); std's channel cost 19 KB more code. Dropping it closes stdin.
 struct StdinQueue(Arc<QueuedLines>);
 
 /// The writer's end of a [`StdinQueue`]: the lines in order, `None` once the queue is
