@@ -77,8 +77,7 @@ impl FenceOpen {
 /// Whether `part`, half of a line cut in its middle (only its first line counts), reads as
 /// a fence line that changes a chunk: outside a fence, an opener (the chunk would open a code
 /// block the text never had); inside fence `inside`, its closer (the block would end early).
-/// Each chunk is rendered from a line start, so chunkers must not cut a line like that. The
-/// chunkers ask [`FenceLines`], which answers the same in linear time; this is its reference.
+/// The plain reference for [`FenceLines`], which the chunkers ask.
 #[cfg(test)]
 pub(crate) fn reads_as_fence_line(part: &str, inside: Option<&FenceRegion>) -> bool {
     let body = part.trim_start_matches([' ', '\t']);
@@ -92,23 +91,52 @@ pub(crate) fn reads_as_fence_line(part: &str, inside: Option<&FenceRegion>) -> b
     }
 }
 
-/// [`reads_as_fence_line`] for the many candidate cuts of one text, in time linear in the
-/// text rather than quadratic: the run of blanks, the run of marker characters and the rest of
-/// the line a cut lands in are measured once and reused while later cuts stay inside them.
-/// Candidate cuts measuring them afresh took 28 s to chunk a 100 KB line of backticks.
+/// Whether half of a line cut in its middle reads as a fence line that changes a chunk:
+/// outside a fence, an opener; inside fence `inside`, its closer. Each chunk is rendered from
+/// a line start, so chunkers must not cut a line like that. Answered for the many candidate
+/// cuts of one text in time linear in the text, not quadratic: the run of blanks, the run of
+/// marker characters and the rest of the line a cut lands in are measured once and reused
+/// while later cuts stay inside them (measuring them afresh for each cut took 28 s to chunk a
+/// 100 KB line of backticks). `reads_as_fence_line`, in the tests, is the plain reference.
 pub(crate) struct FenceLines<'a> {
     text: &'a str,
-    /// `[start, end)`: spaces and tabs, and `end` is where they stop.
-    blanks: (usize, usize),
-    /// `[start, end)`: all the byte `marker`, and `end` is where that run stops.
-    markers: (usize, usize, u8),
-    /// `[start, end)` holds no newline, and `end` is the end of that line (or of the text).
-    line: (usize, usize),
+    /// The last run of blanks, of markers and of a line's characters measured, one of each:
+    /// `[start, end)` is all of `run`, and `end` is where that run stops.
+    known: [(usize, usize, Run); 3],
     /// `[start, end)` holds no newline, and `start` is the start of that line.
     line_from_start: (usize, usize),
     /// What follows a marker run: from `start`, scanned up to `scanned`, the first backtick
     /// and the first character that is not whitespace, if any before `scanned`.
     tail: Tail,
+}
+
+/// The runs [`FenceLines`] measures forward.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Spaces and tabs.
+    Blanks,
+    /// One marker byte (`` ` `` or `~`).
+    Marker(u8),
+    /// Anything but a newline.
+    Line,
+}
+
+impl Run {
+    fn slot(self) -> usize {
+        match self {
+            Run::Blanks => 0,
+            Run::Marker(_) => 1,
+            Run::Line => 2,
+        }
+    }
+
+    fn holds(self, byte: u8) -> bool {
+        match self {
+            Run::Blanks => byte == b' ' || byte == b'\t',
+            Run::Marker(marker) => byte == marker,
+            Run::Line => byte != b'\n',
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -122,27 +150,28 @@ struct Tail {
 impl<'a> FenceLines<'a> {
     pub(crate) fn new(text: &'a str) -> FenceLines<'a> {
         let nothing = Tail { start: usize::MAX, scanned: 0, backtick: None, not_blank: None };
-        FenceLines { text, blanks: (0, 0), markers: (0, 0, 0), line: (0, 0), line_from_start: (0, 0), tail: nothing }
+        let known = [(0, 0, Run::Blanks), (0, 0, Run::Marker(b'`')), (0, 0, Run::Line)];
+        FenceLines { text, known, line_from_start: (0, 0), tail: nothing }
     }
 
     pub(crate) fn text(&self) -> &'a str {
         self.text
     }
 
-    /// `reads_as_fence_line(&text[from..], inside)`: the part of a line from `from` on.
+    /// For the part of a line from `from` on (the second half of a cut).
     pub(crate) fn rest_from(&mut self, from: usize, inside: Option<&FenceRegion>) -> bool {
-        let to = self.line_end(from);
+        let to = self.run_end(from, Run::Line);
         self.part(from, to, inside)
     }
 
-    /// `reads_as_fence_line(&text[from..to], inside)`, for `from..to` within one line.
+    /// For `text[from..to]`, within one line (the first half of a cut, from its line start).
     pub(crate) fn part(&mut self, from: usize, to: usize, inside: Option<&FenceRegion>) -> bool {
-        let body = self.run_end(from, None).min(to);
+        let body = self.run_end(from, Run::Blanks).min(to);
         let marker = match self.text.as_bytes().get(body) {
             Some(&b) if body < to && (b == b'`' || b == b'~') => b,
             _ => return false,
         };
-        let run_end = self.run_end(body, Some(marker)).min(to);
+        let run_end = self.run_end(body, Run::Marker(marker)).min(to);
         let len = run_end - body;
         match inside {
             None => len >= 3 && (marker == b'~' || self.tail(run_end, to).0.is_none_or(|at| at >= to)),
@@ -152,56 +181,30 @@ impl<'a> FenceLines<'a> {
         }
     }
 
-    /// Where the run from `from` of blanks (`None`) or of byte `marker` stops.
-    fn run_end(&mut self, from: usize, marker: Option<u8>) -> usize {
+    /// Where the run of `run` from `from` stops.
+    fn run_end(&mut self, from: usize, run: Run) -> usize {
         let bytes = self.text.as_bytes();
-        let (known_start, known_end) = match marker {
-            None => self.blanks,
-            Some(m) if m == self.markers.2 => (self.markers.0, self.markers.1),
-            Some(_) => (0, 0),
+        let slot = run.slot();
+        let (known_start, known_end) = match self.known[slot] {
+            (start, end, known) if known == run && start < end => (start, end),
+            _ => (usize::MAX, usize::MAX),
         };
-        if known_start <= from && from <= known_end && known_start < known_end {
+        if known_start <= from && from <= known_end {
             return known_end;
         }
-        let in_run = |b: u8| marker.map_or(b == b' ' || b == b'\t', |m| b == m);
         let mut end = from;
         while let Some(&b) = bytes.get(end) {
-            // Reaching the run measured before: it ends where it was found to.
-            if end == known_start && known_start < known_end {
+            // Reaching the run measured before: it stops where it was found to.
+            if end == known_start {
                 end = known_end;
                 break;
             }
-            if !in_run(b) {
+            if !run.holds(b) {
                 break;
             }
             end += 1;
         }
-        match marker {
-            None => self.blanks = (from, end),
-            Some(m) => self.markers = (from, end, m),
-        }
-        end
-    }
-
-    /// The end of the line `from` is in.
-    fn line_end(&mut self, from: usize) -> usize {
-        let (known_start, known_end) = self.line;
-        if known_start <= from && from <= known_end && known_start < known_end {
-            return known_end;
-        }
-        let bytes = self.text.as_bytes();
-        let mut end = from;
-        while let Some(&b) = bytes.get(end) {
-            if end == known_start && known_start < known_end {
-                end = known_end;
-                break;
-            }
-            if b == b'\n' {
-                break;
-            }
-            end += 1;
-        }
-        self.line = (from, end);
+        self.known[slot] = (from, end, run);
         end
     }
 
