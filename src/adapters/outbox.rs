@@ -41,6 +41,9 @@ const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long an idle worker sleeps with nothing due (replies and kicks wake it sooner).
 const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// The longest a napping worker sleeps through a call that is due no sooner than the listener
+/// wakes: the listener takes that call, so this only bounds what a lost kick would cost.
+const NAP_BACKSTOP: Duration = Duration::from_secs(1);
 /// Once the outbox closes (the service stops, the channel is removed), queued replies may
 /// still start for this long; then only the calls in flight are awaited. What was not sent
 /// stays in the journal, and is answered at the next start: better than a process exit in the
@@ -836,7 +839,13 @@ pub fn spawn(
     let files = courier.files().cloned();
     let (kicks_tx, kicks) = bounded::<()>(WORKERS);
     let shared = Arc::new(Shared {
-        state: Mutex::new(Desk { schedule: Schedule::new(courier.clone()), open: true, drain_until: None, busy: 0 }),
+        state: Mutex::new(Desk {
+            schedule: Schedule::new(courier.clone()),
+            open: true,
+            drain_until: None,
+            busy: 0,
+            listener_wakes: None,
+        }),
         intake: Mutex::new(()),
         courier,
         files,
@@ -898,6 +907,10 @@ struct Desk {
     drain_until: Option<Instant>,
     /// Workers performing a call now.
     busy: usize,
+    /// When the worker that listens wakes up at the latest, while it waits. A napping worker
+    /// leaves the calls due by then to it: with every idle worker waking for each due call,
+    /// two of three woke for nothing, once per call while the bot's budget held calls back.
+    listener_wakes: Option<Instant>,
 }
 
 impl Shared {
@@ -928,6 +941,14 @@ impl Shared {
             if self.kicks_tx.try_send(()).is_err() {
                 return;
             }
+        }
+    }
+
+    /// Make sure a worker listens (and watches the clock) while this one leaves to make a
+    /// call: kick one awake unless another already holds the listener's role.
+    fn hand_on_listening(&self) {
+        if !matches!(self.intake.try_lock(), Err(TryLockError::WouldBlock)) {
+            self.kick(1);
         }
     }
 
@@ -963,14 +984,33 @@ impl Desk {
         if !self.open && self.busy == 0 && (self.schedule.is_empty() || !draining) {
             return Turn::End;
         }
+        Turn::Wait(self.wait(now))
+    }
+
+    /// How long an idle worker may wait for a reply or a kick before a call is due (or the
+    /// drain ends).
+    fn wait(&self, now: Instant) -> Duration {
         let wait = match self.schedule.next_wake(now) {
             Some(at) => at.saturating_duration_since(now).clamp(Duration::from_millis(1), IDLE_WAIT),
             None => IDLE_WAIT,
         };
-        Turn::Wait(
-            self.drain_until
-                .map_or(wait, |until| wait.min(until.saturating_duration_since(now)).max(Duration::from_millis(1))),
-        )
+        self.drain_until
+            .map_or(wait, |until| wait.min(until.saturating_duration_since(now)).max(Duration::from_millis(1)))
+    }
+
+    /// The listener's wait, fresh, recorded for the nappers to see.
+    fn listen(&mut self, now: Instant) -> Duration {
+        let wait = self.wait(now);
+        self.listener_wakes = Some(now + wait);
+        wait
+    }
+
+    /// A napping worker's wait: the clock only for a call due before the listener wakes.
+    fn nap_wait(&self, now: Instant, wait: Duration) -> Duration {
+        match self.listener_wakes {
+            Some(wakes) if wakes <= now + wait => wait.max(NAP_BACKSTOP),
+            _ => wait,
+        }
     }
 }
 
@@ -1029,6 +1069,8 @@ fn work(shared: &Shared, mut outbox: Receiver<Outbound>) {
             }
             Turn::Wait(wait) => match shared.listen() {
                 Some(listening) => {
+                    // Fresh: the call another worker made since this turn may have set a time.
+                    let wait = shared.desk().listen(Instant::now());
                     select! {
                         recv(outbox) -> msg => match msg {
                             Ok(out) => queue(shared, out),
@@ -1044,19 +1086,20 @@ fn work(shared: &Shared, mut outbox: Receiver<Outbound>) {
                         recv(shared.kicks) -> _ => {}
                         default(wait) => {}
                     }
+                    shared.desk().listener_wakes = None;
                     drop(listening);
-                    turn = shared.desk().turn(Instant::now());
-                    if matches!(turn, Turn::Perform(_)) {
-                        // Off to make a call: another worker listens meanwhile.
-                        shared.kick(1);
-                    }
-                    continue;
                 }
-                // Another worker listens: this one waits for a kick or the clock.
-                None => shared.nap(wait),
+                None => {
+                    let wait = shared.desk().nap_wait(Instant::now(), wait);
+                    shared.nap(wait);
+                }
             },
         }
         turn = shared.desk().turn(Instant::now());
+        if matches!(turn, Turn::Perform(_)) {
+            // Off to make a call: another worker listens meanwhile.
+            shared.hand_on_listening();
+        }
     }
 }
 
@@ -1801,14 +1844,17 @@ mod tests {
         assert_eq!(probe.with(|h, _| h.messages_out), 1, "one reply delivered");
     }
 
-    /// A courier for the thread tests: a text ending in ", slow" waits for `release`, a call to
-    /// chat "boom" panics,
-    /// every other call is recorded as made.
+    /// A courier for the thread tests: a text ending in ", slow" waits for `release`, the
+    /// first text ending in ", limited" is rate limited for [`LIMITED_FOR`], a call to chat
+    /// "boom" panics, every other call is recorded as made.
     struct GatedCourier {
         release: Receiver<()>,
         sent: Mutex<Vec<String>>,
         pacing: PacingRules,
+        limited: std::sync::atomic::AtomicBool,
     }
+
+    const LIMITED_FOR: Duration = Duration::from_millis(300);
 
     impl Courier for GatedCourier {
         fn render(&self, markdown: &str) -> Vec<Piece> {
@@ -1825,6 +1871,9 @@ mod tests {
             if chat.chat_id == "boom" {
                 panic!("a courier bug");
             }
+            if piece.text.ends_with(", limited") && !self.limited.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(Failure::RateLimited(LIMITED_FOR));
+            }
             self.sent.lock().unwrap().push(piece.text.clone());
             Ok(None)
         }
@@ -1839,7 +1888,10 @@ mod tests {
 
     fn gated_with(pacing: PacingRules) -> (Arc<GatedCourier>, Sender<()>) {
         let (release_tx, release) = crossbeam_channel::bounded(1);
-        (Arc::new(GatedCourier { release, sent: Mutex::new(Vec::new()), pacing }), release_tx)
+        (
+            Arc::new(GatedCourier { release, sent: Mutex::new(Vec::new()), pacing, limited: Default::default() }),
+            release_tx,
+        )
     }
 
     fn start(courier: Arc<GatedCourier>) -> (Sender<Outbound>, Receiver<()>, Receiver<ThreadEnd>) {
@@ -1889,6 +1941,28 @@ mod tests {
             first_wrong.map(|i| &sent[i..(i + 3).min(sent.len())])
         );
         assert_eq!(sent.len(), REPLIES);
+    }
+
+    /// A rate-limited call goes again when asked, though the worker that listens for replies
+    /// sleeps for a minute with nothing else due: the worker that made the call keeps that
+    /// time itself (a napping worker that left every due call to the listener slept 1 s).
+    #[test]
+    fn a_rate_limited_call_goes_again_when_asked_while_another_worker_listens() {
+        let (courier, _release) = gated();
+        let (out_tx, drained, _ended) = start(courier.clone());
+        // Settled: one worker listens, the others nap, every kick taken.
+        out_tx.send(text("other", "first")).unwrap();
+        assert!(wait_sent(&courier, "first"));
+        std::thread::sleep(ms(100));
+        let queued = Instant::now();
+        out_tx.send(text("limited", "once more, limited")).unwrap();
+        assert!(wait_sent(&courier, "once more, limited"), "never sent again");
+        let took = queued.elapsed();
+        assert!(took >= LIMITED_FOR, "sent again after {took:?}, before the {LIMITED_FOR:?} asked");
+        assert!(took < ms(900), "sent again after {took:?}, {LIMITED_FOR:?} asked");
+        drop(out_tx);
+        let ended = drained.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
     }
 
     #[test]
