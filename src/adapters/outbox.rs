@@ -1689,6 +1689,23 @@ mod tests {
         acks.into_iter().chain(chats).min()
     }
 
+    /// (when the listener wakes, the napper's own wait, how long it naps)
+    #[test]
+    fn a_napping_worker_keeps_the_clock_only_for_a_call_due_before_the_listener_wakes() {
+        let now = Instant::now();
+        let cases = [
+            (None, ms(200), ms(200)),
+            (Some(now + ms(300)), ms(200), ms(200)),
+            (Some(now + ms(200)), ms(200), NAP_BACKSTOP),
+            (Some(now + ms(100)), ms(200), NAP_BACKSTOP),
+            (Some(now + ms(100)), ms(5000), ms(5000)),
+        ];
+        for (listener_wakes, wait, naps) in cases {
+            let desk = Desk { schedule: schedule(BURST_OF_4), open: true, drain_until: None, busy: 0, listener_wakes };
+            assert_eq!(desk.nap_wait(now, wait), naps, "listener wakes {listener_wakes:?}, own wait {wait:?}");
+        }
+    }
+
     #[test]
     fn the_next_wake_is_the_earliest_of_every_chat_also_behind_the_bots_budget() {
         let t0 = Instant::now();
