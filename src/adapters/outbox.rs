@@ -437,8 +437,9 @@ impl Schedule {
         self.push_with_files(out, Vec::new(), now)
     }
 
-    /// [`Schedule::push`], with files (already checked) to upload after an `Outbound::Text`'s
-    /// text, as parts of the same reply.
+    /// Queue what the core asked for, with files (already checked) to upload after an
+    /// `Outbound::Text`'s text, as parts of the same reply; returns how many message parts
+    /// were queued.
     pub fn push_with_files(&mut self, out: Outbound, files: Vec<(PathBuf, FileKind)>, now: Instant) -> usize {
         match out {
             Outbound::Text { chat, text, answers } => {

@@ -220,7 +220,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
 
 /// Start the web chat of `channel` (serving the admin page too) through the seam.
 /// Attachments go under `home/uploads/<channel>/` (0700, files 0600, removed after
-/// [`UPLOAD_RETENTION`]), and the channel's pairing files are read to know who is approved
+/// [`crate::adapters::uploads::RETENTION`]), and the channel's pairing files are read to know who is approved
 /// before anything is stored.
 fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error> {
     let uploads = io.home.join("uploads").join(&channel.name);
@@ -238,7 +238,7 @@ fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChanne
     Ok(RunningChannel { reached_at, private_note, drained: None, guard: Some(Box::new(server)) })
 }
 
-/// [`spawn`] with the directory attachments are saved under (tests use their own).
+/// Start the server with the directory attachments are saved under (tests use their own).
 fn spawn_with_uploads(
     channel: &ChannelConfig,
     inbound: Sender<Inbound>,
