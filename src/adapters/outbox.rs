@@ -1002,14 +1002,14 @@ impl Desk {
     /// The listener's wait, fresh, recorded for the nappers to see.
     fn listen(&mut self, now: Instant) -> Duration {
         let wait = self.wait(now);
-        self.listener_wakes = Some(now + wait);
+        self.listener_wakes = Some(later(now, wait));
         wait
     }
 
     /// A napping worker's wait: the clock only for a call due before the listener wakes.
     fn nap_wait(&self, now: Instant, wait: Duration) -> Duration {
         match self.listener_wakes {
-            Some(wakes) if wakes <= now + wait => wait.max(NAP_BACKSTOP),
+            Some(wakes) if wakes <= later(now, wait) => wait.max(NAP_BACKSTOP),
             _ => wait,
         }
     }

@@ -220,8 +220,8 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
 
 /// Start the web chat of `channel` (serving the admin page too) through the seam.
 /// Attachments go under `home/uploads/<channel>/` (0700, files 0600, removed after
-/// [`crate::adapters::uploads::RETENTION`]), and the channel's pairing files are read to know who is approved
-/// before anything is stored.
+/// [`crate::adapters::uploads::RETENTION`]), and the channel's pairing files are read to know
+/// who is approved before anything is stored.
 fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error> {
     let uploads = io.home.join("uploads").join(&channel.name);
     let admin = io.admin.clone();
