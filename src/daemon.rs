@@ -25,7 +25,7 @@ use crate::backoff::Backoff;
 use crate::collect::{CollectMap, CollectSet};
 use crate::config::{ChannelConfig, Config, PermissionPolicy};
 use crate::control::{self, ControlRequest, ControlSocket, McpOffer};
-use crate::core::{Action, Core, Event};
+use crate::core::{Action, Core, EVICTION_CHECK, Event};
 use crate::error::Error;
 use crate::event::{AgentEvent, Inbound, Outbound};
 use crate::health::{self, Change, ChannelExtra, Probe, ServiceStatus, wall_ms};
@@ -108,8 +108,9 @@ const INBOUND_QUEUE: usize = 64;
 /// Finished `git worktree add`s: one per `/new` naming a worktree, so rarely more than one.
 const WORKTREE_QUEUE: usize = 8;
 
-/// How often health is looked at and `status.json` refreshed when something changed.
-const STATUS_TICK: Duration = Duration::from_secs(1);
+/// How often health is looked at and `status.json` refreshed when something changed; the core
+/// is ticked as often, as it asks ([`EVICTION_CHECK`]).
+const STATUS_TICK: Duration = EVICTION_CHECK;
 /// `status.json` is rewritten at least this often, so a stuck service shows.
 const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
 /// At shutdown: how long queued replies may take to go out (senders stop starting calls
