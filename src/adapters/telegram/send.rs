@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(piece, &Piece { text: "a < b & c".into(), formatted: false });
         let verdict = s.finish(job, Err(refused()), t0);
         assert!(matches!(verdict, Verdict::Dropped { index: 1, of: 1, .. }), "{verdict:?}");
-        assert!(s.is_empty());
+        assert!(s.is_empty(t0));
     }
 
     #[test]
@@ -198,7 +198,7 @@ mod tests {
             let job = s.next_job(now).unwrap_or_else(|| panic!("part {} held back", n + 1));
             s.finish(job, Ok(Some("1".into())), now);
         }
-        assert!(s.is_empty());
+        assert!(s.is_empty(t0));
     }
 
     #[test]
