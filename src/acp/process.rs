@@ -116,6 +116,9 @@ struct QueuedLines {
 struct Lines {
     waiting: VecDeque<String>,
     closed: bool,
+    /// The writer waits on [`QueuedLines::added`]: only then is it notified (a notification
+    /// is a system call even when nobody waits).
+    writer_waits: bool,
 }
 
 fn stdin_queue() -> (StdinQueue, StdinLines) {
@@ -134,7 +137,13 @@ impl StdinQueue {
             return false;
         }
         lines.waiting.push_back(line);
-        self.0.added.notify_one();
+        let wake = lines.writer_waits;
+        // Notified after the lock is let go: a writer woken while it is held wakes only to
+        // wait for it (a contended lock, and two more context switches, for every line).
+        drop(lines);
+        if wake {
+            self.0.added.notify_one();
+        }
         true
     }
 }
@@ -162,7 +171,9 @@ impl Iterator for StdinLines {
             if lines.closed {
                 return None;
             }
+            lines.writer_waits = true;
             lines = self.0.added.wait(lines).unwrap_or_else(PoisonError::into_inner);
+            lines.writer_waits = false;
         }
     }
 }
@@ -768,6 +779,22 @@ mod tests {
         link.writes = None;
         assert!(link.send_lines(vec!["dropped".to_string()]));
         assert_eq!(waiting.count(), STDIN_QUEUE, "every queued line, then the end: stdin closes");
+    }
+
+    #[test]
+    fn a_waiting_writer_is_woken_for_each_line_and_at_the_end() {
+        let (writes, written) = stdin_queue();
+        let (got_tx, got) = crossbeam_channel::unbounded();
+        let writer = std::thread::spawn(move || written.for_each(|line| drop(got_tx.send(line))));
+        for n in 0..20 {
+            // Let the writer wait first, mostly: then only a notification wakes it.
+            std::thread::sleep(Duration::from_millis(2));
+            assert!(writes.push(format!("line {n}")));
+            assert_eq!(got.recv_timeout(Duration::from_secs(5)), Ok(format!("line {n}")));
+        }
+        drop(writes);
+        assert_eq!(got.recv_timeout(Duration::from_secs(5)), Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+        writer.join().unwrap();
     }
 
     #[test]
