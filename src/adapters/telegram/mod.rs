@@ -60,9 +60,20 @@ struct Api {
 
 impl Api {
     fn call(&self, method: &str, body: &Value, timeout: Duration) -> Result<Value, Failure> {
+        self.call_with(method, body, timeout, wire::parse_reply)
+    }
+
+    /// A call whose reply is read by `parse` (such as [`wire::parse_sent`]).
+    fn call_with<T>(
+        &self,
+        method: &str,
+        body: &Value,
+        timeout: Duration,
+        parse: fn(u16, &str) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
         let url = format!("{}/{method}", self.base);
         match self.http.post_json(&url, body, timeout) {
-            Ok((status, text)) => wire::parse_reply(status, &text),
+            Ok((status, text)) => parse(status, &text),
             Err(e) => Err(Failure::Transient(e.to_string())),
         }
     }

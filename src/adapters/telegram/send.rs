@@ -51,7 +51,7 @@ impl Courier for TelegramCourier {
     fn perform(&self, call: &Call) -> Result<Option<String>, Failure> {
         match call {
             Call::SendFile { chat, path, kind, caption } => {
-                self.upload(chat, path, *kind, caption.as_deref()).map(message_id)
+                self.upload(chat, path, *kind, caption.as_deref()).map(wire::message_id)
             }
             Call::Typing(chat) => {
                 self.api.call("sendChatAction", &wire::send_typing(chat), TYPING_TIMEOUT).map(|_| None)
@@ -66,7 +66,7 @@ impl Courier for TelegramCourier {
                 } else {
                     wire::send_message(chat, &piece.text)
                 };
-                self.api.call("sendMessage", &wire::with_buttons(body, buttons), CALL_TIMEOUT).map(message_id)
+                self.api.call_with("sendMessage", &wire::with_buttons(body, buttons), CALL_TIMEOUT, wire::parse_sent)
             }
             Call::Edit { chat, message_id: id, piece } => {
                 let mut body = wire::edit_html(chat, id, &piece.text);
@@ -75,7 +75,7 @@ impl Courier for TelegramCourier {
                 {
                     map.remove("parse_mode");
                 }
-                edited(self.api.call("editMessageText", &body, CALL_TIMEOUT)).map(message_id)
+                edited(self.api.call("editMessageText", &body, CALL_TIMEOUT)).map(wire::message_id)
             }
         }
     }
@@ -112,10 +112,6 @@ impl TelegramCourier {
 }
 
 /// The id of the message a `sendMessage` or `editMessageText` call answered with.
-fn message_id(result: Value) -> Option<String> {
-    result.get("message_id").and_then(Value::as_i64).map(|id| id.to_string())
-}
-
 /// Editing a message to the text it already has is no failure.
 fn edited(result: Result<Value, Failure>) -> Result<Value, Failure> {
     match result {
@@ -203,8 +199,8 @@ mod tests {
 
     #[test]
     fn answers_are_read_for_message_ids_and_unmodified_edits() {
-        assert_eq!(message_id(json!({"message_id": 77, "chat": {"id": 1}})), Some("77".to_string()));
-        assert_eq!(message_id(json!(true)), None);
+        assert_eq!(wire::message_id(json!({"message_id": 77, "chat": {"id": 1}})), Some("77".to_string()));
+        assert_eq!(wire::message_id(json!(true)), None);
         let not_modified = Failure::Rejected("HTTP 400: Bad Request: message is not modified".into());
         assert_eq!(edited(Err(not_modified)), Ok(Value::Null));
         let other = Failure::Rejected("HTTP 400: Bad Request: message to edit not found".into());

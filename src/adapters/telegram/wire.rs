@@ -50,6 +50,31 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
     })
 }
 
+/// The id of the message a `sendMessage` (or an upload) made, from its HTTP reply: `Ok(None)`
+/// when the reply has no id. An accepted reply is read straight for the id, skipping the rest
+/// of the message Telegram echoes back (sender, chat, text, entities: a tree of maps and
+/// strings for one number); anything else goes through [`parse_reply`], as before.
+pub fn parse_sent(status: u16, body: &str) -> Result<Option<String>, Failure> {
+    #[derive(serde::Deserialize)]
+    struct Sent {
+        ok: bool,
+        result: SentMessage,
+    }
+    #[derive(serde::Deserialize)]
+    struct SentMessage {
+        message_id: i64,
+    }
+    match serde_json::from_str::<Sent>(body) {
+        Ok(Sent { ok: true, result }) if status == 200 => Ok(Some(result.message_id.to_string())),
+        _ => parse_reply(status, body).map(message_id),
+    }
+}
+
+/// The id of the message a call's `result` describes.
+pub fn message_id(result: Value) -> Option<String> {
+    result.get("message_id").and_then(Value::as_i64).map(|id| id.to_string())
+}
+
 /// `body` with each `\uD800`–`\uDFFF` escape that is not half of a pair replaced by `\uFFFD`,
 /// or `None` when it has none. JSON allows lone surrogates; serde_json refuses them, and one
 /// broken emoji in one message would otherwise make the whole batch undecodable, the offset
@@ -555,6 +580,42 @@ mod tests {
         ];
         for (status, body, expected) in cases {
             assert_eq!(parse_reply(status, body), expected, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn a_sent_messages_id_is_read_as_the_general_path_reads_it() {
+        let message = r#"{"message_id":77,"from":{"id":1,"is_bot":true,"first_name":"Bot"},"chat":{"id":5,"type":"private"},"date":1,"text":"hi \ud83d\ude00","entities":[{"type":"bold","offset":0,"length":2}]}"#;
+        let ok = |result: &str| format!(r#"{{"ok":true,"result":{result}}}"#);
+        let cases = [
+            (200, ok(message), Ok(Some("77".to_string()))),
+            (200, ok(r#"{"text":"id last","message_id":-9}"#), Ok(Some("-9".to_string()))),
+            (200, ok(r#"{"message_id":8,"text":"a lone \udc00 in the text"}"#), Ok(Some("8".to_string()))),
+            (200, ok("true"), Ok(None)),
+            (200, ok(r#"{"message_id":"12"}"#), Ok(None)),
+            (200, ok(r#"{"message_id":1e30}"#), Ok(None)),
+            (200, ok(r#"{"message_id":1,"message_id":2}"#), Ok(Some("2".to_string()))),
+            (200, r#"{"ok":false,"result":{"message_id":3}}"#.to_string(), Err(Failure::Transient(String::new()))),
+            (500, ok(r#"{"message_id":4}"#), Err(Failure::Transient(String::new()))),
+            (
+                429,
+                r#"{"ok":false,"error_code":429,"parameters":{"retry_after":7}}"#.to_string(),
+                Err(Failure::RateLimited(Duration::from_secs(7))),
+            ),
+            (200, "not json".to_string(), Err(Failure::Transient(String::new()))),
+        ];
+        for (status, body, expected) in cases {
+            let general = parse_reply(status, &body).map(message_id);
+            let sent = parse_sent(status, &body);
+            assert_eq!(sent, general, "{status} {body}");
+            // Failures are compared by kind here; their texts are parse_reply's, tested above.
+            match (&sent, &expected) {
+                (Ok(id), Ok(want)) => assert_eq!(id, want, "{status} {body}"),
+                (Err(got), Err(want)) => {
+                    assert_eq!(std::mem::discriminant(got), std::mem::discriminant(want), "{status} {body}: {got}")
+                }
+                _ => panic!("{status} {body}: {sent:?}, expected {expected:?}"),
+            }
         }
     }
 
