@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 
 use crate::adapters::Supervisor;
-use crate::adapters::pacing::{Pacer, PacingRules};
+use crate::adapters::pacing::{ChatTimes, Pacer, PacingRules};
 use crate::adapters::uploads::OutboundFiles;
 use crate::backoff::Backoff;
 use crate::error::Error;
@@ -323,10 +323,15 @@ struct ChatQueue {
     /// A typing indicator of this chat is with a worker.
     typing_sending: bool,
     backoff: Backoff,
+    /// The pacer's limits of this chat, kept here so that finding the next call or wake reads
+    /// no map per chat (those lookups were a fifth of the daemon's instructions with ten
+    /// chats waiting for their buckets, `bench/callgrind.sh`): set from the pacer when the
+    /// queue is made and after each [`Pacer::record`] or [`Pacer::hold_chat`] of the chat.
+    pace: ChatTimes,
 }
 
 impl ChatQueue {
-    fn new() -> ChatQueue {
+    fn new(pace: ChatTimes) -> ChatQueue {
         ChatQueue {
             parts: VecDeque::new(),
             not_before: None,
@@ -334,6 +339,7 @@ impl ChatQueue {
             typing_since: None,
             typing_sending: false,
             backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
+            pace,
         }
     }
 
@@ -474,7 +480,7 @@ impl Schedule {
                     queued_at: now,
                 };
                 self.tracked.insert(reply, tracked);
-                let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
+                let queue = self.queue(chat);
                 // The answer is here: "typing…" asked for before it is moot.
                 queue.typing_since = None;
                 for (i, piece) in pieces.into_iter().enumerate() {
@@ -491,7 +497,7 @@ impl Schedule {
                 let pieces = self.courier.render(&text);
                 self.replies += 1;
                 let (reply, of) = (self.replies, pieces.len());
-                let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
+                let queue = self.queue(chat);
                 for (i, piece) in pieces.into_iter().enumerate() {
                     let mut part = Part::new(piece, reply, i + 1, of);
                     if i + 1 == of {
@@ -507,7 +513,7 @@ impl Schedule {
                 let pieces = self.courier.render(&text);
                 self.replies += 1;
                 let (reply, of) = (self.replies, pieces.len());
-                let queue = self.chats.entry(chat).or_insert_with(ChatQueue::new);
+                let queue = self.queue(chat);
                 for (i, piece) in pieces.into_iter().enumerate() {
                     let mut part = Part::new(piece, reply, i + 1, of);
                     // The first part replaces the message; the rest (a long edit) follow it.
@@ -523,7 +529,7 @@ impl Schedule {
                 0
             }
             Outbound::Typing { chat } => {
-                self.chats.entry(chat).or_insert_with(ChatQueue::new).typing_since = Some(now);
+                self.queue(chat).typing_since = Some(now);
                 0
             }
             // Drafts are for platforms that show them live; the final Text carries the answer.
@@ -584,6 +590,11 @@ impl Schedule {
         self.chats.retain(|_, queue| !queue.is_idle(now));
     }
 
+    /// `chat`'s queue, made (with the pacer's limits of the chat) if it has none.
+    fn queue(&mut self, chat: ChatRef) -> &mut ChatQueue {
+        queue_in(&mut self.chats, &self.pacer, chat)
+    }
+
     /// Drop `chat`'s queue if it is idle now.
     fn forget_if_idle(&mut self, chat: &ChatRef, now: Instant) {
         if self.chats.get(chat).is_some_and(|queue| queue.is_idle(now)) {
@@ -595,7 +606,8 @@ impl Schedule {
     /// [`Schedule::finish`] gets the result.
     pub fn next_job(&mut self, now: Instant) -> Option<Job> {
         self.tidy(now);
-        if self.pacer.bot_ready_at(now) > now {
+        let bot = self.pacer.bot_ready_at(now);
+        if bot > now {
             return None;
         }
         // A pressed button spins until answered: answers go before anything else.
@@ -604,9 +616,8 @@ impl Schedule {
             return Some(Job { call: Call::Ack { callback_id, text }, track: Track::default() });
         }
         // Typing first: cheap, useful only now, and not held back by the chat's bucket or queue.
-        let pacer = &self.pacer;
         let typing =
-            self.chats.iter_mut().find(|(chat, q)| q.wants_typing(now) && pacer.action_ready_at(chat, now) <= now);
+            self.chats.iter_mut().find(|(_, q)| q.wants_typing(now) && q.pace.action_ready_at(now, bot) <= now);
         if let Some((chat, queue)) = typing {
             queue.typing_since = None;
             queue.typing_sending = true;
@@ -614,11 +625,13 @@ impl Schedule {
             self.pacer.record_bot(now);
             return Some(Job { call: Call::Typing(chat), track: Track::default() });
         }
-        let chat = self.next_ready_chat(now)?;
+        let chat = self.next_ready_chat(now, bot)?;
+        self.pacer.record(chat.clone(), now);
+        let pace = self.pacer.chat_times(&chat);
         let queue = self.chats.get_mut(&chat)?;
         let part = queue.parts.pop_front()?;
         queue.sending = true;
-        self.pacer.record(chat.clone(), now);
+        queue.pace = pace;
         self.last_served = Some(chat.clone());
         let Part { piece, buttons, file, track } = part;
         let edit_id =
@@ -635,12 +648,12 @@ impl Schedule {
     }
 
     /// The first chat after the one served last whose front part may go now.
-    fn next_ready_chat(&self, now: Instant) -> Option<ChatRef> {
-        let ready = |(chat, q): &(&ChatRef, &ChatQueue)| {
+    fn next_ready_chat(&self, now: Instant, bot: Instant) -> Option<ChatRef> {
+        let ready = |(_, q): &(&ChatRef, &ChatQueue)| {
             !q.busy()
                 && !q.parts.is_empty()
                 && q.not_before.is_none_or(|t| t <= now)
-                && self.pacer.ready_at(chat, now) <= now
+                && q.pace.message_ready_at(now, bot) <= now
         };
         let after = self
             .last_served
@@ -654,16 +667,15 @@ impl Schedule {
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
         let bot = self.pacer.bot_ready_at(now);
         let mut wake = (!self.acks.is_empty()).then_some(bot);
-        for (chat, q) in &self.chats {
+        for q in self.chats.values() {
             // No call goes before the bot's budget allows: once a chat waits only for that,
-            // no other can be earlier (with 50 chats queued behind the bot's limit, this was
-            // a pacer lookup per chat on every turn of a worker).
+            // no other can be earlier.
             if wake == Some(bot) {
                 break;
             }
-            let typing = q.wants_typing(now).then(|| self.pacer.action_ready_at(chat, now));
+            let typing = q.wants_typing(now).then(|| q.pace.action_ready_at(now, bot));
             let part = (!q.busy() && !q.parts.is_empty())
-                .then(|| q.not_before.unwrap_or(now).max(self.pacer.ready_at(chat, now)));
+                .then(|| q.not_before.unwrap_or(now).max(q.pace.message_ready_at(now, bot)));
             wake = wake.into_iter().chain(typing).chain(part).min();
         }
         wake
@@ -680,7 +692,11 @@ impl Schedule {
             Call::Ack { .. } => None,
         };
         match (&result, chat) {
-            (Err(Failure::RateLimited(wait)), Some(chat)) => self.pacer.hold_chat(chat.clone(), later(now, *wait)),
+            (Err(Failure::RateLimited(wait)), Some(chat)) => {
+                self.pacer.hold_chat(chat.clone(), later(now, *wait));
+                let pace = self.pacer.chat_times(chat);
+                self.queue(chat.clone()).pace = pace;
+            }
             (Err(Failure::BotRateLimited(wait)), _) => self.pacer.hold_bot(later(now, *wait)),
             _ => {}
         }
@@ -733,7 +749,7 @@ impl Schedule {
                 self.sent.pop_front();
             }
         }
-        let queue = self.chats.entry(chat.clone()).or_insert_with(ChatQueue::new);
+        let queue = queue_in(&mut self.chats, &self.pacer, chat.clone());
         queue.sending = false;
         let reply = part.track.reply;
         let verdict = settle(queue, part, result.map(drop), now, chat_id, self.courier.as_ref());
@@ -747,6 +763,15 @@ impl Schedule {
     fn queued(&self, chat: &ChatRef) -> Vec<&Piece> {
         self.chats.get(chat).map(|q| q.parts.iter().map(|p| &p.piece).collect()).unwrap_or_default()
     }
+}
+
+/// [`Schedule::queue`], for a caller that holds other parts of the schedule meanwhile.
+fn queue_in<'a>(
+    chats: &'a mut BTreeMap<ChatRef, ChatQueue>,
+    pacer: &Pacer<ChatRef>,
+    chat: ChatRef,
+) -> &'a mut ChatQueue {
+    chats.entry(chat).or_insert_with_key(|chat| ChatQueue::new(pacer.chat_times(chat)))
 }
 
 /// `now + wait`, or far enough when that cannot be represented.

@@ -46,6 +46,28 @@ struct ChatPace {
     hold: Option<Instant>,
 }
 
+/// One chat's own limits as instants, not yet clamped to a `now`, without the bot's budget
+/// (see [`Pacer::chat_times`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ChatTimes {
+    /// The chat's next message waits until then (its bucket, or a hold).
+    message: Option<Instant>,
+    /// Its next chat action (typing) waits until then (a hold).
+    action: Option<Instant>,
+}
+
+impl ChatTimes {
+    /// The earliest moment, not before `now` nor `bot` (the bot's budget), a message may go.
+    pub fn message_ready_at(&self, now: Instant, bot: Instant) -> Instant {
+        self.message.map_or(now, |at| at.max(now)).max(bot)
+    }
+
+    /// The earliest moment, not before `now` nor `bot`, a chat action may go.
+    pub fn action_ready_at(&self, now: Instant, bot: Instant) -> Instant {
+        self.action.map_or(now, |at| at.max(now)).max(bot)
+    }
+}
+
 /// When the next call to a chat, or of the bot, may go out.
 #[derive(Debug, Clone)]
 pub(crate) struct Pacer<K: Ord> {
@@ -74,19 +96,31 @@ impl<K: Ord + Clone> Pacer<K> {
         self.rules.chat_refill.saturating_mul(self.rules.chat_burst - 1)
     }
 
-    /// The earliest moment, not before `now`, a message to `chat` may go out.
+    /// The earliest moment, not before `now`, a message to `chat` may go out (the outbox reads
+    /// [`Pacer::chat_times`] it keeps; tests ask here).
+    #[cfg(test)]
     pub fn ready_at(&self, chat: &K, now: Instant) -> Instant {
-        let bot = self.bot_ready_at(now);
-        let Some(pace) = self.chats.get(chat) else { return bot };
-        let bucket = pace.due.checked_sub(self.tolerance()).map_or(now, |at| at.max(now));
-        bucket.max(pace.hold.unwrap_or(now)).max(bot)
+        self.chat_times(chat).message_ready_at(now, self.bot_ready_at(now))
     }
 
     /// The earliest moment, not before `now`, a chat action (typing) to `chat` may go: it
     /// takes no message from the chat's bucket, but waits out a hold and the bot's budget.
+    #[cfg(test)]
     pub fn action_ready_at(&self, chat: &K, now: Instant) -> Instant {
-        let hold = self.chats.get(chat).and_then(|pace| pace.hold).unwrap_or(now);
-        hold.max(self.bot_ready_at(now))
+        self.chat_times(chat).action_ready_at(now, self.bot_ready_at(now))
+    }
+
+    /// `chat`'s own limits, for a caller that keeps them with its own state of the chat and
+    /// reads them there without a lookup per chat: they change only with [`Pacer::record`] and
+    /// [`Pacer::hold_chat`] of that chat (forgetting an idle chat changes nothing they say).
+    pub fn chat_times(&self, chat: &K) -> ChatTimes {
+        let Some(pace) = self.chats.get(chat) else { return ChatTimes::default() };
+        let bucket = pace.due.checked_sub(self.tolerance());
+        let message = match (bucket, pace.hold) {
+            (Some(bucket), Some(hold)) => Some(bucket.max(hold)),
+            (bucket, hold) => bucket.or(hold),
+        };
+        ChatTimes { message, action: pace.hold }
     }
 
     /// The earliest moment, not before `now`, the bot may make any call.
