@@ -46,7 +46,8 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
         _ => return Err("the URL is not http:// or https://".to_string()),
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // By bytes: a search for any of several chars goes char by char, a cost on every call.
+    let end = rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at_checked(end).ok_or("bad URL")?;
     if authority.contains('@') {
         return Err("user names in URLs are not supported".to_string());
