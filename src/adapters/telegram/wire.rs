@@ -55,19 +55,22 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
 /// of the message Telegram echoes back (sender, chat, text, entities: a tree of maps and
 /// strings for one number); anything else goes through [`parse_reply`], as before.
 pub fn parse_sent(status: u16, body: &str) -> Result<Option<String>, Failure> {
-    #[derive(serde::Deserialize)]
-    struct Sent {
-        ok: bool,
-        result: SentMessage,
-    }
-    #[derive(serde::Deserialize)]
-    struct SentMessage {
-        message_id: i64,
-    }
     match serde_json::from_str::<Sent>(body) {
         Ok(Sent { ok: true, result }) if status == 200 => Ok(Some(result.message_id.to_string())),
         _ => parse_reply(status, body).map(message_id),
     }
+}
+
+/// The two fields [`parse_sent`] reads of a reply; serde skips the others unread.
+#[derive(serde::Deserialize)]
+struct Sent {
+    ok: bool,
+    result: SentMessage,
+}
+
+#[derive(serde::Deserialize)]
+struct SentMessage {
+    message_id: i64,
 }
 
 /// The id of the message a call's `result` describes.
