@@ -394,7 +394,10 @@ impl Daemon {
                     Err(_) => {}
                 },
                 recv(stop) -> _ => return self.shutdown("stop requested"),
-                recv(deadline) -> _ => self.handle(Event::Tick),
+                // The status tick below ticks the core as well: here only for its own deadline.
+                recv(deadline) -> _ => if self.core.next_deadline().is_some_and(|at| at <= Instant::now()) {
+                    self.handle(Event::Tick)
+                },
                 recv(access_tick) -> _ => {}
             }
             for event in self.access.poll(Instant::now()) {
@@ -403,6 +406,10 @@ impl Daemon {
             self.restart_due_agents()?;
             if Instant::now() >= self.next_tick {
                 self.next_tick = Instant::now() + STATUS_TICK;
+                // Every status tick, whichever event the select took: idle sessions leave
+                // memory on a tick (`EVICTION_CHECK`), and with events always ready the
+                // deadline above could lose the draw second after second.
+                self.handle(Event::Tick);
                 self.watch_channel_threads();
                 self.restart_due_channels();
                 self.watch_health();
