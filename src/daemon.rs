@@ -285,6 +285,17 @@ struct Channel {
 }
 
 impl Channel {
+    /// Hand a reply to the channel's delivery: its outbox's intake, or the queue the platform
+    /// reads itself (the web chat).
+    fn deliver(&self, out: Outbound) {
+        match &self.running.intake {
+            Some(intake) => intake.send(out),
+            None => {
+                let _ = self.outbox.send(out);
+            }
+        }
+    }
+
     /// Close its stop and outbox channels (its threads end; its sender delivers what was
     /// queued first) and drop its guard (a server stops listening).
     fn stop_threads(self) {
@@ -693,7 +704,7 @@ impl Daemon {
                         if !channel.config.capabilities().journaled && matches!(out, Outbound::Text { .. }) {
                             channel.probe.sent(); // Channels without a journal do not report deliveries.
                         }
-                        let _ = channel.outbox.send(out);
+                        channel.deliver(out);
                     }
                     None => log::warn!(target: "core", "no channel {} for an outbound message", out.channel()),
                 },

@@ -91,7 +91,7 @@ pub fn take_markers_owned(text: String) -> (String, Vec<Marker>) {
 }
 
 /// Whether `text` has the start of a marker anywhere (markers are case-sensitive).
-fn may_hold_markers(text: &str) -> bool {
+pub(crate) fn may_hold_markers(text: &str) -> bool {
     text.contains("[IMAGE:") || text.contains("[FILE:")
 }
 

@@ -118,7 +118,9 @@ pub struct Capabilities {
 pub struct ChannelIo {
     /// To the core thread.
     pub inbound: Sender<Inbound>,
-    /// From the core; closes when the channel must stop (deliver what is queued, then end).
+    /// From the core, for a platform that delivers replies itself (the web chat); closes when
+    /// the channel must stop (deliver what is queued, then end). A platform that uses the
+    /// shared [`outbox`] leaves it unread: the core reaches its [`outbox::Intake`] instead.
     pub outbox: Receiver<Outbound>,
     /// Disconnects when the channel must stop.
     pub stop: Receiver<()>,
@@ -155,8 +157,18 @@ pub struct RunningChannel {
     pub private_note: Option<String>,
     /// Disconnects once delivery has drained what was queued (the platform's sender thread).
     pub drained: Option<Receiver<()>>,
+    /// Where the core's replies go when the platform uses the shared [`outbox`] (else to
+    /// [`ChannelIo::outbox`]); dropped to close it.
+    pub intake: Option<outbox::Intake>,
     /// Dropped to stop what the stop channel cannot reach (a listening server).
     pub guard: Option<Box<dyn Send>>,
+}
+
+impl RunningChannel {
+    /// A channel that delivers through the shared [`outbox`] it started.
+    pub fn delivering(outbox: outbox::Outbox) -> RunningChannel {
+        RunningChannel { drained: Some(outbox.drained), intake: Some(outbox.intake), ..RunningChannel::default() }
+    }
 }
 
 /// How one of a channel's threads ended.

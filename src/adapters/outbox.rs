@@ -13,12 +13,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, bounded, never, select};
+use crossbeam_channel::{Receiver, bounded};
 
 use crate::adapters::Supervisor;
+use crate::adapters::contain::contain;
 use crate::adapters::pacing::{ChatTimes, Pacer, PacingRules};
 use crate::adapters::uploads::OutboundFiles;
 use crate::backoff::Backoff;
@@ -39,11 +40,8 @@ pub(crate) const TYPING_FRESH: Duration = Duration::from_secs(4);
 const WORKERS: usize = 3;
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// How long an idle worker sleeps with nothing due (replies and kicks wake it sooner).
+/// How long an idle worker sleeps with nothing due (a reply queued wakes it sooner).
 const IDLE_WAIT: Duration = Duration::from_secs(60);
-/// The longest a napping worker sleeps through a call that is due no sooner than the listener
-/// wakes: the listener takes that call, so this only bounds what a lost kick would cost.
-const NAP_BACKSTOP: Duration = Duration::from_secs(1);
 /// Once the outbox closes (the service stops, the channel is removed), queued replies may
 /// still start for this long; then only the calls in flight are awaited. What was not sent
 /// stays in the journal, and is answered at the next start: better than a process exit in the
@@ -878,143 +876,151 @@ impl Settle {
     }
 }
 
+/// A started outbox: where the core's replies go in, and the signal that it has drained.
+pub struct Outbox {
+    pub intake: Intake,
+    /// Disconnects when the last worker has ended, after the intake was dropped.
+    pub drained: Receiver<()>,
+}
+
 /// Start the worker threads of one channel's delivery, through the channel's supervisor.
-/// They end when `outbox` closes and the queued replies are delivered or given up (or
-/// [`DRAIN_AFTER_CLOSE`] has passed); the returned receiver disconnects then.
-pub fn spawn(
-    courier: Arc<dyn Courier>,
-    outbox: Receiver<Outbound>,
-    settle: Settle,
-    supervisor: &Supervisor,
-) -> Result<Receiver<()>, Error> {
+/// Dropping the returned [`Intake`] closes the outbox: the workers end once the queued
+/// replies are delivered or given up (or [`DRAIN_AFTER_CLOSE`] has passed), and
+/// [`Outbox::drained`] disconnects then.
+pub fn spawn(courier: Arc<dyn Courier>, settle: Settle, supervisor: &Supervisor) -> Result<Outbox, Error> {
     let files = courier.files().cloned();
-    let (kicks_tx, kicks) = bounded::<()>(WORKERS);
     let shared = Arc::new(Shared {
         state: Mutex::new(Desk {
             schedule: Schedule::new(courier.clone()),
             open: true,
             drain_until: None,
             busy: 0,
-            listener_wakes: None,
+            waiting: [None; WORKERS],
+            incoming: VecDeque::new(),
+            taking_in: false,
         }),
-        intake: Mutex::new(()),
         courier,
         files,
         settle,
-        kicks_tx,
-        kicks,
-        napping: Mutex::new(Napping::default()),
         woken: Condvar::new(),
     });
+    // Made first: should a worker fail to start, dropping it closes the outbox for the others.
+    let intake = Intake(shared.clone());
     let (drained_tx, drained) = bounded::<()>(0);
-    for i in 0..WORKERS {
-        let (shared, outbox, drained_tx) = (shared.clone(), outbox.clone(), drained_tx.clone());
-        supervisor.spawn(format!("send-{}-{i}", shared.settle.channel), move || {
+    for worker in 0..WORKERS {
+        let (shared, drained_tx) = (shared.clone(), drained_tx.clone());
+        supervisor.spawn(format!("send-{}-{worker}", shared.settle.channel), move || {
             // Dropped when the last worker ends, panics included: that is the signal.
             let _drained = drained_tx;
-            work(&shared, outbox);
+            work(&shared, worker);
         })?;
     }
-    Ok(drained)
+    Ok(Outbox { intake, drained })
 }
 
-/// What the workers of one channel share.
+/// Where the core's replies to one channel go in. A short reply naming no files is queued
+/// by the thread that sends it (the daemon's), and wakes a waiting worker only when it is
+/// due before one wakes anyway: a reply reaches the platform with one thread woken, the one
+/// that makes the call. (A worker listening on a channel for replies cost a second wake-up
+/// for each, to hand the listening on while it made the call: about two of the 17 context
+/// switches per Telegram message under `bench`'s 50 users.) A long one, or one naming files,
+/// is put on the desk for a worker to take in: rendering a whole answer and checking files
+/// are work the daemon's thread must not wait for. Dropping it closes the outbox.
+pub struct Intake(Arc<Shared>);
+
+/// The longest text the daemon's thread renders itself (about two Telegram messages' worth,
+/// tens of microseconds).
+const QUEUED_AT_ONCE_MAX: usize = 8 * 1024;
+
+impl Intake {
+    /// Queue a reply (or a typing indicator) from the core.
+    pub fn send(&self, out: Outbound) {
+        let shared = &self.0;
+        let mut desk = shared.desk();
+        // Only with nothing before it waiting to be taken in, so one chat's replies keep
+        // their order.
+        if desk.incoming.is_empty() && !desk.taking_in && quick_to_queue(&out) {
+            let chat = replied_chat(&out);
+            let now = Instant::now();
+            // Rendering reads the agent's text: a renderer's panic costs this reply (its
+            // messages stay unanswered in the journal), never the daemon's thread. It panics
+            // before the schedule changes.
+            let parts = contain(|| desk.schedule.push_with_files(out, Vec::new(), now));
+            if desk.must_wake_a_worker(now) {
+                shared.woken.notify_one();
+            }
+            drop(desk);
+            match parts {
+                Some(parts) => log_queued(&shared.settle.channel, chat, parts),
+                None => log_unrenderable(&shared.settle.channel),
+            }
+            return;
+        }
+        desk.incoming.push_back(out);
+        // A worker taking replies in now takes this one too, after the ones before it; with
+        // none waiting, one back from its call finds it.
+        if !desk.taking_in && desk.waiting.iter().any(Option::is_some) {
+            shared.woken.notify_one();
+        }
+    }
+}
+
+/// Whether a reply is quick to render and names no files to check.
+fn quick_to_queue(out: &Outbound) -> bool {
+    match out {
+        Outbound::Text { text, .. } => text.len() <= QUEUED_AT_ONCE_MAX && !crate::media::may_hold_markers(text),
+        Outbound::Ask { text, .. } | Outbound::Edit { text, .. } => text.len() <= QUEUED_AT_ONCE_MAX,
+        Outbound::Typing { .. } | Outbound::ButtonAck { .. } | Outbound::Draft { .. } => true,
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        let mut desk = shared.desk();
+        if desk.open {
+            desk.open = false;
+            desk.drain_until = Some(Instant::now() + DRAIN_AFTER_CLOSE);
+        }
+        drop(desk);
+        shared.woken.notify_all();
+    }
+}
+
+/// What the workers of one channel and its [`Intake`] share.
 struct Shared {
     state: Mutex<Desk>,
-    /// Held by the one worker that listens for replies from the core, until it has queued
-    /// the reply it took: with every idle worker listening, one that took a reply and was put
-    /// aside before queueing it let the next reply (taken by another) overtake it.
-    intake: Mutex<()>,
     courier: Arc<dyn Courier>,
     files: Option<OutboundFiles>,
     settle: Settle,
-    /// Wakes the listener: a job became ready while it waited, or the workers may end. The
-    /// listener also waits for the core's replies, so it selects over channels.
-    kicks_tx: Sender<()>,
-    kicks: Receiver<()>,
-    /// The other idle workers wait on a condition variable: it parks at once, where a
-    /// crossbeam wait first yields the CPU up to four times (the workers' waits took 8% of
-    /// the daemon's CPU under `bench`'s 50 users, `perf` 2026-12-04).
-    napping: Mutex<Napping>,
+    /// Idle workers wait here, on [`Shared::state`]'s lock, for a call to become due: it
+    /// parks at once, where a crossbeam wait first yields the CPU up to four times.
     woken: Condvar,
-}
-
-/// The idle workers that do not listen.
-#[derive(Default)]
-struct Napping {
-    /// Workers waiting on [`Shared::woken`].
-    workers: usize,
-    /// Kicks not yet taken: a worker about to nap takes one instead (a kick is never lost
-    /// between deciding to wait and waiting), at most [`WORKERS`].
-    kicks: usize,
 }
 
 /// The schedule and the workers' common state, under one lock held only between calls.
 struct Desk {
     schedule: Schedule,
-    /// False once the outbox closed (the channel stops).
+    /// False once the intake was dropped (the channel stops).
     open: bool,
     /// Set when the outbox closed: queued replies may start until then.
     drain_until: Option<Instant>,
     /// Workers performing a call now.
     busy: usize,
-    /// When the worker that listens wakes up at the latest, while it waits. A napping worker
-    /// leaves the calls due by then to it: with every idle worker waking for each due call,
-    /// two of three woke for nothing, once per call while the bot's budget held calls back.
-    listener_wakes: Option<Instant>,
+    /// When each waiting worker wakes at the latest (`None`: not waiting). A call due sooner
+    /// wakes one of them; one due later wakes no one, and a worker's own call that sets a
+    /// retry is its own to wait for.
+    waiting: [Option<Instant>; WORKERS],
+    /// Replies from the core not yet rendered, oldest first.
+    incoming: VecDeque<Outbound>,
+    /// A worker is taking [`Desk::incoming`] in: one at a time, so that one chat's replies
+    /// keep their order.
+    taking_in: bool,
 }
 
 impl Shared {
     fn desk(&self) -> MutexGuard<'_, Desk> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The listener's role ([`Shared::intake`]), unless another worker has it. A worker that
-    /// panicked holding it (a bug in queueing) does not leave the outbox deaf.
-    fn listen(&self) -> Option<MutexGuard<'_, ()>> {
-        match self.intake.try_lock() {
-            Ok(listening) => Some(listening),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
-    }
-
-    /// Wake up to `n` idle workers: napping ones first, the listener for the rest.
-    fn kick(&self, n: usize) {
-        let mut napping = self.napping.lock().unwrap_or_else(PoisonError::into_inner);
-        napping.kicks = (napping.kicks + n).min(WORKERS);
-        for _ in 0..n.min(napping.workers) {
-            self.woken.notify_one();
-        }
-        let for_the_listener = n.saturating_sub(napping.workers);
-        drop(napping);
-        for _ in 0..for_the_listener {
-            if self.kicks_tx.try_send(()).is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Make sure a worker listens (and watches the clock) while this one leaves to make a
-    /// call: kick one awake unless another already holds the listener's role.
-    fn hand_on_listening(&self) {
-        if !matches!(self.intake.try_lock(), Err(TryLockError::WouldBlock)) {
-            self.kick(1);
-        }
-    }
-
-    /// An idle worker that does not listen waits for a kick or the clock.
-    fn nap(&self, wait: Duration) {
-        let mut napping = self.napping.lock().unwrap_or_else(PoisonError::into_inner);
-        if napping.kicks == 0 {
-            napping.workers += 1;
-            napping = match self.woken.wait_timeout_while(napping, wait, |napping| napping.kicks == 0) {
-                Ok((napping, _)) => napping,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-            napping.workers -= 1;
-        }
-        napping.kicks = napping.kicks.saturating_sub(1);
     }
 }
 
@@ -1032,14 +1038,15 @@ impl Desk {
             self.busy += 1;
             return Turn::Perform(job);
         }
-        if !self.open && self.busy == 0 && (self.schedule.is_empty(now) || !draining) {
+        let taken_in = self.incoming.is_empty() && !self.taking_in;
+        if !self.open && self.busy == 0 && taken_in && (self.schedule.is_empty(now) || !draining) {
             return Turn::End;
         }
         Turn::Wait(self.wait(now))
     }
 
-    /// How long an idle worker may wait for a reply or a kick before a call is due (or the
-    /// drain ends).
+    /// How long an idle worker may wait before a call is due (or the drain ends), unless
+    /// woken sooner.
     fn wait(&self, now: Instant) -> Duration {
         let wait = match self.schedule.next_wake(now) {
             Some(at) => at.saturating_duration_since(now).clamp(Duration::from_millis(1), IDLE_WAIT),
@@ -1049,19 +1056,10 @@ impl Desk {
             .map_or(wait, |until| wait.min(until.saturating_duration_since(now)).max(Duration::from_millis(1)))
     }
 
-    /// The listener's wait, fresh, recorded for the nappers to see.
-    fn listen(&mut self, now: Instant) -> Duration {
-        let wait = self.wait(now);
-        self.listener_wakes = Some(later(now, wait));
-        wait
-    }
-
-    /// A napping worker's wait: the clock only for a call due before the listener wakes.
-    fn nap_wait(&self, now: Instant, wait: Duration) -> Duration {
-        match self.listener_wakes {
-            Some(wakes) if wakes <= later(now, wait) => wait.max(NAP_BACKSTOP),
-            _ => wait,
-        }
+    /// Whether a waiting worker must be woken: a call is due before any of them would wake.
+    fn must_wake_a_worker(&self, now: Instant) -> bool {
+        let Some(soonest) = self.waiting.iter().flatten().min() else { return false };
+        self.schedule.next_wake(now).is_some_and(|due| due < *soonest)
     }
 }
 
@@ -1075,97 +1073,112 @@ impl Drop for Performing<'_> {
     }
 }
 
-/// A worker: takes the next ready call itself, performs it, settles its result, and waits for
-/// a reply, a kick or the clock only when nothing is ready. One idle worker at a time listens
-/// for replies (the order of one chat's replies is kept); leaving to make a call, it kicks
-/// another to listen. A reply goes from the core to the platform with one thread waking up,
-/// plus that hand-over, not a dispatcher's hop there and back for each call.
-fn work(shared: &Shared, mut outbox: Receiver<Outbound>) {
+/// A worker: takes the next due call, performs it, settles its result, and waits on the
+/// desk's condition variable when nothing is due, until the soonest time a call is, or a
+/// reply queued or another worker's turn wakes it.
+fn work(shared: &Shared, worker: usize) {
     let channel = shared.settle.channel.as_str();
-    let mut turn = shared.desk().turn(Instant::now());
+    let mut desk = shared.desk();
     loop {
-        match turn {
-            Turn::Perform(job) => {
-                let result = {
-                    let _performing = Performing(shared);
-                    shared.courier.perform(&job.call)
+        if !desk.taking_in && !desk.incoming.is_empty() {
+            desk = take_in(shared, desk);
+            continue;
+        }
+        let now = Instant::now();
+        let job = match desk.turn(now) {
+            Turn::Perform(job) => job,
+            Turn::Wait(wait) => {
+                // One waiting worker keeps the clock; the others wait to be woken.
+                let until = later(now, wait);
+                let wait = if desk.waiting.iter().flatten().any(|w| *w <= until) { IDLE_WAIT } else { wait };
+                desk.waiting[worker] = Some(later(now, wait));
+                desk = match shared.woken.wait_timeout(desk, wait) {
+                    Ok((desk, _)) => desk,
+                    Err(poisoned) => poisoned.into_inner().0,
                 };
-                let (verdict, settled, delivered, next, more) = {
-                    let mut desk = shared.desk();
-                    let now = Instant::now();
-                    let verdict = desk.schedule.finish(job, result, now);
-                    let next = desk.turn(now);
-                    let more = desk.schedule.next_wake(now).is_some_and(|at| at <= now);
-                    (verdict, desk.schedule.take_settled(), desk.schedule.take_delivered(), next, more)
-                };
-                // This worker goes on with the next call itself; wake another only for a
-                // further call that is ready now.
-                if more {
-                    shared.kick(1);
-                }
-                let (level, line) = verdict.log_line();
-                log::log!(target: channel, level, "{line}");
-                if level <= log::Level::Warn {
-                    shared.settle.probe.note_error(&line);
-                }
-                shared.settle.apply(settled);
-                record_delivered(delivered);
-                turn = next;
+                desk.waiting[worker] = None;
                 continue;
             }
             Turn::End => {
+                drop(desk);
                 // The others may be waiting for the clock: they end as well now.
-                shared.kick(WORKERS);
+                shared.woken.notify_all();
                 return;
             }
-            Turn::Wait(wait) => match shared.listen() {
-                Some(listening) => {
-                    // Fresh: the call another worker made since this turn may have set a time.
-                    let wait = shared.desk().listen(Instant::now());
-                    select! {
-                        recv(outbox) -> msg => match msg {
-                            Ok(out) => queue(shared, out),
-                            Err(_) => {
-                                outbox = never();
-                                let mut desk = shared.desk();
-                                if desk.open {
-                                    desk.open = false;
-                                    desk.drain_until = Some(Instant::now() + DRAIN_AFTER_CLOSE);
-                                }
-                            }
-                        },
-                        recv(shared.kicks) -> _ => {}
-                        default(wait) => {}
-                    }
-                    shared.desk().listener_wakes = None;
-                    drop(listening);
-                }
-                None => {
-                    let wait = shared.desk().nap_wait(Instant::now(), wait);
-                    shared.nap(wait);
-                }
-            },
+        };
+        // Off to make a call: a further call due before the waiting workers wake goes to one.
+        if desk.must_wake_a_worker(now) {
+            shared.woken.notify_one();
         }
-        turn = shared.desk().turn(Instant::now());
-        if matches!(turn, Turn::Perform(_)) {
-            // Off to make a call: another worker listens meanwhile.
-            shared.hand_on_listening();
+        drop(desk);
+        let result = {
+            let _performing = Performing(shared);
+            shared.courier.perform(&job.call)
+        };
+        let (verdict, settled, delivered) = {
+            let mut desk = shared.desk();
+            let verdict = desk.schedule.finish(job, result, Instant::now());
+            (verdict, desk.schedule.take_settled(), desk.schedule.take_delivered())
+        };
+        let (level, line) = verdict.log_line();
+        log::log!(target: channel, level, "{line}");
+        if level <= log::Level::Warn {
+            shared.settle.probe.note_error(&line);
         }
+        shared.settle.apply(settled);
+        record_delivered(delivered);
+        desk = shared.desk();
     }
 }
 
-/// Queue a reply (or a typing indicator) from the core.
+/// Take in the replies on the desk, in order, with the desk unlocked but for queueing each.
+/// Rendering reads the agent's text: a renderer's panic costs that reply (its messages stay
+/// unanswered in the journal), not the worker or the replies after it.
+fn take_in<'a>(shared: &'a Shared, mut desk: MutexGuard<'a, Desk>) -> MutexGuard<'a, Desk> {
+    desk.taking_in = true;
+    let incoming = std::mem::take(&mut desk.incoming);
+    drop(desk);
+    let taking_in = TakingIn(shared);
+    for out in incoming {
+        if contain(|| queue(shared, out)).is_none() {
+            log_unrenderable(&shared.settle.channel);
+        }
+    }
+    drop(taking_in);
+    shared.desk()
+}
+
+/// Marks the replies taken in, whatever happened while taking them in: with the mark left
+/// set, no worker would take a reply in again.
+struct TakingIn<'a>(&'a Shared);
+
+impl Drop for TakingIn<'_> {
+    fn drop(&mut self) {
+        self.0.desk().taking_in = false;
+    }
+}
+
+/// Queue a reply (or a typing indicator) from the core, with the files it names checked.
 fn queue(shared: &Shared, out: Outbound) {
     let channel = shared.settle.channel.as_str();
-    let chat = match &out {
-        Outbound::Text { chat, .. } => Some(chat.chat_id.clone()),
-        _ => None,
-    };
+    let chat = replied_chat(&out);
     let (out, attached) = match &shared.files {
         Some(files) => take_files(out, files, channel),
         None => (out, Vec::new()),
     };
     let parts = shared.desk().schedule.push_with_files(out, attached, Instant::now());
+    log_queued(channel, chat, parts);
+}
+
+/// The chat an answer goes to (not a typing indicator's, a question's or an edit's).
+fn replied_chat(out: &Outbound) -> Option<String> {
+    match out {
+        Outbound::Text { chat, .. } => Some(chat.chat_id.clone()),
+        _ => None,
+    }
+}
+
+fn log_queued(channel: &str, chat: Option<String>, parts: usize) {
     if let Some(chat) = chat {
         if parts == 0 {
             log::warn!(target: channel, "an empty reply to chat {chat} was not sent");
@@ -1173,6 +1186,10 @@ fn queue(shared: &Shared, out: Outbound) {
             log::debug!(target: channel, "reply to chat {chat} queued as {parts} message(s)");
         }
     }
+}
+
+fn log_unrenderable(channel: &str) {
+    log::error!(target: channel, "a reply could not be rendered and is dropped (a bug: please report it)");
 }
 
 fn record_delivered(delivered: Vec<Delivered>) {
@@ -1766,20 +1783,50 @@ mod tests {
         acks.into_iter().chain(chats).min()
     }
 
-    /// (when the listener wakes, the napper's own wait, how long it naps)
+    /// (when each waiting worker wakes, what is queued, whether one must be woken now)
     #[test]
-    fn a_napping_worker_keeps_the_clock_only_for_a_call_due_before_the_listener_wakes() {
-        let now = Instant::now();
+    fn a_waiting_worker_is_woken_only_for_a_call_due_before_any_waiting_worker_wakes() {
+        let t0 = Instant::now();
+        let one_a_300ms = PacingRules { chat_burst: 1, chat_refill: ms(300), bot_limit: 30, bot_window: ms(1000) };
+        // Queued: nothing; "typing…" (due now); a second part that the chat's bucket holds
+        // until 300 ms.
+        let queued = |what: &str| {
+            let mut s = schedule(one_a_300ms);
+            match what {
+                "typing" => {
+                    s.push(typing("1"), t0);
+                }
+                "held" => {
+                    s.push(text("1", "one"), t0);
+                    s.push(text("1", "two"), t0);
+                    assert_eq!(send_all(&mut s, t0), ["one"]);
+                    assert_eq!(s.next_wake(t0), Some(t0 + ms(300)));
+                }
+                _ => {}
+            }
+            s
+        };
+        let minute = Some(t0 + IDLE_WAIT);
         let cases = [
-            (None, ms(200), ms(200)),
-            (Some(now + ms(300)), ms(200), ms(200)),
-            (Some(now + ms(200)), ms(200), NAP_BACKSTOP),
-            (Some(now + ms(100)), ms(200), NAP_BACKSTOP),
-            (Some(now + ms(100)), ms(5000), ms(5000)),
+            ([None, None, None], "typing", false), // All busy: the first one free takes it.
+            ([minute, None, None], "nothing", false),
+            ([minute, None, None], "typing", true),
+            ([minute, minute, None], "held", true),
+            ([Some(t0 + ms(200)), minute, None], "held", false), // One wakes before it is due.
+            ([Some(t0 + ms(300)), None, None], "held", false),
+            ([Some(t0 + ms(301)), None, None], "held", true),
         ];
-        for (listener_wakes, wait, naps) in cases {
-            let desk = Desk { schedule: schedule(BURST_OF_4), open: true, drain_until: None, busy: 0, listener_wakes };
-            assert_eq!(desk.nap_wait(now, wait), naps, "listener wakes {listener_wakes:?}, own wait {wait:?}");
+        for (waiting, what, wake) in cases {
+            let desk = Desk {
+                schedule: queued(what),
+                open: true,
+                drain_until: None,
+                busy: 0,
+                waiting,
+                incoming: VecDeque::new(),
+                taking_in: false,
+            };
+            assert_eq!(desk.must_wake_a_worker(t0), wake, "waiting until {waiting:?}, queued {what}");
         }
     }
 
@@ -1915,13 +1962,12 @@ mod tests {
         let fake = courier(BURST_OF_4);
         let probe = Probe::new("fake", false);
         let settle = Settle { channel: "fake".into(), journal: None, probe: probe.clone() };
-        let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let (supervisor, _ended) = Supervisor::new();
-        let drained = spawn(fake.clone(), out_rx, settle, &supervisor).unwrap();
+        let Outbox { intake, drained } = spawn(fake.clone(), settle, &supervisor).unwrap();
         let answers = vec![MessageRef { chat_id: "1".into(), message_id: "9".into() }];
-        out_tx.send(typing("1")).unwrap();
-        out_tx.send(Outbound::Text { chat: chat("1"), text: THREE_PARTS.into(), answers }).unwrap();
-        drop(out_tx);
+        intake.send(typing("1"));
+        intake.send(Outbound::Text { chat: chat("1"), text: THREE_PARTS.into(), answers });
+        drop(intake);
         let ended = drained.recv_timeout(Duration::from_secs(10));
         assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
         let calls = fake.calls.lock().unwrap().clone();
@@ -1940,7 +1986,8 @@ mod tests {
 
     /// A courier for the thread tests: a text ending in ", slow" waits for `release`, the
     /// first text ending in ", limited" is rate limited for [`LIMITED_FOR`], a call to chat
-    /// "boom" panics, every other call is recorded as made.
+    /// "boom" panics, a text ending in ", unrenderable" panics its renderer, every other call
+    /// is recorded as made.
     struct GatedCourier {
         release: Receiver<()>,
         sent: Mutex<Vec<String>>,
@@ -1952,6 +1999,7 @@ mod tests {
 
     impl Courier for GatedCourier {
         fn render(&self, markdown: &str) -> Vec<Piece> {
+            assert!(!markdown.ends_with(", unrenderable"), "a renderer bug");
             vec![Piece { text: markdown.to_string(), formatted: false }]
         }
         fn plain(&self, _: &Piece) -> Option<Piece> {
@@ -1976,11 +2024,11 @@ mod tests {
         }
     }
 
-    fn gated() -> (Arc<GatedCourier>, Sender<()>) {
+    fn gated() -> (Arc<GatedCourier>, crossbeam_channel::Sender<()>) {
         gated_with(BURST_OF_4)
     }
 
-    fn gated_with(pacing: PacingRules) -> (Arc<GatedCourier>, Sender<()>) {
+    fn gated_with(pacing: PacingRules) -> (Arc<GatedCourier>, crossbeam_channel::Sender<()>) {
         let (release_tx, release) = crossbeam_channel::bounded(1);
         (
             Arc::new(GatedCourier { release, sent: Mutex::new(Vec::new()), pacing, limited: Default::default() }),
@@ -1988,12 +2036,11 @@ mod tests {
         )
     }
 
-    fn start(courier: Arc<GatedCourier>) -> (Sender<Outbound>, Receiver<()>, Receiver<ThreadEnd>) {
+    fn start(courier: Arc<GatedCourier>) -> (Intake, Receiver<()>, Receiver<ThreadEnd>) {
         let settle = Settle { channel: "fake".into(), journal: None, probe: Probe::new("fake", false) };
-        let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let (supervisor, ended) = Supervisor::new();
-        let drained = spawn(courier, out_rx, settle, &supervisor).unwrap();
-        (out_tx, drained, ended)
+        let Outbox { intake, drained } = spawn(courier, settle, &supervisor).unwrap();
+        (intake, drained, ended)
     }
 
     /// Waits at most 10 s for `sent` to hold `text`.
@@ -2015,46 +2062,51 @@ mod tests {
     fn one_chats_replies_keep_the_order_they_were_sent_in() {
         const REPLIES: usize = 3000;
         let (courier, _release) = gated_with(PacingRules::UNLIMITED);
-        let (out_tx, drained, _ended) = start(courier.clone());
+        let (intake, drained, _ended) = start(courier.clone());
+        // Every seventh is long: a worker takes it in, while the short ones are queued at once
+        // by the caller.
+        let reply = |n: usize| match n % 7 {
+            0 => format!("reply {n} {}", "x".repeat(QUEUED_AT_ONCE_MAX)),
+            _ => format!("reply {n}"),
+        };
         for n in 0..REPLIES {
-            out_tx.send(text("one", &format!("reply {n}"))).unwrap();
+            intake.send(text("one", &reply(n)));
             if n % 3 == 0 {
                 std::thread::yield_now(); // Let the workers wait for the queue now and then.
             }
         }
-        drop(out_tx);
+        drop(intake);
         let ended = drained.recv_timeout(Duration::from_secs(20));
         assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
         let sent = courier.sent.lock().unwrap().clone();
-        let expected: Vec<String> = (0..REPLIES).map(|n| format!("reply {n}")).collect();
+        let expected: Vec<String> = (0..REPLIES).map(reply).collect();
         let first_wrong = sent.iter().zip(&expected).position(|(a, b)| a != b);
         assert_eq!(
             first_wrong,
             None,
             "out of order from there: {:?}",
-            first_wrong.map(|i| &sent[i..(i + 3).min(sent.len())])
+            first_wrong.map(|i| sent[i..(i + 3).min(sent.len())].iter().map(|t| t.get(..12)).collect::<Vec<_>>())
         );
         assert_eq!(sent.len(), REPLIES);
     }
 
-    /// A rate-limited call goes again when asked, though the worker that listens for replies
-    /// sleeps for a minute with nothing else due: the worker that made the call keeps that
-    /// time itself (a napping worker that left every due call to the listener slept 1 s).
+    /// A rate-limited call goes again when asked, though the other workers sleep for a minute
+    /// with nothing else due: the worker that made the call keeps that time itself.
     #[test]
-    fn a_rate_limited_call_goes_again_when_asked_while_another_worker_listens() {
+    fn a_rate_limited_call_goes_again_when_asked_while_the_others_sleep() {
         let (courier, _release) = gated();
-        let (out_tx, drained, _ended) = start(courier.clone());
-        // Settled: one worker listens, the others nap, every kick taken.
-        out_tx.send(text("other", "first")).unwrap();
+        let (intake, drained, _ended) = start(courier.clone());
+        // Settled: every worker waits, for a minute.
+        intake.send(text("other", "first"));
         assert!(wait_sent(&courier, "first"));
         std::thread::sleep(ms(100));
         let queued = Instant::now();
-        out_tx.send(text("limited", "once more, limited")).unwrap();
+        intake.send(text("limited", "once more, limited"));
         assert!(wait_sent(&courier, "once more, limited"), "never sent again");
         let took = queued.elapsed();
         assert!(took >= LIMITED_FOR, "sent again after {took:?}, before the {LIMITED_FOR:?} asked");
         assert!(took < ms(900), "sent again after {took:?}, {LIMITED_FOR:?} asked");
-        drop(out_tx);
+        drop(intake);
         let ended = drained.recv_timeout(Duration::from_secs(10));
         assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
     }
@@ -2062,15 +2114,15 @@ mod tests {
     #[test]
     fn a_slow_call_holds_up_its_chat_only() {
         let (courier, release) = gated();
-        let (out_tx, drained, _ended) = start(courier.clone());
-        out_tx.send(text("slow", "first, slow")).unwrap();
-        out_tx.send(text("slow", "second, after it")).unwrap();
-        out_tx.send(text("fast", "meanwhile")).unwrap();
+        let (intake, drained, _ended) = start(courier.clone());
+        intake.send(text("slow", "first, slow"));
+        intake.send(text("slow", "second, after it"));
+        intake.send(text("fast", "meanwhile"));
         assert!(wait_sent(&courier, "meanwhile"), "another chat's reply waited for the slow call");
         assert!(!courier.sent.lock().unwrap().iter().any(|t| t == "second, after it"), "went before the slow part");
         release.send(()).unwrap();
         assert!(wait_sent(&courier, "second, after it"));
-        drop(out_tx);
+        drop(intake);
         let ended = drained.recv_timeout(Duration::from_secs(10));
         assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
         let sent = courier.sent.lock().unwrap().clone();
@@ -2082,14 +2134,39 @@ mod tests {
     #[test]
     fn a_call_that_panics_does_not_keep_the_others_from_ending() {
         let (courier, _release) = gated();
-        let (out_tx, drained, ended) = start(courier.clone());
-        out_tx.send(text("boom", "never sent")).unwrap();
+        let (intake, drained, ended) = start(courier.clone());
+        intake.send(text("boom", "never sent"));
         let end = ended.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(end.panicked, "{end:?}");
-        out_tx.send(text("calm", "still sent")).unwrap();
+        intake.send(text("calm", "still sent"));
         assert!(wait_sent(&courier, "still sent"));
-        drop(out_tx);
+        drop(intake);
         let drained = drained.recv_timeout(Duration::from_secs(10));
         assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+    }
+
+    /// Rendering reads the agent's text: a renderer that panics costs that reply only, on the
+    /// caller's thread (a short reply) as on the worker that took it in (a long one), not
+    /// that thread or the replies after it.
+    #[test]
+    fn a_reply_whose_rendering_panics_is_dropped_and_the_next_goes_out() {
+        let (courier, _release) = gated();
+        let (intake, drained, ended) = start(courier.clone());
+        let long = format!("{}, unrenderable", "x".repeat(QUEUED_AT_ONCE_MAX));
+        for (unrenderable, next) in
+            [("short, unrenderable", "after the short one"), (long.as_str(), "after the long one")]
+        {
+            let contained = crate::adapters::contained_panics();
+            intake.send(text("one", unrenderable));
+            intake.send(text("one", next));
+            assert!(wait_sent(&courier, next), "{next}: not sent");
+            assert!(crate::adapters::contained_panics() > contained, "{next}: the panic was not contained");
+        }
+        drop(intake);
+        let drained = drained.recv_timeout(Duration::from_secs(10));
+        assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        assert_eq!(*courier.sent.lock().unwrap(), ["after the short one", "after the long one"]);
+        let ends: Vec<ThreadEnd> = ended.try_iter().collect();
+        assert!(ends.iter().all(|end| !end.panicked), "a worker died: {ends:?}");
     }
 }

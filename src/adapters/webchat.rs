@@ -235,7 +235,7 @@ fn spawn_channel(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChanne
         let url = crate::admin_token::admin_url(&server.url(), &token);
         format!("admin page (keep this address private) on {url}")
     });
-    Ok(RunningChannel { reached_at, private_note, drained: None, guard: Some(Box::new(server)) })
+    Ok(RunningChannel { reached_at, private_note, drained: None, intake: None, guard: Some(Box::new(server)) })
 }
 
 /// Start the server with the directory attachments are saved under (tests use their own).

@@ -105,8 +105,8 @@ fn spawn_fake(channel: &tether::config::ChannelConfig, io: ChannelIo) -> Result<
         }
     })?;
     let settle = outbox::Settle { channel: channel.name.clone(), journal: io.journal, probe: io.probe };
-    let drained = outbox::spawn(Arc::new(FakeCourier), io.outbox, settle, &io.supervisor)?;
-    Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
+    let outbox = outbox::spawn(Arc::new(FakeCourier), settle, &io.supervisor)?;
+    Ok(RunningChannel::delivering(outbox))
 }
 
 // ---- The tests. ----

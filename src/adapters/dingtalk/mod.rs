@@ -131,8 +131,8 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
         files,
     });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
-    let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
-    Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
+    let outbox = outbox::spawn(courier, settle, &io.supervisor)?;
+    Ok(RunningChannel::delivering(outbox))
 }
 
 fn silence_limit() -> Duration {

@@ -82,7 +82,7 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let media_root = media.clone();
     let state_path = io.home.join(format!("{name}-discord.json"));
 
-    let ChannelIo { inbound, outbox, stop, probe, journal, supervisor, .. } = io;
+    let ChannelIo { inbound, stop, probe, journal, supervisor, .. } = io;
     // The gateway thread only reads the socket and heartbeats; decoding, REST lookups,
     // downloads and gap recovery run on their own thread, so a slow one never delays a
     // heartbeat (Discord drops a connection that misses one).
@@ -172,8 +172,8 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let files = OutboundFiles { roots: vec![channel.cwd.clone(), media_root], max_bytes };
     let courier = Arc::new(send::DiscordCourier { rest, sent, files });
     let settle = outbox::Settle { channel: name, journal, probe };
-    let drained = outbox::spawn(courier, outbox, settle, &supervisor)?;
-    Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
+    let outbox = outbox::spawn(courier, settle, &supervisor)?;
+    Ok(RunningChannel::delivering(outbox))
 }
 
 #[cfg(test)]

@@ -195,8 +195,8 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
 
     let courier = Arc::new(ExecCourier { shared, lines: lines_tx });
     let settle = outbox::Settle { channel: name, journal: Some(journal), probe: io.probe };
-    let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
-    Ok(RunningChannel { drained: Some(drained), ..RunningChannel::default() })
+    let outbox = outbox::spawn(courier, settle, &io.supervisor)?;
+    Ok(RunningChannel::delivering(outbox))
 }
 
 /// Writes queued lines to the adapter's stdin until the channel stops (then a short drain),

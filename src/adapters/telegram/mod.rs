@@ -185,9 +185,9 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     let files = OutboundFiles { roots: vec![channel.cwd.clone(), media_dir], max_bytes: limits.max_bytes };
     let courier = Arc::new(send::TelegramCourier { api, files });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
-    let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
+    let outbox = outbox::spawn(courier, settle, &io.supervisor)?;
     let guard: Box<dyn Send> = Box::new(OffsetFlush { keeper: offset, channel: channel.name.clone() });
-    Ok(RunningChannel { drained: Some(drained), guard: Some(guard), ..RunningChannel::default() })
+    Ok(RunningChannel { guard: Some(guard), ..RunningChannel::delivering(outbox) })
 }
 
 /// The offset as polled and as last written to the file; shared by the poll thread and the

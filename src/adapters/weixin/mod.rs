@@ -94,9 +94,9 @@ fn spawn(channel: &ChannelConfig, io: ChannelIo) -> Result<RunningChannel, Error
     io.supervisor.spawn(format!("wx-poll-{}", channel.name), move || poller.run())?;
     let courier = Arc::new(WeixinCourier { link });
     let settle = outbox::Settle { channel: channel.name.clone(), journal: Some(journal), probe: io.probe };
-    let drained = outbox::spawn(courier, io.outbox, settle, &io.supervisor)?;
+    let outbox = outbox::spawn(courier, settle, &io.supervisor)?;
     let guard: Box<dyn Send> = Box::new(poll::CursorFlush(cursor));
-    Ok(RunningChannel { drained: Some(drained), guard: Some(guard), ..RunningChannel::default() })
+    Ok(RunningChannel { guard: Some(guard), ..RunningChannel::delivering(outbox) })
 }
 
 /// WeChat's limits: no published rate; a few messages in a burst per user, then about one a
