@@ -613,17 +613,19 @@ impl Schedule {
             self.pacer.record_bot(now);
             return Some(Job { call: Call::Ack { callback_id, text }, track: Track::default() });
         }
-        // Typing first: cheap, useful only now, and not held back by the chat's bucket or queue.
-        let typing =
-            self.chats.iter_mut().find(|(_, q)| q.wants_typing(now) && q.pace.action_ready_at(now, bot) <= now);
-        if let Some((chat, queue)) = typing {
+        // An answer that may go goes before "typing…": when the bot's budget is short (many
+        // chats at once), an indicator sent first would take a text's place, and the answer
+        // it announces, often there a moment later, makes it moot. Typing is not held back by
+        // the chat's bucket or queue.
+        let Some(chat) = self.next_ready_chat(now, bot) else {
+            let (chat, queue) =
+                self.chats.iter_mut().find(|(_, q)| q.wants_typing(now) && q.pace.action_ready_at(now, bot) <= now)?;
             queue.typing_since = None;
             queue.typing_sending = true;
             let chat = chat.clone();
             self.pacer.record_bot(now);
             return Some(Job { call: Call::Typing(chat), track: Track::default() });
-        }
-        let chat = self.next_ready_chat(now, bot)?;
+        };
         self.pacer.record(chat.clone(), now);
         let pace = self.pacer.chat_times(&chat);
         let queue = self.chats.get_mut(&chat)?;
@@ -1677,8 +1679,9 @@ mod tests {
         assert_eq!(send_all(&mut s, t0 + ms(20)), ["to two"]);
         assert_eq!(s.next_wake(t0 + ms(20)), Some(t0 + ms(3010)));
         assert_eq!(send_all(&mut s, t0 + ms(3009)), Vec::<String>::new());
-        // Then the rest of the answer goes at once (typing asked for 3 s ago still counts).
-        assert_eq!(send_all(&mut s, t0 + ms(3010)), ["typing", "first", "second", "third"]);
+        // Then the rest of the answer goes at once, and the typing asked for 3 s ago (still
+        // fresh) after it.
+        assert_eq!(send_all(&mut s, t0 + ms(3010)), ["first", "second", "third", "typing"]);
     }
 
     #[test]
@@ -1698,6 +1701,21 @@ mod tests {
         assert_eq!(sent, ["ack: ok", "to one", "to two"]);
     }
 
+    /// When the bot's budget is short, an answer that may go takes the slot before another
+    /// chat's "typing…", which would take a text's place.
+    #[test]
+    fn an_answer_goes_before_another_chats_typing() {
+        let t0 = Instant::now();
+        let one_a_second = PacingRules { chat_burst: 4, chat_refill: ms(1000), bot_limit: 1, bot_window: ms(1000) };
+        let mut s = schedule(one_a_second);
+        s.push(typing("1"), t0);
+        s.push(text("2", "to two"), t0);
+        assert_eq!(send_all(&mut s, t0), ["to two"]);
+        // The typing goes with the next slot, still fresh.
+        assert_eq!(s.next_wake(t0), Some(t0 + ms(1000)));
+        assert_eq!(send_all(&mut s, t0 + ms(1000)), ["typing"]);
+    }
+
     #[test]
     fn typing_is_not_held_back_and_goes_stale() {
         let t0 = Instant::now();
@@ -1708,11 +1726,13 @@ mod tests {
         let part = s.next_job(t0).unwrap();
         assert_eq!(describe(&part).1, "first");
         // A new turn in the same chat while the long reply is still going out: typing waits
-        // only for the call in flight (one call per chat keeps their order), not for the rest
-        // of the reply.
+        // for the call in flight (one call per chat keeps their order) and for the parts that
+        // may go now (a message sent ends an indicator shown before it), not for the bucket.
         s.push(typing("1"), t0 + ms(10));
         assert_eq!(s.next_job(t0 + ms(10)), None);
         s.finish(part, Ok(None), t0 + ms(20));
+        assert_eq!(send_all(&mut s, t0 + ms(20)), ["second", "third", "typing"]);
+        s.push(typing("1"), t0 + ms(20));
         let job = s.next_job(t0 + ms(20)).unwrap();
         assert_eq!(job.call, Call::Typing(chat("1")));
         // While it is in flight, nothing else goes to that chat; the latest request wins.
@@ -1731,7 +1751,7 @@ mod tests {
             sent.push(describe(&job));
             s.finish(job, Ok(None), late);
         }
-        assert_eq!(sent, vec![("1".to_string(), "second".to_string()), ("1".to_string(), "third".to_string())]);
+        assert_eq!(sent, Vec::<(String, String)>::new());
         // Another chat's typing is not held back by chat 1's call in flight.
         s.push(text("1", "more"), late);
         let busy = s.next_job(late).unwrap();
