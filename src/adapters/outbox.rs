@@ -406,6 +406,25 @@ pub(crate) struct Delivered {
     pub took: Duration,
 }
 
+/// What the core asked for, with its text (an answer's, a question's, an edit's) rendered
+/// to the platform's pieces.
+pub(crate) struct Rendered {
+    out: Outbound,
+    pieces: Vec<Piece>,
+}
+
+impl Rendered {
+    pub fn new(courier: &dyn Courier, out: Outbound) -> Rendered {
+        let pieces = match &out {
+            Outbound::Text { text, .. } | Outbound::Ask { text, .. } | Outbound::Edit { text, .. } => {
+                courier.render(text)
+            }
+            Outbound::Typing { .. } | Outbound::ButtonAck { .. } | Outbound::Draft { .. } => Vec::new(),
+        };
+        Rendered { out, pieces }
+    }
+}
+
 /// Per-chat queues and the pacer: decides which call goes next. Pure (the courier is asked
 /// only to render); time comes in as `now`.
 pub(crate) struct Schedule {
@@ -457,9 +476,16 @@ impl Schedule {
     /// `Outbound::Text`'s text, as parts of the same reply; returns how many message parts
     /// were queued.
     pub fn push_with_files(&mut self, out: Outbound, files: Vec<(PathBuf, FileKind)>, now: Instant) -> usize {
+        let rendered = Rendered::new(self.courier.as_ref(), out);
+        self.push_rendered(rendered, files, now)
+    }
+
+    /// [`Schedule::push_with_files`] of a reply rendered beforehand (without the lock the
+    /// schedule is under: a long answer takes a while).
+    pub fn push_rendered(&mut self, rendered: Rendered, files: Vec<(PathBuf, FileKind)>, now: Instant) -> usize {
+        let Rendered { out, pieces } = rendered;
         match out {
             Outbound::Text { chat, text, answers } => {
-                let pieces = self.courier.render(&text);
                 if pieces.is_empty() && files.is_empty() {
                     self.settled.push(Settled { answers, delivery: Delivery::Refused });
                     return 0;
@@ -491,8 +517,7 @@ impl Schedule {
                 }
                 of
             }
-            Outbound::Ask { chat, key, text, buttons } => {
-                let pieces = self.courier.render(&text);
+            Outbound::Ask { chat, key, text: _, buttons } => {
                 self.replies += 1;
                 let (reply, of) = (self.replies, pieces.len());
                 let queue = self.queue(chat);
@@ -507,8 +532,7 @@ impl Schedule {
                 }
                 of
             }
-            Outbound::Edit { chat, key, text } => {
-                let pieces = self.courier.render(&text);
+            Outbound::Edit { chat, key, text: _ } => {
                 self.replies += 1;
                 let (reply, of) = (self.replies, pieces.len());
                 let queue = self.queue(chat);
@@ -1168,7 +1192,10 @@ fn queue(shared: &Shared, out: Outbound) {
         Some(files) => take_files(out, files, channel),
         None => (out, Vec::new()),
     };
-    let parts = shared.desk().schedule.push_with_files(out, attached, Instant::now());
+    // Rendered before the desk is locked: the daemon's thread and the other workers wait
+    // for that lock, and a long answer takes a while.
+    let rendered = Rendered::new(shared.courier.as_ref(), out);
+    let parts = shared.desk().schedule.push_rendered(rendered, attached, Instant::now());
     log_queued(channel, chat, parts);
 }
 
@@ -2006,8 +2033,9 @@ mod tests {
 
     /// A courier for the thread tests: a text ending in ", slow" waits for `release`, the
     /// first text ending in ", limited" is rate limited for [`LIMITED_FOR`], a call to chat
-    /// "boom" panics, a text ending in ", unrenderable" panics its renderer, every other call
-    /// is recorded as made.
+    /// "boom" panics, a text ending in ", unrenderable" panics its renderer, one ending in
+    /// ", slow to render" is rendered once `release` is sent, every other call is recorded as
+    /// made.
     struct GatedCourier {
         release: Receiver<()>,
         sent: Mutex<Vec<String>>,
@@ -2020,6 +2048,9 @@ mod tests {
     impl Courier for GatedCourier {
         fn render(&self, markdown: &str) -> Vec<Piece> {
             assert!(!markdown.ends_with(", unrenderable"), "a renderer bug");
+            if markdown.ends_with(", slow to render") {
+                let _ = self.release.recv_timeout(Duration::from_secs(10));
+            }
             vec![Piece { text: markdown.to_string(), formatted: false }]
         }
         fn plain(&self, _: &Piece) -> Option<Piece> {
@@ -2163,6 +2194,31 @@ mod tests {
         drop(intake);
         let drained = drained.recv_timeout(Duration::from_secs(10));
         assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+    }
+
+    /// A worker renders a long answer with the desk unlocked: meanwhile the daemon's thread
+    /// hands over the next reply without waiting for it.
+    #[test]
+    fn a_long_answer_being_rendered_keeps_no_one_waiting_to_queue() {
+        let (courier, release) = gated();
+        let (intake, drained, _ended) = start(courier.clone());
+        let long = format!("{}, slow to render", "x".repeat(QUEUED_AT_ONCE_MAX));
+        intake.send(text("one", &long));
+        std::thread::sleep(ms(100)); // A worker is rendering it now.
+        let (handed_over_tx, handed_over) = crossbeam_channel::bounded(1);
+        let sender = std::thread::spawn(move || {
+            intake.send(text("two", "meanwhile"));
+            let _ = handed_over_tx.send(());
+            intake
+        });
+        let waited = handed_over.recv_timeout(Duration::from_secs(2));
+        release.send(()).unwrap();
+        assert_eq!(waited, Ok(()), "queueing waited for another reply's rendering");
+        assert!(wait_sent(&courier, "meanwhile"));
+        drop(sender.join().unwrap());
+        let drained = drained.recv_timeout(Duration::from_secs(10));
+        assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        assert_eq!(courier.sent.lock().unwrap().len(), 2, "both replies went");
     }
 
     /// Rendering reads the agent's text: a renderer that panics costs that reply only, on the
