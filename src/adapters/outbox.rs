@@ -2014,9 +2014,7 @@ mod tests {
         let answers = vec![MessageRef { chat_id: "1".into(), message_id: "9".into() }];
         intake.send(typing("1"));
         intake.send(Outbound::Text { chat: chat("1"), text: THREE_PARTS.into(), answers });
-        drop(intake);
-        let ended = drained.recv_timeout(Duration::from_secs(10));
-        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        close_and_drain(intake, drained);
         let calls = fake.calls.lock().unwrap().clone();
         let texts: Vec<String> = calls
             .iter()
@@ -2094,6 +2092,13 @@ mod tests {
         (intake, drained, ended)
     }
 
+    /// Closes the outbox and waits at most 20 s for its workers to end.
+    fn close_and_drain(intake: Intake, drained: Receiver<()>) {
+        drop(intake);
+        let ended = drained.recv_timeout(Duration::from_secs(20));
+        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+    }
+
     /// Waits at most 10 s for `sent` to hold `text`.
     fn wait_sent(courier: &GatedCourier, text: &str) -> bool {
         let until = Instant::now() + Duration::from_secs(10);
@@ -2126,9 +2131,7 @@ mod tests {
                 std::thread::yield_now(); // Let the workers wait for the queue now and then.
             }
         }
-        drop(intake);
-        let ended = drained.recv_timeout(Duration::from_secs(20));
-        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        close_and_drain(intake, drained);
         let sent = courier.sent.lock().unwrap().clone();
         let expected: Vec<String> = (0..REPLIES).map(reply).collect();
         let first_wrong = sent.iter().zip(&expected).position(|(a, b)| a != b);
@@ -2157,9 +2160,7 @@ mod tests {
         let took = queued.elapsed();
         assert!(took >= LIMITED_FOR, "sent again after {took:?}, before the {LIMITED_FOR:?} asked");
         assert!(took < ms(900), "sent again after {took:?}, {LIMITED_FOR:?} asked");
-        drop(intake);
-        let ended = drained.recv_timeout(Duration::from_secs(10));
-        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        close_and_drain(intake, drained);
     }
 
     #[test]
@@ -2173,9 +2174,7 @@ mod tests {
         assert!(!courier.sent.lock().unwrap().iter().any(|t| t == "second, after it"), "went before the slow part");
         release.send(()).unwrap();
         assert!(wait_sent(&courier, "second, after it"));
-        drop(intake);
-        let ended = drained.recv_timeout(Duration::from_secs(10));
-        assert_eq!(ended, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        close_and_drain(intake, drained);
         let sent = courier.sent.lock().unwrap().clone();
         assert_eq!(sent, ["meanwhile", "first, slow", "second, after it"]);
     }
@@ -2191,9 +2190,7 @@ mod tests {
         assert!(end.panicked, "{end:?}");
         intake.send(text("calm", "still sent"));
         assert!(wait_sent(&courier, "still sent"));
-        drop(intake);
-        let drained = drained.recv_timeout(Duration::from_secs(10));
-        assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        close_and_drain(intake, drained);
     }
 
     /// A worker renders a long answer with the desk unlocked: meanwhile the daemon's thread
@@ -2215,9 +2212,7 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(waited, Ok(()), "queueing waited for another reply's rendering");
         assert!(wait_sent(&courier, "meanwhile"));
-        drop(sender.join().unwrap());
-        let drained = drained.recv_timeout(Duration::from_secs(10));
-        assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        close_and_drain(sender.join().unwrap(), drained);
         assert_eq!(courier.sent.lock().unwrap().len(), 2, "both replies went");
     }
 
@@ -2238,9 +2233,7 @@ mod tests {
             assert!(wait_sent(&courier, next), "{next}: not sent");
             assert!(crate::adapters::contained_panics() > contained, "{next}: the panic was not contained");
         }
-        drop(intake);
-        let drained = drained.recv_timeout(Duration::from_secs(10));
-        assert_eq!(drained, Err(crossbeam_channel::RecvTimeoutError::Disconnected), "the outbox did not drain");
+        close_and_drain(intake, drained);
         assert_eq!(*courier.sent.lock().unwrap(), ["after the short one", "after the long one"]);
         let ends: Vec<ThreadEnd> = ended.try_iter().collect();
         assert!(ends.iter().all(|end| !end.panicked), "a worker died: {ends:?}");
