@@ -972,10 +972,13 @@ impl Intake {
             // messages stay unanswered in the journal), never the daemon's thread. It panics
             // before the schedule changes.
             let parts = contain(|| desk.schedule.push_with_files(out, Vec::new(), now));
-            if desk.must_wake_a_worker(now) {
+            let wake = desk.must_wake_a_worker(now);
+            drop(desk);
+            // Woken after the unlock: a worker woken under the lock would block on it at once,
+            // and the unlock would have to wake it a second time.
+            if wake {
                 shared.woken.notify_one();
             }
-            drop(desk);
             match parts {
                 Some(parts) => log_queued(&shared.settle.channel, chat, parts),
                 None => log_unrenderable(&shared.settle.channel),
@@ -985,7 +988,9 @@ impl Intake {
         desk.incoming.push_back(out);
         // A worker taking replies in now takes this one too, after the ones before it; with
         // none waiting, one back from its call finds it.
-        if !desk.taking_in && desk.waiting.iter().any(Option::is_some) {
+        let wake = !desk.taking_in && desk.waiting.iter().any(Option::is_some);
+        drop(desk);
+        if wake {
             shared.woken.notify_one();
         }
     }
@@ -1133,10 +1138,11 @@ fn work(shared: &Shared, worker: usize) {
             }
         };
         // Off to make a call: a further call due before the waiting workers wake goes to one.
-        if desk.must_wake_a_worker(now) {
+        let wake = desk.must_wake_a_worker(now);
+        drop(desk);
+        if wake {
             shared.woken.notify_one();
         }
-        drop(desk);
         let result = {
             let _performing = Performing(shared);
             shared.courier.perform(&job.call)
