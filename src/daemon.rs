@@ -994,11 +994,11 @@ impl Daemon {
             .channels
             .iter()
             .map(|(name, channel)| {
-                let pairing = std::fs::read_to_string(self.home.join(format!("{name}-pairing.json")))
-                    .map_or(0, |text| health::count_live_pairing(&text, now_ms));
+                // From the core's copy of the pairing file, which the access watcher keeps
+                // current: this runs every second, and reading the file did too.
                 let extra = ChannelExtra {
                     sessions: self.core.session_count(name),
-                    pending_pairing: pairing,
+                    pending_pairing: self.core.live_pairing_requests(name, self.wall_ms()),
                     journal_pending: self.journals.get(name).map_or(0, |j| j.pending_count()),
                 };
                 (name.clone(), channel.probe.with(|h, now| h.snapshot(now, self.unhealthy_after, extra)))

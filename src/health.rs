@@ -8,15 +8,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// A channel whose loop has not succeeded for this long is unhealthy.
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(120);
 /// A polling loop reports at least every poll (30 s hold + 10 s margin); one silent for this
 /// long is stuck, even when it has not reported a failure.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(90);
-/// Pairing requests live this long (reference spec 3.1).
-const PAIRING_TTL_MS: u64 = 3_600_000;
 
 /// A moment on two clocks: monotonic for durations (the wall clock of a board without a
 /// real-time clock jumps at boot), wall for what people read.
@@ -314,17 +311,6 @@ impl ServiceStatus {
     }
 }
 
-/// Live pairing requests in a `<channel>-pairing.json` (a JSON array of requests with
-/// `createdAt` in unix ms); 0 when the file is absent or not readable.
-pub fn count_live_pairing(text: &str, now_wall_ms: u64) -> usize {
-    let Ok(Value::Array(requests)) = serde_json::from_slice::<Value>(text.as_bytes()) else { return 0 };
-    requests
-        .iter()
-        .filter_map(|r| r.get("createdAt").and_then(Value::as_u64))
-        .filter(|created| now_wall_ms.saturating_sub(*created) < PAIRING_TTL_MS)
-        .count()
-}
-
 /// Uptime as the reference prints it: `2d 3h 4m`, `3h 4m`, `4m 5s`, `5s`.
 pub fn format_uptime(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
@@ -499,19 +485,6 @@ mod tests {
         {
             assert_eq!(format_uptime(secs), text);
         }
-    }
-
-    #[test]
-    fn live_pairing_requests_are_counted() {
-        let now = 10_000_000;
-        let text = format!(
-            r#"[{{"senderId": "1", "code": "A", "createdAt": {}}}, {{"senderId": "2", "code": "B", "createdAt": {}}}, {{"senderId": "3"}}]"#,
-            now - 1000,
-            now - PAIRING_TTL_MS
-        );
-        assert_eq!(count_live_pairing(&text, now), 1);
-        assert_eq!(count_live_pairing("not json", now), 0);
-        assert_eq!(count_live_pairing("{}", now), 0);
     }
 
     #[test]

@@ -1463,6 +1463,12 @@ impl Core {
         actions.push(answer(&routing::reply_to(&message), text, message.reference().into_iter().collect()));
     }
 
+    /// Live pairing requests of `channel`, as its pairing file held them when last read or
+    /// written (the service watches the file: [`crate::access_files::Watcher`]).
+    pub fn live_pairing_requests(&self, channel: &str, now_ms: u64) -> usize {
+        self.access.live_requests(channel, now_ms)
+    }
+
     /// Conversations the core keeps for `channel`.
     pub fn session_count(&self, channel: &str) -> usize {
         self.sessions.values().filter(|s| s.chat.channel == channel).count()

@@ -440,6 +440,12 @@ impl Access {
         self.books.get(channel)
     }
 
+    /// Live requests waiting in a channel's pairing file, as last read or written; for the
+    /// service's `status.json`.
+    pub fn live_requests(&self, channel: &str, now_ms: u64) -> usize {
+        self.books.get(channel).map_or(0, |book| book.live(now_ms).count())
+    }
+
     /// For `/status`: the sender policy, paired and pending counts under pairing, the
     /// group policy. E.g. `pairing (2 paired, 1 pending); groups: disabled`.
     pub fn summary(&self, channel: &ChannelConfig) -> String {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::fake_telegram::{BOT_ID, BOT_USERNAME, FakeTelegram, TOKEN};
-use crate::support::{Service, TempDir, captured_demo_agent, run_tether};
+use crate::support::{Service, TempDir, captured_demo_agent, read_status, run_tether, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 const FRIEND: i64 = 111;
@@ -76,6 +76,15 @@ impl Setup {
         all.extend_from_slice(args);
         all.extend_from_slice(&["--home", self.home.path().to_str().unwrap()]);
         run_tether(&all, Path::new("/nonexistent/tether-home"))
+    }
+
+    /// Whether `status.json` comes to count `pending` live pairing requests for the channel
+    /// (it is written within a second or two of a change).
+    fn status_shows_pending(&self, pending: u64) -> bool {
+        wait_until(WAIT, || {
+            read_status(self.home.path())
+                .is_some_and(|status| status["channels"]["phone"]["pendingPairing"].as_u64() == Some(pending))
+        })
     }
 
     fn pairing_file(&self) -> std::path::PathBuf {
@@ -144,6 +153,7 @@ fn pairing_round_trip_with_the_cli_against_the_running_service() {
     assert_eq!(saved[0]["code"], code.as_str());
     assert!(saved[0]["createdAt"].as_u64().unwrap() > 1_700_000_000_000);
     s.assert_private();
+    assert!(s.status_shows_pending(1), "status.json: {:?}", read_status(s.home.path()));
 
     let list = s.pairing(&["list", "phone"]);
     assert_eq!(list.status.code(), Some(0), "{}", stderr(&list));
@@ -158,6 +168,7 @@ fn pairing_round_trip_with_the_cli_against_the_running_service() {
     s.assert_private();
     // The running service notices and tells them, without a restart.
     assert_eq!(s.fake.next_text_to(555, WAIT).as_deref(), Some(PAIRED_TEXT), "log:\n{}", s.service.log());
+    assert!(s.status_shows_pending(0), "status.json: {:?}", read_status(s.home.path()));
     s.fake.send_dm(555, "first real question");
     assert_eq!(s.fake.next_text_to(555, WAIT).as_deref(), Some("echo: first real question"));
     assert!(s.agent_input().contains("first real question"));

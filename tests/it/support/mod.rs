@@ -160,11 +160,10 @@ impl Drop for Service {
     }
 }
 
-/// `status.json` of the service in `home`, if it was written and is readable.
-#[allow(dead_code)]
 /// Messages of a channel's journal file (`journal/<channel>.jsonl`) not marked answered. The
 /// file keeps answered marks of messages whose own lines a compaction removed, so this is a
 /// set difference, not a count of lines.
+#[allow(dead_code)]
 pub fn journal_pending(home: &Path, channel: &str) -> usize {
     let path = home.join("journal").join(format!("{channel}.jsonl"));
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -175,6 +174,7 @@ pub fn journal_pending(home: &Path, channel: &str) -> usize {
     lines.iter().filter_map(|l| l.get("m")).filter(|m| !done.contains(&key(m, "chatId", "messageId"))).count()
 }
 
+/// `status.json` of the service in `home`, if it was written and is readable.
 pub fn read_status(home: &Path) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(home.join("status.json")).ok()?).ok()
 }
