@@ -155,6 +155,11 @@ pub mod texts {
 pub struct Core {
     channels: BTreeMap<String, ChannelConfig>,
     sessions: HashMap<SessionKey, Session>,
+    /// The sessions that may have a turn running: every one that has is here (a turn begins
+    /// only in `Session::start_next_turn`, and each caller adds its key); ones that ended are
+    /// dropped in [`Core::finish`]. [`Core::next_deadline`] runs for every event the daemon
+    /// takes and looks at these only, not at every conversation.
+    with_turn: BTreeSet<SessionKey>,
     /// (agent, session id) → key, to route the agent's events.
     by_session_id: HashMap<(String, String), SessionKey>,
     /// The latest `available_commands_update` of each agent, for `/help`.
@@ -212,6 +217,7 @@ impl Core {
         Core {
             channels: config.channels.clone(),
             sessions: HashMap::new(),
+            with_turn: BTreeSet::new(),
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
             down: Vec::new(),
@@ -264,7 +270,11 @@ impl Core {
     /// [`EVICTION_CHECK`] as well. Asked after every event, asking each idle session too took
     /// 11% of the daemon's instructions with 50 conversations (`bench/callgrind.sh 2 6 50`).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let turns = self.sessions.values().filter_map(Session::deadline);
+        debug_assert!(
+            self.sessions.iter().all(|(key, s)| s.turn.is_none() || self.with_turn.contains(key)),
+            "a turn began in a session Core::with_turn does not hold"
+        );
+        let turns = self.with_turn.iter().filter_map(|key| self.sessions.get(key)?.deadline());
         turns.chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
     }
 
@@ -343,6 +353,7 @@ impl Core {
     /// What every change ends with: settle what it released, look at the loops' clock
     /// again, drop audit records nobody keeps.
     fn finish(&mut self, actions: &mut Vec<Action>, now: Instant) {
+        self.with_turn.retain(|key| self.sessions.get(key).is_some_and(|s| s.turn.is_some()));
         self.settle_cancelled_permissions(actions);
         self.settle_released(actions);
         self.schedule_loops(now);
@@ -588,6 +599,7 @@ impl Core {
             actions.push(say(&chat, texts::STEERED.to_string()));
         }
         let instructed = session.instructed;
+        self.with_turn.insert(key.clone());
         session.start_next_turn(turn_settings(Some(channel)), now, actions);
         self.records_version += u64::from(session.instructed != instructed);
     }
@@ -708,9 +720,10 @@ impl Core {
                 };
                 let how = if session.opened(session_id.clone()) { "restored" } else { "opened" };
                 log::info!(target: session.chat.channel.as_str(), "{key}: session {session_id} {how}");
-                self.by_session_id.insert((agent, session_id), key);
+                self.by_session_id.insert((agent, session_id), key.clone());
                 self.records_version += 1;
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
+                self.with_turn.insert(key);
                 session.start_next_turn(settings, now, actions);
             }
             AgentEvent::SessionFailed { key, error } => {
@@ -800,6 +813,7 @@ impl Core {
                 }
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
                 let instructed = session.instructed;
+                self.with_turn.insert(key);
                 session.start_next_turn(settings, now, actions);
                 self.records_version += u64::from(session.instructed != instructed);
             }
