@@ -150,6 +150,19 @@ pub mod texts {
         "The agent stopped again while working on this request, so it was not answered. Please try again.";
 }
 
+/// The keys of the sessions that may have a turn running ([`Core::with_turn`]). A list: they
+/// are few (the conversations that are being answered), and a set of strings cost 5 KB of code.
+#[derive(Debug, Default)]
+struct WithTurn(Vec<SessionKey>);
+
+impl WithTurn {
+    fn insert(&mut self, key: SessionKey) {
+        if !self.0.contains(&key) {
+            self.0.push(key);
+        }
+    }
+}
+
 /// The conversation state of the whole service.
 #[derive(Debug)]
 pub struct Core {
@@ -159,7 +172,7 @@ pub struct Core {
     /// only in `Session::start_next_turn`, and each caller adds its key); ones that ended are
     /// dropped in [`Core::finish`]. [`Core::next_deadline`] runs for every event the daemon
     /// takes and looks at these only, not at every conversation.
-    with_turn: BTreeSet<SessionKey>,
+    with_turn: WithTurn,
     /// (agent, session id) → key, to route the agent's events.
     by_session_id: HashMap<(String, String), SessionKey>,
     /// The latest `available_commands_update` of each agent, for `/help`.
@@ -217,7 +230,7 @@ impl Core {
         Core {
             channels: config.channels.clone(),
             sessions: HashMap::new(),
-            with_turn: BTreeSet::new(),
+            with_turn: WithTurn::default(),
             by_session_id: HashMap::new(),
             agent_commands: HashMap::new(),
             down: Vec::new(),
@@ -271,10 +284,10 @@ impl Core {
     /// 11% of the daemon's instructions with 50 conversations (`bench/callgrind.sh 2 6 50`).
     pub fn next_deadline(&self) -> Option<Instant> {
         debug_assert!(
-            self.sessions.iter().all(|(key, s)| s.turn.is_none() || self.with_turn.contains(key)),
+            self.sessions.iter().all(|(key, s)| s.turn.is_none() || self.with_turn.0.contains(key)),
             "a turn began in a session Core::with_turn does not hold"
         );
-        let turns = self.with_turn.iter().filter_map(|key| self.sessions.get(key)?.deadline());
+        let turns = self.with_turn.0.iter().filter_map(|key| self.sessions.get(key)?.deadline());
         turns.chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
     }
 
@@ -353,7 +366,7 @@ impl Core {
     /// What every change ends with: settle what it released, look at the loops' clock
     /// again, drop audit records nobody keeps.
     fn finish(&mut self, actions: &mut Vec<Action>, now: Instant) {
-        self.with_turn.retain(|key| self.sessions.get(key).is_some_and(|s| s.turn.is_some()));
+        self.with_turn.0.retain(|key| self.sessions.get(key).is_some_and(|s| s.turn.is_some()));
         self.settle_cancelled_permissions(actions);
         self.settle_released(actions);
         self.schedule_loops(now);
