@@ -23,7 +23,7 @@ small_std_rustflags="-Z location-detail=none -C force-unwind-tables=no -C symbol
 
 # The functions a running daemon executes are linked side by side (scripts/hot-code.txt, made
 # by scripts/hot-code.sh; scripts/hot-code.py says why): the idle x86_64 binary then maps
-# 1.6 MiB of code instead of 2.7. That takes a second link by rust-lld (shipped with rustc) with
+# 1.6-1.8 MiB of code instead of 2.7. That takes a second link by rust-lld (shipped with rustc) with
 # the build's symbols, then stripped; without python3, c++filt or nm, or when that link
 # fails, the binary is linked as before.
 # The TLS client's functions come second: a daemon that makes no TLS connection maps none.
