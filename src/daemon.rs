@@ -163,6 +163,14 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(health::DEFAULT_UNHEALTHY_AFTER, Duration::from_millis);
     log::info!(target: "tether", "starting {} channel(s): {}", names.len(), names.join(", "));
+    // Before any channel decodes: what made a decoder panic in an earlier run is skipped.
+    match crate::adapters::remember_poisoned_in(&options.home) {
+        Ok(0) => {}
+        Ok(n) => {
+            log::warn!(target: "tether", "{n} input(s) that made a decoder panic before are skipped ({})", crate::adapters::POISONED_FILE)
+        }
+        Err(e) => log::error!(target: "tether", "{e}; inputs that made a decoder panic before may be decoded again"),
+    }
 
     let (agent_tx, agent_rx) = bounded::<(String, AgentEvent)>(AGENT_EVENT_QUEUE);
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(INBOUND_QUEUE);

@@ -20,7 +20,7 @@ pub mod webchat;
 pub(crate) mod webhook;
 pub(crate) mod weixin;
 
-pub use contain::{contain, contained_panics};
+pub use contain::{Fingerprint, POISONED_FILE, contain, contained_panics, remember_poisoned_in};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, bounded};
 
 use crate::adapters::Supervisor;
-use crate::adapters::contain::contain;
+use crate::adapters::contain::{Fingerprint, contain};
 use crate::adapters::pacing::{ChatTimes, Pacer, PacingRules};
 use crate::adapters::uploads::OutboundFiles;
 use crate::backoff::Backoff;
@@ -971,7 +971,7 @@ impl Intake {
             // Rendering reads the agent's text: a renderer's panic costs this reply (its
             // messages stay unanswered in the journal), never the daemon's thread. It panics
             // before the schedule changes.
-            let parts = contain(|| desk.schedule.push_with_files(out, Vec::new(), now));
+            let parts = contain(reply_fingerprint(&out), || desk.schedule.push_with_files(out, Vec::new(), now));
             let wake = desk.must_wake_a_worker(now);
             drop(desk);
             // Woken after the unlock: a worker woken under the lock would block on it at once,
@@ -1172,12 +1172,29 @@ fn take_in<'a>(shared: &'a Shared, mut desk: MutexGuard<'a, Desk>) -> MutexGuard
     drop(desk);
     let taking_in = TakingIn(shared);
     for out in incoming {
-        if contain(|| queue(shared, out)).is_none() {
+        if contain(reply_fingerprint(&out), || queue(shared, out)).is_none() {
             log_unrenderable(&shared.settle.channel);
         }
     }
     drop(taking_in);
     shared.desk()
+}
+
+/// What names a reply for [`contain`]: its channel and text. A reply the renderer panicked
+/// on is skipped when the same answer comes again after a restart (its messages stay in the
+/// journal and are prompted again).
+fn reply_fingerprint(out: &Outbound) -> Fingerprint {
+    let text = match out {
+        Outbound::Text { text, .. }
+        | Outbound::Draft { text, .. }
+        | Outbound::Ask { text, .. }
+        | Outbound::Edit { text, .. }
+        | Outbound::ButtonAck { text, .. } => text.as_bytes(),
+        Outbound::Typing { .. } => b"",
+    };
+    // A tag after the text, so a typing action never shares a reply's fingerprint.
+    let kind: &[u8] = if matches!(out, Outbound::Typing { .. }) { b"typing" } else { b"text" };
+    Fingerprint::of(&[out.channel().as_bytes(), text, kind])
 }
 
 /// Marks the replies taken in, whatever happened while taking them in: with the mark left

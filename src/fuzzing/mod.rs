@@ -453,7 +453,11 @@ pub fn weixin_update(data: &[u8]) {
         assert_eq!(status, 200, "only a 200 is a success");
     }
     let check_message = |raw: &Value| {
-        let Some(message) = crate::adapters::contain(|| wire::parse_message(raw)) else { return };
+        let Some(message) =
+            crate::adapters::contain(crate::adapters::Fingerprint::of(&[data]), || wire::parse_message(raw))
+        else {
+            return;
+        };
         let Some(message) = message else { return };
         assert!(message.media.len() <= wire::MAX_MEDIA_ITEMS);
         assert!(!message.message_id.is_empty() && !message.from_user_id.is_empty());

@@ -121,6 +121,40 @@ fn a_lone_surrogate_in_a_strangers_message_does_not_deafen_the_bot() {
     assert!(wait_until(WAIT, || fake.unconfirmed() == 0), "log:\n{}", service.log());
 }
 
+/// A build with `panic = "abort"` (the static builds) cannot catch a decoder's panic: the
+/// process ends, its service manager starts it again, and Telegram hands the same update over
+/// again, since it was never confirmed. `TETHER_TEST_PANIC=abort:1000` (debug builds only)
+/// makes the decoder panic on update 1000 and the process end after the panic hook, as such a
+/// build does. The update must cost that one restart, not a restart loop.
+#[test]
+fn an_update_that_ends_an_aborting_build_is_skipped_after_its_restart() {
+    let fake = FakeTelegram::start();
+    let home = TempDir::new("abort");
+    home.write_config(&config(&fake, demo_agent(), json!({})));
+    let probe = [("TETHER_TEST_PANIC", "abort:1000")];
+    let mut service = Service::start_with_env(&home, &[], &probe);
+    assert!(service.wait_for_log("connected as @", WAIT), "log:\n{}", service.log());
+    fake.send_dm(111, "the update that ends it"); // The fake's first update id: 1000.
+    // Ended by SIGABRT, so no exit code.
+    assert_eq!(service.wait_exit(WAIT), Some(-1), "log:\n{}", service.log());
+    assert_eq!(fake.unconfirmed(), 1, "Telegram still has the update");
+    let poisoned = std::fs::read_to_string(home.path().join("poisoned.txt")).unwrap_or_default();
+    assert_eq!(poisoned.lines().count(), 1, "{poisoned:?}; log:\n{}", service.log());
+
+    // Started again (as systemd or procd would), with the same probe: the update is skipped
+    // without being decoded, and what comes after it is answered.
+    let service = Service::start_with_env(&home, &[], &probe);
+    fake.send_dm(111, "and this one?");
+    assert_eq!(fake.next_text_to(111, WAIT).as_deref(), Some("echo: and this one?"), "log:\n{}", service.log());
+    assert!(wait_until(WAIT, || fake.unconfirmed() == 0), "log:\n{}", service.log());
+    let log = service.log();
+    assert_eq!(log.matches("a decoder panicked").count(), 1, "{log}");
+    assert!(log.contains("skipped an input that made a decoder panic before"), "{log}");
+    assert!(log.contains("1 input(s) that made a decoder panic before are skipped"), "{log}");
+    assert_eq!(fake.texts_to(111), ["echo: and this one?"]);
+    assert_eq!(std::fs::read_to_string(home.path().join("poisoned.txt")).unwrap_or_default(), poisoned);
+}
+
 #[test]
 fn platform_faults_are_survived_and_the_next_message_is_answered() {
     let fake = FakeTelegram::start();

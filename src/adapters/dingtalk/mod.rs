@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded};
 use serde_json::Value;
 
+use crate::adapters::Fingerprint;
 use crate::adapters::uploads::OutboundFiles;
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, contain, outbox};
 use crate::backoff::Backoff;
@@ -272,7 +273,8 @@ impl Stream {
             };
             last_heard = Instant::now();
             self.probe.ok();
-            let frame = match contain(|| wire::parse_frame(&text)) {
+            let input = Fingerprint::of(&[self.name.as_bytes(), text.as_bytes()]);
+            let frame = match contain(input, || wire::parse_frame(&text)) {
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => {
                     log::warn!(target: self.target(), "skipped a frame that does not read: {e}");
@@ -311,7 +313,8 @@ impl Stream {
     /// Decode, de-duplicate and journal one robot message, then queue it for the core; false
     /// when it could not be journaled (then it is not acked, so DingTalk may send it again).
     fn take_robot_message(&self, data: &str, dedup: &mut Dedup) -> bool {
-        let robot = match contain(|| wire::parse_robot_message(data, &self.name)) {
+        let input = Fingerprint::of(&[self.name.as_bytes(), data.as_bytes()]);
+        let robot = match contain(input, || wire::parse_robot_message(data, &self.name)) {
             Some(Ok(robot)) => robot,
             Some(Err(e)) => {
                 log::warn!(target: self.target(), "skipped a robot message that does not read: {e}");

@@ -216,14 +216,14 @@ impl Dispatcher {
             }
             "MESSAGE_CREATE" => {
                 let Some(bot_id) = self.bot_id.clone() else { return };
-                if let Some(incoming) =
-                    decode_contained(|| wire::parse_message(data, &self.channel, &bot_id, &*self.sent))
-                {
+                if let Some(incoming) = decode_contained(&self.channel, data, || {
+                    wire::parse_message(data, &self.channel, &bot_id, &*self.sent)
+                }) {
                     self.hand_on(incoming, deliver);
                 }
             }
             "INTERACTION_CREATE" => {
-                if let Some(press) = decode_contained(|| wire::parse_button(data, &self.channel)) {
+                if let Some(press) = decode_contained(&self.channel, data, || wire::parse_button(data, &self.channel)) {
                     deliver(Delivery::Button(press));
                 }
             }
@@ -347,9 +347,9 @@ impl Dispatcher {
                         }
                     }
                     let message = &message;
-                    if let Some(incoming) =
-                        decode_contained(|| wire::parse_message(message, &self.channel, &bot_id, &*self.sent))
-                    {
+                    if let Some(incoming) = decode_contained(&self.channel, message, || {
+                        wire::parse_message(message, &self.channel, &bot_id, &*self.sent)
+                    }) {
                         found += 1;
                         self.hand_on(incoming, deliver);
                     }
@@ -412,9 +412,12 @@ fn kind_of(content_type: &str) -> AttachmentKind {
 }
 
 /// Decode inside `catch_unwind`: a payload that makes the decoder panic is skipped, never
-/// the end of the gateway thread.
-fn decode_contained<T>(decode: impl FnOnce() -> Option<T>) -> Option<T> {
-    crate::adapters::contain(decode).unwrap_or_else(|| {
+/// the end of the gateway thread. It is known by its id (a message fetched again after a
+/// restart has the one it had on the gateway).
+fn decode_contained<T>(channel: &str, data: &Value, decode: impl FnOnce() -> Option<T>) -> Option<T> {
+    let id = data.get("id").and_then(Value::as_str).unwrap_or_default();
+    let input = crate::adapters::Fingerprint::of(&[channel.as_bytes(), id.as_bytes()]);
+    crate::adapters::contain(input, decode).unwrap_or_else(|| {
         log::error!("a Discord event could not be decoded (the decoder panicked); skipped");
         None
     })

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, select};
 use serde_json::{Map, Value};
 
+use crate::adapters::Fingerprint;
 use crate::adapters::outbox::{self, Call, Courier, Failure, Piece};
 use crate::adapters::pacing::PacingRules;
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, contain};
@@ -302,7 +303,8 @@ impl Reader {
                         continue;
                     }
                     let channel = self.shared.channel.clone();
-                    match contain(|| protocol::decode(&bytes, &channel)) {
+                    match contain(Fingerprint::of(&[channel.as_bytes(), &bytes]), || protocol::decode(&bytes, &channel))
+                    {
                         Some(Ok(decoded)) => {
                             if !self.take(decoded) {
                                 break;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::adapters::contain;
+use crate::adapters::{Fingerprint, contain};
 use crate::event::{AttachmentKind, ButtonPress, ChatRef, InboundMessage};
 use crate::media::FileKind;
 
@@ -252,7 +252,8 @@ pub fn parse_updates_with_media(
             log::warn!(target: channel, "skipped an update without an update_id");
         }
         let Some(message) = update.get("message") else { continue };
-        match contain(|| decode_message(id, message, channel, bot).map(|m| (m, parse_media(message)))) {
+        let input = Fingerprint::of(&[channel.as_bytes(), id_text(id).as_bytes()]);
+        match contain(input, || decode_message(id, message, channel, bot).map(|m| (m, parse_media(message)))) {
             Some(Some(message)) => messages.push(message),
             Some(None) => {} // Not for us: from a bot, no text, not a chat message.
             None => {
@@ -475,11 +476,12 @@ pub fn parse_button_presses(result: &Value, channel: &str) -> Vec<ButtonPress> {
     let mut presses = Vec::new();
     for update in updates {
         let Some(query) = update.get("callback_query") else { continue };
-        match contain(|| parse_button_press(query, channel)) {
+        let id = update.get("update_id").and_then(Value::as_i64);
+        let input = Fingerprint::of(&[channel.as_bytes(), id_text(id).as_bytes(), b"callback_query"]);
+        match contain(input, || parse_button_press(query, channel)) {
             Some(Some(press)) => presses.push(press),
             Some(None) => {}
             None => {
-                let id = update.get("update_id").and_then(Value::as_i64);
                 log::warn!(target: channel, "skipped update {}: decoding its button press failed", id_text(id));
             }
         }

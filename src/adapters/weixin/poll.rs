@@ -267,9 +267,10 @@ impl Poller {
         let mut entries = Vec::new();
         let mut tokens_changed = false;
         for raw in &updates.messages {
-            let Some(message) = crate::adapters::contain(|| wire::parse_message(raw)) else {
-                // Its id only: the text is a stranger's.
-                let id = raw.get("message_id").or_else(|| raw.get("seq")).map(|v| v.to_string()).unwrap_or_default();
+            // Its id only, in the log: the text is a stranger's.
+            let id = raw.get("message_id").or_else(|| raw.get("seq")).map(|v| v.to_string()).unwrap_or_default();
+            let input = crate::adapters::Fingerprint::of(&[self.target().as_bytes(), id.as_bytes()]);
+            let Some(message) = crate::adapters::contain(input, || wire::parse_message(raw)) else {
                 log::warn!(target: self.target(), "skipped message {id}: it could not be decoded");
                 continue;
             };
