@@ -4,7 +4,7 @@
 Why: the kernel maps a program's code 64 KiB at a time around each page it touches
 (fault-around), and the functions a running daemon uses are spread over the whole binary, so
 almost all of it ends up resident. Linked with these functions side by side, the idle static
-x86_64 binary maps 1.6-1.8 MiB of code instead of 2.7 (bench/bench.rs, "mapped from files").
+x86_64 binary maps 1.5-1.8 MiB of code instead of 2.7 (bench/bench.rs, "mapped from files").
 
     hot-code.py list [--tls] BINARY CALLGRIND_OUT...
                                                the functions that ran (callgrind profiles of

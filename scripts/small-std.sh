@@ -11,19 +11,22 @@
 # TETHER_STD=prebuilt skips it; callers fall back to a normal build when it fails.
 
 small_std_dir=target/small-std
-# Two more flags for these builds, each measured on x86_64 musl (bench/run.sh, 2026-12-04):
+# More flags for these builds, each measured on x86_64 musl (bench/run.sh, 2026-12-04 and -05):
 # - no file:line:column in panic locations: 70 KB (3,820,312 -> 3,750,680 bytes). A panic
 #   still logs its message and thread; the glibc build (cargo build --release) keeps them.
 # - unwind tables only for the functions a panic can unwind through: 37 KB more (-> 3,713,816).
-#   Unwinding, and with it `adapters::contain`, is unchanged: the library's 641 tests pass
-#   built this way (`cargo test --release --lib --target x86_64-unknown-linux-musl` with these
-#   flags and `-Z build-std=std,panic_unwind,test`), the injected decoder panics included.
+# - panic = "abort": 963 KB more (-> 2,751,136 bytes, before the code is ordered): no unwind
+#   tables, no landing pads. A panic then ends the process, and the service manager starts it
+#   again (scripts/tether.*; README, "What a panic costs"). A decoder's panic is still
+#   contained, across that restart: the input's fingerprint goes to poisoned.txt first, and is
+#   skipped from then on (src/adapters/contain.rs; tests/it/telegram.rs drives that path).
+#   The glibc build keeps unwinding, which contains such a panic without the restart.
 # And the symbol names scripts/hot-code.txt was made from (v0, which names generic arguments).
-small_std_rustflags="-Z location-detail=none -C force-unwind-tables=no -C symbol-mangling-version=v0"
+small_std_rustflags="-Z location-detail=none -C force-unwind-tables=no -C panic=abort -C symbol-mangling-version=v0"
 
 # The functions a running daemon executes are linked side by side (scripts/hot-code.txt, made
 # by scripts/hot-code.sh; scripts/hot-code.py says why): the idle x86_64 binary then maps
-# 1.6-1.8 MiB of code instead of 2.7. That takes a second link by rust-lld (shipped with rustc) with
+# 1.5-1.8 MiB of code instead of 2.7. That takes a second link by rust-lld (shipped with rustc) with
 # the build's symbols, then stripped; without python3, c++filt or nm, or when that link
 # fails, the binary is linked as before.
 # The TLS client's functions come second: a daemon that makes no TLS connection maps none.
@@ -55,9 +58,9 @@ small_std_build() {
     small_std_cargo() {
         local subcommand=$1
         shift
-        env RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_STRIP=false "${pass[@]}" "$flags_var=$flags" \
-            cargo "$subcommand" --release --quiet --target "$target" --target-dir "$small_std_dir" \
-            -Z build-std=std,panic_unwind -Z build-std-features=optimize_for_size "$@"
+        env RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_PANIC=abort "${pass[@]}" \
+            "$flags_var=$flags" cargo "$subcommand" --release --quiet --target "$target" --target-dir "$small_std_dir" \
+            -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size "$@"
     }
     echo "  cargo build --release --target $target, the standard library rebuilt for size (scripts/small-std.sh)"
     if ! small_std_cargo build; then
