@@ -19,7 +19,8 @@ small_std_dir=target/small-std
 #   tables, no landing pads. A panic then ends the process, and the service manager starts it
 #   again (scripts/tether.*; README, "What a panic costs"). A decoder's panic is still
 #   contained, across that restart: the input's fingerprint goes to poisoned.txt first, and is
-#   skipped from then on (src/adapters/contain.rs; tests/it/telegram.rs drives that path).
+#   skipped from then on (src/adapters/contain.rs; tests/it/telegram.rs and build-static's
+#   check under qemu drive that path).
 #   The glibc build keeps unwinding, which contains such a panic without the restart.
 # And the symbol names scripts/hot-code.txt was made from (v0, which names generic arguments).
 small_std_rustflags="-Z location-detail=none -C force-unwind-tables=no -C panic=abort -C symbol-mangling-version=v0"

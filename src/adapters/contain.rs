@@ -18,7 +18,7 @@ use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 /// The state directory's list of the inputs that made a decoder panic, one hexadecimal
 /// fingerprint a line, newest last.
@@ -36,12 +36,20 @@ thread_local! {
 /// Panics contained since the process started (fuzz targets check that it stays put).
 static CONTAINED_PANICS: AtomicU64 = AtomicU64::new(0);
 
-/// The poisoned list, read once when the daemon starts ([`remember_poisoned_in`]).
-static POISONED: OnceLock<Poisoned> = OnceLock::new();
+/// The poisoned list: read when the daemon starts ([`remember_poisoned_in`]), added to by the
+/// panic hook, so that an unwinding build skips an input the second time in the same run too.
+static POISONED: Mutex<Option<Poisoned>> = Mutex::new(None);
 
 struct Poisoned {
     file: PathBuf,
+    /// Oldest first, at most [`POISONED_KEPT`].
     known: Vec<Fingerprint>,
+    /// The lines in the file: appended to until twice [`POISONED_KEPT`], then rewritten.
+    lines: usize,
+}
+
+fn poisoned() -> MutexGuard<'static, Option<Poisoned>> {
+    POISONED.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What names one platform input across a restart (a channel and an update id, or the bytes
@@ -50,8 +58,7 @@ struct Poisoned {
 #[derive(Debug, Clone, Copy)]
 pub struct Fingerprint {
     hash: u64,
-    /// Debug builds: one of its parts is the text of `TETHER_TEST_PANIC` ([`test_probe`]).
-    #[cfg(debug_assertions)]
+    /// One of its parts is the text of `TETHER_TEST_PANIC` ([`test_probe`]).
     probed: bool,
 }
 
@@ -75,17 +82,7 @@ impl Fingerprint {
                 hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
             }
         }
-        Fingerprint::from_hash(hash, parts)
-    }
-
-    #[cfg(debug_assertions)]
-    fn from_hash(hash: u64, parts: &[&[u8]]) -> Fingerprint {
         Fingerprint { hash, probed: test_probe::wanted(parts) }
-    }
-
-    #[cfg(not(debug_assertions))]
-    fn from_hash(hash: u64, _parts: &[&[u8]]) -> Fingerprint {
-        Fingerprint { hash }
     }
 
     fn text(self) -> String {
@@ -97,7 +94,7 @@ impl Fingerprint {
         if line.len() != 16 {
             return None;
         }
-        u64::from_str_radix(line, 16).ok().map(|hash| Fingerprint::from_hash(hash, &[]))
+        u64::from_str_radix(line, 16).ok().map(|hash| Fingerprint { hash, probed: false })
     }
 }
 
@@ -117,14 +114,42 @@ pub fn remember_poisoned_in(home: &Path) -> Result<usize, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
     };
     let (known, trimmed) = newest_fingerprints(&text);
+    let mut list = Poisoned { file, lines: known.len(), known };
     if trimmed {
-        let kept: String = known.iter().map(|f| f.text() + "\n").collect();
-        crate::store::write_atomic(&file, kept.as_bytes())
-            .map_err(|e| format!("cannot rewrite {}: {e}", file.display()))?;
+        list.rewrite().map_err(|e| format!("cannot rewrite {}: {e}", list.file.display()))?;
     }
-    let count = known.len();
-    let _ = POISONED.set(Poisoned { file, known });
+    let count = list.known.len();
+    *poisoned() = Some(list);
     Ok(count)
+}
+
+impl Poisoned {
+    /// Add `input`, newest, to the list and to the file, flushed to disk (in a
+    /// `panic = "abort"` build the process ends right after, and the restart must find it).
+    /// False when it was there already.
+    fn add(&mut self, input: Fingerprint) -> Result<bool, String> {
+        if self.known.contains(&input) {
+            return Ok(false);
+        }
+        self.known.push(input);
+        if self.known.len() > POISONED_KEPT {
+            self.known.remove(0);
+        }
+        if self.lines < 2 * POISONED_KEPT {
+            append_fingerprint(&self.file, input).map_err(|e| e.to_string())?;
+            self.lines += 1;
+        } else {
+            self.rewrite()?;
+        }
+        Ok(true)
+    }
+
+    fn rewrite(&mut self) -> Result<(), String> {
+        let kept: String = self.known.iter().map(|f| f.text() + "\n").collect();
+        crate::store::write_atomic(&self.file, kept.as_bytes()).map_err(|e| e.to_string())?;
+        self.lines = self.known.len();
+        Ok(())
+    }
 }
 
 /// The newest distinct fingerprints of a `poisoned.txt`, oldest first, at most
@@ -144,7 +169,7 @@ fn newest_fingerprints(text: &str) -> (Vec<Fingerprint>, bool) {
 }
 
 fn is_poisoned(input: Fingerprint) -> bool {
-    POISONED.get().is_some_and(|p| p.known.contains(&input))
+    poisoned().as_ref().is_some_and(|p| p.known.contains(&input))
 }
 
 /// Run `decode`, which reads the input `input` names; `None` if it panicked (logged with its
@@ -180,10 +205,10 @@ fn install_hook() {
             let place = info.location().map_or_else(String::new, place_text);
             let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
             log::error!(target: "contain", "a decoder panicked in thread {thread}{place} (message withheld: it may quote untrusted input)");
-            if let Some(poisoned) = POISONED.get() {
-                match append_fingerprint(&poisoned.file, input) {
-                    Ok(()) => log::error!(target: "contain", "the input is skipped from now on, after a restart too (fingerprint {} added to {})", input.text(), poisoned.file.display()),
-                    Err(e) => log::error!(target: "contain", "cannot add the input's fingerprint to {}: {e}", poisoned.file.display()),
+            if let Some(list) = poisoned().as_mut() {
+                match list.add(input) {
+                    Ok(_) => log::error!(target: "contain", "the input is skipped from now on, after a restart too (fingerprint {} in {})", input.text(), list.file.display()),
+                    Err(e) => log::error!(target: "contain", "cannot add the input's fingerprint to {}: {e}", list.file.display()),
                 }
             }
             if cfg!(panic = "abort") {
@@ -194,8 +219,7 @@ fn install_hook() {
     });
 }
 
-/// Append one line and flush it to disk: in a `panic = "abort"` build the process ends right
-/// after, and the restart must find it.
+/// Append one line and flush it to disk.
 fn append_fingerprint(file: &Path, input: Fingerprint) -> std::io::Result<()> {
     let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
     out.write_all((input.text() + "\n").as_bytes())?;
@@ -208,12 +232,13 @@ fn place_text(location: &panic::Location<'_>) -> String {
     if location.line() == 0 { String::new() } else { format!(" at {}:{}", location.file(), location.line()) }
 }
 
-/// Debug builds only: `TETHER_TEST_PANIC=TEXT` makes a contained decoder panic on the input
-/// one of whose fingerprint's parts is `TEXT` (a Telegram update id, say), and
-/// `TETHER_TEST_PANIC=abort:TEXT` then ends the process after the hook, as a
-/// `panic = "abort"` build does. The integration tests drive the restart path with it; a
-/// release build has none of it.
-#[cfg(debug_assertions)]
+/// For tests: `TETHER_TEST_PANIC=TEXT` makes a contained decoder panic on the input one of
+/// whose fingerprint's parts is `TEXT` (a Telegram update id, an exec adapter's line), and
+/// `TETHER_TEST_PANIC=abort:TEXT` then ends the process after the hook, as a `panic = "abort"`
+/// build does. The integration tests drive the restart path with it, and `scripts/build-static`
+/// checks each aborting binary with it. In every build: whoever sets tether's environment runs
+/// it already, so it opens nothing to anyone else; unset, it costs a check of an empty
+/// `OnceLock` per input.
 mod test_probe {
     use std::sync::OnceLock;
 
@@ -250,15 +275,6 @@ mod test_probe {
             std::process::abort();
         }
     }
-}
-
-#[cfg(not(debug_assertions))]
-mod test_probe {
-    use super::Fingerprint;
-
-    pub fn panic_if_asked(_: Fingerprint) {}
-
-    pub fn abort_if_asked() {}
 }
 
 #[cfg(test)]
@@ -324,15 +340,27 @@ mod tests {
     }
 
     #[test]
-    fn a_fingerprint_appended_is_read_back() {
+    fn the_poisoned_file_takes_each_input_once_and_stays_bounded() {
         let dir = std::env::temp_dir().join(format!("tether-contain-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(POISONED_FILE);
         let _ = std::fs::remove_file(&file);
-        append_fingerprint(&file, of("one")).unwrap();
-        append_fingerprint(&file, of("two")).unwrap();
-        let (known, trimmed) = newest_fingerprints(&std::fs::read_to_string(&file).unwrap());
-        assert_eq!((known, trimmed), (vec![of("one"), of("two")], false));
+        let mut list = Poisoned { file: file.clone(), known: Vec::new(), lines: 0 };
+        let read = || std::fs::read_to_string(&file).unwrap();
+        assert_eq!(list.add(of("one")), Ok(true));
+        assert_eq!(list.add(of("two")), Ok(true));
+        assert_eq!(list.add(of("one")), Ok(false), "known already: not written again");
+        assert_eq!(newest_fingerprints(&read()), (vec![of("one"), of("two")], false));
+        // A stream of new inputs (an unwinding build panicking on each): appended up to twice
+        // the kept number of lines, then rewritten to the newest.
+        for n in 0..2 * POISONED_KEPT {
+            assert_eq!(list.add(of(&n.to_string())), Ok(true));
+            assert!(read().lines().count() <= 2 * POISONED_KEPT, "after {n}: {} lines", read().lines().count());
+        }
+        let newest: Vec<Fingerprint> = (POISONED_KEPT..2 * POISONED_KEPT).map(|n| of(&n.to_string())).collect();
+        assert_eq!(list.known, newest);
+        let (known, _) = newest_fingerprints(&read());
+        assert_eq!(known, newest);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
