@@ -15,9 +15,10 @@ small_std_dir=target/small-std
 # - no file:line:column in panic locations: 70 KB (3,820,312 -> 3,750,680 bytes). A panic
 #   still logs its message and thread; the glibc build (cargo build --release) keeps them.
 # - unwind tables only for the functions a panic can unwind through: 37 KB more (-> 3,713,816).
-# - panic = "abort": 963 KB more (-> 2,751,136 bytes, before the code is ordered): no unwind
+# - panic = "abort": about 0.97 MB more (build-static, 2026-12-05: 3,721,816 -> 2,752,392
+#   bytes, the code differing only by poisoned.txt between the two): no unwind
 #   tables, no landing pads. A panic then ends the process, and the service manager starts it
-#   again (scripts/tether.*; README, "What a panic costs"). A decoder's panic is still
+#   again (scripts/tether.*; README, "Behaviour you can rely on"). A decoder's panic is still
 #   contained, across that restart: the input's fingerprint goes to poisoned.txt first, and is
 #   skipped from then on (src/adapters/contain.rs; tests/it/telegram.rs and build-static's
 #   check under qemu drive that path).
