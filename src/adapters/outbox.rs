@@ -1180,21 +1180,19 @@ fn take_in<'a>(shared: &'a Shared, mut desk: MutexGuard<'a, Desk>) -> MutexGuard
     shared.desk()
 }
 
-/// What names a reply for [`contain`]: its channel and text. A reply the renderer panicked
-/// on is skipped when the same answer comes again after a restart (its messages stay in the
-/// journal and are prompted again).
+/// What names a reply for [`contain`]: its channel and text (a typing action has none, and a
+/// tag of its own). A reply the renderer panicked on is skipped when the same answer comes
+/// again after a restart (its messages stay in the journal and are prompted again).
 fn reply_fingerprint(out: &Outbound) -> Fingerprint {
-    let text = match out {
+    let (kind, text): (&[u8], &str) = match out {
         Outbound::Text { text, .. }
         | Outbound::Draft { text, .. }
         | Outbound::Ask { text, .. }
         | Outbound::Edit { text, .. }
-        | Outbound::ButtonAck { text, .. } => text.as_bytes(),
-        Outbound::Typing { .. } => b"",
+        | Outbound::ButtonAck { text, .. } => (b"text", text),
+        Outbound::Typing { .. } => (b"typing", ""),
     };
-    // A tag after the text, so a typing action never shares a reply's fingerprint.
-    let kind: &[u8] = if matches!(out, Outbound::Typing { .. }) { b"typing" } else { b"text" };
-    Fingerprint::of(&[out.channel().as_bytes(), text, kind])
+    Fingerprint::of(&[out.channel().as_bytes(), text.as_bytes(), kind])
 }
 
 /// Marks the replies taken in, whatever happened while taking them in: with the mark left
