@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// `audit.content`: what of people's texts the log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,8 +182,8 @@ impl AuditEvent {
 
 /// SHA-256 of `text`, lowercase hex.
 pub fn sha256_hex(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One JSON line (without the newline) for `event` at `at_ms` (unix ms). Texts follow

@@ -1018,9 +1018,10 @@ fn is_loopback_host(host: &str) -> bool {
 /// SHA-1("tether-webchat-browser:" + secret). One-way, so an id (which many can see) never
 /// gives the secret (which only the browser holds).
 fn browser_id(secret: &str) -> String {
-    use sha1::Digest;
-    let digest = sha1::Sha1::new().chain_update(b"tether-webchat-browser:").chain_update(secret.as_bytes()).finalize();
-    hex(&digest[..16])
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha.update(b"tether-webchat-browser:");
+    sha.update(secret.as_bytes());
+    hex(&sha.finish().as_ref()[..16])
 }
 
 /// Browser secrets and ids are 32 lowercase hex digits; anything else is ignored (it also names a
@@ -2270,6 +2271,13 @@ mod tests {
         let error = next_frame(&mut ws);
         assert_eq!(error["type"], "error", "{error}");
         assert_eq!(std::fs::read_dir(&planted).unwrap().count(), 0, "nothing written into the planted directory");
+    }
+
+    /// A browser's id stays what earlier releases derived (pairing files hold it): the first
+    /// 16 bytes of SHA-1 over the prefix and the secret, as `sha1sum` computes them.
+    #[test]
+    fn a_browser_id_is_the_known_sha1_prefix() {
+        assert_eq!(browser_id("0123456789abcdef0123456789abcdef"), "f71eed1c9ab429b105d6d19b6cf635c3");
     }
 
     #[test]

@@ -219,7 +219,7 @@ mod tests {
                 &[group::SECP384R1],
                 Ok((TLSv1_3, TLS13_AES_256_GCM_SHA384, secp384r1)),
             ),
-            // An X25519 server that also has P-256 agrees on P-256, without a retry.
+            // A server that prefers X25519 and also has P-256 agrees on P-256.
             (
                 &[suite::TLS13_AES_128_GCM_SHA256],
                 &[group::X25519, group::SECP256R1],

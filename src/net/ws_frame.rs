@@ -3,7 +3,6 @@
 //! assembled from fragments with control frames in between.
 
 use base64::Engine as _;
-use sha1::{Digest, Sha1};
 
 /// The largest payload of a control frame (ping, pong, close).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -11,10 +10,10 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    let mut sha = Sha1::new();
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     sha.update(key);
     sha.update(GUID);
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+    base64::engine::general_purpose::STANDARD.encode(sha.finish())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,9 +6,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Digest, Sha256};
-
 use crate::event::{ChatRef, InboundMessage};
 
 /// A timestamp header further than this from our clock is refused.
@@ -143,12 +140,12 @@ impl Intake {
         }
         // The same signed content again is a replay (its headers other than the signature and
         // timestamp are not authenticated, so they do not count).
-        let key: [u8; 32] = Sha256::new()
-            .chain_update(source.name.as_bytes())
-            .chain_update([0])
-            .chain_update(&signed)
-            .finalize()
-            .into();
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        sha.update(source.name.as_bytes());
+        sha.update(&[0]);
+        sha.update(&signed);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(sha.finish().as_ref());
         if self.seen.contains(&key) {
             return Err(Refusal::Replayed);
         }
@@ -180,9 +177,7 @@ impl Intake {
 
 /// HMAC-SHA256 of `data` under `key`, compared with `signature` in constant time.
 fn hmac_matches(key: &[u8], data: &[u8], signature: &[u8]) -> bool {
-    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else { return false };
-    mac.update(data);
-    mac.verify_slice(signature).is_ok()
+    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data, signature).is_ok()
 }
 
 /// The signature header a sender computes (tests and the fuzz target use it).
@@ -191,19 +186,15 @@ pub fn sign(secret: &str, timestamp: Option<u64>, body: &[u8]) -> String {
         Some(ts) => [format!("{ts}.").as_bytes(), body].concat(),
         None => body.to_vec(),
     };
-    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(&signed);
-    let bytes = mac.finalize().into_bytes();
-    format!("sha256={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), &signed);
+    format!("sha256={}", mac.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Equal secrets, compared through their digests in constant time, so the time taken says
 /// nothing about where they differ, nor about the secret's length.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    crate::net::httpd::constant_time_eq(&Sha256::digest(given), &Sha256::digest(expected))
+    let sha256 = |bytes: &[u8]| ring::digest::digest(&ring::digest::SHA256, bytes);
+    crate::net::httpd::constant_time_eq(sha256(given).as_ref(), sha256(expected).as_ref())
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
