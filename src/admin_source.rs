@@ -3,7 +3,6 @@
 //! while no page looks); pairing is read from (and changed in) the same files `tether
 //! pairing` uses; clearing a conversation goes to the core as an event.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -26,7 +25,7 @@ const FRESH_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Published {
     pub state: Value,
-    pub channels: BTreeMap<String, ChannelConfig>,
+    pub channels: crate::vec_map::VecMap<String, ChannelConfig>,
     /// Counts the daemon's publications: a request waits for the next one.
     generation: u64,
 }
@@ -69,7 +68,7 @@ impl DaemonAdmin {
 
     /// Replace what the page shows of health and sessions (the daemon calls this when asked),
     /// and the channels' configs when they changed (at start and reload: not copied otherwise).
-    pub fn publish(&self, state: Value, channels: Option<&BTreeMap<String, ChannelConfig>>) {
+    pub fn publish(&self, state: Value, channels: Option<&crate::vec_map::VecMap<String, ChannelConfig>>) {
         let mut published = self.lock();
         published.state = state;
         if let Some(channels) = channels {
@@ -81,7 +80,7 @@ impl DaemonAdmin {
 
     /// Ask the daemon for a fresh snapshot and wait for it (at most `within`); then the
     /// published state and channels.
-    fn fresh(&self, within: Duration) -> (Value, BTreeMap<String, ChannelConfig>) {
+    fn fresh(&self, within: Duration) -> (Value, crate::vec_map::VecMap<String, ChannelConfig>) {
         let published = self.lock();
         let seen = published.generation;
         let _ = self.wanted.try_send(());
@@ -177,7 +176,7 @@ mod tests {
         std::fs::create_dir_all(&home).unwrap();
         let (inbound, _inbound_rx) = bounded(1);
         let (admin, wanted) = DaemonAdmin::new(home.clone(), inbound);
-        admin.publish(json!({"n": 0}), Some(&BTreeMap::new()));
+        admin.publish(json!({"n": 0}), Some(&crate::vec_map::VecMap::new()));
         assert!(wanted.try_recv().is_err(), "nothing is asked while no page looks");
         let daemon = {
             let admin = admin.clone();

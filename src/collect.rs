@@ -1,11 +1,11 @@
-//! Collecting into a `BTreeMap` or `BTreeSet` by inserting, one item at a time.
+//! Collecting into a `BTreeMap` by inserting, one item at a time.
 //!
 //! `collect()` and `From<[_; N]>` first sort the items (a stable sort) and then build the tree
 //! in bulk: about 8 KB of machine code for each key and value type, while `insert` is compiled
 //! in anyway. The result is the same: the map is ordered by key, and of two equal keys the later
 //! value wins. Our maps are small (channels, agents, sessions), so inserting costs nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// `.collect_map()` where `.collect::<BTreeMap<_, _>>()` would do.
 pub(crate) trait CollectMap<K: Ord, V>: Iterator<Item = (K, V)> + Sized {
@@ -20,19 +20,6 @@ pub(crate) trait CollectMap<K: Ord, V>: Iterator<Item = (K, V)> + Sized {
 
 impl<K: Ord, V, I: Iterator<Item = (K, V)>> CollectMap<K, V> for I {}
 
-/// `.collect_set()` where `.collect::<BTreeSet<_>>()` would do.
-pub(crate) trait CollectSet<T: Ord>: Iterator<Item = T> + Sized {
-    fn collect_set(self) -> BTreeSet<T> {
-        let mut set = BTreeSet::new();
-        for item in self {
-            set.insert(item);
-        }
-        set
-    }
-}
-
-impl<T: Ord, I: Iterator<Item = T>> CollectSet<T> for I {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,7 +30,5 @@ mod tests {
         let collected: BTreeMap<_, _> = items.into_iter().collect();
         assert_eq!(items.into_iter().collect_map(), collected);
         assert_eq!(collected, BTreeMap::from([("a", 5), ("b", 3), ("c", 4)]));
-        let set: BTreeSet<_> = ["b", "a", "b"].into_iter().collect();
-        assert_eq!(["b", "a", "b"].into_iter().collect_set(), set);
     }
 }

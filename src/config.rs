@@ -5,7 +5,6 @@
 //! `~/.qwen/settings.json` is accepted unchanged. Unlike Qwen, every enum and type is checked at
 //! start, and an error names the file, the channel, the key, the bad value and what is allowed.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::adapters::{Capabilities, Platform};
-use crate::collect::CollectMap;
+use crate::vec_map::VecMap;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,15 +21,15 @@ pub struct Config {
     pub path: PathBuf,
     /// Agents by name. The top-level `agent` is stored under [`DEFAULT_AGENT`]; `agents`
     /// adds named ones. Always contains [`DEFAULT_AGENT`] (default `qwen --acp`).
-    pub agents: BTreeMap<String, AgentConfig>,
+    pub agents: VecMap<String, AgentConfig>,
     /// Channels by name, in name order.
-    pub channels: BTreeMap<String, ChannelConfig>,
+    pub channels: VecMap<String, ChannelConfig>,
     /// The settings file's `env` section. Not written into our own process environment
     /// (that needs `unsafe` in edition 2024); used for `$VAR` lookups and given to the agent.
-    pub env: BTreeMap<String, String>,
-    /// Channels with `"enabled": false`: configured and checked, not started (they stay in
-    /// `channels`; the daemon leaves them out).
-    pub disabled: std::collections::BTreeSet<String>,
+    pub env: VecMap<String, String>,
+    /// Channels with `"enabled": false`, in name order: configured and checked, not started
+    /// (they stay in `channels`; the daemon leaves them out).
+    pub disabled: Vec<String>,
     /// `allowedChannelTypes`: the platforms a channel may use (`None`: any this build has).
     pub allowed_channel_types: Option<Vec<String>>,
     /// `audit`: the audit log (`None`: off).
@@ -45,7 +44,7 @@ pub const DEFAULT_AGENT: &str = "default";
 pub struct AgentConfig {
     pub command: String,
     pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
+    pub env: VecMap<String, String>,
     /// `startupTimeoutMs`, default 30 s: spawn to `initialize` answered.
     pub startup_timeout: Duration,
     /// `user`: run the agent as this user (name or uid; tether must run as root). `None`:
@@ -206,7 +205,7 @@ pub struct ChannelConfig {
     /// Passed through untouched.
     pub approval_mode: Option<String>,
     pub group_policy: GroupPolicy,
-    pub groups: BTreeMap<String, GroupConfig>,
+    pub groups: VecMap<String, GroupConfig>,
     /// `groupHistoryLimit` (0: off; at most [`MAX_GROUP_HISTORY`]).
     pub group_history_limit: usize,
     pub dispatch_mode: DispatchMode,
@@ -234,7 +233,7 @@ pub struct ChannelConfig {
     /// `sessions.json` and is loaded again with its next message). Default 30 minutes.
     pub evict_idle_after: Duration,
     /// Keys this build does not know, kept for adapters (as Qwen does for plugins).
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub extra: VecMap<String, serde_json::Value>,
     /// What the operator should know about this channel's keys (unknown keys, keys of Qwen
     /// features tether lacks): printed by `tether check`, logged at start.
     pub warnings: Vec<String>,
@@ -292,8 +291,8 @@ impl ChannelConfig {
 /// normalised by the adapter (URLs without a trailing `/`, addresses checked).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PlatformSettings {
-    pub secrets: BTreeMap<&'static str, Secret>,
-    pub values: BTreeMap<&'static str, Value>,
+    pub secrets: VecMap<&'static str, Secret>,
+    pub values: VecMap<&'static str, Value>,
 }
 
 /// A name for a secret found inside a platform's nested keys (`env.TOKEN`,
@@ -462,7 +461,7 @@ impl ChannelConfig {
             instructions: None,
             approval_mode: None,
             group_policy: GroupPolicy::Disabled,
-            groups: BTreeMap::new(),
+            groups: VecMap::new(),
             group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             multi_session: false,
@@ -477,7 +476,7 @@ impl ChannelConfig {
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
             evict_idle_after: Duration::from_secs(1800),
-            extra: BTreeMap::new(),
+            extra: VecMap::new(),
             warnings: Vec::new(),
         }
     }
@@ -551,8 +550,8 @@ pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[Stri
     let allowed_channel_types = parse_allowed_channel_types(&root, top, cx)?;
     let audit = parse_audit(&root, top, cx)?;
     let empty = Object::new();
-    let mut channels = BTreeMap::new();
-    let mut disabled = std::collections::BTreeSet::new();
+    let mut channels = VecMap::new();
+    let mut disabled = Vec::new();
     let all = get_object(&root, "channels", top)?.unwrap_or(&empty);
     for (name, value) in all {
         let at = Place { path: cx.path, channel: Some(name), prefix: "" };
@@ -576,7 +575,7 @@ pub fn parse_selected(text: &str, cx: &ParseContext<'_>, selected: Option<&[Stri
             ));
         }
         if !get_bool(obj, "enabled", at)?.unwrap_or(true) {
-            disabled.insert(name.clone());
+            disabled.push(name.clone());
         }
         channels.insert(name.clone(), channel);
     }
@@ -775,9 +774,9 @@ const QWEN_FEATURES_LACKING: &[(&str, &[&str], &str)] = &[
 ];
 
 /// The top-level `agent` (under [`DEFAULT_AGENT`]) plus the named `agents`.
-fn parse_agents(root: &Object, top: Place<'_>) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
+fn parse_agents(root: &Object, top: Place<'_>) -> Result<VecMap<String, AgentConfig>, ConfigError> {
     let empty = Object::new();
-    let mut agents = BTreeMap::new();
+    let mut agents = VecMap::new();
     let default = get_object(root, "agent", top)?.unwrap_or(&empty);
     let at = Place { prefix: "agent", ..top };
     agents.insert(DEFAULT_AGENT.to_string(), parse_agent(default, at, false)?);
@@ -847,7 +846,7 @@ fn parse_channel(
     at: Place<'_>,
     cx: &ParseContext<'_>,
     vars: &Vars<'_>,
-    agents: &BTreeMap<String, AgentConfig>,
+    agents: &VecMap<String, AgentConfig>,
     all_channels: &Object,
 ) -> Result<ChannelConfig, ConfigError> {
     let type_name = get_string(obj, "type", at)?;
@@ -944,7 +943,7 @@ fn parse_channel(
             .iter()
             .filter(|(key, _)| !CHANNEL_KEYS.contains(&key.as_str()) && !platform.keys.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
-            .collect_map(),
+            .collect(),
         warnings,
     })
 }
@@ -1076,8 +1075,8 @@ fn get_groups(
     obj: &Object,
     at: Place<'_>,
     warnings: &mut Vec<String>,
-) -> Result<BTreeMap<String, GroupConfig>, ConfigError> {
-    let mut groups = BTreeMap::new();
+) -> Result<VecMap<String, GroupConfig>, ConfigError> {
+    let mut groups = VecMap::new();
     let Some(entries) = get_object(obj, "groups", at)? else {
         return Ok(groups);
     };
@@ -1108,7 +1107,7 @@ fn get_groups(
 
 /// Where `$VAR` is looked up: the file's `env` section first, then the process environment.
 struct Vars<'a> {
-    file: &'a BTreeMap<String, String>,
+    file: &'a VecMap<String, String>,
     process: &'a dyn Fn(&str) -> Option<String>,
     /// The channel is not used by this command: an unset variable reads as empty.
     lenient: bool,
@@ -1307,9 +1306,9 @@ fn get_user_ids(obj: &Object, key: &str, at: Place<'_>) -> Result<Vec<String>, C
 }
 
 /// An object of strings (`env` sections).
-fn get_string_map(obj: &Object, key: &str, at: Place<'_>) -> Result<BTreeMap<String, String>, ConfigError> {
+fn get_string_map(obj: &Object, key: &str, at: Place<'_>) -> Result<VecMap<String, String>, ConfigError> {
     let empty = Object::new();
-    let mut map = BTreeMap::new();
+    let mut map = VecMap::new();
     for (name, value) in get_object(obj, key, at)?.unwrap_or(&empty) {
         match value {
             Value::String(s) => map.insert(name.clone(), s.clone()),
@@ -1454,7 +1453,7 @@ mod tests {
             AgentConfig {
                 command: "qwen".into(),
                 args: vec!["--acp".into()],
-                env: BTreeMap::new(),
+                env: VecMap::new(),
                 startup_timeout: Duration::from_secs(30),
                 user: None,
                 group: None,
@@ -1476,7 +1475,7 @@ mod tests {
             instructions: Some("Be brief.".into()),
             approval_mode: None,
             group_policy: GroupPolicy::Allowlist,
-            groups: BTreeMap::from([
+            groups: VecMap::from_iter([
                 (
                     "*".to_string(),
                     GroupConfig { require_mention: Some(true), dispatch_mode: None, history_limit: None },
@@ -1504,7 +1503,7 @@ mod tests {
             turn_timeout: Duration::from_secs(1800),
             max_backlog_age: Duration::from_secs(86_400),
             evict_idle_after: Duration::from_secs(1800),
-            extra: BTreeMap::new(),
+            extra: VecMap::new(),
             warnings: Vec::new(),
         };
         assert_eq!(phone, expected);
@@ -1534,7 +1533,7 @@ mod tests {
         };
         assert_eq!(
             config.env,
-            BTreeMap::from([
+            VecMap::from_iter([
                 ("TELEGRAM_BOT_TOKEN".to_string(), "from-file".to_string()),
                 ("OTHER".to_string(), "x".to_string()),
             ])
@@ -1548,7 +1547,7 @@ mod tests {
             GroupConfig { require_mention: Some(false), dispatch_mode: None, history_limit: Some(20) }
         );
         assert_eq!(c.dm_policy, DmPolicy::Open);
-        assert_eq!(c.extra, BTreeMap::from([("pollInterval".to_string(), serde_json::json!(60000))]));
+        assert_eq!(c.extra, VecMap::from_iter([("pollInterval".to_string(), serde_json::json!(60000))]));
         assert_eq!(
             c.warnings,
             [
@@ -1567,12 +1566,12 @@ mod tests {
         assert!(config.env.is_empty());
         assert_eq!(
             config.agents,
-            BTreeMap::from([(
+            VecMap::from_iter([(
                 "default".to_string(),
                 AgentConfig {
                     command: "qwen".into(),
                     args: vec!["--acp".into()],
-                    env: BTreeMap::new(),
+                    env: VecMap::new(),
                     startup_timeout: Duration::from_millis(30_000),
                     user: None,
                     group: None,
@@ -1593,7 +1592,7 @@ mod tests {
             instructions: None,
             approval_mode: None,
             group_policy: GroupPolicy::Disabled,
-            groups: BTreeMap::new(),
+            groups: VecMap::new(),
             group_history_limit: 0,
             dispatch_mode: DispatchMode::Steer,
             multi_session: false,
@@ -1608,7 +1607,7 @@ mod tests {
             turn_timeout: Duration::from_millis(1_800_000),
             max_backlog_age: Duration::from_secs(86_400),
             evict_idle_after: Duration::from_secs(1800),
-            extra: BTreeMap::new(),
+            extra: VecMap::new(),
             warnings: Vec::new(),
         };
         assert_eq!(c, expected);
@@ -2090,7 +2089,7 @@ mod tests {
         assert_eq!(default.command, "/opt/qwen");
         // A command other than the default gets no default args.
         assert!(default.args.is_empty());
-        assert_eq!(default.env, BTreeMap::from([("A".to_string(), "1".to_string())]));
+        assert_eq!(default.env, VecMap::from_iter([("A".to_string(), "1".to_string())]));
         assert_eq!(default.startup_timeout, Duration::from_secs(5));
         assert!(config.agents["bare"].args.is_empty());
         assert_eq!(config.agents["bare"].startup_timeout, Duration::from_secs(30));
@@ -2293,14 +2292,14 @@ mod tests {
         let c = phone(r#""useConnectionManager": false, "interactiveCards": {"enabled": true}, "model": "m""#);
         assert_eq!(
             c.extra,
-            BTreeMap::from([
+            VecMap::from_iter([
                 ("interactiveCards".to_string(), serde_json::json!({"enabled": true})),
                 ("useConnectionManager".to_string(), serde_json::json!(false)),
             ])
         );
         // The platform's keys, including the alias, never land in extra; another platform's do.
         let c = phone(r#""baseUrl": "https://x", "listen": "127.0.0.1:1""#);
-        assert_eq!(c.extra, BTreeMap::from([("listen".to_string(), serde_json::json!("127.0.0.1:1"))]));
+        assert_eq!(c.extra, VecMap::from_iter([("listen".to_string(), serde_json::json!("127.0.0.1:1"))]));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! one warning is logged when one goes deaf); SIGTERM/SIGINT stop cleanly; SIGHUP reloads the
 //! config, restarting only the channels that changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use crate::admin_source::DaemonAdmin;
 use crate::audit::AuditEvent;
 use crate::audit_writer::{self, AuditWriter};
 use crate::backoff::Backoff;
-use crate::collect::{CollectMap, CollectSet};
+use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, Config, PermissionPolicy};
 use crate::control::{self, ControlRequest, ControlSocket, McpOffer};
 use crate::core::{Action, Core, EVICTION_CHECK, Event};
@@ -204,11 +204,11 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
         agent_tx,
         agent_rx,
         restarts: Vec::new(),
-        dropped_agents: BTreeMap::new(),
+        dropped_agents: VecMap::new(),
         inbound_tx,
         channels: VecMap::new(),
-        journals: BTreeMap::new(),
-        probes: BTreeMap::new(),
+        journals: VecMap::new(),
+        probes: VecMap::new(),
         channel_restarts: Vec::new(),
         unhealthy_after,
         started_at_ms: health::wall_ms(),
@@ -220,7 +220,7 @@ pub fn run(config: Config, options: Options) -> Result<(), Error> {
 
     // Channels start polling while the agents start: what arrives meanwhile is journaled, and
     // waits in the core until its agent answers `initialize`.
-    let agent_names: BTreeSet<String> = daemon.config.channels.values().map(|c| c.agent.clone()).collect_set();
+    let agent_names = agents_used(&daemon.config);
     for name in agent_names {
         let spec = daemon.agent_spec(&daemon.config, &name)?;
         let agent = Agent::start(spec, daemon.agent_tx.clone())?;
@@ -363,13 +363,13 @@ struct Daemon {
     /// name order: see [`schedule_restart`].
     restarts: Vec<(String, Instant)>,
     /// Agents stopped on purpose (reload) whose `Exited` is still to come: not a crash.
-    dropped_agents: BTreeMap<String, usize>,
+    dropped_agents: VecMap<String, usize>,
     inbound_tx: Sender<Inbound>,
     channels: VecMap<String, Channel>,
     /// One per journaled channel, kept across restarts of the channel (one writer per file).
-    journals: BTreeMap<String, Arc<Journal>>,
+    journals: VecMap<String, Arc<Journal>>,
     /// One per channel, kept across restarts of the channel, so health shows the restarts.
-    probes: BTreeMap<String, Probe>,
+    probes: VecMap<String, Probe>,
     /// Channels whose thread ended on their own, and when to start them again.
     /// In name order, like [`Daemon::restarts`] (a list: a map type costs kilobytes of code).
     channel_restarts: Vec<(String, ChannelRestart)>,
@@ -384,6 +384,14 @@ struct Daemon {
 
 /// Sets when `agent` restarts, keeping the list in name order (as the map it replaces did: a
 /// map type of its own would cost 6 KB of code for one or two agents).
+/// The agents `config`'s channels use, each once, in name order.
+fn agents_used(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.channels.values().map(|c| c.agent.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn schedule_restart(restarts: &mut Vec<(String, Instant)>, agent: String, at: Instant) {
     match restarts.binary_search_by(|(name, _)| name.as_str().cmp(&agent)) {
         Ok(i) => restarts[i].1 = at,
@@ -782,8 +790,7 @@ impl Daemon {
         };
         let probe = self
             .probes
-            .entry(channel.name.clone())
-            .or_insert_with(|| Probe::new(platform.name, platform.heartbeats))
+            .get_or_insert_with(channel.name.clone(), |_| Probe::new(platform.name, platform.heartbeats))
             .clone();
         let (out_tx, out_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded::<()>(0);
@@ -901,7 +908,7 @@ impl Daemon {
             }
         };
         // Agents: stop the unused and the changed (their sessions end), start the missing.
-        let needed: BTreeSet<String> = new.channels.values().map(|c| c.agent.clone()).collect_set();
+        let needed = agents_used(&new);
         let running: Vec<String> = self.agents.keys().cloned().collect();
         for name in running {
             let changed = self.config.agents.get(&name) != new.agents.get(&name) || self.config.env != new.env;
@@ -911,7 +918,7 @@ impl Daemon {
             log::info!(target: "acp", "agent \"{name}\" {}; stopping it", if changed { "changed" } else { "is no longer used" });
             self.agents.remove(&name);
             self.restarts.retain(|(n, _)| *n != name);
-            *self.dropped_agents.entry(name.clone()).or_default() += 1;
+            *self.dropped_agents.get_or_default(name.clone()) += 1;
             let event = AgentEvent::Exited { reason: "was restarted for the new config".into() };
             self.handle(Event::Agent { agent: name, event });
         }
@@ -929,8 +936,8 @@ impl Daemon {
             }
         }
         // Channels.
-        let old: BTreeMap<String, ChannelConfig> =
-            self.channels.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect_map();
+        let old: VecMap<String, ChannelConfig> =
+            self.channels.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect();
         let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
         for name in old.keys().filter(|n| !new.channels.contains_key(*n)) {
             removed.push(name.clone());
@@ -1011,14 +1018,14 @@ impl Daemon {
                 };
                 (name.clone(), channel.probe.with(|h, now| h.snapshot(now, self.unhealthy_after, extra)))
             })
-            .collect_map();
+            .collect();
         ServiceStatus {
             pid: std::process::id(),
             state: self.state.to_string(),
             started_at: self.started_at_ms,
             updated_at: now_ms,
             channels,
-            disabled: self.config.disabled.iter().cloned().collect(),
+            disabled: self.config.disabled.clone(),
             audit: crate::audit_writer::status(),
         }
     }
@@ -1200,7 +1207,7 @@ fn select_channels(mut config: Config, only: &[String]) -> Result<Config, Error>
         return Err(Error::Other(format!(
             "every channel in {} is disabled ({}): set \"enabled\": true on one of them",
             config.path.display(),
-            disabled.iter().cloned().collect::<Vec<_>>().join(", ")
+            disabled.join(", ")
         )));
     }
     if config.channels.is_empty() {

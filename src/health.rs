@@ -3,11 +3,12 @@
 //! `tether status` prints from it). The model is pure: callers pass the time as [`Now`].
 //! [`Probe`] is the shared handle adapter threads report through; it only reads the clock.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::vec_map::VecMap;
 
 /// A channel whose loop has not succeeded for this long is unhealthy.
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(120);
@@ -270,7 +271,7 @@ pub struct ServiceStatus {
     pub started_at: u64,
     /// Unix ms; the service rewrites the file on every change and at least every 30 s.
     pub updated_at: u64,
-    pub channels: BTreeMap<String, ChannelStatus>,
+    pub channels: VecMap<String, ChannelStatus>,
     /// Channels configured with `"enabled": false` (not started).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled: Vec<String>,
@@ -499,7 +500,7 @@ mod tests {
             state: "running".into(),
             started_at: at(0).wall_ms,
             updated_at: at(10).wall_ms,
-            channels: BTreeMap::from([("phone".to_string(), h.snapshot(at(10), BOUND, extra))]),
+            channels: VecMap::from_iter([("phone".to_string(), h.snapshot(at(10), BOUND, extra))]),
             disabled: vec!["spare".into()],
             audit: Some(crate::audit_writer::AuditStatus {
                 path: "/var/log/audit.jsonl".into(),

@@ -48,5 +48,5 @@ pub(crate) mod service;
 pub(crate) mod store;
 pub(crate) mod streamer;
 pub mod time_zone;
-pub(crate) mod vec_map;
+pub mod vec_map;
 pub(crate) mod worktree;

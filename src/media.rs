@@ -49,7 +49,7 @@ impl MediaLimits {
     }
 
     /// The limits a platform's `parse` kept (see [`MediaLimits::parse`]); defaults otherwise.
-    pub fn from_settings(values: &std::collections::BTreeMap<&'static str, Value>) -> MediaLimits {
+    pub fn from_settings(values: &crate::vec_map::VecMap<&'static str, Value>) -> MediaLimits {
         let max_bytes = values.get(KEY_MAX_BYTES).and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BYTES);
         let retention =
             values.get(KEY_RETENTION).and_then(Value::as_u64).map_or(DEFAULT_RETENTION, Duration::from_secs);

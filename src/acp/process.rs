@@ -7,7 +7,9 @@
 //! itself: no thread in between either way, since every message is a prompt and a streamed
 //! answer is many lines.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::vec_map::VecMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,7 +33,7 @@ pub struct AgentSpec {
     pub args: Vec<String>,
     /// Variables added to the agent's environment (the config's `env` section, then the
     /// agent's own `env`).
-    pub env: BTreeMap<String, String>,
+    pub env: VecMap<String, String>,
     /// Variables removed from the agent's environment: every platform secret, by name and
     /// by value, so the agent's shell tool cannot read bot tokens.
     pub scrub_names: Vec<String>,

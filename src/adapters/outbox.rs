@@ -11,7 +11,7 @@
 //! `[IMAGE: …]` / `[FILE: …]` markers of a reply taken out and checked here, and the files
 //! queued after the text as [`Call::SendFile`] parts of the same reply.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use crate::event::{ChatRef, MessageRef, Outbound};
 use crate::health::Probe;
 use crate::journal::Journal;
 use crate::media::{self, FileKind};
+use crate::vec_map::VecMap;
 
 /// Attempts for one piece that fails with 5xx or a network error before it is logged as lost.
 pub(crate) const SEND_ATTEMPTS: u32 = 6;
@@ -430,12 +431,12 @@ impl Rendered {
 pub(crate) struct Schedule {
     courier: Arc<dyn Courier>,
     /// Replies with parts still to go, by reply number.
-    tracked: BTreeMap<u64, Tracked>,
+    tracked: VecMap<u64, Tracked>,
     /// Replies done with, for [`Schedule::take_settled`].
     settled: Vec<Settled>,
     /// Replies delivered whole, for [`Schedule::take_delivered`] (bounded: taken every round).
     delivered: Vec<Delivered>,
-    chats: BTreeMap<ChatRef, ChatQueue>,
+    chats: VecMap<ChatRef, ChatQueue>,
     pacer: Pacer<ChatRef>,
     replies: u64,
     /// Message ids of keyed parts, for edits, oldest first.
@@ -453,10 +454,10 @@ impl Schedule {
         let pacer = Pacer::new(courier.pacing());
         Schedule {
             courier,
-            tracked: BTreeMap::new(),
+            tracked: VecMap::new(),
             settled: Vec::new(),
             delivered: Vec::new(),
-            chats: BTreeMap::new(),
+            chats: VecMap::new(),
             pacer,
             replies: 0,
             sent: VecDeque::new(),
@@ -679,10 +680,7 @@ impl Schedule {
                 && q.not_before.is_none_or(|t| t <= now)
                 && q.pace.message_ready_at(now, bot) <= now
         };
-        let after = self
-            .last_served
-            .as_ref()
-            .map(|last| self.chats.range::<ChatRef, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)));
+        let after = self.last_served.as_ref().map(|last| self.chats.iter_after(last));
         after.into_iter().flatten().chain(self.chats.iter()).find(ready).map(|(chat, _)| chat.clone())
     }
 
@@ -792,12 +790,8 @@ impl Schedule {
 }
 
 /// [`Schedule::queue`], for a caller that holds other parts of the schedule meanwhile.
-fn queue_in<'a>(
-    chats: &'a mut BTreeMap<ChatRef, ChatQueue>,
-    pacer: &Pacer<ChatRef>,
-    chat: ChatRef,
-) -> &'a mut ChatQueue {
-    chats.entry(chat).or_insert_with_key(|chat| ChatQueue::new(pacer.chat_times(chat)))
+fn queue_in<'a>(chats: &'a mut VecMap<ChatRef, ChatQueue>, pacer: &Pacer<ChatRef>, chat: ChatRef) -> &'a mut ChatQueue {
+    chats.get_or_insert_with(chat, |chat| ChatQueue::new(pacer.chat_times(chat)))
 }
 
 /// `now + wait`, or far enough when that cannot be represented.

@@ -8,8 +8,10 @@
 //! `burst - 1` refills ahead of now; each message pushes `due` one refill further. A chat
 //! whose bucket is full is forgotten, so memory is bounded by the chats active lately.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::vec_map::VecMap;
 
 /// A platform's limits, as its courier declares them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +74,7 @@ impl ChatTimes {
 #[derive(Debug, Clone)]
 pub(crate) struct Pacer<K: Ord> {
     rules: PacingRules,
-    chats: BTreeMap<K, ChatPace>,
+    chats: VecMap<K, ChatPace>,
     /// The bot's most recent calls, oldest first; at most `bot_limit` of them.
     recent: VecDeque<Instant>,
     /// The platform asked the whole bot to wait until then.
@@ -88,7 +90,7 @@ impl<K: Ord + Clone> Pacer<K> {
             bot_limit: rules.bot_limit.max(1),
             bot_window: rules.bot_window.min(LONGEST),
         };
-        Pacer { rules, chats: BTreeMap::new(), recent: VecDeque::new(), bot_hold: None }
+        Pacer { rules, chats: VecMap::new(), recent: VecDeque::new(), bot_hold: None }
     }
 
     /// How far ahead of now `due` may be while the bucket still holds a message.
@@ -136,7 +138,7 @@ impl<K: Ord + Clone> Pacer<K> {
     /// A message to `chat` went out at `at`: it takes one from the chat's bucket.
     pub fn record(&mut self, chat: K, at: Instant) {
         let refill = self.rules.chat_refill;
-        let pace = self.chats.entry(chat).or_insert(ChatPace { due: at, hold: None });
+        let pace = self.chats.get_or_insert_with(chat, |_| ChatPace { due: at, hold: None });
         pace.due = pace.due.max(at) + refill;
         self.record_bot(at);
     }
@@ -154,7 +156,7 @@ impl<K: Ord + Clone> Pacer<K> {
     /// The platform asked to leave `chat` alone until `until`.
     pub fn hold_chat(&mut self, chat: K, until: Instant) {
         // A chat new to the pacer has a full bucket when the hold ends.
-        let pace = self.chats.entry(chat).or_insert(ChatPace { due: until, hold: None });
+        let pace = self.chats.get_or_insert_with(chat, |_| ChatPace { due: until, hold: None });
         pace.hold = Some(pace.hold.map_or(until, |hold| hold.max(until)));
     }
 

@@ -59,7 +59,6 @@ use tungstenite::{Message, WebSocket};
 
 use crate::adapters::admin::{self, AdminSource};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, Supervisor, uploads};
-use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings, SenderPolicy};
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, ButtonPress, Inbound, InboundMessage, Outbound};
@@ -213,8 +212,8 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         ));
     }
     Ok(PlatformSettings {
-        secrets: token.into_iter().map(|t| ("token", t)).collect_map(),
-        values: [("listen", serde_json::Value::String(listen))].into_iter().collect_map(),
+        secrets: token.into_iter().map(|t| ("token", t)).collect(),
+        values: [("listen", serde_json::Value::String(listen))].into_iter().collect(),
     })
 }
 

@@ -4,7 +4,7 @@
 //! [`ENTRY_MAX_CHARS`] per message, [`MAX_CHATS`] chats per channel. The daemon persists a
 //! channel's entries in `<channel>-group-history.jsonl` (Qwen Code's file name).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +35,7 @@ type Place = (String, Option<String>);
 /// One channel's overheard messages, by group chat and thread.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupHistory {
-    chats: BTreeMap<Place, VecDeque<HistoryEntry>>,
+    chats: crate::vec_map::VecMap<Place, VecDeque<HistoryEntry>>,
 }
 
 impl GroupHistory {
@@ -67,7 +67,7 @@ impl GroupHistory {
                 self.chats.remove(&quietest);
             }
         }
-        let entries = self.chats.entry(place).or_default();
+        let entries = self.chats.get_or_default(place);
         entries.push_back(entry);
         while entries.len() > limit {
             entries.pop_front();

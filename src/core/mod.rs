@@ -166,7 +166,7 @@ impl WithTurn {
 /// The conversation state of the whole service.
 #[derive(Debug)]
 pub struct Core {
-    channels: BTreeMap<String, ChannelConfig>,
+    channels: VecMap<String, ChannelConfig>,
     sessions: HashMap<SessionKey, Session>,
     /// The sessions that may have a turn running: every one that has is here (a turn begins
     /// only in `Session::start_next_turn`, and each caller adds its key); ones that ended are
@@ -202,7 +202,7 @@ pub struct Core {
     loops: loops::Book,
     loops_wake: Option<Instant>,
     /// Named tasks (`tasks.rs`), by conversation key; changed since last saved.
-    tasks: BTreeMap<SessionKey, tasks::TaskList>,
+    tasks: VecMap<SessionKey, tasks::TaskList>,
     tasks_dirty: bool,
     /// Bumped whenever what [`Core::sessions_snapshot`] returns may have changed, so the
     /// daemon rebuilds and compares that snapshot only then (it cost a quarter of the CPU of
@@ -243,7 +243,7 @@ impl Core {
             wall_ms: 0,
             loops: loops::Book::default(),
             loops_wake: None,
-            tasks: BTreeMap::new(),
+            tasks: VecMap::new(),
             tasks_dirty: false,
             records_version: 0,
             audit: config.audit.is_some(),
@@ -405,10 +405,10 @@ impl Core {
             return;
         }
         let released = self.released();
-        let mut by_channel: BTreeMap<String, Vec<MessageRef>> = BTreeMap::new();
+        let mut by_channel: VecMap<String, Vec<MessageRef>> = VecMap::new();
         for (channel, reference) in released {
             self.unsettled.remove(&(channel.clone(), reference.clone()));
-            by_channel.entry(channel).or_default().push(reference);
+            by_channel.get_or_default(channel).push(reference);
         }
         for (channel, messages) in by_channel {
             actions.push(Action::Settle { channel, messages });

@@ -3,7 +3,6 @@
 //! `tasks.json` keeps the names and which is selected (the daemon reads and writes it), and
 //! `sessions.json` the tasks' agent sessions like any other.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -12,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::session::CancelCause;
 use super::{Action, Core, SessionRecord, routing};
 use crate::event::{AgentRequest, ChatRef, InboundMessage, SessionKey};
+use crate::vec_map::VecMap;
 
 /// Open tasks per person and chat.
 pub const MAX_OPEN: usize = 8;
@@ -44,7 +44,7 @@ pub struct Task {
 }
 
 /// `tasks.json`: conversation key → tasks.
-pub type TaskFile = BTreeMap<SessionKey, TaskList>;
+pub type TaskFile = VecMap<SessionKey, TaskList>;
 
 impl TaskList {
     fn find(&self, name: &str) -> Option<usize> {
@@ -207,7 +207,7 @@ impl Core {
 
     fn task_new(&mut self, base: &str, name: &str) -> Result<String, String> {
         check_name(name)?;
-        let list = self.tasks.entry(base.to_string()).or_default();
+        let list = self.tasks.get_or_default(base.to_string());
         if let Some(i) = list.find(name) {
             let existing = &list.tasks[i].name;
             return Err(format!("There is a task \"{existing}\" already: /session use {existing} switches to it."));
@@ -231,7 +231,7 @@ impl Core {
     }
 
     fn task_use(&mut self, base: &str, name: &str) -> Result<String, String> {
-        let list = self.tasks.entry(base.to_string()).or_default();
+        let list = self.tasks.get_or_default(base.to_string());
         if name.is_empty() {
             list.selected = None;
             self.tasks_dirty = true;
@@ -260,7 +260,7 @@ impl Core {
     }
 
     fn task_close(&mut self, base: &str, name: &str, actions: &mut Vec<Action>) -> Result<String, String> {
-        let list = self.tasks.entry(base.to_string()).or_default();
+        let list = self.tasks.get_or_default(base.to_string());
         let Some(i) = list.find(name).filter(|i| list.tasks[*i].open) else {
             return Err(format!("There is no open task \"{name}\": /sessions lists them."));
         };

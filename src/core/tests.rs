@@ -1,5 +1,6 @@
 //! Core tests: sequences of (event, time) in, actions out.
 
+use crate::vec_map::VecMap;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,9 +21,9 @@ pub(crate) fn channel(name: &str) -> ChannelConfig {
 fn core_with(channels: Vec<ChannelConfig>) -> Core {
     let config = Config {
         path: PathBuf::from("/t/config.json"),
-        agents: BTreeMap::new(),
+        agents: VecMap::new(),
         channels: channels.into_iter().map(|c| (c.name.clone(), c)).collect(),
-        env: BTreeMap::new(),
+        env: VecMap::new(),
         disabled: Default::default(),
         allowed_channel_types: None,
         audit: None,
@@ -1347,9 +1348,9 @@ fn reload_keeps_sessions_of_untouched_channels() {
     tg.instructions = Some("changed, same agent".into());
     let config = Config {
         path: PathBuf::from("/t/config.json"),
-        agents: BTreeMap::new(),
-        channels: BTreeMap::from([("tg".to_string(), tg)]),
-        env: BTreeMap::new(),
+        agents: VecMap::new(),
+        channels: VecMap::from([("tg".to_string(), tg)]),
+        env: VecMap::new(),
         disabled: Default::default(),
         allowed_channel_types: None,
         audit: None,

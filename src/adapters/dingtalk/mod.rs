@@ -28,7 +28,6 @@ use crate::adapters::Fingerprint;
 use crate::adapters::uploads::OutboundFiles;
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, contain, outbox};
 use crate::backoff::Backoff;
-use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::{Attachment, AttachmentKind, Inbound, InboundMessage};
@@ -81,13 +80,13 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         keys.required_secret("clientSecret", "your app's Client Secret (AppSecret)", "DINGTALK_CLIENT_SECRET")?;
     let api_base = keys.url("apiBase", None, DEFAULT_API_BASE)?;
     let oapi_base = keys.url("oapiBase", None, DEFAULT_OAPI_BASE)?;
-    let mut values: std::collections::BTreeMap<&'static str, Value> =
-        [("apiBase", Value::String(api_base)), ("oapiBase", Value::String(oapi_base))].into_iter().collect_map();
+    let mut values: crate::vec_map::VecMap<&'static str, Value> =
+        [("apiBase", Value::String(api_base)), ("oapiBase", Value::String(oapi_base))].into_iter().collect();
     // The size limit of files sent out (received ones have their own cap).
     if let Some(max) = keys.positive_integer(crate::media::KEY_MAX_BYTES)? {
         values.insert(crate::media::KEY_MAX_BYTES, Value::from(max));
     }
-    Ok(PlatformSettings { secrets: [("clientId", id), ("clientSecret", secret)].into_iter().collect_map(), values })
+    Ok(PlatformSettings { secrets: [("clientId", id), ("clientSecret", secret)].into_iter().collect(), values })
 }
 
 /// Start the stream, inbox and delivery threads of one DingTalk channel.

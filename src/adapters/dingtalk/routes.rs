@@ -4,7 +4,6 @@
 //! first) and kept in `<home>/dingtalk-<channel>-chats.json`, so that a message replayed
 //! from the journal after a restart can still be answered.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
@@ -18,7 +17,7 @@ pub const CAPACITY: usize = 512;
 /// The routes, by conversation id, with when each was last heard from (a sequence number).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RouteBook {
-    routes: BTreeMap<String, (u64, Route)>,
+    routes: crate::vec_map::VecMap<String, (u64, Route)>,
     next: u64,
 }
 

@@ -23,7 +23,6 @@ use serde_json::Value;
 
 use crate::adapters::uploads::OutboundFiles;
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, outbox};
-use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::Inbound;
@@ -62,13 +61,13 @@ pub const PLATFORM: Platform = Platform {
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let token = keys.required_secret("token", "your bot token", "DISCORD_BOT_TOKEN")?;
     let api_base = keys.url("apiBase", None, DEFAULT_API_BASE)?;
-    let mut values: std::collections::BTreeMap<&'static str, Value> =
-        [("apiBase", Value::String(api_base))].into_iter().collect_map();
+    let mut values: crate::vec_map::VecMap<&'static str, Value> =
+        [("apiBase", Value::String(api_base))].into_iter().collect();
     // Only the size limit: Discord keeps no downloads long enough to need `mediaRetention`.
     if let Some(max) = keys.positive_integer(crate::media::KEY_MAX_BYTES)? {
         values.insert(crate::media::KEY_MAX_BYTES, Value::from(max));
     }
-    Ok(PlatformSettings { secrets: [("token", token)].into_iter().collect_map(), values })
+    Ok(PlatformSettings { secrets: [("token", token)].into_iter().collect(), values })
 }
 
 /// Start the gateway thread and the sender of one Discord channel.

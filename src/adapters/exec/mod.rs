@@ -83,7 +83,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         Some("plain") => "plain",
         Some(other) => return Err(keys.error("format", format!("\"{other}\" is not one of: markdown, plain"))),
     };
-    let mut secrets = std::collections::BTreeMap::new();
+    let mut secrets = crate::vec_map::VecMap::new();
     let mut plain_env = Map::new();
     keys.nested("env", |env| {
         for name in env.names() {
@@ -103,7 +103,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         }
         Ok(())
     })?;
-    let mut values = std::collections::BTreeMap::new();
+    let mut values = crate::vec_map::VecMap::new();
     values.insert("command", Value::String(command));
     values.insert("args", Value::from(args));
     values.insert("format", Value::String(format.into()));

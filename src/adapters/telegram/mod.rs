@@ -28,7 +28,6 @@ use serde_json::{Value, json};
 use crate::adapters::uploads::{self, OutboundFiles};
 use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel, lazy_save_due, outbox};
 use crate::backoff::Backoff;
-use crate::collect::CollectMap;
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 use crate::event::Inbound;
@@ -139,10 +138,9 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
             ));
         }
     }
-    let mut values: std::collections::BTreeMap<&'static str, Value> =
-        MediaLimits::parse(keys)?.into_iter().collect_map();
+    let mut values: crate::vec_map::VecMap<&'static str, Value> = MediaLimits::parse(keys)?.into_iter().collect();
     values.insert("apiBase", Value::String(api_base));
-    Ok(PlatformSettings { secrets: [("token", token)].into_iter().collect_map(), values })
+    Ok(PlatformSettings { secrets: [("token", token)].into_iter().collect(), values })
 }
 
 /// Start the poller and the sender of one Telegram channel.

@@ -11,7 +11,6 @@
 
 pub(crate) mod intake;
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -62,7 +61,7 @@ const SOURCES_EXAMPLE: &str =
 
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let (listen, _) = keys.socket_address("listen", DEFAULT_LISTEN)?;
-    let mut secrets = BTreeMap::new();
+    let mut secrets = crate::vec_map::VecMap::new();
     let mut sources = Map::new();
     keys.nested("sources", |all| {
         for name in all.names() {
@@ -87,7 +86,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
             keys.error("sources", format!("required for type webhook: at least one source, e.g. {SOURCES_EXAMPLE}"))
         );
     }
-    let values = [("listen", Value::String(listen)), ("sources", Value::Object(sources))].into();
+    let values = [("listen", Value::String(listen)), ("sources", Value::Object(sources))].into_iter().collect();
     Ok(PlatformSettings { secrets, values })
 }
 

@@ -5,13 +5,13 @@
 //! must echo; kept across restarts so a restarted tether can still answer).
 //! Cursor and tokens are bound to the bot id: another login starts them afresh.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::store;
+use crate::vec_map::VecMap;
 
 /// The login, as `tether weixin-login` stores it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +140,7 @@ pub struct Context {
 #[serde(rename_all = "camelCase")]
 pub struct Contexts {
     bot_id: String,
-    users: BTreeMap<String, Context>,
+    users: VecMap<String, Context>,
 }
 
 /// At most this many users are remembered (the oldest are dropped): the file stays small.
@@ -150,10 +150,10 @@ impl Contexts {
     pub fn load(home: &Path, channel: &str, bot_id: &str) -> Contexts {
         match store::read_json::<Contexts>(&contexts_path(home, channel)) {
             Ok(Some(file)) if file.bot_id == bot_id => file,
-            Ok(_) => Contexts { bot_id: bot_id.to_string(), users: BTreeMap::new() },
+            Ok(_) => Contexts { bot_id: bot_id.to_string(), users: VecMap::new() },
             Err(e) => {
                 log::warn!(target: "weixin", "{e}; replies wait until each user writes again");
-                Contexts { bot_id: bot_id.to_string(), users: BTreeMap::new() }
+                Contexts { bot_id: bot_id.to_string(), users: VecMap::new() }
             }
         }
     }

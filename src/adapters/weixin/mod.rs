@@ -31,7 +31,6 @@ use crate::adapters::{Capabilities, ChannelIo, Markup, Platform, RunningChannel}
 use crate::config::{ChannelConfig, ConfigError, PlatformKeys, PlatformSettings};
 use crate::error::Error;
 
-use crate::collect::CollectMap;
 use link::{Link, Settings};
 
 /// WeChat, as the seam sees it.
@@ -59,7 +58,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
     let cdn = keys.url("cdnBaseUrl", None, wire::DEFAULT_CDN_BASE)?;
     Ok(PlatformSettings {
         secrets: Default::default(),
-        values: [("baseUrl", Value::String(base)), ("cdnBaseUrl", Value::String(cdn))].into_iter().collect_map(),
+        values: [("baseUrl", Value::String(base)), ("cdnBaseUrl", Value::String(cdn))].into_iter().collect(),
     })
 }
 

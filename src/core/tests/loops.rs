@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::core::loops::{Book, LoopFile, LoopTool};
+use crate::vec_map::VecMap;
 
 /// 2026-03-01 10:00:00 UTC.
 const T0: u64 = 1_772_359_200_000;
@@ -118,9 +119,9 @@ fn a_loop_whose_chat_is_no_longer_allowed_is_disabled_and_listed_so() {
     changed.allowed_users = vec!["222".into()];
     let config = Config {
         path: PathBuf::from("/t/config.json"),
-        agents: BTreeMap::new(),
+        agents: VecMap::new(),
         channels: [("tg".to_string(), changed)].into_iter().collect(),
-        env: BTreeMap::new(),
+        env: VecMap::new(),
         disabled: Default::default(),
         allowed_channel_types: None,
         audit: None,
