@@ -142,6 +142,8 @@ impl<K: Ord, V> Extend<(K, V)> for VecMap<K, V> {
     }
 }
 
+/// For tests, as `map[key]`; the daemon's code looks keys up with `get`.
+#[cfg(test)]
 impl<K: Borrow<Q> + Ord, V, Q: Ord + ?Sized> std::ops::Index<&Q> for VecMap<K, V> {
     type Output = V;
 
