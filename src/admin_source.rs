@@ -16,6 +16,7 @@ use crate::config::ChannelConfig;
 use crate::event::Inbound;
 use crate::health::wall_ms;
 use crate::pairing_cli::{self, PairingCommand};
+use crate::vec_map::VecMap;
 
 /// How long a state request waits for the daemon's fresh snapshot before it answers with
 /// the last one (a daemon busy for that long is rare; the page asks again in 3 s).
@@ -25,7 +26,7 @@ const FRESH_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Published {
     pub state: Value,
-    pub channels: crate::vec_map::VecMap<String, ChannelConfig>,
+    pub channels: VecMap<String, ChannelConfig>,
     /// Counts the daemon's publications: a request waits for the next one.
     generation: u64,
 }
@@ -68,7 +69,7 @@ impl DaemonAdmin {
 
     /// Replace what the page shows of health and sessions (the daemon calls this when asked),
     /// and the channels' configs when they changed (at start and reload: not copied otherwise).
-    pub fn publish(&self, state: Value, channels: Option<&crate::vec_map::VecMap<String, ChannelConfig>>) {
+    pub fn publish(&self, state: Value, channels: Option<&VecMap<String, ChannelConfig>>) {
         let mut published = self.lock();
         published.state = state;
         if let Some(channels) = channels {
@@ -80,7 +81,7 @@ impl DaemonAdmin {
 
     /// Ask the daemon for a fresh snapshot and wait for it (at most `within`); then the
     /// published state and channels.
-    fn fresh(&self, within: Duration) -> (Value, crate::vec_map::VecMap<String, ChannelConfig>) {
+    fn fresh(&self, within: Duration) -> (Value, VecMap<String, ChannelConfig>) {
         let published = self.lock();
         let seen = published.generation;
         let _ = self.wanted.try_send(());
@@ -176,7 +177,7 @@ mod tests {
         std::fs::create_dir_all(&home).unwrap();
         let (inbound, _inbound_rx) = bounded(1);
         let (admin, wanted) = DaemonAdmin::new(home.clone(), inbound);
-        admin.publish(json!({"n": 0}), Some(&crate::vec_map::VecMap::new()));
+        admin.publish(json!({"n": 0}), Some(&VecMap::new()));
         assert!(wanted.try_recv().is_err(), "nothing is asked while no page looks");
         let daemon = {
             let admin = admin.clone();

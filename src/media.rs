@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::{ConfigError, PlatformKeys};
+use crate::vec_map::VecMap;
 
 /// Largest file taken in or sent out, unless the channel's `maxMediaBytes` says otherwise
 /// (the Bot API's own download limit).
@@ -49,7 +50,7 @@ impl MediaLimits {
     }
 
     /// The limits a platform's `parse` kept (see [`MediaLimits::parse`]); defaults otherwise.
-    pub fn from_settings(values: &crate::vec_map::VecMap<&'static str, Value>) -> MediaLimits {
+    pub fn from_settings(values: &VecMap<&'static str, Value>) -> MediaLimits {
         let max_bytes = values.get(KEY_MAX_BYTES).and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BYTES);
         let retention =
             values.get(KEY_RETENTION).and_then(Value::as_u64).map_or(DEFAULT_RETENTION, Duration::from_secs);

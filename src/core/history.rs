@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pairing::clean_name;
 use super::prompt;
+use crate::vec_map::VecMap;
 
 /// Longest text kept of one message, in characters (Qwen Code keeps 1000).
 pub const ENTRY_MAX_CHARS: usize = 1000;
@@ -35,7 +36,7 @@ type Place = (String, Option<String>);
 /// One channel's overheard messages, by group chat and thread.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupHistory {
-    chats: crate::vec_map::VecMap<Place, VecDeque<HistoryEntry>>,
+    chats: VecMap<Place, VecDeque<HistoryEntry>>,
 }
 
 impl GroupHistory {

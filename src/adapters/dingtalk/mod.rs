@@ -34,6 +34,7 @@ use crate::event::{Attachment, AttachmentKind, Inbound, InboundMessage};
 use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
 use crate::net::ws::{self, WsClient, WsConfig, WsEvent};
+use crate::vec_map::VecMap;
 use api::App;
 use routes::Routes;
 use wire::{ApiError, Dedup, Frame, MediaRef};
@@ -80,7 +81,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         keys.required_secret("clientSecret", "your app's Client Secret (AppSecret)", "DINGTALK_CLIENT_SECRET")?;
     let api_base = keys.url("apiBase", None, DEFAULT_API_BASE)?;
     let oapi_base = keys.url("oapiBase", None, DEFAULT_OAPI_BASE)?;
-    let mut values: crate::vec_map::VecMap<&'static str, Value> =
+    let mut values: VecMap<&'static str, Value> =
         [("apiBase", Value::String(api_base)), ("oapiBase", Value::String(oapi_base))].into_iter().collect();
     // The size limit of files sent out (received ones have their own cap).
     if let Some(max) = keys.positive_integer(crate::media::KEY_MAX_BYTES)? {

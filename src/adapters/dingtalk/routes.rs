@@ -10,6 +10,7 @@ use std::sync::{Mutex, PoisonError};
 use serde_json::{Value, json};
 
 use super::wire::Route;
+use crate::vec_map::VecMap;
 
 /// Conversations remembered; beyond this the one heard from longest ago is forgotten.
 pub const CAPACITY: usize = 512;
@@ -17,7 +18,7 @@ pub const CAPACITY: usize = 512;
 /// The routes, by conversation id, with when each was last heard from (a sequence number).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RouteBook {
-    routes: crate::vec_map::VecMap<String, (u64, Route)>,
+    routes: VecMap<String, (u64, Route)>,
     next: u64,
 }
 

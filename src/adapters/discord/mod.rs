@@ -29,6 +29,7 @@ use crate::event::Inbound;
 use crate::health::wall_ms;
 use crate::journal::JournalEntry;
 use crate::media::MediaLimits;
+use crate::vec_map::VecMap;
 use inbound::{Delivery, Dispatcher, SentIds};
 use link::LinkEvent;
 
@@ -61,8 +62,7 @@ pub const PLATFORM: Platform = Platform {
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let token = keys.required_secret("token", "your bot token", "DISCORD_BOT_TOKEN")?;
     let api_base = keys.url("apiBase", None, DEFAULT_API_BASE)?;
-    let mut values: crate::vec_map::VecMap<&'static str, Value> =
-        [("apiBase", Value::String(api_base))].into_iter().collect();
+    let mut values: VecMap<&'static str, Value> = [("apiBase", Value::String(api_base))].into_iter().collect();
     // Only the size limit: Discord keeps no downloads long enough to need `mediaRetention`.
     if let Some(max) = keys.positive_integer(crate::media::KEY_MAX_BYTES)? {
         values.insert(crate::media::KEY_MAX_BYTES, Value::from(max));

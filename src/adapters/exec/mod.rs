@@ -33,6 +33,7 @@ use crate::event::Inbound;
 use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
 use crate::render::{self, Units};
+use crate::vec_map::VecMap;
 use protocol::{AdapterCaps, Format, FromAdapter, Line, LineReader, SentResult, Throttle};
 
 /// How long a `send` or `edit` waits for the adapter's `sent`.
@@ -83,7 +84,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         Some("plain") => "plain",
         Some(other) => return Err(keys.error("format", format!("\"{other}\" is not one of: markdown, plain"))),
     };
-    let mut secrets = crate::vec_map::VecMap::new();
+    let mut secrets = VecMap::new();
     let mut plain_env = Map::new();
     keys.nested("env", |env| {
         for name in env.names() {
@@ -103,7 +104,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
         }
         Ok(())
     })?;
-    let mut values = crate::vec_map::VecMap::new();
+    let mut values = VecMap::new();
     values.insert("command", Value::String(command));
     values.insert("args", Value::from(args));
     values.insert("format", Value::String(format.into()));

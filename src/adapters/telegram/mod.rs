@@ -35,6 +35,7 @@ use crate::health::{Probe, wall_ms};
 use crate::journal::{Journal, JournalEntry};
 use crate::media::{self, MediaLimits};
 use crate::net::http::{HttpClient, Method};
+use crate::vec_map::VecMap;
 use wire::{BotIdentity, Failure};
 
 /// How long Telegram holds a `getUpdates` call open when there is nothing new.
@@ -138,7 +139,7 @@ fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigErr
             ));
         }
     }
-    let mut values: crate::vec_map::VecMap<&'static str, Value> = MediaLimits::parse(keys)?.into_iter().collect();
+    let mut values: VecMap<&'static str, Value> = MediaLimits::parse(keys)?.into_iter().collect();
     values.insert("apiBase", Value::String(api_base));
     Ok(PlatformSettings { secrets: [("token", token)].into_iter().collect(), values })
 }

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::event::{ChatRef, Inbound};
 use crate::health::{Probe, wall_ms};
 use crate::net::httpd::{Handler, Limits, Reply, Request, Response, Server};
+use crate::vec_map::VecMap;
 use intake::{Auth, Delivery, Intake, Refusal, Source};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
@@ -61,7 +62,7 @@ const SOURCES_EXAMPLE: &str =
 
 fn parse_settings(keys: &PlatformKeys<'_>) -> Result<PlatformSettings, ConfigError> {
     let (listen, _) = keys.socket_address("listen", DEFAULT_LISTEN)?;
-    let mut secrets = crate::vec_map::VecMap::new();
+    let mut secrets = VecMap::new();
     let mut sources = Map::new();
     keys.nested("sources", |all| {
         for name in all.names() {
