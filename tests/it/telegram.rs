@@ -124,7 +124,8 @@ fn a_lone_surrogate_in_a_strangers_message_does_not_deafen_the_bot() {
 /// A build with `panic = "abort"` (the static builds) cannot catch a decoder's panic: the
 /// process ends, its service manager starts it again, and Telegram hands the same update over
 /// again, since it was never confirmed. `TETHER_TEST_PANIC=abort:1000` makes the decoder
-/// panic on update 1000 and the process end after the panic hook, as such a build does. The update must cost that one restart, not a restart loop.
+/// panic on update 1000 and the process end after the panic hook, as such a build does. The
+/// update must cost that one restart, not a restart loop.
 #[test]
 fn an_update_that_ends_an_aborting_build_is_skipped_after_its_restart() {
     let fake = FakeTelegram::start();
