@@ -7,6 +7,7 @@
 //! itself: no thread in between either way, since every message is a prompt and a streamed
 //! answer is many lines.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use crate::vec_map::VecMap;
@@ -268,17 +269,26 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let exited: ExitGate = Arc::new(Mutex::new(false));
 
     let tx = from_agent_tx.clone();
-    let mut reader = AgentLines {
+    let reader = AgentLines {
         name: spec.name.clone(),
         link: link.clone(),
         exited: exited.clone(),
         events: events.clone(),
         problems: tx.clone(),
         started: Instant::now(),
+        held: Vec::new(),
     };
     named(&format!("acp-out-{}", spec.name), move || {
         let closed = ClosedOnDrop(tx);
-        let end = read_lines(stdout, MAX_LINE, Overlong::Stop, |line| reader.receive(&line));
+        let reader = RefCell::new(reader);
+        let end = read_lines_then(
+            stdout,
+            MAX_LINE,
+            Overlong::Stop,
+            |line| reader.borrow_mut().receive(&line),
+            || reader.borrow_mut().flush(),
+        );
+        reader.borrow_mut().flush();
         if end == LinesEnd::TooLong {
             let _ = closed.0.send(FromAgent::Broken(format!("sent a line longer than {} MiB", MAX_LINE >> 20)));
         }
@@ -380,7 +390,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the core locks the link to send a request, so holding the link there could deadlock.
 type ExitGate = Arc<Mutex<bool>>;
 
-/// The stdout reader's side: decode each line and pass its events straight to the core.
+/// The stdout reader's side: decode each line, and pass the events of the lines one read
+/// brought straight to the core.
 struct AgentLines {
     name: String,
     link: Arc<Mutex<Link>>,
@@ -389,7 +400,14 @@ struct AgentLines {
     /// To the I/O thread, which kills an agent that stopped reading its input.
     problems: Sender<FromAgent>,
     started: Instant,
+    /// Events of the lines read so far, sent when the pipe has nothing more ready
+    /// ([`AgentLines::flush`]); text chunks in a row for one session are joined into one.
+    held: Vec<AgentEvent>,
 }
+
+/// The most text joined into one chunk event before the next one starts (a bound for an agent
+/// that writes faster than it is read; a pipe's buffer is 64 KiB).
+const JOINED_TEXT_MAX: usize = 64 * 1024;
 
 impl AgentLines {
     /// Always true: the reader keeps draining stdout until it closes, so an agent writing
@@ -403,21 +421,56 @@ impl AgentLines {
             let step = link.conn.receive(line);
             (step.events, link.send_lines(step.writes))
         };
+        for event in events {
+            self.hold(event);
+        }
+        if !read_input {
+            let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
+        }
+        true
+    }
+
+    /// Keeps `event` for [`AgentLines::flush`], joined to the chunk before it when both are
+    /// text (or both thought) of one session: an agent streams an answer a few words a line,
+    /// and each event sent wakes the core and costs it a whole turn of its loop (the bench's
+    /// demo agent writes a line a word; joined, a short answer is one event, not five).
+    fn hold(&mut self, event: AgentEvent) {
+        let joined = match (self.held.last_mut(), &event) {
+            (
+                Some(AgentEvent::TextChunk { session_id, text }),
+                AgentEvent::TextChunk { session_id: next_session, text: next },
+            )
+            | (
+                Some(AgentEvent::Thought { session_id, text }),
+                AgentEvent::Thought { session_id: next_session, text: next },
+            ) if session_id == next_session && text.len() + next.len() <= JOINED_TEXT_MAX => {
+                text.push_str(next);
+                true
+            }
+            _ => false,
+        };
+        if !joined {
+            self.held.push(event);
+        }
+    }
+
+    /// Sends the held events to the core, in order; called when the pipe has no more lines
+    /// ready, so joining adds no wait.
+    fn flush(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
         let exited = lock(&self.exited);
         if *exited {
-            return true;
+            self.held.clear();
+            return;
         }
-        for event in events {
+        for event in self.held.drain(..) {
             if let AgentEvent::Ready { .. } = event {
                 log::info!(target: "acp", "agent \"{}\" ready after {} ms", self.name, self.started.elapsed().as_millis());
             }
             let _ = self.events.send((self.name.clone(), event));
         }
-        drop(exited);
-        if !read_input {
-            let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
-        }
-        true
     }
 }
 
@@ -669,12 +722,27 @@ pub(crate) fn read_lines(
     pipe: impl std::io::Read,
     max: usize,
     overlong: Overlong,
+    each: impl FnMut(String) -> bool,
+) -> LinesEnd {
+    read_lines_then(pipe, max, overlong, each, || {})
+}
+
+/// [`read_lines`], calling `drained` whenever every line read so far was passed to `each`
+/// and the next one needs another read from the pipe (which may wait).
+pub(crate) fn read_lines_then(
+    pipe: impl std::io::Read,
+    max: usize,
+    overlong: Overlong,
     mut each: impl FnMut(String) -> bool,
+    mut drained: impl FnMut(),
 ) -> LinesEnd {
     let mut reader = BufReader::with_capacity(read_buffer_size(max), pipe);
     let mut buf: Vec<u8> = Vec::new();
     let mut skipping = false;
     loop {
+        if reader.buffer().is_empty() {
+            drained();
+        }
         let available = match reader.fill_buf() {
             Ok([]) | Err(_) => {
                 if !buf.is_empty() && !skipping {
@@ -860,13 +928,23 @@ mod tests {
         let (events, to_core) = unbounded();
         let (problems, _) = unbounded();
         let exited: ExitGate = Arc::new(Mutex::new(false));
-        let mut reader =
-            AgentLines { name: "a".into(), link, exited: exited.clone(), events, problems, started: Instant::now() };
+        let mut reader = AgentLines {
+            name: "a".into(),
+            link,
+            exited: exited.clone(),
+            events,
+            problems,
+            started: Instant::now(),
+            held: Vec::new(),
+        };
         *lock(&exited) = true;
         assert!(reader.receive(&answer.to_string()), "the reader keeps draining");
+        reader.flush();
         assert!(to_core.try_recv().is_err(), "a killed agent's late answer was passed on");
         *lock(&exited) = false;
         reader.receive(&answer.to_string());
+        assert!(to_core.try_recv().is_err(), "held until the pipe has no more lines ready");
+        reader.flush();
         assert!(matches!(to_core.try_recv(), Ok((_, AgentEvent::Ready { .. }))));
     }
 
@@ -889,8 +967,13 @@ mod tests {
             events,
             problems: problems.clone(),
             started: Instant::now(),
+            held: Vec::new(),
         };
-        let reading = thread::spawn(move || reader.receive(&answer.to_string()));
+        let reading = thread::spawn(move || {
+            reader.receive(&answer.to_string());
+            reader.flush();
+            true
+        });
         let deadline = Instant::now() + Duration::from_secs(5);
         while !link.try_lock().is_ok_and(|link| link.conn.is_ready()) {
             assert!(Instant::now() < deadline, "the reader keeps the link locked while its queue is full");
@@ -907,6 +990,90 @@ mod tests {
         assert!(matches!(to_core.recv_timeout(Duration::from_secs(5)), Ok((_, AgentEvent::Exited { .. }))));
         assert!(matches!(to_core.recv_timeout(Duration::from_secs(5)), Ok((_, AgentEvent::Ready { .. }))));
         assert!(reading.join().unwrap());
+    }
+
+    #[test]
+    fn text_chunks_in_a_row_for_one_session_reach_the_core_as_one() {
+        let (events, to_core) = unbounded();
+        let (problems, _) = unbounded();
+        let link = Link { conn: Connection::default(), writes: None, queued_for_io: 0 };
+        let mut reader = AgentLines {
+            name: "a".into(),
+            link: Arc::new(Mutex::new(link)),
+            exited: Arc::new(Mutex::new(false)),
+            events,
+            problems,
+            started: Instant::now(),
+            held: Vec::new(),
+        };
+        let chunk = |session: &str, kind: &str, text: &str| {
+            serde_json::json!({"jsonrpc": "2.0", "method": "session/update", "params": {"sessionId": session,
+                "update": {"sessionUpdate": kind, "content": {"type": "text", "text": text}}}})
+            .to_string()
+        };
+        let text = |session: &str, text: &str| AgentEvent::TextChunk { session_id: session.into(), text: text.into() };
+        let thought = |session: &str, text: &str| AgentEvent::Thought { session_id: session.into(), text: text.into() };
+        let long = "x".repeat(JOINED_TEXT_MAX);
+        type Lines<'a> = &'a [(&'a str, &'a str, &'a str)];
+        let table: &[(Lines, Vec<AgentEvent>)] = &[
+            (
+                &[("s1", "agent_message_chunk", "echo: "), ("s1", "agent_message_chunk", "hi")],
+                vec![text("s1", "echo: hi")],
+            ),
+            (
+                &[
+                    ("s1", "agent_thought_chunk", "hm "),
+                    ("s1", "agent_thought_chunk", "ok"),
+                    ("s1", "agent_message_chunk", "a "),
+                    ("s2", "agent_message_chunk", "b"),
+                    ("s1", "agent_message_chunk", "c"),
+                    ("s1", "agent_message_chunk", "d"),
+                ],
+                vec![thought("s1", "hm ok"), text("s1", "a "), text("s2", "b"), text("s1", "cd")],
+            ),
+            (
+                &[("s1", "agent_message_chunk", "y"), ("s1", "agent_message_chunk", &long)],
+                vec![text("s1", "y"), text("s1", &long)],
+            ),
+        ];
+        for (lines, expected) in table {
+            for (session, kind, words) in *lines {
+                reader.receive(&chunk(session, kind, words));
+            }
+            assert!(to_core.try_recv().is_err(), "sent before the pipe had nothing more ready");
+            reader.flush();
+            let got: Vec<AgentEvent> = to_core.try_iter().map(|(_, event)| event).collect();
+            assert_eq!(&got, expected, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn drained_is_called_whenever_the_next_line_needs_another_read() {
+        struct Pieces(Vec<&'static [u8]>);
+        impl std::io::Read for Pieces {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Ok(0);
+                }
+                let piece = self.0.remove(0);
+                buf[..piece.len()].copy_from_slice(piece);
+                Ok(piece.len())
+            }
+        }
+        let calls = RefCell::new(Vec::new());
+        let pipe = Pieces(vec![b"one\ntwo\n", b"thr", b"ee\nfour\nfi", b"ve\n"]);
+        let end = read_lines_then(
+            pipe,
+            1024,
+            Overlong::Stop,
+            |line| {
+                calls.borrow_mut().push(line);
+                true
+            },
+            || calls.borrow_mut().push("-".into()),
+        );
+        assert_eq!(end, LinesEnd::Done);
+        assert_eq!(calls.into_inner(), ["-", "one", "two", "-", "-", "three", "four", "-", "five", "-"]);
     }
 
     fn lines(input: &[u8], max: usize, overlong: Overlong) -> (Vec<String>, LinesEnd) {
