@@ -191,6 +191,13 @@ impl Connection {
             };
             return Step { events: vec![event], writes: Vec::new() };
         }
+        if let Some(stop) = StopLine::decode(line)
+            && matches!(self.pending.get(&stop.id), Some(Pending::Prompt { .. }))
+            && let Some(Pending::Prompt { session_id }) = self.pending.remove(&stop.id)
+        {
+            let outcome = stop_reason(&stop.result.stop_reason);
+            return Step { events: vec![AgentEvent::TurnEnded { session_id, outcome }], writes: Vec::new() };
+        }
         self.receive_message(line)
     }
 
@@ -464,6 +471,34 @@ impl<'a> TextChunkLine<'a> {
             && update.content.kind == "text"
             && !update.content.text.is_empty();
         plain.then_some(chunk)
+    }
+}
+
+/// The line that ends every turn: the response to `session/prompt`,
+/// `{"jsonrpc":"2.0","id":7,"result":{"stopReason":"end_turn"}}`, decoded like
+/// [`TextChunkLine`] without a `Value` (and used only when the id is a prompt's). Anything
+/// unusual (an `error` or a `method` anywhere in the line, an id that is not a whole number,
+/// a stop reason that is not a string, a duplicate key) goes the general way.
+#[derive(serde::Deserialize)]
+struct StopLine<'a> {
+    id: u64,
+    #[serde(borrow)]
+    result: StopResult<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StopResult<'a> {
+    #[serde(borrow)]
+    stop_reason: Cow<'a, str>,
+}
+
+impl<'a> StopLine<'a> {
+    fn decode(line: &'a str) -> Option<StopLine<'a>> {
+        if !line.contains("\"stopReason\"") || line.contains("\"error\"") || line.contains("\"method\"") {
+            return None;
+        }
+        serde_json::from_str(line).ok()
     }
 }
 
@@ -786,6 +821,58 @@ mod tests {
             let kept = vec![AgentEvent::TextChunk { session_id: "s1".into(), text: "kept".into() }];
             assert_eq!(ready().receive(&line).events, kept, "{line}");
         }
+    }
+
+    #[test]
+    fn a_prompt_response_decodes_the_same_on_the_fast_path_as_on_the_general_one() {
+        // (the response to the prompt, taken by the fast path)
+        let table: &[(&str, bool)] = &[
+            (r#"{"jsonrpc":"2.0","id":ID,"result":{"stopReason":"end_turn"}}"#, true),
+            (r#"{"result":{"stopReason":"max_tokens","_meta":{"usage":[1,2]}},"id":ID,"jsonrpc":"2.0"}"#, true),
+            (r#"{"jsonrpc":"2.0","id":ID,"result":{"stopReason":"something new"}}"#, true),
+            (r#"{"jsonrpc":"2.0","id":ID,"result":{"stopReason":"end\u005fturn"}}"#, true),
+            // For the general path.
+            (r#"{"jsonrpc":"2.0","id":ID,"result":{}}"#, false),
+            (r#"{"jsonrpc":"2.0","id":ID,"result":{"stopReason":7}}"#, false),
+            (r#"{"jsonrpc":"2.0","id":ID,"result":{"stopReason":"end_turn"},"error":null}"#, false),
+            (
+                r#"{"jsonrpc":"2.0","id":ID,"error":{"code":-32603,"message":"boom"},"result":{"stopReason":"x"}}"#,
+                false,
+            ),
+            (r#"{"jsonrpc":"2.0","id":ID,"method":"x","result":{"stopReason":"end_turn"}}"#, false),
+            (r#"{"jsonrpc":"2.0","id":"ID","result":{"stopReason":"end_turn"}}"#, false),
+            (r#"{"jsonrpc":"2.0","id":ID.0,"result":{"stopReason":"end_turn"}}"#, false),
+            (r#"{"jsonrpc":"2.0","id":ID,"id":ID,"result":{"stopReason":"end_turn"}}"#, false),
+        ];
+        for (line, fast) in table {
+            let (mut both, mut general) = (ready(), ready());
+            let mut ids = Vec::new();
+            for c in [&mut both, &mut general] {
+                let step =
+                    c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w"), model: None });
+                let id = lines(&step)[0]["id"].as_u64().unwrap();
+                c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"sessionId":"s1"}}}}"#));
+                let step =
+                    c.request(AgentRequest::Prompt { session_id: "s1".into(), text: "hi".into(), images: vec![] });
+                ids.push(lines(&step)[0]["id"].as_u64().unwrap());
+            }
+            assert_eq!(ids[0], ids[1]);
+            let line = line.replace("ID", &ids[0].to_string());
+            assert_eq!(StopLine::decode(&line).is_some(), *fast, "{line}");
+            let got = both.receive(&line);
+            assert_eq!(got, general.receive_message(&line), "{line}");
+            if *fast {
+                assert!(matches!(got.events.as_slice(), [AgentEvent::TurnEnded { .. }]), "{line}: {got:?}");
+                // Answered once: the same line again is a response to no request.
+                assert_eq!(both.receive(&line), Step::default(), "{line}");
+            }
+        }
+        // A stop reason for an id that is no prompt's (here, a session/new's) is not a turn's end.
+        let mut c = ready();
+        let step = c.request(AgentRequest::NewSession { key: "k".into(), cwd: PathBuf::from("/w"), model: None });
+        let id = lines(&step)[0]["id"].as_u64().unwrap();
+        let step = c.receive(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"stopReason":"end_turn"}}}}"#));
+        assert!(matches!(step.events.as_slice(), [AgentEvent::SessionFailed { .. }]), "{step:?}");
     }
 
     #[test]
