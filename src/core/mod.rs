@@ -524,7 +524,11 @@ impl Core {
         // With named tasks, the selected task's conversation (`tasks.rs`).
         let (key, task_label) = self.task_route(&base_key, &message);
         let reply = routing::reply_to(&message);
-        actions.push(audit::accepted(&message, &key));
+        if self.audit {
+            // Copies of the whole message: not made when nobody keeps them (`finish` drops
+            // audit records then anyway).
+            actions.push(audit::accepted(&message, &key));
+        }
         // A webhook event is no person: never a command, never an answer to a question.
         let from_person = message.webhook.is_none();
         if let Some(answer) = permissions::parse_text_answer(&message.text).filter(|_| from_person) {
