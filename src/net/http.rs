@@ -169,6 +169,12 @@ impl HttpClient {
         Ok((reply.status, into_text(reply.body)))
     }
 
+    /// [`HttpClient::post_json`] with a body that is JSON text already.
+    pub fn post_json_text(&self, url: &str, json: &[u8], timeout: Duration) -> Result<(u16, String), TransportError> {
+        let reply = self.perform(Method::Post, url, &[], Some((json, JSON)), timeout, TEXT_LIMIT)?;
+        Ok((reply.status, into_text(reply.body)))
+    }
+
     /// Any method with extra headers and an optional JSON body (POST/PATCH without one send
     /// an empty body); waits at most `timeout` for the whole exchange. Body capped at 16 MiB.
     pub fn request(

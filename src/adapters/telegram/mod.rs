@@ -78,6 +78,21 @@ impl Api {
         }
     }
 
+    /// A call whose body is JSON text already (see [`wire::get_updates`]).
+    fn call_json<T>(
+        &self,
+        method: &str,
+        body: &[u8],
+        timeout: Duration,
+        parse: fn(u16, &str) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let url = format!("{}/{method}", self.base);
+        match self.http.post_json_text(&url, body, timeout) {
+            Ok((status, text)) => parse(status, &text),
+            Err(e) => Err(Failure::Transient(e.to_string())),
+        }
+    }
+
     /// A multipart upload (`sendPhoto`, `sendDocument`).
     fn upload(&self, method: &str, content_type: &str, body: &[u8], timeout: Duration) -> Result<Value, Failure> {
         let url = format!("{}/{method}", self.base);
@@ -321,7 +336,8 @@ impl Poller {
                 return;
             }
             let offset = self.keeper().current;
-            match self.api.call("getUpdates", &wire::get_updates(offset, POLL_HOLD), POLL_HOLD + POLL_MARGIN) {
+            let body = wire::get_updates(offset, POLL_HOLD);
+            match self.api.call_json("getUpdates", &body, POLL_HOLD + POLL_MARGIN, wire::parse_reply) {
                 Ok(result) => {
                     if backoff.attempts() > 0 {
                         log::info!(target: self.target(), "polling again after {} failed attempts", backoff.attempts());

@@ -60,6 +60,10 @@ impl Courier for TelegramCourier {
                 .api
                 .call("answerCallbackQuery", &wire::answer_callback(callback_id, text), TYPING_TIMEOUT)
                 .map(|_| None),
+            Call::Send { chat, piece, buttons } if buttons.is_empty() => {
+                let body = wire::send_message_json(chat, &piece.text, piece.formatted);
+                self.api.call_json("sendMessage", &body, CALL_TIMEOUT, wire::parse_sent)
+            }
             Call::Send { chat, piece, buttons } => {
                 let body = if piece.formatted {
                     wire::send_html(chat, &piece.text)
