@@ -463,7 +463,7 @@ impl<'a> TextChunkLine<'a> {
         if !line.contains("_chunk\"") {
             return None;
         }
-        let chunk: TextChunkLine<'a> = serde_json::from_str(line).ok()?;
+        let chunk: TextChunkLine<'a> = serde_json::from_slice(line.as_bytes()).ok()?;
         let update = &chunk.params.update;
         let plain = chunk.method == "session/update"
             && chunk.id.is_none()
@@ -498,7 +498,7 @@ impl<'a> StopLine<'a> {
         if !line.contains("\"stopReason\"") || line.contains("\"error\"") || line.contains("\"method\"") {
             return None;
         }
-        serde_json::from_str(line).ok()
+        serde_json::from_slice(line.as_bytes()).ok()
     }
 }
 

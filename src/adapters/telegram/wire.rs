@@ -55,7 +55,7 @@ pub fn parse_reply(status: u16, body: &str) -> Result<Value, Failure> {
 /// of the message Telegram echoes back (sender, chat, text, entities: a tree of maps and
 /// strings for one number); anything else goes through [`parse_reply`], as before.
 pub fn parse_sent(status: u16, body: &str) -> Result<Option<String>, Failure> {
-    match serde_json::from_str::<Sent>(body) {
+    match serde_json::from_slice::<Sent>(body.as_bytes()) {
         Ok(Sent { ok: true, result }) if status == 200 => Ok(Some(result.message_id.to_string())),
         _ => parse_reply(status, body).map(message_id),
     }
