@@ -27,8 +27,25 @@ pub struct Target {
 impl Target {
     /// The `Host` header's value: the port only when it is not the scheme's default.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == if self.tls { 443 } else { 80 } { host } else { format!("{host}:{}", self.port) }
+        let mut authority = String::with_capacity(self.host.len() + 8);
+        self.push_authority(&mut authority);
+        authority
+    }
+
+    /// [`Target::authority`] at the end of `out`.
+    fn push_authority(&self, out: &mut String) {
+        let bracketed = self.host.contains(':');
+        if bracketed {
+            out.push('[');
+        }
+        out.push_str(&self.host);
+        if bracketed {
+            out.push(']');
+        }
+        if self.port != if self.tls { 443 } else { 80 } {
+            out.push(':');
+            out.push_str(&self.port.to_string());
+        }
     }
 
     /// Whether `other` is the same origin (scheme, host, port): a connection can serve both.
@@ -134,13 +151,16 @@ pub fn request_head(
     headers: &[(&str, &str)],
     body: Option<BodyInfo<'_>>,
 ) -> Result<Vec<u8>, String> {
+    // Pieces pushed, not `write!`: the formatting machinery cost more than the copying, on
+    // every request.
     let mut head = String::with_capacity(256 + target.path.len());
-    let _ = write!(
-        head,
-        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {user_agent}\r\n",
-        target.path,
-        target.authority()
-    );
+    for piece in [method, " ", &target.path, " HTTP/1.1\r\nHost: "] {
+        head.push_str(piece);
+    }
+    target.push_authority(&mut head);
+    for piece in ["\r\nUser-Agent: ", user_agent, "\r\n"] {
+        head.push_str(piece);
+    }
     let given = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     if !given("accept") {
         head.push_str("Accept: */*\r\n");
@@ -156,13 +176,19 @@ pub fn request_head(
         if ours.iter().any(|o| name.eq_ignore_ascii_case(o)) {
             continue;
         }
-        let _ = write!(head, "{name}: {value}\r\n");
+        for piece in [*name, ": ", *value, "\r\n"] {
+            head.push_str(piece);
+        }
     }
     if let Some(body) = body {
         if let Some(kind) = body.content_type.filter(|_| !given("content-type")) {
-            let _ = write!(head, "Content-Type: {kind}\r\n");
+            for piece in ["Content-Type: ", kind, "\r\n"] {
+                head.push_str(piece);
+            }
         }
-        let _ = write!(head, "Content-Length: {}\r\n", body.len);
+        for piece in ["Content-Length: ", &body.len.to_string(), "\r\n"] {
+            head.push_str(piece);
+        }
     }
     head.push_str("\r\n");
     Ok(head.into_bytes())
