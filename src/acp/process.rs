@@ -425,6 +425,8 @@ impl AgentLines {
             self.hold(event);
         }
         if !read_input {
+            // The core hears what the agent said before the agent is stopped for it.
+            self.flush();
             let _ = self.problems.send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
         }
         true
