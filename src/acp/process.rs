@@ -3,9 +3,9 @@
 //! one I/O thread that owns the process (startup deadline, exit) and encodes the requests
 //! that read files (prompts with images). The [`Connection`] state machine is shared by the
 //! core's [`AgentHandle`], which encodes every other request on the core's thread, the I/O
-//! thread, and the stdout reader, which decodes each line and hands its events to the core
-//! itself: no thread in between either way, since every message is a prompt and a streamed
-//! answer is many lines.
+//! thread, and the stdout reader, which decodes each line and hands the core the events of
+//! what one read brought itself: no thread in between either way, since every message is a
+//! prompt and a streamed answer is many lines.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -405,8 +405,9 @@ struct AgentLines {
     held: Vec<AgentEvent>,
 }
 
-/// The most text joined into one chunk event before the next one starts (a bound for an agent
-/// that writes faster than it is read; a pipe's buffer is 64 KiB).
+/// The most text joined into one chunk event before the next one starts. What is held at once
+/// is already bounded by one read (the reader's buffer, plus the line in progress); this bounds
+/// the text of one event.
 const JOINED_TEXT_MAX: usize = 64 * 1024;
 
 impl AgentLines {

@@ -71,11 +71,9 @@ impl Api {
         timeout: Duration,
         parse: fn(u16, &str) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
-        let url = format!("{}/{method}", self.base);
-        match self.http.post_json(&url, body, timeout) {
-            Ok((status, text)) => parse(status, &text),
-            Err(e) => Err(Failure::Transient(e.to_string())),
-        }
+        let json = serde_json::to_vec(body)
+            .map_err(|e| Failure::Transient(format!("cannot encode the {method} request body: {e}")))?;
+        self.call_json(method, &json, timeout, parse)
     }
 
     /// A call whose body is JSON text already (see [`wire::get_updates`]).
