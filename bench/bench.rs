@@ -145,10 +145,10 @@ fn main() {
 
     // Many Telegram users at once, each writing again as soon as its answer arrives; run
     // `runs` times in the same process. The first run also starts each user's conversation
-    // (`session/new`, `sessions.json`), and costs more per message (a third more with 4
-    // messages a user, 2026-12-06). The later runs are the cost of a message in a conversation that is going on; one
-    // run's figure moves by a tenth or more on a shared machine, so their median is the
-    // figure to quote.
+    // (`session/new`, `sessions.json`), and costs more per message (a third to a half more
+    // with 4 messages a user, 2026-12-06). The later runs are the cost of a message in a
+    // conversation going on; one run's figure moves by a tenth or more on a shared machine,
+    // so their median is the figure to quote.
     let mut cpu_runs = Vec::with_capacity(runs);
     for run in 1..=runs {
         let switches_by_thread = context_switches_by_thread(pid);
@@ -464,9 +464,9 @@ fn process_cpu_split(pid: u32) -> (f64, f64) {
     (ticks(11) as f64 / 100.0, ticks(12) as f64 / 100.0)
 }
 
-/// The kernel's share of CPU seconds counted in 10 ms ticks, or why it is not given: a few
-/// hundred messages take a few dozen ticks, and a share of a dozen ticks moved by half
-/// from run to run. `perf record` splits it properly.
+/// The kernel's share of CPU seconds counted in 10 ms ticks, or why it is not given: 200
+/// messages take about five ticks, and the share printed from so few swung between 20% and
+/// 60% for the same binary. `perf record` splits it properly.
 fn kernel_share(user: f64, kernel: f64) -> String {
     let ticks = ((user + kernel) * 100.0).round();
     if ticks < 100.0 {
