@@ -10,7 +10,8 @@
 //! Telegram chat at machine speed, default 20),
 //! BENCH_USERS (concurrent Telegram users, 50), BENCH_ROUNDS (messages per such user, 4),
 //! BENCH_USER_RUNS (how many times the concurrent users write their ROUNDS messages: the
-//! first run starts their conversations, the median of the others is the going rate; 5),
+//! first run starts their conversations; the others, at the end, give the going rate as
+//! their median; 5),
 //! BENCH_WEB_MESSAGES (web chat messages for the memory run, 10000), BENCH_IDLE_SECS (10),
 //! BENCH_HUGE (0: skip the 2 MB answer; for profiling), BENCH_SMAPS (1: also where the
 //! memory is, the threads, and context switches and CPU µs per message by thread for the
@@ -143,67 +144,12 @@ fn main() {
         cpu * 1e6 / sequential as f64
     );
 
-    // Many Telegram users at once, each writing again as soon as its answer arrives; run
-    // `runs` times in the same process. The first run also starts each user's conversation
-    // (`session/new`, `sessions.json`), and costs more per message (a third to a half more
-    // with 4 messages a user, 2026-12-06). The later runs are the cost of a message in a
-    // conversation going on; one run's figure moves by a tenth or more on a shared machine,
-    // so their median is the figure to quote.
-    let mut cpu_runs = Vec::with_capacity(runs);
-    for run in 1..=runs {
-        let switches_by_thread = context_switches_by_thread(pid);
-        let cpu_by_thread = cpu_ns_by_thread_name(pid);
-        let split = process_cpu_split(pid);
-        let (times, elapsed, cpu) = telegram_concurrent(&fake, pid, users, rounds);
-        let after_by_thread = context_switches_by_thread(pid);
-        let switches = after_by_thread.values().sum::<u64>().saturating_sub(switches_by_thread.values().sum());
-        let (user, kernel) = process_cpu_split(pid);
-        let total = users * rounds;
-        let mut times = times;
-        let what = if run == 1 { "their first messages" } else { "conversations going on" };
-        print_latency(
-            &format!("Telegram, {users} users at once, {rounds} messages each, run {run} of {runs} ({what})"),
-            &mut times,
-        );
-        let per_thousand = cpu * 1e6 / total as f64;
-        if run > 1 {
-            cpu_runs.push(per_thousand);
-        }
-        println!(
-            "  throughput {:.1} messages/s; CPU per 1,000 messages: {per_thousand:.0} ms ({}); {:.1} context switches per message",
-            total as f64 / elapsed.as_secs_f64(),
-            kernel_share(user - split.0, kernel - split.1),
-            switches as f64 / total as f64
-        );
-        if knob("BENCH_SMAPS", 0) != 0 {
-            let per_thread: Vec<String> = after_by_thread
-                .iter()
-                .map(|(name, n)| (name, n.saturating_sub(switches_by_thread.get(name).copied().unwrap_or(0))))
-                .filter(|(_, n)| *n > 0)
-                .map(|(name, n)| format!("{name} {:.1}", n as f64 / total as f64))
-                .collect();
-            println!("  context switches per message by thread: {}", per_thread.join(", "));
-            let before = cpu_by_thread;
-            let per_thread: Vec<String> = cpu_ns_by_thread_name(pid)
-                .iter()
-                .map(|(name, ns)| (name, ns.saturating_sub(before.get(name).copied().unwrap_or(0))))
-                .filter(|(_, ns)| *ns > 0)
-                .map(|(name, ns)| format!("{name} {:.0}", ns as f64 / 1e3 / total as f64))
-                .collect();
-            println!("  CPU µs per message by thread: {}", per_thread.join(", "));
-        }
-    }
-    if !cpu_runs.is_empty() {
-        cpu_runs.sort_by(f64::total_cmp);
-        let middle = cpu_runs.len() / 2;
-        let median =
-            if cpu_runs.len() % 2 == 0 { (cpu_runs[middle - 1] + cpu_runs[middle]) / 2.0 } else { cpu_runs[middle] };
-        let runs_ms: Vec<String> = cpu_runs.iter().map(|ms| format!("{ms:.0}")).collect();
-        println!(
-            "Telegram, {users} users at once, conversations going on: CPU per 1,000 messages {median:.0} ms (median of runs 2 to {runs}: {})",
-            runs_ms.join(", ")
-        );
-    }
+    // Many Telegram users at once, each writing again as soon as its answer arrives. This
+    // first run also starts each user's conversation (`session/new`, `sessions.json`), and
+    // costs more per message (a third to a half more with 4 messages a user, 2026-12-06).
+    // Runs 2 to BENCH_USER_RUNS, after the memory figures (so that those are taken after the
+    // same work whatever the knob), are the cost of a message in a conversation going on.
+    users_run(&fake, pid, users, rounds, 1, runs);
 
     // The memory run: many messages through the web chat (no platform pacing there).
     web_run(port, pid, web_messages);
@@ -214,11 +160,73 @@ fn main() {
     if knob("BENCH_HUGE", 1) != 0 {
         huge_answer(&mut warm, pid, start_rss);
     }
+    // One run's CPU figure moves by a tenth or more on a shared machine: the median of the
+    // runs in conversations going on is the figure to quote.
+    let mut cpu_runs: Vec<f64> = (2..=runs).map(|run| users_run(&fake, pid, users, rounds, run, runs)).collect();
+    if !cpu_runs.is_empty() {
+        cpu_runs.sort_by(f64::total_cmp);
+        let middle = cpu_runs.len() / 2;
+        let median = if cpu_runs.len().is_multiple_of(2) {
+            (cpu_runs[middle - 1] + cpu_runs[middle]) / 2.0
+        } else {
+            cpu_runs[middle]
+        };
+        let runs_ms: Vec<String> = cpu_runs.iter().map(|ms| format!("{ms:.0}")).collect();
+        println!(
+            "Telegram, {users} users at once, conversations going on: CPU per 1,000 messages {median:.0} ms (median of runs 2 to {runs}: {})",
+            runs_ms.join(", ")
+        );
+    }
     drop(warm);
     // A graceful stop (SIGTERM), so that a profiler around tether writes its data.
     service.signal("TERM");
     service.wait_exit(Duration::from_secs(60));
     println!("bench took {:.0} s", bench_start.elapsed().as_secs_f64());
+}
+
+/// One run of `users` Telegram users writing `rounds` messages each (run `run` of `runs`):
+/// prints latency, throughput, CPU and context switches per message (by thread too with
+/// BENCH_SMAPS=1); returns the CPU milliseconds per 1,000 messages.
+fn users_run(fake: &FakeTelegram, pid: u32, users: usize, rounds: usize, run: usize, runs: usize) -> f64 {
+    let switches_by_thread = context_switches_by_thread(pid);
+    let cpu_by_thread = cpu_ns_by_thread_name(pid);
+    let split = process_cpu_split(pid);
+    let (times, elapsed, cpu) = telegram_concurrent(fake, pid, users, rounds);
+    let after_by_thread = context_switches_by_thread(pid);
+    let switches = after_by_thread.values().sum::<u64>().saturating_sub(switches_by_thread.values().sum());
+    let (user, kernel) = process_cpu_split(pid);
+    let total = users * rounds;
+    let mut times = times;
+    let what = if run == 1 { "their first messages" } else { "conversations going on" };
+    print_latency(
+        &format!("Telegram, {users} users at once, {rounds} messages each, run {run} of {runs} ({what})"),
+        &mut times,
+    );
+    let per_thousand = cpu * 1e6 / total as f64;
+    println!(
+        "  throughput {:.1} messages/s; CPU per 1,000 messages: {per_thousand:.0} ms ({}); {:.1} context switches per message",
+        total as f64 / elapsed.as_secs_f64(),
+        kernel_share(user - split.0, kernel - split.1),
+        switches as f64 / total as f64
+    );
+    if knob("BENCH_SMAPS", 0) != 0 {
+        let per_thread: Vec<String> = after_by_thread
+            .iter()
+            .map(|(name, n)| (name, n.saturating_sub(switches_by_thread.get(name).copied().unwrap_or(0))))
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {:.1}", n as f64 / total as f64))
+            .collect();
+        println!("  context switches per message by thread: {}", per_thread.join(", "));
+        let before = cpu_by_thread;
+        let per_thread: Vec<String> = cpu_ns_by_thread_name(pid)
+            .iter()
+            .map(|(name, ns)| (name, ns.saturating_sub(before.get(name).copied().unwrap_or(0))))
+            .filter(|(_, ns)| *ns > 0)
+            .map(|(name, ns)| format!("{name} {:.0}", ns as f64 / 1e3 / total as f64))
+            .collect();
+        println!("  CPU µs per message by thread: {}", per_thread.join(", "));
+    }
+    per_thousand
 }
 
 /// One 2 MB answer through the web chat, and the memory after it: compared with just before
