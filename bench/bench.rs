@@ -146,7 +146,7 @@ fn main() {
 
     // Many Telegram users at once, each writing again as soon as its answer arrives. This
     // first run also starts each user's conversation (`session/new`, `sessions.json`), and
-    // costs more per message (a third to a half more with 4 messages a user, 2026-12-06).
+    // costs more per message (30–55% more with 4 messages a user, 2026-12-06).
     // Runs 2 to BENCH_USER_RUNS, after the memory figures (so that those are taken after the
     // same work whatever the knob), are the cost of a message in a conversation going on.
     users_run(&fake, pid, users, rounds, 1, runs);
