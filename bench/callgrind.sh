@@ -28,8 +28,9 @@ chmod +x "$out/tether"
 total_instructions() { # messages per user, name → total instructions of the daemon for one bench run
     local name="$2"
     rm -f "$out"/callgrind.*
+    # One run of the users: the division below counts their messages once.
     TETHER_BIN="$out/tether" TETHER_MALLOC=default BENCH_PACED=0 BENCH_SEQUENTIAL=0 BENCH_USERS="$users" \
-        BENCH_ROUNDS="$1" BENCH_WEB_MESSAGES=0 BENCH_HUGE=0 BENCH_IDLE_SECS=1 \
+        BENCH_ROUNDS="$1" BENCH_USER_RUNS=1 BENCH_WEB_MESSAGES=0 BENCH_HUGE=0 BENCH_IDLE_SECS=1 \
         target/release/examples/bench > "$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; exit 1; }
     set -- "$out"/callgrind.*
     [ -f "$1" ] || { echo "callgrind wrote no profile" >&2; exit 1; }
