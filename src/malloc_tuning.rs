@@ -13,8 +13,15 @@
 //! a cache (tcache) of up to seven freed chunks of every small size, and with a thread per
 //! web chat socket those cached chunks, scattered through the heap, keep its pages: without
 //! the cache, RSS after the 10,000 messages is 6.4–6.6 MiB instead of 7.0 (same build, three
-//! runs each way, the same CPU per message within the noise). musl's allocator returns freed
-//! memory by itself: static musl builds do not restart.
+//! runs each way). A cache of one chunk per size is kept: with none, every `malloc` and
+//! `free` takes the one arena's lock, which the poller, the daemon, the senders and the
+//! agent's readers then wait on: 2.6 of the 9.8 `futex` calls per Telegram message under
+//! `bench`'s 50 users (`strace -f`, which slows each call and so adds waits), 2.0 of 8.4
+//! with the cache. Measured in one sitting (2026-12-06, `bench/run.sh`'s glibc binary): CPU
+//! per 1,000 messages 182–204 ms (mean 193, four benches) against 196–217 (mean 208, five)
+//! with none, and 5.49–5.58 MiB after the 10,000 web chat messages against 5.28–5.43; two
+//! chunks per size cost 0.1 MiB more again for no further gain.
+//! musl's allocator returns freed memory by itself: static musl builds do not restart.
 //!
 //! `#![forbid(unsafe_code)]` rules out `mallopt`, and glibc reads its tunables before `main`,
 //! hence the restart. `TETHER_MALLOC=default` keeps glibc's defaults (no restart: a profiler
@@ -31,9 +38,9 @@ const TUNED: &str = "tuned";
 const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
 /// One arena; buffers from 64 KiB get their own mapping, given back when freed (a fixed
 /// threshold, so it no longer rises); free memory above 64 KiB at the top of the heap goes
-/// back; no per-thread cache of freed chunks; no cache of finished threads' stacks.
+/// back; a per-thread cache of one freed chunk per size; no cache of finished threads' stacks.
 const TUNABLES: &str = "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=65536:\
-                        glibc.malloc.trim_threshold=65536:glibc.malloc.tcache_count=0:\
+                        glibc.malloc.trim_threshold=65536:glibc.malloc.tcache_count=1:\
                         glibc.pthread.stack_cache_size=0";
 
 /// What to do at start, from the environment: (`TETHER_MALLOC`, `GLIBC_TUNABLES` present).
@@ -112,7 +119,7 @@ mod tests {
     #[test]
     fn the_tunables_are_the_documented_ones() {
         for name in
-            ["arena_max=1", "mmap_threshold=65536", "trim_threshold=65536", "tcache_count=0", "stack_cache_size=0"]
+            ["arena_max=1", "mmap_threshold=65536", "trim_threshold=65536", "tcache_count=1", "stack_cache_size=0"]
         {
             assert!(TUNABLES.contains(name), "{name}");
         }
