@@ -1,4 +1,5 @@
-//! The agent child process and the threads that own its pipes: a writer (stdin), a reader
+//! The agent child process and the threads that own its pipes: a writer (stdin, for what
+//! the thread that queues a line cannot write at once without blocking), a reader
 //! (stdout lines of any length), a stderr reader that logs what the agent says there, and
 //! one I/O thread that owns the process (startup deadline, exit) and encodes the requests
 //! that read files (prompts with images). The [`Connection`] state machine is shared by the
@@ -99,14 +100,28 @@ const MAX_STDERR_LINE: usize = 2000;
 /// is not reading its input: it is treated as broken.
 const STDIN_QUEUE: usize = 4096;
 
-/// The lines for the stdin writer. A lock and a condition variable, not a channel: the writer
+/// The lines for the agent's stdin. A lock and a condition variable, not a channel: the writer
 /// parks as soon as the queue is empty, where a crossbeam receiver first yields the CPU up to
 /// four times, once per message here (2.5% of the daemon's CPU under `bench`'s 50 users,
 /// `perf` 2026-12-04); std's channel cost 19 KB more code. Dropping it closes stdin.
-struct StdinQueue(Arc<QueuedLines>);
+///
+/// A short line with nothing queued before it, the writer thread waiting, is written by the
+/// thread that queues it (the core's, for a prompt), through a second, non-blocking handle on
+/// the same pipe ([`nonblocking_twin`]): a pipe takes up to `PIPE_BUF` bytes whole or not at
+/// all, so that write never blocks the core and never leaves part of a line. A full pipe (the
+/// agent is not reading) and every longer line go to the writer thread as before. Waking
+/// the writer for each prompt cost a context switch and a `futex` call on each side.
+struct StdinQueue {
+    shared: Arc<QueuedLines>,
+    /// The agent's stdin opened again with `O_NONBLOCK`; `None` where that is not possible
+    /// (no /proc), and in tests of the queue alone. Closed with the queue: the agent sees the
+    /// end of its input only once every handle on the pipe is closed.
+    direct: Option<std::fs::File>,
+}
 
-/// The writer's end of a [`StdinQueue`]: the lines in order, `None` once the queue is
-/// dropped and empty. Dropping it (the writer ended) makes further lines go nowhere.
+/// The writer's end of a [`StdinQueue`]: the lines in order, each ending in its newline,
+/// `None` once the queue is dropped and empty. Dropping it (the writer ended) makes further
+/// lines go nowhere.
 struct StdinLines(Arc<QueuedLines>);
 
 #[derive(Default)]
@@ -117,35 +132,72 @@ struct QueuedLines {
 
 #[derive(Default)]
 struct Lines {
-    waiting: VecDeque<String>,
+    /// Each line's bytes with its newline: one write per line, since the pipe is unbuffered,
+    /// and a line and its newline written apart wake the agent's reader twice.
+    waiting: VecDeque<Vec<u8>>,
     closed: bool,
     /// The writer waits on [`QueuedLines::added`]: only then is it notified (a notification
-    /// is a system call even when nobody waits).
+    /// is a system call even when nobody waits), and only then may a line be written past it.
     writer_waits: bool,
 }
 
-fn stdin_queue() -> (StdinQueue, StdinLines) {
+fn stdin_queue(direct: Option<std::fs::File>) -> (StdinQueue, StdinLines) {
     let shared = Arc::new(QueuedLines::default());
-    (StdinQueue(shared.clone()), StdinLines(shared))
+    (StdinQueue { shared: shared.clone(), direct }, StdinLines(shared))
+}
+
+/// The most a line (with its newline) may be to be written past the writer thread: what a
+/// pipe takes whole or not at all (`PIPE_BUF`, 4096 on Linux).
+const DIRECT_MAX: usize = 4096;
+
+/// A second handle on the agent's stdin pipe that never blocks: /proc/self/fd opens a new
+/// description of the pipe, whose `O_NONBLOCK` leaves the writer thread's handle blocking.
+/// `None` when that cannot be done (no /proc; the agent already gone): then every line goes
+/// through the writer thread.
+fn nonblocking_twin(stdin: &impl std::os::fd::AsRawFd) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", stdin.as_raw_fd()))
+        .ok()
 }
 
 impl StdinQueue {
-    /// Queue one line; false when [`STDIN_QUEUE`] lines already wait.
+    /// Queue one line, or write it now (see [`StdinQueue`]); false when [`STDIN_QUEUE`]
+    /// lines already wait.
     fn push(&self, line: String) -> bool {
-        let mut lines = lock(&self.0.lines);
+        let mut lines = lock(&self.shared.lines);
         if lines.closed {
             return true;
         }
         if lines.waiting.len() >= STDIN_QUEUE {
             return false;
         }
-        lines.waiting.push_back(line);
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        // Under the lock: the writer takes a line only holding it, so none can go out
+        // between the check and the write.
+        if lines.writer_waits
+            && lines.waiting.is_empty()
+            && bytes.len() <= DIRECT_MAX
+            && let Some(mut direct) = self.direct.as_ref()
+        {
+            match direct.write(&bytes) {
+                Ok(n) if n == bytes.len() => return true,
+                // Not taken (full, or broken: the writer meets that too); a part cannot
+                // happen at this size, but would be followed by the rest, not the line again.
+                Ok(n) => drop(bytes.drain(..n)),
+                Err(_) => {}
+            }
+        }
+        lines.waiting.push_back(bytes);
         let wake = lines.writer_waits;
         // Notified after the lock is let go: a writer woken while it is held wakes only to
         // wait for it (a contended lock, and two more context switches, for every line).
         drop(lines);
         if wake {
-            self.0.added.notify_one();
+            self.shared.added.notify_one();
         }
         true
     }
@@ -153,15 +205,15 @@ impl StdinQueue {
 
 impl Drop for StdinQueue {
     fn drop(&mut self) {
-        lock(&self.0.lines).closed = true;
-        self.0.added.notify_one();
+        lock(&self.shared.lines).closed = true;
+        self.shared.added.notify_one();
     }
 }
 
 impl Iterator for StdinLines {
-    type Item = String;
+    type Item = Vec<u8>;
 
-    fn next(&mut self) -> Option<String> {
+    fn next(&mut self) -> Option<Vec<u8>> {
         let mut lines = lock(&self.0.lines);
         loop {
             if let Some(line) = lines.waiting.pop_front() {
@@ -195,8 +247,14 @@ impl StdinLines {
         lock(&self.0.lines).waiting.len()
     }
 
+    /// The queued lines, without their newlines.
     fn take_all(&self) -> Vec<String> {
-        lock(&self.0.lines).waiting.drain(..).collect()
+        let mut lines = lock(&self.0.lines);
+        lines
+            .waiting
+            .drain(..)
+            .map(|line| String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned())
+            .collect()
     }
 }
 
@@ -256,7 +314,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     log::info!(target: "acp", "started agent \"{}\" (`{}`, pid {pid})", spec.name, command_line(&spec));
 
     let (from_agent_tx, from_agent_rx) = bounded::<FromAgent>(FROM_AGENT_QUEUE);
-    let (write_tx, write_rx) = stdin_queue();
+    let (write_tx, write_rx) = stdin_queue(nonblocking_twin(&stdin));
     let (requests_tx, requests_rx) = unbounded::<AgentRequest>();
 
     let mut conn = Connection::default();
@@ -676,12 +734,9 @@ impl StderrBudget {
     }
 }
 
-fn write_lines(mut stdin: std::process::ChildStdin, lines: StdinLines) {
-    for mut line in lines {
-        // One write per line: the pipe is unbuffered, and a line and its newline written
-        // apart wake the agent's reader twice.
-        line.push('\n');
-        let ok = stdin.write_all(line.as_bytes());
+fn write_lines(mut stdin: impl Write, lines: StdinLines) {
+    for line in lines {
+        let ok = stdin.write_all(&line);
         if let Err(e) = ok {
             log::debug!(target: "acp", "agent stdin closed: {e}");
             return;
@@ -838,7 +893,7 @@ mod tests {
 
     #[test]
     fn the_stdin_queue_is_bounded_without_preallocating() {
-        let (writes, mut waiting) = stdin_queue();
+        let (writes, mut waiting) = stdin_queue(None);
         let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
         assert!(link.send_lines(vec!["x".to_string(); STDIN_QUEUE - 1]));
         assert!(link.send_lines(vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
@@ -856,23 +911,86 @@ mod tests {
 
     #[test]
     fn a_waiting_writer_is_woken_for_each_line_and_at_the_end() {
-        let (writes, written) = stdin_queue();
+        let (writes, written) = stdin_queue(None);
         let (got_tx, got) = crossbeam_channel::unbounded();
         let writer = std::thread::spawn(move || written.for_each(|line| drop(got_tx.send(line))));
         for n in 0..20 {
             // Let the writer wait first, mostly: then only a notification wakes it.
             std::thread::sleep(Duration::from_millis(2));
             assert!(writes.push(format!("line {n}")));
-            assert_eq!(got.recv_timeout(Duration::from_secs(5)), Ok(format!("line {n}")));
+            assert_eq!(got.recv_timeout(Duration::from_secs(5)), Ok(format!("line {n}\n").into_bytes()));
         }
         drop(writes);
         assert_eq!(got.recv_timeout(Duration::from_secs(5)), Err(crossbeam_channel::RecvTimeoutError::Disconnected));
         writer.join().unwrap();
     }
 
+    /// The queue of a writer thread waiting for lines (none runs: only a line written past it
+    /// reaches the pipe), on a real pipe.
+    fn queue_on_a_pipe() -> (StdinQueue, StdinLines, std::io::PipeReader, std::io::PipeWriter) {
+        let (reader, pipe) = std::io::pipe().unwrap();
+        let (writes, written) = stdin_queue(nonblocking_twin(&pipe));
+        assert!(writes.direct.is_some(), "/proc/self/fd opens the pipe again");
+        lock(&writes.shared.lines).writer_waits = true;
+        (writes, written, reader, pipe)
+    }
+
+    #[test]
+    fn a_short_line_is_written_past_a_waiting_writer() {
+        use std::io::Read;
+        let (writes, written, mut reader, _pipe) = queue_on_a_pipe();
+        assert!(writes.push("prompt".to_string()));
+        assert_eq!(written.len(), 0, "nothing queued, the writer not woken");
+        let mut got = [0; 7];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"prompt\n");
+        // Too long to be taken whole by a pipe: the writer's.
+        assert!(writes.push("x".repeat(DIRECT_MAX)));
+        assert_eq!(written.len(), 1);
+        // Behind a queued line, a short one waits its turn.
+        assert!(writes.push("after".to_string()));
+        assert_eq!(written.take_all(), ["x".repeat(DIRECT_MAX), "after".to_string()]);
+        // A writer at work (not waiting) may be writing a line taken from the queue.
+        lock(&writes.shared.lines).writer_waits = false;
+        assert!(writes.push("later".to_string()));
+        assert_eq!(written.take_all(), ["later"]);
+    }
+
+    #[test]
+    fn a_full_pipe_leaves_lines_to_the_writer_in_order_and_stdin_still_closes() {
+        use std::io::Read;
+        let (writes, written, mut reader, pipe) = queue_on_a_pipe();
+        // An agent that does not read: the pipe fills, and the line that does not fit whole
+        // waits for the writer, with the ones after it.
+        let mut sent = 0;
+        while written.len() == 0 {
+            assert!(writes.push(format!("{sent:04}{}", "y".repeat(3000))));
+            sent += 1;
+            assert!(sent < 1000, "the pipe never filled");
+        }
+        for _ in 0..3 {
+            assert!(writes.push(format!("{sent:04}")));
+            sent += 1;
+        }
+        assert_eq!(written.len(), 4);
+        let (read_tx, read) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            let _ = read_tx.send(reader.read_to_string(&mut all).map(|_| all));
+        });
+        let writer = std::thread::spawn(move || write_lines(pipe, written));
+        // Dropping the queue closes its own handle on the pipe; the writer, once done, the
+        // other: only then does the agent see the end of its input.
+        drop(writes);
+        let all = read.recv_timeout(Duration::from_secs(10)).expect("stdin closed").unwrap();
+        writer.join().unwrap();
+        let numbers: Vec<usize> = all.lines().map(|line| line[..4].parse().unwrap()).collect();
+        assert_eq!(numbers, (0..sent).collect::<Vec<_>>());
+    }
+
     #[test]
     fn requests_after_a_prompt_with_images_wait_behind_it() {
-        let (writes, written) = stdin_queue();
+        let (writes, written) = stdin_queue(None);
         let (requests, to_io) = unbounded();
         let (problems, _) = unbounded();
         let mut conn = Connection::default();
@@ -923,7 +1041,7 @@ mod tests {
 
     #[test]
     fn no_agent_line_reaches_the_core_after_the_exit_was_reported() {
-        let (writes, _waiting) = stdin_queue();
+        let (writes, _waiting) = stdin_queue(None);
         let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
         let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
         let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
@@ -955,7 +1073,7 @@ mod tests {
     /// full queue must not hold what the core needs to send a request.
     #[test]
     fn the_core_can_send_while_the_reader_waits_for_room_in_its_queue() {
-        let (writes, _waiting) = stdin_queue();
+        let (writes, _waiting) = stdin_queue(None);
         let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
         let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
         let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
