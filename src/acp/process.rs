@@ -941,9 +941,15 @@ mod tests {
         let (writes, written, mut reader, _pipe) = queue_on_a_pipe();
         assert!(writes.push("prompt".to_string()));
         assert_eq!(written.len(), 0, "nothing queued, the writer not woken");
-        let mut got = [0; 7];
-        reader.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"prompt\n");
+        // Read on a thread of its own, so that a line that never came fails the test in
+        // bounded time instead of hanging it.
+        let (got_tx, got) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let mut line = [0; 7];
+            let _ = got_tx.send(reader.read_exact(&mut line).map(|()| line));
+        });
+        let line = got.recv_timeout(Duration::from_secs(10)).expect("the line reached the pipe").unwrap();
+        assert_eq!(&line, b"prompt\n");
         // Too long to be taken whole by a pipe: the writer's.
         assert!(writes.push("x".repeat(DIRECT_MAX)));
         assert_eq!(written.len(), 1);
