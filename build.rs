@@ -5,7 +5,7 @@
 //! (and `-tls.txt`, the TLS client's) names their sections, made by
 //! `scripts/hot-code.sh`; this script turns the lists into a linker script that gathers them
 //! into one output section, and passes it to the linker for the `tether` binary. Measured with
-//! bench/run.sh on x86_64: 3.8-4.1 MiB idle instead of 5.0-5.1 (see README, "Raspberry Pi and
+//! bench/run.sh on x86_64: 3.6-3.9 MiB idle instead of 5.0-5.1 (see README, "Raspberry Pi and
 //! routers"). A list made by another rustc places fewer functions (std's names change), never
 //! breaks the build; a function a list names and the build lacks is simply not there.
 //!
@@ -17,12 +17,20 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The TLS client's functions first: the section goes after `.text`, and rust-lld puts `.plt`
-/// (every call into the C library goes through it) right after it, next to the daemon's
-/// functions. GNU ld puts `.init` and `.plt` before `.text`.
-const LISTS: [&str; 2] = ["scripts/hot-code-glibc-tls.txt", "scripts/hot-code-glibc.txt"];
+/// The daemon's functions, then the TLS client's (which a daemon without TLS never runs). The
+/// section goes before `.text`, right after `.init`, which the dynamic loader runs at start:
+/// its 64 KiB window is then one the daemon maps anyway. (`.plt` holds only two cold entries,
+/// `__cxa_finalize` and `_Unwind_Resume`: calls into the C library go through the GOT.)
+const LISTS: [&str; 2] = ["scripts/hot-code-glibc.txt", "scripts/hot-code-glibc-tls.txt"];
 /// The C start code's own sections, which run at start and exit (`_start`, `frame_dummy`).
 const START_CODE: &str = "*crt1.o(.text) *crtbegin*.o(.text) *crtend*.o(.text)";
+/// ring's SHA-256, which each conversation's start runs (its control socket token is an
+/// HMAC-SHA256, src/control.rs), as does the audit log on each text with `"content": "hash"`.
+/// It is assembly: one section for the whole file (every CPU's variant, 13 KB on x86_64), not
+/// one per function, and its constants in the file's `.rodata`, which the linker puts at the
+/// end of the binary's. Left there, the two cost a 64 KiB window of code and one of constants
+/// that nothing else the daemon uses shares (0.13 MiB idle on x86_64).
+const SHA256_FILE: &str = "*-sha256-*.o";
 
 fn main() {
     println!("cargo::rerun-if-env-changed=TETHER_PLACE_CODE");
@@ -39,17 +47,16 @@ fn main() {
         return;
     }
     let manifest_dir = var("CARGO_MANIFEST_DIR");
-    let mut patterns = Vec::new();
-    for list in LISTS {
+    let [daemon, tls] = LISTS.map(|list| {
         // A missing list (a trimmed source tree) only means nothing is placed.
-        let Ok(text) = std::fs::read_to_string(Path::new(&manifest_dir).join(list)) else { continue };
-        patterns.extend(text.lines().map(str::trim).filter(|line| is_pattern(line)).map(str::to_owned));
-    }
-    if patterns.is_empty() {
+        let text = std::fs::read_to_string(Path::new(&manifest_dir).join(list)).unwrap_or_default();
+        text.lines().map(str::trim).filter(|line| is_pattern(line)).map(str::to_owned).collect::<Vec<_>>()
+    });
+    if daemon.is_empty() && tls.is_empty() {
         return;
     }
     let script = Path::new(&var("OUT_DIR")).join("hot-code.ld");
-    if let Err(error) = std::fs::write(&script, linker_script(&patterns)) {
+    if let Err(error) = std::fs::write(&script, linker_script(&daemon, &tls)) {
         println!("cargo::warning=cannot write {}: {error}; the code is not placed", script.display());
         return;
     }
@@ -62,16 +69,21 @@ fn is_pattern(line: &str) -> bool {
     !line.is_empty() && line.bytes().all(|b| b.is_ascii_alphanumeric() || b"_$.*".contains(&b))
 }
 
-/// One output section with the listed functions' sections, in the lists' order, and the C
-/// start code's, inserted after `.text`.
-fn linker_script(patterns: &[String]) -> String {
+/// One output section inserted before `.text`: the daemon's functions' sections, in the
+/// list's order, the C start code's and SHA-256's, then the TLS client's functions. And
+/// SHA-256's constants at the start of the constants.
+fn linker_script(daemon: &[String], tls: &[String]) -> String {
     let mut script =
         String::from("/* Made by build.rs from scripts/hot-code-glibc*.txt. */\nSECTIONS\n{\n  .text.hot :\n  {\n");
-    for pattern in patterns {
-        // `#[cold]` functions (a vector's growth, a contended lock) have sections of their own.
-        let _ = writeln!(script, "    *(.text.{pattern} .text.unlikely.{pattern})");
-    }
+    // `#[cold]` functions (a vector's growth, a contended lock) have sections of their own.
+    let functions = |patterns: &[String]| -> String {
+        patterns.iter().map(|pattern| format!("    *(.text.{pattern} .text.unlikely.{pattern})\n")).collect()
+    };
+    script.push_str(&functions(daemon));
     let _ = writeln!(script, "    {START_CODE}");
-    script.push_str("  }\n}\nINSERT AFTER .text;\n");
+    let _ = writeln!(script, "    {SHA256_FILE}(.text)");
+    script.push_str(&functions(tls));
+    script.push_str("  }\n}\nINSERT BEFORE .text;\n");
+    let _ = writeln!(script, "SECTIONS\n{{\n  .rodata.hot : {{ {SHA256_FILE}(.rodata) }}\n}}\nINSERT BEFORE .rodata;");
     script
 }
