@@ -27,7 +27,7 @@ const START_CODE: &str = "*crt1.o(.text) *crtbegin*.o(.text) *crtend*.o(.text)";
 /// ring's SHA-256, which each conversation's start runs (its control socket token is an
 /// HMAC-SHA256, src/control.rs), as does the audit log on each text with `"content": "hash"`.
 /// It is assembly: one section for the whole file (every CPU's variant, 13 KB on x86_64), not
-/// one per function, and its constants in the file's `.rodata`, which the linker puts at the
+/// one per function, and its constants in the file's `.rodata`, which rust-lld puts at the
 /// end of the binary's. Left there, the two cost a 64 KiB window of code and one of constants
 /// that nothing else the daemon uses shares (0.13 MiB idle on x86_64).
 const SHA256_FILE: &str = "*-sha256-*.o";
