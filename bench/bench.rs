@@ -1,9 +1,9 @@
 //! Benchmark: the release binary against the loopback fake Bot API, its own web chat and the
 //! demo agent (which answers at once: no `--chunk-delay`, so the agent is not what is measured).
 //! Prints, in one run: binary size; exec → first `getUpdates`; memory at start, after 10,000
-//! messages and after a 2 MB answer; CPU of the tether process (not the agent) per 1,000
-//! messages and per idle minute; reply latency for one chat writing sequentially and for 50
-//! users at once; throughput. Run through `bench/run.sh` (about two minutes).
+//! messages and after a 2 MB answer (and how much of it is the binary's own file); CPU of the
+//! tether process (not the agent) per 1,000 messages and per idle minute; reply latency for
+//! one chat writing sequentially and for 50 users at once; throughput. Run through `bench/run.sh` (about two minutes).
 //!
 //! Knobs (environment): BENCH_PACED (messages in one Telegram chat, each 1.5 s after the
 //! previous answer, as a person writes; default 8), BENCH_SEQUENTIAL (messages in one
@@ -392,9 +392,32 @@ fn print_memory(what: &str, pid: u32) {
         anon as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    // The figure that shows stale hot-code lists (scripts/hot-code.sh): code every message
+    // runs that a list lacks sits among cold code, and this grows by 64 KiB windows.
+    println!("  of the files, the binary itself: {} kB", rss_of_binary(pid));
     if knob("BENCH_SMAPS", 0) != 0 {
         println!("  by mapping: {}", rss_by_mapping(pid));
     }
+}
+
+/// Resident kB of the mappings of the process's own binary (code, constants, relocated data),
+/// whether or not it is dirty.
+fn rss_of_binary(pid: u32) -> u64 {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return 0 };
+    let exe = exe.to_string_lossy().into_owned();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut in_binary = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if in_binary {
+                total += rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+            }
+        } else if line.split_whitespace().next().is_some_and(|range| range.contains('-') && !range.ends_with(':')) {
+            in_binary = line.split_whitespace().nth(5) == Some(exe.as_str());
+        }
+    }
+    total
 }
 
 /// Resident kB per kind of mapping (the binary, each library, heap, anonymous), largest
