@@ -3,7 +3,8 @@
 //! Prints, in one run: binary size; exec → first `getUpdates`; memory at start, after 10,000
 //! messages and after a 2 MB answer (and how much of it is the binary's own file); CPU of the
 //! tether process (not the agent) per 1,000 messages and per idle minute; reply latency for
-//! one chat writing sequentially and for 50 users at once; throughput. Run through `bench/run.sh` (about two minutes).
+//! one chat writing sequentially and for 50 users at once; throughput. Run through
+//! `bench/run.sh` (about two minutes).
 //!
 //! Knobs (environment): BENCH_PACED (messages in one Telegram chat, each 1.5 s after the
 //! previous answer, as a person writes; default 8), BENCH_SEQUENTIAL (messages in one
