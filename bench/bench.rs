@@ -401,48 +401,50 @@ fn print_memory(what: &str, pid: u32) {
     }
 }
 
+/// Each mapping of the process (its header line in /proc/PID/smaps: range, permissions,
+/// offset, device, inode, path) with its resident kB.
+fn smaps_mappings(pid: u32) -> Vec<(String, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut mappings: Vec<(String, u64)> = Vec::new();
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if let Some((_, kb)) = mappings.last_mut() {
+                *kb += rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+            }
+        } else if line.split_whitespace().next().is_some_and(|range| range.contains('-') && !range.ends_with(':')) {
+            mappings.push((line.to_string(), 0));
+        }
+    }
+    mappings
+}
+
 /// Resident kB of the mappings of the process's own binary (code, constants, relocated data),
 /// whether or not it is dirty.
 fn rss_of_binary(pid: u32) -> u64 {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return 0 };
-    let exe = exe.to_string_lossy().into_owned();
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let mut in_binary = false;
-    let mut total = 0;
-    for line in smaps.lines() {
-        if let Some(rss) = line.strip_prefix("Rss:") {
-            if in_binary {
-                total += rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
-            }
-        } else if line.split_whitespace().next().is_some_and(|range| range.contains('-') && !range.ends_with(':')) {
-            in_binary = line.split_whitespace().nth(5) == Some(exe.as_str());
-        }
-    }
-    total
+    let exe = exe.to_string_lossy();
+    smaps_mappings(pid)
+        .iter()
+        .filter(|(header, _)| header.split_whitespace().nth(5) == Some(exe.as_ref()))
+        .map(|(_, kb)| kb)
+        .sum()
 }
 
 /// Resident kB per kind of mapping (the binary, each library, heap, anonymous), largest
 /// first: where the memory is, for BENCH_SMAPS=1.
 fn rss_by_mapping(pid: u32) -> String {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut by_name: HashMap<String, u64> = HashMap::new();
-    let mut name = String::new();
-    for line in smaps.lines() {
-        if let Some(rss) = line.strip_prefix("Rss:") {
-            *by_name.entry(name.clone()).or_default() +=
-                rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
-        } else if line.split_whitespace().next().is_some_and(|range| range.contains('-') && !range.ends_with(':')) {
-            let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
-            name = path.rsplit('/').next().unwrap_or(path).to_string();
-            if name == "[anon]" && knob("BENCH_SMAPS", 0) > 1 {
-                // Anonymous mappings by size: thread stacks, malloc arenas, big buffers.
-                let range = line.split_whitespace().next().unwrap_or("0-0");
-                let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
-                let size =
-                    u64::from_str_radix(b, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(a, 16).unwrap_or(0));
-                name = format!("[anon {} kB]", size / 1024);
-            }
+    for (header, kb) in smaps_mappings(pid) {
+        let path = header.split_whitespace().nth(5).unwrap_or("[anon]");
+        let mut name = path.rsplit('/').next().unwrap_or(path).to_string();
+        if name == "[anon]" && knob("BENCH_SMAPS", 0) > 1 {
+            // Anonymous mappings by size: thread stacks, malloc arenas, big buffers.
+            let range = header.split_whitespace().next().unwrap_or("0-0");
+            let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+            let size = u64::from_str_radix(b, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(a, 16).unwrap_or(0));
+            name = format!("[anon {} kB]", size / 1024);
         }
+        *by_name.entry(name).or_default() += kb;
     }
     let mut list: Vec<_> = by_name.into_iter().filter(|(_, kb)| *kb > 0).collect();
     list.sort_by_key(|entry| std::cmp::Reverse(entry.1));

@@ -15,7 +15,7 @@
 # wait: one such change left out of the lists cost the glibc build 0.2 MiB idle, twice), or a
 # new rustc; a stale list only places fewer functions together. Timing varies what runs: two
 # runs differ by a few functions. bench/run.sh shows when a list is stale: its line "of the
-# files, the binary itself" grows (glibc x86_64 idle: 1,724-1,756 kB with current lists on
+# files, the binary itself" grows (glibc x86_64 idle: 1,708-1,756 kB with current lists on
 # 2026-12-06, 2,104-2,168 with lists that missed the code of one change).
 # Needs valgrind, python3; for static, the x86_64-unknown-linux-musl target and musl-gcc.
 # Usage: scripts/hot-code.sh [static|glibc]   (both)
