@@ -111,8 +111,6 @@ const WORKTREE_QUEUE: usize = 8;
 /// How often health is looked at and `status.json` refreshed when something changed; the core
 /// is ticked as often, as it asks ([`EVICTION_CHECK`]).
 const STATUS_TICK: Duration = EVICTION_CHECK;
-/// `status.json` is rewritten at least this often, so a stuck service shows.
-const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
 /// At shutdown: how long queued replies may take to go out (senders stop starting calls
 /// after 1.5 s and then finish the ones in flight), and the agents to exit.
 const DRAIN_GRACE: Duration = Duration::from_millis(2500);
@@ -1057,7 +1055,7 @@ impl Daemon {
         self.admin.publish(state, channels);
     }
 
-    /// Write `status.json` when something changed, at the heartbeat, or when `force`d.
+    /// Write `status.json` when `force`d or [`health::status_due`].
     fn publish(&mut self, force: bool) {
         if !self.options.as_service {
             return;
@@ -1065,7 +1063,7 @@ impl Daemon {
         let status = self.snapshot();
         let due = match &self.published {
             None => true,
-            Some((last, at)) => force || !last.same_as(&status) || at.elapsed() >= STATUS_HEARTBEAT,
+            Some((last, at)) => force || health::status_due(last, at.elapsed(), &status),
         };
         if !due {
             return;

@@ -310,7 +310,52 @@ impl ServiceStatus {
     pub fn same_as(&self, other: &ServiceStatus) -> bool {
         ServiceStatus { updated_at: 0, ..self.clone() } == ServiceStatus { updated_at: 0, ..other.clone() }
     }
+
+    /// The same status apart from what moves with every message: the counters, the time of
+    /// the last good poll, the sessions and the journal's backlog, the audit records written.
+    /// A change there waits for [`STATUS_ACTIVITY_EVERY`]; any other change is shown at once.
+    pub fn same_but_activity(&self, other: &ServiceStatus) -> bool {
+        self.without_activity() == other.without_activity()
+    }
+
+    fn without_activity(&self) -> ServiceStatus {
+        let channels = self
+            .channels
+            .iter()
+            .map(|(name, c)| {
+                let quiet = ChannelStatus {
+                    last_ok_at: None,
+                    messages_in: 0,
+                    messages_out: 0,
+                    sessions: 0,
+                    journal_pending: 0,
+                    ..c.clone()
+                };
+                (name.clone(), quiet)
+            })
+            .collect();
+        let audit = self.audit.clone().map(|a| crate::audit_writer::AuditStatus { written: 0, ..a });
+        ServiceStatus { updated_at: 0, channels, audit, ..self.clone() }
+    }
 }
+
+/// Whether `status.json` is to be rewritten: `last` was written `written_ago`, and the service
+/// is now `status`.
+pub fn status_due(last: &ServiceStatus, written_ago: Duration, status: &ServiceStatus) -> bool {
+    if written_ago >= STATUS_HEARTBEAT || !last.same_but_activity(status) {
+        return true;
+    }
+    written_ago >= STATUS_ACTIVITY_EVERY && !last.same_as(status)
+}
+
+/// `status.json` is rewritten at least this often, so a stuck service shows.
+pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// How often `status.json` is rewritten while only [`ServiceStatus::same_but_activity`]'s
+/// counters move: a busy service rewrote it every second (a file created and renamed over
+/// the old one: about 3% of tether's CPU time under `bench/`'s 50 users, by `perf`, and a
+/// write a second to a board's SD card).
+pub const STATUS_ACTIVITY_EVERY: Duration = Duration::from_secs(5);
 
 /// Uptime as the reference prints it: `2d 3h 4m`, `3h 4m`, `4m 5s`, `5s`.
 pub fn format_uptime(secs: u64) -> String {
@@ -489,6 +534,44 @@ mod tests {
     }
 
     #[test]
+    fn status_is_rewritten_at_once_on_a_change_and_every_5_s_for_activity() {
+        let mut h = ChannelHealth::new("telegram", true, at(0));
+        h.ok(at(5));
+        let extra = ChannelExtra { sessions: 1, pending_pairing: 0, journal_pending: 0 };
+        let last = ServiceStatus {
+            pid: 42,
+            state: "running".into(),
+            started_at: at(0).wall_ms,
+            updated_at: at(10).wall_ms,
+            channels: VecMap::from_iter([("phone".to_string(), h.snapshot(at(10), BOUND, extra))]),
+            disabled: vec![],
+            audit: None,
+        };
+        let channel = |change: fn(&mut ChannelStatus)| {
+            let mut status = ServiceStatus { updated_at: at(11).wall_ms, ..last.clone() };
+            status.channels.values_mut().for_each(change);
+            status
+        };
+        let secs = Duration::from_secs;
+        let table: [(&str, ServiceStatus, Duration, bool); 11] = [
+            ("nothing changed", channel(|_| {}), secs(1), false),
+            ("nothing changed, heartbeat", channel(|_| {}), secs(30), true),
+            ("a message in, 1 s after", channel(|c| c.messages_in += 1), secs(1), false),
+            ("a message in, 5 s after", channel(|c| c.messages_in += 1), secs(5), true),
+            ("a poll, 4 s after", channel(|c| c.last_ok_at = Some(at(11).wall_ms)), secs(4), false),
+            ("a reply out, 5 s after", channel(|c| c.messages_out += 1), secs(5), true),
+            ("the journal's backlog, 1 s after", channel(|c| c.journal_pending = 3), secs(1), false),
+            ("unhealthy, 1 s after", channel(|c| c.healthy = false), secs(1), true),
+            ("an error, 1 s after", channel(|c| c.last_error = Some("HTTP 502".into())), secs(1), true),
+            ("a pairing request, 1 s after", channel(|c| c.pending_pairing = 1), secs(1), true),
+            ("stopping, 1 s after", ServiceStatus { state: "stopping".into(), ..last.clone() }, secs(1), true),
+        ];
+        for (what, status, written_ago, due) in table {
+            assert_eq!(status_due(&last, written_ago, &status), due, "{what}");
+        }
+    }
+
+    #[test]
     fn status_json_round_trips_and_renders() {
         let mut h = ChannelHealth::new("telegram", true, at(0));
         h.ok(at(5));
@@ -520,6 +603,7 @@ mod tests {
         assert!(shown.contains("5 written, 2 dropped\n  audit: disk full"), "{shown}");
         let later = ServiceStatus { updated_at: 1, ..status.clone() };
         assert!(later.same_as(&status));
+        assert!(later.same_but_activity(&status));
         assert!(render(42, Some(&status), at(200).wall_ms).contains("stale"));
     }
 }
