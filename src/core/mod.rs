@@ -153,13 +153,32 @@ pub mod texts {
 /// The keys of the sessions that may have a turn running ([`Core::with_turn`]). A list: they
 /// are few (the conversations that are being answered), and a set of strings cost 5 KB of code.
 #[derive(Debug, Default)]
-struct WithTurn(Vec<SessionKey>);
+struct WithTurn {
+    keys: Vec<SessionKey>,
+    /// The earliest deadline of their turns when the last event ended ([`WithTurn::refresh`]).
+    earliest: Option<Instant>,
+}
 
 impl WithTurn {
     fn insert(&mut self, key: SessionKey) {
-        if !self.0.contains(&key) {
-            self.0.push(key);
+        if !self.keys.contains(&key) {
+            self.keys.push(key);
         }
+    }
+
+    /// Drop the keys whose turn ended and note the earliest deadline of the others. One pass
+    /// at the end of every event: [`Core::next_deadline`] hashing each key again as well cost
+    /// about 2,000 instructions a message with 50 conversations (`bench/callgrind.sh 2 6 50`).
+    fn refresh(&mut self, sessions: &HashMap<SessionKey, Session>) {
+        let mut earliest: Option<Instant> = None;
+        self.keys.retain(|key| match sessions.get(key).and_then(Session::deadline) {
+            Some(at) => {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                true
+            }
+            None => false,
+        });
+        self.earliest = earliest;
     }
 }
 
@@ -170,8 +189,8 @@ pub struct Core {
     sessions: HashMap<SessionKey, Session>,
     /// The sessions that may have a turn running: every one that has is here (a turn begins
     /// only in `Session::start_next_turn`, and each caller adds its key); ones that ended are
-    /// dropped in [`Core::finish`]. [`Core::next_deadline`] runs for every event the daemon
-    /// takes and looks at these only, not at every conversation.
+    /// dropped in [`Core::finish`], which notes their earliest deadline for
+    /// [`Core::next_deadline`] (asked after every event the daemon takes).
     with_turn: WithTurn,
     /// (agent, session id) → key, to route the agent's events.
     by_session_id: HashMap<(String, String), SessionKey>,
@@ -282,15 +301,19 @@ impl Core {
     /// any. Idle sessions due to leave memory are not counted: the caller ticks at least every
     /// [`EVICTION_CHECK`] as well. Asked after every event, asking each idle session too took
     /// 11% of the daemon's instructions with 50 conversations (`bench/callgrind.sh 2 6 50`),
-    /// and asking every session for its turn 4% (12,900 instructions per message): only the
-    /// sessions in `Core::with_turn` are asked.
+    /// and asking every session for its turn 4% (12,900 instructions per message): the
+    /// sessions in `Core::with_turn` are asked once, at the end of each event.
     pub fn next_deadline(&self) -> Option<Instant> {
         debug_assert!(
-            self.sessions.iter().all(|(key, s)| s.turn.is_none() || self.with_turn.0.contains(key)),
+            self.sessions.iter().all(|(key, s)| s.turn.is_none() || self.with_turn.keys.contains(key)),
             "a turn began in a session Core::with_turn does not hold"
         );
-        let turns = self.with_turn.0.iter().filter_map(|key| self.sessions.get(key)?.deadline());
-        turns.chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
+        debug_assert_eq!(
+            self.with_turn.earliest,
+            self.with_turn.keys.iter().filter_map(|key| self.sessions.get(key)?.deadline()).min(),
+            "a turn changed and Core::finish did not run"
+        );
+        self.with_turn.earliest.into_iter().chain(self.permissions.next_deadline()).chain(self.loops_wake).min()
     }
 
     /// How long a session of `channel` served by `agent` may stay idle in memory: the
@@ -368,7 +391,7 @@ impl Core {
     /// What every change ends with: settle what it released, look at the loops' clock
     /// again, drop audit records nobody keeps.
     fn finish(&mut self, actions: &mut Vec<Action>, now: Instant) {
-        self.with_turn.0.retain(|key| self.sessions.get(key).is_some_and(|s| s.turn.is_some()));
+        self.with_turn.refresh(&self.sessions);
         self.settle_cancelled_permissions(actions);
         self.settle_released(actions);
         self.schedule_loops(now);
