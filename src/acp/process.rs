@@ -96,6 +96,11 @@ const STDERR_TAIL: usize = 8;
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// The longest stderr line kept; the rest of a longer one is skipped.
 const MAX_STDERR_LINE: usize = 2000;
+/// How long the stderr reader waits after a read that emptied the pipe ([`UnhurriedPipe`]),
+/// once the agent has answered `initialize`: a start that fails (`tether start --detach`
+/// reports it) is seen at once. The lines are only logged and kept for the exit reason, so
+/// they can wait; a crash is seen at most this much later, when stderr closes.
+const STDERR_PAUSE: Duration = Duration::from_millis(100);
 /// Lines waiting to be written to the agent's stdin. An agent that leaves this many unread
 /// is not reading its input: it is treated as broken.
 const STDIN_QUEUE: usize = 4096;
@@ -356,8 +361,15 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let mut stderr_log =
         StderrLog { name: spec.name.clone(), budget: StderrBudget::default(), tail: stderr_tail.clone() };
+    let stderr_link = link.clone();
     named(&format!("acp-err-{}", spec.name), move || {
         let _closed = ClosedOnDrop(tx);
+        let pause = || {
+            if lock(&stderr_link).conn.is_ready() {
+                thread::sleep(STDERR_PAUSE);
+            }
+        };
+        let stderr = UnhurriedPipe { pipe: stderr, pause, wait: false };
         read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| stderr_log.line(&line));
     })?;
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
@@ -548,6 +560,29 @@ struct IoThread {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     /// Set when the agent already failed to read its first lines.
     broken: Option<String>,
+}
+
+/// The agent's stderr, read with a pause after each read that emptied the pipe: an agent
+/// that logs a line or two per prompt woke the reader for each (two context switches a
+/// message under `bench/`, 3% of tether's CPU); now what it logs within [`STDERR_PAUSE`]
+/// comes in one read. A read that fills the buffer is followed at once, so a flood drains at
+/// full speed.
+struct UnhurriedPipe<R, P> {
+    pipe: R,
+    pause: P,
+    /// The last read was short: pause before the next.
+    wait: bool,
+}
+
+impl<R: std::io::Read, P: FnMut()> std::io::Read for UnhurriedPipe<R, P> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.wait {
+            (self.pause)();
+        }
+        let n = self.pipe.read(buf)?;
+        self.wait = n > 0 && n < buf.len();
+        Ok(n)
+    }
 }
 
 /// The stderr reader's side: each line logged (within a budget) as it comes, the last ones
@@ -883,6 +918,35 @@ mod tests {
     fn line_readers_keep_small_buffers() {
         assert_eq!(read_buffer_size(MAX_LINE), 16 * 1024);
         assert_eq!(read_buffer_size(MAX_STDERR_LINE), 4 * 1024);
+    }
+
+    #[test]
+    fn stderr_is_read_with_a_pause_after_a_short_read_only() {
+        /// A pipe that gives one write per read, as much of it as fits.
+        struct Writes(VecDeque<Vec<u8>>);
+        impl std::io::Read for Writes {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let Some(mut write) = self.0.pop_front() else { return Ok(0) };
+                if write.len() > buf.len() {
+                    self.0.push_front(write.split_off(buf.len()));
+                }
+                buf[..write.len()].copy_from_slice(&write);
+                Ok(write.len())
+            }
+        }
+        let flood = format!("{}\n", "x".repeat(5000));
+        let writes = Writes(["one\n", "two\n", flood.as_str()].map(|w| w.as_bytes().to_vec()).into());
+        let pauses = std::cell::Cell::new(0);
+        let stderr = UnhurriedPipe { pipe: writes, pause: || pauses.set(pauses.get() + 1), wait: false };
+        let mut lines = Vec::new();
+        read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| {
+            lines.push(line.len());
+            true
+        });
+        assert_eq!(lines, [3, 3, MAX_STDERR_LINE]);
+        // Before "two" (after "one"), before the flood's first 4 KiB (after "two"), none
+        // before its rest (the buffer was filled), and before the end (after the rest).
+        assert_eq!(pauses.get(), 3);
     }
 
     #[test]

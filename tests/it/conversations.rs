@@ -191,11 +191,13 @@ fn every_channel_runs_from_one_start_and_shares_one_agent_process() {
     b.send_dm(USER, "to beta");
     assert_eq!(a.wait_texts_to(USER, 1, WAIT), vec!["echo: to alpha"], "log:\n{}", service.log());
     assert_eq!(b.wait_texts_to(USER, 1, WAIT), vec!["echo: to beta"], "log:\n{}", service.log());
-    let log = service.log();
-    assert_eq!(log.matches("started agent \"default\"").count(), 1, "{log}");
-    // One demo agent numbers its sessions: both came from the same process.
+    // One demo agent numbers its sessions: both came from the same process. (Its stderr lines
+    // reach the log up to a tenth of a second after they were written.)
     let sessions = ["session demo-1 created", "session demo-2 created"];
-    assert!(sessions.iter().all(|s| log.contains(s)), "{log}");
+    let logged = wait_until(WAIT, || sessions.iter().all(|s| service.log().contains(s)));
+    let log = service.log();
+    assert!(logged, "{log}");
+    assert_eq!(log.matches("started agent \"default\"").count(), 1, "{log}");
 }
 
 #[test]
