@@ -563,8 +563,8 @@ struct IoThread {
 }
 
 /// The agent's stderr, read with a pause after each read that emptied the pipe: an agent
-/// that logs a line or two per prompt woke the reader for each (two context switches a
-/// message under `bench/`, 3% of tether's CPU); now what it logs within [`STDERR_PAUSE`]
+/// that logs a line or two per prompt woke the reader for each (0.9-1.3 context switches a
+/// message under `bench/`, now 0.1); now what it logs within [`STDERR_PAUSE`]
 /// comes in one read. A read that fills the buffer is followed at once, so a flood drains at
 /// full speed.
 struct UnhurriedPipe<R, P> {
