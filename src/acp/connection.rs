@@ -175,36 +175,46 @@ impl Connection {
 
     /// Decode one line from the agent's stdout.
     pub fn receive(&mut self, line: &str) -> Step {
-        let line = line.trim();
-        if line.is_empty() {
-            return Step::default();
-        }
-        if let Some(chunk) = TextChunkLine::decode(line) {
-            let params = chunk.params;
-            if self.loading.contains(params.session_id.as_ref()) {
-                return Step::default(); // History replayed by session/load.
+        self.receive_decoded(DecodedLine::new(line))
+    }
+
+    /// [`Connection::receive`] for a line already decoded by [`DecodedLine::new`].
+    pub fn receive_decoded(&mut self, decoded: DecodedLine<'_>) -> Step {
+        match decoded.kind {
+            LineKind::Blank => Step::default(),
+            LineKind::Chunk(chunk) => {
+                let params = chunk.params;
+                if self.loading.contains(params.session_id.as_ref()) {
+                    return Step::default(); // History replayed by session/load.
+                }
+                let (session_id, text) = (params.session_id.into_owned(), params.update.content.text.into_owned());
+                let event = match params.update.session_update.as_ref() {
+                    "agent_thought_chunk" => AgentEvent::Thought { session_id, text },
+                    _ => AgentEvent::TextChunk { session_id, text },
+                };
+                Step { events: vec![event], writes: Vec::new() }
             }
-            let (session_id, text) = (params.session_id.into_owned(), params.update.content.text.into_owned());
-            let event = match params.update.session_update.as_ref() {
-                "agent_thought_chunk" => AgentEvent::Thought { session_id, text },
-                _ => AgentEvent::TextChunk { session_id, text },
-            };
-            return Step { events: vec![event], writes: Vec::new() };
+            LineKind::Stop(stop) => {
+                if matches!(self.pending.get(&stop.id), Some(Pending::Prompt { .. }))
+                    && let Some(Pending::Prompt { session_id }) = self.pending.remove(&stop.id)
+                {
+                    let outcome = stop_reason(&stop.result.stop_reason);
+                    return Step { events: vec![AgentEvent::TurnEnded { session_id, outcome }], writes: Vec::new() };
+                }
+                self.receive_message(decoded.line)
+            }
+            LineKind::Message(parsed) => self.receive_value(decoded.line, parsed),
         }
-        if let Some(stop) = StopLine::decode(line)
-            && matches!(self.pending.get(&stop.id), Some(Pending::Prompt { .. }))
-            && let Some(Pending::Prompt { session_id }) = self.pending.remove(&stop.id)
-        {
-            let outcome = stop_reason(&stop.result.stop_reason);
-            return Step { events: vec![AgentEvent::TurnEnded { session_id, outcome }], writes: Vec::new() };
-        }
-        self.receive_message(line)
     }
 
     /// [`Connection::receive`] for a line that is not a plain text chunk: decoded into a
     /// `Value`, then taken apart by what it is (a request, a notification, a response).
     pub(crate) fn receive_message(&mut self, line: &str) -> Step {
-        let mut msg: Value = match serde_json::from_slice(line.as_bytes()) {
+        self.receive_value(line, serde_json::from_slice(line.as_bytes()))
+    }
+
+    fn receive_value(&mut self, line: &str, parsed: Result<Value, serde_json::Error>) -> Step {
+        let mut msg = match parsed {
             Ok(v) => v,
             Err(e) => {
                 log::warn!(target: "acp", "ignoring a line that is not JSON ({e}): {}", preview(line));
@@ -407,6 +417,41 @@ enum PromptBlock<'a> {
         text: &'a str,
     },
     Other(Value),
+}
+
+/// One line of the agent's stdout, decoded without the connection's state: the stdout
+/// reader does this before it locks the connection ([`Connection::receive_decoded`]), which
+/// the core locks too, to send a prompt. Decoding under the lock kept the core waiting for
+/// the reader about once a message under `bench/` (a contended lock: two futex calls and a
+/// context switch each time).
+pub struct DecodedLine<'a> {
+    /// Trimmed.
+    line: &'a str,
+    kind: LineKind<'a>,
+}
+
+enum LineKind<'a> {
+    Blank,
+    Chunk(TextChunkLine<'a>),
+    /// A prompt's response when its id is a prompt's; otherwise decoded the general way.
+    Stop(StopLine<'a>),
+    Message(Result<Value, serde_json::Error>),
+}
+
+impl<'a> DecodedLine<'a> {
+    pub fn new(line: &'a str) -> DecodedLine<'a> {
+        let line = line.trim();
+        let kind = if line.is_empty() {
+            LineKind::Blank
+        } else if let Some(chunk) = TextChunkLine::decode(line) {
+            LineKind::Chunk(chunk)
+        } else if let Some(stop) = StopLine::decode(line) {
+            LineKind::Stop(stop)
+        } else {
+            LineKind::Message(serde_json::from_slice(line.as_bytes()))
+        };
+        DecodedLine { line, kind }
+    }
 }
 
 /// The line agents send most, by far (dozens for one answer): a `session/update`
@@ -1120,6 +1165,41 @@ mod tests {
         assert_eq!(done.events, vec![AgentEvent::SessionCreated { key: "k".into(), session_id: "old-1".into() }]);
         let live = c.receive(r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"old-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"new"}}}}"#);
         assert_eq!(live.events.len(), 1);
+    }
+
+    /// The stdout reader decodes a line before it locks the connection, so the core may send
+    /// a request in between: what the line means is decided by the state it is applied to.
+    #[test]
+    fn a_line_decoded_before_a_request_is_applied_to_the_state_after_it() {
+        let stop = |id: u64| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"stopReason":"end_turn"}}}}"#);
+        let chunk = r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"hi"}}}}"#;
+        let prompt = AgentRequest::Prompt { session_id: "s1".into(), text: "go".into(), images: vec![] };
+        let load = AgentRequest::LoadSession {
+            key: "k".into(),
+            session_id: "s1".into(),
+            cwd: PathBuf::from("/w"),
+            model: None,
+        };
+        let ended = vec![AgentEvent::TurnEnded { session_id: "s1".into(), outcome: TurnOutcome::EndTurn }];
+        let text = vec![AgentEvent::TextChunk { session_id: "s1".into(), text: "hi".into() }];
+        // (line, request sent between decoding and applying it, events expected)
+        let table: Vec<(String, Option<AgentRequest>, Vec<AgentEvent>)> = vec![
+            // The prompt the stop line answers is registered after the line was decoded.
+            (stop(1), Some(prompt.clone()), ended.clone()),
+            // Without it, the id is no prompt's: nothing ends.
+            (stop(1), None, vec![]),
+            // A load that starts in between makes the chunk replayed history.
+            (chunk.to_string(), Some(load), vec![]),
+            (chunk.to_string(), Some(prompt), text),
+        ];
+        for (line, between, expected) in table {
+            let mut c = ready();
+            let decoded = DecodedLine::new(&line);
+            if let Some(request) = between {
+                c.request(request);
+            }
+            assert_eq!(c.receive_decoded(decoded).events, expected, "{line}");
+        }
     }
 
     #[test]

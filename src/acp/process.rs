@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
-use crate::acp::connection::Connection;
+use crate::acp::connection::{Connection, DecodedLine};
 use crate::acp::identity::RunAs;
 use crate::error::Error;
 use crate::event::{AgentEvent, AgentRequest};
@@ -81,8 +81,14 @@ impl AgentHandle {
             let _ = self.requests.send(request);
             return;
         }
-        if !link.request(request) {
-            drop(link);
+        // Encoded holding the link (the request ids), queued after letting it go: the stdout
+        // reader locks the link for each line the agent writes, and queueing a prompt writes
+        // it to the pipe then and there. Lines stay in order: only this thread sends directly,
+        // and only while the I/O thread holds none of its requests.
+        let writes = link.conn.request(request).writes;
+        let queue = link.writes.clone();
+        drop(link);
+        if !push_lines(queue.as_deref(), writes) {
             // Never blocks the core: a full queue already holds what stops the agent.
             let _ = self.problems.try_send(FromAgent::Broken(format!("left {STDIN_QUEUE} lines of input unread")));
         }
@@ -325,7 +331,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
     let mut conn = Connection::default();
     conn.image_loader = Some(load_image);
     conn.mcp = spec.mcp.clone();
-    let mut link = Link { conn, writes: Some(write_tx), queued_for_io: 0 };
+    let mut link = Link { conn, writes: Some(Arc::new(write_tx)), queued_for_io: 0 };
     let start = link.conn.start().writes;
     let broken = !link.send_lines(start);
     let link = Arc::new(Mutex::new(link));
@@ -421,8 +427,10 @@ impl Drop for ClosedOnDrop {
 /// The connection and the way to the agent's stdin, shared by the I/O thread and the reader.
 struct Link {
     conn: Connection,
-    /// The only sender to the stdin writer: `None` once the core is gone, which closes stdin.
-    writes: Option<StdinQueue>,
+    /// The only sender to the stdin writer: `None` once the core is gone, which closes stdin
+    /// (the core, the one other holder, holds it only while it queues a request's lines,
+    /// which it does without holding the link).
+    writes: Option<Arc<StdinQueue>>,
     /// Requests sent to the I/O thread that it has not taken yet ([`AgentHandle::send`]).
     queued_for_io: usize,
 }
@@ -431,9 +439,7 @@ impl Link {
     /// Queue lines for the agent's stdin; false when [`STDIN_QUEUE`] lines already wait.
     /// A closed queue (the writer ended) is not this function's concern: the exit follows.
     fn send_lines(&self, lines: Vec<String>) -> bool {
-        let Some(writes) = &self.writes else { return true };
-        // A gone writer takes every line: the agent's exit is noticed elsewhere.
-        lines.into_iter().all(|line| writes.push(line))
+        push_lines(self.writes.as_deref(), lines)
     }
 
     /// Encode a request and queue its lines; false as [`Link::send_lines`].
@@ -447,6 +453,14 @@ impl Link {
         self.queued_for_io = self.queued_for_io.saturating_sub(1);
         self.request(request)
     }
+}
+
+/// Queue `lines` for the agent's stdin, unless the core is gone (`None`); false when
+/// [`STDIN_QUEUE`] lines already wait. A gone writer takes every line: the agent's exit is
+/// noticed elsewhere.
+fn push_lines(queue: Option<&StdinQueue>, lines: Vec<String>) -> bool {
+    let Some(queue) = queue else { return true };
+    lines.into_iter().all(|line| queue.push(line))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -487,9 +501,11 @@ impl AgentLines {
         if *lock(&self.exited) {
             return true;
         }
+        // Decoded before the lock: the core takes it to send a prompt.
+        let decoded = DecodedLine::new(line);
         let (events, read_input) = {
             let mut link = lock(&self.link);
-            let step = link.conn.receive(line);
+            let step = link.conn.receive_decoded(decoded);
             (step.events, link.send_lines(step.writes))
         };
         for event in events {
@@ -958,7 +974,7 @@ mod tests {
     #[test]
     fn the_stdin_queue_is_bounded_without_preallocating() {
         let (writes, mut waiting) = stdin_queue(None);
-        let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
+        let mut link = Link { conn: Connection::default(), writes: Some(Arc::new(writes)), queued_for_io: 0 };
         assert!(link.send_lines(vec!["x".to_string(); STDIN_QUEUE - 1]));
         assert!(link.send_lines(vec!["last".to_string()]), "exactly STDIN_QUEUE lines fit");
         assert!(!link.send_lines(vec!["one too many".to_string()]));
@@ -1070,7 +1086,7 @@ mod tests {
                 .to_string(),
         );
         assert!(conn.is_ready());
-        let link = Link { conn, writes: Some(writes), queued_for_io: 0 };
+        let link = Link { conn, writes: Some(Arc::new(writes)), queued_for_io: 0 };
         let handle = AgentHandle { requests, link: Arc::new(Mutex::new(link)), problems, pid: 0 };
         let cancel = || AgentRequest::Cancel { session_id: "s1".into() };
         let pictures =
@@ -1112,7 +1128,7 @@ mod tests {
     #[test]
     fn no_agent_line_reaches_the_core_after_the_exit_was_reported() {
         let (writes, _waiting) = stdin_queue(None);
-        let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
+        let mut link = Link { conn: Connection::default(), writes: Some(Arc::new(writes)), queued_for_io: 0 };
         let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
         let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
         let link = Arc::new(Mutex::new(link));
@@ -1144,7 +1160,7 @@ mod tests {
     #[test]
     fn the_core_can_send_while_the_reader_waits_for_room_in_its_queue() {
         let (writes, _waiting) = stdin_queue(None);
-        let mut link = Link { conn: Connection::default(), writes: Some(writes), queued_for_io: 0 };
+        let mut link = Link { conn: Connection::default(), writes: Some(Arc::new(writes)), queued_for_io: 0 };
         let initialize: serde_json::Value = serde_json::from_str(&link.conn.start().writes[0]).unwrap();
         let answer = serde_json::json!({"jsonrpc": "2.0", "id": initialize["id"], "result": {"protocolVersion": 1}});
         let link = Arc::new(Mutex::new(link));
