@@ -419,11 +419,9 @@ enum PromptBlock<'a> {
     Other(Value),
 }
 
-/// One line of the agent's stdout, decoded without the connection's state: the stdout
-/// reader does this before it locks the connection ([`Connection::receive_decoded`]), which
-/// the core locks too, to send a prompt. Decoding under the lock kept the core waiting for
-/// the reader about once a message under `bench/` (a contended lock: two futex calls and a
-/// context switch each time).
+/// One line of the agent's stdout, decoded without the connection's state, so that the
+/// stdout reader holds the lock on the connection (which the core takes to send a prompt)
+/// only to apply it ([`Connection::receive_decoded`]): decoding is most of a line's work.
 pub struct DecodedLine<'a> {
     /// Trimmed.
     line: &'a str,
