@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::conn::{self, Stream, is_timeout};
+pub use super::http_wire::Headers;
 use super::http_wire::{self as wire, BodyDecoder, BodyInfo, Target};
 
 /// TCP connect, per resolved address (and never past the call's deadline).
@@ -107,33 +108,33 @@ impl Method {
     }
 }
 
-/// A whole HTTP reply: status, headers (names lowercased) and body text.
+/// A whole HTTP reply: status, headers and body text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: String,
 }
 
 impl HttpReply {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+        self.headers.get(name).map(str::to_string)
     }
 }
 
-/// A whole HTTP reply with a binary body: status, headers (names lowercased) and bytes.
+/// A whole HTTP reply with a binary body: status, headers and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawReply {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Vec<u8>,
 }
 
 impl RawReply {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     pub fn text(&self) -> String {
@@ -359,7 +360,7 @@ impl HttpClient {
         if idle.len() >= IDLE_TOTAL {
             idle.remove(0);
         }
-        let origin = Target { path: String::new(), ..target.clone() };
+        let origin = Target { tls: target.tls, host: target.host.clone(), port: target.port, path: String::new() };
         idle.push(Idle { origin, conn, since: Instant::now() });
     }
 }
@@ -376,7 +377,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reply {
     status: u16,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     body: Vec<u8>,
     /// The body was read whole and the connection may carry another request.
     reusable: bool,
@@ -384,7 +385,7 @@ struct Reply {
 
 impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 

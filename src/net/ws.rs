@@ -205,7 +205,7 @@ pub fn connect(url: &str, config: &WsConfig) -> Result<WsClient, WsError> {
     if head.status != 101 {
         return Err(WsError::Rejected { status: head.status });
     }
-    let header = |name: &str| head.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let header = |name: &str| head.headers.get(name);
     if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err(WsError::Protocol(format!("{peer} answered 101 without Upgrade: websocket")));
     }
