@@ -354,7 +354,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
             stdout,
             MAX_LINE,
             Overlong::Stop,
-            |line| reader.borrow_mut().receive(&line),
+            |line| reader.borrow_mut().receive(line),
             || reader.borrow_mut().flush(),
         );
         reader.borrow_mut().flush();
@@ -376,7 +376,7 @@ pub fn spawn(spec: AgentSpec, events: AgentEvents) -> Result<AgentHandle, Error>
             }
         };
         let stderr = UnhurriedPipe { pipe: stderr, pause, wait: false };
-        read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| stderr_log.line(&line));
+        read_lines(stderr, MAX_STDERR_LINE, Overlong::Cut, |line| stderr_log.line(line));
     })?;
     named(&format!("acp-in-{}", spec.name), move || write_lines(stdin, write_rx))?;
     let name = spec.name.clone();
@@ -831,7 +831,7 @@ pub(crate) fn read_lines(
     pipe: impl std::io::Read,
     max: usize,
     overlong: Overlong,
-    each: impl FnMut(String) -> bool,
+    each: impl FnMut(&str) -> bool,
 ) -> LinesEnd {
     read_lines_then(pipe, max, overlong, each, || {})
 }
@@ -842,7 +842,7 @@ pub(crate) fn read_lines_then(
     pipe: impl std::io::Read,
     max: usize,
     overlong: Overlong,
-    mut each: impl FnMut(String) -> bool,
+    mut each: impl FnMut(&str) -> bool,
     mut drained: impl FnMut(),
 ) -> LinesEnd {
     let mut reader = BufReader::with_capacity(read_buffer_size(max), pipe);
@@ -855,7 +855,7 @@ pub(crate) fn read_lines_then(
         let available = match reader.fill_buf() {
             Ok([]) | Err(_) => {
                 if !buf.is_empty() && !skipping {
-                    each(finish_line(&buf));
+                    each(&finish_line(&buf));
                 }
                 return LinesEnd::Done;
             }
@@ -874,7 +874,7 @@ pub(crate) fn read_lines_then(
                 if overlong == Overlong::Stop {
                     return LinesEnd::TooLong;
                 }
-                if !each(finish_line(&buf)) {
+                if !each(&finish_line(&buf)) {
                     return LinesEnd::Done;
                 }
                 buf.clear();
@@ -887,9 +887,9 @@ pub(crate) fn read_lines_then(
             if skipping {
                 skipping = false;
             } else {
-                let line = finish_line(&buf);
+                let more = each(&finish_line(&buf));
                 buf.clear();
-                if !each(line) {
+                if !more {
                     return LinesEnd::Done;
                 }
                 // One long line (a 2 MB answer in one chunk) must not keep its size
@@ -902,14 +902,16 @@ pub(crate) fn read_lines_then(
     }
 }
 
-/// A line as text, without its line ending. Valid UTF-8 (nearly every line) is checked and
-/// copied once; only a line with invalid bytes takes the slower lossy path.
-fn finish_line(bytes: &[u8]) -> String {
+/// A line as text, without its line ending. Valid UTF-8 (nearly every line) is borrowed from
+/// the read buffer, not copied (the demo agent writes a line a word); only a line with invalid
+/// bytes takes the lossy path.
+fn finish_line(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = bytes.iter().rposition(|b| !matches!(b, b'\r' | b'\n')).map_or(0, |last| last + 1);
     let line = bytes.get(..end).unwrap_or_default();
+    // Checked first: `from_utf8_lossy` alone walks valid text a few times slower.
     match std::str::from_utf8(line) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(line).into_owned(),
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(line),
     }
 }
 
@@ -1274,7 +1276,7 @@ mod tests {
             1024,
             Overlong::Stop,
             |line| {
-                calls.borrow_mut().push(line);
+                calls.borrow_mut().push(line.to_string());
                 true
             },
             || calls.borrow_mut().push("-".into()),
@@ -1286,7 +1288,7 @@ mod tests {
     fn lines(input: &[u8], max: usize, overlong: Overlong) -> (Vec<String>, LinesEnd) {
         let mut got = Vec::new();
         let end = read_lines(input, max, overlong, |l| {
-            got.push(l);
+            got.push(l.to_string());
             true
         });
         (got, end)

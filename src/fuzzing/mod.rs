@@ -117,7 +117,7 @@ pub fn acp_lines(data: &[u8]) {
     const MAX: usize = 4096;
     let mut lines = Vec::new();
     read_lines(data, MAX, Overlong::Cut, |line| {
-        lines.push(line);
+        lines.push(line.to_string());
         lines.len() < 500
     });
     let mut connection = Connection::default();
