@@ -138,10 +138,11 @@ impl Ledger {
 
     /// Mark a message answered; returns the line to append, or `None` when it was not pending.
     pub fn settle(&mut self, r: &MessageRef) -> Option<String> {
-        let seq = self.index.remove(r)?;
+        // The index's own key goes on to `done`: one copy less.
+        let (key, seq) = self.index.remove_entry(r)?;
         self.pending.remove(&seq);
-        self.done.insert(r.clone());
-        self.done_order.push_back(r.clone());
+        self.done_order.push_back(key.clone());
+        self.done.insert(key);
         self.lines += 1;
         Some(done_line(r))
     }
@@ -268,12 +269,10 @@ impl Journal {
         let mut inner = self.lock();
         let mut text = String::new();
         let mut fresh = Vec::new();
-        let mut added = Vec::new();
         for (entry, message, line) in prepared {
             if inner.ledger.add(entry) {
                 text.push_str(&line);
                 text.push('\n');
-                added.extend(message.reference());
                 fresh.push(message);
             } else if message.reference().is_none() {
                 fresh.push(message); // No id: cannot be journaled, pass it on.
@@ -300,9 +299,10 @@ impl Journal {
                 let _ = inner.file.set_len(start);
                 inner.len = start;
             }
-            for r in &added {
-                // Forget them again, so that the platform's retry is taken as new.
-                inner.ledger.forget(r);
+            // Forget them again, so that the platform's retry is taken as new. `fresh` holds
+            // the messages added, and those without an id (which the ledger never holds).
+            for r in fresh.iter().filter_map(InboundMessage::reference) {
+                inner.ledger.forget(&r);
             }
             return Err(e);
         }
@@ -459,7 +459,10 @@ fn message_line(entry: &JournalEntry) -> String {
         t: entry.sent_at_ms,
     };
     // Cannot fail (string keys only); the Value tree stays as the fallback all the same.
-    serde_json::to_string(&line).unwrap_or_else(|_| json!({"m": message_to_json(m), "t": entry.sent_at_ms}).to_string())
+    // Room for the fields' names and the usual ids besides the texts.
+    let size = 256 + m.text.len() + m.sender_name.len() + m.quoted_text.as_ref().map_or(0, String::len);
+    crate::store::json_text(&line, size)
+        .unwrap_or_else(|| json!({"m": message_to_json(m), "t": entry.sent_at_ms}).to_string())
 }
 
 /// An answered mark's line, `{"done": {"chat": …, "id": …}}`.

@@ -14,6 +14,16 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 
+/// `value` as JSON text, written into a buffer of `capacity` bytes to start with: a line of
+/// about that size takes one allocation, where `serde_json::to_string` starts at 128 bytes and
+/// grows (a copy each time). For the lines every message writes: the journal's, the prompt.
+pub fn json_text<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Option<String> {
+    let mut bytes = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut bytes, value).ok()?;
+    // serde_json writes UTF-8; checked all the same, without `unsafe`.
+    String::from_utf8(bytes).ok()
+}
+
 /// Mode of every state file: the owner only (they hold who may drive the agent).
 pub const FILE_MODE: u32 = 0o600;
 /// Mode of the state directory.

@@ -130,7 +130,8 @@ impl Connection {
                 let id = self.register(Pending::Prompt { session_id: session_id.clone() });
                 let params = PromptParams { session_id: &session_id, prompt };
                 let call = PromptCall { jsonrpc: "2.0", id, method: "session/prompt", params };
-                writes.push(serde_json::to_string(&call).unwrap_or_default());
+                let size = 128 + session_id.len() + text.len() + 64 * images.len();
+                writes.push(crate::store::json_text(&call, size).unwrap_or_default());
             }
             AgentRequest::Cancel { session_id } => {
                 // The protocol wants every pending permission of the session answered too.
