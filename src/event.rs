@@ -103,7 +103,7 @@ pub enum Inbound {
 }
 
 /// Where a reply goes: a chat, and a thread inside it when there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct ChatRef {
     pub channel: String,
     pub chat_id: String,

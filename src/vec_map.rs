@@ -95,6 +95,21 @@ impl<K: Ord, V> VecMap<K, V> {
         &mut self.entries[at].1
     }
 
+    /// [`VecMap::get_or_insert_with`] for a borrowed key, copied only when it is added.
+    pub fn get_or_insert_cloned(&mut self, key: &K, make: impl FnOnce(&K) -> V) -> &mut V
+    where
+        K: Clone,
+    {
+        let at = match self.find(key) {
+            Ok(at) => at,
+            Err(at) => {
+                self.entries.insert(at, (key.clone(), make(key)));
+                at
+            }
+        };
+        &mut self.entries[at].1
+    }
+
     /// The entries whose keys come after `key`, in order (`BTreeMap::range` from `key`
     /// excluded).
     pub fn iter_after<Q: Ord + ?Sized>(&self, key: &Q) -> impl Iterator<Item = (&K, &V)>
@@ -268,6 +283,10 @@ mod tests {
         *tree.entry("e".to_string()).or_default() += 7;
         *list.get_or_default("b".to_string()) += 1;
         *tree.entry("b".to_string()).or_default() += 1;
+        for key in ["b", "f"] {
+            *list.get_or_insert_cloned(&key.to_string(), |_| 100) += 1;
+            *tree.entry(key.to_string()).or_insert(100) += 1;
+        }
         assert_eq!(list.iter().collect::<Vec<_>>(), tree.iter().collect::<Vec<_>>());
         assert_eq!((&list).into_iter().collect::<Vec<_>>(), tree.iter().collect::<Vec<_>>());
         assert_eq!(list.keys().collect::<Vec<_>>(), tree.keys().collect::<Vec<_>>());

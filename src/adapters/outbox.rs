@@ -773,7 +773,7 @@ impl Schedule {
                 self.sent.pop_front();
             }
         }
-        let queue = queue_in(&mut self.chats, &self.pacer, chat.clone());
+        let queue = self.chats.get_or_insert_cloned(&chat, |chat| ChatQueue::new(self.pacer.chat_times(chat)));
         queue.sending = false;
         let reply = part.track.reply;
         let verdict = settle(queue, part, result.map(drop), now, chat_id, self.courier.as_ref());

@@ -607,7 +607,7 @@ impl Core {
                 continue;
             }
             log::info!(target: due.channel.as_str(), "loop {} runs in {}", due.id, due.chat_id);
-            self.with_turn.insert(key);
+            self.with_turn.insert(&key);
             session.start_next_turn(turn_settings(Some(channel)), now, actions);
             self.loops.record(due.id, true, now_ms);
         }

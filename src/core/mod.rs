@@ -160,9 +160,10 @@ struct WithTurn {
 }
 
 impl WithTurn {
-    fn insert(&mut self, key: SessionKey) {
-        if !self.keys.contains(&key) {
-            self.keys.push(key);
+    /// Copies the key only when it is not there yet (once a turn, not once a message).
+    fn insert(&mut self, key: &SessionKey) {
+        if !self.keys.contains(key) {
+            self.keys.push(key.clone());
         }
     }
 
@@ -514,7 +515,7 @@ impl Core {
         in_flight.chain(waiting).map(|r| r.message_id.clone()).collect()
     }
 
-    fn on_message(&mut self, message: InboundMessage, now: Instant, actions: &mut Vec<Action>) {
+    fn on_message(&mut self, mut message: InboundMessage, now: Instant, actions: &mut Vec<Action>) {
         let Some(channel) = self.channels.get(&message.channel) else {
             log::warn!(target: "core", "message for unknown channel {}", message.channel);
             return;
@@ -606,7 +607,11 @@ impl Core {
             self.records_version += 1;
         }
         session.label = task_label;
-        if from_person {
+        // Copied only when the writer changed: most messages come from whoever wrote last.
+        let same_writer = session.writer.as_ref().is_some_and(|w| {
+            w.id == message.sender_id && w.name == message.sender_name && w.is_group == message.is_group
+        });
+        if from_person && !same_writer {
             let id = message.sender_id.clone();
             session.writer = Some(Writer { id, name: message.sender_name.clone(), is_group: message.is_group });
         }
@@ -622,8 +627,8 @@ impl Core {
             images: prompt::images(&message),
             how: Waits::Alone,
             // An event's turn has no sender who alone may answer its permission requests:
-            // anyone the channel's gates admit may.
-            sender: if from_person { message.sender_id.clone() } else { String::new() },
+            // anyone the channel's gates admit may. Taken: the message is not read again.
+            sender: if from_person { std::mem::take(&mut message.sender_id) } else { String::new() },
         };
         // A steer cancels a turn whose answer the page already shows as it streams: say so
         // where that partial answer stands (it replaces it), not silently.
@@ -641,7 +646,7 @@ impl Core {
             actions.push(say(&chat, texts::STEERED.to_string()));
         }
         let instructed = session.instructed;
-        self.with_turn.insert(key.clone());
+        self.with_turn.insert(&key);
         session.start_next_turn(turn_settings(Some(channel)), now, actions);
         self.records_version += u64::from(session.instructed != instructed);
     }
@@ -765,7 +770,7 @@ impl Core {
                 self.by_session_id.insert((agent, session_id), key.clone());
                 self.records_version += 1;
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
-                self.with_turn.insert(key);
+                self.with_turn.insert(&key);
                 session.start_next_turn(settings, now, actions);
             }
             AgentEvent::SessionFailed { key, error } => {
@@ -815,22 +820,23 @@ impl Core {
                 self.agent_commands.insert(agent, commands);
             }
             AgentEvent::TurnEnded { session_id, outcome } => {
-                let Some(key) = self.by_session_id.get(&(agent, session_id.clone())).cloned() else { return };
+                let Some(key) = self.by_session_id.get(&(agent, session_id)).cloned() else { return };
                 let Some(session) = self.sessions.get_mut(&key) else { return };
-                let Some(turn) = session.turn.take() else { return };
+                let Some(mut turn) = session.turn.take() else { return };
                 session.last_active = now;
                 for pending in self.permissions.cancel_session(&key) {
                     actions.push(settled(&pending, "the request ended before an answer"));
                 }
-                let (before, chat, answered) = (actions.len(), turn.chat.clone(), turn.message_ids.clone());
+                // Taken from the ended turn, not copied.
+                let (before, chat, answered) =
+                    (actions.len(), std::mem::take(&mut turn.chat), std::mem::take(&mut turn.message_ids));
                 let finished = turn.cancel.is_none();
                 match turn.cancel {
                     None if turn.stream.is_some() => {
-                        let mut turn = turn;
                         let rest = turn.stream.as_mut().map(|s| s.finish()).unwrap_or_default();
                         for block in rest {
                             turn.streamed = true;
-                            actions.push(say(&turn.chat, labelled(&session.label, block)));
+                            actions.push(say(&chat, labelled(&session.label, block)));
                         }
                         // What was streamed is the answer; say something only if nothing was.
                         let note = final_answer(String::new(), &outcome);
@@ -840,14 +846,13 @@ impl Core {
                             } else {
                                 final_answer(turn.answer, &outcome)
                             };
-                            actions.push(say(&turn.chat, labelled(&session.label, text)));
+                            actions.push(say(&chat, labelled(&session.label, text)));
                         }
                     }
-                    None => {
-                        actions.push(say(&turn.chat, labelled(&session.label, final_answer(turn.answer, &outcome))))
-                    }
+                    None => actions.push(say(&chat, labelled(&session.label, final_answer(turn.answer, &outcome)))),
                     Some(c) => {
-                        log::info!(target: turn.chat.channel.as_str(), "{key}: cancelled turn of {session_id} ended ({outcome:?}, {:?})", c.cause)
+                        let session_id = session.id().unwrap_or_default();
+                        log::info!(target: chat.channel.as_str(), "{key}: cancelled turn of {session_id} ended ({outcome:?}, {:?})", c.cause)
                     }
                 }
                 if finished {
@@ -855,7 +860,7 @@ impl Core {
                 }
                 let settings = turn_settings(self.channels.get(&session.chat.channel));
                 let instructed = session.instructed;
-                self.with_turn.insert(key);
+                self.with_turn.insert(&key);
                 session.start_next_turn(settings, now, actions);
                 self.records_version += u64::from(session.instructed != instructed);
             }

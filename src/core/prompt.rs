@@ -54,15 +54,17 @@ pub fn attachment_line(a: &Attachment) -> String {
 /// The text of a turn: the steer note (when it replaces a cancelled turn), the channel's
 /// instructions (on a session's first turn), then the messages, each part after a blank line.
 pub fn compose(steer_note: bool, instructions: Option<&str>, body: &str) -> String {
-    let mut parts = Vec::new();
-    if steer_note {
-        parts.push(STEER_NOTE);
+    let instructions = instructions.map(str::trim).filter(|i| !i.is_empty());
+    let parts = [steer_note.then_some(STEER_NOTE), instructions, Some(body)];
+    // Pushed into one string sized up front: this runs for every prompt.
+    let mut text = String::with_capacity(parts.iter().flatten().map(|p| p.len() + 2).sum());
+    for (i, part) in parts.into_iter().flatten().enumerate() {
+        if i > 0 {
+            text.push_str("\n\n");
+        }
+        text.push_str(part);
     }
-    if let Some(instructions) = instructions.map(str::trim).filter(|i| !i.is_empty()) {
-        parts.push(instructions);
-    }
-    parts.push(body);
-    parts.join("\n\n")
+    text
 }
 
 /// Someone else's text made safe to quote on one line, cut to `max` characters.

@@ -461,27 +461,33 @@ impl Session {
             return;
         }
         let instructions = settings.instructions;
-        let batch = self.next_batch();
-        let Some(last) = batch.last() else { return };
-        let chat = last.chat.clone();
+        let mut batch = self.next_batch();
         let note = self.steered && batch.iter().any(|w| w.how == Waits::Steer);
+        // The parts of the batch are taken, not copied: it is dropped at the end.
+        let Some(chat) = batch.last_mut().map(|last| std::mem::take(&mut last.chat)) else { return };
         if note {
             self.steered = false;
         }
-        let body = batch.iter().map(|w| w.body.as_str()).collect::<Vec<_>>().join("\n\n");
-        let instructions = if self.instructed { None } else { instructions };
+        let body = match batch.as_slice() {
+            [one] => prompt::compose(note, instructions.filter(|_| !self.instructed), &one.body),
+            _ => {
+                let joined = batch.iter().map(|w| w.body.as_str()).collect::<Vec<_>>().join("\n\n");
+                prompt::compose(note, instructions.filter(|_| !self.instructed), &joined)
+            }
+        };
         self.instructed = true;
-        let text = prompt::compose(note, instructions, &body);
-        let images = batch.iter().flat_map(|w| w.images.iter().cloned()).collect();
         let mut senders: Vec<String> = Vec::new();
-        // An event (no sender) leaves the answer to anyone the gates admit.
-        for sender in batch.iter().map(|w| &w.sender).filter(|s| !s.is_empty()) {
-            if !senders.contains(sender) {
-                senders.push(sender.clone());
+        let mut images = Vec::new();
+        let mut message_ids = Vec::new();
+        for waiting in batch {
+            images.extend(waiting.images);
+            message_ids.extend(waiting.message_ids);
+            // An event (no sender) leaves the answer to anyone the gates admit.
+            if !waiting.sender.is_empty() && !senders.contains(&waiting.sender) {
+                senders.push(waiting.sender);
             }
         }
-        let message_ids = batch.into_iter().flat_map(|w| w.message_ids).collect();
-        self.begin(session_id, Started { chat, message_ids, senders }, (text, images), false, settings, now, actions);
+        self.begin(session_id, Started { chat, message_ids, senders }, (body, images), false, settings, now, actions);
     }
 
     #[allow(clippy::too_many_arguments)] // The parts of one turn, each from a different place.
