@@ -391,7 +391,14 @@ pub fn strip_mention(text: &str, username: &str) -> String {
 fn display_name(from: &Value) -> String {
     let first = from.get("first_name").and_then(Value::as_str).unwrap_or("");
     let last = from.get("last_name").and_then(Value::as_str).unwrap_or("");
-    let name = format!("{first} {last}").trim().to_string();
+    // Pushed, not `format!`: one copy, no formatting machinery, for every message.
+    let mut name = String::with_capacity(first.len() + 1 + last.len());
+    for part in [first, " ", last] {
+        name.push_str(part);
+    }
+    if name.trim().len() != name.len() {
+        name = name.trim().to_string();
+    }
     match (name.is_empty(), from.get("username").and_then(Value::as_str)) {
         (true, Some(user)) => user.to_string(),
         (true, None) => id_string(from.get("id").unwrap_or(&Value::Null)).unwrap_or_default(),
@@ -558,6 +565,23 @@ mod tests {
 
     fn bot() -> BotIdentity {
         BotIdentity { id: 42, username: "tether_bot".into() }
+    }
+
+    #[test]
+    fn display_name_table() {
+        let cases = [
+            (json!({"id": 7, "first_name": "Ada", "last_name": "L"}), "Ada L"),
+            (json!({"id": 7, "first_name": "Ada"}), "Ada"),
+            (json!({"id": 7, "last_name": "L"}), "L"),
+            (json!({"id": 7, "first_name": " A ", "last_name": "B  "}), "A  B"),
+            (json!({"id": 7, "first_name": " ", "username": "ada"}), "ada"),
+            (json!({"id": 7}), "7"),
+            (json!({"id": "x7", "first_name": ""}), "x7"),
+            (json!({}), ""),
+        ];
+        for (from, expected) in cases {
+            assert_eq!(display_name(&from), expected, "{from}");
+        }
     }
 
     #[test]
