@@ -2,6 +2,8 @@
 //! same directory, fsync, rename) with mode 0600 in a 0700 directory, read back tolerantly of
 //! absence, a lock file for read-modify-write across processes, and a cheap fingerprint to
 //! notice another process's writes. Generic: pairing, sessions and the journal all use it.
+//! Also [`json_text`]: JSON text in a buffer sized up front, for the lines written for every
+//! message (the journal's here, and the ACP prompt, which shares it rather than keep a copy).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
